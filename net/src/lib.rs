@@ -1,0 +1,17 @@
+//! Drover's transport, shared by the coordinator, the agent and the admin CLI.
+//!
+//! - [`tls`]: rustls configurations for QUIC that trust only the fleet CA
+//!   (pinned; never the system roots), ALPN `drover/1`, TLS 1.3, no 0-RTT.
+//! - [`stream`]: one framed request and its answers per bi-stream.
+//! - [`identity`]: key pairs, certificate signing requests, the identities
+//!   carried in certificates (`drover://machine/<id>`, `drover://admin/<name>`),
+//!   and key files written with mode 0600.
+//! - [`client`]: connecting to a coordinator and saying Hello.
+
+pub mod client;
+pub mod identity;
+pub mod stream;
+pub mod tls;
+
+pub use client::{ClientError, CoordinatorConnection};
+pub use identity::{Identity, PeerCertificate};

@@ -1,0 +1,112 @@
+//! TLS configuration for Drover's QUIC endpoints.
+//!
+//! Both sides pin the fleet CA: the agent and admin CLI trust no other root,
+//! and the coordinator verifies client certificates against the same CA. A
+//! client without a certificate is let through the handshake; the coordinator
+//! then allows it only Hello and Enroll. The crypto provider (ring) is passed
+//! explicitly to every builder rather than relying on a process default.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+
+use drover_protocol::ALPN;
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("the fleet CA certificate is not usable as a trust anchor: {0}")]
+    BadCa(String),
+    #[error("tls configuration refused: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client certificate verifier could not be built: {0}")]
+    Verifier(String),
+    #[error("quic crypto configuration refused: {0}")]
+    Quic(String),
+}
+
+/// The crypto provider every Drover endpoint uses.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Installs ring as the process-wide rustls provider (for libraries that
+/// consult the default). Safe to call more than once.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn roots(ca_der: &[u8]) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(ca_der.to_vec()))
+        .map_err(|e| TlsError::BadCa(e.to_string()))?;
+    Ok(Arc::new(roots))
+}
+
+/// Transport settings shared by both ends: keep-alives so that a dead peer is
+/// noticed, and a cap on concurrent streams per connection.
+pub fn transport(idle_timeout: Duration) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(idle_timeout / 3));
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(idle_timeout).ok());
+    t.max_concurrent_bidi_streams(64u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    Arc::new(t)
+}
+
+/// The coordinator's QUIC server configuration.
+pub fn server_config(
+    ca_der: &[u8],
+    server_chain_der: Vec<Vec<u8>>,
+    server_key_pkcs8: &[u8],
+    idle_timeout: Duration,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let chain = server_chain_der.into_iter().map(CertificateDer::from).collect();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key_pkcs8.to_vec()));
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    // No 0-RTT: early data could be replayed.
+    tls.max_early_data_size = 0;
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport(idle_timeout));
+    Ok(config)
+}
+
+/// A client configuration that trusts only the fleet CA, with an optional
+/// client identity (certificate DER, PKCS#8 key DER).
+pub fn client_config(
+    ca_der: &[u8],
+    identity: Option<(&[u8], &[u8])>,
+    idle_timeout: Duration,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(ca_der)?);
+    let mut tls = match identity {
+        Some((cert, key)) => builder.with_client_auth_cert(
+            vec![CertificateDer::from(cert.to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
+        )?,
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.enable_early_data = false;
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport(idle_timeout));
+    Ok(config)
+}

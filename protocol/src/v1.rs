@@ -1,0 +1,302 @@
+//! Version 1 of the wire messages.
+//!
+//! Each bi-stream carries one [`Request`] from the client and one or more
+//! [`Response`] frames from the coordinator (one, except for
+//! [`AgentRequest::Watch`], whose stream stays open for events).
+//!
+//! bincode is not self-describing: variants and fields are only ever appended,
+//! never reordered or removed. The golden files under `tests/golden/` hold the
+//! bytes of every message so that a change that breaks old peers fails a test.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::WireError;
+use crate::version::VersionRange;
+
+/// Milliseconds since the Unix epoch.
+pub type UnixMillis = u64;
+
+/// Labels attached to machines and tokens (`key=value`).
+pub type Labels = BTreeMap<String, String>;
+
+/// A secret string (an enrollment token). Its value never shows in `Debug`
+/// output, so it cannot leak into a log line through `{:?}`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret value, for the one place that must use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The first frame of every bi-stream a client opens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum Request {
+    /// Must be the first request on every connection.
+    Hello(Hello),
+    /// Allowed on a connection without a client certificate.
+    Enroll(EnrollRequest),
+    /// Requires a machine certificate.
+    Agent(AgentRequest),
+    /// Requires an admin certificate.
+    Admin(AdminRequest),
+}
+
+/// What the coordinator answers on a bi-stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum Response {
+    Hello(HelloAck),
+    Enrolled(IssuedCertificate),
+    Agent(AgentResponse),
+    Admin(AdminResponse),
+    Error(WireError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Hello {
+    /// The protocol versions the client speaks.
+    pub versions: VersionRange,
+    /// Free text naming the client software and version, for logs.
+    pub software: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct HelloAck {
+    /// The version chosen for this connection.
+    pub version: u16,
+    pub software: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct EnrollRequest {
+    pub token: Secret,
+    /// A PKCS#10 certificate signing request (DER) for the machine's own key.
+    /// Only its public key is used: the coordinator decides the identity.
+    pub csr_der: Vec<u8>,
+    /// The hostname the machine reports for itself (informational).
+    pub hostname: String,
+}
+
+/// A certificate the coordinator signed for a machine or an admin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct IssuedCertificate {
+    /// The identity the coordinator chose (a machine id or an admin name).
+    pub subject: String,
+    pub certificate_der: Vec<u8>,
+    /// Lowercase hex serial number.
+    pub serial: String,
+    pub not_after: UnixMillis,
+    /// The certificate's lifetime in milliseconds, from which the holder
+    /// computes when to renew (at two thirds).
+    pub lifetime_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum AgentRequest {
+    /// Opens the long-lived event stream; answered by [`AgentEvent`]s.
+    Watch,
+    /// A periodic health report; answered by [`AgentResponse::Ack`].
+    Report(HealthReport),
+    /// A new certificate for the same machine; answered by
+    /// [`AgentResponse::Renewed`].
+    Renew { csr_der: Vec<u8> },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum AgentResponse {
+    Ack,
+    Renewed(IssuedCertificate),
+    Event(AgentEvent),
+}
+
+/// Events pushed to an agent on its watch stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum AgentEvent {
+    /// First event on a watch stream.
+    Welcome {
+        machine_id: String,
+        /// How often the agent must report health.
+        health_interval_ms: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct HealthReport {
+    pub hostname: String,
+    pub uptime_secs: u64,
+    pub load_average: [f64; 3],
+    pub cpu_count: u32,
+    pub cpu_usage_percent: f32,
+    pub memory_total_bytes: u64,
+    pub memory_used_bytes: u64,
+    pub disks: Vec<DiskUsage>,
+    /// Failed systemd units; `None` where systemd does not run.
+    pub failed_units: Option<Vec<String>>,
+    pub agent_version: String,
+    /// The target of `/run/current-system`, where it exists.
+    pub system_path: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct DiskUsage {
+    pub mount_point: String,
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+}
+
+/// Admin roles: a viewer reads, an operator runs the fleet, an admin also
+/// manages admins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "unknown role {other:?}; expected admin, operator or viewer"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum AdminRequest {
+    WhoAmI,
+    TokensCreate(TokenSpec),
+    TokensList,
+    TokensRevoke { id: String },
+    MachinesList { selector: Labels },
+    MachinesShow { id: String },
+    MachinesLabel { id: String, set: Labels, remove: Vec<String> },
+    MachinesRevoke { id: String },
+    AdminsAdd { name: String, role: Role, csr_der: Vec<u8> },
+    AdminsList,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum AdminResponse {
+    Done,
+    Identity(AdminInfo),
+    TokenCreated(CreatedToken),
+    Tokens(Vec<TokenInfo>),
+    Machines(Vec<MachineInfo>),
+    Machine(MachineInfo),
+    AdminCreated(IssuedCertificate),
+    Admins(Vec<AdminInfo>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct TokenSpec {
+    pub labels: Labels,
+    pub ttl_ms: u64,
+    pub uses: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct CreatedToken {
+    pub info: TokenInfo,
+    /// Shown once; the coordinator keeps only its hash.
+    pub token: Secret,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct TokenInfo {
+    pub id: String,
+    pub labels: Labels,
+    pub created_at: UnixMillis,
+    pub expires_at: UnixMillis,
+    pub uses_total: u32,
+    pub uses_left: u32,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum MachineStatus {
+    Online,
+    Offline,
+    Revoked,
+}
+
+impl MachineStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MachineStatus::Online => "online",
+            MachineStatus::Offline => "offline",
+            MachineStatus::Revoked => "revoked",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct MachineInfo {
+    pub id: String,
+    pub hostname: String,
+    pub labels: Labels,
+    pub status: MachineStatus,
+    pub enrolled_at: UnixMillis,
+    pub last_seen: Option<UnixMillis>,
+    pub cert_serial: String,
+    pub cert_not_after: UnixMillis,
+    pub health: Option<HealthReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct AdminInfo {
+    pub name: String,
+    pub role: Role,
+    pub created_at: UnixMillis,
+}

@@ -1,0 +1,54 @@
+//! Protocol version negotiation, as a pure function over both sides' ranges.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ErrorCode, WireError};
+
+/// The protocol version this build speaks natively.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The inclusive range of protocol versions this build accepts.
+pub const SUPPORTED: VersionRange = VersionRange { min: 1, max: 1 };
+
+/// An inclusive range of protocol versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct VersionRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl std::fmt::Display for VersionRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.min == self.max {
+            write!(f, "{}", self.min)
+        } else {
+            write!(f, "{}..={}", self.min, self.max)
+        }
+    }
+}
+
+/// Picks the highest version both ranges hold, or an error naming both ranges.
+pub fn negotiate(ours: VersionRange, theirs: VersionRange) -> Result<u16, WireError> {
+    let low = ours.min.max(theirs.min);
+    let high = ours.max.min(theirs.max);
+    if theirs.min > theirs.max {
+        return Err(WireError::new(
+            ErrorCode::VersionMismatch,
+            format!(
+                "peer sent an empty protocol version range {}..={}; this side speaks {}",
+                theirs.min, theirs.max, ours
+            ),
+        ));
+    }
+    if low > high {
+        return Err(WireError::new(
+            ErrorCode::VersionMismatch,
+            format!(
+                "protocol version mismatch: peer speaks {theirs}, this side speaks {ours}; \
+                 upgrade the older side"
+            ),
+        ));
+    }
+    Ok(high)
+}

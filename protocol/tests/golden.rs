@@ -1,0 +1,147 @@
+//! Golden bytes: the encoding of every v1 message is pinned in a file, so a
+//! change that would break an older peer fails here. Regenerate deliberately
+//! with `DROVER_BLESS=1 cargo test -p drover-protocol --test golden` only when
+//! adding a message (old files must keep decoding).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use drover_protocol::frame::{self, MAX_FRAME_LEN};
+use drover_protocol::v1::*;
+use drover_protocol::{ErrorCode, VersionRange, WireError};
+
+fn labels() -> Labels {
+    BTreeMap::from([("role".to_string(), "web".to_string()), ("tenant".to_string(), "a".to_string())])
+}
+
+fn health() -> HealthReport {
+    HealthReport {
+        hostname: "vm-1".into(),
+        uptime_secs: 3600,
+        load_average: [0.5, 0.25, 0.125],
+        cpu_count: 2,
+        cpu_usage_percent: 12.5,
+        memory_total_bytes: 1 << 30,
+        memory_used_bytes: 1 << 29,
+        disks: vec![DiskUsage { mount_point: "/".into(), total_bytes: 1 << 34, available_bytes: 1 << 33 }],
+        failed_units: Some(vec!["foo.service".into()]),
+        agent_version: "0.1.0".into(),
+        system_path: Some("/nix/store/abc-nixos-system".into()),
+    }
+}
+
+fn issued() -> IssuedCertificate {
+    IssuedCertificate {
+        subject: "m-0123456789".into(),
+        certificate_der: vec![0x30, 0x82, 0x01, 0x00],
+        serial: "0a0b".into(),
+        not_after: 1_800_000_000_000,
+        lifetime_ms: 604_800_000,
+    }
+}
+
+fn machine() -> MachineInfo {
+    MachineInfo {
+        id: "m-0123456789".into(),
+        hostname: "vm-1".into(),
+        labels: labels(),
+        status: MachineStatus::Online,
+        enrolled_at: 1_700_000_000_000,
+        last_seen: Some(1_700_000_010_000),
+        cert_serial: "0a0b".into(),
+        cert_not_after: 1_800_000_000_000,
+        health: Some(health()),
+    }
+}
+
+fn token_info() -> TokenInfo {
+    TokenInfo {
+        id: "t-abcdef12".into(),
+        labels: labels(),
+        created_at: 1_700_000_000_000,
+        expires_at: 1_700_003_600_000,
+        uses_total: 1,
+        uses_left: 1,
+        revoked: false,
+    }
+}
+
+fn requests() -> Vec<(&'static str, Request)> {
+    vec![
+        ("request-hello", Request::Hello(Hello { versions: VersionRange { min: 1, max: 1 }, software: "drover-agent 0.1.0".into() })),
+        ("request-enroll", Request::Enroll(EnrollRequest { token: Secret::new("drt_00"), csr_der: vec![1, 2, 3], hostname: "vm-1".into() })),
+        ("request-agent-watch", Request::Agent(AgentRequest::Watch)),
+        ("request-agent-report", Request::Agent(AgentRequest::Report(health()))),
+        ("request-agent-renew", Request::Agent(AgentRequest::Renew { csr_der: vec![4, 5] })),
+        ("request-admin-whoami", Request::Admin(AdminRequest::WhoAmI)),
+        ("request-admin-tokens-create", Request::Admin(AdminRequest::TokensCreate(TokenSpec { labels: labels(), ttl_ms: 3_600_000, uses: 1 }))),
+        ("request-admin-tokens-list", Request::Admin(AdminRequest::TokensList)),
+        ("request-admin-tokens-revoke", Request::Admin(AdminRequest::TokensRevoke { id: "t-abcdef12".into() })),
+        ("request-admin-machines-list", Request::Admin(AdminRequest::MachinesList { selector: labels() })),
+        ("request-admin-machines-show", Request::Admin(AdminRequest::MachinesShow { id: "m-0123456789".into() })),
+        ("request-admin-machines-label", Request::Admin(AdminRequest::MachinesLabel { id: "m-0123456789".into(), set: labels(), remove: vec!["old".into()] })),
+        ("request-admin-machines-revoke", Request::Admin(AdminRequest::MachinesRevoke { id: "m-0123456789".into() })),
+        ("request-admin-admins-add", Request::Admin(AdminRequest::AdminsAdd { name: "alice".into(), role: Role::Viewer, csr_der: vec![9] })),
+        ("request-admin-admins-list", Request::Admin(AdminRequest::AdminsList)),
+    ]
+}
+
+fn responses() -> Vec<(&'static str, Response)> {
+    vec![
+        ("response-hello", Response::Hello(HelloAck { version: 1, software: "drover 0.1.0".into() })),
+        ("response-enrolled", Response::Enrolled(issued())),
+        ("response-agent-ack", Response::Agent(AgentResponse::Ack)),
+        ("response-agent-renewed", Response::Agent(AgentResponse::Renewed(issued()))),
+        ("response-agent-welcome", Response::Agent(AgentResponse::Event(AgentEvent::Welcome { machine_id: "m-0123456789".into(), health_interval_ms: 10_000 }))),
+        ("response-admin-done", Response::Admin(AdminResponse::Done)),
+        ("response-admin-identity", Response::Admin(AdminResponse::Identity(AdminInfo { name: "root".into(), role: Role::Admin, created_at: 1_700_000_000_000 }))),
+        ("response-admin-token-created", Response::Admin(AdminResponse::TokenCreated(CreatedToken { info: token_info(), token: Secret::new("drt_00") }))),
+        ("response-admin-tokens", Response::Admin(AdminResponse::Tokens(vec![token_info()]))),
+        ("response-admin-machines", Response::Admin(AdminResponse::Machines(vec![machine()]))),
+        ("response-admin-machine", Response::Admin(AdminResponse::Machine(machine()))),
+        ("response-admin-admin-created", Response::Admin(AdminResponse::AdminCreated(issued()))),
+        ("response-admin-admins", Response::Admin(AdminResponse::Admins(vec![AdminInfo { name: "root".into(), role: Role::Operator, created_at: 1 }]))),
+        ("response-error", Response::Error(WireError::new(ErrorCode::TokenExpired, "token expired"))),
+    ]
+}
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn check<T: serde::Serialize + serde::de::DeserializeOwned>(name: &str, message: &T) -> Option<String> {
+    let bytes = frame::encode(message).expect("encode");
+    let path = golden_dir().join(format!("{name}.bin"));
+    if std::env::var_os("DROVER_BLESS").is_some() {
+        std::fs::write(&path, &bytes).expect("write golden file");
+        return None;
+    }
+    let stored = match std::fs::read(&path) {
+        Ok(stored) => stored,
+        Err(e) => return Some(format!("{name}: cannot read {}: {e}; run with DROVER_BLESS=1 to create it", path.display())),
+    };
+    // Old bytes must still decode, and encode to the same bytes.
+    let decoded: T = match frame::decode(&stored, MAX_FRAME_LEN) {
+        Ok(decoded) => decoded,
+        Err(e) => return Some(format!("{name}: stored bytes no longer decode: {e}")),
+    };
+    if frame::encode(&decoded).expect("re-encode") != stored {
+        return Some(format!("{name}: stored bytes re-encode differently"));
+    }
+    if bytes != stored {
+        return Some(format!("{name}: encoding changed (append variants and fields, never reorder)"));
+    }
+    None
+}
+
+#[test]
+fn v1_messages_match_their_golden_bytes() {
+    let mut failures = Vec::new();
+    for (name, message) in requests() {
+        failures.extend(check(name, &message));
+    }
+    for (name, message) in responses() {
+        failures.extend(check(name, &message));
+    }
+    assert!(failures.is_empty(), "golden mismatches:\n{}", failures.join("\n"));
+}
