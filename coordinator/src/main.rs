@@ -1,1 +1,24 @@
-fn main() {}
+//! The `drover` binary: parses the command line, starts logging, runs.
+
+use clap::Parser;
+
+use drover_coordinator::cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // The server logs at info; CLI commands only warn unless asked.
+    let default = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    drover_net::logging::init(cli.log_format, default);
+    drover_net::tls::install_default_provider();
+    match drover_coordinator::command::run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

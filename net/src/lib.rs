@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod identity;
+pub mod logging;
 pub mod stream;
 pub mod tls;
 

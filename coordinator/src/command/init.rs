@@ -1,0 +1,26 @@
+//! `drover init`.
+
+use anyhow::Result;
+
+use crate::cli::InitArgs;
+use crate::init::{init, InitOptions};
+
+pub fn run(args: InitArgs) -> Result<()> {
+    let outcome = init(InitOptions {
+        state_dir: args.state_dir,
+        listen: args.listen,
+        advertise: args.advertise,
+        server_names: args.server_names,
+        admin_name: args.admin_name,
+        health_interval: args.health_interval,
+        machine_cert_lifetime: args.machine_cert_lifetime,
+    })?;
+    let dir = &outcome.config.state_dir;
+    println!("created {}", dir.display());
+    println!("  configuration   {}", outcome.config_path.display());
+    println!("  fleet CA        {}", dir.join(crate::pki::CA_CERT_FILE).display());
+    println!("  admin bundle    {}", outcome.bundle_path.display());
+    println!("  listen          {} (clients dial {})", outcome.config.listen, outcome.config.advertise);
+    println!("next: drover serve --state-dir {}", dir.display());
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! `drover machines list|show|label|revoke`.
+
+use anyhow::{bail, Result};
+
+use drover_protocol::v1::{AdminRequest, AdminResponse, MachineInfo};
+
+use crate::cli::MachinesCommand;
+use crate::output::{self, OutputFormat};
+use crate::server::now_ms;
+
+use super::{connect, labels, print_json, refused};
+
+pub async fn run(cmd: MachinesCommand) -> Result<()> {
+    match cmd {
+        MachinesCommand::List { selector, admin } => {
+            let client = connect(&admin).await?;
+            let answer = client
+                .call(AdminRequest::MachinesList { selector: labels(selector) })
+                .await
+                .map_err(|e| refused(e, "listing machines"))?;
+            client.close().await;
+            let AdminResponse::Machines(machines) = answer else {
+                bail!("unexpected answer from the coordinator");
+            };
+            match admin.output {
+                OutputFormat::Json => print_json(&machines)?,
+                OutputFormat::Table => print_table(&machines),
+            }
+        }
+        MachinesCommand::Show { id, admin } => {
+            let client = connect(&admin).await?;
+            let answer = client
+                .call(AdminRequest::MachinesShow { id: id.clone() })
+                .await
+                .map_err(|e| refused(e, &format!("showing machine {id}")))?;
+            client.close().await;
+            let AdminResponse::Machine(machine) = answer else {
+                bail!("unexpected answer from the coordinator");
+            };
+            match admin.output {
+                OutputFormat::Json => print_json(&machine)?,
+                OutputFormat::Table => print_machine(&machine),
+            }
+        }
+        MachinesCommand::Label { id, changes, admin } => {
+            let mut set = Vec::new();
+            let mut remove = Vec::new();
+            for change in changes {
+                if let Some(key) = change.strip_suffix('-').filter(|_| !change.contains('=')) {
+                    remove.push(key.to_string());
+                } else {
+                    set.push(crate::cli::parse_label(&change).map_err(anyhow::Error::msg)?);
+                }
+            }
+            let client = connect(&admin).await?;
+            let answer = client
+                .call(AdminRequest::MachinesLabel { id: id.clone(), set: labels(set), remove })
+                .await
+                .map_err(|e| refused(e, &format!("labelling machine {id}")))?;
+            client.close().await;
+            let AdminResponse::Machine(machine) = answer else {
+                bail!("unexpected answer from the coordinator");
+            };
+            match admin.output {
+                OutputFormat::Json => print_json(&machine)?,
+                OutputFormat::Table => println!("{} labels: {}", machine.id, output::labels(&machine.labels)),
+            }
+        }
+        MachinesCommand::Revoke { id, admin } => {
+            let client = connect(&admin).await?;
+            let answer = client
+                .call(AdminRequest::MachinesRevoke { id: id.clone() })
+                .await
+                .map_err(|e| refused(e, &format!("revoking machine {id}")))?;
+            client.close().await;
+            let AdminResponse::Machine(machine) = answer else {
+                bail!("unexpected answer from the coordinator");
+            };
+            match admin.output {
+                OutputFormat::Json => print_json(&machine)?,
+                OutputFormat::Table => println!("machine {} ({}) revoked", machine.id, machine.hostname),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_table(machines: &[MachineInfo]) {
+    let now = now_ms();
+    let mut t = output::table(&["ID", "HOSTNAME", "STATUS", "LABELS", "LAST SEEN", "LOAD", "MEMORY", "FAILED UNITS"]);
+    for m in machines {
+        let (load, memory, failed) = match &m.health {
+            Some(h) => (
+                format!("{:.2}", h.load_average[0]),
+                format!("{}/{}", output::bytes(h.memory_used_bytes), output::bytes(h.memory_total_bytes)),
+                h.failed_units.as_ref().map(|u| u.len().to_string()).unwrap_or_else(|| "-".into()),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        t.add_row(vec![
+            m.id.clone(),
+            m.hostname.clone(),
+            m.status.as_str().to_string(),
+            output::labels(&m.labels),
+            output::ago(m.last_seen, now),
+            load,
+            memory,
+            failed,
+        ]);
+    }
+    println!("{t}");
+    println!("{} machine(s)", machines.len());
+}
+
+fn print_machine(m: &MachineInfo) {
+    let now = now_ms();
+    println!("machine      {}", m.id);
+    println!("hostname     {}", m.hostname);
+    println!("status       {}", m.status.as_str());
+    println!("labels       {}", output::labels(&m.labels));
+    println!("enrolled     {}", output::timestamp(m.enrolled_at));
+    println!("last seen    {}", output::ago(m.last_seen, now));
+    println!("certificate  serial {} expires {}", m.cert_serial, output::until(m.cert_not_after, now));
+    if let Some(h) = &m.health {
+        println!("health:");
+        println!("  agent        {}", h.agent_version);
+        println!("  uptime       {}", humantime::format_duration(std::time::Duration::from_secs(h.uptime_secs)));
+        println!("  load         {:.2} {:.2} {:.2} ({} cpus, {:.0}% busy)", h.load_average[0], h.load_average[1], h.load_average[2], h.cpu_count, h.cpu_usage_percent);
+        println!("  memory       {} of {}", output::bytes(h.memory_used_bytes), output::bytes(h.memory_total_bytes));
+        for d in &h.disks {
+            println!("  disk         {} {} free of {}", d.mount_point, output::bytes(d.available_bytes), output::bytes(d.total_bytes));
+        }
+        match &h.failed_units {
+            Some(units) if units.is_empty() => println!("  failed units none"),
+            Some(units) => println!("  failed units {}", units.join(", ")),
+            None => println!("  failed units (no systemd)"),
+        }
+        println!("  system       {}", h.system_path.as_deref().unwrap_or("-"));
+    }
+}

@@ -1,0 +1,91 @@
+//! One module per CLI verb. [`run`] dispatches a parsed command line.
+
+pub mod admins;
+pub mod init;
+pub mod machines;
+pub mod serve;
+pub mod tokens;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::CommandFactory;
+
+use drover_net::client::ClientError;
+
+use crate::bundle::{AdminBundle, DEFAULT_BUNDLE_FILE};
+use crate::cli::{AdminArgs, Cli, Command};
+use crate::client::AdminClient;
+use crate::config::{Config, CONFIG_FILE};
+
+/// Where the state directory is when none is named.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/drover";
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init(args) => init::run(args),
+        Command::Serve(args) => serve::run(load_config(&args.config, &args.state_dir)?).await,
+        Command::CheckConfig(args) => {
+            let config = load_config(&args.config, &args.state_dir)?;
+            println!("configuration is valid: listen {} advertise {}", config.listen, config.advertise);
+            Ok(())
+        }
+        Command::Tokens(cmd) => tokens::run(cmd).await,
+        Command::Machines(cmd) => machines::run(cmd).await,
+        Command::Admins(cmd) => admins::run(cmd).await,
+        Command::Whoami(args) => admins::whoami(args).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "drover", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+/// Reads the configuration from `--config`, or `STATE_DIR/drover.toml`.
+pub fn load_config(config: &Option<PathBuf>, state_dir: &Option<PathBuf>) -> Result<Config> {
+    let path = match (config, state_dir) {
+        (Some(path), _) => path.clone(),
+        (None, Some(dir)) => {
+            crate::server::check_state_dir(dir)?;
+            dir.join(CONFIG_FILE)
+        }
+        (None, None) => PathBuf::from(DEFAULT_STATE_DIR).join(CONFIG_FILE),
+    };
+    Config::load(&path)
+}
+
+/// Finds the admin bundle and connects with it.
+pub async fn connect(args: &AdminArgs) -> Result<AdminClient> {
+    let path = match (&args.admin_bundle, &args.state_dir) {
+        (Some(path), _) => path.clone(),
+        (None, Some(dir)) => dir.join(DEFAULT_BUNDLE_FILE),
+        (None, None) => PathBuf::from(DEFAULT_STATE_DIR).join(DEFAULT_BUNDLE_FILE),
+    };
+    let bundle = AdminBundle::load(&path)?;
+    AdminClient::connect(&bundle).await
+}
+
+/// Adds a hint to a refusal from the coordinator.
+pub fn refused(e: ClientError, what: &str) -> anyhow::Error {
+    use drover_protocol::ErrorCode;
+    let hint = match e.code() {
+        Some(ErrorCode::PermissionDenied) => Some("ask an admin for a bundle with a higher role"),
+        Some(ErrorCode::NotFound) => Some("list what exists with the matching `list` command"),
+        Some(ErrorCode::Unauthenticated) => Some("the admin bundle is not accepted; get a new one with `drover admins add`"),
+        _ => None,
+    };
+    match hint {
+        Some(h) => anyhow::anyhow!("{what} failed: {e}\nhint: {h}"),
+        None => anyhow::anyhow!("{what} failed: {e}"),
+    }
+}
+
+/// Builds a label map from parsed `k=v` pairs.
+pub fn labels(pairs: Vec<(String, String)>) -> std::collections::BTreeMap<String, String> {
+    pairs.into_iter().collect()
+}
+
+/// Context for a result printed as JSON.
+pub fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    crate::output::json(value).context("writing JSON output")
+}

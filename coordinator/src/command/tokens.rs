@@ -1,0 +1,94 @@
+//! `drover tokens create|list|revoke`.
+
+use anyhow::{bail, Result};
+
+use drover_protocol::v1::{AdminRequest, AdminResponse, TokenSpec};
+
+use crate::cli::TokensCommand;
+use crate::output::{self, OutputFormat};
+use crate::server::now_ms;
+
+use super::{connect, labels, print_json, refused};
+
+pub async fn run(cmd: TokensCommand) -> Result<()> {
+    match cmd {
+        TokensCommand::Create { labels: pairs, ttl, uses, admin } => {
+            let client = connect(&admin).await?;
+            let spec = TokenSpec {
+                labels: labels(pairs),
+                ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+                uses,
+            };
+            let answer = client
+                .call(AdminRequest::TokensCreate(spec))
+                .await
+                .map_err(|e| refused(e, "creating the token"))?;
+            client.close().await;
+            let AdminResponse::TokenCreated(created) = answer else {
+                bail!("unexpected answer from the coordinator");
+            };
+            match admin.output {
+                OutputFormat::Json => print_json(&created)?,
+                OutputFormat::Table => {
+                    eprintln!(
+                        "token {} ({} use(s), expires {}); it is shown only now:",
+                        created.info.id,
+                        created.info.uses_total,
+                        output::timestamp(created.info.expires_at)
+                    );
+                    println!("{}", created.token.expose());
+                }
+            }
+        }
+        TokensCommand::List { admin } => {
+            let client = connect(&admin).await?;
+            let answer = client
+                .call(AdminRequest::TokensList)
+                .await
+                .map_err(|e| refused(e, "listing tokens"))?;
+            client.close().await;
+            let AdminResponse::Tokens(tokens) = answer else {
+                bail!("unexpected answer from the coordinator");
+            };
+            match admin.output {
+                OutputFormat::Json => print_json(&tokens)?,
+                OutputFormat::Table => {
+                    let now = now_ms();
+                    let mut t = output::table(&["ID", "LABELS", "USES LEFT", "EXPIRES", "STATE"]);
+                    for tok in &tokens {
+                        let state = if tok.revoked {
+                            "revoked"
+                        } else if tok.expires_at <= now {
+                            "expired"
+                        } else if tok.uses_left == 0 {
+                            "used up"
+                        } else {
+                            "usable"
+                        };
+                        t.add_row(vec![
+                            tok.id.clone(),
+                            output::labels(&tok.labels),
+                            format!("{}/{}", tok.uses_left, tok.uses_total),
+                            output::until(tok.expires_at, now),
+                            state.to_string(),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+            }
+        }
+        TokensCommand::Revoke { id, admin } => {
+            let client = connect(&admin).await?;
+            client
+                .call(AdminRequest::TokensRevoke { id: id.clone() })
+                .await
+                .map_err(|e| refused(e, &format!("revoking token {id}")))?;
+            client.close().await;
+            match admin.output {
+                OutputFormat::Json => print_json(&serde_json::json!({ "revoked": id }))?,
+                OutputFormat::Table => println!("token {id} revoked"),
+            }
+        }
+    }
+    Ok(())
+}

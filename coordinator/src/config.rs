@@ -1,0 +1,125 @@
+//! The coordinator's configuration file (`drover.toml` in the state
+//! directory), read with `deny_unknown_fields` and checked before anything
+//! starts (`drover check-config`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// File name of the configuration inside the state directory.
+pub const CONFIG_FILE: &str = "drover.toml";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the coordinator keeps its store, CA and keys (mode 0700).
+    pub state_dir: PathBuf,
+    /// UDP address the QUIC endpoint listens on.
+    pub listen: SocketAddr,
+    /// The address agents and admins dial (written into admin bundles).
+    pub advertise: SocketAddr,
+    /// Names and addresses in the server certificate; the first is the name
+    /// clients verify by default.
+    pub server_names: Vec<String>,
+    /// Lifetime of machine certificates; agents renew at two thirds.
+    #[serde(with = "humantime_serde", default = "default_machine_cert_lifetime")]
+    pub machine_cert_lifetime: Duration,
+    /// How often agents report health; three missed intervals make a
+    /// machine offline.
+    #[serde(with = "humantime_serde", default = "default_health_interval")]
+    pub health_interval: Duration,
+    /// A QUIC connection with no traffic for this long is closed.
+    #[serde(with = "humantime_serde", default = "default_idle_timeout")]
+    pub idle_timeout: Duration,
+}
+
+fn default_machine_cert_lifetime() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+fn default_health_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Config {
+    /// A configuration with defaults for everything but the addresses.
+    pub fn new(state_dir: PathBuf, listen: SocketAddr, server_names: Vec<String>) -> Self {
+        let advertise = if listen.ip().is_unspecified() {
+            let ip = if listen.is_ipv6() { "::1" } else { "127.0.0.1" };
+            SocketAddr::new(ip.parse().expect("literal address"), listen.port())
+        } else {
+            listen
+        };
+        Config {
+            state_dir,
+            listen,
+            advertise,
+            server_names,
+            machine_cert_lifetime: default_machine_cert_lifetime(),
+            health_interval: default_health_interval(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the configuration {}", path.display()))?;
+        let config: Config = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid drover configuration", path.display()))?;
+        config.check().with_context(|| format!("in {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn check(&self) -> Result<()> {
+        if self.server_names.is_empty() {
+            bail!("server_names is empty; name at least one DNS name or IP address clients dial");
+        }
+        if self.machine_cert_lifetime < Duration::from_secs(10) {
+            bail!("machine_cert_lifetime must be at least 10s (agents renew at two thirds of it)");
+        }
+        if self.health_interval < Duration::from_millis(100) {
+            bail!("health_interval must be at least 100ms");
+        }
+        if self.idle_timeout < Duration::from_secs(1) {
+            bail!("idle_timeout must be at least 1s");
+        }
+        if self.advertise.ip().is_unspecified() {
+            bail!("advertise must be an address clients can dial, not {}", self.advertise);
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let text = "state_dir = \"/x\"\nlisten = \"127.0.0.1:1\"\nadvertise = \"127.0.0.1:1\"\nserver_names = [\"a\"]\nbogus = 1\n";
+        let err = toml::from_str::<Config>(text).expect_err("unknown field");
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn written_config_reads_back_with_defaults() {
+        let c = Config::new("/s".into(), "0.0.0.0:7443".parse().expect("addr"), vec!["localhost".into()]);
+        assert_eq!(c.advertise.to_string(), "127.0.0.1:7443");
+        let back: Config = toml::from_str(&c.to_toml()).expect("parse");
+        assert_eq!(back.health_interval, Duration::from_secs(10));
+        back.check().expect("valid");
+    }
+}

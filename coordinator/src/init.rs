@@ -1,0 +1,147 @@
+//! `drover init`: a new state directory with the fleet CA, the server
+//! certificate, the configuration, the store and a first admin bundle.
+//!
+//! Everything is made in a temporary sibling directory and renamed into place
+//! at the end, so a failure leaves nothing half-made; an existing state
+//! directory is never overwritten.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use drover_net::identity::{self, Subject};
+use drover_protocol::v1::Role;
+
+use crate::bundle::{AdminBundle, DEFAULT_BUNDLE_FILE};
+use crate::config::{Config, CONFIG_FILE};
+use crate::model::AdminRecord;
+use crate::pki::{self, Ca};
+use crate::server::{admin_cert_lifetime, now_ms, DB_DIR};
+use crate::store::{SledStore, Store};
+
+pub struct InitOptions {
+    pub state_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub advertise: Option<SocketAddr>,
+    pub server_names: Vec<String>,
+    pub admin_name: String,
+    pub health_interval: Option<Duration>,
+    pub machine_cert_lifetime: Option<Duration>,
+}
+
+pub struct InitOutcome {
+    pub config_path: PathBuf,
+    pub bundle_path: PathBuf,
+    pub config: Config,
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    Ok(std::env::current_dir()?.join(path))
+}
+
+pub fn init(opts: InitOptions) -> Result<InitOutcome> {
+    crate::server::check_admin_name(&opts.admin_name).map_err(anyhow::Error::msg)?;
+    let state_dir = absolute(&opts.state_dir)?;
+    if state_dir.exists() {
+        let empty = fs::read_dir(&state_dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !empty {
+            bail!(
+                "{} already exists and is not empty; refusing to overwrite a state directory (choose another --state-dir or remove it yourself)",
+                state_dir.display()
+            );
+        }
+    }
+    let mut names = opts.server_names.clone();
+    if !opts.listen.ip().is_unspecified() && !names.contains(&opts.listen.ip().to_string()) {
+        names.push(opts.listen.ip().to_string());
+    }
+    if names.is_empty() {
+        names = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    }
+    let mut config = Config::new(state_dir.clone(), opts.listen, names);
+    if let Some(advertise) = opts.advertise {
+        config.advertise = advertise;
+    }
+    if let Some(i) = opts.health_interval {
+        config.health_interval = i;
+    }
+    if let Some(l) = opts.machine_cert_lifetime {
+        config.machine_cert_lifetime = l;
+    }
+    config.check()?;
+
+    let parent = state_dir.parent().context("the state directory needs a parent")?;
+    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let name = state_dir.file_name().context("the state directory needs a name")?;
+    let tmp = parent.join(format!(".{}.init-{}", name.to_string_lossy(), std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    let result = build(&tmp, &config, &opts.admin_name);
+    match result {
+        Ok(()) => {
+            if state_dir.exists() {
+                fs::remove_dir(&state_dir).with_context(|| format!("replacing the empty {}", state_dir.display()))?;
+            }
+            fs::rename(&tmp, &state_dir)
+                .with_context(|| format!("moving the new state into {}", state_dir.display()))?;
+        }
+        Err(e) => {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    }
+    Ok(InitOutcome {
+        config_path: state_dir.join(CONFIG_FILE),
+        bundle_path: state_dir.join(DEFAULT_BUNDLE_FILE),
+        config,
+    })
+}
+
+fn build(dir: &Path, config: &Config, admin_name: &str) -> Result<()> {
+    fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    let (ca, ca_key_pem) = Ca::generate(&config.server_names[0])?;
+    let ca_pem = identity::cert_pem(&ca.cert_der);
+    identity::write_atomic(&dir.join(pki::CA_CERT_FILE), ca_pem.as_bytes(), 0o644)?;
+    identity::write_atomic(&dir.join(pki::CA_KEY_FILE), ca_key_pem.as_bytes(), 0o600)?;
+    let (server_der, server_key_pem) = ca.server_certificate(&config.server_names)?;
+    identity::write_atomic(
+        &dir.join(pki::SERVER_CERT_FILE),
+        identity::cert_pem(&server_der).as_bytes(),
+        0o644,
+    )?;
+    identity::write_atomic(&dir.join(pki::SERVER_KEY_FILE), server_key_pem.as_bytes(), 0o600)?;
+    identity::write_atomic(&dir.join(CONFIG_FILE), config.to_toml().as_bytes(), 0o600)?;
+
+    let key = identity::generate_key()?;
+    let csr = identity::csr_der(&key, admin_name)?;
+    let issued = ca.sign_client(&csr, &Subject::Admin(admin_name.to_string()), admin_cert_lifetime())?;
+    {
+        let store = SledStore::open(&dir.join(DB_DIR))?;
+        store.insert_admin(&AdminRecord {
+            name: admin_name.to_string(),
+            role: Role::Admin,
+            created_at: now_ms(),
+            serials: vec![issued.serial.clone()],
+        })?;
+        store.flush()?;
+    }
+    AdminBundle {
+        name: admin_name.to_string(),
+        coordinator: config.advertise,
+        server_name: config.server_names[0].clone(),
+        ca_pem,
+        cert_pem: identity::cert_pem(&issued.certificate_der),
+        key_pem: key.serialize_pem(),
+    }
+    .write(&dir.join(DEFAULT_BUNDLE_FILE))?;
+    Ok(())
+}

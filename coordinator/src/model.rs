@@ -1,0 +1,159 @@
+//! The coordinator's records: machines, enrollment tokens, admins. The store
+//! persists them inside a versioned envelope; the server converts them to
+//! wire types at its edge.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use drover_protocol::v1::{self, Role};
+
+pub type Labels = BTreeMap<String, String>;
+pub type UnixMillis = u64;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineRecord {
+    pub id: String,
+    pub hostname: String,
+    pub labels: Labels,
+    /// The token that enrolled it (its id, never its text).
+    pub token_id: String,
+    pub enrolled_at: UnixMillis,
+    pub revoked_at: Option<UnixMillis>,
+    /// The serial of the newest certificate.
+    pub cert_serial: String,
+    pub cert_not_after: UnixMillis,
+    /// The certificate it held before its last renewal: accepted until it
+    /// expires, so that an agent that lost the renewal answer is not locked out.
+    pub previous_cert: Option<(String, UnixMillis)>,
+    pub last_seen: Option<UnixMillis>,
+    pub health: Option<HealthRecord>,
+}
+
+impl MachineRecord {
+    /// Whether a certificate with this serial may still act for the machine.
+    pub fn holds_serial(&self, serial: &str, now: UnixMillis) -> bool {
+        self.cert_serial == serial
+            || matches!(&self.previous_cert, Some((s, not_after)) if s == serial && *not_after > now)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthRecord {
+    pub received_at: UnixMillis,
+    pub hostname: String,
+    pub uptime_secs: u64,
+    pub load_average: [f64; 3],
+    pub cpu_count: u32,
+    pub cpu_usage_percent: f32,
+    pub memory_total_bytes: u64,
+    pub memory_used_bytes: u64,
+    pub disks: Vec<DiskRecord>,
+    pub failed_units: Option<Vec<String>>,
+    pub agent_version: String,
+    pub system_path: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiskRecord {
+    pub mount_point: String,
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+}
+
+impl HealthRecord {
+    pub fn from_wire(report: v1::HealthReport, received_at: UnixMillis) -> Self {
+        HealthRecord {
+            received_at,
+            hostname: report.hostname,
+            uptime_secs: report.uptime_secs,
+            load_average: report.load_average,
+            cpu_count: report.cpu_count,
+            cpu_usage_percent: report.cpu_usage_percent,
+            memory_total_bytes: report.memory_total_bytes,
+            memory_used_bytes: report.memory_used_bytes,
+            disks: report
+                .disks
+                .into_iter()
+                .map(|d| DiskRecord {
+                    mount_point: d.mount_point,
+                    total_bytes: d.total_bytes,
+                    available_bytes: d.available_bytes,
+                })
+                .collect(),
+            failed_units: report.failed_units,
+            agent_version: report.agent_version,
+            system_path: report.system_path,
+        }
+    }
+
+    pub fn to_wire(&self) -> v1::HealthReport {
+        v1::HealthReport {
+            hostname: self.hostname.clone(),
+            uptime_secs: self.uptime_secs,
+            load_average: self.load_average,
+            cpu_count: self.cpu_count,
+            cpu_usage_percent: self.cpu_usage_percent,
+            memory_total_bytes: self.memory_total_bytes,
+            memory_used_bytes: self.memory_used_bytes,
+            disks: self
+                .disks
+                .iter()
+                .map(|d| v1::DiskUsage {
+                    mount_point: d.mount_point.clone(),
+                    total_bytes: d.total_bytes,
+                    available_bytes: d.available_bytes,
+                })
+                .collect(),
+            failed_units: self.failed_units.clone(),
+            agent_version: self.agent_version.clone(),
+            system_path: self.system_path.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    /// SHA-256 of the token text, hex. The text itself is never stored.
+    pub hash: String,
+    pub labels: Labels,
+    pub created_at: UnixMillis,
+    pub expires_at: UnixMillis,
+    pub uses_total: u32,
+    pub uses_left: u32,
+    pub revoked: bool,
+}
+
+impl TokenRecord {
+    pub fn to_wire(&self) -> v1::TokenInfo {
+        v1::TokenInfo {
+            id: self.id.clone(),
+            labels: self.labels.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            uses_total: self.uses_total,
+            uses_left: self.uses_left,
+            revoked: self.revoked,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminRecord {
+    pub name: String,
+    pub role: Role,
+    pub created_at: UnixMillis,
+    /// Serials of the certificates issued to this admin.
+    pub serials: Vec<String>,
+}
+
+impl AdminRecord {
+    pub fn to_wire(&self) -> v1::AdminInfo {
+        v1::AdminInfo {
+            name: self.name.clone(),
+            role: self.role,
+            created_at: self.created_at,
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Output for people (tables) and for scripts (`--output json`).
+
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Table,
+    Json,
+}
+
+/// Prints `value` as pretty JSON on standard output.
+pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// A table with a header row.
+pub fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(header.to_vec());
+    t
+}
+
+/// "12s ago", "3h ago"; "never" for none.
+pub fn ago(then: Option<u64>, now: u64) -> String {
+    match then {
+        None => "never".into(),
+        Some(t) => {
+            let secs = now.saturating_sub(t) / 1000;
+            format!("{} ago", humantime::format_duration(std::time::Duration::from_secs(secs)))
+        }
+    }
+}
+
+/// "in 6days 23h", or "expired".
+pub fn until(then: u64, now: u64) -> String {
+    if then <= now {
+        return "expired".into();
+    }
+    let secs = (then - now) / 1000;
+    format!("in {}", humantime::format_duration(std::time::Duration::from_secs(secs)))
+}
+
+/// An RFC 3339 timestamp for milliseconds since the epoch.
+pub fn timestamp(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+}
+
+pub fn labels(labels: &std::collections::BTreeMap<String, String>) -> String {
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+/// Bytes in binary units, one decimal.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

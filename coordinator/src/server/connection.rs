@@ -1,0 +1,241 @@
+//! One QUIC connection: who is on the other end, Hello first, then one
+//! request per bi-stream.
+//!
+//! The TLS layer has already checked any client certificate against the
+//! fleet CA. Here the certificate's identity is checked against the records:
+//! a machine must exist, not be revoked, and hold the certificate's serial;
+//! an admin must exist and hold the serial. A connection without a
+//! certificate may only say Hello and Enroll, with small frames, for a
+//! limited time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use drover_net::identity::{PeerCertificate, Subject};
+use drover_net::stream::{read_frame, write_frame, StreamError};
+use drover_protocol::frame::{MAX_FRAME_LEN, MAX_UNAUTHENTICATED_FRAME_LEN};
+use drover_protocol::v1::{HelloAck, Request, Response};
+use drover_protocol::{negotiate, ErrorCode, WireError, SUPPORTED};
+
+use super::{admin, agent, enroll, now_ms, Coordinator};
+
+/// How long a connection without a certificate may stay open.
+const ANONYMOUS_LIFETIME: Duration = Duration::from_secs(30);
+
+/// Who is on the other end of a connection, as the records confirm.
+#[derive(Debug, Clone)]
+pub enum Peer {
+    Anonymous,
+    Machine { id: String },
+    Admin { name: String },
+}
+
+impl Peer {
+    fn max_frame(&self) -> usize {
+        match self {
+            Peer::Anonymous => MAX_UNAUTHENTICATED_FRAME_LEN,
+            _ => MAX_FRAME_LEN,
+        }
+    }
+}
+
+fn close(conn: &quinn::Connection, error: &WireError) {
+    conn.close(error.code.as_u32().into(), error.message.as_bytes());
+}
+
+/// Checks the peer's certificate against the records.
+fn identify(state: &Coordinator, conn: &quinn::Connection) -> Result<Peer, WireError> {
+    let Some(any) = conn.peer_identity() else {
+        return Ok(Peer::Anonymous);
+    };
+    let Ok(chain) = any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>() else {
+        return Ok(Peer::Anonymous);
+    };
+    let Some(leaf) = chain.first() else {
+        return Ok(Peer::Anonymous);
+    };
+    let unauthenticated =
+        |msg: &str| WireError::new(ErrorCode::Unauthenticated, msg.to_string());
+    let cert = PeerCertificate::parse(leaf)
+        .map_err(|_| unauthenticated("client certificate carries no drover identity"))?;
+    let now = now_ms();
+    match cert.subject {
+        Subject::Machine(id) => {
+            let record = state
+                .store
+                .machine(&id)
+                .map_err(super::wire_error)?
+                .ok_or_else(|| unauthenticated("this machine is not known to the coordinator; enroll it again with a new token"))?;
+            if record.revoked_at.is_some() {
+                return Err(WireError::new(ErrorCode::Revoked, format!("machine {id} was revoked")));
+            }
+            if !record.holds_serial(&cert.serial, now) {
+                return Err(unauthenticated(
+                    "this certificate was replaced; use the machine's newest certificate",
+                ));
+            }
+            Ok(Peer::Machine { id })
+        }
+        Subject::Admin(name) => {
+            let record = state
+                .store
+                .admin(&name)
+                .map_err(super::wire_error)?
+                .ok_or_else(|| unauthenticated("this admin is not known to the coordinator"))?;
+            if !record.serials.contains(&cert.serial) {
+                return Err(unauthenticated("this admin certificate is no longer valid"));
+            }
+            Ok(Peer::Admin { name })
+        }
+    }
+}
+
+pub(super) async fn handle(state: Arc<Coordinator>, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::debug!(%remote, error = %e, "handshake failed");
+            return;
+        }
+    };
+    let peer = match identify(&state, &conn) {
+        Ok(peer) => peer,
+        Err(e) => {
+            tracing::info!(%remote, code = ?e.code, reason = %e.message, "connection refused");
+            close(&conn, &e);
+            return;
+        }
+    };
+    let span = match &peer {
+        Peer::Anonymous => tracing::info_span!("conn", %remote, peer = "anonymous"),
+        Peer::Machine { id } => tracing::info_span!("conn", %remote, machine = %id),
+        Peer::Admin { name } => tracing::info_span!("conn", %remote, admin = %name),
+    };
+    async move {
+        if let Peer::Machine { id } = &peer {
+            // Register before re-checking, so that a revocation racing with
+            // this connection either sees it or is seen here.
+            state.live.register(id, &conn);
+            if let Ok(Some(m)) = state.store.machine(id) {
+                if m.revoked_at.is_some() {
+                    close(&conn, &WireError::new(ErrorCode::Revoked, format!("machine {id} was revoked")));
+                }
+            }
+        }
+        if matches!(peer, Peer::Anonymous) {
+            let c = conn.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(ANONYMOUS_LIFETIME).await;
+                c.close(ErrorCode::Unauthenticated.as_u32().into(), b"enrollment connection lifetime exceeded");
+            });
+        }
+        tracing::debug!("connected");
+        serve(&state, &conn, &peer).await;
+        if let Peer::Machine { id } = &peer {
+            state.live.unregister(id, &conn);
+        }
+        tracing::debug!(reason = ?conn.close_reason(), "disconnected");
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn serve(state: &Arc<Coordinator>, conn: &quinn::Connection, peer: &Peer) {
+    // The first stream must carry Hello; it is handled before any other.
+    let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+        return;
+    };
+    let hello = match read_frame::<Request>(&mut recv, peer.max_frame()).await {
+        Ok(Request::Hello(hello)) => hello,
+        Ok(_) => {
+            let e = WireError::new(ErrorCode::BadRequest, "the first request must be Hello");
+            let _ = write_frame(&mut send, &Response::Error(e.clone())).await;
+            let _ = send.finish();
+            close(conn, &e);
+            return;
+        }
+        Err(e) => {
+            bad_stream(send, recv, &e).await;
+            close(conn, &WireError::new(ErrorCode::BadRequest, "the first request must be Hello"));
+            return;
+        }
+    };
+    match negotiate(SUPPORTED, hello.versions) {
+        Ok(version) => {
+            let ack = Response::Hello(HelloAck {
+                version,
+                software: format!("drover {}", env!("CARGO_PKG_VERSION")),
+            });
+            if write_frame(&mut send, &ack).await.is_err() {
+                return;
+            }
+            let _ = send.finish();
+        }
+        Err(e) => {
+            tracing::info!(client = %hello.software, reason = %e.message, "version mismatch");
+            let _ = write_frame(&mut send, &Response::Error(e.clone())).await;
+            let _ = send.finish();
+            // Give the answer a moment to leave before closing.
+            let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+            close(conn, &e);
+            return;
+        }
+    }
+
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let state = state.clone();
+        let peer = peer.clone();
+        let conn = conn.clone();
+        tokio::spawn(
+            async move { handle_stream(state, conn, peer, send, recv).await }
+                .in_current_span(),
+        );
+    }
+}
+
+/// Answers a stream whose request could not be read, then closes it. The
+/// connection and every other stream go on.
+async fn bad_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, e: &StreamError) {
+    tracing::warn!(error = %e, "unreadable request; closing the stream");
+    let _ = recv.stop(ErrorCode::BadRequest.as_u32().into());
+    let error = WireError::new(ErrorCode::BadRequest, format!("unreadable request: {e}"));
+    let _ = write_frame(&mut send, &Response::Error(error)).await;
+    let _ = send.finish();
+}
+
+async fn handle_stream(
+    state: Arc<Coordinator>,
+    conn: quinn::Connection,
+    peer: Peer,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let request = match read_frame::<Request>(&mut recv, peer.max_frame()).await {
+        Ok(request) => request,
+        Err(e) => return bad_stream(send, recv, &e).await,
+    };
+    let denied = |code, msg: &str| Some(Response::Error(WireError::new(code, msg.to_string())));
+    let answer = match (request, &peer) {
+        (Request::Hello(_), _) => denied(ErrorCode::BadRequest, "Hello was already exchanged on this connection"),
+        (Request::Enroll(req), Peer::Anonymous) => Some(enroll::enroll(&state, req).await),
+        (Request::Enroll(_), _) => denied(ErrorCode::BadRequest, "this connection already has an identity; enroll without a client certificate"),
+        (Request::Agent(req), Peer::Machine { id }) => {
+            agent::handle(&state, &conn, id, req, &mut send, &mut recv).await
+        }
+        (Request::Agent(_), Peer::Anonymous) => denied(ErrorCode::Unauthenticated, "this request needs a machine certificate; enroll first"),
+        (Request::Agent(_), Peer::Admin { .. }) => denied(ErrorCode::PermissionDenied, "admin certificates cannot make agent requests"),
+        (Request::Admin(req), Peer::Admin { name }) => Some(admin::handle(&state, name, req).await),
+        (Request::Admin(_), Peer::Anonymous) => denied(ErrorCode::Unauthenticated, "this request needs an admin certificate"),
+        (Request::Admin(_), Peer::Machine { .. }) => denied(ErrorCode::PermissionDenied, "machine certificates cannot make admin requests"),
+    };
+    if let Some(answer) = answer {
+        if let Response::Error(e) = &answer {
+            tracing::debug!(code = ?e.code, reason = %e.message, "request refused");
+        }
+        let _ = write_frame(&mut send, &answer).await;
+        let _ = send.finish();
+    }
+}

@@ -1,0 +1,423 @@
+//! Persistent state. [`Store`] is the interface the coordinator uses;
+//! [`SledStore`] keeps it in sled under the state directory. This is the only
+//! module that imports sled.
+//!
+//! Each value is JSON inside an envelope `{"v": N, "record": ...}`. Reading
+//! an older `v` runs it through [`migrate`] first; a newer `v` than this build
+//! knows is an error (the store was written by a newer coordinator). The
+//! `meta` tree holds the schema version of the whole store.
+
+use std::path::Path;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+use crate::model::{AdminRecord, MachineRecord, TokenRecord, UnixMillis};
+use crate::tokens::{self, TokenRefusal};
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store i/o failed: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored record {key:?} in {tree} is unreadable: {reason}")]
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error("{what} {id:?} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Token(#[from] TokenRefusal),
+    #[error("machine {0} was revoked")]
+    Revoked(String),
+    #[error("the store at {path} has schema version {found}, newer than this coordinator's {SCHEMA_VERSION}; upgrade drover")]
+    TooNew { path: String, found: u32 },
+}
+
+/// The coordinator's view of its persistent state.
+pub trait Store: Send + Sync + 'static {
+    fn machine(&self, id: &str) -> Result<Option<MachineRecord>, StoreError>;
+    fn machines(&self) -> Result<Vec<MachineRecord>, StoreError>;
+    /// Changes one machine atomically; `change` may run more than once.
+    fn update_machine(
+        &self,
+        id: &str,
+        change: &dyn Fn(&mut MachineRecord) -> Result<(), StoreError>,
+    ) -> Result<MachineRecord, StoreError>;
+
+    fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    fn revoke_token(&self, id: &str) -> Result<TokenRecord, StoreError>;
+
+    /// Spends one use of the token with `token_hash` and records `machine`
+    /// (whose labels are replaced by the token's), in one transaction.
+    fn enroll(
+        &self,
+        token_hash: &str,
+        now: UnixMillis,
+        machine: &MachineRecord,
+    ) -> Result<MachineRecord, StoreError>;
+
+    fn admin(&self, name: &str) -> Result<Option<AdminRecord>, StoreError>;
+    fn admins(&self) -> Result<Vec<AdminRecord>, StoreError>;
+    /// Inserts a new admin; refuses a name already taken.
+    fn insert_admin(&self, admin: &AdminRecord) -> Result<(), StoreError>;
+
+    /// Writes everything to disk.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<T> {
+    v: u32,
+    record: T,
+}
+
+#[derive(Deserialize)]
+struct VersionOnly {
+    v: u32,
+}
+
+/// Brings a record written by an older schema up to [`SCHEMA_VERSION`]. There
+/// is one version so far; each later version adds a step here.
+fn migrate(tree: &'static str, v: u32, record: serde_json::Value) -> Result<serde_json::Value, String> {
+    match v {
+        SCHEMA_VERSION => Ok(record),
+        other => Err(format!("no migration from version {other} for {tree}")),
+    }
+}
+
+fn encode<T: Serialize>(record: &T) -> Vec<u8> {
+    serde_json::to_vec(&Envelope {
+        v: SCHEMA_VERSION,
+        record,
+    })
+    .expect("records serialise to JSON")
+}
+
+fn decode<T: DeserializeOwned>(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        tree,
+        key: String::from_utf8_lossy(key).to_string(),
+        reason,
+    };
+    let VersionOnly { v } = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+    if v == SCHEMA_VERSION {
+        let envelope: Envelope<T> = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+        return Ok(envelope.record);
+    }
+    let envelope: Envelope<serde_json::Value> =
+        serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let record = migrate(tree, v, envelope.record).map_err(corrupt)?;
+    serde_json::from_value(record).map_err(|e| corrupt(e.to_string()))
+}
+
+/// The sled-backed store.
+pub struct SledStore {
+    db: sled::Db,
+    machines: sled::Tree,
+    tokens: sled::Tree,
+    admins: sled::Tree,
+}
+
+const MACHINES: &str = "machines";
+const TOKENS: &str = "tokens";
+const ADMINS: &str = "admins";
+
+fn abort<T>(e: StoreError) -> Result<T, ConflictableTransactionError<StoreError>> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn unwrap_tx<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
+    r.map_err(|e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Sled(e),
+    })
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).open()?;
+        let meta = db.open_tree("meta")?;
+        match meta.get("schema_version")? {
+            Some(v) => {
+                let found: u32 = std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| StoreError::Corrupt {
+                        tree: "meta",
+                        key: "schema_version".into(),
+                        reason: "not a number".into(),
+                    })?;
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::TooNew {
+                        path: dir.display().to_string(),
+                        found,
+                    });
+                }
+            }
+            None => {
+                meta.insert("schema_version", SCHEMA_VERSION.to_string().as_bytes())?;
+            }
+        }
+        Ok(SledStore {
+            machines: db.open_tree(MACHINES)?,
+            tokens: db.open_tree(TOKENS)?,
+            admins: db.open_tree(ADMINS)?,
+            db,
+        })
+    }
+
+    fn all<T: DeserializeOwned>(tree: &sled::Tree, name: &'static str) -> Result<Vec<T>, StoreError> {
+        tree.iter()
+            .map(|item| {
+                let (k, v) = item?;
+                decode(name, &k, &v)
+            })
+            .collect()
+    }
+}
+
+impl Store for SledStore {
+    fn machine(&self, id: &str) -> Result<Option<MachineRecord>, StoreError> {
+        self.machines
+            .get(id)?
+            .map(|v| decode(MACHINES, id.as_bytes(), &v))
+            .transpose()
+    }
+
+    fn machines(&self) -> Result<Vec<MachineRecord>, StoreError> {
+        Self::all(&self.machines, MACHINES)
+    }
+
+    fn update_machine(
+        &self,
+        id: &str,
+        change: &dyn Fn(&mut MachineRecord) -> Result<(), StoreError>,
+    ) -> Result<MachineRecord, StoreError> {
+        unwrap_tx(self.machines.transaction(|tx| {
+            let Some(bytes) = tx.get(id)? else {
+                return abort(StoreError::NotFound {
+                    what: "machine",
+                    id: id.to_string(),
+                });
+            };
+            let mut record: MachineRecord = match decode(MACHINES, id.as_bytes(), &bytes) {
+                Ok(r) => r,
+                Err(e) => return abort(e),
+            };
+            if let Err(e) = change(&mut record) {
+                return abort(e);
+            }
+            tx.insert(id.as_bytes(), encode(&record))?;
+            Ok(record)
+        }))
+    }
+
+    fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        let previous = self
+            .tokens
+            .compare_and_swap(&token.hash, None as Option<&[u8]>, Some(encode(token)))?;
+        previous.map_err(|_| StoreError::Conflict("token already exists".into()))
+    }
+
+    fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.tokens
+            .get(hash)?
+            .map(|v| decode(TOKENS, b"<hash>", &v))
+            .transpose()
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        Self::all(&self.tokens, TOKENS)
+    }
+
+    fn revoke_token(&self, id: &str) -> Result<TokenRecord, StoreError> {
+        let token = self
+            .tokens()?
+            .into_iter()
+            .find(|t| t.id == id)
+            .ok_or_else(|| StoreError::NotFound {
+                what: "token",
+                id: id.to_string(),
+            })?;
+        unwrap_tx(self.tokens.transaction(|tx| {
+            let Some(bytes) = tx.get(&token.hash)? else {
+                return abort(StoreError::NotFound {
+                    what: "token",
+                    id: id.to_string(),
+                });
+            };
+            let mut record: TokenRecord = match decode(TOKENS, b"<hash>", &bytes) {
+                Ok(r) => r,
+                Err(e) => return abort(e),
+            };
+            record.revoked = true;
+            tx.insert(token.hash.as_bytes(), encode(&record))?;
+            Ok(record)
+        }))
+    }
+
+    fn enroll(
+        &self,
+        token_hash: &str,
+        now: UnixMillis,
+        machine: &MachineRecord,
+    ) -> Result<MachineRecord, StoreError> {
+        unwrap_tx((&self.tokens, &self.machines).transaction(|(tokens_tx, machines_tx)| {
+            let token: Option<TokenRecord> = match tokens_tx.get(token_hash)? {
+                Some(bytes) => match decode(TOKENS, b"<hash>", &bytes) {
+                    Ok(t) => Some(t),
+                    Err(e) => return abort(e),
+                },
+                None => None,
+            };
+            if let Err(refusal) = tokens::check(token.as_ref(), now) {
+                return abort(refusal.into());
+            }
+            let mut token = token.expect("checked above");
+            if machines_tx.get(&machine.id)?.is_some() {
+                return abort(StoreError::Conflict(format!("machine id {} is taken", machine.id)));
+            }
+            token.uses_left -= 1;
+            let mut machine = machine.clone();
+            machine.labels = token.labels.clone();
+            machine.token_id = token.id.clone();
+            tokens_tx.insert(token_hash.as_bytes(), encode(&token))?;
+            machines_tx.insert(machine.id.as_bytes(), encode(&machine))?;
+            Ok(machine)
+        }))
+    }
+
+    fn admin(&self, name: &str) -> Result<Option<AdminRecord>, StoreError> {
+        self.admins
+            .get(name)?
+            .map(|v| decode(ADMINS, name.as_bytes(), &v))
+            .transpose()
+    }
+
+    fn admins(&self) -> Result<Vec<AdminRecord>, StoreError> {
+        Self::all(&self.admins, ADMINS)
+    }
+
+    fn insert_admin(&self, admin: &AdminRecord) -> Result<(), StoreError> {
+        let previous = self
+            .admins
+            .compare_and_swap(&admin.name, None as Option<&[u8]>, Some(encode(admin)))?;
+        previous.map_err(|_| StoreError::Conflict(format!("admin {:?} already exists", admin.name)))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Labels;
+
+    fn token(uses: u32) -> TokenRecord {
+        TokenRecord {
+            id: "t-1".into(),
+            hash: "abc".into(),
+            labels: Labels::from([("tenant".into(), "a".into())]),
+            created_at: 0,
+            expires_at: 1_000,
+            uses_total: uses,
+            uses_left: uses,
+            revoked: false,
+        }
+    }
+
+    fn machine(id: &str) -> MachineRecord {
+        MachineRecord {
+            id: id.into(),
+            hostname: "h".into(),
+            labels: Labels::new(),
+            token_id: String::new(),
+            enrolled_at: 0,
+            revoked_at: None,
+            cert_serial: "s".into(),
+            cert_not_after: 0,
+            previous_cert: None,
+            last_seen: None,
+            health: None,
+        }
+    }
+
+    #[test]
+    fn enrollment_spends_uses_atomically_and_copies_labels() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        store.insert_token(&token(2)).expect("insert");
+        let m = store.enroll("abc", 10, &machine("m-1")).expect("first");
+        assert_eq!(m.labels.get("tenant").map(String::as_str), Some("a"));
+        assert_eq!(m.token_id, "t-1");
+        store.enroll("abc", 10, &machine("m-2")).expect("second");
+        let err = store.enroll("abc", 10, &machine("m-3")).expect_err("third");
+        assert!(matches!(err, StoreError::Token(TokenRefusal::Exhausted)));
+        assert!(store.machine("m-3").expect("get").is_none(), "nothing half-made");
+        assert_eq!(store.machines().expect("list").len(), 2);
+        let err = store.enroll("nope", 10, &machine("m-4")).expect_err("unknown");
+        assert!(matches!(err, StoreError::Token(TokenRefusal::Unknown)));
+    }
+
+    #[test]
+    fn records_survive_reopening_and_old_schema_is_refused_cleanly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = SledStore::open(dir.path()).expect("open");
+            store.insert_token(&token(1)).expect("insert");
+            store.flush().expect("flush");
+        }
+        let store = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.tokens().expect("tokens").len(), 1);
+        let err = decode::<TokenRecord>(TOKENS, b"k", br#"{"v":0,"record":{}}"#).expect_err("v0");
+        assert!(err.to_string().contains("no migration"), "{err}");
+    }
+
+    #[test]
+    fn a_newer_store_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = sled::open(dir.path()).expect("open");
+            db.open_tree("meta").expect("meta").insert("schema_version", "99").expect("insert");
+            db.flush().expect("flush");
+        }
+        assert!(matches!(SledStore::open(dir.path()), Err(StoreError::TooNew { found: 99, .. })));
+    }
+
+    #[test]
+    fn update_machine_is_atomic_and_reports_missing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        store.insert_token(&token(1)).expect("insert");
+        store.enroll("abc", 1, &machine("m-1")).expect("enroll");
+        let m = store
+            .update_machine("m-1", &|m| {
+                m.hostname = "renamed".into();
+                Ok(())
+            })
+            .expect("update");
+        assert_eq!(m.hostname, "renamed");
+        assert!(matches!(
+            store.update_machine("m-9", &|_| Ok(())),
+            Err(StoreError::NotFound { .. })
+        ));
+        let err = store
+            .update_machine("m-1", &|_| Err(StoreError::Conflict("no".into())))
+            .expect_err("aborted");
+        assert!(matches!(err, StoreError::Conflict(_)));
+        assert_eq!(store.machine("m-1").expect("get").expect("some").hostname, "renamed");
+    }
+}
