@@ -1,0 +1,148 @@
+//! The agent's configuration: a TOML file (`deny_unknown_fields`) whose keys
+//! the command-line flags can override. The NixOS module renders the same
+//! keys, so this struct is the one source of truth for them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The coordinator's QUIC address.
+    pub coordinator: SocketAddr,
+    /// The name to verify in the coordinator's certificate (default: the IP
+    /// address of `coordinator`).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// The fleet CA certificate (PEM); the only root the agent trusts.
+    pub ca_file: PathBuf,
+    /// The enrollment token, read at first start only (a file outside the
+    /// Nix store, e.g. from cloud-init).
+    #[serde(default)]
+    pub enrollment_token_file: Option<PathBuf>,
+    /// Where the agent keeps its key, certificate and records.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Labels the agent asks for (informational; the token's labels rule).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The hostname to report (default: the system's).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// First reconnect delay.
+    #[serde(with = "humantime_serde", default = "default_backoff_initial")]
+    pub backoff_initial: Duration,
+    /// Longest reconnect delay.
+    #[serde(with = "humantime_serde", default = "default_backoff_max")]
+    pub backoff_max: Duration,
+    /// How long to wait for the coordinator to answer a connection attempt.
+    #[serde(with = "humantime_serde", default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// The link to the running system, reported with health.
+    #[serde(default = "default_current_system")]
+    pub current_system: PathBuf,
+}
+
+pub fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/drover-agent")
+}
+
+fn default_backoff_initial() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_current_system() -> PathBuf {
+    PathBuf::from("/run/current-system")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the agent configuration {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid agent configuration: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid agent configuration: {0}")]
+    Invalid(String),
+}
+
+impl AgentConfig {
+    /// A configuration with defaults for everything but the essentials.
+    pub fn new(coordinator: SocketAddr, ca_file: PathBuf, state_dir: PathBuf) -> Self {
+        AgentConfig {
+            coordinator,
+            server_name: None,
+            ca_file,
+            enrollment_token_file: None,
+            state_dir,
+            labels: BTreeMap::new(),
+            hostname: None,
+            backoff_initial: default_backoff_initial(),
+            backoff_max: default_backoff_max(),
+            connect_timeout: default_connect_timeout(),
+            current_system: default_current_system(),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let config: AgentConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.backoff_initial.is_zero() || self.backoff_initial > self.backoff_max {
+            return Err(ConfigError::Invalid(
+                "backoff_initial must be above zero and at most backoff_max".into(),
+            ));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(ConfigError::Invalid("connect_timeout must be above zero".into()));
+        }
+        Ok(())
+    }
+
+    /// The name verified in the coordinator's certificate.
+    pub fn server_name(&self) -> String {
+        self.server_name
+            .clone()
+            .unwrap_or_else(|| self.coordinator.ip().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_file_gets_defaults_and_unknown_keys_are_refused() {
+        let ok = "coordinator = \"127.0.0.1:7443\"\nca_file = \"/ca.pem\"\n";
+        let c: AgentConfig = toml::from_str(ok).expect("parse");
+        assert_eq!(c.backoff_max, Duration::from_secs(60));
+        assert_eq!(c.server_name(), "127.0.0.1");
+        let bad = format!("{ok}colour = \"blue\"\n");
+        assert!(toml::from_str::<AgentConfig>(&bad).is_err());
+    }
+}

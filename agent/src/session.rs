@@ -1,0 +1,342 @@
+//! The agent's life: enroll once, then keep one connection to the
+//! coordinator, report health at the interval it names, renew the
+//! certificate at two thirds of its lifetime, and reconnect with jittered
+//! exponential backoff whenever the connection is lost. The agent only ever
+//! dials out; it never accepts connections.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use drover_net::client::{connection_code, ClientError, CoordinatorConnection};
+use drover_net::identity::{self as net_identity, IdentityError};
+use drover_net::stream::read_frame;
+use drover_protocol::frame::MAX_FRAME_LEN;
+use drover_protocol::v1::{
+    AgentEvent, AgentRequest, AgentResponse, EnrollRequest, IssuedCertificate, Request, Response,
+    Secret,
+};
+use drover_protocol::ErrorCode;
+
+use crate::backoff::Backoff;
+use crate::config::AgentConfig;
+use crate::identity::{self, IdentityRecord};
+use crate::system::health::HealthSource;
+
+/// QUIC idle timeout of the agent's connection (keep-alives every third).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the agent is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Phase {
+    #[default]
+    Starting,
+    Enrolling,
+    Connecting,
+    Connected,
+    /// Waiting before the next attempt.
+    Backoff,
+    /// The coordinator revoked this machine; the agent stopped.
+    Revoked,
+    Stopped,
+}
+
+/// What the agent reports about itself (for its caller and tests).
+#[derive(Debug, Clone, Default)]
+pub struct AgentStatus {
+    pub phase: Phase,
+    pub machine_id: Option<String>,
+    pub serial: Option<String>,
+    /// Successful connections (welcomes received).
+    pub connects: u64,
+    pub reports: u64,
+    pub renewals: u64,
+    pub last_error: Option<String>,
+}
+
+/// Why the agent stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot read the fleet CA {path}: {source}")]
+    Ca {
+        path: String,
+        #[source]
+        source: IdentityError,
+    },
+    #[error("machine {0} was revoked by the coordinator; re-enroll with a new token and an empty state directory")]
+    Revoked(String),
+}
+
+/// Why one attempt (enroll, connect, session) ended.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("not enrolled and no enrollment_token_file is configured; give the agent a token file (drover tokens create)")]
+    NoToken,
+    #[error("cannot read the enrollment token {path}: {source}")]
+    TokenFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("enrollment refused: {0}")]
+    Enrollment(String),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("{0}")]
+    Client(ClientError),
+    #[error("revoked")]
+    Revoked,
+    #[error("stopping")]
+    Shutdown,
+}
+
+impl From<ClientError> for AttemptError {
+    fn from(e: ClientError) -> Self {
+        if e.code() == Some(ErrorCode::Revoked) {
+            AttemptError::Revoked
+        } else {
+            AttemptError::Client(e)
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Enrolls once: sends `token` and a CSR for `key` over a connection without
+/// a client certificate. Used by the agent and by tests of refusals.
+pub async fn enroll_once(
+    endpoint: &quinn::Endpoint,
+    config: &AgentConfig,
+    ca_der: &[u8],
+    key: &rcgen::KeyPair,
+    token: Secret,
+    hostname: &str,
+) -> Result<IssuedCertificate, ClientError> {
+    let tls = drover_net::tls::client_config(ca_der, None, IDLE_TIMEOUT)
+        .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+    let conn = CoordinatorConnection::connect(
+        endpoint,
+        tls,
+        config.coordinator,
+        &config.server_name(),
+        &software(),
+        config.connect_timeout,
+    )
+    .await?;
+    let csr = net_identity::csr_der(key, hostname).map_err(|e| ClientError::Unexpected(e.to_string()))?;
+    let answer = conn
+        .request(&Request::Enroll(EnrollRequest {
+            token,
+            csr_der: csr,
+            hostname: hostname.to_string(),
+        }))
+        .await;
+    conn.connection.close(0u32.into(), b"enrolled");
+    match answer? {
+        Response::Enrolled(issued) => Ok(issued),
+        other => Err(ClientError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+pub fn software() -> String {
+    format!("drover-agent {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The running agent.
+pub struct Agent<H: HealthSource> {
+    pub config: AgentConfig,
+    pub endpoint: quinn::Endpoint,
+    pub health: H,
+    pub hostname: String,
+    pub status: watch::Sender<AgentStatus>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl<H: HealthSource> Agent<H> {
+    /// Runs until shut down or revoked.
+    pub async fn run(mut self) -> Result<(), AgentError> {
+        let ca_der = net_identity::read_cert_pem(&self.config.ca_file).map_err(|source| AgentError::Ca {
+            path: self.config.ca_file.display().to_string(),
+            source,
+        })?;
+        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
+        loop {
+            if *self.shutdown.borrow() {
+                break;
+            }
+            match self.attempt(&ca_der, &mut backoff).await {
+                Ok(()) | Err(AttemptError::Shutdown) => {}
+                Err(AttemptError::Revoked) => {
+                    let id = self.status.borrow().machine_id.clone().unwrap_or_default();
+                    tracing::error!(machine = %id, "this machine was revoked by the coordinator; stopping");
+                    self.status.send_modify(|s| {
+                        s.phase = Phase::Revoked;
+                        s.last_error = Some("revoked by the coordinator".into());
+                    });
+                    return Err(AgentError::Revoked(id));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "connection attempt failed");
+                    self.status.send_modify(|s| s.last_error = Some(e.to_string()));
+                }
+            }
+            if *self.shutdown.borrow() {
+                break;
+            }
+            let delay = backoff.next(rand::random());
+            self.status.send_modify(|s| s.phase = Phase::Backoff);
+            tracing::debug!(?delay, "reconnecting after a pause");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.shutdown.changed() => {}
+            }
+        }
+        self.status.send_modify(|s| s.phase = Phase::Stopped);
+        Ok(())
+    }
+
+    async fn attempt(&mut self, ca_der: &[u8], backoff: &mut Backoff) -> Result<(), AttemptError> {
+        let dir = self.config.state_dir.clone();
+        let mut stored = identity::load_or_create(&dir)?;
+        let expired = stored.record.as_ref().is_some_and(|r| r.not_after <= now_ms());
+        if expired {
+            tracing::warn!("this machine's certificate has expired; enrolling again with the token");
+        }
+        if stored.cert_der.is_none() || expired {
+            self.enroll(ca_der, &stored.key, &dir).await?;
+            stored = identity::load_or_create(&dir)?;
+        }
+        let (Some(cert), Some(record)) = (stored.cert_der.clone(), stored.record.clone()) else {
+            return Err(AttemptError::Identity(IdentityError::NoIdentity));
+        };
+        self.status.send_modify(|s| {
+            s.phase = Phase::Connecting;
+            s.machine_id = Some(record.machine_id.clone());
+            s.serial = Some(record.serial.clone());
+        });
+        let tls = drover_net::tls::client_config(ca_der, Some((&cert, &stored.key.serialize_der())), IDLE_TIMEOUT)
+            .map_err(|e| AttemptError::Client(ClientError::Unexpected(e.to_string())))?;
+        let conn = CoordinatorConnection::connect(
+            &self.endpoint,
+            tls,
+            self.config.coordinator,
+            &self.config.server_name(),
+            &software(),
+            self.config.connect_timeout,
+        )
+        .await?;
+        let result = self.session(&conn, &stored.key, record, &dir, backoff).await;
+        if matches!(result, Err(AttemptError::Shutdown)) {
+            conn.connection.close(0u32.into(), b"agent stopping");
+        }
+        result
+    }
+
+    async fn enroll(&mut self, ca_der: &[u8], key: &rcgen::KeyPair, dir: &Path) -> Result<(), AttemptError> {
+        let path = self.config.enrollment_token_file.clone().ok_or(AttemptError::NoToken)?;
+        let token = std::fs::read_to_string(&path).map_err(|source| AttemptError::TokenFile {
+            path: path.display().to_string(),
+            source,
+        })?;
+        self.status.send_modify(|s| s.phase = Phase::Enrolling);
+        let issued = match enroll_once(
+            &self.endpoint,
+            &self.config,
+            ca_der,
+            key,
+            Secret::new(token.trim()),
+            &self.hostname,
+        )
+        .await
+        {
+            Ok(issued) => issued,
+            Err(ClientError::Refused(e)) => return Err(AttemptError::Enrollment(e.message)),
+            Err(e) => return Err(e.into()),
+        };
+        let record = identity::store_certificate(dir, &issued)?;
+        tracing::info!(machine = %record.machine_id, "enrolled");
+        Ok(())
+    }
+
+    async fn session(
+        &mut self,
+        conn: &CoordinatorConnection,
+        key: &rcgen::KeyPair,
+        mut record: IdentityRecord,
+        dir: &Path,
+        backoff: &mut Backoff,
+    ) -> Result<(), AttemptError> {
+        let lost = |conn: &CoordinatorConnection, e: ClientError| -> AttemptError {
+            match conn.connection.close_reason() {
+                Some(reason) if connection_code(&reason) == Some(ErrorCode::Revoked) => AttemptError::Revoked,
+                _ => e.into(),
+            }
+        };
+        let (_send, mut events) = conn.open(&Request::Agent(AgentRequest::Watch)).await?;
+        let welcome = read_frame::<Response>(&mut events, MAX_FRAME_LEN)
+            .await
+            .map_err(|e| lost(conn, ClientError::Stream(e)))?;
+        let interval = match welcome {
+            Response::Agent(AgentResponse::Event(AgentEvent::Welcome { machine_id, health_interval_ms })) => {
+                tracing::info!(machine = %machine_id, "connected to the coordinator");
+                Duration::from_millis(health_interval_ms.max(100))
+            }
+            Response::Error(e) => return Err(ClientError::Refused(e).into()),
+            other => return Err(ClientError::Unexpected(format!("{other:?}")).into()),
+        };
+        backoff.reset();
+        self.status.send_modify(|s| {
+            s.phase = Phase::Connected;
+            s.connects += 1;
+            s.last_error = None;
+        });
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let renew_in = |r: &IdentityRecord| Duration::from_millis(r.renew_at().saturating_sub(now_ms()));
+        let renew = tokio::time::sleep(renew_in(&record));
+        tokio::pin!(renew);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let report = self.health.collect().await;
+                    match conn.request(&Request::Agent(AgentRequest::Report(report))).await {
+                        Ok(Response::Agent(AgentResponse::Ack)) => {
+                            self.status.send_modify(|s| s.reports += 1);
+                        }
+                        Ok(other) => return Err(ClientError::Unexpected(format!("{other:?}")).into()),
+                        Err(e) => return Err(lost(conn, e)),
+                    }
+                }
+                _ = &mut renew => {
+                    let csr = net_identity::csr_der(key, &record.machine_id)?;
+                    match conn.request(&Request::Agent(AgentRequest::Renew { csr_der: csr })).await {
+                        Ok(Response::Agent(AgentResponse::Renewed(issued))) => {
+                            record = identity::store_certificate(dir, &issued)?;
+                            tracing::info!(serial = %record.serial, "certificate renewed");
+                            self.status.send_modify(|s| {
+                                s.renewals += 1;
+                                s.serial = Some(record.serial.clone());
+                            });
+                            renew.as_mut().reset(tokio::time::Instant::now() + renew_in(&record));
+                        }
+                        Ok(other) => return Err(ClientError::Unexpected(format!("{other:?}")).into()),
+                        Err(e) => return Err(lost(conn, e)),
+                    }
+                }
+                event = read_frame::<Response>(&mut events, MAX_FRAME_LEN) => {
+                    match event {
+                        Ok(other) => tracing::debug!(?other, "event not understood by this agent; ignored"),
+                        Err(e) => return Err(lost(conn, ClientError::Stream(e))),
+                    }
+                }
+                _ = self.shutdown.changed() => return Err(AttemptError::Shutdown),
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The load generator: enrolls and connects many simulated agents from one
+//! process (sharing one UDP socket) against a running coordinator, and
+//! measures enrollments per second, the time until every agent is online, and
+//! the coordinator's resident memory. A benchmark, not a test.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use drover_protocol::v1::{DiskUsage, HealthReport};
+
+use crate::config::AgentConfig;
+use crate::system::health::FixedHealth;
+
+pub struct SimulateOptions {
+    pub base: AgentConfig,
+    pub count: usize,
+    pub work_dir: PathBuf,
+    pub coordinator_pid: Option<u32>,
+    pub timeout: Duration,
+    pub hold: Duration,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SimulateReport {
+    pub agents: usize,
+    pub enrolled: usize,
+    pub online: usize,
+    pub enroll_seconds: f64,
+    pub enrollments_per_second: f64,
+    pub seconds_until_all_online: f64,
+    pub coordinator_rss_bytes: Option<u64>,
+    pub coordinator_rss_before_bytes: Option<u64>,
+}
+
+/// Resident memory of a process, from `/proc/PID/status`.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn synthetic_health(i: usize) -> HealthReport {
+    HealthReport {
+        hostname: format!("sim-{i:05}"),
+        uptime_secs: 1000,
+        load_average: [0.1, 0.1, 0.1],
+        cpu_count: 2,
+        cpu_usage_percent: 3.0,
+        memory_total_bytes: 2 << 30,
+        memory_used_bytes: 1 << 30,
+        disks: vec![DiskUsage {
+            mount_point: "/".into(),
+            total_bytes: 20 << 30,
+            available_bytes: 10 << 30,
+        }],
+        failed_units: Some(vec![]),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        system_path: None,
+    }
+}
+
+pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
+    if opts.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let endpoint = drover_net::client::client_endpoint(opts.base.coordinator)?;
+    let rss_before = opts.coordinator_pid.and_then(rss_bytes);
+    let start = Instant::now();
+    let mut handles = Vec::with_capacity(opts.count);
+    for i in 0..opts.count {
+        let mut config = opts.base.clone();
+        config.state_dir = opts.work_dir.join(format!("agent-{i:05}"));
+        config.hostname = Some(format!("sim-{i:05}"));
+        let handle = crate::spawn(config, FixedHealth(synthetic_health(i)), Some(endpoint.clone()))
+            .context("starting a simulated agent")?;
+        handles.push(handle);
+    }
+    let deadline = start + opts.timeout;
+    let mut enrolled_at = None;
+    let mut online_at = None;
+    loop {
+        let enrolled = handles.iter().filter(|h| h.status.borrow().machine_id.is_some()).count();
+        let online = handles.iter().filter(|h| h.status.borrow().reports > 0).count();
+        if enrolled == opts.count && enrolled_at.is_none() {
+            enrolled_at = Some(start.elapsed());
+        }
+        if online == opts.count {
+            online_at = Some(start.elapsed());
+            break;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let enrolled = handles.iter().filter(|h| h.status.borrow().machine_id.is_some()).count();
+    let online = handles.iter().filter(|h| h.status.borrow().reports > 0).count();
+    let rss = opts.coordinator_pid.and_then(rss_bytes);
+    if !opts.hold.is_zero() {
+        tokio::time::sleep(opts.hold).await;
+    }
+    for h in handles {
+        let _ = h.stop().await;
+    }
+    endpoint.wait_idle().await;
+    let enroll_secs = enrolled_at.unwrap_or(start.elapsed()).as_secs_f64();
+    Ok(SimulateReport {
+        agents: opts.count,
+        enrolled,
+        online,
+        enroll_seconds: enroll_secs,
+        enrollments_per_second: enrolled as f64 / enroll_secs.max(1e-9),
+        seconds_until_all_online: online_at.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN),
+        coordinator_rss_bytes: rss,
+        coordinator_rss_before_bytes: rss_before,
+    })
+}

@@ -1,0 +1,4 @@
+//! The system layer: the only part of the agent that runs processes or reads
+//! the machine's state.
+
+pub mod health;
