@@ -144,6 +144,17 @@ pub async fn enroll_once(
     }
 }
 
+/// One request with a deadline; on timeout the connection is closed.
+async fn ask(conn: &CoordinatorConnection, request: Request, timeout: Duration) -> Result<Response, ClientError> {
+    match tokio::time::timeout(timeout, conn.request(&request)).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            conn.connection.close(0u32.into(), b"request timed out");
+            Err(ClientError::Timeout(conn.connection.remote_address()))
+        }
+    }
+}
+
 pub fn software() -> String {
     format!("drover-agent {}", env!("CARGO_PKG_VERSION"))
 }
@@ -305,7 +316,7 @@ impl<H: HealthSource> Agent<H> {
             tokio::select! {
                 _ = tick.tick() => {
                     let report = self.health.collect().await;
-                    match conn.request(&Request::Agent(AgentRequest::Report(report))).await {
+                    match ask(conn, Request::Agent(AgentRequest::Report(report)), self.config.connect_timeout).await {
                         Ok(Response::Agent(AgentResponse::Ack)) => {
                             self.status.send_modify(|s| s.reports += 1);
                         }
@@ -315,7 +326,7 @@ impl<H: HealthSource> Agent<H> {
                 }
                 _ = &mut renew => {
                     let csr = net_identity::csr_der(key, &record.machine_id)?;
-                    match conn.request(&Request::Agent(AgentRequest::Renew { csr_der: csr })).await {
+                    match ask(conn, Request::Agent(AgentRequest::Renew { csr_der: csr }), self.config.connect_timeout).await {
                         Ok(Response::Agent(AgentResponse::Renewed(issued))) => {
                             record = identity::store_certificate(dir, &issued)?;
                             tracing::info!(serial = %record.serial, "certificate renewed");

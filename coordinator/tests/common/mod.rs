@@ -1,0 +1,188 @@
+//! Shared test fixtures: a coordinator in a temporary state directory on a
+//! free loopback port, admin clients, tokens, and in-process agents.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use drover_agent::system::health::SystemHealth;
+use drover_agent::{AgentConfig, AgentHandle};
+use drover_coordinator::bundle::AdminBundle;
+use drover_coordinator::client::AdminClient;
+use drover_coordinator::config::Config;
+use drover_coordinator::init::{init, InitOptions};
+use drover_coordinator::server::{self, ServerHandle};
+use drover_protocol::v1::{AdminRequest, AdminResponse, MachineInfo, TokenSpec};
+
+/// A free UDP port on 127.0.0.1 (bound, read, released).
+pub fn free_udp_port() -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a probe socket");
+    socket.local_addr().expect("local addr").port()
+}
+
+pub struct TestCoordinator {
+    pub dir: tempfile::TempDir,
+    pub state_dir: PathBuf,
+    pub config: Config,
+    pub addr: SocketAddr,
+    pub bundle_path: PathBuf,
+    pub handle: Option<ServerHandle>,
+}
+
+pub struct Options {
+    pub health_interval: Duration,
+    pub machine_cert_lifetime: Option<Duration>,
+    /// Initialise only; don't start the in-process server.
+    pub no_server: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            health_interval: Duration::from_millis(300),
+            machine_cert_lifetime: None,
+            no_server: false,
+        }
+    }
+}
+
+impl TestCoordinator {
+    pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(opts: Options) -> Self {
+        drover_net::tls::install_default_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state_dir = dir.path().join("state");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().expect("addr");
+        let outcome = init(InitOptions {
+            state_dir: state_dir.clone(),
+            listen: addr,
+            advertise: None,
+            server_names: vec![],
+            admin_name: "root".into(),
+            health_interval: Some(opts.health_interval),
+            machine_cert_lifetime: opts.machine_cert_lifetime,
+        })
+        .expect("drover init");
+        let mut this = TestCoordinator {
+            dir,
+            state_dir,
+            config: outcome.config.clone(),
+            addr,
+            bundle_path: outcome.bundle_path,
+            handle: None,
+        };
+        if !opts.no_server {
+            this.serve().await;
+        }
+        this
+    }
+
+    pub async fn serve(&mut self) {
+        let handle = server::start(self.config.clone()).await.expect("coordinator starts");
+        self.handle = Some(handle);
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown().await;
+        }
+    }
+
+    pub fn bundle(&self) -> AdminBundle {
+        AdminBundle::load(&self.bundle_path).expect("admin bundle")
+    }
+
+    pub async fn admin(&self) -> AdminClient {
+        AdminClient::connect(&self.bundle()).await.expect("admin connects")
+    }
+
+    pub async fn call(&self, request: AdminRequest) -> AdminResponse {
+        let client = self.admin().await;
+        let answer = client.call(request).await.expect("admin request");
+        client.close().await;
+        answer
+    }
+
+    /// Creates a token and writes it to a file; returns (text, file).
+    pub async fn token(&self, uses: u32, labels: &[(&str, &str)]) -> (String, PathBuf) {
+        let spec = TokenSpec {
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ttl_ms: 3_600_000,
+            uses,
+        };
+        let AdminResponse::TokenCreated(created) = self.call(AdminRequest::TokensCreate(spec)).await else {
+            panic!("expected a token");
+        };
+        let text = created.token.expose().to_string();
+        let path = self.dir.path().join(format!("token-{}", created.info.id));
+        std::fs::write(&path, &text).expect("write token file");
+        (text, path)
+    }
+
+    pub fn agent_config(&self, name: &str, token_file: Option<&Path>) -> AgentConfig {
+        let mut config = AgentConfig::new(
+            self.addr,
+            self.state_dir.join("ca.pem"),
+            self.dir.path().join("agents").join(name),
+        );
+        config.enrollment_token_file = token_file.map(Path::to_path_buf);
+        config.hostname = Some(name.to_string());
+        config.backoff_initial = Duration::from_millis(100);
+        config.backoff_max = Duration::from_millis(500);
+        config.connect_timeout = Duration::from_secs(3);
+        config
+    }
+
+    pub fn spawn_agent(&self, name: &str, token_file: Option<&Path>) -> AgentHandle {
+        let config = self.agent_config(name, token_file);
+        let health = SystemHealth::new(config.hostname.clone(), config.current_system.clone());
+        drover_agent::spawn(config, health, None).expect("agent starts")
+    }
+
+    pub async fn machines(&self) -> Vec<MachineInfo> {
+        let AdminResponse::Machines(m) = self
+            .call(AdminRequest::MachinesList { selector: Default::default() })
+            .await
+        else {
+            panic!("expected machines");
+        };
+        m
+    }
+
+    pub async fn machine(&self, id: &str) -> MachineInfo {
+        let AdminResponse::Machine(m) = self.call(AdminRequest::MachinesShow { id: id.into() }).await else {
+            panic!("expected a machine");
+        };
+        m
+    }
+}
+
+/// Waits until the agent has reported health at least `n` times.
+pub async fn until_reported(agent: &mut AgentHandle, n: u64) -> drover_agent::AgentStatus {
+    agent
+        .wait_for(Duration::from_secs(15), |s| s.reports >= n)
+        .await
+        .unwrap_or_else(|s| panic!("agent did not report {n} time(s): {s:?}"))
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

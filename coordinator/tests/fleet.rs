@@ -1,0 +1,144 @@
+//! The fleet over real QUIC on 127.0.0.1: enrollment, health, the CLI's JSON,
+//! offline detection, restarts of agents and of the coordinator.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{eventually, until_reported, Options, TestCoordinator};
+use drover_protocol::v1::{AdminRequest, AdminResponse, MachineStatus};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_enroll_and_show_online_with_health_in_the_cli_json() {
+    let fleet = TestCoordinator::start().await;
+    let (_, token) = fleet.token(3, &[("role", "web"), ("tenant", "a")]).await;
+    let mut agents: Vec<_> = (1..=3).map(|i| fleet.spawn_agent(&format!("vm{i}"), Some(&token))).collect();
+    for a in &mut agents {
+        until_reported(a, 1).await;
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["machines", "list", "--output", "json"])
+        .env("DROVER_ADMIN_BUNDLE", &fleet.bundle_path)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run drover machines list");
+    assert!(output.status.success());
+    let machines: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let machines = machines.as_array().expect("array");
+    assert_eq!(machines.len(), 3);
+    for (i, m) in machines.iter().enumerate() {
+        assert_eq!(m["hostname"], format!("vm{}", i + 1));
+        assert_eq!(m["status"], "Online");
+        assert_eq!(m["labels"]["role"], "web");
+        assert_eq!(m["labels"]["tenant"], "a");
+        let health = &m["health"];
+        assert_eq!(health["hostname"], format!("vm{}", i + 1));
+        assert!(health["memory_total_bytes"].as_u64().expect("memory") > 0);
+        assert!(health["cpu_count"].as_u64().expect("cpus") > 0);
+        assert!(!health["disks"].as_array().expect("disks").is_empty());
+        assert_eq!(health["agent_version"], env!("CARGO_PKG_VERSION"));
+        assert!(m["id"].as_str().expect("id").starts_with("m-"));
+    }
+    // The selector filters.
+    let AdminResponse::Machines(none) = fleet
+        .call(AdminRequest::MachinesList { selector: [("role".to_string(), "db".to_string())].into() })
+        .await
+    else {
+        panic!()
+    };
+    assert!(none.is_empty());
+    for a in agents {
+        a.stop().await.expect("agent stops");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_agent_turns_offline_after_three_missed_intervals() {
+    let fleet = TestCoordinator::start_with(Options {
+        health_interval: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await;
+    let (_, token) = fleet.token(1, &[]).await;
+    let mut agent = fleet.spawn_agent("vm1", Some(&token));
+    let status = until_reported(&mut agent, 3).await;
+    let id = status.machine_id.expect("id");
+    assert_eq!(fleet.machine(&id).await.status, MachineStatus::Online);
+    agent.stop().await.expect("stop");
+    let stopped_at = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(10), || async { fleet.machine(&id).await.status == MachineStatus::Offline }).await,
+        "machine never turned offline"
+    );
+    // Not before three intervals (600 ms) since its last report.
+    let m = fleet.machine(&id).await;
+    let last = m.last_seen.expect("last seen");
+    assert!(drover_coordinator::server::now_ms() - last > 600);
+    assert!(stopped_at.elapsed() <= Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restart_keeps_its_identity_and_makes_no_second_record() {
+    let fleet = TestCoordinator::start().await;
+    let (_, token) = fleet.token(5, &[]).await;
+    let mut agent = fleet.spawn_agent("vm1", Some(&token));
+    let first = until_reported(&mut agent, 1).await;
+    agent.stop().await.expect("stop");
+    let mut again = fleet.spawn_agent("vm1", Some(&token));
+    let second = until_reported(&mut again, 1).await;
+    assert_eq!(first.machine_id, second.machine_id);
+    assert_eq!(fleet.machines().await.len(), 1);
+    let AdminResponse::Tokens(tokens) = fleet.call(AdminRequest::TokensList).await else { panic!() };
+    assert_eq!(tokens[0].uses_left, 4, "the restart did not spend a token use");
+    again.stop().await.expect("stop");
+}
+
+/// The coordinator runs as its own process here, so it can be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_restart_keeps_machines_and_tokens_and_agents_reconnect_without_enrolling() {
+    let fleet = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args(["serve", "--state-dir"])
+            .arg(&fleet.state_dir)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start drover serve")
+    };
+    let mut server = spawn();
+    let (_, token) = fleet.token(3, &[("role", "web")]).await;
+    let (_, spare) = fleet.token(2, &[]).await;
+    let mut agents: Vec<_> = (1..=2).map(|i| fleet.spawn_agent(&format!("vm{i}"), Some(&token))).collect();
+    let mut ids = Vec::new();
+    for a in &mut agents {
+        ids.push(until_reported(a, 1).await.machine_id.expect("id"));
+    }
+    server.kill().expect("SIGKILL the coordinator");
+    server.wait().expect("reap");
+    for a in &mut agents {
+        a.wait_for(Duration::from_secs(10), |s| s.phase != drover_agent::Phase::Connected)
+            .await
+            .expect("agent notices the loss");
+    }
+    let mut server = spawn();
+    for (a, id) in agents.iter_mut().zip(&ids) {
+        let s = a
+            .wait_for(Duration::from_secs(20), |s| s.connects >= 2 && s.phase == drover_agent::Phase::Connected)
+            .await
+            .expect("agent reconnects");
+        assert_eq!(s.machine_id.as_ref(), Some(id), "same identity after the restart");
+    }
+    let machines = fleet.machines().await;
+    assert_eq!(machines.len(), 2, "no machine enrolled twice");
+    let AdminResponse::Tokens(tokens) = fleet.call(AdminRequest::TokensList).await else { panic!() };
+    assert_eq!(tokens.len(), 2, "tokens persist");
+    let main = tokens.iter().find(|t| t.uses_total == 3).expect("token");
+    assert_eq!(main.uses_left, 1);
+    assert!(spare.exists());
+    for a in agents {
+        a.stop().await.expect("stop");
+    }
+    server.kill().expect("kill");
+    server.wait().expect("reap");
+}
