@@ -152,10 +152,7 @@ async fn serve(state: &Arc<Coordinator>, conn: &quinn::Connection, peer: &Peer) 
         Ok(Request::Hello(hello)) => hello,
         Ok(_) => {
             let e = WireError::new(ErrorCode::BadRequest, "the first request must be Hello");
-            let _ = write_frame(&mut send, &Response::Error(e.clone())).await;
-            let _ = send.finish();
-            close(conn, &e);
-            return;
+            return answer_and_close(conn, send, e).await;
         }
         Err(e) => {
             bad_stream(send, recv, &e).await;
@@ -176,12 +173,7 @@ async fn serve(state: &Arc<Coordinator>, conn: &quinn::Connection, peer: &Peer) 
         }
         Err(e) => {
             tracing::info!(client = %hello.software, reason = %e.message, "version mismatch");
-            let _ = write_frame(&mut send, &Response::Error(e.clone())).await;
-            let _ = send.finish();
-            // Give the answer a moment to leave before closing.
-            let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
-            close(conn, &e);
-            return;
+            return answer_and_close(conn, send, e).await;
         }
     }
 
@@ -194,6 +186,15 @@ async fn serve(state: &Arc<Coordinator>, conn: &quinn::Connection, peer: &Peer) 
                 .in_current_span(),
         );
     }
+}
+
+/// Sends `error` as the stream's answer, gives it a moment to arrive, then
+/// closes the connection with the same code.
+async fn answer_and_close(conn: &quinn::Connection, mut send: quinn::SendStream, error: WireError) {
+    let _ = write_frame(&mut send, &Response::Error(error.clone())).await;
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+    close(conn, &error);
 }
 
 /// Answers a stream whose request could not be read, then closes it. The

@@ -186,3 +186,50 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A connection with an optional client identity (certificate DER, key DER),
+/// Hello done.
+pub async fn raw_connect(
+    fleet: &TestCoordinator,
+    identity: Option<(&[u8], &[u8])>,
+) -> Result<drover_net::CoordinatorConnection, drover_net::ClientError> {
+    let ca = drover_net::identity::read_cert_pem(&fleet.state_dir.join("ca.pem")).expect("ca");
+    raw_connect_with_ca(fleet, &ca, identity).await
+}
+
+pub async fn raw_connect_with_ca(
+    fleet: &TestCoordinator,
+    ca_der: &[u8],
+    identity: Option<(&[u8], &[u8])>,
+) -> Result<drover_net::CoordinatorConnection, drover_net::ClientError> {
+    let config = drover_net::tls::client_config(ca_der, identity, Duration::from_secs(10)).expect("tls");
+    let endpoint = drover_net::client::client_endpoint(fleet.addr).expect("endpoint");
+    drover_net::CoordinatorConnection::connect(
+        &endpoint,
+        config,
+        fleet.addr,
+        &fleet.addr.ip().to_string(),
+        "test-client",
+        Duration::from_secs(5),
+    )
+    .await
+}
+
+/// Enrolls a machine directly; returns its certificate and key (DER).
+pub async fn enroll_raw(fleet: &TestCoordinator, token: &str, hostname: &str) -> (drover_protocol::v1::IssuedCertificate, Vec<u8>) {
+    let key = drover_net::identity::generate_key().expect("key");
+    let ca = drover_net::identity::read_cert_pem(&fleet.state_dir.join("ca.pem")).expect("ca");
+    let endpoint = drover_net::client::client_endpoint(fleet.addr).expect("endpoint");
+    let config = fleet.agent_config(hostname, None);
+    let issued = drover_agent::session::enroll_once(
+        &endpoint,
+        &config,
+        &ca,
+        &key,
+        drover_protocol::v1::Secret::new(token),
+        hostname,
+    )
+    .await
+    .expect("enrollment");
+    (issued, key.serialize_der())
+}
