@@ -34,7 +34,7 @@ pub enum TokenRefusal {
     Unknown,
     #[error("enrollment token has expired; create a new one with `drover tokens create`")]
     Expired,
-    #[error("enrollment token has no uses left; create a new one or raise --uses")]
+    #[error("enrollment token has no uses left; create a new one with `drover tokens create` (--uses N lets one token enroll N machines)")]
     Exhausted,
     #[error("enrollment token was revoked; create a new one with `drover tokens create`")]
     Revoked,

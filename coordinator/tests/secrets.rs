@@ -1,0 +1,119 @@
+//! Enrollment token refusals, and the token's text in no log line and
+//! nowhere in the store. This file installs a process-wide log capture, so it
+//! holds only this test.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{until_reported, TestCoordinator};
+use drover_agent::session::enroll_once;
+use drover_net::identity;
+use drover_protocol::v1::{AdminRequest, AdminResponse, Secret, TokenSpec};
+use drover_protocol::ErrorCode;
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("capture lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn files_under(dir: &Path, out: &mut Vec<Vec<u8>>) {
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(std::fs::read(&path).expect("read file"));
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_refusals_have_their_own_errors_and_token_text_never_reaches_logs_or_store() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .init();
+
+    let mut fleet = TestCoordinator::start().await;
+    let (used, used_file) = fleet.token(1, &[]).await;
+    let (revoked, revoked_file) = fleet.token(1, &[]).await;
+    let expired = {
+        let spec = TokenSpec { labels: Default::default(), ttl_ms: 1, uses: 1 };
+        let AdminResponse::TokenCreated(t) = fleet.call(AdminRequest::TokensCreate(spec)).await else { panic!() };
+        t.token.expose().to_string()
+    };
+    let revoked_id = revoked_file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("token-"))
+        .expect("token id in the file name")
+        .to_string();
+    fleet.call(AdminRequest::TokensRevoke { id: revoked_id }).await;
+    let unknown = format!("drt_{}", "0".repeat(64));
+
+    // The first use succeeds (through a real agent).
+    let mut agent = fleet.spawn_agent("vm1", Some(&used_file));
+    until_reported(&mut agent, 1).await;
+    agent.stop().await.expect("stop");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let ca = identity::read_cert_pem(&fleet.state_dir.join("ca.pem")).expect("ca");
+    let endpoint = drover_net::client::client_endpoint(fleet.addr).expect("endpoint");
+    let config = fleet.agent_config("vm2", None);
+    let mut messages = Vec::new();
+    for (token, code, words) in [
+        (&used, ErrorCode::TokenExhausted, "no uses left"),
+        (&expired, ErrorCode::TokenExpired, "expired"),
+        (&unknown, ErrorCode::TokenUnknown, "unknown"),
+        (&revoked, ErrorCode::TokenUnknown, "revoked"),
+    ] {
+        let key = identity::generate_key().expect("key");
+        let err = enroll_once(&endpoint, &config, &ca, &key, Secret::new(token.clone()), "vm2")
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), Some(code), "{err}");
+        let text = err.to_string();
+        assert!(text.contains(words), "{text:?} should say {words:?}");
+        assert!(text.contains("drover tokens create"), "says how to fix it: {text}");
+        messages.push(text);
+    }
+    messages.sort();
+    messages.dedup();
+    assert_eq!(messages.len(), 4, "each refusal has its own message");
+    assert_eq!(fleet.machines().await.len(), 1, "no machine made by a refused token");
+
+    fleet.stop().await;
+    let logs = capture.0.lock().expect("capture").clone();
+    assert!(contains(&logs, "enrollment refused"), "refusals are logged");
+    assert!(contains(&logs, "machine enrolled"), "enrollment is logged");
+    let mut stored = Vec::new();
+    files_under(&fleet.state_dir.join("db"), &mut stored);
+    assert!(!stored.is_empty());
+    for token in [&used, &revoked, &expired, &unknown] {
+        let secret_part = &token["drt_".len()..];
+        assert!(!contains(&logs, secret_part), "a token reached a log line");
+        for file in &stored {
+            assert!(!contains(file, secret_part), "a token's text reached the store");
+        }
+    }
+    assert!(!contains(&logs, "PRIVATE KEY"), "no key in the logs");
+}

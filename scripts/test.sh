@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs the whole test suite, installing what it needs first.
+#   scripts/test.sh            all tests
+#   scripts/test.sh -- ARGS    extra arguments for `cargo test`
+source "$(dirname "$0")/lib.sh"
+install_dependencies
+cd "$ROOT"
+log "building"
+cargo build --workspace --all-targets --locked
+log "testing"
+cargo test --workspace --locked "${@:2}" 2>&1
