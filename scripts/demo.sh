@@ -47,7 +47,7 @@ done
 
 log "waiting for three machines online"
 for _ in $(seq 100); do
-  online=$("$BIN/drover" machines list --output json | grep -c '"status": "Online"' || true)
+  online=$("$BIN/drover" machines list --output json | grep -c '"status": "online"' || true)
   [ "$online" -eq 3 ] && break
   sleep 0.3
 done

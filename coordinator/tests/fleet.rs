@@ -29,7 +29,7 @@ async fn three_agents_enroll_and_show_online_with_health_in_the_cli_json() {
     assert_eq!(machines.len(), 3);
     for (i, m) in machines.iter().enumerate() {
         assert_eq!(m["hostname"], format!("vm{}", i + 1));
-        assert_eq!(m["status"], "Online");
+        assert_eq!(m["status"], "online");
         assert_eq!(m["labels"]["role"], "web");
         assert_eq!(m["labels"]["tenant"], "a");
         let health = &m["health"];

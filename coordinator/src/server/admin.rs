@@ -21,8 +21,8 @@ pub const ADMIN_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Longest enrollment token lifetime accepted.
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
-fn invalid(msg: impl Into<String>) -> Response {
-    Response::Error(WireError::new(ErrorCode::InvalidArgument, msg))
+fn invalid(msg: impl Into<String>) -> WireError {
+    WireError::new(ErrorCode::InvalidArgument, msg)
 }
 
 /// Checks an admin name: 1-64 letters, digits, `-`, `_`, `.`.
@@ -60,13 +60,13 @@ pub(super) async fn handle(state: &Coordinator, name: &str, request: AdminReques
     }
     match run(state, &admin, request) {
         Ok(answer) => Response::Admin(answer),
-        Err(response) => response,
+        Err(error) => Response::Error(error),
     }
 }
 
-fn run(state: &Coordinator, admin: &AdminRecord, request: AdminRequest) -> Result<AdminResponse, Response> {
+fn run(state: &Coordinator, admin: &AdminRecord, request: AdminRequest) -> Result<AdminResponse, WireError> {
     let store = &state.store;
-    let fail = |e: StoreError| Response::Error(wire_error(e));
+    let fail = wire_error;
     let now = now_ms();
     let interval = state.config.health_interval;
     Ok(match request {
@@ -156,15 +156,12 @@ fn run(state: &Coordinator, admin: &AdminRecord, request: AdminRequest) -> Resul
         AdminRequest::AdminsAdd { name, role, csr_der } => {
             check_admin_name(&name).map_err(invalid)?;
             if store.admin(&name).map_err(fail)?.is_some() {
-                return Err(Response::Error(WireError::new(
-                    ErrorCode::Conflict,
-                    format!("admin {name:?} already exists"),
-                )));
+                return Err(WireError::new(ErrorCode::Conflict, format!("admin {name:?} already exists")));
             }
             let issued = state
                 .ca
                 .sign_client(&csr_der, &Subject::Admin(name.clone()), ADMIN_CERT_LIFETIME)
-                .map_err(|e| Response::Error(WireError::new(ErrorCode::BadCsr, e.to_string())))?;
+                .map_err(|e| WireError::new(ErrorCode::BadCsr, e.to_string()))?;
             store
                 .insert_admin(&AdminRecord {
                     name: name.clone(),
