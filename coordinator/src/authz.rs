@@ -9,11 +9,15 @@ pub fn required_role(request: &AdminRequest) -> Role {
         | AdminRequest::TokensList
         | AdminRequest::MachinesList { .. }
         | AdminRequest::MachinesShow { .. }
-        | AdminRequest::AdminsList => Role::Viewer,
+        | AdminRequest::AdminsList
+        | AdminRequest::DeploymentsList { .. }
+        | AdminRequest::DeploymentsShow { .. }
+        | AdminRequest::MachinesDetail { .. } => Role::Viewer,
         AdminRequest::TokensCreate(_)
         | AdminRequest::TokensRevoke { .. }
         | AdminRequest::MachinesLabel { .. }
-        | AdminRequest::MachinesRevoke { .. } => Role::Operator,
+        | AdminRequest::MachinesRevoke { .. }
+        | AdminRequest::Deploy(_) => Role::Operator,
         AdminRequest::AdminsAdd { .. } => Role::Admin,
     }
 }

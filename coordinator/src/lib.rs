@@ -13,6 +13,7 @@ pub mod cli;
 pub mod client;
 pub mod command;
 pub mod config;
+pub mod deploy;
 pub mod init;
 pub mod model;
 pub mod output;

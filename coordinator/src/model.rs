@@ -28,6 +28,14 @@ pub struct MachineRecord {
     pub previous_cert: Option<(String, UnixMillis)>,
     pub last_seen: Option<UnixMillis>,
     pub health: Option<HealthRecord>,
+    /// The newest generation recorded for it (0: none yet).
+    #[serde(default)]
+    pub desired_generation: u64,
+    /// The generation it last applied successfully, and the system path.
+    #[serde(default)]
+    pub current_generation: Option<u64>,
+    #[serde(default)]
+    pub current_system: Option<String>,
 }
 
 impl MachineRecord {
@@ -156,4 +164,28 @@ impl AdminRecord {
             created_at: self.created_at,
         }
     }
+}
+
+/// One machine's assignment at one generation. The assignment itself is the
+/// v1 wire type, which is append-only and so safe to keep as stored JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentRecord {
+    pub machine_id: String,
+    pub created_at: UnixMillis,
+    pub assignment: v1::Assignment,
+}
+
+/// A deployment's history: what was asked, every step the agent reported.
+pub type DeploymentRecord = v1::DeploymentInfo;
+
+/// The id of the deployment of `generation` to `machine`.
+pub fn deployment_id(machine: &str, generation: u64) -> String {
+    format!("d-{machine}-{generation}")
+}
+
+/// Splits a deployment id back into machine and generation.
+pub fn parse_deployment_id(id: &str) -> Option<(String, u64)> {
+    let rest = id.strip_prefix("d-")?;
+    let (machine, generation) = rest.rsplit_once('-')?;
+    Some((machine.to_string(), generation.parse().ok()?))
 }

@@ -81,6 +81,9 @@ mod tests {
             previous_cert: None,
             last_seen,
             health: None,
+            desired_generation: 0,
+            current_generation: None,
+            current_system: None,
         }
     }
 

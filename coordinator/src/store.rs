@@ -12,7 +12,11 @@ use std::path::Path;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-use crate::model::{AdminRecord, MachineRecord, TokenRecord, UnixMillis};
+use crate::model::{
+    deployment_id, AdminRecord, AssignmentRecord, DeploymentRecord, MachineRecord, TokenRecord,
+    UnixMillis,
+};
+use drover_protocol::v1::{DeployedTarget, DeploymentState};
 use crate::tokens::{self, TokenRefusal};
 
 /// The schema version this build writes.
@@ -70,6 +74,29 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts a new admin; refuses a name already taken.
     fn insert_admin(&self, admin: &AdminRecord) -> Result<(), StoreError>;
 
+    /// Records the next generation for each of `machines` in one
+    /// transaction: its assignment, its deployment record, and the machine's
+    /// desired generation. A still pending deployment of the previous
+    /// generation becomes superseded. `make` builds the assignment and record
+    /// for a machine and generation; it may run more than once.
+    fn record_generation(
+        &self,
+        machines: &[String],
+        make: &dyn Fn(&MachineRecord, u64) -> (AssignmentRecord, DeploymentRecord),
+    ) -> Result<Vec<DeployedTarget>, StoreError>;
+
+    fn assignment(&self, machine: &str, generation: u64) -> Result<Option<AssignmentRecord>, StoreError>;
+    fn deployment(&self, machine: &str, generation: u64) -> Result<Option<DeploymentRecord>, StoreError>;
+    /// Deployments, oldest first; of one machine, or of all.
+    fn deployments(&self, machine: Option<&str>) -> Result<Vec<DeploymentRecord>, StoreError>;
+    /// Changes a deployment and its machine together.
+    fn update_deployment(
+        &self,
+        machine: &str,
+        generation: u64,
+        change: &dyn Fn(&mut DeploymentRecord, &mut MachineRecord) -> Result<(), StoreError>,
+    ) -> Result<DeploymentRecord, StoreError>;
+
     /// Writes everything to disk.
     fn flush(&self) -> Result<(), StoreError>;
 }
@@ -125,11 +152,24 @@ pub struct SledStore {
     machines: sled::Tree,
     tokens: sled::Tree,
     admins: sled::Tree,
+    /// Key: machine id, `/`, generation (big-endian u64).
+    assignments: sled::Tree,
+    /// Same keys as `assignments`.
+    deployments: sled::Tree,
+}
+
+fn generation_key(machine: &str, generation: u64) -> Vec<u8> {
+    let mut key = machine.as_bytes().to_vec();
+    key.push(b'/');
+    key.extend_from_slice(&generation.to_be_bytes());
+    key
 }
 
 const MACHINES: &str = "machines";
 const TOKENS: &str = "tokens";
 const ADMINS: &str = "admins";
+const ASSIGNMENTS: &str = "assignments";
+const DEPLOYMENTS: &str = "deployments";
 
 fn abort<T>(e: StoreError) -> Result<T, ConflictableTransactionError<StoreError>> {
     Err(ConflictableTransactionError::Abort(e))
@@ -172,6 +212,8 @@ impl SledStore {
             machines: db.open_tree(MACHINES)?,
             tokens: db.open_tree(TOKENS)?,
             admins: db.open_tree(ADMINS)?,
+            assignments: db.open_tree(ASSIGNMENTS)?,
+            deployments: db.open_tree(DEPLOYMENTS)?,
             db,
         })
     }
@@ -315,6 +357,118 @@ impl Store for SledStore {
         previous.map_err(|_| StoreError::Conflict(format!("admin {:?} already exists", admin.name)))
     }
 
+    fn record_generation(
+        &self,
+        machines: &[String],
+        make: &dyn Fn(&MachineRecord, u64) -> (AssignmentRecord, DeploymentRecord),
+    ) -> Result<Vec<DeployedTarget>, StoreError> {
+        unwrap_tx((&self.machines, &self.assignments, &self.deployments).transaction(
+            |(machines_tx, assignments_tx, deployments_tx)| {
+                let mut out = Vec::with_capacity(machines.len());
+                for id in machines {
+                    let Some(bytes) = machines_tx.get(id.as_bytes())? else {
+                        return abort(StoreError::NotFound { what: "machine", id: id.clone() });
+                    };
+                    let mut machine: MachineRecord = match decode(MACHINES, id.as_bytes(), &bytes) {
+                        Ok(m) => m,
+                        Err(e) => return abort(e),
+                    };
+                    if machine.revoked_at.is_some() {
+                        return abort(StoreError::Revoked(id.clone()));
+                    }
+                    let previous = machine.desired_generation;
+                    let generation = previous + 1;
+                    let (assignment, deployment) = make(&machine, generation);
+                    if previous > 0 {
+                        let key = generation_key(id, previous);
+                        if let Some(bytes) = deployments_tx.get(&key)? {
+                            let mut old: DeploymentRecord = match decode(DEPLOYMENTS, &key, &bytes) {
+                                Ok(d) => d,
+                                Err(e) => return abort(e),
+                            };
+                            if old.state == DeploymentState::Pending {
+                                old.state = DeploymentState::Superseded;
+                                deployments_tx.insert(key, encode(&old))?;
+                            }
+                        }
+                    }
+                    let key = generation_key(id, generation);
+                    assignments_tx.insert(key.clone(), encode(&assignment))?;
+                    deployments_tx.insert(key, encode(&deployment))?;
+                    machine.desired_generation = generation;
+                    machines_tx.insert(id.as_bytes(), encode(&machine))?;
+                    out.push(DeployedTarget {
+                        machine_id: id.clone(),
+                        hostname: machine.hostname.clone(),
+                        generation,
+                        deployment_id: deployment_id(id, generation),
+                    });
+                }
+                Ok(out)
+            },
+        ))
+    }
+
+    fn assignment(&self, machine: &str, generation: u64) -> Result<Option<AssignmentRecord>, StoreError> {
+        let key = generation_key(machine, generation);
+        self.assignments.get(&key)?.map(|v| decode(ASSIGNMENTS, &key, &v)).transpose()
+    }
+
+    fn deployment(&self, machine: &str, generation: u64) -> Result<Option<DeploymentRecord>, StoreError> {
+        let key = generation_key(machine, generation);
+        self.deployments.get(&key)?.map(|v| decode(DEPLOYMENTS, &key, &v)).transpose()
+    }
+
+    fn deployments(&self, machine: Option<&str>) -> Result<Vec<DeploymentRecord>, StoreError> {
+        let mut out: Vec<DeploymentRecord> = match machine {
+            Some(id) => {
+                let mut prefix = id.as_bytes().to_vec();
+                prefix.push(b'/');
+                self.deployments
+                    .scan_prefix(prefix)
+                    .map(|item| {
+                        let (k, v) = item?;
+                        decode(DEPLOYMENTS, &k, &v)
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            None => Self::all(&self.deployments, DEPLOYMENTS)?,
+        };
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    fn update_deployment(
+        &self,
+        machine: &str,
+        generation: u64,
+        change: &dyn Fn(&mut DeploymentRecord, &mut MachineRecord) -> Result<(), StoreError>,
+    ) -> Result<DeploymentRecord, StoreError> {
+        let key = generation_key(machine, generation);
+        unwrap_tx((&self.machines, &self.deployments).transaction(|(machines_tx, deployments_tx)| {
+            let Some(bytes) = deployments_tx.get(&key)? else {
+                return abort(StoreError::NotFound { what: "deployment", id: deployment_id(machine, generation) });
+            };
+            let mut deployment: DeploymentRecord = match decode(DEPLOYMENTS, &key, &bytes) {
+                Ok(d) => d,
+                Err(e) => return abort(e),
+            };
+            let Some(bytes) = machines_tx.get(machine.as_bytes())? else {
+                return abort(StoreError::NotFound { what: "machine", id: machine.to_string() });
+            };
+            let mut record: MachineRecord = match decode(MACHINES, machine.as_bytes(), &bytes) {
+                Ok(m) => m,
+                Err(e) => return abort(e),
+            };
+            if let Err(e) = change(&mut deployment, &mut record) {
+                return abort(e);
+            }
+            deployments_tx.insert(key.clone(), encode(&deployment))?;
+            machines_tx.insert(machine.as_bytes(), encode(&record))?;
+            Ok(deployment)
+        }))
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
@@ -352,6 +506,9 @@ mod tests {
             previous_cert: None,
             last_seen: None,
             health: None,
+            desired_generation: 0,
+            current_generation: None,
+            current_system: None,
         }
     }
 

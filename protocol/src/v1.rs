@@ -123,6 +123,11 @@ pub enum AgentRequest {
     /// A new certificate for the same machine; answered by
     /// [`AgentResponse::Renewed`].
     Renew { csr_der: Vec<u8> },
+    /// The machine's newest assignment; answered by
+    /// [`AgentResponse::Assignment`] or [`AgentResponse::NoAssignment`].
+    FetchAssignment,
+    /// Progress or the outcome of applying a generation.
+    ReportDeployment(DeploymentReport),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,6 +136,8 @@ pub enum AgentResponse {
     Ack,
     Renewed(IssuedCertificate),
     Event(AgentEvent),
+    Assignment(Assignment),
+    NoAssignment,
 }
 
 /// Events pushed to an agent on its watch stream.
@@ -143,6 +150,9 @@ pub enum AgentEvent {
         /// How often the agent must report health.
         health_interval_ms: u64,
     },
+    /// The machine's desired generation; sent after Welcome and whenever it
+    /// changes.
+    Desired { generation: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -219,6 +229,12 @@ pub enum AdminRequest {
     MachinesRevoke { id: String },
     AdminsAdd { name: String, role: Role, csr_der: Vec<u8> },
     AdminsList,
+    /// Records a new generation for every target.
+    Deploy(DeploySpec),
+    DeploymentsList { machine: Option<String> },
+    DeploymentsShow { id: String },
+    /// A machine with its desired and current generation.
+    MachinesDetail { id: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -232,6 +248,10 @@ pub enum AdminResponse {
     Machine(MachineInfo),
     AdminCreated(IssuedCertificate),
     Admins(Vec<AdminInfo>),
+    Deployed(Vec<DeployedTarget>),
+    Deployments(Vec<DeploymentInfo>),
+    Deployment(DeploymentInfo),
+    MachineDetail(MachineDetail),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,4 +321,175 @@ pub struct AdminInfo {
     pub name: String,
     pub role: Role,
     pub created_at: UnixMillis,
+}
+
+/// Secret bytes (a secret file's content). Never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(transparent)]
+pub struct SecretBytes(Vec<u8>);
+
+impl SecretBytes {
+    pub fn new(value: impl Into<Vec<u8>>) -> Self {
+        SecretBytes(value.into())
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretBytes(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+/// The system a machine should run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum SystemSpec {
+    /// `nixos-rebuild switch --flake URI#ATTRIBUTE` on the machine.
+    Flake { uri: String, attribute: String },
+    /// A pre-built closure realised from a binary cache and activated.
+    Closure {
+        store_path: String,
+        substituters: Vec<String>,
+        trusted_public_keys: Vec<String>,
+    },
+}
+
+/// A secret written to `<runtime>/secrets/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct SecretFile {
+    pub name: String,
+    pub value: SecretBytes,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+    pub mode: u32,
+}
+
+/// A check that must pass after a switch, before the health deadline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum HealthCheck {
+    /// A systemd unit that must be active.
+    Unit { name: String },
+    /// An HTTP URL that must answer 2xx.
+    Http { url: String },
+    /// A TCP port that must accept connections.
+    Tcp { host: String, port: u16 },
+}
+
+/// One machine's assignment at one generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Assignment {
+    pub generation: u64,
+    pub system: SystemSpec,
+    pub secrets: Vec<SecretFile>,
+    /// A JSON object written to `<runtime>/facts.json`.
+    pub facts_json: String,
+    pub checks: Vec<HealthCheck>,
+    pub health_deadline_ms: u64,
+}
+
+/// What an admin asks to deploy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct DeploySpec {
+    /// One machine, or every machine matching `selector` (not both).
+    pub machine: Option<String>,
+    pub selector: Labels,
+    pub system: SystemSpec,
+    pub secrets: Vec<SecretFile>,
+    pub facts: Labels,
+    pub checks: Vec<HealthCheck>,
+    pub health_deadline_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct DeployedTarget {
+    pub machine_id: String,
+    pub hostname: String,
+    pub generation: u64,
+    pub deployment_id: String,
+}
+
+/// Steps of applying a generation on an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(rename_all = "snake_case")]
+pub enum DeployStep {
+    Received,
+    SecretsWritten,
+    Switching,
+    Switched,
+    HealthChecking,
+    Succeeded,
+    Failed,
+    RollingBack,
+    RolledBack,
+    /// The agent restarted during the apply and resumed it.
+    Resumed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct DeploymentReport {
+    pub generation: u64,
+    pub step: DeployStep,
+    pub message: String,
+    pub output_tail: String,
+    pub system_path: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentState {
+    Pending,
+    Applying,
+    Succeeded,
+    Failed,
+    /// A newer generation was recorded before this one was applied.
+    Superseded,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct StepInfo {
+    pub step: DeployStep,
+    pub at: UnixMillis,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct DeploymentInfo {
+    pub id: String,
+    pub machine_id: String,
+    pub hostname: String,
+    pub generation: u64,
+    pub system: SystemSpec,
+    pub created_at: UnixMillis,
+    pub finished_at: Option<UnixMillis>,
+    pub state: DeploymentState,
+    pub rolled_back: bool,
+    pub steps: Vec<StepInfo>,
+    pub output_tail: String,
+    pub system_path: Option<String>,
+    /// Names of its secrets (never their values).
+    pub secret_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct MachineDetail {
+    pub machine: MachineInfo,
+    pub desired_generation: u64,
+    pub current_generation: Option<u64>,
+    pub current_system: Option<String>,
 }

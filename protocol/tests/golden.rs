@@ -66,6 +66,47 @@ fn token_info() -> TokenInfo {
     }
 }
 
+fn closure() -> SystemSpec {
+    SystemSpec::Closure {
+        store_path: "/nix/store/abc-nixos-system".into(),
+        substituters: vec!["http://127.0.0.1:3902".into()],
+        trusted_public_keys: vec!["cache:AAAA".into()],
+    }
+}
+
+fn assignment() -> Assignment {
+    Assignment {
+        generation: 3,
+        system: closure(),
+        secrets: vec![SecretFile { name: "s3".into(), value: SecretBytes::new(b"k".to_vec()), owner: Some("mastodon".into()), group: None, mode: 0o400 }],
+        facts_json: "{\"tenant\":\"a\"}".into(),
+        checks: vec![
+            HealthCheck::Unit { name: "nginx.service".into() },
+            HealthCheck::Http { url: "http://127.0.0.1:80/".into() },
+            HealthCheck::Tcp { host: "127.0.0.1".into(), port: 22 },
+        ],
+        health_deadline_ms: 60_000,
+    }
+}
+
+fn deployment() -> DeploymentInfo {
+    DeploymentInfo {
+        id: "d-m-0123456789-3".into(),
+        machine_id: "m-0123456789".into(),
+        hostname: "vm-1".into(),
+        generation: 3,
+        system: SystemSpec::Flake { uri: "github:acme/fleet".into(), attribute: "web".into() },
+        created_at: 1,
+        finished_at: Some(2),
+        state: DeploymentState::Failed,
+        rolled_back: true,
+        steps: vec![StepInfo { step: DeployStep::RolledBack, at: 2, message: "rolled back".into() }],
+        output_tail: "error".into(),
+        system_path: None,
+        secret_names: vec!["s3".into()],
+    }
+}
+
 fn requests() -> Vec<(&'static str, Request)> {
     vec![
         ("request-hello", Request::Hello(Hello { versions: VersionRange { min: 1, max: 1 }, software: "drover-agent 0.1.0".into() })),
@@ -83,6 +124,12 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-admin-machines-revoke", Request::Admin(AdminRequest::MachinesRevoke { id: "m-0123456789".into() })),
         ("request-admin-admins-add", Request::Admin(AdminRequest::AdminsAdd { name: "alice".into(), role: Role::Viewer, csr_der: vec![9] })),
         ("request-admin-admins-list", Request::Admin(AdminRequest::AdminsList)),
+        ("request-agent-fetch-assignment", Request::Agent(AgentRequest::FetchAssignment)),
+        ("request-agent-report-deployment", Request::Agent(AgentRequest::ReportDeployment(DeploymentReport { generation: 3, step: DeployStep::Switched, message: "ok".into(), output_tail: "tail".into(), system_path: Some("/nix/store/abc".into()) }))),
+        ("request-admin-deploy", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: None, selector: labels(), system: closure(), secrets: assignment().secrets, facts: labels(), checks: assignment().checks, health_deadline_ms: 60_000 }))),
+        ("request-admin-deployments-list", Request::Admin(AdminRequest::DeploymentsList { machine: Some("m-0123456789".into()) })),
+        ("request-admin-deployments-show", Request::Admin(AdminRequest::DeploymentsShow { id: "d-m-0123456789-3".into() })),
+        ("request-admin-machines-detail", Request::Admin(AdminRequest::MachinesDetail { id: "m-0123456789".into() })),
     ]
 }
 
@@ -102,6 +149,13 @@ fn responses() -> Vec<(&'static str, Response)> {
         ("response-admin-admin-created", Response::Admin(AdminResponse::AdminCreated(issued()))),
         ("response-admin-admins", Response::Admin(AdminResponse::Admins(vec![AdminInfo { name: "root".into(), role: Role::Operator, created_at: 1 }]))),
         ("response-error", Response::Error(WireError::new(ErrorCode::TokenExpired, "token expired"))),
+        ("response-agent-assignment", Response::Agent(AgentResponse::Assignment(assignment()))),
+        ("response-agent-no-assignment", Response::Agent(AgentResponse::NoAssignment)),
+        ("response-agent-desired", Response::Agent(AgentResponse::Event(AgentEvent::Desired { generation: 3 }))),
+        ("response-admin-deployed", Response::Admin(AdminResponse::Deployed(vec![DeployedTarget { machine_id: "m-0123456789".into(), hostname: "vm-1".into(), generation: 3, deployment_id: "d-m-0123456789-3".into() }]))),
+        ("response-admin-deployments", Response::Admin(AdminResponse::Deployments(vec![deployment()]))),
+        ("response-admin-deployment", Response::Admin(AdminResponse::Deployment(deployment()))),
+        ("response-admin-machine-detail", Response::Admin(AdminResponse::MachineDetail(MachineDetail { machine: machine(), desired_generation: 3, current_generation: Some(2), current_system: Some("/nix/store/abc".into()) }))),
     ]
 }
 

@@ -173,6 +173,61 @@ fn run(state: &Coordinator, admin: &AdminRecord, request: AdminRequest) -> Resul
             tracing::info!(admin = %name, role = role.as_str(), by = %admin.name, "admin added");
             AdminResponse::AdminCreated(issued)
         }
+        AdminRequest::Deploy(spec) => {
+            crate::deploy::validate(&spec).map_err(invalid)?;
+            let targets: Vec<String> = match &spec.machine {
+                Some(id) => {
+                    let m = store.machine(id).map_err(fail)?.ok_or_else(|| {
+                        fail(StoreError::NotFound { what: "machine", id: id.clone() })
+                    })?;
+                    if m.revoked_at.is_some() {
+                        return Err(fail(StoreError::Revoked(id.clone())));
+                    }
+                    vec![m.id]
+                }
+                None => store
+                    .machines()
+                    .map_err(fail)?
+                    .into_iter()
+                    .filter(|m| m.revoked_at.is_none() && registry::matches(&m.labels, &spec.selector))
+                    .map(|m| m.id)
+                    .collect(),
+            };
+            if targets.is_empty() {
+                return Err(WireError::new(
+                    ErrorCode::NotFound,
+                    "no machine matches the selector; see `drover machines list`",
+                ));
+            }
+            let deployed = store
+                .record_generation(&targets, &|m, g| crate::deploy::build(&spec, m, g, now))
+                .map_err(fail)?;
+            for t in &deployed {
+                state.live.notify(&t.machine_id, t.generation);
+            }
+            tracing::info!(machines = deployed.len(), by = %admin.name, "deployment recorded");
+            AdminResponse::Deployed(deployed)
+        }
+        AdminRequest::DeploymentsList { machine } => {
+            AdminResponse::Deployments(store.deployments(machine.as_deref()).map_err(fail)?)
+        }
+        AdminRequest::DeploymentsShow { id } => {
+            let not_found = || fail(StoreError::NotFound { what: "deployment", id: id.clone() });
+            let (machine, generation) = crate::model::parse_deployment_id(&id).ok_or_else(not_found)?;
+            let d = store.deployment(&machine, generation).map_err(fail)?.ok_or_else(not_found)?;
+            AdminResponse::Deployment(d)
+        }
+        AdminRequest::MachinesDetail { id } => {
+            let m = store.machine(&id).map_err(fail)?.ok_or_else(|| {
+                fail(StoreError::NotFound { what: "machine", id: id.clone() })
+            })?;
+            AdminResponse::MachineDetail(drover_protocol::v1::MachineDetail {
+                machine: registry::to_wire(&m, now, interval),
+                desired_generation: m.desired_generation,
+                current_generation: m.current_generation,
+                current_system: m.current_system.clone(),
+            })
+        }
         AdminRequest::AdminsList => {
             let mut admins = store.admins().map_err(fail)?;
             admins.sort_by(|a, b| a.name.cmp(&b.name));

@@ -31,11 +31,55 @@ pub(super) async fn handle(
             if write_frame(send, &welcome).await.is_err() {
                 return None;
             }
-            tokio::select! {
-                _ = conn.closed() => {}
-                _ = send.stopped() => {}
+            let current = match state.store.machine(id) {
+                Ok(Some(m)) => m.desired_generation,
+                _ => 0,
+            };
+            let mut desired = state.live.subscribe(id, current);
+            let mut announced = 0;
+            loop {
+                let generation = *desired.borrow_and_update();
+                if generation > announced {
+                    let event = Response::Agent(AgentResponse::Event(AgentEvent::Desired { generation }));
+                    if write_frame(send, &event).await.is_err() {
+                        return None;
+                    }
+                    announced = generation;
+                }
+                tokio::select! {
+                    changed = desired.changed() => if changed.is_err() { return None },
+                    _ = conn.closed() => return None,
+                    _ = send.stopped() => return None,
+                }
             }
-            None
+        }
+        AgentRequest::FetchAssignment => {
+            let answer = state.store.machine(id).and_then(|m| {
+                let desired = m.map(|m| m.desired_generation).unwrap_or(0);
+                if desired == 0 {
+                    return Ok(None);
+                }
+                state.store.assignment(id, desired)
+            });
+            Some(match answer {
+                Ok(Some(record)) => Response::Agent(AgentResponse::Assignment(record.assignment)),
+                Ok(None) => Response::Agent(AgentResponse::NoAssignment),
+                Err(e) => Response::Error(wire_error(e)),
+            })
+        }
+        AgentRequest::ReportDeployment(report) => {
+            let now = now_ms();
+            let result = state.store.update_deployment(id, report.generation, &|d, m| {
+                crate::deploy::apply_report(d, m, &report, now);
+                Ok(())
+            });
+            Some(match result {
+                Ok(d) => {
+                    tracing::info!(generation = report.generation, step = ?report.step, state = ?d.state, "deployment progress");
+                    Response::Agent(AgentResponse::Ack)
+                }
+                Err(e) => Response::Error(wire_error(e)),
+            })
         }
         AgentRequest::Report(report) => {
             let now = now_ms();

@@ -66,6 +66,9 @@ pub(super) async fn enroll(state: &Coordinator, req: EnrollRequest) -> Response 
         previous_cert: None,
         last_seen: None,
         health: None,
+        desired_generation: 0,
+        current_generation: None,
+        current_system: None,
     };
     match state.store.enroll(&hash, now, &record) {
         Ok(machine) => {

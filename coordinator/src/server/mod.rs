@@ -47,9 +47,39 @@ pub fn now_ms() -> u64 {
 #[derive(Default)]
 pub struct Live {
     machines: Mutex<HashMap<String, HashMap<usize, quinn::Connection>>>,
+    /// Each machine's desired generation, watched by its agent's watch stream.
+    desired: Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>,
 }
 
 impl Live {
+    /// Watches `machine`'s desired generation (starting from `current` if
+    /// nothing was announced yet).
+    pub fn subscribe(&self, machine: &str, current: u64) -> tokio::sync::watch::Receiver<u64> {
+        let mut map = self.desired.lock().expect("desired map lock");
+        map.entry(machine.to_string())
+            .or_insert_with(|| tokio::sync::watch::channel(current).0)
+            .subscribe()
+    }
+
+    /// Announces a new desired generation to `machine`'s agent, at once.
+    pub fn notify(&self, machine: &str, generation: u64) {
+        let mut map = self.desired.lock().expect("desired map lock");
+        match map.get(machine) {
+            Some(tx) => {
+                tx.send_if_modified(|g| {
+                    let newer = generation > *g;
+                    if newer {
+                        *g = generation;
+                    }
+                    newer
+                });
+            }
+            None => {
+                map.insert(machine.to_string(), tokio::sync::watch::channel(generation).0);
+            }
+        }
+    }
+
     fn register(&self, machine: &str, conn: &quinn::Connection) {
         let mut map = self.machines.lock().expect("live map lock");
         map.entry(machine.to_string())

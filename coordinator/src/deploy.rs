@@ -1,0 +1,281 @@
+//! Deployment rules, without I/O: checking what an admin asks to deploy,
+//! building each machine's assignment, and folding an agent's progress
+//! reports into the deployment record.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use drover_protocol::v1::{
+    Assignment, DeployStep, DeploySpec, DeploymentInfo, DeploymentReport, DeploymentState,
+    HealthCheck, StepInfo, SystemSpec,
+};
+
+use crate::model::{deployment_id, AssignmentRecord, DeploymentRecord, MachineRecord, UnixMillis};
+use crate::registry;
+
+/// Largest secret accepted.
+pub const MAX_SECRET_LEN: usize = 1 << 20;
+/// Longest output tail kept per deployment.
+pub const MAX_OUTPUT_TAIL: usize = 16 << 10;
+/// Longest step message kept.
+pub const MAX_MESSAGE: usize = 4 << 10;
+/// The health deadline when none is given.
+pub const DEFAULT_HEALTH_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A secret name: 1-128 of letters, digits, `.`, `_`, `-`, not starting with `.`.
+pub fn check_secret_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "secret name {name:?} is invalid: use 1-128 letters, digits, '.', '_' or '-', not starting with '.'"
+        ))
+    }
+}
+
+fn check_system(system: &SystemSpec) -> Result<(), String> {
+    match system {
+        SystemSpec::Flake { uri, attribute } => {
+            if uri.is_empty() || attribute.is_empty() {
+                return Err("--flake needs URI#ATTRIBUTE, e.g. github:acme/fleet#web".into());
+            }
+            if uri.chars().chain(attribute.chars()).any(|c| c.is_whitespace() || c.is_control()) {
+                return Err("the flake reference must not contain spaces".into());
+            }
+        }
+        SystemSpec::Closure { store_path, substituters, trusted_public_keys } => {
+            let name = store_path.strip_prefix("/nix/store/").unwrap_or("");
+            if name.is_empty() || name.contains('/') || name.len() < 33 {
+                return Err(format!(
+                    "{store_path:?} is not a store path; --closure takes /nix/store/<hash>-<name>"
+                ));
+            }
+            if substituters.is_empty() {
+                return Err("--closure needs at least one --substituter (the binary cache to fetch it from)".into());
+            }
+            if trusted_public_keys.is_empty() {
+                return Err("--closure needs --trusted-key: the public key that signed the closure".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_check(check: &HealthCheck) -> Result<(), String> {
+    match check {
+        HealthCheck::Unit { name } if name.is_empty() || name.contains('/') => {
+            Err(format!("unit check {name:?} needs a unit name, e.g. unit:nginx.service"))
+        }
+        HealthCheck::Http { url } if !(url.starts_with("http://") || url.starts_with("https://")) => {
+            Err(format!("http check {url:?} needs an http:// or https:// URL"))
+        }
+        HealthCheck::Tcp { host, port } if host.is_empty() || *port == 0 => {
+            Err("tcp check needs tcp:HOST:PORT".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks a deployment request before anything is recorded.
+pub fn validate(spec: &DeploySpec) -> Result<(), String> {
+    match (&spec.machine, spec.selector.is_empty()) {
+        (Some(_), false) => return Err("give --machine or --selector, not both".into()),
+        (None, true) => return Err("name the targets: --machine ID or --selector k=v".into()),
+        _ => {}
+    }
+    registry::check_labels(&spec.selector)?;
+    check_system(&spec.system)?;
+    let mut names = std::collections::BTreeSet::new();
+    for secret in &spec.secrets {
+        check_secret_name(&secret.name)?;
+        if !names.insert(&secret.name) {
+            return Err(format!("secret {:?} is given twice", secret.name));
+        }
+        if secret.value.expose().len() > MAX_SECRET_LEN {
+            return Err(format!("secret {:?} is larger than 1 MiB", secret.name));
+        }
+        if secret.mode > 0o7777 {
+            return Err(format!("secret {:?} has an invalid mode {:o}", secret.name, secret.mode));
+        }
+    }
+    for (k, v) in &spec.facts {
+        if k.is_empty() || k.len() > 128 || v.len() > 64 << 10 {
+            return Err(format!("fact {k:?} is invalid: keys of 1-128 characters, values up to 64 KiB"));
+        }
+    }
+    spec.checks.iter().try_for_each(check_check)?;
+    if spec.health_deadline_ms == 0 || spec.health_deadline_ms > 3_600_000 {
+        return Err("--health-deadline must be between 1ms and 1h".into());
+    }
+    Ok(())
+}
+
+/// The facts of one machine: the admin's facts and the machine's identity.
+pub fn facts_json(facts: &BTreeMap<String, String>, machine: &MachineRecord, generation: u64) -> String {
+    let mut object = serde_json::Map::new();
+    for (k, v) in facts {
+        object.insert(k.clone(), serde_json::Value::String(v.clone()));
+    }
+    object.insert("machine_id".into(), machine.id.clone().into());
+    object.insert("hostname".into(), machine.hostname.clone().into());
+    object.insert("generation".into(), generation.into());
+    serde_json::Value::Object(object).to_string()
+}
+
+/// The assignment and the fresh deployment record of one machine.
+pub fn build(
+    spec: &DeploySpec,
+    machine: &MachineRecord,
+    generation: u64,
+    now: UnixMillis,
+) -> (AssignmentRecord, DeploymentRecord) {
+    let assignment = Assignment {
+        generation,
+        system: spec.system.clone(),
+        secrets: spec.secrets.clone(),
+        facts_json: facts_json(&spec.facts, machine, generation),
+        checks: spec.checks.clone(),
+        health_deadline_ms: spec.health_deadline_ms,
+    };
+    let deployment = DeploymentInfo {
+        id: deployment_id(&machine.id, generation),
+        machine_id: machine.id.clone(),
+        hostname: machine.hostname.clone(),
+        generation,
+        system: spec.system.clone(),
+        created_at: now,
+        finished_at: None,
+        state: DeploymentState::Pending,
+        rolled_back: false,
+        steps: Vec::new(),
+        output_tail: String::new(),
+        system_path: None,
+        secret_names: spec.secrets.iter().map(|s| s.name.clone()).collect(),
+    };
+    (
+        AssignmentRecord { machine_id: machine.id.clone(), created_at: now, assignment },
+        deployment,
+    )
+}
+
+fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..].to_string()
+}
+
+/// Folds a progress report into the deployment and its machine.
+pub fn apply_report(
+    deployment: &mut DeploymentRecord,
+    machine: &mut MachineRecord,
+    report: &DeploymentReport,
+    now: UnixMillis,
+) {
+    deployment.steps.push(StepInfo {
+        step: report.step,
+        at: now,
+        message: clip(&report.message, MAX_MESSAGE),
+    });
+    if !report.output_tail.is_empty() {
+        deployment.output_tail = clip(&report.output_tail, MAX_OUTPUT_TAIL);
+    }
+    match report.step {
+        DeployStep::Succeeded => {
+            deployment.state = DeploymentState::Succeeded;
+            deployment.finished_at = Some(now);
+            deployment.system_path = report.system_path.clone();
+            machine.current_generation = Some(deployment.generation);
+            machine.current_system = report.system_path.clone();
+        }
+        DeployStep::Failed => {
+            deployment.state = DeploymentState::Failed;
+            deployment.finished_at = Some(now);
+        }
+        DeployStep::RolledBack => {
+            deployment.state = DeploymentState::Failed;
+            deployment.rolled_back = true;
+            deployment.finished_at = Some(now);
+            if report.system_path.is_some() {
+                machine.current_system = report.system_path.clone();
+            }
+        }
+        _ => {
+            if deployment.state == DeploymentState::Pending {
+                deployment.state = DeploymentState::Applying;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_protocol::v1::{SecretBytes, SecretFile};
+
+    fn spec() -> DeploySpec {
+        DeploySpec {
+            machine: Some("m-1".into()),
+            selector: Default::default(),
+            system: SystemSpec::Flake { uri: "path:/fleet".into(), attribute: "web".into() },
+            secrets: vec![SecretFile { name: "db".into(), value: SecretBytes::new(b"pw".to_vec()), owner: None, group: None, mode: 0o400 }],
+            facts: [("tenant".to_string(), "a".to_string())].into(),
+            checks: vec![HealthCheck::Tcp { host: "127.0.0.1".into(), port: 22 }],
+            health_deadline_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        assert!(validate(&spec()).is_ok());
+        let cases: Vec<(Box<dyn Fn(&mut DeploySpec)>, &str)> = vec![
+            (Box::new(|s| s.machine = None), "--machine ID or --selector"),
+            (Box::new(|s| s.selector = [("a".to_string(), "b".to_string())].into()), "not both"),
+            (Box::new(|s| s.secrets[0].name = "../etc/passwd".into()), "secret name"),
+            (Box::new(|s| s.secrets.push(s.secrets[0].clone())), "twice"),
+            (Box::new(|s| s.system = SystemSpec::Closure { store_path: "/tmp/x".into(), substituters: vec!["x".into()], trusted_public_keys: vec!["k".into()] }), "not a store path"),
+            (Box::new(|s| s.checks = vec![HealthCheck::Http { url: "ftp://x".into() }]), "http://"),
+            (Box::new(|s| s.health_deadline_ms = 0), "--health-deadline"),
+        ];
+        for (change, words) in cases {
+            let mut s = spec();
+            change(&mut s);
+            let err = validate(&s).expect_err(words);
+            assert!(err.contains(words), "{err:?} should mention {words:?}");
+        }
+    }
+
+    #[test]
+    fn reports_move_the_deployment_and_the_machine() {
+        let machine = crate::model::MachineRecord {
+            id: "m-1".into(), hostname: "h".into(), labels: Default::default(), token_id: "t".into(),
+            enrolled_at: 0, revoked_at: None, cert_serial: "s".into(), cert_not_after: 0, previous_cert: None,
+            last_seen: None, health: None, desired_generation: 1, current_generation: None, current_system: None,
+        };
+        let (a, mut d) = build(&spec(), &machine, 1, 10);
+        assert!(a.assignment.facts_json.contains("\"tenant\":\"a\""));
+        assert_eq!(d.secret_names, vec!["db"]);
+        let mut m = machine.clone();
+        let report = |step, path: Option<&str>| DeploymentReport {
+            generation: 1, step, message: "m".into(), output_tail: "x".repeat(MAX_OUTPUT_TAIL + 10), system_path: path.map(String::from),
+        };
+        apply_report(&mut d, &mut m, &report(DeployStep::Switching, None), 11);
+        assert_eq!(d.state, DeploymentState::Applying);
+        assert_eq!(d.output_tail.len(), MAX_OUTPUT_TAIL);
+        apply_report(&mut d, &mut m, &report(DeployStep::Succeeded, Some("/nix/store/x")), 12);
+        assert_eq!(d.state, DeploymentState::Succeeded);
+        assert_eq!(m.current_generation, Some(1));
+        let mut d2 = d.clone();
+        apply_report(&mut d2, &mut m, &report(DeployStep::RolledBack, Some("/nix/store/old")), 13);
+        assert!(d2.rolled_back);
+        assert_eq!(d2.state, DeploymentState::Failed);
+    }
+}
