@@ -38,6 +38,12 @@ pub enum Command {
     /// Admins and their roles.
     #[command(subcommand)]
     Admins(AdminsCommand),
+    /// Record a new generation for machines: what system to run, with which
+    /// secrets, facts and health checks. Agents hear of it at once.
+    Deploy(DeployArgs),
+    /// Deployment history.
+    #[command(subcommand)]
+    Deployments(DeploymentsCommand),
     /// Show which admin the bundle authenticates as.
     Whoami(AdminArgs),
     /// Print shell completions.
@@ -190,4 +196,74 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
 /// Parses a role name.
 pub fn parse_role(s: &str) -> Result<drover_protocol::v1::Role, String> {
     s.parse()
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["machine", "selector"])))]
+#[command(group(clap::ArgGroup::new("system").required(true).args(["flake", "closure"])))]
+pub struct DeployArgs {
+    /// The machine to deploy to.
+    #[arg(long)]
+    pub machine: Option<String>,
+    /// Deploy to every machine whose labels match (k=v, repeatable).
+    #[arg(long = "selector", short = 's', value_parser = parse_label)]
+    pub selector: Vec<(String, String)>,
+    /// A flake output: the agent runs `nixos-rebuild switch --flake URI#ATTR`.
+    #[arg(long, value_name = "URI#ATTR")]
+    pub flake: Option<String>,
+    /// A pre-built system closure (/nix/store/...), fetched from --substituter.
+    #[arg(long, value_name = "STORE_PATH", requires_all = ["substituters", "trusted_keys"])]
+    pub closure: Option<String>,
+    /// Binary cache URL the closure is fetched from (repeatable).
+    #[arg(long = "substituter")]
+    pub substituters: Vec<String>,
+    /// Public key that signed the closure (repeatable).
+    #[arg(long = "trusted-key")]
+    pub trusted_keys: Vec<String>,
+    /// A secret for the machines: NAME=@FILE[,mode=0400][,owner=USER][,group=GROUP].
+    #[arg(long = "secret", value_name = "NAME=@FILE")]
+    pub secrets: Vec<String>,
+    /// A fact for the configuration to read from facts.json (k=v, repeatable).
+    #[arg(long = "fact", value_parser = parse_fact)]
+    pub facts: Vec<(String, String)>,
+    /// A health check: unit:NAME, http://HOST:PORT/PATH, or tcp:HOST:PORT.
+    #[arg(long = "check")]
+    pub checks: Vec<String>,
+    /// How long the checks may take to pass after the switch.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub health_deadline: Duration,
+    /// Wait for every machine to finish, showing progress; exit non-zero if any failed.
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this long.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub wait_timeout: Duration,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeploymentsCommand {
+    /// List deployments, oldest first.
+    List {
+        #[arg(long)]
+        machine: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show one deployment: its steps with timestamps, outcome and output tail.
+    Show {
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Parses `key=value` for facts (any non-empty key).
+pub fn parse_fact(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not key=value"))?;
+    if k.is_empty() {
+        return Err(format!("{s:?} has an empty key"));
+    }
+    Ok((k.to_string(), v.to_string()))
 }

@@ -30,16 +30,20 @@ pub async fn run(cmd: MachinesCommand) -> Result<()> {
         MachinesCommand::Show { id, admin } => {
             let client = connect(&admin).await?;
             let answer = client
-                .call(AdminRequest::MachinesShow { id: id.clone() })
+                .call(AdminRequest::MachinesDetail { id: id.clone() })
                 .await
                 .map_err(|e| refused(e, &format!("showing machine {id}")))?;
             client.close().await;
-            let AdminResponse::Machine(machine) = answer else {
+            let AdminResponse::MachineDetail(detail) = answer else {
                 bail!("unexpected answer from the coordinator");
             };
             match admin.output {
-                OutputFormat::Json => print_json(&machine)?,
-                OutputFormat::Table => print_machine(&machine),
+                OutputFormat::Json => print_json(&detail)?,
+                OutputFormat::Table => {
+                    print_machine(&detail.machine);
+                    println!("generation   desired {}, current {}", detail.desired_generation, detail.current_generation.map(|g| g.to_string()).unwrap_or_else(|| "none".into()));
+                    println!("running      {}", detail.current_system.as_deref().unwrap_or("-"));
+                }
             }
         }
         MachinesCommand::Label { id, changes, admin } => {

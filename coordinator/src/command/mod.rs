@@ -1,6 +1,8 @@
 //! One module per CLI verb. [`run`] dispatches a parsed command line.
 
 pub mod admins;
+pub mod deploy;
+pub mod deployments;
 pub mod init;
 pub mod machines;
 pub mod serve;
@@ -34,6 +36,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Machines(cmd) => machines::run(cmd).await,
         Command::Admins(cmd) => admins::run(cmd).await,
         Command::Whoami(args) => admins::whoami(args).await,
+        Command::Deploy(args) => deploy::run(args).await,
+        Command::Deployments(cmd) => deployments::run(cmd).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "drover", &mut std::io::stdout());
             Ok(())

@@ -1,0 +1,246 @@
+//! `drover deploy`: records a new generation for the targets and, with
+//! `--wait`, follows them to the end.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use drover_protocol::v1::{
+    AdminRequest, AdminResponse, DeployStep, DeploySpec, DeployedTarget, DeploymentInfo,
+    DeploymentState, HealthCheck, SecretBytes, SecretFile, SystemSpec,
+};
+
+use crate::cli::DeployArgs;
+use crate::client::AdminClient;
+use crate::output::{self, OutputFormat};
+
+use super::{connect, labels, print_json, refused};
+
+/// Parses `NAME=@FILE[,mode=0400][,owner=U][,group=G]`, reading the file.
+pub fn parse_secret(arg: &str) -> Result<SecretFile> {
+    let (name, rest) = arg
+        .split_once("=@")
+        .with_context(|| format!("--secret {arg:?}: expected NAME=@FILE"))?;
+    let mut parts = rest.split(',');
+    let path = parts.next().unwrap_or_default();
+    let mut secret = SecretFile {
+        name: name.to_string(),
+        value: SecretBytes::new(Vec::new()),
+        owner: None,
+        group: None,
+        mode: 0o400,
+    };
+    for part in parts {
+        match part.split_once('=') {
+            Some(("mode", m)) => {
+                secret.mode = u32::from_str_radix(m, 8)
+                    .with_context(|| format!("--secret {name}: mode {m:?} is not octal"))?
+            }
+            Some(("owner", o)) => secret.owner = Some(o.to_string()),
+            Some(("group", g)) => secret.group = Some(g.to_string()),
+            _ => bail!("--secret {name}: unknown attribute {part:?} (use mode=, owner=, group=)"),
+        }
+    }
+    let value = std::fs::read(path).with_context(|| format!("--secret {name}: cannot read {path}"))?;
+    secret.value = SecretBytes::new(value);
+    Ok(secret)
+}
+
+/// Parses `unit:NAME`, `http(s)://...` or `tcp:HOST:PORT`.
+pub fn parse_check(arg: &str) -> Result<HealthCheck> {
+    if let Some(name) = arg.strip_prefix("unit:") {
+        return Ok(HealthCheck::Unit { name: name.to_string() });
+    }
+    if arg.starts_with("http://") || arg.starts_with("https://") {
+        return Ok(HealthCheck::Http { url: arg.to_string() });
+    }
+    if let Some(rest) = arg.strip_prefix("tcp:") {
+        let (host, port) = rest
+            .rsplit_once(':')
+            .with_context(|| format!("--check {arg:?}: expected tcp:HOST:PORT"))?;
+        let port = port.parse().with_context(|| format!("--check {arg:?}: bad port"))?;
+        return Ok(HealthCheck::Tcp { host: host.trim_matches(['[', ']']).to_string(), port });
+    }
+    bail!("--check {arg:?}: expected unit:NAME, http://HOST:PORT/PATH or tcp:HOST:PORT")
+}
+
+fn system(args: &DeployArgs) -> Result<SystemSpec> {
+    if let Some(flake) = &args.flake {
+        let (uri, attribute) = flake
+            .split_once('#')
+            .with_context(|| format!("--flake {flake:?}: expected URI#ATTRIBUTE"))?;
+        return Ok(SystemSpec::Flake { uri: uri.to_string(), attribute: attribute.to_string() });
+    }
+    let store_path = args.closure.clone().context("--flake or --closure is required")?;
+    Ok(SystemSpec::Closure {
+        store_path,
+        substituters: args.substituters.clone(),
+        trusted_public_keys: args.trusted_keys.clone(),
+    })
+}
+
+pub async fn run(args: DeployArgs) -> Result<()> {
+    let spec = DeploySpec {
+        machine: args.machine.clone(),
+        selector: labels(args.selector.clone()),
+        system: system(&args)?,
+        secrets: args.secrets.iter().map(|s| parse_secret(s)).collect::<Result<_>>()?,
+        facts: args.facts.iter().cloned().collect(),
+        checks: args.checks.iter().map(|c| parse_check(c)).collect::<Result<_>>()?,
+        health_deadline_ms: u64::try_from(args.health_deadline.as_millis()).unwrap_or(u64::MAX),
+    };
+    let client = connect(&args.admin).await?;
+    let answer = client
+        .call(AdminRequest::Deploy(spec))
+        .await
+        .map_err(|e| refused(e, "deploying"))?;
+    let AdminResponse::Deployed(targets) = answer else {
+        bail!("unexpected answer from the coordinator");
+    };
+    if !args.wait {
+        client.close().await;
+        match args.admin.output {
+            OutputFormat::Json => print_json(&targets)?,
+            OutputFormat::Table => {
+                for t in &targets {
+                    println!("{} ({}) generation {} — deployment {}", t.machine_id, t.hostname, t.generation, t.deployment_id);
+                }
+            }
+        }
+        return Ok(());
+    }
+    let finished = wait(&client, &targets, args.wait_timeout, args.admin.output == OutputFormat::Table).await;
+    client.close().await;
+    let finished = finished?;
+    if args.admin.output == OutputFormat::Json {
+        print_json(&finished)?;
+    }
+    let failed: Vec<_> = finished
+        .iter()
+        .filter(|d| d.state != DeploymentState::Succeeded)
+        .map(|d| format!("{} ({}): {}{}", d.machine_id, d.hostname, state_word(d), last_message(d)))
+        .collect();
+    if !failed.is_empty() {
+        bail!("{} of {} machine(s) did not succeed:\n  {}", failed.len(), finished.len(), failed.join("\n  "));
+    }
+    if args.admin.output == OutputFormat::Table {
+        println!("all {} machine(s) succeeded", finished.len());
+    }
+    Ok(())
+}
+
+pub fn state_word(d: &DeploymentInfo) -> &'static str {
+    match (d.state, d.rolled_back) {
+        (DeploymentState::Succeeded, _) => "succeeded",
+        (DeploymentState::Failed, true) => "failed, rolled back",
+        (DeploymentState::Failed, false) => "failed",
+        (DeploymentState::Superseded, _) => "superseded",
+        (DeploymentState::Pending, _) => "pending",
+        (DeploymentState::Applying, _) => "applying",
+    }
+}
+
+fn last_message(d: &DeploymentInfo) -> String {
+    d.steps
+        .iter()
+        .rev()
+        .find(|s| matches!(s.step, DeployStep::Failed))
+        .or(d.steps.last())
+        .map(|s| format!(" — {}", s.message))
+        .unwrap_or_default()
+}
+
+/// Whether the agent is done with it: succeeded, failed (after any
+/// rollback), or superseded by a newer generation.
+pub fn finished(d: &DeploymentInfo) -> bool {
+    matches!(d.state, DeploymentState::Succeeded | DeploymentState::Failed | DeploymentState::Superseded)
+}
+
+/// Polls the deployments until all are finished, with a progress line each.
+async fn wait(
+    client: &AdminClient,
+    targets: &[DeployedTarget],
+    timeout: Duration,
+    show: bool,
+) -> Result<Vec<DeploymentInfo>> {
+    let multi = MultiProgress::new();
+    if !show {
+        multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let style = ProgressStyle::with_template("{spinner} {prefix:<28} {wide_msg}").expect("static template");
+    let bars: BTreeMap<String, ProgressBar> = targets
+        .iter()
+        .map(|t| {
+            let bar = multi.add(ProgressBar::new_spinner());
+            bar.set_style(style.clone());
+            bar.set_prefix(format!("{} {}", t.hostname, t.machine_id));
+            bar.set_message(format!("generation {} pending", t.generation));
+            bar.enable_steady_tick(Duration::from_millis(120));
+            (t.deployment_id.clone(), bar)
+        })
+        .collect();
+    let started = Instant::now();
+    loop {
+        let mut all = Vec::with_capacity(targets.len());
+        for t in targets {
+            let answer = client
+                .call(AdminRequest::DeploymentsShow { id: t.deployment_id.clone() })
+                .await
+                .map_err(|e| refused(e, "following the deployment"))?;
+            let AdminResponse::Deployment(d) = answer else {
+                bail!("unexpected answer from the coordinator");
+            };
+            if let Some(bar) = bars.get(&d.id) {
+                let step = d.steps.last().map(|s| format!("{:?}: {}", s.step, s.message)).unwrap_or_else(|| "pending".into());
+                if finished(&d) {
+                    bar.finish_with_message(format!("{}{}", state_word(&d), last_message(&d)));
+                } else {
+                    bar.set_message(step);
+                }
+            }
+            all.push(d);
+        }
+        if all.iter().all(finished) {
+            return Ok(all);
+        }
+        if started.elapsed() > timeout {
+            let waiting: Vec<_> = all.iter().filter(|d| !finished(d)).map(|d| d.machine_id.clone()).collect();
+            bail!(
+                "gave up after {} waiting for {}; follow with `drover deployments list`",
+                output::duration(timeout),
+                waiting.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_parse_and_bad_ones_say_the_form() {
+        assert_eq!(parse_check("unit:nginx.service").expect("unit"), HealthCheck::Unit { name: "nginx.service".into() });
+        assert_eq!(parse_check("tcp:127.0.0.1:22").expect("tcp"), HealthCheck::Tcp { host: "127.0.0.1".into(), port: 22 });
+        assert_eq!(parse_check("tcp:[::1]:22").expect("tcp6"), HealthCheck::Tcp { host: "::1".into(), port: 22 });
+        assert!(matches!(parse_check("http://x:1/").expect("http"), HealthCheck::Http { .. }));
+        assert!(parse_check("ping:x").expect_err("bad").to_string().contains("unit:NAME"));
+    }
+
+    #[test]
+    fn secrets_read_their_file_with_attributes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "hunter2").expect("write");
+        let s = parse_secret(&format!("db=@{},mode=0440,owner=mastodon", path.display())).expect("parse");
+        assert_eq!(s.name, "db");
+        assert_eq!(s.value.expose(), b"hunter2");
+        assert_eq!(s.mode, 0o440);
+        assert_eq!(s.owner.as_deref(), Some("mastodon"));
+        assert!(parse_secret("db=nofile").is_err());
+        assert!(parse_secret(&format!("db=@{},colour=red", path.display())).is_err());
+    }
+}

@@ -1,0 +1,95 @@
+//! `drover deployments list|show`.
+
+use anyhow::{bail, Result};
+
+use drover_protocol::v1::{AdminRequest, AdminResponse, DeploymentInfo, SystemSpec};
+
+use crate::cli::DeploymentsCommand;
+use crate::output::{self, OutputFormat};
+
+use super::deploy::state_word;
+use super::{connect, print_json, refused};
+
+pub fn system_text(system: &SystemSpec) -> String {
+    match system {
+        SystemSpec::Flake { uri, attribute } => format!("{uri}#{attribute}"),
+        SystemSpec::Closure { store_path, .. } => store_path.clone(),
+    }
+}
+
+pub async fn run(cmd: DeploymentsCommand) -> Result<()> {
+    match cmd {
+        DeploymentsCommand::List { machine, admin } => {
+            let client = connect(&admin).await?;
+            let answer = client
+                .call(AdminRequest::DeploymentsList { machine })
+                .await
+                .map_err(|e| refused(e, "listing deployments"))?;
+            client.close().await;
+            let AdminResponse::Deployments(list) = answer else {
+                bail!("unexpected answer from the coordinator");
+            };
+            match admin.output {
+                OutputFormat::Json => print_json(&list)?,
+                OutputFormat::Table => {
+                    let mut t = output::table(&["ID", "HOSTNAME", "GEN", "STATE", "SYSTEM", "CREATED"]);
+                    for d in &list {
+                        t.add_row(vec![
+                            d.id.clone(),
+                            d.hostname.clone(),
+                            d.generation.to_string(),
+                            state_word(d).to_string(),
+                            system_text(&d.system),
+                            output::timestamp(d.created_at),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+            }
+        }
+        DeploymentsCommand::Show { id, admin } => {
+            let client = connect(&admin).await?;
+            let answer = client
+                .call(AdminRequest::DeploymentsShow { id: id.clone() })
+                .await
+                .map_err(|e| refused(e, &format!("showing deployment {id}")))?;
+            client.close().await;
+            let AdminResponse::Deployment(d) = answer else {
+                bail!("unexpected answer from the coordinator");
+            };
+            match admin.output {
+                OutputFormat::Json => print_json(&d)?,
+                OutputFormat::Table => print_deployment(&d),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_deployment(d: &DeploymentInfo) {
+    println!("deployment   {}", d.id);
+    println!("machine      {} ({})", d.machine_id, d.hostname);
+    println!("generation   {}", d.generation);
+    println!("system       {}", system_text(&d.system));
+    println!("state        {}", state_word(d));
+    println!("created      {}", output::timestamp(d.created_at));
+    if let Some(f) = d.finished_at {
+        println!("finished     {}", output::timestamp(f));
+    }
+    if let Some(p) = &d.system_path {
+        println!("system path  {p}");
+    }
+    if !d.secret_names.is_empty() {
+        println!("secrets      {}", d.secret_names.join(", "));
+    }
+    println!("steps:");
+    for s in &d.steps {
+        println!("  {}  {:<16} {}", output::timestamp(s.at), format!("{:?}", s.step), s.message);
+    }
+    if !d.output_tail.is_empty() {
+        println!("output (tail):");
+        for line in d.output_tail.lines() {
+            println!("  | {line}");
+        }
+    }
+}
