@@ -45,6 +45,49 @@ pub struct AgentConfig {
     /// The link to the running system, reported with health.
     #[serde(default = "default_current_system")]
     pub current_system: PathBuf,
+    /// Where secrets (`secrets/NAME`) and `facts.json` are written; a tmpfs
+    /// on NixOS.
+    #[serde(default = "default_runtime_dir")]
+    pub runtime_dir: PathBuf,
+    /// The longest a system switch may take.
+    #[serde(with = "humantime_serde", default = "default_switch_timeout")]
+    pub switch_timeout: Duration,
+    /// The command run for flake deployments (`nixos-rebuild` on NixOS).
+    #[serde(default = "default_nixos_rebuild")]
+    pub nixos_rebuild: PathBuf,
+    /// Directory holding `nix-store` and `nix-env` (default: found on PATH).
+    #[serde(default)]
+    pub nix_bin_dir: Option<PathBuf>,
+    /// A Nix store to use instead of the system's (`--store`), e.g. a chroot
+    /// store root for testing.
+    #[serde(default)]
+    pub nix_store: Option<PathBuf>,
+    /// The system profile closures are installed into.
+    #[serde(default = "default_system_profile")]
+    pub system_profile: PathBuf,
+    /// The command asked whether a unit is active (`unit:` checks).
+    #[serde(default = "default_systemctl")]
+    pub systemctl: PathBuf,
+}
+
+fn default_systemctl() -> PathBuf {
+    PathBuf::from("systemctl")
+}
+
+fn default_runtime_dir() -> PathBuf {
+    PathBuf::from("/run/drover")
+}
+
+fn default_switch_timeout() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+
+fn default_nixos_rebuild() -> PathBuf {
+    PathBuf::from("nixos-rebuild")
+}
+
+fn default_system_profile() -> PathBuf {
+    PathBuf::from("/nix/var/nix/profiles/system")
 }
 
 pub fn default_state_dir() -> PathBuf {
@@ -96,6 +139,13 @@ impl AgentConfig {
             backoff_max: default_backoff_max(),
             connect_timeout: default_connect_timeout(),
             current_system: default_current_system(),
+            runtime_dir: default_runtime_dir(),
+            switch_timeout: default_switch_timeout(),
+            nixos_rebuild: default_nixos_rebuild(),
+            nix_bin_dir: None,
+            nix_store: None,
+            system_profile: default_system_profile(),
+            systemctl: default_systemctl(),
         }
     }
 

@@ -1,0 +1,140 @@
+//! Health checks after a switch: a systemd unit is active, an HTTP URL
+//! answers 2xx, a TCP port accepts. They run together, again and again,
+//! until all pass or the deadline passes.
+
+use std::path::Path;
+use std::time::Duration;
+
+use drover_protocol::v1::HealthCheck;
+
+/// How long one attempt of one check may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between rounds.
+const ROUND_PAUSE: Duration = Duration::from_millis(500);
+
+pub fn describe(check: &HealthCheck) -> String {
+    match check {
+        HealthCheck::Unit { name } => format!("unit:{name}"),
+        HealthCheck::Http { url } => url.clone(),
+        HealthCheck::Tcp { host, port } => format!("tcp:{host}:{port}"),
+    }
+}
+
+/// Runs one check once; `Err` says why it failed.
+pub async fn run_once(check: &HealthCheck, systemctl: &Path, http: &reqwest::Client) -> Result<(), String> {
+    match check {
+        HealthCheck::Unit { name } => {
+            let out = tokio::time::timeout(
+                ATTEMPT_TIMEOUT,
+                tokio::process::Command::new(systemctl)
+                    .args(["is-active", name])
+                    .kill_on_drop(true)
+                    .output(),
+            )
+            .await
+            .map_err(|_| format!("{} is-active {name} timed out", systemctl.display()))?
+            .map_err(|e| format!("cannot run {}: {e}", systemctl.display()))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                Err(format!("unit {name} is {}", if state.is_empty() { "not active".into() } else { state }))
+            }
+        }
+        HealthCheck::Http { url } => {
+            let response = http
+                .get(url)
+                .timeout(ATTEMPT_TIMEOUT)
+                .send()
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
+            if response.status().is_success() {
+                Ok(())
+            } else {
+                Err(format!("{url} answered {}", response.status()))
+            }
+        }
+        HealthCheck::Tcp { host, port } => {
+            tokio::time::timeout(ATTEMPT_TIMEOUT, tokio::net::TcpStream::connect((host.as_str(), *port)))
+                .await
+                .map_err(|_| format!("tcp:{host}:{port} timed out"))?
+                .map(|_| ())
+                .map_err(|e| format!("tcp:{host}:{port}: {e}"))
+        }
+    }
+}
+
+/// Runs the checks until all pass (Ok) or `deadline` passes (Err with the
+/// failures of the last round).
+pub async fn gate(checks: &[HealthCheck], deadline: Duration, systemctl: &Path) -> Result<(), String> {
+    if checks.is_empty() {
+        return Ok(());
+    }
+    drover_net::tls::install_default_provider();
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .build()
+        .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        let mut failures = Vec::new();
+        for check in checks {
+            if let Err(why) = run_once(check, systemctl, &http).await {
+                failures.push(why);
+            }
+        }
+        if failures.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() + ROUND_PAUSE >= end {
+            return Err(format!(
+                "health checks failed after {}: {}",
+                humantime::format_duration(deadline),
+                failures.join("; ")
+            ));
+        }
+        tokio::time::sleep(ROUND_PAUSE).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tcp_and_http_checks_pass_against_live_servers_and_fail_without() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
+            }
+        });
+        let ok = [
+            HealthCheck::Tcp { host: "127.0.0.1".into(), port },
+            HealthCheck::Http { url: format!("http://127.0.0.1:{port}/health") },
+        ];
+        gate(&ok, Duration::from_secs(5), Path::new("systemctl")).await.expect("passes");
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("a").port();
+        let err = gate(&[HealthCheck::Tcp { host: "127.0.0.1".into(), port: closed }], Duration::from_millis(600), Path::new("systemctl"))
+            .await
+            .expect_err("fails");
+        assert!(err.contains(&format!("tcp:127.0.0.1:{closed}")), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unit_checks_ask_systemctl_is_active() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fake = dir.path().join("systemctl");
+        std::fs::write(&fake, "#!/bin/sh\n[ \"$1\" = is-active ] || exit 2\nif [ \"$2\" = up.service ]; then echo active; exit 0; fi\necho failed; exit 3\n").expect("write");
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        gate(&[HealthCheck::Unit { name: "up.service".into() }], Duration::from_secs(2), &fake).await.expect("active");
+        let err = gate(&[HealthCheck::Unit { name: "down.service".into() }], Duration::from_millis(600), &fake)
+            .await
+            .expect_err("inactive");
+        assert!(err.contains("unit down.service is failed"), "{err}");
+    }
+}
