@@ -6,6 +6,7 @@
 //! certificate on disk), [`system`] (the only layer that runs processes or
 //! reads the machine), [`config`], [`simulate`] (the load generator).
 
+pub mod apply;
 pub mod backoff;
 pub mod config;
 pub mod identity;
@@ -80,7 +81,9 @@ pub fn spawn<H: HealthSource + 'static>(
         .hostname
         .clone()
         .unwrap_or_else(system::health::system_hostname);
+    let apply = session::ApplyState::new(&config);
     let agent = Agent {
+        apply,
         config,
         endpoint,
         health,

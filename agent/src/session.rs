@@ -7,18 +7,23 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::watch;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use drover_net::client::{connection_code, ClientError, CoordinatorConnection};
 use drover_net::identity::{self as net_identity, IdentityError};
 use drover_net::stream::read_frame;
 use drover_protocol::frame::MAX_FRAME_LEN;
 use drover_protocol::v1::{
-    AgentEvent, AgentRequest, AgentResponse, EnrollRequest, IssuedCertificate, Request, Response,
-    Secret,
+    AgentEvent, AgentRequest, AgentResponse, DeploymentReport, EnrollRequest, IssuedCertificate,
+    Request, Response, Secret,
 };
 use drover_protocol::ErrorCode;
 
+use crate::apply::{Applied, Applier};
 use crate::backoff::Backoff;
 use crate::config::AgentConfig;
 use crate::identity::{self, IdentityRecord};
@@ -53,6 +58,13 @@ pub struct AgentStatus {
     pub reports: u64,
     pub renewals: u64,
     pub last_error: Option<String>,
+    /// The newest generation the coordinator announced.
+    pub desired_generation: u64,
+    /// The last generation this agent finished applying, and how.
+    pub applied_generation: u64,
+    pub applied_step: Option<drover_protocol::v1::DeployStep>,
+    /// Applies started (including resumed ones).
+    pub applies: u64,
 }
 
 /// Why the agent stopped for good.
@@ -159,6 +171,29 @@ pub fn software() -> String {
     format!("drover-agent {}", env!("CARGO_PKG_VERSION"))
 }
 
+/// The apply side of the agent, kept across connections: an apply goes on
+/// when the connection drops, and its reports wait for the next one.
+pub struct ApplyState {
+    pub applier: Arc<Applier>,
+    pub reports: mpsc::UnboundedReceiver<DeploymentReport>,
+    pub pending: VecDeque<DeploymentReport>,
+    pub task: Option<JoinHandle<Option<Applied>>>,
+    pub desired: u64,
+}
+
+impl ApplyState {
+    pub fn new(config: &AgentConfig) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        ApplyState {
+            applier: Arc::new(Applier::new(config.clone(), tx)),
+            reports: rx,
+            pending: VecDeque::new(),
+            task: None,
+            desired: 0,
+        }
+    }
+}
+
 /// The running agent.
 pub struct Agent<H: HealthSource> {
     pub config: AgentConfig,
@@ -167,6 +202,7 @@ pub struct Agent<H: HealthSource> {
     pub hostname: String,
     pub status: watch::Sender<AgentStatus>,
     pub shutdown: watch::Receiver<bool>,
+    pub apply: ApplyState,
 }
 
 impl<H: HealthSource> Agent<H> {
@@ -177,6 +213,19 @@ impl<H: HealthSource> Agent<H> {
             source,
         })?;
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
+        let records = self.apply.applier.records.clone();
+        if let Some(applied) = records.applied() {
+            self.status.send_modify(|s| {
+                s.applied_generation = applied.generation;
+                s.applied_step = Some(applied.step);
+            });
+        }
+        if let Some(journal) = records.journal() {
+            tracing::warn!(generation = journal.generation, "an apply was interrupted; resuming it");
+            let applier = self.apply.applier.clone();
+            self.status.send_modify(|s| s.applies += 1);
+            self.apply.task = Some(tokio::spawn(async move { applier.resume(journal).await }));
+        }
         loop {
             if *self.shutdown.borrow() {
                 break;
@@ -275,6 +324,72 @@ impl<H: HealthSource> Agent<H> {
         Ok(())
     }
 
+    /// Sends queued progress reports, oldest first.
+    async fn flush_reports(&mut self, conn: &CoordinatorConnection) -> Result<(), AttemptError> {
+        while let Ok(report) = self.apply.reports.try_recv() {
+            self.apply.pending.push_back(report);
+        }
+        while let Some(report) = self.apply.pending.front().cloned() {
+            match ask(conn, Request::Agent(AgentRequest::ReportDeployment(report)), self.config.connect_timeout).await {
+                Ok(_) => {
+                    self.apply.pending.pop_front();
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// After an apply (or at connect): send what is queued and an outcome
+    /// the coordinator has not acknowledged, then see whether a newer
+    /// generation waits.
+    async fn after_apply(&mut self, conn: &CoordinatorConnection) -> Result<(), AttemptError> {
+        if self.apply.task.as_ref().is_some_and(|t| t.is_finished()) {
+            self.apply.task = None;
+        }
+        self.flush_reports(conn).await?;
+        let records = self.apply.applier.records.clone();
+        if let Some(applied) = records.applied() {
+            self.status.send_modify(|s| {
+                s.applied_generation = applied.generation;
+                s.applied_step = Some(applied.step);
+            });
+            if !applied.reported && self.apply.task.is_none() {
+                let report = applied.report();
+                ask(conn, Request::Agent(AgentRequest::ReportDeployment(report)), self.config.connect_timeout).await?;
+                records.mark_reported(applied.generation);
+            }
+        }
+        self.maybe_start_apply(conn).await
+    }
+
+    /// Starts applying the newest assignment if it is newer than the last
+    /// finished generation and no apply is under way.
+    async fn maybe_start_apply(&mut self, conn: &CoordinatorConnection) -> Result<(), AttemptError> {
+        let records = self.apply.applier.records.clone();
+        if self.apply.task.is_some() || records.journal().is_some() {
+            return Ok(());
+        }
+        let last = records.last_generation();
+        if self.apply.desired <= last {
+            return Ok(());
+        }
+        let answer = ask(conn, Request::Agent(AgentRequest::FetchAssignment), self.config.connect_timeout).await?;
+        let assignment = match answer {
+            Response::Agent(AgentResponse::Assignment(a)) => a,
+            Response::Agent(AgentResponse::NoAssignment) => return Ok(()),
+            other => return Err(ClientError::Unexpected(format!("{other:?}")).into()),
+        };
+        if assignment.generation <= last {
+            return Ok(());
+        }
+        tracing::info!(generation = assignment.generation, "applying a new generation");
+        let applier = self.apply.applier.clone();
+        self.status.send_modify(|s| s.applies += 1);
+        self.apply.task = Some(tokio::spawn(async move { Some(applier.apply(assignment).await) }));
+        Ok(())
+    }
+
     async fn session(
         &mut self,
         conn: &CoordinatorConnection,
@@ -307,6 +422,7 @@ impl<H: HealthSource> Agent<H> {
             s.connects += 1;
             s.last_error = None;
         });
+        self.after_apply(conn).await?;
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let renew_in = |r: &IdentityRecord| Duration::from_millis(r.renew_at().saturating_sub(now_ms()));
@@ -342,9 +458,28 @@ impl<H: HealthSource> Agent<H> {
                 }
                 event = read_frame::<Response>(&mut events, MAX_FRAME_LEN) => {
                     match event {
+                        Ok(Response::Agent(AgentResponse::Event(AgentEvent::Desired { generation }))) => {
+                            tracing::debug!(generation, "desired generation announced");
+                            self.apply.desired = self.apply.desired.max(generation);
+                            self.status.send_modify(|s| s.desired_generation = self.apply.desired);
+                            self.maybe_start_apply(conn).await?;
+                        }
                         Ok(other) => tracing::debug!(?other, "event not understood by this agent; ignored"),
                         Err(e) => return Err(lost(conn, ClientError::Stream(e))),
                     }
+                }
+                Some(report) = self.apply.reports.recv() => {
+                    self.apply.pending.push_back(report);
+                    self.flush_reports(conn).await?;
+                }
+                _ = async {
+                    match self.apply.task.as_mut() {
+                        Some(task) => { let _ = task.await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                }, if self.apply.task.is_some() => {
+                    self.apply.task = None;
+                    self.after_apply(conn).await?;
                 }
                 _ = self.shutdown.changed() => return Err(AttemptError::Shutdown),
             }

@@ -236,7 +236,8 @@ mod tests {
     #[test]
     fn validation_names_the_problem() {
         assert!(validate(&spec()).is_ok());
-        let cases: Vec<(Box<dyn Fn(&mut DeploySpec)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut DeploySpec)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|s| s.machine = None), "--machine ID or --selector"),
             (Box::new(|s| s.selector = [("a".to_string(), "b".to_string())].into()), "not both"),
             (Box::new(|s| s.secrets[0].name = "../etc/passwd".into()), "secret name"),

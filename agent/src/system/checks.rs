@@ -86,14 +86,16 @@ pub async fn gate(checks: &[HealthCheck], deadline: Duration, systemctl: &Path) 
         if failures.is_empty() {
             return Ok(());
         }
-        if tokio::time::Instant::now() + ROUND_PAUSE >= end {
+        let now = tokio::time::Instant::now();
+        if now >= end {
             return Err(format!(
                 "health checks failed after {}: {}",
                 humantime::format_duration(deadline),
                 failures.join("; ")
             ));
         }
-        tokio::time::sleep(ROUND_PAUSE).await;
+        // One more round right at the deadline, never past it by a pause.
+        tokio::time::sleep(ROUND_PAUSE.min(end - now)).await;
     }
 }
 
