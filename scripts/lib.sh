@@ -33,5 +33,5 @@ need_cargo() {
 # Installs everything the build and the tests need.
 install_dependencies() {
   need_cargo
-  need_apt build-essential pkg-config iproute2 procps
+  need_apt build-essential pkg-config iproute2 procps nix-bin
 }

@@ -42,12 +42,17 @@ pub enum SwitchError {
     UnitsFailed { tail: String },
     #[error("there is no previous system to roll back to")]
     NoPrevious,
+    #[error("the closure is not signed by any of the trusted keys (--trusted-key); refusing it")]
+    Unsigned { tail: String },
 }
 
 impl SwitchError {
     pub fn tail(&self) -> &str {
         match self {
-            SwitchError::Failed { tail, .. } | SwitchError::Timeout { tail, .. } | SwitchError::UnitsFailed { tail } => tail,
+            SwitchError::Failed { tail, .. }
+            | SwitchError::Timeout { tail, .. }
+            | SwitchError::UnitsFailed { tail }
+            | SwitchError::Unsigned { tail } => tail,
             _ => "",
         }
     }
@@ -186,12 +191,23 @@ impl NixSwitcher {
                     "--max-jobs".into(),
                     "0".into(),
                 ]);
-                run_ok(&self.nix_tool("nix-store"), &args, self.config.switch_timeout, "fetching the closure (nix-store --realise)").await
+                match run_ok(&self.nix_tool("nix-store"), &args, self.config.switch_timeout, "fetching the closure (nix-store --realise)").await {
+                    Err(SwitchError::Failed { tail, .. }) if tail.contains("is not signed by any of the keys") => {
+                        Err(SwitchError::Unsigned { tail })
+                    }
+                    other => other,
+                }
             }
         }
     }
 
     async fn activate(&self, store_path: &str) -> Result<String, SwitchError> {
+        if let Some(dir) = self.config.system_profile.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| SwitchError::Spawn {
+                what: format!("creating the profile directory {}", dir.display()),
+                source,
+            })?;
+        }
         let mut args = self.store_args();
         args.extend([
             "-p".into(),

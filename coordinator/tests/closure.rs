@@ -1,0 +1,267 @@
+//! Closure mode with real Nix (Debian's nix-bin): a system closure is built,
+//! published to a binary cache signed with a key made here, and deployed to
+//! agents that each have their own Nix store (a chroot store). Substituters
+//! are only that local cache.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::TestCoordinator;
+use drover_agent::system::health::SystemHealth;
+use drover_agent::AgentHandle;
+use drover_protocol::v1::*;
+
+const NIX_HINT: &str = "this test needs Nix: install Debian's nix-bin (`apt-get install nix-bin`); scripts/test.sh installs it";
+
+/// The system derivation (see the file for what it does).
+fn system_nix() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/test-system.nix")
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}; {NIX_HINT}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+struct Cache {
+    dir: PathBuf,
+    public_key: String,
+}
+
+impl Cache {
+    fn new(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let name = format!("drover-test-{}", dir.file_name().and_then(|n| n.to_str()).unwrap_or("cache"));
+        run(Command::new("nix-store").arg("--generate-binary-cache-key").arg(&name).arg(dir.join("sk")).arg(dir.join("pk")));
+        let public_key = std::fs::read_to_string(dir.join("pk")).expect("pk");
+        Cache { dir: dir.to_path_buf(), public_key }
+    }
+
+    /// Builds a system closure in the local store (substituters empty).
+    fn build(&self, name: &str, body: &str) -> String {
+        run(Command::new("nix-build")
+            .arg(system_nix())
+            .args(["--argstr", "name", name, "--argstr", "body", body, "--no-out-link"])
+            .args(["--option", "substituters", ""]))
+    }
+
+    fn url(&self, which: &str) -> String {
+        format!("file://{}", self.dir.join(which).display())
+    }
+
+    /// Publishes a closure, signed (`cache`) or not (`unsigned`).
+    fn publish(&self, path: &str, signed: bool) {
+        let to = if signed {
+            format!("{}?secret-key={}", self.url("cache"), self.dir.join("sk").display())
+        } else {
+            self.url("unsigned")
+        };
+        run(Command::new("nix")
+            .args(["--extra-experimental-features", "nix-command", "copy", "--to", &to, path])
+            .args(["--option", "substituters", ""]));
+    }
+}
+
+struct Vm {
+    store: PathBuf,
+    profile: PathBuf,
+}
+
+impl Vm {
+    fn activations(&self) -> Vec<String> {
+        std::fs::read_to_string(self.store.join("activations"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+fn spawn_vm(fleet: &TestCoordinator, name: &str, token: &Path, systemctl: &Path) -> (Vm, AgentHandle) {
+    let root = fleet.dir.path().join("vms").join(name);
+    let mut config = fleet.agent_config(name, Some(token));
+    config.nix_store = Some(root.join("store"));
+    config.system_profile = root.join("profiles/system");
+    config.runtime_dir = root.join("run");
+    config.systemctl = systemctl.to_path_buf();
+    config.switch_timeout = Duration::from_secs(120);
+    let vm = Vm { store: root.join("store"), profile: root.join("profiles/system") };
+    let health = SystemHealth::new(config.hostname.clone(), config.current_system.clone());
+    (vm, drover_agent::spawn(config, health, None).expect("agent"))
+}
+
+fn fake_systemctl(dir: &Path) -> PathBuf {
+    let path = dir.join("systemctl");
+    std::fs::write(&path, "#!/bin/sh\n[ \"$1\" = is-active ] || exit 2\ncase \"$2\" in up.service) echo active; exit 0;; *) echo inactive; exit 3;; esac\n").expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+fn closure(cache: &Cache, path: &str, from: &str) -> SystemSpec {
+    SystemSpec::Closure {
+        store_path: path.to_string(),
+        substituters: vec![cache.url(from)],
+        trusted_public_keys: vec![cache.public_key.clone()],
+    }
+}
+
+async fn deploy(fleet: &TestCoordinator, selector: &[(&str, &str)], system: SystemSpec, checks: Vec<HealthCheck>) -> Vec<DeployedTarget> {
+    let spec = DeploySpec {
+        machine: None,
+        selector: selector.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        system,
+        secrets: vec![],
+        facts: Default::default(),
+        checks,
+        health_deadline_ms: 1_500,
+    };
+    match fleet.call(AdminRequest::Deploy(spec)).await {
+        AdminResponse::Deployed(t) => t,
+        other => panic!("expected Deployed, got {other:?}"),
+    }
+}
+
+async fn finished(fleet: &TestCoordinator, id: &str) -> DeploymentInfo {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let AdminResponse::Deployment(d) = fleet.call(AdminRequest::DeploymentsShow { id: id.into() }).await else { panic!() };
+        if matches!(d.state, DeploymentState::Succeeded | DeploymentState::Failed | DeploymentState::Superseded) {
+            return d;
+        }
+        assert!(Instant::now() < deadline, "deployment {id} did not finish: {d:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closures_from_a_signed_cache_activate_and_roll_back_and_unsigned_ones_are_refused() {
+    let fleet = TestCoordinator::start().await;
+    let cache = Cache::new(&fleet.dir.path().join("cache"));
+    let systemctl = fake_systemctl(fleet.dir.path());
+    let good = cache.build("drover-test-good", "exit 0");
+    let broken = cache.build("drover-test-broken", "echo 'activation failed: broken unit' >&2; exit 1");
+    let unsigned = cache.build("drover-test-unsigned", "exit 0");
+    let other_signer = cache.build("drover-test-other-signer", "exit 0");
+    cache.publish(&other_signer, true);
+    cache.publish(&good, true);
+    cache.publish(&broken, true);
+    cache.publish(&unsigned, false);
+
+    let (_, token) = fleet.token(2, &[("role", "web")]).await;
+    let mut vms = Vec::new();
+    let mut agents = Vec::new();
+    for name in ["vm1", "vm2"] {
+        let (vm, mut agent) = spawn_vm(&fleet, name, &token, &systemctl);
+        agent.wait_for(Duration::from_secs(15), |s| s.reports >= 1).await.expect("online");
+        vms.push(vm);
+        agents.push(agent);
+    }
+    let web = [("role", "web")];
+
+    // The first closure: realised from the cache into each agent's own store.
+    for t in deploy(&fleet, &web, closure(&cache, &good, "cache"), vec![]).await {
+        let d = finished(&fleet, &t.deployment_id).await;
+        assert_eq!(d.state, DeploymentState::Succeeded, "{d:?}");
+        assert_eq!(d.system_path.as_deref(), Some(good.as_str()));
+    }
+    for vm in &vms {
+        assert!(vm.store.join(good.trim_start_matches('/')).join("bin/switch-to-configuration").exists());
+        assert_eq!(vm.activations(), [good.clone()]);
+        assert_eq!(drover_agent::system::switch::resolve_profile(&vm.profile).as_deref(), Some(good.as_str()));
+    }
+
+    // A closure whose activation fails: back to the exact previous path.
+    for t in deploy(&fleet, &web, closure(&cache, &broken, "cache"), vec![]).await {
+        let d = finished(&fleet, &t.deployment_id).await;
+        assert_eq!(d.state, DeploymentState::Failed);
+        assert!(d.rolled_back, "{d:?}");
+        assert!(d.output_tail.contains("activation failed: broken unit"), "{:?}", d.output_tail);
+    }
+    for vm in &vms {
+        assert_eq!(vm.activations(), [good.clone(), broken.clone(), good.clone()]);
+        assert_eq!(drover_agent::system::switch::resolve_profile(&vm.profile).as_deref(), Some(good.as_str()));
+    }
+
+    // Unsigned, and signed by a key that is not trusted: refused before any switch.
+    // (A path the machine has not fetched yet: one already in its store is
+    // trusted as it is.)
+    let mut wrong_key = closure(&cache, &other_signer, "cache");
+    if let SystemSpec::Closure { trusted_public_keys, .. } = &mut wrong_key {
+        *trusted_public_keys = vec!["other-key:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()];
+    }
+    for system in [closure(&cache, &unsigned, "unsigned"), wrong_key] {
+        for t in deploy(&fleet, &[("role", "web")], system, vec![]).await {
+            let d = finished(&fleet, &t.deployment_id).await;
+            assert_eq!(d.state, DeploymentState::Failed);
+            assert!(!d.rolled_back, "nothing to roll back: {d:?}");
+            let failure = d.steps.iter().find(|s| s.step == DeployStep::Failed).expect("failed step");
+            assert!(failure.message.contains("not signed by any of the trusted keys"), "{}", failure.message);
+            assert!(failure.message.contains("not changed"), "{}", failure.message);
+        }
+    }
+    for vm in &vms {
+        assert_eq!(vm.activations().len(), 3, "no activation for a refused closure");
+        assert!(!vm.store.join(unsigned.trim_start_matches('/')).exists());
+        assert!(!vm.store.join(other_signer.trim_start_matches('/')).exists());
+    }
+    for a in agents {
+        a.stop().await.expect("stop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unit_http_and_tcp_checks_gate_a_closure() {
+    let fleet = TestCoordinator::start().await;
+    let cache = Cache::new(&fleet.dir.path().join("cache"));
+    let systemctl = fake_systemctl(fleet.dir.path());
+    let first = cache.build("drover-test-checks-1", "exit 0");
+    let second = cache.build("drover-test-checks-2", "exit 0");
+    cache.publish(&first, true);
+    cache.publish(&second, true);
+    let (_, token) = fleet.token(1, &[("role", "checks")]).await;
+    let (vm, mut agent) = spawn_vm(&fleet, "vm1", &token, &systemctl);
+    agent.wait_for(Duration::from_secs(15), |s| s.reports >= 1).await.expect("online");
+
+    // A live HTTP server and TCP port, and a closed port.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
+        }
+    });
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let passing = vec![
+        HealthCheck::Unit { name: "up.service".into() },
+        HealthCheck::Http { url: format!("http://127.0.0.1:{port}/health") },
+        HealthCheck::Tcp { host: "127.0.0.1".into(), port },
+    ];
+    let t = deploy(&fleet, &[("role", "checks")], closure(&cache, &first, "cache"), passing).await;
+    assert_eq!(finished(&fleet, &t[0].deployment_id).await.state, DeploymentState::Succeeded);
+
+    for failing in [
+        HealthCheck::Unit { name: "down.service".into() },
+        HealthCheck::Http { url: format!("http://127.0.0.1:{closed}/health") },
+        HealthCheck::Tcp { host: "127.0.0.1".into(), port: closed },
+    ] {
+        let started = Instant::now();
+        let t = deploy(&fleet, &[("role", "checks")], closure(&cache, &second, "cache"), vec![failing.clone()]).await;
+        let d = finished(&fleet, &t[0].deployment_id).await;
+        assert!(started.elapsed() >= Duration::from_millis(1_500), "rolled back only after the deadline");
+        assert!(d.rolled_back && d.state == DeploymentState::Failed, "{failing:?}: {d:?}");
+        let why = d.steps.iter().find(|s| s.step == DeployStep::RollingBack).expect("reason").message.clone();
+        assert!(why.contains("health checks failed"), "{why}");
+        assert_eq!(drover_agent::system::switch::resolve_profile(&vm.profile).as_deref(), Some(first.as_str()));
+    }
+    assert_eq!(vm.activations().iter().filter(|p| **p == second).count(), 3, "the second closure was switched to once per deployment");
+    assert_eq!(vm.activations().last().map(String::as_str), Some(first.as_str()));
+    agent.stop().await.expect("stop");
+}
