@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The demo: a coordinator and three agents on this machine, on loopback.
-# It initialises a state directory, starts `drover serve`, creates an
-# enrollment token, starts three agents that enroll themselves, and shows
-# them online with their health.
+# The demo: Drover's main job end to end on this machine, on loopback, with
+# real Nix. It starts a coordinator and three agents (each with its own Nix
+# store, so the host's system is never touched), builds a small system
+# closure, publishes it to a local binary cache signed with a key made here,
+# deploys it to the three machines and shows them Succeeded; then deploys a
+# closure whose activation fails and shows the automatic rollback.
 #   scripts/demo.sh          run, show, stop everything
 #   scripts/demo.sh --keep   leave the fleet running (prints how to stop it)
 source "$(dirname "$0")/lib.sh"
@@ -38,14 +40,25 @@ for _ in $(seq 50); do "$BIN/drover" whoami >/dev/null 2>&1 && break; sleep 0.2;
 chmod 600 "$WORK/token"
 
 for i in 1 2 3; do
-  log "starting agent vm$i"
-  "$BIN/drover-agent" run --coordinator "127.0.0.1:$PORT" --ca-file "$DROVER_STATE_DIR/ca.pem" \
-    --token-file "$WORK/token" --state-dir "$WORK/agent-vm$i" --hostname "vm$i" \
-    >"$WORK/agent-vm$i.log" 2>&1 &
+  vm="$WORK/vm$i"
+  mkdir -p "$vm"
+  cat >"$vm/agent.toml" <<TOML
+coordinator = "127.0.0.1:$PORT"
+ca_file = "$DROVER_STATE_DIR/ca.pem"
+enrollment_token_file = "$WORK/token"
+state_dir = "$vm/state"
+hostname = "vm$i"
+runtime_dir = "$vm/run"
+nix_store = "$vm/store"
+system_profile = "$vm/profiles/system"
+TOML
+  log "starting agent vm$i (its own Nix store: $vm/store)"
+  "$BIN/drover-agent" run --config "$vm/agent.toml" >"$vm/agent.log" 2>&1 &
   PIDS+=($!)
 done
 
 log "waiting for three machines online"
+online=0
 for _ in $(seq 100); do
   online=$("$BIN/drover" machines list --output json | grep -c '"status": "online"' || true)
   [ "$online" -eq 3 ] && break
@@ -57,7 +70,37 @@ if [ "$online" -ne 3 ]; then
   KEEP=1
   exit 1
 fi
-log "demo done: three machines enrolled and online"
+
+SYSTEM_NIX="$ROOT/coordinator/tests/fixtures/test-system.nix"
+CACHE="$WORK/cache"
+log "building a system closure with Nix (no substituters) and publishing it to a signed binary cache"
+nix-store --generate-binary-cache-key drover-demo-1 "$WORK/cache.sk" "$WORK/cache.pk"
+KEY="$(cat "$WORK/cache.pk")"
+build() { nix-build "$SYSTEM_NIX" --argstr name "$1" --argstr body "$2" --no-out-link --option substituters ""; }
+publish() { nix --extra-experimental-features nix-command copy --option substituters "" \
+  --to "file://$CACHE?secret-key=$WORK/cache.sk" "$1"; }
+GOOD="$(build drover-demo-system-$(date +%s) 'echo activated')"
+publish "$GOOD"
+echo "closure: $GOOD"
+
+log "deploying it to every machine with tenant=demo"
+"$BIN/drover" deploy --selector tenant=demo --closure "$GOOD" \
+  --substituter "file://$CACHE" --trusted-key "$KEY" --fact tenant=demo --wait
+
+log "deploying a closure whose activation fails: each machine rolls back by itself"
+BROKEN="$(build drover-demo-broken-$(date +%s) 'echo "error: unit demo.service failed to start" >&2; exit 1')"
+publish "$BROKEN"
+if "$BIN/drover" deploy --selector tenant=demo --closure "$BROKEN" \
+  --substituter "file://$CACHE" --trusted-key "$KEY" --wait; then
+  echo "the broken closure was not refused" >&2
+  exit 1
+fi
+"$BIN/drover" deployments list
+for i in 1 2 3; do
+  running="$(readlink "$(readlink -f "$WORK/vm$i/profiles")/$(readlink "$WORK/vm$i/profiles/system")")"
+  [ "$running" = "$GOOD" ] || { echo "vm$i runs $running, expected $GOOD" >&2; exit 1; }
+done
+log "demo done: three machines run $GOOD again after the automatic rollback"
 if [ "$KEEP" -eq 1 ]; then
   echo "fleet left running; state in $WORK"
   echo "  export DROVER_STATE_DIR=$DROVER_STATE_DIR; $BIN/drover machines list"

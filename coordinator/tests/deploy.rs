@@ -261,7 +261,18 @@ async fn secrets_and_facts_reach_only_their_machine_and_stale_secrets_are_remove
     assert!(shown.contains("s3-key") && !shown.contains("a-secret-value"));
     let AdminResponse::MachineDetail(detail) = fleet.call(AdminRequest::MachinesDetail { id: id_a.clone() }).await else { panic!() };
     assert!(!serde_json::to_string(&detail).expect("json").contains("a-secret-value"));
-    let _ = id_b;
+    // Give B a secret of its own: over the wire B gets exactly that one.
+    let mut spec_b = spec_for(&id_b, flake_spec(&flake, "good"));
+    spec_b.secrets = vec![secret("b-only", "b-secret-value", 0o400)];
+    let tb = deploy(&fleet, spec_b).await;
+    assert_eq!(finished(&fleet, &tb[0].deployment_id).await.state, DeploymentState::Succeeded);
+    let Response::Agent(AgentResponse::Assignment(own)) = conn.request(&Request::Agent(AgentRequest::FetchAssignment)).await.expect("fetch") else {
+        panic!("expected B's assignment");
+    };
+    assert_eq!(own.secrets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["b-only"]);
+    assert!(!format!("{:?}{}", own.secrets.iter().map(|s| s.value.expose().to_vec()).collect::<Vec<_>>(), own.facts_json).contains("a-secret"));
+    assert!(!std::str::from_utf8(own.secrets[0].value.expose()).expect("utf8").contains("a-secret-value"));
+    assert!(!vm_b.runtime().join("secrets/s3-key").exists());
 
     // The next generation drops `db`: it is removed from disk.
     let mut spec = spec_for(&id_a, flake_spec(&flake, "good2"));

@@ -1,5 +1,5 @@
 //! Enrollment token refusals, and the token's text in no log line and
-//! nowhere in the store. This file installs a process-wide log capture, so it
+//! nowhere in the store; a deployed secret's value in no log line. This file installs a process-wide log capture, so it
 //! holds only this test.
 
 mod common;
@@ -12,7 +12,11 @@ use std::time::Duration;
 use common::{until_reported, TestCoordinator};
 use drover_agent::session::enroll_once;
 use drover_net::identity;
-use drover_protocol::v1::{AdminRequest, AdminResponse, Secret, TokenSpec};
+use drover_protocol::v1::{
+    AdminRequest, AdminResponse, DeploySpec, Secret, SecretBytes, SecretFile, SystemSpec, TokenSpec,
+};
+
+const SECRET_VALUE: &str = "s3cr3t-value-that-must-not-be-logged";
 use drover_protocol::ErrorCode;
 
 #[derive(Clone, Default)]
@@ -101,8 +105,42 @@ async fn token_refusals_have_their_own_errors_and_token_text_never_reaches_logs_
     assert_eq!(messages.len(), 4, "each refusal has its own message");
     assert_eq!(fleet.machines().await.len(), 1, "no machine made by a refused token");
 
+    // A deployment carrying a secret: its value reaches no log line either,
+    // on the coordinator or on the agent that writes it.
+    let machine = fleet.machines().await[0].id.clone();
+    let spec = DeploySpec {
+        machine: Some(machine.clone()),
+        selector: Default::default(),
+        system: SystemSpec::Flake { uri: "path:/nonexistent".into(), attribute: "web".into() },
+        secrets: vec![SecretFile { name: "db".into(), value: SecretBytes::new(SECRET_VALUE.as_bytes().to_vec()), owner: None, group: None, mode: 0o400 }],
+        facts: Default::default(),
+        checks: vec![],
+        health_deadline_ms: 1000,
+    };
+    let AdminResponse::Deployed(targets) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!() };
+    let mut config = fleet.agent_config("vm1", None);
+    config.runtime_dir = fleet.dir.path().join("run-vm1");
+    config.nixos_rebuild = std::path::PathBuf::from("/bin/false");
+    let health = drover_agent::system::health::SystemHealth::new(None, config.current_system.clone());
+    let agent = drover_agent::spawn(config, health, None).expect("agent");
+    assert!(
+        common::eventually(Duration::from_secs(15), || async {
+            let AdminResponse::Deployment(d) = fleet.call(AdminRequest::DeploymentsShow { id: targets[0].deployment_id.clone() }).await else { return false };
+            d.state == drover_protocol::v1::DeploymentState::Failed
+        })
+        .await,
+        "the deployment ran"
+    );
+    let written = std::fs::read_to_string(fleet.dir.path().join("run-vm1/secrets/db")).expect("secret written");
+    assert_eq!(written, SECRET_VALUE);
+    agent.stop().await.expect("stop");
+
     fleet.stop().await;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&fleet.state_dir).expect("state dir").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the coordinator's state (and the secrets in it) is private");
     let logs = capture.0.lock().expect("capture").clone();
+    assert!(!contains(&logs, SECRET_VALUE), "a secret value reached a log line");
     assert!(contains(&logs, "enrollment refused"), "refusals are logged");
     assert!(contains(&logs, "machine enrolled"), "enrollment is logged");
     let mut stored = Vec::new();

@@ -28,8 +28,8 @@ pub const TAIL_BYTES: usize = 8 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SwitchError {
-    #[error("{what} failed (exit {code:?})")]
-    Failed { what: String, code: Option<i32>, tail: String },
+    #[error("{what} failed (exit {code})")]
+    Failed { what: String, code: i32, tail: String },
     #[error("{what} did not finish within {}", humantime::format_duration(*.timeout))]
     Timeout { what: String, timeout: Duration, tail: String },
     #[error("cannot run {what}: {source}")]
@@ -103,7 +103,7 @@ async fn run_ok(program: &Path, args: &[String], timeout: Duration, what: &str) 
     if code == 0 {
         Ok(text)
     } else {
-        Err(SwitchError::Failed { what: what.to_string(), code: Some(code), tail: text })
+        Err(SwitchError::Failed { what: what.to_string(), code, tail: text })
     }
 }
 
@@ -238,7 +238,7 @@ impl NixSwitcher {
         match code {
             0 => Ok(tail(&text)),
             4 => Err(SwitchError::UnitsFailed { tail: tail(&text) }),
-            code => Err(SwitchError::Failed { what: "switch-to-configuration switch".into(), code: Some(code), tail: tail(&text) }),
+            code => Err(SwitchError::Failed { what: "switch-to-configuration switch".into(), code, tail: tail(&text) }),
         }
     }
 
@@ -251,7 +251,7 @@ impl NixSwitcher {
                 match code {
                     0 => Ok(text),
                     4 => Err(SwitchError::UnitsFailed { tail: text }),
-                    code => Err(SwitchError::Failed { what: "nixos-rebuild switch".into(), code: Some(code), tail: text }),
+                    code => Err(SwitchError::Failed { what: "nixos-rebuild switch".into(), code, tail: text }),
                 }
             }
             SystemSpec::Closure { store_path, .. } => self.activate(store_path).await,
