@@ -68,6 +68,15 @@ pub struct AgentConfig {
     /// The command asked whether a unit is active (`unit:` checks).
     #[serde(default = "default_systemctl")]
     pub systemctl: PathBuf,
+    /// After a switch the agent must reach the coordinator again within this
+    /// long, or it returns to the previous system by itself: a configuration
+    /// that cuts the machine off undoes itself.
+    #[serde(with = "humantime_serde", default = "default_confirm_deadline")]
+    pub confirm_deadline: Duration,
+}
+
+fn default_confirm_deadline() -> Duration {
+    Duration::from_secs(120)
 }
 
 fn default_systemctl() -> PathBuf {
@@ -146,6 +155,7 @@ impl AgentConfig {
             nix_store: None,
             system_profile: default_system_profile(),
             systemctl: default_systemctl(),
+            confirm_deadline: default_confirm_deadline(),
         }
     }
 

@@ -175,6 +175,9 @@ pub fn software() -> String {
 /// when the connection drops, and its reports wait for the next one.
 pub struct ApplyState {
     pub applier: Arc<Applier>,
+    /// When the coordinator last answered; the apply's confirmation
+    /// deadline waits on it.
+    pub contact: watch::Sender<Option<tokio::time::Instant>>,
     pub reports: mpsc::UnboundedReceiver<DeploymentReport>,
     pub pending: VecDeque<DeploymentReport>,
     pub task: Option<JoinHandle<Option<Applied>>>,
@@ -184,8 +187,10 @@ pub struct ApplyState {
 impl ApplyState {
     pub fn new(config: &AgentConfig) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (contact, contact_rx) = watch::channel(None);
         ApplyState {
-            applier: Arc::new(Applier::new(config.clone(), tx)),
+            applier: Arc::new(Applier::new(config.clone(), tx, contact_rx)),
+            contact,
             reports: rx,
             pending: VecDeque::new(),
             task: None,
@@ -333,6 +338,7 @@ impl<H: HealthSource> Agent<H> {
             match ask(conn, Request::Agent(AgentRequest::ReportDeployment(report)), self.config.connect_timeout).await {
                 Ok(_) => {
                     self.apply.pending.pop_front();
+                    self.apply.contact.send_replace(Some(tokio::time::Instant::now()));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -435,6 +441,7 @@ impl<H: HealthSource> Agent<H> {
                     match ask(conn, Request::Agent(AgentRequest::Report(report)), self.config.connect_timeout).await {
                         Ok(Response::Agent(AgentResponse::Ack)) => {
                             self.status.send_modify(|s| s.reports += 1);
+                            self.apply.contact.send_replace(Some(tokio::time::Instant::now()));
                         }
                         Ok(other) => return Err(ClientError::Unexpected(format!("{other:?}")).into()),
                         Err(e) => return Err(lost(conn, e)),

@@ -171,7 +171,7 @@ async fn closures_from_a_signed_cache_activate_and_roll_back_and_unsigned_ones_a
     }
     for vm in &vms {
         assert!(vm.store.join(good.trim_start_matches('/')).join("bin/switch-to-configuration").exists());
-        assert_eq!(vm.activations(), [good.clone()]);
+        assert_eq!(vm.activations(), std::slice::from_ref(&good));
         assert_eq!(drover_agent::system::switch::resolve_profile(&vm.profile).as_deref(), Some(good.as_str()));
     }
 

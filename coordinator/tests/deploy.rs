@@ -41,6 +41,7 @@ fn flake(dir: &Path) -> PathBuf {
         ("broken", "echo 'error: activation script failed' >&2; exit 1"),
         ("slow", "sleep 30"),
         ("unitsfail", "exit 4"),
+        ("cutoff", "sleep 1"),
     ] {
         let bin = flake.join(name).join("bin");
         std::fs::create_dir_all(&bin).expect("mkdir");
@@ -66,6 +67,7 @@ fn spawn_vm(fleet: &TestCoordinator, name: &str, token: Option<&Path>) -> (Vm, A
     config.current_system = root.join("current-system");
     config.runtime_dir = root.join("run");
     config.switch_timeout = Duration::from_secs(60);
+    config.confirm_deadline = Duration::from_secs(3);
     let health = SystemHealth::new(config.hostname.clone(), config.current_system.clone());
     let handle = drover_agent::spawn(config, health, None).expect("agent");
     (Vm { name: name.into(), root }, handle)
@@ -352,4 +354,41 @@ async fn an_agent_killed_during_the_switch_returns_to_the_previous_system_after_
     assert!(!journal.exists(), "the journal is closed");
     again.stop().await.expect("stop");
     let _ = vm.name;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_system_that_cuts_the_machine_off_is_rolled_back_by_the_agent_itself() {
+    let mut fleet = TestCoordinator::start().await;
+    let flake = flake(fleet.dir.path());
+    let (_, token) = fleet.token(1, &[]).await;
+    let (vm, mut agent) = spawn_vm(&fleet, "vm1", Some(&token));
+    let id = online(&mut agent).await;
+    let t = deploy(&fleet, spec_for(&id, flake_spec(&flake, "good"))).await;
+    assert_eq!(finished(&fleet, &t[0].deployment_id).await.state, DeploymentState::Succeeded);
+
+    // The new system "cuts the network": the coordinator is gone from the
+    // moment it activates until well after the confirmation deadline.
+    let t = deploy(&fleet, spec_for(&id, flake_spec(&flake, "cutoff"))).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async { vm.activations().last().map(String::as_str) == Some("cutoff") }).await,
+        "the switch started"
+    );
+    fleet.stop().await;
+    let applied = fleet.dir.path().join("agents/vm1/applied.json");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            std::fs::read_to_string(&applied).is_ok_and(|a| a.contains("rolled_back") && a.contains("\"generation\": 2"))
+        })
+        .await,
+        "the agent rolled back by itself while cut off"
+    );
+    assert_eq!(vm.activations(), ["good", "cutoff", "good"]);
+
+    // Back online, the coordinator learns what happened.
+    fleet.serve().await;
+    let d = finished(&fleet, &t[0].deployment_id).await;
+    assert!(d.rolled_back && d.state == DeploymentState::Failed, "{d:?}");
+    let why = d.steps.iter().rev().find(|s| s.step == DeployStep::RolledBack).expect("rolled back").message.clone();
+    assert!(why.contains("coordinator was not reached within 3s"), "{why}");
+    agent.stop().await.expect("stop");
 }

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use drover_protocol::v1::{Assignment, DeployStep, DeploymentReport, HealthCheck, SystemSpec};
 
@@ -140,16 +141,33 @@ pub struct Applier {
     pub switcher: NixSwitcher,
     pub records: Records,
     pub reports: mpsc::UnboundedSender<DeploymentReport>,
+    /// When the agent last heard from the coordinator (set by the session).
+    pub contact: watch::Receiver<Option<Instant>>,
 }
 
 impl Applier {
-    pub fn new(config: AgentConfig, reports: mpsc::UnboundedSender<DeploymentReport>) -> Self {
+    pub fn new(
+        config: AgentConfig,
+        reports: mpsc::UnboundedSender<DeploymentReport>,
+        contact: watch::Receiver<Option<Instant>>,
+    ) -> Self {
         Applier {
             records: Records::new(&config.state_dir),
             switcher: NixSwitcher::new(config.clone()),
             config,
             reports,
+            contact,
         }
+    }
+
+    /// Waits until the agent has heard from the coordinator after `since`,
+    /// for at most the confirmation deadline counted from `since`.
+    async fn confirmed_since(&self, since: Instant) -> bool {
+        let mut contact = self.contact.clone();
+        let deadline = since + self.config.confirm_deadline;
+        tokio::time::timeout_at(deadline, contact.wait_for(|c| c.is_some_and(|t| t > since)))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     fn progress(&self, generation: u64, step: DeployStep, message: impl Into<String>, tail: &str, system_path: Option<String>) {
@@ -216,15 +234,21 @@ impl Applier {
 
     async fn gate(&self, journal: &Journal, tail: String) -> Applied {
         let generation = journal.generation;
+        let switched_at = Instant::now();
         self.progress(generation, DeployStep::HealthChecking, format!("{} check(s)", journal.checks.len()), "", None);
         let deadline = Duration::from_millis(journal.health_deadline_ms);
-        match checks::gate(&journal.checks, deadline, &self.config.systemctl).await {
-            Ok(()) => {
-                let path = self.switcher.current(&journal.system);
-                self.finish(generation, DeployStep::Succeeded, "healthy".into(), tail, path)
-            }
-            Err(why) => self.roll_back(journal, why, tail).await,
+        if let Err(why) = checks::gate(&journal.checks, deadline, &self.config.systemctl).await {
+            return self.roll_back(journal, why, tail).await;
         }
+        if !self.confirmed_since(switched_at).await {
+            let why = format!(
+                "the coordinator was not reached within {} after the switch",
+                humantime::format_duration(self.config.confirm_deadline)
+            );
+            return self.roll_back(journal, why, tail).await;
+        }
+        let path = self.switcher.current(&journal.system);
+        self.finish(generation, DeployStep::Succeeded, "healthy".into(), tail, path)
     }
 
     async fn roll_back(&self, journal: &Journal, reason: String, tail: String) -> Applied {

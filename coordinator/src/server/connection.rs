@@ -128,8 +128,12 @@ pub(super) async fn handle(state: Arc<Coordinator>, incoming: quinn::Incoming) {
         if matches!(peer, Peer::Anonymous) {
             let c = conn.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(ANONYMOUS_LIFETIME).await;
-                c.close(ErrorCode::Unauthenticated.as_u32().into(), b"enrollment connection lifetime exceeded");
+                tokio::select! {
+                    _ = tokio::time::sleep(ANONYMOUS_LIFETIME) => {
+                        c.close(ErrorCode::Unauthenticated.as_u32().into(), b"enrollment connection lifetime exceeded");
+                    }
+                    _ = c.closed() => {}
+                }
             });
         }
         tracing::debug!("connected");

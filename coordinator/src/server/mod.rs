@@ -112,6 +112,11 @@ impl Live {
         conns.len()
     }
 
+    /// Forgets every connection (at shutdown, so the endpoint can go).
+    fn clear(&self) {
+        self.machines.lock().expect("live map lock").clear();
+    }
+
     /// Number of machines with at least one live connection.
     pub fn connected(&self) -> usize {
         self.machines.lock().expect("live map lock").len()
@@ -169,6 +174,7 @@ impl ServerHandle {
     pub async fn shutdown(self) {
         self.endpoint.close(0u32.into(), b"coordinator shutting down");
         self.endpoint.wait_idle().await;
+        self.coordinator.live.clear();
         self.task.abort();
         let _ = self.task.await;
         let _ = self.coordinator.store.flush();

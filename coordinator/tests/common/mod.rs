@@ -82,8 +82,20 @@ impl TestCoordinator {
     }
 
     pub async fn serve(&mut self) {
-        let handle = server::start(self.config.clone()).await.expect("coordinator starts");
-        self.handle = Some(handle);
+        // After an in-process stop the store's lock is released when the
+        // last connection task ends; retry briefly.
+        let mut last = None;
+        for _ in 0..50 {
+            match server::start(self.config.clone()).await {
+                Ok(handle) => {
+                    self.handle = Some(handle);
+                    return;
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("coordinator does not start: {last:?}");
     }
 
     pub async fn stop(&mut self) {
