@@ -19,6 +19,7 @@ pub mod model;
 pub mod output;
 pub mod pki;
 pub mod registry;
+pub mod rollout;
 pub mod server;
 pub mod store;
 pub mod tokens;
