@@ -12,12 +12,17 @@ pub fn required_role(request: &AdminRequest) -> Role {
         | AdminRequest::AdminsList
         | AdminRequest::DeploymentsList { .. }
         | AdminRequest::DeploymentsShow { .. }
-        | AdminRequest::MachinesDetail { .. } => Role::Viewer,
+        | AdminRequest::MachinesDetail { .. }
+        | AdminRequest::RolloutStatus { .. }
+        | AdminRequest::RolloutList
+        | AdminRequest::DeploymentsOfRollout { .. } => Role::Viewer,
         AdminRequest::TokensCreate(_)
         | AdminRequest::TokensRevoke { .. }
         | AdminRequest::MachinesLabel { .. }
         | AdminRequest::MachinesRevoke { .. }
-        | AdminRequest::Deploy(_) => Role::Operator,
+        | AdminRequest::Deploy(_)
+        | AdminRequest::RolloutStart(_)
+        | AdminRequest::RolloutControl { .. } => Role::Operator,
         AdminRequest::AdminsAdd { .. } => Role::Admin,
     }
 }

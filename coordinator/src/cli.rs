@@ -44,6 +44,9 @@ pub enum Command {
     /// Deployment history.
     #[command(subcommand)]
     Deployments(DeploymentsCommand),
+    /// Fleet-wide rollouts: canaries, batches, health gates, automatic revert.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Show which admin the bundle authenticates as.
     Whoami(AdminArgs),
     /// Print shell completions.
@@ -198,16 +201,10 @@ pub fn parse_role(s: &str) -> Result<drover_protocol::v1::Role, String> {
     s.parse()
 }
 
+/// What to deploy: the system, its secrets, facts and health checks.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["machine", "selector"])))]
 #[command(group(clap::ArgGroup::new("system").required(true).args(["flake", "closure"])))]
-pub struct DeployArgs {
-    /// The machine to deploy to.
-    #[arg(long)]
-    pub machine: Option<String>,
-    /// Deploy to every machine whose labels match (k=v, repeatable).
-    #[arg(long = "selector", short = 's', value_parser = parse_label)]
-    pub selector: Vec<(String, String)>,
+pub struct WhatArgs {
     /// A flake output: the agent runs `nixos-rebuild switch --flake URI#ATTR`.
     #[arg(long, value_name = "URI#ATTR")]
     pub flake: Option<String>,
@@ -232,6 +229,19 @@ pub struct DeployArgs {
     /// How long the checks may take to pass after the switch.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub health_deadline: Duration,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["machine", "selector"])))]
+pub struct DeployArgs {
+    /// The machine to deploy to.
+    #[arg(long)]
+    pub machine: Option<String>,
+    /// Deploy to every machine whose labels match (k=v, repeatable).
+    #[arg(long = "selector", short = 's', value_parser = parse_label)]
+    pub selector: Vec<(String, String)>,
+    #[command(flatten)]
+    pub what: WhatArgs,
     /// Wait for every machine to finish, showing progress; exit non-zero if any failed.
     #[arg(long)]
     pub wait: bool,
@@ -242,12 +252,96 @@ pub struct DeployArgs {
     pub admin: AdminArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct RolloutStartArgs {
+    /// The machines to roll out to: every machine matching all pairs (k=v,
+    /// repeatable). The set is frozen when the rollout starts.
+    #[arg(long = "selector", short = 's', value_parser = parse_label, required = true)]
+    pub selector: Vec<(String, String)>,
+    #[command(flatten)]
+    pub what: WhatArgs,
+    /// Machines updated first; the rest wait until they are healthy.
+    #[arg(long, default_value_t = 0)]
+    pub canary: u32,
+    /// Machines in transition at once (N or P%).
+    #[arg(long, default_value = "1", value_parser = parse_amount)]
+    pub max_parallel: drover_protocol::v1::Amount,
+    /// Machines updating or unhealthy at once (N or P%).
+    #[arg(long, default_value = "100%", value_parser = parse_amount)]
+    pub max_unavailable: drover_protocol::v1::Amount,
+    /// Failures tolerated before the rollout stops (N or P%).
+    #[arg(long, default_value = "0", value_parser = parse_amount)]
+    pub max_failures: drover_protocol::v1::Amount,
+    /// How long a machine may take to succeed.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub healthy_deadline: Duration,
+    /// How long a machine must stay healthy to count.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub min_healthy_time: Duration,
+    /// How long offline machines are waited for before they are skipped.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub progress_deadline: Duration,
+    /// On stop, put every machine the rollout changed back on its previous generation.
+    #[arg(long)]
+    pub auto_revert: bool,
+    /// Go on after healthy canaries without `drover rollout promote`.
+    #[arg(long)]
+    pub auto_promote: bool,
+    /// Follow the rollout until it ends; exit non-zero unless it succeeded.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Roll a change through the fleet in stages.
+    Start(RolloutStartArgs),
+    /// Phase, progress and every machine of a rollout.
+    Status {
+        id: String,
+        /// Follow it live until it stops moving.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// All rollouts.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Start no more machines until resumed.
+    Pause { id: String, #[command(flatten)] admin: AdminArgs },
+    /// Go on after a pause.
+    Resume { id: String, #[command(flatten)] admin: AdminArgs },
+    /// Stop for good, leaving machines as they are.
+    Abort { id: String, #[command(flatten)] admin: AdminArgs },
+    /// Put every machine it changed back on its previous generation.
+    Revert { id: String, #[command(flatten)] admin: AdminArgs },
+    /// Go on after healthy canaries.
+    Promote { id: String, #[command(flatten)] admin: AdminArgs },
+}
+
+/// Parses `N` or `P%`.
+pub fn parse_amount(s: &str) -> Result<drover_protocol::v1::Amount, String> {
+    use crate::rollout::plan::Amount;
+    Ok(match Amount::parse(s)? {
+        Amount::Count(n) => drover_protocol::v1::Amount::Count(n),
+        Amount::Percent(p) => drover_protocol::v1::Amount::Percent(p),
+    })
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DeploymentsCommand {
     /// List deployments, oldest first.
     List {
         #[arg(long)]
         machine: Option<String>,
+        /// Only the deployments (and reverts) of this rollout.
+        #[arg(long, conflicts_with = "machine")]
+        rollout: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },

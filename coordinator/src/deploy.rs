@@ -162,6 +162,42 @@ pub fn build(
     )
 }
 
+/// A new generation that repeats an earlier assignment (a revert).
+pub fn rebuild(
+    previous: &Assignment,
+    machine: &MachineRecord,
+    generation: u64,
+    now: UnixMillis,
+) -> (AssignmentRecord, DeploymentRecord) {
+    let mut facts: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&previous.facts_json).unwrap_or_default();
+    facts.insert("generation".into(), generation.into());
+    let assignment = Assignment {
+        generation,
+        facts_json: serde_json::Value::Object(facts).to_string(),
+        ..previous.clone()
+    };
+    let deployment = DeploymentInfo {
+        id: deployment_id(&machine.id, generation),
+        machine_id: machine.id.clone(),
+        hostname: machine.hostname.clone(),
+        generation,
+        system: previous.system.clone(),
+        created_at: now,
+        finished_at: None,
+        state: DeploymentState::Pending,
+        rolled_back: false,
+        steps: Vec::new(),
+        output_tail: String::new(),
+        system_path: None,
+        secret_names: previous.secrets.iter().map(|s| s.name.clone()).collect(),
+    };
+    (
+        AssignmentRecord { machine_id: machine.id.clone(), created_at: now, assignment },
+        deployment,
+    )
+}
+
 fn clip(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();

@@ -189,3 +189,12 @@ pub fn parse_deployment_id(id: &str) -> Option<(String, u64)> {
     let (machine, generation) = rest.rsplit_once('-')?;
     Some((machine.to_string(), generation.parse().ok()?))
 }
+
+/// A rollout: what it deploys and the planner's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutRecord {
+    pub id: String,
+    pub created_at: UnixMillis,
+    pub spec: v1::DeploySpec,
+    pub state: crate::rollout::plan::State,
+}

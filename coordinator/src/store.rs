@@ -13,9 +13,10 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use crate::model::{
-    deployment_id, AdminRecord, AssignmentRecord, DeploymentRecord, MachineRecord, TokenRecord,
-    UnixMillis,
+    deployment_id, AdminRecord, AssignmentRecord, DeploymentRecord, MachineRecord, RolloutRecord,
+    TokenRecord, UnixMillis,
 };
+use crate::rollout::plan::{Actions, Slot};
 use drover_protocol::v1::{DeployedTarget, DeploymentState};
 use crate::tokens::{self, TokenRefusal};
 
@@ -97,9 +98,75 @@ pub trait Store: Send + Sync + 'static {
         change: &dyn Fn(&mut DeploymentRecord, &mut MachineRecord) -> Result<(), StoreError>,
     ) -> Result<DeploymentRecord, StoreError>;
 
+    fn insert_rollout(&self, rollout: &RolloutRecord) -> Result<(), StoreError>;
+    fn rollout(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError>;
+    fn rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError>;
+    /// Runs `step` on the rollout and records the generations it starts
+    /// (built by `make`) or reverts (the previous generation's assignment
+    /// again), all in one transaction. Returns the rollout and the new
+    /// generations.
+    fn rollout_step(
+        &self,
+        id: &str,
+        step: &dyn Fn(&mut RolloutRecord) -> Actions,
+        make: &dyn Fn(&RolloutRecord, &MachineRecord, u64) -> (AssignmentRecord, DeploymentRecord),
+        remake: &dyn Fn(&AssignmentRecord, &MachineRecord, u64) -> (AssignmentRecord, DeploymentRecord),
+    ) -> Result<(RolloutRecord, Vec<DeployedTarget>), StoreError>;
+
     /// Writes everything to disk.
     fn flush(&self) -> Result<(), StoreError>;
 }
+
+type TxTree = sled::transaction::TransactionalTree;
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+/// Records the next generation of one machine inside a transaction.
+fn record_in_tx(
+    machines_tx: &TxTree,
+    assignments_tx: &TxTree,
+    deployments_tx: &TxTree,
+    id: &str,
+    make: &dyn Fn(&MachineRecord, u64) -> (AssignmentRecord, DeploymentRecord),
+) -> TxResult<DeployedTarget> {
+    let Some(bytes) = machines_tx.get(id.as_bytes())? else {
+        return abort(StoreError::NotFound { what: "machine", id: id.to_string() });
+    };
+    let mut machine: MachineRecord = match decode(MACHINES, id.as_bytes(), &bytes) {
+        Ok(m) => m,
+        Err(e) => return abort(e),
+    };
+    if machine.revoked_at.is_some() {
+        return abort(StoreError::Revoked(id.to_string()));
+    }
+    let previous = machine.desired_generation;
+    let generation = previous + 1;
+    let (assignment, deployment) = make(&machine, generation);
+    if previous > 0 {
+        let key = generation_key(id, previous);
+        if let Some(bytes) = deployments_tx.get(&key)? {
+            let mut old: DeploymentRecord = match decode(DEPLOYMENTS, &key, &bytes) {
+                Ok(d) => d,
+                Err(e) => return abort(e),
+            };
+            if old.state == DeploymentState::Pending {
+                old.state = DeploymentState::Superseded;
+                deployments_tx.insert(key, encode(&old))?;
+            }
+        }
+    }
+    let key = generation_key(id, generation);
+    assignments_tx.insert(key.clone(), encode(&assignment))?;
+    deployments_tx.insert(key, encode(&deployment))?;
+    machine.desired_generation = generation;
+    machines_tx.insert(id.as_bytes(), encode(&machine))?;
+    Ok(DeployedTarget {
+        machine_id: id.to_string(),
+        hostname: machine.hostname.clone(),
+        generation,
+        deployment_id: deployment_id(id, generation),
+    })
+}
+
 
 #[derive(Serialize, Deserialize)]
 struct Envelope<T> {
@@ -156,6 +223,7 @@ pub struct SledStore {
     assignments: sled::Tree,
     /// Same keys as `assignments`.
     deployments: sled::Tree,
+    rollouts: sled::Tree,
 }
 
 fn generation_key(machine: &str, generation: u64) -> Vec<u8> {
@@ -170,6 +238,7 @@ const TOKENS: &str = "tokens";
 const ADMINS: &str = "admins";
 const ASSIGNMENTS: &str = "assignments";
 const DEPLOYMENTS: &str = "deployments";
+const ROLLOUTS: &str = "rollouts";
 
 fn abort<T>(e: StoreError) -> Result<T, ConflictableTransactionError<StoreError>> {
     Err(ConflictableTransactionError::Abort(e))
@@ -214,6 +283,7 @@ impl SledStore {
             admins: db.open_tree(ADMINS)?,
             assignments: db.open_tree(ASSIGNMENTS)?,
             deployments: db.open_tree(DEPLOYMENTS)?,
+            rollouts: db.open_tree(ROLLOUTS)?,
             db,
         })
     }
@@ -364,47 +434,10 @@ impl Store for SledStore {
     ) -> Result<Vec<DeployedTarget>, StoreError> {
         unwrap_tx((&self.machines, &self.assignments, &self.deployments).transaction(
             |(machines_tx, assignments_tx, deployments_tx)| {
-                let mut out = Vec::with_capacity(machines.len());
-                for id in machines {
-                    let Some(bytes) = machines_tx.get(id.as_bytes())? else {
-                        return abort(StoreError::NotFound { what: "machine", id: id.clone() });
-                    };
-                    let mut machine: MachineRecord = match decode(MACHINES, id.as_bytes(), &bytes) {
-                        Ok(m) => m,
-                        Err(e) => return abort(e),
-                    };
-                    if machine.revoked_at.is_some() {
-                        return abort(StoreError::Revoked(id.clone()));
-                    }
-                    let previous = machine.desired_generation;
-                    let generation = previous + 1;
-                    let (assignment, deployment) = make(&machine, generation);
-                    if previous > 0 {
-                        let key = generation_key(id, previous);
-                        if let Some(bytes) = deployments_tx.get(&key)? {
-                            let mut old: DeploymentRecord = match decode(DEPLOYMENTS, &key, &bytes) {
-                                Ok(d) => d,
-                                Err(e) => return abort(e),
-                            };
-                            if old.state == DeploymentState::Pending {
-                                old.state = DeploymentState::Superseded;
-                                deployments_tx.insert(key, encode(&old))?;
-                            }
-                        }
-                    }
-                    let key = generation_key(id, generation);
-                    assignments_tx.insert(key.clone(), encode(&assignment))?;
-                    deployments_tx.insert(key, encode(&deployment))?;
-                    machine.desired_generation = generation;
-                    machines_tx.insert(id.as_bytes(), encode(&machine))?;
-                    out.push(DeployedTarget {
-                        machine_id: id.clone(),
-                        hostname: machine.hostname.clone(),
-                        generation,
-                        deployment_id: deployment_id(id, generation),
-                    });
-                }
-                Ok(out)
+                machines
+                    .iter()
+                    .map(|id| record_in_tx(machines_tx, assignments_tx, deployments_tx, id, make))
+                    .collect()
             },
         ))
     }
@@ -467,6 +500,98 @@ impl Store for SledStore {
             machines_tx.insert(machine.as_bytes(), encode(&record))?;
             Ok(deployment)
         }))
+    }
+
+    fn insert_rollout(&self, rollout: &RolloutRecord) -> Result<(), StoreError> {
+        let previous = self
+            .rollouts
+            .compare_and_swap(&rollout.id, None as Option<&[u8]>, Some(encode(rollout)))?;
+        previous.map_err(|_| StoreError::Conflict(format!("rollout {} already exists", rollout.id)))
+    }
+
+    fn rollout(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError> {
+        self.rollouts.get(id)?.map(|v| decode(ROLLOUTS, id.as_bytes(), &v)).transpose()
+    }
+
+    fn rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
+        let mut all: Vec<RolloutRecord> = Self::all(&self.rollouts, ROLLOUTS)?;
+        all.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(all)
+    }
+
+    fn rollout_step(
+        &self,
+        id: &str,
+        step: &dyn Fn(&mut RolloutRecord) -> Actions,
+        make: &dyn Fn(&RolloutRecord, &MachineRecord, u64) -> (AssignmentRecord, DeploymentRecord),
+        remake: &dyn Fn(&AssignmentRecord, &MachineRecord, u64) -> (AssignmentRecord, DeploymentRecord),
+    ) -> Result<(RolloutRecord, Vec<DeployedTarget>), StoreError> {
+        unwrap_tx((&self.machines, &self.assignments, &self.deployments, &self.rollouts).transaction(
+            |(machines_tx, assignments_tx, deployments_tx, rollouts_tx)| {
+                let Some(bytes) = rollouts_tx.get(id.as_bytes())? else {
+                    return abort(StoreError::NotFound { what: "rollout", id: id.to_string() });
+                };
+                let before: RolloutRecord = match decode(ROLLOUTS, id.as_bytes(), &bytes) {
+                    Ok(r) => r,
+                    Err(e) => return abort(e),
+                };
+                let mut record = before.clone();
+                let actions = step(&mut record);
+                let mut targets = Vec::new();
+                for machine in &actions.start {
+                    let spec = record.clone();
+                    match record_in_tx(machines_tx, assignments_tx, deployments_tx, machine, &|m, g| make(&spec, m, g)) {
+                        Ok(t) => {
+                            if let Some(e) = record.state.machines.get_mut(machine) {
+                                e.generation = Some(t.generation);
+                            }
+                            targets.push(t);
+                        }
+                        Err(ConflictableTransactionError::Abort(StoreError::Revoked(_))) => {
+                            if let Some(e) = record.state.machines.get_mut(machine) {
+                                e.slot = Slot::Failed { reason: "the machine was revoked".into() };
+                            }
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                for machine in &actions.revert {
+                    let Some(previous) = record.state.machines.get(machine).map(|e| e.previous_generation) else {
+                        continue;
+                    };
+                    let key = generation_key(machine, previous);
+                    let old: Option<AssignmentRecord> = match assignments_tx.get(&key)? {
+                        Some(bytes) => match decode(ASSIGNMENTS, &key, &bytes) {
+                            Ok(a) => Some(a),
+                            Err(e) => return abort(e),
+                        },
+                        None => None,
+                    };
+                    let outcome = match &old {
+                        Some(old) => record_in_tx(machines_tx, assignments_tx, deployments_tx, machine, &|m, g| remake(old, m, g)).map(Some),
+                        None => Ok(None),
+                    };
+                    match outcome {
+                        Ok(Some(t)) => {
+                            if let Some(e) = record.state.machines.get_mut(machine) {
+                                e.revert_generation = Some(t.generation);
+                            }
+                            targets.push(t);
+                        }
+                        Ok(None) | Err(ConflictableTransactionError::Abort(StoreError::Revoked(_))) => {
+                            if let Some(e) = record.state.machines.get_mut(machine) {
+                                e.slot = Slot::NotReverted;
+                            }
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                if record != before {
+                    rollouts_tx.insert(id.as_bytes(), encode(&record))?;
+                }
+                Ok((record, targets))
+            },
+        ))
     }
 
     fn flush(&self) -> Result<(), StoreError> {

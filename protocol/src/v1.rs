@@ -235,6 +235,12 @@ pub enum AdminRequest {
     DeploymentsShow { id: String },
     /// A machine with its desired and current generation.
     MachinesDetail { id: String },
+    RolloutStart(RolloutSpec),
+    RolloutStatus { id: String },
+    RolloutList,
+    RolloutControl { id: String, action: RolloutAction },
+    /// The deployments a rollout made (and its reverts).
+    DeploymentsOfRollout { id: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -252,6 +258,8 @@ pub enum AdminResponse {
     Deployments(Vec<DeploymentInfo>),
     Deployment(DeploymentInfo),
     MachineDetail(MachineDetail),
+    Rollout(RolloutInfo),
+    Rollouts(Vec<RolloutInfo>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -492,4 +500,80 @@ pub struct MachineDetail {
     pub desired_generation: u64,
     pub current_generation: Option<u64>,
     pub current_system: Option<String>,
+}
+
+/// A count, or a percentage of a rollout's targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum Amount {
+    Count(u32),
+    Percent(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct RolloutStrategy {
+    pub canary: u32,
+    pub max_parallel: Amount,
+    pub max_unavailable: Amount,
+    pub max_failures: Amount,
+    pub healthy_deadline_ms: u64,
+    pub min_healthy_time_ms: u64,
+    pub progress_deadline_ms: u64,
+    pub auto_revert: bool,
+    pub auto_promote: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct RolloutSpec {
+    /// What to deploy: `deploy.machine` must be empty, `deploy.selector`
+    /// names the targets.
+    pub deploy: DeploySpec,
+    pub strategy: RolloutStrategy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutAction {
+    Pause,
+    Resume,
+    Abort,
+    Revert,
+    Promote,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct RolloutMachine {
+    pub machine_id: String,
+    pub hostname: String,
+    /// waiting, updating, healthy, done, failed, skipped, reverting,
+    /// reverted, not_reverted.
+    pub state: String,
+    pub canary: bool,
+    pub generation: Option<u64>,
+    pub revert_generation: Option<u64>,
+    pub started_at: Option<UnixMillis>,
+    pub settled_at: Option<UnixMillis>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct RolloutInfo {
+    pub id: String,
+    /// canary, awaiting_promotion, rolling, succeeded, failed, aborted,
+    /// reverting, reverted.
+    pub phase: String,
+    pub paused: bool,
+    pub reason: Option<String>,
+    pub created_at: UnixMillis,
+    pub system: SystemSpec,
+    pub selector: Labels,
+    pub strategy: RolloutStrategy,
+    /// Phase changes with their times.
+    pub phases: Vec<(String, UnixMillis)>,
+    pub machines: Vec<RolloutMachine>,
 }

@@ -107,6 +107,35 @@ fn deployment() -> DeploymentInfo {
     }
 }
 
+fn strategy() -> RolloutStrategy {
+    RolloutStrategy {
+        canary: 1,
+        max_parallel: Amount::Percent(25),
+        max_unavailable: Amount::Count(3),
+        max_failures: Amount::Count(1),
+        healthy_deadline_ms: 300_000,
+        min_healthy_time_ms: 10_000,
+        progress_deadline_ms: 3_600_000,
+        auto_revert: true,
+        auto_promote: false,
+    }
+}
+
+fn rollout() -> RolloutInfo {
+    RolloutInfo {
+        id: "r-0a1b2c3d".into(),
+        phase: "rolling".into(),
+        paused: false,
+        reason: None,
+        created_at: 1,
+        system: closure(),
+        selector: labels(),
+        strategy: strategy(),
+        phases: vec![("canary".into(), 1), ("rolling".into(), 2)],
+        machines: vec![RolloutMachine { machine_id: "m-0123456789".into(), hostname: "vm-1".into(), state: "done".into(), canary: true, generation: Some(4), revert_generation: None, started_at: Some(1), settled_at: Some(2), reason: None }],
+    }
+}
+
 fn requests() -> Vec<(&'static str, Request)> {
     vec![
         ("request-hello", Request::Hello(Hello { versions: VersionRange { min: 1, max: 1 }, software: "drover-agent 0.1.0".into() })),
@@ -130,6 +159,11 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-admin-deployments-list", Request::Admin(AdminRequest::DeploymentsList { machine: Some("m-0123456789".into()) })),
         ("request-admin-deployments-show", Request::Admin(AdminRequest::DeploymentsShow { id: "d-m-0123456789-3".into() })),
         ("request-admin-machines-detail", Request::Admin(AdminRequest::MachinesDetail { id: "m-0123456789".into() })),
+        ("request-admin-rollout-start", Request::Admin(AdminRequest::RolloutStart(RolloutSpec { deploy: DeploySpec { machine: None, selector: labels(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000 }, strategy: strategy() }))),
+        ("request-admin-rollout-status", Request::Admin(AdminRequest::RolloutStatus { id: "r-0a1b2c3d".into() })),
+        ("request-admin-rollout-list", Request::Admin(AdminRequest::RolloutList)),
+        ("request-admin-rollout-control", Request::Admin(AdminRequest::RolloutControl { id: "r-0a1b2c3d".into(), action: RolloutAction::Revert })),
+        ("request-admin-deployments-of-rollout", Request::Admin(AdminRequest::DeploymentsOfRollout { id: "r-0a1b2c3d".into() })),
     ]
 }
 
@@ -155,6 +189,8 @@ fn responses() -> Vec<(&'static str, Response)> {
         ("response-admin-deployed", Response::Admin(AdminResponse::Deployed(vec![DeployedTarget { machine_id: "m-0123456789".into(), hostname: "vm-1".into(), generation: 3, deployment_id: "d-m-0123456789-3".into() }]))),
         ("response-admin-deployments", Response::Admin(AdminResponse::Deployments(vec![deployment()]))),
         ("response-admin-deployment", Response::Admin(AdminResponse::Deployment(deployment()))),
+        ("response-admin-rollout", Response::Admin(AdminResponse::Rollout(rollout()))),
+        ("response-admin-rollouts", Response::Admin(AdminResponse::Rollouts(vec![rollout()]))),
         ("response-admin-machine-detail", Response::Admin(AdminResponse::MachineDetail(MachineDetail { machine: machine(), desired_generation: 3, current_generation: Some(2), current_system: Some("/nix/store/abc".into()) }))),
     ]
 }

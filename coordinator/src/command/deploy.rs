@@ -12,7 +12,7 @@ use drover_protocol::v1::{
     DeploymentState, HealthCheck, SecretBytes, SecretFile, SystemSpec,
 };
 
-use crate::cli::DeployArgs;
+use crate::cli::{DeployArgs, WhatArgs};
 use crate::client::AdminClient;
 use crate::output::{self, OutputFormat};
 
@@ -66,7 +66,7 @@ pub fn parse_check(arg: &str) -> Result<HealthCheck> {
     bail!("--check {arg:?}: expected unit:NAME, http://HOST:PORT/PATH or tcp:HOST:PORT")
 }
 
-fn system(args: &DeployArgs) -> Result<SystemSpec> {
+fn system(args: &WhatArgs) -> Result<SystemSpec> {
     if let Some(flake) = &args.flake {
         let (uri, attribute) = flake
             .split_once('#')
@@ -81,16 +81,21 @@ fn system(args: &DeployArgs) -> Result<SystemSpec> {
     })
 }
 
+/// The deployment described by the command line (secret files are read here).
+pub fn spec(what: &WhatArgs, machine: Option<String>, selector: Vec<(String, String)>) -> Result<DeploySpec> {
+    Ok(DeploySpec {
+        machine,
+        selector: labels(selector),
+        system: system(what)?,
+        secrets: what.secrets.iter().map(|s| parse_secret(s)).collect::<Result<_>>()?,
+        facts: what.facts.iter().cloned().collect(),
+        checks: what.checks.iter().map(|c| parse_check(c)).collect::<Result<_>>()?,
+        health_deadline_ms: u64::try_from(what.health_deadline.as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
 pub async fn run(args: DeployArgs) -> Result<()> {
-    let spec = DeploySpec {
-        machine: args.machine.clone(),
-        selector: labels(args.selector.clone()),
-        system: system(&args)?,
-        secrets: args.secrets.iter().map(|s| parse_secret(s)).collect::<Result<_>>()?,
-        facts: args.facts.iter().cloned().collect(),
-        checks: args.checks.iter().map(|c| parse_check(c)).collect::<Result<_>>()?,
-        health_deadline_ms: u64::try_from(args.health_deadline.as_millis()).unwrap_or(u64::MAX),
-    };
+    let spec = spec(&args.what, args.machine.clone(), args.selector.clone())?;
     let client = connect(&args.admin).await?;
     let answer = client
         .call(AdminRequest::Deploy(spec))

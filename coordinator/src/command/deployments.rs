@@ -19,10 +19,14 @@ pub fn system_text(system: &SystemSpec) -> String {
 
 pub async fn run(cmd: DeploymentsCommand) -> Result<()> {
     match cmd {
-        DeploymentsCommand::List { machine, admin } => {
+        DeploymentsCommand::List { machine, rollout, admin } => {
             let client = connect(&admin).await?;
+            let request = match rollout {
+                Some(id) => AdminRequest::DeploymentsOfRollout { id },
+                None => AdminRequest::DeploymentsList { machine },
+            };
             let answer = client
-                .call(AdminRequest::DeploymentsList { machine })
+                .call(request)
                 .await
                 .map_err(|e| refused(e, "listing deployments"))?;
             client.close().await;

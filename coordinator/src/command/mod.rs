@@ -5,6 +5,7 @@ pub mod deploy;
 pub mod deployments;
 pub mod init;
 pub mod machines;
+pub mod rollout;
 pub mod serve;
 pub mod tokens;
 
@@ -38,6 +39,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Whoami(args) => admins::whoami(args).await,
         Command::Deploy(args) => deploy::run(args).await,
         Command::Deployments(cmd) => deployments::run(cmd).await,
+        Command::Rollout(cmd) => rollout::run(cmd).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "drover", &mut std::io::stdout());
             Ok(())

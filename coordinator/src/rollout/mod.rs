@@ -2,6 +2,7 @@
 //! rollout's state, what the fleet looks like now and the time, it moves the
 //! rollout forward and says which machines to start or revert.
 pub mod plan;
+pub mod service;
 
 #[cfg(test)]
 mod tests;

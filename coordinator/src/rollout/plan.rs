@@ -286,11 +286,7 @@ impl State {
                         entry.settled_at = Some(now);
                     }
                 }
-                Slot::Reverting => {
-                    if obs.outcome.is_some() {
-                        entry.slot = Slot::Reverted;
-                    }
-                }
+                Slot::Reverting if obs.outcome.is_some() => entry.slot = Slot::Reverted,
                 _ => {}
             }
         }

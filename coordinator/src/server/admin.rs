@@ -58,6 +58,12 @@ pub(super) async fn handle(state: &Coordinator, name: &str, request: AdminReques
             ),
         ));
     }
+    if let AdminRequest::RolloutStart(spec) = request {
+        return match crate::rollout::service::start(state, spec).await {
+            Ok(info) => Response::Admin(AdminResponse::Rollout(info)),
+            Err(e) => Response::Error(e),
+        };
+    }
     match run(state, &admin, request) {
         Ok(answer) => Response::Admin(answer),
         Err(error) => Response::Error(error),
@@ -227,6 +233,39 @@ fn run(state: &Coordinator, admin: &AdminRecord, request: AdminRequest) -> Resul
                 current_generation: m.current_generation,
                 current_system: m.current_system.clone(),
             })
+        }
+        AdminRequest::RolloutStart(_) => unreachable!("handled before run"),
+        AdminRequest::RolloutStatus { id } => {
+            let r = store.rollout(&id).map_err(fail)?.ok_or_else(|| {
+                WireError::new(ErrorCode::NotFound, format!("rollout {id:?} not found; see `drover rollout list`"))
+            })?;
+            AdminResponse::Rollout(crate::rollout::service::to_wire(state, &r, None))
+        }
+        AdminRequest::RolloutList => AdminResponse::Rollouts(
+            store
+                .rollouts()
+                .map_err(fail)?
+                .iter()
+                .map(|r| crate::rollout::service::to_wire(state, r, None))
+                .collect(),
+        ),
+        AdminRequest::RolloutControl { id, action } => {
+            AdminResponse::Rollout(crate::rollout::service::control(state, &id, action)?)
+        }
+        AdminRequest::DeploymentsOfRollout { id } => {
+            let r = store.rollout(&id).map_err(fail)?.ok_or_else(|| {
+                WireError::new(ErrorCode::NotFound, format!("rollout {id:?} not found; see `drover rollout list`"))
+            })?;
+            let mut out = Vec::new();
+            for (machine, e) in &r.state.machines {
+                for g in [e.generation, e.revert_generation].into_iter().flatten() {
+                    if let Some(d) = store.deployment(machine, g).map_err(fail)? {
+                        out.push(d);
+                    }
+                }
+            }
+            out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+            AdminResponse::Deployments(out)
         }
         AdminRequest::AdminsList => {
             let mut admins = store.admins().map_err(fail)?;

@@ -129,6 +129,8 @@ pub struct Coordinator {
     pub store: Arc<dyn Store>,
     pub ca: Ca,
     pub live: Live,
+    /// Serialises rollout starts (the one-rollout-per-machine check).
+    pub rollout_lock: tokio::sync::Mutex<()>,
 }
 
 impl Coordinator {
@@ -143,12 +145,13 @@ impl Coordinator {
             store: Arc::new(store),
             ca,
             live: Live::default(),
+            rollout_lock: tokio::sync::Mutex::new(()),
         })
     }
 }
 
 /// Turns a store error into a wire error; internal details go to the log.
-pub(crate) fn wire_error(e: StoreError) -> WireError {
+pub fn wire_error(e: StoreError) -> WireError {
     match e {
         StoreError::Token(refusal) => refusal.to_wire(),
         StoreError::NotFound { .. } => WireError::new(ErrorCode::NotFound, e.to_string()),
@@ -167,6 +170,7 @@ pub struct ServerHandle {
     pub coordinator: Arc<Coordinator>,
     endpoint: quinn::Endpoint,
     task: JoinHandle<()>,
+    driver: JoinHandle<()>,
 }
 
 impl ServerHandle {
@@ -177,6 +181,8 @@ impl ServerHandle {
         self.coordinator.live.clear();
         self.task.abort();
         let _ = self.task.await;
+        self.driver.abort();
+        let _ = self.driver.await;
         let _ = self.coordinator.store.flush();
     }
 
@@ -213,6 +219,7 @@ pub async fn start_with(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
     tracing::info!(%local_addr, "coordinator listening");
     let accept = endpoint.clone();
     let state = coordinator.clone();
+    let driver = tokio::spawn(crate::rollout::service::drive(coordinator.clone()));
     let task = tokio::spawn(async move {
         while let Some(incoming) = accept.accept().await {
             let state = state.clone();
@@ -226,6 +233,7 @@ pub async fn start_with(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
         coordinator,
         endpoint,
         task,
+        driver,
     })
 }
 

@@ -1,0 +1,200 @@
+//! `drover rollout start|status|list|pause|resume|abort|revert|promote`.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use drover_protocol::v1::{AdminRequest, AdminResponse, RolloutAction, RolloutInfo, RolloutSpec, RolloutStrategy};
+
+use crate::cli::{RolloutCommand, RolloutStartArgs};
+use crate::client::AdminClient;
+use crate::output::{self, OutputFormat};
+
+use super::deployments::system_text;
+use super::{connect, print_json, refused};
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn status(client: &AdminClient, id: &str) -> Result<RolloutInfo> {
+    match client
+        .call(AdminRequest::RolloutStatus { id: id.to_string() })
+        .await
+        .map_err(|e| refused(e, &format!("reading rollout {id}")))?
+    {
+        AdminResponse::Rollout(r) => Ok(r),
+        _ => bail!("unexpected answer from the coordinator"),
+    }
+}
+
+fn moving(r: &RolloutInfo) -> bool {
+    matches!(r.phase.as_str(), "canary" | "rolling" | "reverting")
+}
+
+fn count(r: &RolloutInfo, state: &str) -> usize {
+    r.machines.iter().filter(|m| m.state == state).count()
+}
+
+fn summary(r: &RolloutInfo) -> String {
+    format!(
+        "{}{}: {} done, {} updating, {} healthy, {} failed, {} waiting, {} skipped, {} reverted",
+        r.phase,
+        if r.paused { " (paused)" } else { "" },
+        count(r, "done"),
+        count(r, "updating"),
+        count(r, "healthy"),
+        count(r, "failed"),
+        count(r, "waiting"),
+        count(r, "skipped"),
+        count(r, "reverted"),
+    )
+}
+
+fn print(r: &RolloutInfo) {
+    println!("rollout      {}", r.id);
+    println!("system       {}", system_text(&r.system));
+    println!("selector     {}", output::labels(&r.selector));
+    println!("state        {}", summary(r));
+    if let Some(reason) = &r.reason {
+        println!("reason       {reason}");
+    }
+    let s = &r.strategy;
+    println!(
+        "strategy     canary {}, max-parallel {:?}, max-unavailable {:?}, max-failures {:?}, auto-revert {}, auto-promote {}",
+        s.canary, s.max_parallel, s.max_unavailable, s.max_failures, s.auto_revert, s.auto_promote
+    );
+    println!("phases       {}", r.phases.iter().map(|(p, t)| format!("{p} at {}", output::timestamp(*t))).collect::<Vec<_>>().join(", "));
+    let mut t = output::table(&["MACHINE", "HOSTNAME", "STATE", "CANARY", "GEN", "STARTED", "NOTE"]);
+    for m in &r.machines {
+        t.add_row(vec![
+            m.machine_id.clone(),
+            m.hostname.clone(),
+            m.state.clone(),
+            if m.canary { "yes".into() } else { String::new() },
+            m.generation.map(|g| g.to_string()).unwrap_or_default(),
+            m.started_at.map(output::timestamp).unwrap_or_default(),
+            m.reason.clone().unwrap_or_default(),
+        ]);
+    }
+    println!("{t}");
+}
+
+/// Follows a rollout with a progress bar until it stops moving.
+async fn follow(client: &AdminClient, id: &str, show: bool) -> Result<RolloutInfo> {
+    let bar = ProgressBar::new(0);
+    if !show {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {wide_msg}").expect("static template"));
+    loop {
+        let r = status(client, id).await?;
+        bar.set_length(r.machines.len() as u64);
+        bar.set_position(r.machines.iter().filter(|m| matches!(m.state.as_str(), "done" | "failed" | "skipped" | "reverted" | "not_reverted")).count() as u64);
+        bar.set_message(summary(&r));
+        if !moving(&r) || r.paused {
+            bar.finish_with_message(summary(&r));
+            return Ok(r);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+pub async fn run(cmd: RolloutCommand) -> Result<()> {
+    match cmd {
+        RolloutCommand::Start(args) => start(args).await,
+        RolloutCommand::Status { id, watch, admin } => {
+            let client = connect(&admin).await?;
+            let r = if watch { follow(&client, &id, admin.output == OutputFormat::Table).await? } else { status(&client, &id).await? };
+            client.close().await;
+            match admin.output {
+                OutputFormat::Json => print_json(&r),
+                OutputFormat::Table => {
+                    print(&r);
+                    Ok(())
+                }
+            }
+        }
+        RolloutCommand::List { admin } => {
+            let client = connect(&admin).await?;
+            let answer = client.call(AdminRequest::RolloutList).await.map_err(|e| refused(e, "listing rollouts"))?;
+            client.close().await;
+            let AdminResponse::Rollouts(list) = answer else { bail!("unexpected answer from the coordinator") };
+            match admin.output {
+                OutputFormat::Json => print_json(&list)?,
+                OutputFormat::Table => {
+                    let mut t = output::table(&["ID", "STATE", "MACHINES", "SYSTEM", "CREATED"]);
+                    for r in &list {
+                        t.add_row(vec![r.id.clone(), summary(r), r.machines.len().to_string(), system_text(&r.system), output::timestamp(r.created_at)]);
+                    }
+                    println!("{t}");
+                }
+            }
+            Ok(())
+        }
+        RolloutCommand::Pause { id, admin } => control(id, RolloutAction::Pause, admin).await,
+        RolloutCommand::Resume { id, admin } => control(id, RolloutAction::Resume, admin).await,
+        RolloutCommand::Abort { id, admin } => control(id, RolloutAction::Abort, admin).await,
+        RolloutCommand::Revert { id, admin } => control(id, RolloutAction::Revert, admin).await,
+        RolloutCommand::Promote { id, admin } => control(id, RolloutAction::Promote, admin).await,
+    }
+}
+
+async fn control(id: String, action: RolloutAction, admin: crate::cli::AdminArgs) -> Result<()> {
+    let client = connect(&admin).await?;
+    let answer = client
+        .call(AdminRequest::RolloutControl { id: id.clone(), action })
+        .await
+        .map_err(|e| refused(e, &format!("{action:?} rollout {id}").to_lowercase()))?;
+    client.close().await;
+    let AdminResponse::Rollout(r) = answer else { bail!("unexpected answer from the coordinator") };
+    match admin.output {
+        OutputFormat::Json => print_json(&r),
+        OutputFormat::Table => {
+            println!("rollout {}: {}", r.id, summary(&r));
+            Ok(())
+        }
+    }
+}
+
+async fn start(args: RolloutStartArgs) -> Result<()> {
+    let deploy = super::deploy::spec(&args.what, None, args.selector.clone())?;
+    let strategy = RolloutStrategy {
+        canary: args.canary,
+        max_parallel: args.max_parallel,
+        max_unavailable: args.max_unavailable,
+        max_failures: args.max_failures,
+        healthy_deadline_ms: ms(args.healthy_deadline),
+        min_healthy_time_ms: ms(args.min_healthy_time),
+        progress_deadline_ms: ms(args.progress_deadline),
+        auto_revert: args.auto_revert,
+        auto_promote: args.auto_promote,
+    };
+    let client = connect(&args.admin).await?;
+    let answer = client
+        .call(AdminRequest::RolloutStart(RolloutSpec { deploy, strategy }))
+        .await
+        .map_err(|e| refused(e, "starting the rollout"))?;
+    let AdminResponse::Rollout(r) = answer else { bail!("unexpected answer from the coordinator") };
+    if !args.wait {
+        client.close().await;
+        return match args.admin.output {
+            OutputFormat::Json => print_json(&r),
+            OutputFormat::Table => {
+                println!("rollout {} started over {} machine(s); follow it with `drover rollout status {} --watch`", r.id, r.machines.len(), r.id);
+                Ok(())
+            }
+        };
+    }
+    let r = follow(&client, &r.id, args.admin.output == OutputFormat::Table).await?;
+    client.close().await;
+    match args.admin.output {
+        OutputFormat::Json => print_json(&r)?,
+        OutputFormat::Table => print(&r),
+    }
+    if r.phase != "succeeded" {
+        bail!("rollout {} ended {}{}", r.id, r.phase, r.reason.map(|x| format!(": {x}")).unwrap_or_default());
+    }
+    Ok(())
+}
