@@ -297,7 +297,7 @@ pub struct RolloutStartArgs {
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
     /// Roll a change through the fleet in stages.
-    Start(RolloutStartArgs),
+    Start(Box<RolloutStartArgs>),
     /// Phase, progress and every machine of a rollout.
     Status {
         id: String,

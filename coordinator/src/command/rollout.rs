@@ -103,7 +103,7 @@ async fn follow(client: &AdminClient, id: &str, show: bool) -> Result<RolloutInf
 
 pub async fn run(cmd: RolloutCommand) -> Result<()> {
     match cmd {
-        RolloutCommand::Start(args) => start(args).await,
+        RolloutCommand::Start(args) => start(*args).await,
         RolloutCommand::Status { id, watch, admin } => {
             let client = connect(&admin).await?;
             let r = if watch { follow(&client, &id, admin.output == OutputFormat::Table).await? } else { status(&client, &id).await? };

@@ -10,6 +10,9 @@
 //! - more failures than `max_failures` stop the rollout; with `auto_revert`
 //!   every machine it changed goes back to its previous generation;
 //! - a machine that has not succeeded within `healthy_deadline` has failed;
+//!   one that leaves the new generation before `min_healthy_time` has failed;
+//!   one unseen during it is not counted until seen again (or fails past the
+//!   healthy deadline), so a coordinator restart fails nobody;
 //! - offline machines wait their turn; any still offline when nothing else
 //!   remains and `progress_deadline` has passed since the start are skipped
 //!   (never counted as successes).
@@ -278,9 +281,16 @@ impl State {
                     }
                 },
                 Slot::Healthy { since } => {
-                    if !obs.online || !obs.still_current {
-                        entry.slot = Slot::Failed { reason: "did not stay healthy for the minimum healthy time".into() };
+                    if !obs.still_current {
+                        entry.slot = Slot::Failed { reason: "left the new generation during the minimum healthy time".into() };
                         entry.settled_at = Some(now);
+                    } else if !obs.online {
+                        // Not counted while unseen (the coordinator may just
+                        // have restarted); gone too long, it has failed.
+                        if now.saturating_sub(since) > s.healthy_deadline_ms.max(s.min_healthy_time_ms) {
+                            entry.slot = Slot::Failed { reason: "offline during the minimum healthy time".into() };
+                            entry.settled_at = Some(now);
+                        }
                     } else if now.saturating_sub(since) >= s.min_healthy_time_ms {
                         entry.slot = Slot::Done;
                         entry.settled_at = Some(now);

@@ -241,20 +241,40 @@ fn min_healthy_time_delays_counting_and_the_next_batch() {
     assert_eq!(sim.state.phase, Phase::Succeeded);
     let gaps: Vec<u64> = sim.starts.windows(2).map(|w| w[1].0 - w[0].0).collect();
     assert!(gaps.iter().all(|g| *g >= 2_500), "apply 500 ms + healthy 2 s before the next: {gaps:?}");
-    // A machine that drops during its healthy time fails instead of counting.
+    // Unseen during its healthy time, a machine is not counted until seen
+    // again; gone past the healthy deadline, it has failed.
     let mut s = strategy();
     s.min_healthy_time_ms = 2_000;
+    s.healthy_deadline_ms = 5_000;
     s.max_failures = Amount::Count(5);
-    let mut sim = Sim::new(1, s);
-    sim.now = 0;
+    let mut sim = Sim::new(2, s);
     sim.step();
     sim.now = 600;
     sim.step();
     assert!(matches!(sim.state.machines["m00"].slot, Slot::Healthy { .. }));
     sim.fleet.get_mut("m00").expect("m").online = false;
-    sim.now = 700;
+    sim.fleet.get_mut("m01").expect("m").online = false;
+    sim.now = 3_000;
     sim.step();
-    assert!(matches!(sim.state.machines["m00"].slot, Slot::Failed { .. }));
+    assert!(matches!(sim.state.machines["m00"].slot, Slot::Healthy { .. }), "not counted while unseen");
+    assert!(matches!(sim.state.machines["m01"].slot, Slot::Healthy { .. }));
+    sim.fleet.get_mut("m00").expect("m").online = true;
+    sim.now = 3_100;
+    sim.step();
+    assert_eq!(sim.state.machines["m00"].slot, Slot::Done, "counted once seen again");
+    sim.now = 6_000;
+    sim.step();
+    assert!(matches!(&sim.state.machines["m01"].slot, Slot::Failed { reason } if reason.contains("offline")));
+    // One that leaves the generation (rolled back) fails at once.
+    let mut s = strategy();
+    s.min_healthy_time_ms = 2_000;
+    let mut sim = Sim::new(1, s);
+    sim.step();
+    sim.now = 600;
+    sim.step();
+    let observed: std::collections::BTreeMap<String, Observation> = [("m00".to_string(), Observation { online: true, outcome: None, still_current: false })].into();
+    sim.state.step(&observed, 700);
+    assert!(matches!(&sim.state.machines["m00"].slot, Slot::Failed { reason } if reason.contains("left the new generation")));
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! free loopback port, admin clients, tokens, and in-process agents.
 #![allow(dead_code)]
 
+pub mod flake;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,0 +1,316 @@
+//! Rollouts over a fleet of 30 agents on 127.0.0.1 (flake mode with the
+//! `nixos-rebuild` stand-in): canary and batches within their caps, failures
+//! stopping the rollout with and without auto-revert, a coordinator killed
+//! mid-rollout, and pause / resume / abort / revert.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::flake::{flake, flake_spec, spawn_vm, Vm};
+use common::{eventually, Options, TestCoordinator};
+use drover_agent::AgentHandle;
+use drover_protocol::v1::*;
+
+struct Fleet {
+    coordinator: TestCoordinator,
+    flake: PathBuf,
+    vms: Vec<Vm>,
+    agents: Vec<AgentHandle>,
+}
+
+impl Fleet {
+    /// `n` agents labelled role=web, all on the "good" system (generation 1).
+    async fn start(n: usize, serve_in_process: bool) -> (Fleet, Option<std::process::Child>) {
+        let mut coordinator = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
+        let child = if serve_in_process {
+            coordinator.serve().await;
+            None
+        } else {
+            Some(spawn_coordinator(&coordinator.state_dir))
+        };
+        let flake = flake(coordinator.dir.path());
+        let (_, token) = coordinator.token(n as u32, &[("role", "web")]).await;
+        let mut vms = Vec::new();
+        let mut agents = Vec::new();
+        for i in 0..n {
+            let (vm, agent) = spawn_vm(&coordinator, &format!("vm{i:02}"), Some(&token));
+            vms.push(vm);
+            agents.push(agent);
+        }
+        for a in &mut agents {
+            a.wait_for(Duration::from_secs(30), |s| s.reports >= 1).await.expect("agent online");
+        }
+        let fleet = Fleet { coordinator, flake, vms, agents };
+        let spec = fleet.deploy_spec("good");
+        let AdminResponse::Deployed(targets) = fleet.coordinator.call(AdminRequest::Deploy(spec)).await else { panic!() };
+        assert_eq!(targets.len(), n);
+        let ok = eventually(Duration::from_secs(60), || async {
+            fleet.vms.iter().all(|vm| vm.activations() == ["good"])
+        })
+        .await;
+        assert!(ok, "every machine runs the first system");
+        // Wait until the coordinator has recorded every success.
+        let ok = eventually(Duration::from_secs(30), || async {
+            let AdminResponse::Deployments(d) = fleet.coordinator.call(AdminRequest::DeploymentsList { machine: None }).await else { return false };
+            d.iter().all(|d| d.state == DeploymentState::Succeeded)
+        })
+        .await;
+        assert!(ok, "first deployments succeeded");
+        (fleet, child)
+    }
+
+    fn deploy_spec(&self, system: &str) -> DeploySpec {
+        DeploySpec {
+            machine: None,
+            selector: [("role".to_string(), "web".to_string())].into(),
+            system: flake_spec(&self.flake, system),
+            secrets: vec![],
+            facts: Default::default(),
+            checks: vec![],
+            health_deadline_ms: 2_000,
+        }
+    }
+
+    fn fail_on(&self, names: &[&str]) {
+        let file = self.coordinator.dir.path().join("vms/fail-on");
+        std::fs::write(file, names.join("\n") + "\n").expect("write fail-on");
+    }
+
+    async fn start_rollout(&self, system: &str, strategy: RolloutStrategy) -> RolloutInfo {
+        let spec = RolloutSpec { deploy: self.deploy_spec(system), strategy };
+        match self.coordinator.call(AdminRequest::RolloutStart(spec)).await {
+            AdminResponse::Rollout(r) => r,
+            other => panic!("expected a rollout, got {other:?}"),
+        }
+    }
+
+    async fn status(&self, id: &str) -> RolloutInfo {
+        match self.coordinator.call(AdminRequest::RolloutStatus { id: id.into() }).await {
+            AdminResponse::Rollout(r) => r,
+            other => panic!("expected a rollout, got {other:?}"),
+        }
+    }
+
+    async fn until(&self, id: &str, timeout: Duration, pred: impl Fn(&RolloutInfo) -> bool) -> RolloutInfo {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.status(id).await;
+            if pred(&r) {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "rollout {id} did not get there: {}", summary(&r));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn stop(self) {
+        for a in self.agents {
+            let _ = a.stop().await;
+        }
+    }
+}
+
+fn spawn_coordinator(state_dir: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["serve", "--state-dir"])
+        .arg(state_dir)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start drover serve")
+}
+
+fn summary(r: &RolloutInfo) -> String {
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for m in &r.machines {
+        *counts.entry(m.state.as_str()).or_default() += 1;
+    }
+    format!("{} {:?} {:?}", r.phase, counts, r.reason)
+}
+
+fn strategy() -> RolloutStrategy {
+    RolloutStrategy {
+        canary: 0,
+        max_parallel: Amount::Count(1),
+        max_unavailable: Amount::Percent(100),
+        max_failures: Amount::Count(0),
+        healthy_deadline_ms: 30_000,
+        min_healthy_time_ms: 300,
+        progress_deadline_ms: 600_000,
+        auto_revert: false,
+        auto_promote: true,
+    }
+}
+
+/// The most machines in transition at once, from the recorded timeline.
+fn peak_in_transition(r: &RolloutInfo) -> usize {
+    let mut events: Vec<(u64, i32)> = Vec::new();
+    for m in &r.machines {
+        if let Some(start) = m.started_at {
+            events.push((start, 1));
+            events.push((m.settled_at.unwrap_or(u64::MAX), -1));
+        }
+    }
+    events.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    let (mut now, mut peak) = (0i32, 0i32);
+    for (_, d) in events {
+        now += d;
+        peak = peak.max(now);
+    }
+    peak as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_then_batches_of_25_percent_take_all_30_machines_to_the_new_generation() {
+    let (fleet, _) = Fleet::start(30, true).await;
+    let mut s = strategy();
+    s.canary = 1;
+    s.auto_promote = false;
+    s.max_parallel = Amount::Percent(25);
+    let r = fleet.start_rollout("good2", s).await;
+    assert_eq!(r.machines.len(), 30);
+    let r = fleet.until(&r.id, Duration::from_secs(60), |r| r.phase == "awaiting_promotion").await;
+    assert_eq!(r.machines.iter().filter(|m| m.started_at.is_some()).count(), 1, "only the canary ran");
+    assert!(r.machines.iter().any(|m| m.canary && m.state == "done"));
+    // A second rollout over the same machines is refused, naming the first.
+    let err = fleet.coordinator.admin().await.call(AdminRequest::RolloutStart(RolloutSpec { deploy: fleet.deploy_spec("good"), strategy: strategy() })).await.expect_err("overlap");
+    assert_eq!(err.code(), Some(drover_protocol::ErrorCode::Conflict));
+    assert!(err.to_string().contains(&r.id), "{err}");
+
+    fleet.coordinator.call(AdminRequest::RolloutControl { id: r.id.clone(), action: RolloutAction::Promote }).await;
+    let r = fleet.until(&r.id, Duration::from_secs(120), |r| r.phase != "rolling").await;
+    assert_eq!(r.phase, "succeeded", "{}", summary(&r));
+    assert!(r.machines.iter().all(|m| m.state == "done"));
+    let peak = peak_in_transition(&r);
+    assert!(peak <= 8, "25% of 30 is 8 at once; the timeline shows {peak}");
+    assert!(peak >= 2, "batches ran in parallel ({peak})");
+    for vm in &fleet.vms {
+        assert_eq!(vm.activations(), ["good", "good2"], "{}", vm.name);
+    }
+    let phases: Vec<&str> = r.phases.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(phases, ["canary", "awaiting_promotion", "rolling", "succeeded"]);
+    // `deployments list --rollout` shows its 30 deployments; the CLI prints JSON.
+    let out = Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["deployments", "list", "--rollout", &r.id, "--output", "json"])
+        .env("DROVER_ADMIN_BUNDLE", &fleet.coordinator.bundle_path)
+        .output()
+        .expect("drover deployments list");
+    assert!(out.status.success());
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(list.as_array().expect("array").len(), 30);
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_stop_the_rollout_and_auto_revert_puts_every_touched_machine_back() {
+    for auto_revert in [true, false] {
+        let (fleet, _) = Fleet::start(12, true).await;
+        fleet.fail_on(&["vm03", "vm04", "vm05"]);
+        let mut s = strategy();
+        s.max_parallel = Amount::Count(3);
+        s.max_failures = Amount::Count(1);
+        s.min_healthy_time_ms = 100;
+        s.auto_revert = auto_revert;
+        let r = fleet.start_rollout("flaky", s).await;
+        let r = fleet.until(&r.id, Duration::from_secs(120), |r| matches!(r.phase.as_str(), "failed" | "reverted")).await;
+        assert!(r.reason.as_deref().is_some_and(|x| x.contains("max_failures 1")), "{}", summary(&r));
+        let touched: Vec<&RolloutMachine> = r.machines.iter().filter(|m| m.generation.is_some()).collect();
+        assert!(touched.len() < 12, "the rollout stopped before the end: {}", summary(&r));
+        if auto_revert {
+            assert_eq!(r.phase, "reverted");
+            for m in &r.machines {
+                let vm = fleet.vms.iter().find(|v| v.name == m.hostname).expect("vm");
+                if m.generation.is_some() {
+                    assert_eq!(m.state, "reverted", "{}", m.hostname);
+                    assert_eq!(vm.activations().last().map(String::as_str), Some("good"), "{} is back: {:?}", m.hostname, vm.activations());
+                } else {
+                    assert_eq!(vm.activations(), ["good"], "{} was never touched", m.hostname);
+                }
+            }
+        } else {
+            assert_eq!(r.phase, "failed");
+            let failed: Vec<&str> = r.machines.iter().filter(|m| m.state == "failed").map(|m| m.hostname.as_str()).collect();
+            assert!(failed.len() >= 2 && failed.iter().all(|h| ["vm03", "vm04", "vm05"].contains(h)), "status names the failed machines: {failed:?}");
+            for m in r.machines.iter().filter(|m| m.state == "done") {
+                let vm = fleet.vms.iter().find(|v| v.name == m.hostname).expect("vm");
+                assert_eq!(vm.activations().last().map(String::as_str), Some("flaky"), "{} stays on the new system", m.hostname);
+            }
+        }
+        fleet.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_survives_a_coordinator_killed_in_the_middle() {
+    let (fleet, child) = Fleet::start(30, false).await;
+    let mut child = child.expect("coordinator process");
+    let mut s = strategy();
+    s.max_parallel = Amount::Count(4);
+    s.min_healthy_time_ms = 500;
+    let r = fleet.start_rollout("good2", s).await;
+    let mid = fleet.until(&r.id, Duration::from_secs(60), |r| r.machines.iter().filter(|m| m.state == "done").count() >= 6).await;
+    assert_eq!(mid.phase, "rolling");
+    child.kill().expect("SIGKILL the coordinator");
+    child.wait().expect("reap");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut child = spawn_coordinator(&fleet.coordinator.state_dir);
+    let r = fleet.until(&r.id, Duration::from_secs(180), |r| r.phase != "rolling").await;
+    assert_eq!(r.phase, "succeeded", "{}", summary(&r));
+    for vm in &fleet.vms {
+        assert_eq!(vm.activations(), ["good", "good2"], "{}: applied once", vm.name);
+    }
+    for m in &r.machines {
+        assert_eq!(m.generation, Some(2), "{}: one generation recorded by the rollout", m.hostname);
+        assert!(m.started_at.is_some() && m.settled_at.is_some(), "timeline complete for {}", m.hostname);
+    }
+    assert!(peak_in_transition(&r) <= 4);
+    fleet.stop().await;
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_abort_and_revert_change_the_fleet_as_documented() {
+    let (fleet, _) = Fleet::start(8, true).await;
+    let mut s = strategy();
+    s.min_healthy_time_ms = 500;
+    let r = fleet.start_rollout("good2", s).await;
+    let id = r.id.clone();
+    let control = |action| fleet.coordinator.call(AdminRequest::RolloutControl { id: id.clone(), action });
+    fleet.until(&id, Duration::from_secs(30), |r| r.machines.iter().any(|m| m.started_at.is_some())).await;
+    let AdminResponse::Rollout(paused) = control(RolloutAction::Pause).await else { panic!() };
+    assert!(paused.paused);
+    let started = |r: &RolloutInfo| r.machines.iter().filter(|m| m.started_at.is_some()).count();
+    let before = started(&fleet.status(&id).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(started(&fleet.status(&id).await), before, "paused: nothing new starts");
+
+    control(RolloutAction::Resume).await;
+    fleet.until(&id, Duration::from_secs(30), |r| started(r) >= before + 2).await;
+
+    control(RolloutAction::Abort).await;
+    let aborted = fleet.until(&id, Duration::from_secs(30), |r| r.phase == "aborted").await;
+    let touched = started(&aborted);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = fleet.status(&id).await;
+    assert_eq!(started(&r), touched, "aborted: nothing new starts");
+    assert!(r.machines.iter().any(|m| m.state == "waiting"), "the rest are left as they were");
+
+    control(RolloutAction::Revert).await;
+    let r = fleet.until(&id, Duration::from_secs(60), |r| r.phase == "reverted").await;
+    for m in &r.machines {
+        let vm = fleet.vms.iter().find(|v| v.name == m.hostname).expect("vm");
+        if m.started_at.is_some() {
+            assert_eq!(m.state, "reverted");
+            assert_eq!(vm.activations().last().map(String::as_str), Some("good"), "{}", m.hostname);
+        } else {
+            assert_eq!(vm.activations(), ["good"], "{}", m.hostname);
+        }
+    }
+    // A finished rollout refuses more changes, with a reason.
+    let err = fleet.coordinator.admin().await.call(AdminRequest::RolloutControl { id: id.clone(), action: RolloutAction::Pause }).await.expect_err("no longer moves");
+    assert_eq!(err.code(), Some(drover_protocol::ErrorCode::Conflict));
+    fleet.stop().await;
+}
