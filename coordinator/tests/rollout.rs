@@ -80,7 +80,14 @@ impl Fleet {
     }
 
     async fn start_rollout(&self, system: &str, strategy: RolloutStrategy) -> RolloutInfo {
-        let spec = RolloutSpec { deploy: self.deploy_spec(system), strategy };
+        self.start_rollout_checked(system, vec![], strategy).await
+    }
+
+    async fn start_rollout_checked(&self, system: &str, checks: Vec<HealthCheck>, strategy: RolloutStrategy) -> RolloutInfo {
+        let mut deploy = self.deploy_spec(system);
+        deploy.checks = checks;
+        deploy.health_deadline_ms = 1_000;
+        let spec = RolloutSpec { deploy, strategy };
         match self.coordinator.call(AdminRequest::RolloutStart(spec)).await {
             AdminResponse::Rollout(r) => r,
             other => panic!("expected a rollout, got {other:?}"),
@@ -206,18 +213,20 @@ async fn a_canary_then_batches_of_25_percent_take_all_30_machines_to_the_new_gen
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_stop_the_rollout_and_auto_revert_puts_every_touched_machine_back() {
     for auto_revert in [true, false] {
-        let (fleet, _) = Fleet::start(12, true).await;
+        let (fleet, _) = Fleet::start(30, true).await;
+        // The new system fails its health check on three machines.
         fleet.fail_on(&["vm03", "vm04", "vm05"]);
         let mut s = strategy();
         s.max_parallel = Amount::Count(3);
         s.max_failures = Amount::Count(1);
         s.min_healthy_time_ms = 100;
         s.auto_revert = auto_revert;
-        let r = fleet.start_rollout("flaky", s).await;
+        let check = vec![HealthCheck::Unit { name: "app.service".into() }];
+        let r = fleet.start_rollout_checked("good2", check, s).await;
         let r = fleet.until(&r.id, Duration::from_secs(120), |r| matches!(r.phase.as_str(), "failed" | "reverted")).await;
         assert!(r.reason.as_deref().is_some_and(|x| x.contains("max_failures 1")), "{}", summary(&r));
         let touched: Vec<&RolloutMachine> = r.machines.iter().filter(|m| m.generation.is_some()).collect();
-        assert!(touched.len() < 12, "the rollout stopped before the end: {}", summary(&r));
+        assert!(touched.len() < 30, "the rollout stopped before the end: {}", summary(&r));
         if auto_revert {
             assert_eq!(r.phase, "reverted");
             for m in &r.machines {
@@ -225,6 +234,9 @@ async fn failures_stop_the_rollout_and_auto_revert_puts_every_touched_machine_ba
                 if m.generation.is_some() {
                     assert_eq!(m.state, "reverted", "{}", m.hostname);
                     assert_eq!(vm.activations().last().map(String::as_str), Some("good"), "{} is back: {:?}", m.hostname, vm.activations());
+                    let detail = fleet.coordinator.call(AdminRequest::MachinesDetail { id: m.machine_id.clone() }).await;
+                    let AdminResponse::MachineDetail(detail) = detail else { panic!() };
+                    assert!(detail.current_system.as_deref().is_some_and(|p| p.ends_with("/good")), "{}: {detail:?}", m.hostname);
                 } else {
                     assert_eq!(vm.activations(), ["good"], "{} was never touched", m.hostname);
                 }
@@ -233,9 +245,10 @@ async fn failures_stop_the_rollout_and_auto_revert_puts_every_touched_machine_ba
             assert_eq!(r.phase, "failed");
             let failed: Vec<&str> = r.machines.iter().filter(|m| m.state == "failed").map(|m| m.hostname.as_str()).collect();
             assert!(failed.len() >= 2 && failed.iter().all(|h| ["vm03", "vm04", "vm05"].contains(h)), "status names the failed machines: {failed:?}");
+            assert!(r.machines.iter().filter(|m| m.state == "failed").all(|m| m.reason.as_deref().is_some_and(|x| x.contains("unit app.service is failed"))), "and why");
             for m in r.machines.iter().filter(|m| m.state == "done") {
                 let vm = fleet.vms.iter().find(|v| v.name == m.hostname).expect("vm");
-                assert_eq!(vm.activations().last().map(String::as_str), Some("flaky"), "{} stays on the new system", m.hostname);
+                assert_eq!(vm.activations().last().map(String::as_str), Some("good2"), "{} stays on the new system", m.hostname);
             }
         }
         fleet.stop().await;
@@ -287,6 +300,12 @@ async fn pause_resume_abort_and_revert_change_the_fleet_as_documented() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(started(&fleet.status(&id).await), before, "paused: nothing new starts");
 
+    // A machine that enrolls during the rollout with matching labels is not
+    // part of it: the target set is frozen at the start.
+    let (_, late_token) = fleet.coordinator.token(1, &[("role", "web")]).await;
+    let (late_vm, mut late) = spawn_vm(&fleet.coordinator, "late", Some(&late_token));
+    let late_id = late.wait_for(Duration::from_secs(15), |s| s.reports >= 1).await.expect("late agent").machine_id.expect("id");
+
     control(RolloutAction::Resume).await;
     fleet.until(&id, Duration::from_secs(30), |r| started(r) >= before + 2).await;
 
@@ -309,6 +328,9 @@ async fn pause_resume_abort_and_revert_change_the_fleet_as_documented() {
             assert_eq!(vm.activations(), ["good"], "{}", m.hostname);
         }
     }
+    assert!(r.machines.iter().all(|m| m.machine_id != late_id), "the late machine is not a target");
+    assert!(late_vm.activations().is_empty(), "and was never touched");
+    late.stop().await.expect("stop");
     // A finished rollout refuses more changes, with a reason.
     let err = fleet.coordinator.admin().await.call(AdminRequest::RolloutControl { id: id.clone(), action: RolloutAction::Pause }).await.expect_err("no longer moves");
     assert_eq!(err.code(), Some(drover_protocol::ErrorCode::Conflict));

@@ -63,7 +63,17 @@ pub fn spawn_vm(fleet: &TestCoordinator, name: &str, token: Option<&Path>) -> (V
     let standin = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nixos-rebuild");
     std::fs::write(&wrapper, format!("#!/bin/sh\nSTANDIN_ROOT='{}' exec '{}' \"$@\"\n", root.display(), standin.display())).expect("wrapper");
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // `systemctl is-active UNIT`: every unit is active, except on the
+    // machines listed in vms/fail-on, where it is failed.
+    let systemctl = root.join("systemctl");
+    std::fs::write(
+        &systemctl,
+        format!("#!/bin/sh\n[ \"$1\" = is-active ] || exit 2\nif grep -qx '{name}' '{}' 2>/dev/null; then echo failed; exit 3; fi\necho active\n", root.parent().expect("vms dir").join("fail-on").display()),
+    )
+    .expect("systemctl stand-in");
+    std::fs::set_permissions(&systemctl, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let mut config = fleet.agent_config(name, token);
+    config.systemctl = systemctl;
     config.nixos_rebuild = wrapper;
     config.current_system = root.join("current-system");
     config.runtime_dir = root.join("run");
