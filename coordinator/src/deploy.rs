@@ -126,6 +126,25 @@ pub fn facts_json(facts: &BTreeMap<String, String>, machine: &MachineRecord, gen
     serde_json::Value::Object(object).to_string()
 }
 
+/// A pending deployment record for `assignment` on `machine`.
+fn pending_deployment(assignment: &Assignment, machine: &MachineRecord, now: UnixMillis) -> DeploymentRecord {
+    DeploymentInfo {
+        id: deployment_id(&machine.id, assignment.generation),
+        machine_id: machine.id.clone(),
+        hostname: machine.hostname.clone(),
+        generation: assignment.generation,
+        system: assignment.system.clone(),
+        created_at: now,
+        finished_at: None,
+        state: DeploymentState::Pending,
+        rolled_back: false,
+        steps: Vec::new(),
+        output_tail: String::new(),
+        system_path: None,
+        secret_names: assignment.secrets.iter().map(|s| s.name.clone()).collect(),
+    }
+}
+
 /// The assignment and the fresh deployment record of one machine.
 pub fn build(
     spec: &DeploySpec,
@@ -141,21 +160,7 @@ pub fn build(
         checks: spec.checks.clone(),
         health_deadline_ms: spec.health_deadline_ms,
     };
-    let deployment = DeploymentInfo {
-        id: deployment_id(&machine.id, generation),
-        machine_id: machine.id.clone(),
-        hostname: machine.hostname.clone(),
-        generation,
-        system: spec.system.clone(),
-        created_at: now,
-        finished_at: None,
-        state: DeploymentState::Pending,
-        rolled_back: false,
-        steps: Vec::new(),
-        output_tail: String::new(),
-        system_path: None,
-        secret_names: spec.secrets.iter().map(|s| s.name.clone()).collect(),
-    };
+    let deployment = pending_deployment(&assignment, machine, now);
     (
         AssignmentRecord { machine_id: machine.id.clone(), created_at: now, assignment },
         deployment,
@@ -177,21 +182,7 @@ pub fn rebuild(
         facts_json: serde_json::Value::Object(facts).to_string(),
         ..previous.clone()
     };
-    let deployment = DeploymentInfo {
-        id: deployment_id(&machine.id, generation),
-        machine_id: machine.id.clone(),
-        hostname: machine.hostname.clone(),
-        generation,
-        system: previous.system.clone(),
-        created_at: now,
-        finished_at: None,
-        state: DeploymentState::Pending,
-        rolled_back: false,
-        steps: Vec::new(),
-        output_tail: String::new(),
-        system_path: None,
-        secret_names: previous.secrets.iter().map(|s| s.name.clone()).collect(),
-    };
+    let deployment = pending_deployment(&assignment, machine, now);
     (
         AssignmentRecord { machine_id: machine.id.clone(), created_at: now, assignment },
         deployment,

@@ -120,6 +120,11 @@ pub trait Store: Send + Sync + 'static {
 type TxTree = sled::transaction::TransactionalTree;
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
+/// Decodes a value read inside a transaction; a bad value aborts it.
+fn tx_decode<T: DeserializeOwned>(tree: &'static str, key: &[u8], bytes: &[u8]) -> TxResult<T> {
+    decode(tree, key, bytes).map_err(ConflictableTransactionError::Abort)
+}
+
 /// Records the next generation of one machine inside a transaction.
 fn record_in_tx(
     machines_tx: &TxTree,
@@ -131,10 +136,7 @@ fn record_in_tx(
     let Some(bytes) = machines_tx.get(id.as_bytes())? else {
         return abort(StoreError::NotFound { what: "machine", id: id.to_string() });
     };
-    let mut machine: MachineRecord = match decode(MACHINES, id.as_bytes(), &bytes) {
-        Ok(m) => m,
-        Err(e) => return abort(e),
-    };
+    let mut machine: MachineRecord = tx_decode(MACHINES, id.as_bytes(), &bytes)?;
     if machine.revoked_at.is_some() {
         return abort(StoreError::Revoked(id.to_string()));
     }
@@ -144,10 +146,7 @@ fn record_in_tx(
     if previous > 0 {
         let key = generation_key(id, previous);
         if let Some(bytes) = deployments_tx.get(&key)? {
-            let mut old: DeploymentRecord = match decode(DEPLOYMENTS, &key, &bytes) {
-                Ok(d) => d,
-                Err(e) => return abort(e),
-            };
+            let mut old: DeploymentRecord = tx_decode(DEPLOYMENTS, &key, &bytes)?;
             if old.state == DeploymentState::Pending {
                 old.state = DeploymentState::Superseded;
                 deployments_tx.insert(key, encode(&old))?;
@@ -322,10 +321,7 @@ impl Store for SledStore {
                     id: id.to_string(),
                 });
             };
-            let mut record: MachineRecord = match decode(MACHINES, id.as_bytes(), &bytes) {
-                Ok(r) => r,
-                Err(e) => return abort(e),
-            };
+            let mut record: MachineRecord = tx_decode(MACHINES, id.as_bytes(), &bytes)?;
             if let Err(e) = change(&mut record) {
                 return abort(e);
             }
@@ -368,10 +364,7 @@ impl Store for SledStore {
                     id: id.to_string(),
                 });
             };
-            let mut record: TokenRecord = match decode(TOKENS, b"<hash>", &bytes) {
-                Ok(r) => r,
-                Err(e) => return abort(e),
-            };
+            let mut record: TokenRecord = tx_decode(TOKENS, b"<hash>", &bytes)?;
             record.revoked = true;
             tx.insert(token.hash.as_bytes(), encode(&record))?;
             Ok(record)
@@ -386,10 +379,7 @@ impl Store for SledStore {
     ) -> Result<MachineRecord, StoreError> {
         unwrap_tx((&self.tokens, &self.machines).transaction(|(tokens_tx, machines_tx)| {
             let token: Option<TokenRecord> = match tokens_tx.get(token_hash)? {
-                Some(bytes) => match decode(TOKENS, b"<hash>", &bytes) {
-                    Ok(t) => Some(t),
-                    Err(e) => return abort(e),
-                },
+                Some(bytes) => Some(tx_decode(TOKENS, b"<hash>", &bytes)?),
                 None => None,
             };
             if let Err(refusal) = tokens::check(token.as_ref(), now) {
@@ -482,17 +472,11 @@ impl Store for SledStore {
             let Some(bytes) = deployments_tx.get(&key)? else {
                 return abort(StoreError::NotFound { what: "deployment", id: deployment_id(machine, generation) });
             };
-            let mut deployment: DeploymentRecord = match decode(DEPLOYMENTS, &key, &bytes) {
-                Ok(d) => d,
-                Err(e) => return abort(e),
-            };
+            let mut deployment: DeploymentRecord = tx_decode(DEPLOYMENTS, &key, &bytes)?;
             let Some(bytes) = machines_tx.get(machine.as_bytes())? else {
                 return abort(StoreError::NotFound { what: "machine", id: machine.to_string() });
             };
-            let mut record: MachineRecord = match decode(MACHINES, machine.as_bytes(), &bytes) {
-                Ok(m) => m,
-                Err(e) => return abort(e),
-            };
+            let mut record: MachineRecord = tx_decode(MACHINES, machine.as_bytes(), &bytes)?;
             if let Err(e) = change(&mut deployment, &mut record) {
                 return abort(e);
             }
@@ -531,10 +515,7 @@ impl Store for SledStore {
                 let Some(bytes) = rollouts_tx.get(id.as_bytes())? else {
                     return abort(StoreError::NotFound { what: "rollout", id: id.to_string() });
                 };
-                let before: RolloutRecord = match decode(ROLLOUTS, id.as_bytes(), &bytes) {
-                    Ok(r) => r,
-                    Err(e) => return abort(e),
-                };
+                let before: RolloutRecord = tx_decode(ROLLOUTS, id.as_bytes(), &bytes)?;
                 let mut record = before.clone();
                 let actions = step(&mut record);
                 let mut targets = Vec::new();
@@ -561,10 +542,7 @@ impl Store for SledStore {
                     };
                     let key = generation_key(machine, previous);
                     let old: Option<AssignmentRecord> = match assignments_tx.get(&key)? {
-                        Some(bytes) => match decode(ASSIGNMENTS, &key, &bytes) {
-                            Ok(a) => Some(a),
-                            Err(e) => return abort(e),
-                        },
+                        Some(bytes) => Some(tx_decode(ASSIGNMENTS, &key, &bytes)?),
                         None => None,
                     };
                     let outcome = match &old {

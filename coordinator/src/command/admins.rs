@@ -9,7 +9,7 @@ use crate::bundle::AdminBundle;
 use crate::cli::{AdminArgs, AdminsCommand};
 use crate::output::{self, OutputFormat};
 
-use super::{connect, print_json, refused};
+use super::{call, print_json};
 
 pub async fn run(cmd: AdminsCommand) -> Result<()> {
     match cmd {
@@ -21,12 +21,7 @@ pub async fn run(cmd: AdminsCommand) -> Result<()> {
             }
             let key = identity::generate_key()?;
             let csr = identity::csr_der(&key, &name)?;
-            let client = connect(&admin).await?;
-            let answer = client
-                .call(AdminRequest::AdminsAdd { name: name.clone(), role, csr_der: csr })
-                .await
-                .map_err(|e| refused(e, &format!("adding admin {name}")))?;
-            client.close().await;
+            let answer = call(&admin, AdminRequest::AdminsAdd { name: name.clone(), role, csr_der: csr }, &format!("adding admin {name}")).await?;
             let AdminResponse::AdminCreated(issued) = answer else {
                 bail!("unexpected answer from the coordinator");
             };
@@ -50,9 +45,7 @@ pub async fn run(cmd: AdminsCommand) -> Result<()> {
             }
         }
         AdminsCommand::List { admin } => {
-            let client = connect(&admin).await?;
-            let answer = client.call(AdminRequest::AdminsList).await.map_err(|e| refused(e, "listing admins"))?;
-            client.close().await;
+            let answer = call(&admin, AdminRequest::AdminsList, "listing admins").await?;
             let AdminResponse::Admins(admins) = answer else {
                 bail!("unexpected answer from the coordinator");
             };
@@ -81,9 +74,7 @@ fn super_bundle(args: &AdminArgs) -> Result<AdminBundle> {
 }
 
 pub async fn whoami(args: AdminArgs) -> Result<()> {
-    let client = connect(&args).await?;
-    let answer = client.call(AdminRequest::WhoAmI).await.map_err(|e| refused(e, "whoami"))?;
-    client.close().await;
+    let answer = call(&args, AdminRequest::WhoAmI, "whoami").await?;
     let AdminResponse::Identity(me) = answer else {
         bail!("unexpected answer from the coordinator");
     };

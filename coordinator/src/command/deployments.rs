@@ -8,7 +8,7 @@ use crate::cli::DeploymentsCommand;
 use crate::output::{self, OutputFormat};
 
 use super::deploy::state_word;
-use super::{connect, print_json, refused};
+use super::{call, print_json};
 
 pub fn system_text(system: &SystemSpec) -> String {
     match system {
@@ -20,16 +20,11 @@ pub fn system_text(system: &SystemSpec) -> String {
 pub async fn run(cmd: DeploymentsCommand) -> Result<()> {
     match cmd {
         DeploymentsCommand::List { machine, rollout, admin } => {
-            let client = connect(&admin).await?;
             let request = match rollout {
                 Some(id) => AdminRequest::DeploymentsOfRollout { id },
                 None => AdminRequest::DeploymentsList { machine },
             };
-            let answer = client
-                .call(request)
-                .await
-                .map_err(|e| refused(e, "listing deployments"))?;
-            client.close().await;
+            let answer = call(&admin, request, "listing deployments").await?;
             let AdminResponse::Deployments(list) = answer else {
                 bail!("unexpected answer from the coordinator");
             };
@@ -52,12 +47,7 @@ pub async fn run(cmd: DeploymentsCommand) -> Result<()> {
             }
         }
         DeploymentsCommand::Show { id, admin } => {
-            let client = connect(&admin).await?;
-            let answer = client
-                .call(AdminRequest::DeploymentsShow { id: id.clone() })
-                .await
-                .map_err(|e| refused(e, &format!("showing deployment {id}")))?;
-            client.close().await;
+            let answer = call(&admin, AdminRequest::DeploymentsShow { id: id.clone() }, &format!("showing deployment {id}")).await?;
             let AdminResponse::Deployment(d) = answer else {
                 bail!("unexpected answer from the coordinator");
             };

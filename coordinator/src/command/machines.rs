@@ -8,17 +8,12 @@ use crate::cli::MachinesCommand;
 use crate::output::{self, OutputFormat};
 use crate::server::now_ms;
 
-use super::{connect, labels, print_json, refused};
+use super::{call, labels, print_json};
 
 pub async fn run(cmd: MachinesCommand) -> Result<()> {
     match cmd {
         MachinesCommand::List { selector, admin } => {
-            let client = connect(&admin).await?;
-            let answer = client
-                .call(AdminRequest::MachinesList { selector: labels(selector) })
-                .await
-                .map_err(|e| refused(e, "listing machines"))?;
-            client.close().await;
+            let answer = call(&admin, AdminRequest::MachinesList { selector: labels(selector) }, "listing machines").await?;
             let AdminResponse::Machines(machines) = answer else {
                 bail!("unexpected answer from the coordinator");
             };
@@ -28,12 +23,7 @@ pub async fn run(cmd: MachinesCommand) -> Result<()> {
             }
         }
         MachinesCommand::Show { id, admin } => {
-            let client = connect(&admin).await?;
-            let answer = client
-                .call(AdminRequest::MachinesDetail { id: id.clone() })
-                .await
-                .map_err(|e| refused(e, &format!("showing machine {id}")))?;
-            client.close().await;
+            let answer = call(&admin, AdminRequest::MachinesDetail { id: id.clone() }, &format!("showing machine {id}")).await?;
             let AdminResponse::MachineDetail(detail) = answer else {
                 bail!("unexpected answer from the coordinator");
             };
@@ -56,12 +46,7 @@ pub async fn run(cmd: MachinesCommand) -> Result<()> {
                     set.push(crate::cli::parse_label(&change).map_err(anyhow::Error::msg)?);
                 }
             }
-            let client = connect(&admin).await?;
-            let answer = client
-                .call(AdminRequest::MachinesLabel { id: id.clone(), set: labels(set), remove })
-                .await
-                .map_err(|e| refused(e, &format!("labelling machine {id}")))?;
-            client.close().await;
+            let answer = call(&admin, AdminRequest::MachinesLabel { id: id.clone(), set: labels(set), remove }, &format!("labelling machine {id}")).await?;
             let AdminResponse::Machine(machine) = answer else {
                 bail!("unexpected answer from the coordinator");
             };
@@ -71,12 +56,7 @@ pub async fn run(cmd: MachinesCommand) -> Result<()> {
             }
         }
         MachinesCommand::Revoke { id, admin } => {
-            let client = connect(&admin).await?;
-            let answer = client
-                .call(AdminRequest::MachinesRevoke { id: id.clone() })
-                .await
-                .map_err(|e| refused(e, &format!("revoking machine {id}")))?;
-            client.close().await;
+            let answer = call(&admin, AdminRequest::MachinesRevoke { id: id.clone() }, &format!("revoking machine {id}")).await?;
             let AdminResponse::Machine(machine) = answer else {
                 bail!("unexpected answer from the coordinator");
             };

@@ -71,6 +71,18 @@ pub async fn connect(args: &AdminArgs) -> Result<AdminClient> {
     AdminClient::connect(&bundle).await
 }
 
+/// Connects, makes one admin request, closes; a refusal says `what` failed.
+pub async fn call(
+    admin: &AdminArgs,
+    request: drover_protocol::v1::AdminRequest,
+    what: &str,
+) -> Result<drover_protocol::v1::AdminResponse> {
+    let client = connect(admin).await?;
+    let answer = client.call(request).await.map_err(|e| refused(e, what));
+    client.close().await;
+    answer
+}
+
 /// Adds a hint to a refusal from the coordinator.
 pub fn refused(e: ClientError, what: &str) -> anyhow::Error {
     use drover_protocol::ErrorCode;

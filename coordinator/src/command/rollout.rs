@@ -12,7 +12,7 @@ use crate::client::AdminClient;
 use crate::output::{self, OutputFormat};
 
 use super::deployments::system_text;
-use super::{connect, print_json, refused};
+use super::{call, connect, print_json, refused};
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -117,9 +117,7 @@ pub async fn run(cmd: RolloutCommand) -> Result<()> {
             }
         }
         RolloutCommand::List { admin } => {
-            let client = connect(&admin).await?;
-            let answer = client.call(AdminRequest::RolloutList).await.map_err(|e| refused(e, "listing rollouts"))?;
-            client.close().await;
+            let answer = call(&admin, AdminRequest::RolloutList, "listing rollouts").await?;
             let AdminResponse::Rollouts(list) = answer else { bail!("unexpected answer from the coordinator") };
             match admin.output {
                 OutputFormat::Json => print_json(&list)?,
@@ -142,12 +140,8 @@ pub async fn run(cmd: RolloutCommand) -> Result<()> {
 }
 
 async fn control(id: String, action: RolloutAction, admin: crate::cli::AdminArgs) -> Result<()> {
-    let client = connect(&admin).await?;
-    let answer = client
-        .call(AdminRequest::RolloutControl { id: id.clone(), action })
-        .await
-        .map_err(|e| refused(e, &format!("{action:?} rollout {id}").to_lowercase()))?;
-    client.close().await;
+    let what = format!("{action:?} rollout {id}").to_lowercase();
+    let answer = call(&admin, AdminRequest::RolloutControl { id: id.clone(), action }, &what).await?;
     let AdminResponse::Rollout(r) = answer else { bail!("unexpected answer from the coordinator") };
     match admin.output {
         OutputFormat::Json => print_json(&r),

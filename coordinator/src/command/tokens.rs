@@ -8,22 +8,17 @@ use crate::cli::TokensCommand;
 use crate::output::{self, OutputFormat};
 use crate::server::now_ms;
 
-use super::{connect, labels, print_json, refused};
+use super::{call, labels, print_json};
 
 pub async fn run(cmd: TokensCommand) -> Result<()> {
     match cmd {
         TokensCommand::Create { labels: pairs, ttl, uses, admin } => {
-            let client = connect(&admin).await?;
             let spec = TokenSpec {
                 labels: labels(pairs),
                 ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
                 uses,
             };
-            let answer = client
-                .call(AdminRequest::TokensCreate(spec))
-                .await
-                .map_err(|e| refused(e, "creating the token"))?;
-            client.close().await;
+            let answer = call(&admin, AdminRequest::TokensCreate(spec), "creating the token").await?;
             let AdminResponse::TokenCreated(created) = answer else {
                 bail!("unexpected answer from the coordinator");
             };
@@ -41,12 +36,7 @@ pub async fn run(cmd: TokensCommand) -> Result<()> {
             }
         }
         TokensCommand::List { admin } => {
-            let client = connect(&admin).await?;
-            let answer = client
-                .call(AdminRequest::TokensList)
-                .await
-                .map_err(|e| refused(e, "listing tokens"))?;
-            client.close().await;
+            let answer = call(&admin, AdminRequest::TokensList, "listing tokens").await?;
             let AdminResponse::Tokens(tokens) = answer else {
                 bail!("unexpected answer from the coordinator");
             };
@@ -78,12 +68,7 @@ pub async fn run(cmd: TokensCommand) -> Result<()> {
             }
         }
         TokensCommand::Revoke { id, admin } => {
-            let client = connect(&admin).await?;
-            client
-                .call(AdminRequest::TokensRevoke { id: id.clone() })
-                .await
-                .map_err(|e| refused(e, &format!("revoking token {id}")))?;
-            client.close().await;
+            call(&admin, AdminRequest::TokensRevoke { id: id.clone() }, &format!("revoking token {id}")).await?;
             match admin.output {
                 OutputFormat::Json => print_json(&serde_json::json!({ "revoked": id }))?,
                 OutputFormat::Table => println!("token {id} revoked"),
