@@ -30,8 +30,21 @@ need_cargo() {
   fi
 }
 
+# Garage, built from crates.io (about ten minutes the first time; skipped
+# when a garage binary is already installed).
+GARAGE_VERSION="2.5.0"
+need_garage() {
+  if command -v garage >/dev/null 2>&1 || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/garage" ]; then
+    return
+  fi
+  log "building Garage $GARAGE_VERSION from crates.io (cargo install garage --locked)"
+  cargo install garage --locked --version "$GARAGE_VERSION"
+}
+
 # Installs everything the build and the tests need.
 install_dependencies() {
   need_cargo
   need_apt build-essential pkg-config iproute2 procps nix-bin
+  need_garage
+  export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 }

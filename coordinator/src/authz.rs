@@ -1,7 +1,7 @@
 //! Which admin role each admin request needs. Viewers read; operators run the
 //! fleet (tokens, labels, revocations); admins also manage admins.
 
-use drover_protocol::v1::{AdminRequest, Role};
+use drover_protocol::v1::{AdminRequest, Role, S3Request};
 
 pub fn required_role(request: &AdminRequest) -> Role {
     match request {
@@ -15,14 +15,21 @@ pub fn required_role(request: &AdminRequest) -> Role {
         | AdminRequest::MachinesDetail { .. }
         | AdminRequest::RolloutStatus { .. }
         | AdminRequest::RolloutList
-        | AdminRequest::DeploymentsOfRollout { .. } => Role::Viewer,
+        | AdminRequest::DeploymentsOfRollout { .. }
+        | AdminRequest::S3(
+            S3Request::BucketsList
+            | S3Request::BucketShow { .. }
+            | S3Request::KeysList
+            | S3Request::KeyShow { show_secret: false, .. },
+        ) => Role::Viewer,
         AdminRequest::TokensCreate(_)
         | AdminRequest::TokensRevoke { .. }
         | AdminRequest::MachinesLabel { .. }
         | AdminRequest::MachinesRevoke { .. }
         | AdminRequest::Deploy(_)
         | AdminRequest::RolloutStart(_)
-        | AdminRequest::RolloutControl { .. } => Role::Operator,
+        | AdminRequest::RolloutControl { .. }
+        | AdminRequest::S3(_) => Role::Operator,
         AdminRequest::AdminsAdd { .. } => Role::Admin,
     }
 }

@@ -47,6 +47,9 @@ pub enum Command {
     /// Fleet-wide rollouts: canaries, batches, health gates, automatic revert.
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// S3 buckets, keys and permissions on the configured provider (Garage).
+    #[command(subcommand)]
+    S3(S3Command),
     /// Show which admin the bundle authenticates as.
     Whoami(AdminArgs),
     /// Print shell completions.
@@ -360,4 +363,97 @@ pub fn parse_fact(s: &str) -> Result<(String, String), String> {
         return Err(format!("{s:?} has an empty key"));
     }
     Ok((k.to_string(), v.to_string()))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum S3Command {
+    /// Buckets.
+    #[command(subcommand)]
+    Buckets(BucketsCommand),
+    /// Access keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Set exactly these permissions of a key on a bucket.
+    Grant {
+        #[arg(long)]
+        bucket: String,
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        read: bool,
+        #[arg(long)]
+        write: bool,
+        #[arg(long)]
+        owner: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BucketsCommand {
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Create a bucket (or find the existing one of that name).
+    Create {
+        name: String,
+        /// Serve it publicly through the web endpoint (media).
+        #[arg(long)]
+        public: bool,
+        /// Largest total size, e.g. 10GiB.
+        #[arg(long, value_parser = parse_size)]
+        max_size: Option<u64>,
+        /// Most objects.
+        #[arg(long)]
+        max_objects: Option<u64>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    Show {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Delete an empty bucket.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Create a key (or find the existing one of that name).
+    Create {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    Show {
+        name: String,
+        /// Also print the secret access key.
+        #[arg(long)]
+        show_secret: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    Delete {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Parses a size such as `10GiB`, `500 MB` or `1073741824`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    s.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{s:?} is not a size (e.g. 10GiB): {e}"))
 }

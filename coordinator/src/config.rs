@@ -34,6 +34,69 @@ pub struct Config {
     /// A QUIC connection with no traffic for this long is closed.
     #[serde(with = "humantime_serde", default = "default_idle_timeout")]
     pub idle_timeout: Duration,
+    /// Object storage (Garage) for buckets and keys; absent: no S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Config>,
+}
+
+/// Where the S3 provider (Garage) is and how services reach it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// Garage's admin API, e.g. `http://10.0.0.10:3903`.
+    pub admin_endpoint: String,
+    /// A file holding Garage's admin token (mode 0600 or stricter).
+    pub admin_token_file: PathBuf,
+    /// The S3 endpoint services use (the cluster's, never a machine's own
+    /// localhost), e.g. `http://s3.internal:3900`.
+    pub s3_endpoint: String,
+    /// The S3 region (Garage's `s3_region`).
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Public URL of a bucket with website access; `{bucket}` is replaced,
+    /// e.g. `https://{bucket}.web.example.net`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+}
+
+fn default_region() -> String {
+    "garage".into()
+}
+
+impl S3Config {
+    /// Reads the admin token, refusing a file others can read.
+    pub fn admin_token(&self) -> Result<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = &self.admin_token_file;
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("cannot read s3.admin_token_file {}", path.display()))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            bail!("s3.admin_token_file {} is readable by others (mode {mode:o}); run `chmod 600 {}`", path.display(), path.display());
+        }
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read s3.admin_token_file {}", path.display()))?;
+        let token = token.trim().to_string();
+        if token.is_empty() {
+            bail!("s3.admin_token_file {} is empty", path.display());
+        }
+        Ok(token)
+    }
+
+    /// The public URL of a bucket, where one is configured.
+    pub fn public_url_of(&self, bucket: &str) -> Option<String> {
+        self.public_url.as_ref().map(|t| t.replace("{bucket}", bucket))
+    }
+
+    fn check(&self) -> Result<()> {
+        for (name, url) in [("admin_endpoint", &self.admin_endpoint), ("s3_endpoint", &self.s3_endpoint)] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("s3.{name} {url:?} must be an http:// or https:// URL");
+            }
+        }
+        self.admin_token()?;
+        Ok(())
+    }
 }
 
 fn default_machine_cert_lifetime() -> Duration {
@@ -65,6 +128,7 @@ impl Config {
             machine_cert_lifetime: default_machine_cert_lifetime(),
             health_interval: default_health_interval(),
             idle_timeout: default_idle_timeout(),
+            s3: None,
         }
     }
 
@@ -95,6 +159,9 @@ impl Config {
         if self.advertise.ip().is_unspecified() {
             bail!("advertise must be an address clients can dial, not {}", self.advertise);
         }
+        if let Some(s3) = &self.s3 {
+            s3.check()?;
+        }
         Ok(())
     }
 
@@ -112,6 +179,26 @@ mod tests {
         let text = "state_dir = \"/x\"\nlisten = \"127.0.0.1:1\"\nadvertise = \"127.0.0.1:1\"\nserver_names = [\"a\"]\nbogus = 1\n";
         let err = toml::from_str::<Config>(text).expect_err("unknown field");
         assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn the_s3_admin_token_file_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "abc\n").expect("write");
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let s3 = S3Config {
+            admin_endpoint: "http://127.0.0.1:3903".into(),
+            admin_token_file: token.clone(),
+            s3_endpoint: "http://127.0.0.1:3900".into(),
+            region: "garage".into(),
+            public_url: Some("https://{bucket}.web.example.net".into()),
+        };
+        assert!(s3.admin_token().expect_err("readable").to_string().contains("chmod 600"));
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(s3.admin_token().expect("token"), "abc");
+        assert_eq!(s3.public_url_of("media").as_deref(), Some("https://media.web.example.net"));
     }
 
     #[test]

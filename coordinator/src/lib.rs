@@ -20,6 +20,7 @@ pub mod output;
 pub mod pki;
 pub mod registry;
 pub mod rollout;
+pub mod s3;
 pub mod server;
 pub mod store;
 pub mod tokens;

@@ -33,6 +33,9 @@ pub enum ErrorCode {
     Internal,
     /// The certificate signing request was unusable.
     BadCsr,
+    /// A system the coordinator depends on (e.g. the S3 provider) did not
+    /// answer.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -53,6 +56,7 @@ impl ErrorCode {
             ErrorCode::InvalidArgument => 11,
             ErrorCode::Internal => 12,
             ErrorCode::BadCsr => 13,
+            ErrorCode::Unavailable => 14,
         }
     }
 
@@ -72,6 +76,7 @@ impl ErrorCode {
             11 => ErrorCode::InvalidArgument,
             12 => ErrorCode::Internal,
             13 => ErrorCode::BadCsr,
+            14 => ErrorCode::Unavailable,
             _ => return None,
         })
     }

@@ -241,6 +241,8 @@ pub enum AdminRequest {
     RolloutControl { id: String, action: RolloutAction },
     /// The deployments a rollout made (and its reverts).
     DeploymentsOfRollout { id: String },
+    /// Object storage administration through the coordinator.
+    S3(S3Request),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -260,6 +262,7 @@ pub enum AdminResponse {
     MachineDetail(MachineDetail),
     Rollout(RolloutInfo),
     Rollouts(Vec<RolloutInfo>),
+    S3(S3Response),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -576,4 +579,60 @@ pub struct RolloutInfo {
     /// Phase changes with their times.
     pub phases: Vec<(String, UnixMillis)>,
     pub machines: Vec<RolloutMachine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum S3Request {
+    BucketsList,
+    BucketCreate { name: String, public: bool, max_size: Option<u64>, max_objects: Option<u64> },
+    BucketShow { name: String },
+    BucketDelete { name: String },
+    KeysList,
+    KeyCreate { name: String },
+    KeyShow { name: String, show_secret: bool },
+    KeyDelete { name: String },
+    Grant { bucket: String, key: String, read: bool, write: bool, owner: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum S3Response {
+    Buckets(Vec<S3Bucket>),
+    Bucket(S3Bucket),
+    Keys(Vec<S3Key>),
+    Key(S3Key),
+    Done,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct S3Grant {
+    pub key_id: String,
+    pub read: bool,
+    pub write: bool,
+    pub owner: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct S3Bucket {
+    pub id: String,
+    pub aliases: Vec<String>,
+    pub website: bool,
+    pub public_url: Option<String>,
+    pub objects: u64,
+    pub bytes: u64,
+    pub grants: Vec<S3Grant>,
+    pub max_size: Option<u64>,
+    pub max_objects: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct S3Key {
+    pub id: String,
+    pub name: String,
+    /// Only when asked for (`--show-secret`).
+    pub secret: Option<Secret>,
 }

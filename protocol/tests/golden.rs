@@ -163,6 +163,9 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-admin-rollout-status", Request::Admin(AdminRequest::RolloutStatus { id: "r-0a1b2c3d".into() })),
         ("request-admin-rollout-list", Request::Admin(AdminRequest::RolloutList)),
         ("request-admin-rollout-control", Request::Admin(AdminRequest::RolloutControl { id: "r-0a1b2c3d".into(), action: RolloutAction::Revert })),
+        ("request-admin-s3-bucket-create", Request::Admin(AdminRequest::S3(S3Request::BucketCreate { name: "acme-media".into(), public: true, max_size: Some(1 << 30), max_objects: None }))),
+        ("request-admin-s3-grant", Request::Admin(AdminRequest::S3(S3Request::Grant { bucket: "acme-media".into(), key: "acme".into(), read: true, write: true, owner: false }))),
+        ("request-admin-s3-key-show", Request::Admin(AdminRequest::S3(S3Request::KeyShow { name: "acme".into(), show_secret: true }))),
         ("request-admin-deployments-of-rollout", Request::Admin(AdminRequest::DeploymentsOfRollout { id: "r-0a1b2c3d".into() })),
     ]
 }
@@ -191,6 +194,8 @@ fn responses() -> Vec<(&'static str, Response)> {
         ("response-admin-deployment", Response::Admin(AdminResponse::Deployment(deployment()))),
         ("response-admin-rollout", Response::Admin(AdminResponse::Rollout(rollout()))),
         ("response-admin-rollouts", Response::Admin(AdminResponse::Rollouts(vec![rollout()]))),
+        ("response-admin-s3-bucket", Response::Admin(AdminResponse::S3(S3Response::Bucket(S3Bucket { id: "b1".into(), aliases: vec!["acme-media".into()], website: true, public_url: Some("https://acme-media.web.example".into()), objects: 2, bytes: 10, grants: vec![S3Grant { key_id: "GK1".into(), read: true, write: true, owner: false }], max_size: None, max_objects: Some(5) })))),
+        ("response-admin-s3-key", Response::Admin(AdminResponse::S3(S3Response::Key(S3Key { id: "GK1".into(), name: "acme".into(), secret: Some(Secret::new("s")) })))),
         ("response-admin-machine-detail", Response::Admin(AdminResponse::MachineDetail(MachineDetail { machine: machine(), desired_generation: 3, current_generation: Some(2), current_system: Some("/nix/store/abc".into()) }))),
     ]
 }

@@ -6,6 +6,7 @@ pub mod deployments;
 pub mod init;
 pub mod machines;
 pub mod rollout;
+pub mod s3;
 pub mod serve;
 pub mod tokens;
 
@@ -40,6 +41,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Deploy(args) => deploy::run(args).await,
         Command::Deployments(cmd) => deployments::run(cmd).await,
         Command::Rollout(cmd) => rollout::run(cmd).await,
+        Command::S3(cmd) => s3::run(cmd).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "drover", &mut std::io::stdout());
             Ok(())

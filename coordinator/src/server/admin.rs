@@ -58,6 +58,12 @@ pub(super) async fn handle(state: &Coordinator, name: &str, request: AdminReques
             ),
         ));
     }
+    if let AdminRequest::S3(request) = request {
+        return match crate::s3::service::handle(state, request).await {
+            Ok(answer) => Response::Admin(AdminResponse::S3(answer)),
+            Err(e) => Response::Error(e),
+        };
+    }
     if let AdminRequest::RolloutStart(spec) = request {
         return match crate::rollout::service::start(state, spec).await {
             Ok(info) => Response::Admin(AdminResponse::Rollout(info)),
@@ -234,7 +240,7 @@ fn run(state: &Coordinator, admin: &AdminRecord, request: AdminRequest) -> Resul
                 current_system: m.current_system.clone(),
             })
         }
-        AdminRequest::RolloutStart(_) => unreachable!("handled before run"),
+        AdminRequest::RolloutStart(_) | AdminRequest::S3(_) => unreachable!("handled before run"),
         AdminRequest::RolloutStatus { id } => {
             let r = store.rollout(&id).map_err(fail)?.ok_or_else(|| {
                 WireError::new(ErrorCode::NotFound, format!("rollout {id:?} not found; see `drover rollout list`"))

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod flake;
+pub mod garage;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

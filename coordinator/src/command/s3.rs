@@ -1,0 +1,116 @@
+//! `drover s3 buckets|keys|grant`: object storage through the coordinator,
+//! which holds the provider's admin token. Secrets are printed only with
+//! `--show-secret`.
+
+use anyhow::{bail, Result};
+
+use drover_protocol::v1::{AdminRequest, AdminResponse, S3Bucket, S3Key, S3Request, S3Response};
+
+use crate::cli::{AdminArgs, BucketsCommand, KeysCommand, S3Command};
+use crate::output::{self, OutputFormat};
+
+use super::{call, print_json};
+
+async fn s3(admin: &AdminArgs, request: S3Request, what: &str) -> Result<S3Response> {
+    match call(admin, AdminRequest::S3(request), what).await? {
+        AdminResponse::S3(answer) => Ok(answer),
+        _ => bail!("unexpected answer from the coordinator"),
+    }
+}
+
+fn print_bucket(b: &S3Bucket) {
+    println!("bucket       {}", b.aliases.join(", "));
+    println!("id           {}", b.id);
+    println!("website      {}", if b.website { "public" } else { "private" });
+    if let Some(url) = &b.public_url {
+        println!("public url   {url}");
+    }
+    println!("objects      {} ({})", b.objects, output::bytes(b.bytes));
+    println!(
+        "quotas       size {}, objects {}",
+        b.max_size.map(output::bytes).unwrap_or_else(|| "none".into()),
+        b.max_objects.map(|n| n.to_string()).unwrap_or_else(|| "none".into())
+    );
+    for g in &b.grants {
+        let rights: Vec<&str> = [(g.read, "read"), (g.write, "write"), (g.owner, "owner")].iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect();
+        println!("key          {} {}", g.key_id, rights.join("+"));
+    }
+}
+
+fn print_key(k: &S3Key) {
+    println!("key          {}", k.name);
+    println!("access key   {}", k.id);
+    if let Some(secret) = &k.secret {
+        println!("secret key   {}", secret.expose());
+    }
+}
+
+fn show<T: serde::Serialize>(admin: &AdminArgs, value: &T, table: impl FnOnce(&T)) -> Result<()> {
+    match admin.output {
+        OutputFormat::Json => print_json(value),
+        OutputFormat::Table => {
+            table(value);
+            Ok(())
+        }
+    }
+}
+
+pub async fn run(cmd: S3Command) -> Result<()> {
+    match cmd {
+        S3Command::Buckets(BucketsCommand::List { admin }) => {
+            let S3Response::Buckets(list) = s3(&admin, S3Request::BucketsList, "listing buckets").await? else { bail!("unexpected answer") };
+            show(&admin, &list, |list| {
+                let mut t = output::table(&["BUCKET", "ID", "ACCESS", "OBJECTS", "SIZE", "KEYS"]);
+                for b in list {
+                    t.add_row(vec![
+                        b.aliases.join(","),
+                        b.id.chars().take(16).collect(),
+                        if b.website { "public".into() } else { "private".into() },
+                        b.objects.to_string(),
+                        output::bytes(b.bytes),
+                        b.grants.len().to_string(),
+                    ]);
+                }
+                println!("{t}");
+            })
+        }
+        S3Command::Buckets(BucketsCommand::Create { name, public, max_size, max_objects, admin }) => {
+            let S3Response::Bucket(b) = s3(&admin, S3Request::BucketCreate { name: name.clone(), public, max_size, max_objects }, &format!("creating bucket {name}")).await? else { bail!("unexpected answer") };
+            show(&admin, &b, print_bucket)
+        }
+        S3Command::Buckets(BucketsCommand::Show { name, admin }) => {
+            let S3Response::Bucket(b) = s3(&admin, S3Request::BucketShow { name: name.clone() }, &format!("showing bucket {name}")).await? else { bail!("unexpected answer") };
+            show(&admin, &b, print_bucket)
+        }
+        S3Command::Buckets(BucketsCommand::Delete { name, admin }) => {
+            s3(&admin, S3Request::BucketDelete { name: name.clone() }, &format!("deleting bucket {name}")).await?;
+            show(&admin, &serde_json::json!({ "deleted": name }), |_| println!("bucket {name} deleted"))
+        }
+        S3Command::Keys(KeysCommand::List { admin }) => {
+            let S3Response::Keys(list) = s3(&admin, S3Request::KeysList, "listing keys").await? else { bail!("unexpected answer") };
+            show(&admin, &list, |list| {
+                let mut t = output::table(&["NAME", "ACCESS KEY"]);
+                for k in list {
+                    t.add_row(vec![k.name.clone(), k.id.clone()]);
+                }
+                println!("{t}");
+            })
+        }
+        S3Command::Keys(KeysCommand::Create { name, admin }) => {
+            let S3Response::Key(k) = s3(&admin, S3Request::KeyCreate { name: name.clone() }, &format!("creating key {name}")).await? else { bail!("unexpected answer") };
+            show(&admin, &k, print_key)
+        }
+        S3Command::Keys(KeysCommand::Show { name, show_secret, admin }) => {
+            let S3Response::Key(k) = s3(&admin, S3Request::KeyShow { name: name.clone(), show_secret }, &format!("showing key {name}")).await? else { bail!("unexpected answer") };
+            show(&admin, &k, print_key)
+        }
+        S3Command::Keys(KeysCommand::Delete { name, admin }) => {
+            s3(&admin, S3Request::KeyDelete { name: name.clone() }, &format!("deleting key {name}")).await?;
+            show(&admin, &serde_json::json!({ "deleted": name }), |_| println!("key {name} deleted"))
+        }
+        S3Command::Grant { bucket, key, read, write, owner, admin } => {
+            let S3Response::Bucket(b) = s3(&admin, S3Request::Grant { bucket: bucket.clone(), key: key.clone(), read, write, owner }, &format!("granting {key} on {bucket}")).await? else { bail!("unexpected answer") };
+            show(&admin, &b, print_bucket)
+        }
+    }
+}

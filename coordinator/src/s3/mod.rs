@@ -1,0 +1,123 @@
+//! S3 provisioning: buckets, keys and permissions for the services, behind
+//! [`ObjectStoreAdmin`]; [`garage::Garage`] implements it over Garage's admin
+//! API v2. Every operation that creates something is idempotent: an existing
+//! bucket (by global alias) or key (by name) is found and reused.
+
+pub mod garage;
+pub mod service;
+
+use serde::{Deserialize, Serialize};
+
+/// A bucket as the provider reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bucket {
+    pub id: String,
+    pub aliases: Vec<String>,
+    pub website: bool,
+    pub objects: u64,
+    pub bytes: u64,
+    /// (access key id, read, write, owner)
+    pub keys: Vec<(String, bool, bool, bool)>,
+    pub max_size: Option<u64>,
+    pub max_objects: Option<u64>,
+}
+
+/// An access key. The secret is present only when asked for.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Key {
+    pub id: String,
+    pub name: String,
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Permissions {
+    pub read: bool,
+    pub write: bool,
+    pub owner: bool,
+}
+
+/// Why an S3 provisioning call failed. Each has its own remedy.
+#[derive(Debug, thiserror::Error)]
+pub enum S3Error {
+    #[error("the S3 admin endpoint {url} is unreachable: {reason}; is Garage running, and is `s3.admin_endpoint` right?")]
+    Unreachable { url: String, reason: String },
+    #[error("the S3 admin endpoint refused the admin token (HTTP 403); check `s3.admin_token_file` against Garage's `admin_token`")]
+    Unauthorized,
+    #[error("bucket name {name:?} is invalid: {reason}")]
+    InvalidBucketName { name: String, reason: String },
+    #[error("{what} {id:?} does not exist")]
+    NotFound { what: &'static str, id: String },
+    #[error("bucket {0:?} is not empty; delete its objects first")]
+    BucketNotEmpty(String),
+    #[error("the S3 provider answered {status} {code}: {message}")]
+    Api { status: u16, code: String, message: String },
+    #[error("the S3 provider's answer was not understood: {0}")]
+    Decode(String),
+}
+
+/// Checks a bucket name the way S3 does (3-63 characters, lowercase
+/// letters, digits, `-` and `.`, starting and ending with a letter or digit),
+/// before anything is sent.
+pub fn check_bucket_name(name: &str) -> Result<(), S3Error> {
+    let invalid = |reason: &str| S3Error::InvalidBucketName { name: name.to_string(), reason: reason.to_string() };
+    if name.len() < 3 || name.len() > 63 {
+        return Err(invalid("use 3 to 63 characters"));
+    }
+    if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.') {
+        return Err(invalid("use lowercase letters, digits, '-' and '.'"));
+    }
+    let first = name.chars().next().unwrap_or('-');
+    let last = name.chars().last().unwrap_or('-');
+    if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() {
+        return Err(invalid("start and end with a letter or digit"));
+    }
+    if name.contains("..") || name.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Err(invalid("no '..' and not an IP address"));
+    }
+    Ok(())
+}
+
+/// Object storage administration, as Drover needs it.
+#[allow(async_fn_in_trait)]
+pub trait ObjectStoreAdmin {
+    async fn bucket(&self, alias: &str) -> Result<Option<Bucket>, S3Error>;
+    async fn buckets(&self) -> Result<Vec<Bucket>, S3Error>;
+    /// The bucket with this global alias, created if missing.
+    async fn ensure_bucket(&self, alias: &str) -> Result<Bucket, S3Error>;
+    async fn delete_bucket(&self, alias: &str) -> Result<(), S3Error>;
+    async fn set_website(&self, bucket_id: &str, enabled: bool) -> Result<(), S3Error>;
+    async fn set_quotas(&self, bucket_id: &str, max_size: Option<u64>, max_objects: Option<u64>) -> Result<(), S3Error>;
+    async fn keys(&self) -> Result<Vec<Key>, S3Error>;
+    /// The key with this name (with its secret), created if missing.
+    async fn ensure_key(&self, name: &str) -> Result<Key, S3Error>;
+    async fn key(&self, name: &str, with_secret: bool) -> Result<Option<Key>, S3Error>;
+    async fn delete_key(&self, name: &str) -> Result<(), S3Error>;
+    /// Sets exactly these permissions of the key on the bucket.
+    async fn grant(&self, bucket_id: &str, key_id: &str, permissions: Permissions) -> Result<(), S3Error>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_names_follow_s3_rules() {
+        for ok in ["media", "acme-mastodon-media", "a.b.c", "abc123"] {
+            check_bucket_name(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in ["ab", "Media", "under_score", "-lead", "trail-", "a..b", "192.168.1.1", &"x".repeat(64)] {
+            assert!(check_bucket_name(bad).is_err(), "{bad}");
+        }
+    }
+}
