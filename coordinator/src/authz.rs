@@ -20,7 +20,8 @@ pub fn required_role(request: &AdminRequest) -> Role {
             S3Request::BucketsList
             | S3Request::BucketShow { .. }
             | S3Request::KeysList
-            | S3Request::KeyShow { show_secret: false, .. },
+            | S3Request::KeyShow { show_secret: false, .. }
+            | S3Request::ClusterStatus,
         ) => Role::Viewer,
         AdminRequest::TokensCreate(_)
         | AdminRequest::TokensRevoke { .. }

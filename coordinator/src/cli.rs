@@ -373,6 +373,9 @@ pub enum S3Command {
     /// Access keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The Garage cluster: record nodes, form it, watch it.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Set exactly these permissions of a key on a bucket.
     Grant {
         #[arg(long)]
@@ -456,4 +459,35 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     s.parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
         .map_err(|e| format!("{s:?} is not a size (e.g. 10GiB): {e}"))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Record a Garage node (it joins at `apply`).
+    AddNode {
+        /// The node's admin API, e.g. http://10.0.0.11:3903.
+        #[arg(long)]
+        admin: String,
+        /// The node's RPC address (rpc_public_addr), e.g. 10.0.0.11:3901.
+        #[arg(long)]
+        rpc: String,
+        /// Its zone (one per failure domain; three zones for replication 3).
+        #[arg(long)]
+        zone: String,
+        /// Storage it offers, e.g. 1TiB.
+        #[arg(long, value_parser = parse_size)]
+        capacity: u64,
+        #[command(flatten)]
+        admin_args: AdminArgs,
+    },
+    /// Connect the nodes, apply the layout, wait until healthy.
+    Apply {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Nodes, zones, health and partitions.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }

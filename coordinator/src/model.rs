@@ -198,3 +198,15 @@ pub struct RolloutRecord {
     pub spec: v1::DeploySpec,
     pub state: crate::rollout::plan::State,
 }
+
+/// A Garage node recorded for the S3 cluster, keyed by its admin endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct S3NodeRecord {
+    pub admin: String,
+    pub rpc: String,
+    pub zone: String,
+    pub capacity: u64,
+    /// Learnt from the node at `cluster apply`.
+    pub id: Option<String>,
+    pub added_at: UnixMillis,
+}

@@ -14,7 +14,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use crate::model::{
     deployment_id, AdminRecord, AssignmentRecord, DeploymentRecord, MachineRecord, RolloutRecord,
-    TokenRecord, UnixMillis,
+    S3NodeRecord, TokenRecord, UnixMillis,
 };
 use crate::rollout::plan::{Actions, Slot};
 use drover_protocol::v1::{DeployedTarget, DeploymentState};
@@ -97,6 +97,11 @@ pub trait Store: Send + Sync + 'static {
         generation: u64,
         change: &dyn Fn(&mut DeploymentRecord, &mut MachineRecord) -> Result<(), StoreError>,
     ) -> Result<DeploymentRecord, StoreError>;
+
+    /// The Garage nodes recorded for the S3 cluster, by admin endpoint.
+    fn s3_nodes(&self) -> Result<Vec<S3NodeRecord>, StoreError>;
+    /// Records (or replaces) a Garage node.
+    fn put_s3_node(&self, node: &S3NodeRecord) -> Result<(), StoreError>;
 
     fn insert_rollout(&self, rollout: &RolloutRecord) -> Result<(), StoreError>;
     fn rollout(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError>;
@@ -223,6 +228,7 @@ pub struct SledStore {
     /// Same keys as `assignments`.
     deployments: sled::Tree,
     rollouts: sled::Tree,
+    s3_nodes: sled::Tree,
 }
 
 fn generation_key(machine: &str, generation: u64) -> Vec<u8> {
@@ -238,6 +244,7 @@ const ADMINS: &str = "admins";
 const ASSIGNMENTS: &str = "assignments";
 const DEPLOYMENTS: &str = "deployments";
 const ROLLOUTS: &str = "rollouts";
+const S3_NODES: &str = "s3_nodes";
 
 fn abort<T>(e: StoreError) -> Result<T, ConflictableTransactionError<StoreError>> {
     Err(ConflictableTransactionError::Abort(e))
@@ -283,6 +290,7 @@ impl SledStore {
             assignments: db.open_tree(ASSIGNMENTS)?,
             deployments: db.open_tree(DEPLOYMENTS)?,
             rollouts: db.open_tree(ROLLOUTS)?,
+            s3_nodes: db.open_tree(S3_NODES)?,
             db,
         })
     }
@@ -484,6 +492,15 @@ impl Store for SledStore {
             machines_tx.insert(machine.as_bytes(), encode(&record))?;
             Ok(deployment)
         }))
+    }
+
+    fn s3_nodes(&self) -> Result<Vec<S3NodeRecord>, StoreError> {
+        Self::all(&self.s3_nodes, S3_NODES)
+    }
+
+    fn put_s3_node(&self, node: &S3NodeRecord) -> Result<(), StoreError> {
+        self.s3_nodes.insert(node.admin.as_bytes(), encode(node))?;
+        Ok(())
     }
 
     fn insert_rollout(&self, rollout: &RolloutRecord) -> Result<(), StoreError> {

@@ -593,6 +593,11 @@ pub enum S3Request {
     KeyShow { name: String, show_secret: bool },
     KeyDelete { name: String },
     Grant { bucket: String, key: String, read: bool, write: bool, owner: bool },
+    /// Records a Garage node for the cluster (its admin API and RPC address).
+    ClusterAddNode { admin: String, rpc: String, zone: String, capacity: u64 },
+    /// Connects the recorded nodes, applies the layout, waits until healthy.
+    ClusterApply,
+    ClusterStatus,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -603,6 +608,31 @@ pub enum S3Response {
     Keys(Vec<S3Key>),
     Key(S3Key),
     Done,
+    Cluster(S3Cluster),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct S3Node {
+    pub id: Option<String>,
+    pub admin: String,
+    pub rpc: String,
+    pub zone: String,
+    pub capacity: u64,
+    /// As the cluster sees it; `false` while the node is down.
+    pub up: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct S3Cluster {
+    /// healthy, degraded or unavailable (Garage's words); unknown when no
+    /// node answered.
+    pub health: String,
+    pub layout_version: u64,
+    pub partitions: u64,
+    pub partitions_all_ok: u64,
+    pub nodes: Vec<S3Node>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,9 +4,9 @@
 
 use anyhow::{bail, Result};
 
-use drover_protocol::v1::{AdminRequest, AdminResponse, S3Bucket, S3Key, S3Request, S3Response};
+use drover_protocol::v1::{AdminRequest, AdminResponse, S3Bucket, S3Cluster, S3Key, S3Request, S3Response};
 
-use crate::cli::{AdminArgs, BucketsCommand, KeysCommand, S3Command};
+use crate::cli::{AdminArgs, BucketsCommand, ClusterCommand, KeysCommand, S3Command};
 use crate::output::{self, OutputFormat};
 
 use super::{call, print_json};
@@ -43,6 +43,25 @@ fn print_key(k: &S3Key) {
     if let Some(secret) = &k.secret {
         println!("secret key   {}", secret.expose());
     }
+}
+
+fn print_cluster(c: &S3Cluster) {
+    println!(
+        "health       {} (layout version {}, partitions {}/{} fully available)",
+        c.health, c.layout_version, c.partitions_all_ok, c.partitions
+    );
+    let mut t = output::table(&["NODE", "ADMIN", "RPC", "ZONE", "CAPACITY", "STATE"]);
+    for n in &c.nodes {
+        t.add_row(vec![
+            n.id.as_deref().map(|id| id.chars().take(16).collect()).unwrap_or_else(|| "(not applied)".into()),
+            n.admin.clone(),
+            n.rpc.clone(),
+            n.zone.clone(),
+            output::bytes(n.capacity),
+            if n.up { "up".into() } else { "DOWN".into() },
+        ]);
+    }
+    println!("{t}");
 }
 
 fn show<T: serde::Serialize>(admin: &AdminArgs, value: &T, table: impl FnOnce(&T)) -> Result<()> {
@@ -107,6 +126,19 @@ pub async fn run(cmd: S3Command) -> Result<()> {
         S3Command::Keys(KeysCommand::Delete { name, admin }) => {
             s3(&admin, S3Request::KeyDelete { name: name.clone() }, &format!("deleting key {name}")).await?;
             show(&admin, &serde_json::json!({ "deleted": name }), |_| println!("key {name} deleted"))
+        }
+        S3Command::Cluster(ClusterCommand::AddNode { admin, rpc, zone, capacity, admin_args }) => {
+            let request = S3Request::ClusterAddNode { admin: admin.clone(), rpc, zone, capacity };
+            let S3Response::Cluster(c) = s3(&admin_args, request, &format!("adding node {admin}")).await? else { bail!("unexpected answer") };
+            show(&admin_args, &c, print_cluster)
+        }
+        S3Command::Cluster(ClusterCommand::Apply { admin }) => {
+            let S3Response::Cluster(c) = s3(&admin, S3Request::ClusterApply, "applying the cluster layout").await? else { bail!("unexpected answer") };
+            show(&admin, &c, print_cluster)
+        }
+        S3Command::Cluster(ClusterCommand::Status { admin }) => {
+            let S3Response::Cluster(c) = s3(&admin, S3Request::ClusterStatus, "reading the cluster status").await? else { bail!("unexpected answer") };
+            show(&admin, &c, print_cluster)
         }
         S3Command::Grant { bucket, key, read, write, owner, admin } => {
             let S3Response::Bucket(b) = s3(&admin, S3Request::Grant { bucket: bucket.clone(), key: key.clone(), read, write, owner }, &format!("granting {key} on {bucket}")).await? else { bail!("unexpected answer") };

@@ -138,6 +138,21 @@ impl Garage {
         Ok(())
     }
 
+    /// The applied layout's roles: (node id, zone, capacity).
+    pub async fn layout_roles(&self) -> Result<Vec<(String, String, u64)>, S3Error> {
+        let layout = self.get("GetClusterLayout", &[]).await?.ok_or(S3Error::Decode("no layout".into()))?;
+        Ok(layout
+            .get("roles")
+            .and_then(Value::as_array)
+            .map(|roles| {
+                roles
+                    .iter()
+                    .map(|r| (s(r, "id"), s(r, "zone"), r.get("capacity").and_then(Value::as_u64).unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     /// Stages roles (node id, zone, capacity in bytes) and applies the layout.
     pub async fn apply_layout(&self, roles: &[(String, String, u64)]) -> Result<u64, S3Error> {
         let roles: Vec<Value> = roles

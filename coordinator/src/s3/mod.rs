@@ -3,6 +3,7 @@
 //! API v2. Every operation that creates something is idempotent: an existing
 //! bucket (by global alias) or key (by name) is found and reused.
 
+pub mod cluster;
 pub mod garage;
 pub mod service;
 

@@ -57,6 +57,14 @@ fn key_wire(k: Key, show_secret: bool) -> S3Key {
 }
 
 pub async fn handle(state: &Coordinator, request: S3Request) -> Result<S3Response, WireError> {
+    match request {
+        S3Request::ClusterAddNode { admin, rpc, zone, capacity } => {
+            return Ok(S3Response::Cluster(super::cluster::add_node(state, admin, rpc, zone, capacity).await?));
+        }
+        S3Request::ClusterApply => return Ok(S3Response::Cluster(super::cluster::apply(state).await?)),
+        S3Request::ClusterStatus => return Ok(S3Response::Cluster(super::cluster::status(state).await?)),
+        _ => {}
+    }
     let (config, g) = provider(state)?;
     let not_found = |what: &'static str, id: &str| wire(S3Error::NotFound { what, id: id.to_string() });
     Ok(match request {
@@ -104,6 +112,9 @@ pub async fn handle(state: &Coordinator, request: S3Request) -> Result<S3Respons
             tracing::info!(%bucket, %key, read, write, owner, "permissions set");
             let b = g.bucket(&bucket).await.map_err(wire)?.ok_or_else(|| not_found("bucket", &bucket))?;
             S3Response::Bucket(bucket_wire(config, b))
+        }
+        S3Request::ClusterAddNode { .. } | S3Request::ClusterApply | S3Request::ClusterStatus => {
+            unreachable!("handled above")
         }
     })
 }

@@ -44,10 +44,15 @@ impl GarageNode {
     /// Writes a config (replication factor `replication`, zone-free) and
     /// starts the server. The layout is not assigned.
     pub fn spawn(dir: &Path, rpc_secret: &str, replication: u32) -> GarageNode {
+        let token: [u8; 16] = rand_bytes();
+        Self::spawn_with_token(dir, rpc_secret, replication, &hex(&token))
+    }
+
+    /// As [`GarageNode::spawn`], with a given admin token (one for a cluster).
+    pub fn spawn_with_token(dir: &Path, rpc_secret: &str, replication: u32, admin_token: &str) -> GarageNode {
         std::fs::create_dir_all(dir).expect("mkdir");
         let (rpc, s3, web, admin) = (free_tcp_port(), free_tcp_port(), free_tcp_port(), free_tcp_port());
-        let token: [u8; 16] = rand_bytes();
-        let admin_token = hex(&token);
+        let admin_token = admin_token.to_string();
         let config = format!(
             r#"metadata_dir = "{dir}/meta"
 data_dir = "{dir}/data"

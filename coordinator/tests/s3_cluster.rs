@@ -1,0 +1,91 @@
+//! A resilient Garage cluster formed by the coordinator: three real Garage
+//! processes on 127.0.0.1 (replication factor 3, three zones), joined with
+//! `drover s3 cluster add-node` and `apply`; `status` reports a stopped node
+//! as down, and the cluster is healthy again once it is back.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::Duration;
+
+use common::garage::{hex, rand_bytes, GarageNode};
+use common::{eventually, Options, TestCoordinator};
+use drover_coordinator::config::S3Config;
+
+fn drover(fleet: &TestCoordinator, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(args)
+        .args(["--output", "json"])
+        .env("DROVER_ADMIN_BUNDLE", &fleet.bundle_path)
+        .output()
+        .expect("run drover");
+    assert!(out.status.success(), "drover {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+fn node_up(status: &serde_json::Value, admin: &str) -> Option<bool> {
+    status["nodes"].as_array()?.iter().find(|n| n["admin"] == admin).and_then(|n| n["up"].as_bool())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_garage_nodes_in_three_zones_form_a_healthy_cluster_that_survives_a_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret: [u8; 32] = rand_bytes();
+    let token: [u8; 16] = rand_bytes();
+    let (secret, token) = (hex(&secret), hex(&token));
+    let mut nodes: Vec<GarageNode> = (0..3)
+        .map(|i| GarageNode::spawn_with_token(&dir.path().join(format!("garage{i}")), &secret, 3, &token))
+        .collect();
+
+    let mut fleet = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
+    let token_file = fleet.dir.path().join("garage-admin-token");
+    std::fs::write(&token_file, &token).expect("token file");
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    fleet.config.s3 = Some(S3Config {
+        admin_endpoint: nodes[0].admin_url.clone(),
+        admin_token_file: token_file,
+        s3_endpoint: nodes[0].s3_url.clone(),
+        region: "garage".into(),
+        public_url: None,
+    });
+    fleet.serve().await;
+
+    for (i, node) in nodes.iter().enumerate() {
+        let zone = format!("dc{}", i + 1);
+        let status = drover(&fleet, &["s3", "cluster", "add-node", "--admin", &node.admin_url, "--rpc", &node.rpc_addr, "--zone", &zone, "--capacity", "1GiB"]);
+        assert_eq!(status["nodes"].as_array().expect("nodes").len(), i + 1);
+    }
+    let applied = drover(&fleet, &["s3", "cluster", "apply"]);
+    assert_eq!(applied["health"], "healthy", "{applied}");
+    assert!(applied["layout_version"].as_u64().expect("version") >= 1);
+    assert_eq!(applied["partitions_all_ok"], applied["partitions"]);
+    let zones: Vec<&str> = applied["nodes"].as_array().expect("nodes").iter().map(|n| n["zone"].as_str().expect("zone")).collect();
+    assert_eq!(zones.len(), 3);
+    assert!(applied["nodes"].as_array().expect("nodes").iter().all(|n| n["up"] == true && n["id"].is_string()));
+    // Applying again changes nothing.
+    let again = drover(&fleet, &["s3", "cluster", "apply"]);
+    assert_eq!(again["layout_version"], applied["layout_version"]);
+
+    // Stop one node: status names it as down while it is down.
+    let down_admin = nodes[2].admin_url.clone();
+    nodes[2].stop();
+    let reported = eventually(Duration::from_secs(60), || async {
+        let s = drover(&fleet, &["s3", "cluster", "status"]);
+        node_up(&s, &down_admin) == Some(false) && s["health"] != "unavailable"
+    })
+    .await;
+    assert!(reported, "status reports the stopped node as down");
+    let s = drover(&fleet, &["s3", "cluster", "status"]);
+    assert_eq!(node_up(&s, &nodes[0].admin_url), Some(true));
+    assert_eq!(s["health"], "degraded", "{s}");
+
+    // Back: healthy again.
+    nodes[2].start();
+    let healthy = eventually(Duration::from_secs(90), || async {
+        let s = drover(&fleet, &["s3", "cluster", "status"]);
+        s["health"] == "healthy" && node_up(&s, &down_admin) == Some(true)
+    })
+    .await;
+    assert!(healthy, "the cluster is healthy again after the node restarts");
+}
