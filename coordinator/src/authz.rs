@@ -28,6 +28,7 @@ pub fn required_role(request: &AdminRequest) -> Role {
         | AdminRequest::MachinesLabel { .. }
         | AdminRequest::MachinesRevoke { .. }
         | AdminRequest::Deploy(_)
+        | AdminRequest::DeployWithBuckets { .. }
         | AdminRequest::RolloutStart(_)
         | AdminRequest::RolloutControl { .. }
         | AdminRequest::S3(_) => Role::Operator,

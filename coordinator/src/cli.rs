@@ -245,6 +245,11 @@ pub struct DeployArgs {
     pub selector: Vec<(String, String)>,
     #[command(flatten)]
     pub what: WhatArgs,
+    /// A bucket the machines need: NAME or NAME:public (repeatable). The
+    /// coordinator makes it and a key for it, checks the key works, and hands
+    /// the credentials and facts to these machines only.
+    #[arg(long = "bucket", value_parser = parse_bucket)]
+    pub buckets: Vec<drover_protocol::v1::BucketRequest>,
     /// Wait for every machine to finish, showing progress; exit non-zero if any failed.
     #[arg(long)]
     pub wait: bool,
@@ -490,4 +495,15 @@ pub enum ClusterCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+}
+
+/// Parses `NAME` or `NAME:public`.
+pub fn parse_bucket(s: &str) -> Result<drover_protocol::v1::BucketRequest, String> {
+    let (name, public) = match s.split_once(':') {
+        Some((name, "public")) => (name, true),
+        Some((_, other)) => return Err(format!("{s:?}: expected NAME or NAME:public, not :{other}")),
+        None => (s, false),
+    };
+    crate::s3::check_bucket_name(name).map_err(|e| e.to_string())?;
+    Ok(drover_protocol::v1::BucketRequest { name: name.to_string(), public })
 }

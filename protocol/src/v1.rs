@@ -243,6 +243,8 @@ pub enum AdminRequest {
     DeploymentsOfRollout { id: String },
     /// Object storage administration through the coordinator.
     S3(S3Request),
+    /// A deployment whose buckets the coordinator makes ready first.
+    DeployWithBuckets { spec: DeploySpec, buckets: Vec<BucketRequest> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -665,4 +667,13 @@ pub struct S3Key {
     pub name: String,
     /// Only when asked for (`--show-secret`).
     pub secret: Option<Secret>,
+}
+
+/// A bucket a deployment needs (`--bucket NAME[:public]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct BucketRequest {
+    pub name: String,
+    /// Served publicly through the web endpoint (media).
+    pub public: bool,
 }

@@ -97,10 +97,12 @@ pub fn spec(what: &WhatArgs, machine: Option<String>, selector: Vec<(String, Str
 pub async fn run(args: DeployArgs) -> Result<()> {
     let spec = spec(&args.what, args.machine.clone(), args.selector.clone())?;
     let client = connect(&args.admin).await?;
-    let answer = client
-        .call(AdminRequest::Deploy(spec))
-        .await
-        .map_err(|e| refused(e, "deploying"))?;
+    let request = if args.buckets.is_empty() {
+        AdminRequest::Deploy(spec)
+    } else {
+        AdminRequest::DeployWithBuckets { spec, buckets: args.buckets.clone() }
+    };
+    let answer = client.call(request).await.map_err(|e| refused(e, "deploying"))?;
     let AdminResponse::Deployed(targets) = answer else {
         bail!("unexpected answer from the coordinator");
     };

@@ -5,6 +5,8 @@
 
 pub mod cluster;
 pub mod garage;
+pub mod probe;
+pub mod provision;
 pub mod service;
 
 use serde::{Deserialize, Serialize};

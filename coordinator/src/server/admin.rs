@@ -58,6 +58,23 @@ pub(super) async fn handle(state: &Coordinator, name: &str, request: AdminReques
             ),
         ));
     }
+    if let AdminRequest::DeployWithBuckets { mut spec, buckets } = request {
+        if let Err(e) = crate::deploy::validate(&spec).and_then(|()| crate::s3::provision::check(&buckets)) {
+            return Response::Error(invalid(e));
+        }
+        // Nothing is made for a deployment that has no target.
+        if let Err(e) = targets(state, &spec) {
+            return Response::Error(e);
+        }
+        if let Err(e) = crate::s3::provision::provision(state, &mut spec, &buckets).await {
+            tracing::info!(code = ?e.code, reason = %e.message, "deployment refused: its buckets are not ready");
+            return Response::Error(WireError::new(e.code, format!("deployment refused, nothing recorded: {}", e.message)));
+        }
+        return match run(state, &admin, AdminRequest::Deploy(spec)) {
+            Ok(answer) => Response::Admin(answer),
+            Err(error) => Response::Error(error),
+        };
+    }
     if let AdminRequest::S3(request) = request {
         return match crate::s3::service::handle(state, request).await {
             Ok(answer) => Response::Admin(AdminResponse::S3(answer)),
@@ -74,6 +91,35 @@ pub(super) async fn handle(state: &Coordinator, name: &str, request: AdminReques
         Ok(answer) => Response::Admin(answer),
         Err(error) => Response::Error(error),
     }
+}
+
+/// The machines a deployment targets: one by id, or all matching the selector
+/// (revoked ones never).
+fn targets(state: &Coordinator, spec: &drover_protocol::v1::DeploySpec) -> Result<Vec<String>, WireError> {
+    let store = &state.store;
+    let targets: Vec<String> = match &spec.machine {
+        Some(id) => {
+            let m = store
+                .machine(id)
+                .map_err(wire_error)?
+                .ok_or_else(|| wire_error(StoreError::NotFound { what: "machine", id: id.clone() }))?;
+            if m.revoked_at.is_some() {
+                return Err(wire_error(StoreError::Revoked(id.clone())));
+            }
+            vec![m.id]
+        }
+        None => store
+            .machines()
+            .map_err(wire_error)?
+            .into_iter()
+            .filter(|m| m.revoked_at.is_none() && registry::matches(&m.labels, &spec.selector))
+            .map(|m| m.id)
+            .collect(),
+    };
+    if targets.is_empty() {
+        return Err(WireError::new(ErrorCode::NotFound, "no machine matches the selector; see `drover machines list`"));
+    }
+    Ok(targets)
 }
 
 fn run(state: &Coordinator, admin: &AdminRecord, request: AdminRequest) -> Result<AdminResponse, WireError> {
@@ -187,30 +233,7 @@ fn run(state: &Coordinator, admin: &AdminRecord, request: AdminRequest) -> Resul
         }
         AdminRequest::Deploy(spec) => {
             crate::deploy::validate(&spec).map_err(invalid)?;
-            let targets: Vec<String> = match &spec.machine {
-                Some(id) => {
-                    let m = store.machine(id).map_err(fail)?.ok_or_else(|| {
-                        fail(StoreError::NotFound { what: "machine", id: id.clone() })
-                    })?;
-                    if m.revoked_at.is_some() {
-                        return Err(fail(StoreError::Revoked(id.clone())));
-                    }
-                    vec![m.id]
-                }
-                None => store
-                    .machines()
-                    .map_err(fail)?
-                    .into_iter()
-                    .filter(|m| m.revoked_at.is_none() && registry::matches(&m.labels, &spec.selector))
-                    .map(|m| m.id)
-                    .collect(),
-            };
-            if targets.is_empty() {
-                return Err(WireError::new(
-                    ErrorCode::NotFound,
-                    "no machine matches the selector; see `drover machines list`",
-                ));
-            }
+            let targets = targets(state, &spec)?;
             let deployed = store
                 .record_generation(&targets, &|m, g| crate::deploy::build(&spec, m, g, now))
                 .map_err(fail)?;
@@ -240,7 +263,9 @@ fn run(state: &Coordinator, admin: &AdminRecord, request: AdminRequest) -> Resul
                 current_system: m.current_system.clone(),
             })
         }
-        AdminRequest::RolloutStart(_) | AdminRequest::S3(_) => unreachable!("handled before run"),
+        AdminRequest::RolloutStart(_) | AdminRequest::S3(_) | AdminRequest::DeployWithBuckets { .. } => {
+            unreachable!("handled before run")
+        }
         AdminRequest::RolloutStatus { id } => {
             let r = store.rollout(&id).map_err(fail)?.ok_or_else(|| {
                 WireError::new(ErrorCode::NotFound, format!("rollout {id:?} not found; see `drover rollout list`"))

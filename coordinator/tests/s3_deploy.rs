@@ -1,0 +1,186 @@
+//! Buckets declared by deployments, against a real Garage on 127.0.0.1: the
+//! coordinator makes the bucket and a key scoped to it, checks the key, and
+//! hands credentials and facts to the targeted machine only; the test stores
+//! and reads back several MiB with exactly those credentials. Garage down or
+//! a wrong token refuses the deployment without recording it, and a retry
+//! completes it.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use common::flake::{flake, flake_spec, spawn_vm};
+use common::garage::GarageNode;
+use common::{raw_connect, Options, TestCoordinator};
+use drover_coordinator::config::S3Config;
+use drover_coordinator::s3::{probe, ObjectStoreAdmin};
+use drover_protocol::v1::*;
+use drover_protocol::ErrorCode;
+
+async fn coordinator(admin_url: &str, s3_url: &str, token: &str) -> TestCoordinator {
+    let mut fleet = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
+    let token_file = fleet.dir.path().join("garage-admin-token");
+    std::fs::write(&token_file, token).expect("token file");
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    fleet.config.s3 = Some(S3Config {
+        admin_endpoint: admin_url.to_string(),
+        admin_token_file: token_file,
+        s3_endpoint: s3_url.to_string(),
+        region: "garage".into(),
+        public_url: Some("http://{bucket}.web.garage.localhost".into()),
+    });
+    fleet.serve().await;
+    fleet
+}
+
+fn spec(flake: &std::path::Path) -> DeploySpec {
+    DeploySpec {
+        machine: None,
+        selector: [("role".to_string(), "mastodon".to_string())].into(),
+        system: flake_spec(flake, "good"),
+        secrets: vec![],
+        facts: [("tenant".to_string(), "acme".to_string())].into(),
+        checks: vec![],
+        health_deadline_ms: 2_000,
+    }
+}
+
+async fn finished(fleet: &TestCoordinator, id: &str) -> DeploymentInfo {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let AdminResponse::Deployment(d) = fleet.call(AdminRequest::DeploymentsShow { id: id.into() }).await else { panic!() };
+        if matches!(d.state, DeploymentState::Succeeded | DeploymentState::Failed) {
+            return d;
+        }
+        assert!(Instant::now() < deadline, "not finished: {d:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_gets_its_bucket_and_only_its_machines_get_the_credentials() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = GarageNode::single(dir.path()).await;
+    let fleet = coordinator(&node.admin_url, &node.s3_url, &node.admin_token).await;
+    let flake = flake(fleet.dir.path());
+    let (_, svc_token) = fleet.token(1, &[("role", "mastodon")]).await;
+    let (_, other_token) = fleet.token(1, &[("role", "other")]).await;
+    let (svc, mut a) = spawn_vm(&fleet, "svc", Some(&svc_token));
+    let (other, mut b) = spawn_vm(&fleet, "other", Some(&other_token));
+    a.wait_for(Duration::from_secs(15), |s| s.reports >= 1).await.expect("online");
+    b.wait_for(Duration::from_secs(15), |s| s.reports >= 1).await.expect("online");
+
+    let buckets = vec![BucketRequest { name: "acme-media".into(), public: true }];
+    let mut key_ids = Vec::new();
+    for _ in 0..2 {
+        let answer = fleet.call(AdminRequest::DeployWithBuckets { spec: spec(&flake), buckets: buckets.clone() }).await;
+        let AdminResponse::Deployed(targets) = answer else { panic!("{answer:?}") };
+        assert_eq!(targets.len(), 1, "only the mastodon machine");
+        assert_eq!(finished(&fleet, &targets[0].deployment_id).await.state, DeploymentState::Succeeded);
+        key_ids.push(std::fs::read_to_string(svc.runtime().join("secrets/s3-acme-media-access-key-id")).expect("key id delivered"));
+    }
+    assert_eq!(key_ids[0], key_ids[1], "the second deployment reused the key");
+    let admin = node.admin();
+    assert_eq!(admin.buckets().await.expect("buckets").len(), 1, "nothing duplicated");
+    assert_eq!(admin.keys().await.expect("keys").len(), 1);
+    let bucket = admin.bucket("acme-media").await.expect("info").expect("bucket");
+    assert!(bucket.website, "public bucket");
+    assert_eq!(bucket.keys.len(), 1);
+    assert_eq!((bucket.keys[0].1, bucket.keys[0].2, bucket.keys[0].3), (true, true, false), "read and write, not owner");
+
+    // The facts point at the cluster's S3 endpoint.
+    let facts: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(svc.runtime().join("facts.json")).expect("facts")).expect("json");
+    assert_eq!(facts["s3_endpoint"], node.s3_url.as_str());
+    assert_eq!(facts["s3_region"], "garage");
+    assert_eq!(facts["s3_bucket.acme-media"], "acme-media");
+    assert_eq!(facts["s3_public_url.acme-media"], "http://acme-media.web.garage.localhost");
+    assert_eq!(facts["tenant"], "acme");
+
+    // With exactly the delivered credentials: several MiB in and out.
+    let id = std::fs::read_to_string(svc.runtime().join("secrets/s3-acme-media-access-key-id")).expect("id");
+    let secret = std::fs::read_to_string(svc.runtime().join("secrets/s3-acme-media-secret-access-key")).expect("secret");
+    let s3 = probe::client(&facts["s3_endpoint"].as_str().expect("endpoint").to_string(), "garage", &id, &secret);
+    let data: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    s3.put_object()
+        .bucket("acme-media")
+        .key("media/video.bin")
+        .body(aws_sdk_s3::primitives::ByteStream::from(data.clone()))
+        .send()
+        .await
+        .expect("put 5 MiB with the delivered key");
+    let back = s3.get_object().bucket("acme-media").key("media/video.bin").send().await.expect("get");
+    let back = back.body.collect().await.expect("body").into_bytes();
+    assert_eq!(back.len(), data.len());
+    assert!(back.as_ref() == data.as_slice(), "the object reads back intact");
+
+    // The other machine never receives them: not on disk, not over the wire.
+    assert!(!other.runtime().join("secrets").exists());
+    let cert = drover_net::identity::read_cert_pem(&fleet.dir.path().join("agents/other/cert.pem")).expect("cert");
+    let key = drover_net::identity::read_key_pem(&fleet.dir.path().join("agents/other/key.pem")).expect("key");
+    let conn = raw_connect(&fleet, Some((&cert, &key.serialize_der()))).await.expect("connect as other");
+    let answer = conn.request(&Request::Agent(AgentRequest::FetchAssignment)).await.expect("fetch");
+    assert_eq!(answer, Response::Agent(AgentResponse::NoAssignment));
+    a.stop().await.expect("stop");
+    b.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garage_down_or_a_wrong_token_refuses_the_deployment_and_a_retry_completes_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node = GarageNode::single(dir.path()).await;
+    let fleet = coordinator(&node.admin_url, &node.s3_url, &node.admin_token).await;
+    let flake = flake(fleet.dir.path());
+    let (_, token) = fleet.token(1, &[("role", "mastodon")]).await;
+    let (_, mut a) = spawn_vm(&fleet, "svc", Some(&token));
+    let machine = a.wait_for(Duration::from_secs(15), |s| s.reports >= 1).await.expect("online").machine_id.expect("id");
+    let buckets = vec![BucketRequest { name: "acme-media".into(), public: false }];
+
+    // Garage down: refused, nothing recorded.
+    node.stop();
+    let client = fleet.admin().await;
+    let err = client
+        .call(AdminRequest::DeployWithBuckets { spec: spec(&flake), buckets: buckets.clone() })
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Some(ErrorCode::Unavailable), "{err}");
+    assert!(err.to_string().contains("nothing recorded") && err.to_string().contains("is Garage running"), "{err}");
+    assert_eq!(desired(&fleet, &machine).await, 0);
+
+    // A wrong admin token: refused with its own message.
+    node.start();
+    let wrong = coordinator(&node.admin_url, &node.s3_url, "wrong-token").await;
+    let (_, wrong_token) = wrong.token(1, &[("role", "mastodon")]).await;
+    let (_, mut w) = spawn_vm(&wrong, "svc2", Some(&wrong_token));
+    w.wait_for(Duration::from_secs(15), |s| s.reports >= 1).await.expect("online");
+    let err = wrong
+        .admin()
+        .await
+        .call(AdminRequest::DeployWithBuckets { spec: spec(&flake), buckets: buckets.clone() })
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("refused the admin token"), "{err}");
+    w.stop().await.expect("stop");
+    let admin = node.admin();
+    common::garage::wait_healthy(&admin).await;
+    assert!(admin.buckets().await.expect("buckets").is_empty(), "nothing half-made");
+
+    // An invalid name is refused before anything is sent.
+    let err = client
+        .call(AdminRequest::DeployWithBuckets { spec: spec(&flake), buckets: vec![BucketRequest { name: "No_Good".into(), public: false }] })
+        .await
+        .expect_err("invalid");
+    assert_eq!(err.code(), Some(ErrorCode::InvalidArgument), "{err}");
+
+    // Garage back: the same request completes.
+    let AdminResponse::Deployed(t) = client.call(AdminRequest::DeployWithBuckets { spec: spec(&flake), buckets }).await.expect("deploys") else { panic!() };
+    assert_eq!(finished(&fleet, &t[0].deployment_id).await.state, DeploymentState::Succeeded);
+    assert_eq!(desired(&fleet, &machine).await, 1);
+    assert_eq!(admin.buckets().await.expect("buckets").len(), 1);
+    a.stop().await.expect("stop");
+}
+
+async fn desired(fleet: &TestCoordinator, machine: &str) -> u64 {
+    let AdminResponse::MachineDetail(d) = fleet.call(AdminRequest::MachinesDetail { id: machine.into() }).await else { panic!() };
+    d.desired_generation
+}
