@@ -76,6 +76,7 @@ fn check_check(check: &HealthCheck) -> Result<(), String> {
         HealthCheck::Tcp { host, port } if host.is_empty() || *port == 0 => {
             Err("tcp check needs tcp:HOST:PORT".into())
         }
+        HealthCheck::S3 { bucket } => crate::s3::check_bucket_name(bucket).map_err(|e| format!("s3 check: {e}")),
         _ => Ok(()),
     }
 }

@@ -100,7 +100,7 @@ async fn a_deployment_gets_its_bucket_and_only_its_machines_get_the_credentials(
     // With exactly the delivered credentials: several MiB in and out.
     let id = std::fs::read_to_string(svc.runtime().join("secrets/s3-acme-media-access-key-id")).expect("id");
     let secret = std::fs::read_to_string(svc.runtime().join("secrets/s3-acme-media-secret-access-key")).expect("secret");
-    let s3 = probe::client(&facts["s3_endpoint"].as_str().expect("endpoint").to_string(), "garage", &id, &secret);
+    let s3 = probe::client(facts["s3_endpoint"].as_str().expect("endpoint"), "garage", &id, &secret);
     let data: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     s3.put_object()
         .bucket("acme-media")
@@ -183,4 +183,52 @@ async fn garage_down_or_a_wrong_token_refuses_the_deployment_and_a_retry_complet
 async fn desired(fleet: &TestCoordinator, machine: &str) -> u64 {
     let AdminResponse::MachineDetail(d) = fleet.call(AdminRequest::MachinesDetail { id: machine.into() }).await else { panic!() };
     d.desired_generation
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_s3_check_passes_on_the_live_bucket_and_rolls_back_when_the_key_loses_its_rights() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = GarageNode::single(dir.path()).await;
+    let fleet = coordinator(&node.admin_url, &node.s3_url, &node.admin_token).await;
+    let flake = flake(fleet.dir.path());
+    let (_, token) = fleet.token(1, &[("role", "mastodon")]).await;
+    let (vm, mut a) = spawn_vm(&fleet, "svc", Some(&token));
+    a.wait_for(Duration::from_secs(15), |s| s.reports >= 1).await.expect("online");
+    let check = vec![HealthCheck::S3 { bucket: "acme-media".into() }];
+
+    let mut first = spec(&flake);
+    first.checks = check.clone();
+    let buckets = vec![BucketRequest { name: "acme-media".into(), public: false }];
+    let AdminResponse::Deployed(t) = fleet.call(AdminRequest::DeployWithBuckets { spec: first, buckets }).await else { panic!() };
+    let d = finished(&fleet, &t[0].deployment_id).await;
+    assert_eq!(d.state, DeploymentState::Succeeded, "the s3 check passes on the live bucket: {d:?}");
+
+    // The key loses its rights on the bucket.
+    let secret = |name: &str| std::fs::read_to_string(vm.runtime().join("secrets").join(name)).expect("delivered");
+    let (id, key_secret) = (secret("s3-acme-media-access-key-id"), secret("s3-acme-media-secret-access-key"));
+    let admin = node.admin();
+    let bucket = admin.bucket("acme-media").await.expect("info").expect("bucket");
+    admin
+        .grant(&bucket.id, &id, drover_coordinator::s3::Permissions { read: false, write: false, owner: false })
+        .await
+        .expect("revoke rights");
+
+    // A new system with the same credentials and the same check: rolled back.
+    let mut next = spec(&flake);
+    next.system = flake_spec(&flake, "good2");
+    next.checks = check;
+    next.health_deadline_ms = 1_500;
+    next.facts.insert("s3_endpoint".into(), node.s3_url.clone());
+    next.facts.insert("s3_region".into(), "garage".into());
+    next.secrets = [("s3-acme-media-access-key-id", id), ("s3-acme-media-secret-access-key", key_secret)]
+        .into_iter()
+        .map(|(name, value)| SecretFile { name: name.into(), value: SecretBytes::new(value.into_bytes()), owner: None, group: None, mode: 0o400 })
+        .collect();
+    let AdminResponse::Deployed(t) = fleet.call(AdminRequest::Deploy(next)).await else { panic!() };
+    let d = finished(&fleet, &t[0].deployment_id).await;
+    assert!(d.rolled_back && d.state == DeploymentState::Failed, "{d:?}");
+    let why = d.steps.iter().find(|s| s.step == DeployStep::RollingBack).expect("reason").message.clone();
+    assert!(why.contains("s3:acme-media"), "{why}");
+    assert_eq!(vm.activations(), ["good", "good2", "good"]);
+    a.stop().await.expect("stop");
 }

@@ -393,6 +393,9 @@ pub enum HealthCheck {
     Http { url: String },
     /// A TCP port that must accept connections.
     Tcp { host: String, port: u16 },
+    /// A bucket that must answer, with the credentials and facts the
+    /// machine received for it (`--bucket`).
+    S3 { bucket: String },
 }
 
 /// One machine's assignment at one generation.

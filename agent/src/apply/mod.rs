@@ -237,7 +237,7 @@ impl Applier {
         let switched_at = Instant::now();
         self.progress(generation, DeployStep::HealthChecking, format!("{} check(s)", journal.checks.len()), "", None);
         let deadline = Duration::from_millis(journal.health_deadline_ms);
-        if let Err(why) = checks::gate(&journal.checks, deadline, &self.config.systemctl).await {
+        if let Err(why) = checks::gate(&journal.checks, deadline, &self.config.systemctl, &self.config.runtime_dir).await {
             return self.roll_back(journal, why, tail).await;
         }
         if !self.confirmed_since(switched_at).await {

@@ -1,6 +1,7 @@
 //! Health checks after a switch: a systemd unit is active, an HTTP URL
-//! answers 2xx, a TCP port accepts. They run together, again and again,
-//! until all pass or the deadline passes.
+//! answers 2xx, a TCP port accepts, a bucket answers with the credentials the
+//! machine received for it. They run together, again and again, until all
+//! pass or the deadline passes.
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,12 +18,46 @@ pub fn describe(check: &HealthCheck) -> String {
         HealthCheck::Unit { name } => format!("unit:{name}"),
         HealthCheck::Http { url } => url.clone(),
         HealthCheck::Tcp { host, port } => format!("tcp:{host}:{port}"),
+        HealthCheck::S3 { bucket } => format!("s3:{bucket}"),
     }
 }
 
+/// Lists the bucket with the credentials and facts delivered for it
+/// (`secrets/s3-BUCKET-access-key-id`, `secrets/s3-BUCKET-secret-access-key`,
+/// `facts.json`: `s3_endpoint`, `s3_region`).
+async fn s3_check(bucket: &str, runtime: &Path) -> Result<(), String> {
+    let read = |name: String| {
+        std::fs::read_to_string(runtime.join("secrets").join(&name))
+            .map(|s| s.trim().to_string())
+            .map_err(|e| format!("s3:{bucket}: no credentials for the bucket ({name}: {e}); deploy with --bucket {bucket}"))
+    };
+    let id = read(format!("s3-{bucket}-access-key-id"))?;
+    let secret = read(format!("s3-{bucket}-secret-access-key"))?;
+    let facts: serde_json::Value = std::fs::read_to_string(runtime.join("facts.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let endpoint = facts.get("s3_endpoint").and_then(|v| v.as_str()).ok_or_else(|| format!("s3:{bucket}: no s3_endpoint in facts.json"))?;
+    let region = facts.get("s3_region").and_then(|v| v.as_str()).unwrap_or("garage");
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_sdk_s3::config::Region::new(region.to_string()))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(id, secret, None, None, "drover-agent"))
+        .force_path_style(true)
+        .build();
+    let client = aws_sdk_s3::Client::from_conf(config);
+    tokio::time::timeout(ATTEMPT_TIMEOUT, client.list_objects_v2().bucket(bucket).max_keys(1).send())
+        .await
+        .map_err(|_| format!("s3:{bucket} timed out"))?
+        .map(|_| ())
+        .map_err(|e| format!("s3:{bucket}: {}", aws_sdk_s3::error::DisplayErrorContext(e)))
+}
+
 /// Runs one check once; `Err` says why it failed.
-pub async fn run_once(check: &HealthCheck, systemctl: &Path, http: &reqwest::Client) -> Result<(), String> {
+pub async fn run_once(check: &HealthCheck, systemctl: &Path, runtime: &Path, http: &reqwest::Client) -> Result<(), String> {
     match check {
+        HealthCheck::S3 { bucket } => s3_check(bucket, runtime).await,
         HealthCheck::Unit { name } => {
             let out = tokio::time::timeout(
                 ATTEMPT_TIMEOUT,
@@ -66,7 +101,7 @@ pub async fn run_once(check: &HealthCheck, systemctl: &Path, http: &reqwest::Cli
 
 /// Runs the checks until all pass (Ok) or `deadline` passes (Err with the
 /// failures of the last round).
-pub async fn gate(checks: &[HealthCheck], deadline: Duration, systemctl: &Path) -> Result<(), String> {
+pub async fn gate(checks: &[HealthCheck], deadline: Duration, systemctl: &Path, runtime: &Path) -> Result<(), String> {
     if checks.is_empty() {
         return Ok(());
     }
@@ -79,7 +114,7 @@ pub async fn gate(checks: &[HealthCheck], deadline: Duration, systemctl: &Path) 
     loop {
         let mut failures = Vec::new();
         for check in checks {
-            if let Err(why) = run_once(check, systemctl, &http).await {
+            if let Err(why) = run_once(check, systemctl, runtime, &http).await {
                 failures.push(why);
             }
         }
@@ -119,9 +154,9 @@ mod tests {
             HealthCheck::Tcp { host: "127.0.0.1".into(), port },
             HealthCheck::Http { url: format!("http://127.0.0.1:{port}/health") },
         ];
-        gate(&ok, Duration::from_secs(5), Path::new("systemctl")).await.expect("passes");
+        gate(&ok, Duration::from_secs(5), Path::new("systemctl"), Path::new("/nonexistent")).await.expect("passes");
         let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("a").port();
-        let err = gate(&[HealthCheck::Tcp { host: "127.0.0.1".into(), port: closed }], Duration::from_millis(600), Path::new("systemctl"))
+        let err = gate(&[HealthCheck::Tcp { host: "127.0.0.1".into(), port: closed }], Duration::from_millis(600), Path::new("systemctl"), Path::new("/nonexistent"))
             .await
             .expect_err("fails");
         assert!(err.contains(&format!("tcp:127.0.0.1:{closed}")), "{err}");
@@ -133,8 +168,8 @@ mod tests {
         let fake = dir.path().join("systemctl");
         std::fs::write(&fake, "#!/bin/sh\n[ \"$1\" = is-active ] || exit 2\nif [ \"$2\" = up.service ]; then echo active; exit 0; fi\necho failed; exit 3\n").expect("write");
         std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-        gate(&[HealthCheck::Unit { name: "up.service".into() }], Duration::from_secs(2), &fake).await.expect("active");
-        let err = gate(&[HealthCheck::Unit { name: "down.service".into() }], Duration::from_millis(600), &fake)
+        gate(&[HealthCheck::Unit { name: "up.service".into() }], Duration::from_secs(2), &fake, Path::new("/nonexistent")).await.expect("active");
+        let err = gate(&[HealthCheck::Unit { name: "down.service".into() }], Duration::from_millis(600), &fake, Path::new("/nonexistent"))
             .await
             .expect_err("inactive");
         assert!(err.contains("unit down.service is failed"), "{err}");

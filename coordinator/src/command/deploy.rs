@@ -53,6 +53,9 @@ pub fn parse_check(arg: &str) -> Result<HealthCheck> {
     if let Some(name) = arg.strip_prefix("unit:") {
         return Ok(HealthCheck::Unit { name: name.to_string() });
     }
+    if let Some(bucket) = arg.strip_prefix("s3:") {
+        return Ok(HealthCheck::S3 { bucket: bucket.to_string() });
+    }
     if arg.starts_with("http://") || arg.starts_with("https://") {
         return Ok(HealthCheck::Http { url: arg.to_string() });
     }
@@ -63,7 +66,7 @@ pub fn parse_check(arg: &str) -> Result<HealthCheck> {
         let port = port.parse().with_context(|| format!("--check {arg:?}: bad port"))?;
         return Ok(HealthCheck::Tcp { host: host.trim_matches(['[', ']']).to_string(), port });
     }
-    bail!("--check {arg:?}: expected unit:NAME, http://HOST:PORT/PATH or tcp:HOST:PORT")
+    bail!("--check {arg:?}: expected unit:NAME, http://HOST:PORT/PATH, tcp:HOST:PORT or s3:BUCKET")
 }
 
 fn system(args: &WhatArgs) -> Result<SystemSpec> {
@@ -234,6 +237,7 @@ mod tests {
         assert_eq!(parse_check("tcp:127.0.0.1:22").expect("tcp"), HealthCheck::Tcp { host: "127.0.0.1".into(), port: 22 });
         assert_eq!(parse_check("tcp:[::1]:22").expect("tcp6"), HealthCheck::Tcp { host: "::1".into(), port: 22 });
         assert!(matches!(parse_check("http://x:1/").expect("http"), HealthCheck::Http { .. }));
+        assert_eq!(parse_check("s3:acme-media").expect("s3"), HealthCheck::S3 { bucket: "acme-media".into() });
         assert!(parse_check("ping:x").expect_err("bad").to_string().contains("unit:NAME"));
     }
 
