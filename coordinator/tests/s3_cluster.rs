@@ -67,6 +67,41 @@ async fn three_garage_nodes_in_three_zones_form_a_healthy_cluster_that_survives_
     let again = drover(&fleet, &["s3", "cluster", "apply"]);
     assert_eq!(again["layout_version"], applied["layout_version"]);
 
+    // A service's bucket and key, and objects written through that key.
+    drover(&fleet, &["s3", "buckets", "create", "acme-media"]);
+    drover(&fleet, &["s3", "keys", "create", "acme-mastodon"]);
+    drover(&fleet, &["s3", "grant", "--bucket", "acme-media", "--key", "acme-mastodon", "--read", "--write"]);
+    let key = drover(&fleet, &["s3", "keys", "show", "acme-mastodon", "--show-secret"]);
+    let s3 = drover_coordinator::s3::probe::client(
+        &nodes[0].s3_url,
+        "garage",
+        key["id"].as_str().expect("id"),
+        key["secret"].as_str().expect("secret"),
+    );
+    let put = |name: String, body: Vec<u8>| {
+        let s3 = s3.clone();
+        async move {
+            s3.put_object()
+                .bucket("acme-media")
+                .key(name)
+                .body(aws_sdk_s3::primitives::ByteStream::from(body))
+                .send()
+                .await
+                .map(|_| ())
+        }
+    };
+    let get = |name: String| {
+        let s3 = s3.clone();
+        async move {
+            let out = s3.get_object().bucket("acme-media").key(name).send().await.map_err(|e| e.to_string())?;
+            out.body.collect().await.map(|b| b.into_bytes().to_vec()).map_err(|e| e.to_string())
+        }
+    };
+    let blob: Vec<u8> = (0..2 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    for i in 0..3 {
+        put(format!("media/{i}.bin"), blob.clone()).await.expect("write before the failure");
+    }
+
     // Stop one node: status names it as down while it is down.
     let down_admin = nodes[2].admin_url.clone();
     nodes[2].stop();
@@ -79,6 +114,12 @@ async fn three_garage_nodes_in_three_zones_form_a_healthy_cluster_that_survives_
     let s = drover(&fleet, &["s3", "cluster", "status"]);
     assert_eq!(node_up(&s, &nodes[0].admin_url), Some(true));
     assert_eq!(s["health"], "degraded", "{s}");
+    // With one of three replicas gone, reads and writes still succeed.
+    for i in 0..3 {
+        assert_eq!(get(format!("media/{i}.bin")).await.expect("read while a node is down"), blob);
+    }
+    put("media/during.bin".into(), blob.clone()).await.expect("write while a node is down");
+    assert_eq!(get("media/during.bin".into()).await.expect("read back"), blob);
 
     // Back: healthy again.
     nodes[2].start();
