@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The demo: Drover's main job end to end on this machine, on loopback, with
-# real Nix. It starts a coordinator and three agents (each with its own Nix
-# store, so the host's system is never touched), builds a small system
-# closure, publishes it to a local binary cache signed with a key made here,
-# deploys it to the three machines and shows them Succeeded; then deploys a
-# closure whose activation fails and shows the automatic rollback.
+# real Nix and a real Garage. It starts a single-node Garage and a coordinator
+# that manages it, makes the binary cache bucket and its publisher key with
+# `drover s3`, starts three agents (each with its own Nix store, so the host's
+# system is never touched), builds a small system closure, publishes it to the
+# Garage bucket signed with a key made here, deploys it to the three machines
+# (which fetch it from Garage's web endpoint) and shows them Succeeded; then
+# deploys a closure whose activation fails and shows the automatic rollback.
 #   scripts/demo.sh          run, show, stop everything
 #   scripts/demo.sh --keep   leave the fleet running (prints how to stop it)
 source "$(dirname "$0")/lib.sh"
@@ -18,6 +20,7 @@ cargo build --locked --bin drover --bin drover-agent
 BIN="$ROOT/target/debug"
 WORK="$(mktemp -d /tmp/drover-demo.XXXXXX)"
 PORT="${DROVER_DEMO_PORT:-7443}"
+GPORT="${DROVER_DEMO_GARAGE_PORT:-3900}"   # S3 API; RPC +1, web +2, admin +3
 export DROVER_STATE_DIR="$WORK/coordinator"
 PIDS=()
 cleanup() {
@@ -29,8 +32,50 @@ cleanup() {
 }
 trap cleanup EXIT
 
-log "drover init (state in $DROVER_STATE_DIR)"
+log "starting a single-node Garage on 127.0.0.1:$GPORT-$((GPORT + 3))"
+mkdir -p "$WORK/garage"
+rand_hex() { od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'; }
+cat >"$WORK/garage/garage.toml" <<TOML
+metadata_dir = "$WORK/garage/meta"
+data_dir = "$WORK/garage/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$((GPORT + 1))"
+rpc_public_addr = "127.0.0.1:$((GPORT + 1))"
+rpc_secret = "$(rand_hex 32)"
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$GPORT"
+[s3_web]
+bind_addr = "127.0.0.1:$((GPORT + 2))"
+root_domain = ".web.garage.localhost"
+[admin]
+api_bind_addr = "127.0.0.1:$((GPORT + 3))"
+admin_token = "$(rand_hex 16)"
+TOML
+chmod 600 "$WORK/garage/garage.toml"
+GARAGE="garage -c $WORK/garage/garage.toml"
+$GARAGE server >"$WORK/garage/garage.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 50); do $GARAGE status >/dev/null 2>&1 && break; sleep 0.2; done
+NODE="$($GARAGE node id -q | cut -d@ -f1)"
+$GARAGE layout assign -z dc1 -c 1G "$NODE" >/dev/null
+$GARAGE layout apply --version 1 >/dev/null
+
+log "drover init (state in $DROVER_STATE_DIR), managing that Garage"
 "$BIN/drover" init --state-dir "$DROVER_STATE_DIR" --listen "127.0.0.1:$PORT" --health-interval 2s
+sed -n 's/^admin_token = "\(.*\)"/\1/p' "$WORK/garage/garage.toml" >"$DROVER_STATE_DIR/garage-admin-token"
+chmod 600 "$DROVER_STATE_DIR/garage-admin-token"
+cat >>"$DROVER_STATE_DIR/drover.toml" <<TOML
+
+[s3]
+admin_endpoint = "http://127.0.0.1:$((GPORT + 3))"
+admin_token_file = "$DROVER_STATE_DIR/garage-admin-token"
+s3_endpoint = "http://127.0.0.1:$GPORT"
+region = "garage"
+public_url = "http://{bucket}:$((GPORT + 2))"
+TOML
+"$BIN/drover" check-config
 "$BIN/drover" serve >"$WORK/coordinator.log" 2>&1 &
 PIDS+=($!)
 
@@ -71,27 +116,44 @@ if [ "$online" -ne 3 ]; then
   exit 1
 fi
 
+log "making the binary cache bucket and its publisher key with drover s3"
+# Garage's web endpoint serves the bucket named as the Host header: a bucket
+# called "localhost" is served at http://localhost:PORT, no DNS needed.
+"$BIN/drover" s3 buckets create localhost --public
+"$BIN/drover" s3 keys create nix-cache-publisher
+"$BIN/drover" s3 grant --bucket localhost --key nix-cache-publisher --read --write >/dev/null
+"$BIN/drover" s3 keys show nix-cache-publisher --show-secret --output json >"$WORK/publisher.json"
+chmod 600 "$WORK/publisher.json"
+S3_USER="$(python3 -c 'import json,sys; k=json.load(open(sys.argv[1])); print(k["id"] + ":" + k["secret"])' "$WORK/publisher.json")"
+CACHE_URL="http://localhost:$((GPORT + 2))"
+
 SYSTEM_NIX="$ROOT/coordinator/tests/fixtures/test-system.nix"
-CACHE="$WORK/cache"
-log "building a system closure with Nix (no substituters) and publishing it to a signed binary cache"
+STAGING="$WORK/cache-staging"
+log "building a system closure with Nix (no substituters) and publishing it, signed, to Garage"
 nix-store --generate-binary-cache-key drover-demo-1 "$WORK/cache.sk" "$WORK/cache.pk"
 KEY="$(cat "$WORK/cache.pk")"
 build() { nix-build "$SYSTEM_NIX" --argstr name "$1" --argstr body "$2" --no-out-link --option substituters ""; }
-publish() { nix --extra-experimental-features nix-command copy --option substituters "" \
-  --to "file://$CACHE?secret-key=$WORK/cache.sk" "$1"; }
+publish() {
+  nix --extra-experimental-features nix-command copy --option substituters "" \
+    --to "file://$STAGING?secret-key=$WORK/cache.sk" "$1"
+  (cd "$STAGING" && find . -type f | sed 's|^\./||' | while read -r f; do
+    curl -sf --aws-sigv4 "aws:amz:garage:s3" --user "$S3_USER" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" \
+      -T "$f" "http://127.0.0.1:$GPORT/localhost/$f" >/dev/null
+  done)
+}
 GOOD="$(build drover-demo-system-$(date +%s) 'echo activated')"
 publish "$GOOD"
 echo "closure: $GOOD"
 
 log "deploying it to every machine with tenant=demo"
 "$BIN/drover" deploy --selector tenant=demo --closure "$GOOD" \
-  --substituter "file://$CACHE" --trusted-key "$KEY" --fact tenant=demo --wait
+  --substituter "$CACHE_URL" --trusted-key "$KEY" --fact tenant=demo --wait
 
 log "deploying a closure whose activation fails: each machine rolls back by itself"
 BROKEN="$(build drover-demo-broken-$(date +%s) 'echo "error: unit demo.service failed to start" >&2; exit 1')"
 publish "$BROKEN"
 if "$BIN/drover" deploy --selector tenant=demo --closure "$BROKEN" \
-  --substituter "file://$CACHE" --trusted-key "$KEY" --wait; then
+  --substituter "$CACHE_URL" --trusted-key "$KEY" --wait; then
   echo "the broken closure was not refused" >&2
   exit 1
 fi
