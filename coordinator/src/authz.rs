@@ -29,6 +29,7 @@ pub fn required_role(request: &AdminRequest) -> Role {
         | AdminRequest::MachinesRevoke { .. }
         | AdminRequest::Deploy(_)
         | AdminRequest::DeployWithBuckets { .. }
+        | AdminRequest::RolloutStartWithBuckets { .. }
         | AdminRequest::RolloutStart(_)
         | AdminRequest::RolloutControl { .. }
         | AdminRequest::S3(_) => Role::Operator,

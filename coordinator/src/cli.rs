@@ -296,6 +296,10 @@ pub struct RolloutStartArgs {
     /// Go on after healthy canaries without `drover rollout promote`.
     #[arg(long)]
     pub auto_promote: bool,
+    /// A bucket the machines need: NAME or NAME:public (repeatable); made
+    /// ready before the rollout starts.
+    #[arg(long = "bucket", value_parser = parse_bucket)]
+    pub buckets: Vec<drover_protocol::v1::BucketRequest>,
     /// Follow the rollout until it ends; exit non-zero unless it succeeded.
     #[arg(long)]
     pub wait: bool,
@@ -469,20 +473,26 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Record a Garage node (it joins at `apply`).
+    /// Record a Garage node (it joins at `apply`): by its addresses, or a
+    /// Drover machine by its labels (garage.admin, garage.rpc, garage.zone,
+    /// garage.capacity).
+    #[command(group(clap::ArgGroup::new("node").required(true).args(["admin", "machine"])))]
     AddNode {
         /// The node's admin API, e.g. http://10.0.0.11:3903.
-        #[arg(long)]
-        admin: String,
+        #[arg(long, requires_all = ["rpc", "zone", "capacity"])]
+        admin: Option<String>,
         /// The node's RPC address (rpc_public_addr), e.g. 10.0.0.11:3901.
         #[arg(long)]
-        rpc: String,
+        rpc: Option<String>,
         /// Its zone (one per failure domain; three zones for replication 3).
         #[arg(long)]
-        zone: String,
+        zone: Option<String>,
         /// Storage it offers, e.g. 1TiB.
         #[arg(long, value_parser = parse_size)]
-        capacity: u64,
+        capacity: Option<u64>,
+        /// A Drover machine running Garage, described by its labels.
+        #[arg(long, conflicts_with_all = ["admin", "rpc", "zone", "capacity"])]
+        machine: Option<String>,
         #[command(flatten)]
         admin_args: AdminArgs,
     },

@@ -232,3 +232,49 @@ async fn the_s3_check_passes_on_the_live_bucket_and_rolls_back_when_the_key_lose
     assert_eq!(vm.activations(), ["good", "good2", "good"]);
     a.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_gets_its_buckets_ready_and_delivered_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = GarageNode::single(dir.path()).await;
+    let fleet = coordinator(&node.admin_url, &node.s3_url, &node.admin_token).await;
+    let flake = flake(fleet.dir.path());
+    let (_, token) = fleet.token(2, &[("role", "mastodon")]).await;
+    let (vm1, mut a) = spawn_vm(&fleet, "svc1", Some(&token));
+    let (vm2, mut b) = spawn_vm(&fleet, "svc2", Some(&token));
+    a.wait_for(Duration::from_secs(15), |s| s.reports >= 1).await.expect("online");
+    b.wait_for(Duration::from_secs(15), |s| s.reports >= 1).await.expect("online");
+    let strategy = RolloutStrategy {
+        canary: 0,
+        max_parallel: Amount::Count(1),
+        max_unavailable: Amount::Percent(100),
+        max_failures: Amount::Count(0),
+        healthy_deadline_ms: 30_000,
+        min_healthy_time_ms: 100,
+        progress_deadline_ms: 60_000,
+        auto_revert: false,
+        auto_promote: true,
+    };
+    let mut deploy = spec(&flake);
+    deploy.checks = vec![HealthCheck::S3 { bucket: "acme-media".into() }];
+    let request = AdminRequest::RolloutStartWithBuckets {
+        spec: RolloutSpec { deploy, strategy },
+        buckets: vec![BucketRequest { name: "acme-media".into(), public: true }],
+    };
+    let AdminResponse::Rollout(r) = fleet.call(request).await else { panic!() };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let AdminResponse::Rollout(now) = fleet.call(AdminRequest::RolloutStatus { id: r.id.clone() }).await else { panic!() };
+        if now.phase != "rolling" {
+            assert_eq!(now.phase, "succeeded", "{now:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "rollout did not finish");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for vm in [&vm1, &vm2] {
+        assert!(vm.runtime().join("secrets/s3-acme-media-secret-access-key").exists(), "{}", vm.name);
+    }
+    a.stop().await.expect("stop");
+    b.stop().await.expect("stop");
+}

@@ -245,6 +245,8 @@ pub enum AdminRequest {
     S3(S3Request),
     /// A deployment whose buckets the coordinator makes ready first.
     DeployWithBuckets { spec: DeploySpec, buckets: Vec<BucketRequest> },
+    /// A rollout whose buckets the coordinator makes ready first.
+    RolloutStartWithBuckets { spec: RolloutSpec, buckets: Vec<BucketRequest> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -603,6 +605,9 @@ pub enum S3Request {
     /// Connects the recorded nodes, applies the layout, waits until healthy.
     ClusterApply,
     ClusterStatus,
+    /// Records a Garage node that is a Drover machine, from its labels
+    /// `garage.admin`, `garage.rpc`, `garage.zone` and `garage.capacity`.
+    ClusterAddMachine { machine: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -167,6 +167,7 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-admin-s3-grant", Request::Admin(AdminRequest::S3(S3Request::Grant { bucket: "acme-media".into(), key: "acme".into(), read: true, write: true, owner: false }))),
         ("request-admin-s3-key-show", Request::Admin(AdminRequest::S3(S3Request::KeyShow { name: "acme".into(), show_secret: true }))),
         ("request-admin-deploy-s3-check", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: Default::default(), checks: vec![HealthCheck::S3 { bucket: "acme-media".into() }], health_deadline_ms: 60_000 }))),
+        ("request-admin-s3-cluster-add-machine", Request::Admin(AdminRequest::S3(S3Request::ClusterAddMachine { machine: "m-0123456789".into() }))),
         ("request-admin-deploy-with-buckets", Request::Admin(AdminRequest::DeployWithBuckets { spec: DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000 }, buckets: vec![BucketRequest { name: "acme-media".into(), public: true }] })),
         ("request-admin-deployments-of-rollout", Request::Admin(AdminRequest::DeploymentsOfRollout { id: "r-0a1b2c3d".into() })),
     ]

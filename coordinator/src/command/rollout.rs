@@ -166,8 +166,14 @@ async fn start(args: RolloutStartArgs) -> Result<()> {
         auto_promote: args.auto_promote,
     };
     let client = connect(&args.admin).await?;
+    let spec = RolloutSpec { deploy, strategy };
+    let request = if args.buckets.is_empty() {
+        AdminRequest::RolloutStart(spec)
+    } else {
+        AdminRequest::RolloutStartWithBuckets { spec, buckets: args.buckets.clone() }
+    };
     let answer = client
-        .call(AdminRequest::RolloutStart(RolloutSpec { deploy, strategy }))
+        .call(request)
         .await
         .map_err(|e| refused(e, "starting the rollout"))?;
     let AdminResponse::Rollout(r) = answer else { bail!("unexpected answer from the coordinator") };

@@ -127,9 +127,16 @@ pub async fn run(cmd: S3Command) -> Result<()> {
             s3(&admin, S3Request::KeyDelete { name: name.clone() }, &format!("deleting key {name}")).await?;
             show(&admin, &serde_json::json!({ "deleted": name }), |_| println!("key {name} deleted"))
         }
-        S3Command::Cluster(ClusterCommand::AddNode { admin, rpc, zone, capacity, admin_args }) => {
-            let request = S3Request::ClusterAddNode { admin: admin.clone(), rpc, zone, capacity };
-            let S3Response::Cluster(c) = s3(&admin_args, request, &format!("adding node {admin}")).await? else { bail!("unexpected answer") };
+        S3Command::Cluster(ClusterCommand::AddNode { admin, rpc, zone, capacity, machine, admin_args }) => {
+            let (request, what) = match (machine, admin, rpc, zone, capacity) {
+                (Some(machine), ..) => (S3Request::ClusterAddMachine { machine: machine.clone() }, format!("adding machine {machine}")),
+                (None, Some(admin), Some(rpc), Some(zone), Some(capacity)) => {
+                    let what = format!("adding node {admin}");
+                    (S3Request::ClusterAddNode { admin, rpc, zone, capacity }, what)
+                }
+                _ => bail!("give --machine ID, or --admin, --rpc, --zone and --capacity"),
+            };
+            let S3Response::Cluster(c) = s3(&admin_args, request, &what).await? else { bail!("unexpected answer") };
             show(&admin_args, &c, print_cluster)
         }
         S3Command::Cluster(ClusterCommand::Apply { admin }) => {

@@ -50,6 +50,27 @@ pub async fn add_node(state: &Coordinator, admin: String, rpc: String, zone: Str
     status(state).await
 }
 
+/// Records a Garage node that is a Drover machine, from its labels.
+pub async fn add_machine(state: &Coordinator, machine: &str) -> Result<S3Cluster, WireError> {
+    let record = state
+        .store
+        .machine(machine)
+        .map_err(wire_error)?
+        .ok_or_else(|| WireError::new(ErrorCode::NotFound, format!("machine {machine:?} not found; see `drover machines list`")))?;
+    let label = |key: &str| {
+        record.labels.get(key).cloned().ok_or_else(|| {
+            invalid(format!(
+                "machine {machine} has no label {key}; set garage.admin, garage.rpc, garage.zone and garage.capacity with `drover machines label {machine} {key}=...`"
+            ))
+        })
+    };
+    let capacity = label("garage.capacity")?
+        .parse::<bytesize::ByteSize>()
+        .map_err(|e| invalid(format!("machine {machine}: label garage.capacity is not a size: {e}")))?
+        .as_u64();
+    add_node(state, label("garage.admin")?, label("garage.rpc")?, label("garage.zone")?, capacity).await
+}
+
 pub async fn apply(state: &Coordinator) -> Result<S3Cluster, WireError> {
     let token = token(state)?;
     let mut nodes = state.store.s3_nodes().map_err(wire_error)?;

@@ -62,6 +62,9 @@ pub async fn handle(state: &Coordinator, request: S3Request) -> Result<S3Respons
             return Ok(S3Response::Cluster(super::cluster::add_node(state, admin, rpc, zone, capacity).await?));
         }
         S3Request::ClusterApply => return Ok(S3Response::Cluster(super::cluster::apply(state).await?)),
+        S3Request::ClusterAddMachine { machine } => {
+            return Ok(S3Response::Cluster(super::cluster::add_machine(state, &machine).await?));
+        }
         S3Request::ClusterStatus => return Ok(S3Response::Cluster(super::cluster::status(state).await?)),
         _ => {}
     }
@@ -113,7 +116,10 @@ pub async fn handle(state: &Coordinator, request: S3Request) -> Result<S3Respons
             let b = g.bucket(&bucket).await.map_err(wire)?.ok_or_else(|| not_found("bucket", &bucket))?;
             S3Response::Bucket(bucket_wire(config, b))
         }
-        S3Request::ClusterAddNode { .. } | S3Request::ClusterApply | S3Request::ClusterStatus => {
+        S3Request::ClusterAddNode { .. }
+        | S3Request::ClusterApply
+        | S3Request::ClusterStatus
+        | S3Request::ClusterAddMachine { .. } => {
             unreachable!("handled above")
         }
     })

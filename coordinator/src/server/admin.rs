@@ -75,6 +75,18 @@ pub(super) async fn handle(state: &Coordinator, name: &str, request: AdminReques
             Err(error) => Response::Error(error),
         };
     }
+    if let AdminRequest::RolloutStartWithBuckets { mut spec, buckets } = request {
+        if let Err(e) = crate::s3::provision::check(&buckets) {
+            return Response::Error(invalid(e));
+        }
+        if let Err(e) = crate::s3::provision::provision(state, &mut spec.deploy, &buckets).await {
+            return Response::Error(WireError::new(e.code, format!("rollout refused, nothing recorded: {}", e.message)));
+        }
+        return match crate::rollout::service::start(state, spec).await {
+            Ok(info) => Response::Admin(AdminResponse::Rollout(info)),
+            Err(e) => Response::Error(e),
+        };
+    }
     if let AdminRequest::S3(request) = request {
         return match crate::s3::service::handle(state, request).await {
             Ok(answer) => Response::Admin(AdminResponse::S3(answer)),
@@ -263,7 +275,10 @@ fn run(state: &Coordinator, admin: &AdminRecord, request: AdminRequest) -> Resul
                 current_system: m.current_system.clone(),
             })
         }
-        AdminRequest::RolloutStart(_) | AdminRequest::S3(_) | AdminRequest::DeployWithBuckets { .. } => {
+        AdminRequest::RolloutStart(_)
+        | AdminRequest::S3(_)
+        | AdminRequest::DeployWithBuckets { .. }
+        | AdminRequest::RolloutStartWithBuckets { .. } => {
             unreachable!("handled before run")
         }
         AdminRequest::RolloutStatus { id } => {
