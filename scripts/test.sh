@@ -5,6 +5,10 @@
 source "$(dirname "$0")/lib.sh"
 install_dependencies
 cd "$ROOT"
+log "parsing every .nix file (nix-instantiate --parse)"
+find . -name '*.nix' -not -path './target/*' -print0 | while IFS= read -r -d '' f; do
+  nix-instantiate --parse "$f" >/dev/null || { echo "$f does not parse" >&2; exit 1; }
+done
 log "building"
 cargo build --workspace --all-targets --locked
 log "testing"

@@ -1,0 +1,187 @@
+# services.drover-agent: the Drover agent, baked into every VM so that it
+# enrolls itself at first boot and then keeps in touch with its coordinator.
+#
+# The options mirror the agent's own configuration keys (agent/src/config.rs);
+# a test in the Rust workspace (agent/tests/nixos_module.rs) fails when one
+# side has a key the other lacks. Top-level options are the keys every VM
+# sets; the rest are declared under `settings` (freeform, rendered to TOML).
+{ config, lib, pkgs, ... }:
+
+let
+  inherit (lib) mkEnableOption mkIf mkOption types;
+  cfg = config.services.drover-agent;
+  toml = pkgs.formats.toml { };
+
+  # Keys of the agent's configuration file besides the top-level ones.
+  settingsOptions = {
+    server_name = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "Name verified in the coordinator's certificate (default: the coordinator's IP address).";
+    };
+    hostname = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "Hostname to report (default: the system's).";
+    };
+    backoff_initial = mkOption {
+      type = types.str;
+      default = "500ms";
+      description = "First pause before reconnecting.";
+    };
+    backoff_max = mkOption {
+      type = types.str;
+      default = "60s";
+      description = "Longest pause between reconnects.";
+    };
+    connect_timeout = mkOption {
+      type = types.str;
+      default = "10s";
+      description = "How long to wait for the coordinator to answer.";
+    };
+    current_system = mkOption {
+      type = types.str;
+      default = "/run/current-system";
+      description = "The link to the running system, reported with health.";
+    };
+    runtime_dir = mkOption {
+      type = types.str;
+      default = "/run/drover";
+      description = "Where secrets (secrets/NAME) and facts.json are written (a tmpfs).";
+    };
+    switch_timeout = mkOption {
+      type = types.str;
+      default = "30m";
+      description = "The longest a system switch may take.";
+    };
+    nixos_rebuild = mkOption {
+      type = types.str;
+      default = "${config.system.build.nixos-rebuild}/bin/nixos-rebuild";
+      defaultText = lib.literalExpression ''"''${config.system.build.nixos-rebuild}/bin/nixos-rebuild"'';
+      description = "The command run for flake deployments.";
+    };
+    nix_bin_dir = mkOption {
+      type = types.nullOr types.str;
+      default = "${config.nix.package}/bin";
+      defaultText = lib.literalExpression ''"''${config.nix.package}/bin"'';
+      description = "Directory holding nix-store and nix-env.";
+    };
+    nix_store = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "A Nix store to use instead of the system's (for testing).";
+    };
+    system_profile = mkOption {
+      type = types.str;
+      default = "/nix/var/nix/profiles/system";
+      description = "The system profile closures are installed into.";
+    };
+    systemctl = mkOption {
+      type = types.str;
+      default = "${config.systemd.package}/bin/systemctl";
+      defaultText = lib.literalExpression ''"''${config.systemd.package}/bin/systemctl"'';
+      description = "The command asked whether a unit is active (unit: checks).";
+    };
+    confirm_deadline = mkOption {
+      type = types.str;
+      default = "2m";
+      description = "After a switch the agent must reach the coordinator within this long, or it rolls back by itself.";
+    };
+  };
+
+  # null means "not set": left out of the TOML file.
+  settingsFile = toml.generate "drover-agent.toml" (lib.filterAttrs (_: v: v != null) ({
+    coordinator = cfg.coordinator;
+    ca_file = toString cfg.caFile;
+    enrollment_token_file = cfg.enrollmentTokenFile;
+    state_dir = cfg.stateDir;
+    labels = cfg.labels;
+  } // cfg.settings));
+in
+{
+  options.services.drover-agent = {
+    enable = mkEnableOption "the Drover agent";
+
+    package = mkOption {
+      type = types.package;
+      description = "The package providing bin/drover-agent.";
+    };
+
+    coordinator = mkOption {
+      type = types.str;
+      example = "203.0.113.5:7443";
+      description = "The coordinator's QUIC address (host:port).";
+    };
+
+    caFile = mkOption {
+      type = types.path;
+      description = "The fleet CA certificate (PEM); the only root the agent trusts.";
+    };
+
+    enrollmentTokenFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/drover-token";
+      description = ''
+        A file holding the enrollment token, read at first boot only. Give a
+        path outside the Nix store (e.g. written by cloud-init or read from a
+        config drive); the store is world-readable.
+      '';
+    };
+
+    stateDir = mkOption {
+      type = types.str;
+      default = "/var/lib/drover-agent";
+      description = "Where the agent keeps its key, certificate and apply records.";
+    };
+
+    labels = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+      description = "Labels the agent asks for (the enrollment token's labels rule).";
+    };
+
+    settings = mkOption {
+      type = types.submodule {
+        freeformType = toml.type;
+        options = settingsOptions;
+      };
+      default = { };
+      description = "Further keys of the agent's configuration file.";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [{
+      assertion = cfg.enrollmentTokenFile == null || !(lib.hasPrefix builtins.storeDir cfg.enrollmentTokenFile);
+      message = "services.drover-agent.enrollmentTokenFile must not be in the Nix store, which everyone can read.";
+    }];
+
+    systemd.services.drover-agent = {
+      description = "Drover agent";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+      # The switch restarts services; the agent must not stop itself midway.
+      restartIfChanged = false;
+      serviceConfig = {
+        ExecStart = "${cfg.package}/bin/drover-agent run --config ${settingsFile}";
+        Restart = "always";
+        RestartSec = 5;
+        # Exit code 3: this machine was revoked; restarting cannot help.
+        RestartPreventExitStatus = 3;
+        StateDirectory = "drover-agent";
+        StateDirectoryMode = "0700";
+        RuntimeDirectory = "drover";
+        RuntimeDirectoryPreserve = "yes";
+        # It switches the system as root; hardening that still allows that.
+        PrivateTmp = true;
+        ProtectHome = "read-only";
+        ProtectClock = true;
+        ProtectHostname = false;
+        RestrictRealtime = true;
+        LockPersonality = true;
+      };
+    };
+  };
+}
