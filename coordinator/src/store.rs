@@ -295,6 +295,11 @@ impl SledStore {
         })
     }
 
+    /// One record by key, if present.
+    fn one<T: DeserializeOwned>(tree: &sled::Tree, name: &'static str, key: &[u8]) -> Result<Option<T>, StoreError> {
+        tree.get(key)?.map(|v| decode(name, key, &v)).transpose()
+    }
+
     fn all<T: DeserializeOwned>(tree: &sled::Tree, name: &'static str) -> Result<Vec<T>, StoreError> {
         tree.iter()
             .map(|item| {
@@ -307,10 +312,7 @@ impl SledStore {
 
 impl Store for SledStore {
     fn machine(&self, id: &str) -> Result<Option<MachineRecord>, StoreError> {
-        self.machines
-            .get(id)?
-            .map(|v| decode(MACHINES, id.as_bytes(), &v))
-            .transpose()
+        Self::one(&self.machines, MACHINES, id.as_bytes())
     }
 
     fn machines(&self) -> Result<Vec<MachineRecord>, StoreError> {
@@ -408,10 +410,7 @@ impl Store for SledStore {
     }
 
     fn admin(&self, name: &str) -> Result<Option<AdminRecord>, StoreError> {
-        self.admins
-            .get(name)?
-            .map(|v| decode(ADMINS, name.as_bytes(), &v))
-            .transpose()
+        Self::one(&self.admins, ADMINS, name.as_bytes())
     }
 
     fn admins(&self) -> Result<Vec<AdminRecord>, StoreError> {
@@ -441,13 +440,11 @@ impl Store for SledStore {
     }
 
     fn assignment(&self, machine: &str, generation: u64) -> Result<Option<AssignmentRecord>, StoreError> {
-        let key = generation_key(machine, generation);
-        self.assignments.get(&key)?.map(|v| decode(ASSIGNMENTS, &key, &v)).transpose()
+        Self::one(&self.assignments, ASSIGNMENTS, &generation_key(machine, generation))
     }
 
     fn deployment(&self, machine: &str, generation: u64) -> Result<Option<DeploymentRecord>, StoreError> {
-        let key = generation_key(machine, generation);
-        self.deployments.get(&key)?.map(|v| decode(DEPLOYMENTS, &key, &v)).transpose()
+        Self::one(&self.deployments, DEPLOYMENTS, &generation_key(machine, generation))
     }
 
     fn deployments(&self, machine: Option<&str>) -> Result<Vec<DeploymentRecord>, StoreError> {
@@ -511,7 +508,7 @@ impl Store for SledStore {
     }
 
     fn rollout(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError> {
-        self.rollouts.get(id)?.map(|v| decode(ROLLOUTS, id.as_bytes(), &v)).transpose()
+        Self::one(&self.rollouts, ROLLOUTS, id.as_bytes())
     }
 
     fn rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {

@@ -5,28 +5,14 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use common::garage::GarageNode;
-use common::{Options, TestCoordinator};
-use drover_coordinator::config::S3Config;
+use common::garage::{coordinator_with_s3, GarageNode};
+use common::TestCoordinator;
 use drover_coordinator::s3::ObjectStoreAdmin;
 
 async fn coordinator_for(node_admin: &str, token: &str) -> TestCoordinator {
-    let mut fleet = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
-    let token_file = fleet.dir.path().join("garage-admin-token");
-    std::fs::write(&token_file, token).expect("token file");
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    fleet.config.s3 = Some(S3Config {
-        admin_endpoint: node_admin.to_string(),
-        admin_token_file: token_file,
-        s3_endpoint: "http://127.0.0.1:3900".into(),
-        region: "garage".into(),
-        public_url: Some("http://{bucket}.web.garage.localhost".into()),
-    });
-    fleet.serve().await;
-    fleet
+    coordinator_with_s3(node_admin, "http://127.0.0.1:3900", token).await
 }
 
 fn drover(fleet: &TestCoordinator, args: &[&str]) -> (bool, serde_json::Value, String) {

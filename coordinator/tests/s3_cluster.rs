@@ -5,13 +5,11 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
-use common::garage::{hex, rand_bytes, GarageNode};
-use common::{eventually, Options, TestCoordinator};
-use drover_coordinator::config::S3Config;
+use common::garage::{coordinator_with_s3, hex, rand_bytes, GarageNode};
+use common::{eventually, TestCoordinator};
 
 fn drover(fleet: &TestCoordinator, args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_drover"))
@@ -38,18 +36,7 @@ async fn three_garage_nodes_in_three_zones_form_a_healthy_cluster_that_survives_
         .map(|i| GarageNode::spawn_with_token(&dir.path().join(format!("garage{i}")), &secret, 3, &token))
         .collect();
 
-    let mut fleet = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
-    let token_file = fleet.dir.path().join("garage-admin-token");
-    std::fs::write(&token_file, &token).expect("token file");
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    fleet.config.s3 = Some(S3Config {
-        admin_endpoint: nodes[0].admin_url.clone(),
-        admin_token_file: token_file,
-        s3_endpoint: nodes[0].s3_url.clone(),
-        region: "garage".into(),
-        public_url: None,
-    });
-    fleet.serve().await;
+    let fleet = coordinator_with_s3(&nodes[0].admin_url, &nodes[0].s3_url, &token).await;
 
     for (i, node) in nodes.iter().enumerate().take(2) {
         let zone = format!("dc{}", i + 1);

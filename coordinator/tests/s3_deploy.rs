@@ -7,31 +7,17 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use common::flake::{flake, flake_spec, spawn_vm};
-use common::garage::GarageNode;
-use common::{raw_connect, Options, TestCoordinator};
-use drover_coordinator::config::S3Config;
+use common::garage::{coordinator_with_s3, GarageNode};
+use common::{raw_connect, TestCoordinator};
 use drover_coordinator::s3::{probe, ObjectStoreAdmin};
 use drover_protocol::v1::*;
 use drover_protocol::ErrorCode;
 
 async fn coordinator(admin_url: &str, s3_url: &str, token: &str) -> TestCoordinator {
-    let mut fleet = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
-    let token_file = fleet.dir.path().join("garage-admin-token");
-    std::fs::write(&token_file, token).expect("token file");
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    fleet.config.s3 = Some(S3Config {
-        admin_endpoint: admin_url.to_string(),
-        admin_token_file: token_file,
-        s3_endpoint: s3_url.to_string(),
-        region: "garage".into(),
-        public_url: Some("http://{bucket}.web.garage.localhost".into()),
-    });
-    fleet.serve().await;
-    fleet
+    coordinator_with_s3(admin_url, s3_url, token).await
 }
 
 fn spec(flake: &std::path::Path) -> DeploySpec {

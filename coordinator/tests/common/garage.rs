@@ -175,3 +175,22 @@ pub async fn wait_healthy(admin: &Garage) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A coordinator (in process) whose `[s3]` section points at a Garage admin
+/// API with `token` (kept in a 0600 file).
+pub async fn coordinator_with_s3(admin_url: &str, s3_url: &str, token: &str) -> super::TestCoordinator {
+    use std::os::unix::fs::PermissionsExt;
+    let mut fleet = super::TestCoordinator::start_with(super::Options { no_server: true, ..Default::default() }).await;
+    let token_file = fleet.dir.path().join("garage-admin-token");
+    std::fs::write(&token_file, token).expect("token file");
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    fleet.config.s3 = Some(drover_coordinator::config::S3Config {
+        admin_endpoint: admin_url.to_string(),
+        admin_token_file: token_file,
+        s3_endpoint: s3_url.to_string(),
+        region: "garage".into(),
+        public_url: Some("http://{bucket}.web.garage.localhost".into()),
+    });
+    fleet.serve().await;
+    fleet
+}
