@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::flake::{flake, flake_spec, spawn_vm};
+use common::flake::{flake, flake_spec, spawn_vm, spawn_vm_with};
 use common::{eventually, raw_connect, TestCoordinator};
 use drover_agent::AgentHandle;
 use drover_protocol::v1::*;
@@ -295,7 +295,7 @@ async fn a_system_that_cuts_the_machine_off_is_rolled_back_by_the_agent_itself()
     let mut fleet = TestCoordinator::start().await;
     let flake = flake(fleet.dir.path());
     let (_, token) = fleet.token(1, &[]).await;
-    let (vm, mut agent) = spawn_vm(&fleet, "vm1", Some(&token));
+    let (vm, mut agent) = spawn_vm_with(&fleet, "vm1", Some(&token), |c| c.confirm_deadline = Duration::from_secs(3));
     let id = online(&mut agent).await;
     let t = deploy(&fleet, spec_for(&id, flake_spec(&flake, "good"))).await;
     assert_eq!(finished(&fleet, &t[0].deployment_id).await.state, DeploymentState::Succeeded);

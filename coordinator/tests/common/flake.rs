@@ -57,6 +57,16 @@ pub fn flake(dir: &Path) -> PathBuf {
 }
 
 pub fn spawn_vm(fleet: &TestCoordinator, name: &str, token: Option<&Path>) -> (Vm, AgentHandle) {
+    spawn_vm_with(fleet, name, token, |_| {})
+}
+
+/// As [`spawn_vm`], with a last say on the agent's configuration.
+pub fn spawn_vm_with(
+    fleet: &TestCoordinator,
+    name: &str,
+    token: Option<&Path>,
+    adjust: impl FnOnce(&mut drover_agent::AgentConfig),
+) -> (Vm, AgentHandle) {
     let root = fleet.dir.path().join("vms").join(name);
     std::fs::create_dir_all(&root).expect("mkdir");
     let wrapper = root.join("nixos-rebuild");
@@ -78,7 +88,9 @@ pub fn spawn_vm(fleet: &TestCoordinator, name: &str, token: Option<&Path>) -> (V
     config.current_system = root.join("current-system");
     config.runtime_dir = root.join("run");
     config.switch_timeout = Duration::from_secs(60);
-    config.confirm_deadline = Duration::from_secs(3);
+    // Long enough for a coordinator restart under load.
+    config.confirm_deadline = Duration::from_secs(30);
+    adjust(&mut config);
     let health = SystemHealth::new(config.hostname.clone(), config.current_system.clone());
     let handle = drover_agent::spawn(config, health, None).expect("agent");
     (Vm { name: name.into(), root }, handle)
