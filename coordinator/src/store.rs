@@ -6,6 +6,12 @@
 //! an older `v` runs it through [`migrate`] first; a newer `v` than this build
 //! knows is an error (the store was written by a newer coordinator). The
 //! `meta` tree holds the schema version of the whole store.
+//!
+//! Durability: every write that records a decision (tokens, enrollments,
+//! admins, revocations and labels, generations, deployment outcomes,
+//! rollout steps, S3 nodes) is flushed to disk before the call returns, so
+//! nothing a peer was told can be lost by a crash. Only health reports
+//! (`record_health`) are left to sled's periodic flush.
 
 use std::path::Path;
 
@@ -49,7 +55,16 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     fn machine(&self, id: &str) -> Result<Option<MachineRecord>, StoreError>;
     fn machines(&self) -> Result<Vec<MachineRecord>, StoreError>;
-    /// Changes one machine atomically; `change` may run more than once.
+    /// Records a health report (not flushed at once: losing the newest
+    /// report in a crash is harmless, and reports are frequent).
+    fn record_health(
+        &self,
+        id: &str,
+        change: &dyn Fn(&mut MachineRecord) -> Result<(), StoreError>,
+    ) -> Result<MachineRecord, StoreError>;
+
+    /// Changes one machine atomically and durably; `change` may run more
+    /// than once.
     fn update_machine(
         &self,
         id: &str,
@@ -295,6 +310,34 @@ impl SledStore {
         })
     }
 
+    /// Flushes after a successful write, so that it survives a crash.
+    fn durable<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        let value = result?;
+        self.db.flush()?;
+        Ok(value)
+    }
+
+    fn change_machine(
+        &self,
+        id: &str,
+        change: &dyn Fn(&mut MachineRecord) -> Result<(), StoreError>,
+    ) -> Result<MachineRecord, StoreError> {
+        unwrap_tx(self.machines.transaction(|tx| {
+            let Some(bytes) = tx.get(id)? else {
+                return abort(StoreError::NotFound {
+                    what: "machine",
+                    id: id.to_string(),
+                });
+            };
+            let mut record: MachineRecord = tx_decode(MACHINES, id.as_bytes(), &bytes)?;
+            if let Err(e) = change(&mut record) {
+                return abort(e);
+            }
+            tx.insert(id.as_bytes(), encode(&record))?;
+            Ok(record)
+        }))
+    }
+
     /// One record by key, if present.
     fn one<T: DeserializeOwned>(tree: &sled::Tree, name: &'static str, key: &[u8]) -> Result<Option<T>, StoreError> {
         tree.get(key)?.map(|v| decode(name, key, &v)).transpose()
@@ -319,32 +362,27 @@ impl Store for SledStore {
         Self::all(&self.machines, MACHINES)
     }
 
+    fn record_health(
+        &self,
+        id: &str,
+        change: &dyn Fn(&mut MachineRecord) -> Result<(), StoreError>,
+    ) -> Result<MachineRecord, StoreError> {
+        self.change_machine(id, change)
+    }
+
     fn update_machine(
         &self,
         id: &str,
         change: &dyn Fn(&mut MachineRecord) -> Result<(), StoreError>,
     ) -> Result<MachineRecord, StoreError> {
-        unwrap_tx(self.machines.transaction(|tx| {
-            let Some(bytes) = tx.get(id)? else {
-                return abort(StoreError::NotFound {
-                    what: "machine",
-                    id: id.to_string(),
-                });
-            };
-            let mut record: MachineRecord = tx_decode(MACHINES, id.as_bytes(), &bytes)?;
-            if let Err(e) = change(&mut record) {
-                return abort(e);
-            }
-            tx.insert(id.as_bytes(), encode(&record))?;
-            Ok(record)
-        }))
+        self.durable(self.change_machine(id, change))
     }
 
     fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
         let previous = self
             .tokens
             .compare_and_swap(&token.hash, None as Option<&[u8]>, Some(encode(token)))?;
-        previous.map_err(|_| StoreError::Conflict("token already exists".into()))
+        self.durable(previous.map_err(|_| StoreError::Conflict("token already exists".into())))
     }
 
     fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
@@ -367,7 +405,7 @@ impl Store for SledStore {
                 what: "token",
                 id: id.to_string(),
             })?;
-        unwrap_tx(self.tokens.transaction(|tx| {
+        self.durable(unwrap_tx(self.tokens.transaction(|tx| {
             let Some(bytes) = tx.get(&token.hash)? else {
                 return abort(StoreError::NotFound {
                     what: "token",
@@ -378,7 +416,7 @@ impl Store for SledStore {
             record.revoked = true;
             tx.insert(token.hash.as_bytes(), encode(&record))?;
             Ok(record)
-        }))
+        })))
     }
 
     fn enroll(
@@ -387,7 +425,7 @@ impl Store for SledStore {
         now: UnixMillis,
         machine: &MachineRecord,
     ) -> Result<MachineRecord, StoreError> {
-        unwrap_tx((&self.tokens, &self.machines).transaction(|(tokens_tx, machines_tx)| {
+        self.durable(unwrap_tx((&self.tokens, &self.machines).transaction(|(tokens_tx, machines_tx)| {
             let token: Option<TokenRecord> = match tokens_tx.get(token_hash)? {
                 Some(bytes) => Some(tx_decode(TOKENS, b"<hash>", &bytes)?),
                 None => None,
@@ -406,7 +444,7 @@ impl Store for SledStore {
             tokens_tx.insert(token_hash.as_bytes(), encode(&token))?;
             machines_tx.insert(machine.id.as_bytes(), encode(&machine))?;
             Ok(machine)
-        }))
+        })))
     }
 
     fn admin(&self, name: &str) -> Result<Option<AdminRecord>, StoreError> {
@@ -421,7 +459,7 @@ impl Store for SledStore {
         let previous = self
             .admins
             .compare_and_swap(&admin.name, None as Option<&[u8]>, Some(encode(admin)))?;
-        previous.map_err(|_| StoreError::Conflict(format!("admin {:?} already exists", admin.name)))
+        self.durable(previous.map_err(|_| StoreError::Conflict(format!("admin {:?} already exists", admin.name))))
     }
 
     fn record_generation(
@@ -429,14 +467,14 @@ impl Store for SledStore {
         machines: &[String],
         make: &dyn Fn(&MachineRecord, u64) -> (AssignmentRecord, DeploymentRecord),
     ) -> Result<Vec<DeployedTarget>, StoreError> {
-        unwrap_tx((&self.machines, &self.assignments, &self.deployments).transaction(
+        self.durable(unwrap_tx((&self.machines, &self.assignments, &self.deployments).transaction(
             |(machines_tx, assignments_tx, deployments_tx)| {
                 machines
                     .iter()
                     .map(|id| record_in_tx(machines_tx, assignments_tx, deployments_tx, id, make))
                     .collect()
             },
-        ))
+        )))
     }
 
     fn assignment(&self, machine: &str, generation: u64) -> Result<Option<AssignmentRecord>, StoreError> {
@@ -473,7 +511,7 @@ impl Store for SledStore {
         change: &dyn Fn(&mut DeploymentRecord, &mut MachineRecord) -> Result<(), StoreError>,
     ) -> Result<DeploymentRecord, StoreError> {
         let key = generation_key(machine, generation);
-        unwrap_tx((&self.machines, &self.deployments).transaction(|(machines_tx, deployments_tx)| {
+        self.durable(unwrap_tx((&self.machines, &self.deployments).transaction(|(machines_tx, deployments_tx)| {
             let Some(bytes) = deployments_tx.get(&key)? else {
                 return abort(StoreError::NotFound { what: "deployment", id: deployment_id(machine, generation) });
             };
@@ -488,7 +526,7 @@ impl Store for SledStore {
             deployments_tx.insert(key.clone(), encode(&deployment))?;
             machines_tx.insert(machine.as_bytes(), encode(&record))?;
             Ok(deployment)
-        }))
+        })))
     }
 
     fn s3_nodes(&self) -> Result<Vec<S3NodeRecord>, StoreError> {
@@ -497,6 +535,7 @@ impl Store for SledStore {
 
     fn put_s3_node(&self, node: &S3NodeRecord) -> Result<(), StoreError> {
         self.s3_nodes.insert(node.admin.as_bytes(), encode(node))?;
+        self.db.flush()?;
         Ok(())
     }
 
@@ -504,7 +543,7 @@ impl Store for SledStore {
         let previous = self
             .rollouts
             .compare_and_swap(&rollout.id, None as Option<&[u8]>, Some(encode(rollout)))?;
-        previous.map_err(|_| StoreError::Conflict(format!("rollout {} already exists", rollout.id)))
+        self.durable(previous.map_err(|_| StoreError::Conflict(format!("rollout {} already exists", rollout.id))))
     }
 
     fn rollout(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError> {
@@ -578,12 +617,19 @@ impl Store for SledStore {
                         Err(e) => return Err(e),
                     }
                 }
-                if record != before {
+                let changed = record != before;
+                if changed {
                     rollouts_tx.insert(id.as_bytes(), encode(&record))?;
                 }
-                Ok((record, targets))
+                Ok((record, targets, changed))
             },
         ))
+        .and_then(|(record, targets, changed)| {
+            if changed {
+                self.db.flush()?;
+            }
+            Ok((record, targets))
+        })
     }
 
     fn flush(&self) -> Result<(), StoreError> {

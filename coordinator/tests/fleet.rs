@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{eventually, until_reported, Options, TestCoordinator};
-use drover_protocol::v1::{AdminRequest, AdminResponse, MachineStatus};
+use drover_protocol::v1::{AdminRequest, AdminResponse, DeploySpec, MachineStatus, SystemSpec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_agents_enroll_and_show_online_with_health_in_the_cli_json() {
@@ -141,4 +141,53 @@ async fn coordinator_restart_keeps_machines_and_tokens_and_agents_reconnect_with
     }
     server.kill().expect("kill");
     server.wait().expect("reap");
+}
+
+/// What the coordinator acknowledged survives a SIGKILL right after the
+/// answer: tokens, enrollments, generations (sled's periodic flush alone
+/// would lose the last half second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_coordinator_acknowledged_survives_a_sigkill_right_after() {
+    let fleet = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args(["serve", "--state-dir"])
+            .arg(&fleet.state_dir)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start drover serve")
+    };
+    let kill = |mut child: std::process::Child| {
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    };
+
+    let server = spawn();
+    let (token, _) = fleet.token(1, &[]).await;
+    kill(server);
+    let server = spawn();
+    let AdminResponse::Tokens(tokens) = fleet.call(AdminRequest::TokensList).await else { panic!() };
+    assert_eq!(tokens.len(), 1, "the token survived");
+
+    let (issued, _) = common::enroll_raw(&fleet, &token, "vm1").await;
+    kill(server);
+    let server = spawn();
+    assert_eq!(fleet.machines().await.len(), 1, "the enrollment survived");
+
+    let spec = DeploySpec {
+        machine: Some(issued.subject.clone()),
+        selector: Default::default(),
+        system: SystemSpec::Flake { uri: "path:/fleet".into(), attribute: "web".into() },
+        secrets: vec![],
+        facts: Default::default(),
+        checks: vec![],
+        health_deadline_ms: 1000,
+    };
+    let AdminResponse::Deployed(targets) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!() };
+    assert_eq!(targets[0].generation, 1);
+    kill(server);
+    let server = spawn();
+    let AdminResponse::MachineDetail(detail) = fleet.call(AdminRequest::MachinesDetail { id: issued.subject.clone() }).await else { panic!() };
+    assert_eq!(detail.desired_generation, 1, "the generation survived");
+    kill(server);
 }

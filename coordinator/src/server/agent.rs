@@ -84,7 +84,7 @@ pub(super) async fn handle(
         AgentRequest::Report(report) => {
             let now = now_ms();
             let health = HealthRecord::from_wire(report, now);
-            let result = state.store.update_machine(id, &|m| {
+            let result = state.store.record_health(id, &|m| {
                 if m.revoked_at.is_some() {
                     return Err(StoreError::Revoked(id.to_string()));
                 }
