@@ -98,14 +98,7 @@ async fn an_agent_restart_keeps_its_identity_and_makes_no_second_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_restart_keeps_machines_and_tokens_and_agents_reconnect_without_enrolling() {
     let fleet = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
-    let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_drover"))
-            .args(["serve", "--state-dir"])
-            .arg(&fleet.state_dir)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start drover serve")
-    };
+    let spawn = || common::spawn_coordinator(&fleet.state_dir);
     let mut server = spawn();
     let (_, token) = fleet.token(3, &[("role", "web")]).await;
     let (_, spare) = fleet.token(2, &[]).await;
@@ -149,14 +142,7 @@ async fn coordinator_restart_keeps_machines_and_tokens_and_agents_reconnect_with
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_the_coordinator_acknowledged_survives_a_sigkill_right_after() {
     let fleet = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
-    let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_drover"))
-            .args(["serve", "--state-dir"])
-            .arg(&fleet.state_dir)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start drover serve")
-    };
+    let spawn = || common::spawn_coordinator(&fleet.state_dir);
     let kill = |mut child: std::process::Child| {
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");

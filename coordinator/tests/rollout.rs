@@ -5,12 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::flake::{flake, flake_spec, spawn_vm, Vm};
-use common::{eventually, Options, TestCoordinator};
+use common::{eventually, spawn_coordinator, Options, TestCoordinator};
 use drover_agent::AgentHandle;
 use drover_protocol::v1::*;
 
@@ -118,15 +118,6 @@ impl Fleet {
             let _ = a.stop().await;
         }
     }
-}
-
-fn spawn_coordinator(state_dir: &Path) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_drover"))
-        .args(["serve", "--state-dir"])
-        .arg(state_dir)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start drover serve")
 }
 
 fn summary(r: &RolloutInfo) -> String {

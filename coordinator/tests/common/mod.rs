@@ -248,3 +248,14 @@ pub async fn enroll_raw(fleet: &TestCoordinator, token: &str, hostname: &str) ->
     .expect("enrollment");
     (issued, key.serialize_der())
 }
+
+/// Starts `drover serve` as its own process on a state directory (so a
+/// test can SIGKILL it).
+pub fn spawn_coordinator(state_dir: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["serve", "--state-dir"])
+        .arg(state_dir)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start drover serve")
+}
