@@ -99,10 +99,18 @@ pub async fn apply(state: &Coordinator) -> Result<S3Cluster, WireError> {
         let version = first.apply_layout(&roles).await.map_err(wire)?;
         tracing::info!(version, nodes = roles.len(), "garage layout applied");
     }
+    // Healthy, with every recorded node connected, several polls in a row:
+    // right after a layout change Garage can say healthy while peers are
+    // still (re)connecting.
     let deadline = tokio::time::Instant::now() + HEALTHY_TIMEOUT;
+    let mut stable = 0;
     loop {
         let health = first.health().await.map_err(wire)?;
-        if health.get("status").and_then(Value::as_str) == Some("healthy") {
+        let connected = health.get("connectedNodes").and_then(Value::as_u64).unwrap_or(0);
+        let settled = health.get("status").and_then(Value::as_str) == Some("healthy")
+            && connected >= nodes.len() as u64;
+        stable = if settled { stable + 1 } else { 0 };
+        if stable >= 3 {
             break;
         }
         if tokio::time::Instant::now() >= deadline {

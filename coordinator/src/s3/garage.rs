@@ -8,6 +8,9 @@ use serde_json::{json, Value};
 
 use super::{check_bucket_name, Bucket, Key, ObjectStoreAdmin, Permissions, S3Error};
 
+/// How often a 503 (no quorum for now) is tried again.
+const TRANSIENT_RETRIES: u32 = 5;
+
 /// A Garage admin API client.
 pub struct Garage {
     base: String,
@@ -72,6 +75,21 @@ impl Garage {
     /// One admin API call. `Ok(None)` is a 404 (the caller decides what is
     /// missing).
     async fn call(&self, method: Method, op: &str, query: &[(&str, &str)], body: Option<Value>) -> Result<Option<Value>, S3Error> {
+        // 503 is Garage's word for "no quorum right now" (a node restarting,
+        // peers reconnecting): worth a few more tries before giving up.
+        let mut attempt = 0;
+        loop {
+            match self.call_once(method.clone(), op, query, body.clone()).await {
+                Err(S3Error::Api { status: 503, .. }) if attempt < TRANSIENT_RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(300 * u64::from(attempt))).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once(&self, method: Method, op: &str, query: &[(&str, &str)], body: Option<Value>) -> Result<Option<Value>, S3Error> {
         let url = format!("{}/v2/{op}", self.base);
         let mut request = self.http.request(method, &url).bearer_auth(&self.token).query(query);
         if let Some(body) = body {
