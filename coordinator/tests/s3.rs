@@ -16,14 +16,7 @@ async fn coordinator_for(node_admin: &str, token: &str) -> TestCoordinator {
 }
 
 fn drover(fleet: &TestCoordinator, args: &[&str]) -> (bool, serde_json::Value, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_drover"))
-        .args(args)
-        .args(["--output", "json"])
-        .env("DROVER_ADMIN_BUNDLE", &fleet.bundle_path)
-        .output()
-        .expect("run drover");
-    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    (out.status.success(), json, String::from_utf8_lossy(&out.stderr).to_string())
+    common::drover_json(fleet, args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,14 +12,9 @@ use common::garage::{coordinator_with_s3, hex, rand_bytes, GarageNode};
 use common::{eventually, TestCoordinator};
 
 fn drover(fleet: &TestCoordinator, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_drover"))
-        .args(args)
-        .args(["--output", "json"])
-        .env("DROVER_ADMIN_BUNDLE", &fleet.bundle_path)
-        .output()
-        .expect("run drover");
-    assert!(out.status.success(), "drover {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("json")
+    let (ok, json, stderr) = common::drover_json(fleet, args);
+    assert!(ok && !json.is_null(), "drover {args:?}: {stderr}");
+    json
 }
 
 fn node_up(status: &serde_json::Value, admin: &str) -> Option<bool> {

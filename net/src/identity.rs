@@ -44,22 +44,6 @@ pub enum IdentityError {
     NoIdentity,
 }
 
-/// A certificate and the PKCS#8 key that goes with it, both DER.
-#[derive(Clone)]
-pub struct Identity {
-    pub cert_der: Vec<u8>,
-    pub key_pkcs8_der: Vec<u8>,
-}
-
-impl std::fmt::Debug for Identity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity")
-            .field("cert_der", &format_args!("{} bytes", self.cert_der.len()))
-            .field("key_pkcs8_der", &"<redacted>")
-            .finish()
-    }
-}
-
 /// Generates a fresh ECDSA P-256 key pair.
 pub fn generate_key() -> Result<KeyPair, IdentityError> {
     KeyPair::generate().map_err(|e| IdentityError::KeyGen(e.to_string()))

@@ -15,4 +15,4 @@ pub mod stream;
 pub mod tls;
 
 pub use client::{ClientError, CoordinatorConnection};
-pub use identity::{Identity, PeerCertificate};
+pub use identity::PeerCertificate;

@@ -13,15 +13,6 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between rounds.
 const ROUND_PAUSE: Duration = Duration::from_millis(500);
 
-pub fn describe(check: &HealthCheck) -> String {
-    match check {
-        HealthCheck::Unit { name } => format!("unit:{name}"),
-        HealthCheck::Http { url } => url.clone(),
-        HealthCheck::Tcp { host, port } => format!("tcp:{host}:{port}"),
-        HealthCheck::S3 { bucket } => format!("s3:{bucket}"),
-    }
-}
-
 /// Lists the bucket with the credentials and facts delivered for it
 /// (`secrets/s3-BUCKET-access-key-id`, `secrets/s3-BUCKET-secret-access-key`,
 /// `facts.json`: `s3_endpoint`, `s3_region`).

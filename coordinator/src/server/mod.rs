@@ -116,11 +116,6 @@ impl Live {
     fn clear(&self) {
         self.machines.lock().expect("live map lock").clear();
     }
-
-    /// Number of machines with at least one live connection.
-    pub fn connected(&self) -> usize {
-        self.machines.lock().expect("live map lock").len()
-    }
 }
 
 /// Everything a request handler needs.
@@ -184,11 +179,6 @@ impl ServerHandle {
         self.driver.abort();
         let _ = self.driver.await;
         let _ = self.coordinator.store.flush();
-    }
-
-    /// Waits until the accept loop ends (it runs until shutdown).
-    pub async fn wait(&mut self) {
-        let _ = (&mut self.task).await;
     }
 }
 

@@ -249,6 +249,19 @@ pub async fn enroll_raw(fleet: &TestCoordinator, token: &str, hostname: &str) ->
     (issued, key.serialize_der())
 }
 
+/// Runs the `drover` CLI with the fleet's admin bundle and `--output json`:
+/// (success, the JSON it printed or null, standard error).
+pub fn drover_json(fleet: &TestCoordinator, args: &[&str]) -> (bool, serde_json::Value, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(args)
+        .args(["--output", "json"])
+        .env("DROVER_ADMIN_BUNDLE", &fleet.bundle_path)
+        .output()
+        .expect("run drover");
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.success(), json, String::from_utf8_lossy(&out.stderr).to_string())
+}
+
 /// Starts `drover serve` as its own process on a state directory (so a
 /// test can SIGKILL it).
 pub fn spawn_coordinator(state_dir: &Path) -> std::process::Child {
