@@ -128,6 +128,10 @@ pub enum AgentRequest {
     FetchAssignment,
     /// Progress or the outcome of applying a generation.
     ReportDeployment(DeploymentReport),
+    /// The machine's newest assignment with the SSH access that goes with
+    /// it; answered by [`AgentResponse::AssignmentWithAccess`] or
+    /// [`AgentResponse::NoAssignment`].
+    FetchAssignmentWithAccess,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,6 +142,24 @@ pub enum AgentResponse {
     Event(AgentEvent),
     Assignment(Assignment),
     NoAssignment,
+    AssignmentWithAccess { assignment: Assignment, access: Access },
+}
+
+/// Who may log in to a machine over SSH, as the coordinator decided at the
+/// assignment's generation: the keys of the admins who manage its tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Access {
+    pub authorized_keys: Vec<LoginKeys>,
+}
+
+/// The authorized keys of one login on the machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct LoginKeys {
+    pub login: String,
+    /// OpenSSH public key lines (`TYPE BASE64 COMMENT`), no options.
+    pub keys: Vec<String>,
 }
 
 /// Events pushed to an agent on its watch stream.
@@ -247,6 +269,21 @@ pub enum AdminRequest {
     DeployWithBuckets { spec: DeploySpec, buckets: Vec<BucketRequest> },
     /// A rollout whose buckets the coordinator makes ready first.
     RolloutStartWithBuckets { spec: RolloutSpec, buckets: Vec<BucketRequest> },
+    /// Records an operator (tenant) and generates its admin password.
+    TenantsCreate(TenantSpec),
+    TenantsList,
+    TenantsShow { domain: String, show_password: bool },
+    TenantsRemove { domain: String },
+    /// Changes which admins manage a tenant (their SSH keys reach its machines).
+    TenantsManagers { domain: String, add: Vec<String>, remove: Vec<String> },
+    /// Records an SSH public key of an admin for logins as `login`.
+    AdminsAddKey { name: String, login: String, key: String },
+    /// Removes an admin's key by its SHA256 fingerprint.
+    AdminsRemoveKey { name: String, fingerprint: String },
+    /// SSH keys of one admin, or of all.
+    AdminsKeys { name: Option<String> },
+    /// Removes an admin: its certificate stops working, its keys leave.
+    AdminsRemove { name: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -267,6 +304,48 @@ pub enum AdminResponse {
     Rollout(RolloutInfo),
     Rollouts(Vec<RolloutInfo>),
     S3(S3Response),
+    Tenant(TenantInfo),
+    Tenants(Vec<TenantInfo>),
+    SshKeys(Vec<SshKeyInfo>),
+}
+
+/// An operator to record (`drover tenants create`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct TenantSpec {
+    /// The operator's domain; machines labelled `tenant=DOMAIN` are theirs.
+    pub domain: String,
+    pub admin_email: String,
+    /// The services' admin account name.
+    pub admin_user: String,
+    /// Admins who manage this tenant's machines.
+    pub managers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct TenantInfo {
+    pub domain: String,
+    pub admin_email: String,
+    pub admin_user: String,
+    pub managers: Vec<String>,
+    pub created_at: UnixMillis,
+    /// Machines labelled with this tenant (not revoked).
+    pub machines: u32,
+    /// Only when asked for (`--show-password`).
+    pub admin_password: Option<Secret>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct SshKeyInfo {
+    pub admin: String,
+    pub login: String,
+    /// `SHA256:...`, as `ssh-keygen -l` prints it.
+    pub fingerprint: String,
+    pub algorithm: String,
+    pub comment: String,
+    pub added_at: UnixMillis,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

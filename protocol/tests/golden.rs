@@ -136,6 +136,18 @@ fn rollout() -> RolloutInfo {
     }
 }
 
+fn tenant() -> TenantInfo {
+    TenantInfo {
+        domain: "acme.example".into(),
+        admin_email: "ops@acme.example".into(),
+        admin_user: "admin".into(),
+        managers: vec!["alice".into()],
+        created_at: 1_700_000_000_000,
+        machines: 2,
+        admin_password: Some(Secret::new("pw")),
+    }
+}
+
 fn requests() -> Vec<(&'static str, Request)> {
     vec![
         ("request-hello", Request::Hello(Hello { versions: VersionRange { min: 1, max: 1 }, software: "drover-agent 0.1.0".into() })),
@@ -170,6 +182,16 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-admin-s3-cluster-add-machine", Request::Admin(AdminRequest::S3(S3Request::ClusterAddMachine { machine: "m-0123456789".into() }))),
         ("request-admin-deploy-with-buckets", Request::Admin(AdminRequest::DeployWithBuckets { spec: DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000 }, buckets: vec![BucketRequest { name: "acme-media".into(), public: true }] })),
         ("request-admin-deployments-of-rollout", Request::Admin(AdminRequest::DeploymentsOfRollout { id: "r-0a1b2c3d".into() })),
+        ("request-agent-fetch-assignment-with-access", Request::Agent(AgentRequest::FetchAssignmentWithAccess)),
+        ("request-admin-tenants-create", Request::Admin(AdminRequest::TenantsCreate(TenantSpec { domain: "acme.example".into(), admin_email: "ops@acme.example".into(), admin_user: "admin".into(), managers: vec!["alice".into()] }))),
+        ("request-admin-tenants-list", Request::Admin(AdminRequest::TenantsList)),
+        ("request-admin-tenants-show", Request::Admin(AdminRequest::TenantsShow { domain: "acme.example".into(), show_password: true })),
+        ("request-admin-tenants-remove", Request::Admin(AdminRequest::TenantsRemove { domain: "acme.example".into() })),
+        ("request-admin-tenants-managers", Request::Admin(AdminRequest::TenantsManagers { domain: "acme.example".into(), add: vec!["bob".into()], remove: vec!["alice".into()] })),
+        ("request-admin-admins-add-key", Request::Admin(AdminRequest::AdminsAddKey { name: "alice".into(), login: "root".into(), key: "ssh-ed25519 AAAA alice@laptop".into() })),
+        ("request-admin-admins-remove-key", Request::Admin(AdminRequest::AdminsRemoveKey { name: "alice".into(), fingerprint: "SHA256:abc".into() })),
+        ("request-admin-admins-keys", Request::Admin(AdminRequest::AdminsKeys { name: Some("alice".into()) })),
+        ("request-admin-admins-remove", Request::Admin(AdminRequest::AdminsRemove { name: "alice".into() })),
     ]
 }
 
@@ -200,6 +222,10 @@ fn responses() -> Vec<(&'static str, Response)> {
         ("response-admin-s3-bucket", Response::Admin(AdminResponse::S3(S3Response::Bucket(S3Bucket { id: "b1".into(), aliases: vec!["acme-media".into()], website: true, public_url: Some("https://acme-media.web.example".into()), objects: 2, bytes: 10, grants: vec![S3Grant { key_id: "GK1".into(), read: true, write: true, owner: false }], max_size: None, max_objects: Some(5) })))),
         ("response-admin-s3-key", Response::Admin(AdminResponse::S3(S3Response::Key(S3Key { id: "GK1".into(), name: "acme".into(), secret: Some(Secret::new("s")) })))),
         ("response-admin-machine-detail", Response::Admin(AdminResponse::MachineDetail(MachineDetail { machine: machine(), desired_generation: 3, current_generation: Some(2), current_system: Some("/nix/store/abc".into()) }))),
+        ("response-agent-assignment-with-access", Response::Agent(AgentResponse::AssignmentWithAccess { assignment: assignment(), access: Access { authorized_keys: vec![LoginKeys { login: "root".into(), keys: vec!["ssh-ed25519 AAAA alice@laptop".into()] }] } })),
+        ("response-admin-tenant", Response::Admin(AdminResponse::Tenant(tenant()))),
+        ("response-admin-tenants", Response::Admin(AdminResponse::Tenants(vec![tenant()]))),
+        ("response-admin-ssh-keys", Response::Admin(AdminResponse::SshKeys(vec![SshKeyInfo { admin: "alice".into(), login: "root".into(), fingerprint: "SHA256:abc".into(), algorithm: "ssh-ed25519".into(), comment: "alice@laptop".into(), added_at: 1 }]))),
     ]
 }
 
