@@ -380,9 +380,9 @@ impl<H: HealthSource> Agent<H> {
         if self.apply.desired <= last {
             return Ok(());
         }
-        let answer = ask(conn, Request::Agent(AgentRequest::FetchAssignment), self.config.connect_timeout).await?;
-        let assignment = match answer {
-            Response::Agent(AgentResponse::Assignment(a)) => a,
+        let answer = ask(conn, Request::Agent(AgentRequest::FetchAssignmentWithAccess), self.config.connect_timeout).await?;
+        let (assignment, access) = match answer {
+            Response::Agent(AgentResponse::AssignmentWithAccess { assignment, access }) => (assignment, access),
             Response::Agent(AgentResponse::NoAssignment) => return Ok(()),
             other => return Err(ClientError::Unexpected(format!("{other:?}")).into()),
         };
@@ -392,7 +392,7 @@ impl<H: HealthSource> Agent<H> {
         tracing::info!(generation = assignment.generation, "applying a new generation");
         let applier = self.apply.applier.clone();
         self.status.send_modify(|s| s.applies += 1);
-        self.apply.task = Some(tokio::spawn(async move { Some(applier.apply(assignment).await) }));
+        self.apply.task = Some(tokio::spawn(async move { Some(applier.apply(assignment, access).await) }));
         Ok(())
     }
 

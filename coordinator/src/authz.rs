@@ -22,7 +22,12 @@ pub fn required_role(request: &AdminRequest) -> Role {
             | S3Request::KeysList
             | S3Request::KeyShow { show_secret: false, .. }
             | S3Request::ClusterStatus,
-        ) => Role::Viewer,
+        )
+        | AdminRequest::TenantsList
+        | AdminRequest::TenantsShow { show_password: false, .. }
+        | AdminRequest::AdminsKeys { .. } => Role::Viewer,
+        // Who may log in to machines is decided by admins only.
+        AdminRequest::TenantsCreate(spec) if !spec.managers.is_empty() => Role::Admin,
         AdminRequest::TokensCreate(_)
         | AdminRequest::TokensRevoke { .. }
         | AdminRequest::MachinesLabel { .. }
@@ -32,8 +37,15 @@ pub fn required_role(request: &AdminRequest) -> Role {
         | AdminRequest::RolloutStartWithBuckets { .. }
         | AdminRequest::RolloutStart(_)
         | AdminRequest::RolloutControl { .. }
-        | AdminRequest::S3(_) => Role::Operator,
-        AdminRequest::AdminsAdd { .. } => Role::Admin,
+        | AdminRequest::S3(_)
+        | AdminRequest::TenantsCreate(_)
+        | AdminRequest::TenantsShow { .. }
+        | AdminRequest::TenantsRemove { .. } => Role::Operator,
+        AdminRequest::AdminsAdd { .. }
+        | AdminRequest::TenantsManagers { .. }
+        | AdminRequest::AdminsAddKey { .. }
+        | AdminRequest::AdminsRemoveKey { .. }
+        | AdminRequest::AdminsRemove { .. } => Role::Admin,
     }
 }
 
@@ -56,5 +68,19 @@ mod tests {
         assert!(allowed(Role::Operator, &revoke));
         assert!(!allowed(Role::Operator, &add));
         assert!(allowed(Role::Admin, &add));
+        let key = AdminRequest::AdminsAddKey { name: "op".into(), login: "root".into(), key: String::new() };
+        assert!(!allowed(Role::Operator, &key), "an operator cannot grant itself SSH access");
+        let tenant = |managers: Vec<String>| {
+            AdminRequest::TenantsCreate(drover_protocol::v1::TenantSpec {
+                domain: "a.example".into(),
+                admin_email: "a@a.example".into(),
+                admin_user: "admin".into(),
+                managers,
+            })
+        };
+        assert!(allowed(Role::Operator, &tenant(vec![])));
+        assert!(!allowed(Role::Operator, &tenant(vec!["op".into()])));
+        assert!(!allowed(Role::Viewer, &AdminRequest::TenantsShow { domain: "a.example".into(), show_password: true }));
+        assert!(allowed(Role::Viewer, &AdminRequest::TenantsShow { domain: "a.example".into(), show_password: false }));
     }
 }

@@ -35,9 +35,13 @@ pub enum Command {
     /// The machine registry.
     #[command(subcommand)]
     Machines(MachinesCommand),
-    /// Admins and their roles.
+    /// Admins, their roles and their SSH keys.
     #[command(subcommand)]
     Admins(AdminsCommand),
+    /// Operators (tenants) the fleet hosts services for: their domain, admin
+    /// account and the admins who manage their machines.
+    #[command(subcommand)]
+    Tenants(TenantsCommand),
     /// Record a new generation for machines: what system to run, with which
     /// secrets, facts and health checks. Agents hear of it at once.
     Deploy(DeployArgs),
@@ -185,6 +189,96 @@ pub enum AdminsCommand {
     },
     /// List admins and their roles.
     List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Record an SSH public key of an admin. It is installed on the machines
+    /// the admin manages (all machines for the admin role, the machines of
+    /// their tenants otherwise) with each machine's next generation.
+    AddKey {
+        name: String,
+        /// The public key file, e.g. ~/.ssh/id_ed25519.pub (`-` reads standard input).
+        keyfile: PathBuf,
+        /// The account on the machines the key logs in to.
+        #[arg(long, default_value = crate::tenancy::DEFAULT_LOGIN)]
+        login: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove an admin's SSH key; it leaves every machine with the machine's
+    /// next generation.
+    RemoveKey {
+        name: String,
+        /// The key's fingerprint (SHA256:..., see `drover admins keys`) or its .pub file.
+        key: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List SSH keys, of one admin or of all.
+    Keys {
+        name: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove an admin: their certificate stops working at once, their SSH
+    /// keys leave every machine with its next generation.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantsCommand {
+    /// Record an operator. Machines labelled tenant=DOMAIN then receive the
+    /// facts domain, tenant, admin_user and admin_email, and the generated
+    /// admin password as the secret tenant-admin-password, with each new
+    /// generation.
+    Create {
+        /// The operator's domain, e.g. social.example.org.
+        domain: String,
+        /// The e-mail address of the services' admin account.
+        #[arg(long)]
+        admin_email: String,
+        /// The name of the services' admin account.
+        #[arg(long, default_value = crate::tenancy::DEFAULT_ADMIN_USER)]
+        admin_user: String,
+        /// An admin whose SSH keys reach this tenant's machines (repeatable).
+        #[arg(long = "manager")]
+        managers: Vec<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List tenants.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show one tenant.
+    Show {
+        domain: String,
+        /// Also print the generated admin password (operator role needed).
+        #[arg(long)]
+        show_password: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Forget a tenant (refused while machines carry its label).
+    Remove {
+        domain: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Change which admins manage a tenant's machines.
+    Managers {
+        domain: String,
+        /// Admins to add (repeatable).
+        #[arg(long)]
+        add: Vec<String>,
+        /// Admins to remove (repeatable).
+        #[arg(long)]
+        remove: Vec<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },

@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use drover_protocol::v1::{
-    Assignment, DeployStep, DeploySpec, DeploymentInfo, DeploymentReport, DeploymentState,
+    Access, Assignment, DeployStep, DeploySpec, DeploymentInfo, DeploymentReport, DeploymentState,
     HealthCheck, StepInfo, SystemSpec,
 };
 
 use crate::model::{deployment_id, AssignmentRecord, DeploymentRecord, MachineRecord, UnixMillis};
 use crate::registry;
+use crate::tenancy::Extras;
 
 /// Largest secret accepted.
 pub const MAX_SECRET_LEN: usize = 1 << 20;
@@ -146,34 +147,44 @@ fn pending_deployment(assignment: &Assignment, machine: &MachineRecord, now: Uni
     }
 }
 
-/// The assignment and the fresh deployment record of one machine.
+/// The assignment and the fresh deployment record of one machine, with what
+/// the coordinator adds for it (its tenant's facts and password, its SSH
+/// access).
 pub fn build(
     spec: &DeploySpec,
     machine: &MachineRecord,
     generation: u64,
     now: UnixMillis,
+    extras: &Extras,
 ) -> (AssignmentRecord, DeploymentRecord) {
+    let mut facts = spec.facts.clone();
+    facts.extend(extras.facts.clone());
+    let mut secrets = spec.secrets.clone();
+    secrets.retain(|s| extras.secrets.iter().all(|e| e.name != s.name));
+    secrets.extend(extras.secrets.iter().cloned());
     let assignment = Assignment {
         generation,
         system: spec.system.clone(),
-        secrets: spec.secrets.clone(),
-        facts_json: facts_json(&spec.facts, machine, generation),
+        secrets,
+        facts_json: facts_json(&facts, machine, generation),
         checks: spec.checks.clone(),
         health_deadline_ms: spec.health_deadline_ms,
     };
     let deployment = pending_deployment(&assignment, machine, now);
     (
-        AssignmentRecord { machine_id: machine.id.clone(), created_at: now, assignment },
+        AssignmentRecord { machine_id: machine.id.clone(), created_at: now, assignment, access: extras.access.clone() },
         deployment,
     )
 }
 
-/// A new generation that repeats an earlier assignment (a revert).
+/// A new generation that repeats an earlier assignment (a revert), with the
+/// SSH access of today: a key removed since does not come back.
 pub fn rebuild(
     previous: &Assignment,
     machine: &MachineRecord,
     generation: u64,
     now: UnixMillis,
+    access: &Access,
 ) -> (AssignmentRecord, DeploymentRecord) {
     let mut facts: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&previous.facts_json).unwrap_or_default();
@@ -185,7 +196,7 @@ pub fn rebuild(
     };
     let deployment = pending_deployment(&assignment, machine, now);
     (
-        AssignmentRecord { machine_id: machine.id.clone(), created_at: now, assignment },
+        AssignmentRecord { machine_id: machine.id.clone(), created_at: now, assignment, access: access.clone() },
         deployment,
     )
 }
@@ -283,13 +294,32 @@ mod tests {
     }
 
     #[test]
+    fn what_the_coordinator_adds_joins_the_request() {
+        let machine = crate::store::tests::machine("m-1");
+        let extras = Extras {
+            facts: [("domain".to_string(), "a.example".to_string())].into(),
+            secrets: vec![SecretFile { name: "tenant-admin-password".into(), value: SecretBytes::new(b"x".to_vec()), owner: None, group: None, mode: 0o400 }],
+            access: Access { authorized_keys: vec![drover_protocol::v1::LoginKeys { login: "root".into(), keys: vec!["ssh-ed25519 K".into()] }] },
+        };
+        let (a, d) = build(&spec(), &machine, 2, 10, &extras);
+        let facts: serde_json::Value = serde_json::from_str(&a.assignment.facts_json).expect("json");
+        assert_eq!(facts["domain"], "a.example");
+        assert_eq!(facts["tenant"], "a");
+        assert_eq!(d.secret_names, vec!["db", "tenant-admin-password"]);
+        assert_eq!(a.access, extras.access);
+        let (again, _) = rebuild(&a.assignment, &machine, 3, 11, &Access::default());
+        assert!(again.access.authorized_keys.is_empty(), "a revert carries today's access");
+        assert_eq!(again.assignment.secrets, a.assignment.secrets);
+    }
+
+    #[test]
     fn reports_move_the_deployment_and_the_machine() {
         let machine = crate::model::MachineRecord {
             id: "m-1".into(), hostname: "h".into(), labels: Default::default(), token_id: "t".into(),
             enrolled_at: 0, revoked_at: None, cert_serial: "s".into(), cert_not_after: 0, previous_cert: None,
             last_seen: None, health: None, desired_generation: 1, current_generation: None, current_system: None,
         };
-        let (a, mut d) = build(&spec(), &machine, 1, 10);
+        let (a, mut d) = build(&spec(), &machine, 1, 10, &Extras::default());
         assert!(a.assignment.facts_json.contains("\"tenant\":\"a\""));
         assert_eq!(d.secret_names, vec!["db"]);
         let mut m = machine.clone();

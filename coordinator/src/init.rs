@@ -131,6 +131,7 @@ fn build(dir: &Path, config: &Config, admin_name: &str) -> Result<()> {
             role: Role::Admin,
             created_at: now_ms(),
             serials: vec![issued.serial.clone()],
+            ssh_keys: Vec::new(),
         })?;
         store.flush()?;
     }

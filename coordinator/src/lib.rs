@@ -23,4 +23,5 @@ pub mod rollout;
 pub mod s3;
 pub mod server;
 pub mod store;
+pub mod tenancy;
 pub mod tokens;

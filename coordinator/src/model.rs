@@ -154,6 +154,49 @@ pub struct AdminRecord {
     pub created_at: UnixMillis,
     /// Serials of the certificates issued to this admin.
     pub serials: Vec<String>,
+    /// SSH public keys delivered to the machines this admin manages.
+    #[serde(default)]
+    pub ssh_keys: Vec<SshKeyRecord>,
+}
+
+/// An admin's SSH public key, kept in canonical OpenSSH form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshKeyRecord {
+    /// The account on the machines this key logs in to.
+    pub login: String,
+    /// `ALGORITHM BASE64`, without options or comment.
+    pub key: String,
+    pub fingerprint: String,
+    pub algorithm: String,
+    pub comment: String,
+    pub added_at: UnixMillis,
+}
+
+impl SshKeyRecord {
+    pub fn to_wire(&self, admin: &str) -> v1::SshKeyInfo {
+        v1::SshKeyInfo {
+            admin: admin.to_string(),
+            login: self.login.clone(),
+            fingerprint: self.fingerprint.clone(),
+            algorithm: self.algorithm.clone(),
+            comment: self.comment.clone(),
+            added_at: self.added_at,
+        }
+    }
+}
+
+/// An operator the provider hosts services for. Machines labelled
+/// `tenant=<domain>` are theirs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantRecord {
+    pub domain: String,
+    pub admin_email: String,
+    pub admin_user: String,
+    /// Generated at creation; delivered to the tenant's machines as a secret.
+    pub admin_password: v1::Secret,
+    /// Admins (by name) whose SSH keys reach the tenant's machines.
+    pub managers: std::collections::BTreeSet<String>,
+    pub created_at: UnixMillis,
 }
 
 impl AdminRecord {
@@ -173,6 +216,9 @@ pub struct AssignmentRecord {
     pub machine_id: String,
     pub created_at: UnixMillis,
     pub assignment: v1::Assignment,
+    /// The SSH access decided with this generation.
+    #[serde(default)]
+    pub access: v1::Access,
 }
 
 /// A deployment's history: what was asked, every step the agent reported.

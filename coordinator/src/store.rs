@@ -20,7 +20,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use crate::model::{
     deployment_id, AdminRecord, AssignmentRecord, DeploymentRecord, MachineRecord, RolloutRecord,
-    S3NodeRecord, TokenRecord, UnixMillis,
+    S3NodeRecord, TenantRecord, TokenRecord, UnixMillis,
 };
 use crate::rollout::plan::{Actions, Slot};
 use drover_protocol::v1::{DeployedTarget, DeploymentState};
@@ -89,6 +89,25 @@ pub trait Store: Send + Sync + 'static {
     fn admins(&self) -> Result<Vec<AdminRecord>, StoreError>;
     /// Inserts a new admin; refuses a name already taken.
     fn insert_admin(&self, admin: &AdminRecord) -> Result<(), StoreError>;
+    /// Changes one admin atomically and durably.
+    fn update_admin(
+        &self,
+        name: &str,
+        change: &dyn Fn(&mut AdminRecord) -> Result<(), StoreError>,
+    ) -> Result<AdminRecord, StoreError>;
+    /// Removes an admin and takes it off every tenant it managed, together.
+    fn remove_admin(&self, name: &str) -> Result<AdminRecord, StoreError>;
+
+    fn tenant(&self, domain: &str) -> Result<Option<TenantRecord>, StoreError>;
+    fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError>;
+    /// Inserts a new tenant; refuses a domain already recorded.
+    fn insert_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError>;
+    fn update_tenant(
+        &self,
+        domain: &str,
+        change: &dyn Fn(&mut TenantRecord) -> Result<(), StoreError>,
+    ) -> Result<TenantRecord, StoreError>;
+    fn remove_tenant(&self, domain: &str) -> Result<TenantRecord, StoreError>;
 
     /// Records the next generation for each of `machines` in one
     /// transaction: its assignment, its deployment record, and the machine's
@@ -138,6 +157,27 @@ pub trait Store: Send + Sync + 'static {
 }
 
 type TxTree = sled::transaction::TransactionalTree;
+
+/// Reads, changes and writes back one record of `tree` in a transaction.
+fn change_one<T: Serialize + DeserializeOwned>(
+    tree: &sled::Tree,
+    name: &'static str,
+    what: &'static str,
+    key: &str,
+    change: &dyn Fn(&mut T) -> Result<(), StoreError>,
+) -> Result<T, StoreError> {
+    unwrap_tx(tree.transaction(|tx| {
+        let Some(bytes) = tx.get(key)? else {
+            return abort(StoreError::NotFound { what, id: key.to_string() });
+        };
+        let mut record: T = tx_decode(name, key.as_bytes(), &bytes)?;
+        if let Err(e) = change(&mut record) {
+            return abort(e);
+        }
+        tx.insert(key.as_bytes(), encode(&record))?;
+        Ok(record)
+    }))
+}
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 /// Decodes a value read inside a transaction; a bad value aborts it.
@@ -244,6 +284,7 @@ pub struct SledStore {
     deployments: sled::Tree,
     rollouts: sled::Tree,
     s3_nodes: sled::Tree,
+    tenants: sled::Tree,
 }
 
 fn generation_key(machine: &str, generation: u64) -> Vec<u8> {
@@ -260,6 +301,7 @@ const ASSIGNMENTS: &str = "assignments";
 const DEPLOYMENTS: &str = "deployments";
 const ROLLOUTS: &str = "rollouts";
 const S3_NODES: &str = "s3_nodes";
+const TENANTS: &str = "tenants";
 
 fn abort<T>(e: StoreError) -> Result<T, ConflictableTransactionError<StoreError>> {
     Err(ConflictableTransactionError::Abort(e))
@@ -306,6 +348,7 @@ impl SledStore {
             deployments: db.open_tree(DEPLOYMENTS)?,
             rollouts: db.open_tree(ROLLOUTS)?,
             s3_nodes: db.open_tree(S3_NODES)?,
+            tenants: db.open_tree(TENANTS)?,
             db,
         })
     }
@@ -460,6 +503,62 @@ impl Store for SledStore {
             .admins
             .compare_and_swap(&admin.name, None as Option<&[u8]>, Some(encode(admin)))?;
         self.durable(previous.map_err(|_| StoreError::Conflict(format!("admin {:?} already exists", admin.name))))
+    }
+
+    fn update_admin(
+        &self,
+        name: &str,
+        change: &dyn Fn(&mut AdminRecord) -> Result<(), StoreError>,
+    ) -> Result<AdminRecord, StoreError> {
+        self.durable(change_one(&self.admins, ADMINS, "admin", name, change))
+    }
+
+    fn remove_admin(&self, name: &str) -> Result<AdminRecord, StoreError> {
+        let domains: Vec<String> = self.tenants()?.into_iter().map(|t| t.domain).collect();
+        self.durable(unwrap_tx((&self.admins, &self.tenants).transaction(|(admins_tx, tenants_tx)| {
+            let Some(bytes) = admins_tx.remove(name.as_bytes())? else {
+                return abort(StoreError::NotFound { what: "admin", id: name.to_string() });
+            };
+            let admin: AdminRecord = tx_decode(ADMINS, name.as_bytes(), &bytes)?;
+            for domain in &domains {
+                if let Some(bytes) = tenants_tx.get(domain.as_bytes())? {
+                    let mut tenant: TenantRecord = tx_decode(TENANTS, domain.as_bytes(), &bytes)?;
+                    if tenant.managers.remove(name) {
+                        tenants_tx.insert(domain.as_bytes(), encode(&tenant))?;
+                    }
+                }
+            }
+            Ok(admin)
+        })))
+    }
+
+    fn tenant(&self, domain: &str) -> Result<Option<TenantRecord>, StoreError> {
+        Self::one(&self.tenants, TENANTS, domain.as_bytes())
+    }
+
+    fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
+        Self::all(&self.tenants, TENANTS)
+    }
+
+    fn insert_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
+        let previous = self
+            .tenants
+            .compare_and_swap(&tenant.domain, None as Option<&[u8]>, Some(encode(tenant)))?;
+        self.durable(previous.map_err(|_| StoreError::Conflict(format!("tenant {} already exists", tenant.domain))))
+    }
+
+    fn update_tenant(
+        &self,
+        domain: &str,
+        change: &dyn Fn(&mut TenantRecord) -> Result<(), StoreError>,
+    ) -> Result<TenantRecord, StoreError> {
+        self.durable(change_one(&self.tenants, TENANTS, "tenant", domain, change))
+    }
+
+    fn remove_tenant(&self, domain: &str) -> Result<TenantRecord, StoreError> {
+        let removed = self.tenants.remove(domain.as_bytes())?;
+        let bytes = removed.ok_or_else(|| StoreError::NotFound { what: "tenant", id: domain.to_string() })?;
+        self.durable(decode(TENANTS, domain.as_bytes(), &bytes))
     }
 
     fn record_generation(
@@ -639,7 +738,7 @@ impl Store for SledStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::Labels;
 
@@ -656,7 +755,7 @@ mod tests {
         }
     }
 
-    fn machine(id: &str) -> MachineRecord {
+    pub(crate) fn machine(id: &str) -> MachineRecord {
         MachineRecord {
             id: id.into(),
             hostname: "h".into(),

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use drover_protocol::v1::{Assignment, DeployStep, DeploymentReport, HealthCheck, SystemSpec};
+use drover_protocol::v1::{Access, Assignment, DeployStep, DeploymentReport, HealthCheck, SystemSpec};
 
 use crate::config::AgentConfig;
 use crate::system::{checks, secrets, switch::NixSwitcher};
@@ -189,14 +189,14 @@ impl Applier {
         applied
     }
 
-    /// Applies `assignment` from the start.
-    pub async fn apply(&self, assignment: Assignment) -> Applied {
+    /// Applies `assignment` and its SSH access from the start.
+    pub async fn apply(&self, assignment: Assignment, access: Access) -> Applied {
         use tracing::Instrument;
         let span = tracing::info_span!("apply", generation = assignment.generation);
-        self.apply_inner(assignment).instrument(span).await
+        self.apply_inner(assignment, access).instrument(span).await
     }
 
-    async fn apply_inner(&self, assignment: Assignment) -> Applied {
+    async fn apply_inner(&self, assignment: Assignment, access: Access) -> Applied {
         let generation = assignment.generation;
         self.progress(generation, DeployStep::Received, "applying", "", None);
         let mut journal = Journal {
@@ -211,10 +211,12 @@ impl Applier {
         let runtime = &self.config.runtime_dir;
         if let Err(e) = secrets::write_secrets(runtime, &assignment.secrets)
             .and_then(|()| secrets::write_facts(runtime, &assignment.facts_json))
+            .and_then(|()| secrets::write_access(runtime, &access))
         {
             return self.finish(generation, DeployStep::Failed, format!("secrets and facts not written: {e}; the system was not changed"), String::new(), journal.previous_system);
         }
-        self.progress(generation, DeployStep::SecretsWritten, format!("{} secret(s) and facts written", assignment.secrets.len()), "", None);
+        let keys: usize = access.authorized_keys.iter().map(|l| l.keys.len()).sum();
+        self.progress(generation, DeployStep::SecretsWritten, format!("{} secret(s), facts and {keys} SSH key(s) written", assignment.secrets.len()), "", None);
         if let Err(e) = self.switcher.prepare(&assignment.system).await {
             return self.finish(generation, DeployStep::Failed, format!("{e}; the system was not changed"), e.tail().to_string(), journal.previous_system);
         }

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use drover_protocol::v1::SecretFile;
+use drover_protocol::v1::{Access, SecretFile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
@@ -26,6 +26,8 @@ pub enum SecretsError {
     BadName(String),
     #[error("facts are not a JSON object: {0}")]
     BadFacts(String),
+    #[error("SSH access refused: {0}")]
+    BadAccess(String),
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> SecretsError + '_ {
@@ -38,6 +40,82 @@ pub fn secrets_dir(runtime: &Path) -> PathBuf {
 
 pub fn facts_path(runtime: &Path) -> PathBuf {
     runtime.join("facts.json")
+}
+
+/// `<runtime>/ssh`: one authorized-keys file per login, named after it; sshd
+/// reads it through `AuthorizedKeysFile <runtime>/ssh/%u` (the NixOS module
+/// sets this up).
+pub fn ssh_dir(runtime: &Path) -> PathBuf {
+    runtime.join("ssh")
+}
+
+/// A login name as sshd's `%u` would expand it: a Unix account name.
+fn check_login(login: &str) -> Result<(), SecretsError> {
+    let mut chars = login.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && login.len() <= 32;
+    if ok {
+        Ok(())
+    } else {
+        Err(SecretsError::BadAccess(format!("login {login:?} is not an account name")))
+    }
+}
+
+/// One authorized_keys line as the coordinator writes them: `TYPE BASE64
+/// COMMENT`, printable, no options. Anything else (a newline that would
+/// start another entry, a leading `command="..."`) is refused.
+fn check_key_line(line: &str) -> Result<(), SecretsError> {
+    let mut fields = line.split(' ');
+    let kind = fields.next().unwrap_or("");
+    let blob = fields.next().unwrap_or("");
+    let kind_ok = !kind.is_empty() && kind.chars().all(|c| c.is_ascii_alphanumeric() || "-@.".contains(c));
+    let blob_ok = blob.len() >= 16 && blob.chars().all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c));
+    if kind_ok && blob_ok && line.len() <= 16 << 10 && !line.chars().any(|c| c.is_control()) {
+        Ok(())
+    } else {
+        Err(SecretsError::BadAccess("a key line is not `TYPE BASE64 COMMENT`".into()))
+    }
+}
+
+/// Writes `<runtime>/ssh/<login>` for every login (mode 0644, atomically) and
+/// removes the files of logins no longer listed, so that a removed key stops
+/// working. Everything is checked before anything is written.
+pub fn write_access(runtime: &Path, access: &Access) -> Result<(), SecretsError> {
+    let mut files = Vec::with_capacity(access.authorized_keys.len());
+    let mut logins = BTreeSet::new();
+    for entry in &access.authorized_keys {
+        check_login(&entry.login)?;
+        if !logins.insert(entry.login.as_str()) {
+            return Err(SecretsError::BadAccess(format!("login {:?} is listed twice", entry.login)));
+        }
+        let mut text = String::from("# Written by drover-agent from the coordinator's records; changes here are overwritten.\n");
+        for line in &entry.keys {
+            check_key_line(line)?;
+            text.push_str(line);
+            text.push('\n');
+        }
+        files.push((entry.login.as_str(), text));
+    }
+    let dir = ssh_dir(runtime);
+    fs::create_dir_all(&dir).map_err(io(&dir))?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(io(&dir))?;
+    for (login, text) in &files {
+        let path = dir.join(login);
+        drover_net::identity::write_atomic(&path, text.as_bytes(), 0o644).map_err(|e| SecretsError::Io {
+            path: path.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    }
+    for entry in fs::read_dir(&dir).map_err(io(&dir))? {
+        let entry = entry.map_err(io(&dir))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !logins.contains(name.as_str()) {
+            let path = entry.path();
+            fs::remove_file(&path).map_err(io(&path))?;
+        }
+    }
+    Ok(())
 }
 
 fn ids(secret: &SecretFile) -> Result<(Option<nix::unistd::Uid>, Option<nix::unistd::Gid>), SecretsError> {
@@ -134,6 +212,53 @@ mod tests {
 
     fn secret(name: &str, value: &str, mode: u32) -> SecretFile {
         SecretFile { name: name.into(), value: SecretBytes::new(value.as_bytes().to_vec()), owner: None, group: None, mode }
+    }
+
+    fn access(entries: &[(&str, &[&str])]) -> Access {
+        Access {
+            authorized_keys: entries
+                .iter()
+                .map(|(login, keys)| drover_protocol::v1::LoginKeys {
+                    login: login.to_string(),
+                    keys: keys.iter().map(|k| k.to_string()).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPOh/A5QIaPMDlSH+Cinr6vjFuuXatuXg/QqHu9fmdxC drover-admin:alice";
+
+    #[test]
+    fn access_files_follow_the_assignment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_access(dir.path(), &access(&[("root", &[KEY]), ("deploy", &[KEY])])).expect("write");
+        let root = fs::read_to_string(ssh_dir(dir.path()).join("root")).expect("root keys");
+        assert!(root.lines().any(|l| l == KEY), "{root}");
+        let mode = fs::metadata(ssh_dir(dir.path()).join("root")).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        write_access(dir.path(), &access(&[("root", &[])])).expect("rewrite");
+        assert!(!ssh_dir(dir.path()).join("deploy").exists(), "a login no longer listed loses its file");
+        let root = fs::read_to_string(ssh_dir(dir.path()).join("root")).expect("root keys");
+        assert!(!root.contains("ssh-ed25519"), "a removed key is gone: {root}");
+    }
+
+    #[test]
+    fn hostile_access_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_access(dir.path(), &access(&[("root", &[KEY])])).expect("write");
+        let injected = format!("{KEY}\ncommand=\"/bin/sh\" {KEY}");
+        let options = format!("command=\"/bin/sh\" {KEY}");
+        for bad in [
+            access(&[("../etc", &[KEY])]),
+            access(&[("root", &[injected.as_str()])]),
+            access(&[("root", &[options.as_str()])]),
+            access(&[("root", &[KEY]), ("root", &[KEY])]),
+        ] {
+            assert!(write_access(dir.path(), &bad).is_err(), "{bad:?}");
+        }
+        let root = fs::read_to_string(ssh_dir(dir.path()).join("root")).expect("root keys");
+        assert!(root.lines().any(|l| l == KEY), "the files are as before: {root}");
+        assert_eq!(fs::read_dir(ssh_dir(dir.path())).expect("dir").count(), 1);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `drover admins add|list` and `drover whoami`.
+//! `drover admins add|list|add-key|remove-key|keys|remove` and `drover whoami`.
 
 use anyhow::{bail, Context, Result};
 
@@ -58,6 +58,87 @@ pub async fn run(cmd: AdminsCommand) -> Result<()> {
                     }
                     println!("{t}");
                 }
+            }
+        }
+        AdminsCommand::AddKey { name, keyfile, login, admin } => {
+            let key = read_key_file(&keyfile)?;
+            let request = AdminRequest::AdminsAddKey { name: name.clone(), login, key };
+            let keys = keys_answer(call(&admin, request, &format!("adding an SSH key for {name}")).await?)?;
+            print_keys(&admin, &keys, "The key reaches the machines this admin manages with their next generation.")?;
+        }
+        AdminsCommand::RemoveKey { name, key, admin } => {
+            let fingerprint = if key.starts_with("SHA256:") {
+                key
+            } else {
+                let text = read_key_file(std::path::Path::new(&key))?;
+                crate::tenancy::parse_ssh_key(&text).map_err(anyhow::Error::msg)?.fingerprint
+            };
+            let request = AdminRequest::AdminsRemoveKey { name: name.clone(), fingerprint };
+            let keys = keys_answer(call(&admin, request, &format!("removing an SSH key of {name}")).await?)?;
+            print_keys(&admin, &keys, "The key leaves every machine with its next generation.")?;
+        }
+        AdminsCommand::Keys { name, admin } => {
+            let keys = keys_answer(call(&admin, AdminRequest::AdminsKeys { name }, "listing SSH keys").await?)?;
+            print_keys(&admin, &keys, "")?;
+        }
+        AdminsCommand::Remove { name, admin } => {
+            call(&admin, AdminRequest::AdminsRemove { name: name.clone() }, &format!("removing admin {name}")).await?;
+            match admin.output {
+                OutputFormat::Json => print_json(&serde_json::json!({ "removed": name }))?,
+                OutputFormat::Table => println!(
+                    "admin {name} removed; their certificate no longer works, their SSH keys leave every machine with its next generation"
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A public key file's text (`-`: standard input), at most 16 KiB.
+fn read_key_file(path: &std::path::Path) -> Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    let limit = 16 << 10;
+    if path.as_os_str() == "-" {
+        std::io::stdin().take(limit + 1).read_to_string(&mut text).context("reading the key from standard input")?;
+    } else {
+        std::fs::File::open(path)
+            .with_context(|| format!("cannot open the key file {}", path.display()))?
+            .take(limit + 1)
+            .read_to_string(&mut text)
+            .with_context(|| format!("reading {}", path.display()))?;
+    }
+    if text.len() as u64 > limit {
+        bail!("{} is larger than 16 KiB; give a public key file (.pub)", path.display());
+    }
+    Ok(text)
+}
+
+fn keys_answer(answer: AdminResponse) -> Result<Vec<drover_protocol::v1::SshKeyInfo>> {
+    match answer {
+        AdminResponse::SshKeys(keys) => Ok(keys),
+        _ => bail!("unexpected answer from the coordinator"),
+    }
+}
+
+fn print_keys(admin: &AdminArgs, keys: &[drover_protocol::v1::SshKeyInfo], note: &str) -> Result<()> {
+    match admin.output {
+        OutputFormat::Json => print_json(&keys)?,
+        OutputFormat::Table => {
+            let mut t = output::table(&["ADMIN", "LOGIN", "FINGERPRINT", "TYPE", "COMMENT", "ADDED"]);
+            for k in keys {
+                t.add_row(vec![
+                    k.admin.clone(),
+                    k.login.clone(),
+                    k.fingerprint.clone(),
+                    k.algorithm.clone(),
+                    k.comment.clone(),
+                    output::timestamp(k.added_at),
+                ]);
+            }
+            println!("{t}");
+            if !note.is_empty() {
+                println!("{note}");
             }
         }
     }

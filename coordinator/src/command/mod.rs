@@ -8,6 +8,7 @@ pub mod machines;
 pub mod rollout;
 pub mod s3;
 pub mod serve;
+pub mod tenants;
 pub mod tokens;
 
 use std::path::PathBuf;
@@ -37,6 +38,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Tokens(cmd) => tokens::run(cmd).await,
         Command::Machines(cmd) => machines::run(cmd).await,
         Command::Admins(cmd) => admins::run(cmd).await,
+        Command::Tenants(cmd) => tenants::run(cmd).await,
         Command::Whoami(args) => admins::whoami(args).await,
         Command::Deploy(args) => deploy::run(args).await,
         Command::Deployments(cmd) => deployments::run(cmd).await,

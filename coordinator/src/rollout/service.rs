@@ -16,6 +16,7 @@ use drover_protocol::{ErrorCode, WireError};
 
 use crate::model::RolloutRecord;
 use crate::registry;
+use crate::tenancy::Directory;
 use crate::server::{now_ms, wire_error, Coordinator};
 
 use super::plan::{self, Observation, Outcome, Phase, Slot, State};
@@ -141,14 +142,18 @@ pub async fn start(state: &Coordinator, spec: RolloutSpec) -> Result<RolloutInfo
     crate::deploy::validate(&spec.deploy).map_err(invalid)?;
     check_strategy(&spec.strategy).map_err(invalid)?;
     let _guard = state.rollout_lock.lock().await;
-    let targets: BTreeMap<String, u64> = state
+    let machines: Vec<_> = state
         .store
         .machines()
         .map_err(wire_error)?
         .into_iter()
         .filter(|m| m.revoked_at.is_none() && registry::matches(&m.labels, &spec.deploy.selector))
-        .map(|m| (m.id, m.desired_generation))
         .collect();
+    let targets: BTreeMap<String, u64> = machines.iter().map(|m| (m.id.clone(), m.desired_generation)).collect();
+    Directory::load(state.store.as_ref())
+        .map_err(wire_error)?
+        .check_spec(&spec.deploy, &machines)
+        .map_err(invalid)?;
     if targets.is_empty() {
         return Err(WireError::new(ErrorCode::NotFound, "no machine matches the selector; see `drover machines list`"));
     }
@@ -263,15 +268,26 @@ pub fn drive_once(state: &Coordinator) {
             return;
         }
     };
-    for r in rollouts.into_iter().filter(|r| r.state.phase.active()) {
+    let active: Vec<RolloutRecord> = rollouts.into_iter().filter(|r| r.state.phase.active()).collect();
+    if active.is_empty() {
+        return;
+    }
+    let directory = match Directory::load(state.store.as_ref()) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read tenants and admins");
+            return;
+        }
+    };
+    for r in active {
         let now = now_ms();
         let observed = observe(state, &r, now);
         let before = r.state.phase;
         let result = state.store.rollout_step(
             &r.id,
             &|rec| rec.state.step(&observed, now),
-            &|rec, machine, g| crate::deploy::build(&rec.spec, machine, g, now),
-            &|old, machine, g| crate::deploy::rebuild(&old.assignment, machine, g, now),
+            &|rec, machine, g| crate::deploy::build(&rec.spec, machine, g, now, &directory.extras(machine)),
+            &|old, machine, g| crate::deploy::rebuild(&old.assignment, machine, g, now, &directory.access(machine)),
         );
         match result {
             Ok((record, targets)) => {

@@ -11,6 +11,7 @@ use crate::authz;
 use crate::model::{AdminRecord, TokenRecord};
 use crate::registry;
 use crate::store::StoreError;
+use crate::tenancy::Directory;
 use crate::tokens;
 
 use super::{now_ms, wire_error, Coordinator};
@@ -87,6 +88,12 @@ pub(super) async fn handle(state: &Coordinator, name: &str, request: AdminReques
             Err(e) => Response::Error(e),
         };
     }
+    if super::tenants::handles(&request) {
+        return match super::tenants::handle(state, &admin, &request) {
+            Ok(answer) => Response::Admin(answer),
+            Err(e) => Response::Error(e),
+        };
+    }
     if let AdminRequest::S3(request) = request {
         return match crate::s3::service::handle(state, request).await {
             Ok(answer) => Response::Admin(AdminResponse::S3(answer)),
@@ -132,6 +139,17 @@ fn targets(state: &Coordinator, spec: &drover_protocol::v1::DeploySpec) -> Resul
         return Err(WireError::new(ErrorCode::NotFound, "no machine matches the selector; see `drover machines list`"));
     }
     Ok(targets)
+}
+
+/// The records of `ids`.
+pub(crate) fn machines_of(state: &Coordinator, ids: &[String]) -> Result<Vec<crate::model::MachineRecord>, WireError> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(m) = state.store.machine(id).map_err(wire_error)? {
+            out.push(m);
+        }
+    }
+    Ok(out)
 }
 
 fn run(state: &Coordinator, admin: &AdminRecord, request: AdminRequest) -> Result<AdminResponse, WireError> {
@@ -238,6 +256,7 @@ fn run(state: &Coordinator, admin: &AdminRecord, request: AdminRequest) -> Resul
                     role,
                     created_at: now,
                     serials: vec![issued.serial.clone()],
+                    ssh_keys: Vec::new(),
                 })
                 .map_err(fail)?;
             tracing::info!(admin = %name, role = role.as_str(), by = %admin.name, "admin added");
@@ -246,8 +265,10 @@ fn run(state: &Coordinator, admin: &AdminRecord, request: AdminRequest) -> Resul
         AdminRequest::Deploy(spec) => {
             crate::deploy::validate(&spec).map_err(invalid)?;
             let targets = targets(state, &spec)?;
+            let directory = Directory::load(store.as_ref()).map_err(fail)?;
+            directory.check_spec(&spec, &machines_of(state, &targets)?).map_err(invalid)?;
             let deployed = store
-                .record_generation(&targets, &|m, g| crate::deploy::build(&spec, m, g, now))
+                .record_generation(&targets, &|m, g| crate::deploy::build(&spec, m, g, now, &directory.extras(m)))
                 .map_err(fail)?;
             for t in &deployed {
                 state.live.notify(&t.machine_id, t.generation);
@@ -318,5 +339,6 @@ fn run(state: &Coordinator, admin: &AdminRecord, request: AdminRequest) -> Resul
             admins.sort_by(|a, b| a.name.cmp(&b.name));
             AdminResponse::Admins(admins.iter().map(AdminRecord::to_wire).collect())
         }
+        other => return Err(WireError::new(ErrorCode::BadRequest, format!("request {other:?} is not answered here"))),
     })
 }

@@ -53,7 +53,8 @@ pub(super) async fn handle(
                 }
             }
         }
-        AgentRequest::FetchAssignment => {
+        AgentRequest::FetchAssignment | AgentRequest::FetchAssignmentWithAccess => {
+            let with_access = request == AgentRequest::FetchAssignmentWithAccess;
             let answer = state.store.machine(id).and_then(|m| {
                 let desired = m.map(|m| m.desired_generation).unwrap_or(0);
                 if desired == 0 {
@@ -62,6 +63,10 @@ pub(super) async fn handle(
                 state.store.assignment(id, desired)
             });
             Some(match answer {
+                Ok(Some(record)) if with_access => Response::Agent(AgentResponse::AssignmentWithAccess {
+                    assignment: record.assignment,
+                    access: record.access,
+                }),
                 Ok(Some(record)) => Response::Agent(AgentResponse::Assignment(record.assignment)),
                 Ok(None) => Response::Agent(AgentResponse::NoAssignment),
                 Err(e) => Response::Error(wire_error(e)),

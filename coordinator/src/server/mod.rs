@@ -10,6 +10,7 @@ pub use admin::check_admin_name;
 mod agent;
 mod connection;
 mod enroll;
+mod tenants;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

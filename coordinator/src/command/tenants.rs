@@ -1,0 +1,100 @@
+//! `drover tenants create|list|show|remove|managers`.
+
+use anyhow::{bail, Result};
+
+use drover_protocol::v1::{AdminRequest, AdminResponse, TenantInfo, TenantSpec};
+
+use crate::cli::{AdminArgs, TenantsCommand};
+use crate::output::{self, OutputFormat};
+
+use super::{call, print_json};
+
+async fn one(admin: &AdminArgs, request: AdminRequest, what: &str) -> Result<TenantInfo> {
+    match call(admin, request, what).await? {
+        AdminResponse::Tenant(t) => Ok(t),
+        _ => bail!("unexpected answer from the coordinator"),
+    }
+}
+
+fn print_tenant(t: &TenantInfo) {
+    println!("tenant       {}", t.domain);
+    println!("admin user   {}", t.admin_user);
+    println!("admin email  {}", t.admin_email);
+    let managers = if t.managers.is_empty() { "-".to_string() } else { t.managers.join(", ") };
+    println!("managers     {managers}");
+    println!("machines     {} (label tenant={})", t.machines, t.domain);
+    println!("created      {}", output::timestamp(t.created_at));
+    if let Some(p) = &t.admin_password {
+        println!("password     {}", p.expose());
+    }
+}
+
+pub async fn run(cmd: TenantsCommand) -> Result<()> {
+    match cmd {
+        TenantsCommand::Create { domain, admin_email, admin_user, managers, admin } => {
+            let spec = TenantSpec { domain: domain.clone(), admin_email, admin_user, managers };
+            let t = one(&admin, AdminRequest::TenantsCreate(spec), &format!("creating tenant {domain}")).await?;
+            match admin.output {
+                OutputFormat::Json => print_json(&t)?,
+                OutputFormat::Table => {
+                    print_tenant(&t);
+                    println!(
+                        "\nMachines labelled tenant={domain} receive its facts and admin password with their next \
+                         generation (`drover deploy --selector tenant={domain} ...`)."
+                    );
+                }
+            }
+        }
+        TenantsCommand::List { admin } => {
+            let AdminResponse::Tenants(tenants) = call(&admin, AdminRequest::TenantsList, "listing tenants").await? else {
+                bail!("unexpected answer from the coordinator");
+            };
+            match admin.output {
+                OutputFormat::Json => print_json(&tenants)?,
+                OutputFormat::Table => {
+                    let mut t = output::table(&["DOMAIN", "ADMIN USER", "ADMIN EMAIL", "MANAGERS", "MACHINES", "CREATED"]);
+                    for x in &tenants {
+                        t.add_row(vec![
+                            x.domain.clone(),
+                            x.admin_user.clone(),
+                            x.admin_email.clone(),
+                            x.managers.join(","),
+                            x.machines.to_string(),
+                            output::timestamp(x.created_at),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+            }
+        }
+        TenantsCommand::Show { domain, show_password, admin } => {
+            let t = one(&admin, AdminRequest::TenantsShow { domain: domain.clone(), show_password }, &format!("showing tenant {domain}")).await?;
+            match admin.output {
+                OutputFormat::Json => print_json(&t)?,
+                OutputFormat::Table => print_tenant(&t),
+            }
+        }
+        TenantsCommand::Remove { domain, admin } => {
+            call(&admin, AdminRequest::TenantsRemove { domain: domain.clone() }, &format!("removing tenant {domain}")).await?;
+            match admin.output {
+                OutputFormat::Json => print_json(&serde_json::json!({ "removed": domain }))?,
+                OutputFormat::Table => println!("tenant {domain} removed"),
+            }
+        }
+        TenantsCommand::Managers { domain, add, remove, admin } => {
+            if add.is_empty() && remove.is_empty() {
+                bail!("nothing to change: give --add NAME or --remove NAME");
+            }
+            let request = AdminRequest::TenantsManagers { domain: domain.clone(), add, remove };
+            let t = one(&admin, request, &format!("changing the managers of {domain}")).await?;
+            match admin.output {
+                OutputFormat::Json => print_json(&t)?,
+                OutputFormat::Table => {
+                    print_tenant(&t);
+                    println!("\nThe change reaches the machines with their next generation.");
+                }
+            }
+        }
+    }
+    Ok(())
+}
