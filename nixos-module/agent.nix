@@ -141,6 +141,17 @@ in
       description = "Labels the agent asks for (the enrollment token's labels rule).";
     };
 
+    sshAccess = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Let the SSH keys the coordinator delivers log in: sshd also reads
+        RUNTIME_DIR/ssh/%u, which the agent writes with every generation
+        (`drover admins add-key`); a key removed there leaves with the next
+        generation. The login must exist on the machine (root does).
+      '';
+    };
+
     settings = mkOption {
       type = types.submodule {
         freeformType = toml.type;
@@ -152,6 +163,8 @@ in
   };
 
   config = mkIf cfg.enable {
+    services.openssh.authorizedKeysFiles = lib.mkIf cfg.sshAccess [ "${cfg.settings.runtime_dir}/ssh/%u" ];
+
     assertions = [{
       assertion = cfg.enrollmentTokenFile == null || !(lib.hasPrefix builtins.storeDir cfg.enrollmentTokenFile);
       message = "services.drover-agent.enrollmentTokenFile must not be in the Nix store, which everyone can read.";

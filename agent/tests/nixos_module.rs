@@ -51,7 +51,8 @@ fn module_keys(text: &str) -> BTreeSet<String> {
     let settings = options_in(text, "  settingsOptions = {", "  };", 4);
     assert!(!settings.is_empty(), "no settings options found");
     top.iter()
-        .filter(|n| !["enable", "package", "settings"].contains(&n.as_str()))
+        // Options of the module itself, not keys of the agent's file.
+        .filter(|n| !["enable", "package", "settings", "sshAccess"].contains(&n.as_str()))
         .map(|n| snake(n))
         .chain(settings)
         .collect()

@@ -28,7 +28,7 @@ pub enum Command {
     /// Run the coordinator.
     Serve(ServeArgs),
     /// Validate a configuration file without starting anything.
-    CheckConfig(ServeArgs),
+    CheckConfig(CheckConfigArgs),
     /// Enrollment tokens that let new machines join.
     #[command(subcommand)]
     Tokens(TokensCommand),
@@ -87,6 +87,16 @@ pub struct InitArgs {
     /// Lifetime of machine certificates (e.g. 7d); agents renew at two thirds.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub machine_cert_lifetime: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Check the values only, not the files they name (the S3 admin token):
+    /// for checking a configuration where it is built, e.g. in a Nix build.
+    #[arg(long)]
+    pub without_files: bool,
 }
 
 #[derive(Debug, Args)]

@@ -94,7 +94,6 @@ impl S3Config {
                 bail!("s3.{name} {url:?} must be an http:// or https:// URL");
             }
         }
-        self.admin_token()?;
         Ok(())
     }
 }
@@ -134,16 +133,37 @@ impl Config {
 
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_checked(path, true)
+    }
+
+    /// Reads and checks a configuration file; with `files` false, the files
+    /// it names (the S3 admin token) are not read, so that a configuration
+    /// can be checked where it is built, before its secrets exist.
+    pub fn load_checked(path: &Path, files: bool) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the configuration {}", path.display()))?;
         let config: Config = toml::from_str(&text)
             .with_context(|| format!("{} is not a valid drover configuration", path.display()))?;
-        config.check().with_context(|| format!("in {}", path.display()))?;
+        config.check_values().with_context(|| format!("in {}", path.display()))?;
+        if files {
+            if let Some(s3) = &config.s3 {
+                s3.admin_token().with_context(|| format!("in {}", path.display()))?;
+            }
+        }
         Ok(config)
     }
 
-    /// Checks values that parse but make no sense.
+    /// Checks values and the files they name.
     pub fn check(&self) -> Result<()> {
+        self.check_values()?;
+        if let Some(s3) = &self.s3 {
+            s3.admin_token()?;
+        }
+        Ok(())
+    }
+
+    /// Checks values that parse but make no sense, without reading files.
+    pub fn check_values(&self) -> Result<()> {
         if self.server_names.is_empty() {
             bail!("server_names is empty; name at least one DNS name or IP address clients dial");
         }
@@ -173,6 +193,29 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_configuration_can_be_checked_before_its_secret_files_exist() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("drover.toml");
+        let mut config = Config::new(dir.path().join("state"), "127.0.0.1:7443".parse().expect("addr"), vec!["coord".into()]);
+        config.s3 = Some(S3Config {
+            admin_endpoint: "http://127.0.0.1:3903".into(),
+            admin_token_file: dir.path().join("missing-token"),
+            s3_endpoint: "http://127.0.0.1:3900".into(),
+            region: "garage".into(),
+            public_url: None,
+        });
+        std::fs::write(&path, config.to_toml()).expect("write");
+        assert!(Config::load_checked(&path, false).is_ok());
+        let e = Config::load_checked(&path, true).expect_err("the token file is missing");
+        assert!(format!("{e:#}").contains("admin_token_file"), "{e:#}");
+        std::fs::write(&path, config.to_toml().replace("http://127.0.0.1:3900", "s3.example")).expect("write");
+        let e = Config::load_checked(&path, false).expect_err("bad URL");
+        assert!(format!("{e:#}").contains("s3.s3_endpoint"), "{e:#}");
+        std::fs::write(&path, format!("{}\nlisten_typo = 1\n", config.to_toml())).expect("write");
+        assert!(Config::load_checked(&path, false).is_err(), "unknown keys are refused");
+    }
 
     #[test]
     fn unknown_fields_are_refused() {

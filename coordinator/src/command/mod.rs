@@ -31,7 +31,14 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Init(args) => init::run(args),
         Command::Serve(args) => serve::run(load_config(&args.config, &args.state_dir)?).await,
         Command::CheckConfig(args) => {
-            let config = load_config(&args.config, &args.state_dir)?;
+            let config = if args.without_files {
+                let path = args.serve.config.clone().unwrap_or_else(|| {
+                    args.serve.state_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)).join(CONFIG_FILE)
+                });
+                Config::load_checked(&path, false)?
+            } else {
+                load_config(&args.serve.config, &args.serve.state_dir)?
+            };
             println!("configuration is valid: listen {} advertise {}", config.listen, config.advertise);
             Ok(())
         }

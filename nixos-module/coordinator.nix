@@ -1,0 +1,187 @@
+# services.drover: the Drover coordinator, one NixOS option away.
+#
+# At first start the service runs `drover init` on its state directory
+# (fleet CA, server certificate, first admin bundle at STATE_DIR/admin.bundle,
+# readable by root only). The configuration it then serves with is generated
+# from `settings` and checked at build time by `drover check-config
+# --without-files`: a typo fails `nixos-rebuild`, not the running service.
+# Secrets are given only as files outside the Nix store (`*File` options) and
+# reach the service as systemd credentials.
+{ config, lib, pkgs, ... }:
+
+let
+  inherit (lib) mkEnableOption mkIf mkOption types;
+  cfg = config.services.drover;
+  toml = pkgs.formats.toml { };
+
+  port = lib.toInt (lib.last (lib.splitString ":" cfg.settings.listen));
+
+  s3Settings = lib.optionalAttrs (cfg.s3 != null) {
+    s3 = {
+      inherit (cfg.s3) admin_endpoint s3_endpoint region;
+      admin_token_file = "/run/credentials/drover.service/s3-admin-token";
+    } // lib.optionalAttrs (cfg.s3.public_url != null) { inherit (cfg.s3) public_url; };
+  };
+
+  rawConfig = toml.generate "drover-unchecked.toml" (
+    (lib.filterAttrs (_: v: v != null) cfg.settings) // { state_dir = cfg.stateDir; } // s3Settings
+  );
+
+  # The generated configuration, refused at build time when it is invalid.
+  configFile = pkgs.runCommand "drover.toml" { nativeBuildInputs = [ cfg.package ]; } ''
+    cp ${rawConfig} $out
+    drover check-config --config $out --without-files
+  '';
+in
+{
+  options.services.drover = {
+    enable = mkEnableOption "the Drover coordinator";
+
+    package = mkOption {
+      type = types.package;
+      description = "The package providing bin/drover.";
+    };
+
+    stateDir = mkOption {
+      type = types.str;
+      default = "/var/lib/drover";
+      description = "The coordinator's state: store, fleet CA and keys, first admin bundle.";
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open the UDP port of `settings.listen` (QUIC) in the firewall.";
+    };
+
+    adminName = mkOption {
+      type = types.str;
+      default = "root";
+      description = "The first admin, whose bundle `drover init` writes to STATE_DIR/admin.bundle.";
+    };
+
+    settings = mkOption {
+      description = "The coordinator's configuration (drover.toml), rendered to TOML.";
+      default = { };
+      type = types.submodule {
+        freeformType = toml.type;
+        options = {
+          listen = mkOption {
+            type = types.str;
+            default = "0.0.0.0:7443";
+            description = "UDP address the QUIC endpoint listens on.";
+          };
+          advertise = mkOption {
+            type = types.str;
+            example = "203.0.113.5:7443";
+            description = "The address agents and admins dial.";
+          };
+          server_names = mkOption {
+            type = types.listOf types.str;
+            example = [ "coordinator.example.net" "203.0.113.5" ];
+            description = "Names and addresses in the server certificate; the first is the one clients verify.";
+          };
+          machine_cert_lifetime = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            example = "7d";
+            description = "Lifetime of machine certificates (default 7d); agents renew at two thirds.";
+          };
+          health_interval = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            example = "10s";
+            description = "How often agents report health (default 10s).";
+          };
+          idle_timeout = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            description = "A QUIC connection with no traffic for this long is closed (default 30s).";
+          };
+        };
+      };
+    };
+
+    s3 = mkOption {
+      default = null;
+      description = "The Garage cluster the coordinator makes buckets and keys on; null: no S3.";
+      type = types.nullOr (types.submodule {
+        options = {
+          admin_endpoint = mkOption {
+            type = types.str;
+            example = "http://10.0.0.10:3903";
+            description = "Garage's admin API.";
+          };
+          adminTokenFile = mkOption {
+            type = types.str;
+            example = "/run/keys/garage-admin-token";
+            description = "A file (outside the Nix store) holding Garage's admin token.";
+          };
+          s3_endpoint = mkOption {
+            type = types.str;
+            example = "http://s3.internal:3900";
+            description = "The S3 endpoint services use.";
+          };
+          region = mkOption {
+            type = types.str;
+            default = "garage";
+            description = "Garage's s3_region.";
+          };
+          public_url = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            example = "https://{bucket}.web.example.net";
+            description = "Public URL of a bucket with website access; {bucket} is replaced.";
+          };
+        };
+      });
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [{
+      assertion = cfg.s3 == null || !(lib.hasPrefix builtins.storeDir cfg.s3.adminTokenFile);
+      message = "services.drover.s3.adminTokenFile must not be in the Nix store, which everyone can read.";
+    }];
+
+    environment.systemPackages = [ cfg.package ];
+    networking.firewall.allowedUDPPorts = lib.optional cfg.openFirewall port;
+
+    systemd.services.drover = {
+      description = "Drover coordinator";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+      restartTriggers = [ configFile ];
+      preStart = ''
+        if [ ! -e ${cfg.stateDir}/drover.toml ]; then
+          ${cfg.package}/bin/drover init --state-dir ${cfg.stateDir} \
+            --listen ${cfg.settings.listen} --advertise ${cfg.settings.advertise} \
+            --admin-name ${lib.escapeShellArg cfg.adminName} \
+            ${lib.concatMapStringsSep " " (n: "--server-name ${lib.escapeShellArg n}") cfg.settings.server_names}
+        fi
+      '';
+      serviceConfig = {
+        ExecStart = "${cfg.package}/bin/drover serve --config ${configFile}";
+        Restart = "on-failure";
+        RestartSec = 5;
+        StateDirectory = lib.removePrefix "/var/lib/" cfg.stateDir;
+        StateDirectoryMode = "0700";
+        LoadCredential = lib.optional (cfg.s3 != null) "s3-admin-token:${cfg.s3.adminTokenFile}";
+        NoNewPrivileges = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectControlGroups = true;
+        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
+        RestrictNamespaces = true;
+        LockPersonality = true;
+        MemoryDenyWriteExecute = true;
+        SystemCallArchitectures = "native";
+      };
+    };
+  };
+}

@@ -1,0 +1,115 @@
+# services.drover-mastodon: Mastodon fed by Drover.
+#
+# Enables nixpkgs' services.mastodon and gives it, through
+# services.mastodon.extraEnvFiles (never the Nix store): the S3 endpoint,
+# region, bucket, public URL and keys of the bucket deployed with
+# `drover deploy --bucket BUCKET:public`, and, on a tenant's machine, creates
+# the tenant's admin account once (`tootctl accounts create USER --email E
+# --confirmed --role Owner`) with the password the coordinator generated
+# (`drover tenants show DOMAIN --show-password`).
+{ config, lib, pkgs, ... }:
+
+let
+  inherit (lib) mkEnableOption mkIf mkOption types;
+  cfg = config.services.drover-mastodon;
+  mastodon = config.services.mastodon;
+  drover = import ./common.nix { inherit config lib pkgs; };
+  webEnv = config.systemd.services.mastodon-web;
+  envFile = "${drover.envDir}/mastodon.env";
+in
+{
+  options.services.drover-mastodon = {
+    enable = mkEnableOption "Mastodon with its S3 storage and admin account from Drover";
+
+    domain = mkOption {
+      type = types.str;
+      example = "social.example.org";
+      description = ''
+        The instance's domain (services.mastodon.localDomain). On a tenant's
+        machine it must equal the tenant's domain fact; the environment unit
+        refuses to start the service otherwise.
+      '';
+    };
+
+    bucket = mkOption {
+      type = types.str;
+      example = "social-example-media";
+      description = "The Drover bucket holding the media (`drover deploy --bucket NAME:public`).";
+    };
+
+    createAdmin = mkOption {
+      type = types.bool;
+      default = true;
+      description = "Create the tenant's admin account (Owner role) once, from the tenant facts and password.";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    services.mastodon = {
+      enable = true;
+      localDomain = cfg.domain;
+      extraEnvFiles = [ envFile ];
+    };
+
+    systemd.services.drover-mastodon-env = drover.envUnit {
+      name = "mastodon";
+      group = mastodon.group;
+      before = [ "mastodon-init-db.service" "mastodon-web.service" "mastodon-streaming.target" "mastodon-sidekiq-all.service" ];
+      script = ''
+        domain=$(${pkgs.jq}/bin/jq -r '.domain // empty' ${drover.facts})
+        if [ -n "$domain" ] && [ "$domain" != ${lib.escapeShellArg cfg.domain} ]; then
+          echo "this machine belongs to tenant $domain but services.drover-mastodon.domain is ${cfg.domain}; fix the configuration" >&2
+          exit 1
+        fi
+        env_line S3_ENABLED true
+        env_line S3_PROTOCOL "$(fact s3_endpoint | sed -E 's|^(https?)://.*|\1|')"
+        env_line S3_ENDPOINT "$(fact s3_endpoint)"
+        env_line S3_REGION "$(fact s3_region)"
+        env_line S3_BUCKET "$(fact ${lib.escapeShellArg (drover.bucketFact cfg.bucket)})"
+        env_line S3_ALIAS_HOST "$(fact ${lib.escapeShellArg (drover.publicUrlFact cfg.bucket)} | sed -E 's|^https?://||; s|/+$||')"
+        env_line S3_FORCE_SINGLE_REQUEST true
+        env_line AWS_ACCESS_KEY_ID "$(secret ${drover.accessKeySecret cfg.bucket})"
+        env_line AWS_SECRET_ACCESS_KEY "$(secret ${drover.secretKeySecret cfg.bucket})"
+      '';
+    };
+    systemd.paths.drover-mastodon-env = drover.envPath "mastodon";
+
+    # Once per instance: the tenant's admin account, Owner, with the
+    # coordinator's password (set through Rails, never on a command line).
+    systemd.services.drover-mastodon-admin = mkIf cfg.createAdmin {
+      description = "Mastodon admin account from the Drover tenant";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "mastodon-web.service" "drover-mastodon-env.service" ];
+      requires = [ "mastodon-web.service" ];
+      unitConfig.ConditionPathExists = [ "${drover.secrets}/tenant-admin-password" "!/var/lib/drover-mastodon/admin-created" ];
+      environment = webEnv.environment;
+      serviceConfig = {
+        Type = "oneshot";
+        User = mastodon.user;
+        Group = mastodon.group;
+        WorkingDirectory = mastodon.package;
+        EnvironmentFile = webEnv.serviceConfig.EnvironmentFile;
+        LoadCredential = [ "password:${drover.secrets}/tenant-admin-password" "facts:${drover.facts}" ];
+        StateDirectory = "drover-mastodon";
+        StateDirectoryMode = "0700";
+      };
+      script = ''
+        set -euo pipefail
+        facts="$CREDENTIALS_DIRECTORY/facts"
+        user=$(${pkgs.jq}/bin/jq -er .admin_user "$facts")
+        email=$(${pkgs.jq}/bin/jq -er .admin_email "$facts")
+        if ! ${mastodon.package}/bin/tootctl accounts modify "$user" >/dev/null 2>&1; then
+          ${mastodon.package}/bin/tootctl accounts create "$user" --email "$email" --confirmed --role Owner > /dev/null
+          ${mastodon.package}/bin/tootctl accounts approve "$user"
+        fi
+        DROVER_ADMIN_USER="$user" DROVER_ADMIN_PASSWORD_FILE="$CREDENTIALS_DIRECTORY/password" \
+          ${mastodon.package}/bin/rails runner '
+            user = Account.find_local!(ENV.fetch("DROVER_ADMIN_USER")).user
+            user.update!(password: File.read(ENV.fetch("DROVER_ADMIN_PASSWORD_FILE")).strip)
+          '
+        touch /var/lib/drover-mastodon/admin-created
+        echo "admin account $user ready"
+      '';
+    };
+  };
+}

@@ -1,0 +1,95 @@
+# services.drover-peertube: PeerTube fed by Drover.
+#
+# Enables nixpkgs' services.peertube. Object storage goes to the Drover
+# bucket deployed with `drover deploy --bucket BUCKET:public`: the four
+# PeerTube buckets are prefixes of it, both upload ACLs are null (Garage has
+# no ACLs), and the endpoint, bucket, public URL and admin e-mail reach
+# PeerTube as NODE_CONFIG in services.peertube.serviceEnvironmentFile, with
+# the keys as AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY: never through the Nix
+# store. On a tenant's machine the admin account is PeerTube's `root`, whose
+# first password is the tenant's (PT_INITIAL_ROOT_PASSWORD, read by PeerTube
+# on its first start only).
+{ config, lib, pkgs, ... }:
+
+let
+  inherit (lib) mkEnableOption mkIf mkOption types;
+  cfg = config.services.drover-peertube;
+  peertube = config.services.peertube;
+  drover = import ./common.nix { inherit config lib pkgs; };
+  envFile = "${drover.envDir}/peertube.env";
+  prefixes = {
+    streaming_playlists = "streaming-playlists/";
+    web_videos = "web-videos/";
+    user_exports = "user-exports/";
+    original_video_files = "original-video-files/";
+  };
+  # Buckets served publicly get the bucket's public URL as base_url.
+  public = [ "streaming_playlists" "web_videos" ];
+in
+{
+  options.services.drover-peertube = {
+    enable = mkEnableOption "PeerTube with its S3 storage and admin account from Drover";
+
+    domain = mkOption {
+      type = types.str;
+      example = "video.example.org";
+      description = "services.peertube.localDomain; on a tenant's machine it must equal the tenant's domain fact.";
+    };
+
+    bucket = mkOption {
+      type = types.str;
+      example = "video-example-media";
+      description = "The Drover bucket holding the videos (`drover deploy --bucket NAME:public`).";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    services.peertube = {
+      enable = true;
+      localDomain = cfg.domain;
+      serviceEnvironmentFile = envFile;
+      settings.object_storage = {
+        enabled = true;
+        upload_acl = {
+          public = null;
+          private = null;
+        };
+      };
+    };
+
+    systemd.services.drover-peertube-env = drover.envUnit {
+      name = "peertube";
+      group = peertube.group;
+      before = [ "peertube.service" ];
+      script = ''
+        domain=$(${pkgs.jq}/bin/jq -r '.domain // empty' ${drover.facts})
+        if [ -n "$domain" ] && [ "$domain" != ${lib.escapeShellArg cfg.domain} ]; then
+          echo "this machine belongs to tenant $domain but services.drover-peertube.domain is ${cfg.domain}; fix the configuration" >&2
+          exit 1
+        fi
+        bucket=$(fact ${lib.escapeShellArg (drover.bucketFact cfg.bucket)})
+        base=$(fact ${lib.escapeShellArg (drover.publicUrlFact cfg.bucket)})
+        email=$(${pkgs.jq}/bin/jq -r '.admin_email // empty' ${drover.facts})
+        node_config=$(${pkgs.jq}/bin/jq -cn \
+          --arg endpoint "$(fact s3_endpoint)" --arg region "$(fact s3_region)" \
+          --arg bucket "$bucket" --arg base "''${base%/}" --arg email "$email" \
+          --argjson prefixes ${lib.escapeShellArg (builtins.toJSON prefixes)} \
+          --argjson public ${lib.escapeShellArg (builtins.toJSON public)} '
+            { object_storage: ({ endpoint: $endpoint, region: $region }
+                + ($prefixes | with_entries(.value = {
+                    bucket_name: $bucket,
+                    prefix: .value,
+                    base_url: (if (.key | IN($public[])) then $base + "/" + .value else "" end)
+                  })))
+            } + (if $email == "" then {} else { admin: { email: $email } } end)')
+        env_line NODE_CONFIG "$node_config"
+        env_line AWS_ACCESS_KEY_ID "$(secret ${drover.accessKeySecret cfg.bucket})"
+        env_line AWS_SECRET_ACCESS_KEY "$(secret ${drover.secretKeySecret cfg.bucket})"
+        if [ -r ${drover.secrets}/tenant-admin-password ]; then
+          env_line PT_INITIAL_ROOT_PASSWORD "$(secret tenant-admin-password)"
+        fi
+      '';
+    };
+    systemd.paths.drover-peertube-env = drover.envPath "peertube";
+  };
+}

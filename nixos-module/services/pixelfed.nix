@@ -1,0 +1,111 @@
+# services.drover-pixelfed: Pixelfed fed by Drover.
+#
+# Enables nixpkgs' services.pixelfed. Its services.pixelfed.secretFile is
+# written at every start from what Drover delivered (never the Nix store):
+# the S3 settings of the bucket deployed with `drover deploy --bucket
+# BUCKET:public` (path-style, region from the facts) and the APP_KEY, made
+# once on the machine. On a tenant's machine the tenant's admin account is
+# created once (`artisan user:create ... --is_admin=1`), then given the
+# coordinator's password through the environment, never a command line.
+{ config, lib, pkgs, ... }:
+
+let
+  inherit (lib) mkEnableOption mkIf mkOption types;
+  cfg = config.services.drover-pixelfed;
+  pixelfed = config.services.pixelfed;
+  drover = import ./common.nix { inherit config lib pkgs; };
+  envFile = "${drover.envDir}/pixelfed.env";
+  appKey = "/var/lib/drover-pixelfed/app-key";
+in
+{
+  options.services.drover-pixelfed = {
+    enable = mkEnableOption "Pixelfed with its S3 storage and admin account from Drover";
+
+    domain = mkOption {
+      type = types.str;
+      example = "pics.example.org";
+      description = "services.pixelfed.domain; on a tenant's machine it must equal the tenant's domain fact.";
+    };
+
+    bucket = mkOption {
+      type = types.str;
+      example = "pics-example-media";
+      description = "The Drover bucket holding the media (`drover deploy --bucket NAME:public`).";
+    };
+
+    createAdmin = mkOption {
+      type = types.bool;
+      default = true;
+      description = "Create the tenant's admin account once, from the tenant facts and password.";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    services.pixelfed = {
+      enable = true;
+      inherit (cfg) domain;
+      secretFile = envFile;
+    };
+
+    systemd.services.drover-pixelfed-env = (drover.envUnit {
+      name = "pixelfed";
+      group = pixelfed.group;
+      before = [ "pixelfed-data-setup.service" "phpfpm-pixelfed.service" "pixelfed-horizon.service" ];
+      script = ''
+        domain=$(${pkgs.jq}/bin/jq -r '.domain // empty' ${drover.facts})
+        if [ -n "$domain" ] && [ "$domain" != ${lib.escapeShellArg cfg.domain} ]; then
+          echo "this machine belongs to tenant $domain but services.drover-pixelfed.domain is ${cfg.domain}; fix the configuration" >&2
+          exit 1
+        fi
+        if [ ! -s ${appKey} ]; then
+          mkdir -p "$(dirname ${appKey})"
+          printf 'base64:%s' "$(head -c 32 /dev/urandom | base64)" > ${appKey}
+        fi
+        env_line APP_KEY "$(cat ${appKey})"
+        env_line PF_ENABLE_CLOUD true
+        env_line FILESYSTEM_CLOUD s3
+        env_line AWS_ACCESS_KEY_ID "$(secret ${drover.accessKeySecret cfg.bucket})"
+        env_line AWS_SECRET_ACCESS_KEY "$(secret ${drover.secretKeySecret cfg.bucket})"
+        env_line AWS_DEFAULT_REGION "$(fact s3_region)"
+        env_line AWS_BUCKET "$(fact ${lib.escapeShellArg (drover.bucketFact cfg.bucket)})"
+        env_line AWS_URL "$(fact ${lib.escapeShellArg (drover.publicUrlFact cfg.bucket)})"
+        env_line AWS_ENDPOINT "$(fact s3_endpoint)"
+        env_line AWS_USE_PATH_STYLE_ENDPOINT true
+      '';
+    }) // { serviceConfig.StateDirectory = "drover-pixelfed"; serviceConfig.Type = "oneshot"; serviceConfig.UMask = "0077"; };
+    systemd.paths.drover-pixelfed-env = drover.envPath "pixelfed";
+
+    systemd.services.drover-pixelfed-admin = mkIf cfg.createAdmin {
+      description = "Pixelfed admin account from the Drover tenant";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "pixelfed-data-setup.service" "phpfpm-pixelfed.service" ];
+      requires = [ "pixelfed-data-setup.service" ];
+      unitConfig.ConditionPathExists = [ "${drover.secrets}/tenant-admin-password" "!/var/lib/drover-pixelfed/admin-created" ];
+      serviceConfig = {
+        Type = "oneshot";
+        LoadCredential = [ "password:${drover.secrets}/tenant-admin-password" "facts:${drover.facts}" ];
+      };
+      path = [ config.security.wrapperDir "/run/current-system/sw" ];
+      script = ''
+        set -euo pipefail
+        facts="$CREDENTIALS_DIRECTORY/facts"
+        user=$(${pkgs.jq}/bin/jq -er .admin_user "$facts")
+        email=$(${pkgs.jq}/bin/jq -er .admin_email "$facts")
+        export DROVER_ADMIN_USER="$user"
+        DROVER_ADMIN_PASSWORD=$(cat "$CREDENTIALS_DIRECTORY/password")
+        export DROVER_ADMIN_PASSWORD
+        # A throwaway password first; the real one goes through the environment.
+        pixelfed-manage user:create --name="$user" --username="$user" --email="$email" \
+          --password="$(head -c 24 /dev/urandom | base64)" --is_admin=1 --confirm_email=1 || true
+        sudo --preserve-env=DROVER_ADMIN_USER,DROVER_ADMIN_PASSWORD -u ${pixelfed.user} \
+          pixelfed-manage tinker --execute='
+            $u = App\User::where("username", getenv("DROVER_ADMIN_USER"))->firstOrFail();
+            $u->password = Hash::make(getenv("DROVER_ADMIN_PASSWORD"));
+            $u->is_admin = true;
+            $u->save();'
+        touch /var/lib/drover-pixelfed/admin-created
+        echo "admin account $user ready"
+      '';
+    };
+  };
+}
