@@ -1,0 +1,87 @@
+{
+  description = "Drover: pull-based deployment for fleets of NixOS virtual machines";
+
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.05";
+
+  outputs = { self, nixpkgs }:
+    let
+      inherit (nixpkgs) lib;
+      systems = [ "x86_64-linux" "aarch64-linux" ];
+      forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+
+      src = lib.fileset.toSource {
+        root = ./.;
+        fileset = lib.fileset.unions [ ./Cargo.toml ./Cargo.lock ./protocol ./net ./coordinator ./agent ./nixos-module ];
+      };
+
+      # One crate of the workspace, built from Cargo.lock. The test suite
+      # needs Garage, Nix and sockets: it runs with scripts/test.sh, and the
+      # NixOS tests run as this flake's checks.
+      crate = pkgs: { pname, package, mainProgram }:
+        pkgs.rustPlatform.buildRustPackage {
+          inherit pname src;
+          version = "0.1.0";
+          cargoLock.lockFile = ./Cargo.lock;
+          cargoBuildFlags = [ "--package" package ];
+          nativeBuildInputs = [ pkgs.pkg-config ];
+          doCheck = false;
+          meta = {
+            description = "Drover: pull-based deployment for fleets of NixOS virtual machines";
+            license = lib.licenses.agpl3Plus;
+            inherit mainProgram;
+          };
+        };
+
+      packagesFor = pkgs: self.packages.${pkgs.stdenv.hostPlatform.system};
+
+      # Modules carry a key so that importing several of them (each profile
+      # imports the agent module) declares every option once.
+      agent = {
+        key = "drover#agent";
+        imports = [
+          ./nixos-module/agent.nix
+          ({ pkgs, ... }: { services.drover-agent.package = lib.mkDefault (packagesFor pkgs).drover-agent; })
+        ];
+      };
+      coordinator = {
+        key = "drover#coordinator";
+        imports = [
+          ./nixos-module/coordinator.nix
+          ({ pkgs, ... }: { services.drover.package = lib.mkDefault (packagesFor pkgs).drover; })
+        ];
+      };
+      withAgent = name: path: { key = "drover#${name}"; imports = [ agent path ]; };
+    in
+    {
+      packages = forAllSystems (pkgs: rec {
+        drover = crate pkgs { pname = "drover"; package = "drover-coordinator"; mainProgram = "drover"; };
+        drover-agent = crate pkgs { pname = "drover-agent"; package = "drover-agent"; mainProgram = "drover-agent"; };
+        default = drover;
+      });
+
+      nixosModules = rec {
+        inherit agent coordinator;
+        garage-node = withAgent "garage-node" ./nixos-module/garage-node.nix;
+        mastodon = withAgent "mastodon" ./nixos-module/services/mastodon.nix;
+        peertube = withAgent "peertube" ./nixos-module/services/peertube.nix;
+        pixelfed = withAgent "pixelfed" ./nixos-module/services/pixelfed.nix;
+        default = { imports = [ agent coordinator garage-node mastodon peertube pixelfed ]; };
+      };
+
+      # NixOS tests (QEMU, KVM recommended): `nix flake check`, or one of
+      # them with `nix build .#checks.x86_64-linux.fleet -L`.
+      checks = forAllSystems (pkgs:
+        import ./vm-tests { inherit pkgs self; } // {
+          inherit (packagesFor pkgs) drover drover-agent;
+        });
+
+      devShells = forAllSystems (pkgs: {
+        default = pkgs.mkShell {
+          inputsFrom = [ (packagesFor pkgs).drover ];
+          packages = with pkgs; [ cargo rustc clippy rustfmt rust-analyzer garage_2 jq nixfmt-rfc-style ];
+        };
+      });
+
+      formatter = forAllSystems (pkgs: pkgs.nixfmt-rfc-style);
+    };
+}

@@ -1,0 +1,72 @@
+# Pieces the VM tests share: fixed addresses on the test network, the
+# coordinator node, an agent node, and Python helpers for the test scripts.
+{ self, lib }:
+
+rec {
+  coordinatorIp = "192.168.1.10";
+  garageIp = "192.168.1.20";
+  agentIp = n: "192.168.1.${toString (30 + n)}";
+
+  address = ip: {
+    networking.interfaces.eth1.ipv4.addresses = lib.mkForce [{ address = ip; prefixLength = 24; }];
+    networking.firewall.enable = false;
+  };
+
+  coordinatorNode = extra: { ... }: {
+    imports = [ self.nixosModules.coordinator (address coordinatorIp) extra ];
+    services.drover = {
+      enable = true;
+      settings = {
+        listen = "0.0.0.0:7443";
+        advertise = "${coordinatorIp}:7443";
+        server_names = [ coordinatorIp ];
+        health_interval = "2s";
+      };
+    };
+    virtualisation.memorySize = 1024;
+  };
+
+  # An agent that enrolls itself at boot: the CA and token files arrive the
+  # way cloud-init would put them there (the test script writes them), and
+  # the service keeps retrying until they do.
+  agentNode = n: extra: { ... }: {
+    imports = [ self.nixosModules.agent (address (agentIp n)) extra ];
+    services.drover-agent = {
+      enable = true;
+      coordinator = "${coordinatorIp}:7443";
+      caFile = "/var/lib/drover-seed/ca.pem";
+      enrollmentTokenFile = "/var/lib/drover-seed/token";
+      settings = {
+        backoff_max = "2s";
+        confirm_deadline = "30s";
+      };
+    };
+    services.openssh.enable = true;
+    virtualisation.memorySize = 1024;
+  };
+
+  # Python for the test scripts: make a token on the coordinator and seed an
+  # agent with it and the CA, as a config drive would.
+  seed = ''
+    import json
+
+    def drover(cmd):
+        return coordinator.succeed(f"drover {cmd} --state-dir /var/lib/drover")
+
+    def drover_json(cmd):
+        return json.loads(drover(f"{cmd} --output json"))
+
+    def seed(machine, labels):
+        token = drover_json("tokens create --uses 1 --ttl 1h " + " ".join(f"--label {l}" for l in labels))["token"]
+        ca = coordinator.succeed("cat /var/lib/drover/ca.pem")
+        machine.succeed("mkdir -p /var/lib/drover-seed && chmod 700 /var/lib/drover-seed")
+        machine.succeed(f"cat > /var/lib/drover-seed/ca.pem <<'EOF'\n{ca}\nEOF")
+        machine.succeed(f"printf %s '{token}' > /var/lib/drover-seed/token && chmod 600 /var/lib/drover-seed/token")
+
+    def machine_id(hostname):
+        for m in drover_json("machines list"):
+            if m["hostname"] == hostname:
+                return m["id"]
+        raise Exception(f"{hostname} is not enrolled")
+  '';
+}
