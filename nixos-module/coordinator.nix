@@ -139,10 +139,16 @@ in
   };
 
   config = mkIf cfg.enable {
-    assertions = [{
-      assertion = cfg.s3 == null || !(lib.hasPrefix builtins.storeDir cfg.s3.adminTokenFile);
-      message = "services.drover.s3.adminTokenFile must not be in the Nix store, which everyone can read.";
-    }];
+    assertions = [
+      {
+        assertion = cfg.s3 == null || !(lib.hasPrefix builtins.storeDir cfg.s3.adminTokenFile);
+        message = "services.drover.s3.adminTokenFile must not be in the Nix store, which everyone can read.";
+      }
+      {
+        assertion = lib.hasPrefix "/var/lib/" cfg.stateDir;
+        message = "services.drover.stateDir must be under /var/lib/ (systemd's StateDirectory makes it, mode 0700).";
+      }
+    ];
 
     environment.systemPackages = [ cfg.package ];
     networking.firewall.allowedUDPPorts = lib.optional cfg.openFirewall port;
