@@ -26,6 +26,24 @@ rec {
     virtualisation.memorySize = 1024;
   };
 
+  # A single Garage node (replication 1); its RPC secret and admin token
+  # come from an environment file the test script writes (`seed_garage`).
+  garageNode = { pkgs, ... }: {
+    imports = [ (address garageIp) ];
+    services.garage = {
+      enable = true;
+      package = pkgs.garage_2;
+      environmentFile = "/var/lib/garage-seed/env";
+      settings = {
+        replication_factor = 1;
+        rpc_bind_addr = "[::]:3901";
+        rpc_public_addr = "${garageIp}:3901";
+        s3_api = { s3_region = "garage"; api_bind_addr = "[::]:3900"; };
+        admin.api_bind_addr = "[::]:3903";
+      };
+    };
+  };
+
   # An agent that enrolls itself at boot: the CA and token files arrive the
   # way cloud-init would put them there (the test script writes them), and
   # the service keeps retrying until they do.
@@ -62,6 +80,12 @@ rec {
         machine.succeed("mkdir -p /var/lib/drover-seed && chmod 700 /var/lib/drover-seed")
         machine.succeed(f"cat > /var/lib/drover-seed/ca.pem <<'EOF'\n{ca}\nEOF")
         machine.succeed(f"printf %s '{token}' > /var/lib/drover-seed/token && chmod 600 /var/lib/drover-seed/token")
+
+    def seed_garage(admin_token):
+        rpc = garage.succeed("head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'").strip()
+        garage.succeed(f"mkdir -p /var/lib/garage-seed && printf 'GARAGE_RPC_SECRET=%s\\nGARAGE_ADMIN_TOKEN=%s\\n' {rpc} {admin_token} > /var/lib/garage-seed/env")
+        garage.systemctl("restart garage.service")
+        garage.wait_for_open_port(3903)
 
     def machine_id(hostname):
         for m in drover_json("machines list"):

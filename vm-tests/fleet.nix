@@ -23,21 +23,7 @@ in
     coordinator = common.coordinatorNode ({ pkgs, ... }: {
       environment.systemPackages = [ pkgs.python3 ];
     });
-    garage = { pkgs, ... }: {
-      imports = [ (common.address common.garageIp) ];
-      services.garage = {
-        enable = true;
-        package = pkgs.garage_2;
-        environmentFile = "/var/lib/garage-seed/env";
-        settings = {
-          replication_factor = 1;
-          rpc_bind_addr = "[::]:3901";
-          rpc_public_addr = "${common.garageIp}:3901";
-          s3_api = { s3_region = "garage"; api_bind_addr = "[::]:3900"; };
-          admin.api_bind_addr = "[::]:3903";
-        };
-      };
-    };
+    garage = common.garageNode;
     agent1 = common.agentNode 1 systems;
     agent2 = common.agentNode 2 systems;
   };
@@ -47,9 +33,7 @@ in
 
     start_all()
     coordinator.wait_for_unit("drover.service")
-    garage.succeed("mkdir -p /var/lib/garage-seed && printf 'GARAGE_RPC_SECRET=%s\nGARAGE_ADMIN_TOKEN=%s\n' $(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n') $(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n') > /var/lib/garage-seed/env")
-    garage.systemctl("restart garage.service")
-    garage.wait_for_open_port(3900)
+    seed_garage(garage.succeed("head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'").strip())
 
     with subtest("both agents enroll at boot from their token file"):
         for (vm, name) in [(agent1, "agent1"), (agent2, "agent2")]:

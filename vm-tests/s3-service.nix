@@ -14,21 +14,7 @@
         s3_endpoint = "http://${common.garageIp}:3900";
       };
     });
-    garage = { pkgs, ... }: {
-      imports = [ (common.address common.garageIp) ];
-      services.garage = {
-        enable = true;
-        package = pkgs.garage_2;
-        environmentFile = "/var/lib/garage-seed/env";
-        settings = {
-          replication_factor = 1;
-          rpc_bind_addr = "[::]:3901";
-          rpc_public_addr = "${common.garageIp}:3901";
-          s3_api = { s3_region = "garage"; api_bind_addr = "[::]:3900"; };
-          admin.api_bind_addr = "[::]:3903";
-        };
-      };
-    };
+    garage = common.garageNode;
     service = common.agentNode 1 ({ pkgs, ... }: { environment.systemPackages = [ pkgs.curl pkgs.jq ]; });
     other = common.agentNode 2 { };
   };
@@ -38,9 +24,7 @@
 
     start_all()
     token = "0123456789abcdef0123456789abcdef"
-    garage.succeed(f"mkdir -p /var/lib/garage-seed && printf 'GARAGE_RPC_SECRET=%s\nGARAGE_ADMIN_TOKEN={token}\n' $(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n') > /var/lib/garage-seed/env")
-    garage.systemctl("restart garage.service")
-    garage.wait_for_open_port(3903)
+    seed_garage(token)
     coordinator.succeed(f"mkdir -p /var/lib/drover-seed && printf %s {token} > /var/lib/drover-seed/garage-admin-token && chmod 600 /var/lib/drover-seed/garage-admin-token")
     coordinator.systemctl("restart drover.service")
     coordinator.wait_for_unit("drover.service")

@@ -365,20 +365,14 @@ impl SledStore {
         id: &str,
         change: &dyn Fn(&mut MachineRecord) -> Result<(), StoreError>,
     ) -> Result<MachineRecord, StoreError> {
-        unwrap_tx(self.machines.transaction(|tx| {
-            let Some(bytes) = tx.get(id)? else {
-                return abort(StoreError::NotFound {
-                    what: "machine",
-                    id: id.to_string(),
-                });
-            };
-            let mut record: MachineRecord = tx_decode(MACHINES, id.as_bytes(), &bytes)?;
-            if let Err(e) = change(&mut record) {
-                return abort(e);
-            }
-            tx.insert(id.as_bytes(), encode(&record))?;
-            Ok(record)
-        }))
+        change_one(&self.machines, MACHINES, "machine", id, change)
+    }
+
+    /// Inserts `record` under `key`, durably, unless the key is taken
+    /// (a conflict saying `taken`).
+    fn insert_new<T: Serialize>(&self, tree: &sled::Tree, key: &str, record: &T, taken: String) -> Result<(), StoreError> {
+        let previous = tree.compare_and_swap(key, None as Option<&[u8]>, Some(encode(record)))?;
+        self.durable(previous.map_err(|_| StoreError::Conflict(taken)))
     }
 
     /// One record by key, if present.
@@ -422,10 +416,7 @@ impl Store for SledStore {
     }
 
     fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
-        let previous = self
-            .tokens
-            .compare_and_swap(&token.hash, None as Option<&[u8]>, Some(encode(token)))?;
-        self.durable(previous.map_err(|_| StoreError::Conflict("token already exists".into())))
+        self.insert_new(&self.tokens, &token.hash, token, "token already exists".into())
     }
 
     fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
@@ -499,10 +490,7 @@ impl Store for SledStore {
     }
 
     fn insert_admin(&self, admin: &AdminRecord) -> Result<(), StoreError> {
-        let previous = self
-            .admins
-            .compare_and_swap(&admin.name, None as Option<&[u8]>, Some(encode(admin)))?;
-        self.durable(previous.map_err(|_| StoreError::Conflict(format!("admin {:?} already exists", admin.name))))
+        self.insert_new(&self.admins, &admin.name, admin, format!("admin {:?} already exists", admin.name))
     }
 
     fn update_admin(
@@ -541,10 +529,7 @@ impl Store for SledStore {
     }
 
     fn insert_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
-        let previous = self
-            .tenants
-            .compare_and_swap(&tenant.domain, None as Option<&[u8]>, Some(encode(tenant)))?;
-        self.durable(previous.map_err(|_| StoreError::Conflict(format!("tenant {} already exists", tenant.domain))))
+        self.insert_new(&self.tenants, &tenant.domain, tenant, format!("tenant {} already exists", tenant.domain))
     }
 
     fn update_tenant(
@@ -639,10 +624,7 @@ impl Store for SledStore {
     }
 
     fn insert_rollout(&self, rollout: &RolloutRecord) -> Result<(), StoreError> {
-        let previous = self
-            .rollouts
-            .compare_and_swap(&rollout.id, None as Option<&[u8]>, Some(encode(rollout)))?;
-        self.durable(previous.map_err(|_| StoreError::Conflict(format!("rollout {} already exists", rollout.id))))
+        self.insert_new(&self.rollouts, &rollout.id, rollout, format!("rollout {} already exists", rollout.id))
     }
 
     fn rollout(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError> {

@@ -16,6 +16,31 @@ rec {
   secrets = "${runtime}/secrets";
   envDir = "${runtime}/env";
 
+  # The options every profile has: its domain and its bucket.
+  profileOptions = { service, example }: {
+    enable = lib.mkEnableOption "${service} with its S3 storage and admin account from Drover";
+    domain = lib.mkOption {
+      type = lib.types.str;
+      example = example;
+      description = ''
+        The instance's domain. On a tenant's machine it must equal the
+        tenant's domain fact; the environment unit refuses to start the
+        service otherwise.
+      '';
+    };
+    bucket = lib.mkOption {
+      type = lib.types.str;
+      example = "${lib.replaceStrings [ "." ] [ "-" ] example}-media";
+      description = "The Drover bucket holding the media (`drover deploy --bucket NAME:public`).";
+    };
+  };
+
+  createAdminOption = lib.mkOption {
+    type = lib.types.bool;
+    default = true;
+    description = "Create the tenant's admin account once, from the tenant facts and password.";
+  };
+
   # Names of the facts and secrets `drover deploy --bucket NAME` delivers.
   bucketFact = bucket: "s3_bucket.${bucket}";
   publicUrlFact = bucket: "s3_public_url.${bucket}";
@@ -38,6 +63,15 @@ rec {
       [ -r "${secrets}/$1" ] || { echo "secret $1 is missing from ${secrets}: deploy this machine with it" >&2; exit 1; }
       cat "${secrets}/$1"
     }
+    # Refuses a machine of another tenant than the one the service is for.
+    check_domain() {
+      local tenant
+      tenant=$(${pkgs.jq}/bin/jq -r '.domain // empty' ${facts})
+      if [ -n "$tenant" ] && [ "$tenant" != "$1" ]; then
+        echo "this machine belongs to tenant $tenant but $2 is $1; fix the configuration" >&2
+        exit 1
+      fi
+    }
     # One KEY=VALUE line, single-quoted for systemd's EnvironmentFile.
     env_line() {
       case "$2" in *"'"*|*$'\n'*) echo "$1: a value with a quote or newline cannot go into an environment file" >&2; exit 1 ;; esac
@@ -55,7 +89,7 @@ rec {
     pathConfig.Unit = "drover-${name}-env.service";
   };
 
-  envUnit = { name, group, before, script }: {
+  envUnit = { name, group, before, script, serviceConfig ? { } }: {
     description = "Environment for ${name} from what Drover delivered";
     wantedBy = [ "multi-user.target" ];
     inherit before;
@@ -64,7 +98,7 @@ rec {
     serviceConfig = {
       Type = "oneshot";
       UMask = "0077";
-    };
+    } // serviceConfig;
     path = [ pkgs.coreutils pkgs.jq ];
     script = ''
       ${prelude}

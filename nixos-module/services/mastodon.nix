@@ -10,7 +10,7 @@
 { config, lib, pkgs, ... }:
 
 let
-  inherit (lib) mkEnableOption mkIf mkOption types;
+  inherit (lib) mkIf;
   cfg = config.services.drover-mastodon;
   mastodon = config.services.mastodon;
   drover = import ./common.nix { inherit config lib pkgs; };
@@ -18,30 +18,8 @@ let
   envFile = "${drover.envDir}/mastodon.env";
 in
 {
-  options.services.drover-mastodon = {
-    enable = mkEnableOption "Mastodon with its S3 storage and admin account from Drover";
-
-    domain = mkOption {
-      type = types.str;
-      example = "social.example.org";
-      description = ''
-        The instance's domain (services.mastodon.localDomain). On a tenant's
-        machine it must equal the tenant's domain fact; the environment unit
-        refuses to start the service otherwise.
-      '';
-    };
-
-    bucket = mkOption {
-      type = types.str;
-      example = "social-example-media";
-      description = "The Drover bucket holding the media (`drover deploy --bucket NAME:public`).";
-    };
-
-    createAdmin = mkOption {
-      type = types.bool;
-      default = true;
-      description = "Create the tenant's admin account (Owner role) once, from the tenant facts and password.";
-    };
+  options.services.drover-mastodon = drover.profileOptions { service = "Mastodon"; example = "social.example.org"; } // {
+    createAdmin = drover.createAdminOption;
   };
 
   config = mkIf cfg.enable {
@@ -56,11 +34,7 @@ in
       group = mastodon.group;
       before = [ "mastodon-init-db.service" "mastodon-web.service" "mastodon-streaming.target" "mastodon-sidekiq-all.service" ];
       script = ''
-        domain=$(${pkgs.jq}/bin/jq -r '.domain // empty' ${drover.facts})
-        if [ -n "$domain" ] && [ "$domain" != ${lib.escapeShellArg cfg.domain} ]; then
-          echo "this machine belongs to tenant $domain but services.drover-mastodon.domain is ${cfg.domain}; fix the configuration" >&2
-          exit 1
-        fi
+        check_domain ${lib.escapeShellArg cfg.domain} services.drover-mastodon.domain
         env_line S3_ENABLED true
         env_line S3_PROTOCOL "$(fact s3_endpoint | sed -E 's|^(https?)://.*|\1|')"
         env_line S3_ENDPOINT "$(fact s3_endpoint)"

@@ -12,7 +12,7 @@
 { config, lib, pkgs, ... }:
 
 let
-  inherit (lib) mkEnableOption mkIf mkOption types;
+  inherit (lib) mkIf;
   cfg = config.services.drover-peertube;
   peertube = config.services.peertube;
   drover = import ./common.nix { inherit config lib pkgs; };
@@ -27,21 +27,7 @@ let
   public = [ "streaming_playlists" "web_videos" ];
 in
 {
-  options.services.drover-peertube = {
-    enable = mkEnableOption "PeerTube with its S3 storage and admin account from Drover";
-
-    domain = mkOption {
-      type = types.str;
-      example = "video.example.org";
-      description = "services.peertube.localDomain; on a tenant's machine it must equal the tenant's domain fact.";
-    };
-
-    bucket = mkOption {
-      type = types.str;
-      example = "video-example-media";
-      description = "The Drover bucket holding the videos (`drover deploy --bucket NAME:public`).";
-    };
-  };
+  options.services.drover-peertube = drover.profileOptions { service = "PeerTube"; example = "video.example.org"; };
 
   config = mkIf cfg.enable {
     services.peertube = {
@@ -62,11 +48,7 @@ in
       group = peertube.group;
       before = [ "peertube.service" ];
       script = ''
-        domain=$(${pkgs.jq}/bin/jq -r '.domain // empty' ${drover.facts})
-        if [ -n "$domain" ] && [ "$domain" != ${lib.escapeShellArg cfg.domain} ]; then
-          echo "this machine belongs to tenant $domain but services.drover-peertube.domain is ${cfg.domain}; fix the configuration" >&2
-          exit 1
-        fi
+        check_domain ${lib.escapeShellArg cfg.domain} services.drover-peertube.domain
         bucket=$(fact ${lib.escapeShellArg (drover.bucketFact cfg.bucket)})
         base=$(fact ${lib.escapeShellArg (drover.publicUrlFact cfg.bucket)})
         email=$(${pkgs.jq}/bin/jq -r '.admin_email // empty' ${drover.facts})

@@ -10,7 +10,7 @@
 { config, lib, pkgs, ... }:
 
 let
-  inherit (lib) mkEnableOption mkIf mkOption types;
+  inherit (lib) mkIf;
   cfg = config.services.drover-pixelfed;
   pixelfed = config.services.pixelfed;
   drover = import ./common.nix { inherit config lib pkgs; };
@@ -18,26 +18,8 @@ let
   appKey = "/var/lib/drover-pixelfed/app-key";
 in
 {
-  options.services.drover-pixelfed = {
-    enable = mkEnableOption "Pixelfed with its S3 storage and admin account from Drover";
-
-    domain = mkOption {
-      type = types.str;
-      example = "pics.example.org";
-      description = "services.pixelfed.domain; on a tenant's machine it must equal the tenant's domain fact.";
-    };
-
-    bucket = mkOption {
-      type = types.str;
-      example = "pics-example-media";
-      description = "The Drover bucket holding the media (`drover deploy --bucket NAME:public`).";
-    };
-
-    createAdmin = mkOption {
-      type = types.bool;
-      default = true;
-      description = "Create the tenant's admin account once, from the tenant facts and password.";
-    };
+  options.services.drover-pixelfed = drover.profileOptions { service = "Pixelfed"; example = "pics.example.org"; } // {
+    createAdmin = drover.createAdminOption;
   };
 
   config = mkIf cfg.enable {
@@ -47,16 +29,12 @@ in
       secretFile = envFile;
     };
 
-    systemd.services.drover-pixelfed-env = (drover.envUnit {
+    systemd.services.drover-pixelfed-env = drover.envUnit {
       name = "pixelfed";
       group = pixelfed.group;
       before = [ "pixelfed-data-setup.service" "phpfpm-pixelfed.service" "pixelfed-horizon.service" ];
       script = ''
-        domain=$(${pkgs.jq}/bin/jq -r '.domain // empty' ${drover.facts})
-        if [ -n "$domain" ] && [ "$domain" != ${lib.escapeShellArg cfg.domain} ]; then
-          echo "this machine belongs to tenant $domain but services.drover-pixelfed.domain is ${cfg.domain}; fix the configuration" >&2
-          exit 1
-        fi
+        check_domain ${lib.escapeShellArg cfg.domain} services.drover-pixelfed.domain
         if [ ! -s ${appKey} ]; then
           mkdir -p "$(dirname ${appKey})"
           printf 'base64:%s' "$(head -c 32 /dev/urandom | base64)" > ${appKey}
@@ -72,7 +50,8 @@ in
         env_line AWS_ENDPOINT "$(fact s3_endpoint)"
         env_line AWS_USE_PATH_STYLE_ENDPOINT true
       '';
-    }) // { serviceConfig.StateDirectory = "drover-pixelfed"; serviceConfig.Type = "oneshot"; serviceConfig.UMask = "0077"; };
+      serviceConfig.StateDirectory = "drover-pixelfed";
+    };
     systemd.paths.drover-pixelfed-env = drover.envPath "pixelfed";
 
     systemd.services.drover-pixelfed-admin = mkIf cfg.createAdmin {

@@ -8,7 +8,7 @@ use drover_protocol::v1::{AdminRequest, AdminResponse, CreatedToken, Response};
 use drover_protocol::{ErrorCode, WireError};
 
 use crate::authz;
-use crate::model::{AdminRecord, TokenRecord};
+use crate::model::{AdminRecord, MachineRecord, TokenRecord};
 use crate::registry;
 use crate::store::StoreError;
 use crate::tenancy::Directory;
@@ -114,9 +114,9 @@ pub(super) async fn handle(state: &Coordinator, name: &str, request: AdminReques
 
 /// The machines a deployment targets: one by id, or all matching the selector
 /// (revoked ones never).
-fn targets(state: &Coordinator, spec: &drover_protocol::v1::DeploySpec) -> Result<Vec<String>, WireError> {
+fn targets(state: &Coordinator, spec: &drover_protocol::v1::DeploySpec) -> Result<Vec<MachineRecord>, WireError> {
     let store = &state.store;
-    let targets: Vec<String> = match &spec.machine {
+    let targets: Vec<MachineRecord> = match &spec.machine {
         Some(id) => {
             let m = store
                 .machine(id)
@@ -125,31 +125,19 @@ fn targets(state: &Coordinator, spec: &drover_protocol::v1::DeploySpec) -> Resul
             if m.revoked_at.is_some() {
                 return Err(wire_error(StoreError::Revoked(id.clone())));
             }
-            vec![m.id]
+            vec![m]
         }
         None => store
             .machines()
             .map_err(wire_error)?
             .into_iter()
             .filter(|m| m.revoked_at.is_none() && registry::matches(&m.labels, &spec.selector))
-            .map(|m| m.id)
             .collect(),
     };
     if targets.is_empty() {
         return Err(WireError::new(ErrorCode::NotFound, "no machine matches the selector; see `drover machines list`"));
     }
     Ok(targets)
-}
-
-/// The records of `ids`.
-pub(crate) fn machines_of(state: &Coordinator, ids: &[String]) -> Result<Vec<crate::model::MachineRecord>, WireError> {
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        if let Some(m) = state.store.machine(id).map_err(wire_error)? {
-            out.push(m);
-        }
-    }
-    Ok(out)
 }
 
 fn run(state: &Coordinator, admin: &AdminRecord, request: AdminRequest) -> Result<AdminResponse, WireError> {
@@ -266,9 +254,10 @@ fn run(state: &Coordinator, admin: &AdminRecord, request: AdminRequest) -> Resul
             crate::deploy::validate(&spec).map_err(invalid)?;
             let targets = targets(state, &spec)?;
             let directory = Directory::load(store.as_ref()).map_err(fail)?;
-            directory.check_spec(&spec, &machines_of(state, &targets)?).map_err(invalid)?;
+            directory.check_spec(&spec, &targets).map_err(invalid)?;
+            let ids: Vec<String> = targets.into_iter().map(|m| m.id).collect();
             let deployed = store
-                .record_generation(&targets, &|m, g| crate::deploy::build(&spec, m, g, now, &directory.extras(m)))
+                .record_generation(&ids, &|m, g| crate::deploy::build(&spec, m, g, now, &directory.extras(m)))
                 .map_err(fail)?;
             for t in &deployed {
                 state.live.notify(&t.machine_id, t.generation);
@@ -299,7 +288,16 @@ fn run(state: &Coordinator, admin: &AdminRecord, request: AdminRequest) -> Resul
         AdminRequest::RolloutStart(_)
         | AdminRequest::S3(_)
         | AdminRequest::DeployWithBuckets { .. }
-        | AdminRequest::RolloutStartWithBuckets { .. } => {
+        | AdminRequest::RolloutStartWithBuckets { .. }
+        | AdminRequest::TenantsCreate(_)
+        | AdminRequest::TenantsList
+        | AdminRequest::TenantsShow { .. }
+        | AdminRequest::TenantsRemove { .. }
+        | AdminRequest::TenantsManagers { .. }
+        | AdminRequest::AdminsAddKey { .. }
+        | AdminRequest::AdminsRemoveKey { .. }
+        | AdminRequest::AdminsKeys { .. }
+        | AdminRequest::AdminsRemove { .. } => {
             unreachable!("handled before run")
         }
         AdminRequest::RolloutStatus { id } => {
@@ -339,6 +337,5 @@ fn run(state: &Coordinator, admin: &AdminRecord, request: AdminRequest) -> Resul
             admins.sort_by(|a, b| a.name.cmp(&b.name));
             AdminResponse::Admins(admins.iter().map(AdminRecord::to_wire).collect())
         }
-        other => return Err(WireError::new(ErrorCode::BadRequest, format!("request {other:?} is not answered here"))),
     })
 }

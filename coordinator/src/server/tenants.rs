@@ -1,7 +1,7 @@
 //! Admin requests about tenants and admins' SSH keys. What they change
 //! reaches machines with their next generation (see [`crate::tenancy`]).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use drover_protocol::v1::{AdminRequest, AdminResponse, Role, Secret, TenantInfo, TenantSpec};
 use drover_protocol::{ErrorCode, WireError};
@@ -24,26 +24,36 @@ fn no_tenant(domain: &str) -> WireError {
     WireError::new(ErrorCode::NotFound, format!("no tenant {domain:?}; see `drover tenants list`"))
 }
 
-/// Machines (not revoked) labelled with `domain`.
-fn machine_count(state: &Coordinator, domain: &str) -> Result<u32, WireError> {
-    let machines = state.store.machines().map_err(wire_error)?;
-    let n = machines
-        .iter()
-        .filter(|m| m.revoked_at.is_none() && m.labels.get(TENANT_LABEL).map(String::as_str) == Some(domain))
-        .count();
-    Ok(u32::try_from(n).unwrap_or(u32::MAX))
+/// How many machines (not revoked) carry each tenant label.
+fn machine_counts(state: &Coordinator) -> Result<BTreeMap<String, u32>, WireError> {
+    let mut counts = BTreeMap::new();
+    for m in state.store.machines().map_err(wire_error)? {
+        if let (None, Some(domain)) = (m.revoked_at, m.labels.get(TENANT_LABEL)) {
+            *counts.entry(domain.clone()).or_insert(0) += 1;
+        }
+    }
+    Ok(counts)
 }
 
-fn info(state: &Coordinator, t: &TenantRecord, show_password: bool) -> Result<TenantInfo, WireError> {
-    Ok(TenantInfo {
+fn machine_count(state: &Coordinator, domain: &str) -> Result<u32, WireError> {
+    Ok(machine_counts(state)?.get(domain).copied().unwrap_or(0))
+}
+
+fn info(t: &TenantRecord, machines: u32, show_password: bool) -> TenantInfo {
+    TenantInfo {
         domain: t.domain.clone(),
         admin_email: t.admin_email.clone(),
         admin_user: t.admin_user.clone(),
         managers: t.managers.iter().cloned().collect(),
         created_at: t.created_at,
-        machines: machine_count(state, &t.domain)?,
+        machines,
         admin_password: show_password.then(|| t.admin_password.clone()),
-    })
+    }
+}
+
+/// One tenant with its machine count.
+fn one(state: &Coordinator, t: &TenantRecord, show_password: bool) -> Result<TenantInfo, WireError> {
+    Ok(info(t, machine_count(state, &t.domain)?, show_password))
 }
 
 /// Every name in `names` is a recorded admin.
@@ -102,18 +112,21 @@ pub(super) fn handle(state: &Coordinator, admin: &AdminRecord, request: &AdminRe
         AdminRequest::TenantsCreate(spec) => {
             let record = create(state, spec.clone())?;
             tracing::info!(tenant = %record.domain, by = %admin.name, "tenant created");
-            AdminResponse::Tenant(info(state, &record, false)?)
+            AdminResponse::Tenant(one(state, &record, false)?)
         }
         AdminRequest::TenantsList => {
+            let counts = machine_counts(state)?;
             let tenants = store.tenants().map_err(wire_error)?;
-            AdminResponse::Tenants(tenants.iter().map(|t| info(state, t, false)).collect::<Result<_, _>>()?)
+            AdminResponse::Tenants(
+                tenants.iter().map(|t| info(t, counts.get(&t.domain).copied().unwrap_or(0), false)).collect(),
+            )
         }
         AdminRequest::TenantsShow { domain, show_password } => {
             let t = store.tenant(domain).map_err(wire_error)?.ok_or_else(|| no_tenant(domain))?;
             if *show_password {
                 tracing::info!(tenant = %domain, by = %admin.name, "tenant admin password shown");
             }
-            AdminResponse::Tenant(info(state, &t, *show_password)?)
+            AdminResponse::Tenant(one(state, &t, *show_password)?)
         }
         AdminRequest::TenantsRemove { domain } => {
             store.tenant(domain).map_err(wire_error)?.ok_or_else(|| no_tenant(domain))?;
@@ -146,7 +159,7 @@ pub(super) fn handle(state: &Coordinator, admin: &AdminRecord, request: &AdminRe
                     other => wire_error(other),
                 })?;
             tracing::info!(tenant = %domain, managers = ?t.managers, by = %admin.name, "tenant managers changed");
-            AdminResponse::Tenant(info(state, &t, false)?)
+            AdminResponse::Tenant(one(state, &t, false)?)
         }
         AdminRequest::AdminsAddKey { name, login, key } => {
             tenancy::check_account("--login", login).map_err(invalid)?;
@@ -211,14 +224,8 @@ pub(super) fn handle(state: &Coordinator, admin: &AdminRecord, request: &AdminRe
         AdminRequest::AdminsRemove { name } => {
             let target = store.admin(name).map_err(wire_error)?.ok_or_else(|| no_admin(name))?;
             if target.role == Role::Admin {
-                let admins: BTreeSet<String> = store
-                    .admins()
-                    .map_err(wire_error)?
-                    .into_iter()
-                    .filter(|a| a.role == Role::Admin)
-                    .map(|a| a.name)
-                    .collect();
-                if admins.len() <= 1 {
+                let admins = store.admins().map_err(wire_error)?;
+                if admins.iter().filter(|a| a.role == Role::Admin).count() <= 1 {
                     return Err(WireError::new(
                         ErrorCode::Conflict,
                         format!("{name} is the last admin with the admin role; add another first (`drover admins add`)"),
