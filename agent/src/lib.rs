@@ -1,18 +1,22 @@
 //! The Drover agent: runs on every VM, enrolls it, keeps its one connection
 //! to the coordinator and reports its health.
 //!
-//! Map: [`session`] (the agent's life: enroll, connect, report, renew,
-//! reconnect), [`backoff`] (reconnect delays, pure), [`identity`] (key and
-//! certificate on disk), [`system`] (the only layer that runs processes or
-//! reads the machine), [`config`], [`simulate`] (the load generator).
+//! Map: [`session`] (the connection's life: enroll, connect, report, renew,
+//! reconnect), [`scheduler`] (what to apply and report, across
+//! connections), [`apply`] (the apply: a pure core and its driver),
+//! [`backoff`] (reconnect delays, pure), [`identity`] (key and certificate
+//! on disk), [`system`] (the only layer that runs processes or reads the
+//! machine), [`config`], [`simulate`] (the load generator).
 
 pub mod apply;
 pub mod backoff;
 pub mod config;
 pub mod identity;
+pub mod scheduler;
 pub mod session;
 pub mod simulate;
 pub mod system;
+pub mod text;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -81,9 +85,9 @@ pub fn spawn<H: HealthSource + 'static>(
         .hostname
         .clone()
         .unwrap_or_else(system::health::system_hostname);
-    let apply = session::ApplyState::new(&config);
+    let scheduler = scheduler::Scheduler::new(&config);
     let agent = Agent {
-        apply,
+        scheduler,
         config,
         endpoint,
         health,

@@ -5,28 +5,24 @@
 //! dials out; it never accepts connections.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use tokio::sync::watch;
 
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
-
+use drover_net::clock::now_ms;
 use drover_net::client::{connection_code, ClientError, CoordinatorConnection};
 use drover_net::identity::{self as net_identity, IdentityError};
 use drover_net::stream::read_frame;
 use drover_protocol::frame::MAX_FRAME_LEN;
 use drover_protocol::v1::{
-    AgentEvent, AgentRequest, AgentResponse, DeploymentReport, EnrollRequest, IssuedCertificate,
-    Request, Response, Secret,
+    AgentEvent, AgentRequest, AgentResponse, EnrollRequest, IssuedCertificate, Request, Response, Secret,
 };
 use drover_protocol::ErrorCode;
 
-use crate::apply::{Applied, Applier};
 use crate::backoff::Backoff;
 use crate::config::AgentConfig;
 use crate::identity::{self, IdentityRecord};
+use crate::scheduler::{Answer, Outgoing, Scheduler};
 use crate::system::health::HealthSource;
 
 /// QUIC idle timeout of the agent's connection (keep-alives every third).
@@ -113,13 +109,6 @@ impl From<ClientError> for AttemptError {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 /// Enrolls once: sends `token` and a CSR for `key` over a connection without
 /// a client certificate. Used by the agent and by tests of refusals.
 pub async fn enroll_once(
@@ -171,34 +160,6 @@ pub fn software() -> String {
     format!("drover-agent {}", env!("CARGO_PKG_VERSION"))
 }
 
-/// The apply side of the agent, kept across connections: an apply goes on
-/// when the connection drops, and its reports wait for the next one.
-pub struct ApplyState {
-    pub applier: Arc<Applier>,
-    /// When the coordinator last answered; the apply's confirmation
-    /// deadline waits on it.
-    pub contact: watch::Sender<Option<tokio::time::Instant>>,
-    pub reports: mpsc::UnboundedReceiver<DeploymentReport>,
-    pub pending: VecDeque<DeploymentReport>,
-    pub task: Option<JoinHandle<Option<Applied>>>,
-    pub desired: u64,
-}
-
-impl ApplyState {
-    pub fn new(config: &AgentConfig) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (contact, contact_rx) = watch::channel(None);
-        ApplyState {
-            applier: Arc::new(Applier::new(config.clone(), tx, contact_rx)),
-            contact,
-            reports: rx,
-            pending: VecDeque::new(),
-            task: None,
-            desired: 0,
-        }
-    }
-}
-
 /// The running agent.
 pub struct Agent<H: HealthSource> {
     pub config: AgentConfig,
@@ -207,7 +168,7 @@ pub struct Agent<H: HealthSource> {
     pub hostname: String,
     pub status: watch::Sender<AgentStatus>,
     pub shutdown: watch::Receiver<bool>,
-    pub apply: ApplyState,
+    pub scheduler: Scheduler,
 }
 
 impl<H: HealthSource> Agent<H> {
@@ -218,19 +179,8 @@ impl<H: HealthSource> Agent<H> {
             source,
         })?;
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
-        let records = self.apply.applier.records.clone();
-        if let Some(applied) = records.applied() {
-            self.status.send_modify(|s| {
-                s.applied_generation = applied.generation;
-                s.applied_step = Some(applied.step);
-            });
-        }
-        if let Some(journal) = records.journal() {
-            tracing::warn!(generation = journal.generation, "an apply was interrupted; resuming it");
-            let applier = self.apply.applier.clone();
-            self.status.send_modify(|s| s.applies += 1);
-            self.apply.task = Some(tokio::spawn(async move { applier.resume(journal).await }));
-        }
+        self.scheduler.resume_interrupted();
+        self.show_applies();
         loop {
             if *self.shutdown.borrow() {
                 break;
@@ -329,70 +279,37 @@ impl<H: HealthSource> Agent<H> {
         Ok(())
     }
 
-    /// Sends queued progress reports, oldest first.
-    async fn flush_reports(&mut self, conn: &CoordinatorConnection) -> Result<(), AttemptError> {
-        while let Ok(report) = self.apply.reports.try_recv() {
-            self.apply.pending.push_back(report);
-        }
-        while let Some(report) = self.apply.pending.front().cloned() {
-            match ask(conn, Request::Agent(AgentRequest::ReportDeployment(report)), self.config.connect_timeout).await {
-                Ok(_) => {
-                    self.apply.pending.pop_front();
-                    self.apply.contact.send_replace(Some(tokio::time::Instant::now()));
-                }
-                Err(e) => return Err(e.into()),
+    /// Mirrors the scheduler's counters into the status.
+    fn show_applies(&self) {
+        let applied = self.scheduler.applied();
+        let applies = self.scheduler.applies;
+        let desired = self.scheduler.desired_generation();
+        self.status.send_modify(|s| {
+            s.applies = applies;
+            s.desired_generation = desired;
+            if let Some(a) = &applied {
+                s.applied_generation = a.generation;
+                s.applied_step = Some(a.step);
             }
-        }
-        Ok(())
+        });
     }
 
-    /// After an apply (or at connect): send what is queued and an outcome
-    /// the coordinator has not acknowledged, then see whether a newer
-    /// generation waits.
-    async fn after_apply(&mut self, conn: &CoordinatorConnection) -> Result<(), AttemptError> {
-        if self.apply.task.as_ref().is_some_and(|t| t.is_finished()) {
-            self.apply.task = None;
+    /// Sends what the scheduler has to send, and hands it the answers.
+    async fn pump(&mut self, conn: &CoordinatorConnection) -> Result<(), AttemptError> {
+        while let Some(out) = self.scheduler.next() {
+            let request = match &out {
+                Outgoing::Progress(report) | Outgoing::Outcome(report) => AgentRequest::ReportDeployment(report.clone()),
+                Outgoing::Fetch => AgentRequest::FetchAssignment,
+            };
+            let answer = match ask(conn, Request::Agent(request), self.config.connect_timeout).await? {
+                Response::Agent(AgentResponse::Ack) => Answer::Acknowledged,
+                Response::Agent(AgentResponse::Assignment { assignment, access }) => Answer::Assignment(Box::new((assignment, access))),
+                Response::Agent(AgentResponse::NoAssignment) => Answer::NoAssignment,
+                other => return Err(ClientError::Unexpected(format!("{other:?}")).into()),
+            };
+            self.scheduler.answered(out, answer);
+            self.show_applies();
         }
-        self.flush_reports(conn).await?;
-        let records = self.apply.applier.records.clone();
-        if let Some(applied) = records.applied() {
-            self.status.send_modify(|s| {
-                s.applied_generation = applied.generation;
-                s.applied_step = Some(applied.step);
-            });
-            if !applied.reported && self.apply.task.is_none() {
-                let report = applied.report();
-                ask(conn, Request::Agent(AgentRequest::ReportDeployment(report)), self.config.connect_timeout).await?;
-                records.mark_reported(applied.generation);
-            }
-        }
-        self.maybe_start_apply(conn).await
-    }
-
-    /// Starts applying the newest assignment if it is newer than the last
-    /// finished generation and no apply is under way.
-    async fn maybe_start_apply(&mut self, conn: &CoordinatorConnection) -> Result<(), AttemptError> {
-        let records = self.apply.applier.records.clone();
-        if self.apply.task.is_some() || records.journal().is_some() {
-            return Ok(());
-        }
-        let last = records.last_generation();
-        if self.apply.desired <= last {
-            return Ok(());
-        }
-        let answer = ask(conn, Request::Agent(AgentRequest::FetchAssignmentWithAccess), self.config.connect_timeout).await?;
-        let (assignment, access) = match answer {
-            Response::Agent(AgentResponse::AssignmentWithAccess { assignment, access }) => (assignment, access),
-            Response::Agent(AgentResponse::NoAssignment) => return Ok(()),
-            other => return Err(ClientError::Unexpected(format!("{other:?}")).into()),
-        };
-        if assignment.generation <= last {
-            return Ok(());
-        }
-        tracing::info!(generation = assignment.generation, "applying a new generation");
-        let applier = self.apply.applier.clone();
-        self.status.send_modify(|s| s.applies += 1);
-        self.apply.task = Some(tokio::spawn(async move { Some(applier.apply(assignment, access).await) }));
         Ok(())
     }
 
@@ -428,7 +345,7 @@ impl<H: HealthSource> Agent<H> {
             s.connects += 1;
             s.last_error = None;
         });
-        self.after_apply(conn).await?;
+        self.pump(conn).await?;
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let renew_in = |r: &IdentityRecord| Duration::from_millis(r.renew_at().saturating_sub(now_ms()));
@@ -441,7 +358,7 @@ impl<H: HealthSource> Agent<H> {
                     match ask(conn, Request::Agent(AgentRequest::Report(report)), self.config.connect_timeout).await {
                         Ok(Response::Agent(AgentResponse::Ack)) => {
                             self.status.send_modify(|s| s.reports += 1);
-                            self.apply.contact.send_replace(Some(tokio::time::Instant::now()));
+                            self.scheduler.heard_from_coordinator();
                         }
                         Ok(other) => return Err(ClientError::Unexpected(format!("{other:?}")).into()),
                         Err(e) => return Err(lost(conn, e)),
@@ -467,27 +384,15 @@ impl<H: HealthSource> Agent<H> {
                     match event {
                         Ok(Response::Agent(AgentResponse::Event(AgentEvent::Desired { generation }))) => {
                             tracing::debug!(generation, "desired generation announced");
-                            self.apply.desired = self.apply.desired.max(generation);
-                            self.status.send_modify(|s| s.desired_generation = self.apply.desired);
-                            self.maybe_start_apply(conn).await?;
+                            self.scheduler.desired(generation);
+                            self.show_applies();
+                            self.pump(conn).await?;
                         }
                         Ok(other) => tracing::debug!(?other, "event not understood by this agent; ignored"),
                         Err(e) => return Err(lost(conn, ClientError::Stream(e))),
                     }
                 }
-                Some(report) = self.apply.reports.recv() => {
-                    self.apply.pending.push_back(report);
-                    self.flush_reports(conn).await?;
-                }
-                _ = async {
-                    match self.apply.task.as_mut() {
-                        Some(task) => { let _ = task.await; }
-                        None => std::future::pending::<()>().await,
-                    }
-                }, if self.apply.task.is_some() => {
-                    self.apply.task = None;
-                    self.after_apply(conn).await?;
-                }
+                _ = self.scheduler.wait() => self.pump(conn).await?,
                 _ = self.shutdown.changed() => return Err(AttemptError::Shutdown),
             }
         }

@@ -33,8 +33,6 @@ pub fn required_role(request: &AdminRequest) -> Role {
         | AdminRequest::MachinesLabel { .. }
         | AdminRequest::MachinesRevoke { .. }
         | AdminRequest::Deploy(_)
-        | AdminRequest::DeployWithBuckets { .. }
-        | AdminRequest::RolloutStartWithBuckets { .. }
         | AdminRequest::RolloutStart(_)
         | AdminRequest::RolloutControl { .. }
         | AdminRequest::S3(_)

@@ -6,11 +6,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use drover_protocol::v1::{
-    Access, Assignment, DeployStep, DeploySpec, DeploymentInfo, DeploymentReport, DeploymentState,
-    HealthCheck, StepInfo, SystemSpec,
+    Access, Assignment, DeployStep, DeploySpec, DeploymentReport, DeploymentState, HealthCheck, SystemSpec,
 };
 
-use crate::model::{deployment_id, AssignmentRecord, DeploymentRecord, MachineRecord, UnixMillis};
+use crate::model::{deployment_id, AssignmentRecord, DeploymentRecord, MachineRecord, StepRecord, UnixMillis};
 use crate::registry;
 use crate::tenancy::Extras;
 
@@ -116,6 +115,31 @@ pub fn validate(spec: &DeploySpec) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a machine cannot take a new generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotDeployable {
+    #[error("the machine was revoked")]
+    Revoked,
+}
+
+/// The number of `machine`'s next generation, or why it gets none.
+pub fn next_generation(machine: &MachineRecord) -> Result<u64, NotDeployable> {
+    if machine.revoked_at.is_some() {
+        return Err(NotDeployable::Revoked);
+    }
+    Ok(machine.desired_generation + 1)
+}
+
+/// A deployment that a newer generation replaces before it was applied
+/// becomes superseded; returns whether it changed.
+pub fn supersede(previous: &mut DeploymentRecord) -> bool {
+    if previous.state == DeploymentState::Pending {
+        previous.state = DeploymentState::Superseded;
+        return true;
+    }
+    false
+}
+
 /// The facts of one machine: the admin's facts and the machine's identity.
 pub fn facts_json(facts: &BTreeMap<String, String>, machine: &MachineRecord, generation: u64) -> String {
     let mut object = serde_json::Map::new();
@@ -130,7 +154,7 @@ pub fn facts_json(facts: &BTreeMap<String, String>, machine: &MachineRecord, gen
 
 /// A pending deployment record for `assignment` on `machine`.
 fn pending_deployment(assignment: &Assignment, machine: &MachineRecord, now: UnixMillis) -> DeploymentRecord {
-    DeploymentInfo {
+    DeploymentRecord {
         id: deployment_id(&machine.id, assignment.generation),
         machine_id: machine.id.clone(),
         hostname: machine.hostname.clone(),
@@ -219,7 +243,7 @@ pub fn apply_report(
     report: &DeploymentReport,
     now: UnixMillis,
 ) {
-    deployment.steps.push(StepInfo {
+    deployment.steps.push(StepRecord {
         step: report.step,
         at: now,
         message: clip(&report.message, MAX_MESSAGE),
@@ -260,6 +284,27 @@ mod tests {
     use super::*;
     use drover_protocol::v1::{SecretBytes, SecretFile};
 
+    fn test_machine() -> MachineRecord {
+        MachineRecord {
+            id: "m-1".into(), hostname: "h".into(), labels: Default::default(), token_id: "t".into(),
+            enrolled_at: 0, revoked_at: None, cert_serial: "s".into(), cert_not_after: 0, previous_cert: None,
+            last_seen: None, health: None, desired_generation: 0, current_generation: None, current_system: None,
+        }
+    }
+
+    #[test]
+    fn revoked_machines_get_no_generation_and_pending_ones_are_superseded() {
+        let m = MachineRecord { desired_generation: 4, ..test_machine() };
+        assert_eq!(next_generation(&m), Ok(5));
+        let gone = MachineRecord { revoked_at: Some(1), ..m };
+        assert_eq!(next_generation(&gone), Err(NotDeployable::Revoked));
+        let (_, mut d) = build(&spec(), &test_machine(), 1, 10, &Extras::default());
+        assert!(supersede(&mut d));
+        assert_eq!(d.state, DeploymentState::Superseded);
+        d.state = DeploymentState::Succeeded;
+        assert!(!supersede(&mut d), "a finished deployment stays as it was");
+    }
+
     fn spec() -> DeploySpec {
         DeploySpec {
             machine: Some("m-1".into()),
@@ -269,6 +314,7 @@ mod tests {
             facts: [("tenant".to_string(), "a".to_string())].into(),
             checks: vec![HealthCheck::Tcp { host: "127.0.0.1".into(), port: 22 }],
             health_deadline_ms: 1000,
+            buckets: Vec::new(),
         }
     }
 
@@ -295,7 +341,7 @@ mod tests {
 
     #[test]
     fn what_the_coordinator_adds_joins_the_request() {
-        let machine = crate::store::tests::machine("m-1");
+        let machine = test_machine();
         let extras = Extras {
             facts: [("domain".to_string(), "a.example".to_string())].into(),
             secrets: vec![SecretFile { name: "tenant-admin-password".into(), value: SecretBytes::new(b"x".to_vec()), owner: None, group: None, mode: 0o400 }],
@@ -314,11 +360,7 @@ mod tests {
 
     #[test]
     fn reports_move_the_deployment_and_the_machine() {
-        let machine = crate::model::MachineRecord {
-            id: "m-1".into(), hostname: "h".into(), labels: Default::default(), token_id: "t".into(),
-            enrolled_at: 0, revoked_at: None, cert_serial: "s".into(), cert_not_after: 0, previous_cert: None,
-            last_seen: None, health: None, desired_generation: 1, current_generation: None, current_system: None,
-        };
+        let machine = MachineRecord { desired_generation: 1, ..test_machine() };
         let (a, mut d) = build(&spec(), &machine, 1, 10, &Extras::default());
         assert!(a.assignment.facts_json.contains("\"tenant\":\"a\""));
         assert_eq!(d.secret_names, vec!["db"]);

@@ -20,8 +20,9 @@ use crate::bundle::{AdminBundle, DEFAULT_BUNDLE_FILE};
 use crate::config::{Config, CONFIG_FILE};
 use crate::model::AdminRecord;
 use crate::pki::{self, Ca};
-use crate::server::{admin_cert_lifetime, now_ms, DB_DIR};
-use crate::store::{SledStore, Store};
+use crate::app::machines::{check_admin_name, ADMIN_CERT_LIFETIME};
+use crate::app::{now_ms, DB_DIR};
+use crate::store::Store;
 
 pub struct InitOptions {
     pub state_dir: PathBuf,
@@ -47,7 +48,7 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 }
 
 pub fn init(opts: InitOptions) -> Result<InitOutcome> {
-    crate::server::check_admin_name(&opts.admin_name).map_err(anyhow::Error::msg)?;
+    check_admin_name(&opts.admin_name).map_err(anyhow::Error::msg)?;
     let state_dir = absolute(&opts.state_dir)?;
     if state_dir.exists() {
         let empty = fs::read_dir(&state_dir)
@@ -123,17 +124,17 @@ fn build(dir: &Path, config: &Config, admin_name: &str) -> Result<()> {
 
     let key = identity::generate_key()?;
     let csr = identity::csr_der(&key, admin_name)?;
-    let issued = ca.sign_client(&csr, &Subject::Admin(admin_name.to_string()), admin_cert_lifetime())?;
+    let issued = ca.sign_client(&csr, &Subject::Admin(admin_name.to_string()), ADMIN_CERT_LIFETIME)?;
     {
-        let store = SledStore::open(&dir.join(DB_DIR))?;
-        store.insert_admin(&AdminRecord {
+        let store = Store::open(&dir.join(DB_DIR))?;
+        let admin = AdminRecord {
             name: admin_name.to_string(),
             role: Role::Admin,
             created_at: now_ms(),
             serials: vec![issued.serial.clone()],
             ssh_keys: Vec::new(),
-        })?;
-        store.flush()?;
+        };
+        store.commit_blocking(|tx| tx.insert_new(admin.name.as_bytes(), &admin, || "admin exists".to_string()))?;
     }
     AdminBundle {
         name: admin_name.to_string(),
@@ -144,5 +145,18 @@ fn build(dir: &Path, config: &Config, admin_name: &str) -> Result<()> {
         key_pem: key.serialize_pem(),
     }
     .write(&dir.join(DEFAULT_BUNDLE_FILE))?;
+    Ok(())
+}
+
+/// Checks that `dir` is a state directory (for error messages that help).
+pub fn check_state_dir(dir: &Path) -> Result<()> {
+    if !dir.join(pki::CA_CERT_FILE).exists() {
+        anyhow::bail!(
+            "{} is not a drover state directory (no {}); create one with `drover init --state-dir {}`",
+            dir.display(),
+            pki::CA_CERT_FILE,
+            dir.display()
+        );
+    }
     Ok(())
 }

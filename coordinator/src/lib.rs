@@ -1,12 +1,19 @@
 //! The Drover coordinator: holds the fleet's desired state, enrolls machines,
 //! serves agents and admins over QUIC, and is driven by the `drover` CLI.
 //!
-//! Map: [`server`] (QUIC endpoint and request handlers), [`store`] (sled, the
-//! only module that touches it), [`pki`] (fleet CA), the I/O-free cores
-//! [`tokens`], [`registry`] and [`authz`], [`init`] (new state directories),
-//! [`client`] and [`bundle`] (the admin side), [`cli`] and [`command`] (one
-//! module per CLI verb).
+//! Layers, each depending only on those below it (a test over the module
+//! graph, `tests/architecture.rs`, keeps it so):
+//! - [`server`]: the QUIC endpoint, nothing else;
+//! - [`app`]: what the coordinator does — request handlers, the rollout
+//!   driver, enrollment — over the cores, the store and the external systems;
+//! - the cores, without I/O: [`tokens`], [`registry`], [`authz`], [`deploy`],
+//!   [`tenancy`], [`rollout`] (the planner);
+//! - [`store`] (the only module that imports sled), [`s3`] (object storage
+//!   behind a trait), [`pki`] (the fleet CA), [`model`] (the records);
+//! - the admin side: [`cli`], [`command`] (one module per verb), [`client`],
+//!   [`bundle`], [`output`]; [`init`] makes new state directories.
 
+pub mod app;
 pub mod authz;
 pub mod bundle;
 pub mod cli;

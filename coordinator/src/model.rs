@@ -69,29 +69,65 @@ pub struct DiskRecord {
     pub available_bytes: u64,
 }
 
+/// Longest string kept from a health report (host names, unit names,
+/// mount points, paths); longer ones are cut.
+const MAX_REPORTED_TEXT: usize = 4096;
+/// Most disks and failed units kept from one report.
+const MAX_REPORTED_ITEMS: usize = 256;
+
+/// A float from the network as it may be stored: finite, or 0.
+fn finite64(x: f64) -> f64 {
+    if x.is_finite() { x } else { 0.0 }
+}
+
+fn finite32(x: f32) -> f32 {
+    if x.is_finite() { x } else { 0.0 }
+}
+
+/// Text from the network as it may be stored: without control characters,
+/// at most `max` bytes (cut at a character boundary).
+pub fn clean_text(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().filter(|c| !c.is_control()).collect();
+    if out.len() > max {
+        let mut end = max;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+    }
+    out
+}
+
 impl HealthRecord {
+    /// The record of a report from the network, normalised: non-finite
+    /// numbers become 0, strings are cut and cleaned, lists are capped. A
+    /// hostile or broken agent can thus never store what cannot be read back.
     pub fn from_wire(report: v1::HealthReport, received_at: UnixMillis) -> Self {
+        let text = |s: &str| clean_text(s, MAX_REPORTED_TEXT);
         HealthRecord {
             received_at,
-            hostname: report.hostname,
+            hostname: clean_text(&report.hostname, 253),
             uptime_secs: report.uptime_secs,
-            load_average: report.load_average,
+            load_average: report.load_average.map(finite64),
             cpu_count: report.cpu_count,
-            cpu_usage_percent: report.cpu_usage_percent,
+            cpu_usage_percent: finite32(report.cpu_usage_percent),
             memory_total_bytes: report.memory_total_bytes,
             memory_used_bytes: report.memory_used_bytes,
             disks: report
                 .disks
                 .into_iter()
+                .take(MAX_REPORTED_ITEMS)
                 .map(|d| DiskRecord {
-                    mount_point: d.mount_point,
+                    mount_point: text(&d.mount_point),
                     total_bytes: d.total_bytes,
                     available_bytes: d.available_bytes,
                 })
                 .collect(),
-            failed_units: report.failed_units,
-            agent_version: report.agent_version,
-            system_path: report.system_path,
+            failed_units: report
+                .failed_units
+                .map(|units| units.iter().take(MAX_REPORTED_ITEMS).map(|u| clean_text(u, 256)).collect()),
+            agent_version: clean_text(&report.agent_version, 128),
+            system_path: report.system_path.as_deref().map(text),
         }
     }
 
@@ -222,7 +258,58 @@ pub struct AssignmentRecord {
 }
 
 /// A deployment's history: what was asked, every step the agent reported.
-pub type DeploymentRecord = v1::DeploymentInfo;
+/// Kept apart from its wire view ([`v1::DeploymentInfo`]); the JSON of both
+/// has the same shape, so records written before they were separated read
+/// back as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    pub id: String,
+    pub machine_id: String,
+    pub hostname: String,
+    pub generation: u64,
+    pub system: v1::SystemSpec,
+    pub created_at: UnixMillis,
+    pub finished_at: Option<UnixMillis>,
+    pub state: v1::DeploymentState,
+    pub rolled_back: bool,
+    pub steps: Vec<StepRecord>,
+    pub output_tail: String,
+    pub system_path: Option<String>,
+    /// Names of its secrets (never their values).
+    pub secret_names: Vec<String>,
+}
+
+/// One step an agent reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step: v1::DeployStep,
+    pub at: UnixMillis,
+    pub message: String,
+}
+
+impl DeploymentRecord {
+    pub fn to_wire(&self) -> v1::DeploymentInfo {
+        v1::DeploymentInfo {
+            id: self.id.clone(),
+            machine_id: self.machine_id.clone(),
+            hostname: self.hostname.clone(),
+            generation: self.generation,
+            system: self.system.clone(),
+            created_at: self.created_at,
+            finished_at: self.finished_at,
+            state: self.state,
+            rolled_back: self.rolled_back,
+            steps: self
+                .steps
+                .iter()
+                .map(|s| v1::StepInfo { step: s.step, at: s.at, message: s.message.clone() })
+                .collect(),
+            output_tail: self.output_tail.clone(),
+            system_path: self.system_path.clone(),
+            secret_names: self.secret_names.clone(),
+        }
+    }
+}
 
 /// The id of the deployment of `generation` to `machine`.
 pub fn deployment_id(machine: &str, generation: u64) -> String {

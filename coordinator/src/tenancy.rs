@@ -157,11 +157,6 @@ pub struct Extras {
 }
 
 impl Directory {
-    /// Reads the tenants and admins from the store.
-    pub fn load(store: &dyn crate::store::Store) -> Result<Self, crate::store::StoreError> {
-        Ok(Directory::new(store.tenants()?, store.admins()?))
-    }
-
     pub fn new(tenants: Vec<TenantRecord>, admins: Vec<AdminRecord>) -> Self {
         Directory {
             tenants: tenants.into_iter().map(|t| (t.domain.clone(), t)).collect(),
@@ -395,6 +390,7 @@ mod tests {
             facts: [("domain".to_string(), "evil.example".to_string())].into(),
             checks: vec![],
             health_deadline_ms: 1000,
+            buckets: vec![],
         };
         let tenant_machine = [machine("m-a", Some("a.example"))];
         let e = directory.check_spec(&spec, &tenant_machine).expect_err("clash");

@@ -119,6 +119,7 @@ async fn deploy(fleet: &TestCoordinator, selector: &[(&str, &str)], system: Syst
         facts: Default::default(),
         checks,
         health_deadline_ms: 1_500,
+        buckets: vec![],
     };
     match fleet.call(AdminRequest::Deploy(spec)).await {
         AdminResponse::Deployed(t) => t,

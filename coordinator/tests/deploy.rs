@@ -20,6 +20,7 @@ fn spec_for(machine: &str, system: SystemSpec) -> DeploySpec {
         facts: Default::default(),
         checks: vec![],
         health_deadline_ms: 2_000,
+        buckets: vec![],
     }
 }
 
@@ -202,7 +203,7 @@ async fn secrets_and_facts_reach_only_their_machine_and_stale_secrets_are_remove
     spec_b.secrets = vec![secret("b-only", "b-secret-value", 0o400)];
     let tb = deploy(&fleet, spec_b).await;
     assert_eq!(finished(&fleet, &tb[0].deployment_id).await.state, DeploymentState::Succeeded);
-    let Response::Agent(AgentResponse::Assignment(own)) = conn.request(&Request::Agent(AgentRequest::FetchAssignment)).await.expect("fetch") else {
+    let Response::Agent(AgentResponse::Assignment { assignment: own, .. }) = conn.request(&Request::Agent(AgentRequest::FetchAssignment)).await.expect("fetch") else {
         panic!("expected B's assignment");
     };
     assert_eq!(own.secrets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["b-only"]);

@@ -71,6 +71,7 @@ impl Fleet {
             facts: Default::default(),
             checks: vec![],
             health_deadline_ms: 2_000,
+            buckets: vec![],
         }
     }
 
@@ -128,7 +129,7 @@ fn summary(r: &RolloutInfo) -> String {
     let failed: Vec<String> = r
         .machines
         .iter()
-        .filter(|m| m.state == "failed")
+        .filter(|m| m.state.as_str() == "failed")
         .map(|m| format!("{}: {}", m.hostname, m.reason.clone().unwrap_or_default()))
         .collect();
     format!("{} {:?} {:?} {failed:?}", r.phase, counts, r.reason)
@@ -175,18 +176,18 @@ async fn a_canary_then_batches_of_25_percent_take_all_30_machines_to_the_new_gen
     s.max_parallel = Amount::Percent(25);
     let r = fleet.start_rollout("good2", s).await;
     assert_eq!(r.machines.len(), 30);
-    let r = fleet.until(&r.id, Duration::from_secs(60), |r| r.phase == "awaiting_promotion").await;
+    let r = fleet.until(&r.id, Duration::from_secs(60), |r| r.phase.as_str() == "awaiting_promotion").await;
     assert_eq!(r.machines.iter().filter(|m| m.started_at.is_some()).count(), 1, "only the canary ran");
-    assert!(r.machines.iter().any(|m| m.canary && m.state == "done"));
+    assert!(r.machines.iter().any(|m| m.canary && m.state.as_str() == "done"));
     // A second rollout over the same machines is refused, naming the first.
     let err = fleet.coordinator.admin().await.call(AdminRequest::RolloutStart(RolloutSpec { deploy: fleet.deploy_spec("good"), strategy: strategy() })).await.expect_err("overlap");
     assert_eq!(err.code(), Some(drover_protocol::ErrorCode::Conflict));
     assert!(err.to_string().contains(&r.id), "{err}");
 
     fleet.coordinator.call(AdminRequest::RolloutControl { id: r.id.clone(), action: RolloutAction::Promote }).await;
-    let r = fleet.until(&r.id, Duration::from_secs(120), |r| r.phase != "rolling").await;
-    assert_eq!(r.phase, "succeeded", "{}", summary(&r));
-    assert!(r.machines.iter().all(|m| m.state == "done"));
+    let r = fleet.until(&r.id, Duration::from_secs(120), |r| r.phase.as_str() != "rolling").await;
+    assert_eq!(r.phase.as_str(), "succeeded", "{}", summary(&r));
+    assert!(r.machines.iter().all(|m| m.state.as_str() == "done"));
     let peak = peak_in_transition(&r);
     assert!(peak <= 8, "25% of 30 is 8 at once; the timeline shows {peak}");
     assert!(peak >= 2, "batches ran in parallel ({peak})");
@@ -231,11 +232,11 @@ async fn failures_stop_the_rollout_and_auto_revert_puts_every_touched_machine_ba
         let touched: Vec<&RolloutMachine> = r.machines.iter().filter(|m| m.generation.is_some()).collect();
         assert!(touched.len() < 30, "the rollout stopped before the end: {}", summary(&r));
         if auto_revert {
-            assert_eq!(r.phase, "reverted");
+            assert_eq!(r.phase.as_str(), "reverted");
             for m in &r.machines {
                 let vm = fleet.vms.iter().find(|v| v.name == m.hostname).expect("vm");
                 if m.generation.is_some() {
-                    assert_eq!(m.state, "reverted", "{}", m.hostname);
+                    assert_eq!(m.state.as_str(), "reverted", "{}", m.hostname);
                     assert_eq!(vm.activations().last().map(String::as_str), Some("good"), "{} is back: {:?}", m.hostname, vm.activations());
                     let detail = fleet.coordinator.call(AdminRequest::MachinesDetail { id: m.machine_id.clone() }).await;
                     let AdminResponse::MachineDetail(detail) = detail else { panic!() };
@@ -245,11 +246,11 @@ async fn failures_stop_the_rollout_and_auto_revert_puts_every_touched_machine_ba
                 }
             }
         } else {
-            assert_eq!(r.phase, "failed");
-            let failed: Vec<&str> = r.machines.iter().filter(|m| m.state == "failed").map(|m| m.hostname.as_str()).collect();
+            assert_eq!(r.phase.as_str(), "failed");
+            let failed: Vec<&str> = r.machines.iter().filter(|m| m.state.as_str() == "failed").map(|m| m.hostname.as_str()).collect();
             assert!(failed.len() >= 2 && failed.iter().all(|h| failing.contains(h)), "status names the failed machines: {failed:?}");
-            assert!(r.machines.iter().filter(|m| m.state == "failed").all(|m| m.reason.as_deref().is_some_and(|x| x.contains("unit app.service is failed"))), "and why");
-            for m in r.machines.iter().filter(|m| m.state == "done") {
+            assert!(r.machines.iter().filter(|m| m.state.as_str() == "failed").all(|m| m.reason.as_deref().is_some_and(|x| x.contains("unit app.service is failed"))), "and why");
+            for m in r.machines.iter().filter(|m| m.state.as_str() == "done") {
                 let vm = fleet.vms.iter().find(|v| v.name == m.hostname).expect("vm");
                 assert_eq!(vm.activations().last().map(String::as_str), Some("good2"), "{} stays on the new system", m.hostname);
             }
@@ -266,14 +267,14 @@ async fn a_rollout_survives_a_coordinator_killed_in_the_middle() {
     s.max_parallel = Amount::Count(4);
     s.min_healthy_time_ms = 500;
     let r = fleet.start_rollout("good2", s).await;
-    let mid = fleet.until(&r.id, Duration::from_secs(60), |r| r.machines.iter().filter(|m| m.state == "done").count() >= 6).await;
-    assert_eq!(mid.phase, "rolling");
+    let mid = fleet.until(&r.id, Duration::from_secs(60), |r| r.machines.iter().filter(|m| m.state.as_str() == "done").count() >= 6).await;
+    assert_eq!(mid.phase.as_str(), "rolling");
     child.kill().expect("SIGKILL the coordinator");
     child.wait().expect("reap");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut child = spawn_coordinator(&fleet.coordinator.state_dir);
-    let r = fleet.until(&r.id, Duration::from_secs(180), |r| r.phase != "rolling").await;
-    assert_eq!(r.phase, "succeeded", "{}", summary(&r));
+    let r = fleet.until(&r.id, Duration::from_secs(180), |r| r.phase.as_str() != "rolling").await;
+    assert_eq!(r.phase.as_str(), "succeeded", "{}", summary(&r));
     for vm in &fleet.vms {
         assert_eq!(vm.activations(), ["good", "good2"], "{}: applied once", vm.name);
     }
@@ -313,19 +314,19 @@ async fn pause_resume_abort_and_revert_change_the_fleet_as_documented() {
     fleet.until(&id, Duration::from_secs(30), |r| started(r) >= before + 2).await;
 
     control(RolloutAction::Abort).await;
-    let aborted = fleet.until(&id, Duration::from_secs(30), |r| r.phase == "aborted").await;
+    let aborted = fleet.until(&id, Duration::from_secs(30), |r| r.phase.as_str() == "aborted").await;
     let touched = started(&aborted);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let r = fleet.status(&id).await;
     assert_eq!(started(&r), touched, "aborted: nothing new starts");
-    assert!(r.machines.iter().any(|m| m.state == "waiting"), "the rest are left as they were");
+    assert!(r.machines.iter().any(|m| m.state.as_str() == "waiting"), "the rest are left as they were");
 
     control(RolloutAction::Revert).await;
-    let r = fleet.until(&id, Duration::from_secs(60), |r| r.phase == "reverted").await;
+    let r = fleet.until(&id, Duration::from_secs(60), |r| r.phase.as_str() == "reverted").await;
     for m in &r.machines {
         let vm = fleet.vms.iter().find(|v| v.name == m.hostname).expect("vm");
         if m.started_at.is_some() {
-            assert_eq!(m.state, "reverted");
+            assert_eq!(m.state.as_str(), "reverted");
             assert_eq!(vm.activations().last().map(String::as_str), Some("good"), "{}", m.hostname);
         } else {
             assert_eq!(vm.activations(), ["good"], "{}", m.hostname);

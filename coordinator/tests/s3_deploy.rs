@@ -20,6 +20,11 @@ async fn coordinator(admin_url: &str, s3_url: &str, token: &str) -> TestCoordina
     coordinator_with_s3(admin_url, s3_url, token).await
 }
 
+/// A deployment whose buckets the coordinator makes ready first.
+fn with_buckets(spec: DeploySpec, buckets: Vec<BucketRequest>) -> AdminRequest {
+    AdminRequest::Deploy(DeploySpec { buckets, ..spec })
+}
+
 fn spec(flake: &std::path::Path) -> DeploySpec {
     DeploySpec {
         machine: None,
@@ -29,6 +34,7 @@ fn spec(flake: &std::path::Path) -> DeploySpec {
         facts: [("tenant".to_string(), "acme".to_string())].into(),
         checks: vec![],
         health_deadline_ms: 2_000,
+        buckets: vec![],
     }
 }
 
@@ -60,7 +66,7 @@ async fn a_deployment_gets_its_bucket_and_only_its_machines_get_the_credentials(
     let buckets = vec![BucketRequest { name: "acme-media".into(), public: true }];
     let mut key_ids = Vec::new();
     for _ in 0..2 {
-        let answer = fleet.call(AdminRequest::DeployWithBuckets { spec: spec(&flake), buckets: buckets.clone() }).await;
+        let answer = fleet.call(with_buckets(spec(&flake), buckets.clone())).await;
         let AdminResponse::Deployed(targets) = answer else { panic!("{answer:?}") };
         assert_eq!(targets.len(), 1, "only the mastodon machine");
         assert_eq!(finished(&fleet, &targets[0].deployment_id).await.state, DeploymentState::Succeeded);
@@ -126,7 +132,7 @@ async fn garage_down_or_a_wrong_token_refuses_the_deployment_and_a_retry_complet
     node.stop();
     let client = fleet.admin().await;
     let err = client
-        .call(AdminRequest::DeployWithBuckets { spec: spec(&flake), buckets: buckets.clone() })
+        .call(with_buckets(spec(&flake), buckets.clone()))
         .await
         .expect_err("refused");
     assert_eq!(err.code(), Some(ErrorCode::Unavailable), "{err}");
@@ -142,7 +148,7 @@ async fn garage_down_or_a_wrong_token_refuses_the_deployment_and_a_retry_complet
     let err = wrong
         .admin()
         .await
-        .call(AdminRequest::DeployWithBuckets { spec: spec(&flake), buckets: buckets.clone() })
+        .call(with_buckets(spec(&flake), buckets.clone()))
         .await
         .expect_err("refused");
     assert!(err.to_string().contains("refused the admin token"), "{err}");
@@ -153,13 +159,13 @@ async fn garage_down_or_a_wrong_token_refuses_the_deployment_and_a_retry_complet
 
     // An invalid name is refused before anything is sent.
     let err = client
-        .call(AdminRequest::DeployWithBuckets { spec: spec(&flake), buckets: vec![BucketRequest { name: "No_Good".into(), public: false }] })
+        .call(with_buckets(spec(&flake), vec![BucketRequest { name: "No_Good".into(), public: false }]))
         .await
         .expect_err("invalid");
     assert_eq!(err.code(), Some(ErrorCode::InvalidArgument), "{err}");
 
     // Garage back: the same request completes.
-    let AdminResponse::Deployed(t) = client.call(AdminRequest::DeployWithBuckets { spec: spec(&flake), buckets }).await.expect("deploys") else { panic!() };
+    let AdminResponse::Deployed(t) = client.call(with_buckets(spec(&flake), buckets)).await.expect("deploys") else { panic!() };
     assert_eq!(finished(&fleet, &t[0].deployment_id).await.state, DeploymentState::Succeeded);
     assert_eq!(desired(&fleet, &machine).await, 1);
     assert_eq!(admin.buckets().await.expect("buckets").len(), 1);
@@ -185,7 +191,7 @@ async fn the_s3_check_passes_on_the_live_bucket_and_rolls_back_when_the_key_lose
     let mut first = spec(&flake);
     first.checks = check.clone();
     let buckets = vec![BucketRequest { name: "acme-media".into(), public: false }];
-    let AdminResponse::Deployed(t) = fleet.call(AdminRequest::DeployWithBuckets { spec: first, buckets }).await else { panic!() };
+    let AdminResponse::Deployed(t) = fleet.call(with_buckets(first, buckets)).await else { panic!() };
     let d = finished(&fleet, &t[0].deployment_id).await;
     assert_eq!(d.state, DeploymentState::Succeeded, "the s3 check passes on the live bucket: {d:?}");
 
@@ -243,16 +249,14 @@ async fn a_rollout_gets_its_buckets_ready_and_delivered_too() {
     };
     let mut deploy = spec(&flake);
     deploy.checks = vec![HealthCheck::S3 { bucket: "acme-media".into() }];
-    let request = AdminRequest::RolloutStartWithBuckets {
-        spec: RolloutSpec { deploy, strategy },
-        buckets: vec![BucketRequest { name: "acme-media".into(), public: true }],
-    };
+    deploy.buckets = vec![BucketRequest { name: "acme-media".into(), public: true }];
+    let request = AdminRequest::RolloutStart(RolloutSpec { deploy, strategy });
     let AdminResponse::Rollout(r) = fleet.call(request).await else { panic!() };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let AdminResponse::Rollout(now) = fleet.call(AdminRequest::RolloutStatus { id: r.id.clone() }).await else { panic!() };
-        if now.phase != "rolling" {
-            assert_eq!(now.phase, "succeeded", "{now:?}");
+        if now.phase.as_str() != "rolling" {
+            assert_eq!(now.phase.as_str(), "succeeded", "{now:?}");
             break;
         }
         assert!(Instant::now() < deadline, "rollout did not finish");

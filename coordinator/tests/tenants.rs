@@ -194,8 +194,8 @@ async fn tenant_data_and_managers_keys_reach_only_the_tenants_machines_and_remov
     let cert = drover_net::identity::read_cert_pem(&dir.join("agents/other/cert.pem")).expect("cert");
     let key = drover_net::identity::read_key_pem(&dir.join("agents/other/key.pem")).expect("key");
     let conn = raw_connect(&fleet, Some((&cert, &key.serialize_der()))).await.expect("connect as other");
-    let answer = conn.request(&Request::Agent(AgentRequest::FetchAssignmentWithAccess)).await.expect("fetch");
-    let Response::Agent(AgentResponse::AssignmentWithAccess { assignment, access }) = answer else { panic!("{answer:?}") };
+    let answer = conn.request(&Request::Agent(AgentRequest::FetchAssignment)).await.expect("fetch");
+    let Response::Agent(AgentResponse::Assignment { assignment, access }) = answer else { panic!("{answer:?}") };
     assert!(!assignment.facts_json.contains("social.example"));
     assert!(assignment.secrets.iter().all(|s| s.value.expose() != password.as_bytes()));
     assert!(access.authorized_keys.iter().all(|l| l.keys.iter().all(|k| !k.contains(&material(ALICE_LAPTOP)))));

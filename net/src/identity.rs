@@ -7,9 +7,7 @@
 //! The coordinator chooses these names when it signs; it never copies them
 //! from a request.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
 use std::path::Path;
 
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
@@ -118,34 +116,10 @@ pub fn hex_lower(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes `bytes` to `path` atomically (temporary file, fsync, rename) with
-/// the given mode. The temporary file has that mode from its creation, so the
-/// content is never readable by others, even briefly.
+/// Writes `bytes` to `path` atomically with the given mode (see
+/// [`crate::fsutil::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IdentityError> {
-    let io = |source| IdentityError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io)?;
-    // The umask may have narrowed the mode; make it exact.
-    file.set_permissions(fs::Permissions::from_mode(mode)).map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(io)?;
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    crate::fsutil::write_atomic(path, bytes, mode).map_err(|source| IdentityError::Io { path: path.display().to_string(), source })
 }
 
 /// Writes a private key (PEM) with mode 0600.
@@ -193,6 +167,7 @@ pub fn read_cert_pem(path: &Path) -> Result<Vec<u8>, IdentityError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn pem_round_trips_through_the_pki_types_parser() {

@@ -7,8 +7,12 @@
 //!   carried in certificates (`drover://machine/<id>`, `drover://admin/<name>`),
 //!   and key files written with mode 0600.
 //! - [`client`]: connecting to a coordinator and saying Hello.
+//! - [`fsutil`]: atomic file writes with an exact mode.
+//! - [`clock`]: wall-clock milliseconds for records.
 
 pub mod client;
+pub mod clock;
+pub mod fsutil;
 pub mod identity;
 pub mod logging;
 pub mod stream;

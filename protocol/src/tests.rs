@@ -5,7 +5,7 @@ use proptest::prelude::*;
 
 use crate::frame::{self, FrameError, MAX_FRAME_LEN, MAX_UNAUTHENTICATED_FRAME_LEN};
 use crate::v1::{Request, Response};
-use crate::version::{negotiate, VersionRange};
+use crate::version::{negotiate, VersionRange, SUPPORTED};
 use crate::ErrorCode;
 
 proptest! {
@@ -130,4 +130,11 @@ fn secrets_do_not_show_in_debug_output() {
     });
     let text = format!("{request:?}");
     assert!(!text.contains("supersecret"), "{text}");
+}
+
+#[test]
+fn a_version_1_peer_is_refused_by_name() {
+    let err = negotiate(SUPPORTED, VersionRange { min: 1, max: 1 }).expect_err("version 1 is gone");
+    assert_eq!(err.code, ErrorCode::VersionMismatch);
+    assert!(err.message.contains("peer speaks 1") && err.message.contains("this side speaks 2"), "{}", err.message);
 }

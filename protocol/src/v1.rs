@@ -123,15 +123,12 @@ pub enum AgentRequest {
     /// A new certificate for the same machine; answered by
     /// [`AgentResponse::Renewed`].
     Renew { csr_der: Vec<u8> },
-    /// The machine's newest assignment; answered by
-    /// [`AgentResponse::Assignment`] or [`AgentResponse::NoAssignment`].
+    /// The machine's newest assignment with the SSH access that goes with
+    /// it; answered by [`AgentResponse::Assignment`] or
+    /// [`AgentResponse::NoAssignment`].
     FetchAssignment,
     /// Progress or the outcome of applying a generation.
     ReportDeployment(DeploymentReport),
-    /// The machine's newest assignment with the SSH access that goes with
-    /// it; answered by [`AgentResponse::AssignmentWithAccess`] or
-    /// [`AgentResponse::NoAssignment`].
-    FetchAssignmentWithAccess,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,9 +137,8 @@ pub enum AgentResponse {
     Ack,
     Renewed(IssuedCertificate),
     Event(AgentEvent),
-    Assignment(Assignment),
+    Assignment { assignment: Assignment, access: Access },
     NoAssignment,
-    AssignmentWithAccess { assignment: Assignment, access: Access },
 }
 
 /// Who may log in to a machine over SSH, as the coordinator decided at the
@@ -265,10 +261,6 @@ pub enum AdminRequest {
     DeploymentsOfRollout { id: String },
     /// Object storage administration through the coordinator.
     S3(S3Request),
-    /// A deployment whose buckets the coordinator makes ready first.
-    DeployWithBuckets { spec: DeploySpec, buckets: Vec<BucketRequest> },
-    /// A rollout whose buckets the coordinator makes ready first.
-    RolloutStartWithBuckets { spec: RolloutSpec, buckets: Vec<BucketRequest> },
     /// Records an operator (tenant) and generates its admin password.
     TenantsCreate(TenantSpec),
     TenantsList,
@@ -504,6 +496,10 @@ pub struct DeploySpec {
     pub facts: Labels,
     pub checks: Vec<HealthCheck>,
     pub health_deadline_ms: u64,
+    /// Buckets the coordinator makes ready before recording the generation:
+    /// their credentials become secrets, their endpoint and names facts.
+    #[serde(default)]
+    pub buckets: Vec<BucketRequest>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -633,14 +629,86 @@ pub enum RolloutAction {
     Promote,
 }
 
+/// Where a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutPhase {
+    Canary,
+    AwaitingPromotion,
+    Rolling,
+    Succeeded,
+    Failed,
+    Aborted,
+    Reverting,
+    Reverted,
+}
+
+impl RolloutPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutPhase::Canary => "canary",
+            RolloutPhase::AwaitingPromotion => "awaiting_promotion",
+            RolloutPhase::Rolling => "rolling",
+            RolloutPhase::Succeeded => "succeeded",
+            RolloutPhase::Failed => "failed",
+            RolloutPhase::Aborted => "aborted",
+            RolloutPhase::Reverting => "reverting",
+            RolloutPhase::Reverted => "reverted",
+        }
+    }
+}
+
+impl std::fmt::Display for RolloutPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where one machine of a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutMachineState {
+    Waiting,
+    Updating,
+    Healthy,
+    Done,
+    Failed,
+    Skipped,
+    Reverting,
+    Reverted,
+    NotReverted,
+}
+
+impl RolloutMachineState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutMachineState::Waiting => "waiting",
+            RolloutMachineState::Updating => "updating",
+            RolloutMachineState::Healthy => "healthy",
+            RolloutMachineState::Done => "done",
+            RolloutMachineState::Failed => "failed",
+            RolloutMachineState::Skipped => "skipped",
+            RolloutMachineState::Reverting => "reverting",
+            RolloutMachineState::Reverted => "reverted",
+            RolloutMachineState::NotReverted => "not_reverted",
+        }
+    }
+}
+
+impl std::fmt::Display for RolloutMachineState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct RolloutMachine {
     pub machine_id: String,
     pub hostname: String,
-    /// waiting, updating, healthy, done, failed, skipped, reverting,
-    /// reverted, not_reverted.
-    pub state: String,
+    pub state: RolloutMachineState,
     pub canary: bool,
     pub generation: Option<u64>,
     pub revert_generation: Option<u64>,
@@ -653,9 +721,7 @@ pub struct RolloutMachine {
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct RolloutInfo {
     pub id: String,
-    /// canary, awaiting_promotion, rolling, succeeded, failed, aborted,
-    /// reverting, reverted.
-    pub phase: String,
+    pub phase: RolloutPhase,
     pub paused: bool,
     pub reason: Option<String>,
     pub created_at: UnixMillis,
@@ -663,7 +729,7 @@ pub struct RolloutInfo {
     pub selector: Labels,
     pub strategy: RolloutStrategy,
     /// Phase changes with their times.
-    pub phases: Vec<(String, UnixMillis)>,
+    pub phases: Vec<(RolloutPhase, UnixMillis)>,
     pub machines: Vec<RolloutMachine>,
 }
 

@@ -1,7 +1,10 @@
-//! Golden bytes: the encoding of every v1 message is pinned in a file, so a
+//! Golden bytes: the encoding of every message is pinned in a file, so a
 //! change that would break an older peer fails here. Regenerate deliberately
 //! with `DROVER_BLESS=1 cargo test -p drover-protocol --test golden` only when
-//! adding a message (old files must keep decoding).
+//! adding a message (old files must keep decoding), or together with a
+//! protocol version bump (as for version 2, which folded the `...WithAccess`
+//! and `...WithBuckets` messages into their base messages and made rollout
+//! phases enums; version 1 peers are refused by name at Hello).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -124,15 +127,15 @@ fn strategy() -> RolloutStrategy {
 fn rollout() -> RolloutInfo {
     RolloutInfo {
         id: "r-0a1b2c3d".into(),
-        phase: "rolling".into(),
+        phase: RolloutPhase::Rolling,
         paused: false,
         reason: None,
         created_at: 1,
         system: closure(),
         selector: labels(),
         strategy: strategy(),
-        phases: vec![("canary".into(), 1), ("rolling".into(), 2)],
-        machines: vec![RolloutMachine { machine_id: "m-0123456789".into(), hostname: "vm-1".into(), state: "done".into(), canary: true, generation: Some(4), revert_generation: None, started_at: Some(1), settled_at: Some(2), reason: None }],
+        phases: vec![(RolloutPhase::Canary, 1), (RolloutPhase::Rolling, 2)],
+        machines: vec![RolloutMachine { machine_id: "m-0123456789".into(), hostname: "vm-1".into(), state: RolloutMachineState::Done, canary: true, generation: Some(4), revert_generation: None, started_at: Some(1), settled_at: Some(2), reason: None }],
     }
 }
 
@@ -150,7 +153,7 @@ fn tenant() -> TenantInfo {
 
 fn requests() -> Vec<(&'static str, Request)> {
     vec![
-        ("request-hello", Request::Hello(Hello { versions: VersionRange { min: 1, max: 1 }, software: "drover-agent 0.1.0".into() })),
+        ("request-hello", Request::Hello(Hello { versions: VersionRange { min: 2, max: 2 }, software: "drover-agent 0.1.0".into() })),
         ("request-enroll", Request::Enroll(EnrollRequest { token: Secret::new("drt_00"), csr_der: vec![1, 2, 3], hostname: "vm-1".into() })),
         ("request-agent-watch", Request::Agent(AgentRequest::Watch)),
         ("request-agent-report", Request::Agent(AgentRequest::Report(health()))),
@@ -167,22 +170,21 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-admin-admins-list", Request::Admin(AdminRequest::AdminsList)),
         ("request-agent-fetch-assignment", Request::Agent(AgentRequest::FetchAssignment)),
         ("request-agent-report-deployment", Request::Agent(AgentRequest::ReportDeployment(DeploymentReport { generation: 3, step: DeployStep::Switched, message: "ok".into(), output_tail: "tail".into(), system_path: Some("/nix/store/abc".into()) }))),
-        ("request-admin-deploy", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: None, selector: labels(), system: closure(), secrets: assignment().secrets, facts: labels(), checks: assignment().checks, health_deadline_ms: 60_000 }))),
+        ("request-admin-deploy", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: None, selector: labels(), system: closure(), secrets: assignment().secrets, facts: labels(), checks: assignment().checks, health_deadline_ms: 60_000, buckets: vec![] }))),
         ("request-admin-deployments-list", Request::Admin(AdminRequest::DeploymentsList { machine: Some("m-0123456789".into()) })),
         ("request-admin-deployments-show", Request::Admin(AdminRequest::DeploymentsShow { id: "d-m-0123456789-3".into() })),
         ("request-admin-machines-detail", Request::Admin(AdminRequest::MachinesDetail { id: "m-0123456789".into() })),
-        ("request-admin-rollout-start", Request::Admin(AdminRequest::RolloutStart(RolloutSpec { deploy: DeploySpec { machine: None, selector: labels(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000 }, strategy: strategy() }))),
+        ("request-admin-rollout-start", Request::Admin(AdminRequest::RolloutStart(RolloutSpec { deploy: DeploySpec { machine: None, selector: labels(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000, buckets: vec![] }, strategy: strategy() }))),
         ("request-admin-rollout-status", Request::Admin(AdminRequest::RolloutStatus { id: "r-0a1b2c3d".into() })),
         ("request-admin-rollout-list", Request::Admin(AdminRequest::RolloutList)),
         ("request-admin-rollout-control", Request::Admin(AdminRequest::RolloutControl { id: "r-0a1b2c3d".into(), action: RolloutAction::Revert })),
         ("request-admin-s3-bucket-create", Request::Admin(AdminRequest::S3(S3Request::BucketCreate { name: "acme-media".into(), public: true, max_size: Some(1 << 30), max_objects: None }))),
         ("request-admin-s3-grant", Request::Admin(AdminRequest::S3(S3Request::Grant { bucket: "acme-media".into(), key: "acme".into(), read: true, write: true, owner: false }))),
         ("request-admin-s3-key-show", Request::Admin(AdminRequest::S3(S3Request::KeyShow { name: "acme".into(), show_secret: true }))),
-        ("request-admin-deploy-s3-check", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: Default::default(), checks: vec![HealthCheck::S3 { bucket: "acme-media".into() }], health_deadline_ms: 60_000 }))),
+        ("request-admin-deploy-s3-check", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: Default::default(), checks: vec![HealthCheck::S3 { bucket: "acme-media".into() }], health_deadline_ms: 60_000, buckets: vec![] }))),
         ("request-admin-s3-cluster-add-machine", Request::Admin(AdminRequest::S3(S3Request::ClusterAddMachine { machine: "m-0123456789".into() }))),
-        ("request-admin-deploy-with-buckets", Request::Admin(AdminRequest::DeployWithBuckets { spec: DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000 }, buckets: vec![BucketRequest { name: "acme-media".into(), public: true }] })),
+        ("request-admin-deploy-with-buckets", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000, buckets: vec![BucketRequest { name: "acme-media".into(), public: true }] }))),
         ("request-admin-deployments-of-rollout", Request::Admin(AdminRequest::DeploymentsOfRollout { id: "r-0a1b2c3d".into() })),
-        ("request-agent-fetch-assignment-with-access", Request::Agent(AgentRequest::FetchAssignmentWithAccess)),
         ("request-admin-tenants-create", Request::Admin(AdminRequest::TenantsCreate(TenantSpec { domain: "acme.example".into(), admin_email: "ops@acme.example".into(), admin_user: "admin".into(), managers: vec!["alice".into()] }))),
         ("request-admin-tenants-list", Request::Admin(AdminRequest::TenantsList)),
         ("request-admin-tenants-show", Request::Admin(AdminRequest::TenantsShow { domain: "acme.example".into(), show_password: true })),
@@ -197,7 +199,7 @@ fn requests() -> Vec<(&'static str, Request)> {
 
 fn responses() -> Vec<(&'static str, Response)> {
     vec![
-        ("response-hello", Response::Hello(HelloAck { version: 1, software: "drover 0.1.0".into() })),
+        ("response-hello", Response::Hello(HelloAck { version: 2, software: "drover 0.1.0".into() })),
         ("response-enrolled", Response::Enrolled(issued())),
         ("response-agent-ack", Response::Agent(AgentResponse::Ack)),
         ("response-agent-renewed", Response::Agent(AgentResponse::Renewed(issued()))),
@@ -211,7 +213,6 @@ fn responses() -> Vec<(&'static str, Response)> {
         ("response-admin-admin-created", Response::Admin(AdminResponse::AdminCreated(issued()))),
         ("response-admin-admins", Response::Admin(AdminResponse::Admins(vec![AdminInfo { name: "root".into(), role: Role::Operator, created_at: 1 }]))),
         ("response-error", Response::Error(WireError::new(ErrorCode::TokenExpired, "token expired"))),
-        ("response-agent-assignment", Response::Agent(AgentResponse::Assignment(assignment()))),
         ("response-agent-no-assignment", Response::Agent(AgentResponse::NoAssignment)),
         ("response-agent-desired", Response::Agent(AgentResponse::Event(AgentEvent::Desired { generation: 3 }))),
         ("response-admin-deployed", Response::Admin(AdminResponse::Deployed(vec![DeployedTarget { machine_id: "m-0123456789".into(), hostname: "vm-1".into(), generation: 3, deployment_id: "d-m-0123456789-3".into() }]))),
@@ -222,7 +223,7 @@ fn responses() -> Vec<(&'static str, Response)> {
         ("response-admin-s3-bucket", Response::Admin(AdminResponse::S3(S3Response::Bucket(S3Bucket { id: "b1".into(), aliases: vec!["acme-media".into()], website: true, public_url: Some("https://acme-media.web.example".into()), objects: 2, bytes: 10, grants: vec![S3Grant { key_id: "GK1".into(), read: true, write: true, owner: false }], max_size: None, max_objects: Some(5) })))),
         ("response-admin-s3-key", Response::Admin(AdminResponse::S3(S3Response::Key(S3Key { id: "GK1".into(), name: "acme".into(), secret: Some(Secret::new("s")) })))),
         ("response-admin-machine-detail", Response::Admin(AdminResponse::MachineDetail(MachineDetail { machine: machine(), desired_generation: 3, current_generation: Some(2), current_system: Some("/nix/store/abc".into()) }))),
-        ("response-agent-assignment-with-access", Response::Agent(AgentResponse::AssignmentWithAccess { assignment: assignment(), access: Access { authorized_keys: vec![LoginKeys { login: "root".into(), keys: vec!["ssh-ed25519 AAAA alice@laptop".into()] }] } })),
+        ("response-agent-assignment", Response::Agent(AgentResponse::Assignment { assignment: assignment(), access: Access { authorized_keys: vec![LoginKeys { login: "root".into(), keys: vec!["ssh-ed25519 AAAA alice@laptop".into()] }] } })),
         ("response-admin-tenant", Response::Admin(AdminResponse::Tenant(tenant()))),
         ("response-admin-tenants", Response::Admin(AdminResponse::Tenants(vec![tenant()]))),
         ("response-admin-ssh-keys", Response::Admin(AdminResponse::SshKeys(vec![SshKeyInfo { admin: "alice".into(), login: "root".into(), fingerprint: "SHA256:abc".into(), algorithm: "ssh-ed25519".into(), comment: "alice@laptop".into(), added_at: 1 }]))),

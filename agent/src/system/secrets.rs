@@ -3,11 +3,11 @@
 //! assigned are removed; `<runtime>/facts.json` replaced atomically.
 
 use std::collections::BTreeSet;
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use drover_net::fsutil::{write_atomic, write_atomic_owned, Owner};
 use drover_protocol::v1::{Access, SecretFile};
 
 #[derive(Debug, thiserror::Error)]
@@ -102,10 +102,7 @@ pub fn write_access(runtime: &Path, access: &Access) -> Result<(), SecretsError>
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(io(&dir))?;
     for (login, text) in &files {
         let path = dir.join(login);
-        drover_net::identity::write_atomic(&path, text.as_bytes(), 0o644).map_err(|e| SecretsError::Io {
-            path: path.display().to_string(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        write_atomic(&path, text.as_bytes(), 0o644).map_err(io(&path))?;
     }
     for entry in fs::read_dir(&dir).map_err(io(&dir))? {
         let entry = entry.map_err(io(&dir))?;
@@ -157,25 +154,8 @@ pub fn write_secrets(runtime: &Path, secrets: &[SecretFile]) -> Result<(), Secre
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o751)).map_err(io(&dir))?;
     for (secret, (uid, gid)) in resolved {
         let path = dir.join(&secret.name);
-        let tmp = dir.join(format!(".{}.tmp", secret.name));
-        let _ = fs::remove_file(&tmp);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
-        file.write_all(secret.value.expose()).map_err(io(&tmp))?;
-        file.sync_all().map_err(io(&tmp))?;
-        drop(file);
-        if uid.is_some() || gid.is_some() {
-            nix::unistd::chown(&tmp, uid, gid).map_err(|e| SecretsError::Io {
-                path: tmp.display().to_string(),
-                source: e.into(),
-            })?;
-        }
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(secret.mode)).map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))?;
+        let owner = Owner { uid: uid.map(|u| u.as_raw()), gid: gid.map(|g| g.as_raw()) };
+        write_atomic_owned(&path, secret.value.expose(), secret.mode, owner).map_err(io(&path))?;
     }
     let keep: BTreeSet<&str> = secrets.iter().map(|s| s.name.as_str()).collect();
     for entry in fs::read_dir(&dir).map_err(io(&dir))? {
@@ -199,10 +179,7 @@ pub fn write_facts(runtime: &Path, facts_json: &str) -> Result<(), SecretsError>
     fs::create_dir_all(runtime).map_err(io(runtime))?;
     let path = facts_path(runtime);
     let pretty = serde_json::to_string_pretty(&value).map_err(|e| SecretsError::BadFacts(e.to_string()))?;
-    drover_net::identity::write_atomic(&path, pretty.as_bytes(), 0o644).map_err(|e| SecretsError::Io {
-        path: path.display().to_string(),
-        source: std::io::Error::other(e.to_string()),
-    })
+    write_atomic(&path, pretty.as_bytes(), 0o644).map_err(io(&path))
 }
 
 #[cfg(test)]

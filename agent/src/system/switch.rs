@@ -22,9 +22,7 @@ use tokio::io::AsyncReadExt;
 use drover_protocol::v1::SystemSpec;
 
 use crate::config::AgentConfig;
-
-/// Bytes of command output kept for the report.
-pub const TAIL_BYTES: usize = 8 << 10;
+use crate::text::tail;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SwitchError {
@@ -56,18 +54,6 @@ impl SwitchError {
             _ => "",
         }
     }
-}
-
-/// The last `TAIL_BYTES` of `text`, cut at a character boundary.
-pub fn tail(text: &str) -> String {
-    if text.len() <= TAIL_BYTES {
-        return text.to_string();
-    }
-    let mut start = text.len() - TAIL_BYTES;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    text[start..].to_string()
 }
 
 /// Runs a command with a timeout, collecting stdout and stderr together.
@@ -126,6 +112,20 @@ pub fn resolve_profile(profile: &Path) -> Option<String> {
     None
 }
 
+/// Switching this machine's system: the seam between the apply and Nix.
+/// [`NixSwitcher`] is the real one; the apply's tests use a fake.
+#[async_trait::async_trait]
+pub trait SystemSwitcher: Send + Sync {
+    /// The system running now, as the switch for `spec` sees it.
+    fn current(&self, spec: &SystemSpec) -> Option<String>;
+    /// Fetches what the switch needs, without changing the running system.
+    async fn prepare(&self, spec: &SystemSpec) -> Result<String, SwitchError>;
+    /// Switches to `spec`; returns the output tail.
+    async fn switch(&self, spec: &SystemSpec) -> Result<String, SwitchError>;
+    /// Returns to `previous`, the exact system that ran before.
+    async fn rollback(&self, spec: &SystemSpec, previous: Option<&str>) -> Result<String, SwitchError>;
+}
+
 /// Switches the system with Nix according to the agent's configuration.
 pub struct NixSwitcher {
     config: AgentConfig,
@@ -155,49 +155,6 @@ impl NixSwitcher {
         match &self.config.nix_store {
             Some(root) => root.join(store_path.trim_start_matches('/')),
             None => PathBuf::from(store_path),
-        }
-    }
-
-    /// The system running now: the profile's store path (closure mode) or
-    /// the current-system link (flake mode).
-    pub fn current(&self, spec: &SystemSpec) -> Option<String> {
-        match spec {
-            SystemSpec::Closure { .. } => resolve_profile(&self.config.system_profile),
-            SystemSpec::Flake { .. } => crate::system::health::current_system(&self.config.current_system),
-        }
-    }
-
-    /// Fetches what the switch needs, without changing the running system.
-    pub async fn prepare(&self, spec: &SystemSpec) -> Result<String, SwitchError> {
-        match spec {
-            SystemSpec::Flake { .. } => Ok(String::new()),
-            SystemSpec::Closure { store_path, substituters, trusted_public_keys } => {
-                let mut args = self.store_args();
-                args.extend([
-                    "--realise".into(),
-                    store_path.clone(),
-                    "--option".into(),
-                    "substituters".into(),
-                    substituters.join(" "),
-                    "--option".into(),
-                    "trusted-public-keys".into(),
-                    trusted_public_keys.join(" "),
-                    "--option".into(),
-                    "require-sigs".into(),
-                    "true".into(),
-                    "--option".into(),
-                    "builders".into(),
-                    String::new(),
-                    "--max-jobs".into(),
-                    "0".into(),
-                ]);
-                match run_ok(&self.nix_tool("nix-store"), &args, self.config.switch_timeout, "fetching the closure (nix-store --realise)").await {
-                    Err(SwitchError::Failed { tail, .. }) if tail.contains("is not signed by any of the keys") => {
-                        Err(SwitchError::Unsigned { tail })
-                    }
-                    other => other,
-                }
-            }
         }
     }
 
@@ -241,9 +198,55 @@ impl NixSwitcher {
             code => Err(SwitchError::Failed { what: "switch-to-configuration switch".into(), code, tail: tail(&text) }),
         }
     }
+}
+
+#[async_trait::async_trait]
+impl SystemSwitcher for NixSwitcher {
+    /// The system running now: the profile's store path (closure mode) or
+    /// the current-system link (flake mode).
+    fn current(&self, spec: &SystemSpec) -> Option<String> {
+        match spec {
+            SystemSpec::Closure { .. } => resolve_profile(&self.config.system_profile),
+            SystemSpec::Flake { .. } => crate::system::health::current_system(&self.config.current_system),
+        }
+    }
+
+    /// Fetches what the switch needs, without changing the running system.
+    async fn prepare(&self, spec: &SystemSpec) -> Result<String, SwitchError> {
+        match spec {
+            SystemSpec::Flake { .. } => Ok(String::new()),
+            SystemSpec::Closure { store_path, substituters, trusted_public_keys } => {
+                let mut args = self.store_args();
+                args.extend([
+                    "--realise".into(),
+                    store_path.clone(),
+                    "--option".into(),
+                    "substituters".into(),
+                    substituters.join(" "),
+                    "--option".into(),
+                    "trusted-public-keys".into(),
+                    trusted_public_keys.join(" "),
+                    "--option".into(),
+                    "require-sigs".into(),
+                    "true".into(),
+                    "--option".into(),
+                    "builders".into(),
+                    String::new(),
+                    "--max-jobs".into(),
+                    "0".into(),
+                ]);
+                match run_ok(&self.nix_tool("nix-store"), &args, self.config.switch_timeout, "fetching the closure (nix-store --realise)").await {
+                    Err(SwitchError::Failed { tail, .. }) if tail.contains("is not signed by any of the keys") => {
+                        Err(SwitchError::Unsigned { tail })
+                    }
+                    other => other,
+                }
+            }
+        }
+    }
 
     /// Switches to `spec`; returns the output tail.
-    pub async fn switch(&self, spec: &SystemSpec) -> Result<String, SwitchError> {
+    async fn switch(&self, spec: &SystemSpec) -> Result<String, SwitchError> {
         match spec {
             SystemSpec::Flake { uri, attribute } => {
                 let args = vec!["switch".into(), "--flake".into(), format!("{uri}#{attribute}")];
@@ -260,7 +263,7 @@ impl NixSwitcher {
 
     /// Returns to the system that ran before: the exact store path recorded
     /// before the switch (closure mode), or nixos-rebuild's rollback.
-    pub async fn rollback(&self, spec: &SystemSpec, previous: Option<&str>) -> Result<String, SwitchError> {
+    async fn rollback(&self, spec: &SystemSpec, previous: Option<&str>) -> Result<String, SwitchError> {
         match spec {
             SystemSpec::Flake { .. } => {
                 let args = vec!["switch".into(), "--rollback".into()];
@@ -286,13 +289,5 @@ mod tests {
         std::os::unix::fs::symlink("system-2-link", &profile).expect("link");
         assert_eq!(resolve_profile(&profile).as_deref(), Some("/nix/store/aaa-system"));
         assert_eq!(resolve_profile(&dir.path().join("missing")), None);
-    }
-
-    #[test]
-    fn tails_keep_the_end() {
-        let long = format!("{}end", "x".repeat(TAIL_BYTES * 2));
-        let t = tail(&long);
-        assert_eq!(t.len(), TAIL_BYTES);
-        assert!(t.ends_with("end"));
     }
 }

@@ -14,7 +14,7 @@ use super::{call, print_json};
 pub async fn run(cmd: AdminsCommand) -> Result<()> {
     match cmd {
         AdminsCommand::Add { name, role, out, admin } => {
-            crate::server::check_admin_name(&name).map_err(anyhow::Error::msg)?;
+            crate::app::machines::check_admin_name(&name).map_err(anyhow::Error::msg)?;
             let out = out.unwrap_or_else(|| format!("{name}.bundle").into());
             if out.exists() {
                 bail!("{} already exists; choose another --out", out.display());

@@ -94,17 +94,15 @@ pub fn spec(what: &WhatArgs, machine: Option<String>, selector: Vec<(String, Str
         facts: what.facts.iter().cloned().collect(),
         checks: what.checks.iter().map(|c| parse_check(c)).collect::<Result<_>>()?,
         health_deadline_ms: u64::try_from(what.health_deadline.as_millis()).unwrap_or(u64::MAX),
+        buckets: Vec::new(),
     })
 }
 
 pub async fn run(args: DeployArgs) -> Result<()> {
-    let spec = spec(&args.what, args.machine.clone(), args.selector.clone())?;
+    let mut spec = spec(&args.what, args.machine.clone(), args.selector.clone())?;
+    spec.buckets = args.buckets.clone();
     let client = connect(&args.admin).await?;
-    let request = if args.buckets.is_empty() {
-        AdminRequest::Deploy(spec)
-    } else {
-        AdminRequest::DeployWithBuckets { spec, buckets: args.buckets.clone() }
-    };
+    let request = AdminRequest::Deploy(spec);
     let answer = client.call(request).await.map_err(|e| refused(e, "deploying"))?;
     let AdminResponse::Deployed(targets) = answer else {
         bail!("unexpected answer from the coordinator");

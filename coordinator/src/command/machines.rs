@@ -6,7 +6,7 @@ use drover_protocol::v1::{AdminRequest, AdminResponse, MachineInfo};
 
 use crate::cli::MachinesCommand;
 use crate::output::{self, OutputFormat};
-use crate::server::now_ms;
+use drover_net::clock::now_ms;
 
 use super::{call, labels, print_json};
 

@@ -63,7 +63,7 @@ pub fn load_config(config: &Option<PathBuf>, state_dir: &Option<PathBuf>) -> Res
     let path = match (config, state_dir) {
         (Some(path), _) => path.clone(),
         (None, Some(dir)) => {
-            crate::server::check_state_dir(dir)?;
+            crate::init::check_state_dir(dir)?;
             dir.join(CONFIG_FILE)
         }
         (None, None) => PathBuf::from(DEFAULT_STATE_DIR).join(CONFIG_FILE),

@@ -5,7 +5,9 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use drover_protocol::v1::{AdminRequest, AdminResponse, RolloutAction, RolloutInfo, RolloutSpec, RolloutStrategy};
+use drover_protocol::v1::{
+    AdminRequest, AdminResponse, RolloutAction, RolloutInfo, RolloutMachineState, RolloutPhase, RolloutSpec, RolloutStrategy,
+};
 
 use crate::cli::{RolloutCommand, RolloutStartArgs};
 use crate::client::AdminClient;
@@ -30,10 +32,10 @@ async fn status(client: &AdminClient, id: &str) -> Result<RolloutInfo> {
 }
 
 fn moving(r: &RolloutInfo) -> bool {
-    matches!(r.phase.as_str(), "canary" | "rolling" | "reverting")
+    matches!(r.phase, RolloutPhase::Canary | RolloutPhase::Rolling | RolloutPhase::Reverting)
 }
 
-fn count(r: &RolloutInfo, state: &str) -> usize {
+fn count(r: &RolloutInfo, state: RolloutMachineState) -> usize {
     r.machines.iter().filter(|m| m.state == state).count()
 }
 
@@ -42,13 +44,13 @@ fn summary(r: &RolloutInfo) -> String {
         "{}{}: {} done, {} updating, {} healthy, {} failed, {} waiting, {} skipped, {} reverted",
         r.phase,
         if r.paused { " (paused)" } else { "" },
-        count(r, "done"),
-        count(r, "updating"),
-        count(r, "healthy"),
-        count(r, "failed"),
-        count(r, "waiting"),
-        count(r, "skipped"),
-        count(r, "reverted"),
+        count(r, RolloutMachineState::Done),
+        count(r, RolloutMachineState::Updating),
+        count(r, RolloutMachineState::Healthy),
+        count(r, RolloutMachineState::Failed),
+        count(r, RolloutMachineState::Waiting),
+        count(r, RolloutMachineState::Skipped),
+        count(r, RolloutMachineState::Reverted),
     )
 }
 
@@ -71,7 +73,7 @@ fn print(r: &RolloutInfo) {
         t.add_row(vec![
             m.machine_id.clone(),
             m.hostname.clone(),
-            m.state.clone(),
+            m.state.to_string(),
             if m.canary { "yes".into() } else { String::new() },
             m.generation.map(|g| g.to_string()).unwrap_or_default(),
             m.started_at.map(output::timestamp).unwrap_or_default(),
@@ -166,12 +168,9 @@ async fn start(args: RolloutStartArgs) -> Result<()> {
         auto_promote: args.auto_promote,
     };
     let client = connect(&args.admin).await?;
-    let spec = RolloutSpec { deploy, strategy };
-    let request = if args.buckets.is_empty() {
-        AdminRequest::RolloutStart(spec)
-    } else {
-        AdminRequest::RolloutStartWithBuckets { spec, buckets: args.buckets.clone() }
-    };
+    let mut spec = RolloutSpec { deploy, strategy };
+    spec.deploy.buckets = args.buckets.clone();
+    let request = AdminRequest::RolloutStart(spec);
     let answer = client
         .call(request)
         .await
@@ -193,7 +192,7 @@ async fn start(args: RolloutStartArgs) -> Result<()> {
         OutputFormat::Json => print_json(&r)?,
         OutputFormat::Table => print(&r),
     }
-    if r.phase != "succeeded" {
+    if r.phase != RolloutPhase::Succeeded {
         bail!("rollout {} ended {}{}", r.id, r.phase, r.reason.map(|x| format!(": {x}")).unwrap_or_default());
     }
     Ok(())

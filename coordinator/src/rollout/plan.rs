@@ -257,6 +257,31 @@ impl State {
         Ok(())
     }
 
+    /// Takes note of what became of a start [`State::step`] asked for: the
+    /// generation recorded for the machine, or why none could be (it then
+    /// counts as failed).
+    pub fn started(&mut self, machine: &str, outcome: Result<u64, String>) {
+        if let Some(e) = self.machines.get_mut(machine) {
+            match outcome {
+                Ok(generation) => e.generation = Some(generation),
+                Err(reason) => e.slot = Slot::Failed { reason },
+            }
+        }
+    }
+
+    /// Takes note of what became of a revert: the generation that returns
+    /// the machine to its previous assignment, or none (nothing to return
+    /// to, or the machine cannot take a generation), which leaves it not
+    /// reverted.
+    pub fn reverted(&mut self, machine: &str, outcome: Option<u64>) {
+        if let Some(e) = self.machines.get_mut(machine) {
+            match outcome {
+                Some(generation) => e.revert_generation = Some(generation),
+                None => e.slot = Slot::NotReverted,
+            }
+        }
+    }
+
     /// Moves the rollout forward. Pure: the same inputs give the same result.
     pub fn step(&mut self, observed: &BTreeMap<String, Observation>, now: Millis) -> Actions {
         let mut actions = Actions::default();

@@ -6,7 +6,9 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::{check_bucket_name, Bucket, Key, ObjectStoreAdmin, Permissions, S3Error};
+use serde::Deserialize;
+
+use super::{check_bucket_name, Bucket, ClusterHealth, ClusterStatus, Key, ObjectStoreAdmin, Permissions, Role, S3Error};
 
 /// How often a 503 (no quorum for now) is tried again.
 const TRANSIENT_RETRIES: u32 = 5;
@@ -24,39 +26,138 @@ impl std::fmt::Debug for Garage {
     }
 }
 
-fn s(v: &Value, k: &str) -> String {
-    v.get(k).and_then(Value::as_str).unwrap_or_default().to_string()
+// Garage's answers, as its admin API v2 documents them. Fields Drover does
+// not read are ignored; a field it reads that is missing or of another type
+// is an error that names it.
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BucketInfo {
+    id: String,
+    global_aliases: Vec<String>,
+    website_access: bool,
+    objects: u64,
+    bytes: u64,
+    keys: Vec<BucketKey>,
+    quotas: Quotas,
 }
 
-fn bucket_from(v: &Value) -> Bucket {
-    let keys = v
-        .get("keys")
-        .and_then(Value::as_array)
-        .map(|ks| {
-            ks.iter()
-                .map(|k| {
-                    let p = k.get("permissions").cloned().unwrap_or(Value::Null);
-                    let b = |n: &str| p.get(n).and_then(Value::as_bool).unwrap_or(false);
-                    (s(k, "accessKeyId"), b("read"), b("write"), b("owner"))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let quotas = v.get("quotas").cloned().unwrap_or(Value::Null);
-    Bucket {
-        id: s(v, "id"),
-        aliases: v
-            .get("globalAliases")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
-            .unwrap_or_default(),
-        website: v.get("websiteAccess").and_then(Value::as_bool).unwrap_or(false),
-        objects: v.get("objects").and_then(Value::as_u64).unwrap_or(0),
-        bytes: v.get("bytes").and_then(Value::as_u64).unwrap_or(0),
-        keys,
-        max_size: quotas.get("maxSize").and_then(Value::as_u64),
-        max_objects: quotas.get("maxObjects").and_then(Value::as_u64),
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BucketKey {
+    access_key_id: String,
+    permissions: KeyPermissions,
+}
+
+#[derive(Deserialize)]
+struct KeyPermissions {
+    read: bool,
+    write: bool,
+    owner: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Quotas {
+    max_size: Option<u64>,
+    max_objects: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ListedBucket {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct ListedKey {
+    id: String,
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KeyInfo {
+    access_key_id: String,
+    secret_access_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct NodeInfo {
+    success: std::collections::BTreeMap<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct ConnectResult {
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Layout {
+    version: u64,
+    roles: Vec<LayoutRole>,
+}
+
+#[derive(Deserialize)]
+struct LayoutRole {
+    id: String,
+    zone: String,
+    /// `null` for a gateway node.
+    capacity: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Health {
+    status: String,
+    connected_nodes: u64,
+    partitions: u64,
+    partitions_all_ok: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Status {
+    layout_version: u64,
+    nodes: Vec<StatusNode>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusNode {
+    id: String,
+    is_up: bool,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+impl From<BucketInfo> for Bucket {
+    fn from(b: BucketInfo) -> Self {
+        Bucket {
+            id: b.id,
+            aliases: b.global_aliases,
+            website: b.website_access,
+            objects: b.objects,
+            bytes: b.bytes,
+            keys: b
+                .keys
+                .into_iter()
+                .map(|k| (k.access_key_id, k.permissions.read, k.permissions.write, k.permissions.owner))
+                .collect(),
+            max_size: b.quotas.max_size,
+            max_objects: b.quotas.max_objects,
+        }
     }
+}
+
+/// Reads an answer of operation `op` into `T`; a mismatch names the field.
+fn typed<T: serde::de::DeserializeOwned>(op: &str, v: Value) -> Result<T, S3Error> {
+    serde_json::from_value(v).map_err(|e| S3Error::Decode(format!("{op}: {e}")))
 }
 
 impl Garage {
@@ -107,9 +208,7 @@ impl Garage {
             }
             return serde_json::from_str(&text).map(Some).map_err(|e| S3Error::Decode(format!("{op}: {e}")));
         }
-        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let code = s(&body, "code");
-        let message = s(&body, "message");
+        let ErrorBody { code, message } = serde_json::from_str(&text).unwrap_or_default();
         match (status, code.as_str()) {
             (StatusCode::FORBIDDEN, _) | (StatusCode::UNAUTHORIZED, _) => Err(S3Error::Unauthorized),
             (StatusCode::NOT_FOUND, _) => Ok(None),
@@ -126,77 +225,28 @@ impl Garage {
         self.call(Method::POST, op, query, Some(body)).await
     }
 
-    /// Cluster health (`GetClusterHealth`), as Garage returns it.
-    pub async fn health(&self) -> Result<Value, S3Error> {
-        self.get("GetClusterHealth", &[]).await?.ok_or(S3Error::Decode("no health".into()))
-    }
-
-    /// Cluster status (`GetClusterStatus`): nodes, their roles and state.
-    pub async fn status(&self) -> Result<Value, S3Error> {
-        self.get("GetClusterStatus", &[]).await?.ok_or(S3Error::Decode("no status".into()))
-    }
-
-    /// This node's id (`GetNodeInfo?node=self`).
-    pub async fn node_id(&self) -> Result<String, S3Error> {
-        let v = self.get("GetNodeInfo", &[("node", "self")]).await?.ok_or(S3Error::Decode("no node info".into()))?;
-        v.get("success")
-            .and_then(Value::as_object)
-            .and_then(|m| m.keys().next().cloned())
-            .ok_or_else(|| S3Error::Decode(format!("GetNodeInfo: {v}")))
-    }
-
-    /// Connects this node to others (`id@host:port`).
-    pub async fn connect(&self, peers: &[String]) -> Result<(), S3Error> {
-        let v = self.post("ConnectClusterNodes", &[], json!(peers)).await?.unwrap_or(Value::Null);
-        if let Some(errors) = v.as_array().map(|a| a.iter().filter_map(|r| r.get("error").and_then(Value::as_str)).collect::<Vec<_>>()) {
-            if !errors.is_empty() {
-                return Err(S3Error::Api { status: 200, code: "ConnectClusterNodes".into(), message: errors.join("; ") });
-            }
-        }
-        Ok(())
-    }
-
-    /// The applied layout's roles: (node id, zone, capacity).
-    pub async fn layout_roles(&self) -> Result<Vec<(String, String, u64)>, S3Error> {
-        let layout = self.get("GetClusterLayout", &[]).await?.ok_or(S3Error::Decode("no layout".into()))?;
-        Ok(layout
-            .get("roles")
-            .and_then(Value::as_array)
-            .map(|roles| {
-                roles
-                    .iter()
-                    .map(|r| (s(r, "id"), s(r, "zone"), r.get("capacity").and_then(Value::as_u64).unwrap_or(0)))
-                    .collect()
-            })
-            .unwrap_or_default())
-    }
-
-    /// Stages roles (node id, zone, capacity in bytes) and applies the layout.
-    pub async fn apply_layout(&self, roles: &[(String, String, u64)]) -> Result<u64, S3Error> {
-        let roles: Vec<Value> = roles
-            .iter()
-            .map(|(id, zone, capacity)| json!({"id": id, "zone": zone, "capacity": capacity, "tags": []}))
-            .collect();
-        self.post("UpdateClusterLayout", &[], json!({ "roles": roles })).await?;
-        let layout = self.get("GetClusterLayout", &[]).await?.ok_or(S3Error::Decode("no layout".into()))?;
-        let version = layout.get("version").and_then(Value::as_u64).unwrap_or(0) + 1;
-        self.post("ApplyClusterLayout", &[], json!({ "version": version })).await?;
-        Ok(version)
+    /// A 404 where there must be an answer.
+    fn missing(op: &str) -> S3Error {
+        S3Error::Decode(format!("{op} answered 404"))
     }
 }
 
+#[async_trait::async_trait]
 impl ObjectStoreAdmin for Garage {
     async fn bucket(&self, alias: &str) -> Result<Option<Bucket>, S3Error> {
-        Ok(self.get("GetBucketInfo", &[("globalAlias", alias)]).await?.map(|v| bucket_from(&v)))
+        match self.get("GetBucketInfo", &[("globalAlias", alias)]).await? {
+            Some(v) => Ok(Some(typed::<BucketInfo>("GetBucketInfo", v)?.into())),
+            None => Ok(None),
+        }
     }
 
     async fn buckets(&self) -> Result<Vec<Bucket>, S3Error> {
-        let list = self.get("ListBuckets", &[]).await?.unwrap_or(Value::Null);
+        let list = self.get("ListBuckets", &[]).await?.ok_or_else(|| Self::missing("ListBuckets"))?;
         let mut out = Vec::new();
-        for b in list.as_array().cloned().unwrap_or_default() {
-            let id = s(&b, "id");
-            if let Some(info) = self.get("GetBucketInfo", &[("id", &id)]).await? {
-                out.push(bucket_from(&info));
+        for b in typed::<Vec<ListedBucket>>("ListBuckets", list)? {
+            // Deleted between the list and now: not listed.
+            if let Some(info) = self.get("GetBucketInfo", &[("id", &b.id)]).await? {
+                out.push(typed::<BucketInfo>("GetBucketInfo", info)?.into());
             }
         }
         Ok(out)
@@ -208,8 +258,8 @@ impl ObjectStoreAdmin for Garage {
             return Ok(b);
         }
         match self.post("CreateBucket", &[], json!({ "globalAlias": alias })).await {
-            Ok(Some(v)) => Ok(bucket_from(&v)),
-            Ok(None) => Err(S3Error::Decode("CreateBucket answered 404".into())),
+            Ok(Some(v)) => Ok(typed::<BucketInfo>("CreateBucket", v)?.into()),
+            Ok(None) => Err(Self::missing("CreateBucket")),
             // Created meanwhile by someone else: use it.
             Err(S3Error::Api { code, .. }) if code == "BucketAlreadyExists" => {
                 self.bucket(alias).await?.ok_or(S3Error::NotFound { what: "bucket", id: alias.into() })
@@ -247,13 +297,10 @@ impl ObjectStoreAdmin for Garage {
     }
 
     async fn keys(&self) -> Result<Vec<Key>, S3Error> {
-        let list = self.get("ListKeys", &[]).await?.unwrap_or(Value::Null);
-        Ok(list
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|k| Key { id: s(k, "id"), name: s(k, "name"), secret: None })
+        let list = self.get("ListKeys", &[]).await?.ok_or_else(|| Self::missing("ListKeys"))?;
+        Ok(typed::<Vec<ListedKey>>("ListKeys", list)?
+            .into_iter()
+            .map(|k| Key { id: k.id, name: k.name, secret: None })
             .collect())
     }
 
@@ -268,18 +315,20 @@ impl ObjectStoreAdmin for Garage {
             .get("GetKeyInfo", &[("id", &found.id), ("showSecretKey", "true")])
             .await?
             .ok_or(S3Error::NotFound { what: "key", id: name.into() })?;
-        Ok(Some(Key { id: found.id, name: found.name, secret: info.get("secretAccessKey").and_then(Value::as_str).map(String::from) }))
+        let info: KeyInfo = typed("GetKeyInfo", info)?;
+        Ok(Some(Key { id: found.id, name: found.name, secret: info.secret_access_key }))
     }
 
     async fn ensure_key(&self, name: &str) -> Result<Key, S3Error> {
         if let Some(k) = self.key(name, true).await? {
             return Ok(k);
         }
-        let v = self
-            .post("CreateKey", &[], json!({ "name": name }))
-            .await?
-            .ok_or(S3Error::Decode("CreateKey answered 404".into()))?;
-        Ok(Key { id: s(&v, "accessKeyId"), name: name.to_string(), secret: v.get("secretAccessKey").and_then(Value::as_str).map(String::from) })
+        let v = self.post("CreateKey", &[], json!({ "name": name })).await?.ok_or_else(|| Self::missing("CreateKey"))?;
+        let info: KeyInfo = typed("CreateKey", v)?;
+        if info.secret_access_key.is_none() {
+            return Err(S3Error::Decode("CreateKey: no secretAccessKey in the answer".into()));
+        }
+        Ok(Key { id: info.access_key_id, name: name.to_string(), secret: info.secret_access_key })
     }
 
     async fn delete_key(&self, name: &str) -> Result<(), S3Error> {
@@ -291,8 +340,56 @@ impl ObjectStoreAdmin for Garage {
     async fn grant(&self, bucket_id: &str, key_id: &str, p: Permissions) -> Result<(), S3Error> {
         let allow = json!({ "bucketId": bucket_id, "accessKeyId": key_id, "permissions": { "read": p.read, "write": p.write, "owner": p.owner } });
         let deny = json!({ "bucketId": bucket_id, "accessKeyId": key_id, "permissions": { "read": !p.read, "write": !p.write, "owner": !p.owner } });
-        self.post("AllowBucketKey", &[], allow).await?.ok_or(S3Error::NotFound { what: "bucket or key", id: format!("{bucket_id}/{key_id}") })?;
-        self.post("DenyBucketKey", &[], deny).await?.ok_or(S3Error::NotFound { what: "bucket or key", id: format!("{bucket_id}/{key_id}") })?;
+        let missing = || S3Error::NotFound { what: "bucket or key", id: format!("{bucket_id}/{key_id}") };
+        self.post("AllowBucketKey", &[], allow).await?.ok_or_else(missing)?;
+        self.post("DenyBucketKey", &[], deny).await?.ok_or_else(missing)?;
         Ok(())
+    }
+
+    async fn node_id(&self) -> Result<String, S3Error> {
+        let v = self.get("GetNodeInfo", &[("node", "self")]).await?.ok_or_else(|| Self::missing("GetNodeInfo"))?;
+        let info: NodeInfo = typed("GetNodeInfo", v)?;
+        info.success.into_keys().next().ok_or_else(|| S3Error::Decode("GetNodeInfo: no node in `success`".into()))
+    }
+
+    async fn connect(&self, peers: &[String]) -> Result<(), S3Error> {
+        let v = self.post("ConnectClusterNodes", &[], json!(peers)).await?.ok_or_else(|| Self::missing("ConnectClusterNodes"))?;
+        let errors: Vec<String> = typed::<Vec<ConnectResult>>("ConnectClusterNodes", v)?.into_iter().filter_map(|r| r.error).collect();
+        if !errors.is_empty() {
+            return Err(S3Error::Api { status: 200, code: "ConnectClusterNodes".into(), message: errors.join("; ") });
+        }
+        Ok(())
+    }
+
+    async fn layout(&self) -> Result<Vec<Role>, S3Error> {
+        let v = self.get("GetClusterLayout", &[]).await?.ok_or_else(|| Self::missing("GetClusterLayout"))?;
+        let layout: Layout = typed("GetClusterLayout", v)?;
+        Ok(layout
+            .roles
+            .into_iter()
+            .map(|r| Role { node: r.id, zone: r.zone, capacity: r.capacity.unwrap_or(0) })
+            .collect())
+    }
+
+    async fn apply_layout(&self, roles: &[Role]) -> Result<u64, S3Error> {
+        let roles: Vec<Value> =
+            roles.iter().map(|r| json!({"id": r.node, "zone": r.zone, "capacity": r.capacity, "tags": []})).collect();
+        self.post("UpdateClusterLayout", &[], json!({ "roles": roles })).await?;
+        let v = self.get("GetClusterLayout", &[]).await?.ok_or_else(|| Self::missing("GetClusterLayout"))?;
+        let version = typed::<Layout>("GetClusterLayout", v)?.version + 1;
+        self.post("ApplyClusterLayout", &[], json!({ "version": version })).await?;
+        Ok(version)
+    }
+
+    async fn health(&self) -> Result<ClusterHealth, S3Error> {
+        let v = self.get("GetClusterHealth", &[]).await?.ok_or_else(|| Self::missing("GetClusterHealth"))?;
+        let h: Health = typed("GetClusterHealth", v)?;
+        Ok(ClusterHealth { status: h.status, connected_nodes: h.connected_nodes, partitions: h.partitions, partitions_all_ok: h.partitions_all_ok })
+    }
+
+    async fn status(&self) -> Result<ClusterStatus, S3Error> {
+        let v = self.get("GetClusterStatus", &[]).await?.ok_or_else(|| Self::missing("GetClusterStatus"))?;
+        let st: Status = typed("GetClusterStatus", v)?;
+        Ok(ClusterStatus { layout_version: st.layout_version, nodes: st.nodes.into_iter().map(|n| (n.id, n.is_up)).collect() })
     }
 }

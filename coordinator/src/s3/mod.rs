@@ -1,13 +1,14 @@
-//! S3 provisioning: buckets, keys and permissions for the services, behind
-//! [`ObjectStoreAdmin`]; [`garage::Garage`] implements it over Garage's admin
-//! API v2. Every operation that creates something is idempotent: an existing
-//! bucket (by global alias) or key (by name) is found and reused.
+//! Object storage administration behind [`ObjectStoreAdmin`]: buckets,
+//! keys, permissions and the cluster's layout. [`garage::Garage`] implements
+//! it over Garage's admin API v2; [`fake::FakeObjectStore`] follows the same
+//! contract in memory (the contract suite in `tests/object_store.rs` runs
+//! against both). Every operation that creates something is idempotent: an
+//! existing bucket (by global alias) or key (by name) is found and reused.
+//! [`probe`] checks a key on the S3 data plane with `aws-sdk-s3`.
 
-pub mod cluster;
+pub mod fake;
 pub mod garage;
 pub mod probe;
-pub mod provision;
-pub mod service;
 
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +68,34 @@ pub enum S3Error {
     Api { status: u16, code: String, message: String },
     #[error("the S3 provider's answer was not understood: {0}")]
     Decode(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A cluster role: which node stores how much, in which zone.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Role {
+    pub node: String,
+    pub zone: String,
+    pub capacity: u64,
+}
+
+/// The cluster's health as the provider reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ClusterHealth {
+    /// `healthy`, `degraded` or `unavailable`.
+    pub status: String,
+    pub connected_nodes: u64,
+    pub partitions: u64,
+    pub partitions_all_ok: u64,
+}
+
+/// Which nodes are up, and the applied layout's version.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub layout_version: u64,
+    /// (node id, up)
+    pub nodes: Vec<(String, bool)>,
 }
 
 /// Checks a bucket name the way S3 does (3-63 characters, lowercase
@@ -91,9 +120,12 @@ pub fn check_bucket_name(name: &str) -> Result<(), S3Error> {
     Ok(())
 }
 
-/// Object storage administration, as Drover needs it.
-#[allow(async_fn_in_trait)]
-pub trait ObjectStoreAdmin {
+/// Object storage administration, as Drover needs it: the data the
+/// services use (buckets, keys, grants) and the cluster that holds it
+/// (node ids, connections, layout, health). One client speaks to one node's
+/// admin endpoint.
+#[async_trait::async_trait]
+pub trait ObjectStoreAdmin: Send + Sync {
     async fn bucket(&self, alias: &str) -> Result<Option<Bucket>, S3Error>;
     async fn buckets(&self) -> Result<Vec<Bucket>, S3Error>;
     /// The bucket with this global alias, created if missing.
@@ -108,7 +140,22 @@ pub trait ObjectStoreAdmin {
     async fn delete_key(&self, name: &str) -> Result<(), S3Error>;
     /// Sets exactly these permissions of the key on the bucket.
     async fn grant(&self, bucket_id: &str, key_id: &str, permissions: Permissions) -> Result<(), S3Error>;
+
+    /// This node's id.
+    async fn node_id(&self) -> Result<String, S3Error>;
+    /// Connects this node to others (`id@host:port`).
+    async fn connect(&self, peers: &[String]) -> Result<(), S3Error>;
+    /// The applied layout's roles.
+    async fn layout(&self) -> Result<Vec<Role>, S3Error>;
+    /// Stages exactly these roles and applies them; returns the new version.
+    async fn apply_layout(&self, roles: &[Role]) -> Result<u64, S3Error>;
+    async fn health(&self) -> Result<ClusterHealth, S3Error>;
+    async fn status(&self) -> Result<ClusterStatus, S3Error>;
 }
+
+/// Makes a client for a node's admin endpoint (the coordinator's token is
+/// the connector's business).
+pub type Connector = std::sync::Arc<dyn Fn(&str) -> Result<std::sync::Arc<dyn ObjectStoreAdmin>, S3Error> + Send + Sync>;
 
 #[cfg(test)]
 mod tests {

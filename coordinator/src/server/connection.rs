@@ -13,31 +13,24 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use drover_net::identity::{PeerCertificate, Subject};
+use drover_net::identity::PeerCertificate;
 use drover_net::stream::{read_frame, write_frame, StreamError};
 use drover_protocol::frame::{MAX_FRAME_LEN, MAX_UNAUTHENTICATED_FRAME_LEN};
 use drover_protocol::v1::{HelloAck, Request, Response};
 use drover_protocol::{negotiate, ErrorCode, WireError, SUPPORTED};
 
-use super::{admin, agent, enroll, now_ms, Coordinator};
+use crate::app::agent::{identify, is_revoked, Peer};
+use crate::app::{admin, enroll, Coordinator};
+
+use super::agent;
 
 /// How long a connection without a certificate may stay open.
 const ANONYMOUS_LIFETIME: Duration = Duration::from_secs(30);
 
-/// Who is on the other end of a connection, as the records confirm.
-#[derive(Debug, Clone)]
-pub enum Peer {
-    Anonymous,
-    Machine { id: String },
-    Admin { name: String },
-}
-
-impl Peer {
-    fn max_frame(&self) -> usize {
-        match self {
-            Peer::Anonymous => MAX_UNAUTHENTICATED_FRAME_LEN,
-            _ => MAX_FRAME_LEN,
-        }
+fn max_frame(peer: &Peer) -> usize {
+    match peer {
+        Peer::Anonymous => MAX_UNAUTHENTICATED_FRAME_LEN,
+        _ => MAX_FRAME_LEN,
     }
 }
 
@@ -45,51 +38,20 @@ fn close(conn: &quinn::Connection, error: &WireError) {
     conn.close(error.code.as_u32().into(), error.message.as_bytes());
 }
 
-/// Checks the peer's certificate against the records.
-fn identify(state: &Coordinator, conn: &quinn::Connection) -> Result<Peer, WireError> {
+/// The drover identity in the peer's certificate, if it presented one.
+fn certificate(conn: &quinn::Connection) -> Result<Option<PeerCertificate>, WireError> {
     let Some(any) = conn.peer_identity() else {
-        return Ok(Peer::Anonymous);
+        return Ok(None);
     };
     let Ok(chain) = any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>() else {
-        return Ok(Peer::Anonymous);
+        return Ok(None);
     };
     let Some(leaf) = chain.first() else {
-        return Ok(Peer::Anonymous);
+        return Ok(None);
     };
-    let unauthenticated =
-        |msg: &str| WireError::new(ErrorCode::Unauthenticated, msg.to_string());
-    let cert = PeerCertificate::parse(leaf)
-        .map_err(|_| unauthenticated("client certificate carries no drover identity"))?;
-    let now = now_ms();
-    match cert.subject {
-        Subject::Machine(id) => {
-            let record = state
-                .store
-                .machine(&id)
-                .map_err(super::wire_error)?
-                .ok_or_else(|| unauthenticated("this machine is not known to the coordinator; enroll it again with a new token"))?;
-            if record.revoked_at.is_some() {
-                return Err(WireError::new(ErrorCode::Revoked, format!("machine {id} was revoked")));
-            }
-            if !record.holds_serial(&cert.serial, now) {
-                return Err(unauthenticated(
-                    "this certificate was replaced; use the machine's newest certificate",
-                ));
-            }
-            Ok(Peer::Machine { id })
-        }
-        Subject::Admin(name) => {
-            let record = state
-                .store
-                .admin(&name)
-                .map_err(super::wire_error)?
-                .ok_or_else(|| unauthenticated("this admin is not known to the coordinator"))?;
-            if !record.serials.contains(&cert.serial) {
-                return Err(unauthenticated("this admin certificate is no longer valid"));
-            }
-            Ok(Peer::Admin { name })
-        }
-    }
+    PeerCertificate::parse(leaf)
+        .map(Some)
+        .map_err(|_| WireError::new(ErrorCode::Unauthenticated, "client certificate carries no drover identity"))
 }
 
 pub(super) async fn handle(state: Arc<Coordinator>, incoming: quinn::Incoming) {
@@ -101,7 +63,7 @@ pub(super) async fn handle(state: Arc<Coordinator>, incoming: quinn::Incoming) {
             return;
         }
     };
-    let peer = match identify(&state, &conn) {
+    let peer = match certificate(&conn).and_then(|cert| identify(&state, cert)) {
         Ok(peer) => peer,
         Err(e) => {
             tracing::info!(%remote, code = ?e.code, reason = %e.message, "connection refused");
@@ -118,11 +80,12 @@ pub(super) async fn handle(state: Arc<Coordinator>, incoming: quinn::Incoming) {
         if let Peer::Machine { id } = &peer {
             // Register before re-checking, so that a revocation racing with
             // this connection either sees it or is seen here.
-            state.live.register(id, &conn);
-            if let Ok(Some(m)) = state.store.machine(id) {
-                if m.revoked_at.is_some() {
-                    close(&conn, &WireError::new(ErrorCode::Revoked, format!("machine {id} was revoked")));
-                }
+            let closing = conn.clone();
+            let closer: crate::app::live::Closer =
+                Arc::new(move |code: ErrorCode, reason: &str| closing.close(code.as_u32().into(), reason.as_bytes()));
+            state.live.register(id, conn.stable_id(), closer);
+            if is_revoked(&state, id) {
+                close(&conn, &WireError::new(ErrorCode::Revoked, format!("machine {id} was revoked")));
             }
         }
         if matches!(peer, Peer::Anonymous) {
@@ -139,7 +102,7 @@ pub(super) async fn handle(state: Arc<Coordinator>, incoming: quinn::Incoming) {
         tracing::debug!("connected");
         serve(&state, &conn, &peer).await;
         if let Peer::Machine { id } = &peer {
-            state.live.unregister(id, &conn);
+            state.live.unregister(id, conn.stable_id());
         }
         tracing::debug!(reason = ?conn.close_reason(), "disconnected");
     }
@@ -152,7 +115,7 @@ async fn serve(state: &Arc<Coordinator>, conn: &quinn::Connection, peer: &Peer) 
     let Ok((mut send, mut recv)) = conn.accept_bi().await else {
         return;
     };
-    let hello = match read_frame::<Request>(&mut recv, peer.max_frame()).await {
+    let hello = match read_frame::<Request>(&mut recv, max_frame(&peer)).await {
         Ok(Request::Hello(hello)) => hello,
         Ok(_) => {
             let e = WireError::new(ErrorCode::BadRequest, "the first request must be Hello");
@@ -218,17 +181,20 @@ async fn handle_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let request = match read_frame::<Request>(&mut recv, peer.max_frame()).await {
+    let request = match read_frame::<Request>(&mut recv, max_frame(&peer)).await {
         Ok(request) => request,
         Err(e) => return bad_stream(send, recv, &e).await,
     };
     let denied = |code, msg: &str| Some(Response::Error(WireError::new(code, msg.to_string())));
     let answer = match (request, &peer) {
         (Request::Hello(_), _) => denied(ErrorCode::BadRequest, "Hello was already exchanged on this connection"),
-        (Request::Enroll(req), Peer::Anonymous) => Some(enroll::enroll(&state, req).await),
+        (Request::Enroll(req), Peer::Anonymous) => Some(match enroll::enroll(&state, req).await {
+            Ok(issued) => Response::Enrolled(issued),
+            Err(e) => Response::Error(e),
+        }),
         (Request::Enroll(_), _) => denied(ErrorCode::BadRequest, "this connection already has an identity; enroll without a client certificate"),
         (Request::Agent(req), Peer::Machine { id }) => {
-            agent::handle(&state, &conn, id, req, &mut send, &mut recv).await
+            agent::handle(&state, &conn, id, req, &mut send).await
         }
         (Request::Agent(_), Peer::Anonymous) => denied(ErrorCode::Unauthenticated, "this request needs a machine certificate; enroll first"),
         (Request::Agent(_), Peer::Admin { .. }) => denied(ErrorCode::PermissionDenied, "admin certificates cannot make agent requests"),

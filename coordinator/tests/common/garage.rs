@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use drover_coordinator::s3::garage::Garage;
+use drover_coordinator::s3::{ObjectStoreAdmin, Role};
 
 pub const GARAGE_HINT: &str =
     "this test needs Garage: install it with `cargo install garage --locked` (scripts/test.sh does this)";
@@ -128,7 +129,7 @@ admin_token = "{admin_token}"
         let node = GarageNode::spawn(dir, &hex(&secret), 1);
         let admin = node.admin();
         let id = retry(|| admin.node_id()).await;
-        admin.apply_layout(&[(id, "dc1".into(), 1 << 30)]).await.expect("layout");
+        admin.apply_layout(&[Role { node: id, zone: "dc1".into(), capacity: 1 << 30 }]).await.expect("layout");
         wait_healthy(&admin).await;
         node
     }
@@ -167,7 +168,7 @@ pub async fn wait_healthy(admin: &Garage) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(h) = admin.health().await {
-            if h.get("status").and_then(|s| s.as_str()) == Some("healthy") {
+            if h.status == "healthy" {
                 return;
             }
         }

@@ -9,10 +9,11 @@
 use drover_protocol::v1::{BucketRequest, DeploySpec, SecretBytes, SecretFile};
 use drover_protocol::WireError;
 
-use crate::server::Coordinator;
+use crate::s3::{check_bucket_name, probe, Permissions};
 
-use super::service::{provider, wire};
-use super::{check_bucket_name, probe, ObjectStoreAdmin, Permissions};
+use super::super::errors::s3 as wire;
+use super::super::Coordinator;
+use super::object_store;
 
 /// The name of the key Drover makes for a bucket.
 pub fn key_name(bucket: &str) -> String {
@@ -36,14 +37,16 @@ pub fn check(buckets: &[BucketRequest]) -> Result<(), String> {
     Ok(())
 }
 
-/// Ensures the buckets and keys, probes them, and adds their credentials and
-/// facts to `spec`.
-pub async fn provision(state: &Coordinator, spec: &mut DeploySpec, buckets: &[BucketRequest]) -> Result<(), WireError> {
-    if buckets.is_empty() {
+/// Ensures the buckets of `spec` and their keys, probes them, and adds their
+/// credentials and facts to `spec`.
+pub async fn provision(state: &Coordinator, spec: &mut DeploySpec) -> Result<(), WireError> {
+    if spec.buckets.is_empty() {
         return Ok(());
     }
-    let (config, garage) = provider(state)?;
-    for request in buckets {
+    let store = object_store(state)?;
+    let config = &store.config;
+    let garage = store.admin().map_err(wire)?;
+    for request in spec.buckets.clone() {
         let bucket = garage.ensure_bucket(&request.name).await.map_err(wire)?;
         if request.public && !bucket.website {
             garage.set_website(&bucket.id, true).await.map_err(wire)?;

@@ -1,32 +1,28 @@
 //! A resilient Garage cluster formed by the coordinator: nodes are recorded
 //! (`cluster add-node`), then `cluster apply` learns their ids, connects them,
 //! stages and applies the layout (zones and capacities; the replication
-//! factor is Garage's own setting) and waits until Garage reports healthy.
+//! factor is Garage's own setting) and waits until the cluster reports
+//! healthy with every node connected.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
-
-use serde_json::Value;
 
 use drover_protocol::v1::{S3Cluster, S3Node};
 use drover_protocol::{ErrorCode, WireError};
 
 use crate::model::S3NodeRecord;
-use crate::server::{now_ms, wire_error, Coordinator};
+use crate::s3::{ClusterHealth, ClusterStatus, Role};
 
-use super::garage::Garage;
-use super::service::{provider, wire};
+use super::super::errors::{invalid, not_found, s3 as wire};
+use super::super::{now_ms, Coordinator};
+use super::object_store;
 
 /// How long `apply` waits for the cluster to become healthy.
 pub const HEALTHY_TIMEOUT: Duration = Duration::from_secs(90);
 
-fn invalid(m: impl Into<String>) -> WireError {
-    WireError::new(ErrorCode::InvalidArgument, m)
-}
-
-fn token(state: &Coordinator) -> Result<String, WireError> {
-    let (config, _) = provider(state)?;
-    config.admin_token().map_err(|e| WireError::new(ErrorCode::Internal, format!("{e:#}")))
+/// Records a node (replacing one with the same admin endpoint).
+async fn record(state: &Coordinator, node: &S3NodeRecord) -> Result<(), WireError> {
+    state.store.commit(|tx| tx.put(node.admin.as_bytes(), node)).await.map_err(WireError::from)
 }
 
 pub async fn add_node(state: &Coordinator, admin: String, rpc: String, zone: String, capacity: u64) -> Result<S3Cluster, WireError> {
@@ -43,10 +39,11 @@ pub async fn add_node(state: &Coordinator, admin: String, rpc: String, zone: Str
     if capacity < 1024 {
         return Err(invalid("--capacity must be at least 1KiB"));
     }
-    token(state)?;
-    let record = S3NodeRecord { admin: admin.trim_end_matches('/').to_string(), rpc, zone, capacity, id: None, added_at: now_ms() };
-    state.store.put_s3_node(&record).map_err(wire_error)?;
-    tracing::info!(admin = %record.admin, zone = %record.zone, "garage node recorded");
+    let store = object_store(state)?;
+    (store.connect)(&admin).map_err(wire)?;
+    let node = S3NodeRecord { admin: admin.trim_end_matches('/').to_string(), rpc, zone, capacity, id: None, added_at: now_ms() };
+    record(state, &node).await?;
+    tracing::info!(admin = %node.admin, zone = %node.zone, "garage node recorded");
     status(state).await
 }
 
@@ -54,9 +51,8 @@ pub async fn add_node(state: &Coordinator, admin: String, rpc: String, zone: Str
 pub async fn add_machine(state: &Coordinator, machine: &str) -> Result<S3Cluster, WireError> {
     let record = state
         .store
-        .machine(machine)
-        .map_err(wire_error)?
-        .ok_or_else(|| WireError::new(ErrorCode::NotFound, format!("machine {machine:?} not found; see `drover machines list`")))?;
+        .machine(machine)?
+        .ok_or_else(|| not_found(format!("machine {machine:?} not found; see `drover machines list`")))?;
     let label = |key: &str| {
         record.labels.get(key).cloned().ok_or_else(|| {
             invalid(format!(
@@ -72,30 +68,32 @@ pub async fn add_machine(state: &Coordinator, machine: &str) -> Result<S3Cluster
 }
 
 pub async fn apply(state: &Coordinator) -> Result<S3Cluster, WireError> {
-    let token = token(state)?;
-    let mut nodes = state.store.s3_nodes().map_err(wire_error)?;
+    let store = object_store(state)?;
+    let mut nodes = state.store.s3_nodes()?;
     if nodes.is_empty() {
         return Err(invalid("no Garage node is recorded; add them with `drover s3 cluster add-node`"));
     }
     for node in nodes.iter_mut() {
-        let g = Garage::new(&node.admin, token.clone()).map_err(wire)?;
-        let id = g.node_id().await.map_err(|e| {
+        let client = (store.connect)(&node.admin).map_err(wire)?;
+        let id = client.node_id().await.map_err(|e| {
             let e = wire(e);
             WireError::new(e.code, format!("node {}: {}", node.admin, e.message))
         })?;
         node.id = Some(id);
-        state.store.put_s3_node(node).map_err(wire_error)?;
+        record(state, node).await?;
     }
-    let first = Garage::new(&nodes[0].admin, token.clone()).map_err(wire)?;
+    let first = (store.connect)(&nodes[0].admin).map_err(wire)?;
     let peers: Vec<String> = nodes.iter().skip(1).filter_map(|n| n.id.as_ref().map(|id| format!("{id}@{}", n.rpc))).collect();
     if !peers.is_empty() {
         first.connect(&peers).await.map_err(wire)?;
     }
-    let wanted: BTreeSet<(String, String, u64)> =
-        nodes.iter().filter_map(|n| n.id.clone().map(|id| (id, n.zone.clone(), n.capacity))).collect();
-    let current: BTreeSet<(String, String, u64)> = first.layout_roles().await.map_err(wire)?.into_iter().collect();
+    let wanted: BTreeSet<Role> = nodes
+        .iter()
+        .filter_map(|n| n.id.clone().map(|node| Role { node, zone: n.zone.clone(), capacity: n.capacity }))
+        .collect();
+    let current: BTreeSet<Role> = first.layout().await.map_err(wire)?.into_iter().collect();
     if wanted != current {
-        let roles: Vec<_> = wanted.into_iter().collect();
+        let roles: Vec<Role> = wanted.into_iter().collect();
         let version = first.apply_layout(&roles).await.map_err(wire)?;
         tracing::info!(version, nodes = roles.len(), "garage layout applied");
     }
@@ -106,9 +104,7 @@ pub async fn apply(state: &Coordinator) -> Result<S3Cluster, WireError> {
     let mut stable = 0;
     loop {
         let health = first.health().await.map_err(wire)?;
-        let connected = health.get("connectedNodes").and_then(Value::as_u64).unwrap_or(0);
-        let settled = health.get("status").and_then(Value::as_str) == Some("healthy")
-            && connected >= nodes.len() as u64;
+        let settled = health.status == "healthy" && health.connected_nodes >= nodes.len() as u64;
         stable = if settled { stable + 1 } else { 0 };
         if stable >= 3 {
             break;
@@ -116,7 +112,7 @@ pub async fn apply(state: &Coordinator) -> Result<S3Cluster, WireError> {
         if tokio::time::Instant::now() >= deadline {
             return Err(WireError::new(
                 ErrorCode::Unavailable,
-                format!("the cluster is not healthy after {}s: {health}", HEALTHY_TIMEOUT.as_secs()),
+                format!("the cluster is not healthy after {}s: {health:?}", HEALTHY_TIMEOUT.as_secs()),
             ));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -126,32 +122,23 @@ pub async fn apply(state: &Coordinator) -> Result<S3Cluster, WireError> {
 
 /// Nodes, zones, health and partitions, from the first node that answers.
 pub async fn status(state: &Coordinator) -> Result<S3Cluster, WireError> {
-    let token = token(state)?;
-    let nodes = state.store.s3_nodes().map_err(wire_error)?;
-    let mut answer: Option<(Value, Value)> = None;
+    let store = object_store(state)?;
+    let nodes = state.store.s3_nodes()?;
+    let mut answer: Option<(ClusterHealth, ClusterStatus)> = None;
     for node in &nodes {
-        let g = Garage::new(&node.admin, token.clone()).map_err(wire)?;
-        if let (Ok(health), Ok(status)) = (g.health().await, g.status().await) {
+        let Ok(client) = (store.connect)(&node.admin) else { continue };
+        if let (Ok(health), Ok(status)) = (client.health().await, client.status().await) {
             answer = Some((health, status));
             break;
         }
     }
-    let (health, status) = answer.unwrap_or((Value::Null, Value::Null));
-    let up = |id: &Option<String>| {
-        status
-            .get("nodes")
-            .and_then(Value::as_array)
-            .and_then(|list| list.iter().find(|n| n.get("id").and_then(Value::as_str) == id.as_deref()))
-            .and_then(|n| n.get("isUp"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
-    };
-    let num = |k: &str| health.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let (health, status) = answer.unwrap_or_else(|| (ClusterHealth { status: "unknown".into(), ..Default::default() }, ClusterStatus::default()));
+    let up = |id: &Option<String>| status.nodes.iter().any(|(n, up)| Some(n) == id.as_ref() && *up);
     Ok(S3Cluster {
-        health: health.get("status").and_then(Value::as_str).unwrap_or("unknown").to_string(),
-        layout_version: status.get("layoutVersion").and_then(Value::as_u64).unwrap_or(0),
-        partitions: num("partitions"),
-        partitions_all_ok: num("partitionsAllOk"),
+        health: health.status.clone(),
+        layout_version: status.layout_version,
+        partitions: health.partitions,
+        partitions_all_ok: health.partitions_all_ok,
         nodes: nodes
             .iter()
             .map(|n| S3Node { id: n.id.clone(), admin: n.admin.clone(), rpc: n.rpc.clone(), zone: n.zone.clone(), capacity: n.capacity, up: up(&n.id) })

@@ -1,0 +1,299 @@
+//! The apply core, event by event with simulated time, at every point an
+//! apply can be interrupted; and the driver with a fake switcher.
+
+use std::sync::{Arc, Mutex};
+
+use drover_protocol::v1::{Access, Assignment, DeployStep, HealthCheck, SystemSpec};
+
+use super::core::{Action, Applied, Apply, Event, Failure, Journal, JournalStep};
+use crate::system::switch::{SwitchError, SystemSwitcher};
+
+const CONFIRM_MS: u64 = 120_000;
+
+fn journal(step: JournalStep) -> Journal {
+    Journal {
+        generation: 7,
+        step,
+        previous_system: Some("/nix/store/old".into()),
+        system: SystemSpec::Closure { store_path: "/nix/store/new".into(), substituters: vec![], trusted_public_keys: vec![] },
+        checks: vec![HealthCheck::Tcp { host: "127.0.0.1".into(), port: 1 }],
+        health_deadline_ms: 5_000,
+    }
+}
+
+fn steps(actions: &[Action]) -> Vec<DeployStep> {
+    actions.iter().filter_map(|a| if let Action::Report(r) = a { Some(r.step) } else { None }).collect()
+}
+
+fn finished(actions: &[Action]) -> Option<Applied> {
+    actions.iter().find_map(|a| if let Action::Finish(x) = a { Some(x.clone()) } else { None })
+}
+
+fn saved(actions: &[Action]) -> Vec<JournalStep> {
+    actions.iter().filter_map(|a| if let Action::SaveJournal(j) = a { Some(j.step) } else { None }).collect()
+}
+
+fn fail(message: &str) -> Failure {
+    Failure { message: message.into(), tail: format!("{message} output") }
+}
+
+/// A core walked up to just after a successful switch at `t = 1_000`.
+fn switched() -> Apply {
+    let mut core = Apply::new(CONFIRM_MS);
+    core.handle(Event::Begin { journal: journal(JournalStep::Started) });
+    core.handle(Event::FilesWritten(Ok("written".into())));
+    core.handle(Event::Prepared(Ok(())));
+    core.handle(Event::Switched { result: Ok("switch output".into()), now: 1_000, current: Some("/nix/store/new".into()) });
+    core
+}
+
+#[test]
+fn a_whole_apply_journals_each_step_before_taking_it() {
+    let mut core = Apply::new(CONFIRM_MS);
+    let a = core.handle(Event::Begin { journal: journal(JournalStep::Started) });
+    assert_eq!(steps(&a), vec![DeployStep::Received]);
+    assert_eq!(saved(&a), vec![JournalStep::Started]);
+    assert_eq!(a.last(), Some(&Action::WriteFiles), "files come after the journal");
+    let a = core.handle(Event::FilesWritten(Ok("2 secret(s)".into())));
+    assert_eq!(a, vec![super::core::Action::Report(drover_protocol::v1::DeploymentReport { generation: 7, step: DeployStep::SecretsWritten, message: "2 secret(s)".into(), output_tail: String::new(), system_path: None }), Action::Prepare]);
+    let a = core.handle(Event::Prepared(Ok(())));
+    assert_eq!(saved(&a), vec![JournalStep::Switching]);
+    assert_eq!(a.last(), Some(&Action::Switch), "the journal says switching before the switch starts");
+    let a = core.handle(Event::Switched { result: Ok("out".into()), now: 1_000, current: Some("/nix/store/new".into()) });
+    assert_eq!(saved(&a), vec![JournalStep::Switched]);
+    assert_eq!(steps(&a), vec![DeployStep::Switched, DeployStep::HealthChecking]);
+    assert_eq!(a.last(), Some(&Action::RunGate { deadline_ms: 5_000 }));
+    let a = core.handle(Event::Gate(Ok(())));
+    assert_eq!(a, vec![Action::AwaitContact { since: 1_000, until: 1_000 + CONFIRM_MS }]);
+    let a = core.handle(Event::Contact { at: 1_500, current: Some("/nix/store/new".into()) });
+    let done = finished(&a).expect("finished");
+    assert_eq!(done.step, DeployStep::Succeeded);
+    assert_eq!(done.system_path.as_deref(), Some("/nix/store/new"));
+    assert_eq!(done.output_tail, "out");
+    assert!(core.done());
+}
+
+#[test]
+fn failures_before_the_switch_leave_the_system_alone() {
+    let mut core = Apply::new(CONFIRM_MS);
+    core.handle(Event::Begin { journal: journal(JournalStep::Started) });
+    let a = core.handle(Event::FilesWritten(Err("no user named svc".into())));
+    let done = finished(&a).expect("finished");
+    assert_eq!(done.step, DeployStep::Failed);
+    assert!(done.message.contains("no user named svc") && done.message.contains("not changed"), "{}", done.message);
+    assert!(!a.iter().any(|x| matches!(x, Action::RollBack { .. } | Action::Switch)));
+
+    let mut core = Apply::new(CONFIRM_MS);
+    core.handle(Event::Begin { journal: journal(JournalStep::Started) });
+    core.handle(Event::FilesWritten(Ok(String::new())));
+    let a = core.handle(Event::Prepared(Err(fail("not signed"))));
+    let done = finished(&a).expect("finished");
+    assert_eq!((done.step, done.output_tail.as_str()), (DeployStep::Failed, "not signed output"));
+    assert_eq!(done.system_path.as_deref(), Some("/nix/store/old"), "the old system runs on");
+}
+
+#[test]
+fn a_failed_switch_returns_to_the_exact_previous_system() {
+    let mut core = Apply::new(CONFIRM_MS);
+    core.handle(Event::Begin { journal: journal(JournalStep::Started) });
+    core.handle(Event::FilesWritten(Ok(String::new())));
+    core.handle(Event::Prepared(Ok(())));
+    let a = core.handle(Event::Switched { result: Err(fail("switch-to-configuration failed")), now: 10, current: None });
+    assert_eq!(steps(&a), vec![DeployStep::RollingBack]);
+    assert_eq!(a.last(), Some(&Action::RollBack { previous: Some("/nix/store/old".into()) }));
+    let a = core.handle(Event::RolledBack { result: Ok("back".into()), current: Some("/nix/store/old".into()) });
+    let done = finished(&a).expect("finished");
+    assert_eq!(done.step, DeployStep::RolledBack);
+    assert!(done.message.starts_with("rolled back: switch-to-configuration failed"), "{}", done.message);
+    assert_eq!(done.output_tail, "switch-to-configuration failed outputback");
+}
+
+#[test]
+fn a_failed_rollback_is_reported_as_such() {
+    let mut core = switched();
+    core.handle(Event::Gate(Err("unit app.service is failed".into())));
+    let a = core.handle(Event::RolledBack { result: Err(fail("nix-env failed")), current: Some("/nix/store/new".into()) });
+    let done = finished(&a).expect("finished");
+    assert_eq!(done.step, DeployStep::Failed);
+    assert!(done.message.contains("unit app.service is failed; rollback failed: nix-env failed"), "{}", done.message);
+}
+
+#[test]
+fn a_failed_gate_rolls_back() {
+    let mut core = switched();
+    let a = core.handle(Event::Gate(Err("tcp 127.0.0.1:1 refused".into())));
+    assert_eq!(steps(&a), vec![DeployStep::RollingBack]);
+    assert!(matches!(a.last(), Some(Action::RollBack { .. })));
+}
+
+#[test]
+fn no_contact_within_the_confirmation_deadline_rolls_back() {
+    let mut core = switched();
+    core.handle(Event::Gate(Ok(())));
+    let a = core.handle(Event::NoContact { now: 1_000 + CONFIRM_MS });
+    assert!(matches!(a.last(), Some(Action::RollBack { .. })), "{a:?}");
+    let reason = match &a[0] {
+        Action::Report(r) => r.message.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(reason.contains("not reached within 2m"), "{reason}");
+}
+
+#[test]
+fn contact_must_come_after_the_switch_and_before_the_deadline() {
+    for (at, succeeds) in [(999, false), (1_000, true), (1_000 + CONFIRM_MS, true), (1_001 + CONFIRM_MS, false)] {
+        let mut core = switched();
+        core.handle(Event::Gate(Ok(())));
+        let a = core.handle(Event::Contact { at, current: None });
+        let ok = finished(&a).is_some_and(|d| d.step == DeployStep::Succeeded);
+        assert_eq!(ok, succeeds, "contact at {at}: {a:?}");
+    }
+}
+
+#[test]
+fn restarted_before_the_switch_it_starts_again() {
+    let mut core = Apply::new(CONFIRM_MS);
+    let a = core.handle(Event::Resume { journal: journal(JournalStep::Started), current: Some("/nix/store/old".into()), now: 0 });
+    assert_eq!(steps(&a), vec![DeployStep::Resumed]);
+    assert_eq!(a.last(), Some(&Action::Restart));
+    assert!(core.done());
+    assert!(!a.iter().any(|x| matches!(x, Action::Switch | Action::RollBack { .. })), "nothing is switched");
+}
+
+#[test]
+fn restarted_mid_switch_it_returns_to_the_previous_system() {
+    let mut core = Apply::new(CONFIRM_MS);
+    let a = core.handle(Event::Resume { journal: journal(JournalStep::Switching), current: Some("/nix/store/new".into()), now: 0 });
+    assert_eq!(steps(&a), vec![DeployStep::Resumed, DeployStep::RollingBack]);
+    assert_eq!(a.last(), Some(&Action::RollBack { previous: Some("/nix/store/old".into()) }));
+    let a = core.handle(Event::RolledBack { result: Ok(String::new()), current: Some("/nix/store/old".into()) });
+    assert_eq!(finished(&a).map(|d| d.step), Some(DeployStep::RolledBack));
+}
+
+#[test]
+fn restarted_mid_switch_before_anything_changed_it_reports_failure_without_switching() {
+    let mut core = Apply::new(CONFIRM_MS);
+    let a = core.handle(Event::Resume { journal: journal(JournalStep::Switching), current: Some("/nix/store/old".into()), now: 0 });
+    let done = finished(&a).expect("finished at once");
+    assert_eq!(done.step, DeployStep::Failed);
+    assert!(!a.iter().any(|x| matches!(x, Action::Switch | Action::RollBack { .. })));
+}
+
+#[test]
+fn restarted_after_the_switch_or_during_the_gate_it_checks_health_again() {
+    let mut core = Apply::new(CONFIRM_MS);
+    let a = core.handle(Event::Resume { journal: journal(JournalStep::Switched), current: Some("/nix/store/new".into()), now: 50_000 });
+    assert_eq!(steps(&a), vec![DeployStep::Resumed, DeployStep::HealthChecking]);
+    assert_eq!(a.last(), Some(&Action::RunGate { deadline_ms: 5_000 }));
+    let a = core.handle(Event::Gate(Ok(())));
+    assert_eq!(a, vec![Action::AwaitContact { since: 50_000, until: 50_000 + CONFIRM_MS }], "the deadline counts from the restart");
+    let a = core.handle(Event::Contact { at: 50_010, current: Some("/nix/store/new".into()) });
+    assert_eq!(finished(&a).map(|d| d.step), Some(DeployStep::Succeeded));
+}
+
+#[test]
+fn events_out_of_order_change_nothing() {
+    let mut core = Apply::new(CONFIRM_MS);
+    assert!(core.handle(Event::Gate(Ok(()))).is_empty());
+    assert!(core.handle(Event::Contact { at: 5, current: None }).is_empty());
+    let mut core = switched();
+    assert!(core.handle(Event::Prepared(Ok(()))).is_empty(), "a late event from an earlier stage is ignored");
+}
+
+/// A switcher that records what it was asked and switches a pretend system.
+#[derive(Default)]
+struct FakeSwitcher {
+    current: Mutex<Option<String>>,
+    calls: Mutex<Vec<String>>,
+    fail_switch: bool,
+}
+
+#[async_trait::async_trait]
+impl SystemSwitcher for FakeSwitcher {
+    fn current(&self, _: &SystemSpec) -> Option<String> {
+        self.current.lock().expect("lock").clone()
+    }
+
+    async fn prepare(&self, _: &SystemSpec) -> Result<String, SwitchError> {
+        self.calls.lock().expect("lock").push("prepare".into());
+        Ok(String::new())
+    }
+
+    async fn switch(&self, spec: &SystemSpec) -> Result<String, SwitchError> {
+        self.calls.lock().expect("lock").push("switch".into());
+        let SystemSpec::Closure { store_path, .. } = spec else { return Ok(String::new()) };
+        *self.current.lock().expect("lock") = Some(store_path.clone());
+        if self.fail_switch {
+            return Err(SwitchError::UnitsFailed { tail: "app.service failed".into() });
+        }
+        Ok("switched".into())
+    }
+
+    async fn rollback(&self, _: &SystemSpec, previous: Option<&str>) -> Result<String, SwitchError> {
+        self.calls.lock().expect("lock").push(format!("rollback {}", previous.unwrap_or("-")));
+        *self.current.lock().expect("lock") = previous.map(String::from);
+        Ok("rolled back".into())
+    }
+}
+
+fn config(dir: &std::path::Path) -> crate::config::AgentConfig {
+    let text = format!(
+        "coordinator = \"127.0.0.1:1\"\nca_file = \"{0}/ca.pem\"\nstate_dir = \"{0}/state\"\nruntime_dir = \"{0}/run\"\nconfirm_deadline = \"5s\"\n",
+        dir.display()
+    );
+    let config: crate::config::AgentConfig = toml::from_str(&text).expect("config");
+    std::fs::create_dir_all(&config.state_dir).expect("state dir");
+    config
+}
+
+fn assignment() -> Assignment {
+    Assignment {
+        generation: 3,
+        system: SystemSpec::Closure { store_path: "/nix/store/abc-new".into(), substituters: vec![], trusted_public_keys: vec![] },
+        secrets: vec![],
+        facts_json: "{}".into(),
+        checks: vec![],
+        health_deadline_ms: 1_000,
+    }
+}
+
+#[tokio::test]
+async fn the_driver_carries_the_core_out_and_leaves_the_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let switcher = Arc::new(FakeSwitcher { current: Mutex::new(Some("/nix/store/abc-old".into())), ..Default::default() });
+    let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel();
+    let (contact, contact_rx) = tokio::sync::watch::channel(None);
+    let applier = super::Applier::with_switcher(config(dir.path()), switcher.clone(), reports, contact_rx);
+    // The coordinator answers shortly after the switch.
+    let confirm = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        contact.send_replace(Some(tokio::time::Instant::now()));
+        contact
+    });
+    let done = applier.apply(assignment(), Access::default()).await;
+    let _contact = confirm.await.expect("join");
+    assert_eq!(done.step, DeployStep::Succeeded, "{done:?}");
+    assert_eq!(done.system_path.as_deref(), Some("/nix/store/abc-new"));
+    assert_eq!(*switcher.calls.lock().expect("lock"), vec!["prepare", "switch"]);
+    assert!(applier.records.journal().is_none(), "the journal is dropped at the end");
+    assert_eq!(applier.records.applied().map(|a| a.generation), Some(3));
+    let mut seen = Vec::new();
+    while let Ok(r) = reported.try_recv() {
+        seen.push(r.step);
+    }
+    assert_eq!(seen.first(), Some(&DeployStep::Received));
+    assert!(seen.contains(&DeployStep::HealthChecking));
+}
+
+#[tokio::test]
+async fn units_that_fail_after_the_switch_send_the_machine_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let switcher = Arc::new(FakeSwitcher { current: Mutex::new(Some("/nix/store/abc-old".into())), fail_switch: true, ..Default::default() });
+    let (reports, _reported) = tokio::sync::mpsc::unbounded_channel();
+    let (_contact, contact_rx) = tokio::sync::watch::channel(None);
+    let applier = super::Applier::with_switcher(config(dir.path()), switcher.clone(), reports, contact_rx);
+    let done = applier.apply(assignment(), Access::default()).await;
+    assert_eq!(done.step, DeployStep::RolledBack, "{done:?}");
+    assert_eq!(done.system_path.as_deref(), Some("/nix/store/abc-old"));
+    assert_eq!(*switcher.calls.lock().expect("lock"), vec!["prepare", "switch", "rollback /nix/store/abc-old"]);
+}

@@ -1,0 +1,74 @@
+//! Admin requests: the one dispatch. The admin's role, as the records hold
+//! it now, is checked before anything else; then every request goes to the
+//! handler of its concern. The match is exhaustive, so the compiler says
+//! when a new request has no handler.
+
+use drover_protocol::v1::{AdminRequest, AdminResponse, Response};
+use drover_protocol::{ErrorCode, WireError};
+
+use crate::authz;
+use crate::model::AdminRecord;
+
+use super::{deployments, machines, rollouts, s3, tenants, Coordinator};
+
+/// Answers one admin request from the admin called `name`.
+pub async fn handle(state: &Coordinator, name: &str, request: AdminRequest) -> Response {
+    match answer(state, name, request).await {
+        Ok(answer) => Response::Admin(answer),
+        Err(error) => Response::Error(error),
+    }
+}
+
+/// The admin record behind a name, and whether its role allows `request`.
+fn authorize(state: &Coordinator, name: &str, request: &AdminRequest) -> Result<AdminRecord, WireError> {
+    let admin = state
+        .store
+        .admin(name)?
+        .ok_or_else(|| WireError::new(ErrorCode::Unauthenticated, "this admin no longer exists"))?;
+    if !authz::allowed(admin.role, request) {
+        let need = authz::required_role(request);
+        tracing::info!(role = admin.role.as_str(), need = need.as_str(), "admin request denied");
+        return Err(WireError::new(
+            ErrorCode::PermissionDenied,
+            format!("admin {name} has role {}; this request needs {} or higher", admin.role.as_str(), need.as_str()),
+        ));
+    }
+    Ok(admin)
+}
+
+async fn answer(state: &Coordinator, name: &str, request: AdminRequest) -> Result<AdminResponse, WireError> {
+    let admin = authorize(state, name, &request)?;
+    let by = admin.name.as_str();
+    use AdminRequest as R;
+    Ok(match request {
+        R::WhoAmI => AdminResponse::Identity(admin.to_wire()),
+        R::TokensCreate(spec) => machines::create_token(state, by, spec).await?,
+        R::TokensList => machines::tokens(state)?,
+        R::TokensRevoke { id } => machines::revoke_token(state, by, &id).await?,
+        R::MachinesList { selector } => machines::list(state, &selector)?,
+        R::MachinesShow { id } => machines::show(state, &id)?,
+        R::MachinesDetail { id } => machines::detail(state, &id)?,
+        R::MachinesLabel { id, set, remove } => machines::label(state, by, &id, set, remove).await?,
+        R::MachinesRevoke { id } => machines::revoke(state, by, &id).await?,
+        R::AdminsAdd { name, role, csr_der } => machines::add_admin(state, by, name, role, &csr_der).await?,
+        R::AdminsList => machines::admins(state)?,
+        R::Deploy(spec) => deployments::deploy(state, by, spec).await?,
+        R::DeploymentsList { machine } => deployments::list(state, machine.as_deref())?,
+        R::DeploymentsShow { id } => deployments::show(state, &id)?,
+        R::RolloutStart(spec) => AdminResponse::Rollout(rollouts::start(state, by, spec).await?),
+        R::RolloutStatus { id } => rollouts::status(state, &id)?,
+        R::RolloutList => rollouts::list(state)?,
+        R::RolloutControl { id, action } => AdminResponse::Rollout(rollouts::control(state, by, &id, action).await?),
+        R::DeploymentsOfRollout { id } => rollouts::deployments(state, &id)?,
+        R::S3(request) => AdminResponse::S3(s3::handle(state, request).await?),
+        R::TenantsCreate(spec) => tenants::create(state, by, spec).await?,
+        R::TenantsList => tenants::list(state)?,
+        R::TenantsShow { domain, show_password } => tenants::show(state, by, &domain, show_password)?,
+        R::TenantsRemove { domain } => tenants::remove(state, by, &domain).await?,
+        R::TenantsManagers { domain, add, remove } => tenants::managers(state, by, &domain, add, remove).await?,
+        R::AdminsAddKey { name, login, key } => tenants::add_key(state, by, &name, &login, &key).await?,
+        R::AdminsRemoveKey { name, fingerprint } => tenants::remove_key(state, by, &name, &fingerprint).await?,
+        R::AdminsKeys { name } => tenants::keys(state, name.as_deref())?,
+        R::AdminsRemove { name } => tenants::remove_admin(state, by, &name).await?,
+    })
+}

@@ -1,0 +1,124 @@
+//! Deployments: checking a request, making its buckets ready, and recording
+//! each target's next generation — assignment, deployment record and desired
+//! generation in one transaction — then waking the targets' agents.
+
+use drover_protocol::v1::{AdminResponse, DeploySpec, DeployedTarget};
+use drover_protocol::{ErrorCode, WireError};
+
+use crate::deploy::{self, NotDeployable};
+use crate::model::{deployment_id, parse_deployment_id, AssignmentRecord, DeploymentRecord, MachineRecord};
+use crate::registry;
+use crate::store::deployments::generation_key;
+use crate::store::{StoreError, Tx};
+use crate::tenancy::Directory;
+
+use super::errors::{invalid, not_found, revoked};
+use super::{now_ms, s3, Coordinator};
+
+/// Builds a machine's assignment and deployment record for a generation.
+pub type Make<'a> = &'a (dyn Fn(&MachineRecord, u64) -> (AssignmentRecord, DeploymentRecord) + Sync);
+
+/// The machines a deployment targets: one by id, or all matching the
+/// selector (revoked ones never).
+pub fn targets(state: &Coordinator, spec: &DeploySpec) -> Result<Vec<MachineRecord>, WireError> {
+    let targets: Vec<MachineRecord> = match &spec.machine {
+        Some(id) => {
+            let m = super::machines::machine(state, id)?;
+            if m.revoked_at.is_some() {
+                return Err(revoked(id));
+            }
+            vec![m]
+        }
+        None => state
+            .store
+            .machines()?
+            .into_iter()
+            .filter(|m| m.revoked_at.is_none() && registry::matches(&m.labels, &spec.selector))
+            .collect(),
+    };
+    if targets.is_empty() {
+        return Err(not_found("no machine matches the selector; see `drover machines list`"));
+    }
+    Ok(targets)
+}
+
+/// The tenants and admins, read once for a batch of new generations.
+pub fn directory(state: &Coordinator) -> Result<Directory, WireError> {
+    Ok(Directory::new(state.store.tenants()?, state.store.admins()?))
+}
+
+/// Records the next generation of machine `id` inside `tx`, as the deploy
+/// core decides it: `Ok(Err(_))` when the machine cannot take one.
+pub fn record_one(tx: &Tx, id: &str, make: Make) -> Result<Result<DeployedTarget, NotDeployable>, StoreError> {
+    let mut machine: MachineRecord = tx.require(id.as_bytes())?;
+    let generation = match deploy::next_generation(&machine) {
+        Ok(g) => g,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    let (assignment, deployment) = make(&machine, generation);
+    if generation > 1 {
+        let key = generation_key(id, generation - 1);
+        if let Some(mut previous) = tx.get::<DeploymentRecord>(&key)? {
+            if deploy::supersede(&mut previous) {
+                tx.put(&key, &previous)?;
+            }
+        }
+    }
+    let key = generation_key(id, generation);
+    tx.put(&key, &assignment)?;
+    tx.put(&key, &deployment)?;
+    machine.desired_generation = generation;
+    tx.put(id.as_bytes(), &machine)?;
+    Ok(Ok(DeployedTarget {
+        machine_id: id.to_string(),
+        hostname: machine.hostname.clone(),
+        generation,
+        deployment_id: deployment_id(id, generation),
+    }))
+}
+
+/// Checks a deployment, makes its buckets ready, records a generation for
+/// every target in one transaction, and announces them. Nothing is recorded
+/// when any step fails.
+pub async fn deploy(state: &Coordinator, by: &str, mut spec: DeploySpec) -> Result<AdminResponse, WireError> {
+    deploy::validate(&spec).and_then(|()| s3::provision::check(&spec.buckets)).map_err(invalid)?;
+    // Targets and tenancy first: nothing is made for a deployment that
+    // would be refused.
+    let targets = targets(state, &spec)?;
+    let directory = directory(state)?;
+    directory.check_spec(&spec, &targets).map_err(invalid)?;
+    if let Err(e) = s3::provision::provision(state, &mut spec).await {
+        tracing::info!(code = ?e.code, reason = %e.message, "deployment refused: its buckets are not ready");
+        return Err(WireError::new(e.code, format!("deployment refused, nothing recorded: {}", e.message)));
+    }
+    let ids: Vec<String> = targets.into_iter().map(|m| m.id).collect();
+    let now = now_ms();
+    let make = |m: &MachineRecord, g| deploy::build(&spec, m, g, now, &directory.extras(m));
+    let deployed = state
+        .store
+        .commit(|tx| {
+            ids.iter()
+                .map(|id| match record_one(tx, id, &make)? {
+                    Ok(target) => Ok(target),
+                    Err(NotDeployable::Revoked) => Err(revoked(id)),
+                })
+                .collect::<Result<Vec<_>, WireError>>()
+        })
+        .await?;
+    for t in &deployed {
+        state.live.notify(&t.machine_id, t.generation);
+    }
+    tracing::info!(machines = deployed.len(), by, "deployment recorded");
+    Ok(AdminResponse::Deployed(deployed))
+}
+
+pub fn list(state: &Coordinator, machine: Option<&str>) -> Result<AdminResponse, WireError> {
+    Ok(AdminResponse::Deployments(state.store.deployments(machine)?.iter().map(DeploymentRecord::to_wire).collect()))
+}
+
+pub fn show(state: &Coordinator, id: &str) -> Result<AdminResponse, WireError> {
+    let missing = || WireError::new(ErrorCode::NotFound, format!("deployment {id:?} not found; see `drover deployments list`"));
+    let (machine, generation) = parse_deployment_id(id).ok_or_else(missing)?;
+    let d = state.store.deployment(&machine, generation)?.ok_or_else(missing)?;
+    Ok(AdminResponse::Deployment(d.to_wire()))
+}

@@ -1,0 +1,105 @@
+//! The rollout driver: a task that every [`DRIVER_INTERVAL`] observes each
+//! active rollout's machines (online, the outcome of the deployment the
+//! rollout recorded) and has the planner take its next step.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_protocol::v1::{DeploymentState, MachineStatus};
+
+use crate::model::RolloutRecord;
+use crate::registry;
+use crate::rollout::plan::{Observation, Outcome, Slot};
+
+use super::deployments::directory;
+use super::rollouts::{phase_wire, step};
+use super::{now_ms, Coordinator};
+
+/// How often the driver looks at active rollouts.
+pub const DRIVER_INTERVAL: Duration = Duration::from_millis(200);
+
+fn observe(state: &Coordinator, r: &RolloutRecord, now: u64) -> BTreeMap<String, Observation> {
+    let interval = state.config.health_interval;
+    r.state
+        .machines
+        .iter()
+        .filter_map(|(id, e)| {
+            let machine = state.store.machine(id).ok().flatten()?;
+            let online = registry::status(&machine, now, interval) == MachineStatus::Online;
+            let watched = match e.slot {
+                Slot::Reverting => e.revert_generation,
+                _ => e.generation,
+            };
+            let outcome = watched.and_then(|g| state.store.deployment(id, g).ok().flatten()).and_then(|d| match d.state {
+                DeploymentState::Succeeded => Some(Outcome::Succeeded { at: d.finished_at.unwrap_or(now) }),
+                DeploymentState::Failed => Some(Outcome::Failed {
+                    reason: d.steps.last().map(|s| s.message.clone()).unwrap_or_else(|| "failed".into()),
+                }),
+                DeploymentState::Superseded => Some(Outcome::Failed { reason: "superseded by a newer deployment".into() }),
+                _ => None,
+            });
+            let still_current = e.generation.is_some() && machine.current_generation == e.generation;
+            Some((id.clone(), Observation { online, outcome, still_current }))
+        })
+        .collect()
+}
+
+/// One pass over the active rollouts.
+pub async fn drive_once(state: &Coordinator) {
+    let rollouts = match state.store.rollouts() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read rollouts");
+            return;
+        }
+    };
+    let active: Vec<RolloutRecord> = rollouts.into_iter().filter(|r| r.state.phase.active()).collect();
+    if active.is_empty() {
+        return;
+    }
+    let directory = match directory(state) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e.message, "cannot read tenants and admins");
+            return;
+        }
+    };
+    for r in active {
+        let now = now_ms();
+        let observed = observe(state, &r, now);
+        let before = r.state.phase;
+        let result = step(
+            state,
+            &r.id,
+            &|s| s.step(&observed, now),
+            &|machine, g| crate::deploy::build(&r.spec, machine, g, now, &directory.extras(machine)),
+            &|old, machine, g| crate::deploy::rebuild(&old.assignment, machine, g, now, &directory.access(machine)),
+        )
+        .await;
+        match result {
+            Ok(stepped) => {
+                for t in &stepped.targets {
+                    state.live.notify(&t.machine_id, t.generation);
+                }
+                if !stepped.targets.is_empty() {
+                    tracing::info!(rollout = %r.id, machines = stepped.targets.len(), "rollout recorded new generations");
+                }
+                if stepped.record.state.phase != before {
+                    tracing::info!(rollout = %r.id, phase = %phase_wire(stepped.record.state.phase), reason = ?stepped.record.state.reason, "rollout phase");
+                }
+            }
+            Err(e) => tracing::error!(rollout = %r.id, error = %e.message, "rollout step failed"),
+        }
+    }
+}
+
+/// The driver task: steps every active rollout at [`DRIVER_INTERVAL`].
+pub async fn drive(state: Arc<Coordinator>) {
+    let mut tick = tokio::time::interval(DRIVER_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        drive_once(&state).await;
+    }
+}

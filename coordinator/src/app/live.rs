@@ -1,0 +1,83 @@
+//! What is connected now: each machine's open connections (so that a
+//! revocation can close them at once) and each machine's desired generation
+//! (watched by its agent's watch stream). The server registers connections
+//! as closers; this layer never sees the transport.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use drover_protocol::ErrorCode;
+
+/// Closes one connection with a code and a reason.
+pub type Closer = Arc<dyn Fn(ErrorCode, &str) + Send + Sync>;
+
+#[derive(Default)]
+pub struct Live {
+    machines: Mutex<HashMap<String, HashMap<usize, Closer>>>,
+    desired: Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>,
+}
+
+/// The maps stay consistent whatever a panicking holder did: every change
+/// is one insert or remove.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Live {
+    /// Watches `machine`'s desired generation (starting from `current` if
+    /// nothing was announced yet).
+    pub fn subscribe(&self, machine: &str, current: u64) -> tokio::sync::watch::Receiver<u64> {
+        lock(&self.desired)
+            .entry(machine.to_string())
+            .or_insert_with(|| tokio::sync::watch::channel(current).0)
+            .subscribe()
+    }
+
+    /// Announces a new desired generation to `machine`'s agent, at once.
+    pub fn notify(&self, machine: &str, generation: u64) {
+        let mut map = lock(&self.desired);
+        match map.get(machine) {
+            Some(tx) => {
+                tx.send_if_modified(|g| {
+                    let newer = generation > *g;
+                    if newer {
+                        *g = generation;
+                    }
+                    newer
+                });
+            }
+            None => {
+                map.insert(machine.to_string(), tokio::sync::watch::channel(generation).0);
+            }
+        }
+    }
+
+    /// Records an open connection of `machine` (`id` is unique per connection).
+    pub fn register(&self, machine: &str, id: usize, closer: Closer) {
+        lock(&self.machines).entry(machine.to_string()).or_default().insert(id, closer);
+    }
+
+    pub fn unregister(&self, machine: &str, id: usize) {
+        let mut map = lock(&self.machines);
+        if let Some(conns) = map.get_mut(machine) {
+            conns.remove(&id);
+            if conns.is_empty() {
+                map.remove(machine);
+            }
+        }
+    }
+
+    /// Closes every live connection of `machine` with `code`.
+    pub fn close_machine(&self, machine: &str, code: ErrorCode, reason: &str) -> usize {
+        let closers: Vec<Closer> = lock(&self.machines).get(machine).map(|c| c.values().cloned().collect()).unwrap_or_default();
+        for close in &closers {
+            close(code, reason);
+        }
+        closers.len()
+    }
+
+    /// Forgets every connection (at shutdown).
+    pub fn clear(&self) {
+        lock(&self.machines).clear();
+    }
+}

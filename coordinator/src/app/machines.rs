@@ -1,0 +1,172 @@
+//! Admin requests about enrollment tokens, machines and admins.
+
+use std::time::Duration;
+
+use drover_net::identity::Subject;
+use drover_protocol::v1::{AdminResponse, CreatedToken, Labels, MachineDetail, Role, TokenSpec};
+use drover_protocol::{ErrorCode, WireError};
+
+use crate::model::{AdminRecord, MachineRecord, TokenRecord};
+use crate::{registry, tokens};
+
+use super::errors::{invalid, not_found};
+use super::{now_ms, Coordinator};
+
+/// Lifetime of admin certificates.
+pub const ADMIN_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Longest enrollment token lifetime accepted.
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Checks an admin name: 1-64 letters, digits, `-`, `_`, `.`.
+pub fn check_admin_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(format!("admin name {name:?} is invalid: use 1-64 letters, digits, '-', '_' or '.'"));
+    }
+    Ok(())
+}
+
+fn no_machine(id: &str) -> WireError {
+    not_found(format!("machine {id:?} not found; see `drover machines list`"))
+}
+
+/// A machine by id, or a clear refusal.
+pub fn machine(state: &Coordinator, id: &str) -> Result<MachineRecord, WireError> {
+    state.store.machine(id)?.ok_or_else(|| no_machine(id))
+}
+
+pub async fn create_token(state: &Coordinator, by: &str, spec: TokenSpec) -> Result<AdminResponse, WireError> {
+    registry::check_labels(&spec.labels).map_err(invalid)?;
+    if spec.uses == 0 {
+        return Err(invalid("a token needs at least one use (--uses 1 or more)"));
+    }
+    let ttl = Duration::from_millis(spec.ttl_ms);
+    if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+        return Err(invalid("token lifetime must be between 1ms and 365 days (--ttl)"));
+    }
+    let now = now_ms();
+    let (text, hash) = tokens::generate();
+    let id_bytes: [u8; 4] = rand::random();
+    let record = TokenRecord {
+        id: format!("t-{}", hex::encode(id_bytes)),
+        hash,
+        labels: spec.labels,
+        created_at: now,
+        expires_at: now.saturating_add(spec.ttl_ms),
+        uses_total: spec.uses,
+        uses_left: spec.uses,
+        revoked: false,
+    };
+    state
+        .store
+        .commit(|tx| tx.insert_new(record.hash.as_bytes(), &record, || "token already exists".into()))
+        .await
+        .map_err(WireError::from)?;
+    tracing::info!(token = %record.id, uses = record.uses_total, by, "enrollment token created");
+    Ok(AdminResponse::TokenCreated(CreatedToken { info: record.to_wire(), token: text }))
+}
+
+pub fn tokens(state: &Coordinator) -> Result<AdminResponse, WireError> {
+    let mut tokens = state.store.tokens()?;
+    tokens.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+    Ok(AdminResponse::Tokens(tokens.iter().map(TokenRecord::to_wire).collect()))
+}
+
+pub async fn revoke_token(state: &Coordinator, by: &str, id: &str) -> Result<AdminResponse, WireError> {
+    let token = state
+        .store
+        .tokens()?
+        .into_iter()
+        .find(|t| t.id == id)
+        .ok_or_else(|| not_found(format!("token {id:?} not found; see `drover tokens list`")))?;
+    state
+        .store
+        .update::<TokenRecord, WireError>(token.hash.as_bytes(), |t| {
+            t.revoked = true;
+            Ok(())
+        })
+        .await?;
+    tracing::info!(token = %id, by, "enrollment token revoked");
+    Ok(AdminResponse::Done)
+}
+
+pub fn list(state: &Coordinator, selector: &Labels) -> Result<AdminResponse, WireError> {
+    let now = now_ms();
+    let interval = state.config.health_interval;
+    let mut machines: Vec<_> = state
+        .store
+        .machines()?
+        .into_iter()
+        .filter(|m| registry::matches(&m.labels, selector))
+        .map(|m| registry::to_wire(&m, now, interval))
+        .collect();
+    machines.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
+    Ok(AdminResponse::Machines(machines))
+}
+
+pub fn show(state: &Coordinator, id: &str) -> Result<AdminResponse, WireError> {
+    let m = machine(state, id)?;
+    Ok(AdminResponse::Machine(registry::to_wire(&m, now_ms(), state.config.health_interval)))
+}
+
+pub fn detail(state: &Coordinator, id: &str) -> Result<AdminResponse, WireError> {
+    let m = machine(state, id)?;
+    Ok(AdminResponse::MachineDetail(MachineDetail {
+        machine: registry::to_wire(&m, now_ms(), state.config.health_interval),
+        desired_generation: m.desired_generation,
+        current_generation: m.current_generation,
+        current_system: m.current_system.clone(),
+    }))
+}
+
+pub async fn label(state: &Coordinator, by: &str, id: &str, set: Labels, remove: Vec<String>) -> Result<AdminResponse, WireError> {
+    registry::check_labels(&set).map_err(invalid)?;
+    let machine = state
+        .store
+        .update::<MachineRecord, WireError>(id.as_bytes(), |m| {
+            for key in &remove {
+                m.labels.remove(key);
+            }
+            m.labels.extend(set.clone());
+            Ok(())
+        })
+        .await?;
+    tracing::info!(machine = %id, by, "machine labels changed");
+    Ok(AdminResponse::Machine(registry::to_wire(&machine, now_ms(), state.config.health_interval)))
+}
+
+pub async fn revoke(state: &Coordinator, by: &str, id: &str) -> Result<AdminResponse, WireError> {
+    let now = now_ms();
+    let machine = state
+        .store
+        .update::<MachineRecord, WireError>(id.as_bytes(), |m| {
+            m.revoked_at.get_or_insert(now);
+            Ok(())
+        })
+        .await?;
+    let closed = state.live.close_machine(id, ErrorCode::Revoked, &format!("machine {id} was revoked"));
+    tracing::info!(machine = %id, by, closed, "machine revoked");
+    Ok(AdminResponse::Machine(registry::to_wire(&machine, now, state.config.health_interval)))
+}
+
+pub async fn add_admin(state: &Coordinator, by: &str, name: String, role: Role, csr_der: &[u8]) -> Result<AdminResponse, WireError> {
+    check_admin_name(&name).map_err(invalid)?;
+    let taken = || format!("admin {name:?} already exists");
+    if state.store.admin(&name)?.is_some() {
+        return Err(WireError::new(ErrorCode::Conflict, taken()));
+    }
+    let issued = state
+        .ca
+        .sign_client(csr_der, &Subject::Admin(name.clone()), ADMIN_CERT_LIFETIME)
+        .map_err(|e| WireError::new(ErrorCode::BadCsr, e.to_string()))?;
+    let record = AdminRecord { name: name.clone(), role, created_at: now_ms(), serials: vec![issued.serial.clone()], ssh_keys: Vec::new() };
+    state.store.commit(|tx| tx.insert_new(name.as_bytes(), &record, taken)).await.map_err(WireError::from)?;
+    tracing::info!(admin = %name, role = role.as_str(), by, "admin added");
+    Ok(AdminResponse::AdminCreated(issued))
+}
+
+pub fn admins(state: &Coordinator) -> Result<AdminResponse, WireError> {
+    let mut admins = state.store.admins()?;
+    admins.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(AdminResponse::Admins(admins.iter().map(AdminRecord::to_wire).collect()))
+}

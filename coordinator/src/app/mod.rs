@@ -1,0 +1,101 @@
+//! The application layer: what the coordinator does, apart from how it is
+//! reached. The server (QUIC), the rollout driver and every request handler
+//! share [`Coordinator`]; this layer combines the pure cores (tokens,
+//! registry, authz, deploy, tenancy, the rollout planner) with the store and
+//! the external systems, and depends on no transport: the server depends on
+//! it, never the reverse.
+//!
+//! Map: [`admin`] (the one exhaustive dispatch of admin requests, role
+//! checked first) → [`machines`], [`deployments`], [`rollouts`],
+//! [`tenants`], [`s3`]; [`agent`] (what enrolled machines ask) and
+//! [`enroll`]; [`driver`] (the rollout task); [`live`] (open connections
+//! and desired generations, as the server registers them); [`errors`]
+//! (store and S3 failures as wire errors).
+
+pub mod admin;
+pub mod agent;
+pub mod deployments;
+pub mod driver;
+pub mod enroll;
+pub mod errors;
+pub mod live;
+pub mod machines;
+pub mod rollouts;
+pub mod s3;
+pub mod tenants;
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+pub use drover_net::clock::now_ms;
+pub use live::Live;
+
+use crate::config::Config;
+use crate::pki::Ca;
+use crate::s3::{garage::Garage, Connector, ObjectStoreAdmin, S3Error};
+use crate::store::Store;
+
+/// Directory of the store inside the state directory.
+pub const DB_DIR: &str = "db";
+
+/// The object store the coordinator administers, when `[s3]` is configured.
+#[derive(Clone)]
+pub struct ObjectStore {
+    pub config: crate::config::S3Config,
+    /// A client for a node's admin endpoint.
+    pub connect: Connector,
+}
+
+impl ObjectStore {
+    /// Garage, with the admin token read from its file at each connection
+    /// (so a rotated token is used without a restart).
+    pub fn garage(config: crate::config::S3Config) -> Self {
+        let token_config = config.clone();
+        let connect: Connector = Arc::new(move |endpoint: &str| {
+            let token = token_config.admin_token().map_err(|e| S3Error::Config(format!("{e:#}")))?;
+            Ok(Arc::new(Garage::new(endpoint, token)?) as Arc<dyn ObjectStoreAdmin>)
+        });
+        ObjectStore { config, connect }
+    }
+
+    /// A client of the configured admin endpoint.
+    pub fn admin(&self) -> Result<Arc<dyn ObjectStoreAdmin>, S3Error> {
+        (self.connect)(&self.config.admin_endpoint)
+    }
+}
+
+/// Everything a request handler needs.
+pub struct Coordinator {
+    pub config: Config,
+    pub store: Store,
+    pub ca: Ca,
+    pub live: Live,
+    pub object_store: Option<ObjectStore>,
+    /// Serialises rollout starts (the one-rollout-per-machine check).
+    pub rollout_lock: tokio::sync::Mutex<()>,
+}
+
+impl Coordinator {
+    /// Opens the state directory: CA, store; Garage if `[s3]` is configured.
+    pub fn open(config: Config) -> Result<Self> {
+        let ca = Ca::load(&config.state_dir)
+            .with_context(|| format!("loading the fleet CA from {}", config.state_dir.display()))?;
+        let store = Store::open(&config.state_dir.join(DB_DIR))
+            .with_context(|| format!("opening the store in {}", config.state_dir.display()))?;
+        Ok(Coordinator::new(config, ca, store))
+    }
+
+    /// A coordinator over an opened store, with Garage as the object store
+    /// when `[s3]` is configured.
+    pub fn new(config: Config, ca: Ca, store: Store) -> Self {
+        let object_store = config.s3.clone().map(ObjectStore::garage);
+        Coordinator { config, store, ca, live: Live::default(), object_store, rollout_lock: tokio::sync::Mutex::new(()) }
+    }
+
+    /// Replaces the object store (tests use the in-memory one).
+    pub fn with_object_store(mut self, object_store: Option<ObjectStore>) -> Self {
+        self.object_store = object_store;
+        self
+    }
+}

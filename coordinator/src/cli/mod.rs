@@ -1,0 +1,315 @@
+//! The `drover` command line: global flags and the command enum. Each verb's
+//! work lives in a module under [`crate::command`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use drover_net::logging::LogFormat;
+
+use crate::output::OutputFormat;
+
+mod deploy;
+mod s3;
+pub use deploy::*;
+pub use s3::*;
+
+#[derive(Debug, Parser)]
+#[command(name = "drover", version, about = "Drover coordinator and admin CLI: pull-based deployment for fleets of NixOS VMs")]
+pub struct Cli {
+    /// Log line format (logs go to standard error).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a state directory: fleet CA, server certificate, config, first admin bundle.
+    Init(InitArgs),
+    /// Run the coordinator.
+    Serve(ServeArgs),
+    /// Validate a configuration file without starting anything.
+    CheckConfig(CheckConfigArgs),
+    /// Enrollment tokens that let new machines join.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// The machine registry.
+    #[command(subcommand)]
+    Machines(MachinesCommand),
+    /// Admins, their roles and their SSH keys.
+    #[command(subcommand)]
+    Admins(AdminsCommand),
+    /// Operators (tenants) the fleet hosts services for: their domain, admin
+    /// account and the admins who manage their machines.
+    #[command(subcommand)]
+    Tenants(TenantsCommand),
+    /// Record a new generation for machines: what system to run, with which
+    /// secrets, facts and health checks. Agents hear of it at once.
+    Deploy(DeployArgs),
+    /// Deployment history.
+    #[command(subcommand)]
+    Deployments(DeploymentsCommand),
+    /// Fleet-wide rollouts: canaries, batches, health gates, automatic revert.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+    /// S3 buckets, keys and permissions on the configured provider (Garage).
+    #[command(subcommand)]
+    S3(S3Command),
+    /// Show which admin the bundle authenticates as.
+    Whoami(AdminArgs),
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Directory to create (must not exist or be empty).
+    #[arg(long, env = "DROVER_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// UDP address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    pub listen: SocketAddr,
+    /// Address clients dial, if not the listen address.
+    #[arg(long)]
+    pub advertise: Option<SocketAddr>,
+    /// DNS name or IP address for the server certificate (repeatable); the
+    /// listen address is added when it is specific.
+    #[arg(long = "server-name")]
+    pub server_names: Vec<String>,
+    /// Name of the first admin.
+    #[arg(long, default_value = "root")]
+    pub admin_name: String,
+    /// How often agents report health (e.g. 10s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub health_interval: Option<Duration>,
+    /// Lifetime of machine certificates (e.g. 7d); agents renew at two thirds.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub machine_cert_lifetime: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Check the values only, not the files they name (the S3 admin token):
+    /// for checking a configuration where it is built, e.g. in a Nix build.
+    #[arg(long)]
+    pub without_files: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The configuration file (default: STATE_DIR/drover.toml).
+    #[arg(long, env = "DROVER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The state directory made by `drover init`.
+    #[arg(long, env = "DROVER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// How admin commands find their credentials and print results.
+#[derive(Debug, Args, Clone)]
+pub struct AdminArgs {
+    /// Admin bundle file (default: STATE_DIR/admin.bundle).
+    #[arg(long, env = "DROVER_ADMIN_BUNDLE", global = true)]
+    pub admin_bundle: Option<PathBuf>,
+    /// The coordinator's state directory, to find its admin bundle.
+    #[arg(long, env = "DROVER_STATE_DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table, global = true)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create a token; its text is printed once and never stored.
+    Create {
+        /// Label given to machines that enroll with it (k=v, repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// How long the token can be used.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// How many machines may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List tokens (never their text).
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Revoke a token so it enrolls nothing more.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MachinesCommand {
+    /// List machines, optionally those matching every k=v of a selector.
+    List {
+        #[arg(long = "selector", short = 's', value_parser = parse_label)]
+        selector: Vec<(String, String)>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show one machine with its last health report.
+    Show {
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Set labels (k=v) or remove them (k-).
+    Label {
+        id: String,
+        #[arg(required = true)]
+        changes: Vec<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Revoke a machine: its connection is closed and it can never reconnect.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminsCommand {
+    /// Add an admin and write their bundle (key made here, never sent).
+    Add {
+        name: String,
+        /// admin, operator or viewer.
+        #[arg(long, value_parser = parse_role)]
+        role: drover_protocol::v1::Role,
+        /// Where to write the new bundle (default: ./NAME.bundle).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List admins and their roles.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Record an SSH public key of an admin. It is installed on the machines
+    /// the admin manages (all machines for the admin role, the machines of
+    /// their tenants otherwise) with each machine's next generation.
+    AddKey {
+        name: String,
+        /// The public key file, e.g. ~/.ssh/id_ed25519.pub (`-` reads standard input).
+        keyfile: PathBuf,
+        /// The account on the machines the key logs in to.
+        #[arg(long, default_value = crate::tenancy::DEFAULT_LOGIN)]
+        login: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove an admin's SSH key; it leaves every machine with the machine's
+    /// next generation.
+    RemoveKey {
+        name: String,
+        /// The key's fingerprint (SHA256:..., see `drover admins keys`) or its .pub file.
+        key: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List SSH keys, of one admin or of all.
+    Keys {
+        name: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove an admin: their certificate stops working at once, their SSH
+    /// keys leave every machine with its next generation.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantsCommand {
+    /// Record an operator. Machines labelled tenant=DOMAIN then receive the
+    /// facts domain, tenant, admin_user and admin_email, and the generated
+    /// admin password as the secret tenant-admin-password, with each new
+    /// generation.
+    Create {
+        /// The operator's domain, e.g. social.example.org.
+        domain: String,
+        /// The e-mail address of the services' admin account.
+        #[arg(long)]
+        admin_email: String,
+        /// The name of the services' admin account.
+        #[arg(long, default_value = crate::tenancy::DEFAULT_ADMIN_USER)]
+        admin_user: String,
+        /// An admin whose SSH keys reach this tenant's machines (repeatable).
+        #[arg(long = "manager")]
+        managers: Vec<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List tenants.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show one tenant.
+    Show {
+        domain: String,
+        /// Also print the generated admin password (operator role needed).
+        #[arg(long)]
+        show_password: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Forget a tenant (refused while machines carry its label).
+    Remove {
+        domain: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Change which admins manage a tenant's machines.
+    Managers {
+        domain: String,
+        /// Admins to add (repeatable).
+        #[arg(long)]
+        add: Vec<String>,
+        /// Admins to remove (repeatable).
+        #[arg(long)]
+        remove: Vec<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Parses `key=value`.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not key=value"))?;
+    crate::registry::check_label(k, v)?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Parses a role name.
+pub fn parse_role(s: &str) -> Result<drover_protocol::v1::Role, String> {
+    s.parse()
+}
+

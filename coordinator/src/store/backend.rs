@@ -1,0 +1,275 @@
+//! The key-value seam under the store: a [`Backend`] keeps byte values in
+//! named trees and runs all-or-nothing transactions over them. Everything
+//! typed (records, envelopes, migrations) lives above it, in one place, so
+//! every backend behaves the same for every record; the contract suite in
+//! `store/tests.rs` runs the whole typed store against each backend.
+//!
+//! [`SledBackend`] is the embedded default; [`MemoryBackend`] keeps the same
+//! trees in memory. A replicated engine would come in here too.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Mutex;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError};
+use sled::Transactional;
+
+use super::StoreError;
+
+/// A future the backend hands back (flushes run off the async workers).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The named trees of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tree {
+    Meta,
+    Machines,
+    Tokens,
+    Admins,
+    Assignments,
+    Deployments,
+    Rollouts,
+    S3Nodes,
+    Tenants,
+}
+
+impl Tree {
+    pub const ALL: [Tree; 9] = [
+        Tree::Meta,
+        Tree::Machines,
+        Tree::Tokens,
+        Tree::Admins,
+        Tree::Assignments,
+        Tree::Deployments,
+        Tree::Rollouts,
+        Tree::S3Nodes,
+        Tree::Tenants,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tree::Meta => "meta",
+            Tree::Machines => "machines",
+            Tree::Tokens => "tokens",
+            Tree::Admins => "admins",
+            Tree::Assignments => "assignments",
+            Tree::Deployments => "deployments",
+            Tree::Rollouts => "rollouts",
+            Tree::S3Nodes => "s3_nodes",
+            Tree::Tenants => "tenants",
+        }
+    }
+
+    fn index(self) -> usize {
+        Tree::ALL.iter().position(|t| *t == self).unwrap_or(0)
+    }
+}
+
+/// Key-value pairs, as a scan returns them.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Reads and writes inside one transaction.
+pub trait BackendTx {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    fn insert(&self, tree: Tree, key: &[u8], value: Vec<u8>) -> Result<(), StoreError>;
+    fn remove(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+}
+
+/// The transaction body a backend runs; it may run more than once.
+pub type TxBody<'a> = &'a mut dyn FnMut(&dyn BackendTx) -> Result<(), StoreError>;
+
+/// Byte storage in named trees with all-or-nothing transactions.
+pub trait Backend: Send + Sync + 'static {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every pair whose key starts with `prefix`, in key order.
+    fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Pairs, StoreError>;
+    /// Runs `body` over all trees: either every write it made lands, or
+    /// (when it returns an error) none does.
+    fn transaction(&self, body: TxBody<'_>) -> Result<(), StoreError>;
+    /// Makes every write so far durable, off the async workers.
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// The same, blocking the calling thread (startup, shutdown, tools).
+    fn flush_blocking(&self) -> Result<(), StoreError>;
+}
+
+/// The sled-backed store in one directory.
+pub struct SledBackend {
+    db: sled::Db,
+    trees: Vec<sled::Tree>,
+}
+
+impl SledBackend {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).open().map_err(|e| match e {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => StoreError::Locked(dir.display().to_string()),
+            other => StoreError::Sled(other),
+        })?;
+        let trees = Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<Vec<_>, _>>()?;
+        Ok(SledBackend { db, trees })
+    }
+
+    fn tree(&self, tree: Tree) -> &sled::Tree {
+        &self.trees[tree.index()]
+    }
+}
+
+struct SledTx<'a> {
+    views: &'a [TransactionalTree],
+}
+
+/// sled's conflict travels as [`StoreError::Retry`] through the typed layer
+/// and back, so that sled runs the transaction again.
+fn unabortable(e: UnabortableTransactionError) -> StoreError {
+    match e {
+        UnabortableTransactionError::Conflict => StoreError::Retry,
+        UnabortableTransactionError::Storage(e) => StoreError::Sled(e),
+    }
+}
+
+impl BackendTx for SledTx<'_> {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.views[tree.index()].get(key).map_err(unabortable)?.map(|v| v.to_vec()))
+    }
+
+    fn insert(&self, tree: Tree, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        self.views[tree.index()].insert(key, value).map_err(unabortable)?;
+        Ok(())
+    }
+
+    fn remove(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.views[tree.index()].remove(key).map_err(unabortable)?.map(|v| v.to_vec()))
+    }
+}
+
+impl Backend for SledBackend {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree(tree).get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Pairs, StoreError> {
+        self.tree(tree)
+            .scan_prefix(prefix)
+            .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from))
+            .collect()
+    }
+
+    fn transaction(&self, body: TxBody<'_>) -> Result<(), StoreError> {
+        let trees: Vec<&sled::Tree> = self.trees.iter().collect();
+        let body = RefCell::new(body);
+        let result = trees.as_slice().transaction(|views| {
+            let tx = SledTx { views };
+            match (body.borrow_mut())(&tx) {
+                Ok(()) => Ok(()),
+                Err(StoreError::Retry) => Err(ConflictableTransactionError::Conflict),
+                Err(StoreError::Sled(e)) => Err(ConflictableTransactionError::Storage(e)),
+                Err(other) => Err(ConflictableTransactionError::Abort(other)),
+            }
+        });
+        result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.db.flush_async().await?;
+            Ok(())
+        })
+    }
+
+    fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+type Trees = BTreeMap<Tree, BTreeMap<Vec<u8>, Vec<u8>>>;
+
+/// The same trees in memory: for tests, and for tools that need a store
+/// without a directory.
+#[derive(Default)]
+pub struct MemoryBackend {
+    trees: Mutex<Trees>,
+}
+
+/// A transaction's view: the committed trees plus its own writes.
+struct MemoryTx<'a> {
+    base: &'a Trees,
+    writes: RefCell<BTreeMap<(Tree, Vec<u8>), Option<Vec<u8>>>>,
+}
+
+impl BackendTx for MemoryTx<'_> {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(written) = self.writes.borrow().get(&(tree, key.to_vec())) {
+            return Ok(written.clone());
+        }
+        Ok(self.base.get(&tree).and_then(|t| t.get(key)).cloned())
+    }
+
+    fn insert(&self, tree: Tree, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        self.writes.borrow_mut().insert((tree, key.to_vec()), Some(value));
+        Ok(())
+    }
+
+    fn remove(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let before = self.get(tree, key)?;
+        self.writes.borrow_mut().insert((tree, key.to_vec()), None);
+        Ok(before)
+    }
+}
+
+impl MemoryBackend {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Trees> {
+        // A panic while holding the lock leaves the map as it was before the
+        // transaction (writes are applied only after the body returns).
+        self.trees.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().get(&tree).and_then(|t| t.get(key)).cloned())
+    }
+
+    fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Pairs, StoreError> {
+        Ok(self
+            .lock()
+            .get(&tree)
+            .map(|t| {
+                t.range(prefix.to_vec()..)
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    fn transaction(&self, body: TxBody<'_>) -> Result<(), StoreError> {
+        let mut trees = self.lock();
+        let writes = {
+            let tx = MemoryTx { base: &trees, writes: RefCell::new(BTreeMap::new()) };
+            body(&tx)?;
+            tx.writes.into_inner()
+        };
+        for ((tree, key), value) in writes {
+            let t = trees.entry(tree).or_default();
+            match value {
+                Some(v) => t.insert(key, v),
+                None => t.remove(&key),
+            };
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn flush_blocking(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,260 @@
+//! Persistent state. [`Store`] keeps the coordinator's records (the types in
+//! [`crate::model`]) in a [`Backend`]: sled in the state directory, or memory.
+//! This is the only module that imports sled.
+//!
+//! The store records; it decides nothing. What changes together is written
+//! in one transaction ([`Store::transact`]), whose body — the decision —
+//! comes from the application layer. Lists skip a record that cannot be
+//! decoded, with a warning that names its tree and key, so one damaged record
+//! never hides the others.
+//!
+//! Durability: [`Store::commit`] flushes before it returns, off the async
+//! workers, so nothing a peer was told can be lost by a crash. Only health
+//! reports use [`Store::transact`] alone and wait for sled's periodic flush.
+//!
+//! Concerns: [`machines`] (machines, tokens, admins), [`deployments`]
+//! (assignments and deployment records), [`rollouts`], [`tenants`], [`s3`].
+
+pub mod backend;
+mod codec;
+pub mod deployments;
+pub mod machines;
+pub mod rollouts;
+pub mod s3;
+pub mod tenants;
+#[cfg(test)]
+pub(crate) mod tests;
+
+use std::cell::RefCell;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+pub use backend::{Backend, MemoryBackend, SledBackend, Tree};
+pub use codec::SCHEMA_VERSION;
+
+use backend::BackendTx;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store i/o failed: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("another coordinator holds the store in {0}; stop it first (only one `drover serve` per state directory)")]
+    Locked(String),
+    #[error("stored record {key:?} in {tree} is unreadable: {reason}")]
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error("a record could not be encoded: {0}")]
+    Encode(String),
+    #[error("{what} {id:?} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the store at {path} has schema version {found}, newer than this coordinator's {SCHEMA_VERSION}; upgrade drover")]
+    TooNew { path: String, found: u32 },
+    /// The backend must run the transaction again (a write conflict).
+    #[error("transaction conflict")]
+    Retry,
+    /// The transaction's body refused; its own error is returned instead.
+    #[error("transaction aborted")]
+    Aborted,
+}
+
+/// A record kept in one tree of the store.
+pub trait Record: Serialize + DeserializeOwned {
+    const TREE: Tree;
+    /// What it is called in errors ("machine", "tenant").
+    const WHAT: &'static str;
+}
+
+/// The coordinator's persistent state.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+}
+
+impl Store {
+    /// Opens (or creates) the sled store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let store = Store::with_backend(Arc::new(SledBackend::open(dir)?));
+        store.check_schema(dir)?;
+        Ok(store)
+    }
+
+    /// A store in memory.
+    pub fn in_memory() -> Self {
+        let store = Store::with_backend(Arc::new(MemoryBackend::default()));
+        let _ = store.check_schema(Path::new("<memory>"));
+        store
+    }
+
+    pub fn with_backend(backend: Arc<dyn Backend>) -> Self {
+        Store { backend }
+    }
+
+    /// Refuses a store written by a newer coordinator; records the version.
+    fn check_schema(&self, dir: &Path) -> Result<(), StoreError> {
+        let key = b"schema_version";
+        let found = match self.backend.get(Tree::Meta, key)? {
+            Some(v) => std::str::from_utf8(&v).ok().and_then(|s| s.parse::<u32>().ok()).ok_or_else(|| {
+                StoreError::Corrupt { tree: "meta", key: "schema_version".into(), reason: "not a number".into() }
+            })?,
+            None => 0,
+        };
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { path: dir.display().to_string(), found });
+        }
+        if found < SCHEMA_VERSION {
+            // Older records are migrated as they are read.
+            self.backend.transaction(&mut |tx| tx.insert(Tree::Meta, key, SCHEMA_VERSION.to_string().into_bytes()))?;
+            self.backend.flush_blocking()?;
+        }
+        Ok(())
+    }
+
+    /// One record by key, if present.
+    pub fn get<T: Record>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        self.backend.get(T::TREE, key)?.map(|v| codec::decode(T::TREE, key, &v)).transpose()
+    }
+
+    /// Every record whose key starts with `prefix`, in key order. A record
+    /// that cannot be decoded is skipped with a warning naming its key.
+    pub fn list<T: Record>(&self, prefix: &[u8]) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        for (k, v) in self.backend.scan(T::TREE, prefix)? {
+            match codec::decode(T::TREE, &k, &v) {
+                Ok(record) => out.push(record),
+                Err(e) => tracing::warn!(
+                    tree = T::TREE.name(),
+                    key = %String::from_utf8_lossy(&k),
+                    error = %e,
+                    "unreadable record skipped; repair or remove it (a backup restores it)"
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs `body` as one transaction: every write it makes lands, or none
+    /// (when it returns an error, which is returned). `body` may run more
+    /// than once. Not flushed: see [`Store::commit`].
+    pub fn transact<T, E: From<StoreError>>(&self, body: impl Fn(&Tx) -> Result<T, E>) -> Result<T, E> {
+        let outcome: RefCell<Option<Result<T, E>>> = RefCell::new(None);
+        let result = self.backend.transaction(&mut |inner| {
+            let tx = Tx { inner, failure: RefCell::new(None) };
+            let answer = body(&tx);
+            if let Some(failure) = tx.failure.into_inner() {
+                // The backend's own trouble (a conflict to retry, i/o).
+                return Err(failure);
+            }
+            let failed = answer.is_err();
+            *outcome.borrow_mut() = Some(answer);
+            if failed {
+                Err(StoreError::Aborted)
+            } else {
+                Ok(())
+            }
+        });
+        match (result, outcome.into_inner()) {
+            (Ok(()), Some(answer)) | (Err(StoreError::Aborted), Some(answer)) => answer,
+            (Err(e), _) => Err(e.into()),
+            (Ok(()), None) => Err(StoreError::Aborted.into()),
+        }
+    }
+
+    /// [`Store::transact`], then a flush: when it returns, the writes
+    /// survive a crash. The flush runs off the async workers.
+    pub async fn commit<T, E: From<StoreError>>(&self, body: impl Fn(&Tx) -> Result<T, E>) -> Result<T, E> {
+        let value = self.transact(body)?;
+        self.backend.flush().await?;
+        Ok(value)
+    }
+
+    /// [`Store::commit`] for callers outside the runtime (`drover init`).
+    pub fn commit_blocking<T, E: From<StoreError>>(&self, body: impl Fn(&Tx) -> Result<T, E>) -> Result<T, E> {
+        let value = self.transact(body)?;
+        self.backend.flush_blocking()?;
+        Ok(value)
+    }
+
+    /// Reads, changes and writes back one record, durably; `change` decides
+    /// (and may refuse) and may run more than once.
+    pub async fn update<T: Record, E: From<StoreError>>(&self, key: &[u8], change: impl Fn(&mut T) -> Result<(), E>) -> Result<T, E> {
+        self.commit(|tx| {
+            let mut record: T = tx.require(key)?;
+            change(&mut record)?;
+            tx.put(key, &record)?;
+            Ok(record)
+        })
+        .await
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.backend.flush().await
+    }
+
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.backend.flush_blocking()
+    }
+
+    /// The raw backend (tests that damage records on purpose).
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+}
+
+/// Typed reads and writes inside one transaction.
+pub struct Tx<'a> {
+    inner: &'a dyn BackendTx,
+    /// A backend failure seen by the body: it decides how the transaction
+    /// ends, whatever the body made of it.
+    failure: RefCell<Option<StoreError>>,
+}
+
+impl Tx<'_> {
+    fn backend<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        result.map_err(|e| {
+            match &e {
+                StoreError::Retry => *self.failure.borrow_mut() = Some(StoreError::Retry),
+                StoreError::Sled(inner) => *self.failure.borrow_mut() = Some(StoreError::Sled(inner.clone())),
+                _ => {}
+            }
+            e
+        })
+    }
+
+    pub fn get<T: Record>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        self.backend(self.inner.get(T::TREE, key))?
+            .map(|v| codec::decode(T::TREE, key, &v))
+            .transpose()
+    }
+
+    /// The record under `key`, or [`StoreError::NotFound`] naming `id`.
+    pub fn require<T: Record>(&self, key: &[u8]) -> Result<T, StoreError> {
+        self.get(key)?.ok_or_else(|| StoreError::NotFound { what: T::WHAT, id: String::from_utf8_lossy(key).to_string() })
+    }
+
+    pub fn put<T: Record>(&self, key: &[u8], record: &T) -> Result<(), StoreError> {
+        let bytes = codec::encode(record)?;
+        self.backend(self.inner.insert(T::TREE, key, bytes))
+    }
+
+    /// Inserts under a key not yet taken; otherwise a conflict saying `taken`.
+    pub fn insert_new<T: Record>(&self, key: &[u8], record: &T, taken: impl FnOnce() -> String) -> Result<(), StoreError> {
+        if self.backend(self.inner.get(T::TREE, key))?.is_some() {
+            return Err(StoreError::Conflict(taken()));
+        }
+        self.put(key, record)
+    }
+
+    pub fn remove<T: Record>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        self.backend(self.inner.remove(T::TREE, key))?
+            .map(|v| codec::decode(T::TREE, key, &v))
+            .transpose()
+    }
+}

@@ -1,0 +1,320 @@
+//! The store's contract, run against every backend: sled in a temporary
+//! directory and memory. Each case states what any backend must do.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+
+use super::backend::Tree;
+use super::codec;
+use super::deployments::generation_key;
+use super::*;
+use crate::model::{
+    AdminRecord, DeploymentRecord, Labels, MachineRecord, RolloutRecord, S3NodeRecord, TenantRecord,
+    TokenRecord,
+};
+
+/// A store of each kind; the sled one keeps its directory alive.
+fn stores() -> Vec<(&'static str, Store, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sled = Store::open(dir.path()).expect("open sled");
+    vec![("sled", sled, Some(dir)), ("memory", Store::in_memory(), None)]
+}
+
+pub(crate) fn machine(id: &str) -> MachineRecord {
+    MachineRecord {
+        id: id.into(),
+        hostname: format!("host-{id}"),
+        labels: Labels::new(),
+        token_id: String::new(),
+        enrolled_at: 0,
+        revoked_at: None,
+        cert_serial: "s".into(),
+        cert_not_after: 0,
+        previous_cert: None,
+        last_seen: None,
+        health: None,
+        desired_generation: 0,
+        current_generation: None,
+        current_system: None,
+    }
+}
+
+fn token(hash: &str) -> TokenRecord {
+    TokenRecord {
+        id: format!("t-{hash}"),
+        hash: hash.into(),
+        labels: Labels::from([("tenant".into(), "a".into())]),
+        created_at: 0,
+        expires_at: 1_000,
+        uses_total: 2,
+        uses_left: 2,
+        revoked: false,
+    }
+}
+
+fn put<T: Record>(store: &Store, key: &str, record: &T) {
+    store.commit_blocking(|tx| tx.put(key.as_bytes(), record)).expect("put");
+}
+
+#[test]
+fn records_of_every_kind_round_trip() {
+    for (name, store, _dir) in stores() {
+        put(&store, "m-1", &machine("m-1"));
+        put(&store, "h1", &token("h1"));
+        let admin = AdminRecord { name: "alice".into(), role: drover_protocol::v1::Role::Admin, created_at: 1, serials: vec!["s".into()], ssh_keys: vec![] };
+        put(&store, "alice", &admin);
+        let tenant = TenantRecord {
+            domain: "a.example".into(),
+            admin_email: "x@a.example".into(),
+            admin_user: "owner".into(),
+            admin_password: drover_protocol::v1::Secret::new("pw"),
+            managers: Default::default(),
+            created_at: 2,
+        };
+        put(&store, "a.example", &tenant);
+        let node = S3NodeRecord { admin: "http://n1".into(), rpc: "n1:3901".into(), zone: "z".into(), capacity: 1 << 30, id: None, added_at: 3 };
+        put(&store, "http://n1", &node);
+        assert_eq!(store.machine("m-1").expect("read"), Some(machine("m-1")), "{name}");
+        assert_eq!(store.machines().expect("list").len(), 1, "{name}");
+        assert_eq!(store.token_by_hash("h1").expect("read"), Some(token("h1")), "{name}");
+        assert_eq!(store.tokens().expect("list"), vec![token("h1")], "{name}");
+        assert_eq!(store.admin("alice").expect("read"), Some(admin.clone()), "{name}");
+        assert_eq!(store.admins().expect("list"), vec![admin], "{name}");
+        assert_eq!(store.tenant("a.example").expect("read"), Some(tenant.clone()), "{name}");
+        assert_eq!(store.tenants().expect("list"), vec![tenant], "{name}");
+        assert_eq!(store.s3_nodes().expect("list"), vec![node], "{name}");
+        assert_eq!(store.machine("m-2").expect("read"), None, "{name}");
+    }
+}
+
+fn deployment(machine: &str, generation: u64, created_at: u64) -> DeploymentRecord {
+    DeploymentRecord {
+        id: crate::model::deployment_id(machine, generation),
+        machine_id: machine.into(),
+        hostname: "h".into(),
+        generation,
+        system: drover_protocol::v1::SystemSpec::Flake { uri: "path:/f".into(), attribute: "a".into() },
+        created_at,
+        finished_at: None,
+        state: drover_protocol::v1::DeploymentState::Pending,
+        rolled_back: false,
+        steps: vec![],
+        output_tail: String::new(),
+        system_path: None,
+        secret_names: vec![],
+    }
+}
+
+#[test]
+fn deployments_are_kept_per_machine_in_order() {
+    for (name, store, _dir) in stores() {
+        store
+            .commit_blocking(|tx| {
+                for (m, g, t) in [("m-1", 2, 20), ("m-1", 1, 10), ("m-10", 1, 15), ("m-2", 1, 5)] {
+                    tx.put(&generation_key(m, g), &deployment(m, g, t))?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .expect("write");
+        let of_m1: Vec<u64> = store.deployments(Some("m-1")).expect("list").iter().map(|d| d.generation).collect();
+        assert_eq!(of_m1, vec![1, 2], "{name}: only m-1's, not m-10's, oldest first");
+        let all: Vec<String> = store.deployments(None).expect("all").iter().map(|d| d.id.clone()).collect();
+        assert_eq!(all, vec!["d-m-2-1", "d-m-1-1", "d-m-10-1", "d-m-1-2"], "{name}");
+        assert_eq!(store.deployment("m-1", 2).expect("one").map(|d| d.created_at), Some(20), "{name}");
+        assert!(store.assignment("m-1", 2).expect("none").is_none(), "{name}");
+    }
+}
+
+#[test]
+fn rollouts_list_oldest_first() {
+    for (name, store, _dir) in stores() {
+        for (id, at) in [("r-b", 2), ("r-a", 3), ("r-c", 1)] {
+            let state = crate::rollout::plan::State::new(
+                crate::rollout::plan::Strategy {
+                    canary: 0,
+                    max_parallel: crate::rollout::plan::Amount::Count(1),
+                    max_unavailable: crate::rollout::plan::Amount::Percent(100),
+                    max_failures: crate::rollout::plan::Amount::Count(0),
+                    healthy_deadline_ms: 1,
+                    min_healthy_time_ms: 0,
+                    progress_deadline_ms: 1,
+                    auto_revert: false,
+                    auto_promote: false,
+                },
+                Default::default(),
+                at,
+            );
+            let spec = drover_protocol::v1::DeploySpec {
+                machine: None,
+                selector: Labels::from([("a".into(), "b".into())]),
+                system: drover_protocol::v1::SystemSpec::Flake { uri: "path:/f".into(), attribute: "a".into() },
+                secrets: vec![],
+                facts: Labels::new(),
+                checks: vec![],
+                health_deadline_ms: 1,
+                buckets: vec![],
+            };
+            put(&store, id, &RolloutRecord { id: id.into(), created_at: at, spec, state });
+        }
+        let ids: Vec<String> = store.rollouts().expect("list").into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec!["r-c", "r-b", "r-a"], "{name}");
+        assert!(store.rollout("r-a").expect("one").is_some(), "{name}");
+    }
+}
+
+#[test]
+fn a_transaction_lands_whole_or_not_at_all() {
+    for (name, store, _dir) in stores() {
+        put(&store, "m-1", &machine("m-1"));
+        let refused: Result<(), StoreError> = store.commit_blocking(|tx| {
+            let mut m: MachineRecord = tx.require(b"m-1")?;
+            m.hostname = "changed".into();
+            tx.put(b"m-1", &m)?;
+            tx.put(b"m-2", &machine("m-2"))?;
+            tx.put(&generation_key("m-1", 1), &deployment("m-1", 1, 1))?;
+            Err(StoreError::Conflict("refused by the body".into()))
+        });
+        assert!(matches!(refused, Err(StoreError::Conflict(_))), "{name}: the body's own error comes back");
+        assert_eq!(store.machine("m-1").expect("read").map(|m| m.hostname), Some("host-m-1".into()), "{name}");
+        assert!(store.machine("m-2").expect("read").is_none(), "{name}: nothing half-made");
+        assert!(store.deployment("m-1", 1).expect("read").is_none(), "{name}");
+
+        // Reads inside a transaction see its own writes; removes too.
+        let seen = store
+            .commit_blocking(|tx| {
+                tx.put(b"m-3", &machine("m-3"))?;
+                let seen = tx.get::<MachineRecord>(b"m-3")?.is_some();
+                let removed = tx.remove::<MachineRecord>(b"m-1")?.is_some();
+                let gone = tx.get::<MachineRecord>(b"m-1")?.is_none();
+                Ok::<_, StoreError>(seen && removed && gone)
+            })
+            .expect("commit");
+        assert!(seen, "{name}");
+        assert!(store.machine("m-1").expect("read").is_none(), "{name}");
+        assert!(store.machine("m-3").expect("read").is_some(), "{name}");
+    }
+}
+
+#[test]
+fn insert_new_and_require_say_what_is_wrong() {
+    for (name, store, _dir) in stores() {
+        put(&store, "h1", &token("h1"));
+        let err = store
+            .commit_blocking(|tx| tx.insert_new(b"h1", &token("h1"), || "token already exists".into()))
+            .expect_err("taken");
+        assert!(matches!(&err, StoreError::Conflict(m) if m == "token already exists"), "{name}: {err}");
+        let err = store.commit_blocking(|tx| tx.require::<MachineRecord>(b"m-9")).expect_err("missing");
+        assert!(matches!(&err, StoreError::NotFound { what: "machine", id } if id == "m-9"), "{name}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn update_changes_one_record_durably_or_not_at_all() {
+    for (name, store, _dir) in stores() {
+        put(&store, "m-1", &machine("m-1"));
+        let m = store
+            .update::<MachineRecord, StoreError>(b"m-1", |m| {
+                m.hostname = "renamed".into();
+                Ok(())
+            })
+            .await
+            .expect("update");
+        assert_eq!(m.hostname, "renamed", "{name}");
+        let missing = store.update::<MachineRecord, StoreError>(b"m-9", |_| Ok(())).await;
+        assert!(matches!(missing, Err(StoreError::NotFound { .. })), "{name}");
+        let refused = store.update::<MachineRecord, StoreError>(b"m-1", |m| {
+            m.hostname = "lost".into();
+            Err(StoreError::Conflict("no".into()))
+        });
+        assert!(matches!(refused.await, Err(StoreError::Conflict(_))), "{name}");
+        assert_eq!(store.machine("m-1").expect("get").expect("some").hostname, "renamed", "{name}");
+    }
+}
+
+/// Collects what is logged while `f` runs.
+fn logged(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = buffer.0.lock().expect("lock").clone();
+    String::from_utf8_lossy(&bytes).to_string()
+}
+
+#[test]
+fn a_damaged_record_is_skipped_in_lists_with_a_warning_naming_its_key() {
+    for (name, store, _dir) in stores() {
+        for id in ["m-1", "m-2", "m-3"] {
+            put(&store, id, &machine(id));
+        }
+        store.backend().transaction(&mut |tx| tx.insert(Tree::Machines, b"m-2", b"\x00garbage{".to_vec())).expect("damage");
+        let mut listed = Vec::new();
+        let log = logged(|| listed = store.machines().expect("list still works"));
+        let ids: Vec<String> = listed.into_iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec!["m-1", "m-3"], "{name}: every other machine is listed");
+        assert!(log.contains("m-2") && log.contains("unreadable record skipped"), "{name}: {log}");
+        let err = store.machine("m-2").expect_err("reading it alone names it");
+        assert!(err.to_string().contains("\"m-2\""), "{name}: {err}");
+    }
+}
+
+#[test]
+fn version_1_records_with_null_health_floats_are_migrated() {
+    for (name, store, _dir) in stores() {
+        let mut record = serde_json::to_value(machine("m-1")).expect("json");
+        record["health"] = json!({
+            "received_at": 1, "hostname": "h", "uptime_secs": 1, "load_average": [null, 0.5, null],
+            "cpu_count": 1, "cpu_usage_percent": null, "memory_total_bytes": 1, "memory_used_bytes": 1,
+            "disks": [], "failed_units": null, "agent_version": "0", "system_path": null
+        });
+        store.backend().transaction(&mut |tx| tx.insert(Tree::Machines, b"m-1", codec::encode_as(1, record.clone()))).expect("write v1");
+        let m = store.machine("m-1").expect("migrated").expect("present");
+        let health = m.health.expect("health");
+        assert_eq!(health.load_average, [0.0, 0.5, 0.0], "{name}");
+        assert_eq!(health.cpu_usage_percent, 0.0, "{name}");
+        let newer = codec::encode_as(SCHEMA_VERSION + 1, serde_json::to_value(machine("m-9")).expect("json"));
+        store.backend().transaction(&mut |tx| tx.insert(Tree::Machines, b"m-9", newer.clone())).expect("write");
+        let err = store.machine("m-9").expect_err("newer record");
+        assert!(err.to_string().contains("newer coordinator"), "{name}: {err}");
+    }
+}
+
+#[test]
+fn sled_keeps_records_across_reopening_and_refuses_a_newer_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = Store::open(dir.path()).expect("open");
+        put(&store, "h1", &token("h1"));
+    }
+    let store = Store::open(dir.path()).expect("reopen");
+    assert_eq!(store.tokens().expect("tokens").len(), 1);
+    drop(store);
+    {
+        let db = sled::open(dir.path()).expect("open");
+        db.open_tree("meta").expect("meta").insert("schema_version", "99").expect("insert");
+        db.flush().expect("flush");
+    }
+    assert!(matches!(Store::open(dir.path()), Err(StoreError::TooNew { found: 99, .. })));
+}
+
+#[test]
+fn a_store_held_by_another_process_is_named_as_such() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _first = Store::open(dir.path()).expect("open");
+    // sled locks its directory per process with a file lock; a second open
+    // in the same process shares it, so check the message on the error kind.
+    let locked = StoreError::Locked(dir.path().display().to_string());
+    assert!(locked.to_string().contains("another coordinator holds the store"));
+}

@@ -1,0 +1,242 @@
+//! The shape of the code, checked: the modules of each crate form no
+//! circle, every dependency points one way (command → server → app →
+//! cores and store), the store decides nothing, and the pure cores touch
+//! no I/O. Read from the sources, so a new `use` that breaks a rule fails
+//! here with the offending file named.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Every `.rs` file under `dir`, tests excluded.
+fn sources(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read src") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") && path.file_name().is_some_and(|n| n != "tests.rs") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The module path of a file: `src/app/s3/cluster.rs` → `[app, s3, cluster]`.
+fn module_path(src: &Path, file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(src).expect("under src");
+    let mut parts: Vec<String> = rel.iter().map(|p| p.to_string_lossy().trim_end_matches(".rs").to_string()).collect();
+    if parts.last().is_some_and(|p| p == "mod" || p == "lib" || p == "main") {
+        parts.pop();
+    }
+    parts
+}
+
+/// The code of a file without comments and without its inline test module.
+fn code(file: &Path) -> String {
+    let text = std::fs::read_to_string(file).expect("read");
+    let mut out = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("mod tests {") {
+            break;
+        }
+        if trimmed.starts_with("//") {
+            continue;
+        }
+        out.push_str(line.split(" //").next().unwrap_or(""));
+        out.push('\n');
+    }
+    out
+}
+
+fn ident_at(s: &str) -> String {
+    s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect()
+}
+
+/// The top-level modules of its crate that `file` refers to.
+fn references(src: &Path, file: &Path, top: &BTreeSet<String>) -> BTreeSet<String> {
+    let path = module_path(src, file);
+    let code = code(file);
+    let mut out = BTreeSet::new();
+    let mut add = |name: String| {
+        if top.contains(&name) {
+            out.insert(name);
+        }
+    };
+    for (i, _) in code.match_indices("crate::") {
+        let rest = &code[i + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let end = group.find('}').unwrap_or(group.len());
+            for item in group[..end].split(',') {
+                add(ident_at(item.trim()));
+            }
+        } else {
+            add(ident_at(rest));
+        }
+    }
+    for (i, _) in code.match_indices("super::") {
+        // Count the run of `super::` this one starts (skip inner ones).
+        if code[..i].ends_with("super::") {
+            continue;
+        }
+        let mut rest = &code[i..];
+        let mut up = 0;
+        while let Some(r) = rest.strip_prefix("super::") {
+            up += 1;
+            rest = r;
+        }
+        if path.len() > up {
+            continue; // still inside the same top-level module
+        }
+        if let Some(group) = rest.strip_prefix('{') {
+            let end = group.find('}').unwrap_or(group.len());
+            for item in group[..end].split(',') {
+                add(ident_at(item.trim()));
+            }
+        } else {
+            add(ident_at(rest));
+        }
+    }
+    out
+}
+
+struct Crate {
+    /// module → the modules it refers to
+    graph: BTreeMap<String, BTreeSet<String>>,
+    /// module → its files' code
+    files: BTreeMap<String, Vec<(PathBuf, String)>>,
+}
+
+fn read_crate(name: &str) -> Crate {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(name).join("src");
+    let files = sources(&src);
+    let top: BTreeSet<String> = files.iter().filter_map(|f| module_path(&src, f).first().cloned()).collect();
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut by_module: BTreeMap<String, Vec<(PathBuf, String)>> = BTreeMap::new();
+    for f in &files {
+        let Some(module) = module_path(&src, f).first().cloned() else { continue };
+        let mut refs = references(&src, f, &top);
+        refs.remove(&module);
+        graph.entry(module.clone()).or_default().extend(refs);
+        by_module.entry(module).or_default().push((f.clone(), code(f)));
+    }
+    Crate { graph, files: by_module }
+}
+
+/// A circle in the graph, if there is one.
+fn circle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        stack: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(pos) = stack.iter().position(|n| n == node) {
+            let mut c = stack[pos..].to_vec();
+            c.push(node.to_string());
+            return Some(c);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        stack.push(node.to_string());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(c) = visit(next, graph, stack, done) {
+                return Some(c);
+            }
+        }
+        stack.pop();
+        done.insert(node.to_string());
+        None
+    }
+    let mut done = BTreeSet::new();
+    for node in graph.keys() {
+        if let Some(c) = visit(node, graph, &mut Vec::new(), &mut done) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+#[test]
+fn no_crate_has_an_import_circle() {
+    for name in ["protocol", "net", "coordinator", "agent"] {
+        let krate = read_crate(name);
+        assert!(circle(&krate.graph).is_none(), "{name}: modules import each other in a circle: {:?}", circle(&krate.graph));
+    }
+}
+
+#[test]
+fn coordinator_dependencies_point_one_way() {
+    let krate = read_crate("coordinator");
+    let g = &krate.graph;
+    for (module, refs) in g {
+        if refs.contains("server") {
+            assert_eq!(module, "command", "only the `serve` command may import the server; {module} does");
+        }
+    }
+    assert!(g["server"].contains("app"), "the server hands requests to the application layer");
+    for core in ["tokens", "registry", "authz", "deploy", "tenancy", "rollout", "model", "store", "s3", "pki"] {
+        for upper in ["app", "server", "command", "cli", "client"] {
+            assert!(!g[core].contains(upper), "{core} must not import {upper} (it sits below it)");
+        }
+    }
+    for core in ["tokens", "registry", "authz", "deploy", "tenancy", "rollout"] {
+        assert!(!g[core].contains("store"), "the core {core} must not touch the store");
+    }
+    let decided = ["tokens", "registry", "authz", "deploy", "tenancy", "rollout", "app"];
+    for c in decided {
+        assert!(!g["store"].contains(c), "the store decides nothing: it must not import {c}");
+    }
+}
+
+#[test]
+fn only_the_store_imports_sled_and_cores_do_no_io() {
+    let krate = read_crate("coordinator");
+    for (module, files) in &krate.files {
+        for (file, code) in files {
+            if module != "store" {
+                assert!(!code.contains("sled::"), "{} uses sled; only the store may", file.display());
+            }
+        }
+    }
+    for core in ["tokens", "registry", "authz", "deploy", "tenancy", "rollout"] {
+        for (file, code) in &krate.files[core] {
+            for io in ["tokio::", "sled::", "quinn::", "reqwest::", "std::fs", "std::net::UdpSocket", "SystemTime::now", "Instant::now"] {
+                assert!(!code.contains(io), "{} is a core and must do no I/O, yet uses {io}", file.display());
+            }
+        }
+    }
+    let agent = read_crate("agent");
+    for (file, code) in &agent.files["apply"] {
+        if file.ends_with("core.rs") {
+            for io in ["tokio::", "std::fs", "std::process", "Instant::now", "SystemTime", "crate::system"] {
+                assert!(!code.contains(io), "the apply core must do no I/O, yet {} uses {io}", file.display());
+            }
+        }
+    }
+    for (module, files) in &agent.files {
+        if module == "system" {
+            continue;
+        }
+        for (file, code) in files {
+            for process in ["std::process::Command", "tokio::process"] {
+                assert!(!code.contains(process), "only the system layer runs processes; {} does", file.display());
+            }
+        }
+    }
+}
+
+#[test]
+fn no_request_path_has_an_unreachable_arm() {
+    let krate = read_crate("coordinator");
+    for files in krate.files.values() {
+        for (file, code) in files {
+            assert!(!code.contains("unreachable!"), "{} has an unreachable! arm", file.display());
+        }
+    }
+}
