@@ -95,7 +95,6 @@ let
     ca_file = toString cfg.caFile;
     enrollment_token_file = cfg.enrollmentTokenFile;
     state_dir = cfg.stateDir;
-    labels = cfg.labels;
   } // cfg.settings));
 in
 {
@@ -133,12 +132,6 @@ in
       type = types.str;
       default = "/var/lib/drover-agent";
       description = "Where the agent keeps its key, certificate and apply records.";
-    };
-
-    labels = mkOption {
-      type = types.attrsOf types.str;
-      default = { };
-      description = "Labels the agent asks for (the enrollment token's labels rule).";
     };
 
     sshAccess = mkOption {

@@ -3,11 +3,12 @@
 # Built on nixpkgs' services.garage. Its rpc_secret and admin token are
 # Drover secrets (delivered by `drover deploy --secret`, written to
 # /run/drover/secrets/) and reach Garage as systemd credentials, never
-# through the Nix store. The node asks for the labels the coordinator reads to
-# place it in the cluster (`drover s3 cluster add-machine ID`, then `drover s3
-# cluster apply`): garage.admin, garage.rpc, garage.zone and garage.capacity.
-# The coordinator decides a machine's labels from its enrollment token, so
-# give the token the same labels (see the README).
+# through the Nix store. The coordinator places the node in the cluster
+# (`drover s3 cluster add-machine ID`, then `drover s3 cluster apply`) from
+# the labels garage.admin, garage.rpc, garage.zone and garage.capacity. The
+# coordinator decides a machine's labels from its enrollment token, so give
+# the token the labels this module computes in its read-only `tokenLabels`
+# option (see the README).
 { config, lib, pkgs, ... }:
 
 let
@@ -18,6 +19,23 @@ let
 in
 {
   options.services.drover-garage-node = {
+    tokenLabels = mkOption {
+      type = types.attrsOf types.str;
+      readOnly = true;
+      default = {
+        role = "garage";
+        "garage.admin" = "http://${cfg.address}:3903";
+        "garage.rpc" = "${cfg.address}:3901";
+        "garage.zone" = cfg.zone;
+        "garage.capacity" = cfg.capacity;
+      };
+      description = ''
+        The labels to give this node's enrollment token
+        (`drover tokens create --label k=v ...`): the coordinator reads them
+        to place the node in the cluster.
+      '';
+    };
+
     enable = mkEnableOption "a Garage node formed into a cluster by Drover";
 
     package = mkOption {
@@ -103,14 +121,6 @@ in
         "rpc_secret:${secrets}/${cfg.rpcSecretName}"
         "admin_token:${secrets}/${cfg.adminTokenName}"
       ];
-    };
-
-    services.drover-agent.labels = {
-      role = "garage";
-      "garage.admin" = "http://${cfg.address}:3903";
-      "garage.rpc" = "${cfg.address}:3901";
-      "garage.zone" = cfg.zone;
-      "garage.capacity" = cfg.capacity;
     };
 
     networking.firewall.allowedTCPPorts = lib.optionals cfg.openFirewall [ 3900 3901 3902 3903 ];

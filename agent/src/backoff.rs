@@ -51,18 +51,16 @@ mod tests {
     }
 
     #[test]
-    fn jitter_stays_within_the_upper_half() {
+    fn jitter_stays_within_the_upper_half_of_every_step() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         for i in 0..40 {
-            let j = f64::from(i) / 40.0;
-            let mut probe = b.clone();
-            let d = probe.next(j);
-            let step = Duration::from_millis(100) * 2u32.pow(b.attempt.min(6)).min(100);
-            assert!(d >= step.min(Duration::from_secs(10)) / 2, "{d:?}");
-            assert!(d <= step.min(Duration::from_secs(10)), "{d:?}");
+            // The step this attempt may take, before `next` advances it.
+            let step = (Duration::from_millis(100) * 2u32.pow(b.attempt.min(16))).min(Duration::from_secs(10));
+            let jitter = f64::from(i % 10) / 10.0;
+            let d = b.next(jitter);
+            assert!(d >= step / 2, "attempt {i}: {d:?} below half of {step:?}");
+            assert!(d <= step, "attempt {i}: {d:?} above {step:?}");
         }
-        for _ in 0..100 {
-            assert!(b.next(0.999) <= Duration::from_secs(10));
-        }
+        assert_eq!(b.next(1.0), Duration::from_secs(10), "capped at the maximum");
     }
 }

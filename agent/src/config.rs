@@ -2,7 +2,6 @@
 //! the command-line flags can override. The NixOS module renders the same
 //! keys, so this struct is the one source of truth for them.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,9 +26,6 @@ pub struct AgentConfig {
     /// Where the agent keeps its key, certificate and records.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
-    /// Labels the agent asks for (informational; the token's labels rule).
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
     /// The hostname to report (default: the system's).
     #[serde(default)]
     pub hostname: Option<String>,
@@ -142,7 +138,6 @@ impl AgentConfig {
             ca_file,
             enrollment_token_file: None,
             state_dir,
-            labels: BTreeMap::new(),
             hostname: None,
             backoff_initial: default_backoff_initial(),
             backoff_max: default_backoff_max(),

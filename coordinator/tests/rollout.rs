@@ -114,6 +114,18 @@ impl Fleet {
         }
     }
 
+    /// Waits until the rollout driver has made `n` more passes over the
+    /// fleet (an event, not a guess at how long that takes).
+    async fn driver_passes(&self, n: u64) {
+        let handle = self.coordinator.handle.as_ref().expect("an in-process coordinator");
+        let mut passes = handle.coordinator.driver_passes.subscribe();
+        let target = *passes.borrow_and_update() + n;
+        tokio::time::timeout(Duration::from_secs(30), passes.wait_for(|p| *p >= target))
+            .await
+            .expect("the driver keeps passing")
+            .expect("the driver runs");
+    }
+
     async fn stop(self) {
         for a in self.agents {
             let _ = a.stop().await;
@@ -301,7 +313,10 @@ async fn pause_resume_abort_and_revert_change_the_fleet_as_documented() {
     assert!(paused.paused);
     let started = |r: &RolloutInfo| r.machines.iter().filter(|m| m.started_at.is_some()).count();
     let before = started(&fleet.status(&id).await);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Once every started machine has settled there is room for more; the
+    // driver looks again a few times and starts none.
+    fleet.until(&id, Duration::from_secs(30), |r| r.machines.iter().filter(|m| m.started_at.is_some()).all(|m| m.settled_at.is_some())).await;
+    fleet.driver_passes(3).await;
     assert_eq!(started(&fleet.status(&id).await), before, "paused: nothing new starts");
 
     // A machine that enrolls during the rollout with matching labels is not
@@ -316,7 +331,7 @@ async fn pause_resume_abort_and_revert_change_the_fleet_as_documented() {
     control(RolloutAction::Abort).await;
     let aborted = fleet.until(&id, Duration::from_secs(30), |r| r.phase.as_str() == "aborted").await;
     let touched = started(&aborted);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    fleet.driver_passes(3).await;
     let r = fleet.status(&id).await;
     assert_eq!(started(&r), touched, "aborted: nothing new starts");
     assert!(r.machines.iter().any(|m| m.state.as_str() == "waiting"), "the rest are left as they were");

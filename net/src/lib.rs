@@ -9,10 +9,12 @@
 //! - [`client`]: connecting to a coordinator and saying Hello.
 //! - [`fsutil`]: atomic file writes with an exact mode.
 //! - [`clock`]: wall-clock milliseconds for records.
+//! - [`s3`]: the S3 data-plane client (path-style, as Garage needs).
 
 pub mod client;
 pub mod clock;
 pub mod fsutil;
+pub mod s3;
 pub mod identity;
 pub mod logging;
 pub mod stream;

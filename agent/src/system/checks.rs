@@ -30,14 +30,7 @@ async fn s3_check(bucket: &str, runtime: &Path) -> Result<(), String> {
         .unwrap_or_default();
     let endpoint = facts.get("s3_endpoint").and_then(|v| v.as_str()).ok_or_else(|| format!("s3:{bucket}: no s3_endpoint in facts.json"))?;
     let region = facts.get("s3_region").and_then(|v| v.as_str()).unwrap_or("garage");
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(aws_sdk_s3::config::Region::new(region.to_string()))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(id, secret, None, None, "drover-agent"))
-        .force_path_style(true)
-        .build();
-    let client = aws_sdk_s3::Client::from_conf(config);
+    let client = drover_net::s3::client(endpoint, region, &id, &secret);
     tokio::time::timeout(ATTEMPT_TIMEOUT, client.list_objects_v2().bucket(bucket).max_keys(1).send())
         .await
         .map_err(|_| format!("s3:{bucket} timed out"))?

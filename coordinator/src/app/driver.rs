@@ -94,12 +94,14 @@ pub async fn drive_once(state: &Coordinator) {
     }
 }
 
-/// The driver task: steps every active rollout at [`DRIVER_INTERVAL`].
+/// The driver task: steps every active rollout at [`DRIVER_INTERVAL`] and
+/// counts its passes in [`Coordinator::driver_passes`].
 pub async fn drive(state: Arc<Coordinator>) {
     let mut tick = tokio::time::interval(DRIVER_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         drive_once(&state).await;
+        state.driver_passes.send_modify(|n| *n += 1);
     }
 }

@@ -74,6 +74,9 @@ pub struct Coordinator {
     pub object_store: Option<ObjectStore>,
     /// Serialises rollout starts (the one-rollout-per-machine check).
     pub rollout_lock: tokio::sync::Mutex<()>,
+    /// Passes the rollout driver has made, so that a caller can wait until
+    /// it has looked at the fleet again.
+    pub driver_passes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Coordinator {
@@ -90,7 +93,15 @@ impl Coordinator {
     /// when `[s3]` is configured.
     pub fn new(config: Config, ca: Ca, store: Store) -> Self {
         let object_store = config.s3.clone().map(ObjectStore::garage);
-        Coordinator { config, store, ca, live: Live::default(), object_store, rollout_lock: tokio::sync::Mutex::new(()) }
+        Coordinator {
+            config,
+            store,
+            ca,
+            live: Live::default(),
+            object_store,
+            rollout_lock: tokio::sync::Mutex::new(()),
+            driver_passes: tokio::sync::watch::channel(0).0,
+        }
     }
 
     /// Replaces the object store (tests use the in-memory one).

@@ -1,22 +1,11 @@
 //! Data-plane checks with `aws-sdk-s3`: a key must be able to put, get and
 //! delete a probe object in its bucket before its credentials are handed out.
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 
 use super::S3Error;
 
-/// An S3 client for `endpoint` (path-style, as Garage needs).
-pub fn client(endpoint: &str, region: &str, access_key: &str, secret_key: &str) -> aws_sdk_s3::Client {
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(Region::new(region.to_string()))
-        .credentials_provider(Credentials::new(access_key, secret_key, None, None, "drover"))
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
-}
+pub use drover_net::s3::client;
 
 fn failed(step: &str, bucket: &str, e: impl std::fmt::Display) -> S3Error {
     S3Error::Api {

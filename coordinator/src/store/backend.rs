@@ -175,8 +175,14 @@ impl Backend for SledBackend {
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        // On tokio's blocking pool, not sled's own `flush_async`: that runs
+        // the flush on sled's I/O threads, and concurrent flushes can take
+        // every one of them while the writes they wait for need one too.
+        let db = self.db.clone();
         Box::pin(async move {
-            self.db.flush_async().await?;
+            tokio::task::spawn_blocking(move || db.flush())
+                .await
+                .map_err(|e| StoreError::Sled(sled::Error::ReportableBug(format!("flush task: {e}"))))??;
             Ok(())
         })
     }

@@ -9,7 +9,8 @@
 //! never hides the others.
 //!
 //! Durability: [`Store::commit`] flushes before it returns, off the async
-//! workers, so nothing a peer was told can be lost by a crash. Only health
+//! workers (on tokio's blocking pool), so nothing a peer was told can be
+//! lost by a crash. Only health
 //! reports use [`Store::transact`] alone and wait for sled's periodic flush.
 //!
 //! Concerns: [`machines`] (machines, tokens, admins), [`deployments`]
