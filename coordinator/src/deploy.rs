@@ -9,6 +9,8 @@ use drover_protocol::v1::{
     Access, Assignment, DeployStep, DeploySpec, DeploymentReport, DeploymentState, HealthCheck, SystemSpec,
 };
 
+use drover_protocol::text::tail;
+
 use crate::model::{deployment_id, AssignmentRecord, DeploymentRecord, MachineRecord, StepRecord, UnixMillis};
 use crate::registry;
 use crate::tenancy::Extras;
@@ -225,17 +227,6 @@ pub fn rebuild(
     )
 }
 
-fn clip(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut start = text.len() - max;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    text[start..].to_string()
-}
-
 /// Folds a progress report into the deployment and its machine.
 pub fn apply_report(
     deployment: &mut DeploymentRecord,
@@ -246,10 +237,10 @@ pub fn apply_report(
     deployment.steps.push(StepRecord {
         step: report.step,
         at: now,
-        message: clip(&report.message, MAX_MESSAGE),
+        message: tail(&report.message, MAX_MESSAGE),
     });
     if !report.output_tail.is_empty() {
-        deployment.output_tail = clip(&report.output_tail, MAX_OUTPUT_TAIL);
+        deployment.output_tail = tail(&report.output_tail, MAX_OUTPUT_TAIL);
     }
     match report.step {
         DeployStep::Succeeded => {

@@ -57,6 +57,18 @@ fn ident_at(s: &str) -> String {
     s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect()
 }
 
+/// The first path segments a `use` names after `crate::` or `super::`:
+/// one, or each of a `{...}` group.
+fn named(rest: &str) -> Vec<String> {
+    match rest.strip_prefix('{') {
+        Some(group) => {
+            let end = group.find('}').unwrap_or(group.len());
+            group[..end].split(',').map(|item| ident_at(item.trim())).collect()
+        }
+        None => vec![ident_at(rest)],
+    }
+}
+
 /// The top-level modules of its crate that `file` refers to.
 fn references(src: &Path, file: &Path, top: &BTreeSet<String>) -> BTreeSet<String> {
     let path = module_path(src, file);
@@ -68,15 +80,7 @@ fn references(src: &Path, file: &Path, top: &BTreeSet<String>) -> BTreeSet<Strin
         }
     };
     for (i, _) in code.match_indices("crate::") {
-        let rest = &code[i + "crate::".len()..];
-        if let Some(group) = rest.strip_prefix('{') {
-            let end = group.find('}').unwrap_or(group.len());
-            for item in group[..end].split(',') {
-                add(ident_at(item.trim()));
-            }
-        } else {
-            add(ident_at(rest));
-        }
+        named(&code[i + "crate::".len()..]).into_iter().for_each(&mut add);
     }
     for (i, _) in code.match_indices("super::") {
         // Count the run of `super::` this one starts (skip inner ones).
@@ -92,14 +96,7 @@ fn references(src: &Path, file: &Path, top: &BTreeSet<String>) -> BTreeSet<Strin
         if path.len() > up {
             continue; // still inside the same top-level module
         }
-        if let Some(group) = rest.strip_prefix('{') {
-            let end = group.find('}').unwrap_or(group.len());
-            for item in group[..end].split(',') {
-                add(ident_at(item.trim()));
-            }
-        } else {
-            add(ident_at(rest));
-        }
+        named(rest).into_iter().for_each(&mut add);
     }
     out
 }

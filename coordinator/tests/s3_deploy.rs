@@ -164,6 +164,38 @@ async fn garage_down_or_a_wrong_token_refuses_the_deployment_and_a_retry_complet
         .expect_err("invalid");
     assert_eq!(err.code(), Some(ErrorCode::InvalidArgument), "{err}");
 
+    // A rollout refused for its targets or its strategy makes no bucket:
+    // every check comes before anything is made.
+    let refused = DeploySpec {
+        selector: [("role".to_string(), "nobody".to_string())].into(),
+        buckets: vec![BucketRequest { name: "refused-rollout".into(), public: false }],
+        ..spec(&flake)
+    };
+    let strategy = RolloutStrategy {
+        canary: 0,
+        max_parallel: Amount::Count(1),
+        max_unavailable: Amount::Percent(100),
+        max_failures: Amount::Count(0),
+        healthy_deadline_ms: 60_000,
+        min_healthy_time_ms: 0,
+        progress_deadline_ms: 60_000,
+        auto_revert: false,
+        auto_promote: true,
+    };
+    let err = client
+        .call(AdminRequest::RolloutStart(RolloutSpec { deploy: refused.clone(), strategy: strategy.clone() }))
+        .await
+        .expect_err("no target");
+    assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
+    let targeted = DeploySpec { selector: [("role".to_string(), "mastodon".to_string())].into(), ..refused };
+    let err = client
+        .call(AdminRequest::RolloutStart(RolloutSpec { deploy: targeted, strategy: RolloutStrategy { healthy_deadline_ms: 0, ..strategy } }))
+        .await
+        .expect_err("bad strategy");
+    assert_eq!(err.code(), Some(ErrorCode::InvalidArgument), "{err}");
+    assert!(admin.bucket("refused-rollout").await.expect("lookup").is_none(), "a refused rollout leaves no bucket");
+    assert!(admin.key("drover-refused-rollout", false).await.expect("lookup").is_none(), "nor a key");
+
     // Garage back: the same request completes.
     let AdminResponse::Deployed(t) = client.call(with_buckets(spec(&flake), buckets)).await.expect("deploys") else { panic!() };
     assert_eq!(finished(&fleet, &t[0].deployment_id).await.state, DeploymentState::Succeeded);

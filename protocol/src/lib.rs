@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod frame;
+pub mod text;
 // Answers are short-lived values moved once into a frame; boxing their
 // larger variants would buy nothing.
 #[allow(clippy::large_enum_variant)]
