@@ -68,10 +68,12 @@
         default = { imports = [ agent coordinator garage-node mastodon peertube pixelfed ]; };
       };
 
-      # NixOS tests (QEMU, KVM recommended): `nix flake check`, or one of
-      # them with `nix build .#checks.x86_64-linux.fleet -L`.
+      # `modules` evaluates every module in a minimal configuration (fast, no
+      # VM); the others are NixOS tests (QEMU, KVM recommended): `nix flake
+      # check`, or one with `nix build .#checks.x86_64-linux.fleet -L`.
       checks = forAllSystems (pkgs:
         import ./vm-tests { inherit pkgs self; } // {
+          modules = import ./vm-tests/modules.nix { inherit pkgs self nixpkgs; };
           inherit (packagesFor pkgs) drover drover-agent;
         });
 

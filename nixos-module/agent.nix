@@ -89,13 +89,25 @@ let
     };
   };
 
-  # null means "not set": left out of the TOML file.
-  settingsFile = toml.generate "drover-agent.toml" (lib.filterAttrs (_: v: v != null) ({
+  # null means "not set": left out of the TOML file. The CA file is
+  # interpolated, not `toString`-ed: a path literal (./ca.pem) is then copied
+  # into the store, instead of naming a file on the machine that evaluated
+  # the configuration.
+  rawSettings = toml.generate "drover-agent-unchecked.toml" (lib.filterAttrs (_: v: v != null) ({
     coordinator = cfg.coordinator;
-    ca_file = toString cfg.caFile;
+    ca_file = "${cfg.caFile}";
     enrollment_token_file = cfg.enrollmentTokenFile;
     state_dir = cfg.stateDir;
   } // cfg.settings));
+
+  # Checked at build time, like the coordinator's: an unknown or malformed
+  # key fails `nixos-rebuild`, not the agent at boot.
+  settingsFile = pkgs.runCommand "drover-agent.toml" { nativeBuildInputs = [ cfg.package ]; } ''
+    cp ${rawSettings} $out
+    drover-agent check-config --config $out
+  '';
+
+  runtimeDir = cfg.settings.runtime_dir;
 in
 {
   options.services.drover-agent = {
@@ -158,10 +170,16 @@ in
   config = mkIf cfg.enable {
     services.openssh.authorizedKeysFiles = lib.mkIf cfg.sshAccess [ "${cfg.settings.runtime_dir}/ssh/%u" ];
 
-    assertions = [{
-      assertion = cfg.enrollmentTokenFile == null || !(lib.hasPrefix builtins.storeDir cfg.enrollmentTokenFile);
-      message = "services.drover-agent.enrollmentTokenFile must not be in the Nix store, which everyone can read.";
-    }];
+    assertions = [
+      {
+        assertion = cfg.enrollmentTokenFile == null || !(lib.hasPrefix builtins.storeDir cfg.enrollmentTokenFile);
+        message = "services.drover-agent.enrollmentTokenFile must not be in the Nix store, which everyone can read.";
+      }
+      {
+        assertion = lib.hasPrefix "/run/" runtimeDir && runtimeDir != "/run/";
+        message = "services.drover-agent.settings.runtime_dir must be a directory under /run (a tmpfs: secrets live there), not ${runtimeDir}.";
+      }
+    ];
 
     systemd.services.drover-agent = {
       description = "Drover agent";
@@ -178,7 +196,9 @@ in
         RestartPreventExitStatus = 3;
         StateDirectory = "drover-agent";
         StateDirectoryMode = "0700";
-        RuntimeDirectory = "drover";
+        # The directory the agent writes secrets to, made by systemd from
+        # settings.runtime_dir (not a fixed name).
+        RuntimeDirectory = lib.removePrefix "/run/" runtimeDir;
         RuntimeDirectoryPreserve = "yes";
         # It switches the system as root; hardening that still allows that.
         PrivateTmp = true;

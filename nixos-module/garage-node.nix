@@ -22,6 +22,7 @@ in
     tokenLabels = mkOption {
       type = types.attrsOf types.str;
       readOnly = true;
+      defaultText = lib.literalExpression ''{ role = "garage"; "garage.admin" = "http://''${address}:3903"; "garage.rpc" = "''${address}:3901"; "garage.zone" = zone; "garage.capacity" = capacity; }'';
       default = {
         role = "garage";
         "garage.admin" = "http://${cfg.address}:3903";
@@ -121,6 +122,16 @@ in
         "rpc_secret:${secrets}/${cfg.rpcSecretName}"
         "admin_token:${secrets}/${cfg.adminTokenName}"
       ];
+    };
+
+    # Started as soon as the agent has written both secrets (the first
+    # generation that carries them), not only at the next boot.
+    systemd.paths.garage-secrets = {
+      wantedBy = [ "multi-user.target" ];
+      pathConfig = {
+        PathExists = "${secrets}/${cfg.adminTokenName}";
+        Unit = "garage.service";
+      };
     };
 
     networking.firewall.allowedTCPPorts = lib.optionals cfg.openFirewall [ 3900 3901 3902 3903 ];

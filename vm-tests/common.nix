@@ -3,6 +3,7 @@
 { self, lib }:
 
 rec {
+  inherit self;
   coordinatorIp = "192.168.1.10";
   garageIp = "192.168.1.20";
   agentIp = n: "192.168.1.${toString (30 + n)}";

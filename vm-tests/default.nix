@@ -8,4 +8,5 @@ in
 {
   fleet = pkgs.testers.runNixOSTest (import ./fleet.nix { inherit common; });
   s3-service = pkgs.testers.runNixOSTest (import ./s3-service.nix { inherit common; });
+  service-profile = pkgs.testers.runNixOSTest (import ./service-profile.nix { inherit common; });
 }

@@ -81,15 +81,17 @@ rec {
 
   # A oneshot unit writing ${envDir}/NAME.env (mode 0440, root:GROUP) with
   # SCRIPT's standard output, before BEFORE. It waits for the facts; a path
-  # unit runs it again whenever the agent rewrites them, and the services in
-  # BEFORE are then (re)started with the new environment.
+  # unit runs it again whenever the agent rewrites them. When the file
+  # changed, the oneshots in RERUN run again (a finished oneshot ignores
+  # try-restart) and the services in RESTART (default: BEFORE; unit
+  # patterns allowed) are restarted if they run.
   envPath = name: {
     wantedBy = [ "multi-user.target" ];
     pathConfig.PathChanged = facts;
     pathConfig.Unit = "drover-${name}-env.service";
   };
 
-  envUnit = { name, group, before, script, serviceConfig ? { } }: {
+  envUnit = { name, group, before, script, restart ? before, rerun ? [ ], serviceConfig ? { } }: {
     description = "Environment for ${name} from what Drover delivered";
     wantedBy = [ "multi-user.target" ];
     inherit before;
@@ -99,7 +101,9 @@ rec {
       Type = "oneshot";
       UMask = "0077";
     } // serviceConfig;
-    path = [ pkgs.coreutils pkgs.jq ];
+    # diffutils for cmp: without it the comparison always failed, and every
+    # run restarted the services.
+    path = [ pkgs.coreutils pkgs.diffutils pkgs.jq ];
     script = ''
       ${prelude}
       mkdir -p ${envDir}
@@ -115,7 +119,10 @@ rec {
       mv "$tmp" ${envDir}/${name}.env
       trap - EXIT
       if [ "$changed" = 1 ]; then
-        for unit in ${lib.escapeShellArgs before}; do
+        for unit in ${lib.escapeShellArgs rerun}; do
+          ${config.systemd.package}/bin/systemctl --no-block restart "$unit"
+        done
+        for unit in ${lib.escapeShellArgs restart}; do
           ${config.systemd.package}/bin/systemctl --no-block try-restart "$unit"
         done
       fi

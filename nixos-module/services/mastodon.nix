@@ -33,6 +33,8 @@ in
       name = "mastodon";
       group = mastodon.group;
       before = [ "mastodon-init-db.service" "mastodon-web.service" "mastodon-streaming.target" "mastodon-sidekiq-all.service" ];
+      # The streaming target does not restart its instances: name them.
+      restart = [ "mastodon-web.service" "mastodon-streaming-*.service" "mastodon-sidekiq-all.service" ];
       script = ''
         check_domain ${lib.escapeShellArg cfg.domain} services.drover-mastodon.domain
         env_line S3_ENABLED true
@@ -56,7 +58,11 @@ in
       after = [ "mastodon-web.service" "drover-mastodon-env.service" ];
       requires = [ "mastodon-web.service" ];
       unitConfig.ConditionPathExists = [ "${drover.secrets}/tenant-admin-password" "!/var/lib/drover-mastodon/admin-created" ];
-      environment = webEnv.environment;
+      # mastodon-web's environment without its PATH: NixOS derives PATH from
+      # a unit's `path`, so copying it would define PATH twice (a conflict
+      # that fails evaluation). The same `path` gives the same PATH.
+      environment = builtins.removeAttrs webEnv.environment [ "PATH" ];
+      path = webEnv.path;
       serviceConfig = {
         Type = "oneshot";
         User = mastodon.user;

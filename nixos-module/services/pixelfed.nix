@@ -33,6 +33,11 @@ in
       name = "pixelfed";
       group = pixelfed.group;
       before = [ "pixelfed-data-setup.service" "phpfpm-pixelfed.service" "pixelfed-horizon.service" ];
+      # The data setup is a oneshot that has finished: try-restart would do
+      # nothing, so it runs again (new keys reach Pixelfed's config cache),
+      # then the services restart.
+      rerun = [ "pixelfed-data-setup.service" ];
+      restart = [ "phpfpm-pixelfed.service" "pixelfed-horizon.service" ];
       script = ''
         check_domain ${lib.escapeShellArg cfg.domain} services.drover-pixelfed.domain
         if [ ! -s ${appKey} ]; then
@@ -64,7 +69,10 @@ in
         Type = "oneshot";
         LoadCredential = [ "password:${drover.secrets}/tenant-admin-password" "facts:${drover.facts}" ];
       };
-      path = [ config.security.wrapperDir "/run/current-system/sw" ];
+      # `path` appends /bin to each entry, so the wrapper directory cannot go
+      # there (it would become WRAPPERDIR/bin and sudo the non-setuid copy):
+      # the setuid sudo is called by its full path.
+      path = [ "/run/current-system/sw" ];
       script = ''
         set -euo pipefail
         facts="$CREDENTIALS_DIRECTORY/facts"
@@ -76,7 +84,7 @@ in
         # A throwaway password first; the real one goes through the environment.
         pixelfed-manage user:create --name="$user" --username="$user" --email="$email" \
           --password="$(head -c 24 /dev/urandom | base64)" --is_admin=1 --confirm_email=1 || true
-        sudo --preserve-env=DROVER_ADMIN_USER,DROVER_ADMIN_PASSWORD -u ${pixelfed.user} \
+        ${config.security.wrapperDir}/sudo --preserve-env=DROVER_ADMIN_USER,DROVER_ADMIN_PASSWORD -u ${pixelfed.user} \
           pixelfed-manage tinker --execute='
             $u = App\User::where("username", getenv("DROVER_ADMIN_USER"))->firstOrFail();
             $u->password = Hash::make(getenv("DROVER_ADMIN_PASSWORD"));
