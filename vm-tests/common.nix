@@ -27,6 +27,17 @@ rec {
     virtualisation.memorySize = 1024;
   };
 
+  # The coordinator managing the Garage whose admin API is at ADMIN_IP; its
+  # admin token file is written by the test script (`seed_s3_token`).
+  s3Coordinator = adminIp: extra: coordinatorNode ({ ... }: {
+    imports = [ extra ];
+    services.drover.s3 = {
+      admin_endpoint = "http://${adminIp}:3903";
+      adminTokenFile = "/var/lib/drover-seed/garage-admin-token";
+      s3_endpoint = "http://${adminIp}:3900";
+    };
+  });
+
   # A single Garage node (replication 1); its RPC secret and admin token
   # come from an environment file the test script writes (`seed_garage`).
   garageNode = { pkgs, ... }: {
@@ -87,6 +98,15 @@ rec {
         garage.succeed(f"mkdir -p /var/lib/garage-seed && printf 'GARAGE_RPC_SECRET=%s\\nGARAGE_ADMIN_TOKEN=%s\\n' {rpc} {admin_token} > /var/lib/garage-seed/env")
         garage.systemctl("restart garage.service")
         garage.wait_for_open_port(3903)
+
+    def seed_s3_token(admin_token):
+        coordinator.succeed(f"mkdir -p /var/lib/drover-seed && printf %s {admin_token} > /var/lib/drover-seed/garage-admin-token && chmod 600 /var/lib/drover-seed/garage-admin-token")
+        coordinator.systemctl("restart drover.service")
+        coordinator.wait_for_unit("drover.service")
+        # The systems the tests deploy are already in each VM's store; the
+        # key only satisfies the closure mode's rule that one is named.
+        coordinator.succeed("nix-store --generate-binary-cache-key unused /root/k /root/k.pub")
+        return coordinator.succeed("cat /root/k.pub").strip()
 
     def machine_id(hostname):
         for m in drover_json("machines list"):

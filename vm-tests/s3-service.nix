@@ -22,13 +22,7 @@ in
   name = "drover-s3-service";
 
   nodes = {
-    coordinator = common.coordinatorNode ({ ... }: {
-      services.drover.s3 = {
-        admin_endpoint = "http://${common.agentIp 11}:3903";
-        adminTokenFile = "/var/lib/drover-seed/garage-admin-token";
-        s3_endpoint = "http://${common.agentIp 11}:3900";
-      };
-    });
+    coordinator = common.s3Coordinator (common.agentIp 11) { };
     garage1 = garage 1;
     garage2 = garage 2;
     garage3 = garage 3;
@@ -42,14 +36,8 @@ in
     start_all()
     token = "0123456789abcdef0123456789abcdef"
     rpc_secret = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
-    coordinator.succeed(f"mkdir -p /var/lib/drover-seed && printf %s {token} > /var/lib/drover-seed/garage-admin-token && chmod 600 /var/lib/drover-seed/garage-admin-token")
+    key = seed_s3_token(token)
     coordinator.succeed(f"printf %s {rpc_secret} > /root/garage-rpc-secret && printf %s {token} > /root/garage-admin-token")
-    coordinator.systemctl("restart drover.service")
-    coordinator.wait_for_unit("drover.service")
-    # The systems deployed below are already in each VM's store; the key
-    # only satisfies the closure mode's rule that one is named.
-    coordinator.succeed("nix-store --generate-binary-cache-key unused /root/k /root/k.pub")
-    key = coordinator.succeed("cat /root/k.pub").strip()
 
     garages = {
         "garage1": (garage1, json.loads('${builtins.toJSON nodes.garage1.services.drover-garage-node.tokenLabels}')),

@@ -9,14 +9,9 @@
   name = "drover-service-profile";
 
   nodes = {
-    coordinator = common.coordinatorNode ({ ... }: {
-      services.drover.s3 = {
-        admin_endpoint = "http://${common.garageIp}:3903";
-        adminTokenFile = "/var/lib/drover-seed/garage-admin-token";
-        s3_endpoint = "http://${common.garageIp}:3900";
-        public_url = "http://{bucket}.web.garage.localhost:3902";
-      };
-    });
+    coordinator = common.s3Coordinator common.garageIp {
+      services.drover.s3.public_url = "http://{bucket}.web.garage.localhost:3902";
+    };
     garage = common.garageNode;
     social = common.agentNode 1 ({ ... }: {
       imports = [ common.self.nixosModules.mastodon ];
@@ -40,11 +35,7 @@
     start_all()
     token = "0123456789abcdef0123456789abcdef"
     seed_garage(token)
-    coordinator.succeed(f"mkdir -p /var/lib/drover-seed && printf %s {token} > /var/lib/drover-seed/garage-admin-token && chmod 600 /var/lib/drover-seed/garage-admin-token")
-    coordinator.systemctl("restart drover.service")
-    coordinator.wait_for_unit("drover.service")
-    coordinator.succeed("nix-store --generate-binary-cache-key unused /root/k /root/k.pub")
-    key = coordinator.succeed("cat /root/k.pub").strip()
+    key = seed_s3_token(token)
     drover("s3 cluster add-node --admin http://${common.garageIp}:3903 --rpc ${common.garageIp}:3901 --zone z1 --capacity 1G")
     drover("s3 cluster apply")
 
