@@ -142,7 +142,9 @@ impl Store {
 
     /// Runs `body` as one transaction: every write it makes lands, or none
     /// (when it returns an error, which is returned). `body` may run more
-    /// than once. Not flushed: see [`Store::commit`].
+    /// than once, and reads and writes only through its [`Tx`] (the memory
+    /// backend holds its lock while the body runs). Not flushed: see
+    /// [`Store::commit`].
     pub fn transact<T, E: From<StoreError>>(&self, body: impl Fn(&Tx) -> Result<T, E>) -> Result<T, E> {
         let outcome: RefCell<Option<Result<T, E>>> = RefCell::new(None);
         let result = self.backend.transaction(&mut |inner| {
