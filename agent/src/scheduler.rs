@@ -5,7 +5,7 @@
 //! newer generation is fetched once the machine is idle.
 //!
 //! The session talks to it through one typed interface: it asks
-//! [`Scheduler::next`] what to send, sends it, and hands the answer back
+//! [`Scheduler::next_to_send`] what to send, sends it, and hands the answer back
 //! with [`Scheduler::answered`]; [`Scheduler::wait`] wakes it when there is
 //! something new to send.
 
@@ -102,7 +102,7 @@ impl Scheduler {
     /// What to send now, if anything: queued progress first, then an
     /// unacknowledged outcome, then a fetch when a newer generation waits
     /// and nothing is being applied.
-    pub fn next(&mut self) -> Option<Outgoing> {
+    pub fn next_to_send(&mut self) -> Option<Outgoing> {
         while let Ok(report) = self.reports.try_recv() {
             self.pending.push_back(report);
         }

@@ -296,7 +296,7 @@ impl<H: HealthSource> Agent<H> {
 
     /// Sends what the scheduler has to send, and hands it the answers.
     async fn pump(&mut self, conn: &CoordinatorConnection) -> Result<(), AttemptError> {
-        while let Some(out) = self.scheduler.next() {
+        while let Some(out) = self.scheduler.next_to_send() {
             let request = match &out {
                 Outgoing::Progress(report) | Outgoing::Outcome(report) => AgentRequest::ReportDeployment(report.clone()),
                 Outgoing::Fetch => AgentRequest::FetchAssignment,

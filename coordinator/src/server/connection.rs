@@ -115,7 +115,7 @@ async fn serve(state: &Arc<Coordinator>, conn: &quinn::Connection, peer: &Peer) 
     let Ok((mut send, mut recv)) = conn.accept_bi().await else {
         return;
     };
-    let hello = match read_frame::<Request>(&mut recv, max_frame(&peer)).await {
+    let hello = match read_frame::<Request>(&mut recv, max_frame(peer)).await {
         Ok(Request::Hello(hello)) => hello,
         Ok(_) => {
             let e = WireError::new(ErrorCode::BadRequest, "the first request must be Hello");

@@ -202,10 +202,13 @@ pub struct MemoryBackend {
     trees: Mutex<Trees>,
 }
 
+/// A transaction's own writes: a value, or `None` for a removal.
+type Writes = BTreeMap<(Tree, Vec<u8>), Option<Vec<u8>>>;
+
 /// A transaction's view: the committed trees plus its own writes.
 struct MemoryTx<'a> {
     base: &'a Trees,
-    writes: RefCell<BTreeMap<(Tree, Vec<u8>), Option<Vec<u8>>>>,
+    writes: RefCell<Writes>,
 }
 
 impl BackendTx for MemoryTx<'_> {

@@ -221,13 +221,10 @@ pub struct Tx<'a> {
 
 impl Tx<'_> {
     fn backend<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        result.map_err(|e| {
-            match &e {
-                StoreError::Retry => *self.failure.borrow_mut() = Some(StoreError::Retry),
-                StoreError::Sled(inner) => *self.failure.borrow_mut() = Some(StoreError::Sled(inner.clone())),
-                _ => {}
-            }
-            e
+        result.inspect_err(|e| match e {
+            StoreError::Retry => *self.failure.borrow_mut() = Some(StoreError::Retry),
+            StoreError::Sled(inner) => *self.failure.borrow_mut() = Some(StoreError::Sled(inner.clone())),
+            _ => {}
         })
     }
 
