@@ -279,7 +279,7 @@ mod tests {
         MachineRecord {
             id: "m-1".into(), hostname: "h".into(), labels: Default::default(), token_id: "t".into(),
             enrolled_at: 0, revoked_at: None, cert_serial: "s".into(), cert_not_after: 0, previous_cert: None,
-            last_seen: None, health: None, desired_generation: 0, current_generation: None, current_system: None,
+            last_seen: None, health: None, desired_generation: 0, current_generation: None, current_system: None, enrolled_key: None,
         }
     }
 

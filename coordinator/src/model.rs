@@ -36,6 +36,9 @@ pub struct MachineRecord {
     pub current_generation: Option<u64>,
     #[serde(default)]
     pub current_system: Option<String>,
+    /// SHA-256 of the public key it enrolled with.
+    #[serde(default)]
+    pub enrolled_key: Option<String>,
 }
 
 impl MachineRecord {
@@ -330,6 +333,14 @@ pub struct RolloutRecord {
     pub created_at: UnixMillis,
     pub spec: v1::DeploySpec,
     pub state: crate::rollout::plan::State,
+}
+
+/// Which machine a public key enrolled as (keyed by the key's SHA-256), so
+/// that an enrollment retried after a lost answer finds its machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollmentRecord {
+    pub machine_id: String,
+    pub token_id: String,
 }
 
 /// A Garage node recorded for the S3 cluster, keyed by its admin endpoint.

@@ -122,6 +122,16 @@ impl Ca {
 
     /// Signs a client certificate for `subject` with the public key of
     /// `csr_der`, valid for `lifetime` from now.
+    /// The SHA-256 (hex) of the public key a CSR carries, after checking the
+    /// CSR's signature: which key is enrolling.
+    pub fn csr_key_fingerprint(csr_der: &[u8]) -> Result<String, SignError> {
+        use rcgen::PublicKeyData;
+        use sha2::Digest;
+        let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
+            .map_err(|e| SignError::BadCsr(e.to_string()))?;
+        Ok(hex::encode(sha2::Sha256::digest(csr.public_key.subject_public_key_info())))
+    }
+
     pub fn sign_client(
         &self,
         csr_der: &[u8],

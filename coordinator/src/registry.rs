@@ -84,6 +84,7 @@ mod tests {
             desired_generation: 0,
             current_generation: None,
             current_system: None,
+            enrolled_key: None,
         }
     }
 

@@ -178,3 +178,52 @@ async fn what_the_coordinator_acknowledged_survives_a_sigkill_right_after() {
     assert_eq!(detail.desired_generation, 1, "the generation survived");
     kill(server);
 }
+
+/// An enrollment whose answer is lost (the agent never sees its
+/// certificate) is retried with the same key and token: the retry gets the
+/// same machine and a fresh certificate, spends no second use and makes no
+/// second record. Once the machine has connected, the token rules hold again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrollment_retried_after_a_lost_answer_gets_the_same_machine_without_spending_a_use() {
+    let fleet = TestCoordinator::start().await;
+    let (token, token_file) = fleet.token(1, &[("role", "web")]).await;
+    let ca = drover_net::identity::read_cert_pem(&fleet.state_dir.join("ca.pem")).expect("ca");
+    let endpoint = drover_net::client::client_endpoint(fleet.addr).expect("endpoint");
+    let config = fleet.agent_config("vm1", Some(&token_file));
+    let key = drover_net::identity::generate_key().expect("key");
+    let enroll = |key| {
+        let (endpoint, config, ca, token) = (endpoint.clone(), config.clone(), ca.clone(), token.clone());
+        async move {
+            drover_agent::session::enroll_once(&endpoint, &config, &ca, key, drover_protocol::v1::Secret::new(token), "vm1").await
+        }
+    };
+
+    // The first answer is "lost": the test drops it.
+    let lost = enroll(&key).await.expect("first attempt");
+    let retried = enroll(&key).await.expect("the retry is answered, not refused");
+    assert_eq!(retried.subject, lost.subject, "the same machine");
+    assert_ne!(retried.serial, lost.serial, "with a certificate of its own");
+    let machines = fleet.machines().await;
+    assert_eq!(machines.len(), 1, "no second record: {machines:?}");
+    let AdminResponse::Tokens(tokens) = fleet.call(AdminRequest::TokensList).await else { panic!() };
+    assert_eq!(tokens[0].uses_left, 0, "one use spent, not two");
+
+    // Another key with the spent token is refused.
+    let other = drover_net::identity::generate_key().expect("key");
+    let err = enroll(&other).await.expect_err("a second machine is refused");
+    assert_eq!(err.code(), Some(drover_protocol::ErrorCode::TokenExhausted), "{err:?}");
+
+    // The agent with that key connects with the retried certificate...
+    std::fs::create_dir_all(&config.state_dir).expect("state dir");
+    drover_net::identity::write_key_pem(&config.state_dir.join(drover_agent::identity::KEY_FILE), &key).expect("key on disk");
+    drover_agent::identity::store_certificate(&config.state_dir, &retried).expect("certificate on disk");
+    let health = drover_agent::system::health::SystemHealth::new(config.hostname.clone(), config.current_system.clone());
+    let mut agent = drover_agent::spawn(config.clone(), health, None).expect("agent");
+    let status = until_reported(&mut agent, 1).await;
+    assert_eq!(status.machine_id.as_deref(), Some(retried.subject.as_str()));
+    agent.stop().await.expect("stop");
+    // ...after which the same key and token are an ordinary, refused enrollment.
+    let err = enroll(&key).await.expect_err("no retry once connected");
+    assert_eq!(err.code(), Some(drover_protocol::ErrorCode::TokenExhausted), "{err:?}");
+    assert_eq!(fleet.machines().await.len(), 1);
+}

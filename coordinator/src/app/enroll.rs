@@ -2,12 +2,18 @@
 //! out. The token text is hashed at once and appears in no log line; the
 //! token rules are the [`crate::tokens`] core's, checked again inside the
 //! transaction that spends a use and creates the machine.
+//!
+//! An answer can be lost (a timeout, a dropped connection). The agent then
+//! enrolls again with the same key and token: while its machine has never
+//! connected, that retry gets the same machine and a new certificate, spends
+//! no other use and makes no second record.
 
 use drover_net::identity::Subject;
 use drover_protocol::v1::{EnrollRequest, IssuedCertificate};
 use drover_protocol::{ErrorCode, WireError};
 
-use crate::model::{MachineRecord, TokenRecord};
+use crate::model::{EnrollmentRecord, MachineRecord, TokenRecord};
+use crate::pki::Ca;
 use crate::tokens::{self, TokenRefusal};
 
 use super::errors::conflict;
@@ -46,8 +52,15 @@ pub async fn enroll(state: &Coordinator, req: EnrollRequest) -> Result<IssuedCer
     }
     let hash = tokens::hash(req.token.expose());
     let now = now_ms();
-    // Fail fast before spending a signature; the transaction checks again.
+    let key = Ca::csr_key_fingerprint(&req.csr_der).map_err(|e| {
+        tracing::info!(error = %e, "enrollment refused: unusable CSR");
+        WireError::new(ErrorCode::BadCsr, e.to_string())
+    })?;
     let token = state.store.token_by_hash(&hash)?;
+    if let Some(issued) = retry(state, &req.csr_der, &key, token.as_ref()).await? {
+        return Ok(issued);
+    }
+    // Fail fast before spending a signature; the transaction checks again.
     tokens::check(token.as_ref(), now).map_err(|r| refuse(r, token.as_ref().map(|t| t.id.as_str())))?;
     let id = new_machine_id();
     let issued = state
@@ -84,9 +97,11 @@ pub async fn enroll(state: &Coordinator, req: EnrollRequest) -> Result<IssuedCer
                 desired_generation: 0,
                 current_generation: None,
                 current_system: None,
+                enrolled_key: Some(key.clone()),
             };
             tx.put(hash.as_bytes(), &token)?;
             tx.put(id.as_bytes(), &machine)?;
+            tx.put(key.as_bytes(), &EnrollmentRecord { machine_id: id.clone(), token_id: token.id.clone() })?;
             Ok(machine)
         })
         .await;
@@ -98,4 +113,48 @@ pub async fn enroll(state: &Coordinator, req: EnrollRequest) -> Result<IssuedCer
         Err(Refused::Token(refusal)) => Err(refuse(refusal, token.as_ref().map(|t| t.id.as_str()))),
         Err(Refused::Other(e)) => Err(e),
     }
+}
+
+/// The retry of an enrollment whose answer was lost: the same key, the same
+/// token, a machine that has never connected and is not revoked. Returns a
+/// new certificate for that machine, or `None` when this is no such retry
+/// (the ordinary rules then apply).
+async fn retry(state: &Coordinator, csr_der: &[u8], key: &str, token: Option<&TokenRecord>) -> Result<Option<IssuedCertificate>, WireError> {
+    let Some(token) = token.filter(|t| !t.revoked) else {
+        return Ok(None);
+    };
+    let Some(enrolled) = state.store.get::<EnrollmentRecord>(key.as_bytes())? else {
+        return Ok(None);
+    };
+    let is_retry = |m: &MachineRecord| {
+        enrolled.token_id == token.id && m.token_id == token.id && m.enrolled_key.as_deref() == Some(key) && m.revoked_at.is_none() && m.last_seen.is_none()
+    };
+    match state.store.machine(&enrolled.machine_id)? {
+        Some(m) if is_retry(&m) => {}
+        _ => return Ok(None),
+    }
+    let id = enrolled.machine_id;
+    let issued = state
+        .ca
+        .sign_client(csr_der, &Subject::Machine(id.clone()), state.config.machine_cert_lifetime)
+        .map_err(|e| WireError::new(ErrorCode::BadCsr, e.to_string()))?;
+    let still = state
+        .store
+        .commit(|tx| {
+            let mut m: MachineRecord = tx.require(id.as_bytes())?;
+            if !is_retry(&m) {
+                return Ok::<_, WireError>(false);
+            }
+            m.previous_cert = Some((m.cert_serial.clone(), m.cert_not_after));
+            m.cert_serial = issued.serial.clone();
+            m.cert_not_after = issued.not_after;
+            tx.put(id.as_bytes(), &m)?;
+            Ok(true)
+        })
+        .await?;
+    if !still {
+        return Ok(None);
+    }
+    tracing::info!(machine = %id, token = %token.id, "enrollment retried after a lost answer; same machine, no use spent");
+    Ok(Some(issued))
 }

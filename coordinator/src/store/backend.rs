@@ -34,10 +34,11 @@ pub enum Tree {
     Rollouts,
     S3Nodes,
     Tenants,
+    Enrollments,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 9] = [
+    pub const ALL: [Tree; 10] = [
         Tree::Meta,
         Tree::Machines,
         Tree::Tokens,
@@ -47,6 +48,7 @@ impl Tree {
         Tree::Rollouts,
         Tree::S3Nodes,
         Tree::Tenants,
+        Tree::Enrollments,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +62,7 @@ impl Tree {
             Tree::Rollouts => "rollouts",
             Tree::S3Nodes => "s3_nodes",
             Tree::Tenants => "tenants",
+            Tree::Enrollments => "enrollments",
         }
     }
 

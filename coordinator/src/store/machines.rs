@@ -1,7 +1,8 @@
-//! Machines, enrollment tokens and admins: keyed by machine id, token hash
-//! (the token text is never stored) and admin name.
+//! Machines, enrollment tokens, enrollments and admins: keyed by machine id,
+//! token hash (the token text is never stored), the enrolled public key's
+//! SHA-256, and admin name.
 
-use crate::model::{AdminRecord, MachineRecord, TokenRecord};
+use crate::model::{AdminRecord, EnrollmentRecord, MachineRecord, TokenRecord};
 
 use super::{Record, Store, StoreError, Tree};
 
@@ -18,6 +19,11 @@ impl Record for TokenRecord {
 impl Record for AdminRecord {
     const TREE: Tree = Tree::Admins;
     const WHAT: &'static str = "admin";
+}
+
+impl Record for EnrollmentRecord {
+    const TREE: Tree = Tree::Enrollments;
+    const WHAT: &'static str = "enrollment";
 }
 
 impl Store {

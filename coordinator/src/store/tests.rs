@@ -37,6 +37,7 @@ pub(crate) fn machine(id: &str) -> MachineRecord {
         desired_generation: 0,
         current_generation: None,
         current_system: None,
+        enrolled_key: None,
     }
 }
 
