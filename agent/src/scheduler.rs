@@ -57,17 +57,10 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn new(config: &AgentConfig) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, reports) = mpsc::unbounded_channel();
         let (contact, contact_rx) = watch::channel(None);
-        Scheduler::with_applier(Applier::new(config.clone(), tx, contact_rx), contact, rx)
-    }
-
-    pub fn with_applier(
-        applier: Applier,
-        contact: watch::Sender<Option<Instant>>,
-        reports: mpsc::UnboundedReceiver<DeploymentReport>,
-    ) -> Self {
-        Scheduler { applier: Arc::new(applier), contact, reports, pending: VecDeque::new(), task: None, desired: 0, applies: 0 }
+        let applier = Arc::new(Applier::new(config.clone(), tx, contact_rx));
+        Scheduler { applier, contact, reports, pending: VecDeque::new(), task: None, desired: 0, applies: 0 }
     }
 
     /// Resumes an apply the agent was stopped in, if any.
@@ -116,10 +109,12 @@ impl Scheduler {
             return None;
         }
         let records = &self.applier.records;
-        if let Some(applied) = records.applied().filter(|a| !a.reported) {
+        let applied = records.applied();
+        if let Some(applied) = applied.as_ref().filter(|a| !a.reported) {
             return Some(Outgoing::Outcome(applied.report()));
         }
-        if records.journal().is_none() && self.desired > records.last_generation() {
+        let last = applied.map(|a| a.generation).unwrap_or(0);
+        if self.desired > last && records.journal().is_none() {
             return Some(Outgoing::Fetch);
         }
         None

@@ -89,7 +89,7 @@ fn finite32(x: f32) -> f32 {
 
 /// Text from the network as it may be stored: without control characters,
 /// at most `max` bytes (cut at a character boundary).
-pub fn clean_text(text: &str, max: usize) -> String {
+fn clean_text(text: &str, max: usize) -> String {
     let mut out: String = text.chars().filter(|c| !c.is_control()).collect();
     if out.len() > max {
         let mut end = max;

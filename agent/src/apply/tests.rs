@@ -263,24 +263,24 @@ async fn the_driver_carries_the_core_out_and_leaves_the_records() {
     let switcher = Arc::new(FakeSwitcher { current: Mutex::new(Some("/nix/store/abc-old".into())), ..Default::default() });
     let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel();
     let (contact, contact_rx) = tokio::sync::watch::channel(None);
-    let applier = super::Applier::with_switcher(config(dir.path()), switcher.clone(), reports, contact_rx);
-    // The coordinator answers shortly after the switch.
-    let confirm = tokio::spawn(async move {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        contact.send_replace(Some(tokio::time::Instant::now()));
-        contact
-    });
-    let done = applier.apply(assignment(), Access::default()).await;
-    let _contact = confirm.await.expect("join");
+    let applier = Arc::new(super::Applier::with_switcher(config(dir.path()), switcher.clone(), reports, contact_rx));
+    let running = applier.clone();
+    let apply = tokio::spawn(async move { running.apply(assignment(), Access::default()).await });
+    // The coordinator answers once the switch is done and the gate runs.
+    let mut seen = Vec::new();
+    while let Some(r) = reported.recv().await {
+        seen.push(r.step);
+        if r.step == DeployStep::HealthChecking {
+            break;
+        }
+    }
+    contact.send_replace(Some(tokio::time::Instant::now()));
+    let done = apply.await.expect("join");
     assert_eq!(done.step, DeployStep::Succeeded, "{done:?}");
     assert_eq!(done.system_path.as_deref(), Some("/nix/store/abc-new"));
     assert_eq!(*switcher.calls.lock().expect("lock"), vec!["prepare", "switch"]);
     assert!(applier.records.journal().is_none(), "the journal is dropped at the end");
     assert_eq!(applier.records.applied().map(|a| a.generation), Some(3));
-    let mut seen = Vec::new();
-    while let Ok(r) = reported.try_recv() {
-        seen.push(r.step);
-    }
     assert_eq!(seen.first(), Some(&DeployStep::Received));
     assert!(seen.contains(&DeployStep::HealthChecking));
 }

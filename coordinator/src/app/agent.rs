@@ -69,7 +69,7 @@ pub fn desired_generation(state: &Coordinator, id: &str) -> u64 {
 
 /// The machine's newest assignment, with the SSH access decided with it.
 pub fn fetch_assignment(state: &Coordinator, id: &str) -> Result<AgentResponse, WireError> {
-    let desired = desired_generation(state, id);
+    let desired = state.store.machine(id)?.map(|m| m.desired_generation).unwrap_or(0);
     if desired == 0 {
         return Ok(AgentResponse::NoAssignment);
     }

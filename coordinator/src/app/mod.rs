@@ -103,10 +103,4 @@ impl Coordinator {
             driver_passes: tokio::sync::watch::channel(0).0,
         }
     }
-
-    /// Replaces the object store (tests use the in-memory one).
-    pub fn with_object_store(mut self, object_store: Option<ObjectStore>) -> Self {
-        self.object_store = object_store;
-        self
-    }
 }

@@ -152,9 +152,16 @@ fn rollout(state: &Coordinator, id: &str) -> Result<RolloutRecord, WireError> {
     state.store.rollout(id)?.ok_or_else(|| not_found(format!("rollout {id:?} not found; see `drover rollout list`")))
 }
 
+/// The records of one rollout's machines (not the whole fleet's), for their
+/// host names: one that cannot be read shows none rather than failing the
+/// status.
+fn machines_of(state: &Coordinator, r: &RolloutRecord) -> BTreeMap<String, MachineRecord> {
+    r.state.machines.keys().filter_map(|id| state.store.machine(id).ok().flatten().map(|m| (id.clone(), m))).collect()
+}
+
 pub fn status(state: &Coordinator, id: &str) -> Result<AdminResponse, WireError> {
     let r = rollout(state, id)?;
-    Ok(AdminResponse::Rollout(to_wire(&r, &machines_by_id(state)?)))
+    Ok(AdminResponse::Rollout(to_wire(&r, &machines_of(state, &r))))
 }
 
 pub fn list(state: &Coordinator) -> Result<AdminResponse, WireError> {
@@ -255,7 +262,7 @@ pub async fn control(state: &Coordinator, by: &str, id: &str, action: RolloutAct
         .await
         .map_err(|e| if e.code == ErrorCode::NotFound { not_found(format!("rollout {id:?} not found; see `drover rollout list`")) } else { e })?;
     tracing::info!(rollout = %id, ?action, by, "rollout controlled");
-    Ok(to_wire(&record, &machines_by_id(state)?))
+    Ok(to_wire(&record, &machines_of(state, &record)))
 }
 
 /// What one step recorded.

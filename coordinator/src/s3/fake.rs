@@ -3,8 +3,8 @@
 //! and secrets, exact grants, quotas, website access, and a cluster whose
 //! nodes, connections and layout versions behave like Garage's. Several
 //! clients (one per node endpoint) share one cluster. The contract suite
-//! (`tests/object_store.rs`) runs against it and against real Garage; the
-//! coordinator's own tests use it where Garage is not the point.
+//! (`tests/object_store.rs`) runs against it and against real Garage, so
+//! the two stay interchangeable behind the trait.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -106,8 +106,12 @@ pub struct SledBackend {
 
 impl SledBackend {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        // sled reports a directory another process (or store) holds as an
+        // i/o error whose text says so, wrapping the lock's WouldBlock.
         let db = sled::Config::new().path(dir).open().map_err(|e| match e {
-            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => StoreError::Locked(dir.display().to_string()),
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock") => {
+                StoreError::Locked(dir.display().to_string())
+            }
             other => StoreError::Sled(other),
         })?;
         let trees = Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<Vec<_>, _>>()?;

@@ -201,10 +201,6 @@ impl Store {
         self.backend.flush().await
     }
 
-    pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.backend.flush_blocking()
-    }
-
     /// The raw backend (tests that damage records on purpose).
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend

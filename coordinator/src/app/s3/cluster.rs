@@ -126,7 +126,9 @@ pub async fn status(state: &Coordinator) -> Result<S3Cluster, WireError> {
     let nodes = state.store.s3_nodes()?;
     let mut answer: Option<(ClusterHealth, ClusterStatus)> = None;
     for node in &nodes {
-        let Ok(client) = (store.connect)(&node.admin) else { continue };
+        // A connector error is the coordinator's own (its token file): say
+        // so. A node that does not answer is passed over.
+        let client = (store.connect)(&node.admin).map_err(wire)?;
         if let (Ok(health), Ok(status)) = (client.health().await, client.status().await) {
             answer = Some((health, status));
             break;
