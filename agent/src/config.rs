@@ -69,6 +69,21 @@ pub struct AgentConfig {
     /// that cuts the machine off undoes itself.
     #[serde(with = "humantime_serde", default = "default_confirm_deadline")]
     pub confirm_deadline: Duration,
+    /// Prefix of volume device paths and mount points: `/` on a machine;
+    /// a directory for tests.
+    #[serde(default = "default_volume_root")]
+    pub volume_root: PathBuf,
+    /// How long to wait for a volume's device to appear.
+    #[serde(with = "humantime_serde", default = "default_device_wait")]
+    pub device_wait: Duration,
+}
+
+fn default_volume_root() -> PathBuf {
+    PathBuf::from("/")
+}
+
+fn default_device_wait() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_confirm_deadline() -> Duration {
@@ -151,6 +166,8 @@ impl AgentConfig {
             system_profile: default_system_profile(),
             systemctl: default_systemctl(),
             confirm_deadline: default_confirm_deadline(),
+            volume_root: default_volume_root(),
+            device_wait: default_device_wait(),
         }
     }
 

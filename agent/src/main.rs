@@ -34,6 +34,10 @@ enum Command {
     Run(ConfigArgs),
     /// Validate the configuration and exit.
     CheckConfig(ConfigArgs),
+    /// Mount the volumes of the last applied assignment again and exit (at
+    /// boot, before the services that use them; never formats a device
+    /// that holds data).
+    MountVolumes(ConfigArgs),
     /// Load generator: enroll and connect many simulated agents.
     Simulate {
         #[command(flatten)]
@@ -128,7 +132,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
             let config = args.resolve()?;
-            let health = SystemHealth::new(config.hostname.clone(), config.current_system.clone());
+            let health = SystemHealth::for_agent(&config);
             let handle = drover_agent::spawn(config, health, None)?;
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             let mut handle = Some(handle);
@@ -151,6 +155,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::from(EXIT_REVOKED))
                 }
                 Err(e) => Err(e.into()),
+            }
+        }
+        Command::MountVolumes(args) => {
+            let config = args.resolve()?;
+            let volumes = drover_agent::system::volumes::Volumes::new(config.volume_root.clone(), &config.state_dir, config.device_wait);
+            match volumes.remount().await {
+                Ok(summary) => {
+                    println!("{summary}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
             }
         }
         Command::CheckConfig(args) => {

@@ -58,6 +58,7 @@ fn synthetic_health(i: usize) -> HealthReport {
             available_bytes: 10 << 30,
         }],
         failed_units: Some(vec![]),
+        volumes: vec![],
         agent_version: env!("CARGO_PKG_VERSION").into(),
         system_path: None,
     }

@@ -1,7 +1,7 @@
 //! Which admin role each admin request needs. Viewers read; operators run the
 //! fleet (tokens, labels, revocations); admins also manage admins.
 
-use drover_protocol::v1::{AdminRequest, Role, S3Request};
+use drover_protocol::v1::{AdminRequest, Role, S3Request, VolumeRequest};
 
 pub fn required_role(request: &AdminRequest) -> Role {
     match request {
@@ -23,6 +23,7 @@ pub fn required_role(request: &AdminRequest) -> Role {
             | S3Request::KeyShow { show_secret: false, .. }
             | S3Request::ClusterStatus,
         )
+        | AdminRequest::Volumes(VolumeRequest::List | VolumeRequest::Show { .. } | VolumeRequest::Snapshots { prune: false, .. })
         | AdminRequest::TenantsList
         | AdminRequest::TenantsShow { show_password: false, .. }
         | AdminRequest::AdminsKeys { .. } => Role::Viewer,
@@ -36,6 +37,7 @@ pub fn required_role(request: &AdminRequest) -> Role {
         | AdminRequest::RolloutStart(_)
         | AdminRequest::RolloutControl { .. }
         | AdminRequest::S3(_)
+        | AdminRequest::Volumes(_)
         | AdminRequest::TenantsCreate(_)
         | AdminRequest::TenantsShow { .. }
         | AdminRequest::TenantsRemove { .. } => Role::Operator,

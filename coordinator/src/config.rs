@@ -37,6 +37,82 @@ pub struct Config {
     /// Object storage (Garage) for buckets and keys; absent: no S3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Config>,
+    /// Block storage (LINSTOR) for volumes; absent: no volumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linstor: Option<LinstorConfig>,
+}
+
+/// Where the LINSTOR controller is and how volumes are placed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinstorConfig {
+    /// The controller's REST API, e.g. `http://linstor.internal:3370` or
+    /// `https://linstor.internal:3371`.
+    pub controller: String,
+    /// The CA that signed the controller's HTTPS certificate (PEM); without
+    /// it the system's roots are used.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// A PEM file with Drover's client certificate and key, for a
+    /// controller that asks for one.
+    #[serde(default)]
+    pub client_certificate: Option<PathBuf>,
+    /// Volumes are spawned from this resource group, when set.
+    #[serde(default)]
+    pub resource_group: Option<String>,
+    /// Otherwise placed in this storage pool (LINSTOR's default when unset).
+    #[serde(default)]
+    pub storage_pool: Option<String>,
+    /// Diskful replicas of a new volume.
+    #[serde(default = "default_place_count")]
+    pub place_count: u8,
+    /// The longest one call to the controller may take.
+    #[serde(with = "humantime_serde", default = "default_linstor_timeout")]
+    pub request_timeout: Duration,
+    /// How long a volume may take to become ready on a node.
+    #[serde(with = "humantime_serde", default = "default_ready_timeout")]
+    pub ready_timeout: Duration,
+}
+
+fn default_place_count() -> u8 {
+    2
+}
+
+fn default_linstor_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_ready_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+impl LinstorConfig {
+    /// Defaults for everything but the controller.
+    pub fn new(controller: impl Into<String>) -> Self {
+        LinstorConfig {
+            controller: controller.into(),
+            ca_file: None,
+            client_certificate: None,
+            resource_group: None,
+            storage_pool: None,
+            place_count: default_place_count(),
+            request_timeout: default_linstor_timeout(),
+            ready_timeout: default_ready_timeout(),
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if !(self.controller.starts_with("http://") || self.controller.starts_with("https://")) {
+            bail!("linstor.controller {:?} must be an http:// or https:// URL (port 3370, or 3371 for HTTPS)", self.controller);
+        }
+        if self.place_count == 0 {
+            bail!("linstor.place_count must be at least 1");
+        }
+        if self.request_timeout < Duration::from_millis(100) {
+            bail!("linstor.request_timeout must be at least 100ms");
+        }
+        Ok(())
+    }
 }
 
 /// Where the S3 provider (Garage) is and how services reach it.
@@ -128,6 +204,7 @@ impl Config {
             health_interval: default_health_interval(),
             idle_timeout: default_idle_timeout(),
             s3: None,
+            linstor: None,
         }
     }
 
@@ -181,6 +258,9 @@ impl Config {
         }
         if let Some(s3) = &self.s3 {
             s3.check()?;
+        }
+        if let Some(linstor) = &self.linstor {
+            linstor.check()?;
         }
         Ok(())
     }

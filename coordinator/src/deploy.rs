@@ -195,12 +195,27 @@ pub fn build(
         facts_json: facts_json(&facts, machine, generation),
         checks: spec.checks.clone(),
         health_deadline_ms: spec.health_deadline_ms,
+        volumes: Vec::new(),
     };
     let deployment = pending_deployment(&assignment, machine, now);
     (
         AssignmentRecord { machine_id: machine.id.clone(), created_at: now, assignment, access: extras.access.clone() },
         deployment,
     )
+}
+
+/// Puts the machine's volumes into an assignment, and their mount points
+/// into its facts (`volume.NAME.mount`), replacing what an earlier
+/// generation said about volumes.
+pub fn with_volumes(assignment: &mut Assignment, volumes: &[drover_protocol::v1::VolumeMount]) {
+    let mut facts: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&assignment.facts_json).unwrap_or_default();
+    facts.retain(|k, _| !k.starts_with("volume."));
+    for v in volumes {
+        facts.insert(format!("volume.{}.mount", v.name), v.mount_point.clone().into());
+    }
+    assignment.facts_json = serde_json::Value::Object(facts).to_string();
+    assignment.volumes = volumes.to_vec();
 }
 
 /// A new generation that repeats an earlier assignment (a revert), with the
@@ -279,7 +294,7 @@ mod tests {
         MachineRecord {
             id: "m-1".into(), hostname: "h".into(), labels: Default::default(), token_id: "t".into(),
             enrolled_at: 0, revoked_at: None, cert_serial: "s".into(), cert_not_after: 0, previous_cert: None,
-            last_seen: None, health: None, desired_generation: 0, current_generation: None, current_system: None, enrolled_key: None,
+            last_seen: None, health: None, desired_generation: 0, current_generation: None, current_system: None, enrolled_key: None, volumes: vec![],
         }
     }
 
@@ -306,6 +321,7 @@ mod tests {
             checks: vec![HealthCheck::Tcp { host: "127.0.0.1".into(), port: 22 }],
             health_deadline_ms: 1000,
             buckets: Vec::new(),
+            volumes: Vec::new(),
         }
     }
 

@@ -32,3 +32,4 @@ pub mod server;
 pub mod store;
 pub mod tenancy;
 pub mod tokens;
+pub mod volumes;

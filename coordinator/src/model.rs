@@ -39,6 +39,10 @@ pub struct MachineRecord {
     /// SHA-256 of the public key it enrolled with.
     #[serde(default)]
     pub enrolled_key: Option<String>,
+    /// The volumes it holds: every new generation mounts them, until they
+    /// are detached.
+    #[serde(default)]
+    pub volumes: Vec<v1::VolumeMount>,
 }
 
 impl MachineRecord {
@@ -63,6 +67,8 @@ pub struct HealthRecord {
     pub failed_units: Option<Vec<String>>,
     pub agent_version: String,
     pub system_path: Option<String>,
+    #[serde(default)]
+    pub volumes: Vec<v1::VolumeState>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,6 +137,19 @@ impl HealthRecord {
                 .map(|units| units.iter().take(MAX_REPORTED_ITEMS).map(|u| clean_text(u, 256)).collect()),
             agent_version: clean_text(&report.agent_version, 128),
             system_path: report.system_path.as_deref().map(text),
+            volumes: report
+                .volumes
+                .into_iter()
+                .take(MAX_REPORTED_ITEMS)
+                .map(|v| v1::VolumeState {
+                    name: clean_text(&v.name, 64),
+                    mount_point: text(&v.mount_point),
+                    filesystem: v.filesystem.as_deref().map(|f| clean_text(f, 32)),
+                    grow_pending: v.grow_pending.as_deref().map(text),
+                    error: v.error.as_deref().map(text),
+                    ..v
+                })
+                .collect(),
         }
     }
 
@@ -155,6 +174,7 @@ impl HealthRecord {
             failed_units: self.failed_units.clone(),
             agent_version: self.agent_version.clone(),
             system_path: self.system_path.clone(),
+            volumes: self.volumes.clone(),
         }
     }
 }
@@ -353,4 +373,43 @@ pub struct S3NodeRecord {
     /// Learnt from the node at `cluster apply`.
     pub id: Option<String>,
     pub added_at: UnixMillis,
+}
+
+/// A volume Drover made or adopted, keyed by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub name: String,
+    pub size_bytes: u64,
+    pub created_at: UnixMillis,
+    /// The agent reported it formatted: a missing filesystem is then an
+    /// error, never a reason to format again.
+    #[serde(default)]
+    pub formatted: bool,
+    #[serde(default)]
+    pub attached: Option<VolumeAttachmentRecord>,
+    /// What the holding machine's agent last reported.
+    #[serde(default)]
+    pub state: Option<v1::VolumeState>,
+    #[serde(default)]
+    pub snapshots: Vec<SnapshotRecord>,
+}
+
+/// Which machine holds a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeAttachmentRecord {
+    pub machine_id: String,
+    pub node: String,
+    pub mount_point: String,
+    pub filesystem: v1::Filesystem,
+    /// The generation that gave it to the machine.
+    pub generation: u64,
+    /// The generation without it, when a detach is under way.
+    #[serde(default)]
+    pub detaching: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub name: String,
+    pub created_at: UnixMillis,
 }

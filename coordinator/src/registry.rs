@@ -85,6 +85,7 @@ mod tests {
             current_generation: None,
             current_system: None,
             enrolled_key: None,
+            volumes: vec![],
         }
     }
 

@@ -391,6 +391,7 @@ mod tests {
             checks: vec![],
             health_deadline_ms: 1000,
             buckets: vec![],
+            volumes: vec![],
         };
         let tenant_machine = [machine("m-a", Some("a.example"))];
         let e = directory.check_spec(&spec, &tenant_machine).expect_err("clash");

@@ -177,7 +177,7 @@ fn coordinator_dependencies_point_one_way() {
         }
     }
     assert!(g["server"].contains("app"), "the server hands requests to the application layer");
-    for core in ["tokens", "registry", "authz", "deploy", "tenancy", "rollout", "model", "store", "s3", "pki"] {
+    for core in ["tokens", "registry", "authz", "deploy", "tenancy", "rollout", "model", "store", "s3", "volumes", "pki"] {
         for upper in ["app", "server", "command", "cli", "client"] {
             assert!(!g[core].contains(upper), "{core} must not import {upper} (it sits below it)");
         }

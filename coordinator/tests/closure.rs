@@ -91,7 +91,7 @@ fn spawn_vm(fleet: &TestCoordinator, name: &str, token: &Path, systemctl: &Path)
     config.systemctl = systemctl.to_path_buf();
     config.switch_timeout = Duration::from_secs(120);
     let vm = Vm { store: root.join("store"), profile: root.join("profiles/system") };
-    let health = SystemHealth::new(config.hostname.clone(), config.current_system.clone());
+    let health = SystemHealth::for_agent(&config);
     (vm, drover_agent::spawn(config, health, None).expect("agent"))
 }
 
@@ -119,7 +119,7 @@ async fn deploy(fleet: &TestCoordinator, selector: &[(&str, &str)], system: Syst
         facts: Default::default(),
         checks,
         health_deadline_ms: 1_500,
-        buckets: vec![],
+        buckets: vec![], volumes: vec![],
     };
     match fleet.call(AdminRequest::Deploy(spec)).await {
         AdminResponse::Deployed(t) => t,

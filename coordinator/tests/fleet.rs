@@ -168,7 +168,7 @@ async fn what_the_coordinator_acknowledged_survives_a_sigkill_right_after() {
         facts: Default::default(),
         checks: vec![],
         health_deadline_ms: 1000,
-        buckets: vec![],
+        buckets: vec![], volumes: vec![],
     };
     let AdminResponse::Deployed(targets) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!() };
     assert_eq!(targets[0].generation, 1);
@@ -217,7 +217,7 @@ async fn an_enrollment_retried_after_a_lost_answer_gets_the_same_machine_without
     std::fs::create_dir_all(&config.state_dir).expect("state dir");
     drover_net::identity::write_key_pem(&config.state_dir.join(drover_agent::identity::KEY_FILE), &key).expect("key on disk");
     drover_agent::identity::store_certificate(&config.state_dir, &retried).expect("certificate on disk");
-    let health = drover_agent::system::health::SystemHealth::new(config.hostname.clone(), config.current_system.clone());
+    let health = drover_agent::system::health::SystemHealth::for_agent(&config);
     let mut agent = drover_agent::spawn(config.clone(), health, None).expect("agent");
     let status = until_reported(&mut agent, 1).await;
     assert_eq!(status.machine_id.as_deref(), Some(retried.subject.as_str()));

@@ -30,6 +30,20 @@ impl HealthSource for HostileHealth {
             failed_units: Some(vec!["x".repeat(100_000)]),
             agent_version: "\u{1b}[31mred".into(),
             system_path: Some("/nix/store/\u{0}".into()),
+            volumes: (0..10_000)
+                .map(|i| drover_protocol::v1::VolumeState {
+                    name: format!("v{i}"),
+                    mount_point: "/\u{0}".repeat(10_000),
+                    mounted: true,
+                    formatted: true,
+                    filesystem: Some("x".repeat(100_000)),
+                    device_bytes: u64::MAX,
+                    total_bytes: u64::MAX,
+                    used_bytes: u64::MAX,
+                    grow_pending: None,
+                    error: Some("\u{1b}[2J".repeat(1000)),
+                })
+                .collect(),
         }
     }
 }

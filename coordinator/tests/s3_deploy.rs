@@ -35,6 +35,7 @@ fn spec(flake: &std::path::Path) -> DeploySpec {
         checks: vec![],
         health_deadline_ms: 2_000,
         buckets: vec![],
+        volumes: vec![],
     }
 }
 

@@ -59,6 +59,7 @@ fn sample_health() -> HealthReport {
         failed_units: None,
         agent_version: "test".into(),
         system_path: None,
+        volumes: vec![],
     }
 }
 

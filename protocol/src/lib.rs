@@ -13,6 +13,7 @@ pub mod text;
 #[allow(clippy::large_enum_variant)]
 pub mod v1;
 pub mod version;
+pub mod volume;
 
 pub use error::{ErrorCode, WireError};
 pub use frame::{FrameError, MAX_FRAME_LEN};

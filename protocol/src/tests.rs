@@ -133,8 +133,10 @@ fn secrets_do_not_show_in_debug_output() {
 }
 
 #[test]
-fn a_version_1_peer_is_refused_by_name() {
-    let err = negotiate(SUPPORTED, VersionRange { min: 1, max: 1 }).expect_err("version 1 is gone");
-    assert_eq!(err.code, ErrorCode::VersionMismatch);
-    assert!(err.message.contains("peer speaks 1") && err.message.contains("this side speaks 2"), "{}", err.message);
+fn older_peers_are_refused_by_name() {
+    for old in [1, 2] {
+        let err = negotiate(SUPPORTED, VersionRange { min: old, max: old }).expect_err("versions before 3 are gone");
+        assert_eq!(err.code, ErrorCode::VersionMismatch);
+        assert!(err.message.contains(&format!("peer speaks {old}")) && err.message.contains("this side speaks 3"), "{}", err.message);
+    }
 }

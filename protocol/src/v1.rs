@@ -15,6 +15,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::WireError;
 use crate::version::VersionRange;
 
+pub use crate::volume::{
+    Filesystem, ReplicaInfo, SnapshotInfo, VolumeAttachment, VolumeClaim, VolumeInfo, VolumeMount, VolumeRequest, VolumeResponse,
+    VolumeState,
+};
+
 /// Milliseconds since the Unix epoch.
 pub type UnixMillis = u64;
 
@@ -189,6 +194,9 @@ pub struct HealthReport {
     pub agent_version: String,
     /// The target of `/run/current-system`, where it exists.
     pub system_path: Option<String>,
+    /// The volumes of its assignment (protocol 3).
+    #[serde(default)]
+    pub volumes: Vec<VolumeState>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,6 +284,8 @@ pub enum AdminRequest {
     AdminsKeys { name: Option<String> },
     /// Removes an admin: its certificate stops working, its keys leave.
     AdminsRemove { name: String },
+    /// Volumes from the block storage (protocol 3).
+    Volumes(VolumeRequest),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -299,6 +309,7 @@ pub enum AdminResponse {
     Tenant(TenantInfo),
     Tenants(Vec<TenantInfo>),
     SshKeys(Vec<SshKeyInfo>),
+    Volumes(VolumeResponse),
 }
 
 /// An operator to record (`drover tenants create`).
@@ -482,6 +493,9 @@ pub struct Assignment {
     pub facts_json: String,
     pub checks: Vec<HealthCheck>,
     pub health_deadline_ms: u64,
+    /// Mounted before the switch (protocol 3).
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
 }
 
 /// What an admin asks to deploy.
@@ -500,6 +514,10 @@ pub struct DeploySpec {
     /// their credentials become secrets, their endpoint and names facts.
     #[serde(default)]
     pub buckets: Vec<BucketRequest>,
+    /// Volumes the coordinator makes available on each target's node
+    /// before recording the generation (protocol 3).
+    #[serde(default)]
+    pub volumes: Vec<VolumeClaim>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -527,6 +545,8 @@ pub enum DeployStep {
     RolledBack,
     /// The agent restarted during the apply and resumed it.
     Resumed,
+    /// The assignment's volumes are mounted (protocol 3).
+    VolumesAttached,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

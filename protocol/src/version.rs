@@ -5,10 +5,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ErrorCode, WireError};
 
 /// The protocol version this build speaks natively.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The inclusive range of protocol versions this build accepts.
-pub const SUPPORTED: VersionRange = VersionRange { min: 2, max: 2 };
+pub const SUPPORTED: VersionRange = VersionRange { min: 3, max: 3 };
 
 /// An inclusive range of protocol versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

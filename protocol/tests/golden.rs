@@ -4,7 +4,8 @@
 //! adding a message (old files must keep decoding), or together with a
 //! protocol version bump (as for version 2, which folded the `...WithAccess`
 //! and `...WithBuckets` messages into their base messages and made rollout
-//! phases enums; version 1 peers are refused by name at Hello).
+//! phases enums, and version 3, which added volumes to assignments, health
+//! reports and deployments; older peers are refused by name at Hello).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -30,6 +31,42 @@ fn health() -> HealthReport {
         failed_units: Some(vec!["foo.service".into()]),
         agent_version: "0.1.0".into(),
         system_path: Some("/nix/store/abc-nixos-system".into()),
+        volumes: vec![volume_state()],
+    }
+}
+
+fn volume_state() -> VolumeState {
+    VolumeState {
+        name: "data".into(),
+        mount_point: "/srv/data".into(),
+        mounted: true,
+        formatted: true,
+        filesystem: Some("ext4".into()),
+        device_bytes: 400 << 20,
+        total_bytes: 320 << 20,
+        used_bytes: 1 << 20,
+        grow_pending: Some("online resize refused".into()),
+        error: None,
+    }
+}
+
+fn volume_info() -> VolumeInfo {
+    VolumeInfo {
+        name: "data".into(),
+        size_bytes: 400 << 20,
+        replicas: vec![ReplicaInfo { node: "n1".into(), disk_state: "UpToDate".into(), diskless: false, in_use: true }],
+        attached: Some(VolumeAttachment {
+            machine_id: "m-0123456789".into(),
+            hostname: "vm-1".into(),
+            node: "n1".into(),
+            mount_point: "/srv/data".into(),
+            filesystem: Filesystem::Xfs,
+            generation: 3,
+            detaching: None,
+        }),
+        formatted: true,
+        state: Some(volume_state()),
+        created_at: 1_700_000_000_000,
     }
 }
 
@@ -89,6 +126,14 @@ fn assignment() -> Assignment {
             HealthCheck::Tcp { host: "127.0.0.1".into(), port: 22 },
         ],
         health_deadline_ms: 60_000,
+        volumes: vec![VolumeMount {
+            name: "data".into(),
+            device: "/dev/drbd/by-res/data/0".into(),
+            mount_point: "/srv/data".into(),
+            filesystem: Filesystem::Ext4,
+            size_bytes: 20 << 30,
+            formatted: false,
+        }],
     }
 }
 
@@ -153,7 +198,7 @@ fn tenant() -> TenantInfo {
 
 fn requests() -> Vec<(&'static str, Request)> {
     vec![
-        ("request-hello", Request::Hello(Hello { versions: VersionRange { min: 2, max: 2 }, software: "drover-agent 0.1.0".into() })),
+        ("request-hello", Request::Hello(Hello { versions: VersionRange { min: 3, max: 3 }, software: "drover-agent 0.1.0".into() })),
         ("request-enroll", Request::Enroll(EnrollRequest { token: Secret::new("drt_00"), csr_der: vec![1, 2, 3], hostname: "vm-1".into() })),
         ("request-agent-watch", Request::Agent(AgentRequest::Watch)),
         ("request-agent-report", Request::Agent(AgentRequest::Report(health()))),
@@ -170,20 +215,20 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-admin-admins-list", Request::Admin(AdminRequest::AdminsList)),
         ("request-agent-fetch-assignment", Request::Agent(AgentRequest::FetchAssignment)),
         ("request-agent-report-deployment", Request::Agent(AgentRequest::ReportDeployment(DeploymentReport { generation: 3, step: DeployStep::Switched, message: "ok".into(), output_tail: "tail".into(), system_path: Some("/nix/store/abc".into()) }))),
-        ("request-admin-deploy", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: None, selector: labels(), system: closure(), secrets: assignment().secrets, facts: labels(), checks: assignment().checks, health_deadline_ms: 60_000, buckets: vec![] }))),
+        ("request-admin-deploy", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: None, selector: labels(), system: closure(), secrets: assignment().secrets, facts: labels(), checks: assignment().checks, health_deadline_ms: 60_000, buckets: vec![], volumes: vec![] }))),
         ("request-admin-deployments-list", Request::Admin(AdminRequest::DeploymentsList { machine: Some("m-0123456789".into()) })),
         ("request-admin-deployments-show", Request::Admin(AdminRequest::DeploymentsShow { id: "d-m-0123456789-3".into() })),
         ("request-admin-machines-detail", Request::Admin(AdminRequest::MachinesDetail { id: "m-0123456789".into() })),
-        ("request-admin-rollout-start", Request::Admin(AdminRequest::RolloutStart(RolloutSpec { deploy: DeploySpec { machine: None, selector: labels(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000, buckets: vec![] }, strategy: strategy() }))),
+        ("request-admin-rollout-start", Request::Admin(AdminRequest::RolloutStart(RolloutSpec { deploy: DeploySpec { machine: None, selector: labels(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000, buckets: vec![], volumes: vec![] }, strategy: strategy() }))),
         ("request-admin-rollout-status", Request::Admin(AdminRequest::RolloutStatus { id: "r-0a1b2c3d".into() })),
         ("request-admin-rollout-list", Request::Admin(AdminRequest::RolloutList)),
         ("request-admin-rollout-control", Request::Admin(AdminRequest::RolloutControl { id: "r-0a1b2c3d".into(), action: RolloutAction::Revert })),
         ("request-admin-s3-bucket-create", Request::Admin(AdminRequest::S3(S3Request::BucketCreate { name: "acme-media".into(), public: true, max_size: Some(1 << 30), max_objects: None }))),
         ("request-admin-s3-grant", Request::Admin(AdminRequest::S3(S3Request::Grant { bucket: "acme-media".into(), key: "acme".into(), read: true, write: true, owner: false }))),
         ("request-admin-s3-key-show", Request::Admin(AdminRequest::S3(S3Request::KeyShow { name: "acme".into(), show_secret: true }))),
-        ("request-admin-deploy-s3-check", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: Default::default(), checks: vec![HealthCheck::S3 { bucket: "acme-media".into() }], health_deadline_ms: 60_000, buckets: vec![] }))),
+        ("request-admin-deploy-s3-check", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: Default::default(), checks: vec![HealthCheck::S3 { bucket: "acme-media".into() }], health_deadline_ms: 60_000, buckets: vec![], volumes: vec![] }))),
         ("request-admin-s3-cluster-add-machine", Request::Admin(AdminRequest::S3(S3Request::ClusterAddMachine { machine: "m-0123456789".into() }))),
-        ("request-admin-deploy-with-buckets", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000, buckets: vec![BucketRequest { name: "acme-media".into(), public: true }] }))),
+        ("request-admin-deploy-with-buckets", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000, buckets: vec![BucketRequest { name: "acme-media".into(), public: true }], volumes: vec![] }))),
         ("request-admin-deployments-of-rollout", Request::Admin(AdminRequest::DeploymentsOfRollout { id: "r-0a1b2c3d".into() })),
         ("request-admin-tenants-create", Request::Admin(AdminRequest::TenantsCreate(TenantSpec { domain: "acme.example".into(), admin_email: "ops@acme.example".into(), admin_user: "admin".into(), managers: vec!["alice".into()] }))),
         ("request-admin-tenants-list", Request::Admin(AdminRequest::TenantsList)),
@@ -194,12 +239,16 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-admin-admins-remove-key", Request::Admin(AdminRequest::AdminsRemoveKey { name: "alice".into(), fingerprint: "SHA256:abc".into() })),
         ("request-admin-admins-keys", Request::Admin(AdminRequest::AdminsKeys { name: Some("alice".into()) })),
         ("request-admin-admins-remove", Request::Admin(AdminRequest::AdminsRemove { name: "alice".into() })),
+        ("request-admin-deploy-with-volumes", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000, buckets: vec![], volumes: vec![VolumeClaim { name: "data".into(), mount_point: "/srv/data".into(), filesystem: Filesystem::Ext4, size_bytes: Some(20 << 30) }] }))),
+        ("request-admin-volumes-create", Request::Admin(AdminRequest::Volumes(VolumeRequest::Create { name: "data".into(), size_bytes: 20 << 30, replicas: Some(2), resource_group: Some("rg".into()) }))),
+        ("request-admin-volumes-attach", Request::Admin(AdminRequest::Volumes(VolumeRequest::Attach { name: "data".into(), machine: "m-0123456789".into(), mount_point: "/srv/data".into(), filesystem: Filesystem::Xfs }))),
+        ("request-admin-volumes-delete", Request::Admin(AdminRequest::Volumes(VolumeRequest::Delete { name: "data".into(), confirm: "data".into() }))),
     ]
 }
 
 fn responses() -> Vec<(&'static str, Response)> {
     vec![
-        ("response-hello", Response::Hello(HelloAck { version: 2, software: "drover 0.1.0".into() })),
+        ("response-hello", Response::Hello(HelloAck { version: 3, software: "drover 0.1.0".into() })),
         ("response-enrolled", Response::Enrolled(issued())),
         ("response-agent-ack", Response::Agent(AgentResponse::Ack)),
         ("response-agent-renewed", Response::Agent(AgentResponse::Renewed(issued()))),
@@ -226,6 +275,8 @@ fn responses() -> Vec<(&'static str, Response)> {
         ("response-agent-assignment", Response::Agent(AgentResponse::Assignment { assignment: assignment(), access: Access { authorized_keys: vec![LoginKeys { login: "root".into(), keys: vec!["ssh-ed25519 AAAA alice@laptop".into()] }] } })),
         ("response-admin-tenant", Response::Admin(AdminResponse::Tenant(tenant()))),
         ("response-admin-tenants", Response::Admin(AdminResponse::Tenants(vec![tenant()]))),
+        ("response-admin-volume", Response::Admin(AdminResponse::Volumes(VolumeResponse::Volume(volume_info())))),
+        ("response-admin-volume-snapshots", Response::Admin(AdminResponse::Volumes(VolumeResponse::Snapshots(vec![SnapshotInfo { name: "before-r-0a1b2c3d".into(), volume: "data".into(), created_at: 1 }])))),
         ("response-admin-ssh-keys", Response::Admin(AdminResponse::SshKeys(vec![SshKeyInfo { admin: "alice".into(), login: "root".into(), fingerprint: "SHA256:abc".into(), algorithm: "ssh-ed25519".into(), comment: "alice@laptop".into(), added_at: 1 }]))),
     ]
 }

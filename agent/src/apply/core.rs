@@ -5,7 +5,8 @@
 //! with simulated time (`apply/tests.rs`).
 //!
 //! The sequence: record "applying N" (the journal) → write secrets, facts
-//! and SSH access → prepare (fetch the closure) → journal "switching" →
+//! and SSH access → attach volumes (mount them, formatting only blank
+//! ones) → prepare (fetch the closure) → journal "switching" →
 //! switch → journal "switched" → health gate → wait for contact with the
 //! coordinator within the confirmation deadline → Succeeded. A failure
 //! before the switch leaves the system as it was; one after it returns to
@@ -84,6 +85,8 @@ pub enum Event {
     Begin { journal: Journal },
     /// Secrets, facts and SSH access were written (a summary), or not.
     FilesWritten(Result<String, String>),
+    /// The assignment's volumes are mounted (a summary), or why not.
+    VolumesAttached(Result<String, String>),
     /// What the switch needs was fetched, or not.
     Prepared(Result<(), Failure>),
     /// The switch ended at `now`; `current` is the system running after it.
@@ -109,6 +112,7 @@ pub enum Action {
     /// Tell the coordinator how far the apply is.
     Report(DeploymentReport),
     WriteFiles,
+    AttachVolumes,
     Prepare,
     Switch,
     /// Run the health checks until they pass or `deadline_ms` passes.
@@ -129,6 +133,7 @@ pub enum Action {
 enum Stage {
     Idle,
     WritingFiles,
+    AttachingVolumes,
     Preparing,
     Switching,
     Gate,
@@ -213,8 +218,16 @@ impl Apply {
                 actions
             }
             (Stage::WritingFiles, Event::FilesWritten(Ok(summary))) => {
+                self.stage = Stage::AttachingVolumes;
+                vec![report(g, DeployStep::SecretsWritten, summary, "", None), Action::AttachVolumes]
+            }
+            (Stage::AttachingVolumes, Event::VolumesAttached(Ok(summary))) => {
                 self.stage = Stage::Preparing;
-                vec![report(g, DeployStep::SecretsWritten, summary, "", None), Action::Prepare]
+                vec![report(g, DeployStep::VolumesAttached, summary, "", None), Action::Prepare]
+            }
+            (Stage::AttachingVolumes, Event::VolumesAttached(Err(e))) => {
+                let previous = self.previous();
+                self.finish(DeployStep::Failed, format!("volumes not attached: {e}; the system was not changed"), String::new(), previous)
             }
             (Stage::WritingFiles, Event::FilesWritten(Err(e))) => {
                 let previous = self.previous();

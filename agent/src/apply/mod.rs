@@ -26,6 +26,7 @@ use drover_protocol::v1::{Access, Assignment, DeploymentReport, SystemSpec};
 
 use crate::config::AgentConfig;
 use crate::system::switch::{NixSwitcher, SwitchError, SystemSwitcher};
+use crate::system::volumes::Volumes;
 use crate::system::{checks, secrets};
 
 pub use self::core::{Applied, Journal, JournalStep};
@@ -132,6 +133,10 @@ impl Applier {
                     None
                 }
                 Action::WriteFiles => Some(Event::FilesWritten(self.write_files(assignment))),
+                Action::AttachVolumes => {
+                    let volumes = assignment.map(|(a, _)| a.volumes.clone()).unwrap_or_default();
+                    Some(Event::VolumesAttached(self.volumes().attach(&volumes).await))
+                }
                 Action::Prepare => {
                     let spec = journal.as_ref()?.system.clone();
                     Some(Event::Prepared(self.switcher.prepare(&spec).await.map(drop).map_err(failure)))
@@ -167,6 +172,11 @@ impl Applier {
             }
         }
         None
+    }
+
+    /// The machine's volumes, as this agent mounts them.
+    pub fn volumes(&self) -> Volumes {
+        Volumes::new(self.config.volume_root.clone(), &self.config.state_dir, self.config.device_wait)
     }
 
     /// Secrets, facts and SSH access of the assignment, written before the

@@ -42,6 +42,7 @@ fn switched() -> Apply {
     let mut core = Apply::new(CONFIRM_MS);
     core.handle(Event::Begin { journal: journal(JournalStep::Started) });
     core.handle(Event::FilesWritten(Ok("written".into())));
+    core.handle(Event::VolumesAttached(Ok(String::new())));
     core.handle(Event::Prepared(Ok(())));
     core.handle(Event::Switched { result: Ok("switch output".into()), now: 1_000, current: Some("/nix/store/new".into()) });
     core
@@ -55,7 +56,10 @@ fn a_whole_apply_journals_each_step_before_taking_it() {
     assert_eq!(saved(&a), vec![JournalStep::Started]);
     assert_eq!(a.last(), Some(&Action::WriteFiles), "files come after the journal");
     let a = core.handle(Event::FilesWritten(Ok("2 secret(s)".into())));
-    assert_eq!(a, vec![super::core::Action::Report(drover_protocol::v1::DeploymentReport { generation: 7, step: DeployStep::SecretsWritten, message: "2 secret(s)".into(), output_tail: String::new(), system_path: None }), Action::Prepare]);
+    assert_eq!(a, vec![super::core::Action::Report(drover_protocol::v1::DeploymentReport { generation: 7, step: DeployStep::SecretsWritten, message: "2 secret(s)".into(), output_tail: String::new(), system_path: None }), Action::AttachVolumes]);
+    let a = core.handle(Event::VolumesAttached(Ok("1 volume(s) mounted".into())));
+    assert_eq!(steps(&a), vec![DeployStep::VolumesAttached]);
+    assert_eq!(a.last(), Some(&Action::Prepare), "volumes are mounted before the closure is fetched");
     let a = core.handle(Event::Prepared(Ok(())));
     assert_eq!(saved(&a), vec![JournalStep::Switching]);
     assert_eq!(a.last(), Some(&Action::Switch), "the journal says switching before the switch starts");
@@ -86,9 +90,23 @@ fn failures_before_the_switch_leave_the_system_alone() {
     let mut core = Apply::new(CONFIRM_MS);
     core.handle(Event::Begin { journal: journal(JournalStep::Started) });
     core.handle(Event::FilesWritten(Ok(String::new())));
+    core.handle(Event::VolumesAttached(Ok(String::new())));
     let a = core.handle(Event::Prepared(Err(fail("not signed"))));
     let done = finished(&a).expect("finished");
     assert_eq!((done.step, done.output_tail.as_str()), (DeployStep::Failed, "not signed output"));
+    assert_eq!(done.system_path.as_deref(), Some("/nix/store/old"), "the old system runs on");
+}
+
+#[test]
+fn a_refused_volume_fails_the_apply_before_the_switch() {
+    let mut core = Apply::new(CONFIRM_MS);
+    core.handle(Event::Begin { journal: journal(JournalStep::Started) });
+    core.handle(Event::FilesWritten(Ok(String::new())));
+    let a = core.handle(Event::VolumesAttached(Err("volume data: its device holds a xfs filesystem, not ext4".into())));
+    let done = finished(&a).expect("finished");
+    assert_eq!(done.step, DeployStep::Failed);
+    assert!(done.message.contains("volume data") && done.message.contains("not changed"), "{}", done.message);
+    assert!(!a.iter().any(|x| matches!(x, Action::RollBack { .. } | Action::Switch | Action::Prepare)));
     assert_eq!(done.system_path.as_deref(), Some("/nix/store/old"), "the old system runs on");
 }
 
@@ -97,6 +115,7 @@ fn a_failed_switch_returns_to_the_exact_previous_system() {
     let mut core = Apply::new(CONFIRM_MS);
     core.handle(Event::Begin { journal: journal(JournalStep::Started) });
     core.handle(Event::FilesWritten(Ok(String::new())));
+    core.handle(Event::VolumesAttached(Ok(String::new())));
     core.handle(Event::Prepared(Ok(())));
     let a = core.handle(Event::Switched { result: Err(fail("switch-to-configuration failed")), now: 10, current: None });
     assert_eq!(steps(&a), vec![DeployStep::RollingBack]);
@@ -254,6 +273,7 @@ fn assignment() -> Assignment {
         facts_json: "{}".into(),
         checks: vec![],
         health_deadline_ms: 1_000,
+        volumes: vec![],
     }
 }
 

@@ -16,6 +16,7 @@ pub struct SystemHealth {
     system: sysinfo::System,
     hostname: String,
     current_system: PathBuf,
+    volumes: Option<super::volumes::Volumes>,
 }
 
 impl SystemHealth {
@@ -26,7 +27,16 @@ impl SystemHealth {
             system,
             hostname: hostname.unwrap_or_else(system_hostname),
             current_system,
+            volumes: None,
         }
+    }
+
+    /// Health of the machine an agent with this configuration runs on,
+    /// its volumes included.
+    pub fn for_agent(config: &crate::config::AgentConfig) -> Self {
+        let mut health = SystemHealth::new(config.hostname.clone(), config.current_system.clone());
+        health.volumes = Some(super::volumes::Volumes::new(config.volume_root.clone(), &config.state_dir, config.device_wait));
+        health
     }
 }
 
@@ -92,6 +102,7 @@ impl HealthSource for SystemHealth {
             failed_units: failed_units().await,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             system_path: current_system(&self.current_system),
+            volumes: self.volumes.as_ref().map(|v| v.states()).unwrap_or_default(),
         }
     }
 }

@@ -5,3 +5,4 @@ pub mod checks;
 pub mod health;
 pub mod secrets;
 pub mod switch;
+pub mod volumes;

@@ -9,7 +9,7 @@ use drover_protocol::{ErrorCode, WireError};
 use crate::authz;
 use crate::model::AdminRecord;
 
-use super::{deployments, machines, rollouts, s3, tenants, Coordinator};
+use super::{deployments, machines, rollouts, s3, tenants, volumes, Coordinator};
 
 /// Answers one admin request from the admin called `name`.
 pub async fn handle(state: &Coordinator, name: &str, request: AdminRequest) -> Response {
@@ -70,5 +70,6 @@ async fn answer(state: &Coordinator, name: &str, request: AdminRequest) -> Resul
         R::AdminsRemoveKey { name, fingerprint } => tenants::remove_key(state, by, &name, &fingerprint).await?,
         R::AdminsKeys { name } => tenants::keys(state, name.as_deref())?,
         R::AdminsRemove { name } => tenants::remove_admin(state, by, &name).await?,
+        R::Volumes(request) => volumes::handle(state, by, request).await?,
     })
 }

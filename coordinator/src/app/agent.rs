@@ -110,6 +110,9 @@ pub fn report_health(state: &Coordinator, id: &str, report: HealthReport) -> Res
             return Err(revoked(id));
         }
         m.last_seen = Some(now);
+        if !m.volumes.is_empty() {
+            super::volumes::record_states(tx, &mut m, &health.volumes)?;
+        }
         m.health = Some(health.clone());
         tx.put(id.as_bytes(), &m)?;
         Ok(())

@@ -13,7 +13,7 @@ use crate::store::{StoreError, Tx};
 use crate::tenancy::Directory;
 
 use super::errors::{invalid, not_found, revoked};
-use super::{now_ms, s3, Coordinator};
+use super::{now_ms, s3, volumes, Coordinator};
 
 /// Builds a machine's assignment and deployment record for a generation.
 pub type Make<'a> = &'a (dyn Fn(&MachineRecord, u64) -> (AssignmentRecord, DeploymentRecord) + Sync);
@@ -55,7 +55,8 @@ pub fn record_one(tx: &Tx, id: &str, make: Make) -> Result<Result<DeployedTarget
         Ok(g) => g,
         Err(refusal) => return Ok(Err(refusal)),
     };
-    let (assignment, deployment) = make(&machine, generation);
+    let (mut assignment, deployment) = make(&machine, generation);
+    deploy::with_volumes(&mut assignment.assignment, &machine.volumes);
     if generation > 1 {
         let key = generation_key(id, generation - 1);
         if let Some(mut previous) = tx.get::<DeploymentRecord>(&key)? {
@@ -81,7 +82,10 @@ pub fn record_one(tx: &Tx, id: &str, make: Make) -> Result<Result<DeployedTarget
 /// every target in one transaction, and announces them. Nothing is recorded
 /// when any step fails.
 pub async fn deploy(state: &Coordinator, by: &str, mut spec: DeploySpec) -> Result<AdminResponse, WireError> {
-    deploy::validate(&spec).and_then(|()| s3::provision::check(&spec.buckets)).map_err(invalid)?;
+    deploy::validate(&spec)
+        .and_then(|()| s3::provision::check(&spec.buckets))
+        .and_then(|()| volumes::check_claims(&spec.volumes))
+        .map_err(invalid)?;
     // Targets and tenancy first: nothing is made for a deployment that
     // would be refused.
     let targets = targets(state, &spec)?;
@@ -91,12 +95,33 @@ pub async fn deploy(state: &Coordinator, by: &str, mut spec: DeploySpec) -> Resu
         tracing::info!(code = ?e.code, reason = %e.message, "deployment refused: its buckets are not ready");
         return Err(WireError::new(e.code, format!("deployment refused, nothing recorded: {}", e.message)));
     }
+    let mounts = if spec.volumes.is_empty() {
+        Vec::new()
+    } else {
+        let [target] = targets.as_slice() else {
+            return Err(invalid(format!(
+                "--volume gives a volume to one machine, and {} machines match; name one with --machine",
+                targets.len()
+            )));
+        };
+        match volumes::prepare(state, &spec.volumes, target).await {
+            Ok(mounts) => mounts,
+            Err(e) => {
+                tracing::info!(code = ?e.code, reason = %e.message, "deployment refused: its volumes are not ready");
+                return Err(WireError::new(e.code, format!("deployment refused, nothing recorded: {}", e.message)));
+            }
+        }
+    };
+    let node = targets.first().map(volumes::node_of).unwrap_or_default();
     let ids: Vec<String> = targets.into_iter().map(|m| m.id).collect();
     let now = now_ms();
     let make = |m: &MachineRecord, g| deploy::build(&spec, m, g, now, &directory.extras(m));
     let deployed = state
         .store
         .commit(|tx| {
+            if let Some(id) = ids.first() {
+                volumes::record_attachments(tx, id, &node, &mounts, now)?;
+            }
             ids.iter()
                 .map(|id| match record_one(tx, id, &make)? {
                     Ok(target) => Ok(target),

@@ -98,6 +98,7 @@ pub async fn enroll(state: &Coordinator, req: EnrollRequest) -> Result<IssuedCer
                 current_generation: None,
                 current_system: None,
                 enrolled_key: Some(key.clone()),
+                volumes: Vec::new(),
             };
             tx.put(hash.as_bytes(), &token)?;
             tx.put(id.as_bytes(), &machine)?;

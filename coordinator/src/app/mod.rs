@@ -7,7 +7,7 @@
 //!
 //! Map: [`admin`] (the one exhaustive dispatch of admin requests, role
 //! checked first) → [`machines`], [`deployments`], [`rollouts`],
-//! [`tenants`], [`s3`]; [`agent`] (what enrolled machines ask) and
+//! [`tenants`], [`s3`], [`volumes`]; [`agent`] (what enrolled machines ask) and
 //! [`enroll`]; [`driver`] (the rollout task); [`live`] (open connections
 //! and desired generations, as the server registers them); [`errors`]
 //! (store and S3 failures as wire errors).
@@ -23,6 +23,7 @@ pub mod machines;
 pub mod rollouts;
 pub mod s3;
 pub mod tenants;
+pub mod volumes;
 
 use std::sync::Arc;
 
@@ -35,6 +36,7 @@ use crate::config::Config;
 use crate::pki::Ca;
 use crate::s3::{garage::Garage, Connector, ObjectStoreAdmin, S3Error};
 use crate::store::Store;
+use crate::volumes::{linstor::Linstor, BlockStorage};
 
 /// Directory of the store inside the state directory.
 pub const DB_DIR: &str = "db";
@@ -72,6 +74,9 @@ pub struct Coordinator {
     pub ca: Ca,
     pub live: Live,
     pub object_store: Option<ObjectStore>,
+    /// The block storage for volumes, when `[linstor]` is configured (or
+    /// why its client could not be made).
+    pub block_storage: Option<Result<Arc<dyn BlockStorage>, String>>,
     /// Serialises rollout starts (the one-rollout-per-machine check).
     pub rollout_lock: tokio::sync::Mutex<()>,
     /// Passes the rollout driver has made, so that a caller can wait until
@@ -93,12 +98,16 @@ impl Coordinator {
     /// when `[s3]` is configured.
     pub fn new(config: Config, ca: Ca, store: Store) -> Self {
         let object_store = config.s3.clone().map(ObjectStore::garage);
+        let block_storage = config.linstor.clone().map(|l| {
+            Linstor::new(l).map(|c| Arc::new(c) as Arc<dyn BlockStorage>).map_err(|e| e.to_string())
+        });
         Coordinator {
             config,
             store,
             ca,
             live: Live::default(),
             object_store,
+            block_storage,
             rollout_lock: tokio::sync::Mutex::new(()),
             driver_passes: tokio::sync::watch::channel(0).0,
         }

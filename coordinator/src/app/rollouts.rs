@@ -191,6 +191,11 @@ pub async fn start(state: &Coordinator, by: &str, mut spec: RolloutSpec) -> Resu
     if spec.deploy.machine.is_some() {
         return Err(invalid("a rollout targets machines by --selector, not --machine"));
     }
+    if !spec.deploy.volumes.is_empty() {
+        return Err(invalid(
+            "a rollout does not give out volumes (each goes to one machine): attach them with `drover volumes attach` or `drover deploy --machine ID --volume ...`; machines keep the volumes they hold through a rollout",
+        ));
+    }
     crate::deploy::validate(&spec.deploy)
         .and_then(|()| check_strategy(&spec.strategy))
         .and_then(|()| s3::provision::check(&spec.deploy.buckets))

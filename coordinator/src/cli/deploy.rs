@@ -53,6 +53,15 @@ pub struct DeployArgs {
     /// the credentials and facts to these machines only.
     #[arg(long = "bucket", value_parser = parse_bucket)]
     pub buckets: Vec<drover_protocol::v1::BucketRequest>,
+    /// A volume the machine mounts before the switch:
+    /// NAME:/MOUNT/POINT[:ext4|xfs][,size=20GiB] (repeatable; with --machine
+    /// only). The coordinator creates it if missing (then the size is
+    /// needed), makes it available on the machine's LINSTOR node (label
+    /// `linstor.node`, else the hostname), and the agent formats it only if
+    /// it is blank. The machine keeps it in later generations until
+    /// `drover volumes detach`.
+    #[arg(long = "volume", value_parser = parse_volume, requires = "machine")]
+    pub volumes: Vec<drover_protocol::v1::VolumeClaim>,
     /// Wait for every machine to finish, showing progress; exit non-zero if any failed.
     #[arg(long)]
     pub wait: bool,
@@ -178,6 +187,28 @@ pub fn parse_fact(s: &str) -> Result<(String, String), String> {
 }
 
 /// Parses `NAME` or `NAME:public`.
+/// `NAME:/MOUNT/POINT[:ext4|xfs][,size=SIZE]`.
+pub fn parse_volume(s: &str) -> Result<drover_protocol::v1::VolumeClaim, String> {
+    let usage = "expected NAME:/MOUNT/POINT[:ext4|xfs][,size=20GiB]";
+    let (main, size) = match s.split_once(',') {
+        Some((main, rest)) => {
+            let size = rest.strip_prefix("size=").ok_or_else(|| format!("{s:?}: {usage}"))?;
+            (main, Some(super::s3::parse_size(size)?))
+        }
+        None => (s, None),
+    };
+    let mut parts = main.splitn(3, ':');
+    let name = parts.next().unwrap_or_default();
+    let mount_point = parts.next().ok_or_else(|| format!("{s:?}: {usage}"))?;
+    let filesystem = match parts.next() {
+        Some(fs) => fs.parse()?,
+        None => drover_protocol::v1::Filesystem::Ext4,
+    };
+    crate::volumes::check_name(name).map_err(|e| e.to_string())?;
+    crate::app::volumes::check_mount_point(mount_point)?;
+    Ok(drover_protocol::v1::VolumeClaim { name: name.to_string(), mount_point: mount_point.to_string(), filesystem, size_bytes: size })
+}
+
 pub fn parse_bucket(s: &str) -> Result<drover_protocol::v1::BucketRequest, String> {
     let (name, public) = match s.split_once(':') {
         Some((name, "public")) => (name, true),

@@ -95,12 +95,14 @@ pub fn spec(what: &WhatArgs, machine: Option<String>, selector: Vec<(String, Str
         checks: what.checks.iter().map(|c| parse_check(c)).collect::<Result<_>>()?,
         health_deadline_ms: u64::try_from(what.health_deadline.as_millis()).unwrap_or(u64::MAX),
         buckets: Vec::new(),
+        volumes: Vec::new(),
     })
 }
 
 pub async fn run(args: DeployArgs) -> Result<()> {
     let mut spec = spec(&args.what, args.machine.clone(), args.selector.clone())?;
     spec.buckets = args.buckets.clone();
+    spec.volumes = args.volumes.clone();
     let client = connect(&args.admin).await?;
     let request = AdminRequest::Deploy(spec);
     let answer = client.call(request).await.map_err(|e| refused(e, "deploying"))?;

@@ -35,10 +35,11 @@ pub enum Tree {
     S3Nodes,
     Tenants,
     Enrollments,
+    Volumes,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 10] = [
+    pub const ALL: [Tree; 11] = [
         Tree::Meta,
         Tree::Machines,
         Tree::Tokens,
@@ -49,6 +50,7 @@ impl Tree {
         Tree::S3Nodes,
         Tree::Tenants,
         Tree::Enrollments,
+        Tree::Volumes,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +65,7 @@ impl Tree {
             Tree::S3Nodes => "s3_nodes",
             Tree::Tenants => "tenants",
             Tree::Enrollments => "enrollments",
+            Tree::Volumes => "volumes",
         }
     }
 

@@ -38,6 +38,7 @@ pub(crate) fn machine(id: &str) -> MachineRecord {
         current_generation: None,
         current_system: None,
         enrolled_key: None,
+            volumes: vec![],
     }
 }
 
@@ -155,6 +156,7 @@ fn rollouts_list_oldest_first() {
                 checks: vec![],
                 health_deadline_ms: 1,
                 buckets: vec![],
+                volumes: vec![],
             };
             put(&store, id, &RolloutRecord { id: id.into(), created_at: at, spec, state });
         }

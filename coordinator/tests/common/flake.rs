@@ -91,7 +91,7 @@ pub fn spawn_vm_with(
     // Long enough for a coordinator restart under load.
     config.confirm_deadline = Duration::from_secs(30);
     adjust(&mut config);
-    let health = SystemHealth::new(config.hostname.clone(), config.current_system.clone());
+    let health = SystemHealth::for_agent(&config);
     let handle = drover_agent::spawn(config, health, None).expect("agent");
     (Vm { name: name.into(), root }, handle)
 }

@@ -154,7 +154,7 @@ impl TestCoordinator {
 
     pub fn spawn_agent(&self, name: &str, token_file: Option<&Path>) -> AgentHandle {
         let config = self.agent_config(name, token_file);
-        let health = SystemHealth::new(config.hostname.clone(), config.current_system.clone());
+        let health = SystemHealth::for_agent(&config);
         drover_agent::spawn(config, health, None).expect("agent starts")
     }
 
