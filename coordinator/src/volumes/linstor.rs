@@ -123,6 +123,7 @@ fn reports(body: &Value) -> Vec<Report> {
 
 impl Linstor {
     pub fn new(config: LinstorConfig) -> Result<Self, BlockError> {
+        drover_net::tls::install_default_provider();
         let mut builder = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .connect_timeout(Duration::from_secs(10).min(config.request_timeout));

@@ -4,6 +4,7 @@
 
 pub mod flake;
 pub mod garage;
+pub mod linstor;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

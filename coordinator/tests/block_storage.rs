@@ -1,0 +1,152 @@
+//! The block-storage contract: what every [`BlockStorage`] must do, run
+//! against the LINSTOR client talking to the controller double in
+//! `common/linstor.rs` (sparse files, loop devices, snapshot copies):
+//! idempotent creates, conflicts named, grow-only resizes, diskless
+//! attachments that appear as block devices, snapshots and rollbacks that
+//! restore the bytes, idempotent deletes, and LINSTOR's errors quoted.
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use common::linstor::LinstorDouble;
+use drover_coordinator::config::LinstorConfig;
+use drover_coordinator::volumes::linstor::Linstor;
+use drover_coordinator::volumes::{BlockError, BlockStorage, VolumeSpec};
+
+const MIB: u64 = 1024;
+
+fn client(url: &str, configure: impl FnOnce(&mut LinstorConfig)) -> Linstor {
+    let mut config = LinstorConfig::new(url);
+    config.request_timeout = Duration::from_secs(5);
+    configure(&mut config);
+    Linstor::new(config).expect("client")
+}
+
+fn spec(name: &str, mib: u64) -> VolumeSpec {
+    VolumeSpec { name: name.into(), size_kib: mib * MIB, replicas: 2, resource_group: None }
+}
+
+fn write_at(device: &Path, offset: u64, bytes: &[u8]) {
+    let mut f = std::fs::OpenOptions::new().write(true).open(device).expect("open device");
+    f.seek(SeekFrom::Start(offset)).expect("seek");
+    f.write_all(bytes).expect("write");
+    f.sync_all().expect("sync");
+}
+
+fn read_at(device: &Path, offset: u64, len: usize) -> Vec<u8> {
+    let mut f = std::fs::File::open(device).expect("open device");
+    f.seek(SeekFrom::Start(offset)).expect("seek");
+    let mut buf = vec![0; len];
+    f.read_exact(&mut buf).expect("read");
+    buf
+}
+
+/// The contract itself.
+async fn contract(b: &dyn BlockStorage, double: &LinstorDouble) {
+    // Create: idempotent with the same size, a conflict with another.
+    let made = b.create(&spec("data", 64)).await.expect("create");
+    assert_eq!(made.size_kib, 64 * MIB);
+    assert_eq!(made.replicas.iter().filter(|r| !r.diskless).count(), 2, "two diskful replicas placed");
+    let again = b.create(&spec("data", 64)).await.expect("the same create again is success");
+    assert_eq!(again.size_kib, made.size_kib);
+    let e = b.create(&spec("data", 128)).await.expect_err("another size is a conflict");
+    assert!(matches!(e, BlockError::Conflict(_)) && e.to_string().contains("resize"), "{e}");
+    assert_eq!(b.volumes().await.expect("list").len(), 1);
+    assert!(b.volume("nothing").await.expect("lookup").is_none());
+
+    // Available on a machine's node: a diskless client whose device appears.
+    b.make_available("data", "vm-a").await.expect("make available");
+    b.make_available("data", "vm-a").await.expect("idempotent");
+    let v = b.volume("data").await.expect("volume").expect("exists");
+    let r = v.replica("vm-a").expect("a resource on vm-a");
+    assert!(r.diskless && r.ready(), "{r:?}");
+    let link = double.node_root("vm-a").join("dev/drbd/by-res/data/0");
+    let device = std::fs::canonicalize(&link).expect("the stable path resolves");
+    assert!(std::os::unix::fs::FileTypeExt::is_block_device(&std::fs::metadata(&device).expect("stat").file_type()));
+    write_at(&link, 4096, b"before");
+
+    // Grow only.
+    b.resize("data", 96 * MIB).await.expect("grow");
+    assert_eq!(b.volume("data").await.expect("v").expect("v").size_kib, 96 * MIB);
+    let size: u64 = std::fs::read_to_string(format!("/sys/class/block/{}/size", device.file_name().expect("name").to_string_lossy()))
+        .expect("sysfs size")
+        .trim()
+        .parse()
+        .expect("number");
+    assert_eq!(size * 512, 96 << 20, "the device grew with the volume");
+    let e = b.resize("data", 32 * MIB).await.expect_err("shrink refused");
+    assert!(matches!(e, BlockError::Shrink { .. }), "{e}");
+
+    // Snapshot, change, roll back: the bytes come back.
+    b.snapshot("data", "before-migration").await.expect("snapshot");
+    b.snapshot("data", "before-migration").await.expect("the same snapshot again is success");
+    assert_eq!(b.snapshots("data").await.expect("snapshots"), ["before-migration"]);
+    write_at(&link, 4096, b"after!");
+    b.rollback("data", "before-migration").await.expect("rollback");
+    assert_eq!(read_at(&link, 4096, 6), b"before", "rolled back to the snapshot's bytes");
+    b.delete_snapshot("data", "before-migration").await.expect("delete snapshot");
+    assert!(b.snapshots("data").await.expect("snapshots").is_empty());
+
+    // Off the node: the diskless client goes, diskful replicas stay.
+    b.remove_from_node("data", "vm-a").await.expect("remove");
+    b.remove_from_node("data", "vm-a").await.expect("idempotent");
+    assert!(!link.exists(), "the device is gone from the node");
+    b.remove_from_node("data", "stor1").await.expect("a diskful replica is kept");
+    assert!(b.volume("data").await.expect("v").expect("v").replica("stor1").is_some());
+
+    // Spawned from a resource group.
+    let spawned = b
+        .create(&VolumeSpec { name: "db".into(), size_kib: 32 * MIB, replicas: 1, resource_group: Some("rg-db".into()) })
+        .await
+        .expect("spawn");
+    assert_eq!(spawned.replicas.len(), 2, "the group places two replicas");
+
+    // Delete: gone; deleting again is success.
+    b.delete("data").await.expect("delete");
+    b.delete("data").await.expect("idempotent delete");
+    assert!(b.volume("data").await.expect("lookup").is_none());
+    b.delete("db").await.expect("delete");
+    assert!(double.volumes().is_empty());
+}
+
+#[tokio::test]
+async fn the_linstor_client_keeps_the_contract() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let double = LinstorDouble::start(dir.path(), &["vm-a", "vm-b"]).await;
+    let b = client(&double.url, |_| {});
+    contract(&b, &double).await;
+    let log = double.log();
+    for call in ["POST /v1/resource-definitions", "POST /v1/resource-definitions/data/volume-definitions", "POST /v1/resource-definitions/data/autoplace", "POST /v1/resource-definitions/data/resources/vm-a/make-available"] {
+        assert!(log.iter().any(|l| l == call), "LINSTOR received {call}: {log:?}");
+    }
+}
+
+#[tokio::test]
+async fn linstor_errors_are_quoted_with_their_correction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut double = LinstorDouble::start(dir.path(), &["vm-a"]).await;
+
+    let b = client(&double.url, |c| c.storage_pool = Some("nope".into()));
+    let e = b.create(&spec("data", 32)).await.expect_err("no such pool");
+    let text = e.to_string();
+    assert!(text.contains("Storage pool 'nope' not found") && text.contains("correction: Create a storage pool"), "{text}");
+
+    let b = client(&double.url, |_| {});
+    let e = b.create(&spec("many", 32)).await;
+    assert!(e.is_ok(), "two storage nodes place two replicas: {e:?}");
+    let e = b.create(&VolumeSpec { replicas: 3, ..spec("toomany", 32) }).await.expect_err("three replicas on two nodes");
+    assert!(e.to_string().contains("Not enough available nodes"), "{e}");
+    let e = b.make_available("many", "unknown-node").await.expect_err("unknown node");
+    assert!(e.to_string().contains("Node 'unknown-node' not found"), "{e}");
+    let e = b.create(&spec("../etc", 32)).await.expect_err("a bad name is refused before anything is sent");
+    assert!(matches!(e, BlockError::Invalid(_)), "{e}");
+
+    double.stop().await;
+    let e = b.volume("many").await.expect_err("unreachable");
+    assert!(matches!(e, BlockError::Unreachable { .. }) && e.to_string().contains("linstor.controller"), "{e}");
+    double.resume().await;
+    assert!(b.volume("many").await.expect("reachable again").is_some());
+}
