@@ -195,6 +195,11 @@ async fn filesystem_bytes(device: &Path, fs: Filesystem) -> Result<u64, String> 
     }
 }
 
+/// `resize2fs 1.47.0 (5-Feb-2023)`: a tool's version line.
+fn is_version_line(line: &str, program: &str) -> bool {
+    line.strip_prefix(program).is_some_and(|rest| rest.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+}
+
 fn usage(mount_point: &Path) -> (u64, u64) {
     match nix::sys::statvfs::statvfs(mount_point) {
         Ok(s) => {
@@ -288,8 +293,12 @@ impl Volumes {
         };
         let (code, out, err) = run(program, &[&target]).await?;
         if code != 0 {
-            let text = if err.trim().is_empty() { out } else { err };
-            return Err(format!("{program} could not grow it online: {}", tail(text.trim())));
+            // resize2fs prints its version on stderr and the reason on
+            // either stream: keep every line but the version.
+            let text: Vec<&str> =
+                err.lines().chain(out.lines()).map(str::trim).filter(|l| !l.is_empty() && !is_version_line(l, program)).collect();
+            let text = if text.is_empty() { format!("exit code {code}") } else { text.join("; ") };
+            return Err(format!("{program} could not grow it online: {}", tail(&text)));
         }
         Ok(())
     }

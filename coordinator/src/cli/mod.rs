@@ -13,8 +13,10 @@ use crate::output::OutputFormat;
 
 mod deploy;
 mod s3;
+mod volumes;
 pub use deploy::*;
 pub use s3::*;
+pub use volumes::*;
 
 #[derive(Debug, Parser)]
 #[command(name = "drover", version, about = "Drover coordinator and admin CLI: pull-based deployment for fleets of NixOS VMs")]
@@ -59,6 +61,10 @@ pub enum Command {
     /// S3 buckets, keys and permissions on the configured provider (Garage).
     #[command(subcommand)]
     S3(S3Command),
+    /// Volumes on the block storage (LINSTOR): made, given to one machine
+    /// at a time, mounted by its agent, grown, moved, snapshotted.
+    #[command(subcommand)]
+    Volumes(VolumesCommand),
     /// Show which admin the bundle authenticates as.
     Whoami(AdminArgs),
     /// Print shell completions.

@@ -7,6 +7,7 @@ pub mod init;
 pub mod machines;
 pub mod rollout;
 pub mod s3;
+pub mod volumes;
 pub mod serve;
 pub mod tenants;
 pub mod tokens;
@@ -51,6 +52,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Deployments(cmd) => deployments::run(cmd).await,
         Command::Rollout(cmd) => rollout::run(cmd).await,
         Command::S3(cmd) => s3::run(cmd).await,
+        Command::Volumes(cmd) => volumes::run(cmd).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "drover", &mut std::io::stdout());
             Ok(())

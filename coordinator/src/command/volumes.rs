@@ -1,0 +1,149 @@
+//! `drover volumes ...`: volumes through the coordinator, which talks to
+//! the block storage and records which machine holds each.
+
+use anyhow::{bail, Result};
+
+use drover_protocol::v1::{AdminRequest, AdminResponse, SnapshotInfo, VolumeInfo, VolumeRequest, VolumeResponse};
+
+use crate::cli::{AdminArgs, VolumesCommand};
+use crate::output::{self, OutputFormat};
+
+use super::{call, print_json};
+
+async fn volumes(admin: &AdminArgs, request: VolumeRequest, what: &str) -> Result<VolumeResponse> {
+    match call(admin, AdminRequest::Volumes(request), what).await? {
+        AdminResponse::Volumes(answer) => Ok(answer),
+        _ => bail!("unexpected answer from the coordinator"),
+    }
+}
+
+fn holder(v: &VolumeInfo) -> String {
+    match &v.attached {
+        Some(a) if a.detaching.is_some() => format!("{} (detaching)", a.machine_id),
+        Some(a) => a.machine_id.clone(),
+        None => "-".into(),
+    }
+}
+
+fn print_volume(v: &VolumeInfo) {
+    println!("volume       {}", v.name);
+    println!("size         {}", output::bytes(v.size_bytes));
+    println!("formatted    {}", if v.formatted { "yes" } else { "no" });
+    match &v.attached {
+        Some(a) => {
+            println!("machine      {} ({}) on node {}, generation {}", a.machine_id, a.hostname, a.node, a.generation);
+            println!("mount        {} ({})", a.mount_point, a.filesystem);
+            if let Some(g) = a.detaching {
+                println!("detaching    in generation {g}; run `drover volumes detach {}` again to finish", v.name);
+            }
+        }
+        None => println!("machine      none (detached)"),
+    }
+    if let Some(s) = &v.state {
+        let state = if s.mounted { "mounted" } else { "NOT MOUNTED" };
+        println!("state        {state}, {} used of {}", output::bytes(s.used_bytes), output::bytes(s.total_bytes));
+        if let Some(why) = &s.grow_pending {
+            println!("grow         pending: {why}");
+        }
+        if let Some(e) = &s.error {
+            println!("error        {e}");
+        }
+    }
+    let mut t = output::table(&["NODE", "DISK STATE", "KIND", "IN USE"]);
+    for r in &v.replicas {
+        t.add_row(vec![
+            r.node.clone(),
+            r.disk_state.clone(),
+            if r.diskless { "diskless".into() } else { "replica".into() },
+            if r.in_use { "yes".into() } else { "no".into() },
+        ]);
+    }
+    println!("{t}");
+}
+
+fn print_snapshots(list: &Vec<SnapshotInfo>) {
+    let mut t = output::table(&["VOLUME", "SNAPSHOT", "TAKEN"]);
+    for s in list {
+        t.add_row(vec![s.volume.clone(), s.name.clone(), if s.created_at == 0 { "-".into() } else { output::timestamp(s.created_at) }]);
+    }
+    println!("{t}");
+}
+
+fn show<T: serde::Serialize>(admin: &AdminArgs, value: &T, table: impl FnOnce(&T)) -> Result<()> {
+    match admin.output {
+        OutputFormat::Json => print_json(value),
+        OutputFormat::Table => {
+            table(value);
+            Ok(())
+        }
+    }
+}
+
+async fn one(admin: &AdminArgs, request: VolumeRequest, what: &str) -> Result<()> {
+    match volumes(admin, request, what).await? {
+        VolumeResponse::Volume(v) => show(admin, &v, print_volume),
+        _ => bail!("unexpected answer from the coordinator"),
+    }
+}
+
+pub async fn run(cmd: VolumesCommand) -> Result<()> {
+    match cmd {
+        VolumesCommand::List { admin } => {
+            let VolumeResponse::Volumes(list) = volumes(&admin, VolumeRequest::List, "listing volumes").await? else {
+                bail!("unexpected answer from the coordinator")
+            };
+            show(&admin, &list, |list| {
+                let mut t = output::table(&["VOLUME", "SIZE", "REPLICAS", "MACHINE", "MOUNT", "USED"]);
+                for v in list {
+                    t.add_row(vec![
+                        v.name.clone(),
+                        output::bytes(v.size_bytes),
+                        v.replicas.iter().filter(|r| !r.diskless).count().to_string(),
+                        holder(v),
+                        v.attached.as_ref().map(|a| a.mount_point.clone()).unwrap_or_else(|| "-".into()),
+                        v.state.as_ref().filter(|s| s.mounted).map(|s| output::bytes(s.used_bytes)).unwrap_or_else(|| "-".into()),
+                    ]);
+                }
+                println!("{t}");
+            })
+        }
+        VolumesCommand::Show { name, admin } => one(&admin, VolumeRequest::Show { name: name.clone() }, &format!("showing volume {name}")).await,
+        VolumesCommand::Create { name, size, replicas, resource_group, admin } => {
+            let request = VolumeRequest::Create { name: name.clone(), size_bytes: size, replicas, resource_group };
+            one(&admin, request, &format!("creating volume {name}")).await
+        }
+        VolumesCommand::Resize { name, size, admin } => {
+            one(&admin, VolumeRequest::Resize { name: name.clone(), size_bytes: size }, &format!("resizing volume {name}")).await
+        }
+        VolumesCommand::Attach { name, machine, mount_point, filesystem, admin } => {
+            let request = VolumeRequest::Attach { name: name.clone(), machine: machine.clone(), mount_point, filesystem };
+            one(&admin, request, &format!("attaching volume {name} to {machine}")).await
+        }
+        VolumesCommand::Detach { name, admin } => {
+            if admin.output == OutputFormat::Table {
+                eprintln!("waiting for the machine to unmount {name}...");
+            }
+            one(&admin, VolumeRequest::Detach { name: name.clone() }, &format!("detaching volume {name}")).await
+        }
+        VolumesCommand::Snapshot { name, snapshot, admin } => {
+            let VolumeResponse::Snapshots(list) = volumes(&admin, VolumeRequest::Snapshot { name: name.clone(), snapshot }, &format!("snapshotting volume {name}")).await? else {
+                bail!("unexpected answer from the coordinator")
+            };
+            show(&admin, &list, print_snapshots)
+        }
+        VolumesCommand::Snapshots { name, prune, admin } => {
+            let VolumeResponse::Snapshots(list) = volumes(&admin, VolumeRequest::Snapshots { name: name.clone(), prune }, &format!("listing snapshots of {name}")).await? else {
+                bail!("unexpected answer from the coordinator")
+            };
+            show(&admin, &list, print_snapshots)
+        }
+        VolumesCommand::Rollback { name, snapshot, admin } => {
+            let request = VolumeRequest::Rollback { name: name.clone(), snapshot: snapshot.clone() };
+            one(&admin, request, &format!("rolling volume {name} back to {snapshot}")).await
+        }
+        VolumesCommand::Delete { name, confirm, admin } => {
+            volumes(&admin, VolumeRequest::Delete { name: name.clone(), confirm }, &format!("deleting volume {name}")).await?;
+            show(&admin, &serde_json::json!({ "deleted": name }), |_| println!("volume {name} deleted with its data"))
+        }
+    }
+}
