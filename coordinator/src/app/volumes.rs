@@ -145,7 +145,14 @@ pub async fn prepare(state: &Coordinator, claims: &[VolumeClaim], machine: &Mach
                 return Err(held_elsewhere(state, &claim.name, &a.machine_id));
             }
         }
-        let existing = block.volume(&claim.name).await.map_err(wire)?;
+        let mut existing = block.volume(&claim.name).await.map_err(wire)?;
+        if let Some(v) = existing.as_ref().filter(|v| v.size_kib > 0 && v.replicas.iter().all(|r| r.diskless)) {
+            // A create that failed after the definitions were made (e.g. at
+            // placement): finish it.
+            let replicas = state.config.linstor.as_ref().map(|l| l.place_count).unwrap_or(1);
+            let spec = VolumeSpec { name: claim.name.clone(), size_kib: v.size_kib, replicas, resource_group: None };
+            existing = Some(block.create(&spec).await.map_err(wire)?);
+        }
         let volume = match existing {
             Some(v) => {
                 if let Some(asked) = claim.size_bytes {
@@ -415,6 +422,16 @@ async fn attach(
     let machine = super::machines::machine(state, machine_id)?;
     if machine.revoked_at.is_some() {
         return Err(revoked(machine_id));
+    }
+    if let Some(a) = state.store.volume(name)?.and_then(|r| r.attached) {
+        if a.machine_id != machine_id {
+            return Err(held_elsewhere(state, name, &a.machine_id));
+        }
+    }
+    if machine.desired_generation == 0 {
+        return Err(invalid(format!(
+            "machine {machine_id} has no deployment yet; deploy a system to it with `drover deploy --machine {machine_id} --volume {name}:MOUNT ...` instead"
+        )));
     }
     let mounts = prepare(state, &claims, &machine).await?;
     let node = node_of(&machine);

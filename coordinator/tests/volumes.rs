@@ -1,0 +1,330 @@
+//! Volumes end to end: a coordinator configured with the LINSTOR double
+//! (`common/linstor.rs`: sparse files, loop devices), in-process agents whose
+//! volume roots are their nodes' directories, the `nixos-rebuild` stand-in,
+//! and real mkfs and mount (as root). A volume is created, given to one
+//! machine, formatted once and mounted, kept through later deployments and
+//! an agent restart, refused to a second machine, moved with its data, and
+//! deleted only when detached and confirmed; LINSTOR's faults refuse a
+//! deployment with nothing recorded, and a retry completes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::flake::{flake, flake_spec, spawn_vm_with, Vm};
+use common::linstor::LinstorDouble;
+use common::{eventually, Options, TestCoordinator};
+use drover_agent::AgentHandle;
+use drover_coordinator::config::LinstorConfig;
+use drover_protocol::v1::*;
+use drover_protocol::{ErrorCode, WireError};
+
+struct Fleet {
+    coordinator: TestCoordinator,
+    double: LinstorDouble,
+    flake: PathBuf,
+    token: PathBuf,
+}
+
+impl Fleet {
+    async fn start(nodes: &[&str]) -> Fleet {
+        let mut coordinator = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
+        let double = LinstorDouble::start(&coordinator.dir.path().join("linstor"), nodes).await;
+        let mut linstor = LinstorConfig::new(&double.url);
+        linstor.ready_timeout = Duration::from_secs(10);
+        linstor.request_timeout = Duration::from_secs(5);
+        coordinator.config.linstor = Some(linstor);
+        coordinator.serve().await;
+        let flake = flake(coordinator.dir.path());
+        let (_, token) = coordinator.token(10, &[("role", "db")]).await;
+        Fleet { coordinator, double, flake, token }
+    }
+
+    /// A machine named after its LINSTOR node, its volume root that node's.
+    async fn machine(&self, name: &str) -> (Vm, AgentHandle, String) {
+        let (vm, mut agent) = self.spawn(name);
+        agent.wait_for(Duration::from_secs(30), |s| s.reports >= 1).await.expect("agent online");
+        let id = self.coordinator.machines().await.into_iter().find(|m| m.hostname == name).expect("enrolled").id;
+        (vm, agent, id)
+    }
+
+    fn spawn(&self, name: &str) -> (Vm, AgentHandle) {
+        let root = self.double.node_root(name);
+        spawn_vm_with(&self.coordinator, name, Some(&self.token), |c| {
+            c.volume_root = root;
+            c.device_wait = Duration::from_secs(10);
+        })
+    }
+
+    fn spec(&self, machine: &str, system: &str, volumes: Vec<VolumeClaim>) -> DeploySpec {
+        DeploySpec {
+            machine: Some(machine.into()),
+            selector: Default::default(),
+            system: flake_spec(&self.flake, system),
+            secrets: vec![],
+            facts: Default::default(),
+            checks: vec![],
+            health_deadline_ms: 5_000,
+            buckets: vec![],
+            volumes,
+        }
+    }
+
+    /// Deploys and waits for the outcome.
+    async fn deploy(&self, spec: DeploySpec) -> Result<DeploymentInfo, WireError> {
+        let client = self.coordinator.admin().await;
+        let answer = client.call(AdminRequest::Deploy(spec)).await;
+        client.close().await;
+        let targets = match answer {
+            Ok(AdminResponse::Deployed(t)) => t,
+            Ok(other) => panic!("unexpected answer {other:?}"),
+            Err(e) => return Err(WireError::new(e.code().unwrap_or(ErrorCode::Internal), e.to_string())),
+        };
+        let id = targets[0].deployment_id.clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut last;
+        loop {
+            let AdminResponse::Deployment(d) = self.coordinator.call(AdminRequest::DeploymentsShow { id: id.clone() }).await else { panic!() };
+            let over = matches!(d.state, DeploymentState::Succeeded | DeploymentState::Failed);
+            last = Some(d);
+            if over {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the deployment ends: {last:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(last.expect("seen"))
+    }
+
+    async fn cli(&self, args: &[&str]) -> (bool, serde_json::Value, String) {
+        let fleet = &self.coordinator;
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let bundle = fleet.bundle_path.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+                .args(&args)
+                .args(["--output", "json"])
+                .env("DROVER_ADMIN_BUNDLE", &bundle)
+                .output()
+                .expect("run drover");
+            let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+            (out.status.success(), json, String::from_utf8_lossy(&out.stderr).to_string())
+        })
+        .await
+        .expect("cli")
+    }
+}
+
+fn mounted(path: &Path) -> bool {
+    let wanted = path.to_string_lossy().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo").lines().any(|l| l.split(' ').nth(4) == Some(wanted.as_str()))
+}
+
+fn claim(name: &str, mount: &str, fs: Filesystem, size: Option<u64>) -> VolumeClaim {
+    VolumeClaim { name: name.into(), mount_point: mount.into(), filesystem: fs, size_bytes: size }
+}
+
+fn uuid(device: &Path) -> String {
+    let out = std::process::Command::new("blkid").args(["-p", "-s", "UUID", "-o", "value"]).arg(device).output().expect("blkid");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_is_formatted_once_kept_and_moved_with_its_data() {
+    let fleet = Fleet::start(&["vm-a", "vm-b"]).await;
+    let (_vm_a, agent_a, a) = fleet.machine("vm-a").await;
+    let (_vm_b, _agent_b, b) = fleet.machine("vm-b").await;
+    let mount_a = fleet.double.node_root("vm-a").join("srv/data");
+    let mount_b = fleet.double.node_root("vm-b").join("srv/data");
+
+    // Deploy with a new volume: LINSTOR gets the definitions and the
+    // resource on A's node; A formats the blank device and mounts it.
+    let d = fleet.deploy(fleet.spec(&a, "good", vec![claim("data", "/srv/data", Filesystem::Ext4, Some(64 << 20))])).await.expect("deployed");
+    assert_eq!(d.state, DeploymentState::Succeeded, "{d:?}");
+    assert!(d.steps.iter().any(|s| s.step == DeployStep::VolumesAttached), "{:?}", d.steps);
+    let log = fleet.double.log();
+    for call in [
+        "POST /v1/resource-definitions",
+        "POST /v1/resource-definitions/data/volume-definitions",
+        "POST /v1/resource-definitions/data/autoplace",
+        "POST /v1/resource-definitions/data/resources/vm-a/make-available",
+    ] {
+        assert!(log.iter().any(|l| l == call), "LINSTOR received {call}: {log:?}");
+    }
+    assert!(mounted(&mount_a), "A mounted the volume");
+    let device = fleet.double.device("data", "vm-a").expect("the volume is on A's node");
+    let made = uuid(&device);
+    assert!(!made.is_empty(), "A formatted it");
+    std::fs::write(mount_a.join("file"), "written on A").expect("write");
+
+    // A second deployment (no --volume: the machine keeps what it holds).
+    let d = fleet.deploy(fleet.spec(&a, "good2", vec![])).await.expect("deployed");
+    assert_eq!(d.state, DeploymentState::Succeeded, "{d:?}");
+    assert!(mounted(&mount_a));
+    // An agent restart.
+    agent_a.stop().await.expect("stop");
+    let (_vm_a, mut agent_a) = fleet.spawn("vm-a");
+    agent_a.wait_for(Duration::from_secs(30), |s| s.reports >= 1).await.expect("back online");
+    let d = fleet.deploy(fleet.spec(&a, "good", vec![])).await.expect("deployed");
+    assert_eq!(d.state, DeploymentState::Succeeded, "{d:?}");
+    assert_eq!(uuid(&device), made, "never formatted again");
+    assert_eq!(std::fs::read_to_string(mount_a.join("file")).expect("read"), "written on A");
+
+    // The coordinator records what the agent reports: formatted, mounted, used.
+    let ok = eventually(Duration::from_secs(20), || async {
+        let (ok, v, _) = fleet.cli(&["volumes", "show", "data"]).await;
+        ok && v["formatted"] == true && v["state"]["mounted"] == true && v["state"]["used_bytes"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    assert!(ok, "volumes show reports the agent's state: {:?}", fleet.cli(&["volumes", "show", "data"]).await);
+
+    // One machine at a time: B is refused, naming A.
+    let (ok, _, err) = fleet.cli(&["volumes", "attach", "data", "--machine", &b, "--mount", "/srv/data"]).await;
+    assert!(!ok && err.contains(&a), "refused naming A: {err}");
+    let e = fleet.deploy(fleet.spec(&b, "good", vec![claim("data", "/srv/data", Filesystem::Ext4, None)])).await.expect_err("refused");
+    assert!(e.message.contains(&a) && e.message.contains("nothing recorded"), "{e}");
+    // Nor is an attached volume deleted.
+    let (ok, _, err) = fleet.cli(&["volumes", "delete", "data", "--yes-delete-data", "data"]).await;
+    assert!(!ok && err.contains("detach it first"), "{err}");
+
+    // Detach: A unmounts it, it leaves A's node; B then mounts A's file.
+    let (ok, v, err) = fleet.cli(&["volumes", "detach", "data"]).await;
+    assert!(ok, "detach: {err}");
+    assert!(v["attached"].is_null(), "{v}");
+    assert!(!mounted(&mount_a), "A no longer has it mounted");
+    assert!(!fleet.double.nodes_of("data").contains(&"vm-a".to_string()), "off A's node");
+    let (ok, _, err) = fleet.cli(&["volumes", "attach", "data", "--machine", &b, "--mount", "/srv/data"]).await;
+    assert!(!ok && err.contains("no deployment yet"), "a machine without a system gets its volumes with its first deployment: {err}");
+    let d = fleet.deploy(fleet.spec(&b, "good", vec![])).await.expect("deployed");
+    assert_eq!(d.state, DeploymentState::Succeeded, "{d:?}");
+    let (ok, v, err) = fleet.cli(&["volumes", "attach", "data", "--machine", &b, "--mount", "/srv/data"]).await;
+    assert!(ok, "attach to B: {err}");
+    assert_eq!(v["attached"]["machine_id"], b.as_str());
+    let moved = eventually(Duration::from_secs(30), || async { mounted(&mount_b) }).await;
+    assert!(moved, "B mounted it");
+    assert_eq!(std::fs::read_to_string(mount_b.join("file")).expect("read on B"), "written on A");
+    assert_eq!(uuid(&fleet.double.device("data", "vm-b").expect("on B's node")), made, "the same filesystem, moved");
+
+    // Delete: refused without the confirmation, done after detach with it.
+    let (ok, _, err) = fleet.cli(&["volumes", "detach", "data"]).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = fleet.cli(&["volumes", "delete", "data", "--yes-delete-data", "other"]).await;
+    assert!(!ok && err.contains("--yes-delete-data data"), "{err}");
+    let (ok, _, err) = fleet.cli(&["volumes", "delete", "data", "--yes-delete-data", "data"]).await;
+    assert!(ok, "{err}");
+    assert!(fleet.double.volumes().is_empty(), "gone from LINSTOR");
+    let (ok, list, _) = fleet.cli(&["volumes", "list"]).await;
+    assert!(ok && list.as_array().is_some_and(|l| l.is_empty()), "{list}");
+}
+
+async fn desired(fleet: &Fleet, id: &str) -> u64 {
+    let AdminResponse::MachineDetail(d) = fleet.coordinator.call(AdminRequest::MachinesDetail { id: id.into() }).await else { panic!() };
+    d.desired_generation
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linstor_faults_refuse_the_deployment_with_nothing_recorded_and_a_retry_completes() {
+    let mut fleet = Fleet::start(&["vm-a"]).await;
+    let (vm, _agent, a) = fleet.machine("vm-a").await;
+    let d = fleet.deploy(fleet.spec(&a, "good", vec![])).await.expect("deployed");
+    assert_eq!(d.state, DeploymentState::Succeeded);
+    let before = desired(&fleet, &a).await;
+
+    // Unreachable.
+    fleet.double.stop().await;
+    let e = fleet.deploy(fleet.spec(&a, "good2", vec![claim("pg", "/var/lib/pg", Filesystem::Ext4, Some(32 << 20))])).await.expect_err("unreachable");
+    assert!(e.message.contains("unreachable") && e.message.contains("nothing recorded"), "{e}");
+    assert_eq!(desired(&fleet, &a).await, before, "no generation recorded");
+    fleet.double.resume().await;
+    let (ok, list, _) = fleet.cli(&["volumes", "list"]).await;
+    assert!(ok && list.as_array().is_some_and(|l| l.is_empty()), "no volume recorded: {list}");
+
+    // An existing volume of another size.
+    let (ok, _, err) = fleet.cli(&["volumes", "create", "small", "--size", "32MiB"]).await;
+    assert!(ok, "{err}");
+    let e = fleet.deploy(fleet.spec(&a, "good2", vec![claim("small", "/srv/small", Filesystem::Ext4, Some(64 << 20))])).await.expect_err("size");
+    assert!(e.message.contains("exists with 32.0 MiB") && e.message.contains("volumes resize"), "{e}");
+    assert_eq!(desired(&fleet, &a).await, before);
+
+    // A storage pool that does not exist: LINSTOR's message and correction.
+    fleet.coordinator.stop().await;
+    if let Some(l) = fleet.coordinator.config.linstor.as_mut() {
+        l.storage_pool = Some("nope".into());
+    }
+    fleet.coordinator.serve().await;
+    let e = fleet.deploy(fleet.spec(&a, "good2", vec![claim("pg", "/var/lib/pg", Filesystem::Ext4, Some(32 << 20))])).await.expect_err("pool");
+    assert!(e.message.contains("Storage pool 'nope' not found") && e.message.contains("correction:"), "{e}");
+    assert_eq!(desired(&fleet, &a).await, before);
+
+    // Fixed: the same deployment completes.
+    fleet.coordinator.stop().await;
+    if let Some(l) = fleet.coordinator.config.linstor.as_mut() {
+        l.storage_pool = None;
+    }
+    fleet.coordinator.serve().await;
+    let d = fleet.deploy(fleet.spec(&a, "good2", vec![claim("pg", "/var/lib/pg", Filesystem::Ext4, Some(32 << 20))])).await.expect("retry");
+    assert_eq!(d.state, DeploymentState::Succeeded, "{d:?}");
+    assert!(mounted(&fleet.double.node_root("vm-a").join("var/lib/pg")));
+
+    // A device that holds another filesystem: the deployment fails before
+    // the switch, naming the volume and what it found; the device is unchanged.
+    let (ok, _, err) = fleet.cli(&["volumes", "create", "old", "--size", "320MiB"]).await;
+    assert!(ok, "{err}");
+    let image = fleet.double.root.join("volumes/old.img");
+    assert!(std::process::Command::new("mkfs.xfs").args(["-q", "-K"]).arg(&image).status().expect("mkfs.xfs").success());
+    let hash = |p: &Path| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(p).expect("read image")))
+    };
+    let before_hash = hash(&image);
+    let activations = vm.activations().len();
+    let d = fleet.deploy(fleet.spec(&a, "good", vec![claim("old", "/srv/old", Filesystem::Ext4, None)])).await.expect("recorded");
+    assert_eq!(d.state, DeploymentState::Failed, "{d:?}");
+    let last = &d.steps.last().expect("steps").message;
+    assert!(last.contains("volume old") && last.contains("xfs") && last.contains("not changed"), "{last}");
+    assert_eq!(hash(&image), before_hash, "not one byte of the device changed");
+    assert_eq!(vm.activations().len(), activations, "no switch happened");
+    assert!(!mounted(&fleet.double.node_root("vm-a").join("srv/old")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drover_volumes_resize_grows_a_mounted_volume_and_refuses_to_shrink() {
+    let fleet = Fleet::start(&["vm-a"]).await;
+    let (_vm, _agent, a) = fleet.machine("vm-a").await;
+    let claims = vec![
+        claim("media", "/srv/media", Filesystem::Xfs, Some(320 << 20)),
+        claim("db", "/srv/db", Filesystem::Ext4, Some(64 << 20)),
+    ];
+    let d = fleet.deploy(fleet.spec(&a, "good", claims)).await.expect("deployed");
+    assert_eq!(d.state, DeploymentState::Succeeded, "{d:?}");
+    let media = fleet.double.node_root("vm-a").join("srv/media");
+    std::fs::write(media.join("file"), "kept").expect("write");
+    let total = |v: &serde_json::Value| v["state"]["total_bytes"].as_u64().unwrap_or(0);
+    assert!(eventually(Duration::from_secs(20), || async { total(&fleet.cli(&["volumes", "show", "media"]).await.1) > 0 }).await);
+    let before = total(&fleet.cli(&["volumes", "show", "media"]).await.1);
+
+    let (ok, v, err) = fleet.cli(&["volumes", "resize", "media", "--size", "400MiB"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(v["size_bytes"], 400u64 << 20);
+    let grown = eventually(Duration::from_secs(30), || async {
+        let (_, v, _) = fleet.cli(&["volumes", "show", "media"]).await;
+        total(&v) > before + (60 << 20) && v["state"]["mounted"] == true
+    })
+    .await;
+    assert!(grown, "xfs grew on A without unmounting: {:?}", fleet.cli(&["volumes", "show", "media"]).await);
+    assert_eq!(std::fs::read_to_string(media.join("file")).expect("read"), "kept");
+
+    // ext4: grown online where the kernel allows; else reported pending.
+    let (ok, _, err) = fleet.cli(&["volumes", "resize", "db", "--size", "96MiB"]).await;
+    assert!(ok, "{err}");
+    let settled = eventually(Duration::from_secs(30), || async {
+        let (_, v, _) = fleet.cli(&["volumes", "show", "db"]).await;
+        total(&v) > (80 << 20) || v["state"]["grow_pending"].as_str().is_some_and(|w| w.contains("next time"))
+    })
+    .await;
+    assert!(settled, "the ext4 grow is done or reported pending: {:?}", fleet.cli(&["volumes", "show", "db"]).await);
+
+    let (ok, _, err) = fleet.cli(&["volumes", "resize", "media", "--size", "320MiB"]).await;
+    assert!(!ok && err.contains("cannot shrink"), "{err}");
+}
