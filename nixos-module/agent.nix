@@ -87,6 +87,16 @@ let
       default = "2m";
       description = "After a switch the agent must reach the coordinator within this long, or it rolls back by itself.";
     };
+    volume_root = mkOption {
+      type = types.str;
+      default = "/";
+      description = "Prefix of volume device paths and mount points (/ on a machine).";
+    };
+    device_wait = mkOption {
+      type = types.str;
+      default = "60s";
+      description = "How long a volume's device may take to appear.";
+    };
   };
 
   # null means "not set": left out of the TOML file. The CA file is
@@ -188,6 +198,8 @@ in
       after = [ "network-online.target" ];
       # The switch restarts services; the agent must not stop itself midway.
       restartIfChanged = false;
+      # blkid, mkfs, resize2fs, xfs_growfs for volumes.
+      path = [ pkgs.util-linux pkgs.e2fsprogs pkgs.xfsprogs ];
       serviceConfig = {
         ExecStart = "${cfg.package}/bin/drover-agent run --config ${settingsFile}";
         Restart = "always";
@@ -208,6 +220,25 @@ in
         RestrictRealtime = true;
         LockPersonality = true;
       };
+    };
+
+    # At boot, the volumes of the last applied assignment are mounted again
+    # before the services that use them start (they order themselves after
+    # their mount points with RequiresMountsFor). It never formats a device
+    # that holds data.
+    systemd.services.drover-mount-volumes = {
+      description = "Mount the volumes Drover gave this machine";
+      wantedBy = [ "multi-user.target" ];
+      before = [ "multi-user.target" "drover-agent.service" ];
+      after = [ "local-fs.target" ];
+      unitConfig.ConditionPathExists = "${cfg.stateDir}/volumes.json";
+      restartIfChanged = false;
+      serviceConfig = {
+        Type = "oneshot";
+        RemainAfterExit = true;
+        ExecStart = "${cfg.package}/bin/drover-agent mount-volumes --config ${settingsFile}";
+      };
+      path = [ pkgs.util-linux pkgs.e2fsprogs pkgs.xfsprogs ];
     };
   };
 }

@@ -7,6 +7,9 @@
 # Garage bucket signed with a key made here, deploys it to the three machines
 # (which fetch it from Garage's web endpoint) and shows them Succeeded; then
 # deploys a closure whose activation fails and shows the automatic rollback.
+# Last, a volume: a LINSTOR controller double (volumes on loop devices; needs
+# root) gives vm1 a volume that its agent formats and mounts; a file written
+# there is still there when the volume has moved to vm2.
 #   scripts/demo.sh          run, show, stop everything
 #   scripts/demo.sh --keep   leave the fleet running (prints how to stop it)
 source "$(dirname "$0")/lib.sh"
@@ -15,8 +18,8 @@ cd "$ROOT"
 KEEP=0
 [ "${1:-}" = "--keep" ] && KEEP=1
 
-log "building drover and drover-agent"
-cargo build --locked --bin drover --bin drover-agent
+log "building drover, drover-agent and the LINSTOR double"
+cargo build --locked --bin drover --bin drover-agent --bin linstor-double
 BIN="$ROOT/target/debug"
 WORK="$(mktemp -d /tmp/drover-demo.XXXXXX)"
 PORT="${DROVER_DEMO_PORT:-7443}"
@@ -25,7 +28,9 @@ export DROVER_STATE_DIR="$WORK/coordinator"
 PIDS=()
 cleanup() {
   if [ "$KEEP" -eq 0 ]; then
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # Agents first, the LINSTOR double last (it unmounts and frees its
+    # loop devices when it stops).
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill "${PIDS[$i]}" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$WORK"
   fi
@@ -62,6 +67,18 @@ NODE="$($GARAGE node id -q | cut -d@ -f1)"
 $GARAGE layout assign -z dc1 -c 1G "$NODE" >/dev/null
 $GARAGE layout apply --version 1 >/dev/null
 
+VOLUMES=0
+LPORT="${DROVER_DEMO_LINSTOR_PORT:-3370}"
+if [ "$(id -u)" -eq 0 ]; then
+  VOLUMES=1
+  log "starting the LINSTOR controller double on 127.0.0.1:$LPORT (volumes on loop devices)"
+  "$BIN/linstor-double" --root "$WORK/linstor" --listen "127.0.0.1:$LPORT" --node vm1 --node vm2 --node vm3 \
+    >"$WORK/linstor.log" 2>&1 &
+  PIDS+=($!)
+else
+  log "not root: the volume part of the demo is left out (loop devices and mount need root)"
+fi
+
 log "drover init (state in $DROVER_STATE_DIR), managing that Garage"
 "$BIN/drover" init --state-dir "$DROVER_STATE_DIR" --listen "127.0.0.1:$PORT" --health-interval 2s
 sed -n 's/^admin_token = "\(.*\)"/\1/p' "$WORK/garage/garage.toml" >"$DROVER_STATE_DIR/garage-admin-token"
@@ -75,6 +92,13 @@ s3_endpoint = "http://127.0.0.1:$GPORT"
 region = "garage"
 public_url = "http://{bucket}:$((GPORT + 2))"
 TOML
+if [ "$VOLUMES" -eq 1 ]; then
+  cat >>"$DROVER_STATE_DIR/drover.toml" <<TOML
+
+[linstor]
+controller = "http://127.0.0.1:$LPORT"
+TOML
+fi
 "$BIN/drover" check-config
 "$BIN/drover" serve >"$WORK/coordinator.log" 2>&1 &
 PIDS+=($!)
@@ -96,6 +120,7 @@ hostname = "vm$i"
 runtime_dir = "$vm/run"
 nix_store = "$vm/store"
 system_profile = "$vm/profiles/system"
+volume_root = "$WORK/linstor/nodes/vm$i"
 TOML
   log "starting agent vm$i (its own Nix store: $vm/store)"
   "$BIN/drover-agent" run --config "$vm/agent.toml" >"$vm/agent.log" 2>&1 &
@@ -162,7 +187,33 @@ for i in 1 2 3; do
   running="$(readlink "$(readlink -f "$WORK/vm$i/profiles")/$(readlink "$WORK/vm$i/profiles/system")")"
   [ "$running" = "$GOOD" ] || { echo "vm$i runs $running, expected $GOOD" >&2; exit 1; }
 done
-log "demo done: three machines run $GOOD again after the automatic rollback"
+log "three machines run $GOOD again after the automatic rollback"
+
+if [ "$VOLUMES" -eq 1 ]; then
+  id_of() { "$BIN/drover" machines list --output json | python3 -c 'import json,sys; print([m["id"] for m in json.load(sys.stdin) if m["hostname"] == sys.argv[1]][0])' "$1"; }
+  VM1="$(id_of vm1)"
+  VM2="$(id_of vm2)"
+  log "giving vm1 a new volume: LINSTOR makes it, vm1's agent formats the blank device and mounts it at /srv/data"
+  "$BIN/drover" deploy --machine "$VM1" --closure "$GOOD" --substituter "$CACHE_URL" --trusted-key "$KEY" \
+    --volume data:/srv/data:ext4,size=64MiB --wait
+  echo "written on vm1 at $(date -u +%FT%TZ)" >"$WORK/linstor/nodes/vm1/srv/data/hello.txt"
+  sync
+  "$BIN/drover" volumes show data
+  log "moving the volume to vm2: vm1 unmounts it, then vm2 mounts it with vm1's file"
+  "$BIN/drover" volumes detach data
+  "$BIN/drover" volumes attach data --machine "$VM2" --mount /srv/data
+  for _ in $(seq 100); do
+    [ -f "$WORK/linstor/nodes/vm2/srv/data/hello.txt" ] && break
+    sleep 0.3
+  done
+  echo "vm2 reads: $(cat "$WORK/linstor/nodes/vm2/srv/data/hello.txt")"
+  if grep -q " $WORK/linstor/nodes/vm1/srv/data " /proc/self/mounts; then
+    echo "vm1 still has the volume mounted" >&2
+    exit 1
+  fi
+  "$BIN/drover" volumes list
+fi
+log "demo done"
 if [ "$KEEP" -eq 1 ]; then
   echo "fleet left running; state in $WORK"
   echo "  export DROVER_STATE_DIR=$DROVER_STATE_DIR; $BIN/drover machines list"

@@ -33,6 +33,17 @@ rec {
       example = "${lib.replaceStrings [ "." ] [ "-" ] example}-media";
       description = "The Drover bucket holding the media (`drover deploy --bucket NAME:public`).";
     };
+    dataVolumes = lib.mkOption {
+      type = lib.types.listOf lib.types.str;
+      default = [ ];
+      example = [ "/var/lib/postgresql" ];
+      description = ''
+        Mount points of Drover volumes the service keeps its data on
+        (`drover deploy --volume NAME:PATH`). The service starts only once
+        they are mounted (RequiresMountsFor, after drover-mount-volumes at
+        boot); it never writes into the bare directory underneath.
+      '';
+    };
   };
 
   createAdminOption = lib.mkOption {
@@ -91,12 +102,17 @@ rec {
     pathConfig.Unit = "drover-${name}-env.service";
   };
 
-  envUnit = { name, group, before, script, restart ? before, rerun ? [ ], serviceConfig ? { } }: {
+  # `volumes`: mount points the service's data lives on. The environment
+  # unit requires them, and every unit of the service requires the
+  # environment unit: nothing of the service starts before its volumes.
+  envUnit = { name, group, before, script, restart ? before, rerun ? [ ], serviceConfig ? { }, volumes ? [ ] }: {
     description = "Environment for ${name} from what Drover delivered";
     wantedBy = [ "multi-user.target" ];
     inherit before;
     requiredBy = before;
+    after = lib.optional (volumes != [ ]) "drover-mount-volumes.service";
     unitConfig.ConditionPathExists = facts;
+    unitConfig.RequiresMountsFor = volumes;
     serviceConfig = {
       Type = "oneshot";
       UMask = "0077";

@@ -31,6 +31,7 @@ in
 
     systemd.services.drover-mastodon-env = drover.envUnit {
       name = "mastodon";
+      volumes = cfg.dataVolumes;
       group = mastodon.group;
       before = [ "mastodon-init-db.service" "mastodon-web.service" "mastodon-streaming.target" "mastodon-sidekiq-all.service" ];
       # The streaming target does not restart its instances: name them.

@@ -45,6 +45,7 @@ in
 
     systemd.services.drover-peertube-env = drover.envUnit {
       name = "peertube";
+      volumes = cfg.dataVolumes;
       group = peertube.group;
       before = [ "peertube.service" ];
       script = ''

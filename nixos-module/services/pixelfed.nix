@@ -31,6 +31,7 @@ in
 
     systemd.services.drover-pixelfed-env = drover.envUnit {
       name = "pixelfed";
+      volumes = cfg.dataVolumes;
       group = pixelfed.group;
       before = [ "pixelfed-data-setup.service" "phpfpm-pixelfed.service" "pixelfed-horizon.service" ];
       # The data setup is a oneshot that has finished: try-restart would do

@@ -4,7 +4,8 @@
 
 pub mod flake;
 pub mod garage;
-pub mod linstor;
+#[allow(unused_imports)]
+pub use linstor_double as linstor;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

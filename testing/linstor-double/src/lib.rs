@@ -12,7 +12,8 @@
 //! - a snapshot is a copy of the file; a rollback copies it back;
 //! - "in use" is a mount of the loop device.
 //!
-//! Needs root (loop devices) and util-linux' `losetup`.
+//! Needs root (loop devices) and util-linux' `losetup`. The coordinator's
+//! tests use it as a library; `scripts/demo.sh` runs its binary.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -35,7 +36,6 @@ const MODIFIED: u64 = 3;
 const FAIL_INVLD_VLM_SIZE: u64 = 206;
 const FAIL_NOT_FOUND_NODE: u64 = 300;
 const FAIL_NOT_FOUND_RSC_DFN: u64 = 301;
-const FAIL_NOT_FOUND_RSC: u64 = 302;
 const FAIL_NOT_FOUND_VLM_DFN: u64 = 303;
 const FAIL_NOT_FOUND_STOR_POOL: u64 = 310;
 const FAIL_NOT_FOUND_SNAPSHOT: u64 = 315;
@@ -519,6 +519,11 @@ impl LinstorDouble {
     /// A controller with storage nodes `stor1` and `stor2` (pool `pool1`),
     /// the machine nodes given, and resource group `rg-db` (2 replicas).
     pub async fn start(root: &Path, machine_nodes: &[&str]) -> Self {
+        Self::start_on(root, machine_nodes, "127.0.0.1:0".parse().expect("literal address")).await
+    }
+
+    /// As [`Self::start`], on a given address.
+    pub async fn start_on(root: &Path, machine_nodes: &[&str], listen: std::net::SocketAddr) -> Self {
         require_loop_devices();
         std::fs::create_dir_all(root.join("volumes")).expect("mkdir");
         let storage_nodes = vec!["stor1".to_string(), "stor2".to_string()];
@@ -534,7 +539,7 @@ impl LinstorDouble {
             log: Vec::new(),
             fail_with: None,
         }));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind(listen).await.expect("bind the listen address");
         let addr = listener.local_addr().expect("addr");
         let mut this = LinstorDouble { url: format!("http://{addr}"), root: root.to_path_buf(), inner, task: None, addr };
         this.serve(listener);
