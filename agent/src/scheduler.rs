@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use drover_protocol::v1::{Access, Assignment, DeploymentReport};
 
-use crate::apply::{Applied, Applier};
+use crate::apply::{Applied, Applier, ChannelRestorer, RestoreAsk};
 use crate::config::AgentConfig;
 
 /// What the scheduler needs sent to the coordinator.
@@ -31,6 +31,8 @@ pub enum Outgoing {
     Outcome(DeploymentReport),
     /// Ask for the newest assignment.
     Fetch,
+    /// Roll a released volume back for the apply under way (a revert).
+    Restore { generation: u64, name: String },
 }
 
 /// What the coordinator answered to an [`Outgoing`].
@@ -39,6 +41,8 @@ pub enum Answer {
     Acknowledged,
     Assignment(Box<(Assignment, Access)>),
     NoAssignment,
+    /// The coordinator refused, saying why.
+    Refused(String),
 }
 
 pub struct Scheduler {
@@ -49,6 +53,9 @@ pub struct Scheduler {
     reports: mpsc::UnboundedReceiver<DeploymentReport>,
     pending: VecDeque<DeploymentReport>,
     task: Option<JoinHandle<Option<Applied>>>,
+    /// Volume rollbacks the apply asks for, and the one being asked.
+    restores: mpsc::UnboundedReceiver<RestoreAsk>,
+    restoring: Option<RestoreAsk>,
     /// The newest generation the coordinator announced.
     desired: u64,
     /// Applies started, resumed ones included.
@@ -59,8 +66,20 @@ impl Scheduler {
     pub fn new(config: &AgentConfig) -> Self {
         let (tx, reports) = mpsc::unbounded_channel();
         let (contact, contact_rx) = watch::channel(None);
-        let applier = Arc::new(Applier::new(config.clone(), tx, contact_rx));
-        Scheduler { applier, contact, reports, pending: VecDeque::new(), task: None, desired: 0, applies: 0 }
+        let (restore_tx, restores) = mpsc::unbounded_channel();
+        let mut applier = Applier::new(config.clone(), tx, contact_rx);
+        applier.restorer = Arc::new(ChannelRestorer(restore_tx));
+        Scheduler {
+            applier: Arc::new(applier),
+            contact,
+            reports,
+            pending: VecDeque::new(),
+            task: None,
+            restores,
+            restoring: None,
+            desired: 0,
+            applies: 0,
+        }
     }
 
     /// Resumes an apply the agent was stopped in, if any.
@@ -102,6 +121,12 @@ impl Scheduler {
         if let Some(report) = self.pending.front() {
             return Some(Outgoing::Progress(report.clone()));
         }
+        if self.restoring.is_none() {
+            self.restoring = self.restores.try_recv().ok();
+        }
+        if let Some(ask) = &self.restoring {
+            return Some(Outgoing::Restore { generation: ask.generation, name: ask.name.clone() });
+        }
         if self.task.as_ref().is_some_and(|t| t.is_finished()) {
             self.task = None;
         }
@@ -127,6 +152,15 @@ impl Scheduler {
             (Outgoing::Progress(_), _) => {
                 self.pending.pop_front();
             }
+            (Outgoing::Restore { .. }, answer) => {
+                if let Some(ask) = self.restoring.take() {
+                    let result = match answer {
+                        Answer::Refused(why) => Err(why),
+                        _ => Ok(()),
+                    };
+                    let _ = ask.reply.send(result);
+                }
+            }
             (Outgoing::Outcome(report), _) => self.applier.records.mark_reported(report.generation),
             (Outgoing::Fetch, Answer::Assignment(boxed)) => {
                 let (assignment, access) = *boxed;
@@ -145,7 +179,7 @@ impl Scheduler {
                 self.applies += 1;
                 self.task = Some(tokio::spawn(async move { Some(applier.apply(assignment, access).await) }));
             }
-            (Outgoing::Fetch, Answer::Acknowledged | Answer::NoAssignment) => {
+            (Outgoing::Fetch, Answer::Acknowledged | Answer::NoAssignment | Answer::Refused(_)) => {
                 // Nothing newer to apply after all.
                 self.desired = self.desired.min(self.applier.records.last_generation());
             }
@@ -156,6 +190,7 @@ impl Scheduler {
     /// or the apply under way finishing. Cancel-safe.
     pub async fn wait(&mut self) {
         let (task, reports, pending) = (&mut self.task, &mut self.reports, &mut self.pending);
+        let (restores, restoring) = (&mut self.restores, &mut self.restoring);
         let finished = async {
             match task.as_mut() {
                 Some(task) => {
@@ -167,6 +202,10 @@ impl Scheduler {
         let done = tokio::select! {
             Some(report) = reports.recv() => {
                 pending.push_back(report);
+                false
+            }
+            Some(ask) = restores.recv(), if restoring.is_none() => {
+                *restoring = Some(ask);
                 false
             }
             _ = finished => true,

@@ -146,6 +146,9 @@ pub async fn enroll_once(
 }
 
 /// One request with a deadline; on timeout the connection is closed.
+/// How long the coordinator may take to roll a volume back.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
+
 async fn ask(conn: &CoordinatorConnection, request: Request, timeout: Duration) -> Result<Response, ClientError> {
     match tokio::time::timeout(timeout, conn.request(&request)).await {
         Ok(answer) => answer,
@@ -300,11 +303,23 @@ impl<H: HealthSource> Agent<H> {
             let request = match &out {
                 Outgoing::Progress(report) | Outgoing::Outcome(report) => AgentRequest::ReportDeployment(report.clone()),
                 Outgoing::Fetch => AgentRequest::FetchAssignment,
+                Outgoing::Restore { generation, name } => AgentRequest::RestoreVolume { generation: *generation, name: name.clone() },
             };
-            let answer = match ask(conn, Request::Agent(request), self.config.connect_timeout).await? {
+            // A volume rollback takes the block storage's time, not a
+            // round trip's.
+            let timeout = match out {
+                Outgoing::Restore { .. } => self.config.connect_timeout.max(RESTORE_TIMEOUT),
+                _ => self.config.connect_timeout,
+            };
+            let response = match ask(conn, Request::Agent(request), timeout).await {
+                Err(ClientError::Refused(e)) if matches!(out, Outgoing::Restore { .. }) => Response::Error(e),
+                other => other?,
+            };
+            let answer = match response {
                 Response::Agent(AgentResponse::Ack) => Answer::Acknowledged,
                 Response::Agent(AgentResponse::Assignment { assignment, access }) => Answer::Assignment(Box::new((assignment, access))),
                 Response::Agent(AgentResponse::NoAssignment) => Answer::NoAssignment,
+                Response::Error(e) if matches!(out, Outgoing::Restore { .. }) => Answer::Refused(e.message),
                 other => return Err(ClientError::Unexpected(format!("{other:?}")).into()),
             };
             self.scheduler.answered(out, answer);

@@ -115,6 +115,7 @@ fn volume(name: &str, mount_point: &str, fs: Filesystem) -> VolumeMount {
         filesystem: fs,
         size_bytes: 0,
         formatted: false,
+        restore_snapshot: None,
     }
 }
 

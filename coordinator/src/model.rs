@@ -353,6 +353,10 @@ pub struct RolloutRecord {
     pub created_at: UnixMillis,
     pub spec: v1::DeploySpec,
     pub state: crate::rollout::plan::State,
+    /// Volumes are snapshotted before each machine switches, and rolled
+    /// back when it is reverted.
+    #[serde(default)]
+    pub snapshot_volumes: bool,
 }
 
 /// Which machine a public key enrolled as (keyed by the key's SHA-256), so

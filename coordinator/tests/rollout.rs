@@ -88,7 +88,7 @@ impl Fleet {
         let mut deploy = self.deploy_spec(system);
         deploy.checks = checks;
         deploy.health_deadline_ms = 1_000;
-        let spec = RolloutSpec { deploy, strategy };
+        let spec = RolloutSpec { deploy, strategy, snapshot_volumes: false };
         match self.coordinator.call(AdminRequest::RolloutStart(spec)).await {
             AdminResponse::Rollout(r) => r,
             other => panic!("expected a rollout, got {other:?}"),
@@ -192,7 +192,7 @@ async fn a_canary_then_batches_of_25_percent_take_all_30_machines_to_the_new_gen
     assert_eq!(r.machines.iter().filter(|m| m.started_at.is_some()).count(), 1, "only the canary ran");
     assert!(r.machines.iter().any(|m| m.canary && m.state.as_str() == "done"));
     // A second rollout over the same machines is refused, naming the first.
-    let err = fleet.coordinator.admin().await.call(AdminRequest::RolloutStart(RolloutSpec { deploy: fleet.deploy_spec("good"), strategy: strategy() })).await.expect_err("overlap");
+    let err = fleet.coordinator.admin().await.call(AdminRequest::RolloutStart(RolloutSpec { snapshot_volumes: false, deploy: fleet.deploy_spec("good"), strategy: strategy() })).await.expect_err("overlap");
     assert_eq!(err.code(), Some(drover_protocol::ErrorCode::Conflict));
     assert!(err.to_string().contains(&r.id), "{err}");
 

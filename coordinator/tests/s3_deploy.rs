@@ -184,13 +184,13 @@ async fn garage_down_or_a_wrong_token_refuses_the_deployment_and_a_retry_complet
         auto_promote: true,
     };
     let err = client
-        .call(AdminRequest::RolloutStart(RolloutSpec { deploy: refused.clone(), strategy: strategy.clone() }))
+        .call(AdminRequest::RolloutStart(RolloutSpec { snapshot_volumes: false, deploy: refused.clone(), strategy: strategy.clone() }))
         .await
         .expect_err("no target");
     assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
     let targeted = DeploySpec { selector: [("role".to_string(), "mastodon".to_string())].into(), ..refused };
     let err = client
-        .call(AdminRequest::RolloutStart(RolloutSpec { deploy: targeted, strategy: RolloutStrategy { healthy_deadline_ms: 0, ..strategy } }))
+        .call(AdminRequest::RolloutStart(RolloutSpec { snapshot_volumes: false, deploy: targeted, strategy: RolloutStrategy { healthy_deadline_ms: 0, ..strategy } }))
         .await
         .expect_err("bad strategy");
     assert_eq!(err.code(), Some(ErrorCode::InvalidArgument), "{err}");
@@ -283,7 +283,7 @@ async fn a_rollout_gets_its_buckets_ready_and_delivered_too() {
     let mut deploy = spec(&flake);
     deploy.checks = vec![HealthCheck::S3 { bucket: "acme-media".into() }];
     deploy.buckets = vec![BucketRequest { name: "acme-media".into(), public: true }];
-    let request = AdminRequest::RolloutStart(RolloutSpec { deploy, strategy });
+    let request = AdminRequest::RolloutStart(RolloutSpec { snapshot_volumes: false, deploy, strategy });
     let AdminResponse::Rollout(r) = fleet.call(request).await else { panic!() };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -328,3 +328,97 @@ async fn drover_volumes_resize_grows_a_mounted_volume_and_refuses_to_shrink() {
     let (ok, _, err) = fleet.cli(&["volumes", "resize", "media", "--size", "320MiB"]).await;
     assert!(!ok && err.contains("cannot shrink"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reverted_rollout_with_snapshot_volumes_returns_each_volume_to_its_snapshot() {
+    let fleet = Fleet::start(&["vm-a", "vm-b", "vm-c"]).await;
+    let mut machines = Vec::new();
+    for name in ["vm-a", "vm-b", "vm-c"] {
+        let (vm, agent, id) = fleet.machine(name).await;
+        let volume = format!("data-{}", &name[3..]);
+        let d = fleet.deploy(fleet.spec(&id, "good", vec![claim(&volume, "/srv/data", Filesystem::Ext4, Some(32 << 20))])).await.expect("deployed");
+        assert_eq!(d.state, DeploymentState::Succeeded, "{d:?}");
+        let mount = fleet.double.node_root(name).join("srv/data");
+        std::fs::write(mount.join("before"), "written before the rollout").expect("write");
+        // On the disk, not only in the page cache: a snapshot of a mounted
+        // volume holds what reached the device.
+        nix::unistd::sync();
+        // Where the "migrate" system writes its marker.
+        std::fs::write(vm.root.join("volume-mount"), mount.to_string_lossy().as_bytes()).expect("write");
+        machines.push((vm, agent, id, mount, volume));
+    }
+    // The new generation's health check fails on every machine.
+    std::fs::write(fleet.coordinator.dir.path().join("vms/fail-on"), "vm-a\nvm-b\nvm-c\n").expect("fail-on");
+
+    let mut deploy = fleet.spec("", "migrate", vec![]);
+    deploy.machine = None;
+    deploy.selector = [("role".to_string(), "db".to_string())].into();
+    deploy.checks = vec![HealthCheck::Unit { name: "app.service".into() }];
+    deploy.health_deadline_ms = 1_000;
+    let strategy = RolloutStrategy {
+        canary: 0,
+        max_parallel: Amount::Percent(100),
+        max_unavailable: Amount::Percent(100),
+        max_failures: Amount::Count(0),
+        healthy_deadline_ms: 30_000,
+        min_healthy_time_ms: 0,
+        progress_deadline_ms: 60_000,
+        auto_revert: true,
+        auto_promote: true,
+    };
+    let AdminResponse::Rollout(r) = fleet.coordinator.call(AdminRequest::RolloutStart(RolloutSpec { deploy, strategy, snapshot_volumes: true })).await else {
+        panic!("rollout refused")
+    };
+    let mut last = None;
+    let reverted = eventually(Duration::from_secs(90), || {
+        let id = r.id.clone();
+        let fleet = &fleet;
+        async move {
+            let AdminResponse::Rollout(now) = fleet.coordinator.call(AdminRequest::RolloutStatus { id }).await else { return false };
+            now.phase == RolloutPhase::Reverted && now.machines.iter().all(|m| m.state == RolloutMachineState::Reverted)
+        }
+    })
+    .await;
+    if !reverted {
+        let AdminResponse::Rollout(now) = fleet.coordinator.call(AdminRequest::RolloutStatus { id: r.id.clone() }).await else { panic!() };
+        last = Some(now);
+    }
+    assert!(reverted, "the rollout reverted every machine: {last:?}");
+
+    let AdminResponse::Deployments(made) = fleet.coordinator.call(AdminRequest::DeploymentsOfRollout { id: r.id.clone() }).await else { panic!() };
+    for (_, _, id, mount, _) in &machines {
+        let wrote = made.iter().any(|d| &d.machine_id == id && d.output_tail.contains(&format!("marker written in {}", mount.display())));
+        assert!(wrote, "{id}: the new generation wrote its marker on the volume: {made:?}");
+    }
+    for (vm, _agent, id, mount, volume) in &machines {
+        assert!(vm.activations().contains(&"migrate".to_string()), "{id} ran the new generation (its migration)");
+        assert!(mounted(mount), "{id}: the volume is mounted again");
+        assert!(!mount.join("migrated").exists(), "{id}: the migration's marker is gone with the rollback");
+        assert_eq!(std::fs::read_to_string(mount.join("before")).expect("read"), "written before the rollout", "{id}");
+        let (ok, snaps, err) = fleet.cli(&["volumes", "snapshots", volume]).await;
+        assert!(ok, "{err}");
+        assert!(snaps.as_array().is_some_and(|s| s.iter().any(|x| x["name"] == format!("pre-{}", r.id))), "{snaps}");
+    }
+    // A machine cannot have another machine's volume rolled back, nor its
+    // own outside a revert that names a snapshot.
+    let cert = drover_net::identity::read_cert_pem(&fleet.coordinator.dir.path().join("agents/vm-a/cert.pem")).expect("cert");
+    let key = drover_net::identity::read_key_pem(&fleet.coordinator.dir.path().join("agents/vm-a/key.pem")).expect("key");
+    let conn = common::raw_connect(&fleet.coordinator, Some((&cert, &key.serialize_der()))).await.expect("connect as vm-a");
+    let (_, _, a_id, _, _) = &machines[0];
+    let desired_a = desired(&fleet, a_id).await;
+    for (generation, name) in [(desired_a, "data-b"), (desired_a - 1, "data-a")] {
+        let e = conn
+            .request(&Request::Agent(AgentRequest::RestoreVolume { generation, name: name.into() }))
+            .await
+            .expect_err("refused");
+        let text = e.to_string();
+        assert!(text.contains("not held by this machine") || text.contains("is not this machine's newest") || text.contains("does not roll"), "{text}");
+    }
+    let e = conn
+        .request(&Request::Agent(AgentRequest::RestoreVolume { generation: desired_a + 1, name: "data-a".into() }))
+        .await
+        .expect_err("a generation that does not exist");
+    assert!(e.to_string().contains("newest"), "{e}");
+    let (ok, snaps, err) = fleet.cli(&["volumes", "snapshots", "data-a", "--prune"]).await;
+    assert!(ok && snaps.as_array().is_some_and(|s| s.is_empty()), "{snaps} {err}");
+}

@@ -134,6 +134,10 @@ pub enum AgentRequest {
     FetchAssignment,
     /// Progress or the outcome of applying a generation.
     ReportDeployment(DeploymentReport),
+    /// The volume `name` of the machine's newest generation is released
+    /// (unmounted): roll it back to the snapshot that generation names.
+    /// Answered by [`AgentResponse::Ack`] once done (protocol 3).
+    RestoreVolume { generation: u64, name: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -636,6 +640,10 @@ pub struct RolloutSpec {
     /// names the targets.
     pub deploy: DeploySpec,
     pub strategy: RolloutStrategy,
+    /// Snapshot every volume of a machine before it switches; a revert
+    /// rolls the volumes back to it (protocol 3).
+    #[serde(default)]
+    pub snapshot_volumes: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -68,6 +68,10 @@ pub struct VolumeMount {
     /// missing filesystem is then an error to report, never a reason to
     /// format.
     pub formatted: bool,
+    /// A rollout's revert: before mounting, the agent releases the volume
+    /// and has the coordinator roll it back to this snapshot (taken before
+    /// the rollout switched the machine), once per generation.
+    pub restore_snapshot: Option<String>,
 }
 
 /// A volume's state on a machine, as its agent reports it.

@@ -133,6 +133,7 @@ fn assignment() -> Assignment {
             filesystem: Filesystem::Ext4,
             size_bytes: 20 << 30,
             formatted: false,
+            restore_snapshot: Some("pre-r-0a1b2c3d".into()),
         }],
     }
 }
@@ -219,7 +220,7 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-admin-deployments-list", Request::Admin(AdminRequest::DeploymentsList { machine: Some("m-0123456789".into()) })),
         ("request-admin-deployments-show", Request::Admin(AdminRequest::DeploymentsShow { id: "d-m-0123456789-3".into() })),
         ("request-admin-machines-detail", Request::Admin(AdminRequest::MachinesDetail { id: "m-0123456789".into() })),
-        ("request-admin-rollout-start", Request::Admin(AdminRequest::RolloutStart(RolloutSpec { deploy: DeploySpec { machine: None, selector: labels(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000, buckets: vec![], volumes: vec![] }, strategy: strategy() }))),
+        ("request-admin-rollout-start", Request::Admin(AdminRequest::RolloutStart(RolloutSpec { deploy: DeploySpec { machine: None, selector: labels(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000, buckets: vec![], volumes: vec![] }, strategy: strategy(), snapshot_volumes: true }))),
         ("request-admin-rollout-status", Request::Admin(AdminRequest::RolloutStatus { id: "r-0a1b2c3d".into() })),
         ("request-admin-rollout-list", Request::Admin(AdminRequest::RolloutList)),
         ("request-admin-rollout-control", Request::Admin(AdminRequest::RolloutControl { id: "r-0a1b2c3d".into(), action: RolloutAction::Revert })),
@@ -242,6 +243,7 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-admin-deploy-with-volumes", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000, buckets: vec![], volumes: vec![VolumeClaim { name: "data".into(), mount_point: "/srv/data".into(), filesystem: Filesystem::Ext4, size_bytes: Some(20 << 30) }] }))),
         ("request-admin-volumes-create", Request::Admin(AdminRequest::Volumes(VolumeRequest::Create { name: "data".into(), size_bytes: 20 << 30, replicas: Some(2), resource_group: Some("rg".into()) }))),
         ("request-admin-volumes-attach", Request::Admin(AdminRequest::Volumes(VolumeRequest::Attach { name: "data".into(), machine: "m-0123456789".into(), mount_point: "/srv/data".into(), filesystem: Filesystem::Xfs }))),
+        ("request-agent-restore-volume", Request::Agent(AgentRequest::RestoreVolume { generation: 4, name: "data".into() })),
         ("request-admin-volumes-delete", Request::Admin(AdminRequest::Volumes(VolumeRequest::Delete { name: "data".into(), confirm: "data".into() }))),
     ]
 }

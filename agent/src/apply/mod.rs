@@ -26,7 +26,7 @@ use drover_protocol::v1::{Access, Assignment, DeploymentReport, SystemSpec};
 
 use crate::config::AgentConfig;
 use crate::system::switch::{NixSwitcher, SwitchError, SystemSwitcher};
-use crate::system::volumes::Volumes;
+use crate::system::volumes::{NoRestorer, Restorer, Volumes};
 use crate::system::{checks, secrets};
 
 pub use self::core::{Applied, Journal, JournalStep};
@@ -45,8 +45,39 @@ pub struct Applier {
     pub reports: mpsc::UnboundedSender<DeploymentReport>,
     /// When the agent last heard from the coordinator (set by the session).
     pub contact: watch::Receiver<Option<Instant>>,
+    /// Has the coordinator roll volumes back for a revert.
+    pub restorer: Arc<dyn Restorer>,
     /// The origin of the core's clock.
     epoch: Instant,
+}
+
+/// A volume rollback the apply asks the coordinator for, with where to
+/// send the outcome.
+#[derive(Debug)]
+pub struct RestoreAsk {
+    pub generation: u64,
+    pub name: String,
+    pub reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// How long an apply waits for the coordinator to roll a volume back.
+const RESTORE_WAIT: Duration = Duration::from_secs(300);
+
+/// Hands rollback requests to the scheduler, which sends them over the
+/// connection when there is one.
+pub struct ChannelRestorer(pub mpsc::UnboundedSender<RestoreAsk>);
+
+#[async_trait::async_trait]
+impl Restorer for ChannelRestorer {
+    async fn restore(&self, generation: u64, name: &str) -> Result<(), String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.0.send(RestoreAsk { generation, name: name.to_string(), reply }).map_err(|_| "the agent is stopping".to_string())?;
+        match tokio::time::timeout(RESTORE_WAIT, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err("the agent is stopping".into()),
+            Err(_) => Err(format!("the coordinator did not roll the volume back within {}", humantime::format_duration(RESTORE_WAIT))),
+        }
+    }
 }
 
 impl Applier {
@@ -65,7 +96,15 @@ impl Applier {
         reports: mpsc::UnboundedSender<DeploymentReport>,
         contact: watch::Receiver<Option<Instant>>,
     ) -> Self {
-        Applier { records: Records::new(&config.state_dir), switcher, config, reports, contact, epoch: Instant::now() }
+        Applier {
+            records: Records::new(&config.state_dir),
+            switcher,
+            config,
+            reports,
+            contact,
+            restorer: Arc::new(NoRestorer),
+            epoch: Instant::now(),
+        }
     }
 
     fn now(&self) -> Millis {
@@ -134,8 +173,8 @@ impl Applier {
                 }
                 Action::WriteFiles => Some(Event::FilesWritten(self.write_files(assignment))),
                 Action::AttachVolumes => {
-                    let volumes = assignment.map(|(a, _)| a.volumes.clone()).unwrap_or_default();
-                    Some(Event::VolumesAttached(self.volumes().attach(&volumes).await))
+                    let (generation, volumes) = assignment.map(|(a, _)| (a.generation, a.volumes.clone())).unwrap_or_default();
+                    Some(Event::VolumesAttached(self.volumes().attach_for(generation, &volumes, self.restorer.as_ref()).await))
                 }
                 Action::Prepare => {
                     let spec = journal.as_ref()?.system.clone();

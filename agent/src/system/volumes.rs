@@ -44,6 +44,28 @@ pub struct VolumeRecords {
     pub mounted: BTreeMap<String, String>,
     /// Why a volume's filesystem has not grown to its device yet.
     pub grow_pending: BTreeMap<String, String>,
+    /// The generation each volume was last rolled back for (a revert
+    /// restores a volume once, even when the agent restarts).
+    #[serde(default)]
+    pub restored: BTreeMap<String, u64>,
+}
+
+/// Has the coordinator roll a released volume back to the snapshot the
+/// generation names.
+#[async_trait::async_trait]
+pub trait Restorer: Send + Sync {
+    async fn restore(&self, generation: u64, name: &str) -> Result<(), String>;
+}
+
+/// For attaching without a coordinator (at boot): restores are left to the
+/// agent's next apply.
+pub struct NoRestorer;
+
+#[async_trait::async_trait]
+impl Restorer for NoRestorer {
+    async fn restore(&self, _generation: u64, _name: &str) -> Result<(), String> {
+        Err("no connection to the coordinator to roll the volume back".into())
+    }
 }
 
 /// What a device holds, as `blkid -p` sees it.
@@ -311,7 +333,24 @@ impl Volumes {
 
     /// Makes one volume mounted. Nothing is written to a device that holds
     /// anything but the filesystem asked for.
-    async fn attach_one(&self, v: &VolumeMount, records: &mut VolumeRecords) -> Result<(), String> {
+    async fn attach_one(&self, v: &VolumeMount, records: &mut VolumeRecords, restore: Option<(u64, &dyn Restorer)>) -> Result<(), String> {
+        if let (Some(snapshot), Some((generation, restorer))) = (&v.restore_snapshot, restore) {
+            if records.restored.get(&v.name) != Some(&generation) {
+                // Released first: the block storage rolls back only a volume
+                // nothing uses.
+                let mount_point = records.mounted.get(&v.name).cloned().unwrap_or_else(|| v.mount_point.clone());
+                self.unmount(&v.name, &mount_point).await?;
+                records.mounted.remove(&v.name);
+                self.save(records)?;
+                restorer
+                    .restore(generation, &v.name)
+                    .await
+                    .map_err(|e| format!("volume {}: rolling it back to snapshot {snapshot} failed: {e}", v.name))?;
+                records.restored.insert(v.name.clone(), generation);
+                self.save(records)?;
+                tracing::info!(volume = %v.name, %snapshot, generation, "volume rolled back to its snapshot");
+            }
+        }
         let device = self.device(v).await?;
         let mount_point = self.path(&v.mount_point);
         let numbers = dev_numbers(&device)?;
@@ -378,10 +417,21 @@ impl Volumes {
         Ok(())
     }
 
-    fn unmount(&self, name: &str, mount_point: &str) -> Result<(), String> {
+    async fn unmount(&self, name: &str, mount_point: &str) -> Result<(), String> {
         let path = self.path(mount_point);
         if mounted_at(&path, None)?.is_none() {
             return Ok(());
+        }
+        // Under systemd, stopping the mount unit first stops the services
+        // that require it (RequiresMountsFor), then unmounts.
+        if self.root == Path::new("/") && Path::new("/run/systemd/system").exists() {
+            if let Ok((0, unit, _)) = run("systemd-escape", &["-p", "--suffix=mount", mount_point]).await {
+                let _ = run("systemctl", &["stop", unit.trim()]).await;
+            }
+            if mounted_at(&path, None)?.is_none() {
+                tracing::info!(volume = name, mount_point, "volume unmounted");
+                return Ok(());
+            }
         }
         nix::mount::umount2(&path, nix::mount::MntFlags::empty())
             .map_err(|e| format!("volume {name}: unmounting {} failed: {e}; stop what uses it", path.display()))?;
@@ -390,12 +440,23 @@ impl Volumes {
     }
 
     /// Mounts every volume of an assignment and unmounts those it no longer
-    /// gives; returns a summary, or the first refusal.
+    /// gives; returns a summary, or the first refusal. Snapshots the
+    /// assignment names are not restored (see [`Self::attach_for`]).
     pub async fn attach(&self, volumes: &[VolumeMount]) -> Result<String, String> {
+        self.attach_with(volumes, None).await
+    }
+
+    /// [`Self::attach`] for generation `generation`, rolling volumes back to
+    /// the snapshots it names (once) through `restorer`.
+    pub async fn attach_for(&self, generation: u64, volumes: &[VolumeMount], restorer: &dyn Restorer) -> Result<String, String> {
+        self.attach_with(volumes, Some((generation, restorer))).await
+    }
+
+    async fn attach_with(&self, volumes: &[VolumeMount], restore: Option<(u64, &dyn Restorer)>) -> Result<String, String> {
         let mut records = self.load();
         for (name, mount_point) in records.mounted.clone() {
             if !volumes.iter().any(|v| v.name == name && v.mount_point == mount_point) {
-                self.unmount(&name, &mount_point)?;
+                self.unmount(&name, &mount_point).await?;
                 records.mounted.remove(&name);
                 records.grow_pending.remove(&name);
                 self.save(&records)?;
@@ -404,7 +465,7 @@ impl Volumes {
         records.assigned = volumes.to_vec();
         self.save(&records)?;
         for v in volumes {
-            let result = self.attach_one(v, &mut records).await;
+            let result = self.attach_one(v, &mut records, restore).await;
             self.save(&records)?;
             result?;
         }

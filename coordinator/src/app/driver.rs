@@ -69,6 +69,16 @@ pub async fn drive_once(state: &Coordinator) {
         let now = now_ms();
         let observed = observe(state, &r, now);
         let before = r.state.phase;
+        if r.snapshot_volumes {
+            // The machines this step will start, decided on a copy; the
+            // step itself decides the same from the same observations.
+            let mut probe = r.state.clone();
+            let starting = probe.step(&observed, now).start;
+            if let Err(e) = super::volumes::snapshot_before_switch(state, &r.id, &starting).await {
+                tracing::error!(rollout = %r.id, error = %e.message, "volume snapshots failed; the step waits for them");
+                continue;
+            }
+        }
         let result = step(
             state,
             &r.id,

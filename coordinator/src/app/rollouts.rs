@@ -200,6 +200,9 @@ pub async fn start(state: &Coordinator, by: &str, mut spec: RolloutSpec) -> Resu
         .and_then(|()| check_strategy(&spec.strategy))
         .and_then(|()| s3::provision::check(&spec.deploy.buckets))
         .map_err(invalid)?;
+    if spec.snapshot_volumes {
+        super::volumes::block_storage(state)?;
+    }
     let _guard = state.rollout_lock.lock().await;
     let machines: Vec<_> = state
         .store
@@ -233,6 +236,7 @@ pub async fn start(state: &Coordinator, by: &str, mut spec: RolloutSpec) -> Resu
         created_at: now,
         spec: spec.deploy.clone(),
         state: State::new(strategy(&spec.strategy), targets, now),
+        snapshot_volumes: spec.snapshot_volumes,
     };
     state
         .store
@@ -308,6 +312,9 @@ pub async fn step(
                 None => None,
             };
             record.state.reverted(machine, outcome.as_ref().map(|t| t.generation));
+            if let (true, Some(t)) = (record.snapshot_volumes, &outcome) {
+                super::volumes::restore_in_revert(tx, machine, t.generation, &super::volumes::rollout_snapshot(id))?;
+            }
             targets.extend(outcome);
         }
         let changed = record != before;

@@ -114,6 +114,13 @@ pub struct RolloutStartArgs {
     /// Follow the rollout until it ends; exit non-zero unless it succeeded.
     #[arg(long)]
     pub wait: bool,
+    /// Snapshot every volume of a machine before it switches; when the
+    /// machine is reverted, its volumes are rolled back to that snapshot
+    /// before it switches back (so a one-way migration does not survive
+    /// into the old generation). Snapshots stay until `drover volumes
+    /// snapshots NAME --prune`.
+    #[arg(long)]
+    pub snapshot_volumes: bool,
     #[command(flatten)]
     pub admin: AdminArgs,
 }

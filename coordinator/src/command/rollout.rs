@@ -168,7 +168,7 @@ async fn start(args: RolloutStartArgs) -> Result<()> {
         auto_promote: args.auto_promote,
     };
     let client = connect(&args.admin).await?;
-    let mut spec = RolloutSpec { deploy, strategy };
+    let mut spec = RolloutSpec { deploy, strategy, snapshot_volumes: args.snapshot_volumes };
     spec.deploy.buckets = args.buckets.clone();
     let request = AdminRequest::RolloutStart(spec);
     let answer = client

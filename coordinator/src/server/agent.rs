@@ -27,6 +27,9 @@ pub(super) async fn handle(
         AgentRequest::ReportDeployment(report) => app::report_deployment(state, id, report).await,
         AgentRequest::Report(report) => app::report_health(state, id, report),
         AgentRequest::Renew { csr_der } => app::renew(state, id, &csr_der).await,
+        AgentRequest::RestoreVolume { generation, name } => {
+            crate::app::volumes::restore(state, id, generation, &name).await.map(|()| AgentResponse::Ack)
+        }
     };
     Some(match answer {
         Ok(answer) => Response::Agent(answer),

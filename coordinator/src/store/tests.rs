@@ -158,7 +158,7 @@ fn rollouts_list_oldest_first() {
                 buckets: vec![],
                 volumes: vec![],
             };
-            put(&store, id, &RolloutRecord { id: id.into(), created_at: at, spec, state });
+            put(&store, id, &RolloutRecord { id: id.into(), created_at: at, spec, state, snapshot_volumes: false });
         }
         let ids: Vec<String> = store.rollouts().expect("list").into_iter().map(|r| r.id).collect();
         assert_eq!(ids, vec!["r-c", "r-b", "r-a"], "{name}");

@@ -41,6 +41,9 @@ pub fn flake(dir: &Path) -> PathBuf {
         ("slow", "sleep 30"),
         ("unitsfail", "exit 4"),
         ("cutoff", "sleep 1"),
+        // A one-way step: writes a marker into the directory named in
+        // $root/volume-mount (a volume's mount point), like a migration.
+        ("migrate", "m=$(cat \"$(dirname \"$STANDIN_CURRENT\")/volume-mount\" 2>/dev/null) && echo migrated > \"$m/migrated\" && echo \"marker written in $m\"; exit 0"),
         // Fails on the machines listed in $root/../fail-on (one name a line).
         ("flaky", "if grep -qx \"$(basename \"$(dirname \"$STANDIN_CURRENT\")\")\" \"$(dirname \"$(dirname \"$STANDIN_CURRENT\")\")/fail-on\" 2>/dev/null; then echo 'flaky: failing here' >&2; exit 1; fi"),
     ] {
