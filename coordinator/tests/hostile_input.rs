@@ -30,18 +30,20 @@ impl HealthSource for HostileHealth {
             failed_units: Some(vec!["x".repeat(100_000)]),
             agent_version: "\u{1b}[31mred".into(),
             system_path: Some("/nix/store/\u{0}".into()),
-            volumes: (0..10_000)
+            // Volumes it does not hold, with hostile text (the whole report
+            // stays under the frame limit).
+            volumes: (0..1_000)
                 .map(|i| drover_protocol::v1::VolumeState {
-                    name: format!("v{i}"),
-                    mount_point: "/\u{0}".repeat(10_000),
+                    name: format!("v{i}\n"),
+                    mount_point: "/\u{0}".repeat(500),
                     mounted: true,
                     formatted: true,
-                    filesystem: Some("x".repeat(100_000)),
+                    filesystem: Some("x".repeat(1_000)),
                     device_bytes: u64::MAX,
                     total_bytes: u64::MAX,
                     used_bytes: u64::MAX,
                     grow_pending: None,
-                    error: Some("\u{1b}[2J".repeat(1000)),
+                    error: Some("\u{1b}[2J".repeat(100)),
                 })
                 .collect(),
         }
@@ -72,6 +74,16 @@ async fn a_health_report_of_nan_and_infinities_is_normalised_and_every_command_k
     assert!(!health["hostname"].as_str().expect("hostname").contains('\n'), "control characters are dropped");
     assert!(health["disks"].as_array().expect("disks").len() <= 256, "lists are capped");
     assert!(!health["agent_version"].as_str().expect("version").contains('\u{1b}'));
+    let volumes = health["volumes"].as_array().expect("volumes");
+    assert!(volumes.len() <= 256, "volume states are capped");
+    for v in volumes {
+        for field in ["name", "mount_point", "filesystem", "error"] {
+            let text = v[field].as_str().unwrap_or_default();
+            assert!(text.len() <= 4096 && !text.chars().any(char::is_control), "{field} is cleaned and cut: {text:?}");
+        }
+    }
+    let (ok, list, err) = common::drover_json(&fleet, &["volumes", "list"]);
+    assert!(!ok && list.is_null() && err.contains("[linstor]"), "no volume appears from a report: {err}");
 
     let (ok, shown, err) = common::drover_json(&fleet, &["machines", "show", &hostile_id]);
     assert!(ok, "machines show works: {err}");

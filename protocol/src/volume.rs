@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::v1::UnixMillis;
+/// Milliseconds since the Unix epoch (as `v1::UnixMillis`, which re-exports
+/// this module's types).
+pub type UnixMillis = u64;
 
 /// A filesystem Drover puts on a blank volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
