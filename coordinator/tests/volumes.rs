@@ -422,3 +422,33 @@ async fn a_reverted_rollout_with_snapshot_volumes_returns_each_volume_to_its_sna
     let (ok, snaps, err) = fleet.cli(&["volumes", "snapshots", "data-a", "--prune"]).await;
     assert!(ok && snaps.as_array().is_some_and(|s| s.is_empty()), "{snaps} {err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_gives_each_machine_its_own_volume_by_hostname() {
+    let fleet = Fleet::start(&["vm-a", "vm-b"]).await;
+    let (_vm_a, _agent_a, _) = fleet.machine("vm-a").await;
+    let (_vm_b, _agent_b, _) = fleet.machine("vm-b").await;
+    let flake = format!("path:{}#good", fleet.flake.display());
+
+    // One name for two machines: refused before anything is made.
+    let (ok, _, err) = fleet.cli(&["rollout", "start", "--selector", "role=db", "--flake", &flake, "--volume", "pg:/srv/pg,size=32MiB"]).await;
+    assert!(!ok && err.contains("{hostname}"), "{err}");
+    assert!(fleet.double.volumes().is_empty(), "nothing made");
+
+    let (ok, r, err) = fleet
+        .cli(&["rollout", "start", "--selector", "role=db", "--flake", &flake, "--volume", "pg-{hostname}:/srv/pg:xfs,size=320MiB", "--min-healthy-time", "0s"])
+        .await;
+    assert!(ok, "{err}");
+    let id = r["id"].as_str().expect("rollout id").to_string();
+    let done = eventually(Duration::from_secs(60), || async {
+        let AdminResponse::Rollout(now) = fleet.coordinator.call(AdminRequest::RolloutStatus { id: id.clone() }).await else { return false };
+        now.phase == RolloutPhase::Succeeded
+    })
+    .await;
+    assert!(done, "the rollout succeeds");
+    assert_eq!(fleet.double.volumes(), ["pg-vm-a", "pg-vm-b"]);
+    for node in ["vm-a", "vm-b"] {
+        assert!(mounted(&fleet.double.node_root(node).join("srv/pg")), "{node} mounts its own volume");
+        assert_eq!(fleet.double.nodes_of(&format!("pg-{node}")).iter().filter(|n| n.starts_with("vm-")).collect::<Vec<_>>(), [node]);
+    }
+}

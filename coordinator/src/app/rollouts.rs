@@ -20,7 +20,7 @@ use crate::store::deployments::generation_key;
 
 use super::deployments::{directory, record_one, Make};
 use super::errors::{conflict, invalid, not_found};
-use super::{now_ms, s3, Coordinator};
+use super::{now_ms, s3, volumes, Coordinator};
 
 impl From<v1::Amount> for plan::Amount {
     fn from(a: v1::Amount) -> Self {
@@ -191,14 +191,10 @@ pub async fn start(state: &Coordinator, by: &str, mut spec: RolloutSpec) -> Resu
     if spec.deploy.machine.is_some() {
         return Err(invalid("a rollout targets machines by --selector, not --machine"));
     }
-    if !spec.deploy.volumes.is_empty() {
-        return Err(invalid(
-            "a rollout does not give out volumes (each goes to one machine): attach them with `drover volumes attach` or `drover deploy --machine ID --volume ...`; machines keep the volumes they hold through a rollout",
-        ));
-    }
     crate::deploy::validate(&spec.deploy)
         .and_then(|()| check_strategy(&spec.strategy))
         .and_then(|()| s3::provision::check(&spec.deploy.buckets))
+        .and_then(|()| volumes::check_claims(&volumes::expand_claims(&spec.deploy.volumes, "h")))
         .map_err(invalid)?;
     if spec.snapshot_volumes {
         super::volumes::block_storage(state)?;
@@ -225,8 +221,23 @@ pub async fn start(state: &Coordinator, by: &str, mut spec: RolloutSpec) -> Resu
             )));
         }
     }
+    if machines.len() > 1 && spec.deploy.volumes.iter().any(|c| !c.name.contains(volumes::HOSTNAME)) {
+        return Err(invalid(format!(
+            "a volume goes to one machine, and {} machines match; put {} in its name to give each its own (e.g. pg-{}:/var/lib/postgresql,size=20GiB)",
+            machines.len(),
+            volumes::HOSTNAME,
+            volumes::HOSTNAME
+        )));
+    }
+    let refused = |e: WireError| WireError::new(e.code, format!("rollout refused, nothing recorded: {}", e.message));
+    let mut mounts = Vec::new();
+    for m in machines.iter().filter(|_| !spec.deploy.volumes.is_empty()) {
+        let claims = volumes::expand_claims(&spec.deploy.volumes, &m.hostname);
+        volumes::check_claims(&claims).map_err(invalid)?;
+        mounts.push((m.id.clone(), volumes::node_of(m), volumes::prepare(state, &claims, m).await.map_err(refused)?));
+    }
     if let Err(e) = s3::provision::provision(state, &mut spec.deploy).await {
-        return Err(WireError::new(e.code, format!("rollout refused, nothing recorded: {}", e.message)));
+        return Err(refused(e));
     }
     let now = now_ms();
     let targets: BTreeMap<String, u64> = machines.iter().map(|m| (m.id.clone(), m.desired_generation)).collect();
@@ -240,9 +251,13 @@ pub async fn start(state: &Coordinator, by: &str, mut spec: RolloutSpec) -> Resu
     };
     state
         .store
-        .commit(|tx| tx.insert_new(record.id.as_bytes(), &record, || format!("rollout {} already exists", record.id)))
-        .await
-        .map_err(WireError::from)?;
+        .commit(|tx| {
+            for (id, node, machine_mounts) in &mounts {
+                volumes::record_attachments(tx, id, node, machine_mounts, now)?;
+            }
+            tx.insert_new(record.id.as_bytes(), &record, || format!("rollout {} already exists", record.id)).map_err(WireError::from)
+        })
+        .await?;
     tracing::info!(rollout = %record.id, machines = record.state.machines.len(), by, "rollout started");
     Ok(to_wire(&record, &machines.into_iter().map(|m| (m.id.clone(), m)).collect()))
 }

@@ -77,6 +77,16 @@ pub fn check_mount_point(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The placeholder a rollout's volume names may hold.
+pub const HOSTNAME: &str = "{hostname}";
+
+/// A rollout's claims for one machine: `{hostname}` in a name becomes the
+/// machine's host name, its dots as dashes (LINSTOR names have none).
+pub fn expand_claims(claims: &[VolumeClaim], hostname: &str) -> Vec<VolumeClaim> {
+    let host = hostname.replace('.', "-");
+    claims.iter().map(|c| VolumeClaim { name: c.name.replace(HOSTNAME, &host), ..c.clone() }).collect()
+}
+
 /// Checks the volume claims of a deployment before anything is made.
 pub fn check_claims(claims: &[VolumeClaim]) -> Result<(), String> {
     if claims.len() > MAX_VOLUMES_PER_MACHINE {

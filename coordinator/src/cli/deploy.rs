@@ -114,6 +114,13 @@ pub struct RolloutStartArgs {
     /// Follow the rollout until it ends; exit non-zero unless it succeeded.
     #[arg(long)]
     pub wait: bool,
+    /// A volume each machine mounts before its switch:
+    /// NAME:/MOUNT/POINT[:ext4|xfs][,size=20GiB] (repeatable). A volume
+    /// goes to one machine: with several targets, put `{hostname}` in the
+    /// name (`pg-{hostname}:/var/lib/postgresql,size=20GiB`) to give each
+    /// its own. The volumes are made and attached when the rollout starts.
+    #[arg(long = "volume", value_parser = parse_volume_template)]
+    pub volumes: Vec<drover_protocol::v1::VolumeClaim>,
     /// Snapshot every volume of a machine before it switches; when the
     /// machine is reverted, its volumes are rolled back to that snapshot
     /// before it switches back (so a one-way migration does not survive
@@ -214,6 +221,16 @@ pub fn parse_volume(s: &str) -> Result<drover_protocol::v1::VolumeClaim, String>
     crate::volumes::check_name(name).map_err(|e| e.to_string())?;
     crate::app::volumes::check_mount_point(mount_point)?;
     Ok(drover_protocol::v1::VolumeClaim { name: name.to_string(), mount_point: mount_point.to_string(), filesystem, size_bytes: size })
+}
+
+/// As [`parse_volume`], where the name may hold `{hostname}`.
+pub fn parse_volume_template(s: &str) -> Result<drover_protocol::v1::VolumeClaim, String> {
+    let probe = s.replacen("{hostname}", "h", usize::MAX);
+    parse_volume(&probe)?;
+    let name = s.split([':', ',']).next().unwrap_or_default();
+    let mut claim = parse_volume(&probe)?;
+    claim.name = name.to_string();
+    Ok(claim)
 }
 
 pub fn parse_bucket(s: &str) -> Result<drover_protocol::v1::BucketRequest, String> {

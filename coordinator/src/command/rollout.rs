@@ -170,6 +170,7 @@ async fn start(args: RolloutStartArgs) -> Result<()> {
     let client = connect(&args.admin).await?;
     let mut spec = RolloutSpec { deploy, strategy, snapshot_volumes: args.snapshot_volumes };
     spec.deploy.buckets = args.buckets.clone();
+    spec.deploy.volumes = args.volumes.clone();
     let request = AdminRequest::RolloutStart(spec);
     let answer = client
         .call(request)
