@@ -269,3 +269,91 @@ async fn oversized_frames_and_garbage_close_only_their_stream() {
     until_reported(&mut agent, before + 2).await;
     assert_eq!(fleet.machines().await.len(), 2);
 }
+
+/// A client session store that counts the TLS 1.3 tickets it is given.
+#[derive(Debug)]
+struct CountingStore {
+    inner: rustls::client::ClientSessionMemoryCache,
+    tickets: std::sync::atomic::AtomicUsize,
+}
+
+impl rustls::client::ClientSessionStore for CountingStore {
+    fn set_kx_hint(&self, server_name: rustls::pki_types::ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(server_name, group)
+    }
+    fn kx_hint(&self, server_name: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(server_name)
+    }
+    fn set_tls12_session(&self, server_name: rustls::pki_types::ServerName<'static>, value: rustls::client::Tls12ClientSessionValue) {
+        self.inner.set_tls12_session(server_name, value)
+    }
+    fn tls12_session(&self, server_name: &rustls::pki_types::ServerName<'_>) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(server_name)
+    }
+    fn remove_tls12_session(&self, server_name: &rustls::pki_types::ServerName<'static>) {
+        self.inner.remove_tls12_session(server_name)
+    }
+    fn insert_tls13_ticket(&self, server_name: rustls::pki_types::ServerName<'static>, value: rustls::client::Tls13ClientSessionValue) {
+        self.tickets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.insert_tls13_ticket(server_name, value)
+    }
+    fn take_tls13_ticket(&self, server_name: &rustls::pki_types::ServerName<'static>) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(server_name)
+    }
+}
+
+/// A client that keeps sessions in `store`, with or without a certificate.
+fn resuming_client(ca: &[u8], identity: Option<(&[u8], &[u8])>, store: std::sync::Arc<CountingStore>) -> quinn::ClientConfig {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(ca.to_vec())).expect("ca");
+    let builder = rustls::ClientConfig::builder_with_provider(drover_net::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls 1.3")
+        .with_root_certificates(roots);
+    let mut tls = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(vec![CertificateDer::from(cert.to_vec())], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())))
+            .expect("identity"),
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![drover_protocol::ALPN.to_vec()];
+    tls.resumption = rustls::client::Resumption::store(store);
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic");
+    let mut config = quinn::ClientConfig::new(std::sync::Arc::new(quic));
+    config.transport_config(drover_net::tls::transport(Duration::from_secs(10)));
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_session_tickets_are_issued_and_a_client_without_its_certificate_is_anonymous() {
+    let fleet = TestCoordinator::start().await;
+    let (token, _) = fleet.token(1, &[]).await;
+    let (issued, key) = enroll_raw(&fleet, &token, "vm1").await;
+    let ca = identity::read_cert_pem(&fleet.state_dir.join("ca.pem")).expect("ca");
+    let store = std::sync::Arc::new(CountingStore { inner: rustls::client::ClientSessionMemoryCache::new(16), tickets: 0.into() });
+    let endpoint = drover_net::client::client_endpoint(fleet.addr).expect("endpoint");
+    let server_name = fleet.addr.ip().to_string();
+
+    // A full handshake with the machine's certificate: it may act as the
+    // machine, and is given no ticket to come back without it.
+    let config = resuming_client(&ca, Some((&issued.certificate_der, &key)), store.clone());
+    let conn = drover_net::CoordinatorConnection::connect(&endpoint, config, fleet.addr, &server_name, "test", Duration::from_secs(5))
+        .await
+        .expect("connect as the machine");
+    let answer = conn.request(&Request::Agent(AgentRequest::FetchAssignment)).await.expect("fetch");
+    assert_eq!(answer, Response::Agent(AgentResponse::NoAssignment));
+    // A second round trip: tickets, had any been sent, arrive after the handshake.
+    conn.request(&Request::Agent(AgentRequest::FetchAssignment)).await.expect("fetch again");
+    conn.connection.close(0u32.into(), b"done");
+    assert_eq!(store.tickets.load(std::sync::atomic::Ordering::SeqCst), 0, "the coordinator issued session tickets");
+
+    // The same session store without the certificate: a full handshake
+    // again, so the client is anonymous and may not act as the machine.
+    let config = resuming_client(&ca, None, store.clone());
+    let conn = drover_net::CoordinatorConnection::connect(&endpoint, config, fleet.addr, &server_name, "test", Duration::from_secs(5))
+        .await
+        .expect("connect without a certificate");
+    assert!(conn.connection.peer_identity().is_some(), "the server's certificate was presented (a full handshake)");
+    assert_eq!(refused_code(conn.request(&Request::Agent(AgentRequest::FetchAssignment)).await), ErrorCode::Unauthenticated);
+}

@@ -59,6 +59,26 @@ pub fn transport(idle_timeout: Duration) -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
+/// Issues no stateless tickets (the default ticketer issues none either;
+/// this says so where the configuration is made).
+#[derive(Debug)]
+struct NoTickets;
+
+impl rustls::server::ProducesTickets for NoTickets {
+    fn enabled(&self) -> bool {
+        false
+    }
+    fn lifetime(&self) -> u32 {
+        0
+    }
+    fn encrypt(&self, _plain: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+    fn decrypt(&self, _cipher: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+}
+
 /// The coordinator's QUIC server configuration.
 pub fn server_config(
     ca_der: &[u8],
@@ -80,6 +100,13 @@ pub fn server_config(
     tls.alpn_protocols = vec![ALPN.to_vec()];
     // No 0-RTT: early data could be replayed.
     tls.max_early_data_size = 0;
+    // No resumption: every connection is a full handshake that verifies
+    // the client's certificate (its expiry included). A session ticket
+    // would be a second credential beside the key, valid after the
+    // certificate expired; a resumed session carries no certificate.
+    tls.send_tls13_tickets = 0;
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    tls.ticketer = Arc::new(NoTickets);
     let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(transport(idle_timeout));
