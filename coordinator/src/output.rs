@@ -10,9 +10,37 @@ pub enum OutputFormat {
     Json,
 }
 
+/// Exit code when standard output was closed early (`drover ... | head`),
+/// as a process killed by SIGPIPE reports it.
+pub const EXIT_CLOSED_PIPE: i32 = 128 + 13;
+
+/// Writes one line on standard output. A reader that went away (a closed
+/// pipe) ends the process quietly, as it ends other Unix tools, instead of
+/// a panic.
+pub fn write_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out.write_fmt(args).and_then(|()| out.write_all(b"\n"));
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(EXIT_CLOSED_PIPE);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` for the CLI's standard output, through [`write_line`].
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_line(format_args!($($arg)*))
+    };
+}
+
 /// Prints `value` as pretty JSON on standard output.
 pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    crate::out!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 

@@ -41,7 +41,7 @@ pub async fn run(cmd: AdminsCommand) -> Result<()> {
                 OutputFormat::Json => print_json(&serde_json::json!({
                     "name": name, "role": role.as_str(), "bundle": out,
                 }))?,
-                OutputFormat::Table => println!("admin {name} ({}) added; bundle written to {}", role.as_str(), out.display()),
+                OutputFormat::Table => crate::out!("admin {name} ({}) added; bundle written to {}", role.as_str(), out.display()),
             }
         }
         AdminsCommand::List { admin } => {
@@ -56,7 +56,7 @@ pub async fn run(cmd: AdminsCommand) -> Result<()> {
                     for a in &admins {
                         t.add_row(vec![a.name.clone(), a.role.as_str().to_string(), output::timestamp(a.created_at)]);
                     }
-                    println!("{t}");
+                    crate::out!("{t}");
                 }
             }
         }
@@ -85,7 +85,7 @@ pub async fn run(cmd: AdminsCommand) -> Result<()> {
             call(&admin, AdminRequest::AdminsRemove { name: name.clone() }, &format!("removing admin {name}")).await?;
             match admin.output {
                 OutputFormat::Json => print_json(&serde_json::json!({ "removed": name }))?,
-                OutputFormat::Table => println!(
+                OutputFormat::Table => crate::out!(
                     "admin {name} removed; their certificate no longer works, their SSH keys leave every machine with its next generation"
                 ),
             }
@@ -136,9 +136,9 @@ fn print_keys(admin: &AdminArgs, keys: &[drover_protocol::v1::SshKeyInfo], note:
                     output::timestamp(k.added_at),
                 ]);
             }
-            println!("{t}");
+            crate::out!("{t}");
             if !note.is_empty() {
-                println!("{note}");
+                crate::out!("{note}");
             }
         }
     }
@@ -161,7 +161,7 @@ pub async fn whoami(args: AdminArgs) -> Result<()> {
     };
     match args.output {
         OutputFormat::Json => print_json(&me)?,
-        OutputFormat::Table => println!("{} ({})", me.name, me.role.as_str()),
+        OutputFormat::Table => crate::out!("{} ({})", me.name, me.role.as_str()),
     }
     Ok(())
 }

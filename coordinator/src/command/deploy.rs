@@ -115,7 +115,7 @@ pub async fn run(args: DeployArgs) -> Result<()> {
             OutputFormat::Json => print_json(&targets)?,
             OutputFormat::Table => {
                 for t in &targets {
-                    println!("{} ({}) generation {} — deployment {}", t.machine_id, t.hostname, t.generation, t.deployment_id);
+                    crate::out!("{} ({}) generation {} — deployment {}", t.machine_id, t.hostname, t.generation, t.deployment_id);
                 }
             }
         }
@@ -136,7 +136,7 @@ pub async fn run(args: DeployArgs) -> Result<()> {
         bail!("{} of {} machine(s) did not succeed:\n  {}", failed.len(), finished.len(), failed.join("\n  "));
     }
     if args.admin.output == OutputFormat::Table {
-        println!("all {} machine(s) succeeded", finished.len());
+        crate::out!("all {} machine(s) succeeded", finished.len());
     }
     Ok(())
 }

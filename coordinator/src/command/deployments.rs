@@ -42,7 +42,7 @@ pub async fn run(cmd: DeploymentsCommand) -> Result<()> {
                             output::timestamp(d.created_at),
                         ]);
                     }
-                    println!("{t}");
+                    crate::out!("{t}");
                 }
             }
         }
@@ -61,29 +61,29 @@ pub async fn run(cmd: DeploymentsCommand) -> Result<()> {
 }
 
 fn print_deployment(d: &DeploymentInfo) {
-    println!("deployment   {}", d.id);
-    println!("machine      {} ({})", d.machine_id, d.hostname);
-    println!("generation   {}", d.generation);
-    println!("system       {}", system_text(&d.system));
-    println!("state        {}", state_word(d));
-    println!("created      {}", output::timestamp(d.created_at));
+    crate::out!("deployment   {}", d.id);
+    crate::out!("machine      {} ({})", d.machine_id, d.hostname);
+    crate::out!("generation   {}", d.generation);
+    crate::out!("system       {}", system_text(&d.system));
+    crate::out!("state        {}", state_word(d));
+    crate::out!("created      {}", output::timestamp(d.created_at));
     if let Some(f) = d.finished_at {
-        println!("finished     {}", output::timestamp(f));
+        crate::out!("finished     {}", output::timestamp(f));
     }
     if let Some(p) = &d.system_path {
-        println!("system path  {p}");
+        crate::out!("system path  {p}");
     }
     if !d.secret_names.is_empty() {
-        println!("secrets      {}", d.secret_names.join(", "));
+        crate::out!("secrets      {}", d.secret_names.join(", "));
     }
-    println!("steps:");
+    crate::out!("steps:");
     for s in &d.steps {
-        println!("  {}  {:<16} {}", output::timestamp(s.at), format!("{:?}", s.step), s.message);
+        crate::out!("  {}  {:<16} {}", output::timestamp(s.at), format!("{:?}", s.step), s.message);
     }
     if !d.output_tail.is_empty() {
-        println!("output (tail):");
+        crate::out!("output (tail):");
         for line in d.output_tail.lines() {
-            println!("  | {line}");
+            crate::out!("  | {line}");
         }
     }
 }

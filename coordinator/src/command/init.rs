@@ -16,11 +16,11 @@ pub fn run(args: InitArgs) -> Result<()> {
         machine_cert_lifetime: args.machine_cert_lifetime,
     })?;
     let dir = &outcome.config.state_dir;
-    println!("created {}", dir.display());
-    println!("  configuration   {}", outcome.config_path.display());
-    println!("  fleet CA        {}", dir.join(crate::pki::CA_CERT_FILE).display());
-    println!("  admin bundle    {}", outcome.bundle_path.display());
-    println!("  listen          {} (clients dial {})", outcome.config.listen, outcome.config.advertise);
-    println!("next: drover serve --state-dir {}", dir.display());
+    crate::out!("created {}", dir.display());
+    crate::out!("  configuration   {}", outcome.config_path.display());
+    crate::out!("  fleet CA        {}", dir.join(crate::pki::CA_CERT_FILE).display());
+    crate::out!("  admin bundle    {}", outcome.bundle_path.display());
+    crate::out!("  listen          {} (clients dial {})", outcome.config.listen, outcome.config.advertise);
+    crate::out!("next: drover serve --state-dir {}", dir.display());
     Ok(())
 }

@@ -31,8 +31,8 @@ pub async fn run(cmd: MachinesCommand) -> Result<()> {
                 OutputFormat::Json => print_json(&detail)?,
                 OutputFormat::Table => {
                     print_machine(&detail.machine);
-                    println!("generation   desired {}, current {}", detail.desired_generation, detail.current_generation.map(|g| g.to_string()).unwrap_or_else(|| "none".into()));
-                    println!("running      {}", detail.current_system.as_deref().unwrap_or("-"));
+                    crate::out!("generation   desired {}, current {}", detail.desired_generation, detail.current_generation.map(|g| g.to_string()).unwrap_or_else(|| "none".into()));
+                    crate::out!("running      {}", detail.current_system.as_deref().unwrap_or("-"));
                 }
             }
         }
@@ -52,7 +52,7 @@ pub async fn run(cmd: MachinesCommand) -> Result<()> {
             };
             match admin.output {
                 OutputFormat::Json => print_json(&machine)?,
-                OutputFormat::Table => println!("{} labels: {}", machine.id, output::labels(&machine.labels)),
+                OutputFormat::Table => crate::out!("{} labels: {}", machine.id, output::labels(&machine.labels)),
             }
         }
         MachinesCommand::Revoke { id, admin } => {
@@ -62,7 +62,7 @@ pub async fn run(cmd: MachinesCommand) -> Result<()> {
             };
             match admin.output {
                 OutputFormat::Json => print_json(&machine)?,
-                OutputFormat::Table => println!("machine {} ({}) revoked", machine.id, machine.hostname),
+                OutputFormat::Table => crate::out!("machine {} ({}) revoked", machine.id, machine.hostname),
             }
         }
     }
@@ -92,33 +92,33 @@ fn print_table(machines: &[MachineInfo]) {
             failed,
         ]);
     }
-    println!("{t}");
-    println!("{} machine(s)", machines.len());
+    crate::out!("{t}");
+    crate::out!("{} machine(s)", machines.len());
 }
 
 fn print_machine(m: &MachineInfo) {
     let now = now_ms();
-    println!("machine      {}", m.id);
-    println!("hostname     {}", m.hostname);
-    println!("status       {}", m.status.as_str());
-    println!("labels       {}", output::labels(&m.labels));
-    println!("enrolled     {}", output::timestamp(m.enrolled_at));
-    println!("last seen    {}", output::ago(m.last_seen, now));
-    println!("certificate  serial {} expires {}", m.cert_serial, output::until(m.cert_not_after, now));
+    crate::out!("machine      {}", m.id);
+    crate::out!("hostname     {}", m.hostname);
+    crate::out!("status       {}", m.status.as_str());
+    crate::out!("labels       {}", output::labels(&m.labels));
+    crate::out!("enrolled     {}", output::timestamp(m.enrolled_at));
+    crate::out!("last seen    {}", output::ago(m.last_seen, now));
+    crate::out!("certificate  serial {} expires {}", m.cert_serial, output::until(m.cert_not_after, now));
     if let Some(h) = &m.health {
-        println!("health:");
-        println!("  agent        {}", h.agent_version);
-        println!("  uptime       {}", humantime::format_duration(std::time::Duration::from_secs(h.uptime_secs)));
-        println!("  load         {:.2} {:.2} {:.2} ({} cpus, {:.0}% busy)", h.load_average[0], h.load_average[1], h.load_average[2], h.cpu_count, h.cpu_usage_percent);
-        println!("  memory       {} of {}", output::bytes(h.memory_used_bytes), output::bytes(h.memory_total_bytes));
+        crate::out!("health:");
+        crate::out!("  agent        {}", h.agent_version);
+        crate::out!("  uptime       {}", humantime::format_duration(std::time::Duration::from_secs(h.uptime_secs)));
+        crate::out!("  load         {:.2} {:.2} {:.2} ({} cpus, {:.0}% busy)", h.load_average[0], h.load_average[1], h.load_average[2], h.cpu_count, h.cpu_usage_percent);
+        crate::out!("  memory       {} of {}", output::bytes(h.memory_used_bytes), output::bytes(h.memory_total_bytes));
         for d in &h.disks {
-            println!("  disk         {} {} free of {}", d.mount_point, output::bytes(d.available_bytes), output::bytes(d.total_bytes));
+            crate::out!("  disk         {} {} free of {}", d.mount_point, output::bytes(d.available_bytes), output::bytes(d.total_bytes));
         }
         match &h.failed_units {
-            Some(units) if units.is_empty() => println!("  failed units none"),
-            Some(units) => println!("  failed units {}", units.join(", ")),
-            None => println!("  failed units (no systemd)"),
+            Some(units) if units.is_empty() => crate::out!("  failed units none"),
+            Some(units) => crate::out!("  failed units {}", units.join(", ")),
+            None => crate::out!("  failed units (no systemd)"),
         }
-        println!("  system       {}", h.system_path.as_deref().unwrap_or("-"));
+        crate::out!("  system       {}", h.system_path.as_deref().unwrap_or("-"));
     }
 }

@@ -40,7 +40,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             } else {
                 load_config(&args.serve.config, &args.serve.state_dir)?
             };
-            println!("configuration is valid: listen {} advertise {}", config.listen, config.advertise);
+            crate::out!("configuration is valid: listen {} advertise {}", config.listen, config.advertise);
             Ok(())
         }
         Command::Tokens(cmd) => tokens::run(cmd).await,

@@ -55,19 +55,19 @@ fn summary(r: &RolloutInfo) -> String {
 }
 
 fn print(r: &RolloutInfo) {
-    println!("rollout      {}", r.id);
-    println!("system       {}", system_text(&r.system));
-    println!("selector     {}", output::labels(&r.selector));
-    println!("state        {}", summary(r));
+    crate::out!("rollout      {}", r.id);
+    crate::out!("system       {}", system_text(&r.system));
+    crate::out!("selector     {}", output::labels(&r.selector));
+    crate::out!("state        {}", summary(r));
     if let Some(reason) = &r.reason {
-        println!("reason       {reason}");
+        crate::out!("reason       {reason}");
     }
     let s = &r.strategy;
-    println!(
+    crate::out!(
         "strategy     canary {}, max-parallel {:?}, max-unavailable {:?}, max-failures {:?}, auto-revert {}, auto-promote {}",
         s.canary, s.max_parallel, s.max_unavailable, s.max_failures, s.auto_revert, s.auto_promote
     );
-    println!("phases       {}", r.phases.iter().map(|(p, t)| format!("{p} at {}", output::timestamp(*t))).collect::<Vec<_>>().join(", "));
+    crate::out!("phases       {}", r.phases.iter().map(|(p, t)| format!("{p} at {}", output::timestamp(*t))).collect::<Vec<_>>().join(", "));
     let mut t = output::table(&["MACHINE", "HOSTNAME", "STATE", "CANARY", "GEN", "STARTED", "NOTE"]);
     for m in &r.machines {
         t.add_row(vec![
@@ -80,7 +80,7 @@ fn print(r: &RolloutInfo) {
             m.reason.clone().unwrap_or_default(),
         ]);
     }
-    println!("{t}");
+    crate::out!("{t}");
 }
 
 /// Follows a rollout with a progress bar until it stops moving.
@@ -128,7 +128,7 @@ pub async fn run(cmd: RolloutCommand) -> Result<()> {
                     for r in &list {
                         t.add_row(vec![r.id.clone(), summary(r), r.machines.len().to_string(), system_text(&r.system), output::timestamp(r.created_at)]);
                     }
-                    println!("{t}");
+                    crate::out!("{t}");
                 }
             }
             Ok(())
@@ -148,7 +148,7 @@ async fn control(id: String, action: RolloutAction, admin: crate::cli::AdminArgs
     match admin.output {
         OutputFormat::Json => print_json(&r),
         OutputFormat::Table => {
-            println!("rollout {}: {}", r.id, summary(&r));
+            crate::out!("rollout {}: {}", r.id, summary(&r));
             Ok(())
         }
     }
@@ -182,7 +182,7 @@ async fn start(args: RolloutStartArgs) -> Result<()> {
         return match args.admin.output {
             OutputFormat::Json => print_json(&r),
             OutputFormat::Table => {
-                println!("rollout {} started over {} machine(s); follow it with `drover rollout status {} --watch`", r.id, r.machines.len(), r.id);
+                crate::out!("rollout {} started over {} machine(s); follow it with `drover rollout status {} --watch`", r.id, r.machines.len(), r.id);
                 Ok(())
             }
         };

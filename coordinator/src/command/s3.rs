@@ -19,34 +19,34 @@ async fn s3(admin: &AdminArgs, request: S3Request, what: &str) -> Result<S3Respo
 }
 
 fn print_bucket(b: &S3Bucket) {
-    println!("bucket       {}", b.aliases.join(", "));
-    println!("id           {}", b.id);
-    println!("website      {}", if b.website { "public" } else { "private" });
+    crate::out!("bucket       {}", b.aliases.join(", "));
+    crate::out!("id           {}", b.id);
+    crate::out!("website      {}", if b.website { "public" } else { "private" });
     if let Some(url) = &b.public_url {
-        println!("public url   {url}");
+        crate::out!("public url   {url}");
     }
-    println!("objects      {} ({})", b.objects, output::bytes(b.bytes));
-    println!(
+    crate::out!("objects      {} ({})", b.objects, output::bytes(b.bytes));
+    crate::out!(
         "quotas       size {}, objects {}",
         b.max_size.map(output::bytes).unwrap_or_else(|| "none".into()),
         b.max_objects.map(|n| n.to_string()).unwrap_or_else(|| "none".into())
     );
     for g in &b.grants {
         let rights: Vec<&str> = [(g.read, "read"), (g.write, "write"), (g.owner, "owner")].iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect();
-        println!("key          {} {}", g.key_id, rights.join("+"));
+        crate::out!("key          {} {}", g.key_id, rights.join("+"));
     }
 }
 
 fn print_key(k: &S3Key) {
-    println!("key          {}", k.name);
-    println!("access key   {}", k.id);
+    crate::out!("key          {}", k.name);
+    crate::out!("access key   {}", k.id);
     if let Some(secret) = &k.secret {
-        println!("secret key   {}", secret.expose());
+        crate::out!("secret key   {}", secret.expose());
     }
 }
 
 fn print_cluster(c: &S3Cluster) {
-    println!(
+    crate::out!(
         "health       {} (layout version {}, partitions {}/{} fully available)",
         c.health, c.layout_version, c.partitions_all_ok, c.partitions
     );
@@ -61,7 +61,7 @@ fn print_cluster(c: &S3Cluster) {
             if n.up { "up".into() } else { "DOWN".into() },
         ]);
     }
-    println!("{t}");
+    crate::out!("{t}");
 }
 
 fn show<T: serde::Serialize>(admin: &AdminArgs, value: &T, table: impl FnOnce(&T)) -> Result<()> {
@@ -90,7 +90,7 @@ pub async fn run(cmd: S3Command) -> Result<()> {
                         b.grants.len().to_string(),
                     ]);
                 }
-                println!("{t}");
+                crate::out!("{t}");
             })
         }
         S3Command::Buckets(BucketsCommand::Create { name, public, max_size, max_objects, admin }) => {
@@ -103,7 +103,7 @@ pub async fn run(cmd: S3Command) -> Result<()> {
         }
         S3Command::Buckets(BucketsCommand::Delete { name, admin }) => {
             s3(&admin, S3Request::BucketDelete { name: name.clone() }, &format!("deleting bucket {name}")).await?;
-            show(&admin, &serde_json::json!({ "deleted": name }), |_| println!("bucket {name} deleted"))
+            show(&admin, &serde_json::json!({ "deleted": name }), |_| crate::out!("bucket {name} deleted"))
         }
         S3Command::Keys(KeysCommand::List { admin }) => {
             let S3Response::Keys(list) = s3(&admin, S3Request::KeysList, "listing keys").await? else { bail!("unexpected answer") };
@@ -112,7 +112,7 @@ pub async fn run(cmd: S3Command) -> Result<()> {
                 for k in list {
                     t.add_row(vec![k.name.clone(), k.id.clone()]);
                 }
-                println!("{t}");
+                crate::out!("{t}");
             })
         }
         S3Command::Keys(KeysCommand::Create { name, admin }) => {
@@ -125,7 +125,7 @@ pub async fn run(cmd: S3Command) -> Result<()> {
         }
         S3Command::Keys(KeysCommand::Delete { name, admin }) => {
             s3(&admin, S3Request::KeyDelete { name: name.clone() }, &format!("deleting key {name}")).await?;
-            show(&admin, &serde_json::json!({ "deleted": name }), |_| println!("key {name} deleted"))
+            show(&admin, &serde_json::json!({ "deleted": name }), |_| crate::out!("key {name} deleted"))
         }
         S3Command::Cluster(ClusterCommand::AddNode { admin, rpc, zone, capacity, machine, admin_args }) => {
             let (request, what) = match (machine, admin, rpc, zone, capacity) {

@@ -17,15 +17,15 @@ async fn one(admin: &AdminArgs, request: AdminRequest, what: &str) -> Result<Ten
 }
 
 fn print_tenant(t: &TenantInfo) {
-    println!("tenant       {}", t.domain);
-    println!("admin user   {}", t.admin_user);
-    println!("admin email  {}", t.admin_email);
+    crate::out!("tenant       {}", t.domain);
+    crate::out!("admin user   {}", t.admin_user);
+    crate::out!("admin email  {}", t.admin_email);
     let managers = if t.managers.is_empty() { "-".to_string() } else { t.managers.join(", ") };
-    println!("managers     {managers}");
-    println!("machines     {} (label tenant={})", t.machines, t.domain);
-    println!("created      {}", output::timestamp(t.created_at));
+    crate::out!("managers     {managers}");
+    crate::out!("machines     {} (label tenant={})", t.machines, t.domain);
+    crate::out!("created      {}", output::timestamp(t.created_at));
     if let Some(p) = &t.admin_password {
-        println!("password     {}", p.expose());
+        crate::out!("password     {}", p.expose());
     }
 }
 
@@ -38,7 +38,7 @@ pub async fn run(cmd: TenantsCommand) -> Result<()> {
                 OutputFormat::Json => print_json(&t)?,
                 OutputFormat::Table => {
                     print_tenant(&t);
-                    println!(
+                    crate::out!(
                         "\nMachines labelled tenant={domain} receive its facts and admin password with their next \
                          generation (`drover deploy --selector tenant={domain} ...`)."
                     );
@@ -63,7 +63,7 @@ pub async fn run(cmd: TenantsCommand) -> Result<()> {
                             output::timestamp(x.created_at),
                         ]);
                     }
-                    println!("{t}");
+                    crate::out!("{t}");
                 }
             }
         }
@@ -78,7 +78,7 @@ pub async fn run(cmd: TenantsCommand) -> Result<()> {
             call(&admin, AdminRequest::TenantsRemove { domain: domain.clone() }, &format!("removing tenant {domain}")).await?;
             match admin.output {
                 OutputFormat::Json => print_json(&serde_json::json!({ "removed": domain }))?,
-                OutputFormat::Table => println!("tenant {domain} removed"),
+                OutputFormat::Table => crate::out!("tenant {domain} removed"),
             }
         }
         TenantsCommand::Managers { domain, add, remove, admin } => {
@@ -91,7 +91,7 @@ pub async fn run(cmd: TenantsCommand) -> Result<()> {
                 OutputFormat::Json => print_json(&t)?,
                 OutputFormat::Table => {
                     print_tenant(&t);
-                    println!("\nThe change reaches the machines with their next generation.");
+                    crate::out!("\nThe change reaches the machines with their next generation.");
                 }
             }
         }

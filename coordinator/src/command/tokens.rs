@@ -31,7 +31,7 @@ pub async fn run(cmd: TokensCommand) -> Result<()> {
                         created.info.uses_total,
                         output::timestamp(created.info.expires_at)
                     );
-                    println!("{}", created.token.expose());
+                    crate::out!("{}", created.token.expose());
                 }
             }
         }
@@ -63,7 +63,7 @@ pub async fn run(cmd: TokensCommand) -> Result<()> {
                             state.to_string(),
                         ]);
                     }
-                    println!("{t}");
+                    crate::out!("{t}");
                 }
             }
         }
@@ -71,7 +71,7 @@ pub async fn run(cmd: TokensCommand) -> Result<()> {
             call(&admin, AdminRequest::TokensRevoke { id: id.clone() }, &format!("revoking token {id}")).await?;
             match admin.output {
                 OutputFormat::Json => print_json(&serde_json::json!({ "revoked": id }))?,
-                OutputFormat::Table => println!("token {id} revoked"),
+                OutputFormat::Table => crate::out!("token {id} revoked"),
             }
         }
     }

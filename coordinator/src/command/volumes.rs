@@ -26,27 +26,27 @@ fn holder(v: &VolumeInfo) -> String {
 }
 
 fn print_volume(v: &VolumeInfo) {
-    println!("volume       {}", v.name);
-    println!("size         {}", output::bytes(v.size_bytes));
-    println!("formatted    {}", if v.formatted { "yes" } else { "no" });
+    crate::out!("volume       {}", v.name);
+    crate::out!("size         {}", output::bytes(v.size_bytes));
+    crate::out!("formatted    {}", if v.formatted { "yes" } else { "no" });
     match &v.attached {
         Some(a) => {
-            println!("machine      {} ({}) on node {}, generation {}", a.machine_id, a.hostname, a.node, a.generation);
-            println!("mount        {} ({})", a.mount_point, a.filesystem);
+            crate::out!("machine      {} ({}) on node {}, generation {}", a.machine_id, a.hostname, a.node, a.generation);
+            crate::out!("mount        {} ({})", a.mount_point, a.filesystem);
             if let Some(g) = a.detaching {
-                println!("detaching    in generation {g}; run `drover volumes detach {}` again to finish", v.name);
+                crate::out!("detaching    in generation {g}; run `drover volumes detach {}` again to finish", v.name);
             }
         }
-        None => println!("machine      none (detached)"),
+        None => crate::out!("machine      none (detached)"),
     }
     if let Some(s) = &v.state {
         let state = if s.mounted { "mounted" } else { "NOT MOUNTED" };
-        println!("state        {state}, {} used of {}", output::bytes(s.used_bytes), output::bytes(s.total_bytes));
+        crate::out!("state        {state}, {} used of {}", output::bytes(s.used_bytes), output::bytes(s.total_bytes));
         if let Some(why) = &s.grow_pending {
-            println!("grow         pending: {why}");
+            crate::out!("grow         pending: {why}");
         }
         if let Some(e) = &s.error {
-            println!("error        {e}");
+            crate::out!("error        {e}");
         }
     }
     let mut t = output::table(&["NODE", "DISK STATE", "KIND", "IN USE"]);
@@ -58,7 +58,7 @@ fn print_volume(v: &VolumeInfo) {
             if r.in_use { "yes".into() } else { "no".into() },
         ]);
     }
-    println!("{t}");
+    crate::out!("{t}");
 }
 
 fn print_snapshots(list: &Vec<SnapshotInfo>) {
@@ -66,7 +66,7 @@ fn print_snapshots(list: &Vec<SnapshotInfo>) {
     for s in list {
         t.add_row(vec![s.volume.clone(), s.name.clone(), if s.created_at == 0 { "-".into() } else { output::timestamp(s.created_at) }]);
     }
-    println!("{t}");
+    crate::out!("{t}");
 }
 
 fn show<T: serde::Serialize>(admin: &AdminArgs, value: &T, table: impl FnOnce(&T)) -> Result<()> {
@@ -104,7 +104,7 @@ pub async fn run(cmd: VolumesCommand) -> Result<()> {
                         v.state.as_ref().filter(|s| s.mounted).map(|s| output::bytes(s.used_bytes)).unwrap_or_else(|| "-".into()),
                     ]);
                 }
-                println!("{t}");
+                crate::out!("{t}");
             })
         }
         VolumesCommand::Show { name, admin } => one(&admin, VolumeRequest::Show { name: name.clone() }, &format!("showing volume {name}")).await,
@@ -143,7 +143,7 @@ pub async fn run(cmd: VolumesCommand) -> Result<()> {
         }
         VolumesCommand::Delete { name, confirm, admin } => {
             volumes(&admin, VolumeRequest::Delete { name: name.clone(), confirm }, &format!("deleting volume {name}")).await?;
-            show(&admin, &serde_json::json!({ "deleted": name }), |_| println!("volume {name} deleted with its data"))
+            show(&admin, &serde_json::json!({ "deleted": name }), |_| crate::out!("volume {name} deleted with its data"))
         }
     }
 }
