@@ -75,18 +75,26 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
     for i in 0..opts.count {
         let mut config = opts.base.clone();
         config.state_dir = opts.work_dir.join(format!("agent-{i:05}"));
+        // Each simulated machine writes its own secrets and facts: a shared
+        // runtime directory made their writes race.
+        config.runtime_dir = config.state_dir.join("run");
+        config.volume_root = config.state_dir.join("root");
         config.hostname = Some(format!("sim-{i:05}"));
         let handle = crate::spawn(config, FixedHealth(synthetic_health(i)), Some(endpoint.clone()))
             .context("starting a simulated agent")?;
         handles.push(handle);
     }
     let deadline = start + opts.timeout;
+    // When the last enrollment seen so far happened: the rate divides by
+    // the time enrolling took, not by the whole run.
     let mut enrolled_at = None;
+    let mut last_count = 0;
     let mut online_at = None;
     loop {
         let enrolled = handles.iter().filter(|h| h.status.borrow().machine_id.is_some()).count();
         let online = handles.iter().filter(|h| h.status.borrow().reports > 0).count();
-        if enrolled == opts.count && enrolled_at.is_none() {
+        if enrolled > last_count {
+            last_count = enrolled;
             enrolled_at = Some(start.elapsed());
         }
         if online == opts.count {
@@ -104,9 +112,14 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
     if !opts.hold.is_zero() {
         tokio::time::sleep(opts.hold).await;
     }
+    // Stopped together, not one after another.
+    let mut stopping = tokio::task::JoinSet::new();
     for h in handles {
-        let _ = h.stop().await;
+        stopping.spawn(async move {
+            let _ = h.stop().await;
+        });
     }
+    while stopping.join_next().await.is_some() {}
     endpoint.wait_idle().await;
     let enroll_secs = enrolled_at.unwrap_or(start.elapsed()).as_secs_f64();
     Ok(SimulateReport {

@@ -1,0 +1,73 @@
+//! The load generator against a real coordinator: simulated machines each
+//! write their own secrets and facts (a deployment to all of them is not
+//! failed by their writes racing in one directory), and the report's rate
+//! divides by the time enrolling took, not by the whole run.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{eventually, TestCoordinator};
+use drover_agent::simulate::{self, SimulateOptions};
+use drover_protocol::v1::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_machines_apply_a_deployment_each_in_its_own_directory() {
+    let fleet = TestCoordinator::start().await;
+    let (_, token) = fleet.token(4, &[("role", "sim")]).await;
+    let mut base = fleet.agent_config("base", Some(&token));
+    // The switch fails at once (no NixOS here); what comes before it is the point.
+    base.nixos_rebuild = "/bin/false".into();
+    let work_dir = fleet.dir.path().join("sim");
+    let hold = Duration::from_secs(15);
+    let started = Instant::now();
+    let run = tokio::spawn(simulate::run(SimulateOptions {
+        base,
+        count: 4,
+        work_dir: work_dir.clone(),
+        coordinator_pid: None,
+        timeout: Duration::from_secs(60),
+        hold,
+    }));
+    assert!(eventually(Duration::from_secs(30), || async { fleet.machines().await.len() == 4 }).await, "four machines enrolled");
+
+    let spec = DeploySpec {
+        machine: None,
+        selector: [("role".to_string(), "sim".to_string())].into(),
+        system: SystemSpec::Flake { uri: "path:/nonexistent".into(), attribute: "x".into() },
+        secrets: vec![],
+        facts: [("tenant".to_string(), "acme".to_string())].into(),
+        checks: vec![],
+        health_deadline_ms: 1_000,
+        buckets: vec![],
+        volumes: vec![],
+    };
+    let AdminResponse::Deployed(targets) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!("deploy") };
+    assert_eq!(targets.len(), 4);
+    let finished = eventually(Duration::from_secs(30), || async {
+        let AdminResponse::Deployments(d) = fleet.call(AdminRequest::DeploymentsList { machine: None }).await else { return false };
+        d.len() == 4 && d.iter().all(|d| d.state == DeploymentState::Failed)
+    })
+    .await;
+    assert!(finished, "every deployment ends");
+    let AdminResponse::Deployments(done) = fleet.call(AdminRequest::DeploymentsList { machine: None }).await else { panic!() };
+    for d in &done {
+        assert!(d.steps.iter().any(|s| s.step == DeployStep::SecretsWritten), "{}: facts written: {:?}", d.machine_id, d.steps);
+        assert!(!d.steps.iter().any(|s| s.message.contains("not written")), "{}: {:?}", d.machine_id, d.steps);
+    }
+    let mut seen = Vec::new();
+    for i in 0..4 {
+        let facts = std::fs::read_to_string(work_dir.join(format!("agent-{i:05}/run/facts.json"))).expect("each agent's own facts");
+        let facts: serde_json::Value = serde_json::from_str(&facts).expect("json");
+        seen.push(facts["machine_id"].as_str().expect("machine id").to_string());
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 4, "four machines, four facts files: {seen:?}");
+
+    let report = run.await.expect("join").expect("simulate");
+    let total = started.elapsed().as_secs_f64();
+    assert_eq!((report.enrolled, report.online), (4, 4));
+    assert!(report.enroll_seconds < total - hold.as_secs_f64(), "the rate divides by the enrolling time: {report:?}, run {total:.1}s");
+    assert!((report.enrollments_per_second - 4.0 / report.enroll_seconds).abs() < 1e-6, "{report:?}");
+}
