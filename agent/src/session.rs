@@ -149,13 +149,13 @@ pub async fn enroll_once(
 /// How long the coordinator may take to roll a volume back.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
 
-async fn ask(conn: &CoordinatorConnection, request: Request, timeout: Duration) -> Result<Response, ClientError> {
+/// One request on its own stream. A slow answer abandons that stream only:
+/// the connection stays, so a coordinator under load is not made to accept
+/// a reconnect (and a new handshake) on top of the work it is late with.
+pub async fn ask(conn: &CoordinatorConnection, request: Request, timeout: Duration) -> Result<Response, ClientError> {
     match tokio::time::timeout(timeout, conn.request(&request)).await {
         Ok(answer) => answer,
-        Err(_) => {
-            conn.connection.close(0u32.into(), b"request timed out");
-            Err(ClientError::Timeout(conn.connection.remote_address()))
-        }
+        Err(_) => Err(ClientError::RequestTimeout { addr: conn.connection.remote_address(), after: timeout }),
     }
 }
 
@@ -313,6 +313,12 @@ impl<H: HealthSource> Agent<H> {
             };
             let response = match ask(conn, Request::Agent(request), timeout).await {
                 Err(ClientError::Refused(e)) if matches!(out, Outgoing::Restore { .. }) => Response::Error(e),
+                Err(e @ ClientError::RequestTimeout { .. }) => {
+                    // Left unanswered: the scheduler offers it again at the
+                    // next pump (at the latest after the next health report).
+                    tracing::warn!(error = %e, "request");
+                    return Ok(());
+                }
                 other => other?,
             };
             let answer = match response {
@@ -376,8 +382,11 @@ impl<H: HealthSource> Agent<H> {
                             self.scheduler.heard_from_coordinator();
                         }
                         Ok(other) => return Err(ClientError::Unexpected(format!("{other:?}")).into()),
+                        Err(e @ ClientError::RequestTimeout { .. }) => tracing::warn!(error = %e, "health report"),
                         Err(e) => return Err(lost(conn, e)),
                     }
+                    // What a slow answer left unsent goes again now.
+                    self.pump(conn).await?;
                 }
                 _ = &mut renew => {
                     let csr = net_identity::csr_der(key, &record.machine_id)?;
@@ -392,6 +401,10 @@ impl<H: HealthSource> Agent<H> {
                             renew.as_mut().reset(tokio::time::Instant::now() + renew_in(&record));
                         }
                         Ok(other) => return Err(ClientError::Unexpected(format!("{other:?}")).into()),
+                        Err(e @ ClientError::RequestTimeout { .. }) => {
+                            tracing::warn!(error = %e, "certificate renewal");
+                            renew.as_mut().reset(tokio::time::Instant::now() + interval);
+                        }
                         Err(e) => return Err(lost(conn, e)),
                     }
                 }

@@ -29,6 +29,9 @@ pub enum ClientError {
     },
     #[error("timed out connecting to {0}")]
     Timeout(SocketAddr),
+    /// An answer that took too long, on a connection that stays open.
+    #[error("the coordinator at {addr} did not answer within {after:?}; the request will be sent again")]
+    RequestTimeout { addr: SocketAddr, after: Duration },
     #[error("stream failed: {0}")]
     Stream(#[from] StreamError),
     #[error("the coordinator refused: {0}")]
