@@ -76,7 +76,7 @@ pub fn client_endpoint(target: SocketAddr) -> Result<quinn::Endpoint, ClientErro
     } else {
         "0.0.0.0:0".parse().expect("literal socket address")
     };
-    quinn::Endpoint::client(bind).map_err(ClientError::Bind)
+    crate::socket::endpoint(bind, None).map_err(ClientError::Bind)
 }
 
 /// A connection to the coordinator on which Hello has been exchanged.

@@ -7,6 +7,7 @@
 //!   carried in certificates (`drover://machine/<id>`, `drover://admin/<name>`),
 //!   and key files written with mode 0600.
 //! - [`client`]: connecting to a coordinator and saying Hello.
+//! - [`socket`]: UDP sockets with raised kernel buffers for every endpoint.
 //! - [`fsutil`]: atomic file writes with an exact mode.
 //! - [`clock`]: wall-clock milliseconds for records.
 //! - [`s3`]: the S3 data-plane client (path-style, as Garage needs).
@@ -15,6 +16,7 @@ pub mod client;
 pub mod clock;
 pub mod fsutil;
 pub mod s3;
+pub mod socket;
 pub mod identity;
 pub mod logging;
 pub mod stream;

@@ -64,7 +64,7 @@ pub async fn start(config: Config) -> Result<ServerHandle> {
 /// Starts serving an already opened coordinator.
 pub async fn start_with(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
     let tls = server_tls(&coordinator.config, &coordinator.ca)?;
-    let endpoint = quinn::Endpoint::server(tls, coordinator.config.listen)
+    let endpoint = drover_net::socket::endpoint(coordinator.config.listen, Some(tls))
         .with_context(|| format!("cannot listen on {}", coordinator.config.listen))?;
     let local_addr = endpoint.local_addr()?;
     tracing::info!(%local_addr, "coordinator listening");

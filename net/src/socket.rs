@@ -1,0 +1,78 @@
+//! UDP sockets for QUIC endpoints with large kernel buffers. One socket
+//! carries every peer of an endpoint (thousands of agents on the
+//! coordinator's; thousands of simulated agents on the load generator's),
+//! and the default buffers (~208 KiB) overflow: the kernel then drops
+//! datagrams (`UdpRcvbufErrors`) and QUIC retransmits. As root the buffers
+//! are forced past `net.core.rmem_max`/`wmem_max`; otherwise they are
+//! raised as far as those limits allow, and a smaller result is logged.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+
+use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+
+/// The buffer size asked for, each way.
+pub const UDP_BUFFER_BYTES: usize = 8 << 20;
+
+/// The kernel buffer sizes a socket got (as the kernel reports them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buffers {
+    pub receive: usize,
+    pub send: usize,
+}
+
+/// Raises a socket's buffers to [`UDP_BUFFER_BYTES`] where allowed.
+pub fn raise_buffers(socket: &UdpSocket) -> Buffers {
+    let size = UDP_BUFFER_BYTES;
+    if setsockopt(socket, sockopt::RcvBufForce, &size).is_err() {
+        let _ = setsockopt(socket, sockopt::RcvBuf, &size);
+    }
+    if setsockopt(socket, sockopt::SndBufForce, &size).is_err() {
+        let _ = setsockopt(socket, sockopt::SndBuf, &size);
+    }
+    let buffers = Buffers {
+        receive: getsockopt(socket, sockopt::RcvBuf).unwrap_or(0),
+        send: getsockopt(socket, sockopt::SndBuf).unwrap_or(0),
+    };
+    if buffers.receive < size || buffers.send < size {
+        tracing::warn!(
+            receive = buffers.receive,
+            send = buffers.send,
+            asked = size,
+            "UDP socket buffers are smaller than asked; with many peers raise net.core.rmem_max and net.core.wmem_max"
+        );
+    }
+    buffers
+}
+
+/// A UDP socket bound to `addr` with raised buffers.
+pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = UdpSocket::bind(addr)?;
+    raise_buffers(&socket);
+    Ok(socket)
+}
+
+/// A QUIC endpoint on a socket with raised buffers: a server when
+/// `server` is given, else a client.
+pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> std::io::Result<quinn::Endpoint> {
+    let socket = bind(addr)?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, Arc::new(quinn::TokioRuntime))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_raised_above_the_default() {
+        let socket = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let got = raise_buffers(&socket);
+        let default = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let before: usize = getsockopt(&default, sockopt::RcvBuf).expect("rcvbuf");
+        assert!(got.receive >= before, "never below the default {before}: {got:?}");
+        if nix::unistd::geteuid().is_root() {
+            assert!(got.receive > before, "raised from the default {before}: {got:?}");
+            assert!(got.receive >= UDP_BUFFER_BYTES && got.send >= UDP_BUFFER_BYTES, "forced as root: {got:?}");
+        }
+    }
+}
