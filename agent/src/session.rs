@@ -149,12 +149,21 @@ pub async fn enroll_once(
 /// How long the coordinator may take to roll a volume back.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// One request on its own stream. A slow answer abandons that stream only:
-/// the connection stays, so a coordinator under load is not made to accept
-/// a reconnect (and a new handshake) on top of the work it is late with.
+/// One request on its own stream. A slow answer from a coordinator that is
+/// still there (it sent something meanwhile, if only acknowledgements)
+/// abandons that stream only: the connection stays, so a coordinator under
+/// load is not made to accept a reconnect (and a new handshake) on top of
+/// the work it is late with. A coordinator that sent nothing at all while
+/// waiting is gone: the connection is closed and the agent reconnects.
 pub async fn ask(conn: &CoordinatorConnection, request: Request, timeout: Duration) -> Result<Response, ClientError> {
+    let received = || conn.connection.stats().udp_rx.datagrams;
+    let before = received();
     match tokio::time::timeout(timeout, conn.request(&request)).await {
         Ok(answer) => answer,
+        Err(_) if received() == before => {
+            conn.connection.close(0u32.into(), b"no answer");
+            Err(ClientError::Silent { addr: conn.connection.remote_address(), after: timeout })
+        }
         Err(_) => Err(ClientError::RequestTimeout { addr: conn.connection.remote_address(), after: timeout }),
     }
 }

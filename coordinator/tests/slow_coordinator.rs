@@ -77,3 +77,62 @@ async fn a_slow_answer_abandons_the_request_not_the_connection() {
     .expect("the same connection answers the next request");
     assert_eq!(next, Response::Agent(AgentResponse::Ack));
 }
+
+/// The slow server on a runtime of its own, which `stop` drops with every
+/// socket and task on it: the peer goes silent, as a killed process.
+fn server_on_its_own_runtime(ca_der: Vec<u8>, ca: Ca) -> (std::net::SocketAddr, std::sync::mpsc::Sender<std::sync::mpsc::Sender<()>>) {
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = std::sync::mpsc::channel::<std::sync::mpsc::Sender<()>>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+        let (_endpoint, addr) = rt.block_on(slow_server(&ca));
+        let _ = addr_tx.send(addr);
+        let done = stopped.recv();
+        rt.shutdown_timeout(Duration::from_secs(5));
+        drop(ca_der);
+        if let Ok(done) = done {
+            let _ = done.send(());
+        }
+    });
+    (addr_rx.recv().expect("server address"), stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_that_sends_nothing_at_all_is_left() {
+    drover_net::tls::install_default_provider();
+    let (ca, _) = Ca::generate("test").expect("ca");
+    let ca_der = ca.cert_der.clone();
+    let (addr, stop) = server_on_its_own_runtime(ca_der.clone(), ca);
+    let config = drover_net::tls::client_config(&ca_der, None, Duration::from_secs(30)).expect("tls");
+    let endpoint = drover_net::client::client_endpoint(addr).expect("endpoint");
+    let conn = CoordinatorConnection::connect(&endpoint, config, addr, "127.0.0.1", "test", Duration::from_secs(5)).await.expect("connect");
+    let alive = drover_agent::session::ask(&conn, Request::Agent(AgentRequest::Report(health())), Duration::from_secs(5)).await;
+    assert_eq!(alive.expect("answered"), Response::Agent(AgentResponse::Ack));
+    // The server goes away without a word.
+    let (done, gone) = std::sync::mpsc::channel();
+    stop.send(done).expect("stop");
+    tokio::task::spawn_blocking(move || gone.recv()).await.expect("join").expect("the server is gone");
+    let e = drover_agent::session::ask(&conn, Request::Agent(AgentRequest::Report(health())), Duration::from_millis(500))
+        .await
+        .expect_err("no answer");
+    assert!(matches!(e, ClientError::Silent { .. }), "{e:?}");
+    assert!(e.to_string().contains("sent nothing"), "{e}");
+    assert!(conn.connection.close_reason().is_some(), "the connection is closed, to reconnect");
+}
+
+fn health() -> HealthReport {
+    HealthReport {
+        hostname: "h".into(),
+        uptime_secs: 1,
+        load_average: [0.0; 3],
+        cpu_count: 1,
+        cpu_usage_percent: 0.0,
+        memory_total_bytes: 1,
+        memory_used_bytes: 1,
+        disks: vec![],
+        failed_units: None,
+        agent_version: "0".into(),
+        system_path: None,
+        volumes: vec![],
+    }
+}
