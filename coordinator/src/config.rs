@@ -34,6 +34,11 @@ pub struct Config {
     /// A QUIC connection with no traffic for this long is closed.
     #[serde(with = "humantime_serde", default = "default_idle_timeout")]
     pub idle_timeout: Duration,
+    /// The most connections held at once; more are refused at once (the
+    /// agents back off and come again). Bounds what clients can make the
+    /// coordinator hold.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Object storage (Garage) for buckets and keys; absent: no S3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Config>,
@@ -182,6 +187,10 @@ fn default_health_interval() -> Duration {
     Duration::from_secs(10)
 }
 
+fn default_max_connections() -> usize {
+    50_000
+}
+
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -203,6 +212,7 @@ impl Config {
             machine_cert_lifetime: default_machine_cert_lifetime(),
             health_interval: default_health_interval(),
             idle_timeout: default_idle_timeout(),
+            max_connections: default_max_connections(),
             s3: None,
             linstor: None,
         }
@@ -252,6 +262,9 @@ impl Config {
         }
         if self.idle_timeout < Duration::from_secs(1) {
             bail!("idle_timeout must be at least 1s");
+        }
+        if self.max_connections == 0 {
+            bail!("max_connections must be at least 1");
         }
         if self.advertise.ip().is_unspecified() {
             bail!("advertise must be an address clients can dial, not {}", self.advertise);

@@ -357,3 +357,17 @@ async fn no_session_tickets_are_issued_and_a_client_without_its_certificate_is_a
     assert!(conn.connection.peer_identity().is_some(), "the server's certificate was presented (a full handshake)");
     assert_eq!(refused_code(conn.request(&Request::Agent(AgentRequest::FetchAssignment)).await), ErrorCode::Unauthenticated);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_maximum_are_refused_until_one_closes() {
+    let mut fleet = TestCoordinator::start_with(common::Options { no_server: true, ..Default::default() }).await;
+    fleet.config.max_connections = 2;
+    fleet.serve().await;
+    let first = raw_connect(&fleet, None).await.expect("first");
+    let _second = raw_connect(&fleet, None).await.expect("second");
+    let third = raw_connect(&fleet, None).await.expect_err("a third is refused");
+    assert!(third.to_string().contains("refused"), "{third}");
+    first.connection.close(0u32.into(), b"done");
+    let again = common::eventually(Duration::from_secs(10), || async { raw_connect(&fleet, None).await.is_ok() }).await;
+    assert!(again, "a place freed by a closed connection is taken again");
+}

@@ -71,8 +71,20 @@ pub async fn start_with(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
     let accept = endpoint.clone();
     let state = coordinator.clone();
     let driver = tokio::spawn(crate::app::driver::drive(coordinator.clone()));
+    let max_connections = coordinator.config.max_connections;
     let task = tokio::spawn(async move {
+        let mut refused: u64 = 0;
         while let Some(incoming) = accept.accept().await {
+            if accept.open_connections() >= max_connections {
+                incoming.refuse();
+                refused += 1;
+                // One line for the first refusal and then one per thousand:
+                // a flood does not flood the log.
+                if refused % 1000 == 1 {
+                    tracing::warn!(max_connections, refused, "connection refused: the coordinator holds its maximum");
+                }
+                continue;
+            }
             let state = state.clone();
             tokio::spawn(async move {
                 connection::handle(state, incoming).await;
