@@ -212,10 +212,11 @@ in
         # settings.runtime_dir (not a fixed name).
         RuntimeDirectory = lib.removePrefix "/run/" runtimeDir;
         RuntimeDirectoryPreserve = "yes";
-        # It switches the system as root; hardening that still allows that.
-        PrivateTmp = true;
-        ProtectHome = "read-only";
-        ProtectClock = true;
+        # It switches the system as root and mounts volumes for the whole
+        # machine: no options that give it a mount namespace of its own
+        # (PrivateTmp, ProtectHome: its mounts would not reach the other
+        # services) or a device policy (ProtectClock's DeviceAllow: blkid
+        # and mkfs need the volumes' block devices). What stays:
         ProtectHostname = false;
         RestrictRealtime = true;
         LockPersonality = true;
