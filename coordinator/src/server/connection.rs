@@ -122,7 +122,7 @@ async fn serve(state: &Arc<Coordinator>, conn: &quinn::Connection, peer: &Peer) 
             return answer_and_close(conn, send, e).await;
         }
         Err(e) => {
-            bad_stream(send, recv, &e).await;
+            bad_stream(&BadStreams::default(), send, recv, &e).await;
             close(conn, &WireError::new(ErrorCode::BadRequest, "the first request must be Hello"));
             return;
         }
@@ -144,12 +144,14 @@ async fn serve(state: &Arc<Coordinator>, conn: &quinn::Connection, peer: &Peer) 
         }
     }
 
+    let bad = Arc::new(BadStreams::default());
     while let Ok((send, recv)) = conn.accept_bi().await {
         let state = state.clone();
         let peer = peer.clone();
         let conn = conn.clone();
+        let bad = bad.clone();
         tokio::spawn(
-            async move { handle_stream(state, conn, peer, send, recv).await }
+            async move { handle_stream(state, conn, peer, &bad, send, recv).await }
                 .in_current_span(),
         );
     }
@@ -164,10 +166,46 @@ async fn answer_and_close(conn: &quinn::Connection, mut send: quinn::SendStream,
     close(conn, &error);
 }
 
+/// How many warnings about bad streams the whole coordinator writes per
+/// second; more are counted and named in the next one written.
+const BAD_STREAM_WARNINGS_PER_SECOND: u64 = 5;
+
+/// Bad streams from one connection: the first is a warning, the rest are
+/// debug lines, so that a client cannot fill the log.
+#[derive(Default)]
+pub(super) struct BadStreams {
+    seen: std::sync::atomic::AtomicU64,
+}
+
+/// The process-wide budget: (the second, warnings written in it, warnings
+/// suppressed since the last one written).
+static WARNING_BUDGET: std::sync::Mutex<(u64, u64, u64)> = std::sync::Mutex::new((0, 0, 0));
+
+fn log_bad_stream(bad: &BadStreams, e: &StreamError) {
+    let n = bad.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if n > 0 {
+        tracing::debug!(error = %e, streams = n + 1, "unreadable request; closing the stream");
+        return;
+    }
+    let second = crate::app::now_ms() / 1000;
+    let mut budget = WARNING_BUDGET.lock().unwrap_or_else(|p| p.into_inner());
+    if budget.0 != second {
+        *budget = (second, 0, budget.2);
+    }
+    if budget.1 >= BAD_STREAM_WARNINGS_PER_SECOND {
+        budget.2 += 1;
+        return;
+    }
+    budget.1 += 1;
+    let suppressed = std::mem::take(&mut budget.2);
+    drop(budget);
+    tracing::warn!(error = %e, suppressed, "unreadable request; closing the stream (later ones on this connection are logged at debug level)");
+}
+
 /// Answers a stream whose request could not be read, then closes it. The
 /// connection and every other stream go on.
-async fn bad_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, e: &StreamError) {
-    tracing::warn!(error = %e, "unreadable request; closing the stream");
+async fn bad_stream(bad: &BadStreams, mut send: quinn::SendStream, mut recv: quinn::RecvStream, e: &StreamError) {
+    log_bad_stream(bad, e);
     let _ = recv.stop(ErrorCode::BadRequest.as_u32().into());
     let error = WireError::new(ErrorCode::BadRequest, format!("unreadable request: {e}"));
     let _ = write_frame(&mut send, &Response::Error(error)).await;
@@ -178,12 +216,13 @@ async fn handle_stream(
     state: Arc<Coordinator>,
     conn: quinn::Connection,
     peer: Peer,
+    bad: &BadStreams,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
     let request = match read_frame::<Request>(&mut recv, max_frame(&peer)).await {
         Ok(request) => request,
-        Err(e) => return bad_stream(send, recv, &e).await,
+        Err(e) => return bad_stream(bad, send, recv, &e).await,
     };
     let denied = |code, msg: &str| Some(Response::Error(WireError::new(code, msg.to_string())));
     let answer = match (request, &peer) {
