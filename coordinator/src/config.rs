@@ -39,12 +39,76 @@ pub struct Config {
     /// coordinator hold.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Bounds on what clients without a certificate and bad streams can
+    /// make the coordinator hold.
+    #[serde(default, skip_serializing_if = "Limits::is_default")]
+    pub limits: Limits,
     /// Object storage (Garage) for buckets and keys; absent: no S3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Config>,
     /// Block storage (LINSTOR) for volumes; absent: no volumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub linstor: Option<LinstorConfig>,
+}
+
+/// Bounds on the resources clients can make the coordinator hold, beside
+/// `max_connections`. Enrolled agents and admins have their own share:
+/// anonymous connections (enrollment) never take more than their cap.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Connections without a certificate held at once, in total.
+    pub anonymous_connections: usize,
+    /// Connections without a certificate held at once from one source
+    /// address (raise it for many new VMs behind one NAT address).
+    pub anonymous_per_address: usize,
+    /// Concurrent requests (bi-directional streams) on one agent or admin
+    /// connection; a connection without a certificate gets 4.
+    pub streams_per_connection: u32,
+    /// Memory for request frames in flight on all connections together, in
+    /// MiB: an eighth for connections without a certificate, a quarter for
+    /// admins, the rest for machines. Bytes are reserved as they arrive;
+    /// when a share is used up, new requests of its kind are refused with
+    /// "unavailable" until frames complete.
+    pub frames_in_flight_mib: u64,
+    /// Repeated warnings from one peer (bad streams) are summarised once per
+    /// this interval ("412 bad streams from 198.51.100.7 in the last 1m").
+    #[serde(with = "humantime_serde")]
+    pub warning_summary_interval: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            anonymous_connections: 1_000,
+            anonymous_per_address: 100,
+            streams_per_connection: 64,
+            frames_in_flight_mib: 256,
+            warning_summary_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Limits {
+    fn is_default(&self) -> bool {
+        *self == Limits::default()
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.anonymous_connections == 0 || self.anonymous_per_address == 0 {
+            bail!("limits.anonymous_connections and limits.anonymous_per_address must be at least 1, or no machine can enroll");
+        }
+        if self.streams_per_connection < 2 {
+            bail!("limits.streams_per_connection must be at least 2 (an agent's event stream and one request)");
+        }
+        if self.frames_in_flight_mib < 64 {
+            bail!("limits.frames_in_flight_mib must be at least 64 (admins get a quarter of it, which must hold two of the largest frames, 8 MiB each)");
+        }
+        if self.warning_summary_interval < Duration::from_secs(1) {
+            bail!("limits.warning_summary_interval must be at least 1s");
+        }
+        Ok(())
+    }
 }
 
 /// Where the LINSTOR controller is and how volumes are placed.
@@ -213,6 +277,7 @@ impl Config {
             health_interval: default_health_interval(),
             idle_timeout: default_idle_timeout(),
             max_connections: default_max_connections(),
+            limits: Limits::default(),
             s3: None,
             linstor: None,
         }
@@ -266,6 +331,7 @@ impl Config {
         if self.max_connections == 0 {
             bail!("max_connections must be at least 1");
         }
+        self.limits.check()?;
         if self.advertise.ip().is_unspecified() {
             bail!("advertise must be an address clients can dial, not {}", self.advertise);
         }

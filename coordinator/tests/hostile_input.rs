@@ -31,14 +31,14 @@ impl HealthSource for HostileHealth {
             agent_version: "\u{1b}[31mred".into(),
             system_path: Some("/nix/store/\u{0}".into()),
             // Volumes it does not hold, with hostile text (the whole report
-            // stays under the frame limit).
-            volumes: (0..1_000)
+            // stays under the 1 MiB limit of a machine's requests).
+            volumes: (0..300)
                 .map(|i| drover_protocol::v1::VolumeState {
                     name: format!("v{i}\n"),
-                    mount_point: "/\u{0}".repeat(500),
+                    mount_point: "/\u{0}".repeat(100),
                     mounted: true,
                     formatted: true,
-                    filesystem: Some("x".repeat(1_000)),
+                    filesystem: Some("x".repeat(200)),
                     device_bytes: u64::MAX,
                     total_bytes: u64::MAX,
                     used_bytes: u64::MAX,

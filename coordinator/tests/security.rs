@@ -371,3 +371,25 @@ async fn connections_beyond_the_maximum_are_refused_until_one_closes() {
     let again = common::eventually(Duration::from_secs(10), || async { raw_connect(&fleet, None).await.is_ok() }).await;
     assert!(again, "a place freed by a closed connection is taken again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_connections_at_their_cap_leave_agents_and_admins_working() {
+    let mut fleet = TestCoordinator::start_with(common::Options { no_server: true, ..Default::default() }).await;
+    fleet.config.limits.anonymous_connections = 3;
+    fleet.config.limits.anonymous_per_address = 2;
+    fleet.serve().await;
+    let (_, token) = fleet.token(1, &[]).await;
+    let mut agent = fleet.spawn_agent("vm1", Some(&token));
+    let before = until_reported(&mut agent, 1).await.reports;
+
+    let _first = raw_connect(&fleet, None).await.expect("first");
+    let _second = raw_connect(&fleet, None).await.expect("second");
+    let third = raw_connect(&fleet, None).await.expect_err("a third from one address is refused");
+    assert_eq!(third.code(), Some(ErrorCode::Unavailable), "{third}");
+
+    let AdminResponse::Machines(machines) = fleet.call(AdminRequest::MachinesList { selector: Default::default() }).await else {
+        panic!("machines")
+    };
+    assert_eq!(machines.len(), 1, "admins keep working");
+    until_reported(&mut agent, before + 2).await;
+}

@@ -48,15 +48,39 @@ fn roots(ca_der: &[u8]) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(roots))
 }
 
+/// Concurrent bi-directional streams a peer may open by default.
+pub const DEFAULT_MAX_STREAMS: u32 = 64;
+
+/// Unread bytes a peer may have in flight on one connection, all streams
+/// together (quinn's default is unbounded): two of the largest frames.
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 16 << 20;
+
+/// Unread bytes a peer may have in flight on one stream.
+pub const STREAM_RECEIVE_WINDOW: u32 = 1 << 20;
+
+/// What the coordinator grants every connection in its handshake, before it
+/// knows who is there: streams and unread bytes enough for Hello and
+/// Enroll. It raises both for a connection whose certificate it accepts
+/// (`quinn::Connection::set_max_concurrent_bi_streams`,
+/// `set_receive_window`); credit once granted cannot be taken back.
+pub const UNAUTHENTICATED_MAX_STREAMS: u32 = 4;
+pub const UNAUTHENTICATED_RECEIVE_WINDOW: u32 = 256 << 10;
+
 /// Transport settings shared by both ends: keep-alives so that a dead peer is
 /// noticed, and a cap on concurrent streams per connection.
 pub fn transport(idle_timeout: Duration) -> Arc<quinn::TransportConfig> {
+    Arc::new(transport_config(idle_timeout, DEFAULT_MAX_STREAMS, CONNECTION_RECEIVE_WINDOW))
+}
+
+fn transport_config(idle_timeout: Duration, max_streams: u32, receive_window: u32) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(idle_timeout / 3));
     t.max_idle_timeout(quinn::IdleTimeout::try_from(idle_timeout).ok());
-    t.max_concurrent_bidi_streams(64u32.into());
+    t.max_concurrent_bidi_streams(max_streams.into());
     t.max_concurrent_uni_streams(0u32.into());
-    Arc::new(t)
+    t.receive_window(receive_window.into());
+    t.stream_receive_window(STREAM_RECEIVE_WINDOW.into());
+    t
 }
 
 /// Issues no stateless tickets (the default ticketer issues none either;
@@ -109,7 +133,11 @@ pub fn server_config(
     tls.ticketer = Arc::new(NoTickets);
     let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(transport(idle_timeout));
+    config.transport_config(Arc::new(transport_config(
+        idle_timeout,
+        UNAUTHENTICATED_MAX_STREAMS,
+        UNAUTHENTICATED_RECEIVE_WINDOW,
+    )));
     Ok(config)
 }
 

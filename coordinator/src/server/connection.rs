@@ -14,7 +14,7 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use drover_net::identity::PeerCertificate;
-use drover_net::stream::{read_frame, write_frame, StreamError};
+use drover_net::stream::{read_frame_within, write_frame, FrameBudget, StreamError};
 use drover_protocol::frame::{MAX_FRAME_LEN, MAX_UNAUTHENTICATED_FRAME_LEN};
 use drover_protocol::v1::{HelloAck, Request, Response};
 use drover_protocol::{negotiate, ErrorCode, WireError, SUPPORTED};
@@ -23,6 +23,7 @@ use crate::app::agent::{identify, is_revoked, Peer};
 use crate::app::{admin, enroll, Coordinator};
 
 use super::agent;
+use super::limits::{Limits, ADMIN_CONNECTION_BYTES, ANONYMOUS_CONNECTION_BYTES, MACHINE_CONNECTION_BYTES, MAX_MACHINE_REQUEST_LEN};
 
 /// How long a connection without a certificate may stay open.
 const ANONYMOUS_LIFETIME: Duration = Duration::from_secs(30);
@@ -30,7 +31,30 @@ const ANONYMOUS_LIFETIME: Duration = Duration::from_secs(30);
 fn max_frame(peer: &Peer) -> usize {
     match peer {
         Peer::Anonymous => MAX_UNAUTHENTICATED_FRAME_LEN,
-        _ => MAX_FRAME_LEN,
+        Peer::Machine { .. } => MAX_MACHINE_REQUEST_LEN,
+        Peer::Admin { .. } => MAX_FRAME_LEN,
+    }
+}
+
+/// The request bytes one connection may hold in flight, and its kind's
+/// share of the coordinator's budget.
+struct Budgets {
+    connection: FrameBudget,
+    share: FrameBudget,
+}
+
+impl Budgets {
+    fn new(limits: &Limits, peer: &Peer) -> Self {
+        let (bytes, share) = match peer {
+            Peer::Anonymous => (ANONYMOUS_CONNECTION_BYTES, &limits.budgets.anonymous),
+            Peer::Machine { .. } => (MACHINE_CONNECTION_BYTES, &limits.budgets.machines),
+            Peer::Admin { .. } => (ADMIN_CONNECTION_BYTES, &limits.budgets.admins),
+        };
+        Budgets { connection: FrameBudget::new(bytes), share: share.clone() }
+    }
+
+    async fn read(&self, recv: &mut quinn::RecvStream, peer: &Peer) -> Result<Request, StreamError> {
+        read_frame_within(recv, max_frame(peer), &[&self.connection, &self.share]).await
     }
 }
 
@@ -54,7 +78,7 @@ fn certificate(conn: &quinn::Connection) -> Result<Option<PeerCertificate>, Wire
         .map_err(|_| WireError::new(ErrorCode::Unauthenticated, "client certificate carries no drover identity"))
 }
 
-pub(super) async fn handle(state: Arc<Coordinator>, incoming: quinn::Incoming) {
+pub(super) async fn handle(state: Arc<Coordinator>, limits: Arc<Limits>, incoming: quinn::Incoming) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(conn) => conn,
@@ -69,6 +93,23 @@ pub(super) async fn handle(state: Arc<Coordinator>, incoming: quinn::Incoming) {
             tracing::info!(%remote, code = ?e.code, reason = %e.message, "connection refused");
             close(&conn, &e);
             return;
+        }
+    };
+    // A connection without a certificate takes one of the few places for
+    // enrollment; one with a certificate gets its streams and window.
+    let _slot = match &peer {
+        Peer::Anonymous => match limits.admit_anonymous(remote.ip()) {
+            Ok(slot) => Some(slot),
+            Err(e) => {
+                tracing::debug!(%remote, reason = %e.message, "connection refused");
+                close(&conn, &e);
+                return;
+            }
+        },
+        _ => {
+            conn.set_max_concurrent_bi_streams(limits.streams_per_connection.into());
+            conn.set_receive_window(drover_net::tls::CONNECTION_RECEIVE_WINDOW.into());
+            None
         }
     };
     let span = match &peer {
@@ -100,7 +141,7 @@ pub(super) async fn handle(state: Arc<Coordinator>, incoming: quinn::Incoming) {
             });
         }
         tracing::debug!("connected");
-        serve(&state, &conn, &peer).await;
+        serve(&state, &limits, &conn, &peer).await;
         if let Peer::Machine { id } = &peer {
             state.live.unregister(id, conn.stable_id());
         }
@@ -110,19 +151,20 @@ pub(super) async fn handle(state: Arc<Coordinator>, incoming: quinn::Incoming) {
     .await;
 }
 
-async fn serve(state: &Arc<Coordinator>, conn: &quinn::Connection, peer: &Peer) {
+async fn serve(state: &Arc<Coordinator>, limits: &Arc<Limits>, conn: &quinn::Connection, peer: &Peer) {
     // The first stream must carry Hello; it is handled before any other.
     let Ok((mut send, mut recv)) = conn.accept_bi().await else {
         return;
     };
-    let hello = match read_frame::<Request>(&mut recv, max_frame(peer)).await {
+    let budgets = Arc::new(Budgets::new(limits, peer));
+    let hello = match budgets.read(&mut recv, peer).await {
         Ok(Request::Hello(hello)) => hello,
         Ok(_) => {
             let e = WireError::new(ErrorCode::BadRequest, "the first request must be Hello");
             return answer_and_close(conn, send, e).await;
         }
         Err(e) => {
-            bad_stream(&BadStreams::default(), send, recv, &e).await;
+            bad_stream(limits, conn, send, recv, &e).await;
             close(conn, &WireError::new(ErrorCode::BadRequest, "the first request must be Hello"));
             return;
         }
@@ -144,14 +186,14 @@ async fn serve(state: &Arc<Coordinator>, conn: &quinn::Connection, peer: &Peer) 
         }
     }
 
-    let bad = Arc::new(BadStreams::default());
     while let Ok((send, recv)) = conn.accept_bi().await {
         let state = state.clone();
+        let limits = limits.clone();
+        let budgets = budgets.clone();
         let peer = peer.clone();
         let conn = conn.clone();
-        let bad = bad.clone();
         tokio::spawn(
-            async move { handle_stream(state, conn, peer, &bad, send, recv).await }
+            async move { handle_stream(state, limits, &budgets, conn, peer, send, recv).await }
                 .in_current_span(),
         );
     }
@@ -166,63 +208,45 @@ async fn answer_and_close(conn: &quinn::Connection, mut send: quinn::SendStream,
     close(conn, &error);
 }
 
-/// How many warnings about bad streams the whole coordinator writes per
-/// second; more are counted and named in the next one written.
-const BAD_STREAM_WARNINGS_PER_SECOND: u64 = 5;
-
-/// Bad streams from one connection: the first is a warning, the rest are
-/// debug lines, so that a client cannot fill the log.
-#[derive(Default)]
-pub(super) struct BadStreams {
-    seen: std::sync::atomic::AtomicU64,
-}
-
-/// The process-wide budget: (the second, warnings written in it, warnings
-/// suppressed since the last one written).
-static WARNING_BUDGET: std::sync::Mutex<(u64, u64, u64)> = std::sync::Mutex::new((0, 0, 0));
-
-fn log_bad_stream(bad: &BadStreams, e: &StreamError) {
-    let n = bad.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if n > 0 {
-        tracing::debug!(error = %e, streams = n + 1, "unreadable request; closing the stream");
-        return;
-    }
-    let second = crate::app::now_ms() / 1000;
-    let mut budget = WARNING_BUDGET.lock().unwrap_or_else(|p| p.into_inner());
-    if budget.0 != second {
-        *budget = (second, 0, budget.2);
-    }
-    if budget.1 >= BAD_STREAM_WARNINGS_PER_SECOND {
-        budget.2 += 1;
-        return;
-    }
-    budget.1 += 1;
-    let suppressed = std::mem::take(&mut budget.2);
-    drop(budget);
-    tracing::warn!(error = %e, suppressed, "unreadable request; closing the stream (later ones on this connection are logged at debug level)");
-}
-
 /// Answers a stream whose request could not be read, then closes it. The
-/// connection and every other stream go on.
-async fn bad_stream(bad: &BadStreams, mut send: quinn::SendStream, mut recv: quinn::RecvStream, e: &StreamError) {
-    log_bad_stream(bad, e);
-    let _ = recv.stop(ErrorCode::BadRequest.as_u32().into());
-    let error = WireError::new(ErrorCode::BadRequest, format!("unreadable request: {e}"));
+/// connection and every other stream go on. A request refused for want of
+/// memory is "unavailable", not the peer's fault.
+async fn bad_stream(
+    limits: &Limits,
+    conn: &quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    e: &StreamError,
+) {
+    let ip = conn.remote_address().ip();
+    let code = match e {
+        StreamError::BudgetExhausted { .. } => {
+            limits.budget_exhausted(ip);
+            ErrorCode::Unavailable
+        }
+        _ => {
+            limits.warnings.bad_stream(ip, e);
+            ErrorCode::BadRequest
+        }
+    };
+    let _ = recv.stop(code.as_u32().into());
+    let error = WireError::new(code, format!("unreadable request: {e}"));
     let _ = write_frame(&mut send, &Response::Error(error)).await;
     let _ = send.finish();
 }
 
 async fn handle_stream(
     state: Arc<Coordinator>,
+    limits: Arc<Limits>,
+    budgets: &Budgets,
     conn: quinn::Connection,
     peer: Peer,
-    bad: &BadStreams,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let request = match read_frame::<Request>(&mut recv, max_frame(&peer)).await {
+    let request = match budgets.read(&mut recv, &peer).await {
         Ok(request) => request,
-        Err(e) => return bad_stream(bad, send, recv, &e).await,
+        Err(e) => return bad_stream(&limits, &conn, send, recv, &e).await,
     };
     let denied = |code, msg: &str| Some(Response::Error(WireError::new(code, msg.to_string())));
     let answer = match (request, &peer) {

@@ -7,6 +7,7 @@
 
 mod agent;
 mod connection;
+mod limits;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub struct ServerHandle {
     endpoint: quinn::Endpoint,
     task: JoinHandle<()>,
     driver: JoinHandle<()>,
+    summaries: JoinHandle<()>,
 }
 
 impl ServerHandle {
@@ -39,6 +41,8 @@ impl ServerHandle {
         let _ = self.task.await;
         self.driver.abort();
         let _ = self.driver.await;
+        self.summaries.abort();
+        let _ = self.summaries.await;
         let _ = self.coordinator.store.flush().await;
     }
 }
@@ -71,6 +75,11 @@ pub async fn start_with(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
     let accept = endpoint.clone();
     let state = coordinator.clone();
     let driver = tokio::spawn(crate::app::driver::drive(coordinator.clone()));
+    let limits = limits::Limits::new(&coordinator.config.limits);
+    let summaries = {
+        let limits = limits.clone();
+        tokio::spawn(async move { limits.warnings.run().await })
+    };
     let max_connections = coordinator.config.max_connections;
     let task = tokio::spawn(async move {
         let mut refused: u64 = 0;
@@ -86,8 +95,9 @@ pub async fn start_with(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
                 continue;
             }
             let state = state.clone();
+            let limits = limits.clone();
             tokio::spawn(async move {
-                connection::handle(state, incoming).await;
+                connection::handle(state, limits, incoming).await;
             });
         }
     });
@@ -97,5 +107,6 @@ pub async fn start_with(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
         endpoint,
         task,
         driver,
+        summaries,
     })
 }

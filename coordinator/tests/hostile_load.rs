@@ -1,0 +1,194 @@
+//! The coordinator under the worst the protocol allows: connections without
+//! a certificate and enrolled ones holding every stream they may open, each
+//! declaring the largest frame and sending as much of it as flow control
+//! lets through, while honest agents report and a deployment to all of them
+//! completes. The coordinator (its own process) stays within its memory
+//! bound and no honest agent goes offline. Before frames were read as their
+//! bytes arrived, within a budget, one machine connection with 60 such
+//! streams took the coordinator from 110 to 823 MiB.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::flake::{flake, flake_spec, spawn_vm};
+use common::{eventually, until_reported, Options, TestCoordinator};
+use drover_protocol::v1::*;
+
+/// Connections without a certificate, each holding the streams it may open.
+const ANONYMOUS: usize = 300;
+/// Enrolled machines that attack: every stream declares the largest
+/// request a machine may send.
+const AUTHENTICATED: usize = 20;
+const STREAMS_PER_MACHINE: usize = 64;
+/// Honest agents that keep reporting and take a deployment.
+const AGENTS: usize = 8;
+/// The budget for frames in flight, set in the coordinator's configuration.
+const FRAMES_IN_FLIGHT_MIB: u64 = 64;
+/// The bound the README states: idle RSS plus the frame budget plus 128 MiB
+/// for QUIC's own buffers and connection state.
+const BOUND_MIB: u64 = FRAMES_IN_FLIGHT_MIB + 128;
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the coordinator's status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Opens a stream that declares a frame of `declared` bytes and sends up to
+/// `sent` of them (as far as the coordinator reads), never finishing it.
+async fn hold_stream(conn: &quinn::Connection, declared: u32, sent: usize) -> Option<(quinn::SendStream, quinn::RecvStream)> {
+    let (mut send, recv) = tokio::time::timeout(Duration::from_secs(2), conn.open_bi()).await.ok()?.ok()?;
+    send.write_all(&declared.to_be_bytes()).await.ok()?;
+    let _ = tokio::time::timeout(Duration::from_secs(5), send.write_all(&vec![0x5A; sent])).await;
+    Some((send, recv))
+}
+
+async fn attacker(
+    endpoint: &quinn::Endpoint,
+    fleet: &TestCoordinator,
+    ca: &[u8],
+    identity: Option<(&[u8], &[u8])>,
+) -> Option<drover_net::CoordinatorConnection> {
+    let config = drover_net::tls::client_config(ca, identity, Duration::from_secs(30)).expect("tls");
+    drover_net::CoordinatorConnection::connect(endpoint, config, fleet.addr, "127.0.0.1", "attacker", Duration::from_secs(10))
+        .await
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_neither_grow_the_coordinator_past_its_bound_nor_starve_its_agents() {
+    let mut fleet = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
+    // Every attacker comes from 127.0.0.1: let them all in, so that the
+    // frame budget, not the per-address cap, is what holds.
+    fleet.config.limits.anonymous_per_address = 1_000;
+    fleet.config.limits.frames_in_flight_mib = FRAMES_IN_FLIGHT_MIB;
+    std::fs::write(fleet.state_dir.join("drover.toml"), fleet.config.to_toml()).expect("write the configuration");
+    let mut coordinator = common::spawn_coordinator(&fleet.state_dir);
+    let pid = coordinator.id();
+
+    let (_, token) = fleet.token((AGENTS + AUTHENTICATED) as u32, &[("role", "web")]).await;
+    let flake = flake(fleet.dir.path());
+    let mut agents: Vec<_> = (0..AGENTS).map(|i| spawn_vm(&fleet, &format!("vm{i}"), Some(&token))).collect();
+    for (_, agent) in &mut agents {
+        until_reported(agent, 1).await;
+    }
+    let token_text = std::fs::read_to_string(&token).expect("token");
+    let mut identities = Vec::new();
+    for i in 0..AUTHENTICATED {
+        let (issued, key) = common::enroll_raw(&fleet, token_text.trim(), &format!("evil{i}")).await;
+        identities.push((issued.certificate_der, key));
+    }
+    let idle_kib = rss_kib(pid);
+    let reports_before: Vec<u64> = agents.iter().map(|(_, a)| a.status.borrow().reports).collect();
+
+    let peak = Arc::new(AtomicU64::new(idle_kib));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    let ca = drover_net::identity::read_cert_pem(&fleet.state_dir.join("ca.pem")).expect("ca");
+    let endpoint = drover_net::client::client_endpoint(fleet.addr).expect("endpoint");
+    let mut held = Vec::new();
+    let mut anonymous_in = 0;
+    for _ in 0..ANONYMOUS {
+        if let Some(conn) = attacker(&endpoint, &fleet, &ca, None).await {
+            anonymous_in += 1;
+            held.push(conn);
+        }
+    }
+    assert_eq!(anonymous_in, ANONYMOUS, "connections without a certificate up to the cap are let in");
+    let mut machines_in = 0;
+    for (cert, key) in &identities {
+        if let Some(conn) = attacker(&endpoint, &fleet, &ca, Some((cert, key))).await {
+            machines_in += 1;
+            held.push(conn);
+        }
+    }
+    assert_eq!(machines_in, AUTHENTICATED);
+
+    // Every connection opens all it may: the anonymous ones 4 streams of
+    // 64 KiB frames (3 after Hello), the machines 64 of 1 MiB, all at once.
+    let mut attacks = tokio::task::JoinSet::new();
+    for (i, conn) in held.iter().enumerate() {
+        let conn = conn.connection.clone();
+        let (streams, declared, sent) = if i < ANONYMOUS { (4, 64 << 10, 60 << 10) } else { (STREAMS_PER_MACHINE, 1 << 20, 1 << 20) };
+        attacks.spawn(async move {
+            let mut open = Vec::new();
+            for _ in 0..streams {
+                if let Some(s) = hold_stream(&conn, declared, sent).await {
+                    open.push(s);
+                }
+            }
+            // Garbage on the way out, then the streams stay held.
+            if let Some((mut send, _recv)) = hold_stream(&conn, 8, 0).await {
+                let _ = send.write_all(&[0xEE; 8]).await;
+            }
+            open
+        });
+    }
+
+    // Meanwhile the honest agents take a deployment.
+    let spec = DeploySpec {
+        machine: None,
+        selector: [("role".to_string(), "web".to_string())].into(),
+        system: flake_spec(&flake, "good"),
+        secrets: vec![],
+        facts: Default::default(),
+        checks: vec![],
+        health_deadline_ms: 5_000,
+        buckets: vec![],
+        volumes: vec![],
+    };
+    let AdminResponse::Deployed(targets) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!("deploy") };
+    assert_eq!(targets.len(), AGENTS + AUTHENTICATED, "the deployment targets every machine with the label");
+    let honest: Vec<String> = {
+        let machines = fleet.machines().await;
+        machines.iter().filter(|m| m.hostname.starts_with("vm")).map(|m| m.id.clone()).collect()
+    };
+    assert_eq!(honest.len(), AGENTS);
+    let all_succeeded = eventually(Duration::from_secs(120), || async {
+        let AdminResponse::Deployments(list) = fleet.call(AdminRequest::DeploymentsList { machine: None }).await else { return false };
+        honest.iter().all(|id| list.iter().any(|d| &d.machine_id == id && d.state == DeploymentState::Succeeded))
+    })
+    .await;
+    let mut still_open = Vec::new();
+    while let Some(open) = attacks.join_next().await {
+        still_open.push(open.expect("attack task"));
+    }
+    assert!(all_succeeded, "every honest agent applied the deployment during the attack");
+
+    let machines = fleet.machines().await;
+    for id in &honest {
+        let m = machines.iter().find(|m| &m.id == id).expect("listed");
+        assert_eq!(m.status, MachineStatus::Online, "{} stayed online: {m:?}", m.hostname);
+    }
+    for ((vm, agent), before) in agents.iter().zip(reports_before) {
+        let after = agent.status.borrow().reports;
+        assert!(after > before, "{} kept reporting health during the attack ({before} then {after})", vm.name);
+    }
+
+    sampler.abort();
+    let peak_kib = peak.load(Ordering::Relaxed).max(rss_kib(pid));
+    let grown_mib = peak_kib.saturating_sub(idle_kib) / 1024;
+    eprintln!("coordinator RSS: idle {} MiB, peak {} MiB under attack (+{grown_mib} MiB)", idle_kib / 1024, peak_kib / 1024);
+    assert!(
+        grown_mib <= BOUND_MIB,
+        "the coordinator grew by {grown_mib} MiB under attack; the bound is {BOUND_MIB} MiB"
+    );
+    drop(still_open);
+    drop(held);
+    coordinator.kill().expect("stop the coordinator");
+    coordinator.wait().expect("reap");
+}
