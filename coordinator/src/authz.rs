@@ -26,7 +26,8 @@ pub fn required_role(request: &AdminRequest) -> Role {
         | AdminRequest::Volumes(VolumeRequest::List | VolumeRequest::Show { .. } | VolumeRequest::Snapshots { prune: false, .. })
         | AdminRequest::TenantsList
         | AdminRequest::TenantsShow { show_password: false, .. }
-        | AdminRequest::AdminsKeys { .. } => Role::Viewer,
+        | AdminRequest::AdminsKeys { .. }
+        | AdminRequest::Audit { .. } => Role::Viewer,
         // Who may log in to machines is decided by admins only.
         AdminRequest::TenantsCreate(spec) if !spec.managers.is_empty() => Role::Admin,
         AdminRequest::TokensCreate(_)
@@ -45,7 +46,9 @@ pub fn required_role(request: &AdminRequest) -> Role {
         | AdminRequest::TenantsManagers { .. }
         | AdminRequest::AdminsAddKey { .. }
         | AdminRequest::AdminsRemoveKey { .. }
-        | AdminRequest::AdminsRemove { .. } => Role::Admin,
+        | AdminRequest::AdminsRemove { .. }
+        // A backup holds the fleet CA's key.
+        | AdminRequest::Backup => Role::Admin,
     }
 }
 

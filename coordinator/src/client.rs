@@ -56,6 +56,41 @@ impl AdminClient {
         }
     }
 
+    /// Takes a backup, writing its parts to `out` as they arrive and
+    /// calling `progress` with the bytes so far; returns its size and
+    /// SHA-256 once both are checked against what arrived.
+    pub async fn backup(&self, out: &mut impl std::io::Write, mut progress: impl FnMut(u64)) -> Result<(u64, String)> {
+        use sha2::Digest;
+        if self.conn.version < 4 {
+            anyhow::bail!("the coordinator speaks protocol {}; backups need 4 (upgrade the coordinator)", self.conn.version);
+        }
+        let (mut send, mut recv) = self.conn.connection.open_bi().await.context("opening a stream")?;
+        drover_net::stream::write_frame(&mut send, &Request::Admin(AdminRequest::Backup)).await?;
+        send.finish().ok();
+        let mut hash = sha2::Sha256::new();
+        let mut got: u64 = 0;
+        loop {
+            let frame: Response = drover_net::stream::read_frame(&mut recv, drover_protocol::frame::MAX_FRAME_LEN).await?;
+            match frame {
+                Response::Admin(AdminResponse::BackupChunk(bytes)) => {
+                    hash.update(&bytes);
+                    out.write_all(&bytes).context("writing the backup")?;
+                    got += bytes.len() as u64;
+                    progress(got);
+                }
+                Response::Admin(AdminResponse::BackupEnd { bytes, sha256 }) => {
+                    let ours = hex::encode(hash.finalize());
+                    if bytes != got || sha256 != ours {
+                        anyhow::bail!("the backup arrived damaged ({got} of {bytes} bytes, SHA-256 {ours} instead of {sha256}); take it again");
+                    }
+                    return Ok((bytes, sha256));
+                }
+                Response::Error(e) => return Err(ClientError::Refused(e).into()),
+                other => anyhow::bail!("unexpected answer to a backup: {other:?}"),
+            }
+        }
+    }
+
     pub async fn close(self) {
         self.conn.connection.close(0u32.into(), b"done");
         self._endpoint.wait_idle().await;

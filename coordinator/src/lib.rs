@@ -15,6 +15,7 @@
 
 pub mod app;
 pub mod authz;
+pub mod backup;
 pub mod bundle;
 pub mod cli;
 pub mod client;

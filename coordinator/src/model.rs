@@ -95,7 +95,7 @@ fn finite32(x: f32) -> f32 {
 
 /// Text from the network as it may be stored: without control characters,
 /// at most `max` bytes (cut at a character boundary).
-fn clean_text(text: &str, max: usize) -> String {
+pub fn clean_text(text: &str, max: usize) -> String {
     let mut out: String = text.chars().filter(|c| !c.is_control()).collect();
     if out.len() > max {
         let mut end = max;
@@ -377,6 +377,29 @@ pub struct S3NodeRecord {
     /// Learnt from the node at `cluster apply`.
     pub id: Option<String>,
     pub added_at: UnixMillis,
+}
+
+/// One change an admin asked for, keyed by time and a sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub at: UnixMillis,
+    pub admin: String,
+    pub action: String,
+    /// What it was about; never a secret value.
+    pub target: String,
+    pub outcome: String,
+}
+
+impl AuditRecord {
+    pub fn to_wire(&self) -> v1::AuditEntry {
+        v1::AuditEntry {
+            at: self.at,
+            admin: self.admin.clone(),
+            action: self.action.clone(),
+            target: self.target.clone(),
+            outcome: self.outcome.clone(),
+        }
+    }
 }
 
 /// A volume Drover made or adopted, keyed by name.

@@ -69,8 +69,8 @@ async fn hostile_clients_neither_grow_the_coordinator_past_its_bound_nor_starve_
     fleet.config.limits.anonymous_per_address = 1_000;
     fleet.config.limits.frames_in_flight_mib = FRAMES_IN_FLIGHT_MIB;
     std::fs::write(fleet.state_dir.join("drover.toml"), fleet.config.to_toml()).expect("write the configuration");
-    let mut coordinator = common::spawn_coordinator(&fleet.state_dir);
-    let pid = coordinator.id();
+    let coordinator = common::Serving(common::spawn_coordinator(&fleet.state_dir));
+    let pid = coordinator.0.id();
 
     let (_, token) = fleet.token((AGENTS + AUTHENTICATED) as u32, &[("role", "web")]).await;
     let flake = flake(fleet.dir.path());
@@ -189,6 +189,4 @@ async fn hostile_clients_neither_grow_the_coordinator_past_its_bound_nor_starve_
     );
     drop(still_open);
     drop(held);
-    coordinator.kill().expect("stop the coordinator");
-    coordinator.wait().expect("reap");
 }

@@ -290,6 +290,14 @@ pub enum AdminRequest {
     AdminsRemove { name: String },
     /// Volumes from the block storage (protocol 3).
     Volumes(VolumeRequest),
+    /// A consistent snapshot of the coordinator's state, taken while it
+    /// serves; answered on the same stream by [`AdminResponse::BackupChunk`]s
+    /// and one [`AdminResponse::BackupEnd`] (protocol 4).
+    Backup,
+    /// The audit log: what admins changed, oldest first, at most `limit`
+    /// entries (the newest ones), from `since` on and by `admin` when given
+    /// (protocol 4).
+    Audit { since: Option<UnixMillis>, admin: Option<String>, limit: u32 },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -314,6 +322,26 @@ pub enum AdminResponse {
     Tenants(Vec<TenantInfo>),
     SshKeys(Vec<SshKeyInfo>),
     Volumes(VolumeResponse),
+    /// Part of a backup, in order.
+    BackupChunk(Vec<u8>),
+    /// The end of a backup: its size and SHA-256 (hex), to check the parts.
+    BackupEnd { bytes: u64, sha256: String },
+    Audit(Vec<AuditEntry>),
+}
+
+/// One change an admin asked for, as the coordinator recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct AuditEntry {
+    pub at: UnixMillis,
+    pub admin: String,
+    /// What was asked, as the CLI says it ("tokens create", "s3 key show
+    /// --show-secret").
+    pub action: String,
+    /// What it was about (an id, a name, a selector); never a secret value.
+    pub target: String,
+    /// "ok", or the refusal's code and message.
+    pub outcome: String,
 }
 
 /// An operator to record (`drover tenants create`).

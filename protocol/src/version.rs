@@ -4,11 +4,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorCode, WireError};
 
-/// The protocol version this build speaks natively.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// The protocol version this build speaks natively. Version 4 added the
+/// admin requests `Backup` and `Audit`; a version 3 peer speaks everything
+/// else unchanged, so agents of either version work with this coordinator.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The inclusive range of protocol versions this build accepts.
-pub const SUPPORTED: VersionRange = VersionRange { min: 3, max: 3 };
+pub const SUPPORTED: VersionRange = VersionRange { min: 3, max: 4 };
 
 /// An inclusive range of protocol versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

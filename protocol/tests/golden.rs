@@ -6,6 +6,8 @@
 //! and `...WithBuckets` messages into their base messages and made rollout
 //! phases enums, and version 3, which added volumes to assignments, health
 //! reports and deployments; older peers are refused by name at Hello).
+//! Version 4 only added messages (backup and audit), so version 3 peers
+//! are still served.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -239,6 +241,8 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-admin-admins-add-key", Request::Admin(AdminRequest::AdminsAddKey { name: "alice".into(), login: "root".into(), key: "ssh-ed25519 AAAA alice@laptop".into() })),
         ("request-admin-admins-remove-key", Request::Admin(AdminRequest::AdminsRemoveKey { name: "alice".into(), fingerprint: "SHA256:abc".into() })),
         ("request-admin-admins-keys", Request::Admin(AdminRequest::AdminsKeys { name: Some("alice".into()) })),
+        ("request-admin-backup", Request::Admin(AdminRequest::Backup)),
+        ("request-admin-audit", Request::Admin(AdminRequest::Audit { since: Some(1), admin: Some("root".into()), limit: 100 })),
         ("request-admin-admins-remove", Request::Admin(AdminRequest::AdminsRemove { name: "alice".into() })),
         ("request-admin-deploy-with-volumes", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000, buckets: vec![], volumes: vec![VolumeClaim { name: "data".into(), mount_point: "/srv/data".into(), filesystem: Filesystem::Ext4, size_bytes: Some(20 << 30) }] }))),
         ("request-admin-volumes-create", Request::Admin(AdminRequest::Volumes(VolumeRequest::Create { name: "data".into(), size_bytes: 20 << 30, replicas: Some(2), resource_group: Some("rg".into()) }))),
@@ -279,6 +283,18 @@ fn responses() -> Vec<(&'static str, Response)> {
         ("response-admin-tenants", Response::Admin(AdminResponse::Tenants(vec![tenant()]))),
         ("response-admin-volume", Response::Admin(AdminResponse::Volumes(VolumeResponse::Volume(volume_info())))),
         ("response-admin-volume-snapshots", Response::Admin(AdminResponse::Volumes(VolumeResponse::Snapshots(vec![SnapshotInfo { name: "before-r-0a1b2c3d".into(), volume: "data".into(), created_at: 1 }])))),
+        ("response-admin-backup-chunk", Response::Admin(AdminResponse::BackupChunk(b"DROVER-BACKUP 1\n".to_vec()))),
+        ("response-admin-backup-end", Response::Admin(AdminResponse::BackupEnd { bytes: 4096, sha256: "ab".repeat(32) })),
+        (
+            "response-admin-audit",
+            Response::Admin(AdminResponse::Audit(vec![AuditEntry {
+                at: 1,
+                admin: "root".into(),
+                action: "tokens create".into(),
+                target: "1 uses, labels role=web".into(),
+                outcome: "ok".into(),
+            }])),
+        ),
         ("response-admin-ssh-keys", Response::Admin(AdminResponse::SshKeys(vec![SshKeyInfo { admin: "alice".into(), login: "root".into(), fingerprint: "SHA256:abc".into(), algorithm: "ssh-ed25519".into(), comment: "alice@laptop".into(), added_at: 1 }]))),
     ]
 }

@@ -9,14 +9,31 @@ use drover_protocol::{ErrorCode, WireError};
 use crate::authz;
 use crate::model::AdminRecord;
 
-use super::{deployments, machines, rollouts, s3, tenants, volumes, Coordinator};
+use super::{audit, deployments, machines, rollouts, s3, tenants, volumes, Coordinator};
 
-/// Answers one admin request from the admin called `name`.
+/// Answers one admin request and records it in the audit log when it
+/// changes something or shows a secret.
 pub async fn handle(state: &Coordinator, name: &str, request: AdminRequest) -> Response {
-    match answer(state, name, request).await {
+    let what = audit::describe(&request);
+    let answer = answer(state, name, request).await;
+    audit::record(state, name, what, answer.as_ref().map(|_| ())).await;
+    match answer {
         Ok(answer) => Response::Admin(answer),
         Err(error) => Response::Error(error),
     }
+}
+
+/// `drover backup`: a snapshot of the coordinator's state for an admin
+/// (it holds the fleet CA's key), recorded in the audit log.
+pub async fn backup(state: &Coordinator, name: &str) -> Result<Vec<u8>, WireError> {
+    let request = AdminRequest::Backup;
+    let what = audit::describe(&request);
+    let outcome = match authorize(state, name, &request) {
+        Ok(_) => super::backup::write(state).await,
+        Err(e) => Err(e),
+    };
+    audit::record(state, name, what, outcome.as_ref().map(|_| ())).await;
+    outcome
 }
 
 /// The admin record behind a name, and whether its role allows `request`.
@@ -71,5 +88,7 @@ async fn answer(state: &Coordinator, name: &str, request: AdminRequest) -> Resul
         R::AdminsKeys { name } => tenants::keys(state, name.as_deref())?,
         R::AdminsRemove { name } => tenants::remove_admin(state, by, &name).await?,
         R::Volumes(request) => volumes::handle(state, by, request).await?,
+        R::Audit { since, admin, limit } => audit::list(state, since, admin.as_deref(), limit)?,
+        R::Backup => return Err(WireError::new(ErrorCode::BadRequest, "a backup is answered in parts; use `drover backup FILE`")),
     })
 }

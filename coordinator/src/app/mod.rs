@@ -14,6 +14,8 @@
 
 pub mod admin;
 pub mod agent;
+pub mod audit;
+pub mod backup;
 pub mod deployments;
 pub mod driver;
 pub mod enroll;

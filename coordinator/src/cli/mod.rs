@@ -67,6 +67,15 @@ pub enum Command {
     Volumes(VolumesCommand),
     /// Show which admin the bundle authenticates as.
     Whoami(AdminArgs),
+    /// Write a consistent snapshot of the coordinator's state (store, fleet
+    /// CA, server certificate, configuration) to FILE while it serves.
+    /// Needs the admin role; the file holds the CA's key: keep it safe.
+    Backup(BackupArgs),
+    /// Make a new state directory from a backup; a coordinator started on it
+    /// serves the same machines, which reconnect without enrolling.
+    Restore(RestoreArgs),
+    /// What admins changed (and which secrets they looked at), oldest first.
+    Audit(AuditArgs),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -98,6 +107,61 @@ pub struct InitArgs {
     /// Lifetime of machine certificates (e.g. 7d); agents renew at two thirds.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub machine_cert_lifetime: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Where to write the backup (must not exist; written with mode 0600).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// A file written by `drover backup`.
+    pub file: PathBuf,
+    /// The state directory to make (must not exist, or be empty).
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    /// Check the file and print what it holds; write nothing.
+    #[arg(long)]
+    pub check: bool,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only entries from this long ago on (e.g. 1h, 7d), or from this
+    /// RFC 3339 time on (e.g. 2026-11-24T08:00:00Z).
+    #[arg(long, value_parser = parse_since)]
+    pub since: Option<Since>,
+    /// Only what this admin did.
+    #[arg(long = "by-admin", value_name = "NAME")]
+    pub by_admin: Option<String>,
+    /// At most this many entries (the newest).
+    #[arg(long, default_value_t = 1000)]
+    pub limit: u32,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// `--since`: an age or a point in time.
+#[derive(Debug, Clone, Copy)]
+pub enum Since {
+    Ago(Duration),
+    At(std::time::SystemTime),
+}
+
+fn parse_since(text: &str) -> Result<Since, String> {
+    if let Ok(d) = humantime::parse_duration(text) {
+        return Ok(Since::Ago(d));
+    }
+    humantime::parse_rfc3339_weak(text)
+        .map(Since::At)
+        .map_err(|_| format!("{text:?} is neither a duration (1h, 7d) nor a time (2026-11-24T08:00:00Z)"))
 }
 
 #[derive(Debug, Args)]

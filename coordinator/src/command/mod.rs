@@ -1,6 +1,8 @@
 //! One module per CLI verb. [`run`] dispatches a parsed command line.
 
 pub mod admins;
+pub mod audit;
+pub mod backup;
 pub mod deploy;
 pub mod deployments;
 pub mod init;
@@ -48,6 +50,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Admins(cmd) => admins::run(cmd).await,
         Command::Tenants(cmd) => tenants::run(cmd).await,
         Command::Whoami(args) => admins::whoami(args).await,
+        Command::Backup(args) => backup::backup(args).await,
+        Command::Restore(args) => backup::restore(args),
+        Command::Audit(args) => audit::run(args).await,
         Command::Deploy(args) => deploy::run(args).await,
         Command::Deployments(cmd) => deployments::run(cmd).await,
         Command::Rollout(cmd) => rollout::run(cmd).await,

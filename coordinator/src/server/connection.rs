@@ -16,7 +16,7 @@ use tracing::Instrument;
 use drover_net::identity::PeerCertificate;
 use drover_net::stream::{read_frame_within, write_frame, FrameBudget, StreamError};
 use drover_protocol::frame::{MAX_FRAME_LEN, MAX_UNAUTHENTICATED_FRAME_LEN};
-use drover_protocol::v1::{HelloAck, Request, Response};
+use drover_protocol::v1::{AdminRequest, AdminResponse, HelloAck, Request, Response};
 use drover_protocol::{negotiate, ErrorCode, WireError, SUPPORTED};
 
 use crate::app::agent::{identify, is_revoked, Peer};
@@ -261,6 +261,13 @@ async fn handle_stream(
         }
         (Request::Agent(_), Peer::Anonymous) => denied(ErrorCode::Unauthenticated, "this request needs a machine certificate; enroll first"),
         (Request::Agent(_), Peer::Admin { .. }) => denied(ErrorCode::PermissionDenied, "admin certificates cannot make agent requests"),
+        (Request::Admin(AdminRequest::Backup), Peer::Admin { name }) => match admin::backup(&state, name).await {
+            Ok(bytes) => {
+                send_backup(&mut send, &bytes).await;
+                None
+            }
+            Err(e) => Some(Response::Error(e)),
+        },
         (Request::Admin(req), Peer::Admin { name }) => Some(admin::handle(&state, name, req).await),
         (Request::Admin(_), Peer::Anonymous) => denied(ErrorCode::Unauthenticated, "this request needs an admin certificate"),
         (Request::Admin(_), Peer::Machine { .. }) => denied(ErrorCode::PermissionDenied, "machine certificates cannot make admin requests"),
@@ -272,4 +279,20 @@ async fn handle_stream(
         let _ = write_frame(&mut send, &answer).await;
         let _ = send.finish();
     }
+}
+
+/// The largest part of a backup in one frame.
+const BACKUP_CHUNK: usize = 4 << 20;
+
+/// Sends a backup in parts, then its size and SHA-256.
+async fn send_backup(send: &mut quinn::SendStream, bytes: &[u8]) {
+    use sha2::Digest;
+    for chunk in bytes.chunks(BACKUP_CHUNK) {
+        if write_frame(send, &Response::Admin(AdminResponse::BackupChunk(chunk.to_vec()))).await.is_err() {
+            return;
+        }
+    }
+    let end = AdminResponse::BackupEnd { bytes: bytes.len() as u64, sha256: hex::encode(sha2::Sha256::digest(bytes)) };
+    let _ = write_frame(send, &Response::Admin(end)).await;
+    let _ = send.finish();
 }

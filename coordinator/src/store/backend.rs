@@ -36,10 +36,11 @@ pub enum Tree {
     Tenants,
     Enrollments,
     Volumes,
+    Audit,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 11] = [
+    pub const ALL: [Tree; 12] = [
         Tree::Meta,
         Tree::Machines,
         Tree::Tokens,
@@ -51,6 +52,7 @@ impl Tree {
         Tree::Tenants,
         Tree::Enrollments,
         Tree::Volumes,
+        Tree::Audit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,7 +68,13 @@ impl Tree {
             Tree::Tenants => "tenants",
             Tree::Enrollments => "enrollments",
             Tree::Volumes => "volumes",
+            Tree::Audit => "audit",
         }
+    }
+
+    /// The tree of a name, as [`Tree::name`] gives it.
+    pub fn named(name: &str) -> Option<Tree> {
+        Tree::ALL.into_iter().find(|t| t.name() == name)
     }
 
     fn index(self) -> usize {

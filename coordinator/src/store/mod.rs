@@ -16,6 +16,7 @@
 //! Concerns: [`machines`] (machines, tokens, admins), [`deployments`]
 //! (assignments and deployment records), [`rollouts`], [`tenants`], [`s3`].
 
+pub mod audit;
 pub mod backend;
 mod codec;
 pub mod deployments;
@@ -77,7 +78,13 @@ pub trait Record: Serialize + DeserializeOwned {
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<dyn Backend>,
+    /// Transactions hold it shared; a snapshot holds it alone, so that it
+    /// sees every tree at one moment.
+    gate: Arc<std::sync::RwLock<()>>,
 }
+
+/// Every tree's pairs at one moment: (tree name, pairs in key order).
+pub type Snapshot = Vec<(String, backend::Pairs)>;
 
 impl Store {
     /// Opens (or creates) the sled store in `dir`.
@@ -95,7 +102,38 @@ impl Store {
     }
 
     pub fn with_backend(backend: Arc<dyn Backend>) -> Self {
-        Store { backend }
+        Store { backend, gate: Arc::default() }
+    }
+
+    /// Every tree at one moment, while the store serves: transactions wait
+    /// while the trees are read.
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        Tree::ALL.iter().map(|t| Ok((t.name().to_string(), self.backend.scan(*t, b"")?))).collect()
+    }
+
+    /// Writes a snapshot into this (empty) store, durably. A tree this
+    /// build does not know is refused.
+    pub fn load_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let mut trees = Vec::new();
+        for (name, pairs) in snapshot {
+            let tree = Tree::named(name).ok_or_else(|| StoreError::Corrupt {
+                tree: "backup",
+                key: name.clone(),
+                reason: "a tree this coordinator does not know (a backup from a newer version?)".into(),
+            })?;
+            trees.push((tree, pairs));
+        }
+        self.backend.transaction(&mut |tx| {
+            for (tree, pairs) in &trees {
+                for (k, v) in pairs.iter() {
+                    tx.insert(*tree, k, v.clone())?;
+                }
+            }
+            Ok(())
+        })?;
+        self.backend.flush_blocking()?;
+        self.check_schema(Path::new("<backup>"))
     }
 
     /// Refuses a store written by a newer coordinator; records the version.
@@ -148,6 +186,7 @@ impl Store {
     /// [`Store::commit`].
     pub fn transact<T, E: From<StoreError>>(&self, body: impl Fn(&Tx) -> Result<T, E>) -> Result<T, E> {
         let outcome: RefCell<Option<Result<T, E>>> = RefCell::new(None);
+        let _shared = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let result = self.backend.transaction(&mut |inner| {
             let tx = Tx { inner, failure: RefCell::new(None) };
             let answer = body(&tx);
@@ -247,6 +286,11 @@ impl Tx<'_> {
             return Err(StoreError::Conflict(taken()));
         }
         self.put(key, record)
+    }
+
+    /// Removes a key whatever its value holds (a damaged record too).
+    pub fn remove_raw(&self, tree: Tree, key: &[u8]) -> Result<(), StoreError> {
+        self.backend(self.inner.remove(tree, key)).map(|_| ())
     }
 
     pub fn remove<T: Record>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {

@@ -264,6 +264,16 @@ pub fn drover_json(fleet: &TestCoordinator, args: &[&str]) -> (bool, serde_json:
     (out.status.success(), json, String::from_utf8_lossy(&out.stderr).to_string())
 }
 
+/// A coordinator process, killed when the test ends, passed or failed.
+pub struct Serving(pub std::process::Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `drover serve` as its own process on a state directory (so a
 /// test can SIGKILL it).
 pub fn spawn_coordinator(state_dir: &Path) -> std::process::Child {
