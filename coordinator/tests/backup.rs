@@ -182,3 +182,23 @@ async fn drover_audit_lists_each_admins_changes_without_secret_values() {
     assert_eq!(recent.len(), 2, "the newest two");
     assert_eq!(recent[1], entries[entries.len() - 1], "oldest first, newest last");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_is_refused_with_the_way_back_instead_of_serving_an_empty_fleet() {
+    let fleet = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
+    let data = fleet.state_dir.join("db").join("db");
+    let mut bytes = std::fs::read(&data).expect("the store's data file");
+    for i in (0..bytes.len()).step_by(97) {
+        bytes[i] ^= 0x5A;
+    }
+    std::fs::write(&data, &bytes).expect("damage it");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["serve", "--state-dir"])
+        .arg(&fleet.state_dir)
+        .output()
+        .expect("run drover serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a damaged store does not serve: {stderr}");
+    assert!(stderr.contains("damaged") && stderr.contains("drover restore"), "{stderr}");
+    assert!(stderr.contains(&fleet.state_dir.join("db").display().to_string()), "the message names the store: {stderr}");
+}

@@ -40,6 +40,10 @@ pub enum IdentityError {
     Parse(String),
     #[error("certificate carries no drover identity (expected one URI SAN drover://machine/<id> or drover://admin/<name>)")]
     NoIdentity,
+    /// A file of an identity that cannot be read: what is wrong and what to
+    /// do. Nothing was removed.
+    #[error("{path} is damaged ({reason}); {fix}")]
+    Damaged { path: String, reason: String, fix: &'static str },
 }
 
 /// Generates a fresh ECDSA P-256 key pair.
@@ -75,6 +79,8 @@ pub struct PeerCertificate {
     pub serial: String,
     /// Expiry, milliseconds since the Unix epoch.
     pub not_after_ms: u64,
+    /// Start of validity, milliseconds since the Unix epoch.
+    pub not_before_ms: u64,
 }
 
 impl PeerCertificate {
@@ -102,11 +108,12 @@ impl PeerCertificate {
         if subjects.next().is_some() {
             return Err(IdentityError::NoIdentity);
         }
-        let not_after = cert.validity().not_after.timestamp();
+        let ms = |t: i64| u64::try_from(t).unwrap_or(0).saturating_mul(1000);
         Ok(PeerCertificate {
             subject,
             serial: hex_lower(cert.raw_serial()),
-            not_after_ms: u64::try_from(not_after).unwrap_or(0).saturating_mul(1000),
+            not_after_ms: ms(cert.validity().not_after.timestamp()),
+            not_before_ms: ms(cert.validity().not_before.timestamp()),
         })
     }
 }

@@ -102,6 +102,12 @@ pub enum Event {
     RolledBack { result: Result<String, Failure>, current: Option<String> },
     /// The agent restarted and found `journal`; `current` runs now.
     Resume { journal: Journal, current: Option<String>, now: Millis },
+    /// The last [`Action::SaveJournal`] failed (a full disk). Before the
+    /// switch the apply ends, failed, and the actions returned replace what
+    /// was still to do; after it (nothing returned) the apply goes on: the
+    /// saved journal still says "switching", so a restart returns to the
+    /// previous system.
+    JournalNotSaved(String),
 }
 
 /// What the driver must do.
@@ -280,6 +286,10 @@ impl Apply {
                         self.finish(DeployStep::Failed, format!("{reason}; rollback failed: {}", f.message), tail(&text), current)
                     }
                 }
+            }
+            (Stage::WritingFiles | Stage::Switching, Event::JournalNotSaved(why)) => {
+                let previous = self.previous();
+                self.finish(DeployStep::Failed, format!("the apply could not be recorded: {why}; the system was not changed"), String::new(), previous)
             }
             (Stage::Idle, Event::Resume { journal, current, now }) => self.resume(journal, current, now),
             _ => Vec::new(),

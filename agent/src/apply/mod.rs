@@ -162,8 +162,15 @@ impl Applier {
         while let Some(action) = pending.pop_front() {
             let next = match action {
                 Action::SaveJournal(saved) => {
-                    self.records.save_journal(&saved);
+                    let outcome = self.records.save_journal(&saved);
                     journal = Some(saved);
+                    if let Err(why) = outcome {
+                        let instead = core.handle(Event::JournalNotSaved(why));
+                        if !instead.is_empty() {
+                            pending.clear();
+                            pending.extend(instead);
+                        }
+                    }
                     None
                 }
                 Action::Report(report) => {

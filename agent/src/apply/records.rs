@@ -22,17 +22,14 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
     }
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) {
-    let text = match serde_json::to_vec_pretty(value) {
-        Ok(text) => text,
-        Err(e) => {
-            tracing::error!(path = %path.display(), error = %e, "cannot encode the apply state");
-            return;
-        }
-    };
-    if let Err(e) = drover_net::fsutil::write_atomic(path, &text, 0o600) {
+/// Writes `value` atomically: the old file stays whole when this fails (a
+/// full disk), and the error says which file.
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), String> {
+    let text = serde_json::to_vec_pretty(value).map_err(|e| format!("cannot encode {}: {e}", path.display()))?;
+    drover_net::fsutil::write_atomic(path, &text, 0o600).map_err(|e| {
         tracing::error!(path = %path.display(), error = %e, "cannot record the apply state");
-    }
+        format!("cannot write {}: {e}", path.display())
+    })
 }
 
 /// Reads and writes the apply records in the state directory.
@@ -46,12 +43,33 @@ impl Records {
         Records { dir: dir.to_path_buf() }
     }
 
+    /// The journal of an apply under way. A damaged one (cut short by a
+    /// crash of the disk, or garbled) is moved aside to `apply.json.damaged`
+    /// with an error naming it: the agent then applies its newest
+    /// assignment again, which converges.
     pub fn journal(&self) -> Option<Journal> {
-        read_json(&self.dir.join(JOURNAL_FILE))
+        let path = self.dir.join(JOURNAL_FILE);
+        let text = std::fs::read_to_string(&path).ok()?;
+        match serde_json::from_str(&text) {
+            Ok(journal) => Some(journal),
+            Err(e) => {
+                let aside = self.dir.join(format!("{JOURNAL_FILE}.damaged"));
+                let moved = std::fs::rename(&path, &aside);
+                tracing::error!(
+                    path = %path.display(),
+                    error = %e,
+                    moved_to = %aside.display(),
+                    moved = moved.is_ok(),
+                    "the journal of the apply under way is damaged; it was moved aside and the newest assignment is applied again (check the running system with `nixos-rebuild list-generations`)"
+                );
+                None
+            }
+        }
     }
 
-    pub fn save_journal(&self, journal: &Journal) {
-        write_json(&self.dir.join(JOURNAL_FILE), journal);
+    /// Writes the journal; an error means the apply must not go on.
+    pub fn save_journal(&self, journal: &Journal) -> Result<(), String> {
+        write_json(&self.dir.join(JOURNAL_FILE), journal)
     }
 
     pub fn drop_journal(&self) {
@@ -71,14 +89,16 @@ impl Records {
         if let Some(mut a) = self.applied() {
             if a.generation == generation && !a.reported {
                 a.reported = true;
-                write_json(&self.dir.join(APPLIED_FILE), &a);
+                let _ = write_json(&self.dir.join(APPLIED_FILE), &a);
             }
         }
     }
 
     /// Records the outcome, then drops the journal.
     pub fn finish(&self, applied: &Applied) {
-        write_json(&self.dir.join(APPLIED_FILE), applied);
+        // Not recorded (a full disk): the generation is applied again after
+        // a restart, which converges.
+        let _ = write_json(&self.dir.join(APPLIED_FILE), applied);
         self.drop_journal();
     }
 }

@@ -317,3 +317,104 @@ async fn units_that_fail_after_the_switch_send_the_machine_back() {
     assert_eq!(done.system_path.as_deref(), Some("/nix/store/abc-old"));
     assert_eq!(*switcher.calls.lock().expect("lock"), vec!["prepare", "switch", "rollback /nix/store/abc-old"]);
 }
+
+#[test]
+fn a_journal_that_cannot_be_saved_ends_the_apply_before_the_switch() {
+    let mut core = Apply::new(60_000);
+    core.handle(Event::Begin { journal: journal(JournalStep::Started) });
+    let actions = core.handle(Event::JournalNotSaved("cannot write /s/apply.json: No space left on device".into()));
+    let done = finished(&actions).expect("the apply ends");
+    assert_eq!(done.step, DeployStep::Failed);
+    assert!(done.message.contains("No space left") && done.message.contains("not changed"), "{}", done.message);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Switch | Action::WriteFiles)));
+
+    // After the switch there is no going back on it: the apply goes on.
+    let mut core = switched();
+    assert!(core.handle(Event::JournalNotSaved("disk full".into())).is_empty());
+    assert!(!core.done());
+}
+
+/// The state directory on a filesystem of its own, unmounted at the end.
+struct SmallFilesystem(std::path::PathBuf);
+
+impl SmallFilesystem {
+    /// A 256 KiB tmpfs at `dir` (the tests run as root, as the agent does).
+    fn mount(dir: &std::path::Path) -> Self {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount (util-linux; the tests run as root)");
+        assert!(status.success(), "mounting a tmpfs needs root: run the tests as root");
+        SmallFilesystem(dir.to_path_buf())
+    }
+
+    /// Fills it up to the last byte.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.join("filler")).expect("filler");
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.write_all(&[0]);
+    }
+}
+
+impl Drop for SmallFilesystem {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_state_directory_fails_the_apply_cleanly_before_the_switch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = SmallFilesystem::mount(&dir.path().join("state"));
+    let mut config = config(dir.path());
+    config.state_dir = state.0.clone();
+    state.fill();
+    let switcher = Arc::new(FakeSwitcher { current: Mutex::new(Some("/nix/store/abc-old".into())), ..Default::default() });
+    let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel();
+    let (contact, contact_rx) = tokio::sync::watch::channel(None);
+    let applier = Arc::new(super::Applier::with_switcher(config, switcher.clone(), reports, contact_rx));
+    let done = applier.apply(assignment(), Access::default()).await;
+    assert_eq!(done.step, DeployStep::Failed, "{done:?}");
+    assert!(done.message.contains("No space left on device") && done.message.contains("apply.json"), "{}", done.message);
+    assert!(switcher.calls.lock().expect("lock").is_empty(), "nothing was switched");
+    assert!(!state.0.join("apply.json").exists(), "no journal, whole or half");
+    let leftovers: Vec<_> = std::fs::read_dir(&state.0)
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n != "filler")
+        .collect();
+    assert!(leftovers.is_empty(), "no temporary file left behind: {leftovers:?}");
+
+    // Space comes back: the same apply goes through.
+    std::fs::remove_file(state.0.join("filler")).expect("free the space");
+    while reported.try_recv().is_ok() {}
+    let running = applier.clone();
+    let again = tokio::spawn(async move { running.apply(assignment(), Access::default()).await });
+    while let Some(r) = reported.recv().await {
+        if r.step == DeployStep::HealthChecking {
+            break;
+        }
+    }
+    contact.send_replace(Some(tokio::time::Instant::now()));
+    let done = again.await.expect("join");
+    assert_eq!(done.step, DeployStep::Succeeded, "{done:?}");
+    assert_eq!(applier.records.applied().map(|a| a.generation), Some(3));
+}
+
+#[test]
+fn a_damaged_journal_is_moved_aside_and_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let records = super::records::Records::new(dir.path());
+    records.save_journal(&journal(JournalStep::Switching)).expect("save");
+    let path = dir.path().join("apply.json");
+    let whole = std::fs::read(&path).expect("read");
+    std::fs::write(&path, &whole[..whole.len() / 2]).expect("cut it short");
+    assert!(records.journal().is_none(), "a damaged journal is not used");
+    assert!(!path.exists());
+    assert_eq!(std::fs::read(dir.path().join("apply.json.damaged")).expect("kept aside"), whole[..whole.len() / 2]);
+}

@@ -59,6 +59,10 @@ pub enum StoreError {
     Conflict(String),
     #[error("the store at {path} has schema version {found}, newer than this coordinator's {SCHEMA_VERSION}; upgrade drover")]
     TooNew { path: String, found: u32 },
+    /// The store's files exist but hold nothing readable: sled drops a log
+    /// it cannot read, which would start an empty fleet.
+    #[error("the store at {0} holds no records although its files exist: they are damaged (sled dropped what it could not read). Keep the directory for inspection, restore the last backup into a new directory (`drover restore FILE --state-dir NEW`) and serve from there")]
+    Damaged(String),
     /// The backend must run the transaction again (a write conflict).
     #[error("transaction conflict")]
     Retry,
@@ -89,9 +93,24 @@ pub type Snapshot = Vec<(String, backend::Pairs)>;
 impl Store {
     /// Opens (or creates) the sled store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        // sled's data file; a store that had one and now reads as empty was
+        // damaged, never written to (every state directory holds an admin).
+        let had_data = std::fs::metadata(dir.join("db")).is_ok_and(|m| m.len() > 0);
         let store = Store::with_backend(Arc::new(SledBackend::open(dir)?));
+        if had_data && store.holds_nothing()? {
+            return Err(StoreError::Damaged(dir.display().to_string()));
+        }
         store.check_schema(dir)?;
         Ok(store)
+    }
+
+    fn holds_nothing(&self) -> Result<bool, StoreError> {
+        for tree in Tree::ALL {
+            if !self.backend.scan(tree, b"")?.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// A store in memory.
