@@ -44,7 +44,7 @@ need_garage() {
 # Installs everything the build and the tests need.
 install_dependencies() {
   need_cargo
-  need_apt build-essential pkg-config iproute2 procps curl python3 nix-bin util-linux e2fsprogs xfsprogs
+  need_apt build-essential pkg-config iproute2 procps curl python3 nix-bin util-linux e2fsprogs xfsprogs nftables
   need_garage
   export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 }

@@ -12,10 +12,9 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::app::DB_DIR;
 use crate::config::{Config, CONFIG_FILE};
 use crate::pki::{CA_CERT_FILE, CA_KEY_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE};
-use crate::store::{Snapshot, Store};
+use crate::store::{Snapshot, Store, DB_DIR};
 
 /// The first bytes of every backup file.
 const MAGIC: &[u8] = b"DROVER-BACKUP 1\n";

@@ -40,8 +40,7 @@ use crate::s3::{garage::Garage, Connector, ObjectStoreAdmin, S3Error};
 use crate::store::Store;
 use crate::volumes::{linstor::Linstor, BlockStorage};
 
-/// Directory of the store inside the state directory.
-pub const DB_DIR: &str = "db";
+pub use crate::store::DB_DIR;
 
 /// The object store the coordinator administers, when `[s3]` is configured.
 #[derive(Clone)]

@@ -78,6 +78,9 @@ pub trait Record: Serialize + DeserializeOwned {
     const WHAT: &'static str;
 }
 
+/// Directory of the store inside the state directory.
+pub const DB_DIR: &str = "db";
+
 /// The coordinator's persistent state.
 #[derive(Clone)]
 pub struct Store {
