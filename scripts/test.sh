@@ -13,3 +13,5 @@ log "building"
 cargo build --workspace --all-targets --locked
 log "testing"
 cargo test --workspace --locked "${@:2}" 2>&1
+log "fuzzing smoke: every fuzz target for a few seconds (scripts/fuzz.sh)"
+"$ROOT/scripts/fuzz.sh" --dev --seconds 5

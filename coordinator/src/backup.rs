@@ -89,6 +89,11 @@ fn summary(contents: &Contents) -> Summary {
     }
 }
 
+/// Checks the bytes of a backup file and says what it holds.
+pub fn check(bytes: &[u8]) -> Result<Summary> {
+    Ok(summary(&decode(bytes, Path::new("the backup"))?))
+}
+
 /// Reads and checks a backup file without restoring it.
 pub fn inspect(file: &Path) -> Result<Summary> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;

@@ -135,13 +135,8 @@ async fn drover_audit_lists_each_admins_changes_without_secret_values() {
     let spec = DeploySpec {
         machine: Some(id.clone()),
         selector: Default::default(),
-        system: SystemSpec::Flake { uri: "path:/nonexistent".into(), attribute: "x".into() },
         secrets: vec![SecretFile { name: "db".into(), value: SecretBytes::new(SECRET_VALUE.as_bytes().to_vec()), owner: None, group: None, mode: 0o400 }],
-        facts: Default::default(),
-        checks: vec![],
-        health_deadline_ms: 1000,
-        buckets: vec![],
-        volumes: vec![],
+        ..common::deploy_to_role("", SystemSpec::Flake { uri: "path:/nonexistent".into(), attribute: "x".into() })
     };
     let AdminResponse::Deployed(_) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!("deploy") };
     // A refused change is recorded with its refusal.

@@ -232,17 +232,7 @@ async fn machines(s: &Setup, count: usize) -> tokio::task::JoinHandle<anyhow::Re
 }
 
 async fn deploy_to_all(s: &Setup) -> usize {
-    let spec = DeploySpec {
-        machine: None,
-        selector: [("role".to_string(), "sim".to_string())].into(),
-        system: SystemSpec::Flake { uri: "path:/nonexistent".into(), attribute: "x".into() },
-        secrets: vec![],
-        facts: Default::default(),
-        checks: vec![],
-        health_deadline_ms: 5_000,
-        buckets: vec![],
-        volumes: vec![],
-    };
+    let spec = common::deploy_to_role("sim", SystemSpec::Flake { uri: "path:/nonexistent".into(), attribute: "x".into() });
     let AdminResponse::Deployed(targets) = s.fleet.call(AdminRequest::Deploy(spec)).await else { panic!("deploy") };
     targets.len()
 }

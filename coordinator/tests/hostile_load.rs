@@ -140,17 +140,7 @@ async fn hostile_clients_neither_grow_the_coordinator_past_its_bound_nor_starve_
     }
 
     // Meanwhile the honest agents take a deployment.
-    let spec = DeploySpec {
-        machine: None,
-        selector: [("role".to_string(), "web".to_string())].into(),
-        system: flake_spec(&flake, "good"),
-        secrets: vec![],
-        facts: Default::default(),
-        checks: vec![],
-        health_deadline_ms: 5_000,
-        buckets: vec![],
-        volumes: vec![],
-    };
+    let spec = common::deploy_to_role("web", flake_spec(&flake, "good"));
     let AdminResponse::Deployed(targets) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!("deploy") };
     assert_eq!(targets.len(), AGENTS + AUTHENTICATED, "the deployment targets every machine with the label");
     let honest: Vec<String> = {

@@ -264,6 +264,23 @@ pub fn drover_json(fleet: &TestCoordinator, args: &[&str]) -> (bool, serde_json:
     (out.status.success(), json, String::from_utf8_lossy(&out.stderr).to_string())
 }
 
+/// A deployment of `system` to the machines labelled `role=ROLE`, with no
+/// secrets, facts, checks, buckets or volumes and a 5 s health deadline;
+/// tests change what they need with `..`.
+pub fn deploy_to_role(role: &str, system: drover_protocol::v1::SystemSpec) -> drover_protocol::v1::DeploySpec {
+    drover_protocol::v1::DeploySpec {
+        machine: None,
+        selector: [("role".to_string(), role.to_string())].into(),
+        system,
+        secrets: vec![],
+        facts: Default::default(),
+        checks: vec![],
+        health_deadline_ms: 5_000,
+        buckets: vec![],
+        volumes: vec![],
+    }
+}
+
 /// A coordinator process, killed when the test ends, passed or failed.
 pub struct Serving(pub std::process::Child);
 
