@@ -16,6 +16,9 @@ PORT="${DROVER_BENCH_PORT:-7543}"
 export DROVER_STATE_DIR="$WORK/coordinator"
 trap 'kill $SERVER 2>/dev/null || true; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 "$BIN/drover" init --state-dir "$DROVER_STATE_DIR" --listen "127.0.0.1:$PORT" >/dev/null
+# Every simulated agent comes from 127.0.0.1: lift the per-address cap on
+# enrolling connections (100 by default).
+printf '\n[limits]\nanonymous_connections = 100000\nanonymous_per_address = 100000\n' >>"$DROVER_STATE_DIR/drover.toml"
 RUST_LOG=warn "$BIN/drover" serve 2>"$WORK/coordinator.log" &
 SERVER=$!
 for _ in $(seq 50); do "$BIN/drover" whoami >/dev/null 2>&1 && break; sleep 0.2; done
