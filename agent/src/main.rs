@@ -57,6 +57,10 @@ enum Command {
         /// Keep the agents connected this long after all are online.
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         hold: Duration,
+        /// While holding, stop one agent at random this often and start it
+        /// again (churn for soak runs; e.g. 200ms).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        churn: Option<Duration>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -176,7 +180,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("agent configuration is valid: coordinator {}", config.coordinator);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Simulate { config, count, work_dir, coordinator_pid, timeout, hold, json } => {
+        Command::Simulate { config, count, work_dir, coordinator_pid, timeout, hold, churn, json } => {
             let base = config.resolve()?;
             let tmp;
             let work_dir = match work_dir {
@@ -186,7 +190,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     tmp.path().to_path_buf()
                 }
             };
-            let report = simulate::run(SimulateOptions { base, count, work_dir, coordinator_pid, timeout, hold }).await?;
+            let report = simulate::run(SimulateOptions { base, count, work_dir, coordinator_pid, timeout, hold, churn }).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -21,6 +21,10 @@ pub struct SimulateOptions {
     pub coordinator_pid: Option<u32>,
     pub timeout: Duration,
     pub hold: Duration,
+    /// While holding, stop one agent at random this often and start it
+    /// again on its own state (it reconnects without enrolling): churn for
+    /// soak runs.
+    pub churn: Option<Duration>,
 }
 
 #[derive(Debug, Serialize)]
@@ -33,6 +37,8 @@ pub struct SimulateReport {
     pub seconds_until_all_online: f64,
     pub coordinator_rss_bytes: Option<u64>,
     pub coordinator_rss_before_bytes: Option<u64>,
+    /// Agents stopped and started again while holding (`churn`).
+    pub restarts: u64,
 }
 
 /// Resident memory of a process, from `/proc/PID/status`.
@@ -71,8 +77,7 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
     let endpoint = drover_net::client::client_endpoint(opts.base.coordinator)?;
     let rss_before = opts.coordinator_pid.and_then(rss_bytes);
     let start = Instant::now();
-    let mut handles = Vec::with_capacity(opts.count);
-    for i in 0..opts.count {
+    let start_agent = |i: usize| {
         let mut config = opts.base.clone();
         config.state_dir = opts.work_dir.join(format!("agent-{i:05}"));
         // Each simulated machine writes its own secrets and facts: a shared
@@ -80,9 +85,11 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
         config.runtime_dir = config.state_dir.join("run");
         config.volume_root = config.state_dir.join("root");
         config.hostname = Some(format!("sim-{i:05}"));
-        let handle = crate::spawn(config, FixedHealth(synthetic_health(i)), Some(endpoint.clone()))
-            .context("starting a simulated agent")?;
-        handles.push(handle);
+        crate::spawn(config, FixedHealth(synthetic_health(i)), Some(endpoint.clone())).context("starting a simulated agent")
+    };
+    let mut handles = Vec::with_capacity(opts.count);
+    for i in 0..opts.count {
+        handles.push(start_agent(i)?);
     }
     let deadline = start + opts.timeout;
     // When the last enrollment seen so far happened: the rate divides by
@@ -109,8 +116,21 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
     let enrolled = handles.iter().filter(|h| h.status.borrow().machine_id.is_some()).count();
     let online = handles.iter().filter(|h| h.status.borrow().reports > 0).count();
     let rss = opts.coordinator_pid.and_then(rss_bytes);
-    if !opts.hold.is_zero() {
-        tokio::time::sleep(opts.hold).await;
+    let mut restarts = 0;
+    let held = Instant::now() + opts.hold;
+    match opts.churn.filter(|c| !c.is_zero()) {
+        Some(every) => {
+            use rand::Rng;
+            while Instant::now() + every < held {
+                tokio::time::sleep(every).await;
+                let i = rand::rng().random_range(0..handles.len());
+                let _ = handles.remove(i).stop().await;
+                handles.insert(i, start_agent(i)?);
+                restarts += 1;
+            }
+            tokio::time::sleep(held.saturating_duration_since(Instant::now())).await;
+        }
+        None => tokio::time::sleep(opts.hold).await,
     }
     // Stopped together, not one after another.
     let mut stopping = tokio::task::JoinSet::new();
@@ -131,5 +151,6 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
         seconds_until_all_online: online_at.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN),
         coordinator_rss_bytes: rss,
         coordinator_rss_before_bytes: rss_before,
+        restarts,
     })
 }

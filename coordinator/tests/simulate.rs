@@ -28,6 +28,7 @@ async fn simulated_machines_apply_a_deployment_each_in_its_own_directory() {
         coordinator_pid: None,
         timeout: Duration::from_secs(60),
         hold,
+        churn: None,
     }));
     assert!(eventually(Duration::from_secs(30), || async { fleet.machines().await.len() == 4 }).await, "four machines enrolled");
 
