@@ -9,19 +9,11 @@ source "$(dirname "$0")/lib.sh"
 install_dependencies
 cd "$ROOT"
 N="${1:-1000}"
-cargo build --release --locked --bin drover --bin drover-agent
-BIN="$ROOT/target/release"
-WORK="$(mktemp -d /tmp/drover-bench.XXXXXX)"
 PORT="${DROVER_BENCH_PORT:-7543}"
-export DROVER_STATE_DIR="$WORK/coordinator"
+SERVER="" SIM="" WORK=""
 trap 'kill $SERVER 2>/dev/null || true; wait 2>/dev/null; rm -rf "$WORK"' EXIT
-"$BIN/drover" init --state-dir "$DROVER_STATE_DIR" --listen "127.0.0.1:$PORT" >/dev/null
-# Every simulated agent comes from 127.0.0.1: lift the per-address cap on
-# enrolling connections (100 by default).
-printf '\n[limits]\nanonymous_connections = 100000\nanonymous_per_address = 100000\n' >>"$DROVER_STATE_DIR/drover.toml"
-RUST_LOG=warn "$BIN/drover" serve 2>"$WORK/coordinator.log" &
-SERVER=$!
-for _ in $(seq 50); do "$BIN/drover" whoami >/dev/null 2>&1 && break; sleep 0.2; done
+drill_coordinator bench "$PORT"
+drill_serve
 run() {
   "$BIN/drover" tokens create --uses "$1" --ttl 1h >"$WORK/token-$1"
   RUST_LOG=error "$BIN/drover-agent" simulate --count "$1" --json \

@@ -11,22 +11,10 @@ source "$(dirname "$0")/lib.sh"
 install_dependencies
 cd "$ROOT"
 N="${1:-1000}"
-cargo build --release --locked --bin drover --bin drover-agent
-BIN="$ROOT/target/release"
-WORK="$(mktemp -d /tmp/drover-storm.XXXXXX)"
 PORT="${DROVER_STORM_PORT:-7544}"
-export DROVER_STATE_DIR="$WORK/coordinator"
-SERVER=""
+SERVER="" SIM="" WORK=""
 trap 'kill $SERVER $SIM 2>/dev/null || true; wait 2>/dev/null; rm -rf "$WORK"' EXIT
-"$BIN/drover" init --state-dir "$DROVER_STATE_DIR" --listen "127.0.0.1:$PORT" --health-interval 10s >/dev/null
-printf '\n[limits]\nanonymous_connections = 100000\nanonymous_per_address = 100000\n' >>"$DROVER_STATE_DIR/drover.toml"
-serve() {
-  RUST_LOG=warn "$BIN/drover" serve 2>>"$WORK/coordinator.log" &
-  SERVER=$!
-  for _ in $(seq 100); do "$BIN/drover" whoami >/dev/null 2>&1 && return; sleep 0.1; done
-  echo "the coordinator did not start; see $WORK/coordinator.log" >&2
-  exit 1
-}
+drill_coordinator storm "$PORT" --health-interval 10s
 # Machines heard from since $SINCE (ms): after the restart, those whose
 # agent reconnected and reported to the new coordinator.
 SINCE=0
@@ -40,15 +28,9 @@ wait_online() {
     sleep 0.5
   done
 }
-serve
+drill_serve
 "$BIN/drover" tokens create --uses "$N" --ttl 1h --label role=storm >"$WORK/token"
-cat >"$WORK/agent.toml" <<TOML
-coordinator = "127.0.0.1:$PORT"
-ca_file = "$DROVER_STATE_DIR/ca.pem"
-enrollment_token_file = "$WORK/token"
-state_dir = "$WORK/agent"
-nixos_rebuild = "/bin/true"
-TOML
+drill_agent_config "$PORT"
 RUST_LOG=error "$BIN/drover-agent" simulate -c "$WORK/agent.toml" --count "$N" --work-dir "$WORK/agents" \
   --timeout 10m --hold 30m >"$WORK/simulate.log" 2>&1 &
 SIM=$!
@@ -65,7 +47,7 @@ log "rollout $ROLLOUT is moving ($(done_machines) done): SIGKILL the coordinator
 kill -9 "$SERVER"; wait "$SERVER" 2>/dev/null || true
 SINCE=$(date +%s%3N)
 START=$(date +%s.%N)
-serve
+drill_serve
 wait_online 600
 BACK=$(python3 -c "import time; print(f'{time.time() - $START:.1f}')")
 log "all $N back online in $BACK s"

@@ -48,3 +48,41 @@ install_dependencies() {
   need_garage
   export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 }
+
+# The drills (bench-enroll, crash-storm, soak): a release-built coordinator
+# on loopback in a fresh work directory. Sets BIN, WORK and
+# DROVER_STATE_DIR; every simulated agent comes from 127.0.0.1, so the
+# per-address cap on enrolling connections (100 by default) is lifted.
+#   drill_coordinator NAME PORT [drover init arguments...]
+drill_coordinator() {
+  cargo build --release --locked --bin drover --bin drover-agent
+  BIN="$ROOT/target/release"
+  WORK="$(mktemp -d "/tmp/drover-$1.XXXXXX")"
+  export DROVER_STATE_DIR="$WORK/coordinator"
+  "$BIN/drover" init --state-dir "$DROVER_STATE_DIR" --listen "127.0.0.1:$2" "${@:3}" >/dev/null
+  printf '\n[limits]\nanonymous_connections = 100000\nanonymous_per_address = 100000\n' >>"$DROVER_STATE_DIR/drover.toml"
+}
+
+# Starts `drover serve` on the drill's state (PID in SERVER, log in
+# $WORK/coordinator.log) and waits until it answers.
+drill_serve() {
+  RUST_LOG=warn "$BIN/drover" serve 2>>"$WORK/coordinator.log" &
+  SERVER=$!
+  for _ in $(seq 100); do "$BIN/drover" whoami >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "the coordinator did not start; see $WORK/coordinator.log" >&2
+  exit 1
+}
+
+# Writes $WORK/agent.toml for `drover-agent simulate -c`: the drill's
+# coordinator on PORT, the token in $WORK/token, a switch that always
+# succeeds.
+#   drill_agent_config PORT
+drill_agent_config() {
+  cat >"$WORK/agent.toml" <<TOML
+coordinator = "127.0.0.1:$1"
+ca_file = "$DROVER_STATE_DIR/ca.pem"
+enrollment_token_file = "$WORK/token"
+state_dir = "$WORK/agent"
+nixos_rebuild = "/bin/true"
+TOML
+}

@@ -12,25 +12,13 @@ install_dependencies
 cd "$ROOT"
 N="${1:-1000}"
 MINUTES="${2:-10}"
-cargo build --release --locked --bin drover --bin drover-agent
-BIN="$ROOT/target/release"
-WORK="$(mktemp -d /tmp/drover-soak.XXXXXX)"
 PORT="${DROVER_SOAK_PORT:-7545}"
-export DROVER_STATE_DIR="$WORK/coordinator"
+SERVER="" SIM="" WORK=""
 trap 'kill $SERVER $SIM 2>/dev/null || true; wait 2>/dev/null; rm -rf "$WORK"' EXIT
-"$BIN/drover" init --state-dir "$DROVER_STATE_DIR" --listen "127.0.0.1:$PORT" --health-interval 10s >/dev/null
-printf '\n[limits]\nanonymous_connections = 100000\nanonymous_per_address = 100000\n' >>"$DROVER_STATE_DIR/drover.toml"
-RUST_LOG=warn "$BIN/drover" serve 2>"$WORK/coordinator.log" &
-SERVER=$!
-for _ in $(seq 100); do "$BIN/drover" whoami >/dev/null 2>&1 && break; sleep 0.1; done
+drill_coordinator soak "$PORT" --health-interval 10s
+drill_serve
 "$BIN/drover" tokens create --uses "$N" --ttl 1h --label role=soak >"$WORK/token"
-cat >"$WORK/agent.toml" <<TOML
-coordinator = "127.0.0.1:$PORT"
-ca_file = "$DROVER_STATE_DIR/ca.pem"
-enrollment_token_file = "$WORK/token"
-state_dir = "$WORK/agent"
-nixos_rebuild = "/bin/true"
-TOML
+drill_agent_config "$PORT"
 RUST_LOG=error "$BIN/drover-agent" simulate -c "$WORK/agent.toml" --count "$N" --work-dir "$WORK/agents" \
   --timeout 10m --hold "$((MINUTES + 2))m" --churn 200ms --json >"$WORK/simulate.json" 2>"$WORK/simulate.log" &
 SIM=$!

@@ -6,6 +6,7 @@
 //! directory from one; a coordinator started there serves the same
 //! machines, which reconnect with their certificates.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -150,7 +151,6 @@ pub fn restore(file: &Path, state_dir: &Path) -> Result<Summary> {
     Ok(summary(&contents))
 }
 
-use std::os::unix::fs::DirBuilderExt;
 
 fn absolute(path: &Path) -> Result<PathBuf> {
     if path.is_absolute() {

@@ -15,18 +15,16 @@ pub async fn write(state: &Coordinator) -> Result<Vec<u8>, WireError> {
         let trees = store.snapshot()?;
         crate::backup::encode(&dir, trees, created_at)
     })
-    .await;
+    .await
+    .map_err(anyhow::Error::from)
+    .and_then(|made| made);
     match made {
-        Ok(Ok(bytes)) => {
+        Ok(bytes) => {
             tracing::info!(bytes = bytes.len(), "backup taken");
             Ok(bytes)
         }
-        Ok(Err(e)) => {
-            tracing::error!(error = %format!("{e:#}"), "backup failed");
-            Err(WireError::new(ErrorCode::Internal, "the backup failed; the coordinator's log says why"))
-        }
         Err(e) => {
-            tracing::error!(error = %e, "backup task failed");
+            tracing::error!(error = %format!("{e:#}"), "backup failed");
             Err(WireError::new(ErrorCode::Internal, "the backup failed; the coordinator's log says why"))
         }
     }
