@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{raw_connect, TestCoordinator};
@@ -14,19 +12,7 @@ use drover_net::stream::read_frame;
 use drover_protocol::frame::MAX_FRAME_LEN;
 use drover_protocol::v1::Response;
 
-/// Log lines, kept in memory.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Lines {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lines").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use common::LogCapture as Lines;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_streams_do_not_flood_the_log() {

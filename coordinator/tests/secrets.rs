@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{until_reported, TestCoordinator};
@@ -19,18 +17,7 @@ use drover_protocol::v1::{
 const SECRET_VALUE: &str = "s3cr3t-value-that-must-not-be-logged";
 use drover_protocol::ErrorCode;
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("capture lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use common::LogCapture as Capture;
 
 fn files_under(dir: &Path, out: &mut Vec<Vec<u8>>) {
     for entry in std::fs::read_dir(dir).expect("read dir") {

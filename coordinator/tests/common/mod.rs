@@ -301,3 +301,17 @@ pub fn spawn_coordinator(state_dir: &Path) -> std::process::Child {
         .spawn()
         .expect("start drover serve")
 }
+
+/// Log output kept in memory, for a `tracing_subscriber` writer.
+#[derive(Clone, Default)]
+pub struct LogCapture(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log capture").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
