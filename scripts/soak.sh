@@ -55,13 +55,13 @@ if len(late) >= 2:
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / max(sum((x - mx) ** 2 for x in xs), 1e-9)
 else:
-    slope = float("nan")
+    slope = None
 unfinished = sum(states[s] for s in ("pending", "applying", "Pending", "Applying"))
 print(f"agents                 {n}, machines registered {len(machines)}")
 print(f"rollouts               {len(samples)}: " + ", ".join(f"{c} {p}" for p, c in sorted(phases.items())))
 print("deployments            " + ", ".join(f"{c} {s}" for s, c in sorted(states.items())))
 print(f"not in a final state   {unfinished}")
-print(f"coordinator RSS        {float(samples[0][1]) / 1024:.0f} MiB after the first rollout, {float(samples[-1][1]) / 1024:.0f} MiB after the last; trend over the second half {slope:+.2f} MiB/min")
+print(f"coordinator RSS        {float(samples[0][1]) / 1024:.0f} MiB after the first rollout, {float(samples[-1][1]) / 1024:.0f} MiB after the last; trend over the second half " + (f"{slope:+.2f} MiB/min" if slope is not None else "n/a (too few rollouts)"))
 sys.exit(1 if unfinished or len(machines) != n else 0)
 PY
 wait "$SIM" || true
