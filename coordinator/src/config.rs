@@ -75,6 +75,14 @@ pub struct Limits {
     /// this interval ("412 bad streams from 198.51.100.7 in the last 1m").
     #[serde(with = "humantime_serde")]
     pub warning_summary_interval: Duration,
+    /// Memory for the store's page cache, in MiB; what does not fit is read
+    /// from disk. The store's history (deployments, audit) grows; this
+    /// does not.
+    pub store_cache_mib: u64,
+    /// Changes are refused (with an error saying so; reads keep working)
+    /// while the state directory's filesystem has less free space than
+    /// this, in MiB, so that the store never reaches the end of its disk.
+    pub min_free_disk_mib: u64,
 }
 
 impl Default for Limits {
@@ -85,6 +93,8 @@ impl Default for Limits {
             streams_per_connection: 64,
             frames_in_flight_mib: 256,
             warning_summary_interval: Duration::from_secs(60),
+            store_cache_mib: crate::store::DEFAULT_CACHE_BYTES >> 20,
+            min_free_disk_mib: 64,
         }
     }
 }
@@ -103,6 +113,12 @@ impl Limits {
         }
         if self.frames_in_flight_mib < 64 {
             bail!("limits.frames_in_flight_mib must be at least 64 (admins get a quarter of it, which must hold two of the largest frames, 8 MiB each)");
+        }
+        if !(8..=1 << 20).contains(&self.store_cache_mib) {
+            bail!("limits.store_cache_mib must be between 8 and 1048576 (MiB)");
+        }
+        if self.min_free_disk_mib < 16 {
+            bail!("limits.min_free_disk_mib must be at least 16: the store needs room to write its log");
         }
         if self.warning_summary_interval < Duration::from_secs(1) {
             bail!("limits.warning_summary_interval must be at least 1s");
@@ -374,6 +390,23 @@ mod tests {
         assert!(format!("{e:#}").contains("s3.s3_endpoint"), "{e:#}");
         std::fs::write(&path, format!("{}\nlisten_typo = 1\n", config.to_toml())).expect("write");
         assert!(Config::load_checked(&path, false).is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn limits_out_of_range_are_refused_by_name() {
+        let cases: [(fn(&mut Limits), &str); 4] = [
+            (|l| l.anonymous_connections = 0, "limits.anonymous_connections"),
+            (|l| l.frames_in_flight_mib = 8, "limits.frames_in_flight_mib"),
+            (|l| l.store_cache_mib = 1, "limits.store_cache_mib"),
+            (|l| l.min_free_disk_mib = 0, "limits.min_free_disk_mib"),
+        ];
+        assert!(Limits::default().check().is_ok());
+        for (change, name) in cases {
+            let mut limits = Limits::default();
+            change(&mut limits);
+            let e = limits.check().expect_err(name);
+            assert!(e.to_string().contains(name), "{e}");
+        }
     }
 
     #[test]

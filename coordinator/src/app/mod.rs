@@ -37,7 +37,7 @@ pub use live::Live;
 use crate::config::Config;
 use crate::pki::Ca;
 use crate::s3::{garage::Garage, Connector, ObjectStoreAdmin, S3Error};
-use crate::store::Store;
+use crate::store::{SledOptions, Store};
 use crate::volumes::{linstor::Linstor, BlockStorage};
 
 pub use crate::store::DB_DIR;
@@ -90,7 +90,10 @@ impl Coordinator {
     pub fn open(config: Config) -> Result<Self> {
         let ca = Ca::load(&config.state_dir)
             .with_context(|| format!("loading the fleet CA from {}", config.state_dir.display()))?;
-        let store = Store::open(&config.state_dir.join(DB_DIR))
+        let store = Store::open_with(
+            &config.state_dir.join(DB_DIR),
+            SledOptions { cache_bytes: config.limits.store_cache_mib << 20, min_free_bytes: config.limits.min_free_disk_mib << 20 },
+        )
             .with_context(|| format!("opening the store in {}", config.state_dir.display()))?;
         Ok(Coordinator::new(config, ca, store))
     }

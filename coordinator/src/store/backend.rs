@@ -10,8 +10,9 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError};
@@ -113,20 +114,67 @@ pub trait Backend: Send + Sync + 'static {
 pub struct SledBackend {
     db: sled::Db,
     trees: Vec<sled::Tree>,
+    space: SpaceGuard,
+}
+
+/// How the sled store is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct SledOptions {
+    /// sled keeps at most this much of the store in memory.
+    pub cache_bytes: u64,
+    /// Writes are refused while the store's filesystem has less free space
+    /// than this: sled treats a failed write as fatal to the open store (every
+    /// later write fails until it is opened again), so the store must never
+    /// reach the end of its disk.
+    pub min_free_bytes: u64,
+}
+
+/// Refuses writes while the store's filesystem is nearly full. The free
+/// space is read (statvfs, a microsecond) at every write, so refusals start
+/// and end with the space itself.
+struct SpaceGuard {
+    dir: PathBuf,
+    min_free: u64,
+    /// Whether writes are being refused (to log the change once).
+    refusing: AtomicBool,
+}
+
+impl SpaceGuard {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.min_free == 0 {
+            return Ok(());
+        }
+        let free = nix::sys::statvfs::statvfs(&self.dir)
+            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+            .map_err(|e| StoreError::Sled(sled::Error::Io(std::io::Error::from(e))))?;
+        if free < self.min_free {
+            let error = StoreError::Full { path: self.dir.display().to_string(), free_mib: free >> 20, min_mib: self.min_free >> 20 };
+            if !self.refusing.swap(true, Relaxed) {
+                tracing::error!("{error}");
+            }
+            return Err(error);
+        }
+        if self.refusing.swap(false, Relaxed) {
+            tracing::info!(path = %self.dir.display(), free_mib = free >> 20, "the state directory has room again; changes are accepted");
+        }
+        Ok(())
+    }
 }
 
 impl SledBackend {
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    pub fn open(dir: &Path, options: SledOptions) -> Result<Self, StoreError> {
+        let cache_bytes = options.cache_bytes;
         // sled reports a directory another process (or store) holds as an
         // i/o error whose text says so, wrapping the lock's WouldBlock.
-        let db = sled::Config::new().path(dir).open().map_err(|e| match e {
+        let db = sled::Config::new().path(dir).cache_capacity(cache_bytes).open().map_err(|e| match e {
             sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock") => {
                 StoreError::Locked(dir.display().to_string())
             }
             other => StoreError::Sled(other),
         })?;
         let trees = Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<Vec<_>, _>>()?;
-        Ok(SledBackend { db, trees })
+        let space = SpaceGuard { dir: dir.to_path_buf(), min_free: options.min_free_bytes, refusing: AtomicBool::new(false) };
+        Ok(SledBackend { db, trees, space })
     }
 
     fn tree(&self, tree: Tree) -> &sled::Tree {
@@ -136,6 +184,7 @@ impl SledBackend {
 
 struct SledTx<'a> {
     views: &'a [TransactionalTree],
+    space: &'a SpaceGuard,
 }
 
 /// sled's conflict travels as [`StoreError::Retry`] through the typed layer
@@ -153,11 +202,13 @@ impl BackendTx for SledTx<'_> {
     }
 
     fn insert(&self, tree: Tree, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        self.space.check()?;
         self.views[tree.index()].insert(key, value).map_err(unabortable)?;
         Ok(())
     }
 
     fn remove(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.space.check()?;
         Ok(self.views[tree.index()].remove(key).map_err(unabortable)?.map(|v| v.to_vec()))
     }
 }
@@ -178,7 +229,7 @@ impl Backend for SledBackend {
         let trees: Vec<&sled::Tree> = self.trees.iter().collect();
         let body = RefCell::new(body);
         let result = trees.as_slice().transaction(|views| {
-            let tx = SledTx { views };
+            let tx = SledTx { views, space: &self.space };
             match (body.borrow_mut())(&tx) {
                 Ok(()) => Ok(()),
                 Err(StoreError::Retry) => Err(ConflictableTransactionError::Conflict),

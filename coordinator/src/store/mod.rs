@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-pub use backend::{Backend, MemoryBackend, SledBackend, Tree};
+pub use backend::{Backend, MemoryBackend, SledBackend, SledOptions, Tree};
 pub use codec::SCHEMA_VERSION;
 
 use backend::BackendTx;
@@ -63,6 +63,9 @@ pub enum StoreError {
     /// it cannot read, which would start an empty fleet.
     #[error("the store at {0} holds no records although its files exist: they are damaged (sled dropped what it could not read). Keep the directory for inspection, restore the last backup into a new directory (`drover restore FILE --state-dir NEW`) and serve from there")]
     Damaged(String),
+    /// The store's filesystem is nearly full: writes are refused, reads work.
+    #[error("the coordinator's state directory {path} has {free_mib} MiB free, less than limits.min_free_disk_mib ({min_mib} MiB): changes are refused until space is freed there (reads keep working, nothing was written)")]
+    Full { path: String, free_mib: u64, min_mib: u64 },
     /// The backend must run the transaction again (a write conflict).
     #[error("transaction conflict")]
     Retry,
@@ -90,16 +93,26 @@ pub struct Store {
     gate: Arc<std::sync::RwLock<()>>,
 }
 
+/// sled's page cache when the configuration says nothing (sled's own
+/// default, 1 GiB, would let the coordinator grow with its history).
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
 /// Every tree's pairs at one moment: (tree name, pairs in key order).
 pub type Snapshot = Vec<(String, backend::Pairs)>;
 
 impl Store {
-    /// Opens (or creates) the sled store in `dir`.
+    /// Opens (or creates) the sled store in `dir`, with the default cache
+    /// and no free-space guard (tools, tests).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Store::open_with(dir, SledOptions { cache_bytes: DEFAULT_CACHE_BYTES, min_free_bytes: 0 })
+    }
+
+    /// Opens (or creates) the sled store in `dir` with `options`.
+    pub fn open_with(dir: &Path, options: SledOptions) -> Result<Self, StoreError> {
         // sled's data file; a store that had one and now reads as empty was
         // damaged, never written to (every state directory holds an admin).
         let had_data = std::fs::metadata(dir.join("db")).is_ok_and(|m| m.len() > 0);
-        let store = Store::with_backend(Arc::new(SledBackend::open(dir)?));
+        let store = Store::with_backend(Arc::new(SledBackend::open(dir, options)?));
         if had_data && store.holds_nothing()? {
             return Err(StoreError::Damaged(dir.display().to_string()));
         }
