@@ -394,7 +394,8 @@ mod tests {
 
     #[test]
     fn limits_out_of_range_are_refused_by_name() {
-        let cases: [(fn(&mut Limits), &str); 4] = [
+        type Change = fn(&mut Limits);
+        let cases: [(Change, &str); 4] = [
             (|l| l.anonymous_connections = 0, "limits.anonymous_connections"),
             (|l| l.frames_in_flight_mib = 8, "limits.frames_in_flight_mib"),
             (|l| l.store_cache_mib = 1, "limits.store_cache_mib"),

@@ -54,7 +54,7 @@ impl SmallFs {
 
     fn free(&self) -> u64 {
         let s = nix::sys::statvfs::statvfs(&self.mount_point()).expect("statvfs");
-        s.blocks_available() as u64 * s.fragment_size() as u64
+        s.blocks_available() * s.fragment_size()
     }
 
     /// Fills the filesystem until `leave` bytes are free (it has no blocks

@@ -145,7 +145,7 @@ impl SpaceGuard {
             return Ok(());
         }
         let free = nix::sys::statvfs::statvfs(&self.dir)
-            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+            .map(|s| s.blocks_available() * s.fragment_size())
             .map_err(|e| StoreError::Sled(sled::Error::Io(std::io::Error::from(e))))?;
         if free < self.min_free {
             let error = StoreError::Full { path: self.dir.display().to_string(), free_mib: free >> 20, min_mib: self.min_free >> 20 };
