@@ -6,6 +6,10 @@
 //! bound and no honest agent goes offline. Before frames were read as their
 //! bytes arrived, within a budget, one machine connection with 60 such
 //! streams took the coordinator from 110 to 823 MiB.
+//!
+//! CI runs it at a small scale; `scripts/hostile-load.sh` runs it at the
+//! full one (1,000 anonymous and 50 enrolled attackers, 500 simulated
+//! agents beside the real ones), chosen with `DROVER_HOSTILE_SCALE=full`.
 
 mod common;
 
@@ -15,15 +19,32 @@ use std::time::Duration;
 
 use common::flake::{flake, flake_spec, spawn_vm};
 use common::{eventually, until_reported, Options, TestCoordinator};
+use drover_agent::simulate::{self, SimulateOptions};
 use drover_protocol::v1::*;
 
-/// Connections without a certificate, each holding the streams it may open.
-const ANONYMOUS: usize = 300;
-/// Enrolled machines that attack: every stream declares the largest
-/// request a machine may send.
-const AUTHENTICATED: usize = 20;
+/// How many of each take part.
+struct Scale {
+    /// Connections without a certificate, each holding the streams it may open.
+    anonymous: usize,
+    /// Enrolled machines that attack: every stream declares the largest
+    /// request a machine may send.
+    authenticated: usize,
+    /// Honest simulated agents (switch always succeeds) beside the real ones.
+    simulated: usize,
+}
+
+impl Scale {
+    fn from_env() -> Scale {
+        match std::env::var("DROVER_HOSTILE_SCALE").as_deref() {
+            Ok("full") => Scale { anonymous: 1_000, authenticated: 50, simulated: 500 },
+            Ok("ci") | Err(_) => Scale { anonymous: 300, authenticated: 20, simulated: 0 },
+            Ok(other) => panic!("DROVER_HOSTILE_SCALE={other}: use `ci` (the default) or `full`"),
+        }
+    }
+}
+
 const STREAMS_PER_MACHINE: usize = 64;
-/// Honest agents that keep reporting and take a deployment.
+/// Honest agents in this process, with a real apply (flake stand-in).
 const AGENTS: usize = 8;
 /// The budget for frames in flight, set in the coordinator's configuration.
 const FRAMES_IN_FLIGHT_MIB: u64 = 64;
@@ -63,6 +84,7 @@ async fn attacker(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_neither_grow_the_coordinator_past_its_bound_nor_starve_its_agents() {
+    let scale = Scale::from_env();
     let mut fleet = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
     // Every attacker comes from 127.0.0.1: let them all in, so that the
     // frame budget, not the per-address cap, is what holds.
@@ -72,15 +94,33 @@ async fn hostile_clients_neither_grow_the_coordinator_past_its_bound_nor_starve_
     let coordinator = common::Serving(common::spawn_coordinator(&fleet.state_dir));
     let pid = coordinator.0.id();
 
-    let (_, token) = fleet.token((AGENTS + AUTHENTICATED) as u32, &[("role", "web")]).await;
+    let (_, token) = fleet.token((AGENTS + scale.authenticated + scale.simulated) as u32, &[("role", "web")]).await;
     let flake = flake(fleet.dir.path());
     let mut agents: Vec<_> = (0..AGENTS).map(|i| spawn_vm(&fleet, &format!("vm{i}"), Some(&token))).collect();
     for (_, agent) in &mut agents {
         until_reported(agent, 1).await;
     }
+    let simulator = (scale.simulated > 0).then(|| {
+        let mut base = fleet.agent_config("sim", Some(&token));
+        base.nixos_rebuild = "/bin/true".into();
+        tokio::spawn(simulate::run(SimulateOptions {
+            base,
+            count: scale.simulated,
+            work_dir: fleet.dir.path().join("sim"),
+            coordinator_pid: None,
+            timeout: Duration::from_secs(300),
+            hold: Duration::from_secs(900),
+            churn: None,
+        }))
+    });
+    let all_online = eventually(Duration::from_secs(300), || async {
+        fleet.machines().await.iter().filter(|m| m.status == MachineStatus::Online).count() == AGENTS + scale.simulated
+    })
+    .await;
+    assert!(all_online, "every honest agent is online before the attack");
     let token_text = std::fs::read_to_string(&token).expect("token");
     let mut identities = Vec::new();
-    for i in 0..AUTHENTICATED {
+    for i in 0..scale.authenticated {
         let (issued, key) = common::enroll_raw(&fleet, token_text.trim(), &format!("evil{i}")).await;
         identities.push((issued.certificate_der, key));
     }
@@ -102,13 +142,13 @@ async fn hostile_clients_neither_grow_the_coordinator_past_its_bound_nor_starve_
     let endpoint = drover_net::client::client_endpoint(fleet.addr).expect("endpoint");
     let mut held = Vec::new();
     let mut anonymous_in = 0;
-    for _ in 0..ANONYMOUS {
+    for _ in 0..scale.anonymous {
         if let Some(conn) = attacker(&endpoint, &fleet, &ca, None).await {
             anonymous_in += 1;
             held.push(conn);
         }
     }
-    assert_eq!(anonymous_in, ANONYMOUS, "connections without a certificate up to the cap are let in");
+    assert_eq!(anonymous_in, scale.anonymous, "connections without a certificate up to the cap are let in");
     let mut machines_in = 0;
     for (cert, key) in &identities {
         if let Some(conn) = attacker(&endpoint, &fleet, &ca, Some((cert, key))).await {
@@ -116,14 +156,14 @@ async fn hostile_clients_neither_grow_the_coordinator_past_its_bound_nor_starve_
             held.push(conn);
         }
     }
-    assert_eq!(machines_in, AUTHENTICATED);
+    assert_eq!(machines_in, scale.authenticated);
 
     // Every connection opens all it may: the anonymous ones 4 streams of
     // 64 KiB frames (3 after Hello), the machines 64 of 1 MiB, all at once.
     let mut attacks = tokio::task::JoinSet::new();
     for (i, conn) in held.iter().enumerate() {
         let conn = conn.connection.clone();
-        let (streams, declared, sent) = if i < ANONYMOUS { (4, 64 << 10, 60 << 10) } else { (STREAMS_PER_MACHINE, 1 << 20, 1 << 20) };
+        let (streams, declared, sent) = if i < scale.anonymous { (4, 64 << 10, 60 << 10) } else { (STREAMS_PER_MACHINE, 1 << 20, 1 << 20) };
         attacks.spawn(async move {
             let mut open = Vec::new();
             for _ in 0..streams {
@@ -142,13 +182,13 @@ async fn hostile_clients_neither_grow_the_coordinator_past_its_bound_nor_starve_
     // Meanwhile the honest agents take a deployment.
     let spec = common::deploy_to_role("web", flake_spec(&flake, "good"));
     let AdminResponse::Deployed(targets) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!("deploy") };
-    assert_eq!(targets.len(), AGENTS + AUTHENTICATED, "the deployment targets every machine with the label");
+    assert_eq!(targets.len(), AGENTS + scale.authenticated + scale.simulated, "the deployment targets every machine with the label");
     let honest: Vec<String> = {
         let machines = fleet.machines().await;
-        machines.iter().filter(|m| m.hostname.starts_with("vm")).map(|m| m.id.clone()).collect()
+        machines.iter().filter(|m| !m.hostname.starts_with("evil")).map(|m| m.id.clone()).collect()
     };
-    assert_eq!(honest.len(), AGENTS);
-    let all_succeeded = eventually(Duration::from_secs(120), || async {
+    assert_eq!(honest.len(), AGENTS + scale.simulated);
+    let all_succeeded = eventually(Duration::from_secs(300), || async {
         let AdminResponse::Deployments(list) = fleet.call(AdminRequest::DeploymentsList { machine: None }).await else { return false };
         honest.iter().all(|id| list.iter().any(|d| &d.machine_id == id && d.state == DeploymentState::Succeeded))
     })
@@ -169,6 +209,9 @@ async fn hostile_clients_neither_grow_the_coordinator_past_its_bound_nor_starve_
         assert!(after > before, "{} kept reporting health during the attack ({before} then {after})", vm.name);
     }
 
+    if let Some(simulator) = simulator {
+        simulator.abort();
+    }
     sampler.abort();
     let peak_kib = peak.load(Ordering::Relaxed).max(rss_kib(pid));
     let grown_mib = peak_kib.saturating_sub(idle_kib) / 1024;
