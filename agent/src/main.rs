@@ -54,9 +54,14 @@ enum Command {
         /// Give up waiting after this long.
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: Duration,
-        /// Keep the agents connected this long after all are online.
+        /// Keep the agents connected this long after all are online
+        /// (SIGTERM or Ctrl-C ends it early, and the report is printed).
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         hold: Duration,
+        /// Once all are online (or the timeout passed), write the report so
+        /// far here as JSON while the agents keep running.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
         /// While holding, stop one agent at random this often and start it
         /// again (churn for soak runs; e.g. 200ms).
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -180,7 +185,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("agent configuration is valid: coordinator {}", config.coordinator);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Simulate { config, count, work_dir, coordinator_pid, timeout, hold, churn, json } => {
+        Command::Simulate { config, count, work_dir, coordinator_pid, timeout, hold, churn, ready_file, json } => {
             let base = config.resolve()?;
             let tmp;
             let work_dir = match work_dir {
@@ -190,7 +195,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     tmp.path().to_path_buf()
                 }
             };
-            let report = simulate::run(SimulateOptions { base, count, work_dir, coordinator_pid, timeout, hold, churn }).await?;
+            let report = simulate::run(SimulateOptions { base, count, work_dir, coordinator_pid, timeout, hold, churn, ready_file }).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -1,9 +1,12 @@
 //! The load generator: enrolls and connects many simulated agents from one
 //! process (sharing one UDP socket) against a running coordinator, and
 //! measures enrollments per second, the time until every agent is online, and
-//! the coordinator's resident memory. A benchmark, not a test.
+//! the coordinator's resident memory, and when each agent received and
+//! finished each generation. A benchmark, not a test.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -25,6 +28,65 @@ pub struct SimulateOptions {
     /// again on its own state (it reconnects without enrolling): churn for
     /// soak runs.
     pub churn: Option<Duration>,
+    /// Where to write the report so far once every agent is online (or the
+    /// timeout passed), while the agents keep running: a benchmark waits
+    /// for this file, then deploys.
+    pub ready_file: Option<PathBuf>,
+}
+
+/// When the agents received and finished one generation, in Unix
+/// milliseconds, sorted.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct GenerationTimes {
+    pub generation: u64,
+    /// The coordinator's announcement of the generation arrived.
+    pub received_unix_ms: Vec<u64>,
+    /// The agent finished applying it (any outcome).
+    pub applied_unix_ms: Vec<u64>,
+}
+
+type Times = Arc<Mutex<BTreeMap<u64, GenerationTimes>>>;
+
+/// Records, for one agent, when each new generation arrives and is applied.
+fn watch_generations(mut status: tokio::sync::watch::Receiver<crate::AgentStatus>, times: Times) {
+    tokio::spawn(async move {
+        let (mut desired, mut applied) = {
+            let s = status.borrow();
+            (s.desired_generation, s.applied_generation)
+        };
+        while status.changed().await.is_ok() {
+            let (d, a) = {
+                let s = status.borrow_and_update();
+                (s.desired_generation, s.applied_generation)
+            };
+            let now = drover_net::clock::now_ms();
+            let mut times = times.lock().unwrap_or_else(|p| p.into_inner());
+            if d > desired {
+                desired = d;
+                let entry = times.entry(d).or_insert_with(|| GenerationTimes { generation: d, ..Default::default() });
+                entry.received_unix_ms.push(now);
+            }
+            if a > applied {
+                applied = a;
+                let entry = times.entry(a).or_insert_with(|| GenerationTimes { generation: a, ..Default::default() });
+                entry.applied_unix_ms.push(now);
+            }
+        }
+    });
+}
+
+/// Resolves on SIGTERM or SIGINT: a benchmark ends the hold early.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -39,6 +101,8 @@ pub struct SimulateReport {
     pub coordinator_rss_before_bytes: Option<u64>,
     /// Agents stopped and started again while holding (`churn`).
     pub restarts: u64,
+    /// Each generation announced while the agents ran.
+    pub generations: Vec<GenerationTimes>,
 }
 
 /// Resident memory of a process, from `/proc/PID/status`.
@@ -77,6 +141,7 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
     let endpoint = drover_net::client::client_endpoint(opts.base.coordinator)?;
     let rss_before = opts.coordinator_pid.and_then(rss_bytes);
     let start = Instant::now();
+    let times: Times = Arc::default();
     let start_agent = |i: usize| {
         let mut config = opts.base.clone();
         config.state_dir = opts.work_dir.join(format!("agent-{i:05}"));
@@ -85,7 +150,9 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
         config.runtime_dir = config.state_dir.join("run");
         config.volume_root = config.state_dir.join("root");
         config.hostname = Some(format!("sim-{i:05}"));
-        crate::spawn(config, FixedHealth(synthetic_health(i)), Some(endpoint.clone())).context("starting a simulated agent")
+        let handle = crate::spawn(config, FixedHealth(synthetic_health(i)), Some(endpoint.clone())).context("starting a simulated agent")?;
+        watch_generations(handle.status.clone(), times.clone());
+        Ok::<_, anyhow::Error>(handle)
     };
     let mut handles = Vec::with_capacity(opts.count);
     for i in 0..opts.count {
@@ -116,21 +183,45 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
     let enrolled = handles.iter().filter(|h| h.status.borrow().machine_id.is_some()).count();
     let online = handles.iter().filter(|h| h.status.borrow().reports > 0).count();
     let rss = opts.coordinator_pid.and_then(rss_bytes);
+    let enroll_secs = enrolled_at.unwrap_or(start.elapsed()).as_secs_f64();
+    let report = |restarts: u64| SimulateReport {
+        agents: opts.count,
+        enrolled,
+        online,
+        enroll_seconds: enroll_secs,
+        enrollments_per_second: enrolled as f64 / enroll_secs.max(1e-9),
+        seconds_until_all_online: online_at.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN),
+        coordinator_rss_bytes: rss,
+        coordinator_rss_before_bytes: rss_before,
+        restarts,
+        generations: times.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().map(GenerationTimes::sorted).collect(),
+    };
+    if let Some(path) = &opts.ready_file {
+        let text = serde_json::to_vec_pretty(&report(0))?;
+        drover_net::fsutil::write_atomic(path, &text, 0o644).with_context(|| format!("writing {}", path.display()))?;
+    }
     let mut restarts = 0;
     let held = Instant::now() + opts.hold;
-    match opts.churn.filter(|c| !c.is_zero()) {
-        Some(every) => {
-            use rand::Rng;
-            while Instant::now() + every < held {
-                tokio::time::sleep(every).await;
-                let i = rand::rng().random_range(0..handles.len());
-                let _ = handles.remove(i).stop().await;
-                handles.insert(i, start_agent(i)?);
-                restarts += 1;
+    let hold = async {
+        match opts.churn.filter(|c| !c.is_zero()) {
+            Some(every) => {
+                use rand::Rng;
+                while Instant::now() + every < held {
+                    tokio::time::sleep(every).await;
+                    let i = rand::rng().random_range(0..handles.len());
+                    let _ = handles.remove(i).stop().await;
+                    handles.insert(i, start_agent(i)?);
+                    restarts += 1;
+                }
+                tokio::time::sleep(held.saturating_duration_since(Instant::now())).await;
             }
-            tokio::time::sleep(held.saturating_duration_since(Instant::now())).await;
+            None => tokio::time::sleep(opts.hold).await,
         }
-        None => tokio::time::sleep(opts.hold).await,
+        Ok::<_, anyhow::Error>(())
+    };
+    tokio::select! {
+        done = hold => done?,
+        _ = stop_signal() => {}
     }
     // Stopped together, not one after another.
     let mut stopping = tokio::task::JoinSet::new();
@@ -141,16 +232,13 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
     }
     while stopping.join_next().await.is_some() {}
     endpoint.wait_idle().await;
-    let enroll_secs = enrolled_at.unwrap_or(start.elapsed()).as_secs_f64();
-    Ok(SimulateReport {
-        agents: opts.count,
-        enrolled,
-        online,
-        enroll_seconds: enroll_secs,
-        enrollments_per_second: enrolled as f64 / enroll_secs.max(1e-9),
-        seconds_until_all_online: online_at.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN),
-        coordinator_rss_bytes: rss,
-        coordinator_rss_before_bytes: rss_before,
-        restarts,
-    })
+    Ok(report(restarts))
+}
+
+impl GenerationTimes {
+    fn sorted(mut self) -> Self {
+        self.received_unix_ms.sort_unstable();
+        self.applied_unix_ms.sort_unstable();
+        self
+    }
 }

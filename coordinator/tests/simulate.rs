@@ -29,6 +29,7 @@ async fn simulated_machines_apply_a_deployment_each_in_its_own_directory() {
         timeout: Duration::from_secs(60),
         hold,
         churn: None,
+        ready_file: None,
     }));
     assert!(eventually(Duration::from_secs(30), || async { fleet.machines().await.len() == 4 }).await, "four machines enrolled");
 
@@ -43,6 +44,7 @@ async fn simulated_machines_apply_a_deployment_each_in_its_own_directory() {
         buckets: vec![],
         volumes: vec![],
     };
+    let deployed_at = drover_net::clock::now_ms();
     let AdminResponse::Deployed(targets) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!("deploy") };
     assert_eq!(targets.len(), 4);
     let finished = eventually(Duration::from_secs(30), || async {
@@ -71,4 +73,11 @@ async fn simulated_machines_apply_a_deployment_each_in_its_own_directory() {
     assert_eq!((report.enrolled, report.online), (4, 4));
     assert!(report.enroll_seconds < total - hold.as_secs_f64(), "the rate divides by the enrolling time: {report:?}, run {total:.1}s");
     assert!((report.enrollments_per_second - 4.0 / report.enroll_seconds).abs() < 1e-6, "{report:?}");
+    // The deployment's generation, received and finished by every agent,
+    // at times between the deploy and the end of the run.
+    let generation = targets[0].generation;
+    let times = report.generations.iter().find(|g| g.generation == generation).expect("the deployed generation was recorded");
+    assert_eq!((times.received_unix_ms.len(), times.applied_unix_ms.len()), (4, 4), "{times:?}");
+    assert!(times.received_unix_ms.iter().all(|t| *t >= deployed_at && *t <= drover_net::clock::now_ms()), "{times:?}, deployed at {deployed_at}");
+    assert!(times.received_unix_ms[3] <= times.applied_unix_ms[3], "{times:?}");
 }
