@@ -49,7 +49,7 @@ install_dependencies() {
   export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 }
 
-# The drills (bench-enroll, crash-storm, soak): a release-built coordinator
+# The drills (crash-storm, soak): a release-built coordinator
 # on loopback in a fresh work directory. Sets BIN, WORK and
 # DROVER_STATE_DIR; every simulated agent comes from 127.0.0.1, so the
 # per-address cap on enrolling connections (100 by default) is lifted.

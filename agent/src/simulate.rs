@@ -101,6 +101,9 @@ pub struct SimulateReport {
     pub coordinator_rss_before_bytes: Option<u64>,
     /// Agents stopped and started again while holding (`churn`).
     pub restarts: u64,
+    /// Connections the agents made (welcomes received), all of them: more
+    /// than `online` means agents reconnected.
+    pub connects: u64,
     /// Each generation announced while the agents ran.
     pub generations: Vec<GenerationTimes>,
 }
@@ -184,7 +187,7 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
     let online = handles.iter().filter(|h| h.status.borrow().reports > 0).count();
     let rss = opts.coordinator_pid.and_then(rss_bytes);
     let enroll_secs = enrolled_at.unwrap_or(start.elapsed()).as_secs_f64();
-    let report = |restarts: u64| SimulateReport {
+    let report = |restarts: u64, connects: u64| SimulateReport {
         agents: opts.count,
         enrolled,
         online,
@@ -194,10 +197,12 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
         coordinator_rss_bytes: rss,
         coordinator_rss_before_bytes: rss_before,
         restarts,
+        connects,
         generations: times.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().map(GenerationTimes::sorted).collect(),
     };
     if let Some(path) = &opts.ready_file {
-        let text = serde_json::to_vec_pretty(&report(0))?;
+        let connects = handles.iter().map(|h| h.status.borrow().connects).sum();
+        let text = serde_json::to_vec_pretty(&report(0, connects))?;
         drover_net::fsutil::write_atomic(path, &text, 0o644).with_context(|| format!("writing {}", path.display()))?;
     }
     let mut restarts = 0;
@@ -223,6 +228,8 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
         done = hold => done?,
         _ = stop_signal() => {}
     }
+    // Restarted agents' earlier connections are not counted.
+    let connects = handles.iter().map(|h| h.status.borrow().connects).sum();
     // Stopped together, not one after another.
     let mut stopping = tokio::task::JoinSet::new();
     for h in handles {
@@ -232,7 +239,7 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
     }
     while stopping.join_next().await.is_some() {}
     endpoint.wait_idle().await;
-    Ok(report(restarts))
+    Ok(report(restarts, connects))
 }
 
 impl GenerationTimes {

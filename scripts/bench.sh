@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# The benchmark (not a test): for each N, a bare quinn mTLS server and N
+# clients with Drover's TLS, transport and socket settings (`drover-bench`),
+# then a release-built coordinator and N simulated agents
+# (`drover-agent simulate`, a no-op switch) — the same connects, idle
+# keep-alives and one broadcast — and one table of Drover's figures beside
+# the bare ones, with the ratio:
+#   time until all online, connects per second, coordinator RSS and CPU per
+#   connection at idle, a new generation's fan-out (deploy → received, and
+#   → finished on the agents) p50/p99/max, a rollout's wall time, the
+#   machine's load and UDP receive-buffer drops.
+#   scripts/bench.sh [N...]          (default: 1000)
+# BENCH_IDLE_SECONDS (default 30) is how long idle CPU is measured; the
+# coordinator's health interval is 10 s.
+source "$(dirname "$0")/lib.sh"
+install_dependencies
+cd "$ROOT"
+[ "$#" -gt 0 ] || set -- 1000
+IDLE="${BENCH_IDLE_SECONDS:-30}"
+BARE_PORT="${DROVER_BENCH_BARE_PORT:-7601}"
+PORT="${DROVER_BENCH_PORT:-7602}"
+TICK="$(getconf CLK_TCK)"
+ulimit -n 65536 2>/dev/null || true
+cargo build --release --locked --bin drover --bin drover-agent --bin drover-bench
+BIN="$ROOT/target/release"
+PIDS=()
+OUT="$(mktemp -d /tmp/drover-bench.XXXXXX)"
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$OUT"' EXIT
+
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rcvbuf_errors() { awk '/^Udp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "RcvbufErrors") c = i; h = 1 } else print $c }' /proc/net/snmp; }
+now_ms() { date +%s%3N; }
+wait_file() { # FILE SECONDS WHAT
+  local end=$((SECONDS + $2))
+  while [ ! -e "$1" ]; do
+    if [ "$SECONDS" -ge "$end" ]; then echo "gave up waiting for $3 after $2 s" >&2; exit 1; fi
+    sleep 0.1
+  done
+}
+# Idle CPU of PID over IDLE seconds, as a percentage of one core.
+idle_cpu() {
+  local before after
+  before="$(cpu_ticks "$1")"
+  sleep "$IDLE"
+  after="$(cpu_ticks "$1")"
+  python3 -c "print(($after - $before) / $TICK / $IDLE * 100)"
+}
+
+bare() { # N DIR
+  local n="$1" dir="$2" server clients
+  mkdir -p "$dir"
+  "$BIN/drover-bench" bare-server --listen "127.0.0.1:$BARE_PORT" --dir "$dir/server" 2>"$dir/server.log" &
+  server=$!
+  PIDS+=("$server")
+  wait_file "$dir/server/ready" 30 "the bare server"
+  echo "rss_before $(rss_kib "$server")" >"$dir/figures"
+  echo "drops_before $(rcvbuf_errors)" >>"$dir/figures"
+  "$BIN/drover-bench" bare-clients --connect "127.0.0.1:$BARE_PORT" --dir "$dir/server" --count "$n" \
+    --ready-file "$dir/ready.json" >"$dir/final.json" 2>"$dir/clients.log" &
+  clients=$!
+  PIDS+=("$clients")
+  wait_file "$dir/ready.json" 900 "$n bare clients"
+  echo "drops_connected $(rcvbuf_errors)" >>"$dir/figures"
+  echo "rss_connected $(rss_kib "$server")" >>"$dir/figures"
+  echo "idle_cpu $(idle_cpu "$server")" >>"$dir/figures"
+  echo "broadcast_at $(now_ms)" >>"$dir/figures"
+  kill -USR1 "$server"
+  wait_file "$dir/ready.json.broadcast" 300 "the bare broadcast"
+  echo "drops_end $(rcvbuf_errors)" >>"$dir/figures"
+  echo "load $(cut -d' ' -f1 /proc/loadavg)" >>"$dir/figures"
+  kill -TERM "$clients"
+  wait "$clients" || true
+  kill -TERM "$server"
+  wait "$server" || true
+}
+
+drover() { # N DIR
+  local n="$1" dir="$2" server sim state="$2/coordinator"
+  mkdir -p "$dir"
+  export DROVER_STATE_DIR="$state"
+  "$BIN/drover" init --state-dir "$state" --listen "127.0.0.1:$PORT" --health-interval 10s >/dev/null
+  printf '\n[limits]\nanonymous_connections = 100000\nanonymous_per_address = 100000\n' >>"$state/drover.toml"
+  RUST_LOG=warn "$BIN/drover" serve 2>"$dir/coordinator.log" &
+  server=$!
+  PIDS+=("$server")
+  for _ in $(seq 100); do "$BIN/drover" whoami >/dev/null 2>&1 && break; sleep 0.1; done
+  "$BIN/drover" tokens create --uses "$n" --ttl 1h --label role=bench >"$dir/token"
+  cat >"$dir/agent.toml" <<TOML
+coordinator = "127.0.0.1:$PORT"
+ca_file = "$state/ca.pem"
+enrollment_token_file = "$dir/token"
+state_dir = "$dir/agent"
+nixos_rebuild = "/bin/true"
+TOML
+  echo "rss_before $(rss_kib "$server")" >"$dir/figures"
+  echo "drops_before $(rcvbuf_errors)" >>"$dir/figures"
+  RUST_LOG=error "$BIN/drover-agent" simulate -c "$dir/agent.toml" --count "$n" --work-dir "$dir/agents" \
+    --timeout 15m --hold 2h --ready-file "$dir/ready.json" --json >"$dir/final.json" 2>"$dir/simulate.log" &
+  sim=$!
+  PIDS+=("$sim")
+  wait_file "$dir/ready.json" 960 "$n simulated agents"
+  echo "drops_connected $(rcvbuf_errors)" >>"$dir/figures"
+  echo "rss_connected $(rss_kib "$server")" >>"$dir/figures"
+  echo "idle_cpu $(idle_cpu "$server")" >>"$dir/figures"
+  echo "broadcast_at $(now_ms)" >>"$dir/figures"
+  "$BIN/drover" deploy --selector role=bench --flake "path:/nonexistent#bench" --health-deadline 5s \
+    --wait -o json >"$dir/deploy.json" 2>>"$dir/cli.log" || echo "the deployment did not succeed everywhere" >&2
+  echo "deployed_at $(now_ms)" >>"$dir/figures"
+  local started=$SECONDS
+  "$BIN/drover" rollout start --selector role=bench --flake "path:/nonexistent#rollout" --canary 1 --auto-promote \
+    --max-parallel 25% --health-deadline 5s --wait -o json >"$dir/rollout.json" 2>>"$dir/cli.log" || echo "the rollout did not succeed" >&2
+  echo "rollout_seconds $((SECONDS - started))" >>"$dir/figures"
+  local t0 t1
+  t0="$(now_ms)"; "$BIN/drover" machines list -o json >/dev/null; t1="$(now_ms)"
+  echo "machines_list_ms $((t1 - t0))" >>"$dir/figures"
+  echo "drops_end $(rcvbuf_errors)" >>"$dir/figures"
+  echo "load $(cut -d' ' -f1 /proc/loadavg)" >>"$dir/figures"
+  kill -TERM "$sim"
+  wait "$sim" || true
+  kill -TERM "$server"
+  wait "$server" || true
+}
+
+for N in "$@"; do
+  log "N = $N: bare quinn"
+  bare "$N" "$OUT/bare-$N"
+  log "N = $N: Drover"
+  drover "$N" "$OUT/drover-$N"
+  python3 - "$OUT/bare-$N" "$OUT/drover-$N" "$N" <<'PY'
+import json, os, sys
+bare_dir, drover_dir, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def figures(d):
+    return {k: float(v) for k, v in (l.split() for l in open(os.path.join(d, "figures")) if l.strip())}
+bf, df = figures(bare_dir), figures(drover_dir)
+br, dr = json.load(open(os.path.join(bare_dir, "final.json"))), json.load(open(os.path.join(drover_dir, "final.json")))
+def q(values, p):
+    if not values: return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p * (len(values) - 1))))]
+def spread(times, t0):
+    d = [(t - t0) / 1000 for t in times]
+    return (q(d, .5), q(d, .99), max(d) if d else float("nan"), len(d))
+b = br["broadcasts"][0] if br["broadcasts"] else {"sent_unix_ms": bf["broadcast_at"], "received_unix_ms": []}
+b_recv = spread(b["received_unix_ms"], b["sent_unix_ms"])
+gens = dr["generations"]
+deploy = gens[0] if gens else {"received_unix_ms": [], "applied_unix_ms": []}
+d_recv = spread(deploy["received_unix_ms"], df["broadcast_at"])
+d_done = spread(deploy["applied_unix_ms"], df["broadcast_at"])
+rows = []
+def row(name, drover, bare=None, fmt="{:.2f}", lower_is_better=True):
+    ratio = ""
+    if bare not in (None, 0) and bare == bare and drover == drover:
+        ratio = f"{drover / bare:.2f}×"
+    rows.append((name, fmt.format(drover), "" if bare is None else fmt.format(bare), ratio))
+row("online (s)", dr["seconds_until_all_online"], br["seconds_until_all_connected"])
+row("connects/s (enrollments, handshakes)", dr["enrollments_per_second"], br["handshakes_per_second"], "{:.0f}")
+row("coordinator KiB per connection", (df["rss_connected"] - df["rss_before"]) / n, (bf["rss_connected"] - bf["rss_before"]) / n, "{:.1f}")
+row("coordinator CPU at idle (% of a core)", df["idle_cpu"], bf["idle_cpu"], "{:.1f}")
+row("generation received p50 (s)", d_recv[0], b_recv[0], "{:.3f}")
+row("generation received p99 (s)", d_recv[1], b_recv[1], "{:.3f}")
+row("generation received max (s)", d_recv[2], b_recv[2], "{:.3f}")
+row("generation finished p50 (s)", d_done[0], None, "{:.3f}")
+row("generation finished p99 (s)", d_done[1], None, "{:.3f}")
+row("generation finished max (s)", d_done[2], None, "{:.3f}")
+row("rollout, 25% at a time (s)", df["rollout_seconds"], None, "{:.0f}")
+row("machines list (s)", df["machines_list_ms"] / 1000, None, "{:.2f}")
+row("agent reconnects (connects beyond one each)", dr["connects"] - dr["online"], None, "{:.0f}")
+row("UDP receive drops while connecting", df["drops_connected"] - df["drops_before"], bf["drops_connected"] - bf["drops_before"], "{:.0f}")
+row("UDP receive drops, broadcast to end", df["drops_end"] - df["drops_connected"], bf["drops_end"] - bf["drops_connected"], "{:.0f}")
+row("load average (1 min) at the end", df["load"], bf["load"], "{:.2f}")
+print(f"\nN = {n}: {dr['online']} of {n} agents online, {d_recv[3]} received the deployment, {d_done[3]} finished it; "
+      f"bare: {br['connected']} connected ({br['retries']} retries), {b_recv[3]} got the broadcast")
+width = max(len(r[0]) for r in rows)
+print(f"{'':{width}}  {'Drover':>10}  {'bare quinn':>10}  {'ratio':>7}")
+for name, d, b, r in rows:
+    print(f"{name:{width}}  {d:>10}  {b:>10}  {r:>7}")
+PY
+done
+log "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -r)"
