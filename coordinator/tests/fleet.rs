@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{eventually, until_reported, Options, TestCoordinator};
-use drover_protocol::v1::{AdminRequest, AdminResponse, DeploySpec, MachineStatus, SystemSpec};
+use drover_protocol::v1::{AdminRequest, AdminResponse, DeploySpec, MachineStatus, SystemSpec, TokenSpec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_agents_enroll_and_show_online_with_health_in_the_cli_json() {
@@ -176,6 +176,27 @@ async fn what_the_coordinator_acknowledged_survives_a_sigkill_right_after() {
     let server = spawn();
     let AdminResponse::MachineDetail(detail) = fleet.call(AdminRequest::MachinesDetail { id: issued.subject.clone() }).await else { panic!() };
     assert_eq!(detail.desired_generation, 1, "the generation survived");
+
+    // Concurrent changes share flushes (group commit): each acknowledged
+    // one survives all the same.
+    let admin = std::sync::Arc::new(fleet.admin().await);
+    let mut created = tokio::task::JoinSet::new();
+    for i in 0..40u32 {
+        let admin = admin.clone();
+        created.spawn(async move {
+            let spec = TokenSpec { labels: [("n".to_string(), i.to_string())].into(), ttl_ms: 3_600_000, uses: 1 };
+            matches!(admin.call(AdminRequest::TokensCreate(spec)).await, Ok(AdminResponse::TokenCreated(_)))
+        });
+    }
+    let mut acknowledged = 0;
+    while let Some(ok) = created.join_next().await {
+        acknowledged += usize::from(ok.expect("task"));
+    }
+    assert_eq!(acknowledged, 40);
+    kill(server);
+    let server = spawn();
+    let AdminResponse::Tokens(tokens) = fleet.call(AdminRequest::TokensList).await else { panic!() };
+    assert_eq!(tokens.len(), 1 + 40, "every concurrently acknowledged token survived");
     kill(server);
 }
 

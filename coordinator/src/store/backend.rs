@@ -115,6 +115,19 @@ pub struct SledBackend {
     db: sled::Db,
     trees: Vec<sled::Tree>,
     space: SpaceGuard,
+    commits: GroupCommit,
+}
+
+/// Group commit: concurrent flushes share one. A flush waits for the one
+/// in progress, then returns at once when that one began after its own
+/// writes; otherwise it runs one flush for everything written so far.
+#[derive(Default)]
+struct GroupCommit {
+    /// Transactions committed (in memory) so far.
+    written: std::sync::atomic::AtomicU64,
+    /// How many of them a finished flush is known to cover; held while a
+    /// flush runs.
+    flushed: tokio::sync::Mutex<u64>,
 }
 
 /// How the sled store is opened.
@@ -174,7 +187,7 @@ impl SledBackend {
         })?;
         let trees = Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<Vec<_>, _>>()?;
         let space = SpaceGuard { dir: dir.to_path_buf(), min_free: options.min_free_bytes, refusing: AtomicBool::new(false) };
-        Ok(SledBackend { db, trees, space })
+        Ok(SledBackend { db, trees, space, commits: GroupCommit::default() })
     }
 
     fn tree(&self, tree: Tree) -> &sled::Tree {
@@ -240,7 +253,9 @@ impl Backend for SledBackend {
         result.map_err(|e| match e {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => StoreError::Sled(e),
-        })
+        })?;
+        self.commits.written.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -249,9 +264,16 @@ impl Backend for SledBackend {
         // every one of them while the writes they wait for need one too.
         let db = self.db.clone();
         Box::pin(async move {
+            let mine = self.commits.written.load(std::sync::atomic::Ordering::SeqCst);
+            let mut flushed = self.commits.flushed.lock().await;
+            if *flushed >= mine {
+                return Ok(());
+            }
+            let covers = self.commits.written.load(std::sync::atomic::Ordering::SeqCst);
             tokio::task::spawn_blocking(move || db.flush())
                 .await
                 .map_err(|e| StoreError::Sled(sled::Error::ReportableBug(format!("flush task: {e}"))))??;
+            *flushed = covers;
             Ok(())
         })
     }
