@@ -107,12 +107,11 @@ TOML
   "$BIN/drover" deploy --selector role=bench --flake "path:/nonexistent#bench" --health-deadline 5s \
     --wait -o json >"$dir/deploy.json" 2>>"$dir/cli.log" || echo "the deployment did not succeed everywhere" >&2
   echo "deployed_at $(now_ms)" >>"$dir/figures"
-  local started=$SECONDS
+  local started=$SECONDS t0 t1
   "$BIN/drover" rollout start --selector role=bench --flake "path:/nonexistent#rollout" --canary 1 --auto-promote \
     --max-parallel 25% --health-deadline 5s --wait -o json >"$dir/rollout.json" 2>>"$dir/cli.log" || echo "the rollout did not succeed" >&2
   echo "rollout_seconds $((SECONDS - started))" >>"$dir/figures"
-  local t0 t1
-  t0="$(now_ms)"; "$BIN/drover" machines list -o json >/dev/null; t1="$(now_ms)"
+  t0="$(now_ms)"; "$BIN/drover" machines list -o json | python3 -c 'import json,sys; print("registered", len(json.load(sys.stdin)))' >>"$dir/figures"; t1="$(now_ms)"
   echo "machines_list_ms $((t1 - t0))" >>"$dir/figures"
   echo "drops_end $(rcvbuf_errors)" >>"$dir/figures"
   echo "load $(cut -d' ' -f1 /proc/loadavg)" >>"$dir/figures"
@@ -163,13 +162,21 @@ row("generation received max (s)", d_recv[2], b_recv[2], "{:.3f}")
 row("generation finished p50 (s)", d_done[0], None, "{:.3f}")
 row("generation finished p99 (s)", d_done[1], None, "{:.3f}")
 row("generation finished max (s)", d_done[2], None, "{:.3f}")
+try:
+    rollout = json.load(open(os.path.join(drover_dir, "rollout.json")))
+    rollout_phase = rollout.get("phase", "?")
+except Exception:
+    rollout_phase = "no answer"
+deployed = json.load(open(os.path.join(drover_dir, "deploy.json"))) if os.path.getsize(os.path.join(drover_dir, "deploy.json")) else []
+succeeded = sum(1 for d in deployed if d.get("state") == "succeeded")
 row("rollout, 25% at a time (s)", df["rollout_seconds"], None, "{:.0f}")
 row("machines list (s)", df["machines_list_ms"] / 1000, None, "{:.2f}")
 row("agent reconnects (connects beyond one each)", dr["connects"] - dr["online"], None, "{:.0f}")
 row("UDP receive drops while connecting", df["drops_connected"] - df["drops_before"], bf["drops_connected"] - bf["drops_before"], "{:.0f}")
 row("UDP receive drops, broadcast to end", df["drops_end"] - df["drops_connected"], bf["drops_end"] - bf["drops_connected"], "{:.0f}")
 row("load average (1 min) at the end", df["load"], bf["load"], "{:.2f}")
-print(f"\nN = {n}: {dr['online']} of {n} agents online, {d_recv[3]} received the deployment, {d_done[3]} finished it; "
+print(f"\nN = {n}: {dr['online']} of {n} agents online, {int(df['registered'])} machines registered; "
+      f"the deployment: {d_recv[3]} received it, {succeeded} succeeded; the rollout: {rollout_phase}; "
       f"bare: {br['connected']} connected ({br['retries']} retries), {b_recv[3]} got the broadcast")
 width = max(len(r[0]) for r in rows)
 print(f"{'':{width}}  {'Drover':>10}  {'bare quinn':>10}  {'ratio':>7}")

@@ -195,7 +195,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     tmp.path().to_path_buf()
                 }
             };
-            let report = simulate::run(SimulateOptions { base, count, work_dir, coordinator_pid, timeout, hold, churn, ready_file }).await?;
+            let report = simulate::run(SimulateOptions { base, count, work_dir, coordinator_pid, timeout, hold, churn, ready_file, stop: None }).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -32,6 +32,9 @@ pub struct SimulateOptions {
     /// timeout passed), while the agents keep running: a benchmark waits
     /// for this file, then deploys.
     pub ready_file: Option<PathBuf>,
+    /// Ends the hold early when it fires (or its sender is dropped), as
+    /// SIGTERM does for the command.
+    pub stop: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 /// When the agents received and finished one generation, in Unix
@@ -224,9 +227,19 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
         }
         Ok::<_, anyhow::Error>(())
     };
+    let stop = opts.stop;
+    let stopped = async move {
+        match stop {
+            Some(rx) => {
+                let _ = rx.await;
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         done = hold => done?,
         _ = stop_signal() => {}
+        _ = stopped => {}
     }
     // Restarted agents' earlier connections are not counted.
     let connects = handles.iter().map(|h| h.status.borrow().connects).sum();

@@ -227,6 +227,7 @@ async fn machines(s: &Setup, count: usize) -> tokio::task::JoinHandle<anyhow::Re
         hold: Duration::from_secs(3600),
         churn: None,
         ready_file: None,
+        stop: None,
     }));
     let all = eventually(Duration::from_secs(300), || async { s.fleet.machines().await.iter().filter(|m| m.status == MachineStatus::Online).count() == count }).await;
     assert!(all, "all {count} machines enrolled and online");

@@ -112,6 +112,7 @@ async fn hostile_clients_neither_grow_the_coordinator_past_its_bound_nor_starve_
             hold: Duration::from_secs(900),
             churn: None,
             ready_file: None,
+            stop: None,
         }))
     });
     let all_online = eventually(Duration::from_secs(300), || async {

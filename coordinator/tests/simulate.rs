@@ -30,6 +30,7 @@ async fn simulated_machines_apply_a_deployment_each_in_its_own_directory() {
         hold,
         churn: None,
         ready_file: None,
+        stop: None,
     }));
     assert!(eventually(Duration::from_secs(30), || async { fleet.machines().await.len() == 4 }).await, "four machines enrolled");
 
@@ -80,4 +81,65 @@ async fn simulated_machines_apply_a_deployment_each_in_its_own_directory() {
     assert_eq!((times.received_unix_ms.len(), times.applied_unix_ms.len()), (4, 4), "{times:?}");
     assert!(times.received_unix_ms.iter().all(|t| *t >= deployed_at && *t <= drover_net::clock::now_ms()), "{times:?}, deployed at {deployed_at}");
     assert!(times.received_unix_ms[3] <= times.applied_unix_ms[3], "{times:?}");
+}
+
+/// Correctness at scale: many simulated machines enroll with a token of
+/// exactly as many uses (one record each), take one deployment, and every
+/// deployment reaches `succeeded` with every step reported — without any
+/// agent reconnecting because of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_to_many_simulated_machines_succeeds_everywhere_without_reconnects() {
+    const N: usize = 300;
+    let fleet = TestCoordinator::start_with(common::Options { health_interval: Duration::from_secs(5), ..Default::default() }).await;
+    let (_, token) = fleet.token(N as u32, &[("role", "many")]).await;
+    let mut base = fleet.agent_config("base", Some(&token));
+    base.nixos_rebuild = "/bin/true".into();
+    // An agent's own settings, not the quick ones of the small tests.
+    let defaults = drover_agent::AgentConfig::new(fleet.addr, fleet.state_dir.join("ca.pem"), fleet.dir.path().join("unused"));
+    base.connect_timeout = defaults.connect_timeout;
+    base.backoff_initial = defaults.backoff_initial;
+    base.backoff_max = defaults.backoff_max;
+    let ready = fleet.dir.path().join("ready.json");
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let run = tokio::spawn(simulate::run(SimulateOptions {
+        base,
+        count: N,
+        work_dir: fleet.dir.path().join("sim"),
+        coordinator_pid: None,
+        timeout: Duration::from_secs(300),
+        hold: Duration::from_secs(3600),
+        churn: None,
+        ready_file: Some(ready.clone()),
+        stop: Some(stopped),
+    }));
+    assert!(eventually(Duration::from_secs(300), || async { ready.exists() }).await, "the simulator reports");
+    let at_ready: serde_json::Value = serde_json::from_slice(&std::fs::read(&ready).expect("ready file")).expect("json");
+    assert_eq!(at_ready["online"], N, "{at_ready}");
+    assert_eq!(fleet.machines().await.len(), N, "exactly one record per machine");
+
+    let spec = common::deploy_to_role("many", SystemSpec::Flake { uri: "path:/nonexistent".into(), attribute: "x".into() });
+    let AdminResponse::Deployed(targets) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!("deploy") };
+    assert_eq!(targets.len(), N);
+    let finished = eventually(Duration::from_secs(300), || async {
+        let AdminResponse::Deployments(d) = fleet.call(AdminRequest::DeploymentsList { machine: None }).await else { return false };
+        d.len() == N && d.iter().all(|d| d.state == DeploymentState::Succeeded)
+    })
+    .await;
+    let AdminResponse::Deployments(done) = fleet.call(AdminRequest::DeploymentsList { machine: None }).await else { panic!() };
+    let states: std::collections::BTreeMap<String, usize> = done.iter().fold(Default::default(), |mut m, d| {
+        *m.entry(format!("{:?}", d.state)).or_default() += 1;
+        m
+    });
+    assert!(finished, "every deployment succeeded: {states:?}");
+    for d in &done {
+        for step in [DeployStep::Received, DeployStep::SecretsWritten, DeployStep::Switched, DeployStep::Succeeded] {
+            assert!(d.steps.iter().any(|s| s.step == step), "{}: {step:?} reported: {:?}", d.machine_id, d.steps);
+        }
+    }
+    let _ = stop.send(());
+    let report = run.await.expect("join").expect("simulate");
+    assert_eq!(report.connects, N as u64, "no agent reconnected: {} connections for {N} agents", report.connects);
+    let generation = targets[0].generation;
+    let times = report.generations.iter().find(|g| g.generation == generation).expect("recorded");
+    assert_eq!((times.received_unix_ms.len(), times.applied_unix_ms.len()), (N, N));
 }

@@ -104,14 +104,16 @@ pub async fn drive_once(state: &Coordinator) {
     }
 }
 
-/// The driver task: steps every active rollout at [`DRIVER_INTERVAL`] and
-/// counts its passes in [`Coordinator::driver_passes`].
+/// The driver task: steps every active rollout, pausing [`DRIVER_INTERVAL`]
+/// between passes — or twice as long as the last pass took, so that a
+/// rollout of a large fleet leaves the coordinator at least two thirds of
+/// its time for its agents — and counts its passes in
+/// [`Coordinator::driver_passes`].
 pub async fn drive(state: Arc<Coordinator>) {
-    let mut tick = tokio::time::interval(DRIVER_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        let pass = std::time::Instant::now();
         drive_once(&state).await;
         state.driver_passes.send_modify(|n| *n += 1);
+        tokio::time::sleep(DRIVER_INTERVAL.max(pass.elapsed() * 2)).await;
     }
 }

@@ -192,9 +192,14 @@ async fn wait(
         })
         .collect();
     let started = Instant::now();
+    // The newest view of each deployment; finished ones are not asked again.
+    let mut latest: BTreeMap<String, DeploymentInfo> = BTreeMap::new();
     loop {
-        let mut all = Vec::with_capacity(targets.len());
+        let poll = Instant::now();
         for t in targets {
+            if latest.get(&t.deployment_id).is_some_and(finished) {
+                continue;
+            }
             let answer = client
                 .call(AdminRequest::DeploymentsShow { id: t.deployment_id.clone() })
                 .await
@@ -210,20 +215,20 @@ async fn wait(
                     bar.set_message(step);
                 }
             }
-            all.push(d);
+            latest.insert(t.deployment_id.clone(), d);
         }
-        if all.iter().all(finished) {
-            return Ok(all);
+        if latest.values().all(finished) {
+            return Ok(targets.iter().filter_map(|t| latest.remove(&t.deployment_id)).collect());
         }
         if started.elapsed() > timeout {
-            let waiting: Vec<_> = all.iter().filter(|d| !finished(d)).map(|d| d.machine_id.clone()).collect();
+            let waiting: Vec<_> = latest.values().filter(|d| !finished(d)).map(|d| d.machine_id.clone()).collect();
             bail!(
                 "gave up after {} waiting for {}; follow with `drover deployments list`",
                 output::duration(timeout),
                 waiting.join(", ")
             );
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        super::pause_between_polls(poll.elapsed(), Duration::from_millis(250)).await;
     }
 }
 

@@ -91,6 +91,7 @@ async fn follow(client: &AdminClient, id: &str, show: bool) -> Result<RolloutInf
     }
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {wide_msg}").expect("static template"));
     loop {
+        let poll = std::time::Instant::now();
         let r = status(client, id).await?;
         bar.set_length(r.machines.len() as u64);
         bar.set_position(r.machines.iter().filter(|m| matches!(m.state.as_str(), "done" | "failed" | "skipped" | "reverted" | "not_reverted")).count() as u64);
@@ -99,7 +100,7 @@ async fn follow(client: &AdminClient, id: &str, show: bool) -> Result<RolloutInf
             bar.finish_with_message(summary(&r));
             return Ok(r);
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        super::pause_between_polls(poll.elapsed(), Duration::from_millis(300)).await;
     }
 }
 
