@@ -168,7 +168,11 @@ pub fn finished(d: &DeploymentInfo) -> bool {
     matches!(d.state, DeploymentState::Succeeded | DeploymentState::Failed | DeploymentState::Superseded)
 }
 
-/// Polls the deployments until all are finished, with a progress line each.
+/// Up to this many targets, `--wait` shows a line per machine.
+const LINES_PER_MACHINE_UP_TO: usize = 20;
+
+/// Polls the deployments until all are finished, with a progress line each
+/// (or one bar for many).
 async fn wait(
     client: &AdminClient,
     targets: &[DeployedTarget],
@@ -179,18 +183,36 @@ async fn wait(
     if !show {
         multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    // A line per machine for a few; one bar for many (every spinner with a
+    // steady tick is a thread of its own).
+    let per_machine = targets.len() <= LINES_PER_MACHINE_UP_TO;
     let style = ProgressStyle::with_template("{spinner} {prefix:<28} {wide_msg}").expect("static template");
-    let bars: BTreeMap<String, ProgressBar> = targets
-        .iter()
-        .map(|t| {
-            let bar = multi.add(ProgressBar::new_spinner());
-            bar.set_style(style.clone());
-            bar.set_prefix(format!("{} {}", t.hostname, t.machine_id));
-            bar.set_message(format!("generation {} pending", t.generation));
-            bar.enable_steady_tick(Duration::from_millis(120));
-            (t.deployment_id.clone(), bar)
-        })
-        .collect();
+    let bars: BTreeMap<String, ProgressBar> = if per_machine {
+        targets
+            .iter()
+            .map(|t| {
+                let bar = multi.add(ProgressBar::new_spinner());
+                bar.set_style(style.clone());
+                bar.set_prefix(format!("{} {}", t.hostname, t.machine_id));
+                bar.set_message(format!("generation {} pending", t.generation));
+                if show {
+                    bar.enable_steady_tick(Duration::from_millis(120));
+                }
+                (t.deployment_id.clone(), bar)
+            })
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
+    let overall = multi.add(ProgressBar::new(targets.len() as u64));
+    if per_machine {
+        overall.finish_and_clear();
+    } else {
+        overall.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {wide_msg}").expect("static template"));
+        if show {
+            overall.enable_steady_tick(Duration::from_millis(250));
+        }
+    }
     let started = Instant::now();
     // The newest view of each deployment; finished ones are not asked again.
     let mut latest: BTreeMap<String, DeploymentInfo> = BTreeMap::new();
@@ -217,7 +239,14 @@ async fn wait(
             }
             latest.insert(t.deployment_id.clone(), d);
         }
+        if !per_machine {
+            let done: Vec<&DeploymentInfo> = latest.values().filter(|d| finished(d)).collect();
+            let failed = done.iter().filter(|d| d.state != DeploymentState::Succeeded).count();
+            overall.set_position(done.len() as u64);
+            overall.set_message(format!("{} succeeded, {failed} failed", done.len() - failed));
+        }
         if latest.values().all(finished) {
+            overall.finish();
             return Ok(targets.iter().filter_map(|t| latest.remove(&t.deployment_id)).collect());
         }
         if started.elapsed() > timeout {
