@@ -162,7 +162,7 @@ async fn drover_audit_lists_each_admins_changes_without_secret_values() {
         assert!(!text.contains(secret), "a secret value is in the audit log: {text}");
     }
 
-    let (ok, by_vera, _) = drover_json(&fleet, &["audit", "--by-admin", "vera"]);
+    let (ok, by_vera, _) = drover_json(&fleet, &["audit", "--admin", "vera"]);
     assert!(ok);
     assert!(by_vera.as_array().expect("array").iter().all(|e| e["admin"] == "vera"));
     assert_eq!(by_vera.as_array().expect("array").len(), 1, "{by_vera}");

@@ -139,7 +139,7 @@ pub struct AuditArgs {
     #[arg(long, value_parser = parse_since)]
     pub since: Option<Since>,
     /// Only what this admin did.
-    #[arg(long = "by-admin", value_name = "NAME")]
+    #[arg(long = "admin", visible_alias = "by-admin", value_name = "NAME")]
     pub by_admin: Option<String>,
     /// At most this many entries (the newest).
     #[arg(long, default_value_t = 1000)]
@@ -383,3 +383,14 @@ pub fn parse_role(s: &str) -> Result<drover_protocol::v1::Role, String> {
     s.parse()
 }
 
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        // clap's own checks: no two arguments with one name, valid aliases.
+        super::Cli::command().debug_assert();
+    }
+}
