@@ -21,9 +21,8 @@ BARE_PORT="${DROVER_BENCH_BARE_PORT:-7601}"
 PORT="${DROVER_BENCH_PORT:-7602}"
 TICK="$(getconf CLK_TCK)"
 ulimit -n 65536 2>/dev/null || true
-cargo build --release --locked --bin drover --bin drover-agent --bin drover-bench
-BIN="$ROOT/target/release"
-PIDS=()
+PIDS=() SERVER="" WORK=""
+drill_build
 OUT="$(mktemp -d /tmp/drover-bench.XXXXXX)"
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$OUT"' EXIT
 
@@ -37,6 +36,21 @@ wait_file() { # FILE SECONDS WHAT
     if [ "$SECONDS" -ge "$end" ]; then echo "gave up waiting for $3 after $2 s" >&2; exit 1; fi
     sleep 0.1
   done
+}
+# Figures before N connections come, into DIR/figures.
+#   before_connects DIR PID
+before_connects() {
+  echo "rss_before $(rss_kib "$2")" >"$1/figures"
+  echo "drops_before $(rcvbuf_errors)" >>"$1/figures"
+}
+# Figures once they are all connected: memory, drops, idle CPU, and the
+# moment the broadcast (or deployment) starts.
+#   after_connects DIR PID
+after_connects() {
+  echo "drops_connected $(rcvbuf_errors)" >>"$1/figures"
+  echo "rss_connected $(rss_kib "$2")" >>"$1/figures"
+  echo "idle_cpu $(idle_cpu "$2")" >>"$1/figures"
+  echo "broadcast_at $(now_ms)" >>"$1/figures"
 }
 # Idle CPU of PID over IDLE seconds, as a percentage of one core.
 idle_cpu() {
@@ -54,17 +68,13 @@ bare() { # N DIR
   server=$!
   PIDS+=("$server")
   wait_file "$dir/server/ready" 30 "the bare server"
-  echo "rss_before $(rss_kib "$server")" >"$dir/figures"
-  echo "drops_before $(rcvbuf_errors)" >>"$dir/figures"
+  before_connects "$dir" "$server"
   "$BIN/drover-bench" bare-clients --connect "127.0.0.1:$BARE_PORT" --dir "$dir/server" --count "$n" \
     --ready-file "$dir/ready.json" >"$dir/final.json" 2>"$dir/clients.log" &
   clients=$!
   PIDS+=("$clients")
   wait_file "$dir/ready.json" 900 "$n bare clients"
-  echo "drops_connected $(rcvbuf_errors)" >>"$dir/figures"
-  echo "rss_connected $(rss_kib "$server")" >>"$dir/figures"
-  echo "idle_cpu $(idle_cpu "$server")" >>"$dir/figures"
-  echo "broadcast_at $(now_ms)" >>"$dir/figures"
+  after_connects "$dir" "$server"
   kill -USR1 "$server"
   wait_file "$dir/ready.json.broadcast" 300 "the bare broadcast"
   echo "drops_end $(rcvbuf_errors)" >>"$dir/figures"
@@ -76,34 +86,21 @@ bare() { # N DIR
 }
 
 drover() { # N DIR
-  local n="$1" dir="$2" server sim state="$2/coordinator"
+  local n="$1" dir="$2" sim
   mkdir -p "$dir"
-  export DROVER_STATE_DIR="$state"
-  "$BIN/drover" init --state-dir "$state" --listen "127.0.0.1:$PORT" --health-interval 10s >/dev/null
-  printf '\n[limits]\nanonymous_connections = 100000\nanonymous_per_address = 100000\n' >>"$state/drover.toml"
-  RUST_LOG=warn "$BIN/drover" serve 2>"$dir/coordinator.log" &
-  server=$!
-  PIDS+=("$server")
-  for _ in $(seq 100); do "$BIN/drover" whoami >/dev/null 2>&1 && break; sleep 0.1; done
+  WORK="$dir"
+  drill_init "$PORT" --health-interval 10s
+  drill_serve
+  PIDS+=("$SERVER")
   "$BIN/drover" tokens create --uses "$n" --ttl 1h --label role=bench >"$dir/token"
-  cat >"$dir/agent.toml" <<TOML
-coordinator = "127.0.0.1:$PORT"
-ca_file = "$state/ca.pem"
-enrollment_token_file = "$dir/token"
-state_dir = "$dir/agent"
-nixos_rebuild = "/bin/true"
-TOML
-  echo "rss_before $(rss_kib "$server")" >"$dir/figures"
-  echo "drops_before $(rcvbuf_errors)" >>"$dir/figures"
+  drill_agent_config "$PORT"
+  before_connects "$dir" "$SERVER"
   RUST_LOG=error "$BIN/drover-agent" simulate -c "$dir/agent.toml" --count "$n" --work-dir "$dir/agents" \
     --timeout 15m --hold 2h --ready-file "$dir/ready.json" --json >"$dir/final.json" 2>"$dir/simulate.log" &
   sim=$!
   PIDS+=("$sim")
   wait_file "$dir/ready.json" 960 "$n simulated agents"
-  echo "drops_connected $(rcvbuf_errors)" >>"$dir/figures"
-  echo "rss_connected $(rss_kib "$server")" >>"$dir/figures"
-  echo "idle_cpu $(idle_cpu "$server")" >>"$dir/figures"
-  echo "broadcast_at $(now_ms)" >>"$dir/figures"
+  after_connects "$dir" "$SERVER"
   "$BIN/drover" deploy --selector role=bench --flake "path:/nonexistent#bench" --health-deadline 5s \
     --wait -o json >"$dir/deploy.json" 2>>"$dir/cli.log" || echo "the deployment did not succeed everywhere" >&2
   echo "deployed_at $(now_ms)" >>"$dir/figures"
@@ -117,8 +114,8 @@ TOML
   echo "load $(cut -d' ' -f1 /proc/loadavg)" >>"$dir/figures"
   kill -TERM "$sim"
   wait "$sim" || true
-  kill -TERM "$server"
-  wait "$server" || true
+  kill -TERM "$SERVER"
+  wait "$SERVER" || true
 }
 
 for N in "$@"; do

@@ -55,11 +55,23 @@ install_dependencies() {
 # per-address cap on enrolling connections (100 by default) is lifted.
 #   drill_coordinator NAME PORT [drover init arguments...]
 drill_coordinator() {
-  cargo build --release --locked --bin drover --bin drover-agent
-  BIN="$ROOT/target/release"
+  drill_build
   WORK="$(mktemp -d "/tmp/drover-$1.XXXXXX")"
+  drill_init "$2" "${@:3}"
+}
+
+# Builds the release binaries; sets BIN.
+drill_build() {
+  cargo build --release --locked --bin drover --bin drover-agent --bin drover-bench
+  BIN="$ROOT/target/release"
+}
+
+# Initialises a coordinator in $WORK/coordinator (sets DROVER_STATE_DIR)
+# listening on PORT, with the per-address cap lifted.
+#   drill_init PORT [drover init arguments...]
+drill_init() {
   export DROVER_STATE_DIR="$WORK/coordinator"
-  "$BIN/drover" init --state-dir "$DROVER_STATE_DIR" --listen "127.0.0.1:$2" "${@:3}" >/dev/null
+  "$BIN/drover" init --state-dir "$DROVER_STATE_DIR" --listen "127.0.0.1:$1" "${@:2}" >/dev/null
   printf '\n[limits]\nanonymous_connections = 100000\nanonymous_per_address = 100000\n' >>"$DROVER_STATE_DIR/drover.toml"
 }
 

@@ -195,7 +195,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     tmp.path().to_path_buf()
                 }
             };
-            let report = simulate::run(SimulateOptions { base, count, work_dir, coordinator_pid, timeout, hold, churn, ready_file, stop: None }).await?;
+            // SIGTERM or Ctrl-C ends the hold; the report is still printed.
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                    let _ = stop.send(());
+                } else {
+                    // Without handlers the hold runs its course.
+                    std::future::pending::<()>().await;
+                }
+            });
+            let report = simulate::run(SimulateOptions { base, count, work_dir, coordinator_pid, timeout, hold, churn, ready_file, stop: Some(stopped) }).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

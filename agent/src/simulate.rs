@@ -32,8 +32,8 @@ pub struct SimulateOptions {
     /// timeout passed), while the agents keep running: a benchmark waits
     /// for this file, then deploys.
     pub ready_file: Option<PathBuf>,
-    /// Ends the hold early when it fires (or its sender is dropped), as
-    /// SIGTERM does for the command.
+    /// Ends the hold early when it fires (or its sender is dropped); the
+    /// command fires it on SIGTERM or Ctrl-C.
     pub stop: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
@@ -76,20 +76,6 @@ fn watch_generations(mut status: tokio::sync::watch::Receiver<crate::AgentStatus
             }
         }
     });
-}
-
-/// Resolves on SIGTERM or SIGINT: a benchmark ends the hold early.
-async fn stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
-    }
 }
 
 #[derive(Debug, Serialize)]
@@ -238,7 +224,6 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
     };
     tokio::select! {
         done = hold => done?,
-        _ = stop_signal() => {}
         _ = stopped => {}
     }
     // Restarted agents' earlier connections are not counted.

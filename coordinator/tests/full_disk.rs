@@ -9,10 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{eventually, free_udp_port};
+use common::{eventually, Options, TestCoordinator};
 use drover_coordinator::client::AdminClient;
-use drover_coordinator::init::{init, InitOptions};
-use drover_coordinator::server;
 use drover_coordinator::store::{Store, DB_DIR};
 use drover_protocol::v1::{AdminRequest, AdminResponse, TokenSpec};
 use drover_protocol::ErrorCode;
@@ -106,25 +104,12 @@ async fn token_names(admin: &AdminClient) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_state_directory_refuses_changes_keeps_reads_and_recovers() {
-    drover_net::tls::install_default_provider();
     let fs = SmallFs::new(128 * MIB);
     let state_dir = fs.mount_point().join("state");
-    let addr = format!("127.0.0.1:{}", free_udp_port()).parse().expect("addr");
-    let outcome = init(InitOptions {
-        state_dir: state_dir.clone(),
-        listen: addr,
-        advertise: None,
-        server_names: vec![],
-        admin_name: "root".into(),
-        health_interval: Some(Duration::from_millis(300)),
-        machine_cert_lifetime: None,
-    })
-    .expect("drover init on the small filesystem");
-    let mut config = outcome.config.clone();
-    config.limits.min_free_disk_mib = 16;
-    let handle = server::start(config).await.expect("serve");
-    let bundle = drover_coordinator::bundle::AdminBundle::load(&outcome.bundle_path).expect("bundle");
-    let admin = AdminClient::connect(&bundle).await.expect("admin connects");
+    let mut fleet = TestCoordinator::start_with(Options { no_server: true, state_dir: Some(state_dir.clone()), ..Default::default() }).await;
+    fleet.config.limits.min_free_disk_mib = 16;
+    fleet.serve().await;
+    let admin = fleet.admin().await;
 
     create_token(&admin, "before").await.expect("a change with room on the disk");
 
@@ -153,7 +138,7 @@ async fn a_full_state_directory_refuses_changes_keeps_reads_and_recovers() {
     // Nothing was corrupted: the store opens again with exactly what was
     // accepted, and a coordinator serves from it.
     admin.close().await;
-    handle.shutdown().await;
+    fleet.stop().await;
     let mut reopened = None;
     for _ in 0..50 {
         match Store::open(&state_dir.join(DB_DIR)) {

@@ -204,15 +204,14 @@ async fn wait(
     } else {
         BTreeMap::new()
     };
-    let overall = multi.add(ProgressBar::new(targets.len() as u64));
-    if per_machine {
-        overall.finish_and_clear();
-    } else {
-        overall.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {wide_msg}").expect("static template"));
+    let overall = (!per_machine).then(|| {
+        let bar = multi.add(ProgressBar::new(targets.len() as u64));
+        bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {wide_msg}").expect("static template"));
         if show {
-            overall.enable_steady_tick(Duration::from_millis(250));
+            bar.enable_steady_tick(Duration::from_millis(250));
         }
-    }
+        bar
+    });
     let started = Instant::now();
     // The newest view of each deployment; finished ones are not asked again.
     let mut latest: BTreeMap<String, DeploymentInfo> = BTreeMap::new();
@@ -239,14 +238,16 @@ async fn wait(
             }
             latest.insert(t.deployment_id.clone(), d);
         }
-        if !per_machine {
+        if let Some(overall) = &overall {
             let done: Vec<&DeploymentInfo> = latest.values().filter(|d| finished(d)).collect();
             let failed = done.iter().filter(|d| d.state != DeploymentState::Succeeded).count();
             overall.set_position(done.len() as u64);
             overall.set_message(format!("{} succeeded, {failed} failed", done.len() - failed));
         }
         if latest.values().all(finished) {
-            overall.finish();
+            if let Some(overall) = &overall {
+                overall.finish();
+            }
             return Ok(targets.iter().filter_map(|t| latest.remove(&t.deployment_id)).collect());
         }
         if started.elapsed() > timeout {

@@ -7,12 +7,12 @@
 //! [`SledBackend`] is the embedded default; [`MemoryBackend`] keeps the same
 //! trees in memory. A replicated engine would come in here too.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Mutex;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError};
@@ -124,7 +124,7 @@ pub struct SledBackend {
 #[derive(Default)]
 struct GroupCommit {
     /// Transactions committed (in memory) so far.
-    written: std::sync::atomic::AtomicU64,
+    written: AtomicU64,
     /// How many of them a finished flush is known to cover; held while a
     /// flush runs.
     flushed: tokio::sync::Mutex<u64>,
@@ -143,8 +143,8 @@ pub struct SledOptions {
 }
 
 /// Refuses writes while the store's filesystem is nearly full. The free
-/// space is read (statvfs, a microsecond) at every write, so refusals start
-/// and end with the space itself.
+/// space is read (statvfs, a microsecond) at the first write of every
+/// transaction, so refusals start and end with the space itself.
 struct SpaceGuard {
     dir: PathBuf,
     min_free: u64,
@@ -176,10 +176,9 @@ impl SpaceGuard {
 
 impl SledBackend {
     pub fn open(dir: &Path, options: SledOptions) -> Result<Self, StoreError> {
-        let cache_bytes = options.cache_bytes;
         // sled reports a directory another process (or store) holds as an
         // i/o error whose text says so, wrapping the lock's WouldBlock.
-        let db = sled::Config::new().path(dir).cache_capacity(cache_bytes).open().map_err(|e| match e {
+        let db = sled::Config::new().path(dir).cache_capacity(options.cache_bytes).open().map_err(|e| match e {
             sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock") => {
                 StoreError::Locked(dir.display().to_string())
             }
@@ -198,6 +197,19 @@ impl SledBackend {
 struct SledTx<'a> {
     views: &'a [TransactionalTree],
     space: &'a SpaceGuard,
+    /// Whether this transaction's first write found room (the free space is
+    /// read once per transaction).
+    room: Cell<bool>,
+}
+
+impl SledTx<'_> {
+    fn room(&self) -> Result<(), StoreError> {
+        if !self.room.get() {
+            self.space.check()?;
+            self.room.set(true);
+        }
+        Ok(())
+    }
 }
 
 /// sled's conflict travels as [`StoreError::Retry`] through the typed layer
@@ -215,13 +227,13 @@ impl BackendTx for SledTx<'_> {
     }
 
     fn insert(&self, tree: Tree, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
-        self.space.check()?;
+        self.room()?;
         self.views[tree.index()].insert(key, value).map_err(unabortable)?;
         Ok(())
     }
 
     fn remove(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.space.check()?;
+        self.room()?;
         Ok(self.views[tree.index()].remove(key).map_err(unabortable)?.map(|v| v.to_vec()))
     }
 }
@@ -242,7 +254,7 @@ impl Backend for SledBackend {
         let trees: Vec<&sled::Tree> = self.trees.iter().collect();
         let body = RefCell::new(body);
         let result = trees.as_slice().transaction(|views| {
-            let tx = SledTx { views, space: &self.space };
+            let tx = SledTx { views, space: &self.space, room: Cell::new(false) };
             match (body.borrow_mut())(&tx) {
                 Ok(()) => Ok(()),
                 Err(StoreError::Retry) => Err(ConflictableTransactionError::Conflict),
@@ -254,7 +266,7 @@ impl Backend for SledBackend {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => StoreError::Sled(e),
         })?;
-        self.commits.written.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.commits.written.fetch_add(1, SeqCst);
         Ok(())
     }
 
@@ -264,12 +276,12 @@ impl Backend for SledBackend {
         // every one of them while the writes they wait for need one too.
         let db = self.db.clone();
         Box::pin(async move {
-            let mine = self.commits.written.load(std::sync::atomic::Ordering::SeqCst);
+            let mine = self.commits.written.load(SeqCst);
             let mut flushed = self.commits.flushed.lock().await;
             if *flushed >= mine {
                 return Ok(());
             }
-            let covers = self.commits.written.load(std::sync::atomic::Ordering::SeqCst);
+            let covers = self.commits.written.load(SeqCst);
             tokio::task::spawn_blocking(move || db.flush())
                 .await
                 .map_err(|e| StoreError::Sled(sled::Error::ReportableBug(format!("flush task: {e}"))))??;

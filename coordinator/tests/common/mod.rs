@@ -40,6 +40,9 @@ pub struct Options {
     pub machine_cert_lifetime: Option<Duration>,
     /// Initialise only; don't start the in-process server.
     pub no_server: bool,
+    /// The state directory (default: `state` in the test's temporary
+    /// directory), e.g. on a filesystem the test made.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -48,6 +51,7 @@ impl Default for Options {
             health_interval: Duration::from_millis(300),
             machine_cert_lifetime: None,
             no_server: false,
+            state_dir: None,
         }
     }
 }
@@ -60,7 +64,7 @@ impl TestCoordinator {
     pub async fn start_with(opts: Options) -> Self {
         drover_net::tls::install_default_provider();
         let dir = tempfile::tempdir().expect("tempdir");
-        let state_dir = dir.path().join("state");
+        let state_dir = opts.state_dir.unwrap_or_else(|| dir.path().join("state"));
         let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().expect("addr");
         let outcome = init(InitOptions {
             state_dir: state_dir.clone(),
