@@ -130,8 +130,8 @@ in
 
     coordinator = mkOption {
       type = types.str;
-      example = "203.0.113.5:7443";
-      description = "The coordinator's QUIC address (host:port).";
+      example = "drover.example.net:7443";
+      description = "The coordinator's QUIC address, host:port: a DNS name (resolved at every connection attempt) or an IP address ([2001:db8::1]:7443 for IPv6).";
     };
 
     caFile = mkOption {

@@ -105,8 +105,8 @@ PIDS+=($!)
 
 log "creating an enrollment token for three machines"
 for _ in $(seq 50); do "$BIN/drover" whoami >/dev/null 2>&1 && break; sleep 0.2; done
-"$BIN/drover" tokens create --uses 3 --ttl 10m --label tenant=demo --label role=web >"$WORK/token"
-chmod 600 "$WORK/token"
+(umask 077; "$BIN/drover" tokens create --uses 3 --ttl 10m --label tenant=demo --label role=web >"$WORK/token")
+log "the token is in $WORK/token (mode 0600), where the three agents read it"
 
 for i in 1 2 3; do
   vm="$WORK/vm$i"

@@ -2,19 +2,21 @@
 //! the command-line flags can override. The NixOS module renders the same
 //! keys, so this struct is the one source of truth for them.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use drover_net::HostPort;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// The coordinator's QUIC address.
-    pub coordinator: SocketAddr,
-    /// The name to verify in the coordinator's certificate (default: the IP
-    /// address of `coordinator`).
+    /// The coordinator's QUIC address, `host:port` (a DNS name, resolved at
+    /// every connection attempt, or an IP address).
+    pub coordinator: HostPort,
+    /// The name to verify in the coordinator's certificate (default: the
+    /// host of `coordinator`).
     #[serde(default)]
     pub server_name: Option<String>,
     /// The fleet CA certificate (PEM); the only root the agent trusts.
@@ -146,9 +148,9 @@ pub enum ConfigError {
 
 impl AgentConfig {
     /// A configuration with defaults for everything but the essentials.
-    pub fn new(coordinator: SocketAddr, ca_file: PathBuf, state_dir: PathBuf) -> Self {
+    pub fn new(coordinator: impl Into<HostPort>, ca_file: PathBuf, state_dir: PathBuf) -> Self {
         AgentConfig {
-            coordinator,
+            coordinator: coordinator.into(),
             server_name: None,
             ca_file,
             enrollment_token_file: None,
@@ -200,7 +202,7 @@ impl AgentConfig {
     pub fn server_name(&self) -> String {
         self.server_name
             .clone()
-            .unwrap_or_else(|| self.coordinator.ip().to_string())
+            .unwrap_or_else(|| self.coordinator.host().to_string())
     }
 }
 
@@ -214,6 +216,10 @@ mod tests {
         let c: AgentConfig = toml::from_str(ok).expect("parse");
         assert_eq!(c.backoff_max, Duration::from_secs(60));
         assert_eq!(c.server_name(), "127.0.0.1");
+        let named: AgentConfig = toml::from_str("coordinator = \"drover.example.net:7443\"\nca_file = \"/ca.pem\"\n").expect("a name");
+        assert_eq!(named.server_name(), "drover.example.net");
+        let e = toml::from_str::<AgentConfig>("coordinator = \"drover.example.net\"\nca_file = \"/ca.pem\"\n").expect_err("no port");
+        assert!(e.to_string().contains("has no port"), "{e}");
         let bad = format!("{ok}colour = \"blue\"\n");
         assert!(toml::from_str::<AgentConfig>(&bad).is_err());
     }

@@ -77,7 +77,7 @@ pub fn spawn<H: HealthSource + 'static>(
 ) -> Result<AgentHandle, drover_net::ClientError> {
     let endpoint = match endpoint {
         Some(e) => e,
-        None => drover_net::client::client_endpoint(config.coordinator)?,
+        None => drover_net::client::client_endpoint_for(&config.coordinator)?,
     };
     let (status_tx, status_rx) = watch::channel(AgentStatus::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

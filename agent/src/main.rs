@@ -1,6 +1,5 @@
 //! The `drover-agent` binary: parses the command line, starts logging, runs.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -52,11 +51,11 @@ enum Command {
         #[arg(long)]
         coordinator_pid: Option<u32>,
         /// Give up waiting after this long.
-        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "5m", value_parser = drover_net::clock::parse_duration)]
         timeout: Duration,
         /// Keep the agents connected this long after all are online
         /// (SIGTERM or Ctrl-C ends it early, and the report is printed).
-        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "0s", value_parser = drover_net::clock::parse_duration)]
         hold: Duration,
         /// Once all are online (or the timeout passed), write the report so
         /// far here as JSON while the agents keep running.
@@ -64,7 +63,7 @@ enum Command {
         ready_file: Option<PathBuf>,
         /// While holding, stop one agent at random this often and start it
         /// again (churn for soak runs; e.g. 200ms).
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = drover_net::clock::parse_duration)]
         churn: Option<Duration>,
         /// Print the result as JSON.
         #[arg(long)]
@@ -79,7 +78,7 @@ struct ConfigArgs {
     config: Option<PathBuf>,
     /// The coordinator's address (host:port).
     #[arg(long)]
-    coordinator: Option<SocketAddr>,
+    coordinator: Option<drover_net::HostPort>,
     /// Name to verify in the coordinator's certificate.
     #[arg(long)]
     server_name: Option<String>,
@@ -93,7 +92,7 @@ struct ConfigArgs {
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Longest pause between reconnects.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = drover_net::clock::parse_duration)]
     backoff_max: Option<Duration>,
     /// Hostname to report.
     #[arg(long)]
@@ -105,7 +104,7 @@ impl ConfigArgs {
         let mut config = match &self.config {
             Some(path) => AgentConfig::load(path)?,
             None => AgentConfig::new(
-                self.coordinator.context("--coordinator is required without --config")?,
+                self.coordinator.clone().context("--coordinator is required without --config")?,
                 self.ca_file.clone().context("--ca-file is required without --config")?,
                 drover_agent::config::default_state_dir(),
             ),
@@ -248,7 +247,7 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", drover_net::error_chain(&*e));
             ExitCode::FAILURE
         }
     }

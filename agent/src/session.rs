@@ -66,12 +66,8 @@ pub struct AgentStatus {
 /// Why the agent stopped for good.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("cannot read the fleet CA {path}: {source}")]
-    Ca {
-        path: String,
-        #[source]
-        source: IdentityError,
-    },
+    #[error("cannot read the fleet CA (ca_file, --ca-file): {error}")]
+    Ca { error: IdentityError },
     #[error("machine {0} was revoked by the coordinator; re-enroll with a new token and an empty state directory")]
     Revoked(String),
 }
@@ -121,10 +117,10 @@ pub async fn enroll_once(
 ) -> Result<IssuedCertificate, ClientError> {
     let tls = drover_net::tls::client_config(ca_der, None, IDLE_TIMEOUT)
         .map_err(|e| ClientError::Unexpected(e.to_string()))?;
-    let conn = CoordinatorConnection::connect(
+    let conn = CoordinatorConnection::dial(
         endpoint,
         tls,
-        config.coordinator,
+        &config.coordinator,
         &config.server_name(),
         &software(),
         config.connect_timeout,
@@ -186,10 +182,7 @@ pub struct Agent<H: HealthSource> {
 impl<H: HealthSource> Agent<H> {
     /// Runs until shut down or revoked.
     pub async fn run(mut self) -> Result<(), AgentError> {
-        let ca_der = net_identity::read_cert_pem(&self.config.ca_file).map_err(|source| AgentError::Ca {
-            path: self.config.ca_file.display().to_string(),
-            source,
-        })?;
+        let ca_der = net_identity::read_cert_pem(&self.config.ca_file).map_err(|error| AgentError::Ca { error })?;
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         self.scheduler.resume_interrupted();
         self.show_applies();
@@ -249,10 +242,10 @@ impl<H: HealthSource> Agent<H> {
         });
         let tls = drover_net::tls::client_config(ca_der, Some((&cert, &stored.key.serialize_der())), IDLE_TIMEOUT)
             .map_err(|e| AttemptError::Client(ClientError::Unexpected(e.to_string())))?;
-        let conn = CoordinatorConnection::connect(
+        let conn = CoordinatorConnection::dial(
             &self.endpoint,
             tls,
-            self.config.coordinator,
+            &self.config.coordinator,
             &self.config.server_name(),
             &software(),
             self.config.connect_timeout,

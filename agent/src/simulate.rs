@@ -130,7 +130,7 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
     if opts.count == 0 {
         bail!("--count must be at least 1");
     }
-    let endpoint = drover_net::client::client_endpoint(opts.base.coordinator)?;
+    let endpoint = drover_net::client::client_endpoint_for(&opts.base.coordinator)?;
     let rss_before = opts.coordinator_pid.and_then(rss_bytes);
     let start = Instant::now();
     let times: Times = Arc::default();

@@ -59,7 +59,7 @@ fn module_keys(text: &str) -> BTreeSet<String> {
 }
 
 fn struct_keys() -> BTreeSet<String> {
-    let config = AgentConfig::new("127.0.0.1:1".parse().expect("addr"), PathBuf::from("/ca.pem"), PathBuf::from("/s"));
+    let config = AgentConfig::new("127.0.0.1:1".parse::<drover_net::HostPort>().expect("addr"), PathBuf::from("/ca.pem"), PathBuf::from("/s"));
     let value = serde_json::to_value(&config).expect("serialises");
     value.as_object().expect("object").keys().cloned().collect()
 }

@@ -65,6 +65,10 @@ pub fn init(opts: InitOptions) -> Result<InitOutcome> {
     if !opts.listen.ip().is_unspecified() && !names.contains(&opts.listen.ip().to_string()) {
         names.push(opts.listen.ip().to_string());
     }
+    // A coordinator on the loopback is reached as `localhost` too.
+    if opts.listen.ip().is_loopback() && !names.iter().any(|n| n == "localhost") {
+        names.push("localhost".into());
+    }
     if names.is_empty() {
         names = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
     }

@@ -17,7 +17,7 @@ async fn main() -> std::process::ExitCode {
     match drover_coordinator::command::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", drover_net::error_chain(&*e));
             std::process::ExitCode::FAILURE
         }
     }

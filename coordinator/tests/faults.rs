@@ -212,7 +212,7 @@ async fn setup(delay: Duration) -> Setup {
 async fn machines(s: &Setup, count: usize) -> tokio::task::JoinHandle<anyhow::Result<simulate::SimulateReport>> {
     let (_, token) = s.fleet.token(count as u32, &[("role", "sim")]).await;
     let mut base = s.fleet.agent_config("base", Some(&token));
-    base.coordinator = s.relay.addr;
+    base.coordinator = s.relay.addr.into();
     base.server_name = Some("127.0.0.1".into());
     base.nixos_rebuild = "/bin/true".into();
     base.connect_timeout = Duration::from_secs(10);

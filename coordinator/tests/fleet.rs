@@ -248,3 +248,35 @@ async fn an_enrollment_retried_after_a_lost_answer_gets_the_same_machine_without
     assert_eq!(err.code(), Some(drover_protocol::ErrorCode::TokenExhausted), "{err:?}");
     assert_eq!(fleet.machines().await.len(), 1);
 }
+
+/// A coordinator given by name, as real fleets write it: the agent resolves
+/// `localhost:PORT` and verifies the certificate by that name; an agent
+/// holding another fleet's CA is told which setting is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_enrolls_through_a_host_name_and_a_wrong_ca_is_named() {
+    let fleet = TestCoordinator::start().await;
+    let (_, token) = fleet.token(2, &[]).await;
+    let mut config = fleet.agent_config("named", Some(&token));
+    config.coordinator = format!("localhost:{}", fleet.addr.port()).parse().expect("host:port");
+    assert_eq!(config.server_name(), "localhost");
+    let health = drover_agent::system::health::SystemHealth::for_agent(&config);
+    let mut agent = drover_agent::spawn(config, health, None).expect("agent starts");
+    let status = until_reported(&mut agent, 1).await;
+    assert_eq!(fleet.machine(status.machine_id.as_deref().expect("enrolled")).await.hostname, "named");
+    agent.stop().await.expect("stop");
+
+    let other = tempfile::tempdir().expect("tempdir");
+    let (other_ca, _) = drover_coordinator::pki::Ca::generate("another fleet").expect("CA");
+    std::fs::write(other.path().join("ca.pem"), drover_net::identity::cert_pem(&other_ca.cert_der)).expect("write CA");
+    let mut config = fleet.agent_config("stranger", Some(&token));
+    config.ca_file = other.path().join("ca.pem");
+    let health = drover_agent::system::health::SystemHealth::for_agent(&config);
+    let mut stranger = drover_agent::spawn(config, health, None).expect("agent starts");
+    let status = stranger
+        .wait_for(Duration::from_secs(15), |s| s.last_error.is_some())
+        .await
+        .unwrap_or_else(|s| panic!("no error: {s:?}"));
+    let error = status.last_error.expect("error");
+    assert!(error.contains("ca_file (--ca-file)"), "{error}");
+    stranger.stop().await.expect("stop");
+}

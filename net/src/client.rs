@@ -8,6 +8,7 @@ use drover_protocol::frame::MAX_FRAME_LEN;
 use drover_protocol::v1::{Hello, Request, Response};
 use drover_protocol::{ErrorCode, WireError, SUPPORTED};
 
+use crate::address::HostPort;
 use crate::stream::{read_frame, write_frame, StreamError};
 
 /// Why talking to the coordinator failed.
@@ -21,12 +22,14 @@ pub enum ClientError {
         #[source]
         source: quinn::ConnectError,
     },
-    #[error("connection to {addr} failed: {source}")]
+    #[error("connection to {addr} failed: {source}{}", hint(source))]
     Connection {
         addr: SocketAddr,
         #[source]
         source: quinn::ConnectionError,
     },
+    #[error("cannot find the coordinator {address}: {error}")]
+    Resolve { address: String, error: std::io::Error },
     #[error("timed out connecting to {0}")]
     Timeout(SocketAddr),
     /// An answer that took too long, on a connection that stays open.
@@ -61,6 +64,39 @@ impl ClientError {
     }
 }
 
+/// What to do about a handshake the coordinator's certificate failed: the
+/// words rustls uses say what is wrong, not which setting to change.
+fn hint(e: &quinn::ConnectionError) -> &'static str {
+    let text = e.to_string();
+    if text.contains("BadSignature") || text.contains("UnknownIssuer") {
+        "; the coordinator's certificate is not signed by the CA this side trusts: \
+         is ca_file (--ca-file) this fleet's ca.pem, from the coordinator's state directory?"
+    } else if text.contains("NotValidForName") || text.contains("not valid for name") {
+        "; the coordinator's certificate does not carry the name dialled: set server_name \
+         (--server-name) to one of the names given to `drover init --server-name`"
+    } else if text.contains("Expired") {
+        "; a certificate has expired: check both machines' clocks"
+    } else {
+        ""
+    }
+}
+
+/// An error and its causes on one line, each cause only where the text so
+/// far does not already say it (many errors quote their source).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = e.source();
+    }
+    text
+}
+
 /// The wire error code a connection was closed with, if any.
 pub fn connection_code(e: &quinn::ConnectionError) -> Option<ErrorCode> {
     match e {
@@ -82,6 +118,12 @@ pub fn client_endpoint(target: SocketAddr) -> Result<quinn::Endpoint, ClientErro
     crate::socket::endpoint(bind, None).map_err(ClientError::Bind)
 }
 
+/// A client endpoint for dialling `address` (IPv6 only for an IPv6 literal).
+pub fn client_endpoint_for(address: &HostPort) -> Result<quinn::Endpoint, ClientError> {
+    let family: SocketAddr = if address.is_ipv6() { "[::1]:1" } else { "127.0.0.1:1" }.parse().expect("literal socket address");
+    client_endpoint(family)
+}
+
 /// A connection to the coordinator on which Hello has been exchanged.
 #[derive(Clone, Debug)]
 pub struct CoordinatorConnection {
@@ -90,6 +132,29 @@ pub struct CoordinatorConnection {
 }
 
 impl CoordinatorConnection {
+    /// Resolves `address` (a name is looked up again at every call), then
+    /// connects to its first address of the endpoint's family and says Hello.
+    pub async fn dial(
+        endpoint: &quinn::Endpoint,
+        config: quinn::ClientConfig,
+        address: &HostPort,
+        server_name: &str,
+        software: &str,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let ipv6 = endpoint.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+        let resolve_error = |error| ClientError::Resolve { address: address.to_string(), error };
+        let found = tokio::time::timeout(timeout, address.resolve(ipv6))
+            .await
+            .map_err(|_| resolve_error(std::io::Error::new(std::io::ErrorKind::TimedOut, "the name lookup timed out")))?
+            .map_err(resolve_error)?;
+        let addr = found.into_iter().find(|a| a.is_ipv6() == ipv6).ok_or_else(|| {
+            let family = if ipv6 { "IPv6" } else { "IPv4" };
+            resolve_error(std::io::Error::new(std::io::ErrorKind::NotFound, format!("the name has no {family} address")))
+        })?;
+        Self::connect(endpoint, config, addr, server_name, software, timeout).await
+    }
+
     /// Connects and says Hello.
     pub async fn connect(
         endpoint: &quinn::Endpoint,

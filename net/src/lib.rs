@@ -6,12 +6,14 @@
 //! - [`identity`]: key pairs, certificate signing requests, the identities
 //!   carried in certificates (`drover://machine/<id>`, `drover://admin/<name>`),
 //!   and key files written with mode 0600.
+//! - [`address`]: `host:port` as written, resolved at each connection.
 //! - [`client`]: connecting to a coordinator and saying Hello.
 //! - [`socket`]: UDP sockets with raised kernel buffers for every endpoint.
 //! - [`fsutil`]: atomic file writes with an exact mode.
 //! - [`clock`]: wall-clock milliseconds for records.
 //! - [`s3`]: the S3 data-plane client (path-style, as Garage needs).
 
+pub mod address;
 pub mod client;
 pub mod clock;
 pub mod fsutil;
@@ -22,5 +24,6 @@ pub mod logging;
 pub mod stream;
 pub mod tls;
 
-pub use client::{ClientError, CoordinatorConnection};
+pub use address::HostPort;
+pub use client::{error_chain, ClientError, CoordinatorConnection};
 pub use identity::PeerCertificate;

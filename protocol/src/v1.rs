@@ -647,6 +647,16 @@ pub enum Amount {
     Percent(u32),
 }
 
+impl std::fmt::Display for Amount {
+    /// As the command line takes it: `3` or `25%`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Amount::Count(n) => write!(f, "{n}"),
+            Amount::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct RolloutStrategy {

@@ -77,6 +77,11 @@ fn check_strategy(w: &v1::RolloutStrategy) -> Result<(), String> {
             }
         }
     }
+    for (name, a) in [("--max-parallel", w.max_parallel), ("--max-unavailable", w.max_unavailable)] {
+        if matches!(a, v1::Amount::Count(0) | v1::Amount::Percent(0)) {
+            return Err(format!("{name} {a} would never start a machine: give at least 1, or a percentage above 0%"));
+        }
+    }
     if w.healthy_deadline_ms == 0 {
         return Err("--healthy-deadline must be above zero".into());
     }

@@ -33,7 +33,7 @@ pub struct WhatArgs {
     #[arg(long = "check")]
     pub checks: Vec<String>,
     /// How long the checks may take to pass after the switch.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = drover_net::clock::parse_duration)]
     pub health_deadline: Duration,
 }
 
@@ -66,7 +66,7 @@ pub struct DeployArgs {
     #[arg(long)]
     pub wait: bool,
     /// Give up waiting after this long.
-    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30m", value_parser = drover_net::clock::parse_duration)]
     pub wait_timeout: Duration,
     #[command(flatten)]
     pub admin: AdminArgs,
@@ -84,22 +84,22 @@ pub struct RolloutStartArgs {
     #[arg(long, default_value_t = 0)]
     pub canary: u32,
     /// Machines in transition at once (N or P%).
-    #[arg(long, default_value = "1", value_parser = parse_amount)]
+    #[arg(long, default_value = "1", value_parser = parse_cap)]
     pub max_parallel: drover_protocol::v1::Amount,
     /// Machines updating or unhealthy at once (N or P%).
-    #[arg(long, default_value = "100%", value_parser = parse_amount)]
+    #[arg(long, default_value = "100%", value_parser = parse_cap)]
     pub max_unavailable: drover_protocol::v1::Amount,
     /// Failures tolerated before the rollout stops (N or P%).
     #[arg(long, default_value = "0", value_parser = parse_amount)]
     pub max_failures: drover_protocol::v1::Amount,
     /// How long a machine may take to succeed.
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = drover_net::clock::parse_duration)]
     pub healthy_deadline: Duration,
     /// How long a machine must stay healthy to count.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = drover_net::clock::parse_duration)]
     pub min_healthy_time: Duration,
     /// How long offline machines are waited for before they are skipped.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = drover_net::clock::parse_duration)]
     pub progress_deadline: Duration,
     /// On stop, put every machine the rollout changed back on its previous generation.
     #[arg(long)]
@@ -163,6 +163,16 @@ pub enum RolloutCommand {
 }
 
 /// Parses `N` or `P%`.
+/// `N` or `P%` as a cap on machines at once: zero would stop every rollout
+/// before it starts.
+pub fn parse_cap(s: &str) -> Result<drover_protocol::v1::Amount, String> {
+    let amount = parse_amount(s)?;
+    if matches!(amount, drover_protocol::v1::Amount::Count(0) | drover_protocol::v1::Amount::Percent(0)) {
+        return Err(format!("{s} would never start a machine: give at least 1, or a percentage above 0%"));
+    }
+    Ok(amount)
+}
+
 pub fn parse_amount(s: &str) -> Result<drover_protocol::v1::Amount, String> {
     use crate::rollout::plan::Amount;
     Ok(match Amount::parse(s)? {

@@ -102,10 +102,10 @@ pub struct InitArgs {
     #[arg(long, default_value = "root")]
     pub admin_name: String,
     /// How often agents report health (e.g. 10s).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = drover_net::clock::parse_duration)]
     pub health_interval: Option<Duration>,
     /// Lifetime of machine certificates (e.g. 7d); agents renew at two thirds.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = drover_net::clock::parse_duration)]
     pub machine_cert_lifetime: Option<Duration>,
 }
 
@@ -206,7 +206,7 @@ pub enum TokensCommand {
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
         /// How long the token can be used.
-        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "1h", value_parser = drover_net::clock::parse_duration)]
         ttl: Duration,
         /// How many machines may enroll with it.
         #[arg(long, default_value_t = 1)]
@@ -392,5 +392,24 @@ mod tests {
     fn the_command_line_is_consistent() {
         // clap's own checks: no two arguments with one name, valid aliases.
         super::Cli::command().debug_assert();
+    }
+
+    fn error(args: &[&str]) -> String {
+        use clap::Parser;
+        super::Cli::try_parse_from(args).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn bad_durations_and_zero_caps_are_refused_saying_what_to_write() {
+        let e = error(&["drover", "tokens", "create", "--ttl", "banana"]);
+        assert!(e.contains("'banana' is not a duration") && e.contains("30s, 10m, 1h or 7d"), "{e}");
+        for flag in ["--max-parallel", "--max-unavailable"] {
+            for zero in ["0", "0%"] {
+                let e = error(&["drover", "rollout", "start", "-s", "role=web", "--closure", "/nix/store/x", flag, zero]);
+                assert!(e.contains("would never start a machine"), "{flag} {zero}: {e}");
+            }
+        }
+        assert_eq!(drover_protocol::v1::Amount::Percent(25).to_string(), "25%");
+        assert_eq!(drover_protocol::v1::Amount::Count(3).to_string(), "3");
     }
 }

@@ -64,7 +64,7 @@ fn print(r: &RolloutInfo) {
     }
     let s = &r.strategy;
     crate::out!(
-        "strategy     canary {}, max-parallel {:?}, max-unavailable {:?}, max-failures {:?}, auto-revert {}, auto-promote {}",
+        "strategy     canary {}, max-parallel {}, max-unavailable {}, max-failures {}, auto-revert {}, auto-promote {}",
         s.canary, s.max_parallel, s.max_unavailable, s.max_failures, s.auto_revert, s.auto_promote
     );
     crate::out!("phases       {}", r.phases.iter().map(|(p, t)| format!("{p} at {}", output::timestamp(*t))).collect::<Vec<_>>().join(", "));

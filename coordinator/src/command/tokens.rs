@@ -25,8 +25,14 @@ pub async fn run(cmd: TokensCommand) -> Result<()> {
             match admin.output {
                 OutputFormat::Json => print_json(&created)?,
                 OutputFormat::Table => {
+                    // Redirected, the token is not on the screen: say where it went.
+                    let shown = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                        "it is shown only now:"
+                    } else {
+                        "it went to standard output and is shown only this once"
+                    };
                     eprintln!(
-                        "token {} ({} use(s), expires {}); it is shown only now:",
+                        "token {} ({} use(s), expires {}); {shown}",
                         created.info.id,
                         created.info.uses_total,
                         output::timestamp(created.info.expires_at)
