@@ -97,6 +97,16 @@ let
       default = "60s";
       description = "How long a volume's device may take to appear.";
     };
+    keep_generations = mkOption {
+      type = types.ints.positive;
+      default = 5;
+      description = "System profile generations kept after a successful closure deployment; older ones are deleted and the Nix garbage collector reclaims them. The running, booted and pending systems and the rollback target are always kept.";
+    };
+    boot_id_file = mkOption {
+      type = types.str;
+      default = "/proc/sys/kernel/random/boot_id";
+      description = "Where the kernel gives the current boot's id (reported with health, to verify reboots).";
+    };
   };
 
   # null means "not set": left out of the TOML file. The CA file is

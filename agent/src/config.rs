@@ -78,6 +78,23 @@ pub struct AgentConfig {
     /// How long to wait for a volume's device to appear.
     #[serde(with = "humantime_serde", default = "default_device_wait")]
     pub device_wait: Duration,
+    /// System profile generations kept after a successful closure
+    /// deployment; older ones are deleted and the Nix garbage collector
+    /// reclaims them. The running, booted and pending systems and the
+    /// rollback target are always kept.
+    #[serde(default = "default_keep_generations")]
+    pub keep_generations: u32,
+    /// Where the kernel gives the current boot's id.
+    #[serde(default = "default_boot_id_file")]
+    pub boot_id_file: PathBuf,
+}
+
+fn default_keep_generations() -> u32 {
+    5
+}
+
+fn default_boot_id_file() -> PathBuf {
+    PathBuf::from(crate::system::health::BOOT_ID)
 }
 
 fn default_volume_root() -> PathBuf {
@@ -170,6 +187,8 @@ impl AgentConfig {
             confirm_deadline: default_confirm_deadline(),
             volume_root: default_volume_root(),
             device_wait: default_device_wait(),
+            keep_generations: default_keep_generations(),
+            boot_id_file: default_boot_id_file(),
         }
     }
 
@@ -191,6 +210,9 @@ impl AgentConfig {
             return Err(ConfigError::Invalid(
                 "backoff_initial must be above zero and at most backoff_max".into(),
             ));
+        }
+        if self.keep_generations == 0 {
+            return Err(ConfigError::Invalid("keep_generations must be at least 1 (the running system is always kept)".into()));
         }
         if self.connect_timeout.is_zero() {
             return Err(ConfigError::Invalid("connect_timeout must be above zero".into()));

@@ -6,7 +6,8 @@
 //! connections), [`apply`] (the apply: a pure core and its driver),
 //! [`backoff`] (reconnect delays, pure), [`identity`] (key and certificate
 //! on disk), [`system`] (the only layer that runs processes or reads the
-//! machine), [`config`], [`simulate`] (the load generator).
+//! machine), [`switched`] (what a switch did: the core's and the system
+//! layer's shared words), [`config`], [`simulate`] (the load generator).
 
 pub mod apply;
 pub mod backoff;
@@ -15,6 +16,7 @@ pub mod identity;
 pub mod scheduler;
 pub mod session;
 pub mod simulate;
+pub mod switched;
 pub mod system;
 pub mod text;
 

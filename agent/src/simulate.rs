@@ -123,6 +123,10 @@ fn synthetic_health(i: usize) -> HealthReport {
         volumes: vec![],
         agent_version: env!("CARGO_PKG_VERSION").into(),
         system_path: None,
+        boot_id: None,
+        booted_system: None,
+        pending_system: None,
+        nix_store: None,
     }
 }
 

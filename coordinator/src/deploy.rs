@@ -196,6 +196,8 @@ pub fn build(
         checks: spec.checks.clone(),
         health_deadline_ms: spec.health_deadline_ms,
         volumes: Vec::new(),
+        goal: spec.goal,
+        force_switch: spec.force_switch,
     };
     let deployment = pending_deployment(&assignment, machine, now);
     (
@@ -321,7 +323,7 @@ mod tests {
             checks: vec![HealthCheck::Tcp { host: "127.0.0.1".into(), port: 22 }],
             health_deadline_ms: 1000,
             buckets: Vec::new(),
-            volumes: Vec::new(),
+            volumes: Vec::new(), goal: Default::default(), force_switch: false, override_rollout: false,
         }
     }
 

@@ -69,6 +69,14 @@ pub struct HealthRecord {
     pub system_path: Option<String>,
     #[serde(default)]
     pub volumes: Vec<v1::VolumeState>,
+    #[serde(default)]
+    pub boot_id: Option<String>,
+    #[serde(default)]
+    pub booted_system: Option<String>,
+    #[serde(default)]
+    pub pending_system: Option<String>,
+    #[serde(default)]
+    pub nix_store: Option<DiskRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,16 +130,7 @@ impl HealthRecord {
             cpu_usage_percent: finite32(report.cpu_usage_percent),
             memory_total_bytes: report.memory_total_bytes,
             memory_used_bytes: report.memory_used_bytes,
-            disks: report
-                .disks
-                .into_iter()
-                .take(MAX_REPORTED_ITEMS)
-                .map(|d| DiskRecord {
-                    mount_point: text(&d.mount_point),
-                    total_bytes: d.total_bytes,
-                    available_bytes: d.available_bytes,
-                })
-                .collect(),
+            disks: report.disks.iter().take(MAX_REPORTED_ITEMS).map(DiskRecord::from_wire).collect(),
             failed_units: report
                 .failed_units
                 .map(|units| units.iter().take(MAX_REPORTED_ITEMS).map(|u| clean_text(u, 256)).collect()),
@@ -150,6 +149,10 @@ impl HealthRecord {
                     ..v
                 })
                 .collect(),
+            boot_id: report.boot_id.as_deref().map(|b| clean_text(b, 64)),
+            booted_system: report.booted_system.as_deref().map(text),
+            pending_system: report.pending_system.as_deref().map(text),
+            nix_store: report.nix_store.as_ref().map(DiskRecord::from_wire),
         }
     }
 
@@ -162,20 +165,30 @@ impl HealthRecord {
             cpu_usage_percent: self.cpu_usage_percent,
             memory_total_bytes: self.memory_total_bytes,
             memory_used_bytes: self.memory_used_bytes,
-            disks: self
-                .disks
-                .iter()
-                .map(|d| v1::DiskUsage {
-                    mount_point: d.mount_point.clone(),
-                    total_bytes: d.total_bytes,
-                    available_bytes: d.available_bytes,
-                })
-                .collect(),
+            disks: self.disks.iter().map(DiskRecord::to_wire).collect(),
             failed_units: self.failed_units.clone(),
             agent_version: self.agent_version.clone(),
             system_path: self.system_path.clone(),
             volumes: self.volumes.clone(),
+            boot_id: self.boot_id.clone(),
+            booted_system: self.booted_system.clone(),
+            pending_system: self.pending_system.clone(),
+            nix_store: self.nix_store.as_ref().map(DiskRecord::to_wire),
         }
+    }
+}
+
+impl DiskRecord {
+    fn from_wire(d: &v1::DiskUsage) -> Self {
+        DiskRecord {
+            mount_point: clean_text(&d.mount_point, MAX_REPORTED_TEXT),
+            total_bytes: d.total_bytes,
+            available_bytes: d.available_bytes,
+        }
+    }
+
+    fn to_wire(&self) -> v1::DiskUsage {
+        v1::DiskUsage { mount_point: self.mount_point.clone(), total_bytes: self.total_bytes, available_bytes: self.available_bytes }
     }
 }
 

@@ -44,9 +44,14 @@ impl Cache {
 
     /// Builds a system closure in the local store (substituters empty).
     fn build(&self, name: &str, body: &str) -> String {
+        self.build_checked(name, body, "")
+    }
+
+    /// The same, with a pre-switch check that runs first for `switch`.
+    fn build_checked(&self, name: &str, body: &str, check: &str) -> String {
         run(Command::new("nix-build")
             .arg(system_nix())
-            .args(["--argstr", "name", name, "--argstr", "body", body, "--no-out-link"])
+            .args(["--argstr", "name", name, "--argstr", "body", body, "--argstr", "check", check, "--no-out-link"])
             .args(["--option", "substituters", ""]))
     }
 
@@ -74,15 +79,43 @@ struct Vm {
 
 impl Vm {
     fn activations(&self) -> Vec<String> {
-        std::fs::read_to_string(self.store.join("activations"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
+        self.lines("activations")
+    }
+
+    fn lines(&self, file: &str) -> Vec<String> {
+        std::fs::read_to_string(self.store.join(file)).unwrap_or_default().lines().map(str::to_string).collect()
+    }
+
+    /// What runs: the test system points `current-system` at itself.
+    fn running(&self) -> Option<String> {
+        std::fs::read_link(self.store.join("current-system")).ok().map(|p| p.display().to_string())
+    }
+
+    fn boot_default(&self) -> Option<String> {
+        drover_agent::system::switch::resolve_profile(&self.profile)
+    }
+
+    /// The profile's numbered generations (`system-N-link`).
+    fn generations(&self) -> usize {
+        std::fs::read_dir(self.profile.parent().expect("profile dir"))
+            .expect("profile dir")
+            .flatten()
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("system-") && n.ends_with("-link")))
+            .count()
     }
 }
 
 fn spawn_vm(fleet: &TestCoordinator, name: &str, token: &Path, systemctl: &Path) -> (Vm, AgentHandle) {
+    spawn_vm_with(fleet, name, token, systemctl, |_| {})
+}
+
+fn spawn_vm_with(
+    fleet: &TestCoordinator,
+    name: &str,
+    token: &Path,
+    systemctl: &Path,
+    adjust: impl FnOnce(&mut drover_agent::AgentConfig),
+) -> (Vm, AgentHandle) {
     let root = fleet.dir.path().join("vms").join(name);
     let mut config = fleet.agent_config(name, Some(token));
     config.nix_store = Some(root.join("store"));
@@ -90,6 +123,7 @@ fn spawn_vm(fleet: &TestCoordinator, name: &str, token: &Path, systemctl: &Path)
     config.runtime_dir = root.join("run");
     config.systemctl = systemctl.to_path_buf();
     config.switch_timeout = Duration::from_secs(120);
+    adjust(&mut config);
     let vm = Vm { store: root.join("store"), profile: root.join("profiles/system") };
     let health = SystemHealth::for_agent(&config);
     (vm, drover_agent::spawn(config, health, None).expect("agent"))
@@ -111,6 +145,10 @@ fn closure(cache: &Cache, path: &str, from: &str) -> SystemSpec {
 }
 
 async fn deploy(fleet: &TestCoordinator, selector: &[(&str, &str)], system: SystemSpec, checks: Vec<HealthCheck>) -> Vec<DeployedTarget> {
+    deploy_goal(fleet, selector, system, checks, SwitchGoal::Switch).await
+}
+
+async fn deploy_goal(fleet: &TestCoordinator, selector: &[(&str, &str)], system: SystemSpec, checks: Vec<HealthCheck>, goal: SwitchGoal) -> Vec<DeployedTarget> {
     let spec = DeploySpec {
         machine: None,
         selector: selector.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
@@ -119,7 +157,7 @@ async fn deploy(fleet: &TestCoordinator, selector: &[(&str, &str)], system: Syst
         facts: Default::default(),
         checks,
         health_deadline_ms: 1_500,
-        buckets: vec![], volumes: vec![],
+        buckets: vec![], volumes: vec![], goal, force_switch: false, override_rollout: false,
     };
     match fleet.call(AdminRequest::Deploy(spec)).await {
         AdminResponse::Deployed(t) => t,
@@ -264,5 +302,126 @@ async fn unit_http_and_tcp_checks_gate_a_closure() {
     }
     assert_eq!(vm.activations().iter().filter(|p| **p == second).count(), 3, "the second closure was switched to once per deployment");
     assert_eq!(vm.activations().last().map(String::as_str), Some(first.as_str()));
+    agent.stop().await.expect("stop");
+}
+
+/// The success message of a finished deployment.
+fn outcome(d: &DeploymentInfo) -> String {
+    d.steps.iter().rev().find(|s| matches!(s.step, DeployStep::Succeeded | DeployStep::Failed | DeployStep::RolledBack)).map(|s| s.message.clone()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switch_goals_inhibitors_and_failed_units_with_real_nix() {
+    let fleet = TestCoordinator::start().await;
+    let cache = Cache::new(&fleet.dir.path().join("cache"));
+    let systemctl = fake_systemctl(fleet.dir.path());
+    let base = cache.build("drover-goal-base", "exit 0");
+    let later = cache.build("drover-goal-boot", "exit 0");
+    let tried = cache.build("drover-goal-test", "exit 0");
+    let dry = cache.build("drover-goal-dry", "exit 0");
+    let inhibited = cache.build_checked(
+        "drover-goal-inhibited",
+        "exit 0",
+        "echo \"Pre-switch check 'switchInhibitors' failed\"; echo 'Pre-switch checks failed'; exit 1",
+    );
+    let units_fail = cache.build("drover-goal-units", "echo 'warning: the following units failed: app.service, worker.service'; exit 4");
+    for path in [&base, &later, &tried, &dry, &inhibited, &units_fail] {
+        cache.publish(path, true);
+    }
+    let (_, token) = fleet.token(1, &[("role", "goals")]).await;
+    let root = fleet.dir.path().join("vms/vm1");
+    let (vm, mut agent) = spawn_vm_with(&fleet, "vm1", &token, &systemctl, |c| c.current_system = root.join("store/current-system"));
+    agent.wait_for(Duration::from_secs(15), |s| s.reports >= 1).await.expect("online");
+    let role = [("role", "goals")];
+    let go = |path: &str, goal| deploy_goal(&fleet, &role, closure(&cache, path, "cache"), vec![], goal);
+
+    // switch: runs it and makes it the boot default.
+    let t = go(&base, SwitchGoal::Switch).await;
+    assert_eq!(finished(&fleet, &t[0].deployment_id).await.state, DeploymentState::Succeeded);
+    assert_eq!((vm.running(), vm.boot_default()), (Some(base.clone()), Some(base.clone())));
+
+    // boot: the boot default changes, the running system does not, and the
+    // machine reports the pending system.
+    let t = go(&later, SwitchGoal::Boot).await;
+    let d = finished(&fleet, &t[0].deployment_id).await;
+    assert_eq!(d.state, DeploymentState::Succeeded, "{d:?}");
+    assert!(outcome(&d).contains(&format!("reboot required to run {later}")), "{}", outcome(&d));
+    assert_eq!((vm.running(), vm.boot_default()), (Some(base.clone()), Some(later.clone())));
+    assert_eq!(vm.activations(), std::slice::from_ref(&base));
+    assert_eq!(vm.lines("boot-entries"), std::slice::from_ref(&later));
+    let id = t[0].machine_id.clone();
+    assert!(
+        common::eventually(Duration::from_secs(10), || async {
+            fleet.machine(&id).await.health.is_some_and(|h| h.pending_system.as_deref() == Some(later.as_str()))
+        })
+        .await,
+        "the machine reports the pending system"
+    );
+
+    // test: runs it, the boot default stays.
+    let t = go(&tried, SwitchGoal::Test).await;
+    assert_eq!(finished(&fleet, &t[0].deployment_id).await.state, DeploymentState::Succeeded);
+    assert_eq!((vm.running(), vm.boot_default()), (Some(tried.clone()), Some(later.clone())));
+    let generations = vm.generations();
+
+    // dry-activate: reports what its switch-to-configuration printed, changes nothing.
+    let t = go(&dry, SwitchGoal::DryActivate).await;
+    let d = finished(&fleet, &t[0].deployment_id).await;
+    assert_eq!(d.state, DeploymentState::Succeeded);
+    assert!(d.output_tail.contains("would restart the following units: demo.service"), "{:?}", d.output_tail);
+    assert_eq!((vm.running(), vm.boot_default()), (Some(tried.clone()), Some(later.clone())), "nothing changed");
+    assert_eq!(vm.generations(), generations, "no profile generation");
+    assert_eq!(vm.activations(), [base.clone(), tried.clone()], "no activation recorded");
+
+    // A switch the pre-switch checks refuse is installed for the next boot.
+    let t = go(&inhibited, SwitchGoal::Switch).await;
+    let d = finished(&fleet, &t[0].deployment_id).await;
+    assert_eq!(d.state, DeploymentState::Succeeded, "{d:?}");
+    assert!(outcome(&d).contains("pre-switch checks refused") && outcome(&d).contains("reboot required"), "{}", outcome(&d));
+    assert_eq!((vm.running(), vm.boot_default()), (Some(tried.clone()), Some(inhibited.clone())));
+    assert_eq!(vm.lines("boot-entries").last(), Some(&inhibited));
+
+    // Exit 4: switched, but units failed — a failed health gate naming
+    // them, and the machine goes back to what ran before.
+    let t = go(&units_fail, SwitchGoal::Switch).await;
+    let d = finished(&fleet, &t[0].deployment_id).await;
+    assert!(d.state == DeploymentState::Failed && d.rolled_back, "{d:?}");
+    let why = d.steps.iter().find(|s| s.step == DeployStep::RollingBack).expect("reason").message.clone();
+    assert!(why.contains("health gate failed") && why.contains("app.service, worker.service"), "{why}");
+    assert_eq!(vm.running(), Some(tried.clone()), "back on the system that ran before");
+    agent.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_newest_generations_stay_and_the_rollback_target_still_works() {
+    let fleet = TestCoordinator::start().await;
+    let cache = Cache::new(&fleet.dir.path().join("cache"));
+    let systemctl = fake_systemctl(fleet.dir.path());
+    let systems: Vec<String> = (1..=7).map(|i| cache.build(&format!("drover-keep-{i}"), "exit 0")).collect();
+    let broken = cache.build("drover-keep-broken", "exit 1");
+    for path in systems.iter().chain([&broken]) {
+        cache.publish(path, true);
+    }
+    let (_, token) = fleet.token(1, &[("role", "keep")]).await;
+    let (vm, mut agent) = spawn_vm_with(&fleet, "vm1", &token, &systemctl, |c| c.keep_generations = 3);
+    agent.wait_for(Duration::from_secs(15), |s| s.reports >= 1).await.expect("online");
+    for system in &systems {
+        let t = deploy(&fleet, &[("role", "keep")], closure(&cache, system, "cache"), vec![]).await;
+        assert_eq!(finished(&fleet, &t[0].deployment_id).await.state, DeploymentState::Succeeded);
+    }
+    assert_eq!(vm.generations(), 3, "keep_generations = 3");
+    let in_store = |path: &str| vm.store.join(path.trim_start_matches('/')).exists();
+    for old in &systems[..4] {
+        assert!(!in_store(old), "{old} was collected");
+    }
+    for kept in &systems[4..] {
+        assert!(in_store(kept), "{kept} stays");
+    }
+    // The rollback target (the newest) still works.
+    let t = deploy(&fleet, &[("role", "keep")], closure(&cache, &broken, "cache"), vec![]).await;
+    let d = finished(&fleet, &t[0].deployment_id).await;
+    assert!(d.rolled_back && d.state == DeploymentState::Failed, "{d:?}");
+    assert_eq!(vm.boot_default().as_deref(), Some(systems[6].as_str()));
+    assert_eq!(vm.activations().last(), Some(&systems[6]));
     agent.stop().await.expect("stop");
 }

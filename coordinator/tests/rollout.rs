@@ -71,7 +71,7 @@ impl Fleet {
             facts: Default::default(),
             checks: vec![],
             health_deadline_ms: 2_000,
-            buckets: vec![], volumes: vec![],
+            buckets: vec![], volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false,
         }
     }
 

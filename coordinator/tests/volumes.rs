@@ -68,6 +68,9 @@ impl Fleet {
             health_deadline_ms: 5_000,
             buckets: vec![],
             volumes,
+            goal: Default::default(),
+            force_switch: false,
+            override_rollout: false,
         }
     }
 

@@ -201,6 +201,17 @@ pub struct HealthReport {
     /// The volumes of its assignment (protocol 3).
     #[serde(default)]
     pub volumes: Vec<VolumeState>,
+    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`), which
+    /// changes at every boot (protocol 5).
+    pub boot_id: Option<String>,
+    /// The target of `/run/booted-system`: what the machine booted.
+    pub booted_system: Option<String>,
+    /// A system installed for the next boot (goal `boot`, or a `switch`
+    /// that pre-switch checks refused) and not running yet: a reboot is
+    /// required.
+    pub pending_system: Option<String>,
+    /// The file system holding the Nix store.
+    pub nix_store: Option<DiskUsage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -514,6 +525,64 @@ pub enum HealthCheck {
     S3 { bucket: String },
 }
 
+/// What a deployment does with the new system, as `nixos-rebuild` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(rename_all = "kebab-case")]
+pub enum SwitchGoal {
+    /// Activate it and make it the boot default.
+    #[default]
+    Switch,
+    /// Make it the boot default only; it runs after the next reboot.
+    Boot,
+    /// Activate it without touching the boot default; a reboot returns to
+    /// the previous system.
+    Test,
+    /// Report what activating it would change, and change nothing.
+    DryActivate,
+}
+
+impl SwitchGoal {
+    /// The word `switch-to-configuration` and `nixos-rebuild` take.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SwitchGoal::Switch => "switch",
+            SwitchGoal::Boot => "boot",
+            SwitchGoal::Test => "test",
+            SwitchGoal::DryActivate => "dry-activate",
+        }
+    }
+
+    /// Whether the system profile (the boot default) is set.
+    pub fn sets_profile(self) -> bool {
+        matches!(self, SwitchGoal::Switch | SwitchGoal::Boot)
+    }
+
+    /// Whether the running system changes.
+    pub fn activates(self) -> bool {
+        matches!(self, SwitchGoal::Switch | SwitchGoal::Test)
+    }
+}
+
+impl std::fmt::Display for SwitchGoal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SwitchGoal {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "switch" => Ok(SwitchGoal::Switch),
+            "boot" => Ok(SwitchGoal::Boot),
+            "test" => Ok(SwitchGoal::Test),
+            "dry-activate" => Ok(SwitchGoal::DryActivate),
+            other => Err(format!("'{other}' is not a switch goal: use switch, boot, test or dry-activate")),
+        }
+    }
+}
+
 /// One machine's assignment at one generation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
@@ -528,6 +597,12 @@ pub struct Assignment {
     /// Mounted before the switch (protocol 3).
     #[serde(default)]
     pub volumes: Vec<VolumeMount>,
+    /// What to do with the system (protocol 5).
+    #[serde(default)]
+    pub goal: SwitchGoal,
+    /// Switch even when NixOS' pre-switch checks refuse (`NIXOS_NO_CHECK`).
+    #[serde(default)]
+    pub force_switch: bool,
 }
 
 /// What an admin asks to deploy.
@@ -550,6 +625,14 @@ pub struct DeploySpec {
     /// before recording the generation (protocol 3).
     #[serde(default)]
     pub volumes: Vec<VolumeClaim>,
+    /// What to do with the system (protocol 5).
+    #[serde(default)]
+    pub goal: SwitchGoal,
+    #[serde(default)]
+    pub force_switch: bool,
+    /// Deploy to machines an active rollout holds; the rollout records it.
+    #[serde(default)]
+    pub override_rollout: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,13 +4,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorCode, WireError};
 
-/// The protocol version this build speaks natively. Version 4 added the
-/// admin requests `Backup` and `Audit`; a version 3 peer speaks everything
-/// else unchanged, so agents of either version work with this coordinator.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// The protocol version this build speaks natively. Version 5 added the
+/// switch goal and `force_switch` to assignments and deployments,
+/// `override_rollout` to deployments, and the boot id, booted and pending
+/// systems and the Nix store's space to health reports; older peers are
+/// refused at Hello, naming both versions (version 4 only added the admin
+/// requests `Backup` and `Audit`).
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The inclusive range of protocol versions this build accepts.
-pub const SUPPORTED: VersionRange = VersionRange { min: 3, max: 4 };
+pub const SUPPORTED: VersionRange = VersionRange { min: 5, max: 5 };
 
 /// An inclusive range of protocol versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

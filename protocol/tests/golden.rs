@@ -7,7 +7,10 @@
 //! phases enums, and version 3, which added volumes to assignments, health
 //! reports and deployments; older peers are refused by name at Hello).
 //! Version 4 only added messages (backup and audit), so version 3 peers
-//! are still served.
+//! were still served; version 5 added switch goals, `force_switch` and
+//! `override_rollout` to deployments and assignments and the boot id,
+//! booted and pending systems and the Nix store's space to health reports,
+//! and refuses older peers.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -33,6 +36,10 @@ fn health() -> HealthReport {
         failed_units: Some(vec!["foo.service".into()]),
         agent_version: "0.1.0".into(),
         system_path: Some("/nix/store/abc-nixos-system".into()),
+        boot_id: Some("6c1f0e52-8b1d-4c56-9a3e-0d6b1f2a7c11".into()),
+        booted_system: Some("/nix/store/abc-nixos-system".into()),
+        pending_system: Some("/nix/store/def-nixos-system".into()),
+        nix_store: Some(DiskUsage { mount_point: "/nix/store".into(), total_bytes: 1 << 34, available_bytes: 1 << 32 }),
         volumes: vec![volume_state()],
     }
 }
@@ -137,6 +144,8 @@ fn assignment() -> Assignment {
             formatted: false,
             restore_snapshot: Some("pre-r-0a1b2c3d".into()),
         }],
+        goal: SwitchGoal::Boot,
+        force_switch: true,
     }
 }
 
@@ -218,20 +227,20 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-admin-admins-list", Request::Admin(AdminRequest::AdminsList)),
         ("request-agent-fetch-assignment", Request::Agent(AgentRequest::FetchAssignment)),
         ("request-agent-report-deployment", Request::Agent(AgentRequest::ReportDeployment(DeploymentReport { generation: 3, step: DeployStep::Switched, message: "ok".into(), output_tail: "tail".into(), system_path: Some("/nix/store/abc".into()) }))),
-        ("request-admin-deploy", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: None, selector: labels(), system: closure(), secrets: assignment().secrets, facts: labels(), checks: assignment().checks, health_deadline_ms: 60_000, buckets: vec![], volumes: vec![] }))),
+        ("request-admin-deploy", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: None, selector: labels(), system: closure(), secrets: assignment().secrets, facts: labels(), checks: assignment().checks, health_deadline_ms: 60_000, buckets: vec![], volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false }))),
         ("request-admin-deployments-list", Request::Admin(AdminRequest::DeploymentsList { machine: Some("m-0123456789".into()) })),
         ("request-admin-deployments-show", Request::Admin(AdminRequest::DeploymentsShow { id: "d-m-0123456789-3".into() })),
         ("request-admin-machines-detail", Request::Admin(AdminRequest::MachinesDetail { id: "m-0123456789".into() })),
-        ("request-admin-rollout-start", Request::Admin(AdminRequest::RolloutStart(RolloutSpec { deploy: DeploySpec { machine: None, selector: labels(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000, buckets: vec![], volumes: vec![] }, strategy: strategy(), snapshot_volumes: true }))),
+        ("request-admin-rollout-start", Request::Admin(AdminRequest::RolloutStart(RolloutSpec { deploy: DeploySpec { machine: None, selector: labels(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000, buckets: vec![], volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false }, strategy: strategy(), snapshot_volumes: true }))),
         ("request-admin-rollout-status", Request::Admin(AdminRequest::RolloutStatus { id: "r-0a1b2c3d".into() })),
         ("request-admin-rollout-list", Request::Admin(AdminRequest::RolloutList)),
         ("request-admin-rollout-control", Request::Admin(AdminRequest::RolloutControl { id: "r-0a1b2c3d".into(), action: RolloutAction::Revert })),
         ("request-admin-s3-bucket-create", Request::Admin(AdminRequest::S3(S3Request::BucketCreate { name: "acme-media".into(), public: true, max_size: Some(1 << 30), max_objects: None }))),
         ("request-admin-s3-grant", Request::Admin(AdminRequest::S3(S3Request::Grant { bucket: "acme-media".into(), key: "acme".into(), read: true, write: true, owner: false }))),
         ("request-admin-s3-key-show", Request::Admin(AdminRequest::S3(S3Request::KeyShow { name: "acme".into(), show_secret: true }))),
-        ("request-admin-deploy-s3-check", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: Default::default(), checks: vec![HealthCheck::S3 { bucket: "acme-media".into() }], health_deadline_ms: 60_000, buckets: vec![], volumes: vec![] }))),
+        ("request-admin-deploy-s3-check", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: Default::default(), checks: vec![HealthCheck::S3 { bucket: "acme-media".into() }], health_deadline_ms: 60_000, buckets: vec![], volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false }))),
         ("request-admin-s3-cluster-add-machine", Request::Admin(AdminRequest::S3(S3Request::ClusterAddMachine { machine: "m-0123456789".into() }))),
-        ("request-admin-deploy-with-buckets", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000, buckets: vec![BucketRequest { name: "acme-media".into(), public: true }], volumes: vec![] }))),
+        ("request-admin-deploy-with-buckets", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000, buckets: vec![BucketRequest { name: "acme-media".into(), public: true }], volumes: vec![], goal: SwitchGoal::DryActivate, force_switch: true, override_rollout: true }))),
         ("request-admin-deployments-of-rollout", Request::Admin(AdminRequest::DeploymentsOfRollout { id: "r-0a1b2c3d".into() })),
         ("request-admin-tenants-create", Request::Admin(AdminRequest::TenantsCreate(TenantSpec { domain: "acme.example".into(), admin_email: "ops@acme.example".into(), admin_user: "admin".into(), managers: vec!["alice".into()] }))),
         ("request-admin-tenants-list", Request::Admin(AdminRequest::TenantsList)),
@@ -244,7 +253,7 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-admin-backup", Request::Admin(AdminRequest::Backup)),
         ("request-admin-audit", Request::Admin(AdminRequest::Audit { since: Some(1), admin: Some("root".into()), limit: 100 })),
         ("request-admin-admins-remove", Request::Admin(AdminRequest::AdminsRemove { name: "alice".into() })),
-        ("request-admin-deploy-with-volumes", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000, buckets: vec![], volumes: vec![VolumeClaim { name: "data".into(), mount_point: "/srv/data".into(), filesystem: Filesystem::Ext4, size_bytes: Some(20 << 30) }] }))),
+        ("request-admin-deploy-with-volumes", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000, buckets: vec![], volumes: vec![VolumeClaim { name: "data".into(), mount_point: "/srv/data".into(), filesystem: Filesystem::Ext4, size_bytes: Some(20 << 30) }], goal: Default::default(), force_switch: false, override_rollout: false }))),
         ("request-admin-volumes-create", Request::Admin(AdminRequest::Volumes(VolumeRequest::Create { name: "data".into(), size_bytes: 20 << 30, replicas: Some(2), resource_group: Some("rg".into()) }))),
         ("request-admin-volumes-attach", Request::Admin(AdminRequest::Volumes(VolumeRequest::Attach { name: "data".into(), machine: "m-0123456789".into(), mount_point: "/srv/data".into(), filesystem: Filesystem::Xfs }))),
         ("request-agent-restore-volume", Request::Agent(AgentRequest::RestoreVolume { generation: 4, name: "data".into() })),

@@ -17,8 +17,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use drover_protocol::v1::{DeployStep, DeploymentReport, HealthCheck, SystemSpec};
+use drover_protocol::v1::{DeployStep, DeploymentReport, HealthCheck, SwitchGoal, SystemSpec};
 
+use crate::switched::Switched;
 use crate::text::tail;
 
 /// Milliseconds on the driver's monotonic clock.
@@ -45,6 +46,11 @@ pub struct Journal {
     pub system: SystemSpec,
     pub checks: Vec<HealthCheck>,
     pub health_deadline_ms: u64,
+    /// What the switch does with the system.
+    #[serde(default)]
+    pub goal: SwitchGoal,
+    #[serde(default)]
+    pub force_switch: bool,
 }
 
 /// The last finished generation.
@@ -90,7 +96,7 @@ pub enum Event {
     /// What the switch needs was fetched, or not.
     Prepared(Result<(), Failure>),
     /// The switch ended at `now`; `current` is the system running after it.
-    Switched { result: Result<String, Failure>, now: Millis, current: Option<String> },
+    Switched { result: Result<Switched, Failure>, now: Millis, current: Option<String> },
     /// The health gate passed, or failed with a reason.
     Gate(Result<(), String>),
     /// The coordinator was heard from at `at` (after the switch, at the
@@ -249,7 +255,34 @@ impl Apply {
                 let previous = self.previous();
                 self.finish(DeployStep::Failed, format!("{}; the system was not changed", f.message), f.tail, previous)
             }
-            (Stage::Switching, Event::Switched { result: Ok(tail), now, current }) => {
+            (Stage::Switching, Event::Switched { result: Ok(Switched::Installed { tail, inhibited }), current, .. }) => {
+                // Nothing runs differently until a reboot: no gate, no
+                // confirmation, nothing to roll back.
+                let pending = match self.journal.as_ref().map(|j| &j.system) {
+                    Some(SystemSpec::Closure { store_path, .. }) => store_path.clone(),
+                    _ => "the new system".to_string(),
+                };
+                let message = if inhibited {
+                    format!("NixOS' pre-switch checks refused to switch; installed for the next boot instead: reboot required to run {pending} (--force-switch overrides the checks)")
+                } else {
+                    format!("installed for the next boot: reboot required to run {pending}")
+                };
+                let mut actions = vec![report(g, DeployStep::Switched, message.clone(), &tail, current.clone())];
+                actions.extend(self.finish(DeployStep::Succeeded, message, tail, current));
+                actions
+            }
+            (Stage::Switching, Event::Switched { result: Ok(Switched::Reported { tail }), current, .. }) => {
+                let message = "dry-activate: nothing was changed; the output says what a switch would start, stop, restart and reload".to_string();
+                self.finish(DeployStep::Succeeded, message, tail, current)
+            }
+            (Stage::Switching, Event::Switched { result: Ok(Switched::UnitsFailed { tail, units }), current, .. }) => {
+                self.tail = tail;
+                let names = if units.is_empty() { "(not named in the output)".to_string() } else { units.join(", ") };
+                let mut actions = vec![report(g, DeployStep::Switched, "switched, but some units failed", &self.tail, current)];
+                actions.extend(self.roll_back(format!("health gate failed: units failed to start after the switch: {names}")));
+                actions
+            }
+            (Stage::Switching, Event::Switched { result: Ok(Switched::Activated { tail }), now, current }) => {
                 self.tail = tail;
                 self.switched_at = now;
                 let mut actions: Vec<Action> = self.set_step(JournalStep::Switched).into_iter().collect();

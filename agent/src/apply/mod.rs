@@ -126,6 +126,8 @@ impl Applier {
             system: assignment.system.clone(),
             checks: assignment.checks.clone(),
             health_deadline_ms: assignment.health_deadline_ms,
+            goal: assignment.goal,
+            force_switch: assignment.force_switch,
         };
         let outcome = self.run(Event::Begin { journal }, Some((&assignment, &access))).instrument(span).await;
         // A fresh apply always ends in an outcome; the fallback only guards
@@ -188,8 +190,9 @@ impl Applier {
                     Some(Event::Prepared(self.switcher.prepare(&spec).await.map(drop).map_err(failure)))
                 }
                 Action::Switch => {
-                    let spec = journal.as_ref()?.system.clone();
-                    let result = self.switcher.switch(&spec).await.map_err(failure);
+                    let j = journal.as_ref()?;
+                    let spec = j.system.clone();
+                    let result = self.switcher.switch(&spec, j.goal, j.force_switch).await.map_err(failure);
                     Some(Event::Switched { result, now: self.now(), current: self.switcher.current(&spec) })
                 }
                 Action::RunGate { deadline_ms } => {
@@ -199,13 +202,19 @@ impl Applier {
                 }
                 Action::AwaitContact { since, until } => Some(self.await_contact(since, until, journal.as_ref().map(|j| &j.system)).await),
                 Action::RollBack { previous } => {
-                    let spec = journal.as_ref()?.system.clone();
-                    let result = self.switcher.rollback(&spec, previous.as_deref()).await.map_err(failure);
+                    let j = journal.as_ref()?;
+                    let spec = j.system.clone();
+                    let result = self.switcher.rollback(&spec, previous.as_deref(), j.goal).await.map_err(failure);
                     Some(Event::RolledBack { result, current: self.switcher.current(&spec) })
                 }
                 Action::Finish(applied) => {
                     tracing::info!(generation = applied.generation, step = ?applied.step, message = %applied.message, "apply finished");
                     self.records.finish(&applied);
+                    if applied.step == drover_protocol::v1::DeployStep::Succeeded {
+                        if let Some(j) = &journal {
+                            self.prune(j).await;
+                        }
+                    }
                     return Some(applied);
                 }
                 Action::Restart => {
@@ -218,6 +227,29 @@ impl Applier {
             }
         }
         None
+    }
+
+    /// Old system generations go after a successful deployment; the
+    /// running, booted and pending systems and the rollback target stay.
+    async fn prune(&self, journal: &Journal) {
+        if !journal.goal.sets_profile() {
+            return;
+        }
+        let link = &self.config.current_system;
+        let protect: Vec<String> = [
+            self.switcher.current(&journal.system),
+            crate::system::health::booted_system(link),
+            crate::system::switch::resolve_profile(&self.config.system_profile),
+            journal.previous_system.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match self.switcher.prune(&journal.system, self.config.keep_generations, &protect).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, keep = self.config.keep_generations, "old system generations deleted and collected"),
+            Err(e) => tracing::warn!(error = %e, "old system generations could not be deleted; they stay until the next deployment"),
+        }
     }
 
     /// The machine's volumes, as this agent mounts them.

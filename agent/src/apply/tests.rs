@@ -3,7 +3,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use drover_protocol::v1::{Access, Assignment, DeployStep, HealthCheck, SystemSpec};
+use drover_protocol::v1::{Access, Assignment, DeployStep, HealthCheck, SwitchGoal, SystemSpec};
+
+use crate::switched::Switched;
 
 use super::core::{Action, Applied, Apply, Event, Failure, Journal, JournalStep};
 use crate::system::switch::{SwitchError, SystemSwitcher};
@@ -18,6 +20,8 @@ fn journal(step: JournalStep) -> Journal {
         system: SystemSpec::Closure { store_path: "/nix/store/new".into(), substituters: vec![], trusted_public_keys: vec![] },
         checks: vec![HealthCheck::Tcp { host: "127.0.0.1".into(), port: 1 }],
         health_deadline_ms: 5_000,
+        goal: SwitchGoal::Switch,
+        force_switch: false,
     }
 }
 
@@ -44,7 +48,7 @@ fn switched() -> Apply {
     core.handle(Event::FilesWritten(Ok("written".into())));
     core.handle(Event::VolumesAttached(Ok(String::new())));
     core.handle(Event::Prepared(Ok(())));
-    core.handle(Event::Switched { result: Ok("switch output".into()), now: 1_000, current: Some("/nix/store/new".into()) });
+    core.handle(Event::Switched { result: Ok(Switched::Activated { tail: "switch output".into() }), now: 1_000, current: Some("/nix/store/new".into()) });
     core
 }
 
@@ -63,7 +67,7 @@ fn a_whole_apply_journals_each_step_before_taking_it() {
     let a = core.handle(Event::Prepared(Ok(())));
     assert_eq!(saved(&a), vec![JournalStep::Switching]);
     assert_eq!(a.last(), Some(&Action::Switch), "the journal says switching before the switch starts");
-    let a = core.handle(Event::Switched { result: Ok("out".into()), now: 1_000, current: Some("/nix/store/new".into()) });
+    let a = core.handle(Event::Switched { result: Ok(Switched::Activated { tail: "out".into() }), now: 1_000, current: Some("/nix/store/new".into()) });
     assert_eq!(saved(&a), vec![JournalStep::Switched]);
     assert_eq!(steps(&a), vec![DeployStep::Switched, DeployStep::HealthChecking]);
     assert_eq!(a.last(), Some(&Action::RunGate { deadline_ms: 5_000 }));
@@ -238,20 +242,25 @@ impl SystemSwitcher for FakeSwitcher {
         Ok(String::new())
     }
 
-    async fn switch(&self, spec: &SystemSpec) -> Result<String, SwitchError> {
-        self.calls.lock().expect("lock").push("switch".into());
-        let SystemSpec::Closure { store_path, .. } = spec else { return Ok(String::new()) };
+    async fn switch(&self, spec: &SystemSpec, goal: SwitchGoal, _: bool) -> Result<Switched, SwitchError> {
+        self.calls.lock().expect("lock").push(format!("switch {goal}"));
+        let SystemSpec::Closure { store_path, .. } = spec else { return Ok(Switched::Activated { tail: String::new() }) };
         *self.current.lock().expect("lock") = Some(store_path.clone());
         if self.fail_switch {
-            return Err(SwitchError::UnitsFailed { tail: "app.service failed".into() });
+            return Ok(Switched::UnitsFailed { tail: "warning: the following units failed: app.service".into(), units: vec!["app.service".into()] });
         }
-        Ok("switched".into())
+        Ok(Switched::Activated { tail: "switched".into() })
     }
 
-    async fn rollback(&self, _: &SystemSpec, previous: Option<&str>) -> Result<String, SwitchError> {
+    async fn rollback(&self, _: &SystemSpec, previous: Option<&str>, _: SwitchGoal) -> Result<String, SwitchError> {
         self.calls.lock().expect("lock").push(format!("rollback {}", previous.unwrap_or("-")));
         *self.current.lock().expect("lock") = previous.map(String::from);
         Ok("rolled back".into())
+    }
+
+    async fn prune(&self, _: &SystemSpec, keep: u32, _: &[String]) -> Result<usize, SwitchError> {
+        self.calls.lock().expect("lock").push(format!("prune {keep}"));
+        Ok(0)
     }
 }
 
@@ -273,7 +282,7 @@ fn assignment() -> Assignment {
         facts_json: "{}".into(),
         checks: vec![],
         health_deadline_ms: 1_000,
-        volumes: vec![],
+        volumes: vec![], goal: Default::default(), force_switch: false,
     }
 }
 
@@ -298,7 +307,7 @@ async fn the_driver_carries_the_core_out_and_leaves_the_records() {
     let done = apply.await.expect("join");
     assert_eq!(done.step, DeployStep::Succeeded, "{done:?}");
     assert_eq!(done.system_path.as_deref(), Some("/nix/store/abc-new"));
-    assert_eq!(*switcher.calls.lock().expect("lock"), vec!["prepare", "switch"]);
+    assert_eq!(*switcher.calls.lock().expect("lock"), vec!["prepare", "switch switch", "prune 5"], "old generations go after a success");
     assert!(applier.records.journal().is_none(), "the journal is dropped at the end");
     assert_eq!(applier.records.applied().map(|a| a.generation), Some(3));
     assert_eq!(seen.first(), Some(&DeployStep::Received));
@@ -314,8 +323,53 @@ async fn units_that_fail_after_the_switch_send_the_machine_back() {
     let applier = super::Applier::with_switcher(config(dir.path()), switcher.clone(), reports, contact_rx);
     let done = applier.apply(assignment(), Access::default()).await;
     assert_eq!(done.step, DeployStep::RolledBack, "{done:?}");
+    assert!(done.message.contains("health gate failed") && done.message.contains("app.service"), "{}", done.message);
     assert_eq!(done.system_path.as_deref(), Some("/nix/store/abc-old"));
-    assert_eq!(*switcher.calls.lock().expect("lock"), vec!["prepare", "switch", "rollback /nix/store/abc-old"]);
+    assert_eq!(*switcher.calls.lock().expect("lock"), vec!["prepare", "switch switch", "rollback /nix/store/abc-old"]);
+}
+
+/// Up to the switch, for a journal with `goal`.
+fn switching(goal: SwitchGoal) -> Apply {
+    let mut core = Apply::new(CONFIRM_MS);
+    core.handle(Event::Begin { journal: Journal { goal, ..journal(JournalStep::Started) } });
+    core.handle(Event::FilesWritten(Ok("files".into())));
+    core.handle(Event::VolumesAttached(Ok("none".into())));
+    let a = core.handle(Event::Prepared(Ok(())));
+    assert!(a.contains(&Action::Switch));
+    core
+}
+
+#[test]
+fn a_system_installed_for_the_next_boot_succeeds_at_once_saying_a_reboot_is_required() {
+    for inhibited in [false, true] {
+        let mut core = switching(SwitchGoal::Boot);
+        let a = core.handle(Event::Switched {
+            result: Ok(Switched::Installed { tail: "installing the boot loader".into(), inhibited }),
+            now: 1_000,
+            current: Some("/nix/store/old".into()),
+        });
+        let done = finished(&a).expect("finished");
+        assert_eq!(done.step, DeployStep::Succeeded);
+        assert!(done.message.contains("reboot required to run /nix/store/new"), "{}", done.message);
+        assert_eq!(done.message.contains("pre-switch checks refused"), inhibited, "{}", done.message);
+        assert_eq!(done.system_path.as_deref(), Some("/nix/store/old"), "the running system did not change");
+        assert!(!a.iter().any(|x| matches!(x, Action::RunGate { .. } | Action::AwaitContact { .. } | Action::RollBack { .. })));
+    }
+}
+
+#[test]
+fn a_dry_activation_reports_its_output_and_changes_nothing() {
+    let mut core = switching(SwitchGoal::DryActivate);
+    let a = core.handle(Event::Switched {
+        result: Ok(Switched::Reported { tail: "would restart the following units: nginx.service".into() }),
+        now: 1_000,
+        current: Some("/nix/store/old".into()),
+    });
+    let done = finished(&a).expect("finished");
+    assert_eq!(done.step, DeployStep::Succeeded);
+    assert!(done.message.starts_with("dry-activate: nothing was changed"), "{}", done.message);
+    assert!(done.output_tail.contains("would restart the following units: nginx.service"));
+    assert_eq!(done.system_path.as_deref(), Some("/nix/store/old"));
 }
 
 #[test]

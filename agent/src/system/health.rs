@@ -17,6 +17,11 @@ pub struct SystemHealth {
     hostname: String,
     current_system: PathBuf,
     volumes: Option<super::volumes::Volumes>,
+    /// The boot default (closure mode's profile), to tell a pending system.
+    profile: Option<PathBuf>,
+    /// The directory of the Nix store, for its free space.
+    nix_store: PathBuf,
+    boot_id: PathBuf,
 }
 
 impl SystemHealth {
@@ -28,6 +33,9 @@ impl SystemHealth {
             hostname: hostname.unwrap_or_else(system_hostname),
             current_system,
             volumes: None,
+            profile: None,
+            nix_store: PathBuf::from("/nix/store"),
+            boot_id: PathBuf::from(BOOT_ID),
         }
     }
 
@@ -36,8 +44,47 @@ impl SystemHealth {
     pub fn for_agent(config: &crate::config::AgentConfig) -> Self {
         let mut health = SystemHealth::new(config.hostname.clone(), config.current_system.clone());
         health.volumes = Some(super::volumes::Volumes::new(config.volume_root.clone(), &config.state_dir, config.device_wait));
+        health.profile = Some(config.system_profile.clone());
+        health.nix_store = match &config.nix_store {
+            Some(root) => root.join("nix/store"),
+            None => PathBuf::from("/nix/store"),
+        };
+        health.boot_id = config.boot_id_file.clone();
         health
     }
+}
+
+/// Where Linux gives the id of the current boot.
+pub const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// The id of the current boot, from `path`.
+pub fn boot_id(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// What the machine booted: `booted-system` beside the current-system link
+/// (`/run/booted-system`).
+pub fn booted_system(current_system_link: &Path) -> Option<String> {
+    current_system(&current_system_link.with_file_name("booted-system"))
+}
+
+/// The system the boot default names when it is not the one running: a
+/// reboot is required to run it.
+pub fn pending_system(current_system_link: &Path, profile: &Path) -> Option<String> {
+    let default = super::switch::resolve_profile(profile)?;
+    let running = current_system(current_system_link)?;
+    (default != running).then_some(default)
+}
+
+/// Total and free space of the file system holding `dir`.
+pub fn disk_usage(dir: &Path) -> Option<DiskUsage> {
+    let stat = nix::sys::statvfs::statvfs(dir).ok()?;
+    let block = stat.fragment_size() as u64;
+    Some(DiskUsage {
+        mount_point: dir.display().to_string(),
+        total_bytes: (stat.blocks() as u64).saturating_mul(block),
+        available_bytes: (stat.blocks_available() as u64).saturating_mul(block),
+    })
 }
 
 /// The system's hostname, or "localhost".
@@ -103,6 +150,10 @@ impl HealthSource for SystemHealth {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             system_path: current_system(&self.current_system),
             volumes: self.volumes.as_ref().map(|v| v.states()).unwrap_or_default(),
+            boot_id: boot_id(&self.boot_id),
+            booted_system: booted_system(&self.current_system),
+            pending_system: self.profile.as_deref().and_then(|p| pending_system(&self.current_system, p)),
+            nix_store: disk_usage(&self.nix_store),
         }
     }
 }

@@ -1,11 +1,21 @@
 //! Switching the system, the only place the agent runs Nix.
 //!
-//! - Flake: `nixos-rebuild switch --flake URI#ATTR`; rollback with
-//!   `nixos-rebuild switch --rollback`.
+//! - Flake: `nixos-rebuild GOAL --flake URI#ATTR`; rollback with
+//!   `nixos-rebuild switch --rollback` (after `test`, the boot default's
+//!   `switch-to-configuration test`).
 //! - Closure: `nix-store --realise PATH` from the given binary caches with
-//!   signatures required, `nix-env -p PROFILE --set PATH`, then
-//!   `PATH/bin/switch-to-configuration switch`; rollback sets the profile to
-//!   the exact store path recorded before the switch and activates it.
+//!   signatures required, `nix-env -p PROFILE --set PATH` (goals `switch`
+//!   and `boot` only), then `PATH/bin/switch-to-configuration GOAL`;
+//!   rollback activates the exact store path recorded before the switch
+//!   (setting the profile to it only after `switch`).
+//!
+//! Goals are `nixos-rebuild`'s: `switch`, `boot`, `test`, `dry-activate`.
+//! A `switch` that NixOS' pre-switch checks refuse ("Pre-switch checks
+//! failed") is installed as `boot` instead, and the machine reports that a
+//! reboot is required; `force_switch` sets `NIXOS_NO_CHECK=1`, which skips
+//! those checks. After a successful deployment, profile generations beyond
+//! `keep_generations` are deleted (`nix-env --delete-generations`) and the
+//! garbage collector reclaims their closures (`nix-store --gc`).
 //!
 //! Where systemd runs, `switch-to-configuration` runs in a transient unit
 //! with a fixed name (`systemd-run --unit=drover-switch --wait --pipe`): the
@@ -19,9 +29,10 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use drover_protocol::v1::SystemSpec;
+use drover_protocol::v1::{SwitchGoal, SystemSpec};
 
 use crate::config::AgentConfig;
+use crate::switched::{failed_units, refused_by_pre_switch_checks, Switched};
 use crate::text::tail;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +69,14 @@ impl SwitchError {
 
 /// Runs a command with a timeout, collecting stdout and stderr together.
 async fn run(program: &Path, args: &[String], timeout: Duration, what: &str) -> Result<(i32, String), SwitchError> {
+    run_with(program, args, &[], timeout, what).await
+}
+
+async fn run_with(program: &Path, args: &[String], env: &[(&str, &str)], timeout: Duration, what: &str) -> Result<(i32, String), SwitchError> {
     tracing::debug!(program = %program.display(), ?args, "running");
     let mut child = tokio::process::Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -120,10 +136,16 @@ pub trait SystemSwitcher: Send + Sync {
     fn current(&self, spec: &SystemSpec) -> Option<String>;
     /// Fetches what the switch needs, without changing the running system.
     async fn prepare(&self, spec: &SystemSpec) -> Result<String, SwitchError>;
-    /// Switches to `spec`; returns the output tail.
-    async fn switch(&self, spec: &SystemSpec) -> Result<String, SwitchError>;
-    /// Returns to `previous`, the exact system that ran before.
-    async fn rollback(&self, spec: &SystemSpec, previous: Option<&str>) -> Result<String, SwitchError>;
+    /// Carries `goal` out for `spec` (with NixOS' pre-switch checks
+    /// skipped when `force`); says what it did.
+    async fn switch(&self, spec: &SystemSpec, goal: SwitchGoal, force: bool) -> Result<Switched, SwitchError>;
+    /// Returns to `previous`, the exact system that ran before a switch
+    /// made with `goal`.
+    async fn rollback(&self, spec: &SystemSpec, previous: Option<&str>, goal: SwitchGoal) -> Result<String, SwitchError>;
+    /// After a successful deployment: keeps the newest `keep` system
+    /// generations and those running `protect`, deletes the others and has
+    /// the garbage collector reclaim them. Returns how many were deleted.
+    async fn prune(&self, spec: &SystemSpec, keep: u32, protect: &[String]) -> Result<usize, SwitchError>;
 }
 
 /// Switches the system with Nix according to the agent's configuration.
@@ -158,7 +180,8 @@ impl NixSwitcher {
         }
     }
 
-    async fn activate(&self, store_path: &str) -> Result<String, SwitchError> {
+    /// `nix-env -p PROFILE --set PATH`: the boot default.
+    async fn set_profile(&self, store_path: &str) -> Result<String, SwitchError> {
         if let Some(dir) = self.config.system_profile.parent() {
             std::fs::create_dir_all(dir).map_err(|source| SwitchError::Spawn {
                 what: format!("creating the profile directory {}", dir.display()),
@@ -172,31 +195,78 @@ impl NixSwitcher {
             "--set".into(),
             store_path.to_string(),
         ]);
-        let mut text = run_ok(&self.nix_tool("nix-env"), &args, self.config.switch_timeout, "setting the system profile (nix-env --set)").await?;
+        run_ok(&self.nix_tool("nix-env"), &args, self.config.switch_timeout, "setting the system profile (nix-env --set)").await
+    }
+
+    /// `PATH/bin/switch-to-configuration GOAL`, in a fixed-name transient
+    /// unit where systemd runs. Returns the exit code and output.
+    async fn switch_to_configuration(&self, store_path: &str, goal: SwitchGoal, force: bool) -> Result<(i32, String), SwitchError> {
         let script = self.physical(store_path).join("bin/switch-to-configuration");
+        let no_check: &[(&str, &str)] = if force { &[("NIXOS_NO_CHECK", "1")] } else { &[] };
         let (program, args) = if Path::new("/run/systemd/system").exists() && self.config.nix_store.is_none() {
-            (
-                PathBuf::from("systemd-run"),
-                vec![
-                    "--unit=drover-switch".into(),
-                    "--wait".into(),
-                    "--pipe".into(),
-                    "--collect".into(),
-                    "--quiet".into(),
-                    script.display().to_string(),
-                    "switch".into(),
-                ],
-            )
+            let mut args: Vec<String> =
+                vec!["--unit=drover-switch".into(), "--wait".into(), "--pipe".into(), "--collect".into(), "--quiet".into()];
+            if force {
+                args.push("--setenv=NIXOS_NO_CHECK=1".into());
+            }
+            args.extend([script.display().to_string(), goal.as_str().into()]);
+            (PathBuf::from("systemd-run"), args)
         } else {
-            (script, vec!["switch".into()])
+            (script, vec![goal.as_str().into()])
         };
-        let (code, out) = run(&program, &args, self.config.switch_timeout, "switch-to-configuration switch").await?;
+        run_with(&program, &args, no_check, self.config.switch_timeout, &format!("switch-to-configuration {goal}")).await
+    }
+
+    /// Closure mode: the profile for `switch` and `boot`, then the goal; a
+    /// `switch` refused by pre-switch checks becomes `boot`.
+    async fn activate(&self, store_path: &str, goal: SwitchGoal, force: bool) -> Result<Switched, SwitchError> {
+        let mut text = if goal.sets_profile() { self.set_profile(store_path).await? } else { String::new() };
+        let (code, out) = self.switch_to_configuration(store_path, goal, force).await?;
         text.push_str(&out);
         match code {
-            0 => Ok(tail(&text)),
-            4 => Err(SwitchError::UnitsFailed { tail: tail(&text) }),
-            code => Err(SwitchError::Failed { what: "switch-to-configuration switch".into(), code, tail: tail(&text) }),
+            0 => Ok(done(goal, tail(&text))),
+            4 if goal.activates() => Ok(Switched::UnitsFailed { units: failed_units(&text), tail: tail(&text) }),
+            _ if goal == SwitchGoal::Switch && !force && refused_by_pre_switch_checks(&text) => {
+                let (code, out) = self.switch_to_configuration(store_path, SwitchGoal::Boot, false).await?;
+                text.push_str(&out);
+                match code {
+                    0 => Ok(Switched::Installed { tail: tail(&text), inhibited: true }),
+                    code => Err(SwitchError::Failed { what: "switch-to-configuration boot".into(), code, tail: tail(&text) }),
+                }
+            }
+            code => Err(SwitchError::Failed { what: format!("switch-to-configuration {goal}"), code, tail: tail(&text) }),
         }
+    }
+
+    /// The numbered generations of the system profile (`NAME-N-link`),
+    /// with the store path each names, oldest first.
+    fn generations(&self) -> Vec<(u64, Option<String>)> {
+        let profile = &self.config.system_profile;
+        let (Some(dir), Some(name)) = (profile.parent(), profile.file_name().and_then(|n| n.to_str())) else {
+            return Vec::new();
+        };
+        let prefix = format!("{name}-");
+        let mut found: Vec<(u64, Option<String>)> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let file = entry.file_name().to_str()?.to_string();
+                let number = file.strip_prefix(&prefix)?.strip_suffix("-link")?.parse().ok()?;
+                Some((number, resolve_profile(&entry.path())))
+            })
+            .collect();
+        found.sort();
+        found
+    }
+}
+
+/// What a goal that exited 0 did.
+fn done(goal: SwitchGoal, tail: String) -> Switched {
+    match goal {
+        SwitchGoal::Switch | SwitchGoal::Test => Switched::Activated { tail },
+        SwitchGoal::Boot => Switched::Installed { tail, inhibited: false },
+        SwitchGoal::DryActivate => Switched::Reported { tail },
     }
 }
 
@@ -204,10 +274,13 @@ impl NixSwitcher {
 impl SystemSwitcher for NixSwitcher {
     /// The system running now: the profile's store path (closure mode) or
     /// the current-system link (flake mode).
+    /// (Where no current-system link exists, as in a chroot store, the
+    /// profile stands for it.)
     fn current(&self, spec: &SystemSpec) -> Option<String> {
+        let running = crate::system::health::current_system(&self.config.current_system);
         match spec {
-            SystemSpec::Closure { .. } => resolve_profile(&self.config.system_profile),
-            SystemSpec::Flake { .. } => crate::system::health::current_system(&self.config.current_system),
+            SystemSpec::Closure { .. } => running.or_else(|| resolve_profile(&self.config.system_profile)),
+            SystemSpec::Flake { .. } => running,
         }
     }
 
@@ -245,35 +318,77 @@ impl SystemSwitcher for NixSwitcher {
         }
     }
 
-    /// Switches to `spec`; returns the output tail.
-    async fn switch(&self, spec: &SystemSpec) -> Result<String, SwitchError> {
+    async fn switch(&self, spec: &SystemSpec, goal: SwitchGoal, force: bool) -> Result<Switched, SwitchError> {
         match spec {
             SystemSpec::Flake { uri, attribute } => {
-                let args = vec!["switch".into(), "--flake".into(), format!("{uri}#{attribute}")];
-                let (code, text) = run(&self.config.nixos_rebuild, &args, self.config.switch_timeout, "nixos-rebuild switch").await?;
+                let rebuild = |goal: SwitchGoal| {
+                    let args: Vec<String> = vec![goal.as_str().into(), "--flake".into(), format!("{uri}#{attribute}")];
+                    let env: &'static [(&'static str, &'static str)] = if force { &[("NIXOS_NO_CHECK", "1")] } else { &[] };
+                    async move { run_with(&self.config.nixos_rebuild, &args, env, self.config.switch_timeout, &format!("nixos-rebuild {goal}")).await }
+                };
+                let (code, text) = rebuild(goal).await?;
                 match code {
-                    0 => Ok(text),
-                    4 => Err(SwitchError::UnitsFailed { tail: text }),
-                    code => Err(SwitchError::Failed { what: "nixos-rebuild switch".into(), code, tail: text }),
+                    0 => Ok(done(goal, text)),
+                    4 if goal.activates() => Ok(Switched::UnitsFailed { units: failed_units(&text), tail: text }),
+                    _ if goal == SwitchGoal::Switch && !force && refused_by_pre_switch_checks(&text) => match rebuild(SwitchGoal::Boot).await? {
+                        (0, more) => Ok(Switched::Installed { tail: tail(&format!("{text}{more}")), inhibited: true }),
+                        (code, more) => Err(SwitchError::Failed { what: "nixos-rebuild boot".into(), code, tail: tail(&format!("{text}{more}")) }),
+                    },
+                    code => Err(SwitchError::Failed { what: format!("nixos-rebuild {goal}"), code, tail: text }),
                 }
             }
-            SystemSpec::Closure { store_path, .. } => self.activate(store_path).await,
+            SystemSpec::Closure { store_path, .. } => self.activate(store_path, goal, force).await,
         }
     }
 
     /// Returns to the system that ran before: the exact store path recorded
-    /// before the switch (closure mode), or nixos-rebuild's rollback.
-    async fn rollback(&self, spec: &SystemSpec, previous: Option<&str>) -> Result<String, SwitchError> {
-        match spec {
-            SystemSpec::Flake { .. } => {
+    /// before the switch (closure mode), or nixos-rebuild's rollback. After
+    /// `test` the boot default was never changed, so only the activation
+    /// is undone.
+    async fn rollback(&self, spec: &SystemSpec, previous: Option<&str>, goal: SwitchGoal) -> Result<String, SwitchError> {
+        let previous_or_default = || previous.map(str::to_string).or_else(|| resolve_profile(&self.config.system_profile)).ok_or(SwitchError::NoPrevious);
+        let how = match (spec, goal) {
+            (SystemSpec::Flake { .. }, SwitchGoal::Test) => SwitchGoal::Test,
+            (SystemSpec::Flake { .. }, _) => {
                 let args = vec!["switch".into(), "--rollback".into()];
-                run_ok(&self.config.nixos_rebuild, &args, self.config.switch_timeout, "nixos-rebuild switch --rollback").await
+                return run_ok(&self.config.nixos_rebuild, &args, self.config.switch_timeout, "nixos-rebuild switch --rollback").await;
             }
-            SystemSpec::Closure { .. } => {
-                let previous = previous.ok_or(SwitchError::NoPrevious)?;
-                self.activate(previous).await
-            }
+            (SystemSpec::Closure { .. }, SwitchGoal::Test) => SwitchGoal::Test,
+            (SystemSpec::Closure { .. }, _) => SwitchGoal::Switch,
+        };
+        let target = if how == SwitchGoal::Test { previous_or_default()? } else { previous.ok_or(SwitchError::NoPrevious)?.to_string() };
+        match self.activate(&target, how, false).await? {
+            Switched::Activated { tail } => Ok(tail),
+            Switched::UnitsFailed { tail, .. } => Err(SwitchError::UnitsFailed { tail }),
+            Switched::Installed { tail, .. } | Switched::Reported { tail } => Ok(tail),
         }
+    }
+
+    async fn prune(&self, spec: &SystemSpec, keep: u32, protect: &[String]) -> Result<usize, SwitchError> {
+        if !matches!(spec, SystemSpec::Closure { .. }) {
+            // nixos-rebuild keeps the profile; its generations are the
+            // operator's (nix.gc on NixOS).
+            return Ok(0);
+        }
+        let generations = self.generations();
+        let newest_kept = generations.len().saturating_sub(keep as usize);
+        let doomed: Vec<String> = generations
+            .iter()
+            .take(newest_kept)
+            .filter(|(_, path)| path.as_ref().is_none_or(|p| !protect.contains(p)))
+            .map(|(n, _)| n.to_string())
+            .collect();
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let mut args = self.store_args();
+        args.extend(["-p".into(), self.config.system_profile.display().to_string(), "--delete-generations".into()]);
+        args.extend(doomed.iter().cloned());
+        run_ok(&self.nix_tool("nix-env"), &args, self.config.switch_timeout, "deleting old system generations (nix-env --delete-generations)").await?;
+        let mut gc = self.store_args();
+        gc.push("--gc".into());
+        run_ok(&self.nix_tool("nix-store"), &gc, self.config.switch_timeout, "collecting garbage (nix-store --gc)").await?;
+        Ok(doomed.len())
     }
 }
 

@@ -35,6 +35,18 @@ pub struct WhatArgs {
     /// How long the checks may take to pass after the switch.
     #[arg(long, default_value = "60s", value_parser = drover_net::clock::parse_duration)]
     pub health_deadline: Duration,
+    /// What to do with the system: switch (activate it and make it the boot
+    /// default), boot (the boot default only; the machine reports "reboot
+    /// required"), test (activate it, boot default unchanged: a reboot
+    /// returns to the previous system), or dry-activate (report the units
+    /// that would start, stop, restart or reload; change nothing).
+    #[arg(long, default_value = "switch", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<drover_protocol::v1::SwitchGoal>()))]
+    pub goal: drover_protocol::v1::SwitchGoal,
+    /// Switch even when NixOS' pre-switch checks refuse (without it, such a
+    /// system is installed for the next boot and the machine reports
+    /// "reboot required").
+    #[arg(long)]
+    pub force_switch: bool,
 }
 
 #[derive(Debug, Args)]
@@ -62,6 +74,11 @@ pub struct DeployArgs {
     /// `drover volumes detach`.
     #[arg(long = "volume", value_parser = parse_volume, requires = "machine")]
     pub volumes: Vec<drover_protocol::v1::VolumeClaim>,
+    /// Deploy also to machines an active rollout holds (refused without
+    /// it, naming the rollout); the rollout records the override and leaves
+    /// those machines alone.
+    #[arg(long)]
+    pub override_rollout: bool,
     /// Wait for every machine to finish, showing progress; exit non-zero if any failed.
     #[arg(long)]
     pub wait: bool,

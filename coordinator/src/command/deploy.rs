@@ -96,6 +96,9 @@ pub fn spec(what: &WhatArgs, machine: Option<String>, selector: Vec<(String, Str
         health_deadline_ms: u64::try_from(what.health_deadline.as_millis()).unwrap_or(u64::MAX),
         buckets: Vec::new(),
         volumes: Vec::new(),
+        goal: what.goal,
+        force_switch: what.force_switch,
+        override_rollout: false,
     })
 }
 
@@ -103,6 +106,7 @@ pub async fn run(args: DeployArgs) -> Result<()> {
     let mut spec = spec(&args.what, args.machine.clone(), args.selector.clone())?;
     spec.buckets = args.buckets.clone();
     spec.volumes = args.volumes.clone();
+    spec.override_rollout = args.override_rollout;
     let client = connect(&args.admin).await?;
     let request = AdminRequest::Deploy(spec);
     let answer = client.call(request).await.map_err(|e| refused(e, "deploying"))?;
