@@ -355,3 +355,45 @@ async fn pause_resume_abort_and_revert_change_the_fleet_as_documented() {
     assert_eq!(err.code(), Some(drover_protocol::ErrorCode::Conflict));
     fleet.stop().await;
 }
+
+/// A machine an active rollout holds refuses a manual deployment, naming
+/// the rollout; `override_rollout` goes through, and the rollout records it
+/// and leaves that machine alone to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_deploy_to_a_held_machine_is_refused_unless_it_overrides_the_rollout() {
+    let (fleet, _) = Fleet::start(3, true).await;
+    let mut s = strategy();
+    s.canary = 1;
+    s.auto_promote = false;
+    let r = fleet.start_rollout("good2", s).await;
+    let r = fleet.until(&r.id, Duration::from_secs(60), |r| r.phase.as_str() == "awaiting_promotion").await;
+    let waiting = r.machines.iter().find(|m| !m.canary).expect("a machine still waiting").clone();
+
+    let mut manual = fleet.deploy_spec("good");
+    manual.selector = Default::default();
+    manual.machine = Some(waiting.machine_id.clone());
+    let err = fleet.coordinator.admin().await.call(AdminRequest::Deploy(manual.clone())).await.expect_err("held");
+    assert_eq!(err.code(), Some(drover_protocol::ErrorCode::Conflict));
+    assert!(err.to_string().contains(&r.id) && err.to_string().contains("--override-rollout"), "{err}");
+    let AdminResponse::Deployments(before) = fleet.coordinator.call(AdminRequest::DeploymentsList { machine: Some(waiting.machine_id.clone()) }).await else { panic!() };
+    assert_eq!(before.len(), 1, "nothing recorded for the refused deployment");
+
+    manual.override_rollout = true;
+    let AdminResponse::Deployed(targets) = fleet.coordinator.call(AdminRequest::Deploy(manual)).await else { panic!() };
+    let overridden = fleet.status(&r.id).await;
+    let entry = overridden.machines.iter().find(|m| m.machine_id == waiting.machine_id).expect("entry");
+    assert_eq!(entry.state.as_str(), "skipped");
+    assert!(entry.reason.as_deref().is_some_and(|why| why.contains("overridden") && why.contains(&targets[0].deployment_id)), "{entry:?}");
+
+    fleet.coordinator.call(AdminRequest::RolloutControl { id: r.id.clone(), action: RolloutAction::Promote }).await;
+    let done = fleet.until(&r.id, Duration::from_secs(60), |r| r.phase.as_str() != "rolling").await;
+    assert_eq!(done.phase.as_str(), "succeeded", "{}", summary(&done));
+    let vm = fleet.vms.iter().find(|vm| vm.name == waiting.hostname).expect("vm");
+    assert!(
+        eventually(Duration::from_secs(30), || async { vm.activations() == ["good", "good"] }).await,
+        "the manual deployment stays: {:?}",
+        vm.activations()
+    );
+    assert!(!vm.activations().contains(&"good2".to_string()), "the rollout never touched it: {:?}", vm.activations());
+    fleet.stop().await;
+}

@@ -6,13 +6,13 @@ use drover_protocol::v1::{AdminResponse, DeploySpec, DeployedTarget};
 use drover_protocol::{ErrorCode, WireError};
 
 use crate::deploy::{self, NotDeployable};
-use crate::model::{deployment_id, parse_deployment_id, AssignmentRecord, DeploymentRecord, MachineRecord};
+use crate::model::{deployment_id, parse_deployment_id, AssignmentRecord, DeploymentRecord, MachineRecord, RolloutRecord};
 use crate::registry;
 use crate::store::deployments::generation_key;
 use crate::store::{StoreError, Tx};
 use crate::tenancy::Directory;
 
-use super::errors::{invalid, not_found, revoked};
+use super::errors::{conflict, invalid, not_found, revoked};
 use super::{now_ms, s3, volumes, Coordinator};
 
 /// Builds a machine's assignment and deployment record for a generation.
@@ -78,6 +78,21 @@ pub fn record_one(tx: &Tx, id: &str, make: Make) -> Result<Result<DeployedTarget
     }))
 }
 
+/// The active rollouts that hold one of `ids`, read in `tx` when given.
+fn holding(rollouts: Vec<RolloutRecord>, ids: &[String]) -> Vec<RolloutRecord> {
+    rollouts.into_iter().filter(|r| ids.iter().any(|id| r.state.holds(id))).collect()
+}
+
+/// Refuses a manual deployment to machines an active rollout holds, naming
+/// the rollout and the ways out.
+fn refuse_held(rollout: &RolloutRecord, ids: &[String]) -> WireError {
+    let machine = ids.iter().find(|id| rollout.state.holds(id)).cloned().unwrap_or_default();
+    conflict(format!(
+        "machine {machine} is held by rollout {id}, which would overwrite this deployment; wait for it, stop it (`drover rollout abort {id}`), or pass --override-rollout to deploy anyway (the rollout then leaves the machine alone)",
+        id = rollout.id
+    ))
+}
+
 /// Checks a deployment, makes its buckets ready, records a generation for
 /// every target in one transaction, and announces them. Nothing is recorded
 /// when any step fails.
@@ -91,6 +106,15 @@ pub async fn deploy(state: &Coordinator, by: &str, mut spec: DeploySpec) -> Resu
     let targets = targets(state, &spec)?;
     let directory = directory(state)?;
     directory.check_spec(&spec, &targets).map_err(invalid)?;
+    let target_ids: Vec<String> = targets.iter().map(|m| m.id.clone()).collect();
+    let held: Vec<String> = holding(state.store.rollouts()?, &target_ids).into_iter().map(|r| r.id).collect();
+    if !spec.override_rollout {
+        if let Some(id) = held.first() {
+            if let Some(r) = state.store.rollout(id)? {
+                return Err(refuse_held(&r, &target_ids));
+            }
+        }
+    }
     if let Err(e) = s3::provision::provision(state, &mut spec).await {
         tracing::info!(code = ?e.code, reason = %e.message, "deployment refused: its buckets are not ready");
         return Err(WireError::new(e.code, format!("deployment refused, nothing recorded: {}", e.message)));
@@ -122,16 +146,39 @@ pub async fn deploy(state: &Coordinator, by: &str, mut spec: DeploySpec) -> Resu
             if let Some(id) = ids.first() {
                 volumes::record_attachments(tx, id, &node, &mounts, now)?;
             }
-            ids.iter()
+            // The rollouts read again here: what holds a machine is decided
+            // in the same transaction that deploys to it.
+            let mut rollouts = Vec::new();
+            for id in &held {
+                rollouts.extend(tx.get::<RolloutRecord>(id.as_bytes())?);
+            }
+            let mut rollouts = holding(rollouts, &ids);
+            if let (false, Some(r)) = (spec.override_rollout, rollouts.first()) {
+                return Err(refuse_held(r, &ids));
+            }
+            let deployed = ids
+                .iter()
                 .map(|id| match record_one(tx, id, &make)? {
                     Ok(target) => Ok(target),
                     Err(NotDeployable::Revoked) => Err(revoked(id)),
                 })
-                .collect::<Result<Vec<_>, WireError>>()
+                .collect::<Result<Vec<_>, WireError>>()?;
+            for rollout in &mut rollouts {
+                for t in &deployed {
+                    if rollout.state.holds(&t.machine_id) {
+                        rollout.state.overridden(&t.machine_id, t.deployment_id.clone(), now);
+                    }
+                }
+                tx.put(rollout.id.as_bytes(), &*rollout)?;
+            }
+            Ok(deployed)
         })
         .await?;
     for t in &deployed {
         state.live.notify(&t.machine_id, t.generation);
+    }
+    if spec.override_rollout && !held.is_empty() {
+        tracing::info!(rollouts = ?held, by, "a manual deployment overrode rollouts on the machines they held");
     }
     tracing::info!(machines = deployed.len(), by, "deployment recorded");
     Ok(AdminResponse::Deployed(deployed))

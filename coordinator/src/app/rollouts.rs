@@ -111,6 +111,9 @@ fn slot_wire(s: &Slot) -> (RolloutMachineState, Option<String>) {
         Slot::Skipped => (RolloutMachineState::Skipped, Some("offline until the progress deadline".into())),
         Slot::Reverting => (RolloutMachineState::Reverting, None),
         Slot::Reverted => (RolloutMachineState::Reverted, None),
+        Slot::Overridden { deployment } => {
+            (RolloutMachineState::Skipped, Some(format!("overridden by the manual deployment {deployment} (--override-rollout)")))
+        }
         Slot::NotReverted => (RolloutMachineState::NotReverted, Some("no previous generation to return to".into())),
     }
 }

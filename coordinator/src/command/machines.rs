@@ -120,5 +120,13 @@ fn print_machine(m: &MachineInfo) {
             None => crate::out!("  failed units (no systemd)"),
         }
         crate::out!("  system       {}", h.system_path.as_deref().unwrap_or("-"));
+        crate::out!("  booted       {}", h.booted_system.as_deref().unwrap_or("-"));
+        match &h.pending_system {
+            Some(p) => crate::out!("  pending      {p} (reboot required)"),
+            None => crate::out!("  pending      none"),
+        }
+        if let Some(store) = &h.nix_store {
+            crate::out!("  nix store    {} free of {}", output::bytes(store.available_bytes), output::bytes(store.total_bytes));
+        }
     }
 }

@@ -121,6 +121,9 @@ pub enum Slot {
     Reverted,
     /// Could not be reverted (no previous generation).
     NotReverted,
+    /// An admin deployed to it by hand (`--override-rollout`); the rollout
+    /// leaves it alone from then on, reverts included.
+    Overridden { deployment: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,6 +260,24 @@ impl State {
         Ok(())
     }
 
+    /// Whether the rollout still holds `machine`: it is active and the
+    /// machine waits, updates, proves healthy or is being reverted.
+    pub fn holds(&self, machine: &str) -> bool {
+        self.phase.active()
+            && self.machines.get(machine).is_some_and(|e| {
+                matches!(e.slot, Slot::Waiting | Slot::Updating | Slot::Healthy { .. } | Slot::Reverting)
+            })
+    }
+
+    /// An admin deployed `deployment` to `machine` by hand over the
+    /// rollout: the machine is settled and left alone.
+    pub fn overridden(&mut self, machine: &str, deployment: String, now: Millis) {
+        if let Some(e) = self.machines.get_mut(machine) {
+            e.slot = Slot::Overridden { deployment };
+            e.settled_at = Some(now);
+        }
+    }
+
     /// Takes note of what became of a start [`State::step`] asked for: the
     /// generation recorded for the machine, or why none could be (it then
     /// counts as failed).
@@ -346,7 +367,7 @@ impl State {
         if self.phase == Phase::Reverting {
             for (id, entry) in self.machines.iter_mut() {
                 let revertible = entry.touched()
-                    && !matches!(entry.slot, Slot::Reverting | Slot::Reverted | Slot::NotReverted);
+                    && !matches!(entry.slot, Slot::Reverting | Slot::Reverted | Slot::NotReverted | Slot::Overridden { .. });
                 if revertible {
                     if entry.previous_generation == 0 {
                         entry.slot = Slot::NotReverted;
@@ -385,7 +406,7 @@ impl State {
                 actions.start.push(id);
             }
             let canaries = self.count(|e| e.canary);
-            let canaries_done = self.count(|e| e.canary && e.slot == Slot::Done);
+            let canaries_done = self.count(|e| e.canary && matches!(e.slot, Slot::Done | Slot::Overridden { .. }));
             if canaries > 0 && canaries_done == canaries && canaries == s.canary.min(total) {
                 if s.auto_promote {
                     self.set_phase(Phase::Rolling, now);

@@ -339,3 +339,21 @@ fn pause_resume_abort_and_manual_revert() {
     assert_eq!(sim.fleet.values().filter(|m| m.reverted).count(), changed);
     assert!(sim.state.revert(sim.now).is_err());
 }
+
+#[test]
+fn an_overridden_machine_is_settled_and_never_reverted() {
+    let mut state = State::new(strategy(), [("a".to_string(), 1), ("b".to_string(), 1)].into(), 0);
+    let online = |outcome: Option<Outcome>| Observation { online: true, outcome, still_current: true };
+    let started = state.step(&[("a".to_string(), online(None)), ("b".to_string(), online(None))].into(), 0);
+    assert_eq!(started.start, ["a", "b"]);
+    for id in ["a", "b"] {
+        state.started(id, Ok(2));
+    }
+    assert!(state.holds("a") && state.holds("b"));
+    state.overridden("a", "a/3".into(), 10);
+    assert!(!state.holds("a"), "an overridden machine is no longer held");
+    assert_eq!(state.machines["a"].slot, Slot::Overridden { deployment: "a/3".into() });
+    state.revert(20).expect("revert");
+    let actions = state.step(&[("a".to_string(), online(None)), ("b".to_string(), online(None))].into(), 20);
+    assert_eq!(actions.revert, ["b"], "only the machine the rollout still held goes back");
+}
