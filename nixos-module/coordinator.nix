@@ -98,8 +98,19 @@ in
             default = null;
             description = "A QUIC connection with no traffic for this long is closed (default 30s).";
           };
+          metrics_listen = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            example = "127.0.0.1:9465";
+            description = "TCP address serving Prometheus metrics at /metrics (plain HTTP); null: no metrics. No port is opened in the firewall for it unless `openMetricsFirewall` is set.";
+          };
         };
       };
+    };
+    openMetricsFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open the TCP port of `settings.metrics_listen` in the firewall (off: scrape it from the machine or over a tunnel).";
     };
 
     s3 = mkOption {
@@ -152,6 +163,8 @@ in
 
     environment.systemPackages = [ cfg.package ];
     networking.firewall.allowedUDPPorts = lib.optional cfg.openFirewall port;
+    networking.firewall.allowedTCPPorts = lib.optional (cfg.openMetricsFirewall && cfg.settings.metrics_listen != null)
+      (lib.toInt (lib.last (lib.splitString ":" cfg.settings.metrics_listen)));
 
     systemd.services.drover = {
       description = "Drover coordinator";

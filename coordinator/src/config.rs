@@ -49,6 +49,10 @@ pub struct Config {
     /// Block storage (LINSTOR) for volumes; absent: no volumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub linstor: Option<LinstorConfig>,
+    /// TCP address serving Prometheus metrics at `/metrics` (plain HTTP,
+    /// e.g. 127.0.0.1:9465); absent: no metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Bounds on the resources clients can make the coordinator hold, beside
@@ -296,6 +300,7 @@ impl Config {
             limits: Limits::default(),
             s3: None,
             linstor: None,
+            metrics_listen: None,
         }
     }
 

@@ -87,13 +87,18 @@ pub async fn report_deployment(state: &Coordinator, id: &str, report: Deployment
         .store
         .commit(|tx| {
             let mut deployment: DeploymentRecord = tx.require(&key)?;
+            let was_final = deployment.finished_at.is_some();
             let mut machine: MachineRecord = tx.require(id.as_bytes())?;
             crate::deploy::apply_report(&mut deployment, &mut machine, &report, now);
             tx.put(&key, &deployment)?;
             tx.put(id.as_bytes(), &machine)?;
-            Ok::<_, WireError>(deployment)
+            Ok::<_, WireError>((deployment, was_final))
         })
         .await?;
+    let (d, was_final) = d;
+    if let (false, Some(finished)) = (was_final, d.finished_at) {
+        state.metrics.deployment_finished(d.state, d.rolled_back, finished.saturating_sub(d.created_at) as f64 / 1000.0);
+    }
     tracing::info!(generation = report.generation, step = ?report.step, state = ?d.state, "deployment progress");
     Ok(AgentResponse::Ack)
 }

@@ -42,7 +42,34 @@ impl From<crate::store::StoreError> for Refused {
     }
 }
 
+/// Enrolls a machine, counting the outcome in the metrics (refusals by
+/// their error code).
 pub async fn enroll(state: &Coordinator, req: EnrollRequest) -> Result<IssuedCertificate, WireError> {
+    let result = enroll_checked(state, req).await;
+    match &result {
+        Ok(_) => state.metrics.enrolled(),
+        Err(e) => state.metrics.enrollment_refused(&snake_case(&format!("{:?}", e.code))),
+    }
+    result
+}
+
+/// `TokenExpired` → `token_expired`.
+fn snake_case(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+async fn enroll_checked(state: &Coordinator, req: EnrollRequest) -> Result<IssuedCertificate, WireError> {
     let hostname = req.hostname.trim();
     if hostname.is_empty() || hostname.len() > 253 || hostname.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(WireError::new(ErrorCode::InvalidArgument, "hostname must be 1-253 printable characters without spaces"));

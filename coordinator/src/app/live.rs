@@ -57,6 +57,11 @@ impl Live {
         lock(&self.machines).entry(machine.to_string()).or_default().insert(id, closer);
     }
 
+    /// How many machines have an open connection.
+    pub fn connected_machines(&self) -> usize {
+        lock(&self.machines).values().filter(|c| !c.is_empty()).count()
+    }
+
     pub fn unregister(&self, machine: &str, id: usize) {
         let mut map = lock(&self.machines);
         if let Some(conns) = map.get_mut(machine) {

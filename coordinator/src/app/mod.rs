@@ -22,6 +22,7 @@ pub mod enroll;
 pub mod errors;
 pub mod live;
 pub mod machines;
+pub mod metrics;
 pub mod rollouts;
 pub mod s3;
 pub mod tenants;
@@ -83,6 +84,7 @@ pub struct Coordinator {
     /// Passes the rollout driver has made, so that a caller can wait until
     /// it has looked at the fleet again.
     pub driver_passes: tokio::sync::watch::Sender<u64>,
+    pub metrics: metrics::Metrics,
 }
 
 impl Coordinator {
@@ -114,6 +116,7 @@ impl Coordinator {
             block_storage,
             rollout_lock: tokio::sync::Mutex::new(()),
             driver_passes: tokio::sync::watch::channel(0).0,
+            metrics: metrics::Metrics::new(),
         }
     }
 }

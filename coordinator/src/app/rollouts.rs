@@ -101,7 +101,7 @@ pub fn phase_wire(p: Phase) -> RolloutPhase {
     }
 }
 
-fn slot_wire(s: &Slot) -> (RolloutMachineState, Option<String>) {
+pub fn slot_wire(s: &Slot) -> (RolloutMachineState, Option<String>) {
     match s {
         Slot::Waiting => (RolloutMachineState::Waiting, None),
         Slot::Updating => (RolloutMachineState::Updating, None),
@@ -266,6 +266,7 @@ pub async fn start(state: &Coordinator, by: &str, mut spec: RolloutSpec) -> Resu
             tx.insert_new(record.id.as_bytes(), &record, || format!("rollout {} already exists", record.id)).map_err(WireError::from)
         })
         .await?;
+    state.metrics.rollout_started();
     tracing::info!(rollout = %record.id, machines = record.state.machines.len(), by, "rollout started");
     Ok(to_wire(&record, &machines.into_iter().map(|m| (m.id.clone(), m)).collect()))
 }

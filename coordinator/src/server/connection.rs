@@ -249,6 +249,8 @@ async fn handle_stream(
         Err(e) => return bad_stream(&limits, &conn, send, recv, &e).await,
     };
     let denied = |code, msg: &str| Some(Response::Error(WireError::new(code, msg.to_string())));
+    let kind = request_kind(&request);
+    let started = std::time::Instant::now();
     let answer = match (request, &peer) {
         (Request::Hello(_), _) => denied(ErrorCode::BadRequest, "Hello was already exchanged on this connection"),
         (Request::Enroll(req), Peer::Anonymous) => Some(match enroll::enroll(&state, req).await {
@@ -272,6 +274,9 @@ async fn handle_stream(
         (Request::Admin(_), Peer::Anonymous) => denied(ErrorCode::Unauthenticated, "this request needs an admin certificate"),
         (Request::Admin(_), Peer::Machine { .. }) => denied(ErrorCode::PermissionDenied, "machine certificates cannot make admin requests"),
     };
+    if let Some(kind) = kind {
+        state.metrics.request(kind, started.elapsed().as_secs_f64());
+    }
     if let Some(answer) = answer {
         if let Response::Error(e) = &answer {
             tracing::debug!(code = ?e.code, reason = %e.message, "request refused");
@@ -279,6 +284,23 @@ async fn handle_stream(
         let _ = write_frame(&mut send, &answer).await;
         let _ = send.finish();
     }
+}
+
+/// The request's kind for the latency metric; none for the watch stream,
+/// which lasts as long as the connection.
+fn request_kind(request: &Request) -> Option<&'static str> {
+    use drover_protocol::v1::AgentRequest;
+    Some(match request {
+        Request::Hello(_) => "hello",
+        Request::Enroll(_) => "enroll",
+        Request::Agent(AgentRequest::Watch) => return None,
+        Request::Agent(AgentRequest::Report(_)) => "health_report",
+        Request::Agent(AgentRequest::Renew { .. }) => "renew",
+        Request::Agent(AgentRequest::FetchAssignment) => "fetch_assignment",
+        Request::Agent(AgentRequest::ReportDeployment(_)) => "deployment_report",
+        Request::Agent(AgentRequest::RestoreVolume { .. }) => "restore_volume",
+        Request::Admin(_) => "admin",
+    })
 }
 
 /// The largest part of a backup in one frame.

@@ -8,6 +8,7 @@
 mod agent;
 mod connection;
 mod limits;
+mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +25,9 @@ use crate::pki::{self, Ca};
 /// A running server.
 pub struct ServerHandle {
     pub local_addr: SocketAddr,
+    /// Where `/metrics` is served (`metrics_listen`), if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
+    metrics: Option<JoinHandle<()>>,
     pub coordinator: Arc<Coordinator>,
     endpoint: quinn::Endpoint,
     task: JoinHandle<()>,
@@ -43,6 +47,10 @@ impl ServerHandle {
         let _ = self.driver.await;
         self.summaries.abort();
         let _ = self.summaries.await;
+        if let Some(metrics) = self.metrics {
+            metrics.abort();
+            let _ = metrics.await;
+        }
         let _ = self.coordinator.store.flush().await;
     }
 }
@@ -72,6 +80,13 @@ pub async fn start_with(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
         .with_context(|| format!("cannot listen on {}", coordinator.config.listen))?;
     let local_addr = endpoint.local_addr()?;
     tracing::info!(%local_addr, "coordinator listening");
+    let (metrics_addr, metrics) = match coordinator.config.metrics_listen {
+        Some(addr) => {
+            let (addr, task) = metrics::serve(coordinator.clone(), addr).await?;
+            (Some(addr), Some(task))
+        }
+        None => (None, None),
+    };
     let accept = endpoint.clone();
     let state = coordinator.clone();
     let driver = tokio::spawn(crate::app::driver::drive(coordinator.clone()));
@@ -103,6 +118,8 @@ pub async fn start_with(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
     });
     Ok(ServerHandle {
         local_addr,
+        metrics_addr,
+        metrics,
         coordinator,
         endpoint,
         task,
