@@ -35,6 +35,7 @@ pub fn required_role(request: &AdminRequest) -> Role {
         | AdminRequest::MachinesLabel { .. }
         | AdminRequest::MachinesRevoke { .. }
         | AdminRequest::Deploy(_)
+        | AdminRequest::DeployDryRun(_)
         | AdminRequest::RolloutStart(_)
         | AdminRequest::RolloutControl { .. }
         | AdminRequest::S3(_)

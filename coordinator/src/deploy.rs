@@ -154,6 +154,75 @@ pub fn facts_json(facts: &BTreeMap<String, String>, machine: &MachineRecord, gen
     serde_json::Value::Object(object).to_string()
 }
 
+/// A system as the CLI names it: the closure's store path, or `URI#ATTR`.
+pub fn system_text(system: &SystemSpec) -> String {
+    match system {
+        SystemSpec::Closure { store_path, .. } => store_path.clone(),
+        SystemSpec::Flake { uri, attribute } => format!("{uri}#{attribute}"),
+    }
+}
+
+/// What changes from `before` (a machine's newest assignment, if any) to
+/// `after`, one line each; secrets by name only. The generation number in
+/// the facts is left out: it changes every time.
+pub fn changes(before: Option<&Assignment>, after: &Assignment) -> Vec<String> {
+    let mut out = Vec::new();
+    let system_after = system_text(&after.system);
+    match before.map(|b| system_text(&b.system)) {
+        Some(b) if b == system_after => {}
+        Some(b) => out.push(format!("system: {b} -> {system_after}")),
+        None => out.push(format!("system: (none) -> {system_after}")),
+    }
+    if before.is_none_or(|b| b.goal != after.goal) && after.goal != drover_protocol::v1::SwitchGoal::Switch {
+        out.push(format!("goal: {}", after.goal));
+    }
+    let empty: Vec<drover_protocol::v1::SecretFile> = Vec::new();
+    let old_secrets = before.map(|b| &b.secrets).unwrap_or(&empty);
+    for s in &after.secrets {
+        match old_secrets.iter().find(|o| o.name == s.name) {
+            None => out.push(format!("secret added: {}", s.name)),
+            Some(o) if o.value.expose() != s.value.expose() => out.push(format!("secret changed: {}", s.name)),
+            Some(o) if (o.mode, &o.owner, &o.group) != (s.mode, &s.owner, &s.group) => {
+                out.push(format!("secret mode or owner changed: {}", s.name))
+            }
+            Some(_) => {}
+        }
+    }
+    for o in old_secrets.iter().filter(|o| after.secrets.iter().all(|s| s.name != o.name)) {
+        out.push(format!("secret removed: {}", o.name));
+    }
+    let facts = |json: &str| -> BTreeMap<String, serde_json::Value> {
+        let mut map: BTreeMap<String, serde_json::Value> = serde_json::from_str(json).unwrap_or_default();
+        map.remove("generation");
+        map
+    };
+    let old_facts = before.map(|b| facts(&b.facts_json)).unwrap_or_default();
+    let new_facts = facts(&after.facts_json);
+    for (k, v) in &new_facts {
+        match old_facts.get(k) {
+            None => out.push(format!("fact added: {k} = {v}")),
+            Some(o) if o != v => out.push(format!("fact changed: {k}: {o} -> {v}")),
+            Some(_) => {}
+        }
+    }
+    for k in old_facts.keys().filter(|k| !new_facts.contains_key(*k)) {
+        out.push(format!("fact removed: {k}"));
+    }
+    if before.is_none_or(|b| b.checks != after.checks) && !(before.is_none() && after.checks.is_empty()) {
+        out.push(format!("health checks: {} check(s)", after.checks.len()));
+    }
+    let old_volumes: Vec<&str> = before.map(|b| b.volumes.iter().map(|v| v.name.as_str()).collect()).unwrap_or_default();
+    for v in &after.volumes {
+        if !old_volumes.contains(&v.name.as_str()) {
+            out.push(format!("volume attached: {} at {}", v.name, v.mount_point));
+        }
+    }
+    for name in old_volumes.iter().filter(|n| after.volumes.iter().all(|v| v.name != **n)) {
+        out.push(format!("volume detached: {name}"));
+    }
+    out
+}
+
 /// A pending deployment record for `assignment` on `machine`.
 fn pending_deployment(assignment: &Assignment, machine: &MachineRecord, now: UnixMillis) -> DeploymentRecord {
     DeploymentRecord {

@@ -24,6 +24,7 @@ pub mod config;
 pub mod deploy;
 pub mod init;
 pub mod model;
+pub mod nix;
 pub mod output;
 pub mod pki;
 pub mod registry;

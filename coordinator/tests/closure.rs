@@ -425,3 +425,96 @@ async fn only_the_newest_generations_stay_and_the_rollback_target_still_works() 
     assert_eq!(vm.activations().last(), Some(&systems[6]));
     agent.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_over_three_machines_prints_their_changes_and_writes_nothing() {
+    let fleet = TestCoordinator::start().await;
+    let cache = Cache::new(&fleet.dir.path().join("cache"));
+    let systemctl = fake_systemctl(fleet.dir.path());
+    let base = cache.build("drover-dry-base", "exit 0");
+    let next = cache.build("drover-dry-next", "echo next; exit 0");
+    cache.publish(&base, true);
+    let (_, token) = fleet.token(3, &[("role", "dry")]).await;
+    let mut agents = Vec::new();
+    for name in ["vm1", "vm2", "vm3"] {
+        let (_, mut agent) = spawn_vm(&fleet, name, &token, &systemctl);
+        agent.wait_for(Duration::from_secs(15), |s| s.reports >= 1).await.expect("online");
+        agents.push(agent);
+    }
+    for t in deploy(&fleet, &[("role", "dry")], closure(&cache, &base, "cache"), vec![]).await {
+        assert_eq!(finished(&fleet, &t.deployment_id).await.state, DeploymentState::Succeeded);
+    }
+    let before = all_deployments(&fleet).await;
+    let desired_before = desired_generations(&fleet).await;
+
+    // The command line, as an admin runs it.
+    let secret = fleet.dir.path().join("db-password");
+    std::fs::write(&secret, "hunter2").expect("write secret");
+    let out = Command::new(env!("CARGO_BIN_EXE_drover"))
+        .env("DROVER_ADMIN_BUNDLE", &fleet.bundle_path)
+        .args(["deploy", "--selector", "role=dry", "--closure", &next, "--substituter", &cache.url("cache"), "--trusted-key", &cache.public_key])
+        .args(["--secret", &format!("db=@{}", secret.display()), "--fact", "tier=web", "--dry-run"])
+        .output()
+        .expect("run drover");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(text.matches("would get generation 2 (has 1), goal switch").count(), 3, "{text}");
+    assert_eq!(text.matches(&format!("system: {base} -> {next}")).count(), 3, "{text}");
+    assert_eq!(text.matches("secret added: db").count(), 3, "{text}");
+    assert_eq!(text.matches("fact added: tier = \"web\"").count(), 3, "{text}");
+    assert_eq!(text.matches("closure diff:").count(), 3, "the coordinator's store holds both closures: {text}");
+    assert!(!text.contains("hunter2"), "no secret value: {text}");
+
+    // The same as data.
+    let mut spec = DeploySpec {
+        machine: None,
+        selector: [("role".to_string(), "dry".to_string())].into(),
+        system: closure(&cache, &next, "cache"),
+        secrets: vec![],
+        facts: Default::default(),
+        checks: vec![],
+        health_deadline_ms: 1_500,
+        buckets: vec![],
+        volumes: vec![],
+        goal: SwitchGoal::Boot,
+        force_switch: false,
+        override_rollout: false,
+    };
+    let AdminResponse::DeployPlan(plan) = fleet.call(AdminRequest::DeployDryRun(spec.clone())).await else { panic!() };
+    assert_eq!(plan.len(), 3);
+    for p in &plan {
+        assert_eq!((p.generation, p.current_generation, p.system_before.as_deref()), (2, 1, Some(base.as_str())));
+        assert!(p.changes.contains(&"goal: boot".to_string()), "{:?}", p.changes);
+        assert!(p.closure_diff.as_deref().is_some_and(|d| !d.is_empty()), "{p:?}");
+    }
+
+    // Nothing was written and no agent was told: every agent reports
+    // twice more, still without a new desired generation.
+    for a in &mut agents {
+        let reports = a.status.borrow().reports;
+        a.wait_for(Duration::from_secs(15), |s| s.reports >= reports + 2).await.expect("reports");
+        assert_eq!(a.status.borrow().desired_generation, 1, "no agent was notified");
+    }
+    assert_eq!(all_deployments(&fleet).await, before, "no deployment recorded");
+    assert_eq!(desired_generations(&fleet).await, desired_before);
+    spec.selector = [("role".to_string(), "nobody".to_string())].into();
+    let err = fleet.admin().await.call(AdminRequest::DeployDryRun(spec)).await.expect_err("no target");
+    assert!(err.to_string().contains("no machine matches"), "{err}");
+    for a in agents {
+        a.stop().await.expect("stop");
+    }
+}
+
+async fn all_deployments(fleet: &TestCoordinator) -> Vec<DeploymentInfo> {
+    let AdminResponse::Deployments(d) = fleet.call(AdminRequest::DeploymentsList { machine: None }).await else { panic!() };
+    d
+}
+
+async fn desired_generations(fleet: &TestCoordinator) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for m in fleet.machines().await {
+        let AdminResponse::MachineDetail(d) = fleet.call(AdminRequest::MachinesDetail { id: m.id.clone() }).await else { panic!() };
+        out.push((m.id, d.desired_generation));
+    }
+    out
+}

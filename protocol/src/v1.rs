@@ -309,6 +309,9 @@ pub enum AdminRequest {
     /// entries (the newest ones), from `since` on and by `admin` when given
     /// (protocol 4).
     Audit { since: Option<UnixMillis>, admin: Option<String>, limit: u32 },
+    /// What a deployment (or a rollout of it) would change on each target,
+    /// recording and announcing nothing (protocol 5).
+    DeployDryRun(DeploySpec),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -338,6 +341,32 @@ pub enum AdminResponse {
     /// The end of a backup: its size and SHA-256 (hex), to check the parts.
     BackupEnd { bytes: u64, sha256: String },
     Audit(Vec<AuditEntry>),
+    /// The answer to [`AdminRequest::DeployDryRun`], one entry a target.
+    DeployPlan(Vec<PlannedTarget>),
+}
+
+/// What a deployment would change on one machine against its newest
+/// assignment. Secrets appear by name only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct PlannedTarget {
+    pub machine_id: String,
+    pub hostname: String,
+    /// The generation it would get.
+    pub generation: u64,
+    /// Its newest generation now (0: none).
+    pub current_generation: u64,
+    /// The system it has now (its newest assignment's), and would get.
+    pub system_before: Option<String>,
+    pub system_after: String,
+    pub goal: SwitchGoal,
+    /// One line per change: `secret added: NAME`, `fact changed: k: a -> b`, ...
+    pub changes: Vec<String>,
+    /// `nix store diff-closures` between both closures, where the
+    /// coordinator's Nix store holds both.
+    pub closure_diff: Option<String>,
+    /// Why it could not take the deployment (then nothing else applies).
+    pub refused: Option<String>,
 }
 
 /// One change an admin asked for, as the coordinator recorded it.

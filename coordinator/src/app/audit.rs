@@ -22,6 +22,7 @@ pub fn describe(request: &AdminRequest) -> Option<(String, String)> {
     use AdminRequest as R;
     let (action, target): (&str, String) = match request {
         R::WhoAmI
+        | R::DeployDryRun(_)
         | R::TokensList
         | R::MachinesList { .. }
         | R::MachinesShow { .. }

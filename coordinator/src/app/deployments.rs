@@ -2,7 +2,7 @@
 //! each target's next generation — assignment, deployment record and desired
 //! generation in one transaction — then waking the targets' agents.
 
-use drover_protocol::v1::{AdminResponse, DeploySpec, DeployedTarget};
+use drover_protocol::v1::{AdminResponse, DeploySpec, DeployedTarget, PlannedTarget, SystemSpec};
 use drover_protocol::{ErrorCode, WireError};
 
 use crate::deploy::{self, NotDeployable};
@@ -182,6 +182,68 @@ pub async fn deploy(state: &Coordinator, by: &str, mut spec: DeploySpec) -> Resu
     }
     tracing::info!(machines = deployed.len(), by, "deployment recorded");
     Ok(AdminResponse::Deployed(deployed))
+}
+
+/// What [`deploy`] would do, per target, recording and announcing nothing:
+/// the same checks, then each target's would-be assignment against its
+/// newest one. Buckets and volumes are named, not made.
+pub async fn dry_run(state: &Coordinator, spec: DeploySpec) -> Result<AdminResponse, WireError> {
+    deploy::validate(&spec)
+        .and_then(|()| s3::provision::check(&spec.buckets))
+        .and_then(|()| volumes::check_claims(&spec.volumes))
+        .map_err(invalid)?;
+    let targets = targets(state, &spec)?;
+    let directory = directory(state)?;
+    directory.check_spec(&spec, &targets).map_err(invalid)?;
+    let ids: Vec<String> = targets.iter().map(|m| m.id.clone()).collect();
+    let held = holding(state.store.rollouts()?, &ids);
+    let now = now_ms();
+    let mut planned = Vec::new();
+    for m in &targets {
+        let before = match m.desired_generation {
+            0 => None,
+            g => state.store.assignment(&m.id, g)?,
+        };
+        let mut plan = PlannedTarget {
+            machine_id: m.id.clone(),
+            hostname: m.hostname.clone(),
+            generation: 0,
+            current_generation: m.desired_generation,
+            system_before: before.as_ref().map(|b| deploy::system_text(&b.assignment.system)),
+            system_after: deploy::system_text(&spec.system),
+            goal: spec.goal,
+            changes: Vec::new(),
+            closure_diff: None,
+            refused: None,
+        };
+        match deploy::next_generation(m) {
+            Err(e) => plan.refused = Some(e.to_string()),
+            Ok(generation) => {
+                plan.generation = generation;
+                let (mut record, _) = deploy::build(&spec, m, generation, now, &directory.extras(m));
+                deploy::with_volumes(&mut record.assignment, &m.volumes);
+                plan.changes = deploy::changes(before.as_ref().map(|b| &b.assignment), &record.assignment);
+                for b in &spec.buckets {
+                    plan.changes.push(format!("bucket: {} (made ready; its credentials and endpoint become secrets and facts)", b.name));
+                }
+                for c in &spec.volumes {
+                    plan.changes.push(format!("volume attached: {} at {} (created if missing)", c.name, c.mount_point));
+                }
+                if let (false, Some(r)) = (spec.override_rollout, held.iter().find(|r| r.state.holds(&m.id))) {
+                    plan.refused = Some(format!("held by rollout {}; --override-rollout deploys anyway", r.id));
+                }
+                if let (Some(SystemSpec::Closure { store_path: a, .. }), SystemSpec::Closure { store_path: b, .. }) =
+                    (before.as_ref().map(|r| &r.assignment.system), &spec.system)
+                {
+                    if a != b {
+                        plan.closure_diff = crate::nix::diff_closures(a, b).await;
+                    }
+                }
+            }
+        }
+        planned.push(plan);
+    }
+    Ok(AdminResponse::DeployPlan(planned))
 }
 
 pub fn list(state: &Coordinator, machine: Option<&str>) -> Result<AdminResponse, WireError> {

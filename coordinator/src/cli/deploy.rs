@@ -47,6 +47,12 @@ pub struct WhatArgs {
     /// "reboot required").
     #[arg(long)]
     pub force_switch: bool,
+    /// Change nothing: print, per target machine, the generation it would
+    /// get and what would change against its current assignment (system,
+    /// secrets by name, facts, checks, volumes, buckets), with the closures'
+    /// package-level diff where the coordinator's Nix store holds both.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -16,7 +16,7 @@ use crate::cli::{DeployArgs, WhatArgs};
 use crate::client::AdminClient;
 use crate::output::{self, OutputFormat};
 
-use super::{connect, labels, print_json, refused};
+use super::{call, connect, labels, print_json, refused, AdminArgs};
 
 /// Parses `NAME=@FILE[,mode=0400][,owner=U][,group=G]`, reading the file.
 pub fn parse_secret(arg: &str) -> Result<SecretFile> {
@@ -102,11 +102,49 @@ pub fn spec(what: &WhatArgs, machine: Option<String>, selector: Vec<(String, Str
     })
 }
 
+/// Asks for a dry run of `spec` and prints it.
+pub async fn dry_run(admin: &AdminArgs, spec: DeploySpec) -> Result<()> {
+    let answer = call(admin, AdminRequest::DeployDryRun(spec), "planning the deployment").await?;
+    let AdminResponse::DeployPlan(plan) = answer else {
+        bail!("unexpected answer from the coordinator");
+    };
+    match admin.output {
+        OutputFormat::Json => print_json(&plan)?,
+        OutputFormat::Table => {
+            for p in &plan {
+                crate::out!("{} ({})", p.machine_id, p.hostname);
+                if let Some(why) = &p.refused {
+                    crate::out!("  refused: {why}");
+                    continue;
+                }
+                crate::out!("  would get generation {} (has {}), goal {}", p.generation, p.current_generation, p.goal);
+                if p.changes.is_empty() {
+                    crate::out!("  no change but the generation number");
+                }
+                for c in &p.changes {
+                    crate::out!("  {c}");
+                }
+                if let Some(diff) = &p.closure_diff {
+                    crate::out!("  closure diff:");
+                    for line in diff.lines() {
+                        crate::out!("    {line}");
+                    }
+                }
+            }
+            crate::out!("dry run: {} machine(s), nothing was recorded or sent", plan.len());
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(args: DeployArgs) -> Result<()> {
     let mut spec = spec(&args.what, args.machine.clone(), args.selector.clone())?;
     spec.buckets = args.buckets.clone();
     spec.volumes = args.volumes.clone();
     spec.override_rollout = args.override_rollout;
+    if args.what.dry_run {
+        return dry_run(&args.admin, spec).await;
+    }
     let client = connect(&args.admin).await?;
     let request = AdminRequest::Deploy(spec);
     let answer = client.call(request).await.map_err(|e| refused(e, "deploying"))?;

@@ -157,6 +157,11 @@ async fn control(id: String, action: RolloutAction, admin: crate::cli::AdminArgs
 
 async fn start(args: RolloutStartArgs) -> Result<()> {
     let deploy = super::deploy::spec(&args.what, None, args.selector.clone())?;
+    if args.what.dry_run {
+        let mut deploy = deploy;
+        deploy.buckets = args.buckets.clone();
+        return super::deploy::dry_run(&args.admin, deploy).await;
+    }
     let strategy = RolloutStrategy {
         canary: args.canary,
         max_parallel: args.max_parallel,

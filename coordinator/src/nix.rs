@@ -1,0 +1,37 @@
+//! The coordinator's own Nix, for what it can tell about closures without
+//! changing anything: `nix store diff-closures` between two systems that
+//! its store holds (a dry run's package-level diff).
+
+use std::path::Path;
+use std::time::Duration;
+
+/// How long a diff may take.
+const DIFF_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The package-level difference between two closures (versions changed,
+/// size deltas), or `None` where this machine's Nix store lacks either of
+/// them or Nix cannot run.
+pub async fn diff_closures(before: &str, after: &str) -> Option<String> {
+    if !Path::new(before).exists() || !Path::new(after).exists() {
+        return None;
+    }
+    let run = tokio::process::Command::new("nix")
+        .args(["--extra-experimental-features", "nix-command", "store", "diff-closures", before, after])
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(DIFF_TIMEOUT, run).await {
+        Ok(Ok(out)) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            Some(if text.is_empty() { "(no package-level differences)".into() } else { text })
+        }
+        Ok(Ok(out)) => {
+            tracing::debug!(stderr = %String::from_utf8_lossy(&out.stderr), "nix store diff-closures failed");
+            None
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "nix is not available for closure diffs");
+            None
+        }
+        Err(_) => None,
+    }
+}
