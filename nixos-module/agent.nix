@@ -102,6 +102,17 @@ let
       default = 5;
       description = "System profile generations kept after a successful closure deployment; older ones are deleted and the Nix garbage collector reclaims them. The running, booted and pending systems and the rollback target are always kept.";
     };
+    reboot_command = mkOption {
+      type = types.listOf types.str;
+      default = [ "${config.systemd.package}/bin/systemctl" "reboot" ];
+      defaultText = lib.literalExpression ''[ "''${config.systemd.package}/bin/systemctl" "reboot" ]'';
+      description = "The command that reboots the machine (deployments with --reboot, drover machines reboot).";
+    };
+    reboot_deadline = mkOption {
+      type = types.str;
+      default = "10m";
+      description = "How long a reboot may take before it counts as failed.";
+    };
     boot_id_file = mkOption {
       type = types.str;
       default = "/proc/sys/kernel/random/boot_id";

@@ -87,6 +87,21 @@ pub struct AgentConfig {
     /// Where the kernel gives the current boot's id.
     #[serde(default = "default_boot_id_file")]
     pub boot_id_file: PathBuf,
+    /// The command that reboots the machine (a deployment with `--reboot`,
+    /// `drover machines reboot`).
+    #[serde(default = "default_reboot_command")]
+    pub reboot_command: Vec<String>,
+    /// How long a reboot may take before it counts as failed.
+    #[serde(with = "humantime_serde", default = "default_reboot_deadline")]
+    pub reboot_deadline: Duration,
+}
+
+fn default_reboot_command() -> Vec<String> {
+    vec!["systemctl".into(), "reboot".into()]
+}
+
+fn default_reboot_deadline() -> Duration {
+    Duration::from_secs(600)
 }
 
 fn default_keep_generations() -> u32 {
@@ -189,6 +204,8 @@ impl AgentConfig {
             device_wait: default_device_wait(),
             keep_generations: default_keep_generations(),
             boot_id_file: default_boot_id_file(),
+            reboot_command: default_reboot_command(),
+            reboot_deadline: default_reboot_deadline(),
         }
     }
 
@@ -210,6 +227,9 @@ impl AgentConfig {
             return Err(ConfigError::Invalid(
                 "backoff_initial must be above zero and at most backoff_max".into(),
             ));
+        }
+        if self.reboot_command.is_empty() {
+            return Err(ConfigError::Invalid("reboot_command must name a program (default: systemctl reboot)".into()));
         }
         if self.keep_generations == 0 {
             return Err(ConfigError::Invalid("keep_generations must be at least 1 (the running system is always kept)".into()));

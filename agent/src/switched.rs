@@ -16,6 +16,14 @@ pub enum Switched {
     UnitsFailed { tail: String, units: Vec<String> },
 }
 
+/// Which boot the machine is in: the kernel's boot id and the system it
+/// booted (`/run/booted-system`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BootState {
+    pub boot_id: Option<String>,
+    pub booted: Option<String>,
+}
+
 /// The units `switch-to-configuration` names after "the following units
 /// failed:" (one line, comma- or space-separated).
 pub fn failed_units(output: &str) -> Vec<String> {

@@ -36,6 +36,7 @@ pub fn required_role(request: &AdminRequest) -> Role {
         | AdminRequest::MachinesRevoke { .. }
         | AdminRequest::Deploy(_)
         | AdminRequest::DeployDryRun(_)
+        | AdminRequest::MachinesReboot { .. }
         | AdminRequest::RolloutStart(_)
         | AdminRequest::RolloutControl { .. }
         | AdminRequest::S3(_)

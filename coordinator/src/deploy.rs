@@ -111,6 +111,9 @@ pub fn validate(spec: &DeploySpec) -> Result<(), String> {
         }
     }
     spec.checks.iter().try_for_each(check_check)?;
+    if spec.reboot && spec.goal == drover_protocol::v1::SwitchGoal::DryActivate {
+        return Err("--reboot goes with a goal that changes the system; dry-activate changes nothing".into());
+    }
     if spec.health_deadline_ms == 0 || spec.health_deadline_ms > 3_600_000 {
         return Err("--health-deadline must be between 1ms and 1h".into());
     }
@@ -220,6 +223,9 @@ pub fn changes(before: Option<&Assignment>, after: &Assignment) -> Vec<String> {
     for name in old_volumes.iter().filter(|n| after.volumes.iter().all(|v| v.name != **n)) {
         out.push(format!("volume detached: {name}"));
     }
+    if after.reboot {
+        out.push("reboot after the switch, verified".into());
+    }
     out
 }
 
@@ -267,6 +273,7 @@ pub fn build(
         volumes: Vec::new(),
         goal: spec.goal,
         force_switch: spec.force_switch,
+        reboot: spec.reboot,
     };
     let deployment = pending_deployment(&assignment, machine, now);
     (
@@ -304,6 +311,8 @@ pub fn rebuild(
     let assignment = Assignment {
         generation,
         facts_json: serde_json::Value::Object(facts).to_string(),
+        // A repeat never reboots by itself; `machines reboot` asks for it.
+        reboot: false,
         ..previous.clone()
     };
     let deployment = pending_deployment(&assignment, machine, now);
@@ -392,7 +401,7 @@ mod tests {
             checks: vec![HealthCheck::Tcp { host: "127.0.0.1".into(), port: 22 }],
             health_deadline_ms: 1000,
             buckets: Vec::new(),
-            volumes: Vec::new(), goal: Default::default(), force_switch: false, override_rollout: false,
+            volumes: Vec::new(), goal: Default::default(), force_switch: false, override_rollout: false, reboot: false,
         }
     }
 

@@ -391,7 +391,7 @@ mod tests {
             checks: vec![],
             health_deadline_ms: 1000,
             buckets: vec![],
-            volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false,
+            volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false, reboot: false,
         };
         let tenant_machine = [machine("m-a", Some("a.example"))];
         let e = directory.check_spec(&spec, &tenant_machine).expect_err("clash");

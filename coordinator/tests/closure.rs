@@ -157,7 +157,7 @@ async fn deploy_goal(fleet: &TestCoordinator, selector: &[(&str, &str)], system:
         facts: Default::default(),
         checks,
         health_deadline_ms: 1_500,
-        buckets: vec![], volumes: vec![], goal, force_switch: false, override_rollout: false,
+        buckets: vec![], volumes: vec![], goal, force_switch: false, override_rollout: false, reboot: false,
     };
     match fleet.call(AdminRequest::Deploy(spec)).await {
         AdminResponse::Deployed(t) => t,
@@ -478,7 +478,7 @@ async fn a_dry_run_over_three_machines_prints_their_changes_and_writes_nothing()
         volumes: vec![],
         goal: SwitchGoal::Boot,
         force_switch: false,
-        override_rollout: false,
+        override_rollout: false, reboot: false,
     };
     let AdminResponse::DeployPlan(plan) = fleet.call(AdminRequest::DeployDryRun(spec.clone())).await else { panic!() };
     assert_eq!(plan.len(), 3);

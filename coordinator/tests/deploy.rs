@@ -21,7 +21,7 @@ fn spec_for(machine: &str, system: SystemSpec) -> DeploySpec {
         checks: vec![],
         health_deadline_ms: 2_000,
         buckets: vec![],
-        volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false,
+        volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false, reboot: false,
     }
 }
 

@@ -168,7 +168,7 @@ async fn what_the_coordinator_acknowledged_survives_a_sigkill_right_after() {
         facts: Default::default(),
         checks: vec![],
         health_deadline_ms: 1000,
-        buckets: vec![], volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false,
+        buckets: vec![], volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false, reboot: false,
     };
     let AdminResponse::Deployed(targets) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!() };
     assert_eq!(targets[0].generation, 1);

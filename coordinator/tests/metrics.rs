@@ -75,7 +75,7 @@ async fn metrics_parse_and_move_with_enrollments_deployments_and_rollouts() {
         volumes: vec![],
         goal: SwitchGoal::Switch,
         force_switch: false,
-        override_rollout: false,
+        override_rollout: false, reboot: false,
     };
     let AdminResponse::Deployed(_) = fleet.call(AdminRequest::Deploy(spec("good"))).await else { panic!() };
     let strategy = RolloutStrategy {

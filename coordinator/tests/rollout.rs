@@ -24,6 +24,15 @@ struct Fleet {
 impl Fleet {
     /// `n` agents labelled role=web, all on the "good" system (generation 1).
     async fn start(n: usize, serve_in_process: bool) -> (Fleet, Option<std::process::Child>) {
+        Fleet::start_adjusted(n, serve_in_process, |_| {}).await
+    }
+
+    /// As [`Fleet::start`], with a last say on each agent's configuration.
+    async fn start_adjusted(
+        n: usize,
+        serve_in_process: bool,
+        adjust: impl Fn(&mut drover_agent::AgentConfig),
+    ) -> (Fleet, Option<std::process::Child>) {
         let mut coordinator = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
         let child = if serve_in_process {
             coordinator.serve().await;
@@ -36,7 +45,7 @@ impl Fleet {
         let mut vms = Vec::new();
         let mut agents = Vec::new();
         for i in 0..n {
-            let (vm, agent) = spawn_vm(&coordinator, &format!("vm{i:02}"), Some(&token));
+            let (vm, agent) = common::flake::spawn_vm_with(&coordinator, &format!("vm{i:02}"), Some(&token), &adjust);
             vms.push(vm);
             agents.push(agent);
         }
@@ -71,7 +80,7 @@ impl Fleet {
             facts: Default::default(),
             checks: vec![],
             health_deadline_ms: 2_000,
-            buckets: vec![], volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false,
+            buckets: vec![], volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false, reboot: false,
         }
     }
 
@@ -395,5 +404,76 @@ async fn a_manual_deploy_to_a_held_machine_is_refused_unless_it_overrides_the_ro
         vm.activations()
     );
     assert!(!vm.activations().contains(&"good2".to_string()), "the rollout never touched it: {:?}", vm.activations());
+    fleet.stop().await;
+}
+
+/// Simulated reboots: the agent's reboot command gives the machine a new
+/// boot id and points `booted-system` at what it booted — the running
+/// system, another one (machines listed in vms/wrong-boot), or nothing at
+/// all (vms/no-reboot).
+fn simulated_reboot(config: &mut drover_agent::AgentConfig) {
+    let root = config.current_system.parent().expect("machine root").to_path_buf();
+    let script = root.parent().expect("vms dir").join("reboot");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nroot=\"$1\"; name=$(basename \"$root\"); vms=$(dirname \"$root\")\n\
+         grep -qx \"$name\" \"$vms/no-reboot\" 2>/dev/null && exit 0\n\
+         cat /proc/sys/kernel/random/uuid > \"$root/boot_id\"\n\
+         if grep -qx \"$name\" \"$vms/wrong-boot\" 2>/dev/null; then ln -sfn /nix/store/00000000000000000000000000000000-other-system \"$root/booted-system\"\n\
+         else ln -sfn \"$(readlink \"$root/current-system\")\" \"$root/booted-system\"; fi\n",
+    )
+    .expect("reboot script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::write(root.join("boot_id"), "first-boot\n").expect("boot id");
+    config.boot_id_file = root.join("boot_id");
+    config.reboot_command = vec![script.display().to_string(), root.display().to_string()];
+    config.reboot_deadline = Duration::from_secs(2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_with_reboots_verifies_each_boot_and_fails_a_wrong_system_or_no_return() {
+    let (fleet, _) = Fleet::start_adjusted(3, true, simulated_reboot).await;
+    let vms = fleet.coordinator.dir.path().join("vms");
+    std::fs::write(vms.join("wrong-boot"), "vm01\n").expect("write");
+    std::fs::write(vms.join("no-reboot"), "vm02\n").expect("write");
+    let mut s = strategy();
+    s.max_failures = Amount::Count(2);
+    let mut deploy = fleet.deploy_spec("good2");
+    deploy.reboot = true;
+    let r = match fleet.coordinator.call(AdminRequest::RolloutStart(RolloutSpec { deploy, strategy: s, snapshot_volumes: false })).await {
+        AdminResponse::Rollout(r) => r,
+        other => panic!("{other:?}"),
+    };
+    let r = fleet.until(&r.id, Duration::from_secs(90), |r| matches!(r.phase.as_str(), "succeeded" | "failed")).await;
+    let state = |host: &str| r.machines.iter().find(|m| m.hostname == host).expect("machine").clone();
+    assert_eq!(state("vm00").state.as_str(), "done", "{}", summary(&r));
+    let wrong = state("vm01");
+    assert_eq!(wrong.state.as_str(), "failed");
+    assert!(wrong.reason.as_deref().is_some_and(|w| w.contains("came back on /nix/store/00000000000000000000000000000000-other-system")), "{wrong:?}");
+    let gone = state("vm02");
+    assert_eq!(gone.state.as_str(), "failed");
+    assert!(gone.reason.as_deref().is_some_and(|w| w.contains("did not reboot")), "{gone:?}");
+    let boot_id = |vm: &str| std::fs::read_to_string(vms.join(vm).join("boot_id")).expect("boot id");
+    assert_ne!(boot_id("vm00"), "first-boot\n");
+
+    // `drover machines reboot ID --wait` reboots one machine and waits for
+    // its verified return.
+    let before = boot_id("vm00");
+    let out = Command::new(env!("CARGO_BIN_EXE_drover"))
+        .env("DROVER_ADMIN_BUNDLE", &fleet.coordinator.bundle_path)
+        .args(["machines", "reboot", &state("vm00").machine_id, "--wait"])
+        .output()
+        .expect("run drover");
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_ne!(boot_id("vm00"), before, "rebooted again");
+    let AdminResponse::MachineDetail(detail) = fleet.coordinator.call(AdminRequest::MachinesDetail { id: state("vm00").machine_id }).await else { panic!() };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let AdminResponse::Machine(m) = fleet.coordinator.call(AdminRequest::MachinesShow { id: detail.machine.id.clone() }).await else { return false };
+            m.health.is_some_and(|h| h.boot_id.as_deref() == Some(boot_id("vm00").trim()) && h.booted_system.is_some())
+        })
+        .await,
+        "health reports the new boot"
+    );
     fleet.stop().await;
 }

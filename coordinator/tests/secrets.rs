@@ -104,7 +104,7 @@ async fn token_refusals_have_their_own_errors_and_token_text_never_reaches_logs_
         checks: vec![],
         health_deadline_ms: 1000,
         buckets: vec![],
-        volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false,
+        volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false, reboot: false,
     };
     let AdminResponse::Deployed(targets) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!() };
     let mut config = fleet.agent_config("vm1", None);

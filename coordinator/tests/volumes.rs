@@ -70,7 +70,7 @@ impl Fleet {
             volumes,
             goal: Default::default(),
             force_switch: false,
-            override_rollout: false,
+            override_rollout: false, reboot: false,
         }
     }
 

@@ -312,6 +312,11 @@ pub enum AdminRequest {
     /// What a deployment (or a rollout of it) would change on each target,
     /// recording and announcing nothing (protocol 5).
     DeployDryRun(DeploySpec),
+    /// Reboots one machine, or every machine matching `selector`, verifying
+    /// that each comes back on its boot default: a new generation repeating
+    /// each one's newest assignment, to reboot after it (protocol 5).
+    /// Answered with [`AdminResponse::Deployed`].
+    MachinesReboot { machine: Option<String>, selector: Labels },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -632,6 +637,10 @@ pub struct Assignment {
     /// Switch even when NixOS' pre-switch checks refuse (`NIXOS_NO_CHECK`).
     #[serde(default)]
     pub force_switch: bool,
+    /// After the switch and the health gate, reboot and verify that the
+    /// machine came back, on the system it was given.
+    #[serde(default)]
+    pub reboot: bool,
 }
 
 /// What an admin asks to deploy.
@@ -662,6 +671,9 @@ pub struct DeploySpec {
     /// Deploy to machines an active rollout holds; the rollout records it.
     #[serde(default)]
     pub override_rollout: bool,
+    /// Reboot each machine after its switch and verify what it booted.
+    #[serde(default)]
+    pub reboot: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -691,6 +703,8 @@ pub enum DeployStep {
     Resumed,
     /// The assignment's volumes are mounted (protocol 3).
     VolumesAttached,
+    /// The machine reboots to verify what it boots (protocol 5).
+    Rebooting,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use drover_protocol::v1::{DeployStep, DeploymentReport, HealthCheck, SwitchGoal, SystemSpec};
 
-use crate::switched::Switched;
+use crate::switched::{BootState, Switched};
 use crate::text::tail;
 
 /// Milliseconds on the driver's monotonic clock.
@@ -34,6 +34,8 @@ pub enum JournalStep {
     Switching,
     /// The switch finished; the health gate remains.
     Switched,
+    /// Healthy, and rebooting to verify what boots.
+    Rebooting,
 }
 
 /// The apply under way, as kept on disk. Secrets are not kept here (they
@@ -51,6 +53,15 @@ pub struct Journal {
     pub goal: SwitchGoal,
     #[serde(default)]
     pub force_switch: bool,
+    /// Reboot once healthy and verify the boot.
+    #[serde(default)]
+    pub reboot: bool,
+    /// The boot id before the reboot.
+    #[serde(default)]
+    pub boot_before: Option<String>,
+    /// The system the reboot must come back on.
+    #[serde(default)]
+    pub expected_boot: Option<String>,
 }
 
 /// The last finished generation.
@@ -108,6 +119,14 @@ pub enum Event {
     RolledBack { result: Result<String, Failure>, current: Option<String> },
     /// The agent restarted and found `journal`; `current` runs now.
     Resume { journal: Journal, current: Option<String>, now: Millis },
+    /// The boot before a reboot, with the system running now and the boot
+    /// default.
+    BootRecorded { boot: BootState, running: Option<String>, boot_default: Option<String> },
+    /// After the reboot (or at its deadline, or when an agent restarted
+    /// during it): the boot the machine is in now.
+    Booted(BootState),
+    /// The reboot command failed.
+    RebootFailed(Failure),
     /// The last [`Action::SaveJournal`] failed (a full disk). Before the
     /// switch the apply ends, failed, and the actions returned replace what
     /// was still to do; after it (nothing returned) the apply goes on: the
@@ -138,6 +157,12 @@ pub enum Action {
     /// Drop the journal; the apply had not reached the switch and starts
     /// again from the newest assignment.
     Restart,
+    /// Read the boot id, the running system and the boot default.
+    RecordBoot,
+    /// Reboot, and wait (up to the agent's reboot deadline) for a new boot.
+    Reboot,
+    /// Read the boot the machine is in now (after a restart).
+    CheckBoot,
 }
 
 /// Where the apply stands.
@@ -151,6 +176,8 @@ enum Stage {
     Gate,
     Confirming,
     RollingBack { reason: String },
+    RecordingBoot,
+    Rebooting,
     Done,
 }
 
@@ -199,6 +226,40 @@ impl Apply {
         self.stage = Stage::Done;
         let applied = Applied { generation: self.generation(), step, message, output_tail: tail, system_path, reported: false };
         vec![Action::Finish(applied)]
+    }
+
+    /// A success, or first a reboot when the journal asks for one.
+    fn succeed(&mut self, message: String, tail: String, current: Option<String>) -> Vec<Action> {
+        if self.journal.as_ref().is_some_and(|j| j.reboot) {
+            self.tail = tail;
+            self.stage = Stage::RecordingBoot;
+            return vec![Action::RecordBoot];
+        }
+        self.finish(DeployStep::Succeeded, message, tail, current)
+    }
+
+    /// What the reboot came back to.
+    fn verify_boot(&mut self, boot: BootState) -> Vec<Action> {
+        let (before, expected) = self.journal.as_ref().map(|j| (j.boot_before.clone(), j.expected_boot.clone())).unwrap_or_default();
+        let tail = std::mem::take(&mut self.tail);
+        let Some(now) = boot.boot_id.clone() else {
+            return self.finish(DeployStep::Failed, "the boot id cannot be read (boot_id_file); the reboot is not verified".into(), tail, boot.booted);
+        };
+        if before.as_deref() == Some(now.as_str()) {
+            return self.finish(DeployStep::Failed, "the machine did not reboot (its boot id did not change)".into(), tail, boot.booted);
+        }
+        let expected_text = expected.clone().unwrap_or_else(|| "(unknown)".into());
+        match (&boot.booted, &expected) {
+            (Some(booted), Some(expected)) if booted == expected => {
+                self.finish(DeployStep::Succeeded, format!("rebooted and verified: booted {booted} (boot {now})"), tail, boot.booted.clone())
+            }
+            (booted, _) => self.finish(
+                DeployStep::Failed,
+                format!("the machine came back on {} instead of {expected_text}, the system it was given", booted.as_deref().unwrap_or("an unknown system")),
+                tail,
+                boot.booted.clone(),
+            ),
+        }
     }
 
     fn roll_back(&mut self, reason: String) -> Vec<Action> {
@@ -268,7 +329,7 @@ impl Apply {
                     format!("installed for the next boot: reboot required to run {pending}")
                 };
                 let mut actions = vec![report(g, DeployStep::Switched, message.clone(), &tail, current.clone())];
-                actions.extend(self.finish(DeployStep::Succeeded, message, tail, current));
+                actions.extend(self.succeed(message, tail, current));
                 actions
             }
             (Stage::Switching, Event::Switched { result: Ok(Switched::Reported { tail }), current, .. }) => {
@@ -301,7 +362,28 @@ impl Apply {
             (Stage::Gate, Event::Gate(Err(why))) => self.roll_back(why),
             (Stage::Confirming, Event::Contact { at, current }) if at >= self.switched_at && at <= self.switched_at + self.confirm_deadline_ms => {
                 let tail = std::mem::take(&mut self.tail);
-                self.finish(DeployStep::Succeeded, "healthy".into(), tail, current)
+                self.succeed("healthy".into(), tail, current)
+            }
+            (Stage::RecordingBoot, Event::BootRecorded { boot, running, boot_default }) => {
+                let goal = self.journal.as_ref().map(|j| j.goal).unwrap_or_default();
+                // After `switch` the new system runs and is the boot
+                // default; after `boot` or `test` the boot default boots.
+                let expected = if goal == SwitchGoal::Switch { running.or(boot_default) } else { boot_default };
+                let mut actions: Vec<Action> = Vec::new();
+                if let Some(j) = self.journal.as_mut() {
+                    j.boot_before = boot.boot_id.clone();
+                    j.expected_boot = expected.clone();
+                }
+                actions.extend(self.set_step(JournalStep::Rebooting));
+                self.stage = Stage::Rebooting;
+                let message = format!("rebooting; expecting {} to boot", expected.as_deref().unwrap_or("(unknown)"));
+                actions.extend([report(g, DeployStep::Rebooting, message, "", None), Action::Reboot]);
+                actions
+            }
+            (Stage::Rebooting, Event::Booted(boot)) => self.verify_boot(boot),
+            (Stage::Rebooting, Event::RebootFailed(f)) => {
+                let booted = None;
+                self.finish(DeployStep::Failed, format!("the reboot failed: {}", f.message), f.tail, booted)
             }
             (Stage::Confirming, Event::Contact { .. } | Event::NoContact { .. }) => self.roll_back(format!(
                 "the coordinator was not reached within {} after the switch",
@@ -355,6 +437,10 @@ impl Apply {
                     vec![report(generation, DeployStep::Resumed, "agent restarted during the switch; returning to the previous system", "", None)];
                 actions.extend(self.roll_back("the agent restarted during the switch".into()));
                 actions
+            }
+            JournalStep::Rebooting => {
+                self.stage = Stage::Rebooting;
+                vec![report(generation, DeployStep::Resumed, "agent restarted during the reboot; verifying what booted", "", None), Action::CheckBoot]
             }
             JournalStep::Switched => {
                 // The confirmation deadline counts from now: the agent was

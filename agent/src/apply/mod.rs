@@ -128,6 +128,9 @@ impl Applier {
             health_deadline_ms: assignment.health_deadline_ms,
             goal: assignment.goal,
             force_switch: assignment.force_switch,
+            reboot: assignment.reboot,
+            boot_before: None,
+            expected_boot: None,
         };
         let outcome = self.run(Event::Begin { journal }, Some((&assignment, &access))).instrument(span).await;
         // A fresh apply always ends in an outcome; the fallback only guards
@@ -221,12 +224,43 @@ impl Applier {
                     self.records.drop_journal();
                     return None;
                 }
+                Action::RecordBoot => {
+                    let spec = journal.as_ref()?.system.clone();
+                    Some(Event::BootRecorded {
+                        boot: self.switcher.boot(),
+                        running: self.switcher.current(&spec),
+                        boot_default: self.switcher.boot_default(),
+                    })
+                }
+                Action::Reboot => {
+                    let before = journal.as_ref().and_then(|j| j.boot_before.clone());
+                    Some(self.reboot(before).await)
+                }
+                Action::CheckBoot => Some(Event::Booted(self.switcher.boot())),
             };
             if let Some(event) = next {
                 pending.extend(core.handle(event));
             }
         }
         None
+    }
+
+    /// Reboots, then waits until the machine is in another boot than
+    /// `before` or the reboot deadline passes. On a real machine the agent
+    /// is stopped by the reboot and the restarted agent resumes from the
+    /// journal instead.
+    async fn reboot(&self, before: Option<String>) -> Event {
+        if let Err(e) = self.switcher.reboot().await {
+            return Event::RebootFailed(failure(e));
+        }
+        let deadline = Instant::now() + self.config.reboot_deadline;
+        loop {
+            let boot = self.switcher.boot();
+            if boot.boot_id != before || Instant::now() >= deadline {
+                return Event::Booted(boot);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// Old system generations go after a successful deployment; the

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use drover_protocol::v1::{Access, Assignment, DeployStep, HealthCheck, SwitchGoal, SystemSpec};
 
-use crate::switched::Switched;
+use crate::switched::{BootState, Switched};
 
 use super::core::{Action, Applied, Apply, Event, Failure, Journal, JournalStep};
 use crate::system::switch::{SwitchError, SystemSwitcher};
@@ -22,6 +22,9 @@ fn journal(step: JournalStep) -> Journal {
         health_deadline_ms: 5_000,
         goal: SwitchGoal::Switch,
         force_switch: false,
+        reboot: false,
+        boot_before: None,
+        expected_boot: None,
     }
 }
 
@@ -229,6 +232,9 @@ struct FakeSwitcher {
     current: Mutex<Option<String>>,
     calls: Mutex<Vec<String>>,
     fail_switch: bool,
+    boot: Mutex<BootState>,
+    /// What a reboot boots: `None` does not reboot at all.
+    reboots_into: Option<String>,
 }
 
 #[async_trait::async_trait]
@@ -262,6 +268,24 @@ impl SystemSwitcher for FakeSwitcher {
         self.calls.lock().expect("lock").push(format!("prune {keep}"));
         Ok(0)
     }
+
+    fn boot(&self) -> BootState {
+        self.boot.lock().expect("lock").clone()
+    }
+
+    fn boot_default(&self) -> Option<String> {
+        self.current.lock().expect("lock").clone()
+    }
+
+    async fn reboot(&self) -> Result<(), SwitchError> {
+        self.calls.lock().expect("lock").push("reboot".into());
+        if let Some(into) = &self.reboots_into {
+            let mut boot = self.boot.lock().expect("lock");
+            boot.boot_id = Some(format!("{}-next", boot.boot_id.clone().unwrap_or_default()));
+            boot.booted = Some(into.clone());
+        }
+        Ok(())
+    }
 }
 
 fn config(dir: &std::path::Path) -> crate::config::AgentConfig {
@@ -282,7 +306,7 @@ fn assignment() -> Assignment {
         facts_json: "{}".into(),
         checks: vec![],
         health_deadline_ms: 1_000,
-        volumes: vec![], goal: Default::default(), force_switch: false,
+        volumes: vec![], goal: Default::default(), force_switch: false, reboot: false,
     }
 }
 
@@ -471,4 +495,73 @@ fn a_damaged_journal_is_moved_aside_and_named() {
     assert!(records.journal().is_none(), "a damaged journal is not used");
     assert!(!path.exists());
     assert_eq!(std::fs::read(dir.path().join("apply.json.damaged")).expect("kept aside"), whole[..whole.len() / 2]);
+}
+
+/// An apply that reboots, with a fake system layer: `reboots_into` is what
+/// the machine boots (`None`: it never reboots).
+async fn apply_with_reboot(reboots_into: Option<&str>) -> (Applied, Vec<String>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let switcher = Arc::new(FakeSwitcher {
+        current: Mutex::new(Some("/nix/store/abc-old".into())),
+        boot: Mutex::new(BootState { boot_id: Some("boot-1".into()), booted: Some("/nix/store/abc-old".into()) }),
+        reboots_into: reboots_into.map(String::from),
+        ..Default::default()
+    });
+    let (reports, _reported) = tokio::sync::mpsc::unbounded_channel();
+    let (contact, contact_rx) = tokio::sync::watch::channel(None);
+    let mut config = config(dir.path());
+    config.reboot_deadline = std::time::Duration::from_millis(700);
+    let applier = super::Applier::with_switcher(config, switcher.clone(), reports, contact_rx);
+    let assignment = Assignment { reboot: true, checks: vec![], ..assignment() };
+    // The coordinator keeps answering.
+    let heard = tokio::spawn(async move {
+        loop {
+            contact.send_replace(Some(tokio::time::Instant::now()));
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+    let done = applier.apply(assignment, Access::default()).await;
+    heard.abort();
+    let calls = switcher.calls.lock().expect("lock").clone();
+    (done, calls)
+}
+
+#[tokio::test]
+async fn a_verified_reboot_succeeds_on_the_system_it_was_given() {
+    let (done, calls) = apply_with_reboot(Some("/nix/store/abc-new")).await;
+    assert_eq!(done.step, DeployStep::Succeeded, "{done:?}");
+    assert!(done.message.contains("rebooted and verified: booted /nix/store/abc-new"), "{}", done.message);
+    assert!(calls.contains(&"reboot".to_string()), "{calls:?}");
+}
+
+#[tokio::test]
+async fn a_reboot_into_another_system_or_none_at_all_fails() {
+    let (done, _) = apply_with_reboot(Some("/nix/store/abc-old")).await;
+    assert_eq!(done.step, DeployStep::Failed);
+    assert!(done.message.contains("came back on /nix/store/abc-old instead of /nix/store/abc-new"), "{}", done.message);
+    let (done, _) = apply_with_reboot(None).await;
+    assert_eq!(done.step, DeployStep::Failed);
+    assert!(done.message.contains("did not reboot"), "{}", done.message);
+}
+
+#[test]
+fn an_agent_restarted_by_the_reboot_verifies_the_new_boot() {
+    let rebooting = Journal {
+        step: JournalStep::Rebooting,
+        reboot: true,
+        boot_before: Some("boot-1".into()),
+        expected_boot: Some("/nix/store/new".into()),
+        ..journal(JournalStep::Rebooting)
+    };
+    let mut core = Apply::new(CONFIRM_MS);
+    let a = core.handle(Event::Resume { journal: rebooting.clone(), current: Some("/nix/store/new".into()), now: 5 });
+    assert_eq!(a.last(), Some(&Action::CheckBoot));
+    let a = core.handle(Event::Booted(BootState { boot_id: Some("boot-2".into()), booted: Some("/nix/store/new".into()) }));
+    assert_eq!(finished(&a).map(|d| d.step), Some(DeployStep::Succeeded));
+    let mut core = Apply::new(CONFIRM_MS);
+    core.handle(Event::Resume { journal: rebooting, current: Some("/nix/store/new".into()), now: 5 });
+    let a = core.handle(Event::Booted(BootState { boot_id: Some("boot-2".into()), booted: Some("/nix/store/other".into()) }));
+    let done = finished(&a).expect("finished");
+    assert_eq!(done.step, DeployStep::Failed);
+    assert!(done.message.contains("instead of /nix/store/new"), "{}", done.message);
 }

@@ -32,7 +32,7 @@ use tokio::io::AsyncReadExt;
 use drover_protocol::v1::{SwitchGoal, SystemSpec};
 
 use crate::config::AgentConfig;
-use crate::switched::{failed_units, refused_by_pre_switch_checks, Switched};
+use crate::switched::{failed_units, refused_by_pre_switch_checks, BootState, Switched};
 use crate::text::tail;
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +146,13 @@ pub trait SystemSwitcher: Send + Sync {
     /// generations and those running `protect`, deletes the others and has
     /// the garbage collector reclaim them. Returns how many were deleted.
     async fn prune(&self, spec: &SystemSpec, keep: u32, protect: &[String]) -> Result<usize, SwitchError>;
+    /// The boot the machine is in: its boot id and booted system.
+    fn boot(&self) -> BootState;
+    /// The boot default: the system profile's store path.
+    fn boot_default(&self) -> Option<String>;
+    /// Asks the machine to reboot (returns once the command has run; the
+    /// agent may be stopped by it).
+    async fn reboot(&self) -> Result<(), SwitchError>;
 }
 
 /// Switches the system with Nix according to the agent's configuration.
@@ -362,6 +369,26 @@ impl SystemSwitcher for NixSwitcher {
             Switched::UnitsFailed { tail, .. } => Err(SwitchError::UnitsFailed { tail }),
             Switched::Installed { tail, .. } | Switched::Reported { tail } => Ok(tail),
         }
+    }
+
+    fn boot(&self) -> BootState {
+        BootState {
+            boot_id: crate::system::health::boot_id(&self.config.boot_id_file),
+            booted: crate::system::health::booted_system(&self.config.current_system),
+        }
+    }
+
+    fn boot_default(&self) -> Option<String> {
+        resolve_profile(&self.config.system_profile)
+    }
+
+    async fn reboot(&self) -> Result<(), SwitchError> {
+        let (program, args) = self.config.reboot_command.split_first().ok_or_else(|| SwitchError::Spawn {
+            what: "reboot_command".into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "reboot_command is empty"),
+        })?;
+        tracing::info!(command = ?self.config.reboot_command, "rebooting");
+        run_ok(Path::new(program), args, Duration::from_secs(120), "rebooting (reboot_command)").await.map(drop)
     }
 
     async fn prune(&self, spec: &SystemSpec, keep: u32, protect: &[String]) -> Result<usize, SwitchError> {

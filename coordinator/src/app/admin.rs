@@ -71,6 +71,7 @@ async fn answer(state: &Coordinator, name: &str, request: AdminRequest) -> Resul
         R::AdminsList => machines::admins(state)?,
         R::Deploy(spec) => deployments::deploy(state, by, spec).await?,
         R::DeployDryRun(spec) => deployments::dry_run(state, spec).await?,
+        R::MachinesReboot { machine, selector } => deployments::reboot(state, by, machine, selector).await?,
         R::DeploymentsList { machine } => deployments::list(state, machine.as_deref())?,
         R::DeploymentsShow { id } => deployments::show(state, &id)?,
         R::RolloutStart(spec) => AdminResponse::Rollout(rollouts::start(state, by, spec).await?),

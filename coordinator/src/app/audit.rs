@@ -41,6 +41,7 @@ pub fn describe(request: &AdminRequest) -> Option<(String, String)> {
         R::TokensRevoke { id } => ("tokens revoke", id.clone()),
         R::MachinesLabel { id, set, remove } => ("machines label", format!("{id} set {} remove {}", selector(&None, set), remove.join(","))),
         R::MachinesRevoke { id } => ("machines revoke", id.clone()),
+        R::MachinesReboot { machine, selector: s } => ("machines reboot", selector(machine, s)),
         R::AdminsAdd { name, role, .. } => ("admins add", format!("{name} as {}", role.as_str())),
         R::Deploy(spec) => ("deploy", selector(&spec.machine, &spec.selector)),
         R::RolloutStart(spec) => ("rollout start", selector(&spec.deploy.machine, &spec.deploy.selector)),

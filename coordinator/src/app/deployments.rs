@@ -184,6 +184,65 @@ pub async fn deploy(state: &Coordinator, by: &str, mut spec: DeploySpec) -> Resu
     Ok(AdminResponse::Deployed(deployed))
 }
 
+/// Reboots machines: each target gets a generation repeating its newest
+/// assignment, to reboot after and verify what it booted.
+pub async fn reboot(state: &Coordinator, by: &str, machine: Option<String>, selector: drover_protocol::v1::Labels) -> Result<AdminResponse, WireError> {
+    if machine.is_some() != selector.is_empty() {
+        return Err(invalid("name the machines to reboot: ID or --selector k=v (one of them)"));
+    }
+    registry::check_labels(&selector).map_err(invalid)?;
+    let probe = DeploySpec {
+        machine,
+        selector,
+        system: drover_protocol::v1::SystemSpec::Flake { uri: String::new(), attribute: String::new() },
+        secrets: vec![],
+        facts: Default::default(),
+        checks: vec![],
+        health_deadline_ms: 1,
+        buckets: vec![],
+        volumes: vec![],
+        goal: Default::default(),
+        force_switch: false,
+        override_rollout: false,
+        reboot: true,
+    };
+    let targets = targets(state, &probe)?;
+    let ids: Vec<String> = targets.iter().map(|m| m.id.clone()).collect();
+    if let Some(r) = holding(state.store.rollouts()?, &ids).first() {
+        return Err(refuse_held(r, &ids));
+    }
+    let directory = directory(state)?;
+    let now = now_ms();
+    let deployed = state
+        .store
+        .commit(|tx| {
+            let mut out = Vec::new();
+            for id in &ids {
+                let machine: MachineRecord = tx.require(id.as_bytes())?;
+                let previous: AssignmentRecord = tx.get(&generation_key(id, machine.desired_generation))?.ok_or_else(|| {
+                    invalid(format!("machine {id} has no deployment yet; it has no system to verify after a reboot (deploy one with --reboot)"))
+                })?;
+                let access = directory.extras(&machine).access;
+                let make = |m: &MachineRecord, g| {
+                    let (mut record, deployment) = deploy::rebuild(&previous.assignment, m, g, now, &access);
+                    record.assignment.reboot = true;
+                    (record, deployment)
+                };
+                match record_one(tx, id, &make)? {
+                    Ok(t) => out.push(t),
+                    Err(NotDeployable::Revoked) => return Err(revoked(id)),
+                }
+            }
+            Ok::<_, WireError>(out)
+        })
+        .await?;
+    for t in &deployed {
+        state.live.notify(&t.machine_id, t.generation);
+    }
+    tracing::info!(machines = deployed.len(), by, "reboot recorded");
+    Ok(AdminResponse::Deployed(deployed))
+}
+
 /// What [`deploy`] would do, per target, recording and announcing nothing:
 /// the same checks, then each target's would-be assignment against its
 /// newest one. Buckets and volumes are named, not made.

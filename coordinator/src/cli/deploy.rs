@@ -53,6 +53,11 @@ pub struct WhatArgs {
     /// package-level diff where the coordinator's Nix store holds both.
     #[arg(long)]
     pub dry_run: bool,
+    /// Reboot each machine after its switch and health gate, and verify it
+    /// came back on the system it was given (in a rollout, as part of the
+    /// machine's turn; a wrong system or no return fails it).
+    #[arg(long)]
+    pub reboot: bool,
 }
 
 #[derive(Debug, Args)]

@@ -256,6 +256,26 @@ pub enum MachinesCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Reboot machines and verify each comes back on its boot default (the
+    /// agent compares its boot id and /run/booted-system before and after);
+    /// a machine that boots another system or does not come back fails.
+    /// After `deploy --goal boot`, this boots the pending system.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "selector"])))]
+    Reboot {
+        /// The machine to reboot.
+        id: Option<String>,
+        /// Reboot every machine whose labels match (k=v, repeatable).
+        #[arg(long = "selector", short = 's', value_parser = parse_label)]
+        selector: Vec<(String, String)>,
+        /// Wait until every machine is back and verified, showing progress.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "30m", value_parser = drover_net::clock::parse_duration)]
+        wait_timeout: std::time::Duration,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -99,6 +99,7 @@ pub fn spec(what: &WhatArgs, machine: Option<String>, selector: Vec<(String, Str
         goal: what.goal,
         force_switch: what.force_switch,
         override_rollout: false,
+        reboot: what.reboot,
     })
 }
 
@@ -151,9 +152,15 @@ pub async fn run(args: DeployArgs) -> Result<()> {
     let AdminResponse::Deployed(targets) = answer else {
         bail!("unexpected answer from the coordinator");
     };
-    if !args.wait {
+    follow(client, targets, args.wait.then_some(args.wait_timeout), args.admin.output).await
+}
+
+/// Prints the generations recorded, or with `wait` follows them until each
+/// is finished and fails naming the machines that did not succeed.
+pub async fn follow(client: AdminClient, targets: Vec<DeployedTarget>, wait_for: Option<Duration>, output: OutputFormat) -> Result<()> {
+    let Some(wait_timeout) = wait_for else {
         client.close().await;
-        match args.admin.output {
+        match output {
             OutputFormat::Json => print_json(&targets)?,
             OutputFormat::Table => {
                 for t in &targets {
@@ -162,11 +169,11 @@ pub async fn run(args: DeployArgs) -> Result<()> {
             }
         }
         return Ok(());
-    }
-    let finished = wait(&client, &targets, args.wait_timeout, args.admin.output == OutputFormat::Table).await;
+    };
+    let finished = wait(&client, &targets, wait_timeout, output == OutputFormat::Table).await;
     client.close().await;
     let finished = finished?;
-    if args.admin.output == OutputFormat::Json {
+    if output == OutputFormat::Json {
         print_json(&finished)?;
     }
     let failed: Vec<_> = finished
@@ -177,7 +184,7 @@ pub async fn run(args: DeployArgs) -> Result<()> {
     if !failed.is_empty() {
         bail!("{} of {} machine(s) did not succeed:\n  {}", failed.len(), finished.len(), failed.join("\n  "));
     }
-    if args.admin.output == OutputFormat::Table {
+    if output == OutputFormat::Table {
         crate::out!("all {} machine(s) succeeded", finished.len());
     }
     Ok(())

@@ -65,6 +65,15 @@ pub async fn run(cmd: MachinesCommand) -> Result<()> {
                 OutputFormat::Table => crate::out!("machine {} ({}) revoked", machine.id, machine.hostname),
             }
         }
+        MachinesCommand::Reboot { id, selector, wait, wait_timeout, admin } => {
+            let client = super::connect(&admin).await?;
+            let request = AdminRequest::MachinesReboot { machine: id, selector: super::labels(selector) };
+            let answer = client.call(request).await.map_err(|e| super::refused(e, "rebooting"))?;
+            let AdminResponse::Deployed(targets) = answer else {
+                bail!("unexpected answer from the coordinator");
+            };
+            super::deploy::follow(client, targets, wait.then_some(wait_timeout), admin.output).await?;
+        }
     }
     Ok(())
 }

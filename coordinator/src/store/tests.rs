@@ -156,7 +156,7 @@ fn rollouts_list_oldest_first() {
                 checks: vec![],
                 health_deadline_ms: 1,
                 buckets: vec![],
-                volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false,
+                volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false, reboot: false,
             };
             put(&store, id, &RolloutRecord { id: id.into(), created_at: at, spec, state, snapshot_volumes: false });
         }

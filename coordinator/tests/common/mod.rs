@@ -281,7 +281,7 @@ pub fn deploy_to_role(role: &str, system: drover_protocol::v1::SystemSpec) -> dr
         checks: vec![],
         health_deadline_ms: 5_000,
         buckets: vec![],
-        volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false,
+        volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false, reboot: false,
     }
 }
 
