@@ -108,8 +108,11 @@ fn default_keep_generations() -> u32 {
     5
 }
 
+/// Where Linux gives the id of the current boot.
+pub const BOOT_ID_FILE: &str = "/proc/sys/kernel/random/boot_id";
+
 fn default_boot_id_file() -> PathBuf {
-    PathBuf::from(crate::system::health::BOOT_ID)
+    PathBuf::from(BOOT_ID_FILE)
 }
 
 fn default_volume_root() -> PathBuf {

@@ -35,7 +35,7 @@ impl SystemHealth {
             volumes: None,
             profile: None,
             nix_store: PathBuf::from("/nix/store"),
-            boot_id: PathBuf::from(BOOT_ID),
+            boot_id: PathBuf::from(crate::config::BOOT_ID_FILE),
         }
     }
 
@@ -53,9 +53,6 @@ impl SystemHealth {
         health
     }
 }
-
-/// Where Linux gives the id of the current boot.
-pub const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
 /// The id of the current boot, from `path`.
 pub fn boot_id(path: &Path) -> Option<String> {
