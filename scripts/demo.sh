@@ -103,8 +103,13 @@ fi
 "$BIN/drover" serve >"$WORK/coordinator.log" 2>&1 &
 PIDS+=($!)
 
-log "creating an enrollment token for three machines"
 for _ in $(seq 50); do "$BIN/drover" whoami >/dev/null 2>&1 && break; sleep 0.2; done
+if ! kill -0 "${PIDS[-1]}" 2>/dev/null; then
+  echo "the coordinator did not start (is UDP port $PORT taken? set DROVER_DEMO_PORT):" >&2
+  tail -5 "$WORK/coordinator.log" >&2
+  exit 1
+fi
+log "creating an enrollment token for three machines"
 (umask 077; "$BIN/drover" tokens create --uses 3 --ttl 10m --label tenant=demo --label role=web >"$WORK/token")
 log "the token is in $WORK/token (mode 0600), where the three agents read it"
 

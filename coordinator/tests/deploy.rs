@@ -328,3 +328,38 @@ async fn a_system_that_cuts_the_machine_off_is_rolled_back_by_the_agent_itself()
     assert!(why.contains("coordinator was not reached within 3s"), "{why}");
     agent.stop().await.expect("stop");
 }
+
+/// Flake mode hands the goal to `nixos-rebuild`: `boot` adds the profile
+/// generation without activating, `test` activates without one, and
+/// `dry-activate` changes nothing and reports what it would do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flake_mode_passes_the_goal_to_nixos_rebuild() {
+    let fleet = TestCoordinator::start().await;
+    let flake = flake(fleet.dir.path());
+    let (_, token) = fleet.token(1, &[]).await;
+    let (vm, mut agent) = spawn_vm(&fleet, "vm1", Some(&token));
+    let id = online(&mut agent).await;
+    let profile = |vm: &common::flake::Vm| std::fs::read_link(vm.root.join("profiles/system")).ok().map(|p| p.display().to_string());
+    let go = |system: &str, goal: SwitchGoal| DeploySpec { goal, ..spec_for(&id, flake_spec(&flake, system)) };
+
+    let t = deploy(&fleet, go("good", SwitchGoal::Switch)).await;
+    assert_eq!(finished(&fleet, &t[0].deployment_id).await.state, DeploymentState::Succeeded);
+    assert_eq!((vm.activations(), profile(&vm).as_deref()), (vec!["good".to_string()], Some("system-1-link")));
+
+    let t = deploy(&fleet, go("good2", SwitchGoal::Boot)).await;
+    let d = finished(&fleet, &t[0].deployment_id).await;
+    assert_eq!(d.state, DeploymentState::Succeeded, "{d:?}");
+    assert!(d.steps.iter().any(|s| s.message.contains("reboot required")), "{d:?}");
+    assert_eq!((vm.activations(), profile(&vm).as_deref()), (vec!["good".to_string()], Some("system-2-link")), "boot: profile only");
+
+    let t = deploy(&fleet, go("good2", SwitchGoal::Test)).await;
+    assert_eq!(finished(&fleet, &t[0].deployment_id).await.state, DeploymentState::Succeeded);
+    assert_eq!((vm.activations(), profile(&vm).as_deref()), (vec!["good".to_string(), "good2".to_string()], Some("system-2-link")), "test: no generation");
+
+    let t = deploy(&fleet, go("broken", SwitchGoal::DryActivate)).await;
+    let d = finished(&fleet, &t[0].deployment_id).await;
+    assert_eq!(d.state, DeploymentState::Succeeded, "{d:?}");
+    assert!(d.output_tail.contains("would activate"), "{:?}", d.output_tail);
+    assert_eq!(vm.activations().len(), 2, "dry-activate activates nothing");
+    agent.stop().await.expect("stop");
+}
