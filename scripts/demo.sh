@@ -182,6 +182,9 @@ log "deploying it to every machine with tenant=demo"
 log "deploying a closure whose activation fails: each machine rolls back by itself"
 BROKEN="$(build drover-demo-broken-$(date +%s) 'echo "error: unit demo.service failed to start" >&2; exit 1')"
 publish "$BROKEN"
+log "first a dry run: what it would change on each machine (nothing is recorded or sent)"
+"$BIN/drover" deploy --selector tenant=demo --closure "$BROKEN" \
+  --substituter "$CACHE_URL" --trusted-key "$KEY" --dry-run
 if "$BIN/drover" deploy --selector tenant=demo --closure "$BROKEN" \
   --substituter "$CACHE_URL" --trusted-key "$KEY" --wait; then
   echo "the broken closure was not refused" >&2
