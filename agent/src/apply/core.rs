@@ -382,8 +382,7 @@ impl Apply {
             }
             (Stage::Rebooting, Event::Booted(boot)) => self.verify_boot(boot),
             (Stage::Rebooting, Event::RebootFailed(f)) => {
-                let booted = None;
-                self.finish(DeployStep::Failed, format!("the reboot failed: {}", f.message), f.tail, booted)
+                self.finish(DeployStep::Failed, format!("the reboot failed: {}", f.message), f.tail, None)
             }
             (Stage::Confirming, Event::Contact { .. } | Event::NoContact { .. }) => self.roll_back(format!(
                 "the coordinator was not reached within {} after the switch",

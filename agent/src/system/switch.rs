@@ -230,19 +230,7 @@ impl NixSwitcher {
         let mut text = if goal.sets_profile() { self.set_profile(store_path).await? } else { String::new() };
         let (code, out) = self.switch_to_configuration(store_path, goal, force).await?;
         text.push_str(&out);
-        match code {
-            0 => Ok(done(goal, tail(&text))),
-            4 if goal.activates() => Ok(Switched::UnitsFailed { units: failed_units(&text), tail: tail(&text) }),
-            _ if goal == SwitchGoal::Switch && !force && refused_by_pre_switch_checks(&text) => {
-                let (code, out) = self.switch_to_configuration(store_path, SwitchGoal::Boot, false).await?;
-                text.push_str(&out);
-                match code {
-                    0 => Ok(Switched::Installed { tail: tail(&text), inhibited: true }),
-                    code => Err(SwitchError::Failed { what: "switch-to-configuration boot".into(), code, tail: tail(&text) }),
-                }
-            }
-            code => Err(SwitchError::Failed { what: format!("switch-to-configuration {goal}"), code, tail: tail(&text) }),
-        }
+        judge("switch-to-configuration", goal, force, code, text, || self.switch_to_configuration(store_path, SwitchGoal::Boot, false)).await
     }
 
     /// The numbered generations of the system profile (`NAME-N-link`),
@@ -265,6 +253,28 @@ impl NixSwitcher {
             .collect();
         found.sort();
         found
+    }
+}
+
+/// What a goal's run (`program`, its exit code and output) did. A `switch`
+/// that NixOS' pre-switch checks refused is run again as `boot`
+/// (`as_boot`).
+async fn judge<F>(program: &str, goal: SwitchGoal, force: bool, code: i32, mut text: String, as_boot: impl FnOnce() -> F) -> Result<Switched, SwitchError>
+where
+    F: std::future::Future<Output = Result<(i32, String), SwitchError>>,
+{
+    match code {
+        0 => Ok(done(goal, tail(&text))),
+        4 if goal.activates() => Ok(Switched::UnitsFailed { units: failed_units(&text), tail: tail(&text) }),
+        _ if goal == SwitchGoal::Switch && !force && refused_by_pre_switch_checks(&text) => {
+            let (code, out) = as_boot().await?;
+            text.push_str(&out);
+            match code {
+                0 => Ok(Switched::Installed { tail: tail(&text), inhibited: true }),
+                code => Err(SwitchError::Failed { what: format!("{program} boot"), code, tail: tail(&text) }),
+            }
+        }
+        code => Err(SwitchError::Failed { what: format!("{program} {goal}"), code, tail: tail(&text) }),
     }
 }
 
@@ -334,15 +344,7 @@ impl SystemSwitcher for NixSwitcher {
                     async move { run_with(&self.config.nixos_rebuild, &args, env, self.config.switch_timeout, &format!("nixos-rebuild {goal}")).await }
                 };
                 let (code, text) = rebuild(goal).await?;
-                match code {
-                    0 => Ok(done(goal, text)),
-                    4 if goal.activates() => Ok(Switched::UnitsFailed { units: failed_units(&text), tail: text }),
-                    _ if goal == SwitchGoal::Switch && !force && refused_by_pre_switch_checks(&text) => match rebuild(SwitchGoal::Boot).await? {
-                        (0, more) => Ok(Switched::Installed { tail: tail(&format!("{text}{more}")), inhibited: true }),
-                        (code, more) => Err(SwitchError::Failed { what: "nixos-rebuild boot".into(), code, tail: tail(&format!("{text}{more}")) }),
-                    },
-                    code => Err(SwitchError::Failed { what: format!("nixos-rebuild {goal}"), code, tail: text }),
-                }
+                judge("nixos-rebuild", goal, force, code, text, || rebuild(SwitchGoal::Boot)).await
             }
             SystemSpec::Closure { store_path, .. } => self.activate(store_path, goal, force).await,
         }

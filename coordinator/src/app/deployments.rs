@@ -2,7 +2,7 @@
 //! each target's next generation — assignment, deployment record and desired
 //! generation in one transaction — then waking the targets' agents.
 
-use drover_protocol::v1::{AdminResponse, DeploySpec, DeployedTarget, PlannedTarget, SystemSpec};
+use drover_protocol::v1::{AdminResponse, DeploySpec, DeployedTarget, Labels, PlannedTarget, SystemSpec};
 use drover_protocol::{ErrorCode, WireError};
 
 use crate::deploy::{self, NotDeployable};
@@ -18,10 +18,10 @@ use super::{now_ms, s3, volumes, Coordinator};
 /// Builds a machine's assignment and deployment record for a generation.
 pub type Make<'a> = &'a (dyn Fn(&MachineRecord, u64) -> (AssignmentRecord, DeploymentRecord) + Sync);
 
-/// The machines a deployment targets: one by id, or all matching the
+/// The machines a request targets: one by id, or all matching the
 /// selector (revoked ones never).
-pub fn targets(state: &Coordinator, spec: &DeploySpec) -> Result<Vec<MachineRecord>, WireError> {
-    let targets: Vec<MachineRecord> = match &spec.machine {
+pub fn targets(state: &Coordinator, machine: Option<&str>, selector: &Labels) -> Result<Vec<MachineRecord>, WireError> {
+    let targets: Vec<MachineRecord> = match machine {
         Some(id) => {
             let m = super::machines::machine(state, id)?;
             if m.revoked_at.is_some() {
@@ -33,7 +33,7 @@ pub fn targets(state: &Coordinator, spec: &DeploySpec) -> Result<Vec<MachineReco
             .store
             .machines()?
             .into_iter()
-            .filter(|m| m.revoked_at.is_none() && registry::matches(&m.labels, &spec.selector))
+            .filter(|m| m.revoked_at.is_none() && registry::matches(&m.labels, selector))
             .collect(),
     };
     if targets.is_empty() {
@@ -78,9 +78,38 @@ pub fn record_one(tx: &Tx, id: &str, make: Make) -> Result<Result<DeployedTarget
     }))
 }
 
-/// The active rollouts that hold one of `ids`, read in `tx` when given.
+/// The rollouts that hold one of `ids`.
 fn holding(rollouts: Vec<RolloutRecord>, ids: &[String]) -> Vec<RolloutRecord> {
     rollouts.into_iter().filter(|r| ids.iter().any(|id| r.state.holds(id))).collect()
+}
+
+/// Inside the transaction that deploys to `ids`: the rollouts (of those
+/// read before, `held`) that still hold one of them. Refused unless the
+/// deployment overrides them.
+fn check_holds(tx: &Tx, held: &[RolloutRecord], ids: &[String], override_rollout: bool) -> Result<Vec<RolloutRecord>, WireError> {
+    let mut rollouts = Vec::new();
+    for r in held {
+        rollouts.extend(tx.get::<RolloutRecord>(r.id.as_bytes())?);
+    }
+    let rollouts = holding(rollouts, ids);
+    match rollouts.first() {
+        Some(r) if !override_rollout => Err(refuse_held(r, ids)),
+        _ => Ok(rollouts),
+    }
+}
+
+/// A deployment's checks before anything is made: the request itself, its
+/// targets, and what their tenants allow. Returns the targets and the
+/// directory their assignments are built with.
+fn checked(state: &Coordinator, spec: &DeploySpec) -> Result<(Vec<MachineRecord>, Directory), WireError> {
+    deploy::validate(spec)
+        .and_then(|()| s3::provision::check(&spec.buckets))
+        .and_then(|()| volumes::check_claims(&spec.volumes))
+        .map_err(invalid)?;
+    let targets = targets(state, spec.machine.as_deref(), &spec.selector)?;
+    let directory = directory(state)?;
+    directory.check_spec(spec, &targets).map_err(invalid)?;
+    Ok((targets, directory))
 }
 
 /// Refuses a manual deployment to machines an active rollout holds, naming
@@ -97,23 +126,13 @@ fn refuse_held(rollout: &RolloutRecord, ids: &[String]) -> WireError {
 /// every target in one transaction, and announces them. Nothing is recorded
 /// when any step fails.
 pub async fn deploy(state: &Coordinator, by: &str, mut spec: DeploySpec) -> Result<AdminResponse, WireError> {
-    deploy::validate(&spec)
-        .and_then(|()| s3::provision::check(&spec.buckets))
-        .and_then(|()| volumes::check_claims(&spec.volumes))
-        .map_err(invalid)?;
-    // Targets and tenancy first: nothing is made for a deployment that
-    // would be refused.
-    let targets = targets(state, &spec)?;
-    let directory = directory(state)?;
-    directory.check_spec(&spec, &targets).map_err(invalid)?;
-    let target_ids: Vec<String> = targets.iter().map(|m| m.id.clone()).collect();
-    let held: Vec<String> = holding(state.store.rollouts()?, &target_ids).into_iter().map(|r| r.id).collect();
-    if !spec.override_rollout {
-        if let Some(id) = held.first() {
-            if let Some(r) = state.store.rollout(id)? {
-                return Err(refuse_held(&r, &target_ids));
-            }
-        }
+    // Targets, tenancy and rollouts first: nothing is made for a deployment
+    // that would be refused.
+    let (targets, directory) = checked(state, &spec)?;
+    let ids: Vec<String> = targets.iter().map(|m| m.id.clone()).collect();
+    let held = holding(state.store.rollouts()?, &ids);
+    if let (false, Some(r)) = (spec.override_rollout, held.first()) {
+        return Err(refuse_held(r, &ids));
     }
     if let Err(e) = s3::provision::provision(state, &mut spec).await {
         tracing::info!(code = ?e.code, reason = %e.message, "deployment refused: its buckets are not ready");
@@ -137,7 +156,6 @@ pub async fn deploy(state: &Coordinator, by: &str, mut spec: DeploySpec) -> Resu
         }
     };
     let node = targets.first().map(volumes::node_of).unwrap_or_default();
-    let ids: Vec<String> = targets.into_iter().map(|m| m.id).collect();
     let now = now_ms();
     let make = |m: &MachineRecord, g| deploy::build(&spec, m, g, now, &directory.extras(m));
     let deployed = state
@@ -146,16 +164,9 @@ pub async fn deploy(state: &Coordinator, by: &str, mut spec: DeploySpec) -> Resu
             if let Some(id) = ids.first() {
                 volumes::record_attachments(tx, id, &node, &mounts, now)?;
             }
-            // The rollouts read again here: what holds a machine is decided
-            // in the same transaction that deploys to it.
-            let mut rollouts = Vec::new();
-            for id in &held {
-                rollouts.extend(tx.get::<RolloutRecord>(id.as_bytes())?);
-            }
-            let mut rollouts = holding(rollouts, &ids);
-            if let (false, Some(r)) = (spec.override_rollout, rollouts.first()) {
-                return Err(refuse_held(r, &ids));
-            }
+            // What holds a machine is decided in the same transaction that
+            // deploys to it.
+            let mut rollouts = check_holds(tx, &held, &ids, spec.override_rollout)?;
             let deployed = ids
                 .iter()
                 .map(|id| match record_one(tx, id, &make)? {
@@ -171,14 +182,15 @@ pub async fn deploy(state: &Coordinator, by: &str, mut spec: DeploySpec) -> Resu
                 }
                 tx.put(rollout.id.as_bytes(), &*rollout)?;
             }
-            Ok(deployed)
+            Ok::<_, WireError>(deployed)
         })
         .await?;
     for t in &deployed {
         state.live.notify(&t.machine_id, t.generation);
     }
     if spec.override_rollout && !held.is_empty() {
-        tracing::info!(rollouts = ?held, by, "a manual deployment overrode rollouts on the machines they held");
+        let ids: Vec<&str> = held.iter().map(|r| r.id.as_str()).collect();
+        tracing::info!(rollouts = ?ids, by, "a manual deployment overrode rollouts on the machines they held");
     }
     tracing::info!(machines = deployed.len(), by, "deployment recorded");
     Ok(AdminResponse::Deployed(deployed))
@@ -186,29 +198,14 @@ pub async fn deploy(state: &Coordinator, by: &str, mut spec: DeploySpec) -> Resu
 
 /// Reboots machines: each target gets a generation repeating its newest
 /// assignment, to reboot after and verify what it booted.
-pub async fn reboot(state: &Coordinator, by: &str, machine: Option<String>, selector: drover_protocol::v1::Labels) -> Result<AdminResponse, WireError> {
+pub async fn reboot(state: &Coordinator, by: &str, machine: Option<String>, selector: Labels) -> Result<AdminResponse, WireError> {
     if machine.is_some() != selector.is_empty() {
         return Err(invalid("name the machines to reboot: ID or --selector k=v (one of them)"));
     }
     registry::check_labels(&selector).map_err(invalid)?;
-    let probe = DeploySpec {
-        machine,
-        selector,
-        system: drover_protocol::v1::SystemSpec::Flake { uri: String::new(), attribute: String::new() },
-        secrets: vec![],
-        facts: Default::default(),
-        checks: vec![],
-        health_deadline_ms: 1,
-        buckets: vec![],
-        volumes: vec![],
-        goal: Default::default(),
-        force_switch: false,
-        override_rollout: false,
-        reboot: true,
-    };
-    let targets = targets(state, &probe)?;
-    let ids: Vec<String> = targets.iter().map(|m| m.id.clone()).collect();
-    if let Some(r) = holding(state.store.rollouts()?, &ids).first() {
+    let ids: Vec<String> = targets(state, machine.as_deref(), &selector)?.into_iter().map(|m| m.id).collect();
+    let held = holding(state.store.rollouts()?, &ids);
+    if let Some(r) = held.first() {
         return Err(refuse_held(r, &ids));
     }
     let directory = directory(state)?;
@@ -216,6 +213,7 @@ pub async fn reboot(state: &Coordinator, by: &str, machine: Option<String>, sele
     let deployed = state
         .store
         .commit(|tx| {
+            check_holds(tx, &held, &ids, false)?;
             let mut out = Vec::new();
             for id in &ids {
                 let machine: MachineRecord = tx.require(id.as_bytes())?;
@@ -247,13 +245,7 @@ pub async fn reboot(state: &Coordinator, by: &str, machine: Option<String>, sele
 /// the same checks, then each target's would-be assignment against its
 /// newest one. Buckets and volumes are named, not made.
 pub async fn dry_run(state: &Coordinator, spec: DeploySpec) -> Result<AdminResponse, WireError> {
-    deploy::validate(&spec)
-        .and_then(|()| s3::provision::check(&spec.buckets))
-        .and_then(|()| volumes::check_claims(&spec.volumes))
-        .map_err(invalid)?;
-    let targets = targets(state, &spec)?;
-    let directory = directory(state)?;
-    directory.check_spec(&spec, &targets).map_err(invalid)?;
+    let (targets, directory) = checked(state, &spec)?;
     let ids: Vec<String> = targets.iter().map(|m| m.id.clone()).collect();
     let held = holding(state.store.rollouts()?, &ids);
     let now = now_ms();

@@ -89,9 +89,8 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut r = Registry::with_prefix("drover");
         let m = Metrics {
-            registry: Mutex::new(Registry::default()),
+            registry: Mutex::new(Registry::with_prefix("drover")),
             enrollments: Counter::default(),
             enrollment_refusals: Family::default(),
             deployments: Family::default(),
@@ -107,25 +106,28 @@ impl Metrics {
             connected: Gauge::default(),
             store_size: Gauge::default(),
         };
-        r.register("enrollments", "Machines enrolled", m.enrollments.clone());
-        r.register("enrollment_refusals", "Enrollments refused, by reason", m.enrollment_refusals.clone());
-        r.register("deployments", "Deployments that reached a final state, by outcome", m.deployments.clone());
-        r.register_with_unit("deployment_duration", "Time from recording a deployment to its final state", Unit::Seconds, m.deployment_duration.clone());
-        r.register("rollouts_started", "Rollouts started", m.rollouts_started.clone());
-        r.register_with_unit("request_duration", "Time to answer a request, by kind", Unit::Seconds, m.requests.clone());
-        r.register("machines", "Machines by status", m.machines.clone());
-        r.register("machines_generation_lag", "Machines by how many generations they are behind their desired one", m.generation_lag.clone());
-        r.register_with_unit(
-            "certificate_expiry_soonest_timestamp",
-            "When the first machine certificate expires (Unix time; 0 without machines)",
-            Unit::Seconds,
-            m.cert_expiry.clone(),
-        );
-        r.register("rollout_phase", "Active rollouts: 1 for the phase each is in", m.rollout_phase.clone());
-        r.register("rollout_machines", "Machines of each active rollout, by their state in it", m.rollout_machines.clone());
-        r.register("connected_agents", "Machines with an open connection", m.connected.clone());
-        r.register_with_unit("store_size", "Size of the store on disk", Unit::Bytes, m.store_size.clone());
-        *m.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = r;
+        {
+            // Registered metrics share their values with the fields.
+            let mut r = m.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            r.register("enrollments", "Machines enrolled", m.enrollments.clone());
+            r.register("enrollment_refusals", "Enrollments refused, by reason", m.enrollment_refusals.clone());
+            r.register("deployments", "Deployments that reached a final state, by outcome", m.deployments.clone());
+            r.register_with_unit("deployment_duration", "Time from recording a deployment to its final state", Unit::Seconds, m.deployment_duration.clone());
+            r.register("rollouts_started", "Rollouts started", m.rollouts_started.clone());
+            r.register_with_unit("request_duration", "Time to answer a request, by kind", Unit::Seconds, m.requests.clone());
+            r.register("machines", "Machines by status", m.machines.clone());
+            r.register("machines_generation_lag", "Machines by how many generations they are behind their desired one", m.generation_lag.clone());
+            r.register_with_unit(
+                "certificate_expiry_soonest_timestamp",
+                "When the first machine certificate expires (Unix time; 0 without machines)",
+                Unit::Seconds,
+                m.cert_expiry.clone(),
+            );
+            r.register("rollout_phase", "Active rollouts: 1 for the phase each is in", m.rollout_phase.clone());
+            r.register("rollout_machines", "Machines of each active rollout, by their state in it", m.rollout_machines.clone());
+            r.register("connected_agents", "Machines with an open connection", m.connected.clone());
+            r.register_with_unit("store_size", "Size of the store on disk", Unit::Bytes, m.store_size.clone());
+        }
         m
     }
 
