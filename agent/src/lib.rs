@@ -14,6 +14,7 @@ pub mod backoff;
 pub mod config;
 pub mod identity;
 pub mod scheduler;
+pub mod seed;
 pub mod session;
 pub mod simulate;
 pub mod switched;

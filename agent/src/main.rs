@@ -29,8 +29,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent (enroll on first start, then stay connected).
-    Run(ConfigArgs),
+    /// Run the agent (enroll on first start, then stay connected). When
+    /// `--config` names a file that does not exist, the agent writes it from
+    /// the VM's seed (QEMU fw_cfg `opt/io.drover/seed`, a cloud-init NoCloud
+    /// file, the SMBIOS serial) over the `--seed-defaults` settings.
+    Run {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Settings a seeded configuration starts from (the image's).
+        #[arg(long, requires = "config")]
+        seed_defaults: Option<PathBuf>,
+    },
     /// Validate the configuration and exit.
     CheckConfig(ConfigArgs),
     /// Mount the volumes of the last applied assignment again and exit (at
@@ -138,7 +147,10 @@ impl ConfigArgs {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run(args) => {
+        Command::Run { config: args, seed_defaults } => {
+            if let Some(path) = &args.config {
+                drover_agent::seed::materialise(path, seed_defaults.as_deref(), &drover_agent::seed::SeedSources::default()).await?;
+            }
             let config = args.resolve()?;
             let health = SystemHealth::for_agent(&config);
             let handle = drover_agent::spawn(config, health, None)?;

@@ -232,3 +232,18 @@ impl CoordinatorConnection {
         }
     }
 }
+
+/// The fleet CA, fetched from the coordinator at `address` and accepted
+/// only when its SHA-256 is `pin` and the coordinator's certificate
+/// verifies against it for `server_name` (a seeded VM's first start).
+pub async fn fetch_pinned_ca(address: &HostPort, server_name: &str, pin: &[u8; 32]) -> Result<Vec<u8>, ClientError> {
+    let captured = crate::tls::CapturedCa::default();
+    let config = crate::tls::pinned_client_config(*pin, captured.clone(), Duration::from_secs(30))
+        .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+    let endpoint = client_endpoint_for(address)?;
+    let connection = CoordinatorConnection::dial(&endpoint, config, address, server_name, "drover-agent", Duration::from_secs(20)).await?;
+    connection.connection.close(0u32.into(), b"");
+    endpoint.wait_idle().await;
+    let ca = captured.lock().unwrap_or_else(|p| p.into_inner()).take();
+    ca.ok_or_else(|| ClientError::Unexpected("the handshake finished without the pinned CA".into()))
+}

@@ -165,3 +165,78 @@ pub fn client_config(
     config.transport_config(transport(idle_timeout));
     Ok(config)
 }
+
+/// The fleet CA a pinned handshake accepted (see [`pinned_client_config`]).
+pub type CapturedCa = Arc<std::sync::Mutex<Option<Vec<u8>>>>;
+
+/// A client configuration for a VM whose seed holds only the SHA-256 of
+/// the fleet CA: the coordinator's chain must hold a certificate with that
+/// digest, and the server's certificate must verify against it as the only
+/// root (name and dates included). The accepted CA is left in `captured`.
+pub fn pinned_client_config(pin: [u8; 32], captured: CapturedCa, idle_timeout: Duration) -> Result<quinn::ClientConfig, TlsError> {
+    let verifier = Arc::new(PinnedCa { pin, captured, provider: provider() });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.enable_early_data = false;
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport(idle_timeout));
+    Ok(config)
+}
+
+#[derive(Debug)]
+struct PinnedCa {
+    pin: [u8; 32],
+    captured: CapturedCa,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use sha2::{Digest, Sha256};
+        let ca = intermediates
+            .iter()
+            .find(|c| Sha256::digest(c.as_ref()).as_slice() == self.pin)
+            .ok_or_else(|| rustls::Error::General("the coordinator presented no CA with the digest the seed pins".into()))?;
+        let roots = roots(ca.as_ref()).map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verified = inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)?;
+        *self.captured.lock().unwrap_or_else(|p| p.into_inner()) = Some(ca.as_ref().to_vec());
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not allowed".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -7,6 +7,8 @@
 
 pub mod error;
 pub mod frame;
+pub mod provision;
+pub mod seed;
 pub mod text;
 // Answers are short-lived values moved once into a frame; boxing their
 // larger variants would buy nothing.

@@ -175,9 +175,9 @@ fn secrets_do_not_show_in_debug_output() {
 
 #[test]
 fn older_peers_are_refused_by_name() {
-    for old in [1, 2, 3, 4] {
-        let err = negotiate(SUPPORTED, VersionRange { min: old, max: old }).expect_err("versions before 5 are gone");
+    for old in [1, 2, 3, 4, 5] {
+        let err = negotiate(SUPPORTED, VersionRange { min: old, max: old }).expect_err("versions before 6 are gone");
         assert_eq!(err.code, ErrorCode::VersionMismatch);
-        assert!(err.message.contains(&format!("peer speaks {old}")) && err.message.contains("this side speaks 5"), "{}", err.message);
+        assert!(err.message.contains(&format!("peer speaks {old}")) && err.message.contains("this side speaks 6"), "{}", err.message);
     }
 }

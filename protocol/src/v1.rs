@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::WireError;
 use crate::version::VersionRange;
 
+pub use crate::provision::{ProvisionDisk, ProvisionInfo, ProvisionRequest, ProvisionState};
 pub use crate::volume::{
     Filesystem, ReplicaInfo, SnapshotInfo, VolumeAttachment, VolumeClaim, VolumeInfo, VolumeMount, VolumeRequest, VolumeResponse,
     VolumeState,
@@ -317,6 +318,15 @@ pub enum AdminRequest {
     /// each one's newest assignment, to reboot after it (protocol 5).
     /// Answered with [`AdminResponse::Deployed`].
     MachinesReboot { machine: Option<String>, selector: Labels },
+    /// Makes a VM on a provider that enrolls itself (protocol 6); answered
+    /// with [`AdminResponse::Provision`].
+    MachinesProvision(ProvisionRequest),
+    /// One provision by name, or the provision of a machine id.
+    ProvisionShow { name: String },
+    Provisions,
+    /// Revokes a provisioned machine and deletes its VM; its data disks are
+    /// kept with `keep_volumes`.
+    MachinesDestroy { name: String, keep_volumes: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -348,6 +358,8 @@ pub enum AdminResponse {
     Audit(Vec<AuditEntry>),
     /// The answer to [`AdminRequest::DeployDryRun`], one entry a target.
     DeployPlan(Vec<PlannedTarget>),
+    Provision(ProvisionInfo),
+    Provisions(Vec<ProvisionInfo>),
 }
 
 /// What a deployment would change on one machine against its newest

@@ -4,16 +4,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorCode, WireError};
 
-/// The protocol version this build speaks natively. Version 5 added the
+/// The protocol version this build speaks natively. Version 6 added
+/// provisioning (`MachinesProvision`, `ProvisionShow`, `Provisions`,
+/// `MachinesDestroy`). Version 5 added the
 /// switch goal and `force_switch` to assignments and deployments,
 /// `override_rollout` to deployments, and the boot id, booted and pending
 /// systems and the Nix store's space to health reports; older peers are
 /// refused at Hello, naming both versions (version 4 only added the admin
 /// requests `Backup` and `Audit`).
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The inclusive range of protocol versions this build accepts.
-pub const SUPPORTED: VersionRange = VersionRange { min: 5, max: 5 };
+pub const SUPPORTED: VersionRange = VersionRange { min: 6, max: 6 };
 
 /// An inclusive range of protocol versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

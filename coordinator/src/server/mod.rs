@@ -61,7 +61,7 @@ fn server_tls(config: &Config, ca: &Ca) -> Result<quinn::ServerConfig> {
     let key = identity::read_key_pem(&dir.join(pki::SERVER_KEY_FILE))?;
     Ok(drover_net::tls::server_config(
         &ca.cert_der,
-        vec![cert],
+        vec![cert, ca.cert_der.clone()],
         &key.serialize_der(),
         config.idle_timeout,
     )?)
