@@ -27,7 +27,9 @@ pub fn required_role(request: &AdminRequest) -> Role {
         | AdminRequest::TenantsList
         | AdminRequest::TenantsShow { show_password: false, .. }
         | AdminRequest::AdminsKeys { .. }
-        | AdminRequest::Audit { .. } => Role::Viewer,
+        | AdminRequest::Audit { .. }
+        | AdminRequest::ProvisionShow { .. }
+        | AdminRequest::Provisions => Role::Viewer,
         // Who may log in to machines is decided by admins only.
         AdminRequest::TenantsCreate(spec) if !spec.managers.is_empty() => Role::Admin,
         AdminRequest::TokensCreate(_)
@@ -37,6 +39,8 @@ pub fn required_role(request: &AdminRequest) -> Role {
         | AdminRequest::Deploy(_)
         | AdminRequest::DeployDryRun(_)
         | AdminRequest::MachinesReboot { .. }
+        | AdminRequest::MachinesProvision(_)
+        | AdminRequest::MachinesDestroy { .. }
         | AdminRequest::RolloutStart(_)
         | AdminRequest::RolloutControl { .. }
         | AdminRequest::S3(_)

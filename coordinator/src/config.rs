@@ -53,6 +53,203 @@ pub struct Config {
     /// e.g. 127.0.0.1:9465); absent: no metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Hypervisors `drover machines provision` makes VMs on
+    /// (`[[providers]]`, each with a `kind`: `qemu` or `proxmox`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<ProviderConfig>,
+}
+
+/// A hypervisor VMs are provisioned on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ProviderConfig {
+    Qemu(QemuProviderConfig),
+    Proxmox(ProxmoxProviderConfig),
+}
+
+impl ProviderConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            ProviderConfig::Qemu(q) => &q.name,
+            ProviderConfig::Proxmox(p) => &p.name,
+        }
+    }
+
+    /// Sizes and deadline for VMs this provider makes.
+    pub fn shape(&self) -> VmDefaults {
+        match self {
+            ProviderConfig::Qemu(q) => VmDefaults { cores: q.cores, memory_mib: q.memory_mib, disk_mib: q.disk_mib, boot_timeout: q.boot_timeout },
+            ProviderConfig::Proxmox(p) => VmDefaults { cores: p.cores, memory_mib: p.memory_mib, disk_mib: p.disk_mib, boot_timeout: p.boot_timeout },
+        }
+    }
+
+    /// The address VMs of this provider dial, as written in their seed.
+    pub fn guest_coordinator(&self, listen: SocketAddr) -> String {
+        match self {
+            ProviderConfig::Qemu(q) => q.guest_coordinator.clone().unwrap_or_else(|| format!("10.0.2.2:{}", listen.port())),
+            ProviderConfig::Proxmox(p) => p.guest_coordinator.clone(),
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        let name = self.name();
+        if !drover_protocol::seed::valid_machine_name(name) {
+            bail!("providers: name {name:?} must be lowercase letters, digits and dashes");
+        }
+        let d = self.shape();
+        if d.cores == 0 || d.memory_mib < 128 || d.disk_mib < 64 {
+            bail!("provider {name}: cores must be at least 1, memory_mib at least 128 and disk_mib at least 64");
+        }
+        if d.boot_timeout < Duration::from_secs(5) {
+            bail!("provider {name}: boot_timeout must be at least 5s");
+        }
+        match self {
+            ProviderConfig::Qemu(q) => {
+                if q.max_vms == 0 {
+                    bail!("provider {name}: max_vms must be at least 1");
+                }
+                if !["tcg", "kvm"].contains(&q.accel.as_str()) {
+                    bail!("provider {name}: accel must be \"tcg\" or \"kvm\" (kvm only where /dev/kvm runs normal guests)");
+                }
+            }
+            ProviderConfig::Proxmox(p) => {
+                if !p.endpoint.starts_with("https://") {
+                    bail!("provider {name}: endpoint {:?} must be an https:// URL (Proxmox VE listens on port 8006)", p.endpoint);
+                }
+                if p.template.is_empty() || !p.template.bytes().all(|b| b.is_ascii_digit()) {
+                    bail!("provider {name}: template must be the template VM's numeric id, e.g. \"9000\"");
+                }
+                if p.guest_coordinator.parse::<drover_net::HostPort>().is_err() {
+                    bail!("provider {name}: guest_coordinator must be host:port as the VMs reach the coordinator");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sizes and deadline of new VMs (a provision can ask for other sizes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VmDefaults {
+    pub cores: u32,
+    pub memory_mib: u64,
+    pub disk_mib: u64,
+    pub boot_timeout: Duration,
+}
+
+fn default_cores() -> u32 {
+    1
+}
+fn default_memory_mib() -> u64 {
+    512
+}
+fn default_disk_mib() -> u64 {
+    1024
+}
+fn default_boot_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// Real VMs on this machine with `qemu-system-x86_64`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QemuProviderConfig {
+    pub name: String,
+    /// The guest image: a directory with `vmlinux` and `initrd.img`, built
+    /// by `scripts/guest-image.sh DIR`.
+    pub image: PathBuf,
+    /// Where VM directories (disks, seed, console log) go (default:
+    /// STATE_DIR/vms/NAME).
+    #[serde(default)]
+    pub work_dir: Option<PathBuf>,
+    /// The most VMs this provider holds at once.
+    #[serde(default = "default_max_vms")]
+    pub max_vms: u32,
+    /// `tcg` (works everywhere) or `kvm` (where /dev/kvm runs normal guests).
+    #[serde(default = "default_accel")]
+    pub accel: String,
+    #[serde(default = "default_qemu")]
+    pub qemu: PathBuf,
+    /// The coordinator's address as the guests dial it (default: the host
+    /// through QEMU user networking, 10.0.2.2 and the listen port).
+    #[serde(default)]
+    pub guest_coordinator: Option<String>,
+    /// Cores of a new VM (a provision may ask for others).
+    #[serde(default = "default_cores")]
+    pub cores: u32,
+    /// Memory of a new VM, in MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
+    /// System disk of a new VM, in MiB.
+    #[serde(default = "default_disk_mib")]
+    pub disk_mib: u64,
+    /// How long a new VM may take to boot and enroll before its provision
+    /// fails (and the VM is deleted).
+    #[serde(with = "humantime_serde", default = "default_boot_timeout")]
+    pub boot_timeout: Duration,
+}
+
+fn default_max_vms() -> u32 {
+    4
+}
+fn default_accel() -> String {
+    "tcg".into()
+}
+fn default_qemu() -> PathBuf {
+    PathBuf::from("qemu-system-x86_64")
+}
+
+/// A Proxmox VE node, through its REST API with an API token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxmoxProviderConfig {
+    pub name: String,
+    /// The API's base, e.g. `https://pve1.internal:8006`.
+    pub endpoint: String,
+    /// A file (mode 0600) holding `USER@REALM!TOKENID=SECRET`.
+    pub token_file: PathBuf,
+    /// The CA of the API's certificate (PEM), pinned; without it the
+    /// system's roots are used. Certificate checks are never turned off.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The node VMs are made on.
+    pub node: String,
+    /// Storage for clones and data disks (e.g. `local-lvm`, or a
+    /// linstor-proxmox DRBD storage).
+    pub storage: String,
+    /// The template VM's id to clone (full clones).
+    pub template: String,
+    /// The template's boot disk, grown to the asked size.
+    #[serde(default = "default_root_disk")]
+    pub root_disk: String,
+    /// The coordinator's address as the VMs dial it.
+    pub guest_coordinator: String,
+    /// The longest one API call may take.
+    #[serde(with = "humantime_serde", default = "default_linstor_timeout")]
+    pub request_timeout: Duration,
+    /// The longest a task (clone, start, delete) may take.
+    #[serde(with = "humantime_serde", default = "default_task_timeout")]
+    pub task_timeout: Duration,
+    /// Cores of a new VM (a provision may ask for others).
+    #[serde(default = "default_cores")]
+    pub cores: u32,
+    /// Memory of a new VM, in MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
+    /// System disk of a new VM, in MiB.
+    #[serde(default = "default_disk_mib")]
+    pub disk_mib: u64,
+    /// How long a new VM may take to boot and enroll before its provision
+    /// fails (and the VM is deleted).
+    #[serde(with = "humantime_serde", default = "default_boot_timeout")]
+    pub boot_timeout: Duration,
+}
+
+fn default_root_disk() -> String {
+    "virtio0".into()
+}
+fn default_task_timeout() -> Duration {
+    Duration::from_secs(600)
 }
 
 /// Bounds on the resources clients can make the coordinator hold, beside
@@ -301,6 +498,7 @@ impl Config {
             s3: None,
             linstor: None,
             metrics_listen: None,
+            providers: Vec::new(),
         }
     }
 
@@ -362,7 +560,19 @@ impl Config {
         if let Some(linstor) = &self.linstor {
             linstor.check()?;
         }
+        let mut names = std::collections::BTreeSet::new();
+        for p in &self.providers {
+            p.check()?;
+            if !names.insert(p.name()) {
+                bail!("providers: the name {} is used twice", p.name());
+            }
+        }
         Ok(())
+    }
+
+    /// The provider called `name`.
+    pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
+        self.providers.iter().find(|p| p.name() == name)
     }
 
     pub fn to_toml(&self) -> String {

@@ -79,6 +79,12 @@ fn check_check(check: &HealthCheck) -> Result<(), String> {
             Err("tcp check needs tcp:HOST:PORT".into())
         }
         HealthCheck::S3 { bucket } => crate::s3::check_bucket_name(bucket).map_err(|e| format!("s3 check: {e}")),
+        HealthCheck::File { path, .. } if !path.starts_with('/') || path.len() > 4096 => {
+            Err(format!("file check {path:?}: the path must be absolute"))
+        }
+        HealthCheck::File { sha256: Some(d), .. } if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Err(format!("file check: {d:?} is not a SHA-256 (64 hex digits)"))
+        }
         _ => Ok(()),
     }
 }

@@ -203,6 +203,50 @@ pub struct TokenRecord {
     pub uses_total: u32,
     pub uses_left: u32,
     pub revoked: bool,
+    /// The provision this token was made for: the machine that enrolls with
+    /// it gets the provision's name and is bound to it.
+    #[serde(default)]
+    pub provision: Option<String>,
+}
+
+/// A VM the coordinator provisions, keyed by its name (one provision a
+/// name: asking again returns it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProvisionRecord {
+    /// `p-` and ten hex digits: the tag on the VM.
+    pub id: String,
+    pub name: String,
+    pub provider: String,
+    pub template: Option<String>,
+    pub cores: u32,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    pub labels: Labels,
+    pub disks: Vec<v1::ProvisionDisk>,
+    pub state: v1::ProvisionState,
+    pub vm_id: Option<String>,
+    /// The one-time token in its seed (its id).
+    pub token_id: Option<String>,
+    pub machine_id: Option<String>,
+    pub created_at: UnixMillis,
+    pub deadline_at: UnixMillis,
+    pub error: Option<String>,
+}
+
+impl ProvisionRecord {
+    pub fn to_wire(&self) -> v1::ProvisionInfo {
+        v1::ProvisionInfo {
+            name: self.name.clone(),
+            provider: self.provider.clone(),
+            state: self.state,
+            vm_id: self.vm_id.clone(),
+            machine_id: self.machine_id.clone(),
+            labels: self.labels.clone(),
+            created_at: self.created_at,
+            deadline_at: self.deadline_at,
+            error: self.error.clone(),
+        }
+    }
 }
 
 impl TokenRecord {

@@ -80,6 +80,7 @@ mod tests {
             uses_total: 1,
             uses_left,
             revoked,
+            provision: None,
         }
     }
 

@@ -569,6 +569,10 @@ pub enum HealthCheck {
     /// A bucket that must answer, with the credentials and facts the
     /// machine received for it (`--bucket`).
     S3 { bucket: String },
+    /// A file that must exist, with this SHA-256 (hex) when given
+    /// (protocol 6): shows that a secret or a service's file landed without
+    /// sending its content back.
+    File { path: String, sha256: Option<String> },
 }
 
 /// What a deployment does with the new system, as `nixos-rebuild` names it.

@@ -42,6 +42,20 @@ async fn s3_check(bucket: &str, runtime: &Path) -> Result<(), String> {
 pub async fn run_once(check: &HealthCheck, systemctl: &Path, runtime: &Path, http: &reqwest::Client) -> Result<(), String> {
     match check {
         HealthCheck::S3 { bucket } => s3_check(bucket, runtime).await,
+        HealthCheck::File { path, sha256 } => {
+            let Some(want) = sha256 else {
+                // Without a digest: the path exists (a file or a directory).
+                return tokio::fs::metadata(path).await.map(|_| ()).map_err(|e| format!("file:{path}: {e}"));
+            };
+            let bytes = tokio::fs::read(path).await.map_err(|e| format!("file:{path}: {e}"))?;
+            use sha2::{Digest, Sha256};
+            let have = hex::encode(Sha256::digest(&bytes));
+            if have.eq_ignore_ascii_case(want) {
+                Ok(())
+            } else {
+                Err(format!("file:{path} has SHA-256 {have}, not {want}"))
+            }
+        }
         HealthCheck::Unit { name } => {
             let out = tokio::time::timeout(
                 ATTEMPT_TIMEOUT,

@@ -36,7 +36,11 @@ pub fn describe(request: &AdminRequest) -> Option<(String, String)> {
         | R::TenantsList
         | R::TenantsShow { show_password: false, .. }
         | R::AdminsKeys { .. }
-        | R::Audit { .. } => return None,
+        | R::Audit { .. }
+        | R::ProvisionShow { .. }
+        | R::Provisions => return None,
+        R::MachinesProvision(spec) => ("machines provision", format!("{} on {}", spec.name, spec.provider)),
+        R::MachinesDestroy { name, keep_volumes } => ("machines destroy", format!("{name}{}", if *keep_volumes { " --keep-volumes" } else { "" })),
         R::TokensCreate(spec) => ("tokens create", format!("{} uses, labels {}", spec.uses, selector(&None, &spec.labels))),
         R::TokensRevoke { id } => ("tokens revoke", id.clone()),
         R::MachinesLabel { id, set, remove } => ("machines label", format!("{id} set {} remove {}", selector(&None, set), remove.join(","))),

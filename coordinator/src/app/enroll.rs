@@ -109,9 +109,16 @@ async fn enroll_checked(state: &Coordinator, req: EnrollRequest) -> Result<Issue
                 return Err(Refused::Other(conflict(format!("machine id {id} is taken"))));
             }
             token.uses_left -= 1;
+            // A provision's token names the machine and gives it the
+            // provision's data disks.
+            let (name, volumes) = match super::provisions::bind_enrollment(tx, &token, &id)? {
+                Some(bound) => bound,
+                None if token.provision.is_some() => return Err(Refused::Token(TokenRefusal::Revoked)),
+                None => (hostname.to_string(), Vec::new()),
+            };
             let machine = MachineRecord {
                 id: id.clone(),
-                hostname: hostname.to_string(),
+                hostname: name,
                 labels: token.labels.clone(),
                 token_id: token.id.clone(),
                 enrolled_at: now,
@@ -125,7 +132,7 @@ async fn enroll_checked(state: &Coordinator, req: EnrollRequest) -> Result<Issue
                 current_generation: None,
                 current_system: None,
                 enrolled_key: Some(key.clone()),
-                volumes: Vec::new(),
+                volumes,
             };
             tx.put(hash.as_bytes(), &token)?;
             tx.put(id.as_bytes(), &machine)?;

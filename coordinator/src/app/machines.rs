@@ -56,6 +56,7 @@ pub async fn create_token(state: &Coordinator, by: &str, spec: TokenSpec) -> Res
         uses_total: spec.uses,
         uses_left: spec.uses,
         revoked: false,
+        provision: None,
     };
     state
         .store

@@ -23,6 +23,7 @@ pub mod errors;
 pub mod live;
 pub mod machines;
 pub mod metrics;
+pub mod provisions;
 pub mod rollouts;
 pub mod s3;
 pub mod tenants;
@@ -85,6 +86,10 @@ pub struct Coordinator {
     /// it has looked at the fleet again.
     pub driver_passes: tokio::sync::watch::Sender<u64>,
     pub metrics: metrics::Metrics,
+    /// The hypervisor of each `[[providers]]` entry.
+    pub hypervisors: provisions::Hypervisors,
+    /// Wakes the provisioning driver (a new provision).
+    pub provision_wake: tokio::sync::Notify,
 }
 
 impl Coordinator {
@@ -107,6 +112,7 @@ impl Coordinator {
         let block_storage = config.linstor.clone().map(|l| {
             Linstor::new(l).map(|c| Arc::new(c) as Arc<dyn BlockStorage>).map_err(|e| e.to_string())
         });
+        let hypervisors = provisions::hypervisors(&config);
         Coordinator {
             config,
             store,
@@ -117,6 +123,8 @@ impl Coordinator {
             rollout_lock: tokio::sync::Mutex::new(()),
             driver_passes: tokio::sync::watch::channel(0).0,
             metrics: metrics::Metrics::new(),
+            hypervisors,
+            provision_wake: tokio::sync::Notify::new(),
         }
     }
 }

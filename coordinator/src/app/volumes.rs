@@ -260,7 +260,12 @@ pub fn record_attachments(tx: &Tx, machine_id: &str, node: &str, mounts: &[Volum
 pub fn record_states(tx: &Tx, machine: &mut MachineRecord, states: &[drover_protocol::v1::VolumeState]) -> Result<(), WireError> {
     for s in states {
         let Some(held) = machine.volumes.iter_mut().find(|v| v.name == s.name) else { continue };
-        let Some(mut record) = tx.get::<VolumeRecord>(s.name.as_bytes())? else { continue };
+        let Some(mut record) = tx.get::<VolumeRecord>(s.name.as_bytes())? else {
+            // A disk the hypervisor gave the VM (a provision's data disk):
+            // the machine's record is its only record.
+            held.formatted |= s.formatted;
+            continue;
+        };
         if record.attached.as_ref().is_none_or(|a| a.machine_id != machine.id) {
             continue;
         }

@@ -28,8 +28,9 @@ pub struct WhatArgs {
     /// A fact for the configuration to read from facts.json (k=v, repeatable).
     #[arg(long = "fact", value_parser = parse_fact)]
     pub facts: Vec<(String, String)>,
-    /// A health check: unit:NAME, http://HOST:PORT/PATH, tcp:HOST:PORT, or
-    /// s3:BUCKET (the bucket answers with the credentials the machine got).
+    /// A health check: unit:NAME, http://HOST:PORT/PATH, tcp:HOST:PORT,
+    /// s3:BUCKET (the bucket answers with the credentials the machine got),
+    /// or file:PATH[#sha256=HEX] (the file exists, with that digest).
     #[arg(long = "check")]
     pub checks: Vec<String>,
     /// How long the checks may take to pass after the switch.

@@ -276,6 +276,77 @@ pub enum MachinesCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Make a VM on a provider (`[[providers]]` in drover.toml) that boots
+    /// with the agent, enrolls itself with a one-time token from its seed and
+    /// becomes the machine NAME. It moves through provisioning, booting,
+    /// enrolled and online; a VM that is not online within the provider's
+    /// boot_timeout is deleted and the provision fails with its console's
+    /// tail. Provisioning a NAME again returns the same provision.
+    Provision {
+        /// The machine's name (lowercase letters, digits, dashes).
+        name: String,
+        /// The provider to make the VM on.
+        #[arg(long)]
+        provider: String,
+        /// The provider's template (Proxmox: the template VM's id).
+        #[arg(long)]
+        template: Option<String>,
+        /// Virtual CPUs (default: the provider's).
+        #[arg(long)]
+        cores: Option<u32>,
+        /// Memory, e.g. 4GiB (default: the provider's).
+        #[arg(long, value_parser = crate::cli::s3::parse_size)]
+        memory: Option<u64>,
+        /// System disk, e.g. 32GiB (default: the provider's).
+        #[arg(long, value_parser = crate::cli::s3::parse_size)]
+        disk: Option<u64>,
+        /// A label the machine gets (k=v, repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// A data disk, NAME:SIZE:MOUNT[:ext4|xfs] (repeatable): a virtio disk
+        /// with serial vol-NAME, formatted only when blank and mounted at MOUNT
+        /// with the machine's next deployment.
+        #[arg(long = "volume", value_parser = parse_provision_disk)]
+        volumes: Vec<drover_protocol::v1::ProvisionDisk>,
+        /// Wait until the machine is online, showing its progress.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Destroy a provisioned machine (by name or machine id): it is revoked,
+    /// its VM stopped and deleted.
+    Destroy {
+        /// The provision's name or its machine's id.
+        id: String,
+        /// Keep the VM's data disks (where the provider can).
+        #[arg(long)]
+        keep_volumes: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List provisions, failed and destroyed ones included, with why they failed.
+    Provisions {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Parses `NAME:SIZE:MOUNT[:FS]`.
+pub fn parse_provision_disk(s: &str) -> Result<drover_protocol::v1::ProvisionDisk, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if !(3..=4).contains(&parts.len()) {
+        return Err(format!("{s:?} is not NAME:SIZE:MOUNT[:ext4|xfs], e.g. data:10GiB:/srv/data"));
+    }
+    Ok(drover_protocol::v1::ProvisionDisk {
+        name: parts[0].to_string(),
+        size_bytes: crate::cli::s3::parse_size(parts[1])?,
+        mount_point: parts[2].to_string(),
+        filesystem: match parts.get(3) {
+            Some(fs) => crate::cli::volumes::parse_filesystem(fs)?,
+            None => drover_protocol::v1::Filesystem::Ext4,
+        },
+    })
 }
 
 #[derive(Debug, Subcommand)]

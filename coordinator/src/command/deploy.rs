@@ -56,6 +56,13 @@ pub fn parse_check(arg: &str) -> Result<HealthCheck> {
     if let Some(bucket) = arg.strip_prefix("s3:") {
         return Ok(HealthCheck::S3 { bucket: bucket.to_string() });
     }
+    if let Some(rest) = arg.strip_prefix("file:") {
+        let (path, sha256) = match rest.split_once("#sha256=") {
+            Some((path, digest)) => (path, Some(digest.to_ascii_lowercase())),
+            None => (rest, None),
+        };
+        return Ok(HealthCheck::File { path: path.to_string(), sha256 });
+    }
     if arg.starts_with("http://") || arg.starts_with("https://") {
         return Ok(HealthCheck::Http { url: arg.to_string() });
     }
@@ -66,7 +73,7 @@ pub fn parse_check(arg: &str) -> Result<HealthCheck> {
         let port = port.parse().with_context(|| format!("--check {arg:?}: bad port"))?;
         return Ok(HealthCheck::Tcp { host: host.trim_matches(['[', ']']).to_string(), port });
     }
-    bail!("--check {arg:?}: expected unit:NAME, http://HOST:PORT/PATH, tcp:HOST:PORT or s3:BUCKET")
+    bail!("--check {arg:?}: expected unit:NAME, http://HOST:PORT/PATH, tcp:HOST:PORT, s3:BUCKET or file:PATH[#sha256=HEX]")
 }
 
 fn system(args: &WhatArgs) -> Result<SystemSpec> {
@@ -322,6 +329,8 @@ mod tests {
         assert_eq!(parse_check("tcp:[::1]:22").expect("tcp6"), HealthCheck::Tcp { host: "::1".into(), port: 22 });
         assert!(matches!(parse_check("http://x:1/").expect("http"), HealthCheck::Http { .. }));
         assert_eq!(parse_check("s3:acme-media").expect("s3"), HealthCheck::S3 { bucket: "acme-media".into() });
+        assert_eq!(parse_check("file:/run/x").expect("file"), HealthCheck::File { path: "/run/x".into(), sha256: None });
+        assert_eq!(parse_check("file:/run/x#sha256=AB12").expect("file"), HealthCheck::File { path: "/run/x".into(), sha256: Some("ab12".into()) });
         assert!(parse_check("ping:x").expect_err("bad").to_string().contains("unit:NAME"));
     }
 

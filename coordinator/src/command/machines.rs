@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 
-use drover_protocol::v1::{AdminRequest, AdminResponse, MachineInfo};
+use drover_protocol::v1::{AdminRequest, AdminResponse, MachineInfo, ProvisionInfo, ProvisionRequest, ProvisionState};
 
 use crate::cli::MachinesCommand;
 use crate::output::{self, OutputFormat};
@@ -13,13 +13,72 @@ use super::{call, labels, print_json};
 pub async fn run(cmd: MachinesCommand) -> Result<()> {
     match cmd {
         MachinesCommand::List { selector, admin } => {
+            let filtered = !selector.is_empty();
             let answer = call(&admin, AdminRequest::MachinesList { selector: labels(selector) }, "listing machines").await?;
             let AdminResponse::Machines(machines) = answer else {
                 bail!("unexpected answer from the coordinator");
             };
             match admin.output {
                 OutputFormat::Json => print_json(&machines)?,
-                OutputFormat::Table => print_table(&machines),
+                OutputFormat::Table => {
+                    let provisions = provisions(&admin).await?;
+                    print_table(&machines, &provisions, filtered)
+                }
+            }
+        }
+        MachinesCommand::Provision { name, provider, template, cores, memory, disk, labels: label_pairs, volumes, wait, admin } => {
+            let client = super::connect(&admin).await?;
+            let request = ProvisionRequest { name: name.clone(), provider, template, cores, memory_bytes: memory, disk_bytes: disk, labels: labels(label_pairs), disks: volumes };
+            let answer = client.call(AdminRequest::MachinesProvision(request)).await.map_err(|e| super::refused(e, &format!("provisioning {name}")))?;
+            let AdminResponse::Provision(p) = answer else {
+                bail!("unexpected answer from the coordinator");
+            };
+            let p = if wait { follow_provision(&client, p, admin.output == OutputFormat::Table).await? } else { p };
+            match admin.output {
+                OutputFormat::Json => print_json(&p)?,
+                OutputFormat::Table => print_provision(&p),
+            }
+            if p.state == ProvisionState::Failed {
+                bail!("provision {} failed: {}", p.name, p.error.as_deref().unwrap_or("no reason recorded"));
+            }
+        }
+        MachinesCommand::Destroy { id, keep_volumes, admin } => {
+            let answer = call(&admin, AdminRequest::MachinesDestroy { name: id.clone(), keep_volumes }, &format!("destroying {id}")).await?;
+            let AdminResponse::Provision(p) = answer else {
+                bail!("unexpected answer from the coordinator");
+            };
+            match admin.output {
+                OutputFormat::Json => print_json(&p)?,
+                OutputFormat::Table => crate::out!(
+                    "machine {} ({}) revoked; VM {} on {} deleted{}",
+                    p.name,
+                    p.machine_id.as_deref().unwrap_or("never enrolled"),
+                    p.vm_id.as_deref().unwrap_or("-"),
+                    p.provider,
+                    if keep_volumes { ", its data disks kept" } else { "" }
+                ),
+            }
+        }
+        MachinesCommand::Provisions { admin } => {
+            let all = provisions(&admin).await?;
+            match admin.output {
+                OutputFormat::Json => print_json(&all)?,
+                OutputFormat::Table => {
+                    let mut t = output::table(&["NAME", "PROVIDER", "VM", "STATE", "MACHINE", "CREATED", "ERROR"]);
+                    for p in &all {
+                        t.add_row(vec![
+                            p.name.clone(),
+                            p.provider.clone(),
+                            p.vm_id.clone().unwrap_or_else(|| "-".into()),
+                            p.state.as_str().to_string(),
+                            p.machine_id.clone().unwrap_or_else(|| "-".into()),
+                            output::timestamp(p.created_at),
+                            p.error.as_deref().and_then(|e| e.lines().next()).unwrap_or("").to_string(),
+                        ]);
+                    }
+                    crate::out!("{t}");
+                    crate::out!("{} provision(s)", all.len());
+                }
             }
         }
         MachinesCommand::Show { id, admin } => {
@@ -31,6 +90,9 @@ pub async fn run(cmd: MachinesCommand) -> Result<()> {
                 OutputFormat::Json => print_json(&detail)?,
                 OutputFormat::Table => {
                     print_machine(&detail.machine);
+                    if let Some(p) = provisions(&admin).await?.into_iter().find(|p| p.machine_id.as_deref() == Some(detail.machine.id.as_str())) {
+                        crate::out!("provision    {} on {}, VM {} ({})", p.name, p.provider, p.vm_id.as_deref().unwrap_or("-"), p.state.as_str());
+                    }
                     crate::out!("generation   desired {}, current {}", detail.desired_generation, detail.current_generation.map(|g| g.to_string()).unwrap_or_else(|| "none".into()));
                     crate::out!("running      {}", detail.current_system.as_deref().unwrap_or("-"));
                 }
@@ -78,10 +140,81 @@ pub async fn run(cmd: MachinesCommand) -> Result<()> {
     Ok(())
 }
 
-fn print_table(machines: &[MachineInfo]) {
+async fn provisions(admin: &crate::cli::AdminArgs) -> Result<Vec<ProvisionInfo>> {
+    let AdminResponse::Provisions(all) = call(admin, AdminRequest::Provisions, "listing provisions").await? else {
+        bail!("unexpected answer from the coordinator");
+    };
+    Ok(all)
+}
+
+/// Shows a provision's state until it is online or failed.
+async fn follow_provision(client: &crate::client::AdminClient, mut p: ProvisionInfo, show: bool) -> Result<ProvisionInfo> {
+    let bar = indicatif::ProgressBar::new_spinner();
+    if !show {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {elapsed:>4} {wide_msg}").expect("static template"));
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let mut last = None;
+    loop {
+        if last != Some(p.state) {
+            let vm = p.vm_id.as_deref().map(|v| format!(", VM {v}")).unwrap_or_default();
+            bar.set_message(format!("{} on {}: {}{vm}", p.name, p.provider, p.state.as_str()));
+            last = Some(p.state);
+        }
+        if p.state.settled() {
+            bar.finish_and_clear();
+            return Ok(p);
+        }
+        // The coordinator enforces the deadline; this only stops a wait
+        // on a coordinator that went away.
+        if now_ms() > p.deadline_at + 60_000 {
+            bar.finish_and_clear();
+            bail!("provision {} is still {} after its deadline; see `drover machines provisions`", p.name, p.state.as_str());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let answer = client.call(AdminRequest::ProvisionShow { name: p.name.clone() }).await.map_err(|e| super::refused(e, "following the provision"))?;
+        let AdminResponse::Provision(next) = answer else {
+            bail!("unexpected answer from the coordinator");
+        };
+        p = next;
+    }
+}
+
+fn print_provision(p: &ProvisionInfo) {
+    crate::out!("provision    {} on {}", p.name, p.provider);
+    crate::out!("state        {}", p.state.as_str());
+    crate::out!("vm           {}", p.vm_id.as_deref().unwrap_or("-"));
+    crate::out!("machine      {}", p.machine_id.as_deref().unwrap_or("-"));
+    crate::out!("labels       {}", output::labels(&p.labels));
+    if let Some(e) = &p.error {
+        crate::out!("error        {e}");
+    }
+}
+
+fn print_table(machines: &[MachineInfo], provisions: &[ProvisionInfo], filtered: bool) {
     let now = now_ms();
-    let mut t = output::table(&["ID", "HOSTNAME", "STATUS", "LABELS", "LAST SEEN", "LOAD", "MEMORY", "FAILED UNITS"]);
+    let mut t = output::table(&["ID", "HOSTNAME", "STATUS", "PROVIDER", "VM", "LABELS", "LAST SEEN", "LOAD", "MEMORY", "FAILED UNITS"]);
+    let mut shown = 0;
+    // Provisions whose machine has not enrolled yet come first.
+    for p in provisions.iter().filter(|p| p.machine_id.is_none() && !filtered && matches!(p.state, ProvisionState::Provisioning | ProvisionState::Booting)) {
+        shown += 1;
+        t.add_row(vec![
+            "-".into(),
+            p.name.clone(),
+            p.state.as_str().to_string(),
+            p.provider.clone(),
+            p.vm_id.clone().unwrap_or_else(|| "-".into()),
+            output::labels(&p.labels),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+        ]);
+    }
     for m in machines {
+        shown += 1;
+        let provision = provisions.iter().find(|p| p.machine_id.as_deref() == Some(m.id.as_str()));
         let (load, memory, failed) = match &m.health {
             Some(h) => (
                 format!("{:.2}", h.load_average[0]),
@@ -90,10 +223,16 @@ fn print_table(machines: &[MachineInfo]) {
             ),
             None => ("-".into(), "-".into(), "-".into()),
         };
+        let status = match provision {
+            Some(p) if p.state == ProvisionState::Enrolled => "enrolled".to_string(),
+            _ => m.status.as_str().to_string(),
+        };
         t.add_row(vec![
             m.id.clone(),
             m.hostname.clone(),
-            m.status.as_str().to_string(),
+            status,
+            provision.map(|p| p.provider.clone()).unwrap_or_else(|| "-".into()),
+            provision.and_then(|p| p.vm_id.clone()).unwrap_or_else(|| "-".into()),
             output::labels(&m.labels),
             output::ago(m.last_seen, now),
             load,
@@ -102,7 +241,7 @@ fn print_table(machines: &[MachineInfo]) {
         ]);
     }
     crate::out!("{t}");
-    crate::out!("{} machine(s)", machines.len());
+    crate::out!("{shown} machine(s)");
 }
 
 fn print_machine(m: &MachineInfo) {

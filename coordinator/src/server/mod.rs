@@ -32,6 +32,8 @@ pub struct ServerHandle {
     endpoint: quinn::Endpoint,
     task: JoinHandle<()>,
     driver: JoinHandle<()>,
+    /// The provisioning driver (its tasks end with it).
+    provisioner: JoinHandle<()>,
     summaries: JoinHandle<()>,
 }
 
@@ -45,6 +47,8 @@ impl ServerHandle {
         let _ = self.task.await;
         self.driver.abort();
         let _ = self.driver.await;
+        self.provisioner.abort();
+        let _ = self.provisioner.await;
         self.summaries.abort();
         let _ = self.summaries.await;
         if let Some(metrics) = self.metrics {
@@ -90,6 +94,7 @@ pub async fn start_with(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
     let accept = endpoint.clone();
     let state = coordinator.clone();
     let driver = tokio::spawn(crate::app::driver::drive(coordinator.clone()));
+    let provisioner = tokio::spawn(crate::app::provisions::run(coordinator.clone()));
     let limits = limits::Limits::new(&coordinator.config.limits);
     let summaries = {
         let limits = limits.clone();
@@ -124,6 +129,7 @@ pub async fn start_with(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
         endpoint,
         task,
         driver,
+        provisioner,
         summaries,
     })
 }

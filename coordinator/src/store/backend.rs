@@ -38,10 +38,11 @@ pub enum Tree {
     Enrollments,
     Volumes,
     Audit,
+    Provisions,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 12] = [
+    pub const ALL: [Tree; 13] = [
         Tree::Meta,
         Tree::Machines,
         Tree::Tokens,
@@ -54,6 +55,7 @@ impl Tree {
         Tree::Enrollments,
         Tree::Volumes,
         Tree::Audit,
+        Tree::Provisions,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,6 +72,7 @@ impl Tree {
             Tree::Enrollments => "enrollments",
             Tree::Volumes => "volumes",
             Tree::Audit => "audit",
+            Tree::Provisions => "provisions",
         }
     }
 

@@ -24,6 +24,7 @@ pub mod machines;
 pub mod rollouts;
 pub mod s3;
 pub mod tenants;
+pub mod provisions;
 pub mod volumes;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -52,6 +52,7 @@ fn token(hash: &str) -> TokenRecord {
         uses_total: 2,
         uses_left: 2,
         revoked: false,
+        provision: None,
     }
 }
 

@@ -1,0 +1,350 @@
+//! Local VMs with `qemu-system-x86_64`: one directory per VM under the
+//! provider's work directory, holding its tag, its seed (mode 0600, handed
+//! to QEMU as a `fw_cfg` file, never on the command line), its system disk,
+//! its data disks (sparse image files attached as virtio disks with a
+//! serial), its serial console log and QEMU's pid. QEMU runs daemonized,
+//! so VMs outlive a coordinator restart; the directory is the record the
+//! provider lists.
+//!
+//! The guest boots the image `scripts/guest-image.sh` builds (a kernel and
+//! an initramfs with the agent) and reaches the host's loopback through
+//! QEMU user networking (10.0.2.2 is the host).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use drover_protocol::seed::Seed;
+
+use super::{tail_text, DataDisk, HypervisorError, VmInfo, VmSpec};
+use crate::config::QemuProviderConfig;
+
+const TAG_FILE: &str = "provision";
+const PID_FILE: &str = "qemu.pid";
+const CONSOLE_FILE: &str = "console.log";
+const SEED_FILE: &str = "seed";
+/// The serial of a VM's own disk (the agent's state lives on it).
+pub const SYSTEM_DISK_SERIAL: &str = "drover-system";
+/// The first VM id, as on Proxmox.
+const FIRST_ID: u32 = 100;
+
+pub struct Qemu {
+    config: QemuProviderConfig,
+    work_dir: PathBuf,
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> HypervisorError {
+    HypervisorError::Failed(format!("cannot {what} {}: {e}", path.display()))
+}
+
+/// How to run one VM.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub qemu: PathBuf,
+    pub accel: String,
+    /// A directory with `vmlinux` and `initrd.img`.
+    pub image: PathBuf,
+    /// The VM's directory: console log and pid file go there.
+    pub dir: PathBuf,
+    pub cores: u32,
+    pub memory_bytes: u64,
+    /// Image files and their serials, the system disk first.
+    pub disks: Vec<(PathBuf, String)>,
+    /// A file handed to the guest as `fw_cfg` `opt/io.drover/seed`.
+    pub fw_cfg_seed: Option<PathBuf>,
+    /// The SMBIOS type 1 serial (how Proxmox hands over its seed).
+    pub smbios_serial: Option<String>,
+}
+
+impl Launch {
+    /// The command line; the seed is a file name, never its content.
+    pub fn args(&self) -> Vec<String> {
+        let dir = &self.dir;
+        let mut args: Vec<String> = vec![
+            "-name".into(),
+            dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
+            "-accel".into(),
+            self.accel.clone(),
+            "-cpu".into(),
+            "max".into(),
+            "-smp".into(),
+            self.cores.to_string(),
+            "-m".into(),
+            format!("{}M", self.memory_bytes >> 20),
+            "-kernel".into(),
+            self.image.join("vmlinux").display().to_string(),
+            "-initrd".into(),
+            self.image.join("initrd.img").display().to_string(),
+            "-append".into(),
+            "console=ttyS0 quiet panic=-1".into(),
+            "-no-reboot".into(),
+            "-display".into(),
+            "none".into(),
+            "-monitor".into(),
+            "none".into(),
+            "-serial".into(),
+            format!("file:{}", dir.join(CONSOLE_FILE).display()),
+            "-netdev".into(),
+            "user,id=n0".into(),
+            "-device".into(),
+            "virtio-net-pci,netdev=n0,romfile=".into(),
+        ];
+        for (i, (file, serial)) in self.disks.iter().enumerate() {
+            args.push("-drive".into());
+            args.push(format!("file={},if=none,id=d{i},format=raw", file.display()));
+            args.push("-device".into());
+            args.push(format!("virtio-blk-pci,drive=d{i},serial={serial}"));
+        }
+        if let Some(seed) = &self.fw_cfg_seed {
+            args.push("-fw_cfg".into());
+            args.push(format!("name=opt/io.drover/seed,file={}", seed.display()));
+        }
+        if let Some(serial) = &self.smbios_serial {
+            args.push("-smbios".into());
+            args.push(format!("type=1,serial={}", serial.replace(',', ",,")));
+        }
+        args.push("-daemonize".into());
+        args.push("-pidfile".into());
+        args.push(dir.join(PID_FILE).display().to_string());
+        args
+    }
+
+    /// Starts QEMU daemonized; returns once the VM runs (QEMU's parent
+    /// exits after the child is set up).
+    pub async fn spawn(&self) -> Result<u32, HypervisorError> {
+        for file in ["vmlinux", "initrd.img"] {
+            let path = self.image.join(file);
+            if !path.exists() {
+                return Err(HypervisorError::Failed(format!(
+                    "the guest image has no {}; build it with `scripts/guest-image.sh {}`",
+                    path.display(),
+                    self.image.display()
+                )));
+            }
+        }
+        let _ = std::fs::remove_file(self.dir.join(PID_FILE));
+        let output = tokio::process::Command::new(&self.qemu)
+            .args(self.args())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| {
+                HypervisorError::Failed(format!(
+                    "cannot run {}: {e}; install QEMU (`apt-get install qemu-system-x86`) or set the provider's `qemu`",
+                    self.qemu.display()
+                ))
+            })?;
+        if !output.status.success() {
+            return Err(HypervisorError::Failed(format!(
+                "{} failed ({}): {}",
+                self.qemu.display(),
+                output.status,
+                tail_text(&String::from_utf8_lossy(&output.stderr), 2000)
+            )));
+        }
+        read_pid(&self.dir).ok_or_else(|| HypervisorError::Failed(format!("QEMU started but wrote no pid file in {}", self.dir.display())))
+    }
+}
+
+/// The pid of the VM's QEMU when it still runs.
+fn read_pid(dir: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(dir.join(PID_FILE)).ok()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    // A reused pid is not our VM: the command line names the VM's directory.
+    let dir_text = dir.display().to_string();
+    let ours = cmdline.split(|b| *b == 0).any(|arg| String::from_utf8_lossy(arg).contains(&dir_text));
+    ours.then_some(pid)
+}
+
+/// Stops the QEMU of the VM in `dir` (SIGTERM, then SIGKILL after 10 s) and
+/// waits until it is gone.
+pub async fn stop_dir(dir: &Path) -> Result<(), HypervisorError> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let Some(pid) = read_pid(dir) else { return Ok(()) };
+    let pid = Pid::from_raw(pid as i32);
+    let _ = kill(pid, Signal::SIGTERM);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while read_pid(dir).is_some() {
+        if tokio::time::Instant::now() >= deadline {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        if tokio::time::Instant::now() >= deadline + Duration::from_secs(5) {
+            return Err(HypervisorError::Failed(format!("QEMU (pid {pid}) of {} does not stop", dir.display())));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// A sparse image file of `bytes`.
+fn sparse_file(path: &Path, bytes: u64) -> Result<(), HypervisorError> {
+    let file = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| io("create", path, e))?;
+    file.set_len(bytes).map_err(|e| io("size", path, e))
+}
+
+impl Qemu {
+    pub fn new(config: QemuProviderConfig, work_dir: PathBuf) -> Result<Self, HypervisorError> {
+        std::fs::create_dir_all(&work_dir).map_err(|e| io("create", &work_dir, e))?;
+        Ok(Qemu { config, work_dir })
+    }
+
+    fn dir(&self, vm_id: &str) -> Result<PathBuf, HypervisorError> {
+        if vm_id.is_empty() || !vm_id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(HypervisorError::NotFound(vm_id.to_string()));
+        }
+        Ok(self.work_dir.join(vm_id))
+    }
+
+    fn vm_dirs(&self) -> Result<Vec<(String, PathBuf)>, HypervisorError> {
+        let mut out = Vec::new();
+        let entries = std::fs::read_dir(&self.work_dir).map_err(|e| io("read", &self.work_dir, e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) && entry.path().is_dir() {
+                out.push((name, entry.path()));
+            }
+        }
+        out.sort_by_key(|(id, _)| id.parse::<u64>().unwrap_or(0));
+        Ok(out)
+    }
+
+    fn launch(&self, dir: &Path, cores: u32, memory_bytes: u64, disks: Vec<(PathBuf, String)>) -> Launch {
+        Launch {
+            qemu: self.config.qemu.clone(),
+            accel: self.config.accel.clone(),
+            image: self.config.image.clone(),
+            dir: dir.to_path_buf(),
+            cores,
+            memory_bytes,
+            disks,
+            fw_cfg_seed: Some(dir.join(SEED_FILE)),
+            smbios_serial: None,
+        }
+    }
+
+    fn data_disk_file(dir: &Path, serial: &str) -> PathBuf {
+        dir.join(format!("{serial}.img"))
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Shape {
+    cores: u32,
+    memory_bytes: u64,
+    serials: Vec<String>,
+}
+
+#[async_trait::async_trait]
+impl super::Hypervisor for Qemu {
+    fn kind(&self) -> &'static str {
+        "qemu"
+    }
+
+    async fn create(&self, spec: &VmSpec, seed: &Seed) -> Result<String, HypervisorError> {
+        let existing = self.vm_dirs()?;
+        if existing.len() >= self.config.max_vms as usize {
+            return Err(HypervisorError::Full(format!(
+                "provider {} holds {} VMs, its max_vms; destroy one or raise max_vms",
+                self.config.name,
+                existing.len()
+            )));
+        }
+        // mkdir is the allocation: the first id whose directory we make.
+        let mut id = existing.last().and_then(|(id, _)| id.parse::<u32>().ok()).map_or(FIRST_ID, |n| n + 1);
+        let dir = loop {
+            let dir = self.work_dir.join(id.to_string());
+            match std::fs::create_dir(&dir) {
+                Ok(()) => break dir,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => id += 1,
+                Err(e) => return Err(io("create", &dir, e)),
+            }
+        };
+        let vm_id = id.to_string();
+        let made = (|| {
+            drover_net::fsutil::write_atomic(&dir.join(SEED_FILE), seed.encode('\n').as_bytes(), 0o600)
+                .map_err(|e| io("write", &dir.join(SEED_FILE), e))?;
+            sparse_file(&dir.join("system.img"), spec.disk_bytes)?;
+            for DataDisk { serial, size_bytes } in &spec.disks {
+                sparse_file(&Self::data_disk_file(&dir, serial), *size_bytes)?;
+            }
+            let shape = Shape { cores: spec.cores, memory_bytes: spec.memory_bytes, serials: spec.disks.iter().map(|d| d.serial.clone()).collect() };
+            let shape = serde_json::to_vec(&shape).map_err(|e| HypervisorError::Failed(e.to_string()))?;
+            drover_net::fsutil::write_atomic(&dir.join("shape.json"), &shape, 0o644).map_err(|e| io("write", &dir, e))?;
+            // The tag last: a directory without it is an unfinished create.
+            drover_net::fsutil::write_atomic(&dir.join(TAG_FILE), spec.provision.as_bytes(), 0o644).map_err(|e| io("write", &dir, e))
+        })();
+        if let Err(e) = made {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        Ok(vm_id)
+    }
+
+    async fn start(&self, vm_id: &str) -> Result<(), HypervisorError> {
+        let dir = self.dir(vm_id)?;
+        if read_pid(&dir).is_some() {
+            return Ok(());
+        }
+        let shape: Shape = std::fs::read(dir.join("shape.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| HypervisorError::NotFound(vm_id.to_string()))?;
+        let mut disks = vec![(dir.join("system.img"), SYSTEM_DISK_SERIAL.to_string())];
+        disks.extend(shape.serials.iter().map(|s| (Self::data_disk_file(&dir, s), s.clone())));
+        self.launch(&dir, shape.cores, shape.memory_bytes, disks).spawn().await?;
+        Ok(())
+    }
+
+    async fn stop(&self, vm_id: &str) -> Result<(), HypervisorError> {
+        stop_dir(&self.dir(vm_id)?).await
+    }
+
+    async fn delete(&self, vm_id: &str, keep_disks: bool) -> Result<(), HypervisorError> {
+        let dir = self.dir(vm_id)?;
+        if !dir.exists() {
+            return Ok(());
+        }
+        stop_dir(&dir).await?;
+        if keep_disks {
+            let kept = self.work_dir.join("kept");
+            std::fs::create_dir_all(&kept).map_err(|e| io("create", &kept, e))?;
+            let tag = std::fs::read_to_string(dir.join(TAG_FILE)).unwrap_or_default();
+            for entry in std::fs::read_dir(&dir).map_err(|e| io("read", &dir, e))?.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if name.starts_with("vol-") && name.ends_with(".img") {
+                    let to = kept.join(format!("{tag}-{name}"));
+                    std::fs::rename(entry.path(), &to).map_err(|e| io("keep", &to, e))?;
+                    tracing::info!(vm = vm_id, disk = %to.display(), "data disk kept");
+                }
+            }
+        }
+        // The tag first: a half-removed directory is no VM.
+        let _ = std::fs::remove_file(dir.join(TAG_FILE));
+        std::fs::remove_dir_all(&dir).map_err(|e| io("remove", &dir, e))
+    }
+
+    async fn list(&self) -> Result<Vec<VmInfo>, HypervisorError> {
+        let mut out = Vec::new();
+        for (vm_id, dir) in self.vm_dirs()? {
+            match std::fs::read_to_string(dir.join(TAG_FILE)) {
+                Ok(tag) => out.push(VmInfo { vm_id, provision: tag.trim().to_string(), running: read_pid(&dir).is_some() }),
+                // An unfinished create left by a crash (not one under way:
+                // those are seconds old) is nobody's VM; remove it.
+                Err(_) => {
+                    let age = std::fs::metadata(&dir).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+                    if age.is_some_and(|a| a > Duration::from_secs(60)) {
+                        let _ = stop_dir(&dir).await;
+                        let _ = std::fs::remove_dir_all(&dir);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn console_tail(&self, vm_id: &str) -> String {
+        let Ok(dir) = self.dir(vm_id) else { return String::new() };
+        let text = std::fs::read(dir.join(CONSOLE_FILE)).unwrap_or_default();
+        tail_text(&String::from_utf8_lossy(&text), 2000)
+    }
+}
