@@ -7,7 +7,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 log() { printf '==> %s\n' "$*" >&2; }
 
-# Installs Debian packages that are not installed yet.
+# Installs Debian packages that are not installed yet (NEED_APT_OPTIONS
+# adds apt-get options, e.g. --no-install-recommends).
 need_apt() {
   local missing=()
   for pkg in "$@"; do
@@ -18,7 +19,7 @@ need_apt() {
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${NEED_APT_OPTIONS:-} "${missing[@]}" >/dev/null
   fi
 }
 
@@ -45,6 +46,9 @@ need_garage() {
 install_dependencies() {
   need_cargo
   need_apt build-essential pkg-config iproute2 procps curl python3 nix-bin util-linux e2fsprogs xfsprogs nftables
+  # Local VMs (the QEMU provider and its guest image). Debian 12's QEMU
+  # replaces a newer qemu-utils where one is installed; nothing here needs it.
+  NEED_APT_OPTIONS=--no-install-recommends need_apt qemu-system-x86 busybox-static cpio binutils
   need_garage
   export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 }

@@ -140,39 +140,39 @@ mod tests {
 
     #[tokio::test]
     async fn the_first_seed_in_order_writes_the_configuration_once() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("ok");
         let src = sources(dir.path());
-        std::fs::write(&src.smbios_serial, "To be filled by O.E.M.").unwrap();
-        std::fs::write(&src.nocloud, seed("second").encode('\n')).unwrap();
-        std::fs::write(&src.fw_cfg, seed("first").encode('\n')).unwrap();
+        std::fs::write(&src.smbios_serial, "To be filled by O.E.M.").expect("ok");
+        std::fs::write(&src.nocloud, seed("second").encode('\n')).expect("ok");
+        std::fs::write(&src.fw_cfg, seed("first").encode('\n')).expect("ok");
         let defaults = dir.path().join("image.toml");
-        std::fs::write(&defaults, format!("state_dir = {:?}\nsystemctl = \"/bin/true\"\n", dir.path().join("state"))).unwrap();
+        std::fs::write(&defaults, format!("state_dir = {:?}\nsystemctl = \"/bin/true\"\n", dir.path().join("state"))).expect("ok");
         let config = dir.path().join("etc/agent.toml");
-        assert!(materialise(&config, Some(&defaults), &src).await.unwrap());
-        let loaded = AgentConfig::load(&config).unwrap();
+        assert!(materialise(&config, Some(&defaults), &src).await.expect("ok"));
+        let loaded = AgentConfig::load(&config).expect("ok");
         assert_eq!(loaded.hostname.as_deref(), Some("first"));
         assert_eq!(loaded.systemctl, PathBuf::from("/bin/true"));
-        let token = loaded.enrollment_token_file.unwrap();
-        assert_eq!(std::fs::read_to_string(&token).unwrap(), seed("x").token.expose());
+        let token = loaded.enrollment_token_file.expect("ok");
+        assert_eq!(std::fs::read_to_string(&token).expect("ok"), seed("x").token.expose());
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&token).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(std::fs::metadata(&config).unwrap().permissions().mode() & 0o777, 0o600);
-        assert!(!std::fs::read_to_string(&config).unwrap().contains("drt_"), "the token stays out of the configuration");
+        assert_eq!(std::fs::metadata(&token).expect("ok").permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(&config).expect("ok").permissions().mode() & 0o777, 0o600);
+        assert!(!std::fs::read_to_string(&config).expect("ok").contains("drt_"), "the token stays out of the configuration");
         // Present already: left alone.
-        std::fs::remove_file(&src.fw_cfg).unwrap();
-        assert!(!materialise(&config, Some(&defaults), &src).await.unwrap());
-        assert_eq!(AgentConfig::load(&config).unwrap().hostname.as_deref(), Some("first"));
+        std::fs::remove_file(&src.fw_cfg).expect("ok");
+        assert!(!materialise(&config, Some(&defaults), &src).await.expect("ok"));
+        assert_eq!(AgentConfig::load(&config).expect("ok").hostname.as_deref(), Some("first"));
     }
 
     #[tokio::test]
     async fn a_foreign_serial_is_skipped_and_a_broken_seed_named() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("ok");
         let src = sources(dir.path());
-        std::fs::write(&src.smbios_serial, "VMware-56 4d").unwrap();
-        let e = materialise(&dir.path().join("a.toml"), None, &src).await.unwrap_err();
+        std::fs::write(&src.smbios_serial, "VMware-56 4d").expect("ok");
+        let e = materialise(&dir.path().join("a.toml"), None, &src).await.expect_err("an error");
         assert!(format!("{e:#}").contains("no seed found"), "{e:#}");
-        std::fs::write(&src.nocloud, "drover-seed-1\nname=x\n").unwrap();
-        let e = materialise(&dir.path().join("a.toml"), None, &src).await.unwrap_err();
+        std::fs::write(&src.nocloud, "drover-seed-1\nname=x\n").expect("ok");
+        let e = materialise(&dir.path().join("a.toml"), None, &src).await.expect_err("an error");
         assert!(format!("{e:#}").contains("nocloud") && format!("{e:#}").contains("missing"), "{e:#}");
     }
 }

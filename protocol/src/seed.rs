@@ -184,7 +184,7 @@ mod tests {
         for ca in [CaPin::Certificate(vec![0x30, 0x82, 1, 2]), CaPin::Sha256([7; 32])] {
             let s = seed(ca);
             for sep in [';', '\n'] {
-                assert_eq!(Seed::parse(&s.encode(sep)).unwrap(), s);
+                assert_eq!(Seed::parse(&s.encode(sep)).expect("ok"), s);
             }
             assert!(!format!("{s:?}").contains("drt_"));
         }
@@ -206,7 +206,7 @@ mod tests {
             (&good.replace("coordinator=10.0.2.2:7443\n", ""), "coordinator is missing"),
         ];
         for (text, want) in cases {
-            let e = Seed::parse(text).unwrap_err().to_string();
+            let e = Seed::parse(text).expect_err("an error").to_string();
             assert!(e.contains(want), "{text:?}: {e}");
         }
     }

@@ -524,16 +524,26 @@ async fn wait_until(state: &Coordinator, p: &ProvisionRecord, done: impl Fn(&Pro
     }
 }
 
-/// Fails a provision: records why (with the console tail), deletes its VM
-/// and revokes its token and machine.
+/// Fails a provision: deletes its VM (after reading its console's tail),
+/// revokes its token and machine, then records why. A crash in between
+/// leaves a live record whose VM is gone, which the next start fails too.
 async fn fail(state: &Coordinator, name: &str, reason: String, hv: Option<Arc<dyn Hypervisor>>) {
     let Ok(Some(p)) = state.store.provision(name) else { return };
+    if p.state.settled() {
+        return;
+    }
     let mut error = reason;
     if let (Some(hv), Some(vm)) = (&hv, &p.vm_id) {
         let tail = hv.console_tail(vm).await;
         if !tail.is_empty() {
             error = format!("{error}\nthe end of VM {vm}'s console:\n{tail}");
         }
+        if let Err(e) = hv.delete(vm, false).await {
+            tracing::warn!(provision = %p.id, vm, error = %e, "cannot delete the failed provision's VM; it is deleted at the next start");
+        }
+    }
+    if let Err(e) = revoke_credentials(state, &p, "provisioning").await {
+        tracing::warn!(provision = %p.id, error = %e.message, "cannot revoke the failed provision's credentials");
     }
     let result = state
         .store
@@ -545,17 +555,9 @@ async fn fail(state: &Coordinator, name: &str, reason: String, hv: Option<Arc<dy
             Ok(())
         })
         .await;
-    match result {
-        Ok(r) if r.state == ProvisionState::Failed && r.id == p.id => {}
-        _ => return,
-    }
-    tracing::warn!(provision = %p.id, name, error = %error.lines().next().unwrap_or_default(), "provision failed");
-    if let Err(e) = revoke_credentials(state, &p, "provisioning").await {
-        tracing::warn!(provision = %p.id, error = %e.message, "cannot revoke the failed provision's credentials");
-    }
-    if let (Some(hv), Some(vm)) = (hv, &p.vm_id) {
-        if let Err(e) = hv.delete(vm, false).await {
-            tracing::warn!(provision = %p.id, vm, error = %e, "cannot delete the failed provision's VM; it is deleted at the next start");
+    if let Ok(r) = result {
+        if r.state == ProvisionState::Failed && r.id == p.id {
+            tracing::warn!(provision = %p.id, name, error = %error.lines().next().unwrap_or_default(), "provision failed");
         }
     }
 }

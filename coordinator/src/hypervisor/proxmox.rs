@@ -373,14 +373,14 @@ mod tests {
     #[test]
     fn a_token_file_must_be_private_and_well_formed() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("ok");
         let path = dir.path().join("t");
-        std::fs::write(&path, "root@pam!drover=1234-abcd\n").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(read_token(&path).unwrap_err().to_string().contains("chmod 600"));
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(read_token(&path).unwrap(), "root@pam!drover=1234-abcd");
-        std::fs::write(&path, "just-a-secret").unwrap();
-        assert!(read_token(&path).unwrap_err().to_string().contains("USER@REALM!TOKENID=SECRET"));
+        std::fs::write(&path, "root@pam!drover=1234-abcd\n").expect("ok");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("ok");
+        assert!(read_token(&path).expect_err("an error").to_string().contains("chmod 600"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("ok");
+        assert_eq!(read_token(&path).expect("ok"), "root@pam!drover=1234-abcd");
+        std::fs::write(&path, "just-a-secret").expect("ok");
+        assert!(read_token(&path).expect_err("an error").to_string().contains("USER@REALM!TOKENID=SECRET"));
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod flake;
 pub mod garage;
+pub mod vm;
 #[allow(unused_imports)]
 pub use linstor_double as linstor;
 
