@@ -29,6 +29,11 @@ async fn fleet_with_qemu(image: std::path::PathBuf, boot_timeout: Duration) -> (
     (fleet, work)
 }
 
+/// The VMs of a test's temporary directory die with the test.
+fn guard(dir: &Path) -> vm::KillVmsOnDrop {
+    vm::KillVmsOnDrop(dir.to_path_buf())
+}
+
 fn provision_json(fleet: &TestCoordinator, args: &[&str]) -> (bool, ProvisionInfo, String) {
     let (ok, json, stderr) = common::drover_json(fleet, args);
     let info = serde_json::from_value(json.clone()).unwrap_or_else(|e| panic!("no provision in {json} ({e}); stderr: {stderr}"));
@@ -49,6 +54,7 @@ async fn provisions(fleet: &TestCoordinator) -> Vec<ProvisionInfo> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_local_vms_enroll_from_their_seeds_take_a_deployment_and_are_destroyed() {
     let (fleet, work) = fleet_with_qemu(vm::image(), Duration::from_secs(180)).await;
+    let _vms = guard(&work);
     let names = ["vm-a", "vm-b", "vm-c"];
     let runs: Vec<_> = names
         .iter()
@@ -166,6 +172,7 @@ async fn three_local_vms_enroll_from_their_seeds_take_a_deployment_and_are_destr
 async fn one_vm_a_name_and_a_coordinator_killed_mid_provision_finishes_it() {
     let mut fleet = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
     let work = fleet.dir.path().join("vms");
+    let _vms = guard(&work);
     fleet.config.providers.push(vm::qemu_provider("local", vm::image(), work.clone(), Duration::from_secs(180)));
     std::fs::write(fleet.state_dir.join("drover.toml"), fleet.config.to_toml()).expect("write drover.toml");
     let mut server = common::Serving(common::spawn_coordinator(&fleet.state_dir));
@@ -211,6 +218,7 @@ async fn one_vm_a_name_and_a_coordinator_killed_mid_provision_finishes_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_that_never_enrolls_fails_at_its_deadline_with_its_console_tail() {
     let (fleet, work) = fleet_with_qemu(vm::image_without_agent(), Duration::from_secs(25)).await;
+    let _vms = guard(&work);
     let (ok, info, stderr) = provision_json(&fleet, &["machines", "provision", "silent", "--provider", "local", "--wait"]);
     assert!(!ok, "the provision must fail");
     assert_eq!(info.state, ProvisionState::Failed);
@@ -297,6 +305,7 @@ async fn hypervisor_contract(hv: &dyn Hypervisor) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hypervisor_contract_holds_for_local_qemu_and_proxmox() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let _vms = guard(dir.path());
     let ProviderConfig::Qemu(q) = vm::qemu_provider("local", vm::image_without_agent(), dir.path().join("vms"), Duration::from_secs(60)) else { unreachable!() };
     let qemu = Qemu::new(q, dir.path().join("vms")).expect("qemu provider");
     hypervisor_contract(&qemu).await;
@@ -380,6 +389,7 @@ async fn a_provision_through_proxmox_boots_a_real_vm_that_enrolls_with_a_pinned_
     let mut fleet = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
     let vms = fleet.dir.path().join("pve-vms");
     std::fs::create_dir_all(&vms).expect("dir");
+    let _vms = guard(&vms);
     let boot_vms = vms.clone();
     double.on_start(Arc::new(move |req: proxmox_double::BootRequest| {
         let (image, dir) = (image.clone(), boot_vms.join(req.vmid.to_string()));

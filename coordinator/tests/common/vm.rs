@@ -122,3 +122,21 @@ pub fn read_from_ext4_image(image: &Path, path: &str) -> Vec<u8> {
     assert!(out.status.success(), "debugfs cannot read {path}: {}", String::from_utf8_lossy(&out.stderr));
     out.stdout
 }
+
+/// Kills every QEMU running a VM of its directory when dropped, so that a
+/// failed test leaves no VM behind.
+pub struct KillVmsOnDrop(pub PathBuf);
+
+impl Drop for KillVmsOnDrop {
+    fn drop(&mut self) {
+        let needle = self.0.display().to_string();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(c) = std::fs::read(entry.path().join("cmdline")) else { continue };
+            let text = String::from_utf8_lossy(&c);
+            if text.contains("qemu-system") && text.contains(&needle) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
