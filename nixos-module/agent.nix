@@ -126,17 +126,28 @@ let
   # the configuration.
   rawSettings = toml.generate "drover-agent-unchecked.toml" (lib.filterAttrs (_: v: v != null) ({
     coordinator = cfg.coordinator;
-    ca_file = "${cfg.caFile}";
+    ca_file = if cfg.caFile == null then null else "${cfg.caFile}";
     enrollment_token_file = cfg.enrollmentTokenFile;
     state_dir = cfg.stateDir;
   } // cfg.settings));
 
   # Checked at build time, like the coordinator's: an unknown or malformed
-  # key fails `nixos-rebuild`, not the agent at boot.
-  settingsFile = pkgs.runCommand "drover-agent.toml" { nativeBuildInputs = [ cfg.package ]; } ''
+  # key fails `nixos-rebuild`, not the agent at boot. A seeded machine's
+  # file is checked with a placeholder coordinator and CA, which its seed
+  # replaces at first boot.
+  settingsFile = pkgs.runCommand "drover-agent.toml" { nativeBuildInputs = [ cfg.package ]; } (if cfg.fromSeed then ''
+    cp ${rawSettings} $out
+    { echo 'coordinator = "seed.invalid:1"'; echo 'ca_file = "/seed"'; cat $out; } > check.toml
+    drover-agent check-config --config check.toml
+  '' else ''
     cp ${rawSettings} $out
     drover-agent check-config --config $out
-  '';
+  '');
+
+  # With fromSeed the agent writes its configuration here at first boot,
+  # from the seed over settingsFile.
+  configFile = if cfg.fromSeed then "${cfg.stateDir}/agent.toml" else "${settingsFile}";
+  runArgs = if cfg.fromSeed then "--config ${configFile} --seed-defaults ${settingsFile}" else "--config ${configFile}";
 
   runtimeDir = cfg.settings.runtime_dir;
 in
@@ -149,14 +160,29 @@ in
       description = "The package providing bin/drover-agent.";
     };
 
+    fromSeed = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Take the coordinator, its certificate name, the fleet CA and a
+        one-time enrollment token from the VM's seed at first boot (what
+        `drover machines provision` gives a VM: the QEMU fw_cfg file
+        opt/io.drover/seed, a cloud-init NoCloud file, or the SMBIOS serial
+        Proxmox sets) instead of `coordinator`, `caFile` and
+        `enrollmentTokenFile`. One image then serves every VM.
+      '';
+    };
+
     coordinator = mkOption {
-      type = types.str;
+      type = types.nullOr types.str;
+      default = null;
       example = "drover.example.net:7443";
       description = "The coordinator's QUIC address, host:port: a DNS name (resolved at every connection attempt) or an IP address ([2001:db8::1]:7443 for IPv6).";
     };
 
     caFile = mkOption {
-      type = types.path;
+      type = types.nullOr types.path;
+      default = null;
       description = "The fleet CA certificate (PEM); the only root the agent trusts.";
     };
 
@@ -199,9 +225,15 @@ in
   };
 
   config = mkIf cfg.enable {
+    # The fw_cfg seed appears under /sys/firmware/qemu_fw_cfg.
+    boot.kernelModules = lib.mkIf cfg.fromSeed [ "qemu_fw_cfg" ];
     services.openssh.authorizedKeysFiles = lib.mkIf cfg.sshAccess [ "${cfg.settings.runtime_dir}/ssh/%u" ];
 
     assertions = [
+      {
+        assertion = cfg.fromSeed || (cfg.coordinator != null && cfg.caFile != null);
+        message = "services.drover-agent needs coordinator and caFile, or fromSeed = true to take them from the VM's seed.";
+      }
       {
         assertion = cfg.enrollmentTokenFile == null || !(lib.hasPrefix builtins.storeDir cfg.enrollmentTokenFile);
         message = "services.drover-agent.enrollmentTokenFile must not be in the Nix store, which everyone can read.";
@@ -222,7 +254,7 @@ in
       # blkid, mkfs, resize2fs, xfs_growfs for volumes.
       path = [ pkgs.util-linux pkgs.e2fsprogs pkgs.xfsprogs ];
       serviceConfig = {
-        ExecStart = "${cfg.package}/bin/drover-agent run --config ${settingsFile}";
+        ExecStart = "${cfg.package}/bin/drover-agent run ${runArgs}";
         Restart = "always";
         RestartSec = 5;
         # Exit code 3: this machine was revoked; restarting cannot help.
@@ -258,7 +290,7 @@ in
       serviceConfig = {
         Type = "oneshot";
         RemainAfterExit = true;
-        ExecStart = "${cfg.package}/bin/drover-agent mount-volumes --config ${settingsFile}";
+        ExecStart = "${cfg.package}/bin/drover-agent mount-volumes --config ${configFile}";
       };
       path = [ pkgs.util-linux pkgs.e2fsprogs pkgs.xfsprogs ];
     };

@@ -52,7 +52,7 @@ fn module_keys(text: &str) -> BTreeSet<String> {
     assert!(!settings.is_empty(), "no settings options found");
     top.iter()
         // Options of the module itself, not keys of the agent's file.
-        .filter(|n| !["enable", "package", "settings", "sshAccess"].contains(&n.as_str()))
+        .filter(|n| !["enable", "package", "settings", "sshAccess", "fromSeed"].contains(&n.as_str()))
         .map(|n| snake(n))
         .chain(settings)
         .collect()

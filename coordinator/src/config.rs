@@ -108,6 +108,9 @@ impl ProviderConfig {
                 if q.max_vms == 0 {
                     bail!("provider {name}: max_vms must be at least 1");
                 }
+                if q.isolate && q.guest_coordinator.is_some() {
+                    bail!("provider {name}: with isolate = true the guests reach the coordinator only at 10.0.2.2 and its listen port; remove guest_coordinator or set isolate = false");
+                }
                 if !["tcg", "kvm"].contains(&q.accel.as_str()) {
                     bail!("provider {name}: accel must be \"tcg\" or \"kvm\" (kvm only where /dev/kvm runs normal guests)");
                 }
@@ -168,10 +171,16 @@ pub struct QemuProviderConfig {
     /// `tcg` (works everywhere) or `kvm` (where /dev/kvm runs normal guests).
     #[serde(default = "default_accel")]
     pub accel: String,
+    /// Run each VM in a network namespace of its own where it reaches only
+    /// the coordinator (a relay on its port); needs root. Off: the guests
+    /// reach whatever the host reaches.
+    #[serde(default = "default_isolate")]
+    pub isolate: bool,
     #[serde(default = "default_qemu")]
     pub qemu: PathBuf,
     /// The coordinator's address as the guests dial it (default: the host
-    /// through QEMU user networking, 10.0.2.2 and the listen port).
+    /// through QEMU user networking, 10.0.2.2 and the listen port; with
+    /// `isolate`, only that default is possible).
     #[serde(default)]
     pub guest_coordinator: Option<String>,
     /// Cores of a new VM (a provision may ask for others).
@@ -191,6 +200,9 @@ pub struct QemuProviderConfig {
 
 fn default_max_vms() -> u32 {
     4
+}
+fn default_isolate() -> bool {
+    true
 }
 fn default_accel() -> String {
     "tcg".into()

@@ -134,6 +134,12 @@ async fn three_local_vms_enroll_from_their_seeds_take_a_deployment_and_are_destr
         &["deploy", "--machine", &ids[0], "--flake", "path:/etc/fleet#web", "--check", "file:/srv/data/lost+found", "--health-deadline", "30s", "--wait"],
     );
     assert!(ok, "the data disk was not mounted in vm-a: {stderr}");
+    // The guests reach the coordinator and nothing else: a TCP service on
+    // the host's loopback is out of their reach (a check on it fails).
+    let host_service = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let unreachable = format!("tcp:10.0.2.2:{}", host_service.local_addr().expect("addr").port());
+    let (ok, _, stderr) = common::drover_json(&fleet, &["deploy", "--machine", &ids[2], "--flake", "path:/etc/fleet#web", "--check", &unreachable, "--health-deadline", "3s", "--wait"]);
+    assert!(!ok, "an isolated guest reached a host service: {stderr}");
     // A wrong digest fails: the check reads the file, it does not only
     // find it.
     let wrong = format!("file:/run/drover/secrets/db-password#sha256={}", "0".repeat(64));
@@ -152,10 +158,17 @@ async fn three_local_vms_enroll_from_their_seeds_take_a_deployment_and_are_destr
     let key = drover_net::identity::read_key_pem(&fleet.dir.path().join("key.pem")).expect("key from the VM");
 
     for name in names {
-        let (ok, info, stderr) = provision_json(&fleet, &["machines", "destroy", name]);
+        // vm-a's data disk is kept; the others go with their VMs.
+        let mut args = vec!["machines", "destroy", name];
+        if name == "vm-a" {
+            args.push("--keep-volumes");
+        }
+        let (ok, info, stderr) = provision_json(&fleet, &args);
         assert!(ok, "{name}: {stderr}");
         assert_eq!(info.state, ProvisionState::Destroyed);
     }
+    let kept: Vec<_> = std::fs::read_dir(work.join("kept")).expect("kept disks").flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    assert!(kept.len() == 1 && kept[0].ends_with("-vol-data.img"), "vm-a's data disk is kept: {kept:?}");
     assert!(vm::vm_dirs(&work).is_empty(), "the VMs' directories are gone");
     assert!(!vm::qemu_running_in(&work), "no QEMU runs for them");
     for id in &ids {
@@ -307,7 +320,7 @@ async fn the_hypervisor_contract_holds_for_local_qemu_and_proxmox() {
     let dir = tempfile::tempdir().expect("tempdir");
     let _vms = guard(dir.path());
     let ProviderConfig::Qemu(q) = vm::qemu_provider("local", vm::image_without_agent(), dir.path().join("vms"), Duration::from_secs(60)) else { unreachable!() };
-    let qemu = Qemu::new(q, dir.path().join("vms")).expect("qemu provider");
+    let qemu = Qemu::new(q, dir.path().join("vms"), "127.0.0.1:9".parse().expect("addr")).expect("qemu provider");
     hypervisor_contract(&qemu).await;
 
     let double = ProxmoxDouble::start(TOKEN).await;

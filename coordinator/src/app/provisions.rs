@@ -50,7 +50,13 @@ pub fn hypervisors(config: &crate::config::Config) -> Hypervisors {
             let made: Result<Arc<dyn Hypervisor>, String> = match p {
                 ProviderConfig::Qemu(q) => {
                     let dir = q.work_dir.clone().unwrap_or_else(|| config.state_dir.join("vms").join(&q.name));
-                    crate::hypervisor::qemu::Qemu::new(q.clone(), dir).map(|h| Arc::new(h) as _).map_err(|e| e.to_string())
+                    // Isolated guests' relays forward to the listen address
+                    // (loopback when it is unspecified).
+                    let mut target = config.listen;
+                    if target.ip().is_unspecified() {
+                        target.set_ip(if target.is_ipv6() { std::net::Ipv6Addr::LOCALHOST.into() } else { std::net::Ipv4Addr::LOCALHOST.into() });
+                    }
+                    crate::hypervisor::qemu::Qemu::new(q.clone(), dir, target).map(|h| Arc::new(h) as _).map_err(|e| e.to_string())
                 }
                 ProviderConfig::Proxmox(x) => {
                     crate::hypervisor::proxmox::Proxmox::new(x.clone()).map(|h| Arc::new(h) as _).map_err(|e| e.to_string())

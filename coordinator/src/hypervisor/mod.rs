@@ -8,6 +8,7 @@
 //! the coordinator can find its VMs again after a crash and reconcile them
 //! with its records.
 
+pub mod netns;
 pub mod proxmox;
 pub mod qemu;
 

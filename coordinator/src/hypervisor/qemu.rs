@@ -7,8 +7,9 @@
 //! provider lists.
 //!
 //! The guest boots the image `scripts/guest-image.sh` builds (a kernel and
-//! an initramfs with the agent) and reaches the host's loopback through
-//! QEMU user networking (10.0.2.2 is the host).
+//! an initramfs with the agent) and reaches the coordinator at 10.0.2.2
+//! through QEMU user networking; with `isolate` (the default) QEMU runs in
+//! a network namespace of its own and reaches nothing else ([`super::netns`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,6 +31,10 @@ const FIRST_ID: u32 = 100;
 pub struct Qemu {
     config: QemuProviderConfig,
     work_dir: PathBuf,
+    /// Where the coordinator listens (what the relays forward to).
+    coordinator: std::net::SocketAddr,
+    /// The relay of each isolated VM that runs.
+    relays: std::sync::Mutex<std::collections::HashMap<String, super::netns::Relay>>,
 }
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> HypervisorError {
@@ -108,9 +113,7 @@ impl Launch {
         args
     }
 
-    /// Starts QEMU daemonized; returns once the VM runs (QEMU's parent
-    /// exits after the child is set up).
-    pub async fn spawn(&self) -> Result<u32, HypervisorError> {
+    fn check_image(&self) -> Result<(), HypervisorError> {
         for file in ["vmlinux", "initrd.img"] {
             let path = self.image.join(file);
             if !path.exists() {
@@ -121,18 +124,24 @@ impl Launch {
                 )));
             }
         }
+        Ok(())
+    }
+
+    fn command(&self) -> std::process::Command {
         let _ = std::fs::remove_file(self.dir.join(PID_FILE));
-        let output = tokio::process::Command::new(&self.qemu)
-            .args(self.args())
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .map_err(|e| {
-                HypervisorError::Failed(format!(
-                    "cannot run {}: {e}; install QEMU (`apt-get install qemu-system-x86`) or set the provider's `qemu`",
-                    self.qemu.display()
-                ))
-            })?;
+        let mut command = std::process::Command::new(&self.qemu);
+        command.args(self.args()).stdin(std::process::Stdio::null());
+        command
+    }
+
+    /// QEMU's parent exits once the daemonized VM is set up: its outcome.
+    fn started(&self, output: std::io::Result<std::process::Output>) -> Result<u32, HypervisorError> {
+        let output = output.map_err(|e| {
+            HypervisorError::Failed(format!(
+                "cannot run {}: {e}; install QEMU (`apt-get install qemu-system-x86`) or set the provider's `qemu`",
+                self.qemu.display()
+            ))
+        })?;
         if !output.status.success() {
             return Err(HypervisorError::Failed(format!(
                 "{} failed ({}): {}",
@@ -142,6 +151,30 @@ impl Launch {
             )));
         }
         read_pid(&self.dir).ok_or_else(|| HypervisorError::Failed(format!("QEMU started but wrote no pid file in {}", self.dir.display())))
+    }
+
+    /// Starts QEMU daemonized; returns once the VM runs.
+    pub async fn spawn(&self) -> Result<u32, HypervisorError> {
+        self.check_image()?;
+        let output = tokio::process::Command::from(self.command()).output().await;
+        self.started(output)
+    }
+
+    /// Starts QEMU daemonized in a network namespace of its own, with the
+    /// guest side of a relay bound to 127.0.0.1:`port` there.
+    pub async fn spawn_isolated(&self, port: u16) -> Result<(u32, std::net::UdpSocket), HypervisorError> {
+        self.check_image()?;
+        let mut command = self.command();
+        let (output, socket) = tokio::task::spawn_blocking(move || {
+            super::netns::in_namespace(None, move || {
+                let socket = super::netns::bind_guest_side(port)?;
+                Ok((command.output(), socket))
+            })
+        })
+        .await
+        .map_err(|e| HypervisorError::Failed(format!("the VM's namespace thread failed: {e}")))?
+        .map_err(|e| HypervisorError::Failed(format!("cannot make the VM's network namespace: {e} (this needs root)")))?;
+        Ok((self.started(output)?, socket))
     }
 }
 
@@ -183,9 +216,40 @@ fn sparse_file(path: &Path, bytes: u64) -> Result<(), HypervisorError> {
 }
 
 impl Qemu {
-    pub fn new(config: QemuProviderConfig, work_dir: PathBuf) -> Result<Self, HypervisorError> {
+    /// A provider over `work_dir`; isolated VMs reach `coordinator` only.
+    pub fn new(config: QemuProviderConfig, work_dir: PathBuf, coordinator: std::net::SocketAddr) -> Result<Self, HypervisorError> {
         std::fs::create_dir_all(&work_dir).map_err(|e| io("create", &work_dir, e))?;
-        Ok(Qemu { config, work_dir })
+        Ok(Qemu { config, work_dir, coordinator, relays: Default::default() })
+    }
+
+    /// The port isolated guests dial at 10.0.2.2 (the coordinator's).
+    fn guest_port(&self) -> u16 {
+        self.coordinator.port()
+    }
+
+    /// Sets the relay of a running isolated VM up again (after a restart
+    /// of the coordinator), inside the VM's namespace.
+    async fn ensure_relay(&self, vm_id: &str, pid: u32) -> Result<(), HypervisorError> {
+        if !self.config.isolate || self.relays.lock().unwrap_or_else(|e| e.into_inner()).contains_key(vm_id) {
+            return Ok(());
+        }
+        let port = self.guest_port();
+        let ns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        let socket = tokio::task::spawn_blocking(move || super::netns::in_namespace(Some(ns), move || super::netns::bind_guest_side(port)))
+            .await
+            .map_err(|e| HypervisorError::Failed(e.to_string()))?
+            .map_err(|e| HypervisorError::Failed(format!("cannot enter VM {vm_id}'s network namespace: {e}")))?;
+        self.attach_relay(vm_id, socket)
+    }
+
+    fn attach_relay(&self, vm_id: &str, socket: std::net::UdpSocket) -> Result<(), HypervisorError> {
+        let relay = super::netns::relay(socket, self.coordinator).map_err(|e| HypervisorError::Failed(format!("cannot relay VM {vm_id}: {e}")))?;
+        self.relays.lock().unwrap_or_else(|e| e.into_inner()).insert(vm_id.to_string(), relay);
+        Ok(())
+    }
+
+    fn drop_relay(&self, vm_id: &str) {
+        self.relays.lock().unwrap_or_else(|e| e.into_inner()).remove(vm_id);
     }
 
     fn dir(&self, vm_id: &str) -> Result<PathBuf, HypervisorError> {
@@ -282,8 +346,8 @@ impl super::Hypervisor for Qemu {
 
     async fn start(&self, vm_id: &str) -> Result<(), HypervisorError> {
         let dir = self.dir(vm_id)?;
-        if read_pid(&dir).is_some() {
-            return Ok(());
+        if let Some(pid) = read_pid(&dir) {
+            return self.ensure_relay(vm_id, pid).await;
         }
         let shape: Shape = std::fs::read(dir.join("shape.json"))
             .ok()
@@ -291,12 +355,20 @@ impl super::Hypervisor for Qemu {
             .ok_or_else(|| HypervisorError::NotFound(vm_id.to_string()))?;
         let mut disks = vec![(dir.join("system.img"), SYSTEM_DISK_SERIAL.to_string())];
         disks.extend(shape.serials.iter().map(|s| (Self::data_disk_file(&dir, s), s.clone())));
-        self.launch(&dir, shape.cores, shape.memory_bytes, disks).spawn().await?;
+        let launch = self.launch(&dir, shape.cores, shape.memory_bytes, disks);
+        if self.config.isolate {
+            let (_, socket) = launch.spawn_isolated(self.guest_port()).await?;
+            self.attach_relay(vm_id, socket)?;
+        } else {
+            launch.spawn().await?;
+        }
         Ok(())
     }
 
     async fn stop(&self, vm_id: &str) -> Result<(), HypervisorError> {
-        stop_dir(&self.dir(vm_id)?).await
+        stop_dir(&self.dir(vm_id)?).await?;
+        self.drop_relay(vm_id);
+        Ok(())
     }
 
     async fn delete(&self, vm_id: &str, keep_disks: bool) -> Result<(), HypervisorError> {
@@ -305,6 +377,7 @@ impl super::Hypervisor for Qemu {
             return Ok(());
         }
         stop_dir(&dir).await?;
+        self.drop_relay(vm_id);
         if keep_disks {
             let kept = self.work_dir.join("kept");
             std::fs::create_dir_all(&kept).map_err(|e| io("create", &kept, e))?;
@@ -327,7 +400,15 @@ impl super::Hypervisor for Qemu {
         let mut out = Vec::new();
         for (vm_id, dir) in self.vm_dirs()? {
             match std::fs::read_to_string(dir.join(TAG_FILE)) {
-                Ok(tag) => out.push(VmInfo { vm_id, provision: tag.trim().to_string(), running: read_pid(&dir).is_some() }),
+                Ok(tag) => {
+                    let pid = read_pid(&dir);
+                    if let Some(pid) = pid {
+                        if let Err(e) = self.ensure_relay(&vm_id, pid).await {
+                            tracing::warn!(vm = %vm_id, error = %e, "cannot relay a running VM");
+                        }
+                    }
+                    out.push(VmInfo { vm_id, provision: tag.trim().to_string(), running: pid.is_some() });
+                }
                 // An unfinished create left by a crash (not one under way:
                 // those are seconds old) is nobody's VM; remove it.
                 Err(_) => {

@@ -72,6 +72,7 @@ pub fn qemu_provider(name: &str, image: PathBuf, work_dir: PathBuf, boot_timeout
         work_dir: Some(work_dir),
         max_vms: 4,
         accel: "tcg".into(),
+        isolate: true,
         qemu: "qemu-system-x86_64".into(),
         guest_coordinator: None,
         cores: 1,
