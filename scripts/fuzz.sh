@@ -48,6 +48,7 @@ for target in "${targets[@]}"; do
   seeds=()
   case "$target" in
     request|response) seeds=("$ROOT/protocol/tests/golden") ;;
+    fleet_file) seeds=("$ROOT/examples") ;;
   esac
   out="$(mktemp)"
   if ! cargo fuzz run -s none "${mode[@]}" "$target" "corpus/$target" "${seeds[@]}" -- \

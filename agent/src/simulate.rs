@@ -126,7 +126,7 @@ fn synthetic_health(i: usize) -> HealthReport {
         boot_id: None,
         booted_system: None,
         pending_system: None,
-        nix_store: None,
+        nix_store: None, addresses: vec![],
     }
 }
 

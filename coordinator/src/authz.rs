@@ -29,7 +29,8 @@ pub fn required_role(request: &AdminRequest) -> Role {
         | AdminRequest::AdminsKeys { .. }
         | AdminRequest::Audit { .. }
         | AdminRequest::ProvisionShow { .. }
-        | AdminRequest::Provisions => Role::Viewer,
+        | AdminRequest::Provisions
+        | AdminRequest::FleetShow => Role::Viewer,
         // Who may log in to machines is decided by admins only.
         AdminRequest::TenantsCreate(spec) if !spec.managers.is_empty() => Role::Admin,
         AdminRequest::TokensCreate(_)
@@ -41,6 +42,7 @@ pub fn required_role(request: &AdminRequest) -> Role {
         | AdminRequest::MachinesReboot { .. }
         | AdminRequest::MachinesProvision(_)
         | AdminRequest::MachinesDestroy { .. }
+        | AdminRequest::FleetSave { .. }
         | AdminRequest::RolloutStart(_)
         | AdminRequest::RolloutControl { .. }
         | AdminRequest::S3(_)

@@ -371,6 +371,34 @@ pub fn apply_report(
     }
 }
 
+/// Parses `unit:NAME`, `http(s)://...` or `tcp:HOST:PORT`.
+pub fn parse_check(arg: &str) -> Result<HealthCheck, String> {
+    if let Some(name) = arg.strip_prefix("unit:") {
+        return Ok(HealthCheck::Unit { name: name.to_string() });
+    }
+    if let Some(bucket) = arg.strip_prefix("s3:") {
+        return Ok(HealthCheck::S3 { bucket: bucket.to_string() });
+    }
+    if let Some(rest) = arg.strip_prefix("file:") {
+        let (path, sha256) = match rest.split_once("#sha256=") {
+            Some((path, digest)) => (path, Some(digest.to_ascii_lowercase())),
+            None => (rest, None),
+        };
+        return Ok(HealthCheck::File { path: path.to_string(), sha256 });
+    }
+    if arg.starts_with("http://") || arg.starts_with("https://") {
+        return Ok(HealthCheck::Http { url: arg.to_string() });
+    }
+    if let Some(rest) = arg.strip_prefix("tcp:") {
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| format!("--check {arg:?}: expected tcp:HOST:PORT"))?;
+        let port = port.parse().map_err(|_| format!("--check {arg:?}: bad port"))?;
+        return Ok(HealthCheck::Tcp { host: host.trim_matches(['[', ']']).to_string(), port });
+    }
+    Err(format!("--check {arg:?}: expected unit:NAME, http://HOST:PORT/PATH, tcp:HOST:PORT, s3:BUCKET or file:PATH[#sha256=HEX]"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

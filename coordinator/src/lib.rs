@@ -22,6 +22,7 @@ pub mod client;
 pub mod command;
 pub mod config;
 pub mod deploy;
+pub mod fleet;
 pub mod hypervisor;
 pub mod init;
 pub mod model;

@@ -77,6 +77,8 @@ pub struct HealthRecord {
     pub pending_system: Option<String>,
     #[serde(default)]
     pub nix_store: Option<DiskRecord>,
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,6 +155,8 @@ impl HealthRecord {
             booted_system: report.booted_system.as_deref().map(text),
             pending_system: report.pending_system.as_deref().map(text),
             nix_store: report.nix_store.as_ref().map(DiskRecord::from_wire),
+            // At most 16, each an IP address.
+            addresses: report.addresses.iter().filter(|a| a.parse::<std::net::IpAddr>().is_ok()).take(16).cloned().collect(),
         }
     }
 
@@ -174,6 +178,7 @@ impl HealthRecord {
             booted_system: self.booted_system.clone(),
             pending_system: self.pending_system.clone(),
             nix_store: self.nix_store.as_ref().map(DiskRecord::to_wire),
+            addresses: self.addresses.clone(),
         }
     }
 }
@@ -207,6 +212,14 @@ pub struct TokenRecord {
     /// it gets the provision's name and is bound to it.
     #[serde(default)]
     pub provision: Option<String>,
+}
+
+/// The fleet `drover apply` applied last.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetRecord {
+    pub document: String,
+    pub applied_at: UnixMillis,
+    pub by: String,
 }
 
 /// A VM the coordinator provisions, keyed by its name (one provision a

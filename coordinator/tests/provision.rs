@@ -426,6 +426,7 @@ async fn a_provision_through_proxmox_boots_a_real_vm_that_enrolls_with_a_pinned_
                 disks,
                 fw_cfg_seed: None,
                 smbios_serial: req.smbios_serial,
+                guest_address: None,
             };
             launch.spawn().await.map(|_| ()).map_err(|e| e.to_string())
         })

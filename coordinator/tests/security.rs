@@ -58,7 +58,7 @@ fn sample_health() -> HealthReport {
         disks: vec![],
         failed_units: None,
         agent_version: "test".into(),
-        system_path: None, boot_id: None, booted_system: None, pending_system: None, nix_store: None,
+        system_path: None, boot_id: None, booted_system: None, pending_system: None, nix_store: None, addresses: vec![],
         volumes: vec![],
     }
 }

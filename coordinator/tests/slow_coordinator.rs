@@ -132,7 +132,7 @@ fn health() -> HealthReport {
         disks: vec![],
         failed_units: None,
         agent_version: "0".into(),
-        system_path: None, boot_id: None, booted_system: None, pending_system: None, nix_store: None,
+        system_path: None, boot_id: None, booted_system: None, pending_system: None, nix_store: None, addresses: vec![],
         volumes: vec![],
     }
 }

@@ -213,6 +213,10 @@ pub struct HealthReport {
     pub pending_system: Option<String>,
     /// The file system holding the Nix store.
     pub nix_store: Option<DiskUsage>,
+    /// The machine's IP addresses, loopback left out (protocol 6): what a
+    /// fleet's `${machines.NAME.address}` resolves to.
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -327,6 +331,11 @@ pub enum AdminRequest {
     /// Revokes a provisioned machine and deletes its VM; its data disks are
     /// kept with `keep_volumes`.
     MachinesDestroy { name: String, keep_volumes: bool },
+    /// Records the fleet `drover apply` has just applied (JSON: the file and
+    /// what its references resolved to).
+    FleetSave { document: String },
+    /// The last applied fleet, answered with [`AdminResponse::Fleet`].
+    FleetShow,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -360,6 +369,18 @@ pub enum AdminResponse {
     DeployPlan(Vec<PlannedTarget>),
     Provision(ProvisionInfo),
     Provisions(Vec<ProvisionInfo>),
+    /// The last applied fleet's document and when and by whom it was
+    /// applied; `None` before the first `drover apply`.
+    Fleet(Option<AppliedFleet>),
+}
+
+/// A fleet as `drover apply` recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct AppliedFleet {
+    pub document: String,
+    pub applied_at: UnixMillis,
+    pub by: String,
 }
 
 /// What a deployment would change on one machine against its newest

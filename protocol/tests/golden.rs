@@ -40,6 +40,7 @@ fn health() -> HealthReport {
         booted_system: Some("/nix/store/abc-nixos-system".into()),
         pending_system: Some("/nix/store/def-nixos-system".into()),
         nix_store: Some(DiskUsage { mount_point: "/nix/store".into(), total_bytes: 1 << 34, available_bytes: 1 << 32 }),
+        addresses: vec!["10.0.2.15".into()],
         volumes: vec![volume_state()],
     }
 }
@@ -261,6 +262,7 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-agent-restore-volume", Request::Agent(AgentRequest::RestoreVolume { generation: 4, name: "data".into() })),
         ("request-admin-machines-provision", Request::Admin(AdminRequest::MachinesProvision(ProvisionRequest { name: "web-1".into(), provider: "local".into(), template: None, cores: Some(2), memory_bytes: Some(1 << 30), disk_bytes: Some(4 << 30), labels: labels(), disks: vec![ProvisionDisk { name: "data".into(), size_bytes: 1 << 30, mount_point: "/srv/data".into(), filesystem: Filesystem::Ext4 }] }))),
         ("request-admin-deploy-file-check", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: labels(), checks: vec![HealthCheck::File { path: "/run/drover/facts.json".into(), sha256: Some("ab".repeat(32)) }], health_deadline_ms: 60_000, buckets: vec![], volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false, reboot: false }))),
+        ("request-admin-fleet-save", Request::Admin(AdminRequest::FleetSave { document: "{\"file\":{}}".into() })),
         ("request-admin-machines-destroy", Request::Admin(AdminRequest::MachinesDestroy { name: "web-1".into(), keep_volumes: true })),
         ("request-admin-volumes-delete", Request::Admin(AdminRequest::Volumes(VolumeRequest::Delete { name: "data".into(), confirm: "data".into() }))),
     ]

@@ -151,8 +151,29 @@ impl HealthSource for SystemHealth {
             booted_system: booted_system(&self.current_system),
             pending_system: self.profile.as_deref().and_then(|p| pending_system(&self.current_system, p)),
             nix_store: disk_usage(&self.nix_store),
+            addresses: addresses(),
         }
     }
+}
+
+/// The machine's IP addresses, loopback and link-local left out, IPv4
+/// first.
+fn addresses() -> Vec<String> {
+    let networks = sysinfo::Networks::new_with_refreshed_list();
+    let mut out: Vec<std::net::IpAddr> = networks
+        .values()
+        .flat_map(|n| n.ip_networks().iter().map(|i| i.addr))
+        .filter(|a| {
+            !a.is_loopback()
+                && match a {
+                    std::net::IpAddr::V4(v4) => !v4.is_link_local(),
+                    std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+                }
+        })
+        .collect();
+    out.sort_by_key(|a| (a.is_ipv6(), *a));
+    out.dedup();
+    out.iter().map(ToString::to_string).collect()
 }
 
 /// A fixed report, for the load generator's many simulated machines.

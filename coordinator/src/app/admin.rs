@@ -9,7 +9,7 @@ use drover_protocol::{ErrorCode, WireError};
 use crate::authz;
 use crate::model::AdminRecord;
 
-use super::{audit, deployments, machines, provisions, rollouts, s3, tenants, volumes, Coordinator};
+use super::{audit, deployments, fleet, machines, provisions, rollouts, s3, tenants, volumes, Coordinator};
 
 /// Answers one admin request and records it in the audit log when it
 /// changes something or shows a secret.
@@ -94,6 +94,8 @@ async fn answer(state: &Coordinator, name: &str, request: AdminRequest) -> Resul
         R::MachinesProvision(request) => AdminResponse::Provision(provisions::provision(state, request).await?),
         R::ProvisionShow { name } => AdminResponse::Provision(provisions::show(state, &name)?),
         R::Provisions => AdminResponse::Provisions(provisions::list(state)?),
+        R::FleetSave { document } => fleet::save(state, by, document).await?,
+        R::FleetShow => fleet::show(state)?,
         R::MachinesDestroy { name, keep_volumes } => AdminResponse::Provision(provisions::destroy(state, by, &name, keep_volumes).await?),
         R::Backup => return Err(WireError::new(ErrorCode::BadRequest, "a backup is answered in parts; use `drover backup FILE`")),
     })

@@ -38,7 +38,9 @@ pub fn describe(request: &AdminRequest) -> Option<(String, String)> {
         | R::AdminsKeys { .. }
         | R::Audit { .. }
         | R::ProvisionShow { .. }
-        | R::Provisions => return None,
+        | R::Provisions
+        | R::FleetShow => return None,
+        R::FleetSave { document } => ("apply", format!("a fleet of {} bytes", document.len())),
         R::MachinesProvision(spec) => ("machines provision", format!("{} on {}", spec.name, spec.provider)),
         R::MachinesDestroy { name, keep_volumes } => ("machines destroy", format!("{name}{}", if *keep_volumes { " --keep-volumes" } else { "" })),
         R::TokensCreate(spec) => ("tokens create", format!("{} uses, labels {}", spec.uses, selector(&None, &spec.labels))),

@@ -271,13 +271,35 @@ pub async fn dry_run(state: &Coordinator, spec: DeploySpec) -> Result<AdminRespo
             Err(e) => plan.refused = Some(e.to_string()),
             Ok(generation) => {
                 plan.generation = generation;
-                let (mut record, _) = deploy::build(&spec, m, generation, now, &directory.extras(m));
+                // A bucket the machine already has keeps its credentials
+                // and facts (as a deployment would give them again); a new
+                // one is said so.
+                let mut target_spec = spec.clone();
+                let mut new_buckets = Vec::new();
+                for b in &spec.buckets {
+                    let (id_name, secret_name) = super::s3::provision::secret_names(&b.name);
+                    let old = before.as_ref().map(|r| r.assignment.secrets.as_slice()).unwrap_or_default();
+                    let found = (old.iter().find(|s| s.name == id_name), old.iter().find(|s| s.name == secret_name));
+                    match (found, &state.config.s3) {
+                        ((Some(id), Some(secret)), Some(s3)) => {
+                            target_spec.secrets.extend([id.clone(), secret.clone()]);
+                            target_spec.facts.insert("s3_endpoint".into(), s3.s3_endpoint.clone());
+                            target_spec.facts.insert("s3_region".into(), s3.region.clone());
+                            target_spec.facts.insert(format!("s3_bucket.{}", b.name), b.name.clone());
+                            if let (true, Some(url)) = (b.public, s3.public_url_of(&b.name)) {
+                                target_spec.facts.insert(format!("s3_public_url.{}", b.name), url);
+                            }
+                        }
+                        _ => new_buckets.push(b.name.clone()),
+                    }
+                }
+                let (mut record, _) = deploy::build(&target_spec, m, generation, now, &directory.extras(m));
                 deploy::with_volumes(&mut record.assignment, &m.volumes);
                 plan.changes = deploy::changes(before.as_ref().map(|b| &b.assignment), &record.assignment);
-                for b in &spec.buckets {
-                    plan.changes.push(format!("bucket: {} (made ready; its credentials and endpoint become secrets and facts)", b.name));
+                for b in new_buckets {
+                    plan.changes.push(format!("bucket: {b} (made ready; its credentials and endpoint become secrets and facts)"));
                 }
-                for c in &spec.volumes {
+                for c in spec.volumes.iter().filter(|c| m.volumes.iter().all(|v| v.name != c.name)) {
                     plan.changes.push(format!("volume attached: {} at {} (created if missing)", c.name, c.mount_point));
                 }
                 if let (false, Some(r)) = (spec.override_rollout, held.iter().find(|r| r.state.holds(&m.id))) {

@@ -20,6 +20,7 @@ pub mod deployments;
 pub mod driver;
 pub mod enroll;
 pub mod errors;
+pub mod fleet;
 pub mod live;
 pub mod machines;
 pub mod metrics;

@@ -65,6 +65,18 @@ pub enum Command {
     /// at a time, mounted by its agent, grown, moved, snapshotted.
     #[command(subcommand)]
     Volumes(VolumesCommand),
+    /// What a fleet file would change — tenants, machines, buckets, volumes,
+    /// services, in dependency order — without changing anything.
+    Plan(PlanArgs),
+    /// Carry a fleet file out: provision missing VMs and wait for them,
+    /// ensure tenants, buckets and volumes, then deploy each service (with
+    /// its rollout strategy) once the services it names in `after` are
+    /// healthy. Deletes only with --prune. Applying again finishes an apply
+    /// that was cut short.
+    Apply(ApplyArgs),
+    /// The last applied fleet, and what differs from it now.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Show which admin the bundle authenticates as.
     Whoami(AdminArgs),
     /// Write a consistent snapshot of the coordinator's state (store, fleet
@@ -227,6 +239,63 @@ pub enum TokensCommand {
     },
 }
 
+/// Where a fleet is described.
+#[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("fleet_source").required(true).args(["file", "flake"])))]
+pub struct FleetSource {
+    /// A fleet file (TOML, or JSON).
+    pub file: Option<PathBuf>,
+    /// A flake output evaluated with `nix eval --json`, e.g. .#droverFleet.
+    #[arg(long)]
+    pub flake: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub source: FleetSource,
+    /// Also plan deleting what the last applied fleet made and this file no
+    /// longer names.
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub source: FleetSource,
+    /// Delete what the last applied fleet made and this file no longer
+    /// names (buckets only when empty; volumes are detached, their data kept).
+    #[arg(long)]
+    pub prune: bool,
+    /// Apply without asking.
+    #[arg(long)]
+    pub yes: bool,
+    /// Give up after this long.
+    #[arg(long, default_value = "30m", value_parser = drover_net::clock::parse_duration)]
+    pub timeout: std::time::Duration,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// The fleet `drover apply` applied last: its machines, services' facts,
+    /// buckets and volumes.
+    Show {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// What differs from the last applied fleet now: machines offline or on
+    /// another generation, buckets or volumes gone.
+    Drift {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum MachinesCommand {
     /// List machines, optionally those matching every k=v of a selector.
@@ -295,10 +364,10 @@ pub enum MachinesCommand {
         #[arg(long)]
         cores: Option<u32>,
         /// Memory, e.g. 4GiB (default: the provider's).
-        #[arg(long, value_parser = crate::cli::s3::parse_size)]
+        #[arg(long, value_parser = crate::cli::parse_size)]
         memory: Option<u64>,
         /// System disk, e.g. 32GiB (default: the provider's).
-        #[arg(long, value_parser = crate::cli::s3::parse_size)]
+        #[arg(long, value_parser = crate::cli::parse_size)]
         disk: Option<u64>,
         /// A label the machine gets (k=v, repeatable).
         #[arg(long = "label", value_parser = parse_label)]
@@ -340,10 +409,10 @@ pub fn parse_provision_disk(s: &str) -> Result<drover_protocol::v1::ProvisionDis
     }
     Ok(drover_protocol::v1::ProvisionDisk {
         name: parts[0].to_string(),
-        size_bytes: crate::cli::s3::parse_size(parts[1])?,
+        size_bytes: crate::cli::parse_size(parts[1])?,
         mount_point: parts[2].to_string(),
         filesystem: match parts.get(3) {
-            Some(fs) => crate::cli::volumes::parse_filesystem(fs)?,
+            Some(fs) => crate::cli::parse_filesystem(fs)?,
             None => drover_protocol::v1::Filesystem::Ext4,
         },
     })

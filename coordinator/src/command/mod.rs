@@ -5,6 +5,7 @@ pub mod audit;
 pub mod backup;
 pub mod deploy;
 pub mod deployments;
+pub mod fleet;
 pub mod init;
 pub mod machines;
 pub mod rollout;
@@ -50,6 +51,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Admins(cmd) => admins::run(cmd).await,
         Command::Tenants(cmd) => tenants::run(cmd).await,
         Command::Whoami(args) => admins::whoami(args).await,
+        Command::Plan(args) => fleet::plan_command(args.source, args.prune, args.admin).await,
+        Command::Apply(args) => fleet::apply_command(args.source, args.prune, args.yes, args.timeout, args.admin).await,
+        Command::Fleet(crate::cli::FleetCommand::Show { admin }) => fleet::show(admin).await,
+        Command::Fleet(crate::cli::FleetCommand::Drift { admin }) => fleet::drift(admin).await,
         Command::Backup(args) => backup::backup(args).await,
         Command::Restore(args) => backup::restore(args),
         Command::Audit(args) => audit::run(args).await,

@@ -58,6 +58,14 @@ pub struct Launch {
     pub fw_cfg_seed: Option<PathBuf>,
     /// The SMBIOS type 1 serial (how Proxmox hands over its seed).
     pub smbios_serial: Option<String>,
+    /// The address QEMU's DHCP gives the guest (in 10.0.2.0/24; the host
+    /// is 10.0.2.2), so that each VM has its own.
+    pub guest_address: Option<std::net::Ipv4Addr>,
+}
+
+/// The guest address of a VM id: 10.0.2.16 upwards, wrapping after 200.
+pub fn guest_address(vm_id: u32) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(10, 0, 2, 16 + (vm_id.saturating_sub(FIRST_ID) % 200) as u8)
 }
 
 impl Launch {
@@ -89,7 +97,10 @@ impl Launch {
             "-serial".into(),
             format!("file:{}", dir.join(CONSOLE_FILE).display()),
             "-netdev".into(),
-            "user,id=n0".into(),
+            match self.guest_address {
+                Some(a) => format!("user,id=n0,dhcpstart={a}"),
+                None => "user,id=n0".into(),
+            },
             "-device".into(),
             "virtio-net-pci,netdev=n0,romfile=".into(),
         ];
@@ -283,6 +294,7 @@ impl Qemu {
             disks,
             fw_cfg_seed: Some(dir.join(SEED_FILE)),
             smbios_serial: None,
+            guest_address: dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()).map(guest_address),
         }
     }
 
@@ -313,8 +325,12 @@ impl super::Hypervisor for Qemu {
                 existing.len()
             )));
         }
-        // mkdir is the allocation: the first id whose directory we make.
-        let mut id = existing.last().and_then(|(id, _)| id.parse::<u32>().ok()).map_or(FIRST_ID, |n| n + 1);
+        // mkdir is the allocation: the first id whose directory we make,
+        // above every id given before (a new VM never gets a deleted one's
+        // id, nor its address).
+        let counter = self.work_dir.join("next-id");
+        let recorded: u32 = std::fs::read_to_string(&counter).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(FIRST_ID);
+        let mut id = existing.last().and_then(|(id, _)| id.parse::<u32>().ok()).map_or(FIRST_ID, |n| n + 1).max(recorded);
         let dir = loop {
             let dir = self.work_dir.join(id.to_string());
             match std::fs::create_dir(&dir) {
@@ -324,6 +340,7 @@ impl super::Hypervisor for Qemu {
             }
         };
         let vm_id = id.to_string();
+        drover_net::fsutil::write_atomic(&counter, (id + 1).to_string().as_bytes(), 0o644).map_err(|e| io("write", &counter, e))?;
         let made = (|| {
             drover_net::fsutil::write_atomic(&dir.join(SEED_FILE), seed.encode('\n').as_bytes(), 0o600)
                 .map_err(|e| io("write", &dir.join(SEED_FILE), e))?;

@@ -39,10 +39,11 @@ pub enum Tree {
     Volumes,
     Audit,
     Provisions,
+    Fleet,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 13] = [
+    pub const ALL: [Tree; 14] = [
         Tree::Meta,
         Tree::Machines,
         Tree::Tokens,
@@ -56,6 +57,7 @@ impl Tree {
         Tree::Volumes,
         Tree::Audit,
         Tree::Provisions,
+        Tree::Fleet,
     ];
 
     pub fn name(self) -> &'static str {
@@ -73,6 +75,7 @@ impl Tree {
             Tree::Volumes => "volumes",
             Tree::Audit => "audit",
             Tree::Provisions => "provisions",
+            Tree::Fleet => "fleet",
         }
     }
 

@@ -1,0 +1,555 @@
+//! `drover plan`, `drover apply`, `drover fleet show|drift`: a fleet file
+//! compared with the coordinator's fleet, and carried out in dependency
+//! order — tenants, machines (provisioned VMs awaited until online,
+//! adopted ones labelled), buckets, volumes, then each service after those
+//! it names in `after` are healthy. Every step is idempotent, so an apply
+//! cut short (a coordinator killed) is finished by applying again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use drover_protocol::v1::{
+    AdminRequest, AdminResponse, BucketRequest, DeploySpec, Labels, ProvisionDisk, ProvisionRequest, RolloutPhase, RolloutSpec,
+    RolloutStrategy, S3Request, S3Response, SecretBytes, SecretFile, SystemSpec, TenantSpec, VolumeClaim, VolumeRequest, VolumeResponse,
+};
+
+use crate::cli::{AdminArgs, FleetSource};
+use crate::client::AdminClient;
+use drover_net::client::ClientError;
+use crate::fleet::plan::{self, Action, Change, Observed, SERVICE_LABEL};
+use crate::fleet::{self, FleetFile, Source};
+use crate::output::OutputFormat;
+
+use super::{connect, print_json, refused};
+
+/// Reads the fleet from a file or a flake, and checks it.
+pub fn load(source: &FleetSource) -> Result<(FleetFile, Source, PathBuf)> {
+    let (source, base) = match (&source.file, &source.flake) {
+        (Some(path), None) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the fleet file {}", path.display()))?;
+            let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            (Source { name: path.display().to_string(), text }, base)
+        }
+        (None, Some(reference)) => {
+            let output = std::process::Command::new("nix")
+                .args(["--extra-experimental-features", "nix-command flakes", "--option", "substituters", "", "eval", "--json", reference])
+                .output()
+                .context("cannot run nix (install Debian's nix-bin)")?;
+            if !output.status.success() {
+                bail!("nix eval --json {reference} failed:\n{}", String::from_utf8_lossy(&output.stderr).trim());
+            }
+            (Source { name: reference.clone(), text: String::from_utf8_lossy(&output.stdout).to_string() }, std::env::current_dir()?)
+        }
+        _ => bail!("give a fleet FILE or --flake REF"),
+    };
+    let file = fleet::parse(&source)?;
+    fleet::validate(&file, &source)?;
+    Ok((file, source, base))
+}
+
+async fn ask(client: &AdminClient, request: AdminRequest, what: &str) -> Result<AdminResponse> {
+    client.call(request).await.map_err(|e| refused(e, what))
+}
+
+/// Whether an error answer means "not configured" (no `[s3]` or
+/// `[linstor]`): then that part of the fleet is empty.
+fn unconfigured(e: &ClientError) -> bool {
+    e.to_string().contains("not configured") || e.to_string().contains("no [s3]") || e.to_string().contains("[linstor]")
+}
+
+/// The fleet as the coordinator knows it now.
+pub async fn observe(client: &AdminClient, fleet: &FleetFile) -> Result<Observed> {
+    let mut observed = Observed::default();
+    let AdminResponse::Tenants(tenants) = ask(client, AdminRequest::TenantsList, "listing tenants").await? else { bail!("unexpected answer") };
+    observed.tenants = tenants.into_iter().map(|t| t.domain).collect();
+    let AdminResponse::Provisions(all) = ask(client, AdminRequest::Provisions, "listing provisions").await? else { bail!("unexpected answer") };
+    observed.provisions = plan::live_provisions(all);
+    let AdminResponse::Machines(machines) = ask(client, AdminRequest::MachinesList { selector: Labels::new() }, "listing machines").await? else {
+        bail!("unexpected answer")
+    };
+    observed.machines = machines.into_iter().filter(|m| m.status != drover_protocol::v1::MachineStatus::Revoked).collect();
+    let applied = match ask(client, AdminRequest::FleetShow, "reading the last applied fleet").await? {
+        AdminResponse::Fleet(Some(a)) => serde_json::from_str::<Applied>(&a.document).ok().map(|a| a.file),
+        _ => None,
+    };
+    let wants_s3 = !fleet.buckets.is_empty() || applied.as_ref().is_some_and(|a| !a.buckets.is_empty());
+    if wants_s3 {
+        match client.call(AdminRequest::S3(S3Request::BucketsList)).await {
+            Ok(AdminResponse::S3(S3Response::Buckets(b))) => observed.buckets = b.into_iter().flat_map(|b| b.aliases).collect(),
+            Ok(_) => bail!("unexpected answer"),
+            Err(e) if unconfigured(&e) && fleet.buckets.is_empty() => {}
+            Err(e) => return Err(refused(e, "listing buckets (the fleet has buckets: configure [s3])")),
+        }
+    }
+    let wants_volumes = fleet.volumes.iter().any(|(_, v)| fleet.machines.get(&v.machine).is_some_and(|m| m.adopt.is_some()));
+    if wants_volumes {
+        let AdminResponse::Volumes(VolumeResponse::Volumes(v)) = ask(client, AdminRequest::Volumes(VolumeRequest::List), "listing volumes").await? else {
+            bail!("unexpected answer")
+        };
+        observed.volumes = v.into_iter().map(|v| v.name).collect();
+    }
+    observed.applied = applied;
+    Ok(observed)
+}
+
+/// What `apply` records: the file and what its references resolved to.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct Applied {
+    pub file: FleetFile,
+    /// Fleet machine → machine id.
+    pub machines: BTreeMap<String, String>,
+    /// Service → resolved facts.
+    pub facts: BTreeMap<String, Labels>,
+    /// Machine id → the generation the apply left it on.
+    pub generations: BTreeMap<String, u64>,
+}
+
+fn system_of(s: &fleet::ServiceDecl) -> SystemSpec {
+    match (&s.flake, &s.closure) {
+        (Some(f), _) => {
+            let (uri, attribute) = f.split_once('#').unwrap_or((f, ""));
+            SystemSpec::Flake { uri: uri.into(), attribute: attribute.into() }
+        }
+        (None, closure) => SystemSpec::Closure {
+            store_path: closure.clone().unwrap_or_default(),
+            substituters: s.substituters.clone(),
+            trusted_public_keys: s.trusted_public_keys.clone(),
+        },
+    }
+}
+
+/// A service's deployment, with its facts resolved.
+fn service_spec(fleet: &FleetFile, name: &str, facts: Labels, base: &Path) -> Result<DeploySpec> {
+    let s = &fleet.services[name];
+    let mut secrets = Vec::new();
+    for (secret, file) in &s.secrets {
+        let path = base.join(file);
+        let value = std::fs::read(&path).with_context(|| format!("services.{name}.secrets.{secret}: cannot read {}", path.display()))?;
+        secrets.push(SecretFile { name: secret.clone(), value: SecretBytes::new(value), owner: None, group: None, mode: 0o400 });
+    }
+    let checks = s.checks.iter().map(|c| crate::deploy::parse_check(c).map_err(anyhow::Error::msg)).collect::<Result<Vec<_>>>()?;
+    let buckets = fleet
+        .buckets
+        .iter()
+        .filter(|(_, b)| b.machines.iter().any(|m| s.machines.contains(m)))
+        .map(|(n, b)| BucketRequest { name: n.clone(), public: b.public })
+        .collect();
+    let mut volumes = Vec::new();
+    for (v, decl) in fleet.volumes.iter().filter(|(_, v)| s.machines.contains(&v.machine) && fleet.machines[&v.machine].adopt.is_some()) {
+        volumes.push(VolumeClaim {
+            name: v.clone(),
+            mount_point: decl.mount.clone(),
+            filesystem: decl.filesystem.parse().map_err(anyhow::Error::msg)?,
+            size_bytes: Some(fleet::size_bytes(&decl.size).map_err(anyhow::Error::msg)?),
+        });
+    }
+    Ok(DeploySpec {
+        machine: None,
+        selector: [(SERVICE_LABEL.to_string(), name.to_string())].into(),
+        system: system_of(s),
+        secrets,
+        facts,
+        checks,
+        health_deadline_ms: drover_net::clock::parse_duration(&s.health_deadline).map(|d| d.as_millis() as u64).map_err(anyhow::Error::msg)?,
+        buckets,
+        volumes,
+        goal: Default::default(),
+        force_switch: false,
+        override_rollout: false,
+        reboot: false,
+    })
+}
+
+/// The whole plan: infrastructure first, then services in `after` order.
+async fn make_plan(client: &AdminClient, fleet: &FleetFile, observed: &Observed, base: &Path, prune: bool) -> Result<Vec<Change>> {
+    let mut changes = plan::infrastructure(fleet, observed, prune);
+    for name in fleet::service_order(fleet).map_err(|c| anyhow::anyhow!("a cycle in after: {}", c.join(" -> ")))? {
+        let machines = fleet.services[&name].machines.len();
+        let facts = plan::facts_of(fleet, observed, &name);
+        let ready = plan::service_ready(fleet, observed, &name);
+        let change = match (facts, ready) {
+            (Ok(facts), true) => {
+                let spec = service_spec(fleet, &name, facts, base)?;
+                let AdminResponse::DeployPlan(targets) = ask(client, AdminRequest::DeployDryRun(spec), &format!("planning service {name}")).await? else {
+                    bail!("unexpected answer")
+                };
+                plan::service(&name, machines, Some(&targets), &[])
+            }
+            (Err(open), true) => {
+                // The generation each machine would get, with the facts
+                // still open left as written.
+                let raw = fleet.services[&name].facts.clone();
+                let spec = service_spec(fleet, &name, raw, base)?;
+                let AdminResponse::DeployPlan(targets) = ask(client, AdminRequest::DeployDryRun(spec), &format!("planning service {name}")).await? else {
+                    bail!("unexpected answer")
+                };
+                plan::service(&name, machines, Some(&targets), &open)
+            }
+            (Ok(_), false) => plan::service(&name, machines, None, &[]),
+            (Err(open), false) => plan::service(&name, machines, None, &open),
+        };
+        changes.extend(change);
+    }
+    Ok(changes)
+}
+
+fn print_plan(changes: &[Change]) {
+    if changes.is_empty() {
+        crate::out!("no changes: the fleet is as the file says");
+        return;
+    }
+    for c in changes {
+        let sign = match c.action {
+            Action::Create => "+",
+            Action::Update => "~",
+            Action::Delete => "-",
+        };
+        crate::out!("{sign} {} {}", c.kind, c.name);
+        for d in &c.details {
+            crate::out!("    {d}");
+        }
+    }
+    let count = |a| changes.iter().filter(|c| c.action == a).count();
+    crate::out!("{} to create, {} to update, {} to delete", count(Action::Create), count(Action::Update), count(Action::Delete));
+}
+
+pub async fn plan_command(source: FleetSource, prune: bool, admin: AdminArgs) -> Result<()> {
+    let (fleet, _, base) = load(&source)?;
+    let client = connect(&admin).await?;
+    let observed = observe(&client, &fleet).await?;
+    let changes = make_plan(&client, &fleet, &observed, &base, prune).await?;
+    client.close().await;
+    match admin.output {
+        OutputFormat::Json => print_json(&changes)?,
+        OutputFormat::Table => print_plan(&changes),
+    }
+    Ok(())
+}
+
+fn progress(show: bool, line: String) {
+    if show {
+        eprintln!("==> {line}");
+    }
+}
+
+pub async fn apply_command(source: FleetSource, prune: bool, yes: bool, timeout: Duration, admin: AdminArgs) -> Result<()> {
+    let (fleet, _, base) = load(&source)?;
+    let show = admin.output == OutputFormat::Table;
+    let client = connect(&admin).await?;
+    let observed = observe(&client, &fleet).await?;
+    let changes = make_plan(&client, &fleet, &observed, &base, prune).await?;
+    if show {
+        print_plan(&changes);
+    }
+    if changes.is_empty() {
+        return save(&client, &fleet, &observed, &base).await;
+    }
+    if !yes {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            bail!("apply changes the fleet: confirm with --yes (standard input is not a terminal to ask)");
+        }
+        eprint!("apply these changes? [y/N] ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "yes") {
+            bail!("nothing applied");
+        }
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    // Tenants.
+    for (domain, t) in fleet.tenants.iter().filter(|(d, _)| !observed.tenants.contains(*d)) {
+        progress(show, format!("tenant {domain}"));
+        let spec = TenantSpec { domain: domain.clone(), admin_email: t.admin_email.clone(), admin_user: t.admin_user.clone(), managers: vec![] };
+        ask(&client, AdminRequest::TenantsCreate(spec), &format!("creating tenant {domain}")).await?;
+    }
+    // Machines: provision what is missing (all at once), then wait.
+    for (name, decl) in fleet.machines.iter().filter(|(_, m)| m.provider.is_some()) {
+        if observed.machine(&fleet, name).is_some() {
+            continue;
+        }
+        progress(show, format!("machine {name}: provisioning on {}", decl.provider.as_deref().unwrap_or_default()));
+        let disks = fleet
+            .volumes
+            .iter()
+            .filter(|(_, v)| &v.machine == name)
+            .map(|(v, d)| {
+                Ok(ProvisionDisk {
+                    name: v.clone(),
+                    size_bytes: fleet::size_bytes(&d.size).map_err(anyhow::Error::msg)?,
+                    mount_point: d.mount.clone(),
+                    filesystem: d.filesystem.parse().map_err(anyhow::Error::msg)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let request = ProvisionRequest {
+            name: name.clone(),
+            provider: decl.provider.clone().unwrap_or_default(),
+            template: decl.template.clone(),
+            cores: decl.cores,
+            memory_bytes: decl.memory.as_deref().map(fleet::size_bytes).transpose().map_err(anyhow::Error::msg)?,
+            disk_bytes: decl.disk.as_deref().map(fleet::size_bytes).transpose().map_err(anyhow::Error::msg)?,
+            labels: plan::labels_of(&fleet, name),
+            disks,
+        };
+        ask(&client, AdminRequest::MachinesProvision(request), &format!("provisioning {name}")).await?;
+    }
+    let mut observed = wait_machines(&client, &fleet, deadline, show).await?;
+    // Labels of every machine (adopted ones, and provisioned ones whose
+    // labels changed in the file).
+    for name in fleet.machines.keys() {
+        let Some(m) = observed.machine(&fleet, name) else { continue };
+        let want = plan::labels_of(&fleet, name);
+        if want.iter().any(|(k, v)| m.labels.get(k) != Some(v)) {
+            progress(show, format!("machine {name}: labels"));
+            let request = AdminRequest::MachinesLabel { id: m.id.clone(), set: want, remove: vec![] };
+            ask(&client, request, &format!("labelling {name}")).await?;
+        }
+    }
+    // Buckets (quota and access), volumes.
+    for (name, b) in fleet.buckets.iter().filter(|(n, _)| !observed.buckets.contains(*n)) {
+        progress(show, format!("bucket {name}"));
+        let max_size = b.quota.as_deref().map(fleet::size_bytes).transpose().map_err(anyhow::Error::msg)?;
+        let request = AdminRequest::S3(S3Request::BucketCreate { name: name.clone(), public: b.public, max_size, max_objects: None });
+        ask(&client, request, &format!("creating bucket {name}")).await?;
+    }
+    for (name, v) in fleet.volumes.iter().filter(|(n, v)| fleet.machines[&v.machine].adopt.is_some() && !observed.volumes.contains(*n)) {
+        progress(show, format!("volume {name}"));
+        let request = AdminRequest::Volumes(VolumeRequest::Create {
+            name: name.clone(),
+            size_bytes: fleet::size_bytes(&v.size).map_err(anyhow::Error::msg)?,
+            replicas: v.replicas,
+            resource_group: None,
+        });
+        ask(&client, request, &format!("creating volume {name}")).await?;
+    }
+    observed = observe(&client, &fleet).await?;
+    // Services, each after those it names are healthy.
+    for name in fleet::service_order(&fleet).map_err(|c| anyhow::anyhow!("a cycle: {}", c.join(" -> ")))? {
+        let facts = plan::facts_of(&fleet, &observed, &name).map_err(|open| anyhow::anyhow!("service {name}: facts cannot be resolved: {}", open.join(", ")))?;
+        let spec = service_spec(&fleet, &name, facts, &base)?;
+        let AdminResponse::DeployPlan(targets) = ask(&client, AdminRequest::DeployDryRun(spec.clone()), &format!("planning service {name}")).await? else {
+            bail!("unexpected answer")
+        };
+        if plan::service(&name, targets.len(), Some(&targets), &[]).is_none() {
+            continue;
+        }
+        progress(show, format!("service {name}: deploying to {} machine(s)", targets.len()));
+        match &fleet.services[&name].strategy {
+            None => {
+                let AdminResponse::Deployed(deployed) = ask(&client, AdminRequest::Deploy(spec), &format!("deploying service {name}")).await? else {
+                    bail!("unexpected answer")
+                };
+                let wait_client = connect(&admin).await?;
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                super::deploy::follow(wait_client, deployed, Some(left), if show { OutputFormat::Table } else { OutputFormat::Json })
+                    .await
+                    .with_context(|| format!("service {name} did not become healthy; nothing after it was deployed"))?;
+            }
+            Some(strategy) => {
+                let rollout = RolloutSpec {
+                    deploy: spec,
+                    strategy: RolloutStrategy {
+                        canary: strategy.canary,
+                        max_parallel: crate::cli::parse_amount(&strategy.max_parallel).map_err(anyhow::Error::msg)?,
+                        max_unavailable: drover_protocol::v1::Amount::Count(1),
+                        max_failures: drover_protocol::v1::Amount::Count(0),
+                        healthy_deadline_ms: 300_000,
+                        min_healthy_time_ms: 0,
+                        progress_deadline_ms: 600_000,
+                        auto_revert: strategy.auto_revert,
+                        auto_promote: true,
+                    },
+                    snapshot_volumes: false,
+                };
+                let AdminResponse::Rollout(r) = ask(&client, AdminRequest::RolloutStart(rollout), &format!("rolling out service {name}")).await? else {
+                    bail!("unexpected answer")
+                };
+                loop {
+                    let AdminResponse::Rollout(now) = ask(&client, AdminRequest::RolloutStatus { id: r.id.clone() }, "following the rollout").await? else {
+                        bail!("unexpected answer")
+                    };
+                    match now.phase {
+                        RolloutPhase::Succeeded => break,
+                        RolloutPhase::Failed | RolloutPhase::Aborted | RolloutPhase::Reverted => {
+                            bail!("service {name}: rollout {} ended {}{}; nothing after it was deployed", r.id, now.phase.as_str(), now.reason.map(|w| format!(": {w}")).unwrap_or_default())
+                        }
+                        _ if tokio::time::Instant::now() >= deadline => bail!("service {name}: rollout {} still {} at the deadline", r.id, now.phase.as_str()),
+                        _ => tokio::time::sleep(Duration::from_millis(500)).await,
+                    }
+                }
+            }
+        }
+    }
+    // Deletions, only with --prune.
+    if prune {
+        for c in changes.iter().filter(|c| c.action == Action::Delete || (c.kind == "volume" && c.action == Action::Update)) {
+            progress(show, format!("{} {}: {:?}", c.kind, c.name, c.action).to_lowercase());
+            let request = match c.kind {
+                "bucket" => AdminRequest::S3(S3Request::BucketDelete { name: c.name.clone() }),
+                "machine" => AdminRequest::MachinesDestroy { name: c.name.clone(), keep_volumes: false },
+                "volume" => AdminRequest::Volumes(VolumeRequest::Detach { name: c.name.clone() }),
+                _ => continue,
+            };
+            ask(&client, request, &format!("pruning {} {}", c.kind, c.name)).await?;
+        }
+    }
+    let observed = observe(&client, &fleet).await?;
+    save(&client, &fleet, &observed, &base).await?;
+    if show {
+        crate::out!("applied: the fleet is as the file says");
+    }
+    Ok(())
+}
+
+/// Waits until every machine of the file is there and online.
+async fn wait_machines(client: &AdminClient, fleet: &FleetFile, deadline: tokio::time::Instant, show: bool) -> Result<Observed> {
+    let mut said = BTreeSet::new();
+    loop {
+        let observed = observe(client, fleet).await?;
+        let mut waiting = Vec::new();
+        for (name, decl) in &fleet.machines {
+            match observed.machine(fleet, name) {
+                Some(m) if m.status == drover_protocol::v1::MachineStatus::Online => {
+                    if said.insert(name.clone()) {
+                        progress(show, format!("machine {name}: online as {}", m.id));
+                    }
+                }
+                _ => {
+                    if decl.provider.is_some() {
+                        let failed = match client.call(AdminRequest::ProvisionShow { name: name.clone() }).await {
+                            Ok(AdminResponse::Provision(p)) if p.state == drover_protocol::v1::ProvisionState::Failed => p.error,
+                            _ => None,
+                        };
+                        if let Some(e) = failed {
+                            bail!("machine {name}: its provision failed: {e}");
+                        }
+                    }
+                    waiting.push(name.clone());
+                }
+            }
+        }
+        if waiting.is_empty() {
+            return Ok(observed);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("machines not online before the deadline: {}", waiting.join(", "));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn save(client: &AdminClient, fleet: &FleetFile, observed: &Observed, base: &Path) -> Result<()> {
+    let _ = base;
+    let mut applied = Applied { file: fleet.clone(), machines: BTreeMap::new(), facts: BTreeMap::new(), generations: BTreeMap::new() };
+    for name in fleet.machines.keys() {
+        if let Some(m) = observed.machine(fleet, name) {
+            applied.machines.insert(name.clone(), m.id.clone());
+            let AdminResponse::MachineDetail(d) = ask(client, AdminRequest::MachinesDetail { id: m.id.clone() }, "reading a machine").await? else {
+                bail!("unexpected answer")
+            };
+            applied.generations.insert(m.id.clone(), d.desired_generation);
+        }
+    }
+    for name in fleet.services.keys() {
+        if let Ok(facts) = plan::facts_of(fleet, observed, name) {
+            applied.facts.insert(name.clone(), facts);
+        }
+    }
+    let document = serde_json::to_string(&applied)?;
+    ask(client, AdminRequest::FleetSave { document }, "recording the applied fleet").await?;
+    Ok(())
+}
+
+/// `drover fleet show`.
+pub async fn show(admin: AdminArgs) -> Result<()> {
+    let client = connect(&admin).await?;
+    let AdminResponse::Fleet(fleet) = ask(&client, AdminRequest::FleetShow, "reading the last applied fleet").await? else { bail!("unexpected answer") };
+    client.close().await;
+    let Some(fleet) = fleet else {
+        bail!("no fleet has been applied yet; see `drover apply --help`");
+    };
+    let applied: Applied = serde_json::from_str(&fleet.document).context("the recorded fleet is unreadable")?;
+    match admin.output {
+        OutputFormat::Json => print_json(&applied)?,
+        OutputFormat::Table => {
+            crate::out!("applied {} by {}", crate::output::timestamp(fleet.applied_at), fleet.by);
+            for (name, id) in &applied.machines {
+                crate::out!("machine  {name:<20} {id} generation {}", applied.generations.get(id).copied().unwrap_or(0));
+            }
+            for (name, facts) in &applied.facts {
+                crate::out!("service  {name:<20} {}", crate::output::labels(facts));
+            }
+            for name in applied.file.buckets.keys() {
+                crate::out!("bucket   {name}");
+            }
+            for (name, v) in &applied.file.volumes {
+                crate::out!("volume   {name:<20} {} on {} at {}", v.size, v.machine, v.mount);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One difference between the applied fleet and the fleet now.
+#[derive(Debug, Serialize)]
+pub struct Drift {
+    pub kind: &'static str,
+    pub name: String,
+    pub what: String,
+}
+
+/// `drover fleet drift`.
+pub async fn drift(admin: AdminArgs) -> Result<()> {
+    let client = connect(&admin).await?;
+    let AdminResponse::Fleet(Some(record)) = ask(&client, AdminRequest::FleetShow, "reading the last applied fleet").await? else {
+        bail!("no fleet has been applied yet; see `drover apply --help`");
+    };
+    let applied: Applied = serde_json::from_str(&record.document).context("the recorded fleet is unreadable")?;
+    let observed = observe(&client, &applied.file).await?;
+    let mut drifts = Vec::new();
+    for (name, id) in &applied.machines {
+        match observed.machines.iter().find(|m| &m.id == id) {
+            None => drifts.push(Drift { kind: "machine", name: name.clone(), what: format!("{id} is gone or revoked") }),
+            Some(m) => {
+                if m.status != drover_protocol::v1::MachineStatus::Online {
+                    drifts.push(Drift { kind: "machine", name: name.clone(), what: format!("{id} is {}", m.status.as_str()) });
+                }
+                let AdminResponse::MachineDetail(d) = ask(&client, AdminRequest::MachinesDetail { id: id.clone() }, "reading a machine").await? else {
+                    bail!("unexpected answer")
+                };
+                let want = applied.generations.get(id).copied().unwrap_or(0);
+                if d.desired_generation != want {
+                    drifts.push(Drift { kind: "machine", name: name.clone(), what: format!("generation {} (applied: {want})", d.desired_generation) });
+                } else if d.current_generation != Some(want) && want > 0 {
+                    drifts.push(Drift {
+                        kind: "machine",
+                        name: name.clone(),
+                        what: format!("runs generation {} of {want}", d.current_generation.map(|g| g.to_string()).unwrap_or_else(|| "none".into())),
+                    });
+                }
+            }
+        }
+    }
+    for name in applied.file.buckets.keys().filter(|b| !observed.buckets.contains(*b)) {
+        drifts.push(Drift { kind: "bucket", name: name.clone(), what: "deleted".into() });
+    }
+    for (name, _) in applied.file.volumes.iter().filter(|(n, v)| applied.file.machines[&v.machine].adopt.is_some() && !observed.volumes.contains(*n)) {
+        drifts.push(Drift { kind: "volume", name: name.clone(), what: "deleted".into() });
+    }
+    client.close().await;
+    match admin.output {
+        OutputFormat::Json => print_json(&drifts)?,
+        OutputFormat::Table if drifts.is_empty() => crate::out!("no drift: the fleet is as it was applied"),
+        OutputFormat::Table => {
+            for d in &drifts {
+                crate::out!("{} {}: {}", d.kind, d.name, d.what);
+            }
+        }
+    }
+    Ok(())
+}
