@@ -124,7 +124,7 @@ async fn a_fleet_file_is_planned_applied_and_converges() {
     let flake = common::flake::flake(fleet.dir.path());
     let (_, token) = fleet.token(2, &[]).await;
     let (web_a, _agent_a) = common::flake::spawn_vm(&fleet, "web-a", Some(&token));
-    let (web_b, _agent_b) = common::flake::spawn_vm(&fleet, "web-b", Some(&token));
+    let (web_b, agent_b) = common::flake::spawn_vm(&fleet, "web-b", Some(&token));
     assert!(common::eventually(Duration::from_secs(20), || async { fleet.machines().await.iter().filter(|m| m.status == MachineStatus::Online).count() == 2 }).await);
 
     let files = fleet.dir.path().join("fleet");
@@ -245,6 +245,20 @@ async fn a_fleet_file_is_planned_applied_and_converges() {
     let (ok, _, stderr) = run(&fleet, &["apply", &bad.display().to_string(), "--yes"]);
     assert!(!ok && stderr.contains("bad.toml:") && stderr.contains("services.web.after") && stderr.contains("cache"), "{stderr}");
 
+    // What was applied, and a machine that went away since: drift.
+    let (ok, shown, stderr) = run(&fleet, &["fleet", "show"]);
+    assert!(ok && shown["machines"].as_object().is_some_and(|m| m.len() == 4), "{shown} {stderr}");
+    assert_eq!(shown["facts"]["web"]["media"], "media");
+    agent_b.stop().await.expect("stop web-b's agent");
+    assert!(
+        common::eventually(Duration::from_secs(20), || async {
+            let (_, drift, _) = run(&fleet, &["fleet", "drift"]);
+            drift.to_string().contains("web-b") && drift.to_string().contains("offline")
+        })
+        .await,
+        "drift names the machine that went offline"
+    );
+
     for name in ["db-a", "db-b"] {
         let (ok, _, stderr) = run(&fleet, &["machines", "destroy", name]);
         assert!(ok, "{stderr}");
@@ -333,6 +347,11 @@ memory = "256MiB"
 
 [buckets.shared]
 machines = ["one", "two"]
+
+[volumes.data]
+size = "32MiB"
+machine = "one"
+mount = "/srv/data"
 
 [services.app]
 machines = ["one", "two"]
