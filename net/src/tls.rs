@@ -151,13 +151,19 @@ pub fn client_config(
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots(ca_der)?);
-    let mut tls = match identity {
+    let tls = match identity {
         Some((cert, key)) => builder.with_client_auth_cert(
             vec![CertificateDer::from(cert.to_vec())],
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
         )?,
         None => builder.with_no_client_auth(),
     };
+    client(tls, idle_timeout)
+}
+
+/// Every client's rules on top of its TLS configuration: Drover's ALPN, no
+/// early data, Drover's transport settings.
+fn client(mut tls: rustls::ClientConfig, idle_timeout: Duration) -> Result<quinn::ClientConfig, TlsError> {
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.enable_early_data = false;
     let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
@@ -175,17 +181,12 @@ pub type CapturedCa = Arc<std::sync::Mutex<Option<Vec<u8>>>>;
 /// root (name and dates included). The accepted CA is left in `captured`.
 pub fn pinned_client_config(pin: [u8; 32], captured: CapturedCa, idle_timeout: Duration) -> Result<quinn::ClientConfig, TlsError> {
     let verifier = Arc::new(PinnedCa { pin, captured, provider: provider() });
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+    let tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    tls.enable_early_data = false;
-    let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
-    let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport(idle_timeout));
-    Ok(config)
+    client(tls, idle_timeout)
 }
 
 #[derive(Debug)]

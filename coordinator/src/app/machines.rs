@@ -45,19 +45,7 @@ pub async fn create_token(state: &Coordinator, by: &str, spec: TokenSpec) -> Res
         return Err(invalid("token lifetime must be between 1ms and 365 days (--ttl)"));
     }
     let now = now_ms();
-    let (text, hash) = tokens::generate();
-    let id_bytes: [u8; 4] = rand::random();
-    let record = TokenRecord {
-        id: format!("t-{}", hex::encode(id_bytes)),
-        hash,
-        labels: spec.labels,
-        created_at: now,
-        expires_at: now.saturating_add(spec.ttl_ms),
-        uses_total: spec.uses,
-        uses_left: spec.uses,
-        revoked: false,
-        provision: None,
-    };
+    let (text, record) = new_token(spec.labels, now, now.saturating_add(spec.ttl_ms), spec.uses, None);
     state
         .store
         .commit(|tx| tx.insert_new(record.hash.as_bytes(), &record, || "token already exists".into()))
@@ -67,19 +55,27 @@ pub async fn create_token(state: &Coordinator, by: &str, spec: TokenSpec) -> Res
     Ok(AdminResponse::TokenCreated(CreatedToken { info: record.to_wire(), token: text }))
 }
 
-pub fn tokens(state: &Coordinator) -> Result<AdminResponse, WireError> {
-    let mut tokens = state.store.tokens()?;
-    tokens.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-    Ok(AdminResponse::Tokens(tokens.iter().map(TokenRecord::to_wire).collect()))
+/// A fresh token's text and its record (which holds only its hash).
+pub fn new_token(labels: Labels, now: u64, expires_at: u64, uses: u32, provision: Option<String>) -> (drover_protocol::v1::Secret, TokenRecord) {
+    let (text, hash) = tokens::generate();
+    let id_bytes: [u8; 4] = rand::random();
+    let record = TokenRecord {
+        id: format!("t-{}", hex::encode(id_bytes)),
+        hash,
+        labels,
+        created_at: now,
+        expires_at,
+        uses_total: uses,
+        uses_left: uses,
+        revoked: false,
+        provision,
+    };
+    (text, record)
 }
 
-pub async fn revoke_token(state: &Coordinator, by: &str, id: &str) -> Result<AdminResponse, WireError> {
-    let token = state
-        .store
-        .tokens()?
-        .into_iter()
-        .find(|t| t.id == id)
-        .ok_or_else(|| not_found(format!("token {id:?} not found; see `drover tokens list`")))?;
+/// Marks the token with id `id` revoked; `false` when there is none.
+pub async fn revoke_token_id(state: &Coordinator, id: &str) -> Result<bool, WireError> {
+    let Some(token) = state.store.tokens()?.into_iter().find(|t| t.id == id) else { return Ok(false) };
     state
         .store
         .update::<TokenRecord, WireError>(token.hash.as_bytes(), |t| {
@@ -87,6 +83,19 @@ pub async fn revoke_token(state: &Coordinator, by: &str, id: &str) -> Result<Adm
             Ok(())
         })
         .await?;
+    Ok(true)
+}
+
+pub fn tokens(state: &Coordinator) -> Result<AdminResponse, WireError> {
+    let mut tokens = state.store.tokens()?;
+    tokens.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+    Ok(AdminResponse::Tokens(tokens.iter().map(TokenRecord::to_wire).collect()))
+}
+
+pub async fn revoke_token(state: &Coordinator, by: &str, id: &str) -> Result<AdminResponse, WireError> {
+    if !revoke_token_id(state, id).await? {
+        return Err(not_found(format!("token {id:?} not found; see `drover tokens list`")));
+    }
     tracing::info!(token = %id, by, "enrollment token revoked");
     Ok(AdminResponse::Done)
 }

@@ -32,7 +32,7 @@ use crate::config::ProviderConfig;
 use crate::hypervisor::{DataDisk, Hypervisor, VmSpec};
 use crate::model::{ProvisionRecord, TokenRecord};
 use crate::store::Tx;
-use crate::{registry, tokens};
+use crate::registry;
 
 use super::errors::{conflict, invalid, not_found};
 use super::{now_ms, Coordinator};
@@ -228,25 +228,13 @@ pub async fn destroy(state: &Coordinator, by: &str, name: &str, keep_volumes: bo
 /// Revokes the provision's token and its machine, if any.
 async fn revoke_credentials(state: &Coordinator, p: &ProvisionRecord, by: &str) -> Result<(), WireError> {
     if let Some(token) = &p.token_id {
-        revoke_token(state, token).await?;
+        super::machines::revoke_token_id(state, token).await?;
     }
     if let Some(machine) = &p.machine_id {
         if state.store.machine(machine)?.is_some_and(|m| m.revoked_at.is_none()) {
             super::machines::revoke(state, by, machine).await?;
         }
     }
-    Ok(())
-}
-
-async fn revoke_token(state: &Coordinator, token_id: &str) -> Result<(), WireError> {
-    let Some(token) = state.store.tokens()?.into_iter().find(|t| t.id == token_id) else { return Ok(()) };
-    state
-        .store
-        .update::<TokenRecord, WireError>(token.hash.as_bytes(), |t| {
-            t.revoked = true;
-            Ok(())
-        })
-        .await?;
     Ok(())
 }
 
@@ -398,22 +386,10 @@ async fn create(state: &Coordinator, p: &ProvisionRecord, hv: &dyn Hypervisor) -
         hv.delete(&vm.vm_id, false).await.map_err(|e| e.to_string())?;
     }
     if let Some(old) = &p.token_id {
-        revoke_token(state, old).await.map_err(|e| e.message)?;
+        super::machines::revoke_token_id(state, old).await.map_err(|e| e.message)?;
     }
     let provider = state.config.provider(&p.provider).ok_or("its provider is no longer configured")?;
-    let (text, hash) = tokens::generate();
-    let id_bytes: [u8; 4] = rand::random();
-    let token = TokenRecord {
-        id: format!("t-{}", hex::encode(id_bytes)),
-        hash,
-        labels: p.labels.clone(),
-        created_at: now_ms(),
-        expires_at: p.deadline_at,
-        uses_total: 1,
-        uses_left: 1,
-        revoked: false,
-        provision: Some(p.name.clone()),
-    };
+    let (text, token) = super::machines::new_token(p.labels.clone(), now_ms(), p.deadline_at, 1, Some(p.name.clone()));
     let stored = state
         .store
         .commit(|tx| {

@@ -246,7 +246,7 @@ pub async fn apply_command(source: FleetSource, prune: bool, yes: bool, timeout:
         print_plan(&changes);
     }
     if changes.is_empty() {
-        return save(&client, &fleet, &observed, &base).await;
+        return save(&client, &fleet, &observed).await;
     }
     if !yes {
         use std::io::IsTerminal;
@@ -399,7 +399,7 @@ pub async fn apply_command(source: FleetSource, prune: bool, yes: bool, timeout:
         }
     }
     let observed = observe(&client, &fleet).await?;
-    save(&client, &fleet, &observed, &base).await?;
+    save(&client, &fleet, &observed).await?;
     if show {
         crate::out!("applied: the fleet is as the file says");
     }
@@ -443,8 +443,7 @@ async fn wait_machines(client: &AdminClient, fleet: &FleetFile, deadline: tokio:
     }
 }
 
-async fn save(client: &AdminClient, fleet: &FleetFile, observed: &Observed, base: &Path) -> Result<()> {
-    let _ = base;
+async fn save(client: &AdminClient, fleet: &FleetFile, observed: &Observed) -> Result<()> {
     let mut applied = Applied { file: fleet.clone(), machines: BTreeMap::new(), facts: BTreeMap::new(), generations: BTreeMap::new() };
     for name in fleet.machines.keys() {
         if let Some(m) = observed.machine(fleet, name) {
