@@ -11,7 +11,10 @@
 #   machine's load and UDP receive-buffer drops.
 #   scripts/bench.sh [N...]          (default: 1000)
 # BENCH_IDLE_SECONDS (default 30) is how long idle CPU is measured; the
-# coordinator's health interval is 10 s.
+# coordinator's health interval is 10 s. BENCH_AGENT_LOG sets the simulated
+# agents' log filter (default: error); BENCH_KEEP=1 keeps the work directory
+# (logs, figures, JSON) and prints where it is. The simulated agents' files
+# live on tmpfs (BENCH_AGENTS_TMPFS, default /dev/shm; about 25 KiB each).
 source "$(dirname "$0")/lib.sh"
 install_dependencies
 cd "$ROOT"
@@ -21,10 +24,16 @@ BARE_PORT="${DROVER_BENCH_BARE_PORT:-7601}"
 PORT="${DROVER_BENCH_PORT:-7602}"
 TICK="$(getconf CLK_TCK)"
 ulimit -n 65536 2>/dev/null || true
-PIDS=() SERVER="" WORK=""
+PIDS=() AGENT_DIRS=() SERVER="" WORK=""
 drill_build
 OUT="$(mktemp -d /tmp/drover-bench.XXXXXX)"
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$OUT"' EXIT
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "${AGENT_DIRS[@]}"
+  if [ "${BENCH_KEEP:-0}" = 1 ]; then log "kept the work directory: $OUT"; else rm -rf "$OUT"; fi
+}
+trap cleanup EXIT
 
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -95,7 +104,13 @@ drover() { # N DIR
   "$BIN/drover" tokens create --uses "$n" --ttl 1h --label role=bench >"$dir/token"
   drill_agent_config "$PORT"
   before_connects "$dir" "$SERVER"
-  RUST_LOG=error "$BIN/drover-agent" simulate -c "$dir/agent.toml" --count "$n" --work-dir "$dir/agents" \
+  # The simulated agents' state and runtime files on tmpfs: a real agent
+  # writes them on its own machine's disk, and N agents creating files on
+  # this one's made the simulator, not the coordinator, the bottleneck.
+  local agents
+  agents="$(mktemp -d "${BENCH_AGENTS_TMPFS:-/dev/shm}/drover-bench-agents.XXXXXX")"
+  AGENT_DIRS+=("$agents")
+  RUST_LOG="${BENCH_AGENT_LOG:-error}" "$BIN/drover-agent" simulate -c "$dir/agent.toml" --count "$n" --work-dir "$agents" \
     --timeout 15m --hold 2h --ready-file "$dir/ready.json" --json >"$dir/final.json" 2>"$dir/simulate.log" &
   sim=$!
   PIDS+=("$sim")
@@ -104,6 +119,9 @@ drover() { # N DIR
   "$BIN/drover" deploy --selector role=bench --flake "path:/nonexistent#bench" --health-deadline 5s \
     --wait -o json >"$dir/deploy.json" 2>>"$dir/cli.log" || echo "the deployment did not succeed everywhere" >&2
   echo "deployed_at $(now_ms)" >>"$dir/figures"
+  # The agents' connects so far: the deployment's reconnects.
+  kill -USR1 "$sim"
+  wait_file "$dir/ready.json.snapshot" 60 "the simulator's snapshot"
   local started=$SECONDS t0 t1
   "$BIN/drover" rollout start --selector role=bench --flake "path:/nonexistent#rollout" --canary 1 --auto-promote \
     --max-parallel 25% --health-deadline 5s --wait -o json >"$dir/rollout.json" 2>>"$dir/cli.log" || echo "the rollout did not succeed" >&2
@@ -130,6 +148,8 @@ def figures(d):
     return {k: float(v) for k, v in (l.split() for l in open(os.path.join(d, "figures")) if l.strip())}
 bf, df = figures(bare_dir), figures(drover_dir)
 br, dr = json.load(open(os.path.join(bare_dir, "final.json"))), json.load(open(os.path.join(drover_dir, "final.json")))
+ready = json.load(open(os.path.join(drover_dir, "ready.json")))
+deployed_snap = json.load(open(os.path.join(drover_dir, "ready.json.snapshot")))
 def q(values, p):
     if not values: return float("nan")
     values = sorted(values)
@@ -168,7 +188,9 @@ deployed = json.load(open(os.path.join(drover_dir, "deploy.json"))) if os.path.g
 succeeded = sum(1 for d in deployed if d.get("state") == "succeeded")
 row("rollout, 25% at a time (s)", df["rollout_seconds"], None, "{:.0f}")
 row("machines list (s)", df["machines_list_ms"] / 1000, None, "{:.2f}")
-row("agent reconnects (connects beyond one each)", dr["connects"] - dr["online"], None, "{:.0f}")
+row("agent reconnects while connecting", ready["connects"] - ready["online"], None, "{:.0f}")
+row("agent reconnects during the deployment", deployed_snap["connects"] - ready["connects"], None, "{:.0f}")
+row("agent reconnects during the rollout", dr["connects"] - deployed_snap["connects"], None, "{:.0f}")
 row("UDP receive drops while connecting", df["drops_connected"] - df["drops_before"], bf["drops_connected"] - bf["drops_before"], "{:.0f}")
 row("UDP receive drops, broadcast to end", df["drops_end"] - df["drops_connected"], bf["drops_end"] - bf["drops_connected"], "{:.0f}")
 row("load average (1 min) at the end", df["load"], bf["load"], "{:.2f}")

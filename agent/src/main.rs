@@ -67,7 +67,8 @@ enum Command {
         #[arg(long, default_value = "0s", value_parser = drover_net::clock::parse_duration)]
         hold: Duration,
         /// Once all are online (or the timeout passed), write the report so
-        /// far here as JSON while the agents keep running.
+        /// far here as JSON while the agents keep running; SIGUSR1 then
+        /// writes the report so far to the same name with `.snapshot` added.
         #[arg(long)]
         ready_file: Option<PathBuf>,
         /// While holding, stop one agent at random this often and start it

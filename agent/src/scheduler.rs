@@ -24,8 +24,9 @@ use crate::config::AgentConfig;
 /// What the scheduler needs sent to the coordinator.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outgoing {
-    /// A progress report of the apply under way (or just finished).
-    Progress(DeploymentReport),
+    /// Progress reports of the apply under way (or just finished), oldest
+    /// first: as many as are queued, up to the batch the session asked for.
+    Progress(Vec<DeploymentReport>),
     /// The outcome of the last apply, which the coordinator has not
     /// acknowledged yet.
     Outcome(DeploymentReport),
@@ -111,15 +112,15 @@ impl Scheduler {
         self.applier.records.applied()
     }
 
-    /// What to send now, if anything: queued progress first, then an
-    /// unacknowledged outcome, then a fetch when a newer generation waits
-    /// and nothing is being applied.
-    pub fn next_to_send(&mut self) -> Option<Outgoing> {
+    /// What to send now, if anything: queued progress first (at most
+    /// `batch` reports in one go), then an unacknowledged outcome, then a
+    /// fetch when a newer generation waits and nothing is being applied.
+    pub fn next_to_send(&mut self, batch: usize) -> Option<Outgoing> {
         while let Ok(report) = self.reports.try_recv() {
             self.pending.push_back(report);
         }
-        if let Some(report) = self.pending.front() {
-            return Some(Outgoing::Progress(report.clone()));
+        if !self.pending.is_empty() {
+            return Some(Outgoing::Progress(self.pending.iter().take(batch.max(1)).cloned().collect()));
         }
         if self.restoring.is_none() {
             self.restoring = self.restores.try_recv().ok();
@@ -149,8 +150,8 @@ impl Scheduler {
     pub fn answered(&mut self, sent: Outgoing, answer: Answer) {
         self.heard_from_coordinator();
         match (sent, answer) {
-            (Outgoing::Progress(_), _) => {
-                self.pending.pop_front();
+            (Outgoing::Progress(sent), _) => {
+                self.pending.drain(..sent.len().min(self.pending.len()));
             }
             (Outgoing::Restore { .. }, answer) => {
                 if let Some(ask) = self.restoring.take() {

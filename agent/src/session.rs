@@ -16,6 +16,7 @@ use drover_net::stream::read_frame;
 use drover_protocol::frame::MAX_FRAME_LEN;
 use drover_protocol::v1::{
     AgentEvent, AgentRequest, AgentResponse, EnrollRequest, IssuedCertificate, Request, Response, Secret,
+    MAX_REPORTS_PER_REQUEST,
 };
 use drover_protocol::ErrorCode;
 
@@ -141,25 +142,25 @@ pub async fn enroll_once(
     }
 }
 
-/// One request with a deadline; on timeout the connection is closed.
 /// How long the coordinator may take to roll a volume back.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// One request on its own stream. A slow answer from a coordinator that is
-/// still there (it sent something meanwhile, if only acknowledgements)
-/// abandons that stream only: the connection stays, so a coordinator under
-/// load is not made to accept a reconnect (and a new handshake) on top of
-/// the work it is late with. A coordinator that sent nothing at all while
-/// waiting is gone: the connection is closed and the agent reconnects.
+/// How long a deployment's requests (fetch, progress, outcome) may wait
+/// for their answer. A deploy to a large fleet makes every agent ask at
+/// once; an answer late by seconds is still worth having, while asking
+/// again adds to the very load that made it late.
+const DEPLOY_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One request on its own stream, with a deadline. A late answer abandons
+/// that stream only: the connection stays, so a coordinator under load is
+/// not made to accept a reconnect (and a new handshake) on top of the work
+/// it is late with. Whether the coordinator is still there at all is
+/// QUIC's to tell: keep-alives every third of the idle timeout, and the
+/// connection ends when nothing came back for the whole of it (or at once,
+/// when a restarted coordinator answers with a stateless reset).
 pub async fn ask(conn: &CoordinatorConnection, request: Request, timeout: Duration) -> Result<Response, ClientError> {
-    let received = || conn.connection.stats().udp_rx.datagrams;
-    let before = received();
     match tokio::time::timeout(timeout, conn.request(&request)).await {
         Ok(answer) => answer,
-        Err(_) if received() == before => {
-            conn.connection.close(0u32.into(), b"no answer");
-            Err(ClientError::Silent { addr: conn.connection.remote_address(), after: timeout })
-        }
         Err(_) => Err(ClientError::RequestTimeout { addr: conn.connection.remote_address(), after: timeout }),
     }
 }
@@ -301,9 +302,14 @@ impl<H: HealthSource> Agent<H> {
 
     /// Sends what the scheduler has to send, and hands it the answers.
     async fn pump(&mut self, conn: &CoordinatorConnection) -> Result<(), AttemptError> {
-        while let Some(out) = self.scheduler.next_to_send() {
+        // Protocol 7 takes the progress reports queued meanwhile in one
+        // request; an older coordinator one at a time.
+        let batch = if conn.version >= 7 { MAX_REPORTS_PER_REQUEST } else { 1 };
+        while let Some(out) = self.scheduler.next_to_send(batch) {
             let request = match &out {
-                Outgoing::Progress(report) | Outgoing::Outcome(report) => AgentRequest::ReportDeployment(report.clone()),
+                Outgoing::Progress(reports) if reports.len() == 1 => AgentRequest::ReportDeployment(reports[0].clone()),
+                Outgoing::Progress(reports) => AgentRequest::ReportDeployments(reports.clone()),
+                Outgoing::Outcome(report) => AgentRequest::ReportDeployment(report.clone()),
                 Outgoing::Fetch => AgentRequest::FetchAssignment,
                 Outgoing::Restore { generation, name } => AgentRequest::RestoreVolume { generation: *generation, name: name.clone() },
             };
@@ -311,7 +317,7 @@ impl<H: HealthSource> Agent<H> {
             // round trip's.
             let timeout = match out {
                 Outgoing::Restore { .. } => self.config.connect_timeout.max(RESTORE_TIMEOUT),
-                _ => self.config.connect_timeout,
+                _ => self.config.connect_timeout.max(DEPLOY_REQUEST_TIMEOUT),
             };
             let response = match ask(conn, Request::Agent(request), timeout).await {
                 Err(ClientError::Refused(e)) if matches!(out, Outgoing::Restore { .. }) => Response::Error(e),

@@ -193,45 +193,51 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
         connects,
         generations: times.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().map(GenerationTimes::sorted).collect(),
     };
+    let connects_now = |handles: &[crate::AgentHandle]| handles.iter().map(|h| h.status.borrow().connects).sum::<u64>();
     if let Some(path) = &opts.ready_file {
-        let connects = handles.iter().map(|h| h.status.borrow().connects).sum();
-        let text = serde_json::to_vec_pretty(&report(0, connects))?;
-        drover_net::fsutil::write_atomic(path, &text, 0o644).with_context(|| format!("writing {}", path.display()))?;
+        write_report(path, &report(0, connects_now(&handles)))?;
     }
+    // SIGUSR1 writes the report so far next to the ready file (its name
+    // with `.snapshot` added): a benchmark takes one after its deployment
+    // to count the reconnects the deployment caused.
+    let mut snapshot = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .context("listening for SIGUSR1")?;
     let mut restarts = 0;
-    let held = Instant::now() + opts.hold;
-    let hold = async {
-        match opts.churn.filter(|c| !c.is_zero()) {
-            Some(every) => {
-                use rand::Rng;
-                while Instant::now() + every < held {
-                    tokio::time::sleep(every).await;
-                    let i = rand::rng().random_range(0..handles.len());
-                    let _ = handles.remove(i).stop().await;
-                    handles.insert(i, start_agent(i)?);
-                    restarts += 1;
-                }
-                tokio::time::sleep(held.saturating_duration_since(Instant::now())).await;
-            }
-            None => tokio::time::sleep(opts.hold).await,
-        }
-        Ok::<_, anyhow::Error>(())
-    };
-    let stop = opts.stop;
-    let stopped = async move {
-        match stop {
+    let held = tokio::time::sleep(opts.hold);
+    tokio::pin!(held);
+    let churn = opts.churn.filter(|c| !c.is_zero());
+    let mut churn_tick = tokio::time::interval(churn.unwrap_or(Duration::from_secs(3600)));
+    churn_tick.reset();
+    let mut stopped = std::pin::pin!(async move {
+        match opts.stop {
             Some(rx) => {
                 let _ = rx.await;
             }
             None => std::future::pending().await,
         }
-    };
-    tokio::select! {
-        done = hold => done?,
-        _ = stopped => {}
+    });
+    loop {
+        tokio::select! {
+            _ = &mut held => break,
+            _ = &mut stopped => break,
+            _ = churn_tick.tick(), if churn.is_some() => {
+                use rand::Rng;
+                let i = rand::rng().random_range(0..handles.len());
+                let _ = handles.remove(i).stop().await;
+                handles.insert(i, start_agent(i)?);
+                restarts += 1;
+            }
+            Some(()) = snapshot.recv() => {
+                if let Some(path) = &opts.ready_file {
+                    let mut name = path.clone().into_os_string();
+                    name.push(".snapshot");
+                    write_report(std::path::Path::new(&name), &report(restarts, connects_now(&handles)))?;
+                }
+            }
+        }
     }
     // Restarted agents' earlier connections are not counted.
-    let connects = handles.iter().map(|h| h.status.borrow().connects).sum();
+    let connects = connects_now(&handles);
     // Stopped together, not one after another.
     let mut stopping = tokio::task::JoinSet::new();
     for h in handles {
@@ -242,6 +248,11 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
     while stopping.join_next().await.is_some() {}
     endpoint.wait_idle().await;
     Ok(report(restarts, connects))
+}
+
+fn write_report(path: &std::path::Path, report: &SimulateReport) -> Result<()> {
+    let text = serde_json::to_vec_pretty(report)?;
+    drover_net::fsutil::write_atomic(path, &text, 0o644).with_context(|| format!("writing {}", path.display()))
 }
 
 impl GenerationTimes {

@@ -328,6 +328,12 @@ pub fn rebuild(
     )
 }
 
+/// Whether a step ends a deployment on its machine (and changes the
+/// machine's record: see [`apply_report`]).
+pub fn is_outcome(step: DeployStep) -> bool {
+    matches!(step, DeployStep::Succeeded | DeployStep::Failed | DeployStep::RolledBack)
+}
+
 /// Folds a progress report into the deployment and its machine.
 pub fn apply_report(
     deployment: &mut DeploymentRecord,

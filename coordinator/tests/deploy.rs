@@ -194,6 +194,18 @@ async fn secrets_and_facts_reach_only_their_machine_and_stale_secrets_are_remove
     let forged = AgentRequest::ReportDeployment(DeploymentReport { generation: 1, step: DeployStep::Failed, message: "forged".into(), output_tail: String::new(), system_path: None });
     let err = conn.request(&Request::Agent(forged)).await.expect_err("no deployment of B's");
     assert_eq!(err.code(), Some(drover_protocol::ErrorCode::NotFound));
+    // Nor in a batch, and a batch is bounded: nothing of it is recorded.
+    let report = |step| DeploymentReport { generation: 1, step, message: "forged".into(), output_tail: String::new(), system_path: None };
+    let batch = AgentRequest::ReportDeployments(vec![report(DeployStep::Received), report(DeployStep::Failed)]);
+    let err = conn.request(&Request::Agent(batch)).await.expect_err("no deployment of B's");
+    assert_eq!(err.code(), Some(drover_protocol::ErrorCode::NotFound));
+    for size in [0, MAX_REPORTS_PER_REQUEST + 1] {
+        let batch = AgentRequest::ReportDeployments(vec![report(DeployStep::Received); size]);
+        let err = conn.request(&Request::Agent(batch)).await.expect_err("out of bounds");
+        assert_eq!(err.code(), Some(drover_protocol::ErrorCode::BadRequest), "{size} reports");
+        assert!(err.to_string().contains(&MAX_REPORTS_PER_REQUEST.to_string()), "{err}");
+    }
+    assert!(!deployment(&fleet, &t[0].deployment_id).await.steps.iter().any(|s| s.message == "forged"), "A's history untouched");
     // Neither deployments show nor machines show carry a secret value.
     let shown = serde_json::to_string(&deployment(&fleet, &t[0].deployment_id).await).expect("json");
     assert!(shown.contains("s3-key") && !shown.contains("a-secret-value"));

@@ -33,11 +33,8 @@ pub enum ClientError {
     #[error("timed out connecting to {0}")]
     Timeout(SocketAddr),
     /// An answer that took too long, on a connection that stays open.
-    #[error("the coordinator at {addr} did not answer within {after:?}; the request will be sent again")]
+    #[error("request timed out: the coordinator at {addr} did not answer within {after:?}; the connection stays open")]
     RequestTimeout { addr: SocketAddr, after: Duration },
-    /// Nothing at all came from the peer while waiting for an answer.
-    #[error("the coordinator at {addr} sent nothing for {after:?}; reconnecting")]
-    Silent { addr: SocketAddr, after: Duration },
     #[error("stream failed: {0}")]
     Stream(#[from] StreamError),
     #[error("the coordinator refused: {0}")]

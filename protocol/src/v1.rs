@@ -139,7 +139,14 @@ pub enum AgentRequest {
     /// (unmounted): roll it back to the snapshot that generation names.
     /// Answered by [`AgentResponse::Ack`] once done (protocol 3).
     RestoreVolume { generation: u64, name: String },
+    /// Several progress reports at once, oldest first (at most
+    /// [`MAX_REPORTS_PER_REQUEST`]), recorded together; answered by
+    /// [`AgentResponse::Ack`] (protocol 7).
+    ReportDeployments(Vec<DeploymentReport>),
 }
+
+/// The most progress reports one [`AgentRequest::ReportDeployments`] may carry.
+pub const MAX_REPORTS_PER_REQUEST: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]

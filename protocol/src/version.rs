@@ -4,7 +4,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorCode, WireError};
 
-/// The protocol version this build speaks natively. Version 6 added
+/// The protocol version this build speaks natively. Version 7 added
+/// `ReportDeployments` (several progress reports in one request; a version
+/// 6 peer is still served, one report at a time). Version 6 added
 /// provisioning (`MachinesProvision`, `ProvisionShow`, `Provisions`,
 /// `MachinesDestroy`). Version 5 added the
 /// switch goal and `force_switch` to assignments and deployments,
@@ -12,10 +14,10 @@ use crate::error::{ErrorCode, WireError};
 /// systems and the Nix store's space to health reports; older peers are
 /// refused at Hello, naming both versions (version 4 only added the admin
 /// requests `Backup` and `Audit`).
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// The inclusive range of protocol versions this build accepts.
-pub const SUPPORTED: VersionRange = VersionRange { min: 6, max: 6 };
+pub const SUPPORTED: VersionRange = VersionRange { min: 6, max: 7 };
 
 /// An inclusive range of protocol versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -229,6 +229,10 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-admin-admins-list", Request::Admin(AdminRequest::AdminsList)),
         ("request-agent-fetch-assignment", Request::Agent(AgentRequest::FetchAssignment)),
         ("request-agent-report-deployment", Request::Agent(AgentRequest::ReportDeployment(DeploymentReport { generation: 3, step: DeployStep::Switched, message: "ok".into(), output_tail: "tail".into(), system_path: Some("/nix/store/abc".into()) }))),
+        ("request-agent-report-deployments", Request::Agent(AgentRequest::ReportDeployments(vec![
+            DeploymentReport { generation: 3, step: DeployStep::Received, message: String::new(), output_tail: String::new(), system_path: None },
+            DeploymentReport { generation: 3, step: DeployStep::Switched, message: "ok".into(), output_tail: "tail".into(), system_path: Some("/nix/store/abc".into()) },
+        ]))),
         ("request-admin-deploy", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: None, selector: labels(), system: closure(), secrets: assignment().secrets, facts: labels(), checks: assignment().checks, health_deadline_ms: 60_000, buckets: vec![], volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false, reboot: false }))),
         ("request-admin-deployments-list", Request::Admin(AdminRequest::DeploymentsList { machine: Some("m-0123456789".into()) })),
         ("request-admin-deployments-show", Request::Admin(AdminRequest::DeploymentsShow { id: "d-m-0123456789-3".into() })),

@@ -5,7 +5,7 @@
 //! checked or normalised before it is stored.
 
 use drover_net::identity::{PeerCertificate, Subject};
-use drover_protocol::v1::{AgentResponse, DeploymentReport, HealthReport, IssuedCertificate};
+use drover_protocol::v1::{AgentResponse, DeploymentReport, HealthReport, IssuedCertificate, MAX_REPORTS_PER_REQUEST};
 use drover_protocol::{ErrorCode, WireError};
 
 use crate::model::{DeploymentRecord, HealthRecord, MachineRecord};
@@ -79,50 +79,131 @@ pub fn fetch_assignment(state: &Coordinator, id: &str) -> Result<AgentResponse, 
     })
 }
 
-/// Folds a progress report into the machine's own deployment.
-pub async fn report_deployment(state: &Coordinator, id: &str, report: DeploymentReport) -> Result<AgentResponse, WireError> {
+/// Folds progress reports (oldest first) into the machine's own
+/// deployments, in one transaction. A report of an outcome (succeeded,
+/// failed, rolled back) changes the machine's record too and is flushed
+/// before it is acknowledged: the agent then stops sending it. Steps on the
+/// way only add to a deployment's history and wait for the store's
+/// periodic flush (the outcome that follows is what counts): a deploy to a
+/// large fleet would otherwise flush for every step of every machine.
+pub async fn report_deployments(state: &Coordinator, id: &str, reports: &[DeploymentReport]) -> Result<AgentResponse, WireError> {
+    if reports.is_empty() || reports.len() > MAX_REPORTS_PER_REQUEST {
+        return Err(WireError::new(
+            ErrorCode::BadRequest,
+            format!("a request carries 1 to {MAX_REPORTS_PER_REQUEST} progress reports, not {}", reports.len()),
+        ));
+    }
     let now = now_ms();
-    let key = generation_key(id, report.generation);
-    let d = state
-        .store
-        .commit(|tx| {
+    let outcome = reports.iter().any(|r| crate::deploy::is_outcome(r.step));
+    let fold = |tx: &crate::store::Tx<'_>| {
+        let mut machine: MachineRecord = tx.require(id.as_bytes())?;
+        let mut finished = Vec::new();
+        for report in reports {
+            let key = generation_key(id, report.generation);
             let mut deployment: DeploymentRecord = tx.require(&key)?;
             let was_final = deployment.finished_at.is_some();
-            let mut machine: MachineRecord = tx.require(id.as_bytes())?;
-            crate::deploy::apply_report(&mut deployment, &mut machine, &report, now);
+            crate::deploy::apply_report(&mut deployment, &mut machine, report, now);
             tx.put(&key, &deployment)?;
+            if let (false, Some(at)) = (was_final, deployment.finished_at) {
+                finished.push((deployment.state, deployment.rolled_back, at.saturating_sub(deployment.created_at)));
+            }
+        }
+        if outcome {
             tx.put(id.as_bytes(), &machine)?;
-            Ok::<_, WireError>((deployment, was_final))
-        })
-        .await?;
-    let (d, was_final) = d;
-    if let (false, Some(finished)) = (was_final, d.finished_at) {
-        state.metrics.deployment_finished(d.state, d.rolled_back, finished.saturating_sub(d.created_at) as f64 / 1000.0);
+        }
+        Ok::<_, WireError>(finished)
+    };
+    let finished = if outcome { state.store.commit(fold).await? } else { state.store.transact(fold)? };
+    for (deployment_state, rolled_back, took_ms) in finished {
+        state.metrics.deployment_finished(deployment_state, rolled_back, took_ms as f64 / 1000.0);
     }
-    tracing::info!(generation = report.generation, step = ?report.step, state = ?d.state, "deployment progress");
+    for report in reports {
+        tracing::info!(generation = report.generation, step = ?report.step, "deployment progress");
+    }
     Ok(AgentResponse::Ack)
 }
 
 /// Records a health report, normalised (see [`HealthRecord::from_wire`]).
-/// Not flushed at once: losing the newest report in a crash is harmless,
-/// and reports are frequent.
+/// A report about volumes is folded into their records at once; any other
+/// report is kept in memory ([`crate::app::live::Live::saw`]) and written
+/// with the others by [`write_liveness`]: losing the newest reports in a
+/// crash is harmless (the next ones come within an interval), and reports
+/// are frequent. A revoked machine's connections were closed when it was
+/// revoked, and it cannot connect again.
 pub fn report_health(state: &Coordinator, id: &str, report: HealthReport) -> Result<AgentResponse, WireError> {
     let now = now_ms();
     let health = HealthRecord::from_wire(report, now);
+    if health.volumes.is_empty() {
+        state.live.saw(id, now, health);
+        return Ok(AgentResponse::Ack);
+    }
     state.store.transact(|tx| {
         let mut m: MachineRecord = tx.require(id.as_bytes())?;
         if m.revoked_at.is_some() {
             return Err(revoked(id));
         }
         m.last_seen = Some(now);
-        if !m.volumes.is_empty() {
-            super::volumes::record_states(tx, &mut m, &health.volumes)?;
-        }
+        super::volumes::record_states(tx, &mut m, &health.volumes)?;
         m.health = Some(health.clone());
         tx.put(id.as_bytes(), &m)?;
         Ok(())
     })?;
     Ok(AgentResponse::Ack)
+}
+
+/// How often the health reports kept in memory are written to the store.
+pub const LIVENESS_WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Machines whose reports one transaction writes.
+const LIVENESS_BATCH: usize = 256;
+
+/// Writes the health reports kept in memory to the machines' records, in
+/// batches (a record written meanwhile with a newer report keeps it; a
+/// machine removed meanwhile is skipped). Runs every
+/// [`LIVENESS_WRITE_INTERVAL`] and at shutdown.
+pub fn write_liveness(state: &Coordinator) -> Result<usize, WireError> {
+    let unwritten: Vec<_> = state.live.unwritten().into_iter().collect();
+    for batch in unwritten.chunks(LIVENESS_BATCH) {
+        let written = state.store.transact(|tx| {
+            for (id, (at, health)) in batch {
+                let Some(mut m) = tx.get::<MachineRecord>(id.as_bytes())? else { continue };
+                if m.revoked_at.is_some() || m.last_seen.is_some_and(|seen| seen >= *at) {
+                    continue;
+                }
+                m.last_seen = Some(*at);
+                m.health = Some(health.clone());
+                tx.put(id.as_bytes(), &m)?;
+            }
+            Ok::<_, WireError>(())
+        });
+        if let Err(e) = written {
+            // Kept for the next pass, unless a newer report came meanwhile.
+            for (id, (at, health)) in batch {
+                if !state.live.has_unwritten(id) {
+                    state.live.saw(id, *at, health.clone());
+                }
+            }
+            return Err(e);
+        }
+    }
+    Ok(unwritten.len())
+}
+
+/// Writes the health reports kept in memory every
+/// [`LIVENESS_WRITE_INTERVAL`], off the async workers.
+pub async fn write_liveness_periodically(state: std::sync::Arc<Coordinator>) {
+    let mut tick = tokio::time::interval(LIVENESS_WRITE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let state = state.clone();
+        match tokio::task::spawn_blocking(move || write_liveness(&state)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e.message, "health reports not written to the store; trying again"),
+            Err(e) => tracing::warn!(error = %e, "writing health reports failed"),
+        }
+    }
 }
 
 /// Signs a new certificate for the same machine; the old one stays valid

@@ -19,30 +19,49 @@ use super::{now_ms, Coordinator};
 /// How often the driver looks at active rollouts.
 pub const DRIVER_INTERVAL: Duration = Duration::from_millis(200);
 
+/// What the step needs to know, and no more: machines in flight (their
+/// outcome, whether they are online and still on the rollout's generation)
+/// and, among those waiting, only as many online ones as a step can start.
+/// Settled machines are not read at all, so a pass costs what is in
+/// transition, not the whole rollout.
 fn observe(state: &Coordinator, r: &RolloutRecord, now: u64) -> BTreeMap<String, Observation> {
     let interval = state.config.health_interval;
-    r.state
-        .machines
-        .iter()
-        .filter_map(|(id, e)| {
-            let machine = state.store.machine(id).ok().flatten()?;
-            let online = registry::status(&machine, now, interval) == MachineStatus::Online;
-            let watched = match e.slot {
-                Slot::Reverting => e.revert_generation,
-                _ => e.generation,
-            };
-            let outcome = watched.and_then(|g| state.store.deployment(id, g).ok().flatten()).and_then(|d| match d.state {
-                DeploymentState::Succeeded => Some(Outcome::Succeeded { at: d.finished_at.unwrap_or(now) }),
-                DeploymentState::Failed => Some(Outcome::Failed {
-                    reason: d.steps.last().map(|s| s.message.clone()).unwrap_or_else(|| "failed".into()),
-                }),
-                DeploymentState::Superseded => Some(Outcome::Failed { reason: "superseded by a newer deployment".into() }),
-                _ => None,
-            });
-            let still_current = e.generation.is_some() && machine.current_generation == e.generation;
-            Some((id.clone(), Observation { online, outcome, still_current }))
-        })
-        .collect()
+    let total = r.state.machines.len();
+    let startable = r.state.strategy.max_parallel.cap(total).max(r.state.strategy.canary);
+    let mut waiting_online = 0;
+    let mut observed = BTreeMap::new();
+    for (id, e) in &r.state.machines {
+        match e.slot {
+            Slot::Updating | Slot::Healthy { .. } | Slot::Reverting => {}
+            Slot::Waiting if waiting_online < startable => {}
+            _ => continue,
+        }
+        let Some(machine) = state.store.machine(id).ok().flatten() else { continue };
+        let machine = state.live.newest(machine);
+        let online = registry::status(&machine, now, interval) == MachineStatus::Online;
+        if e.slot == Slot::Waiting {
+            if online {
+                waiting_online += 1;
+            }
+            observed.insert(id.clone(), Observation { online, outcome: None, still_current: false });
+            continue;
+        }
+        let watched = match e.slot {
+            Slot::Reverting => e.revert_generation,
+            _ => e.generation,
+        };
+        let outcome = watched.and_then(|g| state.store.deployment(id, g).ok().flatten()).and_then(|d| match d.state {
+            DeploymentState::Succeeded => Some(Outcome::Succeeded { at: d.finished_at.unwrap_or(now) }),
+            DeploymentState::Failed => Some(Outcome::Failed {
+                reason: d.steps.last().map(|s| s.message.clone()).unwrap_or_else(|| "failed".into()),
+            }),
+            DeploymentState::Superseded => Some(Outcome::Failed { reason: "superseded by a newer deployment".into() }),
+            _ => None,
+        });
+        let still_current = e.generation.is_some() && machine.current_generation == e.generation;
+        observed.insert(id.clone(), Observation { online, outcome, still_current });
+    }
+    observed
 }
 
 /// One pass over the active rollouts.

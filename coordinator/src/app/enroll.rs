@@ -162,7 +162,7 @@ async fn retry(state: &Coordinator, csr_der: &[u8], key: &str, token: Option<&To
         return Ok(None);
     };
     let is_retry = |m: &MachineRecord| {
-        enrolled.token_id == token.id && m.token_id == token.id && m.enrolled_key.as_deref() == Some(key) && m.revoked_at.is_none() && m.last_seen.is_none()
+        enrolled.token_id == token.id && m.token_id == token.id && m.enrolled_key.as_deref() == Some(key) && m.revoked_at.is_none() && m.last_seen.is_none() && !state.live.has_unwritten(&m.id)
     };
     match state.store.machine(&enrolled.machine_id)? {
         Some(m) if is_retry(&m) => {}

@@ -108,19 +108,19 @@ pub fn list(state: &Coordinator, selector: &Labels) -> Result<AdminResponse, Wir
         .machines()?
         .into_iter()
         .filter(|m| registry::matches(&m.labels, selector))
-        .map(|m| registry::to_wire(&m, now, interval))
+        .map(|m| registry::to_wire(&state.live.newest(m), now, interval))
         .collect();
     machines.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
     Ok(AdminResponse::Machines(machines))
 }
 
 pub fn show(state: &Coordinator, id: &str) -> Result<AdminResponse, WireError> {
-    let m = machine(state, id)?;
+    let m = state.live.newest(machine(state, id)?);
     Ok(AdminResponse::Machine(registry::to_wire(&m, now_ms(), state.config.health_interval)))
 }
 
 pub fn detail(state: &Coordinator, id: &str) -> Result<AdminResponse, WireError> {
-    let m = machine(state, id)?;
+    let m = state.live.newest(machine(state, id)?);
     Ok(AdminResponse::MachineDetail(MachineDetail {
         machine: registry::to_wire(&m, now_ms(), state.config.health_interval),
         desired_generation: m.desired_generation,
@@ -142,7 +142,7 @@ pub async fn label(state: &Coordinator, by: &str, id: &str, set: Labels, remove:
         })
         .await?;
     tracing::info!(machine = %id, by, "machine labels changed");
-    Ok(AdminResponse::Machine(registry::to_wire(&machine, now_ms(), state.config.health_interval)))
+    Ok(AdminResponse::Machine(registry::to_wire(&state.live.newest(machine), now_ms(), state.config.health_interval)))
 }
 
 pub async fn revoke(state: &Coordinator, by: &str, id: &str) -> Result<AdminResponse, WireError> {
@@ -156,7 +156,7 @@ pub async fn revoke(state: &Coordinator, by: &str, id: &str) -> Result<AdminResp
         .await?;
     let closed = state.live.close_machine(id, ErrorCode::Revoked, &format!("machine {id} was revoked"));
     tracing::info!(machine = %id, by, closed, "machine revoked");
-    Ok(AdminResponse::Machine(registry::to_wire(&machine, now, state.config.health_interval)))
+    Ok(AdminResponse::Machine(registry::to_wire(&state.live.newest(machine), now, state.config.health_interval)))
 }
 
 pub async fn add_admin(state: &Coordinator, by: &str, name: String, role: Role, csr_der: &[u8]) -> Result<AdminResponse, WireError> {

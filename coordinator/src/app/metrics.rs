@@ -172,7 +172,7 @@ impl Metrics {
 
     fn refresh(&self, state: &Coordinator) {
         let now = now_ms();
-        let machines = state.store.machines().unwrap_or_default();
+        let machines: Vec<_> = state.store.machines().unwrap_or_default().into_iter().map(|m| state.live.newest(m)).collect();
         self.machines.clear();
         self.generation_lag.clear();
         for status in ["online", "offline", "revoked"] {

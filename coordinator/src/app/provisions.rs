@@ -468,7 +468,8 @@ async fn boot(state: &Coordinator, p: &ProvisionRecord, hv: &dyn Hypervisor) -> 
 async fn connected(state: &Coordinator, p: &ProvisionRecord) -> Result<(), String> {
     let machine = p.machine_id.clone().ok_or("enrolled without a machine")?;
     loop {
-        let seen = state.store.machine(&machine).map_err(|e| e.to_string())?.is_some_and(|m| m.last_seen.is_some());
+        let seen = state.live.has_unwritten(&machine)
+            || state.store.machine(&machine).map_err(|e| e.to_string())?.is_some_and(|m| m.last_seen.is_some());
         if seen {
             let done = state
                 .store

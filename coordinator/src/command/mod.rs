@@ -121,7 +121,6 @@ pub fn refused(e: ClientError, what: &str) -> anyhow::Error {
     }
 }
 
-/// Builds a label map from parsed `k=v` pairs.
 /// The pause between two polls of a `--wait`: at least `least`, and at
 /// least as long as the last poll took, so that following a large fleet
 /// never takes more than half of the coordinator's time for itself.
@@ -129,6 +128,7 @@ pub async fn pause_between_polls(poll_took: std::time::Duration, least: std::tim
     tokio::time::sleep(poll_took.max(least)).await;
 }
 
+/// Builds a label map from parsed `k=v` pairs.
 pub fn labels(pairs: Vec<(String, String)>) -> std::collections::BTreeMap<String, String> {
     pairs.into_iter().collect()
 }

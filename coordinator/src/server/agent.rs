@@ -24,11 +24,14 @@ pub(super) async fn handle(
             return None;
         }
         AgentRequest::FetchAssignment => app::fetch_assignment(state, id),
-        AgentRequest::ReportDeployment(report) => app::report_deployment(state, id, report).await,
+        AgentRequest::ReportDeployment(report) => app::report_deployments(state, id, std::slice::from_ref(&report)).await,
+        AgentRequest::ReportDeployments(reports) => app::report_deployments(state, id, &reports).await,
         AgentRequest::Report(report) => app::report_health(state, id, report),
         AgentRequest::Renew { csr_der } => app::renew(state, id, &csr_der).await,
         AgentRequest::RestoreVolume { generation, name } => {
-            crate::app::volumes::restore(state, id, generation, &name).await.map(|()| AgentResponse::Ack)
+            // Boxed: the block storage client's future is large, the other
+            // requests' are small.
+            Box::pin(crate::app::volumes::restore(state, id, generation, &name)).await.map(|()| AgentResponse::Ack)
         }
     };
     Some(match answer {

@@ -253,7 +253,7 @@ async fn handle_stream(
     let started = std::time::Instant::now();
     let answer = match (request, &peer) {
         (Request::Hello(_), _) => denied(ErrorCode::BadRequest, "Hello was already exchanged on this connection"),
-        (Request::Enroll(req), Peer::Anonymous) => Some(match enroll::enroll(&state, req).await {
+        (Request::Enroll(req), Peer::Anonymous) => Some(match Box::pin(enroll::enroll(&state, req)).await {
             Ok(issued) => Response::Enrolled(issued),
             Err(e) => Response::Error(e),
         }),
@@ -263,14 +263,18 @@ async fn handle_stream(
         }
         (Request::Agent(_), Peer::Anonymous) => denied(ErrorCode::Unauthenticated, "this request needs a machine certificate; enroll first"),
         (Request::Agent(_), Peer::Admin { .. }) => denied(ErrorCode::PermissionDenied, "admin certificates cannot make agent requests"),
-        (Request::Admin(AdminRequest::Backup), Peer::Admin { name }) => match admin::backup(&state, name).await {
+        (Request::Admin(AdminRequest::Backup), Peer::Admin { name }) => match Box::pin(admin::backup(&state, name)).await {
             Ok(bytes) => {
                 send_backup(&mut send, &bytes).await;
                 None
             }
             Err(e) => Some(Response::Error(e)),
         },
-        (Request::Admin(req), Peer::Admin { name }) => Some(admin::handle(&state, name, req).await),
+        // Boxed: the admin requests' futures (S3, block storage, hypervisor
+        // clients) are many kilobytes, and every stream's task — an agent's
+        // health report too — would otherwise be allocated and moved at
+        // that size.
+        (Request::Admin(req), Peer::Admin { name }) => Some(Box::pin(admin::handle(&state, name, req)).await),
         (Request::Admin(_), Peer::Anonymous) => denied(ErrorCode::Unauthenticated, "this request needs an admin certificate"),
         (Request::Admin(_), Peer::Machine { .. }) => denied(ErrorCode::PermissionDenied, "machine certificates cannot make admin requests"),
     };
@@ -297,7 +301,7 @@ fn request_kind(request: &Request) -> Option<&'static str> {
         Request::Agent(AgentRequest::Report(_)) => "health_report",
         Request::Agent(AgentRequest::Renew { .. }) => "renew",
         Request::Agent(AgentRequest::FetchAssignment) => "fetch_assignment",
-        Request::Agent(AgentRequest::ReportDeployment(_)) => "deployment_report",
+        Request::Agent(AgentRequest::ReportDeployment(_) | AgentRequest::ReportDeployments(_)) => "deployment_report",
         Request::Agent(AgentRequest::RestoreVolume { .. }) => "restore_volume",
         Request::Admin(_) => "admin",
     })

@@ -35,6 +35,8 @@ pub struct ServerHandle {
     /// The provisioning driver (its tasks end with it).
     provisioner: JoinHandle<()>,
     summaries: JoinHandle<()>,
+    /// Writes the health reports kept in memory to the store.
+    liveness: JoinHandle<()>,
 }
 
 impl ServerHandle {
@@ -51,6 +53,14 @@ impl ServerHandle {
         let _ = self.provisioner.await;
         self.summaries.abort();
         let _ = self.summaries.await;
+        self.liveness.abort();
+        let _ = self.liveness.await;
+        let state = self.coordinator.clone();
+        match tokio::task::spawn_blocking(move || crate::app::agent::write_liveness(&state)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e.message, "the newest health reports were not written to the store"),
+            Err(e) => tracing::warn!(error = %e, "writing the newest health reports failed"),
+        }
         if let Some(metrics) = self.metrics {
             metrics.abort();
             let _ = metrics.await;
@@ -59,16 +69,14 @@ impl ServerHandle {
     }
 }
 
-fn server_tls(config: &Config, ca: &Ca) -> Result<quinn::ServerConfig> {
+/// The server's TLS configuration, and its private key (which also seeds
+/// the stateless-reset key, so that it outlives a restart).
+fn server_tls(config: &Config, ca: &Ca) -> Result<(quinn::ServerConfig, Vec<u8>)> {
     let dir = &config.state_dir;
     let cert = identity::read_cert_pem(&dir.join(pki::SERVER_CERT_FILE))?;
-    let key = identity::read_key_pem(&dir.join(pki::SERVER_KEY_FILE))?;
-    Ok(drover_net::tls::server_config(
-        &ca.cert_der,
-        vec![cert, ca.cert_der.clone()],
-        &key.serialize_der(),
-        config.idle_timeout,
-    )?)
+    let key = identity::read_key_pem(&dir.join(pki::SERVER_KEY_FILE))?.serialize_der();
+    let tls = drover_net::tls::server_config(&ca.cert_der, vec![cert, ca.cert_der.clone()], &key, config.idle_timeout)?;
+    Ok((tls, key))
 }
 
 /// Opens the state and starts serving on `config.listen`.
@@ -79,8 +87,8 @@ pub async fn start(config: Config) -> Result<ServerHandle> {
 
 /// Starts serving an already opened coordinator.
 pub async fn start_with(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
-    let tls = server_tls(&coordinator.config, &coordinator.ca)?;
-    let endpoint = drover_net::socket::endpoint(coordinator.config.listen, Some(tls))
+    let (tls, key) = server_tls(&coordinator.config, &coordinator.ca)?;
+    let endpoint = drover_net::socket::server_endpoint(coordinator.config.listen, tls, &key)
         .with_context(|| format!("cannot listen on {}", coordinator.config.listen))?;
     let local_addr = endpoint.local_addr()?;
     tracing::info!(%local_addr, "coordinator listening");
@@ -94,6 +102,7 @@ pub async fn start_with(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
     let accept = endpoint.clone();
     let state = coordinator.clone();
     let driver = tokio::spawn(crate::app::driver::drive(coordinator.clone()));
+    let liveness = tokio::spawn(crate::app::agent::write_liveness_periodically(coordinator.clone()));
     let provisioner = tokio::spawn(crate::app::provisions::run(coordinator.clone()));
     let limits = limits::Limits::new(&coordinator.config.limits);
     let summaries = {
@@ -131,5 +140,6 @@ pub async fn start_with(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
         driver,
         provisioner,
         summaries,
+        liveness,
     })
 }
