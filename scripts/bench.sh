@@ -128,6 +128,12 @@ drover() { # N DIR
   echo "rollout_seconds $((SECONDS - started))" >>"$dir/figures"
   t0="$(now_ms)"; "$BIN/drover" machines list -o json | python3 -c 'import json,sys; print("registered", len(json.load(sys.stdin)))' >>"$dir/figures"; t1="$(now_ms)"
   echo "machines_list_ms $((t1 - t0))" >>"$dir/figures"
+  local rollout_id
+  rollout_id="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("id", ""))' "$dir/rollout.json" 2>/dev/null || true)"
+  if [ -n "$rollout_id" ]; then
+    t0="$(now_ms)"; "$BIN/drover" rollout status "$rollout_id" -o json >/dev/null; t1="$(now_ms)"
+    echo "rollout_status_ms $((t1 - t0))" >>"$dir/figures"
+  fi
   echo "drops_end $(rcvbuf_errors)" >>"$dir/figures"
   echo "load $(cut -d' ' -f1 /proc/loadavg)" >>"$dir/figures"
   kill -TERM "$sim"
@@ -188,6 +194,7 @@ deployed = json.load(open(os.path.join(drover_dir, "deploy.json"))) if os.path.g
 succeeded = sum(1 for d in deployed if d.get("state") == "succeeded")
 row("rollout, 25% at a time (s)", df["rollout_seconds"], None, "{:.0f}")
 row("machines list (s)", df["machines_list_ms"] / 1000, None, "{:.2f}")
+row("rollout status (s)", df.get("rollout_status_ms", float("nan")) / 1000, None, "{:.2f}")
 row("agent reconnects while connecting", ready["connects"] - ready["online"], None, "{:.0f}")
 row("agent reconnects during the deployment", deployed_snap["connects"] - ready["connects"], None, "{:.0f}")
 row("agent reconnects during the rollout", dr["connects"] - deployed_snap["connects"], None, "{:.0f}")

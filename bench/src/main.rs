@@ -13,11 +13,6 @@
 //! records when each broadcast arrived, and prints the full report on
 //! SIGTERM.
 
-/// The same allocator as the coordinator's, so that the ratios compare the
-/// protocols and not the allocators.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -6,7 +6,6 @@ use drover_coordinator::cli::{Cli, Command};
 
 /// mimalloc: the coordinator spawns a task per request, and glibc's
 /// aligned allocations of those tasks were a tenth of its CPU under load.
-/// The benchmark's bare baseline uses the same allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
