@@ -159,13 +159,14 @@ const LIVENESS_BATCH: usize = 256;
 
 /// Writes the health reports kept in memory to the machines' records, in
 /// batches (a record written meanwhile with a newer report keeps it; a
-/// machine removed meanwhile is skipped). Runs every
+/// machine removed meanwhile is skipped); a report stays in memory until
+/// its batch is written. Runs every
 /// [`LIVENESS_WRITE_INTERVAL`] and at shutdown.
 pub fn write_liveness(state: &Coordinator) -> Result<usize, WireError> {
-    let unwritten: Vec<_> = state.live.unwritten().into_iter().collect();
+    let unwritten = state.live.unwritten();
     for batch in unwritten.chunks(LIVENESS_BATCH) {
-        let written = state.store.transact(|tx| {
-            for (id, (at, health)) in batch {
+        state.store.transact(|tx| {
+            for (id, at, health) in batch {
                 let Some(mut m) = tx.get::<MachineRecord>(id.as_bytes())? else { continue };
                 if m.revoked_at.is_some() || m.last_seen.is_some_and(|seen| seen >= *at) {
                     continue;
@@ -175,16 +176,8 @@ pub fn write_liveness(state: &Coordinator) -> Result<usize, WireError> {
                 tx.put(id.as_bytes(), &m)?;
             }
             Ok::<_, WireError>(())
-        });
-        if let Err(e) = written {
-            // Kept for the next pass, unless a newer report came meanwhile.
-            for (id, (at, health)) in batch {
-                if !state.live.has_unwritten(id) {
-                    state.live.saw(id, *at, health.clone());
-                }
-            }
-            return Err(e);
-        }
+        })?;
+        state.live.written(batch);
     }
     Ok(unwritten.len())
 }

@@ -106,9 +106,20 @@ impl Live {
         lock(&self.seen).contains_key(machine)
     }
 
-    /// Takes the reports waiting to be written.
-    pub fn unwritten(&self) -> HashMap<String, (UnixMillis, HealthRecord)> {
-        std::mem::take(&mut *lock(&self.seen))
+    /// The reports waiting to be written (they stay until
+    /// [`Live::written`], so that readers see them meanwhile).
+    pub fn unwritten(&self) -> Vec<(String, UnixMillis, HealthRecord)> {
+        lock(&self.seen).iter().map(|(id, (at, health))| (id.clone(), *at, health.clone())).collect()
+    }
+
+    /// Forgets the reports written to the store, unless a newer one came.
+    pub fn written(&self, reports: &[(String, UnixMillis, HealthRecord)]) {
+        let mut seen = lock(&self.seen);
+        for (id, at, _) in reports {
+            if seen.get(id).is_some_and(|(newest, _)| newest <= at) {
+                seen.remove(id);
+            }
+        }
     }
 
     /// A stored machine record with its newest health report, if a newer
