@@ -203,7 +203,7 @@ row("UDP receive drops, broadcast to end", df["drops_end"] - df["drops_connected
 row("load average (1 min) at the end", df["load"], bf["load"], "{:.2f}")
 print(f"\nN = {n}: {dr['online']} of {n} agents online, {int(df['registered'])} machines registered; "
       f"the deployment: {d_recv[3]} received it, {succeeded} succeeded; the rollout: {rollout_phase}; "
-      f"bare: {br['connected']} connected ({br['retries']} retries), {b_recv[3]} got the broadcast")
+      f"bare: {br['connected']} connected ({br['retries']} retries, {br.get('lost', 0)} closed later), {b_recv[3]} got the broadcast")
 width = max(len(r[0]) for r in rows)
 print(f"{'':{width}}  {'Drover':>10}  {'bare quinn':>10}  {'ratio':>7}")
 for name, d, b, r in rows:

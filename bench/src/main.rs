@@ -90,6 +90,8 @@ async fn server(listen: SocketAddr, dir: &Path, idle_timeout: Duration) -> Resul
     identity::write_atomic(&dir.join(CA_KEY_FILE), ca_key_pem.as_bytes(), 0o600)?;
     let endpoint = drover_net::socket::endpoint(listen, Some(config)).with_context(|| format!("listening on {listen}"))?;
     let connections: Arc<Mutex<Vec<quinn::Connection>>> = Arc::default();
+    // Handshakes that failed on this side, by reason (printed at the end).
+    let failures: Arc<Mutex<std::collections::BTreeMap<String, u64>>> = Arc::default();
     let mut usr1 = signal(SignalKind::user_defined1())?;
     let mut term = signal(SignalKind::terminate())?;
     std::fs::write(dir.join("ready"), b"")?;
@@ -98,8 +100,15 @@ async fn server(listen: SocketAddr, dir: &Path, idle_timeout: Duration) -> Resul
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let connections = connections.clone();
+                let failures = failures.clone();
                 tokio::spawn(async move {
-                    let Ok(conn) = incoming.await else { return };
+                    let conn = match incoming.await {
+                        Ok(conn) => conn,
+                        Err(e) => {
+                            *failures.lock().unwrap_or_else(|p| p.into_inner()).entry(e.to_string()).or_insert(0) += 1;
+                            return;
+                        }
+                    };
                     if conn.peer_identity().is_none() {
                         conn.close(1u32.into(), b"a client certificate is required");
                         return;
@@ -112,6 +121,8 @@ async fn server(listen: SocketAddr, dir: &Path, idle_timeout: Duration) -> Resul
             _ = usr1.recv() => {
                 let sent = now_ms();
                 let held: Vec<quinn::Connection> = connections.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let open = held.iter().filter(|c| c.close_reason().is_none()).count();
+                eprintln!("broadcast to {open} open connections ({} held)", held.len());
                 for conn in held {
                     tokio::spawn(async move {
                         let Ok((mut send, _recv)) = conn.open_bi().await else { return };
@@ -124,6 +135,13 @@ async fn server(listen: SocketAddr, dir: &Path, idle_timeout: Duration) -> Resul
             _ = term.recv() => break,
         }
     }
+    let held = connections.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut closed: std::collections::BTreeMap<String, u64> = Default::default();
+    for reason in held.iter().filter_map(|c| c.close_reason()) {
+        *closed.entry(reason.to_string()).or_insert(0) += 1;
+    }
+    eprintln!("handshakes failed: {:?}", failures.lock().unwrap_or_else(|p| p.into_inner()));
+    eprintln!("connections closed before the end: {closed:?}");
     endpoint.close(0u32.into(), b"bye");
     Ok(())
 }
@@ -142,6 +160,10 @@ struct ClientsReport {
     handshakes_per_second: f64,
     /// Connection attempts that failed and were made again.
     retries: u64,
+    /// Connections that closed after they were made (a bare client does
+    /// not reconnect); a broadcast is complete once every connection
+    /// still open got it.
+    lost: usize,
     broadcasts: Vec<Broadcast>,
 }
 
@@ -150,6 +172,7 @@ struct Shared {
     connected: usize,
     last_connected: Option<Duration>,
     retries: u64,
+    lost: usize,
     broadcasts: Vec<Broadcast>,
 }
 
@@ -202,6 +225,12 @@ async fn clients(addr: SocketAddr, dir: &Path, count: usize, ready_file: &Path, 
                     None => s.broadcasts.push(Broadcast { sent_unix_ms: sent, received_unix_ms: vec![received] }),
                 }
             }
+            let reason = conn.close_reason().map(|r| r.to_string()).unwrap_or_default();
+            let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+            s.lost += 1;
+            if s.lost <= 5 {
+                eprintln!("a client connection closed {:.1} s after the start: {reason}", start.elapsed().as_secs_f64());
+            }
         });
     }
     let report = |shared: &Shared| {
@@ -216,6 +245,7 @@ async fn clients(addr: SocketAddr, dir: &Path, count: usize, ready_file: &Path, 
             seconds_until_all_connected: if shared.connected == count { secs } else { f64::NAN },
             handshakes_per_second: shared.connected as f64 / secs.max(1e-9),
             retries: shared.retries,
+            lost: shared.lost,
             broadcasts,
         }
     };
@@ -232,7 +262,8 @@ async fn clients(addr: SocketAddr, dir: &Path, count: usize, ready_file: &Path, 
             _ = term.recv() => break,
             _ = tokio::time::sleep(Duration::from_millis(50)) => {
                 let s = shared.lock().unwrap_or_else(|p| p.into_inner());
-                let complete = s.broadcasts.iter().filter(|b| b.received_unix_ms.len() >= s.connected).count();
+                let open = s.connected - s.lost;
+                let complete = s.broadcasts.iter().filter(|b| b.received_unix_ms.len() >= open).count();
                 if complete > announced {
                     announced = complete;
                     let mut path = ready_file.as_os_str().to_owned();
