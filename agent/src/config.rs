@@ -57,7 +57,8 @@ pub struct AgentConfig {
     #[serde(default)]
     pub nix_bin_dir: Option<PathBuf>,
     /// A Nix store to use instead of the system's (`--store`), e.g. a chroot
-    /// store root for testing.
+    /// store root for testing. Nix's binary-cache lookups are then kept in
+    /// `state_dir/cache`, not in the user's `~/.cache/nix`.
     #[serde(default)]
     pub nix_store: Option<PathBuf>,
     /// The system profile closures are installed into.

@@ -179,6 +179,18 @@ impl NixSwitcher {
         }
     }
 
+    /// The environment of a Nix command that may download: with a store of
+    /// its own (`nix_store`), the agent keeps Nix's binary-cache lookup
+    /// cache (`$XDG_CACHE_HOME/nix`) in its state directory. Agents sharing
+    /// one user's cache raced on it: concurrent fetches failed with
+    /// "constraint failed (in '…/binary-cache-v6.sqlite')".
+    fn fetch_env(&self) -> Vec<(&'static str, String)> {
+        match &self.config.nix_store {
+            Some(_) => vec![("XDG_CACHE_HOME", self.config.state_dir.join("cache").display().to_string())],
+            None => vec![],
+        }
+    }
+
     /// Where a store path is on this machine's file system.
     fn physical(&self, store_path: &str) -> PathBuf {
         match &self.config.nix_store {
@@ -325,11 +337,14 @@ impl SystemSwitcher for NixSwitcher {
                     "--max-jobs".into(),
                     "0".into(),
                 ]);
-                match run_ok(&self.nix_tool("nix-store"), &args, self.config.switch_timeout, "fetching the closure (nix-store --realise)").await {
-                    Err(SwitchError::Failed { tail, .. }) if tail.contains("is not signed by any of the keys") => {
-                        Err(SwitchError::Unsigned { tail })
-                    }
-                    other => other,
+                let what = "fetching the closure (nix-store --realise)";
+                let env = self.fetch_env();
+                let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let (code, tail) = run_with(&self.nix_tool("nix-store"), &args, &env, self.config.switch_timeout, what).await?;
+                match code {
+                    0 => Ok(tail),
+                    _ if tail.contains("is not signed by any of the keys") => Err(SwitchError::Unsigned { tail }),
+                    code => Err(SwitchError::Failed { what: what.to_string(), code, tail }),
                 }
             }
         }
@@ -433,5 +448,49 @@ mod tests {
         std::os::unix::fs::symlink("system-2-link", &profile).expect("link");
         assert_eq!(resolve_profile(&profile).as_deref(), Some("/nix/store/aaa-system"));
         assert_eq!(resolve_profile(&dir.path().join("missing")), None);
+    }
+
+    /// A `nix-store` that prints the cache directory it was given.
+    fn recording_nix(dir: &Path) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).expect("bin dir");
+        let script = bin.join("nix-store");
+        std::fs::write(&script, "#!/bin/sh\necho \"cache=${XDG_CACHE_HOME:-unset}\"\n").expect("script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        bin
+    }
+
+    fn test_config(dir: &Path) -> AgentConfig {
+        let coordinator = "127.0.0.1:1".parse::<drover_net::HostPort>().expect("addr");
+        let mut config = AgentConfig::new(coordinator, dir.join("ca.pem"), dir.join("state"));
+        config.nix_bin_dir = Some(recording_nix(dir));
+        config
+    }
+
+    fn closure() -> SystemSpec {
+        SystemSpec::Closure {
+            store_path: "/nix/store/aaa-system".into(),
+            substituters: vec!["http://127.0.0.1:1".into()],
+            trusted_public_keys: vec!["k:AAAA".into()],
+        }
+    }
+
+    #[tokio::test]
+    async fn an_agent_with_its_own_store_keeps_its_own_binary_cache_lookups() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = test_config(dir.path());
+        config.nix_store = Some(dir.path().join("store"));
+        let out = NixSwitcher::new(config).prepare(&closure()).await.expect("prepare");
+        assert_eq!(out.trim(), format!("cache={}", dir.path().join("state/cache").display()));
+    }
+
+    #[tokio::test]
+    async fn an_agent_on_the_machines_store_uses_nix_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = test_config(dir.path());
+        config.nix_store = None;
+        let out = NixSwitcher::new(config).prepare(&closure()).await.expect("prepare");
+        assert!(!out.contains(&dir.path().join("state").display().to_string()), "{out}");
     }
 }
