@@ -38,6 +38,9 @@ trap cleanup EXIT
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rcvbuf_errors() { awk '/^Udp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "RcvbufErrors") c = i; h = 1 } else print $c }' /proc/net/snmp; }
+# Datagrams the kernel dropped at the UDP socket bound to local PORT (the
+# server's; the rest of the drops are at the clients' socket).
+socket_drops() { awk -v port="$(printf ':%04X' "$1")" 'index($2, port) == length($2) - 4 { d += $NF } END { print d + 0 }' /proc/net/udp; }
 now_ms() { date +%s%3N; }
 wait_file() { # FILE SECONDS WHAT
   local end=$((SECONDS + $2))
@@ -47,16 +50,18 @@ wait_file() { # FILE SECONDS WHAT
   done
 }
 # Figures before N connections come, into DIR/figures.
-#   before_connects DIR PID
+#   before_connects DIR PID PORT
 before_connects() {
   echo "rss_before $(rss_kib "$2")" >"$1/figures"
   echo "drops_before $(rcvbuf_errors)" >>"$1/figures"
+  echo "server_drops_before $(socket_drops "$3")" >>"$1/figures"
 }
 # Figures once they are all connected: memory, drops, idle CPU, and the
 # moment the broadcast (or deployment) starts.
-#   after_connects DIR PID
+#   after_connects DIR PID PORT
 after_connects() {
   echo "drops_connected $(rcvbuf_errors)" >>"$1/figures"
+  echo "server_drops_connected $(socket_drops "$3")" >>"$1/figures"
   echo "rss_connected $(rss_kib "$2")" >>"$1/figures"
   echo "idle_cpu $(idle_cpu "$2")" >>"$1/figures"
   echo "broadcast_at $(now_ms)" >>"$1/figures"
@@ -77,16 +82,17 @@ bare() { # N DIR
   server=$!
   PIDS+=("$server")
   wait_file "$dir/server/ready" 30 "the bare server"
-  before_connects "$dir" "$server"
+  before_connects "$dir" "$server" "$BARE_PORT"
   "$BIN/drover-bench" bare-clients --connect "127.0.0.1:$BARE_PORT" --dir "$dir/server" --count "$n" \
     --ready-file "$dir/ready.json" >"$dir/final.json" 2>"$dir/clients.log" &
   clients=$!
   PIDS+=("$clients")
   wait_file "$dir/ready.json" 900 "$n bare clients"
-  after_connects "$dir" "$server"
+  after_connects "$dir" "$server" "$BARE_PORT"
   kill -USR1 "$server"
   wait_file "$dir/ready.json.broadcast" 300 "the bare broadcast"
   echo "drops_end $(rcvbuf_errors)" >>"$dir/figures"
+  echo "server_drops_end $(socket_drops "$BARE_PORT")" >>"$dir/figures"
   echo "load $(cut -d' ' -f1 /proc/loadavg)" >>"$dir/figures"
   kill -TERM "$clients"
   wait "$clients" || true
@@ -103,7 +109,7 @@ drover() { # N DIR
   PIDS+=("$SERVER")
   "$BIN/drover" tokens create --uses "$n" --ttl 1h --label role=bench >"$dir/token"
   drill_agent_config "$PORT"
-  before_connects "$dir" "$SERVER"
+  before_connects "$dir" "$SERVER" "$PORT"
   # The simulated agents' state and runtime files on tmpfs: a real agent
   # writes them on its own machine's disk, and N agents creating files on
   # this one's made the simulator, not the coordinator, the bottleneck.
@@ -115,7 +121,7 @@ drover() { # N DIR
   sim=$!
   PIDS+=("$sim")
   wait_file "$dir/ready.json" 960 "$n simulated agents"
-  after_connects "$dir" "$SERVER"
+  after_connects "$dir" "$SERVER" "$PORT"
   "$BIN/drover" deploy --selector role=bench --flake "path:/nonexistent#bench" --health-deadline 5s \
     --wait -o json >"$dir/deploy.json" 2>>"$dir/cli.log" || echo "the deployment did not succeed everywhere" >&2
   echo "deployed_at $(now_ms)" >>"$dir/figures"
@@ -135,6 +141,7 @@ drover() { # N DIR
     echo "rollout_status_ms $((t1 - t0))" >>"$dir/figures"
   fi
   echo "drops_end $(rcvbuf_errors)" >>"$dir/figures"
+  echo "server_drops_end $(socket_drops "$PORT")" >>"$dir/figures"
   echo "load $(cut -d' ' -f1 /proc/loadavg)" >>"$dir/figures"
   kill -TERM "$sim"
   wait "$sim" || true
@@ -199,7 +206,11 @@ row("agent reconnects while connecting", ready["connects"] - ready["online"], No
 row("agent reconnects during the deployment", deployed_snap["connects"] - ready["connects"], None, "{:.0f}")
 row("agent reconnects during the rollout", dr["connects"] - deployed_snap["connects"], None, "{:.0f}")
 row("UDP receive drops while connecting", df["drops_connected"] - df["drops_before"], bf["drops_connected"] - bf["drops_before"], "{:.0f}")
+row("  of them at the server's socket", df["server_drops_connected"] - df["server_drops_before"],
+    bf["server_drops_connected"] - bf["server_drops_before"], "{:.0f}")
 row("UDP receive drops, broadcast to end", df["drops_end"] - df["drops_connected"], bf["drops_end"] - bf["drops_connected"], "{:.0f}")
+row("  of them at the server's socket", df["server_drops_end"] - df["server_drops_connected"],
+    bf["server_drops_end"] - bf["server_drops_connected"], "{:.0f}")
 row("load average (1 min) at the end", df["load"], bf["load"], "{:.2f}")
 print(f"\nN = {n}: {dr['online']} of {n} agents online, {int(df['registered'])} machines registered; "
       f"the deployment: {d_recv[3]} received it, {succeeded} succeeded; the rollout: {rollout_phase}; "

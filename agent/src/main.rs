@@ -75,6 +75,10 @@ enum Command {
         /// again (churn for soak runs; e.g. 200ms).
         #[arg(long, value_parser = drover_net::clock::parse_duration)]
         churn: Option<Duration>,
+        /// Simulated agents sharing one UDP socket (a real agent has one
+        /// of its own; ten thousand on one socket overflowed its buffer).
+        #[arg(long, default_value_t = simulate::DEFAULT_AGENTS_PER_SOCKET, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        agents_per_socket: usize,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -197,7 +201,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("agent configuration is valid: coordinator {}", config.coordinator);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Simulate { config, count, work_dir, coordinator_pid, timeout, hold, churn, ready_file, json } => {
+        Command::Simulate { config, count, work_dir, coordinator_pid, timeout, hold, churn, agents_per_socket, ready_file, json } => {
             let base = config.resolve()?;
             let tmp;
             let work_dir = match work_dir {
@@ -222,7 +226,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     std::future::pending::<()>().await;
                 }
             });
-            let report = simulate::run(SimulateOptions { base, count, work_dir, coordinator_pid, timeout, hold, churn, ready_file, stop: Some(stopped) }).await?;
+            let report = simulate::run(SimulateOptions {
+                base,
+                count,
+                work_dir,
+                coordinator_pid,
+                timeout,
+                hold,
+                churn,
+                agents_per_socket,
+                ready_file,
+                stop: Some(stopped),
+            }).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

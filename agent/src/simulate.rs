@@ -28,6 +28,8 @@ pub struct SimulateOptions {
     /// again on its own state (it reconnects without enrolling): churn for
     /// soak runs.
     pub churn: Option<Duration>,
+    /// How many simulated agents share one UDP socket (at least 1).
+    pub agents_per_socket: usize,
     /// Where to write the report so far once every agent is online (or the
     /// timeout passed), while the agents keep running: a benchmark waits
     /// for this file, then deploys.
@@ -130,11 +132,24 @@ fn synthetic_health(i: usize) -> HealthReport {
     }
 }
 
+/// The default of `--agents-per-socket`.
+pub const DEFAULT_AGENTS_PER_SOCKET: usize = 100;
+
 pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
     if opts.count == 0 {
         bail!("--count must be at least 1");
     }
-    let endpoint = drover_net::client::client_endpoint_for(&opts.base.coordinator)?;
+    if opts.agents_per_socket == 0 {
+        bail!("--agents-per-socket must be at least 1");
+    }
+    // A real agent has a socket of its own; thousands of simulated agents
+    // on one socket overflowed its receive buffer while a deployment's
+    // answers arrived, and the retransmissions were the simulator's, not
+    // the coordinator's. A socket per group of agents is the middle way.
+    let endpoints = (0..opts.count.div_ceil(opts.agents_per_socket))
+        .map(|_| drover_net::client::client_endpoint_for(&opts.base.coordinator))
+        .collect::<Result<Vec<_>, _>>()?;
+    let endpoint_of = |i: usize| endpoints[i / opts.agents_per_socket].clone();
     let rss_before = opts.coordinator_pid.and_then(rss_bytes);
     let start = Instant::now();
     let times: Times = Arc::default();
@@ -146,7 +161,7 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
         config.runtime_dir = config.state_dir.join("run");
         config.volume_root = config.state_dir.join("root");
         config.hostname = Some(format!("sim-{i:05}"));
-        let handle = crate::spawn(config, FixedHealth(synthetic_health(i)), Some(endpoint.clone())).context("starting a simulated agent")?;
+        let handle = crate::spawn(config, FixedHealth(synthetic_health(i)), Some(endpoint_of(i))).context("starting a simulated agent")?;
         watch_generations(handle.status.clone(), times.clone());
         Ok::<_, anyhow::Error>(handle)
     };
@@ -246,7 +261,9 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
         });
     }
     while stopping.join_next().await.is_some() {}
-    endpoint.wait_idle().await;
+    for endpoint in &endpoints {
+        endpoint.wait_idle().await;
+    }
     Ok(report(restarts, connects))
 }
 

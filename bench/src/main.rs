@@ -65,6 +65,10 @@ enum Command {
         timeout: Duration,
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         idle_timeout: Duration,
+        /// Clients sharing one UDP socket, as `drover-agent simulate
+        /// --agents-per-socket`.
+        #[arg(long, default_value_t = 100)]
+        clients_per_socket: usize,
     },
 }
 
@@ -73,8 +77,8 @@ async fn main() -> Result<()> {
     drover_net::tls::install_default_provider();
     match Cli::parse().command {
         Command::BareServer { listen, dir, idle_timeout } => server(listen, &dir, idle_timeout).await,
-        Command::BareClients { connect, dir, count, ready_file, timeout, idle_timeout } => {
-            clients(connect, &dir, count, &ready_file, timeout, idle_timeout).await
+        Command::BareClients { connect, dir, count, ready_file, timeout, idle_timeout, clients_per_socket } => {
+            clients(connect, &dir, count, &ready_file, timeout, idle_timeout, clients_per_socket).await
         }
     }
 }
@@ -176,9 +180,17 @@ struct Shared {
     broadcasts: Vec<Broadcast>,
 }
 
-async fn clients(addr: SocketAddr, dir: &Path, count: usize, ready_file: &Path, timeout: Duration, idle_timeout: Duration) -> Result<()> {
-    if count == 0 {
-        bail!("--count must be at least 1");
+async fn clients(
+    addr: SocketAddr,
+    dir: &Path,
+    count: usize,
+    ready_file: &Path,
+    timeout: Duration,
+    idle_timeout: Duration,
+    per_socket: usize,
+) -> Result<()> {
+    if count == 0 || per_socket == 0 {
+        bail!("--count and --clients-per-socket must be at least 1");
     }
     let ca = Ca::load(dir).context("loading the bare server's CA")?;
     let ca_der = ca.cert_der.clone();
@@ -190,11 +202,11 @@ async fn clients(addr: SocketAddr, dir: &Path, count: usize, ready_file: &Path, 
         let issued = ca.sign_client(&csr, &Subject::Machine(format!("client-{i}")), Duration::from_secs(24 * 3600))?;
         configs.push(drover_net::tls::client_config(&ca_der, Some((&issued.certificate_der, &key.serialize_der())), idle_timeout)?);
     }
-    let endpoint = drover_net::client::client_endpoint(addr)?;
+    let endpoints = (0..count.div_ceil(per_socket)).map(|_| drover_net::client::client_endpoint(addr)).collect::<Result<Vec<_>, _>>()?;
     let shared: Arc<Mutex<Shared>> = Arc::default();
     let start = Instant::now();
-    for config in configs {
-        let endpoint = endpoint.clone();
+    for (i, config) in configs.into_iter().enumerate() {
+        let endpoint = endpoints[i / per_socket].clone();
         let shared = shared.clone();
         tokio::spawn(async move {
             let conn = loop {
@@ -275,6 +287,8 @@ async fn clients(addr: SocketAddr, dir: &Path, count: usize, ready_file: &Path, 
     }
     let final_report = report(&shared.lock().unwrap_or_else(|p| p.into_inner()));
     println!("{}", serde_json::to_string_pretty(&final_report)?);
-    endpoint.close(0u32.into(), b"bye");
+    for endpoint in &endpoints {
+        endpoint.close(0u32.into(), b"bye");
+    }
     Ok(())
 }

@@ -226,6 +226,7 @@ async fn machines(s: &Setup, count: usize) -> tokio::task::JoinHandle<anyhow::Re
         timeout: Duration::from_secs(600),
         hold: Duration::from_secs(3600),
         churn: None,
+        agents_per_socket: simulate::DEFAULT_AGENTS_PER_SOCKET,
         ready_file: None,
         stop: None,
     }));

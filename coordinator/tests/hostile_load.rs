@@ -111,6 +111,7 @@ async fn hostile_clients_neither_grow_the_coordinator_past_its_bound_nor_starve_
             timeout: Duration::from_secs(300),
             hold: Duration::from_secs(900),
             churn: None,
+            agents_per_socket: simulate::DEFAULT_AGENTS_PER_SOCKET,
             ready_file: None,
             stop: None,
         }))

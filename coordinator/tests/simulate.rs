@@ -29,6 +29,7 @@ async fn simulated_machines_apply_a_deployment_each_in_its_own_directory() {
         timeout: Duration::from_secs(60),
         hold,
         churn: None,
+        agents_per_socket: simulate::DEFAULT_AGENTS_PER_SOCKET,
         ready_file: None,
         stop: None,
     }));
@@ -109,6 +110,7 @@ async fn a_deployment_to_many_simulated_machines_succeeds_everywhere_without_rec
         timeout: Duration::from_secs(300),
         hold: Duration::from_secs(3600),
         churn: None,
+        agents_per_socket: simulate::DEFAULT_AGENTS_PER_SOCKET,
         ready_file: Some(ready.clone()),
         stop: Some(stopped),
     }));

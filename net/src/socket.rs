@@ -12,7 +12,7 @@ use std::sync::Arc;
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 
 /// The buffer size asked for, each way.
-pub const UDP_BUFFER_BYTES: usize = 8 << 20;
+pub const UDP_BUFFER_BYTES: usize = 32 << 20;
 
 /// The kernel buffer sizes a socket got (as the kernel reports them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
