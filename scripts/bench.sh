@@ -122,9 +122,12 @@ drover() { # N DIR
   PIDS+=("$sim")
   wait_file "$dir/ready.json" 960 "$n simulated agents"
   after_connects "$dir" "$SERVER" "$PORT"
+  # Whose CPU the deployment takes: the coordinator's or the simulator's.
+  echo "deploy_ticks_before $(cpu_ticks "$SERVER") $(cpu_ticks "$sim")" >>"$dir/figures"
   "$BIN/drover" deploy --selector role=bench --flake "path:/nonexistent#bench" --health-deadline 5s \
     --wait -o json >"$dir/deploy.json" 2>>"$dir/cli.log" || echo "the deployment did not succeed everywhere" >&2
   echo "deployed_at $(now_ms)" >>"$dir/figures"
+  echo "deploy_ticks_after $(cpu_ticks "$SERVER") $(cpu_ticks "$sim")" >>"$dir/figures"
   # The agents' connects so far: the deployment's reconnects.
   kill -USR1 "$sim"
   wait_file "$dir/ready.json.snapshot" 60 "the simulator's snapshot"
@@ -158,7 +161,13 @@ for N in "$@"; do
 import json, os, sys
 bare_dir, drover_dir, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 def figures(d):
-    return {k: float(v) for k, v in (l.split() for l in open(os.path.join(d, "figures")) if l.strip())}
+    out = {}
+    for l in open(os.path.join(d, "figures")):
+        if not l.strip(): continue
+        k, *v = l.split()
+        if len(v) == 1: out[k] = float(v[0])
+        elif v: out[k] = [float(x) for x in v]
+    return out
 bf, df = figures(bare_dir), figures(drover_dir)
 br, dr = json.load(open(os.path.join(bare_dir, "final.json"))), json.load(open(os.path.join(drover_dir, "final.json")))
 ready = json.load(open(os.path.join(drover_dir, "ready.json")))
@@ -199,6 +208,13 @@ except Exception:
     rollout_phase = "no answer"
 deployed = json.load(open(os.path.join(drover_dir, "deploy.json"))) if os.path.getsize(os.path.join(drover_dir, "deploy.json")) else []
 succeeded = sum(1 for d in deployed if d.get("state") == "succeeded")
+tick = os.sysconf("SC_CLK_TCK")
+if "deploy_ticks_after" in df:
+    (cb, sb), (ca, sa) = df["deploy_ticks_before"], df["deploy_ticks_after"]
+    wall = (df["deployed_at"] - df["broadcast_at"]) / 1000
+    row("deployment wall time, deploy --wait (s)", wall, None, "{:.1f}")
+    row("  CPU in it: coordinator (core-seconds)", (ca - cb) / tick, None, "{:.1f}")
+    row("  CPU in it: simulated agents (core-seconds)", (sa - sb) / tick, None, "{:.1f}")
 row("rollout, 25% at a time (s)", df["rollout_seconds"], None, "{:.0f}")
 row("machines list (s)", df["machines_list_ms"] / 1000, None, "{:.2f}")
 row("rollout status (s)", df.get("rollout_status_ms", float("nan")) / 1000, None, "{:.2f}")
