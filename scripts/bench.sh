@@ -7,8 +7,10 @@
 # the bare ones, with the ratio:
 #   time until all online, connects per second, coordinator RSS and CPU per
 #   connection at idle, a new generation's fan-out (deploy → received, and
-#   → finished on the agents) p50/p99/max, a rollout's wall time, the
-#   machine's load and UDP receive-buffer drops.
+#   → finished on the agents) p50/p99/max, the deployment's wall time and
+#   the CPU the coordinator and the simulator spent in it, a rollout's wall
+#   time, the agents' reconnects, the machine's load and UDP receive-buffer
+#   drops (in all, and at the server's socket).
 #   scripts/bench.sh [N...]          (default: 1000)
 # BENCH_IDLE_SECONDS (default 30) is how long idle CPU is measured; the
 # coordinator's health interval is 10 s. BENCH_AGENT_LOG sets the simulated
