@@ -57,14 +57,17 @@ for _ in $(seq 1200); do
   sleep 0.5
 done
 "$BIN/drover" deployments list -o json >"$WORK/deployments.json"
-N="$N" BACK="$BACK" PHASE="$PHASE" python3 - "$WORK/deployments.json" <<'PY'
+"$BIN/drover" machines list -o json >"$WORK/machines.json"
+N="$N" BACK="$BACK" PHASE="$PHASE" python3 - "$WORK/deployments.json" "$WORK/machines.json" <<'PY'
 import collections, json, os, sys
 d = json.load(open(sys.argv[1]))
+machines = len(json.load(open(sys.argv[2])))
 n, back, phase = int(os.environ["N"]), float(os.environ["BACK"]), os.environ["PHASE"]
 states = collections.Counter(x["state"] for x in d)
 print(f"agents                      {n}")
 print(f"all back after the SIGKILL  {back:.1f} s ({n / max(back, 0.001):.0f} agents reconnected and reported per second)")
 print(f"rollout                     {phase}")
 print("deployments                 " + ", ".join(f"{c} {s}" for s, c in sorted(states.items())))
-print(f"machines                    {len(set(x['machine_id'] for x in d))} (none enrolled again)")
+print(f"machines with a deployment   {len(set(x['machine_id'] for x in d))}")
+print(f"machines                    {machines} " + ("(none enrolled again)" if machines == n else f"for {n} agents"))
 PY
