@@ -68,6 +68,6 @@ print(f"agents                      {n}")
 print(f"all back after the SIGKILL  {back:.1f} s ({n / max(back, 0.001):.0f} agents reconnected and reported per second)")
 print(f"rollout                     {phase}")
 print("deployments                 " + ", ".join(f"{c} {s}" for s, c in sorted(states.items())))
-print(f"machines with a deployment   {len(set(x['machine_id'] for x in d))}")
+print(f"machines with a deployment  {len(set(x['machine_id'] for x in d))}")
 print(f"machines                    {machines} " + ("(none enrolled again)" if machines == n else f"for {n} agents"))
 PY

@@ -67,11 +67,8 @@ impl SwitchError {
     }
 }
 
-/// Runs a command with a timeout, collecting stdout and stderr together.
-async fn run(program: &Path, args: &[String], timeout: Duration, what: &str) -> Result<(i32, String), SwitchError> {
-    run_with(program, args, &[], timeout, what).await
-}
-
+/// Runs a command (with `env` added) and a timeout, collecting stdout and
+/// stderr together.
 async fn run_with(program: &Path, args: &[String], env: &[(&str, &str)], timeout: Duration, what: &str) -> Result<(i32, String), SwitchError> {
     tracing::debug!(program = %program.display(), ?args, "running");
     let mut child = tokio::process::Command::new(program)
@@ -101,7 +98,11 @@ async fn run_with(program: &Path, args: &[String], env: &[(&str, &str)], timeout
 }
 
 async fn run_ok(program: &Path, args: &[String], timeout: Duration, what: &str) -> Result<String, SwitchError> {
-    let (code, text) = run(program, args, timeout, what).await?;
+    run_ok_with(program, args, &[], timeout, what).await
+}
+
+async fn run_ok_with(program: &Path, args: &[String], env: &[(&str, &str)], timeout: Duration, what: &str) -> Result<String, SwitchError> {
+    let (code, text) = run_with(program, args, env, timeout, what).await?;
     if code == 0 {
         Ok(text)
     } else {
@@ -179,16 +180,13 @@ impl NixSwitcher {
         }
     }
 
-    /// The environment of a Nix command that may download: with a store of
-    /// its own (`nix_store`), the agent keeps Nix's binary-cache lookup
-    /// cache (`$XDG_CACHE_HOME/nix`) in its state directory. Agents sharing
-    /// one user's cache raced on it: concurrent fetches failed with
-    /// "constraint failed (in '…/binary-cache-v6.sqlite')".
-    fn fetch_env(&self) -> Vec<(&'static str, String)> {
-        match &self.config.nix_store {
-            Some(_) => vec![("XDG_CACHE_HOME", self.config.state_dir.join("cache").display().to_string())],
-            None => vec![],
-        }
+    /// The `XDG_CACHE_HOME` of a Nix command that may download: with a
+    /// store of its own (`nix_store`), the agent keeps Nix's binary-cache
+    /// lookup cache in its state directory. Agents sharing one user's cache
+    /// raced on it: concurrent fetches failed with "constraint failed (in
+    /// '…/binary-cache-v6.sqlite')".
+    fn fetch_cache_home(&self) -> Option<String> {
+        self.config.nix_store.as_ref().map(|_| self.config.state_dir.join("cache").display().to_string())
     }
 
     /// Where a store path is on this machine's file system.
@@ -337,14 +335,14 @@ impl SystemSwitcher for NixSwitcher {
                     "--max-jobs".into(),
                     "0".into(),
                 ]);
+                let cache_home = self.fetch_cache_home();
+                let env: Vec<(&str, &str)> = cache_home.iter().map(|dir| ("XDG_CACHE_HOME", dir.as_str())).collect();
                 let what = "fetching the closure (nix-store --realise)";
-                let env = self.fetch_env();
-                let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                let (code, tail) = run_with(&self.nix_tool("nix-store"), &args, &env, self.config.switch_timeout, what).await?;
-                match code {
-                    0 => Ok(tail),
-                    _ if tail.contains("is not signed by any of the keys") => Err(SwitchError::Unsigned { tail }),
-                    code => Err(SwitchError::Failed { what: what.to_string(), code, tail }),
+                match run_ok_with(&self.nix_tool("nix-store"), &args, &env, self.config.switch_timeout, what).await {
+                    Err(SwitchError::Failed { tail, .. }) if tail.contains("is not signed by any of the keys") => {
+                        Err(SwitchError::Unsigned { tail })
+                    }
+                    other => other,
                 }
             }
         }
