@@ -113,7 +113,7 @@ pub async fn report_deployments(state: &Coordinator, id: &str, reports: &[Deploy
         }
         Ok::<_, WireError>(finished)
     };
-    let finished = if outcome { state.store.commit(fold).await? } else { state.store.transact(fold)? };
+    let finished = if outcome { state.store.commit(fold).await? } else { state.store.write(fold).await? };
     for (deployment_state, rolled_back, took_ms) in finished {
         state.metrics.deployment_finished(deployment_state, rolled_back, took_ms as f64 / 1000.0);
     }

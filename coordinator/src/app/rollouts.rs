@@ -316,7 +316,7 @@ pub async fn step(
     make: Make<'_>,
     remake: &(dyn Fn(&AssignmentRecord, &MachineRecord, u64) -> (AssignmentRecord, DeploymentRecord) + Sync),
 ) -> Result<Stepped, WireError> {
-    let (record, targets, changed) = state.store.transact(|tx| {
+    let (record, targets, changed) = state.store.write(|tx| {
         let before: RolloutRecord = tx.require(id.as_bytes())?;
         let mut record = before.clone();
         let actions = decide(&mut record.state);
@@ -346,7 +346,8 @@ pub async fn step(
             tx.put(id.as_bytes(), &record)?;
         }
         Ok::<_, WireError>((record, targets, changed))
-    })?;
+    })
+    .await?;
     if changed {
         state.store.flush().await?;
     }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError};
@@ -121,19 +121,6 @@ pub struct SledBackend {
     db: sled::Db,
     trees: Vec<sled::Tree>,
     space: SpaceGuard,
-    commits: GroupCommit,
-}
-
-/// Group commit: concurrent flushes share one. A flush waits for the one
-/// in progress, then returns at once when that one began after its own
-/// writes; otherwise it runs one flush for everything written so far.
-#[derive(Default)]
-struct GroupCommit {
-    /// Transactions committed (in memory) so far.
-    written: AtomicU64,
-    /// How many of them a finished flush is known to cover; held while a
-    /// flush runs.
-    flushed: tokio::sync::Mutex<u64>,
 }
 
 /// How the sled store is opened.
@@ -192,7 +179,7 @@ impl SledBackend {
         })?;
         let trees = Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<Vec<_>, _>>()?;
         let space = SpaceGuard { dir: dir.to_path_buf(), min_free: options.min_free_bytes, refusing: AtomicBool::new(false) };
-        Ok(SledBackend { db, trees, space, commits: GroupCommit::default() })
+        Ok(SledBackend { db, trees, space })
     }
 
     fn tree(&self, tree: Tree) -> &sled::Tree {
@@ -271,27 +258,19 @@ impl Backend for SledBackend {
         result.map_err(|e| match e {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => StoreError::Sled(e),
-        })?;
-        self.commits.written.fetch_add(1, SeqCst);
-        Ok(())
+        })
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         // On tokio's blocking pool, not sled's own `flush_async`: that runs
         // the flush on sled's I/O threads, and concurrent flushes can take
         // every one of them while the writes they wait for need one too.
+        // Concurrent callers share one flush: see `Store::flush`.
         let db = self.db.clone();
         Box::pin(async move {
-            let mine = self.commits.written.load(SeqCst);
-            let mut flushed = self.commits.flushed.lock().await;
-            if *flushed >= mine {
-                return Ok(());
-            }
-            let covers = self.commits.written.load(SeqCst);
             tokio::task::spawn_blocking(move || db.flush())
                 .await
                 .map_err(|e| StoreError::Sled(sled::Error::ReportableBug(format!("flush task: {e}"))))??;
-            *flushed = covers;
             Ok(())
         })
     }

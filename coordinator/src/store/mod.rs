@@ -10,8 +10,16 @@
 //!
 //! Durability: [`Store::commit`] flushes before it returns, off the async
 //! workers (on tokio's blocking pool), so nothing a peer was told can be
-//! lost by a crash. Only health
-//! reports use [`Store::transact`] alone and wait for sled's periodic flush.
+//! lost by a crash. Progress steps and health reports are written without
+//! a flush and wait for sled's periodic one.
+//!
+//! Flushes and transactions are kept apart ([`Store::write`]): sled holds
+//! its one global lock shared through a flush (the disk's time) and alone
+//! for a transaction, and every read waits behind a transaction that waits.
+//! A transaction that came during a flush would stall every async worker
+//! that reads; instead, writers on the async side wait for the flush
+//! without blocking a worker, run together after it, and share the next
+//! one (group commit).
 //!
 //! Concerns: [`machines`] (machines, tokens, admins), [`deployments`]
 //! (assignments and deployment records), [`rollouts`], [`tenants`], [`s3`].
@@ -31,6 +39,7 @@ pub(crate) mod tests;
 
 use std::cell::RefCell;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -92,6 +101,23 @@ pub struct Store {
     /// Transactions hold it shared; a snapshot holds it alone, so that it
     /// sees every tree at one moment.
     gate: Arc<std::sync::RwLock<()>>,
+    flushes: Arc<Flushes>,
+}
+
+/// Group commit, with flushes kept apart from the async side's
+/// transactions. A flush waits for the one in progress, then returns at
+/// once when that one covered its writes; otherwise it waits for the
+/// transactions running, holds the lane alone and flushes everything
+/// written so far.
+#[derive(Default)]
+struct Flushes {
+    /// Transactions committed (in memory) so far.
+    written: AtomicU64,
+    /// How many of them a finished flush is known to cover; held while a
+    /// flush waits or runs.
+    flushed: tokio::sync::Mutex<u64>,
+    /// [`Store::write`] holds it shared, a flush alone.
+    lane: tokio::sync::RwLock<()>,
 }
 
 /// sled's page cache when the configuration says nothing (sled's own
@@ -138,7 +164,7 @@ impl Store {
     }
 
     pub fn with_backend(backend: Arc<dyn Backend>) -> Self {
-        Store { backend, gate: Arc::default() }
+        Store { backend, gate: Arc::default(), flushes: Arc::default() }
     }
 
     /// Every tree at one moment, while the store serves: transactions wait
@@ -219,7 +245,8 @@ impl Store {
     /// (when it returns an error, which is returned). `body` may run more
     /// than once, and reads and writes only through its [`Tx`] (the memory
     /// backend holds its lock while the body runs). Not flushed: see
-    /// [`Store::commit`].
+    /// [`Store::commit`]. On the async side, [`Store::write`] does the same
+    /// without running into a flush.
     pub fn transact<T, E: From<StoreError>>(&self, body: impl Fn(&Tx) -> Result<T, E>) -> Result<T, E> {
         let outcome: RefCell<Option<Result<T, E>>> = RefCell::new(None);
         let _shared = self.gate.read().unwrap_or_else(|p| p.into_inner());
@@ -238,6 +265,9 @@ impl Store {
                 Ok(())
             }
         });
+        if result.is_ok() {
+            self.flushes.written.fetch_add(1, SeqCst);
+        }
         match (result, outcome.into_inner()) {
             (Ok(()), Some(answer)) | (Err(StoreError::Aborted), Some(answer)) => answer,
             (Err(e), _) => Err(e.into()),
@@ -245,11 +275,20 @@ impl Store {
         }
     }
 
-    /// [`Store::transact`], then a flush: when it returns, the writes
-    /// survive a crash. The flush runs off the async workers.
+    /// [`Store::transact`] for async callers: waits, without blocking a
+    /// worker, while a flush runs, so that the transaction never waits for
+    /// the disk inside sled's lock (and every read on the workers with it).
+    /// Not flushed: see [`Store::commit`].
+    pub async fn write<T, E: From<StoreError>>(&self, body: impl Fn(&Tx) -> Result<T, E>) -> Result<T, E> {
+        let _lane = self.flushes.lane.read().await;
+        self.transact(body)
+    }
+
+    /// [`Store::write`], then a flush: when it returns, the writes survive
+    /// a crash. The flush runs off the async workers.
     pub async fn commit<T, E: From<StoreError>>(&self, body: impl Fn(&Tx) -> Result<T, E>) -> Result<T, E> {
-        let value = self.transact(body)?;
-        self.backend.flush().await?;
+        let value = self.write(body).await?;
+        self.flush().await?;
         Ok(value)
     }
 
@@ -272,9 +311,19 @@ impl Store {
         .await
     }
 
-    /// Makes every write so far durable.
+    /// Makes every write so far durable; concurrent callers share one
+    /// flush (see [`Flushes`]).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.backend.flush().await
+        let mine = self.flushes.written.load(SeqCst);
+        let mut flushed = self.flushes.flushed.lock().await;
+        if *flushed >= mine {
+            return Ok(());
+        }
+        let _alone = self.flushes.lane.write().await;
+        let covers = self.flushes.written.load(SeqCst);
+        self.backend.flush().await?;
+        *flushed = covers;
+        Ok(())
     }
 
     /// The raw backend (tests that damage records on purpose).

@@ -321,3 +321,88 @@ fn a_store_already_open_is_named_as_such() {
     assert!(matches!(err, StoreError::Locked(_)), "{err:?}");
     assert!(err.to_string().contains("another coordinator holds the store"), "{err}");
 }
+
+/// Memory underneath; each flush is counted and waits for a permit, so a
+/// test can hold one in progress.
+struct HeldFlush {
+    inner: MemoryBackend,
+    flushes: std::sync::atomic::AtomicUsize,
+    started: tokio::sync::Notify,
+    permits: tokio::sync::Semaphore,
+}
+
+impl Backend for HeldFlush {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(tree, key)
+    }
+    fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<backend::Pairs, StoreError> {
+        self.inner.scan(tree, prefix)
+    }
+    fn transaction(&self, body: backend::TxBody<'_>) -> Result<(), StoreError> {
+        self.inner.transaction(body)
+    }
+    fn flush(&self) -> backend::BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.flushes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.started.notify_one();
+            self.permits.acquire().await.expect("permits").forget();
+            Ok(())
+        })
+    }
+    fn flush_blocking(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// sled holds its lock through a flush and a transaction needs it alone:
+/// a write on the async side waits for the flush in progress without
+/// blocking the runtime (reads go on), and the writes that waited share
+/// the next flush.
+#[tokio::test]
+async fn writes_during_a_flush_wait_for_it_without_blocking_and_share_the_next() {
+    let backend = Arc::new(HeldFlush {
+        inner: MemoryBackend::default(),
+        flushes: Default::default(),
+        started: Default::default(),
+        permits: tokio::sync::Semaphore::new(0),
+    });
+    let store = Store::with_backend(backend.clone());
+    store.transact(|tx| tx.put(b"m-0", &machine("m-0"))).expect("write");
+    let flushing = tokio::spawn({
+        let store = store.clone();
+        async move { store.flush().await }
+    });
+    backend.started.notified().await;
+
+    let commits: Vec<_> = (1..=5)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let id = format!("m-{i}");
+                store.commit(|tx| tx.put(id.as_bytes(), &machine(&id))).await
+            })
+        })
+        .collect();
+    // This test runs on one thread: were the writes blocking it, nothing
+    // below would run before the flush ended.
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    assert!(commits.iter().all(|c| !c.is_finished()), "a commit finished while the flush held the lane");
+    assert!(store.get::<MachineRecord>(b"m-0").expect("read").is_some(), "reads go on during a flush");
+    assert!(store.get::<MachineRecord>(b"m-1").expect("read").is_none(), "a write ran during the flush");
+
+    backend.permits.add_permits(100);
+    flushing.await.expect("task").expect("flush");
+    for commit in commits {
+        commit.await.expect("task").expect("commit");
+    }
+    for i in 1..=5 {
+        assert!(store.get::<MachineRecord>(format!("m-{i}").as_bytes()).expect("read").is_some());
+    }
+    assert_eq!(
+        backend.flushes.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the five commits that waited share one flush after the one they waited for"
+    );
+}
