@@ -78,6 +78,17 @@ pub fn spawn<H: HealthSource + 'static>(
     health: H,
     endpoint: Option<quinn::Endpoint>,
 ) -> Result<AgentHandle, drover_net::ClientError> {
+    spawn_with(config, health, endpoint, None)
+}
+
+/// [`spawn`], switching systems through `switcher` instead of Nix (the
+/// load generator's simulated machines).
+pub fn spawn_with<H: HealthSource + 'static>(
+    config: AgentConfig,
+    health: H,
+    endpoint: Option<quinn::Endpoint>,
+    switcher: Option<std::sync::Arc<dyn system::switch::SystemSwitcher>>,
+) -> Result<AgentHandle, drover_net::ClientError> {
     let endpoint = match endpoint {
         Some(e) => e,
         None => drover_net::client::client_endpoint_for(&config.coordinator)?,
@@ -88,7 +99,10 @@ pub fn spawn<H: HealthSource + 'static>(
         .hostname
         .clone()
         .unwrap_or_else(system::health::system_hostname);
-    let scheduler = scheduler::Scheduler::new(&config);
+    let scheduler = match switcher {
+        Some(switcher) => scheduler::Scheduler::with_switcher(&config, switcher),
+        None => scheduler::Scheduler::new(&config),
+    };
     let agent = Agent {
         scheduler,
         config,

@@ -79,6 +79,12 @@ enum Command {
         /// of its own; ten thousand on one socket overflowed its buffer).
         #[arg(long, default_value_t = simulate::DEFAULT_AGENTS_PER_SOCKET, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         agents_per_socket: usize,
+        /// How the simulated machines switch: `succeed` at once in process
+        /// (no program run per switch: thousands spawned by one process
+        /// measure that process), or `nix`, the agent's own switch with the
+        /// configuration's `nixos_rebuild`.
+        #[arg(long, value_enum, default_value_t = simulate::Simulated::Succeed)]
+        switch: simulate::Simulated,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -201,7 +207,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("agent configuration is valid: coordinator {}", config.coordinator);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Simulate { config, count, work_dir, coordinator_pid, timeout, hold, churn, agents_per_socket, ready_file, json } => {
+        Command::Simulate { config, count, work_dir, coordinator_pid, timeout, hold, churn, agents_per_socket, switch, ready_file, json } => {
             let base = config.resolve()?;
             let tmp;
             let work_dir = match work_dir {
@@ -235,6 +241,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 hold,
                 churn,
                 agents_per_socket,
+                switch,
                 ready_file,
                 stop: Some(stopped),
             }).await?;

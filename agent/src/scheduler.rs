@@ -20,6 +20,7 @@ use drover_protocol::v1::{Access, Assignment, DeploymentReport};
 
 use crate::apply::{Applied, Applier, ChannelRestorer, RestoreAsk};
 use crate::config::AgentConfig;
+use crate::system::switch::{NixSwitcher, SystemSwitcher};
 
 /// What the scheduler needs sent to the coordinator.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,10 +66,15 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn new(config: &AgentConfig) -> Self {
+        Scheduler::with_switcher(config, Arc::new(NixSwitcher::new(config.clone())))
+    }
+
+    /// A scheduler whose applies switch through `switcher`.
+    pub fn with_switcher(config: &AgentConfig, switcher: Arc<dyn SystemSwitcher>) -> Self {
         let (tx, reports) = mpsc::unbounded_channel();
         let (contact, contact_rx) = watch::channel(None);
         let (restore_tx, restores) = mpsc::unbounded_channel();
-        let mut applier = Applier::new(config.clone(), tx, contact_rx);
+        let mut applier = Applier::with_switcher(config.clone(), switcher, tx, contact_rx);
         applier.restorer = Arc::new(ChannelRestorer(restore_tx));
         Scheduler {
             applier: Arc::new(applier),

@@ -1,8 +1,14 @@
 //! The load generator: enrolls and connects many simulated agents from one
-//! process (sharing one UDP socket) against a running coordinator, and
-//! measures enrollments per second, the time until every agent is online, and
-//! the coordinator's resident memory, and when each agent received and
-//! finished each generation. A benchmark, not a test.
+//! process (groups of them sharing a UDP socket) against a running
+//! coordinator, and measures enrollments per second, the time until every
+//! agent is online, and the coordinator's resident memory, and when each
+//! agent received and finished each generation. A benchmark, not a test.
+//!
+//! Each simulated agent is a real agent (session, scheduler, applier,
+//! health gate, reports) whose switch is [`Simulated::Succeed`] by default:
+//! in process, no program run. Thousands of `nixos-rebuild` stand-ins
+//! spawned by one process kept its async workers waiting in `clone`, and
+//! the load generator, not the coordinator, set the pace.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,10 +18,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use drover_protocol::v1::{DiskUsage, HealthReport};
+use drover_protocol::v1::{DiskUsage, HealthReport, SwitchGoal, SystemSpec};
 
 use crate::config::AgentConfig;
+use crate::switched::{BootState, Switched};
 use crate::system::health::FixedHealth;
+use crate::system::switch::{SwitchError, SystemSwitcher};
 
 pub struct SimulateOptions {
     pub base: AgentConfig,
@@ -30,6 +38,8 @@ pub struct SimulateOptions {
     pub churn: Option<Duration>,
     /// How many simulated agents share one UDP socket (at least 1).
     pub agents_per_socket: usize,
+    /// How the simulated machines switch systems.
+    pub switch: Simulated,
     /// Where to write the report so far once every agent is online (or the
     /// timeout passed), while the agents keep running: a benchmark waits
     /// for this file, then deploys.
@@ -132,6 +142,79 @@ fn synthetic_health(i: usize) -> HealthReport {
     }
 }
 
+/// How a simulated machine switches its system.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Simulated {
+    /// Every switch succeeds at once, in process: the simulated machine
+    /// then runs the closure it was given (a flake leaves no trace, as on
+    /// a machine without `/run/current-system`).
+    #[default]
+    Succeed,
+    /// The agent's own switch: `nixos_rebuild` (and Nix for closures) from
+    /// the configuration, a program run per switch (`/bin/false` makes
+    /// every switch fail).
+    Nix,
+}
+
+/// [`Simulated::Succeed`]: the system a simulated machine runs, in memory.
+#[derive(Default)]
+struct SimulatedSystem {
+    running: Mutex<Option<String>>,
+    boot_id: String,
+}
+
+impl SimulatedSystem {
+    fn running(&self) -> Option<String> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_running(&self, system: Option<String>) {
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = system;
+    }
+}
+
+#[async_trait::async_trait]
+impl SystemSwitcher for SimulatedSystem {
+    fn current(&self, _: &SystemSpec) -> Option<String> {
+        self.running()
+    }
+
+    async fn prepare(&self, _: &SystemSpec) -> Result<String, SwitchError> {
+        Ok(String::new())
+    }
+
+    async fn switch(&self, spec: &SystemSpec, goal: SwitchGoal, _: bool) -> Result<Switched, SwitchError> {
+        if let SystemSpec::Closure { store_path, .. } = spec {
+            self.set_running(Some(store_path.clone()));
+        }
+        Ok(Switched::Activated { tail: format!("simulated {goal}") })
+    }
+
+    async fn rollback(&self, _: &SystemSpec, previous: Option<&str>, _: SwitchGoal) -> Result<String, SwitchError> {
+        self.set_running(previous.map(String::from));
+        Ok("simulated rollback".into())
+    }
+
+    async fn prune(&self, _: &SystemSpec, _: u32, _: &[String]) -> Result<usize, SwitchError> {
+        Ok(0)
+    }
+
+    fn boot(&self) -> BootState {
+        BootState { boot_id: Some(self.boot_id.clone()), booted: self.running() }
+    }
+
+    fn boot_default(&self) -> Option<String> {
+        self.running()
+    }
+
+    async fn reboot(&self) -> Result<(), SwitchError> {
+        Err(SwitchError::Spawn {
+            what: "a reboot".into(),
+            source: std::io::Error::new(std::io::ErrorKind::Unsupported, "a simulated machine does not reboot"),
+        })
+    }
+}
+
 /// The default of `--agents-per-socket`.
 pub const DEFAULT_AGENTS_PER_SOCKET: usize = 100;
 
@@ -161,7 +244,12 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
         config.runtime_dir = config.state_dir.join("run");
         config.volume_root = config.state_dir.join("root");
         config.hostname = Some(format!("sim-{i:05}"));
-        let handle = crate::spawn(config, FixedHealth(synthetic_health(i)), Some(endpoint_of(i))).context("starting a simulated agent")?;
+        let switcher: Option<Arc<dyn SystemSwitcher>> = match opts.switch {
+            Simulated::Succeed => Some(Arc::new(SimulatedSystem { boot_id: format!("sim-boot-{i:05}"), ..Default::default() })),
+            Simulated::Nix => None,
+        };
+        let handle = crate::spawn_with(config, FixedHealth(synthetic_health(i)), Some(endpoint_of(i)), switcher)
+            .context("starting a simulated agent")?;
         watch_generations(handle.status.clone(), times.clone());
         Ok::<_, anyhow::Error>(handle)
     };

@@ -214,7 +214,6 @@ async fn machines(s: &Setup, count: usize) -> tokio::task::JoinHandle<anyhow::Re
     let mut base = s.fleet.agent_config("base", Some(&token));
     base.coordinator = s.relay.addr.into();
     base.server_name = Some("127.0.0.1".into());
-    base.nixos_rebuild = "/bin/true".into();
     base.connect_timeout = Duration::from_secs(10);
     base.backoff_max = Duration::from_secs(5);
     let work_dir = s.fleet.dir.path().join("sim");
@@ -227,6 +226,7 @@ async fn machines(s: &Setup, count: usize) -> tokio::task::JoinHandle<anyhow::Re
         hold: Duration::from_secs(3600),
         churn: None,
         agents_per_socket: simulate::DEFAULT_AGENTS_PER_SOCKET,
+        switch: simulate::Simulated::Succeed,
         ready_file: None,
         stop: None,
     }));

@@ -101,8 +101,7 @@ async fn hostile_clients_neither_grow_the_coordinator_past_its_bound_nor_starve_
         until_reported(agent, 1).await;
     }
     let simulator = (scale.simulated > 0).then(|| {
-        let mut base = fleet.agent_config("sim", Some(&token));
-        base.nixos_rebuild = "/bin/true".into();
+        let base = fleet.agent_config("sim", Some(&token));
         tokio::spawn(simulate::run(SimulateOptions {
             base,
             count: scale.simulated,
@@ -112,6 +111,7 @@ async fn hostile_clients_neither_grow_the_coordinator_past_its_bound_nor_starve_
             hold: Duration::from_secs(900),
             churn: None,
             agents_per_socket: simulate::DEFAULT_AGENTS_PER_SOCKET,
+            switch: simulate::Simulated::Succeed,
             ready_file: None,
             stop: None,
         }))

@@ -30,6 +30,7 @@ async fn simulated_machines_apply_a_deployment_each_in_its_own_directory() {
         hold,
         churn: None,
         agents_per_socket: simulate::DEFAULT_AGENTS_PER_SOCKET,
+        switch: simulate::Simulated::Nix,
         ready_file: None,
         stop: None,
     }));
@@ -94,7 +95,6 @@ async fn a_deployment_to_many_simulated_machines_succeeds_everywhere_without_rec
     let fleet = TestCoordinator::start_with(common::Options { health_interval: Duration::from_secs(5), ..Default::default() }).await;
     let (_, token) = fleet.token(N as u32, &[("role", "many")]).await;
     let mut base = fleet.agent_config("base", Some(&token));
-    base.nixos_rebuild = "/bin/true".into();
     // An agent's own settings, not the quick ones of the small tests.
     let defaults = drover_agent::AgentConfig::new(fleet.addr, fleet.state_dir.join("ca.pem"), fleet.dir.path().join("unused"));
     base.connect_timeout = defaults.connect_timeout;
@@ -111,6 +111,7 @@ async fn a_deployment_to_many_simulated_machines_succeeds_everywhere_without_rec
         hold: Duration::from_secs(3600),
         churn: None,
         agents_per_socket: simulate::DEFAULT_AGENTS_PER_SOCKET,
+        switch: simulate::Simulated::Succeed,
         ready_file: Some(ready.clone()),
         stop: Some(stopped),
     }));
