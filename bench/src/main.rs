@@ -166,10 +166,15 @@ struct ClientsReport {
     retries: u64,
     /// Connections that closed after they were made (a bare client does
     /// not reconnect); a broadcast is complete once every connection
-    /// still open got it.
+    /// still open got it, or once none more got it for
+    /// [`BROADCAST_QUIET`] (a connection the server gave up on during its
+    /// handshake can stay open on the client's side, unanswered).
     lost: usize,
     broadcasts: Vec<Broadcast>,
 }
+
+/// A broadcast that no more connections got for this long is complete.
+const BROADCAST_QUIET: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct Shared {
@@ -269,13 +274,30 @@ async fn clients(
     identity::write_atomic(ready_file, &text, 0o644)?;
     let mut term = signal(SignalKind::terminate())?;
     let mut announced = 0;
+    // Each broadcast's receipts so far, and when that number last grew.
+    let mut progress: Vec<(usize, Instant)> = Vec::new();
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::time::sleep(Duration::from_millis(50)) => {
                 let s = shared.lock().unwrap_or_else(|p| p.into_inner());
                 let open = s.connected - s.lost;
-                let complete = s.broadcasts.iter().filter(|b| b.received_unix_ms.len() >= open).count();
+                progress.resize(s.broadcasts.len(), (0, Instant::now()));
+                let mut complete = 0;
+                for (b, (seen, since)) in s.broadcasts.iter().zip(progress.iter_mut()) {
+                    let got = b.received_unix_ms.len();
+                    if got > *seen {
+                        (*seen, *since) = (got, Instant::now());
+                    }
+                    if got >= open {
+                        complete += 1;
+                    } else if since.elapsed() >= BROADCAST_QUIET {
+                        if complete + 1 > announced {
+                            eprintln!("{} open connections did not get a broadcast within {} s of the last one that did", open - got, BROADCAST_QUIET.as_secs());
+                        }
+                        complete += 1;
+                    }
+                }
                 if complete > announced {
                     announced = complete;
                     let mut path = ready_file.as_os_str().to_owned();
