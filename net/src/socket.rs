@@ -52,6 +52,32 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     Ok(socket)
 }
 
+/// `count` UDP sockets bound to the same address with `SO_REUSEPORT` (the
+/// kernel keeps each peer address on one of them, and lets only this
+/// user's sockets join), each with raised buffers. Port 0 takes a free
+/// port. An address already taken is refused as `UdpSocket::bind` refuses
+/// it — a group already there, too: the address is first taken alone, so
+/// that a second server never silently shares the first one's peers.
+pub fn bind_shared(addr: SocketAddr, count: usize) -> std::io::Result<Vec<UdpSocket>> {
+    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6};
+    use std::os::fd::AsRawFd;
+    let at = UdpSocket::bind(addr)?.local_addr()?;
+    let mut sockets: Vec<UdpSocket> = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let family = if at.is_ipv6() { AddressFamily::Inet6 } else { AddressFamily::Inet };
+        let fd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+        setsockopt(&fd, sockopt::ReusePort, &true)?;
+        match at {
+            SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(a))?,
+            SocketAddr::V6(a) => bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?,
+        }
+        let socket = UdpSocket::from(fd);
+        raise_buffers(&socket);
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
 /// A QUIC endpoint on a socket with raised buffers: a server when
 /// `server` is given, else a client.
 pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> std::io::Result<quinn::Endpoint> {
@@ -69,6 +95,19 @@ const RESET_INTERVAL: std::time::Duration = std::time::Duration::from_micros(200
 /// instead of waiting out the idle timeout. The connection-ID key is
 /// derived from the same secret.
 pub fn server_endpoint(addr: SocketAddr, server: quinn::ServerConfig, secret: &[u8]) -> std::io::Result<quinn::Endpoint> {
+    let socket = bind(addr)?;
+    Ok(server_endpoints_on(vec![socket], server, secret)?.remove(0))
+}
+
+/// [`server_endpoint`] on `count` sockets sharing `addr` ([`bind_shared`]),
+/// one endpoint (and receiving task) each, all with the same keys: a
+/// packet that reaches another socket than its connection's (a peer whose
+/// address changed) is answered with a reset the peer recognises.
+pub fn server_endpoints(addr: SocketAddr, count: usize, server: quinn::ServerConfig, secret: &[u8]) -> std::io::Result<Vec<quinn::Endpoint>> {
+    server_endpoints_on(bind_shared(addr, count)?, server, secret)
+}
+
+fn server_endpoints_on(sockets: Vec<UdpSocket>, server: quinn::ServerConfig, secret: &[u8]) -> std::io::Result<Vec<quinn::Endpoint>> {
     use sha2::Digest;
     let mut derive = sha2::Sha256::new();
     derive.update(b"drover stateless reset key\0");
@@ -86,13 +125,48 @@ pub fn server_endpoint(addr: SocketAddr, server: quinn::ServerConfig, secret: &[
     // default (one per 20 ms) would take minutes for thousands of agents.
     // A reset is always smaller than the packet that caused it.
     config.min_reset_interval(RESET_INTERVAL);
-    let socket = bind(addr)?;
-    quinn::Endpoint::new(config, Some(server), socket, Arc::new(quinn::TokioRuntime))
+    sockets
+        .into_iter()
+        .map(|socket| quinn::Endpoint::new(config.clone(), Some(server.clone()), socket, Arc::new(quinn::TokioRuntime)))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sockets_share_one_address_and_a_taken_address_is_refused() {
+        let group = bind_shared("127.0.0.1:0".parse().expect("addr"), 3).expect("bind");
+        let addr = group[0].local_addr().expect("addr");
+        assert_eq!(group.len(), 3);
+        assert!(group.iter().all(|s| s.local_addr().ok() == Some(addr)), "one address for all");
+        // A second server on the same address, shared or not, is refused.
+        let again = bind_shared(addr, 2).expect_err("a second group on a taken address");
+        assert_eq!(again.kind(), std::io::ErrorKind::AddrInUse, "{again}");
+        assert!(UdpSocket::bind(addr).is_err(), "a plain socket cannot take it either");
+        // Every socket receives: the kernel spreads peers over them.
+        let mut got = std::collections::HashSet::new();
+        for socket in &group {
+            socket.set_nonblocking(true).expect("nonblocking");
+        }
+        for _ in 0..64 {
+            let peer = UdpSocket::bind("127.0.0.1:0").expect("peer");
+            peer.send_to(b"x", addr).expect("send");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut received = 0;
+        while received < 64 && std::time::Instant::now() < deadline {
+            for (i, socket) in group.iter().enumerate() {
+                if socket.recv_from(&mut [0u8; 8]).is_ok() {
+                    got.insert(i);
+                    received += 1;
+                }
+            }
+        }
+        assert_eq!(received, 64, "every datagram arrived at one of the sockets");
+        assert!(got.len() > 1, "64 peers all landed on one socket: {got:?}");
+    }
 
     #[test]
     fn buffers_are_raised_above_the_default() {

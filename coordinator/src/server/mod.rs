@@ -1,6 +1,8 @@
-//! The coordinator's QUIC server: one endpoint for agents and admins. It is
-//! the transport only: [`start`] binds the endpoint, spawns the accept loop
-//! and the rollout driver; [`connection`] identifies each peer (through
+//! The coordinator's QUIC server: endpoints for agents and admins on
+//! `listen_sockets` sockets sharing one address (each socket's datagrams are
+//! received by its endpoint's own task). It is the transport only:
+//! [`start`] binds the endpoints, spawns an accept loop for each and the
+//! rollout driver; [`connection`] identifies each peer (through
 //! [`crate::app::agent::identify`]), requires Hello first and hands every
 //! bi-stream's request to the application layer; [`agent`] keeps the watch
 //! stream open. Nothing else imports this module.
@@ -29,8 +31,9 @@ pub struct ServerHandle {
     pub metrics_addr: Option<SocketAddr>,
     metrics: Option<JoinHandle<()>>,
     pub coordinator: Arc<Coordinator>,
-    endpoint: quinn::Endpoint,
-    task: JoinHandle<()>,
+    endpoints: Vec<quinn::Endpoint>,
+    /// The accept loops, one per endpoint.
+    tasks: Vec<JoinHandle<()>>,
     driver: JoinHandle<()>,
     /// The provisioning driver (its tasks end with it).
     provisioner: JoinHandle<()>,
@@ -42,11 +45,17 @@ pub struct ServerHandle {
 impl ServerHandle {
     /// Stops accepting, closes every connection and waits for them to end.
     pub async fn shutdown(self) {
-        self.endpoint.close(0u32.into(), b"coordinator shutting down");
-        self.endpoint.wait_idle().await;
+        for endpoint in &self.endpoints {
+            endpoint.close(0u32.into(), b"coordinator shutting down");
+        }
+        for endpoint in &self.endpoints {
+            endpoint.wait_idle().await;
+        }
         self.coordinator.live.clear();
-        self.task.abort();
-        let _ = self.task.await;
+        for task in self.tasks {
+            task.abort();
+            let _ = task.await;
+        }
         self.driver.abort();
         let _ = self.driver.await;
         self.provisioner.abort();
@@ -88,10 +97,11 @@ pub async fn start(config: Config) -> Result<ServerHandle> {
 /// Starts serving an already opened coordinator.
 pub async fn start_with(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
     let (tls, key) = server_tls(&coordinator.config, &coordinator.ca)?;
-    let endpoint = drover_net::socket::server_endpoint(coordinator.config.listen, tls, &key)
+    let sockets = coordinator.config.sockets();
+    let endpoints = drover_net::socket::server_endpoints(coordinator.config.listen, sockets, tls, &key)
         .with_context(|| format!("cannot listen on {}", coordinator.config.listen))?;
-    let local_addr = endpoint.local_addr()?;
-    tracing::info!(%local_addr, "coordinator listening");
+    let local_addr = endpoints[0].local_addr()?;
+    tracing::info!(%local_addr, sockets, "coordinator listening");
     let (metrics_addr, metrics) = match coordinator.config.metrics_listen {
         Some(addr) => {
             let (addr, task) = metrics::serve(coordinator.clone(), addr).await?;
@@ -99,8 +109,6 @@ pub async fn start_with(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
         }
         None => (None, None),
     };
-    let accept = endpoint.clone();
-    let state = coordinator.clone();
     let driver = tokio::spawn(crate::app::driver::drive(coordinator.clone()));
     let liveness = tokio::spawn(crate::app::agent::write_liveness_periodically(coordinator.clone()));
     let provisioner = tokio::spawn(crate::app::provisions::run(coordinator.clone()));
@@ -110,33 +118,40 @@ pub async fn start_with(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
         tokio::spawn(async move { limits.warnings.run().await })
     };
     let max_connections = coordinator.config.max_connections;
-    let task = tokio::spawn(async move {
-        let mut refused: u64 = 0;
-        while let Some(incoming) = accept.accept().await {
-            if accept.open_connections() >= max_connections {
-                incoming.refuse();
-                refused += 1;
-                // One line for the first refusal and then one per thousand:
-                // a flood does not flood the log.
-                if refused % 1000 == 1 {
-                    tracing::warn!(max_connections, refused, "connection refused: the coordinator holds its maximum");
-                }
-                continue;
-            }
-            let state = state.clone();
-            let limits = limits.clone();
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let tasks = endpoints
+        .iter()
+        .map(|accept| {
+            let (accept, all, state, limits, refused) =
+                (accept.clone(), endpoints.clone(), coordinator.clone(), limits.clone(), refused.clone());
             tokio::spawn(async move {
-                connection::handle(state, limits, incoming).await;
-            });
-        }
-    });
+                while let Some(incoming) = accept.accept().await {
+                    if all.iter().map(quinn::Endpoint::open_connections).sum::<usize>() >= max_connections {
+                        incoming.refuse();
+                        let refused = refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        // One line for the first refusal and then one per
+                        // thousand: a flood does not flood the log.
+                        if refused % 1000 == 1 {
+                            tracing::warn!(max_connections, refused, "connection refused: the coordinator holds its maximum");
+                        }
+                        continue;
+                    }
+                    let state = state.clone();
+                    let limits = limits.clone();
+                    tokio::spawn(async move {
+                        connection::handle(state, limits, incoming).await;
+                    });
+                }
+            })
+        })
+        .collect();
     Ok(ServerHandle {
         local_addr,
         metrics_addr,
         metrics,
         coordinator,
-        endpoint,
-        task,
+        endpoints,
+        tasks,
         driver,
         provisioner,
         summaries,
