@@ -14,7 +14,10 @@
 #   scripts/bench.sh [N...]          (default: 1000)
 # BENCH_IDLE_SECONDS (default 30) is how long idle CPU is measured; the
 # coordinator's health interval is 10 s. BENCH_AGENT_LOG sets the simulated
-# agents' log filter (default: error); BENCH_KEEP=1 keeps the work directory
+# agents' log filter (default: error), DROVER_SERVE_LOG the coordinator's
+# (default: warn; with drover_coordinator::server::agent=debug it logs when
+# it announced each generation, to set beside the agents' own
+# drover_agent::session=debug lines); BENCH_KEEP=1 keeps the work directory
 # (logs, figures, JSON) and prints where it is. The simulated agents' files
 # live on tmpfs (BENCH_AGENTS_TMPFS, default /dev/shm; about 25 KiB each).
 source "$(dirname "$0")/lib.sh"

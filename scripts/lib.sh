@@ -80,9 +80,10 @@ drill_init() {
 }
 
 # Starts `drover serve` on the drill's state (PID in SERVER, log in
-# $WORK/coordinator.log) and waits until it answers.
+# $WORK/coordinator.log; DROVER_SERVE_LOG sets its log filter, default
+# warn) and waits until it answers.
 drill_serve() {
-  RUST_LOG=warn "$BIN/drover" serve 2>>"$WORK/coordinator.log" &
+  RUST_LOG="${DROVER_SERVE_LOG:-warn}" "$BIN/drover" serve 2>>"$WORK/coordinator.log" &
   SERVER=$!
   for _ in $(seq 100); do "$BIN/drover" whoami >/dev/null 2>&1 && return; sleep 0.1; done
   echo "the coordinator did not start; see $WORK/coordinator.log" >&2

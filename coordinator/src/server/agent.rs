@@ -59,6 +59,7 @@ async fn watch(state: &Coordinator, conn: &quinn::Connection, id: &str, send: &m
             if write_frame(send, &event).await.is_err() {
                 return;
             }
+            tracing::debug!(generation, "desired generation announced");
             announced = generation;
         }
         tokio::select! {
