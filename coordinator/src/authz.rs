@@ -12,6 +12,7 @@ pub fn required_role(request: &AdminRequest) -> Role {
         | AdminRequest::AdminsList
         | AdminRequest::DeploymentsList { .. }
         | AdminRequest::DeploymentsShow { .. }
+        | AdminRequest::DeploymentsShowMany { .. }
         | AdminRequest::MachinesDetail { .. }
         | AdminRequest::RolloutStatus { .. }
         | AdminRequest::RolloutList

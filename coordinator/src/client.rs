@@ -47,6 +47,11 @@ impl AdminClient {
         })
     }
 
+    /// The protocol version agreed with the coordinator.
+    pub fn version(&self) -> u16 {
+        self.conn.version
+    }
+
     /// Makes one admin request. A refusal keeps its wire code
     /// ([`ClientError::code`]).
     pub async fn call(&self, request: AdminRequest) -> Result<AdminResponse, ClientError> {

@@ -86,6 +86,25 @@ async fn flake_mode_switches_then_rolls_back_a_broken_system() {
     let AdminResponse::MachineDetail(detail) = fleet.call(AdminRequest::MachinesDetail { id: id1.clone() }).await else { panic!() };
     assert_eq!((detail.desired_generation, detail.current_generation), (1, Some(1)));
 
+    // Many deployments in one request (what `deploy --wait` follows them
+    // with): the same records, in the order asked; an unknown id and too
+    // many ids are refused by name.
+    let ids: Vec<String> = targets.iter().rev().map(|t| t.deployment_id.clone()).collect();
+    let AdminResponse::Deployments(many) = fleet.call(AdminRequest::DeploymentsShowMany { ids: ids.clone() }).await else { panic!() };
+    let mut one_by_one = Vec::new();
+    for id in &ids {
+        one_by_one.push(deployment(&fleet, id).await);
+    }
+    assert_eq!(many, one_by_one);
+    let admin = fleet.admin().await;
+    let unknown = admin.call(AdminRequest::DeploymentsShowMany { ids: vec![ids[0].clone(), "m-none/1".into()] }).await;
+    let e = unknown.expect_err("an unknown id");
+    assert!(e.to_string().contains("m-none/1"), "{e}");
+    let too_many = vec![ids[0].clone(); MAX_DEPLOYMENTS_PER_REQUEST + 1];
+    let e = admin.call(AdminRequest::DeploymentsShowMany { ids: too_many }).await.expect_err("too many ids");
+    admin.close().await;
+    assert!(e.to_string().contains(&format!("at most {MAX_DEPLOYMENTS_PER_REQUEST}")), "{e}");
+
     // A broken system: activation fails, the agent runs `switch --rollback`.
     let targets = deploy(&fleet, spec_for(&id1, flake_spec(&flake, "broken"))).await;
     let d = finished(&fleet, &targets[0].deployment_id).await;

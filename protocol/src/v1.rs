@@ -343,7 +343,16 @@ pub enum AdminRequest {
     FleetSave { document: String },
     /// The last applied fleet, answered with [`AdminResponse::Fleet`].
     FleetShow,
+    /// Deployments by id (at most [`MAX_DEPLOYMENTS_PER_REQUEST`]),
+    /// answered with [`AdminResponse::Deployments`] in the order asked:
+    /// `drover deploy --wait` follows many deployments in a few requests
+    /// instead of one per deployment. Protocol 8.
+    DeploymentsShowMany { ids: Vec<String> },
 }
+
+/// The most deployments one [`AdminRequest::DeploymentsShowMany`] asks for
+/// (an answer stays far below the frame limit).
+pub const MAX_DEPLOYMENTS_PER_REQUEST: usize = 200;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]

@@ -74,6 +74,7 @@ async fn answer(state: &Coordinator, name: &str, request: AdminRequest) -> Resul
         R::MachinesReboot { machine, selector } => deployments::reboot(state, by, machine, selector).await?,
         R::DeploymentsList { machine } => deployments::list(state, machine.as_deref())?,
         R::DeploymentsShow { id } => deployments::show(state, &id)?,
+        R::DeploymentsShowMany { ids } => deployments::show_many(state, &ids)?,
         R::RolloutStart(spec) => AdminResponse::Rollout(rollouts::start(state, by, spec).await?),
         R::RolloutStatus { id } => rollouts::status(state, &id)?,
         R::RolloutList => rollouts::list(state)?,

@@ -30,6 +30,7 @@ pub fn describe(request: &AdminRequest) -> Option<(String, String)> {
         | R::AdminsList
         | R::DeploymentsList { .. }
         | R::DeploymentsShow { .. }
+        | R::DeploymentsShowMany { .. }
         | R::RolloutStatus { .. }
         | R::RolloutList
         | R::DeploymentsOfRollout { .. }

@@ -2,7 +2,7 @@
 //! each target's next generation — assignment, deployment record and desired
 //! generation in one transaction — then waking the targets' agents.
 
-use drover_protocol::v1::{AdminResponse, DeploySpec, DeployedTarget, Labels, PlannedTarget, SystemSpec};
+use drover_protocol::v1::{AdminResponse, DeploySpec, DeployedTarget, DeploymentInfo, Labels, PlannedTarget, SystemSpec, MAX_DEPLOYMENTS_PER_REQUEST};
 use drover_protocol::{ErrorCode, WireError};
 
 use crate::deploy::{self, NotDeployable};
@@ -324,8 +324,23 @@ pub fn list(state: &Coordinator, machine: Option<&str>) -> Result<AdminResponse,
 }
 
 pub fn show(state: &Coordinator, id: &str) -> Result<AdminResponse, WireError> {
+    Ok(AdminResponse::Deployment(one(state, id)?))
+}
+
+fn one(state: &Coordinator, id: &str) -> Result<DeploymentInfo, WireError> {
     let missing = || WireError::new(ErrorCode::NotFound, format!("deployment {id:?} not found; see `drover deployments list`"));
     let (machine, generation) = parse_deployment_id(id).ok_or_else(missing)?;
     let d = state.store.deployment(&machine, generation)?.ok_or_else(missing)?;
-    Ok(AdminResponse::Deployment(d.to_wire()))
+    Ok(d.to_wire())
+}
+
+/// Deployments by id, in the order asked; an unknown id is refused by name.
+pub fn show_many(state: &Coordinator, ids: &[String]) -> Result<AdminResponse, WireError> {
+    if ids.len() > MAX_DEPLOYMENTS_PER_REQUEST {
+        return Err(WireError::new(
+            ErrorCode::BadRequest,
+            format!("a request asks for at most {MAX_DEPLOYMENTS_PER_REQUEST} deployments, not {}", ids.len()),
+        ));
+    }
+    Ok(AdminResponse::Deployments(ids.iter().map(|id| one(state, id)).collect::<Result<_, _>>()?))
 }

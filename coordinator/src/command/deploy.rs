@@ -9,7 +9,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use drover_protocol::v1::{
     AdminRequest, AdminResponse, DeployStep, DeploySpec, DeployedTarget, DeploymentInfo,
-    DeploymentState, HealthCheck, SecretBytes, SecretFile, SystemSpec,
+    DeploymentState, HealthCheck, SecretBytes, SecretFile, SystemSpec, MAX_DEPLOYMENTS_PER_REQUEST,
 };
 
 use crate::cli::{DeployArgs, WhatArgs};
@@ -250,17 +250,38 @@ async fn wait(
     let mut latest: BTreeMap<String, DeploymentInfo> = BTreeMap::new();
     loop {
         let poll = Instant::now();
-        for t in targets {
-            if latest.get(&t.deployment_id).is_some_and(finished) {
-                continue;
+        let unfinished: Vec<String> = targets
+            .iter()
+            .filter(|t| !latest.get(&t.deployment_id).is_some_and(finished))
+            .map(|t| t.deployment_id.clone())
+            .collect();
+        // Protocol 8 answers many deployments in one request; an older
+        // coordinator one at a time.
+        let mut seen = Vec::with_capacity(unfinished.len());
+        if client.version() >= 8 {
+            for ids in unfinished.chunks(MAX_DEPLOYMENTS_PER_REQUEST) {
+                let answer = client
+                    .call(AdminRequest::DeploymentsShowMany { ids: ids.to_vec() })
+                    .await
+                    .map_err(|e| refused(e, "following the deployment"))?;
+                let AdminResponse::Deployments(ds) = answer else {
+                    bail!("unexpected answer from the coordinator");
+                };
+                seen.extend(ds);
             }
-            let answer = client
-                .call(AdminRequest::DeploymentsShow { id: t.deployment_id.clone() })
-                .await
-                .map_err(|e| refused(e, "following the deployment"))?;
-            let AdminResponse::Deployment(d) = answer else {
-                bail!("unexpected answer from the coordinator");
-            };
+        } else {
+            for id in unfinished {
+                let answer = client
+                    .call(AdminRequest::DeploymentsShow { id })
+                    .await
+                    .map_err(|e| refused(e, "following the deployment"))?;
+                let AdminResponse::Deployment(d) = answer else {
+                    bail!("unexpected answer from the coordinator");
+                };
+                seen.push(d);
+            }
+        }
+        for d in seen {
             if let Some(bar) = bars.get(&d.id) {
                 let step = d.steps.last().map(|s| format!("{:?}: {}", s.step, s.message)).unwrap_or_else(|| "pending".into());
                 if finished(&d) {
@@ -269,7 +290,7 @@ async fn wait(
                     bar.set_message(step);
                 }
             }
-            latest.insert(t.deployment_id.clone(), d);
+            latest.insert(d.id.clone(), d);
         }
         if let Some(overall) = &overall {
             let done: Vec<&DeploymentInfo> = latest.values().filter(|d| finished(d)).collect();
