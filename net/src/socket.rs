@@ -88,26 +88,17 @@ pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> std::i
 /// The least time between two stateless resets a server sends.
 const RESET_INTERVAL: std::time::Duration = std::time::Duration::from_micros(200);
 
-/// A QUIC server endpoint whose stateless-reset key is derived from
-/// `secret` (a value the server keeps across restarts, e.g. its private
-/// key). A restarted server then answers packets of connections it no
-/// longer knows with resets the peers recognise: they reconnect at once
-/// instead of waiting out the idle timeout. The connection-ID key is
-/// derived from the same secret.
-pub fn server_endpoint(addr: SocketAddr, server: quinn::ServerConfig, secret: &[u8]) -> std::io::Result<quinn::Endpoint> {
-    let socket = bind(addr)?;
-    Ok(server_endpoints_on(vec![socket], server, secret)?.remove(0))
-}
-
-/// [`server_endpoint`] on `count` sockets sharing `addr` ([`bind_shared`]),
-/// one endpoint (and receiving task) each, all with the same keys: a
-/// packet that reaches another socket than its connection's (a peer whose
-/// address changed) is answered with a reset the peer recognises.
+/// QUIC server endpoints on `count` sockets sharing `addr`
+/// ([`bind_shared`]), one endpoint (and receiving task) each. Their
+/// stateless-reset key is derived from `secret` (a value the server keeps
+/// across restarts, e.g. its private key): a restarted server then answers
+/// packets of connections it no longer knows with resets the peers
+/// recognise, so they reconnect at once instead of waiting out the idle
+/// timeout; and a packet that reaches another socket than its
+/// connection's is reset the same way. The connection-ID key is derived
+/// from the same secret.
 pub fn server_endpoints(addr: SocketAddr, count: usize, server: quinn::ServerConfig, secret: &[u8]) -> std::io::Result<Vec<quinn::Endpoint>> {
-    server_endpoints_on(bind_shared(addr, count)?, server, secret)
-}
-
-fn server_endpoints_on(sockets: Vec<UdpSocket>, server: quinn::ServerConfig, secret: &[u8]) -> std::io::Result<Vec<quinn::Endpoint>> {
+    let sockets = bind_shared(addr, count)?;
     use sha2::Digest;
     let mut derive = sha2::Sha256::new();
     derive.update(b"drover stateless reset key\0");

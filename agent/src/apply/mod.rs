@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use drover_protocol::v1::{Access, Assignment, DeploymentReport, SystemSpec};
 
 use crate::config::AgentConfig;
-use crate::system::switch::{NixSwitcher, SwitchError, SystemSwitcher};
+use crate::system::switch::{SwitchError, SystemSwitcher};
 use crate::system::volumes::{NoRestorer, Restorer, Volumes};
 use crate::system::{checks, secrets};
 
@@ -81,15 +81,6 @@ impl Restorer for ChannelRestorer {
 }
 
 impl Applier {
-    pub fn new(
-        config: AgentConfig,
-        reports: mpsc::UnboundedSender<DeploymentReport>,
-        contact: watch::Receiver<Option<Instant>>,
-    ) -> Self {
-        let switcher = Arc::new(NixSwitcher::new(config.clone()));
-        Applier::with_switcher(config, switcher, reports, contact)
-    }
-
     pub fn with_switcher(
         config: AgentConfig,
         switcher: Arc<dyn SystemSwitcher>,
