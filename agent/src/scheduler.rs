@@ -2,7 +2,8 @@
 //! connections. An apply runs in its own task and goes on when the
 //! connection drops; its progress reports queue until they are
 //! acknowledged; the final outcome is sent again until acknowledged; a
-//! newer generation is fetched once the machine is idle.
+//! newer generation is applied once the machine is idle (its assignment as
+//! the coordinator pushed it, or fetched).
 //!
 //! The session talks to it through one typed interface: it asks
 //! [`Scheduler::next_to_send`] what to send, sends it, and hands the answer back
@@ -31,6 +32,9 @@ pub enum Outgoing {
     /// The outcome of the last apply, which the coordinator has not
     /// acknowledged yet.
     Outcome(DeploymentReport),
+    /// The last progress reports of a finished apply and its outcome, in
+    /// one request.
+    Finished { progress: Vec<DeploymentReport>, outcome: DeploymentReport },
     /// Ask for the newest assignment.
     Fetch,
     /// Roll a released volume back for the apply under way (a revert).
@@ -60,6 +64,9 @@ pub struct Scheduler {
     restoring: Option<RestoreAsk>,
     /// The newest generation the coordinator announced.
     desired: u64,
+    /// The assignment the coordinator sent with its announcement (protocol
+    /// 9), applied instead of fetching once the machine is idle.
+    offered: Option<Box<(Assignment, Access)>>,
     /// Applies started, resumed ones included.
     pub applies: u64,
 }
@@ -85,6 +92,7 @@ impl Scheduler {
             restores,
             restoring: None,
             desired: 0,
+            offered: None,
             applies: 0,
         }
     }
@@ -109,6 +117,14 @@ impl Scheduler {
         self.desired = self.desired.max(generation);
     }
 
+    /// The coordinator announced a generation with its assignment.
+    pub fn assigned(&mut self, assignment: Assignment, access: Access) {
+        self.desired(assignment.generation);
+        if self.offered.as_ref().is_none_or(|o| o.0.generation < assignment.generation) {
+            self.offered = Some(Box::new((assignment, access)));
+        }
+    }
+
     pub fn desired_generation(&self) -> u64 {
         self.desired
     }
@@ -119,14 +135,32 @@ impl Scheduler {
     }
 
     /// What to send now, if anything: queued progress first (at most
-    /// `batch` reports in one go), then an unacknowledged outcome, then a
-    /// fetch when a newer generation waits and nothing is being applied.
+    /// `batch` reports in one go; with the outcome when the apply is over
+    /// and they all fit), then an unacknowledged outcome, then — when a
+    /// newer generation waits and nothing is being applied — a fetch, or
+    /// nothing when the assignment came with the announcement: its apply
+    /// starts instead.
     pub fn next_to_send(&mut self, batch: usize) -> Option<Outgoing> {
+        // Whether the apply is over is asked before its reports are taken:
+        // a finished apply has queued all of them.
+        if self.task.as_ref().is_some_and(|t| t.is_finished()) {
+            self.task = None;
+        }
         while let Ok(report) = self.reports.try_recv() {
             self.pending.push_back(report);
         }
+        let batch = batch.max(1);
+        let unreported = || self.applier.records.applied().filter(|a| !a.reported).map(|a| a.report());
         if !self.pending.is_empty() {
-            return Some(Outgoing::Progress(self.pending.iter().take(batch.max(1)).cloned().collect()));
+            let progress: Vec<DeploymentReport> = self.pending.iter().take(batch).cloned().collect();
+            // The last reports and the outcome go together when the
+            // request can take them all (protocol 7).
+            if let Some(outcome) = unreported().filter(|_| self.task.is_none() && progress.len() < batch) {
+                if progress.len() == self.pending.len() {
+                    return Some(Outgoing::Finished { progress, outcome });
+                }
+            }
+            return Some(Outgoing::Progress(progress));
         }
         if self.restoring.is_none() {
             self.restoring = self.restores.try_recv().ok();
@@ -134,22 +168,40 @@ impl Scheduler {
         if let Some(ask) = &self.restoring {
             return Some(Outgoing::Restore { generation: ask.generation, name: ask.name.clone() });
         }
-        if self.task.as_ref().is_some_and(|t| t.is_finished()) {
-            self.task = None;
-        }
         if self.task.is_some() {
             return None;
         }
-        let records = &self.applier.records;
-        let applied = records.applied();
-        if let Some(applied) = applied.as_ref().filter(|a| !a.reported) {
-            return Some(Outgoing::Outcome(applied.report()));
+        if let Some(outcome) = unreported() {
+            return Some(Outgoing::Outcome(outcome));
         }
-        let last = applied.map(|a| a.generation).unwrap_or(0);
+        let records = &self.applier.records;
+        let last = records.last_generation();
         if self.desired > last && records.journal().is_none() {
-            return Some(Outgoing::Fetch);
+            match self.offered.take() {
+                Some(offered) if offered.0.generation == self.desired => self.start(*offered),
+                _ => return Some(Outgoing::Fetch),
+            }
         }
         None
+    }
+
+    /// Starts applying `assignment`, unless an apply is under way or it is
+    /// not newer than the last one applied.
+    fn start(&mut self, (assignment, access): (Assignment, Access)) {
+        let last = self.applier.records.last_generation();
+        if self.task.is_some() {
+            return;
+        }
+        if assignment.generation <= last {
+            // Nothing newer than what was applied: wait for the next
+            // announcement instead of asking again.
+            self.desired = self.desired.min(last);
+            return;
+        }
+        tracing::info!(generation = assignment.generation, "applying a new generation");
+        let applier = self.applier.clone();
+        self.applies += 1;
+        self.task = Some(tokio::spawn(async move { Some(applier.apply(assignment, access).await) }));
     }
 
     /// The coordinator answered `sent`.
@@ -169,23 +221,11 @@ impl Scheduler {
                 }
             }
             (Outgoing::Outcome(report), _) => self.applier.records.mark_reported(report.generation),
-            (Outgoing::Fetch, Answer::Assignment(boxed)) => {
-                let (assignment, access) = *boxed;
-                let last = self.applier.records.last_generation();
-                if self.task.is_some() {
-                    return;
-                }
-                if assignment.generation <= last {
-                    // Nothing newer than what was applied: wait for the next
-                    // announcement instead of asking again.
-                    self.desired = self.desired.min(last);
-                    return;
-                }
-                tracing::info!(generation = assignment.generation, "applying a new generation");
-                let applier = self.applier.clone();
-                self.applies += 1;
-                self.task = Some(tokio::spawn(async move { Some(applier.apply(assignment, access).await) }));
+            (Outgoing::Finished { progress, outcome }, _) => {
+                self.pending.drain(..progress.len().min(self.pending.len()));
+                self.applier.records.mark_reported(outcome.generation);
             }
+            (Outgoing::Fetch, Answer::Assignment(boxed)) => self.start(*boxed),
             (Outgoing::Fetch, Answer::Acknowledged | Answer::NoAssignment | Answer::Refused(_)) => {
                 // Nothing newer to apply after all.
                 self.desired = self.desired.min(self.applier.records.last_generation());

@@ -151,6 +151,11 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
 /// again adds to the very load that made it late.
 const DEPLOY_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long the agent lets an apply's progress reports gather before it
+/// sends them: a fraction of any real switch, and time enough for the
+/// steps around it (and for the outcome of an apply with nothing to do).
+const REPORT_COALESCE: Duration = Duration::from_millis(100);
+
 /// One request on its own stream, with a deadline. A late answer abandons
 /// that stream only: the connection stays, so a coordinator under load is
 /// not made to accept a reconnect (and a new handshake) on top of the work
@@ -310,6 +315,9 @@ impl<H: HealthSource> Agent<H> {
                 Outgoing::Progress(reports) if reports.len() == 1 => AgentRequest::ReportDeployment(reports[0].clone()),
                 Outgoing::Progress(reports) => AgentRequest::ReportDeployments(reports.clone()),
                 Outgoing::Outcome(report) => AgentRequest::ReportDeployment(report.clone()),
+                Outgoing::Finished { progress, outcome } => {
+                    AgentRequest::ReportDeployments(progress.iter().chain([outcome]).cloned().collect())
+                }
                 Outgoing::Fetch => AgentRequest::FetchAssignment,
                 Outgoing::Restore { generation, name } => AgentRequest::RestoreVolume { generation: *generation, name: name.clone() },
             };
@@ -424,11 +432,24 @@ impl<H: HealthSource> Agent<H> {
                             self.show_applies();
                             self.pump(conn).await?;
                         }
+                        Ok(Response::Agent(AgentResponse::Event(AgentEvent::Assigned { assignment, access }))) => {
+                            tracing::debug!(generation = assignment.generation, "desired generation announced with its assignment");
+                            self.scheduler.assigned(assignment, access);
+                            self.show_applies();
+                            self.pump(conn).await?;
+                        }
                         Ok(other) => tracing::debug!(?other, "event not understood by this agent; ignored"),
                         Err(e) => return Err(lost(conn, ClientError::Stream(e))),
                     }
                 }
-                _ = self.scheduler.wait() => self.pump(conn).await?,
+                _ = self.scheduler.wait() => {
+                    // The apply's next reports, or its outcome, are usually
+                    // moments away: waiting for them sends one request
+                    // instead of several (a deploy to a large fleet makes
+                    // every machine report at once).
+                    tokio::time::sleep(REPORT_COALESCE).await;
+                    self.pump(conn).await?
+                }
                 _ = self.shutdown.changed() => return Err(AttemptError::Shutdown),
             }
         }

@@ -301,3 +301,77 @@ async fn the_newest_health_report_is_shown_at_once_and_survives_a_restart() {
     assert_eq!(after.last_seen, Some(last), "the newest report was written when the coordinator stopped");
     assert!(after.health.is_some());
 }
+
+/// Opens a machine's watch stream after a Hello offering `versions`, and
+/// reads its Welcome. The stream lasts while its sending half is kept.
+async fn watch_speaking(
+    fleet: &TestCoordinator,
+    cert_der: &[u8],
+    key_der: &[u8],
+    versions: drover_protocol::VersionRange,
+) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+    use drover_net::stream::{read_frame, write_frame};
+    use drover_protocol::v1::{AgentEvent, AgentRequest, AgentResponse, Hello, Request, Response};
+    let ca = drover_net::identity::read_cert_pem(&fleet.state_dir.join("ca.pem")).expect("ca");
+    let config = drover_net::tls::client_config(&ca, Some((cert_der, key_der)), Duration::from_secs(10)).expect("tls");
+    let endpoint = drover_net::client::client_endpoint(fleet.addr).expect("endpoint");
+    let conn = endpoint.connect_with(config, fleet.addr, "127.0.0.1").expect("connect").await.expect("handshake");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    write_frame(&mut send, &Request::Hello(Hello { versions, software: "test".into() })).await.expect("hello");
+    let ack: Response = read_frame(&mut recv, drover_protocol::MAX_FRAME_LEN).await.expect("hello answer");
+    assert!(matches!(ack, Response::Hello(ref a) if a.version == versions.max), "{ack:?}");
+    let (mut send, mut events) = conn.open_bi().await.expect("stream");
+    write_frame(&mut send, &Request::Agent(AgentRequest::Watch)).await.expect("watch");
+    let welcome: Response = read_frame(&mut events, drover_protocol::MAX_FRAME_LEN).await.expect("welcome");
+    assert!(matches!(welcome, Response::Agent(AgentResponse::Event(AgentEvent::Welcome { .. }))), "{welcome:?}");
+    (conn, send, events)
+}
+
+async fn next_event(events: &mut quinn::RecvStream) -> drover_protocol::v1::AgentEvent {
+    use drover_protocol::v1::{AgentResponse, Response};
+    let frame = tokio::time::timeout(Duration::from_secs(10), drover_net::stream::read_frame::<Response>(events, drover_protocol::MAX_FRAME_LEN))
+        .await
+        .expect("an event within 10 s")
+        .expect("event");
+    match frame {
+        Response::Agent(AgentResponse::Event(event)) => event,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+/// A generation recorded while a machine is connected reaches it with its
+/// assignment (protocol 9): exactly what FetchAssignment answers, so the
+/// machine needs no request. The generation it connected to is only named,
+/// and a protocol 8 peer is still told the generation by name and fetches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_recorded_while_connected_comes_with_its_assignment_from_protocol_9() {
+    use drover_protocol::v1::{AgentEvent, AgentRequest, AgentResponse, Request, Response};
+    use drover_protocol::{VersionRange, SUPPORTED};
+    let fleet = TestCoordinator::start().await;
+    let (token, _) = fleet.token(2, &[("role", "push")]).await;
+    let (new, new_key) = common::enroll_raw(&fleet, &token, "push-new").await;
+    let (old, old_key) = common::enroll_raw(&fleet, &token, "push-old").await;
+    let system = SystemSpec::Flake { uri: "path:/nonexistent".into(), attribute: "x".into() };
+    let AdminResponse::Deployed(first) = fleet.call(AdminRequest::Deploy(common::deploy_to_role("push", system.clone()))).await else {
+        panic!("deploy")
+    };
+    assert!(first.iter().all(|t| t.generation == 1), "{first:?}");
+
+    let (new_conn, _new_watch, mut new_events) = watch_speaking(&fleet, &new.certificate_der, &new_key, SUPPORTED).await;
+    let (_old_conn, _old_watch, mut old_events) = watch_speaking(&fleet, &old.certificate_der, &old_key, VersionRange { min: 6, max: 8 }).await;
+    assert_eq!(next_event(&mut new_events).await, AgentEvent::Desired { generation: 1 }, "the generation connected to is named");
+    assert_eq!(next_event(&mut old_events).await, AgentEvent::Desired { generation: 1 });
+
+    let spec = DeploySpec { facts: [("site".to_string(), "b".to_string())].into(), ..common::deploy_to_role("push", system) };
+    let AdminResponse::Deployed(second) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!("deploy") };
+    assert!(second.iter().all(|t| t.generation == 2), "{second:?}");
+    let AgentEvent::Assigned { assignment, access } = next_event(&mut new_events).await else {
+        panic!("protocol 9 gets the assignment with the generation")
+    };
+    assert_eq!(assignment.generation, 2);
+    assert!(assignment.facts_json.contains("\"site\""), "the new generation's assignment: {}", assignment.facts_json);
+    let conn = drover_net::CoordinatorConnection { connection: new_conn, version: SUPPORTED.max };
+    let fetched = conn.request(&Request::Agent(AgentRequest::FetchAssignment)).await.expect("fetch");
+    assert_eq!(fetched, Response::Agent(AgentResponse::Assignment { assignment, access }), "the same as a fetch answers");
+    assert_eq!(next_event(&mut old_events).await, AgentEvent::Desired { generation: 2 }, "protocol 8 is told the generation");
+}

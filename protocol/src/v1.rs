@@ -185,9 +185,14 @@ pub enum AgentEvent {
         /// How often the agent must report health.
         health_interval_ms: u64,
     },
-    /// The machine's desired generation; sent after Welcome and whenever it
-    /// changes.
+    /// The machine's desired generation; sent after Welcome, and whenever
+    /// it changes to a peer older than protocol 9.
     Desired { generation: u64 },
+    /// A new desired generation with its assignment and SSH access (protocol
+    /// 9): what [`AgentRequest::FetchAssignment`] would answer, sent when
+    /// the generation changes while the machine is connected, so that a
+    /// deploy to a large fleet costs no request per machine.
+    Assigned { assignment: Assignment, access: Access },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,7 +4,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorCode, WireError};
 
-/// The protocol version this build speaks natively. Version 8 added
+/// The protocol version this build speaks natively. Version 9 added the
+/// `Assigned` event (a new generation's assignment pushed on the watch
+/// stream; a version 8 agent is still told `Desired` and fetches). Version 8 added
 /// `DeploymentsShowMany` (a version 7 coordinator is still followed one
 /// deployment at a time). Version 7 added
 /// `ReportDeployments` (several progress reports in one request; a version
@@ -16,10 +18,10 @@ use crate::error::{ErrorCode, WireError};
 /// systems and the Nix store's space to health reports; older peers are
 /// refused at Hello, naming both versions (version 4 only added the admin
 /// requests `Backup` and `Audit`).
-pub const PROTOCOL_VERSION: u16 = 8;
+pub const PROTOCOL_VERSION: u16 = 9;
 
 /// The inclusive range of protocol versions this build accepts.
-pub const SUPPORTED: VersionRange = VersionRange { min: 6, max: 8 };
+pub const SUPPORTED: VersionRange = VersionRange { min: 6, max: 9 };
 
 /// An inclusive range of protocol versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

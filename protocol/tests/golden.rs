@@ -290,6 +290,7 @@ fn responses() -> Vec<(&'static str, Response)> {
         ("response-error", Response::Error(WireError::new(ErrorCode::TokenExpired, "token expired"))),
         ("response-agent-no-assignment", Response::Agent(AgentResponse::NoAssignment)),
         ("response-agent-desired", Response::Agent(AgentResponse::Event(AgentEvent::Desired { generation: 3 }))),
+        ("response-agent-assigned", Response::Agent(AgentResponse::Event(AgentEvent::Assigned { assignment: assignment(), access: Access { authorized_keys: vec![LoginKeys { login: "root".into(), keys: vec!["ssh-ed25519 AAAA alice@laptop".into()] }] } }))),
         ("response-admin-deployed", Response::Admin(AdminResponse::Deployed(vec![DeployedTarget { machine_id: "m-0123456789".into(), hostname: "vm-1".into(), generation: 3, deployment_id: "d-m-0123456789-3".into() }]))),
         ("response-admin-deployments", Response::Admin(AdminResponse::Deployments(vec![deployment()]))),
         ("response-admin-deployment", Response::Admin(AdminResponse::Deployment(deployment()))),

@@ -565,3 +565,37 @@ fn an_agent_restarted_by_the_reboot_verifies_the_new_boot() {
     assert_eq!(done.step, DeployStep::Failed);
     assert!(done.message.contains("instead of /nix/store/new"), "{}", done.message);
 }
+
+/// The scheduler applies an assignment the coordinator pushed with its
+/// announcement without fetching it, and sends a finished apply's last
+/// reports and its outcome in one request when the request can carry
+/// several (one by one to a protocol 6 coordinator); a generation only
+/// named is fetched.
+#[tokio::test]
+async fn a_pushed_assignment_applies_without_a_fetch_and_its_outcome_goes_with_the_last_reports() {
+    use crate::scheduler::{Answer, Outgoing, Scheduler};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let switcher = Arc::new(FakeSwitcher { current: Mutex::new(Some("/nix/store/abc-old".into())), ..Default::default() });
+    let mut scheduler = Scheduler::with_switcher(&config(dir.path()), switcher);
+    scheduler.assigned(assignment(), Access::default());
+    assert_eq!(scheduler.desired_generation(), 3);
+    assert_eq!(scheduler.next_to_send(32), None, "the apply started; nothing to fetch");
+    while scheduler.applied().map(|a| a.generation) != Some(3) {
+        tokio::time::timeout(std::time::Duration::from_secs(10), scheduler.wait()).await.expect("the apply goes on");
+        // The coordinator answers: the switch is confirmed.
+        scheduler.heard_from_coordinator();
+    }
+    let one_by_one = scheduler.next_to_send(1);
+    assert!(matches!(&one_by_one, Some(Outgoing::Progress(p)) if p.len() == 1 && p[0].step == DeployStep::Received), "{one_by_one:?}");
+    let Some(Outgoing::Finished { progress, outcome }) = scheduler.next_to_send(32) else { panic!("the last reports and the outcome together") };
+    let steps: Vec<DeployStep> = progress.iter().map(|r| r.step).collect();
+    assert_eq!(steps.first(), Some(&DeployStep::Received), "{steps:?}");
+    assert!(steps.contains(&DeployStep::Switched) && steps.contains(&DeployStep::HealthChecking), "{steps:?}");
+    assert_eq!((outcome.generation, outcome.step), (3, DeployStep::Succeeded));
+    scheduler.answered(Outgoing::Finished { progress, outcome }, Answer::Acknowledged);
+    assert!(scheduler.applied().is_some_and(|a| a.reported), "the outcome counts as reported");
+    assert_eq!(scheduler.next_to_send(32), None, "nothing left to send");
+
+    scheduler.desired(4);
+    assert_eq!(scheduler.next_to_send(32), Some(Outgoing::Fetch), "a generation only named is fetched");
+}

@@ -4,6 +4,7 @@
 
 use drover_protocol::v1::{AdminResponse, DeploySpec, DeployedTarget, DeploymentInfo, Labels, PlannedTarget, SystemSpec, MAX_DEPLOYMENTS_PER_REQUEST};
 use drover_protocol::{ErrorCode, WireError};
+use std::sync::Arc;
 
 use crate::deploy::{self, NotDeployable};
 use crate::model::{deployment_id, parse_deployment_id, AssignmentRecord, DeploymentRecord, MachineRecord, RolloutRecord};
@@ -13,6 +14,7 @@ use crate::store::{StoreError, Tx};
 use crate::tenancy::Directory;
 
 use super::errors::{conflict, invalid, not_found, revoked};
+use super::live::{Assigned, Live};
 use super::{now_ms, s3, volumes, Coordinator};
 
 /// Builds a machine's assignment and deployment record for a generation.
@@ -47,9 +49,23 @@ pub fn directory(state: &Coordinator) -> Result<Directory, WireError> {
     Ok(Directory::new(state.store.tenants()?, state.store.admins()?))
 }
 
+/// A generation recorded for one machine: what the admin is told, and the
+/// assignment its agent is sent.
+pub struct Recorded {
+    pub target: DeployedTarget,
+    pub assigned: Assigned,
+}
+
+impl Recorded {
+    /// Tells the machine's agent, with the assignment.
+    pub fn announce(&self, live: &Live) {
+        live.announce(&self.target.machine_id, self.target.generation, self.assigned.clone());
+    }
+}
+
 /// Records the next generation of machine `id` inside `tx`, as the deploy
 /// core decides it: `Ok(Err(_))` when the machine cannot take one.
-pub fn record_one(tx: &Tx, id: &str, make: Make) -> Result<Result<DeployedTarget, NotDeployable>, StoreError> {
+pub fn record_one(tx: &Tx, id: &str, make: Make) -> Result<Result<Recorded, NotDeployable>, StoreError> {
     let mut machine: MachineRecord = tx.require(id.as_bytes())?;
     let generation = match deploy::next_generation(&machine) {
         Ok(g) => g,
@@ -70,12 +86,13 @@ pub fn record_one(tx: &Tx, id: &str, make: Make) -> Result<Result<DeployedTarget
     tx.put(&key, &deployment)?;
     machine.desired_generation = generation;
     tx.put(id.as_bytes(), &machine)?;
-    Ok(Ok(DeployedTarget {
+    let target = DeployedTarget {
         machine_id: id.to_string(),
         hostname: machine.hostname.clone(),
         generation,
         deployment_id: deployment_id(id, generation),
-    }))
+    };
+    Ok(Ok(Recorded { target, assigned: Arc::new((assignment.assignment, assignment.access)) }))
 }
 
 /// The rollouts that hold one of `ids`.
@@ -128,7 +145,9 @@ fn refuse_held(rollout: &RolloutRecord, ids: &[String]) -> WireError {
 pub async fn deploy(state: &Coordinator, by: &str, mut spec: DeploySpec) -> Result<AdminResponse, WireError> {
     // Targets, tenancy and rollouts first: nothing is made for a deployment
     // that would be refused.
+    let started = std::time::Instant::now();
     let (targets, directory) = checked(state, &spec)?;
+    let checked_in = started.elapsed();
     let ids: Vec<String> = targets.iter().map(|m| m.id.clone()).collect();
     let held = holding(state.store.rollouts()?, &ids);
     if let (false, Some(r)) = (spec.override_rollout, held.first()) {
@@ -170,12 +189,12 @@ pub async fn deploy(state: &Coordinator, by: &str, mut spec: DeploySpec) -> Resu
             let deployed = ids
                 .iter()
                 .map(|id| match record_one(tx, id, &make)? {
-                    Ok(target) => Ok(target),
+                    Ok(recorded) => Ok(recorded),
                     Err(NotDeployable::Revoked) => Err(revoked(id)),
                 })
                 .collect::<Result<Vec<_>, WireError>>()?;
             for rollout in &mut rollouts {
-                for t in &deployed {
+                for Recorded { target: t, .. } in &deployed {
                     if rollout.state.holds(&t.machine_id) {
                         rollout.state.overridden(&t.machine_id, t.deployment_id.clone(), now);
                     }
@@ -185,15 +204,23 @@ pub async fn deploy(state: &Coordinator, by: &str, mut spec: DeploySpec) -> Resu
             Ok::<_, WireError>(deployed)
         })
         .await?;
-    for t in &deployed {
-        state.live.notify(&t.machine_id, t.generation);
+    let recorded_in = started.elapsed();
+    for recorded in &deployed {
+        recorded.announce(&state.live);
     }
     if spec.override_rollout && !held.is_empty() {
         let ids: Vec<&str> = held.iter().map(|r| r.id.as_str()).collect();
         tracing::info!(rollouts = ?ids, by, "a manual deployment overrode rollouts on the machines they held");
     }
-    tracing::info!(machines = deployed.len(), by, "deployment recorded");
-    Ok(AdminResponse::Deployed(deployed))
+    tracing::info!(
+        machines = deployed.len(),
+        by,
+        checked_ms = checked_in.as_millis() as u64,
+        recorded_ms = recorded_in.as_millis() as u64,
+        announced_ms = started.elapsed().as_millis() as u64,
+        "deployment recorded"
+    );
+    Ok(AdminResponse::Deployed(deployed.into_iter().map(|r| r.target).collect()))
 }
 
 /// Reboots machines: each target gets a generation repeating its newest
@@ -227,16 +254,17 @@ pub async fn reboot(state: &Coordinator, by: &str, machine: Option<String>, sele
                     (record, deployment)
                 };
                 match record_one(tx, id, &make)? {
-                    Ok(t) => out.push(t),
+                    Ok(recorded) => out.push(recorded),
                     Err(NotDeployable::Revoked) => return Err(revoked(id)),
                 }
             }
             Ok::<_, WireError>(out)
         })
         .await?;
-    for t in &deployed {
-        state.live.notify(&t.machine_id, t.generation);
+    for recorded in &deployed {
+        recorded.announce(&state.live);
     }
+    let deployed: Vec<DeployedTarget> = deployed.into_iter().map(|r| r.target).collect();
     tracing::info!(machines = deployed.len(), by, "reboot recorded");
     Ok(AdminResponse::Deployed(deployed))
 }

@@ -108,8 +108,8 @@ pub async fn drive_once(state: &Coordinator) {
         .await;
         match result {
             Ok(stepped) => {
-                for t in &stepped.targets {
-                    state.live.notify(&t.machine_id, t.generation);
+                for recorded in &stepped.targets {
+                    recorded.announce(&state.live);
                 }
                 if !stepped.targets.is_empty() {
                     tracing::info!(rollout = %r.id, machines = stepped.targets.len(), "rollout recorded new generations");

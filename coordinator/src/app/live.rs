@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use drover_protocol::v1::{Access, Assignment};
 use drover_protocol::ErrorCode;
 
 use crate::model::{HealthRecord, MachineRecord, UnixMillis};
@@ -14,10 +15,21 @@ use crate::model::{HealthRecord, MachineRecord, UnixMillis};
 /// Closes one connection with a code and a reason.
 pub type Closer = Arc<dyn Fn(ErrorCode, &str) + Send + Sync>;
 
+/// A new generation's assignment and SSH access, as recorded.
+pub type Assigned = Arc<(Assignment, Access)>;
+
+/// A machine's desired generation, with the assignment recorded for it
+/// while it waits to be sent to the machine's connected agent.
+#[derive(Debug, Clone, Default)]
+pub struct Desired {
+    pub generation: u64,
+    pub assigned: Option<Assigned>,
+}
+
 #[derive(Default)]
 pub struct Live {
     machines: Mutex<HashMap<String, HashMap<usize, Closer>>>,
-    desired: Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>,
+    desired: Mutex<HashMap<String, tokio::sync::watch::Sender<Desired>>>,
     /// Each machine's newest health report since the last time they were
     /// written to the store: at most one per machine.
     seen: Mutex<HashMap<String, (UnixMillis, HealthRecord)>>,
@@ -32,29 +44,46 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Live {
     /// Watches `machine`'s desired generation (starting from `current` if
     /// nothing was announced yet).
-    pub fn subscribe(&self, machine: &str, current: u64) -> tokio::sync::watch::Receiver<u64> {
+    pub fn subscribe(&self, machine: &str, current: u64) -> tokio::sync::watch::Receiver<Desired> {
         lock(&self.desired)
             .entry(machine.to_string())
-            .or_insert_with(|| tokio::sync::watch::channel(current).0)
+            .or_insert_with(|| tokio::sync::watch::channel(Desired { generation: current, assigned: None }).0)
             .subscribe()
     }
 
-    /// Announces a new desired generation to `machine`'s agent, at once.
-    pub fn notify(&self, machine: &str, generation: u64) {
+    /// Announces a new desired generation to `machine`'s agent, at once,
+    /// with its assignment, which the watch stream then sends without
+    /// reading it again. Only a connected machine's assignment is kept, and
+    /// only until it is sent ([`Live::sent`]).
+    pub fn announce(&self, machine: &str, generation: u64, assigned: Assigned) {
         let mut map = lock(&self.desired);
         match map.get(machine) {
             Some(tx) => {
-                tx.send_if_modified(|g| {
-                    let newer = generation > *g;
+                let watched = tx.receiver_count() > 0;
+                tx.send_if_modified(|d| {
+                    let newer = generation > d.generation;
                     if newer {
-                        *g = generation;
+                        *d = Desired { generation, assigned: watched.then_some(assigned) };
                     }
                     newer
                 });
             }
             None => {
-                map.insert(machine.to_string(), tokio::sync::watch::channel(generation).0);
+                map.insert(machine.to_string(), tokio::sync::watch::channel(Desired { generation, assigned: None }).0);
             }
+        }
+    }
+
+    /// The watch stream announced `generation`: its assignment is no longer
+    /// kept (the watchers are not woken).
+    pub fn sent(&self, machine: &str, generation: u64) {
+        if let Some(tx) = lock(&self.desired).get(machine) {
+            tx.send_if_modified(|d| {
+                if d.generation == generation {
+                    d.assigned = None;
+                }
+                false
+            });
         }
     }
 
@@ -137,5 +166,54 @@ impl Live {
     /// Forgets every connection (at shutdown).
     pub fn clear(&self) {
         lock(&self.machines).clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assigned(generation: u64) -> Assigned {
+        let assignment = Assignment {
+            generation,
+            system: drover_protocol::v1::SystemSpec::Flake { uri: "path:/x".into(), attribute: "a".into() },
+            secrets: vec![],
+            facts_json: "{}".into(),
+            checks: vec![],
+            health_deadline_ms: 1_000,
+            volumes: vec![],
+            goal: Default::default(),
+            force_switch: false,
+            reboot: false,
+        };
+        Arc::new((assignment, Access::default()))
+    }
+
+    /// The assignment waits in memory only for a watching agent, and only
+    /// until the watch stream sent it; dropping it wakes nobody.
+    #[test]
+    fn an_announced_assignment_is_kept_only_for_a_watcher_until_sent() {
+        let live = Live::default();
+        let mut watcher = live.subscribe("m-1", 1);
+        live.announce("m-1", 2, assigned(2));
+        assert!(watcher.has_changed().expect("open"));
+        let seen = watcher.borrow_and_update().clone();
+        assert_eq!((seen.generation, seen.assigned.map(|a| a.0.generation)), (2, Some(2)));
+
+        // An older generation changes nothing.
+        live.announce("m-1", 1, assigned(1));
+        assert!(!watcher.has_changed().expect("open"));
+
+        live.sent("m-1", 2);
+        assert!(!watcher.has_changed().expect("open"), "dropping the sent assignment wakes nobody");
+        assert!(watcher.borrow().assigned.is_none(), "not kept once sent");
+        assert_eq!(watcher.borrow().generation, 2);
+
+        // Nobody watches m-2: the generation is kept, its assignment not.
+        live.subscribe("m-2", 0);
+        live.announce("m-2", 3, assigned(3));
+        let later = live.subscribe("m-2", 0);
+        assert_eq!(later.borrow().generation, 3);
+        assert!(later.borrow().assigned.is_none(), "an unwatched machine's assignment is not held");
     }
 }

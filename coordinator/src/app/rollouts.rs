@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use drover_protocol::v1::{
-    self, AdminResponse, DeployedTarget, RolloutAction, RolloutInfo, RolloutMachine, RolloutMachineState, RolloutPhase,
+    self, AdminResponse, RolloutAction, RolloutInfo, RolloutMachine, RolloutMachineState, RolloutPhase,
     RolloutSpec,
 };
 use drover_protocol::{ErrorCode, WireError};
@@ -18,7 +18,7 @@ use crate::registry;
 use crate::rollout::plan::{self, Actions, Phase, Slot, State};
 use crate::store::deployments::generation_key;
 
-use super::deployments::{directory, record_one, Make};
+use super::deployments::{directory, record_one, Make, Recorded};
 use super::errors::{conflict, invalid, not_found};
 use super::{now_ms, s3, volumes, Coordinator};
 
@@ -302,7 +302,7 @@ pub async fn control(state: &Coordinator, by: &str, id: &str, action: RolloutAct
 pub struct Stepped {
     pub record: RolloutRecord,
     /// The generations it started or reverted, to announce.
-    pub targets: Vec<DeployedTarget>,
+    pub targets: Vec<Recorded>,
 }
 
 /// Runs `decide` (the planner's step) on rollout `id` and records, in one
@@ -323,7 +323,7 @@ pub async fn step(
         let mut targets = Vec::new();
         for machine in &actions.start {
             let outcome = record_one(tx, machine, make)?;
-            record.state.started(machine, outcome.as_ref().map(|t| t.generation).map_err(|e| e.to_string()));
+            record.state.started(machine, outcome.as_ref().map(|r| r.target.generation).map_err(|e| e.to_string()));
             targets.extend(outcome.ok());
         }
         for machine in &actions.revert {
@@ -331,13 +331,13 @@ pub async fn step(
                 continue;
             };
             let old: Option<AssignmentRecord> = tx.get(&generation_key(machine, previous))?;
-            let outcome = match &old {
+            let mut outcome = match &old {
                 Some(old) => record_one(tx, machine, &|m, g| remake(old, m, g))?.ok(),
                 None => None,
             };
-            record.state.reverted(machine, outcome.as_ref().map(|t| t.generation));
-            if let (true, Some(t)) = (record.snapshot_volumes, &outcome) {
-                super::volumes::restore_in_revert(tx, machine, t.generation, &super::volumes::rollout_snapshot(id))?;
+            record.state.reverted(machine, outcome.as_ref().map(|r| r.target.generation));
+            if let (true, Some(r)) = (record.snapshot_volumes, &mut outcome) {
+                super::volumes::restore_in_revert(tx, r, &super::volumes::rollout_snapshot(id))?;
             }
             targets.extend(outcome);
         }

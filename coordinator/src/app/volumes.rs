@@ -19,7 +19,7 @@ use crate::store::deployments::generation_key;
 use crate::store::Tx;
 use crate::volumes::{self, BlockError, BlockStorage, Volume, VolumeSpec};
 
-use super::deployments::record_one;
+use super::deployments::{record_one, Recorded};
 use super::errors::{conflict, invalid, not_found, revoked};
 use super::{now_ms, Coordinator};
 
@@ -290,7 +290,7 @@ async fn regenerate(
 ) -> Result<u64, WireError> {
     let access = super::deployments::directory(state)?;
     let now = now_ms();
-    let target = state
+    let recorded = state
         .store
         .commit(|tx| {
             let mut machine: MachineRecord = tx.require(machine_id.as_bytes())?;
@@ -305,13 +305,13 @@ async fn regenerate(
             let access = access.extras(&machine).access;
             let make = |m: &MachineRecord, g| crate::deploy::rebuild(&previous.assignment, m, g, now, &access);
             match record_one(tx, machine_id, &make)? {
-                Ok(t) => Ok(t),
+                Ok(recorded) => Ok(recorded),
                 Err(_) => Err(revoked(machine_id)),
             }
         })
         .await?;
-    state.live.notify(machine_id, target.generation);
-    Ok(target.generation)
+    recorded.announce(&state.live);
+    Ok(recorded.target.generation)
 }
 
 fn info(state: &Coordinator, record: Option<&VolumeRecord>, volume: Option<&Volume>, name: &str) -> VolumeInfo {
@@ -501,8 +501,8 @@ pub async fn snapshot_before_switch(state: &Coordinator, rollout: &str, machines
 
 /// Inside a revert's transaction: the revert generation rolls back every
 /// volume that has the rollout's snapshot before the machine switches back.
-pub fn restore_in_revert(tx: &Tx, machine: &str, generation: u64, snapshot: &str) -> Result<(), WireError> {
-    let key = generation_key(machine, generation);
+pub fn restore_in_revert(tx: &Tx, recorded: &mut Recorded, snapshot: &str) -> Result<(), WireError> {
+    let key = generation_key(&recorded.target.machine_id, recorded.target.generation);
     let Some(mut assignment) = tx.get::<AssignmentRecord>(&key)? else { return Ok(()) };
     let mut changed = false;
     for v in assignment.assignment.volumes.iter_mut() {
@@ -514,6 +514,8 @@ pub fn restore_in_revert(tx: &Tx, machine: &str, generation: u64, snapshot: &str
     }
     if changed {
         tx.put(&key, &assignment)?;
+        // The agent is sent what is recorded.
+        recorded.assigned = std::sync::Arc::new((assignment.assignment, assignment.access));
     }
     Ok(())
 }

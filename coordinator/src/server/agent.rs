@@ -4,9 +4,10 @@
 //! connection.
 
 use drover_net::stream::write_frame;
-use drover_protocol::v1::{AgentEvent, AgentRequest, AgentResponse, Response};
+use drover_protocol::v1::{Access, AgentEvent, AgentRequest, AgentResponse, Assignment, Response};
 use drover_protocol::{ErrorCode, WireError};
 
+use crate::app::live::Desired;
 use crate::app::{agent as app, Coordinator};
 
 /// Handles one agent request. Returns `None` when the handler answered on
@@ -14,13 +15,14 @@ use crate::app::{agent as app, Coordinator};
 pub(super) async fn handle(
     state: &Coordinator,
     conn: &quinn::Connection,
+    version: u16,
     id: &str,
     request: AgentRequest,
     send: &mut quinn::SendStream,
 ) -> Option<Response> {
     let answer = match request {
         AgentRequest::Watch => {
-            watch(state, conn, id, send).await;
+            watch(state, conn, version, id, send).await;
             return None;
         }
         AgentRequest::FetchAssignment => app::fetch_assignment(state, id),
@@ -40,9 +42,17 @@ pub(super) async fn handle(
     })
 }
 
-/// Sends Welcome, then the machine's desired generation whenever it changes,
-/// until the connection or the stream closes.
-async fn watch(state: &Coordinator, conn: &quinn::Connection, id: &str, send: &mut quinn::SendStream) {
+/// Protocol 9 pushes a new generation's assignment with its announcement.
+const ASSIGNED_SINCE: u16 = 9;
+
+/// Sends Welcome and the machine's desired generation, then each newer
+/// generation as it is recorded, until the connection or the stream
+/// closes. A peer of protocol 9 gets a newer generation with its assignment
+/// (`Assigned`), so that it need not ask for it; the generation it
+/// connected to is only named (`Desired`): it has most likely applied that
+/// one already, and a reconnecting fleet should not cost an assignment
+/// each.
+async fn watch(state: &Coordinator, conn: &quinn::Connection, version: u16, id: &str, send: &mut quinn::SendStream) {
     let welcome = Response::Agent(AgentResponse::Event(AgentEvent::Welcome {
         machine_id: id.to_string(),
         health_interval_ms: u64::try_from(state.config.health_interval.as_millis()).unwrap_or(u64::MAX),
@@ -52,21 +62,46 @@ async fn watch(state: &Coordinator, conn: &quinn::Connection, id: &str, send: &m
     }
     let mut desired = state.live.subscribe(id, app::desired_generation(state, id));
     let mut announced = 0;
+    let mut just_connected = true;
     loop {
-        let generation = *desired.borrow_and_update();
+        let Desired { generation, assigned } = desired.borrow_and_update().clone();
         if generation > announced {
-            let event = Response::Agent(AgentResponse::Event(AgentEvent::Desired { generation }));
-            if write_frame(send, &event).await.is_err() {
+            let event = if just_connected || version < ASSIGNED_SINCE {
+                AgentEvent::Desired { generation }
+            } else {
+                assigned_event(state, id, generation, assigned.as_deref())
+            };
+            announced = match &event {
+                AgentEvent::Assigned { assignment, .. } => assignment.generation.max(generation),
+                _ => generation,
+            };
+            if write_frame(send, &Response::Agent(AgentResponse::Event(event))).await.is_err() {
                 return;
             }
-            tracing::debug!(generation, "desired generation announced");
-            announced = generation;
+            if assigned.is_some() {
+                state.live.sent(id, generation);
+            }
+            tracing::debug!(generation = announced, "desired generation announced");
         }
+        just_connected = false;
         tokio::select! {
             changed = desired.changed() => if changed.is_err() { return },
             _ = conn.closed() => return,
             _ = send.stopped() => return,
         }
+    }
+}
+
+/// `Assigned` for `generation`: with the assignment recorded with it, or
+/// else the newest in the store (which may be newer still); `Desired` when
+/// the store has none.
+fn assigned_event(state: &Coordinator, id: &str, generation: u64, recorded: Option<&(Assignment, Access)>) -> AgentEvent {
+    if let Some((assignment, access)) = recorded.filter(|(a, _)| a.generation == generation) {
+        return AgentEvent::Assigned { assignment: assignment.clone(), access: access.clone() };
+    }
+    match app::fetch_assignment(state, id) {
+        Ok(AgentResponse::Assignment { assignment, access }) => AgentEvent::Assigned { assignment, access },
+        _ => AgentEvent::Desired { generation },
     }
 }
 

@@ -169,7 +169,7 @@ async fn serve(state: &Arc<Coordinator>, limits: &Arc<Limits>, conn: &quinn::Con
             return;
         }
     };
-    match negotiate(SUPPORTED, hello.versions) {
+    let version = match negotiate(SUPPORTED, hello.versions) {
         Ok(version) => {
             let ack = Response::Hello(HelloAck {
                 version,
@@ -179,12 +179,13 @@ async fn serve(state: &Arc<Coordinator>, limits: &Arc<Limits>, conn: &quinn::Con
                 return;
             }
             let _ = send.finish();
+            version
         }
         Err(e) => {
             tracing::info!(client = %hello.software, reason = %e.message, "version mismatch");
             return answer_and_close(conn, send, e).await;
         }
-    }
+    };
 
     while let Ok((send, recv)) = conn.accept_bi().await {
         let state = state.clone();
@@ -193,7 +194,7 @@ async fn serve(state: &Arc<Coordinator>, limits: &Arc<Limits>, conn: &quinn::Con
         let peer = peer.clone();
         let conn = conn.clone();
         tokio::spawn(
-            async move { handle_stream(state, limits, &budgets, conn, peer, send, recv).await }
+            async move { handle_stream(state, limits, &budgets, conn, Caller { peer, version }, send, recv).await }
                 .in_current_span(),
         );
     }
@@ -235,15 +236,22 @@ async fn bad_stream(
     let _ = send.finish();
 }
 
+/// Who sent a stream, and the protocol version agreed with it at Hello.
+struct Caller {
+    peer: Peer,
+    version: u16,
+}
+
 async fn handle_stream(
     state: Arc<Coordinator>,
     limits: Arc<Limits>,
     budgets: &Budgets,
     conn: quinn::Connection,
-    peer: Peer,
+    caller: Caller,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
+    let Caller { peer, version } = caller;
     let request = match budgets.read(&mut recv, &peer).await {
         Ok(request) => request,
         Err(e) => return bad_stream(&limits, &conn, send, recv, &e).await,
@@ -259,7 +267,7 @@ async fn handle_stream(
         }),
         (Request::Enroll(_), _) => denied(ErrorCode::BadRequest, "this connection already has an identity; enroll without a client certificate"),
         (Request::Agent(req), Peer::Machine { id }) => {
-            agent::handle(&state, &conn, id, req, &mut send).await
+            agent::handle(&state, &conn, version, id, req, &mut send).await
         }
         (Request::Agent(_), Peer::Anonymous) => denied(ErrorCode::Unauthenticated, "this request needs a machine certificate; enroll first"),
         (Request::Agent(_), Peer::Admin { .. }) => denied(ErrorCode::PermissionDenied, "admin certificates cannot make agent requests"),
