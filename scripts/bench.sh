@@ -17,7 +17,10 @@
 # agents' log filter (default: error), DROVER_SERVE_LOG the coordinator's
 # (default: warn; with drover_coordinator::server::agent=debug it logs when
 # it announced each generation, to set beside the agents' own
-# drover_agent::session=debug lines); BENCH_KEEP=1 keeps the work directory
+# drover_agent::session=debug lines); BENCH_PERF=1 samples both processes
+# with `perf record` during the deployment (perf-coordinator.data and
+# perf-agents.data; read them with `perf report -i FILE --no-children
+# --sort symbol`); BENCH_KEEP=1 keeps the work directory
 # (logs, figures, JSON) and prints where it is. The simulated agents' files
 # live on tmpfs (BENCH_AGENTS_TMPFS, default /dev/shm; about 25 KiB each).
 source "$(dirname "$0")/lib.sh"
@@ -129,8 +132,19 @@ drover() { # N DIR
   after_connects "$dir" "$SERVER" "$PORT"
   # Whose CPU the deployment takes: the coordinator's or the simulator's.
   echo "deploy_ticks_before $(cpu_ticks "$SERVER") $(cpu_ticks "$sim")" >>"$dir/figures"
+  local profilers=()
+  if [ "${BENCH_PERF:-0}" = 1 ]; then
+    perf record -F 499 -p "$SERVER" -o "$dir/perf-coordinator.data" 2>>"$dir/perf.log" &
+    profilers+=($!)
+    perf record -F 499 -p "$sim" -o "$dir/perf-agents.data" 2>>"$dir/perf.log" &
+    profilers+=($!)
+  fi
   "$BIN/drover" deploy --selector role=bench --flake "path:/nonexistent#bench" --health-deadline 5s \
     --wait -o json >"$dir/deploy.json" 2>>"$dir/cli.log" || echo "the deployment did not succeed everywhere" >&2
+  if [ "${#profilers[@]}" -gt 0 ]; then
+    kill -INT "${profilers[@]}"
+    wait "${profilers[@]}" || true
+  fi
   echo "deployed_at $(now_ms)" >>"$dir/figures"
   echo "deploy_ticks_after $(cpu_ticks "$SERVER") $(cpu_ticks "$sim")" >>"$dir/figures"
   # The agents' connects so far: the deployment's reconnects.
