@@ -5,8 +5,9 @@
 # (`drover-agent simulate`, a no-op switch) — the same connects, idle
 # keep-alives and one broadcast — and one table of Drover's figures beside
 # the bare ones, with the ratio:
-#   time until all online, connects per second, coordinator RSS and CPU per
-#   connection at idle, a new generation's fan-out (deploy → received, and
+#   time until all online, connects per second, coordinator RSS per
+#   connection when all are online and again after the idle period (the
+#   enrollment connections closed by then), its CPU at idle, a new generation's fan-out (deploy → received, and
 #   → finished on the agents) p50/p99/max, the deployment's wall time and
 #   the CPU the coordinator and the simulator spent in it, a rollout's wall
 #   time, the agents' reconnects, the machine's load and UDP receive-buffer
@@ -72,6 +73,7 @@ after_connects() {
   echo "server_drops_connected $(socket_drops "$3")" >>"$1/figures"
   echo "rss_connected $(rss_kib "$2")" >>"$1/figures"
   echo "idle_cpu $(idle_cpu "$2")" >>"$1/figures"
+  echo "rss_idle $(rss_kib "$2")" >>"$1/figures"
   echo "broadcast_at $(now_ms)" >>"$1/figures"
 }
 # Idle CPU of PID over IDLE seconds, as a percentage of one core.
@@ -212,7 +214,8 @@ def row(name, drover, bare=None, fmt="{:.2f}", lower_is_better=True):
     rows.append((name, fmt.format(drover), "" if bare is None else fmt.format(bare), ratio))
 row("online (s)", dr["seconds_until_all_online"], br["seconds_until_all_connected"])
 row("connects/s (enrollments, handshakes)", dr["enrollments_per_second"], br["handshakes_per_second"], "{:.0f}")
-row("coordinator KiB per connection", (df["rss_connected"] - df["rss_before"]) / n, (bf["rss_connected"] - bf["rss_before"]) / n, "{:.1f}")
+row("coordinator KiB per connection, all online", (df["rss_connected"] - df["rss_before"]) / n, (bf["rss_connected"] - bf["rss_before"]) / n, "{:.1f}")
+row("  after the idle period", (df["rss_idle"] - df["rss_before"]) / n, (bf["rss_idle"] - bf["rss_before"]) / n, "{:.1f}")
 row("coordinator CPU at idle (% of a core)", df["idle_cpu"], bf["idle_cpu"], "{:.1f}")
 row("generation received p50 (s)", d_recv[0], b_recv[0], "{:.3f}")
 row("generation received p99 (s)", d_recv[1], b_recv[1], "{:.3f}")
