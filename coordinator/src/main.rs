@@ -11,6 +11,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // No transparent huge pages for this process: where the kernel's THP
+    // mode is `always`, mimalloc's regions were backed by 2 MiB pages and
+    // the coordinator held about a third more memory per connection
+    // (`scripts/bench.sh`). Failing to set it only costs memory.
+    #[cfg(target_os = "linux")]
+    let _ = nix::sys::prctl::set_thp_disable(true);
     let cli = Cli::parse();
     // The server logs at info; CLI commands only warn unless asked.
     let default = match cli.command {
