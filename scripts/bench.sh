@@ -29,6 +29,10 @@ install_dependencies
 cd "$ROOT"
 [ "$#" -gt 0 ] || set -- 1000
 IDLE="${BENCH_IDLE_SECONDS:-30}"
+if [ "${BENCH_PERF:-0}" = 1 ] && ! command -v perf >/dev/null; then
+  echo "BENCH_PERF=1 needs perf: apt-get install linux-perf" >&2
+  exit 1
+fi
 BARE_PORT="${DROVER_BENCH_BARE_PORT:-7601}"
 PORT="${DROVER_BENCH_PORT:-7602}"
 TICK="$(getconf CLK_TCK)"

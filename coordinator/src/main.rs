@@ -13,7 +13,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> std::process::ExitCode {
     // No transparent huge pages for this process: where the kernel's THP
     // mode is `always`, mimalloc's regions were backed by 2 MiB pages and
-    // the coordinator held about a third more memory per connection
+    // the coordinator held a fifth to a quarter more memory per agent
     // (`scripts/bench.sh`). Failing to set it only costs memory.
     #[cfg(target_os = "linux")]
     let _ = nix::sys::prctl::set_thp_disable(true);

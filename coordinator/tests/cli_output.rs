@@ -37,7 +37,7 @@ async fn a_closed_pipe_ends_the_command_without_a_panic() {
 
 /// The coordinator turns transparent huge pages off for itself: where the
 /// kernel's THP mode is `always`, its allocator's regions were backed by
-/// 2 MiB pages and it held about a third more memory per connection.
+/// 2 MiB pages and it held a fifth to a quarter more memory per agent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_coordinator_runs_without_transparent_huge_pages() {
     let fleet = TestCoordinator::start_with(common::Options { no_server: true, ..Default::default() }).await;
