@@ -9,7 +9,7 @@ use drover_protocol::v1::{Hello, Request, Response};
 use drover_protocol::{ErrorCode, WireError, SUPPORTED};
 
 use crate::address::HostPort;
-use crate::stream::{read_frame, write_frame, StreamError};
+use crate::stream::{read_frame_for, write_frame_for, StreamError};
 
 /// Why talking to the coordinator failed.
 #[derive(Debug, thiserror::Error)]
@@ -193,7 +193,7 @@ impl CoordinatorConnection {
     pub async fn request(&self, request: &Request) -> Result<Response, ClientError> {
         let (mut send, mut recv) = self.open(request).await?;
         let _ = send.finish();
-        let response = read_frame::<Response>(&mut recv, MAX_FRAME_LEN)
+        let response = read_frame_for::<Response>(&mut recv, MAX_FRAME_LEN, &[], self.version)
             .await
             .map_err(|e| self.closed_reason(e))?;
         match response {
@@ -211,7 +211,7 @@ impl CoordinatorConnection {
         let (mut send, recv) = self.connection.open_bi().await.map_err(|e| {
             ClientError::Stream(StreamError::Write(quinn::WriteError::ConnectionLost(e)))
         })?;
-        write_frame(&mut send, request)
+        write_frame_for(&mut send, request, self.version)
             .await
             .map_err(|e| self.closed_reason(e))?;
         Ok((send, recv))

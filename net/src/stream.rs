@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::Semaphore;
 
+use drover_protocol::compat::Versioned;
 use drover_protocol::frame::{self, FrameError, HEADER_LEN};
 
 /// Why a frame could not be read or written on a stream.
@@ -110,6 +111,26 @@ pub async fn read_frame_within<T: DeserializeOwned>(
     max: usize,
     budgets: &[&FrameBudget],
 ) -> Result<T, StreamError> {
+    read_payload_within(recv, max, budgets, frame::decode_payload).await
+}
+
+/// [`read_frame_within`] from a peer of protocol `version`, whose older
+/// shapes are converted to the current ones.
+pub async fn read_frame_for<T: Versioned>(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+    budgets: &[&FrameBudget],
+    version: u16,
+) -> Result<T, StreamError> {
+    read_payload_within(recv, max, budgets, |payload| frame::decode_payload_for(payload, version)).await
+}
+
+async fn read_payload_within<T>(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+    budgets: &[&FrameBudget],
+    decode: impl FnOnce(&[u8]) -> Result<T, frame::FrameError>,
+) -> Result<T, StreamError> {
     let mut header = [0u8; HEADER_LEN];
     match recv.read_exact(&mut header).await {
         Ok(()) => {}
@@ -133,7 +154,7 @@ pub async fn read_frame_within<T: DeserializeOwned>(
         }
         payload.extend_from_slice(&chunk.bytes);
     }
-    let message = frame::decode_payload(&payload)?;
+    let message = decode(&payload)?;
     drop(payload);
     drop(reserved);
     Ok(message)
@@ -142,6 +163,13 @@ pub async fn read_frame_within<T: DeserializeOwned>(
 /// Encodes and writes one frame.
 pub async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, message: &T) -> Result<(), StreamError> {
     let bytes = frame::encode(message)?;
+    send.write_all(&bytes).await?;
+    Ok(())
+}
+
+/// [`write_frame`] in the shapes a peer of protocol `version` reads.
+pub async fn write_frame_for<T: Versioned>(send: &mut quinn::SendStream, message: &T, version: u16) -> Result<(), StreamError> {
+    let bytes = frame::encode_for(message, version)?;
     send.write_all(&bytes).await?;
     Ok(())
 }

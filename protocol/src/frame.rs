@@ -82,6 +82,24 @@ pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameErr
     Ok(message)
 }
 
+/// [`encode`] in the shapes a peer of protocol `version` reads.
+pub fn encode_for<T: crate::compat::Versioned>(message: &T, version: u16) -> Result<Vec<u8>, FrameError> {
+    if crate::compat::legacy(version) {
+        encode(&message.clone().into_legacy())
+    } else {
+        encode(message)
+    }
+}
+
+/// [`decode_payload`] from the shapes a peer of protocol `version` writes.
+pub fn decode_payload_for<T: crate::compat::Versioned>(payload: &[u8], version: u16) -> Result<T, FrameError> {
+    if crate::compat::legacy(version) {
+        decode_payload::<T::Legacy>(payload).map(T::from_legacy)
+    } else {
+        decode_payload(payload)
+    }
+}
+
 /// Decodes one whole frame held in `bytes` (prefix and payload).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, FrameError> {
     let Some((header, payload)) = bytes.split_first_chunk::<HEADER_LEN>() else {

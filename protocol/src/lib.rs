@@ -5,6 +5,7 @@
 //! ([`error`]). It performs no I/O; the transport crate carries its frames over
 //! QUIC streams.
 
+pub mod compat;
 pub mod error;
 pub mod frame;
 pub mod provision;

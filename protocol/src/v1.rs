@@ -773,6 +773,13 @@ pub struct DeploymentReport {
     pub message: String,
     pub output_tail: String,
     pub system_path: Option<String>,
+    /// The machine's volumes as the apply left them, on the reports of
+    /// attached volumes and of the outcome (protocol 10): the coordinator
+    /// records a format in the same transaction as the outcome. Volumes the
+    /// apply released are listed unmounted, with what the agent knows of
+    /// them.
+    #[serde(default)]
+    pub volumes: Vec<VolumeState>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

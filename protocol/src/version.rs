@@ -4,7 +4,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorCode, WireError};
 
-/// The protocol version this build speaks natively. Version 9 added the
+/// The protocol version this build speaks natively. Version 10 added what
+/// keeps volumes safe: the coordinator vouches for a fresh volume and can
+/// carry an operator's overwrite (`VolumeMount`), an outcome carries the
+/// volumes' states (`DeploymentReport`), and volumes can be adopted; peers
+/// of 6 to 9 are served through the older shapes in [`crate::compat`].
+/// Version 9 added the
 /// `Assigned` event (a new generation's assignment pushed on the watch
 /// stream; a version 8 agent is still told `Desired` and fetches). Version 8 added
 /// `DeploymentsShowMany` (a version 7 coordinator is still followed one
@@ -18,10 +23,10 @@ use crate::error::{ErrorCode, WireError};
 /// systems and the Nix store's space to health reports; older peers are
 /// refused at Hello, naming both versions (version 4 only added the admin
 /// requests `Backup` and `Audit`).
-pub const PROTOCOL_VERSION: u16 = 9;
+pub const PROTOCOL_VERSION: u16 = 10;
 
 /// The inclusive range of protocol versions this build accepts.
-pub const SUPPORTED: VersionRange = VersionRange { min: 6, max: 9 };
+pub const SUPPORTED: VersionRange = VersionRange { min: 6, max: 10 };
 
 /// An inclusive range of protocol versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,9 @@
 //! Volume messages (protocol version 3): block devices from the provider's
 //! block storage (LINSTOR), given to one machine at a time, formatted only
-//! when blank and mounted by its agent before the switch.
+//! when provably blank and mounted by its agent before the switch. Protocol
+//! 10 added what the coordinator vouches for ([`VolumeMount::fresh`]), the
+//! operator's explicit overwrite, and adopting resources Drover did not
+//! make.
 
 use serde::{Deserialize, Serialize};
 
@@ -68,12 +71,25 @@ pub struct VolumeMount {
     pub size_bytes: u64,
     /// The coordinator has recorded that this volume was formatted: a
     /// missing filesystem is then an error to report, never a reason to
-    /// format.
+    /// format. To a peer older than protocol 10 it is also set for every
+    /// volume the coordinator does not vouch for as [`Self::fresh`].
     pub formatted: bool,
     /// A rollout's revert: before mounting, the agent releases the volume
     /// and has the coordinator roll it back to this snapshot (taken before
     /// the rollout switched the machine), once per generation.
     pub restore_snapshot: Option<String>,
+    /// The coordinator vouches that Drover created this volume and that it
+    /// was never formatted nor given to a machine before this attachment
+    /// (protocol 10). Only then may the agent format it, and only when the
+    /// device also reads as never written. Stored records from before
+    /// protocol 10 read as not fresh.
+    #[serde(default)]
+    pub fresh: bool,
+    /// An operator allowed formatting over whatever the device holds
+    /// (`drover volumes allow-format NAME --yes-overwrite NAME`); the agent
+    /// still mounts the filesystem asked for when it finds it (protocol 10).
+    #[serde(default)]
+    pub overwrite: bool,
 }
 
 /// A volume's state on a machine, as its agent reports it.
@@ -117,6 +133,14 @@ pub enum VolumeRequest {
     Rollback { name: String, snapshot: String },
     /// `confirm` must repeat the name (`--yes-delete-data NAME`).
     Delete { name: String, confirm: String },
+    /// Takes over a block storage resource Drover did not create: marks it
+    /// with this fleet's identity and records it, never as fresh (protocol
+    /// 10). `confirm` must repeat the name (`--yes-adopt NAME`).
+    Adopt { name: String, confirm: String },
+    /// Lets the next machine the volume is given to format it whatever it
+    /// holds, once (protocol 10). `confirm` must repeat the name
+    /// (`--yes-overwrite NAME`).
+    AllowFormat { name: String, confirm: String },
 }
 
 /// A replica of a volume on a storage node.

@@ -10,11 +10,15 @@
 //! were still served; version 5 added switch goals, `force_switch` and
 //! `override_rollout` to deployments and assignments and the boot id,
 //! booted and pending systems and the Nix store's space to health reports,
-//! and refuses older peers.
+//! and refuses older peers. Version 10 added fields to `VolumeMount` and
+//! `DeploymentReport`; peers of 6 to 9 are still served through the older
+//! shapes in `drover_protocol::compat`, whose bytes are the files of
+//! [`legacy`] (the files of before version 10, unchanged).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use drover_protocol::compat::{self, Versioned};
 use drover_protocol::frame::{self, MAX_FRAME_LEN};
 use drover_protocol::v1::*;
 use drover_protocol::{ErrorCode, VersionRange, WireError};
@@ -144,6 +148,8 @@ fn assignment() -> Assignment {
             size_bytes: 20 << 30,
             formatted: false,
             restore_snapshot: Some("pre-r-0a1b2c3d".into()),
+            fresh: true,
+            overwrite: false,
         }],
         goal: SwitchGoal::Boot,
         force_switch: true,
@@ -228,10 +234,10 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-admin-admins-add", Request::Admin(AdminRequest::AdminsAdd { name: "alice".into(), role: Role::Viewer, csr_der: vec![9] })),
         ("request-admin-admins-list", Request::Admin(AdminRequest::AdminsList)),
         ("request-agent-fetch-assignment", Request::Agent(AgentRequest::FetchAssignment)),
-        ("request-agent-report-deployment", Request::Agent(AgentRequest::ReportDeployment(DeploymentReport { generation: 3, step: DeployStep::Switched, message: "ok".into(), output_tail: "tail".into(), system_path: Some("/nix/store/abc".into()) }))),
-        ("request-agent-report-deployments", Request::Agent(AgentRequest::ReportDeployments(vec![
-            DeploymentReport { generation: 3, step: DeployStep::Received, message: String::new(), output_tail: String::new(), system_path: None },
-            DeploymentReport { generation: 3, step: DeployStep::Switched, message: "ok".into(), output_tail: "tail".into(), system_path: Some("/nix/store/abc".into()) },
+        ("request-agent-report-deployment-v10", Request::Agent(AgentRequest::ReportDeployment(DeploymentReport { generation: 3, step: DeployStep::Switched, message: "ok".into(), output_tail: "tail".into(), system_path: Some("/nix/store/abc".into()), volumes: vec![volume_state()] }))),
+        ("request-agent-report-deployments-v10", Request::Agent(AgentRequest::ReportDeployments(vec![
+            DeploymentReport { generation: 3, step: DeployStep::Received, message: String::new(), output_tail: String::new(), system_path: None, volumes: vec![] },
+            DeploymentReport { generation: 3, step: DeployStep::Succeeded, message: "ok".into(), output_tail: "tail".into(), system_path: Some("/nix/store/abc".into()), volumes: vec![volume_state()] },
         ]))),
         ("request-admin-deploy", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: None, selector: labels(), system: closure(), secrets: assignment().secrets, facts: labels(), checks: assignment().checks, health_deadline_ms: 60_000, buckets: vec![], volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false, reboot: false }))),
         ("request-admin-deployments-list", Request::Admin(AdminRequest::DeploymentsList { machine: Some("m-0123456789".into()) })),
@@ -269,6 +275,8 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-admin-fleet-save", Request::Admin(AdminRequest::FleetSave { document: "{\"file\":{}}".into() })),
         ("request-admin-machines-destroy", Request::Admin(AdminRequest::MachinesDestroy { name: "web-1".into(), keep_volumes: true })),
         ("request-admin-volumes-delete", Request::Admin(AdminRequest::Volumes(VolumeRequest::Delete { name: "data".into(), confirm: "data".into() }))),
+        ("request-admin-volumes-adopt", Request::Admin(AdminRequest::Volumes(VolumeRequest::Adopt { name: "vm-100-disk-1".into(), confirm: "vm-100-disk-1".into() }))),
+        ("request-admin-volumes-allow-format", Request::Admin(AdminRequest::Volumes(VolumeRequest::AllowFormat { name: "data".into(), confirm: "data".into() }))),
     ]
 }
 
@@ -290,7 +298,7 @@ fn responses() -> Vec<(&'static str, Response)> {
         ("response-error", Response::Error(WireError::new(ErrorCode::TokenExpired, "token expired"))),
         ("response-agent-no-assignment", Response::Agent(AgentResponse::NoAssignment)),
         ("response-agent-desired", Response::Agent(AgentResponse::Event(AgentEvent::Desired { generation: 3 }))),
-        ("response-agent-assigned", Response::Agent(AgentResponse::Event(AgentEvent::Assigned { assignment: assignment(), access: Access { authorized_keys: vec![LoginKeys { login: "root".into(), keys: vec!["ssh-ed25519 AAAA alice@laptop".into()] }] } }))),
+        ("response-agent-assigned-v10", Response::Agent(AgentResponse::Event(AgentEvent::Assigned { assignment: assignment(), access: access() }))),
         ("response-admin-deployed", Response::Admin(AdminResponse::Deployed(vec![DeployedTarget { machine_id: "m-0123456789".into(), hostname: "vm-1".into(), generation: 3, deployment_id: "d-m-0123456789-3".into() }]))),
         ("response-admin-deployments", Response::Admin(AdminResponse::Deployments(vec![deployment()]))),
         ("response-admin-deployment", Response::Admin(AdminResponse::Deployment(deployment()))),
@@ -299,7 +307,7 @@ fn responses() -> Vec<(&'static str, Response)> {
         ("response-admin-s3-bucket", Response::Admin(AdminResponse::S3(S3Response::Bucket(S3Bucket { id: "b1".into(), aliases: vec!["acme-media".into()], website: true, public_url: Some("https://acme-media.web.example".into()), objects: 2, bytes: 10, grants: vec![S3Grant { key_id: "GK1".into(), read: true, write: true, owner: false }], max_size: None, max_objects: Some(5) })))),
         ("response-admin-s3-key", Response::Admin(AdminResponse::S3(S3Response::Key(S3Key { id: "GK1".into(), name: "acme".into(), secret: Some(Secret::new("s")) })))),
         ("response-admin-machine-detail", Response::Admin(AdminResponse::MachineDetail(MachineDetail { machine: machine(), desired_generation: 3, current_generation: Some(2), current_system: Some("/nix/store/abc".into()) }))),
-        ("response-agent-assignment", Response::Agent(AgentResponse::Assignment { assignment: assignment(), access: Access { authorized_keys: vec![LoginKeys { login: "root".into(), keys: vec!["ssh-ed25519 AAAA alice@laptop".into()] }] } })),
+        ("response-agent-assignment-v10", Response::Agent(AgentResponse::Assignment { assignment: assignment(), access: access() })),
         ("response-admin-tenant", Response::Admin(AdminResponse::Tenant(tenant()))),
         ("response-admin-tenants", Response::Admin(AdminResponse::Tenants(vec![tenant()]))),
         ("response-admin-volume", Response::Admin(AdminResponse::Volumes(VolumeResponse::Volume(volume_info())))),
@@ -333,6 +341,43 @@ fn responses() -> Vec<(&'static str, Response)> {
         ),
         ("response-admin-ssh-keys", Response::Admin(AdminResponse::SshKeys(vec![SshKeyInfo { admin: "alice".into(), login: "root".into(), fingerprint: "SHA256:abc".into(), algorithm: "ssh-ed25519".into(), comment: "alice@laptop".into(), added_at: 1 }]))),
     ]
+}
+
+fn access() -> Access {
+    Access { authorized_keys: vec![LoginKeys { login: "root".into(), keys: vec!["ssh-ed25519 AAAA alice@laptop".into()] }] }
+}
+
+/// The assignment as peers before protocol 10 encode it.
+fn assignment_v9() -> compat::AssignmentV9 {
+    compat::AssignmentV9::from(assignment())
+}
+
+/// Messages in the shapes of protocols 6 to 9, which protocol 10 changed.
+fn legacy() -> (Vec<(&'static str, compat::RequestV9)>, Vec<(&'static str, compat::ResponseV9)>) {
+    use compat::{AgentEventV9, AgentRequestV9, AgentResponseV9, DeploymentReportV9, RequestV9, ResponseV9};
+    let report = |step, message: &str, tail: &str, path: Option<&str>| DeploymentReportV9 {
+        generation: 3,
+        step,
+        message: message.into(),
+        output_tail: tail.into(),
+        system_path: path.map(str::to_string),
+    };
+    (
+        vec![
+            ("request-agent-report-deployment", RequestV9::Agent(AgentRequestV9::ReportDeployment(report(DeployStep::Switched, "ok", "tail", Some("/nix/store/abc"))))),
+            (
+                "request-agent-report-deployments",
+                RequestV9::Agent(AgentRequestV9::ReportDeployments(vec![
+                    report(DeployStep::Received, "", "", None),
+                    report(DeployStep::Switched, "ok", "tail", Some("/nix/store/abc")),
+                ])),
+            ),
+        ],
+        vec![
+            ("response-agent-assigned", ResponseV9::Agent(AgentResponseV9::Event(AgentEventV9::Assigned { assignment: assignment_v9(), access: access() }))),
+            ("response-agent-assignment", ResponseV9::Agent(AgentResponseV9::Assignment { assignment: assignment_v9(), access: access() })),
+        ],
+    )
 }
 
 fn golden_dir() -> PathBuf {
@@ -373,5 +418,38 @@ fn v1_messages_match_their_golden_bytes() {
     for (name, message) in responses() {
         failures.extend(check(name, &message));
     }
+    let (requests, responses) = legacy();
+    for (name, message) in &requests {
+        failures.extend(check(name, message));
+    }
+    for (name, message) in &responses {
+        failures.extend(check(name, message));
+    }
     assert!(failures.is_empty(), "golden mismatches:\n{}", failures.join("\n"));
+}
+
+/// A peer of protocol 9 reads what the coordinator sends it now, and what
+/// it sends is read as the current messages: the bytes of its files decode
+/// through the older shapes, and the current messages convert to them.
+#[test]
+fn older_peers_bytes_decode_through_the_older_shapes() {
+    let read = |name: &str| std::fs::read(golden_dir().join(format!("{name}.bin"))).expect("golden file");
+    for version in [6, 9] {
+        let payload = read("request-agent-report-deployments");
+        let request: Request = frame::decode_payload_for(&payload[frame::HEADER_LEN..], version).expect("a protocol 9 report decodes");
+        let Request::Agent(AgentRequest::ReportDeployments(reports)) = request else { panic!("{request:?}") };
+        assert!(reports.len() == 2 && reports.iter().all(|r| r.volumes.is_empty()), "{reports:?}");
+
+        let payload = read("response-agent-assignment");
+        let response: Response = frame::decode_payload_for(&payload[frame::HEADER_LEN..], version).expect("a protocol 9 assignment decodes");
+        let Response::Agent(AgentResponse::Assignment { assignment: old, .. }) = response else { panic!("{response:?}") };
+        assert!(old.volumes[0].fresh && !old.volumes[0].overwrite, "an older coordinator's unformatted volume counts as fresh");
+
+        // What the coordinator sends a protocol 9 agent now is its shape.
+        let sent = frame::encode_for(&Response::Agent(AgentResponse::Assignment { assignment: assignment(), access: access() }), version).expect("encode");
+        let old: compat::ResponseV9 = frame::decode(&sent, MAX_FRAME_LEN).expect("a protocol 9 peer reads it");
+        assert_eq!(Response::from_legacy(old).into_legacy(), frame::decode::<compat::ResponseV9>(&sent, MAX_FRAME_LEN).expect("again"));
+    }
+    let current = frame::encode_for(&Response::Agent(AgentResponse::Assignment { assignment: assignment(), access: access() }), 10).expect("encode");
+    assert_eq!(current, frame::encode(&Response::Agent(AgentResponse::Assignment { assignment: assignment(), access: access() })).expect("encode"));
 }
