@@ -72,7 +72,7 @@ copy_with_libs() {
     cp -L "$lib" "$R$lib"
   done
 }
-for tool in mkfs.ext4 e2fsck resize2fs dumpe2fs mkfs.xfs xfs_growfs xfs_db blkid; do
+for tool in mkfs.ext4 e2fsck resize2fs dumpe2fs mkfs.xfs xfs_growfs xfs_db blkid wipefs; do
   copy_with_libs "$(command -v "$tool" || echo "/sbin/$tool")" "/sbin/$tool"
 done
 if [ "$WITH_AGENT" = 1 ]; then

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use drover_net::clock::now_ms;
 use drover_net::client::{connection_code, ClientError, CoordinatorConnection};
 use drover_net::identity::{self as net_identity, IdentityError};
-use drover_net::stream::read_frame;
+use drover_net::stream::read_frame_for;
 use drover_protocol::frame::MAX_FRAME_LEN;
 use drover_protocol::v1::{
     AgentEvent, AgentRequest, AgentResponse, EnrollRequest, IssuedCertificate, Request, Response, Secret,
@@ -365,7 +365,7 @@ impl<H: HealthSource> Agent<H> {
             }
         };
         let (_send, mut events) = conn.open(&Request::Agent(AgentRequest::Watch)).await?;
-        let welcome = read_frame::<Response>(&mut events, MAX_FRAME_LEN)
+        let welcome = read_frame_for::<Response>(&mut events, MAX_FRAME_LEN, &[], conn.version)
             .await
             .map_err(|e| lost(conn, ClientError::Stream(e)))?;
         let interval = match welcome {
@@ -424,7 +424,7 @@ impl<H: HealthSource> Agent<H> {
                         Err(e) => return Err(lost(conn, e)),
                     }
                 }
-                event = read_frame::<Response>(&mut events, MAX_FRAME_LEN) => {
+                event = read_frame_for::<Response>(&mut events, MAX_FRAME_LEN, &[], conn.version) => {
                     match event {
                         Ok(Response::Agent(AgentResponse::Event(AgentEvent::Desired { generation }))) => {
                             tracing::debug!(generation, "desired generation announced");

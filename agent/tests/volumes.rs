@@ -1,10 +1,12 @@
 //! The agent's volume attacher on real loop devices with real mkfs, blkid,
-//! mount, resize2fs and xfs_growfs (as root): a blank device is formatted
-//! and mounted; a device that holds anything else is refused without one
-//! byte changed; a volume formatted before is never formatted again; a
-//! crash between mkfs and mount does not format twice; filesystems grow
-//! with their devices (xfs online; ext4 online where the kernel allows it,
-//! else before the next mount).
+//! wipefs, cryptsetup, sfdisk, mkswap, mount, resize2fs and xfs_growfs (as
+//! root): a blank device is formatted and mounted; a device that holds
+//! anything else — random bytes, damaged filesystems, LUKS, partition
+//! tables, swap, a RAID superblock at the end, one stray byte — is refused
+//! without one byte changed, naming what it found; a volume formatted
+//! before is never formatted again; a crash between mkfs and mount does not
+//! format twice; filesystems grow with their devices (xfs online; ext4
+//! online where the kernel allows it, else before the next mount).
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -19,9 +21,23 @@ const MIB: u64 = 1 << 20;
 
 fn require_tools() {
     assert!(nix::unistd::geteuid().is_root(), "volume tests need root (loop devices, mount); run the test suite as root");
-    for tool in ["losetup", "blkid", "mkfs.ext4", "mkfs.xfs", "resize2fs", "xfs_growfs", "dumpe2fs", "xfs_db", "e2fsck"] {
+    for (tool, package) in [
+        ("losetup", "util-linux"),
+        ("blkid", "util-linux"),
+        ("wipefs", "util-linux"),
+        ("mkswap", "util-linux"),
+        ("sfdisk", "fdisk"),
+        ("cryptsetup", "cryptsetup-bin"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("mkfs.xfs", "xfsprogs"),
+        ("resize2fs", "e2fsprogs"),
+        ("xfs_growfs", "xfsprogs"),
+        ("dumpe2fs", "e2fsprogs"),
+        ("xfs_db", "xfsprogs"),
+        ("e2fsck", "e2fsprogs"),
+    ] {
         let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].iter().any(|d| Path::new(d).join(tool).exists());
-        assert!(found, "{tool} is missing; install it: apt-get install util-linux e2fsprogs xfsprogs");
+        assert!(found, "{tool} is missing; install it: apt-get install {package}");
     }
 }
 
@@ -116,6 +132,8 @@ fn volume(name: &str, mount_point: &str, fs: Filesystem) -> VolumeMount {
         size_bytes: 0,
         formatted: false,
         restore_snapshot: None,
+        fresh: true,
+        overwrite: false,
     }
 }
 
@@ -298,4 +316,161 @@ async fn an_ext4_volume_grows_online_or_before_its_next_mount() {
         assert_eq!(v.states()[0].grow_pending, None);
     }
     assert_eq!(std::fs::read_to_string(mount.join("file")).expect("read"), "kept");
+}
+
+/// Writes `bytes` at `offset` of the device and syncs.
+fn write_at(device: &Path, offset: u64, bytes: &[u8]) {
+    let mut f = std::fs::OpenOptions::new().write(true).open(device).expect("open");
+    f.seek(SeekFrom::Start(offset)).expect("seek");
+    f.write_all(bytes).expect("write");
+    f.sync_all().expect("sync");
+}
+
+fn run(program: &str, args: &[&str], device: &Path, stdin: Option<&str>) {
+    let mut child = Command::new(program)
+        .args(args)
+        .arg(device)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    if let Some(input) = stdin {
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("stdin");
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// An md 1.0 superblock (RAID 1, two members) where md puts it: 8 KiB
+/// before the device's 4 KiB-aligned end, with its checksum.
+fn md_superblock(size: u64) -> (u64, Vec<u8>) {
+    let offset = (size & !0xfff) - 0x2000;
+    let mut sb = vec![0u8; 512];
+    let put32 = |sb: &mut Vec<u8>, at: usize, v: u32| sb[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    let put64 = |sb: &mut Vec<u8>, at: usize, v: u64| sb[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    put32(&mut sb, 0, 0xa92b_4efc);
+    put32(&mut sb, 4, 1);
+    sb[16..32].copy_from_slice(&[7; 16]);
+    sb[32..40].copy_from_slice(b"drover:0");
+    put32(&mut sb, 72, 1);
+    put64(&mut sb, 80, (size >> 9) - 16);
+    put32(&mut sb, 92, 2);
+    put64(&mut sb, 136, (size >> 9) - 16);
+    put64(&mut sb, 144, offset >> 9);
+    sb[168..184].copy_from_slice(&[9; 16]);
+    put32(&mut sb, 220, 2);
+    sb[258..260].copy_from_slice(&1u16.to_le_bytes());
+    let sum: u64 = sb[..260].chunks(4).map(|c| u64::from(u32::from_le_bytes(c.try_into().expect("four bytes")))).sum();
+    let csum = ((sum & 0xffff_ffff) + (sum >> 32)) as u32;
+    put32(&mut sb, 216, csum);
+    (offset, sb)
+}
+
+/// Every way a device can hold data without Drover's filesystem on it:
+/// none is formatted or changed, and every refusal names what it found.
+#[tokio::test]
+async fn only_a_device_that_reads_as_never_written_is_formatted() {
+    let mut m = Machine::new();
+    let v = m.volumes();
+    let mut cases: Vec<(&str, PathBuf, &str)> = Vec::new();
+
+    let random = m.device("random", 64 * MIB);
+    let mut noise = vec![0u8; (64 * MIB) as usize];
+    rand::fill(&mut noise[..]);
+    write_at(&random, 0, &noise);
+    cases.push(("random", random, "non-zero data at offset"));
+
+    let ext4 = m.device("ext4head", 64 * MIB);
+    mkfs(&ext4, "ext4");
+    write_at(&ext4, 0, &[0; 4096]);
+    cases.push(("ext4head", ext4, "non-zero data at offset"));
+
+    let xfs = m.device("xfshead", 320 * MIB);
+    mkfs(&xfs, "xfs");
+    write_at(&xfs, 0, &[0; 4096]);
+    cases.push(("xfshead", xfs, "non-zero data at offset"));
+
+    let luks = m.device("luks", 64 * MIB);
+    run("cryptsetup", &["luksFormat", "--type", "luks2", "--batch-mode", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", "-"], &luks, Some("secret"));
+    cases.push(("luks", luks, "crypto_LUKS"));
+
+    let gpt = m.device("gpt", 64 * MIB);
+    run("sfdisk", &["--quiet", "--no-reread", "--no-tell-kernel"], &gpt, Some("label: gpt\n,10MiB,L\n"));
+    cases.push(("gpt", gpt, "partition table (gpt)"));
+
+    let mbr = m.device("mbr", 64 * MIB);
+    run("sfdisk", &["--quiet", "--no-reread", "--no-tell-kernel"], &mbr, Some("label: dos\n,10MiB,L\n"));
+    cases.push(("mbr", mbr, "partition table (dos)"));
+
+    let swap = m.device("swap", 64 * MIB);
+    run("mkswap", &[], &swap, None);
+    cases.push(("swap", swap, "swap"));
+
+    let md = m.device("md", 64 * MIB);
+    let (offset, sb) = md_superblock(64 * MIB);
+    write_at(&md, offset, &sb);
+    cases.push(("md", md, "linux_raid_member"));
+
+    let stray = m.device("stray", 64 * MIB);
+    write_at(&stray, 32 * MIB, &[1]);
+    cases.push(("stray", stray, "non-zero data at offset 33554432"));
+
+    for (name, device, named) in &cases {
+        let before = hash(device);
+        let e = v.attach(&[volume(name, &format!("/srv/{name}"), Filesystem::Ext4)]).await.expect_err(name);
+        assert!(e.contains(&format!("volume {name}")) && e.contains(named) && e.contains("nothing was written"), "{name}: {e}");
+        assert_eq!(&hash(device), &before, "{name}: not one byte changed");
+        assert!(!m.mounted(&format!("/srv/{name}")), "{name} is not mounted");
+        let state = v.states().into_iter().find(|s| &s.name == name).expect("its state is reported");
+        assert!(!state.mounted && !state.formatted && state.error.as_deref().is_some_and(|e| e.contains(named)), "{state:?}");
+    }
+
+    // A device that reads as zeroes is formatted when the coordinator
+    // vouches for it as new, and refused when it does not.
+    let zeroes = m.device("zeroes", 64 * MIB);
+    let before = hash(&zeroes);
+    let e = v.attach(&[VolumeMount { fresh: false, ..volume("zeroes", "/srv/zeroes", Filesystem::Ext4) }]).await.expect_err("not vouched for");
+    assert!(e.contains("does not vouch") && e.contains("allow-format zeroes --yes-overwrite zeroes"), "{e}");
+    assert_eq!(hash(&zeroes), before);
+    v.attach(&[volume("zeroes", "/srv/zeroes", Filesystem::Ext4)]).await.expect("a fresh, zeroed device is formatted");
+    assert!(m.mounted("/srv/zeroes"));
+    assert_eq!(Volumes::probe(&zeroes).await.expect("probe"), Probe::Filesystem("ext4".into()));
+}
+
+/// An operator's explicit overwrite formats what the rule refused, once.
+#[tokio::test]
+async fn an_operators_overwrite_formats_a_device_that_holds_data() {
+    let mut m = Machine::new();
+    let v = m.volumes();
+    let device = m.device("old", 64 * MIB);
+    write_at(&device, 0, &[0xab; 8192]);
+    let refused = v.attach(&[volume("old", "/srv/old", Filesystem::Ext4)]).await.expect_err("refused by the rule");
+    assert!(refused.contains("non-zero data at offset 0"), "{refused}");
+    let overwrite = VolumeMount { overwrite: true, fresh: false, ..volume("old", "/srv/old", Filesystem::Ext4) };
+    v.attach(std::slice::from_ref(&overwrite)).await.expect("formatted over the old bytes");
+    assert!(m.mounted("/srv/old"));
+    let made = uuid(&device);
+    // Asked again (the same assignment after a restart): mounted, not formatted again.
+    v.attach(&[]).await.expect("unmount");
+    v.attach(std::slice::from_ref(&overwrite)).await.expect("mounted again");
+    assert_eq!(uuid(&device), made);
+}
+
+/// A volume an apply releases is reported, unmounted, with its format.
+#[tokio::test]
+async fn a_released_volume_is_reported_with_its_format() {
+    let mut m = Machine::new();
+    let _device = m.device("data", 64 * MIB);
+    let v = m.volumes();
+    v.attach(&[volume("data", "/srv/data", Filesystem::Ext4)]).await.expect("attach");
+    let attached = v.report_states();
+    assert!(attached.len() == 1 && attached[0].mounted && attached[0].formatted, "{attached:?}");
+    v.attach(&[]).await.expect("released");
+    let released = v.report_states();
+    assert!(released.len() == 1 && !released[0].mounted && released[0].formatted && released[0].name == "data", "{released:?}");
+    assert_eq!(released[0].mount_point, "/srv/data");
+    v.attach(&[]).await.expect("nothing to release");
+    assert!(v.report_states().is_empty(), "reported once, by the apply that released it");
 }

@@ -17,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use drover_protocol::v1::{DeployStep, DeploymentReport, HealthCheck, SwitchGoal, SystemSpec};
+use drover_protocol::v1::{DeployStep, DeploymentReport, HealthCheck, SwitchGoal, SystemSpec, VolumeState};
 
 use crate::switched::{BootState, Switched};
 use crate::text::tail;
@@ -74,6 +74,10 @@ pub struct Applied {
     pub system_path: Option<String>,
     /// Whether the coordinator acknowledged this outcome.
     pub reported: bool,
+    /// The volumes as the apply left them (filled in by the driver): the
+    /// coordinator records a format with the outcome.
+    #[serde(default)]
+    pub volumes: Vec<VolumeState>,
 }
 
 impl Applied {
@@ -84,6 +88,7 @@ impl Applied {
             message: self.message.clone(),
             output_tail: self.output_tail.clone(),
             system_path: self.system_path.clone(),
+            volumes: self.volumes.clone(),
         }
     }
 }
@@ -193,7 +198,7 @@ pub struct Apply {
 }
 
 fn report(generation: u64, step: DeployStep, message: impl Into<String>, tail: &str, system_path: Option<String>) -> Action {
-    Action::Report(DeploymentReport { generation, step, message: message.into(), output_tail: tail.to_string(), system_path })
+    Action::Report(DeploymentReport { generation, step, message: message.into(), output_tail: tail.to_string(), system_path, volumes: Vec::new() })
 }
 
 impl Apply {
@@ -224,7 +229,7 @@ impl Apply {
 
     fn finish(&mut self, step: DeployStep, message: String, tail: String, system_path: Option<String>) -> Vec<Action> {
         self.stage = Stage::Done;
-        let applied = Applied { generation: self.generation(), step, message, output_tail: tail, system_path, reported: false };
+        let applied = Applied { generation: self.generation(), step, message, output_tail: tail, system_path, reported: false, volumes: Vec::new() };
         vec![Action::Finish(applied)]
     }
 

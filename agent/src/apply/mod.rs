@@ -133,6 +133,7 @@ impl Applier {
             output_tail: String::new(),
             system_path: None,
             reported: false,
+            volumes: Vec::new(),
         })
     }
 
@@ -169,8 +170,11 @@ impl Applier {
                     }
                     None
                 }
-                Action::Report(report) => {
+                Action::Report(mut report) => {
                     tracing::info!(generation = report.generation, step = ?report.step, message = %report.message, "apply");
+                    if report.step == drover_protocol::v1::DeployStep::VolumesAttached {
+                        report.volumes = self.volumes().report_states();
+                    }
                     let _ = self.reports.send(report);
                     None
                 }
@@ -201,8 +205,11 @@ impl Applier {
                     let result = self.switcher.rollback(&spec, previous.as_deref(), j.goal).await.map_err(failure);
                     Some(Event::RolledBack { result, current: self.switcher.current(&spec) })
                 }
-                Action::Finish(applied) => {
+                Action::Finish(mut applied) => {
                     tracing::info!(generation = applied.generation, step = ?applied.step, message = %applied.message, "apply finished");
+                    // The outcome says what became of the volumes, so that
+                    // the coordinator records a format with it.
+                    applied.volumes = self.volumes().report_states();
                     self.records.finish(&applied);
                     if applied.step == drover_protocol::v1::DeployStep::Succeeded {
                         if let Some(j) = &journal {

@@ -1,6 +1,7 @@
 //! The system layer: the only part of the agent that runs processes or reads
 //! the machine's state.
 
+pub mod blank;
 pub mod checks;
 pub mod health;
 pub mod secrets;

@@ -1,17 +1,17 @@
 //! Volumes on this machine: find each device, check what it holds, format
-//! it only when it is blank and never formatted before, mount it, grow its
-//! filesystem to the device, and unmount the volumes an assignment no
-//! longer gives. Real tools: `blkid` (low-level probe), `mkfs.ext4` /
+//! it only when it is provably blank, mount it, grow its filesystem to the
+//! device, and unmount the volumes an assignment no longer gives. Real
+//! tools: `blkid -p` and `wipefs --no-act` (signatures), `mkfs.ext4` /
 //! `mkfs.xfs`, `mount(2)` and `umount(2)` through the `nix` crate,
 //! `resize2fs` / `xfs_growfs`, `dumpe2fs` / `xfs_db` for filesystem sizes.
 //!
-//! **A device that holds anything is never formatted**: another
-//! filesystem, a partition table or any signature `blkid` knows is refused;
-//! and since "blkid sees nothing" is not proof of blankness, a volume known
-//! to have been formatted (the coordinator's record, or this agent's own in
-//! `volumes.json`) with no filesystem on it is an error, not a reason to run
-//! mkfs. The agent records "formatted" (fsynced) before it mounts, so a
-//! crash between mkfs and mount never formats twice.
+//! **A device that holds anything is never formatted**: the blank rule
+//! ([`super::blank`]) asks for a volume the coordinator vouches for as
+//! fresh, no signature, and a device that reads as zeroes; anything else is
+//! refused unchanged, naming what was found. The agent records "formatted"
+//! (fsynced) before it mounts, so a crash between mkfs and mount never
+//! formats twice, and reports each volume's state with the apply's
+//! outcome, so the coordinator records a format durably.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -23,6 +23,8 @@ use tokio::process::Command;
 
 use drover_protocol::v1::{Filesystem, VolumeMount, VolumeState};
 
+use super::blank::{self, Decision, Inspection};
+pub use super::blank::{parse_probe, Probe};
 use crate::text::tail;
 
 /// File in the agent's state directory.
@@ -48,7 +50,18 @@ pub struct VolumeRecords {
     /// restores a volume once, even when the agent restarts).
     #[serde(default)]
     pub restored: BTreeMap<String, u64>,
+    /// Volumes the last apply unmounted because its assignment no longer
+    /// gives them, with their mount points: reported, unmounted, with the
+    /// apply's outcome.
+    #[serde(default)]
+    pub released: BTreeMap<String, String>,
+    /// Why a volume of the last assignment was refused.
+    #[serde(default)]
+    pub refused: BTreeMap<String, String>,
 }
+
+/// The most volume states one report carries.
+pub const MAX_REPORTED_VOLUMES: usize = 64;
 
 /// Has the coordinator roll a released volume back to the snapshot the
 /// generation names.
@@ -66,15 +79,6 @@ impl Restorer for NoRestorer {
     async fn restore(&self, _generation: u64, _name: &str) -> Result<(), String> {
         Err("no connection to the coordinator to roll the volume back".into())
     }
-}
-
-/// What a device holds, as `blkid -p` sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Probe {
-    Blank,
-    Filesystem(String),
-    PartitionTable(String),
-    Other(String),
 }
 
 /// Mounts and unmounts the volumes of assignments.
@@ -104,25 +108,6 @@ async fn run(program: &str, args: &[&str]) -> Result<(i32, String, String), Stri
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     ))
-}
-
-/// Reads `blkid -p -o export` output: exit 2 means nothing was found.
-pub fn parse_probe(code: i32, stdout: &str) -> Result<Probe, String> {
-    if code == 2 {
-        return Ok(Probe::Blank);
-    }
-    if code != 0 {
-        return Err(format!("blkid failed with exit code {code}"));
-    }
-    let field = |name: &str| stdout.lines().find_map(|l| l.strip_prefix(&format!("{name}="))).map(str::to_string);
-    if let Some(pt) = field("PTTYPE") {
-        return Ok(Probe::PartitionTable(pt));
-    }
-    match (field("TYPE"), field("USAGE")) {
-        (Some(t), Some(u)) if u == "filesystem" => Ok(Probe::Filesystem(t)),
-        (Some(t), _) => Ok(Probe::Other(t)),
-        (None, _) => Ok(Probe::Other(tail(stdout.trim()))),
-    }
 }
 
 /// Unescapes a path field of `/proc/self/mountinfo` (`\040` for a space).
@@ -278,6 +263,25 @@ impl Volumes {
         parse_probe(code, &out).map_err(|e| format!("{e}: {}", tail(err.trim())))
     }
 
+    /// Everything the blank rule looks at: blkid's probe, every signature
+    /// wipefs finds (it writes nothing with `--no-act`), and the first
+    /// non-zero byte of the scan. Reads only.
+    pub async fn inspect(device: &Path) -> Result<Inspection, String> {
+        let probe = Self::probe(device).await?;
+        let dev = device.to_string_lossy();
+        let (code, out, err) = run("wipefs", &["--no-act", "--noheadings", "--output", "TYPE,OFFSET", &dev]).await?;
+        if code != 0 {
+            return Err(format!("wipefs --no-act failed (exit {code}): {}", tail(err.trim())));
+        }
+        let signatures = blank::parse_signatures(&out);
+        let device_bytes = device_bytes(device)?;
+        let path = device.to_path_buf();
+        let non_zero_at = tokio::task::spawn_blocking(move || blank::first_non_zero(&path, device_bytes))
+            .await
+            .map_err(|e| format!("reading the device failed: {e}"))??;
+        Ok(Inspection { probe, signatures, non_zero_at, device_bytes })
+    }
+
     async fn format(device: &Path, fs: Filesystem) -> Result<(), String> {
         let dev = device.to_string_lossy();
         // No force flags: mkfs itself refuses a device it finds in use.
@@ -356,37 +360,18 @@ impl Volumes {
         let numbers = dev_numbers(&device)?;
         let already = mounted_at(&mount_point, Some(numbers))?.is_some();
         if !already {
-            match Self::probe(&device).await? {
-                Probe::Filesystem(found) if found == v.filesystem.as_str() => {}
-                Probe::Blank => {
-                    if v.formatted || records.formatted.contains(&v.name) {
-                        return Err(format!(
-                            "volume {}: it was formatted before, but its device {} shows no filesystem now; refusing to format it \
-                             again (that could destroy what is left); inspect the device",
-                            v.name, v.device
-                        ));
+            let found = Self::inspect(&device).await.map_err(|e| format!("volume {}: {e}", v.name))?;
+            match blank::decide(v, records.formatted.contains(&v.name), &found) {
+                Decision::Mount => {}
+                Decision::Format(why) => {
+                    if v.overwrite {
+                        tracing::warn!(volume = %v.name, device = %device.display(), fs = %v.filesystem, reason = %why, "formatting over what the device holds");
+                    } else {
+                        tracing::info!(volume = %v.name, device = %device.display(), fs = %v.filesystem, reason = %why, "formatting a blank volume");
                     }
-                    tracing::info!(volume = %v.name, device = %device.display(), fs = %v.filesystem, "formatting a blank volume");
                     Self::format(&device, v.filesystem).await.map_err(|e| format!("volume {}: {e}", v.name))?;
                 }
-                Probe::Filesystem(found) => {
-                    return Err(format!(
-                        "volume {}: its device {} holds a {found} filesystem, not {}; refusing to format a device that holds data",
-                        v.name, v.device, v.filesystem
-                    ))
-                }
-                Probe::PartitionTable(pt) => {
-                    return Err(format!(
-                        "volume {}: its device {} holds a partition table ({pt}); refusing to format a device that holds data",
-                        v.name, v.device
-                    ))
-                }
-                Probe::Other(what) => {
-                    return Err(format!(
-                        "volume {}: its device {} holds a {what} signature; refusing to format a device that holds data",
-                        v.name, v.device
-                    ))
-                }
+                Decision::Refuse(why) => return Err(why),
             }
             // Recorded before the mount: a crash from here on never formats again.
             if records.formatted.insert(v.name.clone()) {
@@ -454,11 +439,16 @@ impl Volumes {
 
     async fn attach_with(&self, volumes: &[VolumeMount], restore: Option<(u64, &dyn Restorer)>) -> Result<String, String> {
         let mut records = self.load();
+        records.released.clear();
+        records.refused.clear();
         for (name, mount_point) in records.mounted.clone() {
             if !volumes.iter().any(|v| v.name == name && v.mount_point == mount_point) {
                 self.unmount(&name, &mount_point).await?;
                 records.mounted.remove(&name);
                 records.grow_pending.remove(&name);
+                if !volumes.iter().any(|v| v.name == name) {
+                    records.released.insert(name.clone(), mount_point.clone());
+                }
                 self.save(&records)?;
             }
         }
@@ -466,6 +456,9 @@ impl Volumes {
         self.save(&records)?;
         for v in volumes {
             let result = self.attach_one(v, &mut records, restore).await;
+            if let Err(why) = &result {
+                records.refused.insert(v.name.clone(), why.clone());
+            }
             self.save(&records)?;
             result?;
         }
@@ -500,25 +493,38 @@ impl Volumes {
                     total_bytes,
                     used_bytes,
                     grow_pending: records.grow_pending.get(&v.name).cloned(),
-                    error: (!mounted).then(|| "not mounted".to_string()),
+                    error: (!mounted).then(|| records.refused.get(&v.name).cloned().unwrap_or_else(|| "not mounted".to_string())),
                 }
             })
             .collect()
+    }
+
+    /// What an apply's report says of the volumes: those of the assignment
+    /// ([`Self::states`]) and those it released, unmounted, with whether
+    /// this agent formatted them. At most [`MAX_REPORTED_VOLUMES`].
+    pub fn report_states(&self) -> Vec<VolumeState> {
+        let records = self.load();
+        let mut states = self.states();
+        states.extend(records.released.iter().map(|(name, mount_point)| VolumeState {
+            name: name.clone(),
+            mount_point: mount_point.clone(),
+            mounted: false,
+            formatted: records.formatted.contains(name),
+            filesystem: None,
+            device_bytes: 0,
+            total_bytes: 0,
+            used_bytes: 0,
+            grow_pending: None,
+            error: Some("released: no longer in the assignment".into()),
+        }));
+        states.truncate(MAX_REPORTED_VOLUMES);
+        states
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn blkid_output_is_read_as_blank_filesystem_table_or_other() {
-        assert_eq!(parse_probe(2, ""), Ok(Probe::Blank));
-        assert_eq!(parse_probe(0, "DEVNAME=/dev/loop0\nUUID=x\nTYPE=xfs\nUSAGE=filesystem\n"), Ok(Probe::Filesystem("xfs".into())));
-        assert_eq!(parse_probe(0, "DEVNAME=/dev/loop0\nPTUUID=x\nPTTYPE=gpt\n"), Ok(Probe::PartitionTable("gpt".into())));
-        assert_eq!(parse_probe(0, "TYPE=crypto_LUKS\nUSAGE=crypto\n"), Ok(Probe::Other("crypto_LUKS".into())));
-        assert!(parse_probe(4, "").is_err());
-    }
 
     #[test]
     fn mountinfo_paths_are_unescaped() {
