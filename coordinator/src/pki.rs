@@ -80,6 +80,15 @@ impl Ca {
         Ok((Ca { cert_der, issuer }, key_pem))
     }
 
+    /// This fleet's identity on shared systems (block storage properties,
+    /// VM names and descriptions): `drover-` and the first 16 hex digits of
+    /// the SHA-256 of the CA certificate. It lasts as long as the fleet's
+    /// CA, and every coordinator of the fleet has the same.
+    pub fn fleet_id(&self) -> String {
+        use sha2::Digest;
+        format!("drover-{}", &hex_lower(&sha2::Sha256::digest(&self.cert_der))[..16])
+    }
+
     /// Loads the CA from the state directory.
     pub fn load(state_dir: &Path) -> Result<Self> {
         let cert_der = identity::read_cert_pem(&state_dir.join(CA_CERT_FILE))?;

@@ -4,6 +4,10 @@
 //! idempotent creates, conflicts named, grow-only resizes, diskless
 //! attachments that appear as block devices, snapshots and rollbacks that
 //! restore the bytes, idempotent deletes, and LINSTOR's errors quoted.
+//! Ownership: every volume made carries this fleet's identity, a resource
+//! made by hand or by another fleet is neither listed nor changed in any
+//! way, adoption takes over only an unowned one, a failed placement leaves
+//! nothing behind, and a list costs two requests.
 
 mod common;
 
@@ -22,8 +26,10 @@ fn client(url: &str, configure: impl FnOnce(&mut LinstorConfig)) -> Linstor {
     let mut config = LinstorConfig::new(url);
     config.request_timeout = Duration::from_secs(5);
     configure(&mut config);
-    Linstor::new(config).expect("client")
+    Linstor::new(config, FLEET).expect("client")
 }
+
+const FLEET: &str = "drover-00112233aabbccdd";
 
 fn spec(name: &str, mib: u64) -> VolumeSpec {
     VolumeSpec { name: name.into(), size_kib: mib * MIB, replicas: 2, resource_group: None }
@@ -47,11 +53,15 @@ fn read_at(device: &Path, offset: u64, len: usize) -> Vec<u8> {
 /// The contract itself.
 async fn contract(b: &dyn BlockStorage, double: &LinstorDouble) {
     // Create: idempotent with the same size, a conflict with another.
-    let made = b.create(&spec("data", 64)).await.expect("create");
+    let created = b.create(&spec("data", 64)).await.expect("create");
+    assert!(created.made, "this call made it");
+    let made = created.volume;
     assert_eq!(made.size_kib, 64 * MIB);
+    assert_eq!(made.owner.as_deref(), Some(b.owner()), "it carries this fleet's identity");
     assert_eq!(made.replicas.iter().filter(|r| !r.diskless).count(), 2, "two diskful replicas placed");
     let again = b.create(&spec("data", 64)).await.expect("the same create again is success");
-    assert_eq!(again.size_kib, made.size_kib);
+    assert!(!again.made, "found, not made again");
+    assert_eq!(again.volume.size_kib, made.size_kib);
     let e = b.create(&spec("data", 128)).await.expect_err("another size is a conflict");
     assert!(matches!(e, BlockError::Conflict(_)) && e.to_string().contains("resize"), "{e}");
     assert_eq!(b.volumes().await.expect("list").len(), 1);
@@ -102,7 +112,8 @@ async fn contract(b: &dyn BlockStorage, double: &LinstorDouble) {
         .create(&VolumeSpec { name: "db".into(), size_kib: 32 * MIB, replicas: 1, resource_group: Some("rg-db".into()) })
         .await
         .expect("spawn");
-    assert_eq!(spawned.replicas.len(), 2, "the group places two replicas");
+    assert_eq!(spawned.volume.replicas.len(), 2, "the group places two replicas");
+    assert_eq!(spawned.volume.owner.as_deref(), Some(b.owner()), "a spawned volume carries this fleet's identity too");
 
     // Delete: gone; deleting again is success.
     b.delete("data").await.expect("delete");
@@ -112,12 +123,77 @@ async fn contract(b: &dyn BlockStorage, double: &LinstorDouble) {
     assert!(double.volumes().is_empty());
 }
 
+/// Ownership: what the contract asks of resources this fleet did not make.
+async fn ours_only(b: &dyn BlockStorage, double: &LinstorDouble) {
+    // A Proxmox VM's disk, made by linstor-proxmox, and another fleet's.
+    double.make_foreign("vm-100-disk-1", 32 * MIB, &[]);
+    double.make_foreign("other-fleet", 32 * MIB, &[("Aux/drover-fleet", "drover-ffffffffffffffff")]);
+    let mine = b.create(&spec("mine", 32)).await.expect("create").volume;
+
+    let listed: Vec<String> = b.volumes().await.expect("list").into_iter().map(|v| v.name).collect();
+    assert_eq!(listed, ["mine"], "only this fleet's volumes are listed");
+    let foreign = b.volume("vm-100-disk-1").await.expect("lookup").expect("it exists");
+    assert_eq!(foreign.owner, None, "and is reported as nobody's");
+
+    for name in ["vm-100-disk-1", "other-fleet"] {
+        let refused = |what: &str, e: Result<(), BlockError>| {
+            let e = e.expect_err(what);
+            assert!(matches!(e, BlockError::NotOurs { .. }), "{what} {name}: {e}");
+        };
+        refused("create", b.create(&spec(name, 32)).await.map(drop));
+        refused("resize", b.resize(name, 64 * MIB).await);
+        refused("make available", b.make_available(name, "vm-a").await);
+        refused("remove from node", b.remove_from_node(name, "stor1").await);
+        refused("snapshot", b.snapshot(name, "snap1").await);
+        refused("snapshots", b.snapshots(name).await.map(drop));
+        refused("delete snapshot", b.delete_snapshot(name, "snap1").await);
+        refused("rollback", b.rollback(name, "snap1").await);
+        refused("delete", b.delete(name).await);
+        let v = b.volume(name).await.expect("lookup").expect("still there");
+        assert_eq!(v.size_kib, 32 * MIB, "{name} is unchanged");
+        assert!(v.replica("vm-a").is_none(), "{name} was not placed on a machine's node");
+    }
+    let e = b.adopt("other-fleet").await.expect_err("another fleet's resource is not adopted");
+    assert!(matches!(e, BlockError::NotOurs { owner: Some(_), .. }) && e.to_string().contains("another Drover fleet"), "{e}");
+    assert_eq!(double.props("other-fleet").expect("props").get("Aux/drover-fleet").map(String::as_str), Some("drover-ffffffffffffffff"));
+
+    // Adoption is explicit: the resource then carries this fleet's identity.
+    let adopted = b.adopt("vm-100-disk-1").await.expect("adopt");
+    assert_eq!(adopted.owner.as_deref(), Some(b.owner()));
+    assert_eq!(b.adopt("vm-100-disk-1").await.expect("adopting again is success").owner.as_deref(), Some(b.owner()));
+    let mut listed: Vec<String> = b.volumes().await.expect("list").into_iter().map(|v| v.name).collect();
+    listed.sort();
+    assert_eq!(listed, ["mine", "vm-100-disk-1"]);
+
+    // Names ignore case in the block storage: "MINE" is the same resource.
+    let same = b.create(&spec("MINE", 32)).await.expect("the same resource");
+    assert!(!same.made && same.volume.name == mine.name, "{same:?}");
+
+    // A list costs two requests, whatever the number of volumes.
+    let before = double.log().len();
+    b.volumes().await.expect("list");
+    assert_eq!(double.log().len() - before, 2, "one for the definitions, one for the resources: {:?}", &double.log()[before..]);
+
+    // A placement that fails leaves nothing behind.
+    double.fail_next_placement();
+    let e = b.create(&spec("halfway", 32)).await.expect_err("placement fails");
+    assert!(e.to_string().contains("Not enough available nodes"), "{e}");
+    assert!(b.volume("halfway").await.expect("lookup").is_none(), "the resource definition the create made is gone");
+    assert!(b.create(&spec("halfway", 32)).await.expect("a retry").made);
+
+    for name in ["mine", "vm-100-disk-1", "halfway"] {
+        b.delete(name).await.expect("delete");
+    }
+    assert_eq!(double.volumes(), ["other-fleet"], "only what is not ours is left");
+}
+
 #[tokio::test]
 async fn the_linstor_client_keeps_the_contract() {
     let dir = tempfile::tempdir().expect("tempdir");
     let double = LinstorDouble::start(dir.path(), &["vm-a", "vm-b"]).await;
     let b = client(&double.url, |_| {});
     contract(&b, &double).await;
+    ours_only(&b, &double).await;
     let log = double.log();
     for call in ["POST /v1/resource-definitions", "POST /v1/resource-definitions/data/volume-definitions", "POST /v1/resource-definitions/data/autoplace", "POST /v1/resource-definitions/data/resources/vm-a/make-available"] {
         assert!(log.iter().any(|l| l == call), "LINSTOR received {call}: {log:?}");
@@ -141,8 +217,12 @@ async fn linstor_errors_are_quoted_with_their_correction() {
     assert!(e.to_string().contains("Not enough available nodes"), "{e}");
     let e = b.make_available("many", "unknown-node").await.expect_err("unknown node");
     assert!(e.to_string().contains("Node 'unknown-node' not found"), "{e}");
-    let e = b.create(&spec("../etc", 32)).await.expect_err("a bad name is refused before anything is sent");
-    assert!(matches!(e, BlockError::Invalid(_)), "{e}");
+    let sent = double.log().len();
+    for bad in ["../etc", "a", "all", "Proxy"] {
+        let e = b.create(&spec(bad, 32)).await.expect_err("a bad name is refused before anything is sent");
+        assert!(matches!(e, BlockError::Invalid(_)), "{bad}: {e}");
+    }
+    assert_eq!(double.log().len(), sent, "nothing was sent for bad names");
 
     double.stop().await;
     let e = b.volume("many").await.expect_err("unreachable");

@@ -110,8 +110,9 @@ impl Coordinator {
     /// when `[s3]` is configured.
     pub fn new(config: Config, ca: Ca, store: Store) -> Self {
         let object_store = config.s3.clone().map(ObjectStore::garage);
+        let fleet = ca.fleet_id();
         let block_storage = config.linstor.clone().map(|l| {
-            Linstor::new(l).map(|c| Arc::new(c) as Arc<dyn BlockStorage>).map_err(|e| e.to_string())
+            Linstor::new(l, &fleet).map(|c| Arc::new(c) as Arc<dyn BlockStorage>).map_err(|e| e.to_string())
         });
         let hypervisors = provisions::hypervisors(&config);
         Coordinator {

@@ -14,7 +14,7 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{BlockError, BlockStorage, Replica, Report, Volume, VolumeSpec};
+use super::{BlockError, BlockStorage, Created, Replica, Report, Volume, VolumeSpec, OWNER_PROPERTY};
 use crate::config::LinstorConfig;
 
 const MASK_SEVERITY: u64 = 0xC000_0000_0000_0000;
@@ -43,11 +43,14 @@ impl Report {
     }
 }
 
-/// A LINSTOR controller client.
+/// A LINSTOR controller client for one fleet: it creates volumes with the
+/// fleet's identity ([`OWNER_PROPERTY`]) and changes only those that carry
+/// it.
 pub struct Linstor {
     base: String,
     http: reqwest::Client,
     config: LinstorConfig,
+    owner: String,
 }
 
 impl std::fmt::Debug for Linstor {
@@ -59,6 +62,32 @@ impl std::fmt::Debug for Linstor {
 #[derive(Deserialize)]
 struct ResourceDefinition {
     name: String,
+    #[serde(default)]
+    props: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    volume_definitions: Vec<VolumeDefinition>,
+}
+
+impl ResourceDefinition {
+    fn owner(&self) -> Option<String> {
+        self.props.get(OWNER_PROPERTY).cloned()
+    }
+
+    fn size_kib(&self) -> u64 {
+        self.volume_definitions.iter().find(|d| d.volume_number == 0).map(|d| d.size_kib).unwrap_or(0)
+    }
+}
+
+/// Resources asked for by name in one request of [`Linstor::replicas`]
+/// (the names go into the request line, which servers bound).
+const NAMES_PER_REQUEST: usize = 50;
+
+fn query(pairs: &[(&str, &str)]) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        q.append_pair(k, v);
+    }
+    q.finish()
 }
 
 #[derive(Deserialize)]
@@ -122,7 +151,8 @@ fn reports(body: &Value) -> Vec<Report> {
 }
 
 impl Linstor {
-    pub fn new(config: LinstorConfig) -> Result<Self, BlockError> {
+    /// A client of `config.controller` for the fleet `owner`.
+    pub fn new(config: LinstorConfig, owner: &str) -> Result<Self, BlockError> {
         drover_net::tls::install_default_provider();
         let mut builder = reqwest::Client::builder()
             .timeout(config.request_timeout)
@@ -145,7 +175,7 @@ impl Linstor {
             builder = builder.identity(identity);
         }
         let http = builder.build().map_err(|e| BlockError::Config(format!("cannot build the LINSTOR client: {e}")))?;
-        Ok(Linstor { base: config.controller.trim_end_matches('/').to_string(), http, config })
+        Ok(Linstor { base: config.controller.trim_end_matches('/').to_string(), http, config, owner: owner.to_string() })
     }
 
     /// One call. Success is a 2xx whose reports hold no error; anything
@@ -193,64 +223,147 @@ impl Linstor {
         }
     }
 
-    async fn size_kib(&self, name: &str) -> Result<Option<u64>, BlockError> {
-        let Some(defs) = self.get(&format!("/v1/resource-definitions/{name}/volume-definitions")).await? else {
-            return Ok(None);
-        };
-        let defs: Vec<VolumeDefinition> = decode("volume definitions", defs)?;
-        Ok(defs.iter().find(|d| d.volume_number == 0).map(|d| d.size_kib))
+    /// Resource definitions with their volume definitions, by name (any
+    /// owner) or by this fleet's property.
+    async fn definitions(&self, filter: &[(&str, &str)]) -> Result<Vec<ResourceDefinition>, BlockError> {
+        let mut pairs = vec![("with_volume_definitions", "true")];
+        pairs.extend_from_slice(filter);
+        let value = self.call(Method::GET, &format!("/v1/resource-definitions?{}", query(&pairs)), None).await?;
+        decode("resource definitions", value)
     }
 
-    async fn replicas(&self, name: &str) -> Result<Vec<Replica>, BlockError> {
-        let value = self.get(&format!("/v1/view/resources?resources={name}")).await?.unwrap_or(Value::Array(vec![]));
-        let resources: Vec<Resource> = decode("resources", value)?;
-        Ok(resources
-            .into_iter()
-            .filter(|r| r.name.eq_ignore_ascii_case(name))
-            .map(|r| {
+    /// The replicas of each named resource, in one request per
+    /// [`NAMES_PER_REQUEST`] names.
+    async fn replicas(&self, names: &[String]) -> Result<std::collections::BTreeMap<String, Vec<Replica>>, BlockError> {
+        let mut out: std::collections::BTreeMap<String, Vec<Replica>> = names.iter().map(|n| (n.to_ascii_lowercase(), Vec::new())).collect();
+        for chunk in names.chunks(NAMES_PER_REQUEST) {
+            let pairs: Vec<(&str, &str)> = chunk.iter().map(|n| ("resources", n.as_str())).collect();
+            let value = self.call(Method::GET, &format!("/v1/view/resources?{}", query(&pairs)), None).await?;
+            let resources: Vec<Resource> = decode("resources", value)?;
+            for r in resources {
+                let Some(list) = out.get_mut(&r.name.to_ascii_lowercase()) else { continue };
                 let volume = r.volumes.iter().find(|v| v.volume_number == 0);
                 let diskless = r.flags.iter().any(|f| f == "DISKLESS" || f == "DRBD_DISKLESS");
                 let disk_state = volume
                     .and_then(|v| v.state.as_ref())
                     .and_then(|s| s.disk_state.clone())
                     .unwrap_or_else(|| "Unknown".into());
-                Replica {
+                list.push(Replica {
                     node: r.node_name,
                     disk_state,
                     diskless,
                     in_use: r.state.and_then(|s| s.in_use).unwrap_or(false),
                     device_path: volume.and_then(|v| v.device_path.clone()),
-                }
-            })
-            .collect())
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The volume, which must be this fleet's; `None` when it is gone.
+    async fn ours(&self, name: &str) -> Result<Option<Volume>, BlockError> {
+        match self.volume(name).await? {
+            Some(v) if v.owner.as_deref() == Some(self.owner.as_str()) => Ok(Some(v)),
+            Some(v) => Err(BlockError::NotOurs { name: v.name, owner: v.owner }),
+            None => Ok(None),
+        }
+    }
+
+    /// [`Self::ours`], where a missing volume is an error.
+    async fn require_ours(&self, name: &str) -> Result<Volume, BlockError> {
+        self.ours(name).await?.ok_or_else(|| BlockError::NotFound { what: "volume", name: name.to_string() })
+    }
+
+    /// Makes the definitions, with this fleet's identity, and places them.
+    async fn make(&self, spec: &VolumeSpec) -> Result<(), BlockError> {
+        let owner = json!({ OWNER_PROPERTY: self.owner });
+        let group = spec.resource_group.clone().or_else(|| self.config.resource_group.clone());
+        if let Some(group) = group {
+            return self
+                .call(
+                    Method::POST,
+                    &format!("/v1/resource-groups/{group}/spawn"),
+                    Some(json!({"resource_definition_name": spec.name, "volume_sizes": [spec.size_kib], "resource_definition_props": owner})),
+                )
+                .await
+                .map(drop);
+        }
+        self.call(Method::POST, "/v1/resource-definitions", Some(json!({"resource_definition": {"name": spec.name, "props": owner}}))).await?;
+        let placed = async {
+            self.call(
+                Method::POST,
+                &format!("/v1/resource-definitions/{}/volume-definitions", spec.name),
+                Some(json!({"volume_definition": {"volume_number": 0, "size_kib": spec.size_kib}})),
+            )
+            .await?;
+            let mut filter = json!({"place_count": spec.replicas});
+            if let Some(pool) = &self.config.storage_pool {
+                filter["storage_pool"] = json!(pool);
+            }
+            self.call(Method::POST, &format!("/v1/resource-definitions/{}/autoplace", spec.name), Some(json!({"select_filter": filter}))).await
+        };
+        placed.await.map(drop)
+    }
+
+    /// After a failed create: deletes what it made (only this fleet's,
+    /// read back first), so no half-made volume is left behind.
+    async fn delete_made(&self, name: &str) {
+        match self.ours(name).await {
+            Ok(Some(_)) => match self.call(Method::DELETE, &format!("/v1/resource-definitions/{name}"), None).await {
+                Ok(_) => tracing::info!(volume = name, "the failed create's resource definition was deleted"),
+                Err(e) => tracing::warn!(volume = name, error = %e, "the failed create's resource definition could not be deleted"),
+            },
+            Ok(None) => {}
+            Err(e) => tracing::warn!(volume = name, error = %e, "the failed create's resource definition was left alone"),
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl BlockStorage for Linstor {
+    fn owner(&self) -> &str {
+        &self.owner
+    }
+
     async fn volume(&self, name: &str) -> Result<Option<Volume>, BlockError> {
         super::check_name(name)?;
-        if self.get(&format!("/v1/resource-definitions/{name}")).await?.is_none() {
+        let definitions = self.definitions(&[("resource_definitions", name)]).await?;
+        let Some(d) = definitions.into_iter().find(|d| d.name.eq_ignore_ascii_case(name)) else {
             return Ok(None);
-        }
-        let size_kib = self.size_kib(name).await?.unwrap_or(0);
-        Ok(Some(Volume { name: name.to_string(), size_kib, replicas: self.replicas(name).await? }))
+        };
+        let mut replicas = self.replicas(std::slice::from_ref(&d.name)).await?;
+        Ok(Some(Volume {
+            size_kib: d.size_kib(),
+            owner: d.owner(),
+            replicas: replicas.remove(&d.name.to_ascii_lowercase()).unwrap_or_default(),
+            name: d.name,
+        }))
     }
 
     async fn volumes(&self) -> Result<Vec<Volume>, BlockError> {
-        let defs: Vec<ResourceDefinition> = decode("resource definitions", self.call(Method::GET, "/v1/resource-definitions", None).await?)?;
-        let mut volumes = Vec::new();
-        for d in defs {
-            if super::check_name(&d.name).is_ok() {
-                if let Some(v) = self.volume(&d.name).await? {
-                    volumes.push(v);
-                }
-            }
-        }
-        Ok(volumes)
+        let filter = format!("{OWNER_PROPERTY}={}", self.owner);
+        // The controller filters by the property; what it answers is
+        // checked again here.
+        let definitions: Vec<ResourceDefinition> = self
+            .definitions(&[("props", filter.as_str())])
+            .await?
+            .into_iter()
+            .filter(|d| d.owner().as_deref() == Some(self.owner.as_str()) && super::check_name(&d.name).is_ok())
+            .collect();
+        let names: Vec<String> = definitions.iter().map(|d| d.name.clone()).collect();
+        let mut replicas = if names.is_empty() { Default::default() } else { self.replicas(&names).await? };
+        Ok(definitions
+            .into_iter()
+            .map(|d| Volume {
+                size_kib: d.size_kib(),
+                owner: d.owner(),
+                replicas: replicas.remove(&d.name.to_ascii_lowercase()).unwrap_or_default(),
+                name: d.name,
+            })
+            .collect())
     }
 
-    async fn create(&self, spec: &VolumeSpec) -> Result<Volume, BlockError> {
+    async fn create(&self, spec: &VolumeSpec) -> Result<Created, BlockError> {
         super::check_name(&spec.name)?;
         let conflict = |v: &Volume| {
             BlockError::Conflict(format!(
@@ -260,40 +373,63 @@ impl BlockStorage for Linstor {
                 bytesize::ByteSize::kib(spec.size_kib)
             ))
         };
-        if let Some(existing) = self.volume(&spec.name).await? {
-            if existing.size_kib != spec.size_kib && existing.size_kib != 0 {
-                return Err(conflict(&existing));
+        let existing = self.ours(&spec.name).await?;
+        let made = match &existing {
+            Some(v) if v.size_kib != spec.size_kib && v.size_kib != 0 => return Err(conflict(v)),
+            // A create that stopped after the resource definition (this
+            // fleet's): place what is missing.
+            Some(v) if v.size_kib == 0 || v.replicas.iter().all(|r| r.diskless) => {
+                if v.size_kib == 0 {
+                    self.call(
+                        Method::POST,
+                        &format!("/v1/resource-definitions/{}/volume-definitions", spec.name),
+                        Some(json!({"volume_definition": {"volume_number": 0, "size_kib": spec.size_kib}})),
+                    )
+                    .await?;
+                }
+                let mut filter = json!({"place_count": spec.replicas});
+                if let Some(pool) = &self.config.storage_pool {
+                    filter["storage_pool"] = json!(pool);
+                }
+                self.call(Method::POST, &format!("/v1/resource-definitions/{}/autoplace", spec.name), Some(json!({"select_filter": filter})))
+                    .await?;
+                false
             }
-        }
-        let group = spec.resource_group.clone().or_else(|| self.config.resource_group.clone());
-        if let Some(group) = group {
-            self.create_call(
-                &format!("/v1/resource-groups/{group}/spawn"),
-                json!({"resource_definition_name": spec.name, "volume_sizes": [spec.size_kib]}),
-            )
-            .await?;
-        } else {
-            self.create_call("/v1/resource-definitions", json!({"resource_definition": {"name": spec.name}})).await?;
-            self.create_call(
-                &format!("/v1/resource-definitions/{}/volume-definitions", spec.name),
-                json!({"volume_definition": {"volume_number": 0, "size_kib": spec.size_kib}}),
-            )
-            .await?;
-            let mut filter = json!({"place_count": spec.replicas});
-            if let Some(pool) = &self.config.storage_pool {
-                filter["storage_pool"] = json!(pool);
+            Some(_) => false,
+            None => {
+                if let Err(e) = self.make(spec).await {
+                    tracing::warn!(volume = %spec.name, error = %e, "creating the volume failed; removing what the attempt made");
+                    self.delete_made(&spec.name).await;
+                    return Err(e);
+                }
+                true
             }
-            self.create_call(&format!("/v1/resource-definitions/{}/autoplace", spec.name), json!({"select_filter": filter})).await?;
-        }
-        let volume = self.volume(&spec.name).await?.ok_or_else(|| BlockError::NotFound { what: "volume", name: spec.name.clone() })?;
+        };
+        let volume = self.require_ours(&spec.name).await?;
         if volume.size_kib != spec.size_kib {
             return Err(conflict(&volume));
         }
-        Ok(volume)
+        Ok(Created { volume, made })
+    }
+
+    async fn adopt(&self, name: &str) -> Result<Volume, BlockError> {
+        let volume = self.volume(name).await?.ok_or_else(|| BlockError::NotFound { what: "volume", name: name.to_string() })?;
+        match volume.owner.as_deref() {
+            Some(o) if o == self.owner => return Ok(volume),
+            Some(_) => return Err(BlockError::NotOurs { name: volume.name, owner: volume.owner }),
+            None => {}
+        }
+        self.call(
+            Method::PUT,
+            &format!("/v1/resource-definitions/{}", volume.name),
+            Some(json!({"override_props": { OWNER_PROPERTY: self.owner }})),
+        )
+        .await?;
+        self.require_ours(name).await
     }
 
     async fn resize(&self, name: &str, size_kib: u64) -> Result<(), BlockError> {
-        let current = self.size_kib(name).await?.ok_or_else(|| BlockError::NotFound { what: "volume", name: name.to_string() })?;
+        let current = self.require_ours(name).await?.size_kib;
         if size_kib < current {
             return Err(BlockError::Shrink {
                 name: name.to_string(),
@@ -310,8 +446,8 @@ impl BlockStorage for Linstor {
     }
 
     async fn make_available(&self, name: &str, node: &str) -> Result<(), BlockError> {
-        super::check_name(name)?;
         check_node(node)?;
+        self.require_ours(name).await?;
         self.call(Method::POST, &format!("/v1/resource-definitions/{name}/resources/{node}/make-available"), Some(json!({"diskful": false})))
             .await
             .map(drop)
@@ -319,7 +455,7 @@ impl BlockStorage for Linstor {
 
     async fn remove_from_node(&self, name: &str, node: &str) -> Result<(), BlockError> {
         check_node(node)?;
-        let Some(volume) = self.volume(name).await? else { return Ok(()) };
+        let Some(volume) = self.ours(name).await? else { return Ok(()) };
         match volume.replica(node) {
             Some(r) if r.diskless => {
                 self.call(Method::DELETE, &format!("/v1/resource-definitions/{name}/resources/{node}"), None).await.map(drop)
@@ -329,13 +465,13 @@ impl BlockStorage for Linstor {
     }
 
     async fn snapshot(&self, name: &str, snapshot: &str) -> Result<(), BlockError> {
-        super::check_name(name)?;
         super::check_snapshot_name(snapshot)?;
+        self.require_ours(name).await?;
         self.create_call(&format!("/v1/resource-definitions/{name}/snapshots"), json!({"name": snapshot})).await
     }
 
     async fn snapshots(&self, name: &str) -> Result<Vec<String>, BlockError> {
-        super::check_name(name)?;
+        self.require_ours(name).await?;
         let value = self
             .get(&format!("/v1/resource-definitions/{name}/snapshots"))
             .await?
@@ -345,19 +481,21 @@ impl BlockStorage for Linstor {
     }
 
     async fn delete_snapshot(&self, name: &str, snapshot: &str) -> Result<(), BlockError> {
-        super::check_name(name)?;
         super::check_snapshot_name(snapshot)?;
+        self.require_ours(name).await?;
         self.call(Method::DELETE, &format!("/v1/resource-definitions/{name}/snapshots/{snapshot}"), None).await.map(drop)
     }
 
     async fn rollback(&self, name: &str, snapshot: &str) -> Result<(), BlockError> {
-        super::check_name(name)?;
         super::check_snapshot_name(snapshot)?;
+        self.require_ours(name).await?;
         self.call(Method::POST, &format!("/v1/resource-definitions/{name}/snapshot-rollback/{snapshot}"), Some(json!({}))).await.map(drop)
     }
 
     async fn delete(&self, name: &str) -> Result<(), BlockError> {
-        super::check_name(name)?;
+        if self.ours(name).await?.is_none() {
+            return Ok(());
+        }
         self.call(Method::DELETE, &format!("/v1/resource-definitions/{name}"), None).await.map(drop)
     }
 }

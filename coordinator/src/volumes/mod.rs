@@ -6,15 +6,25 @@
 //!
 //! Every create is idempotent: an existing object with the same parameters
 //! is success, one with other parameters a [`BlockError::Conflict`].
+//!
+//! **Ours only.** Block storage is shared with other tools (linstor-proxmox
+//! keeps Proxmox VMs' disks there) and other fleets. Every volume Drover
+//! creates carries this fleet's identity in a property set by the request
+//! that creates it ([`OWNER_PROPERTY`]); listing shows only volumes that
+//! carry it, and every change (resize, placing on a node, snapshots,
+//! rollback, delete) first reads the volume back and refuses one that does
+//! not ([`BlockError::NotOurs`]). A resource made by someone else is taken
+//! over only by [`BlockStorage::adopt`], an explicit admin command.
 
 pub mod linstor;
 
 use serde::{Deserialize, Serialize};
 
-/// The largest volume Drover asks for (64 TiB), to refuse typing errors.
-pub const MAX_VOLUME_BYTES: u64 = 64 << 40;
-/// The smallest (xfs needs 300 MiB; 16 MiB keeps ext4 sensible).
-pub const MIN_VOLUME_BYTES: u64 = 16 << 20;
+pub use crate::volume_rules::{MAX_VOLUME_BYTES, MIN_VOLUME_BYTES};
+
+/// The property that names the fleet a volume belongs to: LINSTOR's `Aux/`
+/// namespace is for users' own properties.
+pub const OWNER_PROPERTY: &str = "Aux/drover-fleet";
 
 /// What to create.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +43,17 @@ pub struct Volume {
     pub name: String,
     pub size_kib: u64,
     pub replicas: Vec<Replica>,
+    /// The fleet it belongs to ([`OWNER_PROPERTY`]); `None`: made by
+    /// someone else.
+    pub owner: Option<String>,
+}
+
+/// What [`BlockStorage::create`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    pub volume: Volume,
+    /// The volume did not exist before this call: this call made it.
+    pub made: bool,
 }
 
 impl Volume {
@@ -106,6 +127,21 @@ pub enum BlockError {
     Invalid(String),
     #[error("{0}")]
     Config(String),
+    /// The resource exists but does not carry this fleet's identity.
+    #[error("{}", not_ours(.name, .owner.as_deref()))]
+    NotOurs { name: String, owner: Option<String> },
+}
+
+fn not_ours(name: &str, owner: Option<&str>) -> String {
+    match owner {
+        None => format!(
+            "the block storage holds a resource {name:?} that Drover did not make (it lacks the {OWNER_PROPERTY} property); Drover leaves \
+             it alone — if it is this fleet's to manage, take it over with `drover volumes adopt {name} --yes-adopt {name}`"
+        ),
+        Some(other) => format!(
+            "the block storage resource {name:?} belongs to another Drover fleet ({OWNER_PROPERTY} = {other}); this coordinator leaves it alone"
+        ),
+    }
 }
 
 fn join(reports: &[Report]) -> String {
@@ -117,43 +153,20 @@ fn join(reports: &[Report]) -> String {
     }
 }
 
-/// Checks a volume name before anything is sent: LINSTOR's resource names
-/// (letters, digits, `_` and `-`, starting with a letter, at most 48), and
-/// nothing a path could misread.
+/// Checks a volume name before anything is sent (see
+/// [`crate::volume_rules`]).
 pub fn check_name(name: &str) -> Result<(), BlockError> {
-    let ok = !name.is_empty()
-        && name.len() <= 48
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(BlockError::Invalid(format!(
-            "volume name {name:?} is invalid: use 1 to 48 letters, digits, '_' and '-', starting with a letter"
-        )))
-    }
+    crate::volume_rules::check_name(name).map_err(BlockError::Invalid)
 }
 
 /// Checks a snapshot name (the same rules as volumes).
 pub fn check_snapshot_name(name: &str) -> Result<(), BlockError> {
-    check_name(name).map_err(|_| {
-        BlockError::Invalid(format!(
-            "snapshot name {name:?} is invalid: use 1 to 48 letters, digits, '_' and '-', starting with a letter"
-        ))
-    })
+    crate::volume_rules::check_name_of("snapshot", name).map_err(BlockError::Invalid)
 }
 
 /// Checks a size in bytes and turns it into KiB.
 pub fn size_kib(bytes: u64) -> Result<u64, BlockError> {
-    if !(MIN_VOLUME_BYTES..=MAX_VOLUME_BYTES).contains(&bytes) {
-        return Err(BlockError::Invalid(format!(
-            "volume size {} is out of range: use {} to {}",
-            bytesize::ByteSize::b(bytes),
-            bytesize::ByteSize::b(MIN_VOLUME_BYTES),
-            bytesize::ByteSize::b(MAX_VOLUME_BYTES)
-        )));
-    }
-    Ok(bytes.div_ceil(1024))
+    crate::volume_rules::size_kib(bytes, None).map_err(BlockError::Invalid)
 }
 
 /// The device path of a volume on a node, stable across reboots.
@@ -161,14 +174,26 @@ pub fn device_path(name: &str) -> String {
     format!("/dev/drbd/by-res/{name}/0")
 }
 
-/// Block storage, as Drover needs it.
+/// Block storage, as Drover needs it. An implementation is made for one
+/// fleet ([`Self::owner`]) and acts only on the volumes that carry it.
 #[async_trait::async_trait]
 pub trait BlockStorage: Send + Sync {
+    /// This fleet's identity, as the volumes it owns carry it.
+    fn owner(&self) -> &str;
+    /// The volume by name, whoever owns it (its [`Volume::owner`] says),
+    /// so that a caller can say why it will not touch it.
     async fn volume(&self, name: &str) -> Result<Option<Volume>, BlockError>;
+    /// This fleet's volumes, in a few requests whatever their number.
     async fn volumes(&self) -> Result<Vec<Volume>, BlockError>;
-    /// Creates the volume and places its replicas; an existing volume of
-    /// the same size is returned, one of another size is a conflict.
-    async fn create(&self, spec: &VolumeSpec) -> Result<Volume, BlockError>;
+    /// Creates the volume, owned by this fleet, and places its replicas;
+    /// this fleet's existing volume of the same size is returned (`made`
+    /// false), one of another size is a conflict, and anyone else's is
+    /// [`BlockError::NotOurs`]. A placement that fails removes what this
+    /// call made.
+    async fn create(&self, spec: &VolumeSpec) -> Result<Created, BlockError>;
+    /// Marks a resource no fleet owns as this fleet's; this fleet's own is
+    /// returned as it is, another fleet's refused.
+    async fn adopt(&self, name: &str) -> Result<Volume, BlockError>;
     /// Grows the volume; a smaller size is refused.
     async fn resize(&self, name: &str, size_kib: u64) -> Result<(), BlockError>;
     /// Makes the volume usable on `node` (a diskless client where the node
@@ -182,31 +207,14 @@ pub trait BlockStorage: Send + Sync {
     async fn delete_snapshot(&self, name: &str, snapshot: &str) -> Result<(), BlockError>;
     /// Returns the volume to a snapshot; refused while it is in use.
     async fn rollback(&self, name: &str, snapshot: &str) -> Result<(), BlockError>;
-    /// Deletes the volume and its data. Idempotent.
+    /// Deletes the volume and its data. Idempotent; refused while it has
+    /// snapshots.
     async fn delete(&self, name: &str) -> Result<(), BlockError>;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_follow_linstor_rules() {
-        for ok in ["data", "acme-pg_1", "a"] {
-            check_name(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
-        }
-        for bad in ["", "1data", "../x", "a/b", "a b", &"x".repeat(49)] {
-            assert!(check_name(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn sizes_are_bounded_and_rounded_up() {
-        assert_eq!(size_kib(20 << 20).ok(), Some(20 << 10));
-        assert_eq!(size_kib((20 << 20) + 1).ok(), Some((20 << 10) + 1));
-        assert!(size_kib(1).is_err());
-        assert!(size_kib(u64::MAX).is_err());
-    }
 
     #[test]
     fn errors_quote_message_and_correction() {

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{Path as UrlPath, RawQuery, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -33,6 +33,7 @@ const MASK_RSC_DFN: u64 = 0x0000_0000_0044_0000;
 const CREATED: u64 = 1;
 const DELETED: u64 = 2;
 const MODIFIED: u64 = 3;
+const FAIL_INVLD_RSC_NAME: u64 = 202;
 const FAIL_INVLD_VLM_SIZE: u64 = 206;
 const FAIL_NOT_FOUND_NODE: u64 = 300;
 const FAIL_NOT_FOUND_RSC_DFN: u64 = 301;
@@ -42,6 +43,7 @@ const FAIL_NOT_FOUND_SNAPSHOT: u64 = 315;
 const FAIL_NOT_FOUND_RSC_GRP: u64 = 317;
 const FAIL_EXISTS_RSC_DFN: u64 = 501;
 const FAIL_EXISTS_VLM_DFN: u64 = 503;
+const FAIL_EXISTS_SNAPSHOT_DFN: u64 = 514;
 const FAIL_EXISTS_SNAPSHOT: u64 = 516;
 const FAIL_NOT_ENOUGH_NODES: u64 = 1003;
 const FAIL_IN_USE: u64 = 1005;
@@ -78,9 +80,63 @@ struct Resource {
 
 #[derive(Default)]
 struct Rd {
+    /// The name as it was created (LINSTOR keeps it, and compares names
+    /// without regard to case).
+    name: String,
+    props: BTreeMap<String, String>,
     size_kib: Option<u64>,
     resources: BTreeMap<String, Resource>,
     snapshots: Vec<String>,
+}
+
+/// The key of a resource name: LINSTOR compares names without case.
+fn key(name: &str) -> String {
+    name.to_ascii_uppercase()
+}
+
+/// LINSTOR's resource name rules (linstor-server's `ResourceName`): 2 to
+/// 48 bytes with at least one letter; the first a letter or '_', the rest
+/// letters, digits, '_' or '-'; not `all` or `proxy`.
+fn check_resource_name(name: &str) -> Result<(), String> {
+    if name.eq_ignore_ascii_case("all") || name.eq_ignore_ascii_case("proxy") {
+        return Err(format!("The specified name '{name}' cannot be used because it matches a keyword reserved for DRBD."));
+    }
+    if name.len() < 2 {
+        return Err(format!("Invalid name: Name length {} is less than minimum length 2", name.len()));
+    }
+    if name.len() > 48 {
+        return Err(format!("Invalid name: Name length {} is greater than maximum length 48", name.len()));
+    }
+    if !name.bytes().any(|b| b.is_ascii_alphabetic()) {
+        return Err("Invalid name: Name must contain at least one character that matches [a-zA-Z]".into());
+    }
+    let first = name.as_bytes()[0];
+    if !(first.is_ascii_alphabetic() || first == b'_') {
+        return Err(format!("Invalid name: Cannot begin with character '{}'", first as char));
+    }
+    if let Some(c) = name.bytes().skip(1).find(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-')) {
+        return Err(format!("Invalid name: Cannot contain character '{}'", c as char));
+    }
+    Ok(())
+}
+
+/// The values of a query parameter, repeated as JAX-RS lists take them
+/// (`?resources=a&resources=b`).
+fn params(query: &Option<String>, name: &str) -> Vec<String> {
+    let Some(q) = query else { return Vec::new() };
+    form_urlencoded::parse(q.as_bytes()).filter(|(k, _)| k == name).map(|(_, v)| v.into_owned()).collect()
+}
+
+/// Whether `props` matches every `KEY=VALUE` (or `KEY`: present) filter.
+fn matches(props: &BTreeMap<String, String>, filters: &[String]) -> bool {
+    filters.iter().all(|f| match f.split_once('=') {
+        Some((k, v)) => props.get(k).is_some_and(|have| have == v),
+        None => props.contains_key(f.as_str()),
+    })
+}
+
+fn props_of(value: &Value) -> BTreeMap<String, String> {
+    value.as_object().map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect()).unwrap_or_default()
 }
 
 struct Inner {
@@ -91,11 +147,14 @@ struct Inner {
     nodes: Vec<String>,
     pools: Vec<String>,
     groups: BTreeMap<String, u8>,
+    /// Resource definitions by [`key`].
     rds: BTreeMap<String, Rd>,
     /// Every request, as "METHOD PATH".
     log: Vec<String>,
     /// Answer every mutating request with this error (a fault).
     fail_with: Option<String>,
+    /// Answer the next autoplace with "not enough nodes" (a fault).
+    fail_placement: bool,
 }
 
 impl Inner {
@@ -105,6 +164,14 @@ impl Inner {
 
     fn link(&self, node: &str, name: &str) -> PathBuf {
         self.root.join("nodes").join(node).join("dev/drbd/by-res").join(name).join("0")
+    }
+
+    fn rd(&self, name: &str) -> Option<&Rd> {
+        self.rds.get(&key(name))
+    }
+
+    fn rd_mut(&mut self, name: &str) -> Option<&mut Rd> {
+        self.rds.get_mut(&key(name))
     }
 
     fn attach_loop(&self, name: &str, node: &str) -> Result<PathBuf, String> {
@@ -129,13 +196,22 @@ impl Inner {
         rd.resources.iter().find(|(_, r)| r.loop_device.as_deref().is_some_and(mounted)).map(|(n, _)| n.clone())
     }
 
-    fn resources_json(&self, name: &str, rd: &Rd) -> Vec<Value> {
+    fn rd_json(rd: &Rd, with_volumes: bool) -> Value {
+        let mut v = json!({"name": rd.name, "props": rd.props, "flags": []});
+        if with_volumes {
+            v["volume_definitions"] =
+                json!(rd.size_kib.map(|k| vec![json!({"volume_number": 0, "size_kib": k, "props": {}, "flags": []})]).unwrap_or_default());
+        }
+        v
+    }
+
+    fn resources_json(&self, rd: &Rd) -> Vec<Value> {
         rd.resources
             .iter()
             .map(|(node, r)| {
                 let flags: Vec<&str> = if r.diskless { vec!["DRBD_DISKLESS", "DISKLESS"] } else { vec![] };
                 json!({
-                    "name": name,
+                    "name": rd.name,
                     "node_name": node,
                     "flags": flags,
                     "props": {},
@@ -163,7 +239,7 @@ impl Inner {
                 );
             }
         }
-        if usize::from(count) > self.storage_nodes.len() {
+        if usize::from(count) > self.storage_nodes.len() || std::mem::take(&mut self.fail_placement) {
             return fail(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 FAIL_NOT_ENOUGH_NODES,
@@ -172,11 +248,27 @@ impl Inner {
             );
         }
         let nodes: Vec<String> = self.storage_nodes.iter().take(usize::from(count)).cloned().collect();
-        let Some(rd) = self.rds.get_mut(name) else { return missing_rd(name) };
+        let Some(rd) = self.rd_mut(name) else { return missing_rd(name) };
         for node in nodes {
             rd.resources.entry(node).or_default();
         }
         ok(StatusCode::CREATED, CREATED, format!("Resource '{name}' successfully autoplaced on {count} nodes"))
+    }
+
+    fn new_rd(&mut self, name: &str, props: BTreeMap<String, String>) -> Result<(), Answer> {
+        if let Err(e) = check_resource_name(name) {
+            return Err(fail(StatusCode::INTERNAL_SERVER_ERROR, FAIL_INVLD_RSC_NAME, e, None));
+        }
+        if let Some(existing) = self.rd(name) {
+            return Err(fail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                FAIL_EXISTS_RSC_DFN,
+                format!("A resource definition with the name '{}' already exists.", existing.name),
+                None,
+            ));
+        }
+        self.rds.insert(key(name), Rd { name: name.to_string(), props, ..Default::default() });
+        Ok(())
     }
 }
 
@@ -206,9 +298,21 @@ fn fault(inner: &mut Inner, method: &str, path: &str) -> Option<Answer> {
     inner.fail_with.clone().map(|m| fail(StatusCode::INTERNAL_SERVER_ERROR, 999, m, Some("Retry once the controller is healthy.")))
 }
 
-async fn rd_list(State(s): State<Shared>) -> Answer {
-    let inner = lock(&s);
-    (StatusCode::OK, Json(json!(inner.rds.keys().map(|n| json!({"name": n, "props": {}, "flags": []})).collect::<Vec<_>>())))
+/// `GET /v1/resource-definitions`: filtered by `resource_definitions`
+/// (names) and `props` (`KEY=VALUE`), with volume definitions when asked.
+async fn rd_list(State(s): State<Shared>, RawQuery(query): RawQuery) -> Answer {
+    let mut inner = lock(&s);
+    inner.log.push(format!("GET /v1/resource-definitions?{}", query.clone().unwrap_or_default()));
+    let names: Vec<String> = params(&query, "resource_definitions").iter().map(|n| key(n)).collect();
+    let filters = params(&query, "props");
+    let with_volumes = params(&query, "with_volume_definitions").iter().any(|v| v == "true");
+    let list: Vec<Value> = inner
+        .rds
+        .iter()
+        .filter(|(k, rd)| (names.is_empty() || names.contains(k)) && matches(&rd.props, &filters))
+        .map(|(_, rd)| Inner::rd_json(rd, with_volumes))
+        .collect();
+    (StatusCode::OK, Json(json!(list)))
 }
 
 async fn rd_create(State(s): State<Shared>, Json(body): Json<Value>) -> Answer {
@@ -219,19 +323,34 @@ async fn rd_create(State(s): State<Shared>, Json(body): Json<Value>) -> Answer {
     let Some(name) = body["resource_definition"]["name"].as_str().map(str::to_string) else {
         return fail(StatusCode::BAD_REQUEST, 0, "API_CALL_PARSE_ERROR: resource_definition.name is missing", None);
     };
-    if inner.rds.contains_key(&name) {
-        return fail(StatusCode::INTERNAL_SERVER_ERROR, FAIL_EXISTS_RSC_DFN, format!("A resource definition with the name '{name}' already exists."), None);
+    let props = props_of(&body["resource_definition"]["props"]);
+    if let Err(a) = inner.new_rd(&name, props) {
+        return a;
     }
-    inner.rds.insert(name.clone(), Rd::default());
     ok(StatusCode::CREATED, CREATED, format!("New resource definition '{name}' created."))
 }
 
 async fn rd_get(State(s): State<Shared>, UrlPath(name): UrlPath<String>) -> Answer {
     let inner = lock(&s);
-    match inner.rds.get(&name) {
-        Some(_) => (StatusCode::OK, Json(json!({"name": name, "props": {}, "flags": []}))),
+    match inner.rd(&name) {
+        Some(rd) => (StatusCode::OK, Json(Inner::rd_json(rd, false))),
         None => missing_rd(&name),
     }
+}
+
+/// `PUT /v1/resource-definitions/{rsc}`: `override_props` and
+/// `delete_props`.
+async fn rd_modify(State(s): State<Shared>, UrlPath(name): UrlPath<String>, Json(body): Json<Value>) -> Answer {
+    let mut inner = lock(&s);
+    if let Some(a) = fault(&mut inner, "PUT", &format!("/v1/resource-definitions/{name}")) {
+        return a;
+    }
+    let Some(rd) = inner.rd_mut(&name) else { return missing_rd(&name) };
+    rd.props.extend(props_of(&body["override_props"]));
+    for k in body["delete_props"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        rd.props.remove(k);
+    }
+    ok(StatusCode::OK, MODIFIED, format!("Resource definition '{name}' modified."))
 }
 
 async fn rd_delete(State(s): State<Shared>, UrlPath(name): UrlPath<String>) -> Answer {
@@ -239,37 +358,43 @@ async fn rd_delete(State(s): State<Shared>, UrlPath(name): UrlPath<String>) -> A
     if let Some(a) = fault(&mut inner, "DELETE", &format!("/v1/resource-definitions/{name}")) {
         return a;
     }
-    let Some(rd) = inner.rds.get(&name) else {
+    let Some(rd) = inner.rd(&name) else {
         return ok(StatusCode::OK, MASK_WARN | WARN_NOT_FOUND, format!("Resource definition '{name}' not found."));
     };
     if let Some(node) = inner.in_use(rd) {
         return fail(StatusCode::INTERNAL_SERVER_ERROR, FAIL_IN_USE, format!("Resource '{name}' is in use on node '{node}'."), Some("Unmount it first."));
     }
-    let rd = inner.rds.remove(&name).expect("present");
+    if !rd.snapshots.is_empty() {
+        return fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            FAIL_EXISTS_SNAPSHOT_DFN,
+            format!("Cannot delete resource definition '{}' because it has snapshots.", rd.name),
+            Some("Delete its snapshots first."),
+        );
+    }
+    let rd = inner.rds.remove(&key(&name)).expect("present");
     for (node, r) in &rd.resources {
         if let Some(d) = &r.loop_device {
-            inner.detach_loop(&name, node, d);
+            inner.detach_loop(&rd.name, node, d);
         }
     }
-    let _ = std::fs::remove_file(inner.image(&name));
-    let _ = std::fs::remove_dir_all(inner.root.join("snapshots").join(&name));
+    let _ = std::fs::remove_file(inner.image(&rd.name));
+    let _ = std::fs::remove_dir_all(inner.root.join("snapshots").join(&rd.name));
     ok(StatusCode::OK, DELETED, format!("Resource definition '{name}' deleted."))
 }
 
 async fn vd_list(State(s): State<Shared>, UrlPath(name): UrlPath<String>) -> Answer {
     let inner = lock(&s);
-    match inner.rds.get(&name) {
-        Some(rd) => (
-            StatusCode::OK,
-            Json(json!(rd.size_kib.map(|k| vec![json!({"volume_number": 0, "size_kib": k, "props": {}, "flags": []})]).unwrap_or_default())),
-        ),
+    match inner.rd(&name) {
+        Some(rd) => (StatusCode::OK, Inner::rd_json(rd, true)["volume_definitions"].clone().into()),
         None => missing_rd(&name),
     }
 }
 
 fn create_volume(inner: &mut Inner, name: &str, size_kib: u64) -> Answer {
-    let image = inner.image(name);
-    let Some(rd) = inner.rds.get_mut(name) else { return missing_rd(name) };
+    let Some(display) = inner.rd(name).map(|rd| rd.name.clone()) else { return missing_rd(name) };
+    let image = inner.image(&display);
+    let Some(rd) = inner.rd_mut(name) else { return missing_rd(name) };
     if rd.size_kib.is_some() {
         return fail(StatusCode::INTERNAL_SERVER_ERROR, FAIL_EXISTS_VLM_DFN, format!("Volume definition 0 of '{name}' already exists."), None);
     }
@@ -297,8 +422,9 @@ async fn vd_modify(State(s): State<Shared>, UrlPath((name, number)): UrlPath<(St
     if let Some(a) = fault(&mut inner, "PUT", &format!("/v1/resource-definitions/{name}/volume-definitions/{number}")) {
         return a;
     }
-    let image = inner.image(&name);
-    let Some(rd) = inner.rds.get_mut(&name) else { return missing_rd(&name) };
+    let Some(display) = inner.rd(&name).map(|rd| rd.name.clone()) else { return missing_rd(&name) };
+    let image = inner.image(&display);
+    let Some(rd) = inner.rd_mut(&name) else { return missing_rd(&name) };
     let (Some(current), 0) = (rd.size_kib, number) else {
         return fail(StatusCode::NOT_FOUND, FAIL_NOT_FOUND_VLM_DFN, format!("Volume definition {number} of '{name}' not found."), None);
     };
@@ -339,10 +465,9 @@ async fn spawn(State(s): State<Shared>, UrlPath(group): UrlPath<String>, Json(bo
     let (Some(name), Some(size)) = (body["resource_definition_name"].as_str(), body["volume_sizes"][0].as_u64()) else {
         return fail(StatusCode::BAD_REQUEST, 0, "API_CALL_PARSE_ERROR: resource_definition_name and volume_sizes are required", None);
     };
-    if inner.rds.contains_key(name) {
-        return fail(StatusCode::INTERNAL_SERVER_ERROR, FAIL_EXISTS_RSC_DFN, format!("A resource definition with the name '{name}' already exists."), None);
+    if let Err(a) = inner.new_rd(name, props_of(&body["resource_definition_props"])) {
+        return a;
     }
-    inner.rds.insert(name.to_string(), Rd::default());
     let made = create_volume(&mut inner, name, size);
     if made.0 != StatusCode::CREATED {
         return made;
@@ -358,19 +483,20 @@ async fn make_available(State(s): State<Shared>, UrlPath((name, node)): UrlPath<
     if !inner.nodes.contains(&node) {
         return fail(StatusCode::NOT_FOUND, FAIL_NOT_FOUND_NODE, format!("Node '{node}' not found."), None);
     }
-    let has_volume = inner.rds.get(&name).map(|rd| rd.size_kib.is_some());
-    match has_volume {
-        None => return missing_rd(&name),
-        Some(false) => return fail(StatusCode::NOT_FOUND, FAIL_NOT_FOUND_VLM_DFN, format!("Resource definition '{name}' has no volume."), None),
-        Some(true) => {}
+    let Some((display, has_volume, needs_loop)) =
+        inner.rd(&name).map(|rd| (rd.name.clone(), rd.size_kib.is_some(), rd.resources.get(&node).is_none_or(|r| r.loop_device.is_none())))
+    else {
+        return missing_rd(&name);
+    };
+    if !has_volume {
+        return fail(StatusCode::NOT_FOUND, FAIL_NOT_FOUND_VLM_DFN, format!("Resource definition '{name}' has no volume."), None);
     }
-    let needs_loop = inner.rds[&name].resources.get(&node).is_none_or(|r| r.loop_device.is_none());
     if needs_loop {
-        let device = match inner.attach_loop(&name, &node) {
+        let device = match inner.attach_loop(&display, &node) {
             Ok(d) => d,
             Err(e) => return fail(StatusCode::INTERNAL_SERVER_ERROR, 0, e, None),
         };
-        let rd = inner.rds.get_mut(&name).expect("present");
+        let rd = inner.rd_mut(&name).expect("present");
         let diskless = !rd.resources.contains_key(&node);
         let r = rd.resources.entry(node.clone()).or_insert(Resource { diskless, loop_device: None });
         r.loop_device = Some(device);
@@ -383,7 +509,8 @@ async fn resource_delete(State(s): State<Shared>, UrlPath((name, node)): UrlPath
     if let Some(a) = fault(&mut inner, "DELETE", &format!("/v1/resource-definitions/{name}/resources/{node}")) {
         return a;
     }
-    let Some(rd) = inner.rds.get(&name) else { return missing_rd(&name) };
+    let Some(rd) = inner.rd(&name) else { return missing_rd(&name) };
+    let display = rd.name.clone();
     let Some(r) = rd.resources.get(&node) else {
         return ok(StatusCode::OK, MASK_WARN | WARN_NOT_FOUND, format!("Resource '{name}' on node '{node}' not found."));
     };
@@ -392,19 +519,21 @@ async fn resource_delete(State(s): State<Shared>, UrlPath((name, node)): UrlPath
     }
     let device = r.loop_device.clone();
     if let Some(d) = device {
-        inner.detach_loop(&name, &node, &d);
+        inner.detach_loop(&display, &node, &d);
     }
-    inner.rds.get_mut(&name).expect("present").resources.remove(&node);
+    inner.rd_mut(&name).expect("present").resources.remove(&node);
     ok(StatusCode::OK, DELETED, format!("Resource '{name}' on node '{node}' deleted."))
 }
 
-async fn resources_view(State(s): State<Shared>, Query(q): Query<BTreeMap<String, String>>) -> Answer {
-    let inner = lock(&s);
-    let wanted: Vec<&str> = q.get("resources").map(|r| r.split(',').collect()).unwrap_or_default();
+/// `GET /v1/view/resources`, filtered by `resources` (repeated).
+async fn resources_view(State(s): State<Shared>, RawQuery(query): RawQuery) -> Answer {
+    let mut inner = lock(&s);
+    inner.log.push(format!("GET /v1/view/resources?{}", query.clone().unwrap_or_default()));
+    let wanted: Vec<String> = params(&query, "resources").iter().map(|n| key(n)).collect();
     let mut out = Vec::new();
-    for (name, rd) in &inner.rds {
-        if wanted.is_empty() || wanted.contains(&name.as_str()) {
-            out.extend(inner.resources_json(name, rd));
+    for (k, rd) in &inner.rds {
+        if wanted.is_empty() || wanted.contains(k) {
+            out.extend(inner.resources_json(rd));
         }
     }
     (StatusCode::OK, Json(json!(out)))
@@ -412,8 +541,8 @@ async fn resources_view(State(s): State<Shared>, Query(q): Query<BTreeMap<String
 
 async fn snapshots(State(s): State<Shared>, UrlPath(name): UrlPath<String>) -> Answer {
     let inner = lock(&s);
-    match inner.rds.get(&name) {
-        Some(rd) => (StatusCode::OK, Json(json!(rd.snapshots.iter().map(|n| json!({"name": n, "resource_name": name})).collect::<Vec<_>>()))),
+    match inner.rd(&name) {
+        Some(rd) => (StatusCode::OK, Json(json!(rd.snapshots.iter().map(|n| json!({"name": n, "resource_name": rd.name})).collect::<Vec<_>>()))),
         None => missing_rd(&name),
     }
 }
@@ -426,9 +555,10 @@ async fn snapshot_create(State(s): State<Shared>, UrlPath(name): UrlPath<String>
     let Some(snap) = body["name"].as_str().map(str::to_string) else {
         return fail(StatusCode::BAD_REQUEST, 0, "API_CALL_PARSE_ERROR: name is missing", None);
     };
-    let image = inner.image(&name);
-    let dir = inner.root.join("snapshots").join(&name);
-    let Some(rd) = inner.rds.get_mut(&name) else { return missing_rd(&name) };
+    let Some(display) = inner.rd(&name).map(|rd| rd.name.clone()) else { return missing_rd(&name) };
+    let image = inner.image(&display);
+    let dir = inner.root.join("snapshots").join(&display);
+    let Some(rd) = inner.rd_mut(&name) else { return missing_rd(&name) };
     if rd.snapshots.contains(&snap) {
         return fail(StatusCode::INTERNAL_SERVER_ERROR, FAIL_EXISTS_SNAPSHOT, format!("A snapshot with the name '{snap}' already exists."), None);
     }
@@ -445,8 +575,9 @@ async fn snapshot_delete(State(s): State<Shared>, UrlPath((name, snap)): UrlPath
     if let Some(a) = fault(&mut inner, "DELETE", &format!("/v1/resource-definitions/{name}/snapshots/{snap}")) {
         return a;
     }
-    let file = inner.root.join("snapshots").join(&name).join(format!("{snap}.img"));
-    let Some(rd) = inner.rds.get_mut(&name) else { return missing_rd(&name) };
+    let Some(display) = inner.rd(&name).map(|rd| rd.name.clone()) else { return missing_rd(&name) };
+    let file = inner.root.join("snapshots").join(&display).join(format!("{snap}.img"));
+    let Some(rd) = inner.rd_mut(&name) else { return missing_rd(&name) };
     if !rd.snapshots.contains(&snap) {
         return ok(StatusCode::OK, MASK_WARN | WARN_NOT_FOUND, format!("Snapshot '{snap}' of resource '{name}' not found."));
     }
@@ -460,7 +591,8 @@ async fn snapshot_rollback(State(s): State<Shared>, UrlPath((name, snap)): UrlPa
     if let Some(a) = fault(&mut inner, "POST", &format!("/v1/resource-definitions/{name}/snapshot-rollback/{snap}")) {
         return a;
     }
-    let Some(rd) = inner.rds.get(&name) else { return missing_rd(&name) };
+    let Some(rd) = inner.rd(&name) else { return missing_rd(&name) };
+    let display = rd.name.clone();
     if !rd.snapshots.contains(&snap) {
         return fail(StatusCode::NOT_FOUND, FAIL_NOT_FOUND_SNAPSHOT, format!("Snapshot '{snap}' of resource '{name}' not found."), None);
     }
@@ -471,12 +603,12 @@ async fn snapshot_rollback(State(s): State<Shared>, UrlPath((name, snap)): UrlPa
     let nodes: Vec<(String, PathBuf)> =
         rd.resources.iter().filter_map(|(n, r)| r.loop_device.clone().map(|d| (n.clone(), d))).collect();
     for (node, d) in &nodes {
-        inner.detach_loop(&name, node, d);
+        inner.detach_loop(&display, node, d);
     }
-    let copied = copy_sparse(&inner.root.join("snapshots").join(&name).join(format!("{snap}.img")), &inner.image(&name));
+    let copied = copy_sparse(&inner.root.join("snapshots").join(&display).join(format!("{snap}.img")), &inner.image(&display));
     for (node, _) in &nodes {
-        let device = inner.attach_loop(&name, node).ok();
-        if let Some(r) = inner.rds.get_mut(&name).and_then(|rd| rd.resources.get_mut(node)) {
+        let device = inner.attach_loop(&display, node).ok();
+        if let Some(r) = inner.rd_mut(&name).and_then(|rd| rd.resources.get_mut(node)) {
             r.loop_device = device;
         }
     }
@@ -538,6 +670,7 @@ impl LinstorDouble {
             rds: BTreeMap::new(),
             log: Vec::new(),
             fail_with: None,
+            fail_placement: false,
         }));
         let listener = tokio::net::TcpListener::bind(listen).await.expect("bind the listen address");
         let addr = listener.local_addr().expect("addr");
@@ -551,7 +684,7 @@ impl LinstorDouble {
             .route("/health", get(|| async { StatusCode::OK }))
             .route("/v1/controller/version", get(|| async { Json(json!({"version": "1.29.0", "rest_api_version": "1.22.0"})) }))
             .route("/v1/resource-definitions", get(rd_list).post(rd_create))
-            .route("/v1/resource-definitions/{rsc}", get(rd_get).delete(rd_delete))
+            .route("/v1/resource-definitions/{rsc}", get(rd_get).put(rd_modify).delete(rd_delete))
             .route("/v1/resource-definitions/{rsc}/volume-definitions", get(vd_list).post(vd_create))
             .route("/v1/resource-definitions/{rsc}/volume-definitions/{vnr}", put(vd_modify))
             .route("/v1/resource-definitions/{rsc}/autoplace", post(autoplace))
@@ -586,9 +719,37 @@ impl LinstorDouble {
         lock(&self.inner).fail_with = message.map(str::to_string);
     }
 
-    /// The requests received, as "METHOD PATH".
+    /// The next autoplace fails with "not enough nodes" (after its
+    /// resource definition was made).
+    pub fn fail_next_placement(&self) {
+        lock(&self.inner).fail_placement = true;
+    }
+
+    /// The requests received, as "METHOD PATH" (with the query of lists).
     pub fn log(&self) -> Vec<String> {
         lock(&self.inner).log.clone()
+    }
+
+    /// A resource made outside Drover, as `linstor resource-definition
+    /// create` and friends make it: no Drover property, `size_kib` of
+    /// storage placed on the storage nodes.
+    pub fn make_foreign(&self, name: &str, size_kib: u64, props: &[(&str, &str)]) {
+        let mut inner = lock(&self.inner);
+        let props = props.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert!(inner.new_rd(name, props).is_ok(), "resource {name} made");
+        assert_eq!(create_volume(&mut inner, name, size_kib).0, StatusCode::CREATED);
+        assert_eq!(inner.place(name, 1, None).0, StatusCode::CREATED);
+    }
+
+    /// The properties of a resource definition.
+    pub fn props(&self, name: &str) -> Option<BTreeMap<String, String>> {
+        lock(&self.inner).rd(name).map(|rd| rd.props.clone())
+    }
+
+    /// The backing file of a volume (to damage it between attachments).
+    pub fn image(&self, name: &str) -> Option<PathBuf> {
+        let inner = lock(&self.inner);
+        inner.rd(name).map(|rd| inner.image(&rd.name))
     }
 
     /// Where a machine on `node` finds the volume's device.
@@ -598,17 +759,17 @@ impl LinstorDouble {
 
     /// The loop device backing the volume on `node`.
     pub fn device(&self, name: &str, node: &str) -> Option<PathBuf> {
-        lock(&self.inner).rds.get(name)?.resources.get(node)?.loop_device.clone()
+        lock(&self.inner).rd(name)?.resources.get(node)?.loop_device.clone()
     }
 
-    /// Names of the volumes the controller holds.
+    /// Names of the volumes the controller holds, as they were created.
     pub fn volumes(&self) -> Vec<String> {
-        lock(&self.inner).rds.keys().cloned().collect()
+        lock(&self.inner).rds.values().map(|rd| rd.name.clone()).collect()
     }
 
     /// The nodes holding a resource of the volume.
     pub fn nodes_of(&self, name: &str) -> Vec<String> {
-        lock(&self.inner).rds.get(name).map(|rd| rd.resources.keys().cloned().collect()).unwrap_or_default()
+        lock(&self.inner).rd(name).map(|rd| rd.resources.keys().cloned().collect()).unwrap_or_default()
     }
 }
 
@@ -630,10 +791,10 @@ impl Drop for LinstorDouble {
             let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
         let inner = lock(&self.inner);
-        for (name, rd) in &inner.rds {
+        for rd in inner.rds.values() {
             for (node, r) in &rd.resources {
                 if let Some(d) = &r.loop_device {
-                    inner.detach_loop(name, node, d);
+                    inner.detach_loop(&rd.name, node, d);
                 }
             }
         }
