@@ -34,6 +34,9 @@ pub fn required_role(request: &AdminRequest) -> Role {
         | AdminRequest::FleetShow => Role::Viewer,
         // Who may log in to machines is decided by admins only.
         AdminRequest::TenantsCreate(spec) if !spec.managers.is_empty() => Role::Admin,
+        // Taking over storage someone else made, and formatting over data
+        // the blank rule protects, are admins' decisions.
+        AdminRequest::Volumes(VolumeRequest::Adopt { .. } | VolumeRequest::AllowFormat { .. }) => Role::Admin,
         AdminRequest::TokensCreate(_)
         | AdminRequest::TokensRevoke { .. }
         | AdminRequest::MachinesLabel { .. }

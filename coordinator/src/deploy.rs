@@ -493,7 +493,7 @@ mod tests {
         assert_eq!(d.secret_names, vec!["db"]);
         let mut m = machine.clone();
         let report = |step, path: Option<&str>| DeploymentReport {
-            generation: 1, step, message: "m".into(), output_tail: "x".repeat(MAX_OUTPUT_TAIL + 10), system_path: path.map(String::from),
+            generation: 1, step, message: "m".into(), output_tail: "x".repeat(MAX_OUTPUT_TAIL + 10), system_path: path.map(String::from), volumes: vec![],
         };
         apply_report(&mut d, &mut m, &report(DeployStep::Switching, None), 11);
         assert_eq!(d.state, DeploymentState::Applying);

@@ -36,4 +36,5 @@ pub mod server;
 pub mod store;
 pub mod tenancy;
 pub mod tokens;
+pub mod volume_rules;
 pub mod volumes;

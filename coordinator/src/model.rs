@@ -117,6 +117,20 @@ pub fn clean_text(text: &str, max: usize) -> String {
     out
 }
 
+/// A volume's state from the network, as it may be stored: text cleaned
+/// and cut.
+pub fn clean_volume_state(v: &v1::VolumeState) -> v1::VolumeState {
+    let text = |s: &str| clean_text(s, MAX_REPORTED_TEXT);
+    v1::VolumeState {
+        name: clean_text(&v.name, 64),
+        mount_point: text(&v.mount_point),
+        filesystem: v.filesystem.as_deref().map(|f| clean_text(f, 32)),
+        grow_pending: v.grow_pending.as_deref().map(text),
+        error: v.error.as_deref().map(text),
+        ..v.clone()
+    }
+}
+
 impl HealthRecord {
     /// The record of a report from the network, normalised: non-finite
     /// numbers become 0, strings are cut and cleaned, lists are capped. A
@@ -138,19 +152,7 @@ impl HealthRecord {
                 .map(|units| units.iter().take(MAX_REPORTED_ITEMS).map(|u| clean_text(u, 256)).collect()),
             agent_version: clean_text(&report.agent_version, 128),
             system_path: report.system_path.as_deref().map(text),
-            volumes: report
-                .volumes
-                .into_iter()
-                .take(MAX_REPORTED_ITEMS)
-                .map(|v| v1::VolumeState {
-                    name: clean_text(&v.name, 64),
-                    mount_point: text(&v.mount_point),
-                    filesystem: v.filesystem.as_deref().map(|f| clean_text(f, 32)),
-                    grow_pending: v.grow_pending.as_deref().map(text),
-                    error: v.error.as_deref().map(text),
-                    ..v
-                })
-                .collect(),
+            volumes: report.volumes.iter().take(MAX_REPORTED_ITEMS).map(clean_volume_state).collect(),
             boot_id: report.boot_id.as_deref().map(|b| clean_text(b, 64)),
             booted_system: report.booted_system.as_deref().map(text),
             pending_system: report.pending_system.as_deref().map(text),
@@ -489,6 +491,46 @@ pub struct VolumeRecord {
     pub state: Option<v1::VolumeState>,
     #[serde(default)]
     pub snapshots: Vec<SnapshotRecord>,
+    /// Drover created it and no machine has released it since, nor has any
+    /// agent reported it formatted: the one state in which a machine may be
+    /// told it may format the volume (its device must still read as never
+    /// written). Records from before this field read as not fresh.
+    #[serde(default)]
+    pub fresh: bool,
+    /// An admin allowed the next machine it is given to format it whatever
+    /// it holds (`drover volumes allow-format`); cleared once it is
+    /// formatted.
+    #[serde(default)]
+    pub overwrite: bool,
+    /// Taken over from outside Drover (`drover volumes adopt`).
+    #[serde(default)]
+    pub adopted: bool,
+}
+
+impl VolumeRecord {
+    /// A record of a volume Drover has just come to hold.
+    pub fn new(name: &str, size_bytes: u64, now: UnixMillis, fresh: bool) -> Self {
+        VolumeRecord {
+            name: name.to_string(),
+            size_bytes,
+            created_at: now,
+            formatted: false,
+            attached: None,
+            state: None,
+            snapshots: Vec::new(),
+            fresh,
+            overwrite: false,
+            adopted: false,
+        }
+    }
+
+    /// What an agent said of it: a format ends freshness and any allowed
+    /// overwrite, for good.
+    pub fn saw_formatted(&mut self) {
+        self.formatted = true;
+        self.fresh = false;
+        self.overwrite = false;
+    }
 }
 
 /// Which machine holds a volume.

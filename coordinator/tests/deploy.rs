@@ -210,11 +210,11 @@ async fn secrets_and_facts_reach_only_their_machine_and_stale_secrets_are_remove
     let answer = conn.request(&Request::Agent(AgentRequest::FetchAssignment)).await.expect("fetch");
     assert_eq!(answer, Response::Agent(AgentResponse::NoAssignment));
     // B cannot write into A's deployment history either.
-    let forged = AgentRequest::ReportDeployment(DeploymentReport { generation: 1, step: DeployStep::Failed, message: "forged".into(), output_tail: String::new(), system_path: None });
+    let forged = AgentRequest::ReportDeployment(DeploymentReport { generation: 1, step: DeployStep::Failed, message: "forged".into(), output_tail: String::new(), system_path: None, volumes: vec![] });
     let err = conn.request(&Request::Agent(forged)).await.expect_err("no deployment of B's");
     assert_eq!(err.code(), Some(drover_protocol::ErrorCode::NotFound));
     // Nor in a batch, and a batch is bounded: nothing of it is recorded.
-    let report = |step| DeploymentReport { generation: 1, step, message: "forged".into(), output_tail: String::new(), system_path: None };
+    let report = |step| DeploymentReport { generation: 1, step, message: "forged".into(), output_tail: String::new(), system_path: None, volumes: vec![] };
     let batch = AgentRequest::ReportDeployments(vec![report(DeployStep::Received), report(DeployStep::Failed)]);
     let err = conn.request(&Request::Agent(batch)).await.expect_err("no deployment of B's");
     assert_eq!(err.code(), Some(drover_protocol::ErrorCode::NotFound));

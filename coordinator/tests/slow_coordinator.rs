@@ -72,6 +72,7 @@ async fn a_slow_answer_abandons_the_request_not_the_connection() {
         message: String::new(),
         output_tail: String::new(),
         system_path: None,
+        volumes: vec![],
     })), Duration::from_secs(5))
     .await
     .expect("the same connection answers the next request");

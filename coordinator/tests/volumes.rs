@@ -5,7 +5,12 @@
 //! machine, formatted once and mounted, kept through later deployments and
 //! an agent restart, refused to a second machine, moved with its data, and
 //! deleted only when detached and confirmed; LINSTOR's faults refuse a
-//! deployment with nothing recorded, and a retry completes.
+//! deployment with nothing recorded, and a retry completes. Never data
+//! lost: a volume detached right after its deployment is recorded as
+//! formatted and never formatted again elsewhere; a resource made outside
+//! Drover is neither listed nor changed until adopted; names LINSTOR would
+//! refuse or confuse are refused before any request; a refused volume
+//! leaves the machine's assignment.
 
 mod common;
 
@@ -29,7 +34,12 @@ struct Fleet {
 
 impl Fleet {
     async fn start(nodes: &[&str]) -> Fleet {
-        let mut coordinator = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
+        Self::start_with(nodes, Options::default().health_interval).await
+    }
+
+    /// With agents reporting health every `health_interval`.
+    async fn start_with(nodes: &[&str], health_interval: Duration) -> Fleet {
+        let mut coordinator = TestCoordinator::start_with(Options { no_server: true, health_interval, ..Default::default() }).await;
         let double = LinstorDouble::start(&coordinator.dir.path().join("linstor"), nodes).await;
         let mut linstor = LinstorConfig::new(&double.url);
         linstor.ready_timeout = Duration::from_secs(10);
@@ -454,4 +464,193 @@ async fn a_rollout_gives_each_machine_its_own_volume_by_hostname() {
         assert!(mounted(&fleet.double.node_root(node).join("srv/pg")), "{node} mounts its own volume");
         assert_eq!(fleet.double.nodes_of(&format!("pg-{node}")).iter().filter(|n| n.starts_with("vm-")).collect::<Vec<_>>(), [node]);
     }
+}
+
+fn hash(p: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(p).expect("read image")))
+}
+
+/// The outcome of a machine's deployment of `generation`, once it is over.
+async fn outcome(fleet: &Fleet, machine: &str, generation: u64) -> DeploymentInfo {
+    let id = format!("d-{machine}-{generation}");
+    let show = || async {
+        let AdminResponse::Deployment(d) = fleet.coordinator.call(AdminRequest::DeploymentsShow { id: id.clone() }).await else { panic!("no deployment {id}") };
+        d
+    };
+    let over = eventually(Duration::from_secs(60), || async { matches!(show().await.state, DeploymentState::Succeeded | DeploymentState::Failed) }).await;
+    let last = show().await;
+    assert!(over, "deployment {id} ends: {last:?}");
+    last
+}
+
+/// "Formatted" is durable with the outcome: a volume detached as soon as
+/// its deployment returns — long before any health report — is recorded
+/// as formatted, and a second machine refuses it once its first 4 KiB were
+/// damaged instead of formatting it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_detached_right_after_its_deployment_is_never_formatted_again() {
+    let fleet = Fleet::start_with(&["vm-a", "vm-b"], Duration::from_secs(120)).await;
+    let (_vm_a, _agent_a, a) = fleet.machine("vm-a").await;
+    let (_vm_b, _agent_b, b) = fleet.machine("vm-b").await;
+    assert_eq!(fleet.deploy(fleet.spec(&b, "good", vec![])).await.expect("deployed").state, DeploymentState::Succeeded);
+
+    let d = fleet.deploy(fleet.spec(&a, "good", vec![claim("quick2", "/srv/quick2", Filesystem::Ext4, Some(64 << 20))])).await.expect("deployed");
+    assert_eq!(d.state, DeploymentState::Succeeded, "{d:?}");
+    let mount_a = fleet.double.node_root("vm-a").join("srv/quick2");
+    std::fs::write(mount_a.join("file"), "written on A").expect("write");
+    let (ok, v, err) = fleet.cli(&["volumes", "detach", "quick2"]).await;
+    assert!(ok, "detach: {err}");
+    assert!(v["attached"].is_null() && v["formatted"] == true, "recorded as formatted when the detach returns: {v}");
+    let (_, v, _) = fleet.cli(&["volumes", "show", "quick2"]).await;
+    assert_eq!(v["formatted"], true, "{v}");
+
+    // The first 4 KiB damaged (the superblock and what precedes it).
+    let image = fleet.double.image("quick2").expect("the volume's file");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&image).expect("open image");
+        f.write_all_at(&[0u8; 4096], 0).expect("damage");
+        f.sync_all().expect("sync");
+    }
+    let damaged = hash(&image);
+    let (ok, v, err) = fleet.cli(&["volumes", "attach", "quick2", "--machine", &b, "--mount", "/srv/quick2"]).await;
+    assert!(ok, "attach to B is recorded: {err}");
+    let generation = v["attached"]["generation"].as_u64().expect("the generation that gives it to B");
+    let d = outcome(&fleet, &b, generation).await;
+    assert_eq!(d.state, DeploymentState::Failed, "B refuses the volume: {d:?}");
+    let last = &d.steps.last().expect("steps").message;
+    assert!(last.contains("volume quick2") && last.contains("formatted before"), "{last}");
+    assert_eq!(hash(&image), damaged, "not one byte of the volume changed");
+    assert!(!mounted(&fleet.double.node_root("vm-b").join("srv/quick2")));
+    let (_, v, _) = fleet.cli(&["volumes", "show", "quick2"]).await;
+    assert!(v["attached"].is_null() && v["formatted"] == true, "the refused volume left B, still recorded formatted: {v}");
+}
+
+/// A resource made outside Drover (a Proxmox VM's disk by linstor-proxmox)
+/// is neither listed, deleted, attached, resized nor snapshotted through
+/// Drover; an admin adopts it explicitly, and even then it is formatted
+/// only when an admin allows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_drover_did_not_make_is_left_alone_until_adopted() {
+    let fleet = Fleet::start(&["vm-a"]).await;
+    let (_vm, _agent, a) = fleet.machine("vm-a").await;
+    assert_eq!(fleet.deploy(fleet.spec(&a, "good", vec![])).await.expect("deployed").state, DeploymentState::Succeeded);
+    fleet.double.make_foreign("vm-100-disk-1", 64 << 10, &[]);
+    let image = fleet.double.image("vm-100-disk-1").expect("file");
+    let before = hash(&image);
+    let sent = fleet.double.log().len();
+
+    let (ok, list, _) = fleet.cli(&["volumes", "list"]).await;
+    assert!(ok && list.as_array().is_some_and(|l| l.is_empty()), "not listed: {list}");
+    for args in [
+        vec!["volumes", "delete", "vm-100-disk-1", "--yes-delete-data", "vm-100-disk-1"],
+        vec!["volumes", "attach", "vm-100-disk-1", "--machine", a.as_str(), "--mount", "/srv/x"],
+        vec!["volumes", "resize", "vm-100-disk-1", "--size", "128MiB"],
+        vec!["volumes", "snapshot", "vm-100-disk-1"],
+        vec!["volumes", "show", "vm-100-disk-1"],
+    ] {
+        let (ok, _, err) = fleet.cli(&args).await;
+        assert!(!ok && err.contains("did not make") && err.contains("volumes adopt vm-100-disk-1"), "{args:?}: {err}");
+    }
+    let e = fleet.deploy(fleet.spec(&a, "good2", vec![claim("vm-100-disk-1", "/srv/x", Filesystem::Ext4, None)])).await.expect_err("refused");
+    assert!(e.message.contains("did not make") && e.message.contains("nothing recorded"), "{e}");
+    let changes: Vec<String> = fleet.double.log()[sent..].iter().filter(|l| !l.starts_with("GET")).cloned().collect();
+    assert!(changes.is_empty(), "nothing but reads reached LINSTOR: {changes:?}");
+    assert_eq!(hash(&image), before);
+    assert_eq!(fleet.double.nodes_of("vm-100-disk-1"), ["stor1"], "still where it was");
+
+    // Adopted explicitly, by an admin, with the name twice.
+    let (ok, _, err) = fleet.cli(&["volumes", "adopt", "vm-100-disk-1", "--yes-adopt", "other"]).await;
+    assert!(!ok && err.contains("--yes-adopt vm-100-disk-1"), "{err}");
+    let (ok, v, err) = fleet.cli(&["volumes", "adopt", "vm-100-disk-1", "--yes-adopt", "vm-100-disk-1"]).await;
+    assert!(ok && v["name"] == "vm-100-disk-1", "{err}");
+    assert!(fleet.double.props("vm-100-disk-1").expect("props").get("Aux/drover-fleet").is_some_and(|f| f.starts_with("drover-")));
+    let (_, list, _) = fleet.cli(&["volumes", "list"]).await;
+    assert_eq!(list.as_array().map(|l| l.len()), Some(1), "{list}");
+
+    // Adopted, it reads as zeroes, yet it is not Drover's to call new: refused.
+    let d = fleet.deploy(fleet.spec(&a, "good2", vec![claim("vm-100-disk-1", "/srv/x", Filesystem::Ext4, None)])).await.expect("recorded");
+    assert_eq!(d.state, DeploymentState::Failed, "{d:?}");
+    assert!(d.steps.last().expect("steps").message.contains("does not vouch"), "{:?}", d.steps);
+    assert_eq!(hash(&image), before, "unchanged");
+    let (ok, _, err) = fleet.cli(&["volumes", "allow-format", "vm-100-disk-1", "--yes-overwrite", "vm-100-disk-1"]).await;
+    assert!(ok, "{err}");
+    let d = fleet.deploy(fleet.spec(&a, "good2", vec![claim("vm-100-disk-1", "/srv/x", Filesystem::Ext4, None)])).await.expect("deployed");
+    assert_eq!(d.state, DeploymentState::Succeeded, "formatted once allowed: {d:?}");
+    assert!(mounted(&fleet.double.node_root("vm-a").join("srv/x")));
+    let (_, v, _) = fleet.cli(&["volumes", "show", "vm-100-disk-1"]).await;
+    assert_eq!(v["formatted"], true, "{v}");
+    let (_, audit, _) = fleet.cli(&["audit"]).await;
+    let actions: Vec<&str> = audit.as_array().into_iter().flatten().filter_map(|e| e["action"].as_str()).collect();
+    assert!(actions.contains(&"volumes adopt") && actions.contains(&"volumes allow-format"), "audited: {actions:?}");
+}
+
+/// Names LINSTOR refuses or treats as one, sizes and mount points that
+/// cannot work, all refused with the reason before any request; a volume
+/// with snapshots names the way to delete them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_volume_input_is_refused_before_any_request_with_the_fix() {
+    let fleet = Fleet::start(&["vm-a"]).await;
+    let (_vm, _agent, a) = fleet.machine("vm-a").await;
+    assert_eq!(fleet.deploy(fleet.spec(&a, "good", vec![])).await.expect("deployed").state, DeploymentState::Succeeded);
+    let (ok, _, err) = fleet.cli(&["volumes", "create", "data", "--size", "32MiB"]).await;
+    assert!(ok, "{err}");
+    let sent = fleet.double.log().len();
+    let flake = format!("path:{}#good", fleet.flake.display());
+    for (args, named) in [
+        (vec!["volumes", "create", "a", "--size", "32MiB"], "2 to 48"),
+        (vec!["volumes", "create", "all", "--size", "32MiB"], "reserves"),
+        (vec!["volumes", "create", "DATA", "--size", "32MiB"], "same block storage resource as volume \"data\""),
+        (vec!["volumes", "create", "neg", "--size", "-1"], "negative"),
+        (vec!["volumes", "create", "neg", "--size=-1"], "negative"),
+        (vec!["deploy", "--machine", a.as_str(), "--flake", flake.as_str(), "--volume", "DATA:/srv/data"], "same block storage resource"),
+        (vec!["deploy", "--machine", a.as_str(), "--flake", flake.as_str(), "--volume", "media:/srv/media:xfs,size=64MiB"], "300"),
+        (vec!["deploy", "--machine", a.as_str(), "--flake", flake.as_str(), "--volume", "keys:/etc/ssh,size=32MiB"], "/etc"),
+        (vec!["deploy", "--machine", a.as_str(), "--flake", flake.as_str(), "--volume", "home:/home,size=32MiB"], "hide every directory"),
+    ] {
+        let (ok, _, err) = fleet.cli(&args).await;
+        assert!(!ok && err.contains(named), "{args:?} refused naming {named:?}: {err}");
+    }
+    assert_eq!(fleet.double.log().len(), sent, "no request reached LINSTOR: {:?}", &fleet.double.log()[sent..]);
+
+    let (ok, _, err) = fleet.cli(&["volumes", "snapshot", "data", "--name", "keep"]).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = fleet.cli(&["volumes", "delete", "data", "--yes-delete-data", "data"]).await;
+    assert!(!ok && err.contains("volumes snapshots data --prune"), "{err}");
+    assert_eq!(fleet.double.volumes(), ["data"]);
+}
+
+/// A `--volume` the agent refused (a device that holds data) leaves the
+/// machine: the next plain deployment succeeds without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_refused_volume_a_plain_deployment_succeeds() {
+    let fleet = Fleet::start(&["vm-a"]).await;
+    let (_vm, _agent, a) = fleet.machine("vm-a").await;
+    assert_eq!(fleet.deploy(fleet.spec(&a, "good", vec![])).await.expect("deployed").state, DeploymentState::Succeeded);
+    let (ok, _, err) = fleet.cli(&["volumes", "create", "junk", "--size", "32MiB"]).await;
+    assert!(ok, "{err}");
+    // A partition table, as another tool left it.
+    let image = fleet.double.image("junk").expect("file");
+    let mut sfdisk = std::process::Command::new("sfdisk")
+        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+        .arg(&image)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sfdisk (apt-get install fdisk)");
+    std::io::Write::write_all(sfdisk.stdin.as_mut().expect("stdin"), b"label: gpt\n,8MiB,L\n").expect("table");
+    assert!(sfdisk.wait().expect("sfdisk").success());
+    let before = hash(&image);
+
+    let d = fleet.deploy(fleet.spec(&a, "good2", vec![claim("junk", "/srv/junk", Filesystem::Ext4, None)])).await.expect("recorded");
+    assert_eq!(d.state, DeploymentState::Failed, "{d:?}");
+    assert!(d.steps.last().expect("steps").message.contains("partition table (gpt)"), "{:?}", d.steps);
+    assert_eq!(hash(&image), before);
+
+    let d = fleet.deploy(fleet.spec(&a, "good2", vec![])).await.expect("deployed");
+    assert_eq!(d.state, DeploymentState::Succeeded, "the next plain deployment does not carry the refused volume: {d:?}");
+    let (_, v, _) = fleet.cli(&["volumes", "show", "junk"]).await;
+    assert!(v["attached"].is_null(), "{v}");
+    let off = eventually(Duration::from_secs(10), || async { !fleet.double.nodes_of("junk").contains(&"vm-a".to_string()) }).await;
+    assert!(off, "taken off the machine's node");
 }

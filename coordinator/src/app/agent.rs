@@ -5,7 +5,7 @@
 //! checked or normalised before it is stored.
 
 use drover_net::identity::{PeerCertificate, Subject};
-use drover_protocol::v1::{AgentResponse, DeploymentReport, HealthReport, IssuedCertificate, MAX_REPORTS_PER_REQUEST};
+use drover_protocol::v1::{AgentResponse, DeploymentReport, DeploymentState, HealthReport, IssuedCertificate, VolumeState, MAX_REPORTS_PER_REQUEST};
 use drover_protocol::{ErrorCode, WireError};
 
 use crate::model::{DeploymentRecord, HealthRecord, MachineRecord};
@@ -79,6 +79,9 @@ pub fn fetch_assignment(state: &Coordinator, id: &str) -> Result<AgentResponse, 
     })
 }
 
+/// The most volume states one progress report is read for.
+const MAX_REPORTED_VOLUMES: usize = 64;
+
 /// Folds progress reports (oldest first) into the machine's own
 /// deployments, in one transaction. A report of an outcome (succeeded,
 /// failed, rolled back) changes the machine's record too and is flushed
@@ -94,16 +97,26 @@ pub async fn report_deployments(state: &Coordinator, id: &str, reports: &[Deploy
         ));
     }
     let now = now_ms();
-    let outcome = reports.iter().any(|r| crate::deploy::is_outcome(r.step));
+    // An outcome, or volumes' states (a format among them), change the
+    // machine's records and are flushed before they are acknowledged.
+    let outcome = reports.iter().any(|r| crate::deploy::is_outcome(r.step) || !r.volumes.is_empty());
     let fold = |tx: &crate::store::Tx<'_>| {
         let mut machine: MachineRecord = tx.require(id.as_bytes())?;
         let mut finished = Vec::new();
+        let mut dropped = Vec::new();
         for report in reports {
             let key = generation_key(id, report.generation);
             let mut deployment: DeploymentRecord = tx.require(&key)?;
             let was_final = deployment.finished_at.is_some();
             crate::deploy::apply_report(&mut deployment, &mut machine, report, now);
             tx.put(&key, &deployment)?;
+            if !report.volumes.is_empty() {
+                let states: Vec<VolumeState> = report.volumes.iter().take(MAX_REPORTED_VOLUMES).map(crate::model::clean_volume_state).collect();
+                super::volumes::record_states(tx, &mut machine, &states)?;
+                if deployment.state == DeploymentState::Failed && !was_final {
+                    dropped.extend(super::volumes::drop_refused(tx, &mut machine, report.generation, &states)?);
+                }
+            }
             if let (false, Some(at)) = (was_final, deployment.finished_at) {
                 finished.push((deployment.state, deployment.rolled_back, at.saturating_sub(deployment.created_at)));
             }
@@ -111,9 +124,10 @@ pub async fn report_deployments(state: &Coordinator, id: &str, reports: &[Deploy
         if outcome {
             tx.put(id.as_bytes(), &machine)?;
         }
-        Ok::<_, WireError>(finished)
+        Ok::<_, WireError>((finished, dropped))
     };
-    let finished = if outcome { state.store.commit(fold).await? } else { state.store.write(fold).await? };
+    let (finished, dropped) = if outcome { state.store.commit(fold).await? } else { state.store.write(fold).await? };
+    super::volumes::release_dropped(state, dropped);
     for (deployment_state, rolled_back, took_ms) in finished {
         state.metrics.deployment_finished(deployment_state, rolled_back, took_ms as f64 / 1000.0);
     }

@@ -86,6 +86,8 @@ pub fn describe(request: &AdminRequest) -> Option<(String, String)> {
             VolumeRequest::Snapshots { name, prune: true } => ("volumes snapshots --prune", name.clone()),
             VolumeRequest::Rollback { name, snapshot } => ("volumes rollback", format!("{name} to {snapshot}")),
             VolumeRequest::Delete { name, .. } => ("volumes delete", name.clone()),
+            VolumeRequest::Adopt { name, .. } => ("volumes adopt", name.clone()),
+            VolumeRequest::AllowFormat { name, .. } => ("volumes allow-format", name.clone()),
         },
     };
     Some((action.to_string(), crate::model::clean_text(target.trim(), 512)))

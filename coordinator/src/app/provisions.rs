@@ -261,6 +261,10 @@ pub fn bind_enrollment(tx: &Tx, token: &TokenRecord, machine_id: &str) -> Result
             size_bytes: d.size_bytes,
             formatted: false,
             restore_snapshot: None,
+            // The provision made the disk with the VM, for this VM alone;
+            // the agent still formats it only if it reads as never written.
+            fresh: true,
+            overwrite: false,
         })
         .collect();
     Ok(Some((p.name.clone(), volumes)))

@@ -257,8 +257,11 @@ pub fn parse_volume(s: &str) -> Result<drover_protocol::v1::VolumeClaim, String>
         Some(fs) => fs.parse()?,
         None => drover_protocol::v1::Filesystem::Ext4,
     };
-    crate::volumes::check_name(name).map_err(|e| e.to_string())?;
-    crate::app::volumes::check_mount_point(mount_point)?;
+    crate::volume_rules::check_name(name)?;
+    crate::volume_rules::check_mount_point(mount_point)?;
+    if let Some(size) = size {
+        crate::volume_rules::size_kib(size, Some(filesystem))?;
+    }
     Ok(drover_protocol::v1::VolumeClaim { name: name.to_string(), mount_point: mount_point.to_string(), filesystem, size_bytes: size })
 }
 

@@ -364,10 +364,10 @@ pub enum MachinesCommand {
         #[arg(long)]
         cores: Option<u32>,
         /// Memory, e.g. 4GiB (default: the provider's).
-        #[arg(long, value_parser = crate::cli::parse_size)]
+        #[arg(long, value_parser = crate::cli::parse_size, allow_hyphen_values = true)]
         memory: Option<u64>,
         /// System disk, e.g. 32GiB (default: the provider's).
-        #[arg(long, value_parser = crate::cli::parse_size)]
+        #[arg(long, value_parser = crate::cli::parse_size, allow_hyphen_values = true)]
         disk: Option<u64>,
         /// A label the machine gets (k=v, repeatable).
         #[arg(long = "label", value_parser = parse_label)]

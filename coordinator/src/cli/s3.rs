@@ -46,7 +46,7 @@ pub enum BucketsCommand {
         #[arg(long)]
         public: bool,
         /// Largest total size, e.g. 10GiB.
-        #[arg(long, value_parser = parse_size)]
+        #[arg(long, value_parser = parse_size, allow_hyphen_values = true)]
         max_size: Option<u64>,
         /// Most objects.
         #[arg(long)]
@@ -96,6 +96,9 @@ pub enum KeysCommand {
 
 /// Parses a size such as `10GiB`, `500 MB` or `1073741824`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
+    if s.trim_start().starts_with('-') {
+        return Err(format!("{s:?} is negative; a size is a positive amount with a unit, e.g. 20GiB or 512MiB"));
+    }
     s.parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
         .map_err(|e| format!("{s:?} is not a size (e.g. 10GiB): {e}"))
@@ -118,7 +121,7 @@ pub enum ClusterCommand {
         #[arg(long)]
         zone: Option<String>,
         /// Storage it offers, e.g. 1TiB.
-        #[arg(long, value_parser = parse_size)]
+        #[arg(long, value_parser = parse_size, allow_hyphen_values = true)]
         capacity: Option<u64>,
         /// A Drover machine running Garage, described by its labels.
         #[arg(long, conflicts_with_all = ["admin", "rpc", "zone", "capacity"])]

@@ -16,15 +16,21 @@ pub enum VolumesCommand {
     /// One volume: replicas and their disk state, the machine that holds it,
     /// its mount point, filesystem and the used space its agent reports.
     Show {
+        #[arg(value_parser = parse_volume_name)]
         name: String,
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Create a volume (success if it exists with the same size).
+    /// Create a volume, marked as this fleet's (success if this fleet's
+    /// volume exists with the same size; a resource of that name made
+    /// elsewhere is refused — see `adopt`). Names: 2 to 48 letters, digits,
+    /// '_' and '-', starting with a letter, not `all` or `proxy`; they
+    /// ignore case.
     Create {
+        #[arg(value_parser = parse_volume_name)]
         name: String,
-        /// Its size, e.g. 20GiB.
-        #[arg(long, value_parser = parse_size)]
+        /// Its size, e.g. 20GiB (at least 16MiB; 300MiB for xfs).
+        #[arg(long, value_parser = parse_size, allow_hyphen_values = true)]
         size: u64,
         /// Diskful replicas (default: `linstor.place_count`).
         #[arg(long)]
@@ -39,16 +45,21 @@ pub enum VolumesCommand {
     /// (online where the kernel allows, else at the next attach). Shrinking
     /// is refused.
     Resize {
+        #[arg(value_parser = parse_volume_name)]
         name: String,
-        #[arg(long, value_parser = parse_size)]
+        /// The new size, e.g. 40GiB.
+        #[arg(long, value_parser = parse_size, allow_hyphen_values = true)]
         size: u64,
         #[command(flatten)]
         admin: AdminArgs,
     },
     /// Give a volume to a machine: it is made available on the machine's
-    /// LINSTOR node and mounted by its agent in a new generation (formatted
-    /// only if blank). Refused while another machine holds it.
+    /// LINSTOR node and mounted by its agent in a new generation. The agent
+    /// formats it only when Drover created it, no machine held it before,
+    /// and its device reads as never written; anything else is refused
+    /// unchanged. Refused while another machine holds it.
     Attach {
+        #[arg(value_parser = parse_volume_name)]
         name: String,
         #[arg(long)]
         machine: String,
@@ -63,12 +74,14 @@ pub enum VolumesCommand {
     /// Take a volume from its machine: the agent unmounts it (a generation
     /// without it), then it leaves the machine's node. Its data stays.
     Detach {
+        #[arg(value_parser = parse_volume_name)]
         name: String,
         #[command(flatten)]
         admin: AdminArgs,
     },
     /// Take a snapshot.
     Snapshot {
+        #[arg(value_parser = parse_volume_name)]
         name: String,
         /// The snapshot's name (default: s<UNIX MILLISECONDS>).
         #[arg(long = "name")]
@@ -78,6 +91,7 @@ pub enum VolumesCommand {
     },
     /// List a volume's snapshots; `--prune` deletes them.
     Snapshots {
+        #[arg(value_parser = parse_volume_name)]
         name: String,
         #[arg(long)]
         prune: bool,
@@ -86,13 +100,16 @@ pub enum VolumesCommand {
     },
     /// Return a detached volume to a snapshot (its later data is lost).
     Rollback {
+        #[arg(value_parser = parse_volume_name)]
         name: String,
         snapshot: String,
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Delete a detached volume and its data.
+    /// Delete a detached volume of this fleet and its data (its snapshots
+    /// first, with `snapshots NAME --prune`).
     Delete {
+        #[arg(value_parser = parse_volume_name)]
         name: String,
         /// Repeat the volume's name to confirm that its data goes.
         #[arg(long = "yes-delete-data", value_name = "NAME", required = true)]
@@ -100,6 +117,36 @@ pub enum VolumesCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Take over a block storage resource Drover did not make: it is marked
+    /// with this fleet's identity and recorded. Drover never formats an
+    /// adopted volume unless `allow-format` says so. (Admins only.)
+    Adopt {
+        #[arg(value_parser = parse_volume_name)]
+        name: String,
+        /// Repeat the volume's name to confirm the takeover.
+        #[arg(long = "yes-adopt", value_name = "NAME", required = true)]
+        confirm: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Let the next machine the volume is given to format it whatever its
+    /// device holds (once): for a volume you know holds nothing of value
+    /// that the blank rule refused. (Admins only; logged and audited.)
+    AllowFormat {
+        #[arg(value_parser = parse_volume_name)]
+        name: String,
+        /// Repeat the volume's name to confirm that its data may go.
+        #[arg(long = "yes-overwrite", value_name = "NAME", required = true)]
+        confirm: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// A volume name, checked before anything is sent (LINSTOR's rules).
+pub fn parse_volume_name(s: &str) -> Result<String, String> {
+    crate::volume_rules::check_name(s)?;
+    Ok(s.to_string())
 }
 
 pub fn parse_filesystem(s: &str) -> Result<Filesystem, String> {

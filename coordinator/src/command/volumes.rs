@@ -145,5 +145,15 @@ pub async fn run(cmd: VolumesCommand) -> Result<()> {
             volumes(&admin, VolumeRequest::Delete { name: name.clone(), confirm }, &format!("deleting volume {name}")).await?;
             show(&admin, &serde_json::json!({ "deleted": name }), |_| crate::out!("volume {name} deleted with its data"))
         }
+        VolumesCommand::Adopt { name, confirm, admin } => {
+            one(&admin, VolumeRequest::Adopt { name: name.clone(), confirm }, &format!("adopting volume {name}")).await
+        }
+        VolumesCommand::AllowFormat { name, confirm, admin } => {
+            one(&admin, VolumeRequest::AllowFormat { name: name.clone(), confirm }, &format!("allowing volume {name} to be formatted")).await?;
+            if admin.output == OutputFormat::Table {
+                eprintln!("the next machine {name} is given to formats it, whatever its device holds");
+            }
+            Ok(())
+        }
     }
 }

@@ -311,16 +311,18 @@ pub fn validate(fleet: &FleetFile, source: &Source) -> Result<(), FleetError> {
             size_bytes(q).map_err(|e| source.error(&["buckets", name, "quota"], e))?;
         }
     }
-    for (name, v) in &fleet.volumes {
+    for (i, (name, v)) in fleet.volumes.iter().enumerate() {
         let at = |key: &str, msg: String| source.error(&["volumes", name, key], msg);
+        crate::volume_rules::check_name(name).map_err(|e| source.error(&["volumes", name], e))?;
+        crate::volume_rules::check_unique(name, fleet.volumes.keys().take(i).map(String::as_str))
+            .map_err(|e| source.error(&["volumes", name], e))?;
         let Some(machine) = fleet.machines.get(&v.machine) else {
             return Err(at("machine", format!("no machine {:?} in [machines]", v.machine)));
         };
-        size_bytes(&v.size).map_err(|e| at("size", e))?;
-        v.filesystem.parse::<drover_protocol::v1::Filesystem>().map_err(|e| at("filesystem", e))?;
-        if !v.mount.starts_with('/') || v.mount == "/" {
-            return Err(at("mount", format!("{:?} must be an absolute path below /", v.mount)));
-        }
+        let size = size_bytes(&v.size).map_err(|e| at("size", e))?;
+        let filesystem = v.filesystem.parse::<drover_protocol::v1::Filesystem>().map_err(|e| at("filesystem", e))?;
+        crate::volume_rules::size_kib(size, Some(filesystem)).map_err(|e| at("size", e))?;
+        crate::volume_rules::check_mount_point(&v.mount).map_err(|e| at("mount", e))?;
         if machine.provider.is_some() && name.len() > 16 {
             return Err(source.error(&["volumes", name], "a provisioned machine's volume is a disk with serial vol-NAME: at most 16 characters"));
         }

@@ -3,7 +3,7 @@
 //! application layer answers. A revoked machine's request closes its
 //! connection.
 
-use drover_net::stream::write_frame;
+use drover_net::stream::write_frame_for;
 use drover_protocol::v1::{Access, AgentEvent, AgentRequest, AgentResponse, Assignment, Response};
 use drover_protocol::{ErrorCode, WireError};
 
@@ -57,7 +57,7 @@ async fn watch(state: &Coordinator, conn: &quinn::Connection, version: u16, id: 
         machine_id: id.to_string(),
         health_interval_ms: u64::try_from(state.config.health_interval.as_millis()).unwrap_or(u64::MAX),
     }));
-    if write_frame(send, &welcome).await.is_err() {
+    if write_frame_for(send, &welcome, version).await.is_err() {
         return;
     }
     let mut desired = state.live.subscribe(id, app::desired_generation(state, id));
@@ -75,7 +75,7 @@ async fn watch(state: &Coordinator, conn: &quinn::Connection, version: u16, id: 
                 AgentEvent::Assigned { assignment, .. } => assignment.generation.max(generation),
                 _ => generation,
             };
-            if write_frame(send, &Response::Agent(AgentResponse::Event(event))).await.is_err() {
+            if write_frame_for(send, &Response::Agent(AgentResponse::Event(event)), version).await.is_err() {
                 return;
             }
             if assigned.is_some() {

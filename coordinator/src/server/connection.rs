@@ -14,7 +14,7 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use drover_net::identity::PeerCertificate;
-use drover_net::stream::{read_frame_within, write_frame, FrameBudget, StreamError};
+use drover_net::stream::{read_frame_for, write_frame, write_frame_for, FrameBudget, StreamError};
 use drover_protocol::frame::{MAX_FRAME_LEN, MAX_UNAUTHENTICATED_FRAME_LEN};
 use drover_protocol::v1::{AdminRequest, AdminResponse, HelloAck, Request, Response};
 use drover_protocol::{negotiate, ErrorCode, WireError, SUPPORTED};
@@ -53,8 +53,10 @@ impl Budgets {
         Budgets { connection: FrameBudget::new(bytes), share: share.clone() }
     }
 
-    async fn read(&self, recv: &mut quinn::RecvStream, peer: &Peer) -> Result<Request, StreamError> {
-        read_frame_within(recv, max_frame(peer), &[&self.connection, &self.share]).await
+    /// Reads a request in the shapes of protocol `version` (Hello, read
+    /// before any version is agreed, has one shape in every version).
+    async fn read(&self, recv: &mut quinn::RecvStream, peer: &Peer, version: u16) -> Result<Request, StreamError> {
+        read_frame_for(recv, max_frame(peer), &[&self.connection, &self.share], version).await
     }
 }
 
@@ -157,7 +159,7 @@ async fn serve(state: &Arc<Coordinator>, limits: &Arc<Limits>, conn: &quinn::Con
         return;
     };
     let budgets = Arc::new(Budgets::new(limits, peer));
-    let hello = match budgets.read(&mut recv, peer).await {
+    let hello = match budgets.read(&mut recv, peer, 0).await {
         Ok(Request::Hello(hello)) => hello,
         Ok(_) => {
             let e = WireError::new(ErrorCode::BadRequest, "the first request must be Hello");
@@ -252,7 +254,7 @@ async fn handle_stream(
     mut recv: quinn::RecvStream,
 ) {
     let Caller { peer, version } = caller;
-    let request = match budgets.read(&mut recv, &peer).await {
+    let request = match budgets.read(&mut recv, &peer, version).await {
         Ok(request) => request,
         Err(e) => return bad_stream(&limits, &conn, send, recv, &e).await,
     };
@@ -293,7 +295,7 @@ async fn handle_stream(
         if let Response::Error(e) = &answer {
             tracing::debug!(code = ?e.code, reason = %e.message, "request refused");
         }
-        let _ = write_frame(&mut send, &answer).await;
+        let _ = write_frame_for(&mut send, &answer, version).await;
         let _ = send.finish();
     }
 }
