@@ -246,6 +246,14 @@ pub struct ProvisionRecord {
     pub created_at: UnixMillis,
     pub deadline_at: UnixMillis,
     pub error: Option<String>,
+    /// Its VM is deleted (or was never made): nothing of it is left on the
+    /// provider.
+    #[serde(default)]
+    pub vm_gone: bool,
+    /// Why its VM is still on the provider after it failed or was
+    /// destroyed, and how to delete it.
+    #[serde(default)]
+    pub vm_left: Option<String>,
 }
 
 impl ProvisionRecord {
@@ -259,7 +267,11 @@ impl ProvisionRecord {
             labels: self.labels.clone(),
             created_at: self.created_at,
             deadline_at: self.deadline_at,
-            error: self.error.clone(),
+            error: match (&self.error, &self.vm_left) {
+                (Some(e), Some(left)) => Some(format!("{e}\n{left}")),
+                (None, Some(left)) => Some(left.clone()),
+                (e, None) => e.clone(),
+            },
         }
     }
 }

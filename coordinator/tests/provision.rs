@@ -12,7 +12,7 @@ use common::{vm, Options, TestCoordinator};
 use drover_coordinator::config::{ProviderConfig, ProxmoxProviderConfig};
 use drover_coordinator::hypervisor::proxmox::Proxmox;
 use drover_coordinator::hypervisor::qemu::{Launch, Qemu};
-use drover_coordinator::hypervisor::{DataDisk, Hypervisor, HypervisorError, VmSpec};
+use drover_coordinator::hypervisor::{DataDisk, Hypervisor, HypervisorError, Owner, Removed, VmSpec};
 use drover_protocol::seed::{CaPin, Seed};
 use drover_protocol::v1::{AdminRequest, AdminResponse, MachineStatus, ProvisionInfo, ProvisionState, Secret};
 use drover_protocol::ErrorCode;
@@ -296,23 +296,50 @@ fn seed() -> Seed {
     }
 }
 
-/// What every hypervisor does: a VM made is listed with its tag and not
-/// running, started runs, stopped does not, deleted is gone, and deleting
-/// it again is no error.
-async fn hypervisor_contract(hv: &dyn Hypervisor) {
-    assert!(hv.list().await.expect("list").is_empty());
+fn owner(fleet: &str, provider: &str) -> Owner {
+    Owner { fleet: fleet.into(), provider: provider.into() }
+}
+
+/// What every hypervisor does: a VM made is listed with its identity and
+/// not running, started runs, stopped does not, deleted is gone, and
+/// deleting it again is no error. And what is not its own: a VM made by
+/// hand at a reused id, another fleet's or another provider's VM, or
+/// another provision's, is neither listed nor started, stopped or deleted.
+async fn hypervisor_contract(hv: &dyn Hypervisor, other_fleet: &dyn Hypervisor, other_provider: &dyn Hypervisor, hand_made: &str) {
+    assert!(hv.list().await.expect("list").is_empty(), "{}: a VM made by hand is not listed", hv.kind());
     let id = hv.create(&spec("p-00000000c1"), &seed()).await.expect("create");
     let listed = hv.list().await.expect("list");
     assert_eq!(listed.len(), 1);
     assert_eq!((listed[0].vm_id.as_str(), listed[0].provision.as_str(), listed[0].running), (id.as_str(), "p-00000000c1", false));
-    hv.start(&id).await.expect("start");
-    hv.start(&id).await.expect("starting a running VM is no error");
+    assert!(other_fleet.list().await.expect("list").is_empty(), "{}: another fleet does not see it", hv.kind());
+    assert!(other_provider.list().await.expect("list").is_empty(), "{}: another provider of the fleet does not see it", hv.kind());
+    hv.start(&id, "p-00000000c1").await.expect("start");
+    hv.start(&id, "p-00000000c1").await.expect("starting a running VM is no error");
     assert!(hv.list().await.expect("list")[0].running, "{}: started", hv.kind());
-    hv.stop(&id).await.expect("stop");
+
+    // Nobody else's call touches it, nor does this provider touch theirs.
+    for (who, other) in [("another fleet", other_fleet), ("another provider", other_provider), ("another provision", hv)] {
+        let provision = if who == "another provision" { "p-00000000c2" } else { "p-00000000c1" };
+        let e = other.stop(&id, provision).await.expect_err("refused");
+        assert!(matches!(e, HypervisorError::NotOurs { .. }), "{}: {who}: {e}", hv.kind());
+        let e = other.delete(&id, provision, false).await.expect_err("refused");
+        assert!(matches!(e, HypervisorError::NotOurs { .. }), "{}: {who}: {e}", hv.kind());
+    }
+    assert!(hv.list().await.expect("list")[0].running, "{}: still running", hv.kind());
+    for op in ["start", "stop", "delete"] {
+        let e = match op {
+            "start" => hv.start(hand_made, "p-00000000c1").await.expect_err("refused"),
+            "stop" => hv.stop(hand_made, "p-00000000c1").await.expect_err("refused"),
+            _ => hv.delete(hand_made, "p-00000000c1", false).await.map(drop).expect_err("refused"),
+        };
+        assert!(matches!(&e, HypervisorError::NotOurs { carries, .. } if carries.contains("no Drover identity")), "{}: {op} of a VM made by hand: {e}", hv.kind());
+    }
+
+    hv.stop(&id, "p-00000000c1").await.expect("stop");
     assert!(!hv.list().await.expect("list")[0].running, "{}: stopped", hv.kind());
-    hv.delete(&id, false).await.expect("delete");
+    assert_eq!(hv.delete(&id, "p-00000000c1", false).await.expect("delete"), Removed::Deleted);
     assert!(hv.list().await.expect("list").is_empty(), "{}: deleted", hv.kind());
-    hv.delete(&id, false).await.expect("deleting again is no error");
+    assert_eq!(hv.delete(&id, "p-00000000c1", false).await.expect("deleting again is no error"), Removed::Gone);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,12 +347,20 @@ async fn the_hypervisor_contract_holds_for_local_qemu_and_proxmox() {
     let dir = tempfile::tempdir().expect("tempdir");
     let _vms = guard(dir.path());
     let ProviderConfig::Qemu(q) = vm::qemu_provider("local", vm::image_without_agent(), dir.path().join("vms"), Duration::from_secs(60)) else { unreachable!() };
-    let qemu = Qemu::new(q, dir.path().join("vms"), "127.0.0.1:9".parse().expect("addr")).expect("qemu provider");
-    hypervisor_contract(&qemu).await;
+    let work = dir.path().join("vms");
+    let make = |o: Owner| Qemu::new(q.clone(), work.clone(), "127.0.0.1:9".parse().expect("addr"), o).expect("qemu provider");
+    // A directory another tool made among the VMs.
+    std::fs::create_dir_all(work.join("150")).expect("a hand-made VM directory");
+    std::fs::write(work.join("150/provision"), "p-00000000c1").expect("an old-style mark");
+    hypervisor_contract(&make(owner("drover-aaaa", "local")), &make(owner("drover-bbbb", "local")), &make(owner("drover-aaaa", "local2")), "150").await;
+    assert!(work.join("150").is_dir(), "the hand-made directory is untouched");
 
     let double = ProxmoxDouble::start(TOKEN).await;
-    let proxmox = Proxmox::new(proxmox_config(&double, dir.path(), TOKEN)).expect("client");
-    hypervisor_contract(&proxmox).await;
+    double.make_vm(150, "hand-made", "a VM made by hand");
+    let config = proxmox_config(&double, dir.path(), TOKEN);
+    let make = |o: Owner| Proxmox::new(config.clone(), o).expect("client");
+    hypervisor_contract(&make(owner("drover-aaaa", "pve")), &make(owner("drover-bbbb", "pve")), &make(owner("drover-aaaa", "pve-drbd")), "150").await;
+    assert!(double.vms().iter().any(|v| v.0 == 150 && v.2), "the hand-made VM still runs");
 }
 
 /// The Proxmox client against the double: the request sequence and bodies,
@@ -335,7 +370,7 @@ async fn the_hypervisor_contract_holds_for_local_qemu_and_proxmox() {
 async fn the_proxmox_client_follows_the_api_retries_locks_and_reports_failed_tasks() {
     let dir = tempfile::tempdir().expect("tempdir");
     let double = ProxmoxDouble::start(TOKEN).await;
-    let client = Proxmox::new(proxmox_config(&double, dir.path(), TOKEN)).expect("client");
+    let client = Proxmox::new(proxmox_config(&double, dir.path(), TOKEN), owner("drover-aaaa", "pve")).expect("client");
     double.lock_next_config(2);
     let id = client.create(&spec("p-00000000a1"), &seed()).await.expect("create despite two lock answers");
     assert_eq!(id, "100", "the id from /cluster/nextid");
@@ -352,7 +387,9 @@ async fn the_proxmox_client_follows_the_api_retries_locks_and_reports_failed_tas
     assert_eq!((name.as_str(), running), ("web-1", false));
     assert_eq!(config.get("cores").map(String::as_str), Some("2"));
     assert_eq!(config.get("memory").map(String::as_str), Some("1024"));
-    assert_eq!(config.get("tags").map(String::as_str), Some("drover;p-00000000a1"));
+    assert_eq!(config.get("tags").map(String::as_str), Some("drover;drover-aaaa;p-00000000a1"));
+    let description = config.get("description").expect("a description");
+    assert!(description.contains("drover-fleet: drover-aaaa") && description.contains("drover-provision: p-00000000a1"), "{description}");
     assert!(config.get("virtio1").is_some_and(|d| d.contains("size=1G") && d.contains("serial=vol-data")), "{config:?}");
     assert!(config.get("virtio0").is_some_and(|d| d.contains("size=2G")), "{config:?}");
     let smbios = config.get("smbios1").expect("smbios1");
@@ -367,18 +404,20 @@ async fn the_proxmox_client_follows_the_api_retries_locks_and_reports_failed_tas
 
     // A failed task: its exit status and log in the error.
     double.fail_next("qmstart", "start failed: QEMU exited with code 1");
-    let err = client.start(&id).await.expect_err("a failed start task");
+    let err = client.start(&id, "p-00000000a1").await.expect_err("a failed start task");
     let text = err.to_string();
     assert!(text.contains("start failed: QEMU exited with code 1") && text.contains("TASK ERROR"), "{text}");
-    client.delete(&id, false).await.expect("delete");
+    // A task that could not take the VM's lock is retried.
+    double.fail_next("qmdestroy", "can't lock file '/var/lock/qemu-server/lock-100.conf' - got timeout");
+    assert_eq!(client.delete(&id, "p-00000000a1", false).await.expect("delete, retried"), Removed::Deleted);
     assert!(double.vms().is_empty());
-    let err = client.delete("100", true).await.expect_err("keeping disks is refused on Proxmox");
+    let err = client.delete("100", "p-00000000a1", true).await.expect_err("keeping disks is refused on Proxmox");
     assert!(err.to_string().contains("qm disk move"), "{err}");
 
     // A wrong token: refused, and the error says which file to fix.
     let other = dir.path().join("other");
     std::fs::create_dir(&other).expect("dir");
-    let wrong = Proxmox::new(proxmox_config(&double, &other, "root@pam!drover=wrong")).expect("client");
+    let wrong = Proxmox::new(proxmox_config(&double, &other, "root@pam!drover=wrong"), owner("drover-aaaa", "pve")).expect("client");
     let err = wrong.list().await.expect_err("a wrong token");
     assert!(matches!(err, HypervisorError::Auth(_)), "{err:?}");
     let text = err.to_string();
@@ -389,6 +428,13 @@ async fn the_proxmox_client_follows_the_api_retries_locks_and_reports_failed_tas
     let err = client.create(&bad, &seed()).await.expect_err("a serial too long");
     assert!(err.to_string().contains("Parameter verification failed.") && err.to_string().contains("20 characters"), "{err}");
     assert!(double.vms().is_empty(), "a VM that could not be configured is deleted");
+    // A seed that does not fit Proxmox's smbios1 is refused before any request.
+    let sent = double.log().len();
+    let mut long = seed();
+    long.server_name = "s".repeat(300);
+    let err = client.create(&spec("p-00000000a3"), &long).await.expect_err("too long for smbios1");
+    assert!(err.to_string().contains("smbios1") && err.to_string().contains("512"), "{err}");
+    assert_eq!(double.log().len(), sent, "nothing was sent");
 }
 
 /// End to end through the Proxmox client: the double's start boots the
@@ -418,6 +464,7 @@ async fn a_provision_through_proxmox_boots_a_real_vm_that_enrolls_with_a_pinned_
             }
             let launch = Launch {
                 qemu: "qemu-system-x86_64".into(),
+                name: format!("pve-{}", req.vmid),
                 accel: "tcg".into(),
                 image,
                 dir,
@@ -455,4 +502,270 @@ async fn a_provision_through_proxmox_boots_a_real_vm_that_enrolls_with_a_pinned_
     assert!(double.vms().is_empty(), "the VM is deleted on Proxmox");
     assert!(!vm::qemu_running_in(&vms), "and stopped");
     assert_eq!(fleet.machine(&machine.id).await.status, MachineStatus::Revoked);
+}
+
+/// A coordinator whose providers (by name) are all on the Proxmox double;
+/// nothing boots the clones, so provisions stay `booting`.
+async fn fleet_on_pve(double: &ProxmoxDouble, providers: &[&str]) -> TestCoordinator {
+    let mut fleet = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
+    for name in providers {
+        let mut config = proxmox_config(double, fleet.dir.path(), TOKEN);
+        config.name = name.to_string();
+        fleet.config.providers.push(ProviderConfig::Proxmox(config));
+    }
+    fleet.serve().await;
+    fleet
+}
+
+/// Provisions `name` on `provider` and waits until its VM is made.
+async fn booting(fleet: &TestCoordinator, name: &str, provider: &str) -> ProvisionInfo {
+    let (ok, _, stderr) = common::drover_json(fleet, &["machines", "provision", name, "--provider", provider]);
+    assert!(ok, "{name}: {stderr}");
+    let mut last = None;
+    for _ in 0..300 {
+        let AdminResponse::Provision(p) = fleet.call(AdminRequest::ProvisionShow { name: name.into() }).await else { panic!("no provision") };
+        if p.state == ProvisionState::Booting && p.vm_id.is_some() {
+            return p;
+        }
+        last = Some(p);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{name} never got its VM: {last:?}")
+}
+
+/// The VMs on the double that carry `provision`'s identity.
+fn vms_of(double: &ProxmoxDouble, provision_vm: &str) -> Vec<u32> {
+    let description = |c: &std::collections::BTreeMap<String, String>| c.get("description").cloned().unwrap_or_default();
+    let wanted = double.vms().into_iter().find(|v| v.0.to_string() == provision_vm).map(|v| description(&v.3)).unwrap_or_default();
+    double.vms().into_iter().filter(|v| !wanted.is_empty() && description(&v.3) == wanted).map(|v| v.0).collect()
+}
+
+/// Proxmox hands out the lowest free VM id: a provision made after
+/// another was destroyed gets its id, and destroying the first again must
+/// not touch it. VM ids are never trusted alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroying_a_destroyed_provision_again_leaves_the_vm_that_reuses_its_id() {
+    let double = ProxmoxDouble::start(TOKEN).await;
+    let fleet = fleet_on_pve(&double, &["pve"]).await;
+    let e = booting(&fleet, "pve-e", "pve").await;
+    assert_eq!(e.vm_id.as_deref(), Some("100"));
+    let (ok, info, stderr) = provision_json(&fleet, &["machines", "destroy", "pve-e"]);
+    assert!(ok && info.state == ProvisionState::Destroyed, "{stderr}");
+    assert!(double.vms().is_empty());
+    let g = booting(&fleet, "pve-g", "pve").await;
+    assert_eq!(g.vm_id.as_deref(), Some("100"), "the lowest free id again");
+
+    let sent = double.log().len();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["machines", "destroy", "pve-e"])
+        .env("DROVER_ADMIN_BUNDLE", &fleet.bundle_path)
+        .output()
+        .expect("drover");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("already destroyed"), "says it did nothing: {said}");
+    assert!(!double.log()[sent..].iter().any(|l| !l.starts_with("GET")), "no change was sent to Proxmox: {:?}", &double.log()[sent..]);
+    assert_eq!(double.vms().len(), 1, "pve-g's VM is still there");
+    let AdminResponse::Provision(g) = fleet.call(AdminRequest::ProvisionShow { name: "pve-g".into() }).await else { panic!() };
+    assert_eq!((g.state, g.vm_id.as_deref()), (ProvisionState::Booting, Some("100")));
+}
+
+/// Two providers on one Proxmox node, and a second coordinator (another
+/// fleet) on the same cluster: restarts reconcile only what each one owns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_never_deletes_another_providers_or_another_coordinators_vm() {
+    let double = ProxmoxDouble::start(TOKEN).await;
+    double.make_vm(500, "somebody-elses", "made by hand");
+    let mut first = fleet_on_pve(&double, &["pve", "pve-drbd"]).await;
+    let a = booting(&first, "pve-a", "pve").await;
+    let b = booting(&first, "drbd-b", "pve-drbd").await;
+    // A restart reconciles both providers: each keeps its own VM.
+    first.stop().await;
+    first.serve().await;
+    let mut second = fleet_on_pve(&double, &["pve"]).await;
+    let c = booting(&second, "other-c", "pve").await;
+    second.stop().await;
+    second.serve().await;
+    first.stop().await;
+    first.serve().await;
+    // Whatever ran reconcile: every VM is where it was.
+    let ids: Vec<u32> = double.vms().into_iter().map(|v| v.0).collect();
+    for p in [&a, &b, &c] {
+        let id: u32 = p.vm_id.as_deref().expect("vm").parse().expect("id");
+        assert!(ids.contains(&id), "{}'s VM {id} survived: {ids:?}", p.name);
+    }
+    assert!(ids.contains(&500), "the hand-made VM survived");
+    for (fleet, name) in [(&first, "pve-a"), (&first, "drbd-b"), (&second, "other-c")] {
+        let AdminResponse::Provision(p) = fleet.call(AdminRequest::ProvisionShow { name: name.into() }).await else { panic!() };
+        assert_eq!(p.state, ProvisionState::Booting, "{name} is still live: {p:?}");
+    }
+    // Neither coordinator can destroy the other's provision, nor touch its VM.
+    let (ok, _, err) = common::drover_json(&second, &["machines", "destroy", "pve-a"]);
+    assert!(!ok && err.contains("no provision"), "{err}");
+    let (ok, _, err) = common::drover_json(&second, &["machines", "destroy", "other-c"]);
+    assert!(ok, "{err}");
+    let ids: Vec<u32> = double.vms().into_iter().map(|v| v.0).collect();
+    assert_eq!(ids.len(), 3, "only other-c's VM went: {ids:?}");
+}
+
+/// Three provisions at once, with Proxmox suggesting the same id to all
+/// three (as it does to clients that ask at the same time): each is retried
+/// with a fresh id and gets a VM of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_provisions_at_once_each_get_their_own_vm() {
+    let double = ProxmoxDouble::start(TOKEN).await;
+    let fleet = fleet_on_pve(&double, &["pve"]).await;
+    double.repeat_next_ids(3);
+    let names = ["race-1", "race-2", "race-3"];
+    let runs: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let bundle = fleet.bundle_path.clone();
+            let name = name.to_string();
+            std::thread::spawn(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+                    .args(["machines", "provision", &name, "--provider", "pve"])
+                    .env("DROVER_ADMIN_BUNDLE", bundle)
+                    .output()
+                    .expect("drover")
+            })
+        })
+        .collect();
+    for run in runs {
+        let out = run.join().expect("thread");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut ids = Vec::new();
+    for name in names {
+        let p = booting(&fleet, name, "pve").await;
+        ids.push(p.vm_id.expect("vm"));
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "three VMs: {ids:?}");
+    assert_eq!(double.vms().len(), 3);
+    let clones = double.log().iter().filter(|l| l.contains("/qemu/9000/clone")).count();
+    assert!(clones > 3, "a clone to a taken id was retried: {clones} clone requests");
+}
+
+/// A coordinator SIGKILLed while Proxmox clones the template: the clone
+/// carries its identity from the request that made it, so after the
+/// restart the provision finds it and ends with exactly one VM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_killed_during_a_clone_ends_with_one_vm_for_the_provision() {
+    let double = ProxmoxDouble::start(TOKEN).await;
+    double.set_task_time(Duration::from_secs(3));
+    let mut fleet = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
+    fleet.config.providers.push(ProviderConfig::Proxmox(proxmox_config(&double, fleet.dir.path(), TOKEN)));
+    std::fs::write(fleet.state_dir.join("drover.toml"), fleet.config.to_toml()).expect("write drover.toml");
+    let mut server = common::Serving(common::spawn_coordinator(&fleet.state_dir));
+    let mut accepted = false;
+    for _ in 0..100 {
+        if common::drover_json(&fleet, &["machines", "provision", "cloned", "--provider", "pve"]).0 {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(accepted, "the coordinator took the provision");
+    let mut cloning = false;
+    for _ in 0..200 {
+        if double.lock_of(100).as_deref() == Some("clone") {
+            cloning = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(cloning, "the clone started");
+    server.0.kill().expect("SIGKILL");
+    server.0.wait().expect("reap");
+    double.set_task_time(proxmox_double::TASK_TIME);
+    let _server = common::Serving(common::spawn_coordinator(&fleet.state_dir));
+    let mut last = None;
+    for _ in 0..300 {
+        if let Ok(AdminResponse::Provision(p)) = fleet.try_call(AdminRequest::ProvisionShow { name: "cloned".into() }).await {
+            let done = p.state == ProvisionState::Booting && p.vm_id.is_some();
+            last = Some(p);
+            if done {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let p = last.expect("the provision after the restart");
+    assert_eq!(p.state, ProvisionState::Booting, "{p:?}");
+    let vm = p.vm_id.expect("its VM");
+    assert_eq!(vms_of(&double, &vm).len(), 1, "exactly one VM carries the provision: {:?}", double.vms());
+    assert_eq!(double.vms().len(), 1, "and no other VM was left: {:?}", double.vms().iter().map(|v| v.0).collect::<Vec<_>>());
+}
+
+/// `destroy --keep-volumes` on a provider that cannot keep disks is refused
+/// before anything changes; a provision whose VM could not be deleted says
+/// so in `provisions list`, and `destroy` deletes it later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_checks_before_it_changes_and_a_vm_left_behind_is_shown() {
+    let double = ProxmoxDouble::start(TOKEN).await;
+    let fleet = fleet_on_pve(&double, &["pve"]).await;
+    let p = booting(&fleet, "keep-me", "pve").await;
+    let (ok, _, err) = common::drover_json(&fleet, &["machines", "destroy", "keep-me", "--keep-volumes"]);
+    assert!(!ok && err.contains("cannot keep") && err.contains("nothing was changed"), "{err}");
+    let AdminResponse::Provision(now) = fleet.call(AdminRequest::ProvisionShow { name: "keep-me".into() }).await else { panic!() };
+    assert_eq!(now.state, ProvisionState::Booting, "unchanged: {now:?}");
+    assert_eq!(double.vms().len(), 1);
+    assert_eq!(now.vm_id, p.vm_id);
+
+    // A VM whose deletion fails is shown, and deleted by destroy.
+    double.fail_next("qmdestroy", "storage 'local-lvm' is not online");
+    let (ok, _, err) = common::drover_json(&fleet, &["machines", "destroy", "keep-me"]);
+    assert!(!ok && err.contains("was not deleted"), "{err}");
+    assert_eq!(double.vms().len(), 1);
+    let (ok, _, err) = common::drover_json(&fleet, &["machines", "destroy", "keep-me"]);
+    assert!(ok, "destroy again deletes it: {err}");
+    assert!(double.vms().is_empty());
+}
+
+/// Local QEMU VMs: two coordinators (two fleets) sharing one work
+/// directory, ids handed out under a lock and never again: a restart
+/// reconciles only its own fleet's VMs, and a destroy of a destroyed
+/// provision touches nothing — not the VM made after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_vms_of_another_coordinator_or_a_later_provision_are_never_touched() {
+    let shared = tempfile::tempdir().expect("tempdir");
+    let work = shared.path().join("vms");
+    let _vms = guard(&work);
+    let start = |work: std::path::PathBuf| async move {
+        let mut fleet = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
+        fleet.config.providers.push(vm::qemu_provider("local", vm::image_without_agent(), work, Duration::from_secs(300)));
+        fleet.serve().await;
+        fleet
+    };
+    let mut a = start(work.clone()).await;
+    let mut b = start(work.clone()).await;
+    let qa = booting(&a, "qa", "local").await;
+    let qb = booting(&b, "qb", "local").await;
+    assert_ne!(qa.vm_id, qb.vm_id, "one id each");
+    let dir = |p: &ProvisionInfo| work.join(p.vm_id.as_deref().expect("vm"));
+
+    b.stop().await;
+    b.serve().await;
+    a.stop().await;
+    a.serve().await;
+    assert!(dir(&qa).is_dir() && dir(&qb).is_dir(), "both VMs survived both restarts");
+
+    let (ok, _, err) = common::drover_json(&a, &["machines", "destroy", "qa"]);
+    assert!(ok, "{err}");
+    assert!(!dir(&qa).exists());
+    let qg = booting(&a, "qg", "local").await;
+    assert_ne!(qg.vm_id, qa.vm_id, "an id is never given twice");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["machines", "destroy", "qa"])
+        .env("DROVER_ADMIN_BUNDLE", &a.bundle_path)
+        .output()
+        .expect("drover");
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("already destroyed"), "{out:?}");
+    assert!(dir(&qg).is_dir() && dir(&qb).is_dir(), "qg's and the other coordinator's VMs are untouched");
+    let (ok, _, err) = common::drover_json(&b, &["machines", "destroy", "qb"]);
+    assert!(ok, "{err}");
+    assert!(dir(&qg).is_dir(), "the other fleet's VM is untouched");
+    assert!(!dir(&qb).exists());
 }

@@ -74,7 +74,8 @@ async fn three_garage_nodes_in_three_zones_form_a_healthy_cluster_that_survives_
         "garage",
         key["id"].as_str().expect("id"),
         key["secret"].as_str().expect("secret"),
-    );
+    )
+    .expect("an S3 client");
     let put = |name: String, body: Vec<u8>| {
         let s3 = s3.clone();
         async move {

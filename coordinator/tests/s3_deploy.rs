@@ -93,7 +93,7 @@ async fn a_deployment_gets_its_bucket_and_only_its_machines_get_the_credentials(
     // With exactly the delivered credentials: several MiB in and out.
     let id = std::fs::read_to_string(svc.runtime().join("secrets/s3-acme-media-access-key-id")).expect("id");
     let secret = std::fs::read_to_string(svc.runtime().join("secrets/s3-acme-media-secret-access-key")).expect("secret");
-    let s3 = probe::client(facts["s3_endpoint"].as_str().expect("endpoint"), "garage", &id, &secret);
+    let s3 = probe::client(facts["s3_endpoint"].as_str().expect("endpoint"), "garage", &id, &secret).expect("an S3 client");
     let data: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     s3.put_object()
         .bucket("acme-media")

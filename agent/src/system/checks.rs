@@ -15,8 +15,30 @@ const ROUND_PAUSE: Duration = Duration::from_millis(500);
 
 /// Lists the bucket with the credentials and facts delivered for it
 /// (`secrets/s3-BUCKET-access-key-id`, `secrets/s3-BUCKET-secret-access-key`,
-/// `facts.json`: `s3_endpoint`, `s3_region`).
+/// `facts.json`: `s3_endpoint`, `s3_region`, and `s3_ca_pem`, the CA of an
+/// HTTPS endpoint, when the deployment names one). The client trusts that
+/// CA and the system's roots when the system has any; a client that cannot
+/// be made, or that fails in any way, fails the check with the reason —
+/// it never takes the agent down.
 async fn s3_check(bucket: &str, runtime: &Path) -> Result<(), String> {
+    let bucket_name = bucket.to_string();
+    let runtime = runtime.to_path_buf();
+    match tokio::spawn(async move { s3_attempt(&bucket_name, &runtime).await }).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => Err(format!("s3:{bucket}: the S3 client failed inside: {}", panic_text(e.into_panic()))),
+        Err(e) => Err(format!("s3:{bucket}: the check stopped: {e}")),
+    }
+}
+
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
+async fn s3_attempt(bucket: &str, runtime: &Path) -> Result<(), String> {
     let read = |name: String| {
         std::fs::read_to_string(runtime.join("secrets").join(&name))
             .map(|s| s.trim().to_string())
@@ -30,7 +52,14 @@ async fn s3_check(bucket: &str, runtime: &Path) -> Result<(), String> {
         .unwrap_or_default();
     let endpoint = facts.get("s3_endpoint").and_then(|v| v.as_str()).ok_or_else(|| format!("s3:{bucket}: no s3_endpoint in facts.json"))?;
     let region = facts.get("s3_region").and_then(|v| v.as_str()).unwrap_or("garage");
-    let client = drover_net::s3::client(endpoint, region, &id, &secret);
+    let ca = facts.get("s3_ca_pem").and_then(|v| v.as_str());
+    let client = drover_net::s3::client_with(endpoint, region, &id, &secret, ca).map_err(|e| format!("s3:{bucket}: {e}"))?;
+    if endpoint.starts_with("https://") && ca.is_none() && !drover_net::s3::system_roots_present() {
+        return Err(format!(
+            "s3:{bucket}: {endpoint} is HTTPS, but this machine has no CA root certificates and the deployment names no CA \
+             (fact s3_ca_pem); install the CA roots or give the endpoint's CA"
+        ));
+    }
     tokio::time::timeout(ATTEMPT_TIMEOUT, client.list_objects_v2().bucket(bucket).max_keys(1).send())
         .await
         .map_err(|_| format!("s3:{bucket} timed out"))?

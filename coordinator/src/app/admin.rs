@@ -56,6 +56,7 @@ fn authorize(state: &Coordinator, name: &str, request: &AdminRequest) -> Result<
 async fn answer(state: &Coordinator, name: &str, request: AdminRequest) -> Result<AdminResponse, WireError> {
     let admin = authorize(state, name, &request)?;
     let by = admin.name.as_str();
+    let request = machines::resolve_request(state, request)?;
     use AdminRequest as R;
     Ok(match request {
         R::WhoAmI => AdminResponse::Identity(admin.to_wire()),

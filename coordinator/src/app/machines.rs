@@ -35,6 +35,56 @@ pub fn machine(state: &Coordinator, id: &str) -> Result<MachineRecord, WireError
     state.store.machine(id)?.ok_or_else(|| no_machine(id))
 }
 
+/// The id of the machine `reference` names: its id, the name of the
+/// provision that made it, or its hostname when one live machine has it.
+pub fn resolve(state: &Coordinator, reference: &str) -> Result<String, WireError> {
+    if state.store.machine(reference)?.is_some() {
+        return Ok(reference.to_string());
+    }
+    if let Some(id) = state.store.provision(reference)?.and_then(|p| p.machine_id) {
+        return Ok(id);
+    }
+    let named: Vec<MachineRecord> =
+        state.store.machines()?.into_iter().filter(|m| m.hostname == reference && m.revoked_at.is_none()).collect();
+    match named.as_slice() {
+        [one] => Ok(one.id.clone()),
+        [] => Err(no_machine(reference)),
+        many => Err(invalid(format!(
+            "{} machines are called {reference:?} ({}); name one by its id",
+            many.len(),
+            many.iter().map(|m| m.id.as_str()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+/// `request` with every machine it names by provision name or hostname
+/// named by id, so that every command takes either.
+pub fn resolve_request(state: &Coordinator, request: drover_protocol::v1::AdminRequest) -> Result<drover_protocol::v1::AdminRequest, WireError> {
+    use drover_protocol::v1::{AdminRequest as R, S3Request, VolumeRequest};
+    let id = |r: String| resolve(state, &r);
+    Ok(match request {
+        R::MachinesShow { id: r } => R::MachinesShow { id: id(r)? },
+        R::MachinesDetail { id: r } => R::MachinesDetail { id: id(r)? },
+        R::MachinesLabel { id: r, set, remove } => R::MachinesLabel { id: id(r)?, set, remove },
+        R::MachinesRevoke { id: r } => R::MachinesRevoke { id: id(r)? },
+        R::MachinesReboot { machine, selector } => R::MachinesReboot { machine: machine.map(id).transpose()?, selector },
+        R::DeploymentsList { machine } => R::DeploymentsList { machine: machine.map(id).transpose()? },
+        R::Deploy(mut spec) => {
+            spec.machine = spec.machine.map(id).transpose()?;
+            R::Deploy(spec)
+        }
+        R::DeployDryRun(mut spec) => {
+            spec.machine = spec.machine.map(id).transpose()?;
+            R::DeployDryRun(spec)
+        }
+        R::Volumes(VolumeRequest::Attach { name, machine, mount_point, filesystem }) => {
+            R::Volumes(VolumeRequest::Attach { name, machine: id(machine)?, mount_point, filesystem })
+        }
+        R::S3(S3Request::ClusterAddMachine { machine }) => R::S3(S3Request::ClusterAddMachine { machine: id(machine)? }),
+        other => other,
+    })
+}
+
 pub async fn create_token(state: &Coordinator, by: &str, spec: TokenSpec) -> Result<AdminResponse, WireError> {
     registry::check_labels(&spec.labels).map_err(invalid)?;
     if spec.uses == 0 {

@@ -114,7 +114,7 @@ impl Coordinator {
         let block_storage = config.linstor.clone().map(|l| {
             Linstor::new(l, &fleet).map(|c| Arc::new(c) as Arc<dyn BlockStorage>).map_err(|e| e.to_string())
         });
-        let hypervisors = provisions::hypervisors(&config);
+        let hypervisors = provisions::hypervisors(&config, &fleet);
         Coordinator {
             config,
             store,

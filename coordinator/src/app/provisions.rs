@@ -15,10 +15,15 @@
 //! - `enrolled` → `online` once the agent has connected.
 //!
 //! Past its deadline a provision fails: the error carries the VM's console
-//! tail; the VM is deleted, the token revoked and the machine, if any,
-//! revoked. At start the driver reconciles every provider's tagged VMs
-//! with the records, so that there is never a VM without a live record nor
-//! a live record whose VM is gone.
+//! tail; the VM is deleted (or, when that fails, the error says the VM was
+//! left and how to delete it), the token revoked and the machine, if any,
+//! revoked. At start the driver reconciles every provider's VMs that carry
+//! this fleet's and that provider's identity with the records, so that
+//! there is never such a VM without a live record nor a live record whose
+//! VM is gone; a VM without that identity — another tool's, another
+//! provider's, another coordinator's — is never touched. Every call on a
+//! VM names the provision whose VM it must be; the hypervisor reads the VM
+//! back and refuses another (VM ids are reused).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -29,7 +34,7 @@ use drover_protocol::v1::{ProvisionInfo, ProvisionRequest, ProvisionState, Volum
 use drover_protocol::{ErrorCode, WireError};
 
 use crate::config::ProviderConfig;
-use crate::hypervisor::{DataDisk, Hypervisor, VmSpec};
+use crate::hypervisor::{DataDisk, Hypervisor, HypervisorError, Owner, VmSpec};
 use crate::model::{ProvisionRecord, TokenRecord};
 use crate::store::Tx;
 use crate::registry;
@@ -41,12 +46,13 @@ use super::{now_ms, Coordinator};
 /// be made).
 pub type Hypervisors = BTreeMap<String, Result<Arc<dyn Hypervisor>, String>>;
 
-/// Builds the configured providers' clients.
-pub fn hypervisors(config: &crate::config::Config) -> Hypervisors {
+/// Builds the configured providers' clients, for the fleet `fleet`.
+pub fn hypervisors(config: &crate::config::Config, fleet: &str) -> Hypervisors {
     config
         .providers
         .iter()
         .map(|p| {
+            let owner = Owner { fleet: fleet.to_string(), provider: p.name().to_string() };
             let made: Result<Arc<dyn Hypervisor>, String> = match p {
                 ProviderConfig::Qemu(q) => {
                     let dir = q.work_dir.clone().unwrap_or_else(|| config.state_dir.join("vms").join(&q.name));
@@ -56,10 +62,10 @@ pub fn hypervisors(config: &crate::config::Config) -> Hypervisors {
                     if target.ip().is_unspecified() {
                         target.set_ip(if target.is_ipv6() { std::net::Ipv6Addr::LOCALHOST.into() } else { std::net::Ipv4Addr::LOCALHOST.into() });
                     }
-                    crate::hypervisor::qemu::Qemu::new(q.clone(), dir, target).map(|h| Arc::new(h) as _).map_err(|e| e.to_string())
+                    crate::hypervisor::qemu::Qemu::new(q.clone(), dir, target, owner).map(|h| Arc::new(h) as _).map_err(|e| e.to_string())
                 }
                 ProviderConfig::Proxmox(x) => {
-                    crate::hypervisor::proxmox::Proxmox::new(x.clone()).map(|h| Arc::new(h) as _).map_err(|e| e.to_string())
+                    crate::hypervisor::proxmox::Proxmox::new(x.clone(), owner).map(|h| Arc::new(h) as _).map_err(|e| e.to_string())
                 }
             };
             (p.name().to_string(), made)
@@ -153,6 +159,8 @@ pub async fn provision(state: &Coordinator, r: ProvisionRequest) -> Result<Provi
         created_at: now,
         deadline_at: now.saturating_add(shape.boot_timeout.as_millis() as u64),
         error: None,
+        vm_gone: false,
+        vm_left: None,
     };
     let record = state
         .store
@@ -202,12 +210,30 @@ pub fn list(state: &Coordinator) -> Result<Vec<ProvisionInfo>, WireError> {
     Ok(all.iter().map(ProvisionRecord::to_wire).collect())
 }
 
-/// `drover machines destroy`: the record is marked destroyed first (so
-/// the driver stops and a crash leaves a VM that the next start deletes),
-/// then the machine is revoked and the VM stopped and deleted.
+/// `drover machines destroy`: everything that could refuse is checked
+/// first (a provider that cannot keep disks refuses `keep_volumes` before
+/// anything changes); then the record is marked destroyed (so the driver
+/// stops, and a crash leaves a VM the next start deletes), the machine is
+/// revoked, and the provision's own VM stopped and deleted — read back
+/// first: a VM id that now holds another VM is left alone. Destroying a
+/// provision whose VM is already gone is a no-op.
 pub async fn destroy(state: &Coordinator, by: &str, name: &str, keep_volumes: bool) -> Result<ProvisionInfo, WireError> {
     let found = find(state, name)?;
+    if found.state == ProvisionState::Destroyed && found.vm_gone {
+        tracing::info!(provision = %found.id, name = %found.name, by, "destroy of a provision destroyed before: nothing to do");
+        return Ok(found.to_wire());
+    }
     let hv = hypervisor(state, &found.provider)?;
+    if keep_volumes && !hv.keeps_disks() {
+        return Err(WireError::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "provider {} ({}) cannot keep a VM's disks when it deletes the VM; nothing was changed: move the disks to another VM first, or destroy without --keep-volumes",
+                found.provider,
+                hv.kind()
+            ),
+        ));
+    }
     let record = state
         .store
         .update::<ProvisionRecord, WireError>(found.name.as_bytes(), |p| {
@@ -216,11 +242,35 @@ pub async fn destroy(state: &Coordinator, by: &str, name: &str, keep_volumes: bo
         })
         .await?;
     revoke_credentials(state, &record, by).await?;
-    if let Some(vm) = &record.vm_id {
-        hv.delete(vm, keep_volumes)
-            .await
-            .map_err(|e| WireError::new(ErrorCode::Unavailable, format!("machine {} is revoked but its VM {vm} was not deleted: {e}; run destroy again", record.name)))?;
-    }
+    let gone = match &record.vm_id {
+        None => true,
+        Some(vm) => match hv.delete(vm, &record.id, keep_volumes).await {
+            Ok(removed) => {
+                tracing::info!(provision = %record.id, vm, removed = ?removed, "VM of the destroyed provision deleted");
+                true
+            }
+            Err(HypervisorError::NotOurs { carries, .. }) => {
+                tracing::warn!(provision = %record.id, vm, carries = %carries, "VM id now holds another VM; its own is gone; left alone");
+                true
+            }
+            Err(e) => {
+                return Err(WireError::new(
+                    ErrorCode::Unavailable,
+                    format!("machine {} is revoked but its VM {vm} was not deleted: {e}; run destroy again", record.name),
+                ))
+            }
+        },
+    };
+    let record = state
+        .store
+        .update::<ProvisionRecord, WireError>(found.name.as_bytes(), |p| {
+            if p.id == record.id {
+                p.vm_gone = gone;
+                p.vm_left = None;
+            }
+            Ok(())
+        })
+        .await?;
     tracing::info!(provision = %record.id, name = %record.name, vm = record.vm_id.as_deref().unwrap_or("-"), keep_volumes, by, "provision destroyed");
     Ok(record.to_wire())
 }
@@ -303,7 +353,10 @@ pub async fn run(state: Arc<Coordinator>) {
     }
 }
 
-/// Deletes VMs no live record holds; fails live records whose VM is gone.
+/// Deletes this fleet's VMs of each provider that no live record holds
+/// (only VMs carrying the fleet's and the provider's identity are listed,
+/// and each is read back again before it is deleted); fails live records
+/// whose VM is gone.
 pub async fn reconcile(state: &Coordinator) {
     let records = match state.store.provisions() {
         Ok(r) => r,
@@ -328,16 +381,43 @@ pub async fn reconcile(state: &Coordinator) {
                 _ => p.vm_id.as_deref() == Some(vm.vm_id.as_str()),
             });
             if !keep {
-                tracing::info!(provider = %provider, vm = %vm.vm_id, provision = %vm.provision, "deleting a VM no live provision holds");
-                if let Err(e) = hv.delete(&vm.vm_id, false).await {
-                    tracing::warn!(provider = %provider, vm = %vm.vm_id, error = %e, "cannot delete an orphan VM");
+                tracing::info!(provider = %provider, vm = %vm.vm_id, provision = %vm.provision, "deleting this fleet's VM that no live provision holds");
+                match hv.delete(&vm.vm_id, &vm.provision, false).await {
+                    Ok(_) => {
+                        if let Some(p) = owner.filter(|p| !p.vm_gone) {
+                            let (name, id) = (p.name.clone(), p.id.clone());
+                            let _ = state
+                                .store
+                                .update::<ProvisionRecord, WireError>(name.as_bytes(), |r| {
+                                    if r.id == id {
+                                        r.vm_gone = true;
+                                        r.vm_left = None;
+                                    }
+                                    Ok(())
+                                })
+                                .await;
+                        }
+                    }
+                    Err(e) => tracing::warn!(provider = %provider, vm = %vm.vm_id, error = %e, "cannot delete an orphan VM"),
                 }
             }
         }
         for p in records.iter().filter(|p| p.provider == *provider && !matches!(p.state, ProvisionState::Provisioning | ProvisionState::Failed | ProvisionState::Destroyed)) {
-            if !vms.iter().any(|vm| Some(&vm.vm_id) == p.vm_id.as_ref() && vm.provision == p.id) {
-                fail(state, &p.name, format!("its VM {} is gone from provider {provider}", p.vm_id.as_deref().unwrap_or("-")), None).await;
+            if vms.iter().any(|vm| Some(&vm.vm_id) == p.vm_id.as_ref() && vm.provision == p.id) {
+                continue;
             }
+            // A VM made before identities keeps its provision.
+            if let Some(vm) = &p.vm_id {
+                match hv.migrate(vm, &p.id).await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(provider = %provider, vm, error = %e, "cannot read the provision's VM; reconciling later");
+                        continue;
+                    }
+                }
+            }
+            fail(state, &p.name, format!("its VM {} is gone from provider {provider}", p.vm_id.as_deref().unwrap_or("-")), None).await;
         }
     }
 }
@@ -384,16 +464,22 @@ async fn drive(state: &Coordinator, name: &str) {
 
 /// Makes the VM with a fresh token, and records it as booting.
 async fn create(state: &Coordinator, p: &ProvisionRecord, hv: &dyn Hypervisor) -> Result<(), String> {
-    // What an attempt cut short left behind goes first.
+    // What an attempt cut short left behind (found by its identity, even
+    // a clone whose coordinator died mid-way) goes first: one VM a
+    // provision, never two.
     for vm in hv.list().await.map_err(|e| e.to_string())?.into_iter().filter(|vm| vm.provision == p.id) {
         tracing::info!(provision = %p.id, vm = %vm.vm_id, "deleting the VM of an interrupted attempt");
-        hv.delete(&vm.vm_id, false).await.map_err(|e| e.to_string())?;
+        hv.delete(&vm.vm_id, &p.id, false).await.map_err(|e| e.to_string())?;
     }
     if let Some(old) = &p.token_id {
         super::machines::revoke_token_id(state, old).await.map_err(|e| e.message)?;
     }
     let provider = state.config.provider(&p.provider).ok_or("its provider is no longer configured")?;
     let (text, token) = super::machines::new_token(p.labels.clone(), now_ms(), p.deadline_at, 1, Some(p.name.clone()));
+    let seed = seed(state, provider, text, &p.name);
+    let spec = spec_of(p);
+    // What would make the provider refuse, before any token is stored.
+    hv.check(&spec, &seed).map_err(|e| e.to_string())?;
     let stored = state
         .store
         .commit(|tx| {
@@ -411,30 +497,6 @@ async fn create(state: &Coordinator, p: &ProvisionRecord, hv: &dyn Hypervisor) -
     if !stored {
         return Ok(());
     }
-    let ca = match provider {
-        // A file seed holds the whole CA; an SMBIOS serial only its digest.
-        ProviderConfig::Qemu(_) => CaPin::Certificate(state.ca.cert_der.clone()),
-        ProviderConfig::Proxmox(_) => {
-            use sha2::{Digest, Sha256};
-            CaPin::Sha256(Sha256::digest(&state.ca.cert_der).into())
-        }
-    };
-    let seed = Seed {
-        coordinator: provider.guest_coordinator(state.config.listen),
-        server_name: state.config.server_names.first().cloned().unwrap_or_default(),
-        ca,
-        token: text,
-        name: p.name.clone(),
-    };
-    let spec = VmSpec {
-        provision: p.id.clone(),
-        name: p.name.clone(),
-        template: p.template.clone(),
-        cores: p.cores,
-        memory_bytes: p.memory_bytes,
-        disk_bytes: p.disk_bytes,
-        disks: p.disks.iter().map(|d| DataDisk { serial: d.serial(), size_bytes: d.size_bytes }).collect(),
-    };
     let vm_id = hv.create(&spec, &seed).await.map_err(|e| format!("the VM could not be made: {e}"))?;
     let recorded = state
         .store
@@ -452,17 +514,49 @@ async fn create(state: &Coordinator, p: &ProvisionRecord, hv: &dyn Hypervisor) -
         .map_err(|e| e.message)?;
     if !recorded {
         // Destroyed meanwhile: the VM is nobody's.
-        let _ = hv.delete(&vm_id, false).await;
+        let _ = hv.delete(&vm_id, &p.id, false).await;
         return Ok(());
     }
     tracing::info!(provision = %p.id, name = %p.name, vm = %vm_id, provider = %p.provider, "VM made");
     Ok(())
 }
 
+/// The seed a provision's VM is made with: a file seed holds the whole
+/// CA; an SMBIOS serial only its digest.
+pub fn seed(state: &Coordinator, provider: &ProviderConfig, token: drover_protocol::v1::Secret, name: &str) -> Seed {
+    let ca = match provider {
+        ProviderConfig::Qemu(_) => CaPin::Certificate(state.ca.cert_der.clone()),
+        ProviderConfig::Proxmox(_) => {
+            use sha2::{Digest, Sha256};
+            CaPin::Sha256(Sha256::digest(&state.ca.cert_der).into())
+        }
+    };
+    Seed {
+        coordinator: provider.guest_coordinator(state.config.listen),
+        server_name: state.config.server_names.first().cloned().unwrap_or_default(),
+        ca,
+        token,
+        name: name.to_string(),
+    }
+}
+
+/// What the hypervisor makes for a provision.
+fn spec_of(p: &ProvisionRecord) -> VmSpec {
+    VmSpec {
+        provision: p.id.clone(),
+        name: p.name.clone(),
+        template: p.template.clone(),
+        cores: p.cores,
+        memory_bytes: p.memory_bytes,
+        disk_bytes: p.disk_bytes,
+        disks: p.disks.iter().map(|d| DataDisk { serial: d.serial(), size_bytes: d.size_bytes }).collect(),
+    }
+}
+
 /// Starts the VM (again, after a restart) and waits for the enrollment.
 async fn boot(state: &Coordinator, p: &ProvisionRecord, hv: &dyn Hypervisor) -> Result<(), String> {
     let vm = p.vm_id.as_deref().ok_or("no VM recorded")?;
-    hv.start(vm).await.map_err(|e| format!("VM {vm} did not start: {e}"))?;
+    hv.start(vm, &p.id).await.map_err(|e| format!("VM {vm} did not start: {e}"))?;
     tracing::info!(provision = %p.id, vm, "VM started; waiting for its agent to enroll");
     wait_until(state, p, |r| r.state != ProvisionState::Booting).await;
     Ok(())
@@ -520,13 +614,18 @@ async fn fail(state: &Coordinator, name: &str, reason: String, hv: Option<Arc<dy
         return;
     }
     let mut error = reason;
+    let mut left = None;
     if let (Some(hv), Some(vm)) = (&hv, &p.vm_id) {
         let tail = hv.console_tail(vm).await;
         if !tail.is_empty() {
             error = format!("{error}\nthe end of VM {vm}'s console:\n{tail}");
         }
-        if let Err(e) = hv.delete(vm, false).await {
-            tracing::warn!(provision = %p.id, vm, error = %e, "cannot delete the failed provision's VM; it is deleted at the next start");
+        match hv.delete(vm, &p.id, false).await {
+            Ok(_) | Err(HypervisorError::NotOurs { .. }) => {}
+            Err(e) => {
+                tracing::warn!(provision = %p.id, vm, error = %e, "cannot delete the failed provision's VM");
+                left = Some(format!("its VM {vm} could not be deleted ({e}); `drover machines destroy {name}` deletes it, and the next coordinator start tries again"));
+            }
         }
     }
     if let Err(e) = revoke_credentials(state, &p, "provisioning").await {
@@ -538,6 +637,8 @@ async fn fail(state: &Coordinator, name: &str, reason: String, hv: Option<Arc<dy
             if r.id == p.id && !r.state.settled() {
                 r.state = ProvisionState::Failed;
                 r.error = Some(error.clone());
+                r.vm_gone = left.is_none();
+                r.vm_left = left.clone();
             }
             Ok(())
         })

@@ -43,12 +43,23 @@ pub async fn run(cmd: MachinesCommand) -> Result<()> {
             }
         }
         MachinesCommand::Destroy { id, keep_volumes, admin } => {
+            let before = match call(&admin, AdminRequest::ProvisionShow { name: id.clone() }, &format!("looking up {id}")).await? {
+                AdminResponse::Provision(p) => Some(p),
+                _ => None,
+            };
             let answer = call(&admin, AdminRequest::MachinesDestroy { name: id.clone(), keep_volumes }, &format!("destroying {id}")).await?;
             let AdminResponse::Provision(p) = answer else {
                 bail!("unexpected answer from the coordinator");
             };
+            let already = before.as_ref().is_some_and(|b| b.state == drover_protocol::v1::ProvisionState::Destroyed && b == &p);
             match admin.output {
-                OutputFormat::Json => print_json(&p)?,
+                OutputFormat::Json => {
+                    if already {
+                        eprintln!("machine {} was already destroyed; nothing was done", p.name);
+                    }
+                    print_json(&p)?
+                }
+                OutputFormat::Table if already => crate::out!("machine {} was already destroyed (its VM {} is gone); nothing was done", p.name, p.vm_id.as_deref().unwrap_or("-")),
                 OutputFormat::Table => crate::out!(
                     "machine {} ({}) revoked; VM {} on {} deleted{}",
                     p.name,

@@ -3,12 +3,23 @@
 //! mode-0600 file). The server's certificate is checked against the pinned
 //! CA (`ca_file`) or the system's roots; never turned off.
 //!
-//! A VM is a full clone of the template, configured (cores, memory, data
-//! disks `virtioN=STORAGE:GiB,serial=vol-NAME`, the seed in the SMBIOS
-//! serial, tags `drover` and the provision id), its boot disk grown, and
-//! started. Long operations answer a UPID; the client polls the task until
-//! `status=stopped` and treats any `exitstatus` but `OK` as failure, with
-//! the task log's tail. "VM is locked" answers are retried with backoff.
+//! A VM is a full clone of the template whose clone request itself names
+//! it and writes its identity into its description (`drover-fleet`,
+//! `drover-provider`, `drover-provision`), so that the VM carries it from
+//! the moment it exists — a coordinator killed during the clone finds it
+//! again. Then it is configured (cores, memory, data disks
+//! `virtioN=STORAGE:GiB,serial=vol-NAME`, the seed in the SMBIOS serial,
+//! tags `drover`, the fleet and the provision), its boot disk grown, and
+//! started. Every start, stop and delete reads the VM's configuration back
+//! first and acts only on the provision's own VM: VM ids are reused.
+//!
+//! `/cluster/nextid` is a suggestion: two clients asking at once get the
+//! same id, and the second clone fails with "config file already exists";
+//! the clone is then retried with a fresh id. Long operations answer a
+//! UPID; the client polls the task until `status=stopped` and treats any
+//! `exitstatus` but `OK` as failure, with the task log's tail. "VM is
+//! locked" answers — of a request, or of a task that could not take the
+//! VM's lock — are retried with backoff.
 
 use std::path::Path;
 use std::time::Duration;
@@ -19,11 +30,17 @@ use serde_json::Value;
 
 use drover_protocol::seed::Seed;
 
-use super::{tail_text, HypervisorError, VmInfo, VmSpec};
+use super::{tail_text, HypervisorError, Owner, Removed, VmIdentity, VmInfo, VmSpec};
 use crate::config::ProxmoxProviderConfig;
 
-/// The tag every VM Drover makes carries (besides its provision id).
+/// The tag every VM Drover makes carries (besides its fleet and provision).
 pub const DROVER_TAG: &str = "drover";
+/// Proxmox's limit on the `smbios1` option.
+pub const SMBIOS1_MAX: usize = 512;
+/// Clones retried with a fresh id after "already exists".
+const CLONE_ATTEMPTS: usize = 5;
+/// How many VMs' configurations one listing reads at once.
+const READ_AHEAD: usize = 8;
 /// Data disks start at `virtio1` (`virtio0` is the template's boot disk).
 const FIRST_DATA_DISK: usize = 1;
 /// How long "VM is locked" answers are retried.
@@ -31,6 +48,7 @@ const LOCK_RETRY: Duration = Duration::from_secs(60);
 
 pub struct Proxmox {
     config: ProxmoxProviderConfig,
+    owner: Owner,
     base: String,
     http: reqwest::Client,
 }
@@ -64,7 +82,7 @@ pub fn smbios1(seed: &Seed) -> String {
 }
 
 impl Proxmox {
-    pub fn new(config: ProxmoxProviderConfig) -> Result<Self, HypervisorError> {
+    pub fn new(config: ProxmoxProviderConfig, owner: Owner) -> Result<Self, HypervisorError> {
         drover_net::tls::install_default_provider();
         let mut builder = reqwest::Client::builder()
             .timeout(config.request_timeout)
@@ -78,7 +96,7 @@ impl Proxmox {
         }
         let http = builder.build().map_err(|e| HypervisorError::Unavailable(format!("cannot build the Proxmox client: {e}")))?;
         let base = format!("{}/api2/json", config.endpoint.trim_end_matches('/'));
-        Ok(Proxmox { config, base, http })
+        Ok(Proxmox { config, owner, base, http })
     }
 
     fn node_path(&self, rest: &str) -> String {
@@ -172,6 +190,55 @@ impl Proxmox {
     async fn vm_config(&self, vm_id: &str) -> Result<Value, HypervisorError> {
         self.call(Method::GET, &self.node_path(&format!("/qemu/{vm_id}/config")), &[]).await
     }
+
+    /// The identity VM `vm_id` carries in its description; `None` when no
+    /// VM has that id, `Some(None)` when it carries none.
+    async fn identity(&self, vm_id: &str) -> Result<Option<Option<VmIdentity>>, HypervisorError> {
+        check_vm_id(vm_id)?;
+        match self.vm_config(vm_id).await {
+            Ok(config) => Ok(Some(config.get("description").and_then(Value::as_str).and_then(VmIdentity::from_text))),
+            Err(HypervisorError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether VM `vm_id` is `provision`'s ([`Owner::check`]).
+    async fn checked(&self, vm_id: &str, provision: &str) -> Result<bool, HypervisorError> {
+        let found = self.identity(vm_id).await?;
+        self.owner.check(vm_id, provision, found)
+    }
+
+    /// Runs `op` (a request and its task) again while Proxmox answers that
+    /// the VM is locked — by the request, or by a task that could not take
+    /// the VM's lock ("can't lock file ... got timeout").
+    async fn retry_locked<T, F, Fut>(&self, what: &str, op: F) -> Result<T, HypervisorError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, HypervisorError>>,
+    {
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(200);
+        loop {
+            match op().await {
+                Err(HypervisorError::Failed(m)) if locked(&m) && started.elapsed() < LOCK_RETRY => {
+                    tracing::info!(what, message = %m.lines().next().unwrap_or_default(), "Proxmox VM is locked; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The description a VM is cloned with: its name and its identity.
+    fn description(&self, spec: &VmSpec) -> String {
+        format!("Drover machine {}\n{}", spec.name, self.owner.identity(&spec.provision).to_text())
+    }
+}
+
+/// A failure that says the VM was locked.
+fn locked(message: &str) -> bool {
+    message.contains("is locked") || message.contains("can't lock file")
 }
 
 fn urlencode(text: &str) -> String {
@@ -196,39 +263,72 @@ impl super::Hypervisor for Proxmox {
         "proxmox"
     }
 
+    fn owner(&self) -> &Owner {
+        &self.owner
+    }
+
+    fn keeps_disks(&self) -> bool {
+        false
+    }
+
+    fn check(&self, spec: &VmSpec, seed: &Seed) -> Result<(), HypervisorError> {
+        let smbios = smbios1(seed);
+        if smbios.len() > SMBIOS1_MAX {
+            return Err(HypervisorError::Unsupported(format!(
+                "machine {}: its seed takes {} characters in Proxmox's smbios1 option, whose limit is {SMBIOS1_MAX}; use a shorter server name, coordinator address or machine name",
+                spec.name,
+                smbios.len()
+            )));
+        }
+        Ok(())
+    }
+
     async fn create(&self, spec: &VmSpec, seed: &Seed) -> Result<String, HypervisorError> {
+        self.check(spec, seed)?;
         let template = spec.template.clone().unwrap_or_else(|| self.config.template.clone());
         check_vm_id(&template)?;
-        let next = self.call(Method::GET, "/cluster/nextid", &[]).await?;
-        // The id comes as a JSON string ("100"), sometimes a number.
-        let vm_id = match &next {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            other => return Err(HypervisorError::Unavailable(format!("Proxmox answered nextid with {other}"))),
+        let mut attempt = 0;
+        let (vm_id, clone) = loop {
+            attempt += 1;
+            let next = self.call(Method::GET, "/cluster/nextid", &[]).await?;
+            // The id comes as a JSON string ("100"), sometimes a number.
+            let vm_id = match &next {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                other => return Err(HypervisorError::Unavailable(format!("Proxmox answered nextid with {other}"))),
+            };
+            check_vm_id(&vm_id)?;
+            let answer = self
+                .call(
+                    Method::POST,
+                    &self.node_path(&format!("/qemu/{template}/clone")),
+                    &[
+                        ("newid", vm_id.clone()),
+                        ("name", spec.name.clone()),
+                        ("description", self.description(spec)),
+                        ("full", "1".into()),
+                        ("storage", self.config.storage.clone()),
+                        ("target", self.config.node.clone()),
+                    ],
+                )
+                .await;
+            match answer {
+                Ok(clone) => break (vm_id, clone),
+                // Another client took the id nextid suggested.
+                Err(HypervisorError::Failed(m)) if m.contains("already exists") && attempt < CLONE_ATTEMPTS => {
+                    tracing::info!(vm = %vm_id, attempt, provision = %spec.provision, "Proxmox VM id taken meanwhile; cloning with a fresh id");
+                }
+                Err(e) => return Err(e),
+            }
         };
-        check_vm_id(&vm_id)?;
-        let clone = self
-            .call(
-                Method::POST,
-                &self.node_path(&format!("/qemu/{template}/clone")),
-                &[
-                    ("newid", vm_id.clone()),
-                    ("name", spec.name.clone()),
-                    ("full", "1".into()),
-                    ("storage", self.config.storage.clone()),
-                    ("target", self.config.node.clone()),
-                ],
-            )
-            .await?;
         self.wait_task(&format!("clone of {template} to {vm_id}"), &clone).await?;
-        // From here the VM exists: a failure deletes it.
+        // From here the VM exists, carrying its identity: a failure deletes it.
         let configured = async {
             let mut form: Vec<(&str, String)> = vec![
                 ("cores", spec.cores.to_string()),
                 ("memory", (spec.memory_bytes >> 20).to_string()),
-                ("tags", format!("{DROVER_TAG};{}", spec.provision)),
+                ("tags", format!("{DROVER_TAG};{};{}", self.owner.fleet, spec.provision)),
                 ("smbios1", smbios1(seed)),
-                ("description", format!("Drover provision {} ({})", spec.provision, spec.name)),
             ];
             let keys: Vec<String> = (0..spec.disks.len()).map(|i| format!("virtio{}", i + FIRST_DATA_DISK)).collect();
             for (key, disk) in keys.iter().zip(&spec.disks) {
@@ -236,10 +336,14 @@ impl super::Hypervisor for Proxmox {
             }
             // POST is the asynchronous form: it answers a task when disks
             // are allocated.
-            let answer = self.call(Method::POST, &self.node_path(&format!("/qemu/{vm_id}/config")), &form).await?;
-            if !answer.is_null() {
-                self.wait_task(&format!("configuration of {vm_id}"), &answer).await?;
-            }
+            self.retry_locked("configuration", || async {
+                let answer = self.call(Method::POST, &self.node_path(&format!("/qemu/{vm_id}/config")), &form).await?;
+                if !answer.is_null() {
+                    self.wait_task(&format!("configuration of {vm_id}"), &answer).await?;
+                }
+                Ok(())
+            })
+            .await?;
             let current = self.vm_config(&vm_id).await?;
             let root = &self.config.root_disk;
             let have = current.get(root).and_then(Value::as_str).and_then(disk_size_bytes);
@@ -255,24 +359,33 @@ impl super::Hypervisor for Proxmox {
         }
         .await;
         if let Err(e) = configured {
-            let _ = self.delete(&vm_id, false).await;
+            if let Err(d) = self.delete(&vm_id, &spec.provision, false).await {
+                tracing::warn!(vm = %vm_id, error = %d, "the VM whose configuration failed could not be deleted");
+            }
             return Err(e);
         }
         Ok(vm_id)
     }
 
-    async fn start(&self, vm_id: &str) -> Result<(), HypervisorError> {
-        check_vm_id(vm_id)?;
+    async fn start(&self, vm_id: &str, provision: &str) -> Result<(), HypervisorError> {
+        if !self.checked(vm_id, provision).await? {
+            return Err(HypervisorError::NotFound(vm_id.to_string()));
+        }
         let status = self.call(Method::GET, &self.node_path(&format!("/qemu/{vm_id}/status/current")), &[]).await?;
         if status.get("status").and_then(Value::as_str) == Some("running") {
             return Ok(());
         }
-        let task = self.call(Method::POST, &self.node_path(&format!("/qemu/{vm_id}/status/start")), &[]).await?;
-        self.wait_task(&format!("start of {vm_id}"), &task).await
+        self.retry_locked("start", || async {
+            let task = self.call(Method::POST, &self.node_path(&format!("/qemu/{vm_id}/status/start")), &[]).await?;
+            self.wait_task(&format!("start of {vm_id}"), &task).await
+        })
+        .await
     }
 
-    async fn stop(&self, vm_id: &str) -> Result<(), HypervisorError> {
-        check_vm_id(vm_id)?;
+    async fn stop(&self, vm_id: &str, provision: &str) -> Result<(), HypervisorError> {
+        if !self.checked(vm_id, provision).await? {
+            return Ok(());
+        }
         let status = match self.call(Method::GET, &self.node_path(&format!("/qemu/{vm_id}/status/current")), &[]).await {
             Ok(s) => s,
             Err(HypervisorError::NotFound(_)) => return Ok(()),
@@ -281,50 +394,101 @@ impl super::Hypervisor for Proxmox {
         if status.get("status").and_then(Value::as_str) != Some("running") {
             return Ok(());
         }
-        let task = self.call(Method::POST, &self.node_path(&format!("/qemu/{vm_id}/status/stop")), &[]).await?;
-        self.wait_task(&format!("stop of {vm_id}"), &task).await
+        self.retry_locked("stop", || async {
+            let task = self.call(Method::POST, &self.node_path(&format!("/qemu/{vm_id}/status/stop")), &[]).await?;
+            self.wait_task(&format!("stop of {vm_id}"), &task).await
+        })
+        .await
     }
 
-    async fn delete(&self, vm_id: &str, keep_disks: bool) -> Result<(), HypervisorError> {
+    async fn delete(&self, vm_id: &str, provision: &str, keep_disks: bool) -> Result<Removed, HypervisorError> {
         if keep_disks {
-            return Err(HypervisorError::Failed(
+            return Err(HypervisorError::Unsupported(
                 "the Proxmox provider cannot keep a VM's disks when it deletes the VM (Proxmox deletes a VM's disks with it); move them to another VM with `qm disk move --target-vmid` first, or destroy without --keep-volumes".into(),
             ));
         }
-        self.stop(vm_id).await?;
-        let task = match self
-            .call(
-                Method::DELETE,
-                &self.node_path(&format!("/qemu/{vm_id}")),
-                &[("purge", "1".into()), ("destroy-unreferenced-disks", "1".into())],
-            )
-            .await
-        {
-            Ok(task) => task,
-            Err(HypervisorError::NotFound(_)) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        self.wait_task(&format!("deletion of {vm_id}"), &task).await
+        if !self.checked(vm_id, provision).await? {
+            return Ok(Removed::Gone);
+        }
+        self.stop(vm_id, provision).await?;
+        let removed = self
+            .retry_locked("deletion", || async {
+                let task = match self
+                    .call(
+                        Method::DELETE,
+                        &self.node_path(&format!("/qemu/{vm_id}")),
+                        &[("purge", "1".into()), ("destroy-unreferenced-disks", "1".into())],
+                    )
+                    .await
+                {
+                    Ok(task) => task,
+                    Err(HypervisorError::NotFound(_)) => return Ok(Removed::Gone),
+                    Err(e) => return Err(e),
+                };
+                self.wait_task(&format!("deletion of {vm_id}"), &task).await.map(|()| Removed::Deleted)
+            })
+            .await?;
+        Ok(removed)
     }
 
     async fn list(&self) -> Result<Vec<VmInfo>, HypervisorError> {
+        use futures_util::StreamExt;
         let vms = self.call(Method::GET, &self.node_path("/qemu"), &[]).await?;
+        let candidates: Vec<(String, bool)> = vms
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|vm| vm.get("template").and_then(Value::as_u64) != Some(1))
+            .filter_map(|vm| {
+                let vm_id = match vm.get("vmid") {
+                    Some(Value::Number(n)) => n.to_string(),
+                    Some(Value::String(s)) => s.clone(),
+                    _ => return None,
+                };
+                Some((vm_id, vm.get("status").and_then(Value::as_str) == Some("running")))
+            })
+            .collect();
+        // The identity is in each VM's description, which the list does not
+        // carry: read it back (a clone cut short has no tags yet, but has it).
+        let found: Vec<Result<Option<VmInfo>, HypervisorError>> = futures_util::stream::iter(candidates)
+            .map(|(vm_id, running)| async move {
+                Ok(match self.identity(&vm_id).await? {
+                    Some(Some(identity)) if self.owner.owns(&identity) => Some(VmInfo { vm_id, provision: identity.provision, running }),
+                    _ => None,
+                })
+            })
+            .buffer_unordered(READ_AHEAD)
+            .collect()
+            .await;
         let mut out = Vec::new();
-        for vm in vms.as_array().into_iter().flatten() {
-            let tags: Vec<&str> = vm.get("tags").and_then(Value::as_str).unwrap_or("").split([';', ',', ' ']).collect();
-            if !tags.contains(&DROVER_TAG) {
-                continue;
-            }
-            let Some(provision) = tags.iter().find(|t| t.starts_with("p-")) else { continue };
-            let vm_id = match vm.get("vmid") {
-                Some(Value::Number(n)) => n.to_string(),
-                Some(Value::String(s)) => s.clone(),
-                _ => continue,
-            };
-            let running = vm.get("status").and_then(Value::as_str) == Some("running");
-            out.push(VmInfo { vm_id, provision: provision.to_string(), running });
+        for f in found {
+            out.extend(f?);
         }
+        out.sort_by_key(|v| v.vm_id.parse::<u64>().unwrap_or(0));
         Ok(out)
+    }
+
+    async fn migrate(&self, vm_id: &str, provision: &str) -> Result<bool, HypervisorError> {
+        check_vm_id(vm_id)?;
+        let config = match self.vm_config(vm_id).await {
+            Ok(c) => c,
+            Err(HypervisorError::NotFound(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let description = config.get("description").and_then(Value::as_str).unwrap_or("");
+        let tags: Vec<&str> = config.get("tags").and_then(Value::as_str).unwrap_or("").split([';', ',', ' ']).collect();
+        let old_mark = description.starts_with(&format!("Drover provision {provision} ")) && tags.contains(&DROVER_TAG) && tags.contains(&provision);
+        if VmIdentity::from_text(description).is_some() || !old_mark {
+            return Ok(false);
+        }
+        let name = config.get("name").and_then(Value::as_str).unwrap_or("");
+        let text = format!("Drover machine {name}\n{}", self.owner.identity(provision).to_text());
+        self.retry_locked("identity", || async {
+            self.call(Method::PUT, &self.node_path(&format!("/qemu/{vm_id}/config")), &[("description", text.clone())]).await.map(drop)
+        })
+        .await?;
+        tracing::info!(vm = vm_id, provision, "a VM made before identities now carries this fleet's");
+        Ok(true)
     }
 
     async fn console_tail(&self, vm_id: &str) -> String {

@@ -1,10 +1,14 @@
 //! Local VMs with `qemu-system-x86_64`: one directory per VM under the
-//! provider's work directory, holding its tag, its seed (mode 0600, handed
-//! to QEMU as a `fw_cfg` file, never on the command line), its system disk,
-//! its data disks (sparse image files attached as virtio disks with a
-//! serial), its serial console log and QEMU's pid. QEMU runs daemonized,
-//! so VMs outlive a coordinator restart; the directory is the record the
-//! provider lists.
+//! provider's work directory, holding its identity (written first, under
+//! the work directory's lock, before anything else of the VM exists), its
+//! seed (mode 0600, handed to QEMU as a `fw_cfg` file, never on the command
+//! line), its system disk, its data disks (sparse image files attached as
+//! virtio disks with a serial), its serial console log and QEMU's pid.
+//! QEMU runs daemonized, so VMs outlive a coordinator restart; the
+//! directory is the record the provider lists, and QEMU's process carries
+//! the provision id in its name. Ids come from a counter kept under an
+//! exclusive lock (`flock`), so two creates at once never share one and
+//! none is ever given twice.
 //!
 //! The guest boots the image `scripts/guest-image.sh` builds (a kernel and
 //! an initramfs with the agent) and reaches the coordinator at 10.0.2.2
@@ -16,10 +20,17 @@ use std::time::Duration;
 
 use drover_protocol::seed::Seed;
 
-use super::{tail_text, DataDisk, HypervisorError, VmInfo, VmSpec};
+use super::{tail_text, DataDisk, HypervisorError, Owner, Removed, VmIdentity, VmInfo, VmSpec};
 use crate::config::QemuProviderConfig;
 
-const TAG_FILE: &str = "provision";
+/// The VM's identity ([`VmIdentity::to_text`]); written first.
+const IDENTITY_FILE: &str = "identity";
+/// The lock held while an id is given out.
+const LOCK_FILE: &str = "ids.lock";
+/// The next id to give out.
+const COUNTER_FILE: &str = "next-id";
+/// What marked a VM before identities: its provision's id alone.
+const OLD_TAG_FILE: &str = "provision";
 const PID_FILE: &str = "qemu.pid";
 const CONSOLE_FILE: &str = "console.log";
 const SEED_FILE: &str = "seed";
@@ -30,6 +41,7 @@ const FIRST_ID: u32 = 100;
 
 pub struct Qemu {
     config: QemuProviderConfig,
+    owner: Owner,
     work_dir: PathBuf,
     /// Where the coordinator listens (what the relays forward to).
     coordinator: std::net::SocketAddr,
@@ -45,6 +57,8 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> HypervisorError {
 #[derive(Debug, Clone)]
 pub struct Launch {
     pub qemu: PathBuf,
+    /// QEMU's `-name`: the provision's id, so the process says whose it is.
+    pub name: String,
     pub accel: String,
     /// A directory with `vmlinux` and `initrd.img`.
     pub image: PathBuf,
@@ -74,7 +88,7 @@ impl Launch {
         let dir = &self.dir;
         let mut args: Vec<String> = vec![
             "-name".into(),
-            dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
+            self.name.clone(),
             "-accel".into(),
             self.accel.clone(),
             "-cpu".into(),
@@ -228,9 +242,54 @@ fn sparse_file(path: &Path, bytes: u64) -> Result<(), HypervisorError> {
 
 impl Qemu {
     /// A provider over `work_dir`; isolated VMs reach `coordinator` only.
-    pub fn new(config: QemuProviderConfig, work_dir: PathBuf, coordinator: std::net::SocketAddr) -> Result<Self, HypervisorError> {
+    pub fn new(config: QemuProviderConfig, work_dir: PathBuf, coordinator: std::net::SocketAddr, owner: Owner) -> Result<Self, HypervisorError> {
         std::fs::create_dir_all(&work_dir).map_err(|e| io("create", &work_dir, e))?;
-        Ok(Qemu { config, work_dir, coordinator, relays: Default::default() })
+        Ok(Qemu { config, owner, work_dir, coordinator, relays: Default::default() })
+    }
+
+    /// The identity the VM in `dir` carries; `None` when there is no such
+    /// directory, `Some(None)` when it carries none.
+    fn identity(dir: &Path) -> Option<Option<VmIdentity>> {
+        if !dir.is_dir() {
+            return None;
+        }
+        Some(std::fs::read_to_string(dir.join(IDENTITY_FILE)).ok().and_then(|t| VmIdentity::from_text(&t)))
+    }
+
+    /// The VM's directory when VM `vm_id` is `provision`'s; `None` when
+    /// there is no such VM.
+    fn checked(&self, vm_id: &str, provision: &str) -> Result<Option<PathBuf>, HypervisorError> {
+        let dir = self.dir(vm_id)?;
+        Ok(self.owner.check(vm_id, provision, Self::identity(&dir))?.then_some(dir))
+    }
+
+    /// Gives out the next id and makes its directory with the VM's
+    /// identity, under the work directory's exclusive lock: blocking.
+    fn allocate(work_dir: &Path, identity: &VmIdentity) -> Result<(u32, PathBuf), HypervisorError> {
+        use nix::fcntl::{Flock, FlockArg};
+        let lock_path = work_dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| io("open", &lock_path, e))?;
+        let _held = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, e)| HypervisorError::Failed(format!("cannot lock {}: {e}", lock_path.display())))?;
+        let counter = work_dir.join(COUNTER_FILE);
+        let recorded: u32 = std::fs::read_to_string(&counter).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(FIRST_ID);
+        let highest = std::fs::read_dir(work_dir)
+            .map_err(|e| io("read", work_dir, e))?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+            .max();
+        let mut id = highest.map_or(FIRST_ID, |n| n + 1).max(recorded);
+        let dir = loop {
+            let dir = work_dir.join(id.to_string());
+            match std::fs::create_dir(&dir) {
+                Ok(()) => break dir,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => id += 1,
+                Err(e) => return Err(io("create", &dir, e)),
+            }
+        };
+        drover_net::fsutil::write_atomic(&dir.join(IDENTITY_FILE), identity.to_text().as_bytes(), 0o644).map_err(|e| io("write", &dir, e))?;
+        drover_net::fsutil::write_atomic(&counter, (id + 1).to_string().as_bytes(), 0o644).map_err(|e| io("write", &counter, e))?;
+        Ok((id, dir))
     }
 
     /// The port isolated guests dial at 10.0.2.2 (the coordinator's).
@@ -283,9 +342,10 @@ impl Qemu {
         Ok(out)
     }
 
-    fn launch(&self, dir: &Path, cores: u32, memory_bytes: u64, disks: Vec<(PathBuf, String)>) -> Launch {
+    fn launch(&self, dir: &Path, provision: &str, cores: u32, memory_bytes: u64, disks: Vec<(PathBuf, String)>) -> Launch {
         Launch {
             qemu: self.config.qemu.clone(),
+            name: format!("drover-{provision}"),
             accel: self.config.accel.clone(),
             image: self.config.image.clone(),
             dir: dir.to_path_buf(),
@@ -316,8 +376,20 @@ impl super::Hypervisor for Qemu {
         "qemu"
     }
 
+    fn owner(&self) -> &Owner {
+        &self.owner
+    }
+
+    fn keeps_disks(&self) -> bool {
+        true
+    }
+
+    fn check(&self, _spec: &VmSpec, _seed: &Seed) -> Result<(), HypervisorError> {
+        Ok(())
+    }
+
     async fn create(&self, spec: &VmSpec, seed: &Seed) -> Result<String, HypervisorError> {
-        let existing = self.vm_dirs()?;
+        let existing = self.list().await?;
         if existing.len() >= self.config.max_vms as usize {
             return Err(HypervisorError::Full(format!(
                 "provider {} holds {} VMs, its max_vms; destroy one or raise max_vms",
@@ -325,22 +397,12 @@ impl super::Hypervisor for Qemu {
                 existing.len()
             )));
         }
-        // mkdir is the allocation: the first id whose directory we make,
-        // above every id given before (a new VM never gets a deleted one's
-        // id, nor its address).
-        let counter = self.work_dir.join("next-id");
-        let recorded: u32 = std::fs::read_to_string(&counter).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(FIRST_ID);
-        let mut id = existing.last().and_then(|(id, _)| id.parse::<u32>().ok()).map_or(FIRST_ID, |n| n + 1).max(recorded);
-        let dir = loop {
-            let dir = self.work_dir.join(id.to_string());
-            match std::fs::create_dir(&dir) {
-                Ok(()) => break dir,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => id += 1,
-                Err(e) => return Err(io("create", &dir, e)),
-            }
-        };
+        let work_dir = self.work_dir.clone();
+        let identity = self.owner.identity(&spec.provision);
+        let (id, dir) = tokio::task::spawn_blocking(move || Self::allocate(&work_dir, &identity))
+            .await
+            .map_err(|e| HypervisorError::Failed(format!("allocating a VM id failed: {e}")))??;
         let vm_id = id.to_string();
-        drover_net::fsutil::write_atomic(&counter, (id + 1).to_string().as_bytes(), 0o644).map_err(|e| io("write", &counter, e))?;
         let made = (|| {
             drover_net::fsutil::write_atomic(&dir.join(SEED_FILE), seed.encode('\n').as_bytes(), 0o600)
                 .map_err(|e| io("write", &dir.join(SEED_FILE), e))?;
@@ -350,19 +412,18 @@ impl super::Hypervisor for Qemu {
             }
             let shape = Shape { cores: spec.cores, memory_bytes: spec.memory_bytes, serials: spec.disks.iter().map(|d| d.serial.clone()).collect() };
             let shape = serde_json::to_vec(&shape).map_err(|e| HypervisorError::Failed(e.to_string()))?;
-            drover_net::fsutil::write_atomic(&dir.join("shape.json"), &shape, 0o644).map_err(|e| io("write", &dir, e))?;
-            // The tag last: a directory without it is an unfinished create.
-            drover_net::fsutil::write_atomic(&dir.join(TAG_FILE), spec.provision.as_bytes(), 0o644).map_err(|e| io("write", &dir, e))
+            drover_net::fsutil::write_atomic(&dir.join("shape.json"), &shape, 0o644).map_err(|e| io("write", &dir, e))
         })();
         if let Err(e) = made {
+            // This call's own VM, just made: its directory goes.
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
         Ok(vm_id)
     }
 
-    async fn start(&self, vm_id: &str) -> Result<(), HypervisorError> {
-        let dir = self.dir(vm_id)?;
+    async fn start(&self, vm_id: &str, provision: &str) -> Result<(), HypervisorError> {
+        let dir = self.checked(vm_id, provision)?.ok_or_else(|| HypervisorError::NotFound(vm_id.to_string()))?;
         if let Some(pid) = read_pid(&dir) {
             return self.ensure_relay(vm_id, pid).await;
         }
@@ -372,7 +433,7 @@ impl super::Hypervisor for Qemu {
             .ok_or_else(|| HypervisorError::NotFound(vm_id.to_string()))?;
         let mut disks = vec![(dir.join("system.img"), SYSTEM_DISK_SERIAL.to_string())];
         disks.extend(shape.serials.iter().map(|s| (Self::data_disk_file(&dir, s), s.clone())));
-        let launch = self.launch(&dir, shape.cores, shape.memory_bytes, disks);
+        let launch = self.launch(&dir, provision, shape.cores, shape.memory_bytes, disks);
         if self.config.isolate {
             let (_, socket) = launch.spawn_isolated(self.guest_port()).await?;
             self.attach_relay(vm_id, socket)?;
@@ -382,62 +443,72 @@ impl super::Hypervisor for Qemu {
         Ok(())
     }
 
-    async fn stop(&self, vm_id: &str) -> Result<(), HypervisorError> {
-        stop_dir(&self.dir(vm_id)?).await?;
+    async fn stop(&self, vm_id: &str, provision: &str) -> Result<(), HypervisorError> {
+        let Some(dir) = self.checked(vm_id, provision)? else { return Ok(()) };
+        stop_dir(&dir).await?;
         self.drop_relay(vm_id);
         Ok(())
     }
 
-    async fn delete(&self, vm_id: &str, keep_disks: bool) -> Result<(), HypervisorError> {
-        let dir = self.dir(vm_id)?;
-        if !dir.exists() {
-            return Ok(());
-        }
+    async fn delete(&self, vm_id: &str, provision: &str, keep_disks: bool) -> Result<Removed, HypervisorError> {
+        let Some(dir) = self.checked(vm_id, provision)? else { return Ok(Removed::Gone) };
         stop_dir(&dir).await?;
         self.drop_relay(vm_id);
         if keep_disks {
             let kept = self.work_dir.join("kept");
             std::fs::create_dir_all(&kept).map_err(|e| io("create", &kept, e))?;
-            let tag = std::fs::read_to_string(dir.join(TAG_FILE)).unwrap_or_default();
             for entry in std::fs::read_dir(&dir).map_err(|e| io("read", &dir, e))?.flatten() {
                 let name = entry.file_name().to_string_lossy().to_string();
                 if name.starts_with("vol-") && name.ends_with(".img") {
-                    let to = kept.join(format!("{tag}-{name}"));
+                    let to = kept.join(format!("{provision}-{name}"));
                     std::fs::rename(entry.path(), &to).map_err(|e| io("keep", &to, e))?;
                     tracing::info!(vm = vm_id, disk = %to.display(), "data disk kept");
                 }
             }
         }
-        // The tag first: a half-removed directory is no VM.
-        let _ = std::fs::remove_file(dir.join(TAG_FILE));
-        std::fs::remove_dir_all(&dir).map_err(|e| io("remove", &dir, e))
+        // The identity first: a half-removed directory is nobody's VM, and
+        // is left alone.
+        let _ = std::fs::remove_file(dir.join(IDENTITY_FILE));
+        std::fs::remove_dir_all(&dir).map_err(|e| io("remove", &dir, e))?;
+        Ok(Removed::Deleted)
     }
 
     async fn list(&self) -> Result<Vec<VmInfo>, HypervisorError> {
         let mut out = Vec::new();
         for (vm_id, dir) in self.vm_dirs()? {
-            match std::fs::read_to_string(dir.join(TAG_FILE)) {
-                Ok(tag) => {
-                    let pid = read_pid(&dir);
-                    if let Some(pid) = pid {
-                        if let Err(e) = self.ensure_relay(&vm_id, pid).await {
-                            tracing::warn!(vm = %vm_id, error = %e, "cannot relay a running VM");
-                        }
-                    }
-                    out.push(VmInfo { vm_id, provision: tag.trim().to_string(), running: pid.is_some() });
-                }
-                // An unfinished create left by a crash (not one under way:
-                // those are seconds old) is nobody's VM; remove it.
-                Err(_) => {
-                    let age = std::fs::metadata(&dir).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
-                    if age.is_some_and(|a| a > Duration::from_secs(60)) {
-                        let _ = stop_dir(&dir).await;
-                        let _ = std::fs::remove_dir_all(&dir);
-                    }
+            let Some(Some(identity)) = Self::identity(&dir) else {
+                // Another tool's directory, or a create cut short between
+                // mkdir and its identity: not this fleet's to touch.
+                tracing::debug!(vm = %vm_id, dir = %dir.display(), "a VM directory without Drover's identity; left alone");
+                continue;
+            };
+            if !self.owner.owns(&identity) {
+                continue;
+            }
+            let pid = read_pid(&dir);
+            if let Some(pid) = pid {
+                if let Err(e) = self.ensure_relay(&vm_id, pid).await {
+                    tracing::warn!(vm = %vm_id, error = %e, "cannot relay a running VM");
                 }
             }
+            out.push(VmInfo { vm_id, provision: identity.provision, running: pid.is_some() });
         }
         Ok(out)
+    }
+
+    async fn migrate(&self, vm_id: &str, provision: &str) -> Result<bool, HypervisorError> {
+        let dir = self.dir(vm_id)?;
+        if Self::identity(&dir) != Some(None) {
+            return Ok(false);
+        }
+        let old = std::fs::read_to_string(dir.join(OLD_TAG_FILE)).unwrap_or_default();
+        if old.trim() != provision {
+            return Ok(false);
+        }
+        let identity = self.owner.identity(provision);
+        drover_net::fsutil::write_atomic(&dir.join(IDENTITY_FILE), identity.to_text().as_bytes(), 0o644).map_err(|e| io("write", &dir, e))?;
+        tracing::info!(vm = vm_id, provision, "a VM made before identities now carries this fleet's");
+        Ok(true)
     }
 
     async fn console_tail(&self, vm_id: &str) -> String {

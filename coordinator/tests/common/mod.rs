@@ -129,6 +129,14 @@ impl TestCoordinator {
         answer
     }
 
+    /// [`Self::call`] to a coordinator that may not be up yet.
+    pub async fn try_call(&self, request: AdminRequest) -> Result<AdminResponse, String> {
+        let client = AdminClient::connect(&self.bundle()).await.map_err(|e| e.to_string())?;
+        let answer = client.call(request).await.map_err(|e| e.to_string());
+        client.close().await;
+        answer
+    }
+
     /// Creates a token and writes it to a file; returns (text, file).
     pub async fn token(&self, uses: u32, labels: &[(&str, &str)]) -> (String, PathBuf) {
         let spec = TokenSpec {

@@ -85,7 +85,7 @@ pub fn qemu_provider(name: &str, image: PathBuf, work_dir: PathBuf, boot_timeout
 /// VM directories (with a provision tag) under a QEMU provider's work dir.
 pub fn vm_dirs(work_dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(work_dir) else { return vec![] };
-    let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.join("provision").exists()).collect();
+    let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.join("identity").exists()).collect();
     dirs.sort();
     dirs
 }

@@ -9,7 +9,13 @@
 //!   `{"data": ...}`, errors with the message in the reason phrase and a
 //!   body `{"data": null, "errors": {...}}` (400 for parameters, 500 for a
 //!   failed handler, e.g. "VM is locked (clone)");
-//! - `GET /cluster/nextid` answers the id as a string;
+//! - `GET /cluster/nextid` answers the id as a string — only a suggestion:
+//!   two clients asking at once get the same one, and the second clone to
+//!   it fails with 500 "unable to create VM N: config file already exists"
+//!   (tests make the next answers repeat one id to reproduce it);
+//! - a clone takes `name` and `description` in its request and writes them
+//!   into the new VM's configuration at once, with `lock: clone`;
+//! - `smbios1` is refused above 512 characters, as its schema says;
 //! - clones, configuration (`POST`), start, stop and delete answer a UPID;
 //!   the task runs for a while (`status: running`), then `stopped` with an
 //!   `exitstatus`; a clone holds `lock: clone` until its task ends;
@@ -36,8 +42,10 @@ use serde_json::{json, Value};
 
 /// The template VM every double starts with.
 pub const TEMPLATE_ID: u32 = 9000;
-/// How long a task runs before it stops.
+/// How long a task runs before it stops (unless a test sets another).
 pub const TASK_TIME: Duration = Duration::from_millis(300);
+/// The schema's limit on `smbios1`.
+pub const SMBIOS1_MAX: usize = 512;
 
 /// What a start hook is told about the VM.
 #[derive(Debug, Clone)]
@@ -88,6 +96,10 @@ struct Inner {
     next_task: u64,
     on_start: Option<Hook>,
     on_stop: Option<Hook>,
+    task_time: Duration,
+    /// The next nextid answers repeat this id (as if other clients asked
+    /// at the same time), this many times.
+    stale_nextid: Option<(u32, u32)>,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -135,6 +147,8 @@ impl ProxmoxDouble {
             next_task: 1,
             on_start: None,
             on_stop: None,
+            task_time: TASK_TIME,
+            stale_nextid: None,
         }));
         let (ca_pem, tls) = tls_config();
         let router = Router::new()
@@ -193,6 +207,34 @@ impl ProxmoxDouble {
     /// The next `n` configuration calls answer "VM is locked".
     pub fn lock_next_config(&self, n: u32) {
         lock(&self.state).locked_answers = n;
+    }
+
+    /// The next `n` answers of `/cluster/nextid` are all the id the first
+    /// of them gives: `n` clients asking at the same time.
+    pub fn repeat_next_ids(&self, n: u32) {
+        lock(&self.state).stale_nextid = Some((0, n));
+    }
+
+    /// How long tasks take from now on.
+    pub fn set_task_time(&self, time: Duration) {
+        lock(&self.state).task_time = time;
+    }
+
+    /// The lock a VM holds (`clone`, `config`), if any.
+    pub fn lock_of(&self, vmid: u32) -> Option<String> {
+        let mut inner = lock(&self.state);
+        settle(&mut inner);
+        inner.vms.get(&vmid).and_then(|v| v.lock.clone())
+    }
+
+    /// A VM made by hand (another tool, another tenant): a full clone of
+    /// the template with the given name and description.
+    pub fn make_vm(&self, vmid: u32, name: &str, description: &str) {
+        let mut inner = lock(&self.state);
+        let mut config = inner.vms[&TEMPLATE_ID].config.clone();
+        config.remove("template");
+        config.insert("description".into(), description.into());
+        inner.vms.insert(vmid, Vm { name: name.into(), template: false, config, running: true, lock: None });
     }
 
     /// Every request: `METHOD PATH key=value&...` (the token never shows).
@@ -297,16 +339,25 @@ fn new_task(inner: &mut Inner, node: &str, kind: &str, vmid: u32, finish: Finish
             }
         })
     };
-    inner.tasks.insert(upid.clone(), Task { vmid, done_at: Instant::now() + TASK_TIME, exitstatus, log, finish: Some(finish) });
+    let done_at = Instant::now() + inner.task_time;
+    inner.tasks.insert(upid.clone(), Task { vmid, done_at, exitstatus, log, finish: Some(finish) });
     inner.task_order.push(upid.clone());
     upid
 }
 
 async fn nextid(State(state): State<Shared>) -> Response {
-    let inner = lock(&state);
+    let mut inner = lock(&state);
     let mut id = 100;
     while inner.vms.contains_key(&id) {
         id += 1;
+    }
+    match inner.stale_nextid {
+        Some((0, n)) if n > 0 => inner.stale_nextid = Some((id, n - 1)),
+        Some((held, n)) if n > 0 => {
+            id = held;
+            inner.stale_nextid = Some((held, n - 1));
+        }
+        _ => inner.stale_nextid = None,
     }
     data(Value::String(id.to_string()))
 }
@@ -368,6 +419,14 @@ async fn clone_vm(State(state): State<Shared>, Path((node, vmid)): Path<(String,
         *disk = format!("{storage}:vm-{newid}-disk-0,{size}");
     }
     let name = form.get("name").cloned().unwrap_or_else(|| format!("Copy-of-VM-{}", template.name));
+    match form.get("description") {
+        Some(d) => {
+            config.insert("description".into(), d.clone());
+        }
+        None => {
+            config.remove("description");
+        }
+    }
     inner.vms.insert(newid, Vm { name, template: false, config, running: false, lock: Some("clone".into()) });
     let upid = new_task(
         &mut inner,
@@ -432,6 +491,9 @@ async fn set_config(
             }
             "tags" | "cores" | "memory" | "description" | "name" => {
                 changes.insert(key.clone(), value.clone());
+            }
+            "smbios1" if value.len() > SMBIOS1_MAX => {
+                errors.insert(key.clone(), json!(format!("value may only be {SMBIOS1_MAX} characters long")));
             }
             "smbios1" => {
                 if !value.split(',').all(|p| p.starts_with("serial=") || p.starts_with("uuid=") || p == "base64=1") {
@@ -607,6 +669,9 @@ async fn delete_vm(State(state): State<Shared>, Path((node, vmid)): Path<(String
     let mut inner = lock(&state);
     settle(&mut inner);
     let Some(vm) = inner.vms.get(&id) else { return missing(id, &node) };
+    if let Some(l) = &vm.lock {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("VM is locked ({l})"), None);
+    }
     if vm.running {
         return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("VM {id} is running - destroy failed"), None);
     }

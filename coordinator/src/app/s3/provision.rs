@@ -57,7 +57,8 @@ pub async fn provision(state: &Coordinator, spec: &mut DeploySpec) -> Result<(),
             .await
             .map_err(wire)?;
         let secret = key.secret.clone().unwrap_or_default();
-        let client = probe::client(&config.s3_endpoint, &config.region, &key.id, &secret);
+        let client = probe::client(&config.s3_endpoint, &config.region, &key.id, &secret)
+            .map_err(|e| WireError::new(drover_protocol::ErrorCode::Internal, format!("cannot make an S3 client for {}: {e}", config.s3_endpoint)))?;
         probe::probe(&client, &request.name).await.map_err(wire)?;
         let (id_name, secret_name) = secret_names(&request.name);
         for (name, value) in [(id_name, key.id.clone()), (secret_name, secret)] {
