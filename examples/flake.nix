@@ -1,6 +1,6 @@
-# The fleet of fleet.toml as a flake output, for people who write it in
-# Nix: `drover plan --flake ./examples#droverFleet` reads it with
-# `nix eval --json` and plans the same as the TOML file.
+# The fleets of fleet.toml and fleet-proxmox.toml as flake outputs, for
+# people who write them in Nix: `drover plan --flake ./examples#droverFleet`
+# reads one with `nix eval --json` and plans the same as the TOML file.
 {
   outputs = { self }:
     let
@@ -20,6 +20,47 @@
     in
     {
       droverFleet = {
+        tenants."social.example.org" = { admin_email = "admin@social.example.org"; admin_user = "owner"; };
+        tenants."photos.example.net".admin_email = "ops@photos.example.net";
+
+        machines = {
+          social-db = { adopt = "vm1"; tenant = "social.example.org"; };
+          social-web = { adopt = "vm2"; tenant = "social.example.org"; };
+          photos-web = { adopt = "vm3"; tenant = "photos.example.net"; };
+        };
+
+        buckets = {
+          social-media = { public = true; quota = "1GiB"; machines = [ "social-web" ]; };
+          photos-media = { public = true; quota = "1GiB"; machines = [ "photos-web" ]; };
+        };
+
+        volumes.social-pg = { size = "64MiB"; machine = "social-db"; mount = "/var/lib/postgresql"; };
+
+        services = {
+          social-db = {
+            machines = [ "social-db" ];
+            flake = "github:example/fleet#postgres";
+            secrets.postgres-password = "secrets/social-pg-password";
+          };
+          social-web = {
+            machines = [ "social-web" ];
+            flake = "github:example/fleet#mastodon";
+            secrets.db-password = "secrets/social-pg-password";
+            facts = { db_host = "\${machines.social-db.address}"; media_bucket = "\${buckets.social-media.name}"; };
+            checks = [ "s3:social-media" ];
+            after = [ "social-db" ];
+          };
+          photos-web = {
+            machines = [ "photos-web" ];
+            flake = "github:example/fleet#pixelfed";
+            secrets.db-password = "secrets/photos-pg-password";
+            facts.media_bucket = "\${buckets.photos-media.name}";
+            checks = [ "s3:photos-media" ];
+          };
+        };
+      };
+
+      droverFleetProxmox = {
         tenants."social.example.org" = { admin_email = "admin@social.example.org"; admin_user = "owner"; };
         tenants."photos.example.net".admin_email = "ops@photos.example.net";
 

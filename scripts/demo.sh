@@ -7,9 +7,11 @@
 # Garage bucket signed with a key made here, deploys it to the three machines
 # (which fetch it from Garage's web endpoint) and shows them Succeeded; then
 # deploys a closure whose activation fails and shows the automatic rollback.
-# Last, a volume: a LINSTOR controller double (volumes on loop devices; needs
+# Then a volume: a LINSTOR controller double (volumes on loop devices; needs
 # root) gives vm1 a volume that its agent formats and mounts; a file written
-# there is still there when the volume has moved to vm2.
+# there is still there when the volume has moved to vm2. Last, the three
+# machines are brought under one fleet file, examples/fleet.toml, applied as
+# shipped: two tenants, buckets, a volume and three services.
 #   scripts/demo.sh          run, show, stop everything
 #   scripts/demo.sh --keep   leave the fleet running (prints how to stop it)
 source "$(dirname "$0")/lib.sh"
@@ -126,7 +128,16 @@ runtime_dir = "$vm/run"
 nix_store = "$vm/store"
 system_profile = "$vm/profiles/system"
 volume_root = "$WORK/linstor/nodes/vm$i"
+nixos_rebuild = "$vm/nixos-rebuild"
+current_system = "$vm/store/current-system"
 TOML
+  # Not NixOS: flake deployments go through the stand-in, which records the
+  # flake reference as the system (closures activate for real).
+  cat >"$vm/nixos-rebuild" <<SH
+#!/bin/sh
+DROVER_STANDIN_STATE="$vm/flake-systems" DROVER_STANDIN_CURRENT="$vm/store/current-system" exec "$ROOT/scripts/nixos-rebuild-standin" "\$@"
+SH
+  chmod 755 "$vm/nixos-rebuild"
   log "starting agent vm$i (its own Nix store: $vm/store)"
   "$BIN/drover-agent" run --config "$vm/agent.toml" >"$vm/agent.log" 2>&1 &
   PIDS+=($!)
@@ -220,6 +231,14 @@ if [ "$VOLUMES" -eq 1 ]; then
     exit 1
   fi
   "$BIN/drover" volumes list
+
+  log "one fleet file for the three machines: examples/fleet.toml, applied as shipped (its secrets: scripts/example-secrets.sh)"
+  "$ROOT/scripts/example-secrets.sh"
+  "$BIN/drover" plan examples/fleet.toml
+  "$BIN/drover" apply examples/fleet.toml --yes --timeout 5m
+  "$BIN/drover" fleet show
+  "$BIN/drover" fleet drift
+  "$BIN/drover" machines list
 fi
 log "demo done"
 if [ "$KEEP" -eq 1 ]; then

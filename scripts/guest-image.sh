@@ -110,40 +110,9 @@ chmod 755 "$R/usr/share/udhcpc/default.script"
 # The agent's settings baked into the image; the coordinator, CA and token
 # come from the VM's seed (fw_cfg, NoCloud or SMBIOS), which the agent reads
 # at its first start.
-# This busybox guest is not NixOS. Its nixos-rebuild follows the real
-# command's interface for what the agent uses (GOAL --flake URI#ATTR,
-# switch --rollback) and records the flake reference it is asked for as the
-# system: /run/current-system and the boot profile point at a directory
-# holding it. Services of a real NixOS system need a NixOS image.
-cat >"$R/sbin/nixos-rebuild" <<'EOF'
-#!/bin/sh
-set -eu
-state=/var/lib/drover-agent/guest-systems
-mkdir -p "$state"
-goal="${1:-}"; shift || true
-case "$goal" in switch|boot|test|dry-activate) ;; *) echo "usage: nixos-rebuild switch|boot|test|dry-activate --flake URI#ATTR | switch --rollback" >&2; exit 1 ;; esac
-case "${1:-}" in
-  --flake)
-    ref="${2:?--flake needs URI#ATTR}"
-    case "$ref" in *#*) ;; *) echo "error: flake reference '$ref' has no attribute" >&2; exit 1 ;; esac
-    system="$state/$(echo "$ref" | sha256sum | cut -c1-32)"
-    if [ "$goal" = dry-activate ]; then echo "would activate $ref"; exit 0; fi
-    mkdir -p "$system"; echo "$ref" >"$system/flake"
-    if [ "$goal" != test ]; then
-      [ -L "$state/profile" ] && ln -sfn "$(readlink "$state/profile")" "$state/previous"
-      ln -sfn "$system" "$state/profile"
-    fi
-    [ "$goal" = boot ] || ln -sfn "$system" /run/current-system
-    echo "activated $ref"
-    ;;
-  --rollback)
-    [ -L "$state/previous" ] || { echo "error: no previous generation to roll back to" >&2; exit 1; }
-    prev="$(readlink "$state/previous")"
-    ln -sfn "$prev" "$state/profile"; ln -sfn "$prev" /run/current-system
-    ;;
-  *) echo "usage: nixos-rebuild GOAL --flake URI#ATTR" >&2; exit 1 ;;
-esac
-EOF
+# This busybox guest is not NixOS: its nixos-rebuild is the stand-in that
+# records the flake reference it is asked for as the system.
+cp "$ROOT/scripts/nixos-rebuild-standin" "$R/sbin/nixos-rebuild"
 chmod 755 "$R/sbin/nixos-rebuild"
 
 cat >"$R/etc/drover/image.toml" <<'EOF'

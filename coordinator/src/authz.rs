@@ -31,7 +31,8 @@ pub fn required_role(request: &AdminRequest) -> Role {
         | AdminRequest::Audit { .. }
         | AdminRequest::ProvisionShow { .. }
         | AdminRequest::Provisions
-        | AdminRequest::FleetShow => Role::Viewer,
+        | AdminRequest::FleetShow
+        | AdminRequest::ProvisionsCheck { .. } => Role::Viewer,
         // Who may log in to machines is decided by admins only.
         AdminRequest::TenantsCreate(spec) if !spec.managers.is_empty() => Role::Admin,
         // Taking over storage someone else made, and formatting over data

@@ -401,21 +401,128 @@ flake = "path:/etc/fleet#app"
 fn the_example_fleet_is_valid_in_toml_and_in_nix() {
     use drover_coordinator::fleet::{parse, service_order, validate, Source};
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let text = std::fs::read_to_string(examples.join("fleet.toml")).expect("examples/fleet.toml");
-    let toml_source = Source { name: "examples/fleet.toml".into(), text };
-    let from_toml = parse(&toml_source).expect("parses");
-    validate(&from_toml, &toml_source).expect("valid");
-    let order = service_order(&from_toml).expect("no cycle");
-    let at = |s: &str| order.iter().position(|o| o == s).expect("service");
-    assert!(at("garage") < at("social-web") && at("social-db") < at("social-web"), "{order:?}");
-    let out = std::process::Command::new("nix")
-        .args(["--extra-experimental-features", "nix-command flakes", "--option", "substituters", "", "eval", "--json"])
-        .arg(format!("path:{}#droverFleet", examples.canonicalize().expect("path").display()))
-        .output()
-        .expect("nix (apt-get install nix-bin)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let nix_source = Source { name: "examples#droverFleet".into(), text: String::from_utf8(out.stdout).expect("utf-8") };
-    let from_nix = parse(&nix_source).expect("parses");
-    validate(&from_nix, &nix_source).expect("valid");
-    assert_eq!(from_nix, from_toml);
+    for (file, output) in [("fleet.toml", "droverFleet"), ("fleet-proxmox.toml", "droverFleetProxmox")] {
+        let text = std::fs::read_to_string(examples.join(file)).expect("example");
+        let toml_source = Source { name: format!("examples/{file}"), text };
+        let from_toml = parse(&toml_source).expect("parses");
+        validate(&from_toml, &toml_source).expect("valid");
+        let order = service_order(&from_toml).expect("no cycle");
+        let at = |s: &str| order.iter().position(|o| o == s).expect("service");
+        assert!(at("social-db") < at("social-web"), "{order:?}");
+        let out = std::process::Command::new("nix")
+            .args(["--extra-experimental-features", "nix-command flakes", "--option", "substituters", "", "eval", "--json"])
+            .arg(format!("path:{}#{output}", examples.canonicalize().expect("path").display()))
+            .output()
+            .expect("nix (apt-get install nix-bin)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let nix_source = Source { name: format!("examples#{output}"), text: String::from_utf8(out.stdout).expect("utf-8") };
+        let from_nix = parse(&nix_source).expect("parses");
+        validate(&from_nix, &nix_source).expect("valid");
+        assert_eq!(from_nix, from_toml, "{file} and {output}");
+    }
+}
+
+/// The coordinator's records that an apply would change: provisions,
+/// tokens, machines, tenants.
+async fn records(fleet: &TestCoordinator) -> String {
+    let mut out = String::new();
+    for request in [AdminRequest::Provisions, AdminRequest::TokensList, AdminRequest::MachinesList { selector: Default::default() }, AdminRequest::TenantsList] {
+        out.push_str(&format!("{:?}\n", fleet.call(request).await));
+    }
+    out
+}
+
+/// Every fleet that apply would trip over is refused by plan, naming the
+/// file, line and key; apply on it refuses before anything is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_finds_what_apply_would_trip_over_and_apply_then_changes_nothing() {
+    let mut fleet = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
+    let work = fleet.dir.path().join("qemu");
+    let mut provider = vm::qemu_provider("local", vm::image_without_agent(), work.clone(), Duration::from_secs(60));
+    if let drover_coordinator::config::ProviderConfig::Qemu(q) = &mut provider {
+        q.max_vms = 2;
+    }
+    fleet.config.providers.push(provider);
+    fleet.serve().await;
+    let dir = fleet.dir.path().join("fleets");
+    std::fs::create_dir_all(dir.join("secrets")).expect("mkdir");
+    std::fs::write(dir.join("secrets/pw"), "secret").expect("secret");
+    let many: String = (1..=5).map(|i| format!("[machines.vm-{i}]\nprovider = \"local\"\n\n")).collect();
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        ("no-provider.toml", "[machines.db]\nprovider = \"pve\"\n".into(), "no-provider.toml:2", "no provider \"pve\""),
+        ("too-many.toml", many, "too-many.toml:8", "max_vms"),
+        ("cores.toml", "[machines.db]\nprovider = \"local\"\ncores = 100000\n".into(), "cores.toml:3", "machines.db.cores"),
+        ("alias.toml", "[buckets.media-s3alias]\n".into(), "alias.toml:1", "-s3alias"),
+        ("puny.toml", "[buckets.\"xn--bcher-kva\"]\n".into(), "puny.toml:1", "xn--"),
+        (
+            "secret.toml",
+            "[machines.db]\nadopt = \"db\"\n\n[services.db]\nmachines = [\"db\"]\nflake = \"path:/etc/fleet#db\"\nsecrets = { pw = \"secrets/missing\" }\n".into(),
+            "secret.toml:7",
+            "secrets/missing",
+        ),
+        (
+            "duplicate.json",
+            r#"{"machines": {"db": {"adopt": "a"}, "db": {"adopt": "b"}}}"#.into(),
+            "duplicate.json:1",
+            "\"db\" is given twice",
+        ),
+    ];
+    let before = records(&fleet).await;
+    for (file, text, at, named) in &cases {
+        let path = dir.join(file);
+        std::fs::write(&path, text).expect("write");
+        let (ok, _, err) = common::drover_json(&fleet, &["plan", &path.to_string_lossy()]);
+        assert!(!ok && err.contains(at) && err.contains(named), "plan {file}: refused at {at} naming {named:?}: {err}");
+        let (ok, _, err) = common::drover_json(&fleet, &["apply", &path.to_string_lossy(), "--yes"]);
+        assert!(!ok && err.contains(named), "apply {file} refused: {err}");
+    }
+    assert_eq!(records(&fleet).await, before, "no record changed");
+    assert!(vm::vm_dirs(&work).is_empty(), "no VM was made");
+}
+
+/// An apply whose service did not finish is not recorded as applied: the
+/// next plan shows the machines that did not finish, and apply deploys them
+/// again; `fleet drift` exits non-zero when it finds drift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_apply_is_not_recorded_and_the_next_plan_shows_it() {
+    let fleet = TestCoordinator::start().await;
+    let flake = common::flake::flake(fleet.dir.path());
+    let (_, token) = fleet.token(1, &[]).await;
+    let (_web, _agent) = common::flake::spawn_vm(&fleet, "web-a", Some(&token));
+    assert!(common::eventually(Duration::from_secs(20), || async { fleet.machines().await.iter().any(|m| m.status == MachineStatus::Online) }).await);
+    let fail_on = fleet.dir.path().join("vms/fail-on");
+    std::fs::write(&fail_on, "web-a\n").expect("fail-on");
+    let file = fleet.dir.path().join("fleet.toml");
+    std::fs::write(
+        &file,
+        format!("[machines.web-a]\nadopt = \"web-a\"\n\n[services.web]\nmachines = [\"web-a\"]\nflake = \"path:{}#flaky\"\nhealth_deadline = \"5s\"\n", flake.display()),
+    )
+    .expect("fleet file");
+    let path = file.display().to_string();
+
+    let (ok, _, err) = common::drover_json(&fleet, &["apply", &path, "--yes", "--timeout", "2m"]);
+    assert!(!ok && err.contains("did not become healthy"), "{err}");
+    assert!(matches!(fleet.call(AdminRequest::FleetShow).await, AdminResponse::Fleet(None)), "not recorded as applied");
+    let (ok, plan, err) = common::drover_json(&fleet, &["plan", &path]);
+    assert!(ok, "{err}");
+    let unfinished = plan.as_array().into_iter().flatten().any(|c| c["kind"] == "service" && c["details"].to_string().contains("not finished"));
+    assert!(unfinished, "the plan shows the service unfinished: {plan}");
+
+    std::fs::remove_file(&fail_on).expect("heal");
+    let (ok, _, err) = common::drover_json(&fleet, &["apply", &path, "--yes", "--timeout", "2m"]);
+    assert!(ok, "apply finishes it: {err}");
+    let (ok, plan, _) = common::drover_json(&fleet, &["plan", &path]);
+    assert!(ok && plan.as_array().is_some_and(|c| c.is_empty()), "no changes now: {plan}");
+    let (ok, _, err) = common::drover_json(&fleet, &["fleet", "drift"]);
+    assert!(ok, "no drift: {err}");
+
+    // A deployment outside the fleet file: drift, and a non-zero exit.
+    let id = fleet.machines().await.into_iter().find(|m| m.hostname == "web-a").expect("web-a").id;
+    // Machines are named by id or by hostname alike.
+    let (ok, shown, err) = common::drover_json(&fleet, &["machines", "show", "web-a"]);
+    assert!(ok && shown["machine"]["id"] == id.as_str(), "{shown} {err}");
+    let (ok, _, err) = common::drover_json(&fleet, &["deploy", "--machine", &id, "--flake", &format!("path:{}#good", flake.display()), "--wait"]);
+    assert!(ok, "{err}");
+    let (ok, drift, err) = common::drover_json(&fleet, &["fleet", "drift"]);
+    assert!(!ok && err.contains("drifted") && drift.as_array().is_some_and(|d| !d.is_empty()), "{drift} {err}");
 }

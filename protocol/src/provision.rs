@@ -98,3 +98,12 @@ pub struct ProvisionInfo {
     /// Why it failed, with the VM's console tail.
     pub error: Option<String>,
 }
+
+/// Something a plan found that would make its apply fail (protocol 10).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Problem {
+    /// What it is about (a machine's name).
+    pub subject: String,
+    pub message: String,
+}

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::WireError;
 use crate::version::VersionRange;
 
-pub use crate::provision::{ProvisionDisk, ProvisionInfo, ProvisionRequest, ProvisionState};
+pub use crate::provision::{Problem, ProvisionDisk, ProvisionInfo, ProvisionRequest, ProvisionState};
 pub use crate::volume::{
     Filesystem, ReplicaInfo, SnapshotInfo, VolumeAttachment, VolumeClaim, VolumeInfo, VolumeMount, VolumeRequest, VolumeResponse,
     VolumeState,
@@ -353,6 +353,11 @@ pub enum AdminRequest {
     /// `drover deploy --wait` follows many deployments in a few requests
     /// instead of one per deployment. Protocol 8.
     DeploymentsShowMany { ids: Vec<String> },
+    /// Checks provisions as `MachinesProvision` would take them — names,
+    /// providers and their limits (`max_vms` with these added), sizes,
+    /// the seed's fit — making nothing; answered with
+    /// [`AdminResponse::Problems`] (protocol 10). `drover plan` asks it.
+    ProvisionsCheck { requests: Vec<ProvisionRequest> },
 }
 
 /// The most deployments one [`AdminRequest::DeploymentsShowMany`] asks for
@@ -393,6 +398,8 @@ pub enum AdminResponse {
     /// The last applied fleet's document and when and by whom it was
     /// applied; `None` before the first `drover apply`.
     Fleet(Option<AppliedFleet>),
+    /// What a check found wrong; empty when nothing (protocol 10).
+    Problems(Vec<Problem>),
 }
 
 /// A fleet as `drover apply` recorded it.

@@ -40,7 +40,8 @@ pub fn describe(request: &AdminRequest) -> Option<(String, String)> {
         | R::Audit { .. }
         | R::ProvisionShow { .. }
         | R::Provisions
-        | R::FleetShow => return None,
+        | R::FleetShow
+        | R::ProvisionsCheck { .. } => return None,
         R::FleetSave { document } => ("apply", format!("a fleet of {} bytes", document.len())),
         R::MachinesProvision(spec) => ("machines provision", format!("{} on {}", spec.name, spec.provider)),
         R::MachinesDestroy { name, keep_volumes } => ("machines destroy", format!("{name}{}", if *keep_volumes { " --keep-volumes" } else { "" })),

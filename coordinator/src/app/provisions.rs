@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use drover_protocol::seed::{valid_machine_name, CaPin, Seed};
-use drover_protocol::v1::{ProvisionInfo, ProvisionRequest, ProvisionState, VolumeMount};
+use drover_protocol::v1::{Problem, ProvisionInfo, ProvisionRequest, ProvisionState, VolumeMount};
 use drover_protocol::{ErrorCode, WireError};
 
 use crate::config::ProviderConfig;
@@ -84,10 +84,6 @@ fn hypervisor(state: &Coordinator, provider: &str) -> Result<Arc<dyn Hypervisor>
     }
 }
 
-/// The largest VM a provision may ask for, to refuse typing errors.
-const MAX_CORES: u32 = 256;
-const MAX_MEMORY: u64 = 4 << 40;
-const MAX_DISK: u64 = 64 << 40;
 /// A data disk's name: `vol-NAME` must fit a virtio serial (20 bytes).
 const MAX_DISK_NAME: usize = 16;
 
@@ -103,15 +99,7 @@ fn check_request(state: &Coordinator, r: &ProvisionRequest) -> Result<ProviderCo
         ))
     })?;
     registry::check_labels(&r.labels).map_err(invalid)?;
-    if r.cores.is_some_and(|c| c == 0 || c > MAX_CORES) {
-        return Err(invalid(format!("--cores must be between 1 and {MAX_CORES}")));
-    }
-    if r.memory_bytes.is_some_and(|m| !(128 << 20..=MAX_MEMORY).contains(&m)) {
-        return Err(invalid("--memory must be between 128MiB and 4TiB"));
-    }
-    if r.disk_bytes.is_some_and(|d| !(64 << 20..=MAX_DISK).contains(&d)) {
-        return Err(invalid("--disk must be between 64MiB and 64TiB"));
-    }
+    crate::hypervisor::check_shape(r.cores, r.memory_bytes, r.disk_bytes).map_err(|(key, e)| invalid(format!("--{key} {e}")))?;
     if r.template.as_ref().is_some_and(|t| t.is_empty() || t.len() > 64 || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')) {
         return Err(invalid("--template must be the provider's template id (letters, digits, dashes)"));
     }
@@ -133,6 +121,62 @@ fn check_request(state: &Coordinator, r: &ProvisionRequest) -> Result<ProviderCo
     }
     Ok(provider)
 }
+
+/// What making these provisions would run into, making nothing: each
+/// request's own checks, its provider's readiness, the seed's fit, and
+/// `max_vms` with the new ones added to the live ones.
+pub fn check(state: &Coordinator, requests: &[ProvisionRequest]) -> Result<Vec<Problem>, WireError> {
+    if requests.len() > MAX_CHECKED {
+        return Err(invalid(format!("at most {MAX_CHECKED} provisions are checked at once")));
+    }
+    let live = state.store.provisions()?;
+    let mut problems = Vec::new();
+    let mut planned: BTreeMap<String, u32> = BTreeMap::new();
+    let problem = |subject: &str, message: String| Problem { subject: subject.to_string(), message };
+    for r in requests {
+        let provider = match check_request(state, r) {
+            Ok(p) => p,
+            Err(e) => {
+                problems.push(problem(&r.name, e.message));
+                continue;
+            }
+        };
+        let hv = match hypervisor(state, &r.provider) {
+            Ok(hv) => hv,
+            Err(e) => {
+                problems.push(problem(&r.name, e.message));
+                continue;
+            }
+        };
+        let (text, _) = super::machines::new_token(Default::default(), 0, 0, 1, None);
+        let spec = VmSpec {
+            provision: "p-0000000000".into(),
+            name: r.name.clone(),
+            template: r.template.clone(),
+            cores: r.cores.unwrap_or(provider.shape().cores),
+            memory_bytes: r.memory_bytes.unwrap_or(provider.shape().memory_mib << 20),
+            disk_bytes: r.disk_bytes.unwrap_or(provider.shape().disk_mib << 20),
+            disks: r.disks.iter().map(|d| DataDisk { serial: d.serial(), size_bytes: d.size_bytes }).collect(),
+        };
+        if let Err(e) = hv.check(&spec, &seed(state, &provider, text, &r.name)) {
+            problems.push(problem(&r.name, e.to_string()));
+        }
+        let already = live.iter().any(|p| p.name == r.name && !matches!(p.state, ProvisionState::Failed | ProvisionState::Destroyed));
+        if let (ProviderConfig::Qemu(q), false) = (&provider, already) {
+            let count = planned.entry(q.name.clone()).or_insert_with(|| {
+                live.iter().filter(|p| p.provider == q.name && !matches!(p.state, ProvisionState::Failed | ProvisionState::Destroyed)).count() as u32
+            });
+            *count += 1;
+            if *count > q.max_vms {
+                problems.push(problem(&r.name, format!("provider {} allows {} VMs (max_vms) and would need {count}", q.name, q.max_vms)));
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// The most provisions one check takes.
+const MAX_CHECKED: usize = 10_000;
 
 /// `drover machines provision`: records the provision (or returns the
 /// live one of that name) and wakes the driver.

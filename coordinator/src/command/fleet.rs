@@ -164,6 +164,94 @@ fn service_spec(fleet: &FleetFile, name: &str, facts: Labels, base: &Path) -> Re
     })
 }
 
+/// The provisions the apply would make (machines not there yet).
+fn provision_requests(fleet: &FleetFile, observed: &Observed) -> Result<Vec<ProvisionRequest>> {
+    let mut out = Vec::new();
+    for (name, decl) in fleet.machines.iter().filter(|(_, m)| m.provider.is_some()) {
+        if observed.machine(fleet, name).is_some() || observed.provisions.contains_key(name) {
+            continue;
+        }
+        let disks = fleet
+            .volumes
+            .iter()
+            .filter(|(_, v)| &v.machine == name)
+            .map(|(v, d)| {
+                Ok(ProvisionDisk {
+                    name: v.clone(),
+                    size_bytes: fleet::size_bytes(&d.size).map_err(anyhow::Error::msg)?,
+                    mount_point: d.mount.clone(),
+                    filesystem: d.filesystem.parse().map_err(anyhow::Error::msg)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.push(ProvisionRequest {
+            name: name.clone(),
+            provider: decl.provider.clone().unwrap_or_default(),
+            template: decl.template.clone(),
+            cores: decl.cores,
+            memory_bytes: decl.memory.as_deref().map(fleet::size_bytes).transpose().map_err(anyhow::Error::msg)?,
+            disk_bytes: decl.disk.as_deref().map(fleet::size_bytes).transpose().map_err(anyhow::Error::msg)?,
+            labels: plan::labels_of(fleet, name),
+            disks,
+        });
+    }
+    Ok(out)
+}
+
+/// What would make the apply fail, found before anything is made, each
+/// with the file and line it is about: secret files that cannot be read,
+/// and what the coordinator says of the provisions (providers that do not
+/// exist, their limits, sizes, seeds that do not fit).
+async fn problems(client: &AdminClient, fleet: &FleetFile, source: &Source, base: &Path, observed: &Observed) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (name, s) in &fleet.services {
+        for (secret, file) in &s.secrets {
+            let path = base.join(file);
+            let readable = std::fs::File::open(&path).and_then(|f| f.metadata()).map(|m| m.is_file());
+            match readable {
+                Ok(true) => {}
+                Ok(false) => out.push(source.error(&["services", name, "secrets", secret], format!("{} is not a file", path.display())).to_string()),
+                Err(e) => out.push(source.error(&["services", name, "secrets", secret], format!("cannot read {}: {e}", path.display())).to_string()),
+            }
+        }
+    }
+    let requests = provision_requests(fleet, observed)?;
+    if !requests.is_empty() {
+        let AdminResponse::Problems(found) = ask(client, AdminRequest::ProvisionsCheck { requests }, "checking the provisions").await? else {
+            bail!("unexpected answer")
+        };
+        for p in found {
+            // The key the problem is about, for its line.
+            let key = ["cores", "memory", "disk", "template"].into_iter().find(|k| p.message.contains(&format!("--{k}"))).unwrap_or("provider");
+            out.push(source.error(&["machines", &p.subject, key], p.message).to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Refuses a plan with problems, listing each.
+fn refuse(problems: &[String], doing: &str) -> Result<()> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    for p in problems {
+        eprintln!("{p}");
+    }
+    bail!("{} problem(s) in the fleet: {doing} nothing; fix them and plan again", problems.len())
+}
+
+/// Each target's hostname, newest generation and the generation it runs.
+async fn progress_of(client: &AdminClient, targets: &[drover_protocol::v1::PlannedTarget]) -> Result<Vec<(String, u64, Option<u64>)>> {
+    let mut out = Vec::new();
+    for t in targets {
+        let AdminResponse::MachineDetail(d) = ask(client, AdminRequest::MachinesDetail { id: t.machine_id.clone() }, "reading a machine").await? else {
+            bail!("unexpected answer")
+        };
+        out.push((t.hostname.clone(), d.desired_generation, d.current_generation));
+    }
+    Ok(out)
+}
+
 /// The whole plan: infrastructure first, then services in `after` order.
 async fn make_plan(client: &AdminClient, fleet: &FleetFile, observed: &Observed, base: &Path, prune: bool) -> Result<Vec<Change>> {
     let mut changes = plan::infrastructure(fleet, observed, prune);
@@ -177,7 +265,10 @@ async fn make_plan(client: &AdminClient, fleet: &FleetFile, observed: &Observed,
                 let AdminResponse::DeployPlan(targets) = ask(client, AdminRequest::DeployDryRun(spec), &format!("planning service {name}")).await? else {
                     bail!("unexpected answer")
                 };
-                plan::service(&name, machines, Some(&targets), &[])
+                match plan::service(&name, machines, Some(&targets), &[]) {
+                    Some(change) => Some(change),
+                    None => plan::unfinished(&name, &progress_of(client, &targets).await?),
+                }
             }
             (Err(open), true) => {
                 // The generation each machine would get, with the facts
@@ -218,9 +309,10 @@ fn print_plan(changes: &[Change]) {
 }
 
 pub async fn plan_command(source: FleetSource, prune: bool, admin: AdminArgs) -> Result<()> {
-    let (fleet, _, base) = load(&source)?;
+    let (fleet, source, base) = load(&source)?;
     let client = connect(&admin).await?;
     let observed = observe(&client, &fleet).await?;
+    refuse(&problems(&client, &fleet, &source, &base, &observed).await?, "an apply would change")?;
     let changes = make_plan(&client, &fleet, &observed, &base, prune).await?;
     client.close().await;
     match admin.output {
@@ -237,10 +329,11 @@ fn progress(show: bool, line: String) {
 }
 
 pub async fn apply_command(source: FleetSource, prune: bool, yes: bool, timeout: Duration, admin: AdminArgs) -> Result<()> {
-    let (fleet, _, base) = load(&source)?;
+    let (fleet, source, base) = load(&source)?;
     let show = admin.output == OutputFormat::Table;
     let client = connect(&admin).await?;
     let observed = observe(&client, &fleet).await?;
+    refuse(&problems(&client, &fleet, &source, &base, &observed).await?, "applied")?;
     let changes = make_plan(&client, &fleet, &observed, &base, prune).await?;
     if show {
         print_plan(&changes);
@@ -268,34 +361,9 @@ pub async fn apply_command(source: FleetSource, prune: bool, yes: bool, timeout:
         ask(&client, AdminRequest::TenantsCreate(spec), &format!("creating tenant {domain}")).await?;
     }
     // Machines: provision what is missing (all at once), then wait.
-    for (name, decl) in fleet.machines.iter().filter(|(_, m)| m.provider.is_some()) {
-        if observed.machine(&fleet, name).is_some() {
-            continue;
-        }
-        progress(show, format!("machine {name}: provisioning on {}", decl.provider.as_deref().unwrap_or_default()));
-        let disks = fleet
-            .volumes
-            .iter()
-            .filter(|(_, v)| &v.machine == name)
-            .map(|(v, d)| {
-                Ok(ProvisionDisk {
-                    name: v.clone(),
-                    size_bytes: fleet::size_bytes(&d.size).map_err(anyhow::Error::msg)?,
-                    mount_point: d.mount.clone(),
-                    filesystem: d.filesystem.parse().map_err(anyhow::Error::msg)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let request = ProvisionRequest {
-            name: name.clone(),
-            provider: decl.provider.clone().unwrap_or_default(),
-            template: decl.template.clone(),
-            cores: decl.cores,
-            memory_bytes: decl.memory.as_deref().map(fleet::size_bytes).transpose().map_err(anyhow::Error::msg)?,
-            disk_bytes: decl.disk.as_deref().map(fleet::size_bytes).transpose().map_err(anyhow::Error::msg)?,
-            labels: plan::labels_of(&fleet, name),
-            disks,
-        };
+    for request in provision_requests(&fleet, &observed)? {
+        progress(show, format!("machine {}: provisioning on {}", request.name, request.provider));
+        let name = request.name.clone();
         ask(&client, AdminRequest::MachinesProvision(request), &format!("provisioning {name}")).await?;
     }
     let mut observed = wait_machines(&client, &fleet, deadline, show).await?;
@@ -335,7 +403,7 @@ pub async fn apply_command(source: FleetSource, prune: bool, yes: bool, timeout:
         let AdminResponse::DeployPlan(targets) = ask(&client, AdminRequest::DeployDryRun(spec.clone()), &format!("planning service {name}")).await? else {
             bail!("unexpected answer")
         };
-        if plan::service(&name, targets.len(), Some(&targets), &[]).is_none() {
+        if plan::service(&name, targets.len(), Some(&targets), &[]).is_none() && plan::unfinished(&name, &progress_of(&client, &targets).await?).is_none() {
             continue;
         }
         progress(show, format!("service {name}: deploying to {} machine(s)", targets.len()));
@@ -549,6 +617,9 @@ pub async fn drift(admin: AdminArgs) -> Result<()> {
                 crate::out!("{} {}: {}", d.kind, d.name, d.what);
             }
         }
+    }
+    if !drifts.is_empty() {
+        bail!("the fleet drifted from what was applied: {} difference(s); `drover plan` shows what an apply would change", drifts.len());
     }
     Ok(())
 }

@@ -213,9 +213,12 @@ impl Source {
     }
 }
 
-/// Reads a fleet file: TOML, or JSON when it starts with `{`.
+/// Reads a fleet file: TOML, or JSON when it starts with `{`. A key given
+/// twice is refused in both (TOML's parser refuses it; JSON's would keep
+/// the last silently, so it is checked first).
 pub fn parse(source: &Source) -> Result<FleetFile, FleetError> {
     if source.text.trim_start().starts_with('{') {
+        serde_json::from_str::<NoDuplicateKeys>(&source.text).map_err(|e| FleetError(format!("{}:{}: {e}", source.name, e.line())))?;
         return serde_json::from_str(&source.text)
             .map_err(|e| FleetError(format!("{}:{}: {e}", source.name, e.line())));
     }
@@ -224,6 +227,54 @@ pub fn parse(source: &Source) -> Result<FleetFile, FleetError> {
         let at = line.map(|l| format!("{}:{l}", source.name)).unwrap_or_else(|| source.name.clone());
         FleetError(format!("{at}: {}", e.message()))
     })
+}
+
+/// Any JSON value, refusing an object that names a key twice.
+struct NoDuplicateKeys;
+
+impl<'de> Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = NoDuplicateKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(NoDuplicateKeys)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(NoDuplicateKeys)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(NoDuplicateKeys)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(NoDuplicateKeys)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(NoDuplicateKeys)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(NoDuplicateKeys)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+                Ok(NoDuplicateKeys)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut seen = BTreeSet::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if !seen.insert(key.clone()) {
+                        return Err(serde::de::Error::custom(format!("the key {key:?} is given twice")));
+                    }
+                    map.next_value::<NoDuplicateKeys>()?;
+                }
+                Ok(NoDuplicateKeys)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// A reference inside a fact's value.
@@ -293,11 +344,9 @@ pub fn validate(fleet: &FleetFile, source: &Source) -> Result<(), FleetError> {
                 return Err(at("tenant", format!("no tenant {t:?} in [tenants]")));
             }
         }
-        for (key, size) in [("memory", &m.memory), ("disk", &m.disk)] {
-            if let Some(s) = size {
-                size_bytes(s).map_err(|e| at(key, e))?;
-            }
-        }
+        let memory = m.memory.as_deref().map(size_bytes).transpose().map_err(|e| at("memory", e))?;
+        let disk = m.disk.as_deref().map(size_bytes).transpose().map_err(|e| at("disk", e))?;
+        crate::hypervisor::check_shape(m.cores, memory, disk).map_err(|(key, e)| at(key, e))?;
         crate::registry::check_labels(&m.labels).map_err(|e| at("labels", e))?;
     }
     for (name, b) in &fleet.buckets {

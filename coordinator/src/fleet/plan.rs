@@ -208,6 +208,21 @@ pub fn service(name: &str, machines: usize, dry_run: Option<&[PlannedTarget]>, o
     Some(Change { kind: "service", name: name.to_string(), action, details })
 }
 
+/// A service whose spec has not changed but whose machines did not all
+/// finish their newest generation (an apply cut short, a deployment that
+/// failed): the apply deploys it again. `machines` holds each target's
+/// hostname, newest generation and the generation it runs.
+pub fn unfinished(name: &str, machines: &[(String, u64, Option<u64>)]) -> Option<Change> {
+    let details: Vec<String> = machines
+        .iter()
+        .filter(|(_, desired, current)| *desired > 0 && *current != Some(*desired))
+        .map(|(host, desired, current)| {
+            format!("{host}: generation {desired} not finished (runs {})", current.map(|g| format!("generation {g}")).unwrap_or_else(|| "none".into()))
+        })
+        .collect();
+    (!details.is_empty()).then(|| Change { kind: "service", name: name.to_string(), action: Action::Update, details })
+}
+
 /// Whether every machine of a service is there, online, and labelled for
 /// it (a selector finds exactly them).
 pub fn service_ready(fleet: &FleetFile, observed: &Observed, service: &str) -> bool {

@@ -20,6 +20,29 @@ pub mod qemu;
 
 use drover_protocol::seed::Seed;
 
+/// The most cores a VM may ask for, to refuse typing errors.
+pub const MAX_CORES: u32 = 256;
+/// The memory a VM may have.
+pub const MEMORY_RANGE: std::ops::RangeInclusive<u64> = 128 << 20..=4 << 40;
+/// The size of a VM's system disk.
+pub const DISK_RANGE: std::ops::RangeInclusive<u64> = 64 << 20..=64 << 40;
+
+/// Checks a VM's cores, memory and disk against [`MAX_CORES`],
+/// [`MEMORY_RANGE`] and [`DISK_RANGE`]; the error names the key.
+pub fn check_shape(cores: Option<u32>, memory_bytes: Option<u64>, disk_bytes: Option<u64>) -> Result<(), (&'static str, String)> {
+    if cores.is_some_and(|c| c == 0 || c > MAX_CORES) {
+        return Err(("cores", format!("must be between 1 and {MAX_CORES}")));
+    }
+    let size = |b: u64| bytesize::ByteSize::b(b).to_string();
+    if memory_bytes.is_some_and(|m| !MEMORY_RANGE.contains(&m)) {
+        return Err(("memory", format!("must be between {} and {}", size(*MEMORY_RANGE.start()), size(*MEMORY_RANGE.end()))));
+    }
+    if disk_bytes.is_some_and(|d| !DISK_RANGE.contains(&d)) {
+        return Err(("disk", format!("must be between {} and {}", size(*DISK_RANGE.start()), size(*DISK_RANGE.end()))));
+    }
+    Ok(())
+}
+
 /// A data disk: a virtio disk with a serial (at most 20 bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataDisk {

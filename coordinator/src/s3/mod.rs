@@ -114,8 +114,15 @@ pub fn check_bucket_name(name: &str) -> Result<(), S3Error> {
     if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() {
         return Err(invalid("start and end with a letter or digit"));
     }
-    if name.contains("..") || name.parse::<std::net::Ipv4Addr>().is_ok() {
+    if name.contains("..") || name.parse::<std::net::IpAddr>().is_ok() {
         return Err(invalid("no '..' and not an IP address"));
+    }
+    // Garage's rules beyond S3's: no punycode label, no alias suffix.
+    if name.starts_with("xn--") || name.contains(".xn--") {
+        return Err(invalid("no label may start with 'xn--' (Garage refuses punycode names)"));
+    }
+    if name.ends_with("-s3alias") {
+        return Err(invalid("it must not end with '-s3alias' (reserved)"));
     }
     Ok(())
 }
@@ -162,11 +169,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bucket_names_follow_s3_rules() {
+    fn bucket_names_follow_s3_and_garage_rules() {
         for ok in ["media", "acme-mastodon-media", "a.b.c", "abc123"] {
             check_bucket_name(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
-        for bad in ["ab", "Media", "under_score", "-lead", "trail-", "a..b", "192.168.1.1", &"x".repeat(64)] {
+        for bad in ["ab", "Media", "under_score", "-lead", "trail-", "a..b", "192.168.1.1", &"x".repeat(64), "media-s3alias", "xn--bcher-kva", "a.xn--p1ai"] {
             assert!(check_bucket_name(bad).is_err(), "{bad}");
         }
     }
