@@ -276,6 +276,7 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-admin-machines-destroy", Request::Admin(AdminRequest::MachinesDestroy { name: "web-1".into(), keep_volumes: true })),
         ("request-admin-volumes-delete", Request::Admin(AdminRequest::Volumes(VolumeRequest::Delete { name: "data".into(), confirm: "data".into() }))),
         ("request-admin-volumes-adopt", Request::Admin(AdminRequest::Volumes(VolumeRequest::Adopt { name: "vm-100-disk-1".into(), confirm: "vm-100-disk-1".into() }))),
+        ("request-admin-provisions-check", Request::Admin(AdminRequest::ProvisionsCheck { requests: vec![ProvisionRequest { name: "web-1".into(), provider: "pve".into(), template: Some("9000".into()), cores: Some(2), memory_bytes: Some(1 << 30), disk_bytes: None, labels: labels(), disks: vec![] }] })),
         ("request-admin-volumes-allow-format", Request::Admin(AdminRequest::Volumes(VolumeRequest::AllowFormat { name: "data".into(), confirm: "data".into() }))),
     ]
 }
@@ -339,6 +340,7 @@ fn responses() -> Vec<(&'static str, Response)> {
                 refused: None,
             }])),
         ),
+        ("response-admin-problems", Response::Admin(AdminResponse::Problems(vec![Problem { subject: "web-1".into(), message: "no provider \"pve\"".into() }]))),
         ("response-admin-ssh-keys", Response::Admin(AdminResponse::SshKeys(vec![SshKeyInfo { admin: "alice".into(), login: "root".into(), fingerprint: "SHA256:abc".into(), algorithm: "ssh-ed25519".into(), comment: "alice@laptop".into(), added_at: 1 }]))),
     ]
 }
