@@ -184,6 +184,12 @@ in
         ExecStart = "${cfg.package}/bin/drover serve --config ${configFile}";
         Restart = "on-failure";
         RestartSec = 5;
+        # QUIC connections share the endpoint's UDP sockets; descriptors go
+        # to the store's files, metrics connections (at most
+        # limits.metrics_connections) and calls to Garage, LINSTOR and
+        # Proxmox. The default 1,024 leaves too little room for bursts of
+        # those; this leaves plenty for any max_connections.
+        LimitNOFILE = lib.mkDefault 65536;
         StateDirectory = lib.removePrefix "/var/lib/" cfg.stateDir;
         StateDirectoryMode = "0700";
         LoadCredential = lib.optional (cfg.s3 != null) "s3-admin-token:${cfg.s3.adminTokenFile}";

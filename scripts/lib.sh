@@ -45,7 +45,7 @@ need_garage() {
 # Installs everything the build and the tests need.
 install_dependencies() {
   need_cargo
-  need_apt build-essential pkg-config iproute2 procps curl python3 nix-bin util-linux e2fsprogs xfsprogs nftables
+  need_apt build-essential pkg-config iproute2 procps curl python3 nix-bin util-linux e2fsprogs xfsprogs nftables fdisk cryptsetup-bin
   # Local VMs (the QEMU provider and its guest image). Debian 12's QEMU
   # replaces a newer qemu-utils where one is installed; nothing here needs it.
   NEED_APT_OPTIONS=--no-install-recommends need_apt qemu-system-x86 busybox-static cpio binutils
@@ -71,12 +71,13 @@ drill_build() {
 }
 
 # Initialises a coordinator in $WORK/coordinator (sets DROVER_STATE_DIR)
-# listening on PORT, with the per-address cap lifted.
+# listening on PORT, with the per-address caps lifted (every simulated
+# agent comes from 127.0.0.1) and no address validation (as bare quinn).
 #   drill_init PORT [drover init arguments...]
 drill_init() {
   export DROVER_STATE_DIR="$WORK/coordinator"
   "$BIN/drover" init --state-dir "$DROVER_STATE_DIR" --listen "127.0.0.1:$1" "${@:2}" >/dev/null
-  printf '\n[limits]\nanonymous_connections = 100000\nanonymous_per_address = 100000\n' >>"$DROVER_STATE_DIR/drover.toml"
+  printf '\n[limits]\nanonymous_connections = 100000\nanonymous_per_address = 100000\nhandshakes = 100000\nhandshakes_per_address = 100000\nretry_above = 100000\n' >>"$DROVER_STATE_DIR/drover.toml"
 }
 
 # Starts `drover serve` on the drill's state (PID in SERVER, log in

@@ -29,6 +29,7 @@ pub fn required_role(request: &AdminRequest) -> Role {
         | AdminRequest::TenantsShow { show_password: false, .. }
         | AdminRequest::AdminsKeys { .. }
         | AdminRequest::Audit { .. }
+        | AdminRequest::AuditExport { .. }
         | AdminRequest::ProvisionShow { .. }
         | AdminRequest::Provisions
         | AdminRequest::FleetShow

@@ -306,6 +306,49 @@ pub struct Limits {
     /// while the state directory's filesystem has less free space than
     /// this, in MiB, so that the store never reaches the end of its disk.
     pub min_free_disk_mib: u64,
+    /// QUIC handshakes in progress at once, over all sources; an Initial
+    /// beyond it is dropped without any state kept.
+    pub handshakes: usize,
+    /// Handshakes in progress at once from one source address.
+    pub handshakes_per_address: usize,
+    /// Above this many handshakes in progress, a client must first prove
+    /// its address (QUIC Retry): a flood of Initials from forged or
+    /// half-open sources then costs no connection state.
+    pub retry_above: usize,
+    /// How long a handshake may take before its connection is dropped
+    /// (apart from, and shorter than, the idle timeout).
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Connections one machine certificate may hold; a newer one replaces
+    /// the oldest (an agent that moved networks still gets in).
+    pub connections_per_machine: usize,
+    /// Connections one admin may hold; a newer one replaces the oldest.
+    pub connections_per_admin: usize,
+    /// Of `max_connections`, the places only admins may take, so that a
+    /// full coordinator can still be administered.
+    pub admin_reserve: usize,
+    /// Requests one machine may make per second, on average (bursts up to
+    /// ten times as many); more are answered "unavailable, retry after".
+    pub machine_requests_per_second: u32,
+    /// The same for one admin.
+    pub admin_requests_per_second: u32,
+    /// Steps one deployment records; more are counted, not kept ("... N
+    /// more steps dropped").
+    pub deployment_steps: usize,
+    /// Connections the metrics endpoint holds at once.
+    pub metrics_connections: usize,
+    /// How long the metrics endpoint waits for a request's headers.
+    #[serde(with = "humantime_serde")]
+    pub metrics_header_timeout: Duration,
+    /// Audit entries older than this many days are removed.
+    pub audit_days: u64,
+    /// Audit entries kept at most; beyond it the oldest entries of
+    /// operators, viewers and refusal summaries go first, admins' last.
+    pub audit_entries: usize,
+    /// Refused requests are recorded once, then counted and summarised per
+    /// admin once per this interval ("refused 104,999 more").
+    #[serde(with = "humantime_serde")]
+    pub audit_refusal_summary: Duration,
 }
 
 impl Default for Limits {
@@ -318,6 +361,21 @@ impl Default for Limits {
             warning_summary_interval: Duration::from_secs(60),
             store_cache_mib: crate::store::DEFAULT_CACHE_BYTES >> 20,
             min_free_disk_mib: 64,
+            handshakes: 2_000,
+            handshakes_per_address: 200,
+            retry_above: 200,
+            handshake_timeout: Duration::from_secs(10),
+            connections_per_machine: 2,
+            connections_per_admin: 16,
+            admin_reserve: 64,
+            machine_requests_per_second: 50,
+            admin_requests_per_second: 200,
+            deployment_steps: 100,
+            metrics_connections: 64,
+            metrics_header_timeout: Duration::from_secs(10),
+            audit_days: 400,
+            audit_entries: 1_000_000,
+            audit_refusal_summary: Duration::from_secs(60),
         }
     }
 }
@@ -346,7 +404,36 @@ impl Limits {
         if self.warning_summary_interval < Duration::from_secs(1) {
             bail!("limits.warning_summary_interval must be at least 1s");
         }
+        if self.handshakes == 0 || self.handshakes_per_address == 0 {
+            bail!("limits.handshakes and limits.handshakes_per_address must be at least 1, or nobody can connect");
+        }
+        if self.handshake_timeout < Duration::from_secs(1) {
+            bail!("limits.handshake_timeout must be at least 1s (a handshake over a slow network takes a few round trips)");
+        }
+        if self.connections_per_machine == 0 || self.connections_per_admin == 0 {
+            bail!("limits.connections_per_machine and limits.connections_per_admin must be at least 1");
+        }
+        if self.machine_requests_per_second == 0 || self.admin_requests_per_second == 0 {
+            bail!("limits.machine_requests_per_second and limits.admin_requests_per_second must be at least 1");
+        }
+        if self.deployment_steps < 16 {
+            bail!("limits.deployment_steps must be at least 16 (an apply reports about ten)");
+        }
+        if self.metrics_connections == 0 {
+            bail!("limits.metrics_connections must be at least 1");
+        }
+        if self.audit_days == 0 || self.audit_entries < 1_000 {
+            bail!("limits.audit_days must be at least 1 and limits.audit_entries at least 1000");
+        }
+        if self.audit_refusal_summary < Duration::from_secs(1) {
+            bail!("limits.audit_refusal_summary must be at least 1s");
+        }
         Ok(())
+    }
+
+    /// What of the audit log is kept.
+    pub fn audit_retention(&self) -> crate::store::audit::AuditRetention {
+        crate::store::audit::AuditRetention { days: self.audit_days, entries: self.audit_entries }
     }
 }
 

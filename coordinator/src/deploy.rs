@@ -21,6 +21,11 @@ pub const MAX_SECRET_LEN: usize = 1 << 20;
 pub const MAX_OUTPUT_TAIL: usize = 16 << 10;
 /// Longest step message kept.
 pub const MAX_MESSAGE: usize = 4 << 10;
+/// Step messages kept per deployment, in bytes; past it each new message
+/// keeps only its last [`SHORT_MESSAGE`] bytes.
+pub const STEP_BYTES: usize = 64 << 10;
+/// What is kept of a step's message once [`STEP_BYTES`] are used.
+pub const SHORT_MESSAGE: usize = 256;
 /// The health deadline when none is given.
 pub const DEFAULT_HEALTH_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -251,6 +256,7 @@ fn pending_deployment(assignment: &Assignment, machine: &MachineRecord, now: Uni
         output_tail: String::new(),
         system_path: None,
         secret_names: assignment.secrets.iter().map(|s| s.name.clone()).collect(),
+        steps_dropped: 0,
     }
 }
 
@@ -340,12 +346,21 @@ pub fn apply_report(
     machine: &mut MachineRecord,
     report: &DeploymentReport,
     now: UnixMillis,
+    max_steps: usize,
 ) {
-    deployment.steps.push(StepRecord {
-        step: report.step,
-        at: now,
-        message: tail(&report.message, MAX_MESSAGE),
-    });
+    let used: usize = deployment.steps.iter().map(|s| s.message.len()).sum();
+    let room = if used >= STEP_BYTES { SHORT_MESSAGE } else { MAX_MESSAGE };
+    let step = StepRecord { step: report.step, at: now, message: tail(&report.message, room) };
+    if deployment.steps.len() < max_steps.max(2) {
+        deployment.steps.push(step);
+    } else {
+        // Bounded: the first steps and the newest one are kept, the ones
+        // between counted.
+        deployment.steps_dropped += 1;
+        if let Some(last) = deployment.steps.last_mut() {
+            *last = step;
+        }
+    }
     if !report.output_tail.is_empty() {
         deployment.output_tail = tail(&report.output_tail, MAX_OUTPUT_TAIL);
     }
@@ -495,14 +510,14 @@ mod tests {
         let report = |step, path: Option<&str>| DeploymentReport {
             generation: 1, step, message: "m".into(), output_tail: "x".repeat(MAX_OUTPUT_TAIL + 10), system_path: path.map(String::from), volumes: vec![],
         };
-        apply_report(&mut d, &mut m, &report(DeployStep::Switching, None), 11);
+        apply_report(&mut d, &mut m, &report(DeployStep::Switching, None), 11, 100);
         assert_eq!(d.state, DeploymentState::Applying);
         assert_eq!(d.output_tail.len(), MAX_OUTPUT_TAIL);
-        apply_report(&mut d, &mut m, &report(DeployStep::Succeeded, Some("/nix/store/x")), 12);
+        apply_report(&mut d, &mut m, &report(DeployStep::Succeeded, Some("/nix/store/x")), 12, 100);
         assert_eq!(d.state, DeploymentState::Succeeded);
         assert_eq!(m.current_generation, Some(1));
         let mut d2 = d.clone();
-        apply_report(&mut d2, &mut m, &report(DeployStep::RolledBack, Some("/nix/store/old")), 13);
+        apply_report(&mut d2, &mut m, &report(DeployStep::RolledBack, Some("/nix/store/old")), 13, 100);
         assert!(d2.rolled_back);
         assert_eq!(d2.state, DeploymentState::Failed);
     }

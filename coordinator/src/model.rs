@@ -95,12 +95,17 @@ const MAX_REPORTED_TEXT: usize = 4096;
 const MAX_REPORTED_ITEMS: usize = 256;
 
 /// A float from the network as it may be stored: finite, or 0.
+/// The highest load average kept: no machine has more runnable tasks.
+const MAX_LOAD: f64 = 1e6;
+
+/// A load average as a machine can have one: finite, 0 to [`MAX_LOAD`].
 fn finite64(x: f64) -> f64 {
-    if x.is_finite() { x } else { 0.0 }
+    if x.is_finite() { x.clamp(0.0, MAX_LOAD) } else { 0.0 }
 }
 
+/// A CPU usage as a percentage of all cores: finite, 0 to 100.
 fn finite32(x: f32) -> f32 {
-    if x.is_finite() { x } else { 0.0 }
+    if x.is_finite() { x.clamp(0.0, 100.0) } else { 0.0 }
 }
 
 /// Text from the network as it may be stored: without control characters,
@@ -384,6 +389,9 @@ pub struct DeploymentRecord {
     pub system_path: Option<String>,
     /// Names of its secrets (never their values).
     pub secret_names: Vec<String>,
+    /// Steps reported beyond the deployment's bound, counted, not kept.
+    #[serde(default)]
+    pub steps_dropped: u64,
 }
 
 /// One step an agent reported.
@@ -406,11 +414,17 @@ impl DeploymentRecord {
             finished_at: self.finished_at,
             state: self.state,
             rolled_back: self.rolled_back,
-            steps: self
-                .steps
-                .iter()
-                .map(|s| v1::StepInfo { step: s.step, at: s.at, message: s.message.clone() })
-                .collect(),
+            steps: {
+                let mut steps: Vec<v1::StepInfo> =
+                    self.steps.iter().map(|s| v1::StepInfo { step: s.step, at: s.at, message: s.message.clone() }).collect();
+                if self.steps_dropped > 0 {
+                    // Said where they were cut: before the last step kept.
+                    let at = steps.len().saturating_sub(1);
+                    let when = steps.get(at).map(|s| (s.step, s.at)).unwrap_or((v1::DeployStep::Received, self.created_at));
+                    steps.insert(at, v1::StepInfo { step: when.0, at: when.1, message: format!("… {} more steps dropped", self.steps_dropped) });
+                }
+                steps
+            },
             output_tail: self.output_tail.clone(),
             system_path: self.system_path.clone(),
             secret_names: self.secret_names.clone(),

@@ -48,12 +48,16 @@ async fn a_backup_taken_while_serving_restores_a_coordinator_whose_agents_reconn
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("fleet.backup");
-    let (ok, out, err) = drover_json(&fleet, &["backup", file.to_str().expect("utf-8")]);
+    let key = dir.path().join("backup.key");
+    let key_arg = key.to_str().expect("utf-8");
+    let (ok, out, err) = drover_json(&fleet, &["backup", file.to_str().expect("utf-8"), "--key", key_arg, "--new-key"]);
     assert!(ok, "drover backup: {err}");
-    assert_eq!(out["bytes"].as_u64(), Some(std::fs::metadata(&file).expect("file").len()));
+    assert_eq!(std::fs::metadata(&key).expect("key").permissions().mode() & 0o777, 0o600, "the key is the operator's: 0600");
+    assert_eq!(out["file_bytes"].as_u64(), Some(std::fs::metadata(&file).expect("file").len()));
+    assert!(out["bytes"].as_u64().expect("bytes") < out["file_bytes"].as_u64().expect("file bytes"), "the seal adds its header and MAC");
     assert_eq!(std::fs::metadata(&file).expect("file").permissions().mode() & 0o777, 0o600, "the backup holds the CA key: 0600");
     writer.await.expect("writes went on while the backup was taken");
-    let again = drover(&["backup", file.to_str().expect("utf-8")], &fleet.bundle_path);
+    let again = drover(&["backup", file.to_str().expect("utf-8"), "--key", key_arg], &fleet.bundle_path);
     assert!(!again.status.success(), "an existing file is not written over");
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists"), "{}", String::from_utf8_lossy(&again.stderr));
 
@@ -67,15 +71,18 @@ async fn a_backup_taken_while_serving_restores_a_coordinator_whose_agents_reconn
     let damaged = dir.path().join("damaged.backup");
     std::fs::write(&damaged, &bytes).expect("write");
     let refused_dir = dir.path().join("never");
-    let out = drover(&["restore", damaged.to_str().expect("utf-8"), "--state-dir", refused_dir.to_str().expect("utf-8")], &fleet.bundle_path);
+    let out = drover(&["restore", damaged.to_str().expect("utf-8"), "--key", key_arg, "--state-dir", refused_dir.to_str().expect("utf-8")], &fleet.bundle_path);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("damaged"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!refused_dir.exists(), "nothing is made from a damaged backup");
 
     let restored = dir.path().join("restored");
-    let out = drover(&["restore", file.to_str().expect("utf-8"), "--state-dir", restored.to_str().expect("utf-8")], &fleet.bundle_path);
+    let without_key = drover(&["restore", file.to_str().expect("utf-8"), "--state-dir", restored.to_str().expect("utf-8")], &fleet.bundle_path);
+    assert!(!without_key.status.success(), "a sealed backup needs its key");
+    assert!(String::from_utf8_lossy(&without_key.stderr).contains("--key"), "{}", String::from_utf8_lossy(&without_key.stderr));
+    let out = drover(&["restore", file.to_str().expect("utf-8"), "--key", key_arg, "--state-dir", restored.to_str().expect("utf-8")], &fleet.bundle_path);
     assert!(out.status.success(), "drover restore: {}", String::from_utf8_lossy(&out.stderr));
-    let again = drover(&["restore", file.to_str().expect("utf-8"), "--state-dir", restored.to_str().expect("utf-8")], &fleet.bundle_path);
+    let again = drover(&["restore", file.to_str().expect("utf-8"), "--key", key_arg, "--state-dir", restored.to_str().expect("utf-8")], &fleet.bundle_path);
     assert!(!again.status.success(), "a used state directory is refused");
     assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"), "{}", String::from_utf8_lossy(&again.stderr));
     let config = std::fs::read_to_string(restored.join("drover.toml")).expect("config");
@@ -112,6 +119,103 @@ async fn a_backup_taken_while_serving_restores_a_coordinator_whose_agents_reconn
     assert!(online, "both machines are online on the restored coordinator");
 }
 
+/// The attack on unkeyed checksums: a viewer's role changed to admin in
+/// the backup and its SHA-256 computed again. A sealed backup so changed
+/// is refused; so is an unsealed one unless asked for explicitly. An
+/// encrypted backup shows neither the CA's key nor a secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_with_a_raised_role_and_a_recomputed_checksum_is_refused() {
+    use sha2::Digest;
+    let fleet = TestCoordinator::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vera = dir.path().join("vera.bundle");
+    let out = drover(&["admins", "add", "vera", "--role", "viewer", "--out", vera.to_str().expect("utf-8")], &fleet.bundle_path);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (token, _) = fleet.token(1, &[("role", "web")]).await;
+    common::enroll_raw(&fleet, &token, "vm1").await;
+    let spec = DeploySpec {
+        secrets: vec![SecretFile { name: "db".into(), value: SecretBytes::new(SECRET_VALUE.as_bytes().to_vec()), owner: None, group: None, mode: 0o400 }],
+        ..common::deploy_to_role("web", SystemSpec::Flake { uri: "path:/nonexistent".into(), attribute: "x".into() })
+    };
+    let AdminResponse::Deployed(_) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!("deploy") };
+    let key = dir.path().join("backup.key");
+    let key_arg = key.to_str().expect("utf-8");
+    let sealed = dir.path().join("sealed.backup");
+    let out = drover(&["backup", sealed.to_str().expect("utf-8"), "--key", key_arg, "--new-key"], &fleet.bundle_path);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The backup the coordinator sent, inside the seal: magic, flags, key
+    // id, nonce before it, the MAC after it.
+    let file = std::fs::read(&sealed).expect("read");
+    let header = b"DROVER-BACKUP 2\n".len() + 1 + 16 + 12;
+    let inner = &file[header..file.len() - 32];
+    assert!(inner.starts_with(b"DROVER-BACKUP 1\n"));
+    // "viewer" → "admin", the same length so that every length prefix holds.
+    let raise = |backup: &[u8]| -> Vec<u8> {
+        let (payload, _) = backup.split_at(backup.len() - 32);
+        let at = payload.windows(15).position(|w| w == br#""role":"viewer""#).expect("the viewer's record is in the backup");
+        let mut changed = payload.to_vec();
+        changed[at..at + 15].copy_from_slice(br#""role": "admin""#);
+        let digest = sha2::Sha256::digest(&changed[b"DROVER-BACKUP 1\n".len()..]);
+        changed.extend_from_slice(&digest);
+        changed
+    };
+    let raised = raise(inner);
+
+    let restore = |file: &Path, into: &str, extra: &[&str]| {
+        let mut args = vec!["restore", file.to_str().expect("utf-8"), "--state-dir"];
+        let target = dir.path().join(into);
+        args.push(target.to_str().expect("utf-8"));
+        args.extend_from_slice(extra);
+        let out = drover(&args, &fleet.bundle_path);
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string(), target)
+    };
+
+    // Sealed, changed inside, checksum recomputed: the MAC fails.
+    let mut resealed = file[..header].to_vec();
+    resealed.extend_from_slice(&raised);
+    resealed.extend_from_slice(&file[file.len() - 32..]);
+    let tampered = dir.path().join("tampered.backup");
+    std::fs::write(&tampered, &resealed).expect("write");
+    let (ok, err, target) = restore(&tampered, "from-tampered", &["--key", key_arg]);
+    assert!(!ok && err.contains("fails its authentication"), "{err}");
+    assert!(!target.exists(), "nothing is made");
+
+    // Unsealed (as an older drover wrote them), changed and checksummed
+    // again: refused unless --unauthenticated says the operator knows.
+    let unsealed = dir.path().join("unsealed.backup");
+    std::fs::write(&unsealed, &raised).expect("write");
+    let (ok, err, target) = restore(&unsealed, "from-unsealed", &[]);
+    assert!(!ok && err.contains("--unauthenticated"), "{err}");
+    assert!(!target.exists(), "nothing is made");
+    let plain = dir.path().join("plain.backup");
+    std::fs::write(&plain, inner).expect("write");
+    let (ok, err, _) = restore(&plain, "from-plain", &["--unauthenticated"]);
+    assert!(ok, "an old unsealed backup restores when asked explicitly: {err}");
+
+    // Another key cannot open it.
+    let other = dir.path().join("other.key");
+    let second = dir.path().join("second.backup");
+    let out = drover(&["backup", second.to_str().expect("utf-8"), "--key", other.to_str().expect("utf-8"), "--new-key"], &fleet.bundle_path);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (ok, err, _) = restore(&second, "from-second", &["--key", key_arg]);
+    assert!(!ok && err.contains("another backup key"), "{err}");
+
+    // Encrypted: neither the CA's key nor a deployment's secret in clear.
+    let encrypted = dir.path().join("encrypted.backup");
+    let out = drover(&["backup", encrypted.to_str().expect("utf-8"), "--key", key_arg, "--encrypt"], &fleet.bundle_path);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(&encrypted).expect("read");
+    let ca_key = std::fs::read(fleet.state_dir.join("ca.key")).expect("ca key");
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    assert!(contains(inner, &ca_key[40..80]), "the plain backup does hold the CA key (so the check below means something)");
+    assert!(contains(inner, SECRET_VALUE.as_bytes()) || contains(inner, &serde_json::to_vec(SECRET_VALUE.as_bytes()).expect("json")[1..30]), "and the secret");
+    assert!(!contains(&bytes, &ca_key[40..80]), "the encrypted backup does not show the CA key");
+    assert!(!contains(&bytes, b"DROVER-BACKUP 1"), "nor the backup inside it");
+    let (ok, err, restored) = restore(&encrypted, "from-encrypted", &["--key", key_arg]);
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read(restored.join("ca.key")).expect("restored ca key"), ca_key);
+}
 
 const TOKEN_MARK: &str = "never-in-the-audit";
 const SECRET_VALUE: &str = "s3cr3t-file-content-42";
@@ -174,6 +278,17 @@ async fn drover_audit_lists_each_admins_changes_without_secret_values() {
     let recent = recent.as_array().expect("array");
     assert_eq!(recent.len(), 2, "the newest two");
     assert_eq!(recent[1], entries[entries.len() - 1], "oldest first, newest last");
+
+    // The whole log, exported page by page before it is pruned.
+    let export = dir.path().join("audit.jsonl");
+    let (ok, done, err) = drover_json(&fleet, &["audit", "--export", export.to_str().expect("utf-8")]);
+    assert!(ok, "drover audit --export: {err}");
+    let exported: Vec<serde_json::Value> =
+        std::fs::read_to_string(&export).expect("export").lines().map(|l| serde_json::from_str(l).expect("one entry per line")).collect();
+    assert_eq!(done["entries"].as_u64(), Some(exported.len() as u64));
+    assert_eq!(&exported[..entries.len()], &entries[..], "the same entries, oldest first");
+    let again = drover(&["audit", "--export", export.to_str().expect("utf-8")], &fleet.bundle_path);
+    assert!(!again.status.success(), "an existing file is not written over");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,7 @@ impl HealthSource for HostileHealth {
         HealthReport {
             hostname: format!("evil\n{}", "h".repeat(10_000)),
             uptime_secs: u64::MAX,
-            load_average: [f64::NAN, f64::INFINITY, f64::NEG_INFINITY],
+            load_average: [f64::NAN, -1e308, f64::NEG_INFINITY],
             cpu_count: 1,
             cpu_usage_percent: f32::NAN,
             memory_total_bytes: 1,
@@ -68,7 +68,7 @@ async fn a_health_report_of_nan_and_infinities_is_normalised_and_every_command_k
     let m = machines.iter().find(|m| m["id"] == hostile_id.as_str()).expect("the hostile machine is listed");
     assert_eq!(m["status"], "online");
     let health = &m["health"];
-    assert_eq!(health["load_average"], serde_json::json!([0.0, 0.0, 0.0]), "non-finite numbers are stored as 0");
+    assert_eq!(health["load_average"], serde_json::json!([0.0, 0.0, 0.0]), "non-finite and impossible (negative) loads are stored as 0");
     assert_eq!(health["cpu_usage_percent"], serde_json::json!(0.0));
     assert!(health["hostname"].as_str().expect("hostname").len() <= 253, "over-long text is cut");
     assert!(!health["hostname"].as_str().expect("hostname").contains('\n'), "control characters are dropped");

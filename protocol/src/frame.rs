@@ -54,6 +54,11 @@ pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
     Ok(out)
 }
 
+/// The bytes `message` takes in a frame's payload.
+pub fn encoded_len<T: Serialize>(message: &T) -> Result<usize, FrameError> {
+    bincode::serde::encode_to_vec(message, config()).map(|v| v.len()).map_err(|e| FrameError::Encode(e.to_string()))
+}
+
 /// Reads a frame header and returns the payload length, refusing one above
 /// `max` (which is itself capped at [`MAX_FRAME_LEN`]).
 pub fn payload_len(header: [u8; HEADER_LEN], max: usize) -> Result<usize, FrameError> {

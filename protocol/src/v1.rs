@@ -358,6 +358,11 @@ pub enum AdminRequest {
     /// the seed's fit — making nothing; answered with
     /// [`AdminResponse::Problems`] (protocol 10). `drover plan` asks it.
     ProvisionsCheck { requests: Vec<ProvisionRequest> },
+    /// A page of the whole audit log, oldest first: at most `limit` entries
+    /// after the position `after` (an earlier page's `next`), from the
+    /// start when `None`. Answered with [`AdminResponse::AuditPage`]
+    /// (protocol 10). `drover audit --export` reads the log with it.
+    AuditExport { after: Option<String>, limit: u32 },
 }
 
 /// The most deployments one [`AdminRequest::DeploymentsShowMany`] asks for
@@ -400,6 +405,9 @@ pub enum AdminResponse {
     Fleet(Option<AppliedFleet>),
     /// What a check found wrong; empty when nothing (protocol 10).
     Problems(Vec<Problem>),
+    /// A page of the audit log; `next` is where the following page starts,
+    /// `None` after the last.
+    AuditPage { entries: Vec<AuditEntry>, next: Option<String> },
 }
 
 /// A fleet as `drover apply` recorded it.

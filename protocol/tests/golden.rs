@@ -278,6 +278,7 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-admin-volumes-adopt", Request::Admin(AdminRequest::Volumes(VolumeRequest::Adopt { name: "vm-100-disk-1".into(), confirm: "vm-100-disk-1".into() }))),
         ("request-admin-provisions-check", Request::Admin(AdminRequest::ProvisionsCheck { requests: vec![ProvisionRequest { name: "web-1".into(), provider: "pve".into(), template: Some("9000".into()), cores: Some(2), memory_bytes: Some(1 << 30), disk_bytes: None, labels: labels(), disks: vec![] }] })),
         ("request-admin-volumes-allow-format", Request::Admin(AdminRequest::Volumes(VolumeRequest::AllowFormat { name: "data".into(), confirm: "data".into() }))),
+        ("request-admin-audit-export", Request::Admin(AdminRequest::AuditExport { after: Some(format!("{:020}-{:020}", 1_700_000_000_000u64, 7)), limit: 1000 })),
     ]
 }
 
@@ -341,6 +342,7 @@ fn responses() -> Vec<(&'static str, Response)> {
             }])),
         ),
         ("response-admin-problems", Response::Admin(AdminResponse::Problems(vec![Problem { subject: "web-1".into(), message: "no provider \"pve\"".into() }]))),
+        ("response-admin-audit-page", Response::Admin(AdminResponse::AuditPage { entries: vec![AuditEntry { at: 1_700_000_000_000, admin: "root".into(), action: "tokens create".into(), target: "1 uses".into(), outcome: "ok".into() }], next: Some(format!("{:020}-{:020}", 1_700_000_000_000u64, 7)) })),
         ("response-admin-ssh-keys", Response::Admin(AdminResponse::SshKeys(vec![SshKeyInfo { admin: "alice".into(), login: "root".into(), fingerprint: "SHA256:abc".into(), algorithm: "ssh-ed25519".into(), comment: "alice@laptop".into(), added_at: 1 }]))),
     ]
 }

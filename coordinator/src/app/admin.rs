@@ -13,10 +13,13 @@ use super::{audit, deployments, fleet, machines, provisions, rollouts, s3, tenan
 
 /// Answers one admin request and records it in the audit log when it
 /// changes something or shows a secret.
-pub async fn handle(state: &Coordinator, name: &str, request: AdminRequest) -> Response {
+pub async fn handle(state: &Coordinator, name: &str, serial: &str, request: AdminRequest) -> Response {
     let what = audit::describe(&request);
-    let answer = answer(state, name, request).await;
-    audit::record(state, name, what, answer.as_ref().map(|_| ())).await;
+    let (role, answer) = match authorize(state, name, serial, &request) {
+        Ok(admin) => (Some(admin.role), answer(state, admin, request).await),
+        Err(e) => (role_of(state, name, serial), Err(e)),
+    };
+    audit::record(state, name, role, what, answer.as_ref().map(|_| ())).await;
     match answer {
         Ok(answer) => Response::Admin(answer),
         Err(error) => Response::Error(error),
@@ -25,26 +28,30 @@ pub async fn handle(state: &Coordinator, name: &str, request: AdminRequest) -> R
 
 /// `drover backup`: a snapshot of the coordinator's state for an admin
 /// (it holds the fleet CA's key), recorded in the audit log.
-pub async fn backup(state: &Coordinator, name: &str) -> Result<Vec<u8>, WireError> {
+pub async fn backup(state: &Coordinator, name: &str, serial: &str) -> Result<Vec<u8>, WireError> {
     let request = AdminRequest::Backup;
     let what = audit::describe(&request);
-    let outcome = match authorize(state, name, &request) {
-        Ok(_) => super::backup::write(state).await,
-        Err(e) => Err(e),
+    let (role, outcome) = match authorize(state, name, serial, &request) {
+        Ok(admin) => (Some(admin.role), super::backup::write(state).await),
+        Err(e) => (role_of(state, name, serial), Err(e)),
     };
-    audit::record(state, name, what, outcome.as_ref().map(|_| ())).await;
+    audit::record(state, name, role, what, outcome.as_ref().map(|_| ())).await;
     outcome
 }
 
-/// The admin record behind a name, and whether its role allows `request`.
-fn authorize(state: &Coordinator, name: &str, request: &AdminRequest) -> Result<AdminRecord, WireError> {
+/// The admin record behind the certificate an admin connected with — its
+/// name *and* its serial, as the record is now: a removed admin, or one
+/// added again under the same name, has no rights on an old connection —
+/// and whether its role allows `request`.
+fn authorize(state: &Coordinator, name: &str, serial: &str, request: &AdminRequest) -> Result<AdminRecord, WireError> {
     let admin = state
         .store
         .admin(name)?
-        .ok_or_else(|| WireError::new(ErrorCode::Unauthenticated, "this admin no longer exists"))?;
+        .filter(|a| a.serials.iter().any(|s| s == serial))
+        .ok_or_else(|| WireError::new(ErrorCode::Unauthenticated, "this admin certificate is no longer valid (the admin was removed or its certificate replaced)"))?;
     if !authz::allowed(admin.role, request) {
         let need = authz::required_role(request);
-        tracing::info!(role = admin.role.as_str(), need = need.as_str(), "admin request denied");
+        tracing::debug!(role = admin.role.as_str(), need = need.as_str(), "admin request denied");
         return Err(WireError::new(
             ErrorCode::PermissionDenied,
             format!("admin {name} has role {}; this request needs {} or higher", admin.role.as_str(), need.as_str()),
@@ -53,8 +60,12 @@ fn authorize(state: &Coordinator, name: &str, request: &AdminRequest) -> Result<
     Ok(admin)
 }
 
-async fn answer(state: &Coordinator, name: &str, request: AdminRequest) -> Result<AdminResponse, WireError> {
-    let admin = authorize(state, name, &request)?;
+/// The role of the admin behind a certificate that is still valid.
+fn role_of(state: &Coordinator, name: &str, serial: &str) -> Option<drover_protocol::v1::Role> {
+    state.store.admin(name).ok().flatten().filter(|a| a.serials.iter().any(|s| s == serial)).map(|a| a.role)
+}
+
+async fn answer(state: &Coordinator, admin: AdminRecord, request: AdminRequest) -> Result<AdminResponse, WireError> {
     let by = admin.name.as_str();
     let request = machines::resolve_request(state, request)?;
     use AdminRequest as R;
@@ -93,6 +104,7 @@ async fn answer(state: &Coordinator, name: &str, request: AdminRequest) -> Resul
         R::AdminsRemove { name } => tenants::remove_admin(state, by, &name).await?,
         R::Volumes(request) => volumes::handle(state, by, request).await?,
         R::Audit { since, admin, limit } => audit::list(state, since, admin.as_deref(), limit)?,
+        R::AuditExport { after, limit } => audit::export(state, after.as_deref(), limit)?,
         R::MachinesProvision(request) => AdminResponse::Provision(provisions::provision(state, request).await?),
         R::ProvisionShow { name } => AdminResponse::Provision(provisions::show(state, &name)?),
         R::Provisions => AdminResponse::Provisions(provisions::list(state)?),

@@ -19,7 +19,9 @@ use super::{now_ms, Coordinator};
 pub enum Peer {
     Anonymous,
     Machine { id: String },
-    Admin { name: String },
+    /// An admin, with the serial of the certificate it connected with:
+    /// every request is checked against the admin's record as it is then.
+    Admin { name: String, serial: String },
 }
 
 /// Checks a client certificate (already verified against the fleet CA by
@@ -49,7 +51,7 @@ pub fn identify(state: &Coordinator, cert: Option<PeerCertificate>) -> Result<Pe
             if !record.serials.contains(&cert.serial) {
                 return Err(unauthenticated("this admin certificate is no longer valid"));
             }
-            Ok(Peer::Admin { name })
+            Ok(Peer::Admin { name, serial: cert.serial })
         }
     }
 }
@@ -108,7 +110,11 @@ pub async fn report_deployments(state: &Coordinator, id: &str, reports: &[Deploy
             let key = generation_key(id, report.generation);
             let mut deployment: DeploymentRecord = tx.require(&key)?;
             let was_final = deployment.finished_at.is_some();
-            crate::deploy::apply_report(&mut deployment, &mut machine, report, now);
+            let cut_before = deployment.steps_dropped;
+            crate::deploy::apply_report(&mut deployment, &mut machine, report, now, state.config.limits.deployment_steps);
+            if cut_before == 0 && deployment.steps_dropped > 0 {
+                tracing::warn!(machine = id, generation = report.generation, "a deployment's steps passed their bound (limits.deployment_steps); more are counted, not kept");
+            }
             tx.put(&key, &deployment)?;
             if !report.volumes.is_empty() {
                 let states: Vec<VolumeState> = report.volumes.iter().take(MAX_REPORTED_VOLUMES).map(crate::model::clean_volume_state).collect();
@@ -131,8 +137,14 @@ pub async fn report_deployments(state: &Coordinator, id: &str, reports: &[Deploy
     for (deployment_state, rolled_back, took_ms) in finished {
         state.metrics.deployment_finished(deployment_state, rolled_back, took_ms as f64 / 1000.0);
     }
+    // Outcomes at info; the steps on the way (many, and a machine's to
+    // send) at debug.
     for report in reports {
-        tracing::info!(generation = report.generation, step = ?report.step, "deployment progress");
+        if crate::deploy::is_outcome(report.step) {
+            tracing::info!(generation = report.generation, step = ?report.step, "deployment finished");
+        } else {
+            tracing::debug!(generation = report.generation, step = ?report.step, "deployment progress");
+        }
     }
     Ok(AgentResponse::Ack)
 }

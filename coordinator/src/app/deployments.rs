@@ -347,8 +347,28 @@ pub async fn dry_run(state: &Coordinator, spec: DeploySpec) -> Result<AdminRespo
     Ok(AdminResponse::DeployPlan(planned))
 }
 
+/// The most an answer of a list takes, well below the frame limit.
+pub const ANSWER_BUDGET: usize = 6 << 20;
+
+/// Deployments, of one machine or all: the newest that fit
+/// [`ANSWER_BUDGET`], in the store's order, so that no history can make
+/// the answer larger than a frame.
 pub fn list(state: &Coordinator, machine: Option<&str>) -> Result<AdminResponse, WireError> {
-    Ok(AdminResponse::Deployments(state.store.deployments(machine)?.iter().map(DeploymentRecord::to_wire).collect()))
+    let all = state.store.deployments(machine)?;
+    let mut newest: Vec<usize> = (0..all.len()).collect();
+    newest.sort_by_key(|&i| std::cmp::Reverse((all[i].created_at, all[i].generation)));
+    let mut keep = vec![false; all.len()];
+    let mut used = 0;
+    for i in newest {
+        let size = drover_protocol::frame::encoded_len(&all[i].to_wire()).unwrap_or(usize::MAX);
+        if used + size > ANSWER_BUDGET {
+            tracing::warn!(total = all.len(), "the deployments listed are cut to the newest that fit one answer; name a machine for its history");
+            break;
+        }
+        used += size;
+        keep[i] = true;
+    }
+    Ok(AdminResponse::Deployments(all.iter().zip(keep).filter(|(_, k)| *k).map(|(d, _)| d.to_wire()).collect()))
 }
 
 pub fn show(state: &Coordinator, id: &str) -> Result<AdminResponse, WireError> {
@@ -370,5 +390,24 @@ pub fn show_many(state: &Coordinator, ids: &[String]) -> Result<AdminResponse, W
             format!("a request asks for at most {MAX_DEPLOYMENTS_PER_REQUEST} deployments, not {}", ids.len()),
         ));
     }
-    Ok(AdminResponse::Deployments(ids.iter().map(|id| one(state, id)).collect::<Result<_, _>>()?))
+    let mut used = 0;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let mut info = one(state, id)?;
+        let size = drover_protocol::frame::encoded_len(&info).unwrap_or(usize::MAX);
+        if used + size > ANSWER_BUDGET {
+            trim(&mut info);
+        }
+        used += drover_protocol::frame::encoded_len(&info).unwrap_or(0);
+        out.push(info);
+    }
+    Ok(AdminResponse::Deployments(out))
+}
+
+/// A deployment as an answer too full for its history shows it: its newest
+/// step only, and where to read the rest.
+fn trim(info: &mut DeploymentInfo) {
+    let cut = info.steps.len().saturating_sub(1);
+    info.steps.drain(..cut);
+    info.output_tail = format!("(history cut from this answer; `drover deployments show {}` shows it)", info.id);
 }

@@ -26,7 +26,8 @@ pub fn new_machine_id() -> String {
 }
 
 fn refuse(refusal: TokenRefusal, token_id: Option<&str>) -> WireError {
-    tracing::info!(token = token_id.unwrap_or("-"), reason = %refusal, "enrollment refused");
+    // The server counts refusals per source in its warning summaries.
+    tracing::debug!(token = token_id.unwrap_or("-"), reason = %refusal, "enrollment refused");
     refusal.to_wire()
 }
 
@@ -80,7 +81,7 @@ async fn enroll_checked(state: &Coordinator, req: EnrollRequest) -> Result<Issue
     let hash = tokens::hash(req.token.expose());
     let now = now_ms();
     let key = Ca::csr_key_fingerprint(&req.csr_der).map_err(|e| {
-        tracing::info!(error = %e, "enrollment refused: unusable CSR");
+        tracing::debug!(error = %e, "enrollment refused: unusable CSR");
         WireError::new(ErrorCode::BadCsr, e.to_string())
     })?;
     let token = state.store.token_by_hash(&hash)?;
@@ -94,7 +95,7 @@ async fn enroll_checked(state: &Coordinator, req: EnrollRequest) -> Result<Issue
         .ca
         .sign_client(&req.csr_der, &Subject::Machine(id.clone()), state.config.machine_cert_lifetime)
         .map_err(|e| {
-            tracing::info!(error = %e, "enrollment refused: unusable CSR");
+            tracing::debug!(error = %e, "enrollment refused: unusable CSR");
             WireError::new(ErrorCode::BadCsr, e.to_string())
         })?;
     let result = state

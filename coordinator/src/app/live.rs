@@ -28,7 +28,10 @@ pub struct Desired {
 
 #[derive(Default)]
 pub struct Live {
-    machines: Mutex<HashMap<String, HashMap<usize, Closer>>>,
+    /// Each machine's open connections, oldest first.
+    machines: Mutex<HashMap<String, Vec<(usize, Closer)>>>,
+    /// Each admin's open connections, oldest first.
+    admins: Mutex<HashMap<String, Vec<(usize, Closer)>>>,
     desired: Mutex<HashMap<String, tokio::sync::watch::Sender<Desired>>>,
     /// Each machine's newest health report since the last time they were
     /// written to the store: at most one per machine.
@@ -39,6 +42,42 @@ pub struct Live {
 /// is one insert or remove.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+type Connections = Mutex<HashMap<String, Vec<(usize, Closer)>>>;
+
+fn register(map: &Connections, who: &str, id: usize, closer: Closer, cap: usize, kind: &str) {
+    let evicted: Vec<Closer> = {
+        let mut map = lock(map);
+        let conns = map.entry(who.to_string()).or_default();
+        conns.push((id, closer));
+        let excess = conns.len().saturating_sub(cap.max(1));
+        conns.drain(..excess).map(|(_, c)| c).collect()
+    };
+    if !evicted.is_empty() {
+        tracing::info!(kind, who, closed = evicted.len(), "a newer connection replaced the oldest of this identity");
+    }
+    for close in evicted {
+        close(ErrorCode::Unavailable, "replaced by a newer connection with the same certificate");
+    }
+}
+
+fn unregister(map: &Connections, who: &str, id: usize) {
+    let mut map = lock(map);
+    if let Some(conns) = map.get_mut(who) {
+        conns.retain(|(c, _)| *c != id);
+        if conns.is_empty() {
+            map.remove(who);
+        }
+    }
+}
+
+fn close_all(map: &Connections, who: &str, code: ErrorCode, reason: &str) -> usize {
+    let closers: Vec<Closer> = lock(map).get(who).map(|c| c.iter().map(|(_, c)| c.clone()).collect()).unwrap_or_default();
+    for close in &closers {
+        close(code, reason);
+    }
+    closers.len()
 }
 
 impl Live {
@@ -87,9 +126,17 @@ impl Live {
         }
     }
 
-    /// Records an open connection of `machine` (`id` is unique per connection).
-    pub fn register(&self, machine: &str, id: usize, closer: Closer) {
-        lock(&self.machines).entry(machine.to_string()).or_default().insert(id, closer);
+    /// Records an open connection of `machine` (`id` is unique per
+    /// connection); when the machine holds more than `cap`, the oldest are
+    /// closed (an agent that reconnects from a new network gets in; one
+    /// certificate cannot hold many connections).
+    pub fn register(&self, machine: &str, id: usize, closer: Closer, cap: usize) {
+        register(&self.machines, machine, id, closer, cap, "machine");
+    }
+
+    /// [`Live::register`] for an admin's connection.
+    pub fn register_admin(&self, admin: &str, id: usize, closer: Closer, cap: usize) {
+        register(&self.admins, admin, id, closer, cap, "admin");
     }
 
     /// How many machines have an open connection.
@@ -98,22 +145,21 @@ impl Live {
     }
 
     pub fn unregister(&self, machine: &str, id: usize) {
-        let mut map = lock(&self.machines);
-        if let Some(conns) = map.get_mut(machine) {
-            conns.remove(&id);
-            if conns.is_empty() {
-                map.remove(machine);
-            }
-        }
+        unregister(&self.machines, machine, id);
+    }
+
+    pub fn unregister_admin(&self, admin: &str, id: usize) {
+        unregister(&self.admins, admin, id);
     }
 
     /// Closes every live connection of `machine` with `code`.
     pub fn close_machine(&self, machine: &str, code: ErrorCode, reason: &str) -> usize {
-        let closers: Vec<Closer> = lock(&self.machines).get(machine).map(|c| c.values().cloned().collect()).unwrap_or_default();
-        for close in &closers {
-            close(code, reason);
-        }
-        closers.len()
+        close_all(&self.machines, machine, code, reason)
+    }
+
+    /// Closes every live connection of `admin` with `code`.
+    pub fn close_admin(&self, admin: &str, code: ErrorCode, reason: &str) -> usize {
+        close_all(&self.admins, admin, code, reason)
     }
 
     /// Keeps `machine`'s newest health report, received at `at`, until

@@ -91,6 +91,8 @@ pub struct Coordinator {
     pub hypervisors: provisions::Hypervisors,
     /// Wakes the provisioning driver (a new provision).
     pub provision_wake: tokio::sync::Notify,
+    /// Refused admin requests being counted for the audit log.
+    pub refusals: audit::Refusals,
 }
 
 impl Coordinator {
@@ -127,6 +129,7 @@ impl Coordinator {
             metrics: metrics::Metrics::new(),
             hypervisors,
             provision_wake: tokio::sync::Notify::new(),
+            refusals: audit::Refusals::default(),
         }
     }
 }

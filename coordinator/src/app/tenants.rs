@@ -222,6 +222,7 @@ pub async fn remove_admin(state: &Coordinator, by: &str, name: &str) -> Result<A
             Ok::<_, WireError>(())
         })
         .await?;
-    tracing::info!(admin = %name, by, "admin removed");
+    let closed = state.live.close_admin(name, drover_protocol::ErrorCode::Unauthenticated, "this admin was removed");
+    tracing::info!(admin = %name, by, closed, "admin removed; its connections closed");
     Ok(AdminResponse::Done)
 }

@@ -125,6 +125,19 @@ pub struct InitArgs {
 pub struct BackupArgs {
     /// Where to write the backup (must not exist; written with mode 0600).
     pub file: PathBuf,
+    /// The backup key that seals the file, so that `restore` can tell it was
+    /// not changed: a file of 64 hex digits, kept apart from the backups
+    /// (whoever holds both can change a backup unnoticed).
+    #[arg(long, value_name = "KEYFILE", env = "DROVER_BACKUP_KEY")]
+    pub key: PathBuf,
+    /// Make KEYFILE first (it must not exist): a new random key, mode 0600.
+    #[arg(long)]
+    pub new_key: bool,
+    /// Also encrypt the backup with the key (ChaCha20-Poly1305): the file
+    /// then reveals nothing — not the fleet CA's key, not a secret — to
+    /// whoever lacks the key.
+    #[arg(long)]
+    pub encrypt: bool,
     #[command(flatten)]
     pub admin: AdminArgs,
 }
@@ -136,6 +149,13 @@ pub struct RestoreArgs {
     /// The state directory to make (must not exist, or be empty).
     #[arg(long)]
     pub state_dir: PathBuf,
+    /// The backup key the file was sealed with (`drover backup --key`).
+    #[arg(long, value_name = "KEYFILE", env = "DROVER_BACKUP_KEY")]
+    pub key: Option<PathBuf>,
+    /// Restore a backup that is not sealed (taken by a drover before
+    /// backups were sealed): nothing then shows it was not changed.
+    #[arg(long)]
+    pub unauthenticated: bool,
     /// Check the file and print what it holds; write nothing.
     #[arg(long)]
     pub check: bool,
@@ -156,6 +176,12 @@ pub struct AuditArgs {
     /// At most this many entries (the newest).
     #[arg(long, default_value_t = 1000)]
     pub limit: u32,
+    /// Write the whole log, oldest first, to this new file as JSON Lines
+    /// (one entry per line), page by page — to keep it before the
+    /// coordinator prunes it (limits.audit_days, limits.audit_entries).
+    /// `--since` and `--admin` do not apply.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["since", "by_admin"])]
+    pub export: Option<PathBuf>,
     #[command(flatten)]
     pub admin: AdminArgs,
 }

@@ -23,7 +23,7 @@ use crate::app::agent::{identify, is_revoked, Peer};
 use crate::app::{admin, enroll, Coordinator};
 
 use super::agent;
-use super::limits::{Limits, ADMIN_CONNECTION_BYTES, ANONYMOUS_CONNECTION_BYTES, MACHINE_CONNECTION_BYTES, MAX_MACHINE_REQUEST_LEN};
+use super::limits::{HandshakeSlot, Limits, ADMIN_CONNECTION_BYTES, ANONYMOUS_CONNECTION_BYTES, MACHINE_CONNECTION_BYTES, MAX_MACHINE_REQUEST_LEN};
 
 /// How long a connection without a certificate may stay open.
 const ANONYMOUS_LIFETIME: Duration = Duration::from_secs(30);
@@ -80,19 +80,44 @@ fn certificate(conn: &quinn::Connection) -> Result<Option<PeerCertificate>, Wire
         .map_err(|_| WireError::new(ErrorCode::Unauthenticated, "client certificate carries no drover identity"))
 }
 
-pub(super) async fn handle(state: Arc<Coordinator>, limits: Arc<Limits>, incoming: quinn::Incoming) {
+/// Carries a connection from its handshake (which holds `handshake`, one
+/// of the places for handshakes in progress, at most
+/// `limits.handshake_timeout`) to its end.
+pub(super) async fn handle(state: Arc<Coordinator>, limits: Arc<Limits>, incoming: quinn::Incoming, handshake: HandshakeSlot) {
     let remote = incoming.remote_address();
-    let conn = match incoming.await {
-        Ok(conn) => conn,
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
         Err(e) => {
-            tracing::debug!(%remote, error = %e, "handshake failed");
+            tracing::debug!(%remote, error = %e, "connection attempt refused by QUIC");
             return;
         }
     };
+    // Dropping the handshake's future closes its connection: a half-open
+    // handshake costs its place for the timeout at most.
+    let conn = match tokio::time::timeout(limits.handshake_timeout, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            limits.warnings.note(remote.ip(), "handshakes that did not finish in time", "handshake timeout");
+            return;
+        }
+    };
+    drop(handshake);
     let peer = match certificate(&conn).and_then(|cert| identify(&state, cert)) {
         Ok(peer) => peer,
         Err(e) => {
-            tracing::info!(%remote, code = ?e.code, reason = %e.message, "connection refused");
+            limits.warnings.note(remote.ip(), "refused connections", &e.message);
+            close(&conn, &e);
+            return;
+        }
+    };
+    let _place = match limits.admit_connection(matches!(peer, Peer::Admin { .. })) {
+        Ok(place) => place,
+        Err(e) => {
+            limits.warnings.note(remote.ip(), "connections refused for want of places", &e.message);
             close(&conn, &e);
             return;
         }
@@ -103,7 +128,7 @@ pub(super) async fn handle(state: Arc<Coordinator>, limits: Arc<Limits>, incomin
         Peer::Anonymous => match limits.admit_anonymous(remote.ip()) {
             Ok(slot) => Some(slot),
             Err(e) => {
-                tracing::debug!(%remote, reason = %e.message, "connection refused");
+                limits.warnings.note(remote.ip(), "connections without a certificate refused", &e.message);
                 close(&conn, &e);
                 return;
             }
@@ -117,7 +142,7 @@ pub(super) async fn handle(state: Arc<Coordinator>, limits: Arc<Limits>, incomin
     let span = match &peer {
         Peer::Anonymous => tracing::info_span!("conn", %remote, peer = "anonymous"),
         Peer::Machine { id } => tracing::info_span!("conn", %remote, machine = %id),
-        Peer::Admin { name } => tracing::info_span!("conn", %remote, admin = %name),
+        Peer::Admin { name, .. } => tracing::info_span!("conn", %remote, admin = %name),
     };
     async move {
         if let Peer::Machine { id } = &peer {
@@ -126,10 +151,16 @@ pub(super) async fn handle(state: Arc<Coordinator>, limits: Arc<Limits>, incomin
             let closing = conn.clone();
             let closer: crate::app::live::Closer =
                 Arc::new(move |code: ErrorCode, reason: &str| closing.close(code.as_u32().into(), reason.as_bytes()));
-            state.live.register(id, conn.stable_id(), closer);
+            state.live.register(id, conn.stable_id(), closer, limits.connections_per_machine);
             if is_revoked(&state, id) {
                 close(&conn, &WireError::new(ErrorCode::Revoked, format!("machine {id} was revoked")));
             }
+        }
+        if let Peer::Admin { name, .. } = &peer {
+            let closing = conn.clone();
+            let closer: crate::app::live::Closer =
+                Arc::new(move |code: ErrorCode, reason: &str| closing.close(code.as_u32().into(), reason.as_bytes()));
+            state.live.register_admin(name, conn.stable_id(), closer, limits.connections_per_admin);
         }
         if matches!(peer, Peer::Anonymous) {
             let c = conn.clone();
@@ -144,8 +175,10 @@ pub(super) async fn handle(state: Arc<Coordinator>, limits: Arc<Limits>, incomin
         }
         tracing::debug!("connected");
         serve(&state, &limits, &conn, &peer).await;
-        if let Peer::Machine { id } = &peer {
-            state.live.unregister(id, conn.stable_id());
+        match &peer {
+            Peer::Machine { id } => state.live.unregister(id, conn.stable_id()),
+            Peer::Admin { name, .. } => state.live.unregister_admin(name, conn.stable_id()),
+            Peer::Anonymous => {}
         }
         tracing::debug!(reason = ?conn.close_reason(), "disconnected");
     }
@@ -184,7 +217,8 @@ async fn serve(state: &Arc<Coordinator>, limits: &Arc<Limits>, conn: &quinn::Con
             version
         }
         Err(e) => {
-            tracing::info!(client = %hello.software, reason = %e.message, "version mismatch");
+            let detail = format!("client {} ({})", drover_protocol::text::printable(&hello.software, 120), e.message);
+            limits.warnings.note(conn.remote_address().ip(), "version mismatches", &detail);
             return answer_and_close(conn, send, e).await;
         }
     };
@@ -258,6 +292,22 @@ async fn handle_stream(
         Ok(request) => request,
         Err(e) => return bad_stream(&limits, &conn, send, recv, &e).await,
     };
+    // Each identity's requests per second (the watch stream, which lasts
+    // the connection, apart): past its rate, "unavailable, retry after".
+    let who = match &peer {
+        Peer::Machine { id } => Some((id.as_str(), false)),
+        Peer::Admin { name, .. } => Some((name.as_str(), true)),
+        Peer::Anonymous => None,
+    };
+    if let (Some((who, admin)), false) = (who, matches!(request, Request::Agent(drover_protocol::v1::AgentRequest::Watch))) {
+        if let Err(wait) = limits.request(who, admin) {
+            limits.warnings.note(conn.remote_address().ip(), "requests over the rate", who);
+            let e = WireError::new(ErrorCode::Unavailable, format!("too many requests from {who}: retry after {} ms", wait.as_millis().max(1)));
+            let _ = write_frame_for(&mut send, &Response::Error(e), version).await;
+            let _ = send.finish();
+            return;
+        }
+    }
     let denied = |code, msg: &str| Some(Response::Error(WireError::new(code, msg.to_string())));
     let kind = request_kind(&request);
     let started = std::time::Instant::now();
@@ -265,7 +315,12 @@ async fn handle_stream(
         (Request::Hello(_), _) => denied(ErrorCode::BadRequest, "Hello was already exchanged on this connection"),
         (Request::Enroll(req), Peer::Anonymous) => Some(match Box::pin(enroll::enroll(&state, req)).await {
             Ok(issued) => Response::Enrolled(issued),
-            Err(e) => Response::Error(e),
+            Err(e) => {
+                // One warning, then a count per source and interval: a
+                // scan with made-up tokens cannot flood the log.
+                limits.warnings.note(conn.remote_address().ip(), "enrollments refused", &e.message);
+                Response::Error(e)
+            }
         }),
         (Request::Enroll(_), _) => denied(ErrorCode::BadRequest, "this connection already has an identity; enroll without a client certificate"),
         (Request::Agent(req), Peer::Machine { id }) => {
@@ -273,7 +328,7 @@ async fn handle_stream(
         }
         (Request::Agent(_), Peer::Anonymous) => denied(ErrorCode::Unauthenticated, "this request needs a machine certificate; enroll first"),
         (Request::Agent(_), Peer::Admin { .. }) => denied(ErrorCode::PermissionDenied, "admin certificates cannot make agent requests"),
-        (Request::Admin(AdminRequest::Backup), Peer::Admin { name }) => match Box::pin(admin::backup(&state, name)).await {
+        (Request::Admin(AdminRequest::Backup), Peer::Admin { name, serial }) => match Box::pin(admin::backup(&state, name, serial)).await {
             Ok(bytes) => {
                 send_backup(&mut send, &bytes).await;
                 None
@@ -284,7 +339,7 @@ async fn handle_stream(
         // clients) are many kilobytes, and every stream's task — an agent's
         // health report too — would otherwise be allocated and moved at
         // that size.
-        (Request::Admin(req), Peer::Admin { name }) => Some(Box::pin(admin::handle(&state, name, req)).await),
+        (Request::Admin(req), Peer::Admin { name, serial }) => Some(Box::pin(admin::handle(&state, name, serial, req)).await),
         (Request::Admin(_), Peer::Anonymous) => denied(ErrorCode::Unauthenticated, "this request needs an admin certificate"),
         (Request::Admin(_), Peer::Machine { .. }) => denied(ErrorCode::PermissionDenied, "machine certificates cannot make admin requests"),
     };
@@ -293,7 +348,7 @@ async fn handle_stream(
     }
     if let Some(answer) = answer {
         if let Response::Error(e) = &answer {
-            tracing::debug!(code = ?e.code, reason = %e.message, "request refused");
+            tracing::debug!(code = ?e.code, reason = %drover_protocol::text::printable(&e.message, 300), "request refused");
         }
         let _ = write_frame_for(&mut send, &answer, version).await;
         let _ = send.finish();

@@ -37,6 +37,7 @@ pub struct ServerHandle {
     driver: JoinHandle<()>,
     /// The provisioning driver (its tasks end with it).
     provisioner: JoinHandle<()>,
+    /// Warning summaries, refusal summaries and the audit log's pruning.
     summaries: JoinHandle<()>,
     /// Writes the health reports kept in memory to the store.
     liveness: JoinHandle<()>,
@@ -112,35 +113,44 @@ pub async fn start_with(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
     let driver = tokio::spawn(crate::app::driver::drive(coordinator.clone()));
     let liveness = tokio::spawn(crate::app::agent::write_liveness_periodically(coordinator.clone()));
     let provisioner = tokio::spawn(crate::app::provisions::run(coordinator.clone()));
-    let limits = limits::Limits::new(&coordinator.config.limits);
+    let limits = limits::Limits::new(&coordinator.config.limits, coordinator.config.max_connections);
     let summaries = {
-        let limits = limits.clone();
-        tokio::spawn(async move { limits.warnings.run().await })
+        let (limits, state) = (limits.clone(), coordinator.clone());
+        tokio::spawn(async move {
+            tokio::join!(limits.warnings.run(), crate::app::audit::keep_periodically(state));
+        })
     };
-    let max_connections = coordinator.config.max_connections;
-    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let tasks = endpoints
         .iter()
         .map(|accept| {
-            let (accept, all, state, limits, refused) =
-                (accept.clone(), endpoints.clone(), coordinator.clone(), limits.clone(), refused.clone());
+            let (accept, state, limits) = (accept.clone(), coordinator.clone(), limits.clone());
             tokio::spawn(async move {
                 while let Some(incoming) = accept.accept().await {
-                    if all.iter().map(quinn::Endpoint::open_connections).sum::<usize>() >= max_connections {
-                        incoming.refuse();
-                        let refused = refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                        // One line for the first refusal and then one per
-                        // thousand: a flood does not flood the log.
-                        if refused % 1000 == 1 {
-                            tracing::warn!(max_connections, refused, "connection refused: the coordinator holds its maximum");
+                    // Decided before any connection state exists: a flood
+                    // of Initials costs a counter, not memory.
+                    let ip = incoming.remote_address().ip();
+                    match limits.admit_handshake(ip, incoming.remote_address_validated(), incoming.may_retry()) {
+                        limits::Admission::Handshake(slot) => {
+                            let state = state.clone();
+                            let limits = limits.clone();
+                            tokio::spawn(async move {
+                                connection::handle(state, limits, incoming, slot).await;
+                            });
                         }
-                        continue;
+                        limits::Admission::Retry => {
+                            if incoming.retry().is_err() {
+                                tracing::debug!(peer = %ip, "a Retry could not be sent");
+                            }
+                        }
+                        limits::Admission::Drop(why) => {
+                            incoming.ignore();
+                            limits.warnings.note(ip, "connection attempts dropped", why);
+                        }
+                        limits::Admission::Refuse(why) => {
+                            incoming.refuse();
+                            limits.warnings.note(ip, "connection attempts refused", why);
+                        }
                     }
-                    let state = state.clone();
-                    let limits = limits.clone();
-                    tokio::spawn(async move {
-                        connection::handle(state, limits, incoming).await;
-                    });
                 }
             })
         })

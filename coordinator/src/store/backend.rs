@@ -107,6 +107,11 @@ pub trait Backend: Send + Sync + 'static {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Every pair whose key starts with `prefix`, in key order.
     fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Pairs, StoreError>;
+    /// At most `limit` pairs whose keys lie in `from..to`, in key order, or
+    /// from the end when `newest_first`.
+    fn range(&self, tree: Tree, from: &[u8], to: &[u8], limit: usize, newest_first: bool) -> Result<Pairs, StoreError>;
+    /// How many keys lie in `from..to`.
+    fn count(&self, tree: Tree, from: &[u8], to: &[u8]) -> Result<usize, StoreError>;
     /// Runs `body` over all trees: either every write it made lands, or
     /// (when it returns an error) none does.
     fn transaction(&self, body: TxBody<'_>) -> Result<(), StoreError>;
@@ -243,6 +248,25 @@ impl Backend for SledBackend {
             .collect()
     }
 
+    fn range(&self, tree: Tree, from: &[u8], to: &[u8], limit: usize, newest_first: bool) -> Result<Pairs, StoreError> {
+        let pair = |item: sled::Result<(sled::IVec, sled::IVec)>| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from);
+        let range = self.tree(tree).range(from..to);
+        if newest_first {
+            range.rev().take(limit).map(pair).collect()
+        } else {
+            range.take(limit).map(pair).collect()
+        }
+    }
+
+    fn count(&self, tree: Tree, from: &[u8], to: &[u8]) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for key in self.tree(tree).range(from..to).keys() {
+            key?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     fn transaction(&self, body: TxBody<'_>) -> Result<(), StoreError> {
         let trees: Vec<&sled::Tree> = self.trees.iter().collect();
         let body = RefCell::new(body);
@@ -343,6 +367,19 @@ impl Backend for MemoryBackend {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    fn range(&self, tree: Tree, from: &[u8], to: &[u8], limit: usize, newest_first: bool) -> Result<Pairs, StoreError> {
+        let trees = self.lock();
+        let Some(t) = trees.get(&tree) else { return Ok(Vec::new()) };
+        let range = t.range::<[u8], _>((std::ops::Bound::Included(from), std::ops::Bound::Excluded(to)));
+        let pair = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());
+        Ok(if newest_first { range.rev().take(limit).map(pair).collect() } else { range.take(limit).map(pair).collect() })
+    }
+
+    fn count(&self, tree: Tree, from: &[u8], to: &[u8]) -> Result<usize, StoreError> {
+        let trees = self.lock();
+        Ok(trees.get(&tree).map_or(0, |t| t.range::<[u8], _>((std::ops::Bound::Included(from), std::ops::Bound::Excluded(to))).count()))
     }
 
     fn transaction(&self, body: TxBody<'_>) -> Result<(), StoreError> {

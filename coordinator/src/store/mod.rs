@@ -102,6 +102,7 @@ pub struct Store {
     /// sees every tree at one moment.
     gate: Arc<std::sync::RwLock<()>>,
     flushes: Arc<Flushes>,
+    audit: Arc<audit::AuditCounts>,
 }
 
 /// Group commit, with flushes kept apart from the async side's
@@ -164,7 +165,7 @@ impl Store {
     }
 
     pub fn with_backend(backend: Arc<dyn Backend>) -> Self {
-        Store { backend, gate: Arc::default(), flushes: Arc::default() }
+        Store { backend, gate: Arc::default(), flushes: Arc::default(), audit: Arc::default() }
     }
 
     /// Every tree at one moment, while the store serves: transactions wait
@@ -195,6 +196,7 @@ impl Store {
             Ok(())
         })?;
         self.backend.flush_blocking()?;
+        self.audit.forget();
         self.check_schema(Path::new("<backup>"))
     }
 

@@ -106,6 +106,7 @@ fn deployment(machine: &str, generation: u64, created_at: u64) -> DeploymentReco
         output_tail: String::new(),
         system_path: None,
         secret_names: vec![],
+        steps_dropped: 0,
     }
 }
 
@@ -338,6 +339,12 @@ impl Backend for HeldFlush {
     fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<backend::Pairs, StoreError> {
         self.inner.scan(tree, prefix)
     }
+    fn range(&self, tree: Tree, from: &[u8], to: &[u8], limit: usize, newest_first: bool) -> Result<backend::Pairs, StoreError> {
+        self.inner.range(tree, from, to, limit, newest_first)
+    }
+    fn count(&self, tree: Tree, from: &[u8], to: &[u8]) -> Result<usize, StoreError> {
+        self.inner.count(tree, from, to)
+    }
     fn transaction(&self, body: backend::TxBody<'_>) -> Result<(), StoreError> {
         self.inner.transaction(body)
     }
@@ -405,4 +412,50 @@ async fn writes_during_a_flush_wait_for_it_without_blocking_and_share_the_next()
         2,
         "the five commits that waited share one flush after the one they waited for"
     );
+}
+
+fn audit_entry(at: u64, admin: &str) -> crate::model::AuditRecord {
+    crate::model::AuditRecord { at, admin: admin.into(), action: "tokens create".into(), target: String::new(), outcome: "ok".into() }
+}
+
+/// Retention: by age in both parts; by count, the others' part first, so
+/// an operator's or viewer's entries never evict an admin's.
+#[tokio::test]
+async fn audit_retention_removes_old_entries_and_others_before_admins() {
+    use super::audit::{AuditPart, AuditRetention};
+    let store = Store::with_backend(Arc::new(MemoryBackend::default()));
+    let day = 86_400_000u64;
+    let now = 1_000 * day;
+    let keep = AuditRetention { days: 30, entries: 1_000 };
+    for i in 0..10 {
+        store.record_audit(&audit_entry(now - 100 * day + i, "old-root"), AuditPart::Admins, keep).await.expect("record");
+    }
+    for i in 0..20 {
+        store.record_audit(&audit_entry(now - day + i, "root"), AuditPart::Admins, keep).await.expect("record");
+    }
+    for i in 0..2_000 {
+        store.record_audit(&audit_entry(now - day + 100 + i, "otto"), AuditPart::Others, keep).await.expect("record");
+    }
+    store.prune_audit(keep, now).expect("prune");
+    let (admins, others) = store.audit_len().expect("len");
+    assert_eq!(admins, 20, "the admins' old entries went by age, the recent ones all stay");
+    assert_eq!(admins + others, 1_000, "the count holds");
+    let all = store.audit_after(None, 10_000).expect("read");
+    assert_eq!(all.len(), 1_000);
+    assert!(all.iter().all(|(_, e)| e.admin != "old-root"));
+    assert_eq!(all.iter().filter(|(_, e)| e.admin == "root").count(), 20);
+    let otto: Vec<u64> = all.iter().filter(|(_, e)| e.admin == "otto").map(|(_, e)| e.at).collect();
+    assert_eq!(otto.first(), Some(&(now - day + 100 + 1_020)), "the others' oldest went first");
+    // Beyond what others hold, admins' oldest go too.
+    let tight = AuditRetention { days: 30, entries: 10 };
+    store.prune_audit(tight, now).expect("prune");
+    let all = store.audit_after(None, 10_000).expect("read");
+    assert_eq!(all.len(), 10);
+    assert!(all.iter().all(|(_, e)| e.admin == "root"), "only admins' newest are left");
+    // Read page by page, in order, the position carried over.
+    let first = store.audit_after(None, 4).expect("page");
+    let second = store.audit_after(Some(&first[3].0), 4).expect("page");
+    assert_eq!(second[0].1.at, first[3].1.at + 1);
+    let newest = store.audit_newest(0, 3, |e| e.admin == "root").expect("newest");
+    assert_eq!(newest.iter().map(|(_, e)| e.at).collect::<Vec<_>>(), vec![now - day + 17, now - day + 18, now - day + 19]);
 }

@@ -27,6 +27,12 @@ pub fn free_udp_port() -> u16 {
     socket.local_addr().expect("local addr").port()
 }
 
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+pub fn free_tcp_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe socket");
+    listener.local_addr().expect("local addr").port()
+}
+
 pub struct TestCoordinator {
     pub dir: tempfile::TempDir,
     pub state_dir: PathBuf,

@@ -5,6 +5,13 @@
 //! refused before anything is written. `restore` makes a new state
 //! directory from one; a coordinator started there serves the same
 //! machines, which reconnect with their certificates.
+//!
+//! What the coordinator sends is sealed by the `drover backup` client with
+//! the operator's backup key ([`seal`]) before it reaches the disk, and
+//! `restore` opens only a sealed file that passes its check (or, asked
+//! explicitly, an unsealed one).
+
+pub mod seal;
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -45,6 +52,40 @@ pub struct Summary {
     pub software: String,
     /// Records per tree.
     pub records: Vec<(String, usize)>,
+    /// The key that sealed it (checked), or `None` for an unsealed backup
+    /// opened with `--unauthenticated`.
+    pub sealed: Option<seal::Seal>,
+}
+
+/// How `restore` opens a backup file.
+pub struct Opening<'a> {
+    /// The backup key, for a sealed file.
+    pub key: Option<&'a seal::BackupKey>,
+    /// Whether an unsealed file (an older drover's) may be restored.
+    pub unauthenticated: bool,
+}
+
+/// The backup inside a file, checked as `how` says.
+fn unseal(bytes: &[u8], how: &Opening<'_>, file: &Path) -> Result<(Vec<u8>, Option<seal::Seal>)> {
+    if let Some(found) = seal::seal_of(bytes) {
+        let Some(key) = how.key else {
+            bail!(
+                "{} is sealed with the backup key whose id is {}; give that key with --key KEYFILE",
+                file.display(),
+                found.key_id
+            );
+        };
+        return Ok((seal::open(bytes, key, file)?, Some(found)));
+    }
+    if bytes.starts_with(MAGIC) && !how.unauthenticated {
+        bail!(
+            "{} is not sealed with a backup key, so nothing shows it was not changed since it was taken \
+             (an admin's role raised, a machine added). Restore it only if you know where it has been, \
+             with --unauthenticated; take new backups with --key",
+            file.display()
+        );
+    }
+    Ok((bytes.to_vec(), None))
 }
 
 /// Encodes a backup of `state_dir`'s files and the store's `trees`.
@@ -82,23 +123,26 @@ fn decode(bytes: &[u8], file: &Path) -> Result<Contents> {
     Ok(contents)
 }
 
-fn summary(contents: &Contents) -> Summary {
+fn summary(contents: &Contents, sealed: Option<seal::Seal>) -> Summary {
     Summary {
         created_at: contents.created_at,
         software: contents.software.clone(),
         records: contents.trees.iter().map(|(t, pairs)| (t.clone(), pairs.len())).collect(),
+        sealed,
     }
 }
 
-/// Checks the bytes of a backup file and says what it holds.
+/// Checks the bytes of a backup as the coordinator sent them and says what
+/// they hold.
 pub fn check(bytes: &[u8]) -> Result<Summary> {
-    Ok(summary(&decode(bytes, Path::new("the backup"))?))
+    Ok(summary(&decode(bytes, Path::new("the backup"))?, None))
 }
 
 /// Reads and checks a backup file without restoring it.
-pub fn inspect(file: &Path) -> Result<Summary> {
+pub fn inspect(file: &Path, how: &Opening<'_>) -> Result<Summary> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    Ok(summary(&decode(&bytes, file)?))
+    let (inner, sealed) = unseal(&bytes, how, file)?;
+    Ok(summary(&decode(&inner, file)?, sealed))
 }
 
 /// Makes the new state directory `state_dir` from the backup `file`:
@@ -106,9 +150,10 @@ pub fn inspect(file: &Path) -> Result<Summary> {
 /// temporary directory beside it and renames it into place, so that a
 /// failure leaves nothing half-made. The configuration's `state_dir` is
 /// set to the new directory.
-pub fn restore(file: &Path, state_dir: &Path) -> Result<Summary> {
+pub fn restore(file: &Path, state_dir: &Path, how: &Opening<'_>) -> Result<Summary> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let contents = decode(&bytes, file)?;
+    let (inner, sealed) = unseal(&bytes, how, file)?;
+    let contents = decode(&inner, file)?;
     if state_dir.exists() {
         let empty = std::fs::read_dir(state_dir).map(|mut d| d.next().is_none()).unwrap_or(false);
         if !empty {
@@ -148,7 +193,7 @@ pub fn restore(file: &Path, state_dir: &Path) -> Result<Summary> {
         let _ = std::fs::remove_dir_all(&staging);
     }
     made?;
-    Ok(summary(&contents))
+    Ok(summary(&contents, sealed))
 }
 
 
