@@ -1,7 +1,10 @@
 {
   description = "Drover: pull-based deployment for fleets of NixOS virtual machines";
 
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.05";
+  # The current stable NixOS release; `nix flake lock` pins it (see
+  # docs/nixos.md). Its Rust must be at least the workspace's rust-version:
+  # the packages refuse to evaluate otherwise.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.11";
 
   outputs = { self, nixpkgs }:
     let
@@ -9,15 +12,21 @@
       systems = [ "x86_64-linux" "aarch64-linux" ];
       forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
 
+      # Exactly what Cargo needs (nix/cargo-sources.nix, which a test builds
+      # from on its own).
       src = lib.fileset.toSource {
         root = ./.;
-        fileset = lib.fileset.unions [ ./Cargo.toml ./Cargo.lock ./protocol ./net ./coordinator ./agent ./nixos-module ];
+        fileset = lib.fileset.unions (map (p: ./. + "/${p}") (import ./nix/cargo-sources.nix));
       };
+
+      minimumRust = (builtins.fromTOML (builtins.readFile ./Cargo.toml)).workspace.package.rust-version;
 
       # One crate of the workspace, built from Cargo.lock. The test suite
       # needs Garage, Nix and sockets: it runs with scripts/test.sh, and the
       # NixOS tests run as this flake's checks.
       crate = pkgs: { pname, package, mainProgram }:
+        assert lib.assertMsg (lib.versionAtLeast pkgs.rustc.version minimumRust)
+          "drover needs Rust ${minimumRust} or newer; this nixpkgs has ${pkgs.rustc.version} (follow a newer NixOS release)";
         pkgs.rustPlatform.buildRustPackage {
           inherit pname src;
           version = "0.1.0";
@@ -59,6 +68,21 @@
         default = drover;
       });
 
+      # `nixpkgs.overlays = [ drover.overlays.default ]` adds pkgs.drover and
+      # pkgs.drover-agent, built with that nixpkgs.
+      overlays.default = final: prev: {
+        drover = crate final { pname = "drover"; package = "drover-coordinator"; mainProgram = "drover"; };
+        drover-agent = crate final { pname = "drover-agent"; package = "drover-agent"; mainProgram = "drover-agent"; };
+      };
+
+      # `nix run .#drover -- --help`, `nix run .#drover-agent -- --help`.
+      apps = forAllSystems (pkgs:
+        let app = pkg: { type = "app"; program = lib.getExe pkg; }; in rec {
+          drover = app (packagesFor pkgs).drover;
+          drover-agent = app (packagesFor pkgs).drover-agent;
+          default = drover;
+        });
+
       nixosModules = rec {
         inherit agent coordinator;
         garage-node = withAgent "garage-node" ./nixos-module/garage-node.nix;
@@ -74,6 +98,7 @@
       checks = forAllSystems (pkgs:
         import ./vm-tests { inherit pkgs self; } // {
           modules = import ./vm-tests/modules.nix { inherit pkgs self nixpkgs; };
+          profile-facts = import ./vm-tests/profile-facts.nix { inherit pkgs self nixpkgs; };
           inherit (packagesFor pkgs) drover drover-agent;
         });
 

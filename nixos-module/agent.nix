@@ -200,7 +200,7 @@ in
     stateDir = mkOption {
       type = types.str;
       default = "/var/lib/drover-agent";
-      description = "Where the agent keeps its key, certificate and apply records.";
+      description = "Where the agent keeps its key, certificate and apply records: a directory under /var/lib/, which systemd makes (StateDirectory) with mode 0700.";
     };
 
     sshAccess = mkOption {
@@ -235,6 +235,14 @@ in
         message = "services.drover-agent needs coordinator and caFile, or fromSeed = true to take them from the VM's seed.";
       }
       {
+        assertion = !cfg.fromSeed || (cfg.coordinator == null && cfg.caFile == null);
+        message = "services.drover-agent: with fromSeed = true the coordinator and the CA come from the VM's seed; remove coordinator and caFile (or set fromSeed = false).";
+      }
+      {
+        assertion = lib.hasPrefix "/var/lib/" cfg.stateDir && cfg.stateDir != "/var/lib/";
+        message = "services.drover-agent.stateDir must be a directory under /var/lib/ (systemd's StateDirectory makes it, mode 0700), not ${cfg.stateDir}.";
+      }
+      {
         assertion = cfg.enrollmentTokenFile == null || !(lib.hasPrefix builtins.storeDir cfg.enrollmentTokenFile);
         message = "services.drover-agent.enrollmentTokenFile must not be in the Nix store, which everyone can read.";
       }
@@ -259,7 +267,8 @@ in
         RestartSec = 5;
         # Exit code 3: this machine was revoked; restarting cannot help.
         RestartPreventExitStatus = 3;
-        StateDirectory = "drover-agent";
+        # Made by systemd from stateDir (under /var/lib/, an assertion says).
+        StateDirectory = lib.removePrefix "/var/lib/" cfg.stateDir;
         StateDirectoryMode = "0700";
         # The directory the agent writes secrets to, made by systemd from
         # settings.runtime_dir (not a fixed name).

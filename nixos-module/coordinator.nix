@@ -16,6 +16,11 @@ let
 
   port = lib.toInt (lib.last (lib.splitString ":" cfg.settings.listen));
 
+  # Local VMs (`[[providers]]` of kind qemu): QEMU runs as the
+  # coordinator's child, each VM in a network namespace of its own.
+  qemuProviders = lib.filter (p: (p.kind or null) == "qemu") (cfg.settings.providers or [ ]);
+  runsQemu = qemuProviders != [ ];
+
   s3Settings = lib.optionalAttrs (cfg.s3 != null) {
     s3 = {
       inherit (cfg.s3) admin_endpoint s3_endpoint region;
@@ -107,6 +112,13 @@ in
         };
       };
     };
+    qemuPackage = mkOption {
+      type = types.package;
+      default = pkgs.qemu_kvm;
+      defaultText = lib.literalExpression "pkgs.qemu_kvm";
+      description = "QEMU for `[[providers]]` of kind qemu (on the unit's PATH only when one is configured); its qemu-system-x86_64 runs the VMs.";
+    };
+
     openMetricsFirewall = mkOption {
       type = types.bool;
       default = false;
@@ -172,6 +184,9 @@ in
       wants = [ "network-online.target" ];
       after = [ "network-online.target" ];
       restartTriggers = [ configFile ];
+      # nix for `drover deploy --dry-run`'s closure diffs; with local VMs,
+      # QEMU and ip (a VM's network namespace is brought up over netlink).
+      path = [ config.nix.package ] ++ lib.optionals runsQemu [ cfg.qemuPackage pkgs.iproute2 ];
       preStart = ''
         if [ ! -e ${cfg.stateDir}/drover.toml ]; then
           ${cfg.package}/bin/drover init --state-dir ${cfg.stateDir} \
@@ -195,18 +210,29 @@ in
         LoadCredential = lib.optional (cfg.s3 != null) "s3-admin-token:${cfg.s3.adminTokenFile}";
         NoNewPrivileges = true;
         PrivateTmp = true;
-        PrivateDevices = true;
         ProtectSystem = "strict";
         ProtectHome = true;
         ProtectKernelTunables = true;
         ProtectKernelModules = true;
         ProtectControlGroups = true;
+        LockPersonality = true;
+        SystemCallArchitectures = "native";
+      } // (if runsQemu then {
+        # QEMU is the coordinator's child and inherits its sandbox: each VM
+        # gets a network namespace (unshare, netlink to bring lo up), /dev/kvm
+        # where the host has it (accel = "kvm"), and TCG needs writable and
+        # executable memory.
+        PrivateDevices = false;
+        DeviceAllow = [ "/dev/kvm rw" "/dev/net/tun rw" ];
+        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" "AF_NETLINK" ];
+        RestrictNamespaces = false;
+        MemoryDenyWriteExecute = false;
+      } else {
+        PrivateDevices = true;
         RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
         RestrictNamespaces = true;
-        LockPersonality = true;
         MemoryDenyWriteExecute = true;
-        SystemCallArchitectures = "native";
-      };
+      });
     };
   };
 }

@@ -125,11 +125,14 @@ in
     };
 
     # Started as soon as the agent has written both secrets (the first
-    # generation that carries them), not only at the next boot.
+    # generation that carries them), not only at the next boot: each write
+    # of either one tries again, and Garage's condition waits for both. (A
+    # PathExists on one of them would trigger over and over while the other
+    # is missing, until systemd's trigger limit stopped the path unit.)
     systemd.paths.garage-secrets = {
       wantedBy = [ "multi-user.target" ];
       pathConfig = {
-        PathExists = "${secrets}/${cfg.adminTokenName}";
+        PathChanged = [ "${secrets}/${cfg.rpcSecretName}" "${secrets}/${cfg.adminTokenName}" ];
         Unit = "garage.service";
       };
     };

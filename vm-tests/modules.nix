@@ -18,7 +18,7 @@ let
   base = {
     boot.loader.grub.enable = false;
     fileSystems."/" = { device = "none"; fsType = "tmpfs"; };
-    system.stateVersion = "25.05";
+    system.stateVersion = "26.11";
     nixpkgs.hostPlatform = pkgs.stdenv.hostPlatform.system;
   };
 
@@ -34,8 +34,17 @@ let
   coordinator = {
     services.drover = {
       enable = true;
-      settings.listen = "0.0.0.0:7443";
+      settings = {
+        listen = "0.0.0.0:7443";
+        advertise = "192.0.2.1:7443";
+        server_names = [ "coordinator.example.org" "192.0.2.1" ];
+      };
     };
+  };
+
+  # Local VMs through QEMU: the unit's sandbox lets QEMU run.
+  qemuProvider = {
+    services.drover.settings.providers = [{ kind = "qemu"; name = "local"; image = "/var/lib/drover/guest-image"; }];
   };
 
   s3 = {
@@ -79,6 +88,7 @@ let
     agent = eval [ self.nixosModules.agent agent ];
     coordinator = eval [ self.nixosModules.coordinator coordinator ];
     coordinator-s3 = eval [ self.nixosModules.coordinator coordinator s3 ];
+    coordinator-qemu = eval [ self.nixosModules.coordinator coordinator qemuProvider ];
     garage-node = eval [ garage-node agent garageNode ];
     mastodon = eval [ self.nixosModules.mastodon agent mastodon ];
     peertube = eval [ self.nixosModules.peertube agent peertube ];
@@ -100,6 +110,14 @@ let
       system = eval [ self.nixosModules.coordinator coordinator { services.drover.stateDir = "/srv/drover"; } ];
       expect = "stateDir must be under /var/lib/";
     };
+    seed-and-coordinator = {
+      system = eval [ self.nixosModules.agent agent { services.drover-agent.fromSeed = true; } ];
+      expect = "with fromSeed = true the coordinator and the CA come from the VM's seed";
+    };
+    agent-state-dir-outside-var-lib = {
+      system = eval [ self.nixosModules.agent agent { services.drover-agent.stateDir = "/srv/agent"; } ];
+      expect = "stateDir must be a directory under /var/lib/";
+    };
     s3-token-in-the-store = {
       system = eval [ self.nixosModules.coordinator coordinator s3 { services.drover.s3.adminTokenFile = lib.mkForce "${pkgs.writeText "garage-token" "t"}"; } ];
       expect = "adminTokenFile must not be in the Nix store";
@@ -107,6 +125,29 @@ let
   };
 
   failed = system: map (a: a.message) (lib.filter (a: !a.assertion) system.config.assertions);
+
+  # The coordinator unit with and without local VMs: hardened, except what
+  # QEMU needs when a qemu provider is configured.
+  sandbox =
+    let
+      unit = name: configurations.${name}.config.systemd.services.drover;
+      plain = unit "coordinator";
+      qemu = unit "coordinator-qemu";
+      checks = {
+        "plain: namespaces restricted" = plain.serviceConfig.RestrictNamespaces == true;
+        "plain: W^X memory" = plain.serviceConfig.MemoryDenyWriteExecute == true;
+        "plain: no devices" = plain.serviceConfig.PrivateDevices == true;
+        "plain: nix on PATH" = lib.elem configurations.coordinator.config.nix.package plain.path;
+        "qemu: namespaces allowed" = qemu.serviceConfig.RestrictNamespaces == false;
+        "qemu: netlink allowed" = lib.elem "AF_NETLINK" qemu.serviceConfig.RestrictAddressFamilies;
+        "qemu: /dev/kvm allowed" = lib.elem "/dev/kvm rw" qemu.serviceConfig.DeviceAllow;
+        "qemu: TCG memory allowed" = qemu.serviceConfig.MemoryDenyWriteExecute == false;
+        "qemu: QEMU, ip and nix on PATH" = lib.all (p: lib.elem p qemu.path) [ pkgs.qemu_kvm pkgs.iproute2 configurations.coordinator-qemu.config.nix.package ];
+      };
+      wrong = lib.attrNames (lib.filterAttrs (_: ok: !ok) checks);
+    in
+    if wrong == [ ] then "sandbox: ${toString (lib.length (lib.attrNames checks))} checks hold"
+    else throw "the coordinator unit's sandbox is wrong: ${lib.concatStringsSep "; " wrong}";
 
   checkNegative = name: { system, expect }:
     let messages = failed system; in
@@ -121,4 +162,5 @@ in
 pkgs.writeText "drover-modules-evaluated" (lib.concatStringsSep "\n" (
   lib.mapAttrsToList evaluated configurations
   ++ lib.mapAttrsToList checkNegative negative
+  ++ [ sandbox ]
 ) + "\n")

@@ -85,3 +85,63 @@ fn the_check_notices_a_key_on_one_side_only() {
     let fewer = text.replacen("    confirm_deadline = mkOption {", "    confirm_deadline_gone = mkOption {", 1);
     assert_ne!(module_keys(&fewer), struct_keys());
 }
+
+/// Every line of the profiles' shell that reads a fact or a secret inside
+/// another command's arguments: there `set -e` does not stop the script, and
+/// a missing value would be written as an empty setting.
+fn unchecked_reads(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| {
+            let l = l.trim_start();
+            let reads = l.contains("$(fact ") || l.contains("$(secret ");
+            // `name=$(fact KEY)` alone on its line is an assignment, which `set -e` stops at.
+            let assignment = l.split_once("=$(").is_some_and(|(name, _)| !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+            reads && !assignment
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn profiles_read_facts_and_secrets_only_in_assignments() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../nixos-module/services");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("services") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("read");
+        found.extend(unchecked_reads(&text).into_iter().filter(|l| !l.trim_start().starts_with('#')).map(|l| format!("{}: {l}", path.display())));
+    }
+    assert!(found.is_empty(), "read a fact or secret into a variable first (v=$(fact KEY)):\n{}", found.join("\n"));
+    // The check sees the old form.
+    assert_eq!(unchecked_reads(r#"env_line S3_BUCKET "$(fact s3_bucket.x)""#).len(), 1);
+    assert_eq!(unchecked_reads(r#"--arg endpoint "$(fact s3_endpoint)" \"#).len(), 1);
+    assert!(unchecked_reads(r#"bucket=$(fact s3_bucket.x)"#).is_empty());
+}
+
+#[test]
+fn every_module_option_is_in_the_generated_options_page() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let page = std::fs::read_to_string(root.join("docs/nixos-options.md")).expect("docs/nixos-options.md");
+    let documented: BTreeSet<String> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("### `"))
+        .filter_map(|l| l.strip_suffix('`'))
+        .filter_map(|name| name.rsplit('.').next().map(str::to_string))
+        .collect();
+    let mut missing = Vec::new();
+    let mut files = vec![root.join("nixos-module/agent.nix"), root.join("nixos-module/coordinator.nix"), root.join("nixos-module/garage-node.nix")];
+    files.extend(std::fs::read_dir(root.join("nixos-module/services")).expect("services").map(|e| e.expect("entry").path()));
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("module");
+        for line in text.lines() {
+            let Some((name, rest)) = line.trim_start().split_once(" = ") else { continue };
+            let declares = ["mkOption", "lib.mkOption", "mkEnableOption", "lib.mkEnableOption"].iter().any(|f| rest.starts_with(f));
+            // common.nix's helper, given to the profiles as `createAdmin`.
+            if declares && name != "createAdminOption" && !documented.contains(name) {
+                missing.push(format!("{}: {name}", file.display()));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "options missing from docs/nixos-options.md (run scripts/eval-modules.sh PATH/TO/nixpkgs.lib):\n{}", missing.join("\n"));
+    assert!(documented.contains("fromSeed") && documented.contains("dataVolumes") && documented.contains("rootDomain"));
+}

@@ -60,6 +60,10 @@ rec {
 
   # A shell prelude for the units below: `fact KEY` prints a fact (failing
   # with a clear message when it is missing), `secret NAME` a secret.
+  # Call them in assignments (`v=$(fact KEY)`), which `set -e` stops at,
+  # never inside another command's arguments (`env_line X "$(fact KEY)"`),
+  # where a failure would be ignored and an empty value written;
+  # agent/tests/nixos_module.rs refuses that form.
   prelude = ''
     set -euo pipefail
     fact() {

@@ -38,15 +38,23 @@ in
       restart = [ "mastodon-web.service" "mastodon-streaming-*.service" "mastodon-sidekiq-all.service" ];
       script = ''
         check_domain ${lib.escapeShellArg cfg.domain} services.drover-mastodon.domain
+        # Read into variables first: a missing fact or secret then stops
+        # the script (inside another command's arguments it would not).
+        endpoint=$(fact s3_endpoint)
+        region=$(fact s3_region)
+        bucket=$(fact ${lib.escapeShellArg (drover.bucketFact cfg.bucket)})
+        public_url=$(fact ${lib.escapeShellArg (drover.publicUrlFact cfg.bucket)})
+        access_key=$(secret ${drover.accessKeySecret cfg.bucket})
+        secret_key=$(secret ${drover.secretKeySecret cfg.bucket})
         env_line S3_ENABLED true
-        env_line S3_PROTOCOL "$(fact s3_endpoint | sed -E 's|^(https?)://.*|\1|')"
-        env_line S3_ENDPOINT "$(fact s3_endpoint)"
-        env_line S3_REGION "$(fact s3_region)"
-        env_line S3_BUCKET "$(fact ${lib.escapeShellArg (drover.bucketFact cfg.bucket)})"
-        env_line S3_ALIAS_HOST "$(fact ${lib.escapeShellArg (drover.publicUrlFact cfg.bucket)} | sed -E 's|^https?://||; s|/+$||')"
+        env_line S3_PROTOCOL "$(printf '%s' "$endpoint" | sed -E 's|^(https?)://.*|\1|')"
+        env_line S3_ENDPOINT "$endpoint"
+        env_line S3_REGION "$region"
+        env_line S3_BUCKET "$bucket"
+        env_line S3_ALIAS_HOST "$(printf '%s' "$public_url" | sed -E 's|^https?://||; s|/+$||')"
         env_line S3_FORCE_SINGLE_REQUEST true
-        env_line AWS_ACCESS_KEY_ID "$(secret ${drover.accessKeySecret cfg.bucket})"
-        env_line AWS_SECRET_ACCESS_KEY "$(secret ${drover.secretKeySecret cfg.bucket})"
+        env_line AWS_ACCESS_KEY_ID "$access_key"
+        env_line AWS_SECRET_ACCESS_KEY "$secret_key"
       '';
     };
     systemd.paths.drover-mastodon-env = drover.envPath "mastodon";

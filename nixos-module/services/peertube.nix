@@ -50,11 +50,17 @@ in
       before = [ "peertube.service" ];
       script = ''
         check_domain ${lib.escapeShellArg cfg.domain} services.drover-peertube.domain
+        # Read into variables first: a missing fact or secret then stops
+        # the script (inside another command's arguments it would not).
         bucket=$(fact ${lib.escapeShellArg (drover.bucketFact cfg.bucket)})
         base=$(fact ${lib.escapeShellArg (drover.publicUrlFact cfg.bucket)})
+        endpoint=$(fact s3_endpoint)
+        region=$(fact s3_region)
+        access_key=$(secret ${drover.accessKeySecret cfg.bucket})
+        secret_key=$(secret ${drover.secretKeySecret cfg.bucket})
         email=$(${pkgs.jq}/bin/jq -r '.admin_email // empty' ${drover.facts})
         node_config=$(${pkgs.jq}/bin/jq -cn \
-          --arg endpoint "$(fact s3_endpoint)" --arg region "$(fact s3_region)" \
+          --arg endpoint "$endpoint" --arg region "$region" \
           --arg bucket "$bucket" --arg base "''${base%/}" --arg email "$email" \
           --argjson prefixes ${lib.escapeShellArg (builtins.toJSON prefixes)} \
           --argjson public ${lib.escapeShellArg (builtins.toJSON public)} '
@@ -66,10 +72,11 @@ in
                   })))
             } + (if $email == "" then {} else { admin: { email: $email } } end)')
         env_line NODE_CONFIG "$node_config"
-        env_line AWS_ACCESS_KEY_ID "$(secret ${drover.accessKeySecret cfg.bucket})"
-        env_line AWS_SECRET_ACCESS_KEY "$(secret ${drover.secretKeySecret cfg.bucket})"
+        env_line AWS_ACCESS_KEY_ID "$access_key"
+        env_line AWS_SECRET_ACCESS_KEY "$secret_key"
         if [ -r ${drover.secrets}/tenant-admin-password ]; then
-          env_line PT_INITIAL_ROOT_PASSWORD "$(secret tenant-admin-password)"
+          root_password=$(secret tenant-admin-password)
+          env_line PT_INITIAL_ROOT_PASSWORD "$root_password"
         fi
       '';
     };

@@ -45,15 +45,24 @@ in
           mkdir -p "$(dirname ${appKey})"
           printf 'base64:%s' "$(head -c 32 /dev/urandom | base64)" > ${appKey}
         fi
-        env_line APP_KEY "$(cat ${appKey})"
+        # Read into variables first: a missing fact or secret then stops
+        # the script (inside another command's arguments it would not).
+        region=$(fact s3_region)
+        bucket=$(fact ${lib.escapeShellArg (drover.bucketFact cfg.bucket)})
+        public_url=$(fact ${lib.escapeShellArg (drover.publicUrlFact cfg.bucket)})
+        endpoint=$(fact s3_endpoint)
+        access_key=$(secret ${drover.accessKeySecret cfg.bucket})
+        secret_key=$(secret ${drover.secretKeySecret cfg.bucket})
+        app_key=$(cat ${appKey})
+        env_line APP_KEY "$app_key"
         env_line PF_ENABLE_CLOUD true
         env_line FILESYSTEM_CLOUD s3
-        env_line AWS_ACCESS_KEY_ID "$(secret ${drover.accessKeySecret cfg.bucket})"
-        env_line AWS_SECRET_ACCESS_KEY "$(secret ${drover.secretKeySecret cfg.bucket})"
-        env_line AWS_DEFAULT_REGION "$(fact s3_region)"
-        env_line AWS_BUCKET "$(fact ${lib.escapeShellArg (drover.bucketFact cfg.bucket)})"
-        env_line AWS_URL "$(fact ${lib.escapeShellArg (drover.publicUrlFact cfg.bucket)})"
-        env_line AWS_ENDPOINT "$(fact s3_endpoint)"
+        env_line AWS_ACCESS_KEY_ID "$access_key"
+        env_line AWS_SECRET_ACCESS_KEY "$secret_key"
+        env_line AWS_DEFAULT_REGION "$region"
+        env_line AWS_BUCKET "$bucket"
+        env_line AWS_URL "$public_url"
+        env_line AWS_ENDPOINT "$endpoint"
         env_line AWS_USE_PATH_STYLE_ENDPOINT true
       '';
       serviceConfig.StateDirectory = "drover-pixelfed";

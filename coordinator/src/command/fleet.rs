@@ -26,6 +26,25 @@ use crate::output::OutputFormat;
 
 use super::{connect, print_json, refused};
 
+/// The directory of a flake on this machine (`./examples#droverFleet`,
+/// `path:/srv/fleet#x`, `git+file:///srv/fleet?ref=main#x`); `None` for a
+/// remote one (`github:…`), whose secret files are named from the current
+/// directory.
+fn flake_dir(reference: &str) -> Option<PathBuf> {
+    let flake = reference.split_once('#').map_or(reference, |(f, _)| f);
+    let flake = flake.split_once('?').map_or(flake, |(f, _)| f);
+    let path = if let Some(p) = flake.strip_prefix("path:") {
+        p
+    } else if let Some(p) = flake.strip_prefix("git+file://").or_else(|| flake.strip_prefix("git+file:")) {
+        p
+    } else if flake.starts_with('/') || flake.starts_with('.') {
+        flake
+    } else {
+        return None;
+    };
+    Some(PathBuf::from(if path.is_empty() { "." } else { path }))
+}
+
 /// Reads the fleet from a file or a flake, and checks it.
 pub fn load(source: &FleetSource) -> Result<(FleetFile, Source, PathBuf)> {
     let (source, base) = match (&source.file, &source.flake) {
@@ -42,7 +61,13 @@ pub fn load(source: &FleetSource) -> Result<(FleetFile, Source, PathBuf)> {
             if !output.status.success() {
                 bail!("nix eval --json {reference} failed:\n{}", String::from_utf8_lossy(&output.stderr).trim());
             }
-            (Source { name: reference.clone(), text: String::from_utf8_lossy(&output.stdout).to_string() }, std::env::current_dir()?)
+            // Secret files are named relative to the flake's directory, as
+            // a fleet file's are relative to the file's.
+            let base = match flake_dir(reference) {
+                Some(dir) => dir,
+                None => std::env::current_dir()?,
+            };
+            (Source { name: reference.clone(), text: String::from_utf8_lossy(&output.stdout).to_string() }, base)
         }
         _ => bail!("give a fleet FILE or --flake REF"),
     };
@@ -622,4 +647,19 @@ pub async fn drift(admin: AdminArgs) -> Result<()> {
         bail!("the fleet drifted from what was applied: {} difference(s); `drover plan` shows what an apply would change", drifts.len());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flake_dir;
+    use std::path::PathBuf;
+
+    #[test]
+    fn secret_files_of_a_local_flake_are_named_from_its_directory() {
+        assert_eq!(flake_dir("./examples#droverFleet"), Some(PathBuf::from("./examples")));
+        assert_eq!(flake_dir("path:/srv/fleet#x"), Some(PathBuf::from("/srv/fleet")));
+        assert_eq!(flake_dir("git+file:///srv/fleet?ref=main#x"), Some(PathBuf::from("/srv/fleet")));
+        assert_eq!(flake_dir(".#x"), Some(PathBuf::from(".")));
+        assert_eq!(flake_dir("github:acme/fleet#x"), None);
+    }
 }
