@@ -9,6 +9,14 @@ log "parsing every .nix file (nix-instantiate --parse)"
 find . -name '*.nix' -not -path './target/*' -print0 | while IFS= read -r -d '' f; do
   nix-instantiate --parse "$f" >/dev/null || { echo "$f does not parse" >&2; exit 1; }
 done
+log "formatting (cargo fmt --check) and lints (cargo clippy -D warnings)"
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy 2>/dev/null || true
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  echo "cargo fmt and cargo clippy are needed: rustup component add rustfmt clippy (or Debian's rustfmt and rust-clippy)" >&2
+  exit 1
+fi
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 log "building"
 cargo build --workspace --all-targets --locked
 log "testing"

@@ -19,10 +19,7 @@ impl Backoff {
     /// of the current step ("equal jitter"), so that many agents that lost
     /// the coordinator together do not come back together.
     pub fn next(&mut self, jitter: f64) -> Duration {
-        let step = self
-            .initial
-            .saturating_mul(1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX))
-            .min(self.max);
+        let step = self.initial.saturating_mul(1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX)).min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         let half = step / 2;
         half + half.mul_f64(jitter.clamp(0.0, 1.0))
@@ -42,10 +39,7 @@ mod tests {
     fn grows_doubles_and_caps() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
         let full: Vec<_> = (0..6).map(|_| b.next(1.0)).collect();
-        assert_eq!(
-            full,
-            [100, 200, 400, 800, 1000, 1000].map(Duration::from_millis).to_vec()
-        );
+        assert_eq!(full, [100, 200, 400, 800, 1000, 1000].map(Duration::from_millis).to_vec());
         b.reset();
         assert_eq!(b.next(0.0), Duration::from_millis(50));
     }

@@ -214,23 +214,15 @@ impl AgentConfig {
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let config: AgentConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let config: AgentConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: e.to_string() })?;
         config.check()?;
         Ok(config)
     }
 
     pub fn check(&self) -> Result<(), ConfigError> {
         if self.backoff_initial.is_zero() || self.backoff_initial > self.backoff_max {
-            return Err(ConfigError::Invalid(
-                "backoff_initial must be above zero and at most backoff_max".into(),
-            ));
+            return Err(ConfigError::Invalid("backoff_initial must be above zero and at most backoff_max".into()));
         }
         if self.reboot_command.is_empty() {
             return Err(ConfigError::Invalid("reboot_command must name a program (default: systemctl reboot)".into()));
@@ -246,9 +238,7 @@ impl AgentConfig {
 
     /// The name verified in the coordinator's certificate.
     pub fn server_name(&self) -> String {
-        self.server_name
-            .clone()
-            .unwrap_or_else(|| self.coordinator.host().to_string())
+        self.server_name.clone().unwrap_or_else(|| self.coordinator.host().to_string())
     }
 }
 

@@ -52,10 +52,7 @@ const LOST_CERT: &str = "put the file back from a backup, or remove cert.pem and
 /// a renewal cut short) is made again from the certificate, so the machine
 /// never enrolls again for want of it.
 pub fn load_or_create(dir: &Path) -> Result<StoredIdentity, IdentityError> {
-    std::fs::create_dir_all(dir).map_err(|source| IdentityError::Io {
-        path: dir.display().to_string(),
-        source,
-    })?;
+    std::fs::create_dir_all(dir).map_err(|source| IdentityError::Io { path: dir.display().to_string(), source })?;
     let (key_path, cert_path, record_path) = paths(dir);
     let damaged = |path: &Path, reason: String, fix| IdentityError::Damaged { path: path.display().to_string(), reason, fix };
     let key = if key_path.exists() {
@@ -105,22 +102,11 @@ fn write_record(path: &Path, record: &IdentityRecord) -> Result<(), IdentityErro
 
 /// Stores a newly issued certificate: the certificate first, then the record
 /// that names it, each atomically.
-pub fn store_certificate(
-    dir: &Path,
-    issued: &IssuedCertificate,
-) -> Result<IdentityRecord, IdentityError> {
+pub fn store_certificate(dir: &Path, issued: &IssuedCertificate) -> Result<IdentityRecord, IdentityError> {
     let (_, cert_path, record_path) = paths(dir);
-    identity::write_atomic(
-        &cert_path,
-        identity::cert_pem(&issued.certificate_der).as_bytes(),
-        0o600,
-    )?;
-    let record = IdentityRecord {
-        machine_id: issued.subject.clone(),
-        serial: issued.serial.clone(),
-        not_after: issued.not_after,
-        lifetime_ms: issued.lifetime_ms,
-    };
+    identity::write_atomic(&cert_path, identity::cert_pem(&issued.certificate_der).as_bytes(), 0o600)?;
+    let record =
+        IdentityRecord { machine_id: issued.subject.clone(), serial: issued.serial.clone(), not_after: issued.not_after, lifetime_ms: issued.lifetime_ms };
     write_record(&record_path, &record)?;
     Ok(record)
 }

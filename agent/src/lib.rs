@@ -48,15 +48,8 @@ impl AgentHandle {
     }
 
     /// Waits until the status satisfies `pred`, or `timeout` passes.
-    pub async fn wait_for(
-        &mut self,
-        timeout: std::time::Duration,
-        pred: impl Fn(&AgentStatus) -> bool,
-    ) -> Result<AgentStatus, AgentStatus> {
-        let waited = tokio::time::timeout(timeout, self.status.wait_for(|s| pred(s)))
-            .await
-            .ok()
-            .and_then(|r| r.ok().map(|s| s.clone()));
+    pub async fn wait_for(&mut self, timeout: std::time::Duration, pred: impl Fn(&AgentStatus) -> bool) -> Result<AgentStatus, AgentStatus> {
+        let waited = tokio::time::timeout(timeout, self.status.wait_for(|s| pred(s))).await.ok().and_then(|r| r.ok().map(|s| s.clone()));
         waited.ok_or_else(|| self.status.borrow().clone())
     }
 
@@ -73,11 +66,7 @@ impl AgentHandle {
 
 /// Starts an agent on the current tokio runtime. `endpoint` lets many agents
 /// share one UDP socket (the load generator); by default each has its own.
-pub fn spawn<H: HealthSource + 'static>(
-    config: AgentConfig,
-    health: H,
-    endpoint: Option<quinn::Endpoint>,
-) -> Result<AgentHandle, drover_net::ClientError> {
+pub fn spawn<H: HealthSource + 'static>(config: AgentConfig, health: H, endpoint: Option<quinn::Endpoint>) -> Result<AgentHandle, drover_net::ClientError> {
     spawn_with(config, health, endpoint, None)
 }
 
@@ -95,27 +84,12 @@ pub fn spawn_with<H: HealthSource + 'static>(
     };
     let (status_tx, status_rx) = watch::channel(AgentStatus::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let hostname = config
-        .hostname
-        .clone()
-        .unwrap_or_else(system::health::system_hostname);
+    let hostname = config.hostname.clone().unwrap_or_else(system::health::system_hostname);
     let scheduler = match switcher {
         Some(switcher) => scheduler::Scheduler::with_switcher(&config, switcher),
         None => scheduler::Scheduler::new(&config),
     };
-    let agent = Agent {
-        scheduler,
-        config,
-        endpoint,
-        health,
-        hostname,
-        status: status_tx,
-        shutdown: shutdown_rx,
-    };
+    let agent = Agent { scheduler, config, endpoint, health, hostname, status: status_tx, shutdown: shutdown_rx };
     let task = tokio::spawn(agent.run());
-    Ok(AgentHandle {
-        status: status_rx,
-        shutdown: shutdown_tx,
-        task,
-    })
+    Ok(AgentHandle { status: status_rx, shutdown: shutdown_tx, task })
 }

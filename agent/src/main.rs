@@ -244,7 +244,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 switch,
                 ready_file,
                 stop: Some(stopped),
-            }).await?;
+            })
+            .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -254,7 +255,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 println!("enrollments per second {:.1}", report.enrollments_per_second);
                 println!("seconds until online   {:.2}", report.seconds_until_all_online);
                 if let (Some(before), Some(after)) = (report.coordinator_rss_before_bytes, report.coordinator_rss_bytes) {
-                    println!("coordinator RSS        {:.1} MiB (before: {:.1} MiB, ratio {:.2})", after as f64 / 1048576.0, before as f64 / 1048576.0, after as f64 / before as f64);
+                    println!(
+                        "coordinator RSS        {:.1} MiB (before: {:.1} MiB, ratio {:.2})",
+                        after as f64 / 1048576.0,
+                        before as f64 / 1048576.0,
+                        after as f64 / before as f64
+                    );
                 }
             }
             Ok(if report.online == report.agents { ExitCode::SUCCESS } else { ExitCode::FAILURE })

@@ -84,19 +84,14 @@ pub async fn materialise(config_path: &Path, defaults: Option<&Path>, sources: &
         }
         None => toml::Table::new(),
     };
-    let state_dir = table
-        .get("state_dir")
-        .and_then(|v| v.as_str())
-        .map(PathBuf::from)
-        .unwrap_or_else(crate::config::default_state_dir);
+    let state_dir = table.get("state_dir").and_then(|v| v.as_str()).map(PathBuf::from).unwrap_or_else(crate::config::default_state_dir);
     std::fs::create_dir_all(&state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
-    let coordinator: drover_net::HostPort =
-        seed.coordinator.parse().map_err(|e| anyhow::anyhow!("the seed's coordinator {:?}: {e}", seed.coordinator))?;
+    let coordinator: drover_net::HostPort = seed.coordinator.parse().map_err(|e| anyhow::anyhow!("the seed's coordinator {:?}: {e}", seed.coordinator))?;
     let ca_der = match &seed.ca {
         CaPin::Certificate(der) => der.clone(),
-        CaPin::Sha256(digest) => drover_net::client::fetch_pinned_ca(&coordinator, &seed.server_name, digest)
-            .await
-            .context("cannot fetch the fleet CA the seed pins")?,
+        CaPin::Sha256(digest) => {
+            drover_net::client::fetch_pinned_ca(&coordinator, &seed.server_name, digest).await.context("cannot fetch the fleet CA the seed pins")?
+        }
     };
     let ca_file = state_dir.join("fleet-ca.pem");
     let ca_pem = pem::encode(&pem::Pem::new("CERTIFICATE", ca_der));

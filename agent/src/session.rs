@@ -9,15 +9,12 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use drover_net::clock::now_ms;
 use drover_net::client::{connection_code, ClientError, CoordinatorConnection};
+use drover_net::clock::now_ms;
 use drover_net::identity::{self as net_identity, IdentityError};
 use drover_net::stream::read_frame_for;
 use drover_protocol::frame::MAX_FRAME_LEN;
-use drover_protocol::v1::{
-    AgentEvent, AgentRequest, AgentResponse, EnrollRequest, IssuedCertificate, Request, Response, Secret,
-    MAX_REPORTS_PER_REQUEST,
-};
+use drover_protocol::v1::{AgentEvent, AgentRequest, AgentResponse, EnrollRequest, IssuedCertificate, Request, Response, Secret, MAX_REPORTS_PER_REQUEST};
 use drover_protocol::ErrorCode;
 
 use crate::backoff::Backoff;
@@ -116,25 +113,10 @@ pub async fn enroll_once(
     token: Secret,
     hostname: &str,
 ) -> Result<IssuedCertificate, ClientError> {
-    let tls = drover_net::tls::client_config(ca_der, None, IDLE_TIMEOUT)
-        .map_err(|e| ClientError::Unexpected(e.to_string()))?;
-    let conn = CoordinatorConnection::dial(
-        endpoint,
-        tls,
-        &config.coordinator,
-        &config.server_name(),
-        &software(),
-        config.connect_timeout,
-    )
-    .await?;
+    let tls = drover_net::tls::client_config(ca_der, None, IDLE_TIMEOUT).map_err(|e| ClientError::Unexpected(e.to_string()))?;
+    let conn = CoordinatorConnection::dial(endpoint, tls, &config.coordinator, &config.server_name(), &software(), config.connect_timeout).await?;
     let csr = net_identity::csr_der(key, hostname).map_err(|e| ClientError::Unexpected(e.to_string()))?;
-    let answer = conn
-        .request(&Request::Enroll(EnrollRequest {
-            token,
-            csr_der: csr,
-            hostname: hostname.to_string(),
-        }))
-        .await;
+    let answer = conn.request(&Request::Enroll(EnrollRequest { token, csr_der: csr, hostname: hostname.to_string() })).await;
     conn.connection.close(0u32.into(), b"enrolled");
     match answer? {
         Response::Enrolled(issued) => Ok(issued),
@@ -248,15 +230,9 @@ impl<H: HealthSource> Agent<H> {
         });
         let tls = drover_net::tls::client_config(ca_der, Some((&cert, &stored.key.serialize_der())), IDLE_TIMEOUT)
             .map_err(|e| AttemptError::Client(ClientError::Unexpected(e.to_string())))?;
-        let conn = CoordinatorConnection::dial(
-            &self.endpoint,
-            tls,
-            &self.config.coordinator,
-            &self.config.server_name(),
-            &software(),
-            self.config.connect_timeout,
-        )
-        .await?;
+        let conn =
+            CoordinatorConnection::dial(&self.endpoint, tls, &self.config.coordinator, &self.config.server_name(), &software(), self.config.connect_timeout)
+                .await?;
         let result = self.session(&conn, &stored.key, record, &dir, backoff).await;
         if matches!(result, Err(AttemptError::Shutdown)) {
             conn.connection.close(0u32.into(), b"agent stopping");
@@ -266,21 +242,9 @@ impl<H: HealthSource> Agent<H> {
 
     async fn enroll(&mut self, ca_der: &[u8], key: &rcgen::KeyPair, dir: &Path) -> Result<(), AttemptError> {
         let path = self.config.enrollment_token_file.clone().ok_or(AttemptError::NoToken)?;
-        let token = std::fs::read_to_string(&path).map_err(|source| AttemptError::TokenFile {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let token = std::fs::read_to_string(&path).map_err(|source| AttemptError::TokenFile { path: path.display().to_string(), source })?;
         self.status.send_modify(|s| s.phase = Phase::Enrolling);
-        let issued = match enroll_once(
-            &self.endpoint,
-            &self.config,
-            ca_der,
-            key,
-            Secret::new(token.trim()),
-            &self.hostname,
-        )
-        .await
-        {
+        let issued = match enroll_once(&self.endpoint, &self.config, ca_der, key, Secret::new(token.trim()), &self.hostname).await {
             Ok(issued) => issued,
             Err(ClientError::Refused(e)) => return Err(AttemptError::Enrollment(e.message)),
             Err(e) => return Err(e.into()),
@@ -315,9 +279,7 @@ impl<H: HealthSource> Agent<H> {
                 Outgoing::Progress(reports) if reports.len() == 1 => AgentRequest::ReportDeployment(reports[0].clone()),
                 Outgoing::Progress(reports) => AgentRequest::ReportDeployments(reports.clone()),
                 Outgoing::Outcome(report) => AgentRequest::ReportDeployment(report.clone()),
-                Outgoing::Finished { progress, outcome } => {
-                    AgentRequest::ReportDeployments(progress.iter().chain([outcome]).cloned().collect())
-                }
+                Outgoing::Finished { progress, outcome } => AgentRequest::ReportDeployments(progress.iter().chain([outcome]).cloned().collect()),
                 Outgoing::Fetch => AgentRequest::FetchAssignment,
                 Outgoing::Restore { generation, name } => AgentRequest::RestoreVolume { generation: *generation, name: name.clone() },
             };
@@ -365,9 +327,7 @@ impl<H: HealthSource> Agent<H> {
             }
         };
         let (_send, mut events) = conn.open(&Request::Agent(AgentRequest::Watch)).await?;
-        let welcome = read_frame_for::<Response>(&mut events, MAX_FRAME_LEN, &[], conn.version)
-            .await
-            .map_err(|e| lost(conn, ClientError::Stream(e)))?;
+        let welcome = read_frame_for::<Response>(&mut events, MAX_FRAME_LEN, &[], conn.version).await.map_err(|e| lost(conn, ClientError::Stream(e)))?;
         let interval = match welcome {
             Response::Agent(AgentResponse::Event(AgentEvent::Welcome { machine_id, health_interval_ms })) => {
                 tracing::info!(machine = %machine_id, "connected to the coordinator");

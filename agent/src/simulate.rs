@@ -126,11 +126,7 @@ fn synthetic_health(i: usize) -> HealthReport {
         cpu_usage_percent: 3.0,
         memory_total_bytes: 2 << 30,
         memory_used_bytes: 1 << 30,
-        disks: vec![DiskUsage {
-            mount_point: "/".into(),
-            total_bytes: 20 << 30,
-            available_bytes: 10 << 30,
-        }],
+        disks: vec![DiskUsage { mount_point: "/".into(), total_bytes: 20 << 30, available_bytes: 10 << 30 }],
         failed_units: Some(vec![]),
         volumes: vec![],
         agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -138,7 +134,8 @@ fn synthetic_health(i: usize) -> HealthReport {
         boot_id: None,
         booted_system: None,
         pending_system: None,
-        nix_store: None, addresses: vec![],
+        nix_store: None,
+        addresses: vec![],
     }
 }
 
@@ -208,10 +205,7 @@ impl SystemSwitcher for SimulatedSystem {
     }
 
     async fn reboot(&self) -> Result<(), SwitchError> {
-        Err(SwitchError::Spawn {
-            what: "a reboot".into(),
-            source: std::io::Error::new(std::io::ErrorKind::Unsupported, "a simulated machine does not reboot"),
-        })
+        Err(SwitchError::Spawn { what: "a reboot".into(), source: std::io::Error::new(std::io::ErrorKind::Unsupported, "a simulated machine does not reboot") })
     }
 }
 
@@ -248,8 +242,7 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
             Simulated::Succeed => Some(Arc::new(SimulatedSystem { boot_id: format!("sim-boot-{i:05}"), ..Default::default() })),
             Simulated::Nix => None,
         };
-        let handle = crate::spawn_with(config, FixedHealth(synthetic_health(i)), Some(endpoint_of(i)), switcher)
-            .context("starting a simulated agent")?;
+        let handle = crate::spawn_with(config, FixedHealth(synthetic_health(i)), Some(endpoint_of(i)), switcher).context("starting a simulated agent")?;
         watch_generations(handle.status.clone(), times.clone());
         Ok::<_, anyhow::Error>(handle)
     };
@@ -303,8 +296,7 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
     // SIGUSR1 writes the report so far next to the ready file (its name
     // with `.snapshot` added): a benchmark takes one after its deployment
     // to count the reconnects the deployment caused.
-    let mut snapshot = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
-        .context("listening for SIGUSR1")?;
+    let mut snapshot = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).context("listening for SIGUSR1")?;
     let mut restarts = 0;
     let held = tokio::time::sleep(opts.hold);
     tokio::pin!(held);

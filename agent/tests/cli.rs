@@ -12,15 +12,8 @@ fn a_missing_ca_file_is_named_once_with_the_setting_to_fix() {
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("no-such-ca.pem");
     let state = dir.path().join("state");
-    let (ok, err) = agent(&[
-        "run",
-        "--coordinator",
-        "127.0.0.1:9",
-        "--ca-file",
-        missing.to_str().expect("utf-8"),
-        "--state-dir",
-        state.to_str().expect("utf-8"),
-    ]);
+    let (ok, err) =
+        agent(&["run", "--coordinator", "127.0.0.1:9", "--ca-file", missing.to_str().expect("utf-8"), "--state-dir", state.to_str().expect("utf-8")]);
     assert!(!ok);
     assert!(err.contains("--ca-file"), "{err}");
     assert_eq!(err.matches("no-such-ca.pem").count(), 1, "the path once: {err}");

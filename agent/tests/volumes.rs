@@ -393,7 +393,12 @@ async fn only_a_device_that_reads_as_never_written_is_formatted() {
     cases.push(("xfshead", xfs, "non-zero data at offset"));
 
     let luks = m.device("luks", 64 * MIB);
-    run("cryptsetup", &["luksFormat", "--type", "luks2", "--batch-mode", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", "-"], &luks, Some("secret"));
+    run(
+        "cryptsetup",
+        &["luksFormat", "--type", "luks2", "--batch-mode", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", "-"],
+        &luks,
+        Some("secret"),
+    );
     cases.push(("luks", luks, "crypto_LUKS"));
 
     let gpt = m.device("gpt", 64 * MIB);

@@ -185,15 +185,7 @@ struct Shared {
     broadcasts: Vec<Broadcast>,
 }
 
-async fn clients(
-    addr: SocketAddr,
-    dir: &Path,
-    count: usize,
-    ready_file: &Path,
-    timeout: Duration,
-    idle_timeout: Duration,
-    per_socket: usize,
-) -> Result<()> {
+async fn clients(addr: SocketAddr, dir: &Path, count: usize, ready_file: &Path, timeout: Duration, idle_timeout: Duration, per_socket: usize) -> Result<()> {
     if count == 0 {
         bail!("--count must be at least 1");
     }

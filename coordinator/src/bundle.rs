@@ -45,21 +45,13 @@ impl AdminBundle {
 
     pub fn load(path: &Path) -> Result<Self> {
         let meta = std::fs::metadata(path).with_context(|| {
-            format!(
-                "cannot read the admin bundle {}; pass --admin-bundle FILE, set DROVER_ADMIN_BUNDLE, or --state-dir of the coordinator",
-                path.display()
-            )
+            format!("cannot read the admin bundle {}; pass --admin-bundle FILE, set DROVER_ADMIN_BUNDLE, or --state-dir of the coordinator", path.display())
         })?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            bail!(
-                "the admin bundle {} is readable by others (mode {mode:o}); run `chmod 600 {}`",
-                path.display(),
-                path.display()
-            );
+            bail!("the admin bundle {} is readable by others (mode {mode:o}); run `chmod 600 {}`", path.display(), path.display());
         }
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the admin bundle {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the admin bundle {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("{} is not a drover admin bundle", path.display()))
     }
 

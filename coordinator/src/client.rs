@@ -20,11 +20,7 @@ pub struct AdminClient {
 
 impl AdminClient {
     pub async fn connect(bundle: &AdminBundle) -> Result<Self> {
-        let config = drover_net::tls::client_config(
-            &bundle.ca_der()?,
-            Some((&bundle.cert_der()?, &bundle.key_der()?)),
-            Duration::from_secs(30),
-        )?;
+        let config = drover_net::tls::client_config(&bundle.ca_der()?, Some((&bundle.cert_der()?, &bundle.key_der()?)), Duration::from_secs(30))?;
         let endpoint = client_endpoint(bundle.coordinator)?;
         let conn = CoordinatorConnection::connect(
             &endpoint,
@@ -35,16 +31,8 @@ impl AdminClient {
             CONNECT_TIMEOUT,
         )
         .await
-        .with_context(|| {
-            format!(
-                "cannot reach the coordinator at {} as admin {}; is `drover serve` running?",
-                bundle.coordinator, bundle.name
-            )
-        })?;
-        Ok(AdminClient {
-            conn,
-            _endpoint: endpoint,
-        })
+        .with_context(|| format!("cannot reach the coordinator at {} as admin {}; is `drover serve` running?", bundle.coordinator, bundle.name))?;
+        Ok(AdminClient { conn, _endpoint: endpoint })
     }
 
     /// The protocol version agreed with the coordinator.

@@ -539,14 +539,12 @@ impl S3Config {
     pub fn admin_token(&self) -> Result<String> {
         use std::os::unix::fs::PermissionsExt;
         let path = &self.admin_token_file;
-        let meta = std::fs::metadata(path)
-            .with_context(|| format!("cannot read s3.admin_token_file {}", path.display()))?;
+        let meta = std::fs::metadata(path).with_context(|| format!("cannot read s3.admin_token_file {}", path.display()))?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             bail!("s3.admin_token_file {} is readable by others (mode {mode:o}); run `chmod 600 {}`", path.display(), path.display());
         }
-        let token = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read s3.admin_token_file {}", path.display()))?;
+        let token = std::fs::read_to_string(path).with_context(|| format!("cannot read s3.admin_token_file {}", path.display()))?;
         let token = token.trim().to_string();
         if token.is_empty() {
             bail!("s3.admin_token_file {} is empty", path.display());
@@ -638,10 +636,8 @@ impl Config {
     /// it names (the S3 admin token) are not read, so that a configuration
     /// can be checked where it is built, before its secrets exist.
     pub fn load_checked(path: &Path, files: bool) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the configuration {}", path.display()))?;
-        let config: Config = toml::from_str(&text)
-            .with_context(|| format!("{} is not a valid drover configuration", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the configuration {}", path.display()))?;
+        let config: Config = toml::from_str(&text).with_context(|| format!("{} is not a valid drover configuration", path.display()))?;
         config.check_values().with_context(|| format!("in {}", path.display()))?;
         if files {
             if let Some(s3) = &config.s3 {

@@ -5,9 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use drover_protocol::v1::{
-    Access, Assignment, DeployStep, DeploySpec, DeploymentReport, DeploymentState, HealthCheck, SystemSpec,
-};
+use drover_protocol::v1::{Access, Assignment, DeploySpec, DeployStep, DeploymentReport, DeploymentState, HealthCheck, SystemSpec};
 
 use drover_protocol::text::tail;
 
@@ -31,16 +29,11 @@ pub const DEFAULT_HEALTH_DEADLINE: Duration = Duration::from_secs(60);
 
 /// A secret name: 1-128 of letters, digits, `.`, `_`, `-`, not starting with `.`.
 pub fn check_secret_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    let ok = !name.is_empty() && name.len() <= 128 && !name.starts_with('.') && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "secret name {name:?} is invalid: use 1-128 letters, digits, '.', '_' or '-', not starting with '.'"
-        ))
+        Err(format!("secret name {name:?} is invalid: use 1-128 letters, digits, '.', '_' or '-', not starting with '.'"))
     }
 }
 
@@ -57,9 +50,7 @@ fn check_system(system: &SystemSpec) -> Result<(), String> {
         SystemSpec::Closure { store_path, substituters, trusted_public_keys } => {
             let name = store_path.strip_prefix("/nix/store/").unwrap_or("");
             if name.is_empty() || name.contains('/') || name.len() < 33 {
-                return Err(format!(
-                    "{store_path:?} is not a store path; --closure takes /nix/store/<hash>-<name>"
-                ));
+                return Err(format!("{store_path:?} is not a store path; --closure takes /nix/store/<hash>-<name>"));
             }
             if substituters.is_empty() {
                 return Err("--closure needs at least one --substituter (the binary cache to fetch it from)".into());
@@ -74,19 +65,13 @@ fn check_system(system: &SystemSpec) -> Result<(), String> {
 
 fn check_check(check: &HealthCheck) -> Result<(), String> {
     match check {
-        HealthCheck::Unit { name } if name.is_empty() || name.contains('/') => {
-            Err(format!("unit check {name:?} needs a unit name, e.g. unit:nginx.service"))
-        }
+        HealthCheck::Unit { name } if name.is_empty() || name.contains('/') => Err(format!("unit check {name:?} needs a unit name, e.g. unit:nginx.service")),
         HealthCheck::Http { url } if !(url.starts_with("http://") || url.starts_with("https://")) => {
             Err(format!("http check {url:?} needs an http:// or https:// URL"))
         }
-        HealthCheck::Tcp { host, port } if host.is_empty() || *port == 0 => {
-            Err("tcp check needs tcp:HOST:PORT".into())
-        }
+        HealthCheck::Tcp { host, port } if host.is_empty() || *port == 0 => Err("tcp check needs tcp:HOST:PORT".into()),
         HealthCheck::S3 { bucket } => crate::s3::check_bucket_name(bucket).map_err(|e| format!("s3 check: {e}")),
-        HealthCheck::File { path, .. } if !path.starts_with('/') || path.len() > 4096 => {
-            Err(format!("file check {path:?}: the path must be absolute"))
-        }
+        HealthCheck::File { path, .. } if !path.starts_with('/') || path.len() > 4096 => Err(format!("file check {path:?}: the path must be absolute")),
         HealthCheck::File { sha256: Some(d), .. } if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) => {
             Err(format!("file check: {d:?} is not a SHA-256 (64 hex digits)"))
         }
@@ -196,9 +181,7 @@ pub fn changes(before: Option<&Assignment>, after: &Assignment) -> Vec<String> {
         match old_secrets.iter().find(|o| o.name == s.name) {
             None => out.push(format!("secret added: {}", s.name)),
             Some(o) if o.value.expose() != s.value.expose() => out.push(format!("secret changed: {}", s.name)),
-            Some(o) if (o.mode, &o.owner, &o.group) != (s.mode, &s.owner, &s.group) => {
-                out.push(format!("secret mode or owner changed: {}", s.name))
-            }
+            Some(o) if (o.mode, &o.owner, &o.group) != (s.mode, &s.owner, &s.group) => out.push(format!("secret mode or owner changed: {}", s.name)),
             Some(_) => {}
         }
     }
@@ -263,13 +246,7 @@ fn pending_deployment(assignment: &Assignment, machine: &MachineRecord, now: Uni
 /// The assignment and the fresh deployment record of one machine, with what
 /// the coordinator adds for it (its tenant's facts and password, its SSH
 /// access).
-pub fn build(
-    spec: &DeploySpec,
-    machine: &MachineRecord,
-    generation: u64,
-    now: UnixMillis,
-    extras: &Extras,
-) -> (AssignmentRecord, DeploymentRecord) {
+pub fn build(spec: &DeploySpec, machine: &MachineRecord, generation: u64, now: UnixMillis, extras: &Extras) -> (AssignmentRecord, DeploymentRecord) {
     let mut facts = spec.facts.clone();
     facts.extend(extras.facts.clone());
     let mut secrets = spec.secrets.clone();
@@ -288,18 +265,14 @@ pub fn build(
         reboot: spec.reboot,
     };
     let deployment = pending_deployment(&assignment, machine, now);
-    (
-        AssignmentRecord { machine_id: machine.id.clone(), created_at: now, assignment, access: extras.access.clone() },
-        deployment,
-    )
+    (AssignmentRecord { machine_id: machine.id.clone(), created_at: now, assignment, access: extras.access.clone() }, deployment)
 }
 
 /// Puts the machine's volumes into an assignment, and their mount points
 /// into its facts (`volume.NAME.mount`), replacing what an earlier
 /// generation said about volumes.
 pub fn with_volumes(assignment: &mut Assignment, volumes: &[drover_protocol::v1::VolumeMount]) {
-    let mut facts: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&assignment.facts_json).unwrap_or_default();
+    let mut facts: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&assignment.facts_json).unwrap_or_default();
     facts.retain(|k, _| !k.starts_with("volume."));
     for v in volumes {
         facts.insert(format!("volume.{}.mount", v.name), v.mount_point.clone().into());
@@ -310,15 +283,8 @@ pub fn with_volumes(assignment: &mut Assignment, volumes: &[drover_protocol::v1:
 
 /// A new generation that repeats an earlier assignment (a revert), with the
 /// SSH access of today: a key removed since does not come back.
-pub fn rebuild(
-    previous: &Assignment,
-    machine: &MachineRecord,
-    generation: u64,
-    now: UnixMillis,
-    access: &Access,
-) -> (AssignmentRecord, DeploymentRecord) {
-    let mut facts: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&previous.facts_json).unwrap_or_default();
+pub fn rebuild(previous: &Assignment, machine: &MachineRecord, generation: u64, now: UnixMillis, access: &Access) -> (AssignmentRecord, DeploymentRecord) {
+    let mut facts: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&previous.facts_json).unwrap_or_default();
     facts.insert("generation".into(), generation.into());
     let assignment = Assignment {
         generation,
@@ -328,10 +294,7 @@ pub fn rebuild(
         ..previous.clone()
     };
     let deployment = pending_deployment(&assignment, machine, now);
-    (
-        AssignmentRecord { machine_id: machine.id.clone(), created_at: now, assignment, access: access.clone() },
-        deployment,
-    )
+    (AssignmentRecord { machine_id: machine.id.clone(), created_at: now, assignment, access: access.clone() }, deployment)
 }
 
 /// Whether a step ends a deployment on its machine (and changes the
@@ -341,13 +304,7 @@ pub fn is_outcome(step: DeployStep) -> bool {
 }
 
 /// Folds a progress report into the deployment and its machine.
-pub fn apply_report(
-    deployment: &mut DeploymentRecord,
-    machine: &mut MachineRecord,
-    report: &DeploymentReport,
-    now: UnixMillis,
-    max_steps: usize,
-) {
+pub fn apply_report(deployment: &mut DeploymentRecord, machine: &mut MachineRecord, report: &DeploymentReport, now: UnixMillis, max_steps: usize) {
     let used: usize = deployment.steps.iter().map(|s| s.message.len()).sum();
     let room = if used >= STEP_BYTES { SHORT_MESSAGE } else { MAX_MESSAGE };
     let step = StepRecord { step: report.step, at: now, message: tail(&report.message, room) };
@@ -411,9 +368,7 @@ pub fn parse_check(arg: &str) -> Result<HealthCheck, String> {
         return Ok(HealthCheck::Http { url: arg.to_string() });
     }
     if let Some(rest) = arg.strip_prefix("tcp:") {
-        let (host, port) = rest
-            .rsplit_once(':')
-            .ok_or_else(|| format!("--check {arg:?}: expected tcp:HOST:PORT"))?;
+        let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("--check {arg:?}: expected tcp:HOST:PORT"))?;
         let port = port.parse().map_err(|_| format!("--check {arg:?}: bad port"))?;
         return Ok(HealthCheck::Tcp { host: host.trim_matches(['[', ']']).to_string(), port });
     }
@@ -427,9 +382,22 @@ mod tests {
 
     fn test_machine() -> MachineRecord {
         MachineRecord {
-            id: "m-1".into(), hostname: "h".into(), labels: Default::default(), token_id: "t".into(),
-            enrolled_at: 0, revoked_at: None, cert_serial: "s".into(), cert_not_after: 0, previous_cert: None,
-            last_seen: None, health: None, desired_generation: 0, current_generation: None, current_system: None, enrolled_key: None, volumes: vec![],
+            id: "m-1".into(),
+            hostname: "h".into(),
+            labels: Default::default(),
+            token_id: "t".into(),
+            enrolled_at: 0,
+            revoked_at: None,
+            cert_serial: "s".into(),
+            cert_not_after: 0,
+            previous_cert: None,
+            last_seen: None,
+            health: None,
+            desired_generation: 0,
+            current_generation: None,
+            current_system: None,
+            enrolled_key: None,
+            volumes: vec![],
         }
     }
 
@@ -456,7 +424,11 @@ mod tests {
             checks: vec![HealthCheck::Tcp { host: "127.0.0.1".into(), port: 22 }],
             health_deadline_ms: 1000,
             buckets: Vec::new(),
-            volumes: Vec::new(), goal: Default::default(), force_switch: false, override_rollout: false, reboot: false,
+            volumes: Vec::new(),
+            goal: Default::default(),
+            force_switch: false,
+            override_rollout: false,
+            reboot: false,
         }
     }
 
@@ -469,7 +441,12 @@ mod tests {
             (Box::new(|s| s.selector = [("a".to_string(), "b".to_string())].into()), "not both"),
             (Box::new(|s| s.secrets[0].name = "../etc/passwd".into()), "secret name"),
             (Box::new(|s| s.secrets.push(s.secrets[0].clone())), "twice"),
-            (Box::new(|s| s.system = SystemSpec::Closure { store_path: "/tmp/x".into(), substituters: vec!["x".into()], trusted_public_keys: vec!["k".into()] }), "not a store path"),
+            (
+                Box::new(|s| {
+                    s.system = SystemSpec::Closure { store_path: "/tmp/x".into(), substituters: vec!["x".into()], trusted_public_keys: vec!["k".into()] }
+                }),
+                "not a store path",
+            ),
             (Box::new(|s| s.checks = vec![HealthCheck::Http { url: "ftp://x".into() }]), "http://"),
             (Box::new(|s| s.health_deadline_ms = 0), "--health-deadline"),
         ];
@@ -508,7 +485,12 @@ mod tests {
         assert_eq!(d.secret_names, vec!["db"]);
         let mut m = machine.clone();
         let report = |step, path: Option<&str>| DeploymentReport {
-            generation: 1, step, message: "m".into(), output_tail: "x".repeat(MAX_OUTPUT_TAIL + 10), system_path: path.map(String::from), volumes: vec![],
+            generation: 1,
+            step,
+            message: "m".into(),
+            output_tail: "x".repeat(MAX_OUTPUT_TAIL + 10),
+            system_path: path.map(String::from),
+            volumes: vec![],
         };
         apply_report(&mut d, &mut m, &report(DeployStep::Switching, None), 11, 100);
         assert_eq!(d.state, DeploymentState::Applying);

@@ -16,12 +16,12 @@ use anyhow::{bail, Context, Result};
 use drover_net::identity::{self, Subject};
 use drover_protocol::v1::Role;
 
+use crate::app::machines::{check_admin_name, ADMIN_CERT_LIFETIME};
+use crate::app::{now_ms, DB_DIR};
 use crate::bundle::{AdminBundle, DEFAULT_BUNDLE_FILE};
 use crate::config::{Config, CONFIG_FILE};
 use crate::model::AdminRecord;
 use crate::pki::{self, Ca};
-use crate::app::machines::{check_admin_name, ADMIN_CERT_LIFETIME};
-use crate::app::{now_ms, DB_DIR};
 use crate::store::Store;
 
 pub struct InitOptions {
@@ -51,9 +51,7 @@ pub fn init(opts: InitOptions) -> Result<InitOutcome> {
     check_admin_name(&opts.admin_name).map_err(anyhow::Error::msg)?;
     let state_dir = absolute(&opts.state_dir)?;
     if state_dir.exists() {
-        let empty = fs::read_dir(&state_dir)
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(false);
+        let empty = fs::read_dir(&state_dir).map(|mut d| d.next().is_none()).unwrap_or(false);
         if !empty {
             bail!(
                 "{} already exists and is not empty; refusing to overwrite a state directory (choose another --state-dir or remove it yourself)",
@@ -95,19 +93,14 @@ pub fn init(opts: InitOptions) -> Result<InitOutcome> {
             if state_dir.exists() {
                 fs::remove_dir(&state_dir).with_context(|| format!("replacing the empty {}", state_dir.display()))?;
             }
-            fs::rename(&tmp, &state_dir)
-                .with_context(|| format!("moving the new state into {}", state_dir.display()))?;
+            fs::rename(&tmp, &state_dir).with_context(|| format!("moving the new state into {}", state_dir.display()))?;
         }
         Err(e) => {
             let _ = fs::remove_dir_all(&tmp);
             return Err(e);
         }
     }
-    Ok(InitOutcome {
-        config_path: state_dir.join(CONFIG_FILE),
-        bundle_path: state_dir.join(DEFAULT_BUNDLE_FILE),
-        config,
-    })
+    Ok(InitOutcome { config_path: state_dir.join(CONFIG_FILE), bundle_path: state_dir.join(DEFAULT_BUNDLE_FILE), config })
 }
 
 fn build(dir: &Path, config: &Config, admin_name: &str) -> Result<()> {
@@ -118,11 +111,7 @@ fn build(dir: &Path, config: &Config, admin_name: &str) -> Result<()> {
     identity::write_atomic(&dir.join(pki::CA_CERT_FILE), ca_pem.as_bytes(), 0o644)?;
     identity::write_atomic(&dir.join(pki::CA_KEY_FILE), ca_key_pem.as_bytes(), 0o600)?;
     let (server_der, server_key_pem) = ca.server_certificate(&config.server_names)?;
-    identity::write_atomic(
-        &dir.join(pki::SERVER_CERT_FILE),
-        identity::cert_pem(&server_der).as_bytes(),
-        0o644,
-    )?;
+    identity::write_atomic(&dir.join(pki::SERVER_CERT_FILE), identity::cert_pem(&server_der).as_bytes(), 0o644)?;
     identity::write_atomic(&dir.join(pki::SERVER_KEY_FILE), server_key_pem.as_bytes(), 0o600)?;
     identity::write_atomic(&dir.join(CONFIG_FILE), config.to_toml().as_bytes(), 0o600)?;
 
@@ -131,13 +120,8 @@ fn build(dir: &Path, config: &Config, admin_name: &str) -> Result<()> {
     let issued = ca.sign_client(&csr, &Subject::Admin(admin_name.to_string()), ADMIN_CERT_LIFETIME)?;
     {
         let store = Store::open(&dir.join(DB_DIR))?;
-        let admin = AdminRecord {
-            name: admin_name.to_string(),
-            role: Role::Admin,
-            created_at: now_ms(),
-            serials: vec![issued.serial.clone()],
-            ssh_keys: Vec::new(),
-        };
+        let admin =
+            AdminRecord { name: admin_name.to_string(), role: Role::Admin, created_at: now_ms(), serials: vec![issued.serial.clone()], ssh_keys: Vec::new() };
         store.commit_blocking(|tx| tx.insert_new(admin.name.as_bytes(), &admin, || "admin exists".to_string()))?;
     }
     AdminBundle {

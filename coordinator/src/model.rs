@@ -48,8 +48,7 @@ pub struct MachineRecord {
 impl MachineRecord {
     /// Whether a certificate with this serial may still act for the machine.
     pub fn holds_serial(&self, serial: &str, now: UnixMillis) -> bool {
-        self.cert_serial == serial
-            || matches!(&self.previous_cert, Some((s, not_after)) if s == serial && *not_after > now)
+        self.cert_serial == serial || matches!(&self.previous_cert, Some((s, not_after)) if s == serial && *not_after > now)
     }
 }
 
@@ -100,12 +99,20 @@ const MAX_LOAD: f64 = 1e6;
 
 /// A load average as a machine can have one: finite, 0 to [`MAX_LOAD`].
 fn finite64(x: f64) -> f64 {
-    if x.is_finite() { x.clamp(0.0, MAX_LOAD) } else { 0.0 }
+    if x.is_finite() {
+        x.clamp(0.0, MAX_LOAD)
+    } else {
+        0.0
+    }
 }
 
 /// A CPU usage as a percentage of all cores: finite, 0 to 100.
 fn finite32(x: f32) -> f32 {
-    if x.is_finite() { x.clamp(0.0, 100.0) } else { 0.0 }
+    if x.is_finite() {
+        x.clamp(0.0, 100.0)
+    } else {
+        0.0
+    }
 }
 
 /// Text from the network as it may be stored: without control characters,
@@ -152,9 +159,7 @@ impl HealthRecord {
             memory_total_bytes: report.memory_total_bytes,
             memory_used_bytes: report.memory_used_bytes,
             disks: report.disks.iter().take(MAX_REPORTED_ITEMS).map(DiskRecord::from_wire).collect(),
-            failed_units: report
-                .failed_units
-                .map(|units| units.iter().take(MAX_REPORTED_ITEMS).map(|u| clean_text(u, 256)).collect()),
+            failed_units: report.failed_units.map(|units| units.iter().take(MAX_REPORTED_ITEMS).map(|u| clean_text(u, 256)).collect()),
             agent_version: clean_text(&report.agent_version, 128),
             system_path: report.system_path.as_deref().map(text),
             volumes: report.volumes.iter().take(MAX_REPORTED_ITEMS).map(clean_volume_state).collect(),
@@ -192,11 +197,7 @@ impl HealthRecord {
 
 impl DiskRecord {
     fn from_wire(d: &v1::DiskUsage) -> Self {
-        DiskRecord {
-            mount_point: clean_text(&d.mount_point, MAX_REPORTED_TEXT),
-            total_bytes: d.total_bytes,
-            available_bytes: d.available_bytes,
-        }
+        DiskRecord { mount_point: clean_text(&d.mount_point, MAX_REPORTED_TEXT), total_bytes: d.total_bytes, available_bytes: d.available_bytes }
     }
 
     fn to_wire(&self) -> v1::DiskUsage {
@@ -349,11 +350,7 @@ pub struct TenantRecord {
 
 impl AdminRecord {
     pub fn to_wire(&self) -> v1::AdminInfo {
-        v1::AdminInfo {
-            name: self.name.clone(),
-            role: self.role,
-            created_at: self.created_at,
-        }
+        v1::AdminInfo { name: self.name.clone(), role: self.role, created_at: self.created_at }
     }
 }
 
@@ -415,8 +412,7 @@ impl DeploymentRecord {
             state: self.state,
             rolled_back: self.rolled_back,
             steps: {
-                let mut steps: Vec<v1::StepInfo> =
-                    self.steps.iter().map(|s| v1::StepInfo { step: s.step, at: s.at, message: s.message.clone() }).collect();
+                let mut steps: Vec<v1::StepInfo> = self.steps.iter().map(|s| v1::StepInfo { step: s.step, at: s.at, message: s.message.clone() }).collect();
                 if self.steps_dropped > 0 {
                     // Said where they were cut: before the last step kept.
                     let at = steps.len().saturating_sub(1);
@@ -490,13 +486,7 @@ pub struct AuditRecord {
 
 impl AuditRecord {
     pub fn to_wire(&self) -> v1::AuditEntry {
-        v1::AuditEntry {
-            at: self.at,
-            admin: self.admin.clone(),
-            action: self.action.clone(),
-            target: self.target.clone(),
-            outcome: self.outcome.clone(),
-        }
+        v1::AuditEntry { at: self.at, admin: self.admin.clone(), action: self.action.clone(), target: self.target.clone(), outcome: self.outcome.clone() }
     }
 }
 

@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 
@@ -64,11 +63,7 @@ impl Ca {
         dn.push(DnType::CommonName, format!("Drover fleet CA ({fleet_name})"));
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - BACKDATE;
         params.not_after = now + Duration::from_secs(20 * 365 * 24 * 3600);
@@ -93,8 +88,7 @@ impl Ca {
     pub fn load(state_dir: &Path) -> Result<Self> {
         let cert_der = identity::read_cert_pem(&state_dir.join(CA_CERT_FILE))?;
         let key = identity::read_key_pem(&state_dir.join(CA_KEY_FILE))?;
-        let issuer = Issuer::from_ca_cert_der(&cert_der.clone().into(), key)
-            .context("the fleet CA certificate cannot be used for signing")?;
+        let issuer = Issuer::from_ca_cert_der(&cert_der.clone().into(), key).context("the fleet CA certificate cannot be used for signing")?;
         Ok(Ca { cert_der, issuer })
     }
 
@@ -109,11 +103,7 @@ impl Ca {
         for name in names {
             params.subject_alt_names.push(match name.parse::<IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(
-                    name.clone()
-                        .try_into()
-                        .with_context(|| format!("{name:?} is not a valid DNS name"))?,
-                ),
+                Err(_) => SanType::DnsName(name.clone().try_into().with_context(|| format!("{name:?} is not a valid DNS name"))?),
             });
         }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -123,9 +113,7 @@ impl Ca {
         params.not_after = now + Duration::from_secs(5 * 365 * 24 * 3600);
         params.serial_number = Some(random_serial().0);
         params.use_authority_key_identifier_extension = true;
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .context("signing the server certificate")?;
+        let cert = params.signed_by(&key, &self.issuer).context("signing the server certificate")?;
         Ok((cert.der().to_vec(), key.serialize_pem()))
     }
 
@@ -136,19 +124,12 @@ impl Ca {
     pub fn csr_key_fingerprint(csr_der: &[u8]) -> Result<String, SignError> {
         use rcgen::PublicKeyData;
         use sha2::Digest;
-        let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
-            .map_err(|e| SignError::BadCsr(e.to_string()))?;
+        let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into()).map_err(|e| SignError::BadCsr(e.to_string()))?;
         Ok(hex::encode(sha2::Sha256::digest(csr.public_key.subject_public_key_info())))
     }
 
-    pub fn sign_client(
-        &self,
-        csr_der: &[u8],
-        subject: &Subject,
-        lifetime: Duration,
-    ) -> Result<IssuedCertificate, SignError> {
-        let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
-            .map_err(|e| SignError::BadCsr(e.to_string()))?;
+    pub fn sign_client(&self, csr_der: &[u8], subject: &Subject, lifetime: Duration) -> Result<IssuedCertificate, SignError> {
+        let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into()).map_err(|e| SignError::BadCsr(e.to_string()))?;
         let (uri, cn) = match subject {
             Subject::Machine(id) => (format!("{MACHINE_URI_PREFIX}{id}"), id.clone()),
             Subject::Admin(name) => (format!("{ADMIN_URI_PREFIX}{name}"), name.clone()),
@@ -157,9 +138,7 @@ impl Ca {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, cn.clone());
         params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::URI(
-            uri.try_into().map_err(|e: rcgen::Error| SignError::Sign(e.to_string()))?,
-        )];
+        params.subject_alt_names = vec![SanType::URI(uri.try_into().map_err(|e: rcgen::Error| SignError::Sign(e.to_string()))?)];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let now = OffsetDateTime::now_utc();
@@ -168,9 +147,7 @@ impl Ca {
         let (serial, serial_hex) = random_serial();
         params.serial_number = Some(serial);
         params.use_authority_key_identifier_extension = true;
-        let cert = params
-            .signed_by(&csr.public_key, &self.issuer)
-            .map_err(|e| SignError::Sign(e.to_string()))?;
+        let cert = params.signed_by(&csr.public_key, &self.issuer).map_err(|e| SignError::Sign(e.to_string()))?;
         Ok(IssuedCertificate {
             subject: cn,
             certificate_der: cert.der().to_vec(),
@@ -192,9 +169,7 @@ mod tests {
         let key = identity::generate_key().expect("key");
         // The CSR asks to be an admin; the coordinator signs a machine.
         let csr = identity::csr_der(&key, "drover://admin/root").expect("csr");
-        let issued = ca
-            .sign_client(&csr, &Subject::Machine("m-1".into()), Duration::from_secs(60))
-            .expect("sign");
+        let issued = ca.sign_client(&csr, &Subject::Machine("m-1".into()), Duration::from_secs(60)).expect("sign");
         let peer = PeerCertificate::parse(&issued.certificate_der).expect("parse");
         assert_eq!(peer.subject, Subject::Machine("m-1".into()));
         assert_eq!(peer.serial, issued.serial);
@@ -208,12 +183,7 @@ mod tests {
         let mut csr = identity::csr_der(&key, "x").expect("csr");
         let n = csr.len();
         csr[n - 5] ^= 0x55;
-        assert!(matches!(
-            ca.sign_client(&csr, &Subject::Machine("m".into()), Duration::from_secs(60)),
-            Err(SignError::BadCsr(_))
-        ));
-        assert!(ca
-            .sign_client(b"garbage", &Subject::Machine("m".into()), Duration::from_secs(60))
-            .is_err());
+        assert!(matches!(ca.sign_client(&csr, &Subject::Machine("m".into()), Duration::from_secs(60)), Err(SignError::BadCsr(_))));
+        assert!(ca.sign_client(b"garbage", &Subject::Machine("m".into()), Duration::from_secs(60)).is_err());
     }
 }

@@ -30,18 +30,12 @@ pub fn matches(labels: &Labels, selector: &Labels) -> bool {
 /// Checks a label key and value: keys are 1–63 characters of letters,
 /// digits, `-`, `_`, `.` and `/`; values at most 253 printable characters.
 pub fn check_label(key: &str, value: &str) -> Result<(), String> {
-    let key_ok = !key.is_empty()
-        && key.len() <= 63
-        && key.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+    let key_ok = !key.is_empty() && key.len() <= 63 && key.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
     if !key_ok {
-        return Err(format!(
-            "label key {key:?} is invalid: use 1-63 letters, digits, '-', '_', '.' or '/'"
-        ));
+        return Err(format!("label key {key:?} is invalid: use 1-63 letters, digits, '-', '_', '.' or '/'"));
     }
     if value.len() > 253 || value.chars().any(|c| c.is_control()) {
-        return Err(format!(
-            "label value for {key:?} is invalid: at most 253 printable characters"
-        ));
+        return Err(format!("label value for {key:?} is invalid: at most 253 printable characters"));
     }
     Ok(())
 }

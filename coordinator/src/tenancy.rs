@@ -40,9 +40,7 @@ pub fn check_domain(domain: &str) -> Result<(), String> {
             && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
     };
     if domain.len() > 253 || labels.len() < 2 || !labels.iter().all(label_ok) {
-        return Err(format!(
-            "tenant domain {domain:?} is invalid: give the operator's DNS name in lower case, e.g. social.example.org"
-        ));
+        return Err(format!("tenant domain {domain:?} is invalid: give the operator's DNS name in lower case, e.g. social.example.org"));
     }
     Ok(())
 }
@@ -77,9 +75,7 @@ pub fn check_account(what: &str, name: &str) -> Result<(), String> {
     if first_ok && rest_ok && name.len() <= 32 {
         Ok(())
     } else {
-        Err(format!(
-            "{what} {name:?} is invalid: use a lower-case letter or '_', then up to 31 lower-case letters, digits, '_' or '-'"
-        ))
+        Err(format!("{what} {name:?} is invalid: use a lower-case letter or '_', then up to 31 lower-case letters, digits, '_' or '-'"))
     }
 }
 
@@ -106,32 +102,18 @@ pub fn parse_ssh_key(text: &str) -> Result<ParsedKey, String> {
     if text.contains("PRIVATE KEY") {
         return Err("this is a private key; give the public key (the .pub file)".into());
     }
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
     let line = match lines.as_slice() {
         [line] => *line,
         [] => return Err("the key file holds no public key; give a file such as ~/.ssh/id_ed25519.pub".into()),
         _ => return Err(format!("the key file holds {} keys; add them one at a time", lines.len())),
     };
-    let key = ssh_key::PublicKey::from_openssh(line).map_err(|e| {
-        format!("not an OpenSSH public key ({e}); give one line like `ssh-ed25519 AAAA... you@host`, without options")
-    })?;
-    let comment: String = key
-        .comment()
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(128)
-        .collect();
+    let key = ssh_key::PublicKey::from_openssh(line)
+        .map_err(|e| format!("not an OpenSSH public key ({e}); give one line like `ssh-ed25519 AAAA... you@host`, without options"))?;
+    let comment: String = key.comment().chars().filter(|c| !c.is_control()).take(128).collect();
     let mut bare = key.clone();
     bare.set_comment("");
-    let canonical = bare
-        .to_openssh()
-        .map_err(|e| format!("cannot encode the key: {e}"))?
-        .trim()
-        .to_string();
+    let canonical = bare.to_openssh().map_err(|e| format!("cannot encode the key: {e}"))?.trim().to_string();
     Ok(ParsedKey {
         key: canonical,
         algorithm: key.algorithm().as_str().to_string(),
@@ -158,10 +140,7 @@ pub struct Extras {
 
 impl Directory {
     pub fn new(tenants: Vec<TenantRecord>, admins: Vec<AdminRecord>) -> Self {
-        Directory {
-            tenants: tenants.into_iter().map(|t| (t.domain.clone(), t)).collect(),
-            admins,
-        }
+        Directory { tenants: tenants.into_iter().map(|t| (t.domain.clone(), t)).collect(), admins }
     }
 
     /// The recorded tenant `machine` belongs to, if any.
@@ -179,18 +158,10 @@ impl Directory {
                 continue;
             }
             for k in &admin.ssh_keys {
-                by_login
-                    .entry(k.login.as_str())
-                    .or_default()
-                    .insert(format!("{} drover-admin:{}", k.key, admin.name));
+                by_login.entry(k.login.as_str()).or_default().insert(format!("{} drover-admin:{}", k.key, admin.name));
             }
         }
-        Access {
-            authorized_keys: by_login
-                .into_iter()
-                .map(|(login, keys)| LoginKeys { login: login.to_string(), keys: keys.into_iter().collect() })
-                .collect(),
-        }
+        Access { authorized_keys: by_login.into_iter().map(|(login, keys)| LoginKeys { login: login.to_string(), keys: keys.into_iter().collect() }).collect() }
     }
 
     /// The tenant facts, admin password and SSH access of `machine`.
@@ -224,10 +195,7 @@ impl Directory {
                 ));
             }
             if spec.secrets.iter().any(|s| s.name == ADMIN_PASSWORD_SECRET) {
-                return Err(format!(
-                    "secret {ADMIN_PASSWORD_SECRET:?} comes from tenant {} on machine {}; drop that --secret",
-                    t.domain, m.id
-                ));
+                return Err(format!("secret {ADMIN_PASSWORD_SECRET:?} comes from tenant {} on machine {}; drop that --secret", t.domain, m.id));
             }
         }
         Ok(())
@@ -344,23 +312,15 @@ mod tests {
                 admin("bob", Role::Operator, &[("root", "ssh-ed25519 BOB")]),
             ],
         );
-        let keys = |m: &MachineRecord| -> Vec<(String, Vec<String>)> {
-            directory.access(m).authorized_keys.into_iter().map(|l| (l.login, l.keys)).collect()
-        };
+        let keys = |m: &MachineRecord| -> Vec<(String, Vec<String>)> { directory.access(m).authorized_keys.into_iter().map(|l| (l.login, l.keys)).collect() };
         assert_eq!(
             keys(&machine("m-a", Some("a.example"))),
             vec![
                 ("deploy".to_string(), vec!["ssh-ed25519 ALICE2 drover-admin:alice".to_string()]),
-                (
-                    "root".to_string(),
-                    vec!["ssh-ed25519 ALICE drover-admin:alice".to_string(), "ssh-ed25519 ROOT drover-admin:root".to_string()]
-                ),
+                ("root".to_string(), vec!["ssh-ed25519 ALICE drover-admin:alice".to_string(), "ssh-ed25519 ROOT drover-admin:root".to_string()]),
             ]
         );
-        assert_eq!(
-            keys(&machine("m-b", Some("b.example"))),
-            vec![("root".to_string(), vec!["ssh-ed25519 ROOT drover-admin:root".to_string()])]
-        );
+        assert_eq!(keys(&machine("m-b", Some("b.example"))), vec![("root".to_string(), vec!["ssh-ed25519 ROOT drover-admin:root".to_string()])]);
         assert_eq!(keys(&machine("m-x", None)), keys(&machine("m-b", Some("b.example"))));
     }
 
@@ -391,7 +351,11 @@ mod tests {
             checks: vec![],
             health_deadline_ms: 1000,
             buckets: vec![],
-            volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false, reboot: false,
+            volumes: vec![],
+            goal: Default::default(),
+            force_switch: false,
+            override_rollout: false,
+            reboot: false,
         };
         let tenant_machine = [machine("m-a", Some("a.example"))];
         let e = directory.check_spec(&spec, &tenant_machine).expect_err("clash");

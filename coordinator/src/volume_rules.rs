@@ -53,9 +53,9 @@ pub fn same_resource(a: &str, b: &str) -> bool {
 /// another spelling.
 pub fn check_unique<'a>(name: &str, existing: impl IntoIterator<Item = &'a str>) -> Result<(), String> {
     match existing.into_iter().find(|e| *e != name && same_resource(e, name)) {
-        Some(other) => Err(format!(
-            "volume name {name:?} is the same block storage resource as volume {other:?} (names ignore case); use {other:?} or another name"
-        )),
+        Some(other) => {
+            Err(format!("volume name {name:?} is the same block storage resource as volume {other:?} (names ignore case); use {other:?} or another name"))
+        }
         None => Ok(()),
     }
 }
@@ -65,12 +65,7 @@ pub fn check_unique<'a>(name: &str, existing: impl IntoIterator<Item = &'a str>)
 pub fn size_kib(bytes: u64, filesystem: Option<Filesystem>) -> Result<u64, String> {
     let size = |b: u64| bytesize::ByteSize::b(b).to_string();
     if !(MIN_VOLUME_BYTES..=MAX_VOLUME_BYTES).contains(&bytes) {
-        return Err(format!(
-            "volume size {} is out of range: use {} to {}",
-            size(bytes),
-            size(MIN_VOLUME_BYTES),
-            size(MAX_VOLUME_BYTES)
-        ));
+        return Err(format!("volume size {} is out of range: use {} to {}", size(bytes), size(MIN_VOLUME_BYTES), size(MAX_VOLUME_BYTES)));
     }
     if filesystem == Some(Filesystem::Xfs) && bytes < MIN_XFS_BYTES {
         return Err(format!("an xfs volume needs at least {} (mkfs.xfs refuses smaller ones); asked {}", size(MIN_XFS_BYTES), size(bytes)));
@@ -82,10 +77,8 @@ pub fn size_kib(bytes: u64, filesystem: Option<Filesystem>) -> Result<u64, Strin
 /// the NixOS store and system, kernel and runtime filesystems, root's home,
 /// temporary directories (systemd-tmpfiles deletes old files there) and
 /// the system's logs.
-pub const SYSTEM_TREES: [&str; 16] = [
-    "/boot", "/bin", "/dev", "/etc", "/lib", "/lib64", "/nix", "/proc", "/root", "/run", "/sbin", "/sys", "/tmp", "/usr", "/var/log",
-    "/var/tmp",
-];
+pub const SYSTEM_TREES: [&str; 16] =
+    ["/boot", "/bin", "/dev", "/etc", "/lib", "/lib64", "/nix", "/proc", "/root", "/run", "/sbin", "/sys", "/tmp", "/usr", "/var/log", "/var/tmp"];
 
 /// Directories that hold other directories' data: refused themselves (a
 /// volume there would hide all of them), allowed below.
@@ -177,9 +170,37 @@ mod tests {
             check_mount_point(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
         for bad in [
-            "srv", "/", "/nix/store", "/nix", "/etc", "/etc/ssh", "/srv/../etc", "/srv//x", "/srv/", "/a\nb", "/var/lib", "/var/lib/nixos",
-            "/var/lib/systemd/x", "/root", "/root/data", "/home", "/tmp", "/tmp/x", "/var/tmp/x", "/boot/efi", "/usr/local", "/run/x", "/proc/x",
-            "/sys", "/dev/x", "/var", "/var/log", "/var/log/journal", "/home/alice/.ssh", "/var/lib/drover-agent", "/srv",
+            "srv",
+            "/",
+            "/nix/store",
+            "/nix",
+            "/etc",
+            "/etc/ssh",
+            "/srv/../etc",
+            "/srv//x",
+            "/srv/",
+            "/a\nb",
+            "/var/lib",
+            "/var/lib/nixos",
+            "/var/lib/systemd/x",
+            "/root",
+            "/root/data",
+            "/home",
+            "/tmp",
+            "/tmp/x",
+            "/var/tmp/x",
+            "/boot/efi",
+            "/usr/local",
+            "/run/x",
+            "/proc/x",
+            "/sys",
+            "/dev/x",
+            "/var",
+            "/var/log",
+            "/var/log/journal",
+            "/home/alice/.ssh",
+            "/var/lib/drover-agent",
+            "/srv",
         ] {
             assert!(check_mount_point(bad).is_err(), "{bad:?}");
         }

@@ -126,12 +126,7 @@ fn read_crate(name: &str) -> Crate {
 
 /// A circle in the graph, if there is one.
 fn circle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
-    fn visit(
-        node: &str,
-        graph: &BTreeMap<String, BTreeSet<String>>,
-        stack: &mut Vec<String>,
-        done: &mut BTreeSet<String>,
-    ) -> Option<Vec<String>> {
+    fn visit(node: &str, graph: &BTreeMap<String, BTreeSet<String>>, stack: &mut Vec<String>, done: &mut BTreeSet<String>) -> Option<Vec<String>> {
         if let Some(pos) = stack.iter().position(|n| n == node) {
             let mut c = stack[pos..].to_vec();
             c.push(node.to_string());

@@ -31,11 +31,7 @@ use drover_protocol::ErrorCode;
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the coordinator's status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).expect("VmRSS")
 }
 
 /// Raises this process's open-file limit to its hard limit (the attackers
@@ -147,9 +143,9 @@ async fn one_machine_opening_five_thousand_connections_keeps_two_and_locks_no_on
     let mut held = Vec::new();
     let mut replaced = 0;
     for batch in 0..100 {
-        let opened = futures_util::future::join_all((0..50).map(|_| {
-            CoordinatorConnection::connect(&endpoint, config.clone(), fleet.addr, "127.0.0.1", "attack-test", Duration::from_secs(20))
-        }))
+        let opened = futures_util::future::join_all(
+            (0..50).map(|_| CoordinatorConnection::connect(&endpoint, config.clone(), fleet.addr, "127.0.0.1", "attack-test", Duration::from_secs(20))),
+        )
         .await;
         for conn in opened {
             match conn {
@@ -179,12 +175,16 @@ async fn a_hundred_oversized_report_batches_leave_deployments_readable_and_the_r
     let fleet = TestCoordinator::start().await;
     let (token, _) = fleet.token(1, &[("role", "web")]).await;
     let (issued, key) = enroll_raw(&fleet, &token, "vm1").await;
-    let AdminResponse::Deployed(_) = fleet.call(AdminRequest::Deploy(common::deploy_to_role("web", SystemSpec::Flake { uri: "path:/x".into(), attribute: "y".into() }))).await else {
+    let AdminResponse::Deployed(_) =
+        fleet.call(AdminRequest::Deploy(common::deploy_to_role("web", SystemSpec::Flake { uri: "path:/x".into(), attribute: "y".into() }))).await
+    else {
         panic!("deploy")
     };
     let db_size = || -> u64 {
         fn walk(p: &std::path::Path) -> u64 {
-            std::fs::read_dir(p).map(|d| d.flatten().map(|e| if e.path().is_dir() { walk(&e.path()) } else { e.metadata().map(|m| m.len()).unwrap_or(0) }).sum()).unwrap_or(0)
+            std::fs::read_dir(p)
+                .map(|d| d.flatten().map(|e| if e.path().is_dir() { walk(&e.path()) } else { e.metadata().map(|m| m.len()).unwrap_or(0) }).sum())
+                .unwrap_or(0)
         }
         walk(&fleet.state_dir.join("db"))
     };
@@ -241,7 +241,8 @@ async fn a_hundred_thousand_refused_requests_from_a_viewer_evict_no_admin_action
         let (ok, _, err) = drover_json(&fleet, &["tokens", "create", "--uses", &format!("{}", i + 1)]);
         assert!(ok, "{err}");
     }
-    let viewer = drover_coordinator::client::AdminClient::connect(&drover_coordinator::bundle::AdminBundle::load(&vera).expect("bundle")).await.expect("viewer");
+    let viewer =
+        drover_coordinator::client::AdminClient::connect(&drover_coordinator::bundle::AdminBundle::load(&vera).expect("bundle")).await.expect("viewer");
     let viewer = Arc::new(viewer);
     const REFUSED: usize = 105_000;
     let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -311,7 +312,8 @@ async fn a_removed_admins_open_connection_is_refused_at_its_next_request() {
         let e = client.call(AdminRequest::WhoAmI).await.expect_err("the old certificate is refused");
         assert_eq!(e.code(), Some(ErrorCode::Unauthenticated), "{e}");
     }
-    let current = drover_coordinator::client::AdminClient::connect(&drover_coordinator::bundle::AdminBundle::load(&new).expect("bundle")).await.expect("connect");
+    let current =
+        drover_coordinator::client::AdminClient::connect(&drover_coordinator::bundle::AdminBundle::load(&new).expect("bundle")).await.expect("connect");
     let AdminResponse::Identity(me) = current.call(AdminRequest::WhoAmI).await.expect("whoami") else { panic!("identity") };
     assert_eq!(me.role, Role::Admin, "the new certificate has the new role");
 }
@@ -340,13 +342,10 @@ async fn three_thousand_slow_metrics_clients_leave_metrics_and_backups_working()
     for _ in 0..3_000 {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket.bind("127.0.0.2:0".parse().expect("addr")).expect("bind");
-        match tokio::time::timeout(Duration::from_secs(5), socket.connect(metrics)).await {
-            Ok(Ok(mut stream)) => {
-                use tokio::io::AsyncWriteExt;
-                let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await;
-                slow.push(stream);
-            }
-            _ => {}
+        if let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_secs(5), socket.connect(metrics)).await {
+            use tokio::io::AsyncWriteExt;
+            let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await;
+            slow.push(stream);
         }
     }
     assert!(slow.len() > 1_000, "the slow clients connected: {}", slow.len());

@@ -15,11 +15,7 @@ use common::{drover_json, eventually, until_reported, Options, Serving, TestCoor
 use drover_protocol::v1::*;
 
 fn drover(args: &[&str], bundle: &Path) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
-        .args(args)
-        .env("DROVER_ADMIN_BUNDLE", bundle)
-        .output()
-        .expect("run drover")
+    std::process::Command::new(env!("CARGO_BIN_EXE_drover")).args(args).env("DROVER_ADMIN_BUNDLE", bundle).output().expect("run drover")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,11 +296,7 @@ async fn a_damaged_store_is_refused_with_the_way_back_instead_of_serving_an_empt
         bytes[i] ^= 0x5A;
     }
     std::fs::write(&data, &bytes).expect("damage it");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
-        .args(["serve", "--state-dir"])
-        .arg(&fleet.state_dir)
-        .output()
-        .expect("run drover serve");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover")).args(["serve", "--state-dir"]).arg(&fleet.state_dir).output().expect("run drover serve");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a damaged store does not serve: {stderr}");
     assert!(stderr.contains("damaged") && stderr.contains("drover restore"), "{stderr}");

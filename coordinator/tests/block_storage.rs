@@ -108,10 +108,7 @@ async fn contract(b: &dyn BlockStorage, double: &LinstorDouble) {
     assert!(b.volume("data").await.expect("v").expect("v").replica("stor1").is_some());
 
     // Spawned from a resource group.
-    let spawned = b
-        .create(&VolumeSpec { name: "db".into(), size_kib: 32 * MIB, replicas: 1, resource_group: Some("rg-db".into()) })
-        .await
-        .expect("spawn");
+    let spawned = b.create(&VolumeSpec { name: "db".into(), size_kib: 32 * MIB, replicas: 1, resource_group: Some("rg-db".into()) }).await.expect("spawn");
     assert_eq!(spawned.volume.replicas.len(), 2, "the group places two replicas");
     assert_eq!(spawned.volume.owner.as_deref(), Some(b.owner()), "a spawned volume carries this fleet's identity too");
 
@@ -195,7 +192,12 @@ async fn the_linstor_client_keeps_the_contract() {
     contract(&b, &double).await;
     ours_only(&b, &double).await;
     let log = double.log();
-    for call in ["POST /v1/resource-definitions", "POST /v1/resource-definitions/data/volume-definitions", "POST /v1/resource-definitions/data/autoplace", "POST /v1/resource-definitions/data/resources/vm-a/make-available"] {
+    for call in [
+        "POST /v1/resource-definitions",
+        "POST /v1/resource-definitions/data/volume-definitions",
+        "POST /v1/resource-definitions/data/autoplace",
+        "POST /v1/resource-definitions/data/resources/vm-a/make-available",
+    ] {
         assert!(log.iter().any(|l| l == call), "LINSTOR received {call}: {log:?}");
     }
 }

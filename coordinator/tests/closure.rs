@@ -61,14 +61,8 @@ impl Cache {
 
     /// Publishes a closure, signed (`cache`) or not (`unsigned`).
     fn publish(&self, path: &str, signed: bool) {
-        let to = if signed {
-            format!("{}?secret-key={}", self.url("cache"), self.dir.join("sk").display())
-        } else {
-            self.url("unsigned")
-        };
-        run(Command::new("nix")
-            .args(["--extra-experimental-features", "nix-command", "copy", "--to", &to, path])
-            .args(["--option", "substituters", ""]));
+        let to = if signed { format!("{}?secret-key={}", self.url("cache"), self.dir.join("sk").display()) } else { self.url("unsigned") };
+        run(Command::new("nix").args(["--extra-experimental-features", "nix-command", "copy", "--to", &to, path]).args(["--option", "substituters", ""]));
     }
 }
 
@@ -131,24 +125,27 @@ fn spawn_vm_with(
 
 fn fake_systemctl(dir: &Path) -> PathBuf {
     let path = dir.join("systemctl");
-    std::fs::write(&path, "#!/bin/sh\n[ \"$1\" = is-active ] || exit 2\ncase \"$2\" in up.service) echo active; exit 0;; *) echo inactive; exit 3;; esac\n").expect("write");
+    std::fs::write(&path, "#!/bin/sh\n[ \"$1\" = is-active ] || exit 2\ncase \"$2\" in up.service) echo active; exit 0;; *) echo inactive; exit 3;; esac\n")
+        .expect("write");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     path
 }
 
 fn closure(cache: &Cache, path: &str, from: &str) -> SystemSpec {
-    SystemSpec::Closure {
-        store_path: path.to_string(),
-        substituters: vec![cache.url(from)],
-        trusted_public_keys: vec![cache.public_key.clone()],
-    }
+    SystemSpec::Closure { store_path: path.to_string(), substituters: vec![cache.url(from)], trusted_public_keys: vec![cache.public_key.clone()] }
 }
 
 async fn deploy(fleet: &TestCoordinator, selector: &[(&str, &str)], system: SystemSpec, checks: Vec<HealthCheck>) -> Vec<DeployedTarget> {
     deploy_goal(fleet, selector, system, checks, SwitchGoal::Switch).await
 }
 
-async fn deploy_goal(fleet: &TestCoordinator, selector: &[(&str, &str)], system: SystemSpec, checks: Vec<HealthCheck>, goal: SwitchGoal) -> Vec<DeployedTarget> {
+async fn deploy_goal(
+    fleet: &TestCoordinator,
+    selector: &[(&str, &str)],
+    system: SystemSpec,
+    checks: Vec<HealthCheck>,
+    goal: SwitchGoal,
+) -> Vec<DeployedTarget> {
     let spec = DeploySpec {
         machine: None,
         selector: selector.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
@@ -157,7 +154,12 @@ async fn deploy_goal(fleet: &TestCoordinator, selector: &[(&str, &str)], system:
         facts: Default::default(),
         checks,
         health_deadline_ms: 1_500,
-        buckets: vec![], volumes: vec![], goal, force_switch: false, override_rollout: false, reboot: false,
+        buckets: vec![],
+        volumes: vec![],
+        goal,
+        force_switch: false,
+        override_rollout: false,
+        reboot: false,
     };
     match fleet.call(AdminRequest::Deploy(spec)).await {
         AdminResponse::Deployed(t) => t,
@@ -307,7 +309,12 @@ async fn unit_http_and_tcp_checks_gate_a_closure() {
 
 /// The success message of a finished deployment.
 fn outcome(d: &DeploymentInfo) -> String {
-    d.steps.iter().rev().find(|s| matches!(s.step, DeployStep::Succeeded | DeployStep::Failed | DeployStep::RolledBack)).map(|s| s.message.clone()).unwrap_or_default()
+    d.steps
+        .iter()
+        .rev()
+        .find(|s| matches!(s.step, DeployStep::Succeeded | DeployStep::Failed | DeployStep::RolledBack))
+        .map(|s| s.message.clone())
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,11 +326,8 @@ async fn switch_goals_inhibitors_and_failed_units_with_real_nix() {
     let later = cache.build("drover-goal-boot", "exit 0");
     let tried = cache.build("drover-goal-test", "exit 0");
     let dry = cache.build("drover-goal-dry", "exit 0");
-    let inhibited = cache.build_checked(
-        "drover-goal-inhibited",
-        "exit 0",
-        "echo \"Pre-switch check 'switchInhibitors' failed\"; echo 'Pre-switch checks failed'; exit 1",
-    );
+    let inhibited =
+        cache.build_checked("drover-goal-inhibited", "exit 0", "echo \"Pre-switch check 'switchInhibitors' failed\"; echo 'Pre-switch checks failed'; exit 1");
     let units_fail = cache.build("drover-goal-units", "echo 'warning: the following units failed: app.service, worker.service'; exit 4");
     for path in [&base, &later, &tried, &dry, &inhibited, &units_fail] {
         cache.publish(path, true);
@@ -478,7 +482,8 @@ async fn a_dry_run_over_three_machines_prints_their_changes_and_writes_nothing()
         volumes: vec![],
         goal: SwitchGoal::Boot,
         force_switch: false,
-        override_rollout: false, reboot: false,
+        override_rollout: false,
+        reboot: false,
     };
     let AdminResponse::DeployPlan(plan) = fleet.call(AdminRequest::DeployDryRun(spec.clone())).await else { panic!() };
     assert_eq!(plan.len(), 3);

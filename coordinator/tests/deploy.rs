@@ -21,7 +21,11 @@ fn spec_for(machine: &str, system: SystemSpec) -> DeploySpec {
         checks: vec![],
         health_deadline_ms: 2_000,
         buckets: vec![],
-        volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false, reboot: false,
+        volumes: vec![],
+        goal: Default::default(),
+        force_switch: false,
+        override_rollout: false,
+        reboot: false,
     }
 }
 
@@ -52,12 +56,7 @@ async fn finished(fleet: &TestCoordinator, id: &str) -> DeploymentInfo {
 }
 
 async fn online(agent: &mut AgentHandle) -> String {
-    agent
-        .wait_for(Duration::from_secs(15), |s| s.reports >= 1)
-        .await
-        .expect("agent online")
-        .machine_id
-        .expect("id")
+    agent.wait_for(Duration::from_secs(15), |s| s.reports >= 1).await.expect("agent online").machine_id.expect("id")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,7 +209,14 @@ async fn secrets_and_facts_reach_only_their_machine_and_stale_secrets_are_remove
     let answer = conn.request(&Request::Agent(AgentRequest::FetchAssignment)).await.expect("fetch");
     assert_eq!(answer, Response::Agent(AgentResponse::NoAssignment));
     // B cannot write into A's deployment history either.
-    let forged = AgentRequest::ReportDeployment(DeploymentReport { generation: 1, step: DeployStep::Failed, message: "forged".into(), output_tail: String::new(), system_path: None, volumes: vec![] });
+    let forged = AgentRequest::ReportDeployment(DeploymentReport {
+        generation: 1,
+        step: DeployStep::Failed,
+        message: "forged".into(),
+        output_tail: String::new(),
+        system_path: None,
+        volumes: vec![],
+    });
     let err = conn.request(&Request::Agent(forged)).await.expect_err("no deployment of B's");
     assert_eq!(err.code(), Some(drover_protocol::ErrorCode::NotFound));
     // Nor in a batch, and a batch is bounded: nothing of it is recorded.
@@ -235,7 +241,8 @@ async fn secrets_and_facts_reach_only_their_machine_and_stale_secrets_are_remove
     spec_b.secrets = vec![secret("b-only", "b-secret-value", 0o400)];
     let tb = deploy(&fleet, spec_b).await;
     assert_eq!(finished(&fleet, &tb[0].deployment_id).await.state, DeploymentState::Succeeded);
-    let Response::Agent(AgentResponse::Assignment { assignment: own, .. }) = conn.request(&Request::Agent(AgentRequest::FetchAssignment)).await.expect("fetch") else {
+    let Response::Agent(AgentResponse::Assignment { assignment: own, .. }) = conn.request(&Request::Agent(AgentRequest::FetchAssignment)).await.expect("fetch")
+    else {
         panic!("expected B's assignment");
     };
     assert_eq!(own.secrets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["b-only"]);
@@ -263,10 +270,7 @@ async fn a_connected_agent_starts_within_a_second_and_an_offline_one_applies_onl
     let id = online(&mut agent).await;
     let started = Instant::now();
     let t = deploy(&fleet, spec_for(&id, flake_spec(&flake, "good"))).await;
-    agent
-        .wait_for(Duration::from_secs(1), |s| s.applies >= 1)
-        .await
-        .expect("the agent starts applying within a second of the deploy");
+    agent.wait_for(Duration::from_secs(1), |s| s.applies >= 1).await.expect("the agent starts applying within a second of the deploy");
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(finished(&fleet, &t[0].deployment_id).await.state, DeploymentState::Succeeded);
     agent.stop().await.expect("stop");
@@ -304,8 +308,7 @@ async fn an_agent_killed_during_the_switch_returns_to_the_previous_system_after_
     let journal = fleet.dir.path().join("agents/vm1/apply.json");
     assert!(
         eventually(Duration::from_secs(10), || async {
-            std::fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"switching\""))
-                && vm.activations().last().map(String::as_str) == Some("slow")
+            std::fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"switching\"")) && vm.activations().last().map(String::as_str) == Some("slow")
         })
         .await,
         "the switch started"
@@ -336,10 +339,7 @@ async fn a_system_that_cuts_the_machine_off_is_rolled_back_by_the_agent_itself()
     // The new system "cuts the network": the coordinator is gone from the
     // moment it activates until well after the confirmation deadline.
     let t = deploy(&fleet, spec_for(&id, flake_spec(&flake, "cutoff"))).await;
-    assert!(
-        eventually(Duration::from_secs(10), || async { vm.activations().last().map(String::as_str) == Some("cutoff") }).await,
-        "the switch started"
-    );
+    assert!(eventually(Duration::from_secs(10), || async { vm.activations().last().map(String::as_str) == Some("cutoff") }).await, "the switch started");
     fleet.stop().await;
     let applied = fleet.dir.path().join("agents/vm1/applied.json");
     assert!(

@@ -62,11 +62,9 @@ impl Namespace {
         run("ip", &["addr", "add", &format!("{net}.3/24"), "dev", &host_if], None);
         run("ip", &["link", "set", &host_if, "up"], None);
         let inner_net = format!("{net}.2/24");
-        for cmd in [
-            ["addr", "add", inner_net.as_str(), "dev", inner_if.as_str()].as_slice(),
-            &["link", "set", inner_if.as_str(), "up"],
-            &["link", "set", "lo", "up"],
-        ] {
+        for cmd in
+            [["addr", "add", inner_net.as_str(), "dev", inner_if.as_str()].as_slice(), &["link", "set", inner_if.as_str(), "up"], &["link", "set", "lo", "up"]]
+        {
             let mut args = vec!["netns", "exec", name.as_str(), "ip"];
             args.extend_from_slice(cmd);
             run("ip", &args, None);
@@ -95,10 +93,7 @@ impl Namespace {
 
     /// Packets the rules of `table` dropped so far.
     fn dropped(&self, table: &str) -> u64 {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.name, "nft", "list", "table", "inet", table])
-            .output()
-            .expect("nft list");
+        let out = std::process::Command::new("ip").args(["netns", "exec", &self.name, "nft", "list", "table", "inet", table]).output().expect("nft list");
         let text = String::from_utf8_lossy(&out.stdout);
         text.split("packets ").skip(1).filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok()).sum()
     }
@@ -230,7 +225,8 @@ async fn machines(s: &Setup, count: usize) -> tokio::task::JoinHandle<anyhow::Re
         ready_file: None,
         stop: None,
     }));
-    let all = eventually(Duration::from_secs(300), || async { s.fleet.machines().await.iter().filter(|m| m.status == MachineStatus::Online).count() == count }).await;
+    let all =
+        eventually(Duration::from_secs(300), || async { s.fleet.machines().await.iter().filter(|m| m.status == MachineStatus::Online).count() == count }).await;
     assert!(all, "all {count} machines enrolled and online");
     run
 }
@@ -265,7 +261,10 @@ async fn a_deployment_to_100_machines_completes_with_10_percent_loss_each_way_an
     assert!(done, "every deployment succeeded: {:?}", states(&s).await);
     let dropped = s.ns.dropped("chaos");
     assert!(dropped > 100, "packets were lost on the way ({dropped})");
-    eprintln!("100 machines deployed in {:.1} s with 10 % loss each way ({dropped} packets dropped) and 200 ms more round trip", started.elapsed().as_secs_f64());
+    eprintln!(
+        "100 machines deployed in {:.1} s with 10 % loss each way ({dropped} packets dropped) and 200 ms more round trip",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,10 +274,7 @@ async fn machines_cut_off_for_60_seconds_reconnect_and_finish_the_deployment() {
     s.ns.cut_agents_off();
     let cut_at = Instant::now();
     assert_eq!(deploy_to_all(&s).await, 20, "admins still reach the coordinator");
-    let offline = eventually(Duration::from_secs(60), || async {
-        s.fleet.machines().await.iter().all(|m| m.status == MachineStatus::Offline)
-    })
-    .await;
+    let offline = eventually(Duration::from_secs(60), || async { s.fleet.machines().await.iter().all(|m| m.status == MachineStatus::Offline) }).await;
     assert!(offline, "the coordinator sees the machines go offline");
     assert_eq!(states(&s).await.get("Succeeded"), None, "nothing reached the machines while cut off");
     tokio::time::sleep(Duration::from_secs(60).saturating_sub(cut_at.elapsed())).await;

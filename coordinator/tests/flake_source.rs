@@ -82,11 +82,7 @@ fn every_locked_crate_builds_with_the_workspaces_rust_version_and_the_readme_say
     let manifest: toml::Table = std::fs::read_to_string(repo().join("Cargo.toml")).expect("Cargo.toml").parse().expect("toml");
     let minimum = manifest["workspace"]["package"]["rust-version"].as_str().expect("rust-version").to_string();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(&cargo)
-        .args(["metadata", "--offline", "--locked", "--format-version", "1"])
-        .current_dir(repo())
-        .output()
-        .expect("cargo metadata");
+    let out = Command::new(&cargo).args(["metadata", "--offline", "--locked", "--format-version", "1"]).current_dir(repo()).output().expect("cargo metadata");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let metadata: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let newer: Vec<String> = metadata["packages"]
@@ -95,7 +91,8 @@ fn every_locked_crate_builds_with_the_workspaces_rust_version_and_the_readme_say
         .iter()
         .filter_map(|p| {
             let needs = p["rust_version"].as_str()?;
-            (version(needs) > version(&minimum)).then(|| format!("{} {} needs Rust {needs}", p["name"].as_str().unwrap_or("?"), p["version"].as_str().unwrap_or("?")))
+            (version(needs) > version(&minimum))
+                .then(|| format!("{} {} needs Rust {needs}", p["name"].as_str().unwrap_or("?"), p["version"].as_str().unwrap_or("?")))
         })
         .collect();
     assert!(newer.is_empty(), "Cargo.lock holds crates newer than rust-version {minimum}:\n{}", newer.join("\n"));

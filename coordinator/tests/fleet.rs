@@ -41,10 +41,7 @@ async fn three_agents_enroll_and_show_online_with_health_in_the_cli_json() {
         assert!(m["id"].as_str().expect("id").starts_with("m-"));
     }
     // The selector filters.
-    let AdminResponse::Machines(none) = fleet
-        .call(AdminRequest::MachinesList { selector: [("role".to_string(), "db".to_string())].into() })
-        .await
-    else {
+    let AdminResponse::Machines(none) = fleet.call(AdminRequest::MachinesList { selector: [("role".to_string(), "db".to_string())].into() }).await else {
         panic!()
     };
     assert!(none.is_empty());
@@ -55,11 +52,7 @@ async fn three_agents_enroll_and_show_online_with_health_in_the_cli_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_agent_turns_offline_after_three_missed_intervals() {
-    let fleet = TestCoordinator::start_with(Options {
-        health_interval: Duration::from_millis(200),
-        ..Default::default()
-    })
-    .await;
+    let fleet = TestCoordinator::start_with(Options { health_interval: Duration::from_millis(200), ..Default::default() }).await;
     let (_, token) = fleet.token(1, &[]).await;
     let mut agent = fleet.spawn_agent("vm1", Some(&token));
     let status = until_reported(&mut agent, 3).await;
@@ -67,10 +60,7 @@ async fn a_stopped_agent_turns_offline_after_three_missed_intervals() {
     assert_eq!(fleet.machine(&id).await.status, MachineStatus::Online);
     agent.stop().await.expect("stop");
     let stopped_at = std::time::Instant::now();
-    assert!(
-        eventually(Duration::from_secs(10), || async { fleet.machine(&id).await.status == MachineStatus::Offline }).await,
-        "machine never turned offline"
-    );
+    assert!(eventually(Duration::from_secs(10), || async { fleet.machine(&id).await.status == MachineStatus::Offline }).await, "machine never turned offline");
     // Not before three intervals (600 ms) since its last report.
     let m = fleet.machine(&id).await;
     let last = m.last_seen.expect("last seen");
@@ -113,10 +103,7 @@ async fn coordinator_restart_keeps_machines_and_tokens_and_agents_reconnect_with
     // old one, so the agents need not wait out QUIC's idle timeout (30 s).
     let mut server = spawn();
     for (a, id) in agents.iter_mut().zip(&ids) {
-        let s = a
-            .wait_for(Duration::from_secs(20), |s| s.connects >= 2 && s.phase == drover_agent::Phase::Connected)
-            .await
-            .expect("agent reconnects");
+        let s = a.wait_for(Duration::from_secs(20), |s| s.connects >= 2 && s.phase == drover_agent::Phase::Connected).await.expect("agent reconnects");
         assert_eq!(s.machine_id.as_ref(), Some(id), "same identity after the restart");
     }
     let machines = fleet.machines().await;
@@ -165,7 +152,12 @@ async fn what_the_coordinator_acknowledged_survives_a_sigkill_right_after() {
         facts: Default::default(),
         checks: vec![],
         health_deadline_ms: 1000,
-        buckets: vec![], volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false, reboot: false,
+        buckets: vec![],
+        volumes: vec![],
+        goal: Default::default(),
+        force_switch: false,
+        override_rollout: false,
+        reboot: false,
     };
     let AdminResponse::Deployed(targets) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!() };
     assert_eq!(targets[0].generation, 1);
@@ -211,9 +203,7 @@ async fn an_enrollment_retried_after_a_lost_answer_gets_the_same_machine_without
     let key = drover_net::identity::generate_key().expect("key");
     let enroll = |key| {
         let (endpoint, config, ca, token) = (endpoint.clone(), config.clone(), ca.clone(), token.clone());
-        async move {
-            drover_agent::session::enroll_once(&endpoint, &config, &ca, key, drover_protocol::v1::Secret::new(token), "vm1").await
-        }
+        async move { drover_agent::session::enroll_once(&endpoint, &config, &ca, key, drover_protocol::v1::Secret::new(token), "vm1").await }
     };
 
     // The first answer is "lost": the test drops it.
@@ -269,10 +259,7 @@ async fn an_agent_enrolls_through_a_host_name_and_a_wrong_ca_is_named() {
     config.ca_file = other.path().join("ca.pem");
     let health = drover_agent::system::health::SystemHealth::for_agent(&config);
     let mut stranger = drover_agent::spawn(config, health, None).expect("agent starts");
-    let status = stranger
-        .wait_for(Duration::from_secs(15), |s| s.last_error.is_some())
-        .await
-        .unwrap_or_else(|s| panic!("no error: {s:?}"));
+    let status = stranger.wait_for(Duration::from_secs(15), |s| s.last_error.is_some()).await.unwrap_or_else(|s| panic!("no error: {s:?}"));
     let error = status.last_error.expect("error");
     assert!(error.contains("ca_file (--ca-file)"), "{error}");
     stranger.stop().await.expect("stop");
@@ -352,9 +339,7 @@ async fn a_generation_recorded_while_connected_comes_with_its_assignment_from_pr
     let (new, new_key) = common::enroll_raw(&fleet, &token, "push-new").await;
     let (old, old_key) = common::enroll_raw(&fleet, &token, "push-old").await;
     let system = SystemSpec::Flake { uri: "path:/nonexistent".into(), attribute: "x".into() };
-    let AdminResponse::Deployed(first) = fleet.call(AdminRequest::Deploy(common::deploy_to_role("push", system.clone()))).await else {
-        panic!("deploy")
-    };
+    let AdminResponse::Deployed(first) = fleet.call(AdminRequest::Deploy(common::deploy_to_role("push", system.clone()))).await else { panic!("deploy") };
     assert!(first.iter().all(|t| t.generation == 1), "{first:?}");
 
     let (new_conn, _new_watch, mut new_events) = watch_speaking(&fleet, &new.certificate_der, &new_key, SUPPORTED).await;
@@ -365,9 +350,7 @@ async fn a_generation_recorded_while_connected_comes_with_its_assignment_from_pr
     let spec = DeploySpec { facts: [("site".to_string(), "b".to_string())].into(), ..common::deploy_to_role("push", system) };
     let AdminResponse::Deployed(second) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!("deploy") };
     assert!(second.iter().all(|t| t.generation == 2), "{second:?}");
-    let AgentEvent::Assigned { assignment, access } = next_event(&mut new_events).await else {
-        panic!("protocol 9 gets the assignment with the generation")
-    };
+    let AgentEvent::Assigned { assignment, access } = next_event(&mut new_events).await else { panic!("protocol 9 gets the assignment with the generation") };
     assert_eq!(assignment.generation, 2);
     assert!(assignment.facts_json.contains("\"site\""), "the new generation's assignment: {}", assignment.facts_json);
     let conn = drover_net::CoordinatorConnection { connection: new_conn, version: SUPPORTED.max };

@@ -33,11 +33,7 @@ async fn coordinator(node: &GarageNode) -> (TestCoordinator, PathBuf) {
 }
 
 fn fleet_toml(flake: &Path, web_system: &str, with_backups: bool) -> String {
-    let backups = if with_backups {
-        "[buckets.backups]\nmachines = [\"db-a\", \"db-b\"]\n"
-    } else {
-        ""
-    };
+    let backups = if with_backups { "[buckets.backups]\nmachines = [\"db-a\", \"db-b\"]\n" } else { "" };
     format!(
         r#"
 [tenants."a.example"]
@@ -125,7 +121,10 @@ async fn a_fleet_file_is_planned_applied_and_converges() {
     let (_, token) = fleet.token(2, &[]).await;
     let (web_a, _agent_a) = common::flake::spawn_vm(&fleet, "web-a", Some(&token));
     let (web_b, agent_b) = common::flake::spawn_vm(&fleet, "web-b", Some(&token));
-    assert!(common::eventually(Duration::from_secs(20), || async { fleet.machines().await.iter().filter(|m| m.status == MachineStatus::Online).count() == 2 }).await);
+    assert!(
+        common::eventually(Duration::from_secs(20), || async { fleet.machines().await.iter().filter(|m| m.status == MachineStatus::Online).count() == 2 })
+            .await
+    );
 
     let files = fleet.dir.path().join("fleet");
     std::fs::create_dir_all(&files).expect("dir");
@@ -426,7 +425,8 @@ fn the_example_fleet_is_valid_in_toml_and_in_nix() {
 /// tokens, machines, tenants.
 async fn records(fleet: &TestCoordinator) -> String {
     let mut out = String::new();
-    for request in [AdminRequest::Provisions, AdminRequest::TokensList, AdminRequest::MachinesList { selector: Default::default() }, AdminRequest::TenantsList] {
+    for request in [AdminRequest::Provisions, AdminRequest::TokensList, AdminRequest::MachinesList { selector: Default::default() }, AdminRequest::TenantsList]
+    {
         out.push_str(&format!("{:?}\n", fleet.call(request).await));
     }
     out
@@ -456,16 +456,12 @@ async fn plan_finds_what_apply_would_trip_over_and_apply_then_changes_nothing() 
         ("puny.toml", "[buckets.\"xn--bcher-kva\"]\n".into(), "puny.toml:1", "xn--"),
         (
             "secret.toml",
-            "[machines.db]\nadopt = \"db\"\n\n[services.db]\nmachines = [\"db\"]\nflake = \"path:/etc/fleet#db\"\nsecrets = { pw = \"secrets/missing\" }\n".into(),
+            "[machines.db]\nadopt = \"db\"\n\n[services.db]\nmachines = [\"db\"]\nflake = \"path:/etc/fleet#db\"\nsecrets = { pw = \"secrets/missing\" }\n"
+                .into(),
             "secret.toml:7",
             "secrets/missing",
         ),
-        (
-            "duplicate.json",
-            r#"{"machines": {"db": {"adopt": "a"}, "db": {"adopt": "b"}}}"#.into(),
-            "duplicate.json:1",
-            "\"db\" is given twice",
-        ),
+        ("duplicate.json", r#"{"machines": {"db": {"adopt": "a"}, "db": {"adopt": "b"}}}"#.into(), "duplicate.json:1", "\"db\" is given twice"),
     ];
     let before = records(&fleet).await;
     for (file, text, at, named) in &cases {
@@ -495,7 +491,10 @@ async fn an_unfinished_apply_is_not_recorded_and_the_next_plan_shows_it() {
     let file = fleet.dir.path().join("fleet.toml");
     std::fs::write(
         &file,
-        format!("[machines.web-a]\nadopt = \"web-a\"\n\n[services.web]\nmachines = [\"web-a\"]\nflake = \"path:{}#flaky\"\nhealth_deadline = \"5s\"\n", flake.display()),
+        format!(
+            "[machines.web-a]\nadopt = \"web-a\"\n\n[services.web]\nmachines = [\"web-a\"]\nflake = \"path:{}#flaky\"\nhealth_deadline = \"5s\"\n",
+            flake.display()
+        ),
     )
     .expect("fleet file");
     let path = file.display().to_string();

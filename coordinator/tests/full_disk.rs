@@ -41,8 +41,7 @@ impl SmallFs {
         let mkfs = Command::new("mkfs.ext4").args(["-q", "-F", "-m", "0"]).arg(&fs.device).output().expect("mkfs.ext4");
         assert!(mkfs.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&mkfs.stderr));
         std::fs::create_dir(fs.mount_point()).expect("mount point");
-        nix::mount::mount(Some(&fs.device), &fs.mount_point(), Some("ext4"), nix::mount::MsFlags::empty(), None::<&str>)
-            .expect("mount the small filesystem");
+        nix::mount::mount(Some(&fs.device), &fs.mount_point(), Some("ext4"), nix::mount::MsFlags::empty(), None::<&str>).expect("mount the small filesystem");
         fs
     }
 
@@ -129,10 +128,7 @@ async fn a_full_state_directory_refuses_changes_keeps_reads_and_recovers() {
 
     // Space returns: changes are accepted again, without a restart.
     std::fs::remove_file(&filler).expect("remove the filler");
-    assert!(
-        eventually(Duration::from_secs(10), || async { create_token(&admin, "after").await.is_ok() }).await,
-        "changes are accepted once space returns"
-    );
+    assert!(eventually(Duration::from_secs(10), || async { create_token(&admin, "after").await.is_ok() }).await, "changes are accepted once space returns");
     assert_eq!(token_names(&admin).await, ["after", "before"]);
 
     // Nothing was corrupted: the store opens again with exactly what was

@@ -29,7 +29,12 @@ impl HealthSource for HostileHealth {
             disks: (0..10_000).map(|i| DiskUsage { mount_point: format!("/m{i}\u{7}"), total_bytes: 1, available_bytes: 1 }).collect(),
             failed_units: Some(vec!["x".repeat(100_000)]),
             agent_version: "\u{1b}[31mred".into(),
-            system_path: Some("/nix/store/\u{0}".into()), boot_id: None, booted_system: None, pending_system: None, nix_store: None, addresses: vec![],
+            system_path: Some("/nix/store/\u{0}".into()),
+            boot_id: None,
+            booted_system: None,
+            pending_system: None,
+            nix_store: None,
+            addresses: vec![],
             // Volumes it does not hold, with hostile text (the whole report
             // stays under the 1 MiB limit of a machine's requests).
             volumes: (0..300)

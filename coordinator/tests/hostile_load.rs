@@ -54,11 +54,7 @@ const BOUND_MIB: u64 = FRAMES_IN_FLIGHT_MIB + 128;
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the coordinator's status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).expect("VmRSS")
 }
 
 /// Opens a stream that declares a frame of `declared` bytes and sends up to
@@ -77,9 +73,7 @@ async fn attacker(
     identity: Option<(&[u8], &[u8])>,
 ) -> Option<drover_net::CoordinatorConnection> {
     let config = drover_net::tls::client_config(ca, identity, Duration::from_secs(30)).expect("tls");
-    drover_net::CoordinatorConnection::connect(endpoint, config, fleet.addr, "127.0.0.1", "attacker", Duration::from_secs(10))
-        .await
-        .ok()
+    drover_net::CoordinatorConnection::connect(endpoint, config, fleet.addr, "127.0.0.1", "attacker", Duration::from_secs(10)).await.ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,10 +213,7 @@ async fn hostile_clients_neither_grow_the_coordinator_past_its_bound_nor_starve_
     let peak_kib = peak.load(Ordering::Relaxed).max(rss_kib(pid));
     let grown_mib = peak_kib.saturating_sub(idle_kib) / 1024;
     eprintln!("coordinator RSS: idle {} MiB, peak {} MiB under attack (+{grown_mib} MiB)", idle_kib / 1024, peak_kib / 1024);
-    assert!(
-        grown_mib <= BOUND_MIB,
-        "the coordinator grew by {grown_mib} MiB under attack; the bound is {BOUND_MIB} MiB"
-    );
+    assert!(grown_mib <= BOUND_MIB, "the coordinator grew by {grown_mib} MiB under attack; the bound is {BOUND_MIB} MiB");
     drop(still_open);
     drop(held);
 }

@@ -18,11 +18,7 @@ use common::LogCapture as Lines;
 async fn bad_streams_do_not_flood_the_log() {
     let lines = Lines::default();
     let writer = lines.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("warn")
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .init();
+    tracing_subscriber::fmt().with_env_filter("warn").with_ansi(false).with_writer(move || writer.clone()).init();
     let mut fleet = TestCoordinator::start_with(common::Options { no_server: true, ..Default::default() }).await;
     fleet.config.limits.warning_summary_interval = Duration::from_secs(1);
     fleet.serve().await;

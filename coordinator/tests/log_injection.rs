@@ -18,11 +18,7 @@ use drover_protocol::VersionRange;
 async fn peer_strings_are_escaped_and_refused_enrollments_summarised() {
     let lines = LogCapture::default();
     let writer = lines.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("info")
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .init();
+    tracing_subscriber::fmt().with_env_filter("info").with_ansi(false).with_writer(move || writer.clone()).init();
     let mut fleet = TestCoordinator::start_with(common::Options { no_server: true, ..Default::default() }).await;
     fleet.config.limits.warning_summary_interval = Duration::from_secs(1);
     fleet.serve().await;

@@ -75,7 +75,8 @@ async fn metrics_parse_and_move_with_enrollments_deployments_and_rollouts() {
         volumes: vec![],
         goal: SwitchGoal::Switch,
         force_switch: false,
-        override_rollout: false, reboot: false,
+        override_rollout: false,
+        reboot: false,
     };
     let AdminResponse::Deployed(_) = fleet.call(AdminRequest::Deploy(spec("good"))).await else { panic!() };
     let strategy = RolloutStrategy {
@@ -96,7 +97,8 @@ async fn metrics_parse_and_move_with_enrollments_deployments_and_rollouts() {
         })
         .await
     );
-    let AdminResponse::Rollout(r) = fleet.call(AdminRequest::RolloutStart(RolloutSpec { deploy: spec("good2"), strategy, snapshot_volumes: false })).await else {
+    let AdminResponse::Rollout(r) = fleet.call(AdminRequest::RolloutStart(RolloutSpec { deploy: spec("good2"), strategy, snapshot_volumes: false })).await
+    else {
         panic!()
     };
     let during = scrape(addr).await;

@@ -83,7 +83,8 @@ async fn three_local_vms_enroll_from_their_seeds_take_a_deployment_and_are_destr
     }
     for (name, run) in names.iter().zip(runs) {
         let out = run.join().expect("thread");
-        let info: ProvisionInfo = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{name}: {e}; stderr {}", String::from_utf8_lossy(&out.stderr)));
+        let info: ProvisionInfo =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{name}: {e}; stderr {}", String::from_utf8_lossy(&out.stderr)));
         assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(info.state, ProvisionState::Online, "{name}");
     }
@@ -125,7 +126,24 @@ async fn three_local_vms_enroll_from_their_seeds_take_a_deployment_and_are_destr
     let check = format!("file:/run/drover/secrets/db-password#sha256={digest}");
     let (ok, _, stderr) = common::drover_json(
         &fleet,
-        &["deploy", "--selector", "role=vmtest", "--flake", "path:/etc/fleet#web", "--secret", &secret_arg, "--fact", "tier=web", "--check", &check, "--check", "file:/run/drover/facts.json", "--health-deadline", "30s", "--wait"],
+        &[
+            "deploy",
+            "--selector",
+            "role=vmtest",
+            "--flake",
+            "path:/etc/fleet#web",
+            "--secret",
+            &secret_arg,
+            "--fact",
+            "tier=web",
+            "--check",
+            &check,
+            "--check",
+            "file:/run/drover/facts.json",
+            "--health-deadline",
+            "30s",
+            "--wait",
+        ],
     );
     assert!(ok, "the deployment to the VMs failed: {stderr}");
     // The data disk: formatted (ext4 made lost+found) and mounted.
@@ -138,12 +156,18 @@ async fn three_local_vms_enroll_from_their_seeds_take_a_deployment_and_are_destr
     // the host's loopback is out of their reach (a check on it fails).
     let host_service = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let unreachable = format!("tcp:10.0.2.2:{}", host_service.local_addr().expect("addr").port());
-    let (ok, _, stderr) = common::drover_json(&fleet, &["deploy", "--machine", &ids[2], "--flake", "path:/etc/fleet#web", "--check", &unreachable, "--health-deadline", "3s", "--wait"]);
+    let (ok, _, stderr) = common::drover_json(
+        &fleet,
+        &["deploy", "--machine", &ids[2], "--flake", "path:/etc/fleet#web", "--check", &unreachable, "--health-deadline", "3s", "--wait"],
+    );
     assert!(!ok, "an isolated guest reached a host service: {stderr}");
     // A wrong digest fails: the check reads the file, it does not only
     // find it.
     let wrong = format!("file:/run/drover/secrets/db-password#sha256={}", "0".repeat(64));
-    let (ok, _, _) = common::drover_json(&fleet, &["deploy", "--machine", &ids[1], "--flake", "path:/etc/fleet#web", "--check", &wrong, "--health-deadline", "3s", "--wait"]);
+    let (ok, _, _) = common::drover_json(
+        &fleet,
+        &["deploy", "--machine", &ids[1], "--flake", "path:/etc/fleet#web", "--check", &wrong, "--health-deadline", "3s", "--wait"],
+    );
     assert!(!ok, "a wrong digest must fail the health gate");
 
     // Its identity, from the VM's own disk (the agent keeps it there).
@@ -332,7 +356,11 @@ async fn hypervisor_contract(hv: &dyn Hypervisor, other_fleet: &dyn Hypervisor, 
             "stop" => hv.stop(hand_made, "p-00000000c1").await.expect_err("refused"),
             _ => hv.delete(hand_made, "p-00000000c1", false).await.map(drop).expect_err("refused"),
         };
-        assert!(matches!(&e, HypervisorError::NotOurs { carries, .. } if carries.contains("no Drover identity")), "{}: {op} of a VM made by hand: {e}", hv.kind());
+        assert!(
+            matches!(&e, HypervisorError::NotOurs { carries, .. } if carries.contains("no Drover identity")),
+            "{}: {op} of a VM made by hand: {e}",
+            hv.kind()
+        );
     }
 
     hv.stop(&id, "p-00000000c1").await.expect("stop");
@@ -346,7 +374,9 @@ async fn hypervisor_contract(hv: &dyn Hypervisor, other_fleet: &dyn Hypervisor, 
 async fn the_hypervisor_contract_holds_for_local_qemu_and_proxmox() {
     let dir = tempfile::tempdir().expect("tempdir");
     let _vms = guard(dir.path());
-    let ProviderConfig::Qemu(q) = vm::qemu_provider("local", vm::image_without_agent(), dir.path().join("vms"), Duration::from_secs(60)) else { unreachable!() };
+    let ProviderConfig::Qemu(q) = vm::qemu_provider("local", vm::image_without_agent(), dir.path().join("vms"), Duration::from_secs(60)) else {
+        unreachable!()
+    };
     let work = dir.path().join("vms");
     let make = |o: Owner| Qemu::new(q.clone(), work.clone(), "127.0.0.1:9".parse().expect("addr"), o).expect("qemu provider");
     // A directory another tool made among the VMs.

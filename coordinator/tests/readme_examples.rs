@@ -33,7 +33,9 @@ fn with_optional_keys(block: &str) -> String {
     block
         .lines()
         .map(|l| match l.strip_prefix("# ") {
-            Some(rest) if rest.split_once(" = ").is_some_and(|(k, _)| !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')) => rest.to_string(),
+            Some(rest) if rest.split_once(" = ").is_some_and(|(k, _)| !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')) => {
+                rest.to_string()
+            }
             _ => l.to_string(),
         })
         .collect::<Vec<_>>()

@@ -13,12 +13,8 @@ use drover_protocol::ErrorCode;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_stays_connected_across_three_certificate_lifetimes() {
     let lifetime = Duration::from_secs(30);
-    let fleet = TestCoordinator::start_with(Options {
-        machine_cert_lifetime: Some(lifetime),
-        health_interval: Duration::from_secs(1),
-        ..Default::default()
-    })
-    .await;
+    let fleet =
+        TestCoordinator::start_with(Options { machine_cert_lifetime: Some(lifetime), health_interval: Duration::from_secs(1), ..Default::default() }).await;
     let (_, token) = fleet.token(1, &[]).await;
     let mut agent = fleet.spawn_agent("vm1", Some(&token));
     let first = until_reported(&mut agent, 1).await;
@@ -29,10 +25,7 @@ async fn an_agent_stays_connected_across_three_certificate_lifetimes() {
     let first_cert = identity::read_cert_pem(&cert_path).expect("first cert");
 
     // Renewal at two thirds: 20 s, 40 s, 60 s, 80 s.
-    let status = agent
-        .wait_for(3 * lifetime + Duration::from_secs(15), |s| s.renewals >= 4)
-        .await
-        .unwrap_or_else(|s| panic!("not renewed four times: {s:?}"));
+    let status = agent.wait_for(3 * lifetime + Duration::from_secs(15), |s| s.renewals >= 4).await.unwrap_or_else(|s| panic!("not renewed four times: {s:?}"));
     assert_eq!(status.connects, 1, "the one connection stayed up: {status:?}");
     assert_eq!(status.phase, drover_agent::Phase::Connected);
     assert!(status.last_error.is_none(), "{status:?}");

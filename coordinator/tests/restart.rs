@@ -21,9 +21,7 @@ async fn a_restarted_coordinator_resets_the_connections_of_its_previous_life() {
     // An agent's idle timeout: without the reset it would hang for 30 s.
     let config = drover_net::tls::client_config(&ca, Some((&issued.certificate_der, &key)), Duration::from_secs(30)).expect("tls");
     let endpoint = drover_net::client::client_endpoint(fleet.addr).expect("endpoint");
-    let conn = drover_net::CoordinatorConnection::connect(&endpoint, config, fleet.addr, "127.0.0.1", "test", Duration::from_secs(5))
-        .await
-        .expect("connect");
+    let conn = drover_net::CoordinatorConnection::connect(&endpoint, config, fleet.addr, "127.0.0.1", "test", Duration::from_secs(5)).await.expect("connect");
     assert!(matches!(conn.request(&Request::Agent(AgentRequest::FetchAssignment)).await, Ok(Response::Agent(_))));
 
     server.0.kill().expect("SIGKILL the coordinator");

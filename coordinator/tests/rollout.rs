@@ -28,11 +28,7 @@ impl Fleet {
     }
 
     /// As [`Fleet::start`], with a last say on each agent's configuration.
-    async fn start_adjusted(
-        n: usize,
-        serve_in_process: bool,
-        adjust: impl Fn(&mut drover_agent::AgentConfig),
-    ) -> (Fleet, Option<std::process::Child>) {
+    async fn start_adjusted(n: usize, serve_in_process: bool, adjust: impl Fn(&mut drover_agent::AgentConfig)) -> (Fleet, Option<std::process::Child>) {
         let mut coordinator = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
         let child = if serve_in_process {
             coordinator.serve().await;
@@ -56,10 +52,7 @@ impl Fleet {
         let spec = fleet.deploy_spec("good");
         let AdminResponse::Deployed(targets) = fleet.coordinator.call(AdminRequest::Deploy(spec)).await else { panic!() };
         assert_eq!(targets.len(), n);
-        let ok = eventually(Duration::from_secs(60), || async {
-            fleet.vms.iter().all(|vm| vm.activations() == ["good"])
-        })
-        .await;
+        let ok = eventually(Duration::from_secs(60), || async { fleet.vms.iter().all(|vm| vm.activations() == ["good"]) }).await;
         assert!(ok, "every machine runs the first system");
         // Wait until the coordinator has recorded every success.
         let ok = eventually(Duration::from_secs(30), || async {
@@ -80,7 +73,12 @@ impl Fleet {
             facts: Default::default(),
             checks: vec![],
             health_deadline_ms: 2_000,
-            buckets: vec![], volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false, reboot: false,
+            buckets: vec![],
+            volumes: vec![],
+            goal: Default::default(),
+            force_switch: false,
+            override_rollout: false,
+            reboot: false,
         }
     }
 
@@ -129,10 +127,7 @@ impl Fleet {
         let handle = self.coordinator.handle.as_ref().expect("an in-process coordinator");
         let mut passes = handle.coordinator.driver_passes.subscribe();
         let target = *passes.borrow_and_update() + n;
-        tokio::time::timeout(Duration::from_secs(30), passes.wait_for(|p| *p >= target))
-            .await
-            .expect("the driver keeps passing")
-            .expect("the driver runs");
+        tokio::time::timeout(Duration::from_secs(30), passes.wait_for(|p| *p >= target)).await.expect("the driver keeps passing").expect("the driver runs");
     }
 
     async fn stop(self) {
@@ -147,12 +142,8 @@ fn summary(r: &RolloutInfo) -> String {
     for m in &r.machines {
         *counts.entry(m.state.as_str()).or_default() += 1;
     }
-    let failed: Vec<String> = r
-        .machines
-        .iter()
-        .filter(|m| m.state.as_str() == "failed")
-        .map(|m| format!("{}: {}", m.hostname, m.reason.clone().unwrap_or_default()))
-        .collect();
+    let failed: Vec<String> =
+        r.machines.iter().filter(|m| m.state.as_str() == "failed").map(|m| format!("{}: {}", m.hostname, m.reason.clone().unwrap_or_default())).collect();
     format!("{} {:?} {:?} {failed:?}", r.phase, counts, r.reason)
 }
 
@@ -201,7 +192,13 @@ async fn a_canary_then_batches_of_25_percent_take_all_30_machines_to_the_new_gen
     assert_eq!(r.machines.iter().filter(|m| m.started_at.is_some()).count(), 1, "only the canary ran");
     assert!(r.machines.iter().any(|m| m.canary && m.state.as_str() == "done"));
     // A second rollout over the same machines is refused, naming the first.
-    let err = fleet.coordinator.admin().await.call(AdminRequest::RolloutStart(RolloutSpec { snapshot_volumes: false, deploy: fleet.deploy_spec("good"), strategy: strategy() })).await.expect_err("overlap");
+    let err = fleet
+        .coordinator
+        .admin()
+        .await
+        .call(AdminRequest::RolloutStart(RolloutSpec { snapshot_volumes: false, deploy: fleet.deploy_spec("good"), strategy: strategy() }))
+        .await
+        .expect_err("overlap");
     assert_eq!(err.code(), Some(drover_protocol::ErrorCode::Conflict));
     assert!(err.to_string().contains(&r.id), "{err}");
 
@@ -270,7 +267,13 @@ async fn failures_stop_the_rollout_and_auto_revert_puts_every_touched_machine_ba
             assert_eq!(r.phase.as_str(), "failed");
             let failed: Vec<&str> = r.machines.iter().filter(|m| m.state.as_str() == "failed").map(|m| m.hostname.as_str()).collect();
             assert!(failed.len() >= 2 && failed.iter().all(|h| failing.contains(h)), "status names the failed machines: {failed:?}");
-            assert!(r.machines.iter().filter(|m| m.state.as_str() == "failed").all(|m| m.reason.as_deref().is_some_and(|x| x.contains("unit app.service is failed"))), "and why");
+            assert!(
+                r.machines
+                    .iter()
+                    .filter(|m| m.state.as_str() == "failed")
+                    .all(|m| m.reason.as_deref().is_some_and(|x| x.contains("unit app.service is failed"))),
+                "and why"
+            );
             for m in r.machines.iter().filter(|m| m.state.as_str() == "done") {
                 let vm = fleet.vms.iter().find(|v| v.name == m.hostname).expect("vm");
                 assert_eq!(vm.activations().last().map(String::as_str), Some("good2"), "{} stays on the new system", m.hostname);
@@ -360,7 +363,8 @@ async fn pause_resume_abort_and_revert_change_the_fleet_as_documented() {
     assert!(late_vm.activations().is_empty(), "and was never touched");
     late.stop().await.expect("stop");
     // A finished rollout refuses more changes, with a reason.
-    let err = fleet.coordinator.admin().await.call(AdminRequest::RolloutControl { id: id.clone(), action: RolloutAction::Pause }).await.expect_err("no longer moves");
+    let err =
+        fleet.coordinator.admin().await.call(AdminRequest::RolloutControl { id: id.clone(), action: RolloutAction::Pause }).await.expect_err("no longer moves");
     assert_eq!(err.code(), Some(drover_protocol::ErrorCode::Conflict));
     fleet.stop().await;
 }
@@ -384,7 +388,9 @@ async fn a_manual_deploy_to_a_held_machine_is_refused_unless_it_overrides_the_ro
     let err = fleet.coordinator.admin().await.call(AdminRequest::Deploy(manual.clone())).await.expect_err("held");
     assert_eq!(err.code(), Some(drover_protocol::ErrorCode::Conflict));
     assert!(err.to_string().contains(&r.id) && err.to_string().contains("--override-rollout"), "{err}");
-    let AdminResponse::Deployments(before) = fleet.coordinator.call(AdminRequest::DeploymentsList { machine: Some(waiting.machine_id.clone()) }).await else { panic!() };
+    let AdminResponse::Deployments(before) = fleet.coordinator.call(AdminRequest::DeploymentsList { machine: Some(waiting.machine_id.clone()) }).await else {
+        panic!()
+    };
     assert_eq!(before.len(), 1, "nothing recorded for the refused deployment");
 
     manual.override_rollout = true;

@@ -63,9 +63,7 @@ async fn the_cli_creates_buckets_keys_and_grants_idempotently() {
         .status()
         .expect("admins add");
     assert!(status.success());
-    let as_viewer = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_drover")).args(args).env("DROVER_ADMIN_BUNDLE", &viewer_bundle).output().expect("run")
-    };
+    let as_viewer = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_drover")).args(args).env("DROVER_ADMIN_BUNDLE", &viewer_bundle).output().expect("run");
     assert!(as_viewer(&["s3", "buckets", "list"]).status.success());
     let out = as_viewer(&["s3", "buckets", "create", "other-media"]);
     assert!(!out.status.success());

@@ -27,9 +27,7 @@ async fn three_garage_nodes_in_three_zones_form_a_healthy_cluster_that_survives_
     let secret: [u8; 32] = rand_bytes();
     let token: [u8; 16] = rand_bytes();
     let (secret, token) = (hex(&secret), hex(&token));
-    let mut nodes: Vec<GarageNode> = (0..3)
-        .map(|i| GarageNode::spawn_with_token(&dir.path().join(format!("garage{i}")), &secret, 3, &token))
-        .collect();
+    let mut nodes: Vec<GarageNode> = (0..3).map(|i| GarageNode::spawn_with_token(&dir.path().join(format!("garage{i}")), &secret, 3, &token)).collect();
 
     let fleet = coordinator_with_s3(&nodes[0].admin_url, &nodes[0].s3_url, &token).await;
 
@@ -69,24 +67,11 @@ async fn three_garage_nodes_in_three_zones_form_a_healthy_cluster_that_survives_
     drover(&fleet, &["s3", "keys", "create", "acme-mastodon"]);
     drover(&fleet, &["s3", "grant", "--bucket", "acme-media", "--key", "acme-mastodon", "--read", "--write"]);
     let key = drover(&fleet, &["s3", "keys", "show", "acme-mastodon", "--show-secret"]);
-    let s3 = drover_coordinator::s3::probe::client(
-        &nodes[0].s3_url,
-        "garage",
-        key["id"].as_str().expect("id"),
-        key["secret"].as_str().expect("secret"),
-    )
-    .expect("an S3 client");
+    let s3 = drover_coordinator::s3::probe::client(&nodes[0].s3_url, "garage", key["id"].as_str().expect("id"), key["secret"].as_str().expect("secret"))
+        .expect("an S3 client");
     let put = |name: String, body: Vec<u8>| {
         let s3 = s3.clone();
-        async move {
-            s3.put_object()
-                .bucket("acme-media")
-                .key(name)
-                .body(aws_sdk_s3::primitives::ByteStream::from(body))
-                .send()
-                .await
-                .map(|_| ())
-        }
+        async move { s3.put_object().bucket("acme-media").key(name).body(aws_sdk_s3::primitives::ByteStream::from(body)).send().await.map(|_| ()) }
     };
     let get = |name: String| {
         let s3 = s3.clone();

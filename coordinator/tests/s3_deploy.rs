@@ -35,7 +35,11 @@ fn spec(flake: &std::path::Path) -> DeploySpec {
         checks: vec![],
         health_deadline_ms: 2_000,
         buckets: vec![],
-        volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false, reboot: false,
+        volumes: vec![],
+        goal: Default::default(),
+        force_switch: false,
+        override_rollout: false,
+        reboot: false,
     }
 }
 
@@ -132,10 +136,7 @@ async fn garage_down_or_a_wrong_token_refuses_the_deployment_and_a_retry_complet
     // Garage down: refused, nothing recorded.
     node.stop();
     let client = fleet.admin().await;
-    let err = client
-        .call(with_buckets(spec(&flake), buckets.clone()))
-        .await
-        .expect_err("refused");
+    let err = client.call(with_buckets(spec(&flake), buckets.clone())).await.expect_err("refused");
     assert_eq!(err.code(), Some(ErrorCode::Unavailable), "{err}");
     assert!(err.to_string().contains("nothing recorded") && err.to_string().contains("is Garage running"), "{err}");
     assert_eq!(desired(&fleet, &machine).await, 0);
@@ -146,12 +147,7 @@ async fn garage_down_or_a_wrong_token_refuses_the_deployment_and_a_retry_complet
     let (_, wrong_token) = wrong.token(1, &[("role", "mastodon")]).await;
     let (_, mut w) = spawn_vm(&wrong, "svc2", Some(&wrong_token));
     w.wait_for(Duration::from_secs(15), |s| s.reports >= 1).await.expect("online");
-    let err = wrong
-        .admin()
-        .await
-        .call(with_buckets(spec(&flake), buckets.clone()))
-        .await
-        .expect_err("refused");
+    let err = wrong.admin().await.call(with_buckets(spec(&flake), buckets.clone())).await.expect_err("refused");
     assert!(err.to_string().contains("refused the admin token"), "{err}");
     w.stop().await.expect("stop");
     let admin = node.admin();
@@ -159,10 +155,7 @@ async fn garage_down_or_a_wrong_token_refuses_the_deployment_and_a_retry_complet
     assert!(admin.buckets().await.expect("buckets").is_empty(), "nothing half-made");
 
     // An invalid name is refused before anything is sent.
-    let err = client
-        .call(with_buckets(spec(&flake), vec![BucketRequest { name: "No_Good".into(), public: false }]))
-        .await
-        .expect_err("invalid");
+    let err = client.call(with_buckets(spec(&flake), vec![BucketRequest { name: "No_Good".into(), public: false }])).await.expect_err("invalid");
     assert_eq!(err.code(), Some(ErrorCode::InvalidArgument), "{err}");
 
     // A rollout refused for its targets or its strategy makes no bucket:
@@ -190,7 +183,11 @@ async fn garage_down_or_a_wrong_token_refuses_the_deployment_and_a_retry_complet
     assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
     let targeted = DeploySpec { selector: [("role".to_string(), "mastodon".to_string())].into(), ..refused };
     let err = client
-        .call(AdminRequest::RolloutStart(RolloutSpec { snapshot_volumes: false, deploy: targeted, strategy: RolloutStrategy { healthy_deadline_ms: 0, ..strategy } }))
+        .call(AdminRequest::RolloutStart(RolloutSpec {
+            snapshot_volumes: false,
+            deploy: targeted,
+            strategy: RolloutStrategy { healthy_deadline_ms: 0, ..strategy },
+        }))
         .await
         .expect_err("bad strategy");
     assert_eq!(err.code(), Some(ErrorCode::InvalidArgument), "{err}");
@@ -233,10 +230,7 @@ async fn the_s3_check_passes_on_the_live_bucket_and_rolls_back_when_the_key_lose
     let (id, key_secret) = (secret("s3-acme-media-access-key-id"), secret("s3-acme-media-secret-access-key"));
     let admin = node.admin();
     let bucket = admin.bucket("acme-media").await.expect("info").expect("bucket");
-    admin
-        .grant(&bucket.id, &id, drover_coordinator::s3::Permissions { read: false, write: false, owner: false })
-        .await
-        .expect("revoke rights");
+    admin.grant(&bucket.id, &id, drover_coordinator::s3::Permissions { read: false, write: false, owner: false }).await.expect("revoke rights");
 
     // A new system with the same credentials and the same check: rolled back.
     let mut next = spec(&flake);

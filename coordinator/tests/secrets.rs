@@ -10,9 +10,7 @@ use std::time::Duration;
 use common::{until_reported, TestCoordinator};
 use drover_agent::session::enroll_once;
 use drover_net::identity;
-use drover_protocol::v1::{
-    AdminRequest, AdminResponse, DeploySpec, Secret, SecretBytes, SecretFile, SystemSpec, TokenSpec,
-};
+use drover_protocol::v1::{AdminRequest, AdminResponse, DeploySpec, Secret, SecretBytes, SecretFile, SystemSpec, TokenSpec};
 
 const SECRET_VALUE: &str = "s3cr3t-value-that-must-not-be-logged";
 use drover_protocol::ErrorCode;
@@ -38,11 +36,7 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 async fn token_refusals_have_their_own_errors_and_token_text_never_reaches_logs_or_store() {
     let capture = Capture::default();
     let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .init();
+    tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_ansi(false).with_writer(move || writer.clone()).init();
 
     let mut fleet = TestCoordinator::start().await;
     let (used, used_file) = fleet.token(1, &[]).await;
@@ -52,12 +46,7 @@ async fn token_refusals_have_their_own_errors_and_token_text_never_reaches_logs_
         let AdminResponse::TokenCreated(t) = fleet.call(AdminRequest::TokensCreate(spec)).await else { panic!() };
         t.token.expose().to_string()
     };
-    let revoked_id = revoked_file
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("token-"))
-        .expect("token id in the file name")
-        .to_string();
+    let revoked_id = revoked_file.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("token-")).expect("token id in the file name").to_string();
     fleet.call(AdminRequest::TokensRevoke { id: revoked_id }).await;
     let unknown = format!("drt_{}", "0".repeat(64));
 
@@ -78,9 +67,7 @@ async fn token_refusals_have_their_own_errors_and_token_text_never_reaches_logs_
         (&revoked, ErrorCode::TokenUnknown, "revoked"),
     ] {
         let key = identity::generate_key().expect("key");
-        let err = enroll_once(&endpoint, &config, &ca, &key, Secret::new(token.clone()), "vm2")
-            .await
-            .expect_err("refused");
+        let err = enroll_once(&endpoint, &config, &ca, &key, Secret::new(token.clone()), "vm2").await.expect_err("refused");
         assert_eq!(err.code(), Some(code), "{err}");
         let text = err.to_string();
         assert!(text.contains(words), "{text:?} should say {words:?}");
@@ -104,7 +91,11 @@ async fn token_refusals_have_their_own_errors_and_token_text_never_reaches_logs_
         checks: vec![],
         health_deadline_ms: 1000,
         buckets: vec![],
-        volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false, reboot: false,
+        volumes: vec![],
+        goal: Default::default(),
+        force_switch: false,
+        override_rollout: false,
+        reboot: false,
     };
     let AdminResponse::Deployed(targets) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!() };
     let mut config = fleet.agent_config("vm1", None);

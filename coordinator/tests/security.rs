@@ -58,7 +58,12 @@ fn sample_health() -> HealthReport {
         disks: vec![],
         failed_units: None,
         agent_version: "test".into(),
-        system_path: None, boot_id: None, booted_system: None, pending_system: None, nix_store: None, addresses: vec![],
+        system_path: None,
+        boot_id: None,
+        booted_system: None,
+        pending_system: None,
+        nix_store: None,
+        addresses: vec![],
         volumes: vec![],
     }
 }
@@ -79,11 +84,7 @@ async fn a_connection_without_a_certificate_can_only_say_hello_and_enroll() {
     }
     // Enroll is allowed (and refused here only for its unknown token).
     let key = identity::generate_key().expect("key");
-    let enroll = Request::Enroll(EnrollRequest {
-        token: Secret::new("drt_nope"),
-        csr_der: identity::csr_der(&key, "x").expect("csr"),
-        hostname: "vm".into(),
-    });
+    let enroll = Request::Enroll(EnrollRequest { token: Secret::new("drt_nope"), csr_der: identity::csr_der(&key, "x").expect("csr"), hostname: "vm".into() });
     assert_eq!(refused_code(anon.request(&enroll).await), ErrorCode::TokenUnknown);
     // Nothing was created.
     assert!(fleet.machines().await.is_empty());
@@ -99,9 +100,7 @@ async fn a_connection_whose_first_request_is_not_hello_is_closed() {
     let endpoint = drover_net::client::client_endpoint(fleet.addr).expect("endpoint");
     let conn = endpoint.connect_with(config, fleet.addr, "127.0.0.1").expect("connect").await.expect("handshake");
     let (mut send, mut recv) = conn.open_bi().await.expect("stream");
-    drover_net::stream::write_frame(&mut send, &Request::Admin(AdminRequest::MachinesList { selector: Default::default() }))
-        .await
-        .expect("write");
+    drover_net::stream::write_frame(&mut send, &Request::Admin(AdminRequest::MachinesList { selector: Default::default() })).await.expect("write");
     let answer: Response = read_frame(&mut recv, MAX_FRAME_LEN).await.expect("answer");
     assert!(matches!(answer, Response::Error(e) if e.code == ErrorCode::BadRequest));
     let reason = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.expect("closed");
@@ -123,11 +122,8 @@ async fn a_machine_certificate_cannot_make_admin_requests() {
     }
     // Nor enroll again to mint more identities.
     let key2 = identity::generate_key().expect("key");
-    let enroll = Request::Enroll(EnrollRequest {
-        token: Secret::new(token.clone()),
-        csr_der: identity::csr_der(&key2, "x").expect("csr"),
-        hostname: "vm2".into(),
-    });
+    let enroll =
+        Request::Enroll(EnrollRequest { token: Secret::new(token.clone()), csr_der: identity::csr_der(&key2, "x").expect("csr"), hostname: "vm2".into() });
     assert_eq!(refused_code(conn.request(&enroll).await), ErrorCode::BadRequest);
     assert_eq!(fleet.machines().await.len(), 1);
 }
@@ -156,17 +152,12 @@ async fn roles_viewer_lists_but_cannot_revoke_operator_can() {
     let denied = viewer.call(AdminRequest::MachinesRevoke { id: issued.subject.clone() }).await.expect_err("viewer revokes");
     assert_eq!(denied.code(), Some(ErrorCode::PermissionDenied));
     assert!(denied.to_string().contains("viewer"), "{denied}");
-    let denied = viewer
-        .call(AdminRequest::TokensCreate(TokenSpec { labels: Default::default(), ttl_ms: 1000, uses: 1 }))
-        .await
-        .expect_err("viewer creates a token");
+    let denied =
+        viewer.call(AdminRequest::TokensCreate(TokenSpec { labels: Default::default(), ttl_ms: 1000, uses: 1 })).await.expect_err("viewer creates a token");
     assert_eq!(denied.code(), Some(ErrorCode::PermissionDenied));
     assert_ne!(fleet.machine(&issued.subject).await.status, MachineStatus::Revoked);
     let operator = drover_coordinator::client::AdminClient::connect(&bundles[1]).await.expect("operator");
-    let denied = operator
-        .call(AdminRequest::AdminsAdd { name: "eve".into(), role: Role::Admin, csr_der: vec![] })
-        .await
-        .expect_err("operator adds an admin");
+    let denied = operator.call(AdminRequest::AdminsAdd { name: "eve".into(), role: Role::Admin, csr_der: vec![] }).await.expect_err("operator adds an admin");
     assert_eq!(denied.code(), Some(ErrorCode::PermissionDenied));
     operator.call(AdminRequest::MachinesRevoke { id: issued.subject.clone() }).await.expect("operator revokes");
     assert_eq!(fleet.machine(&issued.subject).await.status, MachineStatus::Revoked);
@@ -181,10 +172,7 @@ async fn revocation_closes_the_live_connection_within_a_second_and_refuses_recon
     let admin = fleet.admin().await;
     let started = Instant::now();
     admin.call(AdminRequest::MachinesRevoke { id: id.clone() }).await.expect("revoke");
-    let status = agent
-        .wait_for(Duration::from_secs(1), |s| s.phase == drover_agent::Phase::Revoked)
-        .await
-        .expect("agent sees the revocation within a second");
+    let status = agent.wait_for(Duration::from_secs(1), |s| s.phase == drover_agent::Phase::Revoked).await.expect("agent sees the revocation within a second");
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(status.machine_id.as_deref(), Some(id.as_str()));
     assert!(matches!(agent.join().await, Err(drover_agent::AgentError::Revoked(_))));
@@ -389,9 +377,7 @@ async fn anonymous_connections_at_their_cap_leave_agents_and_admins_working() {
     let third = raw_connect(&fleet, None).await.expect_err("a third from one address is refused");
     assert_eq!(third.code(), Some(ErrorCode::Unavailable), "{third}");
 
-    let AdminResponse::Machines(machines) = fleet.call(AdminRequest::MachinesList { selector: Default::default() }).await else {
-        panic!("machines")
-    };
+    let AdminResponse::Machines(machines) = fleet.call(AdminRequest::MachinesList { selector: Default::default() }).await else { panic!("machines") };
     assert_eq!(machines.len(), 1, "admins keep working");
     until_reported(&mut agent, before + 2).await;
 }

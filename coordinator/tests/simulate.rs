@@ -45,7 +45,11 @@ async fn simulated_machines_apply_a_deployment_each_in_its_own_directory() {
         checks: vec![],
         health_deadline_ms: 1_000,
         buckets: vec![],
-        volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false, reboot: false,
+        volumes: vec![],
+        goal: Default::default(),
+        force_switch: false,
+        override_rollout: false,
+        reboot: false,
     };
     let deployed_at = drover_net::clock::now_ms();
     let AdminResponse::Deployed(targets) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!("deploy") };

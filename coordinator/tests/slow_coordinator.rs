@@ -66,14 +66,18 @@ async fn a_slow_answer_abandons_the_request_not_the_connection() {
     assert!(text.contains("did not answer") && !text.contains("connecting"), "its own words: {text}");
     assert!(conn.connection.close_reason().is_none(), "the connection stays open");
 
-    let next = drover_agent::session::ask(&conn, Request::Agent(AgentRequest::ReportDeployment(DeploymentReport {
-        generation: 1,
-        step: DeployStep::Received,
-        message: String::new(),
-        output_tail: String::new(),
-        system_path: None,
-        volumes: vec![],
-    })), Duration::from_secs(5))
+    let next = drover_agent::session::ask(
+        &conn,
+        Request::Agent(AgentRequest::ReportDeployment(DeploymentReport {
+            generation: 1,
+            step: DeployStep::Received,
+            message: String::new(),
+            output_tail: String::new(),
+            system_path: None,
+            volumes: vec![],
+        })),
+        Duration::from_secs(5),
+    )
     .await
     .expect("the same connection answers the next request");
     assert_eq!(next, Response::Agent(AgentResponse::Ack));
@@ -115,9 +119,7 @@ async fn a_coordinator_that_sends_nothing_at_all_is_left_at_the_idle_timeout() {
     let (done, gone) = std::sync::mpsc::channel();
     stop.send(done).expect("stop");
     tokio::task::spawn_blocking(move || gone.recv()).await.expect("join").expect("the server is gone");
-    let e = drover_agent::session::ask(&conn, Request::Agent(AgentRequest::Report(health())), Duration::from_secs(30))
-        .await
-        .expect_err("no answer");
+    let e = drover_agent::session::ask(&conn, Request::Agent(AgentRequest::Report(health())), Duration::from_secs(30)).await.expect_err("no answer");
     assert!(!matches!(e, ClientError::RequestTimeout { .. }), "the idle timeout ends it before the deadline: {e:?}");
     assert!(matches!(conn.connection.close_reason(), Some(quinn::ConnectionError::TimedOut)), "{:?}", conn.connection.close_reason());
 }
@@ -134,7 +136,12 @@ fn health() -> HealthReport {
         disks: vec![],
         failed_units: None,
         agent_version: "0".into(),
-        system_path: None, boot_id: None, booted_system: None, pending_system: None, nix_store: None, addresses: vec![],
+        system_path: None,
+        boot_id: None,
+        booted_system: None,
+        pending_system: None,
+        nix_store: None,
+        addresses: vec![],
         volumes: vec![],
     }
 }

@@ -34,11 +34,7 @@ fn drover_ok(fleet: &TestCoordinator, args: &[&str]) -> serde_json::Value {
 }
 
 fn as_bundle(bundle: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_drover"))
-        .args(args)
-        .env("DROVER_ADMIN_BUNDLE", bundle)
-        .output()
-        .expect("run drover")
+    Command::new(env!("CARGO_BIN_EXE_drover")).args(args).env("DROVER_ADMIN_BUNDLE", bundle).output().expect("run drover")
 }
 
 fn write_key(dir: &Path, name: &str, line: &str) -> String {
@@ -74,12 +70,7 @@ async fn deploy_all(fleet: &TestCoordinator, flake: &Path, facts: &[(&str, &str)
     if !ok {
         return Err(stderr);
     }
-    let ids: Vec<String> = json
-        .as_array()
-        .expect("deployed targets")
-        .iter()
-        .map(|t| t["deployment_id"].as_str().expect("id").to_string())
-        .collect();
+    let ids: Vec<String> = json.as_array().expect("deployed targets").iter().map(|t| t["deployment_id"].as_str().expect("id").to_string()).collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     for id in ids {
         loop {
@@ -105,20 +96,15 @@ async fn tenant_data_and_managers_keys_reach_only_the_tenants_machines_and_remov
     let alice_bundle = dir.join("alice.bundle");
     let out = as_bundle(&fleet.bundle_path, &["admins", "add", "alice", "--role", "operator", "--out", &alice_bundle.display().to_string()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let created = drover_ok(
-        &fleet,
-        &["tenants", "create", "social.example", "--admin-email", "ops@social.example", "--admin-user", "owner", "--manager", "alice"],
-    );
+    let created =
+        drover_ok(&fleet, &["tenants", "create", "social.example", "--admin-email", "ops@social.example", "--admin-user", "owner", "--manager", "alice"]);
     assert_eq!(created["domain"], "social.example");
     assert!(created["admin_password"].is_null(), "the password is not printed unless asked");
     drover_ok(&fleet, &["tenants", "create", "other.example", "--admin-email", "admin@other.example"]);
     let shown = drover_ok(&fleet, &["tenants", "show", "social.example", "--show-password"]);
     let password = shown["admin_password"].as_str().expect("password").to_string();
     assert!(password.len() >= 20, "a generated password: {password:?}");
-    let other_password = drover_ok(&fleet, &["tenants", "show", "other.example", "--show-password"])["admin_password"]
-        .as_str()
-        .expect("password")
-        .to_string();
+    let other_password = drover_ok(&fleet, &["tenants", "show", "other.example", "--show-password"])["admin_password"].as_str().expect("password").to_string();
     assert_ne!(password, other_password, "each tenant has its own password");
 
     // Bad input is refused with what to do about it.

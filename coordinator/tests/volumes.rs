@@ -80,7 +80,8 @@ impl Fleet {
             volumes,
             goal: Default::default(),
             force_switch: false,
-            override_rollout: false, reboot: false,
+            override_rollout: false,
+            reboot: false,
         }
     }
 
@@ -305,10 +306,7 @@ async fn linstor_faults_refuse_the_deployment_with_nothing_recorded_and_a_retry_
 async fn drover_volumes_resize_grows_a_mounted_volume_and_refuses_to_shrink() {
     let fleet = Fleet::start(&["vm-a"]).await;
     let (_vm, _agent, a) = fleet.machine("vm-a").await;
-    let claims = vec![
-        claim("media", "/srv/media", Filesystem::Xfs, Some(320 << 20)),
-        claim("db", "/srv/db", Filesystem::Ext4, Some(64 << 20)),
-    ];
+    let claims = vec![claim("media", "/srv/media", Filesystem::Xfs, Some(320 << 20)), claim("db", "/srv/db", Filesystem::Ext4, Some(64 << 20))];
     let d = fleet.deploy(fleet.spec(&a, "good", claims)).await.expect("deployed");
     assert_eq!(d.state, DeploymentState::Succeeded, "{d:?}");
     let media = fleet.double.node_root("vm-a").join("srv/media");
@@ -420,10 +418,7 @@ async fn a_reverted_rollout_with_snapshot_volumes_returns_each_volume_to_its_sna
     let (_, _, a_id, _, _) = &machines[0];
     let desired_a = desired(&fleet, a_id).await;
     for (generation, name) in [(desired_a, "data-b"), (desired_a - 1, "data-a")] {
-        let e = conn
-            .request(&Request::Agent(AgentRequest::RestoreVolume { generation, name: name.into() }))
-            .await
-            .expect_err("refused");
+        let e = conn.request(&Request::Agent(AgentRequest::RestoreVolume { generation, name: name.into() })).await.expect_err("refused");
         let text = e.to_string();
         assert!(text.contains("not held by this machine") || text.contains("is not this machine's newest") || text.contains("does not roll"), "{text}");
     }

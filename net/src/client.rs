@@ -50,12 +50,8 @@ impl ClientError {
         match self {
             ClientError::Refused(e) => Some(e.code),
             ClientError::Connection { source, .. } => connection_code(source),
-            ClientError::Stream(StreamError::Read(quinn::ReadExactError::ReadError(
-                quinn::ReadError::ConnectionLost(e),
-            ))) => connection_code(e),
-            ClientError::Stream(StreamError::Write(quinn::WriteError::ConnectionLost(e))) => {
-                connection_code(e)
-            }
+            ClientError::Stream(StreamError::Read(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e)))) => connection_code(e),
+            ClientError::Stream(StreamError::Write(quinn::WriteError::ConnectionLost(e))) => connection_code(e),
             _ => None,
         }
     }
@@ -97,9 +93,7 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 /// The wire error code a connection was closed with, if any.
 pub fn connection_code(e: &quinn::ConnectionError) -> Option<ErrorCode> {
     match e {
-        quinn::ConnectionError::ApplicationClosed(close) => {
-            ErrorCode::from_u32(u32::try_from(close.error_code.into_inner()).ok()?)
-        }
+        quinn::ConnectionError::ApplicationClosed(close) => ErrorCode::from_u32(u32::try_from(close.error_code.into_inner()).ok()?),
         _ => None,
     }
 }
@@ -107,11 +101,8 @@ pub fn connection_code(e: &quinn::ConnectionError) -> Option<ErrorCode> {
 /// A client endpoint bound to an ephemeral port of the address family of
 /// `target`.
 pub fn client_endpoint(target: SocketAddr) -> Result<quinn::Endpoint, ClientError> {
-    let bind: SocketAddr = if target.is_ipv6() {
-        "[::]:0".parse().expect("literal socket address")
-    } else {
-        "0.0.0.0:0".parse().expect("literal socket address")
-    };
+    let bind: SocketAddr =
+        if target.is_ipv6() { "[::]:0".parse().expect("literal socket address") } else { "0.0.0.0:0".parse().expect("literal socket address") };
     crate::socket::endpoint(bind, None).map_err(ClientError::Bind)
 }
 
@@ -161,26 +152,15 @@ impl CoordinatorConnection {
         software: &str,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
-        let connecting = endpoint
-            .connect_with(config, addr, server_name)
-            .map_err(|source| ClientError::Connect { addr, source })?;
+        let connecting = endpoint.connect_with(config, addr, server_name).map_err(|source| ClientError::Connect { addr, source })?;
         let connection = tokio::time::timeout(timeout, connecting)
             .await
             .map_err(|_| ClientError::Timeout(addr))?
             .map_err(|source| ClientError::Connection { addr, source })?;
-        let mut this = CoordinatorConnection {
-            connection,
-            version: 0,
-        };
-        let answer = tokio::time::timeout(
-            timeout,
-            this.request(&Request::Hello(Hello {
-                versions: SUPPORTED,
-                software: software.to_string(),
-            })),
-        )
-        .await
-        .map_err(|_| ClientError::Timeout(addr))??;
+        let mut this = CoordinatorConnection { connection, version: 0 };
+        let answer = tokio::time::timeout(timeout, this.request(&Request::Hello(Hello { versions: SUPPORTED, software: software.to_string() })))
+            .await
+            .map_err(|_| ClientError::Timeout(addr))??;
         match answer {
             Response::Hello(ack) => this.version = ack.version,
             other => return Err(ClientError::Unexpected(format!("{other:?}"))),
@@ -193,9 +173,7 @@ impl CoordinatorConnection {
     pub async fn request(&self, request: &Request) -> Result<Response, ClientError> {
         let (mut send, mut recv) = self.open(request).await?;
         let _ = send.finish();
-        let response = read_frame_for::<Response>(&mut recv, MAX_FRAME_LEN, &[], self.version)
-            .await
-            .map_err(|e| self.closed_reason(e))?;
+        let response = read_frame_for::<Response>(&mut recv, MAX_FRAME_LEN, &[], self.version).await.map_err(|e| self.closed_reason(e))?;
         match response {
             Response::Error(e) => Err(ClientError::Refused(e)),
             other => Ok(other),
@@ -204,16 +182,9 @@ impl CoordinatorConnection {
 
     /// Opens a bi-stream and sends `request` on it, leaving both halves open
     /// (for the watch stream).
-    pub async fn open(
-        &self,
-        request: &Request,
-    ) -> Result<(quinn::SendStream, quinn::RecvStream), ClientError> {
-        let (mut send, recv) = self.connection.open_bi().await.map_err(|e| {
-            ClientError::Stream(StreamError::Write(quinn::WriteError::ConnectionLost(e)))
-        })?;
-        write_frame_for(&mut send, request, self.version)
-            .await
-            .map_err(|e| self.closed_reason(e))?;
+    pub async fn open(&self, request: &Request) -> Result<(quinn::SendStream, quinn::RecvStream), ClientError> {
+        let (mut send, recv) = self.connection.open_bi().await.map_err(|e| ClientError::Stream(StreamError::Write(quinn::WriteError::ConnectionLost(e))))?;
+        write_frame_for(&mut send, request, self.version).await.map_err(|e| self.closed_reason(e))?;
         Ok((send, recv))
     }
 
@@ -221,10 +192,7 @@ impl CoordinatorConnection {
     /// code) over the stream error that it caused.
     fn closed_reason(&self, e: StreamError) -> ClientError {
         match self.connection.close_reason() {
-            Some(source) => ClientError::Connection {
-                addr: self.connection.remote_address(),
-                source,
-            },
+            Some(source) => ClientError::Connection { addr: self.connection.remote_address(), source },
             None => ClientError::Stream(e),
         }
     }
@@ -235,8 +203,7 @@ impl CoordinatorConnection {
 /// verifies against it for `server_name` (a seeded VM's first start).
 pub async fn fetch_pinned_ca(address: &HostPort, server_name: &str, pin: &[u8; 32]) -> Result<Vec<u8>, ClientError> {
     let captured = crate::tls::CapturedCa::default();
-    let config = crate::tls::pinned_client_config(*pin, captured.clone(), Duration::from_secs(30))
-        .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+    let config = crate::tls::pinned_client_config(*pin, captured.clone(), Duration::from_secs(30)).map_err(|e| ClientError::Unexpected(e.to_string()))?;
     let endpoint = client_endpoint_for(address)?;
     let connection = CoordinatorConnection::dial(&endpoint, config, address, server_name, "drover-agent", Duration::from_secs(20)).await?;
     connection.connection.close(0u32.into(), b"");

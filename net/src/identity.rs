@@ -53,14 +53,11 @@ pub fn generate_key() -> Result<KeyPair, IdentityError> {
 
 /// Makes a CSR (DER) for `key`. The subject is informational only.
 pub fn csr_der(key: &KeyPair, common_name: &str) -> Result<Vec<u8>, IdentityError> {
-    let mut params =
-        CertificateParams::new(Vec::<String>::new()).map_err(|e| IdentityError::Csr(e.to_string()))?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| IdentityError::Csr(e.to_string()))?;
     let mut dn = DistinguishedName::new();
     dn.push(rcgen::DnType::CommonName, common_name);
     params.distinguished_name = dn;
-    let csr = params
-        .serialize_request(key)
-        .map_err(|e| IdentityError::Csr(e.to_string()))?;
+    let csr = params.serialize_request(key).map_err(|e| IdentityError::Csr(e.to_string()))?;
     Ok(csr.der().to_vec())
 }
 
@@ -87,19 +84,14 @@ impl PeerCertificate {
     /// Reads the identity from a certificate's DER. Only the first URI SAN
     /// with a drover prefix counts; certificates with several are refused.
     pub fn parse(der: &[u8]) -> Result<Self, IdentityError> {
-        let (_, cert) =
-            X509Certificate::from_der(der).map_err(|e| IdentityError::Parse(e.to_string()))?;
-        let san = cert
-            .subject_alternative_name()
-            .map_err(|e| IdentityError::Parse(e.to_string()))?
-            .ok_or(IdentityError::NoIdentity)?;
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| IdentityError::Parse(e.to_string()))?;
+        let san = cert.subject_alternative_name().map_err(|e| IdentityError::Parse(e.to_string()))?.ok_or(IdentityError::NoIdentity)?;
         let mut subjects = san.value.general_names.iter().filter_map(|name| match name {
             GeneralName::URI(uri) => {
                 if let Some(id) = uri.strip_prefix(MACHINE_URI_PREFIX) {
                     Some(Subject::Machine(id.to_string()))
                 } else {
-                    uri.strip_prefix(ADMIN_URI_PREFIX)
-                        .map(|name| Subject::Admin(name.to_string()))
+                    uri.strip_prefix(ADMIN_URI_PREFIX).map(|name| Subject::Admin(name.to_string()))
                 }
             }
             _ => None,
@@ -136,14 +128,8 @@ pub fn write_key_pem(path: &Path, key: &KeyPair) -> Result<(), IdentityError> {
 
 /// Reads a PEM private key.
 pub fn read_key_pem(path: &Path) -> Result<KeyPair, IdentityError> {
-    let text = fs::read_to_string(path).map_err(|source| IdentityError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    KeyPair::from_pem(&text).map_err(|_| IdentityError::Pem {
-        path: path.display().to_string(),
-        what: "private key",
-    })
+    let text = fs::read_to_string(path).map_err(|source| IdentityError::Io { path: path.display().to_string(), source })?;
+    KeyPair::from_pem(&text).map_err(|_| IdentityError::Pem { path: path.display().to_string(), what: "private key" })
 }
 
 /// PEM text of a DER certificate.
@@ -154,21 +140,13 @@ pub fn cert_pem(der: &[u8]) -> String {
 
 /// DER of the first certificate in PEM text.
 pub fn cert_der_from_pem(text: &str) -> Option<Vec<u8>> {
-    CertificateDer::from_pem_slice(text.as_bytes())
-        .ok()
-        .map(|c| c.to_vec())
+    CertificateDer::from_pem_slice(text.as_bytes()).ok().map(|c| c.to_vec())
 }
 
 /// Reads the first certificate of a PEM file.
 pub fn read_cert_pem(path: &Path) -> Result<Vec<u8>, IdentityError> {
-    let text = fs::read_to_string(path).map_err(|source| IdentityError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    cert_der_from_pem(&text).ok_or(IdentityError::Pem {
-        path: path.display().to_string(),
-        what: "certificate",
-    })
+    let text = fs::read_to_string(path).map_err(|source| IdentityError::Io { path: path.display().to_string(), source })?;
+    cert_der_from_pem(&text).ok_or(IdentityError::Pem { path: path.display().to_string(), what: "certificate" })
 }
 
 #[cfg(test)]
@@ -179,10 +157,7 @@ mod tests {
     #[test]
     fn pem_round_trips_through_the_pki_types_parser() {
         let key = generate_key().expect("key");
-        let cert = CertificateParams::new(vec!["x.test".to_string()])
-            .expect("params")
-            .self_signed(&key)
-            .expect("cert");
+        let cert = CertificateParams::new(vec!["x.test".to_string()]).expect("params").self_signed(&key).expect("cert");
         let pem = cert_pem(cert.der());
         assert_eq!(pem, cert.pem().replace("\r\n", "\n"));
         assert_eq!(cert_der_from_pem(&pem).expect("der"), cert.der().to_vec());
@@ -206,13 +181,7 @@ mod tests {
     #[test]
     fn a_certificate_without_a_drover_uri_has_no_identity() {
         let key = generate_key().expect("key");
-        let cert = CertificateParams::new(vec!["x.test".to_string()])
-            .expect("params")
-            .self_signed(&key)
-            .expect("cert");
-        assert!(matches!(
-            PeerCertificate::parse(cert.der()),
-            Err(IdentityError::NoIdentity)
-        ));
+        let cert = CertificateParams::new(vec!["x.test".to_string()]).expect("params").self_signed(&key).expect("cert");
+        assert!(matches!(PeerCertificate::parse(cert.der()), Err(IdentityError::NoIdentity)));
     }
 }

@@ -17,10 +17,10 @@ pub mod address;
 pub mod client;
 pub mod clock;
 pub mod fsutil;
-pub mod s3;
-pub mod socket;
 pub mod identity;
 pub mod logging;
+pub mod s3;
+pub mod socket;
 pub mod stream;
 pub mod tls;
 

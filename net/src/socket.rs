@@ -30,10 +30,7 @@ pub fn raise_buffers(socket: &UdpSocket) -> Buffers {
     if setsockopt(socket, sockopt::SndBufForce, &size).is_err() {
         let _ = setsockopt(socket, sockopt::SndBuf, &size);
     }
-    let buffers = Buffers {
-        receive: getsockopt(socket, sockopt::RcvBuf).unwrap_or(0),
-        send: getsockopt(socket, sockopt::SndBuf).unwrap_or(0),
-    };
+    let buffers = Buffers { receive: getsockopt(socket, sockopt::RcvBuf).unwrap_or(0), send: getsockopt(socket, sockopt::SndBuf).unwrap_or(0) };
     if buffers.receive < size || buffers.send < size {
         tracing::warn!(
             receive = buffers.receive,
@@ -116,10 +113,7 @@ pub fn server_endpoints(addr: SocketAddr, count: usize, server: quinn::ServerCon
     // default (one per 20 ms) would take minutes for thousands of agents.
     // A reset is always smaller than the packet that caused it.
     config.min_reset_interval(RESET_INTERVAL);
-    sockets
-        .into_iter()
-        .map(|socket| quinn::Endpoint::new(config.clone(), Some(server.clone()), socket, Arc::new(quinn::TokioRuntime)))
-        .collect()
+    sockets.into_iter().map(|socket| quinn::Endpoint::new(config.clone(), Some(server.clone()), socket, Arc::new(quinn::TokioRuntime))).collect()
 }
 
 #[cfg(test)]

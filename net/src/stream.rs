@@ -106,22 +106,13 @@ pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream, max: 
 
 /// [`read_frame`], reserving the payload's bytes from every one of
 /// `budgets` (say, the connection's and the process's) as they arrive.
-pub async fn read_frame_within<T: DeserializeOwned>(
-    recv: &mut quinn::RecvStream,
-    max: usize,
-    budgets: &[&FrameBudget],
-) -> Result<T, StreamError> {
+pub async fn read_frame_within<T: DeserializeOwned>(recv: &mut quinn::RecvStream, max: usize, budgets: &[&FrameBudget]) -> Result<T, StreamError> {
     read_payload_within(recv, max, budgets, frame::decode_payload).await
 }
 
 /// [`read_frame_within`] from a peer of protocol `version`, whose older
 /// shapes are converted to the current ones.
-pub async fn read_frame_for<T: Versioned>(
-    recv: &mut quinn::RecvStream,
-    max: usize,
-    budgets: &[&FrameBudget],
-    version: u16,
-) -> Result<T, StreamError> {
+pub async fn read_frame_for<T: Versioned>(recv: &mut quinn::RecvStream, max: usize, budgets: &[&FrameBudget], version: u16) -> Result<T, StreamError> {
     read_payload_within(recv, max, budgets, |payload| frame::decode_payload_for(payload, version)).await
 }
 
@@ -141,11 +132,7 @@ async fn read_payload_within<T>(
     let mut reserved = Reserved { budgets, bytes: 0 };
     let mut payload: Vec<u8> = Vec::new();
     while payload.len() < len {
-        let chunk = recv
-            .read_chunk(len - payload.len(), true)
-            .await
-            .map_err(read_error)?
-            .ok_or(StreamError::Closed)?;
+        let chunk = recv.read_chunk(len - payload.len(), true).await.map_err(read_error)?.ok_or(StreamError::Closed)?;
         let needed = payload.len() + chunk.bytes.len();
         if needed > reserved.bytes {
             let grown = needed.max(reserved.bytes * 2).max(MIN_GROWTH).min(len);

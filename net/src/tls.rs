@@ -42,9 +42,7 @@ pub fn install_default_provider() {
 
 fn roots(ca_der: &[u8]) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(ca_der.to_vec()))
-        .map_err(|e| TlsError::BadCa(e.to_string()))?;
+    roots.add(CertificateDer::from(ca_der.to_vec())).map_err(|e| TlsError::BadCa(e.to_string()))?;
     Ok(Arc::new(roots))
 }
 
@@ -104,12 +102,7 @@ impl rustls::server::ProducesTickets for NoTickets {
 }
 
 /// The coordinator's QUIC server configuration.
-pub fn server_config(
-    ca_der: &[u8],
-    server_chain_der: Vec<Vec<u8>>,
-    server_key_pkcs8: &[u8],
-    idle_timeout: Duration,
-) -> Result<quinn::ServerConfig, TlsError> {
+pub fn server_config(ca_der: &[u8], server_chain_der: Vec<Vec<u8>>, server_key_pkcs8: &[u8], idle_timeout: Duration) -> Result<quinn::ServerConfig, TlsError> {
     let provider = provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, provider.clone())
         .allow_unauthenticated()
@@ -133,29 +126,19 @@ pub fn server_config(
     tls.ticketer = Arc::new(NoTickets);
     let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(Arc::new(transport_config(
-        idle_timeout,
-        UNAUTHENTICATED_MAX_STREAMS,
-        UNAUTHENTICATED_RECEIVE_WINDOW,
-    )));
+    config.transport_config(Arc::new(transport_config(idle_timeout, UNAUTHENTICATED_MAX_STREAMS, UNAUTHENTICATED_RECEIVE_WINDOW)));
     Ok(config)
 }
 
 /// A client configuration that trusts only the fleet CA, with an optional
 /// client identity (certificate DER, PKCS#8 key DER).
-pub fn client_config(
-    ca_der: &[u8],
-    identity: Option<(&[u8], &[u8])>,
-    idle_timeout: Duration,
-) -> Result<quinn::ClientConfig, TlsError> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots(ca_der)?);
+pub fn client_config(ca_der: &[u8], identity: Option<(&[u8], &[u8])>, idle_timeout: Duration) -> Result<quinn::ClientConfig, TlsError> {
+    let builder =
+        rustls::ClientConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?.with_root_certificates(roots(ca_der)?);
     let tls = match identity {
-        Some((cert, key)) => builder.with_client_auth_cert(
-            vec![CertificateDer::from(cert.to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
-        )?,
+        Some((cert, key)) => {
+            builder.with_client_auth_cert(vec![CertificateDer::from(cert.to_vec())], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())))?
+        }
         None => builder.with_no_client_auth(),
     };
     client(tls, idle_timeout)

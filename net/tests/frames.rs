@@ -16,13 +16,9 @@ async fn pair() -> (quinn::Endpoint, quinn::Connection, quinn::Connection) {
     let ca = ca_params.self_signed(&ca_key).expect("ca");
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate().expect("key");
-    let leaf = CertificateParams::new(vec!["localhost".to_string()])
-        .expect("params")
-        .signed_by(&key, &issuer)
-        .expect("leaf");
+    let leaf = CertificateParams::new(vec!["localhost".to_string()]).expect("params").signed_by(&key, &issuer).expect("leaf");
     let idle = Duration::from_secs(10);
-    let server_config =
-        drover_net::tls::server_config(ca.der(), vec![leaf.der().to_vec()], &key.serialize_der(), idle).expect("server tls");
+    let server_config = drover_net::tls::server_config(ca.der(), vec![leaf.der().to_vec()], &key.serialize_der(), idle).expect("server tls");
     let server = drover_net::socket::endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), Some(server_config)).expect("server");
     let addr = server.local_addr().expect("addr");
     let client = drover_net::client::client_endpoint(addr).expect("client");
@@ -128,10 +124,7 @@ async fn a_frame_reserves_from_every_budget_or_from_none() {
     let _send = declare(&client_conn, 1 << 20, 100 << 10).await;
     let (_s, mut recv) = server_conn.accept_bi().await.expect("accept");
     let refused = read_frame_within::<Vec<u8>>(&mut recv, 1 << 20, &[&process, &connection]).await;
-    assert!(
-        matches!(refused, Err(StreamError::BudgetExhausted { budget }) if budget == 32 << 10),
-        "the connection's budget refuses: {refused:?}"
-    );
+    assert!(matches!(refused, Err(StreamError::BudgetExhausted { budget }) if budget == 32 << 10), "the connection's budget refuses: {refused:?}");
     assert_eq!(process.available(), process.total(), "what the process budget gave is given back");
     assert_eq!(connection.available(), connection.total());
 }

@@ -16,9 +16,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::error::WireError;
 use crate::v1::{
-    Access, AdminRequest, AdminResponse, AgentEvent, AgentRequest, AgentResponse, Assignment, DeployStep, DeploymentReport,
-    EnrollRequest, Filesystem, HealthCheck, HealthReport, Hello, HelloAck, IssuedCertificate, Request, Response, SecretFile,
-    SwitchGoal, SystemSpec, VolumeMount,
+    Access, AdminRequest, AdminResponse, AgentEvent, AgentRequest, AgentResponse, Assignment, DeployStep, DeploymentReport, EnrollRequest, Filesystem,
+    HealthCheck, HealthReport, Hello, HelloAck, IssuedCertificate, Request, Response, SecretFile, SwitchGoal, SystemSpec, VolumeMount,
 };
 
 /// The first protocol version whose messages have the current shapes.
@@ -70,6 +69,8 @@ pub struct DeploymentReportV9 {
     pub system_path: Option<String>,
 }
 
+// The shapes mirror the wire's, variant sizes included.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AgentRequestV9 {
     Watch,
@@ -105,6 +106,7 @@ pub enum RequestV9 {
     Admin(AdminRequest),
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ResponseV9 {
     Hello(HelloAck),

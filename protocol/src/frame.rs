@@ -36,18 +36,11 @@ pub enum FrameError {
 
 /// Encodes `message` as one frame (length prefix and payload).
 pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
-    let payload = bincode::serde::encode_to_vec(message, config())
-        .map_err(|e| FrameError::Encode(e.to_string()))?;
+    let payload = bincode::serde::encode_to_vec(message, config()).map_err(|e| FrameError::Encode(e.to_string()))?;
     if payload.len() > MAX_FRAME_LEN {
-        return Err(FrameError::TooLarge {
-            len: payload.len(),
-            max: MAX_FRAME_LEN,
-        });
+        return Err(FrameError::TooLarge { len: payload.len(), max: MAX_FRAME_LEN });
     }
-    let len = u32::try_from(payload.len()).map_err(|_| FrameError::TooLarge {
-        len: payload.len(),
-        max: MAX_FRAME_LEN,
-    })?;
+    let len = u32::try_from(payload.len()).map_err(|_| FrameError::TooLarge { len: payload.len(), max: MAX_FRAME_LEN })?;
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(&payload);
@@ -74,13 +67,9 @@ pub fn payload_len(header: [u8; HEADER_LEN], max: usize) -> Result<usize, FrameE
 /// one message.
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
     if payload.len() > MAX_FRAME_LEN {
-        return Err(FrameError::TooLarge {
-            len: payload.len(),
-            max: MAX_FRAME_LEN,
-        });
+        return Err(FrameError::TooLarge { len: payload.len(), max: MAX_FRAME_LEN });
     }
-    let (message, used) = bincode::serde::decode_from_slice(payload, config())
-        .map_err(|e| FrameError::Decode(e.to_string()))?;
+    let (message, used) = bincode::serde::decode_from_slice(payload, config()).map_err(|e| FrameError::Decode(e.to_string()))?;
     if used != payload.len() {
         return Err(FrameError::TrailingBytes(payload.len() - used));
     }
@@ -108,17 +97,11 @@ pub fn decode_payload_for<T: crate::compat::Versioned>(payload: &[u8], version: 
 /// Decodes one whole frame held in `bytes` (prefix and payload).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, FrameError> {
     let Some((header, payload)) = bytes.split_first_chunk::<HEADER_LEN>() else {
-        return Err(FrameError::Decode(format!(
-            "frame of {} bytes is shorter than its {HEADER_LEN}-byte header",
-            bytes.len()
-        )));
+        return Err(FrameError::Decode(format!("frame of {} bytes is shorter than its {HEADER_LEN}-byte header", bytes.len())));
     };
     let len = payload_len(*header, max)?;
     if payload.len() != len {
-        return Err(FrameError::Decode(format!(
-            "frame header says {len} bytes but {} follow",
-            payload.len()
-        )));
+        return Err(FrameError::Decode(format!("frame header says {len} bytes but {} follow", payload.len())));
     }
     decode_payload(payload)
 }

@@ -111,14 +111,8 @@ fn oversized_length_is_refused_before_reading_the_payload() {
         other => panic!("expected TooLarge, got {other:?}"),
     }
     let header = ((MAX_UNAUTHENTICATED_FRAME_LEN + 1) as u32).to_be_bytes();
-    assert!(matches!(
-        frame::payload_len(header, MAX_UNAUTHENTICATED_FRAME_LEN),
-        Err(FrameError::TooLarge { .. })
-    ));
-    assert_eq!(
-        frame::payload_len(16u32.to_be_bytes(), MAX_UNAUTHENTICATED_FRAME_LEN).expect("small"),
-        16
-    );
+    assert!(matches!(frame::payload_len(header, MAX_UNAUTHENTICATED_FRAME_LEN), Err(FrameError::TooLarge { .. })));
+    assert_eq!(frame::payload_len(16u32.to_be_bytes(), MAX_UNAUTHENTICATED_FRAME_LEN).expect("small"), 16);
 }
 
 #[test]
@@ -137,16 +131,12 @@ fn trailing_bytes_are_refused() {
     bytes.push(0);
     let len = (bytes.len() - 4) as u32;
     bytes[..4].copy_from_slice(&len.to_be_bytes());
-    assert!(matches!(
-        frame::decode::<Request>(&bytes, MAX_FRAME_LEN),
-        Err(FrameError::TrailingBytes(1))
-    ));
+    assert!(matches!(frame::decode::<Request>(&bytes, MAX_FRAME_LEN), Err(FrameError::TrailingBytes(1))));
 }
 
 #[test]
 fn mismatch_message_names_both_ranges() {
-    let err = negotiate(VersionRange { min: 1, max: 1 }, VersionRange { min: 2, max: 3 })
-        .expect_err("no overlap");
+    let err = negotiate(VersionRange { min: 1, max: 1 }, VersionRange { min: 2, max: 3 }).expect_err("no overlap");
     assert!(err.message.contains("2..=3"), "{}", err.message);
     assert!(err.message.contains("speaks 1"), "{}", err.message);
 }
@@ -164,11 +154,7 @@ fn error_codes_map_both_ways() {
 #[test]
 fn secrets_do_not_show_in_debug_output() {
     let token = crate::v1::Secret::new("drt_supersecretvalue");
-    let request = Request::Enroll(crate::v1::EnrollRequest {
-        token,
-        csr_der: vec![],
-        hostname: "h".into(),
-    });
+    let request = Request::Enroll(crate::v1::EnrollRequest { token, csr_der: vec![], hostname: "h".into() });
     let text = format!("{request:?}");
     assert!(!text.contains("supersecret"), "{text}");
 }

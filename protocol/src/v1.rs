@@ -17,8 +17,7 @@ use crate::version::VersionRange;
 
 pub use crate::provision::{Problem, ProvisionDisk, ProvisionInfo, ProvisionRequest, ProvisionState};
 pub use crate::volume::{
-    Filesystem, ReplicaInfo, SnapshotInfo, VolumeAttachment, VolumeClaim, VolumeInfo, VolumeMount, VolumeRequest, VolumeResponse,
-    VolumeState,
+    Filesystem, ReplicaInfo, SnapshotInfo, VolumeAttachment, VolumeClaim, VolumeInfo, VolumeMount, VolumeRequest, VolumeResponse, VolumeState,
 };
 
 /// Milliseconds since the Unix epoch.
@@ -267,9 +266,7 @@ impl std::str::FromStr for Role {
             "viewer" => Ok(Role::Viewer),
             "operator" => Ok(Role::Operator),
             "admin" => Ok(Role::Admin),
-            other => Err(format!(
-                "unknown role {other:?}; expected admin, operator or viewer"
-            )),
+            other => Err(format!("unknown role {other:?}; expected admin, operator or viewer")),
         }
     }
 }
@@ -280,42 +277,91 @@ pub enum AdminRequest {
     WhoAmI,
     TokensCreate(TokenSpec),
     TokensList,
-    TokensRevoke { id: String },
-    MachinesList { selector: Labels },
-    MachinesShow { id: String },
-    MachinesLabel { id: String, set: Labels, remove: Vec<String> },
-    MachinesRevoke { id: String },
-    AdminsAdd { name: String, role: Role, csr_der: Vec<u8> },
+    TokensRevoke {
+        id: String,
+    },
+    MachinesList {
+        selector: Labels,
+    },
+    MachinesShow {
+        id: String,
+    },
+    MachinesLabel {
+        id: String,
+        set: Labels,
+        remove: Vec<String>,
+    },
+    MachinesRevoke {
+        id: String,
+    },
+    AdminsAdd {
+        name: String,
+        role: Role,
+        csr_der: Vec<u8>,
+    },
     AdminsList,
     /// Records a new generation for every target.
     Deploy(DeploySpec),
-    DeploymentsList { machine: Option<String> },
-    DeploymentsShow { id: String },
+    DeploymentsList {
+        machine: Option<String>,
+    },
+    DeploymentsShow {
+        id: String,
+    },
     /// A machine with its desired and current generation.
-    MachinesDetail { id: String },
+    MachinesDetail {
+        id: String,
+    },
     RolloutStart(RolloutSpec),
-    RolloutStatus { id: String },
+    RolloutStatus {
+        id: String,
+    },
     RolloutList,
-    RolloutControl { id: String, action: RolloutAction },
+    RolloutControl {
+        id: String,
+        action: RolloutAction,
+    },
     /// The deployments a rollout made (and its reverts).
-    DeploymentsOfRollout { id: String },
+    DeploymentsOfRollout {
+        id: String,
+    },
     /// Object storage administration through the coordinator.
     S3(S3Request),
     /// Records an operator (tenant) and generates its admin password.
     TenantsCreate(TenantSpec),
     TenantsList,
-    TenantsShow { domain: String, show_password: bool },
-    TenantsRemove { domain: String },
+    TenantsShow {
+        domain: String,
+        show_password: bool,
+    },
+    TenantsRemove {
+        domain: String,
+    },
     /// Changes which admins manage a tenant (their SSH keys reach its machines).
-    TenantsManagers { domain: String, add: Vec<String>, remove: Vec<String> },
+    TenantsManagers {
+        domain: String,
+        add: Vec<String>,
+        remove: Vec<String>,
+    },
     /// Records an SSH public key of an admin for logins as `login`.
-    AdminsAddKey { name: String, login: String, key: String },
+    AdminsAddKey {
+        name: String,
+        login: String,
+        key: String,
+    },
     /// Removes an admin's key by its SHA256 fingerprint.
-    AdminsRemoveKey { name: String, fingerprint: String },
+    AdminsRemoveKey {
+        name: String,
+        fingerprint: String,
+    },
     /// SSH keys of one admin, or of all.
-    AdminsKeys { name: Option<String> },
+    AdminsKeys {
+        name: Option<String>,
+    },
     /// Removes an admin: its certificate stops working, its keys leave.
-    AdminsRemove { name: String },
+    AdminsRemove {
+        name: String,
+    },
     /// Volumes from the block storage (protocol 3).
     Volumes(VolumeRequest),
     /// A consistent snapshot of the coordinator's state, taken while it
@@ -325,7 +371,11 @@ pub enum AdminRequest {
     /// The audit log: what admins changed, oldest first, at most `limit`
     /// entries (the newest ones), from `since` on and by `admin` when given
     /// (protocol 4).
-    Audit { since: Option<UnixMillis>, admin: Option<String>, limit: u32 },
+    Audit {
+        since: Option<UnixMillis>,
+        admin: Option<String>,
+        limit: u32,
+    },
     /// What a deployment (or a rollout of it) would change on each target,
     /// recording and announcing nothing (protocol 5).
     DeployDryRun(DeploySpec),
@@ -333,36 +383,53 @@ pub enum AdminRequest {
     /// that each comes back on its boot default: a new generation repeating
     /// each one's newest assignment, to reboot after it (protocol 5).
     /// Answered with [`AdminResponse::Deployed`].
-    MachinesReboot { machine: Option<String>, selector: Labels },
+    MachinesReboot {
+        machine: Option<String>,
+        selector: Labels,
+    },
     /// Makes a VM on a provider that enrolls itself (protocol 6); answered
     /// with [`AdminResponse::Provision`].
     MachinesProvision(ProvisionRequest),
     /// One provision by name, or the provision of a machine id.
-    ProvisionShow { name: String },
+    ProvisionShow {
+        name: String,
+    },
     Provisions,
     /// Revokes a provisioned machine and deletes its VM; its data disks are
     /// kept with `keep_volumes`.
-    MachinesDestroy { name: String, keep_volumes: bool },
+    MachinesDestroy {
+        name: String,
+        keep_volumes: bool,
+    },
     /// Records the fleet `drover apply` has just applied (JSON: the file and
     /// what its references resolved to).
-    FleetSave { document: String },
+    FleetSave {
+        document: String,
+    },
     /// The last applied fleet, answered with [`AdminResponse::Fleet`].
     FleetShow,
     /// Deployments by id (at most [`MAX_DEPLOYMENTS_PER_REQUEST`]),
     /// answered with [`AdminResponse::Deployments`] in the order asked:
     /// `drover deploy --wait` follows many deployments in a few requests
     /// instead of one per deployment. Protocol 8.
-    DeploymentsShowMany { ids: Vec<String> },
+    DeploymentsShowMany {
+        ids: Vec<String>,
+    },
     /// Checks provisions as `MachinesProvision` would take them — names,
     /// providers and their limits (`max_vms` with these added), sizes,
     /// the seed's fit — making nothing; answered with
     /// [`AdminResponse::Problems`] (protocol 10). `drover plan` asks it.
-    ProvisionsCheck { requests: Vec<ProvisionRequest> },
+    ProvisionsCheck {
+        requests: Vec<ProvisionRequest>,
+    },
     /// A page of the whole audit log, oldest first: at most `limit` entries
     /// after the position `after` (an earlier page's `next`), from the
     /// start when `None`. Answered with [`AdminResponse::AuditPage`]
     /// (protocol 10). `drover audit --export` reads the log with it.
-    AuditExport { after: Option<String>, limit: u32 },
+    AuditExport {
+        after: Option<String>,
+        limit: u32,
+    },
 }
 
 /// The most deployments one [`AdminRequest::DeploymentsShowMany`] asks for
@@ -394,7 +461,10 @@ pub enum AdminResponse {
     /// Part of a backup, in order.
     BackupChunk(Vec<u8>),
     /// The end of a backup: its size and SHA-256 (hex), to check the parts.
-    BackupEnd { bytes: u64, sha256: String },
+    BackupEnd {
+        bytes: u64,
+        sha256: String,
+    },
     Audit(Vec<AuditEntry>),
     /// The answer to [`AdminRequest::DeployDryRun`], one entry a target.
     DeployPlan(Vec<PlannedTarget>),
@@ -407,7 +477,10 @@ pub enum AdminResponse {
     Problems(Vec<Problem>),
     /// A page of the audit log; `next` is where the following page starts,
     /// `None` after the last.
-    AuditPage { entries: Vec<AuditEntry>, next: Option<String> },
+    AuditPage {
+        entries: Vec<AuditEntry>,
+        next: Option<String>,
+    },
 }
 
 /// A fleet as `drover apply` recorded it.
@@ -595,11 +668,7 @@ pub enum SystemSpec {
     /// `nixos-rebuild switch --flake URI#ATTRIBUTE` on the machine.
     Flake { uri: String, attribute: String },
     /// A pre-built closure realised from a binary cache and activated.
-    Closure {
-        store_path: String,
-        substituters: Vec<String>,
-        trusted_public_keys: Vec<String>,
-    },
+    Closure { store_path: String, substituters: Vec<String>, trusted_public_keys: Vec<String> },
 }
 
 /// A secret written to `<runtime>/secrets/<name>`.
@@ -1009,22 +1078,51 @@ pub struct RolloutInfo {
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum S3Request {
     BucketsList,
-    BucketCreate { name: String, public: bool, max_size: Option<u64>, max_objects: Option<u64> },
-    BucketShow { name: String },
-    BucketDelete { name: String },
+    BucketCreate {
+        name: String,
+        public: bool,
+        max_size: Option<u64>,
+        max_objects: Option<u64>,
+    },
+    BucketShow {
+        name: String,
+    },
+    BucketDelete {
+        name: String,
+    },
     KeysList,
-    KeyCreate { name: String },
-    KeyShow { name: String, show_secret: bool },
-    KeyDelete { name: String },
-    Grant { bucket: String, key: String, read: bool, write: bool, owner: bool },
+    KeyCreate {
+        name: String,
+    },
+    KeyShow {
+        name: String,
+        show_secret: bool,
+    },
+    KeyDelete {
+        name: String,
+    },
+    Grant {
+        bucket: String,
+        key: String,
+        read: bool,
+        write: bool,
+        owner: bool,
+    },
     /// Records a Garage node for the cluster (its admin API and RPC address).
-    ClusterAddNode { admin: String, rpc: String, zone: String, capacity: u64 },
+    ClusterAddNode {
+        admin: String,
+        rpc: String,
+        zone: String,
+        capacity: u64,
+    },
     /// Connects the recorded nodes, applies the layout, waits until healthy.
     ClusterApply,
     ClusterStatus,
     /// Records a Garage node that is a Drover machine, from its labels
     /// `garage.admin`, `garage.rpc`, `garage.zone` and `garage.capacity`.
-    ClusterAddMachine { machine: String },
+    ClusterAddMachine {
+        machine: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -53,10 +53,7 @@ pub fn negotiate(ours: VersionRange, theirs: VersionRange) -> Result<u16, WireEr
     if theirs.min > theirs.max {
         return Err(WireError::new(
             ErrorCode::VersionMismatch,
-            format!(
-                "peer sent an empty protocol version range {}..={}; this side speaks {}",
-                theirs.min, theirs.max, ours
-            ),
+            format!("peer sent an empty protocol version range {}..={}; this side speaks {}", theirs.min, theirs.max, ours),
         ));
     }
     if low > high {

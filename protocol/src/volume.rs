@@ -116,31 +116,66 @@ pub struct VolumeState {
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum VolumeRequest {
     List,
-    Show { name: String },
-    Create { name: String, size_bytes: u64, replicas: Option<u8>, resource_group: Option<String> },
+    Show {
+        name: String,
+    },
+    Create {
+        name: String,
+        size_bytes: u64,
+        replicas: Option<u8>,
+        resource_group: Option<String>,
+    },
     /// Grow only.
-    Resize { name: String, size_bytes: u64 },
+    Resize {
+        name: String,
+        size_bytes: u64,
+    },
     /// Gives the volume to a machine: it is made available on the machine's
     /// node and the machine gets a generation that mounts it.
-    Attach { name: String, machine: String, mount_point: String, filesystem: Filesystem },
+    Attach {
+        name: String,
+        machine: String,
+        mount_point: String,
+        filesystem: Filesystem,
+    },
     /// The holding machine unmounts it (a generation without it), then the
     /// volume is taken off its node.
-    Detach { name: String },
-    Snapshot { name: String, snapshot: Option<String> },
+    Detach {
+        name: String,
+    },
+    Snapshot {
+        name: String,
+        snapshot: Option<String>,
+    },
     /// Lists snapshots; with `prune`, deletes all but those of running
     /// rollouts first.
-    Snapshots { name: String, prune: bool },
-    Rollback { name: String, snapshot: String },
+    Snapshots {
+        name: String,
+        prune: bool,
+    },
+    Rollback {
+        name: String,
+        snapshot: String,
+    },
     /// `confirm` must repeat the name (`--yes-delete-data NAME`).
-    Delete { name: String, confirm: String },
+    Delete {
+        name: String,
+        confirm: String,
+    },
     /// Takes over a block storage resource Drover did not create: marks it
     /// with this fleet's identity and records it, never as fresh (protocol
     /// 10). `confirm` must repeat the name (`--yes-adopt NAME`).
-    Adopt { name: String, confirm: String },
+    Adopt {
+        name: String,
+        confirm: String,
+    },
     /// Lets the next machine the volume is given to format it whatever it
     /// holds, once (protocol 10). `confirm` must repeat the name
     /// (`--yes-overwrite NAME`).
-    AllowFormat { name: String, confirm: String },
+    AllowFormat {
+        name: String,
+        confirm: String,
+    },
 }
 
 /// A replica of a volume on a storage node.

@@ -200,7 +200,17 @@ fn rollout() -> RolloutInfo {
         selector: labels(),
         strategy: strategy(),
         phases: vec![(RolloutPhase::Canary, 1), (RolloutPhase::Rolling, 2)],
-        machines: vec![RolloutMachine { machine_id: "m-0123456789".into(), hostname: "vm-1".into(), state: RolloutMachineState::Done, canary: true, generation: Some(4), revert_generation: None, started_at: Some(1), settled_at: Some(2), reason: None }],
+        machines: vec![RolloutMachine {
+            machine_id: "m-0123456789".into(),
+            hostname: "vm-1".into(),
+            state: RolloutMachineState::Done,
+            canary: true,
+            generation: Some(4),
+            revert_generation: None,
+            started_at: Some(1),
+            settled_at: Some(2),
+            reason: None,
+        }],
     }
 }
 
@@ -234,51 +244,272 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-admin-admins-add", Request::Admin(AdminRequest::AdminsAdd { name: "alice".into(), role: Role::Viewer, csr_der: vec![9] })),
         ("request-admin-admins-list", Request::Admin(AdminRequest::AdminsList)),
         ("request-agent-fetch-assignment", Request::Agent(AgentRequest::FetchAssignment)),
-        ("request-agent-report-deployment-v10", Request::Agent(AgentRequest::ReportDeployment(DeploymentReport { generation: 3, step: DeployStep::Switched, message: "ok".into(), output_tail: "tail".into(), system_path: Some("/nix/store/abc".into()), volumes: vec![volume_state()] }))),
-        ("request-agent-report-deployments-v10", Request::Agent(AgentRequest::ReportDeployments(vec![
-            DeploymentReport { generation: 3, step: DeployStep::Received, message: String::new(), output_tail: String::new(), system_path: None, volumes: vec![] },
-            DeploymentReport { generation: 3, step: DeployStep::Succeeded, message: "ok".into(), output_tail: "tail".into(), system_path: Some("/nix/store/abc".into()), volumes: vec![volume_state()] },
-        ]))),
-        ("request-admin-deploy", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: None, selector: labels(), system: closure(), secrets: assignment().secrets, facts: labels(), checks: assignment().checks, health_deadline_ms: 60_000, buckets: vec![], volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false, reboot: false }))),
+        (
+            "request-agent-report-deployment-v10",
+            Request::Agent(AgentRequest::ReportDeployment(DeploymentReport {
+                generation: 3,
+                step: DeployStep::Switched,
+                message: "ok".into(),
+                output_tail: "tail".into(),
+                system_path: Some("/nix/store/abc".into()),
+                volumes: vec![volume_state()],
+            })),
+        ),
+        (
+            "request-agent-report-deployments-v10",
+            Request::Agent(AgentRequest::ReportDeployments(vec![
+                DeploymentReport {
+                    generation: 3,
+                    step: DeployStep::Received,
+                    message: String::new(),
+                    output_tail: String::new(),
+                    system_path: None,
+                    volumes: vec![],
+                },
+                DeploymentReport {
+                    generation: 3,
+                    step: DeployStep::Succeeded,
+                    message: "ok".into(),
+                    output_tail: "tail".into(),
+                    system_path: Some("/nix/store/abc".into()),
+                    volumes: vec![volume_state()],
+                },
+            ])),
+        ),
+        (
+            "request-admin-deploy",
+            Request::Admin(AdminRequest::Deploy(DeploySpec {
+                machine: None,
+                selector: labels(),
+                system: closure(),
+                secrets: assignment().secrets,
+                facts: labels(),
+                checks: assignment().checks,
+                health_deadline_ms: 60_000,
+                buckets: vec![],
+                volumes: vec![],
+                goal: Default::default(),
+                force_switch: false,
+                override_rollout: false,
+                reboot: false,
+            })),
+        ),
         ("request-admin-deployments-list", Request::Admin(AdminRequest::DeploymentsList { machine: Some("m-0123456789".into()) })),
         ("request-admin-deployments-show", Request::Admin(AdminRequest::DeploymentsShow { id: "d-m-0123456789-3".into() })),
         ("request-admin-machines-detail", Request::Admin(AdminRequest::MachinesDetail { id: "m-0123456789".into() })),
-        ("request-admin-rollout-start", Request::Admin(AdminRequest::RolloutStart(RolloutSpec { deploy: DeploySpec { machine: None, selector: labels(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000, buckets: vec![], volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false, reboot: false }, strategy: strategy(), snapshot_volumes: true }))),
+        (
+            "request-admin-rollout-start",
+            Request::Admin(AdminRequest::RolloutStart(RolloutSpec {
+                deploy: DeploySpec {
+                    machine: None,
+                    selector: labels(),
+                    system: closure(),
+                    secrets: vec![],
+                    facts: labels(),
+                    checks: vec![],
+                    health_deadline_ms: 60_000,
+                    buckets: vec![],
+                    volumes: vec![],
+                    goal: Default::default(),
+                    force_switch: false,
+                    override_rollout: false,
+                    reboot: false,
+                },
+                strategy: strategy(),
+                snapshot_volumes: true,
+            })),
+        ),
         ("request-admin-rollout-status", Request::Admin(AdminRequest::RolloutStatus { id: "r-0a1b2c3d".into() })),
         ("request-admin-rollout-list", Request::Admin(AdminRequest::RolloutList)),
         ("request-admin-rollout-control", Request::Admin(AdminRequest::RolloutControl { id: "r-0a1b2c3d".into(), action: RolloutAction::Revert })),
-        ("request-admin-s3-bucket-create", Request::Admin(AdminRequest::S3(S3Request::BucketCreate { name: "acme-media".into(), public: true, max_size: Some(1 << 30), max_objects: None }))),
-        ("request-admin-s3-grant", Request::Admin(AdminRequest::S3(S3Request::Grant { bucket: "acme-media".into(), key: "acme".into(), read: true, write: true, owner: false }))),
+        (
+            "request-admin-s3-bucket-create",
+            Request::Admin(AdminRequest::S3(S3Request::BucketCreate { name: "acme-media".into(), public: true, max_size: Some(1 << 30), max_objects: None })),
+        ),
+        (
+            "request-admin-s3-grant",
+            Request::Admin(AdminRequest::S3(S3Request::Grant { bucket: "acme-media".into(), key: "acme".into(), read: true, write: true, owner: false })),
+        ),
         ("request-admin-s3-key-show", Request::Admin(AdminRequest::S3(S3Request::KeyShow { name: "acme".into(), show_secret: true }))),
-        ("request-admin-deploy-s3-check", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: Default::default(), checks: vec![HealthCheck::S3 { bucket: "acme-media".into() }], health_deadline_ms: 60_000, buckets: vec![], volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false, reboot: false }))),
+        (
+            "request-admin-deploy-s3-check",
+            Request::Admin(AdminRequest::Deploy(DeploySpec {
+                machine: Some("m-0123456789".into()),
+                selector: Default::default(),
+                system: closure(),
+                secrets: vec![],
+                facts: Default::default(),
+                checks: vec![HealthCheck::S3 { bucket: "acme-media".into() }],
+                health_deadline_ms: 60_000,
+                buckets: vec![],
+                volumes: vec![],
+                goal: Default::default(),
+                force_switch: false,
+                override_rollout: false,
+                reboot: false,
+            })),
+        ),
         ("request-admin-s3-cluster-add-machine", Request::Admin(AdminRequest::S3(S3Request::ClusterAddMachine { machine: "m-0123456789".into() }))),
-        ("request-admin-deploy-with-buckets", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000, buckets: vec![BucketRequest { name: "acme-media".into(), public: true }], volumes: vec![], goal: SwitchGoal::DryActivate, force_switch: true, override_rollout: true, reboot: false }))),
+        (
+            "request-admin-deploy-with-buckets",
+            Request::Admin(AdminRequest::Deploy(DeploySpec {
+                machine: Some("m-0123456789".into()),
+                selector: Default::default(),
+                system: closure(),
+                secrets: vec![],
+                facts: labels(),
+                checks: vec![],
+                health_deadline_ms: 60_000,
+                buckets: vec![BucketRequest { name: "acme-media".into(), public: true }],
+                volumes: vec![],
+                goal: SwitchGoal::DryActivate,
+                force_switch: true,
+                override_rollout: true,
+                reboot: false,
+            })),
+        ),
         ("request-admin-deployments-of-rollout", Request::Admin(AdminRequest::DeploymentsOfRollout { id: "r-0a1b2c3d".into() })),
-        ("request-admin-tenants-create", Request::Admin(AdminRequest::TenantsCreate(TenantSpec { domain: "acme.example".into(), admin_email: "ops@acme.example".into(), admin_user: "admin".into(), managers: vec!["alice".into()] }))),
+        (
+            "request-admin-tenants-create",
+            Request::Admin(AdminRequest::TenantsCreate(TenantSpec {
+                domain: "acme.example".into(),
+                admin_email: "ops@acme.example".into(),
+                admin_user: "admin".into(),
+                managers: vec!["alice".into()],
+            })),
+        ),
         ("request-admin-tenants-list", Request::Admin(AdminRequest::TenantsList)),
         ("request-admin-tenants-show", Request::Admin(AdminRequest::TenantsShow { domain: "acme.example".into(), show_password: true })),
         ("request-admin-tenants-remove", Request::Admin(AdminRequest::TenantsRemove { domain: "acme.example".into() })),
-        ("request-admin-tenants-managers", Request::Admin(AdminRequest::TenantsManagers { domain: "acme.example".into(), add: vec!["bob".into()], remove: vec!["alice".into()] })),
-        ("request-admin-admins-add-key", Request::Admin(AdminRequest::AdminsAddKey { name: "alice".into(), login: "root".into(), key: "ssh-ed25519 AAAA alice@laptop".into() })),
+        (
+            "request-admin-tenants-managers",
+            Request::Admin(AdminRequest::TenantsManagers { domain: "acme.example".into(), add: vec!["bob".into()], remove: vec!["alice".into()] }),
+        ),
+        (
+            "request-admin-admins-add-key",
+            Request::Admin(AdminRequest::AdminsAddKey { name: "alice".into(), login: "root".into(), key: "ssh-ed25519 AAAA alice@laptop".into() }),
+        ),
         ("request-admin-admins-remove-key", Request::Admin(AdminRequest::AdminsRemoveKey { name: "alice".into(), fingerprint: "SHA256:abc".into() })),
         ("request-admin-admins-keys", Request::Admin(AdminRequest::AdminsKeys { name: Some("alice".into()) })),
         ("request-admin-backup", Request::Admin(AdminRequest::Backup)),
         ("request-admin-audit", Request::Admin(AdminRequest::Audit { since: Some(1), admin: Some("root".into()), limit: 100 })),
-        ("request-admin-deploy-dry-run", Request::Admin(AdminRequest::DeployDryRun(DeploySpec { machine: None, selector: labels(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000, buckets: vec![], volumes: vec![], goal: SwitchGoal::Test, force_switch: false, override_rollout: false, reboot: false }))),
+        (
+            "request-admin-deploy-dry-run",
+            Request::Admin(AdminRequest::DeployDryRun(DeploySpec {
+                machine: None,
+                selector: labels(),
+                system: closure(),
+                secrets: vec![],
+                facts: labels(),
+                checks: vec![],
+                health_deadline_ms: 60_000,
+                buckets: vec![],
+                volumes: vec![],
+                goal: SwitchGoal::Test,
+                force_switch: false,
+                override_rollout: false,
+                reboot: false,
+            })),
+        ),
         ("request-admin-admins-remove", Request::Admin(AdminRequest::AdminsRemove { name: "alice".into() })),
-        ("request-admin-deploy-with-volumes", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: labels(), checks: vec![], health_deadline_ms: 60_000, buckets: vec![], volumes: vec![VolumeClaim { name: "data".into(), mount_point: "/srv/data".into(), filesystem: Filesystem::Ext4, size_bytes: Some(20 << 30) }], goal: Default::default(), force_switch: false, override_rollout: false, reboot: false }))),
-        ("request-admin-volumes-create", Request::Admin(AdminRequest::Volumes(VolumeRequest::Create { name: "data".into(), size_bytes: 20 << 30, replicas: Some(2), resource_group: Some("rg".into()) }))),
-        ("request-admin-volumes-attach", Request::Admin(AdminRequest::Volumes(VolumeRequest::Attach { name: "data".into(), machine: "m-0123456789".into(), mount_point: "/srv/data".into(), filesystem: Filesystem::Xfs }))),
+        (
+            "request-admin-deploy-with-volumes",
+            Request::Admin(AdminRequest::Deploy(DeploySpec {
+                machine: Some("m-0123456789".into()),
+                selector: Default::default(),
+                system: closure(),
+                secrets: vec![],
+                facts: labels(),
+                checks: vec![],
+                health_deadline_ms: 60_000,
+                buckets: vec![],
+                volumes: vec![VolumeClaim { name: "data".into(), mount_point: "/srv/data".into(), filesystem: Filesystem::Ext4, size_bytes: Some(20 << 30) }],
+                goal: Default::default(),
+                force_switch: false,
+                override_rollout: false,
+                reboot: false,
+            })),
+        ),
+        (
+            "request-admin-volumes-create",
+            Request::Admin(AdminRequest::Volumes(VolumeRequest::Create {
+                name: "data".into(),
+                size_bytes: 20 << 30,
+                replicas: Some(2),
+                resource_group: Some("rg".into()),
+            })),
+        ),
+        (
+            "request-admin-volumes-attach",
+            Request::Admin(AdminRequest::Volumes(VolumeRequest::Attach {
+                name: "data".into(),
+                machine: "m-0123456789".into(),
+                mount_point: "/srv/data".into(),
+                filesystem: Filesystem::Xfs,
+            })),
+        ),
         ("request-agent-restore-volume", Request::Agent(AgentRequest::RestoreVolume { generation: 4, name: "data".into() })),
-        ("request-admin-machines-provision", Request::Admin(AdminRequest::MachinesProvision(ProvisionRequest { name: "web-1".into(), provider: "local".into(), template: None, cores: Some(2), memory_bytes: Some(1 << 30), disk_bytes: Some(4 << 30), labels: labels(), disks: vec![ProvisionDisk { name: "data".into(), size_bytes: 1 << 30, mount_point: "/srv/data".into(), filesystem: Filesystem::Ext4 }] }))),
-        ("request-admin-deploy-file-check", Request::Admin(AdminRequest::Deploy(DeploySpec { machine: Some("m-0123456789".into()), selector: Default::default(), system: closure(), secrets: vec![], facts: labels(), checks: vec![HealthCheck::File { path: "/run/drover/facts.json".into(), sha256: Some("ab".repeat(32)) }], health_deadline_ms: 60_000, buckets: vec![], volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false, reboot: false }))),
+        (
+            "request-admin-machines-provision",
+            Request::Admin(AdminRequest::MachinesProvision(ProvisionRequest {
+                name: "web-1".into(),
+                provider: "local".into(),
+                template: None,
+                cores: Some(2),
+                memory_bytes: Some(1 << 30),
+                disk_bytes: Some(4 << 30),
+                labels: labels(),
+                disks: vec![ProvisionDisk { name: "data".into(), size_bytes: 1 << 30, mount_point: "/srv/data".into(), filesystem: Filesystem::Ext4 }],
+            })),
+        ),
+        (
+            "request-admin-deploy-file-check",
+            Request::Admin(AdminRequest::Deploy(DeploySpec {
+                machine: Some("m-0123456789".into()),
+                selector: Default::default(),
+                system: closure(),
+                secrets: vec![],
+                facts: labels(),
+                checks: vec![HealthCheck::File { path: "/run/drover/facts.json".into(), sha256: Some("ab".repeat(32)) }],
+                health_deadline_ms: 60_000,
+                buckets: vec![],
+                volumes: vec![],
+                goal: Default::default(),
+                force_switch: false,
+                override_rollout: false,
+                reboot: false,
+            })),
+        ),
         ("request-admin-fleet-save", Request::Admin(AdminRequest::FleetSave { document: "{\"file\":{}}".into() })),
         ("request-admin-machines-destroy", Request::Admin(AdminRequest::MachinesDestroy { name: "web-1".into(), keep_volumes: true })),
         ("request-admin-volumes-delete", Request::Admin(AdminRequest::Volumes(VolumeRequest::Delete { name: "data".into(), confirm: "data".into() }))),
-        ("request-admin-volumes-adopt", Request::Admin(AdminRequest::Volumes(VolumeRequest::Adopt { name: "vm-100-disk-1".into(), confirm: "vm-100-disk-1".into() }))),
-        ("request-admin-provisions-check", Request::Admin(AdminRequest::ProvisionsCheck { requests: vec![ProvisionRequest { name: "web-1".into(), provider: "pve".into(), template: Some("9000".into()), cores: Some(2), memory_bytes: Some(1 << 30), disk_bytes: None, labels: labels(), disks: vec![] }] })),
-        ("request-admin-volumes-allow-format", Request::Admin(AdminRequest::Volumes(VolumeRequest::AllowFormat { name: "data".into(), confirm: "data".into() }))),
-        ("request-admin-audit-export", Request::Admin(AdminRequest::AuditExport { after: Some(format!("{:020}-{:020}", 1_700_000_000_000u64, 7)), limit: 1000 })),
+        (
+            "request-admin-volumes-adopt",
+            Request::Admin(AdminRequest::Volumes(VolumeRequest::Adopt { name: "vm-100-disk-1".into(), confirm: "vm-100-disk-1".into() })),
+        ),
+        (
+            "request-admin-provisions-check",
+            Request::Admin(AdminRequest::ProvisionsCheck {
+                requests: vec![ProvisionRequest {
+                    name: "web-1".into(),
+                    provider: "pve".into(),
+                    template: Some("9000".into()),
+                    cores: Some(2),
+                    memory_bytes: Some(1 << 30),
+                    disk_bytes: None,
+                    labels: labels(),
+                    disks: vec![],
+                }],
+            }),
+        ),
+        (
+            "request-admin-volumes-allow-format",
+            Request::Admin(AdminRequest::Volumes(VolumeRequest::AllowFormat { name: "data".into(), confirm: "data".into() })),
+        ),
+        (
+            "request-admin-audit-export",
+            Request::Admin(AdminRequest::AuditExport { after: Some(format!("{:020}-{:020}", 1_700_000_000_000u64, 7)), limit: 1000 }),
+        ),
     ]
 }
 
@@ -288,9 +519,15 @@ fn responses() -> Vec<(&'static str, Response)> {
         ("response-enrolled", Response::Enrolled(issued())),
         ("response-agent-ack", Response::Agent(AgentResponse::Ack)),
         ("response-agent-renewed", Response::Agent(AgentResponse::Renewed(issued()))),
-        ("response-agent-welcome", Response::Agent(AgentResponse::Event(AgentEvent::Welcome { machine_id: "m-0123456789".into(), health_interval_ms: 10_000 }))),
+        (
+            "response-agent-welcome",
+            Response::Agent(AgentResponse::Event(AgentEvent::Welcome { machine_id: "m-0123456789".into(), health_interval_ms: 10_000 })),
+        ),
         ("response-admin-done", Response::Admin(AdminResponse::Done)),
-        ("response-admin-identity", Response::Admin(AdminResponse::Identity(AdminInfo { name: "root".into(), role: Role::Admin, created_at: 1_700_000_000_000 }))),
+        (
+            "response-admin-identity",
+            Response::Admin(AdminResponse::Identity(AdminInfo { name: "root".into(), role: Role::Admin, created_at: 1_700_000_000_000 })),
+        ),
         ("response-admin-token-created", Response::Admin(AdminResponse::TokenCreated(CreatedToken { info: token_info(), token: Secret::new("drt_00") }))),
         ("response-admin-tokens", Response::Admin(AdminResponse::Tokens(vec![token_info()]))),
         ("response-admin-machines", Response::Admin(AdminResponse::Machines(vec![machine()]))),
@@ -301,19 +538,58 @@ fn responses() -> Vec<(&'static str, Response)> {
         ("response-agent-no-assignment", Response::Agent(AgentResponse::NoAssignment)),
         ("response-agent-desired", Response::Agent(AgentResponse::Event(AgentEvent::Desired { generation: 3 }))),
         ("response-agent-assigned-v10", Response::Agent(AgentResponse::Event(AgentEvent::Assigned { assignment: assignment(), access: access() }))),
-        ("response-admin-deployed", Response::Admin(AdminResponse::Deployed(vec![DeployedTarget { machine_id: "m-0123456789".into(), hostname: "vm-1".into(), generation: 3, deployment_id: "d-m-0123456789-3".into() }]))),
+        (
+            "response-admin-deployed",
+            Response::Admin(AdminResponse::Deployed(vec![DeployedTarget {
+                machine_id: "m-0123456789".into(),
+                hostname: "vm-1".into(),
+                generation: 3,
+                deployment_id: "d-m-0123456789-3".into(),
+            }])),
+        ),
         ("response-admin-deployments", Response::Admin(AdminResponse::Deployments(vec![deployment()]))),
         ("response-admin-deployment", Response::Admin(AdminResponse::Deployment(deployment()))),
         ("response-admin-rollout", Response::Admin(AdminResponse::Rollout(rollout()))),
         ("response-admin-rollouts", Response::Admin(AdminResponse::Rollouts(vec![rollout()]))),
-        ("response-admin-s3-bucket", Response::Admin(AdminResponse::S3(S3Response::Bucket(S3Bucket { id: "b1".into(), aliases: vec!["acme-media".into()], website: true, public_url: Some("https://acme-media.web.example".into()), objects: 2, bytes: 10, grants: vec![S3Grant { key_id: "GK1".into(), read: true, write: true, owner: false }], max_size: None, max_objects: Some(5) })))),
-        ("response-admin-s3-key", Response::Admin(AdminResponse::S3(S3Response::Key(S3Key { id: "GK1".into(), name: "acme".into(), secret: Some(Secret::new("s")) })))),
-        ("response-admin-machine-detail", Response::Admin(AdminResponse::MachineDetail(MachineDetail { machine: machine(), desired_generation: 3, current_generation: Some(2), current_system: Some("/nix/store/abc".into()) }))),
+        (
+            "response-admin-s3-bucket",
+            Response::Admin(AdminResponse::S3(S3Response::Bucket(S3Bucket {
+                id: "b1".into(),
+                aliases: vec!["acme-media".into()],
+                website: true,
+                public_url: Some("https://acme-media.web.example".into()),
+                objects: 2,
+                bytes: 10,
+                grants: vec![S3Grant { key_id: "GK1".into(), read: true, write: true, owner: false }],
+                max_size: None,
+                max_objects: Some(5),
+            }))),
+        ),
+        (
+            "response-admin-s3-key",
+            Response::Admin(AdminResponse::S3(S3Response::Key(S3Key { id: "GK1".into(), name: "acme".into(), secret: Some(Secret::new("s")) }))),
+        ),
+        (
+            "response-admin-machine-detail",
+            Response::Admin(AdminResponse::MachineDetail(MachineDetail {
+                machine: machine(),
+                desired_generation: 3,
+                current_generation: Some(2),
+                current_system: Some("/nix/store/abc".into()),
+            })),
+        ),
         ("response-agent-assignment-v10", Response::Agent(AgentResponse::Assignment { assignment: assignment(), access: access() })),
         ("response-admin-tenant", Response::Admin(AdminResponse::Tenant(tenant()))),
         ("response-admin-tenants", Response::Admin(AdminResponse::Tenants(vec![tenant()]))),
         ("response-admin-volume", Response::Admin(AdminResponse::Volumes(VolumeResponse::Volume(volume_info())))),
-        ("response-admin-volume-snapshots", Response::Admin(AdminResponse::Volumes(VolumeResponse::Snapshots(vec![SnapshotInfo { name: "before-r-0a1b2c3d".into(), volume: "data".into(), created_at: 1 }])))),
+        (
+            "response-admin-volume-snapshots",
+            Response::Admin(AdminResponse::Volumes(VolumeResponse::Snapshots(vec![SnapshotInfo {
+                name: "before-r-0a1b2c3d".into(),
+                volume: "data".into(),
+                created_at: 1,
+            }]))),
+        ),
         ("response-admin-backup-chunk", Response::Admin(AdminResponse::BackupChunk(b"DROVER-BACKUP 1\n".to_vec()))),
         ("response-admin-backup-end", Response::Admin(AdminResponse::BackupEnd { bytes: 4096, sha256: "ab".repeat(32) })),
         (
@@ -342,8 +618,30 @@ fn responses() -> Vec<(&'static str, Response)> {
             }])),
         ),
         ("response-admin-problems", Response::Admin(AdminResponse::Problems(vec![Problem { subject: "web-1".into(), message: "no provider \"pve\"".into() }]))),
-        ("response-admin-audit-page", Response::Admin(AdminResponse::AuditPage { entries: vec![AuditEntry { at: 1_700_000_000_000, admin: "root".into(), action: "tokens create".into(), target: "1 uses".into(), outcome: "ok".into() }], next: Some(format!("{:020}-{:020}", 1_700_000_000_000u64, 7)) })),
-        ("response-admin-ssh-keys", Response::Admin(AdminResponse::SshKeys(vec![SshKeyInfo { admin: "alice".into(), login: "root".into(), fingerprint: "SHA256:abc".into(), algorithm: "ssh-ed25519".into(), comment: "alice@laptop".into(), added_at: 1 }]))),
+        (
+            "response-admin-audit-page",
+            Response::Admin(AdminResponse::AuditPage {
+                entries: vec![AuditEntry {
+                    at: 1_700_000_000_000,
+                    admin: "root".into(),
+                    action: "tokens create".into(),
+                    target: "1 uses".into(),
+                    outcome: "ok".into(),
+                }],
+                next: Some(format!("{:020}-{:020}", 1_700_000_000_000u64, 7)),
+            }),
+        ),
+        (
+            "response-admin-ssh-keys",
+            Response::Admin(AdminResponse::SshKeys(vec![SshKeyInfo {
+                admin: "alice".into(),
+                login: "root".into(),
+                fingerprint: "SHA256:abc".into(),
+                algorithm: "ssh-ed25519".into(),
+                comment: "alice@laptop".into(),
+                added_at: 1,
+            }])),
+        ),
     ]
 }
 
@@ -356,8 +654,11 @@ fn assignment_v9() -> compat::AssignmentV9 {
     compat::AssignmentV9::from(assignment())
 }
 
+/// Named messages of one shape.
+type Named<T> = Vec<(&'static str, T)>;
+
 /// Messages in the shapes of protocols 6 to 9, which protocol 10 changed.
-fn legacy() -> (Vec<(&'static str, compat::RequestV9)>, Vec<(&'static str, compat::ResponseV9)>) {
+fn legacy() -> (Named<compat::RequestV9>, Named<compat::ResponseV9>) {
     use compat::{AgentEventV9, AgentRequestV9, AgentResponseV9, DeploymentReportV9, RequestV9, ResponseV9};
     let report = |step, message: &str, tail: &str, path: Option<&str>| DeploymentReportV9 {
         generation: 3,
@@ -368,7 +669,10 @@ fn legacy() -> (Vec<(&'static str, compat::RequestV9)>, Vec<(&'static str, compa
     };
     (
         vec![
-            ("request-agent-report-deployment", RequestV9::Agent(AgentRequestV9::ReportDeployment(report(DeployStep::Switched, "ok", "tail", Some("/nix/store/abc"))))),
+            (
+                "request-agent-report-deployment",
+                RequestV9::Agent(AgentRequestV9::ReportDeployment(report(DeployStep::Switched, "ok", "tail", Some("/nix/store/abc")))),
+            ),
             (
                 "request-agent-report-deployments",
                 RequestV9::Agent(AgentRequestV9::ReportDeployments(vec![

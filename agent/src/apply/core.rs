@@ -152,11 +152,18 @@ pub enum Action {
     Prepare,
     Switch,
     /// Run the health checks until they pass or `deadline_ms` passes.
-    RunGate { deadline_ms: u64 },
+    RunGate {
+        deadline_ms: u64,
+    },
     /// Wait for contact with the coordinator after `since`, until `until`.
-    AwaitContact { since: Millis, until: Millis },
+    AwaitContact {
+        since: Millis,
+        until: Millis,
+    },
     /// Return to `previous` (the exact system that ran before).
-    RollBack { previous: Option<String> },
+    RollBack {
+        previous: Option<String>,
+    },
     /// Record the outcome and drop the journal; the apply is over.
     Finish(Applied),
     /// Drop the journal; the apply had not reached the switch and starts
@@ -275,8 +282,7 @@ impl Apply {
     }
 
     fn gate(&mut self) -> Vec<Action> {
-        let (generation, checks, deadline_ms) =
-            self.journal.as_ref().map(|j| (j.generation, j.checks.len(), j.health_deadline_ms)).unwrap_or_default();
+        let (generation, checks, deadline_ms) = self.journal.as_ref().map(|j| (j.generation, j.checks.len(), j.health_deadline_ms)).unwrap_or_default();
         self.stage = Stage::Gate;
         vec![report(generation, DeployStep::HealthChecking, format!("{checks} check(s)"), "", None), Action::RunGate { deadline_ms }]
     }
@@ -386,9 +392,7 @@ impl Apply {
                 actions
             }
             (Stage::Rebooting, Event::Booted(boot)) => self.verify_boot(boot),
-            (Stage::Rebooting, Event::RebootFailed(f)) => {
-                self.finish(DeployStep::Failed, format!("the reboot failed: {}", f.message), f.tail, None)
-            }
+            (Stage::Rebooting, Event::RebootFailed(f)) => self.finish(DeployStep::Failed, format!("the reboot failed: {}", f.message), f.tail, None),
             (Stage::Confirming, Event::Contact { .. } | Event::NoContact { .. }) => self.roll_back(format!(
                 "the coordinator was not reached within {} after the switch",
                 humantime::format_duration(std::time::Duration::from_millis(self.confirm_deadline_ms))
@@ -426,8 +430,7 @@ impl Apply {
                 vec![report(generation, DeployStep::Resumed, "agent restarted before the switch; applying again", "", None), Action::Restart]
             }
             JournalStep::Switching if current.is_some() && current == previous => {
-                let mut actions =
-                    vec![report(generation, DeployStep::Resumed, "agent restarted during the switch; the system was not changed", "", None)];
+                let mut actions = vec![report(generation, DeployStep::Resumed, "agent restarted during the switch; the system was not changed", "", None)];
                 actions.extend(self.finish(
                     DeployStep::Failed,
                     "the agent restarted during the switch, before the system changed".into(),

@@ -29,8 +29,8 @@ use crate::system::switch::{SwitchError, SystemSwitcher};
 use crate::system::volumes::{NoRestorer, Restorer, Volumes};
 use crate::system::{checks, secrets};
 
-pub use self::core::{Applied, Journal, JournalStep};
 use self::core::{Action, Apply, Event, Failure, Millis};
+pub use self::core::{Applied, Journal, JournalStep};
 pub use records::{Records, APPLIED_FILE, JOURNAL_FILE};
 
 fn failure(e: SwitchError) -> Failure {
@@ -87,15 +87,7 @@ impl Applier {
         reports: mpsc::UnboundedSender<DeploymentReport>,
         contact: watch::Receiver<Option<Instant>>,
     ) -> Self {
-        Applier {
-            records: Records::new(&config.state_dir),
-            switcher,
-            config,
-            reports,
-            contact,
-            restorer: Arc::new(NoRestorer),
-            epoch: Instant::now(),
-        }
+        Applier { records: Records::new(&config.state_dir), switcher, config, reports, contact, restorer: Arc::new(NoRestorer), epoch: Instant::now() }
     }
 
     fn now(&self) -> Millis {
@@ -224,11 +216,7 @@ impl Applier {
                 }
                 Action::RecordBoot => {
                     let spec = journal.as_ref()?.system.clone();
-                    Some(Event::BootRecorded {
-                        boot: self.switcher.boot(),
-                        running: self.switcher.current(&spec),
-                        boot_default: self.switcher.boot_default(),
-                    })
+                    Some(Event::BootRecorded { boot: self.switcher.boot(), running: self.switcher.current(&spec), boot_default: self.switcher.boot_default() })
                 }
                 Action::Reboot => {
                     let before = journal.as_ref().and_then(|j| j.boot_before.clone());

@@ -63,7 +63,20 @@ fn a_whole_apply_journals_each_step_before_taking_it() {
     assert_eq!(saved(&a), vec![JournalStep::Started]);
     assert_eq!(a.last(), Some(&Action::WriteFiles), "files come after the journal");
     let a = core.handle(Event::FilesWritten(Ok("2 secret(s)".into())));
-    assert_eq!(a, vec![super::core::Action::Report(drover_protocol::v1::DeploymentReport { generation: 7, step: DeployStep::SecretsWritten, message: "2 secret(s)".into(), output_tail: String::new(), system_path: None, volumes: vec![] }), Action::AttachVolumes]);
+    assert_eq!(
+        a,
+        vec![
+            super::core::Action::Report(drover_protocol::v1::DeploymentReport {
+                generation: 7,
+                step: DeployStep::SecretsWritten,
+                message: "2 secret(s)".into(),
+                output_tail: String::new(),
+                system_path: None,
+                volumes: vec![]
+            }),
+            Action::AttachVolumes
+        ]
+    );
     let a = core.handle(Event::VolumesAttached(Ok("1 volume(s) mounted".into())));
     assert_eq!(steps(&a), vec![DeployStep::VolumesAttached]);
     assert_eq!(a.last(), Some(&Action::Prepare), "volumes are mounted before the closure is fetched");
@@ -306,7 +319,10 @@ fn assignment() -> Assignment {
         facts_json: "{}".into(),
         checks: vec![],
         health_deadline_ms: 1_000,
-        volumes: vec![], goal: Default::default(), force_switch: false, reboot: false,
+        volumes: vec![],
+        goal: Default::default(),
+        force_switch: false,
+        reboot: false,
     }
 }
 

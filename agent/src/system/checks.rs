@@ -31,11 +31,7 @@ async fn s3_check(bucket: &str, runtime: &Path) -> Result<(), String> {
 }
 
 fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic".into())
+    payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned()).unwrap_or_else(|| "a panic".into())
 }
 
 async fn s3_attempt(bucket: &str, runtime: &Path) -> Result<(), String> {
@@ -46,10 +42,7 @@ async fn s3_attempt(bucket: &str, runtime: &Path) -> Result<(), String> {
     };
     let id = read(format!("s3-{bucket}-access-key-id"))?;
     let secret = read(format!("s3-{bucket}-secret-access-key"))?;
-    let facts: serde_json::Value = std::fs::read_to_string(runtime.join("facts.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
+    let facts: serde_json::Value = std::fs::read_to_string(runtime.join("facts.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
     let endpoint = facts.get("s3_endpoint").and_then(|v| v.as_str()).ok_or_else(|| format!("s3:{bucket}: no s3_endpoint in facts.json"))?;
     let region = facts.get("s3_region").and_then(|v| v.as_str()).unwrap_or("garage");
     let ca = facts.get("s3_ca_pem").and_then(|v| v.as_str());
@@ -86,16 +79,10 @@ pub async fn run_once(check: &HealthCheck, systemctl: &Path, runtime: &Path, htt
             }
         }
         HealthCheck::Unit { name } => {
-            let out = tokio::time::timeout(
-                ATTEMPT_TIMEOUT,
-                tokio::process::Command::new(systemctl)
-                    .args(["is-active", name])
-                    .kill_on_drop(true)
-                    .output(),
-            )
-            .await
-            .map_err(|_| format!("{} is-active {name} timed out", systemctl.display()))?
-            .map_err(|e| format!("cannot run {}: {e}", systemctl.display()))?;
+            let out = tokio::time::timeout(ATTEMPT_TIMEOUT, tokio::process::Command::new(systemctl).args(["is-active", name]).kill_on_drop(true).output())
+                .await
+                .map_err(|_| format!("{} is-active {name} timed out", systemctl.display()))?
+                .map_err(|e| format!("cannot run {}: {e}", systemctl.display()))?;
             if out.status.success() {
                 Ok(())
             } else {
@@ -104,25 +91,18 @@ pub async fn run_once(check: &HealthCheck, systemctl: &Path, runtime: &Path, htt
             }
         }
         HealthCheck::Http { url } => {
-            let response = http
-                .get(url)
-                .timeout(ATTEMPT_TIMEOUT)
-                .send()
-                .await
-                .map_err(|e| format!("{url}: {e}"))?;
+            let response = http.get(url).timeout(ATTEMPT_TIMEOUT).send().await.map_err(|e| format!("{url}: {e}"))?;
             if response.status().is_success() {
                 Ok(())
             } else {
                 Err(format!("{url} answered {}", response.status()))
             }
         }
-        HealthCheck::Tcp { host, port } => {
-            tokio::time::timeout(ATTEMPT_TIMEOUT, tokio::net::TcpStream::connect((host.as_str(), *port)))
-                .await
-                .map_err(|_| format!("tcp:{host}:{port} timed out"))?
-                .map(|_| ())
-                .map_err(|e| format!("tcp:{host}:{port}: {e}"))
-        }
+        HealthCheck::Tcp { host, port } => tokio::time::timeout(ATTEMPT_TIMEOUT, tokio::net::TcpStream::connect((host.as_str(), *port)))
+            .await
+            .map_err(|_| format!("tcp:{host}:{port} timed out"))?
+            .map(|_| ())
+            .map_err(|e| format!("tcp:{host}:{port}: {e}")),
     }
 }
 
@@ -133,10 +113,7 @@ pub async fn gate(checks: &[HealthCheck], deadline: Duration, systemctl: &Path, 
         return Ok(());
     }
     drover_net::tls::install_default_provider();
-    let http = reqwest::Client::builder()
-        .use_rustls_tls()
-        .build()
-        .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
+    let http = reqwest::Client::builder().use_rustls_tls().build().map_err(|e| format!("cannot make an HTTP client: {e}"))?;
     let end = tokio::time::Instant::now() + deadline;
     loop {
         let mut failures = Vec::new();
@@ -150,11 +127,7 @@ pub async fn gate(checks: &[HealthCheck], deadline: Duration, systemctl: &Path, 
         }
         let now = tokio::time::Instant::now();
         if now >= end {
-            return Err(format!(
-                "health checks failed after {}: {}",
-                humantime::format_duration(deadline),
-                failures.join("; ")
-            ));
+            return Err(format!("health checks failed after {}: {}", humantime::format_duration(deadline), failures.join("; ")));
         }
         // One more round right at the deadline, never past it by a pause.
         tokio::time::sleep(ROUND_PAUSE.min(end - now)).await;
@@ -177,15 +150,13 @@ mod tests {
                 let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
             }
         });
-        let ok = [
-            HealthCheck::Tcp { host: "127.0.0.1".into(), port },
-            HealthCheck::Http { url: format!("http://127.0.0.1:{port}/health") },
-        ];
+        let ok = [HealthCheck::Tcp { host: "127.0.0.1".into(), port }, HealthCheck::Http { url: format!("http://127.0.0.1:{port}/health") }];
         gate(&ok, Duration::from_secs(5), Path::new("systemctl"), Path::new("/nonexistent")).await.expect("passes");
         let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("a").port();
-        let err = gate(&[HealthCheck::Tcp { host: "127.0.0.1".into(), port: closed }], Duration::from_millis(600), Path::new("systemctl"), Path::new("/nonexistent"))
-            .await
-            .expect_err("fails");
+        let err =
+            gate(&[HealthCheck::Tcp { host: "127.0.0.1".into(), port: closed }], Duration::from_millis(600), Path::new("systemctl"), Path::new("/nonexistent"))
+                .await
+                .expect_err("fails");
         assert!(err.contains(&format!("tcp:127.0.0.1:{closed}")), "{err}");
     }
 
@@ -193,7 +164,8 @@ mod tests {
     async fn unit_checks_ask_systemctl_is_active() {
         let dir = tempfile::tempdir().expect("tempdir");
         let fake = dir.path().join("systemctl");
-        std::fs::write(&fake, "#!/bin/sh\n[ \"$1\" = is-active ] || exit 2\nif [ \"$2\" = up.service ]; then echo active; exit 0; fi\necho failed; exit 3\n").expect("write");
+        std::fs::write(&fake, "#!/bin/sh\n[ \"$1\" = is-active ] || exit 2\nif [ \"$2\" = up.service ]; then echo active; exit 0; fi\necho failed; exit 3\n")
+            .expect("write");
         std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
         gate(&[HealthCheck::Unit { name: "up.service".into() }], Duration::from_secs(2), &fake, Path::new("/nonexistent")).await.expect("active");
         let err = gate(&[HealthCheck::Unit { name: "down.service".into() }], Duration::from_millis(600), &fake, Path::new("/nonexistent"))

@@ -101,10 +101,7 @@ pub async fn failed_units() -> Option<Vec<String>> {
     }
     let output = tokio::time::timeout(
         Duration::from_secs(5),
-        tokio::process::Command::new("systemctl")
-            .args(["list-units", "--state=failed", "--plain", "--no-legend", "--no-pager"])
-            .kill_on_drop(true)
-            .output(),
+        tokio::process::Command::new("systemctl").args(["list-units", "--state=failed", "--plain", "--no-legend", "--no-pager"]).kill_on_drop(true).output(),
     )
     .await
     .ok()?
@@ -112,12 +109,7 @@ pub async fn failed_units() -> Option<Vec<String>> {
     if !output.status.success() {
         return None;
     }
-    Some(
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-            .collect(),
-    )
+    Some(String::from_utf8_lossy(&output.stdout).lines().filter_map(|l| l.split_whitespace().next().map(str::to_string)).collect())
 }
 
 impl HealthSource for SystemHealth {
@@ -128,11 +120,7 @@ impl HealthSource for SystemHealth {
         let disks = sysinfo::Disks::new_with_refreshed_list()
             .iter()
             .filter(|d| d.total_space() > 0)
-            .map(|d| DiskUsage {
-                mount_point: d.mount_point().display().to_string(),
-                total_bytes: d.total_space(),
-                available_bytes: d.available_space(),
-            })
+            .map(|d| DiskUsage { mount_point: d.mount_point().display().to_string(), total_bytes: d.total_space(), available_bytes: d.available_space() })
             .collect();
         HealthReport {
             hostname: self.hostname.clone(),

@@ -117,22 +117,14 @@ pub fn write_access(runtime: &Path, access: &Access) -> Result<(), SecretsError>
 
 fn ids(secret: &SecretFile) -> Result<(Option<nix::unistd::Uid>, Option<nix::unistd::Gid>), SecretsError> {
     let uid = match &secret.owner {
-        Some(name) => Some(
-            nix::unistd::User::from_name(name)
-                .ok()
-                .flatten()
-                .ok_or_else(|| SecretsError::NoUser { secret: secret.name.clone(), name: name.clone() })?
-                .uid,
-        ),
+        Some(name) => {
+            Some(nix::unistd::User::from_name(name).ok().flatten().ok_or_else(|| SecretsError::NoUser { secret: secret.name.clone(), name: name.clone() })?.uid)
+        }
         None => None,
     };
     let gid = match &secret.group {
         Some(name) => Some(
-            nix::unistd::Group::from_name(name)
-                .ok()
-                .flatten()
-                .ok_or_else(|| SecretsError::NoGroup { secret: secret.name.clone(), name: name.clone() })?
-                .gid,
+            nix::unistd::Group::from_name(name).ok().flatten().ok_or_else(|| SecretsError::NoGroup { secret: secret.name.clone(), name: name.clone() })?.gid,
         ),
         None => None,
     };
@@ -171,8 +163,7 @@ pub fn write_secrets(runtime: &Path, secrets: &[SecretFile]) -> Result<(), Secre
 
 /// Writes the facts (a JSON object) to `<runtime>/facts.json`, mode 0644.
 pub fn write_facts(runtime: &Path, facts_json: &str) -> Result<(), SecretsError> {
-    let value: serde_json::Value =
-        serde_json::from_str(facts_json).map_err(|e| SecretsError::BadFacts(e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_str(facts_json).map_err(|e| SecretsError::BadFacts(e.to_string()))?;
     if !value.is_object() {
         return Err(SecretsError::BadFacts("not an object".into()));
     }
@@ -195,10 +186,7 @@ mod tests {
         Access {
             authorized_keys: entries
                 .iter()
-                .map(|(login, keys)| drover_protocol::v1::LoginKeys {
-                    login: login.to_string(),
-                    keys: keys.iter().map(|k| k.to_string()).collect(),
-                })
+                .map(|(login, keys)| drover_protocol::v1::LoginKeys { login: login.to_string(), keys: keys.iter().map(|k| k.to_string()).collect() })
                 .collect(),
         }
     }

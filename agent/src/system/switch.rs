@@ -58,10 +58,7 @@ pub enum SwitchError {
 impl SwitchError {
     pub fn tail(&self) -> &str {
         match self {
-            SwitchError::Failed { tail, .. }
-            | SwitchError::Timeout { tail, .. }
-            | SwitchError::UnitsFailed { tail }
-            | SwitchError::Unsigned { tail } => tail,
+            SwitchError::Failed { tail, .. } | SwitchError::Timeout { tail, .. } | SwitchError::UnitsFailed { tail } | SwitchError::Unsigned { tail } => tail,
             _ => "",
         }
     }
@@ -116,11 +113,7 @@ pub fn resolve_profile(profile: &Path) -> Option<String> {
     let mut path = profile.to_path_buf();
     for _ in 0..8 {
         let target = std::fs::read_link(&path).ok()?;
-        let target = if target.is_relative() {
-            path.parent().unwrap_or(Path::new("/")).join(target)
-        } else {
-            target
-        };
+        let target = if target.is_relative() { path.parent().unwrap_or(Path::new("/")).join(target) } else { target };
         if target.starts_with("/nix/store") {
             return Some(target.display().to_string());
         }
@@ -200,18 +193,10 @@ impl NixSwitcher {
     /// `nix-env -p PROFILE --set PATH`: the boot default.
     async fn set_profile(&self, store_path: &str) -> Result<String, SwitchError> {
         if let Some(dir) = self.config.system_profile.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| SwitchError::Spawn {
-                what: format!("creating the profile directory {}", dir.display()),
-                source,
-            })?;
+            std::fs::create_dir_all(dir).map_err(|source| SwitchError::Spawn { what: format!("creating the profile directory {}", dir.display()), source })?;
         }
         let mut args = self.store_args();
-        args.extend([
-            "-p".into(),
-            self.config.system_profile.display().to_string(),
-            "--set".into(),
-            store_path.to_string(),
-        ]);
+        args.extend(["-p".into(), self.config.system_profile.display().to_string(), "--set".into(), store_path.to_string()]);
         run_ok(&self.nix_tool("nix-env"), &args, self.config.switch_timeout, "setting the system profile (nix-env --set)").await
     }
 
@@ -221,8 +206,7 @@ impl NixSwitcher {
         let script = self.physical(store_path).join("bin/switch-to-configuration");
         let no_check: &[(&str, &str)] = if force { &[("NIXOS_NO_CHECK", "1")] } else { &[] };
         let (program, args) = if Path::new("/run/systemd/system").exists() && self.config.nix_store.is_none() {
-            let mut args: Vec<String> =
-                vec!["--unit=drover-switch".into(), "--wait".into(), "--pipe".into(), "--collect".into(), "--quiet".into()];
+            let mut args: Vec<String> = vec!["--unit=drover-switch".into(), "--wait".into(), "--pipe".into(), "--collect".into(), "--quiet".into()];
             if force {
                 args.push("--setenv=NIXOS_NO_CHECK=1".into());
             }
@@ -339,9 +323,7 @@ impl SystemSwitcher for NixSwitcher {
                 let env: Vec<(&str, &str)> = cache_home.iter().map(|dir| ("XDG_CACHE_HOME", dir.as_str())).collect();
                 let what = "fetching the closure (nix-store --realise)";
                 match run_ok_with(&self.nix_tool("nix-store"), &args, &env, self.config.switch_timeout, what).await {
-                    Err(SwitchError::Failed { tail, .. }) if tail.contains("is not signed by any of the keys") => {
-                        Err(SwitchError::Unsigned { tail })
-                    }
+                    Err(SwitchError::Failed { tail, .. }) if tail.contains("is not signed by any of the keys") => Err(SwitchError::Unsigned { tail }),
                     other => other,
                 }
             }
@@ -414,12 +396,8 @@ impl SystemSwitcher for NixSwitcher {
         }
         let generations = self.generations();
         let newest_kept = generations.len().saturating_sub(keep as usize);
-        let doomed: Vec<String> = generations
-            .iter()
-            .take(newest_kept)
-            .filter(|(_, path)| path.as_ref().is_none_or(|p| !protect.contains(p)))
-            .map(|(n, _)| n.to_string())
-            .collect();
+        let doomed: Vec<String> =
+            generations.iter().take(newest_kept).filter(|(_, path)| path.as_ref().is_none_or(|p| !protect.contains(p))).map(|(n, _)| n.to_string()).collect();
         if doomed.is_empty() {
             return Ok(0);
         }

@@ -103,11 +103,7 @@ async fn run(program: &str, args: &[&str]) -> Result<(i32, String, String), Stri
         .output()
         .await
         .map_err(|e| format!("cannot run {program}: {e}; install it (Debian: e2fsprogs, xfsprogs, util-linux)"))?;
-    Ok((
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
+    Ok((output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned()))
 }
 
 /// Unescapes a path field of `/proc/self/mountinfo` (`\040` for a space).
@@ -163,11 +159,7 @@ fn dev_numbers(device: &Path) -> Result<(u64, u64), String> {
 fn device_bytes(device: &Path) -> Result<u64, String> {
     let (major, minor) = dev_numbers(device)?;
     let path = format!("/sys/dev/block/{major}:{minor}/size");
-    let sectors: u64 = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read {path}: {e}"))?
-        .trim()
-        .parse()
-        .map_err(|e| format!("{path}: {e}"))?;
+    let sectors: u64 = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?.trim().parse().map_err(|e| format!("{path}: {e}"))?;
     Ok(sectors * 512)
 }
 
@@ -276,9 +268,8 @@ impl Volumes {
         let signatures = blank::parse_signatures(&out);
         let device_bytes = device_bytes(device)?;
         let path = device.to_path_buf();
-        let non_zero_at = tokio::task::spawn_blocking(move || blank::first_non_zero(&path, device_bytes))
-            .await
-            .map_err(|e| format!("reading the device failed: {e}"))??;
+        let non_zero_at =
+            tokio::task::spawn_blocking(move || blank::first_non_zero(&path, device_bytes)).await.map_err(|e| format!("reading the device failed: {e}"))??;
         Ok(Inspection { probe, signatures, non_zero_at, device_bytes })
     }
 
@@ -321,8 +312,7 @@ impl Volumes {
         if code != 0 {
             // resize2fs prints its version on stderr and the reason on
             // either stream: keep every line but the version.
-            let text: Vec<&str> =
-                err.lines().chain(out.lines()).map(str::trim).filter(|l| !l.is_empty() && !is_version_line(l, program)).collect();
+            let text: Vec<&str> = err.lines().chain(out.lines()).map(str::trim).filter(|l| !l.is_empty() && !is_version_line(l, program)).collect();
             let text = if text.is_empty() { format!("exit code {code}") } else { text.join("; ") };
             return Err(format!("{program} could not grow it online: {}", tail(&text)));
         }
@@ -346,10 +336,7 @@ impl Volumes {
                 self.unmount(&v.name, &mount_point).await?;
                 records.mounted.remove(&v.name);
                 self.save(records)?;
-                restorer
-                    .restore(generation, &v.name)
-                    .await
-                    .map_err(|e| format!("volume {}: rolling it back to snapshot {snapshot} failed: {e}", v.name))?;
+                restorer.restore(generation, &v.name).await.map_err(|e| format!("volume {}: rolling it back to snapshot {snapshot} failed: {e}", v.name))?;
                 records.restored.insert(v.name.clone(), generation);
                 self.save(records)?;
                 tracing::info!(volume = %v.name, %snapshot, generation, "volume rolled back to its snapshot");

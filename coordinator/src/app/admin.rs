@@ -44,11 +44,9 @@ pub async fn backup(state: &Coordinator, name: &str, serial: &str) -> Result<Vec
 /// added again under the same name, has no rights on an old connection —
 /// and whether its role allows `request`.
 fn authorize(state: &Coordinator, name: &str, serial: &str, request: &AdminRequest) -> Result<AdminRecord, WireError> {
-    let admin = state
-        .store
-        .admin(name)?
-        .filter(|a| a.serials.iter().any(|s| s == serial))
-        .ok_or_else(|| WireError::new(ErrorCode::Unauthenticated, "this admin certificate is no longer valid (the admin was removed or its certificate replaced)"))?;
+    let admin = state.store.admin(name)?.filter(|a| a.serials.iter().any(|s| s == serial)).ok_or_else(|| {
+        WireError::new(ErrorCode::Unauthenticated, "this admin certificate is no longer valid (the admin was removed or its certificate replaced)")
+    })?;
     if !authz::allowed(admin.role, request) {
         let need = authz::required_role(request);
         tracing::debug!(role = admin.role.as_str(), need = need.as_str(), "admin request denied");

@@ -18,10 +18,15 @@ use super::{now_ms, Coordinator};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Peer {
     Anonymous,
-    Machine { id: String },
+    Machine {
+        id: String,
+    },
     /// An admin, with the serial of the certificate it connected with:
     /// every request is checked against the admin's record as it is then.
-    Admin { name: String, serial: String },
+    Admin {
+        name: String,
+        serial: String,
+    },
 }
 
 /// Checks a client certificate (already verified against the fleet CA by
@@ -34,9 +39,8 @@ pub fn identify(state: &Coordinator, cert: Option<PeerCertificate>) -> Result<Pe
     let unauthenticated = |msg: &str| WireError::new(ErrorCode::Unauthenticated, msg.to_string());
     match cert.subject {
         Subject::Machine(id) => {
-            let record = state.store.machine(&id)?.ok_or_else(|| {
-                unauthenticated("this machine is not known to the coordinator; enroll it again with a new token")
-            })?;
+            let record =
+                state.store.machine(&id)?.ok_or_else(|| unauthenticated("this machine is not known to the coordinator; enroll it again with a new token"))?;
             if record.revoked_at.is_some() {
                 return Err(revoked(&id));
             }
@@ -46,8 +50,7 @@ pub fn identify(state: &Coordinator, cert: Option<PeerCertificate>) -> Result<Pe
             Ok(Peer::Machine { id })
         }
         Subject::Admin(name) => {
-            let record =
-                state.store.admin(&name)?.ok_or_else(|| unauthenticated("this admin is not known to the coordinator"))?;
+            let record = state.store.admin(&name)?.ok_or_else(|| unauthenticated("this admin is not known to the coordinator"))?;
             if !record.serials.contains(&cert.serial) {
                 return Err(unauthenticated("this admin certificate is no longer valid"));
             }
@@ -93,10 +96,7 @@ const MAX_REPORTED_VOLUMES: usize = 64;
 /// large fleet would otherwise flush for every step of every machine.
 pub async fn report_deployments(state: &Coordinator, id: &str, reports: &[DeploymentReport]) -> Result<AgentResponse, WireError> {
     if reports.is_empty() || reports.len() > MAX_REPORTS_PER_REQUEST {
-        return Err(WireError::new(
-            ErrorCode::BadRequest,
-            format!("a request carries 1 to {MAX_REPORTS_PER_REQUEST} progress reports, not {}", reports.len()),
-        ));
+        return Err(WireError::new(ErrorCode::BadRequest, format!("a request carries 1 to {MAX_REPORTS_PER_REQUEST} progress reports, not {}", reports.len())));
     }
     let now = now_ms();
     // An outcome, or volumes' states (a format among them), change the
@@ -113,7 +113,11 @@ pub async fn report_deployments(state: &Coordinator, id: &str, reports: &[Deploy
             let cut_before = deployment.steps_dropped;
             crate::deploy::apply_report(&mut deployment, &mut machine, report, now, state.config.limits.deployment_steps);
             if cut_before == 0 && deployment.steps_dropped > 0 {
-                tracing::warn!(machine = id, generation = report.generation, "a deployment's steps passed their bound (limits.deployment_steps); more are counted, not kept");
+                tracing::warn!(
+                    machine = id,
+                    generation = report.generation,
+                    "a deployment's steps passed their bound (limits.deployment_steps); more are counted, not kept"
+                );
             }
             tx.put(&key, &deployment)?;
             if !report.volumes.is_empty() {

@@ -75,9 +75,7 @@ pub fn describe(request: &AdminRequest) -> Option<(String, String)> {
             S3Request::BucketDelete { name } => ("s3 buckets delete", name.clone()),
             S3Request::KeyCreate { name } => ("s3 keys create", name.clone()),
             S3Request::KeyDelete { name } => ("s3 keys delete", name.clone()),
-            S3Request::Grant { bucket, key, read, write, owner } => {
-                ("s3 grant", format!("{key} on {bucket} read={read} write={write} owner={owner}"))
-            }
+            S3Request::Grant { bucket, key, read, write, owner } => ("s3 grant", format!("{key} on {bucket} read={read} write={write} owner={owner}")),
             S3Request::ClusterAddNode { admin, zone, .. } => ("s3 cluster add-node", format!("{admin} zone {zone}")),
             S3Request::ClusterApply => ("s3 cluster apply", String::new()),
             S3Request::ClusterAddMachine { machine } => ("s3 cluster add-machine", machine.clone()),
@@ -140,11 +138,7 @@ impl Pending {
             admin: admin.to_string(),
             action: "refused requests".into(),
             target: crate::model::clean_text(&target, 512),
-            outcome: format!(
-                "{} more refused since {} (after the first, which has its own entry)",
-                self.count(),
-                crate::output::timestamp(self.since)
-            ),
+            outcome: format!("{} more refused since {} (after the first, which has its own entry)", self.count(), crate::output::timestamp(self.since)),
         }
     }
 }

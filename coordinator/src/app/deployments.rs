@@ -31,12 +31,7 @@ pub fn targets(state: &Coordinator, machine: Option<&str>, selector: &Labels) ->
             }
             vec![m]
         }
-        None => state
-            .store
-            .machines()?
-            .into_iter()
-            .filter(|m| m.revoked_at.is_none() && registry::matches(&m.labels, selector))
-            .collect(),
+        None => state.store.machines()?.into_iter().filter(|m| m.revoked_at.is_none() && registry::matches(&m.labels, selector)).collect(),
     };
     if targets.is_empty() {
         return Err(not_found("no machine matches the selector; see `drover machines list`"));
@@ -86,12 +81,7 @@ pub fn record_one(tx: &Tx, id: &str, make: Make) -> Result<Result<Recorded, NotD
     tx.put(&key, &deployment)?;
     machine.desired_generation = generation;
     tx.put(id.as_bytes(), &machine)?;
-    let target = DeployedTarget {
-        machine_id: id.to_string(),
-        hostname: machine.hostname.clone(),
-        generation,
-        deployment_id: deployment_id(id, generation),
-    };
+    let target = DeployedTarget { machine_id: id.to_string(), hostname: machine.hostname.clone(), generation, deployment_id: deployment_id(id, generation) };
     Ok(Ok(Recorded { target, assigned: Arc::new((assignment.assignment, assignment.access)) }))
 }
 
@@ -119,10 +109,7 @@ fn check_holds(tx: &Tx, held: &[RolloutRecord], ids: &[String], override_rollout
 /// targets, and what their tenants allow. Returns the targets and the
 /// directory their assignments are built with.
 fn checked(state: &Coordinator, spec: &DeploySpec) -> Result<(Vec<MachineRecord>, Directory), WireError> {
-    deploy::validate(spec)
-        .and_then(|()| s3::provision::check(&spec.buckets))
-        .and_then(|()| volumes::check_claims(&spec.volumes))
-        .map_err(invalid)?;
+    deploy::validate(spec).and_then(|()| s3::provision::check(&spec.buckets)).and_then(|()| volumes::check_claims(&spec.volumes)).map_err(invalid)?;
     let targets = targets(state, spec.machine.as_deref(), &spec.selector)?;
     let directory = directory(state)?;
     directory.check_spec(spec, &targets).map_err(invalid)?;
@@ -161,10 +148,7 @@ pub async fn deploy(state: &Coordinator, by: &str, mut spec: DeploySpec) -> Resu
         Vec::new()
     } else {
         let [target] = targets.as_slice() else {
-            return Err(invalid(format!(
-                "--volume gives a volume to one machine, and {} machines match; name one with --machine",
-                targets.len()
-            )));
+            return Err(invalid(format!("--volume gives a volume to one machine, and {} machines match; name one with --machine", targets.len())));
         };
         match volumes::prepare(state, &spec.volumes, target).await {
             Ok(mounts) => mounts,
@@ -385,10 +369,7 @@ fn one(state: &Coordinator, id: &str) -> Result<DeploymentInfo, WireError> {
 /// Deployments by id, in the order asked; an unknown id is refused by name.
 pub fn show_many(state: &Coordinator, ids: &[String]) -> Result<AdminResponse, WireError> {
     if ids.len() > MAX_DEPLOYMENTS_PER_REQUEST {
-        return Err(WireError::new(
-            ErrorCode::BadRequest,
-            format!("a request asks for at most {MAX_DEPLOYMENTS_PER_REQUEST} deployments, not {}", ids.len()),
-        ));
+        return Err(WireError::new(ErrorCode::BadRequest, format!("a request asks for at most {MAX_DEPLOYMENTS_PER_REQUEST} deployments, not {}", ids.len())));
     }
     let mut used = 0;
     let mut out = Vec::with_capacity(ids.len());

@@ -52,9 +52,7 @@ fn observe(state: &Coordinator, r: &RolloutRecord, now: u64) -> BTreeMap<String,
         };
         let outcome = watched.and_then(|g| state.store.deployment(id, g).ok().flatten()).and_then(|d| match d.state {
             DeploymentState::Succeeded => Some(Outcome::Succeeded { at: d.finished_at.unwrap_or(now) }),
-            DeploymentState::Failed => Some(Outcome::Failed {
-                reason: d.steps.last().map(|s| s.message.clone()).unwrap_or_else(|| "failed".into()),
-            }),
+            DeploymentState::Failed => Some(Outcome::Failed { reason: d.steps.last().map(|s| s.message.clone()).unwrap_or_else(|| "failed".into()) }),
             DeploymentState::Superseded => Some(Outcome::Failed { reason: "superseded by a newer deployment".into() }),
             _ => None,
         });

@@ -91,13 +91,10 @@ async fn enroll_checked(state: &Coordinator, req: EnrollRequest) -> Result<Issue
     // Fail fast before spending a signature; the transaction checks again.
     tokens::check(token.as_ref(), now).map_err(|r| refuse(r, token.as_ref().map(|t| t.id.as_str())))?;
     let id = new_machine_id();
-    let issued = state
-        .ca
-        .sign_client(&req.csr_der, &Subject::Machine(id.clone()), state.config.machine_cert_lifetime)
-        .map_err(|e| {
-            tracing::debug!(error = %e, "enrollment refused: unusable CSR");
-            WireError::new(ErrorCode::BadCsr, e.to_string())
-        })?;
+    let issued = state.ca.sign_client(&req.csr_der, &Subject::Machine(id.clone()), state.config.machine_cert_lifetime).map_err(|e| {
+        tracing::debug!(error = %e, "enrollment refused: unusable CSR");
+        WireError::new(ErrorCode::BadCsr, e.to_string())
+    })?;
     let result = state
         .store
         .commit(|tx| {
@@ -163,7 +160,12 @@ async fn retry(state: &Coordinator, csr_der: &[u8], key: &str, token: Option<&To
         return Ok(None);
     };
     let is_retry = |m: &MachineRecord| {
-        enrolled.token_id == token.id && m.token_id == token.id && m.enrolled_key.as_deref() == Some(key) && m.revoked_at.is_none() && m.last_seen.is_none() && !state.live.has_unwritten(&m.id)
+        enrolled.token_id == token.id
+            && m.token_id == token.id
+            && m.enrolled_key.as_deref() == Some(key)
+            && m.revoked_at.is_none()
+            && m.last_seen.is_none()
+            && !state.live.has_unwritten(&m.id)
     };
     match state.store.machine(&enrolled.machine_id)? {
         Some(m) if is_retry(&m) => {}

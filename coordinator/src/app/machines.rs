@@ -44,8 +44,7 @@ pub fn resolve(state: &Coordinator, reference: &str) -> Result<String, WireError
     if let Some(id) = state.store.provision(reference)?.and_then(|p| p.machine_id) {
         return Ok(id);
     }
-    let named: Vec<MachineRecord> =
-        state.store.machines()?.into_iter().filter(|m| m.hostname == reference && m.revoked_at.is_none()).collect();
+    let named: Vec<MachineRecord> = state.store.machines()?.into_iter().filter(|m| m.hostname == reference && m.revoked_at.is_none()).collect();
     match named.as_slice() {
         [one] => Ok(one.id.clone()),
         [] => Err(no_machine(reference)),
@@ -96,11 +95,7 @@ pub async fn create_token(state: &Coordinator, by: &str, spec: TokenSpec) -> Res
     }
     let now = now_ms();
     let (text, record) = new_token(spec.labels, now, now.saturating_add(spec.ttl_ms), spec.uses, None);
-    state
-        .store
-        .commit(|tx| tx.insert_new(record.hash.as_bytes(), &record, || "token already exists".into()))
-        .await
-        .map_err(WireError::from)?;
+    state.store.commit(|tx| tx.insert_new(record.hash.as_bytes(), &record, || "token already exists".into())).await.map_err(WireError::from)?;
     tracing::info!(token = %record.id, uses = record.uses_total, by, "enrollment token created");
     Ok(AdminResponse::TokenCreated(CreatedToken { info: record.to_wire(), token: text }))
 }
@@ -215,10 +210,8 @@ pub async fn add_admin(state: &Coordinator, by: &str, name: String, role: Role, 
     if state.store.admin(&name)?.is_some() {
         return Err(WireError::new(ErrorCode::Conflict, taken()));
     }
-    let issued = state
-        .ca
-        .sign_client(csr_der, &Subject::Admin(name.clone()), ADMIN_CERT_LIFETIME)
-        .map_err(|e| WireError::new(ErrorCode::BadCsr, e.to_string()))?;
+    let issued =
+        state.ca.sign_client(csr_der, &Subject::Admin(name.clone()), ADMIN_CERT_LIFETIME).map_err(|e| WireError::new(ErrorCode::BadCsr, e.to_string()))?;
     let record = AdminRecord { name: name.clone(), role, created_at: now_ms(), serials: vec![issued.serial.clone()], ssh_keys: Vec::new() };
     state.store.commit(|tx| tx.insert_new(name.as_bytes(), &record, taken)).await.map_err(WireError::from)?;
     tracing::info!(admin = %name, role = role.as_str(), by, "admin added");

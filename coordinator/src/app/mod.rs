@@ -98,13 +98,12 @@ pub struct Coordinator {
 impl Coordinator {
     /// Opens the state directory: CA, store; Garage if `[s3]` is configured.
     pub fn open(config: Config) -> Result<Self> {
-        let ca = Ca::load(&config.state_dir)
-            .with_context(|| format!("loading the fleet CA from {}", config.state_dir.display()))?;
+        let ca = Ca::load(&config.state_dir).with_context(|| format!("loading the fleet CA from {}", config.state_dir.display()))?;
         let store = Store::open_with(
             &config.state_dir.join(DB_DIR),
             SledOptions { cache_bytes: config.limits.store_cache_mib << 20, min_free_bytes: config.limits.min_free_disk_mib << 20 },
         )
-            .with_context(|| format!("opening the store in {}", config.state_dir.display()))?;
+        .with_context(|| format!("opening the store in {}", config.state_dir.display()))?;
         Ok(Coordinator::new(config, ca, store))
     }
 
@@ -113,9 +112,7 @@ impl Coordinator {
     pub fn new(config: Config, ca: Ca, store: Store) -> Self {
         let object_store = config.s3.clone().map(ObjectStore::garage);
         let fleet = ca.fleet_id();
-        let block_storage = config.linstor.clone().map(|l| {
-            Linstor::new(l, &fleet).map(|c| Arc::new(c) as Arc<dyn BlockStorage>).map_err(|e| e.to_string())
-        });
+        let block_storage = config.linstor.clone().map(|l| Linstor::new(l, &fleet).map(|c| Arc::new(c) as Arc<dyn BlockStorage>).map_err(|e| e.to_string()));
         let hypervisors = provisions::hypervisors(&config, &fleet);
         Coordinator {
             config,

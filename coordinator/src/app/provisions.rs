@@ -36,8 +36,8 @@ use drover_protocol::{ErrorCode, WireError};
 use crate::config::ProviderConfig;
 use crate::hypervisor::{DataDisk, Hypervisor, HypervisorError, Owner, VmSpec};
 use crate::model::{ProvisionRecord, TokenRecord};
-use crate::store::Tx;
 use crate::registry;
+use crate::store::Tx;
 
 use super::errors::{conflict, invalid, not_found};
 use super::{now_ms, Coordinator};
@@ -64,9 +64,7 @@ pub fn hypervisors(config: &crate::config::Config, fleet: &str) -> Hypervisors {
                     }
                     crate::hypervisor::qemu::Qemu::new(q.clone(), dir, target, owner).map(|h| Arc::new(h) as _).map_err(|e| e.to_string())
                 }
-                ProviderConfig::Proxmox(x) => {
-                    crate::hypervisor::proxmox::Proxmox::new(x.clone(), owner).map(|h| Arc::new(h) as _).map_err(|e| e.to_string())
-                }
+                ProviderConfig::Proxmox(x) => crate::hypervisor::proxmox::Proxmox::new(x.clone(), owner).map(|h| Arc::new(h) as _).map_err(|e| e.to_string()),
             };
             (p.name().to_string(), made)
         })
@@ -107,7 +105,10 @@ fn check_request(state: &Coordinator, r: &ProvisionRequest) -> Result<ProviderCo
     for d in &r.disks {
         let name_ok = !d.name.is_empty() && d.name.len() <= MAX_DISK_NAME && d.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !name_ok {
-            return Err(invalid(format!("volume name {:?} must be 1-{MAX_DISK_NAME} lowercase letters, digits or dashes (its disk serial is vol-NAME)", d.name)));
+            return Err(invalid(format!(
+                "volume name {:?} must be 1-{MAX_DISK_NAME} lowercase letters, digits or dashes (its disk serial is vol-NAME)",
+                d.name
+            )));
         }
         if !seen.insert(&d.name) {
             return Err(invalid(format!("volume {} is given twice", d.name)));
@@ -446,7 +447,10 @@ pub async fn reconcile(state: &Coordinator) {
                 }
             }
         }
-        for p in records.iter().filter(|p| p.provider == *provider && !matches!(p.state, ProvisionState::Provisioning | ProvisionState::Failed | ProvisionState::Destroyed)) {
+        for p in records
+            .iter()
+            .filter(|p| p.provider == *provider && !matches!(p.state, ProvisionState::Provisioning | ProvisionState::Failed | ProvisionState::Destroyed))
+        {
             if vms.iter().any(|vm| Some(&vm.vm_id) == p.vm_id.as_ref() && vm.provision == p.id) {
                 continue;
             }
@@ -610,8 +614,7 @@ async fn boot(state: &Coordinator, p: &ProvisionRecord, hv: &dyn Hypervisor) -> 
 async fn connected(state: &Coordinator, p: &ProvisionRecord) -> Result<(), String> {
     let machine = p.machine_id.clone().ok_or("enrolled without a machine")?;
     loop {
-        let seen = state.live.has_unwritten(&machine)
-            || state.store.machine(&machine).map_err(|e| e.to_string())?.is_some_and(|m| m.last_seen.is_some());
+        let seen = state.live.has_unwritten(&machine) || state.store.machine(&machine).map_err(|e| e.to_string())?.is_some_and(|m| m.last_seen.is_some());
         if seen {
             let done = state
                 .store
@@ -668,7 +671,9 @@ async fn fail(state: &Coordinator, name: &str, reason: String, hv: Option<Arc<dy
             Ok(_) | Err(HypervisorError::NotOurs { .. }) => {}
             Err(e) => {
                 tracing::warn!(provision = %p.id, vm, error = %e, "cannot delete the failed provision's VM");
-                left = Some(format!("its VM {vm} could not be deleted ({e}); `drover machines destroy {name}` deletes it, and the next coordinator start tries again"));
+                left = Some(format!(
+                    "its VM {vm} could not be deleted ({e}); `drover machines destroy {name}` deletes it, and the next coordinator start tries again"
+                ));
             }
         }
     }

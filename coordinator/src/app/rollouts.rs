@@ -7,10 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use drover_protocol::v1::{
-    self, AdminResponse, RolloutAction, RolloutInfo, RolloutMachine, RolloutMachineState, RolloutPhase,
-    RolloutSpec,
-};
+use drover_protocol::v1::{self, AdminResponse, RolloutAction, RolloutInfo, RolloutMachine, RolloutMachineState, RolloutPhase, RolloutSpec};
 use drover_protocol::{ErrorCode, WireError};
 
 use crate::model::{AssignmentRecord, DeploymentRecord, MachineRecord, RolloutRecord};
@@ -208,12 +205,8 @@ pub async fn start(state: &Coordinator, by: &str, mut spec: RolloutSpec) -> Resu
         super::volumes::block_storage(state)?;
     }
     let _guard = state.rollout_lock.lock().await;
-    let machines: Vec<_> = state
-        .store
-        .machines()?
-        .into_iter()
-        .filter(|m| m.revoked_at.is_none() && registry::matches(&m.labels, &spec.deploy.selector))
-        .collect();
+    let machines: Vec<_> =
+        state.store.machines()?.into_iter().filter(|m| m.revoked_at.is_none() && registry::matches(&m.labels, &spec.deploy.selector)).collect();
     if machines.is_empty() {
         return Err(not_found("no machine matches the selector; see `drover machines list`"));
     }
@@ -283,9 +276,7 @@ pub async fn control(state: &Coordinator, by: &str, id: &str, action: RolloutAct
                     s.paused = action == RolloutAction::Pause;
                     Ok(())
                 }
-                RolloutAction::Pause | RolloutAction::Resume => {
-                    Err(format!("the rollout is {}; it no longer moves", phase_wire(s.phase)))
-                }
+                RolloutAction::Pause | RolloutAction::Resume => Err(format!("the rollout is {}; it no longer moves", phase_wire(s.phase))),
                 RolloutAction::Abort => s.abort(now),
                 RolloutAction::Revert => s.revert(now),
                 RolloutAction::Promote => s.promote(now),
@@ -316,38 +307,40 @@ pub async fn step(
     make: Make<'_>,
     remake: &(dyn Fn(&AssignmentRecord, &MachineRecord, u64) -> (AssignmentRecord, DeploymentRecord) + Sync),
 ) -> Result<Stepped, WireError> {
-    let (record, targets, changed) = state.store.write(|tx| {
-        let before: RolloutRecord = tx.require(id.as_bytes())?;
-        let mut record = before.clone();
-        let actions = decide(&mut record.state);
-        let mut targets = Vec::new();
-        for machine in &actions.start {
-            let outcome = record_one(tx, machine, make)?;
-            record.state.started(machine, outcome.as_ref().map(|r| r.target.generation).map_err(|e| e.to_string()));
-            targets.extend(outcome.ok());
-        }
-        for machine in &actions.revert {
-            let Some(previous) = record.state.machines.get(machine).map(|e| e.previous_generation) else {
-                continue;
-            };
-            let old: Option<AssignmentRecord> = tx.get(&generation_key(machine, previous))?;
-            let mut outcome = match &old {
-                Some(old) => record_one(tx, machine, &|m, g| remake(old, m, g))?.ok(),
-                None => None,
-            };
-            record.state.reverted(machine, outcome.as_ref().map(|r| r.target.generation));
-            if let (true, Some(r)) = (record.snapshot_volumes, &mut outcome) {
-                super::volumes::restore_in_revert(tx, r, &super::volumes::rollout_snapshot(id))?;
+    let (record, targets, changed) = state
+        .store
+        .write(|tx| {
+            let before: RolloutRecord = tx.require(id.as_bytes())?;
+            let mut record = before.clone();
+            let actions = decide(&mut record.state);
+            let mut targets = Vec::new();
+            for machine in &actions.start {
+                let outcome = record_one(tx, machine, make)?;
+                record.state.started(machine, outcome.as_ref().map(|r| r.target.generation).map_err(|e| e.to_string()));
+                targets.extend(outcome.ok());
             }
-            targets.extend(outcome);
-        }
-        let changed = record != before;
-        if changed {
-            tx.put(id.as_bytes(), &record)?;
-        }
-        Ok::<_, WireError>((record, targets, changed))
-    })
-    .await?;
+            for machine in &actions.revert {
+                let Some(previous) = record.state.machines.get(machine).map(|e| e.previous_generation) else {
+                    continue;
+                };
+                let old: Option<AssignmentRecord> = tx.get(&generation_key(machine, previous))?;
+                let mut outcome = match &old {
+                    Some(old) => record_one(tx, machine, &|m, g| remake(old, m, g))?.ok(),
+                    None => None,
+                };
+                record.state.reverted(machine, outcome.as_ref().map(|r| r.target.generation));
+                if let (true, Some(r)) = (record.snapshot_volumes, &mut outcome) {
+                    super::volumes::restore_in_revert(tx, r, &super::volumes::rollout_snapshot(id))?;
+                }
+                targets.extend(outcome);
+            }
+            let changed = record != before;
+            if changed {
+                tx.put(id.as_bytes(), &record)?;
+            }
+            Ok::<_, WireError>((record, targets, changed))
+        })
+        .await?;
     if changed {
         state.store.flush().await?;
     }

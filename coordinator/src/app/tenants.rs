@@ -88,9 +88,7 @@ pub async fn create(state: &Coordinator, by: &str, spec: TenantSpec) -> Result<A
     let d = &record.domain;
     state
         .store
-        .commit(|tx| {
-            tx.insert_new(d.as_bytes(), &record, || format!("tenant {d} already exists; see `drover tenants show {d}`"))
-        })
+        .commit(|tx| tx.insert_new(d.as_bytes(), &record, || format!("tenant {d} already exists; see `drover tenants show {d}`")))
         .await
         .map_err(WireError::from)?;
     tracing::info!(tenant = %record.domain, by, "tenant created");
@@ -120,10 +118,7 @@ pub async fn remove(state: &Coordinator, by: &str, domain: &str) -> Result<Admin
              (`drover machines list --selector tenant={domain}`)"
         )));
     }
-    state
-        .store
-        .commit(|tx| tx.remove::<TenantRecord>(domain.as_bytes())?.map(|_| ()).ok_or_else(|| no_tenant(domain)))
-        .await?;
+    state.store.commit(|tx| tx.remove::<TenantRecord>(domain.as_bytes())?.map(|_| ()).ok_or_else(|| no_tenant(domain))).await?;
     tracing::info!(tenant = %domain, by, "tenant removed");
     Ok(AdminResponse::Done)
 }

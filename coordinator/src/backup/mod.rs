@@ -29,13 +29,7 @@ const MAGIC: &[u8] = b"DROVER-BACKUP 1\n";
 
 /// The files of a state directory a backup holds, with the mode each is
 /// restored with.
-const FILES: [(&str, u32); 5] = [
-    (CONFIG_FILE, 0o600),
-    (CA_CERT_FILE, 0o644),
-    (CA_KEY_FILE, 0o600),
-    (SERVER_CERT_FILE, 0o644),
-    (SERVER_KEY_FILE, 0o600),
-];
+const FILES: [(&str, u32); 5] = [(CONFIG_FILE, 0o600), (CA_CERT_FILE, 0o644), (CA_KEY_FILE, 0o600), (SERVER_CERT_FILE, 0o644), (SERVER_KEY_FILE, 0o600)];
 
 #[derive(Serialize, Deserialize)]
 struct Contents {
@@ -69,11 +63,7 @@ pub struct Opening<'a> {
 fn unseal(bytes: &[u8], how: &Opening<'_>, file: &Path) -> Result<(Vec<u8>, Option<seal::Seal>)> {
     if let Some(found) = seal::seal_of(bytes) {
         let Some(key) = how.key else {
-            bail!(
-                "{} is sealed with the backup key whose id is {}; give that key with --key KEYFILE",
-                file.display(),
-                found.key_id
-            );
+            bail!("{} is sealed with the backup key whose id is {}; give that key with --key KEYFILE", file.display(), found.key_id);
         };
         return Ok((seal::open(bytes, key, file)?, Some(found)));
     }
@@ -166,19 +156,11 @@ pub fn restore(file: &Path, state_dir: &Path, how: &Opening<'_>) -> Result<Summa
     let name = state_dir.file_name().context("the state directory needs a name")?.to_string_lossy();
     let staging = parent.join(format!(".{name}.restoring-{}", std::process::id()));
     let made = (|| -> Result<()> {
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&staging)
-            .with_context(|| format!("creating {}", staging.display()))?;
+        std::fs::DirBuilder::new().mode(0o700).create(&staging).with_context(|| format!("creating {}", staging.display()))?;
         for (name, mode) in FILES {
-            let (_, content) = contents
-                .files
-                .iter()
-                .find(|(n, _)| n == name)
-                .with_context(|| format!("the backup holds no {name}"))?;
+            let (_, content) = contents.files.iter().find(|(n, _)| n == name).with_context(|| format!("the backup holds no {name}"))?;
             let content = if name == CONFIG_FILE { moved_config(content, &state_dir)? } else { content.clone() };
-            drover_net::fsutil::write_atomic(&staging.join(name), &content, mode)
-                .with_context(|| format!("writing {name}"))?;
+            drover_net::fsutil::write_atomic(&staging.join(name), &content, mode).with_context(|| format!("writing {name}"))?;
         }
         let store = Store::open(&staging.join(DB_DIR)).context("creating the store")?;
         store.load_snapshot(&contents.trees).context("writing the store")?;
@@ -195,7 +177,6 @@ pub fn restore(file: &Path, state_dir: &Path, how: &Opening<'_>) -> Result<Summa
     made?;
     Ok(summary(&contents, sealed))
 }
-
 
 fn absolute(path: &Path) -> Result<PathBuf> {
     if path.is_absolute() {

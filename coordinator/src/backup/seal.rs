@@ -59,13 +59,13 @@ fn derive(secret: &[u8; 32], label: &[u8]) -> [u8; 32] {
 impl BackupKey {
     /// Reads a key file written by [`BackupKey::create`].
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| {
-            format!("reading the backup key {} (make one with `drover backup FILE --key {} --new-key`)", path.display(), path.display())
-        })?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the backup key {} (make one with `drover backup FILE --key {} --new-key`)", path.display(), path.display()))?;
         let hex_text = text.trim();
-        let bytes = hex::decode(hex_text).ok().filter(|b| b.len() == 32).with_context(|| {
-            format!("{} is not a backup key (one line of 64 hex digits, as `--new-key` writes)", path.display())
-        })?;
+        let bytes = hex::decode(hex_text)
+            .ok()
+            .filter(|b| b.len() == 32)
+            .with_context(|| format!("{} is not a backup key (one line of 64 hex digits, as `--new-key` writes)", path.display()))?;
         let mut secret = [0; 32];
         secret.copy_from_slice(&bytes);
         Ok(BackupKey { secret, path: path.to_path_buf() })
@@ -231,10 +231,7 @@ pub fn open(bytes: &[u8], key: &BackupKey, file: &Path) -> Result<Vec<u8>> {
     }
     let (signed, tag) = bytes.split_at(bytes.len() - TAG_LEN);
     if hmac::verify(&key.mac_key(), signed, tag).is_err() {
-        bail!(
-            "{} fails its authentication: it was changed (or damaged) after it was written. It is not restored; use another backup",
-            file.display()
-        );
+        bail!("{} fails its authentication: it was changed (or damaged) after it was written. It is not restored; use another backup", file.display());
     }
     let body = &signed[HEADER_LEN..];
     if !seal.encrypted {

@@ -180,15 +180,35 @@ pub enum RolloutCommand {
         admin: AdminArgs,
     },
     /// Start no more machines until resumed.
-    Pause { id: String, #[command(flatten)] admin: AdminArgs },
+    Pause {
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Go on after a pause.
-    Resume { id: String, #[command(flatten)] admin: AdminArgs },
+    Resume {
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Stop for good, leaving machines as they are.
-    Abort { id: String, #[command(flatten)] admin: AdminArgs },
+    Abort {
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Put every machine it changed back on its previous generation.
-    Revert { id: String, #[command(flatten)] admin: AdminArgs },
+    Revert {
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Go on after healthy canaries.
-    Promote { id: String, #[command(flatten)] admin: AdminArgs },
+    Promote {
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 /// Parses `N` or `P%`.

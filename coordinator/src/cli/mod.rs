@@ -197,9 +197,7 @@ fn parse_since(text: &str) -> Result<Since, String> {
     if let Ok(d) = humantime::parse_duration(text) {
         return Ok(Since::Ago(d));
     }
-    humantime::parse_rfc3339_weak(text)
-        .map(Since::At)
-        .map_err(|_| format!("{text:?} is neither a duration (1h, 7d) nor a time (2026-11-24T08:00:00Z)"))
+    humantime::parse_rfc3339_weak(text).map(Since::At).map_err(|_| format!("{text:?} is neither a duration (1h, 7d) nor a time (2026-11-24T08:00:00Z)"))
 }
 
 #[derive(Debug, Args)]
@@ -557,9 +555,7 @@ pub enum TenantsCommand {
 
 /// Parses `key=value`.
 pub fn parse_label(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not key=value"))?;
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not key=value"))?;
     crate::registry::check_label(k, v)?;
     Ok((k.to_string(), v.to_string()))
 }
@@ -568,7 +564,6 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
 pub fn parse_role(s: &str) -> Result<drover_protocol::v1::Role, String> {
     s.parse()
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,5 @@
 //! Arguments of `drover s3`.
 
-
 use clap::Subcommand;
 
 use super::*;
@@ -99,9 +98,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     if s.trim_start().starts_with('-') {
         return Err(format!("{s:?} is negative; a size is a positive amount with a unit, e.g. 20GiB or 512MiB"));
     }
-    s.parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|e| format!("{s:?} is not a size (e.g. 10GiB): {e}"))
+    s.parse::<bytesize::ByteSize>().map(|b| b.as_u64()).map_err(|e| format!("{s:?} is not a size (e.g. 10GiB): {e}"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,4 +137,3 @@ pub enum ClusterCommand {
         admin: AdminArgs,
     },
 }
-

@@ -85,9 +85,9 @@ pub async fn run(cmd: AdminsCommand) -> Result<()> {
             call(&admin, AdminRequest::AdminsRemove { name: name.clone() }, &format!("removing admin {name}")).await?;
             match admin.output {
                 OutputFormat::Json => print_json(&serde_json::json!({ "removed": name }))?,
-                OutputFormat::Table => crate::out!(
-                    "admin {name} removed; their certificate no longer works, their SSH keys leave every machine with its next generation"
-                ),
+                OutputFormat::Table => {
+                    crate::out!("admin {name} removed; their certificate no longer works, their SSH keys leave every machine with its next generation")
+                }
             }
         }
     }
@@ -127,14 +127,7 @@ fn print_keys(admin: &AdminArgs, keys: &[drover_protocol::v1::SshKeyInfo], note:
         OutputFormat::Table => {
             let mut t = output::table(&["ADMIN", "LOGIN", "FINGERPRINT", "TYPE", "COMMENT", "ADDED"]);
             for k in keys {
-                t.add_row(vec![
-                    k.admin.clone(),
-                    k.login.clone(),
-                    k.fingerprint.clone(),
-                    k.algorithm.clone(),
-                    k.comment.clone(),
-                    output::timestamp(k.added_at),
-                ]);
+                t.add_row(vec![k.admin.clone(), k.login.clone(), k.fingerprint.clone(), k.algorithm.clone(), k.comment.clone(), output::timestamp(k.added_at)]);
             }
             crate::out!("{t}");
             if !note.is_empty() {

@@ -28,10 +28,7 @@ pub async fn backup(args: BackupArgs) -> Result<()> {
     } else {
         BackupKey::load(&args.key)?
     };
-    let partial = file.with_file_name(format!(
-        "{}.partial",
-        file.file_name().context("FILE needs a file name")?.to_string_lossy()
-    ));
+    let partial = file.with_file_name(format!("{}.partial", file.file_name().context("FILE needs a file name")?.to_string_lossy()));
     let out = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -93,11 +90,7 @@ pub async fn backup(args: BackupArgs) -> Result<()> {
 pub fn restore(args: RestoreArgs) -> Result<()> {
     let key = args.key.as_deref().map(BackupKey::load).transpose()?;
     let how = Opening { key: key.as_ref(), unauthenticated: args.unauthenticated };
-    let summary = if args.check {
-        crate::backup::inspect(&args.file, &how)?
-    } else {
-        crate::backup::restore(&args.file, &args.state_dir, &how)?
-    };
+    let summary = if args.check { crate::backup::inspect(&args.file, &how)? } else { crate::backup::restore(&args.file, &args.state_dir, &how)? };
     match args.output {
         OutputFormat::Json => print_json(&serde_json::json!({
             "file": args.file,

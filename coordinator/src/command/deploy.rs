@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use drover_protocol::v1::{
-    AdminRequest, AdminResponse, DeployStep, DeploySpec, DeployedTarget, DeploymentInfo,
-    DeploymentState, HealthCheck, SecretBytes, SecretFile, SystemSpec, MAX_DEPLOYMENTS_PER_REQUEST,
+    AdminRequest, AdminResponse, DeploySpec, DeployStep, DeployedTarget, DeploymentInfo, DeploymentState, HealthCheck, SecretBytes, SecretFile, SystemSpec,
+    MAX_DEPLOYMENTS_PER_REQUEST,
 };
 
 use crate::cli::{DeployArgs, WhatArgs};
@@ -20,24 +20,13 @@ use super::{call, connect, labels, print_json, refused, AdminArgs};
 
 /// Parses `NAME=@FILE[,mode=0400][,owner=U][,group=G]`, reading the file.
 pub fn parse_secret(arg: &str) -> Result<SecretFile> {
-    let (name, rest) = arg
-        .split_once("=@")
-        .with_context(|| format!("--secret {arg:?}: expected NAME=@FILE"))?;
+    let (name, rest) = arg.split_once("=@").with_context(|| format!("--secret {arg:?}: expected NAME=@FILE"))?;
     let mut parts = rest.split(',');
     let path = parts.next().unwrap_or_default();
-    let mut secret = SecretFile {
-        name: name.to_string(),
-        value: SecretBytes::new(Vec::new()),
-        owner: None,
-        group: None,
-        mode: 0o400,
-    };
+    let mut secret = SecretFile { name: name.to_string(), value: SecretBytes::new(Vec::new()), owner: None, group: None, mode: 0o400 };
     for part in parts {
         match part.split_once('=') {
-            Some(("mode", m)) => {
-                secret.mode = u32::from_str_radix(m, 8)
-                    .with_context(|| format!("--secret {name}: mode {m:?} is not octal"))?
-            }
+            Some(("mode", m)) => secret.mode = u32::from_str_radix(m, 8).with_context(|| format!("--secret {name}: mode {m:?} is not octal"))?,
             Some(("owner", o)) => secret.owner = Some(o.to_string()),
             Some(("group", g)) => secret.group = Some(g.to_string()),
             _ => bail!("--secret {name}: unknown attribute {part:?} (use mode=, owner=, group=)"),
@@ -55,17 +44,11 @@ pub fn parse_check(arg: &str) -> Result<HealthCheck> {
 
 fn system(args: &WhatArgs) -> Result<SystemSpec> {
     if let Some(flake) = &args.flake {
-        let (uri, attribute) = flake
-            .split_once('#')
-            .with_context(|| format!("--flake {flake:?}: expected URI#ATTRIBUTE"))?;
+        let (uri, attribute) = flake.split_once('#').with_context(|| format!("--flake {flake:?}: expected URI#ATTRIBUTE"))?;
         return Ok(SystemSpec::Flake { uri: uri.to_string(), attribute: attribute.to_string() });
     }
     let store_path = args.closure.clone().context("--flake or --closure is required")?;
-    Ok(SystemSpec::Closure {
-        store_path,
-        substituters: args.substituters.clone(),
-        trusted_public_keys: args.trusted_keys.clone(),
-    })
+    Ok(SystemSpec::Closure { store_path, substituters: args.substituters.clone(), trusted_public_keys: args.trusted_keys.clone() })
 }
 
 /// The deployment described by the command line (secret files are read here).
@@ -186,13 +169,7 @@ pub fn state_word(d: &DeploymentInfo) -> &'static str {
 }
 
 fn last_message(d: &DeploymentInfo) -> String {
-    d.steps
-        .iter()
-        .rev()
-        .find(|s| matches!(s.step, DeployStep::Failed))
-        .or(d.steps.last())
-        .map(|s| format!(" — {}", s.message))
-        .unwrap_or_default()
+    d.steps.iter().rev().find(|s| matches!(s.step, DeployStep::Failed)).or(d.steps.last()).map(|s| format!(" — {}", s.message)).unwrap_or_default()
 }
 
 /// Whether the agent is done with it: succeeded, failed (after any
@@ -206,12 +183,7 @@ const LINES_PER_MACHINE_UP_TO: usize = 20;
 
 /// Polls the deployments until all are finished, with a progress line each
 /// (or one bar for many).
-async fn wait(
-    client: &AdminClient,
-    targets: &[DeployedTarget],
-    timeout: Duration,
-    show: bool,
-) -> Result<Vec<DeploymentInfo>> {
+async fn wait(client: &AdminClient, targets: &[DeployedTarget], timeout: Duration, show: bool) -> Result<Vec<DeploymentInfo>> {
     let multi = MultiProgress::new();
     if !show {
         multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -250,20 +222,13 @@ async fn wait(
     let mut latest: BTreeMap<String, DeploymentInfo> = BTreeMap::new();
     loop {
         let poll = Instant::now();
-        let unfinished: Vec<String> = targets
-            .iter()
-            .filter(|t| !latest.get(&t.deployment_id).is_some_and(finished))
-            .map(|t| t.deployment_id.clone())
-            .collect();
+        let unfinished: Vec<String> = targets.iter().filter(|t| !latest.get(&t.deployment_id).is_some_and(finished)).map(|t| t.deployment_id.clone()).collect();
         // Protocol 8 answers many deployments in one request; an older
         // coordinator one at a time.
         let mut seen = Vec::with_capacity(unfinished.len());
         if client.version() >= 8 {
             for ids in unfinished.chunks(MAX_DEPLOYMENTS_PER_REQUEST) {
-                let answer = client
-                    .call(AdminRequest::DeploymentsShowMany { ids: ids.to_vec() })
-                    .await
-                    .map_err(|e| refused(e, "following the deployment"))?;
+                let answer = client.call(AdminRequest::DeploymentsShowMany { ids: ids.to_vec() }).await.map_err(|e| refused(e, "following the deployment"))?;
                 let AdminResponse::Deployments(ds) = answer else {
                     bail!("unexpected answer from the coordinator");
                 };
@@ -271,10 +236,7 @@ async fn wait(
             }
         } else {
             for id in unfinished {
-                let answer = client
-                    .call(AdminRequest::DeploymentsShow { id })
-                    .await
-                    .map_err(|e| refused(e, "following the deployment"))?;
+                let answer = client.call(AdminRequest::DeploymentsShow { id }).await.map_err(|e| refused(e, "following the deployment"))?;
                 let AdminResponse::Deployment(d) = answer else {
                     bail!("unexpected answer from the coordinator");
                 };
@@ -306,11 +268,7 @@ async fn wait(
         }
         if started.elapsed() > timeout {
             let waiting: Vec<_> = latest.values().filter(|d| !finished(d)).map(|d| d.machine_id.clone()).collect();
-            bail!(
-                "gave up after {} waiting for {}; follow with `drover deployments list`",
-                output::duration(timeout),
-                waiting.join(", ")
-            );
+            bail!("gave up after {} waiting for {}; follow with `drover deployments list`", output::duration(timeout), waiting.join(", "));
         }
         super::pause_between_polls(poll.elapsed(), Duration::from_millis(250)).await;
     }

@@ -13,16 +13,16 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use drover_protocol::v1::{
-    AdminRequest, AdminResponse, BucketRequest, DeploySpec, Labels, ProvisionDisk, ProvisionRequest, RolloutPhase, RolloutSpec,
-    RolloutStrategy, S3Request, S3Response, SecretBytes, SecretFile, SystemSpec, TenantSpec, VolumeClaim, VolumeRequest, VolumeResponse,
+    AdminRequest, AdminResponse, BucketRequest, DeploySpec, Labels, ProvisionDisk, ProvisionRequest, RolloutPhase, RolloutSpec, RolloutStrategy, S3Request,
+    S3Response, SecretBytes, SecretFile, SystemSpec, TenantSpec, VolumeClaim, VolumeRequest, VolumeResponse,
 };
 
 use crate::cli::{AdminArgs, FleetSource};
 use crate::client::AdminClient;
-use drover_net::client::ClientError;
 use crate::fleet::plan::{self, Action, Change, Observed, SERVICE_LABEL};
 use crate::fleet::{self, FleetFile, Source};
 use crate::output::OutputFormat;
+use drover_net::client::ClientError;
 
 use super::{connect, print_json, refused};
 
@@ -423,7 +423,8 @@ pub async fn apply_command(source: FleetSource, prune: bool, yes: bool, timeout:
     observed = observe(&client, &fleet).await?;
     // Services, each after those it names are healthy.
     for name in fleet::service_order(&fleet).map_err(|c| anyhow::anyhow!("a cycle: {}", c.join(" -> ")))? {
-        let facts = plan::facts_of(&fleet, &observed, &name).map_err(|open| anyhow::anyhow!("service {name}: facts cannot be resolved: {}", open.join(", ")))?;
+        let facts =
+            plan::facts_of(&fleet, &observed, &name).map_err(|open| anyhow::anyhow!("service {name}: facts cannot be resolved: {}", open.join(", ")))?;
         let spec = service_spec(&fleet, &name, facts, &base)?;
         let AdminResponse::DeployPlan(targets) = ask(&client, AdminRequest::DeployDryRun(spec.clone()), &format!("planning service {name}")).await? else {
             bail!("unexpected answer")
@@ -469,7 +470,12 @@ pub async fn apply_command(source: FleetSource, prune: bool, yes: bool, timeout:
                     match now.phase {
                         RolloutPhase::Succeeded => break,
                         RolloutPhase::Failed | RolloutPhase::Aborted | RolloutPhase::Reverted => {
-                            bail!("service {name}: rollout {} ended {}{}; nothing after it was deployed", r.id, now.phase.as_str(), now.reason.map(|w| format!(": {w}")).unwrap_or_default())
+                            bail!(
+                                "service {name}: rollout {} ended {}{}; nothing after it was deployed",
+                                r.id,
+                                now.phase.as_str(),
+                                now.reason.map(|w| format!(": {w}")).unwrap_or_default()
+                            )
                         }
                         _ if tokio::time::Instant::now() >= deadline => bail!("service {name}: rollout {} still {} at the deadline", r.id, now.phase.as_str()),
                         _ => tokio::time::sleep(Duration::from_millis(500)).await,

@@ -28,7 +28,16 @@ pub async fn run(cmd: MachinesCommand) -> Result<()> {
         }
         MachinesCommand::Provision { name, provider, template, cores, memory, disk, labels: label_pairs, volumes, wait, admin } => {
             let client = super::connect(&admin).await?;
-            let request = ProvisionRequest { name: name.clone(), provider, template, cores, memory_bytes: memory, disk_bytes: disk, labels: labels(label_pairs), disks: volumes };
+            let request = ProvisionRequest {
+                name: name.clone(),
+                provider,
+                template,
+                cores,
+                memory_bytes: memory,
+                disk_bytes: disk,
+                labels: labels(label_pairs),
+                disks: volumes,
+            };
             let answer = client.call(AdminRequest::MachinesProvision(request)).await.map_err(|e| super::refused(e, &format!("provisioning {name}")))?;
             let AdminResponse::Provision(p) = answer else {
                 bail!("unexpected answer from the coordinator");
@@ -59,7 +68,9 @@ pub async fn run(cmd: MachinesCommand) -> Result<()> {
                     }
                     print_json(&p)?
                 }
-                OutputFormat::Table if already => crate::out!("machine {} was already destroyed (its VM {} is gone); nothing was done", p.name, p.vm_id.as_deref().unwrap_or("-")),
+                OutputFormat::Table if already => {
+                    crate::out!("machine {} was already destroyed (its VM {} is gone); nothing was done", p.name, p.vm_id.as_deref().unwrap_or("-"))
+                }
                 OutputFormat::Table => crate::out!(
                     "machine {} ({}) revoked; VM {} on {} deleted{}",
                     p.name,
@@ -104,7 +115,11 @@ pub async fn run(cmd: MachinesCommand) -> Result<()> {
                     if let Some(p) = provisions(&admin).await?.into_iter().find(|p| p.machine_id.as_deref() == Some(detail.machine.id.as_str())) {
                         crate::out!("provision    {} on {}, VM {} ({})", p.name, p.provider, p.vm_id.as_deref().unwrap_or("-"), p.state.as_str());
                     }
-                    crate::out!("generation   desired {}, current {}", detail.desired_generation, detail.current_generation.map(|g| g.to_string()).unwrap_or_else(|| "none".into()));
+                    crate::out!(
+                        "generation   desired {}, current {}",
+                        detail.desired_generation,
+                        detail.current_generation.map(|g| g.to_string()).unwrap_or_else(|| "none".into())
+                    );
                     crate::out!("running      {}", detail.current_system.as_deref().unwrap_or("-"));
                 }
             }
@@ -268,7 +283,14 @@ fn print_machine(m: &MachineInfo) {
         crate::out!("health:");
         crate::out!("  agent        {}", h.agent_version);
         crate::out!("  uptime       {}", humantime::format_duration(std::time::Duration::from_secs(h.uptime_secs)));
-        crate::out!("  load         {:.2} {:.2} {:.2} ({} cpus, {:.0}% busy)", h.load_average[0], h.load_average[1], h.load_average[2], h.cpu_count, h.cpu_usage_percent);
+        crate::out!(
+            "  load         {:.2} {:.2} {:.2} ({} cpus, {:.0}% busy)",
+            h.load_average[0],
+            h.load_average[1],
+            h.load_average[2],
+            h.cpu_count,
+            h.cpu_usage_percent
+        );
         crate::out!("  memory       {} of {}", output::bytes(h.memory_used_bytes), output::bytes(h.memory_total_bytes));
         for d in &h.disks {
             crate::out!("  disk         {} {} free of {}", d.mount_point, output::bytes(d.available_bytes), output::bytes(d.total_bytes));

@@ -10,10 +10,10 @@ pub mod init;
 pub mod machines;
 pub mod rollout;
 pub mod s3;
-pub mod volumes;
 pub mod serve;
 pub mod tenants;
 pub mod tokens;
+pub mod volumes;
 
 use std::path::PathBuf;
 
@@ -36,9 +36,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve::run(load_config(&args.config, &args.state_dir)?).await,
         Command::CheckConfig(args) => {
             let config = if args.without_files {
-                let path = args.serve.config.clone().unwrap_or_else(|| {
-                    args.serve.state_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)).join(CONFIG_FILE)
-                });
+                let path = args
+                    .serve
+                    .config
+                    .clone()
+                    .unwrap_or_else(|| args.serve.state_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)).join(CONFIG_FILE));
                 Config::load_checked(&path, false)?
             } else {
                 load_config(&args.serve.config, &args.serve.state_dir)?
@@ -95,11 +97,7 @@ pub async fn connect(args: &AdminArgs) -> Result<AdminClient> {
 }
 
 /// Connects, makes one admin request, closes; a refusal says `what` failed.
-pub async fn call(
-    admin: &AdminArgs,
-    request: drover_protocol::v1::AdminRequest,
-    what: &str,
-) -> Result<drover_protocol::v1::AdminResponse> {
+pub async fn call(admin: &AdminArgs, request: drover_protocol::v1::AdminRequest, what: &str) -> Result<drover_protocol::v1::AdminResponse> {
     let client = connect(admin).await?;
     let answer = client.call(request).await.map_err(|e| refused(e, what));
     client.close().await;

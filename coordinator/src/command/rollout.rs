@@ -5,9 +5,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use drover_protocol::v1::{
-    AdminRequest, AdminResponse, RolloutAction, RolloutInfo, RolloutMachineState, RolloutPhase, RolloutSpec, RolloutStrategy,
-};
+use drover_protocol::v1::{AdminRequest, AdminResponse, RolloutAction, RolloutInfo, RolloutMachineState, RolloutPhase, RolloutSpec, RolloutStrategy};
 
 use crate::cli::{RolloutCommand, RolloutStartArgs};
 use crate::client::AdminClient;
@@ -21,11 +19,7 @@ fn ms(d: Duration) -> u64 {
 }
 
 async fn status(client: &AdminClient, id: &str) -> Result<RolloutInfo> {
-    match client
-        .call(AdminRequest::RolloutStatus { id: id.to_string() })
-        .await
-        .map_err(|e| refused(e, &format!("reading rollout {id}")))?
-    {
+    match client.call(AdminRequest::RolloutStatus { id: id.to_string() }).await.map_err(|e| refused(e, &format!("reading rollout {id}")))? {
         AdminResponse::Rollout(r) => Ok(r),
         _ => bail!("unexpected answer from the coordinator"),
     }
@@ -65,7 +59,12 @@ fn print(r: &RolloutInfo) {
     let s = &r.strategy;
     crate::out!(
         "strategy     canary {}, max-parallel {}, max-unavailable {}, max-failures {}, auto-revert {}, auto-promote {}",
-        s.canary, s.max_parallel, s.max_unavailable, s.max_failures, s.auto_revert, s.auto_promote
+        s.canary,
+        s.max_parallel,
+        s.max_unavailable,
+        s.max_failures,
+        s.auto_revert,
+        s.auto_promote
     );
     crate::out!("phases       {}", r.phases.iter().map(|(p, t)| format!("{p} at {}", output::timestamp(*t))).collect::<Vec<_>>().join(", "));
     let mut t = output::table(&["MACHINE", "HOSTNAME", "STATE", "CANARY", "GEN", "STARTED", "NOTE"]);
@@ -178,10 +177,7 @@ async fn start(args: RolloutStartArgs) -> Result<()> {
     spec.deploy.buckets = args.buckets.clone();
     spec.deploy.volumes = args.volumes.clone();
     let request = AdminRequest::RolloutStart(spec);
-    let answer = client
-        .call(request)
-        .await
-        .map_err(|e| refused(e, "starting the rollout"))?;
+    let answer = client.call(request).await.map_err(|e| refused(e, "starting the rollout"))?;
     let AdminResponse::Rollout(r) = answer else { bail!("unexpected answer from the coordinator") };
     if !args.wait {
         client.close().await;

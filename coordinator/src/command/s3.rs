@@ -46,10 +46,7 @@ fn print_key(k: &S3Key) {
 }
 
 fn print_cluster(c: &S3Cluster) {
-    crate::out!(
-        "health       {} (layout version {}, partitions {}/{} fully available)",
-        c.health, c.layout_version, c.partitions_all_ok, c.partitions
-    );
+    crate::out!("health       {} (layout version {}, partitions {}/{} fully available)", c.health, c.layout_version, c.partitions_all_ok, c.partitions);
     let mut t = output::table(&["NODE", "ADMIN", "RPC", "ZONE", "CAPACITY", "STATE"]);
     for n in &c.nodes {
         t.add_row(vec![
@@ -94,11 +91,17 @@ pub async fn run(cmd: S3Command) -> Result<()> {
             })
         }
         S3Command::Buckets(BucketsCommand::Create { name, public, max_size, max_objects, admin }) => {
-            let S3Response::Bucket(b) = s3(&admin, S3Request::BucketCreate { name: name.clone(), public, max_size, max_objects }, &format!("creating bucket {name}")).await? else { bail!("unexpected answer") };
+            let S3Response::Bucket(b) =
+                s3(&admin, S3Request::BucketCreate { name: name.clone(), public, max_size, max_objects }, &format!("creating bucket {name}")).await?
+            else {
+                bail!("unexpected answer")
+            };
             show(&admin, &b, print_bucket)
         }
         S3Command::Buckets(BucketsCommand::Show { name, admin }) => {
-            let S3Response::Bucket(b) = s3(&admin, S3Request::BucketShow { name: name.clone() }, &format!("showing bucket {name}")).await? else { bail!("unexpected answer") };
+            let S3Response::Bucket(b) = s3(&admin, S3Request::BucketShow { name: name.clone() }, &format!("showing bucket {name}")).await? else {
+                bail!("unexpected answer")
+            };
             show(&admin, &b, print_bucket)
         }
         S3Command::Buckets(BucketsCommand::Delete { name, admin }) => {
@@ -116,11 +119,15 @@ pub async fn run(cmd: S3Command) -> Result<()> {
             })
         }
         S3Command::Keys(KeysCommand::Create { name, admin }) => {
-            let S3Response::Key(k) = s3(&admin, S3Request::KeyCreate { name: name.clone() }, &format!("creating key {name}")).await? else { bail!("unexpected answer") };
+            let S3Response::Key(k) = s3(&admin, S3Request::KeyCreate { name: name.clone() }, &format!("creating key {name}")).await? else {
+                bail!("unexpected answer")
+            };
             show(&admin, &k, print_key)
         }
         S3Command::Keys(KeysCommand::Show { name, show_secret, admin }) => {
-            let S3Response::Key(k) = s3(&admin, S3Request::KeyShow { name: name.clone(), show_secret }, &format!("showing key {name}")).await? else { bail!("unexpected answer") };
+            let S3Response::Key(k) = s3(&admin, S3Request::KeyShow { name: name.clone(), show_secret }, &format!("showing key {name}")).await? else {
+                bail!("unexpected answer")
+            };
             show(&admin, &k, print_key)
         }
         S3Command::Keys(KeysCommand::Delete { name, admin }) => {
@@ -148,7 +155,11 @@ pub async fn run(cmd: S3Command) -> Result<()> {
             show(&admin, &c, print_cluster)
         }
         S3Command::Grant { bucket, key, read, write, owner, admin } => {
-            let S3Response::Bucket(b) = s3(&admin, S3Request::Grant { bucket: bucket.clone(), key: key.clone(), read, write, owner }, &format!("granting {key} on {bucket}")).await? else { bail!("unexpected answer") };
+            let S3Response::Bucket(b) =
+                s3(&admin, S3Request::Grant { bucket: bucket.clone(), key: key.clone(), read, write, owner }, &format!("granting {key} on {bucket}")).await?
+            else {
+                bail!("unexpected answer")
+            };
             show(&admin, &b, print_bucket)
         }
     }

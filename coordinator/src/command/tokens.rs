@@ -13,11 +13,7 @@ use super::{call, labels, print_json};
 pub async fn run(cmd: TokensCommand) -> Result<()> {
     match cmd {
         TokensCommand::Create { labels: pairs, ttl, uses, admin } => {
-            let spec = TokenSpec {
-                labels: labels(pairs),
-                ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
-                uses,
-            };
+            let spec = TokenSpec { labels: labels(pairs), ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX), uses };
             let answer = call(&admin, AdminRequest::TokensCreate(spec), "creating the token").await?;
             let AdminResponse::TokenCreated(created) = answer else {
                 bail!("unexpected answer from the coordinator");

@@ -126,13 +126,17 @@ pub async fn run(cmd: VolumesCommand) -> Result<()> {
             one(&admin, VolumeRequest::Detach { name: name.clone() }, &format!("detaching volume {name}")).await
         }
         VolumesCommand::Snapshot { name, snapshot, admin } => {
-            let VolumeResponse::Snapshots(list) = volumes(&admin, VolumeRequest::Snapshot { name: name.clone(), snapshot }, &format!("snapshotting volume {name}")).await? else {
+            let VolumeResponse::Snapshots(list) =
+                volumes(&admin, VolumeRequest::Snapshot { name: name.clone(), snapshot }, &format!("snapshotting volume {name}")).await?
+            else {
                 bail!("unexpected answer from the coordinator")
             };
             show(&admin, &list, print_snapshots)
         }
         VolumesCommand::Snapshots { name, prune, admin } => {
-            let VolumeResponse::Snapshots(list) = volumes(&admin, VolumeRequest::Snapshots { name: name.clone(), prune }, &format!("listing snapshots of {name}")).await? else {
+            let VolumeResponse::Snapshots(list) =
+                volumes(&admin, VolumeRequest::Snapshots { name: name.clone(), prune }, &format!("listing snapshots of {name}")).await?
+            else {
                 bail!("unexpected answer from the coordinator")
             };
             show(&admin, &list, print_snapshots)

@@ -219,8 +219,7 @@ impl Source {
 pub fn parse(source: &Source) -> Result<FleetFile, FleetError> {
     if source.text.trim_start().starts_with('{') {
         serde_json::from_str::<NoDuplicateKeys>(&source.text).map_err(|e| FleetError(format!("{}:{}: {e}", source.name, e.line())))?;
-        return serde_json::from_str(&source.text)
-            .map_err(|e| FleetError(format!("{}:{}: {e}", source.name, e.line())));
+        return serde_json::from_str(&source.text).map_err(|e| FleetError(format!("{}:{}: {e}", source.name, e.line())));
     }
     toml::from_str(&source.text).map_err(|e| {
         let line = e.span().map(|s| source.text.as_bytes()[..s.start.min(source.text.len())].iter().filter(|b| **b == b'\n').count() + 1);
@@ -294,13 +293,11 @@ pub fn references(value: &str) -> Result<Vec<Reference>, String> {
         let inner = &after[..end];
         let parts: Vec<&str> = inner.split('.').collect();
         let r = match parts.as_slice() {
-            ["machines", name, field] if ["address", "id", "hostname"].contains(field) => Reference::Machine { name: name.to_string(), field: field.to_string() },
-            ["buckets", name, "name"] => Reference::Bucket { name: name.to_string() },
-            _ => {
-                return Err(format!(
-                    "unknown reference ${{{inner}}}; use ${{machines.NAME.address|id|hostname}} or ${{buckets.NAME.name}}"
-                ))
+            ["machines", name, field] if ["address", "id", "hostname"].contains(field) => {
+                Reference::Machine { name: name.to_string(), field: field.to_string() }
             }
+            ["buckets", name, "name"] => Reference::Bucket { name: name.to_string() },
+            _ => return Err(format!("unknown reference ${{{inner}}}; use ${{machines.NAME.address|id|hostname}} or ${{buckets.NAME.name}}")),
         };
         out.push(r);
         rest = &after[end + 1..];
@@ -336,7 +333,9 @@ pub fn validate(fleet: &FleetFile, source: &Source) -> Result<(), FleetError> {
         }
         match (&m.provider, &m.adopt) {
             (Some(_), Some(_)) => return Err(at("adopt", "a machine is either provisioned (provider) or adopted (adopt), not both".into())),
-            (None, None) => return Err(source.error(&["machines", name], "say where it comes from: provider = \"...\" to provision it, or adopt = \"HOSTNAME\"")),
+            (None, None) => {
+                return Err(source.error(&["machines", name], "say where it comes from: provider = \"...\" to provision it, or adopt = \"HOSTNAME\""))
+            }
             _ => {}
         }
         if let Some(t) = &m.tenant {
@@ -363,8 +362,7 @@ pub fn validate(fleet: &FleetFile, source: &Source) -> Result<(), FleetError> {
     for (i, (name, v)) in fleet.volumes.iter().enumerate() {
         let at = |key: &str, msg: String| source.error(&["volumes", name, key], msg);
         crate::volume_rules::check_name(name).map_err(|e| source.error(&["volumes", name], e))?;
-        crate::volume_rules::check_unique(name, fleet.volumes.keys().take(i).map(String::as_str))
-            .map_err(|e| source.error(&["volumes", name], e))?;
+        crate::volume_rules::check_unique(name, fleet.volumes.keys().take(i).map(String::as_str)).map_err(|e| source.error(&["volumes", name], e))?;
         let Some(machine) = fleet.machines.get(&v.machine) else {
             return Err(at("machine", format!("no machine {:?} in [machines]", v.machine)));
         };
@@ -422,7 +420,10 @@ pub fn validate(fleet: &FleetFile, source: &Source) -> Result<(), FleetError> {
         if let Some(service) = owner.get(v.machine.as_str()) {
             let machines = &fleet.services[*service].machines;
             if fleet.machines[&v.machine].adopt.is_some() && machines.len() > 1 {
-                return Err(source.error(&["volumes", name, "machine"], format!("an adopted machine's volume needs a service of its own machine; {service} runs on {}", machines.join(", "))));
+                return Err(source.error(
+                    &["volumes", name, "machine"],
+                    format!("an adopted machine's volume needs a service of its own machine; {service} runs on {}", machines.join(", ")),
+                ));
             }
         }
     }
@@ -433,7 +434,9 @@ pub fn validate(fleet: &FleetFile, source: &Source) -> Result<(), FleetError> {
             };
             let missing: Vec<&String> = fleet.services[*service].machines.iter().filter(|m| !b.machines.contains(m)).collect();
             if !missing.is_empty() {
-                return Err(source.error(&["buckets", name, "machines"], format!("service {service} also runs on {missing:?}: list every machine of a service")));
+                return Err(
+                    source.error(&["buckets", name, "machines"], format!("service {service} also runs on {missing:?}: list every machine of a service"))
+                );
             }
         }
     }
@@ -534,9 +537,17 @@ after = ["db"]
             (GOOD.replace("${machines.db.address}", "${machines.dbx.address}"), "fleet.toml:24", "services.web.facts"),
             (GOOD.replace("${buckets.a-media.name}", "${buckets.b.name}"), "fleet.toml:24", "bucket \"b\""),
             (format!("{GOOD}\n[services.db2]\nmachines = []\nflake = \"x#y\"\n"), "services.db2.machines", "at least one"),
-            (GOOD.replace("machines = [\"db\"]\nflake = \"path:/fleet#db\"", "machines = [\"db\"]\nflake = \"path:/fleet#db\"\nafter = [\"web\"]"), "services.", "a cycle"),
+            (
+                GOOD.replace("machines = [\"db\"]\nflake = \"path:/fleet#db\"", "machines = [\"db\"]\nflake = \"path:/fleet#db\"\nafter = [\"web\"]"),
+                "services.",
+                "a cycle",
+            ),
             (GOOD.replace("adopt = \"web-1\"", ""), "fleet.toml:9", "say where it comes from"),
-            (GOOD.replace("machines = [\"web\"]\nflake = \"path:/fleet#web\"", "machines = [\"web\", \"db\"]\nflake = \"path:/fleet#web\""), "services.web.machines", "already runs service db"),
+            (
+                GOOD.replace("machines = [\"web\"]\nflake = \"path:/fleet#web\"", "machines = [\"web\", \"db\"]\nflake = \"path:/fleet#web\""),
+                "services.web.machines",
+                "already runs service db",
+            ),
         ];
         for (text, at, what) in cases {
             let e = check(&text).expect_err("refused").to_string();

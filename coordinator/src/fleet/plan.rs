@@ -172,7 +172,12 @@ pub fn infrastructure(fleet: &FleetFile, observed: &Observed, prune: bool) -> Ve
                 out.push(change("bucket", name, Action::Delete, vec!["only an empty bucket can be deleted".into()]));
             }
             for name in applied.volumes.keys().filter(|n| !fleet.volumes.contains_key(*n) && observed.volumes.contains(*n)) {
-                out.push(change("volume", name, Action::Update, vec!["detached from its machine; its data is kept (drover volumes delete --yes-delete-data deletes it)".into()]));
+                out.push(change(
+                    "volume",
+                    name,
+                    Action::Update,
+                    vec!["detached from its machine; its data is kept (drover volumes delete --yes-delete-data deletes it)".into()],
+                ));
             }
         }
     }
@@ -227,9 +232,9 @@ pub fn unfinished(name: &str, machines: &[(String, u64, Option<u64>)]) -> Option
 /// it (a selector finds exactly them).
 pub fn service_ready(fleet: &FleetFile, observed: &Observed, service: &str) -> bool {
     fleet.services[service].machines.iter().all(|m| {
-        observed.machine(fleet, m).is_some_and(|info| {
-            info.status == MachineStatus::Online && info.labels.get(SERVICE_LABEL).map(String::as_str) == Some(service)
-        })
+        observed
+            .machine(fleet, m)
+            .is_some_and(|info| info.status == MachineStatus::Online && info.labels.get(SERVICE_LABEL).map(String::as_str) == Some(service))
     })
 }
 

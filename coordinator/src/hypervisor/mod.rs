@@ -73,9 +73,7 @@ impl VmIdentity {
     /// Reads [`Self::to_text`] from a text that may hold other lines; `None`
     /// when any of the three is missing.
     pub fn from_text(text: &str) -> Option<Self> {
-        let field = |key: &str| {
-            text.lines().find_map(|l| l.trim().strip_prefix(key).and_then(|r| r.strip_prefix(':')).map(|v| v.trim().to_string()))
-        };
+        let field = |key: &str| text.lines().find_map(|l| l.trim().strip_prefix(key).and_then(|r| r.strip_prefix(':')).map(|v| v.trim().to_string()));
         Some(VmIdentity { fleet: field(FLEET_KEY)?, provider: field(PROVIDER_KEY)?, provision: field(PROVISION_KEY)? })
     }
 }

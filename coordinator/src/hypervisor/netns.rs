@@ -31,20 +31,14 @@ impl Drop for Relay {
 /// Runs `work` on a thread of its own inside a network namespace: a new one
 /// (its loopback brought up) when `enter` is `None`, else the namespace at
 /// that path. Processes the work starts live in that namespace.
-pub fn in_namespace<T: Send + 'static>(
-    enter: Option<PathBuf>,
-    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
+pub fn in_namespace<T: Send + 'static>(enter: Option<PathBuf>, work: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
     std::thread::spawn(move || {
         match enter {
             None => {
                 nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
                 let up = std::process::Command::new("ip").args(["link", "set", "lo", "up"]).output()?;
                 if !up.status.success() {
-                    return Err(std::io::Error::other(format!(
-                        "cannot bring up the VM namespace's loopback: {}",
-                        String::from_utf8_lossy(&up.stderr).trim()
-                    )));
+                    return Err(std::io::Error::other(format!("cannot bring up the VM namespace's loopback: {}", String::from_utf8_lossy(&up.stderr).trim())));
                 }
             }
             Some(path) => {

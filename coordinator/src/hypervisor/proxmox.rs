@@ -64,12 +64,11 @@ fn read_token(path: &Path) -> Result<String, HypervisorError> {
     }
     let text = std::fs::read_to_string(path).map_err(|e| config(format!("cannot read the Proxmox token_file {}: {e}", path.display())))?;
     let token = text.trim().to_string();
-    let well_formed = token.split_once('!').is_some_and(|(user, rest)| user.contains('@') && rest.split_once('=').is_some_and(|(id, secret)| !id.is_empty() && !secret.is_empty()));
+    let well_formed = token
+        .split_once('!')
+        .is_some_and(|(user, rest)| user.contains('@') && rest.split_once('=').is_some_and(|(id, secret)| !id.is_empty() && !secret.is_empty()));
     if !well_formed || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(config(format!(
-            "the Proxmox token_file {} must hold one line USER@REALM!TOKENID=SECRET (from `pveum user token add`)",
-            path.display()
-        )));
+        return Err(config(format!("the Proxmox token_file {} must hold one line USER@REALM!TOKENID=SECRET (from `pveum user token add`)", path.display())));
     }
     Ok(token)
 }
@@ -84,12 +83,9 @@ pub fn smbios1(seed: &Seed) -> String {
 impl Proxmox {
     pub fn new(config: ProxmoxProviderConfig, owner: Owner) -> Result<Self, HypervisorError> {
         drover_net::tls::install_default_provider();
-        let mut builder = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .connect_timeout(Duration::from_secs(10).min(config.request_timeout));
+        let mut builder = reqwest::Client::builder().timeout(config.request_timeout).connect_timeout(Duration::from_secs(10).min(config.request_timeout));
         if let Some(ca) = &config.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| HypervisorError::Unavailable(format!("cannot read the Proxmox ca_file {}: {e}", ca.display())))?;
+            let pem = std::fs::read(ca).map_err(|e| HypervisorError::Unavailable(format!("cannot read the Proxmox ca_file {}: {e}", ca.display())))?;
             let cert = reqwest::Certificate::from_pem(&pem)
                 .map_err(|e| HypervisorError::Unavailable(format!("the Proxmox ca_file {} is not a PEM certificate: {e}", ca.display())))?;
             builder = builder.tls_built_in_root_certs(false).add_root_certificate(cert);
@@ -115,10 +111,9 @@ impl Proxmox {
             if !form.is_empty() {
                 request = if method == Method::GET || method == Method::DELETE { request.query(form) } else { request.form(form) };
             }
-            let response = request
-                .send()
-                .await
-                .map_err(|e| HypervisorError::Unavailable(format!("cannot reach Proxmox at {}: {}", self.config.endpoint, drover_net::client::error_chain(&e))))?;
+            let response = request.send().await.map_err(|e| {
+                HypervisorError::Unavailable(format!("cannot reach Proxmox at {}: {}", self.config.endpoint, drover_net::client::error_chain(&e)))
+            })?;
             let status = response.status();
             let reason = response
                 .extensions()
@@ -349,7 +344,11 @@ impl super::Hypervisor for Proxmox {
             let have = current.get(root).and_then(Value::as_str).and_then(disk_size_bytes);
             if have.is_none_or(|have| have < spec.disk_bytes) {
                 let answer = self
-                    .call(Method::PUT, &self.node_path(&format!("/qemu/{vm_id}/resize")), &[("disk", root.clone()), ("size", format!("{}G", gib(spec.disk_bytes)))])
+                    .call(
+                        Method::PUT,
+                        &self.node_path(&format!("/qemu/{vm_id}/resize")),
+                        &[("disk", root.clone()), ("size", format!("{}G", gib(spec.disk_bytes)))],
+                    )
                     .await?;
                 if !answer.is_null() {
                     self.wait_task(&format!("resize of {vm_id}"), &answer).await?;
@@ -414,11 +413,7 @@ impl super::Hypervisor for Proxmox {
         let removed = self
             .retry_locked("deletion", || async {
                 let task = match self
-                    .call(
-                        Method::DELETE,
-                        &self.node_path(&format!("/qemu/{vm_id}")),
-                        &[("purge", "1".into()), ("destroy-unreferenced-disks", "1".into())],
-                    )
+                    .call(Method::DELETE, &self.node_path(&format!("/qemu/{vm_id}")), &[("purge", "1".into()), ("destroy-unreferenced-disks", "1".into())])
                     .await
                 {
                     Ok(task) => task,

@@ -269,8 +269,8 @@ impl Qemu {
         use nix::fcntl::{Flock, FlockArg};
         let lock_path = work_dir.join(LOCK_FILE);
         let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| io("open", &lock_path, e))?;
-        let _held = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| HypervisorError::Failed(format!("cannot lock {}: {e}", lock_path.display())))?;
+        let _held =
+            Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| HypervisorError::Failed(format!("cannot lock {}: {e}", lock_path.display())))?;
         let counter = work_dir.join(COUNTER_FILE);
         let recorded: u32 = std::fs::read_to_string(&counter).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(FIRST_ID);
         let highest = std::fs::read_dir(work_dir)
@@ -404,8 +404,7 @@ impl super::Hypervisor for Qemu {
             .map_err(|e| HypervisorError::Failed(format!("allocating a VM id failed: {e}")))??;
         let vm_id = id.to_string();
         let made = (|| {
-            drover_net::fsutil::write_atomic(&dir.join(SEED_FILE), seed.encode('\n').as_bytes(), 0o600)
-                .map_err(|e| io("write", &dir.join(SEED_FILE), e))?;
+            drover_net::fsutil::write_atomic(&dir.join(SEED_FILE), seed.encode('\n').as_bytes(), 0o600).map_err(|e| io("write", &dir.join(SEED_FILE), e))?;
             sparse_file(&dir.join("system.img"), spec.disk_bytes)?;
             for DataDisk { serial, size_bytes } in &spec.disks {
                 sparse_file(&Self::data_disk_file(&dir, serial), *size_bytes)?;

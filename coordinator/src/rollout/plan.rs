@@ -113,9 +113,13 @@ pub enum Slot {
     Waiting,
     Updating,
     /// Succeeded; counts once healthy for `min_healthy_time`.
-    Healthy { since: Millis },
+    Healthy {
+        since: Millis,
+    },
     Done,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
     Skipped,
     Reverting,
     Reverted,
@@ -123,7 +127,9 @@ pub enum Slot {
     NotReverted,
     /// An admin deployed to it by hand (`--override-rollout`); the rollout
     /// leaves it alone from then on, reverts included.
-    Overridden { deployment: String },
+    Overridden {
+        deployment: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,15 +148,7 @@ pub struct Entry {
 
 impl Entry {
     pub fn new(previous_generation: u64) -> Self {
-        Entry {
-            slot: Slot::Waiting,
-            canary: false,
-            previous_generation,
-            generation: None,
-            revert_generation: None,
-            started_at: None,
-            settled_at: None,
-        }
+        Entry { slot: Slot::Waiting, canary: false, previous_generation, generation: None, revert_generation: None, started_at: None, settled_at: None }
     }
 
     fn in_transition(&self) -> bool {
@@ -264,9 +262,7 @@ impl State {
     /// machine waits, updates, proves healthy or is being reverted.
     pub fn holds(&self, machine: &str) -> bool {
         self.phase.active()
-            && self.machines.get(machine).is_some_and(|e| {
-                matches!(e.slot, Slot::Waiting | Slot::Updating | Slot::Healthy { .. } | Slot::Reverting)
-            })
+            && self.machines.get(machine).is_some_and(|e| matches!(e.slot, Slot::Waiting | Slot::Updating | Slot::Healthy { .. } | Slot::Reverting))
     }
 
     /// An admin deployed `deployment` to `machine` by hand over the
@@ -348,14 +344,8 @@ impl State {
         }
 
         // 2. Too many failures stop the rollout.
-        if matches!(self.phase, Phase::Canary | Phase::AwaitingPromotion | Phase::Rolling)
-            && self.failures() > s.max_failures.tolerated(total)
-        {
-            self.reason = Some(format!(
-                "{} failure(s), more than max_failures {}",
-                self.failures(),
-                s.max_failures
-            ));
+        if matches!(self.phase, Phase::Canary | Phase::AwaitingPromotion | Phase::Rolling) && self.failures() > s.max_failures.tolerated(total) {
+            self.reason = Some(format!("{} failure(s), more than max_failures {}", self.failures(), s.max_failures));
             if s.auto_revert {
                 self.set_phase(Phase::Reverting, now);
             } else {
@@ -366,8 +356,7 @@ impl State {
         // 3. Reverting: every touched machine goes back once.
         if self.phase == Phase::Reverting {
             for (id, entry) in self.machines.iter_mut() {
-                let revertible = entry.touched()
-                    && !matches!(entry.slot, Slot::Reverting | Slot::Reverted | Slot::NotReverted | Slot::Overridden { .. });
+                let revertible = entry.touched() && !matches!(entry.slot, Slot::Reverting | Slot::Reverted | Slot::NotReverted | Slot::Overridden { .. });
                 if revertible {
                     if entry.previous_generation == 0 {
                         entry.slot = Slot::NotReverted;
@@ -422,11 +411,7 @@ impl State {
         // 5. Batches within max_parallel and max_unavailable.
         let in_transition = self.count(Entry::in_transition);
         let unavailable = in_transition + self.failures();
-        let room = s
-            .max_parallel
-            .cap(total)
-            .saturating_sub(in_transition)
-            .min(s.max_unavailable.cap(total).saturating_sub(unavailable));
+        let room = s.max_parallel.cap(total).saturating_sub(in_transition).min(s.max_unavailable.cap(total).saturating_sub(unavailable));
         let picks: Vec<String> = self
             .machines
             .iter()
@@ -459,4 +444,3 @@ impl State {
         actions
     }
 }
-

@@ -272,7 +272,8 @@ fn min_healthy_time_delays_counting_and_the_next_batch() {
     sim.step();
     sim.now = 600;
     sim.step();
-    let observed: std::collections::BTreeMap<String, Observation> = [("m00".to_string(), Observation { online: true, outcome: None, still_current: false })].into();
+    let observed: std::collections::BTreeMap<String, Observation> =
+        [("m00".to_string(), Observation { online: true, outcome: None, still_current: false })].into();
     sim.state.step(&observed, 700);
     assert!(matches!(&sim.state.machines["m00"].slot, Slot::Failed { reason } if reason.contains("left the new generation")));
 }

@@ -9,10 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{
-    check_bucket_name, Bucket, ClusterHealth, ClusterStatus, Connector, Key, ObjectStoreAdmin, Permissions, Role,
-    S3Error,
-};
+use super::{check_bucket_name, Bucket, ClusterHealth, ClusterStatus, Connector, Key, ObjectStoreAdmin, Permissions, Role, S3Error};
 
 #[derive(Default)]
 struct State {
@@ -160,21 +157,14 @@ impl ObjectStoreAdmin for FakeObjectStore {
             return Ok(k.clone());
         }
         s.next += 1;
-        let key = Key {
-            id: format!("GK{:024x}", s.next),
-            name: name.to_string(),
-            secret: Some(format!("{:064x}", s.next.wrapping_mul(0x9e37_79b9_7f4a_7c15))),
-        };
+        let key =
+            Key { id: format!("GK{:024x}", s.next), name: name.to_string(), secret: Some(format!("{:064x}", s.next.wrapping_mul(0x9e37_79b9_7f4a_7c15))) };
         s.keys.insert(name.to_string(), key.clone());
         Ok(key)
     }
 
     async fn key(&self, name: &str, with_secret: bool) -> Result<Option<Key>, S3Error> {
-        Ok(self
-            .state()?
-            .keys
-            .get(name)
-            .map(|k| if with_secret { k.clone() } else { Key { secret: None, ..k.clone() } }))
+        Ok(self.state()?.keys.get(name).map(|k| if with_secret { k.clone() } else { Key { secret: None, ..k.clone() } }))
     }
 
     async fn delete_key(&self, name: &str) -> Result<(), S3Error> {
@@ -191,8 +181,7 @@ impl ObjectStoreAdmin for FakeObjectStore {
         if !s.keys.values().any(|k| k.id == key_id) {
             return Err(S3Error::NotFound { what: "bucket or key", id: format!("{bucket_id}/{key_id}") });
         }
-        let b = bucket_by_id(&mut s, bucket_id)
-            .map_err(|_| S3Error::NotFound { what: "bucket or key", id: format!("{bucket_id}/{key_id}") })?;
+        let b = bucket_by_id(&mut s, bucket_id).map_err(|_| S3Error::NotFound { what: "bucket or key", id: format!("{bucket_id}/{key_id}") })?;
         b.keys.retain(|(id, ..)| id != key_id);
         if p.read || p.write || p.owner {
             b.keys.push((key_id.to_string(), p.read, p.write, p.owner));
@@ -259,9 +248,6 @@ impl ObjectStoreAdmin for FakeObjectStore {
 
     async fn status(&self) -> Result<ClusterStatus, S3Error> {
         let s = self.state()?;
-        Ok(ClusterStatus {
-            layout_version: s.version,
-            nodes: s.nodes.iter().map(|(endpoint, id)| (id.clone(), !s.down.contains(endpoint))).collect(),
-        })
+        Ok(ClusterStatus { layout_version: s.version, nodes: s.nodes.iter().map(|(endpoint, id)| (id.clone(), !s.down.contains(endpoint))).collect() })
     }
 }

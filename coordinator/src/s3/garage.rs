@@ -144,11 +144,7 @@ impl From<BucketInfo> for Bucket {
             website: b.website_access,
             objects: b.objects,
             bytes: b.bytes,
-            keys: b
-                .keys
-                .into_iter()
-                .map(|k| (k.access_key_id, k.permissions.read, k.permissions.write, k.permissions.owner))
-                .collect(),
+            keys: b.keys.into_iter().map(|k| (k.access_key_id, k.permissions.read, k.permissions.write, k.permissions.owner)).collect(),
             max_size: b.quotas.max_size,
             max_objects: b.quotas.max_objects,
         }
@@ -196,10 +192,7 @@ impl Garage {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.map_err(|e| S3Error::Unreachable {
-            url: self.base.clone(),
-            reason: e.to_string(),
-        })?;
+        let response = request.send().await.map_err(|e| S3Error::Unreachable { url: self.base.clone(), reason: e.to_string() })?;
         let status = response.status();
         let text = response.text().await.map_err(|e| S3Error::Decode(e.to_string()))?;
         if status.is_success() {
@@ -264,9 +257,7 @@ impl ObjectStoreAdmin for Garage {
             Err(S3Error::Api { code, .. }) if code == "BucketAlreadyExists" => {
                 self.bucket(alias).await?.ok_or(S3Error::NotFound { what: "bucket", id: alias.into() })
             }
-            Err(S3Error::Api { code, message, .. }) if code == "InvalidBucketName" => {
-                Err(S3Error::InvalidBucketName { name: alias.into(), reason: message })
-            }
+            Err(S3Error::Api { code, message, .. }) if code == "InvalidBucketName" => Err(S3Error::InvalidBucketName { name: alias.into(), reason: message }),
             Err(e) => Err(e),
         }
     }
@@ -278,11 +269,7 @@ impl ObjectStoreAdmin for Garage {
     }
 
     async fn set_website(&self, bucket_id: &str, enabled: bool) -> Result<(), S3Error> {
-        let website = if enabled {
-            json!({ "enabled": true, "indexDocument": "index.html" })
-        } else {
-            json!({ "enabled": false })
-        };
+        let website = if enabled { json!({ "enabled": true, "indexDocument": "index.html" }) } else { json!({ "enabled": false }) };
         self.post("UpdateBucket", &[("id", bucket_id)], json!({ "websiteAccess": website }))
             .await?
             .ok_or(S3Error::NotFound { what: "bucket", id: bucket_id.into() })?;
@@ -298,10 +285,7 @@ impl ObjectStoreAdmin for Garage {
 
     async fn keys(&self) -> Result<Vec<Key>, S3Error> {
         let list = self.get("ListKeys", &[]).await?.ok_or_else(|| Self::missing("ListKeys"))?;
-        Ok(typed::<Vec<ListedKey>>("ListKeys", list)?
-            .into_iter()
-            .map(|k| Key { id: k.id, name: k.name, secret: None })
-            .collect())
+        Ok(typed::<Vec<ListedKey>>("ListKeys", list)?.into_iter().map(|k| Key { id: k.id, name: k.name, secret: None }).collect())
     }
 
     async fn key(&self, name: &str, with_secret: bool) -> Result<Option<Key>, S3Error> {
@@ -311,10 +295,7 @@ impl ObjectStoreAdmin for Garage {
         if !with_secret {
             return Ok(Some(found));
         }
-        let info = self
-            .get("GetKeyInfo", &[("id", &found.id), ("showSecretKey", "true")])
-            .await?
-            .ok_or(S3Error::NotFound { what: "key", id: name.into() })?;
+        let info = self.get("GetKeyInfo", &[("id", &found.id), ("showSecretKey", "true")]).await?.ok_or(S3Error::NotFound { what: "key", id: name.into() })?;
         let info: KeyInfo = typed("GetKeyInfo", info)?;
         Ok(Some(Key { id: found.id, name: found.name, secret: info.secret_access_key }))
     }
@@ -364,16 +345,11 @@ impl ObjectStoreAdmin for Garage {
     async fn layout(&self) -> Result<Vec<Role>, S3Error> {
         let v = self.get("GetClusterLayout", &[]).await?.ok_or_else(|| Self::missing("GetClusterLayout"))?;
         let layout: Layout = typed("GetClusterLayout", v)?;
-        Ok(layout
-            .roles
-            .into_iter()
-            .map(|r| Role { node: r.id, zone: r.zone, capacity: r.capacity.unwrap_or(0) })
-            .collect())
+        Ok(layout.roles.into_iter().map(|r| Role { node: r.id, zone: r.zone, capacity: r.capacity.unwrap_or(0) }).collect())
     }
 
     async fn apply_layout(&self, roles: &[Role]) -> Result<u64, S3Error> {
-        let roles: Vec<Value> =
-            roles.iter().map(|r| json!({"id": r.node, "zone": r.zone, "capacity": r.capacity, "tags": []})).collect();
+        let roles: Vec<Value> = roles.iter().map(|r| json!({"id": r.node, "zone": r.zone, "capacity": r.capacity, "tags": []})).collect();
         self.post("UpdateClusterLayout", &[], json!({ "roles": roles })).await?;
         let v = self.get("GetClusterLayout", &[]).await?.ok_or_else(|| Self::missing("GetClusterLayout"))?;
         let version = typed::<Layout>("GetClusterLayout", v)?.version + 1;

@@ -36,11 +36,7 @@ pub struct Key {
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Key")
-            .field("id", &self.id)
-            .field("name", &self.name)
-            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
-            .finish()
+        f.debug_struct("Key").field("id", &self.id).field("name", &self.name).field("secret", &self.secret.as_ref().map(|_| "<redacted>")).finish()
     }
 }
 

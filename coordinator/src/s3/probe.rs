@@ -8,11 +8,7 @@ use super::S3Error;
 pub use drover_net::s3::client;
 
 fn failed(step: &str, bucket: &str, e: impl std::fmt::Display) -> S3Error {
-    S3Error::Api {
-        status: 0,
-        code: format!("probe {step}"),
-        message: format!("the new key cannot {step} in bucket {bucket}: {e}"),
-    }
+    S3Error::Api { status: 0, code: format!("probe {step}"), message: format!("the new key cannot {step} in bucket {bucket}: {e}") }
 }
 
 /// Puts, reads back and deletes a small object.
@@ -27,24 +23,12 @@ pub async fn probe(client: &aws_sdk_s3::Client, bucket: &str) -> Result<(), S3Er
         .send()
         .await
         .map_err(|e| failed("put", bucket, aws_sdk_s3::error::DisplayErrorContext(e)))?;
-    let got = client
-        .get_object()
-        .bucket(bucket)
-        .key(&key)
-        .send()
-        .await
-        .map_err(|e| failed("get", bucket, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+    let got = client.get_object().bucket(bucket).key(&key).send().await.map_err(|e| failed("get", bucket, aws_sdk_s3::error::DisplayErrorContext(e)))?;
     let bytes = got.body.collect().await.map_err(|e| failed("read", bucket, e))?.into_bytes();
     if bytes.as_ref() != body.as_bytes() {
         return Err(failed("read back", bucket, "the object came back different"));
     }
-    client
-        .delete_object()
-        .bucket(bucket)
-        .key(&key)
-        .send()
-        .await
-        .map_err(|e| failed("delete", bucket, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+    client.delete_object().bucket(bucket).key(&key).send().await.map_err(|e| failed("delete", bucket, aws_sdk_s3::error::DisplayErrorContext(e)))?;
     Ok(())
 }
 

@@ -75,9 +75,7 @@ fn certificate(conn: &quinn::Connection) -> Result<Option<PeerCertificate>, Wire
     let Some(leaf) = chain.first() else {
         return Ok(None);
     };
-    PeerCertificate::parse(leaf)
-        .map(Some)
-        .map_err(|_| WireError::new(ErrorCode::Unauthenticated, "client certificate carries no drover identity"))
+    PeerCertificate::parse(leaf).map(Some).map_err(|_| WireError::new(ErrorCode::Unauthenticated, "client certificate carries no drover identity"))
 }
 
 /// Carries a connection from its handshake (which holds `handshake`, one
@@ -149,8 +147,7 @@ pub(super) async fn handle(state: Arc<Coordinator>, limits: Arc<Limits>, incomin
             // Register before re-checking, so that a revocation racing with
             // this connection either sees it or is seen here.
             let closing = conn.clone();
-            let closer: crate::app::live::Closer =
-                Arc::new(move |code: ErrorCode, reason: &str| closing.close(code.as_u32().into(), reason.as_bytes()));
+            let closer: crate::app::live::Closer = Arc::new(move |code: ErrorCode, reason: &str| closing.close(code.as_u32().into(), reason.as_bytes()));
             state.live.register(id, conn.stable_id(), closer, limits.connections_per_machine);
             if is_revoked(&state, id) {
                 close(&conn, &WireError::new(ErrorCode::Revoked, format!("machine {id} was revoked")));
@@ -158,8 +155,7 @@ pub(super) async fn handle(state: Arc<Coordinator>, limits: Arc<Limits>, incomin
         }
         if let Peer::Admin { name, .. } = &peer {
             let closing = conn.clone();
-            let closer: crate::app::live::Closer =
-                Arc::new(move |code: ErrorCode, reason: &str| closing.close(code.as_u32().into(), reason.as_bytes()));
+            let closer: crate::app::live::Closer = Arc::new(move |code: ErrorCode, reason: &str| closing.close(code.as_u32().into(), reason.as_bytes()));
             state.live.register_admin(name, conn.stable_id(), closer, limits.connections_per_admin);
         }
         if matches!(peer, Peer::Anonymous) {
@@ -206,10 +202,7 @@ async fn serve(state: &Arc<Coordinator>, limits: &Arc<Limits>, conn: &quinn::Con
     };
     let version = match negotiate(SUPPORTED, hello.versions) {
         Ok(version) => {
-            let ack = Response::Hello(HelloAck {
-                version,
-                software: format!("drover {}", env!("CARGO_PKG_VERSION")),
-            });
+            let ack = Response::Hello(HelloAck { version, software: format!("drover {}", env!("CARGO_PKG_VERSION")) });
             if write_frame(&mut send, &ack).await.is_err() {
                 return;
             }
@@ -229,10 +222,7 @@ async fn serve(state: &Arc<Coordinator>, limits: &Arc<Limits>, conn: &quinn::Con
         let budgets = budgets.clone();
         let peer = peer.clone();
         let conn = conn.clone();
-        tokio::spawn(
-            async move { handle_stream(state, limits, &budgets, conn, Caller { peer, version }, send, recv).await }
-                .in_current_span(),
-        );
+        tokio::spawn(async move { handle_stream(state, limits, &budgets, conn, Caller { peer, version }, send, recv).await }.in_current_span());
     }
 }
 
@@ -248,13 +238,7 @@ async fn answer_and_close(conn: &quinn::Connection, mut send: quinn::SendStream,
 /// Answers a stream whose request could not be read, then closes it. The
 /// connection and every other stream go on. A request refused for want of
 /// memory is "unavailable", not the peer's fault.
-async fn bad_stream(
-    limits: &Limits,
-    conn: &quinn::Connection,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    e: &StreamError,
-) {
+async fn bad_stream(limits: &Limits, conn: &quinn::Connection, mut send: quinn::SendStream, mut recv: quinn::RecvStream, e: &StreamError) {
     let ip = conn.remote_address().ip();
     let code = match e {
         StreamError::BudgetExhausted { .. } => {
@@ -323,9 +307,7 @@ async fn handle_stream(
             }
         }),
         (Request::Enroll(_), _) => denied(ErrorCode::BadRequest, "this connection already has an identity; enroll without a client certificate"),
-        (Request::Agent(req), Peer::Machine { id }) => {
-            agent::handle(&state, &conn, version, id, req, &mut send).await
-        }
+        (Request::Agent(req), Peer::Machine { id }) => agent::handle(&state, &conn, version, id, req, &mut send).await,
         (Request::Agent(_), Peer::Anonymous) => denied(ErrorCode::Unauthenticated, "this request needs a machine certificate; enroll first"),
         (Request::Agent(_), Peer::Admin { .. }) => denied(ErrorCode::PermissionDenied, "admin certificates cannot make agent requests"),
         (Request::Admin(AdminRequest::Backup), Peer::Admin { name, serial }) => match Box::pin(admin::backup(&state, name, serial)).await {

@@ -38,11 +38,7 @@ pub(super) struct Budgets {
 
 impl Budgets {
     fn new(total: usize) -> Self {
-        Budgets {
-            anonymous: FrameBudget::new(total / 8),
-            admins: FrameBudget::new(total / 4),
-            machines: FrameBudget::new(total - total / 8 - total / 4),
-        }
+        Budgets { anonymous: FrameBudget::new(total / 8), admins: FrameBudget::new(total / 4), machines: FrameBudget::new(total - total / 8 - total / 4) }
     }
 }
 
@@ -370,11 +366,7 @@ impl PeerWarnings {
     fn summarise(&self) {
         let counts = std::mem::take(&mut *lock(&self.state));
         let interval = humantime::format_duration(self.interval);
-        let mut peers: Vec<((IpAddr, &'static str), PeerCount)> = counts
-            .peers
-            .into_iter()
-            .filter(|(_, p)| p.streams > 1 || !p.warned)
-            .collect();
+        let mut peers: Vec<((IpAddr, &'static str), PeerCount)> = counts.peers.into_iter().filter(|(_, p)| p.streams > 1 || !p.warned).collect();
         peers.sort_by(|a, b| b.1.streams.cmp(&a.1.streams).then(a.0.cmp(&b.0)));
         for ((ip, kind), peer) in peers.iter().take(SUMMARY_PEERS) {
             tracing::warn!(peer = %ip, count = peer.streams, "{} {kind} from {ip} in the last {interval}", peer.streams);

@@ -155,16 +155,5 @@ pub async fn start_with(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
             })
         })
         .collect();
-    Ok(ServerHandle {
-        local_addr,
-        metrics_addr,
-        metrics,
-        coordinator,
-        endpoints,
-        tasks,
-        driver,
-        provisioner,
-        summaries,
-        liveness,
-    })
+    Ok(ServerHandle { local_addr, metrics_addr, metrics, coordinator, endpoints, tasks, driver, provisioner, summaries, liveness })
 }

@@ -164,12 +164,8 @@ impl Store {
     fn remove_oldest(&self, part: AuditPart, before: &[u8], max: usize) -> Result<usize, StoreError> {
         let mut removed = 0;
         while removed < max {
-            let keys: Vec<Vec<u8>> = self
-                .backend
-                .range(Tree::Audit, part.start(), before, PRUNE_BATCH.min(max - removed), false)?
-                .into_iter()
-                .map(|(k, _)| k)
-                .collect();
+            let keys: Vec<Vec<u8>> =
+                self.backend.range(Tree::Audit, part.start(), before, PRUNE_BATCH.min(max - removed), false)?.into_iter().map(|(k, _)| k).collect();
             if keys.is_empty() {
                 break;
             }

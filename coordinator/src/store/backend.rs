@@ -242,10 +242,7 @@ impl Backend for SledBackend {
     }
 
     fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Pairs, StoreError> {
-        self.tree(tree)
-            .scan_prefix(prefix)
-            .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from))
-            .collect()
+        self.tree(tree).scan_prefix(prefix).map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from)).collect()
     }
 
     fn range(&self, tree: Tree, from: &[u8], to: &[u8], limit: usize, newest_first: bool) -> Result<Pairs, StoreError> {
@@ -292,9 +289,7 @@ impl Backend for SledBackend {
         // Concurrent callers share one flush: see `Store::flush`.
         let db = self.db.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || db.flush())
-                .await
-                .map_err(|e| StoreError::Sled(sled::Error::ReportableBug(format!("flush task: {e}"))))??;
+            tokio::task::spawn_blocking(move || db.flush()).await.map_err(|e| StoreError::Sled(sled::Error::ReportableBug(format!("flush task: {e}"))))??;
             Ok(())
         })
     }
@@ -360,12 +355,7 @@ impl Backend for MemoryBackend {
         Ok(self
             .lock()
             .get(&tree)
-            .map(|t| {
-                t.range(prefix.to_vec()..)
-                    .take_while(|(k, _)| k.starts_with(prefix))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect()
-            })
+            .map(|t| t.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default())
     }
 

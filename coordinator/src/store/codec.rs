@@ -38,9 +38,7 @@ pub fn migrate(tree: Tree, mut v: u32, mut record: Value) -> Result<Value, Strin
         v += 1;
     }
     if v > SCHEMA_VERSION {
-        return Err(format!(
-            "written by a newer coordinator (record version {v}, this build reads up to {SCHEMA_VERSION}); upgrade drover"
-        ));
+        return Err(format!("written by a newer coordinator (record version {v}, this build reads up to {SCHEMA_VERSION}); upgrade drover"));
     }
     Ok(record)
 }
@@ -64,16 +62,11 @@ fn v1_to_v2(tree: Tree, mut record: Value) -> Value {
 }
 
 pub fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(&Envelope { v: SCHEMA_VERSION, record })
-        .map_err(|e| StoreError::Encode(e.to_string()))
+    serde_json::to_vec(&Envelope { v: SCHEMA_VERSION, record }).map_err(|e| StoreError::Encode(e.to_string()))
 }
 
 pub fn decode<T: DeserializeOwned>(tree: Tree, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        tree: tree.name(),
-        key: String::from_utf8_lossy(key).to_string(),
-        reason,
-    };
+    let corrupt = |reason: String| StoreError::Corrupt { tree: tree.name(), key: String::from_utf8_lossy(key).to_string(), reason };
     let VersionOnly { v } = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
     if v == SCHEMA_VERSION {
         let envelope: Envelope<T> = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;

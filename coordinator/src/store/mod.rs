@@ -29,13 +29,13 @@ pub mod backend;
 mod codec;
 pub mod deployments;
 pub mod machines;
+pub mod provisions;
 pub mod rollouts;
 pub mod s3;
 pub mod tenants;
-pub mod provisions;
-pub mod volumes;
 #[cfg(test)]
 pub(crate) mod tests;
+pub mod volumes;
 
 use std::cell::RefCell;
 use std::path::Path;
@@ -56,11 +56,7 @@ pub enum StoreError {
     #[error("another coordinator holds the store in {0}; stop it first (only one `drover serve` per state directory)")]
     Locked(String),
     #[error("stored record {key:?} in {tree} is unreadable: {reason}")]
-    Corrupt {
-        tree: &'static str,
-        key: String,
-        reason: String,
-    },
+    Corrupt { tree: &'static str, key: String, reason: String },
     #[error("a record could not be encoded: {0}")]
     Encode(String),
     #[error("{what} {id:?} not found")]
@@ -204,8 +200,10 @@ impl Store {
     fn check_schema(&self, dir: &Path) -> Result<(), StoreError> {
         let key = b"schema_version";
         let found = match self.backend.get(Tree::Meta, key)? {
-            Some(v) => std::str::from_utf8(&v).ok().and_then(|s| s.parse::<u32>().ok()).ok_or_else(|| {
-                StoreError::Corrupt { tree: "meta", key: "schema_version".into(), reason: "not a number".into() }
+            Some(v) => std::str::from_utf8(&v).ok().and_then(|s| s.parse::<u32>().ok()).ok_or_else(|| StoreError::Corrupt {
+                tree: "meta",
+                key: "schema_version".into(),
+                reason: "not a number".into(),
             })?,
             None => 0,
         };
@@ -352,9 +350,7 @@ impl Tx<'_> {
     }
 
     pub fn get<T: Record>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
-        self.backend(self.inner.get(T::TREE, key))?
-            .map(|v| codec::decode(T::TREE, key, &v))
-            .transpose()
+        self.backend(self.inner.get(T::TREE, key))?.map(|v| codec::decode(T::TREE, key, &v)).transpose()
     }
 
     /// The record under `key`, or [`StoreError::NotFound`] naming `id`.
@@ -381,8 +377,6 @@ impl Tx<'_> {
     }
 
     pub fn remove<T: Record>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
-        self.backend(self.inner.remove(T::TREE, key))?
-            .map(|v| codec::decode(T::TREE, key, &v))
-            .transpose()
+        self.backend(self.inner.remove(T::TREE, key))?.map(|v| codec::decode(T::TREE, key, &v)).transpose()
     }
 }

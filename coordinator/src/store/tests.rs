@@ -9,10 +9,7 @@ use super::backend::Tree;
 use super::codec;
 use super::deployments::generation_key;
 use super::*;
-use crate::model::{
-    AdminRecord, DeploymentRecord, Labels, MachineRecord, RolloutRecord, S3NodeRecord, TenantRecord,
-    TokenRecord,
-};
+use crate::model::{AdminRecord, DeploymentRecord, Labels, MachineRecord, RolloutRecord, S3NodeRecord, TenantRecord, TokenRecord};
 
 /// A store of each kind; the sled one keeps its directory alive.
 fn stores() -> Vec<(&'static str, Store, Option<tempfile::TempDir>)> {
@@ -38,7 +35,7 @@ pub(crate) fn machine(id: &str) -> MachineRecord {
         current_generation: None,
         current_system: None,
         enrolled_key: None,
-            volumes: vec![],
+        volumes: vec![],
     }
 }
 
@@ -158,7 +155,11 @@ fn rollouts_list_oldest_first() {
                 checks: vec![],
                 health_deadline_ms: 1,
                 buckets: vec![],
-                volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false, reboot: false,
+                volumes: vec![],
+                goal: Default::default(),
+                force_switch: false,
+                override_rollout: false,
+                reboot: false,
             };
             put(&store, id, &RolloutRecord { id: id.into(), created_at: at, spec, state, snapshot_volumes: false });
         }
@@ -205,9 +206,7 @@ fn a_transaction_lands_whole_or_not_at_all() {
 fn insert_new_and_require_say_what_is_wrong() {
     for (name, store, _dir) in stores() {
         put(&store, "h1", &token("h1"));
-        let err = store
-            .commit_blocking(|tx| tx.insert_new(b"h1", &token("h1"), || "token already exists".into()))
-            .expect_err("taken");
+        let err = store.commit_blocking(|tx| tx.insert_new(b"h1", &token("h1"), || "token already exists".into())).expect_err("taken");
         assert!(matches!(&err, StoreError::Conflict(m) if m == "token already exists"), "{name}: {err}");
         let err = store.commit_blocking(|tx| tx.require::<MachineRecord>(b"m-9")).expect_err("missing");
         assert!(matches!(&err, StoreError::NotFound { what: "machine", id } if id == "m-9"), "{name}: {err}");
@@ -407,11 +406,7 @@ async fn writes_during_a_flush_wait_for_it_without_blocking_and_share_the_next()
     for i in 1..=5 {
         assert!(store.get::<MachineRecord>(format!("m-{i}").as_bytes()).expect("read").is_some());
     }
-    assert_eq!(
-        backend.flushes.load(std::sync::atomic::Ordering::SeqCst),
-        2,
-        "the five commits that waited share one flush after the one they waited for"
-    );
+    assert_eq!(backend.flushes.load(std::sync::atomic::Ordering::SeqCst), 2, "the five commits that waited share one flush after the one they waited for");
 }
 
 fn audit_entry(at: u64, admin: &str) -> crate::model::AuditRecord {

@@ -154,9 +154,7 @@ impl Linstor {
     /// A client of `config.controller` for the fleet `owner`.
     pub fn new(config: LinstorConfig, owner: &str) -> Result<Self, BlockError> {
         drover_net::tls::install_default_provider();
-        let mut builder = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .connect_timeout(Duration::from_secs(10).min(config.request_timeout));
+        let mut builder = reqwest::Client::builder().timeout(config.request_timeout).connect_timeout(Duration::from_secs(10).min(config.request_timeout));
         if let Some(ca) = &config.ca_file {
             let pem = std::fs::read(ca).map_err(|e| BlockError::Config(format!("cannot read linstor.ca_file {}: {e}", ca.display())))?;
             let cert = reqwest::Certificate::from_pem(&pem)
@@ -164,13 +162,9 @@ impl Linstor {
             builder = builder.tls_built_in_root_certs(false).add_root_certificate(cert);
         }
         if let Some(path) = &config.client_certificate {
-            let pem = std::fs::read(path)
-                .map_err(|e| BlockError::Config(format!("cannot read linstor.client_certificate {}: {e}", path.display())))?;
+            let pem = std::fs::read(path).map_err(|e| BlockError::Config(format!("cannot read linstor.client_certificate {}: {e}", path.display())))?;
             let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                BlockError::Config(format!(
-                    "linstor.client_certificate {} must hold a PEM certificate and its private key: {e}",
-                    path.display()
-                ))
+                BlockError::Config(format!("linstor.client_certificate {} must hold a PEM certificate and its private key: {e}", path.display()))
             })?;
             builder = builder.identity(identity);
         }
@@ -244,10 +238,7 @@ impl Linstor {
                 let Some(list) = out.get_mut(&r.name.to_ascii_lowercase()) else { continue };
                 let volume = r.volumes.iter().find(|v| v.volume_number == 0);
                 let diskless = r.flags.iter().any(|f| f == "DISKLESS" || f == "DRBD_DISKLESS");
-                let disk_state = volume
-                    .and_then(|v| v.state.as_ref())
-                    .and_then(|s| s.disk_state.clone())
-                    .unwrap_or_else(|| "Unknown".into());
+                let disk_state = volume.and_then(|v| v.state.as_ref()).and_then(|s| s.disk_state.clone()).unwrap_or_else(|| "Unknown".into());
                 list.push(Replica {
                     node: r.node_name,
                     disk_state,
@@ -332,12 +323,7 @@ impl BlockStorage for Linstor {
             return Ok(None);
         };
         let mut replicas = self.replicas(std::slice::from_ref(&d.name)).await?;
-        Ok(Some(Volume {
-            size_kib: d.size_kib(),
-            owner: d.owner(),
-            replicas: replicas.remove(&d.name.to_ascii_lowercase()).unwrap_or_default(),
-            name: d.name,
-        }))
+        Ok(Some(Volume { size_kib: d.size_kib(), owner: d.owner(), replicas: replicas.remove(&d.name.to_ascii_lowercase()).unwrap_or_default(), name: d.name }))
     }
 
     async fn volumes(&self) -> Result<Vec<Volume>, BlockError> {
@@ -391,8 +377,7 @@ impl BlockStorage for Linstor {
                 if let Some(pool) = &self.config.storage_pool {
                     filter["storage_pool"] = json!(pool);
                 }
-                self.call(Method::POST, &format!("/v1/resource-definitions/{}/autoplace", spec.name), Some(json!({"select_filter": filter})))
-                    .await?;
+                self.call(Method::POST, &format!("/v1/resource-definitions/{}/autoplace", spec.name), Some(json!({"select_filter": filter}))).await?;
                 false
             }
             Some(_) => false,
@@ -419,12 +404,7 @@ impl BlockStorage for Linstor {
             Some(_) => return Err(BlockError::NotOurs { name: volume.name, owner: volume.owner }),
             None => {}
         }
-        self.call(
-            Method::PUT,
-            &format!("/v1/resource-definitions/{}", volume.name),
-            Some(json!({"override_props": { OWNER_PROPERTY: self.owner }})),
-        )
-        .await?;
+        self.call(Method::PUT, &format!("/v1/resource-definitions/{}", volume.name), Some(json!({"override_props": { OWNER_PROPERTY: self.owner }}))).await?;
         self.require_ours(name).await
     }
 
@@ -440,26 +420,20 @@ impl BlockStorage for Linstor {
         if size_kib == current {
             return Ok(());
         }
-        self.call(Method::PUT, &format!("/v1/resource-definitions/{name}/volume-definitions/0"), Some(json!({"size_kib": size_kib})))
-            .await
-            .map(drop)
+        self.call(Method::PUT, &format!("/v1/resource-definitions/{name}/volume-definitions/0"), Some(json!({"size_kib": size_kib}))).await.map(drop)
     }
 
     async fn make_available(&self, name: &str, node: &str) -> Result<(), BlockError> {
         check_node(node)?;
         self.require_ours(name).await?;
-        self.call(Method::POST, &format!("/v1/resource-definitions/{name}/resources/{node}/make-available"), Some(json!({"diskful": false})))
-            .await
-            .map(drop)
+        self.call(Method::POST, &format!("/v1/resource-definitions/{name}/resources/{node}/make-available"), Some(json!({"diskful": false}))).await.map(drop)
     }
 
     async fn remove_from_node(&self, name: &str, node: &str) -> Result<(), BlockError> {
         check_node(node)?;
         let Some(volume) = self.ours(name).await? else { return Ok(()) };
         match volume.replica(node) {
-            Some(r) if r.diskless => {
-                self.call(Method::DELETE, &format!("/v1/resource-definitions/{name}/resources/{node}"), None).await.map(drop)
-            }
+            Some(r) if r.diskless => self.call(Method::DELETE, &format!("/v1/resource-definitions/{name}/resources/{node}"), None).await.map(drop),
             _ => Ok(()),
         }
     }

@@ -138,9 +138,9 @@ fn not_ours(name: &str, owner: Option<&str>) -> String {
             "the block storage holds a resource {name:?} that Drover did not make (it lacks the {OWNER_PROPERTY} property); Drover leaves \
              it alone — if it is this fleet's to manage, take it over with `drover volumes adopt {name} --yes-adopt {name}`"
         ),
-        Some(other) => format!(
-            "the block storage resource {name:?} belongs to another Drover fleet ({OWNER_PROPERTY} = {other}); this coordinator leaves it alone"
-        ),
+        Some(other) => {
+            format!("the block storage resource {name:?} belongs to another Drover fleet ({OWNER_PROPERTY} = {other}); this coordinator leaves it alone")
+        }
     }
 }
 

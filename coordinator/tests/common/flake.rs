@@ -20,11 +20,7 @@ pub struct Vm {
 
 impl Vm {
     pub fn activations(&self) -> Vec<String> {
-        std::fs::read_to_string(self.root.join("activations"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
+        std::fs::read_to_string(self.root.join("activations")).unwrap_or_default().lines().map(str::to_string).collect()
     }
     pub fn runtime(&self) -> PathBuf {
         self.root.join("run")
@@ -64,12 +60,7 @@ pub fn spawn_vm(fleet: &TestCoordinator, name: &str, token: Option<&Path>) -> (V
 }
 
 /// As [`spawn_vm`], with a last say on the agent's configuration.
-pub fn spawn_vm_with(
-    fleet: &TestCoordinator,
-    name: &str,
-    token: Option<&Path>,
-    adjust: impl FnOnce(&mut drover_agent::AgentConfig),
-) -> (Vm, AgentHandle) {
+pub fn spawn_vm_with(fleet: &TestCoordinator, name: &str, token: Option<&Path>, adjust: impl FnOnce(&mut drover_agent::AgentConfig)) -> (Vm, AgentHandle) {
     let root = fleet.dir.path().join("vms").join(name);
     std::fs::create_dir_all(&root).expect("mkdir");
     let wrapper = root.join("nixos-rebuild");
@@ -81,7 +72,10 @@ pub fn spawn_vm_with(
     let systemctl = root.join("systemctl");
     std::fs::write(
         &systemctl,
-        format!("#!/bin/sh\n[ \"$1\" = is-active ] || exit 2\nif grep -qx '{name}' '{}' 2>/dev/null; then echo failed; exit 3; fi\necho active\n", root.parent().expect("vms dir").join("fail-on").display()),
+        format!(
+            "#!/bin/sh\n[ \"$1\" = is-active ] || exit 2\nif grep -qx '{name}' '{}' 2>/dev/null; then echo failed; exit 3; fi\necho active\n",
+            root.parent().expect("vms dir").join("fail-on").display()
+        ),
     )
     .expect("systemctl stand-in");
     std::fs::set_permissions(&systemctl, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -102,4 +96,3 @@ pub fn spawn_vm_with(
 pub fn flake_spec(flake: &Path, attr: &str) -> SystemSpec {
     SystemSpec::Flake { uri: format!("path:{}", flake.display()), attribute: attr.into() }
 }
-

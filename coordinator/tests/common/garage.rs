@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use drover_coordinator::s3::garage::Garage;
 use drover_coordinator::s3::{ObjectStoreAdmin, Role};
 
-pub const GARAGE_HINT: &str =
-    "this test needs Garage: install it with `cargo install garage --locked` (scripts/test.sh does this)";
+pub const GARAGE_HINT: &str = "this test needs Garage: install it with `cargo install garage --locked` (scripts/test.sh does this)";
 
 /// The `garage` binary: on PATH, or where `cargo install` puts it.
 pub fn garage_bin() -> PathBuf {
@@ -19,9 +18,7 @@ pub fn garage_bin() -> PathBuf {
             return PathBuf::from(path);
         }
     }
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"));
+    let home = std::env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"));
     let path = home.join("bin/garage");
     assert!(path.exists(), "{GARAGE_HINT}");
     path

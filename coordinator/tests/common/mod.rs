@@ -54,12 +54,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            health_interval: Duration::from_millis(300),
-            machine_cert_lifetime: None,
-            no_server: false,
-            state_dir: None,
-        }
+        Options { health_interval: Duration::from_millis(300), machine_cert_lifetime: None, no_server: false, state_dir: None }
     }
 }
 
@@ -83,14 +78,7 @@ impl TestCoordinator {
             machine_cert_lifetime: opts.machine_cert_lifetime,
         })
         .expect("drover init");
-        let mut this = TestCoordinator {
-            dir,
-            state_dir,
-            config: outcome.config.clone(),
-            addr,
-            bundle_path: outcome.bundle_path,
-            handle: None,
-        };
+        let mut this = TestCoordinator { dir, state_dir, config: outcome.config.clone(), addr, bundle_path: outcome.bundle_path, handle: None };
         if !opts.no_server {
             this.serve().await;
         }
@@ -145,11 +133,7 @@ impl TestCoordinator {
 
     /// Creates a token and writes it to a file; returns (text, file).
     pub async fn token(&self, uses: u32, labels: &[(&str, &str)]) -> (String, PathBuf) {
-        let spec = TokenSpec {
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            ttl_ms: 3_600_000,
-            uses,
-        };
+        let spec = TokenSpec { labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ttl_ms: 3_600_000, uses };
         let AdminResponse::TokenCreated(created) = self.call(AdminRequest::TokensCreate(spec)).await else {
             panic!("expected a token");
         };
@@ -160,11 +144,7 @@ impl TestCoordinator {
     }
 
     pub fn agent_config(&self, name: &str, token_file: Option<&Path>) -> AgentConfig {
-        let mut config = AgentConfig::new(
-            self.addr,
-            self.state_dir.join("ca.pem"),
-            self.dir.path().join("agents").join(name),
-        );
+        let mut config = AgentConfig::new(self.addr, self.state_dir.join("ca.pem"), self.dir.path().join("agents").join(name));
         config.enrollment_token_file = token_file.map(Path::to_path_buf);
         config.hostname = Some(name.to_string());
         config.backoff_initial = Duration::from_millis(100);
@@ -180,10 +160,7 @@ impl TestCoordinator {
     }
 
     pub async fn machines(&self) -> Vec<MachineInfo> {
-        let AdminResponse::Machines(m) = self
-            .call(AdminRequest::MachinesList { selector: Default::default() })
-            .await
-        else {
+        let AdminResponse::Machines(m) = self.call(AdminRequest::MachinesList { selector: Default::default() }).await else {
             panic!("expected machines");
         };
         m
@@ -199,10 +176,7 @@ impl TestCoordinator {
 
 /// Waits until the agent has reported health at least `n` times.
 pub async fn until_reported(agent: &mut AgentHandle, n: u64) -> drover_agent::AgentStatus {
-    agent
-        .wait_for(Duration::from_secs(15), |s| s.reports >= n)
-        .await
-        .unwrap_or_else(|s| panic!("agent did not report {n} time(s): {s:?}"))
+    agent.wait_for(Duration::from_secs(15), |s| s.reports >= n).await.unwrap_or_else(|s| panic!("agent did not report {n} time(s): {s:?}"))
 }
 
 /// Polls `f` until it returns true or `timeout` passes.
@@ -225,10 +199,7 @@ where
 
 /// A connection with an optional client identity (certificate DER, key DER),
 /// Hello done.
-pub async fn raw_connect(
-    fleet: &TestCoordinator,
-    identity: Option<(&[u8], &[u8])>,
-) -> Result<drover_net::CoordinatorConnection, drover_net::ClientError> {
+pub async fn raw_connect(fleet: &TestCoordinator, identity: Option<(&[u8], &[u8])>) -> Result<drover_net::CoordinatorConnection, drover_net::ClientError> {
     let ca = drover_net::identity::read_cert_pem(&fleet.state_dir.join("ca.pem")).expect("ca");
     raw_connect_with_ca(fleet, &ca, identity).await
 }
@@ -240,15 +211,7 @@ pub async fn raw_connect_with_ca(
 ) -> Result<drover_net::CoordinatorConnection, drover_net::ClientError> {
     let config = drover_net::tls::client_config(ca_der, identity, Duration::from_secs(10)).expect("tls");
     let endpoint = drover_net::client::client_endpoint(fleet.addr).expect("endpoint");
-    drover_net::CoordinatorConnection::connect(
-        &endpoint,
-        config,
-        fleet.addr,
-        &fleet.addr.ip().to_string(),
-        "test-client",
-        Duration::from_secs(5),
-    )
-    .await
+    drover_net::CoordinatorConnection::connect(&endpoint, config, fleet.addr, &fleet.addr.ip().to_string(), "test-client", Duration::from_secs(5)).await
 }
 
 /// Enrolls a machine directly; returns its certificate and key (DER).
@@ -257,16 +220,8 @@ pub async fn enroll_raw(fleet: &TestCoordinator, token: &str, hostname: &str) ->
     let ca = drover_net::identity::read_cert_pem(&fleet.state_dir.join("ca.pem")).expect("ca");
     let endpoint = drover_net::client::client_endpoint(fleet.addr).expect("endpoint");
     let config = fleet.agent_config(hostname, None);
-    let issued = drover_agent::session::enroll_once(
-        &endpoint,
-        &config,
-        &ca,
-        &key,
-        drover_protocol::v1::Secret::new(token),
-        hostname,
-    )
-    .await
-    .expect("enrollment");
+    let issued =
+        drover_agent::session::enroll_once(&endpoint, &config, &ca, &key, drover_protocol::v1::Secret::new(token), hostname).await.expect("enrollment");
     (issued, key.serialize_der())
 }
 
@@ -296,7 +251,11 @@ pub fn deploy_to_role(role: &str, system: drover_protocol::v1::SystemSpec) -> dr
         checks: vec![],
         health_deadline_ms: 5_000,
         buckets: vec![],
-        volumes: vec![], goal: Default::default(), force_switch: false, override_rollout: false, reboot: false,
+        volumes: vec![],
+        goal: Default::default(),
+        force_switch: false,
+        override_rollout: false,
+        reboot: false,
     }
 }
 

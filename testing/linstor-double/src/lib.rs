@@ -277,10 +277,7 @@ fn mounted(device: &Path) -> bool {
     let Ok(meta) = std::fs::metadata(device) else { return false };
     let rdev = meta.rdev();
     let wanted = format!("{}:{}", nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(2) == Some(wanted.as_str()))
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().any(|l| l.split(' ').nth(2) == Some(wanted.as_str()))
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -600,8 +597,7 @@ async fn snapshot_rollback(State(s): State<Shared>, UrlPath((name, snap)): UrlPa
         return fail(StatusCode::INTERNAL_SERVER_ERROR, FAIL_IN_USE, format!("Resource '{name}' is in use on node '{node}'."), Some("Unmount it first."));
     }
     // The loop devices are re-made so that no stale block is cached.
-    let nodes: Vec<(String, PathBuf)> =
-        rd.resources.iter().filter_map(|(n, r)| r.loop_device.clone().map(|d| (n.clone(), d))).collect();
+    let nodes: Vec<(String, PathBuf)> = rd.resources.iter().filter_map(|(n, r)| r.loop_device.clone().map(|d| (n.clone(), d))).collect();
     for (node, d) in &nodes {
         inner.detach_loop(&display, node, d);
     }

@@ -265,10 +265,7 @@ fn tls_config() -> (String, rustls::ServerConfig) {
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone(), ca.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
+        .with_single_cert(vec![cert.der().clone(), ca.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
         .expect("TLS configuration");
     let mut config = config;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -407,7 +404,11 @@ async fn clone_vm(State(state): State<Shared>, Path((node, vmid)): Path<(String,
     };
     let full = form.get("full").map(String::as_str) == Some("1");
     if !full && form.contains_key("storage") && template.template {
-        return error(StatusCode::BAD_REQUEST, "Parameter verification failed.", Some(json!({ "storage": "parameter 'storage' not allowed for linked clones" })));
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Parameter verification failed.",
+            Some(json!({ "storage": "parameter 'storage' not allowed for linked clones" })),
+        );
     }
     if inner.vms.contains_key(&newid) {
         return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("unable to create VM {newid}: config file already exists"), None);
@@ -599,7 +600,8 @@ fn boot_request(id: u32, vm: &Vm) -> BootRequest {
             Some(raw.to_string())
         }
     });
-    let size = |v: &str| -> u64 { v.split(',').find_map(|p| p.strip_prefix("size=")).and_then(|s| s.trim_end_matches('G').parse::<u64>().ok()).unwrap_or(1) << 30 };
+    let size =
+        |v: &str| -> u64 { v.split(',').find_map(|p| p.strip_prefix("size=")).and_then(|s| s.trim_end_matches('G').parse::<u64>().ok()).unwrap_or(1) << 30 };
     let disks = vm
         .config
         .iter()

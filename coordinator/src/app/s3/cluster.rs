@@ -49,10 +49,7 @@ pub async fn add_node(state: &Coordinator, admin: String, rpc: String, zone: Str
 
 /// Records a Garage node that is a Drover machine, from its labels.
 pub async fn add_machine(state: &Coordinator, machine: &str) -> Result<S3Cluster, WireError> {
-    let record = state
-        .store
-        .machine(machine)?
-        .ok_or_else(|| not_found(format!("machine {machine:?} not found; see `drover machines list`")))?;
+    let record = state.store.machine(machine)?.ok_or_else(|| not_found(format!("machine {machine:?} not found; see `drover machines list`")))?;
     let label = |key: &str| {
         record.labels.get(key).cloned().ok_or_else(|| {
             invalid(format!(
@@ -87,10 +84,7 @@ pub async fn apply(state: &Coordinator) -> Result<S3Cluster, WireError> {
     if !peers.is_empty() {
         first.connect(&peers).await.map_err(wire)?;
     }
-    let wanted: BTreeSet<Role> = nodes
-        .iter()
-        .filter_map(|n| n.id.clone().map(|node| Role { node, zone: n.zone.clone(), capacity: n.capacity }))
-        .collect();
+    let wanted: BTreeSet<Role> = nodes.iter().filter_map(|n| n.id.clone().map(|node| Role { node, zone: n.zone.clone(), capacity: n.capacity })).collect();
     let current: BTreeSet<Role> = first.layout().await.map_err(wire)?.into_iter().collect();
     if wanted != current {
         let roles: Vec<Role> = wanted.into_iter().collect();
@@ -110,10 +104,7 @@ pub async fn apply(state: &Coordinator) -> Result<S3Cluster, WireError> {
             break;
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(WireError::new(
-                ErrorCode::Unavailable,
-                format!("the cluster is not healthy after {}s: {health:?}", HEALTHY_TIMEOUT.as_secs()),
-            ));
+            return Err(WireError::new(ErrorCode::Unavailable, format!("the cluster is not healthy after {}s: {health:?}", HEALTHY_TIMEOUT.as_secs())));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

@@ -17,9 +17,10 @@ use super::{Coordinator, ObjectStore};
 
 /// The configured object store, or a clear refusal.
 pub fn object_store(state: &Coordinator) -> Result<&ObjectStore, WireError> {
-    state.object_store.as_ref().ok_or_else(|| {
-        invalid("S3 is not configured on this coordinator; add an [s3] section (admin_endpoint, admin_token_file, s3_endpoint) to drover.toml")
-    })
+    state
+        .object_store
+        .as_ref()
+        .ok_or_else(|| invalid("S3 is not configured on this coordinator; add an [s3] section (admin_endpoint, admin_token_file, s3_endpoint) to drover.toml"))
 }
 
 fn bucket_wire(config: &S3Config, b: Bucket) -> S3Bucket {
@@ -47,15 +48,11 @@ pub async fn handle(state: &Coordinator, request: S3Request) -> Result<S3Respons
     let not_found = |what: &'static str, id: &str| wire(S3Error::NotFound { what, id: id.to_string() });
     let admin = || store.admin().map_err(wire);
     Ok(match request {
-        S3Request::ClusterAddNode { admin, rpc, zone, capacity } => {
-            S3Response::Cluster(cluster::add_node(state, admin, rpc, zone, capacity).await?)
-        }
+        S3Request::ClusterAddNode { admin, rpc, zone, capacity } => S3Response::Cluster(cluster::add_node(state, admin, rpc, zone, capacity).await?),
         S3Request::ClusterApply => S3Response::Cluster(cluster::apply(state).await?),
         S3Request::ClusterAddMachine { machine } => S3Response::Cluster(cluster::add_machine(state, &machine).await?),
         S3Request::ClusterStatus => S3Response::Cluster(cluster::status(state).await?),
-        S3Request::BucketsList => {
-            S3Response::Buckets(admin()?.buckets().await.map_err(wire)?.into_iter().map(|b| bucket_wire(config, b)).collect())
-        }
+        S3Request::BucketsList => S3Response::Buckets(admin()?.buckets().await.map_err(wire)?.into_iter().map(|b| bucket_wire(config, b)).collect()),
         S3Request::BucketShow { name } => {
             let b = admin()?.bucket(&name).await.map_err(wire)?.ok_or_else(|| not_found("bucket", &name))?;
             S3Response::Bucket(bucket_wire(config, b))

@@ -52,10 +52,7 @@ pub async fn provision(state: &Coordinator, spec: &mut DeploySpec) -> Result<(),
             garage.set_website(&bucket.id, true).await.map_err(wire)?;
         }
         let key = garage.ensure_key(&key_name(&request.name)).await.map_err(wire)?;
-        garage
-            .grant(&bucket.id, &key.id, Permissions { read: true, write: true, owner: false })
-            .await
-            .map_err(wire)?;
+        garage.grant(&bucket.id, &key.id, Permissions { read: true, write: true, owner: false }).await.map_err(wire)?;
         let secret = key.secret.clone().unwrap_or_default();
         let client = probe::client(&config.s3_endpoint, &config.region, &key.id, &secret)
             .map_err(|e| WireError::new(drover_protocol::ErrorCode::Internal, format!("cannot make an S3 client for {}: {e}", config.s3_endpoint)))?;

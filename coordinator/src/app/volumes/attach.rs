@@ -136,14 +136,10 @@ pub fn record_attachments(tx: &Tx, machine_id: &str, node: &str, mounts: &[Volum
     let mut machine: MachineRecord = tx.require(machine_id.as_bytes())?;
     let generation = machine.desired_generation + 1;
     for m in mounts {
-        let mut record: VolumeRecord =
-            tx.get(m.name.as_bytes())?.unwrap_or_else(|| VolumeRecord::new(&m.name, m.size_bytes, now, m.fresh && !m.formatted));
+        let mut record: VolumeRecord = tx.get(m.name.as_bytes())?.unwrap_or_else(|| VolumeRecord::new(&m.name, m.size_bytes, now, m.fresh && !m.formatted));
         if let Some(a) = &record.attached {
             if a.machine_id != machine_id {
-                return Err(conflict(format!(
-                    "volume {:?} is attached to machine {}; run `drover volumes detach {}` first",
-                    m.name, a.machine_id, m.name
-                )));
+                return Err(conflict(format!("volume {:?} is attached to machine {}; run `drover volumes detach {}` first", m.name, a.machine_id, m.name)));
             }
         }
         let continuing = record.attached.as_ref().is_some_and(|a| a.detaching.is_none());
@@ -272,9 +268,9 @@ pub(super) async fn regenerate(
             if machine.revoked_at.is_some() {
                 return Err(revoked(machine_id));
             }
-            let previous: AssignmentRecord = tx.get(&generation_key(machine_id, machine.desired_generation))?.ok_or_else(|| {
-                invalid(format!("machine {machine_id} has no deployment yet; deploy a system to it with `--volume` instead"))
-            })?;
+            let previous: AssignmentRecord = tx
+                .get(&generation_key(machine_id, machine.desired_generation))?
+                .ok_or_else(|| invalid(format!("machine {machine_id} has no deployment yet; deploy a system to it with `--volume` instead")))?;
             change(tx, &mut machine)?;
             tx.put(machine_id.as_bytes(), &machine)?;
             let access = access.extras(&machine).access;
@@ -289,13 +285,7 @@ pub(super) async fn regenerate(
     Ok(recorded.target.generation)
 }
 
-pub(super) async fn attach(
-    state: &Coordinator,
-    name: &str,
-    machine_id: &str,
-    mount_point: String,
-    filesystem: Filesystem,
-) -> Result<(), WireError> {
+pub(super) async fn attach(state: &Coordinator, name: &str, machine_id: &str, mount_point: String, filesystem: Filesystem) -> Result<(), WireError> {
     let claims = [VolumeClaim { name: name.to_string(), mount_point, filesystem, size_bytes: None }];
     check_claims(&claims).map_err(invalid)?;
     let machine = super::super::machines::machine(state, machine_id)?;

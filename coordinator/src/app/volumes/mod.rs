@@ -53,9 +53,7 @@ pub fn block_storage(state: &Coordinator) -> Result<Arc<dyn BlockStorage>, WireE
     match &state.block_storage {
         Some(Ok(b)) => Ok(b.clone()),
         Some(Err(e)) => Err(WireError::new(ErrorCode::Internal, format!("block storage is misconfigured: {e}"))),
-        None => Err(invalid(
-            "volumes are not configured on this coordinator; add a [linstor] section (controller = \"http://HOST:3370\") to drover.toml",
-        )),
+        None => Err(invalid("volumes are not configured on this coordinator; add a [linstor] section (controller = \"http://HOST:3370\") to drover.toml")),
     }
 }
 
@@ -228,9 +226,8 @@ pub async fn handle(state: &Coordinator, by: &str, request: VolumeRequest) -> Re
             let record = state
                 .store
                 .commit(|tx| {
-                    let record = tx
-                        .get::<VolumeRecord>(name.as_bytes())?
-                        .unwrap_or_else(|| VolumeRecord::new(&name, created.volume.size_kib * 1024, now, created.made));
+                    let record =
+                        tx.get::<VolumeRecord>(name.as_bytes())?.unwrap_or_else(|| VolumeRecord::new(&name, created.volume.size_kib * 1024, now, created.made));
                     tx.put(name.as_bytes(), &record)?;
                     Ok::<_, WireError>(record)
                 })
@@ -360,8 +357,7 @@ pub async fn handle(state: &Coordinator, by: &str, request: VolumeRequest) -> Re
             let record = state
                 .store
                 .commit(|tx| {
-                    let mut record =
-                        tx.get::<VolumeRecord>(name.as_bytes())?.unwrap_or_else(|| VolumeRecord::new(&name, volume.size_kib * 1024, now, false));
+                    let mut record = tx.get::<VolumeRecord>(name.as_bytes())?.unwrap_or_else(|| VolumeRecord::new(&name, volume.size_kib * 1024, now, false));
                     record.adopted = true;
                     tx.put(name.as_bytes(), &record)?;
                     Ok::<_, WireError>(record)

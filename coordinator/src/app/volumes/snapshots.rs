@@ -83,10 +83,8 @@ pub async fn restore(state: &Coordinator, machine_id: &str, generation: u64, nam
     if generation != machine.desired_generation {
         return Err(conflict(format!("generation {generation} is not this machine's newest ({})", machine.desired_generation)));
     }
-    let assignment: AssignmentRecord = state
-        .store
-        .get(&generation_key(machine_id, generation))?
-        .ok_or_else(|| not_found(format!("generation {generation} has no assignment")))?;
+    let assignment: AssignmentRecord =
+        state.store.get(&generation_key(machine_id, generation))?.ok_or_else(|| not_found(format!("generation {generation} has no assignment")))?;
     let snapshot = assignment
         .assignment
         .volumes
