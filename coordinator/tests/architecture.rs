@@ -232,3 +232,115 @@ fn no_request_path_has_an_unreachable_arm() {
         }
     }
 }
+
+/// `a::b::c` paths a `use` or an expression names after `prefix` (`crate::`
+/// or a run of `super::`), each of a `{...}` group (one level) included.
+fn paths_after(rest: &str) -> Vec<Vec<String>> {
+    fn path_at(s: &str) -> (Vec<String>, &str) {
+        let mut parts = Vec::new();
+        let mut rest = s;
+        loop {
+            let id = ident_at(rest);
+            if id.is_empty() {
+                break;
+            }
+            rest = &rest[id.len()..];
+            parts.push(id);
+            match rest.strip_prefix("::") {
+                Some(r) if !r.starts_with('{') => rest = r,
+                Some(r) => {
+                    rest = r;
+                    break;
+                }
+                None => break,
+            }
+        }
+        (parts, rest)
+    }
+    let (head, rest) = path_at(rest);
+    match rest.strip_prefix('{') {
+        Some(group) => {
+            let end = group.find('}').unwrap_or(group.len());
+            group[..end]
+                .split(',')
+                .map(|item| {
+                    let mut p = head.clone();
+                    p.extend(path_at(item.trim()).0);
+                    p
+                })
+                .collect()
+        }
+        None if rest.starts_with('{') => vec![head],
+        None => vec![head],
+    }
+}
+
+/// The file-level graph of a crate: each file's module path → the module
+/// paths (files) it names, its own ancestors left out (a parent module holds
+/// what its children share, and dispatches to them).
+fn file_graph(name: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(name).join("src");
+    let files = sources(&src);
+    let modules: BTreeSet<Vec<String>> = files.iter().map(|f| module_path(&src, f)).collect();
+    let resolve = |path: Vec<String>| -> Option<Vec<String>> { (1..=path.len()).rev().map(|n| path[..n].to_vec()).find(|p| modules.contains(p)) };
+    let mut graph = BTreeMap::new();
+    for f in &files {
+        let me = module_path(&src, f);
+        let code = code(f);
+        let mut refs = BTreeSet::new();
+        for (i, _) in code.match_indices("crate::") {
+            for p in paths_after(&code[i + "crate::".len()..]) {
+                refs.extend(resolve(p));
+            }
+        }
+        for (i, _) in code.match_indices("super::") {
+            if code[..i].ends_with("super::") {
+                continue;
+            }
+            let mut rest = &code[i..];
+            let mut up = 0;
+            while let Some(r) = rest.strip_prefix("super::") {
+                up += 1;
+                rest = r;
+            }
+            let Some(base) = me.len().checked_sub(up) else { continue };
+            for p in paths_after(rest) {
+                let mut full = me[..base].to_vec();
+                full.extend(p);
+                refs.extend(resolve(full));
+            }
+        }
+        // A module naming its own children (`pub use attach::…`, `attach::f()`).
+        for child in modules.iter().filter(|m| m.len() == me.len() + 1 && m.starts_with(&me)) {
+            let name = format!("{}::", child[me.len()]);
+            for (i, _) in code.match_indices(&name) {
+                let before = code[..i].chars().next_back();
+                if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+                    continue;
+                }
+                for p in paths_after(&code[i..]) {
+                    let mut full = me.clone();
+                    full.extend(p);
+                    refs.extend(resolve(full));
+                }
+            }
+        }
+        let refs: BTreeSet<String> = refs.into_iter().filter(|r| !me.starts_with(r)).map(|r| r.join("::")).collect();
+        graph.insert(me.join("::"), refs);
+    }
+    graph
+}
+
+#[test]
+fn no_file_is_in_an_import_circle() {
+    for name in ["protocol", "net", "coordinator", "agent"] {
+        let graph = file_graph(name);
+        assert!(circle(&graph).is_none(), "{name}: files import each other in a circle: {}", circle(&graph).unwrap_or_default().join(" → "));
+    }
+    // The check sees a circle between siblings.
+    let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    g.insert("app::a".into(), ["app::b".to_string()].into());
+    g.insert("app::b".into(), ["app::a".to_string()].into());
+    assert!(circle(&g).is_some());
+    assert!(file_graph("coordinator")["app::admin"].contains("app::deployments"), "the graph follows `use super::{{...}}`");
+}

@@ -258,8 +258,8 @@ impl Applier {
         let link = &self.config.current_system;
         let protect: Vec<String> = [
             self.switcher.current(&journal.system),
-            crate::system::health::booted_system(link),
-            crate::system::switch::resolve_profile(&self.config.system_profile),
+            crate::system::boot::booted_system(link),
+            crate::system::boot::resolve_profile(&self.config.system_profile),
             journal.previous_system.clone(),
         ]
         .into_iter()

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use drover_protocol::v1::{DiskUsage, HealthReport};
 
+use super::boot::{boot_id, booted_system, current_system, pending_system};
+
 /// Something that can describe the machine's health.
 pub trait HealthSource: Send {
     fn collect(&mut self) -> impl std::future::Future<Output = HealthReport> + Send;
@@ -54,25 +56,6 @@ impl SystemHealth {
     }
 }
 
-/// The id of the current boot, from `path`.
-pub fn boot_id(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
-}
-
-/// What the machine booted: `booted-system` beside the current-system link
-/// (`/run/booted-system`).
-pub fn booted_system(current_system_link: &Path) -> Option<String> {
-    current_system(&current_system_link.with_file_name("booted-system"))
-}
-
-/// The system the boot default names when it is not the one running: a
-/// reboot is required to run it.
-pub fn pending_system(current_system_link: &Path, profile: &Path) -> Option<String> {
-    let default = super::switch::resolve_profile(profile)?;
-    let running = current_system(current_system_link)?;
-    (default != running).then_some(default)
-}
-
 /// Total and free space of the file system holding `dir`.
 pub fn disk_usage(dir: &Path) -> Option<DiskUsage> {
     let stat = nix::sys::statvfs::statvfs(dir).ok()?;
@@ -87,11 +70,6 @@ pub fn disk_usage(dir: &Path) -> Option<DiskUsage> {
 /// The system's hostname, or "localhost".
 pub fn system_hostname() -> String {
     sysinfo::System::host_name().unwrap_or_else(|| "localhost".into())
-}
-
-/// Where the running system points, if the link exists.
-pub fn current_system(link: &Path) -> Option<String> {
-    std::fs::read_link(link).ok().map(|p| p.display().to_string())
 }
 
 /// Failed systemd units, or `None` where systemd is not the init system.

@@ -2,6 +2,7 @@
 //! the machine's state.
 
 pub mod blank;
+pub mod boot;
 pub mod checks;
 pub mod health;
 pub mod secrets;

@@ -33,6 +33,7 @@ use drover_protocol::v1::{SwitchGoal, SystemSpec};
 
 use crate::config::AgentConfig;
 use crate::switched::{failed_units, refused_by_pre_switch_checks, BootState, Switched};
+use crate::system::boot::resolve_profile;
 use crate::text::tail;
 
 #[derive(Debug, thiserror::Error)]
@@ -105,21 +106,6 @@ async fn run_ok_with(program: &Path, args: &[String], env: &[(&str, &str)], time
     } else {
         Err(SwitchError::Failed { what: what.to_string(), code, tail: text })
     }
-}
-
-/// Follows a profile's links to the store path it names (logical, as Nix
-/// records it, also for a chroot store).
-pub fn resolve_profile(profile: &Path) -> Option<String> {
-    let mut path = profile.to_path_buf();
-    for _ in 0..8 {
-        let target = std::fs::read_link(&path).ok()?;
-        let target = if target.is_relative() { path.parent().unwrap_or(Path::new("/")).join(target) } else { target };
-        if target.starts_with("/nix/store") {
-            return Some(target.display().to_string());
-        }
-        path = target;
-    }
-    None
 }
 
 /// Switching this machine's system: the seam between the apply and Nix.
@@ -288,7 +274,7 @@ impl SystemSwitcher for NixSwitcher {
     /// (Where no current-system link exists, as in a chroot store, the
     /// profile stands for it.)
     fn current(&self, spec: &SystemSpec) -> Option<String> {
-        let running = crate::system::health::current_system(&self.config.current_system);
+        let running = crate::system::boot::current_system(&self.config.current_system);
         match spec {
             SystemSpec::Closure { .. } => running.or_else(|| resolve_profile(&self.config.system_profile)),
             SystemSpec::Flake { .. } => running,
@@ -369,10 +355,7 @@ impl SystemSwitcher for NixSwitcher {
     }
 
     fn boot(&self) -> BootState {
-        BootState {
-            boot_id: crate::system::health::boot_id(&self.config.boot_id_file),
-            booted: crate::system::health::booted_system(&self.config.current_system),
-        }
+        BootState { boot_id: crate::system::boot::boot_id(&self.config.boot_id_file), booted: crate::system::boot::booted_system(&self.config.current_system) }
     }
 
     fn boot_default(&self) -> Option<String> {

@@ -4,21 +4,16 @@
 
 use drover_protocol::v1::{AdminResponse, DeploySpec, DeployedTarget, DeploymentInfo, Labels, PlannedTarget, SystemSpec, MAX_DEPLOYMENTS_PER_REQUEST};
 use drover_protocol::{ErrorCode, WireError};
-use std::sync::Arc;
 
 use crate::deploy::{self, NotDeployable};
-use crate::model::{deployment_id, parse_deployment_id, AssignmentRecord, DeploymentRecord, MachineRecord, RolloutRecord};
+use crate::model::{parse_deployment_id, MachineRecord, RolloutRecord};
 use crate::registry;
-use crate::store::deployments::generation_key;
-use crate::store::{StoreError, Tx};
+use crate::store::Tx;
 use crate::tenancy::Directory;
 
 use super::errors::{conflict, invalid, not_found, revoked};
-use super::live::{Assigned, Live};
+use super::generations::{self, directory, record_one, Recorded};
 use super::{now_ms, s3, volumes, Coordinator};
-
-/// Builds a machine's assignment and deployment record for a generation.
-pub type Make<'a> = &'a (dyn Fn(&MachineRecord, u64) -> (AssignmentRecord, DeploymentRecord) + Sync);
 
 /// The machines a request targets: one by id, or all matching the
 /// selector (revoked ones never).
@@ -37,52 +32,6 @@ pub fn targets(state: &Coordinator, machine: Option<&str>, selector: &Labels) ->
         return Err(not_found("no machine matches the selector; see `drover machines list`"));
     }
     Ok(targets)
-}
-
-/// The tenants and admins, read once for a batch of new generations.
-pub fn directory(state: &Coordinator) -> Result<Directory, WireError> {
-    Ok(Directory::new(state.store.tenants()?, state.store.admins()?))
-}
-
-/// A generation recorded for one machine: what the admin is told, and the
-/// assignment its agent is sent.
-pub struct Recorded {
-    pub target: DeployedTarget,
-    pub assigned: Assigned,
-}
-
-impl Recorded {
-    /// Tells the machine's agent, with the assignment.
-    pub fn announce(&self, live: &Live) {
-        live.announce(&self.target.machine_id, self.target.generation, self.assigned.clone());
-    }
-}
-
-/// Records the next generation of machine `id` inside `tx`, as the deploy
-/// core decides it: `Ok(Err(_))` when the machine cannot take one.
-pub fn record_one(tx: &Tx, id: &str, make: Make) -> Result<Result<Recorded, NotDeployable>, StoreError> {
-    let mut machine: MachineRecord = tx.require(id.as_bytes())?;
-    let generation = match deploy::next_generation(&machine) {
-        Ok(g) => g,
-        Err(refusal) => return Ok(Err(refusal)),
-    };
-    let (mut assignment, deployment) = make(&machine, generation);
-    deploy::with_volumes(&mut assignment.assignment, &machine.volumes);
-    if generation > 1 {
-        let key = generation_key(id, generation - 1);
-        if let Some(mut previous) = tx.get::<DeploymentRecord>(&key)? {
-            if deploy::supersede(&mut previous) {
-                tx.put(&key, &previous)?;
-            }
-        }
-    }
-    let key = generation_key(id, generation);
-    tx.put(&key, &assignment)?;
-    tx.put(&key, &deployment)?;
-    machine.desired_generation = generation;
-    tx.put(id.as_bytes(), &machine)?;
-    let target = DeployedTarget { machine_id: id.to_string(), hostname: machine.hostname.clone(), generation, deployment_id: deployment_id(id, generation) };
-    Ok(Ok(Recorded { target, assigned: Arc::new((assignment.assignment, assignment.access)) }))
 }
 
 /// The rollouts that hold one of `ids`.
@@ -227,20 +176,8 @@ pub async fn reboot(state: &Coordinator, by: &str, machine: Option<String>, sele
             check_holds(tx, &held, &ids, false)?;
             let mut out = Vec::new();
             for id in &ids {
-                let machine: MachineRecord = tx.require(id.as_bytes())?;
-                let previous: AssignmentRecord = tx.get(&generation_key(id, machine.desired_generation))?.ok_or_else(|| {
-                    invalid(format!("machine {id} has no deployment yet; it has no system to verify after a reboot (deploy one with --reboot)"))
-                })?;
-                let access = directory.extras(&machine).access;
-                let make = |m: &MachineRecord, g| {
-                    let (mut record, deployment) = deploy::rebuild(&previous.assignment, m, g, now, &access);
-                    record.assignment.reboot = true;
-                    (record, deployment)
-                };
-                match record_one(tx, id, &make)? {
-                    Ok(recorded) => out.push(recorded),
-                    Err(NotDeployable::Revoked) => return Err(revoked(id)),
-                }
+                let missing = "it has no system to verify after a reboot (deploy one with --reboot)";
+                out.push(generations::repeat(tx, id, &directory, now, missing, |record| record.assignment.reboot = true)?);
             }
             Ok::<_, WireError>(out)
         })

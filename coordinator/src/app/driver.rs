@@ -12,7 +12,7 @@ use crate::model::RolloutRecord;
 use crate::registry;
 use crate::rollout::plan::{Observation, Outcome, Slot};
 
-use super::deployments::directory;
+use super::generations::directory;
 use super::rollouts::{phase_wire, step};
 use super::{now_ms, Coordinator};
 

@@ -8,7 +8,9 @@
 //! Map: [`admin`] (the one exhaustive dispatch of admin requests, role
 //! checked first) → [`machines`], [`deployments`], [`rollouts`],
 //! [`tenants`], [`s3`], [`volumes`]; [`agent`] (what enrolled machines ask) and
-//! [`enroll`]; [`driver`] (the rollout task); [`live`] (open connections
+//! [`enroll`]; [`generations`] (recording a machine's next generation, one
+//! implementation for deployments, rollouts, volumes and reboots);
+//! [`driver`] (the rollout task); [`live`] (open connections
 //! and desired generations, as the server registers them); [`errors`]
 //! (store and S3 failures as wire errors).
 
@@ -21,6 +23,7 @@ pub mod driver;
 pub mod enroll;
 pub mod errors;
 pub mod fleet;
+pub mod generations;
 pub mod live;
 pub mod machines;
 pub mod metrics;

@@ -15,8 +15,8 @@ use crate::registry;
 use crate::rollout::plan::{self, Actions, Phase, Slot, State};
 use crate::store::deployments::generation_key;
 
-use super::deployments::{directory, record_one, Make, Recorded};
 use super::errors::{conflict, invalid, not_found};
+use super::generations::{directory, record_one, Make, Recorded};
 use super::{now_ms, s3, volumes, Coordinator};
 
 impl From<v1::Amount> for plan::Amount {

@@ -15,14 +15,13 @@ use std::time::Duration;
 use drover_protocol::v1::{DeploymentState, Filesystem, VolumeClaim, VolumeMount, VolumeState};
 use drover_protocol::{ErrorCode, WireError};
 
-use crate::model::{AssignmentRecord, MachineRecord, VolumeAttachmentRecord, VolumeRecord};
-use crate::store::deployments::generation_key;
+use crate::model::{MachineRecord, VolumeAttachmentRecord, VolumeRecord};
 use crate::store::Tx;
 use crate::volume_rules;
 use crate::volumes::{self, BlockError, BlockStorage, Volume, VolumeSpec};
 
-use super::super::deployments::record_one;
 use super::super::errors::{conflict, invalid, not_found, revoked};
+use super::super::generations::regenerate;
 use super::super::{now_ms, Coordinator};
 use super::{block_storage, check_claims, check_unique, held_elsewhere, node_of, wire, MAX_VOLUMES_PER_MACHINE};
 
@@ -251,40 +250,6 @@ pub fn release_dropped(state: &Coordinator, dropped: Vec<(String, String)>) {
     });
 }
 
-/// Records a new generation for the machine that repeats its newest
-/// assignment, after `change` altered its record (its volumes); returns the
-/// generation.
-pub(super) async fn regenerate(
-    state: &Coordinator,
-    machine_id: &str,
-    change: impl Fn(&Tx, &mut MachineRecord) -> Result<(), WireError> + Sync,
-) -> Result<u64, WireError> {
-    let access = super::super::deployments::directory(state)?;
-    let now = now_ms();
-    let recorded = state
-        .store
-        .commit(|tx| {
-            let mut machine: MachineRecord = tx.require(machine_id.as_bytes())?;
-            if machine.revoked_at.is_some() {
-                return Err(revoked(machine_id));
-            }
-            let previous: AssignmentRecord = tx
-                .get(&generation_key(machine_id, machine.desired_generation))?
-                .ok_or_else(|| invalid(format!("machine {machine_id} has no deployment yet; deploy a system to it with `--volume` instead")))?;
-            change(tx, &mut machine)?;
-            tx.put(machine_id.as_bytes(), &machine)?;
-            let access = access.extras(&machine).access;
-            let make = |m: &MachineRecord, g| crate::deploy::rebuild(&previous.assignment, m, g, now, &access);
-            match record_one(tx, machine_id, &make)? {
-                Ok(recorded) => Ok(recorded),
-                Err(_) => Err(revoked(machine_id)),
-            }
-        })
-        .await?;
-    recorded.announce(&state.live);
-    Ok(recorded.target.generation)
-}
-
 pub(super) async fn attach(state: &Coordinator, name: &str, machine_id: &str, mount_point: String, filesystem: Filesystem) -> Result<(), WireError> {
     let claims = [VolumeClaim { name: name.to_string(), mount_point, filesystem, size_bytes: None }];
     check_claims(&claims).map_err(invalid)?;
@@ -305,7 +270,7 @@ pub(super) async fn attach(state: &Coordinator, name: &str, machine_id: &str, mo
     let mounts = prepare(state, &claims, &machine).await?;
     let node = node_of(&machine);
     let now = now_ms();
-    regenerate(state, machine_id, |tx, m| {
+    regenerate(state, machine_id, super::NO_DEPLOYMENT, |tx, m| {
         tx.put(machine_id.as_bytes(), &*m)?;
         record_attachments(tx, machine_id, &node, &mounts, now)?;
         *m = tx.require(machine_id.as_bytes())?;
@@ -360,7 +325,7 @@ pub(super) async fn detach(state: &Coordinator, block: &dyn BlockStorage, name: 
     let generation = match attached.detaching {
         Some(g) => g,
         None => {
-            let g = regenerate(state, &attached.machine_id, |tx, machine| {
+            let g = regenerate(state, &attached.machine_id, super::NO_DEPLOYMENT, |tx, machine| {
                 machine.volumes.retain(|v| v.name != name);
                 let mut r: VolumeRecord = tx.require(name.as_bytes())?;
                 if let Some(a) = r.attached.as_mut() {

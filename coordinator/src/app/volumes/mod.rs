@@ -1,7 +1,7 @@
 //! Volumes (`drover volumes ...` and `--volume` on deployments), carried
 //! out through [`BlockStorage`]. A volume is held by one machine at a time;
 //! the machine's record lists the volumes it holds, and every new
-//! generation for it mounts them (see `deployments::record_one`), until a
+//! generation for it mounts them (see `generations::record_one`), until a
 //! detach records a generation without the volume and, once the machine has
 //! applied it (the agent unmounted it and reported its final state), takes
 //! the volume off its node.
@@ -25,6 +25,10 @@ use crate::volumes::{self, BlockError, BlockStorage, Volume, VolumeSpec};
 
 use super::errors::{conflict, invalid, not_found};
 use super::{now_ms, Coordinator};
+
+/// What to do for a machine without a deployment, when a volume change
+/// needs a generation repeating its newest one.
+const NO_DEPLOYMENT: &str = "deploy a system to it with `--volume` instead";
 
 pub use attach::{drop_refused, prepare, record_attachments, record_states, release_dropped};
 pub use snapshots::{restore, restore_in_revert, rollout_snapshot, snapshot_before_switch};
@@ -249,7 +253,7 @@ pub async fn handle(state: &Coordinator, by: &str, request: VolumeRequest) -> Re
                 .await?;
             if let Some(a) = record.attached.filter(|a| a.detaching.is_none()) {
                 // The holder grows its filesystem in a new generation.
-                attach::regenerate(state, &a.machine_id, |_, m| {
+                super::generations::regenerate(state, &a.machine_id, NO_DEPLOYMENT, |_, m| {
                     for v in m.volumes.iter_mut().filter(|v| v.name == name) {
                         v.size_bytes = size;
                     }

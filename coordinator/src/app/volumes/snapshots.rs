@@ -9,8 +9,8 @@ use crate::model::{AssignmentRecord, SnapshotRecord, VolumeRecord};
 use crate::store::deployments::generation_key;
 use crate::store::Tx;
 
-use super::super::deployments::Recorded;
 use super::super::errors::{conflict, invalid, not_found, revoked};
+use super::super::generations::Recorded;
 use super::super::{now_ms, Coordinator};
 use super::{block_storage, wire};
 
