@@ -86,7 +86,7 @@ impl Vm {
     }
 
     fn boot_default(&self) -> Option<String> {
-        drover_agent::system::switch::resolve_profile(&self.profile)
+        drover_agent::system::boot::resolve_profile(&self.profile)
     }
 
     /// The profile's numbered generations (`system-N-link`).
@@ -213,7 +213,7 @@ async fn closures_from_a_signed_cache_activate_and_roll_back_and_unsigned_ones_a
     for vm in &vms {
         assert!(vm.store.join(good.trim_start_matches('/')).join("bin/switch-to-configuration").exists());
         assert_eq!(vm.activations(), std::slice::from_ref(&good));
-        assert_eq!(drover_agent::system::switch::resolve_profile(&vm.profile).as_deref(), Some(good.as_str()));
+        assert_eq!(drover_agent::system::boot::resolve_profile(&vm.profile).as_deref(), Some(good.as_str()));
     }
 
     // A closure whose activation fails: back to the exact previous path.
@@ -225,7 +225,7 @@ async fn closures_from_a_signed_cache_activate_and_roll_back_and_unsigned_ones_a
     }
     for vm in &vms {
         assert_eq!(vm.activations(), [good.clone(), broken.clone(), good.clone()]);
-        assert_eq!(drover_agent::system::switch::resolve_profile(&vm.profile).as_deref(), Some(good.as_str()));
+        assert_eq!(drover_agent::system::boot::resolve_profile(&vm.profile).as_deref(), Some(good.as_str()));
     }
 
     // Unsigned, and signed by a key that is not trusted: refused before any switch.
@@ -300,7 +300,7 @@ async fn unit_http_and_tcp_checks_gate_a_closure() {
         assert!(d.rolled_back && d.state == DeploymentState::Failed, "{failing:?}: {d:?}");
         let why = d.steps.iter().find(|s| s.step == DeployStep::RollingBack).expect("reason").message.clone();
         assert!(why.contains("health checks failed"), "{why}");
-        assert_eq!(drover_agent::system::switch::resolve_profile(&vm.profile).as_deref(), Some(first.as_str()));
+        assert_eq!(drover_agent::system::boot::resolve_profile(&vm.profile).as_deref(), Some(first.as_str()));
     }
     assert_eq!(vm.activations().iter().filter(|p| **p == second).count(), 3, "the second closure was switched to once per deployment");
     assert_eq!(vm.activations().last().map(String::as_str), Some(first.as_str()));
