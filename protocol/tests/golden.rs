@@ -15,7 +15,7 @@
 //! shapes in `drover_protocol::compat`, whose bytes are the files of
 //! [`legacy`] (the files of before version 10, unchanged).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use drover_protocol::compat::{self, Versioned};
@@ -223,6 +223,20 @@ fn tenant() -> TenantInfo {
         created_at: 1_700_000_000_000,
         machines: 2,
         admin_password: Some(Secret::new("pw")),
+    }
+}
+
+fn provision_info() -> ProvisionInfo {
+    ProvisionInfo {
+        name: "web-1".into(),
+        provider: "pve".into(),
+        state: ProvisionState::Online,
+        vm_id: Some("101".into()),
+        machine_id: Some("m-0123456789".into()),
+        labels: labels(),
+        created_at: 1_700_000_000_000,
+        deadline_at: 1_700_000_300_000,
+        error: None,
     }
 }
 
@@ -510,6 +524,41 @@ fn requests() -> Vec<(&'static str, Request)> {
             "request-admin-audit-export",
             Request::Admin(AdminRequest::AuditExport { after: Some(format!("{:020}-{:020}", 1_700_000_000_000u64, 7)), limit: 1000 }),
         ),
+        ("request-admin-machines-reboot", Request::Admin(AdminRequest::MachinesReboot { machine: None, selector: labels() })),
+        ("request-admin-provision-show", Request::Admin(AdminRequest::ProvisionShow { name: "web-1".into() })),
+        ("request-admin-provisions", Request::Admin(AdminRequest::Provisions)),
+        ("request-admin-fleet-show", Request::Admin(AdminRequest::FleetShow)),
+        (
+            "request-admin-deployments-show-many",
+            Request::Admin(AdminRequest::DeploymentsShowMany { ids: vec!["m-0123456789/3".into(), "m-0123456789/4".into()] }),
+        ),
+        ("request-admin-s3-buckets-list", Request::Admin(AdminRequest::S3(S3Request::BucketsList))),
+        ("request-admin-s3-bucket-show", Request::Admin(AdminRequest::S3(S3Request::BucketShow { name: "media".into() }))),
+        ("request-admin-s3-bucket-delete", Request::Admin(AdminRequest::S3(S3Request::BucketDelete { name: "media".into() }))),
+        ("request-admin-s3-keys-list", Request::Admin(AdminRequest::S3(S3Request::KeysList))),
+        ("request-admin-s3-key-create", Request::Admin(AdminRequest::S3(S3Request::KeyCreate { name: "acme".into() }))),
+        ("request-admin-s3-key-delete", Request::Admin(AdminRequest::S3(S3Request::KeyDelete { name: "acme".into() }))),
+        (
+            "request-admin-s3-cluster-add-node",
+            Request::Admin(AdminRequest::S3(S3Request::ClusterAddNode {
+                admin: "http://10.0.0.21:3903".into(),
+                rpc: "10.0.0.21:3901".into(),
+                zone: "dc1".into(),
+                capacity: 1 << 40,
+            })),
+        ),
+        ("request-admin-s3-cluster-apply", Request::Admin(AdminRequest::S3(S3Request::ClusterApply))),
+        ("request-admin-s3-cluster-status", Request::Admin(AdminRequest::S3(S3Request::ClusterStatus))),
+        ("request-admin-volumes-list", Request::Admin(AdminRequest::Volumes(VolumeRequest::List))),
+        ("request-admin-volumes-show", Request::Admin(AdminRequest::Volumes(VolumeRequest::Show { name: "data".into() }))),
+        ("request-admin-volumes-resize", Request::Admin(AdminRequest::Volumes(VolumeRequest::Resize { name: "data".into(), size_bytes: 40 << 30 }))),
+        ("request-admin-volumes-detach", Request::Admin(AdminRequest::Volumes(VolumeRequest::Detach { name: "data".into() }))),
+        (
+            "request-admin-volumes-snapshot",
+            Request::Admin(AdminRequest::Volumes(VolumeRequest::Snapshot { name: "data".into(), snapshot: Some("before".into()) })),
+        ),
+        ("request-admin-volumes-snapshots", Request::Admin(AdminRequest::Volumes(VolumeRequest::Snapshots { name: "data".into(), prune: true }))),
+        ("request-admin-volumes-rollback", Request::Admin(AdminRequest::Volumes(VolumeRequest::Rollback { name: "data".into(), snapshot: "before".into() }))),
     ]
 }
 
@@ -642,6 +691,47 @@ fn responses() -> Vec<(&'static str, Response)> {
                 added_at: 1,
             }])),
         ),
+        ("response-admin-provision", Response::Admin(AdminResponse::Provision(provision_info()))),
+        ("response-admin-provisions", Response::Admin(AdminResponse::Provisions(vec![provision_info()]))),
+        (
+            "response-admin-fleet",
+            Response::Admin(AdminResponse::Fleet(Some(AppliedFleet { document: "{\"file\":{}}".into(), applied_at: 1_700_000_000_000, by: "root".into() }))),
+        ),
+        (
+            "response-admin-s3-buckets",
+            Response::Admin(AdminResponse::S3(S3Response::Buckets(vec![S3Bucket {
+                id: "b1".into(),
+                aliases: vec!["media".into()],
+                website: false,
+                public_url: None,
+                objects: 1,
+                bytes: 2,
+                grants: vec![],
+                max_size: None,
+                max_objects: None,
+            }]))),
+        ),
+        ("response-admin-s3-keys", Response::Admin(AdminResponse::S3(S3Response::Keys(vec![S3Key { id: "GK1".into(), name: "acme".into(), secret: None }])))),
+        ("response-admin-s3-done", Response::Admin(AdminResponse::S3(S3Response::Done))),
+        (
+            "response-admin-s3-cluster",
+            Response::Admin(AdminResponse::S3(S3Response::Cluster(S3Cluster {
+                health: "healthy".into(),
+                layout_version: 2,
+                partitions: 256,
+                partitions_all_ok: 256,
+                nodes: vec![S3Node {
+                    id: Some("ab12".into()),
+                    admin: "http://10.0.0.21:3903".into(),
+                    rpc: "10.0.0.21:3901".into(),
+                    zone: "dc1".into(),
+                    capacity: 1 << 40,
+                    up: true,
+                }],
+            }))),
+        ),
+        ("response-admin-volumes", Response::Admin(AdminResponse::Volumes(VolumeResponse::Volumes(vec![volume_info()])))),
+        ("response-admin-volumes-done", Response::Admin(AdminResponse::Volumes(VolumeResponse::Done))),
     ]
 }
 
@@ -760,4 +850,172 @@ fn older_peers_bytes_decode_through_the_older_shapes() {
     }
     let current = frame::encode_for(&Response::Agent(AgentResponse::Assignment { assignment: assignment(), access: access() }), 10).expect("encode");
     assert_eq!(current, frame::encode(&Response::Agent(AgentResponse::Assignment { assignment: assignment(), access: access() })).expect("encode"));
+}
+
+/// The message kind of each variant — an exhaustive match, so a new variant
+/// does not compile until it is named here; `every_message_kind_has_a_golden_file`
+/// reads the names from between the markers and requires a golden file for each.
+// kinds:begin
+fn request_kind(r: &Request) -> &'static str {
+    match r {
+        Request::Hello { .. } => "Request::Hello",
+        Request::Enroll { .. } => "Request::Enroll",
+        Request::Agent(a) => match a {
+            AgentRequest::Watch { .. } => "AgentRequest::Watch",
+            AgentRequest::Report { .. } => "AgentRequest::Report",
+            AgentRequest::Renew { .. } => "AgentRequest::Renew",
+            AgentRequest::FetchAssignment { .. } => "AgentRequest::FetchAssignment",
+            AgentRequest::ReportDeployment { .. } => "AgentRequest::ReportDeployment",
+            AgentRequest::RestoreVolume { .. } => "AgentRequest::RestoreVolume",
+            AgentRequest::ReportDeployments { .. } => "AgentRequest::ReportDeployments",
+        },
+        Request::Admin(a) => match a {
+            AdminRequest::WhoAmI { .. } => "AdminRequest::WhoAmI",
+            AdminRequest::TokensCreate { .. } => "AdminRequest::TokensCreate",
+            AdminRequest::TokensList { .. } => "AdminRequest::TokensList",
+            AdminRequest::TokensRevoke { .. } => "AdminRequest::TokensRevoke",
+            AdminRequest::MachinesList { .. } => "AdminRequest::MachinesList",
+            AdminRequest::MachinesShow { .. } => "AdminRequest::MachinesShow",
+            AdminRequest::MachinesLabel { .. } => "AdminRequest::MachinesLabel",
+            AdminRequest::MachinesRevoke { .. } => "AdminRequest::MachinesRevoke",
+            AdminRequest::AdminsAdd { .. } => "AdminRequest::AdminsAdd",
+            AdminRequest::AdminsList { .. } => "AdminRequest::AdminsList",
+            AdminRequest::Deploy { .. } => "AdminRequest::Deploy",
+            AdminRequest::DeploymentsList { .. } => "AdminRequest::DeploymentsList",
+            AdminRequest::DeploymentsShow { .. } => "AdminRequest::DeploymentsShow",
+            AdminRequest::MachinesDetail { .. } => "AdminRequest::MachinesDetail",
+            AdminRequest::RolloutStart { .. } => "AdminRequest::RolloutStart",
+            AdminRequest::RolloutStatus { .. } => "AdminRequest::RolloutStatus",
+            AdminRequest::RolloutList { .. } => "AdminRequest::RolloutList",
+            AdminRequest::RolloutControl { .. } => "AdminRequest::RolloutControl",
+            AdminRequest::DeploymentsOfRollout { .. } => "AdminRequest::DeploymentsOfRollout",
+            AdminRequest::S3(s) => match s {
+                S3Request::BucketsList { .. } => "S3Request::BucketsList",
+                S3Request::BucketCreate { .. } => "S3Request::BucketCreate",
+                S3Request::BucketShow { .. } => "S3Request::BucketShow",
+                S3Request::BucketDelete { .. } => "S3Request::BucketDelete",
+                S3Request::KeysList { .. } => "S3Request::KeysList",
+                S3Request::KeyCreate { .. } => "S3Request::KeyCreate",
+                S3Request::KeyShow { .. } => "S3Request::KeyShow",
+                S3Request::KeyDelete { .. } => "S3Request::KeyDelete",
+                S3Request::Grant { .. } => "S3Request::Grant",
+                S3Request::ClusterAddNode { .. } => "S3Request::ClusterAddNode",
+                S3Request::ClusterApply { .. } => "S3Request::ClusterApply",
+                S3Request::ClusterStatus { .. } => "S3Request::ClusterStatus",
+                S3Request::ClusterAddMachine { .. } => "S3Request::ClusterAddMachine",
+            },
+            AdminRequest::TenantsCreate { .. } => "AdminRequest::TenantsCreate",
+            AdminRequest::TenantsList { .. } => "AdminRequest::TenantsList",
+            AdminRequest::TenantsShow { .. } => "AdminRequest::TenantsShow",
+            AdminRequest::TenantsRemove { .. } => "AdminRequest::TenantsRemove",
+            AdminRequest::TenantsManagers { .. } => "AdminRequest::TenantsManagers",
+            AdminRequest::AdminsAddKey { .. } => "AdminRequest::AdminsAddKey",
+            AdminRequest::AdminsRemoveKey { .. } => "AdminRequest::AdminsRemoveKey",
+            AdminRequest::AdminsKeys { .. } => "AdminRequest::AdminsKeys",
+            AdminRequest::AdminsRemove { .. } => "AdminRequest::AdminsRemove",
+            AdminRequest::Volumes(v) => match v {
+                VolumeRequest::List { .. } => "VolumeRequest::List",
+                VolumeRequest::Show { .. } => "VolumeRequest::Show",
+                VolumeRequest::Create { .. } => "VolumeRequest::Create",
+                VolumeRequest::Resize { .. } => "VolumeRequest::Resize",
+                VolumeRequest::Attach { .. } => "VolumeRequest::Attach",
+                VolumeRequest::Detach { .. } => "VolumeRequest::Detach",
+                VolumeRequest::Snapshot { .. } => "VolumeRequest::Snapshot",
+                VolumeRequest::Snapshots { .. } => "VolumeRequest::Snapshots",
+                VolumeRequest::Rollback { .. } => "VolumeRequest::Rollback",
+                VolumeRequest::Delete { .. } => "VolumeRequest::Delete",
+                VolumeRequest::Adopt { .. } => "VolumeRequest::Adopt",
+                VolumeRequest::AllowFormat { .. } => "VolumeRequest::AllowFormat",
+            },
+            AdminRequest::Backup { .. } => "AdminRequest::Backup",
+            AdminRequest::Audit { .. } => "AdminRequest::Audit",
+            AdminRequest::DeployDryRun { .. } => "AdminRequest::DeployDryRun",
+            AdminRequest::MachinesReboot { .. } => "AdminRequest::MachinesReboot",
+            AdminRequest::MachinesProvision { .. } => "AdminRequest::MachinesProvision",
+            AdminRequest::ProvisionShow { .. } => "AdminRequest::ProvisionShow",
+            AdminRequest::Provisions { .. } => "AdminRequest::Provisions",
+            AdminRequest::MachinesDestroy { .. } => "AdminRequest::MachinesDestroy",
+            AdminRequest::FleetSave { .. } => "AdminRequest::FleetSave",
+            AdminRequest::FleetShow { .. } => "AdminRequest::FleetShow",
+            AdminRequest::DeploymentsShowMany { .. } => "AdminRequest::DeploymentsShowMany",
+            AdminRequest::ProvisionsCheck { .. } => "AdminRequest::ProvisionsCheck",
+            AdminRequest::AuditExport { .. } => "AdminRequest::AuditExport",
+        },
+    }
+}
+
+fn response_kind(r: &Response) -> &'static str {
+    match r {
+        Response::Hello { .. } => "Response::Hello",
+        Response::Enrolled { .. } => "Response::Enrolled",
+        Response::Error { .. } => "Response::Error",
+        Response::Agent(a) => match a {
+            AgentResponse::Ack { .. } => "AgentResponse::Ack",
+            AgentResponse::Renewed { .. } => "AgentResponse::Renewed",
+            AgentResponse::Event(e) => match e {
+                AgentEvent::Welcome { .. } => "AgentEvent::Welcome",
+                AgentEvent::Desired { .. } => "AgentEvent::Desired",
+                AgentEvent::Assigned { .. } => "AgentEvent::Assigned",
+            },
+            AgentResponse::Assignment { .. } => "AgentResponse::Assignment",
+            AgentResponse::NoAssignment { .. } => "AgentResponse::NoAssignment",
+        },
+        Response::Admin(a) => match a {
+            AdminResponse::Done { .. } => "AdminResponse::Done",
+            AdminResponse::Identity { .. } => "AdminResponse::Identity",
+            AdminResponse::TokenCreated { .. } => "AdminResponse::TokenCreated",
+            AdminResponse::Tokens { .. } => "AdminResponse::Tokens",
+            AdminResponse::Machines { .. } => "AdminResponse::Machines",
+            AdminResponse::Machine { .. } => "AdminResponse::Machine",
+            AdminResponse::AdminCreated { .. } => "AdminResponse::AdminCreated",
+            AdminResponse::Admins { .. } => "AdminResponse::Admins",
+            AdminResponse::Deployed { .. } => "AdminResponse::Deployed",
+            AdminResponse::Deployments { .. } => "AdminResponse::Deployments",
+            AdminResponse::Deployment { .. } => "AdminResponse::Deployment",
+            AdminResponse::MachineDetail { .. } => "AdminResponse::MachineDetail",
+            AdminResponse::Rollout { .. } => "AdminResponse::Rollout",
+            AdminResponse::Rollouts { .. } => "AdminResponse::Rollouts",
+            AdminResponse::S3(s) => match s {
+                S3Response::Buckets { .. } => "S3Response::Buckets",
+                S3Response::Bucket { .. } => "S3Response::Bucket",
+                S3Response::Keys { .. } => "S3Response::Keys",
+                S3Response::Key { .. } => "S3Response::Key",
+                S3Response::Done { .. } => "S3Response::Done",
+                S3Response::Cluster { .. } => "S3Response::Cluster",
+            },
+            AdminResponse::Tenant { .. } => "AdminResponse::Tenant",
+            AdminResponse::Tenants { .. } => "AdminResponse::Tenants",
+            AdminResponse::SshKeys { .. } => "AdminResponse::SshKeys",
+            AdminResponse::Volumes(v) => match v {
+                VolumeResponse::Volume { .. } => "VolumeResponse::Volume",
+                VolumeResponse::Volumes { .. } => "VolumeResponse::Volumes",
+                VolumeResponse::Snapshots { .. } => "VolumeResponse::Snapshots",
+                VolumeResponse::Done { .. } => "VolumeResponse::Done",
+            },
+            AdminResponse::BackupChunk { .. } => "AdminResponse::BackupChunk",
+            AdminResponse::BackupEnd { .. } => "AdminResponse::BackupEnd",
+            AdminResponse::Audit { .. } => "AdminResponse::Audit",
+            AdminResponse::DeployPlan { .. } => "AdminResponse::DeployPlan",
+            AdminResponse::Provision { .. } => "AdminResponse::Provision",
+            AdminResponse::Provisions { .. } => "AdminResponse::Provisions",
+            AdminResponse::Fleet { .. } => "AdminResponse::Fleet",
+            AdminResponse::Problems { .. } => "AdminResponse::Problems",
+            AdminResponse::AuditPage { .. } => "AdminResponse::AuditPage",
+        },
+    }
+}
+// kinds:end
+
+#[test]
+fn every_message_kind_has_a_golden_file() {
+    let source = include_str!("golden.rs");
+    let begin = source.find("// kinds:begin").expect("marker");
+    let end = source.find("// kinds:end").expect("marker");
+    let all: BTreeSet<&str> = source[begin..end].split("=> \"").skip(1).filter_map(|s| s.split('"').next()).collect();
+    let mut covered: BTreeSet<&str> = requests().iter().map(|(_, r)| request_kind(r)).collect();
+    covered.extend(responses().iter().map(|(_, r)| response_kind(r)));
+    // The container variants are covered by their leaves.
+    let missing: Vec<&&str> = all.iter().filter(|k| !covered.contains(**k)).collect();
+    assert!(missing.is_empty(), "message kinds without a golden file (add a sample to requests() or responses()): {missing:?}");
+    assert!(all.len() > 120, "the kinds are read from the match: {}", all.len());
 }
