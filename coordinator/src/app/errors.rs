@@ -40,7 +40,14 @@ pub fn s3(e: S3Error) -> WireError {
         S3Error::Unauthorized | S3Error::Api { .. } | S3Error::Decode(_) | S3Error::Config(_) => ErrorCode::Internal,
     };
     tracing::warn!(error = %e, "S3 provider call failed");
-    WireError::new(code, e.to_string())
+    // What Garage said, or could not say, stays in the log: its text is
+    // the provider's internals, not the peer's business.
+    let message = match &e {
+        S3Error::Api { status, code, .. } => format!("the S3 provider refused the call (HTTP {status} {code}); the coordinator's log has its answer"),
+        S3Error::Decode(_) => "the S3 provider's answer was not understood; the coordinator's log has it".to_string(),
+        _ => e.to_string(),
+    };
+    WireError::new(code, message)
 }
 
 pub fn invalid(message: impl Into<String>) -> WireError {
@@ -57,4 +64,22 @@ pub fn conflict(message: impl Into<String>) -> WireError {
 
 pub fn revoked(machine: &str) -> WireError {
     WireError::new(ErrorCode::Revoked, format!("machine {machine} was revoked"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_s3_providers_own_words_stay_in_the_log() {
+        let api = s3(S3Error::Api { status: 500, code: "InternalError".into(), message: "panicked at src/garage/block/manager.rs:412 /var/lib/garage/meta".into() });
+        assert_eq!(api.code, ErrorCode::Internal);
+        assert!(!api.message.contains("manager.rs") && !api.message.contains("/var/lib"), "{}", api.message);
+        assert!(api.message.contains("HTTP 500") && api.message.contains("log"), "{}", api.message);
+        let decode = s3(S3Error::Decode("expected value at line 1 column 1: <html>internal</html>".into()));
+        assert!(!decode.message.contains("<html>"), "{}", decode.message);
+        // What the admin can act on is still said.
+        let missing = s3(S3Error::NotFound { what: "bucket", id: "media".into() });
+        assert!(missing.message.contains("media"));
+    }
 }
