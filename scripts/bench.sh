@@ -117,6 +117,8 @@ bare() { # N DIR
 drover() { # N DIR
   local n="$1" dir="$2" sim
   mkdir -p "$dir"
+  # The drill helpers (lib.sh) work in $WORK.
+  # shellcheck disable=SC2034
   WORK="$dir"
   drill_init "$PORT" --health-interval 10s
   drill_serve

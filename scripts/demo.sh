@@ -61,13 +61,14 @@ api_bind_addr = "127.0.0.1:$((GPORT + 3))"
 admin_token = "$(rand_hex 16)"
 TOML
 chmod 600 "$WORK/garage/garage.toml"
-GARAGE="garage -c $WORK/garage/garage.toml"
-$GARAGE server >"$WORK/garage/garage.log" 2>&1 &
+# The command as an array: a work directory with a space stays one argument.
+GARAGE=(garage -c "$WORK/garage/garage.toml")
+"${GARAGE[@]}" server >"$WORK/garage/garage.log" 2>&1 &
 PIDS+=($!)
-for _ in $(seq 50); do $GARAGE status >/dev/null 2>&1 && break; sleep 0.2; done
-NODE="$($GARAGE node id -q | cut -d@ -f1)"
-$GARAGE layout assign -z dc1 -c 1G "$NODE" >/dev/null
-$GARAGE layout apply --version 1 >/dev/null
+for _ in $(seq 50); do "${GARAGE[@]}" status >/dev/null 2>&1 && break; sleep 0.2; done
+NODE="$("${GARAGE[@]}" node id -q | cut -d@ -f1)"
+"${GARAGE[@]}" layout assign -z dc1 -c 1G "$NODE" >/dev/null
+"${GARAGE[@]}" layout apply --version 1 >/dev/null
 
 VOLUMES=0
 LPORT="${DROVER_DEMO_LINSTOR_PORT:-3370}"
@@ -182,7 +183,7 @@ publish() {
       -T "$f" "http://127.0.0.1:$GPORT/localhost/$f" >/dev/null
   done)
 }
-GOOD="$(build drover-demo-system-$(date +%s) 'echo activated')"
+GOOD="$(build "drover-demo-system-$(date +%s)" 'echo activated')"
 publish "$GOOD"
 echo "closure: $GOOD"
 
@@ -191,7 +192,7 @@ log "deploying it to every machine with tenant=demo"
   --substituter "$CACHE_URL" --trusted-key "$KEY" --fact tenant=demo --wait
 
 log "deploying a closure whose activation fails: each machine rolls back by itself"
-BROKEN="$(build drover-demo-broken-$(date +%s) 'echo "error: unit demo.service failed to start" >&2; exit 1')"
+BROKEN="$(build "drover-demo-broken-$(date +%s)" 'echo "error: unit demo.service failed to start" >&2; exit 1')"
 publish "$BROKEN"
 log "first a dry run: what it would change on each machine (nothing is recorded or sent)"
 "$BIN/drover" deploy --selector tenant=demo --closure "$BROKEN" \

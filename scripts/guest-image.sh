@@ -46,8 +46,8 @@ if [ ! -d "$CACHE/kernel/lib/modules" ]; then
   mv "$CACHE/kernel.tmp" "$CACHE/kernel"
 fi
 KERNEL_DIR="$CACHE/kernel"
-VMLINUZ="$(ls "$KERNEL_DIR"/boot/vmlinuz-* | head -1)"
-MODULES="$(ls -d "$KERNEL_DIR"/lib/modules/* | head -1)"
+VMLINUZ="$(find "$KERNEL_DIR/boot" -maxdepth 1 -name 'vmlinuz-*' | sort | head -1)"
+MODULES="$(find "$KERNEL_DIR/lib/modules" -mindepth 1 -maxdepth 1 -type d | sort | head -1)"
 
 STAGE="$(mktemp -d /tmp/drover-guest-image.XXXXXX)"
 trap 'rm -rf "$STAGE"' EXIT

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for the project's scripts: install what is missing, skip
 # what is there.
 
@@ -19,6 +20,8 @@ need_apt() {
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
+    # NEED_APT_OPTIONS may hold several options: split on purpose.
+    # shellcheck disable=SC2086
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${NEED_APT_OPTIONS:-} "${missing[@]}" >/dev/null
   fi
 }
@@ -45,7 +48,7 @@ need_garage() {
 # Installs everything the build and the tests need.
 install_dependencies() {
   need_cargo
-  need_apt build-essential pkg-config iproute2 procps curl python3 nix-bin util-linux e2fsprogs xfsprogs nftables fdisk cryptsetup-bin
+  need_apt build-essential pkg-config iproute2 procps curl python3 nix-bin util-linux e2fsprogs xfsprogs nftables fdisk cryptsetup-bin shellcheck
   # Local VMs (the QEMU provider and its guest image). Debian 12's QEMU
   # replaces a newer qemu-utils where one is installed; nothing here needs it.
   NEED_APT_OPTIONS=--no-install-recommends need_apt qemu-system-x86 busybox-static cpio binutils
@@ -85,6 +88,8 @@ drill_init() {
 # warn) and waits until it answers.
 drill_serve() {
   RUST_LOG="${DROVER_SERVE_LOG:-warn}" "$BIN/drover" serve 2>>"$WORK/coordinator.log" &
+  # Read by the scripts that source this file.
+  # shellcheck disable=SC2034
   SERVER=$!
   for _ in $(seq 100); do "$BIN/drover" whoami >/dev/null 2>&1 && return; sleep 0.1; done
   echo "the coordinator did not start; see $WORK/coordinator.log" >&2

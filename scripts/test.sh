@@ -17,6 +17,8 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
 fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+log "shell scripts (shellcheck)"
+shellcheck -x -S info scripts/*.sh scripts/nixos-rebuild-standin .ci/run
 log "building"
 cargo build --workspace --all-targets --locked
 log "testing"

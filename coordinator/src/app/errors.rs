@@ -72,7 +72,8 @@ mod tests {
 
     #[test]
     fn the_s3_providers_own_words_stay_in_the_log() {
-        let api = s3(S3Error::Api { status: 500, code: "InternalError".into(), message: "panicked at src/garage/block/manager.rs:412 /var/lib/garage/meta".into() });
+        let api =
+            s3(S3Error::Api { status: 500, code: "InternalError".into(), message: "panicked at src/garage/block/manager.rs:412 /var/lib/garage/meta".into() });
         assert_eq!(api.code, ErrorCode::Internal);
         assert!(!api.message.contains("manager.rs") && !api.message.contains("/var/lib"), "{}", api.message);
         assert!(api.message.contains("HTTP 500") && api.message.contains("log"), "{}", api.message);
