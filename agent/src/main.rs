@@ -160,7 +160,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run { config: args, seed_defaults } => {
             if let Some(path) = &args.config {
-                drover_agent::seed::materialise(path, seed_defaults.as_deref(), &drover_agent::seed::SeedSources::default()).await?;
+                drover_agent::seed::materialise(path, seed_defaults.as_deref(), &drover_agent::system::seed::SeedSources::default()).await?;
             }
             let config = args.resolve()?;
             let health = SystemHealth::for_agent(&config);

@@ -4,59 +4,19 @@
 //! `fw_cfg` entry `opt/io.drover/seed`, a cloud-init NoCloud file, the
 //! SMBIOS system serial — and writes the configuration, the CA and the
 //! token file from it. The token goes only into a mode-0600 file; it is
-//! never logged and never put on a command line.
+//! never logged and never put on a command line. Where seeds are and how
+//! they are read is the system layer's (`system::seed`); this module writes
+//! the agent's files from one.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
 use drover_net::fsutil::write_atomic;
-use drover_protocol::seed::{CaPin, Seed};
+use drover_protocol::seed::CaPin;
 
 use crate::config::AgentConfig;
-
-/// Where a seed may be, in the order they are tried.
-#[derive(Debug, Clone)]
-pub struct SeedSources {
-    /// QEMU's `-fw_cfg name=opt/io.drover/seed,file=...`.
-    pub fw_cfg: PathBuf,
-    /// A cloud-init NoCloud seed directory's file holding the seed text.
-    pub nocloud: PathBuf,
-    /// The SMBIOS type 1 serial (Proxmox `smbios1: serial=...`).
-    pub smbios_serial: PathBuf,
-}
-
-impl Default for SeedSources {
-    fn default() -> Self {
-        SeedSources {
-            fw_cfg: PathBuf::from("/sys/firmware/qemu_fw_cfg/by_name/opt/io.drover/seed/raw"),
-            nocloud: PathBuf::from("/var/lib/cloud/seed/nocloud/drover-seed"),
-            smbios_serial: PathBuf::from("/sys/class/dmi/id/product_serial"),
-        }
-    }
-}
-
-/// A seed and where it was found.
-pub struct Found {
-    pub seed: Seed,
-    pub source: PathBuf,
-}
-
-/// The first seed in `sources`. A carrier that exists but does not hold a
-/// Drover seed (an SMBIOS serial of another kind) is skipped; one that
-/// holds a broken Drover seed is an error naming it.
-pub fn find(sources: &SeedSources) -> Result<Option<Found>> {
-    for path in [&sources.fw_cfg, &sources.nocloud, &sources.smbios_serial] {
-        let Ok(bytes) = std::fs::read(path) else { continue };
-        let text = String::from_utf8_lossy(&bytes);
-        if !text.trim_start().starts_with(drover_protocol::seed::SEED_MAGIC) {
-            continue;
-        }
-        let seed = Seed::parse(&text).with_context(|| format!("the seed in {}", path.display()))?;
-        return Ok(Some(Found { seed, source: path.clone() }));
-    }
-    Ok(None)
-}
+use crate::system::seed::{find, SeedSources};
 
 /// Writes `config_path` (and the CA and token beside the state) from the
 /// first seed found, over the settings in `defaults` (the image's). Does
@@ -117,6 +77,7 @@ pub async fn materialise(config_path: &Path, defaults: Option<&Path>, sources: &
 #[cfg(test)]
 mod tests {
     use super::*;
+    use drover_protocol::seed::Seed;
     use drover_protocol::v1::Secret;
 
     fn sources(dir: &Path) -> SeedSources {

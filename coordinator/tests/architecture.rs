@@ -219,6 +219,11 @@ fn only_the_store_imports_sled_and_cores_do_no_io() {
             for process in ["std::process::Command", "tokio::process"] {
                 assert!(!code.contains(process), "only the system layer runs processes; {} does", file.display());
             }
+            // Firmware, DMI data and devices are the machine's: the system
+            // layer reads them.
+            for machine in ["\"/sys/", "\"/dev/"] {
+                assert!(!code.contains(machine), "only the system layer reads the machine's firmware and devices; {} names {machine}", file.display());
+            }
         }
     }
 }

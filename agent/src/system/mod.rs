@@ -6,5 +6,6 @@ pub mod boot;
 pub mod checks;
 pub mod health;
 pub mod secrets;
+pub mod seed;
 pub mod switch;
 pub mod volumes;
