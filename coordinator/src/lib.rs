@@ -38,3 +38,4 @@ pub mod tenancy;
 pub mod tokens;
 pub mod volume_rules;
 pub mod volumes;
+pub mod wiring;

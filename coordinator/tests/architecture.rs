@@ -349,3 +349,23 @@ fn no_file_is_in_an_import_circle() {
     assert!(circle(&g).is_some());
     assert!(file_graph("coordinator")["app::admin"].contains("app::deployments"), "the graph follows `use super::{{...}}`");
 }
+
+#[test]
+fn only_the_wiring_makes_real_clients_of_external_systems() {
+    let krate = read_crate("coordinator");
+    let makers = [("Garage::new", "s3"), ("Linstor::new", "volumes"), ("Proxmox::new", "hypervisor"), ("Qemu::new", "hypervisor"), ("NixCli", "nix")];
+    for (module, files) in &krate.files {
+        for (file, code) in files {
+            for (maker, home) in makers {
+                if module != "wiring" && module != home {
+                    assert!(!code.contains(maker), "{} makes a real client ({maker}); only `wiring` does, and passes it in", file.display());
+                }
+            }
+        }
+    }
+    for (file, code) in &krate.files["app"] {
+        for client in ["s3::garage", "volumes::linstor", "hypervisor::proxmox", "hypervisor::qemu"] {
+            assert!(!code.contains(client), "{} names a real client ({client}); the application layer sees traits only", file.display());
+        }
+    }
+}

@@ -258,7 +258,7 @@ pub async fn dry_run(state: &Coordinator, spec: DeploySpec) -> Result<AdminRespo
                     (before.as_ref().map(|r| &r.assignment.system), &spec.system)
                 {
                     if a != b {
-                        plan.closure_diff = crate::nix::diff_closures(a, b).await;
+                        plan.closure_diff = state.nix.diff_closures(a, b).await;
                     }
                 }
             }

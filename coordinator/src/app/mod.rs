@@ -41,10 +41,11 @@ pub use drover_net::clock::now_ms;
 pub use live::Live;
 
 use crate::config::Config;
+use crate::nix::Nix;
 use crate::pki::Ca;
-use crate::s3::{garage::Garage, Connector, ObjectStoreAdmin, S3Error};
+use crate::s3::{Connector, ObjectStoreAdmin, S3Error};
 use crate::store::{SledOptions, Store};
-use crate::volumes::{linstor::Linstor, BlockStorage};
+use crate::volumes::BlockStorage;
 
 pub use crate::store::DB_DIR;
 
@@ -57,17 +58,6 @@ pub struct ObjectStore {
 }
 
 impl ObjectStore {
-    /// Garage, with the admin token read from its file at each connection
-    /// (so a rotated token is used without a restart).
-    pub fn garage(config: crate::config::S3Config) -> Self {
-        let token_config = config.clone();
-        let connect: Connector = Arc::new(move |endpoint: &str| {
-            let token = token_config.admin_token().map_err(|e| S3Error::Config(format!("{e:#}")))?;
-            Ok(Arc::new(Garage::new(endpoint, token)?) as Arc<dyn ObjectStoreAdmin>)
-        });
-        ObjectStore { config, connect }
-    }
-
     /// A client of the configured admin endpoint.
     pub fn admin(&self) -> Result<Arc<dyn ObjectStoreAdmin>, S3Error> {
         (self.connect)(&self.config.admin_endpoint)
@@ -92,42 +82,54 @@ pub struct Coordinator {
     pub metrics: metrics::Metrics,
     /// The hypervisor of each `[[providers]]` entry.
     pub hypervisors: provisions::Hypervisors,
+    /// The coordinator's own Nix (closure diffs for dry runs).
+    pub nix: Arc<dyn Nix>,
     /// Wakes the provisioning driver (a new provision).
     pub provision_wake: tokio::sync::Notify,
     /// Refused admin requests being counted for the audit log.
     pub refusals: audit::Refusals,
 }
 
-impl Coordinator {
-    /// Opens the state directory: CA, store; Garage if `[s3]` is configured.
-    pub fn open(config: Config) -> Result<Self> {
-        let ca = Ca::load(&config.state_dir).with_context(|| format!("loading the fleet CA from {}", config.state_dir.display()))?;
-        let store = Store::open_with(
-            &config.state_dir.join(DB_DIR),
-            SledOptions { cache_bytes: config.limits.store_cache_mib << 20, min_free_bytes: config.limits.min_free_disk_mib << 20 },
-        )
-        .with_context(|| format!("opening the store in {}", config.state_dir.display()))?;
-        Ok(Coordinator::new(config, ca, store))
-    }
+/// The external systems a coordinator works with, made by whoever starts
+/// it: the real clients (`crate::wiring`, from the configuration) or a test
+/// kit's fakes. Nothing in the application layer makes a client itself.
+pub struct Backends {
+    /// The object store, when `[s3]` is configured.
+    pub object_store: Option<ObjectStore>,
+    /// The block storage, when `[linstor]` is configured (or why its
+    /// client could not be made).
+    pub block_storage: Option<Result<Arc<dyn BlockStorage>, String>>,
+    /// The hypervisor of each `[[providers]]` entry, by name.
+    pub hypervisors: provisions::Hypervisors,
+    pub nix: Arc<dyn Nix>,
+}
 
-    /// A coordinator over an opened store, with Garage as the object store
-    /// when `[s3]` is configured.
-    pub fn new(config: Config, ca: Ca, store: Store) -> Self {
-        let object_store = config.s3.clone().map(ObjectStore::garage);
-        let fleet = ca.fleet_id();
-        let block_storage = config.linstor.clone().map(|l| Linstor::new(l, &fleet).map(|c| Arc::new(c) as Arc<dyn BlockStorage>).map_err(|e| e.to_string()));
-        let hypervisors = provisions::hypervisors(&config, &fleet);
+/// The state directory's fleet CA and store.
+pub fn open_state(config: &Config) -> Result<(Ca, Store)> {
+    let ca = Ca::load(&config.state_dir).with_context(|| format!("loading the fleet CA from {}", config.state_dir.display()))?;
+    let store = Store::open_with(
+        &config.state_dir.join(DB_DIR),
+        SledOptions { cache_bytes: config.limits.store_cache_mib << 20, min_free_bytes: config.limits.min_free_disk_mib << 20 },
+    )
+    .with_context(|| format!("opening the store in {}", config.state_dir.display()))?;
+    Ok((ca, store))
+}
+
+impl Coordinator {
+    /// A coordinator over its configuration, CA, store and external systems.
+    pub fn new(config: Config, ca: Ca, store: Store, backends: Backends) -> Self {
         Coordinator {
             config,
             store,
             ca,
             live: Live::default(),
-            object_store,
-            block_storage,
+            object_store: backends.object_store,
+            block_storage: backends.block_storage,
             rollout_lock: tokio::sync::Mutex::new(()),
             driver_passes: tokio::sync::watch::channel(0).0,
             metrics: metrics::Metrics::new(),
-            hypervisors,
+            hypervisors: backends.hypervisors,
+            nix: backends.nix,
             provision_wake: tokio::sync::Notify::new(),
             refusals: audit::Refusals::default(),
         }

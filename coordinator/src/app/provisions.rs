@@ -34,7 +34,7 @@ use drover_protocol::v1::{Problem, ProvisionInfo, ProvisionRequest, ProvisionSta
 use drover_protocol::{ErrorCode, WireError};
 
 use crate::config::ProviderConfig;
-use crate::hypervisor::{DataDisk, Hypervisor, HypervisorError, Owner, VmSpec};
+use crate::hypervisor::{DataDisk, Hypervisor, HypervisorError, VmSpec};
 use crate::model::{ProvisionRecord, TokenRecord};
 use crate::registry;
 use crate::store::Tx;
@@ -45,31 +45,6 @@ use super::{now_ms, Coordinator};
 /// The hypervisor of each configured provider (or why its client could not
 /// be made).
 pub type Hypervisors = BTreeMap<String, Result<Arc<dyn Hypervisor>, String>>;
-
-/// Builds the configured providers' clients, for the fleet `fleet`.
-pub fn hypervisors(config: &crate::config::Config, fleet: &str) -> Hypervisors {
-    config
-        .providers
-        .iter()
-        .map(|p| {
-            let owner = Owner { fleet: fleet.to_string(), provider: p.name().to_string() };
-            let made: Result<Arc<dyn Hypervisor>, String> = match p {
-                ProviderConfig::Qemu(q) => {
-                    let dir = q.work_dir.clone().unwrap_or_else(|| config.state_dir.join("vms").join(&q.name));
-                    // Isolated guests' relays forward to the listen address
-                    // (loopback when it is unspecified).
-                    let mut target = config.listen;
-                    if target.ip().is_unspecified() {
-                        target.set_ip(if target.is_ipv6() { std::net::Ipv6Addr::LOCALHOST.into() } else { std::net::Ipv4Addr::LOCALHOST.into() });
-                    }
-                    crate::hypervisor::qemu::Qemu::new(q.clone(), dir, target, owner).map(|h| Arc::new(h) as _).map_err(|e| e.to_string())
-                }
-                ProviderConfig::Proxmox(x) => crate::hypervisor::proxmox::Proxmox::new(x.clone(), owner).map(|h| Arc::new(h) as _).map_err(|e| e.to_string()),
-            };
-            (p.name().to_string(), made)
-        })
-        .collect()
-}
 
 fn hypervisor(state: &Coordinator, provider: &str) -> Result<Arc<dyn Hypervisor>, WireError> {
     match state.hypervisors.get(provider) {

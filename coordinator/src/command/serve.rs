@@ -23,7 +23,8 @@ fn raise_file_limit() {
 
 pub async fn run(config: Config) -> Result<()> {
     raise_file_limit();
-    let handle = server::start(config).await?;
+    let coordinator = std::sync::Arc::new(crate::wiring::coordinator(config)?);
+    let handle = server::start(coordinator).await?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -89,14 +89,9 @@ fn server_tls(config: &Config, ca: &Ca) -> Result<(quinn::ServerConfig, Vec<u8>)
     Ok((tls, key))
 }
 
-/// Opens the state and starts serving on `config.listen`.
-pub async fn start(config: Config) -> Result<ServerHandle> {
-    let coordinator = Arc::new(Coordinator::open(config)?);
-    start_with(coordinator).await
-}
-
-/// Starts serving an already opened coordinator.
-pub async fn start_with(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
+/// Starts serving an opened coordinator (`crate::wiring::coordinator` makes
+/// one from the configuration) on `config.listen`.
+pub async fn start(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
     let (tls, key) = server_tls(&coordinator.config, &coordinator.ca)?;
     let sockets = coordinator.config.sockets();
     let endpoints = drover_net::socket::server_endpoints(coordinator.config.listen, sockets, tls, &key)

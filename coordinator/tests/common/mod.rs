@@ -90,7 +90,8 @@ impl TestCoordinator {
         // last connection task ends; retry briefly.
         let mut last = None;
         for _ in 0..50 {
-            match server::start(self.config.clone()).await {
+            let opened = drover_coordinator::wiring::coordinator(self.config.clone()).map(std::sync::Arc::new);
+            match async { server::start(opened?).await }.await {
                 Ok(handle) => {
                     self.handle = Some(handle);
                     return;
