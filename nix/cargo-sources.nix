@@ -13,4 +13,5 @@
   "bench"
   "testing/linstor-double"
   "testing/proxmox-double"
+  "testing/testkit"
 ]

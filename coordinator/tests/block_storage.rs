@@ -232,3 +232,13 @@ async fn linstor_errors_are_quoted_with_their_correction() {
     double.resume().await;
     assert!(b.volume("many").await.expect("reachable again").is_some());
 }
+
+/// The contract the test kit's fake keeps too (device contents apart).
+#[tokio::test]
+async fn the_linstor_client_keeps_the_shared_contract() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let double = LinstorDouble::start(dir.path(), &["vm-a", "vm-b"]).await;
+    double.make_foreign("vm-100-disk-1", 32 * MIB, &[]);
+    double.make_foreign("other-fleet", 32 * MIB, &[("Aux/drover-fleet", "drover-ffffffffffffffff")]);
+    drover_testkit::contract::block_storage(&client(&double.url, |_| {}), "vm-100-disk-1", "other-fleet").await;
+}

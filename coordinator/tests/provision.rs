@@ -298,77 +298,7 @@ fn proxmox_config(double: &ProxmoxDouble, dir: &Path, token: &str) -> ProxmoxPro
     }
 }
 
-fn spec(provision: &str) -> VmSpec {
-    VmSpec {
-        provision: provision.into(),
-        name: "web-1".into(),
-        template: None,
-        cores: 2,
-        memory_bytes: 1 << 30,
-        disk_bytes: 2 << 30,
-        disks: vec![DataDisk { serial: "vol-data".into(), size_bytes: 1 << 30 }],
-    }
-}
-
-fn seed() -> Seed {
-    Seed {
-        coordinator: "10.0.2.2:7443".into(),
-        server_name: "localhost".into(),
-        ca: CaPin::Sha256([3; 32]),
-        token: Secret::new(format!("drt_{}", "ef".repeat(32))),
-        name: "web-1".into(),
-    }
-}
-
-fn owner(fleet: &str, provider: &str) -> Owner {
-    Owner { fleet: fleet.into(), provider: provider.into() }
-}
-
-/// What every hypervisor does: a VM made is listed with its identity and
-/// not running, started runs, stopped does not, deleted is gone, and
-/// deleting it again is no error. And what is not its own: a VM made by
-/// hand at a reused id, another fleet's or another provider's VM, or
-/// another provision's, is neither listed nor started, stopped or deleted.
-async fn hypervisor_contract(hv: &dyn Hypervisor, other_fleet: &dyn Hypervisor, other_provider: &dyn Hypervisor, hand_made: &str) {
-    assert!(hv.list().await.expect("list").is_empty(), "{}: a VM made by hand is not listed", hv.kind());
-    let id = hv.create(&spec("p-00000000c1"), &seed()).await.expect("create");
-    let listed = hv.list().await.expect("list");
-    assert_eq!(listed.len(), 1);
-    assert_eq!((listed[0].vm_id.as_str(), listed[0].provision.as_str(), listed[0].running), (id.as_str(), "p-00000000c1", false));
-    assert!(other_fleet.list().await.expect("list").is_empty(), "{}: another fleet does not see it", hv.kind());
-    assert!(other_provider.list().await.expect("list").is_empty(), "{}: another provider of the fleet does not see it", hv.kind());
-    hv.start(&id, "p-00000000c1").await.expect("start");
-    hv.start(&id, "p-00000000c1").await.expect("starting a running VM is no error");
-    assert!(hv.list().await.expect("list")[0].running, "{}: started", hv.kind());
-
-    // Nobody else's call touches it, nor does this provider touch theirs.
-    for (who, other) in [("another fleet", other_fleet), ("another provider", other_provider), ("another provision", hv)] {
-        let provision = if who == "another provision" { "p-00000000c2" } else { "p-00000000c1" };
-        let e = other.stop(&id, provision).await.expect_err("refused");
-        assert!(matches!(e, HypervisorError::NotOurs { .. }), "{}: {who}: {e}", hv.kind());
-        let e = other.delete(&id, provision, false).await.expect_err("refused");
-        assert!(matches!(e, HypervisorError::NotOurs { .. }), "{}: {who}: {e}", hv.kind());
-    }
-    assert!(hv.list().await.expect("list")[0].running, "{}: still running", hv.kind());
-    for op in ["start", "stop", "delete"] {
-        let e = match op {
-            "start" => hv.start(hand_made, "p-00000000c1").await.expect_err("refused"),
-            "stop" => hv.stop(hand_made, "p-00000000c1").await.expect_err("refused"),
-            _ => hv.delete(hand_made, "p-00000000c1", false).await.map(drop).expect_err("refused"),
-        };
-        assert!(
-            matches!(&e, HypervisorError::NotOurs { carries, .. } if carries.contains("no Drover identity")),
-            "{}: {op} of a VM made by hand: {e}",
-            hv.kind()
-        );
-    }
-
-    hv.stop(&id, "p-00000000c1").await.expect("stop");
-    assert!(!hv.list().await.expect("list")[0].running, "{}: stopped", hv.kind());
-    assert_eq!(hv.delete(&id, "p-00000000c1", false).await.expect("delete"), Removed::Deleted);
-    assert!(hv.list().await.expect("list").is_empty(), "{}: deleted", hv.kind());
-    assert_eq!(hv.delete(&id, "p-00000000c1", false).await.expect("deleting again is no error"), Removed::Gone);
-}
+use drover_testkit::contract::{owner, seed, vm_spec as spec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hypervisor_contract_holds_for_local_qemu_and_proxmox() {
@@ -382,14 +312,26 @@ async fn the_hypervisor_contract_holds_for_local_qemu_and_proxmox() {
     // A directory another tool made among the VMs.
     std::fs::create_dir_all(work.join("150")).expect("a hand-made VM directory");
     std::fs::write(work.join("150/provision"), "p-00000000c1").expect("an old-style mark");
-    hypervisor_contract(&make(owner("drover-aaaa", "local")), &make(owner("drover-bbbb", "local")), &make(owner("drover-aaaa", "local2")), "150").await;
+    drover_testkit::contract::hypervisor(
+        &make(owner("drover-aaaa", "local")),
+        &make(owner("drover-bbbb", "local")),
+        &make(owner("drover-aaaa", "local2")),
+        "150",
+    )
+    .await;
     assert!(work.join("150").is_dir(), "the hand-made directory is untouched");
 
     let double = ProxmoxDouble::start(TOKEN).await;
     double.make_vm(150, "hand-made", "a VM made by hand");
     let config = proxmox_config(&double, dir.path(), TOKEN);
     let make = |o: Owner| Proxmox::new(config.clone(), o).expect("client");
-    hypervisor_contract(&make(owner("drover-aaaa", "pve")), &make(owner("drover-bbbb", "pve")), &make(owner("drover-aaaa", "pve-drbd")), "150").await;
+    drover_testkit::contract::hypervisor(
+        &make(owner("drover-aaaa", "pve")),
+        &make(owner("drover-bbbb", "pve")),
+        &make(owner("drover-aaaa", "pve-drbd")),
+        "150",
+    )
+    .await;
     assert!(double.vms().iter().any(|v| v.0 == 150 && v.2), "the hand-made VM still runs");
 }
 

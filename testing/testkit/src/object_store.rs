@@ -3,13 +3,13 @@
 //! and secrets, exact grants, quotas, website access, and a cluster whose
 //! nodes, connections and layout versions behave like Garage's. Several
 //! clients (one per node endpoint) share one cluster. The contract suite
-//! (`tests/object_store.rs`) runs against it and against real Garage, so
+//! (`drover_testkit::contract::object_store`) runs against it and against real Garage, so
 //! the two stay interchangeable behind the trait.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{check_bucket_name, Bucket, ClusterHealth, ClusterStatus, Connector, Key, ObjectStoreAdmin, Permissions, Role, S3Error};
+use drover_coordinator::s3::{check_bucket_name, Bucket, ClusterHealth, ClusterStatus, Connector, Key, ObjectStoreAdmin, Permissions, Role, S3Error};
 
 #[derive(Default)]
 struct State {
