@@ -7,18 +7,16 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::garage::GarageNode;
 use drover_coordinator::s3::garage::Garage;
-use drover_coordinator::s3::{ObjectStoreAdmin, Permissions, Role, S3Error};
+use drover_coordinator::s3::{ObjectStoreAdmin, S3Error};
 use drover_testkit::contract;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_garage_keeps_the_contract() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = GarageNode::single(dir.path()).await;
-    contract::object_store_data(&node.admin()).await;
+    contract::object_store_data(&node.admin(), &node.s3_url).await;
     let bare_dir = tempfile::tempdir().expect("tempdir");
     let secret: [u8; 32] = common::garage::rand_bytes();
     let bare = GarageNode::spawn(bare_dir.path(), &common::garage::hex(&secret), 1);

@@ -12,9 +12,9 @@ use common::{vm, Options, TestCoordinator};
 use drover_coordinator::config::{ProviderConfig, ProxmoxProviderConfig};
 use drover_coordinator::hypervisor::proxmox::Proxmox;
 use drover_coordinator::hypervisor::qemu::{Launch, Qemu};
-use drover_coordinator::hypervisor::{DataDisk, Hypervisor, HypervisorError, Owner, Removed, VmSpec};
-use drover_protocol::seed::{CaPin, Seed};
-use drover_protocol::v1::{AdminRequest, AdminResponse, MachineStatus, ProvisionInfo, ProvisionState, Secret};
+use drover_coordinator::hypervisor::{DataDisk, Hypervisor, HypervisorError, Owner, Removed};
+use drover_protocol::seed::Seed;
+use drover_protocol::v1::{AdminRequest, AdminResponse, MachineStatus, ProvisionInfo, ProvisionState};
 use drover_protocol::ErrorCode;
 use proxmox_double::ProxmoxDouble;
 

@@ -226,6 +226,12 @@ impl Garage {
 
 #[async_trait::async_trait]
 impl ObjectStoreAdmin for Garage {
+    async fn probe(&self, access: &super::DataAccess<'_>) -> Result<(), S3Error> {
+        let client = super::probe::client(access.endpoint, access.region, access.key_id, access.secret)
+            .map_err(|e| S3Error::Config(format!("cannot make an S3 client for {}: {e}", access.endpoint)))?;
+        super::probe::probe(&client, access.bucket).await
+    }
+
     async fn bucket(&self, alias: &str) -> Result<Option<Bucket>, S3Error> {
         match self.get("GetBucketInfo", &[("globalAlias", alias)]).await? {
             Some(v) => Ok(Some(typed::<BucketInfo>("GetBucketInfo", v)?.into())),

@@ -142,6 +142,9 @@ pub trait ObjectStoreAdmin: Send + Sync {
     async fn delete_key(&self, name: &str) -> Result<(), S3Error>;
     /// Sets exactly these permissions of the key on the bucket.
     async fn grant(&self, bucket_id: &str, key_id: &str, permissions: Permissions) -> Result<(), S3Error>;
+    /// Checks on the data plane that a key can put, read back and delete an
+    /// object in a bucket, before its credentials are handed out.
+    async fn probe(&self, access: &DataAccess<'_>) -> Result<(), S3Error>;
 
     /// This node's id.
     async fn node_id(&self) -> Result<String, S3Error>;
@@ -153,6 +156,23 @@ pub trait ObjectStoreAdmin: Send + Sync {
     async fn apply_layout(&self, roles: &[Role]) -> Result<u64, S3Error>;
     async fn health(&self) -> Result<ClusterHealth, S3Error>;
     async fn status(&self) -> Result<ClusterStatus, S3Error>;
+}
+
+/// A key's access to a bucket on the data plane.
+#[derive(Clone, Copy)]
+pub struct DataAccess<'a> {
+    /// The S3 endpoint services use.
+    pub endpoint: &'a str,
+    pub region: &'a str,
+    pub key_id: &'a str,
+    pub secret: &'a str,
+    pub bucket: &'a str,
+}
+
+impl std::fmt::Debug for DataAccess<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataAccess").field("endpoint", &self.endpoint).field("key_id", &self.key_id).field("bucket", &self.bucket).finish_non_exhaustive()
+    }
 }
 
 /// Makes a client for a node's admin endpoint (the coordinator's token is

@@ -8,13 +8,14 @@
 use std::time::{Duration, Instant};
 
 use drover_coordinator::hypervisor::{DataDisk, Hypervisor, HypervisorError, Owner, Removed, VmSpec};
-use drover_coordinator::s3::{ObjectStoreAdmin, Permissions, Role, S3Error};
+use drover_coordinator::s3::{DataAccess, ObjectStoreAdmin, Permissions, Role, S3Error};
 use drover_coordinator::volumes::{BlockError, BlockStorage, VolumeSpec};
 use drover_protocol::seed::{CaPin, Seed};
 use drover_protocol::v1::Secret;
 
 /// Buckets, keys and grants.
-pub async fn object_store_data(g: &dyn ObjectStoreAdmin) {
+/// `s3_endpoint` is the data plane the probe uses.
+pub async fn object_store_data(g: &dyn ObjectStoreAdmin, s3_endpoint: &str) {
     let first = g.ensure_bucket("acme-media").await.expect("create bucket");
     let again = g.ensure_bucket("acme-media").await.expect("find bucket");
     assert_eq!(first.id, again.id, "the same bucket, not a second one");
@@ -34,9 +35,14 @@ pub async fn object_store_data(g: &dyn ObjectStoreAdmin) {
     g.grant(&first.id, &key.id, Permissions { read: true, write: true, owner: false }).await.expect("grant again");
     let b = g.bucket("acme-media").await.expect("info").expect("exists");
     assert_eq!(b.keys, [(key.id.clone(), true, true, false)]);
+    let secret = key.secret.as_deref().expect("secret");
+    let access = DataAccess { endpoint: s3_endpoint, region: "garage", key_id: &key.id, secret, bucket: "acme-media" };
+    g.probe(&access).await.expect("a key granted read and write passes the probe");
+    assert!(g.probe(&DataAccess { secret: "not-the-secret", ..access }).await.is_err(), "a wrong secret fails the probe");
     g.grant(&first.id, &key.id, Permissions { read: true, write: false, owner: false }).await.expect("narrow");
     let b = g.bucket("acme-media").await.expect("info").expect("exists");
     assert_eq!(b.keys, [(key.id.clone(), true, false, false)]);
+    assert!(g.probe(&access).await.is_err(), "a read-only key fails the probe");
 
     g.set_website(&first.id, true).await.expect("website");
     assert!(g.bucket("acme-media").await.expect("info").expect("exists").website);

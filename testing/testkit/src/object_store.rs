@@ -9,7 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use drover_coordinator::s3::{check_bucket_name, Bucket, ClusterHealth, ClusterStatus, Connector, Key, ObjectStoreAdmin, Permissions, Role, S3Error};
+use drover_coordinator::s3::{
+    check_bucket_name, Bucket, ClusterHealth, ClusterStatus, Connector, DataAccess, Key, ObjectStoreAdmin, Permissions, Role, S3Error,
+};
 
 #[derive(Default)]
 struct State {
@@ -95,6 +97,23 @@ fn bucket_by_id<'a>(s: &'a mut State, id: &str) -> Result<&'a mut Bucket, S3Erro
 
 #[async_trait::async_trait]
 impl ObjectStoreAdmin for FakeObjectStore {
+    /// As Garage answers: the key must exist with that secret and be
+    /// granted read and write on the bucket.
+    async fn probe(&self, access: &DataAccess<'_>) -> Result<(), S3Error> {
+        let s = self.state()?;
+        let denied =
+            |why: &str| S3Error::Api { status: 403, code: "AccessDenied".into(), message: format!("the key cannot write to bucket {}: {why}", access.bucket) };
+        let key = s.keys.values().find(|k| k.id == access.key_id).ok_or_else(|| denied("no such key"))?;
+        if key.secret.as_deref() != Some(access.secret) {
+            return Err(denied("wrong secret"));
+        }
+        let bucket = s.buckets.values().find(|b| b.aliases.iter().any(|a| a == access.bucket)).ok_or_else(|| denied("no such bucket"))?;
+        if !bucket.keys.iter().any(|(id, read, write, _)| id == access.key_id && *read && *write) {
+            return Err(denied("not granted read and write"));
+        }
+        Ok(())
+    }
+
     async fn bucket(&self, alias: &str) -> Result<Option<Bucket>, S3Error> {
         Ok(self.state()?.buckets.get(alias).cloned())
     }

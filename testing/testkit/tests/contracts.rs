@@ -13,7 +13,7 @@ use drover_testkit::object_store::FakeCluster;
 #[tokio::test]
 async fn the_fake_object_store_keeps_the_contract() {
     let cluster = FakeCluster::new();
-    contract::object_store_data(&cluster.client("http://fake-1:3903")).await;
+    contract::object_store_data(&cluster.client("http://fake-1:3903"), "http://fake-1:3900").await;
     contract::object_store_cluster(&cluster.client("http://fake-2:3903")).await;
     cluster.set_unreachable(true);
     let err = cluster.client("http://fake-1:3903").buckets().await.expect_err("down");

@@ -9,7 +9,7 @@
 use drover_protocol::v1::{BucketRequest, DeploySpec, SecretBytes, SecretFile};
 use drover_protocol::WireError;
 
-use crate::s3::{check_bucket_name, probe, Permissions};
+use crate::s3::{check_bucket_name, DataAccess, Permissions};
 
 use super::super::errors::s3 as wire;
 use super::super::Coordinator;
@@ -54,9 +54,8 @@ pub async fn provision(state: &Coordinator, spec: &mut DeploySpec) -> Result<(),
         let key = garage.ensure_key(&key_name(&request.name)).await.map_err(wire)?;
         garage.grant(&bucket.id, &key.id, Permissions { read: true, write: true, owner: false }).await.map_err(wire)?;
         let secret = key.secret.clone().unwrap_or_default();
-        let client = probe::client(&config.s3_endpoint, &config.region, &key.id, &secret)
-            .map_err(|e| WireError::new(drover_protocol::ErrorCode::Internal, format!("cannot make an S3 client for {}: {e}", config.s3_endpoint)))?;
-        probe::probe(&client, &request.name).await.map_err(wire)?;
+        let access = DataAccess { endpoint: &config.s3_endpoint, region: &config.region, key_id: &key.id, secret: &secret, bucket: &request.name };
+        garage.probe(&access).await.map_err(wire)?;
         let (id_name, secret_name) = secret_names(&request.name);
         for (name, value) in [(id_name, key.id.clone()), (secret_name, secret)] {
             spec.secrets.retain(|s| s.name != name);

@@ -1,0 +1,281 @@
+//! The application layer in process, against the test kit's fakes and the
+//! in-memory store: no QUIC, no root, no Garage, no QEMU. Admin requests go
+//! through the one dispatch (`app::admin::handle`, roles and audit
+//! included); machines enroll through `app::enroll`; what the fakes were
+//! asked is checked. The suites against the real systems (`s3.rs`,
+//! `volumes.rs`, `provision.rs`, ...) stay beside these.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_coordinator::app::{self, admin, Coordinator};
+use drover_coordinator::config::{LinstorConfig, ProviderConfig, QemuProviderConfig, S3Config};
+use drover_coordinator::init::{init, InitOptions};
+use drover_coordinator::store::{MemoryBackend, Store};
+use drover_protocol::v1::*;
+use drover_protocol::{ErrorCode, WireError};
+use drover_testkit::Fakes;
+
+/// A coordinator over the in-memory store (seeded by `drover init`: the CA,
+/// the first admin) with every external system faked; `(coordinator,
+/// fakes, the root admin's serial)`.
+struct App {
+    state: Arc<Coordinator>,
+    fakes: Fakes,
+    serial: String,
+    _dir: tempfile::TempDir,
+}
+
+impl App {
+    fn new() -> App {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state_dir = dir.path().join("state");
+        let outcome = init(InitOptions {
+            state_dir: state_dir.clone(),
+            listen: "127.0.0.1:7443".parse().expect("addr"),
+            advertise: None,
+            server_names: vec![],
+            admin_name: "root".into(),
+            health_interval: Some(Duration::from_secs(1)),
+            machine_cert_lifetime: None,
+        })
+        .expect("init");
+        let mut config = outcome.config;
+        config.s3 = Some(S3Config {
+            admin_endpoint: "http://garage.fake:3903".into(),
+            admin_token_file: dir.path().join("unused-token"),
+            s3_endpoint: "http://s3.fake:3900".into(),
+            region: "garage".into(),
+            public_url: Some("https://{bucket}.web.example.net".into()),
+        });
+        config.linstor = Some(LinstorConfig::new("http://linstor.fake:3370"));
+        config.providers = vec![ProviderConfig::Qemu(QemuProviderConfig {
+            name: "local".into(),
+            image: dir.path().join("image"),
+            work_dir: None,
+            max_vms: 4,
+            accel: "tcg".into(),
+            isolate: false,
+            qemu: "qemu-system-x86_64".into(),
+            guest_coordinator: None,
+            cores: 1,
+            memory_mib: 512,
+            disk_mib: 1024,
+            boot_timeout: Duration::from_secs(60),
+        })];
+        // What `drover init` stored, in memory.
+        let (ca, on_disk) = app::open_state(&config).expect("state");
+        let store = Store::with_backend(Arc::new(MemoryBackend::default()));
+        store.load_snapshot(&on_disk.snapshot().expect("snapshot")).expect("load");
+        drop(on_disk);
+        let serial = store.admin("root").expect("read").expect("root").serials[0].clone();
+        let fakes = Fakes::new();
+        let backends = fakes.backends(&config, &ca.fleet_id());
+        App { state: Arc::new(Coordinator::new(config, ca, store, backends)), fakes, serial, _dir: dir }
+    }
+
+    async fn call(&self, request: AdminRequest) -> Result<AdminResponse, WireError> {
+        match admin::handle(&self.state, "root", &self.serial, request).await {
+            Response::Admin(answer) => Ok(answer),
+            Response::Error(e) => Err(e),
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+
+    async fn ok(&self, request: AdminRequest) -> AdminResponse {
+        self.call(request).await.unwrap_or_else(|e| panic!("refused: {e:?}"))
+    }
+
+    /// Enrolls a machine with a new one-use token carrying `labels`; its id.
+    async fn enroll(&self, hostname: &str, labels: &[(&str, &str)]) -> String {
+        let labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let AdminResponse::TokenCreated(created) = self.ok(AdminRequest::TokensCreate(TokenSpec { labels, ttl_ms: 60_000, uses: 1 })).await else {
+            panic!("a token")
+        };
+        self.enroll_with(created.token, hostname).await.expect("enrolled").subject
+    }
+
+    async fn enroll_with(&self, token: Secret, hostname: &str) -> Result<IssuedCertificate, WireError> {
+        let key = drover_net::identity::generate_key().expect("key");
+        let csr_der = drover_net::identity::csr_der(&key, hostname).expect("csr");
+        app::enroll::enroll(&self.state, EnrollRequest { token, csr_der, hostname: hostname.into() }).await
+    }
+}
+
+fn closure(path: &str) -> SystemSpec {
+    SystemSpec::Closure {
+        store_path: path.into(),
+        substituters: vec!["http://cache.example.org".into()],
+        trusted_public_keys: vec!["cache.example.org-1:AAAA".into()],
+    }
+}
+
+fn deploy(selector: &[(&str, &str)], system: SystemSpec) -> DeploySpec {
+    DeploySpec {
+        machine: None,
+        selector: selector.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        system,
+        secrets: vec![],
+        facts: Default::default(),
+        checks: vec![],
+        health_deadline_ms: 5_000,
+        buckets: vec![],
+        volumes: vec![],
+        goal: Default::default(),
+        force_switch: false,
+        override_rollout: false,
+        reboot: false,
+    }
+}
+
+#[tokio::test]
+async fn a_deployment_records_a_generation_per_target_and_a_dry_run_shows_the_closure_diff() {
+    let app = App::new();
+    let a = app.enroll("web-1", &[("role", "web")]).await;
+    let b = app.enroll("web-2", &[("role", "web")]).await;
+    app.enroll("db-1", &[("role", "db")]).await;
+    let AdminResponse::Deployed(targets) =
+        app.ok(AdminRequest::Deploy(deploy(&[("role", "web")], closure("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a")))).await
+    else {
+        panic!("deployed")
+    };
+    let mut ids: Vec<&str> = targets.iter().map(|t| t.machine_id.as_str()).collect();
+    ids.sort();
+    let mut want = vec![a.as_str(), b.as_str()];
+    want.sort();
+    assert_eq!(ids, want, "the web machines, not the database");
+    assert!(targets.iter().all(|t| t.generation == 1));
+    let record = app.state.store.assignment(&a, 1).expect("read").expect("the assignment is recorded");
+    assert_eq!(record.assignment.system, closure("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a"));
+
+    app.fakes.nix.set_diff(
+        "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a",
+        "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b",
+        "hello: 2.12 → 2.12.1",
+    );
+    let AdminResponse::DeployPlan(plan) =
+        app.ok(AdminRequest::DeployDryRun(deploy(&[("role", "web")], closure("/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b")))).await
+    else {
+        panic!("a plan")
+    };
+    assert_eq!(plan.len(), 2);
+    assert!(plan.iter().all(|p| p.closure_diff.as_deref() == Some("hello: 2.12 → 2.12.1")), "{plan:?}");
+    assert_eq!(app.state.store.machine(&a).expect("read").expect("machine").desired_generation, 1, "a dry run records nothing");
+
+    let e = app
+        .call(AdminRequest::Deploy(deploy(&[("role", "nothing")], closure("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a"))))
+        .await
+        .expect_err("no target");
+    assert_eq!(e.code, ErrorCode::NotFound);
+}
+
+#[tokio::test]
+async fn a_deployment_with_a_bucket_makes_it_and_a_key_granted_only_to_it_and_delivers_them() {
+    let app = App::new();
+    let id = app.enroll("web-1", &[("role", "web")]).await;
+    let spec = DeploySpec {
+        buckets: vec![BucketRequest { name: "photos-media".into(), public: true }],
+        ..deploy(&[("role", "web")], closure("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a"))
+    };
+    app.ok(AdminRequest::Deploy(spec)).await;
+    let garage = app.fakes.objects.client("http://garage.fake:3903");
+    use drover_coordinator::s3::ObjectStoreAdmin;
+    let bucket = garage.bucket("photos-media").await.expect("read").expect("the bucket was made");
+    assert!(bucket.website, "public: served through the web endpoint");
+    assert_eq!(bucket.keys.len(), 1, "one key, granted on it: {:?}", bucket.keys);
+    let assignment = app.state.store.assignment(&id, 1).expect("read").expect("assignment").assignment;
+    let facts: serde_json::Value = serde_json::from_str(&assignment.facts_json).expect("facts");
+    assert_eq!(facts["s3_bucket.photos-media"], "photos-media", "{facts}");
+    assert_eq!(facts["s3_public_url.photos-media"], "https://photos-media.web.example.net", "{facts}");
+    let names: Vec<&str> = assignment.secrets.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"s3-photos-media-access-key-id") && names.contains(&"s3-photos-media-secret-access-key"), "{names:?}");
+
+    app.fakes.objects.set_unreachable(true);
+    let again = DeploySpec {
+        buckets: vec![BucketRequest { name: "other-media".into(), public: false }],
+        ..deploy(&[("role", "web")], closure("/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b"))
+    };
+    let e = app.call(AdminRequest::Deploy(again)).await.expect_err("Garage is down");
+    assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+    assert_eq!(app.state.store.machine(&id).expect("read").expect("machine").desired_generation, 1, "nothing recorded without its bucket");
+}
+
+#[tokio::test]
+async fn volumes_are_made_owned_attached_with_a_new_generation_and_foreign_ones_left_alone() {
+    let app = App::new();
+    let id = app.enroll("db-1", &[("role", "db")]).await;
+    app.ok(AdminRequest::Deploy(deploy(&[("role", "db")], closure("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a")))).await;
+    app.ok(AdminRequest::Volumes(VolumeRequest::Create { name: "pgdata".into(), size_bytes: 1 << 30, replicas: Some(2), resource_group: None })).await;
+    assert!(app.fakes.pool.exists("pgdata"));
+    app.ok(AdminRequest::Volumes(VolumeRequest::Attach {
+        name: "pgdata".into(),
+        machine: id.clone(),
+        mount_point: "/var/lib/postgresql".into(),
+        filesystem: Filesystem::Xfs,
+    }))
+    .await;
+    let machine = app.state.store.machine(&id).expect("read").expect("machine");
+    assert_eq!(machine.desired_generation, 2, "attaching records a generation repeating the newest");
+    let mounts = app.state.store.assignment(&id, 2).expect("read").expect("assignment").assignment.volumes;
+    assert_eq!(mounts.len(), 1);
+    assert!(mounts[0].fresh, "a volume this fleet just made is vouched for as fresh: {mounts:?}");
+
+    app.fakes.pool.make_foreign("vm-100-disk-1", 1 << 20, None);
+    let e =
+        app.call(AdminRequest::Volumes(VolumeRequest::Delete { name: "vm-100-disk-1".into(), confirm: "vm-100-disk-1".into() })).await.expect_err("not ours");
+    assert!(e.message.contains("did not make"), "{e:?}");
+    assert!(app.fakes.pool.exists("vm-100-disk-1"), "a resource Drover did not make is never deleted");
+    let AdminResponse::Volumes(VolumeResponse::Volumes(listed)) = app.ok(AdminRequest::Volumes(VolumeRequest::List)).await else { panic!("a list") };
+    assert_eq!(listed.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["pgdata"], "only this fleet's volumes");
+}
+
+#[tokio::test]
+async fn a_provision_makes_a_vm_carrying_its_identity_whose_seed_enrolls_it_and_destroy_removes_only_it() {
+    let app = App::new();
+    let driver = tokio::spawn(app::provisions::run(app.state.clone()));
+    let request = ProvisionRequest {
+        name: "web-1".into(),
+        provider: "local".into(),
+        template: None,
+        cores: None,
+        memory_bytes: None,
+        disk_bytes: None,
+        labels: Default::default(),
+        disks: vec![],
+    };
+    app.ok(AdminRequest::MachinesProvision(request)).await;
+    let made = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some((id, identity, _)) = app.fakes.host.vms().into_iter().next() {
+                return (id, identity);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the driver made a VM");
+    let (vm, identity) = made;
+    let identity = identity.expect("it carries Drover's identity");
+    assert_eq!((identity.fleet.as_str(), identity.provider.as_str()), (app.state.ca.fleet_id().as_str(), "local"));
+
+    // The VM's agent enrolls with the token in its seed.
+    let seed = app.fakes.host.seed_of(&vm.to_string()).expect("a seed");
+    assert_eq!(seed.name, "web-1");
+    let issued = app.enroll_with(seed.token.clone(), "web-1").await.expect("the seed's token enrolls the VM");
+    let AdminResponse::Provision(p) = app.ok(AdminRequest::ProvisionShow { name: "web-1".into() }).await else { panic!("a provision") };
+    assert_eq!(p.machine_id.as_deref(), Some(issued.subject.as_str()));
+    assert!(app.enroll_with(seed.token, "again").await.is_err(), "the seed's token is spent");
+
+    // A VM made by hand on the same host is never touched by destroy.
+    app.fakes.host.make_by_hand(vm + 1);
+    app.ok(AdminRequest::MachinesDestroy { name: "web-1".into(), keep_volumes: false }).await;
+    let gone = tokio::time::timeout(Duration::from_secs(10), async {
+        while app.fakes.host.vms().iter().any(|(id, _, _)| *id == vm) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the provision's VM is deleted");
+    assert!(app.fakes.host.vms().iter().any(|(id, identity, _)| *id == vm + 1 && identity.is_none()), "the hand-made VM is left alone");
+    driver.abort();
+}
