@@ -521,6 +521,11 @@ pub struct VolumeRecord {
     /// Taken over from outside Drover (`drover volumes adopt`).
     #[serde(default)]
     pub adopted: bool,
+    /// An operation under way that the volume must not be attached during
+    /// ("deleted", "rolled back"): set in the transaction that found the
+    /// volume free, cleared when the operation ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy: Option<String>,
 }
 
 impl VolumeRecord {
@@ -537,6 +542,7 @@ impl VolumeRecord {
             fresh,
             overwrite: false,
             adopted: false,
+            busy: None,
         }
     }
 

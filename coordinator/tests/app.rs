@@ -28,6 +28,10 @@ struct App {
 
 impl App {
     fn new() -> App {
+        App::with_backend(Arc::new(MemoryBackend::default()))
+    }
+
+    fn with_backend(backend: Arc<dyn drover_coordinator::store::Backend>) -> App {
         let dir = tempfile::tempdir().expect("tempdir");
         let state_dir = dir.path().join("state");
         let outcome = init(InitOptions {
@@ -65,7 +69,7 @@ impl App {
         })];
         // What `drover init` stored, in memory.
         let (ca, on_disk) = app::open_state(&config).expect("state");
-        let store = Store::with_backend(Arc::new(MemoryBackend::default()));
+        let store = Store::with_backend(backend);
         store.load_snapshot(&on_disk.snapshot().expect("snapshot")).expect("load");
         drop(on_disk);
         let serial = store.admin("root").expect("read").expect("root").serials[0].clone();
@@ -278,4 +282,140 @@ async fn a_provision_makes_a_vm_carrying_its_identity_whose_seed_enrolls_it_and_
     assert!(gone.is_ok(), "the provision's VM is deleted");
     assert!(app.fakes.host.vms().iter().any(|(id, identity, _)| *id == vm + 1 && identity.is_none()), "the hand-made VM is left alone");
     driver.abort();
+}
+
+/// A delete decides in one transaction that the volume is free and marks it
+/// so: an attach that comes while the block storage deletes is refused,
+/// instead of attaching a volume that is about to disappear.
+#[tokio::test]
+async fn an_attach_during_a_delete_is_refused_and_nothing_is_left_pointing_at_the_deleted_volume() {
+    let app = Arc::new(App::new());
+    let id = app.enroll("db-1", &[("role", "db")]).await;
+    app.ok(AdminRequest::Deploy(deploy(&[("role", "db")], closure("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a")))).await;
+    app.ok(AdminRequest::Volumes(VolumeRequest::Create { name: "scratch".into(), size_bytes: 1 << 30, replicas: Some(2), resource_group: None })).await;
+    let release = app.fakes.pool.hold_deletes();
+    let deleting = {
+        let app = app.clone();
+        tokio::spawn(async move { app.call(AdminRequest::Volumes(VolumeRequest::Delete { name: "scratch".into(), confirm: "scratch".into() })).await })
+    };
+    // The delete is in the block storage's hands now.
+    let held = tokio::time::timeout(Duration::from_secs(10), async {
+        while app.fakes.pool.deletes_waiting() == 0 {
+            assert!(!deleting.is_finished(), "the delete ended before the block storage deleted");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(held.is_ok(), "the delete reached the block storage");
+    let attach = AdminRequest::Volumes(VolumeRequest::Attach {
+        name: "scratch".into(),
+        machine: id.clone(),
+        mount_point: "/srv/scratch".into(),
+        filesystem: Filesystem::Ext4,
+    });
+    let refused = app.call(attach).await.expect_err("attaching a volume being deleted is refused");
+    assert_eq!(refused.code, ErrorCode::Conflict, "{refused:?}");
+    assert!(refused.message.contains("being deleted"), "{refused:?}");
+    release.add_permits(1);
+    deleting.await.expect("task").expect("the delete finishes");
+    assert!(!app.fakes.pool.exists("scratch"));
+    let machine = app.state.store.machine(&id).expect("read").expect("machine");
+    assert!(machine.volumes.is_empty(), "the machine mounts nothing that was deleted: {:?}", machine.volumes);
+}
+
+#[tokio::test]
+async fn an_attached_volume_is_neither_deleted_nor_rolled_back_and_the_refusal_names_its_machine() {
+    let app = App::new();
+    let id = app.enroll("db-1", &[("role", "db")]).await;
+    app.ok(AdminRequest::Deploy(deploy(&[("role", "db")], closure("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a")))).await;
+    app.ok(AdminRequest::Volumes(VolumeRequest::Create { name: "pgdata".into(), size_bytes: 1 << 30, replicas: Some(2), resource_group: None })).await;
+    app.ok(AdminRequest::Volumes(VolumeRequest::Snapshot { name: "pgdata".into(), snapshot: Some("before".into()) })).await;
+    app.ok(AdminRequest::Volumes(VolumeRequest::Attach {
+        name: "pgdata".into(),
+        machine: id.clone(),
+        mount_point: "/srv/pg".into(),
+        filesystem: Filesystem::Xfs,
+    }))
+    .await;
+    for request in [
+        VolumeRequest::Delete { name: "pgdata".into(), confirm: "pgdata".into() },
+        VolumeRequest::Rollback { name: "pgdata".into(), snapshot: "before".into() },
+    ] {
+        let e = app.call(AdminRequest::Volumes(request)).await.expect_err("refused while attached");
+        assert_eq!(e.code, ErrorCode::Conflict);
+        assert!(e.message.contains("db-1") || e.message.contains(&id), "names the machine: {e:?}");
+    }
+    assert!(app.fakes.pool.exists("pgdata"));
+    assert!(app.state.store.volume("pgdata").expect("read").expect("record").busy.is_none(), "a refusal leaves nothing marked");
+}
+
+/// A health report that carries volume states is written like every write
+/// on the async side: behind the flush in progress, never as a transaction
+/// of its own while sled holds its lock for a flush.
+#[tokio::test]
+async fn a_health_report_with_volume_states_waits_for_the_flush_in_progress() {
+    let backend = drover_testkit::store::GatedBackend::new();
+    backend.release_flushes(10_000);
+    let app = App::with_backend(backend.clone());
+    let id = app.enroll("db-1", &[("role", "db")]).await;
+    app.ok(AdminRequest::Deploy(deploy(&[("role", "db")], closure("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a")))).await;
+    app.ok(AdminRequest::Volumes(VolumeRequest::Create { name: "pgdata".into(), size_bytes: 1 << 30, replicas: Some(2), resource_group: None })).await;
+    app.ok(AdminRequest::Volumes(VolumeRequest::Attach {
+        name: "pgdata".into(),
+        machine: id.clone(),
+        mount_point: "/srv/pg".into(),
+        filesystem: Filesystem::Xfs,
+    }))
+    .await;
+
+    backend.hold_flushes();
+    let flushing = tokio::spawn({
+        let state = app.state.clone();
+        // A write of its own, so that there is something to flush.
+        async move { state.store.commit(|_| Ok::<_, drover_coordinator::store::StoreError>(())).await }
+    });
+    backend.flush_started().await;
+    let report = HealthReport {
+        hostname: "db-1".into(),
+        uptime_secs: 1,
+        load_average: [0.0; 3],
+        cpu_count: 1,
+        cpu_usage_percent: 0.0,
+        memory_total_bytes: 1,
+        memory_used_bytes: 1,
+        disks: vec![],
+        failed_units: None,
+        agent_version: "test".into(),
+        system_path: None,
+        boot_id: None,
+        booted_system: None,
+        pending_system: None,
+        nix_store: None,
+        addresses: vec![],
+        volumes: vec![VolumeState {
+            name: "pgdata".into(),
+            mount_point: "/srv/pg".into(),
+            mounted: true,
+            formatted: true,
+            filesystem: Some("xfs".into()),
+            device_bytes: 1 << 30,
+            total_bytes: 1 << 30,
+            used_bytes: 1 << 20,
+            grow_pending: None,
+            error: None,
+        }],
+    };
+    let reporting = tokio::spawn({
+        let (state, id) = (app.state.clone(), id.clone());
+        async move { app::agent::report_health(&state, &id, report).await }
+    });
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(backend.transactions_during_flush.load(std::sync::atomic::Ordering::SeqCst), 0, "no transaction ran during the flush");
+    assert!(!reporting.is_finished(), "the report waits for the flush");
+    backend.release_flushes(10_000);
+    flushing.await.expect("task").expect("flush");
+    reporting.await.expect("task").expect("the report is recorded");
+    assert!(app.state.store.volume("pgdata").expect("read").expect("record").formatted, "the volume's state is recorded");
 }

@@ -188,6 +188,7 @@ async fn setup(delay: Duration) -> Setup {
     let ns = Namespace::create();
     let inside = SocketAddr::new(IpAddr::V4(ns.inner), fleet.addr.port());
     fleet.config.listen = inside;
+    fleet.connect_attempts = 5;
     std::fs::write(fleet.state_dir.join("drover.toml"), fleet.config.to_toml()).expect("configuration");
     // The certificate names 127.0.0.1; clients keep verifying that name.
     let mut bundle = fleet.bundle();

@@ -160,24 +160,29 @@ pub async fn report_deployments(state: &Coordinator, id: &str, reports: &[Deploy
 /// crash is harmless (the next ones come within an interval), and reports
 /// are frequent. A revoked machine's connections were closed when it was
 /// revoked, and it cannot connect again.
-pub fn report_health(state: &Coordinator, id: &str, report: HealthReport) -> Result<AgentResponse, WireError> {
+pub async fn report_health(state: &Coordinator, id: &str, report: HealthReport) -> Result<AgentResponse, WireError> {
     let now = now_ms();
     let health = HealthRecord::from_wire(report, now);
     if health.volumes.is_empty() {
         state.live.saw(id, now, health);
         return Ok(AgentResponse::Ack);
     }
-    state.store.transact(|tx| {
-        let mut m: MachineRecord = tx.require(id.as_bytes())?;
-        if m.revoked_at.is_some() {
-            return Err(revoked(id));
-        }
-        m.last_seen = Some(now);
-        super::volumes::record_states(tx, &mut m, &health.volumes)?;
-        m.health = Some(health.clone());
-        tx.put(id.as_bytes(), &m)?;
-        Ok(())
-    })?;
+    // Through the write lane: a flush in progress holds writes back rather
+    // than a worker blocking on the store's gate.
+    state
+        .store
+        .write(|tx| {
+            let mut m: MachineRecord = tx.require(id.as_bytes())?;
+            if m.revoked_at.is_some() {
+                return Err(revoked(id));
+            }
+            m.last_seen = Some(now);
+            super::volumes::record_states(tx, &mut m, &health.volumes)?;
+            m.health = Some(health.clone());
+            tx.put(id.as_bytes(), &m)?;
+            Ok(())
+        })
+        .await?;
     Ok(AgentResponse::Ack)
 }
 

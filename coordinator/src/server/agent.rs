@@ -28,7 +28,7 @@ pub(super) async fn handle(
         AgentRequest::FetchAssignment => app::fetch_assignment(state, id),
         AgentRequest::ReportDeployment(report) => app::report_deployments(state, id, std::slice::from_ref(&report)).await,
         AgentRequest::ReportDeployments(reports) => app::report_deployments(state, id, &reports).await,
-        AgentRequest::Report(report) => app::report_health(state, id, report),
+        AgentRequest::Report(report) => app::report_health(state, id, report).await,
         AgentRequest::Renew { csr_der } => app::renew(state, id, &csr_der).await,
         AgentRequest::RestoreVolume { generation, name } => {
             // Boxed: the block storage client's future is large, the other

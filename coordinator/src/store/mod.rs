@@ -80,6 +80,37 @@ pub enum StoreError {
     Aborted,
 }
 
+thread_local! {
+    /// Whether this thread runs a transaction's body now.
+    static IN_TRANSACTION: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks this thread as inside a transaction's body while it lives.
+struct InTransaction(bool);
+
+impl InTransaction {
+    fn enter() -> Self {
+        InTransaction(IN_TRANSACTION.with(|f| f.replace(true)))
+    }
+}
+
+impl Drop for InTransaction {
+    fn drop(&mut self) {
+        IN_TRANSACTION.with(|f| f.set(self.0));
+    }
+}
+
+/// A read through the store (not the transaction's [`Tx`]) from inside a
+/// transaction's body waits for the lock that transaction holds: a
+/// deadlock. Caught in debug builds (every test), at the call that would
+/// hang.
+fn outside_transactions() {
+    debug_assert!(
+        !IN_TRANSACTION.with(std::cell::Cell::get),
+        "a store read inside a transaction's body would deadlock: read through the transaction (tx.get), or before it"
+    );
+}
+
 /// A record kept in one tree of the store.
 pub trait Record: Serialize + DeserializeOwned {
     const TREE: Tree;
@@ -220,12 +251,14 @@ impl Store {
 
     /// One record by key, if present.
     pub fn get<T: Record>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        outside_transactions();
         self.backend.get(T::TREE, key)?.map(|v| codec::decode(T::TREE, key, &v)).transpose()
     }
 
     /// Every record whose key starts with `prefix`, in key order. A record
     /// that cannot be decoded is skipped with a warning naming its key.
     pub fn list<T: Record>(&self, prefix: &[u8]) -> Result<Vec<T>, StoreError> {
+        outside_transactions();
         let mut out = Vec::new();
         for (k, v) in self.backend.scan(T::TREE, prefix)? {
             match codec::decode(T::TREE, &k, &v) {
@@ -252,6 +285,7 @@ impl Store {
         let _shared = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let result = self.backend.transaction(&mut |inner| {
             let tx = Tx { inner, failure: RefCell::new(None) };
+            let _inside = InTransaction::enter();
             let answer = body(&tx);
             if let Some(failure) = tx.failure.into_inner() {
                 // The backend's own trouble (a conflict to retry, i/o).

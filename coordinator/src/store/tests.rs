@@ -454,3 +454,12 @@ async fn audit_retention_removes_old_entries_and_others_before_admins() {
     let newest = store.audit_newest(0, 3, |e| e.admin == "root").expect("newest");
     assert_eq!(newest.iter().map(|(_, e)| e.at).collect::<Vec<_>>(), vec![now - day + 17, now - day + 18, now - day + 19]);
 }
+
+/// A read through the store from inside a transaction's body would wait for
+/// the lock that transaction holds; debug builds stop it at once.
+#[test]
+#[should_panic(expected = "would deadlock")]
+fn a_store_read_inside_a_transaction_is_caught() {
+    let store = Store::with_backend(Arc::new(MemoryBackend::default()));
+    let _ = store.transact(|_tx| store.machine("m-0000000000").map(drop));
+}

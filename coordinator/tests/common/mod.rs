@@ -40,6 +40,11 @@ pub struct TestCoordinator {
     pub addr: SocketAddr,
     pub bundle_path: PathBuf,
     pub handle: Option<ServerHandle>,
+    /// How many times an admin connection is tried before a call fails: 1
+    /// on loopback; more where a test makes the admin's own path lossy (a
+    /// handshake can then outlast the client's timeout, and an admin would
+    /// run the command again).
+    pub connect_attempts: u32,
 }
 
 pub struct Options {
@@ -78,7 +83,8 @@ impl TestCoordinator {
             machine_cert_lifetime: opts.machine_cert_lifetime,
         })
         .expect("drover init");
-        let mut this = TestCoordinator { dir, state_dir, config: outcome.config.clone(), addr, bundle_path: outcome.bundle_path, handle: None };
+        let mut this =
+            TestCoordinator { dir, state_dir, config: outcome.config.clone(), addr, bundle_path: outcome.bundle_path, handle: None, connect_attempts: 1 };
         if !opts.no_server {
             this.serve().await;
         }
@@ -114,7 +120,15 @@ impl TestCoordinator {
     }
 
     pub async fn admin(&self) -> AdminClient {
-        AdminClient::connect(&self.bundle()).await.expect("admin connects")
+        let mut attempt = 1;
+        loop {
+            match AdminClient::connect(&self.bundle()).await {
+                Ok(client) => return client,
+                Err(e) if attempt < self.connect_attempts => eprintln!("admin connection attempt {attempt} failed, trying again: {e:#}"),
+                Err(e) => panic!("admin connects: {e:?}"),
+            }
+            attempt += 1;
+        }
     }
 
     pub async fn call(&self, request: AdminRequest) -> AdminResponse {

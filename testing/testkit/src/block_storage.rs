@@ -32,6 +32,8 @@ struct State {
     fail_placements: u32,
     /// The next delete waits until released (see [`FakePool::hold_deletes`]).
     held: Option<Arc<tokio::sync::Semaphore>>,
+    /// Deletes waiting on `held`.
+    waiting: u32,
 }
 
 /// One storage cluster, shared by every fleet's client.
@@ -86,6 +88,11 @@ impl FakePool {
     /// Calls made so far.
     pub fn calls(&self) -> u64 {
         self.lock().calls
+    }
+
+    /// Deletes waiting to be released.
+    pub fn deletes_waiting(&self) -> u32 {
+        self.lock().waiting
     }
 
     /// Makes deletes wait until the returned semaphore gets a permit.
@@ -248,7 +255,10 @@ impl BlockStorage for FakeBlockStorage {
         volumes::check_name(name)?;
         let held = self.lock().held.clone();
         if let Some(held) = held {
-            held.acquire().await.map_err(|_| BlockError::Config("the pool was dropped".into()))?.forget();
+            self.pool.lock().waiting += 1;
+            let permit = held.acquire().await.map_err(|_| BlockError::Config("the pool was dropped".into()));
+            self.pool.lock().waiting -= 1;
+            permit?.forget();
         }
         let mut s = self.lock();
         match s.volumes.get(name) {

@@ -13,6 +13,7 @@ pub mod contract;
 pub mod hypervisor;
 pub mod nix;
 pub mod object_store;
+pub mod store;
 
 use std::sync::Arc;
 

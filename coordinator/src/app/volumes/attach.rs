@@ -136,6 +136,9 @@ pub fn record_attachments(tx: &Tx, machine_id: &str, node: &str, mounts: &[Volum
     let generation = machine.desired_generation + 1;
     for m in mounts {
         let mut record: VolumeRecord = tx.get(m.name.as_bytes())?.unwrap_or_else(|| VolumeRecord::new(&m.name, m.size_bytes, now, m.fresh && !m.formatted));
+        if let Some(busy) = &record.busy {
+            return Err(conflict(format!("volume {:?} is being {busy}; it cannot be attached now", m.name)));
+        }
         if let Some(a) = &record.attached {
             if a.machine_id != machine_id {
                 return Err(conflict(format!("volume {:?} is attached to machine {}; run `drover volumes detach {}` first", m.name, a.machine_id, m.name)));

@@ -187,6 +187,56 @@ async fn known(state: &Coordinator, block: &dyn BlockStorage, name: &str) -> Res
     }
 }
 
+/// Marks volume `name` busy with `what` ("deleted", "rolled back to X") in
+/// one transaction that finds it unattached and not busy with something
+/// else; an attach refuses it until [`release`]. A volume Drover has no
+/// record of gets one for the time being (returns whether it did).
+/// `detach_first` says what to do when it is attached.
+async fn claim(state: &Coordinator, name: &str, what: &str, detach_first: &str) -> Result<bool, WireError> {
+    let now = now_ms();
+    // The holder's name is read after the transaction, never inside it.
+    let holder = std::sync::Mutex::new(None);
+    let claimed = state
+        .store
+        .commit(|tx| {
+            *holder.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            let existing: Option<VolumeRecord> = tx.get(name.as_bytes())?;
+            let made = existing.is_none();
+            let mut record = existing.unwrap_or_else(|| VolumeRecord::new(name, 0, now, false));
+            if let Some(a) = &record.attached {
+                *holder.lock().unwrap_or_else(|p| p.into_inner()) = Some(a.machine_id.clone());
+                return Err(conflict("attached"));
+            }
+            if let Some(other) = record.busy.as_deref().filter(|b| *b != what) {
+                return Err(conflict(format!("volume {name:?} is being {other}; try again when that is done")));
+            }
+            record.busy = Some(what.to_string());
+            tx.put(name.as_bytes(), &record)?;
+            Ok(made)
+        })
+        .await;
+    match (claimed, holder.into_inner().unwrap_or_else(|p| p.into_inner())) {
+        (Err(_), Some(machine)) => Err(conflict(format!("volume {name:?} is attached to machine {}; {detach_first}", holder_name(state, &machine)))),
+        (claimed, _) => claimed,
+    }
+}
+
+/// Ends what [`claim`] marked; a record `made` only for the claim goes.
+async fn release(state: &Coordinator, name: &str, made: bool) -> Result<(), WireError> {
+    state
+        .store
+        .commit(|tx| {
+            let Some(mut record) = tx.get::<VolumeRecord>(name.as_bytes())? else { return Ok(()) };
+            if made {
+                tx.remove::<VolumeRecord>(name.as_bytes())?;
+                return Ok(());
+            }
+            record.busy = None;
+            tx.put(name.as_bytes(), &record).map_err(WireError::from)
+        })
+        .await
+}
+
 /// A confirmation that repeats the volume's name.
 fn confirmed(name: &str, confirm: &str, flag: &str, what: &str) -> Result<(), WireError> {
     if confirm == name {
@@ -311,45 +361,49 @@ pub async fn handle(state: &Coordinator, by: &str, request: VolumeRequest) -> Re
             VolumeResponse::Snapshots(names.iter().map(|s| SnapshotInfo { name: s.clone(), volume: name.clone(), created_at: created(s) }).collect())
         }
         VolumeRequest::Rollback { name, snapshot } => {
-            let record = known(state, block, &name).await?;
-            if let Some(a) = &record.attached {
-                return Err(conflict(format!(
-                    "volume {name:?} is attached to machine {}; detach it before rolling it back (its filesystem must not be mounted)",
-                    holder_name(state, &a.machine_id)
-                )));
-            }
-            block.rollback(&name, &snapshot).await.map_err(wire)?;
+            known(state, block, &name).await?;
+            let what = format!("rolled back to {snapshot}");
+            let made = claim(state, &name, &what, "detach it before rolling it back (its filesystem must not be mounted)").await?;
+            let done = block.rollback(&name, &snapshot).await.map_err(wire);
+            release(state, &name, made).await?;
+            done?;
             tracing::info!(volume = %name, %snapshot, by, "volume rolled back");
             VolumeResponse::Volume(show(state, block, &name).await?)
         }
         VolumeRequest::Delete { name, confirm } => {
             volumes::check_name(&name).map_err(wire)?;
             confirmed(&name, &confirm, "--yes-delete-data", "deleting a volume destroys its data")?;
-            if let Some(a) = state.store.volume(&name)?.and_then(|r| r.attached) {
-                return Err(conflict(format!(
-                    "volume {name:?} is attached to machine {}; detach it first (`drover volumes detach {name}`)",
-                    holder_name(state, &a.machine_id)
-                )));
+            // Found free and marked in one transaction: no attach can come
+            // between the check and the delete.
+            let made = claim(state, &name, "deleted", &format!("detach it first (`drover volumes detach {name}`)")).await?;
+            let deleted = async {
+                let Some(volume) = block.volume(&name).await.map_err(wire)? else {
+                    tracing::info!(volume = %name, by, "volume record removed; the block storage held no such volume");
+                    return Ok(());
+                };
+                if volume.owner.as_deref() != Some(block.owner()) {
+                    return Err(wire(BlockError::NotOurs { name: volume.name, owner: volume.owner }));
+                }
+                let snapshots = block.snapshots(&name).await.map_err(wire)?;
+                if !snapshots.is_empty() {
+                    return Err(conflict(format!(
+                        "volume {name:?} has {} snapshot(s) ({}); delete them first with `drover volumes snapshots {name} --prune`",
+                        snapshots.len(),
+                        snapshots.join(", ")
+                    )));
+                }
+                block.delete(&name).await.map_err(wire)?;
+                tracing::info!(volume = %name, by, "volume deleted");
+                Ok(())
             }
-            let Some(volume) = block.volume(&name).await.map_err(wire)? else {
-                state.store.commit(|tx| tx.remove::<VolumeRecord>(name.as_bytes()).map_err(WireError::from)).await?;
-                tracing::info!(volume = %name, by, "volume record removed; the block storage held no such volume");
-                return Ok(AdminResponse::Volumes(VolumeResponse::Done));
-            };
-            if volume.owner.as_deref() != Some(block.owner()) {
-                return Err(wire(BlockError::NotOurs { name: volume.name, owner: volume.owner }));
+            .await;
+            match deleted {
+                Ok(()) => state.store.commit(|tx| tx.remove::<VolumeRecord>(name.as_bytes()).map(drop).map_err(WireError::from)).await?,
+                Err(e) => {
+                    release(state, &name, made).await?;
+                    return Err(e);
+                }
             }
-            let snapshots = block.snapshots(&name).await.map_err(wire)?;
-            if !snapshots.is_empty() {
-                return Err(conflict(format!(
-                    "volume {name:?} has {} snapshot(s) ({}); delete them first with `drover volumes snapshots {name} --prune`",
-                    snapshots.len(),
-                    snapshots.join(", ")
-                )));
-            }
-            block.delete(&name).await.map_err(wire)?;
-            state.store.commit(|tx| tx.remove::<VolumeRecord>(name.as_bytes()).map_err(WireError::from)).await?;
-            tracing::info!(volume = %name, by, "volume deleted");
             VolumeResponse::Done
         }
         VolumeRequest::Adopt { name, confirm } => {

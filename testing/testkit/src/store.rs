@@ -1,0 +1,100 @@
+//! A store backend for tests of how the application writes: memory
+//! underneath, with flushes that wait until the test lets them finish and
+//! counters of transactions and flushes. While a flush is held, a writer on
+//! the async side must wait for it (the store's flush lane) instead of
+//! running a transaction: `transactions_during_flush` says whether one did.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use drover_coordinator::store::backend::{BoxFuture, Pairs, TxBody};
+use drover_coordinator::store::{Backend, MemoryBackend, StoreError, Tree};
+
+pub struct GatedBackend {
+    inner: MemoryBackend,
+    flushing: AtomicBool,
+    pub transactions: AtomicUsize,
+    /// Transactions that ran while a flush was held.
+    pub transactions_during_flush: AtomicUsize,
+    pub flushes: AtomicUsize,
+    started: tokio::sync::Notify,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl GatedBackend {
+    pub fn new() -> Arc<Self> {
+        Arc::new(GatedBackend {
+            inner: MemoryBackend::default(),
+            flushing: AtomicBool::new(false),
+            transactions: AtomicUsize::new(0),
+            transactions_during_flush: AtomicUsize::new(0),
+            flushes: AtomicUsize::new(0),
+            started: tokio::sync::Notify::new(),
+            permits: Arc::new(tokio::sync::Semaphore::new(0)),
+        })
+    }
+
+    /// Lets flushes finish without waiting from now on (`n` at a time).
+    pub fn release_flushes(&self, n: usize) {
+        self.permits.add_permits(n);
+    }
+
+    /// Holds every flush from now on (until [`Self::release_flushes`]).
+    pub fn hold_flushes(&self) {
+        let available = self.permits.available_permits();
+        if let Ok(permits) = self.permits.try_acquire_many(u32::try_from(available).unwrap_or(u32::MAX)) {
+            permits.forget();
+        }
+    }
+
+    /// Waits until a flush has started (and is held).
+    pub async fn flush_started(&self) {
+        loop {
+            // Registered before the check, so a flush starting in between
+            // is not missed.
+            let notified = self.started.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.flushing.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Backend for GatedBackend {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(tree, key)
+    }
+    fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Pairs, StoreError> {
+        self.inner.scan(tree, prefix)
+    }
+    fn range(&self, tree: Tree, from: &[u8], to: &[u8], limit: usize, newest_first: bool) -> Result<Pairs, StoreError> {
+        self.inner.range(tree, from, to, limit, newest_first)
+    }
+    fn count(&self, tree: Tree, from: &[u8], to: &[u8]) -> Result<usize, StoreError> {
+        self.inner.count(tree, from, to)
+    }
+    fn transaction(&self, body: TxBody<'_>) -> Result<(), StoreError> {
+        self.transactions.fetch_add(1, Ordering::SeqCst);
+        if self.flushing.load(Ordering::SeqCst) {
+            self.transactions_during_flush.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.transaction(body)
+    }
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.flushes.fetch_add(1, Ordering::SeqCst);
+            self.flushing.store(true, Ordering::SeqCst);
+            self.started.notify_waiters();
+            let permit = self.permits.acquire().await;
+            self.flushing.store(false, Ordering::SeqCst);
+            permit.map_err(|_| StoreError::Aborted)?.forget();
+            Ok(())
+        })
+    }
+    fn flush_blocking(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
