@@ -4,11 +4,11 @@
 # Drover secrets (delivered by `drover deploy --secret`, written to
 # /run/drover/secrets/) and reach Garage as systemd credentials, never
 # through the Nix store. The coordinator places the node in the cluster
-# (`drover s3 cluster add-machine ID`, then `drover s3 cluster apply`) from
+# (`drover s3 cluster add-node --machine ID`, then `drover s3 cluster apply`) from
 # the labels garage.admin, garage.rpc, garage.zone and garage.capacity. The
 # coordinator decides a machine's labels from its enrollment token, so give
 # the token the labels this module computes in its read-only `tokenLabels`
-# option (see the README).
+# option (see docs/nixos.md).
 { config, lib, pkgs, ... }:
 
 let

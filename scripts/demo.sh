@@ -220,7 +220,7 @@ if [ "$VOLUMES" -eq 1 ]; then
   sync
   "$BIN/drover" volumes show data
   log "moving the volume to vm2: vm1 unmounts it, then vm2 mounts it with vm1's file"
-  "$BIN/drover" volumes detach data
+  "$BIN/drover" volumes detach data --wait
   "$BIN/drover" volumes attach data --machine "$VM2" --mount /srv/data
   for _ in $(seq 100); do
     [ -f "$WORK/linstor/nodes/vm2/srv/data/hello.txt" ] && break

@@ -7,7 +7,7 @@
 #   scripts/fuzz.sh [--dev] [--runs N | --seconds S] [TARGET...]
 #
 # Default: every target, release build, 60 seconds each. --runs N stops each
-# target after N executions (the README's figures: --runs 10000000); --dev
+# target after N executions (docs/security.md's figures: --runs 10000000); --dev
 # builds without optimisation (faster to build; the test command's smoke
 # run). Prints one line per target; a crash stops the script with the
 # input that caused it in fuzz/artifacts/TARGET/ (make it a regression test).

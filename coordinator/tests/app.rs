@@ -233,6 +233,61 @@ async fn volumes_are_made_owned_attached_with_a_new_generation_and_foreign_ones_
     assert_eq!(listed.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["pgdata"], "only this fleet's volumes");
 }
 
+fn report(generation: u64, step: DeployStep, message: &str) -> DeploymentReport {
+    DeploymentReport { generation, step, message: message.into(), output_tail: String::new(), system_path: None, volumes: vec![] }
+}
+
+/// A detach answers at once with the volume "detaching" and the generation
+/// that unmounts it; nothing is taken off the node while the machine has
+/// not applied it (a failed apply included); the driver finishes it once
+/// the machine has.
+#[tokio::test]
+async fn a_detach_returns_at_once_and_the_driver_finishes_it_when_the_machine_has_unmounted_the_volume() {
+    let app = App::new();
+    let id = app.enroll("db-1", &[("role", "db")]).await;
+    app.ok(AdminRequest::Deploy(deploy(&[("role", "db")], closure("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a")))).await;
+    app.ok(AdminRequest::Volumes(VolumeRequest::Create { name: "pgdata".into(), size_bytes: 1 << 30, replicas: Some(1), resource_group: None })).await;
+    app.ok(AdminRequest::Volumes(VolumeRequest::Attach {
+        name: "pgdata".into(),
+        machine: id.clone(),
+        mount_point: "/srv/pg".into(),
+        filesystem: Filesystem::Ext4,
+    }))
+    .await;
+    app::agent::report_deployments(&app.state, &id, &[report(2, DeployStep::Succeeded, "switched")]).await.expect("report");
+    assert!(app.fakes.pool.nodes_of("pgdata").contains(&"db-1".to_string()), "available on the machine's node: {:?}", app.fakes.pool.nodes_of("pgdata"));
+
+    // The machine has not applied anything since: the request does not wait for it.
+    let answer = tokio::time::timeout(Duration::from_secs(5), app.call(AdminRequest::Volumes(VolumeRequest::Detach { name: "pgdata".into() })))
+        .await
+        .expect("the detach answers without waiting for the machine")
+        .expect("detach started");
+    let AdminResponse::Volumes(VolumeResponse::Volume(v)) = answer else { panic!("a volume") };
+    let attached = v.attached.expect("still attached while the machine unmounts it");
+    assert_eq!(attached.detaching, Some(3), "detaching in the machine's next generation");
+    let assignment = app.state.store.assignment(&id, 3).expect("read").expect("generation 3").assignment;
+    assert!(assignment.volumes.is_empty(), "generation 3 leaves the volume out");
+
+    // Until the machine runs generation 3, the driver leaves the volume on its node.
+    app::volumes::finish_detaches(&app.state).await;
+    assert!(app.fakes.pool.nodes_of("pgdata").contains(&"db-1".to_string()), "not taken off before the machine unmounted it");
+    app::agent::report_deployments(&app.state, &id, &[report(3, DeployStep::Failed, "umount: target is busy")]).await.expect("report");
+    app::volumes::finish_detaches(&app.state).await;
+    assert!(app.fakes.pool.nodes_of("pgdata").contains(&"db-1".to_string()), "a failed unmount leaves it where it is");
+    let record = app.state.store.volume("pgdata").expect("read").expect("record");
+    assert_eq!(record.attached.and_then(|a| a.detaching), Some(3), "still detaching");
+
+    // The machine's next generation (still without the volume) succeeds: the driver finishes.
+    app.ok(AdminRequest::Deploy(deploy(&[("role", "db")], closure("/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b")))).await;
+    let generation = app.state.store.machine(&id).expect("read").expect("machine").desired_generation;
+    assert!(app.state.store.assignment(&id, generation).expect("read").expect("assignment").assignment.volumes.is_empty(), "the volume stays out");
+    app::agent::report_deployments(&app.state, &id, &[report(generation, DeployStep::Succeeded, "switched")]).await.expect("report");
+    app::volumes::finish_detaches(&app.state).await;
+    assert!(!app.fakes.pool.nodes_of("pgdata").contains(&"db-1".to_string()), "off the machine's node: {:?}", app.fakes.pool.nodes_of("pgdata"));
+    let record = app.state.store.volume("pgdata").expect("read").expect("record");
+    assert!(record.attached.is_none() && !record.fresh, "detached, and no longer fresh: {record:?}");
+}
+
 #[tokio::test]
 async fn a_provision_makes_a_vm_carrying_its_identity_whose_seed_enrolls_it_and_destroy_removes_only_it() {
     let app = App::new();

@@ -48,7 +48,7 @@ const STREAMS_PER_MACHINE: usize = 64;
 const AGENTS: usize = 8;
 /// The budget for frames in flight, set in the coordinator's configuration.
 const FRAMES_IN_FLIGHT_MIB: u64 = 64;
-/// The bound the README states: idle RSS plus the frame budget plus 128 MiB
+/// The bound docs/security.md states: idle RSS plus the frame budget plus 128 MiB
 /// for QUIC's own buffers and connection state.
 const BOUND_MIB: u64 = FRAMES_IN_FLIGHT_MIB + 128;
 

@@ -1,4 +1,5 @@
-//! The configuration examples in the README are real: every TOML block is
+//! The configuration examples in the manual (README.md and docs/) are
+//! real: every TOML block is
 //! read as the program that takes it reads it (the coordinator's sections
 //! on top of a generated `drover.toml`, the agent's file as is), once as
 //! written and once with its commented-out optional keys switched on.
@@ -56,20 +57,25 @@ fn check(dir: &Path, block: &str) -> Result<String, String> {
 
 #[test]
 fn every_configuration_example_in_the_readme_is_read_by_its_program() {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).expect("README");
-    let blocks = toml_blocks(&readme);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut pages = vec![root.join("README.md")];
+    let mut docs: Vec<_> =
+        std::fs::read_dir(root.join("docs")).expect("docs/").map(|e| e.expect("entry").path()).filter(|p| p.extension().is_some_and(|e| e == "md")).collect();
+    docs.sort();
+    pages.extend(docs);
+    let blocks: Vec<String> = pages.iter().flat_map(|p| toml_blocks(&std::fs::read_to_string(p).expect("page"))).collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut checked = Vec::new();
     for block in &blocks {
         for variant in [block.clone(), with_optional_keys(block)] {
             match check(dir.path(), &variant) {
                 Ok(kind) => checked.push(kind),
-                Err(e) => panic!("a README example does not load: {e}\n---\n{variant}"),
+                Err(e) => panic!("an example in the manual does not load: {e}\n---\n{variant}"),
             }
         }
     }
     for kind in ["coordinator", "agent"] {
-        assert!(checked.iter().any(|k| k == kind), "the README has a {kind} example: {checked:?}");
+        assert!(checked.iter().any(|k| k == kind), "the manual has a {kind} example: {checked:?}");
     }
     assert!(blocks.iter().any(|b| b.contains("[linstor]")) && blocks.iter().any(|b| b.contains("[s3]")), "S3 and LINSTOR sections are shown");
 }

@@ -203,7 +203,7 @@ async fn a_volume_is_formatted_once_kept_and_moved_with_its_data() {
     assert!(!ok && err.contains("detach it first"), "{err}");
 
     // Detach: A unmounts it, it leaves A's node; B then mounts A's file.
-    let (ok, v, err) = fleet.cli(&["volumes", "detach", "data"]).await;
+    let (ok, v, err) = fleet.cli(&["volumes", "detach", "data", "--wait"]).await;
     assert!(ok, "detach: {err}");
     assert!(v["attached"].is_null(), "{v}");
     assert!(!mounted(&mount_a), "A no longer has it mounted");
@@ -221,7 +221,7 @@ async fn a_volume_is_formatted_once_kept_and_moved_with_its_data() {
     assert_eq!(uuid(&fleet.double.device("data", "vm-b").expect("on B's node")), made, "the same filesystem, moved");
 
     // Delete: refused without the confirmation, done after detach with it.
-    let (ok, _, err) = fleet.cli(&["volumes", "detach", "data"]).await;
+    let (ok, _, err) = fleet.cli(&["volumes", "detach", "data", "--wait"]).await;
     assert!(ok, "{err}");
     let (ok, _, err) = fleet.cli(&["volumes", "delete", "data", "--yes-delete-data", "other"]).await;
     assert!(!ok && err.contains("--yes-delete-data data"), "{err}");
@@ -494,7 +494,7 @@ async fn a_volume_detached_right_after_its_deployment_is_never_formatted_again()
     assert_eq!(d.state, DeploymentState::Succeeded, "{d:?}");
     let mount_a = fleet.double.node_root("vm-a").join("srv/quick2");
     std::fs::write(mount_a.join("file"), "written on A").expect("write");
-    let (ok, v, err) = fleet.cli(&["volumes", "detach", "quick2"]).await;
+    let (ok, v, err) = fleet.cli(&["volumes", "detach", "quick2", "--wait"]).await;
     assert!(ok, "detach: {err}");
     assert!(v["attached"].is_null() && v["formatted"] == true, "recorded as formatted when the detach returns: {v}");
     let (_, v, _) = fleet.cli(&["volumes", "show", "quick2"]).await;

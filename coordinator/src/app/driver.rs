@@ -1,6 +1,8 @@
-//! The rollout driver: a task that every [`DRIVER_INTERVAL`] observes each
+//! The driver: a task that every [`DRIVER_INTERVAL`] observes each
 //! active rollout's machines (online, the outcome of the deployment the
-//! rollout recorded) and has the planner take its next step.
+//! rollout recorded) and has the planner take its next step, then
+//! finishes the volume detaches whose machines have unmounted them
+//! ([`super::volumes::finish_detaches`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -130,6 +132,7 @@ pub async fn drive(state: Arc<Coordinator>) {
     loop {
         let pass = std::time::Instant::now();
         drive_once(&state).await;
+        super::volumes::finish_detaches(&state).await;
         state.driver_passes.send_modify(|n| *n += 1);
         tokio::time::sleep(DRIVER_INTERVAL.max(pass.elapsed() * 2)).await;
     }

@@ -71,11 +71,19 @@ pub enum VolumesCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Take a volume from its machine: the agent unmounts it (a generation
-    /// without it), then it leaves the machine's node. Its data stays.
+    /// Take a volume from its machine: the machine gets a generation
+    /// without it and unmounts it; then the coordinator takes it off the
+    /// machine's node. Its data stays. Returns once the detach has started
+    /// (the volume shows "detaching"); `--wait` follows it to the end.
     Detach {
         #[arg(value_parser = parse_volume_name)]
         name: String,
+        /// Wait until the volume has left the machine's node.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long (the detach goes on).
+        #[arg(long, default_value = "10m", value_parser = drover_net::clock::parse_duration)]
+        wait_timeout: std::time::Duration,
         #[command(flatten)]
         admin: AdminArgs,
     },

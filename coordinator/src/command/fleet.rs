@@ -494,7 +494,12 @@ pub async fn apply_command(source: FleetSource, prune: bool, yes: bool, timeout:
                 "volume" => AdminRequest::Volumes(VolumeRequest::Detach { name: c.name.clone() }),
                 _ => continue,
             };
-            ask(&client, request, &format!("pruning {} {}", c.kind, c.name)).await?;
+            let answer = ask(&client, request, &format!("pruning {} {}", c.kind, c.name)).await?;
+            if let AdminResponse::Volumes(drover_protocol::v1::VolumeResponse::Volume(v)) = answer {
+                // A detach returns once started; the volume leaves its
+                // machine when the machine has unmounted it.
+                super::volumes::wait_detached(&client, v, Duration::from_secs(600), show).await?;
+            }
         }
     }
     let observed = observe(&client, &fleet).await?;

@@ -34,7 +34,7 @@ fn print_volume(v: &VolumeInfo) {
             crate::out!("machine      {} ({}) on node {}, generation {}", a.machine_id, a.hostname, a.node, a.generation);
             crate::out!("mount        {} ({})", a.mount_point, a.filesystem);
             if let Some(g) = a.detaching {
-                crate::out!("detaching    in generation {g}; run `drover volumes detach {}` again to finish", v.name);
+                crate::out!("detaching    the machine unmounts it in generation {g}; then it leaves node {} (`--wait` follows)", a.node);
             }
         }
         None => crate::out!("machine      none (detached)"),
@@ -79,6 +79,50 @@ fn show<T: serde::Serialize>(admin: &AdminArgs, value: &T, table: impl FnOnce(&T
     }
 }
 
+/// Follows a detach until the volume has left its machine's node; fails
+/// when the machine could not apply the generation that unmounts it, or
+/// when `timeout` passes (the detach goes on without the command).
+pub(super) async fn wait_detached(client: &crate::client::AdminClient, mut v: VolumeInfo, timeout: std::time::Duration, show: bool) -> Result<VolumeInfo> {
+    use drover_protocol::v1::DeploymentState;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut told = !show;
+    while let Some(a) = v.attached.clone() {
+        let Some(generation) = a.detaching else { bail!("volume {} is attached to {} again; nothing to wait for", v.name, a.machine_id) };
+        if !told {
+            eprintln!("waiting for {} to apply generation {generation}, which unmounts {}...", a.machine_id, v.name);
+            told = true;
+        }
+        let deployment = client.call(AdminRequest::DeploymentsShow { id: crate::model::deployment_id(&a.machine_id, generation) }).await;
+        if let Ok(AdminResponse::Deployment(d)) = deployment {
+            if d.state == DeploymentState::Failed {
+                let why = d.steps.last().map(|s| s.message.clone()).unwrap_or_else(|| "no reason given".into());
+                bail!(
+                    "machine {} could not apply generation {generation}, which unmounts volume {}: {why}\n\
+                     the volume stays mounted there; fix the machine and deploy to it again: its next generation leaves the volume out and finishes the detach",
+                    a.machine_id,
+                    v.name
+                );
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "machine {} has not applied generation {generation} (which unmounts volume {}) within {}; the detach goes on: \
+                 `drover volumes show {}` shows when it is done",
+                a.machine_id,
+                v.name,
+                humantime::format_duration(timeout),
+                v.name
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        v = match client.call(AdminRequest::Volumes(VolumeRequest::Show { name: v.name.clone() })).await.map_err(|e| super::refused(e, "showing the volume"))? {
+            AdminResponse::Volumes(VolumeResponse::Volume(v)) => v,
+            _ => bail!("unexpected answer from the coordinator"),
+        };
+    }
+    Ok(v)
+}
+
 async fn one(admin: &AdminArgs, request: VolumeRequest, what: &str) -> Result<()> {
     match volumes(admin, request, what).await? {
         VolumeResponse::Volume(v) => show(admin, &v, print_volume),
@@ -119,11 +163,20 @@ pub async fn run(cmd: VolumesCommand) -> Result<()> {
             let request = VolumeRequest::Attach { name: name.clone(), machine: machine.clone(), mount_point, filesystem };
             one(&admin, request, &format!("attaching volume {name} to {machine}")).await
         }
-        VolumesCommand::Detach { name, admin } => {
-            if admin.output == OutputFormat::Table {
-                eprintln!("waiting for the machine to unmount {name}...");
-            }
-            one(&admin, VolumeRequest::Detach { name: name.clone() }, &format!("detaching volume {name}")).await
+        VolumesCommand::Detach { name, wait, wait_timeout, admin } => {
+            let VolumeResponse::Volume(started) = volumes(&admin, VolumeRequest::Detach { name: name.clone() }, &format!("detaching volume {name}")).await?
+            else {
+                bail!("unexpected answer from the coordinator")
+            };
+            let v = if wait {
+                let client = super::connect(&admin).await?;
+                let v = wait_detached(&client, started, wait_timeout, admin.output == OutputFormat::Table).await;
+                client.close().await;
+                v?
+            } else {
+                started
+            };
+            show(&admin, &v, print_volume)
         }
         VolumesCommand::Snapshot { name, snapshot, admin } => {
             let VolumeResponse::Snapshots(list) =

@@ -80,6 +80,11 @@ impl FakePool {
         self.lock().volumes.contains_key(name)
     }
 
+    /// The nodes a volume is available on (replicas and diskless clients).
+    pub fn nodes_of(&self, name: &str) -> Vec<String> {
+        self.lock().volumes.get(name).map(|v| v.nodes.keys().cloned().collect()).unwrap_or_default()
+    }
+
     /// The next `n` placements fail.
     pub fn fail_next_placements(&self, n: u32) {
         self.lock().fail_placements = n;

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use drover_protocol::v1::{DeploymentState, Filesystem, VolumeClaim, VolumeMount, VolumeState};
+use drover_protocol::v1::{Filesystem, VolumeClaim, VolumeMount, VolumeState};
 use drover_protocol::{ErrorCode, WireError};
 
 use crate::model::{MachineRecord, VolumeAttachmentRecord, VolumeRecord};
@@ -283,76 +283,105 @@ pub(super) async fn attach(state: &Coordinator, name: &str, machine_id: &str, mo
     Ok(())
 }
 
-/// Waits until the machine has applied `generation` (which no longer
-/// mounts the volume) and reported the volume's final state with that
-/// outcome, or says why not.
-async fn wait_applied(state: &Coordinator, machine_id: &str, generation: u64, timeout: Duration) -> Result<(), WireError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let machine = state.store.machine(machine_id)?.ok_or_else(|| not_found(format!("machine {machine_id} not found")))?;
-        if machine.current_generation.is_some_and(|g| g >= generation) {
-            return Ok(());
-        }
-        if let Some(d) = state.store.deployment(machine_id, generation)? {
-            if d.state == DeploymentState::Failed {
-                return Err(conflict(format!(
-                    "machine {machine_id} could not apply generation {generation}, which unmounts the volume: {}",
-                    d.steps.last().map(|s| s.message.as_str()).unwrap_or("no reason given")
-                )));
-            }
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(WireError::new(
-                ErrorCode::Unavailable,
-                format!(
-                    "machine {machine_id} has not applied generation {generation} (which unmounts the volume) yet; \
-                     the detach completes when it has: run the same command again"
-                ),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// What the driver does next for a volume being detached: the holder has
+/// a generation without it (`detaching`); once the machine runs that
+/// generation (or a newer one) the volume has been unmounted and may leave
+/// its node. Pure: the record and the machine as read now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DetachStep {
+    /// Not being detached.
+    Nothing,
+    /// The machine has not applied the generation yet (or could not:
+    /// then it still runs the old one, and its next generation, which
+    /// no longer holds the volume, finishes the detach).
+    Wait { generation: u64 },
+    /// Take it off `node` and record it detached.
+    Finish { generation: u64, node: String },
+}
+
+pub fn detach_step(volume: &VolumeRecord, machine: Option<&MachineRecord>) -> DetachStep {
+    let Some(a) = volume.attached.as_ref() else { return DetachStep::Nothing };
+    let Some(generation) = a.detaching else { return DetachStep::Nothing };
+    match machine {
+        // A machine removed from the registry holds nothing any more.
+        None => DetachStep::Finish { generation, node: a.node.clone() },
+        Some(m) if m.current_generation.is_some_and(|g| g >= generation) => DetachStep::Finish { generation, node: a.node.clone() },
+        Some(_) => DetachStep::Wait { generation },
     }
 }
 
-/// How long a detach waits for the machine to unmount the volume.
-const DETACH_WAIT: Duration = Duration::from_secs(120);
-
-/// The holder unmounts the volume (a generation without it), reports its
-/// final state with that outcome, and the volume leaves its node. The
-/// volume is no longer fresh afterwards: a machine held it.
+/// Starts a detach: the holder gets a generation without the volume, and
+/// the record says `detaching` with that generation. Returns at once; the
+/// driver ([`finish_detaches`]) takes the volume off the node once the
+/// machine has applied it (`drover volumes detach --wait` follows that).
+/// The volume is no longer fresh afterwards: a machine held it.
 pub(super) async fn detach(state: &Coordinator, block: &dyn BlockStorage, name: &str) -> Result<Option<VolumeRecord>, WireError> {
     let record = super::known(state, block, name).await?;
     let Some(attached) = record.attached.clone() else {
         return Ok(Some(record));
     };
-    let generation = match attached.detaching {
-        Some(g) => g,
-        None => {
-            let g = regenerate(state, &attached.machine_id, super::NO_DEPLOYMENT, |tx, machine| {
-                machine.volumes.retain(|v| v.name != name);
-                let mut r: VolumeRecord = tx.require(name.as_bytes())?;
-                if let Some(a) = r.attached.as_mut() {
-                    a.detaching = Some(machine.desired_generation + 1);
-                }
-                tx.put(name.as_bytes(), &r)?;
-                Ok(())
-            })
-            .await?;
-            tracing::info!(volume = name, machine = %attached.machine_id, generation = g, "volume detaching");
-            g
-        }
-    };
-    wait_applied(state, &attached.machine_id, generation, DETACH_WAIT).await?;
-    block.remove_from_node(name, &attached.node).await.map_err(wire)?;
-    let record = state
-        .store
-        .update::<VolumeRecord, WireError>(name.as_bytes(), |r| {
-            r.attached = None;
-            r.state = None;
-            r.fresh = false;
+    if attached.detaching.is_none() {
+        let g = regenerate(state, &attached.machine_id, super::NO_DEPLOYMENT, |tx, machine| {
+            machine.volumes.retain(|v| v.name != name);
+            let mut r: VolumeRecord = tx.require(name.as_bytes())?;
+            if let Some(a) = r.attached.as_mut() {
+                a.detaching = Some(machine.desired_generation + 1);
+            }
+            tx.put(name.as_bytes(), &r)?;
             Ok(())
         })
         .await?;
-    tracing::info!(volume = name, machine = %attached.machine_id, formatted = record.formatted, "volume detached");
-    Ok(Some(record))
+        tracing::info!(volume = name, machine = %attached.machine_id, generation = g, "volume detaching");
+    }
+    finish_detach(state, block, name).await?;
+    Ok(state.store.volume(name)?)
+}
+
+/// Carries out [`detach_step`] for one volume; returns whether it finished.
+async fn finish_detach(state: &Coordinator, block: &dyn BlockStorage, name: &str) -> Result<bool, WireError> {
+    let Some(record) = state.store.volume(name)? else { return Ok(false) };
+    let machine = match record.attached.as_ref() {
+        Some(a) => state.store.machine(&a.machine_id)?,
+        None => return Ok(false),
+    };
+    let DetachStep::Finish { generation, node } = detach_step(&record, machine.as_ref()) else { return Ok(false) };
+    block.remove_from_node(name, &node).await.map_err(wire)?;
+    let finished = std::sync::atomic::AtomicBool::new(false);
+    let record = state
+        .store
+        .update::<VolumeRecord, WireError>(name.as_bytes(), |r| {
+            // Only the detach this step saw: an attach since is left alone.
+            if r.attached.as_ref().is_some_and(|a| a.detaching == Some(generation)) {
+                r.attached = None;
+                r.state = None;
+                r.fresh = false;
+                finished.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(())
+        })
+        .await?;
+    let finished = finished.into_inner();
+    if finished {
+        tracing::info!(volume = name, formatted = record.formatted, "volume detached");
+    }
+    Ok(finished)
+}
+
+/// One pass of the detach driver over the volumes being detached; run by
+/// the coordinator's driver task, so a detach started before a restart is
+/// finished after it.
+pub async fn finish_detaches(state: &Coordinator) {
+    let Ok(block) = block_storage(state) else { return };
+    let detaching: Vec<String> = match state.store.volumes() {
+        Ok(list) => list.into_iter().filter(|v| v.attached.as_ref().is_some_and(|a| a.detaching.is_some())).map(|v| v.name).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read volumes to finish their detaches");
+            return;
+        }
+    };
+    for name in detaching {
+        if let Err(e) = finish_detach(state, block.as_ref(), &name).await {
+            tracing::warn!(volume = %name, error = %e.message, "a detach could not be finished yet; trying again");
+        }
+    }
 }

@@ -30,7 +30,7 @@ use super::{now_ms, Coordinator};
 /// needs a generation repeating its newest one.
 const NO_DEPLOYMENT: &str = "deploy a system to it with `--volume` instead";
 
-pub use attach::{drop_refused, prepare, record_attachments, record_states, release_dropped};
+pub use attach::{detach_step, drop_refused, finish_detaches, prepare, record_attachments, record_states, release_dropped, DetachStep};
 pub use snapshots::{restore, restore_in_revert, rollout_snapshot, snapshot_before_switch};
 
 /// The label that names a machine's LINSTOR node (else its hostname).
