@@ -525,3 +525,54 @@ async fn an_unfinished_apply_is_not_recorded_and_the_next_plan_shows_it() {
     let (ok, drift, err) = common::drover_json(&fleet, &["fleet", "drift"]);
     assert!(!ok && err.contains("drifted") && drift.as_array().is_some_and(|d| !d.is_empty()), "{drift} {err}");
 }
+
+/// The domains of the coordinator's tenants.
+async fn tenant_domains(fleet: &TestCoordinator) -> Vec<String> {
+    let AdminResponse::Tenants(list) = fleet.call(AdminRequest::TenantsList).await else { panic!("tenants") };
+    list.into_iter().map(|t| t.domain).collect()
+}
+
+/// `drover apply --plan` carries out exactly the plan `drover plan --out`
+/// saved, and refuses — changing nothing — a plan that the fleet or the
+/// file changed since it was made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_carries_out_a_saved_plan_and_refuses_one_made_stale() {
+    let fleet = TestCoordinator::start().await;
+    let dir = fleet.dir.path();
+    let file = dir.join("fleet.toml");
+    std::fs::write(&file, "[tenants.\"a.example\"]\nadmin_email = \"ops@a.example\"\n").expect("write");
+    let (file_arg, plan) = (file.to_string_lossy().to_string(), dir.join("plan.json"));
+    let plan_arg = plan.to_string_lossy().to_string();
+
+    let (ok, changes, err) = run(&fleet, &["plan", &file_arg, "--out", &plan_arg]);
+    assert!(ok, "plan: {err}");
+    assert_eq!(summary(&changes), [("tenant".to_string(), "a.example".to_string(), "create".to_string())]);
+    // Someone changes the fleet between the plan and its apply.
+    let (ok, _, err) = run(&fleet, &["tenants", "create", "b.example", "--admin-email", "ops@b.example"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&fleet, &["apply", &file_arg, "--plan", &plan_arg]);
+    assert!(!ok && err.contains("the fleet changed since it was made") && err.contains("drover plan"), "a stale plan is refused with the way on: {err}");
+    assert!(!tenant_domains(&fleet).await.contains(&"a.example".to_string()), "nothing of the stale plan was carried out");
+
+    // Made again, it is carried out.
+    let (ok, _, err) = run(&fleet, &["plan", &file_arg, "--out", &plan_arg]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&fleet, &["apply", &file_arg, "--plan", &plan_arg]);
+    assert!(ok, "apply --plan: {err}");
+    assert!(tenant_domains(&fleet).await.contains(&"a.example".to_string()), "the planned tenant was created");
+    // Applied, the plan no longer matches the fleet: it cannot be carried out twice.
+    let (ok, _, err) = run(&fleet, &["apply", &file_arg, "--plan", &plan_arg]);
+    assert!(!ok && err.contains("changed since it was made"), "{err}");
+
+    // A file edited after its plan was made is refused too.
+    let (ok, _, err) = run(&fleet, &["plan", &file_arg, "--out", &plan_arg]);
+    assert!(ok, "{err}");
+    std::fs::write(&file, "[tenants.\"a.example\"]\nadmin_email = \"ops@a.example\"\n\n[tenants.\"c.example\"]\nadmin_email = \"ops@c.example\"\n")
+        .expect("write");
+    let (ok, _, err) = run(&fleet, &["apply", &file_arg, "--plan", &plan_arg]);
+    assert!(!ok && err.contains("the fleet file changed since it was made"), "{err}");
+    assert!(!tenant_domains(&fleet).await.contains(&"c.example".to_string()), "nothing applied");
+    std::fs::write(&plan, "{ not a plan").expect("write");
+    let (ok, _, err) = run(&fleet, &["apply", &file_arg, "--plan", &plan_arg]);
+    assert!(!ok && err.contains("is not a plan saved by `drover plan --out`"), "{err}");
+}

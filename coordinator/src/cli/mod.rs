@@ -282,6 +282,11 @@ pub struct PlanArgs {
     /// longer names.
     #[arg(long)]
     pub prune: bool,
+    /// Save the plan (JSON) for `drover apply --plan FILE`, which carries
+    /// out exactly these changes or refuses when the file or the fleet
+    /// changed since.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
     #[command(flatten)]
     pub admin: AdminArgs,
 }
@@ -297,6 +302,11 @@ pub struct ApplyArgs {
     /// Apply without asking.
     #[arg(long)]
     pub yes: bool,
+    /// Carry out a plan saved by `drover plan --out FILE` (no question
+    /// asked); refused when the fleet file or the fleet changed since it
+    /// was made.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
     /// Give up after this long.
     #[arg(long, default_value = "30m", value_parser = drover_net::clock::parse_duration)]
     pub timeout: std::time::Duration,

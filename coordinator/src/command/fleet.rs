@@ -19,7 +19,7 @@ use drover_protocol::v1::{
 
 use crate::cli::{AdminArgs, FleetSource};
 use crate::client::AdminClient;
-use crate::fleet::plan::{self, Action, Change, Observed, SERVICE_LABEL};
+use crate::fleet::plan::{self, Action, Change, Kind, Observed, Plan, PLAN_FORMAT, SERVICE_LABEL};
 use crate::fleet::{self, FleetFile, Source};
 use crate::output::OutputFormat;
 use drover_net::client::ClientError;
@@ -324,7 +324,7 @@ fn print_plan(changes: &[Change]) {
             Action::Update => "~",
             Action::Delete => "-",
         };
-        crate::out!("{sign} {} {}", c.kind, c.name);
+        crate::out!("{sign} {} {}", c.kind.as_str(), c.name);
         for d in &c.details {
             crate::out!("    {d}");
         }
@@ -333,18 +333,40 @@ fn print_plan(changes: &[Change]) {
     crate::out!("{} to create, {} to update, {} to delete", count(Action::Create), count(Action::Update), count(Action::Delete));
 }
 
-pub async fn plan_command(source: FleetSource, prune: bool, admin: AdminArgs) -> Result<()> {
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub async fn plan_command(source: FleetSource, prune: bool, out: Option<PathBuf>, admin: AdminArgs) -> Result<()> {
     let (fleet, source, base) = load(&source)?;
     let client = connect(&admin).await?;
     let observed = observe(&client, &fleet).await?;
     refuse(&problems(&client, &fleet, &source, &base, &observed).await?, "an apply would change")?;
     let changes = make_plan(&client, &fleet, &observed, &base, prune).await?;
     client.close().await;
+    if let Some(path) = &out {
+        let saved =
+            Plan { format: PLAN_FORMAT, file_sha256: sha256_hex(&source.text), fleet_state: plan::fleet_state(&observed), prune, changes: changes.clone() };
+        let text = serde_json::to_string_pretty(&saved)? + "\n";
+        drover_net::fsutil::write_atomic(path, text.as_bytes(), 0o644).with_context(|| format!("cannot write the plan to {}", path.display()))?;
+    }
     match admin.output {
         OutputFormat::Json => print_json(&changes)?,
-        OutputFormat::Table => print_plan(&changes),
+        OutputFormat::Table => {
+            print_plan(&changes);
+            if let Some(path) = &out {
+                crate::out!("plan saved to {}: `drover apply FILE --plan {}` carries out exactly this", path.display(), path.display());
+            }
+        }
     }
     Ok(())
+}
+
+/// Reads a plan `drover plan --out` saved.
+fn read_plan(path: &Path) -> Result<Plan> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the plan {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a plan saved by `drover plan --out` (or it was damaged); make it again", path.display()))
 }
 
 fn progress(show: bool, line: String) {
@@ -353,20 +375,32 @@ fn progress(show: bool, line: String) {
     }
 }
 
-pub async fn apply_command(source: FleetSource, prune: bool, yes: bool, timeout: Duration, admin: AdminArgs) -> Result<()> {
+pub async fn apply_command(source: FleetSource, prune: bool, yes: bool, plan_file: Option<PathBuf>, timeout: Duration, admin: AdminArgs) -> Result<()> {
     let (fleet, source, base) = load(&source)?;
     let show = admin.output == OutputFormat::Table;
     let client = connect(&admin).await?;
     let observed = observe(&client, &fleet).await?;
     refuse(&problems(&client, &fleet, &source, &base, &observed).await?, "applied")?;
     let changes = make_plan(&client, &fleet, &observed, &base, prune).await?;
+    let state = plan::fleet_state(&observed);
+    if let Some(path) = &plan_file {
+        let saved = read_plan(path)?;
+        if let Some(why) = plan::stale(&saved, &sha256_hex(&source.text), prune, &state, &changes) {
+            bail!(
+                "the plan {} cannot be applied: {why}; nothing was changed. Make it again and check it: drover plan {} --out {}",
+                path.display(),
+                source.name,
+                path.display()
+            );
+        }
+    }
     if show {
         print_plan(&changes);
     }
     if changes.is_empty() {
         return save(&client, &fleet, &observed).await;
     }
-    if !yes {
+    if plan_file.is_none() && !yes {
         use std::io::IsTerminal;
         if !std::io::stdin().is_terminal() {
             bail!("apply changes the fleet: confirm with --yes (standard input is not a terminal to ask)");
@@ -377,40 +411,74 @@ pub async fn apply_command(source: FleetSource, prune: bool, yes: bool, timeout:
         if !matches!(answer.trim(), "y" | "yes") {
             bail!("nothing applied");
         }
+        // What was shown is what is carried out: not a fleet changed while
+        // the question waited.
+        let now = observe(&client, &fleet).await?;
+        if plan::fleet_state(&now) != state || make_plan(&client, &fleet, &now, &base, prune).await? != changes {
+            bail!("the fleet changed while the plan waited for an answer; nothing was changed: run drover apply again to see the new plan");
+        }
     }
+    execute(&client, &admin, &fleet, &base, &observed, &changes, timeout, show).await?;
+    let observed = observe(&client, &fleet).await?;
+    save(&client, &fleet, &observed).await?;
+    if show {
+        crate::out!("applied: the fleet is as the file says");
+    }
+    Ok(())
+}
+
+/// Carries out exactly `changes` (a plan made against `observed`), in
+/// dependency order: tenants, provisions (then every machine online),
+/// labels, buckets, volumes, services in `after` order, and deletions.
+#[allow(clippy::too_many_arguments)]
+async fn execute(
+    client: &AdminClient,
+    admin: &AdminArgs,
+    fleet: &FleetFile,
+    base: &Path,
+    observed: &Observed,
+    changes: &[Change],
+    timeout: Duration,
+    show: bool,
+) -> Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
+    let named =
+        |kind: Kind, action: Action| -> BTreeSet<String> { changes.iter().filter(|c| c.kind == kind && c.action == action).map(|c| c.name.clone()).collect() };
     // Tenants.
-    for (domain, t) in fleet.tenants.iter().filter(|(d, _)| !observed.tenants.contains(*d)) {
+    for domain in named(Kind::Tenant, Action::Create) {
+        let t = fleet.tenants.get(&domain).with_context(|| format!("the plan creates tenant {domain}, which the file does not declare"))?;
         progress(show, format!("tenant {domain}"));
         let spec = TenantSpec { domain: domain.clone(), admin_email: t.admin_email.clone(), admin_user: t.admin_user.clone(), managers: vec![] };
-        ask(&client, AdminRequest::TenantsCreate(spec), &format!("creating tenant {domain}")).await?;
+        ask(client, AdminRequest::TenantsCreate(spec), &format!("creating tenant {domain}")).await?;
     }
-    // Machines: provision what is missing (all at once), then wait.
-    for request in provision_requests(&fleet, &observed)? {
+    // Machines: provision those the plan creates (all at once), then wait.
+    let provisions = named(Kind::Machine, Action::Create);
+    for request in provision_requests(fleet, observed)?.into_iter().filter(|r| provisions.contains(&r.name)) {
         progress(show, format!("machine {}: provisioning on {}", request.name, request.provider));
         let name = request.name.clone();
-        ask(&client, AdminRequest::MachinesProvision(request), &format!("provisioning {name}")).await?;
+        ask(client, AdminRequest::MachinesProvision(request), &format!("provisioning {name}")).await?;
     }
-    let mut observed = wait_machines(&client, &fleet, deadline, show).await?;
-    // Labels of every machine (adopted ones, and provisioned ones whose
-    // labels changed in the file).
-    for name in fleet.machines.keys() {
-        let Some(m) = observed.machine(&fleet, name) else { continue };
-        let want = plan::labels_of(&fleet, name);
+    let observed = wait_machines(client, fleet, deadline, show).await?;
+    // Labels of the machines the plan updates.
+    for name in named(Kind::Machine, Action::Update) {
+        let Some(m) = observed.machine(fleet, &name) else { continue };
+        let want = plan::labels_of(fleet, &name);
         if want.iter().any(|(k, v)| m.labels.get(k) != Some(v)) {
             progress(show, format!("machine {name}: labels"));
             let request = AdminRequest::MachinesLabel { id: m.id.clone(), set: want, remove: vec![] };
-            ask(&client, request, &format!("labelling {name}")).await?;
+            ask(client, request, &format!("labelling {name}")).await?;
         }
     }
     // Buckets (quota and access), volumes.
-    for (name, b) in fleet.buckets.iter().filter(|(n, _)| !observed.buckets.contains(*n)) {
+    for name in named(Kind::Bucket, Action::Create) {
+        let b = fleet.buckets.get(&name).with_context(|| format!("the plan creates bucket {name}, which the file does not declare"))?;
         progress(show, format!("bucket {name}"));
         let max_size = b.quota.as_deref().map(fleet::size_bytes).transpose().map_err(anyhow::Error::msg)?;
         let request = AdminRequest::S3(S3Request::BucketCreate { name: name.clone(), public: b.public, max_size, max_objects: None });
-        ask(&client, request, &format!("creating bucket {name}")).await?;
+        ask(client, request, &format!("creating bucket {name}")).await?;
     }
-    for (name, v) in fleet.volumes.iter().filter(|(n, v)| fleet.machines[&v.machine].adopt.is_some() && !observed.volumes.contains(*n)) {
+    for name in named(Kind::Volume, Action::Create) {
+        let v = fleet.volumes.get(&name).with_context(|| format!("the plan creates volume {name}, which the file does not declare"))?;
         progress(show, format!("volume {name}"));
         let request = AdminRequest::Volumes(VolumeRequest::Create {
             name: name.clone(),
@@ -418,27 +486,24 @@ pub async fn apply_command(source: FleetSource, prune: bool, yes: bool, timeout:
             replicas: v.replicas,
             resource_group: None,
         });
-        ask(&client, request, &format!("creating volume {name}")).await?;
+        ask(client, request, &format!("creating volume {name}")).await?;
     }
-    observed = observe(&client, &fleet).await?;
+    let observed = observe(client, fleet).await?;
+    let services: BTreeSet<String> = changes.iter().filter(|c| c.kind == Kind::Service).map(|c| c.name.clone()).collect();
     // Services, each after those it names are healthy.
-    for name in fleet::service_order(&fleet).map_err(|c| anyhow::anyhow!("a cycle: {}", c.join(" -> ")))? {
-        let facts =
-            plan::facts_of(&fleet, &observed, &name).map_err(|open| anyhow::anyhow!("service {name}: facts cannot be resolved: {}", open.join(", ")))?;
-        let spec = service_spec(&fleet, &name, facts, &base)?;
-        let AdminResponse::DeployPlan(targets) = ask(&client, AdminRequest::DeployDryRun(spec.clone()), &format!("planning service {name}")).await? else {
+    for name in fleet::service_order(fleet).map_err(|c| anyhow::anyhow!("a cycle: {}", c.join(" -> ")))?.into_iter().filter(|n| services.contains(n)) {
+        let facts = plan::facts_of(fleet, &observed, &name).map_err(|open| anyhow::anyhow!("service {name}: facts cannot be resolved: {}", open.join(", ")))?;
+        let spec = service_spec(fleet, &name, facts, base)?;
+        let AdminResponse::DeployPlan(targets) = ask(client, AdminRequest::DeployDryRun(spec.clone()), &format!("planning service {name}")).await? else {
             bail!("unexpected answer")
         };
-        if plan::service(&name, targets.len(), Some(&targets), &[]).is_none() && plan::unfinished(&name, &progress_of(&client, &targets).await?).is_none() {
-            continue;
-        }
         progress(show, format!("service {name}: deploying to {} machine(s)", targets.len()));
         match &fleet.services[&name].strategy {
             None => {
-                let AdminResponse::Deployed(deployed) = ask(&client, AdminRequest::Deploy(spec), &format!("deploying service {name}")).await? else {
+                let AdminResponse::Deployed(deployed) = ask(client, AdminRequest::Deploy(spec), &format!("deploying service {name}")).await? else {
                     bail!("unexpected answer")
                 };
-                let wait_client = connect(&admin).await?;
+                let wait_client = connect(admin).await?;
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 super::deploy::follow(wait_client, deployed, Some(left), if show { OutputFormat::Table } else { OutputFormat::Json })
                     .await
@@ -460,11 +525,11 @@ pub async fn apply_command(source: FleetSource, prune: bool, yes: bool, timeout:
                     },
                     snapshot_volumes: false,
                 };
-                let AdminResponse::Rollout(r) = ask(&client, AdminRequest::RolloutStart(rollout), &format!("rolling out service {name}")).await? else {
+                let AdminResponse::Rollout(r) = ask(client, AdminRequest::RolloutStart(rollout), &format!("rolling out service {name}")).await? else {
                     bail!("unexpected answer")
                 };
                 loop {
-                    let AdminResponse::Rollout(now) = ask(&client, AdminRequest::RolloutStatus { id: r.id.clone() }, "following the rollout").await? else {
+                    let AdminResponse::Rollout(now) = ask(client, AdminRequest::RolloutStatus { id: r.id.clone() }, "following the rollout").await? else {
                         bail!("unexpected answer")
                     };
                     match now.phase {
@@ -484,28 +549,22 @@ pub async fn apply_command(source: FleetSource, prune: bool, yes: bool, timeout:
             }
         }
     }
-    // Deletions, only with --prune.
-    if prune {
-        for c in changes.iter().filter(|c| c.action == Action::Delete || (c.kind == "volume" && c.action == Action::Update)) {
-            progress(show, format!("{} {}: {:?}", c.kind, c.name, c.action).to_lowercase());
-            let request = match c.kind {
-                "bucket" => AdminRequest::S3(S3Request::BucketDelete { name: c.name.clone() }),
-                "machine" => AdminRequest::MachinesDestroy { name: c.name.clone(), keep_volumes: false },
-                "volume" => AdminRequest::Volumes(VolumeRequest::Detach { name: c.name.clone() }),
-                _ => continue,
-            };
-            let answer = ask(&client, request, &format!("pruning {} {}", c.kind, c.name)).await?;
-            if let AdminResponse::Volumes(drover_protocol::v1::VolumeResponse::Volume(v)) = answer {
-                // A detach returns once started; the volume leaves its
-                // machine when the machine has unmounted it.
-                super::volumes::wait_detached(&client, v, Duration::from_secs(600), show).await?;
-            }
+    // Deletions (a plan has them only with --prune): a volume the file no
+    // longer names is detached, never deleted.
+    for c in changes {
+        let request = match (c.kind, c.action) {
+            (Kind::Bucket, Action::Delete) => AdminRequest::S3(S3Request::BucketDelete { name: c.name.clone() }),
+            (Kind::Machine, Action::Delete) => AdminRequest::MachinesDestroy { name: c.name.clone(), keep_volumes: false },
+            (Kind::Volume, Action::Update) => AdminRequest::Volumes(VolumeRequest::Detach { name: c.name.clone() }),
+            _ => continue,
+        };
+        progress(show, format!("{} {}: {}", c.kind.as_str(), c.name, if c.action == Action::Delete { "delete" } else { "detach" }));
+        let answer = ask(client, request, &format!("pruning {} {}", c.kind.as_str(), c.name)).await?;
+        if let AdminResponse::Volumes(drover_protocol::v1::VolumeResponse::Volume(v)) = answer {
+            // A detach returns once started; the volume leaves its
+            // machine when the machine has unmounted it.
+            super::volumes::wait_detached(client, v, deadline.saturating_duration_since(tokio::time::Instant::now()), show).await?;
         }
-    }
-    let observed = observe(&client, &fleet).await?;
-    save(&client, &fleet, &observed).await?;
-    if show {
-        crate::out!("applied: the fleet is as the file says");
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use drover_protocol::v1::{Labels, MachineInfo, MachineStatus, PlannedTarget, ProvisionInfo, ProvisionState};
 
@@ -15,8 +15,31 @@ use super::{FleetFile, Reference};
 /// The label that says which service of the fleet a machine runs.
 pub const SERVICE_LABEL: &str = "fleet.service";
 
+/// The kind of resource a change is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Tenant,
+    Machine,
+    Bucket,
+    Volume,
+    Service,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Tenant => "tenant",
+            Kind::Machine => "machine",
+            Kind::Bucket => "bucket",
+            Kind::Volume => "volume",
+            Kind::Service => "service",
+        }
+    }
+}
+
 /// What the plan does to a resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Create,
@@ -26,12 +49,79 @@ pub enum Action {
 
 /// One change: a resource, what happens to it, and why (the fields that
 /// change).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
-    pub kind: &'static str,
+    pub kind: Kind,
     pub name: String,
     pub action: Action,
     pub details: Vec<String>,
+}
+
+/// The format of a saved plan ([`Plan`]).
+pub const PLAN_FORMAT: u32 = 1;
+
+/// A plan as `drover plan --out FILE` saves it and `drover apply --plan
+/// FILE` carries it out: the changes, the digest of the fleet file they
+/// were made from, and the digest of the fleet's state they were made
+/// against ([`fleet_state`]); an apply refuses a plan either no longer
+/// matches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub format: u32,
+    /// SHA-256 of the fleet file's text (or of the flake output's JSON).
+    pub file_sha256: String,
+    pub fleet_state: String,
+    pub prune: bool,
+    pub changes: Vec<Change>,
+}
+
+/// A digest of what a plan depends on in the fleet as observed: tenants,
+/// live provisions (name, state, machine), machines (id, hostname,
+/// labels), buckets, volumes and the last applied fleet. Liveness and
+/// health are left out: a machine going offline and back does not make a
+/// plan stale.
+pub fn fleet_state(observed: &Observed) -> String {
+    use sha2::{Digest, Sha256};
+    let provisions: Vec<(&str, String, Option<&str>)> =
+        observed.provisions.values().map(|p| (p.name.as_str(), format!("{:?}", p.state), p.machine_id.as_deref())).collect();
+    let mut machines: Vec<(&str, &str, &Labels)> = observed.machines.iter().map(|m| (m.id.as_str(), m.hostname.as_str(), &m.labels)).collect();
+    machines.sort();
+    let state = serde_json::json!({
+        "tenants": observed.tenants,
+        "provisions": provisions,
+        "machines": machines,
+        "buckets": observed.buckets,
+        "volumes": observed.volumes,
+        "applied": observed.applied,
+    });
+    let mut hex = String::with_capacity(64);
+    for b in Sha256::digest(state.to_string().as_bytes()) {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    hex
+}
+
+/// Why a saved plan cannot be applied to the fleet as it is now, if it
+/// cannot: `file_sha256` and `state` are the digests now, `changes` the
+/// plan made now.
+pub fn stale(saved: &Plan, file_sha256: &str, prune: bool, state: &str, changes: &[Change]) -> Option<String> {
+    if saved.format != PLAN_FORMAT {
+        return Some(format!("it is in plan format {}, and this drover reads format {PLAN_FORMAT}", saved.format));
+    }
+    if saved.file_sha256 != file_sha256 {
+        return Some("the fleet file changed since it was made".into());
+    }
+    if saved.prune != prune {
+        return Some(format!("it was made {} --prune", if saved.prune { "with" } else { "without" }));
+    }
+    if saved.fleet_state != state || saved.changes != changes {
+        let was: BTreeSet<(Kind, &str)> = saved.changes.iter().map(|c| (c.kind, c.name.as_str())).collect();
+        let now: BTreeSet<(Kind, &str)> = changes.iter().map(|c| (c.kind, c.name.as_str())).collect();
+        let differ: Vec<String> = was.symmetric_difference(&now).map(|(k, n)| format!("{} {n}", k.as_str())).collect();
+        let detail = if differ.is_empty() { String::new() } else { format!(" (the plan now differs in: {})", differ.join(", ")) };
+        return Some(format!("the fleet changed since it was made{detail}"));
+    }
+    None
 }
 
 /// The fleet as the coordinator knows it.
@@ -118,7 +208,7 @@ pub fn infrastructure(fleet: &FleetFile, observed: &Observed, prune: bool) -> Ve
     let change = |kind, name: &str, action, details: Vec<String>| Change { kind, name: name.to_string(), action, details };
     for (domain, t) in &fleet.tenants {
         if !observed.tenants.contains(domain) {
-            out.push(change("tenant", domain, Action::Create, vec![format!("admin {} <{}>", t.admin_user, t.admin_email)]));
+            out.push(change(Kind::Tenant, domain, Action::Create, vec![format!("admin {} <{}>", t.admin_user, t.admin_email)]));
         }
     }
     for (name, decl) in &fleet.machines {
@@ -127,11 +217,11 @@ pub fn infrastructure(fleet: &FleetFile, observed: &Observed, prune: bool) -> Ve
             (Some(provider), None) if !observed.provisions.contains_key(name) => {
                 let mut details = vec![format!("provision on {provider}")];
                 details.extend(fleet.volumes.iter().filter(|(_, v)| &v.machine == name).map(|(v, d)| format!("data disk {v} ({}) at {}", d.size, d.mount)));
-                out.push(change("machine", name, Action::Create, details));
+                out.push(change(Kind::Machine, name, Action::Create, details));
             }
-            (Some(_), None) => out.push(change("machine", name, Action::Update, vec!["wait until its VM is online".into()])),
+            (Some(_), None) => out.push(change(Kind::Machine, name, Action::Update, vec!["wait until its VM is online".into()])),
             (None, None) => out.push(change(
-                "machine",
+                Kind::Machine,
                 name,
                 Action::Update,
                 vec![format!("adopt {}: no enrolled machine has this hostname yet", decl.adopt.as_deref().unwrap_or_default())],
@@ -143,7 +233,7 @@ pub fn infrastructure(fleet: &FleetFile, observed: &Observed, prune: bool) -> Ve
                     .map(|(k, v)| format!("label {k}: {} -> {v}", m.labels.get(k).map(String::as_str).unwrap_or("(none)")))
                     .collect();
                 if !differ.is_empty() {
-                    out.push(change("machine", name, Action::Update, differ));
+                    out.push(change(Kind::Machine, name, Action::Update, differ));
                 }
             }
         }
@@ -152,28 +242,28 @@ pub fn infrastructure(fleet: &FleetFile, observed: &Observed, prune: bool) -> Ve
         if !observed.buckets.contains(name) {
             let mut details = vec![if b.public { "public".to_string() } else { "private".to_string() }];
             details.extend(b.quota.iter().map(|q| format!("quota {q}")));
-            out.push(change("bucket", name, Action::Create, details));
+            out.push(change(Kind::Bucket, name, Action::Create, details));
         }
     }
     for (name, v) in &fleet.volumes {
         let adopted = fleet.machines.get(&v.machine).is_some_and(|m| m.adopt.is_some());
         if adopted && !observed.volumes.contains(name) {
-            out.push(change("volume", name, Action::Create, vec![format!("{} on {} at {} ({})", v.size, v.machine, v.mount, v.filesystem)]));
+            out.push(change(Kind::Volume, name, Action::Create, vec![format!("{} on {} at {} ({})", v.size, v.machine, v.mount, v.filesystem)]));
         }
     }
     if prune {
         if let Some(applied) = &observed.applied {
             for name in applied.machines.keys().filter(|n| !fleet.machines.contains_key(*n)) {
                 if applied.machines[name].provider.is_some() && observed.provisions.contains_key(name) {
-                    out.push(change("machine", name, Action::Delete, vec!["destroy its VM (its data disks too)".into()]));
+                    out.push(change(Kind::Machine, name, Action::Delete, vec!["destroy its VM (its data disks too)".into()]));
                 }
             }
             for name in applied.buckets.keys().filter(|n| !fleet.buckets.contains_key(*n) && observed.buckets.contains(*n)) {
-                out.push(change("bucket", name, Action::Delete, vec!["only an empty bucket can be deleted".into()]));
+                out.push(change(Kind::Bucket, name, Action::Delete, vec!["only an empty bucket can be deleted".into()]));
             }
             for name in applied.volumes.keys().filter(|n| !fleet.volumes.contains_key(*n) && observed.volumes.contains(*n)) {
                 out.push(change(
-                    "volume",
+                    Kind::Volume,
                     name,
                     Action::Update,
                     vec!["detached from its machine; its data is kept (drover volumes delete --yes-delete-data deletes it)".into()],
@@ -190,13 +280,13 @@ pub fn service(name: &str, machines: usize, dry_run: Option<&[PlannedTarget]>, o
     let Some(targets) = dry_run else {
         let mut details = vec![format!("deploy to {machines} machine(s) once they are online")];
         details.extend(open_facts.iter().map(|f| format!("fact resolved then: {f}")));
-        return Some(Change { kind: "service", name: name.to_string(), action: Action::Create, details });
+        return Some(Change { kind: Kind::Service, name: name.to_string(), action: Action::Create, details });
     };
     if !open_facts.is_empty() {
         // Its machines run: a reference to a machine being made again.
         let mut details: Vec<String> = targets.iter().map(|t| format!("{}: generation {} once its facts resolve", t.hostname, t.generation)).collect();
         details.extend(open_facts.iter().map(|f| format!("fact changes: {f}")));
-        return Some(Change { kind: "service", name: name.to_string(), action: Action::Update, details });
+        return Some(Change { kind: Kind::Service, name: name.to_string(), action: Action::Update, details });
     }
     let mut details = Vec::new();
     for t in targets {
@@ -210,7 +300,7 @@ pub fn service(name: &str, machines: usize, dry_run: Option<&[PlannedTarget]>, o
         return None;
     }
     let action = if targets.iter().all(|t| t.system_before.is_none()) { Action::Create } else { Action::Update };
-    Some(Change { kind: "service", name: name.to_string(), action, details })
+    Some(Change { kind: Kind::Service, name: name.to_string(), action, details })
 }
 
 /// A service whose spec has not changed but whose machines did not all
@@ -225,7 +315,7 @@ pub fn unfinished(name: &str, machines: &[(String, u64, Option<u64>)]) -> Option
             format!("{host}: generation {desired} not finished (runs {})", current.map(|g| format!("generation {g}")).unwrap_or_else(|| "none".into()))
         })
         .collect();
-    (!details.is_empty()).then(|| Change { kind: "service", name: name.to_string(), action: Action::Update, details })
+    (!details.is_empty()).then(|| Change { kind: Kind::Service, name: name.to_string(), action: Action::Update, details })
 }
 
 /// Whether every machine of a service is there, online, and labelled for
@@ -276,7 +366,7 @@ facts = { db = "${machines.db.address}" }
     fn an_empty_fleet_plans_every_creation() {
         let f = fleet();
         let changes = infrastructure(&f, &Observed::default(), false);
-        let kinds: Vec<(&str, &str, Action)> = changes.iter().map(|c| (c.kind, c.name.as_str(), c.action)).collect();
+        let kinds: Vec<(&str, &str, Action)> = changes.iter().map(|c| (c.kind.as_str(), c.name.as_str(), c.action)).collect();
         assert_eq!(
             kinds,
             vec![
