@@ -64,23 +64,25 @@ impl AdminClient {
         let mut got: u64 = 0;
         loop {
             let frame: Response = drover_net::stream::read_frame(&mut recv, drover_protocol::frame::MAX_FRAME_LEN).await?;
-            match frame {
-                Response::Admin(AdminResponse::BackupChunk(bytes)) => {
-                    hash.update(&bytes);
-                    out.write_all(&bytes).context("writing the backup")?;
-                    got += bytes.len() as u64;
-                    progress(got);
-                }
-                Response::Admin(AdminResponse::BackupEnd { bytes, sha256 }) => {
-                    let ours = hex::encode(hash.finalize());
-                    if bytes != got || sha256 != ours {
-                        anyhow::bail!("the backup arrived damaged ({got} of {bytes} bytes, SHA-256 {ours} instead of {sha256}); take it again");
-                    }
-                    return Ok((bytes, sha256));
-                }
+            let answer = match frame {
+                Response::Admin(answer) => answer,
                 Response::Error(e) => return Err(ClientError::Refused(e).into()),
                 other => anyhow::bail!("unexpected answer to a backup: {other:?}"),
+            };
+            if answer.kind() == "BackupChunk" {
+                let bytes = answer.backup_chunk()?;
+                hash.update(&bytes);
+                out.write_all(&bytes).context("writing the backup")?;
+                got += bytes.len() as u64;
+                progress(got);
+                continue;
             }
+            let (bytes, sha256) = answer.backup_end()?;
+            let ours = hex::encode(hash.finalize());
+            if bytes != got || sha256 != ours {
+                anyhow::bail!("the backup arrived damaged ({got} of {bytes} bytes, SHA-256 {ours} instead of {sha256}); take it again");
+            }
+            return Ok((bytes, sha256));
         }
     }
 

@@ -93,9 +93,7 @@ impl App {
     /// Enrolls a machine with a new one-use token carrying `labels`; its id.
     async fn enroll(&self, hostname: &str, labels: &[(&str, &str)]) -> String {
         let labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let AdminResponse::TokenCreated(created) = self.ok(AdminRequest::TokensCreate(TokenSpec { labels, ttl_ms: 60_000, uses: 1 })).await else {
-            panic!("a token")
-        };
+        let created = self.ok(AdminRequest::TokensCreate(TokenSpec { labels, ttl_ms: 60_000, uses: 1 })).await.token_created().expect("a token");
         self.enroll_with(created.token, hostname).await.expect("enrolled").subject
     }
 
@@ -138,11 +136,11 @@ async fn a_deployment_records_a_generation_per_target_and_a_dry_run_shows_the_cl
     let a = app.enroll("web-1", &[("role", "web")]).await;
     let b = app.enroll("web-2", &[("role", "web")]).await;
     app.enroll("db-1", &[("role", "db")]).await;
-    let AdminResponse::Deployed(targets) =
-        app.ok(AdminRequest::Deploy(deploy(&[("role", "web")], closure("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a")))).await
-    else {
-        panic!("deployed")
-    };
+    let targets = app
+        .ok(AdminRequest::Deploy(deploy(&[("role", "web")], closure("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a"))))
+        .await
+        .deployed()
+        .expect("deployed");
     let mut ids: Vec<&str> = targets.iter().map(|t| t.machine_id.as_str()).collect();
     ids.sort();
     let mut want = vec![a.as_str(), b.as_str()];
@@ -157,11 +155,11 @@ async fn a_deployment_records_a_generation_per_target_and_a_dry_run_shows_the_cl
         "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b",
         "hello: 2.12 → 2.12.1",
     );
-    let AdminResponse::DeployPlan(plan) =
-        app.ok(AdminRequest::DeployDryRun(deploy(&[("role", "web")], closure("/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b")))).await
-    else {
-        panic!("a plan")
-    };
+    let plan = app
+        .ok(AdminRequest::DeployDryRun(deploy(&[("role", "web")], closure("/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b"))))
+        .await
+        .deploy_plan()
+        .expect("a plan");
     assert_eq!(plan.len(), 2);
     assert!(plan.iter().all(|p| p.closure_diff.as_deref() == Some("hello: 2.12 → 2.12.1")), "{plan:?}");
     assert_eq!(app.state.store.machine(&a).expect("read").expect("machine").desired_generation, 1, "a dry run records nothing");
@@ -229,7 +227,7 @@ async fn volumes_are_made_owned_attached_with_a_new_generation_and_foreign_ones_
         app.call(AdminRequest::Volumes(VolumeRequest::Delete { name: "vm-100-disk-1".into(), confirm: "vm-100-disk-1".into() })).await.expect_err("not ours");
     assert!(e.message.contains("did not make"), "{e:?}");
     assert!(app.fakes.pool.exists("vm-100-disk-1"), "a resource Drover did not make is never deleted");
-    let AdminResponse::Volumes(VolumeResponse::Volumes(listed)) = app.ok(AdminRequest::Volumes(VolumeRequest::List)).await else { panic!("a list") };
+    let listed = app.ok(AdminRequest::Volumes(VolumeRequest::List)).await.volumes().and_then(|a| a.volumes()).expect("a list");
     assert_eq!(listed.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["pgdata"], "only this fleet's volumes");
 }
 
@@ -262,7 +260,7 @@ async fn a_detach_returns_at_once_and_the_driver_finishes_it_when_the_machine_ha
         .await
         .expect("the detach answers without waiting for the machine")
         .expect("detach started");
-    let AdminResponse::Volumes(VolumeResponse::Volume(v)) = answer else { panic!("a volume") };
+    let v = answer.volumes().and_then(|a| a.volume()).expect("a volume");
     let attached = v.attached.expect("still attached while the machine unmounts it");
     assert_eq!(attached.detaching, Some(3), "detaching in the machine's next generation");
     let assignment = app.state.store.assignment(&id, 3).expect("read").expect("generation 3").assignment;
@@ -321,7 +319,7 @@ async fn a_provision_makes_a_vm_carrying_its_identity_whose_seed_enrolls_it_and_
     let seed = app.fakes.host.seed_of(&vm.to_string()).expect("a seed");
     assert_eq!(seed.name, "web-1");
     let issued = app.enroll_with(seed.token.clone(), "web-1").await.expect("the seed's token enrolls the VM");
-    let AdminResponse::Provision(p) = app.ok(AdminRequest::ProvisionShow { name: "web-1".into() }).await else { panic!("a provision") };
+    let p = app.ok(AdminRequest::ProvisionShow { name: "web-1".into() }).await.provision().expect("a provision");
     assert_eq!(p.machine_id.as_deref(), Some(issued.subject.as_str()));
     assert!(app.enroll_with(seed.token, "again").await.is_err(), "the seed's token is spent");
 

@@ -369,3 +369,51 @@ fn only_the_wiring_makes_real_clients_of_external_systems() {
         }
     }
 }
+
+/// Every `.rs` file under `dir`, tests included.
+fn all_rust(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Admin answers are taken out through their typed accessors
+/// (`drover_protocol::answer`): no caller in the workspace destructures
+/// `AdminResponse` (or the S3 and volume answers in it) with `let … else`
+/// or a match arm, where a catch-all would stand in for the request's own
+/// answer type.
+#[test]
+fn no_caller_matches_an_admin_answer() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut offenders = Vec::new();
+    for dir in ["coordinator/src", "coordinator/tests", "agent/src", "agent/tests", "bench/src", "testing"] {
+        for file in all_rust(&root.join(dir)) {
+            let text = std::fs::read_to_string(&file).expect("read");
+            for (n, line) in text.lines().enumerate() {
+                let trimmed = line.trim_start();
+                for path in ["AdminResponse::", "S3Response::", "VolumeResponse::"] {
+                    let Some(at) = line.find(path) else { continue };
+                    let let_else = trimmed.starts_with("let ") && line[..at].trim_end().ends_with(['(', ' ']) && !line[..at].contains(" = ");
+                    let head = trimmed.trim_start_matches("Ok(").trim_start_matches("Some(").trim_start_matches("Response::Admin(");
+                    let arm = head.starts_with(path) && line[at..].contains("=>");
+                    if let_else || arm {
+                        offenders.push(format!("{}:{}: {}", file.strip_prefix(&root).unwrap_or(&file).display(), n + 1, trimmed));
+                    }
+                }
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "take admin answers out with their accessors (answer.machines()?), not by matching:\n{}", offenders.join("\n"));
+}

@@ -175,11 +175,11 @@ async fn a_hundred_oversized_report_batches_leave_deployments_readable_and_the_r
     let fleet = TestCoordinator::start().await;
     let (token, _) = fleet.token(1, &[("role", "web")]).await;
     let (issued, key) = enroll_raw(&fleet, &token, "vm1").await;
-    let AdminResponse::Deployed(_) =
-        fleet.call(AdminRequest::Deploy(common::deploy_to_role("web", SystemSpec::Flake { uri: "path:/x".into(), attribute: "y".into() }))).await
-    else {
-        panic!("deploy")
-    };
+    let _ = fleet
+        .call(AdminRequest::Deploy(common::deploy_to_role("web", SystemSpec::Flake { uri: "path:/x".into(), attribute: "y".into() })))
+        .await
+        .deployed()
+        .expect("deploy");
     let db_size = || -> u64 {
         fn walk(p: &std::path::Path) -> u64 {
             std::fs::read_dir(p)
@@ -210,10 +210,10 @@ async fn a_hundred_oversized_report_batches_leave_deployments_readable_and_the_r
             }
         }
     }
-    let AdminResponse::Deployments(list) = fleet.call(AdminRequest::DeploymentsList { machine: None }).await else { panic!("list") };
+    let list = fleet.call(AdminRequest::DeploymentsList { machine: None }).await.deployments().expect("list");
     assert_eq!(list.len(), 1);
     let id = list[0].id.clone();
-    let AdminResponse::Deployment(d) = fleet.call(AdminRequest::DeploymentsShow { id }).await else { panic!("show") };
+    let d = fleet.call(AdminRequest::DeploymentsShow { id }).await.deployment().expect("show");
     assert!(d.steps.len() <= 102, "steps are bounded (limits.deployment_steps and the note of the cut): {}", d.steps.len());
     assert!(d.steps.iter().any(|s| s.message.contains("more steps dropped")), "the cut is recorded");
     let bytes: usize = d.steps.iter().map(|s| s.message.len()).sum::<usize>() + d.output_tail.len();
@@ -314,7 +314,7 @@ async fn a_removed_admins_open_connection_is_refused_at_its_next_request() {
     }
     let current =
         drover_coordinator::client::AdminClient::connect(&drover_coordinator::bundle::AdminBundle::load(&new).expect("bundle")).await.expect("connect");
-    let AdminResponse::Identity(me) = current.call(AdminRequest::WhoAmI).await.expect("whoami") else { panic!("identity") };
+    let me = current.call(AdminRequest::WhoAmI).await.expect("whoami").identity().expect("identity");
     assert_eq!(me.role, Role::Admin, "the new certificate has the new role");
 }
 

@@ -133,7 +133,7 @@ async fn a_backup_with_a_raised_role_and_a_recomputed_checksum_is_refused() {
         secrets: vec![SecretFile { name: "db".into(), value: SecretBytes::new(SECRET_VALUE.as_bytes().to_vec()), owner: None, group: None, mode: 0o400 }],
         ..common::deploy_to_role("web", SystemSpec::Flake { uri: "path:/nonexistent".into(), attribute: "x".into() })
     };
-    let AdminResponse::Deployed(_) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!("deploy") };
+    let _ = fleet.call(AdminRequest::Deploy(spec)).await.deployed().expect("deploy");
     let key = dir.path().join("backup.key");
     let key_arg = key.to_str().expect("utf-8");
     let sealed = dir.path().join("sealed.backup");
@@ -238,7 +238,7 @@ async fn drover_audit_lists_each_admins_changes_without_secret_values() {
         secrets: vec![SecretFile { name: "db".into(), value: SecretBytes::new(SECRET_VALUE.as_bytes().to_vec()), owner: None, group: None, mode: 0o400 }],
         ..common::deploy_to_role("", SystemSpec::Flake { uri: "path:/nonexistent".into(), attribute: "x".into() })
     };
-    let AdminResponse::Deployed(_) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!("deploy") };
+    let _ = fleet.call(AdminRequest::Deploy(spec)).await.deployed().expect("deploy");
     // A refused change is recorded with its refusal.
     let out = drover(&["machines", "revoke", &id], &vera);
     assert!(!out.status.success(), "a viewer cannot revoke");

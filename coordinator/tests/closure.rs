@@ -161,16 +161,13 @@ async fn deploy_goal(
         override_rollout: false,
         reboot: false,
     };
-    match fleet.call(AdminRequest::Deploy(spec)).await {
-        AdminResponse::Deployed(t) => t,
-        other => panic!("expected Deployed, got {other:?}"),
-    }
+    fleet.call(AdminRequest::Deploy(spec)).await.deployed().expect("Deployed")
 }
 
 async fn finished(fleet: &TestCoordinator, id: &str) -> DeploymentInfo {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let AdminResponse::Deployment(d) = fleet.call(AdminRequest::DeploymentsShow { id: id.into() }).await else { panic!() };
+        let d = fleet.call(AdminRequest::DeploymentsShow { id: id.into() }).await.deployment().expect("Deployment");
         if matches!(d.state, DeploymentState::Succeeded | DeploymentState::Failed | DeploymentState::Superseded) {
             return d;
         }
@@ -485,7 +482,7 @@ async fn a_dry_run_over_three_machines_prints_their_changes_and_writes_nothing()
         override_rollout: false,
         reboot: false,
     };
-    let AdminResponse::DeployPlan(plan) = fleet.call(AdminRequest::DeployDryRun(spec.clone())).await else { panic!() };
+    let plan = fleet.call(AdminRequest::DeployDryRun(spec.clone())).await.deploy_plan().expect("DeployPlan");
     assert_eq!(plan.len(), 3);
     for p in &plan {
         assert_eq!((p.generation, p.current_generation, p.system_before.as_deref()), (2, 1, Some(base.as_str())));
@@ -511,14 +508,14 @@ async fn a_dry_run_over_three_machines_prints_their_changes_and_writes_nothing()
 }
 
 async fn all_deployments(fleet: &TestCoordinator) -> Vec<DeploymentInfo> {
-    let AdminResponse::Deployments(d) = fleet.call(AdminRequest::DeploymentsList { machine: None }).await else { panic!() };
+    let d = fleet.call(AdminRequest::DeploymentsList { machine: None }).await.deployments().expect("Deployments");
     d
 }
 
 async fn desired_generations(fleet: &TestCoordinator) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     for m in fleet.machines().await {
-        let AdminResponse::MachineDetail(d) = fleet.call(AdminRequest::MachinesDetail { id: m.id.clone() }).await else { panic!() };
+        let d = fleet.call(AdminRequest::MachinesDetail { id: m.id.clone() }).await.machine_detail().expect("MachineDetail");
         out.push((m.id, d.desired_generation));
     }
     out

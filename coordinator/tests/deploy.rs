@@ -30,17 +30,11 @@ fn spec_for(machine: &str, system: SystemSpec) -> DeploySpec {
 }
 
 async fn deploy(fleet: &TestCoordinator, spec: DeploySpec) -> Vec<DeployedTarget> {
-    match fleet.call(AdminRequest::Deploy(spec)).await {
-        AdminResponse::Deployed(t) => t,
-        other => panic!("expected Deployed, got {other:?}"),
-    }
+    fleet.call(AdminRequest::Deploy(spec)).await.deployed().expect("Deployed")
 }
 
 async fn deployment(fleet: &TestCoordinator, id: &str) -> DeploymentInfo {
-    match fleet.call(AdminRequest::DeploymentsShow { id: id.into() }).await {
-        AdminResponse::Deployment(d) => d,
-        other => panic!("expected Deployment, got {other:?}"),
-    }
+    fleet.call(AdminRequest::DeploymentsShow { id: id.into() }).await.deployment().expect("Deployment")
 }
 
 async fn finished(fleet: &TestCoordinator, id: &str) -> DeploymentInfo {
@@ -82,14 +76,14 @@ async fn flake_mode_switches_then_rolls_back_a_broken_system() {
     }
     assert_eq!(vm1.activations(), ["good"]);
     assert_eq!(vm2.activations(), ["good"]);
-    let AdminResponse::MachineDetail(detail) = fleet.call(AdminRequest::MachinesDetail { id: id1.clone() }).await else { panic!() };
+    let detail = fleet.call(AdminRequest::MachinesDetail { id: id1.clone() }).await.machine_detail().expect("MachineDetail");
     assert_eq!((detail.desired_generation, detail.current_generation), (1, Some(1)));
 
     // Many deployments in one request (what `deploy --wait` follows them
     // with): the same records, in the order asked; an unknown id and too
     // many ids are refused by name.
     let ids: Vec<String> = targets.iter().rev().map(|t| t.deployment_id.clone()).collect();
-    let AdminResponse::Deployments(many) = fleet.call(AdminRequest::DeploymentsShowMany { ids: ids.clone() }).await else { panic!() };
+    let many = fleet.call(AdminRequest::DeploymentsShowMany { ids: ids.clone() }).await.deployments().expect("Deployments");
     let mut one_by_one = Vec::new();
     for id in &ids {
         one_by_one.push(deployment(&fleet, id).await);
@@ -113,7 +107,7 @@ async fn flake_mode_switches_then_rolls_back_a_broken_system() {
     assert!(d.steps.iter().any(|s| s.step == DeployStep::RollingBack && s.message.contains("nixos-rebuild switch failed")), "{:?}", d.steps);
     assert_eq!(vm1.activations(), ["good", "broken", "good"], "rolled back to the first system");
     assert_eq!(vm2.activations(), ["good"], "the other machine was not touched");
-    let AdminResponse::MachineDetail(detail) = fleet.call(AdminRequest::MachinesDetail { id: id1.clone() }).await else { panic!() };
+    let detail = fleet.call(AdminRequest::MachinesDetail { id: id1.clone() }).await.machine_detail().expect("MachineDetail");
     assert_eq!((detail.desired_generation, detail.current_generation), (2, Some(1)));
 
     // `drover deploy --wait` exits non-zero and names the machine.
@@ -126,7 +120,7 @@ async fn flake_mode_switches_then_rolls_back_a_broken_system() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&id1) && stderr.contains("rolled back"), "{stderr}");
     // History shows all three.
-    let AdminResponse::Deployments(list) = fleet.call(AdminRequest::DeploymentsList { machine: Some(id1.clone()) }).await else { panic!() };
+    let list = fleet.call(AdminRequest::DeploymentsList { machine: Some(id1.clone()) }).await.deployments().expect("Deployments");
     assert_eq!(list.iter().map(|d| d.generation).collect::<Vec<_>>(), [1, 2, 3]);
     a1.stop().await.expect("stop");
     a2.stop().await.expect("stop");
@@ -234,7 +228,7 @@ async fn secrets_and_facts_reach_only_their_machine_and_stale_secrets_are_remove
     // Neither deployments show nor machines show carry a secret value.
     let shown = serde_json::to_string(&deployment(&fleet, &t[0].deployment_id).await).expect("json");
     assert!(shown.contains("s3-key") && !shown.contains("a-secret-value"));
-    let AdminResponse::MachineDetail(detail) = fleet.call(AdminRequest::MachinesDetail { id: id_a.clone() }).await else { panic!() };
+    let detail = fleet.call(AdminRequest::MachinesDetail { id: id_a.clone() }).await.machine_detail().expect("MachineDetail");
     assert!(!serde_json::to_string(&detail).expect("json").contains("a-secret-value"));
     // Give B a secret of its own: over the wire B gets exactly that one.
     let mut spec_b = spec_for(&id_b, flake_spec(&flake, "good"));

@@ -234,12 +234,12 @@ async fn machines(s: &Setup, count: usize) -> tokio::task::JoinHandle<anyhow::Re
 
 async fn deploy_to_all(s: &Setup) -> usize {
     let spec = common::deploy_to_role("sim", SystemSpec::Flake { uri: "path:/nonexistent".into(), attribute: "x".into() });
-    let AdminResponse::Deployed(targets) = s.fleet.call(AdminRequest::Deploy(spec)).await else { panic!("deploy") };
+    let targets = s.fleet.call(AdminRequest::Deploy(spec)).await.deployed().expect("deploy");
     targets.len()
 }
 
 async fn states(s: &Setup) -> HashMap<String, usize> {
-    let AdminResponse::Deployments(list) = s.fleet.call(AdminRequest::DeploymentsList { machine: None }).await else { panic!("list") };
+    let list = s.fleet.call(AdminRequest::DeploymentsList { machine: None }).await.deployments().expect("list");
     let mut by_state = HashMap::new();
     for d in list {
         *by_state.entry(format!("{:?}", d.state)).or_default() += 1;

@@ -41,9 +41,7 @@ async fn three_agents_enroll_and_show_online_with_health_in_the_cli_json() {
         assert!(m["id"].as_str().expect("id").starts_with("m-"));
     }
     // The selector filters.
-    let AdminResponse::Machines(none) = fleet.call(AdminRequest::MachinesList { selector: [("role".to_string(), "db".to_string())].into() }).await else {
-        panic!()
-    };
+    let none = fleet.call(AdminRequest::MachinesList { selector: [("role".to_string(), "db".to_string())].into() }).await.machines().expect("Machines");
     assert!(none.is_empty());
     for a in agents {
         a.stop().await.expect("agent stops");
@@ -79,7 +77,7 @@ async fn an_agent_restart_keeps_its_identity_and_makes_no_second_record() {
     let second = until_reported(&mut again, 1).await;
     assert_eq!(first.machine_id, second.machine_id);
     assert_eq!(fleet.machines().await.len(), 1);
-    let AdminResponse::Tokens(tokens) = fleet.call(AdminRequest::TokensList).await else { panic!() };
+    let tokens = fleet.call(AdminRequest::TokensList).await.tokens().expect("Tokens");
     assert_eq!(tokens[0].uses_left, 4, "the restart did not spend a token use");
     again.stop().await.expect("stop");
 }
@@ -108,7 +106,7 @@ async fn coordinator_restart_keeps_machines_and_tokens_and_agents_reconnect_with
     }
     let machines = fleet.machines().await;
     assert_eq!(machines.len(), 2, "no machine enrolled twice");
-    let AdminResponse::Tokens(tokens) = fleet.call(AdminRequest::TokensList).await else { panic!() };
+    let tokens = fleet.call(AdminRequest::TokensList).await.tokens().expect("Tokens");
     assert_eq!(tokens.len(), 2, "tokens persist");
     let main = tokens.iter().find(|t| t.uses_total == 3).expect("token");
     assert_eq!(main.uses_left, 1);
@@ -136,7 +134,7 @@ async fn what_the_coordinator_acknowledged_survives_a_sigkill_right_after() {
     let (token, _) = fleet.token(1, &[]).await;
     kill(server);
     let server = spawn();
-    let AdminResponse::Tokens(tokens) = fleet.call(AdminRequest::TokensList).await else { panic!() };
+    let tokens = fleet.call(AdminRequest::TokensList).await.tokens().expect("Tokens");
     assert_eq!(tokens.len(), 1, "the token survived");
 
     let (issued, _) = common::enroll_raw(&fleet, &token, "vm1").await;
@@ -159,11 +157,11 @@ async fn what_the_coordinator_acknowledged_survives_a_sigkill_right_after() {
         override_rollout: false,
         reboot: false,
     };
-    let AdminResponse::Deployed(targets) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!() };
+    let targets = fleet.call(AdminRequest::Deploy(spec)).await.deployed().expect("Deployed");
     assert_eq!(targets[0].generation, 1);
     kill(server);
     let server = spawn();
-    let AdminResponse::MachineDetail(detail) = fleet.call(AdminRequest::MachinesDetail { id: issued.subject.clone() }).await else { panic!() };
+    let detail = fleet.call(AdminRequest::MachinesDetail { id: issued.subject.clone() }).await.machine_detail().expect("MachineDetail");
     assert_eq!(detail.desired_generation, 1, "the generation survived");
 
     // Concurrent changes share flushes (group commit): each acknowledged
@@ -184,7 +182,7 @@ async fn what_the_coordinator_acknowledged_survives_a_sigkill_right_after() {
     assert_eq!(acknowledged, 40);
     kill(server);
     let server = spawn();
-    let AdminResponse::Tokens(tokens) = fleet.call(AdminRequest::TokensList).await else { panic!() };
+    let tokens = fleet.call(AdminRequest::TokensList).await.tokens().expect("Tokens");
     assert_eq!(tokens.len(), 1 + 40, "every concurrently acknowledged token survived");
     kill(server);
 }
@@ -213,7 +211,7 @@ async fn an_enrollment_retried_after_a_lost_answer_gets_the_same_machine_without
     assert_ne!(retried.serial, lost.serial, "with a certificate of its own");
     let machines = fleet.machines().await;
     assert_eq!(machines.len(), 1, "no second record: {machines:?}");
-    let AdminResponse::Tokens(tokens) = fleet.call(AdminRequest::TokensList).await else { panic!() };
+    let tokens = fleet.call(AdminRequest::TokensList).await.tokens().expect("Tokens");
     assert_eq!(tokens[0].uses_left, 0, "one use spent, not two");
 
     // Another key with the spent token is refused.
@@ -339,7 +337,7 @@ async fn a_generation_recorded_while_connected_comes_with_its_assignment_from_pr
     let (new, new_key) = common::enroll_raw(&fleet, &token, "push-new").await;
     let (old, old_key) = common::enroll_raw(&fleet, &token, "push-old").await;
     let system = SystemSpec::Flake { uri: "path:/nonexistent".into(), attribute: "x".into() };
-    let AdminResponse::Deployed(first) = fleet.call(AdminRequest::Deploy(common::deploy_to_role("push", system.clone()))).await else { panic!("deploy") };
+    let first = fleet.call(AdminRequest::Deploy(common::deploy_to_role("push", system.clone()))).await.deployed().expect("deploy");
     assert!(first.iter().all(|t| t.generation == 1), "{first:?}");
 
     let (new_conn, _new_watch, mut new_events) = watch_speaking(&fleet, &new.certificate_der, &new_key, SUPPORTED).await;
@@ -348,7 +346,7 @@ async fn a_generation_recorded_while_connected_comes_with_its_assignment_from_pr
     assert_eq!(next_event(&mut old_events).await, AgentEvent::Desired { generation: 1 });
 
     let spec = DeploySpec { facts: [("site".to_string(), "b".to_string())].into(), ..common::deploy_to_role("push", system) };
-    let AdminResponse::Deployed(second) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!("deploy") };
+    let second = fleet.call(AdminRequest::Deploy(spec)).await.deployed().expect("deploy");
     assert!(second.iter().all(|t| t.generation == 2), "{second:?}");
     let AgentEvent::Assigned { assignment, access } = next_event(&mut new_events).await else { panic!("protocol 9 gets the assignment with the generation") };
     assert_eq!(assignment.generation, 2);

@@ -107,7 +107,7 @@ fn facts(vm: &common::flake::Vm) -> Value {
 }
 
 async fn deployments(fleet: &TestCoordinator) -> Vec<DeploymentInfo> {
-    let AdminResponse::Deployments(all) = fleet.call(AdminRequest::DeploymentsList { machine: None }).await else { panic!("deployments") };
+    let all = fleet.call(AdminRequest::DeploymentsList { machine: None }).await.deployments().expect("deployments");
     all
 }
 
@@ -265,12 +265,12 @@ async fn a_fleet_file_is_planned_applied_and_converges() {
 }
 
 async fn provisions(fleet: &TestCoordinator) -> Vec<drover_protocol::v1::ProvisionInfo> {
-    let AdminResponse::Provisions(all) = fleet.call(AdminRequest::Provisions).await else { panic!("provisions") };
+    let all = fleet.call(AdminRequest::Provisions).await.provisions().expect("provisions");
     all
 }
 
 async fn rollouts(fleet: &TestCoordinator) -> usize {
-    let AdminResponse::Rollouts(all) = fleet.call(AdminRequest::RolloutList).await else { panic!("rollouts") };
+    let all = fleet.call(AdminRequest::RolloutList).await.rollouts().expect("rollouts");
     all.len()
 }
 
@@ -528,7 +528,7 @@ async fn an_unfinished_apply_is_not_recorded_and_the_next_plan_shows_it() {
 
 /// The domains of the coordinator's tenants.
 async fn tenant_domains(fleet: &TestCoordinator) -> Vec<String> {
-    let AdminResponse::Tenants(list) = fleet.call(AdminRequest::TenantsList).await else { panic!("tenants") };
+    let list = fleet.call(AdminRequest::TenantsList).await.tenants().expect("tenants");
     list.into_iter().map(|t| t.domain).collect()
 }
 

@@ -178,7 +178,7 @@ async fn hostile_clients_neither_grow_the_coordinator_past_its_bound_nor_starve_
 
     // Meanwhile the honest agents take a deployment.
     let spec = common::deploy_to_role("web", flake_spec(&flake, "good"));
-    let AdminResponse::Deployed(targets) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!("deploy") };
+    let targets = fleet.call(AdminRequest::Deploy(spec)).await.deployed().expect("deploy");
     assert_eq!(targets.len(), AGENTS + scale.authenticated + scale.simulated, "the deployment targets every machine with the label");
     let honest: Vec<String> = {
         let machines = fleet.machines().await;
@@ -186,7 +186,7 @@ async fn hostile_clients_neither_grow_the_coordinator_past_its_bound_nor_starve_
     };
     assert_eq!(honest.len(), AGENTS + scale.simulated);
     let all_succeeded = eventually(Duration::from_secs(300), || async {
-        let AdminResponse::Deployments(list) = fleet.call(AdminRequest::DeploymentsList { machine: None }).await else { return false };
+        let Ok(list) = fleet.call(AdminRequest::DeploymentsList { machine: None }).await.deployments() else { return false };
         honest.iter().all(|id| list.iter().any(|d| &d.machine_id == id && d.state == DeploymentState::Succeeded))
     })
     .await;

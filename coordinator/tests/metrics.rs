@@ -78,7 +78,7 @@ async fn metrics_parse_and_move_with_enrollments_deployments_and_rollouts() {
         override_rollout: false,
         reboot: false,
     };
-    let AdminResponse::Deployed(_) = fleet.call(AdminRequest::Deploy(spec("good"))).await else { panic!() };
+    let _ = fleet.call(AdminRequest::Deploy(spec("good"))).await.deployed().expect("Deployed");
     let strategy = RolloutStrategy {
         canary: 0,
         max_parallel: Amount::Count(1),
@@ -92,20 +92,17 @@ async fn metrics_parse_and_move_with_enrollments_deployments_and_rollouts() {
     };
     assert!(
         eventually(Duration::from_secs(30), || async {
-            let AdminResponse::Deployments(d) = fleet.call(AdminRequest::DeploymentsList { machine: None }).await else { return false };
+            let Ok(d) = fleet.call(AdminRequest::DeploymentsList { machine: None }).await.deployments() else { return false };
             d.iter().all(|d| d.state == DeploymentState::Succeeded)
         })
         .await
     );
-    let AdminResponse::Rollout(r) = fleet.call(AdminRequest::RolloutStart(RolloutSpec { deploy: spec("good2"), strategy, snapshot_volumes: false })).await
-    else {
-        panic!()
-    };
+    let r = fleet.call(AdminRequest::RolloutStart(RolloutSpec { deploy: spec("good2"), strategy, snapshot_volumes: false })).await.rollout().expect("Rollout");
     let during = scrape(addr).await;
     assert_eq!(value(&during, "drover_rollouts_started_total"), 1.0);
     assert!(
         eventually(Duration::from_secs(30), || async {
-            let AdminResponse::Rollout(now) = fleet.call(AdminRequest::RolloutStatus { id: r.id.clone() }).await else { return false };
+            let Ok(now) = fleet.call(AdminRequest::RolloutStatus { id: r.id.clone() }).await.rollout() else { return false };
             now.phase == RolloutPhase::Succeeded
         })
         .await

@@ -41,7 +41,7 @@ fn provision_json(fleet: &TestCoordinator, args: &[&str]) -> (bool, ProvisionInf
 }
 
 async fn provisions(fleet: &TestCoordinator) -> Vec<ProvisionInfo> {
-    let AdminResponse::Provisions(all) = fleet.call(AdminRequest::Provisions).await else { panic!("expected provisions") };
+    let all = fleet.call(AdminRequest::Provisions).await.provisions().expect("expected provisions");
     all
 }
 
@@ -495,7 +495,7 @@ async fn booting(fleet: &TestCoordinator, name: &str, provider: &str) -> Provisi
     assert!(ok, "{name}: {stderr}");
     let mut last = None;
     for _ in 0..300 {
-        let AdminResponse::Provision(p) = fleet.call(AdminRequest::ProvisionShow { name: name.into() }).await else { panic!("no provision") };
+        let p = fleet.call(AdminRequest::ProvisionShow { name: name.into() }).await.provision().expect("no provision");
         if p.state == ProvisionState::Booting && p.vm_id.is_some() {
             return p;
         }
@@ -538,7 +538,7 @@ async fn destroying_a_destroyed_provision_again_leaves_the_vm_that_reuses_its_id
     assert!(said.contains("already destroyed"), "says it did nothing: {said}");
     assert!(!double.log()[sent..].iter().any(|l| !l.starts_with("GET")), "no change was sent to Proxmox: {:?}", &double.log()[sent..]);
     assert_eq!(double.vms().len(), 1, "pve-g's VM is still there");
-    let AdminResponse::Provision(g) = fleet.call(AdminRequest::ProvisionShow { name: "pve-g".into() }).await else { panic!() };
+    let g = fleet.call(AdminRequest::ProvisionShow { name: "pve-g".into() }).await.provision().expect("Provision");
     assert_eq!((g.state, g.vm_id.as_deref()), (ProvisionState::Booting, Some("100")));
 }
 
@@ -568,7 +568,7 @@ async fn reconcile_never_deletes_another_providers_or_another_coordinators_vm() 
     }
     assert!(ids.contains(&500), "the hand-made VM survived");
     for (fleet, name) in [(&first, "pve-a"), (&first, "drbd-b"), (&second, "other-c")] {
-        let AdminResponse::Provision(p) = fleet.call(AdminRequest::ProvisionShow { name: name.into() }).await else { panic!() };
+        let p = fleet.call(AdminRequest::ProvisionShow { name: name.into() }).await.provision().expect("Provision");
         assert_eq!(p.state, ProvisionState::Booting, "{name} is still live: {p:?}");
     }
     // Neither coordinator can destroy the other's provision, nor touch its VM.
@@ -681,7 +681,7 @@ async fn destroy_checks_before_it_changes_and_a_vm_left_behind_is_shown() {
     let p = booting(&fleet, "keep-me", "pve").await;
     let (ok, _, err) = common::drover_json(&fleet, &["machines", "destroy", "keep-me", "--keep-volumes"]);
     assert!(!ok && err.contains("cannot keep") && err.contains("nothing was changed"), "{err}");
-    let AdminResponse::Provision(now) = fleet.call(AdminRequest::ProvisionShow { name: "keep-me".into() }).await else { panic!() };
+    let now = fleet.call(AdminRequest::ProvisionShow { name: "keep-me".into() }).await.provision().expect("Provision");
     assert_eq!(now.state, ProvisionState::Booting, "unchanged: {now:?}");
     assert_eq!(double.vms().len(), 1);
     assert_eq!(now.vm_id, p.vm_id);

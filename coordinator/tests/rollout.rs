@@ -50,13 +50,13 @@ impl Fleet {
         }
         let fleet = Fleet { coordinator, flake, vms, agents };
         let spec = fleet.deploy_spec("good");
-        let AdminResponse::Deployed(targets) = fleet.coordinator.call(AdminRequest::Deploy(spec)).await else { panic!() };
+        let targets = fleet.coordinator.call(AdminRequest::Deploy(spec)).await.deployed().expect("Deployed");
         assert_eq!(targets.len(), n);
         let ok = eventually(Duration::from_secs(60), || async { fleet.vms.iter().all(|vm| vm.activations() == ["good"]) }).await;
         assert!(ok, "every machine runs the first system");
         // Wait until the coordinator has recorded every success.
         let ok = eventually(Duration::from_secs(30), || async {
-            let AdminResponse::Deployments(d) = fleet.coordinator.call(AdminRequest::DeploymentsList { machine: None }).await else { return false };
+            let Ok(d) = fleet.coordinator.call(AdminRequest::DeploymentsList { machine: None }).await.deployments() else { return false };
             d.iter().all(|d| d.state == DeploymentState::Succeeded)
         })
         .await;
@@ -96,17 +96,11 @@ impl Fleet {
         deploy.checks = checks;
         deploy.health_deadline_ms = 1_000;
         let spec = RolloutSpec { deploy, strategy, snapshot_volumes: false };
-        match self.coordinator.call(AdminRequest::RolloutStart(spec)).await {
-            AdminResponse::Rollout(r) => r,
-            other => panic!("expected a rollout, got {other:?}"),
-        }
+        self.coordinator.call(AdminRequest::RolloutStart(spec)).await.rollout().expect("Rollout")
     }
 
     async fn status(&self, id: &str) -> RolloutInfo {
-        match self.coordinator.call(AdminRequest::RolloutStatus { id: id.into() }).await {
-            AdminResponse::Rollout(r) => r,
-            other => panic!("expected a rollout, got {other:?}"),
-        }
+        self.coordinator.call(AdminRequest::RolloutStatus { id: id.into() }).await.rollout().expect("Rollout")
     }
 
     async fn until(&self, id: &str, timeout: Duration, pred: impl Fn(&RolloutInfo) -> bool) -> RolloutInfo {
@@ -257,7 +251,7 @@ async fn failures_stop_the_rollout_and_auto_revert_puts_every_touched_machine_ba
                     assert_eq!(m.state.as_str(), "reverted", "{}", m.hostname);
                     assert_eq!(vm.activations().last().map(String::as_str), Some("good"), "{} is back: {:?}", m.hostname, vm.activations());
                     let detail = fleet.coordinator.call(AdminRequest::MachinesDetail { id: m.machine_id.clone() }).await;
-                    let AdminResponse::MachineDetail(detail) = detail else { panic!() };
+                    let detail = detail.machine_detail().expect("MachineDetail");
                     assert!(detail.current_system.as_deref().is_some_and(|p| p.ends_with("/good")), "{}: {detail:?}", m.hostname);
                 } else {
                     assert_eq!(vm.activations(), ["good"], "{} was never touched", m.hostname);
@@ -321,7 +315,7 @@ async fn pause_resume_abort_and_revert_change_the_fleet_as_documented() {
     let id = r.id.clone();
     let control = |action| fleet.coordinator.call(AdminRequest::RolloutControl { id: id.clone(), action });
     fleet.until(&id, Duration::from_secs(30), |r| r.machines.iter().any(|m| m.started_at.is_some())).await;
-    let AdminResponse::Rollout(paused) = control(RolloutAction::Pause).await else { panic!() };
+    let paused = control(RolloutAction::Pause).await.rollout().expect("Rollout");
     assert!(paused.paused);
     let started = |r: &RolloutInfo| r.machines.iter().filter(|m| m.started_at.is_some()).count();
     let before = started(&fleet.status(&id).await);
@@ -388,13 +382,11 @@ async fn a_manual_deploy_to_a_held_machine_is_refused_unless_it_overrides_the_ro
     let err = fleet.coordinator.admin().await.call(AdminRequest::Deploy(manual.clone())).await.expect_err("held");
     assert_eq!(err.code(), Some(drover_protocol::ErrorCode::Conflict));
     assert!(err.to_string().contains(&r.id) && err.to_string().contains("--override-rollout"), "{err}");
-    let AdminResponse::Deployments(before) = fleet.coordinator.call(AdminRequest::DeploymentsList { machine: Some(waiting.machine_id.clone()) }).await else {
-        panic!()
-    };
+    let before = fleet.coordinator.call(AdminRequest::DeploymentsList { machine: Some(waiting.machine_id.clone()) }).await.deployments().expect("Deployments");
     assert_eq!(before.len(), 1, "nothing recorded for the refused deployment");
 
     manual.override_rollout = true;
-    let AdminResponse::Deployed(targets) = fleet.coordinator.call(AdminRequest::Deploy(manual)).await else { panic!() };
+    let targets = fleet.coordinator.call(AdminRequest::Deploy(manual)).await.deployed().expect("Deployed");
     let overridden = fleet.status(&r.id).await;
     let entry = overridden.machines.iter().find(|m| m.machine_id == waiting.machine_id).expect("entry");
     assert_eq!(entry.state.as_str(), "skipped");
@@ -446,10 +438,7 @@ async fn a_rollout_with_reboots_verifies_each_boot_and_fails_a_wrong_system_or_n
     s.max_failures = Amount::Count(2);
     let mut deploy = fleet.deploy_spec("good2");
     deploy.reboot = true;
-    let r = match fleet.coordinator.call(AdminRequest::RolloutStart(RolloutSpec { deploy, strategy: s, snapshot_volumes: false })).await {
-        AdminResponse::Rollout(r) => r,
-        other => panic!("{other:?}"),
-    };
+    let r = fleet.coordinator.call(AdminRequest::RolloutStart(RolloutSpec { deploy, strategy: s, snapshot_volumes: false })).await.rollout().expect("Rollout");
     let r = fleet.until(&r.id, Duration::from_secs(90), |r| matches!(r.phase.as_str(), "succeeded" | "failed")).await;
     let state = |host: &str| r.machines.iter().find(|m| m.hostname == host).expect("machine").clone();
     assert_eq!(state("vm00").state.as_str(), "done", "{}", summary(&r));
@@ -472,10 +461,10 @@ async fn a_rollout_with_reboots_verifies_each_boot_and_fails_a_wrong_system_or_n
         .expect("run drover");
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_ne!(boot_id("vm00"), before, "rebooted again");
-    let AdminResponse::MachineDetail(detail) = fleet.coordinator.call(AdminRequest::MachinesDetail { id: state("vm00").machine_id }).await else { panic!() };
+    let detail = fleet.coordinator.call(AdminRequest::MachinesDetail { id: state("vm00").machine_id }).await.machine_detail().expect("MachineDetail");
     assert!(
         eventually(Duration::from_secs(10), || async {
-            let AdminResponse::Machine(m) = fleet.coordinator.call(AdminRequest::MachinesShow { id: detail.machine.id.clone() }).await else { return false };
+            let Ok(m) = fleet.coordinator.call(AdminRequest::MachinesShow { id: detail.machine.id.clone() }).await.machine() else { return false };
             m.health.is_some_and(|h| h.boot_id.as_deref() == Some(boot_id("vm00").trim()) && h.booted_system.is_some())
         })
         .await,

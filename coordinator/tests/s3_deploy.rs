@@ -46,7 +46,7 @@ fn spec(flake: &std::path::Path) -> DeploySpec {
 async fn finished(fleet: &TestCoordinator, id: &str) -> DeploymentInfo {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let AdminResponse::Deployment(d) = fleet.call(AdminRequest::DeploymentsShow { id: id.into() }).await else { panic!() };
+        let d = fleet.call(AdminRequest::DeploymentsShow { id: id.into() }).await.deployment().expect("Deployment");
         if matches!(d.state, DeploymentState::Succeeded | DeploymentState::Failed) {
             return d;
         }
@@ -72,7 +72,7 @@ async fn a_deployment_gets_its_bucket_and_only_its_machines_get_the_credentials(
     let mut key_ids = Vec::new();
     for _ in 0..2 {
         let answer = fleet.call(with_buckets(spec(&flake), buckets.clone())).await;
-        let AdminResponse::Deployed(targets) = answer else { panic!("{answer:?}") };
+        let targets = answer.deployed().expect("Deployed");
         assert_eq!(targets.len(), 1, "only the mastodon machine");
         assert_eq!(finished(&fleet, &targets[0].deployment_id).await.state, DeploymentState::Succeeded);
         key_ids.push(std::fs::read_to_string(svc.runtime().join("secrets/s3-acme-media-access-key-id")).expect("key id delivered"));
@@ -195,7 +195,7 @@ async fn garage_down_or_a_wrong_token_refuses_the_deployment_and_a_retry_complet
     assert!(admin.key("drover-refused-rollout", false).await.expect("lookup").is_none(), "nor a key");
 
     // Garage back: the same request completes.
-    let AdminResponse::Deployed(t) = client.call(with_buckets(spec(&flake), buckets)).await.expect("deploys") else { panic!() };
+    let t = client.call(with_buckets(spec(&flake), buckets)).await.expect("deploys").deployed().expect("Deployed");
     assert_eq!(finished(&fleet, &t[0].deployment_id).await.state, DeploymentState::Succeeded);
     assert_eq!(desired(&fleet, &machine).await, 1);
     assert_eq!(admin.buckets().await.expect("buckets").len(), 1);
@@ -203,7 +203,7 @@ async fn garage_down_or_a_wrong_token_refuses_the_deployment_and_a_retry_complet
 }
 
 async fn desired(fleet: &TestCoordinator, machine: &str) -> u64 {
-    let AdminResponse::MachineDetail(d) = fleet.call(AdminRequest::MachinesDetail { id: machine.into() }).await else { panic!() };
+    let d = fleet.call(AdminRequest::MachinesDetail { id: machine.into() }).await.machine_detail().expect("MachineDetail");
     d.desired_generation
 }
 
@@ -221,7 +221,7 @@ async fn the_s3_check_passes_on_the_live_bucket_and_rolls_back_when_the_key_lose
     let mut first = spec(&flake);
     first.checks = check.clone();
     let buckets = vec![BucketRequest { name: "acme-media".into(), public: false }];
-    let AdminResponse::Deployed(t) = fleet.call(with_buckets(first, buckets)).await else { panic!() };
+    let t = fleet.call(with_buckets(first, buckets)).await.deployed().expect("Deployed");
     let d = finished(&fleet, &t[0].deployment_id).await;
     assert_eq!(d.state, DeploymentState::Succeeded, "the s3 check passes on the live bucket: {d:?}");
 
@@ -243,7 +243,7 @@ async fn the_s3_check_passes_on_the_live_bucket_and_rolls_back_when_the_key_lose
         .into_iter()
         .map(|(name, value)| SecretFile { name: name.into(), value: SecretBytes::new(value.into_bytes()), owner: None, group: None, mode: 0o400 })
         .collect();
-    let AdminResponse::Deployed(t) = fleet.call(AdminRequest::Deploy(next)).await else { panic!() };
+    let t = fleet.call(AdminRequest::Deploy(next)).await.deployed().expect("Deployed");
     let d = finished(&fleet, &t[0].deployment_id).await;
     assert!(d.rolled_back && d.state == DeploymentState::Failed, "{d:?}");
     let why = d.steps.iter().find(|s| s.step == DeployStep::RollingBack).expect("reason").message.clone();
@@ -278,10 +278,10 @@ async fn a_rollout_gets_its_buckets_ready_and_delivered_too() {
     deploy.checks = vec![HealthCheck::S3 { bucket: "acme-media".into() }];
     deploy.buckets = vec![BucketRequest { name: "acme-media".into(), public: true }];
     let request = AdminRequest::RolloutStart(RolloutSpec { snapshot_volumes: false, deploy, strategy });
-    let AdminResponse::Rollout(r) = fleet.call(request).await else { panic!() };
+    let r = fleet.call(request).await.rollout().expect("Rollout");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let AdminResponse::Rollout(now) = fleet.call(AdminRequest::RolloutStatus { id: r.id.clone() }).await else { panic!() };
+        let now = fleet.call(AdminRequest::RolloutStatus { id: r.id.clone() }).await.rollout().expect("Rollout");
         if now.phase.as_str() != "rolling" {
             assert_eq!(now.phase.as_str(), "succeeded", "{now:?}");
             break;

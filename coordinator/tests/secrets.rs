@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{until_reported, TestCoordinator};
 use drover_agent::session::enroll_once;
 use drover_net::identity;
-use drover_protocol::v1::{AdminRequest, AdminResponse, DeploySpec, Secret, SecretBytes, SecretFile, SystemSpec, TokenSpec};
+use drover_protocol::v1::{AdminRequest, DeploySpec, Secret, SecretBytes, SecretFile, SystemSpec, TokenSpec};
 
 const SECRET_VALUE: &str = "s3cr3t-value-that-must-not-be-logged";
 use drover_protocol::ErrorCode;
@@ -43,7 +43,7 @@ async fn token_refusals_have_their_own_errors_and_token_text_never_reaches_logs_
     let (revoked, revoked_file) = fleet.token(1, &[]).await;
     let expired = {
         let spec = TokenSpec { labels: Default::default(), ttl_ms: 1, uses: 1 };
-        let AdminResponse::TokenCreated(t) = fleet.call(AdminRequest::TokensCreate(spec)).await else { panic!() };
+        let t = fleet.call(AdminRequest::TokensCreate(spec)).await.token_created().expect("TokenCreated");
         t.token.expose().to_string()
     };
     let revoked_id = revoked_file.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("token-")).expect("token id in the file name").to_string();
@@ -97,7 +97,7 @@ async fn token_refusals_have_their_own_errors_and_token_text_never_reaches_logs_
         override_rollout: false,
         reboot: false,
     };
-    let AdminResponse::Deployed(targets) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!() };
+    let targets = fleet.call(AdminRequest::Deploy(spec)).await.deployed().expect("Deployed");
     let mut config = fleet.agent_config("vm1", None);
     config.runtime_dir = fleet.dir.path().join("run-vm1");
     config.nixos_rebuild = std::path::PathBuf::from("/bin/false");
@@ -105,7 +105,7 @@ async fn token_refusals_have_their_own_errors_and_token_text_never_reaches_logs_
     let agent = drover_agent::spawn(config, health, None).expect("agent");
     assert!(
         common::eventually(Duration::from_secs(15), || async {
-            let AdminResponse::Deployment(d) = fleet.call(AdminRequest::DeploymentsShow { id: targets[0].deployment_id.clone() }).await else { return false };
+            let Ok(d) = fleet.call(AdminRequest::DeploymentsShow { id: targets[0].deployment_id.clone() }).await.deployment() else { return false };
             d.state == drover_protocol::v1::DeploymentState::Failed
         })
         .await,

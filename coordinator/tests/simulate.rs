@@ -52,15 +52,15 @@ async fn simulated_machines_apply_a_deployment_each_in_its_own_directory() {
         reboot: false,
     };
     let deployed_at = drover_net::clock::now_ms();
-    let AdminResponse::Deployed(targets) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!("deploy") };
+    let targets = fleet.call(AdminRequest::Deploy(spec)).await.deployed().expect("deploy");
     assert_eq!(targets.len(), 4);
     let finished = eventually(Duration::from_secs(30), || async {
-        let AdminResponse::Deployments(d) = fleet.call(AdminRequest::DeploymentsList { machine: None }).await else { return false };
+        let Ok(d) = fleet.call(AdminRequest::DeploymentsList { machine: None }).await.deployments() else { return false };
         d.len() == 4 && d.iter().all(|d| d.state == DeploymentState::Failed)
     })
     .await;
     assert!(finished, "every deployment ends");
-    let AdminResponse::Deployments(done) = fleet.call(AdminRequest::DeploymentsList { machine: None }).await else { panic!() };
+    let done = fleet.call(AdminRequest::DeploymentsList { machine: None }).await.deployments().expect("Deployments");
     for d in &done {
         assert!(d.steps.iter().any(|s| s.step == DeployStep::SecretsWritten), "{}: facts written: {:?}", d.machine_id, d.steps);
         assert!(!d.steps.iter().any(|s| s.message.contains("not written")), "{}: {:?}", d.machine_id, d.steps);
@@ -125,14 +125,14 @@ async fn a_deployment_to_many_simulated_machines_succeeds_everywhere_without_rec
     assert_eq!(fleet.machines().await.len(), N, "exactly one record per machine");
 
     let spec = common::deploy_to_role("many", SystemSpec::Flake { uri: "path:/nonexistent".into(), attribute: "x".into() });
-    let AdminResponse::Deployed(targets) = fleet.call(AdminRequest::Deploy(spec)).await else { panic!("deploy") };
+    let targets = fleet.call(AdminRequest::Deploy(spec)).await.deployed().expect("deploy");
     assert_eq!(targets.len(), N);
     let finished = eventually(Duration::from_secs(300), || async {
-        let AdminResponse::Deployments(d) = fleet.call(AdminRequest::DeploymentsList { machine: None }).await else { return false };
+        let Ok(d) = fleet.call(AdminRequest::DeploymentsList { machine: None }).await.deployments() else { return false };
         d.len() == N && d.iter().all(|d| d.state == DeploymentState::Succeeded)
     })
     .await;
-    let AdminResponse::Deployments(done) = fleet.call(AdminRequest::DeploymentsList { machine: None }).await else { panic!() };
+    let done = fleet.call(AdminRequest::DeploymentsList { machine: None }).await.deployments().expect("Deployments");
     let states: std::collections::BTreeMap<String, usize> = done.iter().fold(Default::default(), |mut m, d| {
         *m.entry(format!("{:?}", d.state)).or_default() += 1;
         m

@@ -74,7 +74,7 @@ async fn deploy_all(fleet: &TestCoordinator, flake: &Path, facts: &[(&str, &str)
     let deadline = Instant::now() + Duration::from_secs(30);
     for id in ids {
         loop {
-            let AdminResponse::Deployment(d) = fleet.call(AdminRequest::DeploymentsShow { id: id.clone() }).await else { panic!() };
+            let d = fleet.call(AdminRequest::DeploymentsShow { id: id.clone() }).await.deployment().expect("Deployment");
             if d.state == DeploymentState::Succeeded {
                 break;
             }

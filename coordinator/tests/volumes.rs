@@ -91,15 +91,14 @@ impl Fleet {
         let answer = client.call(AdminRequest::Deploy(spec)).await;
         client.close().await;
         let targets = match answer {
-            Ok(AdminResponse::Deployed(t)) => t,
-            Ok(other) => panic!("unexpected answer {other:?}"),
+            Ok(answer) => answer.deployed().expect("Deployed"),
             Err(e) => return Err(WireError::new(e.code().unwrap_or(ErrorCode::Internal), e.to_string())),
         };
         let id = targets[0].deployment_id.clone();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         let mut last;
         loop {
-            let AdminResponse::Deployment(d) = self.coordinator.call(AdminRequest::DeploymentsShow { id: id.clone() }).await else { panic!() };
+            let d = self.coordinator.call(AdminRequest::DeploymentsShow { id: id.clone() }).await.deployment().expect("Deployment");
             let over = matches!(d.state, DeploymentState::Succeeded | DeploymentState::Failed);
             last = Some(d);
             if over {
@@ -233,7 +232,7 @@ async fn a_volume_is_formatted_once_kept_and_moved_with_its_data() {
 }
 
 async fn desired(fleet: &Fleet, id: &str) -> u64 {
-    let AdminResponse::MachineDetail(d) = fleet.coordinator.call(AdminRequest::MachinesDetail { id: id.into() }).await else { panic!() };
+    let d = fleet.coordinator.call(AdminRequest::MachinesDetail { id: id.into() }).await.machine_detail().expect("MachineDetail");
     d.desired_generation
 }
 
@@ -377,26 +376,25 @@ async fn a_reverted_rollout_with_snapshot_volumes_returns_each_volume_to_its_sna
         auto_revert: true,
         auto_promote: true,
     };
-    let AdminResponse::Rollout(r) = fleet.coordinator.call(AdminRequest::RolloutStart(RolloutSpec { deploy, strategy, snapshot_volumes: true })).await else {
-        panic!("rollout refused")
-    };
+    let r =
+        fleet.coordinator.call(AdminRequest::RolloutStart(RolloutSpec { deploy, strategy, snapshot_volumes: true })).await.rollout().expect("rollout refused");
     let mut last = None;
     let reverted = eventually(Duration::from_secs(90), || {
         let id = r.id.clone();
         let fleet = &fleet;
         async move {
-            let AdminResponse::Rollout(now) = fleet.coordinator.call(AdminRequest::RolloutStatus { id }).await else { return false };
+            let Ok(now) = fleet.coordinator.call(AdminRequest::RolloutStatus { id }).await.rollout() else { return false };
             now.phase == RolloutPhase::Reverted && now.machines.iter().all(|m| m.state == RolloutMachineState::Reverted)
         }
     })
     .await;
     if !reverted {
-        let AdminResponse::Rollout(now) = fleet.coordinator.call(AdminRequest::RolloutStatus { id: r.id.clone() }).await else { panic!() };
+        let now = fleet.coordinator.call(AdminRequest::RolloutStatus { id: r.id.clone() }).await.rollout().expect("Rollout");
         last = Some(now);
     }
     assert!(reverted, "the rollout reverted every machine: {last:?}");
 
-    let AdminResponse::Deployments(made) = fleet.coordinator.call(AdminRequest::DeploymentsOfRollout { id: r.id.clone() }).await else { panic!() };
+    let made = fleet.coordinator.call(AdminRequest::DeploymentsOfRollout { id: r.id.clone() }).await.deployments().expect("Deployments");
     for (_, _, id, mount, _) in &machines {
         let wrote = made.iter().any(|d| &d.machine_id == id && d.output_tail.contains(&format!("marker written in {}", mount.display())));
         assert!(wrote, "{id}: the new generation wrote its marker on the volume: {made:?}");
@@ -449,7 +447,7 @@ async fn a_rollout_gives_each_machine_its_own_volume_by_hostname() {
     assert!(ok, "{err}");
     let id = r["id"].as_str().expect("rollout id").to_string();
     let done = eventually(Duration::from_secs(60), || async {
-        let AdminResponse::Rollout(now) = fleet.coordinator.call(AdminRequest::RolloutStatus { id: id.clone() }).await else { return false };
+        let Ok(now) = fleet.coordinator.call(AdminRequest::RolloutStatus { id: id.clone() }).await.rollout() else { return false };
         now.phase == RolloutPhase::Succeeded
     })
     .await;
@@ -470,7 +468,7 @@ fn hash(p: &Path) -> String {
 async fn outcome(fleet: &Fleet, machine: &str, generation: u64) -> DeploymentInfo {
     let id = format!("d-{machine}-{generation}");
     let show = || async {
-        let AdminResponse::Deployment(d) = fleet.coordinator.call(AdminRequest::DeploymentsShow { id: id.clone() }).await else { panic!("no deployment {id}") };
+        let d = fleet.coordinator.call(AdminRequest::DeploymentsShow { id: id.clone() }).await.deployment().expect("Deployment");
         d
     };
     let over = eventually(Duration::from_secs(60), || async { matches!(show().await.state, DeploymentState::Succeeded | DeploymentState::Failed) }).await;

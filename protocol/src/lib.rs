@@ -5,6 +5,7 @@
 //! ([`error`]). It performs no I/O; the transport crate carries its frames over
 //! QUIC streams.
 
+pub mod answer;
 pub mod compat;
 pub mod error;
 pub mod frame;
@@ -18,6 +19,7 @@ pub mod v1;
 pub mod version;
 pub mod volume;
 
+pub use answer::UnexpectedAnswer;
 pub use error::{ErrorCode, WireError};
 pub use frame::{FrameError, MAX_FRAME_LEN};
 pub use version::{negotiate, VersionRange, PROTOCOL_VERSION, SUPPORTED};

@@ -22,9 +22,7 @@ pub async fn run(cmd: AdminsCommand) -> Result<()> {
             let key = identity::generate_key()?;
             let csr = identity::csr_der(&key, &name)?;
             let answer = call(&admin, AdminRequest::AdminsAdd { name: name.clone(), role, csr_der: csr }, &format!("adding admin {name}")).await?;
-            let AdminResponse::AdminCreated(issued) = answer else {
-                bail!("unexpected answer from the coordinator");
-            };
+            let issued = answer.admin_created()?;
             // The new bundle reaches the same coordinator as ours.
             let ours = super_bundle(&admin)?;
             AdminBundle {
@@ -46,9 +44,7 @@ pub async fn run(cmd: AdminsCommand) -> Result<()> {
         }
         AdminsCommand::List { admin } => {
             let answer = call(&admin, AdminRequest::AdminsList, "listing admins").await?;
-            let AdminResponse::Admins(admins) = answer else {
-                bail!("unexpected answer from the coordinator");
-            };
+            let admins = answer.admins()?;
             match admin.output {
                 OutputFormat::Json => print_json(&admins)?,
                 OutputFormat::Table => {
@@ -115,10 +111,7 @@ fn read_key_file(path: &std::path::Path) -> Result<String> {
 }
 
 fn keys_answer(answer: AdminResponse) -> Result<Vec<drover_protocol::v1::SshKeyInfo>> {
-    match answer {
-        AdminResponse::SshKeys(keys) => Ok(keys),
-        _ => bail!("unexpected answer from the coordinator"),
-    }
+    Ok(answer.ssh_keys()?)
 }
 
 fn print_keys(admin: &AdminArgs, keys: &[drover_protocol::v1::SshKeyInfo], note: &str) -> Result<()> {
@@ -149,9 +142,7 @@ fn super_bundle(args: &AdminArgs) -> Result<AdminBundle> {
 
 pub async fn whoami(args: AdminArgs) -> Result<()> {
     let answer = call(&args, AdminRequest::WhoAmI, "whoami").await?;
-    let AdminResponse::Identity(me) = answer else {
-        bail!("unexpected answer from the coordinator");
-    };
+    let me = answer.identity()?;
     match args.output {
         OutputFormat::Json => print_json(&me)?,
         OutputFormat::Table => crate::out!("{} ({})", me.name, me.role.as_str()),

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use drover_protocol::v1::{AdminRequest, AdminResponse};
+use drover_protocol::v1::AdminRequest;
 
 use crate::cli::{AuditArgs, Since};
 use crate::output::{self, OutputFormat};
@@ -27,9 +27,7 @@ pub async fn run(args: AuditArgs) -> Result<()> {
         return export(&args, file).await;
     }
     let request = AdminRequest::Audit { since: args.since.map(since_ms), admin: args.by_admin.clone(), limit: args.limit };
-    let AdminResponse::Audit(entries) = super::call(&args.admin, request, "reading the audit log").await? else {
-        bail!("unexpected answer from the coordinator");
-    };
+    let entries = super::call(&args.admin, request, "reading the audit log").await?.audit()?;
     match args.admin.output {
         OutputFormat::Json => print_json(&entries)?,
         OutputFormat::Table => {
@@ -72,10 +70,9 @@ async fn export(args: &AuditArgs, file: &Path) -> Result<()> {
         let mut n = 0u64;
         let result = loop {
             let request = AdminRequest::AuditExport { after: after.take(), limit: PAGE };
-            let page = match client.call(request).await {
-                Ok(AdminResponse::AuditPage { entries, next }) => (entries, next),
-                Ok(_) => break Err(anyhow::anyhow!("unexpected answer from the coordinator")),
-                Err(e) => break Err(refused(e, "exporting the audit log")),
+            let page = match client.call(request).await.map_err(|e| refused(e, "exporting the audit log")).and_then(|a| Ok(a.audit_page()?)) {
+                Ok(page) => page,
+                Err(e) => break Err(e),
             };
             for entry in &page.0 {
                 serde_json::to_writer(&mut out, entry)?;

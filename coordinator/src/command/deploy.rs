@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use drover_protocol::v1::{
-    AdminRequest, AdminResponse, DeploySpec, DeployStep, DeployedTarget, DeploymentInfo, DeploymentState, HealthCheck, SecretBytes, SecretFile, SystemSpec,
+    AdminRequest, DeploySpec, DeployStep, DeployedTarget, DeploymentInfo, DeploymentState, HealthCheck, SecretBytes, SecretFile, SystemSpec,
     MAX_DEPLOYMENTS_PER_REQUEST,
 };
 
@@ -73,9 +73,7 @@ pub fn spec(what: &WhatArgs, machine: Option<String>, selector: Vec<(String, Str
 /// Asks for a dry run of `spec` and prints it.
 pub async fn dry_run(admin: &AdminArgs, spec: DeploySpec) -> Result<()> {
     let answer = call(admin, AdminRequest::DeployDryRun(spec), "planning the deployment").await?;
-    let AdminResponse::DeployPlan(plan) = answer else {
-        bail!("unexpected answer from the coordinator");
-    };
+    let plan = answer.deploy_plan()?;
     match admin.output {
         OutputFormat::Json => print_json(&plan)?,
         OutputFormat::Table => {
@@ -116,9 +114,7 @@ pub async fn run(args: DeployArgs) -> Result<()> {
     let client = connect(&args.admin).await?;
     let request = AdminRequest::Deploy(spec);
     let answer = client.call(request).await.map_err(|e| refused(e, "deploying"))?;
-    let AdminResponse::Deployed(targets) = answer else {
-        bail!("unexpected answer from the coordinator");
-    };
+    let targets = answer.deployed()?;
     follow(client, targets, args.wait.then_some(args.wait_timeout), args.admin.output).await
 }
 
@@ -229,17 +225,13 @@ async fn wait(client: &AdminClient, targets: &[DeployedTarget], timeout: Duratio
         if client.version() >= 8 {
             for ids in unfinished.chunks(MAX_DEPLOYMENTS_PER_REQUEST) {
                 let answer = client.call(AdminRequest::DeploymentsShowMany { ids: ids.to_vec() }).await.map_err(|e| refused(e, "following the deployment"))?;
-                let AdminResponse::Deployments(ds) = answer else {
-                    bail!("unexpected answer from the coordinator");
-                };
+                let ds = answer.deployments()?;
                 seen.extend(ds);
             }
         } else {
             for id in unfinished {
                 let answer = client.call(AdminRequest::DeploymentsShow { id }).await.map_err(|e| refused(e, "following the deployment"))?;
-                let AdminResponse::Deployment(d) = answer else {
-                    bail!("unexpected answer from the coordinator");
-                };
+                let d = answer.deployment()?;
                 seen.push(d);
             }
         }

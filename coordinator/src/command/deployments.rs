@@ -1,8 +1,8 @@
 //! `drover deployments list|show`.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
-use drover_protocol::v1::{AdminRequest, AdminResponse, DeploymentInfo, SystemSpec};
+use drover_protocol::v1::{AdminRequest, DeploymentInfo, SystemSpec};
 
 use crate::cli::DeploymentsCommand;
 use crate::output::{self, OutputFormat};
@@ -25,9 +25,7 @@ pub async fn run(cmd: DeploymentsCommand) -> Result<()> {
                 None => AdminRequest::DeploymentsList { machine },
             };
             let answer = call(&admin, request, "listing deployments").await?;
-            let AdminResponse::Deployments(list) = answer else {
-                bail!("unexpected answer from the coordinator");
-            };
+            let list = answer.deployments()?;
             match admin.output {
                 OutputFormat::Json => print_json(&list)?,
                 OutputFormat::Table => {
@@ -48,9 +46,7 @@ pub async fn run(cmd: DeploymentsCommand) -> Result<()> {
         }
         DeploymentsCommand::Show { id, admin } => {
             let answer = call(&admin, AdminRequest::DeploymentsShow { id: id.clone() }, &format!("showing deployment {id}")).await?;
-            let AdminResponse::Deployment(d) = answer else {
-                bail!("unexpected answer from the coordinator");
-            };
+            let d = answer.deployment()?;
             match admin.output {
                 OutputFormat::Json => print_json(&d)?,
                 OutputFormat::Table => print_deployment(&d),

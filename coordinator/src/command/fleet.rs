@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use drover_protocol::v1::{
     AdminRequest, AdminResponse, BucketRequest, DeploySpec, Labels, ProvisionDisk, ProvisionRequest, RolloutPhase, RolloutSpec, RolloutStrategy, S3Request,
-    S3Response, SecretBytes, SecretFile, SystemSpec, TenantSpec, VolumeClaim, VolumeRequest, VolumeResponse,
+    SecretBytes, SecretFile, SystemSpec, TenantSpec, VolumeClaim, VolumeRequest,
 };
 
 use crate::cli::{AdminArgs, FleetSource};
@@ -89,32 +89,28 @@ fn unconfigured(e: &ClientError) -> bool {
 /// The fleet as the coordinator knows it now.
 pub async fn observe(client: &AdminClient, fleet: &FleetFile) -> Result<Observed> {
     let mut observed = Observed::default();
-    let AdminResponse::Tenants(tenants) = ask(client, AdminRequest::TenantsList, "listing tenants").await? else { bail!("unexpected answer") };
+    let tenants = ask(client, AdminRequest::TenantsList, "listing tenants").await?.tenants()?;
     observed.tenants = tenants.into_iter().map(|t| t.domain).collect();
-    let AdminResponse::Provisions(all) = ask(client, AdminRequest::Provisions, "listing provisions").await? else { bail!("unexpected answer") };
+    let all = ask(client, AdminRequest::Provisions, "listing provisions").await?.provisions()?;
     observed.provisions = plan::live_provisions(all);
-    let AdminResponse::Machines(machines) = ask(client, AdminRequest::MachinesList { selector: Labels::new() }, "listing machines").await? else {
-        bail!("unexpected answer")
-    };
+    let machines = ask(client, AdminRequest::MachinesList { selector: Labels::new() }, "listing machines").await?.machines()?;
     observed.machines = machines.into_iter().filter(|m| m.status != drover_protocol::v1::MachineStatus::Revoked).collect();
-    let applied = match ask(client, AdminRequest::FleetShow, "reading the last applied fleet").await? {
-        AdminResponse::Fleet(Some(a)) => serde_json::from_str::<Applied>(&a.document).ok().map(|a| a.file),
-        _ => None,
-    };
+    let applied = ask(client, AdminRequest::FleetShow, "reading the last applied fleet")
+        .await?
+        .fleet()?
+        .and_then(|a| serde_json::from_str::<Applied>(&a.document).ok())
+        .map(|a| a.file);
     let wants_s3 = !fleet.buckets.is_empty() || applied.as_ref().is_some_and(|a| !a.buckets.is_empty());
     if wants_s3 {
         match client.call(AdminRequest::S3(S3Request::BucketsList)).await {
-            Ok(AdminResponse::S3(S3Response::Buckets(b))) => observed.buckets = b.into_iter().flat_map(|b| b.aliases).collect(),
-            Ok(_) => bail!("unexpected answer"),
+            Ok(answer) => observed.buckets = answer.s3()?.buckets()?.into_iter().flat_map(|b| b.aliases).collect(),
             Err(e) if unconfigured(&e) && fleet.buckets.is_empty() => {}
             Err(e) => return Err(refused(e, "listing buckets (the fleet has buckets: configure [s3])")),
         }
     }
     let wants_volumes = fleet.volumes.iter().any(|(_, v)| fleet.machines.get(&v.machine).is_some_and(|m| m.adopt.is_some()));
     if wants_volumes {
-        let AdminResponse::Volumes(VolumeResponse::Volumes(v)) = ask(client, AdminRequest::Volumes(VolumeRequest::List), "listing volumes").await? else {
-            bail!("unexpected answer")
-        };
+        let v = ask(client, AdminRequest::Volumes(VolumeRequest::List), "listing volumes").await?.volumes()?.volumes()?;
         observed.volumes = v.into_iter().map(|v| v.name).collect();
     }
     observed.applied = applied;
@@ -242,9 +238,7 @@ async fn problems(client: &AdminClient, fleet: &FleetFile, source: &Source, base
     }
     let requests = provision_requests(fleet, observed)?;
     if !requests.is_empty() {
-        let AdminResponse::Problems(found) = ask(client, AdminRequest::ProvisionsCheck { requests }, "checking the provisions").await? else {
-            bail!("unexpected answer")
-        };
+        let found = ask(client, AdminRequest::ProvisionsCheck { requests }, "checking the provisions").await?.problems()?;
         for p in found {
             // The key the problem is about, for its line.
             let key = ["cores", "memory", "disk", "template"].into_iter().find(|k| p.message.contains(&format!("--{k}"))).unwrap_or("provider");
@@ -269,9 +263,7 @@ fn refuse(problems: &[String], doing: &str) -> Result<()> {
 async fn progress_of(client: &AdminClient, targets: &[drover_protocol::v1::PlannedTarget]) -> Result<Vec<(String, u64, Option<u64>)>> {
     let mut out = Vec::new();
     for t in targets {
-        let AdminResponse::MachineDetail(d) = ask(client, AdminRequest::MachinesDetail { id: t.machine_id.clone() }, "reading a machine").await? else {
-            bail!("unexpected answer")
-        };
+        let d = ask(client, AdminRequest::MachinesDetail { id: t.machine_id.clone() }, "reading a machine").await?.machine_detail()?;
         out.push((t.hostname.clone(), d.desired_generation, d.current_generation));
     }
     Ok(out)
@@ -287,9 +279,7 @@ async fn make_plan(client: &AdminClient, fleet: &FleetFile, observed: &Observed,
         let change = match (facts, ready) {
             (Ok(facts), true) => {
                 let spec = service_spec(fleet, &name, facts, base)?;
-                let AdminResponse::DeployPlan(targets) = ask(client, AdminRequest::DeployDryRun(spec), &format!("planning service {name}")).await? else {
-                    bail!("unexpected answer")
-                };
+                let targets = ask(client, AdminRequest::DeployDryRun(spec), &format!("planning service {name}")).await?.deploy_plan()?;
                 match plan::service(&name, machines, Some(&targets), &[]) {
                     Some(change) => Some(change),
                     None => plan::unfinished(&name, &progress_of(client, &targets).await?),
@@ -300,9 +290,7 @@ async fn make_plan(client: &AdminClient, fleet: &FleetFile, observed: &Observed,
                 // still open left as written.
                 let raw = fleet.services[&name].facts.clone();
                 let spec = service_spec(fleet, &name, raw, base)?;
-                let AdminResponse::DeployPlan(targets) = ask(client, AdminRequest::DeployDryRun(spec), &format!("planning service {name}")).await? else {
-                    bail!("unexpected answer")
-                };
+                let targets = ask(client, AdminRequest::DeployDryRun(spec), &format!("planning service {name}")).await?.deploy_plan()?;
                 plan::service(&name, machines, Some(&targets), &open)
             }
             (Ok(_), false) => plan::service(&name, machines, None, &[]),
@@ -494,15 +482,11 @@ async fn execute(
     for name in fleet::service_order(fleet).map_err(|c| anyhow::anyhow!("a cycle: {}", c.join(" -> ")))?.into_iter().filter(|n| services.contains(n)) {
         let facts = plan::facts_of(fleet, &observed, &name).map_err(|open| anyhow::anyhow!("service {name}: facts cannot be resolved: {}", open.join(", ")))?;
         let spec = service_spec(fleet, &name, facts, base)?;
-        let AdminResponse::DeployPlan(targets) = ask(client, AdminRequest::DeployDryRun(spec.clone()), &format!("planning service {name}")).await? else {
-            bail!("unexpected answer")
-        };
+        let targets = ask(client, AdminRequest::DeployDryRun(spec.clone()), &format!("planning service {name}")).await?.deploy_plan()?;
         progress(show, format!("service {name}: deploying to {} machine(s)", targets.len()));
         match &fleet.services[&name].strategy {
             None => {
-                let AdminResponse::Deployed(deployed) = ask(client, AdminRequest::Deploy(spec), &format!("deploying service {name}")).await? else {
-                    bail!("unexpected answer")
-                };
+                let deployed = ask(client, AdminRequest::Deploy(spec), &format!("deploying service {name}")).await?.deployed()?;
                 let wait_client = connect(admin).await?;
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 super::deploy::follow(wait_client, deployed, Some(left), if show { OutputFormat::Table } else { OutputFormat::Json })
@@ -525,13 +509,9 @@ async fn execute(
                     },
                     snapshot_volumes: false,
                 };
-                let AdminResponse::Rollout(r) = ask(client, AdminRequest::RolloutStart(rollout), &format!("rolling out service {name}")).await? else {
-                    bail!("unexpected answer")
-                };
+                let r = ask(client, AdminRequest::RolloutStart(rollout), &format!("rolling out service {name}")).await?.rollout()?;
                 loop {
-                    let AdminResponse::Rollout(now) = ask(client, AdminRequest::RolloutStatus { id: r.id.clone() }, "following the rollout").await? else {
-                        bail!("unexpected answer")
-                    };
+                    let now = ask(client, AdminRequest::RolloutStatus { id: r.id.clone() }, "following the rollout").await?.rollout()?;
                     match now.phase {
                         RolloutPhase::Succeeded => break,
                         RolloutPhase::Failed | RolloutPhase::Aborted | RolloutPhase::Reverted => {
@@ -552,17 +532,18 @@ async fn execute(
     // Deletions (a plan has them only with --prune): a volume the file no
     // longer names is detached, never deleted.
     for c in changes {
-        let request = match (c.kind, c.action) {
-            (Kind::Bucket, Action::Delete) => AdminRequest::S3(S3Request::BucketDelete { name: c.name.clone() }),
-            (Kind::Machine, Action::Delete) => AdminRequest::MachinesDestroy { name: c.name.clone(), keep_volumes: false },
-            (Kind::Volume, Action::Update) => AdminRequest::Volumes(VolumeRequest::Detach { name: c.name.clone() }),
+        let (request, detach) = match (c.kind, c.action) {
+            (Kind::Bucket, Action::Delete) => (AdminRequest::S3(S3Request::BucketDelete { name: c.name.clone() }), false),
+            (Kind::Machine, Action::Delete) => (AdminRequest::MachinesDestroy { name: c.name.clone(), keep_volumes: false }, false),
+            (Kind::Volume, Action::Update) => (AdminRequest::Volumes(VolumeRequest::Detach { name: c.name.clone() }), true),
             _ => continue,
         };
-        progress(show, format!("{} {}: {}", c.kind.as_str(), c.name, if c.action == Action::Delete { "delete" } else { "detach" }));
+        progress(show, format!("{} {}: {}", c.kind.as_str(), c.name, if detach { "detach" } else { "delete" }));
         let answer = ask(client, request, &format!("pruning {} {}", c.kind.as_str(), c.name)).await?;
-        if let AdminResponse::Volumes(drover_protocol::v1::VolumeResponse::Volume(v)) = answer {
+        if detach {
             // A detach returns once started; the volume leaves its
             // machine when the machine has unmounted it.
+            let v = answer.volumes()?.volume()?;
             super::volumes::wait_detached(client, v, deadline.saturating_duration_since(tokio::time::Instant::now()), show).await?;
         }
     }
@@ -584,10 +565,8 @@ async fn wait_machines(client: &AdminClient, fleet: &FleetFile, deadline: tokio:
                 }
                 _ => {
                     if decl.provider.is_some() {
-                        let failed = match client.call(AdminRequest::ProvisionShow { name: name.clone() }).await {
-                            Ok(AdminResponse::Provision(p)) if p.state == drover_protocol::v1::ProvisionState::Failed => p.error,
-                            _ => None,
-                        };
+                        let shown = client.call(AdminRequest::ProvisionShow { name: name.clone() }).await.ok().and_then(|a| a.provision().ok());
+                        let failed = shown.filter(|p| p.state == drover_protocol::v1::ProvisionState::Failed).and_then(|p| p.error);
                         if let Some(e) = failed {
                             bail!("machine {name}: its provision failed: {e}");
                         }
@@ -611,9 +590,7 @@ async fn save(client: &AdminClient, fleet: &FleetFile, observed: &Observed) -> R
     for name in fleet.machines.keys() {
         if let Some(m) = observed.machine(fleet, name) {
             applied.machines.insert(name.clone(), m.id.clone());
-            let AdminResponse::MachineDetail(d) = ask(client, AdminRequest::MachinesDetail { id: m.id.clone() }, "reading a machine").await? else {
-                bail!("unexpected answer")
-            };
+            let d = ask(client, AdminRequest::MachinesDetail { id: m.id.clone() }, "reading a machine").await?.machine_detail()?;
             applied.generations.insert(m.id.clone(), d.desired_generation);
         }
     }
@@ -630,7 +607,7 @@ async fn save(client: &AdminClient, fleet: &FleetFile, observed: &Observed) -> R
 /// `drover fleet show`.
 pub async fn show(admin: AdminArgs) -> Result<()> {
     let client = connect(&admin).await?;
-    let AdminResponse::Fleet(fleet) = ask(&client, AdminRequest::FleetShow, "reading the last applied fleet").await? else { bail!("unexpected answer") };
+    let fleet = ask(&client, AdminRequest::FleetShow, "reading the last applied fleet").await?.fleet()?;
     client.close().await;
     let Some(fleet) = fleet else {
         bail!("no fleet has been applied yet; see `drover apply --help`");
@@ -668,7 +645,7 @@ pub struct Drift {
 /// `drover fleet drift`.
 pub async fn drift(admin: AdminArgs) -> Result<()> {
     let client = connect(&admin).await?;
-    let AdminResponse::Fleet(Some(record)) = ask(&client, AdminRequest::FleetShow, "reading the last applied fleet").await? else {
+    let Some(record) = ask(&client, AdminRequest::FleetShow, "reading the last applied fleet").await?.fleet()? else {
         bail!("no fleet has been applied yet; see `drover apply --help`");
     };
     let applied: Applied = serde_json::from_str(&record.document).context("the recorded fleet is unreadable")?;
@@ -681,9 +658,7 @@ pub async fn drift(admin: AdminArgs) -> Result<()> {
                 if m.status != drover_protocol::v1::MachineStatus::Online {
                     drifts.push(Drift { kind: "machine", name: name.clone(), what: format!("{id} is {}", m.status.as_str()) });
                 }
-                let AdminResponse::MachineDetail(d) = ask(&client, AdminRequest::MachinesDetail { id: id.clone() }, "reading a machine").await? else {
-                    bail!("unexpected answer")
-                };
+                let d = ask(&client, AdminRequest::MachinesDetail { id: id.clone() }, "reading a machine").await?.machine_detail()?;
                 let want = applied.generations.get(id).copied().unwrap_or(0);
                 if d.desired_generation != want {
                     drifts.push(Drift { kind: "machine", name: name.clone(), what: format!("generation {} (applied: {want})", d.desired_generation) });

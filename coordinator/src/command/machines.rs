@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 
-use drover_protocol::v1::{AdminRequest, AdminResponse, MachineInfo, ProvisionInfo, ProvisionRequest, ProvisionState};
+use drover_protocol::v1::{AdminRequest, MachineInfo, ProvisionInfo, ProvisionRequest, ProvisionState};
 
 use crate::cli::MachinesCommand;
 use crate::output::{self, OutputFormat};
@@ -15,9 +15,7 @@ pub async fn run(cmd: MachinesCommand) -> Result<()> {
         MachinesCommand::List { selector, admin } => {
             let filtered = !selector.is_empty();
             let answer = call(&admin, AdminRequest::MachinesList { selector: labels(selector) }, "listing machines").await?;
-            let AdminResponse::Machines(machines) = answer else {
-                bail!("unexpected answer from the coordinator");
-            };
+            let machines = answer.machines()?;
             match admin.output {
                 OutputFormat::Json => print_json(&machines)?,
                 OutputFormat::Table => {
@@ -39,9 +37,7 @@ pub async fn run(cmd: MachinesCommand) -> Result<()> {
                 disks: volumes,
             };
             let answer = client.call(AdminRequest::MachinesProvision(request)).await.map_err(|e| super::refused(e, &format!("provisioning {name}")))?;
-            let AdminResponse::Provision(p) = answer else {
-                bail!("unexpected answer from the coordinator");
-            };
+            let p = answer.provision()?;
             let p = if wait { follow_provision(&client, p, admin.output == OutputFormat::Table).await? } else { p };
             match admin.output {
                 OutputFormat::Json => print_json(&p)?,
@@ -52,14 +48,9 @@ pub async fn run(cmd: MachinesCommand) -> Result<()> {
             }
         }
         MachinesCommand::Destroy { id, keep_volumes, admin } => {
-            let before = match call(&admin, AdminRequest::ProvisionShow { name: id.clone() }, &format!("looking up {id}")).await? {
-                AdminResponse::Provision(p) => Some(p),
-                _ => None,
-            };
+            let before = call(&admin, AdminRequest::ProvisionShow { name: id.clone() }, &format!("looking up {id}")).await?.provision().ok();
             let answer = call(&admin, AdminRequest::MachinesDestroy { name: id.clone(), keep_volumes }, &format!("destroying {id}")).await?;
-            let AdminResponse::Provision(p) = answer else {
-                bail!("unexpected answer from the coordinator");
-            };
+            let p = answer.provision()?;
             let already = before.as_ref().is_some_and(|b| b.state == drover_protocol::v1::ProvisionState::Destroyed && b == &p);
             match admin.output {
                 OutputFormat::Json => {
@@ -105,9 +96,7 @@ pub async fn run(cmd: MachinesCommand) -> Result<()> {
         }
         MachinesCommand::Show { id, admin } => {
             let answer = call(&admin, AdminRequest::MachinesDetail { id: id.clone() }, &format!("showing machine {id}")).await?;
-            let AdminResponse::MachineDetail(detail) = answer else {
-                bail!("unexpected answer from the coordinator");
-            };
+            let detail = answer.machine_detail()?;
             match admin.output {
                 OutputFormat::Json => print_json(&detail)?,
                 OutputFormat::Table => {
@@ -135,9 +124,7 @@ pub async fn run(cmd: MachinesCommand) -> Result<()> {
                 }
             }
             let answer = call(&admin, AdminRequest::MachinesLabel { id: id.clone(), set: labels(set), remove }, &format!("labelling machine {id}")).await?;
-            let AdminResponse::Machine(machine) = answer else {
-                bail!("unexpected answer from the coordinator");
-            };
+            let machine = answer.machine()?;
             match admin.output {
                 OutputFormat::Json => print_json(&machine)?,
                 OutputFormat::Table => crate::out!("{} labels: {}", machine.id, output::labels(&machine.labels)),
@@ -145,9 +132,7 @@ pub async fn run(cmd: MachinesCommand) -> Result<()> {
         }
         MachinesCommand::Revoke { id, admin } => {
             let answer = call(&admin, AdminRequest::MachinesRevoke { id: id.clone() }, &format!("revoking machine {id}")).await?;
-            let AdminResponse::Machine(machine) = answer else {
-                bail!("unexpected answer from the coordinator");
-            };
+            let machine = answer.machine()?;
             match admin.output {
                 OutputFormat::Json => print_json(&machine)?,
                 OutputFormat::Table => crate::out!("machine {} ({}) revoked", machine.id, machine.hostname),
@@ -157,9 +142,7 @@ pub async fn run(cmd: MachinesCommand) -> Result<()> {
             let client = super::connect(&admin).await?;
             let request = AdminRequest::MachinesReboot { machine: id, selector: super::labels(selector) };
             let answer = client.call(request).await.map_err(|e| super::refused(e, "rebooting"))?;
-            let AdminResponse::Deployed(targets) = answer else {
-                bail!("unexpected answer from the coordinator");
-            };
+            let targets = answer.deployed()?;
             super::deploy::follow(client, targets, wait.then_some(wait_timeout), admin.output).await?;
         }
     }
@@ -167,9 +150,7 @@ pub async fn run(cmd: MachinesCommand) -> Result<()> {
 }
 
 async fn provisions(admin: &crate::cli::AdminArgs) -> Result<Vec<ProvisionInfo>> {
-    let AdminResponse::Provisions(all) = call(admin, AdminRequest::Provisions, "listing provisions").await? else {
-        bail!("unexpected answer from the coordinator");
-    };
+    let all = call(admin, AdminRequest::Provisions, "listing provisions").await?.provisions()?;
     Ok(all)
 }
 
@@ -200,9 +181,7 @@ async fn follow_provision(client: &crate::client::AdminClient, mut p: ProvisionI
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         let answer = client.call(AdminRequest::ProvisionShow { name: p.name.clone() }).await.map_err(|e| super::refused(e, "following the provision"))?;
-        let AdminResponse::Provision(next) = answer else {
-            bail!("unexpected answer from the coordinator");
-        };
+        let next = answer.provision()?;
         p = next;
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use drover_protocol::v1::{AdminRequest, AdminResponse, RolloutAction, RolloutInfo, RolloutMachineState, RolloutPhase, RolloutSpec, RolloutStrategy};
+use drover_protocol::v1::{AdminRequest, RolloutAction, RolloutInfo, RolloutMachineState, RolloutPhase, RolloutSpec, RolloutStrategy};
 
 use crate::cli::{RolloutCommand, RolloutStartArgs};
 use crate::client::AdminClient;
@@ -19,10 +19,7 @@ fn ms(d: Duration) -> u64 {
 }
 
 async fn status(client: &AdminClient, id: &str) -> Result<RolloutInfo> {
-    match client.call(AdminRequest::RolloutStatus { id: id.to_string() }).await.map_err(|e| refused(e, &format!("reading rollout {id}")))? {
-        AdminResponse::Rollout(r) => Ok(r),
-        _ => bail!("unexpected answer from the coordinator"),
-    }
+    Ok(client.call(AdminRequest::RolloutStatus { id: id.to_string() }).await.map_err(|e| refused(e, &format!("reading rollout {id}")))?.rollout()?)
 }
 
 fn moving(r: &RolloutInfo) -> bool {
@@ -120,7 +117,7 @@ pub async fn run(cmd: RolloutCommand) -> Result<()> {
         }
         RolloutCommand::List { admin } => {
             let answer = call(&admin, AdminRequest::RolloutList, "listing rollouts").await?;
-            let AdminResponse::Rollouts(list) = answer else { bail!("unexpected answer from the coordinator") };
+            let list = answer.rollouts()?;
             match admin.output {
                 OutputFormat::Json => print_json(&list)?,
                 OutputFormat::Table => {
@@ -144,7 +141,7 @@ pub async fn run(cmd: RolloutCommand) -> Result<()> {
 async fn control(id: String, action: RolloutAction, admin: crate::cli::AdminArgs) -> Result<()> {
     let what = format!("{action:?} rollout {id}").to_lowercase();
     let answer = call(&admin, AdminRequest::RolloutControl { id: id.clone(), action }, &what).await?;
-    let AdminResponse::Rollout(r) = answer else { bail!("unexpected answer from the coordinator") };
+    let r = answer.rollout()?;
     match admin.output {
         OutputFormat::Json => print_json(&r),
         OutputFormat::Table => {
@@ -178,7 +175,7 @@ async fn start(args: RolloutStartArgs) -> Result<()> {
     spec.deploy.volumes = args.volumes.clone();
     let request = AdminRequest::RolloutStart(spec);
     let answer = client.call(request).await.map_err(|e| refused(e, "starting the rollout"))?;
-    let AdminResponse::Rollout(r) = answer else { bail!("unexpected answer from the coordinator") };
+    let r = answer.rollout()?;
     if !args.wait {
         client.close().await;
         return match args.admin.output {

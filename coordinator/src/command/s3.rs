@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Result};
 
-use drover_protocol::v1::{AdminRequest, AdminResponse, S3Bucket, S3Cluster, S3Key, S3Request, S3Response};
+use drover_protocol::v1::{AdminRequest, S3Bucket, S3Cluster, S3Key, S3Request, S3Response};
 
 use crate::cli::{AdminArgs, BucketsCommand, ClusterCommand, KeysCommand, S3Command};
 use crate::output::{self, OutputFormat};
@@ -12,10 +12,7 @@ use crate::output::{self, OutputFormat};
 use super::{call, print_json};
 
 async fn s3(admin: &AdminArgs, request: S3Request, what: &str) -> Result<S3Response> {
-    match call(admin, AdminRequest::S3(request), what).await? {
-        AdminResponse::S3(answer) => Ok(answer),
-        _ => bail!("unexpected answer from the coordinator"),
-    }
+    Ok(call(admin, AdminRequest::S3(request), what).await?.s3()?)
 }
 
 fn print_bucket(b: &S3Bucket) {
@@ -74,7 +71,7 @@ fn show<T: serde::Serialize>(admin: &AdminArgs, value: &T, table: impl FnOnce(&T
 pub async fn run(cmd: S3Command) -> Result<()> {
     match cmd {
         S3Command::Buckets(BucketsCommand::List { admin }) => {
-            let S3Response::Buckets(list) = s3(&admin, S3Request::BucketsList, "listing buckets").await? else { bail!("unexpected answer") };
+            let list = s3(&admin, S3Request::BucketsList, "listing buckets").await?.buckets()?;
             show(&admin, &list, |list| {
                 let mut t = output::table(&["BUCKET", "ID", "ACCESS", "OBJECTS", "SIZE", "KEYS"]);
                 for b in list {
@@ -91,17 +88,13 @@ pub async fn run(cmd: S3Command) -> Result<()> {
             })
         }
         S3Command::Buckets(BucketsCommand::Create { name, public, max_size, max_objects, admin }) => {
-            let S3Response::Bucket(b) =
-                s3(&admin, S3Request::BucketCreate { name: name.clone(), public, max_size, max_objects }, &format!("creating bucket {name}")).await?
-            else {
-                bail!("unexpected answer")
-            };
+            let b = s3(&admin, S3Request::BucketCreate { name: name.clone(), public, max_size, max_objects }, &format!("creating bucket {name}"))
+                .await?
+                .bucket()?;
             show(&admin, &b, print_bucket)
         }
         S3Command::Buckets(BucketsCommand::Show { name, admin }) => {
-            let S3Response::Bucket(b) = s3(&admin, S3Request::BucketShow { name: name.clone() }, &format!("showing bucket {name}")).await? else {
-                bail!("unexpected answer")
-            };
+            let b = s3(&admin, S3Request::BucketShow { name: name.clone() }, &format!("showing bucket {name}")).await?.bucket()?;
             show(&admin, &b, print_bucket)
         }
         S3Command::Buckets(BucketsCommand::Delete { name, admin }) => {
@@ -109,7 +102,7 @@ pub async fn run(cmd: S3Command) -> Result<()> {
             show(&admin, &serde_json::json!({ "deleted": name }), |_| crate::out!("bucket {name} deleted"))
         }
         S3Command::Keys(KeysCommand::List { admin }) => {
-            let S3Response::Keys(list) = s3(&admin, S3Request::KeysList, "listing keys").await? else { bail!("unexpected answer") };
+            let list = s3(&admin, S3Request::KeysList, "listing keys").await?.keys()?;
             show(&admin, &list, |list| {
                 let mut t = output::table(&["NAME", "ACCESS KEY"]);
                 for k in list {
@@ -119,15 +112,11 @@ pub async fn run(cmd: S3Command) -> Result<()> {
             })
         }
         S3Command::Keys(KeysCommand::Create { name, admin }) => {
-            let S3Response::Key(k) = s3(&admin, S3Request::KeyCreate { name: name.clone() }, &format!("creating key {name}")).await? else {
-                bail!("unexpected answer")
-            };
+            let k = s3(&admin, S3Request::KeyCreate { name: name.clone() }, &format!("creating key {name}")).await?.key()?;
             show(&admin, &k, print_key)
         }
         S3Command::Keys(KeysCommand::Show { name, show_secret, admin }) => {
-            let S3Response::Key(k) = s3(&admin, S3Request::KeyShow { name: name.clone(), show_secret }, &format!("showing key {name}")).await? else {
-                bail!("unexpected answer")
-            };
+            let k = s3(&admin, S3Request::KeyShow { name: name.clone(), show_secret }, &format!("showing key {name}")).await?.key()?;
             show(&admin, &k, print_key)
         }
         S3Command::Keys(KeysCommand::Delete { name, admin }) => {
@@ -143,23 +132,21 @@ pub async fn run(cmd: S3Command) -> Result<()> {
                 }
                 _ => bail!("give --machine ID, or --admin, --rpc, --zone and --capacity"),
             };
-            let S3Response::Cluster(c) = s3(&admin_args, request, &what).await? else { bail!("unexpected answer") };
+            let c = s3(&admin_args, request, &what).await?.cluster()?;
             show(&admin_args, &c, print_cluster)
         }
         S3Command::Cluster(ClusterCommand::Apply { admin }) => {
-            let S3Response::Cluster(c) = s3(&admin, S3Request::ClusterApply, "applying the cluster layout").await? else { bail!("unexpected answer") };
+            let c = s3(&admin, S3Request::ClusterApply, "applying the cluster layout").await?.cluster()?;
             show(&admin, &c, print_cluster)
         }
         S3Command::Cluster(ClusterCommand::Status { admin }) => {
-            let S3Response::Cluster(c) = s3(&admin, S3Request::ClusterStatus, "reading the cluster status").await? else { bail!("unexpected answer") };
+            let c = s3(&admin, S3Request::ClusterStatus, "reading the cluster status").await?.cluster()?;
             show(&admin, &c, print_cluster)
         }
         S3Command::Grant { bucket, key, read, write, owner, admin } => {
-            let S3Response::Bucket(b) =
-                s3(&admin, S3Request::Grant { bucket: bucket.clone(), key: key.clone(), read, write, owner }, &format!("granting {key} on {bucket}")).await?
-            else {
-                bail!("unexpected answer")
-            };
+            let b = s3(&admin, S3Request::Grant { bucket: bucket.clone(), key: key.clone(), read, write, owner }, &format!("granting {key} on {bucket}"))
+                .await?
+                .bucket()?;
             show(&admin, &b, print_bucket)
         }
     }

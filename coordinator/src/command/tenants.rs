@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 
-use drover_protocol::v1::{AdminRequest, AdminResponse, TenantInfo, TenantSpec};
+use drover_protocol::v1::{AdminRequest, TenantInfo, TenantSpec};
 
 use crate::cli::{AdminArgs, TenantsCommand};
 use crate::output::{self, OutputFormat};
@@ -10,10 +10,7 @@ use crate::output::{self, OutputFormat};
 use super::{call, print_json};
 
 async fn one(admin: &AdminArgs, request: AdminRequest, what: &str) -> Result<TenantInfo> {
-    match call(admin, request, what).await? {
-        AdminResponse::Tenant(t) => Ok(t),
-        _ => bail!("unexpected answer from the coordinator"),
-    }
+    Ok(call(admin, request, what).await?.tenant()?)
 }
 
 fn print_tenant(t: &TenantInfo) {
@@ -46,9 +43,7 @@ pub async fn run(cmd: TenantsCommand) -> Result<()> {
             }
         }
         TenantsCommand::List { admin } => {
-            let AdminResponse::Tenants(tenants) = call(&admin, AdminRequest::TenantsList, "listing tenants").await? else {
-                bail!("unexpected answer from the coordinator");
-            };
+            let tenants = call(&admin, AdminRequest::TenantsList, "listing tenants").await?.tenants()?;
             match admin.output {
                 OutputFormat::Json => print_json(&tenants)?,
                 OutputFormat::Table => {

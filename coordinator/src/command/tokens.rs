@@ -1,8 +1,8 @@
 //! `drover tokens create|list|revoke`.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
-use drover_protocol::v1::{AdminRequest, AdminResponse, TokenSpec};
+use drover_protocol::v1::{AdminRequest, TokenSpec};
 
 use crate::cli::TokensCommand;
 use crate::output::{self, OutputFormat};
@@ -15,9 +15,7 @@ pub async fn run(cmd: TokensCommand) -> Result<()> {
         TokensCommand::Create { labels: pairs, ttl, uses, admin } => {
             let spec = TokenSpec { labels: labels(pairs), ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX), uses };
             let answer = call(&admin, AdminRequest::TokensCreate(spec), "creating the token").await?;
-            let AdminResponse::TokenCreated(created) = answer else {
-                bail!("unexpected answer from the coordinator");
-            };
+            let created = answer.token_created()?;
             match admin.output {
                 OutputFormat::Json => print_json(&created)?,
                 OutputFormat::Table => {
@@ -39,9 +37,7 @@ pub async fn run(cmd: TokensCommand) -> Result<()> {
         }
         TokensCommand::List { admin } => {
             let answer = call(&admin, AdminRequest::TokensList, "listing tokens").await?;
-            let AdminResponse::Tokens(tokens) = answer else {
-                bail!("unexpected answer from the coordinator");
-            };
+            let tokens = answer.tokens()?;
             match admin.output {
                 OutputFormat::Json => print_json(&tokens)?,
                 OutputFormat::Table => {

@@ -11,10 +11,7 @@ use crate::output::{self, OutputFormat};
 use super::{call, print_json};
 
 async fn volumes(admin: &AdminArgs, request: VolumeRequest, what: &str) -> Result<VolumeResponse> {
-    match call(admin, AdminRequest::Volumes(request), what).await? {
-        AdminResponse::Volumes(answer) => Ok(answer),
-        _ => bail!("unexpected answer from the coordinator"),
-    }
+    Ok(call(admin, AdminRequest::Volumes(request), what).await?.volumes()?)
 }
 
 fn holder(v: &VolumeInfo) -> String {
@@ -115,27 +112,24 @@ pub(super) async fn wait_detached(client: &crate::client::AdminClient, mut v: Vo
             );
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        v = match client.call(AdminRequest::Volumes(VolumeRequest::Show { name: v.name.clone() })).await.map_err(|e| super::refused(e, "showing the volume"))? {
-            AdminResponse::Volumes(VolumeResponse::Volume(v)) => v,
-            _ => bail!("unexpected answer from the coordinator"),
-        };
+        v = client
+            .call(AdminRequest::Volumes(VolumeRequest::Show { name: v.name.clone() }))
+            .await
+            .map_err(|e| super::refused(e, "showing the volume"))?
+            .volumes()?
+            .volume()?;
     }
     Ok(v)
 }
 
 async fn one(admin: &AdminArgs, request: VolumeRequest, what: &str) -> Result<()> {
-    match volumes(admin, request, what).await? {
-        VolumeResponse::Volume(v) => show(admin, &v, print_volume),
-        _ => bail!("unexpected answer from the coordinator"),
-    }
+    show(admin, &volumes(admin, request, what).await?.volume()?, print_volume)
 }
 
 pub async fn run(cmd: VolumesCommand) -> Result<()> {
     match cmd {
         VolumesCommand::List { admin } => {
-            let VolumeResponse::Volumes(list) = volumes(&admin, VolumeRequest::List, "listing volumes").await? else {
-                bail!("unexpected answer from the coordinator")
-            };
+            let list = volumes(&admin, VolumeRequest::List, "listing volumes").await?.volumes()?;
             show(&admin, &list, |list| {
                 let mut t = output::table(&["VOLUME", "SIZE", "REPLICAS", "MACHINE", "MOUNT", "USED"]);
                 for v in list {
@@ -164,10 +158,7 @@ pub async fn run(cmd: VolumesCommand) -> Result<()> {
             one(&admin, request, &format!("attaching volume {name} to {machine}")).await
         }
         VolumesCommand::Detach { name, wait, wait_timeout, admin } => {
-            let VolumeResponse::Volume(started) = volumes(&admin, VolumeRequest::Detach { name: name.clone() }, &format!("detaching volume {name}")).await?
-            else {
-                bail!("unexpected answer from the coordinator")
-            };
+            let started = volumes(&admin, VolumeRequest::Detach { name: name.clone() }, &format!("detaching volume {name}")).await?.volume()?;
             let v = if wait {
                 let client = super::connect(&admin).await?;
                 let v = wait_detached(&client, started, wait_timeout, admin.output == OutputFormat::Table).await;
@@ -179,19 +170,11 @@ pub async fn run(cmd: VolumesCommand) -> Result<()> {
             show(&admin, &v, print_volume)
         }
         VolumesCommand::Snapshot { name, snapshot, admin } => {
-            let VolumeResponse::Snapshots(list) =
-                volumes(&admin, VolumeRequest::Snapshot { name: name.clone(), snapshot }, &format!("snapshotting volume {name}")).await?
-            else {
-                bail!("unexpected answer from the coordinator")
-            };
+            let list = volumes(&admin, VolumeRequest::Snapshot { name: name.clone(), snapshot }, &format!("snapshotting volume {name}")).await?.snapshots()?;
             show(&admin, &list, print_snapshots)
         }
         VolumesCommand::Snapshots { name, prune, admin } => {
-            let VolumeResponse::Snapshots(list) =
-                volumes(&admin, VolumeRequest::Snapshots { name: name.clone(), prune }, &format!("listing snapshots of {name}")).await?
-            else {
-                bail!("unexpected answer from the coordinator")
-            };
+            let list = volumes(&admin, VolumeRequest::Snapshots { name: name.clone(), prune }, &format!("listing snapshots of {name}")).await?.snapshots()?;
             show(&admin, &list, print_snapshots)
         }
         VolumesCommand::Rollback { name, snapshot, admin } => {

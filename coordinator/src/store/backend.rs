@@ -172,16 +172,27 @@ impl SpaceGuard {
     }
 }
 
+/// How long a held store lock is tried before the store counts as held by
+/// another coordinator.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl SledBackend {
     pub fn open(dir: &Path, options: SledOptions) -> Result<Self, StoreError> {
         // sled reports a directory another process (or store) holds as an
-        // i/o error whose text says so, wrapping the lock's WouldBlock.
-        let db = sled::Config::new().path(dir).cache_capacity(options.cache_bytes).open().map_err(|e| match e {
-            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock") => {
-                StoreError::Locked(dir.display().to_string())
+        // i/o error whose text says so, wrapping the lock's WouldBlock. A
+        // store of this process that was just closed holds the lock until
+        // sled's flusher thread lets go of it (at most its flush interval):
+        // the lock is tried for a while before it counts as held.
+        let locked = |e: &sled::Error| matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock"));
+        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+        let db = loop {
+            match sled::Config::new().path(dir).cache_capacity(options.cache_bytes).open() {
+                Ok(db) => break db,
+                Err(e) if locked(&e) && std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(50)),
+                Err(e) if locked(&e) => return Err(StoreError::Locked(dir.display().to_string())),
+                Err(e) => return Err(StoreError::Sled(e)),
             }
-            other => StoreError::Sled(other),
-        })?;
+        };
         let trees = Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<Vec<_>, _>>()?;
         let space = SpaceGuard { dir: dir.to_path_buf(), min_free: options.min_free_bytes, refusing: AtomicBool::new(false) };
         Ok(SledBackend { db, trees, space })

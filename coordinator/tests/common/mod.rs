@@ -149,9 +149,7 @@ impl TestCoordinator {
     /// Creates a token and writes it to a file; returns (text, file).
     pub async fn token(&self, uses: u32, labels: &[(&str, &str)]) -> (String, PathBuf) {
         let spec = TokenSpec { labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ttl_ms: 3_600_000, uses };
-        let AdminResponse::TokenCreated(created) = self.call(AdminRequest::TokensCreate(spec)).await else {
-            panic!("expected a token");
-        };
+        let created = self.call(AdminRequest::TokensCreate(spec)).await.token_created().expect("expected a token");
         let text = created.token.expose().to_string();
         let path = self.dir.path().join(format!("token-{}", created.info.id));
         std::fs::write(&path, &text).expect("write token file");
@@ -175,16 +173,12 @@ impl TestCoordinator {
     }
 
     pub async fn machines(&self) -> Vec<MachineInfo> {
-        let AdminResponse::Machines(m) = self.call(AdminRequest::MachinesList { selector: Default::default() }).await else {
-            panic!("expected machines");
-        };
+        let m = self.call(AdminRequest::MachinesList { selector: Default::default() }).await.machines().expect("expected machines");
         m
     }
 
     pub async fn machine(&self, id: &str) -> MachineInfo {
-        let AdminResponse::Machine(m) = self.call(AdminRequest::MachinesShow { id: id.into() }).await else {
-            panic!("expected a machine");
-        };
+        let m = self.call(AdminRequest::MachinesShow { id: id.into() }).await.machine().expect("expected a machine");
         m
     }
 }
