@@ -24,10 +24,6 @@ pub fn garage_bin() -> PathBuf {
     path
 }
 
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 pub struct GarageNode {
     pub dir: PathBuf,
     pub admin_url: String,
@@ -49,7 +45,7 @@ impl GarageNode {
     /// As [`GarageNode::spawn`], with a given admin token (one for a cluster).
     pub fn spawn_with_token(dir: &Path, rpc_secret: &str, replication: u32, admin_token: &str) -> GarageNode {
         std::fs::create_dir_all(dir).expect("mkdir");
-        let (rpc, s3, web, admin) = (free_tcp_port(), free_tcp_port(), free_tcp_port(), free_tcp_port());
+        let (rpc, s3, web, admin) = (super::free_tcp_port(), super::free_tcp_port(), super::free_tcp_port(), super::free_tcp_port());
         let admin_token = admin_token.to_string();
         let config = format!(
             r#"metadata_dir = "{dir}/meta"

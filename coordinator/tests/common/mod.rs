@@ -21,16 +21,29 @@ use drover_coordinator::init::{init, InitOptions};
 use drover_coordinator::server::{self, ServerHandle};
 use drover_protocol::v1::{AdminRequest, AdminResponse, MachineInfo, TokenSpec};
 
-/// A free UDP port on 127.0.0.1 (bound, read, released).
-pub fn free_udp_port() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a probe socket");
-    socket.local_addr().expect("local addr").port()
+/// Ports this test process has handed out: a port is handed out once, so
+/// two tests running side by side never get the same one (the kernel may
+/// give a released port out again at once).
+static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<(bool, u16)>> = std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// A port the kernel says is free, that this process has not handed out.
+fn fresh_port(tcp: bool, probe: impl Fn() -> u16) -> u16 {
+    loop {
+        let port = probe();
+        if HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert((tcp, port)) {
+            return port;
+        }
+    }
 }
 
-/// A free TCP port on 127.0.0.1 (bound, read, released).
+/// A free UDP port on 127.0.0.1, never handed out twice in this process.
+pub fn free_udp_port() -> u16 {
+    fresh_port(false, || std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a probe socket").local_addr().expect("local addr").port())
+}
+
+/// A free TCP port on 127.0.0.1, never handed out twice in this process.
 pub fn free_tcp_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe socket");
-    listener.local_addr().expect("local addr").port()
+    fresh_port(true, || std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe socket").local_addr().expect("local addr").port())
 }
 
 pub struct TestCoordinator {
