@@ -402,33 +402,9 @@ async fn an_attached_volume_is_neither_deleted_nor_rolled_back_and_the_refusal_n
     assert!(app.state.store.volume("pgdata").expect("read").expect("record").busy.is_none(), "a refusal leaves nothing marked");
 }
 
-/// A health report that carries volume states is written like every write
-/// on the async side: behind the flush in progress, never as a transaction
-/// of its own while sled holds its lock for a flush.
-#[tokio::test]
-async fn a_health_report_with_volume_states_waits_for_the_flush_in_progress() {
-    let backend = drover_testkit::store::GatedBackend::new();
-    backend.release_flushes(10_000);
-    let app = App::with_backend(backend.clone());
-    let id = app.enroll("db-1", &[("role", "db")]).await;
-    app.ok(AdminRequest::Deploy(deploy(&[("role", "db")], closure("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a")))).await;
-    app.ok(AdminRequest::Volumes(VolumeRequest::Create { name: "pgdata".into(), size_bytes: 1 << 30, replicas: Some(2), resource_group: None })).await;
-    app.ok(AdminRequest::Volumes(VolumeRequest::Attach {
-        name: "pgdata".into(),
-        machine: id.clone(),
-        mount_point: "/srv/pg".into(),
-        filesystem: Filesystem::Xfs,
-    }))
-    .await;
-
-    backend.hold_flushes();
-    let flushing = tokio::spawn({
-        let state = app.state.clone();
-        // A write of its own, so that there is something to flush.
-        async move { state.store.commit(|_| Ok::<_, drover_coordinator::store::StoreError>(())).await }
-    });
-    backend.flush_started().await;
-    let report = HealthReport {
+/// A health report from db-1 with volume `pgdata` mounted and formatted.
+fn pgdata_health() -> HealthReport {
+    HealthReport {
         hostname: "db-1".into(),
         uptime_secs: 1,
         load_average: [0.0; 3],
@@ -457,7 +433,36 @@ async fn a_health_report_with_volume_states_waits_for_the_flush_in_progress() {
             grow_pending: None,
             error: None,
         }],
-    };
+    }
+}
+
+/// A health report that carries volume states is written like every write
+/// on the async side: behind the flush in progress, never as a transaction
+/// of its own while sled holds its lock for a flush.
+#[tokio::test]
+async fn a_health_report_with_volume_states_waits_for_the_flush_in_progress() {
+    let backend = drover_testkit::store::GatedBackend::new();
+    backend.release_flushes(10_000);
+    let app = App::with_backend(backend.clone());
+    let id = app.enroll("db-1", &[("role", "db")]).await;
+    app.ok(AdminRequest::Deploy(deploy(&[("role", "db")], closure("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a")))).await;
+    app.ok(AdminRequest::Volumes(VolumeRequest::Create { name: "pgdata".into(), size_bytes: 1 << 30, replicas: Some(2), resource_group: None })).await;
+    app.ok(AdminRequest::Volumes(VolumeRequest::Attach {
+        name: "pgdata".into(),
+        machine: id.clone(),
+        mount_point: "/srv/pg".into(),
+        filesystem: Filesystem::Xfs,
+    }))
+    .await;
+
+    backend.hold_flushes();
+    let flushing = tokio::spawn({
+        let state = app.state.clone();
+        // A write of its own, so that there is something to flush.
+        async move { state.store.commit(|_| Ok::<_, drover_coordinator::store::StoreError>(())).await }
+    });
+    backend.flush_started().await;
+    let report = pgdata_health();
     let reporting = tokio::spawn({
         let (state, id) = (app.state.clone(), id.clone());
         async move { app::agent::report_health(&state, &id, report).await }
@@ -471,4 +476,120 @@ async fn a_health_report_with_volume_states_waits_for_the_flush_in_progress() {
     flushing.await.expect("task").expect("flush");
     reporting.await.expect("task").expect("the report is recorded");
     assert!(app.state.store.volume("pgdata").expect("read").expect("record").formatted, "the volume's state is recorded");
+}
+
+/// Where the stored form of every record type is kept, one directory per
+/// schema version (`v2/machines.json`, ...): a record as the store holds it.
+fn store_goldens() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden-store")
+}
+
+/// Fills a store with a record of every kind through the application.
+async fn a_store_with_every_kind_of_record() -> App {
+    let app = App::new();
+    let driver = tokio::spawn(app::provisions::run(app.state.clone()));
+    let id = app.enroll("db-1", &[("role", "db"), ("tenant", "a.example")]).await;
+    app.ok(AdminRequest::TenantsCreate(TenantSpec {
+        domain: "a.example".into(),
+        admin_email: "ops@a.example".into(),
+        admin_user: "owner".into(),
+        managers: vec![],
+    }))
+    .await;
+    app.ok(AdminRequest::Deploy(deploy(&[("role", "db")], closure("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a")))).await;
+    app.ok(AdminRequest::Volumes(VolumeRequest::Create { name: "pgdata".into(), size_bytes: 1 << 30, replicas: Some(1), resource_group: None })).await;
+    app.ok(AdminRequest::Volumes(VolumeRequest::Attach {
+        name: "pgdata".into(),
+        machine: id.clone(),
+        mount_point: "/srv/pg".into(),
+        filesystem: Filesystem::Ext4,
+    }))
+    .await;
+    app::agent::report_health(&app.state, &id, pgdata_health()).await.expect("a health report");
+    let strategy = RolloutStrategy {
+        canary: 1,
+        max_parallel: Amount::Count(1),
+        max_unavailable: Amount::Count(1),
+        max_failures: Amount::Count(0),
+        healthy_deadline_ms: 60_000,
+        min_healthy_time_ms: 0,
+        progress_deadline_ms: 600_000,
+        auto_revert: true,
+        auto_promote: false,
+    };
+    let spec = deploy(&[("role", "db")], closure("/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b"));
+    app.ok(AdminRequest::RolloutStart(RolloutSpec { deploy: spec, strategy, snapshot_volumes: false })).await;
+    app.ok(AdminRequest::S3(S3Request::ClusterAddNode {
+        admin: "http://10.0.0.1:3903".into(),
+        rpc: "10.0.0.1:3901".into(),
+        zone: "dc1".into(),
+        capacity: 1 << 40,
+    }))
+    .await;
+    app.ok(AdminRequest::FleetSave { document: "{}".into() }).await;
+    let request = ProvisionRequest {
+        name: "web-1".into(),
+        provider: "local".into(),
+        template: None,
+        cores: None,
+        memory_bytes: None,
+        disk_bytes: None,
+        labels: Default::default(),
+        disks: vec![],
+    };
+    app.ok(AdminRequest::MachinesProvision(request)).await;
+    driver.abort();
+    app
+}
+
+/// Every record type's stored form is held to a golden file: a record the
+/// store wrote reads back and is written again byte for byte, so a change
+/// to a record (or to a wire type a record holds) cannot change the store
+/// by accident — it needs a new schema version with its migration. The
+/// records of every older schema kept here still read back through the
+/// migration chain. `DROVER_BLESS_STORE=1` writes the current version's
+/// files from a store the application filled.
+#[tokio::test]
+async fn every_stored_record_keeps_its_form_and_older_ones_read_back() {
+    use drover_coordinator::store::{recode, Tree, SCHEMA_VERSION};
+    let current = store_goldens().join(format!("v{SCHEMA_VERSION}"));
+    if std::env::var_os("DROVER_BLESS_STORE").is_some() {
+        let app = a_store_with_every_kind_of_record().await;
+        std::fs::create_dir_all(&current).expect("mkdir");
+        for (tree, pairs) in app.state.store.snapshot().expect("snapshot") {
+            if let Some((key, value)) = pairs.first().filter(|_| tree != "meta") {
+                let file =
+                    serde_json::json!({ "key": String::from_utf8_lossy(key), "value": serde_json::from_slice::<serde_json::Value>(value).expect("json") });
+                std::fs::write(current.join(format!("{tree}.json")), serde_json::to_string_pretty(&file).expect("json") + "\n").expect("write");
+            }
+        }
+    }
+    let mut checked = 0;
+    for version in 1..=SCHEMA_VERSION {
+        let dir = store_goldens().join(format!("v{version}"));
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries {
+            let path = entry.expect("entry").path();
+            let name = path.file_stem().and_then(|s| s.to_str()).expect("name").to_string();
+            let tree = Tree::named(&name).unwrap_or_else(|| panic!("{}: no tree {name}", path.display()));
+            let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("a golden record");
+            let (key, value) = (file["key"].as_str().expect("key").as_bytes(), serde_json::to_vec(&file["value"]).expect("bytes"));
+            let again = recode(tree, key, &value).unwrap_or_else(|e| panic!("{}: a record of schema {version} no longer reads back: {e}", path.display()));
+            if version == SCHEMA_VERSION {
+                let again: serde_json::Value = serde_json::from_slice(&again.expect("a record")).expect("json");
+                assert_eq!(
+                    again,
+                    file["value"],
+                    "{}: the stored form of {name} records changed; give the store a new schema version with a migration from this one, \
+                     keep this file under v{version}/ and bless the new version's (DROVER_BLESS_STORE=1)",
+                    path.display()
+                );
+            }
+            checked += 1;
+        }
+    }
+    for tree in Tree::ALL.iter().filter(|t| **t != Tree::Meta) {
+        assert!(current.join(format!("{}.json", tree.name())).exists(), "tree {} has no golden record in {}", tree.name(), current.display());
+    }
+    assert!(checked >= Tree::ALL.len() - 1, "{checked} golden records checked");
 }

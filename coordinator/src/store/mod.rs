@@ -118,6 +118,34 @@ pub trait Record: Serialize + DeserializeOwned {
     const WHAT: &'static str;
 }
 
+/// Reads a stored record of `tree` (of this schema or an older one,
+/// migrated) as its record type and writes it again in this schema's form;
+/// `None` for the meta tree, which holds no records. Tests hold every
+/// record type's stored form to golden files with it.
+pub fn recode(tree: Tree, key: &[u8], bytes: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    fn again<T: Record>(key: &[u8], bytes: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let record: T = codec::decode(T::TREE, key, bytes)?;
+        codec::encode(&record).map(Some)
+    }
+    use crate::model::*;
+    match tree {
+        Tree::Meta => Ok(None),
+        Tree::Machines => again::<MachineRecord>(key, bytes),
+        Tree::Tokens => again::<TokenRecord>(key, bytes),
+        Tree::Admins => again::<AdminRecord>(key, bytes),
+        Tree::Assignments => again::<AssignmentRecord>(key, bytes),
+        Tree::Deployments => again::<DeploymentRecord>(key, bytes),
+        Tree::Rollouts => again::<RolloutRecord>(key, bytes),
+        Tree::S3Nodes => again::<S3NodeRecord>(key, bytes),
+        Tree::Tenants => again::<TenantRecord>(key, bytes),
+        Tree::Enrollments => again::<EnrollmentRecord>(key, bytes),
+        Tree::Volumes => again::<VolumeRecord>(key, bytes),
+        Tree::Audit => again::<AuditRecord>(key, bytes),
+        Tree::Provisions => again::<ProvisionRecord>(key, bytes),
+        Tree::Fleet => again::<FleetRecord>(key, bytes),
+    }
+}
+
 /// Directory of the store inside the state directory.
 pub const DB_DIR: &str = "db";
 
