@@ -478,6 +478,41 @@ async fn a_health_report_with_volume_states_waits_for_the_flush_in_progress() {
     assert!(app.state.store.volume("pgdata").expect("read").expect("record").formatted, "the volume's state is recorded");
 }
 
+/// A VM whose start fails for a while (a busy provider) is started again:
+/// its provision boots, and the VM is neither deleted nor made twice.
+#[tokio::test]
+async fn a_vm_whose_start_fails_for_a_while_is_started_again_not_deleted() {
+    let app = App::new();
+    app.fakes.host.fail_next_starts(3);
+    let driver = tokio::spawn(app::provisions::run(app.state.clone()));
+    let request = ProvisionRequest {
+        name: "web-1".into(),
+        provider: "local".into(),
+        template: None,
+        cores: None,
+        memory_bytes: None,
+        disk_bytes: None,
+        labels: Default::default(),
+        disks: vec![],
+    };
+    app.ok(AdminRequest::MachinesProvision(request)).await;
+    let running = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if app.fakes.host.vms().iter().any(|(_, _, running)| *running) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(running.is_ok(), "the VM was started after the failed starts: {:?}", app.fakes.host.vms());
+    assert_eq!(app.fakes.host.vms().len(), 1, "one VM, kept");
+    assert_eq!(app.fakes.host.creates(), 1, "made once");
+    let p = app.ok(AdminRequest::ProvisionShow { name: "web-1".into() }).await.provision().expect("Provision");
+    assert_eq!(p.state, ProvisionState::Booting, "waiting for its agent, not failed: {p:?}");
+    driver.abort();
+}
+
 /// Where the stored form of every record type is kept, one directory per
 /// schema version (`v2/machines.json`, ...): a record as the store holds it.
 fn store_goldens() -> std::path::PathBuf {

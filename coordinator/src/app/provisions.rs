@@ -577,9 +577,29 @@ fn spec_of(p: &ProvisionRecord) -> VmSpec {
 }
 
 /// Starts the VM (again, after a restart) and waits for the enrollment.
+/// How long a VM's start is tried before its provision fails.
+const START_PATIENCE: Duration = Duration::from_secs(30);
+
 async fn boot(state: &Coordinator, p: &ProvisionRecord, hv: &dyn Hypervisor) -> Result<(), String> {
     let vm = p.vm_id.as_deref().ok_or("no VM recorded")?;
-    hv.start(vm, &p.id).await.map_err(|e| format!("VM {vm} did not start: {e}"))?;
+    // A start that fails for a while (a provider busy, a relay of the
+    // coordinator's previous life not yet let go) is tried again before the
+    // provision fails — which deletes its VM; a VM that is gone or not
+    // this provision's is not.
+    let deadline = tokio::time::Instant::now() + START_PATIENCE;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match hv.start(vm, &p.id).await {
+            Ok(()) => break,
+            Err(e @ (HypervisorError::NotFound(_) | HypervisorError::NotOurs { .. })) => return Err(format!("VM {vm} did not start: {e}")),
+            Err(e) if tokio::time::Instant::now() < deadline && still(state, p, ProvisionState::Booting) => {
+                tracing::warn!(provision = %p.id, vm, error = %e, "the VM did not start; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(4));
+            }
+            Err(e) => return Err(format!("VM {vm} did not start: {e}")),
+        }
+    }
     tracing::info!(provision = %p.id, vm, "VM started; waiting for its agent to enroll");
     wait_until(state, p, |r| r.state != ProvisionState::Booting).await;
     Ok(())

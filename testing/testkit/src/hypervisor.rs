@@ -33,6 +33,8 @@ struct State {
     /// VMs the host can hold at most.
     capacity: Option<usize>,
     creates: u64,
+    /// The next starts fail (a provider busy for a while).
+    failing_starts: u32,
 }
 
 /// One host (or cluster), shared by every owner's client.
@@ -89,6 +91,11 @@ impl FakeHost {
     /// Every VM: (id, identity, running).
     pub fn vms(&self) -> Vec<(u32, Option<VmIdentity>, bool)> {
         self.lock().vms.iter().map(|(id, v)| (*id, v.identity.clone(), v.running)).collect()
+    }
+
+    /// The next `n` starts fail with a provider error.
+    pub fn fail_next_starts(&self, n: u32) {
+        self.lock().failing_starts = n;
     }
 
     /// VMs created through any client.
@@ -148,6 +155,10 @@ impl Hypervisor for FakeHypervisor {
 
     async fn start(&self, vm_id: &str, provision: &str) -> Result<(), HypervisorError> {
         let mut s = self.lock();
+        if s.failing_starts > 0 {
+            s.failing_starts -= 1;
+            return Err(HypervisorError::Failed("the host is busy".into()));
+        }
         match self.checked(&mut s, vm_id, provision)? {
             Some(vm) => {
                 vm.running = true;
