@@ -22,6 +22,11 @@ shellcheck -x -S info scripts/*.sh scripts/nixos-rebuild-standin .ci/run
 log "building"
 cargo build --workspace --all-targets --locked
 log "testing"
-cargo test --workspace --locked "${@:2}" 2>&1
+# Documentation tests first: they compile against the workspace's libraries
+# after every test has run, and coordinator/tests/flake_source.rs rebuilds
+# the workspace's crates from a copy of the sources in the same target
+# directory (reusing the registry's), which a later rustdoc cannot link.
+cargo test --workspace --locked --doc 2>&1
+cargo test --workspace --locked --lib --bins --tests "${@:2}" 2>&1
 log "fuzzing smoke: every fuzz target for a few seconds (scripts/fuzz.sh)"
 "$ROOT/scripts/fuzz.sh" --dev --seconds 5

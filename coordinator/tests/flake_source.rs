@@ -58,7 +58,9 @@ fn both_binaries_build_from_exactly_the_flakes_source() {
         .expect("cargo metadata");
     assert!(metadata.status.success(), "cargo reads the workspace from the flake's source: {}", String::from_utf8_lossy(&metadata.stderr));
     // In the workspace's own target directory: the registry's crates built
-    // for the tests are used again, the workspace's are built from the copy.
+    // for the tests are used again, the workspace's are built from the copy
+    // (with the same names and hashes: scripts/test.sh runs the
+    // documentation tests, which link against them later, first).
     let build = Command::new(&cargo)
         .args(["build", "--offline", "--locked", "--bin", "drover", "--bin", "drover-agent"])
         .current_dir(dir.path())
