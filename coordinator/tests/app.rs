@@ -104,6 +104,20 @@ impl App {
     }
 }
 
+/// A provision of `name` on the fake provider `local`, with its defaults.
+fn provision_request(name: &str) -> ProvisionRequest {
+    ProvisionRequest {
+        name: name.into(),
+        provider: "local".into(),
+        template: None,
+        cores: None,
+        memory_bytes: None,
+        disk_bytes: None,
+        labels: Default::default(),
+        disks: vec![],
+    }
+}
+
 fn closure(path: &str) -> SystemSpec {
     SystemSpec::Closure {
         store_path: path.into(),
@@ -290,17 +304,7 @@ async fn a_detach_returns_at_once_and_the_driver_finishes_it_when_the_machine_ha
 async fn a_provision_makes_a_vm_carrying_its_identity_whose_seed_enrolls_it_and_destroy_removes_only_it() {
     let app = App::new();
     let driver = tokio::spawn(app::provisions::run(app.state.clone()));
-    let request = ProvisionRequest {
-        name: "web-1".into(),
-        provider: "local".into(),
-        template: None,
-        cores: None,
-        memory_bytes: None,
-        disk_bytes: None,
-        labels: Default::default(),
-        disks: vec![],
-    };
-    app.ok(AdminRequest::MachinesProvision(request)).await;
+    app.ok(AdminRequest::MachinesProvision(provision_request("web-1"))).await;
     let made = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             if let Some((id, identity, _)) = app.fakes.host.vms().into_iter().next() {
@@ -485,17 +489,7 @@ async fn a_vm_whose_start_fails_for_a_while_is_started_again_not_deleted() {
     let app = App::new();
     app.fakes.host.fail_next_starts(3);
     let driver = tokio::spawn(app::provisions::run(app.state.clone()));
-    let request = ProvisionRequest {
-        name: "web-1".into(),
-        provider: "local".into(),
-        template: None,
-        cores: None,
-        memory_bytes: None,
-        disk_bytes: None,
-        labels: Default::default(),
-        disks: vec![],
-    };
-    app.ok(AdminRequest::MachinesProvision(request)).await;
+    app.ok(AdminRequest::MachinesProvision(provision_request("web-1"))).await;
     let running = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             if app.fakes.host.vms().iter().any(|(_, _, running)| *running) {
@@ -562,17 +556,7 @@ async fn a_store_with_every_kind_of_record() -> App {
     }))
     .await;
     app.ok(AdminRequest::FleetSave { document: "{}".into() }).await;
-    let request = ProvisionRequest {
-        name: "web-1".into(),
-        provider: "local".into(),
-        template: None,
-        cores: None,
-        memory_bytes: None,
-        disk_bytes: None,
-        labels: Default::default(),
-        disks: vec![],
-    };
-    app.ok(AdminRequest::MachinesProvision(request)).await;
+    app.ok(AdminRequest::MachinesProvision(provision_request("web-1"))).await;
     driver.abort();
     app
 }
