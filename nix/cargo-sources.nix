@@ -8,6 +8,7 @@
   "Cargo.lock"
   "protocol"
   "net"
+  "store"
   "coordinator"
   "agent"
   "bench"

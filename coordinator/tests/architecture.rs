@@ -156,7 +156,7 @@ fn circle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
 
 #[test]
 fn no_crate_has_an_import_circle() {
-    for name in ["protocol", "net", "coordinator", "agent"] {
+    for name in ["protocol", "net", "store", "coordinator", "agent"] {
         let krate = read_crate(name);
         assert!(circle(&krate.graph).is_none(), "{name}: modules import each other in a circle: {:?}", circle(&krate.graph));
     }
@@ -338,7 +338,7 @@ fn file_graph(name: &str) -> BTreeMap<String, BTreeSet<String>> {
 
 #[test]
 fn no_file_is_in_an_import_circle() {
-    for name in ["protocol", "net", "coordinator", "agent"] {
+    for name in ["protocol", "net", "store", "coordinator", "agent"] {
         let graph = file_graph(name);
         assert!(circle(&graph).is_none(), "{name}: files import each other in a circle: {}", circle(&graph).unwrap_or_default().join(" → "));
     }
@@ -416,4 +416,22 @@ fn no_caller_matches_an_admin_answer() {
         }
     }
     assert!(offenders.is_empty(), "take admin answers out with their accessors (answer.machines()?), not by matching:\n{}", offenders.join("\n"));
+}
+
+/// Cargo holds the layers apart: the store's seam and the wire types
+/// depend on no crate above them, and the agent never on the coordinator.
+#[test]
+fn crates_depend_only_downwards() {
+    let below: [(&str, &[&str]); 4] = [("store", &[]), ("protocol", &[]), ("net", &["drover-protocol"]), ("agent", &["drover-protocol", "drover-net"])];
+    for (name, allowed) in below {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(name).join("Cargo.toml");
+        let manifest: toml::Table = std::fs::read_to_string(&path).expect("manifest").parse().expect("toml");
+        let deps = manifest.get("dependencies").and_then(|d| d.as_table()).cloned().unwrap_or_default();
+        for dep in deps.keys().filter(|d| d.starts_with("drover-")) {
+            assert!(allowed.contains(&dep.as_str()), "{name} depends on {dep}; it may depend only on {allowed:?}");
+        }
+    }
+    let coordinator: toml::Table =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).expect("manifest").parse().expect("toml");
+    assert!(coordinator["dependencies"].get("drover-store").is_some(), "the coordinator's store sits on drover-store");
 }

@@ -12,7 +12,7 @@ pub fn store(e: StoreError) -> WireError {
         StoreError::NotFound { .. } => WireError::new(ErrorCode::NotFound, e.to_string()),
         StoreError::Conflict(_) => WireError::new(ErrorCode::Conflict, e.to_string()),
         // Logged once when it starts (by the store), not at every refusal.
-        StoreError::Full { free_mib, min_mib, .. } => WireError::new(
+        StoreError::Backend(drover_store::Error::Full { free_mib, min_mib, .. }) => WireError::new(
             ErrorCode::Unavailable,
             format!("the coordinator's state directory is nearly full ({free_mib} MiB free, limits.min_free_disk_mib is {min_mib}): changes are refused until its operator frees space there; reads keep working"),
         ),

@@ -5,8 +5,8 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
 
-use super::backend::Tree;
 use super::StoreError;
+use drover_store::Tree;
 
 /// The schema version this build writes.
 ///

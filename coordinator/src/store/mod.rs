@@ -25,7 +25,6 @@
 //! (assignments and deployment records), [`rollouts`], [`tenants`], [`s3`].
 
 pub mod audit;
-pub mod backend;
 mod codec;
 pub mod deployments;
 pub mod machines;
@@ -44,17 +43,17 @@ use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-pub use backend::{Backend, MemoryBackend, SledBackend, SledOptions, Tree};
 pub use codec::SCHEMA_VERSION;
+pub use drover_store::{Backend, MemoryBackend, SledBackend, SledOptions, Tree};
 
-use backend::BackendTx;
+use drover_store::{BackendTx, Pairs};
 
+/// What can go wrong in the store: the backend's failures, and the
+/// records' own.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store i/o failed: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("another coordinator holds the store in {0}; stop it first (only one `drover serve` per state directory)")]
-    Locked(String),
+    #[error(transparent)]
+    Backend(#[from] drover_store::Error),
     #[error("stored record {key:?} in {tree} is unreadable: {reason}")]
     Corrupt { tree: &'static str, key: String, reason: String },
     #[error("a record could not be encoded: {0}")]
@@ -69,15 +68,12 @@ pub enum StoreError {
     /// it cannot read, which would start an empty fleet.
     #[error("the store at {0} holds no records although its files exist: they are damaged (sled dropped what it could not read). Keep the directory for inspection, restore the last backup into a new directory (`drover restore FILE --state-dir NEW`) and serve from there")]
     Damaged(String),
-    /// The store's filesystem is nearly full: writes are refused, reads work.
-    #[error("the coordinator's state directory {path} has {free_mib} MiB free, less than limits.min_free_disk_mib ({min_mib} MiB): changes are refused until space is freed there (reads keep working, nothing was written)")]
-    Full { path: String, free_mib: u64, min_mib: u64 },
-    /// The backend must run the transaction again (a write conflict).
-    #[error("transaction conflict")]
-    Retry,
-    /// The transaction's body refused; its own error is returned instead.
-    #[error("transaction aborted")]
-    Aborted,
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Backend(drover_store::Error::Sled(e))
+    }
 }
 
 thread_local! {
@@ -181,7 +177,7 @@ struct Flushes {
 pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
 
 /// Every tree's pairs at one moment: (tree name, pairs in key order).
-pub type Snapshot = Vec<(String, backend::Pairs)>;
+pub type Snapshot = Vec<(String, Pairs)>;
 
 impl Store {
     /// Opens (or creates) the sled store in `dir`, with the default cache
@@ -322,7 +318,7 @@ impl Store {
             let failed = answer.is_err();
             *outcome.borrow_mut() = Some(answer);
             if failed {
-                Err(StoreError::Aborted)
+                Err(drover_store::Error::Aborted)
             } else {
                 Ok(())
             }
@@ -331,9 +327,9 @@ impl Store {
             self.flushes.written.fetch_add(1, SeqCst);
         }
         match (result, outcome.into_inner()) {
-            (Ok(()), Some(answer)) | (Err(StoreError::Aborted), Some(answer)) => answer,
-            (Err(e), _) => Err(e.into()),
-            (Ok(()), None) => Err(StoreError::Aborted.into()),
+            (Ok(()), Some(answer)) | (Err(drover_store::Error::Aborted), Some(answer)) => answer,
+            (Err(e), _) => Err(StoreError::from(e).into()),
+            (Ok(()), None) => Err(StoreError::from(drover_store::Error::Aborted).into()),
         }
     }
 
@@ -357,7 +353,7 @@ impl Store {
     /// [`Store::commit`] for callers outside the runtime (`drover init`).
     pub fn commit_blocking<T, E: From<StoreError>>(&self, body: impl Fn(&Tx) -> Result<T, E>) -> Result<T, E> {
         let value = self.transact(body)?;
-        self.backend.flush_blocking()?;
+        self.backend.flush_blocking().map_err(StoreError::from)?;
         Ok(value)
     }
 
@@ -399,16 +395,17 @@ pub struct Tx<'a> {
     inner: &'a dyn BackendTx,
     /// A backend failure seen by the body: it decides how the transaction
     /// ends, whatever the body made of it.
-    failure: RefCell<Option<StoreError>>,
+    failure: RefCell<Option<drover_store::Error>>,
 }
 
 impl Tx<'_> {
-    fn backend<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        result.inspect_err(|e| match e {
-            StoreError::Retry => *self.failure.borrow_mut() = Some(StoreError::Retry),
-            StoreError::Sled(inner) => *self.failure.borrow_mut() = Some(StoreError::Sled(inner.clone())),
+    fn backend<T>(&self, result: Result<T, drover_store::Error>) -> Result<T, StoreError> {
+        use drover_store::Error;
+        Ok(result.inspect_err(|e| match e {
+            Error::Retry => *self.failure.borrow_mut() = Some(Error::Retry),
+            Error::Sled(inner) => *self.failure.borrow_mut() = Some(Error::Sled(inner.clone())),
             _ => {}
-        })
+        })?)
     }
 
     pub fn get<T: Record>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {

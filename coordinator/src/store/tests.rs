@@ -5,11 +5,11 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 
-use super::backend::Tree;
 use super::codec;
 use super::deployments::generation_key;
 use super::*;
 use crate::model::{AdminRecord, DeploymentRecord, Labels, MachineRecord, RolloutRecord, S3NodeRecord, TenantRecord, TokenRecord};
+use drover_store::Tree;
 
 /// A store of each kind; the sled one keeps its directory alive.
 fn stores() -> Vec<(&'static str, Store, Option<tempfile::TempDir>)> {
@@ -318,7 +318,7 @@ fn a_store_already_open_is_named_as_such() {
     let dir = tempfile::tempdir().expect("tempdir");
     let _first = Store::open(dir.path()).expect("open");
     let err = Store::open(dir.path()).err().expect("a second open is refused");
-    assert!(matches!(err, StoreError::Locked(_)), "{err:?}");
+    assert!(matches!(err, StoreError::Backend(drover_store::Error::Locked(_))), "{err:?}");
     assert!(err.to_string().contains("another coordinator holds the store"), "{err}");
 }
 
@@ -332,22 +332,22 @@ struct HeldFlush {
 }
 
 impl Backend for HeldFlush {
-    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, drover_store::Error> {
         self.inner.get(tree, key)
     }
-    fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<backend::Pairs, StoreError> {
+    fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<drover_store::Pairs, drover_store::Error> {
         self.inner.scan(tree, prefix)
     }
-    fn range(&self, tree: Tree, from: &[u8], to: &[u8], limit: usize, newest_first: bool) -> Result<backend::Pairs, StoreError> {
+    fn range(&self, tree: Tree, from: &[u8], to: &[u8], limit: usize, newest_first: bool) -> Result<drover_store::Pairs, drover_store::Error> {
         self.inner.range(tree, from, to, limit, newest_first)
     }
-    fn count(&self, tree: Tree, from: &[u8], to: &[u8]) -> Result<usize, StoreError> {
+    fn count(&self, tree: Tree, from: &[u8], to: &[u8]) -> Result<usize, drover_store::Error> {
         self.inner.count(tree, from, to)
     }
-    fn transaction(&self, body: backend::TxBody<'_>) -> Result<(), StoreError> {
+    fn transaction(&self, body: drover_store::TxBody<'_>) -> Result<(), drover_store::Error> {
         self.inner.transaction(body)
     }
-    fn flush(&self) -> backend::BoxFuture<'_, Result<(), StoreError>> {
+    fn flush(&self) -> drover_store::BoxFuture<'_, Result<(), drover_store::Error>> {
         Box::pin(async move {
             self.flushes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.started.notify_one();
@@ -355,7 +355,7 @@ impl Backend for HeldFlush {
             Ok(())
         })
     }
-    fn flush_blocking(&self) -> Result<(), StoreError> {
+    fn flush_blocking(&self) -> Result<(), drover_store::Error> {
         Ok(())
     }
 }

@@ -7,8 +7,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use drover_coordinator::store::backend::{BoxFuture, Pairs, TxBody};
-use drover_coordinator::store::{Backend, MemoryBackend, StoreError, Tree};
+use drover_store::{Backend, BoxFuture, Error as StoreError, MemoryBackend, Pairs, Tree, TxBody};
 
 pub struct GatedBackend {
     inner: MemoryBackend,

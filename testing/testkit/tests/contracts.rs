@@ -41,3 +41,12 @@ async fn the_fake_hypervisor_keeps_the_contract() {
     let first = hv.create(&contract::vm_spec("p-00000000d1"), &contract::seed()).await.expect("create");
     assert_eq!(first, "100");
 }
+
+#[test]
+fn the_gated_store_backend_keeps_the_store_contract() {
+    drover_store::contract::run_all(|| {
+        let backend = drover_testkit::store::GatedBackend::new();
+        backend.release_flushes(1 << 20);
+        backend
+    });
+}

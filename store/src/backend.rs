@@ -1,0 +1,108 @@
+//! The seam: a [`Backend`] keeps byte values in named [`Tree`]s and runs
+//! all-or-nothing transactions over them.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::Error;
+
+/// A future the backend hands back (flushes run off the async workers).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The named trees of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tree {
+    Meta,
+    Machines,
+    Tokens,
+    Admins,
+    Assignments,
+    Deployments,
+    Rollouts,
+    S3Nodes,
+    Tenants,
+    Enrollments,
+    Volumes,
+    Audit,
+    Provisions,
+    Fleet,
+}
+
+impl Tree {
+    pub const ALL: [Tree; 14] = [
+        Tree::Meta,
+        Tree::Machines,
+        Tree::Tokens,
+        Tree::Admins,
+        Tree::Assignments,
+        Tree::Deployments,
+        Tree::Rollouts,
+        Tree::S3Nodes,
+        Tree::Tenants,
+        Tree::Enrollments,
+        Tree::Volumes,
+        Tree::Audit,
+        Tree::Provisions,
+        Tree::Fleet,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tree::Meta => "meta",
+            Tree::Machines => "machines",
+            Tree::Tokens => "tokens",
+            Tree::Admins => "admins",
+            Tree::Assignments => "assignments",
+            Tree::Deployments => "deployments",
+            Tree::Rollouts => "rollouts",
+            Tree::S3Nodes => "s3_nodes",
+            Tree::Tenants => "tenants",
+            Tree::Enrollments => "enrollments",
+            Tree::Volumes => "volumes",
+            Tree::Audit => "audit",
+            Tree::Provisions => "provisions",
+            Tree::Fleet => "fleet",
+        }
+    }
+
+    /// The tree of a name, as [`Tree::name`] gives it.
+    pub fn named(name: &str) -> Option<Tree> {
+        Tree::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    pub(crate) fn index(self) -> usize {
+        Tree::ALL.iter().position(|t| *t == self).unwrap_or(0)
+    }
+}
+
+/// Key-value pairs, as a scan returns them.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Reads and writes inside one transaction.
+pub trait BackendTx {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, Error>;
+    fn insert(&self, tree: Tree, key: &[u8], value: Vec<u8>) -> Result<(), Error>;
+    fn remove(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, Error>;
+}
+
+/// The transaction body a backend runs; it may run more than once.
+pub type TxBody<'a> = &'a mut dyn FnMut(&dyn BackendTx) -> Result<(), Error>;
+
+/// Byte storage in named trees with all-or-nothing transactions.
+pub trait Backend: Send + Sync + 'static {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, Error>;
+    /// Every pair whose key starts with `prefix`, in key order.
+    fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Pairs, Error>;
+    /// At most `limit` pairs whose keys lie in `from..to`, in key order, or
+    /// from the end when `newest_first`.
+    fn range(&self, tree: Tree, from: &[u8], to: &[u8], limit: usize, newest_first: bool) -> Result<Pairs, Error>;
+    /// How many keys lie in `from..to`.
+    fn count(&self, tree: Tree, from: &[u8], to: &[u8]) -> Result<usize, Error>;
+    /// Runs `body` over all trees: either every write it made lands, or
+    /// (when it returns an error) none does.
+    fn transaction(&self, body: TxBody<'_>) -> Result<(), Error>;
+    /// Makes every write so far durable, off the async workers.
+    fn flush(&self) -> BoxFuture<'_, Result<(), Error>>;
+    /// The same, blocking the calling thread (startup, shutdown, tools).
+    fn flush_blocking(&self) -> Result<(), Error>;
+}

@@ -1,0 +1,142 @@
+//! What every [`Backend`] must do, as checks a backend's tests call with a
+//! fresh, empty backend of their kind (see `tests/contract.rs`). Each check
+//! panics with what the backend got wrong.
+//!
+//! The typed store above (records, envelopes, flush lane) has its own suite
+//! in the coordinator, run over every backend too.
+
+use std::sync::Arc;
+
+use crate::{Backend, Error, Tree};
+
+/// Every check, in order, each on its own fresh backend from `fresh`.
+pub fn run_all(mut fresh: impl FnMut() -> Arc<dyn Backend>) {
+    for (name, check) in CHECKS {
+        let backend = fresh();
+        check(backend.as_ref());
+        eprintln!("store contract: {name} holds");
+    }
+}
+
+type Check = fn(&dyn Backend);
+
+/// The checks by name.
+pub const CHECKS: [(&str, Check); 7] = [
+    ("writes are read back from every tree", writes_are_read_back_from_every_tree),
+    ("a failed transaction writes nothing", a_failed_transaction_writes_nothing),
+    ("a transaction reads its own writes", a_transaction_reads_its_own_writes),
+    ("scans return a prefix in key order", scans_return_a_prefix_in_key_order),
+    ("ranges are half open, limited and reversible", ranges_are_half_open_limited_and_reversible),
+    ("trees are apart", trees_are_apart),
+    ("flushes succeed", flushes_succeed),
+];
+
+fn put(backend: &dyn Backend, tree: Tree, key: &[u8], value: &[u8]) {
+    backend.transaction(&mut |tx| tx.insert(tree, key, value.to_vec())).unwrap_or_else(|e| panic!("a write to {} failed: {e}", tree.name()));
+}
+
+fn get(backend: &dyn Backend, tree: Tree, key: &[u8]) -> Option<Vec<u8>> {
+    backend.get(tree, key).unwrap_or_else(|e| panic!("a read of {} failed: {e}", tree.name()))
+}
+
+pub fn writes_are_read_back_from_every_tree(backend: &dyn Backend) {
+    for tree in Tree::ALL {
+        assert_eq!(get(backend, tree, b"k"), None, "a fresh backend holds nothing in {}", tree.name());
+        put(backend, tree, b"k", tree.name().as_bytes());
+        assert_eq!(get(backend, tree, b"k").as_deref(), Some(tree.name().as_bytes()), "{}", tree.name());
+        put(backend, tree, b"k", b"again");
+        assert_eq!(get(backend, tree, b"k").as_deref(), Some(&b"again"[..]), "a second write replaces the first in {}", tree.name());
+        let mut removed = None;
+        backend
+            .transaction(&mut |tx| {
+                removed = tx.remove(tree, b"k")?;
+                Ok(())
+            })
+            .expect("remove");
+        assert_eq!(removed.as_deref(), Some(&b"again"[..]), "a removal returns what it removed");
+        assert_eq!(get(backend, tree, b"k"), None, "removed from {}", tree.name());
+    }
+}
+
+pub fn a_failed_transaction_writes_nothing(backend: &dyn Backend) {
+    put(backend, Tree::Machines, b"kept", b"before");
+    let result = backend.transaction(&mut |tx| {
+        tx.insert(Tree::Machines, b"kept", b"after".to_vec())?;
+        tx.insert(Tree::Deployments, b"new", b"x".to_vec())?;
+        tx.remove(Tree::Machines, b"kept")?;
+        Err(Error::Aborted)
+    });
+    assert!(matches!(result, Err(Error::Aborted)), "the body's refusal comes back: {result:?}");
+    assert_eq!(get(backend, Tree::Machines, b"kept").as_deref(), Some(&b"before"[..]), "no write of a failed transaction lands");
+    assert_eq!(get(backend, Tree::Deployments, b"new"), None, "not in another tree either");
+}
+
+pub fn a_transaction_reads_its_own_writes(backend: &dyn Backend) {
+    put(backend, Tree::Tokens, b"a", b"1");
+    backend
+        .transaction(&mut |tx| {
+            assert_eq!(tx.get(Tree::Tokens, b"a")?.as_deref(), Some(&b"1"[..]), "committed values are visible");
+            tx.insert(Tree::Tokens, b"a", b"2".to_vec())?;
+            assert_eq!(tx.get(Tree::Tokens, b"a")?.as_deref(), Some(&b"2"[..]), "its own write is visible");
+            tx.remove(Tree::Tokens, b"a")?;
+            assert_eq!(tx.get(Tree::Tokens, b"a")?, None, "its own removal is visible");
+            tx.insert(Tree::Tokens, b"b", b"3".to_vec())?;
+            Ok(())
+        })
+        .expect("transaction");
+    assert_eq!(get(backend, Tree::Tokens, b"a"), None);
+    assert_eq!(get(backend, Tree::Tokens, b"b").as_deref(), Some(&b"3"[..]));
+}
+
+pub fn scans_return_a_prefix_in_key_order(backend: &dyn Backend) {
+    for key in ["m-2/b", "m-1/b", "m-10/a", "m-1/a", "n-1/a", "m-"] {
+        put(backend, Tree::Assignments, key.as_bytes(), key.as_bytes());
+    }
+    let keys = |prefix: &str| -> Vec<String> {
+        backend
+            .scan(Tree::Assignments, prefix.as_bytes())
+            .expect("scan")
+            .into_iter()
+            .map(|(k, v)| {
+                assert_eq!(k, v, "each key comes with its own value");
+                String::from_utf8(k).expect("utf-8")
+            })
+            .collect()
+    };
+    assert_eq!(keys("m-1/"), ["m-1/a", "m-1/b"]);
+    assert_eq!(keys("m-1"), ["m-1/a", "m-1/b", "m-10/a"]);
+    assert_eq!(keys(""), ["m-", "m-1/a", "m-1/b", "m-10/a", "m-2/b", "n-1/a"], "an empty prefix is the whole tree, in byte order");
+    assert!(keys("o").is_empty());
+}
+
+pub fn ranges_are_half_open_limited_and_reversible(backend: &dyn Backend) {
+    for n in 0u8..10 {
+        put(backend, Tree::Audit, &[b'a', n], &[n]);
+    }
+    let values = |from: &[u8], to: &[u8], limit: usize, newest_first: bool| -> Vec<u8> {
+        backend.range(Tree::Audit, from, to, limit, newest_first).expect("range").into_iter().map(|(_, v)| v[0]).collect()
+    };
+    assert_eq!(values(&[b'a', 2], &[b'a', 5], 100, false), [2, 3, 4], "from is included, to is not");
+    assert_eq!(values(&[b'a', 2], &[b'a', 9], 3, false), [2, 3, 4], "at most the limit, oldest first");
+    assert_eq!(values(&[b'a', 2], &[b'a', 9], 3, true), [8, 7, 6], "newest first from the end");
+    assert_eq!(values(&[b'a', 5], &[b'a', 5], 100, false), Vec::<u8>::new(), "an empty range");
+    assert_eq!(backend.count(Tree::Audit, &[b'a', 0], &[b'a', 10]).expect("count"), 10);
+    assert_eq!(backend.count(Tree::Audit, &[b'a', 3], &[b'a', 6]).expect("count"), 3);
+    assert_eq!(backend.count(Tree::Machines, b"", &[0xff]).expect("count"), 0, "another tree counts its own keys");
+}
+
+pub fn trees_are_apart(backend: &dyn Backend) {
+    put(backend, Tree::Machines, b"same", b"machine");
+    put(backend, Tree::Tenants, b"same", b"tenant");
+    assert_eq!(get(backend, Tree::Machines, b"same").as_deref(), Some(&b"machine"[..]));
+    assert_eq!(get(backend, Tree::Tenants, b"same").as_deref(), Some(&b"tenant"[..]));
+    assert_eq!(backend.scan(Tree::Volumes, b"").expect("scan"), vec![], "a tree nobody wrote is empty");
+}
+
+pub fn flushes_succeed(backend: &dyn Backend) {
+    put(backend, Tree::Meta, b"schema", b"2");
+    backend.flush_blocking().expect("a blocking flush");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(backend.flush()).expect("an async flush");
+    assert_eq!(get(backend, Tree::Meta, b"schema").as_deref(), Some(&b"2"[..]), "a flush keeps what was written");
+}

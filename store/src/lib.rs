@@ -1,0 +1,35 @@
+//! The key-value seam under the coordinator's store: a [`Backend`] keeps
+//! byte values in named [`Tree`]s and runs all-or-nothing transactions over
+//! them. Everything typed (records, envelopes, migrations) lives above it,
+//! in the coordinator, so every backend behaves the same for every record.
+//!
+//! [`SledBackend`] is the embedded default; [`MemoryBackend`] keeps the same
+//! trees in memory. Every backend keeps the byte-level [`contract`]; the
+//! coordinator runs its typed store's suite over each one as well.
+
+pub mod backend;
+pub mod contract;
+mod in_memory;
+mod on_disk;
+
+pub use backend::{Backend, BackendTx, BoxFuture, Pairs, Tree, TxBody};
+pub use in_memory::MemoryBackend;
+pub use on_disk::{SledBackend, SledOptions};
+
+/// What can go wrong below the records: the backend's own failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("store i/o failed: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("another coordinator holds the store in {0}; stop it first (only one `drover serve` per state directory)")]
+    Locked(String),
+    /// The store's filesystem is nearly full: writes are refused, reads work.
+    #[error("the coordinator's state directory {path} has {free_mib} MiB free, less than limits.min_free_disk_mib ({min_mib} MiB): changes are refused until space is freed there (reads keep working, nothing was written)")]
+    Full { path: String, free_mib: u64, min_mib: u64 },
+    /// The backend must run the transaction again (a write conflict).
+    #[error("transaction conflict")]
+    Retry,
+    /// The transaction's body refused; the caller keeps its own error.
+    #[error("transaction aborted")]
+    Aborted,
+}
