@@ -9,4 +9,4 @@
 source "$(dirname "$0")/lib.sh"
 install_dependencies
 cd "$ROOT"
-DROVER_HOSTILE_SCALE=full cargo test --release --locked -p drover-coordinator --test hostile_load -- --nocapture
+DROVER_HOSTILE_SCALE=full cargo test --release --locked -p drover-coordinator --test server -- hostile_load --nocapture

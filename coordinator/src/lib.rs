@@ -2,7 +2,7 @@
 //! serves agents and admins over QUIC, and is driven by the `drover` CLI.
 //!
 //! Layers, each depending only on those below it (a test over the module
-//! graph, `tests/architecture.rs`, keeps it so):
+//! graph, `tests/repository/architecture.rs`, keeps it so):
 //! - [`server`]: the QUIC endpoint, nothing else;
 //! - [`app`]: what the coordinator does — request handlers, the rollout
 //!   driver, enrollment — over the cores, the store and the external systems;

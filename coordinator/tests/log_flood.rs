@@ -47,7 +47,9 @@ async fn bad_streams_do_not_flood_the_log() {
             .collect()
     };
     let summarised = common::eventually(Duration::from_secs(10), || async { summaries(&text()).iter().sum::<u64>() == 500 }).await;
-    let text = text();
+    // Without CAP_NET_ADMIN (not root) each endpoint also warns once that
+    // its UDP buffers are smaller than asked: not about the peer's streams.
+    let text: String = text().lines().filter(|l| !l.contains("UDP socket buffers are smaller than asked")).map(|l| format!("{l}\n")).collect();
     assert!(summarised, "every bad stream is counted in a per-peer summary: {text}");
     let intervals = summaries(&text).len();
     let warnings = text.lines().filter(|l| l.contains("unreadable request")).count();

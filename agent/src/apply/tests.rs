@@ -429,8 +429,10 @@ fn a_journal_that_cannot_be_saved_ends_the_apply_before_the_switch() {
 }
 
 /// The state directory on a filesystem of its own, unmounted at the end.
+#[cfg(feature = "system-tests")]
 struct SmallFilesystem(std::path::PathBuf);
 
+#[cfg(feature = "system-tests")]
 impl SmallFilesystem {
     /// A 256 KiB tmpfs at `dir` (the tests run as root, as the agent does).
     fn mount(dir: &std::path::Path) -> Self {
@@ -454,12 +456,15 @@ impl SmallFilesystem {
     }
 }
 
+#[cfg(feature = "system-tests")]
 impl Drop for SmallFilesystem {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
 
+/// Needs root (a tmpfs): with the `system-tests` feature.
+#[cfg(feature = "system-tests")]
 #[tokio::test]
 async fn a_full_state_directory_fails_the_apply_cleanly_before_the_switch() {
     let dir = tempfile::tempdir().expect("tempdir");

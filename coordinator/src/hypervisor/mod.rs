@@ -1,7 +1,7 @@
 //! Hypervisors behind [`Hypervisor`]: VMs made from a template or image,
 //! given a seed, started, stopped and deleted. [`qemu::Qemu`] runs real
 //! VMs on this machine; [`proxmox::Proxmox`] drives a Proxmox VE cluster
-//! over its REST API. The contract suite in `tests/provision.rs` runs both
+//! over its REST API. The contract suite in `tests/system/provision.rs` runs both
 //! (Proxmox against the double in `testing/proxmox-double`).
 //!
 //! **Ours only.** Clusters are shared with other tenants, tools and

@@ -1,7 +1,7 @@
 //! Object storage administration behind [`ObjectStoreAdmin`]: buckets,
 //! keys, permissions and the cluster's layout. [`garage::Garage`] implements
 //! it over Garage's admin API v2; the test kit's fake (`drover-testkit`) follows the same
-//! contract in memory (the contract suite in `tests/object_store.rs` runs
+//! contract in memory (the contract suite in `tests/system/object_store.rs` runs
 //! against both). Every operation that creates something is idempotent: an
 //! existing bucket (by global alias) or key (by name) is found and reused.
 //! [`probe`] checks a key on the S3 data plane with `aws-sdk-s3`.

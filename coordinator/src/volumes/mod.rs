@@ -1,6 +1,6 @@
 //! Block storage behind [`BlockStorage`]: volumes made, grown, placed on
 //! nodes, snapshotted and removed. [`linstor::Linstor`] implements it over
-//! LINSTOR's REST API v1; the contract suite in `tests/block_storage.rs`
+//! LINSTOR's REST API v1; the contract suite in `tests/system/block_storage.rs`
 //! runs it against a LINSTOR controller double that backs volumes with
 //! sparse files and attachments with loop devices.
 //!

@@ -315,3 +315,17 @@ impl std::io::Write for LogCapture {
         Ok(())
     }
 }
+
+/// Held by a test that loads the whole machine (QEMU guests, a workspace
+/// build, a lossy link, three Garage nodes): no two such tests run at once
+/// in one test binary, while lighter tests run beside them.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().await
+}
+
+/// [`heavy`] for tests outside a runtime.
+pub fn heavy_blocking() -> tokio::sync::MutexGuard<'static, ()> {
+    HEAVY.blocking_lock()
+}
+
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

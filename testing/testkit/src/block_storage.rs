@@ -5,7 +5,7 @@
 //! creates, grow-only resizes, diskless clients on other nodes, snapshots
 //! (a volume with snapshots is not deleted) and rollbacks refused while in
 //! use. It has no devices: what a volume holds is the LINSTOR double's
-//! business (`tests/block_storage.rs`). `contract::block_storage` runs
+//! business (`tests/system/block_storage.rs`). `contract::block_storage` runs
 //! against both.
 
 use std::collections::BTreeMap;

@@ -2,7 +2,7 @@
 //! `nixos-rebuild` stand-in under `tests/fixtures/`: switch, health gate,
 //! rollback, secrets and facts, push, offline agents, interrupted applies.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

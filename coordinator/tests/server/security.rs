@@ -2,7 +2,7 @@
 //! certificates, anonymous connections, wrong roles, revoked machines,
 //! version mismatches and hostile frames.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! The fleet over real QUIC on 127.0.0.1: enrollment, health, the CLI's JSON,
 //! offline detection, restarts of agents and of the coordinator.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! `scripts/guest-image.sh` builds, enrolling from their seeds; the Proxmox
 //! client against the Proxmox double, whose `start` boots a real VM too.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -53,6 +53,7 @@ async fn provisions(fleet: &TestCoordinator) -> Vec<ProvisionInfo> {
 /// certificates are refused afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_local_vms_enroll_from_their_seeds_take_a_deployment_and_are_destroyed() {
+    let _heavy = common::heavy().await;
     let (fleet, work) = fleet_with_qemu(vm::image(), Duration::from_secs(180)).await;
     let _vms = guard(&work);
     let names = ["vm-a", "vm-b", "vm-c"];
@@ -207,6 +208,7 @@ async fn three_local_vms_enroll_from_their_seeds_take_a_deployment_and_are_destr
 /// VM, enrolled and online.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_vm_a_name_and_a_coordinator_killed_mid_provision_finishes_it() {
+    let _heavy = common::heavy().await;
     let mut fleet = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
     let work = fleet.dir.path().join("vms");
     let _vms = guard(&work);
@@ -254,6 +256,7 @@ async fn one_vm_a_name_and_a_coordinator_killed_mid_provision_finishes_it() {
 /// provision fails at its deadline with the console's tail; its VM is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_that_never_enrolls_fails_at_its_deadline_with_its_console_tail() {
+    let _heavy = common::heavy().await;
     let (fleet, work) = fleet_with_qemu(vm::image_without_agent(), Duration::from_secs(25)).await;
     let _vms = guard(&work);
     let (ok, info, stderr) = provision_json(&fleet, &["machines", "provision", "silent", "--provider", "local", "--wait"]);
@@ -302,6 +305,7 @@ use drover_testkit::contract::{owner, seed, vm_spec as spec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hypervisor_contract_holds_for_local_qemu_and_proxmox() {
+    let _heavy = common::heavy().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let _vms = guard(dir.path());
     let ProviderConfig::Qemu(q) = vm::qemu_provider("local", vm::image_without_agent(), dir.path().join("vms"), Duration::from_secs(60)) else {
@@ -415,6 +419,7 @@ async fn the_proxmox_client_follows_the_api_retries_locks_and_reports_failed_tas
 /// digest, and enrolls as the provision's machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provision_through_proxmox_boots_a_real_vm_that_enrolls_with_a_pinned_ca() {
+    let _heavy = common::heavy().await;
     let image = vm::image();
     let double = ProxmoxDouble::start(TOKEN).await;
     let mut fleet = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
@@ -702,6 +707,7 @@ async fn destroy_checks_before_it_changes_and_a_vm_left_behind_is_shown() {
 /// provision touches nothing — not the VM made after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_vms_of_another_coordinator_or_a_later_provision_are_never_touched() {
+    let _heavy = common::heavy().await;
     let shared = tempfile::tempdir().expect("tempdir");
     let work = shared.path().join("vms");
     let _vms = guard(&work);

@@ -11,7 +11,7 @@
 //! full one (1,000 anonymous and 50 enrolled attackers, 500 simulated
 //! agents beside the real ones), chosen with `DROVER_HOSTILE_SCALE=full`.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

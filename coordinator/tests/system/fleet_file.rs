@@ -2,7 +2,7 @@
 //! a coordinator with a local QEMU provider (real VMs), two adopted
 //! process agents and a real Garage.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -113,6 +113,7 @@ async fn deployments(fleet: &TestCoordinator) -> Vec<DeploymentInfo> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_file_is_planned_applied_and_converges() {
+    let _heavy = common::heavy().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let node = GarageNode::single(dir.path()).await;
     let (fleet, work) = coordinator(&node).await;
@@ -329,6 +330,7 @@ after = []
 /// converges with one VM a machine and no duplicate bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_apply_cut_short_by_a_sigkill_is_finished_by_applying_again() {
+    let _heavy = common::heavy().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let node = GarageNode::single(dir.path()).await;
     let (mut fleet, work) = coordinator(&node).await;

@@ -3,7 +3,7 @@
 //! stateless resets keyed from the server key it keeps across restarts —
 //! instead of hanging until QUIC's idle timeout (30 s for agents).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! tenants they manage; a removed key, or a removed admin's keys, leave the
 //! machines' authorized-keys files with the next generation.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! and what to do, reads keep working, nothing is corrupted, and changes
 //! are accepted again as soon as space returns. Runs as root.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

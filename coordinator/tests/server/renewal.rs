@@ -2,7 +2,7 @@
 //! lifetime an agent stays connected across three lifetimes, and after them
 //! it reconnects with its newest certificate.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! Unix tools, not with a panic; `drover serve` runs without transparent
 //! huge pages.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 

@@ -3,7 +3,7 @@
 //! stopping the rollout with and without auto-revert, a coordinator killed
 //! mid-rollout, and pause / resume / abort / revert.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

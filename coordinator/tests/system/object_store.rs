@@ -5,7 +5,7 @@
 //! calls (node id, layout, health, status). Garage-only errors (a wrong
 //! token, a server that is down) follow.
 
-mod common;
+use crate::common;
 
 use common::garage::GarageNode;
 use drover_coordinator::s3::garage::Garage;

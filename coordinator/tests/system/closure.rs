@@ -3,7 +3,7 @@
 //! agents that each have their own Nix store (a chroot store). Substituters
 //! are only that local cache.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

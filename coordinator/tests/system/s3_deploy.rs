@@ -5,7 +5,7 @@
 //! a wrong token refuses the deployment without recording it, and a retry
 //! completes it.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

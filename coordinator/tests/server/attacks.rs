@@ -18,7 +18,7 @@
 //!   of a default systemd unit): `/metrics` answers and `drover backup`
 //!   works.
 
-mod common;
+use crate::common;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! `drover s3 cluster add-node` and `apply`; `status` reports a stopped node
 //! as down, and the cluster is healthy again once it is back.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;
@@ -23,6 +23,7 @@ fn node_up(status: &serde_json::Value, admin: &str) -> Option<bool> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_garage_nodes_in_three_zones_form_a_healthy_cluster_that_survives_a_node() {
+    let _heavy = common::heavy().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let secret: [u8; 32] = rand_bytes();
     let token: [u8; 16] = rand_bytes();

@@ -3,7 +3,7 @@
 //! failed by their writes racing in one directory), and the report's rate
 //! divides by the time enrolling took, not by the whole run.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

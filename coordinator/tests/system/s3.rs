@@ -3,7 +3,7 @@
 //! only when asked; a viewer cannot create; a wrong token and a Garage that
 //! is down each give their own clear error and leave nothing half-made.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

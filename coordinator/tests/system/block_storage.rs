@@ -9,7 +9,7 @@
 //! way, adoption takes over only an unowned one, a failed placement leaves
 //! nothing behind, and a list costs two requests.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;

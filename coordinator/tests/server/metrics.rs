@@ -2,7 +2,7 @@
 //! parser, its counters move with enrollments, deployments and rollouts, and
 //! its gauges say what the fleet is.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

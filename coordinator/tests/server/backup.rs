@@ -5,7 +5,7 @@
 //! directory is refused with nothing written. `drover audit` lists what
 //! each admin changed, with no secret value in it.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

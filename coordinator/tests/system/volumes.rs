@@ -12,7 +12,7 @@
 //! refuse or confuse are refused before any request; a refused volume
 //! leaves the machine's assignment.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! test adds latency. Needs root, iproute2 and nftables (the README's test
 //! command installs them).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -253,6 +253,7 @@ async fn all_succeeded(s: &Setup, count: usize, within: Duration) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_to_100_machines_completes_with_10_percent_loss_each_way_and_200_ms_more_latency() {
+    let _heavy = common::heavy().await;
     let s = setup(Duration::from_millis(100)).await;
     s.ns.lose(10);
     let _agents = machines(&s, 100).await;
@@ -270,6 +271,7 @@ async fn a_deployment_to_100_machines_completes_with_10_percent_loss_each_way_an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn machines_cut_off_for_60_seconds_reconnect_and_finish_the_deployment() {
+    let _heavy = common::heavy().await;
     let s = setup(Duration::ZERO).await;
     let _agents = machines(&s, 20).await;
     s.ns.cut_agents_off();

@@ -4,7 +4,7 @@
 //! machine was refused on every reconnect) is stored as finite numbers, over
 //! the real connection, and every command keeps working.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
