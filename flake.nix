@@ -32,7 +32,7 @@
           version = "0.1.0";
           cargoLock.lockFile = ./Cargo.lock;
           cargoBuildFlags = [ "--package" package ];
-          nativeBuildInputs = [ pkgs.pkg-config ];
+          nativeBuildInputs = [ pkgs.pkg-config pkgs.protobuf ];
           doCheck = false;
           meta = {
             description = "Drover: pull-based deployment for fleets of NixOS virtual machines";
@@ -105,7 +105,7 @@
       devShells = forAllSystems (pkgs: {
         default = pkgs.mkShell {
           inputsFrom = [ (packagesFor pkgs).drover ];
-          packages = with pkgs; [ cargo rustc clippy rustfmt rust-analyzer garage_2 jq nixfmt-rfc-style ];
+          packages = with pkgs; [ cargo rustc clippy rustfmt rust-analyzer garage_2 etcd jq nixfmt-rfc-style ];
         };
       });
 

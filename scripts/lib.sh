@@ -48,7 +48,7 @@ need_garage() {
 # Installs everything the build and the tests need.
 install_dependencies() {
   need_cargo
-  need_apt build-essential pkg-config iproute2 procps curl python3 nix-bin util-linux e2fsprogs xfsprogs nftables fdisk cryptsetup-bin shellcheck
+  need_apt build-essential pkg-config protobuf-compiler iproute2 procps curl python3 nix-bin util-linux e2fsprogs xfsprogs nftables fdisk cryptsetup-bin shellcheck etcd-server etcd-client
   # Local VMs (the QEMU provider and its guest image). Debian 12's QEMU
   # replaces a newer qemu-utils where one is installed; nothing here needs it.
   NEED_APT_OPTIONS=--no-install-recommends need_apt qemu-system-x86 busybox-static cpio binutils

@@ -4,17 +4,21 @@
 //! in the coordinator, so every backend behaves the same for every record.
 //!
 //! [`SledBackend`] is the embedded default; [`MemoryBackend`] keeps the same
-//! trees in memory. Every backend keeps the byte-level [`contract`]; the
+//! trees in memory; [`EtcdBackend`] keeps them in an etcd cluster, for
+//! several coordinators over one replicated store. Every backend keeps the byte-level [`contract`]; the
 //! coordinator runs its typed store's suite over each one as well.
 
 pub mod backend;
 pub mod contract;
+pub mod etcd_cluster;
 mod in_memory;
 mod on_disk;
+mod on_etcd;
 
 pub use backend::{Backend, BackendTx, BoxFuture, Pairs, Tree, TxBody};
 pub use in_memory::MemoryBackend;
 pub use on_disk::{SledBackend, SledOptions};
+pub use on_etcd::{EtcdBackend, EtcdOptions, EtcdTls};
 
 /// What can go wrong below the records: the backend's own failures.
 #[derive(Debug, thiserror::Error)]
@@ -32,4 +36,11 @@ pub enum Error {
     /// The transaction's body refused; the caller keeps its own error.
     #[error("transaction aborted")]
     Aborted,
+    /// A replicated store cannot be written or read now: its members do
+    /// not answer, or too few of them do to form a quorum.
+    #[error("the store is unavailable (etcd has no quorum or does not answer; a transaction is applied whole or not at all): {0}")]
+    Unavailable(String),
+    /// A transaction larger than the backend takes in one piece.
+    #[error("{0}")]
+    TooLarge(String),
 }

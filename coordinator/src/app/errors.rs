@@ -16,6 +16,13 @@ pub fn store(e: StoreError) -> WireError {
             ErrorCode::Unavailable,
             format!("the coordinator's state directory is nearly full ({free_mib} MiB free, limits.min_free_disk_mib is {min_mib}): changes are refused until its operator frees space there; reads keep working"),
         ),
+        StoreError::Backend(drover_store::Error::Unavailable(_)) => {
+            tracing::warn!(error = %e, "store unavailable");
+            WireError::new(
+                ErrorCode::Unavailable,
+                "the fleet's store is unavailable (etcd has lost quorum or does not answer): the change was refused whole; try again when the store's members are back",
+            )
+        }
         other => {
             tracing::error!(error = %other, "store failure");
             WireError::new(ErrorCode::Internal, "internal error; see the coordinator's log")
@@ -82,5 +89,13 @@ mod tests {
         // What the admin can act on is still said.
         let missing = s3(S3Error::NotFound { what: "bucket", id: "media".into() });
         assert!(missing.message.contains("media"));
+    }
+
+    #[test]
+    fn a_store_without_quorum_is_unavailable_and_says_so_without_its_endpoints() {
+        let e = store(StoreError::Backend(drover_store::Error::Unavailable("http://10.0.0.5:2379: connection refused".into())));
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        assert!(e.message.contains("quorum") && e.message.contains("refused whole"), "{}", e.message);
+        assert!(!e.message.contains("10.0.0.5"), "the store's addresses stay in the log: {}", e.message);
     }
 }

@@ -208,6 +208,14 @@ impl Store {
         Ok(true)
     }
 
+    /// Connects to the store kept in an etcd cluster under its prefix.
+    pub fn open_etcd(options: drover_store::EtcdOptions) -> Result<Self, StoreError> {
+        let place = format!("etcd {} under {:?}", options.endpoints.join(","), options.prefix);
+        let store = Store::with_backend(Arc::new(drover_store::EtcdBackend::connect(options)?));
+        store.check_schema(Path::new(&place))?;
+        Ok(store)
+    }
+
     /// A store in memory.
     pub fn in_memory() -> Self {
         let store = Store::with_backend(Arc::new(MemoryBackend::default()));

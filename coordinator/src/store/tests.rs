@@ -11,11 +11,24 @@ use super::*;
 use crate::model::{AdminRecord, DeploymentRecord, Labels, MachineRecord, RolloutRecord, S3NodeRecord, TenantRecord, TokenRecord};
 use drover_store::Tree;
 
-/// A store of each kind; the sled one keeps its directory alive.
-fn stores() -> Vec<(&'static str, Store, Option<tempfile::TempDir>)> {
+/// What keeps a test's store alive (a directory, a cluster).
+type Keep = Option<Box<dyn std::any::Any>>;
+
+/// A store of each kind, with what keeps it alive (sled's directory, the
+/// etcd cluster). With the `system-tests` feature, a real three-member etcd
+/// cluster on loopback too.
+fn stores() -> Vec<(&'static str, Store, Keep)> {
     let dir = tempfile::tempdir().expect("tempdir");
     let sled = Store::open(dir.path()).expect("open sled");
-    vec![("sled", sled, Some(dir)), ("memory", Store::in_memory(), None)]
+    #[allow(unused_mut)]
+    let mut all: Vec<(&'static str, Store, Keep)> = vec![("sled", sled, Some(Box::new(dir))), ("memory", Store::in_memory(), None)];
+    #[cfg(feature = "system-tests")]
+    {
+        let cluster = drover_store::etcd_cluster::EtcdCluster::start(3);
+        let etcd = Store::open_etcd(cluster.options("drover-test/")).expect("open etcd");
+        all.push(("etcd", etcd, Some(Box::new(cluster))));
+    }
+    all
 }
 
 pub(crate) fn machine(id: &str) -> MachineRecord {

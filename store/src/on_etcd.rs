@@ -1,0 +1,333 @@
+//! The trees in an etcd cluster (v3 API), for several coordinators over one
+//! replicated store. Each tree is a key prefix, `{prefix}{tree}/`; a value
+//! is acknowledged once a quorum of members has it on disk, so a flush has
+//! nothing left to do.
+//!
+//! Transactions are optimistic, as etcd's own software transactional
+//! memory: the body reads at one revision of the cluster (each key it reads
+//! remembered with the revision that last changed it) and buffers its
+//! writes; the commit is one etcd `Txn` that compares every key read
+//! against the revision seen and, only if none changed, applies the
+//! writes. A conflict runs the body again. etcd bounds a `Txn` (128
+//! operations by default), so a body touches at most
+//! [`EtcdOptions::max_txn_ops`] keys.
+//!
+//! The [`Backend`] calls are synchronous, like sled's: each one is run on
+//! the backend's own runtime thread and waited for, so a call never needs
+//! the caller's runtime.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
+
+use crate::backend::{Backend, BackendTx, BoxFuture, Pairs, Tree, TxBody};
+use crate::Error;
+
+/// A value and the revision that last changed it.
+type Versioned = (Vec<u8>, i64);
+
+/// How to reach the cluster.
+#[derive(Debug, Clone)]
+pub struct EtcdOptions {
+    /// Client URLs of the members (`http://127.0.0.1:2379`, `https://…`).
+    pub endpoints: Vec<String>,
+    /// Every key of this store starts with it: several fleets can share a
+    /// cluster, each under its own prefix.
+    pub prefix: String,
+    /// Mutual TLS: the CA that signed the members' certificates and this
+    /// client's certificate and key (PEM).
+    pub tls: Option<EtcdTls>,
+    /// How long one call may take before the cluster counts as unavailable
+    /// (no quorum answers within it).
+    pub timeout: Duration,
+    /// The cluster's `--max-txn-ops` (etcd's default is 128).
+    pub max_txn_ops: usize,
+}
+
+impl EtcdOptions {
+    pub fn new(endpoints: Vec<String>, prefix: impl Into<String>) -> Self {
+        EtcdOptions { endpoints, prefix: prefix.into(), tls: None, timeout: Duration::from_secs(5), max_txn_ops: 128 }
+    }
+}
+
+/// Client certificates for an etcd cluster that requires them.
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub ca_pem: Vec<u8>,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EtcdTls { .. }")
+    }
+}
+
+/// Which failed calls are made again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    Always,
+    NeverSent,
+}
+
+/// Whether a call failed before any member took it: no connection, or a
+/// member without a leader (etcd's own client retries mutations on those
+/// alone; "leader changed" may come after the change was applied).
+fn never_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            let message = status.message();
+            status.code() == tonic::Code::Unavailable
+                && (message.contains("connect") || message.contains("no leader") || message.contains("no address available"))
+        }
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
+}
+
+/// How often a conflicting transaction is run again before it fails.
+const MAX_ATTEMPTS: usize = 100;
+
+pub struct EtcdBackend {
+    client: Client,
+    runtime: tokio::runtime::Handle,
+    /// Dropped with the backend: ends the runtime's thread.
+    _stop: tokio::sync::oneshot::Sender<()>,
+    options: EtcdOptions,
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!("{what}: {e}"))
+}
+
+impl EtcdBackend {
+    /// Connects to the cluster (and checks that it answers).
+    pub fn connect(options: EtcdOptions) -> Result<Self, Error> {
+        if options.endpoints.is_empty() {
+            return Err(Error::Unavailable("no etcd endpoints given; name at least one member's client URL".into()));
+        }
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| unavailable("the etcd client's runtime could not start", e))?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("drover-etcd".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })
+            .map_err(|e| unavailable("the etcd client's thread could not start", e))?;
+        let mut connect = ConnectOptions::new().with_connect_timeout(options.timeout).with_timeout(options.timeout);
+        if let Some(tls) = &options.tls {
+            let identity = etcd_client::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+            let ca = etcd_client::Certificate::from_pem(&tls.ca_pem);
+            connect = connect.with_tls(etcd_client::TlsOptions::new().ca_certificate(ca).identity(identity));
+        }
+        let endpoints = options.endpoints.clone();
+        let client = run(&handle, async move { Client::connect(endpoints, Some(connect)).await })
+            .map_err(|e| unavailable(&format!("etcd at {} cannot be reached", options.endpoints.join(", ")), e))?;
+        let backend = EtcdBackend { client, runtime: handle, _stop: stop, options };
+        backend.get(Tree::Meta, b"-").map_err(|e| match e {
+            Error::Unavailable(why) => Error::Unavailable(format!("etcd at {} does not answer: {why}", backend.options.endpoints.join(", "))),
+            other => other,
+        })?;
+        Ok(backend)
+    }
+
+    fn key(&self, tree: Tree, key: &[u8]) -> Vec<u8> {
+        let mut full = Vec::with_capacity(self.options.prefix.len() + tree.name().len() + 1 + key.len());
+        full.extend_from_slice(self.options.prefix.as_bytes());
+        full.extend_from_slice(tree.name().as_bytes());
+        full.push(b'/');
+        full.extend_from_slice(key);
+        full
+    }
+
+    fn strip(&self, tree: Tree, full: &[u8]) -> Vec<u8> {
+        full[self.key(tree, b"").len()..].to_vec()
+    }
+
+    /// One value and the revision that last changed it (0: absent), read at
+    /// `revision` (0: the newest); and the revision the cluster answered at.
+    fn read(&self, tree: Tree, key: &[u8], revision: i64) -> Result<(Option<Versioned>, i64), Error> {
+        let kv = self.client.kv_client();
+        let full = self.key(tree, key);
+        let mut options = GetOptions::new();
+        if revision > 0 {
+            options = options.with_revision(revision);
+        }
+        let response = self.retrying(Retry::Always, || {
+            let (mut kv, full, options) = (kv.clone(), full.clone(), options.clone());
+            async move { kv.get(full, Some(options)).await }
+        })?;
+        let at = response.header().map_or(0, |h| h.revision());
+        Ok((response.kvs().first().map(|kv| (kv.value().to_vec(), kv.mod_revision())), at))
+    }
+
+    fn ranged(&self, from: Vec<u8>, options: GetOptions) -> Result<etcd_client::GetResponse, Error> {
+        let kv = self.client.kv_client();
+        self.retrying(Retry::Always, || {
+            let (mut kv, from, options) = (kv.clone(), from.clone(), options.clone());
+            async move { kv.get(from, Some(options)).await }
+        })
+    }
+
+    /// Runs a call, again on failure while [`EtcdOptions::timeout`] lasts:
+    /// a read whatever failed (the client may have picked a member that is
+    /// gone), a transaction only when it never reached a member — one that
+    /// timed out may have been applied, and running it again could apply
+    /// it twice.
+    fn retrying<T: Send + 'static, F>(&self, retry: Retry, call: impl Fn() -> F) -> Result<T, Error>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        let deadline = std::time::Instant::now() + self.options.timeout;
+        loop {
+            match run(&self.runtime, call()) {
+                Ok(value) => return Ok(value),
+                Err(e) if std::time::Instant::now() < deadline && (retry == Retry::Always || never_sent(&e)) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => {
+                    let what = if retry == Retry::Always { "an etcd read failed" } else { "an etcd transaction failed" };
+                    return Err(unavailable(what, e));
+                }
+            }
+        }
+    }
+}
+
+/// Runs `future` on the backend's runtime and waits for it on this thread
+/// (whichever runtime, if any, this thread belongs to).
+fn run<T: Send + 'static>(
+    runtime: &tokio::runtime::Handle,
+    future: impl Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+) -> Result<T, etcd_client::Error> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = tx.send(future.await);
+    });
+    rx.recv().unwrap_or_else(|_| Err(etcd_client::Error::InvalidArgs("the etcd client's runtime has stopped".into())))
+}
+
+/// A transaction's view: reads at one revision, its own writes on top.
+struct EtcdTx<'a> {
+    backend: &'a EtcdBackend,
+    /// The revision every read of this attempt sees (0 until the first).
+    revision: std::cell::Cell<i64>,
+    /// Each key read, with the revision that last changed it (0: absent).
+    reads: RefCell<BTreeMap<Vec<u8>, i64>>,
+    /// A value, or `None` for a removal.
+    writes: RefCell<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+}
+
+impl BackendTx for EtcdTx<'_> {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let full = self.backend.key(tree, key);
+        if let Some(written) = self.writes.borrow().get(&full) {
+            return Ok(written.clone());
+        }
+        let (found, at) = self.backend.read(tree, key, self.revision.get())?;
+        if self.revision.get() == 0 {
+            self.revision.set(at);
+        }
+        self.reads.borrow_mut().entry(full).or_insert(found.as_ref().map_or(0, |(_, r)| *r));
+        Ok(found.map(|(v, _)| v))
+    }
+
+    fn insert(&self, tree: Tree, key: &[u8], value: Vec<u8>) -> Result<(), Error> {
+        self.writes.borrow_mut().insert(self.backend.key(tree, key), Some(value));
+        Ok(())
+    }
+
+    fn remove(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let before = self.get(tree, key)?;
+        self.writes.borrow_mut().insert(self.backend.key(tree, key), None);
+        Ok(before)
+    }
+}
+
+impl Backend for EtcdBackend {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.read(tree, key, 0)?.0.map(|(v, _)| v))
+    }
+
+    fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Pairs, Error> {
+        let response = self.ranged(self.key(tree, prefix), GetOptions::new().with_prefix())?;
+        Ok(response.kvs().iter().map(|kv| (self.strip(tree, kv.key()), kv.value().to_vec())).collect())
+    }
+
+    fn range(&self, tree: Tree, from: &[u8], to: &[u8], limit: usize, newest_first: bool) -> Result<Pairs, Error> {
+        if from >= to || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let order = if newest_first { SortOrder::Descend } else { SortOrder::Ascend };
+        let options = GetOptions::new().with_range(self.key(tree, to)).with_limit(i64::try_from(limit).unwrap_or(i64::MAX)).with_sort(SortTarget::Key, order);
+        let response = self.ranged(self.key(tree, from), options)?;
+        Ok(response.kvs().iter().map(|kv| (self.strip(tree, kv.key()), kv.value().to_vec())).collect())
+    }
+
+    fn count(&self, tree: Tree, from: &[u8], to: &[u8]) -> Result<usize, Error> {
+        if from >= to {
+            return Ok(0);
+        }
+        let options = GetOptions::new().with_range(self.key(tree, to)).with_count_only();
+        let response = self.ranged(self.key(tree, from), options)?;
+        Ok(usize::try_from(response.count()).unwrap_or(usize::MAX))
+    }
+
+    fn transaction(&self, body: TxBody<'_>) -> Result<(), Error> {
+        for _ in 0..MAX_ATTEMPTS {
+            let tx = EtcdTx { backend: self, revision: std::cell::Cell::new(0), reads: RefCell::new(BTreeMap::new()), writes: RefCell::new(BTreeMap::new()) };
+            match body(&tx) {
+                Ok(()) => {}
+                Err(Error::Retry) => continue,
+                Err(e) => return Err(e),
+            }
+            let (reads, writes) = (tx.reads.into_inner(), tx.writes.into_inner());
+            if writes.is_empty() {
+                return Ok(());
+            }
+            if reads.len() > self.options.max_txn_ops || writes.len() > self.options.max_txn_ops {
+                return Err(Error::TooLarge(format!(
+                    "one transaction would read {} and write {} keys; etcd takes at most {} of each (--max-txn-ops)",
+                    reads.len(),
+                    writes.len(),
+                    self.options.max_txn_ops
+                )));
+            }
+            let compares: Vec<Compare> = reads.into_iter().map(|(key, revision)| Compare::mod_revision(key, CompareOp::Equal, revision)).collect();
+            let operations: Vec<TxnOp> = writes
+                .into_iter()
+                .map(|(key, value)| match value {
+                    Some(value) => TxnOp::put(key, value, None),
+                    None => TxnOp::delete(key, None),
+                })
+                .collect();
+            let kv = self.client.kv_client();
+            let txn = Txn::new().when(compares).and_then(operations);
+            let response = self.retrying(Retry::NeverSent, || {
+                let (mut kv, txn) = (kv.clone(), txn.clone());
+                async move { kv.txn(txn).await }
+            })?;
+            if response.succeeded() {
+                return Ok(());
+            }
+        }
+        Err(Error::Unavailable(format!("a transaction conflicted with others {MAX_ATTEMPTS} times in a row")))
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), Error>> {
+        // A committed transaction is already on a quorum's disks.
+        Box::pin(async { Ok(()) })
+    }
+
+    fn flush_blocking(&self) -> Result<(), Error> {
+        Ok(())
+    }
+}
