@@ -53,6 +53,10 @@ pub struct Config {
     /// make the coordinator hold.
     #[serde(default, skip_serializing_if = "Limits::is_default")]
     pub limits: Limits,
+    /// Where the fleet's records live: absent, sled in `state_dir/db`; an
+    /// `[store]` section, an etcd cluster shared by several coordinators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreConfig>,
     /// Object storage (Garage) for buckets and keys; absent: no S3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Config>,
@@ -510,6 +514,98 @@ impl LinstorConfig {
     }
 }
 
+/// The fleet's records in an etcd cluster (`[store]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The members' client URLs, e.g. `["https://10.0.0.1:2379", …]`.
+    pub etcd_endpoints: Vec<String>,
+    /// Every key of this fleet starts with it (several fleets can share a
+    /// cluster), e.g. `drover/<fleet id>/`.
+    pub prefix: String,
+    /// Mutual TLS with the members: the CA of their certificates, and this
+    /// coordinator's client certificate and key (PEM files; the key mode
+    /// 0600 or stricter). All three or none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// How long one store call may take before the store counts as
+    /// unavailable (no quorum answers).
+    #[serde(with = "humantime_serde", default = "default_store_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_store_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl StoreConfig {
+    /// Parses `etcd://HOST:PORT[,HOST:PORT…][/PREFIX]`; `https` endpoints
+    /// when `tls`. Without a prefix, `default_prefix`.
+    pub fn from_url(url: &str, tls: bool, default_prefix: &str) -> Result<Self> {
+        let Some(rest) = url.strip_prefix("etcd://") else {
+            bail!("{url:?} is not an etcd store; write etcd://HOST:PORT[,HOST:PORT…][/PREFIX]");
+        };
+        let (hosts, prefix) = match rest.split_once('/') {
+            Some((hosts, p)) if !p.trim_matches('/').is_empty() => (hosts, format!("{}/", p.trim_end_matches('/'))),
+            Some((hosts, _)) => (hosts, default_prefix.to_string()),
+            None => (rest, default_prefix.to_string()),
+        };
+        let scheme = if tls { "https" } else { "http" };
+        let etcd_endpoints: Vec<String> = hosts.split(',').filter(|h| !h.is_empty()).map(|h| format!("{scheme}://{h}")).collect();
+        let config = StoreConfig { etcd_endpoints, prefix, ca_file: None, cert_file: None, key_file: None, timeout: default_store_timeout() };
+        config.check()?;
+        Ok(config)
+    }
+
+    pub fn check(&self) -> Result<()> {
+        if self.etcd_endpoints.is_empty() {
+            bail!("store.etcd_endpoints is empty; name at least one etcd member's client URL (three members survive the loss of one)");
+        }
+        for e in &self.etcd_endpoints {
+            let Some(authority) = e.strip_prefix("http://").or_else(|| e.strip_prefix("https://")) else {
+                bail!("store.etcd_endpoints: {e:?} is not an http:// or https:// URL");
+            };
+            if authority.is_empty() || authority.contains('/') || !authority.contains(':') {
+                bail!("store.etcd_endpoints: {e:?} must be scheme://HOST:PORT, e.g. https://10.0.0.1:2379");
+            }
+        }
+        if self.prefix.is_empty() || !self.prefix.ends_with('/') || self.prefix.contains(char::is_whitespace) {
+            bail!("store.prefix {:?} must be non-empty, end with / and hold no spaces, e.g. \"drover/fleet-a/\"", self.prefix);
+        }
+        let tls = [&self.ca_file, &self.cert_file, &self.key_file].iter().filter(|f| f.is_some()).count();
+        if tls != 0 && tls != 3 {
+            bail!("store: give ca_file, cert_file and key_file together (mutual TLS with etcd), or none of them");
+        }
+        if tls == 3 && self.etcd_endpoints.iter().any(|e| e.starts_with("http://")) {
+            bail!("store: with client certificates the endpoints must be https:// URLs");
+        }
+        if self.timeout < Duration::from_millis(100) {
+            bail!("store.timeout must be at least 100ms");
+        }
+        Ok(())
+    }
+
+    /// The options of the etcd backend, reading the TLS files.
+    pub fn etcd_options(&self) -> Result<drover_store::EtcdOptions> {
+        let mut options = drover_store::EtcdOptions::new(self.etcd_endpoints.clone(), self.prefix.clone());
+        options.timeout = self.timeout;
+        if let (Some(ca), Some(cert), Some(key)) = (&self.ca_file, &self.cert_file, &self.key_file) {
+            use std::os::unix::fs::PermissionsExt;
+            let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read store TLS file {}", p.display()));
+            let mode = std::fs::metadata(key).with_context(|| format!("cannot read store.key_file {}", key.display()))?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                bail!("store.key_file {} is readable by others (mode {mode:o}); run `chmod 600 {}`", key.display(), key.display());
+            }
+            options.tls = Some(drover_store::EtcdTls { ca_pem: read(ca)?, cert_pem: read(cert)?, key_pem: read(key)? });
+        }
+        Ok(options)
+    }
+}
+
 /// Where the S3 provider (Garage) is and how services reach it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -620,6 +716,7 @@ impl Config {
             max_connections: default_max_connections(),
             listen_sockets: 0,
             limits: Limits::default(),
+            store: None,
             s3: None,
             linstor: None,
             metrics_listen: None,
@@ -679,6 +776,9 @@ impl Config {
         self.limits.check()?;
         if self.advertise.ip().is_unspecified() {
             bail!("advertise must be an address clients can dial, not {}", self.advertise);
+        }
+        if let Some(store) = &self.store {
+            store.check()?;
         }
         if let Some(s3) = &self.s3 {
             s3.check()?;

@@ -32,6 +32,31 @@ pub struct InitOptions {
     pub admin_name: String,
     pub health_interval: Option<Duration>,
     pub machine_cert_lifetime: Option<Duration>,
+    /// The fleet's records in etcd instead of the state directory.
+    pub store: Option<EtcdStoreArgs>,
+}
+
+/// `--store etcd://…` and its client certificates.
+#[derive(Debug, Clone)]
+pub struct EtcdStoreArgs {
+    pub url: String,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl EtcdStoreArgs {
+    /// The `[store]` section, with `drover/<fleet id>/` as the default prefix.
+    pub fn config(&self, fleet_id: &str) -> Result<crate::config::StoreConfig> {
+        let tls = self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some();
+        let mut store = crate::config::StoreConfig::from_url(&self.url, tls, &format!("drover/{fleet_id}/"))?;
+        let absolute_file = |f: &Option<PathBuf>| f.as_deref().map(absolute).transpose();
+        store.ca_file = absolute_file(&self.ca_file)?;
+        store.cert_file = absolute_file(&self.cert_file)?;
+        store.key_file = absolute_file(&self.key_file)?;
+        store.check()?;
+        Ok(store)
+    }
 }
 
 pub struct InitOutcome {
@@ -87,7 +112,7 @@ pub fn init(opts: InitOptions) -> Result<InitOutcome> {
     let name = state_dir.file_name().context("the state directory needs a name")?;
     let tmp = parent.join(format!(".{}.init-{}", name.to_string_lossy(), std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
-    let result = build(&tmp, &config, &opts.admin_name);
+    let result = build(&tmp, &mut config, &opts.admin_name, opts.store.as_ref());
     match result {
         Ok(()) => {
             if state_dir.exists() {
@@ -103,10 +128,13 @@ pub fn init(opts: InitOptions) -> Result<InitOutcome> {
     Ok(InitOutcome { config_path: state_dir.join(CONFIG_FILE), bundle_path: state_dir.join(DEFAULT_BUNDLE_FILE), config })
 }
 
-fn build(dir: &Path, config: &Config, admin_name: &str) -> Result<()> {
+fn build(dir: &Path, config: &mut Config, admin_name: &str, etcd: Option<&EtcdStoreArgs>) -> Result<()> {
     fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
     let (ca, ca_key_pem) = Ca::generate(&config.server_names[0])?;
+    if let Some(etcd) = etcd {
+        config.store = Some(etcd.config(&ca.fleet_id())?);
+    }
     let ca_pem = identity::cert_pem(&ca.cert_der);
     identity::write_atomic(&dir.join(pki::CA_CERT_FILE), ca_pem.as_bytes(), 0o644)?;
     identity::write_atomic(&dir.join(pki::CA_KEY_FILE), ca_key_pem.as_bytes(), 0o600)?;
@@ -119,7 +147,19 @@ fn build(dir: &Path, config: &Config, admin_name: &str) -> Result<()> {
     let csr = identity::csr_der(&key, admin_name)?;
     let issued = ca.sign_client(&csr, &Subject::Admin(admin_name.to_string()), ADMIN_CERT_LIFETIME)?;
     {
-        let store = Store::open(&dir.join(DB_DIR))?;
+        let store = match &config.store {
+            Some(etcd) => {
+                let store = Store::open_etcd(etcd.etcd_options()?).with_context(|| format!("connecting to etcd at {}", etcd.etcd_endpoints.join(", ")))?;
+                if !store.holds_only_its_schema()? {
+                    bail!(
+                        "etcd already holds records under {:?}: another fleet lives there. Choose another prefix (etcd://HOST:PORT/PREFIX), or add this machine to that fleet as another coordinator",
+                        etcd.prefix
+                    );
+                }
+                store
+            }
+            None => Store::open(&dir.join(DB_DIR))?,
+        };
         let admin =
             AdminRecord { name: admin_name.to_string(), role: Role::Admin, created_at: now_ms(), serials: vec![issued.serial.clone()], ssh_keys: Vec::new() };
         store.commit_blocking(|tx| tx.insert_new(admin.name.as_bytes(), &admin, || "admin exists".to_string()))?;

@@ -42,6 +42,7 @@ impl App {
             admin_name: "root".into(),
             health_interval: Some(Duration::from_secs(1)),
             machine_cert_lifetime: None,
+            store: None,
         })
         .expect("init");
         let mut config = outcome.config;

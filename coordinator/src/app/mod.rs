@@ -107,11 +107,14 @@ pub struct Backends {
 /// The state directory's fleet CA and store.
 pub fn open_state(config: &Config) -> Result<(Ca, Store)> {
     let ca = Ca::load(&config.state_dir).with_context(|| format!("loading the fleet CA from {}", config.state_dir.display()))?;
-    let store = Store::open_with(
-        &config.state_dir.join(DB_DIR),
-        SledOptions { cache_bytes: config.limits.store_cache_mib << 20, min_free_bytes: config.limits.min_free_disk_mib << 20 },
-    )
-    .with_context(|| format!("opening the store in {}", config.state_dir.display()))?;
+    let store = match &config.store {
+        Some(etcd) => Store::open_etcd(etcd.etcd_options()?).with_context(|| format!("opening the store in etcd ({})", etcd.etcd_endpoints.join(", ")))?,
+        None => Store::open_with(
+            &config.state_dir.join(DB_DIR),
+            SledOptions { cache_bytes: config.limits.store_cache_mib << 20, min_free_bytes: config.limits.min_free_disk_mib << 20 },
+        )
+        .with_context(|| format!("opening the store in {}", config.state_dir.display()))?,
+    };
     Ok((ca, store))
 }
 

@@ -88,6 +88,9 @@ pub enum Command {
     Restore(RestoreArgs),
     /// What admins changed (and which secrets they looked at), oldest first.
     Audit(AuditArgs),
+    /// The fleet's store: move it from the state directory into etcd.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -119,6 +122,59 @@ pub struct InitArgs {
     /// Lifetime of machine certificates (e.g. 7d); agents renew at two thirds.
     #[arg(long, value_parser = drover_net::clock::parse_duration)]
     pub machine_cert_lifetime: Option<Duration>,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy a stopped coordinator's sled store into an empty etcd store,
+    /// check the copy record by record, and point the configuration at
+    /// etcd. The sled store is kept (remove it when satisfied).
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The state directory whose store moves (its coordinator stopped).
+    #[arg(long, env = "DROVER_STATE_DIR")]
+    pub state_dir: PathBuf,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// Print the outcome as JSON.
+    #[arg(long, value_enum, default_value_t = crate::output::OutputFormat::Table)]
+    pub output: crate::output::OutputFormat,
+}
+
+/// Where an etcd store is: `--store` and its client certificates.
+#[derive(Debug, Args)]
+pub struct EtcdArgs {
+    /// Keep the fleet's records in etcd instead of the state directory:
+    /// etcd://HOST:PORT[,HOST:PORT…][/PREFIX] (default prefix
+    /// drover/<fleet id>/). Several coordinators can then serve one fleet.
+    #[arg(long = "store", value_name = "URL")]
+    pub url: Option<String>,
+    /// The CA of the etcd members' certificates (PEM); with --etcd-cert and
+    /// --etcd-key, mutual TLS over https endpoints.
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_cert", "etcd_key"])]
+    pub etcd_ca: Option<PathBuf>,
+    /// This coordinator's client certificate for etcd (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_ca", "etcd_key"])]
+    pub etcd_cert: Option<PathBuf>,
+    /// Its key (PEM, mode 0600).
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_ca", "etcd_cert"])]
+    pub etcd_key: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    pub fn store(&self) -> Option<crate::init::EtcdStoreArgs> {
+        self.url.clone().map(|url| crate::init::EtcdStoreArgs {
+            url,
+            ca_file: self.etcd_ca.clone(),
+            cert_file: self.etcd_cert.clone(),
+            key_file: self.etcd_key.clone(),
+        })
+    }
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ pub mod machines;
 pub mod rollout;
 pub mod s3;
 pub mod serve;
+pub mod store;
 pub mod tenants;
 pub mod tokens;
 pub mod volumes;
@@ -60,6 +61,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Backup(args) => backup::backup(args).await,
         Command::Restore(args) => backup::restore(args),
         Command::Audit(args) => audit::run(args).await,
+        Command::Store(command) => store::run(command),
         Command::Deploy(args) => deploy::run(args).await,
         Command::Deployments(cmd) => deployments::run(cmd).await,
         Command::Rollout(cmd) => rollout::run(cmd).await,

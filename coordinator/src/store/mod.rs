@@ -199,6 +199,48 @@ impl Store {
         Ok(store)
     }
 
+    /// Copies every record of this store, byte for byte, into `target`,
+    /// which must hold nothing yet (at most its schema version), in
+    /// transactions of at most `batch` writes; then reads `target` back and
+    /// compares. Returns how many keys each tree held. Nothing may write to
+    /// this store meanwhile (its coordinator is stopped).
+    pub fn copy_into(&self, target: &Store, batch: usize, mut progress: impl FnMut(usize)) -> Result<Vec<(String, usize)>, StoreError> {
+        if !target.holds_only_its_schema()? {
+            return Err(StoreError::Conflict("the target store already holds records; migrate only into an empty one".into()));
+        }
+        let snapshot = self.snapshot()?;
+        let mut copied = 0;
+        for (name, pairs) in &snapshot {
+            let tree = Tree::named(name).ok_or_else(|| StoreError::Corrupt { tree: "meta", key: name.clone(), reason: "no such tree".into() })?;
+            for chunk in pairs.chunks(batch.max(1)) {
+                target.backend.transaction(&mut |tx| {
+                    for (k, v) in chunk {
+                        tx.insert(tree, k, v.clone())?;
+                    }
+                    Ok(())
+                })?;
+                copied += chunk.len();
+                progress(copied);
+            }
+        }
+        target.backend.flush_blocking()?;
+        if target.snapshot()? != snapshot {
+            return Err(StoreError::Conflict("the copy reads back differently from the original; the target holds a partial copy".into()));
+        }
+        Ok(snapshot.into_iter().map(|(name, pairs)| (name, pairs.len())).collect())
+    }
+
+    /// Whether the store holds no record (at most its schema version).
+    pub fn holds_only_its_schema(&self) -> Result<bool, StoreError> {
+        for tree in Tree::ALL {
+            let pairs = self.backend.scan(tree, b"")?;
+            if pairs.iter().any(|(k, _)| !(tree == Tree::Meta && k.as_slice() == b"schema_version")) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     fn holds_nothing(&self) -> Result<bool, StoreError> {
         for tree in Tree::ALL {
             if !self.backend.scan(tree, b"")?.is_empty() {

@@ -68,11 +68,13 @@ pub struct Options {
     /// The state directory (default: `state` in the test's temporary
     /// directory), e.g. on a filesystem the test made.
     pub state_dir: Option<PathBuf>,
+    /// Keep the records in etcd (`drover init --store URL`).
+    pub etcd: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { health_interval: Duration::from_millis(300), machine_cert_lifetime: None, no_server: false, state_dir: None }
+        Options { health_interval: Duration::from_millis(300), machine_cert_lifetime: None, no_server: false, state_dir: None, etcd: None }
     }
 }
 
@@ -94,6 +96,7 @@ impl TestCoordinator {
             admin_name: "root".into(),
             health_interval: Some(opts.health_interval),
             machine_cert_lifetime: opts.machine_cert_lifetime,
+            store: opts.etcd.map(|url| drover_coordinator::init::EtcdStoreArgs { url, ca_file: None, cert_file: None, key_file: None }),
         })
         .expect("drover init");
         let mut this =

@@ -12,6 +12,7 @@ mod common;
 
 mod block_storage;
 mod closure;
+mod etcd;
 mod faults;
 mod flake_source;
 mod fleet_file;

@@ -1,0 +1,102 @@
+//! The fleet's records in a real etcd cluster (three members on loopback):
+//! a sled store moved into etcd with every record intact and served from
+//! there, and `drover init --store` refusing a prefix another fleet holds.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::{drover_json, eventually, until_reported, Options, TestCoordinator};
+use drover_coordinator::config::Config;
+use drover_coordinator::store::{Store, DB_DIR};
+use drover_protocol::v1::MachineStatus;
+use drover_store::etcd_cluster::EtcdCluster;
+
+fn url(cluster: &EtcdCluster, prefix: &str) -> String {
+    let hosts: Vec<String> = cluster.endpoints().iter().map(|e| e.trim_start_matches("http://").to_string()).collect();
+    format!("etcd://{}/{prefix}", hosts.join(","))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sled_store_moves_into_etcd_with_every_record_and_is_served_from_there() {
+    let cluster = EtcdCluster::start(3);
+    let mut fleet = TestCoordinator::start().await;
+    let (_, token) = fleet.token(3, &[("role", "web"), ("tenant", "a")]).await;
+    let mut agents: Vec<_> = (1..=2).map(|i| fleet.spawn_agent(&format!("vm{i}"), Some(&token))).collect();
+    for a in &mut agents {
+        until_reported(a, 1).await;
+    }
+    let (made, _, err) = drover_json(&fleet, &["tenants", "create", "a.example", "--admin-email", "owner@a.example"]);
+    assert!(made, "{err}");
+    let machines_before: Vec<String> = fleet.machines().await.into_iter().map(|m| m.id).collect();
+    fleet.stop().await;
+    drop(agents);
+
+    let config_path = fleet.state_dir.join("drover.toml");
+    let sled = || Store::open(&fleet.state_dir.join(DB_DIR)).expect("open sled");
+    let before = sled().snapshot().expect("snapshot");
+    let records: usize = before.iter().map(|(_, pairs)| pairs.len()).sum();
+
+    // A coordinator still serving the directory holds sled's lock.
+    let held = sled();
+    let (ok, _, err) =
+        drover_json(&fleet, &["store", "migrate", "--state-dir", fleet.state_dir.to_str().expect("utf-8"), "--store", &url(&cluster, "fleet-a")]);
+    assert!(!ok && err.contains("stop its coordinator first"), "refused while the store is open elsewhere: {err}");
+    drop(held);
+    let store_url = url(&cluster, "fleet-a");
+    let (ok, out, err) = drover_json(&fleet, &["store", "migrate", "--state-dir", fleet.state_dir.to_str().expect("utf-8"), "--store", &store_url]);
+    assert!(ok, "{err}");
+    assert_eq!(out["records"], records, "{out}");
+    assert_eq!(out["prefix"], "fleet-a/");
+
+    let etcd = Store::open_etcd(cluster.options("fleet-a/")).expect("open etcd");
+    assert_eq!(etcd.snapshot().expect("snapshot"), before, "every record, byte for byte");
+    assert_eq!(sled().snapshot().expect("snapshot"), before, "the sled store is kept as it was");
+    let config = Config::load(&config_path).expect("config");
+    assert_eq!(config.store.as_ref().map(|s| s.prefix.as_str()), Some("fleet-a/"), "the configuration names etcd");
+
+    let (ok, _, err) = drover_json(&fleet, &["store", "migrate", "--state-dir", fleet.state_dir.to_str().expect("utf-8"), "--store", &store_url]);
+    assert!(!ok && err.contains("already keeps its records in etcd"), "{err}");
+    let other = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
+    let (ok, _, err) = drover_json(&other, &["store", "migrate", "--state-dir", other.state_dir.to_str().expect("utf-8"), "--store", &store_url]);
+    assert!(!ok && err.contains("already holds records"), "a non-empty target is refused: {err}");
+    assert_eq!(etcd.snapshot().expect("snapshot"), before, "and left as it was");
+
+    // Served from etcd: the same machines, and their agents come back.
+    fleet.config = config;
+    fleet.serve().await;
+    let mut agents: Vec<_> = (1..=2).map(|i| fleet.spawn_agent(&format!("vm{i}"), None)).collect();
+    for a in &mut agents {
+        until_reported(a, 1).await;
+    }
+    let mut after: Vec<String> = fleet.machines().await.into_iter().map(|m| m.id).collect();
+    after.sort();
+    let mut expected = machines_before.clone();
+    expected.sort();
+    assert_eq!(after, expected, "the same machines, no new enrollment");
+    assert!(
+        eventually(Duration::from_secs(10), || async { fleet.machines().await.iter().all(|m| m.status == MachineStatus::Online) }).await,
+        "both online again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_on_etcd_refuses_a_prefix_another_fleet_holds() {
+    let cluster = EtcdCluster::start(1);
+    let first = TestCoordinator::start_with(Options { etcd: Some(url(&cluster, "shared")), ..Default::default() }).await;
+    assert_eq!(first.machines().await.len(), 0, "a fleet on etcd serves");
+    assert_eq!(first.config.store.as_ref().map(|s| s.prefix.as_str()), Some("shared/"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["init", "--state-dir"])
+        .arg(dir.path().join("second"))
+        .args(["--listen", "127.0.0.1:0", "--store", &url(&cluster, "shared")])
+        .output()
+        .expect("run drover init");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("another fleet lives there"), "{err}");
+    assert!(!dir.path().join("second").exists(), "nothing is left of the refused init");
+    let default_prefix = TestCoordinator::start_with(Options { etcd: Some(url(&cluster, "")), no_server: true, ..Default::default() }).await;
+    let prefix = default_prefix.config.store.as_ref().map(|s| s.prefix.clone()).unwrap_or_default();
+    assert!(prefix.starts_with("drover/") && prefix.len() > "drover/".len() + 8, "the default prefix names the fleet: {prefix}");
+}
