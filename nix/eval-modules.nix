@@ -158,6 +158,7 @@ let
   seeded = { services.drover-agent = { enable = true; fromSeed = true; }; };
   coordinator = { services.drover = { enable = true; settings = { listen = "0.0.0.0:7443"; advertise = "192.0.2.1:7443"; server_names = [ "coordinator.example.org" ]; }; }; };
   qemuProvider = { services.drover.settings.providers = [{ kind = "qemu"; name = "local"; image = "/var/lib/drover/guest-image"; }]; };
+  etcd = { services.drover.store = { etcdEndpoints = [ "https://192.0.2.31:2379" "https://192.0.2.32:2379" "https://192.0.2.33:2379" ]; prefix = "drover/fleet-a/"; caFile = "/run/keys/etcd-ca.pem"; certFile = "/run/keys/etcd-client.pem"; keyFile = "/run/keys/etcd-client.key"; }; };
   s3 = { services.drover.s3 = { admin_endpoint = "http://192.0.2.20:3903"; adminTokenFile = "/run/keys/garage-admin-token"; s3_endpoint = "http://192.0.2.20:3900"; }; };
   garageNode = { services.drover-garage-node = { enable = true; address = "192.0.2.20"; zone = "dc1"; capacity = "10G"; }; };
   # The services' groups are root here, so that a rendered script that
@@ -181,6 +182,7 @@ let
     coordinator = eval [ modules.coordinator coordinator ];
     coordinator-s3 = eval [ modules.coordinator coordinator s3 ];
     coordinator-qemu = eval [ modules.coordinator coordinator qemuProvider ];
+    coordinator-etcd = eval [ modules.coordinator coordinator etcd ];
     garage-node = eval [ modules.garage-node agent garageNode ];
     mastodon = eval [ modules.mastodon seeded mastodon ];
     peertube = eval [ modules.peertube seeded peertube ];
@@ -195,6 +197,9 @@ let
     agent-state-dir-outside-var-lib = { system = eval [ modules.agent agent { services.drover-agent.stateDir = "/srv/agent"; } ]; expect = "stateDir must be a directory under /var/lib/"; };
     seed-and-coordinator = { system = eval [ modules.agent agent { services.drover-agent.fromSeed = true; } ]; expect = "with fromSeed = true the coordinator and the CA come from the VM's seed"; };
     no-coordinator = { system = eval [ modules.agent { services.drover-agent.enable = true; } ]; expect = "needs coordinator and caFile"; };
+    etcd-key-in-the-store = { system = eval [ modules.coordinator coordinator etcd { services.drover.store.keyFile = lib.mkForce "${builtins.storeDir}/x-etcd-key"; } ]; expect = "store.keyFile must not be in the Nix store"; };
+    etcd-half-tls = { system = eval [ modules.coordinator coordinator etcd { services.drover.store.caFile = lib.mkForce null; } ]; expect = "give caFile, certFile and keyFile together"; };
+    etcd-tls-over-http = { system = eval [ modules.coordinator coordinator etcd { services.drover.store.etcdEndpoints = lib.mkForce [ "http://192.0.2.31:2379" ]; } ]; expect = "must be https:// URLs"; };
     s3-token-in-the-store = { system = eval [ modules.coordinator coordinator s3 { services.drover.s3.adminTokenFile = lib.mkForce "${builtins.storeDir}/x-garage-token"; } ]; expect = "adminTokenFile must not be in the Nix store"; };
   };
 
@@ -225,6 +230,9 @@ let
         "plain: no devices" = plain.serviceConfig.PrivateDevices == true;
         "plain: no netlink" = !(lib.elem "AF_NETLINK" plain.serviceConfig.RestrictAddressFamilies);
         "plain: nix on PATH" = lib.elem "/stand-in/nix" (map toString plain.path);
+        "etcd: client certificates as credentials" = lib.length (unit "coordinator-etcd").serviceConfig.LoadCredential == 3;
+        "etcd: init names the store" = lib.hasInfix "--store etcd://192.0.2.31:2379,192.0.2.32:2379,192.0.2.33:2379/drover/fleet-a --etcd-ca" (unit "coordinator-etcd").preStart;
+        "plain: no store section" = !(lib.hasInfix "--store" plain.preStart);
         "qemu: namespaces allowed" = qemu.serviceConfig.RestrictNamespaces == false;
         "qemu: netlink allowed" = lib.elem "AF_NETLINK" qemu.serviceConfig.RestrictAddressFamilies;
         "qemu: /dev/kvm allowed" = lib.elem "/dev/kvm rw" qemu.serviceConfig.DeviceAllow;

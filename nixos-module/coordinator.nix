@@ -28,8 +28,29 @@ let
     } // lib.optionalAttrs (cfg.s3.public_url != null) { inherit (cfg.s3) public_url; };
   };
 
+  # The fleet's records in etcd: the client certificates reach the
+  # service as credentials, like the S3 token.
+  etcdTls = cfg.store != null && cfg.store.caFile != null;
+  credential = name: "/run/credentials/drover.service/${name}";
+  storeSettings = lib.optionalAttrs (cfg.store != null) {
+    store = {
+      etcd_endpoints = cfg.store.etcdEndpoints;
+      inherit (cfg.store) prefix timeout;
+    } // lib.optionalAttrs etcdTls {
+      ca_file = credential "etcd-ca";
+      cert_file = credential "etcd-cert";
+      key_file = credential "etcd-key";
+    };
+  };
+  # `drover init --store` for the fleet's first coordinator.
+  storeUrl = "etcd://${lib.concatMapStringsSep "," (e: lib.last (lib.splitString "://" e)) cfg.store.etcdEndpoints}/${lib.removeSuffix "/" cfg.store.prefix}";
+  initStoreArgs = lib.optionalString (cfg.store != null) (
+    "--store ${lib.escapeShellArg storeUrl}"
+    + lib.optionalString etcdTls " --etcd-ca ${credential "etcd-ca"} --etcd-cert ${credential "etcd-cert"} --etcd-key ${credential "etcd-key"}"
+  );
+
   rawConfig = toml.generate "drover-unchecked.toml" (
-    (lib.filterAttrs (_: v: v != null) cfg.settings) // { state_dir = cfg.stateDir; } // s3Settings
+    (lib.filterAttrs (_: v: v != null) cfg.settings) // { state_dir = cfg.stateDir; } // s3Settings // storeSettings
   );
 
   # The generated configuration, refused at build time when it is invalid.
@@ -125,6 +146,48 @@ in
       description = "Open the TCP port of `settings.metrics_listen` in the firewall (off: scrape it from the machine or over a tunnel).";
     };
 
+    store = mkOption {
+      default = null;
+      description = "Keep the fleet's records in an etcd cluster, so that several coordinators serve one fleet; null: in the state directory (sled). The first coordinator's `drover init` creates the fleet under `prefix`.";
+      type = types.nullOr (types.submodule {
+        options = {
+          etcdEndpoints = mkOption {
+            type = types.nonEmptyListOf types.str;
+            example = [ "https://10.0.0.1:2379" "https://10.0.0.2:2379" "https://10.0.0.3:2379" ];
+            description = "The etcd members' client URLs (three members survive the loss of one).";
+          };
+          prefix = mkOption {
+            type = types.strMatching "[^[:space:]]+/";
+            example = "drover/fleet-a/";
+            description = "Every key of this fleet starts with it; it ends with /.";
+          };
+          caFile = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            example = "/run/keys/etcd-ca.pem";
+            description = "The CA of the members' certificates; with certFile and keyFile, mutual TLS (https endpoints).";
+          };
+          certFile = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            example = "/run/keys/etcd-client.pem";
+            description = "This coordinator's client certificate for etcd.";
+          };
+          keyFile = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            example = "/run/keys/etcd-client.key";
+            description = "Its key: a file outside the Nix store.";
+          };
+          timeout = mkOption {
+            type = types.str;
+            default = "5s";
+            description = "How long one store call may take before the store counts as unavailable.";
+          };
+        };
+      });
+    };
+
     s3 = mkOption {
       default = null;
       description = "The Garage cluster the coordinator makes buckets and keys on; null: no S3.";
@@ -168,6 +231,18 @@ in
         message = "services.drover.s3.adminTokenFile must not be in the Nix store, which everyone can read.";
       }
       {
+        assertion = cfg.store == null || (let files = [ cfg.store.caFile cfg.store.certFile cfg.store.keyFile ]; in lib.all (f: f == null) files || lib.all (f: f != null) files);
+        message = "services.drover.store: give caFile, certFile and keyFile together (mutual TLS with etcd), or none of them.";
+      }
+      {
+        assertion = cfg.store == null || cfg.store.keyFile == null || !(lib.hasPrefix builtins.storeDir cfg.store.keyFile);
+        message = "services.drover.store.keyFile must not be in the Nix store, which everyone can read.";
+      }
+      {
+        assertion = !etcdTls || lib.all (lib.hasPrefix "https://") cfg.store.etcdEndpoints;
+        message = "services.drover.store: with client certificates the etcdEndpoints must be https:// URLs.";
+      }
+      {
         assertion = lib.hasPrefix "/var/lib/" cfg.stateDir;
         message = "services.drover.stateDir must be under /var/lib/ (systemd's StateDirectory makes it, mode 0700).";
       }
@@ -191,7 +266,7 @@ in
         if [ ! -e ${cfg.stateDir}/drover.toml ]; then
           ${cfg.package}/bin/drover init --state-dir ${cfg.stateDir} \
             --listen ${cfg.settings.listen} --advertise ${cfg.settings.advertise} \
-            --admin-name ${lib.escapeShellArg cfg.adminName} \
+            --admin-name ${lib.escapeShellArg cfg.adminName} ${initStoreArgs} \
             ${lib.concatMapStringsSep " " (n: "--server-name ${lib.escapeShellArg n}") cfg.settings.server_names}
         fi
       '';
@@ -207,7 +282,8 @@ in
         LimitNOFILE = lib.mkDefault 65536;
         StateDirectory = lib.removePrefix "/var/lib/" cfg.stateDir;
         StateDirectoryMode = "0700";
-        LoadCredential = lib.optional (cfg.s3 != null) "s3-admin-token:${cfg.s3.adminTokenFile}";
+        LoadCredential = lib.optional (cfg.s3 != null) "s3-admin-token:${cfg.s3.adminTokenFile}"
+          ++ lib.optionals etcdTls [ "etcd-ca:${cfg.store.caFile}" "etcd-cert:${cfg.store.certFile}" "etcd-key:${cfg.store.keyFile}" ];
         NoNewPrivileges = true;
         PrivateTmp = true;
         ProtectSystem = "strict";
