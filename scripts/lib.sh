@@ -6,7 +6,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-log() { printf '==> %s\n' "$*" >&2; }
+# Progress on standard error, with the seconds since the script started.
+log() { printf '==> [%4d s] %s\n' "$SECONDS" "$*" >&2; }
 
 # Installs Debian packages that are not installed yet (NEED_APT_OPTIONS
 # adds apt-get options, e.g. --no-install-recommends).

@@ -18,7 +18,7 @@ mod on_etcd;
 pub use backend::{Backend, BackendTx, BoxFuture, Pairs, Tree, TxBody};
 pub use in_memory::MemoryBackend;
 pub use on_disk::{SledBackend, SledOptions};
-pub use on_etcd::{EtcdBackend, EtcdOptions, EtcdTls};
+pub use on_etcd::{EtcdBackend, EtcdOptions, EtcdTls, CLAIM_KEY};
 
 /// What can go wrong below the records: the backend's own failures.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,13 @@ pub enum Error {
     /// not answer, or too few of them do to form a quorum.
     #[error("the store is unavailable (etcd has no quorum or does not answer; a transaction is applied whole or not at all): {0}")]
     Unavailable(String),
+    /// Another process holds the store's serving claim.
+    #[error("another coordinator serves this fleet from the store ({0}); stop it first, or wait for its claim to expire if it died")]
+    Held(String),
+    /// This process's claim was lost (its lease ran out and another took
+    /// it): nothing it writes is accepted any more.
+    #[error("this coordinator lost its claim on the store (its lease ran out while it was paused or cut off, and another coordinator took over): the write was refused")]
+    Fenced,
     /// A transaction larger than the backend takes in one piece.
     #[error("{0}")]
     TooLarge(String),

@@ -98,7 +98,23 @@ pub struct EtcdBackend {
     /// Dropped with the backend: ends the runtime's thread.
     _stop: tokio::sync::oneshot::Sender<()>,
     options: EtcdOptions,
+    /// The claim this backend holds (see [`EtcdBackend::claim`]): every
+    /// transaction is fenced by it.
+    claim: std::sync::Mutex<Option<Claim>>,
 }
+
+/// A key held under a lease: it vanishes when the holder stops renewing it
+/// (its process died, or was paused past the lease).
+struct Claim {
+    key: Vec<u8>,
+    /// The key's create revision: a successor's claim has another.
+    revision: i64,
+    lease: i64,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+/// Who holds a claim, as the claim's value says.
+pub const CLAIM_KEY: &str = "claims/serving";
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Unavailable(format!("{what}: {e}"))
@@ -131,12 +147,106 @@ impl EtcdBackend {
         let endpoints = options.endpoints.clone();
         let client = run(&handle, async move { Client::connect(endpoints, Some(connect)).await })
             .map_err(|e| unavailable(&format!("etcd at {} cannot be reached", options.endpoints.join(", ")), e))?;
-        let backend = EtcdBackend { client, runtime: handle, _stop: stop, options };
+        let backend = EtcdBackend { client, runtime: handle, _stop: stop, options, claim: std::sync::Mutex::new(None) };
         backend.get(Tree::Meta, b"-").map_err(|e| match e {
             Error::Unavailable(why) => Error::Unavailable(format!("etcd at {} does not answer: {why}", backend.options.endpoints.join(", "))),
             other => other,
         })?;
         Ok(backend)
+    }
+
+    /// Takes the fleet's serving claim for this backend's lifetime: a key
+    /// under a lease of `ttl` that a task renews, holding `holder` (who
+    /// claims it, for the error another claimant sees). Refused with
+    /// [`Error::Held`] while someone else holds it. From then on every
+    /// transaction compares the claim's revision, so that a holder whose
+    /// lease ran out (a process paused past it) and whose claim another
+    /// took cannot write over its successor: its transactions fail with
+    /// [`Error::Fenced`].
+    pub fn claim(&self, holder: &str, ttl: Duration) -> Result<(), Error> {
+        let key = format!("{}{CLAIM_KEY}", self.options.prefix).into_bytes();
+        let ttl_secs = i64::try_from(ttl.as_secs().max(2)).unwrap_or(i64::MAX);
+        let mut lease_client = self.client.lease_client();
+        let lease =
+            run(&self.runtime, async move { lease_client.grant(ttl_secs, None).await }).map_err(|e| unavailable("an etcd lease could not be granted", e))?.id();
+        let mut kv = self.client.kv_client();
+        let (k, value) = (key.clone(), holder.as_bytes().to_vec());
+        let txn = Txn::new()
+            .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(k.clone(), value, Some(etcd_client::PutOptions::new().with_lease(lease)))])
+            .or_else([TxnOp::get(k.clone(), None)]);
+        let response = run(&self.runtime, async move { kv.txn(txn).await }).map_err(|e| unavailable("an etcd claim failed", e))?;
+        if !response.succeeded() {
+            self.revoke(lease);
+            let held_by = response
+                .op_responses()
+                .into_iter()
+                .find_map(|r| match r {
+                    etcd_client::TxnOpResponse::Get(get) => get.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).to_string()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            return Err(Error::Held(held_by));
+        }
+        let (found, _) = self.read_full(&key, 0)?;
+        let revision = found.map_or(0, |(_, _, created)| created);
+        let client = self.client.clone();
+        let period = Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(3) / 3).max(Duration::from_millis(500));
+        let keeper = self.runtime.spawn(async move {
+            let mut leases = client.lease_client();
+            loop {
+                match leases.keep_alive(lease).await {
+                    Ok((mut keeper, mut answers)) => loop {
+                        if keeper.keep_alive().await.is_err() {
+                            break;
+                        }
+                        match answers.message().await {
+                            Ok(Some(answer)) if answer.ttl() > 0 => {}
+                            Ok(Some(_)) => {
+                                tracing::error!("the store's serving claim expired (its lease ran out); this coordinator's writes are refused from now on");
+                                return;
+                            }
+                            _ => break,
+                        }
+                        tokio::time::sleep(period).await;
+                    },
+                    Err(e) => tracing::warn!(error = %e, "renewing the store's serving claim failed; trying again"),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        if let Ok(mut claim) = self.claim.lock() {
+            *claim = Some(Claim { key, revision, lease, keeper });
+        }
+        Ok(())
+    }
+
+    fn revoke(&self, lease: i64) {
+        let mut leases = self.client.lease_client();
+        self.runtime.spawn(async move {
+            let _ = leases.revoke(lease).await;
+        });
+    }
+
+    /// The claim's key and revision, while one is held.
+    fn fence(&self) -> Option<(Vec<u8>, i64)> {
+        self.claim.lock().ok()?.as_ref().map(|c| (c.key.clone(), c.revision))
+    }
+
+    /// A raw key's value, mod revision and create revision.
+    fn read_full(&self, full: &[u8], revision: i64) -> Result<(Option<(Vec<u8>, i64, i64)>, i64), Error> {
+        let kv = self.client.kv_client();
+        let full = full.to_vec();
+        let mut options = GetOptions::new();
+        if revision > 0 {
+            options = options.with_revision(revision);
+        }
+        let response = self.retrying(Retry::Always, || {
+            let (mut kv, full, options) = (kv.clone(), full.clone(), options.clone());
+            async move { kv.get(full, Some(options)).await }
+        })?;
+        let at = response.header().map_or(0, |h| h.revision());
+        Ok((response.kvs().first().map(|kv| (kv.value().to_vec(), kv.mod_revision(), kv.create_revision())), at))
     }
 
     fn key(&self, tree: Tree, key: &[u8]) -> Vec<u8> {
@@ -198,6 +308,17 @@ impl EtcdBackend {
                     return Err(unavailable(what, e));
                 }
             }
+        }
+    }
+}
+
+impl Drop for EtcdBackend {
+    fn drop(&mut self) {
+        if let Some(claim) = self.claim.lock().ok().and_then(|mut c| c.take()) {
+            claim.keeper.abort();
+            // Let go at once, so that a successor need not wait for the lease.
+            let mut leases = self.client.lease_client();
+            let _ = run(&self.runtime, async move { leases.revoke(claim.lease).await });
         }
     }
 }
@@ -301,7 +422,11 @@ impl Backend for EtcdBackend {
                     self.options.max_txn_ops
                 )));
             }
-            let compares: Vec<Compare> = reads.into_iter().map(|(key, revision)| Compare::mod_revision(key, CompareOp::Equal, revision)).collect();
+            let mut compares: Vec<Compare> = reads.into_iter().map(|(key, revision)| Compare::mod_revision(key, CompareOp::Equal, revision)).collect();
+            let fence = self.fence();
+            if let Some((key, revision)) = &fence {
+                compares.push(Compare::create_revision(key.clone(), CompareOp::Equal, *revision));
+            }
             let operations: Vec<TxnOp> = writes
                 .into_iter()
                 .map(|(key, value)| match value {
@@ -317,6 +442,12 @@ impl Backend for EtcdBackend {
             })?;
             if response.succeeded() {
                 return Ok(());
+            }
+            if let Some((key, revision)) = fence {
+                let (now, _) = self.read_full(&key, 0)?;
+                if now.map(|(_, _, created)| created) != Some(revision) {
+                    return Err(Error::Fenced);
+                }
             }
         }
         Err(Error::Unavailable(format!("a transaction conflicted with others {MAX_ATTEMPTS} times in a row")))

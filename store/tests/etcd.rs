@@ -81,3 +81,48 @@ fn one_member_lost_changes_nothing_and_two_lost_refuse_writes_until_quorum_retur
     assert_eq!(backend.get(Tree::Machines, b"no-quorum").expect("read"), None, "the refused write never landed");
     assert_eq!(backend.scan(Tree::Machines, b"").expect("scan").len(), 3, "before, one-down, after");
 }
+
+/// Revokes every lease of the cluster, as their expiry would (a holder
+/// paused past its lease), with etcd's own client.
+fn expire_leases(cluster: &EtcdCluster) {
+    let endpoints = cluster.endpoints().join(",");
+    let list = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &endpoints, "lease", "list"])
+        .output()
+        .expect("etcdctl (apt-get install etcd-client)");
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    let ids: Vec<String> = String::from_utf8_lossy(&list.stdout).lines().skip(1).map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+    assert!(!ids.is_empty(), "a claim holds a lease");
+    for id in ids {
+        let revoked =
+            std::process::Command::new("etcdctl").env("ETCDCTL_API", "3").args(["--endpoints", &endpoints, "lease", "revoke", &id]).output().expect("etcdctl");
+        assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
+    }
+}
+
+#[test]
+fn one_claim_at_a_time_and_a_holder_whose_lease_ran_out_cannot_write_over_its_successor() {
+    let cluster = EtcdCluster::start(3);
+    let first = EtcdBackend::connect(cluster.options("fleet/")).expect("first");
+    first.claim("first", Duration::from_secs(30)).expect("the first claim");
+    write(&first, b"by-first", b"1").expect("the holder writes");
+    let second = EtcdBackend::connect(cluster.options("fleet/")).expect("second");
+    let held = second.claim("second", Duration::from_secs(30));
+    assert!(matches!(held, Err(Error::Held(ref by)) if by == "first"), "{held:?}");
+
+    // The first holder is paused past its lease: the claim is gone, the
+    // second takes it and writes; the first wakes up and writes.
+    expire_leases(&cluster);
+    second.claim("second", Duration::from_secs(30)).expect("the successor's claim");
+    write(&second, b"by-second", b"2").expect("the successor writes");
+    let late = write(&first, b"by-first", b"stale");
+    assert!(matches!(late, Err(Error::Fenced)), "the old holder's write is refused: {late:?}");
+    assert!(late.expect_err("fenced").to_string().contains("lost its claim"));
+    assert_eq!(second.get(Tree::Machines, b"by-first").expect("read").as_deref(), Some(&b"1"[..]), "only the successor's decisions stand");
+
+    // A holder that ends lets go at once.
+    drop(second);
+    let third = EtcdBackend::connect(cluster.options("fleet/")).expect("third");
+    third.claim("third", Duration::from_secs(30)).expect("claimed without waiting for the lease");
+}

@@ -16,6 +16,10 @@ pub fn store(e: StoreError) -> WireError {
             ErrorCode::Unavailable,
             format!("the coordinator's state directory is nearly full ({free_mib} MiB free, limits.min_free_disk_mib is {min_mib}): changes are refused until its operator frees space there; reads keep working"),
         ),
+        StoreError::Backend(drover_store::Error::Fenced) => {
+            tracing::error!("{e}");
+            WireError::new(ErrorCode::Unavailable, "this coordinator lost its claim on the fleet's store (another coordinator took over): the change was refused; use the coordinator that serves now")
+        }
         StoreError::Backend(drover_store::Error::Unavailable(_)) => {
             tracing::warn!(error = %e, "store unavailable");
             WireError::new(

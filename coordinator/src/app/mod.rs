@@ -104,11 +104,20 @@ pub struct Backends {
     pub nix: Arc<dyn Nix>,
 }
 
+/// How long the etcd store's serving claim outlives a coordinator that
+/// stopped renewing it (died, paused, cut off); a restarted coordinator
+/// waits up to this long for its previous life's claim.
+pub const STORE_CLAIM_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The state directory's fleet CA and store.
 pub fn open_state(config: &Config) -> Result<(Ca, Store)> {
     let ca = Ca::load(&config.state_dir).with_context(|| format!("loading the fleet CA from {}", config.state_dir.display()))?;
     let store = match &config.store {
-        Some(etcd) => Store::open_etcd(etcd.etcd_options()?).with_context(|| format!("opening the store in etcd ({})", etcd.etcd_endpoints.join(", ")))?,
+        Some(etcd) => {
+            let holder = format!("coordinator {} (pid {})", config.advertise, std::process::id());
+            Store::open_etcd_serving(etcd.etcd_options()?, &holder, STORE_CLAIM_TTL, STORE_CLAIM_TTL + std::time::Duration::from_secs(5))
+                .with_context(|| format!("opening the store in etcd ({})", etcd.etcd_endpoints.join(", ")))?
+        }
         None => Store::open_with(
             &config.state_dir.join(DB_DIR),
             SledOptions { cache_bytes: config.limits.store_cache_mib << 20, min_free_bytes: config.limits.min_free_disk_mib << 20 },

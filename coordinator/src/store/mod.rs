@@ -258,6 +258,34 @@ impl Store {
         Ok(store)
     }
 
+    /// [`Store::open_etcd`] for a coordinator that serves: takes the
+    /// fleet's serving claim (a key under a lease of `ttl`, naming
+    /// `holder`), waiting up to `patience` for a previous holder's claim to
+    /// expire. Every later write is fenced by the claim.
+    pub fn open_etcd_serving(
+        options: drover_store::EtcdOptions,
+        holder: &str,
+        ttl: std::time::Duration,
+        patience: std::time::Duration,
+    ) -> Result<Self, StoreError> {
+        let place = format!("etcd {} under {:?}", options.endpoints.join(","), options.prefix);
+        let backend = drover_store::EtcdBackend::connect(options)?;
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            match backend.claim(holder, ttl) {
+                Ok(()) => break,
+                Err(drover_store::Error::Held(by)) if std::time::Instant::now() < deadline => {
+                    tracing::info!(held_by = %by, "another coordinator holds the store's serving claim; waiting for it to end");
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let store = Store::with_backend(Arc::new(backend));
+        store.check_schema(Path::new(&place))?;
+        Ok(store)
+    }
+
     /// A store in memory.
     pub fn in_memory() -> Self {
         let store = Store::with_backend(Arc::new(MemoryBackend::default()));

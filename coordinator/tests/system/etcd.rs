@@ -100,3 +100,36 @@ async fn init_on_etcd_refuses_a_prefix_another_fleet_holds() {
     let prefix = default_prefix.config.store.as_ref().map(|s| s.prefix.clone()).unwrap_or_default();
     assert!(prefix.starts_with("drover/") && prefix.len() > "drover/".len() + 8, "the default prefix names the fleet: {prefix}");
 }
+
+/// A second `drover serve` on a fleet another serves from etcd waits for
+/// the serving claim and gives up naming the holder; once the first is
+/// SIGKILLed, a new one takes over when the claim's lease runs out and the
+/// agent comes back to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_coordinator_serves_a_fleet_in_etcd_and_another_takes_over_when_it_dies() {
+    let cluster = EtcdCluster::start(3);
+    let fleet = TestCoordinator::start_with(Options { etcd: Some(url(&cluster, "fleet-b")), no_server: true, ..Default::default() }).await;
+    let mut first = common::Serving(common::spawn_coordinator(&fleet.state_dir));
+    assert!(eventually(Duration::from_secs(20), || async { common::raw_connect(&fleet, None).await.is_ok() }).await, "the first serves");
+    let (_, token) = fleet.token(1, &[]).await;
+    let mut agent = fleet.spawn_agent("vm1", Some(&token));
+    until_reported(&mut agent, 1).await;
+
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["serve", "--state-dir"])
+        .arg(&fleet.state_dir)
+        .output()
+        .expect("run a second drover serve");
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success() && err.contains("another coordinator serves this fleet"), "{err}");
+    assert!(err.contains(&format!("pid {}", first.0.id())), "the error names the holder: {err}");
+
+    first.0.kill().expect("SIGKILL the first");
+    let _ = first.0.wait();
+    let _third = common::Serving(common::spawn_coordinator(&fleet.state_dir));
+    let reports = agent.status.borrow().reports;
+    until_reported(&mut agent, reports + 2).await;
+    let machines = fleet.machines().await;
+    assert_eq!(machines.len(), 1, "the same machine, not enrolled again");
+    assert_eq!(machines[0].status, MachineStatus::Online);
+}
