@@ -29,6 +29,9 @@ use crate::Error;
 /// A value and the revision that last changed it.
 type Versioned = (Vec<u8>, i64);
 
+/// A value, the revision that last changed it and the one that created it.
+type Stored = (Vec<u8>, i64, i64);
+
 /// How to reach the cluster.
 #[derive(Debug, Clone)]
 pub struct EtcdOptions {
@@ -234,7 +237,7 @@ impl EtcdBackend {
     }
 
     /// A raw key's value, mod revision and create revision.
-    fn read_full(&self, full: &[u8], revision: i64) -> Result<(Option<(Vec<u8>, i64, i64)>, i64), Error> {
+    fn read_full(&self, full: &[u8], revision: i64) -> Result<(Option<Stored>, i64), Error> {
         let kv = self.client.kv_client();
         let full = full.to_vec();
         let mut options = GetOptions::new();
@@ -265,18 +268,8 @@ impl EtcdBackend {
     /// One value and the revision that last changed it (0: absent), read at
     /// `revision` (0: the newest); and the revision the cluster answered at.
     fn read(&self, tree: Tree, key: &[u8], revision: i64) -> Result<(Option<Versioned>, i64), Error> {
-        let kv = self.client.kv_client();
-        let full = self.key(tree, key);
-        let mut options = GetOptions::new();
-        if revision > 0 {
-            options = options.with_revision(revision);
-        }
-        let response = self.retrying(Retry::Always, || {
-            let (mut kv, full, options) = (kv.clone(), full.clone(), options.clone());
-            async move { kv.get(full, Some(options)).await }
-        })?;
-        let at = response.header().map_or(0, |h| h.revision());
-        Ok((response.kvs().first().map(|kv| (kv.value().to_vec(), kv.mod_revision())), at))
+        let (found, at) = self.read_full(&self.key(tree, key), revision)?;
+        Ok((found.map(|(value, modified, _)| (value, modified)), at))
     }
 
     fn ranged(&self, from: Vec<u8>, options: GetOptions) -> Result<etcd_client::GetResponse, Error> {
