@@ -15,6 +15,13 @@ pub struct AgentConfig {
     /// The coordinator's QUIC address, `host:port` (a DNS name, resolved at
     /// every connection attempt, or an IP address).
     pub coordinator: HostPort,
+    /// Other coordinators of the same fleet (on an etcd store, one serves
+    /// and the others stand by): when the one in use cannot be reached, the
+    /// next is tried, in turn, with the same jittered backoff. Each must
+    /// present a certificate for the name verified (`server_name`, or the
+    /// host of its own address).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_coordinators: Vec<HostPort>,
     /// The name to verify in the coordinator's certificate (default: the
     /// host of `coordinator`).
     #[serde(default)]
@@ -187,6 +194,7 @@ impl AgentConfig {
     pub fn new(coordinator: impl Into<HostPort>, ca_file: PathBuf, state_dir: PathBuf) -> Self {
         AgentConfig {
             coordinator: coordinator.into(),
+            other_coordinators: Vec::new(),
             server_name: None,
             ca_file,
             enrollment_token_file: None,

@@ -190,8 +190,9 @@ impl<H: HealthSource> Agent<H> {
                     return Err(AgentError::Revoked(id));
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "connection attempt failed");
+                    tracing::warn!(error = %e, coordinator = %self.config.coordinator, "connection attempt failed");
                     self.status.send_modify(|s| s.last_error = Some(e.to_string()));
+                    self.next_coordinator();
                 }
             }
             if *self.shutdown.borrow() {
@@ -207,6 +208,17 @@ impl<H: HealthSource> Agent<H> {
         }
         self.status.send_modify(|s| s.phase = Phase::Stopped);
         Ok(())
+    }
+
+    /// Moves on to the next of the fleet's coordinators, if it has others.
+    fn next_coordinator(&mut self) {
+        if self.config.other_coordinators.is_empty() {
+            return;
+        }
+        let next = self.config.other_coordinators.remove(0);
+        let previous = std::mem::replace(&mut self.config.coordinator, next);
+        self.config.other_coordinators.push(previous);
+        tracing::info!(coordinator = %self.config.coordinator, "trying the fleet's next coordinator");
     }
 
     async fn attempt(&mut self, ca_der: &[u8], backoff: &mut Backoff) -> Result<(), AttemptError> {

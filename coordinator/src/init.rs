@@ -34,6 +34,10 @@ pub struct InitOptions {
     pub machine_cert_lifetime: Option<Duration>,
     /// The fleet's records in etcd instead of the state directory.
     pub store: Option<EtcdStoreArgs>,
+    /// Another coordinator for a fleet already in etcd: the directory
+    /// holding the fleet CA's certificate and key (handed over from the
+    /// first coordinator; the key never goes into etcd).
+    pub join: Option<PathBuf>,
 }
 
 /// `--store etcd://…` and its client certificates.
@@ -74,6 +78,9 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 
 pub fn init(opts: InitOptions) -> Result<InitOutcome> {
     check_admin_name(&opts.admin_name).map_err(anyhow::Error::msg)?;
+    if opts.join.is_some() && opts.store.is_none() {
+        bail!("--join adds a coordinator to a fleet whose records are in etcd: name that store with --store etcd://…");
+    }
     let state_dir = absolute(&opts.state_dir)?;
     if state_dir.exists() {
         let empty = fs::read_dir(&state_dir).map(|mut d| d.next().is_none()).unwrap_or(false);
@@ -112,7 +119,7 @@ pub fn init(opts: InitOptions) -> Result<InitOutcome> {
     let name = state_dir.file_name().context("the state directory needs a name")?;
     let tmp = parent.join(format!(".{}.init-{}", name.to_string_lossy(), std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
-    let result = build(&tmp, &mut config, &opts.admin_name, opts.store.as_ref());
+    let result = build(&tmp, &mut config, &opts.admin_name, opts.store.as_ref(), opts.join.as_deref());
     match result {
         Ok(()) => {
             if state_dir.exists() {
@@ -128,10 +135,18 @@ pub fn init(opts: InitOptions) -> Result<InitOutcome> {
     Ok(InitOutcome { config_path: state_dir.join(CONFIG_FILE), bundle_path: state_dir.join(DEFAULT_BUNDLE_FILE), config })
 }
 
-fn build(dir: &Path, config: &mut Config, admin_name: &str, etcd: Option<&EtcdStoreArgs>) -> Result<()> {
+fn build(dir: &Path, config: &mut Config, admin_name: &str, etcd: Option<&EtcdStoreArgs>, join: Option<&Path>) -> Result<()> {
     fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-    let (ca, ca_key_pem) = Ca::generate(&config.server_names[0])?;
+    let (ca, ca_key_pem) = match join {
+        Some(from) => {
+            let ca =
+                Ca::load(from).with_context(|| format!("reading the fleet CA ({} and {}) from {}", pki::CA_CERT_FILE, pki::CA_KEY_FILE, from.display()))?;
+            let key = fs::read_to_string(from.join(pki::CA_KEY_FILE))?;
+            (ca, key)
+        }
+        None => Ca::generate(&config.server_names[0])?,
+    };
     if let Some(etcd) = etcd {
         config.store = Some(etcd.config(&ca.fleet_id())?);
     }
@@ -150,6 +165,21 @@ fn build(dir: &Path, config: &mut Config, admin_name: &str, etcd: Option<&EtcdSt
         let store = match &config.store {
             Some(etcd) => {
                 let store = Store::open_etcd(etcd.etcd_options()?).with_context(|| format!("connecting to etcd at {}", etcd.etcd_endpoints.join(", ")))?;
+                if join.is_some() {
+                    let fleet = store.meta(crate::store::FLEET_ID_KEY)?;
+                    if fleet.as_deref() != Some(ca.fleet_id().as_str()) {
+                        bail!(
+                            "etcd under {:?} holds {} , not the fleet of this CA ({}): join the fleet whose CA you were given, under its prefix",
+                            etcd.prefix,
+                            fleet.map_or("no fleet".to_string(), |f| format!("fleet {f}")),
+                            ca.fleet_id()
+                        );
+                    }
+                    // Its admins, machines and records are the fleet's: none
+                    // is made here, and no admin bundle (admins use theirs
+                    // with --coordinator).
+                    return Ok(());
+                }
                 if !store.holds_only_its_schema()? {
                     bail!(
                         "etcd already holds records under {:?}: another fleet lives there. Choose another prefix (etcd://HOST:PORT/PREFIX), or add this machine to that fleet as another coordinator",
@@ -163,6 +193,7 @@ fn build(dir: &Path, config: &mut Config, admin_name: &str, etcd: Option<&EtcdSt
         let admin =
             AdminRecord { name: admin_name.to_string(), role: Role::Admin, created_at: now_ms(), serials: vec![issued.serial.clone()], ssh_keys: Vec::new() };
         store.commit_blocking(|tx| tx.insert_new(admin.name.as_bytes(), &admin, || "admin exists".to_string()))?;
+        store.set_meta(crate::store::FLEET_ID_KEY, &ca.fleet_id())?;
     }
     AdminBundle {
         name: admin_name.to_string(),

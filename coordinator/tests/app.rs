@@ -43,6 +43,7 @@ impl App {
             health_interval: Some(Duration::from_secs(1)),
             machine_cert_lifetime: None,
             store: None,
+            join: None,
         })
         .expect("init");
         let mut config = outcome.config;

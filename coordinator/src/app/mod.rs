@@ -111,11 +111,18 @@ pub const STORE_CLAIM_TTL: std::time::Duration = std::time::Duration::from_secs(
 
 /// The state directory's fleet CA and store.
 pub fn open_state(config: &Config) -> Result<(Ca, Store)> {
+    open_state_waiting(config, None)
+}
+
+/// [`open_state`], waiting up to `patience` (default: a little longer than
+/// the claim's lease) for another coordinator's claim on an etcd store.
+pub fn open_state_waiting(config: &Config, patience: Option<std::time::Duration>) -> Result<(Ca, Store)> {
     let ca = Ca::load(&config.state_dir).with_context(|| format!("loading the fleet CA from {}", config.state_dir.display()))?;
     let store = match &config.store {
         Some(etcd) => {
             let holder = format!("coordinator {} (pid {})", config.advertise, std::process::id());
-            Store::open_etcd_serving(etcd.etcd_options()?, &holder, STORE_CLAIM_TTL, STORE_CLAIM_TTL + std::time::Duration::from_secs(5))
+            let patience = patience.unwrap_or(STORE_CLAIM_TTL + std::time::Duration::from_secs(5));
+            Store::open_etcd_serving(etcd.etcd_options()?, &holder, STORE_CLAIM_TTL, patience)
                 .with_context(|| format!("opening the store in etcd ({})", etcd.etcd_endpoints.join(", ")))?
         }
         None => Store::open_with(

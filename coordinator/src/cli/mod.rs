@@ -33,7 +33,7 @@ pub enum Command {
     /// Create a state directory: fleet CA, server certificate, config, first admin bundle.
     Init(InitArgs),
     /// Run the coordinator.
-    Serve(ServeArgs),
+    Serve(ServeCommandArgs),
     /// Validate a configuration file without starting anything.
     CheckConfig(CheckConfigArgs),
     /// Enrollment tokens that let new machines join.
@@ -124,6 +124,12 @@ pub struct InitArgs {
     pub machine_cert_lifetime: Option<Duration>,
     #[command(flatten)]
     pub etcd: EtcdArgs,
+    /// Add this machine as another coordinator of a fleet already in etcd
+    /// (--store): DIR holds the fleet CA's ca.pem and ca.key, copied from
+    /// the first coordinator by the operator. Makes this coordinator's own
+    /// server certificate; the fleet's records and admins stay as they are.
+    #[arg(long, value_name = "DIR", requires = "url")]
+    pub join: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +150,23 @@ pub struct MigrateArgs {
     /// Print the outcome as JSON.
     #[arg(long, value_enum, default_value_t = crate::output::OutputFormat::Table)]
     pub output: crate::output::OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeCommandArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    #[command(flatten)]
+    pub flags: ServeFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeFlags {
+    /// On an etcd store served by another coordinator: wait, however long,
+    /// for its serving claim to end (it stopped or died), then serve.
+    /// Without it, a second coordinator gives up after the claim's lease.
+    #[arg(long)]
+    pub standby: bool,
 }
 
 /// Where an etcd store is: `--store` and its client certificates.
@@ -282,6 +305,10 @@ pub struct AdminArgs {
     /// Admin bundle file (default: STATE_DIR/admin.bundle).
     #[arg(long, env = "DROVER_ADMIN_BUNDLE", global = true)]
     pub admin_bundle: Option<PathBuf>,
+    /// Dial this coordinator instead of the bundle's (another coordinator
+    /// of the same fleet, e.g. the one serving after a failover).
+    #[arg(long, env = "DROVER_COORDINATOR", global = true, value_name = "ADDR")]
+    pub coordinator: Option<std::net::SocketAddr>,
     /// The coordinator's state directory, to find its admin bundle.
     #[arg(long, env = "DROVER_STATE_DIR", global = true)]
     pub state_dir: Option<PathBuf>,

@@ -15,12 +15,17 @@ pub fn run(args: InitArgs) -> Result<()> {
         health_interval: args.health_interval,
         machine_cert_lifetime: args.machine_cert_lifetime,
         store: args.etcd.store(),
+        join: args.join.clone(),
     })?;
     let dir = &outcome.config.state_dir;
     crate::out!("created {}", dir.display());
     crate::out!("  configuration   {}", outcome.config_path.display());
     crate::out!("  fleet CA        {}", dir.join(crate::pki::CA_CERT_FILE).display());
-    crate::out!("  admin bundle    {}", outcome.bundle_path.display());
+    if args.join.is_some() {
+        crate::out!("  admin bundle    none: the fleet's admins use theirs with --coordinator {}", outcome.config.advertise);
+    } else {
+        crate::out!("  admin bundle    {}", outcome.bundle_path.display());
+    }
     match &outcome.config.store {
         Some(etcd) => crate::out!("  store           etcd {} under {}", etcd.etcd_endpoints.join(","), etcd.prefix),
         None => crate::out!("  store           {}", dir.join(crate::store::DB_DIR).display()),

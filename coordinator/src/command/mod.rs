@@ -34,7 +34,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/drover";
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init(args) => init::run(args),
-        Command::Serve(args) => serve::run(load_config(&args.config, &args.state_dir)?).await,
+        Command::Serve(args) => serve::run(load_config(&args.serve.config, &args.serve.state_dir)?, args.flags.standby).await,
         Command::CheckConfig(args) => {
             let config = if args.without_files {
                 let path = args
@@ -94,7 +94,10 @@ pub async fn connect(args: &AdminArgs) -> Result<AdminClient> {
         (None, Some(dir)) => dir.join(DEFAULT_BUNDLE_FILE),
         (None, None) => PathBuf::from(DEFAULT_STATE_DIR).join(DEFAULT_BUNDLE_FILE),
     };
-    let bundle = AdminBundle::load(&path)?;
+    let mut bundle = AdminBundle::load(&path)?;
+    if let Some(coordinator) = args.coordinator {
+        bundle.coordinator = coordinator;
+    }
     AdminClient::connect(&bundle).await
 }
 

@@ -21,9 +21,10 @@ fn raise_file_limit() {
     }
 }
 
-pub async fn run(config: Config) -> Result<()> {
+pub async fn run(config: Config, standby: bool) -> Result<()> {
     raise_file_limit();
-    let coordinator = std::sync::Arc::new(crate::wiring::coordinator(config)?);
+    let patience = standby.then_some(std::time::Duration::MAX);
+    let coordinator = std::sync::Arc::new(tokio::task::spawn_blocking(move || crate::wiring::coordinator_waiting(config, patience)).await??);
     let handle = server::start(coordinator).await?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     tokio::select! {

@@ -54,6 +54,9 @@ fn migrate(args: MigrateArgs) -> Result<()> {
     let copied = source.copy_into(&target, BATCH, |n| bar.set_message(n.to_string()));
     bar.finish_and_clear();
     let counts = copied.context("copying the records into etcd")?;
+    if target.meta(crate::store::FLEET_ID_KEY)?.is_none() {
+        target.set_meta(crate::store::FLEET_ID_KEY, &ca.fleet_id())?;
+    }
     config.store = Some(target_config.clone());
     config.check_values()?;
     identity::write_atomic(&config_path, config.to_toml().as_bytes(), 0o600).with_context(|| format!("writing {}", config_path.display()))?;

@@ -145,6 +145,10 @@ pub fn recode(tree: Tree, key: &[u8], bytes: &[u8]) -> Result<Option<Vec<u8>>, S
 /// Directory of the store inside the state directory.
 pub const DB_DIR: &str = "db";
 
+/// The meta key naming the fleet a store belongs to (its CA's fleet id),
+/// which another coordinator joining the store must share.
+pub const FLEET_ID_KEY: &str = "fleet_id";
+
 /// The coordinator's persistent state.
 #[derive(Clone)]
 pub struct Store {
@@ -230,6 +234,18 @@ impl Store {
         Ok(snapshot.into_iter().map(|(name, pairs)| (name, pairs.len())).collect())
     }
 
+    /// A value of the meta tree (the store's own facts, not records).
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.backend.get(Tree::Meta, key.as_bytes())?.map(|v| String::from_utf8_lossy(&v).to_string()))
+    }
+
+    /// Sets a value of the meta tree, durably.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.backend.transaction(&mut |tx| tx.insert(Tree::Meta, key.as_bytes(), value.as_bytes().to_vec()))?;
+        self.backend.flush_blocking()?;
+        Ok(())
+    }
+
     /// Whether the store holds no record (at most its schema version).
     pub fn holds_only_its_schema(&self) -> Result<bool, StoreError> {
         for tree in Tree::ALL {
@@ -270,11 +286,12 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let place = format!("etcd {} under {:?}", options.endpoints.join(","), options.prefix);
         let backend = drover_store::EtcdBackend::connect(options)?;
-        let deadline = std::time::Instant::now() + patience;
+        // None: wait however long it takes (a standby).
+        let deadline = std::time::Instant::now().checked_add(patience);
         loop {
             match backend.claim(holder, ttl) {
                 Ok(()) => break,
-                Err(drover_store::Error::Held(by)) if std::time::Instant::now() < deadline => {
+                Err(drover_store::Error::Held(by)) if deadline.is_none_or(|d| std::time::Instant::now() < d) => {
                     tracing::info!(held_by = %by, "another coordinator holds the store's serving claim; waiting for it to end");
                     std::thread::sleep(std::time::Duration::from_millis(500));
                 }

@@ -97,6 +97,7 @@ impl TestCoordinator {
             health_interval: Some(opts.health_interval),
             machine_cert_lifetime: opts.machine_cert_lifetime,
             store: opts.etcd.map(|url| drover_coordinator::init::EtcdStoreArgs { url, ca_file: None, cert_file: None, key_file: None }),
+            join: None,
         })
         .expect("drover init");
         let mut this =

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{drover_json, eventually, until_reported, Options, TestCoordinator};
 use drover_coordinator::config::Config;
 use drover_coordinator::store::{Store, DB_DIR};
-use drover_protocol::v1::MachineStatus;
+use drover_protocol::v1::{AdminRequest, DeploymentInfo, DeploymentState, MachineStatus};
 use drover_store::etcd_cluster::EtcdCluster;
 
 fn url(cluster: &EtcdCluster, prefix: &str) -> String {
@@ -132,4 +132,111 @@ async fn one_coordinator_serves_a_fleet_in_etcd_and_another_takes_over_when_it_d
     let machines = fleet.machines().await;
     assert_eq!(machines.len(), 1, "the same machine, not enrolled again");
     assert_eq!(machines[0].status, MachineStatus::Online);
+}
+
+/// An admin client of whichever coordinator at `addr`, with the fleet's
+/// admin bundle.
+async fn admin_at(fleet: &TestCoordinator, addr: std::net::SocketAddr) -> Option<drover_coordinator::client::AdminClient> {
+    let mut bundle = drover_coordinator::bundle::AdminBundle::load(&fleet.bundle_path).expect("bundle");
+    bundle.coordinator = addr;
+    drover_coordinator::client::AdminClient::connect(&bundle).await.ok()
+}
+
+/// Deploys `attr` of the test flake to `machine` through the coordinator at
+/// `addr` and waits for its outcome.
+async fn deploy_through(fleet: &TestCoordinator, addr: std::net::SocketAddr, machine: &str, flake: &std::path::Path, attr: &str) -> DeploymentInfo {
+    let admin = admin_at(fleet, addr).await.expect("an admin connection");
+    let mut spec = common::deploy_to_role("", common::flake::flake_spec(flake, attr));
+    spec.selector = Default::default();
+    spec.machine = Some(machine.to_string());
+    let targets = admin.call(AdminRequest::Deploy(spec)).await.expect("deploy").deployed().expect("Deployed");
+    let id = targets[0].deployment_id.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let last = loop {
+        let d = admin.call(AdminRequest::DeploymentsShow { id: id.clone() }).await.expect("show").deployment().expect("Deployment");
+        if matches!(d.state, DeploymentState::Succeeded | DeploymentState::Failed | DeploymentState::Superseded) {
+            break d;
+        }
+        assert!(std::time::Instant::now() < deadline, "the deployment ends: {d:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    admin.close().await;
+    last
+}
+
+/// Three coordinators of one fleet in etcd — one serving, two standing by
+/// — and an agent that knows all three: the serving one is SIGKILLed, one
+/// of the others takes over, the agent finds it, and a deployment through
+/// it reaches the machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_knows_three_coordinators_stays_managed_when_the_serving_one_dies() {
+    let cluster = EtcdCluster::start(3);
+    let store = url(&cluster, "fleet-c");
+    let fleet = TestCoordinator::start_with(Options { etcd: Some(store.clone()), no_server: true, ..Default::default() }).await;
+    let mut others = Vec::new();
+    for name in ["b", "c"] {
+        let dir = fleet.dir.path().join(format!("coordinator-{name}"));
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_udp_port()).parse().expect("addr");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args(["init", "--state-dir"])
+            .arg(&dir)
+            .args(["--listen", &addr.to_string(), "--store", &store, "--join"])
+            .arg(&fleet.state_dir)
+            .output()
+            .expect("drover init --join");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!dir.join("admin.bundle").exists(), "joining makes no admin");
+        others.push((dir, addr));
+    }
+    // Joining a fleet the CA is not of is refused.
+    let stranger = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["init", "--state-dir"])
+        .arg(fleet.dir.path().join("coordinator-x"))
+        .args(["--listen", "127.0.0.1:0", "--store", &store, "--join"])
+        .arg(&stranger.state_dir)
+        .output()
+        .expect("drover init --join");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not the fleet of this CA"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let mut first = common::Serving(common::spawn_coordinator(&fleet.state_dir));
+    assert!(eventually(Duration::from_secs(20), || async { common::raw_connect(&fleet, None).await.is_ok() }).await, "the first serves");
+    let _standbys: Vec<common::Serving> = others
+        .iter()
+        .map(|(dir, _)| {
+            common::Serving(
+                std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+                    .args(["serve", "--standby", "--state-dir"])
+                    .arg(dir)
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("drover serve --standby"),
+            )
+        })
+        .collect();
+
+    let flake = common::flake::flake(fleet.dir.path());
+    let (_, token) = fleet.token(1, &[]).await;
+    let other_addrs: Vec<drover_net::HostPort> = others.iter().map(|(_, a)| (*a).into()).collect();
+    let (_vm, mut agent) = common::flake::spawn_vm_with(&fleet, "vm1", Some(&token), |c| c.other_coordinators = other_addrs.clone());
+    until_reported(&mut agent, 1).await;
+    let machine = fleet.machines().await[0].id.clone();
+    let before = deploy_through(&fleet, fleet.addr, &machine, &flake, "good").await;
+    assert_eq!(before.state, DeploymentState::Succeeded, "{before:?}");
+
+    first.0.kill().expect("SIGKILL the serving coordinator");
+    let _ = first.0.wait();
+    let reports = agent.status.borrow().reports;
+    agent.wait_for(Duration::from_secs(120), |s| s.reports >= reports + 2).await.expect("the agent reports to another coordinator");
+    let mut serving = None;
+    for (_, addr) in &others {
+        if let Some(admin) = admin_at(&fleet, *addr).await {
+            admin.close().await;
+            serving = Some(*addr);
+        }
+    }
+    let serving = serving.expect("one of the others serves");
+    let after = deploy_through(&fleet, serving, &machine, &flake, "good2").await;
+    assert_eq!(after.state, DeploymentState::Succeeded, "a deployment after the loss reaches the machine: {after:?}");
+    assert!(after.system_path.as_deref().is_some_and(|p| p.ends_with("/good2")), "{after:?}");
 }
