@@ -536,6 +536,14 @@ pub struct StoreConfig {
     /// unavailable (no quorum answers).
     #[serde(with = "humantime_serde", default = "default_store_timeout")]
     pub timeout: Duration,
+    /// The cluster's `--max-txn-ops` (etcd's default, 128): the most keys
+    /// one change may write (a deployment writes about three per machine).
+    #[serde(default = "default_max_txn_ops")]
+    pub max_txn_ops: usize,
+}
+
+fn default_max_txn_ops() -> usize {
+    128
 }
 
 fn default_store_timeout() -> Duration {
@@ -556,7 +564,15 @@ impl StoreConfig {
         };
         let scheme = if tls { "https" } else { "http" };
         let etcd_endpoints: Vec<String> = hosts.split(',').filter(|h| !h.is_empty()).map(|h| format!("{scheme}://{h}")).collect();
-        let config = StoreConfig { etcd_endpoints, prefix, ca_file: None, cert_file: None, key_file: None, timeout: default_store_timeout() };
+        let config = StoreConfig {
+            etcd_endpoints,
+            prefix,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            timeout: default_store_timeout(),
+            max_txn_ops: default_max_txn_ops(),
+        };
         config.check()?;
         Ok(config)
     }
@@ -586,6 +602,9 @@ impl StoreConfig {
         if self.timeout < Duration::from_millis(100) {
             bail!("store.timeout must be at least 100ms");
         }
+        if self.max_txn_ops < 16 {
+            bail!("store.max_txn_ops is {}; etcd's default is 128 and Drover needs at least 16", self.max_txn_ops);
+        }
         Ok(())
     }
 
@@ -593,6 +612,7 @@ impl StoreConfig {
     pub fn etcd_options(&self) -> Result<drover_store::EtcdOptions> {
         let mut options = drover_store::EtcdOptions::new(self.etcd_endpoints.clone(), self.prefix.clone());
         options.timeout = self.timeout;
+        options.max_txn_ops = self.max_txn_ops;
         if let (Some(ca), Some(cert), Some(key)) = (&self.ca_file, &self.cert_file, &self.key_file) {
             use std::os::unix::fs::PermissionsExt;
             let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read store TLS file {}", p.display()));
@@ -809,6 +829,27 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_etcd_store_url_names_its_members_and_prefix_and_bad_ones_say_how_to_write_them() {
+        let s = StoreConfig::from_url("etcd://10.0.0.1:2379,10.0.0.2:2379/fleets/a", false, "drover/x/").expect("valid");
+        assert_eq!(s.etcd_endpoints, ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]);
+        assert_eq!(s.prefix, "fleets/a/");
+        let tls = StoreConfig::from_url("etcd://h:2379", true, "drover/x/").expect("valid");
+        assert_eq!((tls.etcd_endpoints[0].as_str(), tls.prefix.as_str()), ("https://h:2379", "drover/x/"));
+        let e = StoreConfig::from_url("http://h:2379", false, "p/").expect_err("not etcd://");
+        assert!(e.to_string().contains("etcd://HOST:PORT"), "{e}");
+        let e = StoreConfig::from_url("etcd://h/p", false, "p/").expect_err("no port");
+        assert!(e.to_string().contains("HOST:PORT"), "{e}");
+        let e = StoreConfig::from_url("etcd:///p", false, "p/").expect_err("no member");
+        assert!(e.to_string().contains("at least one"), "{e}");
+        let mut half = s.clone();
+        half.ca_file = Some("/ca.pem".into());
+        assert!(half.check().expect_err("half TLS").to_string().contains("together"));
+        half.cert_file = Some("/c.pem".into());
+        half.key_file = Some("/k.pem".into());
+        assert!(half.check().expect_err("TLS over http").to_string().contains("https://"));
+    }
 
     #[test]
     fn a_configuration_can_be_checked_before_its_secret_files_exist() {

@@ -20,6 +20,10 @@ pub fn store(e: StoreError) -> WireError {
             tracing::error!("{e}");
             WireError::new(ErrorCode::Unavailable, "this coordinator lost its claim on the fleet's store (another coordinator took over): the change was refused; use the coordinator that serves now")
         }
+        StoreError::Backend(drover_store::Error::TooLarge(why)) => WireError::new(
+            ErrorCode::InvalidArgument,
+            format!("the change is larger than the fleet's store takes at once ({why}): change fewer machines at a time (a narrower selector, or a rollout), or raise etcd's --max-txn-ops and store.max_txn_ops together"),
+        ),
         StoreError::Backend(drover_store::Error::Unavailable(_)) => {
             tracing::warn!(error = %e, "store unavailable");
             WireError::new(
