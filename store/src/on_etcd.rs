@@ -110,6 +110,9 @@ pub struct EtcdBackend {
 /// (its process died, or was paused past the lease).
 struct Claim {
     key: Vec<u8>,
+    /// Who holds it and for how long a lease, to take it again.
+    holder: String,
+    ttl: Duration,
     /// The key's create revision: a successor's claim has another.
     revision: i64,
     lease: i64,
@@ -167,6 +170,18 @@ impl EtcdBackend {
     /// took cannot write over its successor: its transactions fail with
     /// [`Error::Fenced`].
     pub fn claim(&self, holder: &str, ttl: Duration) -> Result<(), Error> {
+        let claim = self.take_claim(holder, ttl)?;
+        if let Ok(mut held) = self.claim.lock() {
+            if let Some(old) = held.replace(claim) {
+                old.keeper.abort();
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the claim's key under a new lease, if nobody holds it, and
+    /// starts renewing the lease.
+    fn take_claim(&self, holder: &str, ttl: Duration) -> Result<Claim, Error> {
         let key = format!("{}{CLAIM_KEY}", self.options.prefix).into_bytes();
         let ttl_secs = i64::try_from(ttl.as_secs().max(2)).unwrap_or(i64::MAX);
         let mut lease_client = self.client.lease_client();
@@ -191,8 +206,8 @@ impl EtcdBackend {
                 .unwrap_or_default();
             return Err(Error::Held(held_by));
         }
-        let (found, _) = self.read_full(&key, 0)?;
-        let revision = found.map_or(0, |(_, _, created)| created);
+        // The key was created by this transaction, at its revision.
+        let revision = response.header().map_or(0, |h| h.revision());
         let client = self.client.clone();
         let period = Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(3) / 3).max(Duration::from_millis(500));
         let keeper = self.runtime.spawn(async move {
@@ -206,7 +221,7 @@ impl EtcdBackend {
                         match answers.message().await {
                             Ok(Some(answer)) if answer.ttl() > 0 => {}
                             Ok(Some(_)) => {
-                                tracing::error!("the store's serving claim expired (its lease ran out); this coordinator's writes are refused from now on");
+                                tracing::error!("the store's serving claim expired (its lease ran out); it is taken again at the next write unless another coordinator took it");
                                 return;
                             }
                             _ => break,
@@ -218,10 +233,28 @@ impl EtcdBackend {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
-        if let Ok(mut claim) = self.claim.lock() {
-            *claim = Some(Claim { key, revision, lease, keeper });
+        Ok(Claim { key, revision, lease, keeper, holder: holder.to_string(), ttl })
+    }
+
+    /// After the claim's lease ran out with nobody taking it (etcd without
+    /// quorum for longer than the lease): takes it again, as the same
+    /// holder. Another coordinator that took it meanwhile wins: fenced.
+    fn reclaim(&self) -> Result<(), Error> {
+        let (holder, ttl) = match self.claim.lock() {
+            Ok(held) => match held.as_ref() {
+                Some(c) => (c.holder.clone(), c.ttl),
+                None => return Ok(()),
+            },
+            Err(_) => return Err(Error::Fenced),
+        };
+        match self.claim(&holder, ttl) {
+            Ok(()) => {
+                tracing::warn!("the store's serving claim had expired with nobody taking it; it is held again");
+                Ok(())
+            }
+            Err(Error::Held(_)) => Err(Error::Fenced),
+            Err(e) => Err(e),
         }
-        Ok(())
     }
 
     fn revoke(&self, lease: i64) {
@@ -438,8 +471,11 @@ impl Backend for EtcdBackend {
             }
             if let Some((key, revision)) = fence {
                 let (now, _) = self.read_full(&key, 0)?;
-                if now.map(|(_, _, created)| created) != Some(revision) {
-                    return Err(Error::Fenced);
+                match now.map(|(_, _, created)| created) {
+                    Some(created) if created == revision => {}
+                    // Expired with nobody taking it: take it again, then retry.
+                    None => self.reclaim()?,
+                    Some(_) => return Err(Error::Fenced),
                 }
             }
         }

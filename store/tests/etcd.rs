@@ -126,3 +126,15 @@ fn one_claim_at_a_time_and_a_holder_whose_lease_ran_out_cannot_write_over_its_su
     let third = EtcdBackend::connect(cluster.options("fleet/")).expect("third");
     third.claim("third", Duration::from_secs(30)).expect("claimed without waiting for the lease");
 }
+
+#[test]
+fn a_claim_whose_lease_ran_out_with_nobody_taking_it_is_taken_again_at_the_next_write() {
+    let cluster = EtcdCluster::start(1);
+    let holder = EtcdBackend::connect(cluster.options("fleet/")).expect("holder");
+    holder.claim("holder", Duration::from_secs(30)).expect("claim");
+    // etcd without quorum for longer than the lease: the lease is gone.
+    expire_leases(&cluster);
+    write(&holder, b"after", b"1").expect("the holder takes its claim again and writes");
+    let other = EtcdBackend::connect(cluster.options("fleet/")).expect("other");
+    assert!(matches!(other.claim("other", Duration::from_secs(30)), Err(Error::Held(ref by)) if by == "holder"), "held again");
+}
