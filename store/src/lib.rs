@@ -38,7 +38,7 @@ pub enum Error {
     Aborted,
     /// A replicated store cannot be written or read now: its members do
     /// not answer, or too few of them do to form a quorum.
-    #[error("the store is unavailable (etcd has no quorum or does not answer; a transaction is applied whole or not at all): {0}")]
+    #[error("the store is unavailable (etcd has no quorum or does not answer; nothing was sent): {0}")]
     Unavailable(String),
     /// Another process holds the store's serving claim.
     #[error("another coordinator serves this fleet from the store ({0}); stop it first, or wait for its claim to expire if it died")]
@@ -47,6 +47,11 @@ pub enum Error {
     /// it): nothing it writes is accepted any more.
     #[error("this coordinator lost its claim on the store (its lease ran out while it was paused or cut off, and another coordinator took over): the write was refused")]
     Fenced,
+    /// A transaction was sent to a replicated store and not confirmed in
+    /// time (quorum lost while it was on its way): it may still be applied,
+    /// whole, when the store answers again.
+    #[error("the store did not confirm the change in time (etcd lost quorum or does not answer): it may still be applied, whole or not at all, when the store answers again; check before repeating it ({0})")]
+    Uncertain(String),
     /// A transaction larger than the backend takes in one piece.
     #[error("{0}")]
     TooLarge(String),

@@ -329,10 +329,10 @@ impl EtcdBackend {
                 Err(e) if std::time::Instant::now() < deadline && (retry == Retry::Always || never_sent(&e)) => {
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                Err(e) => {
-                    let what = if retry == Retry::Always { "an etcd read failed" } else { "an etcd transaction failed" };
-                    return Err(unavailable(what, e));
-                }
+                Err(e) if retry == Retry::Always => return Err(unavailable("an etcd read failed", e)),
+                // Sent, and not confirmed: it may still be applied.
+                Err(e) if !never_sent(&e) => return Err(Error::Uncertain(e.to_string())),
+                Err(e) => return Err(unavailable("an etcd transaction failed", e)),
             }
         }
     }
@@ -439,6 +439,12 @@ impl Backend for EtcdBackend {
             let (reads, writes) = (tx.reads.into_inner(), tx.writes.into_inner());
             if writes.is_empty() {
                 return Ok(());
+            }
+            if reads.is_empty() {
+                // A blind write: one linearizable read first, so that a
+                // cluster without quorum refuses it before it is sent
+                // (a transaction sent and not confirmed may still land).
+                self.read(Tree::Meta, b"-", 0)?;
             }
             if reads.len() > self.options.max_txn_ops || writes.len() > self.options.max_txn_ops {
                 return Err(Error::TooLarge(format!(

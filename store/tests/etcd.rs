@@ -138,3 +138,97 @@ fn a_claim_whose_lease_ran_out_with_nobody_taking_it_is_taken_again_at_the_next_
     let other = EtcdBackend::connect(cluster.options("fleet/")).expect("other");
     assert!(matches!(other.claim("other", Duration::from_secs(30)), Err(Error::Held(ref by)) if by == "holder"), "held again");
 }
+
+/// A CA, and a certificate it signed for `name` (server and client use).
+fn issue(issuer: &rcgen::Issuer<'_, rcgen::KeyPair>, name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, issuer).expect("sign");
+    (cert.pem(), key.serialize_pem())
+}
+
+/// etcd with mutual TLS (`--client-cert-auth`): a client with a certificate
+/// of the members' CA keeps the contract; one without, or with a
+/// certificate of another CA, is refused.
+#[test]
+fn etcd_with_mutual_tls_takes_only_clients_with_a_certificate_of_its_ca() {
+    drover_store::etcd_cluster::require_etcd();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_pem = ca_params.self_signed(&ca_key).expect("ca").pem();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let (server_pem, server_key) = issue(&issuer, "127.0.0.1");
+    let (client_pem, client_key) = issue(&issuer, "coordinator");
+    for (name, body) in [("ca.pem", &ca_pem), ("server.pem", &server_pem), ("server.key", &server_key)] {
+        std::fs::write(dir.path().join(name), body).expect("write");
+    }
+    let port = |_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let (client_port, peer_port) = (port(0), port(1));
+    let url = format!("https://127.0.0.1:{client_port}");
+    let _etcd = Killed(
+        std::process::Command::new("etcd")
+            .args(["--name", "tls", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer_port}")])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer_port}")])
+            .args(["--initial-cluster", &format!("tls=http://127.0.0.1:{peer_port}")])
+            .arg("--client-cert-auth")
+            .arg("--trusted-ca-file")
+            .arg(dir.path().join("ca.pem"))
+            .arg("--cert-file")
+            .arg(dir.path().join("server.pem"))
+            .arg("--key-file")
+            .arg(dir.path().join("server.key"))
+            .stderr(std::fs::File::create(dir.path().join("etcd.log")).expect("log"))
+            .spawn()
+            .expect("start etcd"),
+    );
+    let options = |tls: Option<drover_store::EtcdTls>| {
+        let mut o = drover_store::EtcdOptions::new(vec![url.clone()], "tls/");
+        o.timeout = Duration::from_secs(2);
+        o.tls = tls;
+        o
+    };
+    let ours = drover_store::EtcdTls { ca_pem: ca_pem.clone().into_bytes(), cert_pem: client_pem.into_bytes(), key_pem: client_key.into_bytes() };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let backend = loop {
+        match EtcdBackend::connect(options(Some(ours.clone()))) {
+            Ok(b) => break b,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "etcd with TLS answers: {e}; {}",
+                    std::fs::read_to_string(dir.path().join("etcd.log")).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    contract::writes_are_read_back_from_every_tree(&backend);
+    contract::a_failed_transaction_writes_nothing(&backend);
+
+    let stranger_key = rcgen::KeyPair::generate().expect("key");
+    let mut stranger_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    stranger_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let stranger_issuer = rcgen::Issuer::new(stranger_params, stranger_key);
+    let (other_pem, other_key) = issue(&stranger_issuer, "intruder");
+    let intruder = drover_store::EtcdTls { ca_pem: ca_pem.into_bytes(), cert_pem: other_pem.into_bytes(), key_pem: other_key.into_bytes() };
+    assert!(EtcdBackend::connect(options(Some(intruder))).is_err(), "a client certificate of another CA is refused");
+    let mut plain = options(None);
+    plain.endpoints = vec![url.replace("https://", "http://")];
+    assert!(EtcdBackend::connect(plain).is_err(), "a client without TLS is refused");
+}
+
+/// A process killed when the test ends, passed or failed.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -24,6 +24,13 @@ pub fn store(e: StoreError) -> WireError {
             ErrorCode::InvalidArgument,
             format!("the change is larger than the fleet's store takes at once ({why}): change fewer machines at a time (a narrower selector, or a rollout), or raise etcd's --max-txn-ops and store.max_txn_ops together"),
         ),
+        StoreError::Backend(drover_store::Error::Uncertain(_)) => {
+            tracing::warn!(error = %e, "store write not confirmed");
+            WireError::new(
+                ErrorCode::Unavailable,
+                "the fleet's store did not confirm the change in time (etcd lost quorum or does not answer): it may still be applied, whole or not at all, when the store is back; look before repeating it",
+            )
+        }
         StoreError::Backend(drover_store::Error::Unavailable(_)) => {
             tracing::warn!(error = %e, "store unavailable");
             WireError::new(
