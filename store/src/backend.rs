@@ -105,4 +105,10 @@ pub trait Backend: Send + Sync + 'static {
     fn flush(&self) -> BoxFuture<'_, Result<(), Error>>;
     /// The same, blocking the calling thread (startup, shutdown, tools).
     fn flush_blocking(&self) -> Result<(), Error>;
+    /// Turns true when this process lost its claim on a shared store
+    /// (another took it over): it must stop serving. `None` for a store
+    /// no other process can take (sled holds a file lock, memory).
+    fn lost(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
 }

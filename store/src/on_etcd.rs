@@ -104,6 +104,8 @@ pub struct EtcdBackend {
     /// The claim this backend holds (see [`EtcdBackend::claim`]): every
     /// transaction is fenced by it.
     claim: std::sync::Mutex<Option<Claim>>,
+    /// True once a write was refused by the fence.
+    lost: tokio::sync::watch::Sender<bool>,
 }
 
 /// A key held under a lease: it vanishes when the holder stops renewing it
@@ -153,7 +155,8 @@ impl EtcdBackend {
         let endpoints = options.endpoints.clone();
         let client = run(&handle, async move { Client::connect(endpoints, Some(connect)).await })
             .map_err(|e| unavailable(&format!("etcd at {} cannot be reached", options.endpoints.join(", ")), e))?;
-        let backend = EtcdBackend { client, runtime: handle, _stop: stop, options, claim: std::sync::Mutex::new(None) };
+        let backend =
+            EtcdBackend { client, runtime: handle, _stop: stop, options, claim: std::sync::Mutex::new(None), lost: tokio::sync::watch::Sender::new(false) };
         backend.get(Tree::Meta, b"-").map_err(|e| match e {
             Error::Unavailable(why) => Error::Unavailable(format!("etcd at {} does not answer: {why}", backend.options.endpoints.join(", "))),
             other => other,
@@ -252,7 +255,10 @@ impl EtcdBackend {
                 tracing::warn!("the store's serving claim had expired with nobody taking it; it is held again");
                 Ok(())
             }
-            Err(Error::Held(_)) => Err(Error::Fenced),
+            Err(Error::Held(_)) => {
+                self.lost.send_replace(true);
+                Err(Error::Fenced)
+            }
             Err(e) => Err(e),
         }
     }
@@ -481,7 +487,10 @@ impl Backend for EtcdBackend {
                     Some(created) if created == revision => {}
                     // Expired with nobody taking it: take it again, then retry.
                     None => self.reclaim()?,
-                    Some(_) => return Err(Error::Fenced),
+                    Some(_) => {
+                        self.lost.send_replace(true);
+                        return Err(Error::Fenced);
+                    }
                 }
             }
         }
@@ -495,5 +504,9 @@ impl Backend for EtcdBackend {
 
     fn flush_blocking(&self) -> Result<(), Error> {
         Ok(())
+    }
+
+    fn lost(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        Some(self.lost.subscribe())
     }
 }

@@ -21,17 +21,46 @@ fn raise_file_limit() {
     }
 }
 
+/// How long a coordinator that lost its claim waits for its connections
+/// and tasks to end.
+const STEP_DOWN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn run(config: Config, standby: bool) -> Result<()> {
     raise_file_limit();
     let patience = standby.then_some(std::time::Duration::MAX);
     let coordinator = std::sync::Arc::new(tokio::task::spawn_blocking(move || crate::wiring::coordinator_waiting(config, patience)).await??);
+    let lost = coordinator.store.backend().lost();
     let handle = server::start(coordinator).await?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let stepped_down = async {
+        match lost {
+            Some(mut lost) => {
+                if lost.wait_for(|l| *l).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let mut step_down = false;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        _ = stepped_down => step_down = true,
     }
     tracing::info!("shutting down");
-    handle.shutdown().await;
+    if step_down {
+        // Whatever its connections and tasks are doing, a coordinator that
+        // lost its claim must not linger.
+        if tokio::time::timeout(STEP_DOWN_PATIENCE, handle.shutdown()).await.is_err() {
+            tracing::warn!("connections and tasks did not end within {STEP_DOWN_PATIENCE:?}; stepping down without them");
+        }
+    } else {
+        handle.shutdown().await;
+    }
+    tracing::info!("shut down");
+    if step_down {
+        anyhow::bail!("this coordinator lost its claim on the fleet's store (another coordinator took over while it was paused or cut off): it stepped down; start it with --standby to stand by again");
+    }
     Ok(())
 }

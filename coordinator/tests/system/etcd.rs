@@ -278,3 +278,80 @@ async fn a_coordinator_on_etcd_rides_out_a_lost_member_and_refuses_changes_witho
     let listed = fleet.call(AdminRequest::TokensList).await.tokens().expect("Tokens");
     assert!(listed.len() >= 3, "the tokens made with quorum are there: {listed:?}");
 }
+
+/// The serving coordinator is SIGSTOPped past its claim's lease; a standby
+/// takes over and changes the fleet; the old one is SIGCONTed: its writes
+/// are refused by the fence, it steps down (exits naming why), and the
+/// store holds only the successor's change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_paused_past_its_lease_is_fenced_and_steps_down() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    let cluster = EtcdCluster::start(3);
+    let store = url(&cluster, "fleet-e");
+    let fleet = TestCoordinator::start_with(Options { etcd: Some(store.clone()), no_server: true, ..Default::default() }).await;
+    let standby_dir = fleet.dir.path().join("coordinator-b");
+    let standby_addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_udp_port()).parse().expect("addr");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["init", "--state-dir"])
+        .arg(&standby_dir)
+        .args(["--listen", &standby_addr.to_string(), "--store", &store, "--join"])
+        .arg(&fleet.state_dir)
+        .output()
+        .expect("drover init --join");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = fleet.dir.path().join("first.log");
+    let mut first = common::Serving(
+        std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args(["serve", "--state-dir"])
+            .arg(&fleet.state_dir)
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("drover serve"),
+    );
+    assert!(eventually(Duration::from_secs(20), || async { admin_at(&fleet, fleet.addr).await.is_some() }).await, "the first serves");
+    let _standby = common::Serving(
+        std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args(["serve", "--standby", "--state-dir"])
+            .arg(&standby_dir)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("drover serve --standby"),
+    );
+    let first_admin = admin_at(&fleet, fleet.addr).await.expect("an admin connection to the first");
+    let tokens_before = first_admin.call(AdminRequest::TokensList).await.expect("list").tokens().expect("Tokens").len();
+
+    let pid = Pid::from_raw(i32::try_from(first.0.id()).expect("pid"));
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP the first");
+    let successor = async {
+        loop {
+            if let Some(admin) = admin_at(&fleet, standby_addr).await {
+                return admin;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let successor = tokio::time::timeout(Duration::from_secs(60), successor).await.expect("the standby takes over after the lease");
+    let token = |uses| AdminRequest::TokensCreate(drover_protocol::v1::TokenSpec { labels: Default::default(), ttl_ms: 3_600_000, uses });
+    successor.call(token(7)).await.expect("the successor changes the fleet");
+
+    kill(pid, Signal::SIGCONT).expect("SIGCONT the first");
+    let late = first_admin.call(token(9)).await;
+    // Refused by the fence, or — when its own first write after waking
+    // already met the fence — by a coordinator that is stepping down.
+    let refused = late.expect_err("the old coordinator's write is refused").to_string();
+    assert!(refused.contains("lost its claim") || refused.contains("shutting down"), "{refused}");
+    let exited = eventually(Duration::from_secs(20), || {
+        let status = first.0.try_wait().expect("wait");
+        async move { status.is_some() }
+    })
+    .await;
+    assert!(exited, "the fenced coordinator steps down: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(said.contains("stepped down"), "it says why: {said}");
+
+    let tokens = successor.call(AdminRequest::TokensList).await.expect("list").tokens().expect("Tokens");
+    assert_eq!(tokens.len(), tokens_before + 1, "only the successor's token: {tokens:?}");
+    assert!(tokens.iter().all(|t| t.uses_total != 9), "nothing of the fenced write: {tokens:?}");
+}
