@@ -158,43 +158,46 @@ fn build(dir: &Path, config: &mut Config, admin_name: &str, etcd: Option<&EtcdSt
     identity::write_atomic(&dir.join(pki::SERVER_KEY_FILE), server_key_pem.as_bytes(), 0o600)?;
     identity::write_atomic(&dir.join(CONFIG_FILE), config.to_toml().as_bytes(), 0o600)?;
 
+    let store = match &config.store {
+        Some(etcd) => {
+            let store = Store::open_etcd(etcd.etcd_options()?).with_context(|| format!("connecting to etcd at {}", etcd.etcd_endpoints.join(", ")))?;
+            if join.is_some() {
+                let fleet = store.meta(crate::store::FLEET_ID_KEY)?;
+                if fleet.as_deref() != Some(ca.fleet_id().as_str()) {
+                    bail!(
+                        "etcd under {:?} holds {}, not the fleet of this CA ({}): join the fleet whose CA you were given, under its prefix",
+                        etcd.prefix,
+                        fleet.map_or("no fleet".to_string(), |f| format!("fleet {f}")),
+                        ca.fleet_id()
+                    );
+                }
+                // Its admins, machines and records are the fleet's: none
+                // is made here, and no admin bundle (admins use theirs
+                // with --coordinator).
+                return Ok(());
+            }
+            if !store.holds_only_its_schema()? {
+                bail!(
+                    "etcd already holds records under {:?}: another fleet lives there. Choose another prefix (etcd://HOST:PORT/PREFIX), or add this machine to that fleet as another coordinator",
+                    etcd.prefix
+                );
+            }
+            store
+        }
+        None => Store::open(&dir.join(DB_DIR))?,
+    };
     let key = identity::generate_key()?;
     let csr = identity::csr_der(&key, admin_name)?;
     let issued = ca.sign_client(&csr, &Subject::Admin(admin_name.to_string()), ADMIN_CERT_LIFETIME)?;
-    {
-        let store = match &config.store {
-            Some(etcd) => {
-                let store = Store::open_etcd(etcd.etcd_options()?).with_context(|| format!("connecting to etcd at {}", etcd.etcd_endpoints.join(", ")))?;
-                if join.is_some() {
-                    let fleet = store.meta(crate::store::FLEET_ID_KEY)?;
-                    if fleet.as_deref() != Some(ca.fleet_id().as_str()) {
-                        bail!(
-                            "etcd under {:?} holds {} , not the fleet of this CA ({}): join the fleet whose CA you were given, under its prefix",
-                            etcd.prefix,
-                            fleet.map_or("no fleet".to_string(), |f| format!("fleet {f}")),
-                            ca.fleet_id()
-                        );
-                    }
-                    // Its admins, machines and records are the fleet's: none
-                    // is made here, and no admin bundle (admins use theirs
-                    // with --coordinator).
-                    return Ok(());
-                }
-                if !store.holds_only_its_schema()? {
-                    bail!(
-                        "etcd already holds records under {:?}: another fleet lives there. Choose another prefix (etcd://HOST:PORT/PREFIX), or add this machine to that fleet as another coordinator",
-                        etcd.prefix
-                    );
-                }
-                store
-            }
-            None => Store::open(&dir.join(DB_DIR))?,
-        };
-        let admin =
-            AdminRecord { name: admin_name.to_string(), role: Role::Admin, created_at: now_ms(), serials: vec![issued.serial.clone()], ssh_keys: Vec::new() };
-        store.commit_blocking(|tx| tx.insert_new(admin.name.as_bytes(), &admin, || "admin exists".to_string()))?;
-        store.set_meta(crate::store::FLEET_ID_KEY, &ca.fleet_id())?;
-    }
+    let admin =
+        AdminRecord { name: admin_name.to_string(), role: Role::Admin, created_at: now_ms(), serials: vec![issued.serial.clone()], ssh_keys: Vec::new() };
+    // The first admin and the fleet the store belongs to, in one transaction.
+    store.commit_blocking(|tx| {
+        tx.insert_new(admin.name.as_bytes(), &admin, || "admin exists".to_string())?;
+        tx.put_meta(crate::store::FLEET_ID_KEY, &ca.fleet_id())
+    })?;
+    // The sled store's lock is let go before the directory is moved.
+    drop(store);
     AdminBundle {
         name: admin_name.to_string(),
         coordinator: config.advertise,

@@ -145,6 +145,11 @@ pub fn recode(tree: Tree, key: &[u8], bytes: &[u8]) -> Result<Option<Vec<u8>>, S
 /// Directory of the store inside the state directory.
 pub const DB_DIR: &str = "db";
 
+/// How an etcd store is named in errors.
+fn etcd_place(options: &drover_store::EtcdOptions) -> String {
+    format!("etcd {} under {:?}", options.endpoints.join(","), options.prefix)
+}
+
 /// The meta key naming the fleet a store belongs to (its CA's fleet id),
 /// which another coordinator joining the store must share.
 pub const FLEET_ID_KEY: &str = "fleet_id";
@@ -241,9 +246,7 @@ impl Store {
 
     /// Sets a value of the meta tree, durably.
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.backend.transaction(&mut |tx| tx.insert(Tree::Meta, key.as_bytes(), value.as_bytes().to_vec()))?;
-        self.backend.flush_blocking()?;
-        Ok(())
+        self.commit_blocking(|tx| tx.put_meta(key, value))
     }
 
     /// Whether the store holds no record (at most its schema version).
@@ -268,10 +271,8 @@ impl Store {
 
     /// Connects to the store kept in an etcd cluster under its prefix.
     pub fn open_etcd(options: drover_store::EtcdOptions) -> Result<Self, StoreError> {
-        let place = format!("etcd {} under {:?}", options.endpoints.join(","), options.prefix);
-        let store = Store::with_backend(Arc::new(drover_store::EtcdBackend::connect(options)?));
-        store.check_schema(Path::new(&place))?;
-        Ok(store)
+        let place = etcd_place(&options);
+        Store::over_etcd(drover_store::EtcdBackend::connect(options)?, &place)
     }
 
     /// [`Store::open_etcd`] for a coordinator that serves: takes the
@@ -284,22 +285,30 @@ impl Store {
         ttl: std::time::Duration,
         patience: std::time::Duration,
     ) -> Result<Self, StoreError> {
-        let place = format!("etcd {} under {:?}", options.endpoints.join(","), options.prefix);
+        let place = etcd_place(&options);
         let backend = drover_store::EtcdBackend::connect(options)?;
         // None: wait however long it takes (a standby).
         let deadline = std::time::Instant::now().checked_add(patience);
+        let mut waiting = false;
         loop {
             match backend.claim(holder, ttl) {
                 Ok(()) => break,
                 Err(drover_store::Error::Held(by)) if deadline.is_none_or(|d| std::time::Instant::now() < d) => {
-                    tracing::info!(held_by = %by, "another coordinator holds the store's serving claim; waiting for it to end");
+                    if !waiting {
+                        tracing::info!(held_by = %by, "another coordinator holds the store's serving claim; waiting for it to end");
+                        waiting = true;
+                    }
                     std::thread::sleep(std::time::Duration::from_millis(500));
                 }
                 Err(e) => return Err(e.into()),
             }
         }
+        Store::over_etcd(backend, &place)
+    }
+
+    fn over_etcd(backend: drover_store::EtcdBackend, place: &str) -> Result<Self, StoreError> {
         let store = Store::with_backend(Arc::new(backend));
-        store.check_schema(Path::new(&place))?;
+        store.check_schema(Path::new(place))?;
         Ok(store)
     }
 
@@ -523,6 +532,11 @@ impl Tx<'_> {
             return Err(StoreError::Conflict(taken()));
         }
         self.put(key, record)
+    }
+
+    /// Sets a value of the meta tree (the store's own facts, not records).
+    pub fn put_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.backend(self.inner.insert(Tree::Meta, key.as_bytes(), value.as_bytes().to_vec()))
     }
 
     /// Removes a key whatever its value holds (a damaged record too).
