@@ -32,6 +32,10 @@ impl App {
     }
 
     fn with_backend(backend: Arc<dyn drover_coordinator::store::Backend>) -> App {
+        App::with_store(Store::with_backend(backend))
+    }
+
+    fn with_store(store: Store) -> App {
         let dir = tempfile::tempdir().expect("tempdir");
         let state_dir = dir.path().join("state");
         let outcome = init(InitOptions {
@@ -71,7 +75,6 @@ impl App {
         })];
         // What `drover init` stored, in memory.
         let (ca, on_disk) = app::open_state(&config).expect("state");
-        let store = Store::with_backend(backend);
         store.load_snapshot(&on_disk.snapshot().expect("snapshot")).expect("load");
         drop(on_disk);
         let serial = store.admin("root").expect("read").expect("root").serials[0].clone();
@@ -613,4 +616,87 @@ async fn every_stored_record_keeps_its_form_and_older_ones_read_back() {
         assert!(current.join(format!("{}.json", tree.name())).exists(), "tree {} has no golden record in {}", tree.name(), current.display());
     }
     assert!(checked >= Tree::ALL.len() - 1, "{checked} golden records checked");
+}
+
+/// `n` machines labelled `fleet=big`, enrolled; their ids.
+async fn enroll_many(app: &App, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(app.enroll(&format!("big-{i}"), &[("fleet", "big")]).await);
+    }
+    ids
+}
+
+/// Each machine's desired generation and whether records exist at `g`.
+fn at_generation(app: &App, ids: &[String], g: u64) -> Vec<(u64, bool, bool)> {
+    let store = &app.state.store;
+    ids.iter()
+        .map(|id| {
+            let desired = store.machine(id).expect("read").expect("machine").desired_generation;
+            (desired, store.assignment(id, g).expect("read").is_some(), store.deployment(id, g).expect("read").is_some())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_deployment_larger_than_one_transaction_is_recorded_in_batches_and_whole() {
+    // 16 keys per transaction, as an etcd with --max-txn-ops 16: three
+    // machines' generations fit one.
+    let backend = Arc::new(MemoryBackend::default());
+    let app = App::with_store(Store::with_backend(backend).limited_to(16));
+    let ids = enroll_many(&app, 10).await;
+    let targets = app
+        .ok(AdminRequest::Deploy(deploy(&[("fleet", "big")], closure("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a"))))
+        .await
+        .deployed()
+        .expect("deployed");
+    assert_eq!(targets.len(), 10);
+    assert!(at_generation(&app, &ids, 1).iter().all(|&(desired, a, d)| desired == 1 && a && d), "{:?}", at_generation(&app, &ids, 1));
+    assert!(app.state.store.metas(app::generations::BATCH_PREFIX).expect("read").is_empty(), "the plan is gone once every machine points to it");
+    let listed = app.ok(AdminRequest::DeploymentsList { machine: None }).await.deployments().expect("list");
+    assert_eq!(listed.len(), 10);
+
+    // Again: generation 2 supersedes 1 on every machine (not applied yet).
+    app.ok(AdminRequest::Deploy(deploy(&[("fleet", "big")], closure("/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b")))).await;
+    for id in &ids {
+        assert_eq!(app.state.store.deployment(id, 1).expect("read").expect("g1").state, DeploymentState::Superseded);
+        assert_eq!(app.state.store.machine(id).expect("read").expect("m").desired_generation, 2);
+    }
+    // A reboot of all of them is recorded the same way.
+    app.ok(AdminRequest::MachinesReboot { machine: None, selector: [("fleet".to_string(), "big".to_string())].into() }).await;
+    assert!(at_generation(&app, &ids, 3).iter().all(|&(desired, a, _)| desired == 3 && a));
+    let rebooting = app.state.store.assignment(&ids[0], 3).expect("read").expect("g3");
+    assert!(rebooting.assignment.reboot);
+    assert_eq!(rebooting.assignment.system, closure("/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b"));
+}
+
+#[tokio::test]
+async fn a_deployment_cut_off_between_its_batches_is_whole_or_absent_once_a_coordinator_starts_again() {
+    let (mut absent, mut whole) = (0, 0);
+    // Every transaction of the deployment, in turn, is the one the crash
+    // stops: the plan, four batches staged, the commit point, four batches
+    // pointed to, the plan removed.
+    for crash_at in 1..=11 {
+        let backend = drover_testkit::store::CrashingBackend::new();
+        let app = App::with_store(Store::with_backend(backend.clone()).limited_to(16));
+        let ids = enroll_many(&app, 10).await;
+        backend.crash_at(crash_at);
+        let result = app.call(AdminRequest::Deploy(deploy(&[("fleet", "big")], closure("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-a")))).await;
+        assert!(backend.crashed(), "transaction {crash_at} is one of the deployment's");
+        assert!(result.is_err(), "a deployment cut off is not reported done (crash at {crash_at})");
+        // The next start over the same store.
+        backend.revive();
+        app::generations::finish_batches(&app.state.store).await.expect("finished");
+        let seen = at_generation(&app, &ids, 1);
+        if seen.iter().all(|&(desired, a, d)| desired == 1 && a && d) {
+            whole += 1;
+        } else {
+            assert!(seen.iter().all(|&(desired, a, d)| desired == 0 && !a && !d), "crash at transaction {crash_at}: neither whole nor absent: {seen:?}");
+            absent += 1;
+        }
+        assert!(app.state.store.metas(app::generations::BATCH_PREFIX).expect("read").is_empty());
+        let listed = app.ok(AdminRequest::DeploymentsList { machine: None }).await.deployments().expect("list");
+        assert!(listed.len() == 10 || listed.is_empty(), "crash at {crash_at}: {} listed", listed.len());
+    }
+    assert_eq!((absent, whole), (6, 5), "cut before the commit point: absent; after it: whole");
 }

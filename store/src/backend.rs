@@ -111,4 +111,9 @@ pub trait Backend: Send + Sync + 'static {
     fn lost(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
         None
     }
+    /// How many keys one transaction may read, and how many it may write
+    /// (etcd's `--max-txn-ops`); `None` when any number fits in memory.
+    fn max_txn_ops(&self) -> Option<usize> {
+        None
+    }
 }

@@ -452,16 +452,17 @@ impl Backend for EtcdBackend {
                 // (a transaction sent and not confirmed may still land).
                 self.read(Tree::Meta, b"-", 0)?;
             }
-            if reads.len() > self.options.max_txn_ops || writes.len() > self.options.max_txn_ops {
+            // The fence is one more comparison.
+            let fence = self.fence();
+            let compared = reads.len() + usize::from(fence.is_some());
+            if compared > self.options.max_txn_ops || writes.len() > self.options.max_txn_ops {
                 return Err(Error::TooLarge(format!(
-                    "one transaction would read {} and write {} keys; etcd takes at most {} of each (--max-txn-ops)",
-                    reads.len(),
+                    "one transaction would compare {compared} and write {} keys; etcd takes at most {} of each (--max-txn-ops)",
                     writes.len(),
                     self.options.max_txn_ops
                 )));
             }
             let mut compares: Vec<Compare> = reads.into_iter().map(|(key, revision)| Compare::mod_revision(key, CompareOp::Equal, revision)).collect();
-            let fence = self.fence();
             if let Some((key, revision)) = &fence {
                 compares.push(Compare::create_revision(key.clone(), CompareOp::Equal, *revision));
             }
@@ -508,5 +509,8 @@ impl Backend for EtcdBackend {
 
     fn lost(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
         Some(self.lost.subscribe())
+    }
+    fn max_txn_ops(&self) -> Option<usize> {
+        Some(self.options.max_txn_ops)
     }
 }

@@ -110,33 +110,43 @@ pub async fn deploy(state: &Coordinator, by: &str, mut spec: DeploySpec) -> Resu
     let node = targets.first().map(volumes::node_of).unwrap_or_default();
     let now = now_ms();
     let make = |m: &MachineRecord, g| deploy::build(&spec, m, g, now, &directory.extras(m));
-    let deployed = state
-        .store
-        .commit(|tx| {
-            if let Some(id) = ids.first() {
-                volumes::record_attachments(tx, id, &node, &mounts, now)?;
-            }
-            // What holds a machine is decided in the same transaction that
-            // deploys to it.
-            let mut rollouts = check_holds(tx, &held, &ids, spec.override_rollout)?;
-            let deployed = ids
-                .iter()
-                .map(|id| match record_one(tx, id, &make)? {
-                    Ok(recorded) => Ok(recorded),
-                    Err(NotDeployable::Revoked) => Err(revoked(id)),
-                })
-                .collect::<Result<Vec<_>, WireError>>()?;
-            for rollout in &mut rollouts {
-                for Recorded { target: t, .. } in &deployed {
-                    if rollout.state.holds(&t.machine_id) {
-                        rollout.state.overridden(&t.machine_id, t.deployment_id.clone(), now);
-                    }
+    // What holds a machine is decided in the same transaction that deploys
+    // to it (or, in batches, at their commit point).
+    let overriding = |tx: &Tx, deployed: &[Recorded]| {
+        for mut rollout in check_holds(tx, &held, &ids, spec.override_rollout)? {
+            for Recorded { target: t, .. } in deployed {
+                if rollout.state.holds(&t.machine_id) {
+                    rollout.state.overridden(&t.machine_id, t.deployment_id.clone(), now);
                 }
-                tx.put(rollout.id.as_bytes(), &*rollout)?;
             }
-            Ok::<_, WireError>(deployed)
-        })
-        .await?;
+            tx.put(rollout.id.as_bytes(), &rollout)?;
+        }
+        Ok::<_, WireError>(())
+    };
+    let extra = 2 * held.len() + 4 * mounts.len();
+    let fits = generations::machines_per_transaction(&state.store, generations::KEYS_PER_MACHINE, extra).is_none_or(|n| ids.len() <= n);
+    let deployed = if fits {
+        let _shared = state.generations.read().await;
+        state
+            .store
+            .commit(|tx| {
+                if let Some(id) = ids.first() {
+                    volumes::record_attachments(tx, id, &node, &mounts, now)?;
+                }
+                let deployed = ids
+                    .iter()
+                    .map(|id| match record_one(tx, id, &make)? {
+                        Ok(recorded) => Ok(recorded),
+                        Err(NotDeployable::Revoked) => Err(revoked(id)),
+                    })
+                    .collect::<Result<Vec<_>, WireError>>()?;
+                overriding(tx, &deployed)?;
+                Ok::<_, WireError>(deployed)
+            })
+            .await?
+    } else {
+        generations::record_in_batches(state, &ids, &|_, m, g| Ok(make(m, g)), &overriding).await?
+    };
     let recorded_in = started.elapsed();
     for recorded in &deployed {
         recorded.announce(&state.live);
@@ -170,18 +180,32 @@ pub async fn reboot(state: &Coordinator, by: &str, machine: Option<String>, sele
     }
     let directory = directory(state)?;
     let now = now_ms();
-    let deployed = state
-        .store
-        .commit(|tx| {
-            check_holds(tx, &held, &ids, false)?;
-            let mut out = Vec::new();
-            for id in &ids {
-                let missing = "it has no system to verify after a reboot (deploy one with --reboot)";
-                out.push(generations::repeat(tx, id, &directory, now, missing, |record| record.assignment.reboot = true)?);
-            }
-            Ok::<_, WireError>(out)
-        })
-        .await?;
+    let missing = "it has no system to verify after a reboot (deploy one with --reboot)";
+    let fits = generations::machines_per_transaction(&state.store, generations::KEYS_PER_MACHINE + 1, 2 * held.len()).is_none_or(|n| ids.len() <= n);
+    let deployed = if fits {
+        let _shared = state.generations.read().await;
+        state
+            .store
+            .commit(|tx| {
+                check_holds(tx, &held, &ids, false)?;
+                let mut out = Vec::new();
+                for id in &ids {
+                    out.push(generations::repeat(tx, id, &directory, now, missing, |record| record.assignment.reboot = true)?);
+                }
+                Ok::<_, WireError>(out)
+            })
+            .await?
+    } else {
+        let again = |tx: &Tx, m: &MachineRecord, g| {
+            let previous: crate::model::AssignmentRecord = tx
+                .get(&crate::store::deployments::generation_key(&m.id, m.desired_generation))?
+                .ok_or_else(|| invalid(format!("machine {} has no deployment yet; {missing}", m.id)))?;
+            let (mut record, deployment) = deploy::rebuild(&previous.assignment, m, g, now, &directory.extras(m).access);
+            record.assignment.reboot = true;
+            Ok((record, deployment))
+        };
+        generations::record_in_batches(state, &ids, &again, &|tx, _| check_holds(tx, &held, &ids, false).map(|_| ())).await?
+    };
     for recorded in &deployed {
         recorded.announce(&state.live);
     }
@@ -275,7 +299,14 @@ pub const ANSWER_BUDGET: usize = 6 << 20;
 /// [`ANSWER_BUDGET`], in the store's order, so that no history can make
 /// the answer larger than a frame.
 pub fn list(state: &Coordinator, machine: Option<&str>) -> Result<AdminResponse, WireError> {
-    let all = state.store.deployments(machine)?;
+    let mut all = state.store.deployments(machine)?;
+    // A generation no machine points to yet is a deployment being
+    // recorded in batches: not shown before its commit point.
+    let desired: std::collections::HashMap<String, u64> = match machine {
+        Some(id) => state.store.machine(id)?.map(|m| (m.id, m.desired_generation)).into_iter().collect(),
+        None => state.store.machines()?.into_iter().map(|m| (m.id, m.desired_generation)).collect(),
+    };
+    all.retain(|d| desired.get(&d.machine_id).is_none_or(|&g| d.generation <= g));
     let mut newest: Vec<usize> = (0..all.len()).collect();
     newest.sort_by_key(|&i| std::cmp::Reverse((all[i].created_at, all[i].generation)));
     let mut keep = vec![false; all.len()];

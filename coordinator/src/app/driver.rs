@@ -87,12 +87,18 @@ pub async fn drive_once(state: &Coordinator) {
     for r in active {
         let now = now_ms();
         let observed = observe(state, &r, now);
+        // A step records in one transaction: on a store that limits them
+        // (etcd), it starts or reverts as many machines as fit, and the
+        // next step the others. A revert with volume snapshots writes the
+        // machine's volumes as well.
+        let per_machine = super::generations::KEYS_PER_MACHINE + if r.snapshot_volumes { 4 } else { 1 };
+        let limit = super::generations::machines_per_transaction(&state.store, per_machine, 2).unwrap_or(usize::MAX);
         let before = r.state.phase;
         if r.snapshot_volumes {
             // The machines this step will start, decided on a copy; the
             // step itself decides the same from the same observations.
             let mut probe = r.state.clone();
-            let starting = probe.step(&observed, now).start;
+            let starting = probe.step_within(&observed, now, limit).start;
             if let Err(e) = super::volumes::snapshot_before_switch(state, &r.id, &starting).await {
                 tracing::error!(rollout = %r.id, error = %e.message, "volume snapshots failed; the step waits for them");
                 continue;
@@ -101,7 +107,7 @@ pub async fn drive_once(state: &Coordinator) {
         let result = step(
             state,
             &r.id,
-            &|s| s.step(&observed, now),
+            &|s| s.step_within(&observed, now, limit),
             &|machine, g| crate::deploy::build(&r.spec, machine, g, now, &directory.extras(machine)),
             &|old, machine, g| crate::deploy::rebuild(&old.assignment, machine, g, now, &directory.access(machine)),
         )

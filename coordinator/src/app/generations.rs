@@ -102,6 +102,7 @@ pub async fn regenerate(
 ) -> Result<u64, WireError> {
     let directory = directory(state)?;
     let now = now_ms();
+    let _shared = state.generations.read().await;
     let recorded = state
         .store
         .commit(|tx| {
@@ -116,4 +117,232 @@ pub async fn regenerate(
         .await?;
     recorded.announce(&state.live);
     Ok(recorded.target.generation)
+}
+
+/// Keys one machine's new generation reads and writes at most: the machine
+/// and its previous deployment read; the assignment, the deployment, the
+/// previous deployment (superseded) and the machine written.
+pub const KEYS_PER_MACHINE: usize = 4;
+
+/// How many machines' generations fit in one transaction beside `extra`
+/// other keys, or `None` when any number does (sled, memory).
+pub fn machines_per_transaction(store: &crate::store::Store, keys_per_machine: usize, extra: usize) -> Option<usize> {
+    store.max_txn_ops().map(|ops| (ops.saturating_sub(extra + 1) / keys_per_machine).max(1))
+}
+
+/// Where a change recorded in batches keeps its plan: the meta tree, under
+/// this prefix and the change's id.
+pub const BATCH_PREFIX: &str = "batch/";
+
+/// The plan of a change to more machines than one transaction takes,
+/// written before its first batch. Until `committed` turns true (the
+/// commit point, one transaction) its records are staged at generations no
+/// machine points to, invisible; after it, the machines are pointed to
+/// them batch by batch, and a coordinator that starts finishes what a
+/// crashed one began ([`finish_batches`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Batch {
+    pub committed: bool,
+    pub created_at: u64,
+    /// Each machine and the generation it is given.
+    pub targets: Vec<(String, u64)>,
+}
+
+impl Batch {
+    fn encoded(&self) -> Result<String, StoreError> {
+        serde_json::to_string(self).map_err(|e| StoreError::Encode(e.to_string()))
+    }
+}
+
+/// Records a new generation (built by `make`) for every machine in `ids`,
+/// in batches that each fit one transaction, with one commit point:
+/// `at_commit` runs in the transaction that makes them all count, with
+/// what was recorded. Either every machine gets its generation or none
+/// does — after a crash, once a coordinator has started again. Holds
+/// [`Coordinator::generations`] alone throughout.
+pub async fn record_in_batches(
+    state: &Coordinator,
+    ids: &[String],
+    make: Build<'_>,
+    at_commit: &(dyn Fn(&Tx, &[Recorded]) -> Result<(), WireError> + Sync),
+) -> Result<Vec<Recorded>, WireError> {
+    let _alone = state.generations.write().await;
+    let store = &state.store;
+    let per = machines_per_transaction(store, KEYS_PER_MACHINE, 0).unwrap_or(ids.len()).max(1);
+    let mut targets = Vec::with_capacity(ids.len());
+    for id in ids {
+        let machine: MachineRecord = store.get(id.as_bytes())?.ok_or_else(|| StoreError::NotFound { what: "machine", id: id.clone() })?;
+        match deploy::next_generation(&machine) {
+            Ok(g) => targets.push((id.clone(), g)),
+            Err(NotDeployable::Revoked) => return Err(revoked(id)),
+        }
+    }
+    let key = format!("{BATCH_PREFIX}{}", hex::encode(rand::random::<[u8; 8]>()));
+    let mut batch = Batch { committed: false, created_at: now_ms(), targets };
+    let plan = batch.encoded()?;
+    store.write(|tx| tx.put_meta(&key, &plan)).await?;
+    let mut recorded = Vec::with_capacity(ids.len());
+    for chunk in batch.targets.chunks(per) {
+        let staged = store.write(|tx| chunk.iter().map(|(id, g)| stage(tx, id, *g, make)).collect::<Result<Vec<_>, WireError>>()).await;
+        match staged {
+            Ok(staged) => recorded.extend(staged),
+            Err(e) => {
+                discard(store, &key, &batch).await;
+                return Err(e);
+            }
+        }
+    }
+    batch.committed = true;
+    let plan = batch.encoded()?;
+    let committed = store
+        .commit(|tx| {
+            at_commit(tx, &recorded).map_err(AtCommit::Refused)?;
+            tx.put_meta(&key, &plan)?;
+            Ok::<_, AtCommit>(())
+        })
+        .await;
+    match committed {
+        Ok(()) => {}
+        // Sent and not confirmed: it may land, so the plan stays for the
+        // next start to decide by what it finds.
+        Err(AtCommit::Store(e @ StoreError::Backend(drover_store::Error::Uncertain(_)))) => return Err(e.into()),
+        Err(e) => {
+            discard(store, &key, &batch).await;
+            return Err(match e {
+                AtCommit::Store(e) => e.into(),
+                AtCommit::Refused(e) => e,
+            });
+        }
+    }
+    if let Err(e) = point(store, &key, &batch).await {
+        // Past the commit point: finished by whoever can (this coordinator
+        // in a moment, or the next to start).
+        let store = store.clone();
+        let (key, batch) = (key.clone(), batch.clone());
+        tokio::spawn(async move {
+            let mut pause = std::time::Duration::from_millis(500);
+            while let Err(e) = point(&store, &key, &batch).await {
+                tracing::warn!(batch = %key, error = %e, "a recorded deployment is not yet pointed to on every machine; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(10));
+            }
+        });
+        return Err(WireError::new(
+            drover_protocol::ErrorCode::Unavailable,
+            format!("the deployment is recorded but not yet on every machine ({}); the coordinator finishes it when the store answers again", e.message),
+        ));
+    }
+    Ok(recorded)
+}
+
+/// How the commit point's transaction failed.
+enum AtCommit {
+    Store(StoreError),
+    Refused(WireError),
+}
+
+impl From<StoreError> for AtCommit {
+    fn from(e: StoreError) -> Self {
+        AtCommit::Store(e)
+    }
+}
+
+/// Builds a machine's assignment and deployment record for a generation,
+/// reading what it needs through the transaction.
+pub type Build<'a> = &'a (dyn Fn(&Tx, &MachineRecord, u64) -> Result<(AssignmentRecord, DeploymentRecord), WireError> + Sync);
+
+/// Inside `tx`: machine `id`'s records for generation `g`, which no machine
+/// points to yet.
+fn stage(tx: &Tx, id: &str, g: u64, make: Build) -> Result<Recorded, WireError> {
+    let machine: MachineRecord = tx.require(id.as_bytes())?;
+    match deploy::next_generation(&machine) {
+        Err(NotDeployable::Revoked) => return Err(revoked(id)),
+        Ok(next) if next != g => {
+            return Err(super::errors::conflict(format!("machine {id} got another generation while this deployment was recorded; run it again")))
+        }
+        Ok(_) => {}
+    }
+    let (mut assignment, deployment) = make(tx, &machine, g)?;
+    deploy::with_volumes(&mut assignment.assignment, &machine.volumes);
+    let key = generation_key(id, g);
+    tx.put(&key, &assignment)?;
+    tx.put(&key, &deployment)?;
+    let target = DeployedTarget { machine_id: id.to_string(), hostname: machine.hostname.clone(), generation: g, deployment_id: deployment_id(id, g) };
+    Ok(Recorded { target, assigned: Arc::new((assignment.assignment, assignment.access)) })
+}
+
+/// Points every machine of a committed batch to its generation (those not
+/// yet pointed to), batch by batch, then removes the plan.
+async fn point(store: &crate::store::Store, key: &str, batch: &Batch) -> Result<(), WireError> {
+    let per = machines_per_transaction(store, KEYS_PER_MACHINE, 0).unwrap_or(batch.targets.len()).max(1);
+    for chunk in batch.targets.chunks(per) {
+        store
+            .write(|tx| {
+                for (id, g) in chunk {
+                    let Some(mut machine) = tx.get::<MachineRecord>(id.as_bytes())? else { continue };
+                    if machine.desired_generation >= *g || tx.get::<AssignmentRecord>(&generation_key(id, *g))?.is_none() {
+                        continue;
+                    }
+                    let previous = generation_key(id, g - 1);
+                    if let Some(mut earlier) = tx.get::<DeploymentRecord>(&previous)? {
+                        if deploy::supersede(&mut earlier) {
+                            tx.put(&previous, &earlier)?;
+                        }
+                    }
+                    machine.desired_generation = *g;
+                    tx.put(id.as_bytes(), &machine)?;
+                }
+                Ok::<_, WireError>(())
+            })
+            .await?;
+    }
+    store.commit(|tx| tx.remove_raw(crate::store::Tree::Meta, key.as_bytes())).await?;
+    Ok(())
+}
+
+/// Removes what an uncommitted batch staged (records no machine points
+/// to), then its plan. Logged, not returned: what stays is invisible and
+/// the next start removes it.
+async fn discard(store: &crate::store::Store, key: &str, batch: &Batch) {
+    let per = machines_per_transaction(store, 3, 0).unwrap_or(batch.targets.len()).max(1);
+    let result: Result<(), StoreError> = async {
+        for chunk in batch.targets.chunks(per) {
+            store
+                .write(|tx| {
+                    for (id, g) in chunk {
+                        let pointed = tx.get::<MachineRecord>(id.as_bytes())?.is_some_and(|m| m.desired_generation >= *g);
+                        if !pointed {
+                            tx.remove_raw(crate::store::Tree::Assignments, &generation_key(id, *g))?;
+                            tx.remove_raw(crate::store::Tree::Deployments, &generation_key(id, *g))?;
+                        }
+                    }
+                    Ok::<_, StoreError>(())
+                })
+                .await?;
+        }
+        store.commit(|tx| tx.remove_raw(crate::store::Tree::Meta, key.as_bytes())).await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(batch = %key, error = %e, "a deployment not recorded left records no machine points to; the next start removes them");
+    }
+}
+
+/// Finishes what a coordinator that stopped left in batches: a committed
+/// change is pointed to on every machine, an uncommitted one removed.
+/// Runs before the coordinator serves. Returns how many it finished and
+/// how many it removed.
+pub async fn finish_batches(store: &crate::store::Store) -> Result<(usize, usize), WireError> {
+    let (mut finished, mut removed) = (0, 0);
+    for (key, plan) in store.metas(BATCH_PREFIX)? {
+        let batch: Batch = serde_json::from_str(&plan).map_err(|e| StoreError::Corrupt { tree: "meta", key: key.clone(), reason: e.to_string() })?;
+        if batch.committed {
+            point(store, &key, &batch).await?;
+            finished += 1;
+        } else {
+            discard(store, &key, &batch).await;
+            removed += 1;
+        }
+    }
+    Ok((finished, removed))
 }

@@ -76,6 +76,10 @@ pub struct Coordinator {
     pub block_storage: Option<Result<Arc<dyn BlockStorage>, String>>,
     /// Serialises rollout starts (the one-rollout-per-machine check).
     pub rollout_lock: tokio::sync::Mutex<()>,
+    /// Generation writes hold it shared; a change recorded in batches
+    /// ([`generations::record_in_batches`]) holds it alone, so that no
+    /// other write gives its machines a generation between its batches.
+    pub generations: tokio::sync::RwLock<()>,
     /// Passes the rollout driver has made, so that a caller can wait until
     /// it has looked at the fleet again.
     pub driver_passes: tokio::sync::watch::Sender<u64>,
@@ -145,6 +149,7 @@ impl Coordinator {
             object_store: backends.object_store,
             block_storage: backends.block_storage,
             rollout_lock: tokio::sync::Mutex::new(()),
+            generations: tokio::sync::RwLock::new(()),
             driver_passes: tokio::sync::watch::channel(0).0,
             metrics: metrics::Metrics::new(),
             hypervisors: backends.hypervisors,

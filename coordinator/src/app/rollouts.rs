@@ -307,6 +307,7 @@ pub async fn step(
     make: Make<'_>,
     remake: &(dyn Fn(&AssignmentRecord, &MachineRecord, u64) -> (AssignmentRecord, DeploymentRecord) + Sync),
 ) -> Result<Stepped, WireError> {
+    let _shared = state.generations.read().await;
     let (record, targets, changed) = state
         .store
         .write(|tx| {

@@ -301,6 +301,13 @@ impl State {
 
     /// Moves the rollout forward. Pure: the same inputs give the same result.
     pub fn step(&mut self, observed: &BTreeMap<String, Observation>, now: Millis) -> Actions {
+        self.step_within(observed, now, usize::MAX)
+    }
+
+    /// [`State::step`], starting or reverting at most `limit` machines (at
+    /// least one); the others wait for the next step.
+    pub fn step_within(&mut self, observed: &BTreeMap<String, Observation>, now: Millis, limit: usize) -> Actions {
+        let limit = limit.max(1);
         let mut actions = Actions::default();
         let s = self.strategy.clone();
         let total = self.machines.len();
@@ -360,7 +367,7 @@ impl State {
                 if revertible {
                     if entry.previous_generation == 0 {
                         entry.slot = Slot::NotReverted;
-                    } else {
+                    } else if actions.revert.len() < limit {
                         entry.slot = Slot::Reverting;
                         actions.revert.push(id.clone());
                     }
@@ -385,7 +392,7 @@ impl State {
                 .iter()
                 .filter(|(id, e)| e.slot == Slot::Waiting && observed.get(*id).is_some_and(|o| o.online))
                 .map(|(id, _)| id.clone())
-                .take(want)
+                .take(want.min(limit))
                 .collect();
             for id in picks {
                 let entry = self.machines.get_mut(&id).expect("picked from the map");
@@ -417,7 +424,7 @@ impl State {
             .iter()
             .filter(|(id, e)| e.slot == Slot::Waiting && observed.get(*id).is_some_and(|o| o.online))
             .map(|(id, _)| id.clone())
-            .take(room)
+            .take(room.min(limit - actions.start.len()))
             .collect();
         for id in picks {
             let entry = self.machines.get_mut(&id).expect("picked from the map");

@@ -23,6 +23,10 @@ struct Sim {
     /// (time, machines in transition, unavailable) after each step.
     timeline: Vec<(u64, usize, usize)>,
     starts: Vec<(u64, String)>,
+    /// The most machines one step may start or revert.
+    limit: usize,
+    /// The most one step started or reverted.
+    most: usize,
 }
 
 fn strategy() -> Strategy {
@@ -45,7 +49,7 @@ impl Sim {
             .map(|i| (format!("m{i:02}"), Machine { online: true, fails: false, apply_ms: 500, started: None, changed: false, reverted: false }))
             .collect();
         let targets = fleet.keys().map(|id| (id.clone(), 1)).collect();
-        Sim { state: State::new(strategy, targets, 0), now: 0, fleet, timeline: vec![], starts: vec![] }
+        Sim { state: State::new(strategy, targets, 0), now: 0, fleet, timeline: vec![], starts: vec![], limit: usize::MAX, most: 0 }
     }
 
     fn observe(&self) -> BTreeMap<String, Observation> {
@@ -67,7 +71,8 @@ impl Sim {
 
     fn step(&mut self) -> Actions {
         let observed = self.observe();
-        let actions = self.state.step(&observed, self.now);
+        let actions = if self.limit == usize::MAX { self.state.step(&observed, self.now) } else { self.state.step_within(&observed, self.now, self.limit) };
+        self.most = self.most.max(actions.start.len()).max(actions.revert.len());
         for id in &actions.start {
             let m = self.fleet.get_mut(id).expect("known");
             assert!(!m.changed, "{id} started twice");
@@ -357,4 +362,30 @@ fn an_overridden_machine_is_settled_and_never_reverted() {
     state.revert(20).expect("revert");
     let actions = state.step(&[("a".to_string(), online(None)), ("b".to_string(), online(None))].into(), 20);
     assert_eq!(actions.revert, ["b"], "only the machine the rollout still held goes back");
+}
+
+#[test]
+fn a_step_starts_and_reverts_at_most_its_limit_and_the_rollout_still_ends() {
+    // What one transaction of the store takes: three machines a step.
+    let wide = Strategy { canary: 2, max_parallel: Amount::Count(10), ..strategy() };
+    let mut sim = Sim::new(10, wide.clone());
+    sim.limit = 3;
+    sim.run(60_000);
+    assert_eq!(sim.state.phase, Phase::Succeeded);
+    assert_eq!(sim.starts.len(), 10, "every machine started once");
+    assert_eq!(sim.most, 3, "never more than the limit in one step, and the limit used");
+
+    // Failing machines: the reverts come three at a time, every changed
+    // machine reverted once.
+    let mut sim = Sim::new(10, Strategy { canary: 0, max_failures: Amount::Count(5), auto_revert: true, ..wide });
+    sim.limit = 3;
+    for m in sim.fleet.values_mut() {
+        m.fails = true;
+    }
+    sim.run(60_000);
+    assert_eq!(sim.state.phase, Phase::Reverted);
+    assert!(sim.most <= 3);
+    let changed = sim.fleet.values().filter(|m| m.changed).count();
+    assert!(changed > 3, "more machines changed than one step reverts: {changed}");
+    assert!(sim.fleet.values().all(|m| m.changed == m.reverted), "every changed machine reverted");
 }

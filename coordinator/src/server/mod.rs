@@ -93,6 +93,13 @@ fn server_tls(config: &Config, ca: &Ca) -> Result<(quinn::ServerConfig, Vec<u8>)
 /// one from the configuration) on `config.listen`.
 pub async fn start(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
     let (tls, key) = server_tls(&coordinator.config, &coordinator.ca)?;
+    // A deployment a stopped coordinator left between its batches: whole
+    // or gone before anyone is told anything.
+    match crate::app::generations::finish_batches(&coordinator.store).await {
+        Ok((0, 0)) => {}
+        Ok((finished, removed)) => tracing::info!(finished, removed, "deployments left between batches: committed ones finished, the others removed"),
+        Err(e) => anyhow::bail!("cannot finish the deployments a previous coordinator left between batches: {}", e.message),
+    }
     let sockets = coordinator.config.sockets();
     let endpoints = drover_net::socket::server_endpoints(coordinator.config.listen, sockets, tls, &key)
         .with_context(|| format!("cannot listen on {}", coordinator.config.listen))?;

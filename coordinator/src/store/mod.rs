@@ -163,6 +163,8 @@ pub struct Store {
     gate: Arc<std::sync::RwLock<()>>,
     flushes: Arc<Flushes>,
     audit: Arc<audit::AuditCounts>,
+    /// A smaller transaction limit than the backend's (tests of batching).
+    txn_limit: Option<usize>,
 }
 
 /// Group commit, with flushes kept apart from the async side's
@@ -244,6 +246,26 @@ impl Store {
         Ok(self.backend.get(Tree::Meta, key.as_bytes())?.map(|v| String::from_utf8_lossy(&v).to_string()))
     }
 
+    /// The meta tree's values whose keys start with `prefix`.
+    pub fn metas(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        outside_transactions();
+        let pairs = self.backend.scan(Tree::Meta, prefix.as_bytes())?;
+        Ok(pairs.into_iter().map(|(k, v)| (String::from_utf8_lossy(&k).to_string(), String::from_utf8_lossy(&v).to_string())).collect())
+    }
+
+    /// How many keys one transaction may read, and how many it may write;
+    /// `None` when any number fits (sled, memory).
+    pub fn max_txn_ops(&self) -> Option<usize> {
+        self.txn_limit.or_else(|| self.backend.max_txn_ops())
+    }
+
+    /// This store with transactions limited to `ops` keys read and written,
+    /// as on etcd (tests of what is recorded in batches).
+    pub fn limited_to(mut self, ops: usize) -> Self {
+        self.txn_limit = Some(ops);
+        self
+    }
+
     /// Sets a value of the meta tree, durably.
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.commit_blocking(|tx| tx.put_meta(key, value))
@@ -320,7 +342,7 @@ impl Store {
     }
 
     pub fn with_backend(backend: Arc<dyn Backend>) -> Self {
-        Store { backend, gate: Arc::default(), flushes: Arc::default(), audit: Arc::default() }
+        Store { backend, gate: Arc::default(), flushes: Arc::default(), audit: Arc::default(), txn_limit: None }
     }
 
     /// Every tree at one moment, while the store serves: transactions wait
@@ -412,12 +434,18 @@ impl Store {
         let outcome: RefCell<Option<Result<T, E>>> = RefCell::new(None);
         let _shared = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let result = self.backend.transaction(&mut |inner| {
-            let tx = Tx { inner, failure: RefCell::new(None) };
+            let tx = Tx { inner, failure: RefCell::new(None), ops: Default::default() };
             let _inside = InTransaction::enter();
             let answer = body(&tx);
             if let Some(failure) = tx.failure.into_inner() {
                 // The backend's own trouble (a conflict to retry, i/o).
                 return Err(failure);
+            }
+            let (read, written) = tx.ops.get();
+            if let Some(limit) = self.txn_limit.filter(|l| answer.is_ok() && (read > *l || written > *l)) {
+                return Err(drover_store::Error::TooLarge(format!(
+                    "one transaction would read {read} and write {written} keys; this store takes at most {limit} of each"
+                )));
             }
             let failed = answer.is_err();
             *outcome.borrow_mut() = Some(answer);
@@ -500,6 +528,8 @@ pub struct Tx<'a> {
     /// A backend failure seen by the body: it decides how the transaction
     /// ends, whatever the body made of it.
     failure: RefCell<Option<drover_store::Error>>,
+    /// Keys read and written so far (counted against a store's limit).
+    ops: std::cell::Cell<(usize, usize)>,
 }
 
 impl Tx<'_> {
@@ -512,7 +542,13 @@ impl Tx<'_> {
         })?)
     }
 
+    fn counted(&self, read: usize, written: usize) {
+        let (r, w) = self.ops.get();
+        self.ops.set((r + read, w + written));
+    }
+
     pub fn get<T: Record>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        self.counted(1, 0);
         self.backend(self.inner.get(T::TREE, key))?.map(|v| codec::decode(T::TREE, key, &v)).transpose()
     }
 
@@ -523,11 +559,13 @@ impl Tx<'_> {
 
     pub fn put<T: Record>(&self, key: &[u8], record: &T) -> Result<(), StoreError> {
         let bytes = codec::encode(record)?;
+        self.counted(0, 1);
         self.backend(self.inner.insert(T::TREE, key, bytes))
     }
 
     /// Inserts under a key not yet taken; otherwise a conflict saying `taken`.
     pub fn insert_new<T: Record>(&self, key: &[u8], record: &T, taken: impl FnOnce() -> String) -> Result<(), StoreError> {
+        self.counted(1, 0);
         if self.backend(self.inner.get(T::TREE, key))?.is_some() {
             return Err(StoreError::Conflict(taken()));
         }
@@ -536,15 +574,24 @@ impl Tx<'_> {
 
     /// Sets a value of the meta tree (the store's own facts, not records).
     pub fn put_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.counted(0, 1);
         self.backend(self.inner.insert(Tree::Meta, key.as_bytes(), value.as_bytes().to_vec()))
+    }
+
+    /// A value of the meta tree.
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.counted(1, 0);
+        Ok(self.backend(self.inner.get(Tree::Meta, key.as_bytes()))?.map(|v| String::from_utf8_lossy(&v).to_string()))
     }
 
     /// Removes a key whatever its value holds (a damaged record too).
     pub fn remove_raw(&self, tree: Tree, key: &[u8]) -> Result<(), StoreError> {
+        self.counted(1, 1);
         self.backend(self.inner.remove(tree, key)).map(|_| ())
     }
 
     pub fn remove<T: Record>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        self.counted(1, 1);
         self.backend(self.inner.remove(T::TREE, key))?.map(|v| codec::decode(T::TREE, key, &v)).transpose()
     }
 }

@@ -97,3 +97,70 @@ impl Backend for GatedBackend {
         Ok(())
     }
 }
+
+/// A store backend that stops at a chosen transaction, as a coordinator
+/// killed there would: memory underneath; once armed with `n`, the `n`-th
+/// transaction from then on and every one after it fail without writing
+/// (reads go on), until [`CrashingBackend::revive`] — the next process
+/// starting over the same store.
+#[derive(Default)]
+pub struct CrashingBackend {
+    inner: MemoryBackend,
+    /// Transactions left before the crash; `usize::MAX` when not armed.
+    left: AtomicUsize,
+    crashed: AtomicBool,
+}
+
+impl CrashingBackend {
+    pub fn new() -> Arc<Self> {
+        Arc::new(CrashingBackend { inner: MemoryBackend::default(), left: AtomicUsize::new(usize::MAX), crashed: AtomicBool::new(false) })
+    }
+
+    /// Fails the `n`-th transaction from now (1: the next) and all after.
+    pub fn crash_at(&self, n: usize) {
+        self.left.store(n, Ordering::SeqCst);
+    }
+
+    /// Whether the crash happened.
+    pub fn crashed(&self) -> bool {
+        self.crashed.load(Ordering::SeqCst)
+    }
+
+    /// Takes transactions again.
+    pub fn revive(&self) {
+        self.left.store(usize::MAX, Ordering::SeqCst);
+        self.crashed.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Backend for CrashingBackend {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(tree, key)
+    }
+    fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Pairs, StoreError> {
+        self.inner.scan(tree, prefix)
+    }
+    fn range(&self, tree: Tree, from: &[u8], to: &[u8], limit: usize, newest_first: bool) -> Result<Pairs, StoreError> {
+        self.inner.range(tree, from, to, limit, newest_first)
+    }
+    fn count(&self, tree: Tree, from: &[u8], to: &[u8]) -> Result<usize, StoreError> {
+        self.inner.count(tree, from, to)
+    }
+    fn transaction(&self, body: TxBody<'_>) -> Result<(), StoreError> {
+        let left = self.left.load(Ordering::SeqCst);
+        if self.crashed() || left == 1 {
+            self.crashed.store(true, Ordering::SeqCst);
+            return Err(StoreError::Unavailable("the test stopped the store here".into()));
+        }
+        if left != usize::MAX {
+            self.left.store(left - 1, Ordering::SeqCst);
+        }
+        self.inner.transaction(body)
+    }
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.flush()
+    }
+    fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.inner.flush_blocking()
+    }
+}
