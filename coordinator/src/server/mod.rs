@@ -95,9 +95,15 @@ pub async fn start(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
     let (tls, key) = server_tls(&coordinator.config, &coordinator.ca)?;
     // A deployment a stopped coordinator left between its batches: whole
     // or gone before anyone is told anything.
+    let recovering = std::time::Instant::now();
     match crate::app::generations::finish_batches(&coordinator.store).await {
         Ok((0, 0)) => {}
-        Ok((finished, removed)) => tracing::info!(finished, removed, "deployments left between batches: committed ones finished, the others removed"),
+        Ok((finished, removed)) => tracing::info!(
+            finished,
+            removed,
+            ms = recovering.elapsed().as_millis() as u64,
+            "deployments left between batches: committed ones finished, the others removed"
+        ),
         Err(e) => anyhow::bail!("cannot finish the deployments a previous coordinator left between batches: {}", e.message),
     }
     let sockets = coordinator.config.sockets();

@@ -355,3 +355,121 @@ async fn a_coordinator_paused_past_its_lease_is_fenced_and_steps_down() {
     assert_eq!(tokens.len(), tokens_before + 1, "only the successor's token: {tokens:?}");
     assert!(tokens.iter().all(|t| t.uses_total != 9), "nothing of the fenced write: {tokens:?}");
 }
+
+/// A machine record as enrollment would leave it, labelled `fleet=big`.
+fn big_machine(id: &str) -> drover_coordinator::model::MachineRecord {
+    drover_coordinator::model::MachineRecord {
+        id: id.into(),
+        hostname: format!("host-{id}"),
+        labels: [("fleet".to_string(), "big".to_string())].into(),
+        token_id: "t-test".into(),
+        enrolled_at: 1,
+        revoked_at: None,
+        cert_serial: "00".into(),
+        cert_not_after: u64::MAX / 2,
+        previous_cert: None,
+        last_seen: None,
+        health: None,
+        desired_generation: 0,
+        current_generation: None,
+        current_system: None,
+        enrolled_key: None,
+        volumes: vec![],
+    }
+}
+
+/// A deployment to 1,000 machines on etcd (batches of ~30 machines a
+/// transaction) whose coordinator is SIGKILLed while it records: once
+/// before its commit point, once after. After a coordinator starts again
+/// the deployment is absent on every machine, then whole on every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_to_a_thousand_machines_on_etcd_killed_while_it_records_is_whole_or_absent_after_recovery() {
+    use drover_coordinator::app::generations::{Batch, BATCH_PREFIX};
+    use drover_coordinator::store::Tree;
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    const N: usize = 1000;
+    let cluster = EtcdCluster::start(3);
+    let fleet = TestCoordinator::start_with(Options { etcd: Some(url(&cluster, "fleet-k")), no_server: true, ..Default::default() }).await;
+    let store = Store::open_etcd(cluster.options("fleet-k/")).expect("open etcd");
+    let ids: Vec<String> = (0..N).map(|_| drover_coordinator::app::enroll::new_machine_id()).collect();
+    for chunk in ids.chunks(100) {
+        store.commit_blocking(|tx| chunk.iter().try_for_each(|id| tx.put(id.as_bytes(), &big_machine(id)))).expect("machines recorded");
+    }
+    let system = |name: &str| drover_protocol::v1::SystemSpec::Closure {
+        store_path: format!("/nix/store/{}-nixos-system-{name}", name.repeat(32).chars().take(32).collect::<String>()),
+        substituters: vec!["http://cache.example.org".into()],
+        trusted_public_keys: vec!["cache.example.org-1:AAAA".into()],
+    };
+    let assignments = |store: &Store| store.backend().count(Tree::Assignments, b"", b"\xff").expect("count");
+    let pointed = |store: &Store| store.machines().expect("machines").iter().filter(|m| m.desired_generation == 1).count();
+
+    let mut serving = common::Serving(common::spawn_coordinator(&fleet.state_dir));
+    for (system_name, commit_point_passed) in [("a", false), ("b", true)] {
+        let admin = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                if let Some(admin) = admin_at(&fleet, fleet.addr).await {
+                    return admin;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await
+        .expect("a coordinator serves");
+        let spec =
+            drover_protocol::v1::DeploySpec { selector: [("fleet".to_string(), "big".to_string())].into(), ..common::deploy_to_role("-", system(system_name)) };
+        let call = tokio::spawn(async move { admin.call(AdminRequest::Deploy(spec)).await });
+        // Watched from outside: SIGKILL once the deployment is well into
+        // its staging (before the commit point) or into pointing the
+        // machines to it (after).
+        let pid = Pid::from_raw(i32::try_from(serving.0.id()).expect("pid"));
+        let watch = store.clone();
+        let at_kill = tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while std::time::Instant::now() < deadline {
+                let plans = watch.metas(BATCH_PREFIX).expect("read the plan");
+                let committed = plans.first().map(|(_, plan)| serde_json::from_str::<Batch>(plan).expect("a plan").committed);
+                let progress = if commit_point_passed { pointed(&watch) } else { assignments(&watch) };
+                if committed == Some(commit_point_passed) && progress >= N / 4 {
+                    kill(pid, Signal::SIGKILL).expect("SIGKILL the coordinator");
+                    return Some(());
+                }
+            }
+            None
+        })
+        .await
+        .expect("watcher");
+        assert!(at_kill.is_some(), "the deployment reached the point to cut it");
+        let _ = serving.0.wait();
+        // The admin is not told it succeeded (its connection ends at its
+        // idle timeout; not waited for).
+        let answer = tokio::time::timeout(Duration::from_secs(1), call).await;
+        assert!(!matches!(answer, Ok(Ok(Ok(_)))), "the admin is not told it succeeded: {answer:?}");
+        // Cut in the middle: the store holds part of it now.
+        let (staged, now_pointed) = (assignments(&store), pointed(&store));
+        if commit_point_passed {
+            assert!(now_pointed < N, "killed while machines were being pointed to it ({now_pointed} of {N})");
+        } else {
+            assert!(staged > 0 && staged < N && now_pointed == 0, "killed while staging ({staged} staged, {now_pointed} pointed)");
+        }
+
+        // The next coordinator finishes or removes it before it serves.
+        serving = common::Serving(common::spawn_coordinator(&fleet.state_dir));
+        assert!(eventually(Duration::from_secs(60), || async { admin_at(&fleet, fleet.addr).await.is_some() }).await, "a coordinator serves again");
+        assert!(store.metas(BATCH_PREFIX).expect("read").is_empty(), "no plan left");
+        let machines = store.machines().expect("machines");
+        if commit_point_passed {
+            assert!(machines.iter().all(|m| m.desired_generation == 1), "whole: every machine at generation 1");
+            for id in &ids {
+                let a = store.assignment(id, 1).expect("read").expect("its assignment");
+                assert_eq!(a.assignment.system, system("b"), "{id} runs the deployment that was cut");
+            }
+            assert_eq!(assignments(&store), N);
+        } else {
+            assert!(machines.iter().all(|m| m.desired_generation == 0), "absent: no machine points to it");
+            assert_eq!(assignments(&store), 0, "and nothing of it is left");
+            assert_eq!(store.backend().count(Tree::Deployments, b"", b"\xff").expect("count"), 0);
+        }
+    }
+}
