@@ -125,6 +125,12 @@ impl Scheduler {
         }
     }
 
+    /// Whether an apply is running (it may be waiting to hear from the
+    /// coordinator before its confirmation deadline).
+    pub fn applying(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     pub fn desired_generation(&self) -> u64 {
         self.desired
     }

@@ -198,7 +198,12 @@ impl<H: HealthSource> Agent<H> {
             if *self.shutdown.borrow() {
                 break;
             }
-            let delay = backoff.next(rand::random());
+            // An apply that switched must hear from a coordinator within
+            // its confirmation deadline or roll back: while one runs, the
+            // pauses stay at most an eighth of that deadline, so that a
+            // coordinator taking over (a failover) is found in time.
+            let delay =
+                if self.scheduler.applying() { backoff.next_capped(rand::random(), self.config.confirm_deadline / 8) } else { backoff.next(rand::random()) };
             self.status.send_modify(|s| s.phase = Phase::Backoff);
             tracing::debug!(?delay, "reconnecting after a pause");
             tokio::select! {
@@ -296,13 +301,21 @@ impl<H: HealthSource> Agent<H> {
                 Outgoing::Restore { generation, name } => AgentRequest::RestoreVolume { generation: *generation, name: name.clone() },
             };
             // A volume rollback takes the block storage's time, not a
-            // round trip's.
+            // round trip's. A switch waiting for its confirmation waits at
+            // most an eighth of its deadline for a silent coordinator, and
+            // then connects again (another coordinator may have taken over).
+            let confirming = self.scheduler.applying();
             let timeout = match out {
                 Outgoing::Restore { .. } => self.config.connect_timeout.max(RESTORE_TIMEOUT),
+                _ if confirming => self.config.connect_timeout.max(self.config.confirm_deadline / 8).min(DEPLOY_REQUEST_TIMEOUT),
                 _ => self.config.connect_timeout.max(DEPLOY_REQUEST_TIMEOUT),
             };
             let response = match ask(conn, Request::Agent(request), timeout).await {
                 Err(ClientError::Refused(e)) if matches!(out, Outgoing::Restore { .. }) => Response::Error(e),
+                Err(e @ ClientError::RequestTimeout { .. }) if confirming && !matches!(out, Outgoing::Restore { .. }) => {
+                    tracing::warn!(error = %e, "the coordinator did not answer while a switch waits for its confirmation; connecting again");
+                    return Err(e.into());
+                }
                 Err(e @ ClientError::RequestTimeout { .. }) => {
                     // Left unanswered: the scheduler offers it again at the
                     // next pump (at the latest after the next health report).
@@ -370,6 +383,14 @@ impl<H: HealthSource> Agent<H> {
                             self.scheduler.heard_from_coordinator();
                         }
                         Ok(other) => return Err(ClientError::Unexpected(format!("{other:?}")).into()),
+                        // A switch waiting for its confirmation cannot wait
+                        // out a silent coordinator (QUIC notices a dead one
+                        // only at the idle timeout): connect again, to
+                        // another coordinator when the fleet has several.
+                        Err(e @ ClientError::RequestTimeout { .. }) if self.scheduler.applying() => {
+                            tracing::warn!(error = %e, "the coordinator did not answer while a switch waits for its confirmation; connecting again");
+                            return Err(e.into());
+                        }
                         Err(e @ ClientError::RequestTimeout { .. }) => tracing::warn!(error = %e, "health report"),
                         Err(e) => return Err(lost(conn, e)),
                     }

@@ -45,7 +45,7 @@ fn observe(state: &Coordinator, r: &RolloutRecord, now: u64) -> BTreeMap<String,
             if online {
                 waiting_online += 1;
             }
-            observed.insert(id.clone(), Observation { online, outcome: None, still_current: false });
+            observed.insert(id.clone(), Observation { online, outcome: None, still_current: false, watched_since: state.serving_since });
             continue;
         }
         let watched = match e.slot {
@@ -59,7 +59,7 @@ fn observe(state: &Coordinator, r: &RolloutRecord, now: u64) -> BTreeMap<String,
             _ => None,
         });
         let still_current = e.generation.is_some() && machine.current_generation == e.generation;
-        observed.insert(id.clone(), Observation { online, outcome, still_current });
+        observed.insert(id.clone(), Observation { online, outcome, still_current, watched_since: state.serving_since });
     }
     observed
 }

@@ -80,6 +80,9 @@ pub struct Coordinator {
     /// ([`generations::record_in_batches`]) holds it alone, so that no
     /// other write gives its machines a generation between its batches.
     pub generations: tokio::sync::RwLock<()>,
+    /// When this coordinator began (the rollout driver's healthy deadlines
+    /// count from here for machines started before).
+    pub serving_since: u64,
     /// Passes the rollout driver has made, so that a caller can wait until
     /// it has looked at the fleet again.
     pub driver_passes: tokio::sync::watch::Sender<u64>,
@@ -150,6 +153,7 @@ impl Coordinator {
             block_storage: backends.block_storage,
             rollout_lock: tokio::sync::Mutex::new(()),
             generations: tokio::sync::RwLock::new(()),
+            serving_since: now_ms(),
             driver_passes: tokio::sync::watch::channel(0).0,
             metrics: metrics::Metrics::new(),
             hypervisors: backends.hypervisors,

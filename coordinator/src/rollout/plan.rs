@@ -182,6 +182,10 @@ pub struct Observation {
     pub outcome: Option<Outcome>,
     /// Whether it still runs the rollout's generation (for min_healthy_time).
     pub still_current: bool,
+    /// Since when the coordinator could see it (since it began serving):
+    /// time before that — a failover, a restart — does not count against
+    /// the healthy deadline of a machine started earlier.
+    pub watched_since: Millis,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,7 +327,7 @@ impl State {
                         entry.settled_at = Some(now);
                     }
                     None => {
-                        if entry.started_at.is_some_and(|t| now.saturating_sub(t) > s.healthy_deadline_ms) {
+                        if entry.started_at.is_some_and(|t| now.saturating_sub(t.max(obs.watched_since)) > s.healthy_deadline_ms) {
                             entry.slot = Slot::Failed { reason: "not healthy within the healthy deadline".into() };
                             entry.settled_at = Some(now);
                         }

@@ -64,7 +64,7 @@ impl Sim {
                         Outcome::Succeeded { at: s + m.apply_ms }
                     }
                 });
-                (id.clone(), Observation { online: m.online, outcome, still_current: true })
+                (id.clone(), Observation { online: m.online, outcome, still_current: true, watched_since: 0 })
             })
             .collect()
     }
@@ -278,7 +278,7 @@ fn min_healthy_time_delays_counting_and_the_next_batch() {
     sim.now = 600;
     sim.step();
     let observed: std::collections::BTreeMap<String, Observation> =
-        [("m00".to_string(), Observation { online: true, outcome: None, still_current: false })].into();
+        [("m00".to_string(), Observation { online: true, outcome: None, still_current: false, watched_since: 0 })].into();
     sim.state.step(&observed, 700);
     assert!(matches!(&sim.state.machines["m00"].slot, Slot::Failed { reason } if reason.contains("left the new generation")));
 }
@@ -349,7 +349,7 @@ fn pause_resume_abort_and_manual_revert() {
 #[test]
 fn an_overridden_machine_is_settled_and_never_reverted() {
     let mut state = State::new(strategy(), [("a".to_string(), 1), ("b".to_string(), 1)].into(), 0);
-    let online = |outcome: Option<Outcome>| Observation { online: true, outcome, still_current: true };
+    let online = |outcome: Option<Outcome>| Observation { online: true, outcome, still_current: true, watched_since: 0 };
     let started = state.step(&[("a".to_string(), online(None)), ("b".to_string(), online(None))].into(), 0);
     assert_eq!(started.start, ["a", "b"]);
     for id in ["a", "b"] {
@@ -388,4 +388,23 @@ fn a_step_starts_and_reverts_at_most_its_limit_and_the_rollout_still_ends() {
     let changed = sim.fleet.values().filter(|m| m.changed).count();
     assert!(changed > 3, "more machines changed than one step reverts: {changed}");
     assert!(sim.fleet.values().all(|m| m.changed == m.reverted), "every changed machine reverted");
+}
+
+#[test]
+fn a_machine_started_before_the_coordinator_came_back_gets_its_healthy_deadline_from_then() {
+    let mut state = State::new(Strategy { healthy_deadline_ms: 10_000, ..strategy() }, [("a".to_string(), 1)].into(), 0);
+    let seen = |watched_since| -> BTreeMap<String, Observation> {
+        [("a".to_string(), Observation { online: true, outcome: None, still_current: false, watched_since })].into()
+    };
+    assert_eq!(state.step(&seen(0), 0).start, ["a"]);
+    // The coordinator that started it died; its successor serves from 20 s.
+    state.step(&seen(20_000), 25_000);
+    assert_eq!(state.machines["a"].slot, Slot::Updating, "25 s after the start, 5 s after the successor began: not yet failed");
+    state.step(&seen(20_000), 30_500);
+    assert!(matches!(state.machines["a"].slot, Slot::Failed { .. }), "10 s after the successor began: failed");
+    // Watched all along, the same 25 s fail it.
+    let mut watched = State::new(Strategy { healthy_deadline_ms: 10_000, ..strategy() }, [("a".to_string(), 1)].into(), 0);
+    watched.step(&seen(0), 0);
+    watched.step(&seen(0), 25_000);
+    assert!(matches!(watched.machines["a"].slot, Slot::Failed { .. }));
 }

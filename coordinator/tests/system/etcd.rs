@@ -173,20 +173,9 @@ async fn an_agent_that_knows_three_coordinators_stays_managed_when_the_serving_o
     let cluster = EtcdCluster::start(3);
     let store = url(&cluster, "fleet-c");
     let fleet = TestCoordinator::start_with(Options { etcd: Some(store.clone()), no_server: true, ..Default::default() }).await;
-    let mut others = Vec::new();
-    for name in ["b", "c"] {
-        let dir = fleet.dir.path().join(format!("coordinator-{name}"));
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_udp_port()).parse().expect("addr");
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
-            .args(["init", "--state-dir"])
-            .arg(&dir)
-            .args(["--listen", &addr.to_string(), "--store", &store, "--join"])
-            .arg(&fleet.state_dir)
-            .output()
-            .expect("drover init --join");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let others: Vec<_> = ["b", "c"].into_iter().map(|name| join(&fleet, &store, name)).collect();
+    for (dir, _) in &others {
         assert!(!dir.join("admin.bundle").exists(), "joining makes no admin");
-        others.push((dir, addr));
     }
     // Joining a fleet the CA is not of is refused.
     let stranger = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
@@ -201,19 +190,7 @@ async fn an_agent_that_knows_three_coordinators_stays_managed_when_the_serving_o
 
     let mut first = common::Serving(common::spawn_coordinator(&fleet.state_dir));
     assert!(eventually(Duration::from_secs(20), || async { common::raw_connect(&fleet, None).await.is_ok() }).await, "the first serves");
-    let _standbys: Vec<common::Serving> = others
-        .iter()
-        .map(|(dir, _)| {
-            common::Serving(
-                std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
-                    .args(["serve", "--standby", "--state-dir"])
-                    .arg(dir)
-                    .stderr(std::process::Stdio::null())
-                    .spawn()
-                    .expect("drover serve --standby"),
-            )
-        })
-        .collect();
+    let _standbys: Vec<common::Serving> = others.iter().map(|(dir, _)| standby(dir)).collect();
 
     let flake = common::flake::flake(fleet.dir.path());
     let (_, token) = fleet.token(1, &[]).await;
@@ -291,16 +268,7 @@ async fn a_coordinator_paused_past_its_lease_is_fenced_and_steps_down() {
     let cluster = EtcdCluster::start(3);
     let store = url(&cluster, "fleet-e");
     let fleet = TestCoordinator::start_with(Options { etcd: Some(store.clone()), no_server: true, ..Default::default() }).await;
-    let standby_dir = fleet.dir.path().join("coordinator-b");
-    let standby_addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_udp_port()).parse().expect("addr");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
-        .args(["init", "--state-dir"])
-        .arg(&standby_dir)
-        .args(["--listen", &standby_addr.to_string(), "--store", &store, "--join"])
-        .arg(&fleet.state_dir)
-        .output()
-        .expect("drover init --join");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (standby_dir, standby_addr) = join(&fleet, &store, "b");
     let log = fleet.dir.path().join("first.log");
     let mut first = common::Serving(
         std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
@@ -311,28 +279,13 @@ async fn a_coordinator_paused_past_its_lease_is_fenced_and_steps_down() {
             .expect("drover serve"),
     );
     assert!(eventually(Duration::from_secs(20), || async { admin_at(&fleet, fleet.addr).await.is_some() }).await, "the first serves");
-    let _standby = common::Serving(
-        std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
-            .args(["serve", "--standby", "--state-dir"])
-            .arg(&standby_dir)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("drover serve --standby"),
-    );
+    let _standby = standby(&standby_dir);
     let first_admin = admin_at(&fleet, fleet.addr).await.expect("an admin connection to the first");
     let tokens_before = first_admin.call(AdminRequest::TokensList).await.expect("list").tokens().expect("Tokens").len();
 
     let pid = Pid::from_raw(i32::try_from(first.0.id()).expect("pid"));
     kill(pid, Signal::SIGSTOP).expect("SIGSTOP the first");
-    let successor = async {
-        loop {
-            if let Some(admin) = admin_at(&fleet, standby_addr).await {
-                return admin;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
-    let successor = tokio::time::timeout(Duration::from_secs(60), successor).await.expect("the standby takes over after the lease");
+    let successor = admin_when_serving(&fleet, standby_addr, Duration::from_secs(60)).await;
     let token = |uses| AdminRequest::TokensCreate(drover_protocol::v1::TokenSpec { labels: Default::default(), ttl_ms: 3_600_000, uses });
     successor.call(token(7)).await.expect("the successor changes the fleet");
 
@@ -407,16 +360,7 @@ async fn a_deployment_to_a_thousand_machines_on_etcd_killed_while_it_records_is_
 
     let mut serving = common::Serving(common::spawn_coordinator(&fleet.state_dir));
     for (system_name, commit_point_passed) in [("a", false), ("b", true)] {
-        let admin = tokio::time::timeout(Duration::from_secs(60), async {
-            loop {
-                if let Some(admin) = admin_at(&fleet, fleet.addr).await {
-                    return admin;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-        .await
-        .expect("a coordinator serves");
+        let admin = admin_when_serving(&fleet, fleet.addr, Duration::from_secs(60)).await;
         let spec =
             drover_protocol::v1::DeploySpec { selector: [("fleet".to_string(), "big".to_string())].into(), ..common::deploy_to_role("-", system(system_name)) };
         let call = tokio::spawn(async move { admin.call(AdminRequest::Deploy(spec)).await });
@@ -471,5 +415,135 @@ async fn a_deployment_to_a_thousand_machines_on_etcd_killed_while_it_records_is_
             assert_eq!(assignments(&store), 0, "and nothing of it is left");
             assert_eq!(store.backend().count(Tree::Deployments, b"", b"\xff").expect("count"), 0);
         }
+    }
+}
+
+/// `drover init --join`: a second coordinator of `fleet` on the etcd store
+/// at `store`, listening on a free port; its state directory and address.
+fn join(fleet: &TestCoordinator, store: &str, name: &str) -> (std::path::PathBuf, std::net::SocketAddr) {
+    let dir = fleet.dir.path().join(format!("coordinator-{name}"));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_udp_port()).parse().expect("addr");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["init", "--state-dir"])
+        .arg(&dir)
+        .args(["--listen", &addr.to_string(), "--store", store, "--join"])
+        .arg(&fleet.state_dir)
+        .output()
+        .expect("drover init --join");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (dir, addr)
+}
+
+/// `drover serve --standby` on `dir`.
+fn standby(dir: &std::path::Path) -> common::Serving {
+    common::Serving(
+        std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args(["serve", "--standby", "--state-dir"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("drover serve --standby"),
+    )
+}
+
+/// An admin client of whichever coordinator serves at `addr`, waited for.
+async fn admin_when_serving(fleet: &TestCoordinator, addr: std::net::SocketAddr, within: Duration) -> drover_coordinator::client::AdminClient {
+    tokio::time::timeout(within, async {
+        loop {
+            if let Some(admin) = admin_at(fleet, addr).await {
+                return admin;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no coordinator serves at {addr} within {within:?}"))
+}
+
+async fn rollout_status(admin: &drover_coordinator::client::AdminClient, id: &str) -> drover_protocol::v1::RolloutInfo {
+    admin.call(AdminRequest::RolloutStatus { id: id.into() }).await.expect("status").rollout().expect("Rollout")
+}
+
+/// The serving coordinator is SIGKILLed in the middle of a rollout over six
+/// agents that know both coordinators: the standby takes over once the
+/// claim's lease runs out, resumes the rollout from the store and finishes
+/// it; every machine switched to the rollout's system exactly once, and
+/// none changed its system because of the failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serving_coordinator_killed_in_the_middle_of_a_rollout_is_replaced_and_the_rollout_completes() {
+    use drover_protocol::v1::{Amount, RolloutSpec, RolloutStrategy};
+    const N: usize = 6;
+    let cluster = EtcdCluster::start(3);
+    let store = url(&cluster, "fleet-r");
+    let fleet = TestCoordinator::start_with(Options { etcd: Some(store.clone()), no_server: true, ..Default::default() }).await;
+    let (standby_dir, standby_addr) = join(&fleet, &store, "b");
+    let mut first = common::Serving(common::spawn_coordinator(&fleet.state_dir));
+    let admin = admin_when_serving(&fleet, fleet.addr, Duration::from_secs(30)).await;
+    let _standby = standby(&standby_dir);
+
+    let flake = common::flake::flake(fleet.dir.path());
+    let (_, token) = fleet.token(N as u32, &[("role", "web")]).await;
+    let mut vms = Vec::new();
+    for i in 0..N {
+        let (vm, mut agent) = common::flake::spawn_vm_with(&fleet, &format!("vm{i}"), Some(&token), |c| c.other_coordinators = vec![standby_addr.into()]);
+        until_reported(&mut agent, 1).await;
+        vms.push((vm, agent));
+    }
+    let mut first_spec = common::deploy_to_role("web", common::flake::flake_spec(&flake, "good"));
+    first_spec.health_deadline_ms = 2_000;
+    admin.call(AdminRequest::Deploy(first_spec.clone())).await.expect("deploy").deployed().expect("Deployed");
+    assert!(
+        eventually(Duration::from_secs(60), || async { vms.iter().all(|(vm, _)| vm.activations() == ["good"]) }).await,
+        "every machine runs the first system"
+    );
+
+    let strategy = RolloutStrategy {
+        canary: 0,
+        max_parallel: Amount::Count(1),
+        max_unavailable: Amount::Percent(100),
+        max_failures: Amount::Count(0),
+        healthy_deadline_ms: 30_000,
+        min_healthy_time_ms: 300,
+        progress_deadline_ms: 600_000,
+        auto_revert: false,
+        auto_promote: true,
+    };
+    let mut deploy = first_spec;
+    deploy.system = common::flake::flake_spec(&flake, "good2");
+    deploy.health_deadline_ms = 1_000;
+    let rollout =
+        admin.call(AdminRequest::RolloutStart(RolloutSpec { deploy, strategy, snapshot_volumes: false })).await.expect("start").rollout().expect("Rollout");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let r = rollout_status(&admin, &rollout.id).await;
+        if r.machines.iter().filter(|m| m.state.as_str() == "done").count() >= 2 {
+            assert_eq!(r.phase.as_str(), "rolling", "killed in the middle");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the rollout moves: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.0.kill().expect("SIGKILL the serving coordinator");
+    let killed = std::time::Instant::now();
+    let _ = first.0.wait();
+
+    let successor = admin_when_serving(&fleet, standby_addr, Duration::from_secs(60)).await;
+    let took_over = killed.elapsed();
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let done = loop {
+        let r = rollout_status(&successor, &rollout.id).await;
+        if r.phase.as_str() != "rolling" {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "the successor finishes the rollout: {r:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("failover: the standby served {:.1} s after the SIGKILL", took_over.as_secs_f64());
+    assert_eq!(done.phase.as_str(), "succeeded", "{done:?}");
+    for m in &done.machines {
+        assert_eq!(m.generation, Some(2), "{}: one generation recorded by the rollout", m.hostname);
+    }
+    for (vm, _) in &vms {
+        assert_eq!(vm.activations(), ["good", "good2"], "{}: switched once, and only by the rollout", vm.name);
     }
 }
