@@ -30,6 +30,7 @@ pub fn required_role(request: &AdminRequest) -> Role {
         | AdminRequest::AdminsKeys { .. }
         | AdminRequest::Audit { .. }
         | AdminRequest::AuditExport { .. }
+        | AdminRequest::CoordinatorsList
         | AdminRequest::ProvisionShow { .. }
         | AdminRequest::Provisions
         | AdminRequest::FleetShow

@@ -72,11 +72,12 @@ answers! {
         Provisions(Vec<ProvisionInfo>) => provisions,
         Fleet(Option<AppliedFleet>) => fleet,
         Problems(Vec<Problem>) => problems,
+        Coordinators(Vec<CoordinatorInfo>) => coordinators,
     }
     done: done;
     kind: Done, Identity, TokenCreated, Tokens, Machines, Machine, AdminCreated, Admins, Deployed, Deployments, Deployment, MachineDetail,
         Rollout, Rollouts, S3, Tenant, Tenants, SshKeys, Volumes, BackupChunk, BackupEnd, Audit, DeployPlan, Provision, Provisions, Fleet,
-        Problems, AuditPage
+        Problems, AuditPage, Coordinators
 }
 
 impl AdminResponse {

@@ -528,6 +528,7 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-admin-provision-show", Request::Admin(AdminRequest::ProvisionShow { name: "web-1".into() })),
         ("request-admin-provisions", Request::Admin(AdminRequest::Provisions)),
         ("request-admin-fleet-show", Request::Admin(AdminRequest::FleetShow)),
+        ("request-admin-coordinators-list", Request::Admin(AdminRequest::CoordinatorsList)),
         (
             "request-admin-deployments-show-many",
             Request::Admin(AdminRequest::DeploymentsShowMany { ids: vec!["m-0123456789/3".into(), "m-0123456789/4".into()] }),
@@ -667,6 +668,18 @@ fn responses() -> Vec<(&'static str, Response)> {
             }])),
         ),
         ("response-admin-problems", Response::Admin(AdminResponse::Problems(vec![Problem { subject: "web-1".into(), message: "no provider \"pve\"".into() }]))),
+        (
+            "response-admin-coordinators",
+            Response::Admin(AdminResponse::Coordinators(vec![CoordinatorInfo {
+                address: "10.0.0.11:7443".into(),
+                pid: 4242,
+                serving: true,
+                since: 1_700_000_000_000,
+                agents: 3_400,
+                updated_at: 1_700_000_005_000,
+                lease_left_s: Some(9),
+            }])),
+        ),
         (
             "response-admin-audit-page",
             Response::Admin(AdminResponse::AuditPage {
@@ -942,6 +955,7 @@ fn request_kind(r: &Request) -> &'static str {
             AdminRequest::DeploymentsShowMany { .. } => "AdminRequest::DeploymentsShowMany",
             AdminRequest::ProvisionsCheck { .. } => "AdminRequest::ProvisionsCheck",
             AdminRequest::AuditExport { .. } => "AdminRequest::AuditExport",
+            AdminRequest::CoordinatorsList { .. } => "AdminRequest::CoordinatorsList",
         },
     }
 }
@@ -1004,6 +1018,7 @@ fn response_kind(r: &Response) -> &'static str {
             AdminResponse::Fleet { .. } => "AdminResponse::Fleet",
             AdminResponse::Problems { .. } => "AdminResponse::Problems",
             AdminResponse::AuditPage { .. } => "AdminResponse::AuditPage",
+            AdminResponse::Coordinators { .. } => "AdminResponse::Coordinators",
         },
     }
 }

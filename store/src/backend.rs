@@ -116,4 +116,14 @@ pub trait Backend: Send + Sync + 'static {
     fn max_txn_ops(&self) -> Option<usize> {
         None
     }
+    /// Replaces what this process announced among the coordinators of a
+    /// shared store (see `EtcdBackend::announce`); nothing elsewhere.
+    fn reannounce(&self, _value: &[u8]) -> Result<(), Error> {
+        Ok(())
+    }
+    /// The coordinators announced in a shared store; `None` for a store
+    /// only one process opens.
+    fn presences(&self) -> Result<Option<Vec<crate::Presence>>, Error> {
+        Ok(None)
+    }
 }

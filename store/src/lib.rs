@@ -18,7 +18,16 @@ mod on_etcd;
 pub use backend::{Backend, BackendTx, BoxFuture, Pairs, Tree, TxBody};
 pub use in_memory::MemoryBackend;
 pub use on_disk::{SledBackend, SledOptions};
-pub use on_etcd::{EtcdBackend, EtcdOptions, EtcdTls, CLAIM_KEY};
+pub use on_etcd::{EtcdBackend, EtcdOptions, EtcdTls, CLAIM_KEY, PRESENCE_PREFIX};
+
+/// A process announced among the coordinators of a shared store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    pub name: String,
+    pub value: Vec<u8>,
+    /// Seconds its lease has left (-1: gone or unknown).
+    pub ttl_left_s: i64,
+}
 
 /// What can go wrong below the records: the backend's own failures.
 #[derive(Debug, thiserror::Error)]

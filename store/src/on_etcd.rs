@@ -106,7 +106,13 @@ pub struct EtcdBackend {
     claim: std::sync::Mutex<Option<Claim>>,
     /// True once a write was refused by the fence.
     lost: tokio::sync::watch::Sender<bool>,
+    /// This process's presence among the fleet's coordinators, once
+    /// announced: its key and lease (kept alive).
+    presence: std::sync::Mutex<Option<(Vec<u8>, i64, tokio::task::JoinHandle<()>)>>,
 }
+
+/// Where each coordinator announces itself, under the fleet's prefix.
+pub const PRESENCE_PREFIX: &str = "presence/";
 
 /// A key held under a lease: it vanishes when the holder stops renewing it
 /// (its process died, or was paused past the lease).
@@ -155,8 +161,15 @@ impl EtcdBackend {
         let endpoints = options.endpoints.clone();
         let client = run(&handle, async move { Client::connect(endpoints, Some(connect)).await })
             .map_err(|e| unavailable(&format!("etcd at {} cannot be reached", options.endpoints.join(", ")), e))?;
-        let backend =
-            EtcdBackend { client, runtime: handle, _stop: stop, options, claim: std::sync::Mutex::new(None), lost: tokio::sync::watch::Sender::new(false) };
+        let backend = EtcdBackend {
+            client,
+            runtime: handle,
+            _stop: stop,
+            options,
+            claim: std::sync::Mutex::new(None),
+            lost: tokio::sync::watch::Sender::new(false),
+            presence: std::sync::Mutex::new(None),
+        };
         backend.get(Tree::Meta, b"-").map_err(|e| match e {
             Error::Unavailable(why) => Error::Unavailable(format!("etcd at {} does not answer: {why}", backend.options.endpoints.join(", "))),
             other => other,
@@ -211,9 +224,16 @@ impl EtcdBackend {
         }
         // The key was created by this transaction, at its revision.
         let revision = response.header().map_or(0, |h| h.revision());
+        let keeper = self.keep_alive(lease, ttl_secs, "the store's serving claim");
+        Ok(Claim { key, revision, lease, keeper, holder: holder.to_string(), ttl })
+    }
+
+    /// A task that renews `lease` (of `ttl_secs`) a few times a lease, until
+    /// aborted or the lease ran out; `what` names it in the log.
+    fn keep_alive(&self, lease: i64, ttl_secs: i64, what: &'static str) -> tokio::task::JoinHandle<()> {
         let client = self.client.clone();
         let period = Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(3) / 3).max(Duration::from_millis(500));
-        let keeper = self.runtime.spawn(async move {
+        self.runtime.spawn(async move {
             let mut leases = client.lease_client();
             loop {
                 match leases.keep_alive(lease).await {
@@ -224,19 +244,61 @@ impl EtcdBackend {
                         match answers.message().await {
                             Ok(Some(answer)) if answer.ttl() > 0 => {}
                             Ok(Some(_)) => {
-                                tracing::error!("the store's serving claim expired (its lease ran out); it is taken again at the next write unless another coordinator took it");
+                                tracing::error!("{what} expired (its lease ran out)");
                                 return;
                             }
                             _ => break,
                         }
                         tokio::time::sleep(period).await;
                     },
-                    Err(e) => tracing::warn!(error = %e, "renewing the store's serving claim failed; trying again"),
+                    Err(e) => tracing::warn!(error = %e, "renewing {what} failed; trying again"),
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-        });
-        Ok(Claim { key, revision, lease, keeper, holder: holder.to_string(), ttl })
+        })
+    }
+
+    /// Announces this process among the fleet's coordinators: `value`
+    /// under `presence/NAME`, on a lease of `ttl` renewed while the backend
+    /// lives, so that it vanishes within `ttl` of the process. Announcing
+    /// again replaces the value (on the same lease).
+    pub fn announce(&self, name: &str, value: &[u8], ttl: Duration) -> Result<(), Error> {
+        let mut presence = self.presence.lock().map_err(|_| Error::Aborted)?;
+        let (key, lease) = match presence.as_ref() {
+            Some((key, lease, _)) => (key.clone(), *lease),
+            None => {
+                let ttl_secs = i64::try_from(ttl.as_secs().max(2)).unwrap_or(i64::MAX);
+                let mut leases = self.client.lease_client();
+                let lease = run(&self.runtime, async move { leases.grant(ttl_secs, None).await })
+                    .map_err(|e| unavailable("an etcd lease could not be granted", e))?
+                    .id();
+                let key = format!("{}{PRESENCE_PREFIX}{name}", self.options.prefix).into_bytes();
+                let keeper = self.keep_alive(lease, ttl_secs, "this coordinator's presence");
+                *presence = Some((key.clone(), lease, keeper));
+                (key, lease)
+            }
+        };
+        let mut kv = self.client.kv_client();
+        let value = value.to_vec();
+        run(&self.runtime, async move { kv.put(key, value, Some(etcd_client::PutOptions::new().with_lease(lease))).await })
+            .map_err(|e| unavailable("announcing this coordinator in etcd failed", e))?;
+        Ok(())
+    }
+
+    /// Every coordinator announced now: name, value and the seconds its
+    /// lease has left.
+    pub fn presences(&self) -> Result<Vec<crate::Presence>, Error> {
+        let from = format!("{}{PRESENCE_PREFIX}", self.options.prefix).into_bytes();
+        let response = self.ranged(from.clone(), GetOptions::new().with_prefix())?;
+        let mut out = Vec::new();
+        for kv in response.kvs() {
+            let name = String::from_utf8_lossy(&kv.key()[from.len()..]).to_string();
+            let mut leases = self.client.lease_client();
+            let lease = kv.lease();
+            let ttl_left_s = run(&self.runtime, async move { leases.time_to_live(lease, None).await }).map(|t| t.ttl()).unwrap_or(-1);
+            out.push(crate::Presence { name, value: kv.value().to_vec(), ttl_left_s });
+        }
+        Ok(out)
     }
 
     /// After the claim's lease ran out with nobody taking it (etcd without
@@ -346,6 +408,11 @@ impl EtcdBackend {
 
 impl Drop for EtcdBackend {
     fn drop(&mut self) {
+        if let Some((_, lease, keeper)) = self.presence.lock().ok().and_then(|mut p| p.take()) {
+            keeper.abort();
+            let mut leases = self.client.lease_client();
+            let _ = run(&self.runtime, async move { leases.revoke(lease).await });
+        }
         if let Some(claim) = self.claim.lock().ok().and_then(|mut c| c.take()) {
             claim.keeper.abort();
             // Let go at once, so that a successor need not wait for the lease.
@@ -512,5 +579,19 @@ impl Backend for EtcdBackend {
     }
     fn max_txn_ops(&self) -> Option<usize> {
         Some(self.options.max_txn_ops)
+    }
+    fn reannounce(&self, value: &[u8]) -> Result<(), Error> {
+        let name = match self.presence.lock() {
+            Ok(p) => p.as_ref().map(|(key, _, _)| key.clone()),
+            Err(_) => None,
+        };
+        match name {
+            // The name is in the key already; announce keeps the lease.
+            Some(_) => self.announce("", value, Duration::from_secs(10)),
+            None => Ok(()),
+        }
+    }
+    fn presences(&self) -> Result<Option<Vec<crate::Presence>>, Error> {
+        EtcdBackend::presences(self).map(Some)
     }
 }

@@ -107,6 +107,7 @@ async fn answer(state: &Coordinator, admin: AdminRecord, request: AdminRequest) 
         R::ProvisionShow { name } => AdminResponse::Provision(provisions::show(state, &name)?),
         R::Provisions => AdminResponse::Provisions(provisions::list(state)?),
         R::ProvisionsCheck { requests } => AdminResponse::Problems(provisions::check(state, &requests)?),
+        R::CoordinatorsList => AdminResponse::Coordinators(super::coordinators::list(state)?),
         R::FleetSave { document } => fleet::save(state, by, document).await?,
         R::FleetShow => fleet::show(state)?,
         R::MachinesDestroy { name, keep_volumes } => AdminResponse::Provision(provisions::destroy(state, by, &name, keep_volumes).await?),

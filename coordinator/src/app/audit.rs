@@ -43,6 +43,7 @@ pub fn describe(request: &AdminRequest) -> Option<(String, String)> {
         | R::AdminsKeys { .. }
         | R::Audit { .. }
         | R::AuditExport { .. }
+        | R::CoordinatorsList
         | R::ProvisionShow { .. }
         | R::Provisions
         | R::FleetShow

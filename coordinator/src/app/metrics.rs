@@ -79,6 +79,16 @@ pub struct Metrics {
     rollout_machines: Family<RolloutMachines, Gauge>,
     connected: Gauge,
     store_size: Gauge,
+    serving: Family<Serving, Gauge>,
+    serving_since: Gauge,
+}
+
+/// The coordinator that exposes the metrics, and its store: only the
+/// serving coordinator of a fleet answers (the others stand by).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Serving {
+    coordinator: String,
+    store: String,
 }
 
 impl Default for Metrics {
@@ -105,6 +115,8 @@ impl Metrics {
             rollout_machines: Family::default(),
             connected: Gauge::default(),
             store_size: Gauge::default(),
+            serving: Family::default(),
+            serving_since: Gauge::default(),
         };
         {
             // Registered metrics share their values with the fields.
@@ -127,6 +139,17 @@ impl Metrics {
             r.register("rollout_machines", "Machines of each active rollout, by their state in it", m.rollout_machines.clone());
             r.register("connected_agents", "Machines with an open connection", m.connected.clone());
             r.register_with_unit("store_size", "Size of the store on disk", Unit::Bytes, m.store_size.clone());
+            r.register(
+                "coordinator_serving",
+                "1 for the coordinator serving the fleet (the leader on an etcd store), with its address and store",
+                m.serving.clone(),
+            );
+            r.register_with_unit(
+                "coordinator_serving_since_timestamp",
+                "When this coordinator began serving (Unix time): a change is a failover or a restart",
+                Unit::Seconds,
+                m.serving_since.clone(),
+            );
         }
         m
     }
@@ -207,6 +230,10 @@ impl Metrics {
             }
         }
         self.connected.set(i64::try_from(state.live.connected_machines()).unwrap_or(i64::MAX));
+        let store = if state.config.store.is_some() { "etcd" } else { "sled" };
+        self.serving.clear();
+        self.serving.get_or_create(&Serving { coordinator: state.config.advertise.to_string(), store: store.into() }).set(1);
+        self.serving_since.set(i64::try_from(state.serving_since / 1000).unwrap_or(i64::MAX));
         self.store_size.set(i64::try_from(dir_size(&state.config.state_dir.join(super::DB_DIR))).unwrap_or(i64::MAX));
     }
 }

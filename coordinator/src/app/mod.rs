@@ -18,6 +18,7 @@ pub mod admin;
 pub mod agent;
 pub mod audit;
 pub mod backup;
+pub mod coordinators;
 pub mod deployments;
 pub mod driver;
 pub mod enroll;
@@ -129,7 +130,9 @@ pub fn open_state_waiting(config: &Config, patience: Option<std::time::Duration>
         Some(etcd) => {
             let holder = format!("coordinator {} (pid {})", config.advertise, std::process::id());
             let patience = patience.unwrap_or(STORE_CLAIM_TTL + std::time::Duration::from_secs(5));
-            Store::open_etcd_serving(etcd.etcd_options()?, &holder, STORE_CLAIM_TTL, patience)
+            let address = config.advertise.to_string();
+            let presence = |serving: bool| coordinators::encode(&coordinators::presence(&address, serving, 0));
+            Store::open_etcd_serving(etcd.etcd_options()?, &holder, STORE_CLAIM_TTL, patience, Some((&address, &presence)))
                 .with_context(|| format!("opening the store in etcd ({})", etcd.etcd_endpoints.join(", ")))?
         }
         None => Store::open_with(

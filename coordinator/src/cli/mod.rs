@@ -91,6 +91,10 @@ pub enum Command {
     /// The fleet's store: move it from the state directory into etcd.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// The fleet's coordinators (several on an etcd store): which serves,
+    /// which stand by, how many agents each holds.
+    #[command(subcommand)]
+    Coordinators(CoordinatorsCommand),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -395,6 +399,17 @@ pub struct ApplyArgs {
     pub timeout: std::time::Duration,
     #[command(flatten)]
     pub admin: AdminArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CoordinatorsCommand {
+    /// Every coordinator announced in the store, the serving one first:
+    /// address, role, agents connected, process, since when, when it last
+    /// said so, and how long its presence outlives it (on etcd).
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,6 +3,7 @@
 pub mod admins;
 pub mod audit;
 pub mod backup;
+pub mod coordinators;
 pub mod deploy;
 pub mod deployments;
 pub mod fleet;
@@ -57,6 +58,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Plan(args) => fleet::plan_command(args.source, args.prune, args.out, args.admin).await,
         Command::Apply(args) => fleet::apply_command(args.source, args.prune, args.yes, args.plan, args.timeout, args.admin).await,
         Command::Fleet(crate::cli::FleetCommand::Show { admin }) => fleet::show(admin).await,
+        Command::Coordinators(crate::cli::CoordinatorsCommand::List { admin }) => coordinators::list(admin).await,
         Command::Fleet(crate::cli::FleetCommand::Drift { admin }) => fleet::drift(admin).await,
         Command::Backup(args) => backup::backup(args).await,
         Command::Restore(args) => backup::restore(args),

@@ -37,7 +37,8 @@ pub struct ServerHandle {
     driver: JoinHandle<()>,
     /// The provisioning driver (its tasks end with it).
     provisioner: JoinHandle<()>,
-    /// Warning summaries, refusal summaries and the audit log's pruning.
+    /// Warning summaries, refusal summaries, the audit log's pruning and
+    /// this coordinator's presence in a shared store.
     summaries: JoinHandle<()>,
     /// Writes the health reports kept in memory to the store.
     liveness: JoinHandle<()>,
@@ -125,7 +126,7 @@ pub async fn start(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
     let summaries = {
         let (limits, state) = (limits.clone(), coordinator.clone());
         tokio::spawn(async move {
-            tokio::join!(limits.warnings.run(), crate::app::audit::keep_periodically(state));
+            tokio::join!(limits.warnings.run(), crate::app::audit::keep_periodically(state.clone()), crate::app::coordinators::announce_periodically(state));
         })
     };
     let tasks = endpoints

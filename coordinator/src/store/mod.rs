@@ -306,15 +306,29 @@ impl Store {
         holder: &str,
         ttl: std::time::Duration,
         patience: std::time::Duration,
+        presence: Option<(&str, &dyn Fn(bool) -> Vec<u8>)>,
     ) -> Result<Self, StoreError> {
         let place = etcd_place(&options);
         let backend = drover_store::EtcdBackend::connect(options)?;
+        // Among the fleet's coordinators, standing by, then serving
+        // (`drover coordinators list`); a failure is only logged.
+        let announce = |serving: bool| {
+            if let Some((name, value)) = presence {
+                if let Err(e) = backend.announce(name, &value(serving), ttl) {
+                    tracing::warn!(error = %e, "this coordinator could not announce itself in the store");
+                }
+            }
+        };
+        announce(false);
         // None: wait however long it takes (a standby).
         let deadline = std::time::Instant::now().checked_add(patience);
         let mut waiting = false;
         loop {
             match backend.claim(holder, ttl) {
-                Ok(()) => break,
+                Ok(()) => {
+                    announce(true);
+                    break;
+                }
                 Err(drover_store::Error::Held(by)) if deadline.is_none_or(|d| std::time::Instant::now() < d) => {
                     if !waiting {
                         tracing::info!(held_by = %by, "another coordinator holds the store's serving claim; waiting for it to end");

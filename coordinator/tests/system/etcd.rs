@@ -200,6 +200,31 @@ async fn an_agent_that_knows_three_coordinators_stays_managed_when_the_serving_o
     let machine = fleet.machines().await[0].id.clone();
     let before = deploy_through(&fleet, fleet.addr, &machine, &flake, "good").await;
     assert_eq!(before.state, DeploymentState::Succeeded, "{before:?}");
+    // `drover coordinators list`: the serving one first, with its agent
+    // (said again every few seconds), and both standing by.
+    let listed = |through: Option<std::net::SocketAddr>| {
+        let mut args = vec!["coordinators".to_string(), "list".to_string()];
+        if let Some(addr) = through {
+            args.extend(["--coordinator".to_string(), addr.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, out, err) = drover_json(&fleet, &args);
+        assert!(ok, "{err}");
+        out.as_array().cloned().unwrap_or_default()
+    };
+    let roles = |list: &[serde_json::Value]| -> Vec<(String, bool, u64)> {
+        list.iter().map(|c| (c["address"].as_str().unwrap_or_default().to_string(), c["serving"] == true, c["agents"].as_u64().unwrap_or(0))).collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let list = roles(&listed(None));
+            list.len() == 3 && list[0] == (fleet.addr.to_string(), true, 1) && list[1..].iter().all(|(_, serving, _)| !serving)
+        })
+        .await,
+        "three coordinators, the first serving one agent: {:?}",
+        listed(None)
+    );
+    assert!(listed(None).iter().all(|c| c["lease_left_s"].as_i64().is_some_and(|s| s > 0)), "each present under a lease");
 
     first.0.kill().expect("SIGKILL the serving coordinator");
     let _ = first.0.wait();
@@ -213,6 +238,16 @@ async fn an_agent_that_knows_three_coordinators_stays_managed_when_the_serving_o
         }
     }
     let serving = serving.expect("one of the others serves");
+    // The dead one's presence is gone with its lease; the successor serves.
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            let list = roles(&listed(Some(serving)));
+            list.len() == 2 && list[0].0 == serving.to_string() && list[0].1 && !list.iter().any(|(a, _, _)| *a == fleet.addr.to_string())
+        })
+        .await,
+        "{:?}",
+        listed(Some(serving))
+    );
     let after = deploy_through(&fleet, serving, &machine, &flake, "good2").await;
     assert_eq!(after.state, DeploymentState::Succeeded, "a deployment after the loss reaches the machine: {after:?}");
     assert!(after.system_path.as_deref().is_some_and(|p| p.ends_with("/good2")), "{after:?}");

@@ -196,6 +196,10 @@ pub enum AdminRequest {
         after: Option<String>,
         limit: u32,
     },
+    /// The fleet's coordinators: the serving one and those standing by
+    /// (on a shared store; on sled, the one). Answered with
+    /// [`AdminResponse::Coordinators`] (protocol 11).
+    CoordinatorsList,
 }
 
 /// The most deployments one [`AdminRequest::DeploymentsShowMany`] asks for
@@ -247,6 +251,28 @@ pub enum AdminResponse {
         entries: Vec<AuditEntry>,
         next: Option<String>,
     },
+    Coordinators(Vec<CoordinatorInfo>),
+}
+
+/// One coordinator of the fleet, as it announces itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct CoordinatorInfo {
+    /// The address agents and admins reach it at.
+    pub address: String,
+    pub pid: u32,
+    /// Whether it serves the fleet (holds the store's claim: its drivers
+    /// run, agents and admins are answered); otherwise it stands by.
+    pub serving: bool,
+    /// Since when it serves, or stands by.
+    pub since: UnixMillis,
+    /// Agents connected to it when it last said.
+    pub agents: u64,
+    /// When it last said.
+    pub updated_at: UnixMillis,
+    /// Seconds its presence's lease has left in the shared store (it
+    /// vanishes that long after the process); `None` on sled.
+    pub lease_left_s: Option<i64>,
 }
 
 /// A fleet as `drover apply` recorded it.

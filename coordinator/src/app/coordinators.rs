@@ -1,0 +1,63 @@
+//! The fleet's coordinators: each announces itself in a shared store (a
+//! key under a lease, gone when its process is), the serving one with how
+//! many agents it holds; `drover coordinators list` reads them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_protocol::v1::CoordinatorInfo;
+use drover_protocol::WireError;
+
+use super::{now_ms, Coordinator};
+use crate::store::{Store, StoreError};
+
+/// How often the serving coordinator says again how many agents it holds.
+pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+
+/// This process as it announces itself.
+pub fn presence(address: &str, serving: bool, agents: u64) -> CoordinatorInfo {
+    let now = now_ms();
+    CoordinatorInfo { address: address.to_string(), pid: std::process::id(), serving, since: now, agents, updated_at: now, lease_left_s: None }
+}
+
+/// The announcement's stored form.
+pub fn encode(info: &CoordinatorInfo) -> Vec<u8> {
+    serde_json::to_vec(info).unwrap_or_default()
+}
+
+/// The coordinators, serving one first: those announced in a shared
+/// store, or this one alone.
+pub fn list(state: &Coordinator) -> Result<Vec<CoordinatorInfo>, WireError> {
+    let mut out = match state.store.backend().presences().map_err(StoreError::from)? {
+        Some(presences) => presences
+            .into_iter()
+            .filter_map(|p| {
+                let mut info: CoordinatorInfo = serde_json::from_slice(&p.value)
+                    .inspect_err(|e| tracing::warn!(name = %p.name, error = %e, "an unreadable coordinator presence skipped"))
+                    .ok()?;
+                info.lease_left_s = Some(p.ttl_left_s);
+                Some(info)
+            })
+            .collect(),
+        None => {
+            vec![CoordinatorInfo { since: state.serving_since, ..presence(&state.config.advertise.to_string(), true, state.live.connected_machines() as u64) }]
+        }
+    };
+    out.sort_by(|a, b| b.serving.cmp(&a.serving).then(a.address.cmp(&b.address)));
+    Ok(out)
+}
+
+/// Says again, every [`ANNOUNCE_EVERY`], that this coordinator serves and
+/// how many agents it holds (nothing on a store only it opens).
+pub async fn announce_periodically(state: Arc<Coordinator>) {
+    let since = state.serving_since;
+    loop {
+        let info = CoordinatorInfo { since, ..presence(&state.config.advertise.to_string(), true, state.live.connected_machines() as u64) };
+        let store: Store = state.store.clone();
+        let announced = tokio::task::spawn_blocking(move || store.backend().reannounce(&encode(&info))).await;
+        if let Ok(Err(e)) = announced {
+            tracing::warn!(error = %e, "this coordinator's presence could not be renewed in the store");
+        }
+        tokio::time::sleep(ANNOUNCE_EVERY).await;
+    }
+}
