@@ -126,4 +126,17 @@ pub trait Backend: Send + Sync + 'static {
     fn presences(&self) -> Result<Option<Vec<crate::Presence>>, Error> {
         Ok(None)
     }
+    /// Whether this process's claim on a shared store may have run out:
+    /// its lease was not renewed in time (the store cut off, or without
+    /// quorum), so another process may hold it now. A coordinator stops
+    /// serving while it is so.
+    fn claim_lapsed(&self) -> bool {
+        false
+    }
+    /// Takes this process's lapsed claim again, when nobody else took it
+    /// (or it turns out to live still); [`Error::Fenced`] when another
+    /// holds it (and [`Backend::lost`] turns true).
+    fn reclaim(&self) -> Result<(), Error> {
+        Ok(())
+    }
 }

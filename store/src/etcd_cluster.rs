@@ -23,6 +23,9 @@ pub struct EtcdCluster {
     pub members: Vec<Member>,
     initial_cluster: String,
     token: String,
+    /// Another local address the members take clients on (a network
+    /// namespace's veth, for a client inside it).
+    also_on: Option<std::net::IpAddr>,
     _dir: tempfile::TempDir,
 }
 
@@ -40,6 +43,13 @@ pub fn require_etcd() {
 impl EtcdCluster {
     /// Starts `n` members and waits until the cluster answers.
     pub fn start(n: usize) -> EtcdCluster {
+        EtcdCluster::start_also_on(n, None)
+    }
+
+    /// [`EtcdCluster::start`], the members also taking clients on `also_on`
+    /// (an address of this host, e.g. the host side of a veth pair into a
+    /// network namespace), at the same ports; see [`EtcdCluster::endpoints_at`].
+    pub fn start_also_on(n: usize, also_on: Option<std::net::IpAddr>) -> EtcdCluster {
         require_etcd();
         for attempt in 0.. {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -54,7 +64,7 @@ impl EtcdCluster {
                 .collect();
             let initial_cluster = members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
             let token = format!("drover-test-{}-{attempt}", std::process::id());
-            let mut cluster = EtcdCluster { members, initial_cluster, token, _dir: dir };
+            let mut cluster = EtcdCluster { members, initial_cluster, token, also_on, _dir: dir };
             for i in 0..n {
                 cluster.spawn(i, "new");
             }
@@ -77,7 +87,10 @@ impl EtcdCluster {
             .arg("--data-dir")
             .arg(m.dir.join("data"))
             .arg("--listen-client-urls")
-            .arg(&m.client_url)
+            .arg(match self.also_on {
+                Some(ip) => format!("{},{}", m.client_url, m.client_url.replace("127.0.0.1", &ip.to_string())),
+                None => m.client_url.clone(),
+            })
             .arg("--advertise-client-urls")
             .arg(&m.client_url)
             .arg("--listen-peer-urls")
@@ -100,6 +113,11 @@ impl EtcdCluster {
     /// Every member's client URL.
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// Every member's client URL at `ip` (given to [`EtcdCluster::start_also_on`]).
+    pub fn endpoints_at(&self, ip: std::net::IpAddr) -> Vec<String> {
+        self.endpoints().iter().map(|u| u.replace("127.0.0.1", &ip.to_string())).collect()
     }
 
     /// Options for a backend under `prefix` that knows every member.

@@ -19,6 +19,8 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
@@ -125,10 +127,18 @@ struct Claim {
     revision: i64,
     lease: i64,
     keeper: tokio::task::JoinHandle<()>,
+    /// Until when the lease surely lives (Unix ms): a renewal sent at `t`
+    /// whose answer gave `ttl` keeps it at least until `t + ttl`.
+    holds_until: Arc<AtomicU64>,
 }
 
 /// Who holds a claim, as the claim's value says.
 pub const CLAIM_KEY: &str = "claims/serving";
+
+/// Now, in milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Unavailable(format!("{what}: {e}"))
@@ -224,13 +234,14 @@ impl EtcdBackend {
         }
         // The key was created by this transaction, at its revision.
         let revision = response.header().map_or(0, |h| h.revision());
-        let keeper = self.keep_alive(lease, ttl_secs, "the store's serving claim");
-        Ok(Claim { key, revision, lease, keeper, holder: holder.to_string(), ttl })
+        let holds_until = Arc::new(AtomicU64::new(unix_ms() + 1000 * u64::try_from(ttl_secs).unwrap_or(0)));
+        let keeper = self.keep_alive(lease, ttl_secs, "the store's serving claim", Some(holds_until.clone()));
+        Ok(Claim { key, revision, lease, keeper, holder: holder.to_string(), ttl, holds_until })
     }
 
     /// A task that renews `lease` (of `ttl_secs`) a few times a lease, until
     /// aborted or the lease ran out; `what` names it in the log.
-    fn keep_alive(&self, lease: i64, ttl_secs: i64, what: &'static str) -> tokio::task::JoinHandle<()> {
+    fn keep_alive(&self, lease: i64, ttl_secs: i64, what: &'static str, holds_until: Option<Arc<AtomicU64>>) -> tokio::task::JoinHandle<()> {
         let client = self.client.clone();
         let period = Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(3) / 3).max(Duration::from_millis(500));
         self.runtime.spawn(async move {
@@ -238,11 +249,16 @@ impl EtcdBackend {
             loop {
                 match leases.keep_alive(lease).await {
                     Ok((mut keeper, mut answers)) => loop {
+                        let sent = unix_ms();
                         if keeper.keep_alive().await.is_err() {
                             break;
                         }
                         match answers.message().await {
-                            Ok(Some(answer)) if answer.ttl() > 0 => {}
+                            Ok(Some(answer)) if answer.ttl() > 0 => {
+                                if let Some(until) = &holds_until {
+                                    until.fetch_max(sent + 1000 * u64::try_from(answer.ttl()).unwrap_or(0), Ordering::SeqCst);
+                                }
+                            }
                             Ok(Some(_)) => {
                                 tracing::error!("{what} expired (its lease ran out)");
                                 return;
@@ -273,7 +289,7 @@ impl EtcdBackend {
                     .map_err(|e| unavailable("an etcd lease could not be granted", e))?
                     .id();
                 let key = format!("{}{PRESENCE_PREFIX}{name}", self.options.prefix).into_bytes();
-                let keeper = self.keep_alive(lease, ttl_secs, "this coordinator's presence");
+                let keeper = self.keep_alive(lease, ttl_secs, "this coordinator's presence", None);
                 *presence = Some((key.clone(), lease, keeper));
                 (key, lease)
             }
@@ -317,6 +333,9 @@ impl EtcdBackend {
                 tracing::warn!("the store's serving claim had expired with nobody taking it; it is held again");
                 Ok(())
             }
+            // Its lease still lives (renewals got through, their answers
+            // did not): the claim is this process's still.
+            Err(Error::Held(by)) if by == holder => Ok(()),
             Err(Error::Held(_)) => {
                 self.lost.send_replace(true);
                 Err(Error::Fenced)
@@ -593,5 +612,11 @@ impl Backend for EtcdBackend {
     }
     fn presences(&self) -> Result<Option<Vec<crate::Presence>>, Error> {
         EtcdBackend::presences(self).map(Some)
+    }
+    fn claim_lapsed(&self) -> bool {
+        self.claim.lock().ok().and_then(|c| c.as_ref().map(|c| c.holds_until.load(Ordering::SeqCst))).is_some_and(|until| unix_ms() >= until)
+    }
+    fn reclaim(&self) -> Result<(), Error> {
+        EtcdBackend::reclaim(self)
     }
 }

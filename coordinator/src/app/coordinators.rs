@@ -61,3 +61,39 @@ pub async fn announce_periodically(state: Arc<Coordinator>) {
         tokio::time::sleep(ANNOUNCE_EVERY).await;
     }
 }
+
+/// How often [`guard_claim`] looks at the claim.
+const GUARD_EVERY: Duration = Duration::from_millis(500);
+
+/// Watches this coordinator's claim on a shared store. When its lease may
+/// have run out (the store cut off or without quorum for the lease's
+/// length, so another coordinator may serve now), it stops serving: every
+/// connection is closed and new ones are refused, so that agents move to
+/// the coordinator that serves instead of being answered from stale state.
+/// It then tries to take the claim again: held again (nobody took it, or
+/// it lived still), it serves again; taken by another, the store says the
+/// claim is lost and `drover serve` steps down.
+pub async fn guard_claim(state: Arc<Coordinator>) {
+    loop {
+        tokio::time::sleep(GUARD_EVERY).await;
+        let store = state.store.clone();
+        let lapsed = tokio::task::spawn_blocking(move || store.backend().claim_lapsed()).await.unwrap_or(false);
+        let suspended = *state.suspended.borrow();
+        if lapsed && !suspended {
+            tracing::error!("this coordinator could not renew its claim on the fleet's store within the claim's lease (etcd cut off or without quorum): it serves nobody until it holds the claim again");
+            state.suspended.send_replace(true);
+            state.live.close_all(drover_protocol::ErrorCode::Unavailable, "this coordinator is cut off from the fleet's store; try another");
+        }
+        if !suspended && !lapsed {
+            continue;
+        }
+        let store = state.store.clone();
+        let again = tokio::task::spawn_blocking(move || store.backend().reclaim().map(|()| !store.backend().claim_lapsed())).await;
+        if let Ok(Ok(true)) = again {
+            tracing::warn!("this coordinator holds its claim on the fleet's store again; serving");
+            state.suspended.send_replace(false);
+        }
+        // Otherwise: not yet renewed, the store still out of reach, or the
+        // claim another's (then `drover serve` steps down).
+    }
+}

@@ -210,6 +210,16 @@ impl Live {
     }
 
     /// Forgets every connection (at shutdown).
+    /// Closes every machine's and admin's connection with `code` and
+    /// `reason`.
+    pub fn close_all(&self, code: drover_protocol::ErrorCode, reason: &str) {
+        let closers: Vec<Closer> =
+            lock(&self.machines).values().chain(lock(&self.admins).values()).flat_map(|conns| conns.iter().map(|(_, c)| c.clone())).collect();
+        for close in closers {
+            close(code, reason);
+        }
+    }
+
     pub fn clear(&self) {
         lock(&self.machines).clear();
     }

@@ -84,6 +84,10 @@ pub struct Coordinator {
     /// When this coordinator began (the rollout driver's healthy deadlines
     /// count from here for machines started before).
     pub serving_since: u64,
+    /// True while this coordinator's claim on a shared store may have run
+    /// out (cut off from etcd past the lease): it serves nobody then
+    /// ([`coordinators::guard_claim`]).
+    pub suspended: tokio::sync::watch::Sender<bool>,
     /// Passes the rollout driver has made, so that a caller can wait until
     /// it has looked at the fleet again.
     pub driver_passes: tokio::sync::watch::Sender<u64>,
@@ -157,6 +161,7 @@ impl Coordinator {
             rollout_lock: tokio::sync::Mutex::new(()),
             generations: tokio::sync::RwLock::new(()),
             serving_since: now_ms(),
+            suspended: tokio::sync::watch::Sender::new(false),
             driver_passes: tokio::sync::watch::channel(0).0,
             metrics: metrics::Metrics::new(),
             hypervisors: backends.hypervisors,

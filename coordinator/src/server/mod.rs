@@ -126,7 +126,12 @@ pub async fn start(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
     let summaries = {
         let (limits, state) = (limits.clone(), coordinator.clone());
         tokio::spawn(async move {
-            tokio::join!(limits.warnings.run(), crate::app::audit::keep_periodically(state.clone()), crate::app::coordinators::announce_periodically(state));
+            tokio::join!(
+                limits.warnings.run(),
+                crate::app::audit::keep_periodically(state.clone()),
+                crate::app::coordinators::announce_periodically(state.clone()),
+                crate::app::coordinators::guard_claim(state)
+            );
         })
     };
     let tasks = endpoints
@@ -135,6 +140,13 @@ pub async fn start(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
             let (accept, state, limits) = (accept.clone(), coordinator.clone(), limits.clone());
             tokio::spawn(async move {
                 while let Some(incoming) = accept.accept().await {
+                    // Cut off from the fleet's store past its claim's
+                    // lease, this coordinator may no longer be the one:
+                    // refused at once, so that agents try the others.
+                    if *state.suspended.borrow() {
+                        incoming.refuse();
+                        continue;
+                    }
                     // Decided before any connection state exists: a flood
                     // of Initials costs a counter, not memory.
                     let ip = incoming.remote_address().ip();

@@ -283,10 +283,20 @@ async fn a_coordinator_on_etcd_rides_out_a_lost_member_and_refuses_changes_witho
     let reports = agent.status.borrow().reports;
     until_reported(&mut agent, reports + 2).await;
     assert_eq!(agent.status.borrow().phase, drover_agent::Phase::Connected, "the agent keeps its connection and its system");
+    // Without quorum past the claim's lease, the coordinator cannot know
+    // it still holds the claim: it stops serving (the agent keeps its
+    // system meanwhile) ...
+    assert!(
+        eventually(Duration::from_secs(30), || async { admin_at(&fleet, fleet.addr).await.is_none() }).await,
+        "past the claim's lease without quorum the coordinator serves nobody"
+    );
 
     cluster.restart(1);
     cluster.restart(2);
-    assert!(eventually(Duration::from_secs(30), || async { tokens(&fleet).0 }).await, "changes work again when quorum returns: {}", cluster.logs());
+    // ... and serves again, with no operator, once quorum is back.
+    assert!(eventually(Duration::from_secs(60), || async { tokens(&fleet).0 }).await, "changes work again when quorum returns: {}", cluster.logs());
+    let reports = agent.status.borrow().reports;
+    until_reported(&mut agent, reports + 2).await;
     let listed = fleet.call(AdminRequest::TokensList).await.tokens().expect("Tokens");
     assert!(listed.len() >= 3, "the tokens made with quorum are there: {listed:?}");
 }
@@ -326,10 +336,12 @@ async fn a_coordinator_paused_past_its_lease_is_fenced_and_steps_down() {
 
     kill(pid, Signal::SIGCONT).expect("SIGCONT the first");
     let late = first_admin.call(token(9)).await;
-    // Refused by the fence, or — when its own first write after waking
-    // already met the fence — by a coordinator that is stepping down.
+    // Refused by the fence; or — when its own first write after waking
+    // already met the fence — by a coordinator that is stepping down; or
+    // by one that saw its claim's lease run out while it slept and serves
+    // nobody until it knows whose the claim is.
     let refused = late.expect_err("the old coordinator's write is refused").to_string();
-    assert!(refused.contains("lost its claim") || refused.contains("shutting down"), "{refused}");
+    assert!(refused.contains("lost its claim") || refused.contains("shutting down") || refused.contains("cut off from the fleet's store"), "{refused}");
     let exited = eventually(Duration::from_secs(20), || {
         let status = first.0.try_wait().expect("wait");
         async move { status.is_some() }
@@ -581,4 +593,84 @@ async fn the_serving_coordinator_killed_in_the_middle_of_a_rollout_is_replaced_a
     for (vm, _) in &vms {
         assert_eq!(vm.activations(), ["good", "good2"], "{}: switched once, and only by the rollout", vm.name);
     }
+}
+
+/// The serving coordinator runs in a network namespace and reaches etcd
+/// through a veth pair; the test cuts it off from etcd alone (nftables in
+/// the namespace drops its TCP to the members) while agents still reach
+/// it. Within the claim's lease it stops answering as a coordinator —
+/// connections closed, new ones refused — instead of serving what it
+/// knew; the standby takes over, the agent moves to it and a deployment
+/// through it reaches the machine. When the link heals, the cut-off
+/// coordinator finds its claim taken and steps down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_cut_off_from_etcd_stops_serving_and_its_agents_move_to_the_successor() {
+    let ns = super::faults::Namespace::create();
+    let host = std::net::IpAddr::V4(ns.host);
+    let cluster = EtcdCluster::start_also_on(3, Some(host));
+    let fleet = TestCoordinator::start_with(Options { etcd: Some(url(&cluster, "fleet-p")), no_server: true, ..Default::default() }).await;
+    // The first coordinator, inside: etcd through the veth.
+    let through_veth: Vec<String> = cluster.endpoints_at(host).iter().map(|e| e.trim_start_matches("http://").to_string()).collect();
+    let store_inside = format!("etcd://{}/fleet-p", through_veth.join(","));
+    let inside_addr = std::net::SocketAddr::new(std::net::IpAddr::V4(ns.inner), common::free_udp_port());
+    let inside_dir = fleet.dir.path().join("coordinator-inside");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["init", "--state-dir"])
+        .arg(&inside_dir)
+        // The admins' bundle verifies the name 127.0.0.1; agents the address they dial.
+        .args(["--listen", &inside_addr.to_string(), "--server-name", "127.0.0.1", "--store", &store_inside, "--join"])
+        .arg(&fleet.state_dir)
+        .output()
+        .expect("drover init --join");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut inside = ns.serve(&inside_dir);
+    admin_when_serving(&fleet, inside_addr, Duration::from_secs(30)).await;
+    let _standby = standby(&fleet.state_dir);
+
+    let flake = common::flake::flake(fleet.dir.path());
+    let admin = admin_at(&fleet, inside_addr).await.expect("admin");
+    let spec = drover_protocol::v1::TokenSpec { labels: Default::default(), ttl_ms: 3_600_000, uses: 1 };
+    let created = admin.call(AdminRequest::TokensCreate(spec)).await.expect("token").token_created().expect("TokenCreated");
+    let token = fleet.dir.path().join("token-inside");
+    std::fs::write(&token, created.token.expose()).expect("token file");
+    let (_vm, mut agent) = common::flake::spawn_vm_with(&fleet, "vm1", Some(&token), |c| {
+        c.coordinator = inside_addr.into();
+        c.other_coordinators = vec![fleet.addr.into()];
+    });
+    until_reported(&mut agent, 1).await;
+    let machine = {
+        let machines = admin.call(AdminRequest::MachinesList { selector: Default::default() }).await.expect("list").machines().expect("Machines");
+        admin.close().await;
+        machines[0].id.clone()
+    };
+    let before = deploy_through(&fleet, inside_addr, &machine, &flake, "good").await;
+    assert_eq!(before.state, DeploymentState::Succeeded, "{before:?}");
+
+    // Cut: the coordinator inside keeps its agents' link, loses etcd.
+    let members = through_veth.iter().map(|hp| hp.rsplit(':').next().unwrap_or_default().to_string()).collect::<Vec<_>>().join(", ");
+    ns.nft(&format!(
+        "table inet etcd_cut {{\n chain output {{ type filter hook output priority 0; ip daddr {} tcp dport {{ {members} }} counter drop; }}\n}}\n",
+        ns.host
+    ));
+    let cut = std::time::Instant::now();
+    assert!(eventually(Duration::from_secs(30), || async { admin_at(&fleet, inside_addr).await.is_none() }).await, "the cut-off coordinator stops answering");
+    let stopped_after = cut.elapsed();
+    let successor = admin_when_serving(&fleet, fleet.addr, Duration::from_secs(60)).await;
+    let reports = agent.status.borrow().reports;
+    agent.wait_for(Duration::from_secs(60), |s| s.reports >= reports + 2).await.expect("the agent reports to the successor");
+    let after = deploy_through(&fleet, fleet.addr, &machine, &flake, "good2").await;
+    assert_eq!(after.state, DeploymentState::Succeeded, "a deployment through the successor reaches the machine: {after:?}");
+    let listed = successor.call(AdminRequest::CoordinatorsList).await.expect("list").coordinators().expect("Coordinators");
+    assert!(listed.first().is_some_and(|c| c.serving && c.address == fleet.addr.to_string()), "{listed:?}");
+    eprintln!("cut off: stopped answering {:.1} s after the cut", stopped_after.as_secs_f64());
+
+    // Healed: the claim is another's; the old coordinator steps down.
+    ns.nft("delete table inet etcd_cut\n");
+    let exited = eventually(Duration::from_secs(30), || {
+        let status = inside.0.try_wait().expect("wait");
+        async move { status.is_some() }
+    })
+    .await;
+    assert!(exited, "the coordinator that was cut off steps down once it sees its claim taken");
+    assert!(admin_at(&fleet, fleet.addr).await.is_some(), "the successor serves on");
 }

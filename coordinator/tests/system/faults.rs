@@ -19,7 +19,7 @@ use tokio::net::UdpSocket;
 
 /// Runs a command, failing the test with its error output and how to get
 /// the program when it cannot run.
-fn run(program: &str, args: &[&str], stdin: Option<&str>) {
+pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) {
     use std::io::Write;
     let mut child = std::process::Command::new(program)
         .args(args)
@@ -38,16 +38,18 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) {
 /// A network namespace for the coordinator and a veth pair to it; the host
 /// side holds two addresses, one the admin uses and one the agents' relay
 /// uses, so that the agents alone can be cut off. Removed on drop.
-struct Namespace {
+pub(crate) struct Namespace {
     name: String,
+    /// The host's side of the veth pair.
+    pub(crate) host: Ipv4Addr,
     /// The coordinator's address, inside.
-    inner: Ipv4Addr,
+    pub(crate) inner: Ipv4Addr,
     /// The agents' relay sends from here.
     agents: Ipv4Addr,
 }
 
 impl Namespace {
-    fn create() -> Self {
+    pub(crate) fn create() -> Self {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let id = (std::process::id() * 7 + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) % 200 + 20;
         let name = format!("drover-faults-{id}");
@@ -55,7 +57,12 @@ impl Namespace {
         let net = format!("10.231.{id}");
         let _ = std::process::Command::new("ip").args(["netns", "del", &name]).stderr(std::process::Stdio::null()).status();
         run("ip", &["netns", "add", &name], None);
-        let ns = Namespace { name: name.clone(), inner: format!("{net}.2").parse().expect("ip"), agents: format!("{net}.3").parse().expect("ip") };
+        let ns = Namespace {
+            name: name.clone(),
+            host: format!("{net}.1").parse().expect("ip"),
+            inner: format!("{net}.2").parse().expect("ip"),
+            agents: format!("{net}.3").parse().expect("ip"),
+        };
         run("ip", &["link", "add", &host_if, "type", "veth", "peer", "name", &inner_if], None);
         run("ip", &["link", "set", &inner_if, "netns", &name], None);
         run("ip", &["addr", "add", &format!("{net}.1/24"), "dev", &host_if], None);
@@ -72,7 +79,7 @@ impl Namespace {
         ns
     }
 
-    fn nft(&self, script: &str) {
+    pub(crate) fn nft(&self, script: &str) {
         run("ip", &["netns", "exec", &self.name, "nft", "-f", "-"], Some(script));
     }
 
@@ -103,7 +110,7 @@ impl Namespace {
     }
 
     /// `drover serve` inside the namespace.
-    fn serve(&self, state_dir: &Path) -> Serving {
+    pub(crate) fn serve(&self, state_dir: &Path) -> Serving {
         Serving(
             std::process::Command::new("ip")
                 .args(["netns", "exec", &self.name, env!("CARGO_BIN_EXE_drover"), "serve", "--state-dir"])
