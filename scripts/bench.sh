@@ -13,6 +13,10 @@
 #   time, the agents' reconnects, the machine's load and UDP receive-buffer
 #   drops (in all, and at the server's socket).
 #   scripts/bench.sh [N...]          (default: 1000)
+# Each N runs Drover twice: on its embedded store (sled) and on a
+# three-member etcd cluster on loopback with two more coordinators
+# standing by (BENCH_ETCD=0 skips that run); the etcd column adds the
+# members' CPU in the deployment, their memory and database size.
 # BENCH_IDLE_SECONDS (default 30) is how long idle CPU is measured; the
 # coordinator's health interval is 10 s. BENCH_AGENT_LOG sets the simulated
 # agents' log filter (default: error), DROVER_SERVE_LOG the coordinator's
@@ -37,7 +41,8 @@ BARE_PORT="${DROVER_BENCH_BARE_PORT:-7601}"
 PORT="${DROVER_BENCH_PORT:-7602}"
 TICK="$(getconf CLK_TCK)"
 ulimit -n 65536 2>/dev/null || true
-PIDS=() AGENT_DIRS=() SERVER="" WORK=""
+ETCD_PORT="${DROVER_BENCH_ETCD_PORT:-7610}"
+PIDS=() AGENT_DIRS=() SERVER="" WORK="" ETCD_PIDS=()
 drill_build
 OUT="$(mktemp -d /tmp/drover-bench.XXXXXX)"
 cleanup() {
@@ -89,6 +94,33 @@ idle_cpu() {
   python3 -c "print(($after - $before) / $TICK / $IDLE * 100)"
 }
 
+# Three etcd members on loopback, data in DIR/etcd (PIDs in ETCD_PIDS).
+etcd_start() { # DIR
+  local dir="$1" cluster="" i
+  ETCD_PIDS=()
+  for i in 0 1 2; do cluster+="${cluster:+,}e$i=http://127.0.0.1:$((ETCD_PORT + 10 + i))"; done
+  for i in 0 1 2; do
+    etcd --name "e$i" --data-dir "$dir/etcd/e$i" \
+      --listen-client-urls "http://127.0.0.1:$((ETCD_PORT + i))" --advertise-client-urls "http://127.0.0.1:$((ETCD_PORT + i))" \
+      --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 10 + i))" --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 10 + i))" \
+      --initial-cluster "$cluster" --initial-cluster-token "drover-bench-$$" --initial-cluster-state new 2>"$dir/etcd-e$i.log" &
+    ETCD_PIDS+=($!)
+    PIDS+=($!)
+  done
+  for _ in $(seq 150); do
+    ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$ETCD_PORT" endpoint health >/dev/null 2>&1 && return
+    sleep 0.2
+  done
+  echo "etcd did not start; see $dir/etcd-e*.log" >&2
+  exit 1
+}
+etcd_ticks() { local t=0 p; for p in "${ETCD_PIDS[@]}"; do t=$((t + $(cpu_ticks "$p"))); done; echo "$t"; }
+etcd_rss_kib() { local t=0 p; for p in "${ETCD_PIDS[@]}"; do t=$((t + $(rss_kib "$p"))); done; echo "$t"; }
+etcd_db_bytes() {
+  ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$ETCD_PORT" endpoint status -w json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["dbSize"])'
+}
+
 bare() { # N DIR
   local n="$1" dir="$2" server clients
   mkdir -p "$dir"
@@ -114,14 +146,28 @@ bare() { # N DIR
   wait "$server" || true
 }
 
-drover() { # N DIR
-  local n="$1" dir="$2" sim
+drover() { # N DIR [etcd]
+  local n="$1" dir="$2" store="${3:-sled}" sim j standby_pids=()
   mkdir -p "$dir"
   # The drill helpers (lib.sh) work in $WORK.
   # shellcheck disable=SC2034
   WORK="$dir"
-  drill_init "$PORT" --health-interval 10s
-  drill_serve
+  if [ "$store" = etcd ]; then
+    etcd_start "$dir"
+    local url="etcd://127.0.0.1:$ETCD_PORT,127.0.0.1:$((ETCD_PORT + 1)),127.0.0.1:$((ETCD_PORT + 2))/bench"
+    drill_init "$PORT" --health-interval 10s --store "$url"
+    drill_serve
+    # Two more coordinators of the fleet, standing by.
+    for j in 1 2; do
+      "$BIN/drover" init --state-dir "$dir/standby-$j" --listen "127.0.0.1:$((PORT + 10 * j))" --store "$url" --join "$DROVER_STATE_DIR" >/dev/null
+      RUST_LOG=warn "$BIN/drover" serve --standby --state-dir "$dir/standby-$j" 2>>"$dir/standby-$j.log" &
+      standby_pids+=($!)
+      PIDS+=($!)
+    done
+  else
+    drill_init "$PORT" --health-interval 10s
+    drill_serve
+  fi
   PIDS+=("$SERVER")
   "$BIN/drover" tokens create --uses "$n" --ttl 1h --label role=bench >"$dir/token"
   drill_agent_config "$PORT"
@@ -140,6 +186,7 @@ drover() { # N DIR
   after_connects "$dir" "$SERVER" "$PORT"
   # Whose CPU the deployment takes: the coordinator's or the simulator's.
   echo "deploy_ticks_before $(cpu_ticks "$SERVER") $(cpu_ticks "$sim")" >>"$dir/figures"
+  [ "$store" != etcd ] || echo "etcd_ticks_before $(etcd_ticks)" >>"$dir/figures"
   local profilers=()
   if [ "${BENCH_PERF:-0}" = 1 ]; then
     perf record -F 499 -p "$SERVER" -o "$dir/perf-coordinator.data" 2>>"$dir/perf.log" &
@@ -155,6 +202,7 @@ drover() { # N DIR
   fi
   echo "deployed_at $(now_ms)" >>"$dir/figures"
   echo "deploy_ticks_after $(cpu_ticks "$SERVER") $(cpu_ticks "$sim")" >>"$dir/figures"
+  [ "$store" != etcd ] || echo "etcd_ticks_after $(etcd_ticks)" >>"$dir/figures"
   # The agents' connects so far: the deployment's reconnects.
   kill -USR1 "$sim"
   wait_file "$dir/ready.json.snapshot" 60 "the simulator's snapshot"
@@ -173,20 +221,32 @@ drover() { # N DIR
   echo "drops_end $(rcvbuf_errors)" >>"$dir/figures"
   echo "server_drops_end $(socket_drops "$PORT")" >>"$dir/figures"
   echo "load $(cut -d' ' -f1 /proc/loadavg)" >>"$dir/figures"
+  if [ "$store" = etcd ]; then
+    echo "etcd_rss $(etcd_rss_kib)" >>"$dir/figures"
+    echo "etcd_db $(etcd_db_bytes)" >>"$dir/figures"
+  fi
   kill -TERM "$sim"
   wait "$sim" || true
-  kill -TERM "$SERVER"
-  wait "$SERVER" || true
+  kill -TERM "$SERVER" "${standby_pids[@]}"
+  wait "$SERVER" "${standby_pids[@]}" || true
+  if [ "$store" = etcd ]; then
+    kill -TERM "${ETCD_PIDS[@]}"
+    wait "${ETCD_PIDS[@]}" || true
+  fi
 }
 
 for N in "$@"; do
   log "N = $N: bare quinn"
   bare "$N" "$OUT/bare-$N"
-  log "N = $N: Drover"
+  log "N = $N: Drover on sled"
   drover "$N" "$OUT/drover-$N"
-  python3 - "$OUT/bare-$N" "$OUT/drover-$N" "$N" <<'PY'
+  if [ "${BENCH_ETCD:-1}" = 1 ]; then
+    log "N = $N: Drover on etcd (three members), two more coordinators standing by"
+    drover "$N" "$OUT/etcd-$N" etcd
+  fi
+  python3 - "$OUT/bare-$N" "$OUT/drover-$N" "$N" "$OUT/etcd-$N" <<'PY'
 import json, os, sys
-bare_dir, drover_dir, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+bare_dir, drover_dir, n, etcd_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 def figures(d):
     out = {}
     for l in open(os.path.join(d, "figures")):
@@ -195,10 +255,6 @@ def figures(d):
         if len(v) == 1: out[k] = float(v[0])
         elif v: out[k] = [float(x) for x in v]
     return out
-bf, df = figures(bare_dir), figures(drover_dir)
-br, dr = json.load(open(os.path.join(bare_dir, "final.json"))), json.load(open(os.path.join(drover_dir, "final.json")))
-ready = json.load(open(os.path.join(drover_dir, "ready.json")))
-deployed_snap = json.load(open(os.path.join(drover_dir, "ready.json.snapshot")))
 def q(values, p):
     if not values: return float("nan")
     values = sorted(values)
@@ -206,63 +262,96 @@ def q(values, p):
 def spread(times, t0):
     d = [(t - t0) / 1000 for t in times]
     return (q(d, .5), q(d, .99), max(d) if d else float("nan"), len(d))
+NAN = float("nan")
+bf = figures(bare_dir)
+br = json.load(open(os.path.join(bare_dir, "final.json")))
 b = br["broadcasts"][0] if br["broadcasts"] else {"sent_unix_ms": bf["broadcast_at"], "received_unix_ms": []}
 b_recv = spread(b["received_unix_ms"], b["sent_unix_ms"])
-gens = dr["generations"]
-deploy = gens[0] if gens else {"received_unix_ms": [], "applied_unix_ms": []}
-d_recv = spread(deploy["received_unix_ms"], df["broadcast_at"])
-d_done = spread(deploy["applied_unix_ms"], df["broadcast_at"])
-rows = []
-def row(name, drover, bare=None, fmt="{:.2f}", lower_is_better=True):
-    ratio = ""
-    if bare not in (None, 0) and bare == bare and drover == drover:
-        ratio = f"{drover / bare:.2f}×"
-    rows.append((name, fmt.format(drover), "" if bare is None else fmt.format(bare), ratio))
-row("online (s)", dr["seconds_until_all_online"], br["seconds_until_all_connected"])
-row("connects/s (enrollments, handshakes)", dr["enrollments_per_second"], br["handshakes_per_second"], "{:.0f}")
-row("coordinator KiB per connection, all online", (df["rss_connected"] - df["rss_before"]) / n, (bf["rss_connected"] - bf["rss_before"]) / n, "{:.1f}")
-row("  after the idle period", (df["rss_idle"] - df["rss_before"]) / n, (bf["rss_idle"] - bf["rss_before"]) / n, "{:.1f}")
-row("coordinator CPU at idle (% of a core)", df["idle_cpu"], bf["idle_cpu"], "{:.1f}")
-row("generation received p50 (s)", d_recv[0], b_recv[0], "{:.3f}")
-row("generation received p99 (s)", d_recv[1], b_recv[1], "{:.3f}")
-row("generation received max (s)", d_recv[2], b_recv[2], "{:.3f}")
-row("generation finished p50 (s)", d_done[0], None, "{:.3f}")
-row("generation finished p99 (s)", d_done[1], None, "{:.3f}")
-row("generation finished max (s)", d_done[2], None, "{:.3f}")
-try:
-    rollout = json.load(open(os.path.join(drover_dir, "rollout.json")))
-    rollout_phase = rollout.get("phase", "?")
-except Exception:
-    rollout_phase = "no answer"
-deployed = json.load(open(os.path.join(drover_dir, "deploy.json"))) if os.path.getsize(os.path.join(drover_dir, "deploy.json")) else []
-succeeded = sum(1 for d in deployed if d.get("state") == "succeeded")
-tick = os.sysconf("SC_CLK_TCK")
-if "deploy_ticks_after" in df:
+bare_values = {
+    "online (s)": br["seconds_until_all_connected"],
+    "connects/s (enrollments, handshakes)": br["handshakes_per_second"],
+    "coordinator KiB per connection, all online": (bf["rss_connected"] - bf["rss_before"]) / n,
+    "  after the idle period": (bf["rss_idle"] - bf["rss_before"]) / n,
+    "coordinator CPU at idle (% of a core)": bf["idle_cpu"],
+    "generation received p50 (s)": b_recv[0],
+    "generation received p99 (s)": b_recv[1],
+    "generation received max (s)": b_recv[2],
+    "UDP receive drops while connecting": bf["drops_connected"] - bf["drops_before"],
+    "  of them at the server's socket": bf["server_drops_connected"] - bf["server_drops_before"],
+    "UDP receive drops, broadcast to end": bf["drops_end"] - bf["drops_connected"],
+    "  of them at the server's socket ": bf["server_drops_end"] - bf["server_drops_connected"],
+    "load average (1 min) at the end": bf["load"],
+}
+def measure(d):
+    df = figures(d)
+    dr = json.load(open(os.path.join(d, "final.json")))
+    ready = json.load(open(os.path.join(d, "ready.json")))
+    snap = json.load(open(os.path.join(d, "ready.json.snapshot")))
+    gens = dr["generations"]
+    deploy = gens[0] if gens else {"received_unix_ms": [], "applied_unix_ms": []}
+    recv = spread(deploy["received_unix_ms"], df["broadcast_at"])
+    done = spread(deploy["applied_unix_ms"], df["broadcast_at"])
+    tick = os.sysconf("SC_CLK_TCK")
     (cb, sb), (ca, sa) = df["deploy_ticks_before"], df["deploy_ticks_after"]
-    wall = (df["deployed_at"] - df["broadcast_at"]) / 1000
-    row("deployment wall time, deploy --wait (s)", wall, None, "{:.1f}")
-    row("  CPU in it: coordinator (core-seconds)", (ca - cb) / tick, None, "{:.1f}")
-    row("  CPU in it: simulated agents (core-seconds)", (sa - sb) / tick, None, "{:.1f}")
-row("rollout, 25% at a time (s)", df["rollout_seconds"], None, "{:.0f}")
-row("machines list (s)", df["machines_list_ms"] / 1000, None, "{:.2f}")
-row("rollout status (s)", df.get("rollout_status_ms", float("nan")) / 1000, None, "{:.2f}")
-row("agent reconnects while connecting", ready["connects"] - ready["online"], None, "{:.0f}")
-row("agent reconnects during the deployment", deployed_snap["connects"] - ready["connects"], None, "{:.0f}")
-row("agent reconnects during the rollout", dr["connects"] - deployed_snap["connects"], None, "{:.0f}")
-row("UDP receive drops while connecting", df["drops_connected"] - df["drops_before"], bf["drops_connected"] - bf["drops_before"], "{:.0f}")
-row("  of them at the server's socket", df["server_drops_connected"] - df["server_drops_before"],
-    bf["server_drops_connected"] - bf["server_drops_before"], "{:.0f}")
-row("UDP receive drops, broadcast to end", df["drops_end"] - df["drops_connected"], bf["drops_end"] - bf["drops_connected"], "{:.0f}")
-row("  of them at the server's socket", df["server_drops_end"] - df["server_drops_connected"],
-    bf["server_drops_end"] - bf["server_drops_connected"], "{:.0f}")
-row("load average (1 min) at the end", df["load"], bf["load"], "{:.2f}")
-print(f"\nN = {n}: {dr['online']} of {n} agents online, {int(df['registered'])} machines registered; "
-      f"the deployment: {d_recv[3]} received it, {succeeded} succeeded; the rollout: {rollout_phase}; "
-      f"bare: {br['connected']} connected ({br['retries']} retries, {br.get('lost', 0)} closed later), {b_recv[3]} got the broadcast")
-width = max(len(r[0]) for r in rows)
-print(f"{'':{width}}  {'Drover':>10}  {'bare quinn':>10}  {'ratio':>7}")
-for name, d, b, r in rows:
-    print(f"{name:{width}}  {d:>10}  {b:>10}  {r:>7}")
+    try:
+        phase = json.load(open(os.path.join(d, "rollout.json"))).get("phase", "?")
+    except Exception:
+        phase = "no answer"
+    deployed = json.load(open(os.path.join(d, "deploy.json"))) if os.path.getsize(os.path.join(d, "deploy.json")) else []
+    v = {
+        "online (s)": (dr["seconds_until_all_online"], "{:.2f}"),
+        "connects/s (enrollments, handshakes)": (dr["enrollments_per_second"], "{:.0f}"),
+        "coordinator KiB per connection, all online": ((df["rss_connected"] - df["rss_before"]) / n, "{:.1f}"),
+        "  after the idle period": ((df["rss_idle"] - df["rss_before"]) / n, "{:.1f}"),
+        "coordinator CPU at idle (% of a core)": (df["idle_cpu"], "{:.1f}"),
+        "generation received p50 (s)": (recv[0], "{:.3f}"),
+        "generation received p99 (s)": (recv[1], "{:.3f}"),
+        "generation received max (s)": (recv[2], "{:.3f}"),
+        "generation finished p50 (s)": (done[0], "{:.3f}"),
+        "generation finished p99 (s)": (done[1], "{:.3f}"),
+        "generation finished max (s)": (done[2], "{:.3f}"),
+        "deployment wall time, deploy --wait (s)": ((df["deployed_at"] - df["broadcast_at"]) / 1000, "{:.1f}"),
+        "  CPU in it: coordinator (core-seconds)": ((ca - cb) / tick, "{:.1f}"),
+        "  CPU in it: simulated agents (core-seconds)": ((sa - sb) / tick, "{:.1f}"),
+        "  CPU in it: etcd members (core-seconds)": (((df["etcd_ticks_after"] - df["etcd_ticks_before"]) / tick) if "etcd_ticks_after" in df else NAN, "{:.1f}"),
+        "etcd members' memory at the end (MiB, all three)": (df.get("etcd_rss", NAN) / 1024, "{:.0f}"),
+        "etcd database size at the end (MiB)": (df.get("etcd_db", NAN) / 1048576, "{:.1f}"),
+        "rollout, 25% at a time (s)": (df["rollout_seconds"], "{:.0f}"),
+        "machines list (s)": (df["machines_list_ms"] / 1000, "{:.2f}"),
+        "rollout status (s)": (df.get("rollout_status_ms", NAN) / 1000, "{:.2f}"),
+        "agent reconnects while connecting": (ready["connects"] - ready["online"], "{:.0f}"),
+        "agent reconnects during the deployment": (snap["connects"] - ready["connects"], "{:.0f}"),
+        "agent reconnects during the rollout": (dr["connects"] - snap["connects"], "{:.0f}"),
+        "UDP receive drops while connecting": (df["drops_connected"] - df["drops_before"], "{:.0f}"),
+        "  of them at the server's socket": (df["server_drops_connected"] - df["server_drops_before"], "{:.0f}"),
+        "UDP receive drops, broadcast to end": (df["drops_end"] - df["drops_connected"], "{:.0f}"),
+        "  of them at the server's socket ": (df["server_drops_end"] - df["server_drops_connected"], "{:.0f}"),
+        "load average (1 min) at the end": (df["load"], "{:.2f}"),
+    }
+    summary = (f"{dr['online']} of {n} agents online, {int(df['registered'])} machines registered; the deployment: {recv[3]} received it, "
+               f"{sum(1 for x in deployed if x.get('state') == 'succeeded')} succeeded; the rollout: {phase}")
+    return v, summary
+runs = [("sled", drover_dir)] + ([("etcd", etcd_dir)] if os.path.exists(os.path.join(etcd_dir, "final.json")) else [])
+measured = [(name,) + measure(d) for name, d in runs]
+print(f"\nN = {n}; bare: {br['connected']} connected ({br['retries']} retries, {br.get('lost', 0)} closed later), {b_recv[3]} got the broadcast")
+for name, _, summary in measured:
+    print(f"  Drover on {name}: {summary}")
+names = list(measured[0][1].keys())
+width = max(len(k) for k in names)
+header = f"{'':{width}}" + "".join(f"  {'on ' + m[0]:>10}" for m in measured) + f"  {'bare quinn':>10}" + "".join(f"  {m[0] + '/bare':>10}" for m in measured)
+print(header)
+for k in names:
+    fmt = measured[0][1][k][1]
+    cells = []
+    for m in measured:
+        val = m[1][k][0]
+        cells.append("" if val != val else fmt.format(val))
+    bv = bare_values.get(k)
+    line = f"{k:{width}}" + "".join(f"  {c:>10}" for c in cells) + f"  {'' if bv is None else fmt.format(bv):>10}"
+    for m in measured:
+        val = m[1][k][0]
+        line += f"  {(f'{val / bv:.2f}×' if bv not in (None, 0) and bv == bv and val == val else ''):>10}"
+    print(line)
 PY
 done
 log "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -r)"
