@@ -110,8 +110,11 @@ pub struct EtcdBackend {
     lost: tokio::sync::watch::Sender<bool>,
     /// This process's presence among the fleet's coordinators, once
     /// announced: its key and lease (kept alive).
-    presence: std::sync::Mutex<Option<(Vec<u8>, i64, tokio::task::JoinHandle<()>)>>,
+    presence: std::sync::Mutex<Option<Announced>>,
 }
+
+/// This process's presence: its key, its lease and the task renewing it.
+type Announced = (Vec<u8>, i64, tokio::task::JoinHandle<()>);
 
 /// Where each coordinator announces itself, under the fleet's prefix.
 pub const PRESENCE_PREFIX: &str = "presence/";

@@ -154,18 +154,17 @@ impl Batch {
     }
 }
 
+/// What a change recorded in batches also writes at its commit point,
+/// given what was recorded.
+pub type AtCommitPoint<'a> = &'a (dyn Fn(&Tx, &[Recorded]) -> Result<(), WireError> + Sync);
+
 /// Records a new generation (built by `make`) for every machine in `ids`,
 /// in batches that each fit one transaction, with one commit point:
 /// `at_commit` runs in the transaction that makes them all count, with
 /// what was recorded. Either every machine gets its generation or none
 /// does — after a crash, once a coordinator has started again. Holds
 /// [`Coordinator::generations`] alone throughout.
-pub async fn record_in_batches(
-    state: &Coordinator,
-    ids: &[String],
-    make: Build<'_>,
-    at_commit: &(dyn Fn(&Tx, &[Recorded]) -> Result<(), WireError> + Sync),
-) -> Result<Vec<Recorded>, WireError> {
+pub async fn record_in_batches(state: &Coordinator, ids: &[String], make: Build<'_>, at_commit: AtCommitPoint<'_>) -> Result<Vec<Recorded>, WireError> {
     let _alone = state.generations.write().await;
     let store = &state.store;
     let per = machines_per_transaction(store, KEYS_PER_MACHINE, 0).unwrap_or(ids.len()).max(1);

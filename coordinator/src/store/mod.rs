@@ -150,6 +150,10 @@ fn etcd_place(options: &drover_store::EtcdOptions) -> String {
     format!("etcd {} under {:?}", options.endpoints.join(","), options.prefix)
 }
 
+/// How a coordinator announces itself among the fleet's coordinators: its
+/// name, and its announcement standing by (`false`) or serving (`true`).
+pub type Presence<'a> = (&'a str, &'a dyn Fn(bool) -> Vec<u8>);
+
 /// The meta key naming the fleet a store belongs to (its CA's fleet id),
 /// which another coordinator joining the store must share.
 pub const FLEET_ID_KEY: &str = "fleet_id";
@@ -306,7 +310,7 @@ impl Store {
         holder: &str,
         ttl: std::time::Duration,
         patience: std::time::Duration,
-        presence: Option<(&str, &dyn Fn(bool) -> Vec<u8>)>,
+        presence: Option<Presence<'_>>,
     ) -> Result<Self, StoreError> {
         let place = etcd_place(&options);
         let backend = drover_store::EtcdBackend::connect(options)?;
