@@ -125,10 +125,10 @@ impl Scheduler {
         }
     }
 
-    /// Whether an apply is running (it may be waiting to hear from the
-    /// coordinator before its confirmation deadline).
-    pub fn applying(&self) -> bool {
-        self.task.as_ref().is_some_and(|t| !t.is_finished())
+    /// Whether a switch waits to hear from the coordinator before its
+    /// confirmation deadline (a rollback follows if it does not).
+    pub fn confirming(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished()) && self.applier.confirming.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn desired_generation(&self) -> u64 {

@@ -203,7 +203,7 @@ impl<H: HealthSource> Agent<H> {
             // pauses stay at most an eighth of that deadline, so that a
             // coordinator taking over (a failover) is found in time.
             let delay =
-                if self.scheduler.applying() { backoff.next_capped(rand::random(), self.config.confirm_deadline / 8) } else { backoff.next(rand::random()) };
+                if self.scheduler.confirming() { backoff.next_capped(rand::random(), self.config.confirm_deadline / 8) } else { backoff.next(rand::random()) };
             self.status.send_modify(|s| s.phase = Phase::Backoff);
             tracing::debug!(?delay, "reconnecting after a pause");
             tokio::select! {
@@ -304,7 +304,7 @@ impl<H: HealthSource> Agent<H> {
             // round trip's. A switch waiting for its confirmation waits at
             // most an eighth of its deadline for a silent coordinator, and
             // then connects again (another coordinator may have taken over).
-            let confirming = self.scheduler.applying();
+            let confirming = self.scheduler.confirming();
             let timeout = match out {
                 Outgoing::Restore { .. } => self.config.connect_timeout.max(RESTORE_TIMEOUT),
                 _ if confirming => self.config.connect_timeout.max(self.config.confirm_deadline / 8).min(DEPLOY_REQUEST_TIMEOUT),
@@ -387,7 +387,7 @@ impl<H: HealthSource> Agent<H> {
                         // out a silent coordinator (QUIC notices a dead one
                         // only at the idle timeout): connect again, to
                         // another coordinator when the fleet has several.
-                        Err(e @ ClientError::RequestTimeout { .. }) if self.scheduler.applying() => {
+                        Err(e @ ClientError::RequestTimeout { .. }) if self.scheduler.confirming() => {
                             tracing::warn!(error = %e, "the coordinator did not answer while a switch waits for its confirmation; connecting again");
                             return Err(e.into());
                         }

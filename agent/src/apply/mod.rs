@@ -47,6 +47,9 @@ pub struct Applier {
     pub contact: watch::Receiver<Option<Instant>>,
     /// Has the coordinator roll volumes back for a revert.
     pub restorer: Arc<dyn Restorer>,
+    /// True while a switch waits to hear from the coordinator before its
+    /// confirmation deadline (the session then leaves a silent one soon).
+    pub confirming: Arc<std::sync::atomic::AtomicBool>,
     /// The origin of the core's clock.
     epoch: Instant,
 }
@@ -87,7 +90,16 @@ impl Applier {
         reports: mpsc::UnboundedSender<DeploymentReport>,
         contact: watch::Receiver<Option<Instant>>,
     ) -> Self {
-        Applier { records: Records::new(&config.state_dir), switcher, config, reports, contact, restorer: Arc::new(NoRestorer), epoch: Instant::now() }
+        Applier {
+            records: Records::new(&config.state_dir),
+            switcher,
+            config,
+            reports,
+            contact,
+            restorer: Arc::new(NoRestorer),
+            confirming: Arc::default(),
+            epoch: Instant::now(),
+        }
     }
 
     fn now(&self) -> Millis {
@@ -298,7 +310,9 @@ impl Applier {
         let since_at = self.epoch + Duration::from_millis(since);
         let deadline = self.epoch + Duration::from_millis(until);
         let mut contact = self.contact.clone();
+        self.confirming.store(true, std::sync::atomic::Ordering::SeqCst);
         let heard = tokio::time::timeout_at(deadline, contact.wait_for(|c| c.is_some_and(|t| t > since_at))).await;
+        self.confirming.store(false, std::sync::atomic::Ordering::SeqCst);
         match heard {
             Ok(Ok(at)) => {
                 let at = at.map(|t| t.duration_since(self.epoch).as_millis()).unwrap_or_default();
