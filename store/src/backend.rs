@@ -83,6 +83,12 @@ pub trait BackendTx {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, Error>;
     fn insert(&self, tree: Tree, key: &[u8], value: Vec<u8>) -> Result<(), Error>;
     fn remove(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, Error>;
+    /// Reads `keys` ahead, in as few round trips as the store allows, so
+    /// that the `get`s that follow cost none (a store in this process
+    /// reads them when asked).
+    fn prefetch(&self, _keys: &[(Tree, &[u8])]) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// The transaction body a backend runs; it may run more than once.

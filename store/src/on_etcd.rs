@@ -466,6 +466,19 @@ struct EtcdTx<'a> {
     reads: RefCell<BTreeMap<Vec<u8>, i64>>,
     /// A value, or `None` for a removal.
     writes: RefCell<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    /// What was read (at `revision`, so it cannot change): a key read
+    /// again, or fetched ahead ([`BackendTx::prefetch`]), costs no round trip.
+    seen: RefCell<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+}
+
+impl EtcdTx<'_> {
+    /// Keeps what a read found: its value, and its revision to compare.
+    fn saw(&self, full: Vec<u8>, found: Option<Versioned>) -> Option<Vec<u8>> {
+        self.reads.borrow_mut().entry(full.clone()).or_insert(found.as_ref().map_or(0, |(_, r)| *r));
+        let value = found.map(|(v, _)| v);
+        self.seen.borrow_mut().insert(full, value.clone());
+        value
+    }
 }
 
 impl BackendTx for EtcdTx<'_> {
@@ -474,12 +487,45 @@ impl BackendTx for EtcdTx<'_> {
         if let Some(written) = self.writes.borrow().get(&full) {
             return Ok(written.clone());
         }
+        if let Some(seen) = self.seen.borrow().get(&full) {
+            return Ok(seen.clone());
+        }
         let (found, at) = self.backend.read(tree, key, self.revision.get())?;
         if self.revision.get() == 0 {
             self.revision.set(at);
         }
-        self.reads.borrow_mut().entry(full).or_insert(found.as_ref().map_or(0, |(_, r)| *r));
-        Ok(found.map(|(v, _)| v))
+        Ok(self.saw(full, found))
+    }
+
+    fn prefetch(&self, keys: &[(Tree, &[u8])]) -> Result<(), Error> {
+        let wanted: Vec<Vec<u8>> = keys
+            .iter()
+            .map(|(tree, key)| self.backend.key(*tree, key))
+            .filter(|full| !self.writes.borrow().contains_key(full) && !self.seen.borrow().contains_key(full))
+            .collect();
+        // One request per batch of keys (a transaction of gets, at most
+        // --max-txn-ops of them), all at this transaction's revision.
+        for chunk in wanted.chunks(self.backend.options.max_txn_ops.max(1)) {
+            let revision = self.revision.get();
+            let options = (revision > 0).then(|| GetOptions::new().with_revision(revision));
+            let ops: Vec<TxnOp> = chunk.iter().map(|full| TxnOp::get(full.clone(), options.clone())).collect();
+            let kv = self.backend.client.kv_client();
+            let response = self.backend.retrying(Retry::Always, || {
+                let (mut kv, txn) = (kv.clone(), Txn::new().and_then(ops.clone()));
+                async move { kv.txn(txn).await }
+            })?;
+            if revision == 0 {
+                self.revision.set(response.header().map_or(0, |h| h.revision()));
+            }
+            for (full, answer) in chunk.iter().zip(response.op_responses()) {
+                let found = match answer {
+                    etcd_client::TxnOpResponse::Get(get) => get.kvs().first().map(|kv| (kv.value().to_vec(), kv.mod_revision())),
+                    _ => None,
+                };
+                self.saw(full.clone(), found);
+            }
+        }
+        Ok(())
     }
 
     fn insert(&self, tree: Tree, key: &[u8], value: Vec<u8>) -> Result<(), Error> {
@@ -525,7 +571,13 @@ impl Backend for EtcdBackend {
 
     fn transaction(&self, body: TxBody<'_>) -> Result<(), Error> {
         for _ in 0..MAX_ATTEMPTS {
-            let tx = EtcdTx { backend: self, revision: std::cell::Cell::new(0), reads: RefCell::new(BTreeMap::new()), writes: RefCell::new(BTreeMap::new()) };
+            let tx = EtcdTx {
+                backend: self,
+                revision: std::cell::Cell::new(0),
+                reads: RefCell::new(BTreeMap::new()),
+                writes: RefCell::new(BTreeMap::new()),
+                seen: RefCell::new(BTreeMap::new()),
+            };
             match body(&tx) {
                 Ok(()) => {}
                 Err(Error::Retry) => continue,

@@ -13,7 +13,7 @@ use drover_protocol::WireError;
 use crate::deploy::{self, NotDeployable};
 use crate::model::{deployment_id, AssignmentRecord, DeploymentRecord, MachineRecord};
 use crate::store::deployments::generation_key;
-use crate::store::{StoreError, Tx};
+use crate::store::{StoreError, Tree, Tx};
 use crate::tenancy::Directory;
 
 use super::errors::{invalid, revoked};
@@ -169,9 +169,10 @@ pub async fn record_in_batches(state: &Coordinator, ids: &[String], make: Build<
     let store = &state.store;
     let per = machines_per_transaction(store, KEYS_PER_MACHINE, 0).unwrap_or(ids.len()).max(1);
     let mut targets = Vec::with_capacity(ids.len());
+    let machines: std::collections::HashMap<String, MachineRecord> = store.machines()?.into_iter().map(|m| (m.id.clone(), m)).collect();
     for id in ids {
-        let machine: MachineRecord = store.get(id.as_bytes())?.ok_or_else(|| StoreError::NotFound { what: "machine", id: id.clone() })?;
-        match deploy::next_generation(&machine) {
+        let machine = machines.get(id).ok_or_else(|| StoreError::NotFound { what: "machine", id: id.clone() })?;
+        match deploy::next_generation(machine) {
             Ok(g) => targets.push((id.clone(), g)),
             Err(NotDeployable::Revoked) => return Err(revoked(id)),
         }
@@ -182,7 +183,13 @@ pub async fn record_in_batches(state: &Coordinator, ids: &[String], make: Build<
     store.write(|tx| tx.put_meta(&key, &plan)).await?;
     let mut recorded = Vec::with_capacity(ids.len());
     for chunk in batch.targets.chunks(per) {
-        let staged = store.write(|tx| chunk.iter().map(|(id, g)| stage(tx, id, *g, make)).collect::<Result<Vec<_>, WireError>>()).await;
+        let staged = store
+            .write(|tx| {
+                let keys: Vec<(Tree, &[u8])> = chunk.iter().map(|(id, _)| (Tree::Machines, id.as_bytes())).collect();
+                tx.prefetch(&keys)?;
+                chunk.iter().map(|(id, g)| stage(tx, id, *g, make)).collect::<Result<Vec<_>, WireError>>()
+            })
+            .await;
         match staged {
             Ok(staged) => recorded.extend(staged),
             Err(e) => {
@@ -277,6 +284,13 @@ async fn point(store: &crate::store::Store, key: &str, batch: &Batch) -> Result<
     for chunk in batch.targets.chunks(per) {
         store
             .write(|tx| {
+                let keys: Vec<(Tree, Vec<u8>)> = chunk
+                    .iter()
+                    .flat_map(|(id, g)| {
+                        [(Tree::Machines, id.as_bytes().to_vec()), (Tree::Assignments, generation_key(id, *g)), (Tree::Deployments, generation_key(id, g - 1))]
+                    })
+                    .collect();
+                tx.prefetch(&keys.iter().map(|(t, k)| (*t, k.as_slice())).collect::<Vec<_>>())?;
                 for (id, g) in chunk {
                     let Some(mut machine) = tx.get::<MachineRecord>(id.as_bytes())? else { continue };
                     if machine.desired_generation >= *g || tx.get::<AssignmentRecord>(&generation_key(id, *g))?.is_none() {
@@ -295,7 +309,7 @@ async fn point(store: &crate::store::Store, key: &str, batch: &Batch) -> Result<
             })
             .await?;
     }
-    store.commit(|tx| tx.remove_raw(crate::store::Tree::Meta, key.as_bytes())).await?;
+    store.commit(|tx| tx.remove_raw(Tree::Meta, key.as_bytes())).await?;
     Ok(())
 }
 
@@ -308,18 +322,25 @@ async fn discard(store: &crate::store::Store, key: &str, batch: &Batch) {
         for chunk in batch.targets.chunks(per) {
             store
                 .write(|tx| {
+                    let keys: Vec<(Tree, Vec<u8>)> = chunk
+                        .iter()
+                        .flat_map(|(id, g)| {
+                            [(Tree::Machines, id.as_bytes().to_vec()), (Tree::Assignments, generation_key(id, *g)), (Tree::Deployments, generation_key(id, *g))]
+                        })
+                        .collect();
+                    tx.prefetch(&keys.iter().map(|(t, k)| (*t, k.as_slice())).collect::<Vec<_>>())?;
                     for (id, g) in chunk {
                         let pointed = tx.get::<MachineRecord>(id.as_bytes())?.is_some_and(|m| m.desired_generation >= *g);
                         if !pointed {
-                            tx.remove_raw(crate::store::Tree::Assignments, &generation_key(id, *g))?;
-                            tx.remove_raw(crate::store::Tree::Deployments, &generation_key(id, *g))?;
+                            tx.remove_raw(Tree::Assignments, &generation_key(id, *g))?;
+                            tx.remove_raw(Tree::Deployments, &generation_key(id, *g))?;
                         }
                     }
                     Ok::<_, StoreError>(())
                 })
                 .await?;
         }
-        store.commit(|tx| tx.remove_raw(crate::store::Tree::Meta, key.as_bytes())).await
+        store.commit(|tx| tx.remove_raw(Tree::Meta, key.as_bytes())).await
     }
     .await;
     if let Err(e) = result {

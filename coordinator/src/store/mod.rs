@@ -570,6 +570,12 @@ impl Tx<'_> {
         self.backend(self.inner.get(T::TREE, key))?.map(|v| codec::decode(T::TREE, key, &v)).transpose()
     }
 
+    /// Reads `keys` ahead in as few round trips as the backend allows (one
+    /// etcd request per batch), so that the `get`s that follow cost none.
+    pub fn prefetch(&self, keys: &[(Tree, &[u8])]) -> Result<(), StoreError> {
+        self.backend(self.inner.prefetch(keys))
+    }
+
     /// The record under `key`, or [`StoreError::NotFound`] naming `id`.
     pub fn require<T: Record>(&self, key: &[u8]) -> Result<T, StoreError> {
         self.get(key)?.ok_or_else(|| StoreError::NotFound { what: T::WHAT, id: String::from_utf8_lossy(key).to_string() })
