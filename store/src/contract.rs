@@ -21,7 +21,7 @@ pub fn run_all(mut fresh: impl FnMut() -> Arc<dyn Backend>) {
 type Check = fn(&dyn Backend);
 
 /// The checks by name.
-pub const CHECKS: [(&str, Check); 9] = [
+pub const CHECKS: [(&str, Check); 10] = [
     ("writes are read back from every tree", writes_are_read_back_from_every_tree),
     ("a failed transaction writes nothing", a_failed_transaction_writes_nothing),
     ("a transaction reads its own writes", a_transaction_reads_its_own_writes),
@@ -31,6 +31,7 @@ pub const CHECKS: [(&str, Check); 9] = [
     ("flushes succeed", flushes_succeed),
     ("concurrent transactions are serializable", concurrent_transactions_are_serializable),
     ("keys read ahead read as when asked", keys_read_ahead_read_as_when_asked),
+    ("long scans and ranges come whole and in order", long_scans_and_ranges_come_whole_and_in_order),
 ];
 
 fn put(backend: &dyn Backend, tree: Tree, key: &[u8], value: &[u8]) {
@@ -197,4 +198,23 @@ pub fn keys_read_ahead_read_as_when_asked(backend: &dyn Backend) {
     });
     let total = get(backend, Tree::Meta, b"ahead").map(|v| u64::from_be_bytes(v.try_into().unwrap_or([0; 8])));
     assert_eq!(total, Some(40), "a key read ahead is compared like one asked for");
+}
+
+/// Scans and ranges over more keys than a store may hand back at once
+/// (etcd reads them a page at a time) come whole, in order, limited.
+pub fn long_scans_and_ranges_come_whole_and_in_order(backend: &dyn Backend) {
+    let keys: Vec<Vec<u8>> = (0..300u32).map(|i| format!("m-{i:04}").into_bytes()).collect();
+    for chunk in keys.chunks(100) {
+        backend.transaction(&mut |tx| chunk.iter().try_for_each(|k| tx.insert(Tree::Machines, k, k.repeat(20)))).expect("write a hundred");
+    }
+    put(backend, Tree::Machines, b"n-after", b"outside the prefix");
+    let scanned = backend.scan(Tree::Machines, b"m-").expect("scan");
+    assert_eq!(scanned.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), keys, "all 300, in key order, nothing outside the prefix");
+    assert!(scanned.iter().all(|(k, v)| *v == k.repeat(20)), "each with its value");
+    let newest = backend.range(Tree::Machines, b"m-", b"m.", 250, true).expect("range");
+    let expected: Vec<Vec<u8>> = keys.iter().rev().take(250).cloned().collect();
+    assert_eq!(newest.into_iter().map(|(k, _)| k).collect::<Vec<_>>(), expected, "the last 250, from the end");
+    let first = backend.range(Tree::Machines, b"m-0100", b"m-0290", 1000, false).expect("range");
+    assert_eq!(first.len(), 190, "a half-open range larger than a page");
+    assert_eq!(backend.count(Tree::Machines, b"m-", b"m.").expect("count"), 300);
 }

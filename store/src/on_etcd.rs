@@ -138,6 +138,24 @@ struct Claim {
 /// Who holds a claim, as the claim's value says.
 pub const CLAIM_KEY: &str = "claims/serving";
 
+/// Keys a page of a range read holds: records are a few KiB at most, so a
+/// page stays far under etcd's client's 4 MiB message limit.
+const PAGE: usize = 128;
+
+/// The first key after every key that starts with `prefix` (etcd's range
+/// end for a prefix).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte 0xff: to the end of the keyspace.
+    vec![0]
+}
+
 /// Now, in milliseconds since the Unix epoch.
 fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -395,6 +413,43 @@ impl EtcdBackend {
         Ok((found.map(|(value, modified, _)| (value, modified)), at))
     }
 
+    /// At most `limit` pairs of `from..to` (full keys), in key order or from
+    /// the end, read a page at a time (an answer of etcd's client stays
+    /// under its 4 MiB message limit whatever the fleet's size), every page
+    /// at the first one's revision: one consistent view.
+    fn paged(&self, tree: Tree, from: Vec<u8>, to: Vec<u8>, limit: usize, newest_first: bool) -> Result<Pairs, Error> {
+        let order = if newest_first { SortOrder::Descend } else { SortOrder::Ascend };
+        let (mut low, mut high, mut revision) = (from, to, 0);
+        let mut out = Vec::new();
+        loop {
+            let want = (limit - out.len()).min(PAGE);
+            if want == 0 || low >= high {
+                return Ok(out);
+            }
+            let mut options = GetOptions::new().with_range(high.clone()).with_limit(i64::try_from(want).unwrap_or(i64::MAX)).with_sort(SortTarget::Key, order);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let response = self.ranged(low.clone(), options)?;
+            if revision == 0 {
+                revision = response.header().map_or(0, |h| h.revision());
+            }
+            let kvs = response.kvs();
+            out.extend(kvs.iter().map(|kv| (self.strip(tree, kv.key()), kv.value().to_vec())));
+            match kvs.last() {
+                Some(last) if response.more() && kvs.len() == want => {
+                    if newest_first {
+                        high = last.key().to_vec();
+                    } else {
+                        low = last.key().to_vec();
+                        low.push(0);
+                    }
+                }
+                _ => return Ok(out),
+            }
+        }
+    }
+
     fn ranged(&self, from: Vec<u8>, options: GetOptions) -> Result<etcd_client::GetResponse, Error> {
         let kv = self.client.kv_client();
         self.retrying(Retry::Always, || {
@@ -546,18 +601,16 @@ impl Backend for EtcdBackend {
     }
 
     fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Pairs, Error> {
-        let response = self.ranged(self.key(tree, prefix), GetOptions::new().with_prefix())?;
-        Ok(response.kvs().iter().map(|kv| (self.strip(tree, kv.key()), kv.value().to_vec())).collect())
+        let from = self.key(tree, prefix);
+        let to = prefix_end(&from);
+        self.paged(tree, from, to, usize::MAX, false)
     }
 
     fn range(&self, tree: Tree, from: &[u8], to: &[u8], limit: usize, newest_first: bool) -> Result<Pairs, Error> {
         if from >= to || limit == 0 {
             return Ok(Vec::new());
         }
-        let order = if newest_first { SortOrder::Descend } else { SortOrder::Ascend };
-        let options = GetOptions::new().with_range(self.key(tree, to)).with_limit(i64::try_from(limit).unwrap_or(i64::MAX)).with_sort(SortTarget::Key, order);
-        let response = self.ranged(self.key(tree, from), options)?;
-        Ok(response.kvs().iter().map(|kv| (self.strip(tree, kv.key()), kv.value().to_vec())).collect())
+        self.paged(tree, self.key(tree, from), self.key(tree, to), limit, newest_first)
     }
 
     fn count(&self, tree: Tree, from: &[u8], to: &[u8]) -> Result<usize, Error> {

@@ -199,8 +199,12 @@ const LIVENESS_BATCH: usize = 256;
 /// [`LIVENESS_WRITE_INTERVAL`] and at shutdown.
 pub fn write_liveness(state: &Coordinator) -> Result<usize, WireError> {
     let unwritten = state.live.unwritten();
-    for batch in unwritten.chunks(LIVENESS_BATCH) {
+    // As many as one transaction of the store takes (etcd: --max-txn-ops).
+    let per = state.store.max_txn_ops().map_or(LIVENESS_BATCH, |ops| ops.saturating_sub(1).clamp(1, LIVENESS_BATCH));
+    for batch in unwritten.chunks(per) {
         state.store.transact(|tx| {
+            let machines: Vec<(crate::store::Tree, &[u8])> = batch.iter().map(|(id, _, _)| (crate::store::Tree::Machines, id.as_bytes())).collect();
+            tx.prefetch(&machines)?;
             for (id, at, health) in batch {
                 let Some(mut m) = tx.get::<MachineRecord>(id.as_bytes())? else { continue };
                 if m.revoked_at.is_some() || m.last_seen.is_some_and(|seen| seen >= *at) {
