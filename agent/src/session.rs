@@ -26,6 +26,13 @@ use crate::system::health::HealthSource;
 /// QUIC idle timeout of the agent's connection (keep-alives every third).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Datagrams received on the connection so far. A coordinator that is
+/// only slow still acknowledges what it is sent; a dead or unreachable one
+/// sends nothing at all.
+fn heard(conn: &CoordinatorConnection) -> u64 {
+    conn.connection.stats().udp_rx.datagrams
+}
+
 /// Where the agent is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Phase {
@@ -302,9 +309,12 @@ impl<H: HealthSource> Agent<H> {
             };
             // A volume rollback takes the block storage's time, not a
             // round trip's. A switch waiting for its confirmation waits at
-            // most an eighth of its deadline for a silent coordinator, and
-            // then connects again (another coordinator may have taken over).
+            // most an eighth of its deadline for a coordinator that sends
+            // nothing at all (not even QUIC's acknowledgements: dead or cut
+            // off), and then connects again (another may have taken over);
+            // a coordinator that is only slow is waited for as before.
             let confirming = self.scheduler.confirming();
+            let heard_before = heard(conn);
             let timeout = match out {
                 Outgoing::Restore { .. } => self.config.connect_timeout.max(RESTORE_TIMEOUT),
                 _ if confirming => self.config.connect_timeout.max(self.config.confirm_deadline / 8).min(DEPLOY_REQUEST_TIMEOUT),
@@ -312,8 +322,8 @@ impl<H: HealthSource> Agent<H> {
             };
             let response = match ask(conn, Request::Agent(request), timeout).await {
                 Err(ClientError::Refused(e)) if matches!(out, Outgoing::Restore { .. }) => Response::Error(e),
-                Err(e @ ClientError::RequestTimeout { .. }) if confirming && !matches!(out, Outgoing::Restore { .. }) => {
-                    tracing::warn!(error = %e, "the coordinator did not answer while a switch waits for its confirmation; connecting again");
+                Err(e @ ClientError::RequestTimeout { .. }) if confirming && !matches!(out, Outgoing::Restore { .. }) && heard(conn) == heard_before => {
+                    tracing::warn!(error = %e, "the coordinator sent nothing at all while a switch waits for its confirmation; connecting again");
                     return Err(e.into());
                 }
                 Err(e @ ClientError::RequestTimeout { .. }) => {
@@ -377,6 +387,7 @@ impl<H: HealthSource> Agent<H> {
             tokio::select! {
                 _ = tick.tick() => {
                     let report = self.health.collect().await;
+                    let heard_before = heard(conn);
                     match ask(conn, Request::Agent(AgentRequest::Report(report)), self.config.connect_timeout).await {
                         Ok(Response::Agent(AgentResponse::Ack)) => {
                             self.status.send_modify(|s| s.reports += 1);
@@ -384,11 +395,12 @@ impl<H: HealthSource> Agent<H> {
                         }
                         Ok(other) => return Err(ClientError::Unexpected(format!("{other:?}")).into()),
                         // A switch waiting for its confirmation cannot wait
-                        // out a silent coordinator (QUIC notices a dead one
-                        // only at the idle timeout): connect again, to
-                        // another coordinator when the fleet has several.
-                        Err(e @ ClientError::RequestTimeout { .. }) if self.scheduler.confirming() => {
-                            tracing::warn!(error = %e, "the coordinator did not answer while a switch waits for its confirmation; connecting again");
+                        // out a coordinator that sends nothing at all (QUIC
+                        // notices a dead one only at the idle timeout):
+                        // connect again, to another coordinator when the
+                        // fleet has several. A slow one still acknowledges.
+                        Err(e @ ClientError::RequestTimeout { .. }) if self.scheduler.confirming() && heard(conn) == heard_before => {
+                            tracing::warn!(error = %e, "the coordinator sent nothing at all while a switch waits for its confirmation; connecting again");
                             return Err(e.into());
                         }
                         Err(e @ ClientError::RequestTimeout { .. }) => tracing::warn!(error = %e, "health report"),
