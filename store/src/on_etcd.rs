@@ -315,6 +315,11 @@ impl EtcdBackend {
                 (key, lease)
             }
         };
+        self.put_presence(key, lease, value)
+    }
+
+    /// Writes this process's presence `value` under `key` on `lease`.
+    fn put_presence(&self, key: Vec<u8>, lease: i64, value: &[u8]) -> Result<(), Error> {
         let mut kv = self.client.kv_client();
         let value = value.to_vec();
         run(&self.runtime, async move { kv.put(key, value, Some(etcd_client::PutOptions::new().with_lease(lease))).await })
@@ -708,13 +713,10 @@ impl Backend for EtcdBackend {
         Some(self.options.max_txn_ops)
     }
     fn reannounce(&self, value: &[u8]) -> Result<(), Error> {
-        let name = match self.presence.lock() {
-            Ok(p) => p.as_ref().map(|(key, _, _)| key.clone()),
-            Err(_) => None,
-        };
-        match name {
-            // The name is in the key already; announce keeps the lease.
-            Some(_) => self.announce("", value, Duration::from_secs(10)),
+        let announced = self.presence.lock().ok().and_then(|p| p.as_ref().map(|(key, lease, _)| (key.clone(), *lease)));
+        match announced {
+            Some((key, lease)) => self.put_presence(key, lease, value),
+            // Never announced: nothing to say again.
             None => Ok(()),
         }
     }

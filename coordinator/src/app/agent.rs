@@ -203,8 +203,7 @@ pub fn write_liveness(state: &Coordinator) -> Result<usize, WireError> {
     let per = state.store.max_txn_ops().map_or(LIVENESS_BATCH, |ops| ops.saturating_sub(1).clamp(1, LIVENESS_BATCH));
     for batch in unwritten.chunks(per) {
         state.store.transact(|tx| {
-            let machines: Vec<(crate::store::Tree, &[u8])> = batch.iter().map(|(id, _, _)| (crate::store::Tree::Machines, id.as_bytes())).collect();
-            tx.prefetch(&machines)?;
+            tx.prefetch(batch.iter().map(|(id, _, _)| (crate::store::Tree::Machines, id.as_bytes())))?;
             for (id, at, health) in batch {
                 let Some(mut m) = tx.get::<MachineRecord>(id.as_bytes())? else { continue };
                 if m.revoked_at.is_some() || m.last_seen.is_some_and(|seen| seen >= *at) {

@@ -48,8 +48,11 @@ pub fn list(state: &Coordinator) -> Result<Vec<CoordinatorInfo>, WireError> {
 }
 
 /// Says again, every [`ANNOUNCE_EVERY`], that this coordinator serves and
-/// how many agents it holds (nothing on a store only it opens).
+/// how many agents it holds (on a shared store).
 pub async fn announce_periodically(state: Arc<Coordinator>) {
+    if !shared(&state) {
+        return;
+    }
     let since = state.serving_since;
     loop {
         let info = CoordinatorInfo { since, ..presence(&state.config.advertise.to_string(), true, state.live.connected_machines() as u64) };
@@ -60,6 +63,13 @@ pub async fn announce_periodically(state: Arc<Coordinator>) {
         }
         tokio::time::sleep(ANNOUNCE_EVERY).await;
     }
+}
+
+/// Whether the store is one other coordinators share (etcd), where this
+/// one holds a claim that another can take; sled and memory are this
+/// process's alone, and nothing here runs for them.
+fn shared(state: &Coordinator) -> bool {
+    state.store.backend().lost().is_some()
 }
 
 /// How often [`guard_claim`] looks at the claim.
@@ -74,6 +84,9 @@ const GUARD_EVERY: Duration = Duration::from_millis(500);
 /// it lived still), it serves again; taken by another, the store says the
 /// claim is lost and `drover serve` steps down.
 pub async fn guard_claim(state: Arc<Coordinator>) {
+    if !shared(&state) {
+        return;
+    }
     loop {
         tokio::time::sleep(GUARD_EVERY).await;
         let store = state.store.clone();

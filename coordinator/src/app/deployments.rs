@@ -133,8 +133,7 @@ pub async fn deploy(state: &Coordinator, by: &str, mut spec: DeploySpec) -> Resu
                 if let Some(id) = ids.first() {
                     volumes::record_attachments(tx, id, &node, &mounts, now)?;
                 }
-                let machines: Vec<(crate::store::Tree, &[u8])> = ids.iter().map(|id| (crate::store::Tree::Machines, id.as_bytes())).collect();
-                tx.prefetch(&machines)?;
+                tx.prefetch(ids.iter().map(|id| (crate::store::Tree::Machines, id.as_bytes())))?;
                 let deployed = ids
                     .iter()
                     .map(|id| match record_one(tx, id, &make)? {

@@ -130,6 +130,18 @@ pub fn machines_per_transaction(store: &crate::store::Store, keys_per_machine: u
     store.max_txn_ops().map(|ops| (ops.saturating_sub(extra + 1) / keys_per_machine).max(1))
 }
 
+/// Machines a batch of `total` takes: as many as one transaction holds
+/// at `keys_per_machine`, all of them on a store without a limit.
+fn batch_size(store: &crate::store::Store, keys_per_machine: usize, total: usize) -> usize {
+    machines_per_transaction(store, keys_per_machine, 0).unwrap_or(total).max(1)
+}
+
+/// What a batch reads of machine `id`: the machine, its assignment at
+/// `g` and its deployment at `deployment`.
+fn generation_keys(id: &str, g: u64, deployment: u64) -> [(Tree, Vec<u8>); 3] {
+    [(Tree::Machines, id.as_bytes().to_vec()), (Tree::Assignments, generation_key(id, g)), (Tree::Deployments, generation_key(id, deployment))]
+}
+
 /// Where a change recorded in batches keeps its plan: the meta tree, under
 /// this prefix and the change's id.
 pub const BATCH_PREFIX: &str = "batch/";
@@ -167,7 +179,7 @@ pub type AtCommitPoint<'a> = &'a (dyn Fn(&Tx, &[Recorded]) -> Result<(), WireErr
 pub async fn record_in_batches(state: &Coordinator, ids: &[String], make: Build<'_>, at_commit: AtCommitPoint<'_>) -> Result<Vec<Recorded>, WireError> {
     let _alone = state.generations.write().await;
     let store = &state.store;
-    let per = machines_per_transaction(store, KEYS_PER_MACHINE, 0).unwrap_or(ids.len()).max(1);
+    let per = batch_size(store, KEYS_PER_MACHINE, ids.len());
     let mut targets = Vec::with_capacity(ids.len());
     let machines: std::collections::HashMap<String, MachineRecord> = store.machines()?.into_iter().map(|m| (m.id.clone(), m)).collect();
     for id in ids {
@@ -185,8 +197,7 @@ pub async fn record_in_batches(state: &Coordinator, ids: &[String], make: Build<
     for chunk in batch.targets.chunks(per) {
         let staged = store
             .write(|tx| {
-                let keys: Vec<(Tree, &[u8])> = chunk.iter().map(|(id, _)| (Tree::Machines, id.as_bytes())).collect();
-                tx.prefetch(&keys)?;
+                tx.prefetch(chunk.iter().map(|(id, _)| (Tree::Machines, id.as_bytes())))?;
                 chunk.iter().map(|(id, g)| stage(tx, id, *g, make)).collect::<Result<Vec<_>, WireError>>()
             })
             .await;
@@ -280,17 +291,11 @@ fn stage(tx: &Tx, id: &str, g: u64, make: Build) -> Result<Recorded, WireError> 
 /// Points every machine of a committed batch to its generation (those not
 /// yet pointed to), batch by batch, then removes the plan.
 async fn point(store: &crate::store::Store, key: &str, batch: &Batch) -> Result<(), WireError> {
-    let per = machines_per_transaction(store, KEYS_PER_MACHINE, 0).unwrap_or(batch.targets.len()).max(1);
+    let per = batch_size(store, KEYS_PER_MACHINE, batch.targets.len());
     for chunk in batch.targets.chunks(per) {
         store
             .write(|tx| {
-                let keys: Vec<(Tree, Vec<u8>)> = chunk
-                    .iter()
-                    .flat_map(|(id, g)| {
-                        [(Tree::Machines, id.as_bytes().to_vec()), (Tree::Assignments, generation_key(id, *g)), (Tree::Deployments, generation_key(id, g - 1))]
-                    })
-                    .collect();
-                tx.prefetch(&keys.iter().map(|(t, k)| (*t, k.as_slice())).collect::<Vec<_>>())?;
+                tx.prefetch(chunk.iter().flat_map(|(id, g)| generation_keys(id, *g, g - 1)))?;
                 for (id, g) in chunk {
                     let Some(mut machine) = tx.get::<MachineRecord>(id.as_bytes())? else { continue };
                     if machine.desired_generation >= *g || tx.get::<AssignmentRecord>(&generation_key(id, *g))?.is_none() {
@@ -317,18 +322,12 @@ async fn point(store: &crate::store::Store, key: &str, batch: &Batch) -> Result<
 /// to), then its plan. Logged, not returned: what stays is invisible and
 /// the next start removes it.
 async fn discard(store: &crate::store::Store, key: &str, batch: &Batch) {
-    let per = machines_per_transaction(store, 3, 0).unwrap_or(batch.targets.len()).max(1);
+    let per = batch_size(store, 3, batch.targets.len());
     let result: Result<(), StoreError> = async {
         for chunk in batch.targets.chunks(per) {
             store
                 .write(|tx| {
-                    let keys: Vec<(Tree, Vec<u8>)> = chunk
-                        .iter()
-                        .flat_map(|(id, g)| {
-                            [(Tree::Machines, id.as_bytes().to_vec()), (Tree::Assignments, generation_key(id, *g)), (Tree::Deployments, generation_key(id, *g))]
-                        })
-                        .collect();
-                    tx.prefetch(&keys.iter().map(|(t, k)| (*t, k.as_slice())).collect::<Vec<_>>())?;
+                    tx.prefetch(chunk.iter().flat_map(|(id, g)| generation_keys(id, *g, *g)))?;
                     for (id, g) in chunk {
                         let pointed = tx.get::<MachineRecord>(id.as_bytes())?.is_some_and(|m| m.desired_generation >= *g);
                         if !pointed {

@@ -572,8 +572,10 @@ impl Tx<'_> {
 
     /// Reads `keys` ahead in as few round trips as the backend allows (one
     /// etcd request per batch), so that the `get`s that follow cost none.
-    pub fn prefetch(&self, keys: &[(Tree, &[u8])]) -> Result<(), StoreError> {
-        self.backend(self.inner.prefetch(keys))
+    pub fn prefetch<K: AsRef<[u8]>>(&self, keys: impl IntoIterator<Item = (Tree, K)>) -> Result<(), StoreError> {
+        let keys: Vec<(Tree, K)> = keys.into_iter().collect();
+        let keys: Vec<(Tree, &[u8])> = keys.iter().map(|(tree, key)| (*tree, key.as_ref())).collect();
+        self.backend(self.inner.prefetch(&keys))
     }
 
     /// The record under `key`, or [`StoreError::NotFound`] naming `id`.

@@ -333,3 +333,20 @@ pub fn heavy_blocking() -> tokio::sync::MutexGuard<'static, ()> {
 }
 
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A rollout one machine at a time, no canary, no failure tolerated,
+/// 300 ms of health before the next; tests change what they need with `..`.
+pub fn one_at_a_time() -> drover_protocol::v1::RolloutStrategy {
+    use drover_protocol::v1::{Amount, RolloutStrategy};
+    RolloutStrategy {
+        canary: 0,
+        max_parallel: Amount::Count(1),
+        max_unavailable: Amount::Percent(100),
+        max_failures: Amount::Count(0),
+        healthy_deadline_ms: 30_000,
+        min_healthy_time_ms: 300,
+        progress_deadline_ms: 600_000,
+        auto_revert: false,
+        auto_promote: true,
+    }
+}

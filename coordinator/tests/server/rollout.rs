@@ -142,17 +142,7 @@ fn summary(r: &RolloutInfo) -> String {
 }
 
 fn strategy() -> RolloutStrategy {
-    RolloutStrategy {
-        canary: 0,
-        max_parallel: Amount::Count(1),
-        max_unavailable: Amount::Percent(100),
-        max_failures: Amount::Count(0),
-        healthy_deadline_ms: 30_000,
-        min_healthy_time_ms: 300,
-        progress_deadline_ms: 600_000,
-        auto_revert: false,
-        auto_promote: true,
-    }
+    common::one_at_a_time()
 }
 
 /// The most machines in transition at once, from the recorded timeline.

@@ -518,7 +518,7 @@ async fn rollout_status(admin: &drover_coordinator::client::AdminClient, id: &st
 /// none changed its system because of the failover.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_serving_coordinator_killed_in_the_middle_of_a_rollout_is_replaced_and_the_rollout_completes() {
-    use drover_protocol::v1::{Amount, RolloutSpec, RolloutStrategy};
+    use drover_protocol::v1::RolloutSpec;
     const N: usize = 6;
     let cluster = EtcdCluster::start(3);
     let store = url(&cluster, "fleet-r");
@@ -544,17 +544,7 @@ async fn the_serving_coordinator_killed_in_the_middle_of_a_rollout_is_replaced_a
         "every machine runs the first system"
     );
 
-    let strategy = RolloutStrategy {
-        canary: 0,
-        max_parallel: Amount::Count(1),
-        max_unavailable: Amount::Percent(100),
-        max_failures: Amount::Count(0),
-        healthy_deadline_ms: 30_000,
-        min_healthy_time_ms: 300,
-        progress_deadline_ms: 600_000,
-        auto_revert: false,
-        auto_promote: true,
-    };
+    let strategy = common::one_at_a_time();
     let mut deploy = first_spec;
     deploy.system = common::flake::flake_spec(&flake, "good2");
     deploy.health_deadline_ms = 1_000;
