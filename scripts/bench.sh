@@ -15,7 +15,7 @@
 #   scripts/bench.sh [N...]          (default: 1000)
 # Each N runs Drover twice: on its embedded store (sled) and on a
 # three-member etcd cluster on loopback with two more coordinators
-# standing by (BENCH_ETCD=0 skips that run); the etcd column adds the
+# serving beside the one the agents use (BENCH_ETCD=0 skips that run); the etcd column adds the
 # members' CPU in the deployment, their memory and database size.
 # BENCH_IDLE_SECONDS (default 30) is how long idle CPU is measured; the
 # coordinator's health interval is 10 s. BENCH_AGENT_LOG sets the simulated
@@ -157,10 +157,11 @@ drover() { # N DIR [etcd]
     local url="etcd://127.0.0.1:$ETCD_PORT,127.0.0.1:$((ETCD_PORT + 1)),127.0.0.1:$((ETCD_PORT + 2))/bench"
     drill_init "$PORT" --health-interval 10s --store "$url"
     drill_serve
-    # Two more coordinators of the fleet, standing by.
+    # Two more coordinators of the fleet, serving too (the agents use the
+    # first: its figures are the ones measured).
     for j in 1 2; do
       "$BIN/drover" init --state-dir "$dir/standby-$j" --listen "127.0.0.1:$((PORT + 10 * j))" --store "$url" --join "$DROVER_STATE_DIR" >/dev/null
-      RUST_LOG=warn "$BIN/drover" serve --standby --state-dir "$dir/standby-$j" 2>>"$dir/standby-$j.log" &
+      RUST_LOG=warn "$BIN/drover" serve --state-dir "$dir/standby-$j" 2>>"$dir/standby-$j.log" &
       standby_pids+=($!)
       PIDS+=($!)
     done
@@ -241,7 +242,7 @@ for N in "$@"; do
   log "N = $N: Drover on sled"
   drover "$N" "$OUT/drover-$N"
   if [ "${BENCH_ETCD:-1}" = 1 ]; then
-    log "N = $N: Drover on etcd (three members), two more coordinators standing by"
+    log "N = $N: Drover on etcd (three members), two more coordinators serving beside the one the agents use"
     drover "$N" "$OUT/etcd-$N" etcd
   fi
   python3 - "$OUT/bare-$N" "$OUT/drover-$N" "$N" "$OUT/etcd-$N" <<'PY'

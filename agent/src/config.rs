@@ -15,8 +15,8 @@ pub struct AgentConfig {
     /// The coordinator's QUIC address, `host:port` (a DNS name, resolved at
     /// every connection attempt, or an IP address).
     pub coordinator: HostPort,
-    /// Other coordinators of the same fleet (on an etcd store, one serves
-    /// and the others stand by): when the one in use cannot be reached, the
+    /// Other coordinators of the same fleet (on an etcd store every one
+    /// serves): when the one in use cannot be reached, the
     /// next is tried, in turn, with the same jittered backoff. Each must
     /// present a certificate for the name verified (`server_name`, or the
     /// host of its own address).

@@ -121,6 +121,10 @@ pub fn validate(spec: &DeploySpec) -> Result<(), String> {
 pub enum NotDeployable {
     #[error("the machine was revoked")]
     Revoked,
+    /// Its next generation is staged by a change recorded in batches that
+    /// is not yet pointed to (on another coordinator, possibly).
+    #[error("the machine is part of a deployment still being recorded")]
+    BeingRecorded,
 }
 
 /// The number of `machine`'s next generation, or why it gets none.

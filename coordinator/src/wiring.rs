@@ -67,13 +67,7 @@ pub fn backends(config: &Config, fleet: &str) -> Backends {
 
 /// Opens the state directory and makes the configured systems' clients.
 pub fn coordinator(config: Config) -> Result<Coordinator> {
-    coordinator_waiting(config, None)
-}
-
-/// [`coordinator`], waiting up to `patience` (default: the claim's lease)
-/// for another coordinator's claim on an etcd store to end.
-pub fn coordinator_waiting(config: Config, patience: Option<std::time::Duration>) -> Result<Coordinator> {
-    let (ca, store) = crate::app::open_state_waiting(&config, patience)?;
+    let (ca, store) = crate::app::open_state(&config)?;
     let backends = backends(&config, &ca.fleet_id());
     Ok(Coordinator::new(config, ca, store, backends))
 }

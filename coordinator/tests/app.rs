@@ -718,3 +718,45 @@ async fn health_reports_are_written_in_transactions_the_store_takes() {
         assert!(app.state.store.machine(id).expect("read").expect("machine").last_seen.is_some(), "{id} seen");
     }
 }
+
+/// Two coordinators sharing one store are asked to start rollouts over the
+/// same machines at the same moment: one starts, the other is refused as a
+/// conflict (each coordinator's own lock does not serialise them).
+#[tokio::test]
+async fn two_coordinators_sharing_a_store_start_one_rollout_over_the_same_machines() {
+    let app = App::new();
+    enroll_many(&app, 2).await;
+    let (ca, on_disk) = app::open_state(&app.state.config).expect("state");
+    drop(on_disk);
+    let fleet = ca.fleet_id();
+    let other = Coordinator::new(app.state.config.clone(), ca, app.state.store.clone(), app.fakes.backends(&app.state.config, &fleet));
+    let strategy = RolloutStrategy {
+        canary: 1,
+        max_parallel: Amount::Count(1),
+        max_unavailable: Amount::Count(1),
+        max_failures: Amount::Count(0),
+        healthy_deadline_ms: 60_000,
+        min_healthy_time_ms: 0,
+        progress_deadline_ms: 600_000,
+        auto_revert: true,
+        auto_promote: false,
+    };
+    let spec = RolloutSpec {
+        deploy: deploy(&[("fleet", "big")], closure("/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b")),
+        strategy,
+        snapshot_volumes: false,
+    };
+    let (a, b) = tokio::join!(
+        admin::handle(&app.state, "root", &app.serial, AdminRequest::RolloutStart(spec.clone())),
+        admin::handle(&other, "root", &app.serial, AdminRequest::RolloutStart(spec.clone()))
+    );
+    let started = [&a, &b].iter().filter(|r| matches!(r, Response::Admin(_))).count();
+    assert_eq!(started, 1, "one rollout over the machines: {a:?} / {b:?}");
+    let refused = [a, b].into_iter().find_map(|r| match r {
+        Response::Error(e) => Some(e),
+        _ => None,
+    });
+    assert_eq!(refused.map(|e| e.code), Some(ErrorCode::Conflict));
+    let active = app.ok(AdminRequest::RolloutList).await;
+    assert_eq!(active.rollouts().expect("Rollouts").len(), 1);
+}

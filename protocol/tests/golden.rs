@@ -673,7 +673,7 @@ fn responses() -> Vec<(&'static str, Response)> {
             Response::Admin(AdminResponse::Coordinators(vec![CoordinatorInfo {
                 address: "10.0.0.11:7443".into(),
                 pid: 4242,
-                serving: true,
+                leading: true,
                 since: 1_700_000_000_000,
                 agents: 3_400,
                 updated_at: 1_700_000_005_000,

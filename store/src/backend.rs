@@ -78,6 +78,16 @@ impl Tree {
 /// Key-value pairs, as a scan returns them.
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// A change to a watched tree ([`Backend::watch`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Watched {
+    /// A key (within the tree) and its new value.
+    Put(Vec<u8>, Vec<u8>),
+    Deleted(Vec<u8>),
+    /// Changes may have been missed: read again whatever matters.
+    Resync,
+}
+
 /// Reads and writes inside one transaction.
 pub trait BackendTx {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, Error>;
@@ -131,6 +141,17 @@ pub trait Backend: Send + Sync + 'static {
     /// only one process opens.
     fn presences(&self) -> Result<Option<Vec<crate::Presence>>, Error> {
         Ok(None)
+    }
+    /// Tries to lead the processes sharing the store (one at a time leads,
+    /// until its lease ends); true while this one leads. A store only one
+    /// process opens: always true.
+    fn campaign(&self) -> Result<bool, Error> {
+        Ok(true)
+    }
+    /// Changes other processes make to `tree`, as they happen; `None` for a
+    /// store only one process opens (nobody else changes it).
+    fn watch(&self, _tree: Tree) -> Option<tokio::sync::mpsc::Receiver<Watched>> {
+        None
     }
     /// Whether this process's claim on a shared store may have run out:
     /// its lease was not renewed in time (the store cut off, or without

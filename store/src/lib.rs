@@ -15,7 +15,7 @@ mod in_memory;
 mod on_disk;
 mod on_etcd;
 
-pub use backend::{Backend, BackendTx, BoxFuture, Pairs, Tree, TxBody};
+pub use backend::{Backend, BackendTx, BoxFuture, Pairs, Tree, TxBody, Watched};
 pub use in_memory::MemoryBackend;
 pub use on_disk::{SledBackend, SledOptions};
 pub use on_etcd::{EtcdBackend, EtcdOptions, EtcdTls, CLAIM_KEY, PRESENCE_PREFIX};
@@ -27,6 +27,8 @@ pub struct Presence {
     pub value: Vec<u8>,
     /// Seconds its lease has left (-1: gone or unknown).
     pub ttl_left_s: i64,
+    /// Whether it leads (holds the leader key on its lease).
+    pub leads: bool,
 }
 
 /// What can go wrong below the records: the backend's own failures.
@@ -49,11 +51,11 @@ pub enum Error {
     /// not answer, or too few of them do to form a quorum.
     #[error("the store is unavailable (etcd has no quorum or does not answer; nothing was sent): {0}")]
     Unavailable(String),
-    /// Another process holds the store's serving claim.
-    #[error("another coordinator serves this fleet from the store ({0}); stop it first, or wait for its claim to expire if it died")]
+    /// Another process leads the processes sharing the store.
+    #[error("another coordinator leads this fleet ({0})")]
     Held(String),
-    /// This process's claim was lost (its lease ran out and another took
-    /// it): nothing it writes is accepted any more.
+    /// This process's lease ran out and another took what it held (the
+    /// lead, or its name): nothing it writes is accepted any more.
     #[error("this coordinator lost its claim on the store (its lease ran out while it was paused or cut off, and another coordinator took over): the write was refused")]
     Fenced,
     /// A transaction was sent to a replicated store and not confirmed in

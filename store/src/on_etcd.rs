@@ -23,9 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, SortOrder, SortTarget, Txn, TxnOp, WatchOptions};
 
-use crate::backend::{Backend, BackendTx, BoxFuture, Pairs, Tree, TxBody};
+use crate::backend::{Backend, BackendTx, BoxFuture, Pairs, Tree, TxBody, Watched};
 use crate::Error;
 
 /// A value and the revision that last changed it.
@@ -103,39 +103,42 @@ pub struct EtcdBackend {
     /// Dropped with the backend: ends the runtime's thread.
     _stop: tokio::sync::oneshot::Sender<()>,
     options: EtcdOptions,
-    /// The claim this backend holds (see [`EtcdBackend::claim`]): every
-    /// transaction is fenced by it.
-    claim: std::sync::Mutex<Option<Claim>>,
-    /// True once a write was refused by the fence.
+    /// This process's membership among the fleet's coordinators, once it
+    /// joined ([`EtcdBackend::join`]): every transaction is fenced by it.
+    member: std::sync::Mutex<Option<Member>>,
+    /// True once this process lost what it held (its leadership, or its
+    /// name, to another process): nothing it writes is accepted any more.
     lost: tokio::sync::watch::Sender<bool>,
-    /// This process's presence among the fleet's coordinators, once
-    /// announced: its key and lease (kept alive).
-    presence: std::sync::Mutex<Option<Announced>>,
 }
-
-/// This process's presence: its key, its lease and the task renewing it.
-type Announced = (Vec<u8>, i64, tokio::task::JoinHandle<()>);
 
 /// Where each coordinator announces itself, under the fleet's prefix.
 pub const PRESENCE_PREFIX: &str = "presence/";
 
-/// A key held under a lease: it vanishes when the holder stops renewing it
-/// (its process died, or was paused past the lease).
-struct Claim {
+/// This process among the fleet's coordinators: its presence key under a
+/// lease of its own that a task renews. Every transaction compares that
+/// the key is still on that lease, so a process whose lease ran out (it
+/// died, was paused past it or cut off) writes nothing more until it has
+/// joined again; the leader key, while it leads, hangs on the same lease,
+/// so nobody else can lead before this process's writes are fenced.
+struct Member {
+    /// `presence/NAME`, under the fleet's prefix.
     key: Vec<u8>,
-    /// Who holds it and for how long a lease, to take it again.
+    name: String,
+    /// Who it is, as the leader key says.
     holder: String,
     ttl: Duration,
-    /// The key's create revision: a successor's claim has another.
-    revision: i64,
     lease: i64,
     keeper: tokio::task::JoinHandle<()>,
     /// Until when the lease surely lives (Unix ms): a renewal sent at `t`
     /// whose answer gave `ttl` keeps it at least until `t + ttl`.
     holds_until: Arc<AtomicU64>,
+    /// What it announced last (announced again when it joins again).
+    value: Vec<u8>,
+    /// Whether it holds the leader key (on `lease`).
+    leading: bool,
 }
 
-/// Who holds a claim, as the claim's value says.
+/// The key the leading coordinator holds, naming itself, under its lease.
 pub const CLAIM_KEY: &str = "claims/serving";
 
 /// Keys a page of a range read holds: records are a few KiB at most, so a
@@ -192,15 +195,8 @@ impl EtcdBackend {
         let endpoints = options.endpoints.clone();
         let client = run(&handle, async move { Client::connect(endpoints, Some(connect)).await })
             .map_err(|e| unavailable(&format!("etcd at {} cannot be reached", options.endpoints.join(", ")), e))?;
-        let backend = EtcdBackend {
-            client,
-            runtime: handle,
-            _stop: stop,
-            options,
-            claim: std::sync::Mutex::new(None),
-            lost: tokio::sync::watch::Sender::new(false),
-            presence: std::sync::Mutex::new(None),
-        };
+        let backend =
+            EtcdBackend { client, runtime: handle, _stop: stop, options, member: std::sync::Mutex::new(None), lost: tokio::sync::watch::Sender::new(false) };
         backend.get(Tree::Meta, b"-").map_err(|e| match e {
             Error::Unavailable(why) => Error::Unavailable(format!("etcd at {} does not answer: {why}", backend.options.endpoints.join(", "))),
             other => other,
@@ -208,61 +204,81 @@ impl EtcdBackend {
         Ok(backend)
     }
 
-    /// Takes the fleet's serving claim for this backend's lifetime: a key
-    /// under a lease of `ttl` that a task renews, holding `holder` (who
-    /// claims it, for the error another claimant sees). Refused with
-    /// [`Error::Held`] while someone else holds it. From then on every
-    /// transaction compares the claim's revision, so that a holder whose
-    /// lease ran out (a process paused past it) and whose claim another
-    /// took cannot write over its successor: its transactions fail with
-    /// [`Error::Fenced`].
-    pub fn claim(&self, holder: &str, ttl: Duration) -> Result<(), Error> {
-        let claim = self.take_claim(holder, ttl)?;
-        if let Ok(mut held) = self.claim.lock() {
-            if let Some(old) = held.replace(claim) {
-                old.keeper.abort();
-            }
+    /// Joins the fleet's coordinators as `name` (announcing `value` under
+    /// `presence/NAME`), on a lease of `ttl` renewed while the backend
+    /// lives; `holder` is what the leader key says while it leads. From
+    /// then on every transaction is fenced by that lease. Joining again
+    /// takes a new lease (and lets go of leading).
+    pub fn join(&self, name: &str, holder: &str, value: &[u8], ttl: Duration) -> Result<(), Error> {
+        let ttl_secs = i64::try_from(ttl.as_secs().max(2)).unwrap_or(i64::MAX);
+        let mut leases = self.client.lease_client();
+        let lease =
+            run(&self.runtime, async move { leases.grant(ttl_secs, None).await }).map_err(|e| unavailable("an etcd lease could not be granted", e))?.id();
+        let key = format!("{}{PRESENCE_PREFIX}{name}", self.options.prefix).into_bytes();
+        if let Err(e) = self.put_presence(key.clone(), lease, value) {
+            self.revoke(lease);
+            return Err(e);
+        }
+        let holds_until = Arc::new(AtomicU64::new(unix_ms() + 1000 * u64::try_from(ttl_secs).unwrap_or(0)));
+        let keeper = self.keep_alive(lease, ttl_secs, "this coordinator's lease", holds_until.clone());
+        let member = Member { key, name: name.to_string(), holder: holder.to_string(), ttl, lease, keeper, holds_until, value: value.to_vec(), leading: false };
+        let old = self.member.lock().map_err(|_| Error::Aborted)?.replace(member);
+        if let Some(old) = old {
+            old.keeper.abort();
+            self.revoke(old.lease);
         }
         Ok(())
     }
 
-    /// Puts the claim's key under a new lease, if nobody holds it, and
-    /// starts renewing the lease.
-    fn take_claim(&self, holder: &str, ttl: Duration) -> Result<Claim, Error> {
+    /// Tries to lead: puts the leader key on this member's lease if nobody
+    /// holds it. True while this process leads; it stops leading only when
+    /// its lease ends (and then its writes are fenced).
+    pub fn campaign(&self) -> Result<bool, Error> {
+        let (lease, holder) = match self.member.lock().map_err(|_| Error::Aborted)?.as_ref() {
+            Some(m) if m.leading => return Ok(true),
+            Some(m) => (m.lease, m.holder.clone()),
+            None => return Ok(false),
+        };
         let key = format!("{}{CLAIM_KEY}", self.options.prefix).into_bytes();
-        let ttl_secs = i64::try_from(ttl.as_secs().max(2)).unwrap_or(i64::MAX);
-        let mut lease_client = self.client.lease_client();
-        let lease =
-            run(&self.runtime, async move { lease_client.grant(ttl_secs, None).await }).map_err(|e| unavailable("an etcd lease could not be granted", e))?.id();
         let mut kv = self.client.kv_client();
-        let (k, value) = (key.clone(), holder.as_bytes().to_vec());
         let txn = Txn::new()
-            .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(k.clone(), value, Some(etcd_client::PutOptions::new().with_lease(lease)))])
-            .or_else([TxnOp::get(k.clone(), None)]);
-        let response = run(&self.runtime, async move { kv.txn(txn).await }).map_err(|e| unavailable("an etcd claim failed", e))?;
-        if !response.succeeded() {
-            self.revoke(lease);
-            let held_by = response
-                .op_responses()
-                .into_iter()
-                .find_map(|r| match r {
-                    etcd_client::TxnOpResponse::Get(get) => get.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).to_string()),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            return Err(Error::Held(held_by));
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), holder.as_bytes().to_vec(), Some(etcd_client::PutOptions::new().with_lease(lease)))])
+            .or_else([TxnOp::get(key, None)]);
+        let response = run(&self.runtime, async move { kv.txn(txn).await }).map_err(|e| unavailable("campaigning to lead failed", e))?;
+        let leads = response.succeeded()
+            || response.op_responses().into_iter().any(|r| match r {
+                // Already on this lease (an answer lost on its way).
+                etcd_client::TxnOpResponse::Get(get) => get.kvs().first().is_some_and(|kv| kv.lease() == lease),
+                _ => false,
+            });
+        if leads {
+            if let Some(m) = self.member.lock().map_err(|_| Error::Aborted)?.as_mut().filter(|m| m.lease == lease) {
+                m.leading = true;
+            }
         }
-        // The key was created by this transaction, at its revision.
-        let revision = response.header().map_or(0, |h| h.revision());
-        let holds_until = Arc::new(AtomicU64::new(unix_ms() + 1000 * u64::try_from(ttl_secs).unwrap_or(0)));
-        let keeper = self.keep_alive(lease, ttl_secs, "the store's serving claim", Some(holds_until.clone()));
-        Ok(Claim { key, revision, lease, keeper, holder: holder.to_string(), ttl, holds_until })
+        Ok(leads)
+    }
+
+    /// Who leads now, as the leader key says (`None`: nobody).
+    pub fn leader(&self) -> Result<Option<String>, Error> {
+        let (found, _) = self.read_full(format!("{}{CLAIM_KEY}", self.options.prefix).as_bytes(), 0)?;
+        Ok(found.map(|(value, _, _)| String::from_utf8_lossy(&value).to_string()))
+    }
+
+    /// Joins as `holder` (announcing nothing) and leads, or
+    /// [`Error::Held`] naming who leads instead.
+    pub fn claim(&self, holder: &str, ttl: Duration) -> Result<(), Error> {
+        self.join(holder, holder, b"", ttl)?;
+        if self.campaign()? {
+            return Ok(());
+        }
+        Err(Error::Held(self.leader()?.unwrap_or_default()))
     }
 
     /// A task that renews `lease` (of `ttl_secs`) a few times a lease, until
     /// aborted or the lease ran out; `what` names it in the log.
-    fn keep_alive(&self, lease: i64, ttl_secs: i64, what: &'static str, holds_until: Option<Arc<AtomicU64>>) -> tokio::task::JoinHandle<()> {
+    fn keep_alive(&self, lease: i64, ttl_secs: i64, what: &'static str, holds_until: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
         let client = self.client.clone();
         let period = Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(3) / 3).max(Duration::from_millis(500));
         self.runtime.spawn(async move {
@@ -276,9 +292,7 @@ impl EtcdBackend {
                         }
                         match answers.message().await {
                             Ok(Some(answer)) if answer.ttl() > 0 => {
-                                if let Some(until) = &holds_until {
-                                    until.fetch_max(sent + 1000 * u64::try_from(answer.ttl()).unwrap_or(0), Ordering::SeqCst);
-                                }
+                                holds_until.fetch_max(sent + 1000 * u64::try_from(answer.ttl()).unwrap_or(0), Ordering::SeqCst);
                             }
                             Ok(Some(_)) => {
                                 tracing::error!("{what} expired (its lease ran out)");
@@ -295,29 +309,6 @@ impl EtcdBackend {
         })
     }
 
-    /// Announces this process among the fleet's coordinators: `value`
-    /// under `presence/NAME`, on a lease of `ttl` renewed while the backend
-    /// lives, so that it vanishes within `ttl` of the process. Announcing
-    /// again replaces the value (on the same lease).
-    pub fn announce(&self, name: &str, value: &[u8], ttl: Duration) -> Result<(), Error> {
-        let mut presence = self.presence.lock().map_err(|_| Error::Aborted)?;
-        let (key, lease) = match presence.as_ref() {
-            Some((key, lease, _)) => (key.clone(), *lease),
-            None => {
-                let ttl_secs = i64::try_from(ttl.as_secs().max(2)).unwrap_or(i64::MAX);
-                let mut leases = self.client.lease_client();
-                let lease = run(&self.runtime, async move { leases.grant(ttl_secs, None).await })
-                    .map_err(|e| unavailable("an etcd lease could not be granted", e))?
-                    .id();
-                let key = format!("{}{PRESENCE_PREFIX}{name}", self.options.prefix).into_bytes();
-                let keeper = self.keep_alive(lease, ttl_secs, "this coordinator's presence", None);
-                *presence = Some((key.clone(), lease, keeper));
-                (key, lease)
-            }
-        };
-        self.put_presence(key, lease, value)
-    }
-
     /// Writes this process's presence `value` under `key` on `lease`.
     fn put_presence(&self, key: Vec<u8>, lease: i64, value: &[u8]) -> Result<(), Error> {
         let mut kv = self.client.kv_client();
@@ -332,42 +323,59 @@ impl EtcdBackend {
     pub fn presences(&self) -> Result<Vec<crate::Presence>, Error> {
         let from = format!("{}{PRESENCE_PREFIX}", self.options.prefix).into_bytes();
         let response = self.ranged(from.clone(), GetOptions::new().with_prefix())?;
+        let leader = format!("{}{CLAIM_KEY}", self.options.prefix).into_bytes();
+        let leader_lease = self.ranged(leader, GetOptions::new())?.kvs().first().map(|kv| kv.lease());
         let mut out = Vec::new();
         for kv in response.kvs() {
             let name = String::from_utf8_lossy(&kv.key()[from.len()..]).to_string();
             let mut leases = self.client.lease_client();
             let lease = kv.lease();
             let ttl_left_s = run(&self.runtime, async move { leases.time_to_live(lease, None).await }).map(|t| t.ttl()).unwrap_or(-1);
-            out.push(crate::Presence { name, value: kv.value().to_vec(), ttl_left_s });
+            out.push(crate::Presence { name, value: kv.value().to_vec(), ttl_left_s, leads: leader_lease == Some(lease) });
         }
         Ok(out)
     }
 
-    /// After the claim's lease ran out with nobody taking it (etcd without
-    /// quorum for longer than the lease): takes it again, as the same
-    /// holder. Another coordinator that took it meanwhile wins: fenced.
+    /// After this member's lease ran out (paused, cut off, or etcd without
+    /// quorum past it): joins again under its name, unless another process
+    /// took the name; leads again if it led and nobody took the lead
+    /// meanwhile. Otherwise [`Error::Fenced`], and [`Backend::lost`] turns
+    /// true: whatever it decided meanwhile must not be written.
     fn reclaim(&self) -> Result<(), Error> {
-        let (holder, ttl) = match self.claim.lock() {
+        let (key, lease, name, holder, ttl, value, leading) = match self.member.lock() {
             Ok(held) => match held.as_ref() {
-                Some(c) => (c.holder.clone(), c.ttl),
+                Some(m) => (m.key.clone(), m.lease, m.name.clone(), m.holder.clone(), m.ttl, m.value.clone(), m.leading),
                 None => return Ok(()),
             },
             Err(_) => return Err(Error::Fenced),
         };
-        match self.claim(&holder, ttl) {
-            Ok(()) => {
-                tracing::warn!("the store's serving claim had expired with nobody taking it; it is held again");
-                Ok(())
-            }
-            // Its lease still lives (renewals got through, their answers
-            // did not): the claim is this process's still.
-            Err(Error::Held(by)) if by == holder => Ok(()),
-            Err(Error::Held(_)) => {
+        match self.lease_of(&key)? {
+            // Its lease lives still (renewals got through, their answers did not).
+            Some(now) if now == lease => return Ok(()),
+            Some(_) => {
+                tracing::error!(name, "another process announced itself under this coordinator's name");
                 self.lost.send_replace(true);
-                Err(Error::Fenced)
+                return Err(Error::Fenced);
             }
-            Err(e) => Err(e),
+            None => {}
         }
+        self.join(&name, &holder, &value, ttl)?;
+        if leading {
+            if !self.campaign()? {
+                self.lost.send_replace(true);
+                return Err(Error::Fenced);
+            }
+            tracing::warn!("this coordinator's lease had run out with nobody taking the lead; it leads again");
+        } else {
+            tracing::warn!("this coordinator's lease had run out; it joined again");
+        }
+        Ok(())
+    }
+
+    /// The lease `full` is on (0: none), if it exists.
+    fn lease_of(&self, full: &[u8]) -> Result<Option<i64>, Error> {
+        let response = self.ranged(full.to_vec(), GetOptions::new())?;
+        Ok(response.kvs().first().map(|kv| kv.lease()))
     }
 
     fn revoke(&self, lease: i64) {
@@ -377,9 +385,71 @@ impl EtcdBackend {
         });
     }
 
-    /// The claim's key and revision, while one is held.
+    /// Every change to `tree` from now on, in the order etcd made them: a
+    /// task on the backend's runtime follows an etcd watch, and watches
+    /// again from the next revision when the stream breaks (a member lost,
+    /// the network). When events may have been missed (the history it needs
+    /// was compacted), [`Watched::Resync`] says to read again what matters.
+    /// Ends when the receiver is dropped.
+    pub fn watch(&self, tree: Tree) -> tokio::sync::mpsc::Receiver<Watched> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        let client = self.client.clone();
+        let prefix = self.key(tree, b"");
+        self.runtime.spawn(async move {
+            // 0: from now.
+            let mut from = 0i64;
+            loop {
+                let mut watcher = client.watch_client();
+                let mut options = WatchOptions::new().with_prefix();
+                if from > 0 {
+                    options = options.with_start_revision(from);
+                }
+                match watcher.watch(prefix.clone(), Some(options)).await {
+                    Ok(mut stream) => loop {
+                        match stream.message().await {
+                            Ok(Some(answer)) if answer.canceled() || answer.compact_revision() > 0 => {
+                                tracing::warn!(compacted = answer.compact_revision(), "an etcd watch was cancelled; reading again");
+                                from = 0;
+                                if tx.send(Watched::Resync).await.is_err() {
+                                    return;
+                                }
+                                break;
+                            }
+                            Ok(Some(answer)) => {
+                                for event in answer.events() {
+                                    let Some(kv) = event.kv() else { continue };
+                                    from = kv.mod_revision() + 1;
+                                    let key = kv.key().get(prefix.len()..).unwrap_or_default().to_vec();
+                                    let change = match event.event_type() {
+                                        EventType::Put => Watched::Put(key, kv.value().to_vec()),
+                                        EventType::Delete => Watched::Deleted(key),
+                                    };
+                                    if tx.send(change).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "an etcd watch broke; watching again");
+                                break;
+                            }
+                        }
+                    },
+                    Err(e) => tracing::warn!(error = %e, "an etcd watch could not start; trying again"),
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        rx
+    }
+
+    /// This member's presence key and lease, once joined.
     fn fence(&self) -> Option<(Vec<u8>, i64)> {
-        self.claim.lock().ok()?.as_ref().map(|c| (c.key.clone(), c.revision))
+        self.member.lock().ok()?.as_ref().map(|m| (m.key.clone(), m.lease))
     }
 
     /// A raw key's value, mod revision and create revision.
@@ -490,16 +560,11 @@ impl EtcdBackend {
 
 impl Drop for EtcdBackend {
     fn drop(&mut self) {
-        if let Some((_, lease, keeper)) = self.presence.lock().ok().and_then(|mut p| p.take()) {
-            keeper.abort();
-            let mut leases = self.client.lease_client();
-            let _ = run(&self.runtime, async move { leases.revoke(lease).await });
-        }
-        if let Some(claim) = self.claim.lock().ok().and_then(|mut c| c.take()) {
-            claim.keeper.abort();
+        if let Some(member) = self.member.lock().ok().and_then(|mut m| m.take()) {
+            member.keeper.abort();
             // Let go at once, so that a successor need not wait for the lease.
             let mut leases = self.client.lease_client();
-            let _ = run(&self.runtime, async move { leases.revoke(claim.lease).await });
+            let _ = run(&self.runtime, async move { leases.revoke(member.lease).await });
         }
     }
 }
@@ -662,8 +727,8 @@ impl Backend for EtcdBackend {
                 )));
             }
             let mut compares: Vec<Compare> = reads.into_iter().map(|(key, revision)| Compare::mod_revision(key, CompareOp::Equal, revision)).collect();
-            if let Some((key, revision)) = &fence {
-                compares.push(Compare::create_revision(key.clone(), CompareOp::Equal, *revision));
+            if let Some((key, lease)) = &fence {
+                compares.push(Compare::lease(key.clone(), CompareOp::Equal, *lease));
             }
             let operations: Vec<TxnOp> = writes
                 .into_iter()
@@ -681,16 +746,10 @@ impl Backend for EtcdBackend {
             if response.succeeded() {
                 return Ok(());
             }
-            if let Some((key, revision)) = fence {
-                let (now, _) = self.read_full(&key, 0)?;
-                match now.map(|(_, _, created)| created) {
-                    Some(created) if created == revision => {}
-                    // Expired with nobody taking it: take it again, then retry.
-                    None => self.reclaim()?,
-                    Some(_) => {
-                        self.lost.send_replace(true);
-                        return Err(Error::Fenced);
-                    }
+            if let Some((key, lease)) = fence {
+                if self.lease_of(&key)? != Some(lease) {
+                    // The lease ran out: joined again (then retried), or fenced.
+                    self.reclaim()?;
                 }
             }
         }
@@ -713,10 +772,16 @@ impl Backend for EtcdBackend {
         Some(self.options.max_txn_ops)
     }
     fn reannounce(&self, value: &[u8]) -> Result<(), Error> {
-        let announced = self.presence.lock().ok().and_then(|p| p.as_ref().map(|(key, lease, _)| (key.clone(), *lease)));
-        match announced {
+        let joined = match self.member.lock().map_err(|_| Error::Aborted)?.as_mut() {
+            Some(m) => {
+                m.value = value.to_vec();
+                Some((m.key.clone(), m.lease))
+            }
+            None => None,
+        };
+        match joined {
             Some((key, lease)) => self.put_presence(key, lease, value),
-            // Never announced: nothing to say again.
+            // Never joined: nothing to say again.
             None => Ok(()),
         }
     }
@@ -724,7 +789,13 @@ impl Backend for EtcdBackend {
         EtcdBackend::presences(self).map(Some)
     }
     fn claim_lapsed(&self) -> bool {
-        self.claim.lock().ok().and_then(|c| c.as_ref().map(|c| c.holds_until.load(Ordering::SeqCst))).is_some_and(|until| unix_ms() >= until)
+        self.member.lock().ok().and_then(|m| m.as_ref().map(|m| m.holds_until.load(Ordering::SeqCst))).is_some_and(|until| unix_ms() >= until)
+    }
+    fn campaign(&self) -> Result<bool, Error> {
+        EtcdBackend::campaign(self)
+    }
+    fn watch(&self, tree: Tree) -> Option<tokio::sync::mpsc::Receiver<Watched>> {
+        Some(EtcdBackend::watch(self, tree))
     }
     fn reclaim(&self) -> Result<(), Error> {
         EtcdBackend::reclaim(self)

@@ -156,6 +156,68 @@ fn a_claim_whose_lease_ran_out_with_nobody_taking_it_is_taken_again_at_the_next_
     assert!(matches!(other.claim("other", Duration::from_secs(30)), Err(Error::Held(ref by)) if by == "holder"), "held again");
 }
 
+/// Several processes join one fleet's store: all write, one leads. A
+/// follower whose lease ran out joins again and writes on; a leader whose
+/// lease ran out while another took the lead is fenced; and the leader key
+/// is on the leader's own lease, so nobody leads before its writes are.
+#[test]
+fn every_member_writes_one_leads_and_a_leader_whose_lease_ran_out_is_fenced() {
+    let cluster = EtcdCluster::start(3);
+    let ttl = Duration::from_secs(30);
+    let a = EtcdBackend::connect(cluster.options("fleet/")).expect("a");
+    let b = EtcdBackend::connect(cluster.options("fleet/")).expect("b");
+    a.join("a", "coordinator a", b"{}", ttl).expect("a joins");
+    b.join("b", "coordinator b", b"{}", ttl).expect("b joins");
+    assert!(a.campaign().expect("campaign"), "the first to campaign leads");
+    assert!(!b.campaign().expect("campaign"), "one leads at a time");
+    assert_eq!(b.leader().expect("leader").as_deref(), Some("coordinator a"));
+    write(&a, b"by-a", b"1").expect("the leader writes");
+    write(&b, b"by-b", b"1").expect("a follower writes too");
+    let presences = b.presences().expect("presences");
+    assert_eq!(presences.iter().map(|p| (p.name.as_str(), p.leads)).collect::<Vec<_>>(), [("a", true), ("b", false)]);
+
+    // Both paused past their leases.
+    expire_leases(&cluster);
+    assert!(b.campaign().is_err(), "b's lease is gone too: it cannot lead on it");
+    write(&b, b"by-b", b"2").expect("a follower whose lease ran out joins again and writes");
+    assert!(b.campaign().expect("campaign"), "nobody leads: b does, on its new lease");
+    let late = write(&a, b"by-a", b"stale");
+    assert!(matches!(late, Err(Error::Fenced)), "the old leader's write is refused: {late:?}");
+    assert!(*a.lost().expect("shared").borrow(), "and it knows it lost");
+    assert_eq!(b.get(Tree::Machines, b"by-a").expect("read").as_deref(), Some(&b"1"[..]), "only the successor's decisions stand");
+}
+
+/// A watch sees what another process writes to its tree, in order, and
+/// nothing of other trees.
+#[test]
+fn a_watch_sees_every_change_another_process_makes_in_order() {
+    let cluster = EtcdCluster::start(3);
+    let watcher = EtcdBackend::connect(cluster.options("fleet/")).expect("watcher");
+    let writer = EtcdBackend::connect(cluster.options("fleet/")).expect("writer");
+    let mut changes = Backend::watch(&watcher, Tree::Machines).expect("etcd watches");
+    // The watch starts on the backend's runtime: a first change shows when.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let next = |changes: &mut tokio::sync::mpsc::Receiver<drover_store::Watched>| {
+        runtime.block_on(async { tokio::time::timeout(Duration::from_secs(10), changes.recv()).await.ok().flatten() })
+    };
+    let mut first = None;
+    for attempt in 0..50u8 {
+        write(&writer, b"m-0", &[attempt]).expect("write");
+        if let Some(change) = next(&mut changes) {
+            first = Some(change);
+            break;
+        }
+    }
+    assert!(matches!(first, Some(drover_store::Watched::Put(ref k, _)) if k == b"m-0"), "{first:?}");
+    while let Ok(Some(_)) = runtime.block_on(async { tokio::time::timeout(Duration::from_millis(300), changes.recv()).await }) {}
+    write(&writer, b"m-1", b"one").expect("write");
+    writer.transaction(&mut |tx| tx.insert(Tree::Assignments, b"m-1/1", b"not watched".to_vec())).expect("write");
+    writer.transaction(&mut |tx| tx.insert(Tree::Machines, b"m-2", b"two".to_vec()).and_then(|()| tx.remove(Tree::Machines, b"m-1").map(drop))).expect("write");
+    let seen: Vec<_> = (0..3).filter_map(|_| next(&mut changes)).collect();
+    use drover_store::Watched::{Deleted, Put};
+    assert_eq!(seen, [Put(b"m-1".to_vec(), b"one".to_vec()), Deleted(b"m-1".to_vec()), Put(b"m-2".to_vec(), b"two".to_vec())]);
+}
+
 /// A CA, and a certificate it signed for `name` (server and client use).
 fn issue(issuer: &rcgen::Issuer<'_, rcgen::KeyPair>, name: &str) -> (String, String) {
     let key = rcgen::KeyPair::generate().expect("key");

@@ -221,9 +221,15 @@ pub fn write_liveness(state: &Coordinator) -> Result<usize, WireError> {
 }
 
 /// Writes the health reports kept in memory every
-/// [`LIVENESS_WRITE_INTERVAL`], off the async workers.
+/// [`LIVENESS_WRITE_INTERVAL`], off the async workers — on a shared store
+/// every health interval, if shorter, so that the other coordinators (the
+/// leader's rollout driver among them) see this one's machines online.
 pub async fn write_liveness_periodically(state: std::sync::Arc<Coordinator>) {
-    let mut tick = tokio::time::interval(LIVENESS_WRITE_INTERVAL);
+    let every = match state.store.backend().lost() {
+        Some(_) => LIVENESS_WRITE_INTERVAL.min(state.config.health_interval).max(std::time::Duration::from_millis(100)),
+        None => LIVENESS_WRITE_INTERVAL,
+    };
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {

@@ -5,7 +5,7 @@
 use drover_protocol::v1::{AdminResponse, DeploySpec, DeployedTarget, DeploymentInfo, Labels, PlannedTarget, SystemSpec, MAX_DEPLOYMENTS_PER_REQUEST};
 use drover_protocol::{ErrorCode, WireError};
 
-use crate::deploy::{self, NotDeployable};
+use crate::deploy;
 use crate::model::{parse_deployment_id, MachineRecord, RolloutRecord};
 use crate::registry;
 use crate::store::Tx;
@@ -136,10 +136,7 @@ pub async fn deploy(state: &Coordinator, by: &str, mut spec: DeploySpec) -> Resu
                 tx.prefetch(ids.iter().map(|id| (crate::store::Tree::Machines, id.as_bytes())))?;
                 let deployed = ids
                     .iter()
-                    .map(|id| match record_one(tx, id, &make)? {
-                        Ok(recorded) => Ok(recorded),
-                        Err(NotDeployable::Revoked) => Err(revoked(id)),
-                    })
+                    .map(|id| record_one(tx, id, &make)?.map_err(|refusal| generations::refused(id, refusal)))
                     .collect::<Result<Vec<_>, WireError>>()?;
                 overriding(tx, &deployed)?;
                 Ok::<_, WireError>(deployed)

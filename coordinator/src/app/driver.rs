@@ -139,6 +139,9 @@ pub async fn drive(state: Arc<Coordinator>) {
         let pass = std::time::Instant::now();
         drive_once(&state).await;
         super::volumes::finish_detaches(&state).await;
+        if let Err(e) = super::generations::finish_orphaned_batches(&state).await {
+            tracing::warn!(error = %e.message, "a deployment another coordinator left between batches is not finished yet; trying again");
+        }
         state.driver_passes.send_modify(|n| *n += 1);
         tokio::time::sleep(DRIVER_INTERVAL.max(pass.elapsed() * 2)).await;
     }

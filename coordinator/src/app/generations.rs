@@ -50,6 +50,11 @@ pub fn record_one(tx: &Tx, id: &str, make: Make) -> Result<Result<Recorded, NotD
         Ok(g) => g,
         Err(refusal) => return Ok(Err(refusal)),
     };
+    // Staged by a change recorded in batches, not yet pointed to: that
+    // change gives the machine this generation (or is removed).
+    if tx.get::<AssignmentRecord>(&generation_key(id, generation))?.is_some() {
+        return Ok(Err(NotDeployable::BeingRecorded));
+    }
     let (mut assignment, deployment) = make(&machine, generation);
     deploy::with_volumes(&mut assignment.assignment, &machine.volumes);
     if generation > 1 {
@@ -85,9 +90,16 @@ pub fn repeat(tx: &Tx, id: &str, directory: &Directory, now: u64, missing: &str,
         adjust(&mut record);
         (record, deployment)
     };
-    match record_one(tx, id, &make)? {
-        Ok(recorded) => Ok(recorded),
-        Err(NotDeployable::Revoked) => Err(revoked(id)),
+    record_one(tx, id, &make)?.map_err(|refusal| refused(id, refusal))
+}
+
+/// Why machine `id` takes no new generation, as the admin is told.
+pub fn refused(id: &str, refusal: NotDeployable) -> WireError {
+    match refusal {
+        NotDeployable::Revoked => revoked(id),
+        NotDeployable::BeingRecorded => super::errors::conflict(format!(
+            "machine {id} is part of a deployment still being recorded (by this or another coordinator); try again in a moment"
+        )),
     }
 }
 
@@ -156,6 +168,10 @@ pub const BATCH_PREFIX: &str = "batch/";
 pub struct Batch {
     pub committed: bool,
     pub created_at: u64,
+    /// The coordinator recording it ([`super::coordinators::holder`]): while
+    /// it is among the fleet's coordinators, nobody else finishes it.
+    #[serde(default)]
+    pub owner: Option<String>,
     /// Each machine and the generation it is given.
     pub targets: Vec<(String, u64)>,
 }
@@ -179,6 +195,8 @@ pub type AtCommitPoint<'a> = &'a (dyn Fn(&Tx, &[Recorded]) -> Result<(), WireErr
 pub async fn record_in_batches(state: &Coordinator, ids: &[String], make: Build<'_>, at_commit: AtCommitPoint<'_>) -> Result<Vec<Recorded>, WireError> {
     let _alone = state.generations.write().await;
     let store = &state.store;
+    let key = format!("{BATCH_PREFIX}{}", hex::encode(rand::random::<[u8; 8]>()));
+    let _recording = Recording::new(state, &key);
     let per = batch_size(store, KEYS_PER_MACHINE, ids.len());
     let mut targets = Vec::with_capacity(ids.len());
     let machines: std::collections::HashMap<String, MachineRecord> = store.machines()?.into_iter().map(|m| (m.id.clone(), m)).collect();
@@ -186,11 +204,11 @@ pub async fn record_in_batches(state: &Coordinator, ids: &[String], make: Build<
         let machine = machines.get(id).ok_or_else(|| StoreError::NotFound { what: "machine", id: id.clone() })?;
         match deploy::next_generation(machine) {
             Ok(g) => targets.push((id.clone(), g)),
-            Err(NotDeployable::Revoked) => return Err(revoked(id)),
+            Err(refusal) => return Err(refused(id, refusal)),
         }
     }
-    let key = format!("{BATCH_PREFIX}{}", hex::encode(rand::random::<[u8; 8]>()));
-    let mut batch = Batch { committed: false, created_at: now_ms(), targets };
+    let owner = Some(super::coordinators::holder(&state.config.advertise.to_string()));
+    let mut batch = Batch { committed: false, created_at: now_ms(), owner, targets };
     let plan = batch.encoded()?;
     store.write(|tx| tx.put_meta(&key, &plan)).await?;
     let mut recorded = Vec::with_capacity(ids.len());
@@ -209,10 +227,18 @@ pub async fn record_in_batches(state: &Coordinator, ids: &[String], make: Build<
             }
         }
     }
+    let staged_plan = plan;
     batch.committed = true;
     let plan = batch.encoded()?;
     let committed = store
         .commit(|tx| {
+            // Still this coordinator's to commit: not removed by a leader
+            // that took it for a dead coordinator's.
+            if tx.meta(&key)?.as_deref() != Some(staged_plan.as_str()) {
+                return Err(AtCommit::Refused(super::errors::conflict(
+                    "this deployment's plan was removed while it was recorded (its coordinator was taken for gone); run it again",
+                )));
+            }
             at_commit(tx, &recorded).map_err(AtCommit::Refused)?;
             tx.put_meta(&key, &plan)?;
             Ok::<_, AtCommit>(())
@@ -273,7 +299,7 @@ pub type Build<'a> = &'a (dyn Fn(&Tx, &MachineRecord, u64) -> Result<(Assignment
 fn stage(tx: &Tx, id: &str, g: u64, make: Build) -> Result<Recorded, WireError> {
     let machine: MachineRecord = tx.require(id.as_bytes())?;
     match deploy::next_generation(&machine) {
-        Err(NotDeployable::Revoked) => return Err(revoked(id)),
+        Err(refusal) => return Err(refused(id, refusal)),
         Ok(next) if next != g => {
             return Err(super::errors::conflict(format!("machine {id} got another generation while this deployment was recorded; run it again")))
         }
@@ -349,12 +375,20 @@ async fn discard(store: &crate::store::Store, key: &str, batch: &Batch) {
 
 /// Finishes what a coordinator that stopped left in batches: a committed
 /// change is pointed to on every machine, an uncommitted one removed.
-/// Runs before the coordinator serves. Returns how many it finished and
-/// how many it removed.
+/// Runs before a coordinator on its own store serves. Returns how many it
+/// finished and how many it removed.
 pub async fn finish_batches(store: &crate::store::Store) -> Result<(usize, usize), WireError> {
+    finish_batches_where(store, |_, _| Ok(true)).await
+}
+
+/// [`finish_batches`] for the plans `orphaned` says nobody is recording.
+async fn finish_batches_where(store: &crate::store::Store, orphaned: impl Fn(&str, &Batch) -> Result<bool, WireError>) -> Result<(usize, usize), WireError> {
     let (mut finished, mut removed) = (0, 0);
     for (key, plan) in store.metas(BATCH_PREFIX)? {
         let batch: Batch = serde_json::from_str(&plan).map_err(|e| StoreError::Corrupt { tree: "meta", key: key.clone(), reason: e.to_string() })?;
+        if !orphaned(&key, &batch)? {
+            continue;
+        }
         if batch.committed {
             point(store, &key, &batch).await?;
             finished += 1;
@@ -364,4 +398,44 @@ pub async fn finish_batches(store: &crate::store::Store) -> Result<(usize, usize
         }
     }
     Ok((finished, removed))
+}
+
+/// [`finish_batches`] on a running coordinator that leads: the plans no
+/// coordinator is recording — neither this one nor another announced now.
+pub async fn finish_orphaned_batches(state: &Coordinator) -> Result<(usize, usize), WireError> {
+    let me = super::coordinators::holder(&state.config.advertise.to_string());
+    let (finished, removed) = finish_batches_where(&state.store, |key, batch| match &batch.owner {
+        None => Ok(true),
+        Some(owner) if *owner == me => Ok(!lock(&state.recording).contains(key)),
+        Some(owner) => Ok(!super::coordinators::present(&state.store, owner)?),
+    })
+    .await?;
+    if finished + removed > 0 {
+        tracing::info!(finished, removed, "deployments left between batches by a coordinator no longer there: committed ones finished, the others removed");
+    }
+    Ok((finished, removed))
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A change this process records in batches, from its start to its end
+/// (so that its own plan is not finished under it).
+struct Recording<'a> {
+    state: &'a Coordinator,
+    key: String,
+}
+
+impl<'a> Recording<'a> {
+    fn new(state: &'a Coordinator, key: &str) -> Self {
+        lock(&state.recording).insert(key.to_string());
+        Recording { state, key: key.to_string() }
+    }
+}
+
+impl Drop for Recording<'_> {
+    fn drop(&mut self) {
+        lock(&self.state.recording).remove(&self.key);
+    }
 }

@@ -113,6 +113,31 @@ impl Live {
         }
     }
 
+    /// Announces a desired generation recorded elsewhere (by another
+    /// coordinator of a shared store) to `machine`'s agent, if it watches
+    /// here: its watch stream reads the assignment from the store.
+    pub fn announce_generation(&self, machine: &str, generation: u64) {
+        if let Some(tx) = lock(&self.desired).get(machine) {
+            tx.send_if_modified(|d| {
+                let newer = generation > d.generation;
+                if newer {
+                    *d = Desired { generation, assigned: None };
+                }
+                newer
+            });
+        }
+    }
+
+    /// Whether an agent of `machine` watches its desired generation here.
+    pub fn watching(&self, machine: &str) -> bool {
+        lock(&self.desired).get(machine).is_some_and(|tx| tx.receiver_count() > 0)
+    }
+
+    /// The machines whose agents watch here.
+    pub fn watched_machines(&self) -> Vec<String> {
+        lock(&self.desired).iter().filter(|(_, tx)| tx.receiver_count() > 0).map(|(id, _)| id.clone()).collect()
+    }
+
     /// The watch stream announced `generation`: its assignment is no longer
     /// kept (the watchers are not woken).
     pub fn sent(&self, machine: &str, generation: u64) {

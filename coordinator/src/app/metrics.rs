@@ -80,11 +80,12 @@ pub struct Metrics {
     connected: Gauge,
     store_size: Gauge,
     serving: Family<Serving, Gauge>,
+    leading: Family<Serving, Gauge>,
     serving_since: Gauge,
 }
 
 /// The coordinator that exposes the metrics, and its store: only the
-/// serving coordinator of a fleet answers (the others stand by).
+/// coordinator that answers (every coordinator of a fleet serves).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Serving {
     coordinator: String,
@@ -116,6 +117,7 @@ impl Metrics {
             connected: Gauge::default(),
             store_size: Gauge::default(),
             serving: Family::default(),
+            leading: Family::default(),
             serving_since: Gauge::default(),
         };
         {
@@ -141,8 +143,13 @@ impl Metrics {
             r.register_with_unit("store_size", "Size of the store on disk", Unit::Bytes, m.store_size.clone());
             r.register(
                 "coordinator_serving",
-                "1 for the coordinator serving the fleet (the leader on an etcd store), with its address and store",
+                "1 while this coordinator serves agents and admins (0 while it is cut off from its etcd store), with its address and store",
                 m.serving.clone(),
+            );
+            r.register(
+                "coordinator_leading",
+                "1 while this coordinator leads the fleet's coordinators (its rollout driver and provisioning run; always on sled)",
+                m.leading.clone(),
             );
             r.register_with_unit(
                 "coordinator_serving_since_timestamp",
@@ -231,8 +238,11 @@ impl Metrics {
         }
         self.connected.set(i64::try_from(state.live.connected_machines()).unwrap_or(i64::MAX));
         let store = if state.config.store.is_some() { "etcd" } else { "sled" };
+        let me = Serving { coordinator: state.config.advertise.to_string(), store: store.into() };
         self.serving.clear();
-        self.serving.get_or_create(&Serving { coordinator: state.config.advertise.to_string(), store: store.into() }).set(1);
+        self.serving.get_or_create(&me).set(i64::from(!*state.suspended.borrow()));
+        self.leading.clear();
+        self.leading.get_or_create(&me).set(i64::from(state.leads()));
         self.serving_since.set(i64::try_from(state.serving_since / 1000).unwrap_or(i64::MAX));
         self.store_size.set(i64::try_from(dir_size(&state.config.state_dir.join(super::DB_DIR))).unwrap_or(i64::MAX));
     }

@@ -88,6 +88,14 @@ pub struct Coordinator {
     /// out (cut off from etcd past the lease): it serves nobody then
     /// ([`coordinators::guard_claim`]).
     pub suspended: tokio::sync::watch::Sender<bool>,
+    /// True while this coordinator leads the fleet's coordinators (always,
+    /// on a store no other shares): only the leader runs what must happen
+    /// once — the rollout driver, provisioning, volume detaches, finishing
+    /// what another left between batches ([`coordinators::lead`]).
+    pub leading: tokio::sync::watch::Sender<bool>,
+    /// The plans of changes this process is recording in batches now
+    /// (their keys): nobody finishes them under it.
+    pub recording: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Passes the rollout driver has made, so that a caller can wait until
     /// it has looked at the fleet again.
     pub driver_passes: tokio::sync::watch::Sender<u64>,
@@ -116,27 +124,21 @@ pub struct Backends {
     pub nix: Arc<dyn Nix>,
 }
 
-/// How long the etcd store's serving claim outlives a coordinator that
-/// stopped renewing it (died, paused, cut off); a restarted coordinator
-/// waits up to this long for its previous life's claim.
+/// How long a coordinator's lease on the etcd store outlives a coordinator
+/// that stopped renewing it (died, paused, cut off): its presence vanishes
+/// then, and if it led, another coordinator leads.
 pub const STORE_CLAIM_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The state directory's fleet CA and store.
+/// The state directory's fleet CA and store. On an etcd store the
+/// coordinator joins the fleet's coordinators (its presence under its own
+/// lease, which fences its writes); it does not wait for anyone.
 pub fn open_state(config: &Config) -> Result<(Ca, Store)> {
-    open_state_waiting(config, None)
-}
-
-/// [`open_state`], waiting up to `patience` (default: a little longer than
-/// the claim's lease) for another coordinator's claim on an etcd store.
-pub fn open_state_waiting(config: &Config, patience: Option<std::time::Duration>) -> Result<(Ca, Store)> {
     let ca = Ca::load(&config.state_dir).with_context(|| format!("loading the fleet CA from {}", config.state_dir.display()))?;
     let store = match &config.store {
         Some(etcd) => {
-            let holder = format!("coordinator {} (pid {})", config.advertise, std::process::id());
-            let patience = patience.unwrap_or(STORE_CLAIM_TTL + std::time::Duration::from_secs(5));
             let address = config.advertise.to_string();
-            let presence = |serving: bool| coordinators::encode(&coordinators::presence(&address, serving, 0));
-            Store::open_etcd_serving(etcd.etcd_options()?, &holder, STORE_CLAIM_TTL, patience, Some((&address, &presence)))
+            let presence = coordinators::encode(&coordinators::presence(&address, false, 0));
+            Store::open_etcd_member(etcd.etcd_options()?, &address, &coordinators::holder(&address), STORE_CLAIM_TTL, &presence)
                 .with_context(|| format!("opening the store in etcd ({})", etcd.etcd_endpoints.join(", ")))?
         }
         None => Store::open_with(
@@ -149,11 +151,21 @@ pub fn open_state_waiting(config: &Config, patience: Option<std::time::Duration>
 }
 
 impl Coordinator {
+    /// Whether this coordinator leads.
+    pub fn leads(&self) -> bool {
+        *self.leading.borrow()
+    }
+
+    /// Waits until this coordinator leads.
+    pub async fn until_leading(&self) {
+        let mut leading = self.leading.subscribe();
+        let _ = leading.wait_for(|l| *l).await;
+    }
+
     /// A coordinator over its configuration, CA, store and external systems.
     pub fn new(config: Config, ca: Ca, store: Store, backends: Backends) -> Self {
         Coordinator {
             config,
-            store,
             ca,
             live: Live::default(),
             object_store: backends.object_store,
@@ -162,6 +174,10 @@ impl Coordinator {
             generations: tokio::sync::RwLock::new(()),
             serving_since: now_ms(),
             suspended: tokio::sync::watch::Sender::new(false),
+            // A store no other process shares: this one leads alone.
+            leading: tokio::sync::watch::Sender::new(store.backend().lost().is_none()),
+            store,
+            recording: Default::default(),
             driver_passes: tokio::sync::watch::channel(0).0,
             metrics: metrics::Metrics::new(),
             hypervisors: backends.hypervisors,

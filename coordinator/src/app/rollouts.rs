@@ -205,6 +205,9 @@ pub async fn start(state: &Coordinator, by: &str, mut spec: RolloutSpec) -> Resu
         super::volumes::block_storage(state)?;
     }
     let _guard = state.rollout_lock.lock().await;
+    // Rollouts started since the check below, by this or (on a shared
+    // store) another coordinator, make the commit refuse.
+    let epoch = state.store.meta(ROLLOUT_EPOCH_KEY)?;
     let machines: Vec<_> =
         state.store.machines()?.into_iter().filter(|m| m.revoked_at.is_none() && registry::matches(&m.labels, &spec.deploy.selector)).collect();
     if machines.is_empty() {
@@ -253,6 +256,11 @@ pub async fn start(state: &Coordinator, by: &str, mut spec: RolloutSpec) -> Resu
     state
         .store
         .commit(|tx| {
+            if tx.meta(ROLLOUT_EPOCH_KEY)? != epoch {
+                return Err(conflict("another rollout started while this one was checked; start it again"));
+            }
+            let next = epoch.as_deref().and_then(|e| e.parse::<u64>().ok()).unwrap_or(0) + 1;
+            tx.put_meta(ROLLOUT_EPOCH_KEY, &next.to_string())?;
             for (id, node, machine_mounts) in &mounts {
                 volumes::record_attachments(tx, id, node, machine_mounts, now)?;
             }
@@ -263,6 +271,11 @@ pub async fn start(state: &Coordinator, by: &str, mut spec: RolloutSpec) -> Resu
     tracing::info!(rollout = %record.id, machines = record.state.machines.len(), by, "rollout started");
     Ok(to_wire(&record, &machines.into_iter().map(|m| (m.id.clone(), m)).collect()))
 }
+
+/// The meta key counting rollout starts: each start's transaction reads and
+/// bumps it, so two coordinators cannot both start rollouts over the same
+/// machines from the same view of the active ones.
+const ROLLOUT_EPOCH_KEY: &str = "rollout_epoch";
 
 /// Pauses, resumes, aborts, reverts or promotes a rollout.
 pub async fn control(state: &Coordinator, by: &str, id: &str, action: RolloutAction) -> Result<RolloutInfo, WireError> {

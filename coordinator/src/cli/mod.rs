@@ -166,10 +166,9 @@ pub struct ServeCommandArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeFlags {
-    /// On an etcd store served by another coordinator: wait, however long,
-    /// for its serving claim to end (it stopped or died), then serve.
-    /// Without it, a second coordinator gives up after the claim's lease.
-    #[arg(long)]
+    /// No longer needed (accepted for older scripts): every coordinator of
+    /// an etcd store serves at once, and one of them leads.
+    #[arg(long, hide = true)]
     pub standby: bool,
 }
 

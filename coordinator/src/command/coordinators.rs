@@ -1,5 +1,4 @@
-//! `drover coordinators list`: the fleet's coordinators, the serving one
-//! first, with the agents each holds and how long its presence lasts.
+//! `drover coordinators list`: the fleet's coordinators, the leader first, with the agents each holds and how long its presence lasts.
 
 use anyhow::Result;
 
@@ -20,8 +19,8 @@ pub async fn list(admin: AdminArgs) -> Result<()> {
             for c in &coordinators {
                 t.add_row(vec![
                     c.address.clone(),
-                    if c.serving { "serving" } else { "standby" }.to_string(),
-                    if c.serving { c.agents.to_string() } else { "-".into() },
+                    if c.leading { "leader" } else { "serving" }.to_string(),
+                    c.agents.to_string(),
                     c.pid.to_string(),
                     output::timestamp(c.since),
                     output::ago(Some(c.updated_at), now),

@@ -21,14 +21,16 @@ fn raise_file_limit() {
     }
 }
 
-/// How long a coordinator that lost its claim waits for its connections
+/// How long a coordinator that was fenced waits for its connections
 /// and tasks to end.
 const STEP_DOWN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn run(config: Config, standby: bool) -> Result<()> {
     raise_file_limit();
-    let patience = standby.then_some(std::time::Duration::MAX);
-    let coordinator = std::sync::Arc::new(tokio::task::spawn_blocking(move || crate::wiring::coordinator_waiting(config, patience)).await??);
+    if standby {
+        tracing::warn!("--standby is no longer needed: every coordinator of an etcd store serves, and one of them leads");
+    }
+    let coordinator = std::sync::Arc::new(tokio::task::spawn_blocking(move || crate::wiring::coordinator(config)).await??);
     let lost = coordinator.store.backend().lost();
     let handle = server::start(coordinator).await?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -51,7 +53,7 @@ pub async fn run(config: Config, standby: bool) -> Result<()> {
     tracing::info!("shutting down");
     if step_down {
         // Whatever its connections and tasks are doing, a coordinator that
-        // lost its claim must not linger.
+        // was fenced must not linger.
         if tokio::time::timeout(STEP_DOWN_PATIENCE, handle.shutdown()).await.is_err() {
             tracing::warn!("connections and tasks did not end within {STEP_DOWN_PATIENCE:?}; stepping down without them");
         }
@@ -60,7 +62,7 @@ pub async fn run(config: Config, standby: bool) -> Result<()> {
     }
     tracing::info!("shut down");
     if step_down {
-        anyhow::bail!("this coordinator lost its claim on the fleet's store (another coordinator took over while it was paused or cut off): it stepped down; start it with --standby to stand by again");
+        anyhow::bail!("this coordinator's lease on the fleet's store ran out while it was paused or cut off, and another coordinator took over what it held: it stepped down; start it again to serve again");
     }
     Ok(())
 }

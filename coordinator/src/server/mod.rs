@@ -95,17 +95,10 @@ fn server_tls(config: &Config, ca: &Ca) -> Result<(quinn::ServerConfig, Vec<u8>)
 pub async fn start(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
     let (tls, key) = server_tls(&coordinator.config, &coordinator.ca)?;
     // A deployment a stopped coordinator left between its batches: whole
-    // or gone before anyone is told anything.
-    let recovering = std::time::Instant::now();
-    match crate::app::generations::finish_batches(&coordinator.store).await {
-        Ok((0, 0)) => {}
-        Ok((finished, removed)) => tracing::info!(
-            finished,
-            removed,
-            ms = recovering.elapsed().as_millis() as u64,
-            "deployments left between batches: committed ones finished, the others removed"
-        ),
-        Err(e) => anyhow::bail!("cannot finish the deployments a previous coordinator left between batches: {}", e.message),
+    // or gone before anyone is told anything. On a shared store the leader
+    // does it (for coordinators no longer there), in its driver.
+    if coordinator.leads() {
+        crate::app::generations::finish_orphaned_batches(&coordinator).await.map_err(|e| anyhow::anyhow!(e.message))?;
     }
     let sockets = coordinator.config.sockets();
     let endpoints = drover_net::socket::server_endpoints(coordinator.config.listen, sockets, tls, &key)
@@ -119,9 +112,23 @@ pub async fn start(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
         }
         None => (None, None),
     };
-    let driver = tokio::spawn(crate::app::driver::drive(coordinator.clone()));
+    // What must happen once runs on the coordinator that leads (this one
+    // alone on sled; on etcd, once it won the election).
+    let driver = {
+        let state = coordinator.clone();
+        tokio::spawn(async move {
+            state.until_leading().await;
+            crate::app::driver::drive(state).await;
+        })
+    };
     let liveness = tokio::spawn(crate::app::agent::write_liveness_periodically(coordinator.clone()));
-    let provisioner = tokio::spawn(crate::app::provisions::run(coordinator.clone()));
+    let provisioner = {
+        let state = coordinator.clone();
+        tokio::spawn(async move {
+            state.until_leading().await;
+            crate::app::provisions::run(state).await;
+        })
+    };
     let limits = limits::Limits::new(&coordinator.config.limits, coordinator.config.max_connections);
     let summaries = {
         let (limits, state) = (limits.clone(), coordinator.clone());
@@ -130,6 +137,8 @@ pub async fn start(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
                 limits.warnings.run(),
                 crate::app::audit::keep_periodically(state.clone()),
                 crate::app::coordinators::announce_periodically(state.clone()),
+                crate::app::coordinators::lead(state.clone()),
+                crate::app::coordinators::follow_machines(state.clone()),
                 crate::app::coordinators::guard_claim(state)
             );
         })

@@ -25,7 +25,7 @@
 //! (assignments and deployment records), [`rollouts`], [`tenants`], [`s3`].
 
 pub mod audit;
-mod codec;
+pub(crate) mod codec;
 pub mod deployments;
 pub mod machines;
 pub mod provisions;
@@ -149,10 +149,6 @@ pub const DB_DIR: &str = "db";
 fn etcd_place(options: &drover_store::EtcdOptions) -> String {
     format!("etcd {} under {:?}", options.endpoints.join(","), options.prefix)
 }
-
-/// How a coordinator announces itself among the fleet's coordinators: its
-/// name, and its announcement standing by (`false`) or serving (`true`).
-pub type Presence<'a> = (&'a str, &'a dyn Fn(bool) -> Vec<u8>);
 
 /// The meta key naming the fleet a store belongs to (its CA's fleet id),
 /// which another coordinator joining the store must share.
@@ -301,48 +297,21 @@ impl Store {
         Store::over_etcd(drover_store::EtcdBackend::connect(options)?, &place)
     }
 
-    /// [`Store::open_etcd`] for a coordinator that serves: takes the
-    /// fleet's serving claim (a key under a lease of `ttl`, naming
-    /// `holder`), waiting up to `patience` for a previous holder's claim to
-    /// expire. Every later write is fenced by the claim.
-    pub fn open_etcd_serving(
+    /// [`Store::open_etcd`] for a coordinator that serves: joins the
+    /// fleet's coordinators as `name` (announcing `presence`, naming
+    /// `holder` when it leads) on a lease of `ttl`, which fences every
+    /// later write. Whether it leads is decided later
+    /// ([`drover_store::Backend::campaign`]).
+    pub fn open_etcd_member(
         options: drover_store::EtcdOptions,
+        name: &str,
         holder: &str,
         ttl: std::time::Duration,
-        patience: std::time::Duration,
-        presence: Option<Presence<'_>>,
+        presence: &[u8],
     ) -> Result<Self, StoreError> {
         let place = etcd_place(&options);
         let backend = drover_store::EtcdBackend::connect(options)?;
-        // Among the fleet's coordinators, standing by, then serving
-        // (`drover coordinators list`); a failure is only logged.
-        let announce = |serving: bool| {
-            if let Some((name, value)) = presence {
-                if let Err(e) = backend.announce(name, &value(serving), ttl) {
-                    tracing::warn!(error = %e, "this coordinator could not announce itself in the store");
-                }
-            }
-        };
-        announce(false);
-        // None: wait however long it takes (a standby).
-        let deadline = std::time::Instant::now().checked_add(patience);
-        let mut waiting = false;
-        loop {
-            match backend.claim(holder, ttl) {
-                Ok(()) => {
-                    announce(true);
-                    break;
-                }
-                Err(drover_store::Error::Held(by)) if deadline.is_none_or(|d| std::time::Instant::now() < d) => {
-                    if !waiting {
-                        tracing::info!(held_by = %by, "another coordinator holds the store's serving claim; waiting for it to end");
-                        waiting = true;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(500));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        backend.join(name, holder, presence, ttl)?;
         Store::over_etcd(backend, &place)
     }
 

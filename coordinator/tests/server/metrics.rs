@@ -123,12 +123,13 @@ async fn metrics_parse_and_move_with_enrollments_deployments_and_rollouts() {
     assert!(expiry > (drover_net::clock::now_ms() / 1000) as f64, "{expiry}");
     // Which coordinator serves, on which store, since when.
     assert_eq!(value(&after, &format!("drover_coordinator_serving{{coordinator=\"{}\",store=\"sled\"}}", fleet.addr)), 1.0);
+    assert_eq!(value(&after, &format!("drover_coordinator_leading{{coordinator=\"{}\",store=\"sled\"}}", fleet.addr)), 1.0, "alone on sled, it leads");
     let since = value(&after, "drover_coordinator_serving_since_timestamp_seconds");
     assert!(since > 0.0 && since <= (drover_net::clock::now_ms() / 1000) as f64, "{since}");
-    // And `coordinators list` says the same: one, serving, with its agent.
+    // And `coordinators list` says the same: one, leading, with its agent.
     let coordinators = fleet.call(AdminRequest::CoordinatorsList).await.coordinators().expect("Coordinators");
     assert_eq!(coordinators.len(), 1, "{coordinators:?}");
-    assert!(coordinators[0].serving && coordinators[0].agents == 1 && coordinators[0].address == fleet.addr.to_string(), "{coordinators:?}");
+    assert!(coordinators[0].leading && coordinators[0].agents == 1 && coordinators[0].address == fleet.addr.to_string(), "{coordinators:?}");
     assert_eq!(coordinators[0].lease_left_s, None, "no lease on sled");
     assert_eq!(coordinators[0].since / 1000, since as u64);
     agent.stop().await.expect("stop");

@@ -101,37 +101,50 @@ async fn init_on_etcd_refuses_a_prefix_another_fleet_holds() {
     assert!(prefix.starts_with("drover/") && prefix.len() > "drover/".len() + 8, "the default prefix names the fleet: {prefix}");
 }
 
-/// A second `drover serve` on a fleet another serves from etcd waits for
-/// the serving claim and gives up naming the holder; once the first is
-/// SIGKILLed, a new one takes over when the claim's lease runs out and the
-/// agent comes back to it.
+/// A second `drover serve` of a fleet in etcd serves at once beside the
+/// first, which leads; once the leader is SIGKILLed, the second leads
+/// within the lease, and the first, started again, serves its agent again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_coordinator_serves_a_fleet_in_etcd_and_another_takes_over_when_it_dies() {
+async fn every_coordinator_of_a_fleet_in_etcd_serves_and_another_leads_when_the_leader_dies() {
     let cluster = EtcdCluster::start(3);
-    let fleet = TestCoordinator::start_with(Options { etcd: Some(url(&cluster, "fleet-b")), no_server: true, ..Default::default() }).await;
+    let store = url(&cluster, "fleet-b");
+    let fleet = TestCoordinator::start_with(Options { etcd: Some(store.clone()), no_server: true, ..Default::default() }).await;
     let mut first = common::Serving(common::spawn_coordinator(&fleet.state_dir));
-    assert!(eventually(Duration::from_secs(20), || async { common::raw_connect(&fleet, None).await.is_ok() }).await, "the first serves");
+    let leader = admin_when_serving(&fleet, fleet.addr, Duration::from_secs(30)).await;
+    assert!(eventually(Duration::from_secs(20), || async { leading(&leader).await == Some(fleet.addr.to_string()) }).await, "the first leads");
     let (_, token) = fleet.token(1, &[]).await;
     let mut agent = fleet.spawn_agent("vm1", Some(&token));
     until_reported(&mut agent, 1).await;
 
-    let second = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
-        .args(["serve", "--state-dir"])
-        .arg(&fleet.state_dir)
-        .output()
-        .expect("run a second drover serve");
-    let err = String::from_utf8_lossy(&second.stderr);
-    assert!(!second.status.success() && err.contains("another coordinator serves this fleet"), "{err}");
-    assert!(err.contains(&format!("pid {}", first.0.id())), "the error names the holder: {err}");
+    let (second_dir, second_addr) = join(&fleet, &store, "b");
+    let _second = serve(&second_dir);
+    let second = admin_when_serving(&fleet, second_addr, Duration::from_secs(30)).await;
+    let listed = second.call(AdminRequest::CoordinatorsList).await.expect("list").coordinators().expect("Coordinators");
+    assert_eq!(listed.iter().filter(|c| c.leading).count(), 1, "one leads: {listed:?}");
+    assert_eq!(leading(&second).await, Some(fleet.addr.to_string()), "still the first: {listed:?}");
+    leader.close().await;
 
-    first.0.kill().expect("SIGKILL the first");
+    first.0.kill().expect("SIGKILL the leader");
+    let killed = std::time::Instant::now();
     let _ = first.0.wait();
-    let _third = common::Serving(common::spawn_coordinator(&fleet.state_dir));
+    assert!(
+        eventually(Duration::from_secs(60), || async { leading(&second).await == Some(second_addr.to_string()) }).await,
+        "the second leads once the first's lease ran out"
+    );
+    eprintln!("failover: the second led {:.1} s after the SIGKILL", killed.elapsed().as_secs_f64());
+    let _again = common::Serving(common::spawn_coordinator(&fleet.state_dir));
     let reports = agent.status.borrow().reports;
     until_reported(&mut agent, reports + 2).await;
     let machines = fleet.machines().await;
     assert_eq!(machines.len(), 1, "the same machine, not enrolled again");
     assert_eq!(machines[0].status, MachineStatus::Online);
+}
+
+/// The address of the coordinator that leads, as `coordinators list`
+/// through `admin` says.
+async fn leading(admin: &drover_coordinator::client::AdminClient) -> Option<String> {
+    let listed = admin.call(AdminRequest::CoordinatorsList).await.ok()?.coordinators().ok()?;
+    listed.into_iter().find(|c| c.leading).map(|c| c.address)
 }
 
 /// An admin client of whichever coordinator at `addr`, with the fleet's
@@ -164,12 +177,14 @@ async fn deploy_through(fleet: &TestCoordinator, addr: std::net::SocketAddr, mac
     last
 }
 
-/// Three coordinators of one fleet in etcd — one serving, two standing by
-/// — and an agent that knows all three: the serving one is SIGKILLed, one
-/// of the others takes over, the agent finds it, and a deployment through
-/// it reaches the machine.
+/// Three coordinators of one fleet in etcd, all serving, one leading; two
+/// agents, each on another coordinator and knowing all three. A deployment
+/// through the third reaches both machines (each coordinator learns of it
+/// through its watch of the store and tells its own agent). Then the
+/// leader is SIGKILLed: its agent moves to another, one of the others
+/// leads, and a deployment after the loss reaches both machines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_that_knows_three_coordinators_stays_managed_when_the_serving_one_dies() {
+async fn three_coordinators_serve_at_once_and_an_agent_that_knows_them_stays_managed_when_the_leader_dies() {
     let cluster = EtcdCluster::start(3);
     let store = url(&cluster, "fleet-c");
     let fleet = TestCoordinator::start_with(Options { etcd: Some(store.clone()), no_server: true, ..Default::default() }).await;
@@ -188,69 +203,88 @@ async fn an_agent_that_knows_three_coordinators_stays_managed_when_the_serving_o
         .expect("drover init --join");
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not the fleet of this CA"), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let mut first = common::Serving(common::spawn_coordinator(&fleet.state_dir));
-    assert!(eventually(Duration::from_secs(20), || async { common::raw_connect(&fleet, None).await.is_ok() }).await, "the first serves");
-    let _standbys: Vec<common::Serving> = others.iter().map(|(dir, _)| standby(dir)).collect();
+    let mut processes = vec![common::Serving(common::spawn_coordinator(&fleet.state_dir))];
+    processes.extend(others.iter().map(|(dir, _)| serve(dir)));
+    let addrs = [fleet.addr, others[0].1, others[1].1];
+    for addr in addrs {
+        admin_when_serving(&fleet, addr, Duration::from_secs(30)).await.close().await;
+    }
 
     let flake = common::flake::flake(fleet.dir.path());
-    let (_, token) = fleet.token(1, &[]).await;
-    let other_addrs: Vec<drover_net::HostPort> = others.iter().map(|(_, a)| (*a).into()).collect();
-    let (_vm, mut agent) = common::flake::spawn_vm_with(&fleet, "vm1", Some(&token), |c| c.other_coordinators = other_addrs.clone());
-    until_reported(&mut agent, 1).await;
-    let machine = fleet.machines().await[0].id.clone();
-    let before = deploy_through(&fleet, fleet.addr, &machine, &flake, "good").await;
-    assert_eq!(before.state, DeploymentState::Succeeded, "{before:?}");
-    // `drover coordinators list`: the serving one first, with its agent
-    // (said again every few seconds), and both standing by.
-    let listed = |through: Option<std::net::SocketAddr>| {
-        let mut args = vec!["coordinators".to_string(), "list".to_string()];
-        if let Some(addr) = through {
-            args.extend(["--coordinator".to_string(), addr.to_string()]);
+    let (_, token) = fleet.token(2, &[]).await;
+    // vm1 on the first, vm2 on the second; each knows the other two.
+    let knows = |primary: usize| {
+        let rest: Vec<drover_net::HostPort> = addrs.iter().enumerate().filter(|(i, _)| *i != primary).map(|(_, a)| (*a).into()).collect();
+        move |c: &mut drover_agent::AgentConfig| {
+            c.coordinator = addrs[primary].into();
+            c.other_coordinators = rest.clone();
         }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (ok, out, err) = drover_json(&fleet, &args);
+    };
+    let (_vm1, mut agent1) = common::flake::spawn_vm_with(&fleet, "vm1", Some(&token), knows(0));
+    let (_vm2, mut agent2) = common::flake::spawn_vm_with(&fleet, "vm2", Some(&token), knows(1));
+    until_reported(&mut agent1, 1).await;
+    until_reported(&mut agent2, 1).await;
+    let machines: Vec<String> = fleet.machines().await.into_iter().map(|m| m.id).collect();
+    assert_eq!(machines.len(), 2);
+    // `drover coordinators list`: three, one leading, each with its agents
+    // (said again every few seconds).
+    let listed = |through: std::net::SocketAddr| {
+        let through = through.to_string();
+        let (ok, out, err) = drover_json(&fleet, &["coordinators", "list", "--coordinator", &through]);
         assert!(ok, "{err}");
         out.as_array().cloned().unwrap_or_default()
     };
     let roles = |list: &[serde_json::Value]| -> Vec<(String, bool, u64)> {
-        list.iter().map(|c| (c["address"].as_str().unwrap_or_default().to_string(), c["serving"] == true, c["agents"].as_u64().unwrap_or(0))).collect()
+        list.iter().map(|c| (c["address"].as_str().unwrap_or_default().to_string(), c["leading"] == true, c["agents"].as_u64().unwrap_or(0))).collect()
     };
+    let expected_agents = |addr: &std::net::SocketAddr| u64::from(*addr == addrs[0] || *addr == addrs[1]);
     assert!(
         eventually(Duration::from_secs(20), || async {
-            let list = roles(&listed(None));
-            list.len() == 3 && list[0] == (fleet.addr.to_string(), true, 1) && list[1..].iter().all(|(_, serving, _)| !serving)
+            let list = roles(&listed(addrs[2]));
+            list.len() == 3
+                && list.iter().filter(|(_, leads, _)| *leads).count() == 1
+                && addrs.iter().all(|a| list.iter().any(|(at, _, agents)| *at == a.to_string() && *agents == expected_agents(a)))
         })
         .await,
-        "three coordinators, the first serving one agent: {:?}",
-        listed(None)
+        "three coordinators, one leading, an agent on the first and one on the second: {:?}",
+        listed(addrs[2])
     );
-    assert!(listed(None).iter().all(|c| c["lease_left_s"].as_i64().is_some_and(|s| s > 0)), "each present under a lease");
+    assert!(listed(addrs[2]).iter().all(|c| c["lease_left_s"].as_i64().is_some_and(|s| s > 0)), "each present under a lease");
 
-    first.0.kill().expect("SIGKILL the serving coordinator");
-    let _ = first.0.wait();
-    let reports = agent.status.borrow().reports;
-    agent.wait_for(Duration::from_secs(120), |s| s.reports >= reports + 2).await.expect("the agent reports to another coordinator");
-    let mut serving = None;
-    for (_, addr) in &others {
-        if let Some(admin) = admin_at(&fleet, *addr).await {
-            admin.close().await;
-            serving = Some(*addr);
-        }
+    // Through the third, which holds neither agent.
+    let reconnects = |agent: &drover_agent::AgentHandle| agent.status.borrow().connects;
+    let connects_before = (reconnects(&agent1), reconnects(&agent2));
+    for id in &machines {
+        let d = deploy_through(&fleet, addrs[2], id, &flake, "good").await;
+        assert_eq!(d.state, DeploymentState::Succeeded, "a deployment through the third reaches {id}: {d:?}");
     }
-    let serving = serving.expect("one of the others serves");
-    // The dead one's presence is gone with its lease; the successor serves.
+    assert_eq!((reconnects(&agent1), reconnects(&agent2)), connects_before, "told by their own coordinators, not by connecting again");
+
+    // The leader dies.
+    let leader = roles(&listed(addrs[2])).into_iter().find(|(_, leads, _)| *leads).map(|(a, _, _)| a).expect("a leader");
+    let index = addrs.iter().position(|a| a.to_string() == leader).expect("one of the three");
+    processes[index].0.kill().expect("SIGKILL the leader");
+    let _ = processes[index].0.wait();
+    let survivor = addrs[(index + 1) % 3];
+    // The dead one's presence is gone with its lease; another leads.
     assert!(
         eventually(Duration::from_secs(30), || async {
-            let list = roles(&listed(Some(serving)));
-            list.len() == 2 && list[0].0 == serving.to_string() && list[0].1 && !list.iter().any(|(a, _, _)| *a == fleet.addr.to_string())
+            let list = roles(&listed(survivor));
+            list.len() == 2 && list.iter().filter(|(_, leads, _)| *leads).count() == 1 && !list.iter().any(|(a, _, _)| *a == leader)
         })
         .await,
         "{:?}",
-        listed(Some(serving))
+        listed(survivor)
     );
-    let after = deploy_through(&fleet, serving, &machine, &flake, "good2").await;
-    assert_eq!(after.state, DeploymentState::Succeeded, "a deployment after the loss reaches the machine: {after:?}");
-    assert!(after.system_path.as_deref().is_some_and(|p| p.ends_with("/good2")), "{after:?}");
+    for agent in [&mut agent1, &mut agent2] {
+        let reports = agent.status.borrow().reports;
+        agent.wait_for(Duration::from_secs(120), |s| s.reports >= reports + 2).await.expect("each agent reports to a live coordinator");
+    }
+    for id in &machines {
+        let after = deploy_through(&fleet, survivor, id, &flake, "good2").await;
+        assert_eq!(after.state, DeploymentState::Succeeded, "a deployment after the loss reaches {id}: {after:?}");
+        assert!(after.system_path.as_deref().is_some_and(|p| p.ends_with("/good2")), "{after:?}");
+    }
 }
 
 /// The etcd members under a coordinator fail: one killed and restarted
@@ -301,10 +335,10 @@ async fn a_coordinator_on_etcd_rides_out_a_lost_member_and_refuses_changes_witho
     assert!(listed.len() >= 3, "the tokens made with quorum are there: {listed:?}");
 }
 
-/// The serving coordinator is SIGSTOPped past its claim's lease; a standby
-/// takes over and changes the fleet; the old one is SIGCONTed: its writes
-/// are refused by the fence, it steps down (exits naming why), and the
-/// store holds only the successor's change.
+/// The leading coordinator is SIGSTOPped past its lease; the other leads
+/// and changes the fleet; the old one is SIGCONTed: its writes are refused
+/// by the fence, it steps down (exits naming why), and the store holds
+/// only the successor's change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_paused_past_its_lease_is_fenced_and_steps_down() {
     use nix::sys::signal::{kill, Signal};
@@ -313,7 +347,7 @@ async fn a_coordinator_paused_past_its_lease_is_fenced_and_steps_down() {
     let cluster = EtcdCluster::start(3);
     let store = url(&cluster, "fleet-e");
     let fleet = TestCoordinator::start_with(Options { etcd: Some(store.clone()), no_server: true, ..Default::default() }).await;
-    let (standby_dir, standby_addr) = join(&fleet, &store, "b");
+    let (second_dir, second_addr) = join(&fleet, &store, "b");
     let log = fleet.dir.path().join("first.log");
     let mut first = common::Serving(
         std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
@@ -323,14 +357,18 @@ async fn a_coordinator_paused_past_its_lease_is_fenced_and_steps_down() {
             .spawn()
             .expect("drover serve"),
     );
-    assert!(eventually(Duration::from_secs(20), || async { admin_at(&fleet, fleet.addr).await.is_some() }).await, "the first serves");
-    let _standby = standby(&standby_dir);
-    let first_admin = admin_at(&fleet, fleet.addr).await.expect("an admin connection to the first");
+    let first_admin = admin_when_serving(&fleet, fleet.addr, Duration::from_secs(20)).await;
+    assert!(eventually(Duration::from_secs(20), || async { leading(&first_admin).await == Some(fleet.addr.to_string()) }).await, "the first leads");
+    let _second = serve(&second_dir);
     let tokens_before = first_admin.call(AdminRequest::TokensList).await.expect("list").tokens().expect("Tokens").len();
 
     let pid = Pid::from_raw(i32::try_from(first.0.id()).expect("pid"));
     kill(pid, Signal::SIGSTOP).expect("SIGSTOP the first");
-    let successor = admin_when_serving(&fleet, standby_addr, Duration::from_secs(60)).await;
+    let successor = admin_when_serving(&fleet, second_addr, Duration::from_secs(60)).await;
+    assert!(
+        eventually(Duration::from_secs(60), || async { leading(&successor).await == Some(second_addr.to_string()) }).await,
+        "the second leads once the first's lease ran out"
+    );
     let token = |uses| AdminRequest::TokensCreate(drover_protocol::v1::TokenSpec { labels: Default::default(), ttl_ms: 3_600_000, uses });
     successor.call(token(7)).await.expect("the successor changes the fleet");
 
@@ -453,10 +491,14 @@ async fn a_deployment_to_a_thousand_machines_on_etcd_killed_while_it_records_is_
             assert!(staged > 0 && staged < N && now_pointed == 0, "killed while staging ({staged} staged, {now_pointed} pointed)");
         }
 
-        // The next coordinator finishes or removes it before it serves.
+        // The next coordinator, once it leads, finishes or removes what a
+        // coordinator no longer there left.
         serving = common::Serving(common::spawn_coordinator(&fleet.state_dir));
         assert!(eventually(Duration::from_secs(60), || async { admin_at(&fleet, fleet.addr).await.is_some() }).await, "a coordinator serves again");
-        assert!(store.metas(BATCH_PREFIX).expect("read").is_empty(), "no plan left");
+        assert!(
+            eventually(Duration::from_secs(90), || async { store.metas(BATCH_PREFIX).expect("read").is_empty() }).await,
+            "no plan left once the next coordinator leads"
+        );
         let machines = store.machines().expect("machines");
         if commit_point_passed {
             assert!(machines.iter().all(|m| m.desired_generation == 1), "whole: every machine at generation 1");
@@ -489,15 +531,15 @@ fn join(fleet: &TestCoordinator, store: &str, name: &str) -> (std::path::PathBuf
     (dir, addr)
 }
 
-/// `drover serve --standby` on `dir`.
-fn standby(dir: &std::path::Path) -> common::Serving {
+/// `drover serve` on `dir`.
+fn serve(dir: &std::path::Path) -> common::Serving {
     common::Serving(
         std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
-            .args(["serve", "--standby", "--state-dir"])
+            .args(["serve", "--state-dir"])
             .arg(dir)
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("drover serve --standby"),
+            .expect("drover serve"),
     )
 }
 
@@ -519,28 +561,29 @@ async fn rollout_status(admin: &drover_coordinator::client::AdminClient, id: &st
     admin.call(AdminRequest::RolloutStatus { id: id.into() }).await.expect("status").rollout().expect("Rollout")
 }
 
-/// The serving coordinator is SIGKILLed in the middle of a rollout over six
-/// agents that know both coordinators: the standby takes over once the
-/// claim's lease runs out, resumes the rollout from the store and finishes
-/// it; every machine switched to the rollout's system exactly once, and
+/// The leading coordinator, which all six agents use, is SIGKILLed in the
+/// middle of a rollout; the agents know the other coordinator too: it
+/// leads once the leader's lease runs out, resumes the rollout from the
+/// store and finishes it; every machine switched to the rollout's system exactly once, and
 /// none changed its system because of the failover.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_serving_coordinator_killed_in_the_middle_of_a_rollout_is_replaced_and_the_rollout_completes() {
+async fn the_leading_coordinator_killed_in_the_middle_of_a_rollout_is_replaced_and_the_rollout_completes() {
     use drover_protocol::v1::RolloutSpec;
     const N: usize = 6;
     let cluster = EtcdCluster::start(3);
     let store = url(&cluster, "fleet-r");
     let fleet = TestCoordinator::start_with(Options { etcd: Some(store.clone()), no_server: true, ..Default::default() }).await;
-    let (standby_dir, standby_addr) = join(&fleet, &store, "b");
+    let (second_dir, second_addr) = join(&fleet, &store, "b");
     let mut first = common::Serving(common::spawn_coordinator(&fleet.state_dir));
     let admin = admin_when_serving(&fleet, fleet.addr, Duration::from_secs(30)).await;
-    let _standby = standby(&standby_dir);
+    assert!(eventually(Duration::from_secs(20), || async { leading(&admin).await == Some(fleet.addr.to_string()) }).await, "the first leads");
+    let _second = serve(&second_dir);
 
     let flake = common::flake::flake(fleet.dir.path());
     let (_, token) = fleet.token(N as u32, &[("role", "web")]).await;
     let mut vms = Vec::new();
     for i in 0..N {
-        let (vm, mut agent) = common::flake::spawn_vm_with(&fleet, &format!("vm{i}"), Some(&token), |c| c.other_coordinators = vec![standby_addr.into()]);
+        let (vm, mut agent) = common::flake::spawn_vm_with(&fleet, &format!("vm{i}"), Some(&token), |c| c.other_coordinators = vec![second_addr.into()]);
         until_reported(&mut agent, 1).await;
         vms.push((vm, agent));
     }
@@ -568,11 +611,15 @@ async fn the_serving_coordinator_killed_in_the_middle_of_a_rollout_is_replaced_a
         assert!(std::time::Instant::now() < deadline, "the rollout moves: {r:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    first.0.kill().expect("SIGKILL the serving coordinator");
+    first.0.kill().expect("SIGKILL the leading coordinator");
     let killed = std::time::Instant::now();
     let _ = first.0.wait();
 
-    let successor = admin_when_serving(&fleet, standby_addr, Duration::from_secs(60)).await;
+    let successor = admin_when_serving(&fleet, second_addr, Duration::from_secs(60)).await;
+    assert!(
+        eventually(Duration::from_secs(60), || async { leading(&successor).await == Some(second_addr.to_string()) }).await,
+        "the second leads once the first's lease ran out"
+    );
     let took_over = killed.elapsed();
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
     let done = loop {
@@ -583,7 +630,7 @@ async fn the_serving_coordinator_killed_in_the_middle_of_a_rollout_is_replaced_a
         assert!(std::time::Instant::now() < deadline, "the successor finishes the rollout: {r:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    eprintln!("failover: the standby served {:.1} s after the SIGKILL", took_over.as_secs_f64());
+    eprintln!("failover: the second led {:.1} s after the SIGKILL", took_over.as_secs_f64());
     assert_eq!(done.phase.as_str(), "succeeded", "{done:?}");
     for m in &done.machines {
         assert_eq!(m.generation, Some(2), "{}: one generation recorded by the rollout", m.hostname);
@@ -598,7 +645,7 @@ async fn the_serving_coordinator_killed_in_the_middle_of_a_rollout_is_replaced_a
 /// the namespace drops its TCP to the members) while agents still reach
 /// it. Within the claim's lease it stops answering as a coordinator —
 /// connections closed, new ones refused — instead of serving what it
-/// knew; the standby takes over, the agent moves to it and a deployment
+/// knew; the other leads, the agent moves to it and a deployment
 /// through it reaches the machine. When the link heals, the cut-off
 /// coordinator finds its claim taken and steps down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -623,7 +670,7 @@ async fn a_coordinator_cut_off_from_etcd_stops_serving_and_its_agents_move_to_th
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut inside = ns.serve(&inside_dir);
     admin_when_serving(&fleet, inside_addr, Duration::from_secs(30)).await;
-    let _standby = standby(&fleet.state_dir);
+    let _second = serve(&fleet.state_dir);
 
     let flake = common::flake::flake(fleet.dir.path());
     let admin = admin_at(&fleet, inside_addr).await.expect("admin");
@@ -658,8 +705,10 @@ async fn a_coordinator_cut_off_from_etcd_stops_serving_and_its_agents_move_to_th
     agent.wait_for(Duration::from_secs(60), |s| s.reports >= reports + 2).await.expect("the agent reports to the successor");
     let after = deploy_through(&fleet, fleet.addr, &machine, &flake, "good2").await;
     assert_eq!(after.state, DeploymentState::Succeeded, "a deployment through the successor reaches the machine: {after:?}");
-    let listed = successor.call(AdminRequest::CoordinatorsList).await.expect("list").coordinators().expect("Coordinators");
-    assert!(listed.first().is_some_and(|c| c.serving && c.address == fleet.addr.to_string()), "{listed:?}");
+    assert!(
+        eventually(Duration::from_secs(30), || async { leading(&successor).await == Some(fleet.addr.to_string()) }).await,
+        "the other coordinator leads once the cut-off one's lease ran out"
+    );
     eprintln!("cut off: stopped answering {:.1} s after the cut", stopped_after.as_secs_f64());
 
     // Healed: the claim is another's; the old coordinator steps down.

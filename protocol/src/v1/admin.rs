@@ -196,8 +196,8 @@ pub enum AdminRequest {
         after: Option<String>,
         limit: u32,
     },
-    /// The fleet's coordinators: the serving one and those standing by
-    /// (on a shared store; on sled, the one). Answered with
+    /// The fleet's coordinators, the leader first (on a shared store; on
+    /// sled, the one). Answered with
     /// [`AdminResponse::Coordinators`] (protocol 11).
     CoordinatorsList,
 }
@@ -261,10 +261,11 @@ pub struct CoordinatorInfo {
     /// The address agents and admins reach it at.
     pub address: String,
     pub pid: u32,
-    /// Whether it serves the fleet (holds the store's claim: its drivers
-    /// run, agents and admins are answered); otherwise it stands by.
-    pub serving: bool,
-    /// Since when it serves, or stands by.
+    /// Whether it leads the fleet's coordinators (the rollout driver,
+    /// provisioning and the other work that must happen once run on it);
+    /// every coordinator serves agents and admins.
+    pub leading: bool,
+    /// Since when it serves.
     pub since: UnixMillis,
     /// Agents connected to it when it last said.
     pub agents: u64,
