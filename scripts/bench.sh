@@ -14,8 +14,8 @@
 #   drops (in all, and at the server's socket).
 #   scripts/bench.sh [N...]          (default: 1000)
 # Each N runs Drover twice: on its embedded store (sled) and on a
-# three-member etcd cluster on loopback with two more coordinators
-# serving beside the one the agents use (BENCH_ETCD=0 skips that run); the etcd column adds the
+# three-member etcd cluster on loopback with three coordinators, the
+# agents spread over them (BENCH_ETCD=0 skips that run); the etcd column adds the
 # members' CPU in the deployment, their memory and database size.
 # BENCH_IDLE_SECONDS (default 30) is how long idle CPU is measured; the
 # coordinator's health interval is 10 s. BENCH_AGENT_LOG sets the simulated
@@ -53,12 +53,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
-rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Resident KiB and CPU ticks of one or more processes, summed.
+rss_kib() { local t=0 p; for p in "$@"; do t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo "$t"; }
+cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 rcvbuf_errors() { awk '/^Udp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "RcvbufErrors") c = i; h = 1 } else print $c }' /proc/net/snmp; }
 # Datagrams the kernel dropped at the UDP socket bound to local PORT (the
 # server's; the rest of the drops are at the clients' socket).
-socket_drops() { awk -v port="$(printf ':%04X' "$1")" 'index($2, port) == length($2) - 4 { d += $NF } END { print d + 0 }' /proc/net/udp; }
+# Several ports: summed.
+socket_drops() {
+  local t=0 p
+  for p in "$@"; do
+    t=$((t + $(awk -v port="$(printf ':%04X' "$p")" 'index($2, port) == length($2) - 4 { d += $NF } END { print d + 0 }' /proc/net/udp)))
+  done
+  echo "$t"
+}
 now_ms() { date +%s%3N; }
 wait_file() { # FILE SECONDS WHAT
   local end=$((SECONDS + $2))
@@ -67,30 +75,36 @@ wait_file() { # FILE SECONDS WHAT
     sleep 0.1
   done
 }
-# Figures before N connections come, into DIR/figures.
-#   before_connects DIR PID PORT
+# Figures before N connections come, into DIR/figures (PIDS and PORTS:
+# the coordinators', space-separated, summed).
+#   before_connects DIR PIDS PORTS
 before_connects() {
-  echo "rss_before $(rss_kib "$2")" >"$1/figures"
+  # shellcheck disable=SC2086
+  echo "rss_before $(rss_kib $2)" >"$1/figures"
   echo "drops_before $(rcvbuf_errors)" >>"$1/figures"
-  echo "server_drops_before $(socket_drops "$3")" >>"$1/figures"
+  # shellcheck disable=SC2086
+  echo "server_drops_before $(socket_drops $3)" >>"$1/figures"
 }
 # Figures once they are all connected: memory, drops, idle CPU, and the
 # moment the broadcast (or deployment) starts.
-#   after_connects DIR PID PORT
+#   after_connects DIR PIDS PORTS
 after_connects() {
-  echo "drops_connected $(rcvbuf_errors)" >>"$1/figures"
-  echo "server_drops_connected $(socket_drops "$3")" >>"$1/figures"
-  echo "rss_connected $(rss_kib "$2")" >>"$1/figures"
-  echo "idle_cpu $(idle_cpu "$2")" >>"$1/figures"
-  echo "rss_idle $(rss_kib "$2")" >>"$1/figures"
+  # shellcheck disable=SC2086
+  {
+    echo "drops_connected $(rcvbuf_errors)"
+    echo "server_drops_connected $(socket_drops $3)"
+    echo "rss_connected $(rss_kib $2)"
+    echo "idle_cpu $(idle_cpu $2)"
+    echo "rss_idle $(rss_kib $2)"
+  } >>"$1/figures"
   echo "broadcast_at $(now_ms)" >>"$1/figures"
 }
-# Idle CPU of PID over IDLE seconds, as a percentage of one core.
+# Idle CPU of PIDS (summed) over IDLE seconds, as a percentage of one core.
 idle_cpu() {
   local before after
-  before="$(cpu_ticks "$1")"
+  before="$(cpu_ticks "$@")"
   sleep "$IDLE"
-  after="$(cpu_ticks "$1")"
+  after="$(cpu_ticks "$@")"
   python3 -c "print(($after - $before) / $TICK / $IDLE * 100)"
 }
 
@@ -147,7 +161,7 @@ bare() { # N DIR
 }
 
 drover() { # N DIR [etcd]
-  local n="$1" dir="$2" store="${3:-sled}" sim j standby_pids=()
+  local n="$1" dir="$2" store="${3:-sled}" sim j standby_pids=() ports="$PORT" spread=()
   mkdir -p "$dir"
   # The drill helpers (lib.sh) work in $WORK.
   # shellcheck disable=SC2034
@@ -157,14 +171,16 @@ drover() { # N DIR [etcd]
     local url="etcd://127.0.0.1:$ETCD_PORT,127.0.0.1:$((ETCD_PORT + 1)),127.0.0.1:$((ETCD_PORT + 2))/bench"
     drill_init "$PORT" --health-interval 10s --store "$url"
     drill_serve
-    # Two more coordinators of the fleet, serving too (the agents use the
-    # first: its figures are the ones measured).
+    # Two more coordinators of the fleet: every one serves, the agents are
+    # spread over the three, and the coordinators' figures are their sums.
     for j in 1 2; do
       "$BIN/drover" init --state-dir "$dir/standby-$j" --listen "127.0.0.1:$((PORT + 10 * j))" --store "$url" --join "$DROVER_STATE_DIR" >/dev/null
       RUST_LOG=warn "$BIN/drover" serve --state-dir "$dir/standby-$j" 2>>"$dir/standby-$j.log" &
       standby_pids+=($!)
       PIDS+=($!)
+      ports+=" $((PORT + 10 * j))"
     done
+    spread=(--spread)
   else
     drill_init "$PORT" --health-interval 10s
     drill_serve
@@ -172,21 +188,30 @@ drover() { # N DIR [etcd]
   PIDS+=("$SERVER")
   "$BIN/drover" tokens create --uses "$n" --ttl 1h --label role=bench >"$dir/token"
   drill_agent_config "$PORT"
-  before_connects "$dir" "$SERVER" "$PORT"
+  if [ "$store" = etcd ]; then
+    echo "other_coordinators = [\"127.0.0.1:$((PORT + 10))\", \"127.0.0.1:$((PORT + 20))\"]" >>"$dir/agent.toml"
+    # Every one answers before the agents come.
+    for j in 1 2; do
+      for _ in $(seq 150); do "$BIN/drover" whoami --coordinator "127.0.0.1:$((PORT + 10 * j))" >/dev/null 2>&1 && break; sleep 0.2; done
+    done
+  fi
+  local coords="$SERVER ${standby_pids[*]}"
+  before_connects "$dir" "$coords" "$ports"
   # The simulated agents' state and runtime files on tmpfs: a real agent
   # writes them on its own machine's disk, and N agents creating files on
   # this one's made the simulator, not the coordinator, the bottleneck.
   local agents
   agents="$(mktemp -d "${BENCH_AGENTS_TMPFS:-/dev/shm}/drover-bench-agents.XXXXXX")"
   AGENT_DIRS+=("$agents")
-  RUST_LOG="${BENCH_AGENT_LOG:-error}" "$BIN/drover-agent" simulate -c "$dir/agent.toml" --count "$n" --work-dir "$agents" \
+  RUST_LOG="${BENCH_AGENT_LOG:-error}" "$BIN/drover-agent" simulate -c "$dir/agent.toml" --count "$n" --work-dir "$agents" "${spread[@]}" \
     --timeout 15m --hold 2h --ready-file "$dir/ready.json" --json >"$dir/final.json" 2>"$dir/simulate.log" &
   sim=$!
   PIDS+=("$sim")
   wait_file "$dir/ready.json" 960 "$n simulated agents"
-  after_connects "$dir" "$SERVER" "$PORT"
+  after_connects "$dir" "$coords" "$ports"
   # Whose CPU the deployment takes: the coordinator's or the simulator's.
-  echo "deploy_ticks_before $(cpu_ticks "$SERVER") $(cpu_ticks "$sim")" >>"$dir/figures"
+  # shellcheck disable=SC2086
+  echo "deploy_ticks_before $(cpu_ticks $coords) $(cpu_ticks "$sim")" >>"$dir/figures"
   [ "$store" != etcd ] || echo "etcd_ticks_before $(etcd_ticks)" >>"$dir/figures"
   local profilers=()
   if [ "${BENCH_PERF:-0}" = 1 ]; then
@@ -202,7 +227,8 @@ drover() { # N DIR [etcd]
     wait "${profilers[@]}" || true
   fi
   echo "deployed_at $(now_ms)" >>"$dir/figures"
-  echo "deploy_ticks_after $(cpu_ticks "$SERVER") $(cpu_ticks "$sim")" >>"$dir/figures"
+  # shellcheck disable=SC2086
+  echo "deploy_ticks_after $(cpu_ticks $coords) $(cpu_ticks "$sim")" >>"$dir/figures"
   [ "$store" != etcd ] || echo "etcd_ticks_after $(etcd_ticks)" >>"$dir/figures"
   # The agents' connects so far: the deployment's reconnects.
   kill -USR1 "$sim"
@@ -220,7 +246,8 @@ drover() { # N DIR [etcd]
     echo "rollout_status_ms $((t1 - t0))" >>"$dir/figures"
   fi
   echo "drops_end $(rcvbuf_errors)" >>"$dir/figures"
-  echo "server_drops_end $(socket_drops "$PORT")" >>"$dir/figures"
+  # shellcheck disable=SC2086
+  echo "server_drops_end $(socket_drops $ports)" >>"$dir/figures"
   echo "load $(cut -d' ' -f1 /proc/loadavg)" >>"$dir/figures"
   if [ "$store" = etcd ]; then
     echo "etcd_rss $(etcd_rss_kib)" >>"$dir/figures"
@@ -242,7 +269,7 @@ for N in "$@"; do
   log "N = $N: Drover on sled"
   drover "$N" "$OUT/drover-$N"
   if [ "${BENCH_ETCD:-1}" = 1 ]; then
-    log "N = $N: Drover on etcd (three members), two more coordinators serving beside the one the agents use"
+    log "N = $N: Drover on etcd (three members), three coordinators serving, the agents spread over them"
     drover "$N" "$OUT/etcd-$N" etcd
   fi
   python3 - "$OUT/bare-$N" "$OUT/drover-$N" "$N" "$OUT/etcd-$N" <<'PY'

@@ -59,6 +59,12 @@ enum Command {
         /// PID of the coordinator, to report its resident memory.
         #[arg(long)]
         coordinator_pid: Option<u32>,
+        /// Spread the agents over the configuration's coordinators
+        /// (`coordinator` and `other_coordinators`): agent i uses the
+        /// (i mod n)-th first and the others after it, as machines given
+        /// different first addresses would.
+        #[arg(long)]
+        spread: bool,
         /// Give up waiting after this long.
         #[arg(long, default_value = "5m", value_parser = drover_net::clock::parse_duration)]
         timeout: Duration,
@@ -207,7 +213,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("agent configuration is valid: coordinator {}", config.coordinator);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Simulate { config, count, work_dir, coordinator_pid, timeout, hold, churn, agents_per_socket, switch, ready_file, json } => {
+        Command::Simulate { config, count, work_dir, coordinator_pid, spread, timeout, hold, churn, agents_per_socket, switch, ready_file, json } => {
             let base = config.resolve()?;
             let tmp;
             let work_dir = match work_dir {
@@ -237,6 +243,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 count,
                 work_dir,
                 coordinator_pid,
+                spread,
                 timeout,
                 hold,
                 churn,

@@ -30,6 +30,9 @@ pub struct SimulateOptions {
     pub count: usize,
     pub work_dir: PathBuf,
     pub coordinator_pid: Option<u32>,
+    /// Agent i uses the (i mod n)-th of the n coordinators configured
+    /// first, the others after it in turn.
+    pub spread: bool,
     pub timeout: Duration,
     pub hold: Duration,
     /// While holding, stop one agent at random this often and start it
@@ -212,6 +215,17 @@ impl SystemSwitcher for SimulatedSystem {
 /// The default of `--agents-per-socket`.
 pub const DEFAULT_AGENTS_PER_SOCKET: usize = 100;
 
+/// Gives agent `i` the (i mod n)-th of `config`'s n coordinators first and
+/// the others after it, in turn.
+fn spread(config: &mut AgentConfig, i: usize) {
+    let mut all = vec![config.coordinator.clone()];
+    all.append(&mut config.other_coordinators);
+    let first = i % all.len();
+    all.rotate_left(first);
+    config.coordinator = all.remove(0);
+    config.other_coordinators = all;
+}
+
 pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
     if opts.count == 0 {
         bail!("--count must be at least 1");
@@ -238,6 +252,9 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
         config.runtime_dir = config.state_dir.join("run");
         config.volume_root = config.state_dir.join("root");
         config.hostname = Some(format!("sim-{i:05}"));
+        if opts.spread {
+            spread(&mut config, i);
+        }
         let switcher: Option<Arc<dyn SystemSwitcher>> = match opts.switch {
             Simulated::Succeed => Some(Arc::new(SimulatedSystem { boot_id: format!("sim-boot-{i:05}"), ..Default::default() })),
             Simulated::Nix => None,
@@ -357,5 +374,31 @@ impl GenerationTimes {
         self.received_unix_ms.sort_unstable();
         self.applied_unix_ms.sort_unstable();
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Spread agents start at every coordinator in turn and keep the
+    /// others, in order after it, to move to.
+    #[test]
+    fn spread_agents_start_at_each_coordinator_in_turn_and_know_the_others() {
+        let addr = |port: u16| drover_net::HostPort::from(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        let mut base = AgentConfig::new(addr(1), "/ca.pem".into(), "/state".into());
+        base.other_coordinators = vec![addr(2), addr(3)];
+        let ports = |i: usize| {
+            let mut c = base.clone();
+            spread(&mut c, i);
+            std::iter::once(&c.coordinator).chain(&c.other_coordinators).map(|a| a.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(ports(0), ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
+        assert_eq!(ports(1), ["127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:1"]);
+        assert_eq!(ports(2), ["127.0.0.1:3", "127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!(ports(3), ports(0));
+        let mut alone = AgentConfig::new(addr(1), "/ca.pem".into(), "/state".into());
+        spread(&mut alone, 7);
+        assert_eq!(alone.coordinator.to_string(), "127.0.0.1:1", "one coordinator: nothing to spread");
     }
 }

@@ -402,6 +402,7 @@ mod tests {
             current_system: None,
             enrolled_key: None,
             volumes: vec![],
+            reported_via: None,
         }
     }
 

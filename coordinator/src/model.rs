@@ -43,6 +43,12 @@ pub struct MachineRecord {
     /// are detached.
     #[serde(default)]
     pub volumes: Vec<v1::VolumeMount>,
+    /// On a store several coordinators share: the coordinator (as
+    /// `app::coordinators::holder` names it) whose connection carried the
+    /// newest health report written. While that coordinator is no longer
+    /// present, the report does not make the machine online.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_via: Option<String>,
 }
 
 impl MachineRecord {

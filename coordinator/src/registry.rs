@@ -22,6 +22,34 @@ pub fn status(machine: &MachineRecord, now: UnixMillis, health_interval: Duratio
     }
 }
 
+/// How liveness is judged: now, the health interval and, on a store several
+/// coordinators share, the coordinators present now (as
+/// [`MachineRecord::reported_via`] names them): a report carried by a
+/// coordinator no longer present does not count, so the machines of a
+/// coordinator that died show offline once its lease is gone, not only
+/// after three intervals.
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    pub now: UnixMillis,
+    pub health_interval: Duration,
+    pub present: Option<std::collections::HashSet<String>>,
+}
+
+impl Liveness {
+    pub fn status(&self, machine: &MachineRecord) -> MachineStatus {
+        let carried_by_the_gone = matches!((&self.present, &machine.reported_via), (Some(present), Some(via)) if !present.contains(via));
+        match status(machine, self.now, self.health_interval) {
+            MachineStatus::Online if carried_by_the_gone => MachineStatus::Offline,
+            other => other,
+        }
+    }
+
+    /// [`to_wire`], with the status judged so.
+    pub fn to_wire(&self, machine: &MachineRecord) -> MachineInfo {
+        MachineInfo { status: self.status(machine), ..to_wire(machine, self.now, self.health_interval) }
+    }
+}
+
 /// Whether every `key=value` of the selector is among the labels.
 pub fn matches(labels: &Labels, selector: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
@@ -80,7 +108,26 @@ mod tests {
             current_system: None,
             enrolled_key: None,
             volumes: vec![],
+            reported_via: None,
         }
+    }
+
+    /// A report carried by a coordinator no longer present does not count;
+    /// one carried by a present one, or on a store nobody shares, does.
+    #[test]
+    fn a_report_carried_by_a_coordinator_gone_does_not_make_a_machine_online() {
+        let i = Duration::from_secs(10);
+        let via = |c: &str| MachineRecord { reported_via: Some(c.into()), ..machine(Some(1000), false) };
+        let shared = Liveness { now: 2000, health_interval: i, present: Some(["coordinator a".to_string()].into()) };
+        assert_eq!(shared.status(&via("coordinator a")), MachineStatus::Online);
+        assert_eq!(shared.status(&via("coordinator b")), MachineStatus::Offline);
+        assert_eq!(shared.to_wire(&via("coordinator b")).status, MachineStatus::Offline);
+        assert_eq!(shared.status(&machine(Some(1000), false)), MachineStatus::Online, "carried by nobody named");
+        let revoked = MachineRecord { reported_via: Some("coordinator b".into()), ..machine(Some(1000), true) };
+        assert_eq!(shared.status(&revoked), MachineStatus::Revoked);
+        let alone = Liveness { present: None, ..shared };
+        assert_eq!(alone.status(&via("coordinator b")), MachineStatus::Online, "sled: nobody else");
+        assert_eq!(alone.status(&via("coordinator b")), status(&via("coordinator b"), 2000, i));
     }
 
     #[test]

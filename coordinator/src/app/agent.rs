@@ -199,6 +199,8 @@ const LIVENESS_BATCH: usize = 256;
 /// [`LIVENESS_WRITE_INTERVAL`] and at shutdown.
 pub fn write_liveness(state: &Coordinator) -> Result<usize, WireError> {
     let unwritten = state.live.unwritten();
+    // On a shared store, which coordinator's connection carried them.
+    let via = state.store.backend().lost().map(|_| super::coordinators::holder(&state.config.advertise.to_string()));
     // As many as one transaction of the store takes (etcd: --max-txn-ops).
     let per = state.store.max_txn_ops().map_or(LIVENESS_BATCH, |ops| ops.saturating_sub(1).clamp(1, LIVENESS_BATCH));
     for batch in unwritten.chunks(per) {
@@ -211,6 +213,7 @@ pub fn write_liveness(state: &Coordinator) -> Result<usize, WireError> {
                 }
                 m.last_seen = Some(*at);
                 m.health = Some(health.clone());
+                m.reported_via.clone_from(&via);
                 tx.put(id.as_bytes(), &m)?;
             }
             Ok::<_, WireError>(())

@@ -73,6 +73,25 @@ pub fn list(state: &Coordinator) -> Result<Vec<CoordinatorInfo>, WireError> {
     Ok(out)
 }
 
+/// How liveness is judged now: on a shared store, with the coordinators
+/// present (this one always among them); a failure to read them is logged
+/// and judged by the reports' age alone.
+pub fn liveness(state: &Coordinator) -> crate::registry::Liveness {
+    let present = match announced(&state.store) {
+        Ok(Some(all)) => {
+            let mut names: std::collections::HashSet<String> = all.iter().map(holder_of).collect();
+            names.insert(holder(&state.config.advertise.to_string()));
+            Some(names)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e.message, "the coordinators present could not be read; machines are judged by their reports' age alone");
+            None
+        }
+    };
+    crate::registry::Liveness { now: now_ms(), health_interval: state.config.health_interval, present }
+}
+
 /// Whether the process `holder` names is among the coordinators announced
 /// now (always false on a store this process alone opens: any other holder
 /// was an earlier life of it).

@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use drover_protocol::v1::{DeploymentState, MachineStatus};
 
-use crate::model::RolloutRecord;
+use crate::model::{DeploymentRecord, MachineRecord, RolloutRecord};
 use crate::registry;
 use crate::rollout::plan::{Observation, Outcome, Slot};
+use crate::store::deployments::generation_key;
+use crate::store::{StoreError, Tree};
 
 use super::generations::directory;
 use super::rollouts::{phase_wire, step};
@@ -27,39 +29,73 @@ pub const DRIVER_INTERVAL: Duration = Duration::from_millis(200);
 /// Settled machines are not read at all, so a pass costs what is in
 /// transition, not the whole rollout.
 fn observe(state: &Coordinator, r: &RolloutRecord, now: u64) -> BTreeMap<String, Observation> {
-    let interval = state.config.health_interval;
+    let liveness = registry::Liveness { now, ..super::coordinators::liveness(state) };
     let total = r.state.machines.len();
     let startable = r.state.strategy.max_parallel.cap(total).max(r.state.strategy.canary);
     let mut waiting_online = 0;
     let mut observed = BTreeMap::new();
-    for (id, e) in &r.state.machines {
-        match e.slot {
-            Slot::Updating | Slot::Healthy { .. } | Slot::Reverting => {}
-            Slot::Waiting if waiting_online < startable => {}
-            _ => continue,
-        }
-        let Some(machine) = state.store.machine(id).ok().flatten() else { continue };
-        let machine = state.live.newest(machine);
-        let online = registry::status(&machine, now, interval) == MachineStatus::Online;
-        if e.slot == Slot::Waiting {
-            if online {
-                waiting_online += 1;
-            }
-            observed.insert(id.clone(), Observation { online, outcome: None, still_current: false, watched_since: state.serving_since });
+    // The deployment whose outcome a machine in flight waits for.
+    let watched = |e: &crate::rollout::plan::Entry| match e.slot {
+        Slot::Reverting => e.revert_generation,
+        Slot::Updating | Slot::Healthy { .. } => e.generation,
+        _ => None,
+    };
+    let candidates: Vec<_> =
+        r.state.machines.iter().filter(|(_, e)| matches!(e.slot, Slot::Updating | Slot::Healthy { .. } | Slot::Reverting | Slot::Waiting)).collect();
+    // Read a chunk at a time, each in one read-only transaction that asks
+    // for its keys ahead (on etcd, a request per chunk instead of two round
+    // trips per machine: a pass over a large rollout was mostly waiting).
+    let per_chunk = super::generations::machines_per_transaction(&state.store, 2, 0).unwrap_or(256).max(1);
+    for chunk in candidates.chunks(per_chunk) {
+        let chunk: Vec<_> = chunk.iter().filter(|(_, e)| e.slot != Slot::Waiting || waiting_online < startable).collect();
+        if chunk.is_empty() {
             continue;
         }
-        let watched = match e.slot {
-            Slot::Reverting => e.revert_generation,
-            _ => e.generation,
-        };
-        let outcome = watched.and_then(|g| state.store.deployment(id, g).ok().flatten()).and_then(|d| match d.state {
-            DeploymentState::Succeeded => Some(Outcome::Succeeded { at: d.finished_at.unwrap_or(now) }),
-            DeploymentState::Failed => Some(Outcome::Failed { reason: d.steps.last().map(|s| s.message.clone()).unwrap_or_else(|| "failed".into()) }),
-            DeploymentState::Superseded => Some(Outcome::Failed { reason: "superseded by a newer deployment".into() }),
-            _ => None,
+        let read = state.store.transact(|tx| {
+            tx.prefetch(chunk.iter().map(|(id, _)| (Tree::Machines, id.as_bytes().to_vec())))?;
+            tx.prefetch(chunk.iter().filter_map(|(id, e)| watched(e).map(|g| (Tree::Deployments, generation_key(id, g)))))?;
+            chunk
+                .iter()
+                .map(|(id, e)| {
+                    let machine = tx.get::<MachineRecord>(id.as_bytes())?;
+                    let deployment = match watched(e) {
+                        Some(g) => tx.get::<DeploymentRecord>(&generation_key(id, g))?,
+                        None => None,
+                    };
+                    Ok((machine, deployment))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()
         });
-        let still_current = e.generation.is_some() && machine.current_generation == e.generation;
-        observed.insert(id.clone(), Observation { online, outcome, still_current, watched_since: state.serving_since });
+        let read = match read {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::warn!(rollout = %r.id, error = %e, "the rollout's machines could not be read; the step waits");
+                return observed;
+            }
+        };
+        for ((id, e), (machine, deployment)) in chunk.into_iter().zip(read) {
+            let Some(machine) = machine else { continue };
+            let machine = state.live.newest(machine);
+            let online = liveness.status(&machine) == MachineStatus::Online;
+            if e.slot == Slot::Waiting {
+                if waiting_online >= startable {
+                    continue;
+                }
+                if online {
+                    waiting_online += 1;
+                }
+                observed.insert((*id).clone(), Observation { online, outcome: None, still_current: false, watched_since: state.serving_since });
+                continue;
+            }
+            let outcome = deployment.and_then(|d| match d.state {
+                DeploymentState::Succeeded => Some(Outcome::Succeeded { at: d.finished_at.unwrap_or(now) }),
+                DeploymentState::Failed => Some(Outcome::Failed { reason: d.steps.last().map(|s| s.message.clone()).unwrap_or_else(|| "failed".into()) }),
+                DeploymentState::Superseded => Some(Outcome::Failed { reason: "superseded by a newer deployment".into() }),
+                _ => None,
+            });
+            let still_current = e.generation.is_some() && machine.current_generation == e.generation;
+            observed.insert((*id).clone(), Observation { online, outcome, still_current, watched_since: state.serving_since });
+        }
     }
     observed
 }

@@ -131,6 +131,7 @@ async fn enroll_checked(state: &Coordinator, req: EnrollRequest) -> Result<Issue
                 current_system: None,
                 enrolled_key: Some(key.clone()),
                 volumes,
+                reported_via: None,
             };
             tx.put(hash.as_bytes(), &token)?;
             tx.put(id.as_bytes(), &machine)?;

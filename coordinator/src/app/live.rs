@@ -223,12 +223,14 @@ impl Live {
     }
 
     /// A stored machine record with its newest health report, if a newer
-    /// one waits to be written: what every reader of liveness looks at.
+    /// one waits to be written (then carried by this coordinator, which is
+    /// present): what every reader of liveness looks at.
     pub fn newest(&self, mut machine: MachineRecord) -> MachineRecord {
         if let Some((at, health)) = lock(&self.seen).get(&machine.id) {
             if machine.last_seen.is_none_or(|seen| seen < *at) {
                 machine.last_seen = Some(*at);
                 machine.health = Some(health.clone());
+                machine.reported_via = None;
             }
         }
         machine

@@ -146,28 +146,22 @@ pub async fn revoke_token(state: &Coordinator, by: &str, id: &str) -> Result<Adm
 }
 
 pub fn list(state: &Coordinator, selector: &Labels) -> Result<AdminResponse, WireError> {
-    let now = now_ms();
-    let interval = state.config.health_interval;
-    let mut machines: Vec<_> = state
-        .store
-        .machines()?
-        .into_iter()
-        .filter(|m| registry::matches(&m.labels, selector))
-        .map(|m| registry::to_wire(&state.live.newest(m), now, interval))
-        .collect();
+    let liveness = super::coordinators::liveness(state);
+    let mut machines: Vec<_> =
+        state.store.machines()?.into_iter().filter(|m| registry::matches(&m.labels, selector)).map(|m| liveness.to_wire(&state.live.newest(m))).collect();
     machines.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
     Ok(AdminResponse::Machines(machines))
 }
 
 pub fn show(state: &Coordinator, id: &str) -> Result<AdminResponse, WireError> {
     let m = state.live.newest(machine(state, id)?);
-    Ok(AdminResponse::Machine(registry::to_wire(&m, now_ms(), state.config.health_interval)))
+    Ok(AdminResponse::Machine(super::coordinators::liveness(state).to_wire(&m)))
 }
 
 pub fn detail(state: &Coordinator, id: &str) -> Result<AdminResponse, WireError> {
     let m = state.live.newest(machine(state, id)?);
     Ok(AdminResponse::MachineDetail(MachineDetail {
-        machine: registry::to_wire(&m, now_ms(), state.config.health_interval),
+        machine: super::coordinators::liveness(state).to_wire(&m),
         desired_generation: m.desired_generation,
         current_generation: m.current_generation,
         current_system: m.current_system.clone(),
@@ -187,7 +181,7 @@ pub async fn label(state: &Coordinator, by: &str, id: &str, set: Labels, remove:
         })
         .await?;
     tracing::info!(machine = %id, by, "machine labels changed");
-    Ok(AdminResponse::Machine(registry::to_wire(&state.live.newest(machine), now_ms(), state.config.health_interval)))
+    Ok(AdminResponse::Machine(super::coordinators::liveness(state).to_wire(&state.live.newest(machine))))
 }
 
 pub async fn revoke(state: &Coordinator, by: &str, id: &str) -> Result<AdminResponse, WireError> {

@@ -17,7 +17,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use drover_protocol::v1::DeploymentState;
 
-use super::{now_ms, Coordinator};
+use super::Coordinator;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
@@ -201,7 +201,7 @@ impl Metrics {
     }
 
     fn refresh(&self, state: &Coordinator) {
-        let now = now_ms();
+        let liveness = super::coordinators::liveness(state);
         let machines: Vec<_> = state.store.machines().unwrap_or_default().into_iter().map(|m| state.live.newest(m)).collect();
         self.machines.clear();
         self.generation_lag.clear();
@@ -210,7 +210,7 @@ impl Metrics {
         }
         let mut soonest: Option<u64> = None;
         for m in &machines {
-            let status = crate::registry::status(m, now, state.config.health_interval);
+            let status = liveness.status(m);
             self.machines.get_or_create(&Status { status: status.as_str().into() }).inc();
             if m.revoked_at.is_some() {
                 continue;

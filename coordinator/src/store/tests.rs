@@ -49,6 +49,7 @@ pub(crate) fn machine(id: &str) -> MachineRecord {
         current_system: None,
         enrolled_key: None,
         volumes: vec![],
+        reported_via: None,
     }
 }
 

@@ -101,6 +101,7 @@ async fn hostile_clients_neither_grow_the_coordinator_past_its_bound_nor_starve_
             count: scale.simulated,
             work_dir: fleet.dir.path().join("sim"),
             coordinator_pid: None,
+            spread: false,
             timeout: Duration::from_secs(300),
             hold: Duration::from_secs(900),
             churn: None,

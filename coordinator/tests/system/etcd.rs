@@ -280,6 +280,18 @@ async fn three_coordinators_serve_at_once_and_an_agent_that_knows_them_stays_man
         let reports = agent.status.borrow().reports;
         agent.wait_for(Duration::from_secs(120), |s| s.reports >= reports + 2).await.expect("each agent reports to a live coordinator");
     }
+    // Online again through the survivor, though the dead coordinator had
+    // carried one machine's reports.
+    let through_survivor = admin_at(&fleet, survivor).await.expect("an admin connection");
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            let listed = through_survivor.call(AdminRequest::MachinesList { selector: Default::default() }).await.ok().and_then(|a| a.machines().ok());
+            listed.is_some_and(|ms| ms.len() == 2 && ms.iter().all(|m| m.status == MachineStatus::Online))
+        })
+        .await,
+        "both machines online again"
+    );
+    through_survivor.close().await;
     for id in &machines {
         let after = deploy_through(&fleet, survivor, id, &flake, "good2").await;
         assert_eq!(after.state, DeploymentState::Succeeded, "a deployment after the loss reaches {id}: {after:?}");
@@ -421,6 +433,7 @@ fn big_machine(id: &str) -> drover_coordinator::model::MachineRecord {
         current_system: None,
         enrolled_key: None,
         volumes: vec![],
+        reported_via: None,
     }
 }
 

@@ -225,6 +225,7 @@ async fn machines(s: &Setup, count: usize) -> tokio::task::JoinHandle<anyhow::Re
         count,
         work_dir,
         coordinator_pid: None,
+        spread: false,
         timeout: Duration::from_secs(600),
         hold: Duration::from_secs(3600),
         churn: None,
