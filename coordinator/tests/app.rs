@@ -760,3 +760,35 @@ async fn two_coordinators_sharing_a_store_start_one_rollout_over_the_same_machin
     let active = app.ok(AdminRequest::RolloutList).await;
     assert_eq!(active.rollouts().expect("Rollouts").len(), 1);
 }
+
+/// On a store that takes few keys a transaction (etcd), a rollout step
+/// starts as many machines as one transaction holds; a pass of the driver
+/// takes more steps at once while they fill their transactions, so a large
+/// rollout does not start one transaction's worth of machines a pass.
+#[tokio::test]
+async fn a_driver_pass_takes_as_many_steps_as_fill_their_transactions() {
+    let app = App::with_store(Store::with_backend(Arc::new(MemoryBackend::default())).limited_to(16));
+    let ids = enroll_many(&app, 10).await;
+    for id in &ids {
+        let health = HealthReport { volumes: vec![], ..pgdata_health() };
+        app::agent::report_health(&app.state, id, health).await.expect("report");
+    }
+    let strategy = RolloutStrategy {
+        canary: 0,
+        max_parallel: Amount::Count(10),
+        max_unavailable: Amount::Count(10),
+        max_failures: Amount::Count(0),
+        healthy_deadline_ms: 60_000,
+        min_healthy_time_ms: 0,
+        progress_deadline_ms: 600_000,
+        auto_revert: true,
+        auto_promote: true,
+    };
+    let spec = deploy(&[("fleet", "big")], closure("/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b"));
+    app.ok(AdminRequest::RolloutStart(RolloutSpec { deploy: spec, strategy, snapshot_volumes: false })).await;
+    let per_step = app::generations::machines_per_transaction(&app.state.store, app::generations::KEYS_PER_MACHINE + 1, 2).expect("a limited store");
+    assert!(per_step < ids.len() / 2, "a step holds {per_step} of {} machines", ids.len());
+    app::driver::drive_once(&app.state).await;
+    let started = at_generation(&app, &ids, 1).iter().filter(|(desired, a, _)| *desired == 1 && *a).count();
+    assert_eq!(started, ids.len(), "one pass started every machine the strategy allows, {per_step} a transaction");
+}

@@ -20,6 +20,10 @@ use super::generations::directory;
 use super::rollouts::{phase_wire, step};
 use super::{now_ms, Coordinator};
 
+/// At most how many steps one pass takes on one rollout, each a
+/// transaction (see [`drive_once`]).
+const MAX_STEPS_PER_PASS: usize = 40;
+
 /// How often the driver looks at active rollouts.
 pub const DRIVER_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -129,7 +133,7 @@ pub async fn drive_once(state: &Coordinator) {
         // machine's volumes as well.
         let per_machine = super::generations::KEYS_PER_MACHINE + if r.snapshot_volumes { 4 } else { 1 };
         let limit = super::generations::machines_per_transaction(&state.store, per_machine, 2).unwrap_or(usize::MAX);
-        let before = r.state.phase;
+        let mut before = r.state.phase;
         if r.snapshot_volumes {
             // The machines this step will start, decided on a copy; the
             // step itself decides the same from the same observations.
@@ -140,27 +144,39 @@ pub async fn drive_once(state: &Coordinator) {
                 continue;
             }
         }
-        let result = step(
-            state,
-            &r.id,
-            &|s| s.step_within(&observed, now, limit),
-            &|machine, g| crate::deploy::build(&r.spec, machine, g, now, &directory.extras(machine)),
-            &|old, machine, g| crate::deploy::rebuild(&old.assignment, machine, g, now, &directory.access(machine)),
-        )
-        .await;
-        match result {
-            Ok(stepped) => {
-                for recorded in &stepped.targets {
-                    recorded.announce(&state.live);
+        // A step that filled its transaction may have more to start or
+        // revert: another at once, on the same observations, up to
+        // MAX_STEPS_PER_PASS (on etcd a large rollout would otherwise start
+        // one transaction's worth of machines a pass). A step with volume
+        // snapshots takes them first, so it stays one a pass.
+        for _ in 0..MAX_STEPS_PER_PASS {
+            let result = step(
+                state,
+                &r.id,
+                &|s| s.step_within(&observed, now, limit),
+                &|machine, g| crate::deploy::build(&r.spec, machine, g, now, &directory.extras(machine)),
+                &|old, machine, g| crate::deploy::rebuild(&old.assignment, machine, g, now, &directory.access(machine)),
+            )
+            .await;
+            let full = matches!(&result, Ok(stepped) if stepped.targets.len() >= limit && stepped.record.state.phase.active());
+            match result {
+                Ok(stepped) => {
+                    for recorded in &stepped.targets {
+                        recorded.announce(&state.live);
+                    }
+                    if !stepped.targets.is_empty() {
+                        tracing::info!(rollout = %r.id, machines = stepped.targets.len(), "rollout recorded new generations");
+                    }
+                    if stepped.record.state.phase != before {
+                        tracing::info!(rollout = %r.id, phase = %phase_wire(stepped.record.state.phase), reason = ?stepped.record.state.reason, "rollout phase");
+                        before = stepped.record.state.phase;
+                    }
                 }
-                if !stepped.targets.is_empty() {
-                    tracing::info!(rollout = %r.id, machines = stepped.targets.len(), "rollout recorded new generations");
-                }
-                if stepped.record.state.phase != before {
-                    tracing::info!(rollout = %r.id, phase = %phase_wire(stepped.record.state.phase), reason = ?stepped.record.state.reason, "rollout phase");
-                }
+                Err(e) => tracing::error!(rollout = %r.id, error = %e.message, "rollout step failed"),
             }
-            Err(e) => tracing::error!(rollout = %r.id, error = %e.message, "rollout step failed"),
+            if !full || r.snapshot_volumes {
+                break;
+            }
         }
     }
 }
