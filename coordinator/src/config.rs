@@ -540,6 +540,15 @@ pub struct StoreConfig {
     /// one change may write (a deployment writes about three per machine).
     #[serde(default = "default_max_txn_ops")]
     pub max_txn_ops: usize,
+    /// The cluster's `--max-request-bytes` (etcd's default, 1.5 MiB): the
+    /// largest change, in bytes. A rollout keeps every machine's state in
+    /// one record, so it bounds how many machines one rollout takes.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+}
+
+fn default_max_request_bytes() -> usize {
+    drover_store::DEFAULT_MAX_REQUEST_BYTES
 }
 
 fn default_max_txn_ops() -> usize {
@@ -572,6 +581,7 @@ impl StoreConfig {
             key_file: None,
             timeout: default_store_timeout(),
             max_txn_ops: default_max_txn_ops(),
+            max_request_bytes: default_max_request_bytes(),
         };
         config.check()?;
         Ok(config)
@@ -602,6 +612,13 @@ impl StoreConfig {
         if self.timeout < Duration::from_millis(100) {
             bail!("store.timeout must be at least 100ms");
         }
+        if self.max_request_bytes < 256 * 1024 {
+            bail!(
+                "store.max_request_bytes is {}; etcd's default is {} (1.5 MiB) and Drover needs at least 256 KiB",
+                self.max_request_bytes,
+                default_max_request_bytes()
+            );
+        }
         if self.max_txn_ops < 16 {
             bail!("store.max_txn_ops is {}; etcd's default is 128 and Drover needs at least 16", self.max_txn_ops);
         }
@@ -613,6 +630,7 @@ impl StoreConfig {
         let mut options = drover_store::EtcdOptions::new(self.etcd_endpoints.clone(), self.prefix.clone());
         options.timeout = self.timeout;
         options.max_txn_ops = self.max_txn_ops;
+        options.max_request_bytes = self.max_request_bytes;
         if let (Some(ca), Some(cert), Some(key)) = (&self.ca_file, &self.cert_file, &self.key_file) {
             use std::os::unix::fs::PermissionsExt;
             let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read store TLS file {}", p.display()));

@@ -792,3 +792,37 @@ async fn a_driver_pass_takes_as_many_steps_as_fill_their_transactions() {
     let started = at_generation(&app, &ids, 1).iter().filter(|(desired, a, _)| *desired == 1 && *a).count();
     assert_eq!(started, ids.len(), "one pass started every machine the strategy allows, {per_step} a transaction");
 }
+
+/// A rollout whose record — every machine's state in one record — would
+/// outgrow one request of the store (etcd's --max-request-bytes) is
+/// refused at its start, saying how many machines fit, instead of stopping
+/// in the middle unable to record a step; the same rollout fits a store
+/// that takes more.
+#[tokio::test]
+async fn a_rollout_too_large_for_one_store_request_is_refused_at_its_start_saying_what_fits() {
+    let strategy = || RolloutStrategy {
+        canary: 1,
+        max_parallel: Amount::Count(10),
+        max_unavailable: Amount::Count(10),
+        max_failures: Amount::Count(0),
+        healthy_deadline_ms: 60_000,
+        min_healthy_time_ms: 0,
+        progress_deadline_ms: 600_000,
+        auto_revert: true,
+        auto_promote: true,
+    };
+    let spec = || RolloutSpec {
+        deploy: deploy(&[("fleet", "big")], closure("/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b")),
+        strategy: strategy(),
+        snapshot_volumes: false,
+    };
+    let small = App::with_store(Store::with_backend(Arc::new(MemoryBackend::default())).limited_to_bytes(2048));
+    enroll_many(&small, 20).await;
+    let refused = small.call(AdminRequest::RolloutStart(spec())).await.expect_err("too large for one request");
+    assert_eq!(refused.code, ErrorCode::InvalidArgument);
+    assert!(refused.message.contains("20 machines") && refused.message.contains("store.max_request_bytes"), "{}", refused.message);
+    assert!(small.ok(AdminRequest::RolloutList).await.rollouts().expect("Rollouts").is_empty(), "nothing recorded");
+    let roomy = App::with_store(Store::with_backend(Arc::new(MemoryBackend::default())).limited_to_bytes(64 * 1024));
+    enroll_many(&roomy, 20).await;
+    roomy.ok(AdminRequest::RolloutStart(spec())).await;
+}

@@ -132,6 +132,11 @@ pub trait Backend: Send + Sync + 'static {
     fn max_txn_ops(&self) -> Option<usize> {
         None
     }
+    /// How many bytes of keys and values one transaction may send (etcd's
+    /// `--max-request-bytes`); `None` when any size fits.
+    fn max_request_bytes(&self) -> Option<usize> {
+        None
+    }
     /// Replaces what this process announced among the coordinators of a
     /// shared store (see `EtcdBackend::announce`); nothing elsewhere.
     fn reannounce(&self, _value: &[u8]) -> Result<(), Error> {

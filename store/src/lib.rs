@@ -18,7 +18,7 @@ mod on_etcd;
 pub use backend::{Backend, BackendTx, BoxFuture, Pairs, Tree, TxBody, Watched};
 pub use in_memory::MemoryBackend;
 pub use on_disk::{SledBackend, SledOptions};
-pub use on_etcd::{EtcdBackend, EtcdOptions, EtcdTls, CLAIM_KEY, PRESENCE_PREFIX};
+pub use on_etcd::{EtcdBackend, EtcdOptions, EtcdTls, CLAIM_KEY, DEFAULT_MAX_REQUEST_BYTES, PRESENCE_PREFIX};
 
 /// A process announced among the coordinators of a shared store.
 #[derive(Debug, Clone, PartialEq, Eq)]

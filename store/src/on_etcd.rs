@@ -50,11 +50,25 @@ pub struct EtcdOptions {
     pub timeout: Duration,
     /// The cluster's `--max-txn-ops` (etcd's default is 128).
     pub max_txn_ops: usize,
+    /// The cluster's `--max-request-bytes` (etcd's default, 1.5 MiB): a
+    /// transaction whose keys and values add up to more is refused before
+    /// it is sent.
+    pub max_request_bytes: usize,
 }
+
+/// etcd's default `--max-request-bytes`.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 
 impl EtcdOptions {
     pub fn new(endpoints: Vec<String>, prefix: impl Into<String>) -> Self {
-        EtcdOptions { endpoints, prefix: prefix.into(), tls: None, timeout: Duration::from_secs(5), max_txn_ops: 128 }
+        EtcdOptions {
+            endpoints,
+            prefix: prefix.into(),
+            tls: None,
+            timeout: Duration::from_secs(5),
+            max_txn_ops: 128,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+        }
     }
 }
 
@@ -162,6 +176,15 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 /// Now, in milliseconds since the Unix epoch.
 fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A request of `bytes` that the cluster (taking `limit`) refuses.
+fn too_large_request(bytes: usize, limit: usize) -> Error {
+    Error::TooLarge(format!(
+        "one transaction would send {} KiB; etcd takes at most {} KiB a request (--max-request-bytes, store.max_request_bytes)",
+        bytes.div_ceil(1024),
+        limit / 1024
+    ))
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
@@ -550,6 +573,13 @@ impl EtcdBackend {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 Err(e) if retry == Retry::Always => return Err(unavailable("an etcd read failed", e)),
+                // Refused whole by the cluster (its --max-request-bytes is
+                // lower than store.max_request_bytes says): nothing landed.
+                Err(e) if e.to_string().contains("request is too large") => {
+                    return Err(Error::TooLarge(format!(
+                        "etcd refused a request as too large ({e}); set store.max_request_bytes to the cluster's --max-request-bytes"
+                    )))
+                }
                 // Sent, and not confirmed: it may still be applied.
                 Err(e) if !never_sent(&e) => return Err(Error::Uncertain(e.to_string())),
                 Err(e) => return Err(unavailable("an etcd transaction failed", e)),
@@ -726,6 +756,13 @@ impl Backend for EtcdBackend {
                     self.options.max_txn_ops
                 )));
             }
+            // Keys and values, compared and written: a request larger than
+            // the cluster takes is refused here, whole, instead of being
+            // sent and refused there.
+            let bytes: usize = reads.keys().map(Vec::len).sum::<usize>() + writes.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum::<usize>();
+            if bytes > self.options.max_request_bytes {
+                return Err(too_large_request(bytes, self.options.max_request_bytes));
+            }
             let mut compares: Vec<Compare> = reads.into_iter().map(|(key, revision)| Compare::mod_revision(key, CompareOp::Equal, revision)).collect();
             if let Some((key, lease)) = &fence {
                 compares.push(Compare::lease(key.clone(), CompareOp::Equal, *lease));
@@ -770,6 +807,9 @@ impl Backend for EtcdBackend {
     }
     fn max_txn_ops(&self) -> Option<usize> {
         Some(self.options.max_txn_ops)
+    }
+    fn max_request_bytes(&self) -> Option<usize> {
+        Some(self.options.max_request_bytes)
     }
     fn reannounce(&self, value: &[u8]) -> Result<(), Error> {
         let joined = match self.member.lock().map_err(|_| Error::Aborted)?.as_mut() {

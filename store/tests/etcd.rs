@@ -311,3 +311,32 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// A transaction larger than one etcd request is refused whole, before it
+/// is sent, naming the limit; one the cluster refuses although the client
+/// thought it fit (its limit set higher than the cluster's) is refused as
+/// too large too — not reported as possibly applied.
+#[test]
+fn a_transaction_larger_than_one_request_is_refused_whole_and_named() {
+    let cluster = EtcdCluster::start(1);
+    let backend = EtcdBackend::connect(cluster.options("fleet/")).expect("connect");
+    let big = vec![b'x'; 600 * 1024];
+    let refused = backend.transaction(&mut |tx| {
+        tx.insert(Tree::Machines, b"a", big.clone())?;
+        tx.insert(Tree::Machines, b"b", big.clone())?;
+        tx.insert(Tree::Machines, b"c", big.clone())
+    });
+    assert!(matches!(refused, Err(Error::TooLarge(ref why)) if why.contains("max-request-bytes")), "{refused:?}");
+    assert_eq!(backend.get(Tree::Machines, b"a").expect("read"), None, "nothing of it landed");
+    let mut options = cluster.options("fleet/");
+    options.max_request_bytes = 16 << 20;
+    let unaware = EtcdBackend::connect(options).expect("connect");
+    let refused = unaware.transaction(&mut |tx| {
+        tx.insert(Tree::Machines, b"a", big.clone())?;
+        tx.insert(Tree::Machines, b"b", big.clone())?;
+        tx.insert(Tree::Machines, b"c", big.clone())
+    });
+    assert!(matches!(refused, Err(Error::TooLarge(_))), "{refused:?}");
+    assert_eq!(unaware.get(Tree::Machines, b"a").expect("read"), None);
+    write(&backend, b"small", &vec![b'y'; 100 * 1024]).expect("a request that fits lands");
+}

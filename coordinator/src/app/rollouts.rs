@@ -253,6 +253,7 @@ pub async fn start(state: &Coordinator, by: &str, mut spec: RolloutSpec) -> Resu
         state: State::new(strategy(&spec.strategy), targets, now),
         snapshot_volumes: spec.snapshot_volumes,
     };
+    fits_one_request(state, &record)?;
     state
         .store
         .commit(|tx| {
@@ -270,6 +271,34 @@ pub async fn start(state: &Coordinator, by: &str, mut spec: RolloutSpec) -> Resu
     state.metrics.rollout_started();
     tracing::info!(rollout = %record.id, machines = record.state.machines.len(), by, "rollout started");
     Ok(to_wire(&record, &machines.into_iter().map(|m| (m.id.clone(), m)).collect()))
+}
+
+/// Refuses a rollout whose record — every machine's state in it, as large
+/// as each entry grows — would not fit one request of the store (etcd's
+/// --max-request-bytes): it would stop in the middle, unable to record a
+/// step. A quarter more is kept for failure reasons.
+fn fits_one_request(state: &Coordinator, record: &RolloutRecord) -> Result<(), WireError> {
+    let Some(limit) = state.store.max_request_bytes() else { return Ok(()) };
+    let mut grown = record.clone();
+    for entry in grown.state.machines.values_mut() {
+        entry.slot = crate::rollout::plan::Slot::Healthy { since: u64::from(u32::MAX) * 1000 };
+        entry.generation = Some(u64::from(u32::MAX));
+        entry.revert_generation = Some(u64::from(u32::MAX));
+        entry.started_at = Some(u64::from(u32::MAX) * 1000);
+        entry.settled_at = Some(u64::from(u32::MAX) * 1000);
+    }
+    let bytes = serde_json::to_vec(&grown).map_err(|e| WireError::new(ErrorCode::Internal, format!("a rollout record could not be encoded: {e}")))?.len();
+    let needed = bytes + bytes / 4;
+    if needed > limit {
+        let machines = record.state.machines.len();
+        let fit = (limit as u64 * machines as u64 / needed as u64).max(1);
+        return Err(invalid(format!(
+            "a rollout over {machines} machines keeps about {} KiB of state in one record, more than one request of the fleet's store takes ({} KiB, store.max_request_bytes); about {fit} machines fit: split it into rollouts over narrower selectors (e.g. by a label), or raise etcd's --max-request-bytes and store.max_request_bytes together",
+            needed.div_ceil(1024),
+            limit / 1024
+        )));
+    }
+    Ok(())
 }
 
 /// The meta key counting rollout starts: each start's transaction reads and

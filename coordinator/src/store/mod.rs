@@ -165,6 +165,9 @@ pub struct Store {
     audit: Arc<audit::AuditCounts>,
     /// A smaller transaction limit than the backend's (tests of batching).
     txn_limit: Option<usize>,
+    /// The most bytes one transaction may send, as a test sets it
+    /// ([`Store::limited_to_bytes`]); else the backend's.
+    request_limit: Option<usize>,
 }
 
 /// Group commit, with flushes kept apart from the async side's
@@ -259,6 +262,19 @@ impl Store {
         self.txn_limit.or_else(|| self.backend.max_txn_ops())
     }
 
+    /// How many bytes of keys and values one transaction may send; `None`
+    /// when any size fits (sled, memory).
+    pub fn max_request_bytes(&self) -> Option<usize> {
+        self.request_limit.or_else(|| self.backend.max_request_bytes())
+    }
+
+    /// This store as if one transaction could send at most `bytes` (what
+    /// is refused before it is written, in tests).
+    pub fn limited_to_bytes(mut self, bytes: usize) -> Self {
+        self.request_limit = Some(bytes);
+        self
+    }
+
     /// This store with transactions limited to `ops` keys read and written,
     /// as on etcd (tests of what is recorded in batches).
     pub fn limited_to(mut self, ops: usize) -> Self {
@@ -329,7 +345,7 @@ impl Store {
     }
 
     pub fn with_backend(backend: Arc<dyn Backend>) -> Self {
-        Store { backend, gate: Arc::default(), flushes: Arc::default(), audit: Arc::default(), txn_limit: None }
+        Store { backend, gate: Arc::default(), flushes: Arc::default(), audit: Arc::default(), txn_limit: None, request_limit: None }
     }
 
     /// Every tree at one moment, while the store serves: transactions wait

@@ -528,6 +528,10 @@ async fn a_deployment_to_a_thousand_machines_on_etcd_killed_while_it_records_is_
     }
 }
 
+/// The health interval of the test fleets (`Options`' default): every
+/// coordinator of a fleet judges liveness by its own, so they share it.
+const FLEET_HEALTH_INTERVAL: &str = "300ms";
+
 /// `drover init --join`: a second coordinator of `fleet` on the etcd store
 /// at `store`, listening on a free port; its state directory and address.
 fn join(fleet: &TestCoordinator, store: &str, name: &str) -> (std::path::PathBuf, std::net::SocketAddr) {
@@ -536,7 +540,7 @@ fn join(fleet: &TestCoordinator, store: &str, name: &str) -> (std::path::PathBuf
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
         .args(["init", "--state-dir"])
         .arg(&dir)
-        .args(["--listen", &addr.to_string(), "--store", store, "--join"])
+        .args(["--listen", &addr.to_string(), "--store", store, "--health-interval", FLEET_HEALTH_INTERVAL, "--join"])
         .arg(&fleet.state_dir)
         .output()
         .expect("drover init --join");
@@ -676,7 +680,17 @@ async fn a_coordinator_cut_off_from_etcd_stops_serving_and_its_agents_move_to_th
         .args(["init", "--state-dir"])
         .arg(&inside_dir)
         // The admins' bundle verifies the name 127.0.0.1; agents the address they dial.
-        .args(["--listen", &inside_addr.to_string(), "--server-name", "127.0.0.1", "--store", &store_inside, "--join"])
+        .args([
+            "--listen",
+            &inside_addr.to_string(),
+            "--server-name",
+            "127.0.0.1",
+            "--store",
+            &store_inside,
+            "--health-interval",
+            FLEET_HEALTH_INTERVAL,
+            "--join",
+        ])
         .arg(&fleet.state_dir)
         .output()
         .expect("drover init --join");
