@@ -36,6 +36,8 @@ let
     store = {
       etcd_endpoints = cfg.store.etcdEndpoints;
       inherit (cfg.store) prefix timeout;
+      max_txn_ops = cfg.store.maxTxnOps;
+      max_request_bytes = cfg.store.maxRequestBytes;
     } // lib.optionalAttrs etcdTls {
       ca_file = credential "etcd-ca";
       cert_file = credential "etcd-cert";
@@ -183,6 +185,16 @@ in
             type = types.str;
             default = "5s";
             description = "How long one store call may take before the store counts as unavailable.";
+          };
+          maxTxnOps = mkOption {
+            type = types.ints.between 16 1000000;
+            default = 128;
+            description = "The cluster's --max-txn-ops: the most keys one change reads or writes.";
+          };
+          maxRequestBytes = mkOption {
+            type = types.ints.between 262144 2147483647;
+            default = 1572864;
+            description = "The cluster's --max-request-bytes: the largest change; it bounds how many machines one rollout takes (about 150 bytes each).";
           };
         };
       });
