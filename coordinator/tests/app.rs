@@ -123,6 +123,22 @@ fn provision_request(name: &str) -> ProvisionRequest {
     }
 }
 
+/// A rollout strategy: `canary` machines first, then `parallel` at a time
+/// (as many may be unavailable), no failure allowed.
+fn strategy(canary: u32, parallel: u32, auto_promote: bool) -> RolloutStrategy {
+    RolloutStrategy {
+        canary,
+        max_parallel: Amount::Count(parallel),
+        max_unavailable: Amount::Count(parallel),
+        max_failures: Amount::Count(0),
+        healthy_deadline_ms: 60_000,
+        min_healthy_time_ms: 0,
+        progress_deadline_ms: 600_000,
+        auto_revert: true,
+        auto_promote,
+    }
+}
+
 fn closure(path: &str) -> SystemSpec {
     SystemSpec::Closure {
         store_path: path.into(),
@@ -540,17 +556,7 @@ async fn a_store_with_every_kind_of_record() -> App {
     }))
     .await;
     app::agent::report_health(&app.state, &id, pgdata_health()).await.expect("a health report");
-    let strategy = RolloutStrategy {
-        canary: 1,
-        max_parallel: Amount::Count(1),
-        max_unavailable: Amount::Count(1),
-        max_failures: Amount::Count(0),
-        healthy_deadline_ms: 60_000,
-        min_healthy_time_ms: 0,
-        progress_deadline_ms: 600_000,
-        auto_revert: true,
-        auto_promote: false,
-    };
+    let strategy = strategy(1, 1, false);
     let spec = deploy(&[("role", "db")], closure("/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b"));
     app.ok(AdminRequest::RolloutStart(RolloutSpec { deploy: spec, strategy, snapshot_volumes: false })).await;
     app.ok(AdminRequest::S3(S3Request::ClusterAddNode {
@@ -730,17 +736,7 @@ async fn two_coordinators_sharing_a_store_start_one_rollout_over_the_same_machin
     drop(on_disk);
     let fleet = ca.fleet_id();
     let other = Coordinator::new(app.state.config.clone(), ca, app.state.store.clone(), app.fakes.backends(&app.state.config, &fleet));
-    let strategy = RolloutStrategy {
-        canary: 1,
-        max_parallel: Amount::Count(1),
-        max_unavailable: Amount::Count(1),
-        max_failures: Amount::Count(0),
-        healthy_deadline_ms: 60_000,
-        min_healthy_time_ms: 0,
-        progress_deadline_ms: 600_000,
-        auto_revert: true,
-        auto_promote: false,
-    };
+    let strategy = strategy(1, 1, false);
     let spec = RolloutSpec {
         deploy: deploy(&[("fleet", "big")], closure("/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b")),
         strategy,
@@ -773,17 +769,7 @@ async fn a_driver_pass_takes_as_many_steps_as_fill_their_transactions() {
         let health = HealthReport { volumes: vec![], ..pgdata_health() };
         app::agent::report_health(&app.state, id, health).await.expect("report");
     }
-    let strategy = RolloutStrategy {
-        canary: 0,
-        max_parallel: Amount::Count(10),
-        max_unavailable: Amount::Count(10),
-        max_failures: Amount::Count(0),
-        healthy_deadline_ms: 60_000,
-        min_healthy_time_ms: 0,
-        progress_deadline_ms: 600_000,
-        auto_revert: true,
-        auto_promote: true,
-    };
+    let strategy = strategy(0, 10, true);
     let spec = deploy(&[("fleet", "big")], closure("/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b"));
     app.ok(AdminRequest::RolloutStart(RolloutSpec { deploy: spec, strategy, snapshot_volumes: false })).await;
     let per_step = app::generations::machines_per_transaction(&app.state.store, app::generations::KEYS_PER_MACHINE + 1, 2).expect("a limited store");
@@ -800,20 +786,9 @@ async fn a_driver_pass_takes_as_many_steps_as_fill_their_transactions() {
 /// that takes more.
 #[tokio::test]
 async fn a_rollout_too_large_for_one_store_request_is_refused_at_its_start_saying_what_fits() {
-    let strategy = || RolloutStrategy {
-        canary: 1,
-        max_parallel: Amount::Count(10),
-        max_unavailable: Amount::Count(10),
-        max_failures: Amount::Count(0),
-        healthy_deadline_ms: 60_000,
-        min_healthy_time_ms: 0,
-        progress_deadline_ms: 600_000,
-        auto_revert: true,
-        auto_promote: true,
-    };
     let spec = || RolloutSpec {
         deploy: deploy(&[("fleet", "big")], closure("/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b")),
-        strategy: strategy(),
+        strategy: strategy(1, 10, true),
         snapshot_volumes: false,
     };
     let small = App::with_store(Store::with_backend(Arc::new(MemoryBackend::default())).limited_to_bytes(2048));

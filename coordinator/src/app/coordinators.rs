@@ -33,7 +33,11 @@ pub fn presence(address: &str, leading: bool, agents: u64) -> CoordinatorInfo {
 /// Who this process is, as the leader key and the plans of changes it
 /// records in batches name it: its address and pid.
 pub fn holder(address: &str) -> String {
-    format!("coordinator {address} (pid {})", std::process::id())
+    holder_at(address, std::process::id())
+}
+
+fn holder_at(address: &str, pid: u32) -> String {
+    format!("coordinator {address} (pid {pid})")
 }
 
 /// The announcement's stored form.
@@ -100,7 +104,7 @@ pub fn present(store: &Store, holder: &str) -> Result<bool, WireError> {
 }
 
 fn holder_of(info: &CoordinatorInfo) -> String {
-    format!("coordinator {} (pid {})", info.address, info.pid)
+    holder_at(&info.address, info.pid)
 }
 
 /// Says again, every [`ANNOUNCE_EVERY`], how many agents this coordinator

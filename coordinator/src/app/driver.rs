@@ -32,8 +32,8 @@ pub const DRIVER_INTERVAL: Duration = Duration::from_millis(200);
 /// and, among those waiting, only as many online ones as a step can start.
 /// Settled machines are not read at all, so a pass costs what is in
 /// transition, not the whole rollout.
-fn observe(state: &Coordinator, r: &RolloutRecord, now: u64) -> BTreeMap<String, Observation> {
-    let liveness = registry::Liveness { now, ..super::coordinators::liveness(state) };
+fn observe(state: &Coordinator, r: &RolloutRecord, liveness: &registry::Liveness) -> BTreeMap<String, Observation> {
+    let now = liveness.now;
     let total = r.state.machines.len();
     let startable = r.state.strategy.max_parallel.cap(total).max(r.state.strategy.canary);
     let mut waiting_online = 0;
@@ -124,9 +124,11 @@ pub async fn drive_once(state: &Coordinator) {
             return;
         }
     };
+    // Which coordinators are present: read once a pass.
+    let present = super::coordinators::liveness(state);
     for r in active {
         let now = now_ms();
-        let observed = observe(state, &r, now);
+        let observed = observe(state, &r, &registry::Liveness { now, ..present.clone() });
         // A step records in one transaction: on a store that limits them
         // (etcd), it starts or reverts as many machines as fit, and the
         // next step the others. A revert with volume snapshots writes the
