@@ -187,6 +187,14 @@ fn too_large_request(bytes: usize, limit: usize) -> Error {
     ))
 }
 
+/// `e` from [`EtcdBackend::retrying`], saying what failed.
+fn context(what: &str, e: Error) -> Error {
+    match e {
+        Error::Unavailable(why) => Error::Unavailable(format!("{what}: {why}")),
+        other => other,
+    }
+}
+
 fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Unavailable(format!("{what}: {e}"))
 }
@@ -234,9 +242,15 @@ impl EtcdBackend {
     /// takes a new lease (and lets go of leading).
     pub fn join(&self, name: &str, holder: &str, value: &[u8], ttl: Duration) -> Result<(), Error> {
         let ttl_secs = i64::try_from(ttl.as_secs().max(2)).unwrap_or(i64::MAX);
-        let mut leases = self.client.lease_client();
-        let lease =
-            run(&self.runtime, async move { leases.grant(ttl_secs, None).await }).map_err(|e| unavailable("an etcd lease could not be granted", e))?.id();
+        let leases = self.client.lease_client();
+        // A grant sent twice leaves one lease unused, which runs out.
+        let lease = self
+            .retrying(Retry::Always, || {
+                let mut leases = leases.clone();
+                async move { leases.grant(ttl_secs, None).await }
+            })
+            .map_err(|e| context("an etcd lease could not be granted", e))?
+            .id();
         let key = format!("{}{PRESENCE_PREFIX}{name}", self.options.prefix).into_bytes();
         if let Err(e) = self.put_presence(key.clone(), lease, value) {
             self.revoke(lease);
@@ -263,12 +277,19 @@ impl EtcdBackend {
             None => return Ok(false),
         };
         let key = format!("{}{CLAIM_KEY}", self.options.prefix).into_bytes();
-        let mut kv = self.client.kv_client();
+        let kv = self.client.kv_client();
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.clone(), holder.as_bytes().to_vec(), Some(etcd_client::PutOptions::new().with_lease(lease)))])
             .or_else([TxnOp::get(key, None)]);
-        let response = run(&self.runtime, async move { kv.txn(txn).await }).map_err(|e| unavailable("campaigning to lead failed", e))?;
+        // Sent again after an answer was lost, it finds the key on this
+        // lease (below): the same outcome.
+        let response = self
+            .retrying(Retry::Always, || {
+                let (mut kv, txn) = (kv.clone(), txn.clone());
+                async move { kv.txn(txn).await }
+            })
+            .map_err(|e| context("campaigning to lead failed", e))?;
         let leads = response.succeeded()
             || response.op_responses().into_iter().any(|r| match r {
                 // Already on this lease (an answer lost on its way).
@@ -313,15 +334,22 @@ impl EtcdBackend {
                         if keeper.keep_alive().await.is_err() {
                             break;
                         }
-                        match answers.message().await {
-                            Ok(Some(answer)) if answer.ttl() > 0 => {
+                        // A member that went away without closing the
+                        // stream would hold it silent: no answer within a
+                        // period renews on a new stream (another member).
+                        match tokio::time::timeout(period, answers.message()).await {
+                            Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
                                 holds_until.fetch_max(sent + 1000 * u64::try_from(answer.ttl()).unwrap_or(0), Ordering::SeqCst);
                             }
-                            Ok(Some(_)) => {
+                            Ok(Ok(Some(_))) => {
                                 tracing::error!("{what} expired (its lease ran out)");
                                 return;
                             }
-                            _ => break,
+                            Ok(_) => break,
+                            Err(_) => {
+                                tracing::warn!("no answer to renewing {what} in {period:?}; renewing on a new stream");
+                                break;
+                            }
                         }
                         tokio::time::sleep(period).await;
                     },
@@ -334,10 +362,13 @@ impl EtcdBackend {
 
     /// Writes this process's presence `value` under `key` on `lease`.
     fn put_presence(&self, key: Vec<u8>, lease: i64, value: &[u8]) -> Result<(), Error> {
-        let mut kv = self.client.kv_client();
-        let value = value.to_vec();
-        run(&self.runtime, async move { kv.put(key, value, Some(etcd_client::PutOptions::new().with_lease(lease))).await })
-            .map_err(|e| unavailable("announcing this coordinator in etcd failed", e))?;
+        let kv = self.client.kv_client();
+        // The same put again is the same outcome.
+        self.retrying(Retry::Always, || {
+            let (mut kv, key, value) = (kv.clone(), key.clone(), value.to_vec());
+            async move { kv.put(key, value, Some(etcd_client::PutOptions::new().with_lease(lease))).await }
+        })
+        .map_err(|e| context("announcing this coordinator in etcd failed", e))?;
         Ok(())
     }
 
@@ -373,8 +404,9 @@ impl EtcdBackend {
             Err(_) => return Err(Error::Fenced),
         };
         match self.lease_of(&key)? {
-            // Its lease lives still (renewals got through, their answers did not).
-            Some(now) if now == lease => return Ok(()),
+            // Its lease lives still (renewals got through, their answers
+            // did not): it holds as long as etcd says.
+            Some(now) if now == lease => return self.lease_lives(lease),
             Some(_) => {
                 tracing::error!(name, "another process announced itself under this coordinator's name");
                 self.lost.send_replace(true);
@@ -391,6 +423,26 @@ impl EtcdBackend {
             tracing::warn!("this coordinator's lease had run out with nobody taking the lead; it leads again");
         } else {
             tracing::warn!("this coordinator's lease had run out; it joined again");
+        }
+        Ok(())
+    }
+
+    /// Takes from etcd how long this member's `lease` has left, so that
+    /// [`Backend::claim_lapsed`] trusts it again.
+    fn lease_lives(&self, lease: i64) -> Result<(), Error> {
+        let leases = self.client.lease_client();
+        let asked = unix_ms();
+        let left = self
+            .retrying(Retry::Always, || {
+                let mut leases = leases.clone();
+                async move { leases.time_to_live(lease, None).await }
+            })
+            .map_err(|e| context("how long this coordinator's lease has left could not be read", e))?
+            .ttl();
+        if let (Ok(left), Ok(held)) = (u64::try_from(left), self.member.lock()) {
+            if let Some(m) = held.as_ref().filter(|m| m.lease == lease) {
+                m.holds_until.fetch_max(asked + 1000 * left, Ordering::SeqCst);
+            }
         }
         Ok(())
     }
@@ -572,7 +624,7 @@ impl EtcdBackend {
                 Err(e) if std::time::Instant::now() < deadline && (retry == Retry::Always || never_sent(&e)) => {
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                Err(e) if retry == Retry::Always => return Err(unavailable("an etcd read failed", e)),
+                Err(e) if retry == Retry::Always => return Err(unavailable("an etcd request failed", e)),
                 // Refused whole by the cluster (its --max-request-bytes is
                 // lower than store.max_request_bytes says): nothing landed.
                 Err(e) if e.to_string().contains("request is too large") => {
