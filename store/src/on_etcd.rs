@@ -394,7 +394,8 @@ impl EtcdBackend {
     /// quorum past it): joins again under its name, unless another process
     /// took the name; leads again if it led and nobody took the lead
     /// meanwhile. Otherwise [`Error::Fenced`], and [`Backend::lost`] turns
-    /// true: whatever it decided meanwhile must not be written.
+    /// true: whatever it decided meanwhile must not be written, so every
+    /// transaction from then on is refused.
     fn reclaim(&self) -> Result<(), Error> {
         let (key, lease, name, holder, ttl, value, leading) = match self.member.lock() {
             Ok(held) => match held.as_ref() {
@@ -413,6 +414,15 @@ impl EtcdBackend {
                 return Err(Error::Fenced);
             }
             None => {}
+        }
+        if leading {
+            let lead = format!("{}{CLAIM_KEY}", self.options.prefix).into_bytes();
+            if self.lease_of(&lead)?.is_some_and(|now| now != lease) {
+                // Another leads: what this one decided as leader must not
+                // be written, under this lease or a new one.
+                self.lost.send_replace(true);
+                return Err(Error::Fenced);
+            }
         }
         self.join(&name, &holder, &value, ttl)?;
         if leading {
@@ -776,6 +786,11 @@ impl Backend for EtcdBackend {
 
     fn transaction(&self, body: TxBody<'_>) -> Result<(), Error> {
         for _ in 0..MAX_ATTEMPTS {
+            // Fenced once: nothing it still had in hand is written, even
+            // on the new lease it may have joined on meanwhile.
+            if *self.lost.borrow() {
+                return Err(Error::Fenced);
+            }
             let tx = EtcdTx {
                 backend: self,
                 revision: std::cell::Cell::new(0),

@@ -184,6 +184,8 @@ fn every_member_writes_one_leads_and_a_leader_whose_lease_ran_out_is_fenced() {
     let late = write(&a, b"by-a", b"stale");
     assert!(matches!(late, Err(Error::Fenced)), "the old leader's write is refused: {late:?}");
     assert!(*a.lost().expect("shared").borrow(), "and it knows it lost");
+    let later = write(&a, b"by-a", b"later");
+    assert!(matches!(later, Err(Error::Fenced)), "and stays fenced: nothing it had in hand is written later: {later:?}");
     assert_eq!(b.get(Tree::Machines, b"by-a").expect("read").as_deref(), Some(&b"1"[..]), "only the successor's decisions stand");
 }
 

@@ -213,17 +213,35 @@ pub async fn record_in_batches(state: &Coordinator, ids: &[String], make: Build<
     store.write(|tx| tx.put_meta(&key, &plan)).await?;
     let mut recorded = Vec::with_capacity(ids.len());
     for chunk in batch.targets.chunks(per) {
-        let staged = store
-            .write(|tx| {
-                tx.prefetch(chunk.iter().map(|(id, _)| (Tree::Machines, id.as_bytes())))?;
-                chunk.iter().map(|(id, g)| stage(tx, id, *g, make)).collect::<Result<Vec<_>, WireError>>()
-            })
-            .await;
+        // Staged records are seen by nobody before the commit point, and
+        // staging a machine again writes the same records: a batch that
+        // met a passing outage, or whose answer was lost (it may have
+        // landed), is staged again rather than failing the deployment.
+        let mut again = STAGE_AGAIN;
+        let staged = loop {
+            let staged = store
+                .write(|tx| {
+                    tx.prefetch(chunk.iter().map(|(id, _)| (Tree::Machines, id.as_bytes())))?;
+                    chunk.iter().map(|(id, g)| stage(tx, id, *g, make).map_err(AtCommit::Refused)).collect::<Result<Vec<_>, AtCommit>>()
+                })
+                .await;
+            match staged {
+                Err(AtCommit::Store(StoreError::Backend(drover_store::Error::Unavailable(e) | drover_store::Error::Uncertain(e)))) if again > 0 => {
+                    tracing::warn!(batch = %key, error = %e, "a batch of a deployment was not staged for certain; staging it again");
+                    again -= 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                other => break other,
+            }
+        };
         match staged {
             Ok(staged) => recorded.extend(staged),
             Err(e) => {
                 discard(store, &key, &batch).await;
-                return Err(e);
+                return Err(match e {
+                    AtCommit::Store(e) => e.into(),
+                    AtCommit::Refused(e) => e,
+                });
             }
         }
     }
@@ -278,7 +296,11 @@ pub async fn record_in_batches(state: &Coordinator, ids: &[String], make: Build<
     Ok(recorded)
 }
 
-/// How the commit point's transaction failed.
+/// How many times a batch is staged again after the store did not answer
+/// for certain.
+const STAGE_AGAIN: usize = 3;
+
+/// How the commit point's (or a staging) transaction failed.
 enum AtCommit {
     Store(StoreError),
     Refused(WireError),

@@ -108,6 +108,26 @@ pub struct Coordinator {
     pub provision_wake: tokio::sync::Notify,
     /// Refused admin requests being counted for the audit log.
     pub refusals: audit::Refusals,
+    /// Requests being answered now; a coordinator shutting down lets them
+    /// finish (their writes are fenced if it lost its lease).
+    pub requests: tokio::sync::watch::Sender<usize>,
+}
+
+/// One request being answered, counted in [`Coordinator::requests`] while
+/// it lives.
+pub struct InFlight(tokio::sync::watch::Sender<usize>);
+
+impl InFlight {
+    pub fn new(state: &Coordinator) -> Self {
+        state.requests.send_modify(|n| *n += 1);
+        InFlight(state.requests.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// The external systems a coordinator works with, made by whoever starts
@@ -184,6 +204,7 @@ impl Coordinator {
             nix: backends.nix,
             provision_wake: tokio::sync::Notify::new(),
             refusals: audit::Refusals::default(),
+            requests: tokio::sync::watch::Sender::new(0),
         }
     }
 }

@@ -222,7 +222,14 @@ async fn serve(state: &Arc<Coordinator>, limits: &Arc<Limits>, conn: &quinn::Con
         let budgets = budgets.clone();
         let peer = peer.clone();
         let conn = conn.clone();
-        tokio::spawn(async move { handle_stream(state, limits, &budgets, conn, Caller { peer, version }, send, recv).await }.in_current_span());
+        let in_flight = crate::app::InFlight::new(&state);
+        tokio::spawn(
+            async move {
+                handle_stream(state, limits, &budgets, conn, Caller { peer, version }, send, recv).await;
+                drop(in_flight);
+            }
+            .in_current_span(),
+        );
     }
 }
 

@@ -44,6 +44,10 @@ pub struct ServerHandle {
     liveness: JoinHandle<()>,
 }
 
+/// How long a coordinator shutting down waits for the requests it is
+/// answering.
+const REQUESTS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl ServerHandle {
     /// Stops accepting, closes every connection and waits for them to end.
     pub async fn shutdown(self) {
@@ -52,6 +56,12 @@ impl ServerHandle {
         }
         for endpoint in &self.endpoints {
             endpoint.wait_idle().await;
+        }
+        // A request's work goes on when its connection closes (a
+        // deployment being recorded, say): it ends before the process does.
+        let mut requests = self.coordinator.requests.subscribe();
+        if tokio::time::timeout(REQUESTS_PATIENCE, requests.wait_for(|n| *n == 0)).await.is_err() {
+            tracing::warn!(left = *requests.borrow(), "requests still being answered after {REQUESTS_PATIENCE:?}; shutting down without them");
         }
         self.coordinator.live.clear();
         for task in self.tasks {
