@@ -33,6 +33,13 @@ pub enum Command {
     /// Create a state directory: fleet CA, server certificate, config, first admin bundle.
     Init(InitArgs),
     /// Run the coordinator.
+    ///
+    /// It answers agents and admins until SIGTERM or Ctrl-C; then it stops
+    /// accepting, closes every connection, lets the requests it is
+    /// answering finish (at most 30 s), writes the newest health reports
+    /// and exits. On an etcd store it joins the fleet's coordinators (all
+    /// serve, one leads); it exits with an error if its lease ran out and
+    /// another took over what it led — start it again to serve again.
     Serve(ServeCommandArgs),
     /// Validate a configuration file without starting anything.
     CheckConfig(CheckConfigArgs),
@@ -91,8 +98,8 @@ pub enum Command {
     /// The fleet's store: move it from the state directory into etcd.
     #[command(subcommand)]
     Store(StoreCommand),
-    /// The fleet's coordinators (several on an etcd store): which serves,
-    /// which stand by, how many agents each holds.
+    /// The fleet's coordinators (several on an etcd store, all serving):
+    /// which leads, how many agents each holds.
     #[command(subcommand)]
     Coordinators(CoordinatorsCommand),
     /// Print shell completions.
@@ -402,7 +409,7 @@ pub struct ApplyArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum CoordinatorsCommand {
-    /// Every coordinator announced in the store, the serving one first:
+    /// Every coordinator announced in the store, the leading one first:
     /// address, role, agents connected, process, since when, when it last
     /// said so, and how long its presence outlives it (on etcd).
     List {
