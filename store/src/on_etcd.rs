@@ -242,15 +242,8 @@ impl EtcdBackend {
     /// takes a new lease (and lets go of leading).
     pub fn join(&self, name: &str, holder: &str, value: &[u8], ttl: Duration) -> Result<(), Error> {
         let ttl_secs = i64::try_from(ttl.as_secs().max(2)).unwrap_or(i64::MAX);
-        let leases = self.client.lease_client();
         // A grant sent twice leaves one lease unused, which runs out.
-        let lease = self
-            .retrying(Retry::Always, || {
-                let mut leases = leases.clone();
-                async move { leases.grant(ttl_secs, None).await }
-            })
-            .map_err(|e| context("an etcd lease could not be granted", e))?
-            .id();
+        let lease = self.on_leases("an etcd lease could not be granted", move |mut leases| async move { leases.grant(ttl_secs, None).await })?.id();
         let key = format!("{}{PRESENCE_PREFIX}{name}", self.options.prefix).into_bytes();
         if let Err(e) = self.put_presence(key.clone(), lease, value) {
             self.revoke(lease);
@@ -440,14 +433,9 @@ impl EtcdBackend {
     /// Takes from etcd how long this member's `lease` has left, so that
     /// [`Backend::claim_lapsed`] trusts it again.
     fn lease_lives(&self, lease: i64) -> Result<(), Error> {
-        let leases = self.client.lease_client();
         let asked = unix_ms();
         let left = self
-            .retrying(Retry::Always, || {
-                let mut leases = leases.clone();
-                async move { leases.time_to_live(lease, None).await }
-            })
-            .map_err(|e| context("how long this coordinator's lease has left could not be read", e))?
+            .on_leases("how long this coordinator's lease has left could not be read", move |mut leases| async move { leases.time_to_live(lease, None).await })?
             .ttl();
         if let (Ok(left), Ok(held)) = (u64::try_from(left), self.member.lock()) {
             if let Some(m) = held.as_ref().filter(|m| m.lease == lease) {
@@ -455,6 +443,16 @@ impl EtcdBackend {
             }
         }
         Ok(())
+    }
+
+    /// A call of etcd's lease service, again past a member that is gone
+    /// (each one here is idempotent); `what` says what failed.
+    fn on_leases<T: Send + 'static, F>(&self, what: &str, call: impl Fn(etcd_client::LeaseClient) -> F) -> Result<T, Error>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        let leases = self.client.lease_client();
+        self.retrying(Retry::Always, || call(leases.clone())).map_err(|e| context(what, e))
     }
 
     /// The lease `full` is on (0: none), if it exists.
