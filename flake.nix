@@ -92,6 +92,11 @@
         default = { imports = [ agent coordinator garage-node mastodon peertube pixelfed ]; };
       };
 
+      # Drover as a NixOps4 resource provider (docs/nixops4.md):
+      # `providers.drover = drover.modules.nixops4Provider.drover;` in a
+      # NixOps4 deployment.
+      modules.nixops4Provider.drover = import ./nix/nixops4-provider.nix { drover = system: self.packages.${system}.drover; };
+
       # `modules` evaluates every module in a minimal configuration (fast, no
       # VM); the others are NixOS tests (QEMU, KVM recommended): `nix flake
       # check`, or one with `nix build .#checks.x86_64-linux.fleet -L`.

@@ -22,6 +22,9 @@ cd "$ROOT"
 log "evaluating the modules (lib.evalModules, nixpkgs.lib $(cat "$LIB/lib/.version" 2>/dev/null || echo '?'))"
 nix-instantiate --eval --strict --json nix/eval-modules.nix --arg libPath "$LIB" -A report | jq -r '.[]'
 
+log "evaluating the NixOps4 provider module and the example deployment against it"
+nix-instantiate --eval --strict --json nix/eval-nixops4.nix --arg libPath "$LIB" -A report | jq -r '.[]'
+
 log "running each profile's environment script against facts without its bucket"
 WORK="$(mktemp -d /run/drover-eval.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT

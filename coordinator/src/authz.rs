@@ -1,7 +1,7 @@
 //! Which admin role each admin request needs. Viewers read; operators run the
 //! fleet (tokens, labels, revocations); admins also manage admins.
 
-use drover_protocol::v1::{AdminRequest, Role, S3Request, VolumeRequest};
+use drover_protocol::v1::{AdminRequest, Role, S3Request, StateRequest, VolumeRequest};
 
 pub fn required_role(request: &AdminRequest) -> Role {
     match request {
@@ -34,6 +34,7 @@ pub fn required_role(request: &AdminRequest) -> Role {
         | AdminRequest::ProvisionShow { .. }
         | AdminRequest::Provisions
         | AdminRequest::FleetShow
+        | AdminRequest::Nixops4State(StateRequest::Read { .. } | StateRequest::Events { .. })
         | AdminRequest::ProvisionsCheck { .. } => Role::Viewer,
         // Who may log in to machines is decided by admins only.
         AdminRequest::TenantsCreate(spec) if !spec.managers.is_empty() => Role::Admin,
@@ -50,6 +51,7 @@ pub fn required_role(request: &AdminRequest) -> Role {
         | AdminRequest::MachinesProvision(_)
         | AdminRequest::MachinesDestroy { .. }
         | AdminRequest::FleetSave { .. }
+        | AdminRequest::Nixops4State(_)
         | AdminRequest::RolloutStart(_)
         | AdminRequest::RolloutControl { .. }
         | AdminRequest::S3(_)

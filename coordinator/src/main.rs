@@ -20,7 +20,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The server logs at info; CLI commands only warn unless asked.
     let default = match cli.command {
-        Command::Serve(_) => "info",
+        Command::Serve(_) | Command::Nixops4(_) => "info",
         _ => "warn",
     };
     drover_net::logging::init(cli.log_format, default);

@@ -580,3 +580,32 @@ pub struct SnapshotRecord {
     pub name: String,
     pub created_at: UnixMillis,
 }
+
+/// A NixOps4 state document kept for a NixOps4 deployment, keyed by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NixopsStateRecord {
+    pub name: String,
+    /// The document after every applied event, JSON.
+    pub document: String,
+    /// How many events it has: the next event's index.
+    pub events: u64,
+    /// The events whose patch could not be applied.
+    pub unapplied: Vec<u64>,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
+}
+
+/// One event of a NixOps4 state, keyed by the state's name and its index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NixopsEventRecord {
+    pub name: String,
+    pub index: u64,
+    pub time: UnixMillis,
+    pub event: String,
+    pub nixops_version: String,
+    /// The RFC 6902 patch as it came, JSON.
+    pub patch: String,
+    pub by: String,
+    pub applied: bool,
+    pub error: Option<String>,
+}

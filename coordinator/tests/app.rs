@@ -568,6 +568,14 @@ async fn a_store_with_every_kind_of_record() -> App {
     .await;
     app.ok(AdminRequest::FleetSave { document: "{}".into() }).await;
     app.ok(AdminRequest::MachinesProvision(provision_request("web-1"))).await;
+    app.ok(AdminRequest::Nixops4State(StateRequest::Create { name: "social".into() })).await;
+    app.ok(AdminRequest::Nixops4State(StateRequest::Event {
+        name: "social".into(),
+        event: "create".into(),
+        nixops_version: "0.1.0".into(),
+        patch: r#"[{"op":"add","path":"/resources/db","value":{"type":"machine"}}]"#.into(),
+    }))
+    .await;
     driver.abort();
     app
 }
@@ -800,4 +808,42 @@ async fn a_rollout_too_large_for_one_store_request_is_refused_at_its_start_sayin
     let roomy = App::with_store(Store::with_backend(Arc::new(MemoryBackend::default())).limited_to_bytes(64 * 1024));
     enroll_many(&roomy, 20).await;
     roomy.ok(AdminRequest::RolloutStart(spec())).await;
+}
+
+/// A NixOps4 state keeps every event in order: a patch that applies
+/// changes the document; one that does not is kept, marked, and leaves
+/// the document as it was; a patch that is not JSON, one too large, a bad
+/// name and a missing state are refused and keep nothing.
+#[tokio::test]
+async fn a_nixops4_state_keeps_every_event_in_order_and_applies_what_applies() {
+    let app = App::new();
+    let state = |r: StateRequest| AdminRequest::Nixops4State(r);
+    let event = |patch: &str| state(StateRequest::Event { name: "social".into(), event: "update".into(), nixops_version: "0.1.0".into(), patch: patch.into() });
+    let missing = app.call(event("[]")).await.expect_err("no such state");
+    assert_eq!(missing.code, ErrorCode::NotFound, "{missing:?}");
+    let made = app.ok(state(StateRequest::Create { name: "social".into() })).await.nixops4_state().expect("state").document().expect("doc");
+    assert_eq!(made.events, 0);
+    // Made again: the same state, not a new one.
+    app.ok(event(r#"[{"op":"add","path":"/resources/a","value":1}]"#)).await;
+    let again = app.ok(state(StateRequest::Create { name: "social".into() })).await.nixops4_state().expect("state").document().expect("doc");
+    assert_eq!(again.events, 1, "{again:?}");
+    let kept = app.ok(event(r#"[{"op":"remove","path":"/resources/nothing"}]"#)).await.nixops4_state().expect("state").recorded().expect("recorded");
+    assert!(!kept.applied && kept.index == 1 && kept.error.as_deref().is_some_and(|e| e.contains("does not apply")), "{kept:?}");
+    app.ok(event(r#"[{"op":"add","path":"/resources/b","value":2}]"#)).await;
+    for (bad, why) in [("not json", "not JSON"), (&"x".repeat(300 << 10), "at most")] {
+        let e = app.call(event(bad)).await.expect_err("refused");
+        assert!(e.code == ErrorCode::InvalidArgument && e.message.contains(why), "{e:?}");
+    }
+    let e = app.call(state(StateRequest::Create { name: "../etc".into() })).await.expect_err("a bad name");
+    assert!(e.message.contains("not a state name"), "{e:?}");
+    let doc = app.ok(state(StateRequest::Read { name: "social".into() })).await.nixops4_state().expect("state").document().expect("doc");
+    let value: serde_json::Value = serde_json::from_str(&doc.document).expect("json");
+    assert_eq!(value["resources"], serde_json::json!({ "a": 1, "b": 2 }), "{value}");
+    assert_eq!((doc.events, doc.unapplied.clone()), (3, vec![1]));
+    let events =
+        app.ok(state(StateRequest::Events { name: "social".into(), from: 0, limit: 10 })).await.nixops4_state().expect("state").events().expect("events");
+    let order: Vec<(u64, bool, &str)> = events.iter().map(|e| (e.index, e.applied, e.by.as_str())).collect();
+    assert_eq!(order, vec![(0, true, "root"), (1, false, "root"), (2, true, "root")]);
+    let page = app.ok(state(StateRequest::Events { name: "social".into(), from: 1, limit: 1 })).await.nixops4_state().expect("state").events().expect("events");
+    assert_eq!(page.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1]);
 }

@@ -73,11 +73,12 @@ answers! {
         Fleet(Option<AppliedFleet>) => fleet,
         Problems(Vec<Problem>) => problems,
         Coordinators(Vec<CoordinatorInfo>) => coordinators,
+        Nixops4State(StateResponse) => nixops4_state,
     }
     done: done;
     kind: Done, Identity, TokenCreated, Tokens, Machines, Machine, AdminCreated, Admins, Deployed, Deployments, Deployment, MachineDetail,
         Rollout, Rollouts, S3, Tenant, Tenants, SshKeys, Volumes, BackupChunk, BackupEnd, Audit, DeployPlan, Provision, Provisions, Fleet,
-        Problems, AuditPage, Coordinators
+        Problems, AuditPage, Coordinators, Nixops4State
 }
 
 impl AdminResponse {
@@ -108,6 +109,16 @@ answers! {
     }
     done: done;
     kind: Buckets, Bucket, Keys, Key, Done, Cluster
+}
+
+answers! {
+    StateResponse {
+        Document(StateDocument) => document,
+        Recorded(RecordedEvent) => recorded,
+        Events(Vec<StateEventInfo>) => events,
+    }
+    done:;
+    kind: Document, Recorded, Events
 }
 
 answers! {

@@ -4,8 +4,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorCode, WireError};
 
-/// The protocol version this build speaks natively. Version 11 added
-/// `CoordinatorsList` (an older coordinator cannot answer it). Version 10 added what
+/// The protocol version this build speaks natively. Version 12 added
+/// `Nixops4State` (NixOps4's state kept by the coordinator), version 11
+/// `CoordinatorsList` (an older coordinator cannot answer either). Version 10 added what
 /// keeps volumes safe: the coordinator vouches for a fresh volume and can
 /// carry an operator's overwrite (`VolumeMount`), an outcome carries the
 /// volumes' states (`DeploymentReport`), and volumes can be adopted; peers
@@ -24,10 +25,10 @@ use crate::error::{ErrorCode, WireError};
 /// systems and the Nix store's space to health reports; older peers are
 /// refused at Hello, naming both versions (version 4 only added the admin
 /// requests `Backup` and `Audit`).
-pub const PROTOCOL_VERSION: u16 = 11;
+pub const PROTOCOL_VERSION: u16 = 12;
 
 /// The inclusive range of protocol versions this build accepts.
-pub const SUPPORTED: VersionRange = VersionRange { min: 6, max: 11 };
+pub const SUPPORTED: VersionRange = VersionRange { min: 6, max: 12 };
 
 /// An inclusive range of protocol versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -529,6 +529,18 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-admin-provisions", Request::Admin(AdminRequest::Provisions)),
         ("request-admin-fleet-show", Request::Admin(AdminRequest::FleetShow)),
         ("request-admin-coordinators-list", Request::Admin(AdminRequest::CoordinatorsList)),
+        ("request-admin-nixops4-state-create", Request::Admin(AdminRequest::Nixops4State(StateRequest::Create { name: "social".into() }))),
+        (
+            "request-admin-nixops4-state-event",
+            Request::Admin(AdminRequest::Nixops4State(StateRequest::Event {
+                name: "social".into(),
+                event: "create".into(),
+                nixops_version: "0.1.0".into(),
+                patch: r#"[{"op":"add","path":"/resources/db","value":{"type":"machine"}}]"#.into(),
+            })),
+        ),
+        ("request-admin-nixops4-state-read", Request::Admin(AdminRequest::Nixops4State(StateRequest::Read { name: "social".into() }))),
+        ("request-admin-nixops4-state-events", Request::Admin(AdminRequest::Nixops4State(StateRequest::Events { name: "social".into(), from: 3, limit: 100 }))),
         (
             "request-admin-deployments-show-many",
             Request::Admin(AdminRequest::DeploymentsShowMany { ids: vec!["m-0123456789/3".into(), "m-0123456789/4".into()] }),
@@ -668,6 +680,38 @@ fn responses() -> Vec<(&'static str, Response)> {
             }])),
         ),
         ("response-admin-problems", Response::Admin(AdminResponse::Problems(vec![Problem { subject: "web-1".into(), message: "no provider \"pve\"".into() }]))),
+        (
+            "response-admin-nixops4-state-document",
+            Response::Admin(AdminResponse::Nixops4State(StateResponse::Document(StateDocument {
+                name: "social".into(),
+                document: r#"{"_type":"nixopsState","deployments":{},"resources":{}}"#.into(),
+                events: 4,
+                unapplied: vec![2],
+                created_at: 1_700_000_000_000,
+                updated_at: 1_700_000_005_000,
+            }))),
+        ),
+        (
+            "response-admin-nixops4-state-recorded",
+            Response::Admin(AdminResponse::Nixops4State(StateResponse::Recorded(RecordedEvent {
+                index: 2,
+                applied: false,
+                error: Some("the path /resources/x does not exist".into()),
+            }))),
+        ),
+        (
+            "response-admin-nixops4-state-events",
+            Response::Admin(AdminResponse::Nixops4State(StateResponse::Events(vec![StateEventInfo {
+                index: 0,
+                time: 1_700_000_000_000,
+                event: "create".into(),
+                nixops_version: "0.1.0".into(),
+                patch: r#"[{"op":"add","path":"","value":{}}]"#.into(),
+                by: "alice".into(),
+                applied: true,
+                error: None,
+            }]))),
+        ),
         (
             "response-admin-coordinators",
             Response::Admin(AdminResponse::Coordinators(vec![CoordinatorInfo {
@@ -956,6 +1000,10 @@ fn request_kind(r: &Request) -> &'static str {
             AdminRequest::ProvisionsCheck { .. } => "AdminRequest::ProvisionsCheck",
             AdminRequest::AuditExport { .. } => "AdminRequest::AuditExport",
             AdminRequest::CoordinatorsList { .. } => "AdminRequest::CoordinatorsList",
+            AdminRequest::Nixops4State(StateRequest::Create { .. }) => "AdminRequest::Nixops4State::Create",
+            AdminRequest::Nixops4State(StateRequest::Event { .. }) => "AdminRequest::Nixops4State::Event",
+            AdminRequest::Nixops4State(StateRequest::Read { .. }) => "AdminRequest::Nixops4State::Read",
+            AdminRequest::Nixops4State(StateRequest::Events { .. }) => "AdminRequest::Nixops4State::Events",
         },
     }
 }
@@ -1019,6 +1067,9 @@ fn response_kind(r: &Response) -> &'static str {
             AdminResponse::Problems { .. } => "AdminResponse::Problems",
             AdminResponse::AuditPage { .. } => "AdminResponse::AuditPage",
             AdminResponse::Coordinators { .. } => "AdminResponse::Coordinators",
+            AdminResponse::Nixops4State(StateResponse::Document(_)) => "AdminResponse::Nixops4State::Document",
+            AdminResponse::Nixops4State(StateResponse::Recorded(_)) => "AdminResponse::Nixops4State::Recorded",
+            AdminResponse::Nixops4State(StateResponse::Events(_)) => "AdminResponse::Nixops4State::Events",
         },
     }
 }

@@ -26,10 +26,14 @@ pub enum Tree {
     Audit,
     Provisions,
     Fleet,
+    /// NixOps4 state documents, by name.
+    NixopsStates,
+    /// Their events, by name and index.
+    NixopsEvents,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 14] = [
+    pub const ALL: [Tree; 16] = [
         Tree::Meta,
         Tree::Machines,
         Tree::Tokens,
@@ -44,6 +48,8 @@ impl Tree {
         Tree::Audit,
         Tree::Provisions,
         Tree::Fleet,
+        Tree::NixopsStates,
+        Tree::NixopsEvents,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +68,8 @@ impl Tree {
             Tree::Audit => "audit",
             Tree::Provisions => "provisions",
             Tree::Fleet => "fleet",
+            Tree::NixopsStates => "nixops_states",
+            Tree::NixopsEvents => "nixops_events",
         }
     }
 

@@ -110,6 +110,7 @@ async fn answer(state: &Coordinator, admin: AdminRecord, request: AdminRequest) 
         R::CoordinatorsList => AdminResponse::Coordinators(super::coordinators::list(state)?),
         R::FleetSave { document } => fleet::save(state, by, document).await?,
         R::FleetShow => fleet::show(state)?,
+        R::Nixops4State(request) => super::nixops4::handle(state, by, request).await?,
         R::MachinesDestroy { name, keep_volumes } => AdminResponse::Provision(provisions::destroy(state, by, &name, keep_volumes).await?),
         R::Backup => return Err(WireError::new(ErrorCode::BadRequest, "a backup is answered in parts; use `drover backup FILE`")),
     })

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use drover_protocol::text::printable;
-use drover_protocol::v1::{self, AdminRequest, AdminResponse, Labels, Role, S3Request, VolumeRequest};
+use drover_protocol::v1::{self, AdminRequest, AdminResponse, Labels, Role, S3Request, StateRequest, VolumeRequest};
 use drover_protocol::{ErrorCode, WireError};
 
 use crate::model::AuditRecord;
@@ -49,6 +49,11 @@ pub fn describe(request: &AdminRequest) -> Option<(String, String)> {
         | R::FleetShow
         | R::ProvisionsCheck { .. } => return None,
         R::FleetSave { document } => ("apply", format!("a fleet of {} bytes", document.len())),
+        R::Nixops4State(StateRequest::Read { .. } | StateRequest::Events { .. }) => return None,
+        R::Nixops4State(StateRequest::Create { name }) => ("nixops4 state create", name.clone()),
+        R::Nixops4State(StateRequest::Event { name, event, patch, .. }) => {
+            ("nixops4 state event", format!("{name}: {event}, a patch of {} bytes", patch.len()))
+        }
         R::MachinesProvision(spec) => ("machines provision", format!("{} on {}", spec.name, spec.provider)),
         R::MachinesDestroy { name, keep_volumes } => ("machines destroy", format!("{name}{}", if *keep_volumes { " --keep-volumes" } else { "" })),
         R::TokensCreate(spec) => ("tokens create", format!("{} uses, labels {}", spec.uses, selector(&None, &spec.labels))),

@@ -28,6 +28,7 @@ pub mod generations;
 pub mod live;
 pub mod machines;
 pub mod metrics;
+pub mod nixops4;
 pub mod provisions;
 pub mod rollouts;
 pub mod s3;

@@ -102,6 +102,13 @@ pub enum Command {
     /// which leads, how many agents each holds.
     #[command(subcommand)]
     Coordinators(CoordinatorsCommand),
+    /// Run as a NixOps4 resource provider: NixOps4 starts this and sends
+    /// requests as JSON lines on standard input; one response line each on
+    /// standard output, logs on standard error. Resource types: tenant,
+    /// machine, bucket, s3_key, volume, deployment, state (see
+    /// docs/nixops4.md). The admin bundle is found as for other commands
+    /// (DROVER_ADMIN_BUNDLE).
+    Nixops4(AdminArgs),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]

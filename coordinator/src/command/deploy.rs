@@ -164,7 +164,7 @@ pub fn state_word(d: &DeploymentInfo) -> &'static str {
     }
 }
 
-fn last_message(d: &DeploymentInfo) -> String {
+pub fn last_message(d: &DeploymentInfo) -> String {
     d.steps.iter().rev().find(|s| matches!(s.step, DeployStep::Failed)).or(d.steps.last()).map(|s| format!(" — {}", s.message)).unwrap_or_default()
 }
 

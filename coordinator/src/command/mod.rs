@@ -9,6 +9,7 @@ pub mod deployments;
 pub mod fleet;
 pub mod init;
 pub mod machines;
+pub mod nixops4;
 pub mod rollout;
 pub mod s3;
 pub mod serve;
@@ -69,6 +70,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Rollout(cmd) => rollout::run(cmd).await,
         Command::S3(cmd) => s3::run(cmd).await,
         Command::Volumes(cmd) => volumes::run(cmd).await,
+        Command::Nixops4(admin) => nixops4::run(admin).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "drover", &mut std::io::stdout());
             Ok(())

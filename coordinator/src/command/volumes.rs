@@ -79,7 +79,7 @@ fn show<T: serde::Serialize>(admin: &AdminArgs, value: &T, table: impl FnOnce(&T
 /// Follows a detach until the volume has left its machine's node; fails
 /// when the machine could not apply the generation that unmounts it, or
 /// when `timeout` passes (the detach goes on without the command).
-pub(super) async fn wait_detached(client: &crate::client::AdminClient, mut v: VolumeInfo, timeout: std::time::Duration, show: bool) -> Result<VolumeInfo> {
+pub(crate) async fn wait_detached(client: &crate::client::AdminClient, mut v: VolumeInfo, timeout: std::time::Duration, show: bool) -> Result<VolumeInfo> {
     use drover_protocol::v1::DeploymentState;
     let deadline = std::time::Instant::now() + timeout;
     let mut told = !show;

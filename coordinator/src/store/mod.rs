@@ -28,6 +28,7 @@ pub mod audit;
 pub(crate) mod codec;
 pub mod deployments;
 pub mod machines;
+pub mod nixops4;
 pub mod provisions;
 pub mod rollouts;
 pub mod s3;
@@ -139,6 +140,8 @@ pub fn recode(tree: Tree, key: &[u8], bytes: &[u8]) -> Result<Option<Vec<u8>>, S
         Tree::Audit => again::<AuditRecord>(key, bytes),
         Tree::Provisions => again::<ProvisionRecord>(key, bytes),
         Tree::Fleet => again::<FleetRecord>(key, bytes),
+        Tree::NixopsStates => again::<crate::model::NixopsStateRecord>(key, bytes),
+        Tree::NixopsEvents => again::<crate::model::NixopsEventRecord>(key, bytes),
     }
 }
 

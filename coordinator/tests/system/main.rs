@@ -17,6 +17,7 @@ mod faults;
 mod flake_source;
 mod fleet_file;
 mod full_disk;
+mod nixops4;
 mod object_store;
 mod provision;
 mod s3;

@@ -200,6 +200,9 @@ pub enum AdminRequest {
     /// sled, the one). Answered with
     /// [`AdminResponse::Coordinators`] (protocol 11).
     CoordinatorsList,
+    /// NixOps4's state kept by the coordinator, answered with
+    /// [`AdminResponse::Nixops4State`] (protocol 12).
+    Nixops4State(StateRequest),
 }
 
 /// The most deployments one [`AdminRequest::DeploymentsShowMany`] asks for
@@ -252,6 +255,7 @@ pub enum AdminResponse {
         next: Option<String>,
     },
     Coordinators(Vec<CoordinatorInfo>),
+    Nixops4State(StateResponse),
 }
 
 /// One coordinator of the fleet, as it announces itself.

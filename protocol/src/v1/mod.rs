@@ -18,6 +18,7 @@ use crate::version::VersionRange;
 mod admin;
 mod agent;
 mod deploy;
+mod nixops4;
 mod rollout;
 mod s3;
 
@@ -28,6 +29,7 @@ pub use crate::volume::{
 pub use admin::*;
 pub use agent::*;
 pub use deploy::*;
+pub use nixops4::*;
 pub use rollout::*;
 pub use s3::*;
 
