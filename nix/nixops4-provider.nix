@@ -51,6 +51,7 @@ in
         domain = opt types.str "The tenant's domain.";
         admin_user = opt types.str "Its admin account's name.";
         machines = opt types.int "How many machines carry its label.";
+        created_at = opt types.int "When it was made (ms since the epoch): a destroy removes only this one.";
       };
     };
     machine = {
@@ -125,6 +126,7 @@ in
         replicas = opt types.int "Its replicas.";
         machine = opt (types.nullOr types.str) "The machine it is attached to.";
         formatted = opt types.bool "Whether a filesystem was made on it.";
+        created_at = opt types.int "When it was made (ms since the epoch): a destroy removes only this one.";
       };
     };
     deployment = {

@@ -141,6 +141,42 @@ fn deployments_are_kept_per_machine_in_order() {
     }
 }
 
+/// NixOps4 state events are kept per state, by index, in order: one
+/// state's events never mix with another's whose name it starts.
+#[test]
+fn nixops4_state_events_are_kept_per_state_in_order() {
+    use super::nixops4::event_key;
+    use crate::model::{NixopsEventRecord, NixopsStateRecord};
+    let event = |name: &str, index: u64| NixopsEventRecord {
+        name: name.into(),
+        index,
+        time: index,
+        event: "create".into(),
+        nixops_version: "0.1.0".into(),
+        patch: "[]".into(),
+        by: "root".into(),
+        applied: true,
+        error: None,
+    };
+    for (name, store, _keep) in stores() {
+        store
+            .commit_blocking(|tx| {
+                for (s, i) in [("social", 10), ("social", 2), ("social-2", 0), ("social", 0)] {
+                    tx.put(&event_key(s, i), &event(s, i))?;
+                }
+                let doc = NixopsStateRecord { name: "social".into(), document: "{}".into(), events: 11, unapplied: vec![], created_at: 0, updated_at: 0 };
+                tx.put(b"social", &doc)?;
+                Ok::<_, StoreError>(())
+            })
+            .expect("write");
+        let indices: Vec<u64> = store.list::<NixopsEventRecord>(b"social/").expect("list").iter().map(|e| e.index).collect();
+        assert_eq!(indices, vec![0, 2, 10], "{name}: in index order, only social's");
+        assert_eq!(store.nixops_event("social", 2).expect("read").map(|e| e.index), Some(2), "{name}");
+        assert_eq!(store.nixops_state("social").expect("read").map(|s| s.events), Some(11), "{name}");
+        assert!(store.nixops_state("social-2").expect("read").is_none(), "{name}");
+    }
+}
+
 #[test]
 fn rollouts_list_oldest_first() {
     for (name, store, _dir) in stores() {

@@ -28,6 +28,8 @@ struct Provider {
     responses: jsonschema::Validator,
     /// Every response line it wrote.
     lines: Vec<String>,
+    /// Requests and responses, in order.
+    exchange: Vec<String>,
 }
 
 impl Provider {
@@ -51,6 +53,7 @@ impl Provider {
             requests: validator("Request"),
             responses: validator("Response"),
             lines: Vec::new(),
+            exchange: Vec::new(),
         }
     }
 
@@ -70,6 +73,8 @@ impl Provider {
         let errors: Vec<String> = self.responses.iter_errors(&value).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "a response line outside the schema: {answer}: {errors:?}");
         self.lines.push(answer.trim_end().to_string());
+        self.exchange.push(line.to_string());
+        self.exchange.push(answer.trim_end().to_string());
         value
     }
 
@@ -102,8 +107,12 @@ impl Provider {
         answer["errorResponse"]["message"].as_str().unwrap_or_else(|| panic!("{request} must be refused: {answer}")).to_string()
     }
 
-    /// Closes its input; it must exit with success.
+    /// Closes its input; it must exit with success. Its response lines and
+    /// log; the exchange is written beside the test's other output.
     fn finish(mut self) -> (Vec<String>, String) {
+        let transcript = Path::new(env!("CARGO_TARGET_TMPDIR")).join("nixops4-exchange.jsonl");
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&transcript).expect("the transcript");
+        writeln!(file, "{}", self.exchange.join("\n")).expect("write the transcript");
         drop(self.stdin);
         let status = self.child.wait().expect("wait");
         assert!(status.success(), "the provider exits 0 at the end of its input: {status}");
@@ -187,6 +196,7 @@ async fn a_nixops4_deployment_is_created_read_updated_and_destroyed_through_the_
     std::fs::create_dir_all(&cwd).expect("mkdir");
     let secret_value = format!("app-key-{}", hex::encode(rand::random::<[u8; 12]>()));
     std::fs::write(cwd.join("app-key.txt"), &secret_value).expect("secret file");
+    let _ = std::fs::remove_file(Path::new(env!("CARGO_TARGET_TMPDIR")).join("nixops4-exchange.jsonl"));
     let mut p = Provider::start(&fleet, &cwd);
     let bad = json!({ "fooRequest": {} });
     assert!(!p.requests.is_valid(&bad), "the schema tells a request it does not have");
@@ -202,6 +212,10 @@ async fn a_nixops4_deployment_is_created_read_updated_and_destroyed_through_the_
     let document = p.ok(json!({ "stateResourceReadRequest": { "resource": state_resource() } }));
     assert_eq!(document["state"]["_type"], "nixopsState", "{document}");
     assert!(document["state"]["resources"]["db"].is_object() && document["state"]["resources"]["web"].is_object(), "{document}");
+
+    // A line that is no request gets one error line; the provider goes on.
+    let answer = p.send_line("this is not JSON");
+    assert!(answer["errorResponse"]["message"].as_str().is_some_and(|m| m.contains("not a request of NixOps4's resource schema v0")), "{answer}");
 
     // Refused inputs change nothing.
     let buckets_before = fleet.call(AdminRequest::S3(S3Request::BucketsList)).await.s3().expect("s3").buckets().expect("buckets").len();
@@ -353,6 +367,15 @@ async fn a_nixops4_deployment_is_created_read_updated_and_destroyed_through_the_
     let now = p.ok(read("deployment", &good2_in, &good2));
     let web_id = web_out["id"].as_str().expect("id");
     assert_eq!(now["machines"][web_id]["system"], good2["machines"][web_id]["system"], "{now} vs {good2}");
+
+    // A name now holding something else than the resource made (names are
+    // reused) is left alone.
+    let e = p.refused(destroy("bucket", &bucket_in, &json!({ "name": "media", "id": "0123456789abcdef" })));
+    assert!(e.contains("not what this resource made"), "{e}");
+    let e = p.refused(destroy("machine", &db_in, &json!({ "id": "m-0000000000", "provisioned": true })));
+    assert!(e.contains("not what this resource made"), "{e}");
+    assert_eq!(vm::vm_dirs(&work).len(), 1, "the VM is still there");
+    assert!(fleet.try_call(AdminRequest::S3(S3Request::BucketShow { name: "media".into() })).await.is_ok(), "the bucket is still there");
 
     // A volume that may hold data is not deleted without consent.
     let e = p.refused(destroy("volume", &volume_in, &volume));

@@ -50,6 +50,7 @@ pub async fn run(admin: AdminArgs) -> Result<()> {
             Line::Request(line) if line.trim().is_empty() => continue,
             Line::Request(line) => answer(&admin, &base, &line).await,
             Line::TooLong => Response::error(format!("a request line is at most {MAX_LINE} bytes; this one was longer and is ignored")),
+            Line::NotUtf8 => Response::error("a request line is not UTF-8 text; JSON lines are"),
             Line::Unreadable(e) => return Err(e).context("reading a request"),
         };
         if let Response::ErrorResponse(e) = &response {
@@ -65,6 +66,7 @@ enum Line {
     Request(String),
     /// A line longer than [`MAX_LINE`], skipped to its end.
     TooLong,
+    NotUtf8,
     Unreadable(std::io::Error),
 }
 
@@ -87,7 +89,7 @@ fn read_line(input: &mut impl BufRead) -> Option<Line> {
                 }
             }
         }
-        Ok(_) => Some(String::from_utf8(line).map(Line::Request).unwrap_or_else(|_| Line::Request("not UTF-8".into()))),
+        Ok(_) => Some(String::from_utf8(line).map(Line::Request).unwrap_or(Line::NotUtf8)),
     }
 }
 
@@ -145,4 +147,28 @@ fn only_state(type_: &str) -> Result<()> {
         return Ok(());
     }
     anyhow::bail!("{type_}: only a resource of type state keeps NixOps4's state")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_too_long_or_not_text_are_one_refusal_each_and_reading_goes_on() {
+        let mut input = Vec::new();
+        input.extend_from_slice(b"{\"a\":1}\n");
+        input.extend(std::iter::repeat_n(b'x', MAX_LINE + 10));
+        input.extend_from_slice(b"\n\xff\xfe\n{\"b\":2}\n{\"c\":3}");
+        let mut reader = std::io::BufReader::new(&input[..]);
+        let mut got = Vec::new();
+        while let Some(line) = read_line(&mut reader) {
+            got.push(match line {
+                Line::Request(r) => r,
+                Line::TooLong => "too long".into(),
+                Line::NotUtf8 => "not text".into(),
+                Line::Unreadable(e) => panic!("{e}"),
+            });
+        }
+        assert_eq!(got, vec!["{\"a\":1}\n", "too long", "not text", "{\"b\":2}\n", "{\"c\":3}"]);
+    }
 }

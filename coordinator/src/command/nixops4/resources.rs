@@ -87,6 +87,21 @@ fn fixed(type_: &str, name: &str, before: &Value, after: &Value, keys: &[&str]) 
     )
 }
 
+/// Refuses to remove something of this name that is not what the resource
+/// made: names are reused (another tool, another deployment), so what the
+/// resource recorded when it made it (an id, a creation time) must match
+/// what the name holds now. Outputs without it (an older record) are taken
+/// as they are.
+fn ours(type_: &str, name: &str, outputs: &Option<Properties>, key: &str, now: &Value) -> Result<()> {
+    match outputs.as_ref().and_then(|o| o.get(key)) {
+        Some(recorded) if recorded != now => bail!(
+            "{type_} {name}: what has that name now is not what this resource made ({key} {now}, not {recorded}); \
+             left alone — remove the resource from NixOps4's state if it is gone"
+        ),
+        _ => Ok(()),
+    }
+}
+
 // ---------------------------------------------------------------- tenant
 
 #[derive(Debug, Deserialize)]
@@ -104,7 +119,7 @@ fn default_admin_user() -> String {
 
 async fn tenant_outputs(client: &AdminClient, domain: &str) -> Result<Properties> {
     let t = ask(client, AdminRequest::TenantsShow { domain: domain.into(), show_password: false }, &format!("tenant {domain}: reading it")).await?.tenant()?;
-    Ok(object(json!({ "domain": t.domain, "admin_user": t.admin_user, "machines": t.machines })))
+    Ok(object(json!({ "domain": t.domain, "admin_user": t.admin_user, "machines": t.machines, "created_at": t.created_at })))
 }
 
 async fn tenant_create(client: &AdminClient, i: TenantInputs) -> Result<Properties> {
@@ -355,6 +370,7 @@ async fn volume_outputs(client: &AdminClient, name: &str) -> Result<Properties> 
         "replicas": v.replicas.len(),
         "machine": v.attached.as_ref().map(|a| a.hostname.clone()),
         "formatted": v.formatted,
+        "created_at": v.created_at,
     })))
 }
 
@@ -851,6 +867,11 @@ pub async fn destroy(cx: &Cx<'_>, type_: &str, properties: &Properties, outputs:
     match type_ {
         "tenant" => {
             let i: TenantInputs = inputs(type_, properties)?;
+            match client.call(AdminRequest::TenantsShow { domain: i.domain.clone(), show_password: false }).await {
+                Ok(answer) => ours(type_, &i.domain, outputs, "created_at", &json!(answer.tenant()?.created_at))?,
+                Err(e) if missing(&e) => return Ok(()),
+                Err(e) => bail!("tenant {}: reading it: {e}", i.domain),
+            }
             match client.call(AdminRequest::TenantsRemove { domain: i.domain.clone() }).await {
                 Ok(_) => Ok(()),
                 Err(e) if missing(&e) => Ok(()),
@@ -879,7 +900,10 @@ pub async fn destroy(cx: &Cx<'_>, type_: &str, properties: &Properties, outputs:
             match provision_of(client, &i.name).await? {
                 None => Ok(()),
                 Some(p) if p.state == ProvisionState::Destroyed => Ok(()),
-                Some(_) => {
+                Some(p) => {
+                    if let Some(now) = &p.machine_id {
+                        ours(type_, &i.name, outputs, "id", &json!(now))?;
+                    }
                     let request = AdminRequest::MachinesDestroy { name: i.name.clone(), keep_volumes: false };
                     ask(client, request, &format!("machine {}: destroying its VM", i.name)).await?;
                     Ok(())
@@ -888,6 +912,11 @@ pub async fn destroy(cx: &Cx<'_>, type_: &str, properties: &Properties, outputs:
         }
         "bucket" => {
             let i: BucketInputs = inputs(type_, properties)?;
+            match client.call(AdminRequest::S3(S3Request::BucketShow { name: i.name.clone() })).await {
+                Ok(answer) => ours(type_, &i.name, outputs, "id", &json!(answer.s3()?.bucket()?.id))?,
+                Err(e) if missing(&e) => return Ok(()),
+                Err(e) => bail!("bucket {}: reading it: {e}", i.name),
+            }
             match client.call(AdminRequest::S3(S3Request::BucketDelete { name: i.name.clone() })).await {
                 Ok(_) => Ok(()),
                 Err(e) if missing(&e) => Ok(()),
@@ -896,6 +925,11 @@ pub async fn destroy(cx: &Cx<'_>, type_: &str, properties: &Properties, outputs:
         }
         "s3_key" => {
             let i: KeyInputs = inputs(type_, properties)?;
+            match client.call(AdminRequest::S3(S3Request::KeyShow { name: i.name.clone(), show_secret: false })).await {
+                Ok(answer) => ours(type_, &i.name, outputs, "id", &json!(answer.s3()?.key()?.id))?,
+                Err(e) if missing(&e) => return Ok(()),
+                Err(e) => bail!("s3_key {}: reading it: {e}", i.name),
+            }
             match client.call(AdminRequest::S3(S3Request::KeyDelete { name: i.name.clone() })).await {
                 Ok(_) => Ok(()),
                 Err(e) if missing(&e) => Ok(()),
@@ -916,6 +950,7 @@ pub async fn destroy(cx: &Cx<'_>, type_: &str, properties: &Properties, outputs:
                 Err(e) if missing(&e) => return Ok(()),
                 Err(e) => bail!("volume {}: reading it: {e}", i.name),
             };
+            ours(type_, &i.name, outputs, "created_at", &json!(v.created_at))?;
             if let Some(a) = &v.attached {
                 // Its machine unmounts it first (a generation without it).
                 tracing::info!(volume = %i.name, machine = %a.hostname, "detaching before the delete");
