@@ -627,7 +627,22 @@ impl EtcdBackend {
     {
         let deadline = std::time::Instant::now() + self.options.timeout;
         loop {
-            match run(&self.runtime, call()) {
+            // A call that may be repeated ends with the deadline: without
+            // quorum a read fails within the store's timeout, not a
+            // timeout per attempt (an admin's connection is identified by
+            // such a read and must hear why before its own timeout).
+            let outcome = if retry == Retry::Always {
+                let left = deadline.saturating_duration_since(std::time::Instant::now()).max(Duration::from_millis(50));
+                let attempt = call();
+                run(&self.runtime, async move {
+                    tokio::time::timeout(left, attempt).await.unwrap_or_else(|_| {
+                        Err(etcd_client::Error::IoError(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within the store's timeout")))
+                    })
+                })
+            } else {
+                run(&self.runtime, call())
+            };
+            match outcome {
                 Ok(value) => return Ok(value),
                 Err(e) if std::time::Instant::now() < deadline && (retry == Retry::Always || never_sent(&e)) => {
                     std::thread::sleep(Duration::from_millis(50));
