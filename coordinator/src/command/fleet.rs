@@ -13,8 +13,8 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use drover_protocol::v1::{
-    AdminRequest, AdminResponse, BucketRequest, DeploySpec, Labels, ProvisionDisk, ProvisionRequest, RolloutPhase, RolloutSpec, RolloutStrategy, S3Request,
-    SecretBytes, SecretFile, SystemSpec, TenantSpec, VolumeClaim, VolumeRequest,
+    AdminRequest, AdminResponse, BucketRequest, DeploySpec, Labels, ProvisionDisk, ProvisionRequest, RolloutSpec, S3Request, SecretBytes, SecretFile,
+    SystemSpec, TenantSpec, VolumeClaim, VolumeRequest,
 };
 
 use crate::cli::{AdminArgs, FleetSource};
@@ -496,36 +496,13 @@ async fn execute(
             Some(strategy) => {
                 let rollout = RolloutSpec {
                     deploy: spec,
-                    strategy: RolloutStrategy {
-                        canary: strategy.canary,
-                        max_parallel: crate::cli::parse_amount(&strategy.max_parallel).map_err(anyhow::Error::msg)?,
-                        max_unavailable: drover_protocol::v1::Amount::Count(1),
-                        max_failures: drover_protocol::v1::Amount::Count(0),
-                        healthy_deadline_ms: 300_000,
-                        min_healthy_time_ms: 0,
-                        progress_deadline_ms: 600_000,
-                        auto_revert: strategy.auto_revert,
-                        auto_promote: true,
-                    },
+                    strategy: super::rollout::declared_strategy(strategy.canary, &strategy.max_parallel, strategy.auto_revert)?,
                     snapshot_volumes: false,
                 };
                 let r = ask(client, AdminRequest::RolloutStart(rollout), &format!("rolling out service {name}")).await?.rollout()?;
-                loop {
-                    let now = ask(client, AdminRequest::RolloutStatus { id: r.id.clone() }, "following the rollout").await?.rollout()?;
-                    match now.phase {
-                        RolloutPhase::Succeeded => break,
-                        RolloutPhase::Failed | RolloutPhase::Aborted | RolloutPhase::Reverted => {
-                            bail!(
-                                "service {name}: rollout {} ended {}{}; nothing after it was deployed",
-                                r.id,
-                                now.phase.as_str(),
-                                now.reason.map(|w| format!(": {w}")).unwrap_or_default()
-                            )
-                        }
-                        _ if tokio::time::Instant::now() >= deadline => bail!("service {name}: rollout {} still {} at the deadline", r.id, now.phase.as_str()),
-                        _ => tokio::time::sleep(Duration::from_millis(500)).await,
-                    }
-                }
+                super::rollout::until_succeeded(client, &r.id, deadline, &format!("service {name}"))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}; nothing after it was deployed"))?;
             }
         }
     }

@@ -100,6 +100,40 @@ async fn follow(client: &AdminClient, id: &str, show: bool) -> Result<RolloutInf
     }
 }
 
+/// The strategy of a declared rollout (a fleet file's service, a NixOps4
+/// deployment): canaries first, `max_parallel` at a time, none may fail.
+pub fn declared_strategy(canary: u32, max_parallel: &str, auto_revert: bool) -> Result<drover_protocol::v1::RolloutStrategy> {
+    use drover_protocol::v1::{Amount, RolloutStrategy};
+    Ok(RolloutStrategy {
+        canary,
+        max_parallel: crate::cli::parse_amount(max_parallel).map_err(|e| anyhow::anyhow!("max_parallel {max_parallel:?}: {e}"))?,
+        max_unavailable: Amount::Count(1),
+        max_failures: Amount::Count(0),
+        healthy_deadline_ms: 300_000,
+        min_healthy_time_ms: 0,
+        progress_deadline_ms: 600_000,
+        auto_revert,
+        auto_promote: true,
+    })
+}
+
+/// Waits until rollout `id` succeeds; fails naming how it ended, or that it
+/// was still going at `deadline`.
+pub async fn until_succeeded(client: &AdminClient, id: &str, deadline: tokio::time::Instant, what: &str) -> Result<()> {
+    use drover_protocol::v1::RolloutPhase;
+    loop {
+        let now = status(client, id).await?;
+        match now.phase {
+            RolloutPhase::Succeeded => return Ok(()),
+            RolloutPhase::Failed | RolloutPhase::Aborted | RolloutPhase::Reverted => {
+                anyhow::bail!("{what}: rollout {id} ended {}{}", now.phase.as_str(), now.reason.map(|w| format!(": {w}")).unwrap_or_default())
+            }
+            _ if tokio::time::Instant::now() >= deadline => anyhow::bail!("{what}: rollout {id} still {} at the deadline", now.phase.as_str()),
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
 pub async fn run(cmd: RolloutCommand) -> Result<()> {
     match cmd {
         RolloutCommand::Start(args) => start(*args).await,

@@ -173,6 +173,13 @@ pub async fn wait_healthy(admin: &Garage) {
 /// A coordinator (in process) whose `[s3]` section points at a Garage admin
 /// API with `token` (kept in a 0600 file).
 pub async fn coordinator_with_s3(admin_url: &str, s3_url: &str, token: &str) -> super::TestCoordinator {
+    let mut fleet = unserved_with_s3(admin_url, s3_url, token, Some("http://{bucket}.web.garage.localhost")).await;
+    fleet.serve().await;
+    fleet
+}
+
+/// The same, not serving yet (a test adds more to its configuration first).
+pub async fn unserved_with_s3(admin_url: &str, s3_url: &str, token: &str, public_url: Option<&str>) -> super::TestCoordinator {
     use std::os::unix::fs::PermissionsExt;
     let mut fleet = super::TestCoordinator::start_with(super::Options { no_server: true, ..Default::default() }).await;
     let token_file = fleet.dir.path().join("garage-admin-token");
@@ -183,8 +190,7 @@ pub async fn coordinator_with_s3(admin_url: &str, s3_url: &str, token: &str) -> 
         admin_token_file: token_file,
         s3_endpoint: s3_url.to_string(),
         region: "garage".into(),
-        public_url: Some("http://{bucket}.web.garage.localhost".into()),
+        public_url: public_url.map(str::to_string),
     });
-    fleet.serve().await;
     fleet
 }

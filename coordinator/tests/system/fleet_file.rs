@@ -14,18 +14,7 @@ use serde_json::Value;
 
 /// A coordinator with Garage as its S3 and a local QEMU provider.
 async fn coordinator(node: &GarageNode) -> (TestCoordinator, PathBuf) {
-    use std::os::unix::fs::PermissionsExt;
-    let mut fleet = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
-    let token_file = fleet.dir.path().join("garage-admin-token");
-    std::fs::write(&token_file, &node.admin_token).expect("token file");
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    fleet.config.s3 = Some(drover_coordinator::config::S3Config {
-        admin_endpoint: node.admin_url.clone(),
-        admin_token_file: token_file,
-        s3_endpoint: node.s3_url.clone(),
-        region: "garage".into(),
-        public_url: None,
-    });
+    let mut fleet = common::garage::unserved_with_s3(&node.admin_url, &node.s3_url, &node.admin_token, None).await;
     let work = fleet.dir.path().join("qemu");
     fleet.config.providers.push(vm::qemu_provider("local", vm::image(), work.clone(), Duration::from_secs(180)));
     fleet.serve().await;

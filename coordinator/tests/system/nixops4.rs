@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::garage::GarageNode;
 use common::linstor::LinstorDouble;
-use common::{vm, Options, TestCoordinator};
+use common::{vm, TestCoordinator};
 use drover_coordinator::config::LinstorConfig;
 use drover_protocol::v1::{AdminRequest, MachineStatus, ProvisionState, S3Request, StateRequest, VolumeRequest};
 use serde_json::{json, Value};
@@ -153,18 +153,7 @@ fn event(name: &str, patch: Value) -> Value {
 }
 
 async fn coordinator(node: &GarageNode) -> (TestCoordinator, LinstorDouble, PathBuf) {
-    use std::os::unix::fs::PermissionsExt;
-    let mut fleet = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
-    let token_file = fleet.dir.path().join("garage-admin-token");
-    std::fs::write(&token_file, &node.admin_token).expect("token file");
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    fleet.config.s3 = Some(drover_coordinator::config::S3Config {
-        admin_endpoint: node.admin_url.clone(),
-        admin_token_file: token_file,
-        s3_endpoint: node.s3_url.clone(),
-        region: "garage".into(),
-        public_url: None,
-    });
+    let mut fleet = common::garage::unserved_with_s3(&node.admin_url, &node.s3_url, &node.admin_token, None).await;
     let double = LinstorDouble::start(&fleet.dir.path().join("linstor"), &["web"]).await;
     let mut linstor = LinstorConfig::new(&double.url);
     linstor.ready_timeout = Duration::from_secs(10);

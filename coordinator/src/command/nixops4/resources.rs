@@ -14,9 +14,9 @@ use serde_json::{json, Value};
 
 use drover_net::client::ClientError;
 use drover_protocol::v1::{
-    AdminRequest, AdminResponse, Amount, BucketRequest, DeploySpec, DeploymentInfo, DeploymentState, Labels, MachineInfo, MachineStatus, ProvisionInfo,
-    ProvisionRequest, ProvisionState, RolloutPhase, RolloutSpec, RolloutStrategy, S3Request, SecretBytes, SecretFile, StateRequest, SwitchGoal, SystemSpec,
-    TenantSpec, VolumeClaim, VolumeRequest, MAX_DEPLOYMENTS_PER_REQUEST,
+    AdminRequest, AdminResponse, BucketRequest, DeploySpec, DeploymentInfo, DeploymentState, Labels, MachineInfo, MachineStatus, ProvisionInfo,
+    ProvisionRequest, ProvisionState, RolloutSpec, S3Request, SecretBytes, SecretFile, StateRequest, SwitchGoal, SystemSpec, TenantSpec, VolumeClaim,
+    VolumeRequest, MAX_DEPLOYMENTS_PER_REQUEST,
 };
 use drover_protocol::ErrorCode;
 
@@ -610,34 +610,10 @@ async fn deploy(client: &AdminClient, i: &DeploymentInputs, base: &Path) -> Resu
     let ids: Vec<String> = match &i.strategy {
         None => ask(client, AdminRequest::Deploy(spec), &format!("{what}: deploying")).await?.deployed()?.into_iter().map(|t| t.deployment_id).collect(),
         Some(s) => {
-            let rollout = RolloutSpec {
-                deploy: spec,
-                strategy: RolloutStrategy {
-                    canary: s.canary,
-                    max_parallel: crate::cli::parse_amount(&s.max_parallel).map_err(|e| anyhow::anyhow!("{what}: max_parallel: {e}"))?,
-                    max_unavailable: Amount::Count(1),
-                    max_failures: Amount::Count(0),
-                    healthy_deadline_ms: 300_000,
-                    min_healthy_time_ms: 0,
-                    progress_deadline_ms: 600_000,
-                    auto_revert: s.auto_revert,
-                    auto_promote: true,
-                },
-                snapshot_volumes: false,
-            };
+            let strategy = super::super::rollout::declared_strategy(s.canary, &s.max_parallel, s.auto_revert).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+            let rollout = RolloutSpec { deploy: spec, strategy, snapshot_volumes: false };
             let r = ask(client, AdminRequest::RolloutStart(rollout), &format!("{what}: starting the rollout")).await?.rollout()?;
-            let deadline = tokio::time::Instant::now() + timeout;
-            loop {
-                let now = ask(client, AdminRequest::RolloutStatus { id: r.id.clone() }, &format!("{what}: following rollout {}", r.id)).await?.rollout()?;
-                match now.phase {
-                    RolloutPhase::Succeeded => break,
-                    RolloutPhase::Failed | RolloutPhase::Aborted | RolloutPhase::Reverted => {
-                        bail!("{what}: rollout {} ended {}{}", r.id, now.phase.as_str(), now.reason.map(|w| format!(": {w}")).unwrap_or_default())
-                    }
-                    _ if tokio::time::Instant::now() >= deadline => bail!("{what}: rollout {} still {} at the deadline", r.id, now.phase.as_str()),
-                    _ => tokio::time::sleep(POLL).await,
-                }
-            }
+            super::super::rollout::until_succeeded(client, &r.id, tokio::time::Instant::now() + timeout, &what).await?;
             let done =
                 ask(client, AdminRequest::DeploymentsOfRollout { id: r.id.clone() }, &format!("{what}: reading rollout {}", r.id)).await?.deployments()?;
             // The newest deployment of each machine.
