@@ -53,6 +53,8 @@ install_dependencies() {
   # Local VMs (the QEMU provider and its guest image). Debian 12's QEMU
   # replaces a newer qemu-utils where one is installed; nothing here needs it.
   NEED_APT_OPTIONS=--no-install-recommends need_apt qemu-system-x86 busybox-static cpio binutils
+  # The fleet page's tests drive a headless Chromium through its WebDriver.
+  NEED_APT_OPTIONS=--no-install-recommends need_apt chromium chromium-driver
   need_garage
   export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 }

@@ -35,7 +35,9 @@ pub fn required_role(request: &AdminRequest) -> Role {
         | AdminRequest::Provisions
         | AdminRequest::FleetShow
         | AdminRequest::Nixops4State(StateRequest::Read { .. } | StateRequest::Events { .. })
-        | AdminRequest::ProvisionsCheck { .. } => Role::Viewer,
+        | AdminRequest::ProvisionsCheck { .. }
+        // The page shows what a viewer may read; its link is the admin's own.
+        | AdminRequest::WebLogin => Role::Viewer,
         // Who may log in to machines is decided by admins only.
         AdminRequest::TenantsCreate(spec) if !spec.managers.is_empty() => Role::Admin,
         // Taking over storage someone else made, and formatting over data

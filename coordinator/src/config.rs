@@ -67,6 +67,26 @@ pub struct Config {
     /// e.g. 127.0.0.1:9465); absent: no metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// TCP address serving the fleet page (read-only, behind `drover web
+    /// login`), e.g. 127.0.0.1:9480; absent: no page. Plain HTTP on a
+    /// loopback address, HTTPS anywhere else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_listen: Option<SocketAddr>,
+    /// The page's address as browsers reach it, used in login links, e.g.
+    /// `https://fleet.example.net:9480`; absent: made from `web_listen`
+    /// (an unspecified address becomes the first of `server_names`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_url: Option<String>,
+    /// A certificate chain (PEM) and its key for the page's HTTPS, e.g. one
+    /// browsers already trust; absent: the coordinator's own certificate,
+    /// from the fleet CA (`ca.pem` in the state directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_tls_key: Option<PathBuf>,
+    /// HTTPS even on a loopback address (plain HTTP there otherwise).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub web_https_on_loopback: bool,
     /// Hypervisors `drover machines provision` makes VMs on
     /// (`[[providers]]`, each with a `kind`: `qemu` or `proxmox`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -344,6 +364,12 @@ pub struct Limits {
     /// How long the metrics endpoint waits for a request's headers.
     #[serde(with = "humantime_serde")]
     pub metrics_header_timeout: Duration,
+    /// Connections the fleet page holds at once (as for metrics).
+    pub web_connections: usize,
+    /// How long the fleet page waits for a request's headers (and, over
+    /// HTTPS, for the TLS handshake).
+    #[serde(with = "humantime_serde")]
+    pub web_header_timeout: Duration,
     /// Audit entries older than this many days are removed.
     pub audit_days: u64,
     /// Audit entries kept at most; beyond it the oldest entries of
@@ -377,6 +403,8 @@ impl Default for Limits {
             deployment_steps: 100,
             metrics_connections: 64,
             metrics_header_timeout: Duration::from_secs(10),
+            web_connections: 64,
+            web_header_timeout: Duration::from_secs(10),
             audit_days: 400,
             audit_entries: 1_000_000,
             audit_refusal_summary: Duration::from_secs(60),
@@ -423,8 +451,11 @@ impl Limits {
         if self.deployment_steps < 16 {
             bail!("limits.deployment_steps must be at least 16 (an apply reports about ten)");
         }
-        if self.metrics_connections == 0 {
-            bail!("limits.metrics_connections must be at least 1");
+        if self.metrics_connections == 0 || self.web_connections == 0 {
+            bail!("limits.metrics_connections and limits.web_connections must be at least 1");
+        }
+        if self.metrics_header_timeout < Duration::from_millis(100) || self.web_header_timeout < Duration::from_millis(100) {
+            bail!("limits.metrics_header_timeout and limits.web_header_timeout must be at least 100ms");
         }
         if self.audit_days == 0 || self.audit_entries < 1_000 {
             bail!("limits.audit_days must be at least 1 and limits.audit_entries at least 1000");
@@ -758,8 +789,46 @@ impl Config {
             s3: None,
             linstor: None,
             metrics_listen: None,
+            web_listen: None,
+            web_url: None,
+            web_tls_cert: None,
+            web_tls_key: None,
+            web_https_on_loopback: false,
             providers: Vec::new(),
         }
+    }
+
+    /// Whether the fleet page is served over HTTPS.
+    pub fn web_https(&self) -> bool {
+        self.web_listen.is_some_and(|a| !a.ip().is_loopback() || self.web_https_on_loopback)
+    }
+
+    /// The fleet page's address as login links name it, served on `addr`
+    /// (`web_listen` as bound).
+    pub fn web_base_url(&self, addr: SocketAddr) -> String {
+        if let Some(url) = &self.web_url {
+            return url.trim_end_matches('/').to_string();
+        }
+        let scheme = if self.web_https() { "https" } else { "http" };
+        let host = if addr.ip().is_unspecified() { self.server_names.first().cloned().unwrap_or_else(|| "localhost".into()) } else { addr.ip().to_string() };
+        let host = if host.contains(':') { format!("[{host}]") } else { host };
+        format!("{scheme}://{host}:{}", addr.port())
+    }
+
+    fn check_web(&self) -> Result<()> {
+        if let Some(url) = &self.web_url {
+            let scheme_ok = url.starts_with("https://") || (url.starts_with("http://") && !self.web_https());
+            if !scheme_ok || url.len() > 512 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                bail!("web_url {url:?} must be the page's address as browsers reach it, e.g. \"https://fleet.example.net:9480\" (http:// only when the page is plain HTTP on loopback)");
+            }
+        }
+        if self.web_tls_cert.is_some() != self.web_tls_key.is_some() {
+            bail!("web_tls_cert and web_tls_key go together: set both (a PEM chain and its key) or neither (the fleet CA's certificate)");
+        }
+        if (self.web_url.is_some() || self.web_tls_cert.is_some()) && self.web_listen.is_none() {
+            bail!("web_url and web_tls_cert are for the fleet page; set web_listen (e.g. \"127.0.0.1:9480\") to serve it");
+        }
+        Ok(())
     }
 
     /// Reads and checks a configuration file.
@@ -824,6 +893,7 @@ impl Config {
         if let Some(linstor) = &self.linstor {
             linstor.check()?;
         }
+        self.check_web()?;
         let mut names = std::collections::BTreeSet::new();
         for p in &self.providers {
             p.check()?;

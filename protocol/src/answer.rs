@@ -74,11 +74,12 @@ answers! {
         Problems(Vec<Problem>) => problems,
         Coordinators(Vec<CoordinatorInfo>) => coordinators,
         Nixops4State(StateResponse) => nixops4_state,
+        WebLoginLink(WebLoginLink) => web_login_link,
     }
     done: done;
     kind: Done, Identity, TokenCreated, Tokens, Machines, Machine, AdminCreated, Admins, Deployed, Deployments, Deployment, MachineDetail,
         Rollout, Rollouts, S3, Tenant, Tenants, SshKeys, Volumes, BackupChunk, BackupEnd, Audit, DeployPlan, Provision, Provisions, Fleet,
-        Problems, AuditPage, Coordinators, Nixops4State
+        Problems, AuditPage, Coordinators, Nixops4State, WebLoginLink
 }
 
 impl AdminResponse {

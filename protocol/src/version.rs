@@ -4,9 +4,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorCode, WireError};
 
-/// The protocol version this build speaks natively. Version 12 added
+/// The protocol version this build speaks natively. Version 13 added
+/// `WebLogin` (a link to the fleet page), version 12
 /// `Nixops4State` (NixOps4's state kept by the coordinator), version 11
-/// `CoordinatorsList` (an older coordinator cannot answer either). Version 10 added what
+/// `CoordinatorsList` (an older coordinator cannot answer any of them). Version 10 added what
 /// keeps volumes safe: the coordinator vouches for a fresh volume and can
 /// carry an operator's overwrite (`VolumeMount`), an outcome carries the
 /// volumes' states (`DeploymentReport`), and volumes can be adopted; peers
@@ -25,10 +26,10 @@ use crate::error::{ErrorCode, WireError};
 /// systems and the Nix store's space to health reports; older peers are
 /// refused at Hello, naming both versions (version 4 only added the admin
 /// requests `Backup` and `Audit`).
-pub const PROTOCOL_VERSION: u16 = 12;
+pub const PROTOCOL_VERSION: u16 = 13;
 
 /// The inclusive range of protocol versions this build accepts.
-pub const SUPPORTED: VersionRange = VersionRange { min: 6, max: 12 };
+pub const SUPPORTED: VersionRange = VersionRange { min: 6, max: 13 };
 
 /// An inclusive range of protocol versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -529,6 +529,7 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-admin-provisions", Request::Admin(AdminRequest::Provisions)),
         ("request-admin-fleet-show", Request::Admin(AdminRequest::FleetShow)),
         ("request-admin-coordinators-list", Request::Admin(AdminRequest::CoordinatorsList)),
+        ("request-admin-web-login", Request::Admin(AdminRequest::WebLogin)),
         ("request-admin-nixops4-state-create", Request::Admin(AdminRequest::Nixops4State(StateRequest::Create { name: "social".into() }))),
         (
             "request-admin-nixops4-state-event",
@@ -711,6 +712,13 @@ fn responses() -> Vec<(&'static str, Response)> {
                 applied: true,
                 error: None,
             }]))),
+        ),
+        (
+            "response-admin-web-login-link",
+            Response::Admin(AdminResponse::WebLoginLink(WebLoginLink {
+                url: "https://coordinator.example:8443/login?token=0123456789abcdef".into(),
+                expires_at: 1_700_000_300_000,
+            })),
         ),
         (
             "response-admin-coordinators",
@@ -1000,6 +1008,7 @@ fn request_kind(r: &Request) -> &'static str {
             AdminRequest::ProvisionsCheck { .. } => "AdminRequest::ProvisionsCheck",
             AdminRequest::AuditExport { .. } => "AdminRequest::AuditExport",
             AdminRequest::CoordinatorsList { .. } => "AdminRequest::CoordinatorsList",
+            AdminRequest::WebLogin { .. } => "AdminRequest::WebLogin",
             AdminRequest::Nixops4State(StateRequest::Create { .. }) => "AdminRequest::Nixops4State::Create",
             AdminRequest::Nixops4State(StateRequest::Event { .. }) => "AdminRequest::Nixops4State::Event",
             AdminRequest::Nixops4State(StateRequest::Read { .. }) => "AdminRequest::Nixops4State::Read",
@@ -1070,6 +1079,7 @@ fn response_kind(r: &Response) -> &'static str {
             AdminResponse::Nixops4State(StateResponse::Document(_)) => "AdminResponse::Nixops4State::Document",
             AdminResponse::Nixops4State(StateResponse::Recorded(_)) => "AdminResponse::Nixops4State::Recorded",
             AdminResponse::Nixops4State(StateResponse::Events(_)) => "AdminResponse::Nixops4State::Events",
+            AdminResponse::WebLoginLink { .. } => "AdminResponse::WebLoginLink",
         },
     }
 }

@@ -48,6 +48,7 @@ pub fn describe(request: &AdminRequest) -> Option<(String, String)> {
         | R::Provisions
         | R::FleetShow
         | R::ProvisionsCheck { .. } => return None,
+        R::WebLogin => ("web login", "a one-time link to the fleet page".to_string()),
         R::FleetSave { document } => ("apply", format!("a fleet of {} bytes", document.len())),
         R::Nixops4State(StateRequest::Read { .. } | StateRequest::Events { .. }) => return None,
         R::Nixops4State(StateRequest::Create { name }) => ("nixops4 state create", name.clone()),

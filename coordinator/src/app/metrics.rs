@@ -244,8 +244,14 @@ impl Metrics {
         self.leading.clear();
         self.leading.get_or_create(&me).set(i64::from(state.leads()));
         self.serving_since.set(i64::try_from(state.serving_since / 1000).unwrap_or(i64::MAX));
-        self.store_size.set(i64::try_from(dir_size(&state.config.state_dir.join(super::DB_DIR))).unwrap_or(i64::MAX));
+        self.store_size.set(i64::try_from(store_size(state).unwrap_or(0)).unwrap_or(i64::MAX));
     }
+}
+
+/// The size of this coordinator's store on disk; `None` on etcd (whose
+/// size its own metrics give).
+pub fn store_size(state: &Coordinator) -> Option<u64> {
+    state.config.store.is_none().then(|| dir_size(&state.config.state_dir.join(super::DB_DIR)))
 }
 
 /// The bytes of the files under `dir`.

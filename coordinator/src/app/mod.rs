@@ -34,6 +34,8 @@ pub mod rollouts;
 pub mod s3;
 pub mod tenants;
 pub mod volumes;
+pub mod web;
+pub mod web_sessions;
 
 use std::sync::Arc;
 
@@ -112,6 +114,8 @@ pub struct Coordinator {
     /// Requests being answered now; a coordinator shutting down lets them
     /// finish (their writes are fenced if it lost its lease).
     pub requests: tokio::sync::watch::Sender<usize>,
+    /// The fleet page's login links and sessions.
+    pub web: web::Web,
 }
 
 /// One request being answered, counted in [`Coordinator::requests`] while
@@ -206,6 +210,7 @@ impl Coordinator {
             provision_wake: tokio::sync::Notify::new(),
             refusals: audit::Refusals::default(),
             requests: tokio::sync::watch::Sender::new(0),
+            web: web::Web::default(),
         }
     }
 }

@@ -102,6 +102,10 @@ pub enum Command {
     /// which leads, how many agents each holds.
     #[command(subcommand)]
     Coordinators(CoordinatorsCommand),
+    /// The fleet page in a browser (served on the coordinator's
+    /// web_listen): a one-time link to log in.
+    #[command(subcommand)]
+    Web(WebCommand),
     /// Run as a NixOps4 resource provider: NixOps4 starts this and sends
     /// requests as JSON lines on standard input; one response line each on
     /// standard output, logs on standard error. Resource types: tenant,
@@ -412,6 +416,20 @@ pub struct ApplyArgs {
     pub timeout: std::time::Duration,
     #[command(flatten)]
     pub admin: AdminArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebCommand {
+    /// Print a one-time link that opens a session on the fleet page for
+    /// you (any role; the page only shows, it changes nothing). The link
+    /// works once, within 5 minutes; the session lasts 12 hours or until
+    /// you log out. Open it in a browser that reaches the coordinator's
+    /// web_listen; over HTTPS the browser must trust the fleet CA
+    /// (ca.pem) or the certificate given as web_tls_cert.
+    Login {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

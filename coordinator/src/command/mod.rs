@@ -17,6 +17,7 @@ pub mod store;
 pub mod tenants;
 pub mod tokens;
 pub mod volumes;
+pub mod web;
 
 use std::path::PathBuf;
 
@@ -60,6 +61,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Apply(args) => fleet::apply_command(args.source, args.prune, args.yes, args.plan, args.timeout, args.admin).await,
         Command::Fleet(crate::cli::FleetCommand::Show { admin }) => fleet::show(admin).await,
         Command::Coordinators(crate::cli::CoordinatorsCommand::List { admin }) => coordinators::list(admin).await,
+        Command::Web(crate::cli::WebCommand::Login { admin }) => web::login(admin).await,
         Command::Fleet(crate::cli::FleetCommand::Drift { admin }) => fleet::drift(admin).await,
         Command::Backup(args) => backup::backup(args).await,
         Command::Restore(args) => backup::restore(args),

@@ -9,8 +9,10 @@
 
 mod agent;
 mod connection;
+mod http;
 mod limits;
 mod metrics;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +32,9 @@ pub struct ServerHandle {
     /// Where `/metrics` is served (`metrics_listen`), if anywhere.
     pub metrics_addr: Option<SocketAddr>,
     metrics: Option<JoinHandle<()>>,
+    /// Where the fleet page is served (`web_listen`), if anywhere.
+    pub web_addr: Option<SocketAddr>,
+    web: Option<JoinHandle<()>>,
     pub coordinator: Arc<Coordinator>,
     endpoints: Vec<quinn::Endpoint>,
     /// The accept loops, one per endpoint.
@@ -82,9 +87,9 @@ impl ServerHandle {
             Ok(Err(e)) => tracing::warn!(error = %e.message, "the newest health reports were not written to the store"),
             Err(e) => tracing::warn!(error = %e, "writing the newest health reports failed"),
         }
-        if let Some(metrics) = self.metrics {
-            metrics.abort();
-            let _ = metrics.await;
+        for task in [self.metrics, self.web].into_iter().flatten() {
+            task.abort();
+            let _ = task.await;
         }
         let _ = self.coordinator.store.flush().await;
     }
@@ -118,6 +123,13 @@ pub async fn start(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
     let (metrics_addr, metrics) = match coordinator.config.metrics_listen {
         Some(addr) => {
             let (addr, task) = metrics::serve(coordinator.clone(), addr).await?;
+            (Some(addr), Some(task))
+        }
+        None => (None, None),
+    };
+    let (web_addr, web) = match coordinator.config.web_listen {
+        Some(addr) => {
+            let (addr, task) = web::serve(coordinator.clone(), addr).await?;
             (Some(addr), Some(task))
         }
         None => (None, None),
@@ -195,5 +207,5 @@ pub async fn start(coordinator: Arc<Coordinator>) -> Result<ServerHandle> {
             })
         })
         .collect();
-    Ok(ServerHandle { local_addr, metrics_addr, metrics, coordinator, endpoints, tasks, driver, provisioner, summaries, liveness })
+    Ok(ServerHandle { local_addr, metrics_addr, metrics, web_addr, web, coordinator, endpoints, tasks, driver, provisioner, summaries, liveness })
 }

@@ -20,3 +20,4 @@ mod security;
 mod simulate;
 mod slow_coordinator;
 mod tenants;
+mod web;

@@ -203,6 +203,9 @@ pub enum AdminRequest {
     /// NixOps4's state kept by the coordinator, answered with
     /// [`AdminResponse::Nixops4State`] (protocol 12).
     Nixops4State(StateRequest),
+    /// A one-time link to the fleet page for the admin asking (any role),
+    /// answered with [`AdminResponse::WebLoginLink`] (protocol 13).
+    WebLogin,
 }
 
 /// The most deployments one [`AdminRequest::DeploymentsShowMany`] asks for
@@ -256,6 +259,18 @@ pub enum AdminResponse {
     },
     Coordinators(Vec<CoordinatorInfo>),
     Nixops4State(StateResponse),
+    WebLoginLink(WebLoginLink),
+}
+
+/// A one-time link that opens a session on the fleet page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct WebLoginLink {
+    /// The whole link, secret included: it is shown to the admin who
+    /// asked and to nobody else.
+    pub url: String,
+    /// When the link stops opening a session.
+    pub expires_at: UnixMillis,
 }
 
 /// One coordinator of the fleet, as it announces itself.
