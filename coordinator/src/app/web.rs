@@ -134,7 +134,9 @@ pub struct RolloutMachineView {
     pub hostname: String,
     pub state: &'static str,
     pub canary: bool,
+    /// The path of its deployment's page (`MACHINE/GENERATION`).
     pub deployment: String,
+    pub generation: String,
     pub reason: String,
 }
 
@@ -217,6 +219,18 @@ fn system_text(s: &v1::SystemSpec) -> String {
         v1::SystemSpec::Flake { uri, attribute } => format!("{uri}#{attribute}"),
         v1::SystemSpec::Closure { store_path, .. } => store_path.clone(),
     }
+}
+
+/// `SecretsWritten` as "secrets written".
+fn words(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push(' ');
+        }
+        out.extend(c.to_lowercase());
+    }
+    out
 }
 
 fn opt(s: &Option<String>) -> String {
@@ -407,6 +421,7 @@ fn rollout_view(r: &crate::model::RolloutRecord, machines: &BTreeMap<String, Mac
                 state: m.state.as_str(),
                 canary: m.canary,
                 deployment: m.generation.map(|g| format!("{}/{g}", m.machine_id)).unwrap_or_default(),
+                generation: m.generation.map(|g| format!("generation {g}")).unwrap_or_default(),
                 reason: m.reason.clone().unwrap_or_default(),
             })
             .collect(),
@@ -442,11 +457,7 @@ fn deployment_view(d: &crate::model::DeploymentRecord) -> DeploymentView {
         system: system_text(&d.system),
         created: output::timestamp(d.created_at),
         finished: d.finished_at.map_or("-".into(), output::timestamp),
-        steps: d
-            .steps
-            .iter()
-            .map(|s| StepView { at: output::timestamp(s.at), step: format!("{:?}", s.step).to_lowercase(), message: s.message.clone() })
-            .collect(),
+        steps: d.steps.iter().map(|s| StepView { at: output::timestamp(s.at), step: words(&format!("{:?}", s.step)), message: s.message.clone() }).collect(),
         steps_dropped: d.steps_dropped,
         output_tail: d.output_tail.clone(),
         secret_names: d.secret_names.join(", "),

@@ -7,6 +7,7 @@ mod common;
 
 mod attacks;
 mod backup;
+mod browser;
 mod cli_output;
 mod deploy;
 mod fleet;
