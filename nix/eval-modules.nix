@@ -159,6 +159,7 @@ let
   coordinator = { services.drover = { enable = true; settings = { listen = "0.0.0.0:7443"; advertise = "192.0.2.1:7443"; server_names = [ "coordinator.example.org" ]; }; }; };
   qemuProvider = { services.drover.settings.providers = [{ kind = "qemu"; name = "local"; image = "/var/lib/drover/guest-image"; }]; };
   etcd = { services.drover.store = { etcdEndpoints = [ "https://192.0.2.31:2379" "https://192.0.2.32:2379" "https://192.0.2.33:2379" ]; prefix = "drover/fleet-a/"; caFile = "/run/keys/etcd-ca.pem"; certFile = "/run/keys/etcd-client.pem"; keyFile = "/run/keys/etcd-client.key"; }; };
+  web = { services.drover.settings = { web_listen = "0.0.0.0:9480"; web_url = "https://coordinator.example.org:9480"; metrics_listen = "127.0.0.1:9465"; }; };
   s3 = { services.drover.s3 = { admin_endpoint = "http://192.0.2.20:3903"; adminTokenFile = "/run/keys/garage-admin-token"; s3_endpoint = "http://192.0.2.20:3900"; }; };
   garageNode = { services.drover-garage-node = { enable = true; address = "192.0.2.20"; zone = "dc1"; capacity = "10G"; }; };
   # The services' groups are root here, so that a rendered script that
@@ -183,6 +184,8 @@ let
     coordinator-s3 = eval [ modules.coordinator coordinator s3 ];
     coordinator-qemu = eval [ modules.coordinator coordinator qemuProvider ];
     coordinator-etcd = eval [ modules.coordinator coordinator etcd ];
+    coordinator-web = eval [ modules.coordinator coordinator web ];
+    coordinator-web-open = eval [ modules.coordinator coordinator web { services.drover.openWebFirewall = true; } ];
     garage-node = eval [ modules.garage-node agent garageNode ];
     mastodon = eval [ modules.mastodon seeded mastodon ];
     peertube = eval [ modules.peertube seeded peertube ];
@@ -239,6 +242,8 @@ let
         "qemu: TCG memory allowed" = qemu.serviceConfig.MemoryDenyWriteExecute == false;
         "qemu: QEMU, ip and nix on PATH" = lib.all (p: lib.elem p (map toString qemu.path)) [ "/stand-in/qemu" "/stand-in/iproute2" "/stand-in/nix" ];
         "agent: StateDirectory follows stateDir" = configurations.agent.config.systemd.services.drover-agent.serviceConfig.StateDirectory == "drover-agent";
+        "web: no port opened unless asked" = configurations.coordinator-web.config.networking.firewall.allowedTCPPorts == [ ];
+        "web: openWebFirewall opens the page's port only" = configurations.coordinator-web-open.config.networking.firewall.allowedTCPPorts == [ 9480 ];
         "garage: both secrets watched" = lib.length configurations.garage-node.config.systemd.paths.garage-secrets.pathConfig.PathChanged == 2;
       };
       wrong = lib.attrNames (lib.filterAttrs (_: ok: !ok) checks);

@@ -132,6 +132,18 @@ in
             example = "127.0.0.1:9465";
             description = "TCP address serving Prometheus metrics at /metrics (plain HTTP); null: no metrics. No port is opened in the firewall for it unless `openMetricsFirewall` is set.";
           };
+          web_listen = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            example = "127.0.0.1:9480";
+            description = "TCP address serving the read-only fleet page (log in with `drover web login`); plain HTTP on a loopback address, HTTPS with the coordinator's certificate from the fleet CA elsewhere; null: no page. No port is opened in the firewall for it unless `openWebFirewall` is set.";
+          };
+          web_url = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            example = "https://fleet.example.net:9480";
+            description = "The fleet page's address as browsers reach it, used in login links (default: made from web_listen).";
+          };
         };
       };
     };
@@ -146,6 +158,12 @@ in
       type = types.bool;
       default = false;
       description = "Open the TCP port of `settings.metrics_listen` in the firewall (off: scrape it from the machine or over a tunnel).";
+    };
+
+    openWebFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open the TCP port of `settings.web_listen` in the firewall (off: reach the fleet page from the machine or over a tunnel).";
     };
 
     store = mkOption {
@@ -262,8 +280,11 @@ in
 
     environment.systemPackages = [ cfg.package ];
     networking.firewall.allowedUDPPorts = lib.optional cfg.openFirewall port;
-    networking.firewall.allowedTCPPorts = lib.optional (cfg.openMetricsFirewall && cfg.settings.metrics_listen != null)
-      (lib.toInt (lib.last (lib.splitString ":" cfg.settings.metrics_listen)));
+    networking.firewall.allowedTCPPorts =
+      lib.optional (cfg.openMetricsFirewall && cfg.settings.metrics_listen != null)
+        (lib.toInt (lib.last (lib.splitString ":" cfg.settings.metrics_listen)))
+      ++ lib.optional (cfg.openWebFirewall && cfg.settings.web_listen != null)
+        (lib.toInt (lib.last (lib.splitString ":" cfg.settings.web_listen)));
 
     systemd.services.drover = {
       description = "Drover coordinator";

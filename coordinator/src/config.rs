@@ -940,6 +940,30 @@ mod tests {
     }
 
     #[test]
+    fn the_fleet_page_is_https_off_loopback_and_its_settings_are_checked() {
+        let mut c = Config::new("/var/lib/drover".into(), "0.0.0.0:7443".parse().expect("addr"), vec!["coord.example.net".into()]);
+        c.web_listen = Some("127.0.0.1:9480".parse().expect("addr"));
+        assert!(!c.web_https());
+        assert_eq!(c.web_base_url("127.0.0.1:9480".parse().expect("addr")), "http://127.0.0.1:9480");
+        c.web_listen = Some("0.0.0.0:9480".parse().expect("addr"));
+        assert!(c.web_https(), "off loopback: HTTPS");
+        assert_eq!(c.web_base_url("0.0.0.0:9480".parse().expect("addr")), "https://coord.example.net:9480");
+        c.web_url = Some("http://fleet.example.net".into());
+        assert!(c.check_values().expect_err("http off loopback").to_string().contains("web_url"));
+        c.web_url = Some("https://fleet.example.net/".into());
+        c.check_values().expect("valid");
+        assert_eq!(c.web_base_url("0.0.0.0:9480".parse().expect("addr")), "https://fleet.example.net");
+        c.web_tls_cert = Some("/etc/fleet.pem".into());
+        assert!(c.check_values().expect_err("cert without key").to_string().contains("together"));
+        c.web_listen = None;
+        c.web_tls_cert = None;
+        assert!(c.check_values().expect_err("url without listen").to_string().contains("set web_listen"));
+        c.web_url = None;
+        c.limits.web_connections = 0;
+        assert!(c.check_values().expect_err("no connection").to_string().contains("web_connections"));
+    }
+
+    #[test]
     fn a_configuration_can_be_checked_before_its_secret_files_exist() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("drover.toml");

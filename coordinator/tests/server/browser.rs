@@ -112,6 +112,7 @@ async fn the_fleet_page_in_chromium_is_live_escapes_everything_and_needs_a_sessi
     std::fs::set_permissions(flake.join("xss/bin/switch-to-configuration"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     let flake_ref = |attr: &str| format!("path:{}#{attr}", flake.display());
 
+    drover(&fleet, &["tenants", "create", "example.social", "--admin-email", "admin@example.social"]);
     let (_, web_token) = fleet.token(2, &[("role", "web"), ("tenant", "example.social")]).await;
     let (_, odd_token) = fleet.token(1, &[("role", "odd")]).await;
     let (_vm1, mut web1) = spawn_vm(&fleet, "web-1", Some(&web_token));
@@ -212,6 +213,7 @@ async fn the_fleet_page_in_chromium_is_live_escapes_everything_and_needs_a_sessi
     until(&b, "a refresh", &format!("(document.querySelector('[data-live]').dataset.refreshed || '') !== {refreshed}")).await;
     assert_eq!(js(&b, "return typeof window.__pwned;").await, json!("undefined"), "a refreshed fragment ran nothing");
     b.goto(&format!("{base}/tenants")).await.expect("goto");
+    until(&b, "the tenant with its machines", "document.querySelector('section.tenant h2').innerText === 'example.social' && document.querySelectorAll('section.tenant tbody tr').length === 2").await;
     screenshot(&b, "tenants").await;
 
     // Log out: the session is over, on this page and the next.
