@@ -39,6 +39,7 @@ if [ "${BENCH_PERF:-0}" = 1 ] && ! command -v perf >/dev/null; then
 fi
 BARE_PORT="${DROVER_BENCH_BARE_PORT:-7601}"
 PORT="${DROVER_BENCH_PORT:-7602}"
+WEB_PORT="${DROVER_BENCH_WEB_PORT:-7690}"  # the fleet page (TCP)
 TICK="$(getconf CLK_TCK)"
 ulimit -n 65536 2>/dev/null || true
 ETCD_PORT="${DROVER_BENCH_ETCD_PORT:-7610}"
@@ -170,6 +171,7 @@ drover() { # N DIR [etcd]
     etcd_start "$dir"
     local url="etcd://127.0.0.1:$ETCD_PORT,127.0.0.1:$((ETCD_PORT + 1)),127.0.0.1:$((ETCD_PORT + 2))/bench"
     drill_init "$PORT" --health-interval 10s --store "$url"
+    sed -i "1i web_listen = \"127.0.0.1:$WEB_PORT\"" "$DROVER_STATE_DIR/drover.toml"
     drill_serve
     # Two more coordinators of the fleet: every one serves, the agents are
     # spread over the three, and the coordinators' figures are their sums.
@@ -183,6 +185,7 @@ drover() { # N DIR [etcd]
     spread=(--spread)
   else
     drill_init "$PORT" --health-interval 10s
+    sed -i "1i web_listen = \"127.0.0.1:$WEB_PORT\"" "$DROVER_STATE_DIR/drover.toml"
     drill_serve
   fi
   PIDS+=("$SERVER")
@@ -245,6 +248,19 @@ drover() { # N DIR [etcd]
     t0="$(now_ms)"; "$BIN/drover" rollout status "$rollout_id" -o json >/dev/null; t1="$(now_ms)"
     echo "rollout_status_ms $((t1 - t0))" >>"$dir/figures"
   fi
+  # The fleet page for N machines: the first page of the table, a later
+  # page under a label filter, and the live fragment; the median of five
+  # requests each, with a session from a one-time link.
+  curl -fsS -o /dev/null -c "$dir/web-cookies" "$("$BIN/drover" web login 2>>"$dir/cli.log")"
+  local what url
+  for what in web_page web_filtered web_fragment; do
+    case "$what" in
+      web_page) url="/" ;;
+      web_filtered) url="/?selector=role%3Dbench&page=$(((n + 199) / 200))" ;;
+      web_fragment) url="/?fragment=1" ;;
+    esac
+    echo "${what}_ms $(for _ in 1 2 3 4 5; do curl -fsS -o /dev/null -b "$dir/web-cookies" -w '%{time_total}\n' "http://127.0.0.1:$WEB_PORT$url"; done | sort -n | sed -n 3p | awk '{printf "%d", $1 * 1000}')" >>"$dir/figures"
+  done
   echo "drops_end $(rcvbuf_errors)" >>"$dir/figures"
   # shellcheck disable=SC2086
   echo "server_drops_end $(socket_drops $ports)" >>"$dir/figures"
@@ -347,6 +363,9 @@ def measure(d):
         "rollout, 25% at a time (s)": (df["rollout_seconds"], "{:.0f}"),
         "machines list (s)": (df["machines_list_ms"] / 1000, "{:.2f}"),
         "rollout status (s)": (df.get("rollout_status_ms", NAN) / 1000, "{:.2f}"),
+        "fleet page, first 100 machines (s)": (df.get("web_page_ms", NAN) / 1000, "{:.3f}"),
+        "  a middle page, label filter (s)": (df.get("web_filtered_ms", NAN) / 1000, "{:.3f}"),
+        "  its live fragment (s)": (df.get("web_fragment_ms", NAN) / 1000, "{:.3f}"),
         "agent reconnects while connecting": (ready["connects"] - ready["online"], "{:.0f}"),
         "agent reconnects during the deployment": (snap["connects"] - ready["connects"], "{:.0f}"),
         "agent reconnects during the rollout": (dr["connects"] - snap["connects"], "{:.0f}"),

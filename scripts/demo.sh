@@ -26,6 +26,7 @@ BIN="$ROOT/target/debug"
 WORK="$(mktemp -d /tmp/drover-demo.XXXXXX)"
 PORT="${DROVER_DEMO_PORT:-7443}"
 GPORT="${DROVER_DEMO_GARAGE_PORT:-3900}"   # S3 API; RPC +1, web +2, admin +3
+WPORT="${DROVER_DEMO_WEB_PORT:-9480}"      # the fleet page, on loopback
 export DROVER_STATE_DIR="$WORK/coordinator"
 PIDS=()
 cleanup() {
@@ -95,6 +96,8 @@ s3_endpoint = "http://127.0.0.1:$GPORT"
 region = "garage"
 public_url = "http://{bucket}:$((GPORT + 2))"
 TOML
+# The fleet page, on loopback (plain HTTP there): `drover web login`.
+sed -i "1i web_listen = \"127.0.0.1:$WPORT\"" "$DROVER_STATE_DIR/drover.toml"
 if [ "$VOLUMES" -eq 1 ]; then
   cat >>"$DROVER_STATE_DIR/drover.toml" <<TOML
 
@@ -241,9 +244,19 @@ if [ "$VOLUMES" -eq 1 ]; then
   "$BIN/drover" fleet drift
   "$BIN/drover" machines list
 fi
+log "the fleet page at http://127.0.0.1:$WPORT: a one-time link from drover web login, opened with curl"
+link="$("$BIN/drover" web login 2>/dev/null)"
+page="$(curl -fsS -c "$WORK/cookies" -b "$WORK/cookies" -L "$link")"
+if ! grep -q '3</b> online' <<<"$page"; then
+  echo "the fleet page does not show three machines online; the coordinator's log is $WORK/coordinator.log" >&2
+  exit 1
+fi
+echo "the fleet page shows 3 machines online"
 log "demo done"
 if [ "$KEEP" -eq 1 ]; then
   echo "fleet left running; state in $WORK"
   echo "  export DROVER_STATE_DIR=$DROVER_STATE_DIR; $BIN/drover machines list"
+  echo "  the fleet page (this link works once, for 5 minutes; \`drover web login\` makes another):"
+  echo "    $("$BIN/drover" web login 2>/dev/null)"
   echo "  stop it: kill ${PIDS[*]}"
 fi
