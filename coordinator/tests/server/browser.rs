@@ -213,7 +213,12 @@ async fn the_fleet_page_in_chromium_is_live_escapes_everything_and_needs_a_sessi
     until(&b, "a refresh", &format!("(document.querySelector('[data-live]').dataset.refreshed || '') !== {refreshed}")).await;
     assert_eq!(js(&b, "return typeof window.__pwned;").await, json!("undefined"), "a refreshed fragment ran nothing");
     b.goto(&format!("{base}/tenants")).await.expect("goto");
-    until(&b, "the tenant with its machines", "document.querySelector('section.tenant h2').innerText === 'example.social' && document.querySelectorAll('section.tenant tbody tr').length === 2").await;
+    until(
+        &b,
+        "the tenant with its machines",
+        "document.querySelector('section.tenant h2').innerText === 'example.social' && document.querySelectorAll('section.tenant tbody tr').length === 2",
+    )
+    .await;
     screenshot(&b, "tenants").await;
 
     // Log out: the session is over, on this page and the next.

@@ -246,3 +246,30 @@ async fn off_loopback_the_page_is_https_with_the_fleet_ca() {
     let stranger = reqwest::Client::builder().tls_built_in_root_certs(true).build().expect("client");
     assert!(stranger.get(format!("https://{addr}/")).send().await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_own_certificate_serves_the_page_when_given() {
+    let mut fleet = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
+    let own = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("a certificate");
+    let (cert, key) = (fleet.dir.path().join("page.pem"), fleet.dir.path().join("page.key"));
+    std::fs::write(&cert, own.cert.pem()).expect("write");
+    std::fs::write(&key, own.signing_key.serialize_pem()).expect("write");
+    fleet.config.web_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    fleet.config.web_https_on_loopback = true;
+    fleet.config.web_tls_cert = Some(cert);
+    fleet.config.web_tls_key = Some(key);
+    fleet.serve().await;
+    let addr = fleet.handle.as_ref().and_then(|h| h.web_addr).expect("served");
+    let trusting = |pem: &[u8]| {
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(pem).expect("pem"))
+            .tls_built_in_root_certs(false)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client")
+    };
+    let answer = trusting(own.cert.pem().as_bytes()).get(format!("https://{addr}/")).send().await.expect("the operator's certificate is served");
+    assert_eq!(answer.status(), 401, "and the page still wants a session");
+    let fleet_ca = std::fs::read(fleet.state_dir.join("ca.pem")).expect("ca.pem");
+    assert!(trusting(&fleet_ca).get(format!("https://{addr}/")).send().await.is_err(), "not the fleet CA's certificate");
+}
