@@ -238,14 +238,18 @@ fn opt(s: &Option<String>) -> String {
 }
 
 /// The machines a rollout in progress holds, by machine id.
-fn held_by_rollouts(state: &Coordinator) -> Result<HashMap<String, String>, WireError> {
+fn held_by(rollouts: &[crate::model::RolloutRecord]) -> HashMap<String, String> {
     let mut held = HashMap::new();
-    for r in state.store.rollouts()?.iter().filter(|r| r.state.phase.active()) {
+    for r in rollouts.iter().filter(|r| r.state.phase.active()) {
         for id in r.state.machines.keys() {
             held.insert(id.clone(), r.id.clone());
         }
     }
-    Ok(held)
+    held
+}
+
+fn held_by_rollouts(state: &Coordinator) -> Result<HashMap<String, String>, WireError> {
+    Ok(held_by(&state.store.rollouts()?))
 }
 
 /// Order of rows: failing, offline, behind, the rest.
@@ -306,18 +310,9 @@ fn row(state: &Coordinator, liveness: &crate::registry::Liveness, m: &MachineRec
     })
 }
 
-/// Every machine's row, in the table's order.
-fn rows(state: &Coordinator, keep: impl Fn(&MachineRecord) -> bool) -> Result<Vec<MachineRow>, WireError> {
-    let liveness = super::coordinators::liveness(state);
-    let held = held_by_rollouts(state)?;
-    let mut rows = Vec::new();
-    for m in state.store.machines()? {
-        if keep(&m) {
-            rows.push(row(state, &liveness, &state.live.newest(m), &held)?);
-        }
-    }
+/// The table's order: failing, offline, behind, the rest; then by name.
+fn sort_rows(rows: &mut [MachineRow]) {
     rows.sort_by(|a, b| rank(a.condition).cmp(&rank(b.condition)).then_with(|| a.hostname.cmp(&b.hostname)).then_with(|| a.id.cmp(&b.id)));
-    Ok(rows)
 }
 
 /// A label selector as the CLI takes it (`key=value,key=value`).
@@ -331,60 +326,75 @@ pub fn parse_selector(text: &str) -> Result<Labels, String> {
     Ok(labels)
 }
 
-/// One page of the machines table.
-pub fn machines(state: &Coordinator, query: &MachinesQuery) -> Result<MachinesPage, WireError> {
+/// Everything the fleet's overview shows.
+#[derive(Debug, Clone)]
+pub struct Overview {
+    pub summary: Summary,
+    pub rollouts: Vec<RolloutView>,
+    pub machines: MachinesPage,
+}
+
+/// The summary, the newest `rollouts` (those in progress first) and one
+/// page of the machines table, from one read of the machines and the
+/// rollouts.
+pub fn overview(state: &Coordinator, query: &MachinesQuery, rollouts: usize) -> Result<Overview, WireError> {
+    let liveness = super::coordinators::liveness(state);
+    let records: Vec<MachineRecord> = state.store.machines()?.into_iter().map(|m| state.live.newest(m)).collect();
+    let mut all_rollouts = state.store.rollouts()?;
+    let held = held_by(&all_rollouts);
+    let mut summary = Summary::default();
+    let mut soonest: Option<u64> = None;
     let (selector, filter_error) = match parse_selector(&query.selector) {
         Ok(s) => (s, None),
         Err(e) => (Labels::new(), Some(e)),
     };
     let tenant = query.tenant.trim();
-    let all = rows(state, |m| {
-        crate::registry::matches(&m.labels, &selector) && (tenant.is_empty() || m.labels.get(TENANT_LABEL).map(String::as_str) == Some(tenant))
-    })?;
-    let matched = all.len();
-    let pages = matched.div_ceil(PAGE_SIZE).max(1);
-    let page = query.page.clamp(1, pages);
-    let rows = all.into_iter().skip((page - 1) * PAGE_SIZE).take(PAGE_SIZE).collect();
-    Ok(MachinesPage { rows, matched, page, pages, selector: query.selector.clone(), tenant: tenant.to_string(), filter_error })
-}
-
-/// The summary strip.
-pub fn summary(state: &Coordinator) -> Result<Summary, WireError> {
-    let liveness = super::coordinators::liveness(state);
-    let mut s = Summary::default();
-    let held = HashMap::new();
-    let mut soonest: Option<u64> = None;
-    for m in state.store.machines()? {
-        let m = state.live.newest(m);
-        let r = row(state, &liveness, &m, &held)?;
+    let mut shown = Vec::new();
+    for m in &records {
+        let r = row(state, &liveness, m, &held)?;
         match r.status {
-            "online" => s.online += 1,
-            "offline" => s.offline += 1,
-            _ => s.revoked += 1,
+            "online" => summary.online += 1,
+            "offline" => summary.offline += 1,
+            _ => summary.revoked += 1,
         }
-        match r.condition {
-            "failing" => s.failing += 1,
-            "revoked" => continue,
-            _ => {}
+        if r.condition == "failing" {
+            summary.failing += 1;
         }
-        if m.current_generation.unwrap_or(0) < m.desired_generation {
-            s.behind += 1;
+        if m.revoked_at.is_none() {
+            if m.current_generation.unwrap_or(0) < m.desired_generation {
+                summary.behind += 1;
+            }
+            soonest = Some(soonest.map_or(m.cert_not_after, |t| t.min(m.cert_not_after)));
         }
-        soonest = Some(soonest.map_or(m.cert_not_after, |t| t.min(m.cert_not_after)));
+        if crate::registry::matches(&m.labels, &selector) && (tenant.is_empty() || m.labels.get(TENANT_LABEL).map(String::as_str) == Some(tenant)) {
+            shown.push(r);
+        }
     }
-    s.provisioning = state
+    summary.provisioning = state
         .store
         .provisions()?
         .iter()
         .filter(|p| matches!(p.state, v1::ProvisionState::Provisioning | v1::ProvisionState::Booting | v1::ProvisionState::Enrolled))
         .count();
-    s.soonest_cert = soonest.map_or("-".into(), |t| output::until(t, liveness.now));
-    s.store = match super::metrics::store_size(state) {
+    summary.soonest_cert = soonest.map_or("-".into(), |t| output::until(t, liveness.now));
+    summary.store = match super::metrics::store_size(state) {
         Some(bytes) => output::bytes(bytes),
         None => "etcd (shared)".into(),
     };
-    s.rollouts_active = state.store.rollouts()?.iter().filter(|r| r.state.phase.active()).count();
-    Ok(s)
+    summary.rollouts_active = all_rollouts.iter().filter(|r| r.state.phase.active()).count();
+
+    sort_rows(&mut shown);
+    let matched = shown.len();
+    let pages = matched.div_ceil(PAGE_SIZE).max(1);
+    let page = query.page.clamp(1, pages);
+    let rows = shown.into_iter().skip((page - 1) * PAGE_SIZE).take(PAGE_SIZE).collect();
+    let machines = MachinesPage { rows, matched, page, pages, selector: query.selector.clone(), tenant: tenant.to_string(), filter_error };
+
+    all_rollouts.sort_by_key(|r| (std::cmp::Reverse(r.state.phase.active()), std::cmp::Reverse(r.created_at)));
+    all_rollouts.truncate(rollouts);
+    let by_id: BTreeMap<String, MachineRecord> = records.into_iter().map(|m| (m.id.clone(), m)).collect();
+    let rollouts = all_rollouts.iter().map(|r| rollout_view(r, &by_id)).collect();
+    Ok(Overview { summary, rollouts, machines })
 }
 
 fn rollout_view(r: &crate::model::RolloutRecord, machines: &BTreeMap<String, MachineRecord>) -> RolloutView {
@@ -430,15 +440,6 @@ fn rollout_view(r: &crate::model::RolloutRecord, machines: &BTreeMap<String, Mac
 
 fn machines_by_id(state: &Coordinator) -> Result<BTreeMap<String, MachineRecord>, WireError> {
     Ok(state.store.machines()?.into_iter().map(|m| (m.id.clone(), m)).collect())
-}
-
-/// The rollouts, those in progress first, then the newest.
-pub fn rollouts(state: &Coordinator, limit: usize) -> Result<Vec<RolloutView>, WireError> {
-    let mut all = state.store.rollouts()?;
-    all.sort_by_key(|r| (std::cmp::Reverse(r.state.phase.active()), std::cmp::Reverse(r.created_at)));
-    all.truncate(limit);
-    let machines = machines_by_id(state)?;
-    Ok(all.iter().map(|r| rollout_view(r, &machines)).collect())
 }
 
 pub fn rollout(state: &Coordinator, id: &str) -> Result<RolloutView, WireError> {
@@ -525,22 +526,32 @@ pub fn machine(state: &Coordinator, id: &str) -> Result<MachineView, WireError> 
 
 /// Every tenant with its machines, buckets and volumes.
 pub fn tenants(state: &Coordinator) -> Result<Vec<TenantView>, WireError> {
-    let mut out = Vec::new();
+    let liveness = super::coordinators::liveness(state);
+    let held = held_by_rollouts(state)?;
     let volumes = state.store.volumes()?;
-    for t in state.store.tenants()? {
-        let domain = t.domain.clone();
-        let machines = rows(state, |m| m.labels.get(TENANT_LABEL) == Some(&domain))?;
-        let ids: std::collections::HashSet<&str> = machines.iter().map(|m| m.id.as_str()).collect();
-        let mut buckets = std::collections::BTreeSet::new();
-        for m in &machines {
-            if let Some(record) = state.store.machine(&m.id)? {
-                if let Some(a) = state.store.assignment(&record.id, record.desired_generation)? {
-                    let facts = serde_json::from_str::<BTreeMap<String, serde_json::Value>>(&a.assignment.facts_json).unwrap_or_default();
-                    buckets.extend(facts.keys().filter_map(|k| k.strip_prefix("s3_bucket.").map(str::to_string)));
-                }
-            }
+    // One read of the machines, grouped by their tenant label.
+    let mut by_tenant: HashMap<String, Vec<MachineRecord>> = HashMap::new();
+    for m in state.store.machines()? {
+        if let Some(t) = m.labels.get(TENANT_LABEL).cloned() {
+            by_tenant.entry(t).or_default().push(state.live.newest(m));
         }
+    }
+    let mut out = Vec::new();
+    for t in state.store.tenants()? {
+        let records = by_tenant.remove(&t.domain).unwrap_or_default();
+        let mut buckets = std::collections::BTreeSet::new();
+        let mut machines = Vec::with_capacity(records.len());
+        for m in &records {
+            if let Some(a) = state.store.assignment(&m.id, m.desired_generation)? {
+                let facts = serde_json::from_str::<BTreeMap<String, serde_json::Value>>(&a.assignment.facts_json).unwrap_or_default();
+                buckets.extend(facts.keys().filter_map(|k| k.strip_prefix("s3_bucket.").map(str::to_string)));
+            }
+            machines.push(row(state, &liveness, m, &held)?);
+        }
+        sort_rows(&mut machines);
+        let ids: std::collections::HashSet<&str> = records.iter().map(|m| m.id.as_str()).collect();
         out.push(TenantView {
+            domain: t.domain.clone(),
             admin_user: t.admin_user.clone(),
             admin_email: t.admin_email.clone(),
             managers: t.managers.iter().cloned().collect::<Vec<_>>().join(", "),
@@ -552,7 +563,6 @@ pub fn tenants(state: &Coordinator) -> Result<Vec<TenantView>, WireError> {
                 .collect(),
             buckets: buckets.into_iter().collect(),
             machines,
-            domain,
         });
     }
     Ok(out)

@@ -242,8 +242,7 @@ fn page(title: &str, session: &Session, content: Result<String, Response>, fragm
 async fn overview(State(web): State<Web>, jar: CookieJar, Query(q): Query<TableQuery>) -> Response {
     let Some(session) = session(&web, &jar) else { return login_needed() };
     let query = MachinesQuery { selector: q.selector.clone(), tenant: q.tenant.clone(), page: q.page.unwrap_or(1) };
-    let read_all = read(&web, move |s| Ok((view::summary(s)?, view::rollouts(s, OVERVIEW_ROLLOUTS)?, view::machines(s, &query)?))).await;
-    let (summary, rollouts, machines) = match read_all {
+    let view::Overview { summary, rollouts, machines } = match read(&web, move |s| view::overview(s, &query, OVERVIEW_ROLLOUTS)).await {
         Ok(v) => v,
         Err(r) => return r,
     };
