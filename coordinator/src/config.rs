@@ -370,6 +370,12 @@ pub struct Limits {
     /// HTTPS, for the TLS handshake).
     #[serde(with = "humantime_serde")]
     pub web_header_timeout: Duration,
+    /// How long a `drover web login` link opens a session.
+    #[serde(with = "humantime_serde")]
+    pub web_link_lifetime: Duration,
+    /// How long a fleet page session lasts.
+    #[serde(with = "humantime_serde")]
+    pub web_session_lifetime: Duration,
     /// Audit entries older than this many days are removed.
     pub audit_days: u64,
     /// Audit entries kept at most; beyond it the oldest entries of
@@ -405,6 +411,8 @@ impl Default for Limits {
             metrics_header_timeout: Duration::from_secs(10),
             web_connections: 64,
             web_header_timeout: Duration::from_secs(10),
+            web_link_lifetime: crate::app::web_sessions::LINK_LIFETIME,
+            web_session_lifetime: crate::app::web_sessions::SESSION_LIFETIME,
             audit_days: 400,
             audit_entries: 1_000_000,
             audit_refusal_summary: Duration::from_secs(60),
@@ -456,6 +464,12 @@ impl Limits {
         }
         if self.metrics_header_timeout < Duration::from_millis(100) || self.web_header_timeout < Duration::from_millis(100) {
             bail!("limits.metrics_header_timeout and limits.web_header_timeout must be at least 100ms");
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.web_link_lifetime) {
+            bail!("limits.web_link_lifetime must be between 1s and 1h (a login link is for the next few minutes)");
+        }
+        if !(Duration::from_secs(60)..=Duration::from_secs(30 * 24 * 3600)).contains(&self.web_session_lifetime) {
+            bail!("limits.web_session_lifetime must be between 1m and 30days");
         }
         if self.audit_days == 0 || self.audit_entries < 1_000 {
             bail!("limits.audit_days must be at least 1 and limits.audit_entries at least 1000");

@@ -45,7 +45,7 @@ pub fn login_link(state: &Coordinator, admin: &str, role: Role) -> Result<WebLog
             "this coordinator serves no fleet page: set web_listen (e.g. \"127.0.0.1:9480\") in its configuration and restart it",
         )
     })?;
-    let (token, expires_at) = state.web.sessions.new_link(admin, role, now_ms());
+    let (token, expires_at) = state.web.sessions.new_link(admin, role, now_ms(), state.config.limits.web_link_lifetime);
     Ok(WebLoginLink { url: format!("{base}/login?token={token}"), expires_at })
 }
 

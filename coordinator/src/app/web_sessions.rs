@@ -13,9 +13,11 @@ use drover_protocol::v1::Role;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-/// How long a login link opens a session.
+/// How long a login link opens a session, unless `limits.web_link_lifetime`
+/// says otherwise.
 pub const LINK_LIFETIME: Duration = Duration::from_secs(5 * 60);
-/// How long a session lasts.
+/// How long a session lasts, unless `limits.web_session_lifetime` says
+/// otherwise.
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 60 * 60);
 /// Links not used yet, at most; a new one past it replaces the oldest.
 pub const MAX_LINKS: usize = 256;
@@ -65,7 +67,7 @@ impl Refused {
     pub fn message(self) -> &'static str {
         match self {
             Refused::Unknown => "This login link is not valid: it was used already or never made. Run `drover web login` for a new one.",
-            Refused::Expired => "This login link has expired (links last 5 minutes). Run `drover web login` for a new one.",
+            Refused::Expired => "This login link has expired. Run `drover web login` for a new one and open it within its minutes.",
         }
     }
 }
@@ -91,10 +93,11 @@ impl WebSessions {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A new login link's secret for `admin`, and when it expires.
-    pub fn new_link(&self, admin: &str, role: Role, now: u64) -> (String, u64) {
+    /// A new login link's secret for `admin`, valid for `lifetime`, and
+    /// when it expires.
+    pub fn new_link(&self, admin: &str, role: Role, now: u64, lifetime: Duration) -> (String, u64) {
         let token = secret();
-        let expires_at = now + ms(LINK_LIFETIME);
+        let expires_at = now + ms(lifetime);
         let mut inner = self.lock();
         inner.links.retain(|_, l| l.expires_at > now);
         if inner.links.len() >= MAX_LINKS {
@@ -106,8 +109,9 @@ impl WebSessions {
         (token, expires_at)
     }
 
-    /// Uses a link (once): a new session's cookie value and the session.
-    pub fn redeem(&self, link: &str, now: u64) -> Result<(String, Session), Refused> {
+    /// Uses a link (once): a new session's cookie value and the session,
+    /// which lasts `lifetime`.
+    pub fn redeem(&self, link: &str, now: u64, lifetime: Duration) -> Result<(String, Session), Refused> {
         let mut inner = self.lock();
         let found = inner.links.remove(&digest(link)).ok_or(Refused::Unknown)?;
         if found.expires_at <= now {
@@ -120,7 +124,7 @@ impl WebSessions {
             }
         }
         let cookie = secret();
-        let session = Session { admin: found.admin, role: found.role, opened_at: now, expires_at: now + ms(SESSION_LIFETIME) };
+        let session = Session { admin: found.admin, role: found.role, opened_at: now, expires_at: now + ms(lifetime) };
         inner.sessions.insert(digest(&cookie), session.clone());
         Ok((cookie, session))
     }
@@ -158,20 +162,20 @@ mod tests {
     #[test]
     fn a_link_opens_one_session_within_its_minutes() {
         let web = WebSessions::default();
-        let (link, expires) = web.new_link("alice", Role::Viewer, 1_000);
+        let (link, expires) = web.new_link("alice", Role::Viewer, 1_000, LINK_LIFETIME);
         assert_eq!(expires, 1_000 + 300_000);
-        let (cookie, session) = web.redeem(&link, 2_000).expect("a fresh link opens a session");
+        let (cookie, session) = web.redeem(&link, 2_000, SESSION_LIFETIME).expect("a fresh link opens a session");
         assert_eq!(session.admin, "alice");
-        assert_eq!(web.redeem(&link, 2_000), Err(Refused::Unknown), "a link is used once");
+        assert_eq!(web.redeem(&link, 2_000, SESSION_LIFETIME), Err(Refused::Unknown), "a link is used once");
         assert_eq!(web.session(&cookie, 3_000).map(|s| s.admin), Some("alice".into()));
         assert!(web.session("not-a-cookie", 3_000).is_none());
         assert!(web.session(&cookie, session.expires_at).is_none(), "a session ends at its expiry");
 
-        let (late, _) = web.new_link("bob", Role::Admin, 0);
-        assert_eq!(web.redeem(&late, 300_000), Err(Refused::Expired));
+        let (late, _) = web.new_link("bob", Role::Admin, 0, LINK_LIFETIME);
+        assert_eq!(web.redeem(&late, 300_000, SESSION_LIFETIME), Err(Refused::Expired));
 
-        let (link, _) = web.new_link("carol", Role::Operator, 0);
-        let (cookie, _) = web.redeem(&link, 1).expect("opens");
+        let (link, _) = web.new_link("carol", Role::Operator, 0, LINK_LIFETIME);
+        let (cookie, _) = web.redeem(&link, 1, SESSION_LIFETIME).expect("opens");
         assert_eq!(web.end(&cookie).map(|s| s.admin), Some("carol".into()));
         assert!(web.session(&cookie, 2).is_none(), "logged out");
     }
@@ -179,16 +183,16 @@ mod tests {
     #[test]
     fn links_and_sessions_are_bounded_and_kept_as_digests() {
         let web = WebSessions::default();
-        let first = web.new_link("a", Role::Viewer, 0).0;
+        let first = web.new_link("a", Role::Viewer, 0, LINK_LIFETIME).0;
         for i in 0..MAX_LINKS + 50 {
-            web.new_link("a", Role::Viewer, 1 + i as u64);
+            web.new_link("a", Role::Viewer, 1 + i as u64, LINK_LIFETIME);
         }
         assert_eq!(web.held().0, MAX_LINKS);
-        assert_eq!(web.redeem(&first, 10), Err(Refused::Unknown), "the oldest link made room");
+        assert_eq!(web.redeem(&first, 10, SESSION_LIFETIME), Err(Refused::Unknown), "the oldest link made room");
         let mut cookies = Vec::new();
         for i in 0..MAX_SESSIONS + 10 {
-            let (link, _) = web.new_link("a", Role::Viewer, 1_000 + i as u64);
-            cookies.push(web.redeem(&link, 1_000 + i as u64).expect("opens").0);
+            let (link, _) = web.new_link("a", Role::Viewer, 1_000 + i as u64, LINK_LIFETIME);
+            cookies.push(web.redeem(&link, 1_000 + i as u64, SESSION_LIFETIME).expect("opens").0);
         }
         assert_eq!(web.held().1, MAX_SESSIONS);
         assert!(web.session(&cookies[0], 5_000).is_none(), "the oldest session made room");

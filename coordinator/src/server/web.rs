@@ -306,12 +306,13 @@ fn session_cookie(https: bool, value: String, max_age: time::Duration) -> Cookie
 
 async fn login(State(web): State<Web>, jar: CookieJar, Query(q): Query<LoginQuery>, peer: axum::Extension<SocketAddr>) -> Response {
     let state = web.state.clone();
-    match state.web.sessions.redeem(&q.token, now_ms()) {
+    let lifetime = state.config.limits.web_session_lifetime;
+    match state.web.sessions.redeem(&q.token, now_ms(), lifetime) {
         Ok((cookie, session)) => {
             audit::record(&state, &session.admin, Some(session.role), Some(("web session open".into(), format!("from {}", peer.0.ip()))), Ok(())).await;
             tracing::info!(admin = %session.admin, peer = %peer.0.ip(), "fleet page session opened");
-            let lifetime = time::Duration::seconds(i64::try_from(crate::app::web_sessions::SESSION_LIFETIME.as_secs()).unwrap_or(i64::MAX));
-            (jar.add(session_cookie(web.https, cookie, lifetime)), Redirect::to("/")).into_response()
+            let max_age = time::Duration::seconds(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX));
+            (jar.add(session_cookie(web.https, cookie, max_age)), Redirect::to("/")).into_response()
         }
         Err(why) => message(StatusCode::UNAUTHORIZED, "Log in", why.message()),
     }

@@ -150,6 +150,50 @@ async fn nobody_sees_the_page_without_a_session_from_a_one_time_link() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_logs_in_and_a_removed_admins_session_shows_nothing_more() {
+    let (fleet, addr) = with_page(false).await;
+    let vera = fleet.dir.path().join("vera.bundle");
+    let (ok, _, err) = common::drover_json(&fleet, &["admins", "add", "vera", "--role", "viewer", "--out", vera.to_str().expect("utf-8")]);
+    assert!(ok, "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["web", "login", "--output", "json"])
+        .env("DROVER_ADMIN_BUNDLE", &vera)
+        .output()
+        .expect("run drover");
+    assert!(out.status.success(), "a viewer may log in: {}", String::from_utf8_lossy(&out.stderr));
+    let link: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let http = client();
+    let answer = http.get(link["url"].as_str().expect("url")).send().await.expect("GET");
+    assert_eq!(answer.status(), 303);
+    let cookie = answer.headers()["set-cookie"].to_str().expect("text").split(';').next().expect("cookie").to_string();
+    let (status, body, _) = get(&http, &format!("http://{addr}/"), Some(&cookie)).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("vera"), "the page names who is logged in");
+    let (ok, _, err) = common::drover_json(&fleet, &["admins", "remove", "vera"]);
+    assert!(ok, "{err}");
+    let (status, _, _) = get(&http, &format!("http://{addr}/"), Some(&cookie)).await;
+    assert_eq!(status, 401, "a removed admin's session shows nothing more");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_link_opens_nothing() {
+    let mut fleet = TestCoordinator::start_with(Options { no_server: true, ..Default::default() }).await;
+    fleet.config.web_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    fleet.config.limits.web_link_lifetime = Duration::from_secs(1);
+    fleet.serve().await;
+    let (ok, link, stderr) = common::drover_json(&fleet, &["web", "login"]);
+    assert!(ok, "{stderr}");
+    // Past the link's expiry, as the coordinator stated it.
+    let expires_at = link["expires_at"].as_u64().expect("expires_at");
+    let wait = expires_at.saturating_sub(drover_coordinator::app::now_ms()) + 100;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let (status, body, headers) = get(&client(), link["url"].as_str().expect("url"), None).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("expired"), "{body}");
+    assert!(headers.get("set-cookie").is_none(), "no session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_web_listen_a_login_names_the_setting_to_change() {
     let fleet = TestCoordinator::start().await;
     let (ok, _, stderr) = common::drover_json(&fleet, &["web", "login"]);
