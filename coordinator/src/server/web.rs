@@ -168,21 +168,21 @@ fn with_fragment(path: &str, query: &str) -> String {
     }
 }
 
+/// What a page answers instead, when it cannot be shown.
+type Refused = Box<Response>;
+
 /// A rendered template, or a plain 500 naming the failure.
-fn render(t: &impl Template) -> Result<String, Response> {
+fn render(t: &impl Template) -> Result<String, Refused> {
     t.render().map_err(|e| {
         tracing::warn!(error = %e, "a page could not be rendered");
-        (StatusCode::INTERNAL_SERVER_ERROR, "the page could not be rendered; see the coordinator's log").into_response()
+        Box::new((StatusCode::INTERNAL_SERVER_ERROR, "the page could not be rendered; see the coordinator's log").into_response())
     })
 }
 
 fn message(status: StatusCode, title: &str, text: &str) -> Response {
-    match render(&Message { text }) {
-        Ok(body) => match render(&Base { title, admin: "", body: &body }) {
-            Ok(page) => (status, Html(page)).into_response(),
-            Err(r) => r,
-        },
-        Err(r) => r,
+    match render(&Message { text }).and_then(|body| render(&Base { title, admin: "", body: &body })) {
+        Ok(page) => (status, Html(page)).into_response(),
+        Err(r) => *r,
     }
 }
 
@@ -215,27 +215,27 @@ fn session(web: &Web, jar: &CookieJar) -> Option<Session> {
 }
 
 /// Reads the store off the async workers.
-async fn read<T: Send + 'static>(web: &Web, f: impl FnOnce(&Coordinator) -> Result<T, WireError> + Send + 'static) -> Result<T, Response> {
+async fn read<T: Send + 'static>(web: &Web, f: impl FnOnce(&Coordinator) -> Result<T, WireError> + Send + 'static) -> Result<T, Refused> {
     let state = web.state.clone();
     match tokio::task::spawn_blocking(move || f(&state)).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(wire_error(e)),
-        Err(_) => Err((StatusCode::INTERNAL_SERVER_ERROR, "reading the fleet failed; see the coordinator's log").into_response()),
+        Ok(Err(e)) => Err(Box::new(wire_error(e))),
+        Err(_) => Err(Box::new((StatusCode::INTERNAL_SERVER_ERROR, "reading the fleet failed; see the coordinator's log").into_response())),
     }
 }
 
 /// A page: the whole of it, or only its live part when asked.
-fn page(title: &str, session: &Session, content: Result<String, Response>, fragment: bool) -> Response {
+fn page(title: &str, session: &Session, content: Result<String, Refused>, fragment: bool) -> Response {
     let body = match content {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if fragment {
         return Html(body).into_response();
     }
     match render(&Base { title, admin: &session.admin, body: &body }) {
         Ok(p) => Html(p).into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -244,7 +244,7 @@ async fn overview(State(web): State<Web>, jar: CookieJar, Query(q): Query<TableQ
     let query = MachinesQuery { selector: q.selector.clone(), tenant: q.tenant.clone(), page: q.page.unwrap_or(1) };
     let view::Overview { summary, rollouts, machines } = match read(&web, move |s| view::overview(s, &query, OVERVIEW_ROLLOUTS)).await {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let backends = view::backends(&web.state).await;
     let here = query_string(&machines.selector, &machines.tenant, machines.page);
@@ -261,7 +261,7 @@ async fn machine(State(web): State<Web>, jar: CookieJar, Path(id): Path<String>,
     let Some(session) = session(&web, &jar) else { return login_needed() };
     let m = match read(&web, move |s| view::machine(s, &id)).await {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let live = with_fragment(&format!("/machines/{}", urlencode(&m.row.id)), "");
     let title = format!("Machine {}", m.row.hostname);
@@ -272,7 +272,7 @@ async fn deployment(State(web): State<Web>, jar: CookieJar, Path((machine, gener
     let Some(session) = session(&web, &jar) else { return login_needed() };
     let d = match read(&web, move |s| view::deployment(s, &machine, generation)).await {
         Ok(d) => d,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let live = with_fragment(&format!("/deployments/{}/{}", urlencode(&d.machine_id), d.generation), "");
     let title = format!("Deployment {}", d.id);
@@ -283,7 +283,7 @@ async fn rollout(State(web): State<Web>, jar: CookieJar, Path(id): Path<String>,
     let Some(session) = session(&web, &jar) else { return login_needed() };
     let r = match read(&web, move |s| view::rollout(s, &id)).await {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let live = with_fragment(&format!("/rollouts/{}", urlencode(&r.id)), "");
     let title = format!("Rollout {}", r.id);
@@ -294,7 +294,7 @@ async fn tenants(State(web): State<Web>, jar: CookieJar, Query(q): Query<Fragmen
     let Some(session) = session(&web, &jar) else { return login_needed() };
     let t = match read(&web, view::tenants).await {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let live = with_fragment("/tenants", "");
     page("Tenants", &session, render(&TenantsPage { tenants: &t, live: &live }), q.fragment.is_some())

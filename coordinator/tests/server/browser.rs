@@ -9,8 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::flake::{flake, flake_spec, spawn_vm, spawn_vm_with};
-use drover_protocol::v1::*;
+use common::flake::{flake, spawn_vm, spawn_vm_with};
 use fantoccini::{Client, ClientBuilder};
 use serde_json::json;
 
