@@ -1,5 +1,6 @@
 //! Who may see the fleet page: one-time login links (`drover web login`)
-//! and the sessions they open. Kept in this coordinator's memory, never in
+//! and the sessions they open, for as long as `limits.web_link_lifetime`
+//! and `limits.web_session_lifetime` say. Kept in this coordinator's memory, never in
 //! the store: a restart ends every session (log in again). Only SHA-256
 //! digests of links and session cookies are held, so a memory dump shows
 //! no usable secret; both are bounded, so nobody can make the coordinator
@@ -13,12 +14,6 @@ use drover_protocol::v1::Role;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-/// How long a login link opens a session, unless `limits.web_link_lifetime`
-/// says otherwise.
-pub const LINK_LIFETIME: Duration = Duration::from_secs(5 * 60);
-/// How long a session lasts, unless `limits.web_session_lifetime` says
-/// otherwise.
-pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 60 * 60);
 /// Links not used yet, at most; a new one past it replaces the oldest.
 pub const MAX_LINKS: usize = 256;
 /// Sessions open at once, at most; a new one past it ends the oldest.
@@ -158,6 +153,11 @@ impl WebSessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The defaults of `limits.web_link_lifetime` and
+    /// `limits.web_session_lifetime`.
+    const LINK_LIFETIME: Duration = Duration::from_secs(5 * 60);
+    const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 60 * 60);
 
     #[test]
     fn a_link_opens_one_session_within_its_minutes() {

@@ -45,7 +45,8 @@ fn with_optional_keys(block: &str) -> String {
 
 fn check(dir: &Path, block: &str) -> Result<String, String> {
     let file = dir.join("example.toml");
-    if block.trim_start().starts_with('[') {
+    // A coordinator's sections, or top-level keys under `# drover.toml`.
+    if block.trim_start().starts_with('[') || block.trim_start().starts_with("# drover.toml") {
         let base = Config::new(dir.join("state"), "127.0.0.1:7443".parse().expect("addr"), vec!["127.0.0.1".into()]);
         std::fs::write(&file, format!("{}\n{block}", base.to_toml())).expect("write");
         Config::load_checked(&file, false).map(|_| "coordinator".into()).map_err(|e| format!("{e:#}"))
