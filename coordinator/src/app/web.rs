@@ -571,29 +571,50 @@ pub fn tenants(state: &Coordinator) -> Result<Vec<TenantView>, WireError> {
 /// The health of Garage and LINSTOR, where configured; asked at most once
 /// per [`BACKEND_HEALTH_TTL`], each bounded by [`BACKEND_TIMEOUT`].
 pub async fn backends(state: &Coordinator) -> Vec<BackendHealth> {
-    let now = now_ms();
     let ttl = u64::try_from(BACKEND_HEALTH_TTL.as_millis()).unwrap_or(u64::MAX);
     if let Some((at, health)) = state.web.backends.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-        if now.saturating_sub(*at) < ttl {
+        if now_ms().saturating_sub(*at) < ttl {
             return health.clone();
         }
     }
+    backends_now(state).await
+}
+
+/// Garage's health: from the nodes `drover s3 cluster` recorded, or else the
+/// configured admin endpoint's own view.
+async fn garage(state: &Coordinator) -> Result<BackendHealth, WireError> {
+    if !state.store.s3_nodes()?.is_empty() {
+        let c = super::s3::cluster::status(state).await?;
+        return Ok(BackendHealth {
+            system: "Garage",
+            ok: c.health == "healthy",
+            text: format!(
+                "{}: {} of {} nodes up, {} of {} partitions ok, layout {}",
+                c.health,
+                c.nodes.iter().filter(|n| n.up).count(),
+                c.nodes.len(),
+                c.partitions_all_ok,
+                c.partitions,
+                c.layout_version
+            ),
+        });
+    }
+    let store = state.object_store.as_ref().ok_or_else(|| WireError::new(ErrorCode::Unavailable, "no [s3] configured"))?;
+    let h = store.admin().map_err(super::errors::s3)?.health().await.map_err(super::errors::s3)?;
+    Ok(BackendHealth {
+        system: "Garage",
+        ok: h.status == "healthy",
+        text: format!("{}: {} nodes connected, {} of {} partitions ok", h.status, h.connected_nodes, h.partitions_all_ok, h.partitions),
+    })
+}
+
+/// Asks Garage and LINSTOR now (each within [`BACKEND_TIMEOUT`]) and keeps
+/// the answer for [`backends`].
+pub async fn backends_now(state: &Coordinator) -> Vec<BackendHealth> {
     let mut out = Vec::new();
     if state.object_store.is_some() {
-        out.push(match tokio::time::timeout(BACKEND_TIMEOUT, super::s3::cluster::status(state)).await {
-            Ok(Ok(c)) => BackendHealth {
-                system: "Garage",
-                ok: c.health == "healthy",
-                text: format!(
-                    "{}: {} of {} nodes up, {} of {} partitions ok, layout {}",
-                    c.health,
-                    c.nodes.iter().filter(|n| n.up).count(),
-                    c.nodes.len(),
-                    c.partitions_all_ok,
-                    c.partitions,
-                    c.layout_version
-                ),
-            },
+        out.push(match tokio::time::timeout(BACKEND_TIMEOUT, garage(state)).await {
+            Ok(Ok(h)) => h,
             Ok(Err(e)) => BackendHealth { system: "Garage", ok: false, text: e.message },
             Err(_) => BackendHealth { system: "Garage", ok: false, text: format!("no answer within {}s", BACKEND_TIMEOUT.as_secs()) },
         });
@@ -614,6 +635,6 @@ pub async fn backends(state: &Coordinator) -> Vec<BackendHealth> {
         Some(Err(e)) => out.push(BackendHealth { system: "LINSTOR", ok: false, text: e.clone() }),
         None => {}
     }
-    *state.web.backends.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, out.clone()));
+    *state.web.backends.lock().unwrap_or_else(|p| p.into_inner()) = Some((now_ms(), out.clone()));
     out
 }

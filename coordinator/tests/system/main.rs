@@ -24,3 +24,4 @@ mod s3;
 mod s3_cluster;
 mod s3_deploy;
 mod volumes;
+mod web;
