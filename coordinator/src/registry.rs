@@ -68,6 +68,13 @@ pub fn check_label(key: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Parses `key=value`, checked as [`check_label`] does.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not key=value"))?;
+    check_label(k, v)?;
+    Ok((k.to_string(), v.to_string()))
+}
+
 pub fn check_labels(labels: &Labels) -> Result<(), String> {
     labels.iter().try_for_each(|(k, v)| check_label(k, v))
 }

@@ -167,3 +167,12 @@ fn older_peers_are_refused_by_name() {
         assert!(err.message.contains(&format!("peer speaks {old}")) && err.message.contains("this side speaks 6"), "{}", err.message);
     }
 }
+
+proptest! {
+    /// The names the fleet page shows are the names JSON carries.
+    #[test]
+    fn a_deployment_state_and_step_are_named_as_on_the_wire(state: crate::v1::DeploymentState, step: crate::v1::DeployStep) {
+        prop_assert_eq!(serde_json::to_string(&state).expect("json"), format!("\"{}\"", state.as_str()));
+        prop_assert_eq!(serde_json::to_string(&step).expect("json"), format!("\"{}\"", step.as_str()));
+    }
+}

@@ -112,7 +112,7 @@ async fn answer(state: &Coordinator, admin: AdminRecord, request: AdminRequest) 
         R::FleetShow => fleet::show(state)?,
         R::Nixops4State(request) => super::nixops4::handle(state, by, request).await?,
         R::MachinesDestroy { name, keep_volumes } => AdminResponse::Provision(provisions::destroy(state, by, &name, keep_volumes).await?),
-        R::WebLogin => AdminResponse::WebLoginLink(super::web::login_link(state, by, admin.role)?),
+        R::WebLogin => AdminResponse::WebLoginLink(super::web::login_link(state, &admin)?),
         R::Backup => return Err(WireError::new(ErrorCode::BadRequest, "a backup is answered in parts; use `drover backup FILE`")),
     })
 }

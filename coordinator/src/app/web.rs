@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use drover_protocol::v1::{self, DeploymentState, Labels, MachineStatus, Role, WebLoginLink};
+use drover_protocol::v1::{self, DeploymentState, Labels, MachineStatus, WebLoginLink};
 use drover_protocol::{ErrorCode, WireError};
 
-use crate::model::MachineRecord;
+use crate::model::{AdminRecord, MachineRecord};
 use crate::output;
 use crate::tenancy::TENANT_LABEL;
 
@@ -38,14 +38,14 @@ pub struct Web {
 }
 
 /// `drover web login`: a one-time link for the admin asking.
-pub fn login_link(state: &Coordinator, admin: &str, role: Role) -> Result<WebLoginLink, WireError> {
+pub fn login_link(state: &Coordinator, admin: &AdminRecord) -> Result<WebLoginLink, WireError> {
     let base = state.web.bound.get().map(|addr| state.config.web_base_url(*addr)).ok_or_else(|| {
         WireError::new(
             ErrorCode::Unavailable,
             "this coordinator serves no fleet page: set web_listen (e.g. \"127.0.0.1:9480\") in its configuration and restart it",
         )
     })?;
-    let (token, expires_at) = state.web.sessions.new_link(admin, role, now_ms(), state.config.limits.web_link_lifetime);
+    let (token, expires_at) = state.web.sessions.new_link(admin, now_ms(), state.config.limits.web_link_lifetime);
     Ok(WebLoginLink { url: format!("{base}/login?token={token}"), expires_at })
 }
 
@@ -204,48 +204,25 @@ fn not_found(what: String) -> WireError {
     WireError::new(ErrorCode::NotFound, what)
 }
 
-fn deployment_state(s: DeploymentState) -> &'static str {
-    match s {
-        DeploymentState::Pending => "pending",
-        DeploymentState::Applying => "applying",
-        DeploymentState::Succeeded => "succeeded",
-        DeploymentState::Failed => "failed",
-        DeploymentState::Superseded => "superseded",
-    }
-}
-
-fn system_text(s: &v1::SystemSpec) -> String {
-    match s {
-        v1::SystemSpec::Flake { uri, attribute } => format!("{uri}#{attribute}"),
-        v1::SystemSpec::Closure { store_path, .. } => store_path.clone(),
-    }
-}
-
-/// `SecretsWritten` as "secrets written".
-fn words(name: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in name.chars().enumerate() {
-        if c.is_uppercase() && i > 0 {
-            out.push(' ');
-        }
-        out.extend(c.to_lowercase());
-    }
-    out
-}
-
 fn opt(s: &Option<String>) -> String {
     s.clone().unwrap_or_else(|| "-".into())
 }
 
-/// The machines a rollout in progress holds, by machine id.
+/// The machines a rollout holds (as a manual deployment would be refused
+/// for them), by machine id.
 fn held_by(rollouts: &[crate::model::RolloutRecord]) -> HashMap<String, String> {
     let mut held = HashMap::new();
     for r in rollouts.iter().filter(|r| r.state.phase.active()) {
-        for id in r.state.machines.keys() {
+        for id in r.state.machines.keys().filter(|id| r.state.holds(id)) {
             held.insert(id.clone(), r.id.clone());
         }
     }
     held
+}
+
+/// Whether a machine runs an older generation than it was given.
+fn behind(m: &MachineRecord) -> bool {
+    m.revoked_at.is_none() && m.desired_generation > 0 && m.current_generation != Some(m.desired_generation)
 }
 
 fn held_by_rollouts(state: &Coordinator) -> Result<HashMap<String, String>, WireError> {
@@ -266,7 +243,7 @@ fn row(state: &Coordinator, liveness: &crate::registry::Liveness, m: &MachineRec
     let info = liveness.to_wire(m);
     let health = info.health.as_ref();
     let failed_units: Vec<String> = health.and_then(|h| h.failed_units.clone()).unwrap_or_default();
-    let behind = m.revoked_at.is_none() && m.desired_generation > 0 && m.current_generation != Some(m.desired_generation);
+    let behind = behind(m);
     // Only a machine behind can have a newest deployment that failed.
     let last_failed = if behind {
         state.store.deployment(&m.id, m.desired_generation)?.filter(|d| d.state == DeploymentState::Failed).map(|d| {
@@ -319,9 +296,8 @@ fn sort_rows(rows: &mut [MachineRow]) {
 pub fn parse_selector(text: &str) -> Result<Labels, String> {
     let mut labels = Labels::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = part.split_once('=').ok_or_else(|| format!("{part:?} is not key=value; write the selector as key=value,key=value"))?;
-        crate::registry::check_label(k.trim(), v.trim())?;
-        labels.insert(k.trim().to_string(), v.trim().to_string());
+        let (k, v) = crate::registry::parse_label(part).map_err(|e| format!("{e}; write the selector as key=value,key=value"))?;
+        labels.insert(k, v);
     }
     Ok(labels)
 }
@@ -360,10 +336,10 @@ pub fn overview(state: &Coordinator, query: &MachinesQuery, rollouts: usize) -> 
         if r.condition == "failing" {
             summary.failing += 1;
         }
+        if behind(m) {
+            summary.behind += 1;
+        }
         if m.revoked_at.is_none() {
-            if m.current_generation.unwrap_or(0) < m.desired_generation {
-                summary.behind += 1;
-            }
             soonest = Some(soonest.map_or(m.cert_not_after, |t| t.min(m.cert_not_after)));
         }
         if crate::registry::matches(&m.labels, &selector) && (tenant.is_empty() || m.labels.get(TENANT_LABEL).map(String::as_str) == Some(tenant)) {
@@ -417,7 +393,7 @@ fn rollout_view(r: &crate::model::RolloutRecord, machines: &BTreeMap<String, Mac
         paused: info.paused,
         reason: info.reason.clone().unwrap_or_default(),
         created: output::timestamp(info.created_at),
-        system: system_text(&info.system),
+        system: crate::deploy::system_text(&info.system),
         selector: output::labels(&info.selector),
         canary,
         states: states.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
@@ -453,12 +429,12 @@ fn deployment_view(d: &crate::model::DeploymentRecord) -> DeploymentView {
         machine_id: d.machine_id.clone(),
         hostname: d.hostname.clone(),
         generation: d.generation,
-        state: deployment_state(d.state),
+        state: d.state.as_str(),
         rolled_back: d.rolled_back,
-        system: system_text(&d.system),
+        system: crate::deploy::system_text(&d.system),
         created: output::timestamp(d.created_at),
         finished: d.finished_at.map_or("-".into(), output::timestamp),
-        steps: d.steps.iter().map(|s| StepView { at: output::timestamp(s.at), step: words(&format!("{:?}", s.step)), message: s.message.clone() }).collect(),
+        steps: d.steps.iter().map(|s| StepView { at: output::timestamp(s.at), step: s.step.as_str().replace('_', " "), message: s.message.clone() }).collect(),
         steps_dropped: d.steps_dropped,
         output_tail: d.output_tail.clone(),
         secret_names: d.secret_names.join(", "),

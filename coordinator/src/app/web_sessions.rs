@@ -11,6 +11,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use drover_protocol::v1::Role;
+
+use crate::model::AdminRecord;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -37,6 +39,10 @@ fn secret() -> String {
 pub struct Session {
     pub admin: String,
     pub role: Role,
+    /// When the admin's record was made: a session holds only while the
+    /// record that logged in is the one under its name (a name removed
+    /// and added again is someone else).
+    pub admin_since: u64,
     pub opened_at: u64,
     pub expires_at: u64,
 }
@@ -45,6 +51,7 @@ pub struct Session {
 struct Link {
     admin: String,
     role: Role,
+    admin_since: u64,
     made_at: u64,
     expires_at: u64,
 }
@@ -90,7 +97,7 @@ impl WebSessions {
 
     /// A new login link's secret for `admin`, valid for `lifetime`, and
     /// when it expires.
-    pub fn new_link(&self, admin: &str, role: Role, now: u64, lifetime: Duration) -> (String, u64) {
+    pub fn new_link(&self, admin: &AdminRecord, now: u64, lifetime: Duration) -> (String, u64) {
         let token = secret();
         let expires_at = now + ms(lifetime);
         let mut inner = self.lock();
@@ -100,7 +107,7 @@ impl WebSessions {
                 inner.links.remove(&oldest);
             }
         }
-        inner.links.insert(digest(&token), Link { admin: admin.to_string(), role, made_at: now, expires_at });
+        inner.links.insert(digest(&token), Link { admin: admin.name.clone(), role: admin.role, admin_since: admin.created_at, made_at: now, expires_at });
         (token, expires_at)
     }
 
@@ -119,7 +126,7 @@ impl WebSessions {
             }
         }
         let cookie = secret();
-        let session = Session { admin: found.admin, role: found.role, opened_at: now, expires_at: now + ms(lifetime) };
+        let session = Session { admin: found.admin, role: found.role, admin_since: found.admin_since, opened_at: now, expires_at: now + ms(lifetime) };
         inner.sessions.insert(digest(&cookie), session.clone());
         Ok((cookie, session))
     }
@@ -159,22 +166,26 @@ mod tests {
     const LINK_LIFETIME: Duration = Duration::from_secs(5 * 60);
     const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 60 * 60);
 
+    fn admin(name: &str, role: Role) -> AdminRecord {
+        AdminRecord { name: name.into(), role, created_at: 7, serials: vec![], ssh_keys: vec![] }
+    }
+
     #[test]
     fn a_link_opens_one_session_within_its_minutes() {
         let web = WebSessions::default();
-        let (link, expires) = web.new_link("alice", Role::Viewer, 1_000, LINK_LIFETIME);
+        let (link, expires) = web.new_link(&admin("alice", Role::Viewer), 1_000, LINK_LIFETIME);
         assert_eq!(expires, 1_000 + 300_000);
         let (cookie, session) = web.redeem(&link, 2_000, SESSION_LIFETIME).expect("a fresh link opens a session");
-        assert_eq!(session.admin, "alice");
+        assert_eq!((session.admin.as_str(), session.admin_since), ("alice", 7));
         assert_eq!(web.redeem(&link, 2_000, SESSION_LIFETIME), Err(Refused::Unknown), "a link is used once");
         assert_eq!(web.session(&cookie, 3_000).map(|s| s.admin), Some("alice".into()));
         assert!(web.session("not-a-cookie", 3_000).is_none());
         assert!(web.session(&cookie, session.expires_at).is_none(), "a session ends at its expiry");
 
-        let (late, _) = web.new_link("bob", Role::Admin, 0, LINK_LIFETIME);
+        let (late, _) = web.new_link(&admin("bob", Role::Admin), 0, LINK_LIFETIME);
         assert_eq!(web.redeem(&late, 300_000, SESSION_LIFETIME), Err(Refused::Expired));
 
-        let (link, _) = web.new_link("carol", Role::Operator, 0, LINK_LIFETIME);
+        let (link, _) = web.new_link(&admin("carol", Role::Operator), 0, LINK_LIFETIME);
         let (cookie, _) = web.redeem(&link, 1, SESSION_LIFETIME).expect("opens");
         assert_eq!(web.end(&cookie).map(|s| s.admin), Some("carol".into()));
         assert!(web.session(&cookie, 2).is_none(), "logged out");
@@ -183,15 +194,15 @@ mod tests {
     #[test]
     fn links_and_sessions_are_bounded_and_kept_as_digests() {
         let web = WebSessions::default();
-        let first = web.new_link("a", Role::Viewer, 0, LINK_LIFETIME).0;
+        let first = web.new_link(&admin("a", Role::Viewer), 0, LINK_LIFETIME).0;
         for i in 0..MAX_LINKS + 50 {
-            web.new_link("a", Role::Viewer, 1 + i as u64, LINK_LIFETIME);
+            web.new_link(&admin("a", Role::Viewer), 1 + i as u64, LINK_LIFETIME);
         }
         assert_eq!(web.held().0, MAX_LINKS);
         assert_eq!(web.redeem(&first, 10, SESSION_LIFETIME), Err(Refused::Unknown), "the oldest link made room");
         let mut cookies = Vec::new();
         for i in 0..MAX_SESSIONS + 10 {
-            let (link, _) = web.new_link("a", Role::Viewer, 1_000 + i as u64, LINK_LIFETIME);
+            let (link, _) = web.new_link(&admin("a", Role::Viewer), 1_000 + i as u64, LINK_LIFETIME);
             cookies.push(web.redeem(&link, 1_000 + i as u64, SESSION_LIFETIME).expect("opens").0);
         }
         assert_eq!(web.held().1, MAX_SESSIONS);

@@ -694,9 +694,7 @@ pub enum TenantsCommand {
 
 /// Parses `key=value`.
 pub fn parse_label(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not key=value"))?;
-    crate::registry::check_label(k, v)?;
-    Ok((k.to_string(), v.to_string()))
+    crate::registry::parse_label(s)
 }
 
 /// Parses a role name.

@@ -15,7 +15,8 @@ pub async fn login(admin: AdminArgs) -> Result<()> {
         OutputFormat::Json => print_json(&link)?,
         OutputFormat::Table => {
             crate::out!("{}", link.url);
-            eprintln!("Open this link in a browser within {} (it works once).", output::until(link.expires_at, crate::app::now_ms()).trim_start_matches("in "));
+            let left = std::time::Duration::from_millis(link.expires_at.saturating_sub(crate::app::now_ms()));
+            eprintln!("Open this link in a browser within {} (it works once).", output::duration(left));
         }
     }
     Ok(())

@@ -95,13 +95,20 @@ impl ServerHandle {
     }
 }
 
-/// The server's TLS configuration, and its private key (which also seeds
-/// the stateless-reset key, so that it outlives a restart).
-fn server_tls(config: &Config, ca: &Ca) -> Result<(quinn::ServerConfig, Vec<u8>)> {
+/// The coordinator's certificate chain (its certificate, then the fleet
+/// CA's) and private key (PKCS#8 DER), from the state directory.
+fn server_identity(config: &Config, ca: &Ca) -> Result<(Vec<Vec<u8>>, Vec<u8>)> {
     let dir = &config.state_dir;
     let cert = identity::read_cert_pem(&dir.join(pki::SERVER_CERT_FILE))?;
     let key = identity::read_key_pem(&dir.join(pki::SERVER_KEY_FILE))?.serialize_der();
-    let tls = drover_net::tls::server_config(&ca.cert_der, vec![cert, ca.cert_der.clone()], &key, config.idle_timeout)?;
+    Ok((vec![cert, ca.cert_der.clone()], key))
+}
+
+/// The server's TLS configuration, and its private key (which also seeds
+/// the stateless-reset key, so that it outlives a restart).
+fn server_tls(config: &Config, ca: &Ca) -> Result<(quinn::ServerConfig, Vec<u8>)> {
+    let (chain, key) = server_identity(config, ca)?;
+    let tls = drover_net::tls::server_config(&ca.cert_der, chain, &key, config.idle_timeout)?;
     Ok((tls, key))
 }
 

@@ -38,7 +38,6 @@ use super::http;
 use crate::app::web::{self as view, BackendHealth, DeploymentView, MachineView, MachinesPage, MachinesQuery, RolloutView, Summary, TenantView};
 use crate::app::web_sessions::Session;
 use crate::app::{audit, now_ms, Coordinator};
-use crate::pki;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "drover_session";
@@ -203,13 +202,14 @@ fn wire_error(e: WireError) -> Response {
     message(status, "Not available", &e.message)
 }
 
-/// The session of the request's cookie, while its admin still exists.
+/// The session of the request's cookie, while the admin who logged in
+/// still exists: one removed since (or removed and added again under the
+/// same name) sees nothing more.
 fn session(web: &Web, jar: &CookieJar) -> Option<Session> {
     let cookie = jar.get(COOKIE)?;
     let session = web.state.web.sessions.session(cookie.value(), now_ms())?;
-    // An admin removed since logging in sees nothing more.
     match web.state.store.admin(&session.admin) {
-        Ok(Some(_)) => Some(session),
+        Ok(Some(record)) if record.created_at == session.admin_since => Some(session),
         _ => None,
     }
 }
@@ -390,17 +390,11 @@ fn tls(state: &Coordinator) -> Result<tokio_rustls::TlsAcceptor> {
             let key = identity::read_key_pem(key).with_context(|| format!("web_tls_key {}", key.display()))?.serialize_der();
             (chain, key)
         }
-        _ => {
-            let dir = &config.state_dir;
-            let cert = identity::read_cert_pem(&dir.join(pki::SERVER_CERT_FILE))?;
-            let key = identity::read_key_pem(&dir.join(pki::SERVER_KEY_FILE))?.serialize_der();
-            (vec![cert, state.ca.cert_der.clone()], key)
-        }
+        _ => super::server_identity(config, &state.ca)?,
     };
     let chain = chain.into_iter().map(rustls::pki_types::CertificateDer::from).collect();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.into());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    let mut tls = rustls::ServerConfig::builder_with_provider(drover_net::tls::provider())
         .with_safe_default_protocol_versions()
         .context("TLS versions")?
         .with_no_client_auth()

@@ -150,7 +150,7 @@ async fn nobody_sees_the_page_without_a_session_from_a_one_time_link() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_viewer_logs_in_and_a_removed_admins_session_shows_nothing_more() {
+async fn a_viewer_logs_in_and_a_removed_admins_session_shows_nothing_more_even_under_a_reused_name() {
     let (fleet, addr) = with_page(false).await;
     let vera = fleet.dir.path().join("vera.bundle");
     let (ok, _, err) = common::drover_json(&fleet, &["admins", "add", "vera", "--role", "viewer", "--out", vera.to_str().expect("utf-8")]);
@@ -173,6 +173,12 @@ async fn a_viewer_logs_in_and_a_removed_admins_session_shows_nothing_more() {
     assert!(ok, "{err}");
     let (status, _, _) = get(&http, &format!("http://{addr}/"), Some(&cookie)).await;
     assert_eq!(status, 401, "a removed admin's session shows nothing more");
+    // The name given to someone new does not bring the old session back.
+    let (ok, _, err) =
+        common::drover_json(&fleet, &["admins", "add", "vera", "--role", "viewer", "--out", fleet.dir.path().join("vera-2.bundle").to_str().expect("utf-8")]);
+    assert!(ok, "{err}");
+    let (status, _, _) = get(&http, &format!("http://{addr}/"), Some(&cookie)).await;
+    assert_eq!(status, 401, "a session belongs to the admin record that logged in, not to its name");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

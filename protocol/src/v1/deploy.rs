@@ -214,6 +214,26 @@ pub enum DeployStep {
     Rebooting,
 }
 
+impl DeployStep {
+    /// The name it has on the wire (JSON).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployStep::Received => "received",
+            DeployStep::SecretsWritten => "secrets_written",
+            DeployStep::Switching => "switching",
+            DeployStep::Switched => "switched",
+            DeployStep::HealthChecking => "health_checking",
+            DeployStep::Succeeded => "succeeded",
+            DeployStep::Failed => "failed",
+            DeployStep::RollingBack => "rolling_back",
+            DeployStep::RolledBack => "rolled_back",
+            DeployStep::Resumed => "resumed",
+            DeployStep::VolumesAttached => "volumes_attached",
+            DeployStep::Rebooting => "rebooting",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct DeploymentReport {
@@ -241,6 +261,19 @@ pub enum DeploymentState {
     Failed,
     /// A newer generation was recorded before this one was applied.
     Superseded,
+}
+
+impl DeploymentState {
+    /// The name it has on the wire (JSON).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentState::Pending => "pending",
+            DeploymentState::Applying => "applying",
+            DeploymentState::Succeeded => "succeeded",
+            DeploymentState::Failed => "failed",
+            DeploymentState::Superseded => "superseded",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
