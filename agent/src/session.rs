@@ -111,7 +111,7 @@ impl From<ClientError> for AttemptError {
 }
 
 /// Enrolls once: sends `token` and a CSR for `key` over a connection without
-/// a client certificate. Used by the agent and by tests of refusals.
+/// a client certificate, then closes it. Used by tests of refusals.
 pub async fn enroll_once(
     endpoint: &quinn::Endpoint,
     config: &AgentConfig,
@@ -120,14 +120,51 @@ pub async fn enroll_once(
     token: Secret,
     hostname: &str,
 ) -> Result<IssuedCertificate, ClientError> {
+    let (issued, conn) = enroll_keeping(endpoint, config, ca_der, key, token, hostname).await?;
+    if let Some(conn) = conn {
+        conn.connection.close(0u32.into(), b"enrolled");
+    }
+    Ok(issued)
+}
+
+/// The protocol version from which a coordinator keeps the connection an
+/// agent enrolled on as the machine's.
+pub const ENROLL_KEEPS_CONNECTION: u16 = 14;
+
+/// Enrolls over a connection without a client certificate, with a CSR
+/// bound to that connection's TLS session. A coordinator of protocol 14 or
+/// later then serves the connection as the new machine's: it is returned,
+/// to go on with (the certificate is for the connections after it). From
+/// an older one, none: the agent connects again with the certificate.
+pub async fn enroll_keeping(
+    endpoint: &quinn::Endpoint,
+    config: &AgentConfig,
+    ca_der: &[u8],
+    key: &rcgen::KeyPair,
+    token: Secret,
+    hostname: &str,
+) -> Result<(IssuedCertificate, Option<CoordinatorConnection>), ClientError> {
     let tls = drover_net::tls::client_config(ca_der, None, IDLE_TIMEOUT).map_err(|e| ClientError::Unexpected(e.to_string()))?;
     let conn = CoordinatorConnection::dial(endpoint, tls, &config.coordinator, &config.server_name(), &software(), config.connect_timeout).await?;
-    let csr = net_identity::csr_der(key, hostname).map_err(|e| ClientError::Unexpected(e.to_string()))?;
+    let binding = net_identity::enrollment_binding(&conn.connection);
+    let csr = net_identity::csr_der_bound(key, hostname, binding.as_deref()).map_err(|e| ClientError::Unexpected(e.to_string()))?;
     let answer = conn.request(&Request::Enroll(EnrollRequest { token, csr_der: csr, hostname: hostname.to_string() })).await;
-    conn.connection.close(0u32.into(), b"enrolled");
-    match answer? {
-        Response::Enrolled(issued) => Ok(issued),
-        other => Err(ClientError::Unexpected(format!("{other:?}"))),
+    let issued = match answer {
+        Ok(Response::Enrolled(issued)) => issued,
+        Ok(other) => {
+            conn.connection.close(0u32.into(), b"unexpected answer");
+            return Err(ClientError::Unexpected(format!("{other:?}")));
+        }
+        Err(e) => {
+            conn.connection.close(0u32.into(), b"enrollment refused");
+            return Err(e);
+        }
+    };
+    if binding.is_some() && conn.version >= ENROLL_KEEPS_CONNECTION {
+        Ok((issued, Some(conn)))
+    } else {
+        conn.connection.close(0u32.into(), b"enrolled");
+        Ok((issued, None))
     }
 }
 
@@ -240,8 +277,9 @@ impl<H: HealthSource> Agent<H> {
         if expired {
             tracing::warn!("this machine's certificate has expired; enrolling again with the token");
         }
+        let mut kept = None;
         if stored.cert_der.is_none() || expired {
-            self.enroll(ca_der, &stored.key, &dir).await?;
+            kept = self.enroll(ca_der, &stored.key, &dir).await?;
             stored = identity::load_or_create(&dir)?;
         }
         let (Some(cert), Some(record)) = (stored.cert_der.clone(), stored.record.clone()) else {
@@ -252,11 +290,17 @@ impl<H: HealthSource> Agent<H> {
             s.machine_id = Some(record.machine_id.clone());
             s.serial = Some(record.serial.clone());
         });
-        let tls = drover_net::tls::client_config(ca_der, Some((&cert, &stored.key.serialize_der())), IDLE_TIMEOUT)
-            .map_err(|e| AttemptError::Client(ClientError::Unexpected(e.to_string())))?;
-        let conn =
-            CoordinatorConnection::dial(&self.endpoint, tls, &self.config.coordinator, &self.config.server_name(), &software(), self.config.connect_timeout)
-                .await?;
+        // The connection enrolled on is already the machine's: one
+        // handshake for an enrollment, not two.
+        let conn = match kept {
+            Some(conn) => conn,
+            None => {
+                let tls = drover_net::tls::client_config(ca_der, Some((&cert, &stored.key.serialize_der())), IDLE_TIMEOUT)
+                    .map_err(|e| AttemptError::Client(ClientError::Unexpected(e.to_string())))?;
+                CoordinatorConnection::dial(&self.endpoint, tls, &self.config.coordinator, &self.config.server_name(), &software(), self.config.connect_timeout)
+                    .await?
+            }
+        };
         let result = self.session(&conn, &stored.key, record, &dir, backoff).await;
         if matches!(result, Err(AttemptError::Shutdown)) {
             conn.connection.close(0u32.into(), b"agent stopping");
@@ -264,18 +308,30 @@ impl<H: HealthSource> Agent<H> {
         result
     }
 
-    async fn enroll(&mut self, ca_der: &[u8], key: &rcgen::KeyPair, dir: &Path) -> Result<(), AttemptError> {
+    /// Enrolls with the token, and stores the certificate before anything
+    /// else goes over the connection (until the machine is first seen, a
+    /// lost answer can be asked again with the same key and token). Returns
+    /// the connection to go on with, when the coordinator keeps it.
+    async fn enroll(&mut self, ca_der: &[u8], key: &rcgen::KeyPair, dir: &Path) -> Result<Option<CoordinatorConnection>, AttemptError> {
         let path = self.config.enrollment_token_file.clone().ok_or(AttemptError::NoToken)?;
         let token = std::fs::read_to_string(&path).map_err(|source| AttemptError::TokenFile { path: path.display().to_string(), source })?;
         self.status.send_modify(|s| s.phase = Phase::Enrolling);
-        let issued = match enroll_once(&self.endpoint, &self.config, ca_der, key, Secret::new(token.trim()), &self.hostname).await {
-            Ok(issued) => issued,
+        let (issued, kept) = match enroll_keeping(&self.endpoint, &self.config, ca_der, key, Secret::new(token.trim()), &self.hostname).await {
+            Ok(enrolled) => enrolled,
             Err(ClientError::Refused(e)) => return Err(AttemptError::Enrollment(e.message)),
             Err(e) => return Err(e.into()),
         };
-        let record = identity::store_certificate(dir, &issued)?;
-        tracing::info!(machine = %record.machine_id, "enrolled");
-        Ok(())
+        let record = match identity::store_certificate(dir, &issued) {
+            Ok(record) => record,
+            Err(e) => {
+                if let Some(conn) = kept {
+                    conn.connection.close(0u32.into(), b"certificate not stored");
+                }
+                return Err(e.into());
+            }
+        };
+        tracing::info!(machine = %record.machine_id, kept = kept.is_some(), "enrolled");
+        Ok(kept)
     }
 
     /// Mirrors the scheduler's counters into the status.

@@ -53,12 +53,57 @@ pub fn generate_key() -> Result<KeyPair, IdentityError> {
 
 /// Makes a CSR (DER) for `key`. The subject is informational only.
 pub fn csr_der(key: &KeyPair, common_name: &str) -> Result<Vec<u8>, IdentityError> {
+    csr_der_bound(key, common_name, None)
+}
+
+/// The TLS exporter label of an enrollment's session binding (RFC 5705).
+pub const ENROLLMENT_BINDING_LABEL: &[u8] = b"EXPORTER-drover-enrollment";
+
+/// The subject attribute that carries the binding: `dnQualifier`
+/// (2.5.4.46), whose value is [`BINDING_PREFIX`] and the binding in hex.
+const BINDING_ATTRIBUTE: [u64; 4] = [2, 5, 4, 46];
+const BINDING_PREFIX: &str = "drover-enrollment:";
+
+/// The value both ends of one TLS session compute alike, and no other
+/// session gives: 32 bytes exported under [`ENROLLMENT_BINDING_LABEL`].
+/// `None` when the connection cannot export (no TLS session).
+pub fn enrollment_binding(conn: &quinn::Connection) -> Option<String> {
+    let mut out = [0u8; 32];
+    conn.export_keying_material(&mut out, ENROLLMENT_BINDING_LABEL, b"").ok()?;
+    Some(out.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Makes a CSR (DER) for `key`; with `binding`, the subject also carries
+/// it, so that the CSR's signature — made with the key — vouches that the
+/// key's holder is on the session that binding came from.
+pub fn csr_der_bound(key: &KeyPair, common_name: &str, binding: Option<&str>) -> Result<Vec<u8>, IdentityError> {
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| IdentityError::Csr(e.to_string()))?;
     let mut dn = DistinguishedName::new();
     dn.push(rcgen::DnType::CommonName, common_name);
+    if let Some(binding) = binding {
+        let value = rcgen::string::PrintableString::try_from(format!("{BINDING_PREFIX}{binding}")).map_err(|e| IdentityError::Csr(e.to_string()))?;
+        dn.push(rcgen::DnType::CustomDnType(BINDING_ATTRIBUTE.to_vec()), rcgen::DnValue::PrintableString(value));
+    }
     params.distinguished_name = dn;
     let csr = params.serialize_request(key).map_err(|e| IdentityError::Csr(e.to_string()))?;
     Ok(csr.der().to_vec())
+}
+
+/// The session binding a CSR's subject carries, if any. The CSR's
+/// signature is not checked here: the binding means something only of a
+/// CSR whose signature was (as signing it checks).
+pub fn csr_binding(csr_der: &[u8]) -> Result<Option<String>, IdentityError> {
+    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(csr_der).map_err(|e| IdentityError::Parse(e.to_string()))?;
+    let oid = x509_parser::oid_registry::Oid::from(&BINDING_ATTRIBUTE).map_err(|_| IdentityError::Parse("binding attribute".into()))?;
+    let mut found = None;
+    for attribute in csr.certification_request_info.subject.iter_by_oid(&oid) {
+        let value = attribute.as_str().map_err(|e| IdentityError::Parse(e.to_string()))?;
+        let Some(binding) = value.strip_prefix(BINDING_PREFIX) else { continue };
+        if found.replace(binding.to_string()).is_some() {
+            return Err(IdentityError::Parse("the CSR carries two session bindings".into()));
+        }
+    }
+    Ok(found)
 }
 
 /// Who a certificate names.
@@ -153,6 +198,19 @@ pub fn read_cert_pem(path: &Path) -> Result<Vec<u8>, IdentityError> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_csr_carries_its_session_binding_and_still_signs() {
+        let key = generate_key().expect("key");
+        let binding = "ab".repeat(32);
+        let bound = csr_der_bound(&key, "vm1", Some(&binding)).expect("csr");
+        assert_eq!(csr_binding(&bound).expect("parses").as_deref(), Some(binding.as_str()));
+        assert_eq!(csr_binding(&csr_der(&key, "vm1").expect("csr")).expect("parses"), None);
+        // The CSR's signature covers the binding, and the signing side reads it.
+        let params = rcgen::CertificateSigningRequestParams::from_der(&bound.into()).expect("a valid, signed CSR");
+        assert_eq!(params.params.distinguished_name.iter().count(), 2);
+        assert!(csr_binding(b"not a csr").is_err());
+    }
 
     #[test]
     fn pem_round_trips_through_the_pki_types_parser() {

@@ -4,7 +4,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorCode, WireError};
 
-/// The protocol version this build speaks natively. Version 13 added
+/// The protocol version this build speaks natively. Version 14 keeps the
+/// connection an agent enrolled on: an `Enroll` whose CSR is bound to its
+/// TLS session makes that connection the new machine's (no message
+/// changed shape). Version 13 added
 /// `WebLogin` (a link to the fleet page), version 12
 /// `Nixops4State` (NixOps4's state kept by the coordinator), version 11
 /// `CoordinatorsList` (an older coordinator cannot answer any of them). Version 10 added what
@@ -26,10 +29,10 @@ use crate::error::{ErrorCode, WireError};
 /// systems and the Nix store's space to health reports; older peers are
 /// refused at Hello, naming both versions (version 4 only added the admin
 /// requests `Backup` and `Audit`).
-pub const PROTOCOL_VERSION: u16 = 13;
+pub const PROTOCOL_VERSION: u16 = 14;
 
 /// The inclusive range of protocol versions this build accepts.
-pub const SUPPORTED: VersionRange = VersionRange { min: 6, max: 13 };
+pub const SUPPORTED: VersionRange = VersionRange { min: 6, max: 14 };
 
 /// An inclusive range of protocol versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -68,6 +68,7 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     enrollments: Counter,
     enrollment_refusals: Family<Reason, Counter>,
+    connections: Family<Kind, Counter>,
     deployments: Family<Outcome, Counter>,
     deployment_duration: Histogram,
     rollouts_started: Counter,
@@ -104,6 +105,7 @@ impl Metrics {
             registry: Mutex::new(Registry::with_prefix("drover")),
             enrollments: Counter::default(),
             enrollment_refusals: Family::default(),
+            connections: Family::default(),
             deployments: Family::default(),
             // 1 s to ~4.5 h.
             deployment_duration: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
@@ -125,6 +127,11 @@ impl Metrics {
             let mut r = m.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             r.register("enrollments", "Machines enrolled", m.enrollments.clone());
             r.register("enrollment_refusals", "Enrollments refused, by reason", m.enrollment_refusals.clone());
+            r.register(
+                "connections",
+                "Connections accepted, by kind: machine, admin, anonymous (to enroll), and enrolled_in_place (anonymous ones that went on as the machine they enrolled)",
+                m.connections.clone(),
+            );
             r.register("deployments", "Deployments that reached a final state, by outcome", m.deployments.clone());
             r.register_with_unit("deployment_duration", "Time from recording a deployment to its final state", Unit::Seconds, m.deployment_duration.clone());
             r.register("rollouts_started", "Rollouts started", m.rollouts_started.clone());
@@ -163,6 +170,12 @@ impl Metrics {
 
     pub fn enrolled(&self) {
         self.enrollments.inc();
+    }
+
+    /// A connection accepted (`machine`, `admin`, `anonymous`), or an
+    /// anonymous one that went on as its machine (`enrolled_in_place`).
+    pub fn connection(&self, kind: &str) {
+        self.connections.get_or_create(&Kind { kind: kind.to_string() }).inc();
     }
 
     pub fn enrollment_refused(&self, reason: &str) {

@@ -6,7 +6,9 @@
 //! a machine must exist, not be revoked, and hold the certificate's serial;
 //! an admin must exist and hold the serial. A connection without a
 //! certificate may only say Hello and Enroll, with small frames, for a
-//! limited time.
+//! limited time — until it enrolls with a CSR bound to its own TLS session
+//! (protocol 14): it then goes on as the machine it became, without a
+//! second handshake ([`enroll_here`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +25,9 @@ use crate::app::agent::{identify, is_revoked, Peer};
 use crate::app::{admin, enroll, Coordinator};
 
 use super::agent;
-use super::limits::{HandshakeSlot, Limits, ADMIN_CONNECTION_BYTES, ANONYMOUS_CONNECTION_BYTES, MACHINE_CONNECTION_BYTES, MAX_MACHINE_REQUEST_LEN};
+use super::limits::{
+    AnonymousSlot, HandshakeSlot, Limits, ADMIN_CONNECTION_BYTES, ANONYMOUS_CONNECTION_BYTES, MACHINE_CONNECTION_BYTES, MAX_MACHINE_REQUEST_LEN,
+};
 
 /// How long a connection without a certificate may stay open.
 const ANONYMOUS_LIFETIME: Duration = Duration::from_secs(30);
@@ -121,56 +125,44 @@ pub(super) async fn handle(state: Arc<Coordinator>, limits: Arc<Limits>, incomin
         }
     };
     // A connection without a certificate takes one of the few places for
-    // enrollment; one with a certificate gets its streams and window.
-    let _slot = match &peer {
+    // enrollment, for a limited time; one with a certificate gets its
+    // streams and window.
+    let anonymous = match &peer {
         Peer::Anonymous => match limits.admit_anonymous(remote.ip()) {
-            Ok(slot) => Some(slot),
+            Ok(slot) => {
+                let c = conn.clone();
+                let lifetime = tokio::spawn(async move {
+                    tokio::select! {
+                        _ = tokio::time::sleep(ANONYMOUS_LIFETIME) => {
+                            c.close(ErrorCode::Unauthenticated.as_u32().into(), b"enrollment connection lifetime exceeded");
+                        }
+                        _ = c.closed() => {}
+                    }
+                });
+                Some(Anonymous { _slot: slot, lifetime: lifetime.abort_handle() })
+            }
             Err(e) => {
                 limits.warnings.note(remote.ip(), "connections without a certificate refused", &e.message);
                 close(&conn, &e);
                 return;
             }
         },
-        _ => {
-            conn.set_max_concurrent_bi_streams(limits.streams_per_connection.into());
-            conn.set_receive_window(drover_net::tls::CONNECTION_RECEIVE_WINDOW.into());
-            None
-        }
+        _ => None,
     };
     let span = match &peer {
-        Peer::Anonymous => tracing::info_span!("conn", %remote, peer = "anonymous"),
+        Peer::Anonymous => tracing::info_span!("conn", %remote, peer = "anonymous", machine = tracing::field::Empty),
         Peer::Machine { id } => tracing::info_span!("conn", %remote, machine = %id),
         Peer::Admin { name, .. } => tracing::info_span!("conn", %remote, admin = %name),
     };
+    state.metrics.connection(match &peer {
+        Peer::Anonymous => "anonymous",
+        Peer::Machine { .. } => "machine",
+        Peer::Admin { .. } => "admin",
+    });
     async move {
-        if let Peer::Machine { id } = &peer {
-            // Register before re-checking, so that a revocation racing with
-            // this connection either sees it or is seen here.
-            let closing = conn.clone();
-            let closer: crate::app::live::Closer = Arc::new(move |code: ErrorCode, reason: &str| closing.close(code.as_u32().into(), reason.as_bytes()));
-            state.live.register(id, conn.stable_id(), closer, limits.connections_per_machine);
-            if is_revoked(&state, id) {
-                close(&conn, &WireError::new(ErrorCode::Revoked, format!("machine {id} was revoked")));
-            }
-        }
-        if let Peer::Admin { name, .. } = &peer {
-            let closing = conn.clone();
-            let closer: crate::app::live::Closer = Arc::new(move |code: ErrorCode, reason: &str| closing.close(code.as_u32().into(), reason.as_bytes()));
-            state.live.register_admin(name, conn.stable_id(), closer, limits.connections_per_admin);
-        }
-        if matches!(peer, Peer::Anonymous) {
-            let c = conn.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = tokio::time::sleep(ANONYMOUS_LIFETIME) => {
-                        c.close(ErrorCode::Unauthenticated.as_u32().into(), b"enrollment connection lifetime exceeded");
-                    }
-                    _ = c.closed() => {}
-                }
-            });
-        }
+        register(&state, &limits, &conn, &peer);
         tracing::debug!("connected");
-        serve(&state, &limits, &conn, &peer).await;
+        let peer = serve(&state, &limits, &conn, peer, anonymous).await;
         match &peer {
             Peer::Machine { id } => state.live.unregister(id, conn.stable_id()),
             Peer::Admin { name, .. } => state.live.unregister_admin(name, conn.stable_id()),
@@ -182,29 +174,70 @@ pub(super) async fn handle(state: Arc<Coordinator>, limits: Arc<Limits>, incomin
     .await;
 }
 
-async fn serve(state: &Arc<Coordinator>, limits: &Arc<Limits>, conn: &quinn::Connection, peer: &Peer) {
+/// What an anonymous connection holds while it is one: its place for
+/// enrollment, and the timer that ends it.
+struct Anonymous {
+    _slot: AnonymousSlot,
+    lifetime: tokio::task::AbortHandle,
+}
+
+impl Drop for Anonymous {
+    fn drop(&mut self) {
+        self.lifetime.abort();
+    }
+}
+
+/// Makes a connection with an identity count as that identity's: its
+/// streams and window, its place among the live connections (closed by a
+/// revocation), and — registered before checking again — a revocation
+/// racing with it either sees it or is seen here.
+fn register(state: &Arc<Coordinator>, limits: &Arc<Limits>, conn: &quinn::Connection, peer: &Peer) {
+    if matches!(peer, Peer::Anonymous) {
+        return;
+    }
+    conn.set_max_concurrent_bi_streams(limits.streams_per_connection.into());
+    conn.set_receive_window(drover_net::tls::CONNECTION_RECEIVE_WINDOW.into());
+    let closing = conn.clone();
+    let closer: crate::app::live::Closer = Arc::new(move |code: ErrorCode, reason: &str| closing.close(code.as_u32().into(), reason.as_bytes()));
+    match peer {
+        Peer::Machine { id } => {
+            state.live.register(id, conn.stable_id(), closer, limits.connections_per_machine);
+            if is_revoked(state, id) {
+                close(conn, &WireError::new(ErrorCode::Revoked, format!("machine {id} was revoked")));
+            }
+        }
+        Peer::Admin { name, .. } => state.live.register_admin(name, conn.stable_id(), closer, limits.connections_per_admin),
+        Peer::Anonymous => {}
+    }
+}
+
+/// Serves the connection's streams until it ends; returns who it was by
+/// then (an anonymous connection that enrolled with a CSR bound to its TLS
+/// session goes on as the machine it became: see [`enroll_here`]).
+async fn serve(state: &Arc<Coordinator>, limits: &Arc<Limits>, conn: &quinn::Connection, mut peer: Peer, mut anonymous: Option<Anonymous>) -> Peer {
     // The first stream must carry Hello; it is handled before any other.
     let Ok((mut send, mut recv)) = conn.accept_bi().await else {
-        return;
+        return peer;
     };
-    let budgets = Arc::new(Budgets::new(limits, peer));
-    let hello = match budgets.read(&mut recv, peer, 0).await {
+    let mut budgets = Arc::new(Budgets::new(limits, &peer));
+    let hello = match budgets.read(&mut recv, &peer, 0).await {
         Ok(Request::Hello(hello)) => hello,
         Ok(_) => {
             let e = WireError::new(ErrorCode::BadRequest, "the first request must be Hello");
-            return answer_and_close(conn, send, e).await;
+            answer_and_close(conn, send, e).await;
+            return peer;
         }
         Err(e) => {
             bad_stream(limits, conn, send, recv, &e).await;
             close(conn, &WireError::new(ErrorCode::BadRequest, "the first request must be Hello"));
-            return;
+            return peer;
         }
     };
     let version = match negotiate(SUPPORTED, hello.versions) {
         Ok(version) => {
             let ack = Response::Hello(HelloAck { version, software: format!("drover {}", env!("CARGO_PKG_VERSION")) });
             if write_frame(&mut send, &ack).await.is_err() {
-                return;
+                return peer;
             }
             let _ = send.finish();
             version
@@ -212,25 +245,48 @@ async fn serve(state: &Arc<Coordinator>, limits: &Arc<Limits>, conn: &quinn::Con
         Err(e) => {
             let detail = format!("client {} ({})", drover_protocol::text::printable(&hello.software, 120), e.message);
             limits.warnings.note(conn.remote_address().ip(), "version mismatches", &detail);
-            return answer_and_close(conn, send, e).await;
+            answer_and_close(conn, send, e).await;
+            return peer;
         }
     };
-
-    while let Ok((send, recv)) = conn.accept_bi().await {
+    let (became, mut becomes) = tokio::sync::watch::channel(None::<String>);
+    let became = Arc::new(became);
+    loop {
+        let (send, recv) = tokio::select! {
+            // Before the next stream: the agent opens its first stream as
+            // the machine only after the answer that made it one.
+            biased;
+            Ok(()) = becomes.changed(), if anonymous.is_some() => {
+                let Some(id) = becomes.borrow_and_update().clone() else { continue };
+                peer = Peer::Machine { id: id.clone() };
+                anonymous = None;
+                budgets = Arc::new(Budgets::new(limits, &peer));
+                tracing::Span::current().record("machine", id.as_str());
+                register(state, limits, conn, &peer);
+                state.metrics.connection("enrolled_in_place");
+                tracing::debug!("enrolled on this connection; it goes on as the machine");
+                continue;
+            }
+            accepted = conn.accept_bi() => match accepted {
+                Ok(streams) => streams,
+                Err(_) => break,
+            },
+        };
         let state = state.clone();
         let limits = limits.clone();
         let budgets = budgets.clone();
-        let peer = peer.clone();
+        let caller = Caller { peer: peer.clone(), version, became: anonymous.is_some().then(|| became.clone()) };
         let conn = conn.clone();
         let in_flight = crate::app::InFlight::new(&state);
         tokio::spawn(
             async move {
-                handle_stream(state, limits, &budgets, conn, Caller { peer, version }, send, recv).await;
+                handle_stream(state, limits, &budgets, conn, caller, send, recv).await;
                 drop(in_flight);
             }
             .in_current_span(),
         );
     }
+    peer
 }
 
 /// Sends `error` as the stream's answer, gives it a moment to arrive, then
@@ -263,10 +319,13 @@ async fn bad_stream(limits: &Limits, conn: &quinn::Connection, mut send: quinn::
     let _ = send.finish();
 }
 
-/// Who sent a stream, and the protocol version agreed with it at Hello.
+/// Who sent a stream, the protocol version agreed with it at Hello, and,
+/// while the connection is anonymous, where an enrollment bound to it says
+/// which machine it became.
 struct Caller {
     peer: Peer,
     version: u16,
+    became: Option<Arc<tokio::sync::watch::Sender<Option<String>>>>,
 }
 
 async fn handle_stream(
@@ -278,7 +337,7 @@ async fn handle_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let Caller { peer, version } = caller;
+    let Caller { peer, version, became } = caller;
     let request = match budgets.read(&mut recv, &peer, version).await {
         Ok(request) => request,
         Err(e) => return bad_stream(&limits, &conn, send, recv, &e).await,
@@ -304,7 +363,7 @@ async fn handle_stream(
     let started = std::time::Instant::now();
     let answer = match (request, &peer) {
         (Request::Hello(_), _) => denied(ErrorCode::BadRequest, "Hello was already exchanged on this connection"),
-        (Request::Enroll(req), Peer::Anonymous) => Some(match Box::pin(enroll::enroll(&state, req)).await {
+        (Request::Enroll(req), Peer::Anonymous) => Some(match Box::pin(enroll_here(&state, &conn, became.as_deref(), req)).await {
             Ok(issued) => Response::Enrolled(issued),
             Err(e) => {
                 // One warning, then a count per source and interval: a
@@ -342,6 +401,34 @@ async fn handle_stream(
         let _ = write_frame_for(&mut send, &answer, version).await;
         let _ = send.finish();
     }
+}
+
+/// Enrolls on an anonymous connection. A CSR whose subject carries this
+/// TLS session's binding ([`drover_net::identity::enrollment_binding`])
+/// makes the connection the new machine's once the record is durable: the
+/// CSR's signature, checked before anything is signed, shows that the
+/// key's holder made it for this very session, so the connection is as
+/// good as one made with the certificate. A binding of another session (a
+/// CSR replayed from elsewhere) is refused; a CSR without one enrolls as
+/// before, and the agent connects again with its certificate.
+async fn enroll_here(
+    state: &Coordinator,
+    conn: &quinn::Connection,
+    became: Option<&tokio::sync::watch::Sender<Option<String>>>,
+    req: drover_protocol::v1::EnrollRequest,
+) -> Result<drover_protocol::v1::IssuedCertificate, WireError> {
+    let bound = drover_net::identity::csr_binding(&req.csr_der).map_err(|e| WireError::new(ErrorCode::BadCsr, e.to_string()))?;
+    if let Some(bound) = &bound {
+        if drover_net::identity::enrollment_binding(conn).as_deref() != Some(bound.as_str()) {
+            return Err(WireError::new(ErrorCode::Unauthenticated, "the CSR is bound to another TLS session; make the CSR on the connection that sends it"));
+        }
+    }
+    let issued = enroll::enroll(state, req).await?;
+    if let (Some(_), Some(became)) = (bound, became) {
+        // The first enrollment on a connection decides what it becomes.
+        became.send_if_modified(|id| id.is_none() && id.replace(issued.subject.clone()).is_none());
+    }
+    Ok(issued)
 }
 
 /// The request's kind for the latency metric; none for the watch stream,

@@ -10,6 +10,7 @@ mod backup;
 mod browser;
 mod cli_output;
 mod deploy;
+mod enrollment;
 mod fleet;
 mod hostile_input;
 mod hostile_load;

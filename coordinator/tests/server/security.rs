@@ -46,7 +46,7 @@ async fn a_client_certificate_from_another_ca_is_refused() {
     }
 }
 
-fn sample_health() -> HealthReport {
+pub(crate) fn sample_health() -> HealthReport {
     HealthReport {
         hostname: "raw".into(),
         uptime_secs: 1,
