@@ -360,8 +360,25 @@ impl AdminRecord {
     }
 }
 
+/// What the machines of one deployment share: the assignment's fields that
+/// do not name the machine. Kept once in the specs tree, by the SHA-256 of
+/// its stored form, and referred to by each assignment and deployment
+/// record that holds it (see [`crate::store::specs`]); immutable, as its
+/// key is its content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecRecord {
+    pub system: v1::SystemSpec,
+    pub secrets: Vec<v1::SecretFile>,
+    pub checks: Vec<v1::HealthCheck>,
+    pub health_deadline_ms: u64,
+    pub goal: v1::SwitchGoal,
+    pub force_switch: bool,
+    pub reboot: bool,
+}
+
 /// One machine's assignment at one generation. The assignment itself is the
-/// v1 wire type, which is append-only and so safe to keep as stored JSON.
+/// v1 wire type, which is append-only and so safe to keep as stored JSON;
+/// the store keeps its shared part apart ([`SpecRecord`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AssignmentRecord {
     pub machine_id: String,
@@ -395,6 +412,11 @@ pub struct DeploymentRecord {
     /// Steps reported beyond the deployment's bound, counted, not kept.
     #[serde(default)]
     pub steps_dropped: u64,
+    /// The [`SpecRecord`] its system is kept in (by digest), when it was
+    /// recorded with its assignment: the store then keeps the system there
+    /// only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<String>,
 }
 
 /// One step an agent reported.

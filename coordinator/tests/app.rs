@@ -847,3 +847,79 @@ async fn a_nixops4_state_keeps_every_event_in_order_and_applies_what_applies() {
     let page = app.ok(state(StateRequest::Events { name: "social".into(), from: 1, limit: 1 })).await.nixops4_state().expect("state").events().expect("events");
     assert_eq!(page.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1]);
 }
+
+/// Counts the values of `snapshot` (every tree) that hold `needle`.
+fn holding(snapshot: &[(String, Vec<(Vec<u8>, Vec<u8>)>)], needle: &[u8]) -> Vec<String> {
+    snapshot
+        .iter()
+        .flat_map(|(tree, pairs)| pairs.iter().filter(|(_, v)| v.windows(needle.len()).any(|w| w == needle)).map(move |(k, _)| format!("{tree}/{}", String::from_utf8_lossy(k))))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_deployment_to_ten_thousand_machines_writes_its_spec_once() {
+    const N: usize = 10_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, app) in [("memory", App::new()), ("sled", App::with_store(Store::open(&dir.path().join("db")).expect("sled")))] {
+        // One machine enrolled, and 9,999 more of its kind put in place (a
+        // deployment reads nothing else of them).
+        let first = app.enroll("big-0", &[("fleet", "big")]).await;
+        let model = app.state.store.machine(&first).expect("read").expect("the machine");
+        app.state
+            .store
+            .commit(|tx| {
+                for i in 1..N {
+                    let id = format!("m-{i:010x}");
+                    let machine = drover_coordinator::model::MachineRecord { id: id.clone(), hostname: format!("big-{i}"), ..model.clone() };
+                    tx.put(id.as_bytes(), &machine)?;
+                }
+                Ok::<_, drover_coordinator::store::StoreError>(())
+            })
+            .await
+            .expect("machines");
+        let path = "/nix/store/cccccccccccccccccccccccccccccccc-nixos-system-fleet";
+        let secret = b"a-secret-every-machine-of-the-deployment-shares";
+        let mut spec = deploy(&[("fleet", "big")], closure(path));
+        spec.secrets = vec![SecretFile { name: "shared".into(), value: SecretBytes::new(secret.to_vec()), owner: None, group: None, mode: 0o400 }];
+        spec.checks = vec![HealthCheck::Unit { name: "nginx.service".into() }];
+        let deployed = app.ok(AdminRequest::Deploy(spec)).await.deployed().expect("deployed");
+        assert_eq!(deployed.len(), N, "{name}");
+
+        let snapshot = app.state.store.snapshot().expect("snapshot");
+        let trees: std::collections::HashMap<&str, usize> = snapshot.iter().map(|(t, p)| (t.as_str(), p.len())).collect();
+        assert_eq!(trees["specs"], 1, "{name}: one spec for the deployment");
+        assert_eq!(trees["assignments"], N, "{name}");
+        assert_eq!(trees["deployments"], N, "{name}");
+        // The system and the secret are written once: in the spec.
+        let secret_json = serde_json::to_vec(&SecretBytes::new(secret.to_vec())).expect("json");
+        for needle in [path.as_bytes(), &secret_json, b"nginx.service"] {
+            let found = holding(&snapshot, needle);
+            assert_eq!(found.len(), 1, "{name}: {} in {found:?}", String::from_utf8_lossy(needle));
+            assert!(found[0].starts_with("specs/"), "{name}: {found:?}");
+        }
+        // Each machine's own part is small.
+        let largest = snapshot.iter().filter(|(t, _)| t == "assignments").flat_map(|(_, p)| p.iter().map(|(_, v)| v.len())).max().expect("assignments");
+        assert!(largest < 1024, "{name}: an assignment of {largest} bytes");
+
+        // Read back whole, as the agent is sent it and the admin shown it.
+        let last = format!("m-{:010x}", N - 1);
+        let assignment = app.state.store.assignment(&last, 1).expect("read").expect("assignment").assignment;
+        assert_eq!(assignment.system, closure(path), "{name}");
+        assert_eq!(assignment.secrets[0].value.expose(), secret, "{name}");
+        assert_eq!(assignment.checks, vec![HealthCheck::Unit { name: "nginx.service".into() }]);
+        assert!(assignment.facts_json.contains(&last), "{name}: {}", assignment.facts_json);
+        let shown = app.ok(AdminRequest::DeploymentsShow { id: format!("d-{last}-1") }).await;
+        assert!(format!("{shown:?}").contains(path), "{name}: {shown:?}");
+
+        // The same spec deployed again shares the record; another adds one.
+        let specs = || app.state.store.snapshot().expect("snapshot").into_iter().find(|(t, _)| t == "specs").map(|(_, p)| p.len());
+        let mut again = deploy(&[], closure(path));
+        again.machine = Some(first.clone());
+        again.secrets = vec![SecretFile { name: "shared".into(), value: SecretBytes::new(secret.to_vec()), owner: None, group: None, mode: 0o400 }];
+        again.checks = vec![HealthCheck::Unit { name: "nginx.service".into() }];
+        app.ok(AdminRequest::Deploy(again)).await;
+        assert_eq!(specs(), Some(1), "{name}: the same spec, kept once");
+        app.ok(AdminRequest::Deploy(DeploySpec { machine: Some(first.clone()), selector: Default::default(), ..deploy(&[], closure(path)) })).await;
+        assert_eq!(specs(), Some(2), "{name}: another spec (no secret, no check) is kept beside it");
+    }
+}

@@ -30,10 +30,13 @@ pub enum Tree {
     NixopsStates,
     /// Their events, by name and index.
     NixopsEvents,
+    /// What the machines of a deployment share (its system, secrets,
+    /// checks), once, by the SHA-256 of its content.
+    Specs,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 16] = [
+    pub const ALL: [Tree; 17] = [
         Tree::Meta,
         Tree::Machines,
         Tree::Tokens,
@@ -50,6 +53,7 @@ impl Tree {
         Tree::Fleet,
         Tree::NixopsStates,
         Tree::NixopsEvents,
+        Tree::Specs,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,6 +74,7 @@ impl Tree {
             Tree::Fleet => "fleet",
             Tree::NixopsStates => "nixops_states",
             Tree::NixopsEvents => "nixops_events",
+            Tree::Specs => "specs",
         }
     }
 

@@ -139,7 +139,8 @@ pub const KEYS_PER_MACHINE: usize = 4;
 /// How many machines' generations fit in one transaction beside `extra`
 /// other keys, or `None` when any number does (sled, memory).
 pub fn machines_per_transaction(store: &crate::store::Store, keys_per_machine: usize, extra: usize) -> Option<usize> {
-    store.max_txn_ops().map(|ops| (ops.saturating_sub(extra + 1) / keys_per_machine).max(1))
+    // One key more: the deployment's spec, read and written once.
+    store.max_txn_ops().map(|ops| (ops.saturating_sub(extra + 2) / keys_per_machine).max(1))
 }
 
 /// Machines a batch of `total` takes: as many as one transaction holds

@@ -14,7 +14,12 @@ use drover_store::Tree;
 /// - 2: health reports are normalised before they are stored; version 1
 ///   could hold `null` where an agent had sent NaN or an infinity, which
 ///   made the machine's record unreadable. The migration puts 0 there.
-pub const SCHEMA_VERSION: u32 = 2;
+/// - 3: what the machines of a deployment share is kept once, in the specs
+///   tree ([`super::specs`]): an assignment names it (`spec`) in place of
+///   its system, secrets, checks, deadline and goal, a deployment record
+///   in place of its system. Records of version 2 read as they are; a
+///   build of version 2 refuses a store of 3 rather than misread it.
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Serialize, Deserialize)]
 struct Envelope<T> {
@@ -33,6 +38,8 @@ pub fn migrate(tree: Tree, mut v: u32, mut record: Value) -> Result<Value, Strin
     while v < SCHEMA_VERSION {
         record = match v {
             1 => v1_to_v2(tree, record),
+            // A record of 2 holds its spec whole, as 3 may too.
+            2 => record,
             other => return Err(format!("no migration from version {other} for {}", tree.name())),
         };
         v += 1;

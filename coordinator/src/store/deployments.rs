@@ -3,16 +3,19 @@
 
 use crate::model::{AssignmentRecord, DeploymentRecord};
 
+use super::specs::Sharing;
 use super::{Record, Store, StoreError, Tree};
 
 impl Record for AssignmentRecord {
     const TREE: Tree = Tree::Assignments;
     const WHAT: &'static str = "assignment";
+    const SHARING: Sharing = Sharing::Assignment;
 }
 
 impl Record for DeploymentRecord {
     const TREE: Tree = Tree::Deployments;
     const WHAT: &'static str = "deployment";
+    const SHARING: Sharing = Sharing::Deployment;
 }
 
 /// The key of `machine`'s assignment and deployment at `generation`.

@@ -32,6 +32,7 @@ pub mod nixops4;
 pub mod provisions;
 pub mod rollouts;
 pub mod s3;
+pub mod specs;
 pub mod tenants;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -113,6 +114,8 @@ pub trait Record: Serialize + DeserializeOwned {
     const TREE: Tree;
     /// What it is called in errors ("machine", "tenant").
     const WHAT: &'static str;
+    /// Whether part of it is kept once for many, in the specs tree.
+    const SHARING: specs::Sharing = specs::Sharing::None;
 }
 
 /// Reads a stored record of `tree` (of this schema or an older one,
@@ -121,8 +124,7 @@ pub trait Record: Serialize + DeserializeOwned {
 /// record type's stored form to golden files with it.
 pub fn recode(tree: Tree, key: &[u8], bytes: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
     fn again<T: Record>(key: &[u8], bytes: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let record: T = codec::decode(T::TREE, key, bytes)?;
-        codec::encode(&record).map(Some)
+        specs::recode::<T>(T::SHARING, key, bytes).map(Some)
     }
     use crate::model::*;
     match tree {
@@ -142,6 +144,7 @@ pub fn recode(tree: Tree, key: &[u8], bytes: &[u8]) -> Result<Option<Vec<u8>>, S
         Tree::Fleet => again::<FleetRecord>(key, bytes),
         Tree::NixopsStates => again::<crate::model::NixopsStateRecord>(key, bytes),
         Tree::NixopsEvents => again::<crate::model::NixopsEventRecord>(key, bytes),
+        Tree::Specs => again::<SpecRecord>(key, bytes),
     }
 }
 
@@ -171,6 +174,8 @@ pub struct Store {
     /// The most bytes one transaction may send, as a test sets it
     /// ([`Store::limited_to_bytes`]); else the backend's.
     request_limit: Option<usize>,
+    /// Deployment specs read so far (they never change).
+    specs: Arc<specs::SpecCache>,
 }
 
 /// Group commit, with flushes kept apart from the async side's
@@ -348,7 +353,7 @@ impl Store {
     }
 
     pub fn with_backend(backend: Arc<dyn Backend>) -> Self {
-        Store { backend, gate: Arc::default(), flushes: Arc::default(), audit: Arc::default(), txn_limit: None, request_limit: None }
+        Store { backend, gate: Arc::default(), flushes: Arc::default(), audit: Arc::default(), txn_limit: None, request_limit: None, specs: Arc::default() }
     }
 
     /// Every tree at one moment, while the store serves: transactions wait
@@ -408,7 +413,12 @@ impl Store {
     /// One record by key, if present.
     pub fn get<T: Record>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
         outside_transactions();
-        self.backend.get(T::TREE, key)?.map(|v| codec::decode(T::TREE, key, &v)).transpose()
+        self.backend.get(T::TREE, key)?.map(|v| self.decode(key, &v)).transpose()
+    }
+
+    /// A stored record of type `T`, with its spec when it refers to one.
+    fn decode<T: Record>(&self, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+        specs::join(T::SHARING, key, bytes, &|digest| self.specs.get(digest, |k| Ok(self.backend.get(Tree::Specs, k)?)))
     }
 
     /// Every record whose key starts with `prefix`, in key order. A record
@@ -417,7 +427,7 @@ impl Store {
         outside_transactions();
         let mut out = Vec::new();
         for (k, v) in self.backend.scan(T::TREE, prefix)? {
-            match codec::decode(T::TREE, &k, &v) {
+            match self.decode(&k, &v) {
                 Ok(record) => out.push(record),
                 Err(e) => tracing::warn!(
                     tree = T::TREE.name(),
@@ -440,7 +450,7 @@ impl Store {
         let outcome: RefCell<Option<Result<T, E>>> = RefCell::new(None);
         let _shared = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let result = self.backend.transaction(&mut |inner| {
-            let tx = Tx { inner, failure: RefCell::new(None), ops: Default::default() };
+            let tx = Tx { inner, failure: RefCell::new(None), ops: Default::default(), specs: &self.specs, specs_kept: RefCell::default() };
             let _inside = InTransaction::enter();
             let answer = body(&tx);
             if let Some(failure) = tx.failure.into_inner() {
@@ -536,6 +546,9 @@ pub struct Tx<'a> {
     failure: RefCell<Option<drover_store::Error>>,
     /// Keys read and written so far (counted against a store's limit).
     ops: std::cell::Cell<(usize, usize)>,
+    specs: &'a specs::SpecCache,
+    /// The specs this transaction found or wrote: each is written once.
+    specs_kept: RefCell<std::collections::HashSet<String>>,
 }
 
 impl Tx<'_> {
@@ -555,7 +568,18 @@ impl Tx<'_> {
 
     pub fn get<T: Record>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
         self.counted(1, 0);
-        self.backend(self.inner.get(T::TREE, key))?.map(|v| codec::decode(T::TREE, key, &v)).transpose()
+        self.backend(self.inner.get(T::TREE, key))?.map(|v| self.decode(key, &v)).transpose()
+    }
+
+    /// A stored record of type `T`, with its spec (read through this
+    /// transaction, or cached) when it refers to one.
+    fn decode<T: Record>(&self, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+        specs::join(T::SHARING, key, bytes, &|digest| {
+            self.specs.get(digest, |k| {
+                self.counted(1, 0);
+                self.backend(self.inner.get(Tree::Specs, k))
+            })
+        })
     }
 
     /// Reads `keys` ahead in as few round trips as the backend allows (one
@@ -572,9 +596,27 @@ impl Tx<'_> {
     }
 
     pub fn put<T: Record>(&self, key: &[u8], record: &T) -> Result<(), StoreError> {
-        let bytes = codec::encode(record)?;
+        let split = specs::split(T::SHARING, record)?;
+        if let Some((digest, spec)) = split.spec {
+            self.keep_spec(&digest, &spec)?;
+        }
         self.counted(0, 1);
-        self.backend(self.inner.insert(T::TREE, key, bytes))
+        self.backend(self.inner.insert(T::TREE, key, split.bytes))
+    }
+
+    /// Writes a spec unless this transaction already did, or the store
+    /// holds it (its key is its content: what is there is the same).
+    fn keep_spec(&self, digest: &str, spec: &crate::model::SpecRecord) -> Result<(), StoreError> {
+        if self.specs_kept.borrow().contains(digest) {
+            return Ok(());
+        }
+        self.counted(1, 0);
+        if self.backend(self.inner.get(Tree::Specs, digest.as_bytes()))?.is_none() {
+            self.counted(0, 1);
+            self.backend(self.inner.insert(Tree::Specs, digest.as_bytes(), codec::encode(spec)?))?;
+        }
+        self.specs_kept.borrow_mut().insert(digest.to_string());
+        Ok(())
     }
 
     /// Inserts under a key not yet taken; otherwise a conflict saying `taken`.
@@ -606,6 +648,6 @@ impl Tx<'_> {
 
     pub fn remove<T: Record>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
         self.counted(1, 1);
-        self.backend(self.inner.remove(T::TREE, key))?.map(|v| codec::decode(T::TREE, key, &v)).transpose()
+        self.backend(self.inner.remove(T::TREE, key))?.map(|v| self.decode(key, &v)).transpose()
     }
 }

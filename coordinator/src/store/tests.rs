@@ -118,6 +118,7 @@ fn deployment(machine: &str, generation: u64, created_at: u64) -> DeploymentReco
         system_path: None,
         secret_names: vec![],
         steps_dropped: 0,
+        spec: None,
     }
 }
 
