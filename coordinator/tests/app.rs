@@ -849,10 +849,12 @@ async fn a_nixops4_state_keeps_every_event_in_order_and_applies_what_applies() {
 }
 
 /// Counts the values of `snapshot` (every tree) that hold `needle`.
-fn holding(snapshot: &[(String, Vec<(Vec<u8>, Vec<u8>)>)], needle: &[u8]) -> Vec<String> {
+fn holding(snapshot: &drover_coordinator::store::Snapshot, needle: &[u8]) -> Vec<String> {
     snapshot
         .iter()
-        .flat_map(|(tree, pairs)| pairs.iter().filter(|(_, v)| v.windows(needle.len()).any(|w| w == needle)).map(move |(k, _)| format!("{tree}/{}", String::from_utf8_lossy(k))))
+        .flat_map(|(tree, pairs)| {
+            pairs.iter().filter(|(_, v)| v.windows(needle.len()).any(|w| w == needle)).map(move |(k, _)| format!("{tree}/{}", String::from_utf8_lossy(k)))
+        })
         .collect()
 }
 

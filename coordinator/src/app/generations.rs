@@ -86,8 +86,10 @@ pub fn repeat(tx: &Tx, id: &str, directory: &Directory, now: u64, missing: &str,
         tx.get(&generation_key(id, machine.desired_generation))?.ok_or_else(|| invalid(format!("machine {id} has no deployment yet; {missing}")))?;
     let access = directory.extras(&machine).access;
     let make = |m: &MachineRecord, g| {
-        let (mut record, deployment) = deploy::rebuild(&previous.assignment, m, g, now, &access);
+        let (mut record, mut deployment) = deploy::rebuild(&previous.assignment, m, g, now, &access);
         adjust(&mut record);
+        // What `adjust` changed is part of the spec the deployment names.
+        deployment.spec = crate::store::specs::spec_of(&record.assignment).ok().map(|(digest, _)| digest);
         (record, deployment)
     };
     record_one(tx, id, &make)?.map_err(|refusal| refused(id, refusal))

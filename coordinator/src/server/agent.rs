@@ -3,7 +3,6 @@
 //! application layer answers. A revoked machine's request closes its
 //! connection.
 
-use drover_net::stream::write_frame_for;
 use drover_protocol::v1::{Access, AgentEvent, AgentRequest, AgentResponse, Assignment, Response};
 use drover_protocol::{ErrorCode, WireError};
 
@@ -20,16 +19,18 @@ pub(super) async fn handle(
     request: AgentRequest,
     send: &mut quinn::SendStream,
 ) -> Option<Response> {
+    // Boxed: the futures of a store's transactions are large, and a
+    // stream's task is as large as the largest it could hold.
     let answer = match request {
         AgentRequest::Watch => {
             watch(state, conn, version, id, send).await;
             return None;
         }
         AgentRequest::FetchAssignment => app::fetch_assignment(state, id),
-        AgentRequest::ReportDeployment(report) => app::report_deployments(state, id, std::slice::from_ref(&report)).await,
-        AgentRequest::ReportDeployments(reports) => app::report_deployments(state, id, &reports).await,
-        AgentRequest::Report(report) => app::report_health(state, id, report).await,
-        AgentRequest::Renew { csr_der } => app::renew(state, id, &csr_der).await,
+        AgentRequest::ReportDeployment(report) => Box::pin(app::report_deployments(state, id, std::slice::from_ref(&report))).await,
+        AgentRequest::ReportDeployments(reports) => Box::pin(app::report_deployments(state, id, &reports)).await,
+        AgentRequest::Report(report) => Box::pin(app::report_health(state, id, report)).await,
+        AgentRequest::Renew { csr_der } => Box::pin(app::renew(state, id, &csr_der)).await,
         AgentRequest::RestoreVolume { generation, name } => {
             // Boxed: the block storage client's future is large, the other
             // requests' are small.
@@ -52,12 +53,10 @@ const ASSIGNED_SINCE: u16 = 9;
 /// connected to is only named (`Desired`): it has most likely applied that
 /// one already, and a reconnecting fleet should not cost an assignment
 /// each.
-async fn watch(state: &Coordinator, conn: &quinn::Connection, version: u16, id: &str, send: &mut quinn::SendStream) {
-    let welcome = Response::Agent(AgentResponse::Event(AgentEvent::Welcome {
-        machine_id: id.to_string(),
-        health_interval_ms: u64::try_from(state.config.health_interval.as_millis()).unwrap_or(u64::MAX),
-    }));
-    if write_frame_for(send, &welcome, version).await.is_err() {
+pub(super) async fn watch(state: &Coordinator, conn: &quinn::Connection, version: u16, id: &str, send: &mut quinn::SendStream) {
+    let welcome =
+        AgentEvent::Welcome { machine_id: id.to_string(), health_interval_ms: u64::try_from(state.config.health_interval.as_millis()).unwrap_or(u64::MAX) };
+    if send_event(send, welcome, version).await.is_err() {
         return;
     }
     let mut desired = state.live.subscribe(id, app::desired_generation(state, id));
@@ -75,7 +74,7 @@ async fn watch(state: &Coordinator, conn: &quinn::Connection, version: u16, id: 
                 AgentEvent::Assigned { assignment, .. } => assignment.generation.max(generation),
                 _ => generation,
             };
-            if write_frame_for(send, &Response::Agent(AgentResponse::Event(event)), version).await.is_err() {
+            if send_event(send, event, version).await.is_err() {
                 return;
             }
             if assigned.is_some() {
@@ -90,6 +89,15 @@ async fn watch(state: &Coordinator, conn: &quinn::Connection, version: u16, id: 
             _ = send.stopped() => return,
         }
     }
+}
+
+/// Writes one event of the watch stream. The event is encoded first and
+/// dropped: what waits for the stream is its bytes, not the message (the
+/// task lasts the connection).
+async fn send_event(send: &mut quinn::SendStream, event: AgentEvent, version: u16) -> Result<(), drover_net::stream::StreamError> {
+    let bytes = drover_protocol::frame::encode_for(&Response::Agent(AgentResponse::Event(event)), version)?;
+    send.write_all(&bytes).await?;
+    Ok(())
 }
 
 /// `Assigned` for `generation`: with the assignment recorded with it, or

@@ -338,10 +338,32 @@ async fn handle_stream(
     mut recv: quinn::RecvStream,
 ) {
     let Caller { peer, version, became } = caller;
-    let request = match budgets.read(&mut recv, &peer, version).await {
+    let request = match Box::pin(budgets.read(&mut recv, &peer, version)).await {
         Ok(request) => request,
-        Err(e) => return bad_stream(&limits, &conn, send, recv, &e).await,
+        Err(e) => return Box::pin(bad_stream(&limits, &conn, send, recv, &e)).await,
     };
+    if let (Request::Agent(drover_protocol::v1::AgentRequest::Watch), Peer::Machine { id }) = (&request, &peer) {
+        // The stream that lasts as long as the connection, one per agent:
+        // its task holds the watch and nothing of the other requests.
+        drop(request);
+        agent::watch(&state, &conn, version, id, &mut send).await;
+        return;
+    }
+    Box::pin(answer(state, limits, conn, Caller { peer, version, became }, request, send, recv)).await;
+}
+
+/// Answers one request (any but an agent's watch).
+async fn answer(
+    state: Arc<Coordinator>,
+    limits: Arc<Limits>,
+    conn: quinn::Connection,
+    caller: Caller,
+    request: Request,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    let Caller { peer, version, became } = caller;
+    let _recv = recv;
     // Each identity's requests per second (the watch stream, which lasts
     // the connection, apart): past its rate, "unavailable, retry after".
     let who = match &peer {

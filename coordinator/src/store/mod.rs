@@ -596,12 +596,26 @@ impl Tx<'_> {
     }
 
     pub fn put<T: Record>(&self, key: &[u8], record: &T) -> Result<(), StoreError> {
-        let split = specs::split(T::SHARING, record)?;
+        let split = specs::split(T::SHARING, record, &|digest| self.spec_kept(digest))?;
         if let Some((digest, spec)) = split.spec {
             self.keep_spec(&digest, &spec)?;
         }
         self.counted(0, 1);
         self.backend(self.inner.insert(T::TREE, key, split.bytes))
+    }
+
+    /// Whether the spec under `digest` is kept: written or found by this
+    /// transaction, read before, or in the store.
+    fn spec_kept(&self, digest: &str) -> Result<bool, StoreError> {
+        if self.specs_kept.borrow().contains(digest) || self.specs.has(digest) {
+            return Ok(true);
+        }
+        self.counted(1, 0);
+        let found = self.backend(self.inner.get(Tree::Specs, digest.as_bytes()))?.is_some();
+        if found {
+            self.specs_kept.borrow_mut().insert(digest.to_string());
+        }
+        Ok(found)
     }
 
     /// Writes a spec unless this transaction already did, or the store

@@ -78,7 +78,9 @@ pub struct Split {
 }
 
 /// The stored form of `record`, of a tree that shares as `sharing` says.
-pub fn split<T: Record>(sharing: Sharing, record: &T) -> Result<Split, StoreError> {
+/// A deployment record leaves its system out only when `kept` says the
+/// spec it names is kept (else it stays whole).
+pub fn split<T: Record>(sharing: Sharing, record: &T, kept: &dyn Fn(&str) -> Result<bool, StoreError>) -> Result<Split, StoreError> {
     let mut map = to_object(record)?;
     let spec = match sharing {
         Sharing::None => None,
@@ -93,8 +95,14 @@ pub fn split<T: Record>(sharing: Sharing, record: &T) -> Result<Split, StoreErro
             Some((digest, spec))
         }
         Sharing::Deployment => {
-            if map.get(SPEC).is_some_and(Value::is_string) {
-                map.remove("system");
+            match map.get(SPEC) {
+                Some(Value::String(digest)) if kept(digest)? => {
+                    map.remove("system");
+                }
+                Some(_) => {
+                    map.remove(SPEC);
+                }
+                None => {}
             }
             None
         }
@@ -102,14 +110,12 @@ pub fn split<T: Record>(sharing: Sharing, record: &T) -> Result<Split, StoreErro
     Ok(Split { bytes: codec::encode(&Value::Object(map))?, spec })
 }
 
+/// A spec's fields, decoded once and shared.
+pub type Shared = Arc<Map<String, Value>>;
+
 /// Reads a record of a tree that shares as `sharing` says, with its spec
 /// (by digest) from `spec`.
-pub fn join<T: Record>(
-    sharing: Sharing,
-    key: &[u8],
-    bytes: &[u8],
-    spec: &dyn Fn(&str) -> Result<Arc<Map<String, Value>>, StoreError>,
-) -> Result<T, StoreError> {
+pub fn join<T: Record>(sharing: Sharing, key: &[u8], bytes: &[u8], spec: &dyn Fn(&str) -> Result<Shared, StoreError>) -> Result<T, StoreError> {
     if sharing == Sharing::None {
         return codec::decode(T::TREE, key, bytes);
     }
@@ -140,15 +146,20 @@ pub fn join<T: Record>(
 /// Decoded specs by digest. Specs never change, so what is here is never
 /// stale; it is emptied when it grows past [`CACHED`].
 #[derive(Default)]
-pub struct SpecCache(Mutex<HashMap<String, Arc<Map<String, Value>>>>);
+pub struct SpecCache(Mutex<HashMap<String, Shared>>);
 
 /// The most specs kept decoded.
 const CACHED: usize = 256;
 
 impl SpecCache {
+    /// Whether the spec under `digest` was read (and so is kept).
+    pub fn has(&self, digest: &str) -> bool {
+        self.lock().contains_key(digest)
+    }
+
     /// The spec under `digest`, read with `read` (raw bytes of the specs
     /// tree) when it is not cached.
-    pub fn get(&self, digest: &str, read: impl FnOnce(&[u8]) -> Result<Option<Vec<u8>>, StoreError>) -> Result<Arc<Map<String, Value>>, StoreError> {
+    pub fn get(&self, digest: &str, read: impl FnOnce(&[u8]) -> Result<Option<Vec<u8>>, StoreError>) -> Result<Shared, StoreError> {
         if let Some(found) = self.lock().get(digest) {
             return Ok(found.clone());
         }
@@ -163,7 +174,7 @@ impl SpecCache {
         Ok(shared)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Map<String, Value>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Shared>> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
@@ -191,7 +202,7 @@ pub fn recode<T: Record>(sharing: Sharing, key: &[u8], bytes: &[u8]) -> Result<V
     };
     let shared = Arc::new(to_object(&stand_in)?);
     let record: T = join(sharing, key, bytes, &|_| Ok(shared.clone()))?;
-    let mut again = split(sharing, &record)?;
+    let mut again = split(sharing, &record, &|_| Ok(true))?;
     if sharing == Sharing::Assignment {
         // Split again, it names the stand-in: the digest stays the record's.
         let Value::Object(mut map) = codec::decode::<Value>(T::TREE, key, &again.bytes)? else { unreachable!("split writes an object") };

@@ -142,6 +142,18 @@ fn deployments_are_kept_per_machine_in_order() {
     }
 }
 
+#[test]
+fn a_deployment_record_naming_a_spec_not_kept_keeps_its_system() {
+    for (name, store, _dir) in stores() {
+        let mut record = deployment("m-1", 1, 10);
+        record.spec = Some("0".repeat(64));
+        store.commit_blocking(|tx| tx.put(&generation_key("m-1", 1), &record)).expect("write");
+        let read = store.deployment("m-1", 1).expect("read").expect("the record");
+        assert_eq!(read.system, record.system, "{name}");
+        assert_eq!(read.spec, None, "{name}: it names no spec it cannot be read with");
+    }
+}
+
 /// NixOps4 state events are kept per state, by index, in order: one
 /// state's events never mix with another's whose name it starts.
 #[test]
