@@ -18,7 +18,14 @@
 # agents spread over them (BENCH_ETCD=0 skips that run); the etcd column adds the
 # members' CPU in the deployment, their memory and database size.
 # BENCH_IDLE_SECONDS (default 30) is how long idle CPU is measured; the
-# coordinator's health interval is 10 s. BENCH_AGENT_LOG sets the simulated
+# coordinator's health interval is 10 s up to 10,000 agents and N/1000 s
+# beyond (the health reports keep arriving at 1,000 a second, as an
+# operator of a larger fleet would set it), and its max_connections N plus
+# 1,000 beyond 49,000. The etcd run stops at BENCH_ETCD_MAX agents (default
+# 10000: one etcd cluster on these two cores takes about 7 ms of its CPU
+# per machine deployed, and a rollout's record holds about 8,000 machines
+# within etcd's request limit; docs/etcd.md). The rollout starts 25 % at a
+# time up to 10,000 agents, 10 % beyond. BENCH_AGENT_LOG sets the simulated
 # agents' log filter (default: error), DROVER_SERVE_LOG the coordinator's
 # (default: warn; with drover_coordinator::server::agent=debug it logs when
 # it announced each generation, to set beside the agents' own
@@ -69,6 +76,11 @@ socket_drops() {
   echo "$t"
 }
 now_ms() { date +%s%3N; }
+# The coordinator's health interval for N agents: 10 s, or N/1000 s
+# beyond 10,000 (reports at 1,000 a second).
+health_interval() { if [ "$1" -le 10000 ]; then echo 10s; else echo "$((($1 + 999) / 1000))s"; fi; }
+# How much of the fleet a rollout step takes for N agents.
+rollout_step() { if [ "$1" -le 10000 ]; then echo 25%; else echo 10%; fi; }
 wait_file() { # FILE SECONDS WHAT
   local end=$((SECONDS + $2))
   while [ ! -e "$1" ]; do
@@ -170,7 +182,7 @@ drover() { # N DIR [etcd]
   if [ "$store" = etcd ]; then
     etcd_start "$dir"
     local url="etcd://127.0.0.1:$ETCD_PORT,127.0.0.1:$((ETCD_PORT + 1)),127.0.0.1:$((ETCD_PORT + 2))/bench"
-    drill_init "$PORT" --health-interval 10s --store "$url"
+    drill_init "$PORT" --health-interval "$(health_interval "$n")" --store "$url"
     sed -i "1i web_listen = \"127.0.0.1:$WEB_PORT\"" "$DROVER_STATE_DIR/drover.toml"
     drill_serve
     # Two more coordinators of the fleet: every one serves, the agents are
@@ -184,8 +196,9 @@ drover() { # N DIR [etcd]
     done
     spread=(--spread)
   else
-    drill_init "$PORT" --health-interval 10s
+    drill_init "$PORT" --health-interval "$(health_interval "$n")"
     sed -i "1i web_listen = \"127.0.0.1:$WEB_PORT\"" "$DROVER_STATE_DIR/drover.toml"
+    [ "$n" -le 49000 ] || sed -i "1i max_connections = $((n + 1000))" "$DROVER_STATE_DIR/drover.toml"
     drill_serve
   fi
   PIDS+=("$SERVER")
@@ -238,7 +251,7 @@ drover() { # N DIR [etcd]
   wait_file "$dir/ready.json.snapshot" 60 "the simulator's snapshot"
   local started=$SECONDS t0 t1
   "$BIN/drover" rollout start --selector role=bench --flake "path:/nonexistent#rollout" --canary 1 --auto-promote \
-    --max-parallel 25% --health-deadline 5s --wait -o json >"$dir/rollout.json" 2>>"$dir/cli.log" || echo "the rollout did not succeed" >&2
+    --max-parallel "$(rollout_step "$n")" --health-deadline 5s --wait -o json >"$dir/rollout.json" 2>>"$dir/cli.log" || echo "the rollout did not succeed" >&2
   echo "rollout_seconds $((SECONDS - started))" >>"$dir/figures"
   t0="$(now_ms)"; "$BIN/drover" machines list -o json | python3 -c 'import json,sys; print("registered", len(json.load(sys.stdin)))' >>"$dir/figures"; t1="$(now_ms)"
   echo "machines_list_ms $((t1 - t0))" >>"$dir/figures"
@@ -284,9 +297,11 @@ for N in "$@"; do
   bare "$N" "$OUT/bare-$N"
   log "N = $N: Drover on sled"
   drover "$N" "$OUT/drover-$N"
-  if [ "${BENCH_ETCD:-1}" = 1 ]; then
+  if [ "${BENCH_ETCD:-1}" = 1 ] && [ "$N" -le "${BENCH_ETCD_MAX:-10000}" ]; then
     log "N = $N: Drover on etcd (three members), three coordinators serving, the agents spread over them"
     drover "$N" "$OUT/etcd-$N" etcd
+  elif [ "${BENCH_ETCD:-1}" = 1 ]; then
+    log "N = $N: no etcd run above BENCH_ETCD_MAX=${BENCH_ETCD_MAX:-10000} agents (see the header)"
   fi
   python3 - "$OUT/bare-$N" "$OUT/drover-$N" "$N" "$OUT/etcd-$N" <<'PY'
 import json, os, sys
@@ -360,7 +375,7 @@ def measure(d):
         "  CPU in it: etcd members (core-seconds)": (((df["etcd_ticks_after"] - df["etcd_ticks_before"]) / tick) if "etcd_ticks_after" in df else NAN, "{:.1f}"),
         "etcd members' memory at the end (MiB, all three)": (df.get("etcd_rss", NAN) / 1024, "{:.0f}"),
         "etcd database size at the end (MiB)": (df.get("etcd_db", NAN) / 1048576, "{:.1f}"),
-        "rollout, 25% at a time (s)": (df["rollout_seconds"], "{:.0f}"),
+        f"rollout, {'25%' if n <= 10000 else '10%'} at a time (s)": (df["rollout_seconds"], "{:.0f}"),
         "machines list (s)": (df["machines_list_ms"] / 1000, "{:.2f}"),
         "rollout status (s)": (df.get("rollout_status_ms", NAN) / 1000, "{:.2f}"),
         "fleet page, first 100 machines (s)": (df.get("web_page_ms", NAN) / 1000, "{:.3f}"),
@@ -380,7 +395,7 @@ def measure(d):
     return v, summary
 runs = [("sled", drover_dir)] + ([("etcd", etcd_dir)] if os.path.exists(os.path.join(etcd_dir, "final.json")) else [])
 measured = [(name,) + measure(d) for name, d in runs]
-print(f"\nN = {n}; bare: {br['connected']} connected ({br['retries']} retries, {br.get('lost', 0)} closed later), {b_recv[3]} got the broadcast")
+print(f"\nN = {n} (health interval {10 if n <= 10000 else (n + 999) // 1000} s); bare: {br['connected']} connected ({br['retries']} retries, {br.get('lost', 0)} closed later), {b_recv[3]} got the broadcast")
 for name, _, summary in measured:
     print(f"  Drover on {name}: {summary}")
 names = list(measured[0][1].keys())
