@@ -8,6 +8,7 @@ pub fn required_role(request: &AdminRequest) -> Role {
         AdminRequest::WhoAmI
         | AdminRequest::TokensList
         | AdminRequest::MachinesList { .. }
+        | AdminRequest::MachinesPage { .. }
         | AdminRequest::MachinesShow { .. }
         | AdminRequest::AdminsList
         | AdminRequest::DeploymentsList { .. }

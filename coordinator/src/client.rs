@@ -6,9 +6,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use drover_net::client::{client_endpoint, ClientError, CoordinatorConnection};
-use drover_protocol::v1::{AdminRequest, AdminResponse, Request, Response};
+use drover_protocol::v1::{AdminRequest, AdminResponse, Labels, MachineInfo, Request, Response, MAX_MACHINES_PER_PAGE};
 
 use crate::bundle::AdminBundle;
+
+/// The protocol version from which the machines are listed page by page.
+const MACHINES_PAGED_SINCE: u16 = 14;
 
 /// How long to wait for the coordinator to answer a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,6 +41,27 @@ impl AdminClient {
     /// The protocol version agreed with the coordinator.
     pub fn version(&self) -> u16 {
         self.conn.version
+    }
+
+    /// Every machine matching `selector`, in hostname order: page by page
+    /// from a coordinator of protocol 14 or later (a fleet too large for one
+    /// answer), in one answer from an older one.
+    pub async fn machines(&self, selector: Labels) -> Result<Vec<MachineInfo>, ClientError> {
+        let unexpected = |e: drover_protocol::answer::UnexpectedAnswer| ClientError::Unexpected(e.to_string());
+        if self.version() < MACHINES_PAGED_SINCE {
+            return self.call(AdminRequest::MachinesList { selector }).await?.machines().map_err(unexpected);
+        }
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let request = AdminRequest::MachinesPage { selector: selector.clone(), after, limit: MAX_MACHINES_PER_PAGE };
+            let (machines, next) = self.call(request).await?.machines_page().map_err(unexpected)?;
+            all.extend(machines);
+            match next {
+                Some(next) => after = Some(next),
+                None => return Ok(all),
+            }
+        }
     }
 
     /// Makes one admin request. A refusal keeps its wire code

@@ -925,3 +925,39 @@ async fn a_deployment_to_ten_thousand_machines_writes_its_spec_once() {
         assert_eq!(specs(), Some(2), "{name}: another spec (no secret, no check) is kept beside it");
     }
 }
+
+#[tokio::test]
+async fn machines_are_listed_page_by_page_in_the_order_of_the_whole_list() {
+    let app = App::new();
+    for i in 0..12 {
+        app.enroll(&format!("host-{:02}", i % 7), &[("fleet", if i % 3 == 0 { "a" } else { "b" })]).await;
+    }
+    let whole = app.ok(AdminRequest::MachinesList { selector: Default::default() }).await.machines().expect("machines");
+    assert_eq!(whole.len(), 12);
+    let mut paged = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let (machines, next) = app.ok(AdminRequest::MachinesPage { selector: Default::default(), after, limit: 5 }).await.machines_page().expect("a page");
+        assert!(machines.len() <= 5);
+        paged.extend(machines);
+        pages += 1;
+        match next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(paged, whole, "the same machines in the same order (hostnames repeat: the id orders them)");
+    let a: Vec<_> = whole.iter().filter(|m| m.labels.get("fleet").map(String::as_str) == Some("a")).cloned().collect();
+    let (only_a, next) = app
+        .ok(AdminRequest::MachinesPage { selector: [("fleet".to_string(), "a".to_string())].into(), after: None, limit: 100 })
+        .await
+        .machines_page()
+        .expect("a page");
+    assert_eq!((only_a, next), (a, None));
+    for limit in [0, MAX_MACHINES_PER_PAGE + 1] {
+        let refused = app.call(AdminRequest::MachinesPage { selector: Default::default(), after: None, limit }).await.expect_err("refused");
+        assert_eq!(refused.code, ErrorCode::InvalidArgument, "{limit}: {}", refused.message);
+    }
+}

@@ -79,7 +79,7 @@ answers! {
     done: done;
     kind: Done, Identity, TokenCreated, Tokens, Machines, Machine, AdminCreated, Admins, Deployed, Deployments, Deployment, MachineDetail,
         Rollout, Rollouts, S3, Tenant, Tenants, SshKeys, Volumes, BackupChunk, BackupEnd, Audit, DeployPlan, Provision, Provisions, Fleet,
-        Problems, AuditPage, Coordinators, Nixops4State, WebLoginLink
+        Problems, AuditPage, Coordinators, Nixops4State, WebLoginLink, MachinesPage
 }
 
 impl AdminResponse {
@@ -88,6 +88,15 @@ impl AdminResponse {
         match self {
             AdminResponse::BackupEnd { bytes, sha256 } => Ok((bytes, sha256)),
             other => Err(UnexpectedAnswer { wanted: "BackupEnd", got: other.kind() }),
+        }
+    }
+
+    /// The answer `MachinesPage`: its machines and where the next page
+    /// starts.
+    pub fn machines_page(self) -> Result<(Vec<MachineInfo>, Option<MachinesCursor>), UnexpectedAnswer> {
+        match self {
+            AdminResponse::MachinesPage { machines, next } => Ok((machines, next)),
+            other => Err(UnexpectedAnswer { wanted: "MachinesPage", got: other.kind() }),
         }
     }
 

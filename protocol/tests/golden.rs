@@ -530,6 +530,14 @@ fn requests() -> Vec<(&'static str, Request)> {
         ("request-admin-fleet-show", Request::Admin(AdminRequest::FleetShow)),
         ("request-admin-coordinators-list", Request::Admin(AdminRequest::CoordinatorsList)),
         ("request-admin-web-login", Request::Admin(AdminRequest::WebLogin)),
+        (
+            "request-admin-machines-page",
+            Request::Admin(AdminRequest::MachinesPage {
+                selector: labels(),
+                after: Some(MachinesCursor { hostname: "web-1".into(), id: "m-0123456789".into() }),
+                limit: 5000,
+            }),
+        ),
         ("request-admin-nixops4-state-create", Request::Admin(AdminRequest::Nixops4State(StateRequest::Create { name: "social".into() }))),
         (
             "request-admin-nixops4-state-event",
@@ -712,6 +720,13 @@ fn responses() -> Vec<(&'static str, Response)> {
                 applied: true,
                 error: None,
             }]))),
+        ),
+        (
+            "response-admin-machines-page",
+            Response::Admin(AdminResponse::MachinesPage {
+                machines: vec![machine()],
+                next: Some(MachinesCursor { hostname: "web-1".into(), id: "m-0123456789".into() }),
+            }),
         ),
         (
             "response-admin-web-login-link",
@@ -1009,6 +1024,7 @@ fn request_kind(r: &Request) -> &'static str {
             AdminRequest::AuditExport { .. } => "AdminRequest::AuditExport",
             AdminRequest::CoordinatorsList { .. } => "AdminRequest::CoordinatorsList",
             AdminRequest::WebLogin { .. } => "AdminRequest::WebLogin",
+            AdminRequest::MachinesPage { .. } => "AdminRequest::MachinesPage",
             AdminRequest::Nixops4State(StateRequest::Create { .. }) => "AdminRequest::Nixops4State::Create",
             AdminRequest::Nixops4State(StateRequest::Event { .. }) => "AdminRequest::Nixops4State::Event",
             AdminRequest::Nixops4State(StateRequest::Read { .. }) => "AdminRequest::Nixops4State::Read",
@@ -1080,6 +1096,7 @@ fn response_kind(r: &Response) -> &'static str {
             AdminResponse::Nixops4State(StateResponse::Recorded(_)) => "AdminResponse::Nixops4State::Recorded",
             AdminResponse::Nixops4State(StateResponse::Events(_)) => "AdminResponse::Nixops4State::Events",
             AdminResponse::WebLoginLink { .. } => "AdminResponse::WebLoginLink",
+            AdminResponse::MachinesPage { .. } => "AdminResponse::MachinesPage",
         },
     }
 }

@@ -73,6 +73,7 @@ async fn answer(state: &Coordinator, admin: AdminRecord, request: AdminRequest) 
         R::TokensList => machines::tokens(state)?,
         R::TokensRevoke { id } => machines::revoke_token(state, by, &id).await?,
         R::MachinesList { selector } => machines::list(state, &selector)?,
+        R::MachinesPage { selector, after, limit } => machines::page(state, &selector, after.as_ref(), limit)?,
         R::MachinesShow { id } => machines::show(state, &id)?,
         R::MachinesDetail { id } => machines::detail(state, &id)?,
         R::MachinesLabel { id, set, remove } => machines::label(state, by, &id, set, remove).await?,

@@ -29,6 +29,7 @@ pub fn describe(request: &AdminRequest) -> Option<(String, String)> {
         | R::DeployDryRun(_)
         | R::TokensList
         | R::MachinesList { .. }
+        | R::MachinesPage { .. }
         | R::MachinesShow { .. }
         | R::MachinesDetail { .. }
         | R::AdminsList

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use drover_net::identity::Subject;
-use drover_protocol::v1::{AdminResponse, CreatedToken, Labels, MachineDetail, Role, TokenSpec};
+use drover_protocol::v1::{AdminResponse, CreatedToken, Labels, MachineDetail, MachineInfo, MachinesCursor, Role, TokenSpec, MAX_MACHINES_PER_PAGE};
 use drover_protocol::{ErrorCode, WireError};
 
 use crate::model::{AdminRecord, MachineRecord, TokenRecord};
@@ -146,11 +146,34 @@ pub async fn revoke_token(state: &Coordinator, by: &str, id: &str) -> Result<Adm
 }
 
 pub fn list(state: &Coordinator, selector: &Labels) -> Result<AdminResponse, WireError> {
+    Ok(AdminResponse::Machines(listed(state, selector, None, usize::MAX)?.0))
+}
+
+/// A page of [`list`]: at most `limit` machines after `after`.
+pub fn page(state: &Coordinator, selector: &Labels, after: Option<&MachinesCursor>, limit: u32) -> Result<AdminResponse, WireError> {
+    if limit == 0 || limit > MAX_MACHINES_PER_PAGE {
+        return Err(invalid(format!("a page holds 1 to {MAX_MACHINES_PER_PAGE} machines, not {limit}")));
+    }
+    let (machines, next) = listed(state, selector, after, limit as usize)?;
+    Ok(AdminResponse::MachinesPage { machines, next })
+}
+
+/// The machines matching `selector`, by hostname then id, after `after`;
+/// at most `limit`, and where the next ones start when there are more.
+fn listed(
+    state: &Coordinator,
+    selector: &Labels,
+    after: Option<&MachinesCursor>,
+    limit: usize,
+) -> Result<(Vec<MachineInfo>, Option<MachinesCursor>), WireError> {
+    let cursor = |m: &MachineRecord| MachinesCursor { hostname: m.hostname.clone(), id: m.id.clone() };
+    let mut records: Vec<MachineRecord> =
+        state.store.machines()?.into_iter().filter(|m| registry::matches(&m.labels, selector) && after.is_none_or(|a| cursor(m) > *a)).collect();
+    records.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
+    let next = (records.len() > limit).then(|| cursor(&records[limit - 1]));
+    records.truncate(limit);
     let liveness = super::coordinators::liveness(state);
-    let mut machines: Vec<_> =
-        state.store.machines()?.into_iter().filter(|m| registry::matches(&m.labels, selector)).map(|m| liveness.to_wire(&state.live.newest(m))).collect();
-    machines.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
-    Ok(AdminResponse::Machines(machines))
+    Ok((records.into_iter().map(|m| liveness.to_wire(&state.live.newest(m))).collect(), next))
 }
 
 pub fn show(state: &Coordinator, id: &str) -> Result<AdminResponse, WireError> {

@@ -93,7 +93,7 @@ pub async fn observe(client: &AdminClient, fleet: &FleetFile) -> Result<Observed
     observed.tenants = tenants.into_iter().map(|t| t.domain).collect();
     let all = ask(client, AdminRequest::Provisions, "listing provisions").await?.provisions()?;
     observed.provisions = plan::live_provisions(all);
-    let machines = ask(client, AdminRequest::MachinesList { selector: Labels::new() }, "listing machines").await?.machines()?;
+    let machines = client.machines(Labels::new()).await.map_err(|e| refused(e, "listing machines"))?;
     observed.machines = machines.into_iter().filter(|m| m.status != drover_protocol::v1::MachineStatus::Revoked).collect();
     let applied = ask(client, AdminRequest::FleetShow, "reading the last applied fleet")
         .await?

@@ -14,8 +14,10 @@ pub async fn run(cmd: MachinesCommand) -> Result<()> {
     match cmd {
         MachinesCommand::List { selector, admin } => {
             let filtered = !selector.is_empty();
-            let answer = call(&admin, AdminRequest::MachinesList { selector: labels(selector) }, "listing machines").await?;
-            let machines = answer.machines()?;
+            let client = super::connect(&admin).await?;
+            let machines = client.machines(labels(selector)).await.map_err(|e| super::refused(e, "listing machines"));
+            client.close().await;
+            let machines = machines?;
             match admin.output {
                 OutputFormat::Json => print_json(&machines)?,
                 OutputFormat::Table => {

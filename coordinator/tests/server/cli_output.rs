@@ -65,3 +65,35 @@ async fn the_coordinator_runs_without_transparent_huge_pages() {
     let _ = child.wait();
     assert!(disabled, "drover serve still allows transparent huge pages ({status})");
 }
+
+/// A fleet too large for one answer's frame (8 MiB: about 35,000
+/// machines) is listed whole by `drover machines list`, page by page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machines_list_shows_a_fleet_larger_than_a_page() {
+    let fleet = common::TestCoordinator::start().await;
+    let (_, token) = fleet.token(1, &[("role", "web")]).await;
+    let (issued, _) = common::enroll_raw(&fleet, &std::fs::read_to_string(token).expect("token"), "first").await;
+    let store = &fleet.handle.as_ref().expect("serving").coordinator.store;
+    let model = store.machine(&issued.subject).expect("read").expect("the machine");
+    let extra = 40_000;
+    // With names this long, 40,000 machines are more than 8 MiB.
+    const LONG: &str = "a-long-domain-name-of-the-tenant-this-machine-serves.and-of-its-hosting-provider.in-a-region-named-at-length.of-a-country.whose-name-is-long-too.example";
+    store
+        .commit(|tx| {
+            for i in 0..extra {
+                let id = format!("m-{i:010x}");
+                tx.put(id.as_bytes(), &drover_coordinator::model::MachineRecord { id: id.clone(), hostname: format!("vm-{i:05}.{LONG}"), ..model.clone() })?;
+            }
+            Ok::<_, drover_coordinator::store::StoreError>(())
+        })
+        .await
+        .expect("machines");
+    let whole = fleet.try_call(drover_protocol::v1::AdminRequest::MachinesList { selector: Default::default() }).await;
+    assert!(whole.is_err(), "one answer would not fit a frame");
+    let (ok, json, stderr) = common::drover_json(&fleet, &["machines", "list"]);
+    assert!(ok, "{stderr}");
+    let listed = json.as_array().expect("a list");
+    assert_eq!(listed.len(), extra + 1);
+    assert_eq!(listed[0]["hostname"], "first");
+    assert_eq!(listed[extra]["hostname"], format!("vm-{:05}.{LONG}", extra - 1));
+}

@@ -206,6 +206,29 @@ pub enum AdminRequest {
     /// A one-time link to the fleet page for the admin asking (any role),
     /// answered with [`AdminResponse::WebLoginLink`] (protocol 13).
     WebLogin,
+    /// A page of the machines matching `selector`, in the order of
+    /// `MachinesList` (hostname, then id): at most `limit` (at most
+    /// [`MAX_MACHINES_PER_PAGE`]) after `after` (an earlier page's `next`),
+    /// from the first when `None`. Answered with
+    /// [`AdminResponse::MachinesPage`] (protocol 14): a fleet too large for
+    /// one answer's frame is listed page by page.
+    MachinesPage {
+        selector: Labels,
+        after: Option<MachinesCursor>,
+        limit: u32,
+    },
+}
+
+/// The most machines one [`AdminRequest::MachinesPage`] answers with (an
+/// answer stays far below the frame limit).
+pub const MAX_MACHINES_PER_PAGE: u32 = 5_000;
+
+/// Where a page of machines ends: its last machine's hostname and id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct MachinesCursor {
+    pub hostname: String,
+    pub id: String,
 }
 
 /// The most deployments one [`AdminRequest::DeploymentsShowMany`] asks for
@@ -260,6 +283,12 @@ pub enum AdminResponse {
     Coordinators(Vec<CoordinatorInfo>),
     Nixops4State(StateResponse),
     WebLoginLink(WebLoginLink),
+    /// A page of machines; `next` is where the following page starts,
+    /// `None` after the last (protocol 14).
+    MachinesPage {
+        machines: Vec<MachineInfo>,
+        next: Option<MachinesCursor>,
+    },
 }
 
 /// A one-time link that opens a session on the fleet page.

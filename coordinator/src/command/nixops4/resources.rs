@@ -197,7 +197,7 @@ fn machine_outputs(m: &MachineInfo, provisioned: bool) -> Properties {
 }
 
 async fn machine_by_hostname(client: &AdminClient, hostname: &str) -> Result<Option<MachineInfo>> {
-    let all = ask(client, AdminRequest::MachinesList { selector: Labels::new() }, "listing machines").await?.machines()?;
+    let all = client.machines(Labels::new()).await.map_err(|e| anyhow::anyhow!("listing machines: {e}"))?;
     Ok(all.into_iter().filter(|m| m.hostname == hostname && m.status != MachineStatus::Revoked).max_by_key(|m| m.enrolled_at))
 }
 
