@@ -198,7 +198,7 @@ drover() { # N DIR [etcd]
   else
     drill_init "$PORT" --health-interval "$(health_interval "$n")"
     sed -i "1i web_listen = \"127.0.0.1:$WEB_PORT\"" "$DROVER_STATE_DIR/drover.toml"
-    [ "$n" -le 49000 ] || sed -i "1i max_connections = $((n + 1000))" "$DROVER_STATE_DIR/drover.toml"
+    [ "$n" -le 49000 ] || sed -i "s/^max_connections = .*/max_connections = $((n + 1000))/" "$DROVER_STATE_DIR/drover.toml"
     drill_serve
   fi
   PIDS+=("$SERVER")

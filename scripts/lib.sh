@@ -94,7 +94,15 @@ drill_serve() {
   # Read by the scripts that source this file.
   # shellcheck disable=SC2034
   SERVER=$!
-  for _ in $(seq 100); do "$BIN/drover" whoami >/dev/null 2>&1 && return; sleep 0.1; done
+  for _ in $(seq 100); do
+    "$BIN/drover" whoami >/dev/null 2>&1 && return
+    if ! kill -0 "$SERVER" 2>/dev/null; then
+      echo "the coordinator exited at its start:" >&2
+      tail -5 "$WORK/coordinator.log" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
   echo "the coordinator did not start; see $WORK/coordinator.log" >&2
   exit 1
 }
