@@ -33,6 +33,18 @@ pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
 }
 
+/// A CSR whose signature was checked ([`Ca::check_csr`]).
+pub struct CheckedCsr(CertificateSigningRequestParams);
+
+impl CheckedCsr {
+    /// The SHA-256 (hex) of the public key it carries.
+    pub fn key_fingerprint(&self) -> String {
+        use rcgen::PublicKeyData;
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(self.0.public_key.subject_public_key_info()))
+    }
+}
+
 /// Why a CSR could not be signed.
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
@@ -117,19 +129,20 @@ impl Ca {
         Ok((cert.der().to_vec(), key.serialize_pem()))
     }
 
-    /// Signs a client certificate for `subject` with the public key of
-    /// `csr_der`, valid for `lifetime` from now.
-    /// The SHA-256 (hex) of the public key a CSR carries, after checking the
-    /// CSR's signature: which key is enrolling.
-    pub fn csr_key_fingerprint(csr_der: &[u8]) -> Result<String, SignError> {
-        use rcgen::PublicKeyData;
-        use sha2::Digest;
-        let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into()).map_err(|e| SignError::BadCsr(e.to_string()))?;
-        Ok(hex::encode(sha2::Sha256::digest(csr.public_key.subject_public_key_info())))
+    /// Parses a CSR and checks its signature, once for all that is done
+    /// with it (an enrollment fingerprints its key and signs it).
+    pub fn check_csr(csr_der: &[u8]) -> Result<CheckedCsr, SignError> {
+        CertificateSigningRequestParams::from_der(&csr_der.to_vec().into()).map(CheckedCsr).map_err(|e| SignError::BadCsr(e.to_string()))
     }
 
     pub fn sign_client(&self, csr_der: &[u8], subject: &Subject, lifetime: Duration) -> Result<IssuedCertificate, SignError> {
-        let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into()).map_err(|e| SignError::BadCsr(e.to_string()))?;
+        self.sign_checked(&Ca::check_csr(csr_der)?, subject, lifetime)
+    }
+
+    /// Signs a client certificate for `subject` with the key of a checked
+    /// CSR, valid for `lifetime` from now.
+    pub fn sign_checked(&self, csr: &CheckedCsr, subject: &Subject, lifetime: Duration) -> Result<IssuedCertificate, SignError> {
+        let csr = &csr.0;
         let (uri, cn) = match subject {
             Subject::Machine(id) => (format!("{MACHINE_URI_PREFIX}{id}"), id.clone()),
             Subject::Admin(name) => (format!("{ADMIN_URI_PREFIX}{name}"), name.clone()),

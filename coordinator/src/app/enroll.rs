@@ -13,7 +13,7 @@ use drover_protocol::v1::{EnrollRequest, IssuedCertificate};
 use drover_protocol::{ErrorCode, WireError};
 
 use crate::model::{EnrollmentRecord, MachineRecord, TokenRecord};
-use crate::pki::Ca;
+use crate::pki::{Ca, CheckedCsr};
 use crate::tokens::{self, TokenRefusal};
 
 use super::errors::conflict;
@@ -80,18 +80,20 @@ async fn enroll_checked(state: &Coordinator, req: EnrollRequest) -> Result<Issue
     }
     let hash = tokens::hash(req.token.expose());
     let now = now_ms();
-    let key = Ca::csr_key_fingerprint(&req.csr_der).map_err(|e| {
+    // Checked once: its key's fingerprint and the signature come from it.
+    let csr = Ca::check_csr(&req.csr_der).map_err(|e| {
         tracing::debug!(error = %e, "enrollment refused: unusable CSR");
         WireError::new(ErrorCode::BadCsr, e.to_string())
     })?;
+    let key = csr.key_fingerprint();
     let token = state.store.token_by_hash(&hash)?;
-    if let Some(issued) = retry(state, &req.csr_der, &key, token.as_ref()).await? {
+    if let Some(issued) = retry(state, &csr, &key, token.as_ref()).await? {
         return Ok(issued);
     }
     // Fail fast before spending a signature; the transaction checks again.
     tokens::check(token.as_ref(), now).map_err(|r| refuse(r, token.as_ref().map(|t| t.id.as_str())))?;
     let id = new_machine_id();
-    let issued = state.ca.sign_client(&req.csr_der, &Subject::Machine(id.clone()), state.config.machine_cert_lifetime).map_err(|e| {
+    let issued = state.ca.sign_checked(&csr, &Subject::Machine(id.clone()), state.config.machine_cert_lifetime).map_err(|e| {
         tracing::debug!(error = %e, "enrollment refused: unusable CSR");
         WireError::new(ErrorCode::BadCsr, e.to_string())
     })?;
@@ -153,7 +155,7 @@ async fn enroll_checked(state: &Coordinator, req: EnrollRequest) -> Result<Issue
 /// token, a machine that has never connected and is not revoked. Returns a
 /// new certificate for that machine, or `None` when this is no such retry
 /// (the ordinary rules then apply).
-async fn retry(state: &Coordinator, csr_der: &[u8], key: &str, token: Option<&TokenRecord>) -> Result<Option<IssuedCertificate>, WireError> {
+async fn retry(state: &Coordinator, csr: &CheckedCsr, key: &str, token: Option<&TokenRecord>) -> Result<Option<IssuedCertificate>, WireError> {
     let Some(token) = token.filter(|t| !t.revoked) else {
         return Ok(None);
     };
@@ -175,7 +177,7 @@ async fn retry(state: &Coordinator, csr_der: &[u8], key: &str, token: Option<&To
     let id = enrolled.machine_id;
     let issued = state
         .ca
-        .sign_client(csr_der, &Subject::Machine(id.clone()), state.config.machine_cert_lifetime)
+        .sign_checked(csr, &Subject::Machine(id.clone()), state.config.machine_cert_lifetime)
         .map_err(|e| WireError::new(ErrorCode::BadCsr, e.to_string()))?;
     let still = state
         .store
