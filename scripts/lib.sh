@@ -72,8 +72,16 @@ drill_coordinator() {
 
 # Builds the release binaries; sets BIN.
 drill_build() {
-  cargo build --release --locked --bin drover --bin drover-agent --bin drover-bench
-  BIN="$ROOT/target/release"
+  # BENCH_ALLOCATOR=system: the coordinator with glibc's allocator (and a
+  # target directory of its own), to weigh it against mimalloc.
+  if [ "${BENCH_ALLOCATOR:-mimalloc}" = system ]; then
+    cargo build --release --locked --target-dir "$ROOT/target/system-allocator" --features drover-coordinator/system-allocator \
+      --bin drover --bin drover-agent --bin drover-bench
+    BIN="$ROOT/target/system-allocator/release"
+  else
+    cargo build --release --locked --bin drover --bin drover-agent --bin drover-bench
+    BIN="$ROOT/target/release"
+  fi
 }
 
 # Initialises a coordinator in $WORK/coordinator (sets DROVER_STATE_DIR)

@@ -259,6 +259,17 @@ impl<H: HealthSource> Agent<H> {
         Ok(())
     }
 
+    /// Whether a connection that hears nothing while a switch waits for its
+    /// confirmation is left for another coordinator: only when the fleet
+    /// has others. The only coordinator, overloaded (50,000 agents
+    /// reporting at once on two cores), can go seconds without sending a
+    /// datagram to one agent; connecting to it again would only add a
+    /// handshake to its load. A dead one is noticed at the idle timeout
+    /// (30 s), well within the confirmation deadline.
+    fn failover(&self) -> bool {
+        !self.config.other_coordinators.is_empty()
+    }
+
     /// Moves on to the next of the fleet's coordinators, if it has others.
     fn next_coordinator(&mut self) {
         if self.config.other_coordinators.is_empty() {
@@ -378,8 +389,10 @@ impl<H: HealthSource> Agent<H> {
             };
             let response = match ask(conn, Request::Agent(request), timeout).await {
                 Err(ClientError::Refused(e)) if matches!(out, Outgoing::Restore { .. }) => Response::Error(e),
-                Err(e @ ClientError::RequestTimeout { .. }) if confirming && !matches!(out, Outgoing::Restore { .. }) && heard(conn) == heard_before => {
-                    tracing::warn!(error = %e, "the coordinator sent nothing at all while a switch waits for its confirmation; connecting again");
+                Err(e @ ClientError::RequestTimeout { .. })
+                    if confirming && self.failover() && !matches!(out, Outgoing::Restore { .. }) && heard(conn) == heard_before =>
+                {
+                    tracing::warn!(error = %e, "the coordinator sent nothing at all while a switch waits for its confirmation; trying the fleet's next coordinator");
                     return Err(e.into());
                 }
                 Err(e @ ClientError::RequestTimeout { .. }) => {
@@ -453,9 +466,10 @@ impl<H: HealthSource> Agent<H> {
                         // A switch waiting for its confirmation cannot wait
                         // out a coordinator that sends nothing at all (QUIC
                         // notices a dead one only at the idle timeout):
-                        // connect again, to another coordinator when the
-                        // fleet has several. A slow one still acknowledges.
-                        Err(e @ ClientError::RequestTimeout { .. }) if self.scheduler.confirming() && heard(conn) == heard_before => {
+                        // connect to another of the fleet's coordinators. A
+                        // slow one still acknowledges; a fleet's only one is
+                        // waited for (see `failover`).
+                        Err(e @ ClientError::RequestTimeout { .. }) if self.scheduler.confirming() && self.failover() && heard(conn) == heard_before => {
                             tracing::warn!(error = %e, "the coordinator sent nothing at all while a switch waits for its confirmation; connecting again");
                             return Err(e.into());
                         }

@@ -6,6 +6,8 @@ use drover_coordinator::cli::{Cli, Command};
 
 /// mimalloc: the coordinator spawns a task per request, and glibc's
 /// aligned allocations of those tasks were a tenth of its CPU under load.
+/// The `system-allocator` feature keeps glibc's (for heap profilers).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

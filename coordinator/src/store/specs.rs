@@ -10,7 +10,9 @@
 //! reads and writes whole `AssignmentRecord`s and `DeploymentRecord`s
 //! as before. A spec is immutable (its key is its content), so the decoded
 //! ones are cached. Records written before hold their spec whole and read
-//! as they are.
+//! as they are. A spec is never removed: a deployment removed before its
+//! commit point may leave one no record names (a few hundred bytes; the
+//! same content deployed again uses it).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
