@@ -245,7 +245,7 @@ fn pending_deployment(assignment: &Assignment, machine: &MachineRecord, now: Uni
         secret_names: assignment.secrets.iter().map(|s| s.name.clone()).collect(),
         steps_dropped: 0,
         // The system is kept once, in the assignment's spec.
-        spec: crate::store::specs::spec_of(assignment).ok().map(|(digest, _)| digest),
+        spec: Some(crate::model::SpecRecord::of(assignment).digest()),
     }
 }
 

@@ -376,6 +376,29 @@ pub struct SpecRecord {
     pub reboot: bool,
 }
 
+impl SpecRecord {
+    /// The spec an assignment holds.
+    pub fn of(assignment: &v1::Assignment) -> Self {
+        SpecRecord {
+            system: assignment.system.clone(),
+            secrets: assignment.secrets.clone(),
+            checks: assignment.checks.clone(),
+            health_deadline_ms: assignment.health_deadline_ms,
+            goal: assignment.goal,
+            force_switch: assignment.force_switch,
+            reboot: assignment.reboot,
+        }
+    }
+
+    /// The digest it is kept under: SHA-256 of its JSON, in hex.
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        // A struct of strings, numbers and lists always encodes.
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(sha2::Sha256::digest(bytes))
+    }
+}
+
 /// One machine's assignment at one generation. The assignment itself is the
 /// v1 wire type, which is append-only and so safe to keep as stored JSON;
 /// the store keeps its shared part apart ([`SpecRecord`]).

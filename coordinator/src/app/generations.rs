@@ -89,7 +89,7 @@ pub fn repeat(tx: &Tx, id: &str, directory: &Directory, now: u64, missing: &str,
         let (mut record, mut deployment) = deploy::rebuild(&previous.assignment, m, g, now, &access);
         adjust(&mut record);
         // What `adjust` changed is part of the spec the deployment names.
-        deployment.spec = crate::store::specs::spec_of(&record.assignment).ok().map(|(digest, _)| digest);
+        deployment.spec = Some(crate::model::SpecRecord::of(&record.assignment).digest());
         (record, deployment)
     };
     record_one(tx, id, &make)?.map_err(|refusal| refused(id, refusal))

@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
-use sha2::Digest;
 
 use crate::model::SpecRecord;
 
@@ -44,26 +43,6 @@ const SHARED: [&str; 7] = ["system", "secrets", "checks", "health_deadline_ms", 
 
 /// Where a record names its spec.
 const SPEC: &str = "spec";
-
-/// The digest a spec is kept under: SHA-256 of its JSON, in hex.
-pub fn digest(spec: &SpecRecord) -> Result<String, StoreError> {
-    let bytes = serde_json::to_vec(spec).map_err(|e| StoreError::Encode(e.to_string()))?;
-    Ok(hex::encode(sha2::Sha256::digest(bytes)))
-}
-
-/// The spec an assignment holds, and its digest.
-pub fn spec_of(assignment: &drover_protocol::v1::Assignment) -> Result<(String, SpecRecord), StoreError> {
-    let spec = SpecRecord {
-        system: assignment.system.clone(),
-        secrets: assignment.secrets.clone(),
-        checks: assignment.checks.clone(),
-        health_deadline_ms: assignment.health_deadline_ms,
-        goal: assignment.goal,
-        force_switch: assignment.force_switch,
-        reboot: assignment.reboot,
-    };
-    Ok((digest(&spec)?, spec))
-}
 
 fn to_object<T: serde::Serialize>(record: &T) -> Result<Map<String, Value>, StoreError> {
     match serde_json::to_value(record).map_err(|e| StoreError::Encode(e.to_string()))? {
@@ -92,7 +71,7 @@ pub fn split<T: Record>(sharing: Sharing, record: &T, kept: &dyn Fn(&str) -> Res
             };
             let shared: Map<String, Value> = SHARED.iter().filter_map(|f| assignment.remove(*f).map(|v| (f.to_string(), v))).collect();
             let spec: SpecRecord = serde_json::from_value(Value::Object(shared)).map_err(|e| StoreError::Encode(e.to_string()))?;
-            let digest = digest(&spec)?;
+            let digest = spec.digest();
             map.insert(SPEC.into(), Value::String(digest.clone()));
             Some((digest, spec))
         }
@@ -204,12 +183,15 @@ pub fn recode<T: Record>(sharing: Sharing, key: &[u8], bytes: &[u8]) -> Result<V
     };
     let shared = Arc::new(to_object(&stand_in)?);
     let record: T = join(sharing, key, bytes, &|_| Ok(shared.clone()))?;
-    let mut again = split(sharing, &record, &|_| Ok(true))?;
-    if sharing == Sharing::Assignment {
-        // Split again, it names the stand-in: the digest stays the record's.
-        let Value::Object(mut map) = codec::decode::<Value>(T::TREE, key, &again.bytes)? else { unreachable!("split writes an object") };
-        map.insert(SPEC.into(), Value::String(digest));
-        again.bytes = codec::encode(&Value::Object(map))?;
+    let again = split(sharing, &record, &|_| Ok(true))?;
+    if sharing != Sharing::Assignment {
+        return Ok(again.bytes);
     }
-    Ok(again.bytes)
+    // Split again, it names the stand-in: the digest stays the record's.
+    let mut map = match codec::decode::<Value>(T::TREE, key, &again.bytes)? {
+        Value::Object(map) => map,
+        _ => return Err(StoreError::Encode("a record is not a JSON object".into())),
+    };
+    map.insert(SPEC.into(), Value::String(digest));
+    codec::encode(&Value::Object(map))
 }
