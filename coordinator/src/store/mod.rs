@@ -621,14 +621,11 @@ impl Tx<'_> {
     /// Writes a spec unless this transaction already did, or the store
     /// holds it (its key is its content: what is there is the same).
     fn keep_spec(&self, digest: &str, spec: &crate::model::SpecRecord) -> Result<(), StoreError> {
-        if self.specs_kept.borrow().contains(digest) {
+        if self.spec_kept(digest)? {
             return Ok(());
         }
-        self.counted(1, 0);
-        if self.backend(self.inner.get(Tree::Specs, digest.as_bytes()))?.is_none() {
-            self.counted(0, 1);
-            self.backend(self.inner.insert(Tree::Specs, digest.as_bytes(), codec::encode(spec)?))?;
-        }
+        self.counted(0, 1);
+        self.backend(self.inner.insert(Tree::Specs, digest.as_bytes(), codec::encode(spec)?))?;
         self.specs_kept.borrow_mut().insert(digest.to_string());
         Ok(())
     }
