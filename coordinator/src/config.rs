@@ -309,9 +309,14 @@ pub struct Limits {
     /// Connections without a certificate held at once from one source
     /// address (raise it for many new VMs behind one NAT address).
     pub anonymous_per_address: usize,
-    /// Concurrent requests (bi-directional streams) on one agent or admin
+    /// Concurrent requests (bi-directional streams) on one admin
     /// connection; a connection without a certificate gets 4.
     pub streams_per_connection: u32,
+    /// Concurrent requests on one machine's connection, its event stream
+    /// included. QUIC keeps a place for every stream a peer may open, for
+    /// the connection's life: an agent asks one thing at a time besides its
+    /// events, and more would cost every connection of the fleet.
+    pub streams_per_machine: u32,
     /// Memory for request frames in flight on all connections together, in
     /// MiB: an eighth for connections without a certificate, a quarter for
     /// admins, the rest for machines. Bytes are reserved as they arrive;
@@ -393,6 +398,7 @@ impl Default for Limits {
             anonymous_connections: 1_000,
             anonymous_per_address: 100,
             streams_per_connection: 64,
+            streams_per_machine: 8,
             frames_in_flight_mib: 256,
             warning_summary_interval: Duration::from_secs(60),
             store_cache_mib: crate::store::DEFAULT_CACHE_BYTES >> 20,
@@ -430,7 +436,10 @@ impl Limits {
             bail!("limits.anonymous_connections and limits.anonymous_per_address must be at least 1, or no machine can enroll");
         }
         if self.streams_per_connection < 2 {
-            bail!("limits.streams_per_connection must be at least 2 (an agent's event stream and one request)");
+            bail!("limits.streams_per_connection must be at least 2 (an admin's request and the answer it follows)");
+        }
+        if self.streams_per_machine < 2 {
+            bail!("limits.streams_per_machine must be at least 2 (an agent's event stream and one request)");
         }
         if self.frames_in_flight_mib < 64 {
             bail!("limits.frames_in_flight_mib must be at least 64 (admins get a quarter of it, which must hold two of the largest frames, 8 MiB each)");

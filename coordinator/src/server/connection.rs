@@ -95,8 +95,10 @@ pub(super) async fn handle(state: Arc<Coordinator>, limits: Arc<Limits>, incomin
         }
     };
     // Dropping the handshake's future closes its connection: a half-open
-    // handshake costs its place for the timeout at most.
-    let conn = match tokio::time::timeout(limits.handshake_timeout, connecting).await {
+    // handshake costs its place for the timeout at most. Boxed, so that
+    // the connection's task, held for its whole life, does not keep room
+    // for the handshake.
+    let conn = match Box::pin(tokio::time::timeout(limits.handshake_timeout, connecting)).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
             tracing::debug!(%remote, error = %e, "handshake failed");
@@ -195,7 +197,8 @@ fn register(state: &Arc<Coordinator>, limits: &Arc<Limits>, conn: &quinn::Connec
     if matches!(peer, Peer::Anonymous) {
         return;
     }
-    conn.set_max_concurrent_bi_streams(limits.streams_per_connection.into());
+    let streams = if matches!(peer, Peer::Machine { .. }) { limits.streams_per_machine } else { limits.streams_per_connection };
+    conn.set_max_concurrent_bi_streams(streams.into());
     conn.set_receive_window(drover_net::tls::CONNECTION_RECEIVE_WINDOW.into());
     let closing = conn.clone();
     let closer: crate::app::live::Closer = Arc::new(move |code: ErrorCode, reason: &str| closing.close(code.as_u32().into(), reason.as_bytes()));
@@ -215,39 +218,11 @@ fn register(state: &Arc<Coordinator>, limits: &Arc<Limits>, conn: &quinn::Connec
 /// then (an anonymous connection that enrolled with a CSR bound to its TLS
 /// session goes on as the machine it became: see [`enroll_here`]).
 async fn serve(state: &Arc<Coordinator>, limits: &Arc<Limits>, conn: &quinn::Connection, mut peer: Peer, mut anonymous: Option<Anonymous>) -> Peer {
-    // The first stream must carry Hello; it is handled before any other.
-    let Ok((mut send, mut recv)) = conn.accept_bi().await else {
-        return peer;
-    };
     let mut budgets = Arc::new(Budgets::new(limits, &peer));
-    let hello = match budgets.read(&mut recv, &peer, 0).await {
-        Ok(Request::Hello(hello)) => hello,
-        Ok(_) => {
-            let e = WireError::new(ErrorCode::BadRequest, "the first request must be Hello");
-            answer_and_close(conn, send, e).await;
-            return peer;
-        }
-        Err(e) => {
-            bad_stream(limits, conn, send, recv, &e).await;
-            close(conn, &WireError::new(ErrorCode::BadRequest, "the first request must be Hello"));
-            return peer;
-        }
-    };
-    let version = match negotiate(SUPPORTED, hello.versions) {
-        Ok(version) => {
-            let ack = Response::Hello(HelloAck { version, software: format!("drover {}", env!("CARGO_PKG_VERSION")) });
-            if write_frame(&mut send, &ack).await.is_err() {
-                return peer;
-            }
-            let _ = send.finish();
-            version
-        }
-        Err(e) => {
-            let detail = format!("client {} ({})", drover_protocol::text::printable(&hello.software, 120), e.message);
-            limits.warnings.note(conn.remote_address().ip(), "version mismatches", &detail);
-            answer_and_close(conn, send, e).await;
-            return peer;
-        }
+    // Boxed: the loop below, not the greeting, is what the connection's
+    // task holds for its life.
+    let Some(version) = Box::pin(greet(limits, conn, &peer, &budgets)).await else {
+        return peer;
     };
     let (became, mut becomes) = tokio::sync::watch::channel(None::<String>);
     let became = Arc::new(became);
@@ -287,6 +262,41 @@ async fn serve(state: &Arc<Coordinator>, limits: &Arc<Limits>, conn: &quinn::Con
         );
     }
     peer
+}
+
+/// The first stream, which must carry Hello: the version both ends speak,
+/// or `None` once the connection is closed.
+async fn greet(limits: &Arc<Limits>, conn: &quinn::Connection, peer: &Peer, budgets: &Budgets) -> Option<u16> {
+    let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+        return None;
+    };
+    let hello = match budgets.read(&mut recv, peer, 0).await {
+        Ok(Request::Hello(hello)) => hello,
+        Ok(_) => {
+            let e = WireError::new(ErrorCode::BadRequest, "the first request must be Hello");
+            answer_and_close(conn, send, e).await;
+            return None;
+        }
+        Err(e) => {
+            bad_stream(limits, conn, send, recv, &e).await;
+            close(conn, &WireError::new(ErrorCode::BadRequest, "the first request must be Hello"));
+            return None;
+        }
+    };
+    match negotiate(SUPPORTED, hello.versions) {
+        Ok(version) => {
+            let ack = Response::Hello(HelloAck { version, software: format!("drover {}", env!("CARGO_PKG_VERSION")) });
+            write_frame(&mut send, &ack).await.ok()?;
+            let _ = send.finish();
+            Some(version)
+        }
+        Err(e) => {
+            let detail = format!("client {} ({})", drover_protocol::text::printable(&hello.software, 120), e.message);
+            limits.warnings.note(conn.remote_address().ip(), "version mismatches", &detail);
+            answer_and_close(conn, send, e).await;
+            None
+        }
+    }
 }
 
 /// Sends `error` as the stream's answer, gives it a moment to arrive, then

@@ -45,8 +45,9 @@ impl Budgets {
 pub(super) struct Limits {
     /// Every request frame being read reserves its bytes from its share.
     pub budgets: Budgets,
-    /// Streams and unread bytes granted to an agent or admin connection.
+    /// Streams granted to an admin's connection, and to a machine's.
     pub streams_per_connection: u32,
+    pub streams_per_machine: u32,
     anonymous: Mutex<Anonymous>,
     max_anonymous: usize,
     max_anonymous_per_address: usize,
@@ -108,6 +109,7 @@ impl Limits {
         Arc::new(Limits {
             budgets: Budgets::new(budget),
             streams_per_connection: limits.streams_per_connection,
+            streams_per_machine: limits.streams_per_machine,
             anonymous: Mutex::default(),
             max_anonymous: limits.anonymous_connections,
             max_anonymous_per_address: limits.anonymous_per_address,

@@ -43,7 +43,6 @@ impl Scale {
     }
 }
 
-const STREAMS_PER_MACHINE: usize = 64;
 /// Honest agents in this process, with a real apply (flake stand-in).
 const AGENTS: usize = 8;
 /// The budget for frames in flight, set in the coordinator's configuration.
@@ -157,11 +156,12 @@ async fn hostile_clients_neither_grow_the_coordinator_past_its_bound_nor_starve_
     assert_eq!(machines_in, scale.authenticated);
 
     // Every connection opens all it may: the anonymous ones 4 streams of
-    // 64 KiB frames (3 after Hello), the machines 64 of 1 MiB, all at once.
+    // 64 KiB frames (3 after Hello), the machines all theirs of 1 MiB, all at once.
+    let streams_per_machine = fleet.config.limits.streams_per_machine as usize;
     let mut attacks = tokio::task::JoinSet::new();
     for (i, conn) in held.iter().enumerate() {
         let conn = conn.connection.clone();
-        let (streams, declared, sent) = if i < scale.anonymous { (4, 64 << 10, 60 << 10) } else { (STREAMS_PER_MACHINE, 1 << 20, 1 << 20) };
+        let (streams, declared, sent) = if i < scale.anonymous { (4, 64 << 10, 60 << 10) } else { (streams_per_machine, 1 << 20, 1 << 20) };
         attacks.spawn(async move {
             let mut open = Vec::new();
             for _ in 0..streams {
