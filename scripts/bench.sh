@@ -33,7 +33,12 @@
 # drover_agent::session=debug lines); BENCH_PERF=1 samples both processes
 # with `perf record` during the deployment (perf-coordinator.data and
 # perf-agents.data; read them with `perf report -i FILE --no-children
-# --sort symbol`); BENCH_KEEP=1 keeps the work directory
+# --sort symbol`); BENCH_ALLOCATOR=system builds the coordinator with
+# glibc's allocator instead of mimalloc (target/system-allocator);
+# BENCH_HEAP=1 runs the sled coordinator under heaptrack
+# (that build, far slower: its timings are not the coordinator's) and writes the allocation sites by their
+# peak to heap-peaks.txt and a peak flame graph's stacks to
+# heap-peak.stacks in the kept work directory; BENCH_KEEP=1 keeps the work directory
 # (logs, figures, JSON) and prints where it is. The simulated agents' files
 # live on tmpfs (BENCH_AGENTS_TMPFS, default /dev/shm; about 25 KiB each).
 source "$(dirname "$0")/lib.sh"
@@ -41,6 +46,7 @@ install_dependencies
 cd "$ROOT"
 [ "$#" -gt 0 ] || set -- 1000
 IDLE="${BENCH_IDLE_SECONDS:-30}"
+[ "${BENCH_HEAP:-0}" != 1 ] || BENCH_KEEP=1
 if [ "${BENCH_PERF:-0}" = 1 ] && ! command -v perf >/dev/null; then
   echo "BENCH_PERF=1 needs perf: apt-get install linux-perf" >&2
   exit 1
@@ -204,7 +210,7 @@ drover() { # N DIR [etcd]
     # default bound on handshakes in progress: lifted, 50,000 overran the
     # two cores and 100,000 handshakes a minute timed out.
     [ "$n" -le 10000 ] || sed -i "s/^handshakes = .*/handshakes = 2000/" "$DROVER_STATE_DIR/drover.toml"
-    drill_serve
+    if [ "${BENCH_HEAP:-0}" = 1 ]; then DRILL_HEAP="$dir/heap" drill_serve; else drill_serve; fi
   fi
   PIDS+=("$SERVER")
   "$BIN/drover" tokens create --uses "$n" --ttl 1h --label role=bench >"$dir/token"
@@ -290,7 +296,15 @@ drover() { # N DIR [etcd]
   kill -TERM "$sim"
   wait "$sim" || true
   kill -TERM "$SERVER" "${standby_pids[@]}"
-  wait "$SERVER" "${standby_pids[@]}" || true
+  wait "$SERVER_WRAPPER" "${standby_pids[@]}" || true
+  local heap
+  for heap in "$dir"/heap.*; do
+    [ -e "$heap" ] || continue
+    heaptrack_print -f "$heap" --print-peaks --print-allocators 0 --print-temporary 0 --peak-limit 30 --sub-peak-limit 3 >"$dir/heap-peaks.txt"
+    heaptrack_print -f "$heap" --print-peaks 0 --print-allocators 0 --print-temporary 0 \
+      --flamegraph-cost-type peak --print-flamegraph "$dir/heap-peak.stacks" >/dev/null
+    log "N = $n: the coordinator's heap profile: $dir/heap-peaks.txt, $dir/heap-peak.stacks"
+  done
   if [ "$store" = etcd ]; then
     kill -TERM "${ETCD_PIDS[@]}"
     wait "${ETCD_PIDS[@]}" || true

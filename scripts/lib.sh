@@ -72,11 +72,18 @@ drill_coordinator() {
 
 # Builds the release binaries; sets BIN.
 drill_build() {
-  # BENCH_ALLOCATOR=system: the coordinator with glibc's allocator (and a
-  # target directory of its own), to weigh it against mimalloc.
-  if [ "${BENCH_ALLOCATOR:-mimalloc}" = system ]; then
-    cargo build --release --locked --target-dir "$ROOT/target/system-allocator" --features drover-coordinator/system-allocator \
-      --bin drover --bin drover-agent --bin drover-bench
+  # BENCH_ALLOCATOR=system: the coordinator with glibc's allocator, to
+  # weigh it against mimalloc; BENCH_HEAP=1 (which needs it: heaptrack
+  # follows glibc's allocator) profiles its heap. Both builds keep line
+  # tables, for heaptrack to name the functions that allocate, in a
+  # target directory of their own.
+  if [ "${BENCH_HEAP:-0}" = 1 ] || [ "${BENCH_ALLOCATOR:-mimalloc}" = system ]; then
+    if [ "${BENCH_HEAP:-0}" = 1 ] && { ! command -v heaptrack >/dev/null || ! command -v heaptrack_print >/dev/null; }; then
+      echo "BENCH_HEAP=1 needs heaptrack and heaptrack_print: apt-get install heaptrack" >&2
+      exit 1
+    fi
+    CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release --locked --target-dir "$ROOT/target/system-allocator" \
+      --features drover-coordinator/system-allocator --bin drover --bin drover-agent --bin drover-bench
     BIN="$ROOT/target/system-allocator/release"
   else
     cargo build --release --locked --bin drover --bin drover-agent --bin drover-bench
@@ -96,14 +103,23 @@ drill_init() {
 
 # Starts `drover serve` on the drill's state (PID in SERVER, log in
 # $WORK/coordinator.log; DROVER_SERVE_LOG sets its log filter, default
-# warn) and waits until it answers.
+# warn) and waits until it answers. With DRILL_HEAP=FILE it runs under
+# heaptrack writing FILE.zst: SERVER is then the coordinator itself and
+# SERVER_WRAPPER heaptrack, to wait for once the coordinator is stopped.
 drill_serve() {
-  RUST_LOG="${DROVER_SERVE_LOG:-warn}" "$BIN/drover" serve 2>>"$WORK/coordinator.log" &
+  if [ -n "${DRILL_HEAP:-}" ]; then
+    RUST_LOG="${DROVER_SERVE_LOG:-warn}" heaptrack -o "$DRILL_HEAP" "$BIN/drover" serve >>"$WORK/heaptrack.log" 2>>"$WORK/coordinator.log" &
+  else
+    RUST_LOG="${DROVER_SERVE_LOG:-warn}" "$BIN/drover" serve 2>>"$WORK/coordinator.log" &
+  fi
   # Read by the scripts that source this file.
   # shellcheck disable=SC2034
-  SERVER=$!
+  SERVER=$! SERVER_WRAPPER=$!
   for _ in $(seq 100); do
-    "$BIN/drover" whoami >/dev/null 2>&1 && return
+    if "$BIN/drover" whoami >/dev/null 2>&1; then
+      [ -z "${DRILL_HEAP:-}" ] || SERVER="$(pgrep -P "$SERVER_WRAPPER" -x drover)"
+      return
+    fi
     if ! kill -0 "$SERVER" 2>/dev/null; then
       echo "the coordinator exited at its start:" >&2
       tail -5 "$WORK/coordinator.log" >&2
