@@ -436,7 +436,7 @@ impl Limits {
             bail!("limits.anonymous_connections and limits.anonymous_per_address must be at least 1, or no machine can enroll");
         }
         if self.streams_per_connection < 2 {
-            bail!("limits.streams_per_connection must be at least 2 (an admin's request and the answer it follows)");
+            bail!("limits.streams_per_connection must be at least 2, or an admin's requests wait for one another's streams");
         }
         if self.streams_per_machine < 2 {
             bail!("limits.streams_per_machine must be at least 2 (an agent's event stream and one request)");
