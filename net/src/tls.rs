@@ -128,9 +128,8 @@ pub fn server_config(ca_der: &[u8], server_chain_der: Vec<Vec<u8>>, server_key_p
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     // Segmentation offload stays on. quinn then reserves a send buffer of
     // ten datagrams (13 KiB) per connection once it sends two at once, but
-    // little of it is ever written, so little is resident; turned off, it
-    // saved about a kilobyte per agent and 50,000 agents saw reconnects in
-    // a deployment (docs/benchmarks.md).
+    // little of it is ever written, so little is resident: turned off, it
+    // saved one to two kilobytes per agent (docs/benchmarks.md).
     config.transport_config(Arc::new(transport_config(idle_timeout, UNAUTHENTICATED_MAX_STREAMS, UNAUTHENTICATED_RECEIVE_WINDOW)));
     Ok(config)
 }
