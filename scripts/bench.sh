@@ -30,10 +30,12 @@
 # agents' log filter (default: error), DROVER_SERVE_LOG the coordinator's
 # (default: warn; with drover_coordinator::server::agent=debug it logs when
 # it announced each generation, to set beside the agents' own
-# drover_agent::session=debug lines); BENCH_PERF=1 samples both processes
-# with `perf record` during the deployment (perf-coordinator.data and
-# perf-agents.data; read them with `perf report -i FILE --no-children
-# --sort symbol`); BENCH_ALLOCATOR=system builds the coordinator with
+# drover_agent::session=debug lines); BENCH_PERF=1 samples both processes'
+# call stacks with `perf record` during the deployment (99 Hz, DWARF
+# unwinding, a build with line tables in target/profiling; the work
+# directory is kept with perf-coordinator.data and perf-agents.data; read
+# them with `perf report -i FILE --no-children --sort symbol`, or
+# `--children` for what each caller costs); BENCH_ALLOCATOR=system builds the coordinator with
 # glibc's allocator instead of mimalloc (target/system-allocator);
 # BENCH_HEAP=1 runs the sled coordinator under heaptrack
 # (that build, far slower: its timings are not the coordinator's) and writes the allocation sites by their
@@ -46,7 +48,7 @@ install_dependencies
 cd "$ROOT"
 [ "$#" -gt 0 ] || set -- 1000
 IDLE="${BENCH_IDLE_SECONDS:-30}"
-[ "${BENCH_HEAP:-0}" != 1 ] || BENCH_KEEP=1
+[ "${BENCH_HEAP:-0}" != 1 ] && [ "${BENCH_PERF:-0}" != 1 ] || BENCH_KEEP=1
 if [ "${BENCH_PERF:-0}" = 1 ] && ! command -v perf >/dev/null; then
   echo "BENCH_PERF=1 needs perf: apt-get install linux-perf" >&2
   exit 1
@@ -242,9 +244,9 @@ drover() { # N DIR [etcd]
   [ "$store" != etcd ] || echo "etcd_ticks_before $(etcd_ticks)" >>"$dir/figures"
   local profilers=()
   if [ "${BENCH_PERF:-0}" = 1 ]; then
-    perf record -F 499 -p "$SERVER" -o "$dir/perf-coordinator.data" 2>>"$dir/perf.log" &
+    perf record -F 99 --call-graph dwarf,16384 -p "$SERVER" -o "$dir/perf-coordinator.data" 2>>"$dir/perf.log" &
     profilers+=($!)
-    perf record -F 499 -p "$sim" -o "$dir/perf-agents.data" 2>>"$dir/perf.log" &
+    perf record -F 99 --call-graph dwarf,16384 -p "$sim" -o "$dir/perf-agents.data" 2>>"$dir/perf.log" &
     profilers+=($!)
   fi
   "$BIN/drover" deploy --selector role=bench --flake "path:/nonexistent#bench" --health-deadline 5s \

@@ -74,17 +74,21 @@ drill_coordinator() {
 drill_build() {
   # BENCH_ALLOCATOR=system: the coordinator with glibc's allocator, to
   # weigh it against mimalloc; BENCH_HEAP=1 (which needs it: heaptrack
-  # follows glibc's allocator) profiles its heap. Both builds keep line
-  # tables, for heaptrack to name the functions that allocate, in a
-  # target directory of their own.
+  # follows glibc's allocator) profiles its heap; BENCH_PERF=1 samples
+  # call stacks. These builds keep line tables, for the profilers to name
+  # functions (inlined ones too), in target directories of their own.
+  if [ "${BENCH_HEAP:-0}" = 1 ] && { ! command -v heaptrack >/dev/null || ! command -v heaptrack_print >/dev/null; }; then
+    echo "BENCH_HEAP=1 needs heaptrack and heaptrack_print: apt-get install heaptrack" >&2
+    exit 1
+  fi
   if [ "${BENCH_HEAP:-0}" = 1 ] || [ "${BENCH_ALLOCATOR:-mimalloc}" = system ]; then
-    if [ "${BENCH_HEAP:-0}" = 1 ] && { ! command -v heaptrack >/dev/null || ! command -v heaptrack_print >/dev/null; }; then
-      echo "BENCH_HEAP=1 needs heaptrack and heaptrack_print: apt-get install heaptrack" >&2
-      exit 1
-    fi
     CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release --locked --target-dir "$ROOT/target/system-allocator" \
       --features drover-coordinator/system-allocator --bin drover --bin drover-agent --bin drover-bench
     BIN="$ROOT/target/system-allocator/release"
+  elif [ "${BENCH_PERF:-0}" = 1 ]; then
+    CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release --locked --target-dir "$ROOT/target/profiling" \
+      --bin drover --bin drover-agent --bin drover-bench
+    BIN="$ROOT/target/profiling/release"
   else
     cargo build --release --locked --bin drover --bin drover-agent --bin drover-bench
     BIN="$ROOT/target/release"

@@ -287,7 +287,7 @@ async fn a_detach_returns_at_once_and_the_driver_finishes_it_when_the_machine_ha
         filesystem: Filesystem::Ext4,
     }))
     .await;
-    app::agent::report_deployments(&app.state, &id, &[report(2, DeployStep::Succeeded, "switched")]).await.expect("report");
+    app::agent::report_deployments(&app.state, &id, vec![report(2, DeployStep::Succeeded, "switched")]).await.expect("report");
     assert!(app.fakes.pool.nodes_of("pgdata").contains(&"db-1".to_string()), "available on the machine's node: {:?}", app.fakes.pool.nodes_of("pgdata"));
 
     // The machine has not applied anything since: the request does not wait for it.
@@ -304,7 +304,7 @@ async fn a_detach_returns_at_once_and_the_driver_finishes_it_when_the_machine_ha
     // Until the machine runs generation 3, the driver leaves the volume on its node.
     app::volumes::finish_detaches(&app.state).await;
     assert!(app.fakes.pool.nodes_of("pgdata").contains(&"db-1".to_string()), "not taken off before the machine unmounted it");
-    app::agent::report_deployments(&app.state, &id, &[report(3, DeployStep::Failed, "umount: target is busy")]).await.expect("report");
+    app::agent::report_deployments(&app.state, &id, vec![report(3, DeployStep::Failed, "umount: target is busy")]).await.expect("report");
     app::volumes::finish_detaches(&app.state).await;
     assert!(app.fakes.pool.nodes_of("pgdata").contains(&"db-1".to_string()), "a failed unmount leaves it where it is");
     let record = app.state.store.volume("pgdata").expect("read").expect("record");
@@ -314,7 +314,7 @@ async fn a_detach_returns_at_once_and_the_driver_finishes_it_when_the_machine_ha
     app.ok(AdminRequest::Deploy(deploy(&[("role", "db")], closure("/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-b")))).await;
     let generation = app.state.store.machine(&id).expect("read").expect("machine").desired_generation;
     assert!(app.state.store.assignment(&id, generation).expect("read").expect("assignment").assignment.volumes.is_empty(), "the volume stays out");
-    app::agent::report_deployments(&app.state, &id, &[report(generation, DeployStep::Succeeded, "switched")]).await.expect("report");
+    app::agent::report_deployments(&app.state, &id, vec![report(generation, DeployStep::Succeeded, "switched")]).await.expect("report");
     app::volumes::finish_detaches(&app.state).await;
     assert!(!app.fakes.pool.nodes_of("pgdata").contains(&"db-1".to_string()), "off the machine's node: {:?}", app.fakes.pool.nodes_of("pgdata"));
     let record = app.state.store.volume("pgdata").expect("read").expect("record");

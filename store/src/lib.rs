@@ -32,7 +32,7 @@ pub struct Presence {
 }
 
 /// What can go wrong below the records: the backend's own failures.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("store i/o failed: {0}")]
     Sled(#[from] sled::Error),

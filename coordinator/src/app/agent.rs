@@ -94,7 +94,7 @@ const MAX_REPORTED_VOLUMES: usize = 64;
 /// way only add to a deployment's history and wait for the store's
 /// periodic flush (the outcome that follows is what counts): a deploy to a
 /// large fleet would otherwise flush for every step of every machine.
-pub async fn report_deployments(state: &Coordinator, id: &str, reports: &[DeploymentReport]) -> Result<AgentResponse, WireError> {
+pub async fn report_deployments(state: &Coordinator, id: &str, reports: Vec<DeploymentReport>) -> Result<AgentResponse, WireError> {
     if reports.is_empty() || reports.len() > MAX_REPORTS_PER_REQUEST {
         return Err(WireError::new(ErrorCode::BadRequest, format!("a request carries 1 to {MAX_REPORTS_PER_REQUEST} progress reports, not {}", reports.len())));
     }
@@ -102,16 +102,22 @@ pub async fn report_deployments(state: &Coordinator, id: &str, reports: &[Deploy
     // An outcome, or volumes' states (a format among them), change the
     // machine's records and are flushed before they are acknowledged.
     let outcome = reports.iter().any(|r| crate::deploy::is_outcome(r.step) || !r.volumes.is_empty());
-    let fold = |tx: &crate::store::Tx<'_>| {
+    let reports = std::sync::Arc::new(reports);
+    let steps = state.config.limits.deployment_steps;
+    let (machine_id, folded) = (id.to_string(), reports.clone());
+    // Grouped with the other machines' reports: a deployment makes every
+    // machine report at once.
+    let fold = move |tx: &crate::store::Tx<'_>| {
+        let id = machine_id.as_str();
         let mut machine: MachineRecord = tx.require(id.as_bytes())?;
         let mut finished = Vec::new();
         let mut dropped = Vec::new();
-        for report in reports {
+        for report in folded.iter() {
             let key = generation_key(id, report.generation);
             let mut deployment: DeploymentRecord = tx.require(&key)?;
             let was_final = deployment.finished_at.is_some();
             let cut_before = deployment.steps_dropped;
-            crate::deploy::apply_report(&mut deployment, &mut machine, report, now, state.config.limits.deployment_steps);
+            crate::deploy::apply_report(&mut deployment, &mut machine, report, now, steps);
             if cut_before == 0 && deployment.steps_dropped > 0 {
                 tracing::warn!(
                     machine = id,
@@ -136,14 +142,14 @@ pub async fn report_deployments(state: &Coordinator, id: &str, reports: &[Deploy
         }
         Ok::<_, WireError>((finished, dropped))
     };
-    let (finished, dropped) = if outcome { state.store.commit(fold).await? } else { state.store.write(fold).await? };
+    let (finished, dropped) = if outcome { state.store.commit_grouped(fold).await? } else { state.store.write_grouped(fold).await? };
     super::volumes::release_dropped(state, dropped);
     for (deployment_state, rolled_back, took_ms) in finished {
         state.metrics.deployment_finished(deployment_state, rolled_back, took_ms as f64 / 1000.0);
     }
     // Outcomes at info; the steps on the way (many, and a machine's to
     // send) at debug.
-    for report in reports {
+    for report in reports.iter() {
         if crate::deploy::is_outcome(report.step) {
             tracing::info!(generation = report.generation, step = ?report.step, "deployment finished");
         } else {

@@ -97,9 +97,14 @@ async fn enroll_checked(state: &Coordinator, req: EnrollRequest) -> Result<Issue
         tracing::debug!(error = %e, "enrollment refused: unusable CSR");
         WireError::new(ErrorCode::BadCsr, e.to_string())
     })?;
+    // Owned by the transaction's body: it runs grouped with the other
+    // enrollments waiting meanwhile (a fleet enrolls at once).
+    let (hash_key, machine_id, host, serial, not_after, enrolled_key) =
+        (hash.clone(), id.clone(), hostname.to_string(), issued.serial.clone(), issued.not_after, key.clone());
     let result = state
         .store
-        .commit(|tx| {
+        .commit_grouped(move |tx| {
+            let (hash, id, hostname, key) = (&hash_key, &machine_id, host.as_str(), &enrolled_key);
             let token: Option<TokenRecord> = tx.get(hash.as_bytes())?;
             tokens::check(token.as_ref(), now).map_err(Refused::Token)?;
             let Some(mut token) = token else {
@@ -123,8 +128,8 @@ async fn enroll_checked(state: &Coordinator, req: EnrollRequest) -> Result<Issue
                 token_id: token.id.clone(),
                 enrolled_at: now,
                 revoked_at: None,
-                cert_serial: issued.serial.clone(),
-                cert_not_after: issued.not_after,
+                cert_serial: serial.clone(),
+                cert_not_after: not_after,
                 previous_cert: None,
                 last_seen: None,
                 health: None,

@@ -27,8 +27,8 @@ pub(super) async fn handle(
             return None;
         }
         AgentRequest::FetchAssignment => app::fetch_assignment(state, id),
-        AgentRequest::ReportDeployment(report) => Box::pin(app::report_deployments(state, id, std::slice::from_ref(&report))).await,
-        AgentRequest::ReportDeployments(reports) => Box::pin(app::report_deployments(state, id, &reports)).await,
+        AgentRequest::ReportDeployment(report) => Box::pin(app::report_deployments(state, id, vec![report])).await,
+        AgentRequest::ReportDeployments(reports) => Box::pin(app::report_deployments(state, id, reports)).await,
         AgentRequest::Report(report) => Box::pin(app::report_health(state, id, report)).await,
         AgentRequest::Renew { csr_der } => Box::pin(app::renew(state, id, &csr_der)).await,
         AgentRequest::RestoreVolume { generation, name } => {

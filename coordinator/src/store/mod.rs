@@ -27,6 +27,7 @@
 pub mod audit;
 pub(crate) mod codec;
 pub mod deployments;
+mod groups;
 pub mod machines;
 pub mod nixops4;
 pub mod provisions;
@@ -176,6 +177,8 @@ pub struct Store {
     request_limit: Option<usize>,
     /// Deployment specs read so far (they never change).
     specs: Arc<specs::SpecCache>,
+    /// Writes waiting to run together ([`Store::write_grouped`]).
+    groups: Arc<groups::Groups>,
 }
 
 /// Group commit, with flushes kept apart from the async side's
@@ -353,7 +356,16 @@ impl Store {
     }
 
     pub fn with_backend(backend: Arc<dyn Backend>) -> Self {
-        Store { backend, gate: Arc::default(), flushes: Arc::default(), audit: Arc::default(), txn_limit: None, request_limit: None, specs: Arc::default() }
+        Store {
+            backend,
+            gate: Arc::default(),
+            flushes: Arc::default(),
+            audit: Arc::default(),
+            txn_limit: None,
+            request_limit: None,
+            specs: Arc::default(),
+            groups: Arc::default(),
+        }
     }
 
     /// Every tree at one moment, while the store serves: transactions wait

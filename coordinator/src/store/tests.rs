@@ -526,3 +526,64 @@ fn a_store_read_inside_a_transaction_is_caught() {
     let store = Store::with_backend(Arc::new(MemoryBackend::default()));
     let _ = store.transact(|_tx| store.machine("m-0000000000").map(drop));
 }
+
+/// Writes queued while another runs go in one transaction; each body still
+/// succeeds or refuses alone, and sees what the bodies before it wrote.
+#[tokio::test]
+async fn grouped_writes_share_a_transaction_and_a_refusal_drops_only_its_own_writes() {
+    let bodies = super::groups::MAX_GROUP + 1;
+    let refusing = 7;
+    for (name, store, _keep) in stores() {
+        let groups = store.backend.max_txn_ops().is_none();
+        let held = if groups { Some(store.groups.hold().await) } else { None };
+        let written_before = store.flushes.written.load(SeqCst);
+        let mut tasks = Vec::new();
+        for i in 0..bodies {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .write_grouped(move |tx| {
+                        let count: u64 = tx.meta("count")?.map_or(0, |c| c.parse().expect("a number"));
+                        tx.put_meta("count", &(count + 1).to_string())?;
+                        let id = format!("m-{i}");
+                        tx.put(id.as_bytes(), &machine(&id))?;
+                        if i == refusing {
+                            return Err(StoreError::Conflict(format!("body {i} refuses")));
+                        }
+                        Ok(count)
+                    })
+                    .await
+            }));
+        }
+        if let Some(held) = held {
+            let queued = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+                while store.groups.queued() < bodies {
+                    tokio::task::yield_now().await;
+                }
+            });
+            queued.await.expect("every body queues while the turn is held");
+            drop(held);
+        }
+        let mut counts = Vec::new();
+        for (i, task) in tasks.into_iter().enumerate() {
+            match task.await.expect("task") {
+                Ok(count) => counts.push(count),
+                Err(StoreError::Conflict(e)) if i == refusing => assert_eq!(e, format!("body {i} refuses"), "{name}"),
+                other => panic!("{name}: body {i}: {other:?}"),
+            }
+        }
+        let transactions = store.flushes.written.load(SeqCst) - written_before;
+        counts.sort_unstable();
+        let expected: Vec<u64> = (0..bodies as u64 - 1).collect();
+        assert_eq!(counts, expected, "{name}: each body saw the ones before it, the refused one's write dropped");
+        let stored = store.transact(|tx| tx.meta("count")).expect("read");
+        assert_eq!(stored, Some((bodies - 1).to_string()), "{name}");
+        assert_eq!(store.machine(&format!("m-{refusing}")).expect("read"), None, "{name}: the refused body's machine");
+        assert_eq!(store.machines().expect("list").len(), bodies - 1, "{name}");
+        if groups {
+            assert_eq!(transactions, 2, "{name}: {bodies} bodies queued together take two transactions of at most {}", super::groups::MAX_GROUP);
+        } else {
+            assert_eq!(transactions, bodies as u64 - 1, "{name}: a store with bounded transactions runs each alone");
+        }
+    }
+}
