@@ -116,7 +116,7 @@ async fn enroll_checked(state: &Coordinator, req: EnrollRequest) -> Result<Issue
             token.uses_left -= 1;
             // A provision's token names the machine and gives it the
             // provision's data disks.
-            let (name, volumes) = match super::provisions::bind_enrollment(tx, &token, &id)? {
+            let (name, volumes) = match super::provisions::bind_enrollment(tx, &token, id)? {
                 Some(bound) => bound,
                 None if token.provision.is_some() => return Err(Refused::Token(TokenRefusal::Revoked)),
                 None => (hostname.to_string(), Vec::new()),

@@ -146,12 +146,14 @@ impl Store {
     }
 }
 
+/// Values written by key; `None`: removed.
+type Writes = BTreeMap<(Tree, Vec<u8>), Option<Vec<u8>>>;
+
 /// One body's writes within a group's transaction, read back by the body
 /// and kept from the transaction until the body succeeds.
 struct Overlay<'a> {
     under: &'a dyn BackendTx,
-    /// `None`: removed.
-    writes: RefCell<BTreeMap<(Tree, Vec<u8>), Option<Vec<u8>>>>,
+    writes: RefCell<Writes>,
 }
 
 impl Overlay<'_> {
