@@ -80,20 +80,29 @@ impl Store {
             succeeded
         });
         self.groups.waiting().push(Job { run, done });
+        // Told: the group's transaction ended. Closed: the body was taken
+        // and dropped without running (its runner stopped).
+        let over = |ended: &mut tokio::sync::oneshot::Receiver<_>| match ended.try_recv() {
+            Ok(result) => Some(result),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => Some(Err(drover_store::Error::Aborted)),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => None,
+        };
         let ended = loop {
-            if let Ok(ended) = ended.try_recv() {
-                break ended;
+            if let Some(result) = over(&mut ended) {
+                break result;
             }
             let _turn = self.groups.turn.lock().await;
-            if let Ok(ended) = ended.try_recv() {
-                break ended;
+            if let Some(result) = over(&mut ended) {
+                break result;
             }
+            // Nothing is awaited between taking the bodies and running
+            // them: a runner cannot stop with bodies taken and not run.
+            let _lane = self.flushes.lane.read().await;
             let jobs: Vec<Job> = {
                 let mut waiting = self.groups.waiting();
                 let take = waiting.len().min(MAX_GROUP);
                 waiting.drain(..take).collect()
             };
-            let _lane = self.flushes.lane.read().await;
             self.run_group(jobs);
         };
         ended.map_err(StoreError::from)?;

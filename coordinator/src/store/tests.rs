@@ -587,3 +587,45 @@ async fn grouped_writes_share_a_transaction_and_a_refusal_drops_only_its_own_wri
         }
     }
 }
+
+/// A body that panics takes its group's transaction down with it; the
+/// other bodies of the group are answered with an error, not left waiting.
+#[tokio::test]
+async fn a_panicking_body_leaves_no_other_caller_waiting() {
+    for (name, store, _keep) in stores() {
+        let groups = store.backend.max_txn_ops().is_none();
+        let held = if groups { Some(store.groups.hold().await) } else { None };
+        let panicking = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .write_grouped(|tx| {
+                        tx.put(b"m-panic", &machine("m-panic"))?;
+                        if tx.meta("never").is_ok() {
+                            panic!("a body that panics");
+                        }
+                        Ok::<_, StoreError>(())
+                    })
+                    .await
+            })
+        };
+        let other = {
+            let store = store.clone();
+            tokio::spawn(async move { store.write_grouped(|tx| tx.put(b"m-other", &machine("m-other"))).await })
+        };
+        if let Some(held) = held {
+            let queued = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+                while store.groups.queued() < 2 {
+                    tokio::task::yield_now().await;
+                }
+            });
+            queued.await.expect("both bodies queue while the turn is held");
+            drop(held);
+        }
+        let finished = tokio::time::timeout(std::time::Duration::from_secs(30), async { (panicking.await, other.await) });
+        let (first, second) = finished.await.unwrap_or_else(|_| panic!("{name}: a caller was left waiting"));
+        let outcomes = [first.map(|r| r.is_ok()), second.map(|r| r.is_ok())];
+        assert_eq!(outcomes.iter().filter(|o| o.is_err()).count(), 1, "{name}: exactly one task panicked: {outcomes:?}");
+        assert_eq!(store.machine("m-panic").expect("read"), None, "{name}: nothing of the panicking body landed");
+    }
+}
