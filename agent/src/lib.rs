@@ -67,16 +67,18 @@ impl AgentHandle {
 /// Starts an agent on the current tokio runtime. `endpoint` lets many agents
 /// share one UDP socket (the load generator); by default each has its own.
 pub fn spawn<H: HealthSource + 'static>(config: AgentConfig, health: H, endpoint: Option<quinn::Endpoint>) -> Result<AgentHandle, drover_net::ClientError> {
-    spawn_with(config, health, endpoint, None)
+    spawn_with(config, health, endpoint, None, None)
 }
 
-/// [`spawn`], switching systems through `switcher` instead of Nix (the
+/// [`spawn`], switching systems through `switcher` instead of Nix and
+/// running applies on `applies_on` instead of the caller's runtime (the
 /// load generator's simulated machines).
 pub fn spawn_with<H: HealthSource + 'static>(
     config: AgentConfig,
     health: H,
     endpoint: Option<quinn::Endpoint>,
     switcher: Option<std::sync::Arc<dyn system::switch::SystemSwitcher>>,
+    applies_on: Option<tokio::runtime::Handle>,
 ) -> Result<AgentHandle, drover_net::ClientError> {
     let endpoint = match endpoint {
         Some(e) => e,
@@ -85,10 +87,11 @@ pub fn spawn_with<H: HealthSource + 'static>(
     let (status_tx, status_rx) = watch::channel(AgentStatus::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let hostname = config.hostname.clone().unwrap_or_else(system::health::system_hostname);
-    let scheduler = match switcher {
+    let mut scheduler = match switcher {
         Some(switcher) => scheduler::Scheduler::with_switcher(&config, switcher),
         None => scheduler::Scheduler::new(&config),
     };
+    scheduler.applies_on = applies_on;
     let agent = Agent { scheduler, config, endpoint, health, hostname, status: status_tx, shutdown: shutdown_rx };
     let task = tokio::spawn(agent.run());
     Ok(AgentHandle { status: status_rx, shutdown: shutdown_tx, task })

@@ -69,6 +69,10 @@ pub struct Scheduler {
     offered: Option<Box<(Assignment, Access)>>,
     /// Applies started, resumed ones included.
     pub applies: u64,
+    /// Where applies run: the agent's own runtime unless set (the load
+    /// generator runs its simulated machines' applies apart, see
+    /// [`crate::simulate`]).
+    pub applies_on: Option<tokio::runtime::Handle>,
 }
 
 impl Scheduler {
@@ -94,6 +98,7 @@ impl Scheduler {
             desired: 0,
             offered: None,
             applies: 0,
+            applies_on: None,
         }
     }
 
@@ -103,7 +108,14 @@ impl Scheduler {
             tracing::warn!(generation = journal.generation, "an apply was interrupted; resuming it");
             let applier = self.applier.clone();
             self.applies += 1;
-            self.task = Some(tokio::spawn(async move { applier.resume(journal).await }));
+            self.task = Some(self.spawn_apply(async move { applier.resume(journal).await }));
+        }
+    }
+
+    fn spawn_apply(&self, apply: impl std::future::Future<Output = Option<Applied>> + Send + 'static) -> JoinHandle<Option<Applied>> {
+        match &self.applies_on {
+            Some(runtime) => runtime.spawn(apply),
+            None => tokio::spawn(apply),
         }
     }
 
@@ -207,7 +219,7 @@ impl Scheduler {
         tracing::info!(generation = assignment.generation, "applying a new generation");
         let applier = self.applier.clone();
         self.applies += 1;
-        self.task = Some(tokio::spawn(async move { Some(applier.apply(assignment, access).await) }));
+        self.task = Some(self.spawn_apply(async move { Some(applier.apply(assignment, access).await) }));
     }
 
     /// The coordinator answered `sent`.

@@ -212,6 +212,45 @@ impl SystemSwitcher for SimulatedSystem {
     }
 }
 
+/// Where the simulated machines' applies run: two threads of their own at a
+/// lower priority (nice 10). A real machine applies on its own cores; here
+/// ten thousand applies starting at once would otherwise take the cores the
+/// agents' sessions read their announcements on, and the coordinator's,
+/// and the fan-out measured would be the simulator's own.
+struct AppliesRuntime(Option<tokio::runtime::Runtime>);
+
+impl AppliesRuntime {
+    fn start() -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sim-apply")
+            .on_thread_start(|| {
+                // 22 of 0..99 is nice 10 (the test below holds it to that).
+                let nice_10 = thread_priority::ThreadPriority::Crossplatform(22u8.try_into().expect("22 is a priority"));
+                if let Err(e) = thread_priority::set_current_thread_priority(nice_10) {
+                    tracing::warn!(error = ?e, "the simulated applies' threads keep their priority");
+                }
+            })
+            .enable_all()
+            .build()
+            .context("starting the simulated applies' runtime")?;
+        Ok(AppliesRuntime(Some(runtime)))
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0.as_ref().expect("running until dropped").handle().clone()
+    }
+}
+
+impl Drop for AppliesRuntime {
+    fn drop(&mut self) {
+        // Dropped inside the simulator's own runtime, which may not block.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// The default of `--agents-per-socket`.
 pub const DEFAULT_AGENTS_PER_SOCKET: usize = 100;
 
@@ -241,6 +280,7 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
         .map(|_| drover_net::client::client_endpoint_for(&opts.base.coordinator))
         .collect::<Result<Vec<_>, _>>()?;
     let endpoint_of = |i: usize| endpoints[i / opts.agents_per_socket].clone();
+    let applies = AppliesRuntime::start()?;
     let rss_before = opts.coordinator_pid.and_then(rss_bytes);
     let start = Instant::now();
     let times: Times = Arc::default();
@@ -259,7 +299,8 @@ pub async fn run(opts: SimulateOptions) -> Result<SimulateReport> {
             Simulated::Succeed => Some(Arc::new(SimulatedSystem { boot_id: format!("sim-boot-{i:05}"), ..Default::default() })),
             Simulated::Nix => None,
         };
-        let handle = crate::spawn_with(config, FixedHealth(synthetic_health(i)), Some(endpoint_of(i)), switcher).context("starting a simulated agent")?;
+        let handle = crate::spawn_with(config, FixedHealth(synthetic_health(i)), Some(endpoint_of(i)), switcher, Some(applies.handle()))
+            .context("starting a simulated agent")?;
         watch_generations(handle.status.clone(), times.clone());
         Ok::<_, anyhow::Error>(handle)
     };
@@ -400,5 +441,24 @@ mod tests {
         let mut alone = AgentConfig::new(addr(1), "/ca.pem".into(), "/state".into());
         spread(&mut alone, 7);
         assert_eq!(alone.coordinator.to_string(), "127.0.0.1:1", "one coordinator: nothing to spread");
+    }
+
+    /// The nice value of the thread running this, from
+    /// `/proc/thread-self/stat` (its 19th field).
+    fn own_nice() -> i32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("reading /proc/thread-self/stat");
+        let after_name = &stat[stat.rfind(')').expect("a process name") + 2..];
+        after_name.split(' ').nth(16).expect("a nice field").parse().expect("a number")
+    }
+
+    /// The simulated applies run at nice 10, the sessions as they were.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn simulated_applies_run_at_a_lower_priority_than_the_sessions() {
+        let session_nice = own_nice();
+        let applies = AppliesRuntime::start().expect("a runtime");
+        let apply_nice = applies.handle().spawn(async { own_nice() }).await.expect("the task ran");
+        assert_eq!(apply_nice, 10, "an apply thread's nice value");
+        assert_ne!(session_nice, 10, "the test's own thread keeps its priority");
+        assert_eq!(own_nice(), session_nice);
     }
 }
