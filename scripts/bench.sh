@@ -376,8 +376,8 @@ def measure(d):
     try:
         phase = json.load(open(os.path.join(d, "rollout.json"))).get("phase", "?")
     except Exception:
-        # `rollout start` wrote no JSON: it was refused (its error is in cli.log).
-        phase = "refused (cli.log)"
+        # `rollout start` wrote no JSON (refused, or no answer): its error is in cli.log.
+        phase = "failed (cli.log)"
     deployed = json.load(open(os.path.join(d, "deploy.json"))) if os.path.getsize(os.path.join(d, "deploy.json")) else []
     v = {
         "online (s)": (dr["seconds_until_all_online"], "{:.2f}"),
